@@ -1,0 +1,18 @@
+//! pullwatch's shared vocabulary: image references, check statuses, registry
+//! credentials and the kubelet's keyring, and the generated agent protocol.
+//!
+//! The aggregator and the agent both build on these; nothing here does I/O.
+
+pub mod credentials;
+pub mod reference;
+pub mod status;
+
+pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
+pub use reference::{ImageReference, ReferenceError};
+pub use status::{CheckOutcome, CheckStatus};
+
+/// Generated code for `proto/pullwatch/v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("pullwatch.v1");
+}

@@ -1,0 +1,152 @@
+//! Check statuses: the vocabulary every stage (checker, agent, metrics, CLI) shares.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome class of one availability check, as exported in the canonical metrics.
+///
+/// The order of the variants is the order of the metric names in the exposition and
+/// nothing else; use [`CheckStatus::informativeness`] to compare failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Available,
+    Absent,
+    BadImageFormat,
+    RegistryUnavailable,
+    AuthenticationFailure,
+    AuthorizationFailure,
+    RateLimited,
+    UnknownError,
+}
+
+impl CheckStatus {
+    /// Every status, in exposition order.
+    pub const ALL: [CheckStatus; 8] = [
+        CheckStatus::Available,
+        CheckStatus::Absent,
+        CheckStatus::BadImageFormat,
+        CheckStatus::RegistryUnavailable,
+        CheckStatus::AuthenticationFailure,
+        CheckStatus::AuthorizationFailure,
+        CheckStatus::RateLimited,
+        CheckStatus::UnknownError,
+    ];
+
+    /// The snake_case name used in metric names, JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Available => "available",
+            CheckStatus::Absent => "absent",
+            CheckStatus::BadImageFormat => "bad_image_format",
+            CheckStatus::RegistryUnavailable => "registry_unavailable",
+            CheckStatus::AuthenticationFailure => "authentication_failure",
+            CheckStatus::AuthorizationFailure => "authorization_failure",
+            CheckStatus::RateLimited => "rate_limited",
+            CheckStatus::UnknownError => "unknown_error",
+        }
+    }
+
+    /// How far into the registry conversation a check got before it ended with this
+    /// status. When several credentials are tried and all fail, the attempt that got
+    /// furthest tells the operator the most (a credential that authenticated and found
+    /// the tag missing beats one that was refused at the door).
+    pub fn informativeness(self) -> u8 {
+        match self {
+            CheckStatus::Available => 8,
+            CheckStatus::BadImageFormat => 7,
+            CheckStatus::Absent => 6,
+            CheckStatus::AuthorizationFailure => 5,
+            CheckStatus::AuthenticationFailure => 4,
+            CheckStatus::RateLimited => 3,
+            CheckStatus::RegistryUnavailable => 2,
+            CheckStatus::UnknownError => 1,
+        }
+    }
+}
+
+impl fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a string that names no status.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown check status {0:?} (expected one of: available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error)")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for CheckStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CheckStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// A status with the human-readable reason behind it (empty for `available`).
+///
+/// Reasons never carry credentials: they are built from status codes, registry error
+/// codes and transport errors only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub status: CheckStatus,
+    pub reason: String,
+}
+
+impl CheckOutcome {
+    pub fn available() -> Self {
+        CheckOutcome {
+            status: CheckStatus::Available,
+            reason: String::new(),
+        }
+    }
+
+    pub fn new(status: CheckStatus, reason: impl Into<String>) -> Self {
+        CheckOutcome {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.status == CheckStatus::Available
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for status in CheckStatus::ALL {
+            assert_eq!(status.as_str().parse::<CheckStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{}\"", status.as_str())
+            );
+        }
+        assert!("ok".parse::<CheckStatus>().is_err());
+    }
+
+    #[test]
+    fn informativeness_is_a_total_order_with_available_on_top() {
+        let mut ranks: Vec<u8> = CheckStatus::ALL.iter().map(|s| s.informativeness()).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        assert_eq!(ranks.len(), CheckStatus::ALL.len());
+        assert_eq!(
+            CheckStatus::ALL
+                .iter()
+                .max_by_key(|s| s.informativeness())
+                .copied(),
+            Some(CheckStatus::Available)
+        );
+    }
+}
