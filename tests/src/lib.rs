@@ -1,0 +1,19 @@
+//! The pullwatch test bench: real `docker-registry` processes, images pushed with
+//! `skopeo`, a throw-away CA, `promtool`, and a programmable stub HTTP server, all on
+//! loopback in temp dirs, with bounded waits and child processes killed on drop.
+
+mod ca;
+mod http_client;
+mod promtool;
+mod push;
+mod registry;
+mod stub;
+mod util;
+
+pub use ca::{LOOPBACK_SANS, TestCa};
+pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
+pub use promtool::promtool_check_metrics;
+pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
+pub use registry::{Registry, RegistryOptions};
+pub use stub::{RecordedRequest, StubResponse, StubServer};
+pub use util::{free_port, free_port_on, require_tool};
