@@ -177,9 +177,11 @@ impl Keyring {
             .flat_map(|key| self.creds.get(key.as_str()).into_iter().flatten().cloned())
             .collect();
         if matched.is_empty() && image.registry() == crate::reference::DOCKER_HUB {
-            if let Some(default) = self.creds.get(DEFAULT_REGISTRY_KEY) {
-                matched = default.clone();
-            }
+            matched = self
+                .creds
+                .get(DEFAULT_REGISTRY_KEY)
+                .cloned()
+                .unwrap_or_default();
         }
         matched
     }
@@ -224,9 +226,10 @@ fn urls_match(key: &str, target: &str) -> bool {
     let key_labels: Vec<&str> = key_labels.split('.').collect();
     let target_labels: Vec<&str> = target_labels.split('.').collect();
     key_labels.len() == target_labels.len()
-        && key_labels.iter().zip(&target_labels).all(|(pattern, label)| {
-            glob::Pattern::new(pattern).is_ok_and(|p| p.matches(label))
-        })
+        && key_labels
+            .iter()
+            .zip(&target_labels)
+            .all(|(pattern, label)| glob::Pattern::new(pattern).is_ok_and(|p| p.matches(label)))
 }
 
 fn split_host_path(url: &str) -> (&str, &str) {
@@ -286,7 +289,8 @@ mod tests {
         assert_eq!(cfg.entries["reg.io"].username, "user");
         assert_eq!(cfg.entries["reg.io"].password, "pa:ss");
         assert_eq!(cfg.entries["other.io"].password, "p");
-        let legacy = DockerConfig::from_dockercfg(br#"{"reg.io":{"auth":"dXNlcjpwYTpzcw=="}}"#).unwrap();
+        let legacy =
+            DockerConfig::from_dockercfg(br#"{"reg.io":{"auth":"dXNlcjpwYTpzcw=="}}"#).unwrap();
         assert_eq!(legacy.entries["reg.io"].username, "user");
         assert!(matches!(
             DockerConfig::from_config_json(b"{}"),
@@ -315,7 +319,11 @@ mod tests {
         let mut k = Keyring::new();
         k.add(
             "secret/ns/a",
-            &config(&[("quay.io", "host"), ("quay.io/team", "team"), ("quay.io/team/app", "app")]),
+            &config(&[
+                ("quay.io", "host"),
+                ("quay.io/team", "team"),
+                ("quay.io/team/app", "app"),
+            ]),
         );
         assert_eq!(users(&k, "quay.io/team/app:v1"), ["app", "team", "host"]);
         assert_eq!(users(&k, "quay.io/other/x"), ["host"]);

@@ -256,16 +256,19 @@ fn validate_domain(domain: &str) -> Result<String, ReferenceError> {
             None => (domain, None),
         }
     };
-    if let Some(port) = port {
-        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err()
-        {
-            return Err(ReferenceError::InvalidPort(port.to_string()));
-        }
+    if let Some(port) = port
+        && (port.is_empty()
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err())
+    {
+        return Err(ReferenceError::InvalidPort(port.to_string()));
     }
     if !host.starts_with('[') {
         let components_ok = host.split('.').all(|component| {
             !component.is_empty()
-                && component.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && component
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !component.starts_with('-')
                 && !component.ends_with('-')
         });
@@ -341,9 +344,10 @@ fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
         .split_once(':')
         .ok_or_else(|| invalid("expected <algorithm>:<hex>"))?;
     let algorithm_ok = !algorithm.is_empty()
-        && algorithm
-            .split(['+', '.', '_', '-'])
-            .all(|c| c.starts_with(|ch: char| ch.is_ascii_alphabetic()) && c.chars().all(|ch| ch.is_ascii_alphanumeric()));
+        && algorithm.split(['+', '.', '_', '-']).all(|c| {
+            c.starts_with(|ch: char| ch.is_ascii_alphabetic())
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric())
+        });
     if !algorithm_ok {
         return Err(invalid("malformed algorithm"));
     }
@@ -378,20 +382,32 @@ mod tests {
         assert_eq!(canonical("nginx:1.25"), "docker.io/library/nginx:1.25");
         assert_eq!(canonical("library/nginx"), "docker.io/library/nginx:latest");
         assert_eq!(canonical("bitnami/redis:7"), "docker.io/bitnami/redis:7");
-        assert_eq!(canonical("docker.io/nginx"), "docker.io/library/nginx:latest");
-        assert_eq!(canonical("index.docker.io/nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(
+            canonical("docker.io/nginx"),
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(
+            canonical("index.docker.io/nginx"),
+            "docker.io/library/nginx:latest"
+        );
         assert_eq!(
             canonical("registry-1.docker.io/org/app:v1"),
             "docker.io/org/app:v1"
         );
-        assert_eq!(ImageReference::parse("nginx").unwrap().api_host(), DOCKER_HUB_API_HOST);
+        assert_eq!(
+            ImageReference::parse("nginx").unwrap().api_host(),
+            DOCKER_HUB_API_HOST
+        );
     }
 
     #[test]
     fn registries_ports_and_literals() {
         assert_eq!(canonical("localhost/app"), "localhost/app:latest");
         assert_eq!(canonical("localhost:5000/app:v1"), "localhost:5000/app:v1");
-        assert_eq!(canonical("127.0.0.1:5000/a/b/c:v1"), "127.0.0.1:5000/a/b/c:v1");
+        assert_eq!(
+            canonical("127.0.0.1:5000/a/b/c:v1"),
+            "127.0.0.1:5000/a/b/c:v1"
+        );
         assert_eq!(canonical("[::1]:5000/app:v2"), "[::1]:5000/app:v2");
         assert_eq!(canonical("[fe80::1]/app"), "[fe80::1]/app:latest");
         assert_eq!(canonical("ghcr.io/org/app"), "ghcr.io/org/app:latest");
@@ -419,7 +435,8 @@ mod tests {
 
     #[test]
     fn default_registry() {
-        let r = ImageReference::parse_with_default_registry("nginx:1", "mirror.local:5000").unwrap();
+        let r =
+            ImageReference::parse_with_default_registry("nginx:1", "mirror.local:5000").unwrap();
         assert_eq!(r.to_string(), "mirror.local:5000/nginx:1");
         let r = ImageReference::parse_with_default_registry("ghcr.io/x/y", "mirror.local").unwrap();
         assert_eq!(r.to_string(), "ghcr.io/x/y:latest");
@@ -437,7 +454,10 @@ mod tests {
         assert!(matches!(err("docker.io/Org/app"), NameNotLowercase(_)));
         assert!(matches!(err("nginx:"), InvalidTag(_)));
         assert!(matches!(err("nginx:-x"), InvalidTag(_)));
-        assert!(matches!(err(&format!("nginx:{}", "a".repeat(129))), InvalidTag(_)));
+        assert!(matches!(
+            err(&format!("nginx:{}", "a".repeat(129))),
+            InvalidTag(_)
+        ));
         assert!(matches!(err("nginx@sha256:abc"), InvalidDigest { .. }));
         assert!(matches!(err("nginx@md5"), InvalidDigest { .. }));
         assert!(matches!(err("host:99999/app"), InvalidPort(_)));
@@ -448,7 +468,10 @@ mod tests {
         assert!(matches!(err("a/b-"), InvalidName { .. }));
         assert!(matches!(err("a/b...c"), InvalidName { .. }));
         assert!(matches!(err("host.io/"), InvalidName { .. }));
-        assert!(matches!(err(&format!("host.io/{}", "a".repeat(250))), NameTooLong));
+        assert!(matches!(
+            err(&format!("host.io/{}", "a".repeat(250))),
+            NameTooLong
+        ));
     }
 
     mod properties {

@@ -75,7 +75,9 @@ impl fmt::Display for CheckStatus {
 
 /// The error for a string that names no status.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown check status {0:?} (expected one of: available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error)")]
+#[error(
+    "unknown check status {0:?} (expected one of: available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error)"
+)]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for CheckStatus {
@@ -137,7 +139,10 @@ mod tests {
 
     #[test]
     fn informativeness_is_a_total_order_with_available_on_top() {
-        let mut ranks: Vec<u8> = CheckStatus::ALL.iter().map(|s| s.informativeness()).collect();
+        let mut ranks: Vec<u8> = CheckStatus::ALL
+            .iter()
+            .map(|s| s.informativeness())
+            .collect();
         ranks.sort_unstable();
         ranks.dedup();
         assert_eq!(ranks.len(), CheckStatus::ALL.len());

@@ -1,0 +1,353 @@
+//! The central checker: the fourth stage. Asks registries, from the aggregator's own
+//! vantage point, whether each distinct reference can be pulled with the credentials
+//! the kubelet would try.
+
+pub mod classify;
+pub mod limits;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use pullwatch::{CheckOutcome, CheckStatus};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::index::CheckKey;
+use crate::metrics::CheckerMetrics;
+use limits::{Registries, RegistryLimits, lock};
+use registry::{SchemeClients, Transport};
+
+/// How the checker talks to registries.
+#[derive(Clone, Debug)]
+pub struct CheckerConfig {
+    pub allow_plain_http: bool,
+    pub skip_tls_verify: bool,
+    /// PEM files (or directories of them) with extra CA certificates.
+    pub ca_paths: Vec<PathBuf>,
+    /// Bound on one HTTP request (connect to last byte).
+    pub request_timeout: Duration,
+    /// Checks in flight across all registries.
+    pub max_concurrent_checks: usize,
+    pub registry_limits: RegistryLimits,
+}
+
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        CheckerConfig {
+            allow_plain_http: false,
+            skip_tls_verify: false,
+            ca_paths: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_checks: 32,
+            registry_limits: RegistryLimits {
+                max_concurrency: 8,
+                requests_per_second: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
+            },
+        }
+    }
+}
+
+/// Why a checker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckerError {
+    #[error("cannot read CA certificates from {path}: {source}")]
+    CaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificates found")]
+    CaEmpty { path: PathBuf },
+    #[error("{path}: invalid certificate: {reason}")]
+    CaInvalid { path: PathBuf, reason: String },
+    #[error("cannot build HTTP client: {0}")]
+    Client(String),
+}
+
+type SharedCheck = Shared<BoxFuture<'static, CheckOutcome>>;
+
+/// The checker. Cheap to share (`Arc`); all state is internal.
+pub struct Checker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Transport,
+    registries: Registries,
+    global: Semaphore,
+    in_flight: Mutex<HashMap<CheckKey, SharedCheck>>,
+    metrics: CheckerMetrics,
+    request_timeout: Duration,
+}
+
+impl Checker {
+    pub fn new(config: &CheckerConfig, metrics: CheckerMetrics) -> Result<Self, CheckerError> {
+        install_crypto_provider();
+        let certificates = load_certificates(&config.ca_paths)?;
+        let https = scheme_clients(config, &certificates, false)?;
+        let plain = if config.allow_plain_http {
+            Some(scheme_clients(config, &certificates, true)?)
+        } else {
+            None
+        };
+        Ok(Checker {
+            inner: Arc::new(Inner {
+                transport: Transport::new(https, plain),
+                registries: Registries::new(config.registry_limits),
+                global: Semaphore::new(config.max_concurrent_checks.max(1)),
+                in_flight: Mutex::new(HashMap::new()),
+                metrics,
+                request_timeout: config.request_timeout,
+            }),
+        })
+    }
+
+    /// Checks one distinct reference. Identical checks already in flight (same
+    /// reference, same credentials) are joined rather than repeated.
+    pub async fn check(&self, key: &CheckKey) -> CheckOutcome {
+        let shared = {
+            let mut in_flight = lock(&self.inner.in_flight);
+            if let Some(existing) = in_flight.get(key) {
+                self.inner.metrics.coalesced_checks.inc();
+                existing.clone()
+            } else {
+                let inner = self.inner.clone();
+                let owned_key = key.clone();
+                let future = async move {
+                    let outcome = inner.check_uncoalesced(&owned_key).await;
+                    lock(&inner.in_flight).remove(&owned_key);
+                    outcome
+                }
+                .boxed()
+                .shared();
+                in_flight.insert(key.clone(), future.clone());
+                future
+            }
+        };
+        shared.await
+    }
+}
+
+impl Inner {
+    async fn check_uncoalesced(&self, key: &CheckKey) -> CheckOutcome {
+        let reference = &key.reference;
+        let span = info_span!("check", registry = %reference.registry(), repository = %reference.repository(), reference = %reference.manifest_reference(), credentials = key.credentials.len());
+        async {
+            let _queued = QueueSlot::new(&self.metrics.queue_depth);
+            let started = Instant::now();
+            let outcome = self.check_limited(key).await;
+            self.metrics
+                .check_duration
+                .with_label_values(&[outcome.status.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            match outcome.status {
+                CheckStatus::Available => debug!("available"),
+                CheckStatus::UnknownError => {
+                    warn!(reason = %outcome.reason, "check failed for an unclassified reason")
+                }
+                status => debug!(%status, reason = %outcome.reason, "not available"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn check_limited(&self, key: &CheckKey) -> CheckOutcome {
+        let reference = &key.reference;
+        let registry = self.registries.get(reference.api_host());
+        if let Some(paused) = registry.paused_for() {
+            if paused > self.request_timeout {
+                return CheckOutcome::new(
+                    CheckStatus::RateLimited,
+                    format!(
+                        "registry answered 429 earlier; paused for another {}s",
+                        paused.as_secs()
+                    ),
+                );
+            }
+            tokio::time::sleep(paused).await;
+        }
+        // Both semaphores live as long as the checker and are never closed.
+        let Ok(_registry_slot) = registry.slots.acquire().await else {
+            return CheckOutcome::new(CheckStatus::UnknownError, "checker is shutting down");
+        };
+        let Ok(_global_slot) = self.global.acquire().await else {
+            return CheckOutcome::new(CheckStatus::UnknownError, "checker is shutting down");
+        };
+
+        if key.credentials.is_empty() {
+            return self
+                .transport
+                .check(&registry, &self.metrics, reference, None)
+                .await;
+        }
+        // As the kubelet: each matching credential in turn until one works.
+        let mut failures: Vec<(String, CheckOutcome)> = Vec::new();
+        for sourced in key.credentials.iter() {
+            let outcome = self
+                .transport
+                .check(
+                    &registry,
+                    &self.metrics,
+                    reference,
+                    Some(&sourced.credential),
+                )
+                .await;
+            if outcome.is_available() {
+                return outcome;
+            }
+            debug!(source = %sourced.source, status = %outcome.status, "credential did not work");
+            let rate_limited = outcome.status == CheckStatus::RateLimited;
+            failures.push((sourced.source.to_string(), outcome));
+            if rate_limited {
+                // Every further attempt would only deepen the registry's displeasure.
+                break;
+            }
+        }
+        summarize(failures)
+    }
+}
+
+/// Counts a check in the queue-depth gauge for as long as it lives, even when the
+/// check is cancelled midway.
+struct QueueSlot(prometheus::IntGauge);
+
+impl QueueSlot {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        QueueSlot(gauge.clone())
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One outcome for several failed credentials: the most informative status, and a
+/// reason that lists each credential's source (never its value) and result.
+fn summarize(failures: Vec<(String, CheckOutcome)>) -> CheckOutcome {
+    if let [(source, outcome)] = failures.as_slice() {
+        return CheckOutcome::new(
+            outcome.status,
+            format!("{} (credentials from {source})", outcome.reason),
+        );
+    }
+    let status = failures
+        .iter()
+        .map(|(_, o)| o.status)
+        .max_by_key(|s| s.informativeness())
+        .unwrap_or(CheckStatus::UnknownError);
+    let reason = failures
+        .iter()
+        .map(|(source, o)| format!("{source}: {}", o.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    CheckOutcome::new(status, format!("no credential worked: {reason}"))
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one we build with.
+pub fn install_crypto_provider() {
+    // Err means one is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// DER certificates from every `--capath` (files, or directories of `.crt`/`.pem`).
+fn load_certificates(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CheckerError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut certificates = Vec::new();
+    for path in paths {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| CheckerError::CaRead {
+                path: p.clone(),
+                source,
+            })
+        };
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|source| CheckerError::CaRead {
+                    path: path.clone(),
+                    source,
+                })?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "crt" | "pem" | "cert"))
+                })
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![path.clone()]
+        };
+        let before = certificates.len();
+        for file in &files {
+            let bytes = read(file)?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| CheckerError::CaInvalid {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                })?;
+                certificates.push(cert.as_ref().to_vec());
+            }
+        }
+        if certificates.len() == before {
+            return Err(CheckerError::CaEmpty { path: path.clone() });
+        }
+    }
+    Ok(certificates)
+}
+
+fn scheme_clients(
+    config: &CheckerConfig,
+    certificates: &[Vec<u8>],
+    plain_http: bool,
+) -> Result<SchemeClients, CheckerError> {
+    let reqwest_certs = certificates
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CheckerError::Client(e.to_string()))?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("pullwatch/", env!("CARGO_PKG_VERSION")))
+        .timeout(config.request_timeout)
+        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+        .danger_accept_invalid_certs(config.skip_tls_verify)
+        .tls_certs_merge(reqwest_certs)
+        .pool_max_idle_per_host(config.registry_limits.max_concurrency)
+        .build()
+        .map_err(|e| CheckerError::Client(classify::error_chain(&e)))?;
+    let oci_config = oci_client::client::ClientConfig {
+        protocol: if plain_http {
+            oci_client::client::ClientProtocol::Http
+        } else {
+            oci_client::client::ClientProtocol::Https
+        },
+        accept_invalid_certificates: config.skip_tls_verify,
+        extra_root_certificates: certificates
+            .iter()
+            .map(|der| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Der,
+                data: der.clone(),
+            })
+            .collect(),
+        read_timeout: Some(config.request_timeout),
+        connect_timeout: Some(config.request_timeout.min(Duration::from_secs(5))),
+        user_agent: concat!("pullwatch/", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    let oci = oci_client::Client::try_from(oci_config)
+        .map_err(|e| CheckerError::Client(classify::error_chain(&e)))?;
+    Ok(SchemeClients { http, oci })
+}

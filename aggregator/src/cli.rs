@@ -1,0 +1,353 @@
+//! Command-line flags. Names carried over from k8s-image-availability-exporter keep
+//! their names and meaning; every flag can also come from a `PULLWATCH_*` variable.
+//! Boolean flags accept Go's forms too (`--flag`, `--flag=true`, `--flag=false`).
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::checker::CheckerConfig;
+use crate::checker::limits::RegistryLimits;
+use crate::index::{Filters, IndexOptions, LabelSelector, parse_image_regexes, parse_kinds};
+use crate::mirrors::Mirrors;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pullwatch-aggregator",
+    version,
+    about = "Tells you, before a pod restart does, that an image your workloads need can no longer be pulled."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `pullwatch_aggregator=debug`).
+    #[arg(long, global = true, env = "PULLWATCH_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "PULLWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every image of the given manifests once and print the result.
+    /// Exit status: 0 all available, 1 any not available, 2 usage or input error.
+    Check(CheckArgs),
+    /// Re-check every --check-interval and serve /metrics, /healthz and /readyz.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Manifest file, or directory of .yaml/.yml/.json files (multi-document and `kind: List` allowed).
+    #[arg(
+        short = 'f',
+        long = "manifests",
+        env = "PULLWATCH_MANIFESTS",
+        value_name = "PATH"
+    )]
+    pub manifests: PathBuf,
+
+    /// Output format.
+    #[arg(short = 'o', long, env = "PULLWATCH_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    #[command(flatten)]
+    pub checker: CheckerArgs,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Manifest file or directory to watch (re-read every interval). Required until
+    /// watching a live cluster is supported.
+    #[arg(
+        short = 'f',
+        long = "manifests",
+        env = "PULLWATCH_MANIFESTS",
+        value_name = "PATH"
+    )]
+    pub manifests: Option<PathBuf>,
+
+    /// Address for /metrics, /healthz and /readyz: [HOST]:PORT, an empty host meaning all interfaces.
+    #[arg(long, env = "PULLWATCH_BIND_ADDRESS", default_value = ":8080")]
+    pub bind_address: String,
+
+    /// How often every image is re-checked (Go-style durations: 30s, 5m, 1h30m).
+    #[arg(long, env = "PULLWATCH_CHECK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub check_interval: Duration,
+
+    /// Also export the older per-kind metric names
+    /// (k8s_image_availability_exporter_<kind>_<status>{namespace,<kind>,container,image}).
+    #[arg(long, env = "PULLWATCH_LEGACY_METRIC_NAMES", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub legacy_metric_names: bool,
+
+    #[command(flatten)]
+    pub checker: CheckerArgs,
+
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+/// How registries are reached.
+#[derive(Debug, Args)]
+pub struct CheckerArgs {
+    /// Do not verify registries' TLS certificates.
+    #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub skip_registry_cert_verification: bool,
+
+    /// Fall back to plain HTTP for registries that do not answer HTTPS.
+    #[arg(long, env = "PULLWATCH_ALLOW_PLAIN_HTTP", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub allow_plain_http: bool,
+
+    /// Registry for images that name none.
+    #[arg(long, env = "PULLWATCH_DEFAULT_REGISTRY", default_value = "docker.io")]
+    pub default_registry: String,
+
+    /// PEM file, or directory of .crt/.pem files, with extra CA certificates (repeatable).
+    #[arg(
+        long = "capath",
+        env = "PULLWATCH_CAPATH",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub ca_paths: Vec<PathBuf>,
+
+    /// Check images at a mirror: ORIGINAL=MIRROR, registry[/path] prefixes (repeatable; longest prefix wins).
+    #[arg(
+        long = "image-mirror",
+        env = "PULLWATCH_IMAGE_MIRROR",
+        value_delimiter = ',',
+        value_name = "ORIG=MIRROR"
+    )]
+    pub image_mirrors: Vec<String>,
+
+    /// Bound on one registry request, connect to last byte.
+    #[arg(long, env = "PULLWATCH_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+
+    /// Checks in flight at once, across all registries.
+    #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_checks: u32,
+
+    /// Checks in flight at once against one registry.
+    #[arg(long, env = "PULLWATCH_REGISTRY_MAX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub registry_max_concurrency: u32,
+
+    /// Requests per second to one registry.
+    #[arg(long, env = "PULLWATCH_REGISTRY_QPS", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
+    pub registry_qps: NonZeroU32,
+}
+
+/// Which container references are checked.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Regexes separated by `~`: images matching any are not checked.
+    #[arg(long, env = "PULLWATCH_IGNORED_IMAGES", default_value = "")]
+    pub ignored_images: String,
+
+    /// Regexes separated by `~`: when set, only images matching one are checked.
+    #[arg(long, env = "PULLWATCH_ALLOWED_IMAGES", default_value = "")]
+    pub allowed_images: String,
+
+    /// Label selector (`key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
+    #[arg(long, env = "PULLWATCH_NAMESPACE_LABEL")]
+    pub namespace_label: Option<String>,
+
+    /// Comma-separated kinds (deployment, statefulset, daemonset, cronjob, job, pod) or `*`,
+    /// checked even when disabled (replicas 0, suspended, scheduled nowhere).
+    #[arg(
+        long,
+        env = "PULLWATCH_FORCE_CHECK_DISABLED_CONTROLLERS",
+        default_value = ""
+    )]
+    pub force_check_disabled_controllers: String,
+}
+
+/// A flag value that makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("--{flag}: invalid regex: {source}")]
+    Regex {
+        flag: &'static str,
+        source: regex::Error,
+    },
+    #[error("--{flag}: {message}")]
+    Invalid { flag: &'static str, message: String },
+    #[error(transparent)]
+    Mirror(#[from] crate::mirrors::MirrorError),
+}
+
+impl CheckerArgs {
+    pub fn checker_config(&self) -> CheckerConfig {
+        CheckerConfig {
+            allow_plain_http: self.allow_plain_http,
+            skip_tls_verify: self.skip_registry_cert_verification,
+            ca_paths: self.ca_paths.clone(),
+            request_timeout: self.registry_timeout,
+            max_concurrent_checks: self.max_concurrent_checks as usize,
+            registry_limits: RegistryLimits {
+                max_concurrency: self.registry_max_concurrency as usize,
+                requests_per_second: self.registry_qps,
+            },
+        }
+    }
+}
+
+/// Index options from the flags, validated.
+pub fn index_options(
+    checker: &CheckerArgs,
+    filters: &FilterArgs,
+) -> Result<IndexOptions, FlagError> {
+    let default_registry = checker
+        .default_registry
+        .trim()
+        .trim_end_matches('/')
+        .to_string();
+    pullwatch::ImageReference::parse_with_default_registry("probe", &default_registry)
+        .ok()
+        .filter(|r| r.registry().contains(['.', ':']) || r.registry() == "localhost")
+        .ok_or_else(|| FlagError::Invalid {
+            flag: "default-registry",
+            message: format!(
+                "{default_registry:?} is not a registry host (e.g. docker.io, registry.local:5000)"
+            ),
+        })?;
+    Ok(IndexOptions {
+        default_registry,
+        mirrors: Mirrors::parse(&checker.image_mirrors)?,
+        filters: Filters {
+            allowed_images: parse_image_regexes(&filters.allowed_images).map_err(|source| {
+                FlagError::Regex {
+                    flag: "allowed-images",
+                    source,
+                }
+            })?,
+            ignored_images: parse_image_regexes(&filters.ignored_images).map_err(|source| {
+                FlagError::Regex {
+                    flag: "ignored-images",
+                    source,
+                }
+            })?,
+            namespace_selector: filters
+                .namespace_label
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(LabelSelector::parse)
+                .transpose()
+                .map_err(|message| FlagError::Invalid {
+                    flag: "namespace-label",
+                    message,
+                })?,
+            force_check_disabled: parse_kinds(&filters.force_check_disabled_controllers).map_err(
+                |message| FlagError::Invalid {
+                    flag: "force-check-disabled-controllers",
+                    message,
+                },
+            )?,
+        },
+    })
+}
+
+/// Go-style durations (`30s`, `5m`, `1h30m`, `250ms`); zero is refused.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value.trim())
+        .map_err(|e| format!("{value:?} is not a duration like 30s, 5m or 1h30m: {e}"))?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn go_style_durations_and_booleans() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        for (args, expected) in [
+            (vec!["--skip-registry-cert-verification"], true),
+            (vec!["--skip-registry-cert-verification=true"], true),
+            (vec!["--skip-registry-cert-verification=false"], false),
+            (vec![], false),
+        ] {
+            let mut argv = vec!["pullwatch-aggregator", "check", "-f", "x"];
+            argv.extend(args);
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            let Command::Check(check) = cli.command else {
+                panic!("check")
+            };
+            assert_eq!(
+                check.checker.skip_registry_cert_verification, expected,
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flag_validation_names_the_flag() {
+        let cli =
+            Cli::try_parse_from(["p", "check", "-f", "x", "--ignored-images", "a~(b"]).unwrap();
+        let Command::Check(check) = cli.command else {
+            panic!("check")
+        };
+        let err = index_options(&check.checker, &check.filters).unwrap_err();
+        assert!(err.to_string().starts_with("--ignored-images"), "{err}");
+
+        let cli =
+            Cli::try_parse_from(["p", "check", "-f", "x", "--default-registry", "not a host"])
+                .unwrap();
+        let Command::Check(check) = cli.command else {
+            panic!("check")
+        };
+        let err = index_options(&check.checker, &check.filters).unwrap_err();
+        assert!(err.to_string().starts_with("--default-registry"), "{err}");
+
+        let cli = Cli::try_parse_from([
+            "p",
+            "check",
+            "-f",
+            "x",
+            "--image-mirror",
+            "a.io=b.io",
+            "--image-mirror",
+            "c.io=d.io/x",
+        ])
+        .unwrap();
+        let Command::Check(check) = cli.command else {
+            panic!("check")
+        };
+        assert!(index_options(&check.checker, &check.filters).is_ok());
+        assert!(
+            Cli::try_parse_from(["p", "check", "-f", "x", "--max-concurrent-checks", "0"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,474 @@
+//! The image index: the second stage. Every container reference of the inventory,
+//! filtered, resolved to the credentials the kubelet would try, and deduplicated into
+//! the set of distinct checks to make.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, SourcedCredential};
+use regex::Regex;
+
+use crate::inventory::{Inventory, SecretCredentials, WorkloadKind};
+use crate::mirrors::Mirrors;
+
+/// One container of one workload: the unit the canonical metrics describe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerRef {
+    pub namespace: String,
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub container: String,
+    /// The image exactly as written in the spec.
+    pub image: String,
+}
+
+/// A distinct check: the reference to ask for (after mirrors) and the credentials to
+/// try, in order. Two keys are equal when reference and credential values are equal,
+/// whatever secrets they came from.
+#[derive(Clone, Debug)]
+pub struct CheckKey {
+    pub reference: ImageReference,
+    pub credentials: Arc<[SourcedCredential]>,
+}
+
+impl CheckKey {
+    fn identity(
+        &self,
+    ) -> (
+        &ImageReference,
+        impl Iterator<Item = &pullwatch::RegistryCredential>,
+    ) {
+        (
+            &self.reference,
+            self.credentials.iter().map(|c| &c.credential),
+        )
+    }
+}
+
+impl PartialEq for CheckKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a_ref, a_creds) = self.identity();
+        let (b_ref, b_creds) = other.identity();
+        a_ref == b_ref && a_creds.eq(b_creds)
+    }
+}
+impl Eq for CheckKey {}
+impl Hash for CheckKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (reference, creds) = self.identity();
+        reference.hash(state);
+        for credential in creds {
+            credential.hash(state);
+        }
+    }
+}
+impl PartialOrd for CheckKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for CheckKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let (a_ref, a_creds) = self.identity();
+        let (b_ref, b_creds) = other.identity();
+        a_ref.cmp(b_ref).then_with(|| a_creds.cmp(b_creds))
+    }
+}
+
+/// Which container references to keep, as the older exporter's flags say.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    /// An image is kept when it matches any of these (none: all images)...
+    pub allowed_images: Vec<Regex>,
+    /// ...and none of these.
+    pub ignored_images: Vec<Regex>,
+    /// Only namespaces whose labels match this selector (none: all namespaces).
+    pub namespace_selector: Option<LabelSelector>,
+    /// Kinds checked even when disabled (replicas 0, suspended...).
+    pub force_check_disabled: BTreeSet<WorkloadKind>,
+}
+
+impl Filters {
+    fn keeps_image(&self, image: &str) -> bool {
+        (self.allowed_images.is_empty() || self.allowed_images.iter().any(|r| r.is_match(image)))
+            && !self.ignored_images.iter().any(|r| r.is_match(image))
+    }
+}
+
+/// Parses `--allowed-images`/`--ignored-images`: regexes separated by `~`.
+pub fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
+    spec.split('~')
+        .filter(|part| !part.is_empty())
+        .map(Regex::new)
+        .collect()
+}
+
+/// Parses `--force-check-disabled-controllers`: comma-separated kinds, or `*`.
+pub fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
+    let mut kinds = BTreeSet::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "*" {
+            kinds.extend(WorkloadKind::ALL);
+        } else {
+            kinds.insert(WorkloadKind::parse(part).ok_or_else(|| {
+                format!("unknown controller kind {part:?} (expected deployment, statefulset, daemonset, cronjob, job, pod or *)")
+            })?);
+        }
+    }
+    Ok(kinds)
+}
+
+/// An equality-based label selector: `key`, `!key`, `key=value`, `key==value`,
+/// `key!=value`, comma-separated, all of which must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Requirement {
+    Exists(String),
+    NotExists(String),
+    Equals(String, String),
+    NotEquals(String, String),
+}
+
+impl LabelSelector {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        for part in spec.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(format!("empty requirement in label selector {spec:?}"));
+            }
+            let requirement = if let Some((k, v)) = part.split_once("!=") {
+                Requirement::NotEquals(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Requirement::Equals(k.trim().into(), v.trim().into())
+            } else if let Some(k) = part.strip_prefix('!') {
+                Requirement::NotExists(k.trim().into())
+            } else {
+                Requirement::Exists(part.into())
+            };
+            let key = match &requirement {
+                Requirement::Exists(k)
+                | Requirement::NotExists(k)
+                | Requirement::Equals(k, _)
+                | Requirement::NotEquals(k, _) => k,
+            };
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(format!("invalid label key in selector {spec:?}"));
+            }
+            requirements.push(requirement);
+        }
+        Ok(LabelSelector(requirements))
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+        })
+    }
+}
+
+/// How references are turned into checks.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    pub default_registry: String,
+    pub mirrors: Mirrors,
+    pub filters: Filters,
+}
+
+/// The deduplicated set of checks, and who depends on each.
+#[derive(Clone, Debug, Default)]
+pub struct ImageIndex {
+    pub checks: BTreeMap<CheckKey, Vec<ContainerRef>>,
+    /// References that need no registry to judge: unparsable images.
+    pub settled: Vec<(ContainerRef, CheckOutcome)>,
+}
+
+impl ImageIndex {
+    /// Builds the index of `inventory`.
+    pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
+        let mut index = ImageIndex::default();
+        let mut keyrings: BTreeMap<(&str, Vec<String>), Keyring> = BTreeMap::new();
+        for workload in &inventory.workloads {
+            if let Some(selector) = &options.filters.namespace_selector {
+                let labels = inventory.namespaces.get(&workload.namespace);
+                if !labels.is_some_and(|l| selector.matches(l)) {
+                    tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
+                    continue;
+                }
+            }
+            if !workload.enabled
+                && !options
+                    .filters
+                    .force_check_disabled
+                    .contains(&workload.kind)
+            {
+                tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
+                continue;
+            }
+            let secret_names = pull_secret_names(inventory, workload);
+            let keyring = keyrings
+                .entry((workload.namespace.as_str(), secret_names))
+                .or_insert_with_key(|(namespace, names)| keyring_for(inventory, namespace, names));
+
+            for container in &workload.containers {
+                if !options.filters.keeps_image(&container.image) {
+                    continue;
+                }
+                let container_ref = ContainerRef {
+                    namespace: workload.namespace.clone(),
+                    kind: workload.kind,
+                    name: workload.name.clone(),
+                    container: container.container.clone(),
+                    image: container.image.clone(),
+                };
+                match ImageReference::parse_with_default_registry(
+                    &container.image,
+                    &options.default_registry,
+                ) {
+                    Ok(reference) => {
+                        let reference = options.mirrors.apply(&reference);
+                        let credentials: Arc<[SourcedCredential]> =
+                            keyring.lookup(&reference).into();
+                        index
+                            .checks
+                            .entry(CheckKey {
+                                reference,
+                                credentials,
+                            })
+                            .or_default()
+                            .push(container_ref);
+                    }
+                    Err(err) => {
+                        tracing::warn!(namespace = %container_ref.namespace, kind = %container_ref.kind, name = %container_ref.name, container = %container_ref.container, image = %container_ref.image, reason = %err, "bad image reference");
+                        index.settled.push((
+                            container_ref,
+                            CheckOutcome::new(CheckStatus::BadImageFormat, err.to_string()),
+                        ));
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Number of container references the index covers.
+    pub fn container_count(&self) -> usize {
+        self.checks.values().map(Vec::len).sum::<usize>() + self.settled.len()
+    }
+}
+
+/// The kubelet's choice: the pod's imagePullSecrets, else its service account's.
+fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workload) -> Vec<String> {
+    if !workload.pull_secrets.is_empty() {
+        return workload.pull_secrets.clone();
+    }
+    inventory
+        .service_accounts
+        .get(&(workload.namespace.clone(), workload.service_account.clone()))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A keyring of the named secrets of one namespace (never another namespace's).
+fn keyring_for(inventory: &Inventory, namespace: &str, names: &[String]) -> Keyring {
+    let mut keyring = Keyring::new();
+    for name in names {
+        match inventory
+            .secrets
+            .get(&(namespace.to_string(), name.clone()))
+        {
+            Some(SecretCredentials::Parsed(config)) => {
+                keyring.add(&format!("secret/{namespace}/{name}"), config);
+            }
+            Some(SecretCredentials::Broken(why)) => {
+                tracing::warn!(namespace, secret = %name, reason = %why, "pull secret is unusable; continuing without it, as the kubelet would");
+            }
+            None => {
+                tracing::warn!(namespace, secret = %name, "pull secret not found; continuing without it, as the kubelet would");
+            }
+        }
+    }
+    keyring
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{ContainerImage, Workload};
+    use pullwatch::{DockerConfig, RegistryCredential};
+
+    fn workload(ns: &str, name: &str, images: &[&str], secrets: &[&str]) -> Workload {
+        Workload {
+            namespace: ns.into(),
+            kind: WorkloadKind::Deployment,
+            name: name.into(),
+            containers: images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| ContainerImage {
+                    container: format!("c{i}"),
+                    image: image.to_string(),
+                })
+                .collect(),
+            pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            service_account: "default".into(),
+            enabled: true,
+        }
+    }
+
+    fn secret(user: &str, registry: &str) -> SecretCredentials {
+        let mut config = DockerConfig::default();
+        config.entries.insert(
+            registry.into(),
+            RegistryCredential {
+                username: user.into(),
+                password: "pw".into(),
+                ..Default::default()
+            },
+        );
+        SecretCredentials::Parsed(config)
+    }
+
+    fn options() -> IndexOptions {
+        IndexOptions {
+            default_registry: "docker.io".into(),
+            mirrors: Mirrors::default(),
+            filters: Filters::default(),
+        }
+    }
+
+    #[test]
+    fn deduplicates_by_reference_and_credential_values() {
+        let mut inv = Inventory::default();
+        // Same image spelled two ways, same credentials from differently named secrets.
+        inv.workloads
+            .push(workload("a", "w1", &["reg.io/app:v1"], &["s1"]));
+        inv.workloads
+            .push(workload("b", "w2", &["reg.io/app:v1"], &["s2"]));
+        inv.workloads.push(workload(
+            "c",
+            "w3",
+            &["nginx", "docker.io/library/nginx:latest"],
+            &[],
+        ));
+        inv.secrets
+            .insert(("a".into(), "s1".into()), secret("u", "reg.io"));
+        inv.secrets
+            .insert(("b".into(), "s2".into()), secret("u", "reg.io"));
+        let index = ImageIndex::build(&inv, &options());
+        assert_eq!(index.checks.len(), 2);
+        assert_eq!(index.container_count(), 4);
+        for (key, refs) in &index.checks {
+            assert_eq!(refs.len(), 2, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_never_cross_namespaces_and_fall_back_to_service_account() {
+        let mut inv = Inventory::default();
+        inv.workloads.push(workload("a", "w", &["reg.io/app"], &[]));
+        inv.workloads
+            .push(workload("b", "w", &["reg.io/app"], &["s"]));
+        inv.service_accounts
+            .insert(("a".into(), "default".into()), vec!["sa-secret".into()]);
+        inv.secrets.insert(
+            ("a".into(), "sa-secret".into()),
+            secret("from-sa", "reg.io"),
+        );
+        // A secret named "s" exists only in namespace a: workload b must not get it.
+        inv.secrets.insert(
+            ("a".into(), "s".into()),
+            secret("wrong-namespace", "reg.io"),
+        );
+        let index = ImageIndex::build(&inv, &options());
+        let by_ns: BTreeMap<_, _> = index
+            .checks
+            .iter()
+            .map(|(k, refs)| {
+                (
+                    refs[0].namespace.clone(),
+                    k.credentials
+                        .iter()
+                        .map(|c| c.credential.username.clone())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(by_ns["a"], ["from-sa"]);
+        assert!(by_ns["b"].is_empty());
+    }
+
+    #[test]
+    fn filters_and_bad_references() {
+        let mut inv = Inventory::default();
+        inv.workloads.push(workload(
+            "a",
+            "w",
+            &["nginx", "reg.io/skip-me", "reg.io/keep", "BAD IMAGE"],
+            &[],
+        ));
+        let mut disabled = workload("a", "off", &["reg.io/keep"], &[]);
+        disabled.enabled = false;
+        inv.workloads.push(disabled);
+        let mut opts = options();
+        opts.filters.allowed_images = parse_image_regexes("^reg\\.io/~BAD").unwrap();
+        opts.filters.ignored_images = parse_image_regexes("skip-me").unwrap();
+        let index = ImageIndex::build(&inv, &opts);
+        let images: Vec<_> = index
+            .checks
+            .values()
+            .flatten()
+            .map(|r| r.image.as_str())
+            .collect();
+        assert_eq!(images, ["reg.io/keep"]);
+        assert_eq!(index.settled.len(), 1);
+        assert_eq!(index.settled[0].1.status, CheckStatus::BadImageFormat);
+        assert!(index.settled[0].1.reason.contains("whitespace"));
+
+        opts.filters.force_check_disabled = parse_kinds("Deployment").unwrap();
+        let index = ImageIndex::build(&inv, &opts);
+        assert_eq!(index.checks.values().flatten().count(), 2);
+        assert_eq!(parse_kinds("*").unwrap().len(), WorkloadKind::ALL.len());
+        assert!(parse_kinds("replicaset").is_err());
+    }
+
+    #[test]
+    fn namespace_label_selector() {
+        let mut inv = Inventory::default();
+        inv.workloads.push(workload("on", "w", &["nginx"], &[]));
+        inv.workloads.push(workload("off", "w", &["redis"], &[]));
+        inv.workloads
+            .push(workload("unknown", "w", &["alpine"], &[]));
+        inv.namespaces.insert(
+            "on".into(),
+            [("check".to_string(), "yes".to_string())].into(),
+        );
+        inv.namespaces.insert(
+            "off".into(),
+            [("check".to_string(), "no".to_string())].into(),
+        );
+        let mut opts = options();
+        opts.filters.namespace_selector = Some(LabelSelector::parse("check=yes").unwrap());
+        let index = ImageIndex::build(&inv, &opts);
+        let namespaces: Vec<_> = index
+            .checks
+            .values()
+            .flatten()
+            .map(|r| r.namespace.as_str())
+            .collect();
+        assert_eq!(namespaces, ["on"]);
+
+        let labels: BTreeMap<String, String> = [("a".to_string(), "1".to_string())].into();
+        assert!(LabelSelector::parse("a").unwrap().matches(&labels));
+        assert!(!LabelSelector::parse("!a").unwrap().matches(&labels));
+        assert!(LabelSelector::parse("a==1,b!=2").unwrap().matches(&labels));
+        assert!(!LabelSelector::parse("a!=1").unwrap().matches(&labels));
+        assert!(LabelSelector::parse("a,,b").is_err());
+        assert!(LabelSelector::parse("=x").is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! Inventory from manifest files: a file or a directory of `.yaml`/`.yml`/`.json`
+//! files, each holding one or more YAML documents, `kind: List` included (as printed
+//! by `kubectl get -o yaml`).
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::{Inventory, KubeObject};
+
+/// Why the manifests could not be read. Every variant names the file, and the line
+/// where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: invalid YAML: {message}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}:{line}: invalid {kind} {name:?}: {message}")]
+    Object {
+        path: PathBuf,
+        line: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error("{path}: no .yaml, .yml or .json files found")]
+    Empty { path: PathBuf },
+}
+
+/// Reads every manifest under `path` into a fresh inventory.
+pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
+    let files = manifest_files(path)?;
+    if files.is_empty() {
+        return Err(ManifestError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut inventory = Inventory::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        load_text(&file, &text, &mut inventory)?;
+    }
+    Ok(inventory)
+}
+
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let io = |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| ManifestError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| ManifestError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let entry_path = entry.path();
+            if entry_path.is_dir() {
+                pending.push(entry_path);
+            } else if entry_path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                files.push(entry_path);
+            }
+        }
+    }
+    // Deterministic order: the same directory always yields the same inventory.
+    files.sort();
+    Ok(files)
+}
+
+/// Parses one file's text (any number of documents) into `inventory`.
+pub fn load_text(path: &Path, text: &str, inventory: &mut Inventory) -> Result<(), ManifestError> {
+    for (first_line, document) in split_documents(text) {
+        let value: Value = serde_yaml::from_str(document).map_err(|err| ManifestError::Yaml {
+            path: path.to_path_buf(),
+            line: first_line + err.location().map_or(0, |l| l.line().saturating_sub(1)),
+            message: without_location(&err.to_string()),
+        })?;
+        add_value(path, first_line, value, inventory)?;
+    }
+    Ok(())
+}
+
+/// Splits a YAML stream at `---` lines, returning each document with its first line
+/// number (1-based), so errors inside a document point at the right line of the file.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start_offset = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+            documents.push((start_line, &text[start_offset..offset]));
+            start_offset = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start_offset..]));
+    documents
+}
+
+fn without_location(message: &str) -> String {
+    // serde_yaml appends "at line X column Y" relative to the document; we report the file line instead.
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn add_value(
+    path: &Path,
+    line: usize,
+    value: Value,
+    inventory: &mut Inventory,
+) -> Result<(), ManifestError> {
+    if value.is_null() {
+        return Ok(());
+    }
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let invalid = |message: String| ManifestError::Object {
+        path: path.to_path_buf(),
+        line,
+        kind: kind.clone(),
+        name: name.clone(),
+        message,
+    };
+    fn typed<T: DeserializeOwned>(
+        value: Value,
+        invalid: impl Fn(String) -> ManifestError,
+    ) -> Result<Box<T>, ManifestError> {
+        serde_yaml::from_value(value)
+            .map(Box::new)
+            .map_err(|err| invalid(without_location(&err.to_string())))
+    }
+
+    let object = match (api_version.as_str(), kind.as_str()) {
+        (_, "List") | (_, "DeploymentList") | (_, "PodList") => {
+            let items = match value.get("items") {
+                Some(Value::Sequence(items)) => items.clone(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(_) => return Err(invalid("items must be a list".to_string())),
+            };
+            for item in items {
+                add_value(path, line, item, inventory)?;
+            }
+            return Ok(());
+        }
+        ("apps/v1", "Deployment") => KubeObject::Deployment(typed(value, invalid)?),
+        ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(typed(value, invalid)?),
+        ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(typed(value, invalid)?),
+        ("batch/v1", "CronJob") => KubeObject::CronJob(typed(value, invalid)?),
+        ("batch/v1", "Job") => KubeObject::Job(typed(value, invalid)?),
+        ("v1", "Pod") => KubeObject::Pod(typed(value, invalid)?),
+        ("v1", "Secret") => KubeObject::Secret(typed(value, invalid)?),
+        ("v1", "ServiceAccount") => KubeObject::ServiceAccount(typed(value, invalid)?),
+        ("v1", "Namespace") => KubeObject::Namespace(typed(value, invalid)?),
+        ("", _) | (_, "") if !value.is_mapping() => {
+            return Err(invalid(
+                "a document must be a Kubernetes object (a mapping)".to_string(),
+            ));
+        }
+        ("", _) | (_, "") => {
+            return Err(invalid("missing apiVersion or kind".to_string()));
+        }
+        (api_version, kind) => {
+            tracing::debug!(path = %path.display(), line, api_version, kind, %name, "skipping a kind pullwatch does not check");
+            return Ok(());
+        }
+    };
+    inventory.add(object);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{SecretCredentials, WorkloadKind};
+
+    fn parse(text: &str) -> Result<Inventory, ManifestError> {
+        let mut inventory = Inventory::default();
+        load_text(Path::new("test.yaml"), text, &mut inventory)?;
+        Ok(inventory)
+    }
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web-sa
+      imagePullSecrets: [{name: regcred}]
+      initContainers: [{name: init, image: busybox}]
+      containers: [{name: app, image: "registry.local:5000/web:v1"}]
+"#;
+
+    #[test]
+    fn reads_workloads_with_all_containers() {
+        let inv = parse(DEPLOYMENT).unwrap();
+        assert_eq!(inv.workloads.len(), 1);
+        let w = &inv.workloads[0];
+        assert_eq!(
+            (w.namespace.as_str(), w.name.as_str(), w.kind),
+            ("shop", "web", WorkloadKind::Deployment)
+        );
+        let images: Vec<_> = w
+            .containers
+            .iter()
+            .map(|c| (c.container.as_str(), c.image.as_str()))
+            .collect();
+        assert_eq!(
+            images,
+            [("init", "busybox"), ("app", "registry.local:5000/web:v1")]
+        );
+        assert_eq!(w.pull_secrets, ["regcred"]);
+        assert_eq!(w.service_account, "web-sa");
+        assert!(w.enabled);
+    }
+
+    #[test]
+    fn multi_document_list_and_skips() {
+        let text = format!(
+            "{DEPLOYMENT}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {{name: bare}}\n  spec:\n    containers: [{{name: c, image: nginx}}]\n    ephemeralContainers: [{{name: dbg, image: busybox:1.36}}]\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: owned\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: u, controller: true}}]\n  spec:\n    containers: [{{name: c, image: nginx}}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n"
+        );
+        let inv = parse(&text).unwrap();
+        let names: Vec<_> = inv.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["web", "bare"]);
+        assert_eq!(inv.workloads[1].namespace, "default");
+        assert_eq!(inv.workloads[1].containers.len(), 2);
+        assert_eq!(inv.workloads[1].service_account, "default");
+    }
+
+    #[test]
+    fn disabled_workloads_and_cronjob_jobs() {
+        let text = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 0
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template: {spec: {containers: [{name: db, image: postgres}]}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 0 * * *"
+  suspend: true
+  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: j, image: alpine}]}}}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: nightly-123
+  ownerReferences: [{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: u, controller: true}]
+spec: {template: {spec: {restartPolicy: Never, containers: [{name: j, image: alpine}]}}}
+"#;
+        let inv = parse(text).unwrap();
+        let seen: Vec<_> = inv.workloads.iter().map(|w| (w.kind, w.enabled)).collect();
+        assert_eq!(
+            seen,
+            [
+                (WorkloadKind::StatefulSet, false),
+                (WorkloadKind::CronJob, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_and_service_accounts() {
+        let text = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: regcred, namespace: shop}
+type: kubernetes.io/dockerconfigjson
+stringData:
+  .dockerconfigjson: '{"auths":{"registry.local:5000":{"username":"u","password":"p"}}}'
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: broken, namespace: shop}
+type: kubernetes.io/dockerconfigjson
+data:
+  .dockerconfigjson: bm90IGpzb24=
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: tls, namespace: shop}
+type: kubernetes.io/tls
+data: {}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web-sa, namespace: shop}
+imagePullSecrets: [{name: regcred}]
+"#;
+        let inv = parse(text).unwrap();
+        assert!(matches!(
+            inv.secrets[&("shop".into(), "regcred".into())],
+            SecretCredentials::Parsed(ref c) if c.entries["registry.local:5000"].username == "u"
+        ));
+        assert!(matches!(
+            inv.secrets[&("shop".into(), "broken".into())],
+            SecretCredentials::Broken(_)
+        ));
+        assert_eq!(inv.secrets.len(), 2, "non-docker secrets are not kept");
+        assert_eq!(
+            inv.service_accounts[&("shop".into(), "web-sa".into())],
+            ["regcred"]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let err =
+            parse("apiVersion: v1\nkind: Pod\n---\nkind: Pod\nmetadata: {name: x\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            matches!(err, ManifestError::Yaml { line, .. } if line >= 5),
+            "{shown}"
+        );
+        assert!(shown.starts_with("test.yaml:"), "{shown}");
+
+        let err = parse("# comment\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: many}\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            matches!(err, ManifestError::Object { line: 3, .. }),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("Deployment") && shown.contains("\"d\""),
+            "{shown}"
+        );
+
+        assert!(matches!(
+            parse("- a\n- b\n").unwrap_err(),
+            ManifestError::Object { .. }
+        ));
+        assert!(matches!(
+            parse("metadata: {name: x}\n").unwrap_err(),
+            ManifestError::Object { .. }
+        ));
+    }
+
+    #[test]
+    fn directories_are_walked_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            DEPLOYMENT.replace("name: web", "name: b"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("sub/a.yml"),
+            DEPLOYMENT.replace("name: web", "name: a"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
+        let inv = load(dir.path()).unwrap();
+        let names: Vec<_> = inv.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load(empty.path()),
+            Err(ManifestError::Empty { .. })
+        ));
+        assert!(matches!(
+            load(&empty.path().join("missing")),
+            Err(ManifestError::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! One-shot output of `check`: a table for people, JSON for programs.
+
+use pullwatch::CheckOutcome;
+use serde::Serialize;
+
+use crate::index::ContainerRef;
+
+/// One row of `check -o json`. Key names are a contract other tools depend on.
+#[derive(Debug, Serialize)]
+pub struct Row<'a> {
+    pub namespace: &'a str,
+    pub kind: &'a str,
+    pub name: &'a str,
+    pub container: &'a str,
+    pub image: &'a str,
+    pub status: &'a str,
+    pub reason: &'a str,
+}
+
+fn rows(results: &[(ContainerRef, CheckOutcome)]) -> Vec<Row<'_>> {
+    results
+        .iter()
+        .map(|(c, o)| Row {
+            namespace: &c.namespace,
+            kind: c.kind.as_str(),
+            name: &c.name,
+            container: &c.container,
+            image: &c.image,
+            status: o.status.as_str(),
+            reason: &o.reason,
+        })
+        .collect()
+}
+
+pub fn json(results: &[(ContainerRef, CheckOutcome)]) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&rows(results))
+}
+
+pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
+    const HEADER: [&str; 7] = [
+        "NAMESPACE",
+        "KIND",
+        "NAME",
+        "CONTAINER",
+        "IMAGE",
+        "STATUS",
+        "REASON",
+    ];
+    let cells: Vec<[&str; 7]> = rows(results)
+        .into_iter()
+        .map(|r| {
+            [
+                r.namespace,
+                r.kind,
+                r.name,
+                r.container,
+                r.image,
+                r.status,
+                r.reason,
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(HEADER).chain(cells) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, width))| {
+                if i + 1 == row.len() {
+                    cell.to_string()
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::WorkloadKind;
+    use pullwatch::CheckStatus;
+
+    fn results() -> Vec<(ContainerRef, CheckOutcome)> {
+        vec![(
+            ContainerRef {
+                namespace: "ns".into(),
+                kind: WorkloadKind::CronJob,
+                name: "nightly".into(),
+                container: "job".into(),
+                image: "reg/x:1".into(),
+            },
+            CheckOutcome::new(CheckStatus::Absent, "manifest not found (HTTP 404)"),
+        )]
+    }
+
+    #[test]
+    fn json_keys_are_the_contract() {
+        let value: serde_json::Value = serde_json::from_str(&json(&results()).unwrap()).unwrap();
+        let object = value[0].as_object().unwrap();
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 7);
+        for key in [
+            "namespace",
+            "kind",
+            "name",
+            "container",
+            "image",
+            "status",
+            "reason",
+        ] {
+            assert!(object.contains_key(key), "{key}");
+        }
+        assert_eq!(object["kind"], "cronjob");
+        assert_eq!(object["status"], "absent");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let text = table(&results());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].find("STATUS"), lines[1].find("absent"));
+        assert!(lines[1].ends_with("manifest not found (HTTP 404)"));
+    }
+}

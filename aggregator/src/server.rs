@@ -1,0 +1,164 @@
+//! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process serves),
+//! `/readyz` (the first full check pass has finished; its body says why not).
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::checker::limits::lock;
+use crate::scheduler::Pipeline;
+
+/// What the endpoints report on.
+pub struct ServerState {
+    pub pipeline: Arc<Pipeline>,
+    ready: AtomicBool,
+    /// Human-readable detail for `/readyz`.
+    detail: Mutex<String>,
+}
+
+impl ServerState {
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        ServerState {
+            pipeline,
+            ready: AtomicBool::new(false),
+            detail: Mutex::new("first check pass has not finished".to_string()),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool, detail: impl Into<String>) {
+        *lock(&self.detail) = detail.into();
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Why the bind address is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid --bind-address {0:?}: expected [HOST]:PORT, e.g. :8080 or 127.0.0.1:8080")]
+    BadAddress(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Binds like Go's `net.Listen("tcp", ":8080")`: an empty host means every interface
+/// (IPv6 and IPv4 where the host has IPv6, IPv4 alone where it has not).
+pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    if let Some(port) = address.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| ServerError::BadAddress(address.to_string()))?;
+        return match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                .await
+                .map_err(bind_error),
+        };
+    }
+    let socket: SocketAddr = address
+        .parse()
+        .map_err(|_| ServerError::BadAddress(address.to_string()))?;
+    TcpListener::bind(socket).await.map_err(bind_error)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(connection) => connection,
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &request)) }
+            });
+            if let Err(error) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    match request.uri().path() {
+        "/metrics" => match state.pipeline.render_metrics() {
+            Ok(body) => {
+                let mut response = text(StatusCode::OK, body);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        },
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let detail = lock(&state.detail).clone();
+            if state.is_ready() {
+                text(StatusCode::OK, format!("ready: {detail}\n"))
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {detail}\n"),
+                )
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
