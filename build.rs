@@ -1,4 +1,5 @@
-//! Generates the agent <-> aggregator protocol (proto/pullwatch/v1) with tonic-prost.
+//! Generates the agent <-> aggregator protocol (proto/pullwatch/v1) and the CRI subset the
+//! agent calls (proto/cri, package runtime.v1) with tonic-prost.
 //! protoc comes from the protoc-bin-vendored crate, so no system protoc is needed.
 
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
 
-    let protos: Vec<PathBuf> = ["proto/pullwatch/v1/agent.proto"]
+    let protos: Vec<PathBuf> = ["proto/pullwatch/v1/agent.proto", "proto/cri/api.proto"]
         .iter()
         .map(PathBuf::from)
         .collect();

@@ -16,3 +16,10 @@ pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("pullwatch.v1");
 }
+
+/// Generated code for `proto/cri`: the subset of the CRI `runtime.v1` API (same package,
+/// message names and field numbers as k8s.io/cri-api) that the agent calls.
+pub mod cri {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("runtime.v1");
+}
