@@ -8,6 +8,7 @@ mod promtool;
 mod push;
 mod registry;
 mod stub;
+mod tools;
 mod util;
 
 pub use ca::{LOOPBACK_SANS, TestCa};
@@ -16,4 +17,8 @@ pub use promtool::promtool_check_metrics;
 pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
 pub use registry::{Registry, RegistryOptions};
 pub use stub::{RecordedRequest, StubResponse, StubServer};
+pub use tools::{
+    HELM_NPM_PACKAGE, ToolOutput, helm, helm_ok, locate_helm, promtool, promtool_check_rules,
+    promtool_test_rules, require_helm, workspace_root,
+};
 pub use util::{free_port, free_port_on, require_tool};
