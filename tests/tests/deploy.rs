@@ -575,3 +575,183 @@ fn alert_unit_tests_use_pullwatch_shaped_series_and_cover_every_alert() {
     assert_eq!(fires, all, "alerts never tested firing");
     assert_eq!(silent, all, "alerts never tested staying silent");
 }
+
+// ---------------------------------------------------------------------------------------
+// Grafana dashboard
+// ---------------------------------------------------------------------------------------
+
+fn dashboard() -> serde_json::Value {
+    let path = deploy_dir().join("grafana/pullwatch.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Every panel, with the panels nested in collapsed rows.
+fn dashboard_panels(dashboard: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        out.push(panel.clone());
+        if let Some(nested) = panel.get("panels").and_then(|p| p.as_array()) {
+            out.extend(nested.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Grafana's variables replaced by values Prometheus accepts, so promtool can parse it.
+fn substitute_grafana_variables(expr: &str) -> String {
+    expr.replace("$__rate_interval", "5m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$namespace", ".*")
+}
+
+#[test]
+fn dashboard_is_valid_with_a_datasource_variable_and_known_metrics() {
+    let dash = dashboard();
+    assert_eq!(dash["uid"], "pullwatch");
+    assert!(
+        dash["title"]
+            .as_str()
+            .is_some_and(|t| t.contains("pullwatch"))
+    );
+    let variables = dash["templating"]["list"].as_array().expect("templating");
+    let datasource = variables
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(datasource["query"], "prometheus");
+    let ds_ref = format!("${{{}}}", datasource["name"].as_str().unwrap());
+    let known = known_metrics();
+
+    for variable in variables.iter().filter(|v| v["type"] == "query") {
+        let query = variable["query"]["query"]
+            .as_str()
+            .or_else(|| variable["query"].as_str())
+            .unwrap();
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable query {query}"));
+        let metric = inner.split(',').next().unwrap().trim();
+        assert!(
+            is_known_metric(metric, &known),
+            "variable on unknown {metric}"
+        );
+        assert_eq!(variable["datasource"]["uid"], ds_ref.as_str());
+    }
+
+    let panels = dashboard_panels(&dash);
+    let mut ids = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut rules = Vec::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "{title}: duplicate id"
+        );
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{title}: gridPos {grid}"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"],
+            ds_ref.as_str(),
+            "{title}: datasource"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no queries");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], ds_ref.as_str(), "{title}");
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: expr"));
+            let names = metric_names_in(expr);
+            assert!(!names.is_empty(), "{title}: no metric in {expr}");
+            for name in names {
+                assert!(
+                    is_known_metric(&name, &known),
+                    "{title}: unknown metric {name}"
+                );
+                used.insert(name);
+            }
+            rules.push(serde_yaml::Value::from(serde_yaml::Mapping::from_iter([
+                (
+                    Value::from("record"),
+                    Value::from(format!("dashboard:panel{}:{}", panel["id"], rules.len())),
+                ),
+                (
+                    Value::from("expr"),
+                    Value::from(substitute_grafana_variables(expr)),
+                ),
+            ])));
+        }
+    }
+
+    // Everything the dashboard promises is on it.
+    for status in STATUSES.iter().filter(|s| **s != "available") {
+        assert!(
+            used.contains(&format!("k8s_image_availability_exporter_{status}")),
+            "no panel shows {status}"
+        );
+    }
+    for metric in [
+        "pullwatch_image_nodes",
+        "pullwatch_image_cached_nodes",
+        "pullwatch_check_duration_seconds_bucket",
+        "pullwatch_check_duration_seconds_count",
+        "pullwatch_check_queue_depth",
+        "pullwatch_registry_paused_until_timestamp_seconds",
+        "pullwatch_registry_rate_limited_total",
+        "pullwatch_registry_requests_total",
+        "k8s_image_availability_exporter_completed_rechecks_total",
+    ] {
+        assert!(used.contains(metric), "no panel shows {metric}");
+    }
+    assert!(
+        panels.iter().any(|p| p["targets"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("sum by (namespace)"))))),
+        "no panel breaks unavailable images down by namespace"
+    );
+
+    // Every query is valid PromQL: promtool parses them as recording rules.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yaml");
+    let doc = serde_yaml::Value::from(serde_yaml::Mapping::from_iter([(
+        Value::from("groups"),
+        Value::Sequence(vec![Value::from(serde_yaml::Mapping::from_iter([
+            (Value::from("name"), Value::from("dashboard")),
+            (Value::from("rules"), Value::Sequence(rules.clone())),
+        ]))]),
+    )]));
+    std::fs::write(&file, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = promtool_check_rules(&[&file]).unwrap();
+    assert!(
+        out.combined()
+            .contains(&format!("SUCCESS: {} rules found", rules.len())),
+        "{}",
+        out.combined()
+    );
+}
+
+#[test]
+fn promtool_rejects_a_broken_dashboard_query() {
+    // The PromQL check above can fail: an unbalanced query is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "groups:\n- name: g\n  rules:\n  - record: bad\n    expr: sum by (le (rate(x[5m]))\n",
+    )
+    .unwrap();
+    assert!(promtool_check_rules(&[&file]).is_err());
+}
