@@ -755,3 +755,104 @@ fn promtool_rejects_a_broken_dashboard_query() {
     .unwrap();
     assert!(promtool_check_rules(&[&file]).is_err());
 }
+
+// ---------------------------------------------------------------------------------------
+// Container image
+// ---------------------------------------------------------------------------------------
+
+/// `[[bin]]` names declared by the workspace members' manifests.
+fn workspace_binaries() -> BTreeSet<String> {
+    let mut bins = BTreeSet::new();
+    for member in ["Cargo.toml", "aggregator/Cargo.toml", "agent/Cargo.toml"] {
+        let text = std::fs::read_to_string(workspace_root().join(member)).unwrap();
+        let mut in_bin = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_bin = line == "[[bin]]";
+            } else if in_bin && let Some(value) = line.strip_prefix("name") {
+                let name = value
+                    .trim_start_matches([' ', '='])
+                    .trim()
+                    .trim_matches('"');
+                bins.insert(name.to_string());
+            }
+        }
+    }
+    bins
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_into_a_non_root_image() {
+    let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    let bins = workspace_binaries();
+    for bin in ["pullwatch-aggregator", "pullwatch-agent"] {
+        assert!(
+            bins.contains(bin),
+            "no [[bin]] {bin} in the workspace: {bins:?}"
+        );
+        assert!(
+            dockerfile.contains(&format!("--bin {bin}")),
+            "Dockerfile does not build {bin}"
+        );
+    }
+    assert!(dockerfile.contains("cargo build --release --locked"));
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert!(stages.len() >= 2, "not multi-stage: {stages:?}");
+    // The runtime stage: everything after the last FROM.
+    let runtime = &dockerfile[dockerfile.rfind("\nFROM ").unwrap()..];
+    assert!(
+        !runtime.contains("cargo "),
+        "the runtime stage must not build"
+    );
+    assert!(
+        runtime
+            .lines()
+            .any(|l| l.trim() == "USER 65532:65532" || l.trim() == "USER 65532"),
+        "runtime stage must run as 65532"
+    );
+    let copy = runtime
+        .lines()
+        .find(|l| l.starts_with("COPY --from=builder"))
+        .expect("runtime stage copies from the builder");
+    for bin in ["pullwatch-aggregator", "pullwatch-agent"] {
+        assert!(
+            copy.contains(&format!("/out/{bin}")),
+            "{bin} not copied: {copy}"
+        );
+    }
+    assert!(copy.trim_end().ends_with("/usr/local/bin/"), "{copy}");
+
+    // The build context keeps what cargo needs to load and build the workspace.
+    let ignore = std::fs::read_to_string(workspace_root().join(".dockerignore")).unwrap();
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        patterns.contains(&"target/"),
+        "target/ must stay out of the context"
+    );
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "proto",
+        "src",
+        "aggregator",
+        "agent",
+        "tests",
+    ] {
+        for pattern in &patterns {
+            let bare = pattern.trim_end_matches('/').trim_start_matches("**/");
+            assert_ne!(bare, needed, ".dockerignore drops {needed}");
+            assert!(
+                !(pattern.starts_with('*') && needed.ends_with(pattern.trim_start_matches('*'))),
+                ".dockerignore pattern {pattern} drops {needed}"
+            );
+        }
+    }
+}
