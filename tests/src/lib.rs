@@ -1,8 +1,9 @@
-//! The pullwatch test bench: real `docker-registry` processes, images pushed with
+//! The pullwatch test bench: real `docker-registry` and `containerd` processes, images pushed with
 //! `skopeo`, a throw-away CA, `promtool`, and a programmable stub HTTP server, all on
 //! loopback in temp dirs, with bounded waits and child processes killed on drop.
 
 mod ca;
+mod containerd;
 mod http_client;
 mod promtool;
 mod push;
@@ -12,6 +13,7 @@ mod tools;
 mod util;
 
 pub use ca::{LOOPBACK_SANS, TestCa};
+pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
 pub use promtool::promtool_check_metrics;
 pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
