@@ -1,1 +1,79 @@
-fn main() {}
+//! `pullwatch-agent`: see the crate docs of `pullwatch_agent`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, pull_secrets_for};
+
+/// Exit codes: 0 available, 1 not available, 2 usage or setup error.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Check(args) => check(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PULLWATCH_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let checker = args.node.checker(None).context("setting up the checker")?;
+    let secrets = pull_secrets_for(&args.pull_secret_files, &args.image)?;
+    let report = checker.check(&args.image, args.node.mode, &secrets).await;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+        Output::Text => {
+            let via = if report.credential_source.is_empty() {
+                String::new()
+            } else {
+                format!(" credential_source={}", report.credential_source)
+            };
+            if report.reason.is_empty() {
+                println!(
+                    "{} {} mode={}{via}",
+                    report.image, report.status, report.mode
+                );
+            } else {
+                println!(
+                    "{} {} mode={}{via}: {}",
+                    report.image, report.status, report.mode, report.reason
+                );
+            }
+        }
+    }
+    Ok(if report.is_available() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,258 @@
+//! Command-line flags (each also read from a `PULLWATCH_*` environment variable) and
+//! building the checker from them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pullwatch::{DockerConfig, ImageReference, Keyring, SourcedCredential};
+
+use crate::check::{CheckOptions, Checker, Mode};
+use crate::cri::{CallObserver, CriClient, CriError, CriTimeouts};
+use crate::keyring::{KeyringConfig, KeyringError, NodeKeyring};
+use crate::resolve::{ResolveError, Resolver, ResolverConfig, RuntimeAuth};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pullwatch-agent",
+    version,
+    about = "Checks, from this node, that images can still be pulled: through the node's container runtime (CRI), with the node's credentials and registry mirrors"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check one image from this node and print the result.
+    Check(CheckArgs),
+}
+
+/// How `check` prints its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image reference, as in a pod spec.
+    pub image: String,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    pub output: Output,
+    /// A docker config file (`.dockerconfigjson` or `.dockercfg` form) standing in for
+    /// the workload's pull secrets; tried first. Repeatable.
+    #[arg(
+        long = "pull-secret-file",
+        env = "PULLWATCH_PULL_SECRET_FILES",
+        value_delimiter = ','
+    )]
+    pub pull_secret_files: Vec<PathBuf>,
+}
+
+/// The node-side settings shared by every command.
+#[derive(Clone, Debug, Args)]
+pub struct NodeArgs {
+    /// The runtime's CRI socket. containerd: unix:///run/containerd/containerd.sock;
+    /// CRI-O: unix:///var/run/crio/crio.sock; k3s: unix:///run/k3s/containerd/containerd.sock.
+    #[arg(long, env = "PULLWATCH_CRI_ENDPOINT", default_value = crate::cri::DEFAULT_ENDPOINT)]
+    pub cri_endpoint: String,
+    /// auto: pull where the node holds the image, resolve where not; pull: CRI
+    /// PullImage; resolve: manifest only, along containerd's hosts.toml route.
+    #[arg(long, env = "PULLWATCH_MODE", value_enum, default_value = "auto")]
+    pub mode: Mode,
+    /// The kubelet's --root-dir (first place the kubelet looks for config.json).
+    #[arg(
+        long,
+        env = "PULLWATCH_KUBELET_ROOT_DIR",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_root_dir: PathBuf,
+    /// containerd's registry config_path (hosts.toml directories).
+    #[arg(
+        long,
+        env = "PULLWATCH_CONTAINERD_HOSTS_DIR",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    pub containerd_hosts_dir: PathBuf,
+    /// containerd's config.toml, for its registry.configs credentials in resolve mode
+    /// (a missing file means none).
+    #[arg(
+        long,
+        env = "PULLWATCH_CONTAINERD_CONFIG",
+        default_value = "/etc/containerd/config.toml"
+    )]
+    pub containerd_config: PathBuf,
+    /// The kubelet's --image-credential-provider-config.
+    #[arg(long, env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_CONFIG")]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// The kubelet's --image-credential-provider-bin-dir.
+    #[arg(long, env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR")]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// Allow pull checks of images the node does not hold (downloads every layer).
+    #[arg(long, env = "PULLWATCH_PULL_ABSENT_IMAGES")]
+    pub pull_absent_images: bool,
+    /// Keep images that were pulled only for a check (default: remove them again).
+    #[arg(long, env = "PULLWATCH_KEEP_PULLED_IMAGES")]
+    pub keep_pulled_images: bool,
+    /// Deadline of a CRI PullImage call.
+    #[arg(long, env = "PULLWATCH_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub pull_timeout: Duration,
+    /// Deadline of the other CRI calls and of each registry request in resolve mode.
+    #[arg(long, env = "PULLWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::keyring::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 30s, 5m, 1h30m)"))
+}
+
+/// Why the agent could not be set up from its flags.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Cri(#[from] CriError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("reading pull secret file {path}: {reason}")]
+    PullSecret { path: PathBuf, reason: String },
+}
+
+impl NodeArgs {
+    pub fn keyring_config(&self) -> KeyringConfig {
+        KeyringConfig {
+            kubelet_root_dir: self.kubelet_root_dir.clone(),
+            provider_config: self.image_credential_provider_config.clone(),
+            provider_bin_dir: self.image_credential_provider_bin_dir.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The checker these flags describe.
+    pub fn checker(&self, observer: Option<Arc<dyn CallObserver>>) -> Result<Checker, SetupError> {
+        let cri = CriClient::new(
+            &self.cri_endpoint,
+            CriTimeouts {
+                call: self.request_timeout,
+                pull: self.pull_timeout,
+            },
+            observer,
+        )?;
+        let keyring = NodeKeyring::new(&self.keyring_config())?;
+        let resolver = Resolver::new(ResolverConfig {
+            hosts_dir: self.containerd_hosts_dir.clone(),
+            runtime_auth: RuntimeAuth::load(&self.containerd_config)?,
+            request_timeout: self.request_timeout,
+        });
+        Ok(Checker::new(
+            cri,
+            Arc::new(keyring),
+            Arc::new(resolver),
+            CheckOptions {
+                pull_absent_images: self.pull_absent_images,
+                keep_pulled_images: self.keep_pulled_images,
+            },
+        ))
+    }
+}
+
+/// The credentials of `--pull-secret-file`s that match `image`, in file order.
+pub fn pull_secrets_for(
+    files: &[PathBuf],
+    image: &str,
+) -> Result<Vec<SourcedCredential>, SetupError> {
+    let Ok(reference) = ImageReference::parse(image) else {
+        // The check itself reports the bad reference.
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for path in files {
+        let bytes = std::fs::read(path).map_err(|e| SetupError::PullSecret {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let config = DockerConfig::from_config_json(&bytes)
+            .or_else(|_| DockerConfig::from_dockercfg(&bytes))
+            .map_err(|e| SetupError::PullSecret {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut keyring = Keyring::new();
+        keyring.add(&format!("secret-file:{}", path.display()), &config);
+        found.extend(keyring.lookup(&reference));
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "check",
+            "nginx",
+            "--cri-endpoint",
+            "unix:///run/k3s/containerd/containerd.sock",
+            "--mode",
+            "resolve",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command;
+        assert_eq!(args.image, "nginx");
+        assert_eq!(args.output, Output::Json);
+        assert_eq!(args.node.mode, Mode::Resolve);
+        assert_eq!(
+            args.node.cri_endpoint,
+            "unix:///run/k3s/containerd/containerd.sock"
+        );
+        assert_eq!(
+            args.node.kubelet_root_dir,
+            PathBuf::from("/var/lib/kubelet")
+        );
+        assert_eq!(
+            args.node.containerd_hosts_dir,
+            PathBuf::from("/etc/containerd/certs.d")
+        );
+        assert_eq!(args.node.pull_timeout, Duration::from_secs(300));
+        assert!(!args.node.pull_absent_images);
+        let error =
+            Cli::try_parse_from(["pullwatch-agent", "check", "x", "--mode", "fetch"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        let error = Cli::try_parse_from(["pullwatch-agent", "check"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn pull_secret_files_match_like_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.json");
+        std::fs::write(
+            &file,
+            r#"{"auths":{"reg.io":{"username":"u","password":"p"}}}"#,
+        )
+        .unwrap();
+        let found = pull_secrets_for(std::slice::from_ref(&file), "reg.io/app:v1").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(&*found[0].source, format!("secret-file:{}", file.display()));
+        assert!(
+            pull_secrets_for(std::slice::from_ref(&file), "other.io/app")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(pull_secrets_for(&[dir.path().join("missing")], "reg.io/app").is_err());
+    }
+}

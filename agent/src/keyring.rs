@@ -1,0 +1,1076 @@
+//! The node keyring: the credentials the kubelet on this node would try for an image,
+//! in the kubelet's order, each labelled with where it came from (`credential_source`).
+//!
+//! 1. the workload's pull secrets (sent by the aggregator, already matched to the image);
+//! 2. the kubelet's docker config (`credentialprovider.ReadDockerConfigFile` with the
+//!    kubelet root dir as preferred path): the first valid `config.json` in
+//!    `<root-dir>`, the working dir, `$HOME/.docker`, `/.docker`; failing that the first
+//!    valid legacy `.dockercfg` in `<root-dir>`, the working dir, `$HOME`, `/`. Re-read
+//!    every 5 minutes, as the kubelet's caching provider does;
+//! 3. credential-provider exec plugins (`--image-credential-provider-config`,
+//!    `--image-credential-provider-bin-dir`): CredentialProviderRequest on stdin,
+//!    CredentialProviderResponse on stdout, only for images their `matchImages` globs
+//!    match, cached per `cacheKeyType` for `cacheDuration` (or the provider's
+//!    `defaultCacheDuration`);
+//! 4. when none of these matches: no AuthConfig at all, so the runtime uses its own
+//!    registry configuration. Like the kubelet, the runtime's own credentials are not
+//!    tried after matching credentials have all failed.
+//!
+//! Credentials never appear in logs or errors; only their sources do.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pullwatch::credentials::CredentialError;
+use pullwatch::{DockerConfig, ImageReference, Keyring, RegistryCredential, SourcedCredential};
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+/// How long the kubelet caches the docker config files it read.
+const DOCKER_CONFIG_LIFETIME: Duration = Duration::from_secs(5 * 60);
+/// The kubelet's catch-all timeout for one exec plugin run.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Expired plugin cache entries are purged at most this often (as the kubelet).
+const CACHE_PURGE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+const CONFIG_API_VERSIONS: [&str; 3] = [
+    "kubelet.config.k8s.io/v1",
+    "kubelet.config.k8s.io/v1beta1",
+    "kubelet.config.k8s.io/v1alpha1",
+];
+const PROVIDER_API_VERSIONS: [&str; 3] = [
+    "credentialprovider.kubelet.k8s.io/v1",
+    "credentialprovider.kubelet.k8s.io/v1beta1",
+    "credentialprovider.kubelet.k8s.io/v1alpha1",
+];
+
+/// Why the node keyring could not be set up (bad plugin configuration: the kubelet
+/// refuses to start on these, so the agent does too).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("reading credential provider config {path}: {source}")]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing credential provider config {path}: {reason}")]
+    ConfigParse { path: PathBuf, reason: String },
+    #[error("invalid credential provider config {path}: {reason}")]
+    ConfigInvalid { path: PathBuf, reason: String },
+    #[error("credential provider plugin binary directory {0} does not exist")]
+    BinDirMissing(PathBuf),
+    #[error("credential provider plugin binary {0} does not exist or is not executable")]
+    PluginMissing(PathBuf),
+    #[error(
+        "--image-credential-provider-config is set but --image-credential-provider-bin-dir is not"
+    )]
+    BinDirUnset,
+}
+
+/// Where the node's credentials come from.
+#[derive(Clone, Debug, Default)]
+pub struct KeyringConfig {
+    /// The kubelet's `--root-dir` (preferred docker config path).
+    pub kubelet_root_dir: PathBuf,
+    /// Directories searched for `config.json`, in order. Default: root dir, working
+    /// dir, `$HOME/.docker`, `/.docker`.
+    pub config_json_dirs: Option<Vec<PathBuf>>,
+    /// Directories searched for `.dockercfg`, in order. Default: root dir, working dir,
+    /// `$HOME`, `/`.
+    pub dockercfg_dirs: Option<Vec<PathBuf>>,
+    /// `--image-credential-provider-config`.
+    pub provider_config: Option<PathBuf>,
+    /// `--image-credential-provider-bin-dir`.
+    pub provider_bin_dir: Option<PathBuf>,
+}
+
+impl KeyringConfig {
+    fn search_dirs(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let json = self.config_json_dirs.clone().unwrap_or_else(|| {
+            vec![
+                self.kubelet_root_dir.clone(),
+                cwd.clone(),
+                home.join(".docker"),
+                PathBuf::from("/.docker"),
+            ]
+        });
+        let legacy = self
+            .dockercfg_dirs
+            .clone()
+            .unwrap_or_else(|| vec![self.kubelet_root_dir.clone(), cwd, home, PathBuf::from("/")]);
+        (json, legacy)
+    }
+}
+
+/// The node keyring. Cheap to share (`Arc`), safe to use concurrently.
+pub struct NodeKeyring {
+    files: DockerConfigFiles,
+    plugins: Vec<PluginProvider>,
+}
+
+impl std::fmt::Debug for NodeKeyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeKeyring")
+            .field("config_json_dirs", &self.files.json_dirs)
+            .field("dockercfg_dirs", &self.files.legacy_dirs)
+            .field(
+                "plugins",
+                &self.plugins.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What a lookup found: the credentials to try, in order, and the sources that
+/// failed to answer (a plugin that crashed), for the check's reason.
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    pub credentials: Vec<SourcedCredential>,
+    pub problems: Vec<String>,
+}
+
+impl NodeKeyring {
+    /// Reads and validates the plugin configuration (as strictly as the kubelet).
+    pub fn new(config: &KeyringConfig) -> Result<NodeKeyring, KeyringError> {
+        let (json_dirs, legacy_dirs) = config.search_dirs();
+        let plugins = match &config.provider_config {
+            None => Vec::new(),
+            Some(path) => {
+                let bin_dir = config
+                    .provider_bin_dir
+                    .as_deref()
+                    .ok_or(KeyringError::BinDirUnset)?;
+                load_plugins(path, bin_dir)?
+            }
+        };
+        Ok(NodeKeyring {
+            files: DockerConfigFiles {
+                json_dirs,
+                legacy_dirs,
+                cache: Mutex::new(None),
+            },
+            plugins,
+        })
+    }
+
+    /// Names of the configured credential-provider plugins.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.plugins.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The credentials the kubelet would try for `image`, in order. `pull_secrets` are
+    /// the workload's, already matched to the image (empty outside a workload context).
+    /// An empty result means: pull without AuthConfig.
+    pub async fn lookup(
+        &self,
+        image: &ImageReference,
+        pull_secrets: &[SourcedCredential],
+    ) -> Lookup {
+        let mut lookup = Lookup::default();
+        let push = |found: Vec<SourcedCredential>, lookup: &mut Lookup| {
+            for credential in found {
+                // The same secret reachable twice is tried once: the second try could
+                // only fail the same way.
+                if !lookup
+                    .credentials
+                    .iter()
+                    .any(|c| c.credential == credential.credential)
+                {
+                    lookup.credentials.push(credential);
+                }
+            }
+        };
+        push(pull_secrets.to_vec(), &mut lookup);
+        push(self.files.keyring().lookup(image), &mut lookup);
+
+        let name = image.name();
+        let mut plugin_keyring = Keyring::new();
+        for plugin in &self.plugins {
+            match plugin.provide(&name).await {
+                Ok(Some(config)) => plugin_keyring.add(&plugin.source, &config),
+                Ok(None) => {}
+                Err(problem) => {
+                    warn!(plugin = %plugin.name, image = %name, %problem, "credential provider plugin failed");
+                    lookup
+                        .problems
+                        .push(format!("{}: {problem}", plugin.source));
+                }
+            }
+        }
+        push(plugin_keyring.lookup(image), &mut lookup);
+        lookup
+    }
+}
+
+/// The kubelet's docker config file provider, cached for 5 minutes.
+struct DockerConfigFiles {
+    json_dirs: Vec<PathBuf>,
+    legacy_dirs: Vec<PathBuf>,
+    cache: Mutex<Option<(Arc<Keyring>, Instant)>>,
+}
+
+impl DockerConfigFiles {
+    fn keyring(&self) -> Arc<Keyring> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((keyring, expires)) = cache.as_ref()
+            && *expires > Instant::now()
+        {
+            return keyring.clone();
+        }
+        let keyring = Arc::new(self.read());
+        *cache = Some((keyring.clone(), Instant::now() + DOCKER_CONFIG_LIFETIME));
+        keyring
+    }
+
+    /// `ReadDockerConfigFile`: the first valid config.json, else the first valid
+    /// .dockercfg; one file at most.
+    fn read(&self) -> Keyring {
+        let mut keyring = Keyring::new();
+        for dir in &self.json_dirs {
+            let path = dir.join("config.json");
+            let Some(bytes) = read_if_exists(&path) else {
+                continue;
+            };
+            match DockerConfig::from_config_json(&bytes) {
+                Ok(config) => {
+                    debug!(path = %path.display(), entries = config.entries.len(), "using kubelet docker config");
+                    keyring.add(&format!("config.json:{}", path.display()), &config);
+                    return keyring;
+                }
+                // The kubelet takes a config.json without "auths" as valid and empty.
+                Err(CredentialError::MissingAuths) => return keyring,
+                Err(error) => {
+                    debug!(path = %path.display(), %error, "skipping invalid config.json")
+                }
+            }
+        }
+        for dir in &self.legacy_dirs {
+            let path = dir.join(".dockercfg");
+            let Some(bytes) = read_if_exists(&path) else {
+                continue;
+            };
+            match DockerConfig::from_dockercfg(&bytes) {
+                Ok(config) => {
+                    debug!(path = %path.display(), entries = config.entries.len(), "using kubelet .dockercfg");
+                    keyring.add(&format!(".dockercfg:{}", path.display()), &config);
+                    return keyring;
+                }
+                Err(error) => {
+                    debug!(path = %path.display(), %error, "skipping invalid .dockercfg")
+                }
+            }
+        }
+        keyring
+    }
+}
+
+fn read_if_exists(path: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            debug!(path = %path.display(), %error, "cannot read docker config");
+            None
+        }
+    }
+}
+
+// ---- credential provider plugins -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderConfigFile {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    providers: Vec<ProviderEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderEntry {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    match_images: Vec<String>,
+    default_cache_duration: Option<String>,
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    #[serde(default)]
+    token_attributes: Option<serde_yaml::Value>,
+}
+
+#[derive(Deserialize, Clone)]
+struct EnvVar {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+fn load_plugins(path: &Path, bin_dir: &Path) -> Result<Vec<PluginProvider>, KeyringError> {
+    let invalid = |reason: String| KeyringError::ConfigInvalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if !bin_dir.is_dir() {
+        return Err(KeyringError::BinDirMissing(bin_dir.to_path_buf()));
+    }
+    let bytes = std::fs::read(path).map_err(|source| KeyringError::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // YAML is a superset of JSON: the kubelet accepts both.
+    let file: ProviderConfigFile =
+        serde_yaml::from_slice(&bytes).map_err(|e| KeyringError::ConfigParse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if file.kind != "CredentialProviderConfig" {
+        return Err(invalid(format!(
+            "kind is {:?}, expected CredentialProviderConfig",
+            file.kind
+        )));
+    }
+    if !CONFIG_API_VERSIONS.contains(&file.api_version.as_str()) {
+        return Err(invalid(format!(
+            "unsupported apiVersion {:?}",
+            file.api_version
+        )));
+    }
+    if file.providers.is_empty() {
+        return Err(invalid("at least 1 item in plugins is required".into()));
+    }
+    let mut plugins = Vec::new();
+    let mut seen = Vec::new();
+    for entry in file.providers {
+        if entry.name.is_empty()
+            || entry.name.contains('/')
+            || entry.name.contains(' ')
+            || entry.name == "."
+            || entry.name == ".."
+        {
+            return Err(invalid(format!("invalid provider name {:?}", entry.name)));
+        }
+        if seen.contains(&entry.name) {
+            return Err(invalid(format!("duplicate provider name {:?}", entry.name)));
+        }
+        seen.push(entry.name.clone());
+        if entry.match_images.is_empty() {
+            return Err(invalid(format!(
+                "provider {}: at least 1 item in matchImages is required",
+                entry.name
+            )));
+        }
+        for pattern in &entry.match_images {
+            if pattern.is_empty()
+                || pattern.contains("://")
+                || pattern
+                    .split('/')
+                    .next()
+                    .is_some_and(|host| host.split('.').any(glob_invalid))
+            {
+                return Err(invalid(format!(
+                    "provider {}: invalid matchImages entry {pattern:?}",
+                    entry.name
+                )));
+            }
+        }
+        if !PROVIDER_API_VERSIONS.contains(&entry.api_version.as_str()) {
+            return Err(invalid(format!(
+                "provider {}: unsupported apiVersion {:?}",
+                entry.name, entry.api_version
+            )));
+        }
+        let default_cache_duration = match entry.default_cache_duration.as_deref() {
+            None => {
+                return Err(invalid(format!(
+                    "provider {}: defaultCacheDuration is required",
+                    entry.name
+                )));
+            }
+            Some(text) => parse_go_duration(text).ok_or_else(|| {
+                invalid(format!(
+                    "provider {}: defaultCacheDuration {text:?} is not a non-negative duration",
+                    entry.name
+                ))
+            })?,
+        };
+        if entry.token_attributes.is_some() {
+            // Service-account-token plugins need a token for the pod's service account,
+            // which a node agent does not have: such a plugin would not be called for
+            // our checks anyway, so it is left out rather than called wrongly.
+            warn!(provider = %entry.name, "credential provider uses tokenAttributes (service account tokens); the agent cannot call it and skips it");
+            continue;
+        }
+        let binary = bin_dir.join(&entry.name);
+        if !is_executable(&binary) {
+            return Err(KeyringError::PluginMissing(binary));
+        }
+        plugins.push(PluginProvider {
+            source: format!("plugin:{}", entry.name),
+            name: entry.name,
+            binary,
+            api_version: entry.api_version,
+            args: entry.args,
+            env: entry.env,
+            match_images: entry.match_images,
+            default_cache_duration,
+            cache: Mutex::new(PluginCache::default()),
+            exec_lock: tokio::sync::Mutex::new(()),
+        });
+    }
+    Ok(plugins)
+}
+
+fn glob_invalid(label: &str) -> bool {
+    // filepath.Match syntax: an unterminated class is the only error a label can have.
+    label.matches('[').count() != label.matches(']').count()
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[derive(Default)]
+struct PluginCache {
+    entries: HashMap<String, (DockerConfig, Instant)>,
+    last_purge: Option<Instant>,
+}
+
+impl PluginCache {
+    fn get(&mut self, key: &str, now: Instant) -> Option<DockerConfig> {
+        if self
+            .last_purge
+            .is_none_or(|t| now.duration_since(t) > CACHE_PURGE_INTERVAL)
+        {
+            self.entries.retain(|_, (_, expires)| *expires > now);
+            self.last_purge = Some(now);
+        }
+        match self.entries.get(key) {
+            Some((config, expires)) if *expires > now => Some(config.clone()),
+            _ => None,
+        }
+    }
+}
+
+struct PluginProvider {
+    name: String,
+    source: String,
+    binary: PathBuf,
+    api_version: String,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    match_images: Vec<String>,
+    default_cache_duration: Duration,
+    cache: Mutex<PluginCache>,
+    /// One exec at a time per plugin, so concurrent checks of one image run it once
+    /// (the kubelet uses a singleflight group for the same purpose).
+    exec_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProviderResponse {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    cache_key_type: String,
+    cache_duration: Option<String>,
+    #[serde(default)]
+    auth: HashMap<String, ResponseAuth>,
+}
+
+#[derive(Deserialize)]
+struct ResponseAuth {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The registry part of an image name, as the kubelet's `parseRegistry`.
+fn registry_of(image: &str) -> &str {
+    image.split('/').next().unwrap_or(image)
+}
+
+const GLOBAL_CACHE_KEY: &str = "global";
+
+impl PluginProvider {
+    fn matches(&self, image: &str) -> bool {
+        self.match_images.iter().any(|p| urls_match(p, image))
+    }
+
+    /// The plugin's credentials for `image` (a normalized name without tag), from the
+    /// cache or by running the plugin. Ok(None): the plugin does not handle the image.
+    async fn provide(&self, image: &str) -> Result<Option<DockerConfig>, String> {
+        if !self.matches(image) {
+            return Ok(None);
+        }
+        if let Some(config) = self.cached(image) {
+            return Ok(Some(config));
+        }
+        let _running = self.exec_lock.lock().await;
+        if let Some(config) = self.cached(image) {
+            return Ok(Some(config));
+        }
+        let response = self.exec(image).await?;
+        let cache_key = match response.cache_key_type.as_str() {
+            "Image" => image.to_string(),
+            "Registry" => registry_of(image).to_string(),
+            "Global" => GLOBAL_CACHE_KEY.to_string(),
+            other => {
+                return Err(format!(
+                    "plugin did not return a valid cacheKeyType: {other:?}"
+                ));
+            }
+        };
+        let config = DockerConfig {
+            entries: response
+                .auth
+                .into_iter()
+                .map(|(key, auth)| {
+                    (
+                        key,
+                        RegistryCredential {
+                            username: auth.username,
+                            password: auth.password,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let lifetime = match response.cache_duration.as_deref() {
+            None => self.default_cache_duration,
+            Some(text) => parse_go_duration(text)
+                .ok_or_else(|| format!("plugin returned an invalid cacheDuration {text:?}"))?,
+        };
+        if !lifetime.is_zero() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .entries
+                .insert(cache_key, (config.clone(), Instant::now() + lifetime));
+        }
+        Ok(Some(config))
+    }
+
+    fn cached(&self, image: &str) -> Option<DockerConfig> {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        [image, registry_of(image), GLOBAL_CACHE_KEY]
+            .into_iter()
+            .find_map(|key| cache.get(key, now))
+    }
+
+    async fn exec(&self, image: &str) -> Result<ProviderResponse, String> {
+        use tokio::io::AsyncWriteExt;
+        let request = serde_json::json!({
+            "apiVersion": self.api_version,
+            "kind": "CredentialProviderRequest",
+            "image": image,
+        });
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|v| (v.name.clone(), v.value.clone())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.binary.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let bytes = request.to_string().into_bytes();
+            // A plugin that exits without reading its input fails below on its own.
+            let _ = stdin.write_all(&bytes).await;
+        }
+        let output = match tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output()).await {
+            Err(_) => return Err(format!("did not finish within {PLUGIN_TIMEOUT:?}")),
+            Ok(Err(e)) => return Err(format!("waiting for the plugin: {e}")),
+            Ok(Ok(output)) => output,
+        };
+        if !output.status.success() {
+            // stderr is left out on purpose: a failing plugin may print what it got.
+            return Err(format!("exited with {}", output.status));
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct TypeMeta {
+            #[serde(default)]
+            api_version: String,
+        }
+        let meta: TypeMeta = serde_json::from_slice(&output.stdout)
+            .map_err(|_| "response on stdout is not a JSON object".to_string())?;
+        if meta.api_version != self.api_version {
+            return Err(format!(
+                "apiVersion from credential plugin response did not match expected apiVersion:{}, actual apiVersion:{}",
+                self.api_version, meta.api_version
+            ));
+        }
+        // The decoding error is not shown: it may quote the credentials.
+        let response: ProviderResponse = serde_json::from_slice(&output.stdout)
+            .map_err(|_| "error decoding credential provider plugin response".to_string())?;
+        if response.kind != "CredentialProviderResponse" {
+            return Err(format!(
+                "unexpected kind {:?} in plugin response",
+                response.kind
+            ));
+        }
+        debug_assert_eq!(response.api_version, self.api_version);
+        Ok(response)
+    }
+}
+
+/// The kubelet's `URLsMatchStr(glob, target)` for schemeless `host[:port][/path]`
+/// strings: same port, same number of host labels, each label a glob match, and the
+/// glob's path a prefix of the target's.
+pub fn urls_match(glob: &str, target: &str) -> bool {
+    let split = |s: &str| -> (String, String, String) {
+        let (host, path) = match s.find('/') {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, ""),
+        };
+        let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((addr, after)) => (addr, after.strip_prefix(':').unwrap_or("")),
+                None => (host, ""),
+            }
+        } else {
+            match host.rsplit_once(':') {
+                Some((h, p)) => (h, p),
+                None => (host, ""),
+            }
+        };
+        (name.to_string(), port.to_string(), path.to_string())
+    };
+    let (glob_host, glob_port, glob_path) = split(glob);
+    let (target_host, target_port, target_path) = split(target);
+    if glob_port != target_port || !target_path.starts_with(&glob_path) {
+        return false;
+    }
+    let glob_labels: Vec<&str> = glob_host.split('.').collect();
+    let target_labels: Vec<&str> = target_host.split('.').collect();
+    glob_labels.len() == target_labels.len()
+        && glob_labels
+            .iter()
+            .zip(&target_labels)
+            .all(|(g, t)| glob_label_matches(g, t))
+}
+
+/// Go's `filepath.Match` for one host label (no separators inside a label).
+fn glob_label_matches(pattern: &str, text: &str) -> bool {
+    fn go(p: &[char], t: &[char]) -> bool {
+        match p.first() {
+            None => t.is_empty(),
+            Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
+            Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
+            Some('[') => {
+                let Some(end) = p.iter().position(|&c| c == ']') else {
+                    return false;
+                };
+                let Some(&c) = t.first() else { return false };
+                let class = &p[1..end];
+                let (negate, class) = match class.first() {
+                    Some('^') | Some('!') => (true, &class[1..]),
+                    _ => (false, class),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == '-' {
+                        hit |= class[i] <= c && c <= class[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= class[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != negate && go(&p[end + 1..], &t[1..])
+            }
+            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && go(&p[2..], &t[1..]),
+            Some(&c) => t.first() == Some(&c) && go(&p[1..], &t[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    go(&p, &t)
+}
+
+/// A Go `time.Duration` string (`metav1.Duration` in JSON/YAML): `300ms`, `1.5h`,
+/// `1h0m0s`, `0`. None for negative or malformed durations.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let text = text.strip_prefix('+').unwrap_or(text);
+    if text.is_empty() || text.starts_with('-') {
+        return None;
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_end == 0 {
+            return None;
+        }
+        let value: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * seconds;
+        rest = &rest[unit_end..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn image(s: &str) -> ImageReference {
+        ImageReference::parse(s).unwrap()
+    }
+
+    fn config_with_dirs(dir: &Path) -> KeyringConfig {
+        KeyringConfig {
+            kubelet_root_dir: dir.join("kubelet"),
+            config_json_dirs: Some(vec![
+                dir.join("kubelet"),
+                dir.join("cwd"),
+                dir.join("home/.docker"),
+            ]),
+            dockercfg_dirs: Some(vec![dir.join("kubelet"), dir.join("home")]),
+            ..Default::default()
+        }
+    }
+
+    fn sources(lookup: &Lookup) -> Vec<String> {
+        lookup
+            .credentials
+            .iter()
+            .map(|c| c.source.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("2m30s"), Some(Duration::from_secs(150)));
+        assert_eq!(parse_go_duration("-1s"), None);
+        assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(parse_go_duration("5d"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn url_globs_as_the_kubelet() {
+        assert!(urls_match("*.azurecr.io", "team.azurecr.io/app"));
+        assert!(!urls_match("*.azurecr.io", "a.b.azurecr.io/app"));
+        assert!(urls_match("registry.io/team", "registry.io/team/app"));
+        assert!(!urls_match("registry.io/team", "registry.io/other/app"));
+        assert!(urls_match("127.0.0.1:5000", "127.0.0.1:5000/private/app"));
+        assert!(!urls_match("127.0.0.1:5000", "127.0.0.1:5001/private/app"));
+        assert!(!urls_match("127.0.0.1", "127.0.0.1:5000/private/app"));
+        assert!(urls_match("[::1]:5000", "[::1]:5000/app"));
+        assert!(urls_match("*.*.amazonaws.com", "x.dkr.amazonaws.com/a"));
+        assert!(urls_match("reg-[0-9].io", "reg-7.io/a"));
+        assert!(!urls_match("reg-[0-9].io", "reg-x.io/a"));
+        assert!(urls_match("gcr.?o", "gcr.io/a"));
+    }
+
+    #[tokio::test]
+    async fn kubelet_search_order_first_valid_file_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // An invalid config.json in the root dir is skipped; the cwd one is used; the
+        // one in $HOME/.docker is never read because one valid file was found.
+        write(&d.join("kubelet/config.json"), "{not json");
+        write(
+            &d.join("cwd/config.json"),
+            r#"{"auths":{"reg.io":{"auth":"Y3dkOnB3"}}}"#,
+        );
+        write(
+            &d.join("home/.docker/config.json"),
+            r#"{"auths":{"reg.io":{"username":"home","password":"pw"}}}"#,
+        );
+        write(
+            &d.join("home/.dockercfg"),
+            r#"{"reg.io":{"username":"legacy","password":"pw"}}"#,
+        );
+        let keyring = NodeKeyring::new(&config_with_dirs(d)).unwrap();
+        let found = keyring.lookup(&image("reg.io/app:v1"), &[]).await;
+        assert_eq!(
+            sources(&found),
+            [format!(
+                "config.json:{}",
+                d.join("cwd/config.json").display()
+            )]
+        );
+        assert_eq!(found.credentials[0].credential.username, "cwd");
+        assert!(
+            keyring
+                .lookup(&image("other.io/app"), &[])
+                .await
+                .credentials
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn legacy_dockercfg_when_no_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            &d.join("home/.dockercfg"),
+            r#"{"https://reg.io":{"auth":"bGVnYWN5OnB3"}}"#,
+        );
+        let keyring = NodeKeyring::new(&config_with_dirs(d)).unwrap();
+        let found = keyring.lookup(&image("reg.io/app"), &[]).await;
+        assert_eq!(
+            sources(&found),
+            [format!(
+                ".dockercfg:{}",
+                d.join("home/.dockercfg").display()
+            )]
+        );
+        assert_eq!(found.credentials[0].credential.username, "legacy");
+    }
+
+    #[tokio::test]
+    async fn pull_secrets_first_then_files_duplicates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(
+            &d.join("kubelet/config.json"),
+            r#"{"auths":{"reg.io":{"username":"node","password":"pw"},"reg.io/team":{"username":"team","password":"pw"}}}"#,
+        );
+        let keyring = NodeKeyring::new(&config_with_dirs(d)).unwrap();
+        let secret = |source: &str, user: &str| SourcedCredential {
+            source: Arc::from(source),
+            credential: RegistryCredential {
+                username: user.into(),
+                password: "pw".into(),
+                ..Default::default()
+            },
+        };
+        let found = keyring
+            .lookup(
+                &image("reg.io/team/app:v1"),
+                &[secret("secret/ns/a", "mine"), secret("secret/ns/b", "node")],
+            )
+            .await;
+        let users: Vec<&str> = found
+            .credentials
+            .iter()
+            .map(|c| c.credential.username.as_str())
+            .collect();
+        // Secrets first; then the node file, most specific key first; the node's
+        // "node" credential equals secret b's, so it is tried once.
+        assert_eq!(users, ["mine", "node", "team"]);
+        assert_eq!(&*found.credentials[1].source, "secret/ns/b");
+    }
+
+    fn plugin_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    }
+
+    fn provider_config(dir: &Path, yaml: &str) -> PathBuf {
+        let path = dir.join("providers.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn plugin_is_called_for_matching_images_and_cached_per_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let calls = d.join("calls");
+        // The plugin records each request it gets and answers with a registry-wide key.
+        let bin = plugin_script(
+            d,
+            "ecr-login",
+            &format!(
+                r#"cat >> {calls}; echo >> {calls}
+echo "$1 $EXTRA" >> {calls}
+printf '%s' '{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Registry","cacheDuration":"1h","auth":{{"*.example.com":{{"username":"plugin-user","password":"plugin-pw"}}}}}}'"#,
+                calls = calls.display()
+            ),
+        );
+        let config = provider_config(
+            d,
+            r#"apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: ecr-login
+    matchImages: ["*.example.com", "registry.example.org/team"]
+    defaultCacheDuration: 10m
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    args: ["--flag"]
+    env:
+      - name: EXTRA
+        value: from-config
+"#,
+        );
+        let keyring = NodeKeyring::new(&KeyringConfig {
+            provider_config: Some(config),
+            provider_bin_dir: Some(bin),
+            ..config_with_dirs(d)
+        })
+        .unwrap();
+        assert_eq!(keyring.plugin_names(), ["ecr-login"]);
+
+        let found = keyring.lookup(&image("a.example.com/app:v1"), &[]).await;
+        assert_eq!(sources(&found), ["plugin:ecr-login"]);
+        assert_eq!(found.credentials[0].credential.username, "plugin-user");
+        // Same registry: served from the Registry-keyed cache, no second exec.
+        let again = keyring.lookup(&image("a.example.com/other:v2"), &[]).await;
+        assert_eq!(again.credentials.len(), 1);
+        // Not matched by matchImages: the plugin is not run.
+        let none = keyring.lookup(&image("quay.io/app"), &[]).await;
+        assert!(none.credentials.is_empty());
+
+        let log = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(log.matches("CredentialProviderRequest").count(), 1, "{log}");
+        assert!(log.contains(r#""image":"a.example.com/app""#), "{log}");
+        assert!(log.contains("--flag from-config"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn plugin_cache_duration_zero_means_no_cache_and_failures_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let calls = d.join("calls");
+        let bin = plugin_script(
+            d,
+            "nocache",
+            &format!(
+                r#"cat > /dev/null; echo x >> {calls}
+printf '%s' '{{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderResponse","cacheKeyType":"Image","cacheDuration":"0s","auth":{{"reg.io":{{"username":"u","password":"p"}}}}}}'"#,
+                calls = calls.display()
+            ),
+        );
+        plugin_script(d, "broken", "echo 'secret-ish output' >&2; exit 3");
+        plugin_script(
+            d,
+            "wrongversion",
+            r#"printf '%s' '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1beta1","kind":"CredentialProviderResponse","cacheKeyType":"Image","auth":{}}'"#,
+        );
+        let config = provider_config(
+            d,
+            r#"{"apiVersion":"kubelet.config.k8s.io/v1","kind":"CredentialProviderConfig","providers":[
+              {"name":"nocache","matchImages":["reg.io"],"defaultCacheDuration":"1h","apiVersion":"credentialprovider.kubelet.k8s.io/v1"},
+              {"name":"broken","matchImages":["reg.io"],"defaultCacheDuration":"1h","apiVersion":"credentialprovider.kubelet.k8s.io/v1"},
+              {"name":"wrongversion","matchImages":["reg.io"],"defaultCacheDuration":"1h","apiVersion":"credentialprovider.kubelet.k8s.io/v1"}]}"#,
+        );
+        let keyring = NodeKeyring::new(&KeyringConfig {
+            provider_config: Some(config),
+            provider_bin_dir: Some(bin),
+            ..config_with_dirs(d)
+        })
+        .unwrap();
+        for _ in 0..2 {
+            let found = keyring.lookup(&image("reg.io/app"), &[]).await;
+            assert_eq!(sources(&found), ["plugin:nocache"]);
+            assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
+            assert!(found.problems[0].starts_with("plugin:broken: exited with"));
+            assert!(!found.problems[0].contains("secret-ish"));
+            assert!(found.problems[1].contains("did not match expected apiVersion"));
+        }
+        let runs = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(
+            runs.lines().count(),
+            2,
+            "cacheDuration 0 disables the cache"
+        );
+    }
+
+    #[test]
+    fn invalid_plugin_configs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let bin = plugin_script(d, "ok", "exit 0");
+        let try_config = |yaml: &str| {
+            NodeKeyring::new(&KeyringConfig {
+                provider_config: Some(provider_config(d, yaml)),
+                provider_bin_dir: Some(bin.clone()),
+                ..config_with_dirs(d)
+            })
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        let base = "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n";
+        assert!(try_config(&format!("{base}providers: []")).contains("at least 1 item"));
+        assert!(
+            try_config(&format!(
+                "{base}providers:\n- name: ok\n  matchImages: [a.io]\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+            ))
+            .contains("defaultCacheDuration is required")
+        );
+        assert!(
+            try_config(&format!(
+                "{base}providers:\n- name: missing\n  matchImages: [a.io]\n  defaultCacheDuration: 1m\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+            ))
+            .contains("does not exist")
+        );
+        assert!(
+            try_config(&format!(
+                "{base}providers:\n- name: ok\n  matchImages: [a.io]\n  defaultCacheDuration: 1m\n  apiVersion: v9\n"
+            ))
+            .contains("unsupported apiVersion")
+        );
+        assert!(
+            try_config("apiVersion: kubelet.config.k8s.io/v1\nkind: Other\nproviders: []")
+                .contains("kind")
+        );
+        let unset = NodeKeyring::new(&KeyringConfig {
+            provider_config: Some(d.join("x")),
+            ..config_with_dirs(d)
+        })
+        .unwrap_err();
+        assert!(matches!(unset, KeyringError::BinDirUnset));
+    }
+}

@@ -1,0 +1,14 @@
+//! pullwatch-agent: checks, from a node, whether images can be pulled, the way the
+//! kubelet on that node would pull them. One module per stage:
+//!
+//! - [`cri`]: the runtime's CRI socket (`runtime.v1`) and CRI errors as check statuses;
+//! - [`keyring`]: the credentials the kubelet would try, in its order;
+//! - [`resolve`]: manifest-only checks along containerd's hosts.toml route;
+//! - [`check`]: the executor that picks `pull` or `resolve` per image;
+//! - [`cli`]: flags and wiring.
+
+pub mod check;
+pub mod cli;
+pub mod cri;
+pub mod keyring;
+pub mod resolve;

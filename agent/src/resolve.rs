@@ -1,0 +1,1290 @@
+//! `resolve` mode: ask for the manifest along the route containerd would take, without
+//! downloading anything.
+//!
+//! The route is containerd's (1.6/1.7 `remotes/docker/config`): the `hosts.toml` of the
+//! registry's directory under `--containerd-hosts-dir` (`<host>_<port>_`, `<host>:<port>`,
+//! then `_default`), its `[host."..."]` mirrors in file order with their capabilities,
+//! `ca`, `client`, `skip_verify`, `header` and `override_path`, and the `server` (or the
+//! registry itself) last. A directory without hosts.toml contributes Docker-style
+//! certificate files (`*.crt`, `*.cert` + `*.key`). Without any directory: HTTPS to the
+//! registry (`registry-1.docker.io` for Docker Hub), plain HTTP for loopback registries.
+//!
+//! For each host that may resolve (tags need `pull`+`resolve`, digests only `pull`),
+//! `HEAD /v2/<repo>/manifests/<ref>` (`?ns=<registry>` on mirrors), as containerd's
+//! resolver does: a 404 moves on to the next host; another failure is remembered and
+//! the next host tried; the first success wins. When no host has it, the first
+//! remembered failure is the answer, else "not found". Digests fall back to
+//! `HEAD .../blobs/<digest>`. Nothing is ever fetched with GET except a manifest from a
+//! registry that refuses HEAD.
+//!
+//! Credentials: a keyring credential applies to every host (containerd does the same
+//! with the kubelet's AuthConfig); without one, containerd's own
+//! `registry.configs."<host>".auth` for the host being contacted, read from
+//! `--containerd-config`.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
+use serde::Deserialize;
+use tracing::debug;
+
+/// What containerd sends in `Accept` when it resolves a reference.
+pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+const USER_AGENT: &str = concat!("pullwatch-agent/", env!("CARGO_PKG_VERSION"));
+/// How many responses one request may go through (challenges, HEAD->GET), as containerd.
+const MAX_RESPONSES: usize = 5;
+/// Bearer tokens without `expires_in` live 60 s (the distribution token spec's default).
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// Why the route for a registry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("building an HTTP client for {host}: {reason}")]
+    Client { host: String, reason: String },
+}
+
+/// What a host may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub pull: bool,
+    pub resolve: bool,
+    pub push: bool,
+}
+
+impl Capabilities {
+    const ALL: Capabilities = Capabilities {
+        pull: true,
+        resolve: true,
+        push: true,
+    };
+}
+
+/// One endpoint of a registry's route.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RegistryHost {
+    pub scheme: String,
+    /// `host[:port]`.
+    pub host: String,
+    /// API root, normally `/v2`.
+    pub path: String,
+    pub capabilities: Capabilities,
+    pub ca: Vec<PathBuf>,
+    /// (certificate, key): key None when the certificate file holds both.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    pub skip_verify: Option<bool>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RegistryHost {
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.host)
+    }
+}
+
+/// containerd's `IsLocalhost`: `localhost` or a loopback IP, with or without a port.
+fn is_localhost(host: &str) -> bool {
+    if host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+        return true;
+    }
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The directory containerd would read for `registry` under `root`, if any.
+pub fn host_dir(root: &Path, registry: &str) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(i) = registry.rfind(':')
+        && i > 0
+        && !registry.ends_with(']')
+    {
+        candidates.push(format!("{}_{}_", &registry[..i], &registry[i + 1..]));
+    }
+    candidates.push(registry.to_string());
+    candidates.push("_default".to_string());
+    candidates
+        .into_iter()
+        .map(|c| root.join(c))
+        .find(|p| p.is_dir())
+}
+
+/// The hosts containerd would try for `registry`, in order (the upstream last).
+pub fn registry_hosts(root: &Path, registry: &str) -> Result<Vec<RegistryHost>, ResolveError> {
+    let mut hosts = match host_dir(root, registry) {
+        None => vec![RegistryHost::default()],
+        Some(dir) => {
+            let file = dir.join("hosts.toml");
+            match std::fs::read_to_string(&file) {
+                Ok(text) if !text.trim().is_empty() => parse_hosts_toml(&dir, &file, &text)?,
+                Ok(_) => cert_files(&dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => cert_files(&dir)?,
+                Err(source) => return Err(ResolveError::Read { path: file, source }),
+            }
+        }
+    };
+    if let Some(last) = hosts.last_mut()
+        && last.host.is_empty()
+    {
+        if registry == pullwatch::reference::DOCKER_HUB {
+            last.scheme = "https".into();
+            last.host = pullwatch::reference::DOCKER_HUB_API_HOST.into();
+        } else {
+            last.host = registry.to_string();
+            if is_localhost(registry) {
+                last.scheme = "http".into();
+                last.skip_verify = Some(true);
+            } else {
+                last.scheme = "https".into();
+            }
+        }
+        last.path = "/v2".into();
+        last.capabilities = Capabilities::ALL;
+    }
+    Ok(hosts)
+}
+
+/// Docker's certs.d layout: `*.crt` CAs, `*.cert` client certificates with `*.key`.
+fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, ResolveError> {
+    let mut host = RegistryHost::default();
+    let entries = std::fs::read_dir(dir).map_err(|source| ResolveError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for file in files {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("crt") => host.ca.push(file),
+            Some("cert") => {
+                let key = file.with_extension("key");
+                if !key.is_file() {
+                    return Err(ResolveError::Invalid {
+                        path: file,
+                        reason: "client certificate without a matching .key".into(),
+                    });
+                }
+                host.client.push((file, Some(key)));
+            }
+            _ => {}
+        }
+    }
+    Ok(vec![host])
+}
+
+fn parse_hosts_toml(
+    dir: &Path,
+    file: &Path,
+    text: &str,
+) -> Result<Vec<RegistryHost>, ResolveError> {
+    let invalid = |reason: String| ResolveError::Invalid {
+        path: file.to_path_buf(),
+        reason,
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+    let mut hosts = Vec::new();
+    if let Some(value) = table.get("host") {
+        let toml::Value::Table(mirrors) = value else {
+            return Err(invalid("`host` must be a table of hosts".into()));
+        };
+        // preserve_order: the mirrors come in file order, as containerd sorts them.
+        for (server, config) in mirrors {
+            let toml::Value::Table(config) = config else {
+                return Err(invalid(format!("host {server:?} must be a table")));
+            };
+            hosts.push(parse_host(dir, server, config).map_err(invalid)?);
+        }
+    }
+    let server = match table.get("server") {
+        None => "",
+        Some(toml::Value::String(s)) => s.as_str(),
+        Some(_) => return Err(invalid("`server` must be a string".into())),
+    };
+    hosts.push(parse_host(dir, server, &table).map_err(invalid)?);
+    Ok(hosts)
+}
+
+fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<RegistryHost, String> {
+    let mut host = RegistryHost::default();
+    let override_path = match config.get("override_path") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => return Err("override_path must be a boolean".into()),
+    };
+    if !server.is_empty() {
+        let with_scheme = if server.starts_with("http") {
+            server.to_string()
+        } else {
+            format!("https://{server}")
+        };
+        let (scheme, rest) = with_scheme
+            .split_once("://")
+            .ok_or_else(|| format!("unable to parse server {server:?}"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("unable to parse server {server:?}"));
+        }
+        host.scheme = scheme.to_string();
+        host.host = authority.to_string();
+        let mut path = clean_path(path);
+        if path.is_empty() {
+            if !override_path {
+                path = "/v2".into();
+            }
+        } else if !path.ends_with("/v2") && !override_path {
+            path.push_str("/v2");
+        }
+        host.path = path;
+    }
+    host.skip_verify = match config.get("skip_verify") {
+        None => None,
+        Some(toml::Value::Boolean(b)) => Some(*b),
+        Some(_) => return Err("skip_verify must be a boolean".into()),
+    };
+    host.capabilities = match config.get("capabilities") {
+        None => Capabilities::ALL,
+        Some(toml::Value::Array(values)) if values.is_empty() => Capabilities::ALL,
+        Some(toml::Value::Array(values)) => {
+            let mut caps = Capabilities::default();
+            for value in values {
+                match value.as_str().map(str::to_ascii_lowercase).as_deref() {
+                    Some("pull") => caps.pull = true,
+                    Some("resolve") => caps.resolve = true,
+                    Some("push") => caps.push = true,
+                    _ => return Err(format!("unknown capability {value:?}")),
+                }
+            }
+            caps
+        }
+        Some(_) => return Err("capabilities must be an array".into()),
+    };
+    let abs = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    host.ca = match config.get("ca") {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => vec![abs(s)],
+        Some(toml::Value::Array(values)) => values
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(abs)
+                    .ok_or_else(|| format!("invalid ca {v:?}"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("invalid type {other:?} for \"ca\"")),
+    };
+    host.client = match config.get("client") {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => vec![(abs(s), None)],
+        Some(toml::Value::Array(values)) => {
+            let mut pairs = Vec::new();
+            for value in values {
+                match value {
+                    toml::Value::String(s) => pairs.push((abs(s), None)),
+                    toml::Value::Array(pair) if pair.len() == 2 => {
+                        let cert = pair[0].as_str().ok_or("invalid client pair")?;
+                        let key = pair[1].as_str().ok_or("invalid client pair")?;
+                        pairs.push((abs(cert), (!key.is_empty()).then(|| abs(key))));
+                    }
+                    other => return Err(format!("invalid pair {other:?} for \"client\"")),
+                }
+            }
+            pairs
+        }
+        Some(other) => return Err(format!("invalid type {other:?} for \"client\"")),
+    };
+    if let Some(value) = config.get("header") {
+        let toml::Value::Table(headers) = value else {
+            return Err("header must be a table".into());
+        };
+        for (name, value) in headers {
+            match value {
+                toml::Value::String(s) => host.headers.push((name.clone(), s.clone())),
+                toml::Value::Array(values) => {
+                    for v in values {
+                        let s = v
+                            .as_str()
+                            .ok_or_else(|| format!("unable to cast {v:?} to string"))?;
+                        host.headers.push((name.clone(), s.to_string()));
+                    }
+                }
+                other => return Err(format!("invalid type {other:?} for header {name:?}")),
+            }
+        }
+    }
+    Ok(host)
+}
+
+/// Go's `path.Clean` for the URL paths hosts.toml may carry (no `..` handling needed
+/// beyond dropping empty and `.` segments).
+fn clean_path(path: &str) -> String {
+    let segments: Vec<&str> = path
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    if segments.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", segments.join("/"))
+    }
+}
+
+// ---- containerd's own registry credentials ------------------------------------------
+
+/// `registry.configs."<host>".auth` from containerd's config.toml (v2: the
+/// `io.containerd.grpc.v1.cri` plugin; v3: `io.containerd.cri.v1.images`).
+#[derive(Clone, Default)]
+pub struct RuntimeAuth {
+    by_host: HashMap<String, RegistryCredential>,
+}
+
+impl std::fmt::Debug for RuntimeAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut hosts: Vec<&String> = self.by_host.keys().collect();
+        hosts.sort();
+        f.debug_struct("RuntimeAuth")
+            .field("hosts", &hosts)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    identitytoken: String,
+}
+
+impl RuntimeAuth {
+    /// Reads `path`; a missing file means no runtime credentials.
+    pub fn load(path: &Path) -> Result<RuntimeAuth, ResolveError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ResolveError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|reason| ResolveError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<RuntimeAuth, String> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        let mut by_host = HashMap::new();
+        let plugins = table.get("plugins").and_then(|p| p.as_table());
+        for plugin in ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images"] {
+            let configs = plugins
+                .and_then(|p| p.get(plugin))
+                .and_then(|p| p.get("registry"))
+                .and_then(|r| r.get("configs"))
+                .and_then(|c| c.as_table());
+            for (host, config) in configs.into_iter().flatten() {
+                let Some(auth) = config.get("auth") else {
+                    continue;
+                };
+                let entry: AuthEntry = auth.clone().try_into().map_err(|_| {
+                    format!("registry.configs.{host:?}.auth is not a valid auth table")
+                })?;
+                let mut credential = RegistryCredential {
+                    username: entry.username,
+                    password: entry.password,
+                    identity_token: (!entry.identitytoken.is_empty())
+                        .then_some(entry.identitytoken),
+                    registry_token: None,
+                };
+                if !entry.auth.is_empty() {
+                    let decoded = base64::engine::general_purpose::STANDARD
+                        .decode(entry.auth.trim())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .and_then(|s| {
+                            s.split_once(':')
+                                .map(|(u, p)| (u.to_string(), p.to_string()))
+                        })
+                        .ok_or_else(|| {
+                            format!(
+                                "registry.configs.{host:?}.auth.auth is not base64 of user:password"
+                            )
+                        })?;
+                    credential.username = decoded.0;
+                    credential.password = decoded.1;
+                }
+                by_host.insert(host.clone(), credential);
+            }
+        }
+        Ok(RuntimeAuth { by_host })
+    }
+
+    pub fn get(&self, host: &str) -> Option<&RegistryCredential> {
+        self.by_host.get(host)
+    }
+
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.by_host.keys().cloned().collect();
+        hosts.sort();
+        hosts
+    }
+}
+
+// ---- the resolver ----------------------------------------------------------------------
+
+/// Settings for [`Resolver`].
+#[derive(Clone, Debug)]
+pub struct ResolverConfig {
+    /// `--containerd-hosts-dir`.
+    pub hosts_dir: PathBuf,
+    /// containerd's own `registry.configs` credentials.
+    pub runtime_auth: RuntimeAuth,
+    /// Per HTTP request.
+    pub request_timeout: Duration,
+}
+
+/// Resolves manifests along containerd's route. Shareable; keeps HTTP clients (per TLS
+/// settings) and bearer tokens between checks.
+pub struct Resolver {
+    config: ResolverConfig,
+    clients: Mutex<HashMap<u64, reqwest::Client>>,
+    tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+}
+
+/// (registry host, repository, credential fingerprint).
+type TokenKey = (String, String, u64);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// One host's answer that was not a success.
+#[derive(Clone, Debug)]
+enum HostFailure {
+    Status { host: String, status: u16 },
+    Transport { host: String, error: String },
+    Config(String),
+}
+
+/// Outcome of a resolve plus the host that answered.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub outcome: CheckOutcome,
+    /// `scheme://host` of the host that had the manifest (None unless available).
+    pub served_by: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Resolver {
+    pub fn new(config: ResolverConfig) -> Resolver {
+        install_crypto_provider();
+        Resolver {
+            config,
+            clients: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn runtime_auth(&self) -> &RuntimeAuth {
+        &self.config.runtime_auth
+    }
+
+    /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
+    /// own per-host credentials, or anonymous).
+    pub async fn resolve(
+        &self,
+        image: &ImageReference,
+        credential: Option<&RegistryCredential>,
+    ) -> Resolved {
+        let registry = image.registry();
+        let hosts = match registry_hosts(&self.config.hosts_dir, registry) {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                return Resolved {
+                    outcome: CheckOutcome::new(
+                        CheckStatus::UnknownError,
+                        format!("reading the registry route: {e}"),
+                    ),
+                    served_by: None,
+                };
+            }
+        };
+        let digest = image.digest();
+        let hosts: Vec<&RegistryHost> = hosts
+            .iter()
+            .filter(|h| h.capabilities.pull && (digest.is_some() || h.capabilities.resolve))
+            .collect();
+        if hosts.is_empty() {
+            return Resolved {
+                outcome: CheckOutcome::new(
+                    CheckStatus::Absent,
+                    format!("no host may resolve {registry} (hosts.toml capabilities)"),
+                ),
+                served_by: None,
+            };
+        }
+        let mut paths = vec![("manifests", image.manifest_reference().to_string())];
+        if let Some(d) = digest {
+            paths.push(("blobs", d.to_string()));
+        }
+        let mut first_failure: Option<HostFailure> = None;
+        let mut tried = Vec::new();
+        for (kind, reference) in &paths {
+            for host in &hosts {
+                let mirror = host.host != registry;
+                let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
+                match self
+                    .head(
+                        host,
+                        image.repository(),
+                        kind,
+                        reference,
+                        mirror.then_some(registry),
+                        credential,
+                    )
+                    .await
+                {
+                    Ok(status) if (200..300).contains(&status) => {
+                        return Resolved {
+                            outcome: CheckOutcome::available(),
+                            served_by: Some(host.url()),
+                        };
+                    }
+                    Ok(404) => tried.push(format!("{} (404)", host.url())),
+                    Ok(status) => {
+                        tried.push(format!("{} ({status})", host.url()));
+                        first_failure.get_or_insert(HostFailure::Status {
+                            host: host.url(),
+                            status,
+                        });
+                    }
+                    Err(failure) => {
+                        tried.push(format!("{} (no answer)", host.url()));
+                        first_failure.get_or_insert(failure);
+                    }
+                }
+            }
+        }
+        let outcome = match first_failure {
+            None => CheckOutcome::new(
+                CheckStatus::Absent,
+                format!("{image}: not found (tried {})", tried.join(", ")),
+            ),
+            Some(HostFailure::Config(reason)) => {
+                CheckOutcome::new(CheckStatus::UnknownError, reason)
+            }
+            Some(HostFailure::Transport { host, error }) => CheckOutcome::new(
+                CheckStatus::RegistryUnavailable,
+                format!("{host}: {error} (tried {})", tried.join(", ")),
+            ),
+            Some(HostFailure::Status { host, status }) => {
+                let class = match status {
+                    401 => CheckStatus::AuthenticationFailure,
+                    403 => CheckStatus::AuthorizationFailure,
+                    429 => CheckStatus::RateLimited,
+                    500..=599 => CheckStatus::RegistryUnavailable,
+                    _ => CheckStatus::UnknownError,
+                };
+                let text = http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("");
+                CheckOutcome::new(
+                    class,
+                    format!("{host}: {status} {text} (tried {})", tried.join(", ")),
+                )
+            }
+        };
+        Resolved {
+            outcome,
+            served_by: None,
+        }
+    }
+
+    fn client(&self, host: &RegistryHost) -> Result<reqwest::Client, HostFailure> {
+        let mut material = Vec::new();
+        for ca in &host.ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                HostFailure::Config(format!("unable to read CA cert {}: {e}", ca.display()))
+            })?;
+            material.push(pem);
+        }
+        let mut identities = Vec::new();
+        for (cert, key) in &host.client {
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                HostFailure::Config(format!("unable to read CERT file {}: {e}", cert.display()))
+            })?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| {
+                    HostFailure::Config(format!("unable to read key file {}: {e}", key.display()))
+                })?);
+            }
+            identities.push(pem);
+        }
+        let mut hasher = DefaultHasher::new();
+        (&material, &identities, host.skip_verify).hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some(client) = lock(&self.clients).get(&key) {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .timeout(self.config.request_timeout)
+            .connect_timeout(self.config.request_timeout.min(Duration::from_secs(10)))
+            .danger_accept_invalid_certs(host.skip_verify.unwrap_or(false));
+        let mut certificates = Vec::new();
+        for pem in &material {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                HostFailure::Config(format!("unable to load CA cert for {}: {e}", host.host))
+            })?;
+            if certs.is_empty() {
+                return Err(HostFailure::Config(format!(
+                    "no certificate in a CA file of {}",
+                    host.host
+                )));
+            }
+            certificates.extend(certs);
+        }
+        if !certificates.is_empty() {
+            builder = builder.tls_certs_merge(certificates);
+        }
+        // reqwest takes one client identity; containerd offers every pair it has and
+        // the server picks. One pair is by far the common case.
+        if let Some(pem) = identities.first() {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
+                HostFailure::Config(format!(
+                    "failed to load X509 key pair for {}: {e}",
+                    host.host
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| {
+            HostFailure::Config(format!(
+                "HTTP client for {}: {}",
+                host.host,
+                error_chain(&e)
+            ))
+        })?;
+        lock(&self.clients).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// One `HEAD` (GET if the registry refuses HEAD on manifests) with containerd's
+    /// authorization dance. Ok(status) when the host answered.
+    async fn head(
+        &self,
+        host: &RegistryHost,
+        repository: &str,
+        kind: &str,
+        reference: &str,
+        namespace: Option<&str>,
+        credential: Option<&RegistryCredential>,
+    ) -> Result<u16, HostFailure> {
+        let client = self.client(host)?;
+        let mut url = format!(
+            "{}://{}{}/{repository}/{kind}/{reference}",
+            host.scheme, host.host, host.path
+        );
+        if let Some(ns) = namespace {
+            url.push_str("?ns=");
+            url.push_str(&form_encode(ns));
+        }
+        let token_key = (
+            host.host.clone(),
+            repository.to_string(),
+            fingerprint(credential),
+        );
+        let mut authorization: Option<String> = lock(&self.tokens)
+            .get(&token_key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(token, _)| format!("Bearer {token}"));
+        if authorization.is_none()
+            && let Some(token) = credential.and_then(|c| c.registry_token.as_deref())
+        {
+            authorization = Some(format!("Bearer {token}"));
+        }
+        let mut method = http::Method::HEAD;
+        let mut challenged = false;
+        for _ in 0..MAX_RESPONSES {
+            let mut request = client
+                .request(method.clone(), &url)
+                .header(http::header::ACCEPT, RESOLVE_ACCEPT);
+            for (name, value) in &host.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            if let Some(value) = &authorization {
+                request = request.header(http::header::AUTHORIZATION, value.as_str());
+            }
+            let response = request.send().await.map_err(|e| HostFailure::Transport {
+                host: host.url(),
+                error: error_chain(&e),
+            })?;
+            let status = response.status().as_u16();
+            debug!(url = %url, %method, status, "resolve request");
+            if status == 401 && !challenged {
+                challenged = true;
+                let challenge = response
+                    .headers()
+                    .get_all(http::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(parse_challenge)
+                    .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
+                match challenge {
+                    Some(Challenge::Basic) => {
+                        if let Some(c) =
+                            credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
+                        {
+                            let pair = format!("{}:{}", c.username, c.password);
+                            authorization = Some(format!(
+                                "Basic {}",
+                                base64::engine::general_purpose::STANDARD.encode(pair)
+                            ));
+                            continue;
+                        }
+                    }
+                    Some(Challenge::Bearer {
+                        realm,
+                        service,
+                        scope,
+                    }) => {
+                        let scope =
+                            scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
+                        let (token, ttl) = self
+                            .fetch_token(
+                                &client,
+                                host,
+                                &realm,
+                                service.as_deref(),
+                                &scope,
+                                credential,
+                            )
+                            .await?;
+                        lock(&self.tokens)
+                            .insert(token_key.clone(), (token.clone(), Instant::now() + ttl));
+                        authorization = Some(format!("Bearer {token}"));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if status == 405 && method == http::Method::HEAD && kind == "manifests" {
+                method = http::Method::GET;
+                continue;
+            }
+            if status == 401 {
+                lock(&self.tokens).remove(&token_key);
+            }
+            return Ok(status);
+        }
+        Ok(401)
+    }
+
+    /// The distribution token dance: GET the realm with basic auth (or anonymously), or
+    /// the OAuth2 refresh-token grant for an identity token. A refusal there is the
+    /// registry's answer (401/403), reported as such.
+    async fn fetch_token(
+        &self,
+        client: &reqwest::Client,
+        host: &RegistryHost,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&RegistryCredential>,
+    ) -> Result<(String, Duration), HostFailure> {
+        let transport = |e: reqwest::Error| HostFailure::Transport {
+            host: host.url(),
+            error: format!("token request: {}", error_chain(&e)),
+        };
+        let identity = credential.and_then(|c| {
+            c.identity_token
+                .as_deref()
+                .filter(|_| c.username.is_empty() || c.password.is_empty())
+        });
+        let response = if let Some(refresh_token) = identity {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", "pullwatch-agent"),
+                ("scope", scope),
+            ];
+            if let Some(service) = service {
+                form.push(("service", service));
+            }
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            client
+                .post(realm)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body)
+                .send()
+                .await
+                .map_err(transport)?
+        } else {
+            let mut url = format!(
+                "{realm}{}scope={}",
+                if realm.contains('?') { '&' } else { '?' },
+                form_encode(scope)
+            );
+            if let Some(service) = service {
+                url.push_str(&format!("&service={}", form_encode(service)));
+            }
+            let mut request = client.get(url);
+            if let Some(c) = credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
+            {
+                request = request.basic_auth(&c.username, Some(&c.password));
+            }
+            request.send().await.map_err(transport)?
+        };
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(HostFailure::Status {
+                host: host.url(),
+                status: if status == 400 { 401 } else { status },
+            });
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let bytes = response.bytes().await.map_err(|e| HostFailure::Transport {
+            host: host.url(),
+            error: format!("token response: {}", error_chain(&e)),
+        })?;
+        // The body is a token: never quoted in an error.
+        let body: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|_| HostFailure::Transport {
+                host: host.url(),
+                error: "token response is not valid JSON".to_string(),
+            })?;
+        let token = if body.access_token.is_empty() {
+            body.token
+        } else {
+            body.access_token
+        };
+        if token.is_empty() {
+            return Err(HostFailure::Status {
+                host: host.url(),
+                status: 401,
+            });
+        }
+        let ttl = body
+            .expires_in
+            .map(|s| Duration::from_secs(s.saturating_sub(10).max(1)))
+            .unwrap_or(DEFAULT_TOKEN_TTL);
+        Ok((token, ttl))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Other,
+}
+
+/// `Bearer realm="...",service="...",scope="..."` or `Basic realm="..."`.
+fn parse_challenge(header: &str) -> Challenge {
+    let header = header.trim();
+    let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
+    let mut values: HashMap<String, String> = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        values.insert(key, value);
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        Challenge::Basic
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        match values.remove("realm") {
+            Some(realm) => Challenge::Bearer {
+                realm,
+                service: values.remove("service"),
+                scope: values.remove("scope"),
+            },
+            None => Challenge::Other,
+        }
+    } else {
+        Challenge::Other
+    }
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one we build with.
+pub fn install_crypto_provider() {
+    // Err means one is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    credential.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// An error and its causes, `: `-joined (URLs we build carry no credentials).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn defaults_without_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = registry_hosts(dir.path(), "docker.io").unwrap();
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub[0].url(), "https://registry-1.docker.io");
+        assert_eq!(hub[0].path, "/v2");
+        let local = registry_hosts(dir.path(), "127.0.0.1:5000").unwrap();
+        assert_eq!(local[0].url(), "http://127.0.0.1:5000");
+        assert_eq!(local[0].skip_verify, Some(true));
+        let v6 = registry_hosts(dir.path(), "[::1]:5000").unwrap();
+        assert_eq!(v6[0].url(), "http://[::1]:5000");
+        let remote = registry_hosts(dir.path(), "quay.io").unwrap();
+        assert_eq!(remote[0].url(), "https://quay.io");
+        assert_eq!(remote[0].capabilities, Capabilities::ALL);
+    }
+
+    #[test]
+    fn host_directory_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert_eq!(host_dir(root, "reg.io:5000"), None);
+        std::fs::create_dir_all(root.join("_default")).unwrap();
+        assert_eq!(host_dir(root, "reg.io:5000"), Some(root.join("_default")));
+        std::fs::create_dir_all(root.join("reg.io:5000")).unwrap();
+        assert_eq!(
+            host_dir(root, "reg.io:5000"),
+            Some(root.join("reg.io:5000"))
+        );
+        std::fs::create_dir_all(root.join("reg.io_5000_")).unwrap();
+        assert_eq!(
+            host_dir(root, "reg.io:5000"),
+            Some(root.join("reg.io_5000_"))
+        );
+        assert_eq!(host_dir(root, "reg.io"), Some(root.join("_default")));
+    }
+
+    #[test]
+    fn hosts_toml_mirrors_in_file_order_then_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            &root.join("docker.io/hosts.toml"),
+            r#"
+server = "https://registry-1.docker.io"
+capabilities = ["pull", "resolve"]
+
+[host."https://zz-mirror.internal"]
+  capabilities = ["pull"]
+  ca = "mirror.crt"
+  skip_verify = false
+  [host."https://zz-mirror.internal".header]
+    x-team = "infra"
+    x-multi = ["a", "b"]
+
+[host."http://aa-mirror.local:5000/prefix"]
+  capabilities = ["pull", "resolve"]
+  client = [["/etc/c.cert", "/etc/c.key"], "/etc/both.pem"]
+
+[host."https://raw.example/api"]
+  override_path = true
+"#,
+        );
+        let hosts = registry_hosts(root, "docker.io").unwrap();
+        let urls: Vec<String> = hosts
+            .iter()
+            .map(|h| format!("{}{}", h.url(), h.path))
+            .collect();
+        // File order, not alphabetical; the server last.
+        assert_eq!(
+            urls,
+            [
+                "https://zz-mirror.internal/v2",
+                "http://aa-mirror.local:5000/prefix/v2",
+                "https://raw.example/api",
+                "https://registry-1.docker.io/v2",
+            ]
+        );
+        assert_eq!(
+            hosts[0].capabilities,
+            Capabilities {
+                pull: true,
+                resolve: false,
+                push: false
+            }
+        );
+        assert_eq!(hosts[0].ca, [root.join("docker.io/mirror.crt")]);
+        assert_eq!(hosts[0].skip_verify, Some(false));
+        assert_eq!(
+            hosts[0].headers,
+            [
+                ("x-team".to_string(), "infra".to_string()),
+                ("x-multi".to_string(), "a".to_string()),
+                ("x-multi".to_string(), "b".to_string())
+            ]
+        );
+        assert_eq!(
+            hosts[1].client,
+            [
+                (
+                    PathBuf::from("/etc/c.cert"),
+                    Some(PathBuf::from("/etc/c.key"))
+                ),
+                (PathBuf::from("/etc/both.pem"), None)
+            ]
+        );
+        assert_eq!(hosts[2].capabilities, Capabilities::ALL);
+        assert_eq!(
+            hosts[3].capabilities,
+            Capabilities {
+                pull: true,
+                resolve: true,
+                push: false
+            }
+        );
+    }
+
+    #[test]
+    fn mirrors_without_server_fall_back_to_the_registry_and_cert_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            &root.join("_default/hosts.toml"),
+            "[host.\"https://cache.internal\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        );
+        let hosts = registry_hosts(root, "ghcr.io").unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[0].url(), "https://cache.internal");
+        assert_eq!(hosts[1].url(), "https://ghcr.io");
+
+        write(&root.join("reg.io/ca.crt"), "x");
+        write(&root.join("reg.io/client.cert"), "x");
+        write(&root.join("reg.io/client.key"), "x");
+        let hosts = registry_hosts(root, "reg.io").unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].url(), "https://reg.io");
+        assert_eq!(hosts[0].ca, [root.join("reg.io/ca.crt")]);
+        assert_eq!(hosts[0].client.len(), 1);
+
+        write(
+            &root.join("bad.io/hosts.toml"),
+            "[host.\"https://m\"]\ncapabilities = [\"fly\"]\n",
+        );
+        let error = registry_hosts(root, "bad.io").unwrap_err();
+        assert!(error.to_string().contains("unknown capability"), "{error}");
+    }
+
+    #[test]
+    fn containerd_registry_configs_auth() {
+        let auth = RuntimeAuth::parse(
+            r#"
+version = 2
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "/etc/containerd/certs.d"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."reg.io".auth]
+  username = "alice"
+  password = "pw"
+[plugins."io.containerd.grpc.v1.cri".registry.configs."127.0.0.1:5000".auth]
+  auth = "Ym9iOnNlY3JldA=="
+[plugins."io.containerd.grpc.v1.cri".registry.configs."tls.io".tls]
+  insecure_skip_verify = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(auth.get("reg.io").unwrap().username, "alice");
+        let bob = auth.get("127.0.0.1:5000").unwrap();
+        assert_eq!(
+            (bob.username.as_str(), bob.password.as_str()),
+            ("bob", "secret")
+        );
+        assert!(auth.get("tls.io").is_none());
+        assert_eq!(auth.hosts(), ["127.0.0.1:5000", "reg.io"]);
+        // Debug shows hosts, never secrets.
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains("alice") && !shown.contains("pw"), "{shown}");
+        let v3 = RuntimeAuth::parse(
+            "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry.configs.\"r.io\".auth]\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        assert_eq!(v3.get("r.io").unwrap().username, "u");
+        assert!(RuntimeAuth::parse("[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r\".auth]\nauth = \"!!\"\n").is_err());
+    }
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Challenge::Basic
+        );
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull""#
+            ),
+            Challenge::Bearer {
+                realm: "https://auth.io/token".into(),
+                service: Some("registry.io".into()),
+                scope: Some("repository:a/b:pull".into())
+            }
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://auth.io/token", service=reg"#),
+            Challenge::Bearer {
+                realm: "https://auth.io/token".into(),
+                service: Some("reg".into()),
+                scope: None
+            }
+        );
+        assert_eq!(parse_challenge("Bearer service=x"), Challenge::Other);
+        assert_eq!(
+            form_encode("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+    }
+
+    #[test]
+    fn localhost_detection() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "::1",
+        ] {
+            assert!(is_localhost(host), "{host}");
+        }
+        for host in [
+            "reg.io",
+            "10.0.0.1:5000",
+            "[2001:db8::1]:5000",
+            "localhost.example",
+        ] {
+            assert!(!is_localhost(host), "{host}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared set-up for the agent's integration tests: simulated nodes (a real containerd
+//! each) and checkers wired to them.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pullwatch_agent::check::{CheckOptions, Checker};
+use pullwatch_agent::cri::{CriClient, CriTimeouts};
+use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
+use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+use pullwatch_testbench::Containerd;
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "s3cret";
+
+/// What a simulated node has besides its containerd.
+#[derive(Default)]
+pub struct NodeSetup {
+    /// A kubelet `config.json` in the node's kubelet root dir.
+    pub kubelet_config_json: Option<String>,
+    /// A credential-provider plugin: (config YAML, plugin name, shell script body).
+    pub plugin: Option<(String, String, String)>,
+    pub options: Option<CheckOptions>,
+}
+
+pub const PULL_ABSENT: CheckOptions = CheckOptions {
+    pull_absent_images: true,
+    keep_pulled_images: false,
+};
+
+pub const DEFAULT_OPTIONS: CheckOptions = CheckOptions {
+    pull_absent_images: false,
+    keep_pulled_images: false,
+};
+
+/// A checker for `node`, whose node files (kubelet root dir, plugin bin dir) live in
+/// the node's temp dir. The docker config search path is the kubelet root dir only,
+/// so the machine's own ~/.docker never leaks into a test.
+pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
+    let kubelet_dir = node.dir().join("kubelet");
+    std::fs::create_dir_all(&kubelet_dir).unwrap();
+    if let Some(json) = &setup.kubelet_config_json {
+        std::fs::write(kubelet_dir.join("config.json"), json).unwrap();
+    }
+    let (provider_config, provider_bin_dir) = match &setup.plugin {
+        None => (None, None),
+        Some((yaml, name, body)) => {
+            let bin = node.dir().join("credential-provider-bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let script = bin.join(name);
+            std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let config = node.dir().join("credential-provider-config.yaml");
+            std::fs::write(&config, yaml).unwrap();
+            (Some(config), Some(bin))
+        }
+    };
+    let keyring = NodeKeyring::new(&KeyringConfig {
+        kubelet_root_dir: kubelet_dir.clone(),
+        config_json_dirs: Some(vec![kubelet_dir.clone()]),
+        dockercfg_dirs: Some(vec![kubelet_dir]),
+        provider_config,
+        provider_bin_dir,
+    })
+    .unwrap();
+    let resolver = Resolver::new(ResolverConfig {
+        hosts_dir: node.hosts_dir(),
+        runtime_auth: RuntimeAuth::load(node.config_path()).unwrap(),
+        request_timeout: Duration::from_secs(10),
+    });
+    let cri = CriClient::new(
+        &node.endpoint(),
+        CriTimeouts {
+            call: Duration::from_secs(10),
+            pull: Duration::from_secs(60),
+        },
+        None,
+    )
+    .unwrap();
+    Checker::new(
+        cri,
+        Arc::new(keyring),
+        Arc::new(resolver),
+        setup.options.unwrap_or(DEFAULT_OPTIONS),
+    )
+}
+
+/// A kubelet config.json with `user:password` for `host`.
+pub fn config_json(host: &str, user: &str, password: &str) -> String {
+    serde_json::json!({"auths": {host: {"username": user, "password": password}}}).to_string()
+}
+
+/// A CredentialProviderConfig for one plugin matching `host`, and a plugin script
+/// answering with `user:password` for it (and logging each request to `log`).
+pub fn plugin(host: &str, log: &Path) -> (String, String, String) {
+    let yaml = format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: test-provider
+    matchImages: ["{host}"]
+    defaultCacheDuration: 1m
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+"#
+    );
+    let response = serde_json::json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "cacheDuration": "30s",
+        "auth": {host: {"username": USER, "password": PASSWORD}},
+    })
+    .to_string();
+    let body = format!(
+        "cat >> '{log}'\necho >> '{log}'\nprintf '%s' '{response}'",
+        log = log.display()
+    );
+    (yaml, "test-provider".to_string(), body)
+}
+
+/// Image references (repo tags) the node holds, via CRI ListImages.
+pub async fn node_images(checker: &Checker) -> Vec<String> {
+    checker
+        .cri()
+        .list_images()
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect()
+}
+
+/// Access-log lines of a registry that fetched blobs (layer or config downloads).
+pub fn blob_gets(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/"))
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn path_buf(p: &Path) -> PathBuf {
+    p.to_path_buf()
+}

@@ -1,0 +1,481 @@
+//! Checks through real containerd nodes against real registries: node credentials of
+//! every kind, absent tags, a registry that is down, resolve without downloads, a
+//! hosts.toml mirror, and a containerd restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pullwatch::{CheckStatus, RegistryCredential, SourcedCredential};
+use pullwatch_agent::check::{CheckOptions, Mode};
+use pullwatch_testbench::{
+    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryAuthConfig, RegistryOptions,
+    push_image,
+};
+
+/// Every test is bounded: a hung runtime or registry fails the test instead of the run.
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test did not finish in time");
+}
+
+async fn private_registry() -> Registry {
+    Registry::start(RegistryOptions {
+        htpasswd: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_credentials_of_every_kind() {
+    bounded(async {
+        let registry = private_registry().await;
+        let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let host = registry.host();
+
+        // Node A: containerd's own registry.configs auth.
+        let node_a = Containerd::start(ContainerdOptions {
+            registry_auths: vec![RegistryAuthConfig {
+                host: host.clone(),
+                username: USER.into(),
+                password: PASSWORD.into(),
+            }],
+        })
+        .await
+        .unwrap();
+        // Node B: a kubelet config.json.
+        let node_b = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        // Node C: a kubelet credential-provider plugin.
+        let node_c = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        // Node D: nothing.
+        let node_d = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+
+        let plugin_log = node_c.dir().join("plugin-requests.log");
+        let nodes = [
+            (
+                "A",
+                checker(
+                    &node_a,
+                    NodeSetup {
+                        options: Some(PULL_ABSENT),
+                        ..Default::default()
+                    },
+                ),
+                "runtime".to_string(),
+            ),
+            (
+                "B",
+                checker(
+                    &node_b,
+                    NodeSetup {
+                        kubelet_config_json: Some(config_json(&host, USER, PASSWORD)),
+                        options: Some(PULL_ABSENT),
+                        ..Default::default()
+                    },
+                ),
+                format!(
+                    "config.json:{}",
+                    node_b.dir().join("kubelet/config.json").display()
+                ),
+            ),
+            (
+                "C",
+                checker(
+                    &node_c,
+                    NodeSetup {
+                        plugin: Some(plugin(&host, &plugin_log)),
+                        options: Some(PULL_ABSENT),
+                        ..Default::default()
+                    },
+                ),
+                "plugin:test-provider".to_string(),
+            ),
+            (
+                "D",
+                checker(
+                    &node_d,
+                    NodeSetup {
+                        options: Some(PULL_ABSENT),
+                        ..Default::default()
+                    },
+                ),
+                "runtime".to_string(),
+            ),
+        ];
+
+        for (name, checker, source) in &nodes {
+            for mode in [Mode::Resolve, Mode::Pull] {
+                let report = checker.check(&image.reference, mode, &[]).await;
+                assert_eq!(report.mode, mode.as_str(), "node {name}");
+                assert_eq!(&report.credential_source, source, "node {name} {mode:?}");
+                if *name == "D" {
+                    assert_eq!(
+                        report.status,
+                        CheckStatus::AuthenticationFailure,
+                        "node D {mode:?}: {}",
+                        report.reason
+                    );
+                    assert!(report.reason.contains("401"), "{}", report.reason);
+                } else {
+                    assert_eq!(
+                        report.status,
+                        CheckStatus::Available,
+                        "node {name} {mode:?}: {}",
+                        report.reason
+                    );
+                }
+                // Reasons never carry the password.
+                assert!(!report.reason.contains(PASSWORD), "{}", report.reason);
+            }
+            // The pull was only for the check: the image is gone again.
+            assert!(
+                !node_images(checker)
+                    .await
+                    .iter()
+                    .any(|t| t == &image.reference),
+                "node {name} kept the image"
+            );
+        }
+
+        // The plugin got the kubelet's request, for the image name without tag, and
+        // its Registry-keyed answer was cached: one run for both checks.
+        let requests = std::fs::read_to_string(&plugin_log).unwrap();
+        assert_eq!(
+            requests.matches("CredentialProviderRequest").count(),
+            1,
+            "{requests}"
+        );
+        assert!(
+            requests.contains(&format!("\"image\":\"{host}/private/app\"")),
+            "{requests}"
+        );
+
+        // Like the kubelet: a wrong pull secret first, then the node's working
+        // config.json: the second credential decides.
+        let stale = SourcedCredential {
+            source: "secret/team/stale".into(),
+            credential: RegistryCredential {
+                username: USER.into(),
+                password: "expired".into(),
+                ..Default::default()
+            },
+        };
+        let (_, node_b_checker, node_b_source) = &nodes[1];
+        for mode in [Mode::Resolve, Mode::Pull] {
+            let report = node_b_checker
+                .check(&image.reference, mode, std::slice::from_ref(&stale))
+                .await;
+            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+            assert_eq!(&report.credential_source, node_b_source);
+        }
+        // Only the stale secret on a node without credentials: it fails, and says which
+        // secret failed.
+        let (_, node_d_checker, _) = &nodes[3];
+        let report = node_d_checker
+            .check(&image.reference, Mode::Pull, std::slice::from_ref(&stale))
+            .await;
+        assert_eq!(report.status, CheckStatus::AuthenticationFailure);
+        assert_eq!(report.credential_source, "secret/team/stale");
+        assert!(!report.reason.contains("expired"), "{}", report.reason);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absent_tags_and_a_registry_that_is_down() {
+    bounded(async {
+        let mut registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let image = push_image(&registry, "team/app", "v1", ImageFormat::DockerV2S2)
+            .await
+            .unwrap();
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let checker = checker(
+            &node,
+            NodeSetup {
+                options: Some(CheckOptions {
+                    pull_absent_images: true,
+                    keep_pulled_images: true,
+                }),
+                ..Default::default()
+            },
+        );
+
+        // Kept after the pull: the node now holds it, so auto mode pulls from here on.
+        let report = checker.check(&image.reference, Mode::Pull, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert!(report.image_present);
+        assert!(node_images(&checker).await.contains(&image.reference));
+
+        let missing_tag = format!("{}/team/app:v2", registry.host());
+        let missing_repo = format!("{}/team/nothing:v1", registry.host());
+        for reference in [&missing_tag, &missing_repo] {
+            for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+                let report = checker.check(reference, mode, &[]).await;
+                assert_eq!(
+                    report.status,
+                    CheckStatus::Absent,
+                    "{reference} {mode:?}: {}",
+                    report.reason
+                );
+                assert!(report.reason.contains("not found"), "{}", report.reason);
+            }
+        }
+        let missing_digest = format!("{}/team/app@sha256:{}", registry.host(), "0".repeat(64));
+        let report = checker.check(&missing_digest, Mode::Resolve, &[]).await;
+        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+
+        let report = checker.check("Team/App:v1", Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::BadImageFormat);
+
+        registry.stop();
+        for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+            let report = checker.check(&image.reference, mode, &[]).await;
+            assert_eq!(
+                report.status,
+                CheckStatus::RegistryUnavailable,
+                "{mode:?}: {}",
+                report.reason
+            );
+            assert!(report.reason.contains("refused"), "{}", report.reason);
+        }
+        // auto on a present image is a pull.
+        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.mode, "pull");
+        registry.start_again().await.unwrap();
+        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let absent = push_image(&registry, "big/app", "v1", ImageFormat::OciIndex)
+            .await
+            .unwrap();
+        let present = push_image(&registry, "small/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let checker = checker(&node, NodeSetup::default());
+        let before = node_images(&checker).await;
+
+        // auto on an absent image, absent pulls not allowed: resolve, nothing fetched.
+        let log_start = registry.log().len();
+        let report = checker.check(&absent.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_eq!(report.mode, "resolve");
+        assert!(!report.image_present);
+        let by_digest = format!("{}/big/app@{}", registry.host(), absent.digest);
+        let report = checker.check(&by_digest, Mode::Resolve, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        // Even an explicit pull of an absent image resolves without --pull-absent-images.
+        let report = checker.check(&absent.reference, Mode::Pull, &[]).await;
+        assert_eq!(report.mode, "resolve");
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+
+        let log = registry.log()[log_start..].to_string();
+        assert!(blob_gets(&log).is_empty(), "blobs were fetched:\n{log}");
+        assert!(
+            log.contains("\"HEAD /v2/big/app/manifests/v1 HTTP/1.1\" 200"),
+            "{log}"
+        );
+        assert_eq!(
+            node_images(&checker).await,
+            before,
+            "resolve pulled something"
+        );
+
+        // A pull check of an image the node holds asks for the manifest only.
+        let puller = common::checker(
+            &node,
+            NodeSetup {
+                options: Some(CheckOptions {
+                    pull_absent_images: true,
+                    keep_pulled_images: true,
+                }),
+                ..Default::default()
+            },
+        );
+        let report = puller.check(&present.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.mode, "pull");
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        let first_pull_log = registry.log();
+        assert!(
+            !blob_gets(&first_pull_log[log_start..]).is_empty(),
+            "the first pull downloads the image"
+        );
+        let log_start = first_pull_log.len();
+        let report = puller.check(&present.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.mode, "pull");
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        let log = registry.log()[log_start..].to_string();
+        assert!(blob_gets(&log).is_empty(), "{log}");
+        assert!(
+            log.contains("\"HEAD /v2/small/app/manifests/v1 HTTP/1.1\" 200"),
+            "{log}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
+    bounded(async {
+        let upstream = Registry::start(RegistryOptions::default()).await.unwrap();
+        let mirror = Registry::start(RegistryOptions::default()).await.unwrap();
+        let image = push_image(&upstream, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        push_image(&mirror, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        upstream
+            .delete_manifest("team/app", &image.digest)
+            .await
+            .unwrap();
+        let head = upstream.head_manifest("team/app", "v1").await.unwrap();
+        assert_eq!(head.status, 404, "the upstream lost the image");
+
+        let with_mirror = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        with_mirror
+            .write_hosts_toml(
+                &upstream.host(),
+                &format!(
+                    "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  [host.\"http://{}\".header]\n    x-pullwatch-test = \"mirror-route\"\n",
+                    upstream.host(),
+                    mirror.host(),
+                    mirror.host()
+                ),
+            )
+            .unwrap();
+        let without_mirror = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let mirrored = checker(
+            &with_mirror,
+            NodeSetup {
+                options: Some(PULL_ABSENT),
+                ..Default::default()
+            },
+        );
+        let direct = checker(
+            &without_mirror,
+            NodeSetup {
+                options: Some(PULL_ABSENT),
+                ..Default::default()
+            },
+        );
+        for mode in [Mode::Resolve, Mode::Pull] {
+            let report = mirrored.check(&image.reference, mode, &[]).await;
+            assert_eq!(
+                report.status,
+                CheckStatus::Available,
+                "{mode:?} via mirror: {}",
+                report.reason
+            );
+            let report = direct.check(&image.reference, mode, &[]).await;
+            assert_eq!(
+                report.status,
+                CheckStatus::Absent,
+                "{mode:?} direct: {}",
+                report.reason
+            );
+        }
+        // The mirror was asked the way containerd asks mirrors: with ?ns=<upstream>.
+        let ns = format!(
+            "\"HEAD /v2/team/app/manifests/v1?ns={}",
+            upstream.host().replace(':', "%3A")
+        );
+        let mirror_log = mirror.log();
+        assert!(
+            mirror_log.matches(&ns).count() >= 2,
+            "resolve and pull both asked the mirror:\n{mirror_log}"
+        );
+
+        // A mirror that is down does not hide an upstream that has the image; an
+        // upstream that lost it, behind a mirror that is down, is unavailable (the
+        // mirror's failure is the first error, as containerd reports it).
+        let other = push_image(&upstream, "team/other", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let mut mirror = mirror;
+        mirror.stop();
+        for mode in [Mode::Resolve, Mode::Pull] {
+            let report = mirrored.check(&other.reference, mode, &[]).await;
+            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+            let report = mirrored.check(&image.reference, mode, &[]).await;
+            assert_eq!(
+                report.status,
+                CheckStatus::RegistryUnavailable,
+                "{mode:?}: {}",
+                report.reason
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containerd_restarted_mid_run() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let mut node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let checker = checker(
+            &node,
+            NodeSetup {
+                options: Some(CheckOptions {
+                    pull_absent_images: true,
+                    keep_pulled_images: true,
+                }),
+                ..Default::default()
+            },
+        );
+        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        let version = checker.cri().version().await.unwrap();
+        assert_eq!(version.runtime_name, "containerd");
+
+        node.stop();
+        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        // The runtime being down says nothing about the image.
+        assert!(report.runtime_failure, "{report:?}");
+        assert_eq!(report.status, CheckStatus::UnknownError);
+        assert!(
+            report.reason.contains("runtime unreachable"),
+            "{}",
+            report.reason
+        );
+
+        node.restart().await.unwrap();
+        // The same client reconnects by itself; the image survived the restart.
+        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_eq!(report.mode, "pull");
+        assert!(node_images(&checker).await.contains(&image.reference));
+    })
+    .await;
+}
