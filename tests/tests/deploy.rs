@@ -2281,3 +2281,164 @@ fn every_value_is_documented_and_in_the_schema() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Plain manifests (deploy/manifests)
+// ---------------------------------------------------------------------------------------
+
+/// How deploy/manifests/pullwatch.yaml is made; the header says the same.
+const MANIFESTS_HELM_ARGS: &[&str] = &["--set", "agent.tls.mode=secret"];
+
+const MANIFESTS_HEADER: &str = "\
+# pullwatch: plain manifests for `kubectl apply -f deploy/manifests/`.
+#
+# GENERATED from the Helm chart with its default values, except agent.tls.mode=secret:
+#   helm template pullwatch deploy/helm/pullwatch --namespace pullwatch --set agent.tls.mode=secret
+# plus the Namespace below. Do not edit: change the chart and run
+#   UPDATE_MANIFESTS=1 cargo test -p pullwatch-testbench --test deploy plain_manifests
+# (tests/tests/deploy.rs fails when this file drifts from the chart).
+#
+# The agents' TLS Secret is not in this file (a key committed here would be everyone's key):
+#   kubectl apply -f deploy/manifests/
+#   deploy/manifests/create-agent-tls.sh | kubectl apply -f -
+# The pods wait in ContainerCreating until the Secret exists. cert-manager works too: a
+# Secret pullwatch/pullwatch-agent-tls with tls.crt, tls.key and ca.crt for pullwatch.pullwatch.svc.
+---
+# The agent DaemonSet mounts host paths and runs as root: the namespace needs the
+# \"privileged\" Pod Security level. The aggregator itself meets \"restricted\".
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: pullwatch
+  labels:
+    app.kubernetes.io/name: pullwatch
+    pod-security.kubernetes.io/enforce: privileged
+";
+
+fn manifests_path() -> PathBuf {
+    deploy_dir().join("manifests/pullwatch.yaml")
+}
+
+fn expected_manifests() -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        NAMESPACE,
+    ];
+    args.extend_from_slice(MANIFESTS_HELM_ARGS);
+    let rendered = helm_ok(&args).unwrap();
+    format!("{MANIFESTS_HEADER}{rendered}")
+}
+
+#[test]
+fn plain_manifests_match_the_chart() {
+    let expected = expected_manifests();
+    let path = manifests_path();
+    if std::env::var_os("UPDATE_MANIFESTS").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let actual = std::fs::read_to_string(&path).unwrap_or_default();
+    if actual != expected {
+        let line = actual
+            .lines()
+            .zip(expected.lines())
+            .position(|(a, e)| a != e)
+            .map(|i| i + 1)
+            .unwrap_or_else(|| actual.lines().count().min(expected.lines().count()) + 1);
+        panic!(
+            "{} drifted from the chart (first difference at line {line}); regenerate it with\n  \
+             UPDATE_MANIFESTS=1 cargo test -p pullwatch-testbench --test deploy plain_manifests",
+            path.display()
+        );
+    }
+
+    // What `kubectl apply` gets: the namespace first, valid objects, no generated key.
+    let docs = yaml_documents(&actual);
+    assert_eq!(kind_of(&docs[0]), "Namespace");
+    assert_eq!(docs[0]["metadata"]["name"], NAMESPACE);
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    assert!(
+        docs_of(&docs, "Secret").is_empty(),
+        "no private key in the repository"
+    );
+    assert!(!actual.contains("PRIVATE KEY") && !actual.contains("LS0tLS1CRUdJTi"));
+    for kind in [
+        "Deployment",
+        "DaemonSet",
+        "Service",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        assert_eq!(docs_of(&docs, kind).len(), 1, "{kind}");
+    }
+    let deployment: Deployment = one(&docs, "Deployment");
+    let secret_name = volume(pod_spec_of_deployment(&deployment), "agent-tls")
+        .secret
+        .as_ref()
+        .unwrap()
+        .secret_name
+        .clone()
+        .unwrap();
+    assert_eq!(secret_name, "pullwatch-agent-tls");
+}
+
+#[test]
+fn manifests_tls_script_creates_the_secret_the_manifests_expect() {
+    let script = deploy_dir().join("manifests/create-agent-tls.sh");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = yaml_documents(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(docs.len(), 1);
+    let secret: Secret = typed(&docs[0]);
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some(NAMESPACE));
+
+    // The manifests mount exactly this Secret, in both workloads, and the certificate is
+    // valid for the Service the agents dial.
+    let manifests = yaml_documents(&std::fs::read_to_string(manifests_path()).unwrap());
+    let deployment: Deployment = one(&manifests, "Deployment");
+    let tls = volume(pod_spec_of_deployment(&deployment), "agent-tls");
+    assert_eq!(
+        tls.secret.as_ref().unwrap().secret_name,
+        secret.metadata.name
+    );
+    let ds: DaemonSet = one(&manifests, "DaemonSet");
+    let ca = volume(pod_spec_of_daemonset(&ds), "aggregator-ca");
+    assert_eq!(
+        ca.secret.as_ref().unwrap().secret_name,
+        secret.metadata.name
+    );
+    let args = args_of(&pod_spec_of_daemonset(&ds).containers[0]);
+    let aggregator = flag(&args, "--aggregator").unwrap();
+    let host = aggregator
+        .strip_prefix("https://")
+        .and_then(|h| h.split(':').next())
+        .unwrap();
+    assert_eq!(host, "pullwatch.pullwatch.svc");
+    assert_valid_agent_tls(&secret, host);
+
+    // Other namespace and service names are honoured.
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .args(["monitoring", "pw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let secret: Secret = typed(&yaml_documents(&String::from_utf8(out.stdout).unwrap())[0]);
+    assert_eq!(secret.metadata.name.as_deref(), Some("pw-agent-tls"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("monitoring"));
+    assert_valid_agent_tls(&secret, "pw.monitoring.svc");
+}
