@@ -28,6 +28,45 @@ pub struct Cli {
 pub enum Command {
     /// Check one image from this node and print the result.
     Check(CheckArgs),
+    /// Connect to the aggregator, run the checks it sends, serve per-node /metrics.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// The aggregator's agent endpoint, e.g. https://pullwatch-aggregator:9443.
+    #[arg(long, env = "PULLWATCH_AGGREGATOR")]
+    pub aggregator: String,
+    /// CA certificate (PEM) that signed the aggregator's agent certificate.
+    #[arg(long, env = "PULLWATCH_AGGREGATOR_CA")]
+    pub aggregator_ca: Option<PathBuf>,
+    /// File with the token presented to the aggregator (a projected service account
+    /// token, or the shared token); re-read on every connect.
+    #[arg(long, env = "PULLWATCH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Where to serve /metrics and /healthz.
+    #[arg(long, env = "PULLWATCH_METRICS_ADDRESS", default_value = ":9102")]
+    pub metrics_address: String,
+    /// Checks run at the same time on this node (the aggregator may ask for fewer).
+    #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_checks: u32,
+}
+
+impl RunArgs {
+    pub fn session_config(&self) -> crate::session::SessionConfig {
+        crate::session::SessionConfig {
+            aggregator_ca: self.aggregator_ca.clone(),
+            token_file: self.token_file.clone(),
+            max_concurrent_checks: self.max_concurrent_checks as usize,
+            default_mode: self.node.mode,
+            ..crate::session::SessionConfig::new(self.aggregator.clone(), self.node_name.clone())
+        }
+    }
 }
 
 /// How `check` prints its result.
@@ -211,7 +250,9 @@ mod tests {
             "json",
         ])
         .unwrap();
-        let Command::Check(args) = cli.command;
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
         assert_eq!(args.image, "nginx");
         assert_eq!(args.output, Output::Json);
         assert_eq!(args.node.mode, Mode::Resolve);
@@ -234,6 +275,38 @@ mod tests {
         assert_eq!(error.exit_code(), 2);
         let error = Cli::try_parse_from(["pullwatch-agent", "check"]).unwrap_err();
         assert_eq!(error.exit_code(), 2);
+
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "run",
+            "--aggregator",
+            "https://agg:9443",
+            "--node-name",
+            "node-1",
+            "--token-file",
+            "/var/run/secrets/pullwatch/token",
+            "--max-concurrent-checks",
+            "2",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.metrics_address, ":9102");
+        let session = run.session_config();
+        assert_eq!(session.node_name, "node-1");
+        assert_eq!(session.max_concurrent_checks, 2);
+        let zero = Cli::try_parse_from([
+            "pullwatch-agent",
+            "run",
+            "--aggregator",
+            "https://a",
+            "--node-name",
+            "n",
+            "--max-concurrent-checks",
+            "0",
+        ]);
+        assert!(zero.is_err());
     }
 
     #[test]

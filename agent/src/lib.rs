@@ -5,10 +5,13 @@
 //! - [`keyring`]: the credentials the kubelet would try, in its order;
 //! - [`resolve`]: manifest-only checks along containerd's hosts.toml route;
 //! - [`check`]: the executor that picks `pull` or `resolve` per image;
+//! - [`session`]: the stream to the aggregator (`run`), [`metrics`]: per-node `/metrics`;
 //! - [`cli`]: flags and wiring.
 
 pub mod check;
 pub mod cli;
 pub mod cri;
 pub mod keyring;
+pub mod metrics;
 pub mod resolve;
+pub mod session;

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, pull_secrets_for};
+use std::sync::Arc;
+
+use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
+use pullwatch_agent::metrics::AgentMetrics;
 
 /// Exit codes: 0 available, 1 not available, 2 usage or setup error.
 const EXIT_USAGE: u8 = 2;
@@ -25,6 +28,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Check(args) => check(args).await,
+            Command::Run(args) => run(args).await,
         }
     });
     match result {
@@ -76,4 +80,39 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let metrics = Arc::new(AgentMetrics::new().context("setting up metrics")?);
+    let checker = args
+        .node
+        .checker(Some(metrics.clone()))
+        .context("setting up the checker")?;
+    metrics.set_providers(&checker.keyring().plugin_names());
+    let listener = pullwatch_agent::metrics::bind(&args.metrics_address).await?;
+    tracing::info!(address = %args.metrics_address, "serving /metrics");
+    let server = tokio::spawn(pullwatch_agent::metrics::serve(listener, metrics.clone()));
+    let session = pullwatch_agent::session::run(Arc::new(checker), metrics, args.session_config());
+    tokio::select! {
+        () = session => {}
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    server.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

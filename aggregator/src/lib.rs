@@ -8,6 +8,7 @@
 //! exports it. [`server`] serves the HTTP endpoints and [`report`] prints one-shot
 //! results; [`cli`] holds the flags.
 
+pub mod agents;
 pub mod checker;
 pub mod cli;
 pub mod index;

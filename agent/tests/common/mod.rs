@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullwatch_agent::check::{CheckOptions, Checker};
-use pullwatch_agent::cri::{CriClient, CriTimeouts};
+use pullwatch_agent::cri::{CallObserver, CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
 use pullwatch_testbench::Containerd;
@@ -25,6 +25,8 @@ pub struct NodeSetup {
     /// A credential-provider plugin: (config YAML, plugin name, shell script body).
     pub plugin: Option<(String, String, String)>,
     pub options: Option<CheckOptions>,
+    /// Receives every CRI call (the agent's metrics).
+    pub observer: Option<Arc<dyn CallObserver>>,
 }
 
 pub const PULL_ABSENT: CheckOptions = CheckOptions {
@@ -78,7 +80,7 @@ pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
             call: Duration::from_secs(10),
             pull: Duration::from_secs(60),
         },
-        None,
+        setup.observer.clone(),
     )
     .unwrap();
     Checker::new(

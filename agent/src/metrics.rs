@@ -1,0 +1,387 @@
+//! The agent's own `/metrics` (per node, for debugging; the canonical per-workload
+//! series live on the aggregator): this node's latest result per image, CRI calls by
+//! RPC and gRPC code, which keyring sources decided checks, and the connection to the
+//! aggregator. No label ever carries a secret: images, statuses, modes, credential
+//! *sources* (file paths, plugin and secret names), RPC names and codes only.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::check::CheckReport;
+use crate::cri::CallObserver;
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::Error),
+    #[error("invalid --metrics-address {0:?}: expected [HOST]:PORT, e.g. :9102")]
+    BadAddress(String),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// The agent's metrics.
+pub struct AgentMetrics {
+    registry: Registry,
+    check_status: IntGaugeVec,
+    check_timestamp: GaugeVec,
+    checks: IntCounterVec,
+    check_duration: HistogramVec,
+    cri_requests: IntCounterVec,
+    cri_duration: HistogramVec,
+    credential_sources: IntCounterVec,
+    credential_providers: IntGaugeVec,
+    runtime_info: IntGaugeVec,
+    pub aggregator_connected: IntGauge,
+    aggregator_connects: IntCounterVec,
+    aggregator_last_contact: prometheus::Gauge,
+    /// image -> the label values of its current `check_status` series.
+    current: Mutex<HashMap<String, [String; 4]>>,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+impl AgentMetrics {
+    pub fn new() -> Result<AgentMetrics, MetricsError> {
+        let registry = Registry::new();
+        let metrics = AgentMetrics {
+            check_status: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_check_status",
+                    "This node's latest check of an image: 1 for the current status",
+                ),
+                &["image", "status", "mode", "credential_source"],
+            )?,
+            check_timestamp: GaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_check_timestamp_seconds",
+                    "When this node last checked the image",
+                ),
+                &["image"],
+            )?,
+            checks: IntCounterVec::new(
+                Opts::new("pullwatch_agent_checks_total", "Checks made on this node"),
+                &["status", "mode"],
+            )?,
+            check_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "pullwatch_agent_check_duration_seconds",
+                    "Duration of one check on this node",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["mode"],
+            )?,
+            cri_requests: IntCounterVec::new(
+                Opts::new(
+                    "pullwatch_agent_cri_requests_total",
+                    "CRI calls to the node's runtime, by RPC and gRPC code",
+                ),
+                &["rpc", "code"],
+            )?,
+            cri_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "pullwatch_agent_cri_request_duration_seconds",
+                    "Latency of CRI calls, by RPC and gRPC code",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["rpc", "code"],
+            )?,
+            credential_sources: IntCounterVec::new(
+                Opts::new(
+                    "pullwatch_agent_credential_source_checks_total",
+                    "Checks decided by each keyring source (secret, config.json, plugin, runtime)",
+                ),
+                &["source"],
+            )?,
+            credential_providers: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_credential_provider_info",
+                    "Configured kubelet credential-provider plugins",
+                ),
+                &["provider"],
+            )?,
+            runtime_info: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_runtime_info",
+                    "The node's container runtime, from CRI Version",
+                ),
+                &["runtime_name", "runtime_version"],
+            )?,
+            aggregator_connected: IntGauge::new(
+                "pullwatch_agent_aggregator_connected",
+                "1 while registered with the aggregator",
+            )?,
+            aggregator_connects: IntCounterVec::new(
+                Opts::new(
+                    "pullwatch_agent_aggregator_connection_attempts_total",
+                    "Attempts to open a session with the aggregator, by result",
+                ),
+                &["result"],
+            )?,
+            aggregator_last_contact: prometheus::Gauge::new(
+                "pullwatch_agent_aggregator_last_contact_timestamp_seconds",
+                "When the aggregator was last heard from",
+            )?,
+            current: Mutex::new(HashMap::new()),
+            registry,
+        };
+        let r = &metrics.registry;
+        r.register(Box::new(metrics.check_status.clone()))?;
+        r.register(Box::new(metrics.check_timestamp.clone()))?;
+        r.register(Box::new(metrics.checks.clone()))?;
+        r.register(Box::new(metrics.check_duration.clone()))?;
+        r.register(Box::new(metrics.cri_requests.clone()))?;
+        r.register(Box::new(metrics.cri_duration.clone()))?;
+        r.register(Box::new(metrics.credential_sources.clone()))?;
+        r.register(Box::new(metrics.credential_providers.clone()))?;
+        r.register(Box::new(metrics.runtime_info.clone()))?;
+        r.register(Box::new(metrics.aggregator_connected.clone()))?;
+        r.register(Box::new(metrics.aggregator_connects.clone()))?;
+        r.register(Box::new(metrics.aggregator_last_contact.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Records a finished check. Runtime failures count as checks but do not replace
+    /// the image's last real status.
+    pub fn record(&self, report: &CheckReport) {
+        self.checks
+            .with_label_values(&[report.status.as_str(), report.mode.as_str()])
+            .inc();
+        self.check_duration
+            .with_label_values(&[report.mode.as_str()])
+            .observe(report.duration.as_secs_f64());
+        if report.runtime_failure {
+            return;
+        }
+        if !report.credential_source.is_empty() {
+            self.credential_sources
+                .with_label_values(&[report.credential_source.as_str()])
+                .inc();
+        }
+        let labels = [
+            report.image.clone(),
+            report.status.as_str().to_string(),
+            report.mode.clone(),
+            report.credential_source.clone(),
+        ];
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.insert(report.image.clone(), labels.clone())
+            && old != labels
+        {
+            let old: Vec<&str> = old.iter().map(String::as_str).collect();
+            let _ = self.check_status.remove_label_values(&old);
+        }
+        let values: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.check_status.with_label_values(&values).set(1);
+        self.check_timestamp
+            .with_label_values(&[report.image.as_str()])
+            .set(now_seconds());
+    }
+
+    pub fn set_providers(&self, providers: &[String]) {
+        for provider in providers {
+            self.credential_providers
+                .with_label_values(&[provider.as_str()])
+                .set(1);
+        }
+    }
+
+    pub fn set_runtime(&self, name: &str, version: &str) {
+        self.runtime_info.reset();
+        self.runtime_info.with_label_values(&[name, version]).set(1);
+    }
+
+    pub fn connection_attempt(&self, result: &str) {
+        self.aggregator_connects.with_label_values(&[result]).inc();
+    }
+
+    pub fn contact(&self) {
+        self.aggregator_last_contact.set(now_seconds());
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut out) {
+            warn!(%error, "encoding metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl CallObserver for AgentMetrics {
+    fn observe(&self, rpc: &'static str, code: &'static str, elapsed: Duration) {
+        self.cri_requests.with_label_values(&[rpc, code]).inc();
+        self.cri_duration
+            .with_label_values(&[rpc, code])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Binds like Go's `net.Listen("tcp", ":9102")`: an empty host means every interface.
+pub async fn bind(address: &str) -> Result<TcpListener, MetricsError> {
+    let bind_error = |source| MetricsError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    if let Some(port) = address.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| MetricsError::BadAddress(address.to_string()))?;
+        return match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                .await
+                .map_err(bind_error),
+        };
+    }
+    let addr: SocketAddr = address
+        .parse()
+        .map_err(|_| MetricsError::BadAddress(address.to_string()))?;
+    TcpListener::bind(addr).await.map_err(bind_error)
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting a metrics connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = header::HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pullwatch::CheckStatus;
+
+    fn report(image: &str, status: CheckStatus) -> CheckReport {
+        CheckReport {
+            image: image.into(),
+            status,
+            reason: "secret-free reason".into(),
+            mode: "pull".into(),
+            credential_source: "config.json:/var/lib/kubelet/config.json".into(),
+            image_present: true,
+            duration: Duration::from_millis(5),
+            runtime_failure: false,
+        }
+    }
+
+    #[test]
+    fn one_series_per_image_with_its_current_status() {
+        let metrics = AgentMetrics::new().unwrap();
+        metrics.record(&report("reg.io/app:v1", CheckStatus::Available));
+        metrics.record(&report("reg.io/app:v1", CheckStatus::Absent));
+        let mut down = report("reg.io/app:v1", CheckStatus::UnknownError);
+        down.runtime_failure = true;
+        metrics.record(&down);
+        metrics.observe("PullImage", "OK", Duration::from_millis(3));
+        metrics.set_providers(&["ecr".to_string()]);
+        let text = metrics.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("pullwatch_agent_check_status{"))
+            .collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert!(series[0].contains(r#"status="absent""#), "{text}");
+        assert!(
+            text.contains(r#"pullwatch_agent_cri_requests_total{code="OK",rpc="PullImage"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullwatch_agent_checks_total{mode="pull",status="unknown_error"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pullwatch_agent_credential_provider_info{provider="ecr"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_forms() {
+        assert!(matches!(
+            bind("nonsense").await,
+            Err(MetricsError::BadAddress(_))
+        ));
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        assert!(listener.local_addr().unwrap().ip().is_loopback());
+    }
+}

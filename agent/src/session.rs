@@ -1,0 +1,455 @@
+//! `run`: the agent's session with the aggregator (proto/pullwatch/v1 `AgentService`).
+//!
+//! One bidirectional stream: the agent registers (node name, runtime name and version
+//! from CRI `Version`, the images it holds from `ListImages`), waits for `Registered`,
+//! then runs the `CheckTask`s it receives (at most `--max-concurrent-checks`, and at
+//! most what the aggregator allows, at a time) and answers each with a `CheckResult`.
+//! Both sides send heartbeats; an aggregator silent for three intervals counts as
+//! gone. When the stream ends or breaks, the agent reconnects with exponential backoff
+//! (1 s doubling to 30 s, jittered), so an aggregator restart costs a few seconds.
+//! Checks that were running when the stream broke are abandoned: the aggregator
+//! re-places them.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pullwatch::proto::agent_service_client::AgentServiceClient;
+use pullwatch::proto::{
+    AgentMessage, CheckMode, CheckResult, CheckTask, Heartbeat, ImageInventory, Register, Status,
+    agent_message, aggregator_message,
+};
+use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::check::{CheckReport, Checker, Mode};
+use crate::metrics::AgentMetrics;
+
+/// How long the aggregator has to answer `Register`.
+const REGISTERED_TIMEOUT: Duration = Duration::from_secs(10);
+/// The aggregator is gone after this many silent heartbeat intervals.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// Why one session attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("invalid --aggregator {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error(
+        "https --aggregator needs --aggregator-ca (the CA that signed the aggregator's certificate)"
+    )]
+    CaRequired,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("connecting to the aggregator: {0}")]
+    Connect(String),
+    #[error("the aggregator refused the session: {0}")]
+    Refused(tonic::Status),
+    #[error("the aggregator did not answer Register within {0:?}")]
+    NoRegistered(Duration),
+    #[error("the aggregator was silent for {0:?}")]
+    Silent(Duration),
+    #[error("the session stream broke: {0}")]
+    Broken(tonic::Status),
+    #[error("the aggregator closed the session")]
+    Closed,
+}
+
+/// Settings of `run`.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// `--aggregator`: `https://host:port` (or `http://` without TLS, for tests).
+    pub aggregator: String,
+    /// `--aggregator-ca`.
+    pub aggregator_ca: Option<PathBuf>,
+    /// `--token-file`, re-read on every connect (projected tokens rotate).
+    pub token_file: Option<PathBuf>,
+    /// `--node-name`.
+    pub node_name: String,
+    /// `--max-concurrent-checks`.
+    pub max_concurrent_checks: usize,
+    /// The mode for tasks that do not name one (`--mode`).
+    pub default_mode: Mode,
+    /// Reconnect backoff bounds.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How often the image inventory is re-read and sent when it changed.
+    pub inventory_interval: Duration,
+}
+
+impl SessionConfig {
+    pub fn new(aggregator: String, node_name: String) -> SessionConfig {
+        SessionConfig {
+            aggregator,
+            aggregator_ca: None,
+            token_file: None,
+            node_name,
+            max_concurrent_checks: 4,
+            default_mode: Mode::Auto,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            inventory_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Keeps a session with the aggregator open, forever.
+pub async fn run(checker: Arc<Checker>, metrics: Arc<AgentMetrics>, config: SessionConfig) {
+    let mut backoff = config.backoff_min;
+    loop {
+        let started = Instant::now();
+        let result = session(&checker, &metrics, &config).await;
+        metrics.aggregator_connected.set(0);
+        match &result {
+            Ok(()) => info!("session with the aggregator ended"),
+            Err(error) => warn!(%error, "session with the aggregator failed"),
+        }
+        // A session that registered and lived a while resets the backoff.
+        if result.is_ok() || started.elapsed() > config.backoff_max {
+            backoff = config.backoff_min;
+        }
+        let jitter = jitter_fraction() * 0.2;
+        let pause = backoff.mul_f64(1.0 + jitter);
+        debug!(
+            pause_ms = pause.as_millis() as u64,
+            "reconnecting after a pause"
+        );
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+/// A number in [0, 1) that differs between agents and attempts.
+fn jitter_fraction() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    f64::from(nanos % 1000) / 1000.0
+}
+
+async fn endpoint(config: &SessionConfig) -> Result<Endpoint, SessionError> {
+    let url_error = |reason: String| SessionError::Url {
+        url: config.aggregator.clone(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(config.aggregator.clone())
+        .map_err(|e| url_error(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    if config.aggregator.starts_with("https://") {
+        let ca_path = config
+            .aggregator_ca
+            .as_ref()
+            .ok_or(SessionError::CaRequired)?;
+        let ca = std::fs::read(ca_path).map_err(|source| SessionError::Read {
+            path: ca_path.clone(),
+            source,
+        })?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .map_err(|e| url_error(e.to_string()))?;
+    } else if !config.aggregator.starts_with("http://") {
+        return Err(url_error("expected an https:// (or http://) URL".into()));
+    }
+    Ok(endpoint)
+}
+
+/// Normalized references of the images the node holds.
+async fn node_images(checker: &Checker) -> BTreeSet<String> {
+    match checker.cri().list_images().await {
+        Ok(images) => images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter_map(|tag| ImageReference::parse(&tag).ok())
+            .map(|r| r.to_string())
+            .collect(),
+        Err(error) => {
+            warn!(%error, "listing the node's images");
+            BTreeSet::new()
+        }
+    }
+}
+
+fn message(message: agent_message::Message) -> AgentMessage {
+    AgentMessage {
+        message: Some(message),
+    }
+}
+
+/// One session: connect, register, serve tasks until the stream ends.
+async fn session(
+    checker: &Arc<Checker>,
+    metrics: &Arc<AgentMetrics>,
+    config: &SessionConfig,
+) -> Result<(), SessionError> {
+    let endpoint = endpoint(config).await?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        metrics.connection_attempt("connect_error");
+        SessionError::Connect(crate::resolve::error_chain(&e))
+    })?;
+    let mut client = AgentServiceClient::new(channel);
+
+    let (runtime_name, runtime_version) = match checker.cri().version().await {
+        Ok(v) => {
+            metrics.set_runtime(&v.runtime_name, &v.runtime_version);
+            (v.runtime_name, v.runtime_version)
+        }
+        Err(error) => {
+            warn!(%error, "the container runtime does not answer; registering without it");
+            (String::new(), String::new())
+        }
+    };
+    let mut images = node_images(checker).await;
+
+    let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    let register = Register {
+        node_name: config.node_name.clone(),
+        runtime_name,
+        runtime_version,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        images: images.iter().cloned().collect(),
+        node_labels: Default::default(),
+    };
+    tx.send(message(agent_message::Message::Register(register)))
+        .await
+        .map_err(|_| SessionError::Closed)?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(path) = &config.token_file {
+        let token = std::fs::read_to_string(path).map_err(|source| SessionError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| SessionError::Url {
+                url: path.display().to_string(),
+                reason: "the token is not a valid header value".into(),
+            })?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = match client.session(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            metrics.connection_attempt("refused");
+            return Err(SessionError::Refused(status));
+        }
+    };
+    let registered = match tokio::time::timeout(REGISTERED_TIMEOUT, inbound.message()).await {
+        Err(_) => return Err(SessionError::NoRegistered(REGISTERED_TIMEOUT)),
+        Ok(Err(status)) => {
+            metrics.connection_attempt("refused");
+            return Err(SessionError::Refused(status));
+        }
+        Ok(Ok(None)) => return Err(SessionError::Closed),
+        Ok(Ok(Some(first))) => match first.message {
+            Some(aggregator_message::Message::Registered(r)) => r,
+            _ => return Err(SessionError::Closed),
+        },
+    };
+    metrics.connection_attempt("registered");
+    metrics.aggregator_connected.set(1);
+    metrics.contact();
+    let interval = Duration::from_secs(u64::from(registered.heartbeat_interval_seconds.max(1)));
+    let limit = match registered.max_concurrent_checks {
+        0 => config.max_concurrent_checks,
+        n => config.max_concurrent_checks.min(n as usize),
+    }
+    .max(1);
+    info!(node = %config.node_name, heartbeat_s = interval.as_secs(), concurrency = limit, "registered with the aggregator");
+
+    let permits = Arc::new(Semaphore::new(limit));
+    // Dropped with the session: checks still running are abandoned (and re-placed).
+    let mut running: JoinSet<CheckResult> = JoinSet::new();
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inventory = tokio::time::interval(config.inventory_interval);
+    inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    inventory.reset();
+    let mut last_contact = Instant::now();
+
+    loop {
+        tokio::select! {
+            incoming = inbound.message() => match incoming {
+                Ok(Some(msg)) => {
+                    last_contact = Instant::now();
+                    metrics.contact();
+                    match msg.message {
+                        Some(aggregator_message::Message::Task(task)) => {
+                            let checker = checker.clone();
+                            let metrics = metrics.clone();
+                            let permits = permits.clone();
+                            let default_mode = config.default_mode;
+                            running.spawn(async move {
+                                let _permit = permits.acquire_owned().await;
+                                run_task(&checker, &metrics, task, default_mode).await
+                            });
+                        }
+                        Some(aggregator_message::Message::Heartbeat(_)) => {}
+                        Some(aggregator_message::Message::Registered(_)) | None => {}
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(SessionError::Broken(status)),
+            },
+            Some(done) = running.join_next() => {
+                match done {
+                    Ok(result) => {
+                        if tx.send(message(agent_message::Message::Result(result))).await.is_err() {
+                            return Err(SessionError::Closed);
+                        }
+                    }
+                    Err(error) => warn!(%error, "a check task failed"),
+                }
+            }
+            _ = heartbeat.tick() => {
+                let silence = last_contact.elapsed();
+                if silence > interval * MISSED_HEARTBEATS {
+                    return Err(SessionError::Silent(silence));
+                }
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or_default();
+                if tx.send(message(agent_message::Message::Heartbeat(Heartbeat { unix_millis: now }))).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            _ = inventory.tick() => {
+                let now = node_images(checker).await;
+                if now != images {
+                    images = now;
+                    let update = ImageInventory { images: images.iter().cloned().collect() };
+                    if tx.send(message(agent_message::Message::Inventory(update))).await.is_err() {
+                        return Err(SessionError::Closed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn mode_from_proto(mode: i32, default: Mode) -> Mode {
+    match CheckMode::try_from(mode) {
+        Ok(CheckMode::Auto) => Mode::Auto,
+        Ok(CheckMode::Pull) => Mode::Pull,
+        Ok(CheckMode::Resolve) => Mode::Resolve,
+        _ => default,
+    }
+}
+
+fn mode_to_proto(mode: &str) -> CheckMode {
+    match mode {
+        "pull" => CheckMode::Pull,
+        "resolve" => CheckMode::Resolve,
+        "auto" => CheckMode::Auto,
+        _ => CheckMode::Unspecified,
+    }
+}
+
+/// The wire form of a check status.
+pub fn status_to_proto(status: CheckStatus) -> Status {
+    match status {
+        CheckStatus::Available => Status::Available,
+        CheckStatus::Absent => Status::Absent,
+        CheckStatus::BadImageFormat => Status::BadImageFormat,
+        CheckStatus::RegistryUnavailable => Status::RegistryUnavailable,
+        CheckStatus::AuthenticationFailure => Status::AuthenticationFailure,
+        CheckStatus::AuthorizationFailure => Status::AuthorizationFailure,
+        CheckStatus::RateLimited => Status::RateLimited,
+        CheckStatus::UnknownError => Status::UnknownError,
+    }
+}
+
+async fn run_task(
+    checker: &Checker,
+    metrics: &AgentMetrics,
+    task: CheckTask,
+    default_mode: Mode,
+) -> CheckResult {
+    let secrets: Vec<SourcedCredential> = task
+        .credentials
+        .iter()
+        .map(|c| SourcedCredential {
+            source: if c.source.is_empty() {
+                "aggregator".into()
+            } else {
+                c.source.as_str().into()
+            },
+            credential: RegistryCredential {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                identity_token: (!c.identity_token.is_empty()).then(|| c.identity_token.clone()),
+                registry_token: (!c.registry_token.is_empty()).then(|| c.registry_token.clone()),
+            },
+        })
+        .collect();
+    let mode = mode_from_proto(task.mode, default_mode);
+    let report: CheckReport = checker.check(&task.image, mode, &secrets).await;
+    metrics.record(&report);
+    CheckResult {
+        task_id: task.task_id,
+        image: task.image,
+        status: status_to_proto(report.status) as i32,
+        reason: report.reason,
+        mode: mode_to_proto(&report.mode) as i32,
+        credential_source: report.credential_source,
+        duration_millis: report.duration.as_millis() as u64,
+        image_present: report.image_present,
+        runtime_failure: report.runtime_failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_statuses_on_the_wire() {
+        assert_eq!(
+            mode_from_proto(CheckMode::Pull as i32, Mode::Auto),
+            Mode::Pull
+        );
+        assert_eq!(
+            mode_from_proto(CheckMode::Unspecified as i32, Mode::Resolve),
+            Mode::Resolve
+        );
+        assert_eq!(mode_from_proto(99, Mode::Auto), Mode::Auto);
+        assert_eq!(mode_to_proto("resolve"), CheckMode::Resolve);
+        for status in CheckStatus::ALL {
+            let wire = status_to_proto(status);
+            assert_ne!(wire, Status::Unspecified);
+            // The wire enum names end in the same words as the status names.
+            assert!(
+                wire.as_str_name()
+                    .eq_ignore_ascii_case(&format!("STATUS_{}", status.as_str())),
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn https_needs_a_ca() {
+        let mut config = SessionConfig::new("https://agg:9443".into(), "n".into());
+        assert!(matches!(
+            endpoint(&config).await,
+            Err(SessionError::CaRequired)
+        ));
+        config.aggregator = "ftp://agg".into();
+        assert!(matches!(
+            endpoint(&config).await,
+            Err(SessionError::Url { .. })
+        ));
+        config.aggregator = "http://127.0.0.1:1".into();
+        assert!(endpoint(&config).await.is_ok());
+    }
+}

@@ -1,0 +1,366 @@
+//! Agents in session with the aggregator's agent server (TLS, shared token): checks
+//! dispatched to real containerd nodes, pull secrets over TLS, per-node /metrics, an
+//! aggregator restart (agents reconnect, results resume), an agent killed mid-check
+//! (its task moves), and a wrong token.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pullwatch::proto::{CheckMode, CheckTask, PullCredential, Status};
+use pullwatch_agent::check::{CheckOptions, Checker};
+use pullwatch_agent::metrics::AgentMetrics;
+use pullwatch_agent::session::{self, SessionConfig};
+use pullwatch_aggregator::agents::server::{self as agent_server, AgentServer, AgentServerConfig};
+use pullwatch_aggregator::agents::{AgentHub, HubConfig};
+use pullwatch_testbench::{
+    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryOptions, TestCa,
+    push_image,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+const TOKEN: &str = "shared-agent-token";
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test did not finish in time");
+}
+
+/// TLS material and the token file for one aggregator.
+struct Aggregator {
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    cert: PathBuf,
+    key: PathBuf,
+    token_file: PathBuf,
+}
+
+impl Aggregator {
+    fn new() -> Aggregator {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new().unwrap();
+        let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        Aggregator {
+            _dir: dir,
+            ca,
+            cert,
+            key,
+            token_file,
+        }
+    }
+
+    /// A fresh hub and server (a restarted aggregator keeps nothing) on `port`.
+    async fn start(&self, port: u16) -> (AgentHub, AgentServer) {
+        let hub = AgentHub::new(HubConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            max_concurrent_checks: 2,
+            task_timeout: Duration::from_secs(60),
+            node_group_label: None,
+            tls: true,
+        });
+        let server = agent_server::start(
+            hub.clone(),
+            AgentServerConfig {
+                listen: format!("127.0.0.1:{port}").parse().unwrap(),
+                tls: Some((self.cert.clone(), self.key.clone())),
+                shared_token_file: Some(self.token_file.clone()),
+            },
+        )
+        .await
+        .unwrap();
+        (hub, server)
+    }
+
+    fn session(&self, server: &AgentServer, node: &str, token_file: PathBuf) -> SessionConfig {
+        SessionConfig {
+            aggregator_ca: Some(self.ca.ca_cert_path().to_path_buf()),
+            token_file: Some(token_file),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            inventory_interval: Duration::from_millis(300),
+            ..SessionConfig::new(
+                format!("https://127.0.0.1:{}", server.local_addr().port()),
+                node.to_string(),
+            )
+        }
+    }
+}
+
+/// Starts an agent on `node`; aborting the handle is killing the agent.
+fn spawn_agent(
+    node: &Containerd,
+    setup: NodeSetup,
+    config: SessionConfig,
+) -> (Arc<AgentMetrics>, JoinHandle<()>) {
+    let metrics = Arc::new(AgentMetrics::new().unwrap());
+    let checker: Checker = checker(
+        node,
+        NodeSetup {
+            observer: Some(metrics.clone()),
+            ..setup
+        },
+    );
+    let handle = tokio::spawn(session::run(Arc::new(checker), metrics.clone(), config));
+    (metrics, handle)
+}
+
+/// Polls `condition` every 50 ms for up to 20 s.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn task(image: &str, mode: CheckMode) -> CheckTask {
+    CheckTask {
+        image: image.to_string(),
+        mode: mode as i32,
+        ..Default::default()
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_restart() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions {
+            htpasswd: Some((USER.into(), PASSWORD.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let aggregator = Aggregator::new();
+        let (hub, server) = aggregator.start(0).await;
+        let port = server.local_addr().port();
+
+        // node-b has a kubelet config.json for the registry; node-d has nothing.
+        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node_d = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let (metrics_b, _agent_b) = spawn_agent(
+            &node_b,
+            NodeSetup {
+                kubelet_config_json: Some(config_json(&registry.host(), USER, PASSWORD)),
+                options: Some(CheckOptions {
+                    pull_absent_images: true,
+                    keep_pulled_images: true,
+                }),
+                ..Default::default()
+            },
+            aggregator.session(&server, "node-b", aggregator.token_file.clone()),
+        );
+        let (_metrics_d, _agent_d) = spawn_agent(
+            &node_d,
+            NodeSetup::default(),
+            aggregator.session(&server, "node-d", aggregator.token_file.clone()),
+        );
+        wait_for("both agents to register", || {
+            hub.nodes() == ["node-b", "node-d"]
+        })
+        .await;
+        let agents = hub.agents();
+        assert_eq!(agents[0].runtime_name, "containerd");
+        assert!(agents[0].runtime_version.starts_with("1."), "{agents:?}");
+
+        // node-b's own credentials make the image available there...
+        let done = hub
+            .dispatch("node-b", task(&image.reference, CheckMode::Resolve))
+            .await
+            .unwrap();
+        assert_eq!(done.node, "node-b");
+        assert_eq!(done.result.status, Status::Available as i32, "{:?}", done.result);
+        assert_eq!(done.result.mode, CheckMode::Resolve as i32);
+        assert!(done.result.credential_source.starts_with("config.json:"));
+        // ...node-d has none...
+        let done = hub
+            .dispatch("node-d", task(&image.reference, CheckMode::Auto))
+            .await
+            .unwrap();
+        assert_eq!(
+            done.result.status,
+            Status::AuthenticationFailure as i32,
+            "{:?}",
+            done.result
+        );
+        // ...unless the workload's pull secret comes along (over TLS).
+        let mut with_secret = task(&image.reference, CheckMode::Auto);
+        with_secret.credentials.push(PullCredential {
+            source: "secret/team/regcred".into(),
+            username: USER.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        });
+        let done = hub.dispatch("node-d", with_secret).await.unwrap();
+        assert_eq!(done.result.status, Status::Available as i32, "{:?}", done.result);
+        assert_eq!(done.result.credential_source, "secret/team/regcred");
+
+        // A pull that node-b keeps shows up in its inventory on the hub.
+        let done = hub
+            .dispatch("node-b", task(&image.reference, CheckMode::Pull))
+            .await
+            .unwrap();
+        assert_eq!(done.result.status, Status::Available as i32, "{:?}", done.result);
+        assert!(done.result.image_present);
+        wait_for("node-b's inventory to list the pulled image", || {
+            hub.agents()[0].images.contains(&image.reference)
+        })
+        .await;
+
+        // The agent's /metrics: this node's results, CRI calls, keyring sources,
+        // connection state.
+        let listener = pullwatch_agent::metrics::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = listener.local_addr().unwrap();
+        let metrics_server = tokio::spawn(pullwatch_agent::metrics::serve(listener, metrics_b.clone()));
+        let response = http_get(metrics_addr, "/metrics").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        for needle in [
+            format!("pullwatch_agent_check_status{{credential_source=\"config.json:{}\",image=\"{}\",mode=\"pull\",status=\"available\"}} 1", node_b.dir().join("kubelet/config.json").display(), image.reference),
+            "pullwatch_agent_cri_requests_total{code=\"OK\",rpc=\"PullImage\"} 1".to_string(),
+            "pullwatch_agent_cri_requests_total{code=\"OK\",rpc=\"Version\"} 1".to_string(),
+            "pullwatch_agent_aggregator_connected 1".to_string(),
+            "pullwatch_agent_runtime_info{runtime_name=\"containerd\"".to_string(),
+        ] {
+            assert!(response.contains(&needle), "missing {needle} in\n{response}");
+        }
+        assert!(!response.contains(PASSWORD));
+        metrics_server.abort();
+
+        // The aggregator restarts on the same port with an empty hub.
+        server.stop().await;
+        wait_for("node-b to notice", || {
+            metrics_b.aggregator_connected.get() == 0
+        })
+        .await;
+        let (hub, _server) = aggregator.start(port).await;
+        wait_for("both agents to reconnect", || {
+            hub.nodes() == ["node-b", "node-d"]
+        })
+        .await;
+        // Results resume, and the re-registration carried node-b's image list.
+        assert!(hub.agents()[0].images.contains(&image.reference));
+        let done = hub
+            .dispatch("node-b", task(&image.reference, CheckMode::Auto))
+            .await
+            .unwrap();
+        assert_eq!(done.result.status, Status::Available as i32, "{:?}", done.result);
+        assert_eq!(done.result.mode, CheckMode::Pull as i32, "node-b holds it now");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_mid_check_has_its_task_moved() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let aggregator = Aggregator::new();
+        let (hub, server) = aggregator.start(0).await;
+
+        // node-1's credential provider takes its time: its checks are slow.
+        let node_1 = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let node_2 = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let slow_log = node_1.dir().join("slow-plugin.log");
+        let (yaml, name, body) = plugin(&registry.host(), &slow_log);
+        let (_, agent_1) = spawn_agent(
+            &node_1,
+            NodeSetup {
+                plugin: Some((yaml, name, format!("sleep 30\n{body}"))),
+                ..Default::default()
+            },
+            aggregator.session(&server, "node-1", aggregator.token_file.clone()),
+        );
+        let (_, _agent_2) = spawn_agent(
+            &node_2,
+            NodeSetup::default(),
+            aggregator.session(&server, "node-2", aggregator.token_file.clone()),
+        );
+        wait_for("both agents", || hub.nodes() == ["node-1", "node-2"]).await;
+
+        let waiting = {
+            let hub = hub.clone();
+            let t = task(&image.reference, CheckMode::Resolve);
+            tokio::spawn(async move { hub.dispatch("node-1", t).await })
+        };
+        wait_for("the task to be in flight on node-1", || {
+            hub.agents()
+                .iter()
+                .any(|a| a.node_name == "node-1" && a.in_flight == 1)
+        })
+        .await;
+        agent_1.abort();
+        let done = waiting.await.unwrap().unwrap();
+        assert_eq!(done.node, "node-2");
+        assert_eq!(done.replaced_from, ["node-1"]);
+        assert_eq!(
+            done.result.status,
+            Status::Available as i32,
+            "{:?}",
+            done.result
+        );
+        assert_eq!(hub.nodes(), ["node-2"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_token_is_refused() {
+    bounded(async {
+        let aggregator = Aggregator::new();
+        let (hub, server) = aggregator.start(0).await;
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let wrong = node.dir().join("wrong-token");
+        std::fs::write(&wrong, "not-the-token").unwrap();
+        let (metrics, agent) = spawn_agent(
+            &node,
+            NodeSetup::default(),
+            aggregator.session(&server, "intruder", wrong.clone()),
+        );
+        wait_for("refused attempts", || {
+            metrics.render().contains(
+                "pullwatch_agent_aggregator_connection_attempts_total{result=\"refused\"} 2",
+            )
+        })
+        .await;
+        assert!(hub.nodes().is_empty());
+        assert_eq!(metrics.aggregator_connected.get(), 0);
+        // The token file is re-read on every attempt: fixing it lets the agent in.
+        std::fs::write(&wrong, TOKEN).unwrap();
+        wait_for("the agent to register", || hub.nodes() == ["intruder"]).await;
+        agent.abort();
+    })
+    .await;
+}

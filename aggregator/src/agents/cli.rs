@@ -1,0 +1,126 @@
+//! The aggregator's agent flags, for `#[command(flatten)]` into the serve command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::HubConfig;
+use super::server::{AgentServerConfig, AgentServerError};
+
+/// Flags of the agent server (each also from `PULLWATCH_<FLAG>`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct AgentServerArgs {
+    /// Listen for node agents (gRPC) on this address, e.g. `:9443`. Unset: no agents.
+    #[arg(long, env = "PULLWATCH_AGENT_LISTEN")]
+    pub agent_listen: Option<String>,
+    /// PEM certificate (chain) for the agent server.
+    #[arg(long, env = "PULLWATCH_AGENT_TLS_CERT", requires = "agent_tls_key")]
+    pub agent_tls_cert: Option<PathBuf>,
+    /// PEM private key for the agent server.
+    #[arg(long, env = "PULLWATCH_AGENT_TLS_KEY", requires = "agent_tls_cert")]
+    pub agent_tls_key: Option<PathBuf>,
+    /// A file with the token agents must present (outside Kubernetes, or instead of
+    /// TokenReview).
+    #[arg(long, env = "PULLWATCH_AGENT_SHARED_TOKEN_FILE")]
+    pub agent_shared_token_file: Option<PathBuf>,
+    /// Audience of the agents' bound service account tokens (TokenReview; not
+    /// implemented yet: setting it without a shared token file is an error).
+    #[arg(long, env = "PULLWATCH_AGENT_TOKEN_AUDIENCE")]
+    pub agent_token_audience: Option<String>,
+    /// Node label whose value groups nodes for placement (unset: one group).
+    #[arg(long, env = "PULLWATCH_NODE_GROUP_LABEL")]
+    pub node_group_label: Option<String>,
+}
+
+/// `:9443` -> `0.0.0.0:9443`; `HOST:PORT` and `[v6]:PORT` as given.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, AgentServerError> {
+    let with_host = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_string()
+    };
+    with_host
+        .parse()
+        .map_err(|_| AgentServerError::Listen(text.to_string()))
+}
+
+impl AgentServerArgs {
+    /// The hub settings these flags describe.
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            node_group_label: self.node_group_label.clone(),
+            tls: self.agent_tls_cert.is_some(),
+            ..HubConfig::default()
+        }
+    }
+
+    /// The server settings, or None when `--agent-listen` is unset.
+    pub fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
+        let Some(listen) = &self.agent_listen else {
+            return Ok(None);
+        };
+        let tls = match (&self.agent_tls_cert, &self.agent_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(AgentServerError::HalfTls),
+        };
+        if self.agent_shared_token_file.is_none() {
+            return Err(AgentServerError::NoAuthentication);
+        }
+        Ok(Some(AgentServerConfig {
+            listen: parse_listen(listen)?,
+            tls,
+            shared_token_file: self.agent_shared_token_file.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agents: AgentServerArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            ":9443",
+            "--agent-tls-cert",
+            "/c.pem",
+            "--agent-tls-key",
+            "/k.pem",
+            "--agent-shared-token-file",
+            "/t",
+            "--node-group-label",
+            "topology.kubernetes.io/zone",
+        ])
+        .unwrap();
+        let server = cli.agents.server_config().unwrap().unwrap();
+        assert_eq!(server.listen, "0.0.0.0:9443".parse().unwrap());
+        assert!(server.tls.is_some());
+        let hub = cli.agents.hub_config();
+        assert!(hub.tls);
+        assert_eq!(
+            hub.node_group_label.as_deref(),
+            Some("topology.kubernetes.io/zone")
+        );
+        assert!(Cli::try_parse_from(["x", "--agent-tls-cert", "/c.pem"]).is_err());
+        let none = Cli::try_parse_from(["x"]).unwrap();
+        assert!(none.agents.server_config().unwrap().is_none());
+        let no_auth = Cli::try_parse_from(["x", "--agent-listen", "127.0.0.1:1"]).unwrap();
+        assert!(matches!(
+            no_auth.agents.server_config(),
+            Err(AgentServerError::NoAuthentication)
+        ));
+        assert!(parse_listen("[::1]:9443").is_ok());
+        assert!(parse_listen("nope").is_err());
+    }
+}

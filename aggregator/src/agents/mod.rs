@@ -1,0 +1,591 @@
+//! Node agents: the gRPC `AgentService` they connect to ([`server`]), and the hub the
+//! scheduler uses to run checks on them ([`AgentHub`]).
+//!
+//! One bidirectional stream per agent (proto/pullwatch/v1): the agent registers (node
+//! name, runtime, images it holds), the hub answers `Registered` (heartbeat interval,
+//! per-node concurrency), then sends `CheckTask`s and receives `CheckResult`s on the
+//! same stream; both sides send heartbeats. An agent that closes its stream, breaks
+//! it, or stays silent for three heartbeat intervals is gone: its unanswered tasks are
+//! re-placed on another connected agent (same node group first, nodes holding the
+//! image first), so a dispatch returns a result as long as any suitable agent is left.
+//!
+//! Pull secrets (`CheckTask.credentials`) are only ever sent over TLS, and on
+//! re-placement only to nodes the caller listed as running the workload.
+
+pub mod cli;
+pub mod server;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+/// Why a dispatch gave no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("no agent is connected for node {0:?}")]
+    NoAgent(String),
+    #[error("agent on node {node:?} went away and no other agent could take the task")]
+    AgentGone { node: String },
+    #[error("agent on node {node:?} did not answer within {after:?}")]
+    Timeout { node: String, after: Duration },
+    #[error("pull credentials are only sent to agents over TLS; the agent server runs without TLS")]
+    CredentialsNeedTls,
+}
+
+/// Hub settings.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// How often agents (and the hub) send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Checks one agent runs at a time (sent in `Registered`).
+    pub max_concurrent_checks: u32,
+    /// How long one dispatched task may take on one agent.
+    pub task_timeout: Duration,
+    /// The node label whose value groups nodes (`--node-group-label`).
+    pub node_group_label: Option<String>,
+    /// Whether agents connect over TLS (credentials are only sent then).
+    pub tls: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            heartbeat_interval: Duration::from_secs(10),
+            max_concurrent_checks: 4,
+            task_timeout: Duration::from_secs(360),
+            node_group_label: None,
+            tls: false,
+        }
+    }
+}
+
+/// A connected agent, as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub node_name: String,
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub agent_version: String,
+    /// Normalized references of the images the node holds.
+    pub images: BTreeSet<String>,
+    pub node_labels: BTreeMap<String, String>,
+    pub connected_at: SystemTime,
+    /// Tasks sent and not yet answered.
+    pub in_flight: usize,
+}
+
+/// Options of one dispatch.
+#[derive(Clone, Debug, Default)]
+pub struct DispatchOptions {
+    /// Nodes that run the workload: the only ones a task with credentials may be
+    /// re-placed on. Tasks without credentials may go to any agent.
+    pub credential_nodes: Vec<String>,
+}
+
+/// A result and the node that produced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatched {
+    pub node: String,
+    pub result: CheckResult,
+    /// Nodes that went away while holding this task, in order.
+    pub replaced_from: Vec<String>,
+}
+
+struct Pending {
+    task: CheckTask,
+    reply: oneshot::Sender<Result<CheckResult, HubError>>,
+}
+
+struct AgentEntry {
+    session: u64,
+    info: AgentInfo,
+    tx: mpsc::Sender<AggregatorMessage>,
+    pending: HashMap<u64, Pending>,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct HubState {
+    agents: HashMap<String, AgentEntry>,
+}
+
+struct HubInner {
+    config: HubConfig,
+    state: Mutex<HubState>,
+    next_task: AtomicU64,
+    next_session: AtomicU64,
+}
+
+/// The registry of connected agents. Cheap to clone.
+#[derive(Clone)]
+pub struct AgentHub {
+    inner: Arc<HubInner>,
+}
+
+impl std::fmt::Debug for AgentHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHub")
+            .field("agents", &self.nodes())
+            .finish()
+    }
+}
+
+/// The handle a session keeps: identifies its registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId {
+    pub node: String,
+    id: u64,
+}
+
+fn lock(m: &Mutex<HubState>) -> std::sync::MutexGuard<'_, HubState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AgentHub {
+    pub fn new(config: HubConfig) -> AgentHub {
+        AgentHub {
+            inner: Arc::new(HubInner {
+                config,
+                state: Mutex::new(HubState::default()),
+                next_task: AtomicU64::new(1),
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Records a newly registered agent whose outbound messages go to `tx`. A node
+    /// registering again replaces its previous session (whose tasks are re-placed).
+    pub fn register(&self, mut info: AgentInfo, tx: mpsc::Sender<AggregatorMessage>) -> SessionId {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let node = info.node_name.clone();
+        info.in_flight = 0;
+        let replaced = {
+            let mut state = lock(&self.inner.state);
+            state.agents.insert(
+                node.clone(),
+                AgentEntry {
+                    session: id,
+                    info,
+                    tx,
+                    pending: HashMap::new(),
+                    last_seen: Instant::now(),
+                },
+            )
+        };
+        info!(node = %node, "agent registered");
+        if let Some(old) = replaced {
+            fail_pending(&node, old.pending);
+        }
+        SessionId { node, id }
+    }
+
+    /// Ends a session: the agent is gone, its unanswered tasks are re-placed.
+    pub fn unregister(&self, session: &SessionId) {
+        let removed = {
+            let mut state = lock(&self.inner.state);
+            match state.agents.get(&session.node) {
+                Some(entry) if entry.session == session.id => state.agents.remove(&session.node),
+                _ => None,
+            }
+        };
+        if let Some(entry) = removed {
+            info!(node = %session.node, pending = entry.pending.len(), "agent went away");
+            fail_pending(&session.node, entry.pending);
+        }
+    }
+
+    /// Marks the agent alive (any message counts).
+    pub fn touch(&self, session: &SessionId) {
+        let mut state = lock(&self.inner.state);
+        if let Some(entry) = state.agents.get_mut(&session.node)
+            && entry.session == session.id
+        {
+            entry.last_seen = Instant::now();
+        }
+    }
+
+    /// How long the agent has been silent (None: not registered under this session).
+    pub fn silence(&self, session: &SessionId) -> Option<Duration> {
+        let state = lock(&self.inner.state);
+        state
+            .agents
+            .get(&session.node)
+            .filter(|e| e.session == session.id)
+            .map(|e| e.last_seen.elapsed())
+    }
+
+    /// Replaces the image list of the agent (an `ImageInventory`).
+    pub fn update_images(&self, session: &SessionId, images: BTreeSet<String>) {
+        let mut state = lock(&self.inner.state);
+        if let Some(entry) = state.agents.get_mut(&session.node)
+            && entry.session == session.id
+        {
+            entry.info.images = images;
+        }
+    }
+
+    /// Delivers a result to the dispatch waiting for it.
+    pub fn complete(&self, session: &SessionId, result: CheckResult) {
+        let pending = {
+            let mut state = lock(&self.inner.state);
+            state
+                .agents
+                .get_mut(&session.node)
+                .filter(|e| e.session == session.id)
+                .and_then(|e| e.pending.remove(&result.task_id))
+        };
+        match pending {
+            Some(pending) => {
+                let _ = pending.reply.send(Ok(result));
+            }
+            None => {
+                debug!(node = %session.node, task = result.task_id, "result for an unknown or abandoned task")
+            }
+        }
+    }
+
+    /// Connected agents, by node name.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let state = lock(&self.inner.state);
+        let mut agents: Vec<AgentInfo> = state
+            .agents
+            .values()
+            .map(|e| AgentInfo {
+                in_flight: e.pending.len(),
+                ..e.info.clone()
+            })
+            .collect();
+        agents.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+        agents
+    }
+
+    /// Names of the connected nodes, sorted.
+    pub fn nodes(&self) -> Vec<String> {
+        self.agents().into_iter().map(|a| a.node_name).collect()
+    }
+
+    /// The group of a node (value of `--node-group-label`; one group when unset).
+    pub fn group_of(&self, info: &AgentInfo) -> String {
+        match &self.inner.config.node_group_label {
+            None => String::new(),
+            Some(label) => info.node_labels.get(label).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
+    /// `allowed` if given; preferring nodes that hold the image, then the least busy.
+    pub fn place(
+        &self,
+        image: &str,
+        group: Option<&str>,
+        exclude: &[String],
+        allowed: Option<&[String]>,
+    ) -> Option<String> {
+        self.agents()
+            .into_iter()
+            .filter(|a| !exclude.contains(&a.node_name))
+            .filter(|a| allowed.is_none_or(|nodes| nodes.contains(&a.node_name)))
+            .filter(|a| group.is_none_or(|g| self.group_of(a) == g))
+            .min_by_key(|a| (!a.images.contains(image), a.in_flight, a.node_name.clone()))
+            .map(|a| a.node_name)
+    }
+
+    /// Runs `task` on `node`'s agent and waits for its result.
+    pub async fn dispatch(&self, node: &str, task: CheckTask) -> Result<Dispatched, HubError> {
+        self.dispatch_with(node, task, DispatchOptions::default())
+            .await
+    }
+
+    /// [`Self::dispatch`] with options. If the agent goes away before answering, the
+    /// task moves to another agent (same group first), as often as agents go away.
+    pub async fn dispatch_with(
+        &self,
+        node: &str,
+        task: CheckTask,
+        options: DispatchOptions,
+    ) -> Result<Dispatched, HubError> {
+        if !task.credentials.is_empty() && !self.inner.config.tls {
+            return Err(HubError::CredentialsNeedTls);
+        }
+        let group = {
+            let state = lock(&self.inner.state);
+            match state.agents.get(node) {
+                Some(entry) => self.group_of(&entry.info),
+                None => return Err(HubError::NoAgent(node.to_string())),
+            }
+        };
+        let mut target = node.to_string();
+        let mut gone: Vec<String> = Vec::new();
+        loop {
+            match self.send_and_wait(&target, &task).await {
+                Ok(result) => {
+                    return Ok(Dispatched {
+                        node: target,
+                        result,
+                        replaced_from: gone,
+                    });
+                }
+                Err(HubError::AgentGone { .. }) | Err(HubError::NoAgent(_)) => {
+                    gone.push(target.clone());
+                    let allowed = (!task.credentials.is_empty())
+                        .then_some(options.credential_nodes.as_slice());
+                    let next = self
+                        .place(&task.image, Some(&group), &gone, allowed)
+                        .or_else(|| self.place(&task.image, None, &gone, allowed));
+                    match next {
+                        Some(next) => {
+                            warn!(image = %task.image, from = %target, to = %next, "re-placing the task of an agent that went away");
+                            target = next;
+                        }
+                        None => return Err(HubError::AgentGone { node: target }),
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    async fn send_and_wait(&self, node: &str, task: &CheckTask) -> Result<CheckResult, HubError> {
+        let task_id = self.inner.next_task.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let mut task = task.clone();
+        task.task_id = task_id;
+        let tx = {
+            let mut state = lock(&self.inner.state);
+            let Some(entry) = state.agents.get_mut(node) else {
+                return Err(HubError::NoAgent(node.to_string()));
+            };
+            entry.pending.insert(
+                task_id,
+                Pending {
+                    task: task.clone(),
+                    reply,
+                },
+            );
+            entry.tx.clone()
+        };
+        let message = AggregatorMessage {
+            message: Some(aggregator_message::Message::Task(task)),
+        };
+        if tx.send(message).await.is_err() {
+            self.forget(node, task_id);
+            return Err(HubError::AgentGone {
+                node: node.to_string(),
+            });
+        }
+        let timeout = self.inner.config.task_timeout;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(HubError::AgentGone {
+                node: node.to_string(),
+            }),
+            Err(_) => {
+                self.forget(node, task_id);
+                Err(HubError::Timeout {
+                    node: node.to_string(),
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    fn forget(&self, node: &str, task_id: u64) {
+        let mut state = lock(&self.inner.state);
+        if let Some(entry) = state.agents.get_mut(node) {
+            entry.pending.remove(&task_id);
+        }
+    }
+}
+
+fn fail_pending(node: &str, pending: HashMap<u64, Pending>) {
+    for (_, p) in pending {
+        debug!(node, image = %p.task.image, "task left by a departed agent");
+        let _ = p.reply.send(Err(HubError::AgentGone {
+            node: node.to_string(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pullwatch::proto::Status;
+
+    fn info(node: &str, group: &str, images: &[&str]) -> AgentInfo {
+        AgentInfo {
+            node_name: node.into(),
+            runtime_name: "containerd".into(),
+            runtime_version: "1.6".into(),
+            agent_version: "0".into(),
+            images: images.iter().map(|s| s.to_string()).collect(),
+            node_labels: [("zone".to_string(), group.to_string())].into(),
+            connected_at: SystemTime::now(),
+            in_flight: 0,
+        }
+    }
+
+    fn hub() -> AgentHub {
+        AgentHub::new(HubConfig {
+            node_group_label: Some("zone".into()),
+            task_timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+    }
+
+    /// A fake agent: answers every task with `available`, unless `silent`.
+    fn fake_agent(hub: &AgentHub, info: AgentInfo, silent: bool) -> SessionId {
+        let (tx, mut rx) = mpsc::channel(16);
+        let session = hub.register(info, tx);
+        let hub = hub.clone();
+        let s = session.clone();
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if let Some(aggregator_message::Message::Task(task)) = message.message
+                    && !silent
+                {
+                    hub.complete(
+                        &s,
+                        CheckResult {
+                            task_id: task.task_id,
+                            image: task.image,
+                            status: Status::Available as i32,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        });
+        session
+    }
+
+    fn task(image: &str) -> CheckTask {
+        CheckTask {
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn dispatch_reaches_the_node_and_returns_its_result() {
+        let hub = hub();
+        fake_agent(&hub, info("a", "z1", &[]), false);
+        let done = hub.dispatch("a", task("img")).await.unwrap();
+        assert_eq!(done.node, "a");
+        assert_eq!(done.result.status, Status::Available as i32);
+        assert!(done.result.task_id > 0);
+        assert_eq!(
+            hub.dispatch("nope", task("img")).await.unwrap_err(),
+            HubError::NoAgent("nope".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_of_a_departed_agent_move_to_its_group_first() {
+        let hub = hub();
+        let silent = fake_agent(&hub, info("a", "z1", &[]), true);
+        fake_agent(&hub, info("b", "z2", &["img"]), false);
+        fake_agent(&hub, info("c", "z1", &[]), false);
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.dispatch("a", task("img")).await })
+        };
+        // Wait until the task is in flight on a, then a goes away.
+        for _ in 0..100 {
+            if hub
+                .agents()
+                .iter()
+                .any(|a| a.node_name == "a" && a.in_flight == 1)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        hub.unregister(&silent);
+        let done = waiting.await.unwrap().unwrap();
+        // c shares a's group; b holds the image but is in another group.
+        assert_eq!(done.node, "c");
+        assert_eq!(done.replaced_from, ["a"]);
+        assert_eq!(hub.nodes(), ["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn credentials_need_tls_and_stay_on_workload_nodes() {
+        let hub = hub();
+        fake_agent(&hub, info("a", "z1", &[]), false);
+        let mut with_secret = task("img");
+        with_secret.credentials.push(Default::default());
+        assert_eq!(
+            hub.dispatch("a", with_secret.clone()).await.unwrap_err(),
+            HubError::CredentialsNeedTls
+        );
+
+        let hub = AgentHub::new(HubConfig {
+            tls: true,
+            ..Default::default()
+        });
+        let silent = fake_agent(&hub, info("a", "", &[]), true);
+        fake_agent(&hub, info("b", "", &[]), false);
+        let waiting = {
+            let hub = hub.clone();
+            let t = with_secret.clone();
+            tokio::spawn(async move { hub.dispatch("a", t).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hub.unregister(&silent);
+        // b does not run the workload: the secret does not move there.
+        assert_eq!(
+            waiting.await.unwrap().unwrap_err(),
+            HubError::AgentGone { node: "a".into() }
+        );
+    }
+
+    #[tokio::test]
+    async fn placement_prefers_holders_then_idle_nodes() {
+        let hub = hub();
+        fake_agent(&hub, info("a", "z1", &[]), true);
+        fake_agent(&hub, info("b", "z1", &["img"]), true);
+        fake_agent(&hub, info("c", "z2", &[]), true);
+        assert_eq!(hub.place("img", None, &[], None).as_deref(), Some("b"));
+        assert_eq!(
+            hub.place("img", Some("z2"), &[], None).as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            hub.place("img", None, &["b".into()], None).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            hub.place("img", None, &[], Some(&["c".to_string()]))
+                .as_deref(),
+            Some("c")
+        );
+        assert_eq!(hub.place("img", Some("z3"), &[], None), None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_agent_times_out() {
+        let hub = AgentHub::new(HubConfig {
+            task_timeout: Duration::from_millis(100),
+            ..Default::default()
+        });
+        fake_agent(&hub, info("a", "", &[]), true);
+        assert!(matches!(
+            hub.dispatch("a", task("img")).await.unwrap_err(),
+            HubError::Timeout { .. }
+        ));
+        assert_eq!(
+            hub.agents()[0].in_flight,
+            0,
+            "the abandoned task is forgotten"
+        );
+    }
+}

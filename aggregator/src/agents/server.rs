@@ -1,0 +1,433 @@
+//! The gRPC `AgentService` agents connect to: TLS, shared-token authentication, one
+//! session per agent feeding the [`AgentHub`].
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use pullwatch::proto::agent_service_server::{AgentService, AgentServiceServer};
+use pullwatch::proto::{
+    AgentMessage, AggregatorMessage, Heartbeat, Registered, agent_message, aggregator_message,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::{AgentHub, AgentInfo, SessionId};
+
+/// How long an agent has to send its `Register` after opening the stream.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An agent silent for this many heartbeat intervals is gone.
+const MISSED_HEARTBEATS: u32 = 3;
+/// Outbound messages buffered per agent.
+const OUTBOUND_BUFFER: usize = 256;
+
+/// Why the agent server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentServerError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid agent TLS configuration: {0}")]
+    Tls(String),
+    #[error(
+        "agents must authenticate: set --agent-shared-token-file (TokenReview authentication with --agent-token-audience is not implemented yet)"
+    )]
+    NoAuthentication,
+    #[error("--agent-tls-cert and --agent-tls-key go together")]
+    HalfTls,
+    #[error("invalid --agent-listen {0:?}: expected HOST:PORT or :PORT")]
+    Listen(String),
+}
+
+/// Where and how the agent server listens.
+#[derive(Clone, Debug)]
+pub struct AgentServerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key; None: plain HTTP/2 (pull credentials are then
+    /// never sent).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// File holding the token agents present as `authorization: Bearer <token>`;
+    /// re-read for every new session, so it can be rotated in place.
+    pub shared_token_file: Option<PathBuf>,
+}
+
+/// A running agent server.
+#[derive(Debug)]
+pub struct AgentServer {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentServer {
+    /// The address it listens on (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops: every agent session is ended (agents reconnect to the next server) and
+    /// the listener closed.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for AgentServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, AgentServerError> {
+    std::fs::read(path).map_err(|source| AgentServerError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Starts serving `AgentService` for `hub`.
+pub async fn start(
+    hub: AgentHub,
+    config: AgentServerConfig,
+) -> Result<AgentServer, AgentServerError> {
+    let Some(token_file) = config.shared_token_file.clone() else {
+        return Err(AgentServerError::NoAuthentication);
+    };
+    // Fail at start, not at the first agent, when the token file is unreadable.
+    read(&token_file)?;
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some((cert, key)) = &config.tls {
+        let identity = Identity::from_pem(read(cert)?, read(key)?);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| AgentServerError::Tls(e.to_string()))?;
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| AgentServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let (shutdown, mut stopping) = watch::channel(false);
+    let service = AgentServiceServer::new(Sessions {
+        hub,
+        token_file,
+        shutdown: shutdown.subscribe(),
+    });
+    let router = builder.add_service(service);
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = router
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+            .await
+        {
+            warn!(%error, "agent server stopped");
+        }
+    });
+    info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
+    Ok(AgentServer {
+        local_addr,
+        shutdown,
+        task: Some(task),
+    })
+}
+
+struct Sessions {
+    hub: AgentHub,
+    token_file: PathBuf,
+    /// Becomes true when the server stops: every session ends.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Compares without an early exit, so timing does not tell how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Sessions {
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let expected = std::fs::read(&self.token_file).map_err(|e| {
+            warn!(path = %self.token_file.display(), error = %e, "cannot read the agent token file");
+            Status::unavailable("agent authentication is not available")
+        })?;
+        let expected = String::from_utf8_lossy(&expected).trim().to_string();
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        if expected.is_empty() || !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+            return Err(Status::unauthenticated("invalid agent token"));
+        }
+        Ok(())
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<AggregatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Sessions {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        self.authenticate(&request)?;
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register within 10s"))??;
+        let register = match first.and_then(|m| m.message) {
+            Some(agent_message::Message::Register(register)) => register,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Register",
+                ));
+            }
+        };
+        if register.node_name.trim().is_empty() {
+            return Err(Status::invalid_argument("Register.node_name is empty"));
+        }
+        let config = self.hub.config().clone();
+        let (tx, mut rx) = mpsc::channel::<AggregatorMessage>(OUTBOUND_BUFFER);
+        let registered = AggregatorMessage {
+            message: Some(aggregator_message::Message::Registered(Registered {
+                heartbeat_interval_seconds: config.heartbeat_interval.as_secs().max(1) as u32,
+                max_concurrent_checks: config.max_concurrent_checks,
+            })),
+        };
+        tx.send(registered)
+            .await
+            .map_err(|_| Status::internal("session closed"))?;
+        let info = AgentInfo {
+            node_name: register.node_name.clone(),
+            runtime_name: register.runtime_name,
+            runtime_version: register.runtime_version,
+            agent_version: register.agent_version,
+            images: register.images.into_iter().collect(),
+            node_labels: register.node_labels.into_iter().collect(),
+            connected_at: SystemTime::now(),
+            in_flight: 0,
+        };
+        info!(node = %info.node_name, ?peer, runtime = %info.runtime_name, images = info.images.len(), "agent session opened");
+        let session = self.hub.register(info, tx.clone());
+        tokio::spawn(run_session(
+            self.hub.clone(),
+            session,
+            inbound,
+            tx,
+            self.shutdown.clone(),
+        ));
+        let outbound = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|m| m.map(Ok)));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Reads the agent's messages until the stream ends or the agent falls silent, sending
+/// heartbeats meanwhile; then the agent is gone.
+async fn run_session(
+    hub: AgentHub,
+    session: SessionId,
+    mut inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<AggregatorMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let interval = hub.config().heartbeat_interval;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {
+                debug!(node = %session.node, "server stopping; ending the session");
+                break;
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => {
+                    hub.touch(&session);
+                    match message.message {
+                        Some(agent_message::Message::Result(result)) => hub.complete(&session, result),
+                        Some(agent_message::Message::Inventory(inventory)) => {
+                            hub.update_images(&session, inventory.images.into_iter().collect::<BTreeSet<_>>());
+                        }
+                        Some(agent_message::Message::Heartbeat(_)) => {}
+                        Some(agent_message::Message::Register(_)) => {
+                            warn!(node = %session.node, "second Register on one session; closing it");
+                            break;
+                        }
+                        None => {}
+                    }
+                }
+                Ok(None) => {
+                    debug!(node = %session.node, "agent closed its stream");
+                    break;
+                }
+                Err(status) => {
+                    debug!(node = %session.node, %status, "agent stream broke");
+                    break;
+                }
+            },
+            _ = ticker.tick() => {
+                match hub.silence(&session) {
+                    // Replaced by a newer session of the same node.
+                    None => break,
+                    Some(silence) if silence > interval * MISSED_HEARTBEATS => {
+                        warn!(node = %session.node, silence_s = silence.as_secs(), "agent missed its heartbeats");
+                        break;
+                    }
+                    Some(_) => {}
+                }
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or_default();
+                let heartbeat = AggregatorMessage {
+                    message: Some(aggregator_message::Message::Heartbeat(Heartbeat { unix_millis: now })),
+                };
+                // A full buffer means the agent is not reading: its silence check decides.
+                let _ = tx.try_send(heartbeat);
+            }
+        }
+    }
+    hub.unregister(&session);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    /// An agent that registers and then falls silent is dropped after three missed
+    /// heartbeats, and its stream is closed.
+    #[tokio::test]
+    async fn a_silent_agent_is_dropped() {
+        use pullwatch::proto::Register;
+        use pullwatch::proto::agent_service_client::AgentServiceClient;
+
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t0ken\n").unwrap();
+        let hub = AgentHub::new(super::super::HubConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let server = start(
+            hub.clone(),
+            AgentServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: None,
+                shared_token_file: Some(token_file),
+            },
+        )
+        .await
+        .unwrap();
+        let mut client = AgentServiceClient::connect(format!("http://{}", server.local_addr()))
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(AgentMessage {
+            message: Some(agent_message::Message::Register(Register {
+                node_name: "quiet".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let outbound = futures::stream::poll_fn({
+            let mut rx = rx;
+            move |cx| rx.poll_recv(cx)
+        });
+        let mut request = Request::new(outbound);
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer t0ken".parse().unwrap());
+        let mut inbound = client.session(request).await.unwrap().into_inner();
+        let first = inbound.message().await.unwrap().unwrap();
+        assert!(matches!(
+            first.message,
+            Some(aggregator_message::Message::Registered(_))
+        ));
+        assert_eq!(hub.nodes(), ["quiet"]);
+        // Heartbeats arrive; the agent sends none; the stream ends after ~300 ms.
+        let mut heartbeats = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(Some(message)) = inbound.message().await {
+                if matches!(
+                    message.message,
+                    Some(aggregator_message::Message::Heartbeat(_))
+                ) {
+                    heartbeats += 1;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the session was not closed");
+        assert!(heartbeats >= 1);
+        assert!(hub.nodes().is_empty());
+        drop(tx);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_without_authentication() {
+        let hub = AgentHub::new(Default::default());
+        let error = start(
+            hub,
+            AgentServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tls: None,
+                shared_token_file: None,
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, AgentServerError::NoAuthentication));
+    }
+}
