@@ -5,20 +5,25 @@
 //! checked, each of the eight gauges `k8s_image_availability_exporter_<status>`
 //! exists and exactly one is 1. Nothing is exported before the first check, and a
 //! reference's series go when the reference goes.
+//!
+//! Canonical series are rendered straight from the result store, family by family,
+//! rather than kept as prometheus-crate gauge children: at 10,000 references that
+//! crate holds eight labelled children per reference and copies all of them again on
+//! every scrape, which cost about 20 KiB per reference in the benchmark. Rendering
+//! from the store keeps one copy (the store's) and lets the server stream the text.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use pullwatch::{CheckOutcome, CheckStatus};
+use pullwatch::CheckStatus;
 
-use crate::index::ContainerRef;
 use crate::inventory::WorkloadKind;
+use crate::store::ResultStore;
 
 const PREFIX: &str = "k8s_image_availability_exporter";
-const LABELS: [&str; 5] = ["namespace", "container", "image", "kind", "name"];
 
 /// Why metrics could not be set up or rendered.
 #[derive(Debug, thiserror::Error)]
@@ -93,48 +98,46 @@ impl CheckerMetrics {
     }
 }
 
-/// All of the aggregator's metrics, in one registry.
+/// All of the aggregator's metrics.
 pub struct Metrics {
     registry: Registry,
-    canonical: Vec<(CheckStatus, GaugeVec)>,
-    /// `k8s_image_availability_exporter_<kind>_<status>{namespace,<kind>,container,image}`.
-    legacy: Option<BTreeMap<(WorkloadKind, CheckStatus), GaugeVec>>,
+    families: Vec<Family>,
     completed_rechecks: IntCounter,
-    exported: BTreeSet<ContainerRef>,
     pub checker: CheckerMetrics,
+}
+
+/// One canonical metric family: a status, for every kind or (legacy names) one kind.
+struct Family {
+    name: String,
+    help: String,
+    status: CheckStatus,
+    kind: Option<WorkloadKind>,
 }
 
 impl Metrics {
     pub fn new(legacy_metric_names: bool) -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let mut canonical = Vec::new();
-        for status in CheckStatus::ALL {
-            let gauge = GaugeVec::new(
-                Opts::new(format!("{PREFIX}_{status}"), help(status, "container")),
-                &LABELS,
-            )?;
-            registry.register(Box::new(gauge.clone()))?;
-            canonical.push((status, gauge));
-        }
-        let legacy = if legacy_metric_names {
-            let mut gauges = BTreeMap::new();
+        let mut families: Vec<Family> = CheckStatus::ALL
+            .into_iter()
+            .map(|status| Family {
+                name: format!("{PREFIX}_{status}"),
+                help: help(status, "container"),
+                status,
+                kind: None,
+            })
+            .collect();
+        if legacy_metric_names {
             for kind in WorkloadKind::ALL {
                 for status in CheckStatus::ALL {
-                    let gauge = GaugeVec::new(
-                        Opts::new(
-                            format!("{PREFIX}_{kind}_{status}"),
-                            help(status, kind.as_str()),
-                        ),
-                        &["namespace", kind.as_str(), "container", "image"],
-                    )?;
-                    registry.register(Box::new(gauge.clone()))?;
-                    gauges.insert((kind, status), gauge);
+                    families.push(Family {
+                        name: format!("{PREFIX}_{kind}_{status}"),
+                        help: help(status, kind.as_str()),
+                        status,
+                        kind: Some(kind),
+                    });
                 }
             }
-            Some(gauges)
-        } else {
-            None
-        };
+        }
         let completed_rechecks = IntCounter::new(
             format!("{PREFIX}_completed_rechecks_total"),
             "Number of completed checks of all images.",
@@ -143,58 +146,10 @@ impl Metrics {
         let checker = CheckerMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
-            canonical,
-            legacy,
+            families,
             completed_rechecks,
-            exported: BTreeSet::new(),
             checker,
         })
-    }
-
-    /// Sets the series of one container reference: its status gauge to 1, the others to 0.
-    pub fn set(&mut self, container: &ContainerRef, outcome: &CheckOutcome) {
-        let labels = canonical_labels(container);
-        for (status, gauge) in &self.canonical {
-            gauge
-                .with_label_values(&labels)
-                .set(f64::from(u8::from(*status == outcome.status)));
-        }
-        if let Some(legacy) = &self.legacy {
-            let labels = legacy_labels(container);
-            for status in CheckStatus::ALL {
-                if let Some(gauge) = legacy.get(&(container.kind, status)) {
-                    gauge
-                        .with_label_values(&labels)
-                        .set(f64::from(u8::from(status == outcome.status)));
-                }
-            }
-        }
-        self.exported.insert(container.clone());
-    }
-
-    /// Removes the series of every exported reference not in `current`.
-    pub fn retain(&mut self, current: &BTreeSet<ContainerRef>) {
-        let gone: Vec<ContainerRef> = self.exported.difference(current).cloned().collect();
-        for container in gone {
-            self.remove(&container);
-        }
-    }
-
-    fn remove(&mut self, container: &ContainerRef) {
-        let labels = canonical_labels(container);
-        for (_, gauge) in &self.canonical {
-            // Err only means the series did not exist, which is the state we want.
-            let _ = gauge.remove_label_values(&labels);
-        }
-        if let Some(legacy) = &self.legacy {
-            let labels = legacy_labels(container);
-            for status in CheckStatus::ALL {
-                if let Some(gauge) = legacy.get(&(container.kind, status)) {
-                    let _ = gauge.remove_label_values(&labels);
-                }
-            }
-        }
-        self.exported.remove(container);
     }
 
     /// One full pass over every reference finished.
@@ -202,26 +157,102 @@ impl Metrics {
         self.completed_rechecks.inc();
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> Result<String, MetricsError> {
-        let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
-        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    /// How many parts [`Metrics::render_part`] renders.
+    pub fn part_count(&self) -> usize {
+        1 + self.families.len()
+    }
+
+    /// Appends part `part` of the exposition to `out`: part 0 is pullwatch's own
+    /// metrics, each further part one canonical family. A family with no series is
+    /// left out entirely (nothing is exported before a reference's first check).
+    pub fn render_part(
+        &self,
+        part: usize,
+        store: &ResultStore,
+        out: &mut String,
+    ) -> Result<(), MetricsError> {
+        if part == 0 {
+            let mut buffer = Vec::new();
+            TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+            out.push_str(&String::from_utf8_lossy(&buffer));
+            return Ok(());
+        }
+        let Some(family) = self.families.get(part - 1) else {
+            return Ok(());
+        };
+        let mut header_written = false;
+        for (container, outcome) in store.iter() {
+            if family.kind.is_some_and(|kind| kind != container.kind) {
+                continue;
+            }
+            if !header_written {
+                // Writing to a String cannot fail.
+                let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+                let _ = writeln!(out, "# TYPE {} gauge", family.name);
+                header_written = true;
+            }
+            out.push_str(&family.name);
+            // Label names in lexical order, as the prometheus crate writes them.
+            match family.kind {
+                None => write_labels(
+                    out,
+                    &[
+                        ("container", &container.container),
+                        ("image", &container.image),
+                        ("kind", container.kind.as_str()),
+                        ("name", &container.name),
+                        ("namespace", &container.namespace),
+                    ],
+                ),
+                Some(kind) => write_labels(
+                    out,
+                    &[
+                        ("container", &container.container),
+                        (kind.as_str(), &container.name),
+                        ("image", &container.image),
+                        ("namespace", &container.namespace),
+                    ],
+                ),
+            }
+            out.push_str(if outcome.status == family.status {
+                " 1\n"
+            } else {
+                " 0\n"
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole exposition at once.
+    pub fn render(&self, store: &ResultStore) -> Result<String, MetricsError> {
+        let mut out = String::new();
+        for part in 0..self.part_count() {
+            self.render_part(part, store, &mut out)?;
+        }
+        Ok(out)
     }
 }
 
-fn canonical_labels(c: &ContainerRef) -> [&str; 5] {
-    [
-        &c.namespace,
-        &c.container,
-        &c.image,
-        c.kind.as_str(),
-        &c.name,
-    ]
-}
-
-fn legacy_labels(c: &ContainerRef) -> [&str; 4] {
-    [&c.namespace, &c.name, &c.container, &c.image]
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+    out.push('{');
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        // Exposition-format escaping: backslash, double quote, line feed.
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
 }
 
 fn help(status: CheckStatus, subject: &str) -> String {
@@ -249,6 +280,8 @@ fn help(status: CheckStatus, subject: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::ContainerRef;
+    use pullwatch::CheckOutcome;
 
     fn container(name: &str) -> ContainerRef {
         ContainerRef {
@@ -269,15 +302,16 @@ mod tests {
 
     #[test]
     fn one_gauge_is_one_and_gone_refs_disappear() {
-        let mut m = Metrics::new(true).unwrap();
-        let text = m.render().unwrap();
-        assert!(series(&text, "k8s_image_availability_exporter_available").is_empty());
+        let m = Metrics::new(true).unwrap();
+        let mut store = ResultStore::default();
+        let text = m.render(&store).unwrap();
+        assert!(!text.contains("k8s_image_availability_exporter_available"));
 
-        m.set(
-            &container("web"),
-            &CheckOutcome::new(CheckStatus::Absent, "gone"),
+        store.set(
+            container("web"),
+            CheckOutcome::new(CheckStatus::Absent, "gone"),
         );
-        let text = m.render().unwrap();
+        let text = m.render(&store).unwrap();
         assert_eq!(
             series(&text, "k8s_image_availability_exporter_absent"),
             [
@@ -298,11 +332,15 @@ mod tests {
                 r#"k8s_image_availability_exporter_deployment_absent{container="app",deployment="web",image="nginx:1",namespace="ns"} 1"#
             ]
         );
+        assert!(
+            !text.contains("k8s_image_availability_exporter_statefulset_"),
+            "no empty families"
+        );
 
-        m.set(&container("web"), &CheckOutcome::available());
-        m.set(&container("api"), &CheckOutcome::available());
-        m.retain(&[container("api")].into());
-        let text = m.render().unwrap();
+        store.set(container("web"), CheckOutcome::available());
+        store.set(container("api"), CheckOutcome::available());
+        store.retain(&[container("api")].into());
+        let text = m.render(&store).unwrap();
         let available = series(&text, "k8s_image_availability_exporter_available");
         assert_eq!(available.len(), 1);
         assert!(available[0].contains("name=\"api\""));
@@ -311,17 +349,29 @@ mod tests {
     }
 
     #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new(false).unwrap();
+        let mut store = ResultStore::default();
+        let mut odd = container("web");
+        odd.image = "a\"b\\c\nd".into();
+        store.set(odd, CheckOutcome::new(CheckStatus::BadImageFormat, "x"));
+        let text = m.render(&store).unwrap();
+        assert!(text.contains(r#"image="a\"b\\c\nd""#), "{text}");
+    }
+
+    #[test]
     fn legacy_names_only_on_request() {
-        let mut m = Metrics::new(false).unwrap();
-        m.set(&container("web"), &CheckOutcome::available());
+        let m = Metrics::new(false).unwrap();
+        let mut store = ResultStore::default();
+        store.set(container("web"), CheckOutcome::available());
         assert!(
-            !m.render()
+            !m.render(&store)
                 .unwrap()
                 .contains("exporter_deployment_available")
         );
         m.recheck_completed();
         assert!(
-            m.render()
+            m.render(&store)
                 .unwrap()
                 .contains("k8s_image_availability_exporter_completed_rechecks_total 1")
         );

@@ -1,6 +1,6 @@
 //! The scheduler: the third stage. Runs the checks of an index (every distinct check
 //! once, concurrently, under the checker's limits) and hands each outcome to the store
-//! and the metrics as soon as it arrives.
+//! (which the metrics are rendered from) as soon as it arrives.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -12,14 +12,14 @@ use pullwatch::CheckOutcome;
 use crate::checker::Checker;
 use crate::checker::limits::lock;
 use crate::index::{ContainerRef, ImageIndex};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsError};
 use crate::store::ResultStore;
 
 /// The checker with the state its results feed.
 pub struct Pipeline {
     checker: Checker,
     store: Mutex<ResultStore>,
-    metrics: Mutex<Metrics>,
+    metrics: Metrics,
     /// Checks started at once; the checker's own limits still apply beneath this.
     parallelism: usize,
 }
@@ -38,7 +38,7 @@ impl Pipeline {
         Pipeline {
             checker,
             store: Mutex::new(ResultStore::default()),
-            metrics: Mutex::new(metrics),
+            metrics,
             parallelism: parallelism.max(1),
         }
     }
@@ -64,14 +64,15 @@ impl Pipeline {
             .chain(index.settled.iter().map(|(c, _)| c))
             .cloned()
             .collect();
-        lock(&self.store).retain(&current);
-        let mut metrics = lock(&self.metrics);
-        metrics.retain(&current);
-        metrics.recheck_completed();
-        let unavailable = lock(&self.store)
-            .iter()
-            .filter(|(_, outcome)| !outcome.is_available())
-            .count();
+        let unavailable = {
+            let mut store = lock(&self.store);
+            store.retain(&current);
+            store
+                .iter()
+                .filter(|(_, outcome)| !outcome.is_available())
+                .count()
+        };
+        self.metrics.recheck_completed();
         CycleSummary {
             distinct_checks: index.checks.len(),
             containers: current.len(),
@@ -82,10 +83,8 @@ impl Pipeline {
 
     fn record(&self, containers: &[ContainerRef], outcome: &CheckOutcome) {
         let mut store = lock(&self.store);
-        let mut metrics = lock(&self.metrics);
         for container in containers {
             store.set(container.clone(), outcome.clone());
-            metrics.set(container, outcome);
         }
     }
 
@@ -97,8 +96,22 @@ impl Pipeline {
             .collect()
     }
 
-    /// The Prometheus text exposition.
-    pub fn render_metrics(&self) -> Result<String, crate::metrics::MetricsError> {
-        lock(&self.metrics).render()
+    /// The whole Prometheus text exposition.
+    pub fn render_metrics(&self) -> Result<String, MetricsError> {
+        self.metrics.render(&lock(&self.store))
+    }
+
+    /// How many parts [`Pipeline::render_metrics_part`] renders.
+    pub fn metrics_part_count(&self) -> usize {
+        self.metrics.part_count()
+    }
+
+    /// One part of the exposition, so a scrape can be streamed without holding the
+    /// store for the whole response or building it in one piece.
+    pub fn render_metrics_part(&self, part: usize) -> Result<String, MetricsError> {
+        let mut out = String::new();
+        self.metrics
+            .render_part(part, &lock(&self.store), &mut out)?;
+        Ok(out)
     }
 }

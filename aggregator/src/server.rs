@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -118,22 +120,14 @@ pub async fn serve(
     }
 }
 
-fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match request.uri().path() {
-        "/metrics" => match state.pipeline.render_metrics() {
-            Ok(body) => {
-                let mut response = text(StatusCode::OK, body);
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
-            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
-        },
+        "/metrics" => metrics_response(state.pipeline.clone()),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let detail = lock(&state.detail).clone();
@@ -153,8 +147,33 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Full<Byte
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+/// The exposition, streamed one metric family at a time.
+fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
+    let parts = pipeline.metrics_part_count();
+    let stream = futures::stream::unfold(0usize, move |part| {
+        let pipeline = pipeline.clone();
+        async move {
+            if part >= parts {
+                return None;
+            }
+            let chunk = pipeline
+                .render_metrics_part(part)
+                .map(|text| Frame::data(Bytes::from(text)))
+                .map_err(std::io::Error::other);
+            Some((chunk, part + 1))
+        }
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let full = Full::new(body.into()).map_err(|never| match never {});
+    let mut response = Response::new(BodyExt::boxed(full));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,0 +1,216 @@
+//! `cargo bench -p pullwatch-aggregator --bench check_throughput`
+//!
+//! In one run, against one local docker-registry holding 2,000 tags:
+//! - baseline: raw `HEAD /v2/<repo>/manifests/<tag>` throughput from a plain hyper
+//!   client at concurrency C;
+//! - pullwatch: checker throughput for the same 2,000 distinct references at the
+//!   same concurrency, limits opened up so they do not cap it;
+//!
+//! and prints pullwatch / baseline (target >= 0.8). Then the peak RSS growth per
+//! 10,000 container references taken through inventory, index, store and a streamed
+//! scrape.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference};
+use pullwatch_aggregator::checker::limits::RegistryLimits;
+use pullwatch_aggregator::checker::{Checker, CheckerConfig};
+use pullwatch_aggregator::index::{CheckKey, ImageIndex, IndexOptions};
+use pullwatch_aggregator::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
+use pullwatch_aggregator::metrics::Metrics;
+use pullwatch_aggregator::scheduler::Pipeline;
+use pullwatch_testbench::{Registry, RegistryOptions, push_tags};
+
+const TAGS: usize = 2_000;
+const CONCURRENCY: usize = 32;
+const ROUNDS: usize = 3;
+const MANIFEST_ACCEPT: &str = pullwatch_aggregator::checker::registry::MANIFEST_ACCEPT;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Memory first, so the high-water mark is not already raised by the throughput rounds.
+    let (rss_delta, refs) = rss_per_references(10_000).await?;
+
+    let registry = Registry::start(RegistryOptions::default()).await?;
+    let tags: Vec<String> = (0..TAGS).map(|i| format!("t{i}")).collect();
+    push_tags(&registry, "bench/app", &tags).await?;
+    let host = registry.host();
+
+    // Interleave rounds so drift on a shared machine affects both sides alike.
+    let mut raw_best = 0.0f64;
+    let mut pullwatch_best = 0.0f64;
+    for _ in 0..ROUNDS {
+        raw_best = raw_best.max(raw_head_throughput(&host, &tags).await?);
+        pullwatch_best = pullwatch_best.max(pullwatch_throughput(&host, &tags).await?);
+    }
+    println!("distinct references: {TAGS}, concurrency: {CONCURRENCY}, best of {ROUNDS} rounds");
+    println!("baseline raw HEAD throughput:        {raw_best:.0} checks/s");
+    println!("pullwatch check throughput:          {pullwatch_best:.0} checks/s");
+    let ratio = pullwatch_best / raw_best;
+    println!(
+        "ratio pullwatch / raw HEAD:          {ratio:.2} (target >= 0.80) {}",
+        if ratio >= 0.8 { "OK" } else { "BELOW TARGET" }
+    );
+    println!(
+        "peak RSS growth for {refs} container references: {:.1} MiB ({:.0} bytes per reference)",
+        rss_delta as f64 / (1024.0 * 1024.0),
+        rss_delta as f64 / refs as f64
+    );
+    Ok(())
+}
+
+async fn raw_head_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build_http();
+    let started = Instant::now();
+    let ok = futures::stream::iter(tags)
+        .map(|tag| {
+            let client = client.clone();
+            async move {
+                let request =
+                    http::Request::head(format!("http://{host}/v2/bench/app/manifests/{tag}"))
+                        .header(http::header::ACCEPT, MANIFEST_ACCEPT)
+                        .body(Empty::<Bytes>::new())
+                        .ok()?;
+                let response = client.request(request).await.ok()?;
+                response.status().is_success().then_some(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(|r| async move { r })
+        .count()
+        .await;
+    anyhow::ensure!(
+        ok == tags.len(),
+        "raw HEAD: only {ok} of {} succeeded",
+        tags.len()
+    );
+    Ok(tags.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn pullwatch_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64> {
+    let metrics = Metrics::new(false)?;
+    let config = CheckerConfig {
+        allow_plain_http: true,
+        max_concurrent_checks: CONCURRENCY,
+        registry_limits: RegistryLimits {
+            max_concurrency: CONCURRENCY,
+            requests_per_second: NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX),
+        },
+        request_timeout: Duration::from_secs(10),
+        ..CheckerConfig::default()
+    };
+    let checker = Arc::new(Checker::new(&config, metrics.checker.clone())?);
+    let keys: Vec<CheckKey> = tags
+        .iter()
+        .map(|tag| {
+            Ok(CheckKey {
+                reference: ImageReference::parse(&format!("{host}/bench/app:{tag}"))?,
+                credentials: Arc::from(Vec::new()),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Let the checker learn the registry's scheme once, as it would in a long-running process.
+    checker.check(&keys[0]).await;
+    let started = Instant::now();
+    let available = futures::stream::iter(&keys)
+        .map(|key| {
+            let checker = checker.clone();
+            async move { checker.check(key).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter(|o: &CheckOutcome| futures::future::ready(o.status == CheckStatus::Available))
+        .count()
+        .await;
+    anyhow::ensure!(
+        available == keys.len(),
+        "pullwatch: only {available} of {} available",
+        keys.len()
+    );
+    Ok(keys.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Peak RSS (VmHWM) growth while `references` container references go through
+/// inventory, index, store and metrics. Outcomes are set directly: the registry
+/// conversation is measured above, this measures what pullwatch keeps per reference.
+async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
+    let before = peak_rss_bytes()?;
+    let mut inventory = Inventory::default();
+    for i in 0..references / 2 {
+        inventory.workloads.push(Workload {
+            namespace: format!("team-{}", i % 200),
+            kind: WorkloadKind::Deployment,
+            name: format!("service-{i}"),
+            containers: (0..2)
+                .map(|c| ContainerImage {
+                    container: format!("container-{c}"),
+                    image: format!("registry.example.com:5000/org/service-{}:v{}", i % 2_500, c),
+                })
+                .collect(),
+            pull_secrets: Vec::new(),
+            service_account: "default".into(),
+            enabled: true,
+        });
+    }
+    let options = IndexOptions {
+        default_registry: "docker.io".into(),
+        mirrors: Default::default(),
+        filters: Default::default(),
+    };
+    let index = ImageIndex::build(&inventory, &options);
+    let metrics = Metrics::new(false)?;
+    let checker = Checker::new(&CheckerConfig::default(), metrics.checker.clone())?;
+    let pipeline = Pipeline::new(checker, metrics, 1);
+    // Record outcomes without network: the settled path takes the same store/metrics route.
+    let settled = ImageIndex {
+        checks: Default::default(),
+        settled: index
+            .checks
+            .values()
+            .flatten()
+            .map(|c| (c.clone(), CheckOutcome::available()))
+            .collect(),
+    };
+    pipeline.run_cycle(&settled).await;
+    let exported: BTreeSet<_> = pipeline.results().into_iter().map(|(c, _)| c).collect();
+    anyhow::ensure!(
+        exported.len() == references,
+        "expected {references} references, got {}",
+        exported.len()
+    );
+    // Scrape as the server does: one family at a time.
+    let mut rendered = 0;
+    for part in 0..pipeline.metrics_part_count() {
+        rendered += pipeline.render_metrics_part(part)?.len();
+    }
+    anyhow::ensure!(
+        rendered > references * 8 * 50,
+        "exposition unexpectedly small"
+    );
+    let after = peak_rss_bytes()?;
+    drop((index, inventory));
+    Ok((after.saturating_sub(before), references))
+}
+
+fn peak_rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("malformed VmHWM line"))?
+        .parse()?;
+    Ok(kib * 1024)
+}

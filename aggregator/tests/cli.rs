@@ -1,0 +1,443 @@
+//! The `pullwatch-aggregator` binary end to end: `check` against real registries with
+//! pull secrets from manifests, exit codes, and `serve` with its HTTP endpoints and
+//! metrics (validated by the real promtool).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use pullwatch_testbench::{
+    ImageFormat, Registry, RegistryOptions, free_port, http_request, promtool_check_metrics,
+    push_image,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn secret_yaml(namespace: &str, name: &str, host: &str, user: &str, password: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
+    let data = base64::engine::general_purpose::STANDARD.encode(config);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {data}\n"
+    )
+}
+
+fn deployment_yaml(
+    namespace: &str,
+    name: &str,
+    images: &[&str],
+    pull_secret: Option<&str>,
+) -> String {
+    let containers: Vec<String> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| format!("        - name: c{i}\n          image: \"{image}\"\n"))
+        .collect();
+    let secrets = pull_secret
+        .map(|s| format!("      imagePullSecrets: [{{name: {s}}}]\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{secrets}      containers:\n{}",
+        containers.concat()
+    )
+}
+
+struct Fixture {
+    open: Registry,
+    private: Registry,
+    public_image: String,
+    private_image: String,
+}
+
+async fn fixture() -> Fixture {
+    let open = Registry::start(RegistryOptions::default()).await.unwrap();
+    let private = Registry::start(RegistryOptions {
+        htpasswd: Some(("bob".into(), "hunter2".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let public_image = push_image(&open, "web/frontend", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let private_image = push_image(&private, "corp/billing", "2.0", ImageFormat::DockerV2S2)
+        .await
+        .unwrap()
+        .reference;
+    Fixture {
+        open,
+        private,
+        public_image,
+        private_image,
+    }
+}
+
+fn rows(output: &Output) -> Vec<BTreeMap<String, String>> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn status_of<'a>(rows: &'a [BTreeMap<String, String>], name: &str, container: &str) -> &'a str {
+    rows.iter()
+        .find(|r| r["name"] == name && r["container"] == container)
+        .map(|r| r["status"].as_str())
+        .unwrap_or_else(|| panic!("no row for {name}/{container}: {rows:?}"))
+}
+
+#[tokio::test]
+async fn check_reports_every_container_with_kubelet_credentials() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let private_host = f.private.host();
+    let manifests = [
+        deployment_yaml("shop", "web", &[&f.public_image, &format!("{}/web/frontend:nope", f.open.host())], None),
+        secret_yaml("billing", "regcred", &private_host, "bob", "hunter2"),
+        deployment_yaml("billing", "with-secret", &[&f.private_image], Some("regcred")),
+        // No imagePullSecrets on the pod: the service account's secret is used.
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: billing}\nimagePullSecrets: [{name: regcred}]\n".to_string(),
+        deployment_yaml("billing", "via-service-account", &[&f.private_image], None),
+        // Another namespace: the billing secret must not be borrowed.
+        deployment_yaml("other", "no-secret", &[&f.private_image], Some("regcred")),
+        deployment_yaml("other", "typo", &["Not A Valid Image"], None),
+    ];
+    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+
+    let output = run(
+        &["check", "-f", dir.path().to_str().unwrap(), "-o", "json"],
+        &[("PULLWATCH_ALLOW_PLAIN_HTTP", "true")],
+    );
+    let rows = rows(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in &rows {
+        let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "container",
+                "image",
+                "kind",
+                "name",
+                "namespace",
+                "reason",
+                "status"
+            ]
+        );
+        assert_eq!(row["kind"], "deployment");
+    }
+    assert_eq!(status_of(&rows, "web", "c0"), "available");
+    assert_eq!(status_of(&rows, "web", "c1"), "absent");
+    assert_eq!(status_of(&rows, "with-secret", "c0"), "available");
+    assert_eq!(status_of(&rows, "via-service-account", "c0"), "available");
+    assert_eq!(
+        status_of(&rows, "no-secret", "c0"),
+        "authentication_failure"
+    );
+    assert_eq!(status_of(&rows, "typo", "c0"), "bad_image_format");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("hunter2") && !String::from_utf8_lossy(&output.stdout).contains("hunter2")
+    );
+    assert!(stderr.contains("pull secret not found"), "{stderr}");
+
+    // Only the available ones: exit 0, and the table format.
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        [
+            deployment_yaml("shop", "web", &[&f.public_image], None),
+            secret_yaml("billing", "regcred", &private_host, "bob", "hunter2"),
+            deployment_yaml(
+                "billing",
+                "with-secret",
+                &[&f.private_image],
+                Some("regcred"),
+            ),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let output = run(
+        &[
+            "check",
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--allow-plain-http",
+        ],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.starts_with("NAMESPACE"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert_eq!(table.matches("available").count(), 2, "{table}");
+}
+
+#[test]
+fn usage_and_input_errors_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["check".into(), "-f".into(), broken.display().to_string()],
+            "broken.yaml:",
+        ),
+        (
+            vec![
+                "check".into(),
+                "-f".into(),
+                dir.path().join("missing").display().to_string(),
+            ],
+            "cannot read",
+        ),
+        (
+            vec![
+                "check".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--ignored-images".into(),
+                "(".into(),
+            ],
+            "--ignored-images",
+        ),
+        (
+            vec![
+                "check".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--image-mirror".into(),
+                "nonsense".into(),
+            ],
+            "--image-mirror",
+        ),
+        (
+            vec![
+                "check".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--capath".into(),
+                "/nonexistent/ca.pem".into(),
+            ],
+            "cannot read CA",
+        ),
+        (
+            vec!["check".into(), "--no-such-flag".into()],
+            "unexpected argument",
+        ),
+        (vec!["serve".into()], "--manifests is required"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = run(&args, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    // The YAML error names the line of the file.
+    let output = run(&["check", "-f", broken.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("broken.yaml:4") || stderr.contains("broken.yaml:5"),
+        "{stderr}"
+    );
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    match http_request(addr, http::Method::GET, path, &[], Vec::new()).await {
+        Ok(response) => (response.status, response.text()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn wait_for<F: AsyncFn() -> bool>(what: &str, timeout: Duration, condition: F) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn series<'a>(metrics: &'a str, name: &str) -> Vec<&'a str> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workloads.yaml");
+    let write = |with_api: bool| {
+        let mut docs = vec![
+            deployment_yaml("shop", "web", &[&f.public_image], None),
+            deployment_yaml("billing", "invoices", &[&f.private_image], None),
+        ];
+        if with_api {
+            docs.push(deployment_yaml(
+                "shop",
+                "api",
+                &[&format!("{}/web/frontend:missing", f.open.host())],
+                None,
+            ));
+        }
+        std::fs::write(&manifest, docs.join("---\n")).unwrap();
+    };
+    write(true);
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--manifests",
+            manifest.to_str().unwrap(),
+            "--bind-address",
+            &format!("127.0.0.1:{port}"),
+            "--check-interval",
+            "1s",
+            "--allow-plain-http",
+            "--legacy-metric-names=true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = KillOnDrop(child);
+    let pid = guard.0.id();
+
+    wait_for("/healthz", Duration::from_secs(20), async || {
+        get(addr, "/healthz").await.0 == 200
+    })
+    .await;
+    wait_for("/readyz", Duration::from_secs(20), async || {
+        get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    promtool_check_metrics(&metrics).unwrap();
+
+    // Exactly one of the eight status gauges is 1 for each container reference.
+    let mut ones: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for status in [
+        "available",
+        "absent",
+        "bad_image_format",
+        "registry_unavailable",
+        "authentication_failure",
+        "authorization_failure",
+        "rate_limited",
+        "unknown_error",
+    ] {
+        let lines = series(
+            &metrics,
+            &format!("k8s_image_availability_exporter_{status}"),
+        );
+        assert_eq!(lines.len(), 3, "{status}: {lines:?}");
+        for line in lines.iter().filter(|l| l.ends_with(" 1")) {
+            let name = line
+                .split("name=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            ones.entry(name.to_string()).or_default().push(status);
+        }
+    }
+    assert_eq!(ones["web"], ["available"]);
+    assert_eq!(ones["api"], ["absent"]);
+    assert_eq!(ones["invoices"], ["authentication_failure"]);
+    assert!(metrics.contains(&format!(
+        "k8s_image_availability_exporter_deployment_absent{{container=\"c0\",deployment=\"api\",image=\"{}/web/frontend:missing\",namespace=\"shop\"}} 1",
+        f.open.host()
+    )), "{metrics}");
+    assert!(metrics.contains("k8s_image_availability_exporter_completed_rechecks_total"));
+    assert!(metrics.contains("pullwatch_check_duration_seconds_bucket"));
+
+    // The workload goes away: its series go with it at the next pass.
+    write(false);
+    wait_for(
+        "api series to disappear",
+        Duration::from_secs(20),
+        async || {
+            let (_, metrics) = get(addr, "/metrics").await;
+            !metrics.contains("name=\"api\"")
+                && !metrics.contains("deployment=\"api\"")
+                && metrics.contains("name=\"web\"")
+        },
+    )
+    .await;
+
+    // SIGTERM: a clean exit.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn example_manifests_in_the_repo_parse() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
+    let inventory = pullwatch_aggregator::inventory::manifests::load(&examples).unwrap();
+    assert_eq!(inventory.workloads.len(), 5);
+    assert_eq!(inventory.namespaces.len(), 1);
+}
