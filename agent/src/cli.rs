@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use pullwatch::{DockerConfig, ImageReference, Keyring, SourcedCredential};
 
 use crate::check::{CheckOptions, Checker, Mode};
@@ -22,6 +22,21 @@ use crate::resolve::{ResolveError, Resolver, ResolverConfig, RuntimeAuth};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `pullwatch_agent=debug`).
+    /// Default: `info` for `run`, `warn` for `check`.
+    #[arg(long, global = true, env = "PULLWATCH_LOG")]
+    pub log_level: Option<String>,
+
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, env = "PULLWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,10 +150,11 @@ pub struct NodeArgs {
     #[arg(long, env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR")]
     pub image_credential_provider_bin_dir: Option<PathBuf>,
     /// Allow pull checks of images the node does not hold (downloads every layer).
-    #[arg(long, env = "PULLWATCH_PULL_ABSENT_IMAGES")]
+    /// `--pull-absent-images` or `--pull-absent-images=true|false`.
+    #[arg(long, env = "PULLWATCH_PULL_ABSENT_IMAGES", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub pull_absent_images: bool,
     /// Keep images that were pulled only for a check (default: remove them again).
-    #[arg(long, env = "PULLWATCH_KEEP_PULLED_IMAGES")]
+    #[arg(long, env = "PULLWATCH_KEEP_PULLED_IMAGES", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub keep_pulled_images: bool,
     /// Deadline of a CRI PullImage call.
     #[arg(long, env = "PULLWATCH_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
@@ -296,6 +312,33 @@ mod tests {
         let session = run.session_config();
         assert_eq!(session.node_name, "node-1");
         assert_eq!(session.max_concurrent_checks, 2);
+        // The Helm chart's spelling of booleans and log flags.
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "run",
+            "--aggregator=https://a:9443",
+            "--node-name=n",
+            "--pull-absent-images=true",
+            "--keep-pulled-images=false",
+            "--log-level=info",
+            "--log-format=json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.node.pull_absent_images);
+        assert!(!run.node.keep_pulled_images);
+        // A bare boolean flag does not swallow the image that follows it.
+        let cli =
+            Cli::try_parse_from(["pullwatch-agent", "check", "--pull-absent-images", "nginx"])
+                .unwrap();
+        let Command::Check(check) = cli.command else {
+            panic!("not check")
+        };
+        assert!(check.node.pull_absent_images);
+        assert_eq!(check.image, "nginx");
         let zero = Cli::try_parse_from([
             "pullwatch-agent",
             "run",

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 
-use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
+use pullwatch_agent::cli::{CheckArgs, Cli, Command, LogFormat, Output, RunArgs, pull_secrets_for};
 use pullwatch_agent::metrics::AgentMetrics;
 
 /// Exit codes: 0 available, 1 not available, 2 usage or setup error.
@@ -14,7 +14,10 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(error) = init_logging(&cli) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,14 +43,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PULLWATCH_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let default = match cli.command {
+        Command::Check(_) => "warn",
+        Command::Run(_) => "info",
+    };
+    let level = cli.log_level.as_deref().unwrap_or(default);
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("--log-level {level:?} is not a valid filter"))?;
+    // Logs go to stderr so `check -o json` output on stdout stays machine-readable.
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
