@@ -913,13 +913,14 @@ const AGENT_FLAGS: &[&str] = &[
     "--mode",
     "--kubelet-root-dir",
     "--containerd-hosts-dir",
+    "--containerd-config",
     "--image-credential-provider-config",
     "--image-credential-provider-bin-dir",
     "--pull-absent-images",
     "--keep-pulled-images",
+    "--pull-timeout",
+    "--request-timeout",
     "--max-concurrent-checks",
-    "--log-level",
-    "--log-format",
 ];
 
 fn chart_dir() -> PathBuf {
@@ -1044,6 +1045,22 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
         found.len()
     );
     found.first().copied()
+}
+
+/// Whether a boolean flag is given (bare `--flag`, the form both binaries accept).
+fn has_flag(args: &[String], name: &str) -> bool {
+    assert!(
+        !args.iter().any(|a| a.starts_with(&format!("{name}="))),
+        "{name} must be given bare: the agent's boolean flags take no value"
+    );
+    args.iter().any(|a| a == name)
+}
+
+/// Whether `path` lies on one of the (same-path) host mounts, mount path -> host path.
+fn on_host_mount(mounts: &BTreeMap<String, String>, path: &str) -> bool {
+    mounts.iter().any(|(mount, host)| {
+        mount == host && (path == mount || path.starts_with(&format!("{mount}/")))
+    })
 }
 
 fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
@@ -1352,6 +1369,7 @@ fn expected_rbac(
 fn rbac_is_least_privilege() {
     for (args, secrets, tokenreviews) in [
         (vec![], true, true),
+        (vec!["--set", "agent.auth.mode=sharedToken"], true, false),
         (vec!["--set", "rbac.secrets=false"], false, true),
         (vec!["--set", "agent.enabled=false"], true, false),
         (
@@ -1381,7 +1399,8 @@ fn rbac_is_least_privilege() {
         assert!(docs_of(&docs, "Role").is_empty() && docs_of(&docs, "RoleBinding").is_empty());
     }
     let all_on: ClusterRole = one(&render_all_on(), "ClusterRole");
-    let mut expected = expected_rbac(true, true);
+    // all-on uses agent.auth.mode=sharedToken: no token reviews.
+    let mut expected = expected_rbac(true, false);
     expected.insert(
         (String::new(), "nodes".to_string()),
         ["get", "list", "watch"]
@@ -1537,7 +1556,7 @@ fn aggregator_deployment_is_restricted_probed_and_configured() {
             assert_eq!(tls.secret_name.as_deref(), Some("pullwatch-agent-tls"));
             assert_eq!(flag(&args, "--check-interval"), Some("5m"));
             assert_eq!(flag(&args, "--ignored-images"), None);
-            assert_eq!(flag(&args, "--legacy-metric-names"), None);
+            assert!(!has_flag(&args, "--legacy-metric-names"));
         } else {
             assert_eq!(
                 tls.secret_name.as_deref(),
@@ -1552,11 +1571,9 @@ fn aggregator_deployment_is_restricted_probed_and_configured() {
                 flag(&args, "--force-check-disabled-controllers"),
                 Some("deployment,cronjob")
             );
-            assert_eq!(flag(&args, "--legacy-metric-names"), Some("true"));
-            assert_eq!(
-                flag(&args, "--skip-registry-cert-verification"),
-                Some("true")
-            );
+            assert!(has_flag(&args, "--legacy-metric-names"));
+            assert!(has_flag(&args, "--skip-registry-cert-verification"));
+            assert!(has_flag(&args, "--allow-plain-http"));
             assert_eq!(
                 flag(&args, "--node-group-label"),
                 Some("topology.kubernetes.io/zone")
@@ -1644,20 +1661,44 @@ fn agent_daemonset_mounts_identity_and_security() {
                     && t.effect.is_none()),
             "{label}: does not tolerate every taint: {tolerations:?}"
         );
-        // Identity: only the projected token, with its own audience, which the aggregator checks.
+        // Identity: no API token; the agent presents a projected token with its own audience
+        // (default) or the shared token (all-on), and the aggregator checks exactly that.
         assert_eq!(spec.automount_service_account_token, Some(false), "{label}");
-        let projected = volume(spec, "token").projected.as_ref().unwrap();
-        let sources = projected.sources.as_deref().unwrap();
-        assert_eq!(sources.len(), 1);
-        let token = sources[0].service_account_token.as_ref().unwrap();
-        let audience = token.audience.as_deref().unwrap();
-        assert!(!audience.is_empty() && !audience.contains("kubernetes.default"));
-        assert_eq!(
-            flag(&agg_args, "--agent-token-audience"),
-            Some(audience),
-            "{label}"
-        );
-        assert!(token.expiration_seconds.is_some_and(|s| s >= 600));
+        let token_volume = volume(spec, "token");
+        let token_path = if label == "default" {
+            let projected = token_volume.projected.as_ref().unwrap();
+            let sources = projected.sources.as_deref().unwrap();
+            assert_eq!(sources.len(), 1);
+            let token = sources[0].service_account_token.as_ref().unwrap();
+            let audience = token.audience.as_deref().unwrap();
+            assert!(!audience.is_empty() && !audience.contains("kubernetes.default"));
+            assert_eq!(
+                flag(&agg_args, "--agent-token-audience"),
+                Some(audience),
+                "{label}"
+            );
+            assert_eq!(flag(&agg_args, "--agent-shared-token-file"), None);
+            assert!(token.expiration_seconds.is_some_and(|s| s >= 600));
+            token.path.clone()
+        } else {
+            let secret = token_volume.secret.as_ref().unwrap();
+            assert_eq!(
+                secret.secret_name.as_deref(),
+                Some("pullwatch-agent-token-from-vault")
+            );
+            let agg_spec = pod_spec_of_deployment(&deployment);
+            let agg_token = volume(agg_spec, "agent-token").secret.as_ref().unwrap();
+            assert_eq!(
+                agg_token.secret_name, secret.secret_name,
+                "both sides share the token"
+            );
+            assert_eq!(
+                flag(&agg_args, "--agent-shared-token-file"),
+                Some("/etc/pullwatch/agent-token/token")
+            );
+            assert_eq!(flag(&agg_args, "--agent-token-audience"), None);
+            secret.items.as_deref().unwrap()[0].path.clone()
+        };
 
         assert_eq!(spec.containers.len(), 1);
         let c = &spec.containers[0];
@@ -1671,7 +1712,17 @@ fn agent_daemonset_mounts_identity_and_security() {
         assert_flags_known(&args, AGENT_FLAGS, label);
         assert_eq!(
             flag(&args, "--token-file"),
-            Some(format!("/var/run/secrets/pullwatch/{}", token.path).as_str())
+            Some(format!("/var/run/secrets/pullwatch/{token_path}").as_str())
+        );
+        let log = c
+            .env
+            .as_deref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "PULLWATCH_LOG");
+        assert_eq!(
+            log.and_then(|e| e.value.as_deref()),
+            Some(if label == "default" { "info" } else { "debug" })
         );
         assert_restricted(c, label);
 
@@ -1752,9 +1803,14 @@ fn agent_daemonset_mounts_identity_and_security() {
         let kubelet = flag(&args, "--kubelet-root-dir").unwrap();
         assert_eq!(host_mounts.get(kubelet).map(String::as_str), Some(kubelet));
         let hosts_dir = flag(&args, "--containerd-hosts-dir").unwrap();
-        assert_eq!(
-            host_mounts.get(hosts_dir).map(String::as_str),
-            Some(hosts_dir)
+        assert!(
+            on_host_mount(&host_mounts, hosts_dir),
+            "{label}: {hosts_dir} not mounted"
+        );
+        let containerd_config = flag(&args, "--containerd-config").unwrap();
+        assert!(
+            on_host_mount(&host_mounts, containerd_config),
+            "{label}: {containerd_config}"
         );
 
         let metrics = c
@@ -1768,12 +1824,22 @@ fn agent_daemonset_mounts_identity_and_security() {
             flag(&args, "--metrics-address"),
             Some(format!(":{}", metrics.container_port).as_str())
         );
-        assert!(c.liveness_probe.is_some(), "{label}: no liveness probe");
+        let liveness = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(liveness.path.as_deref(), Some("/healthz"));
+        assert_eq!(serde_json::to_value(&liveness.port).unwrap(), "metrics");
 
         if label == "default" {
             assert_eq!(endpoint, "unix:///run/containerd/containerd.sock");
             assert_eq!(kubelet, "/var/lib/kubelet");
             assert_eq!(hosts_dir, "/etc/containerd/certs.d");
+            assert_eq!(containerd_config, "/etc/containerd/config.toml");
+            assert!(!has_flag(&args, "--pull-absent-images"));
             assert_eq!(flag(&args, "--image-credential-provider-config"), None);
             assert!(spec.priority_class_name.is_none());
             assert!(spec.host_network.is_none());
@@ -1795,7 +1861,11 @@ fn agent_daemonset_mounts_identity_and_security() {
             );
             assert_eq!(spec.host_network, Some(true));
             assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
-            assert_eq!(flag(&args, "--pull-absent-images"), Some("true"));
+            assert!(has_flag(&args, "--pull-absent-images"));
+            assert!(has_flag(&args, "--keep-pulled-images"));
+            assert_eq!(containerd_config, "/etc/containerd-custom/config.toml");
+            assert_eq!(hosts_dir, "/etc/containerd/hosts.d");
+            assert_eq!(flag(&args, "--pull-timeout"), Some("10m"));
             assert_eq!(flag(&args, "--mode"), Some("resolve"));
             // With a user-named Secret the agent mounts only its ca.crt.
             let ca = volume(spec, "aggregator-ca").secret.as_ref().unwrap();
@@ -1823,13 +1893,21 @@ fn agent_daemonset_mounts_identity_and_security() {
         let v = volume(spec, "cri-socket-dir").host_path.as_ref().unwrap();
         assert_eq!(v.path, dir, "{runtime}");
         let hosts_dir = flag(&args, "--containerd-hosts-dir");
+        let config = flag(&args, "--containerd-config");
         match runtime {
-            "k3s" => assert_eq!(
-                hosts_dir,
-                Some("/var/lib/rancher/k3s/agent/etc/containerd/certs.d")
-            ),
-            "crio" => assert_eq!(hosts_dir, None, "CRI-O has no containerd hosts dir"),
-            _ => assert_eq!(hosts_dir, Some("/etc/containerd/certs.d")),
+            "k3s" => {
+                let base = "/var/lib/rancher/k3s/agent/etc/containerd";
+                assert_eq!(hosts_dir, Some(format!("{base}/certs.d").as_str()));
+                assert_eq!(config, Some(format!("{base}/config.toml").as_str()));
+            }
+            "crio" => {
+                assert_eq!(hosts_dir, None, "CRI-O has no containerd hosts dir");
+                assert_eq!(config, None, "CRI-O has no containerd config");
+            }
+            _ => {
+                assert_eq!(hosts_dir, Some("/etc/containerd/certs.d"));
+                assert_eq!(config, Some("/etc/containerd/config.toml"));
+            }
         }
     }
     let docs = render(&["--set", "agent.priorityClassName=system-node-critical"]);
@@ -1942,6 +2020,40 @@ fn agent_tls_is_generated_valid_or_taken_from_a_named_secret() {
     assert_eq!(
         ca.secret.as_ref().unwrap().secret_name.as_deref(),
         Some("from-cert-manager")
+    );
+}
+
+#[test]
+fn shared_agent_token_is_generated_random_and_mounted_on_both_sides() {
+    let token_of = |docs: &[Value]| -> Vec<u8> {
+        let secrets: Vec<Secret> = docs_of(docs, "Secret").into_iter().map(typed).collect();
+        let secret = secrets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("pullwatch-agent-token"))
+            .expect("generated token Secret");
+        secret.data.as_ref().unwrap()["token"].0.clone()
+    };
+    let docs = render(&["--set", "agent.auth.mode=sharedToken"]);
+    let token = token_of(&docs);
+    assert_eq!(token.len(), 64);
+    assert!(token.iter().all(u8::is_ascii_alphanumeric));
+    assert_ne!(
+        token,
+        token_of(&render(&["--set", "agent.auth.mode=sharedToken"]))
+    );
+    let deployment: Deployment = one(&docs, "Deployment");
+    let agg = volume(pod_spec_of_deployment(&deployment), "agent-token");
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    let agent = volume(pod_spec_of_daemonset(&ds), "token");
+    let name = Some("pullwatch-agent-token");
+    assert_eq!(agg.secret.as_ref().unwrap().secret_name.as_deref(), name);
+    assert_eq!(agent.secret.as_ref().unwrap().secret_name.as_deref(), name);
+    assert!(agent.projected.is_none());
+    // No token Secret in tokenReview mode.
+    assert!(
+        !docs_of(&render_default(), "Secret")
+            .iter()
+            .any(|s| s["metadata"]["name"] == "pullwatch-agent-token")
     );
 }
 
@@ -2148,11 +2260,15 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             &["agent.credentialProvider.binDir"],
         ),
         (
-            &["--set", "agent.tokenExpirationSeconds=60"],
+            &["--set", "agent.auth.tokenExpirationSeconds=60"],
             &[
-                "agent.tokenExpirationSeconds",
+                "agent.auth.tokenExpirationSeconds",
                 "greater than or equal to 600",
             ],
+        ),
+        (
+            &["--set", "agent.auth.mode=token"],
+            &["agent.auth.mode", "must be one of the following"],
         ),
         (
             &[
@@ -2441,4 +2557,305 @@ fn manifests_tls_script_creates_the_secret_the_manifests_expect() {
     assert_eq!(secret.metadata.name.as_deref(), Some("pw-agent-tls"));
     assert_eq!(secret.metadata.namespace.as_deref(), Some("monitoring"));
     assert_valid_agent_tls(&secret, "pw.monitoring.svc");
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end: a real Prometheus scrapes a running aggregator and evaluates the shipped rules
+// ---------------------------------------------------------------------------------------
+
+use std::time::{Duration, Instant};
+
+use pullwatch_testbench::{
+    ImageFormat, Registry, RegistryOptions, free_port, http_request, push_image, require_tool,
+};
+
+/// The aggregator binary of this workspace: `$PULLWATCH_AGGREGATOR_BIN`, else next to this
+/// test's own executable (target/<profile>/pullwatch-aggregator, which `cargo test
+/// --workspace` builds for the aggregator's own tests).
+fn aggregator_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PULLWATCH_AGGREGATOR_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("pullwatch-aggregator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p pullwatch-aggregator` (or run \
+         `cargo test --workspace`), or set PULLWATCH_AGGREGATOR_BIN",
+        bin.display()
+    );
+    bin
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> KillOnDrop {
+    let file = std::fs::File::create(log).unwrap();
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    KillOnDrop(child)
+}
+
+async fn get_text(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    let response = http_request(addr, http::Method::GET, path, &[], Vec::new())
+        .await
+        .ok()?;
+    (response.status == 200).then(|| response.text())
+}
+
+/// The alerts Prometheus reports (pending and firing).
+async fn prometheus_alerts(addr: std::net::SocketAddr) -> Vec<serde_json::Value> {
+    let Some(body) = get_text(addr, "/api/v1/alerts").await else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    doc["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn find_alert<'a>(
+    alerts: &'a [serde_json::Value],
+    name: &str,
+    fast: bool,
+    labels: &[(&str, &str)],
+) -> Vec<&'a serde_json::Value> {
+    alerts
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == name)
+        .filter(|a| (a["labels"]["copy"] == "fast") == fast)
+        .filter(|a| labels.iter().all(|(k, v)| a["labels"][*k] == *v))
+        .collect()
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, logs: &[&Path], mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut detail = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        detail += &format!(
+            "\n--- {} (last lines)\n{}",
+            log.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    panic!("timed out after {timeout:?} waiting for {what}{detail}");
+}
+
+/// The shipped rules in a real Prometheus (Debian `prometheus`) scraping a running
+/// `pullwatch-aggregator serve --manifests` that checks a real registry: the absent image's
+/// alert is pending with the shipped `for:`, fires with a zero-`for:` copy, names the
+/// workload, and nothing fires for the available one; when the aggregator stops, the
+/// exporter-down alert fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_alerts_fire_in_prometheus_scraping_a_running_aggregator() {
+    let prometheus = require_tool("prometheus").unwrap();
+    let aggregator = aggregator_binary();
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    push_image(&registry, "shop/web", "1.0", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let present = format!("{}/shop/web:1.0", registry.host());
+    let absent = format!("{}/shop/web:2.0-deleted", registry.host());
+
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = |name: &str, image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    \
+             metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n        \
+             - name: app\n          image: \"{image}\"\n"
+        )
+    };
+    let manifests = dir.path().join("workloads.yaml");
+    std::fs::write(
+        &manifests,
+        [deployment("web", &present), deployment("cart", &absent)].join("---\n"),
+    )
+    .unwrap();
+
+    let agg_port = free_port();
+    let agg_addr: std::net::SocketAddr = ([127, 0, 0, 1], agg_port).into();
+    let agg_log = dir.path().join("aggregator.log");
+    let mut agg = Some(spawn_logged(
+        std::process::Command::new(&aggregator).args([
+            "serve",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--bind-address",
+            &format!("127.0.0.1:{agg_port}"),
+            "--check-interval",
+            "2s",
+            "--allow-plain-http",
+        ]),
+        &agg_log,
+    ));
+
+    // The shipped rules unchanged, and a copy with every `for:` at 0s (label copy=fast).
+    std::fs::copy(alerts_path(), dir.path().join("alerts.yaml")).unwrap();
+    let mut fast = read_yaml(&alerts_path());
+    for group in fast["groups"].as_sequence_mut().unwrap() {
+        let name = format!("{}-fast", group["name"].as_str().unwrap());
+        group["name"] = Value::from(name);
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            rule["for"] = Value::from("0s");
+            rule["labels"]["copy"] = Value::from("fast");
+        }
+    }
+    std::fs::write(
+        dir.path().join("alerts-fast.yaml"),
+        serde_yaml::to_string(&fast).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [alerts.yaml, alerts-fast.yaml]\n\
+             scrape_configs:\n\
+             - job_name: pullwatch\n  honor_labels: true\n  \
+             static_configs: [{{targets: ['127.0.0.1:{agg_port}']}}]\n"
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let prom_addr: std::net::SocketAddr = ([127, 0, 0, 1], prom_port).into();
+    let prom_log = dir.path().join("prometheus.log");
+    let _prom = spawn_logged(
+        std::process::Command::new(&prometheus)
+            .current_dir(dir.path())
+            .arg("--config.file=prometheus.yml")
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+        &prom_log,
+    );
+    let logs = [agg_log.as_path(), prom_log.as_path()];
+
+    let cart = [
+        ("namespace", "shop"),
+        ("kind", "deployment"),
+        ("name", "cart"),
+        ("container", "app"),
+    ];
+    wait_until(
+        "PullwatchImageAbsent to fire for shop/cart",
+        Duration::from_secs(90),
+        &logs,
+        || async {
+            let alerts = prometheus_alerts(prom_addr).await;
+            find_alert(&alerts, "PullwatchImageAbsent", true, &cart)
+                .iter()
+                .any(|a| a["state"] == "firing")
+        },
+    )
+    .await;
+    // One more evaluation round, so every rule has seen the same data.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = prometheus_alerts(prom_addr).await;
+
+    let fired = find_alert(&alerts, "PullwatchImageAbsent", true, &cart);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0]["labels"]["image"], absent.as_str());
+    assert_eq!(fired[0]["labels"]["severity"], "critical");
+    let description = fired[0]["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains(&format!("`{absent}`"))
+            && description.contains("deployment `shop/cart`")
+            && description.contains("Container `app`"),
+        "{description}"
+    );
+    // The shipped rule (for: 10m) is pending on the same series, not firing yet.
+    let shipped = find_alert(&alerts, "PullwatchImageAbsent", false, &cart);
+    assert_eq!(shipped.len(), 1, "{alerts:?}");
+    assert_eq!(shipped[0]["state"], "pending");
+    assert_eq!(shipped[0]["annotations"]["description"], description);
+    // Nothing about the available image, and no other cause for the absent one.
+    let web: Vec<&serde_json::Value> = alerts
+        .iter()
+        .filter(|a| a["labels"]["name"] == "web")
+        .collect();
+    assert!(web.is_empty(), "alerts for the available image: {web:?}");
+    let causes: BTreeSet<&str> = alerts
+        .iter()
+        .filter(|a| a["labels"]["name"] == "cart" && a["labels"]["copy"] == "fast")
+        .map(|a| a["labels"]["alertname"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, BTreeSet::from(["PullwatchImageAbsent"]));
+    for name in ["PullwatchExporterDown", "PullwatchRechecksStalled"] {
+        assert!(
+            find_alert(&alerts, name, true, &[]).is_empty(),
+            "{name} active while pullwatch is scraped: {alerts:?}"
+        );
+    }
+    // Prometheus holds the canonical series of both workloads, with their own namespace label.
+    let body = get_text(
+        prom_addr,
+        "/api/v1/query?query=k8s_image_availability_exporter_available",
+    )
+    .await
+    .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut available: Vec<(String, String, String)> = result["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["namespace"].as_str().unwrap().to_string(),
+                s["metric"]["name"].as_str().unwrap().to_string(),
+                s["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    available.sort();
+    assert_eq!(
+        available,
+        [
+            ("shop".into(), "cart".into(), "0".into()),
+            ("shop".into(), "web".into(), "1".into())
+        ]
+    );
+    assert!(get_text(agg_addr, "/metrics").await.is_some());
+
+    // The aggregator goes away: its series go stale and the exporter-down alert fires.
+    drop(agg.take());
+    wait_until(
+        "PullwatchExporterDown to fire after the aggregator stopped",
+        Duration::from_secs(60),
+        &logs,
+        || async {
+            let alerts = prometheus_alerts(prom_addr).await;
+            find_alert(&alerts, "PullwatchExporterDown", true, &[])
+                .iter()
+                .any(|a| a["state"] == "firing")
+        },
+    )
+    .await;
 }

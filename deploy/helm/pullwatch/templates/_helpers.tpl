@@ -128,3 +128,21 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* Host path of containerd's config.toml, or "" when not mounted. */}}
+{{- define "pullwatch.containerdConfig" -}}
+{{- $presets := dict "containerd" "/etc/containerd/config.toml" "k3s" "/var/lib/rancher/k3s/agent/etc/containerd/config.toml" "crio" "" "custom" "/etc/containerd/config.toml" }}
+{{- if .Values.agent.mountContainerdConfig }}
+{{- default (get $presets .Values.agent.runtime) .Values.agent.containerdConfig }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret with the agents' shared token (agent.auth.mode=sharedToken). */}}
+{{- define "pullwatch.sharedTokenSecretName" -}}
+{{- default (printf "%s-agent-token" (include "pullwatch.fullname" .)) .Values.agent.auth.sharedTokenSecret }}
+{{- end }}
+
+{{/* Whether agents authenticate with TokenReview. */}}
+{{- define "pullwatch.tokenReview" -}}
+{{- if and .Values.agent.enabled (eq .Values.agent.auth.mode "tokenReview") }}true{{- end }}
+{{- end }}
