@@ -921,6 +921,8 @@ const AGENT_FLAGS: &[&str] = &[
     "--pull-timeout",
     "--request-timeout",
     "--max-concurrent-checks",
+    "--log-level",
+    "--log-format",
 ];
 
 fn chart_dir() -> PathBuf {
@@ -1714,15 +1716,13 @@ fn agent_daemonset_mounts_identity_and_security() {
             flag(&args, "--token-file"),
             Some(format!("/var/run/secrets/pullwatch/{token_path}").as_str())
         );
-        let log = c
-            .env
-            .as_deref()
-            .unwrap()
-            .iter()
-            .find(|e| e.name == "PULLWATCH_LOG");
         assert_eq!(
-            log.and_then(|e| e.value.as_deref()),
+            flag(&args, "--log-level"),
             Some(if label == "default" { "info" } else { "debug" })
+        );
+        assert_eq!(
+            flag(&args, "--log-format"),
+            Some(if label == "default" { "json" } else { "text" })
         );
         assert_restricted(c, label);
 
