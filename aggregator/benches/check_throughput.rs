@@ -146,20 +146,29 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     let before = peak_rss_bytes()?;
     let mut inventory = Inventory::default();
     for i in 0..references / 2 {
-        inventory.workloads.push(Workload {
-            namespace: format!("team-{}", i % 200),
-            kind: WorkloadKind::Deployment,
-            name: format!("service-{i}"),
-            containers: (0..2)
-                .map(|c| ContainerImage {
-                    container: format!("container-{c}"),
-                    image: format!("registry.example.com:5000/org/service-{}:v{}", i % 2_500, c),
-                })
-                .collect(),
-            pull_secrets: Vec::new(),
-            service_account: "default".into(),
-            enabled: true,
-        });
+        let (namespace, name) = (format!("team-{}", i % 200), format!("service-{i}"));
+        let key = (WorkloadKind::Deployment, namespace.clone(), name.clone());
+        inventory.workloads.insert(
+            key,
+            Workload {
+                namespace,
+                kind: WorkloadKind::Deployment,
+                name,
+                containers: (0..2)
+                    .map(|c| ContainerImage {
+                        container: format!("container-{c}"),
+                        image: format!(
+                            "registry.example.com:5000/org/service-{}:v{}",
+                            i % 2_500,
+                            c
+                        ),
+                    })
+                    .collect(),
+                pull_secrets: Vec::new(),
+                service_account: "default".into(),
+                enabled: true,
+            },
+        );
     }
     let options = IndexOptions {
         default_registry: "docker.io".into(),
@@ -173,6 +182,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     // Record outcomes without network: the settled path takes the same store/metrics route.
     let settled = ImageIndex {
         checks: Default::default(),
+        warnings: Default::default(),
         settled: index
             .checks
             .values()

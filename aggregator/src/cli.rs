@@ -77,8 +77,7 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Manifest file or directory to watch (re-read every interval). Required until
-    /// watching a live cluster is supported.
+    /// Manifest file or directory (re-read every interval) instead of a live cluster.
     #[arg(
         short = 'f',
         long = "manifests",
@@ -86,6 +85,15 @@ pub struct ServeArgs {
         value_name = "PATH"
     )]
     pub manifests: Option<PathBuf>,
+
+    /// Kubeconfig of the cluster to watch; default: in-cluster config, else KUBECONFIG, else ~/.kube/config.
+    #[arg(
+        long,
+        env = "PULLWATCH_KUBECONFIG",
+        value_name = "PATH",
+        conflicts_with = "manifests"
+    )]
+    pub kubeconfig: Option<PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz: [HOST]:PORT, an empty host meaning all interfaces.
     #[arg(long, env = "PULLWATCH_BIND_ADDRESS", default_value = ":8080")]

@@ -10,6 +10,8 @@ use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, SourcedCrede
 use regex::Regex;
 
 use crate::inventory::{Inventory, SecretCredentials, WorkloadKind};
+#[cfg(test)]
+use crate::inventory::{PullSecret, SecretFormat};
 use crate::mirrors::Mirrors;
 
 /// One container of one workload: the unit the canonical metrics describe.
@@ -186,6 +188,9 @@ pub struct ImageIndex {
     pub checks: BTreeMap<CheckKey, Vec<ContainerRef>>,
     /// References that need no registry to judge: unparsable images.
     pub settled: Vec<(ContainerRef, CheckOutcome)>,
+    /// Problems found while building (missing or broken pull secrets, bad image
+    /// references), for the caller to log once rather than at every rebuild.
+    pub warnings: BTreeSet<String>,
 }
 
 impl ImageIndex {
@@ -193,7 +198,7 @@ impl ImageIndex {
     pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
         let mut index = ImageIndex::default();
         let mut keyrings: BTreeMap<(&str, Vec<String>), Keyring> = BTreeMap::new();
-        for workload in &inventory.workloads {
+        for workload in inventory.workloads.values() {
             if let Some(selector) = &options.filters.namespace_selector {
                 let labels = inventory.namespaces.get(&workload.namespace);
                 if !labels.is_some_and(|l| selector.matches(l)) {
@@ -213,7 +218,9 @@ impl ImageIndex {
             let secret_names = pull_secret_names(inventory, workload);
             let keyring = keyrings
                 .entry((workload.namespace.as_str(), secret_names))
-                .or_insert_with_key(|(namespace, names)| keyring_for(inventory, namespace, names));
+                .or_insert_with_key(|(namespace, names)| {
+                    keyring_for(inventory, namespace, names, &mut index.warnings)
+                });
 
             for container in &workload.containers {
                 if !options.filters.keeps_image(&container.image) {
@@ -244,7 +251,14 @@ impl ImageIndex {
                             .push(container_ref);
                     }
                     Err(err) => {
-                        tracing::warn!(namespace = %container_ref.namespace, kind = %container_ref.kind, name = %container_ref.name, container = %container_ref.container, image = %container_ref.image, reason = %err, "bad image reference");
+                        index.warnings.insert(format!(
+                            "bad image reference {:?} in {} {}/{} container {}: {err}",
+                            container_ref.image,
+                            container_ref.kind,
+                            container_ref.namespace,
+                            container_ref.name,
+                            container_ref.container
+                        ));
                         index.settled.push((
                             container_ref,
                             CheckOutcome::new(CheckStatus::BadImageFormat, err.to_string()),
@@ -254,6 +268,25 @@ impl ImageIndex {
             }
         }
         index
+    }
+
+    /// Logs the warnings that `previous` did not already have.
+    pub fn log_new_warnings(&self, previous: Option<&ImageIndex>) {
+        for warning in &self.warnings {
+            if previous.is_none_or(|p| !p.warnings.contains(warning)) {
+                tracing::warn!("{warning}");
+            }
+        }
+    }
+
+    /// Every container reference of the index.
+    pub fn containers(&self) -> BTreeSet<ContainerRef> {
+        self.checks
+            .values()
+            .flatten()
+            .chain(self.settled.iter().map(|(c, _)| c))
+            .cloned()
+            .collect()
     }
 
     /// Number of container references the index covers.
@@ -275,21 +308,31 @@ fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workloa
 }
 
 /// A keyring of the named secrets of one namespace (never another namespace's).
-fn keyring_for(inventory: &Inventory, namespace: &str, names: &[String]) -> Keyring {
+fn keyring_for(
+    inventory: &Inventory,
+    namespace: &str,
+    names: &[String],
+    warnings: &mut BTreeSet<String>,
+) -> Keyring {
     let mut keyring = Keyring::new();
     for name in names {
         match inventory
             .secrets
             .get(&(namespace.to_string(), name.clone()))
+            .map(|secret| &secret.credentials)
         {
             Some(SecretCredentials::Parsed(config)) => {
                 keyring.add(&format!("secret/{namespace}/{name}"), config);
             }
             Some(SecretCredentials::Broken(why)) => {
-                tracing::warn!(namespace, secret = %name, reason = %why, "pull secret is unusable; continuing without it, as the kubelet would");
+                warnings.insert(format!(
+                    "pull secret {namespace}/{name} is unusable ({why}); continuing without it, as the kubelet would"
+                ));
             }
             None => {
-                tracing::warn!(namespace, secret = %name, "pull secret not found; continuing without it, as the kubelet would");
+                warnings.insert(format!(
+                    "pull secret {namespace}/{name} not found; continuing without it, as the kubelet would"
+                ));
             }
         }
     }
@@ -301,6 +344,17 @@ mod tests {
     use super::*;
     use crate::inventory::{ContainerImage, Workload};
     use pullwatch::{DockerConfig, RegistryCredential};
+
+    fn add(inv: &mut Inventory, workload: Workload) {
+        inv.workloads.insert(
+            (
+                workload.kind,
+                workload.namespace.clone(),
+                workload.name.clone(),
+            ),
+            workload,
+        );
+    }
 
     fn workload(ns: &str, name: &str, images: &[&str], secrets: &[&str]) -> Workload {
         Workload {
@@ -321,7 +375,7 @@ mod tests {
         }
     }
 
-    fn secret(user: &str, registry: &str) -> SecretCredentials {
+    fn secret(user: &str, registry: &str) -> PullSecret {
         let mut config = DockerConfig::default();
         config.entries.insert(
             registry.into(),
@@ -331,7 +385,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        SecretCredentials::Parsed(config)
+        PullSecret {
+            format: SecretFormat::DockerConfigJson,
+            credentials: SecretCredentials::Parsed(config),
+        }
     }
 
     fn options() -> IndexOptions {
@@ -346,16 +403,12 @@ mod tests {
     fn deduplicates_by_reference_and_credential_values() {
         let mut inv = Inventory::default();
         // Same image spelled two ways, same credentials from differently named secrets.
-        inv.workloads
-            .push(workload("a", "w1", &["reg.io/app:v1"], &["s1"]));
-        inv.workloads
-            .push(workload("b", "w2", &["reg.io/app:v1"], &["s2"]));
-        inv.workloads.push(workload(
-            "c",
-            "w3",
-            &["nginx", "docker.io/library/nginx:latest"],
-            &[],
-        ));
+        add(&mut inv, workload("a", "w1", &["reg.io/app:v1"], &["s1"]));
+        add(&mut inv, workload("b", "w2", &["reg.io/app:v1"], &["s2"]));
+        add(
+            &mut inv,
+            workload("c", "w3", &["nginx", "docker.io/library/nginx:latest"], &[]),
+        );
         inv.secrets
             .insert(("a".into(), "s1".into()), secret("u", "reg.io"));
         inv.secrets
@@ -371,9 +424,8 @@ mod tests {
     #[test]
     fn credentials_never_cross_namespaces_and_fall_back_to_service_account() {
         let mut inv = Inventory::default();
-        inv.workloads.push(workload("a", "w", &["reg.io/app"], &[]));
-        inv.workloads
-            .push(workload("b", "w", &["reg.io/app"], &["s"]));
+        add(&mut inv, workload("a", "w", &["reg.io/app"], &[]));
+        add(&mut inv, workload("b", "w", &["reg.io/app"], &["s"]));
         inv.service_accounts
             .insert(("a".into(), "default".into()), vec!["sa-secret".into()]);
         inv.secrets.insert(
@@ -406,15 +458,18 @@ mod tests {
     #[test]
     fn filters_and_bad_references() {
         let mut inv = Inventory::default();
-        inv.workloads.push(workload(
-            "a",
-            "w",
-            &["nginx", "reg.io/skip-me", "reg.io/keep", "BAD IMAGE"],
-            &[],
-        ));
+        add(
+            &mut inv,
+            workload(
+                "a",
+                "w",
+                &["nginx", "reg.io/skip-me", "reg.io/keep", "BAD IMAGE"],
+                &[],
+            ),
+        );
         let mut disabled = workload("a", "off", &["reg.io/keep"], &[]);
         disabled.enabled = false;
-        inv.workloads.push(disabled);
+        add(&mut inv, disabled);
         let mut opts = options();
         opts.filters.allowed_images = parse_image_regexes("^reg\\.io/~BAD").unwrap();
         opts.filters.ignored_images = parse_image_regexes("skip-me").unwrap();
@@ -440,10 +495,9 @@ mod tests {
     #[test]
     fn namespace_label_selector() {
         let mut inv = Inventory::default();
-        inv.workloads.push(workload("on", "w", &["nginx"], &[]));
-        inv.workloads.push(workload("off", "w", &["redis"], &[]));
-        inv.workloads
-            .push(workload("unknown", "w", &["alpine"], &[]));
+        add(&mut inv, workload("on", "w", &["nginx"], &[]));
+        add(&mut inv, workload("off", "w", &["redis"], &[]));
+        add(&mut inv, workload("unknown", "w", &["alpine"], &[]));
         inv.namespaces.insert(
             "on".into(),
             [("check".to_string(), "yes".to_string())].into(),

@@ -1,20 +1,24 @@
 //! `pullwatch-aggregator`: `check` once, or `serve` metrics continuously.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use pullwatch_aggregator::checker::Checker;
+use pullwatch_aggregator::checker::limits::lock;
 use pullwatch_aggregator::cli::{
     self, CheckArgs, Cli, Command, LogFormat, OutputFormat, ServeArgs,
 };
 use pullwatch_aggregator::index::{ImageIndex, IndexOptions};
+use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
 use pullwatch_aggregator::inventory::manifests;
+use pullwatch_aggregator::inventory::{SharedInventory, WatchState};
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::report;
-use pullwatch_aggregator::scheduler::Pipeline;
+use pullwatch_aggregator::scheduler::{self, Pipeline, Scheduler, SchedulerStatus};
 use pullwatch_aggregator::server::{self, ServerState};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -97,6 +101,7 @@ async fn run_check(args: CheckArgs) -> ExitCode {
         }
     };
     let index = ImageIndex::build(&inventory, &options);
+    index.log_new_warnings(None);
     if index.container_count() == 0 {
         warn!(path = %args.manifests.display(), "no container images to check (no workloads, or all filtered out)");
     }
@@ -133,18 +138,51 @@ async fn run_check(args: CheckArgs) -> ExitCode {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
-    let Some(manifests_path) = args.manifests.clone() else {
-        return Err(Failure::Usage(anyhow::anyhow!(
-            "--manifests is required: watching a live cluster is not supported by this build yet"
-        )));
-    };
     let options =
         cli::index_options(&args.checker, &args.filters).map_err(|e| Failure::Usage(e.into()))?;
     let metrics = Metrics::new(args.legacy_metric_names).map_err(|e| Failure::Runtime(e.into()))?;
+    let inventory_metrics =
+        InventoryMetrics::new(metrics.registry()).map_err(|e| Failure::Runtime(e.into()))?;
     let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())
         .map_err(|e| Failure::Usage(e.into()))?;
-    // Fail fast on unreadable manifests: a typo in the path should not look like an empty cluster.
-    let mut inventory = manifests::load(&manifests_path).map_err(|e| Failure::Usage(e.into()))?;
+    let shared = SharedInventory::default();
+
+    // The inventory source: manifest files, or the cluster's API server.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = Vec::new();
+    let source = match &args.manifests {
+        Some(path) => {
+            // Fail fast: a typo in the path must not look like an empty cluster.
+            let inventory = manifests::load(path).map_err(|e| Failure::Usage(e.into()))?;
+            *lock(&shared.inventory) = inventory;
+            shared.set_state(
+                MANIFESTS,
+                WatchState {
+                    synced: true,
+                    ..Default::default()
+                },
+            );
+            shared.changed.notify_one();
+            background.push(tokio::spawn(reload_manifests(
+                path.clone(),
+                args.check_interval,
+                shared.clone(),
+                stop_rx.clone(),
+            )));
+            format!("manifests {}", path.display())
+        }
+        None => {
+            let client = cluster::client(args.kubeconfig.as_deref())
+                .await
+                .map_err(|e| Failure::Usage(e.into()))?;
+            background.extend(cluster::spawn_watches(
+                client,
+                shared.clone(),
+                inventory_metrics,
+            ));
+            "cluster".to_string()
+        }
+    };
 
     let listener = server::bind(&args.bind_address)
         .await
@@ -155,7 +193,6 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         args.checker.max_concurrent_checks as usize * 2,
     ));
     let state = Arc::new(ServerState::new(pipeline.clone()));
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -164,52 +201,115 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    info!(address = %local, interval = ?args.check_interval, manifests = %manifests_path.display(), "serving /metrics, /healthz, /readyz");
+    info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
     let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx.clone()));
 
-    let mut stop = stop_rx;
-    let mut first = true;
-    loop {
-        if !first {
-            match manifests::load(&manifests_path) {
-                Ok(fresh) => inventory = fresh,
-                Err(error) => {
-                    warn!(%error, "cannot re-read manifests; keeping the last good inventory")
-                }
-            }
-        }
-        first = false;
-        let started = Instant::now();
-        let index = ImageIndex::build(&inventory, &options);
-        let summary = tokio::select! {
-            summary = pipeline.run_cycle(&index) => summary,
-            _ = stop.wait_for(|stop| *stop) => break,
-        };
-        info!(
-            distinct_checks = summary.distinct_checks,
-            containers = summary.containers,
-            unavailable = summary.unavailable,
-            duration_ms = summary.duration.as_millis() as u64,
-            "check pass finished"
-        );
-        state.set_ready(
-            true,
-            format!(
-                "{} container references, {} unavailable",
-                summary.containers, summary.unavailable
-            ),
-        );
-        let next = started + args.check_interval;
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.into()) => {}
-            _ = stop.wait_for(|stop| *stop) => break,
-        }
-    }
+    let (index_tx, index_rx) = watch::channel(None);
+    background.push(tokio::spawn(scheduler::build_indexes(
+        shared.clone(),
+        options,
+        INDEX_DEBOUNCE,
+        index_tx,
+        stop_rx.clone(),
+    )));
+    let (status_tx, status_rx) = watch::channel(SchedulerStatus::default());
+    let scheduler = tokio::spawn(Scheduler::new(pipeline, args.check_interval).run(
+        index_rx,
+        status_tx,
+        stop_rx.clone(),
+    ));
+    report_readiness(shared, status_rx, state, stop_rx).await;
+
     info!("shutting down");
+    for task in background {
+        task.abort();
+    }
+    let _ = scheduler.await;
     server
         .await
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("HTTP server task failed: {e}")))?;
     Ok(())
+}
+
+/// The resource name the manifests source reports its state under.
+const MANIFESTS: &str = "manifests";
+/// A burst of watch events within this window is one index rebuild.
+const INDEX_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Re-reads the manifests every interval; an unreadable file keeps the last good inventory.
+async fn reload_manifests(
+    path: PathBuf,
+    interval: Duration,
+    shared: SharedInventory,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let loaded = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || manifests::load(&path)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(inventory)) => {
+                *lock(&shared.inventory) = inventory;
+                shared.changed.notify_one();
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "cannot re-read manifests; keeping the last good inventory")
+            }
+            Err(error) => {
+                warn!(%error, "manifest reload task failed; keeping the last good inventory")
+            }
+        }
+    }
+}
+
+/// Ready once the inventory is synced and every reference has been checked once;
+/// `/readyz` says which of the two is missing, and what RBAC forbids.
+async fn report_readiness(
+    shared: SharedInventory,
+    mut status: watch::Receiver<SchedulerStatus>,
+    state: Arc<ServerState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut logged_first_pass = false;
+    loop {
+        let current = status.borrow_and_update().clone();
+        let synced = shared.synced();
+        let inventory = shared.describe();
+        let ready = synced && current.passes > 0;
+        let mut detail = if ready {
+            format!(
+                "{} container references, {} unavailable, {} distinct checks, {} passes",
+                current.containers, current.unavailable, current.distinct_checks, current.passes
+            )
+        } else if synced {
+            "first check pass has not finished".to_string()
+        } else {
+            "inventory not synced yet".to_string()
+        };
+        if !inventory.is_empty() {
+            detail = format!("{detail}; {inventory}");
+        }
+        if ready && !logged_first_pass {
+            logged_first_pass = true;
+            info!(
+                containers = current.containers,
+                unavailable = current.unavailable,
+                "first check pass finished; ready"
+            );
+        }
+        state.set_ready(ready, detail);
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.

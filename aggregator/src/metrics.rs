@@ -152,6 +152,11 @@ impl Metrics {
         })
     }
 
+    /// The registry for further `pullwatch_*` series (inventory watches, agents).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// One full pass over every reference finished.
     pub fn recheck_completed(&self) {
         self.completed_rechecks.inc();

@@ -157,7 +157,10 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     assert!(
         !stderr.contains("hunter2") && !String::from_utf8_lossy(&output.stdout).contains("hunter2")
     );
-    assert!(stderr.contains("pull secret not found"), "{stderr}");
+    assert!(
+        stderr.contains("pull secret other/regcred not found"),
+        "{stderr}"
+    );
 
     // Only the available ones: exit 0, and the table format.
     std::fs::write(
@@ -252,7 +255,24 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
             vec!["check".into(), "--no-such-flag".into()],
             "unexpected argument",
         ),
-        (vec!["serve".into()], "--manifests is required"),
+        (
+            vec![
+                "serve".into(),
+                "--kubeconfig".into(),
+                "/nonexistent/kubeconfig".into(),
+            ],
+            "cannot read kubeconfig /nonexistent/kubeconfig",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--kubeconfig".into(),
+                "x".into(),
+            ],
+            "cannot be used with",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -209,7 +209,7 @@ fn add_value(
             return Ok(());
         }
     };
-    inventory.add(object);
+    inventory.apply(object);
     Ok(())
 }
 
@@ -244,7 +244,7 @@ spec:
     fn reads_workloads_with_all_containers() {
         let inv = parse(DEPLOYMENT).unwrap();
         assert_eq!(inv.workloads.len(), 1);
-        let w = &inv.workloads[0];
+        let w = inv.workloads.values().next().unwrap();
         assert_eq!(
             (w.namespace.as_str(), w.name.as_str(), w.kind),
             ("shop", "web", WorkloadKind::Deployment)
@@ -269,11 +269,12 @@ spec:
             "{DEPLOYMENT}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {{name: bare}}\n  spec:\n    containers: [{{name: c, image: nginx}}]\n    ephemeralContainers: [{{name: dbg, image: busybox:1.36}}]\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: owned\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: u, controller: true}}]\n  spec:\n    containers: [{{name: c, image: nginx}}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n"
         );
         let inv = parse(&text).unwrap();
-        let names: Vec<_> = inv.workloads.iter().map(|w| w.name.as_str()).collect();
+        let names: Vec<_> = inv.workloads.values().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["web", "bare"]);
-        assert_eq!(inv.workloads[1].namespace, "default");
-        assert_eq!(inv.workloads[1].containers.len(), 2);
-        assert_eq!(inv.workloads[1].service_account, "default");
+        let bare = inv.workloads.values().nth(1).unwrap();
+        assert_eq!(bare.namespace, "default");
+        assert_eq!(bare.containers.len(), 2);
+        assert_eq!(bare.service_account, "default");
     }
 
     #[test]
@@ -304,7 +305,11 @@ metadata:
 spec: {template: {spec: {restartPolicy: Never, containers: [{name: j, image: alpine}]}}}
 "#;
         let inv = parse(text).unwrap();
-        let seen: Vec<_> = inv.workloads.iter().map(|w| (w.kind, w.enabled)).collect();
+        let seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind, w.enabled))
+            .collect();
         assert_eq!(
             seen,
             [
@@ -344,11 +349,11 @@ imagePullSecrets: [{name: regcred}]
 "#;
         let inv = parse(text).unwrap();
         assert!(matches!(
-            inv.secrets[&("shop".into(), "regcred".into())],
+            inv.secrets[&("shop".into(), "regcred".into())].credentials,
             SecretCredentials::Parsed(ref c) if c.entries["registry.local:5000"].username == "u"
         ));
         assert!(matches!(
-            inv.secrets[&("shop".into(), "broken".into())],
+            inv.secrets[&("shop".into(), "broken".into())].credentials,
             SecretCredentials::Broken(_)
         ));
         assert_eq!(inv.secrets.len(), 2, "non-docker secrets are not kept");
@@ -406,8 +411,8 @@ imagePullSecrets: [{name: regcred}]
         .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
         let inv = load(dir.path()).unwrap();
-        let names: Vec<_> = inv.workloads.iter().map(|w| w.name.as_str()).collect();
-        assert_eq!(names, ["b", "a"]);
+        let names: Vec<_> = inv.workloads.values().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(
             load(empty.path()),

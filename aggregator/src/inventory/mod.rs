@@ -2,13 +2,20 @@
 //! containers), and what they can authenticate with (pull secrets, service accounts),
 //! reduced to the few fields a check needs.
 //!
-//! Sources fill an [`Inventory`]; [`manifests`] reads it from YAML files. The reduction
+//! Sources fill an [`Inventory`]: [`manifests`] from YAML files, [`cluster`] from
+//! watches on a live cluster; [`SharedInventory`] is where they meet the index builder. The reduction
 //! from Kubernetes objects lives here so every source reduces the same way.
 
+pub mod cluster;
 pub mod manifests;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::checker::limits::lock;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -96,19 +103,144 @@ pub enum SecretCredentials {
     Broken(String),
 }
 
-/// Everything the index needs, from any source.
+/// Identifies a workload: kind, namespace, name.
+pub type WorkloadKey = (WorkloadKind, String, String);
+
+/// The two secret types that carry registry credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecretFormat {
+    /// `kubernetes.io/dockerconfigjson`
+    DockerConfigJson,
+    /// `kubernetes.io/dockercfg`
+    DockerCfg,
+}
+
+impl SecretFormat {
+    pub fn secret_type(self) -> &'static str {
+        match self {
+            SecretFormat::DockerConfigJson => DOCKER_CONFIG_JSON,
+            SecretFormat::DockerCfg => DOCKER_CFG,
+        }
+    }
+}
+
+/// A pull secret: its format and what it carries.
+#[derive(Clone, Debug)]
+pub struct PullSecret {
+    pub format: SecretFormat,
+    pub credentials: SecretCredentials,
+}
+
+/// The kinds of object an inventory holds, one per watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    Workload(WorkloadKind),
+    Secret(SecretFormat),
+    ServiceAccount,
+    Namespace,
+}
+
+/// Everything the index needs, from any source. Keyed maps, so a watch event's
+/// apply or delete is one insert or remove.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
-    pub workloads: Vec<Workload>,
-    /// (namespace, name) -> credentials of docker config secrets.
-    pub secrets: BTreeMap<(String, String), SecretCredentials>,
+    pub workloads: BTreeMap<WorkloadKey, Workload>,
+    /// (namespace, name) -> docker config secrets and their credentials.
+    pub secrets: BTreeMap<(String, String), PullSecret>,
     /// (namespace, name) -> the service account's imagePullSecrets.
     pub service_accounts: BTreeMap<(String, String), Vec<String>>,
     /// namespace -> labels, for `--namespace-label`.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// What each watch has achieved, for readiness and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchState {
+    /// A full list has been applied at least once.
+    pub synced: bool,
+    /// The API server refused the list with 403 (RBAC).
+    pub forbidden: bool,
+    pub last_error: Option<String>,
+}
+
+/// The shared inventory the watches fill, and who to tell when it changes.
+#[derive(Clone)]
+pub struct SharedInventory {
+    pub inventory: Arc<Mutex<Inventory>>,
+    pub changed: Arc<Notify>,
+    states: Arc<Mutex<BTreeMap<&'static str, WatchState>>>,
+}
+
+impl Default for SharedInventory {
+    fn default() -> Self {
+        SharedInventory {
+            inventory: Arc::new(Mutex::new(Inventory::default())),
+            changed: Arc::new(Notify::new()),
+            states: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+}
+
+impl SharedInventory {
+    /// True once every watch has listed (or been refused by RBAC) at least once.
+    pub fn synced(&self) -> bool {
+        let states = lock(&self.states);
+        !states.is_empty() && states.values().all(|s| s.synced || s.forbidden)
+    }
+
+    /// Sets a resource's state, returning the previous one.
+    pub fn set_state(&self, resource: &'static str, state: WatchState) -> WatchState {
+        lock(&self.states)
+            .insert(resource, state)
+            .unwrap_or_default()
+    }
+
+    /// Changes a resource's state in place.
+    pub fn update_state<T>(
+        &self,
+        resource: &'static str,
+        change: impl FnOnce(&mut WatchState) -> T,
+    ) -> T {
+        change(lock(&self.states).entry(resource).or_default())
+    }
+
+    /// Per resource: its watch state.
+    pub fn states(&self) -> BTreeMap<&'static str, WatchState> {
+        lock(&self.states).clone()
+    }
+
+    /// One line for `/readyz`: what is not synced, what is forbidden.
+    pub fn describe(&self) -> String {
+        let states = lock(&self.states);
+        let pending: Vec<&str> = states
+            .iter()
+            .filter(|(_, s)| !s.synced && !s.forbidden)
+            .map(|(r, _)| *r)
+            .collect();
+        let forbidden: Vec<&str> = states
+            .iter()
+            .filter(|(_, s)| s.forbidden)
+            .map(|(r, _)| *r)
+            .collect();
+        let mut parts = Vec::new();
+        if !pending.is_empty() {
+            parts.push(format!(
+                "waiting for the first list of {}",
+                pending.join(", ")
+            ));
+        }
+        if !forbidden.is_empty() {
+            parts.push(format!(
+                "forbidden by RBAC, running without: {}",
+                forbidden.join(", ")
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
 /// A Kubernetes object the inventory understands, before reduction.
+#[derive(Clone, Debug)]
 pub enum KubeObject {
     Deployment(Box<Deployment>),
     StatefulSet(Box<StatefulSet>),
@@ -123,14 +255,39 @@ pub enum KubeObject {
 
 type ConfigParser = fn(&[u8]) -> Result<DockerConfig, pullwatch::credentials::CredentialError>;
 
+impl KubeObject {
+    /// (namespace, name); namespace is empty for cluster-scoped objects.
+    pub fn key(&self) -> (String, String) {
+        let meta = self.metadata();
+        match self {
+            KubeObject::Namespace(_) => (String::new(), name_of(meta)),
+            _ => (namespace_of(meta), name_of(meta)),
+        }
+    }
+
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            KubeObject::Deployment(o) => &o.metadata,
+            KubeObject::StatefulSet(o) => &o.metadata,
+            KubeObject::DaemonSet(o) => &o.metadata,
+            KubeObject::CronJob(o) => &o.metadata,
+            KubeObject::Job(o) => &o.metadata,
+            KubeObject::Pod(o) => &o.metadata,
+            KubeObject::Secret(o) => &o.metadata,
+            KubeObject::ServiceAccount(o) => &o.metadata,
+            KubeObject::Namespace(o) => &o.metadata,
+        }
+    }
+}
+
 const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
 
 impl Inventory {
-    /// Adds one object; objects that carry nothing for pullwatch (a Pod owned by a
-    /// controller, a Job owned by a CronJob, a Secret of another type) are skipped
-    /// with a debug log.
-    pub fn add(&mut self, object: KubeObject) {
+    /// Adds or replaces one object; objects that carry nothing for pullwatch (a Pod
+    /// owned by a controller, a Job owned by a CronJob, a Secret of another type) are
+    /// skipped with a debug log.
+    pub fn apply(&mut self, object: KubeObject) {
         match object {
             KubeObject::Deployment(d) => {
                 let spec = d.spec.as_ref();
@@ -164,6 +321,8 @@ impl Inventory {
             KubeObject::Job(j) => {
                 if owned_by(&j.metadata, Some("CronJob")) {
                     tracing::debug!(name = ?j.metadata.name, "skipping Job owned by a CronJob: the CronJob covers it");
+                    self.workloads
+                        .remove(&workload_key(WorkloadKind::Job, &j.metadata));
                     return;
                 }
                 let enabled = !j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
@@ -173,6 +332,8 @@ impl Inventory {
             KubeObject::Pod(p) => {
                 if owned_by(&p.metadata, None) {
                     tracing::debug!(name = ?p.metadata.name, "skipping Pod with a controller: its controller covers it");
+                    self.workloads
+                        .remove(&workload_key(WorkloadKind::Pod, &p.metadata));
                     return;
                 }
                 self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true);
@@ -196,6 +357,75 @@ impl Inventory {
         }
     }
 
+    /// Removes what `object` named (its spec is not looked at).
+    pub fn delete(&mut self, object: &KubeObject) {
+        match object {
+            KubeObject::Deployment(d) => {
+                self.remove_workload(WorkloadKind::Deployment, &d.metadata)
+            }
+            KubeObject::StatefulSet(s) => {
+                self.remove_workload(WorkloadKind::StatefulSet, &s.metadata)
+            }
+            KubeObject::DaemonSet(d) => self.remove_workload(WorkloadKind::DaemonSet, &d.metadata),
+            KubeObject::CronJob(c) => self.remove_workload(WorkloadKind::CronJob, &c.metadata),
+            KubeObject::Job(j) => self.remove_workload(WorkloadKind::Job, &j.metadata),
+            KubeObject::Pod(p) => self.remove_workload(WorkloadKind::Pod, &p.metadata),
+            KubeObject::Secret(s) => {
+                self.secrets
+                    .remove(&(namespace_of(&s.metadata), name_of(&s.metadata)));
+            }
+            KubeObject::ServiceAccount(sa) => {
+                self.service_accounts
+                    .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)));
+            }
+            KubeObject::Namespace(ns) => {
+                self.namespaces.remove(&name_of(&ns.metadata));
+            }
+        }
+    }
+
+    /// Drops every object of `kind` whose (namespace, name) is not in `seen`: what a
+    /// relist did not return was deleted while nobody watched.
+    pub fn retain_seen(
+        &mut self,
+        kind: ObjectKind,
+        seen: &std::collections::HashSet<(String, String)>,
+    ) {
+        let before = self.object_count(kind);
+        match kind {
+            ObjectKind::Workload(workload_kind) => self.workloads.retain(|(k, ns, name), _| {
+                *k != workload_kind || seen.contains(&(ns.clone(), name.clone()))
+            }),
+            ObjectKind::Secret(format) => self
+                .secrets
+                .retain(|key, secret| secret.format != format || seen.contains(key)),
+            ObjectKind::ServiceAccount => self.service_accounts.retain(|key, _| seen.contains(key)),
+            ObjectKind::Namespace => self
+                .namespaces
+                .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
+        }
+        let removed = before - self.object_count(kind);
+        if removed > 0 {
+            tracing::debug!(?kind, removed, "objects gone after relist");
+        }
+    }
+
+    /// How many objects of `kind` the inventory holds.
+    pub fn object_count(&self, kind: ObjectKind) -> usize {
+        match kind {
+            ObjectKind::Workload(k) => self.workloads.keys().filter(|(wk, _, _)| *wk == k).count(),
+            ObjectKind::Secret(format) => {
+                self.secrets.values().filter(|s| s.format == format).count()
+            }
+            ObjectKind::ServiceAccount => self.service_accounts.len(),
+            ObjectKind::Namespace => self.namespaces.len(),
+        }
+    }
+
+    fn remove_workload(&mut self, kind: WorkloadKind, meta: &ObjectMeta) {
+        self.workloads.remove(&workload_key(kind, meta));
+    }
+
     fn add_workload(
         &mut self,
         meta: &ObjectMeta,
@@ -203,36 +433,49 @@ impl Inventory {
         pod: Option<&PodSpec>,
         enabled: bool,
     ) {
+        let key = workload_key(kind, meta);
         let Some(pod) = pod else {
             tracing::warn!(%kind, name = ?meta.name, "workload has no pod spec; nothing to check");
+            self.workloads.remove(&key);
             return;
         };
-        self.workloads.push(Workload {
-            namespace: namespace_of(meta),
-            kind,
-            name: name_of(meta),
-            containers: containers_of(pod),
-            pull_secrets: pod
-                .image_pull_secrets
-                .iter()
-                .flatten()
-                .map(|r| r.name.clone())
-                .filter(|n| !n.is_empty())
-                .collect(),
-            service_account: pod
-                .service_account_name
-                .clone()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| "default".to_string()),
-            enabled,
-        });
+        self.workloads.insert(
+            key,
+            Workload {
+                namespace: namespace_of(meta),
+                kind,
+                name: name_of(meta),
+                containers: containers_of(pod),
+                pull_secrets: pod
+                    .image_pull_secrets
+                    .iter()
+                    .flatten()
+                    .map(|r| r.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                service_account: pod
+                    .service_account_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "default".to_string()),
+                enabled,
+            },
+        );
     }
 
     fn add_secret(&mut self, secret: &Secret) {
         let secret_type = secret.type_.as_deref().unwrap_or_default();
-        let (field, parse): (&str, ConfigParser) = match secret_type {
-            DOCKER_CONFIG_JSON => (".dockerconfigjson", DockerConfig::from_config_json),
-            DOCKER_CFG => (".dockercfg", DockerConfig::from_dockercfg),
+        let (format, field, parse): (SecretFormat, &str, ConfigParser) = match secret_type {
+            DOCKER_CONFIG_JSON => (
+                SecretFormat::DockerConfigJson,
+                ".dockerconfigjson",
+                DockerConfig::from_config_json,
+            ),
+            DOCKER_CFG => (
+                SecretFormat::DockerCfg,
+                ".dockercfg",
+                DockerConfig::from_dockercfg,
+            ),
             _ => return,
         };
         let key = (namespace_of(&secret.metadata), name_of(&secret.metadata));
@@ -261,8 +504,18 @@ impl Inventory {
         if let SecretCredentials::Broken(why) = &credentials {
             tracing::warn!(namespace = %key.0, secret = %key.1, reason = %why, "pull secret is unusable");
         }
-        self.secrets.insert(key, credentials);
+        self.secrets.insert(
+            key,
+            PullSecret {
+                format,
+                credentials,
+            },
+        );
     }
+}
+
+fn workload_key(kind: WorkloadKind, meta: &ObjectMeta) -> WorkloadKey {
+    (kind, namespace_of(meta), name_of(meta))
 }
 
 /// True when the object has a controller owner (of `kind`, when given).

@@ -1,0 +1,338 @@
+//! Inventory from a live cluster: one kube-rs watcher per kind, each event reduced at
+//! once to what a check needs (no object is kept whole: no managedFields, no
+//! annotations, no unrelated secret data).
+//!
+//! Relists are applied without buffering whole objects: every listed object is
+//! applied as it arrives and remembered by key only; when the list is done, objects
+//! of that kind it did not return are dropped (they were deleted while unwatched).
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{KubeObject, ObjectKind, SecretFormat, SharedInventory, WatchState, WorkloadKind};
+use crate::checker::limits::lock;
+
+/// Why the cluster could not be reached at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration found (not in a cluster, no KUBECONFIG, no ~/.kube/config): {0}"
+    )]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A Kubernetes client from `--kubeconfig`, else in-cluster config or `KUBECONFIG`.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Series about the watches themselves.
+#[derive(Clone)]
+pub struct InventoryMetrics {
+    synced: IntGaugeVec,
+    forbidden: IntGaugeVec,
+    errors: IntCounterVec,
+    objects: IntGaugeVec,
+}
+
+impl InventoryMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = InventoryMetrics {
+            synced: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_inventory_synced",
+                    "1 once the first full list of a resource has been applied.",
+                ),
+                &["resource"],
+            )?,
+            forbidden: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_inventory_forbidden",
+                    "1 while the API server refuses to list a resource (RBAC); pullwatch runs without it.",
+                ),
+                &["resource"],
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "pullwatch_inventory_watch_errors_total",
+                    "List and watch errors, by resource (the watch retries with backoff).",
+                ),
+                &["resource"],
+            )?,
+            objects: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_inventory_objects",
+                    "Objects of a resource held in the inventory.",
+                ),
+                &["resource"],
+            )?,
+        };
+        registry.register(Box::new(metrics.synced.clone()))?;
+        registry.register(Box::new(metrics.forbidden.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.objects.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// Which resources to watch.
+struct Watch<K> {
+    resource: &'static str,
+    kind: ObjectKind,
+    config: watcher::Config,
+    wrap: fn(K) -> KubeObject,
+}
+
+/// Starts one watch task per resource. They run until aborted.
+pub fn spawn_watches(
+    client: Client,
+    shared: SharedInventory,
+    metrics: InventoryMetrics,
+) -> Vec<JoinHandle<()>> {
+    // kube's default page size; bookmarks on so watches resume without relisting.
+    let config = watcher::Config::default;
+    let mut tasks = Vec::new();
+    macro_rules! watch {
+        ($k:ty, $resource:expr, $kind:expr, $config:expr, $wrap:expr) => {
+            tasks.push(spawn_watch::<$k>(
+                Api::all(client.clone()),
+                Watch {
+                    resource: $resource,
+                    kind: $kind,
+                    config: $config,
+                    wrap: $wrap,
+                },
+                shared.clone(),
+                metrics.clone(),
+            ))
+        };
+    }
+    watch!(
+        Deployment,
+        "deployments",
+        ObjectKind::Workload(WorkloadKind::Deployment),
+        config(),
+        |o| KubeObject::Deployment(Box::new(o))
+    );
+    watch!(
+        StatefulSet,
+        "statefulsets",
+        ObjectKind::Workload(WorkloadKind::StatefulSet),
+        config(),
+        |o| KubeObject::StatefulSet(Box::new(o))
+    );
+    watch!(
+        DaemonSet,
+        "daemonsets",
+        ObjectKind::Workload(WorkloadKind::DaemonSet),
+        config(),
+        |o| KubeObject::DaemonSet(Box::new(o))
+    );
+    watch!(
+        CronJob,
+        "cronjobs",
+        ObjectKind::Workload(WorkloadKind::CronJob),
+        config(),
+        |o| KubeObject::CronJob(Box::new(o))
+    );
+    watch!(
+        Job,
+        "jobs",
+        ObjectKind::Workload(WorkloadKind::Job),
+        config(),
+        |o| KubeObject::Job(Box::new(o))
+    );
+    watch!(
+        Pod,
+        "pods",
+        ObjectKind::Workload(WorkloadKind::Pod),
+        config(),
+        |o| KubeObject::Pod(Box::new(o))
+    );
+    watch!(
+        ServiceAccount,
+        "serviceaccounts",
+        ObjectKind::ServiceAccount,
+        config(),
+        |o| KubeObject::ServiceAccount(Box::new(o))
+    );
+    watch!(
+        Namespace,
+        "namespaces",
+        ObjectKind::Namespace,
+        config(),
+        |o| KubeObject::Namespace(Box::new(o))
+    );
+    // A field selector cannot OR two types: one watch per pull-secret type, and no
+    // other secret (TLS keys, tokens) is ever listed.
+    for format in [SecretFormat::DockerConfigJson, SecretFormat::DockerCfg] {
+        let resource = match format {
+            SecretFormat::DockerConfigJson => "secrets/dockerconfigjson",
+            SecretFormat::DockerCfg => "secrets/dockercfg",
+        };
+        watch!(
+            Secret,
+            resource,
+            ObjectKind::Secret(format),
+            config().fields(&format!("type={}", format.secret_type())),
+            |o| KubeObject::Secret(Box::new(o))
+        );
+    }
+    tasks
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    watch: Watch<K>,
+    shared: SharedInventory,
+    metrics: InventoryMetrics,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    shared.set_state(watch.resource, WatchState::default());
+    tokio::spawn(async move {
+        let resource = watch.resource;
+        let mut stream = watcher::watcher(api, watch.config)
+            .default_backoff()
+            .boxed();
+        let mut seen: Option<HashSet<(String, String)>> = None;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Init) => seen = Some(HashSet::new()),
+                Ok(Event::InitApply(object)) => {
+                    let object = (watch.wrap)(object);
+                    if let Some(seen) = seen.as_mut() {
+                        seen.insert(object.key());
+                    }
+                    lock(&shared.inventory).apply(object);
+                }
+                Ok(Event::InitDone) => {
+                    let count = {
+                        let mut inventory = lock(&shared.inventory);
+                        if let Some(seen) = seen.take() {
+                            inventory.retain_seen(watch.kind, &seen);
+                        }
+                        inventory.object_count(watch.kind)
+                    };
+                    let previous = shared.set_state(
+                        resource,
+                        WatchState {
+                            synced: true,
+                            forbidden: false,
+                            last_error: None,
+                        },
+                    );
+                    if previous.forbidden {
+                        info!(resource, "listing is allowed again");
+                    }
+                    let first = !previous.synced;
+                    metrics.synced.with_label_values(&[resource]).set(1);
+                    metrics.forbidden.with_label_values(&[resource]).set(0);
+                    metrics
+                        .objects
+                        .with_label_values(&[resource])
+                        .set(count as i64);
+                    if first {
+                        info!(resource, objects = count, "initial list applied");
+                    } else {
+                        debug!(resource, objects = count, "relist applied");
+                    }
+                    shared.changed.notify_one();
+                }
+                Ok(Event::Apply(object)) => {
+                    let count = {
+                        let mut inventory = lock(&shared.inventory);
+                        inventory.apply((watch.wrap)(object));
+                        inventory.object_count(watch.kind)
+                    };
+                    metrics
+                        .objects
+                        .with_label_values(&[resource])
+                        .set(count as i64);
+                    shared.changed.notify_one();
+                }
+                Ok(Event::Delete(object)) => {
+                    let count = {
+                        let mut inventory = lock(&shared.inventory);
+                        inventory.delete(&(watch.wrap)(object));
+                        inventory.object_count(watch.kind)
+                    };
+                    metrics
+                        .objects
+                        .with_label_values(&[resource])
+                        .set(count as i64);
+                    shared.changed.notify_one();
+                }
+                Err(error) => {
+                    metrics.errors.with_label_values(&[resource]).inc();
+                    let forbidden = is_forbidden(&error);
+                    let message = error.to_string();
+                    let newly_forbidden = shared.update_state(resource, |state| {
+                        let newly = forbidden && !state.forbidden;
+                        state.forbidden |= forbidden;
+                        state.last_error = Some(message.clone());
+                        newly
+                    });
+                    if forbidden {
+                        metrics.forbidden.with_label_values(&[resource]).set(1);
+                        if newly_forbidden {
+                            warn!(resource, error = %message, "forbidden by RBAC: running without it (kept retrying)");
+                            // Readiness may now be reached without this resource.
+                            shared.changed.notify_one();
+                        }
+                    } else {
+                        // The last known state stays; checks go on; kube retries with backoff.
+                        warn!(resource, error = %message, "list/watch failed; retrying with backoff");
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn is_forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
+        watcher::Error::WatchError(status) => status.is_forbidden(),
+        _ => false,
+    }
+}
