@@ -182,6 +182,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     // Record outcomes without network: the settled path takes the same store/metrics route.
     let settled = ImageIndex {
         checks: Default::default(),
+        agent_targets: Default::default(),
         warnings: Default::default(),
         settled: index
             .checks

@@ -182,10 +182,26 @@ pub struct IndexOptions {
     pub filters: Filters,
 }
 
+/// What a node agent needs to check a key the way the kubelet would pull it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentTarget {
+    /// The reference as the kubelet pulls it: before `--image-mirror` (the node has
+    /// its own mirrors), normalized with `--default-registry`.
+    pub image: ImageReference,
+    /// The credentials the kubelet would try for `image`: the key's own unless a
+    /// mirror rewrote the reference.
+    pub credentials: Arc<[SourcedCredential]>,
+    /// Nodes running a pod of a (namespace, image) of the key's containers: the only
+    /// nodes `credentials` may be sent to. Empty without a live cluster.
+    pub workload_nodes: BTreeSet<Arc<str>>,
+}
+
 /// The deduplicated set of checks, and who depends on each.
 #[derive(Clone, Debug, Default)]
 pub struct ImageIndex {
     pub checks: BTreeMap<CheckKey, Vec<ContainerRef>>,
+    /// Per check: how agents check it (same keys as `checks`).
+    pub agent_targets: BTreeMap<CheckKey, AgentTarget>,
     /// References that need no registry to judge: unparsable images.
     pub settled: Vec<(ContainerRef, CheckOutcome)>,
     /// Problems found while building (missing or broken pull secrets, bad image
@@ -237,18 +253,34 @@ impl ImageIndex {
                     &container.image,
                     &options.default_registry,
                 ) {
-                    Ok(reference) => {
-                        let reference = options.mirrors.apply(&reference);
+                    Ok(original) => {
+                        let reference = options.mirrors.apply(&original);
                         let credentials: Arc<[SourcedCredential]> =
                             keyring.lookup(&reference).into();
-                        index
-                            .checks
-                            .entry(CheckKey {
-                                reference,
-                                credentials,
-                            })
-                            .or_default()
-                            .push(container_ref);
+                        let key = CheckKey {
+                            reference,
+                            credentials,
+                        };
+                        let target =
+                            index
+                                .agent_targets
+                                .entry(key.clone())
+                                .or_insert_with_key(|key| AgentTarget {
+                                    credentials: if key.reference == original {
+                                        key.credentials.clone()
+                                    } else {
+                                        keyring.lookup(&original).into()
+                                    },
+                                    image: original,
+                                    workload_nodes: BTreeSet::new(),
+                                });
+                        target.workload_nodes.extend(
+                            inventory
+                                .placements
+                                .nodes_running(&container_ref.namespace, &container_ref.image)
+                                .cloned(),
+                        );
+                        index.checks.entry(key).or_default().push(container_ref);
                     }
                     Err(err) => {
                         index.warnings.insert(format!(
@@ -524,5 +556,61 @@ mod tests {
         assert!(!LabelSelector::parse("a!=1").unwrap().matches(&labels));
         assert!(LabelSelector::parse("a,,b").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+    }
+
+    #[test]
+    fn agent_targets_know_workload_nodes_and_the_unmirrored_reference() {
+        use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+        let pod = |node: &str, image: &str| Pod {
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut inv = Inventory::default();
+        add(&mut inv, workload("a", "w", &["reg.io/app:v1"], &["s"]));
+        add(&mut inv, workload("b", "w", &["reg.io/app:v1"], &["s"]));
+        add(&mut inv, workload("a", "m", &["up.io/lib:1"], &["s"]));
+        inv.secrets
+            .insert(("a".into(), "s".into()), secret("u", "reg.io"));
+        inv.secrets
+            .insert(("b".into(), "s".into()), secret("u", "reg.io"));
+        inv.placements
+            .apply("a", "w-1", &pod("n1", "reg.io/app:v1"));
+        inv.placements
+            .apply("b", "w-1", &pod("n2", "reg.io/app:v1"));
+        // Same image on n3, but in another namespace: no credentials of a or b go there.
+        inv.placements.apply("c", "x", &pod("n3", "reg.io/app:v1"));
+        let mut opts = options();
+        opts.mirrors = Mirrors::parse(&["up.io=reg.io/mirror".to_string()]).unwrap();
+        let index = ImageIndex::build(&inv, &opts);
+        assert_eq!(index.agent_targets.len(), index.checks.len());
+        let app = index
+            .agent_targets
+            .iter()
+            .find(|(k, _)| k.reference.repository() == "app")
+            .map(|(_, t)| t)
+            .unwrap();
+        let nodes: Vec<&str> = app.workload_nodes.iter().map(|n| &**n).collect();
+        assert_eq!(nodes, ["n1", "n2"]);
+        assert_eq!(app.image.to_string(), "reg.io/app:v1");
+        assert_eq!(app.credentials.len(), 1);
+        // The mirrored key is checked centrally at the mirror (with the mirror's
+        // credentials), by agents under its own name (with its own: none here).
+        let (key, mirrored) = index
+            .agent_targets
+            .iter()
+            .find(|(k, _)| k.reference.repository() == "mirror/lib")
+            .unwrap();
+        assert_eq!(key.credentials.len(), 1);
+        assert_eq!(mirrored.image.to_string(), "up.io/lib:1");
+        assert!(mirrored.credentials.is_empty());
+        assert!(mirrored.workload_nodes.is_empty());
     }
 }

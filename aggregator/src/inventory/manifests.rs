@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{Inventory, KubeObject};
+use super::{Inventory, KubeObject, PodPlacements};
 
 /// Why the manifests could not be read. Every variant names the file, and the line
 /// where there is one.
@@ -52,6 +52,9 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
         })?;
         load_text(&file, &text, &mut inventory)?;
     }
+    // A manifest says nothing about where pods run, whatever spec.nodeName it carries:
+    // no node may be sent pull secrets on its word.
+    inventory.placements = PodPlacements::default();
     Ok(inventory)
 }
 
@@ -217,6 +220,7 @@ fn add_value(
 mod tests {
     use super::*;
     use crate::inventory::{SecretCredentials, WorkloadKind};
+    use k8s_openapi::api::core::v1::Pod;
 
     fn parse(text: &str) -> Result<Inventory, ManifestError> {
         let mut inventory = Inventory::default();
@@ -422,5 +426,39 @@ imagePullSecrets: [{name: regcred}]
             load(&empty.path().join("missing")),
             Err(ManifestError::Io { .. })
         ));
+    }
+
+    /// A Pod in a manifest names a node, but nothing runs there on a file's word: pull
+    /// secrets must not follow it. In a cluster the same Pod would place them.
+    #[test]
+    fn manifests_place_no_pods_on_nodes() {
+        let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web, uid: u1, controller: true}]
+spec:
+  nodeName: node-a
+  containers: [{name: app, image: "reg.io/app:1"}]
+"#;
+        let inv = parse(pod).unwrap();
+        // The controller covers the workload; the placement is recorded...
+        assert!(inv.workloads.is_empty());
+        assert_eq!(
+            inv.placements.nodes_running("shop", "reg.io/app:1").count(),
+            1
+        );
+        // ...but a manifests load drops it.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), pod).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert!(loaded.placements.is_empty());
+        // Deleting the pod forgets where it ran.
+        let mut inv = inv;
+        let object: Pod = serde_yaml::from_str(pod).unwrap();
+        inv.delete(&KubeObject::Pod(Box::new(object)));
+        assert!(inv.placements.is_empty());
     }
 }

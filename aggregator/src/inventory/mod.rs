@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod manifests;
+pub mod placements;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Secret, ServiceAccount
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pullwatch::DockerConfig;
 use serde::Serialize;
+
+pub use placements::PodPlacements;
 
 /// The workload kinds pullwatch watches, named as in the metric `kind` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -151,6 +154,9 @@ pub struct Inventory {
     pub service_accounts: BTreeMap<(String, String), Vec<String>>,
     /// namespace -> labels, for `--namespace-label`.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Which nodes run pods of which (namespace, image), from every Pod with a node
+    /// (controller-owned ones included): where pull secrets may go.
+    pub placements: PodPlacements,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -330,6 +336,8 @@ impl Inventory {
                 self.add_workload(&j.metadata, WorkloadKind::Job, pod, enabled);
             }
             KubeObject::Pod(p) => {
+                self.placements
+                    .apply(&namespace_of(&p.metadata), &name_of(&p.metadata), &p);
                 if owned_by(&p.metadata, None) {
                     tracing::debug!(name = ?p.metadata.name, "skipping Pod with a controller: its controller covers it");
                     self.workloads
@@ -369,7 +377,11 @@ impl Inventory {
             KubeObject::DaemonSet(d) => self.remove_workload(WorkloadKind::DaemonSet, &d.metadata),
             KubeObject::CronJob(c) => self.remove_workload(WorkloadKind::CronJob, &c.metadata),
             KubeObject::Job(j) => self.remove_workload(WorkloadKind::Job, &j.metadata),
-            KubeObject::Pod(p) => self.remove_workload(WorkloadKind::Pod, &p.metadata),
+            KubeObject::Pod(p) => {
+                self.placements
+                    .remove(&namespace_of(&p.metadata), &name_of(&p.metadata));
+                self.remove_workload(WorkloadKind::Pod, &p.metadata)
+            }
             KubeObject::Secret(s) => {
                 self.secrets
                     .remove(&(namespace_of(&s.metadata), name_of(&s.metadata)));
@@ -392,6 +404,9 @@ impl Inventory {
         seen: &std::collections::HashSet<(String, String)>,
     ) {
         let before = self.object_count(kind);
+        if kind == ObjectKind::Workload(WorkloadKind::Pod) {
+            self.placements.retain_seen(seen);
+        }
         match kind {
             ObjectKind::Workload(workload_kind) => self.workloads.retain(|(k, ns, name), _| {
                 *k != workload_kind || seen.contains(&(ns.clone(), name.clone()))
