@@ -9,10 +9,17 @@
 //! re-placed on another connected agent (same node group first, nodes holding the
 //! image first), so a dispatch returns a result as long as any suitable agent is left.
 //!
+//! Each node has `max_concurrent_checks` slots: a dispatch waits for one before its
+//! task is sent, so per-node concurrency is bounded here and not only by the agent.
+//! [`route`] places one distinct check on one node per node group and combines the
+//! answers into the kubelet's view.
+//!
 //! Pull secrets (`CheckTask.credentials`) are only ever sent over TLS, and on
-//! re-placement only to nodes the caller listed as running the workload.
+//! re-placement only to nodes the caller listed as running the workload (or dropped,
+//! with [`DispatchOptions::move_without_credentials`]).
 
 pub mod cli;
+pub mod route;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Why a dispatch gave no result.
@@ -83,8 +90,13 @@ pub struct AgentInfo {
 #[derive(Clone, Debug, Default)]
 pub struct DispatchOptions {
     /// Nodes that run the workload: the only ones a task with credentials may be
-    /// re-placed on. Tasks without credentials may go to any agent.
+    /// re-placed on (and preferred for any re-placement). Tasks without credentials
+    /// may go to any agent.
     pub credential_nodes: Vec<String>,
+    /// When a task with credentials cannot be re-placed on a node running the
+    /// workload, re-place it without them (the node checks with its own keyring)
+    /// rather than fail.
+    pub move_without_credentials: bool,
 }
 
 /// A result and the node that produced it.
@@ -106,6 +118,10 @@ struct AgentEntry {
     info: AgentInfo,
     tx: mpsc::Sender<AggregatorMessage>,
     pending: HashMap<u64, Pending>,
+    /// Tasks waiting for one of the node's slots.
+    queued: usize,
+    /// The node's check slots (`max_concurrent_checks`); closed when the agent goes.
+    slots: Arc<Semaphore>,
     last_seen: Instant,
 }
 
@@ -119,6 +135,8 @@ struct HubInner {
     state: Mutex<HubState>,
     next_task: AtomicU64,
     next_session: AtomicU64,
+    /// Bumped whenever an agent comes, goes, or reports a new image list.
+    changes: watch::Sender<u64>,
 }
 
 /// The registry of connected agents. Cheap to clone.
@@ -154,8 +172,23 @@ impl AgentHub {
                 state: Mutex::new(HubState::default()),
                 next_task: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
+                changes: watch::channel(0).0,
             }),
         }
+    }
+
+    /// Tells when agents come, go or report new image lists (the value counts changes).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether any agent is connected.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.inner.state).agents.is_empty()
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -177,14 +210,20 @@ impl AgentHub {
                     info,
                     tx,
                     pending: HashMap::new(),
+                    queued: 0,
+                    slots: Arc::new(Semaphore::new(
+                        self.inner.config.max_concurrent_checks.max(1) as usize,
+                    )),
                     last_seen: Instant::now(),
                 },
             )
         };
         info!(node = %node, "agent registered");
         if let Some(old) = replaced {
+            old.slots.close();
             fail_pending(&node, old.pending);
         }
+        self.changed();
         SessionId { node, id }
     }
 
@@ -199,7 +238,9 @@ impl AgentHub {
         };
         if let Some(entry) = removed {
             info!(node = %session.node, pending = entry.pending.len(), "agent went away");
+            entry.slots.close();
             fail_pending(&session.node, entry.pending);
+            self.changed();
         }
     }
 
@@ -225,11 +266,18 @@ impl AgentHub {
 
     /// Replaces the image list of the agent (an `ImageInventory`).
     pub fn update_images(&self, session: &SessionId, images: BTreeSet<String>) {
-        let mut state = lock(&self.inner.state);
-        if let Some(entry) = state.agents.get_mut(&session.node)
-            && entry.session == session.id
-        {
-            entry.info.images = images;
+        let changed = {
+            let mut state = lock(&self.inner.state);
+            match state.agents.get_mut(&session.node) {
+                Some(entry) if entry.session == session.id && entry.info.images != images => {
+                    entry.info.images = images;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.changed();
         }
     }
 
@@ -260,7 +308,7 @@ impl AgentHub {
             .agents
             .values()
             .map(|e| AgentInfo {
-                in_flight: e.pending.len(),
+                in_flight: e.pending.len() + e.queued,
                 ..e.info.clone()
             })
             .collect();
@@ -290,13 +338,71 @@ impl AgentHub {
         exclude: &[String],
         allowed: Option<&[String]>,
     ) -> Option<String> {
+        self.place_preferring(image, group, exclude, allowed, &[])
+    }
+
+    /// [`Self::place`], preferring the `preferred` nodes (those running the workload)
+    /// above all.
+    pub fn place_preferring(
+        &self,
+        image: &str,
+        group: Option<&str>,
+        exclude: &[String],
+        allowed: Option<&[String]>,
+        preferred: &[String],
+    ) -> Option<String> {
         self.agents()
             .into_iter()
             .filter(|a| !exclude.contains(&a.node_name))
             .filter(|a| allowed.is_none_or(|nodes| nodes.contains(&a.node_name)))
             .filter(|a| group.is_none_or(|g| self.group_of(a) == g))
-            .min_by_key(|a| (!a.images.contains(image), a.in_flight, a.node_name.clone()))
+            .min_by_key(|a| self.rank(a, image, |n| preferred.iter().any(|p| p == n)))
             .map(|a| a.node_name)
+    }
+
+    /// One node per node group for `image`: in each group the best by [`Self::rank`],
+    /// `preferred` (nodes running the workload) first. Sorted by group.
+    pub fn plan(&self, image: &str, preferred: &BTreeSet<Arc<str>>) -> Vec<(String, String)> {
+        let mut best: BTreeMap<String, AgentInfo> = BTreeMap::new();
+        for agent in self.agents() {
+            let group = self.group_of(&agent);
+            let better = best.get(&group).is_none_or(|current| {
+                self.rank(&agent, image, |n| preferred.contains(n))
+                    < self.rank(current, image, |n| preferred.contains(n))
+            });
+            if better {
+                best.insert(group, agent);
+            }
+        }
+        best.into_iter().map(|(g, a)| (g, a.node_name)).collect()
+    }
+
+    /// Placement order, smallest first: runs the workload, holds the image, has a free
+    /// slot, fewest tasks, name.
+    fn rank(
+        &self,
+        agent: &AgentInfo,
+        image: &str,
+        preferred: impl Fn(&str) -> bool,
+    ) -> (bool, bool, bool, usize, String) {
+        let slots = self.inner.config.max_concurrent_checks.max(1) as usize;
+        (
+            !preferred(&agent.node_name),
+            !agent.images.contains(image),
+            agent.in_flight >= slots,
+            agent.in_flight,
+            agent.node_name.clone(),
+        )
+    }
+
+    /// Nodes whose agents hold `image` (a normalized reference), by their last image list.
+    pub fn holders(&self, image: &str) -> BTreeSet<String> {
+        lock(&self.inner.state)
+            .agents
+            .values()
+            .filter(|e| e.info.images.contains(image))
+            .map(|e| e.info.node_name.clone())
+            .collect()
     }
 
     /// Runs `task` on `node`'s agent and waits for its result.
@@ -325,6 +431,7 @@ impl AgentHub {
         };
         let mut target = node.to_string();
         let mut gone: Vec<String> = Vec::new();
+        let mut task = task;
         loop {
             match self.send_and_wait(&target, &task).await {
                 Ok(result) => {
@@ -336,11 +443,22 @@ impl AgentHub {
                 }
                 Err(HubError::AgentGone { .. }) | Err(HubError::NoAgent(_)) => {
                     gone.push(target.clone());
-                    let allowed = (!task.credentials.is_empty())
-                        .then_some(options.credential_nodes.as_slice());
-                    let next = self
-                        .place(&task.image, Some(&group), &gone, allowed)
-                        .or_else(|| self.place(&task.image, None, &gone, allowed));
+                    let preferred = options.credential_nodes.as_slice();
+                    let place = |allowed: Option<&[String]>| {
+                        self.place_preferring(&task.image, Some(&group), &gone, allowed, preferred)
+                            .or_else(|| {
+                                self.place_preferring(&task.image, None, &gone, allowed, preferred)
+                            })
+                    };
+                    let allowed = (!task.credentials.is_empty()).then_some(preferred);
+                    let mut next = place(allowed);
+                    if next.is_none() && allowed.is_some() && options.move_without_credentials {
+                        next = place(None);
+                        if next.is_some() {
+                            // The next node does not run the workload: its own keyring only.
+                            task.credentials.clear();
+                        }
+                    }
                     match next {
                         Some(next) => {
                             warn!(image = %task.image, from = %target, to = %next, "re-placing the task of an agent that went away");
@@ -355,14 +473,47 @@ impl AgentHub {
     }
 
     async fn send_and_wait(&self, node: &str, task: &CheckTask) -> Result<CheckResult, HubError> {
+        let timeout = self.inner.config.task_timeout;
+        let gone = || HubError::AgentGone {
+            node: node.to_string(),
+        };
+        // Wait for one of the node's slots: per-node concurrency is bounded here, not
+        // only by the agent.
+        let (session, slots) = {
+            let mut state = lock(&self.inner.state);
+            let Some(entry) = state.agents.get_mut(node) else {
+                return Err(HubError::NoAgent(node.to_string()));
+            };
+            entry.queued += 1;
+            (entry.session, entry.slots.clone())
+        };
+        let permit = tokio::time::timeout(timeout, slots.acquire_owned()).await;
+        {
+            let mut state = lock(&self.inner.state);
+            if let Some(entry) = state.agents.get_mut(node)
+                && entry.session == session
+            {
+                entry.queued = entry.queued.saturating_sub(1);
+            }
+        }
+        let _permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(gone()),
+            Err(_) => {
+                return Err(HubError::Timeout {
+                    node: node.to_string(),
+                    after: timeout,
+                });
+            }
+        };
         let task_id = self.inner.next_task.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let mut task = task.clone();
         task.task_id = task_id;
         let tx = {
             let mut state = lock(&self.inner.state);
-            let Some(entry) = state.agents.get_mut(node) else {
-                return Err(HubError::NoAgent(node.to_string()));
+            let Some(entry) = state.agents.get_mut(node).filter(|e| e.session == session) else {
+                return Err(gone());
             };
             entry.pending.insert(
                 task_id,
@@ -378,16 +529,11 @@ impl AgentHub {
         };
         if tx.send(message).await.is_err() {
             self.forget(node, task_id);
-            return Err(HubError::AgentGone {
-                node: node.to_string(),
-            });
+            return Err(gone());
         }
-        let timeout = self.inner.config.task_timeout;
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(HubError::AgentGone {
-                node: node.to_string(),
-            }),
+            Ok(Err(_)) => Err(gone()),
             Err(_) => {
                 self.forget(node, task_id);
                 Err(HubError::Timeout {
@@ -418,7 +564,7 @@ fn fail_pending(node: &str, pending: HashMap<u64, Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pullwatch::proto::Status;
+    use pullwatch::proto::{PullCredential, Status};
 
     fn info(node: &str, group: &str, images: &[&str]) -> AgentInfo {
         AgentInfo {
@@ -586,6 +732,229 @@ mod tests {
             hub.agents()[0].in_flight,
             0,
             "the abandoned task is forgotten"
+        );
+    }
+
+    /// An agent that records every task it gets and answers with `answer` (None: never).
+    fn scripted_agent(
+        hub: &AgentHub,
+        info: AgentInfo,
+        answer: impl Fn(&CheckTask) -> Option<CheckResult> + Send + 'static,
+    ) -> (SessionId, Arc<Mutex<Vec<CheckTask>>>) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let session = hub.register(info, tx);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (hub, s, record) = (hub.clone(), session.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if let Some(aggregator_message::Message::Task(task)) = message.message {
+                    record.lock().unwrap().push(task.clone());
+                    if let Some(mut result) = answer(&task) {
+                        result.task_id = task.task_id;
+                        hub.complete(&s, result);
+                    }
+                }
+            }
+        });
+        (session, seen)
+    }
+
+    fn answer(status: Status) -> impl Fn(&CheckTask) -> Option<CheckResult> + Send + 'static {
+        move |task: &CheckTask| {
+            Some(CheckResult {
+                image: task.image.clone(),
+                status: status as i32,
+                reason: format!("{status:?}"),
+                credential_source: if task.credentials.is_empty() {
+                    "runtime".into()
+                } else {
+                    task.credentials[0].source.clone()
+                },
+                ..Default::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn plan_takes_one_node_per_group_workload_nodes_first() {
+        let hub = hub();
+        fake_agent(&hub, info("a", "z1", &["img"]), true);
+        fake_agent(&hub, info("b", "z1", &[]), true);
+        fake_agent(&hub, info("c", "z2", &[]), true);
+        fake_agent(&hub, info("d", "z2", &["img"]), true);
+        assert_eq!(
+            hub.plan("img", &BTreeSet::new()),
+            [("z1".into(), "a".into()), ("z2".into(), "d".into())]
+        );
+        let runs: BTreeSet<Arc<str>> = [Arc::from("b")].into();
+        assert_eq!(
+            hub.plan("img", &runs),
+            [("z1".into(), "b".into()), ("z2".into(), "d".into())]
+        );
+        assert_eq!(hub.holders("img"), BTreeSet::from(["a".into(), "d".into()]));
+        // No group label: one group.
+        let flat = AgentHub::new(HubConfig::default());
+        fake_agent(&flat, info("x", "z1", &[]), true);
+        fake_agent(&flat, info("y", "z2", &[]), true);
+        assert_eq!(flat.plan("img", &BTreeSet::new()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn per_node_concurrency_is_bounded_by_the_hub() {
+        let hub = AgentHub::new(HubConfig {
+            max_concurrent_checks: 1,
+            ..Default::default()
+        });
+        let (session, seen) = scripted_agent(&hub, info("a", "", &[]), |_| None);
+        let first = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.dispatch("a", task("one")).await }
+        });
+        let second = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.dispatch("a", task("two")).await }
+        });
+        for _ in 0..100 {
+            if hub.agents()[0].in_flight == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(hub.agents()[0].in_flight, 2, "one sent, one queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(seen.lock().unwrap().len(), 1, "the second waits for a slot");
+        // Answer the first: the second is sent.
+        let sent = seen.lock().unwrap()[0].clone();
+        hub.complete(
+            &session,
+            CheckResult {
+                task_id: sent.task_id,
+                status: Status::Available as i32,
+                ..Default::default()
+            },
+        );
+        for _ in 0..100 {
+            if seen.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        // Whichever was first got the answer; the agent then goes: the other fails.
+        hub.unregister(&session);
+        let results = [first.await.unwrap(), second.await.unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn credentials_are_dropped_rather_than_moved_off_workload_nodes() {
+        let hub = AgentHub::new(HubConfig {
+            tls: true,
+            ..Default::default()
+        });
+        let (silent, _) = scripted_agent(&hub, info("a", "", &[]), |_| None);
+        let (_, seen_b) = scripted_agent(&hub, info("b", "", &[]), answer(Status::Available));
+        let mut with_secret = task("img");
+        with_secret.credentials.push(PullCredential {
+            source: "secret/ns/s".into(),
+            password: "pw".into(),
+            ..Default::default()
+        });
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.dispatch_with(
+                    "a",
+                    with_secret,
+                    DispatchOptions {
+                        credential_nodes: vec!["a".into()],
+                        move_without_credentials: true,
+                    },
+                )
+                .await
+            })
+        };
+        for _ in 0..100 {
+            if hub.agents()[0].in_flight == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        hub.unregister(&silent);
+        let done = waiting.await.unwrap().unwrap();
+        assert_eq!(done.node, "b");
+        assert_eq!(done.result.credential_source, "runtime");
+        assert!(seen_b.lock().unwrap()[0].credentials.is_empty());
+    }
+
+    fn target(image: &str, nodes: &[&str]) -> crate::index::AgentTarget {
+        crate::index::AgentTarget {
+            image: pullwatch::ImageReference::parse(image).unwrap(),
+            credentials: vec![pullwatch::SourcedCredential {
+                source: Arc::from("secret/ns/regcred"),
+                credential: pullwatch::RegistryCredential {
+                    username: "u".into(),
+                    password: "pw".into(),
+                    ..Default::default()
+                },
+            }]
+            .into(),
+            workload_nodes: nodes.iter().map(|n| Arc::from(*n)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_asks_every_group_and_sends_secrets_only_to_workload_nodes() {
+        let hub = AgentHub::new(HubConfig {
+            node_group_label: Some("zone".into()),
+            tls: true,
+            ..Default::default()
+        });
+        let (_, seen_a) = scripted_agent(&hub, info("a", "z1", &[]), answer(Status::Available));
+        let (_, seen_b) = scripted_agent(
+            &hub,
+            info("b", "z2", &["reg.io/app:v1"]),
+            answer(Status::AuthenticationFailure),
+        );
+        // c runs the workload in z1 but its runtime is broken.
+        let (_, seen_c) = scripted_agent(&hub, info("c", "z1", &[]), |task: &CheckTask| {
+            Some(CheckResult {
+                image: task.image.clone(),
+                status: Status::UnknownError as i32,
+                runtime_failure: true,
+                ..Default::default()
+            })
+        });
+        let check = hub.check_target(&target("reg.io/app:v1", &["c"])).await;
+        assert_eq!(check.credentials_sent_to, ["c"]);
+        assert_eq!(seen_c.lock().unwrap()[0].credentials.len(), 1);
+        assert_eq!(seen_c.lock().unwrap()[0].image, "reg.io/app:v1");
+        assert!(seen_a.lock().unwrap().is_empty(), "z1 is c's group");
+        assert!(seen_b.lock().unwrap()[0].credentials.is_empty());
+        // c's answer says nothing about the image: only b counts.
+        assert_eq!(check.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            check.outcome().unwrap().status,
+            pullwatch::CheckStatus::AuthenticationFailure
+        );
+
+        // Without TLS no secret leaves the aggregator.
+        let plain = AgentHub::new(HubConfig::default());
+        let (_, seen) = scripted_agent(&plain, info("c", "", &[]), answer(Status::Available));
+        let check = plain.check_target(&target("reg.io/app:v1", &["c"])).await;
+        assert!(check.credentials_sent_to.is_empty());
+        assert!(seen.lock().unwrap()[0].credentials.is_empty());
+        assert_eq!(check.outcome(), Some(pullwatch::CheckOutcome::available()));
+
+        // No agents: nothing, and the caller checks centrally.
+        let empty = AgentHub::new(HubConfig::default());
+        assert_eq!(
+            empty.check_target(&target("reg.io/app:v1", &[])).await,
+            Default::default()
         );
     }
 }

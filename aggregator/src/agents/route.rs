@@ -1,0 +1,224 @@
+//! Checks through agents: one distinct check placed on one node per node group, and
+//! the kubelet's view made of the answers.
+//!
+//! Placement prefers nodes that run the workload, then nodes that hold the image, then
+//! idle ones ([`AgentHub::plan`]). The workload's pull secrets go only to a node that
+//! runs a pod of its namespace using its image, and only over TLS; any other node
+//! checks with its own keyring alone, as its kubelet would for a pod it does not run.
+//!
+//! Across nodes the image is `available` only when every node that answered can pull
+//! it; otherwise the status of the failing nodes, the most informative one when they
+//! differ ([`CheckStatus::informativeness`]). Answers from a node whose runtime failed
+//! say nothing about the image and are left out.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use pullwatch::proto::{CheckTask, PullCredential, Status};
+use pullwatch::{CheckOutcome, CheckStatus, SourcedCredential};
+use tracing::{debug, warn};
+
+use super::{AgentHub, DispatchOptions};
+use crate::index::AgentTarget;
+
+/// One node's answer for one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutcome {
+    pub status: CheckStatus,
+    pub reason: String,
+    /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
+    /// `config.json:<path>`, `plugin:<name>`, `runtime`).
+    pub credential_source: String,
+    /// Whether the node holds the image after the check.
+    pub image_present: bool,
+}
+
+/// What the agents said about one check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// Node name -> its answer.
+    pub nodes: BTreeMap<String, NodeOutcome>,
+    /// Nodes that were sent the workload's credentials.
+    pub credentials_sent_to: Vec<String>,
+}
+
+impl AgentCheck {
+    /// The canonical outcome, or None when no node answered.
+    pub fn outcome(&self) -> Option<CheckOutcome> {
+        combine(&self.nodes)
+    }
+}
+
+/// `available` when every node can pull; else the failing nodes' most informative
+/// status, with each failing node's reason. None for no nodes.
+pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let failing: Vec<(&String, &NodeOutcome)> = nodes
+        .iter()
+        .filter(|(_, n)| n.status != CheckStatus::Available)
+        .collect();
+    let Some(status) = failing
+        .iter()
+        .map(|(_, n)| n.status)
+        .max_by_key(|s| s.informativeness())
+    else {
+        return Some(CheckOutcome::available());
+    };
+    let details: Vec<String> = failing
+        .iter()
+        .map(|(node, n)| format!("node {node}: {}: {}", n.status, n.reason))
+        .collect();
+    Some(CheckOutcome::new(
+        status,
+        format!(
+            "{} of {} nodes cannot pull: {}",
+            failing.len(),
+            nodes.len(),
+            details.join("; ")
+        ),
+    ))
+}
+
+/// The status a wire status stands for (None for an unspecified one).
+pub fn status_from_proto(status: i32) -> Option<CheckStatus> {
+    Some(match Status::try_from(status).ok()? {
+        Status::Unspecified => return None,
+        Status::Available => CheckStatus::Available,
+        Status::Absent => CheckStatus::Absent,
+        Status::BadImageFormat => CheckStatus::BadImageFormat,
+        Status::RegistryUnavailable => CheckStatus::RegistryUnavailable,
+        Status::AuthenticationFailure => CheckStatus::AuthenticationFailure,
+        Status::AuthorizationFailure => CheckStatus::AuthorizationFailure,
+        Status::RateLimited => CheckStatus::RateLimited,
+        Status::UnknownError => CheckStatus::UnknownError,
+    })
+}
+
+fn to_wire(credentials: &[SourcedCredential]) -> Vec<PullCredential> {
+    credentials
+        .iter()
+        .map(|c| PullCredential {
+            source: c.source.to_string(),
+            username: c.credential.username.clone(),
+            password: c.credential.password.clone(),
+            identity_token: c.credential.identity_token.clone().unwrap_or_default(),
+            registry_token: c.credential.registry_token.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+impl AgentHub {
+    /// Checks `target` from one node per node group and collects the answers. Empty
+    /// when no agent is connected or none answered: the caller checks centrally then.
+    pub async fn check_target(&self, target: &AgentTarget) -> AgentCheck {
+        let image = target.image.to_string();
+        let plan = self.plan(&image, &target.workload_nodes);
+        let credential_nodes: Vec<String> = target
+            .workload_nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let may_send = self.config().tls && !target.credentials.is_empty();
+        let mut check = AgentCheck::default();
+        let dispatches = plan.into_iter().map(|(group, node)| {
+            let with_credentials = may_send && target.workload_nodes.contains(node.as_str());
+            if with_credentials {
+                check.credentials_sent_to.push(node.clone());
+            }
+            let task = CheckTask {
+                image: image.clone(),
+                credentials: if with_credentials {
+                    to_wire(&target.credentials)
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            };
+            let options = DispatchOptions {
+                credential_nodes: credential_nodes.clone(),
+                move_without_credentials: true,
+            };
+            async move {
+                let answer = self.dispatch_with(&node, task, options).await;
+                (group, node, answer)
+            }
+        });
+        for (group, node, answer) in join_all(dispatches).await {
+            match answer {
+                Ok(done) => {
+                    if done.result.runtime_failure {
+                        debug!(node = %done.node, %image, reason = %done.result.reason, "the node's runtime failed; its answer says nothing about the image");
+                        continue;
+                    }
+                    let Some(status) = status_from_proto(done.result.status) else {
+                        warn!(node = %done.node, %image, "an agent answered without a status");
+                        continue;
+                    };
+                    check.nodes.insert(
+                        done.node,
+                        NodeOutcome {
+                            status,
+                            reason: done.result.reason,
+                            credential_source: done.result.credential_source,
+                            image_present: done.result.image_present,
+                        },
+                    );
+                }
+                Err(error) => {
+                    warn!(%node, %group, %image, %error, "no answer from the node group");
+                }
+            }
+        }
+        check
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(status: CheckStatus, reason: &str) -> NodeOutcome {
+        NodeOutcome {
+            status,
+            reason: reason.into(),
+            credential_source: "runtime".into(),
+            image_present: false,
+        }
+    }
+
+    #[test]
+    fn available_only_when_every_node_can_pull() {
+        assert_eq!(combine(&BTreeMap::new()), None);
+        let mut nodes = BTreeMap::new();
+        nodes.insert("a".to_string(), node(CheckStatus::Available, ""));
+        assert_eq!(combine(&nodes), Some(CheckOutcome::available()));
+        nodes.insert(
+            "b".to_string(),
+            node(CheckStatus::RegistryUnavailable, "connection refused"),
+        );
+        nodes.insert(
+            "c".to_string(),
+            node(CheckStatus::AuthenticationFailure, "401"),
+        );
+        let outcome = combine(&nodes).unwrap();
+        // Of the failing nodes, the one that got furthest speaks.
+        assert_eq!(outcome.status, CheckStatus::AuthenticationFailure);
+        assert_eq!(
+            outcome.reason,
+            "2 of 3 nodes cannot pull: node b: registry_unavailable: connection refused; node c: authentication_failure: 401"
+        );
+    }
+
+    #[test]
+    fn wire_statuses() {
+        assert_eq!(status_from_proto(Status::Unspecified as i32), None);
+        assert_eq!(status_from_proto(99), None);
+        for status in CheckStatus::ALL {
+            let wire = Status::from_str_name(&format!("STATUS_{}", status.as_str().to_uppercase()))
+                .unwrap();
+            assert_eq!(status_from_proto(wire as i32), Some(status));
+        }
+    }
+}
