@@ -1,7 +1,8 @@
 //! The pullwatch test bench: real `docker-registry` and `containerd` processes, images pushed with
 //! `skopeo`, a throw-away CA, `promtool`, and a programmable stub HTTP server, all on
-//! loopback in temp dirs, with bounded waits and child processes killed on drop.
+//! loopback in temp dirs, a test Kubernetes API server (`TestApiServer`), with bounded waits and child processes killed on drop.
 
+mod apiserver;
 mod ca;
 mod containerd;
 mod http_client;
@@ -12,6 +13,13 @@ mod stub;
 mod tools;
 mod util;
 
+pub use apiserver::{
+    ApiTarget, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
+    container_name_and_image, cronjob, daemonset, decode_query, deployment, job, namespace, node,
+    pod, pod_spec, replicaset, secret_dockercfg, secret_dockerconfigjson, secret_opaque,
+    service_account, statefulset, suspended, with_annotations, with_init_images, with_labels,
+    with_owner, with_pull_secrets, with_replicas, with_service_account,
+};
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
