@@ -23,6 +23,11 @@ use pullwatch::CheckStatus;
 use crate::inventory::WorkloadKind;
 use crate::store::ResultStore;
 
+/// Nodes per status for each image (with agents).
+const IMAGE_NODES: &str = "pullwatch_image_nodes";
+/// Nodes holding each image (with agents).
+const IMAGE_CACHED_NODES: &str = "pullwatch_image_cached_nodes";
+
 const PREFIX: &str = "k8s_image_availability_exporter";
 
 /// Why metrics could not be set up or rendered.
@@ -104,6 +109,10 @@ pub struct Metrics {
     families: Vec<Family>,
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
+    /// Distinct checks made, by where: `agents` (node answers) or `central`.
+    pub checks: IntCounterVec,
+    /// Node agents connected now.
+    pub agents_connected: IntGauge,
 }
 
 /// One canonical metric family: a status, for every kind or (legacy names) one kind.
@@ -144,11 +153,26 @@ impl Metrics {
         )?;
         registry.register(Box::new(completed_rechecks.clone()))?;
         let checker = CheckerMetrics::new(&registry)?;
+        let checks = IntCounterVec::new(
+            Opts::new(
+                "pullwatch_checks_total",
+                "Distinct checks made, by where the answer came from: agents (the nodes) or central (the aggregator itself).",
+            ),
+            &["via"],
+        )?;
+        let agents_connected = IntGauge::new(
+            "pullwatch_agents_connected",
+            "Node agents connected to the aggregator.",
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        registry.register(Box::new(agents_connected.clone()))?;
         Ok(Metrics {
             registry,
             families,
             completed_rechecks,
             checker,
+            checks,
+            agents_connected,
         })
     }
 
@@ -164,12 +188,13 @@ impl Metrics {
 
     /// How many parts [`Metrics::render_part`] renders.
     pub fn part_count(&self) -> usize {
-        1 + self.families.len()
+        1 + self.families.len() + 2
     }
 
     /// Appends part `part` of the exposition to `out`: part 0 is pullwatch's own
-    /// metrics, each further part one canonical family. A family with no series is
-    /// left out entirely (nothing is exported before a reference's first check).
+    /// metrics, each further part one canonical family, the last two the node view
+    /// of images (agents only). A family with no series is left out entirely (nothing
+    /// is exported before a reference's first check).
     pub fn render_part(
         &self,
         part: usize,
@@ -183,6 +208,11 @@ impl Metrics {
             return Ok(());
         }
         let Some(family) = self.families.get(part - 1) else {
+            match part - 1 - self.families.len() {
+                0 => render_image_nodes(store, out),
+                1 => render_cached_nodes(store, out),
+                _ => {}
+            }
             return Ok(());
         };
         let mut header_written = false;
@@ -235,6 +265,49 @@ impl Metrics {
             self.render_part(part, store, &mut out)?;
         }
         Ok(out)
+    }
+}
+
+/// `pullwatch_image_nodes{image,status}`: for every image some node has checked, all
+/// eight statuses, each the number of nodes whose latest check says it.
+fn render_image_nodes(store: &ResultStore, out: &mut String) {
+    let mut header_written = false;
+    for (image, nodes) in store.image_nodes() {
+        if nodes.statuses.is_empty() {
+            continue;
+        }
+        if !header_written {
+            let _ = writeln!(
+                out,
+                "# HELP {IMAGE_NODES} Nodes whose latest check of the image (as written in the spec) says this status."
+            );
+            let _ = writeln!(out, "# TYPE {IMAGE_NODES} gauge");
+            header_written = true;
+        }
+        for status in CheckStatus::ALL {
+            out.push_str(IMAGE_NODES);
+            write_labels(out, &[("image", image), ("status", status.as_str())]);
+            let count = nodes.statuses.get(&status).copied().unwrap_or(0);
+            let _ = writeln!(out, " {count}");
+        }
+    }
+}
+
+/// `pullwatch_image_cached_nodes{image}`: nodes holding each image.
+fn render_cached_nodes(store: &ResultStore, out: &mut String) {
+    let mut header_written = false;
+    for (image, nodes) in store.image_nodes() {
+        if !header_written {
+            let _ = writeln!(
+                out,
+                "# HELP {IMAGE_CACHED_NODES} Nodes with a connected agent that hold the image (as written in the spec)."
+            );
+            let _ = writeln!(out, "# TYPE {IMAGE_CACHED_NODES} gauge");
+            header_written = true;
+        }
+        out.push_str(IMAGE_CACHED_NODES);
+        write_labels(out, &[("image", image)]);
+        let _ = writeln!(out, " {}", nodes.cached);
     }
 }
 
@@ -380,5 +453,49 @@ mod tests {
                 .unwrap()
                 .contains("k8s_image_availability_exporter_completed_rechecks_total 1")
         );
+    }
+
+    #[test]
+    fn image_node_series_follow_the_store() {
+        use crate::store::ImageNodes;
+        let m = Metrics::new(false).unwrap();
+        let mut store = ResultStore::default();
+        assert!(!m.render(&store).unwrap().contains(IMAGE_NODES));
+        store.set_image_nodes(
+            "reg.io/app:1",
+            ImageNodes {
+                statuses: [
+                    (CheckStatus::Available, 1),
+                    (CheckStatus::AuthenticationFailure, 1),
+                ]
+                .into(),
+                cached: 2,
+            },
+        );
+        // Not checked by any node yet: only the cached count.
+        store.set_image_nodes("reg.io/new:1", ImageNodes::default());
+        let text = m.render(&store).unwrap();
+        let nodes = series(&text, IMAGE_NODES);
+        assert_eq!(nodes.len(), 8, "{text}");
+        assert!(
+            nodes.contains(
+                &r#"pullwatch_image_nodes{image="reg.io/app:1",status="authentication_failure"} 1"#
+                    .to_string()
+            )
+        );
+        assert!(nodes.contains(
+            &r#"pullwatch_image_nodes{image="reg.io/app:1",status="absent"} 0"#.to_string()
+        ));
+        assert_eq!(
+            series(&text, IMAGE_CACHED_NODES),
+            [
+                r#"pullwatch_image_cached_nodes{image="reg.io/app:1"} 2"#,
+                r#"pullwatch_image_cached_nodes{image="reg.io/new:1"} 0"#
+            ]
+        );
+        store.retain_image_nodes(|image| image == "reg.io/new:1");
+        let text = m.render(&store).unwrap();
+        assert!(!text.contains("reg.io/app:1"));
+        assert!(!text.contains(&format!("# TYPE {IMAGE_NODES}")));
     }
 }

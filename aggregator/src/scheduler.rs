@@ -6,22 +6,31 @@
 //! reference within moments of appearing, every reference at least once per
 //! interval, failures again sooner with capped backoff, and a vanished reference's
 //! series gone at once.
+//!
+//! With node agents ([`Pipeline::with_agents`]) a check goes to one node per node
+//! group and the nodes' answers are the canonical status (the kubelet's view); the
+//! aggregator checks centrally only when no agent answers. When an agent joins,
+//! references last checked centrally are checked again at once. The node view of
+//! each image (nodes per status, nodes holding it) is kept beside the outcomes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use pullwatch::CheckOutcome;
+use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::watch;
+use tracing::{debug, info};
 
+use crate::agents::AgentHub;
+use crate::agents::route::NodeOutcome;
 use crate::checker::Checker;
 use crate::checker::limits::lock;
-use crate::index::{CheckKey, ContainerRef, ImageIndex, IndexOptions};
+use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex, IndexOptions};
 use crate::inventory::SharedInventory;
 use crate::metrics::{Metrics, MetricsError};
-use crate::store::ResultStore;
+use crate::store::{ImageNodes, ResultStore};
 
 /// The checker with the state its results feed.
 pub struct Pipeline {
@@ -30,6 +39,16 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// Checks started at once; the checker's own limits still apply beneath this.
     parallelism: usize,
+    /// Node agents, when the agent server runs.
+    agents: Option<AgentHub>,
+}
+
+/// The outcome of one distinct check, and the node answers it was made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCheck {
+    pub outcome: CheckOutcome,
+    /// Node name -> its answer; empty when the aggregator checked centrally.
+    pub nodes: BTreeMap<String, NodeOutcome>,
 }
 
 /// What one pass over an index found.
@@ -48,7 +67,19 @@ impl Pipeline {
             store: Mutex::new(ResultStore::default()),
             metrics,
             parallelism: parallelism.max(1),
+            agents: None,
         }
+    }
+
+    /// Routes checks through `hub`'s agents whenever one is connected.
+    pub fn with_agents(mut self, hub: AgentHub) -> Self {
+        self.agents = Some(hub);
+        self
+    }
+
+    /// The agent hub, when agents are enabled.
+    pub fn agents(&self) -> Option<&AgentHub> {
+        self.agents.as_ref()
     }
 
     /// Checks everything in `index`, then drops results of references no longer in it.
@@ -83,9 +114,40 @@ impl Pipeline {
         }
     }
 
-    /// Checks one distinct reference.
+    /// Checks one distinct reference centrally.
     pub async fn check(&self, key: &CheckKey) -> CheckOutcome {
         self.checker.check(key).await
+    }
+
+    /// Checks one distinct reference through the agents (one node per node group)
+    /// when any is connected and answers; centrally otherwise.
+    pub async fn check_routed(&self, key: &CheckKey, target: Option<&AgentTarget>) -> KeyCheck {
+        if let (Some(hub), Some(target)) = (&self.agents, target)
+            && !hub.is_empty()
+        {
+            let answers = hub.check_target(target).await;
+            if let Some(outcome) = answers.outcome() {
+                self.metrics.checks.with_label_values(&["agents"]).inc();
+                return KeyCheck {
+                    outcome,
+                    nodes: answers.nodes,
+                };
+            }
+            debug!(image = %target.image, "no agent answered; checking centrally");
+        }
+        self.metrics.checks.with_label_values(&["central"]).inc();
+        KeyCheck {
+            outcome: self.checker.check(key).await,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Sets (or, with None, removes) the node view of every image in `views`.
+    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>) {
+        let mut store = lock(&self.store);
+        for (image, nodes) in views {
+            store.set_image_nodes(&image, nodes);
+        }
     }
 
     /// Sets the outcome of `containers`.
@@ -151,7 +213,13 @@ struct KeyState {
     failures: u32,
     in_flight: bool,
     outcome: Option<CheckOutcome>,
+    /// The node answers of the latest check (empty: checked centrally).
+    nodes: BTreeMap<String, NodeOutcome>,
 }
+
+/// How long agent changes (joins, image lists) gather before the node view of every
+/// image is refreshed.
+const AGENT_CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// First retry of a failed check; doubled per consecutive failure, capped at the interval.
 const RETRY_BASE: Duration = Duration::from_secs(10);
@@ -165,6 +233,12 @@ pub struct Scheduler {
     pass_remaining: HashSet<CheckKey>,
     pass_open: bool,
     status: SchedulerStatus,
+    /// Image as written -> the keys whose containers use it.
+    image_keys: HashMap<String, Vec<CheckKey>>,
+    /// Connected agents' nodes, as last seen.
+    agent_nodes: BTreeSet<String>,
+    /// Normalized reference -> nodes whose agents hold it, as last seen.
+    holders: HashMap<String, BTreeSet<String>>,
 }
 
 impl Scheduler {
@@ -177,6 +251,9 @@ impl Scheduler {
             pass_remaining: HashSet::new(),
             pass_open: false,
             status: SchedulerStatus::default(),
+            image_keys: HashMap::new(),
+            agent_nodes: BTreeSet::new(),
+            holders: HashMap::new(),
         }
     }
 
@@ -190,6 +267,9 @@ impl Scheduler {
     ) {
         let mut in_flight = FuturesUnordered::new();
         let parallelism = self.pipeline.parallelism;
+        let mut agent_changes = self.pipeline.agents().map(AgentHub::subscribe);
+        // Agents that registered before the scheduler started count as a change.
+        let mut agents_changed_at: Option<Instant> = agent_changes.as_ref().map(|_| Instant::now());
         if let Some(index) = indexes.borrow_and_update().clone() {
             self.apply_index(index);
             status.send_replace(self.status.clone());
@@ -215,9 +295,10 @@ impl Scheduler {
                         state.in_flight = true;
                     }
                     let pipeline = self.pipeline.clone();
+                    let target = self.index.agent_targets.get(&key).cloned();
                     in_flight.push(async move {
-                        let outcome = pipeline.check(&key).await;
-                        (key, outcome)
+                        let checked = pipeline.check_routed(&key, target.as_ref()).await;
+                        (key, checked)
                     });
                 }
             }
@@ -240,8 +321,19 @@ impl Scheduler {
                         status.send_replace(self.status.clone());
                     }
                 }
-                Some((key, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.finish(key, outcome);
+                Some((key, checked)) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.finish(key, checked);
+                }
+                changed = changed_or_pending(agent_changes.as_mut()) => {
+                    if changed.is_err() {
+                        agent_changes = None;
+                    } else if agents_changed_at.is_none() {
+                        agents_changed_at = Some(Instant::now() + AGENT_CHANGE_DEBOUNCE);
+                    }
+                }
+                _ = sleep_until(agents_changed_at), if agents_changed_at.is_some() => {
+                    agents_changed_at = None;
+                    self.agents_changed();
                 }
                 _ = sleep_until(next_due), if in_flight.len() < parallelism => {}
                 _ = stop.wait_for(|stop| *stop) => break,
@@ -274,6 +366,7 @@ impl Scheduler {
                             failures: 0,
                             in_flight: false,
                             outcome: None,
+                            nodes: BTreeMap::new(),
                         },
                     );
                     self.pass_remaining.insert(key.clone());
@@ -284,14 +377,121 @@ impl Scheduler {
         self.pass_remaining
             .retain(|key| index.checks.contains_key(key));
         self.pass_open = true;
+        self.image_keys.clear();
+        for (key, containers) in &index.checks {
+            let images: BTreeSet<&str> = containers.iter().map(|c| c.image.as_str()).collect();
+            for image in images {
+                self.image_keys
+                    .entry(image.to_string())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
         self.index = index;
+        if self.pipeline.agents().is_some() {
+            lock(&self.pipeline.store)
+                .retain_image_nodes(|image| self.image_keys.contains_key(image));
+            let all: Vec<String> = self.image_keys.keys().cloned().collect();
+            self.refresh_image_nodes(all);
+        }
         self.refresh_status();
     }
 
-    fn finish(&mut self, key: CheckKey, outcome: CheckOutcome) {
+    /// Agents came, went or reported new image lists: refresh who holds what, and
+    /// check again at once what was last checked centrally if an agent joined.
+    fn agents_changed(&mut self) {
+        let Some(hub) = self.pipeline.agents().cloned() else {
+            return;
+        };
+        let nodes: BTreeSet<String> = hub.nodes().into_iter().collect();
+        self.pipeline
+            .metrics
+            .agents_connected
+            .set(nodes.len() as i64);
+        let joined = nodes.difference(&self.agent_nodes).count();
+        self.agent_nodes = nodes;
+        if joined > 0 {
+            let now = Instant::now();
+            let mut moved = 0;
+            for state in self.keys.values_mut() {
+                if !state.in_flight && state.outcome.is_some() && state.nodes.is_empty() {
+                    state.next_due = now;
+                    moved += 1;
+                }
+            }
+            if moved > 0 {
+                info!(
+                    joined,
+                    checks = moved,
+                    "agents joined: checking again through them what was checked centrally"
+                );
+            }
+        }
+        let wanted: HashSet<String> = self
+            .index
+            .agent_targets
+            .values()
+            .map(|t| t.image.to_string())
+            .collect();
+        self.holders = hub.holders_of(&wanted);
+        let all: Vec<String> = self.image_keys.keys().cloned().collect();
+        self.refresh_image_nodes(all);
+    }
+
+    /// Recomputes the node view of `images` (as written) from the latest node answers
+    /// of their keys and the agents' image lists.
+    fn refresh_image_nodes(&self, images: Vec<String>) {
+        if self.pipeline.agents().is_none() {
+            return;
+        }
+        let mut views = Vec::with_capacity(images.len());
+        for image in images {
+            let Some(keys) = self.image_keys.get(&image) else {
+                continue;
+            };
+            // Per node its least available answer across the image's keys.
+            let mut per_node: BTreeMap<&str, CheckStatus> = BTreeMap::new();
+            let mut cached: BTreeSet<&str> = BTreeSet::new();
+            for key in keys {
+                if let Some(state) = self.keys.get(key) {
+                    for (node, answer) in &state.nodes {
+                        let entry = per_node.entry(node).or_insert(answer.status);
+                        if worse(answer.status, *entry) {
+                            *entry = answer.status;
+                        }
+                        if answer.image_present && self.agent_nodes.contains(node) {
+                            cached.insert(node);
+                        }
+                    }
+                }
+                if let Some(target) = self.index.agent_targets.get(key)
+                    && let Some(holders) = self.holders.get(&target.image.to_string())
+                {
+                    cached.extend(holders.iter().map(String::as_str));
+                }
+            }
+            let mut statuses = BTreeMap::new();
+            for status in per_node.values() {
+                *statuses.entry(*status).or_default() += 1;
+            }
+            views.push((
+                image,
+                ImageNodes {
+                    statuses,
+                    cached: cached.len(),
+                },
+            ));
+        }
+        self.pipeline.set_image_nodes(views);
+    }
+
+    fn finish(&mut self, key: CheckKey, checked: KeyCheck) {
+        let KeyCheck { outcome, nodes } = checked;
         let Some(state) = self.keys.get_mut(&key) else {
             return; // The reference went away while it was being checked.
         };
+        let had_nodes = !(state.nodes.is_empty() && nodes.is_empty());
+        state.nodes = nodes;
         state.in_flight = false;
         if outcome.is_available() {
             state.failures = 0;
@@ -301,10 +501,14 @@ impl Scheduler {
             let backoff = RETRY_BASE.saturating_mul(1 << state.failures.saturating_sub(1).min(16));
             state.next_due = Instant::now() + backoff.min(self.interval);
         }
+        state.outcome = Some(outcome.clone());
         if let Some(containers) = self.index.checks.get(&key) {
             self.pipeline.record(containers, &outcome);
+            if had_nodes {
+                let images: BTreeSet<String> = containers.iter().map(|c| c.image.clone()).collect();
+                self.refresh_image_nodes(images.into_iter().collect());
+            }
         }
-        state.outcome = Some(outcome);
         self.pass_remaining.remove(&key);
     }
 
@@ -327,6 +531,26 @@ impl Scheduler {
         self.status.distinct_checks = self.keys.len();
         self.status.containers = containers;
         self.status.unavailable = unavailable;
+    }
+}
+
+/// Whether `failing` says more than `current` about a node: any failure beats
+/// `available`, and among failures the more informative one wins.
+fn worse(candidate: CheckStatus, current: CheckStatus) -> bool {
+    match (candidate, current) {
+        (CheckStatus::Available, _) => false,
+        (_, CheckStatus::Available) => true,
+        (a, b) => a.informativeness() > b.informativeness(),
+    }
+}
+
+/// The next change of the agent hub; pending forever without one.
+async fn changed_or_pending(
+    changes: Option<&mut watch::Receiver<u64>>,
+) -> Result<(), watch::error::RecvError> {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -363,5 +587,156 @@ pub async fn build_indexes(
         if indexes.send(Some(Arc::new(index))).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{AgentInfo, HubConfig, SessionId};
+    use crate::checker::CheckerConfig;
+    use crate::index::Filters;
+    use crate::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
+    use crate::mirrors::Mirrors;
+    use pullwatch::proto::{CheckResult, Status, aggregator_message};
+    use tokio::sync::mpsc;
+
+    /// A connected agent that answers every task with `status`, holding the image.
+    fn agent(hub: &AgentHub, node: &str, status: Status) -> SessionId {
+        let (tx, mut rx) = mpsc::channel(16);
+        let session = hub.register(
+            AgentInfo {
+                node_name: node.into(),
+                runtime_name: "containerd".into(),
+                runtime_version: "1.6".into(),
+                agent_version: "0".into(),
+                images: Default::default(),
+                node_labels: Default::default(),
+                connected_at: std::time::SystemTime::now(),
+                in_flight: 0,
+            },
+            tx,
+        );
+        let (hub, s) = (hub.clone(), session.clone());
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if let Some(aggregator_message::Message::Task(task)) = message.message {
+                    hub.complete(
+                        &s,
+                        CheckResult {
+                            task_id: task.task_id,
+                            image: task.image,
+                            status: status as i32,
+                            image_present: true,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        });
+        session
+    }
+
+    async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Nothing listens on port 1 of loopback: a central check is `registry_unavailable`
+    /// at once, while the agents' answers say what the nodes see.
+    #[tokio::test]
+    async fn node_answers_supersede_the_central_check_once_an_agent_joins() {
+        let image = "127.0.0.1:1/team/app:v1";
+        let mut inventory = Inventory::default();
+        inventory.workloads.insert(
+            (WorkloadKind::Deployment, "ns".into(), "web".into()),
+            Workload {
+                namespace: "ns".into(),
+                kind: WorkloadKind::Deployment,
+                name: "web".into(),
+                containers: vec![ContainerImage {
+                    container: "app".into(),
+                    image: image.into(),
+                }],
+                pull_secrets: vec![],
+                service_account: "default".into(),
+                enabled: true,
+            },
+        );
+        let index = ImageIndex::build(
+            &inventory,
+            &IndexOptions {
+                default_registry: "docker.io".into(),
+                mirrors: Mirrors::default(),
+                filters: Filters::default(),
+            },
+        );
+        let metrics = Metrics::new(false).unwrap();
+        let checker = Checker::new(
+            &CheckerConfig {
+                allow_plain_http: true,
+                request_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            metrics.checker.clone(),
+        )
+        .unwrap();
+        let hub = AgentHub::new(HubConfig {
+            node_group_label: Some("zone".into()),
+            ..Default::default()
+        });
+        let pipeline = Arc::new(Pipeline::new(checker, metrics, 4).with_agents(hub.clone()));
+        let (_index_tx, index_rx) = watch::channel(Some(Arc::new(index)));
+        let (status_tx, _status_rx) = watch::channel(SchedulerStatus::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(
+            Scheduler::new(pipeline.clone(), Duration::from_secs(3600))
+                .run(index_rx, status_tx, stop_rx),
+        );
+        let status = |p: &Pipeline| p.results().first().map(|(_, o)| o.status);
+        wait_for("the central check", || {
+            status(&pipeline) == Some(CheckStatus::RegistryUnavailable)
+        })
+        .await;
+        let text = pipeline.render_metrics().unwrap();
+        assert!(
+            text.contains("pullwatch_checks_total{via=\"central\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pullwatch_image_nodes{"),
+            "no node has checked"
+        );
+        assert!(text.contains(&format!(
+            "pullwatch_image_cached_nodes{{image=\"{image}\"}} 0"
+        )));
+
+        // An agent joins: the reference is checked again through it at once (not in
+        // an hour), and its answer is the status.
+        let a = agent(&hub, "node-a", Status::Available);
+        wait_for("the node's answer", || {
+            status(&pipeline) == Some(CheckStatus::Available)
+        })
+        .await;
+        let text = pipeline.render_metrics().unwrap();
+        assert!(
+            text.contains("pullwatch_checks_total{via=\"agents\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "pullwatch_image_nodes{{image=\"{image}\",status=\"available\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "pullwatch_image_cached_nodes{{image=\"{image}\"}} 1"
+        )));
+        assert!(text.contains("pullwatch_agents_connected 1"));
+        hub.unregister(&a);
+        let _ = stop_tx.send(true);
+        scheduler.await.unwrap();
     }
 }

@@ -3,13 +3,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pullwatch::CheckOutcome;
+use pullwatch::{CheckOutcome, CheckStatus};
 
 use crate::index::ContainerRef;
+
+/// What the nodes say about one image (as written in the spec), with agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageNodes {
+    /// Nodes per status, from the latest node checks of the image (empty: no node
+    /// has checked it).
+    pub statuses: BTreeMap<CheckStatus, usize>,
+    /// Nodes holding the image.
+    pub cached: usize,
+}
 
 #[derive(Debug, Default)]
 pub struct ResultStore {
     outcomes: BTreeMap<ContainerRef, CheckOutcome>,
+    /// Image as written -> what the nodes say; only with agents.
+    image_nodes: BTreeMap<String, ImageNodes>,
 }
 
 impl ResultStore {
@@ -38,5 +50,25 @@ impl ResultStore {
 
     pub fn is_empty(&self) -> bool {
         self.outcomes.is_empty()
+    }
+
+    /// Sets what the nodes say about `image`.
+    pub fn set_image_nodes(&mut self, image: &str, nodes: ImageNodes) {
+        match self.image_nodes.get_mut(image) {
+            Some(existing) => *existing = nodes,
+            None => {
+                self.image_nodes.insert(image.to_string(), nodes);
+            }
+        }
+    }
+
+    /// Forgets the node view of every image not in `images`: its series disappear.
+    pub fn retain_image_nodes(&mut self, keep: impl Fn(&str) -> bool) {
+        self.image_nodes.retain(|image, _| keep(image));
+    }
+
+    /// Every image's node view, ordered by image.
+    pub fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
+        self.image_nodes.iter()
     }
 }

@@ -22,7 +22,7 @@ pub mod cli;
 pub mod route;
 pub mod server;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -393,6 +393,22 @@ impl AgentHub {
             agent.in_flight,
             agent.node_name.clone(),
         )
+    }
+
+    /// For each of `images` (normalized references) that some agent holds: the nodes
+    /// holding it, by their last image lists.
+    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+        let state = lock(&self.inner.state);
+        let mut holders: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for entry in state.agents.values() {
+            for image in entry.info.images.iter().filter(|i| images.contains(*i)) {
+                holders
+                    .entry(image.clone())
+                    .or_default()
+                    .insert(entry.info.node_name.clone());
+            }
+        }
+        holders
     }
 
     /// Nodes whose agents hold `image` (a normalized reference), by their last image list.
