@@ -1,6 +1,7 @@
 //! The pullwatch test bench: real `docker-registry` and `containerd` processes, images pushed with
-//! `skopeo`, a throw-away CA, `promtool`, and a programmable stub HTTP server, all on
-//! loopback in temp dirs, a test Kubernetes API server (`TestApiServer`), with bounded waits and child processes killed on drop.
+//! `skopeo`, a throw-away CA, `promtool`, a programmable stub HTTP server and a test Kubernetes
+//! API server (`TestApiServer`), all on loopback in temp dirs, with bounded waits and child
+//! processes killed on drop.
 
 mod apiserver;
 mod ca;

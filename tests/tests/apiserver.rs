@@ -221,6 +221,32 @@ async fn create_list_get_replace_delete_round_trip() {
     let s = api_status(&stale);
     assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"), "{s:?}");
 
+    // Status goes through /status; a replace of the object keeps it, as on a real server.
+    let mut with_status = replaced.clone();
+    with_status.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        replicas: Some(3),
+        ..Default::default()
+    });
+    let status_set = within(
+        "replace_status",
+        deployments.replace_status("web", &pp, &with_status),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_set.status.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(
+        status_set.metadata.generation,
+        Some(2),
+        "status is not spec"
+    );
+    let mut relabelled = status_set.clone();
+    relabelled.status = None;
+    relabelled.metadata.labels = Some([("l".to_owned(), "1".to_owned())].into());
+    let relabelled = within("replace", deployments.replace("web", &pp, &relabelled))
+        .await
+        .unwrap();
+    assert_eq!(relabelled.status.unwrap().replicas, Some(3));
+
     // Merge patch.
     let patched = within(
         "patch",
@@ -601,14 +627,12 @@ async fn bookmarks_arrive_when_requested() {
     );
     until_init_done(&mut bm).await;
     until_init_done(&mut no_bm).await;
-    // Poll both so their watches open (nothing to deliver yet).
-    let idle = Duration::from_millis(300);
-    assert!(tokio::time::timeout(idle, bm.next()).await.is_err());
-    assert!(tokio::time::timeout(idle, no_bm.next()).await.is_err());
-    server
-        .wait_for_watches("deployments", 4, WAIT)
-        .await
-        .unwrap();
+    // Poll both until their watches are open (nothing to deliver yet).
+    tokio::select! {
+        e = bm.next() => panic!("unexpected {e:?}"),
+        e = no_bm.next() => panic!("unexpected {e:?}"),
+        r = server.wait_for_watches("deployments", 4, WAIT) => r.unwrap(),
+    }
     for i in 0..5 {
         server
             .apply(&pod("ns", &format!("p{i}"), &["x:1"]))
@@ -616,9 +640,12 @@ async fn bookmarks_arrive_when_requested() {
     }
     assert!(server.send_bookmarks() >= 1);
     assert!(
-        tokio::time::timeout(idle, bm.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), bm.next())
+            .await
+            .is_err(),
         "bookmarks are not events"
     );
+    // No need to wait for the bookmark to be read: the stream ends after it.
     server.clear_requests();
     server.drop_watches();
     server.apply(&deployment("ns", "new", &["n:1"])).unwrap();
