@@ -70,6 +70,21 @@ pub struct RunArgs {
     /// Checks run at the same time on this node (the aggregator may ask for fewer).
     #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_checks: u32,
+    /// Labels of this node sent to the aggregator for placement (KEY=VALUE,
+    /// comma-separated or repeated), e.g. the label named by the aggregator's
+    /// --node-group-label when it cannot read Nodes from the API server.
+    #[arg(long = "node-labels", env = "PULLWATCH_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, the key non-empty.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 impl RunArgs {
@@ -79,6 +94,7 @@ impl RunArgs {
             token_file: self.token_file.clone(),
             max_concurrent_checks: self.max_concurrent_checks as usize,
             default_mode: self.node.mode,
+            node_labels: self.node_labels.iter().cloned().collect(),
             ..crate::session::SessionConfig::new(self.aggregator.clone(), self.node_name.clone())
         }
     }
@@ -303,6 +319,8 @@ mod tests {
             "/var/run/secrets/pullwatch/token",
             "--max-concurrent-checks",
             "2",
+            "--node-labels",
+            "topology.kubernetes.io/zone=z1,pool=gpu",
         ])
         .unwrap();
         let Command::Run(run) = cli.command else {
@@ -312,6 +330,24 @@ mod tests {
         let session = run.session_config();
         assert_eq!(session.node_name, "node-1");
         assert_eq!(session.max_concurrent_checks, 2);
+        assert_eq!(
+            session
+                .node_labels
+                .get("topology.kubernetes.io/zone")
+                .map(String::as_str),
+            Some("z1")
+        );
+        assert_eq!(session.node_labels.len(), 2);
+        assert!(
+            Cli::try_parse_from([
+                "pullwatch-agent",
+                "run",
+                "--aggregator=https://a:9443",
+                "--node-name=n",
+                "--node-labels=novalue",
+            ])
+            .is_err()
+        );
         // The Helm chart's spelling of booleans and log flags.
         let cli = Cli::try_parse_from([
             "pullwatch-agent",

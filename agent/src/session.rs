@@ -10,7 +10,7 @@
 //! Checks that were running when the stream broke are abandoned: the aggregator
 //! re-places them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -82,6 +82,8 @@ pub struct SessionConfig {
     pub backoff_max: Duration,
     /// How often the image inventory is re-read and sent when it changed.
     pub inventory_interval: Duration,
+    /// `--node-labels`: sent in `Register` for placement by node group.
+    pub node_labels: BTreeMap<String, String>,
 }
 
 impl SessionConfig {
@@ -96,6 +98,7 @@ impl SessionConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
             inventory_interval: Duration::from_secs(60),
+            node_labels: BTreeMap::new(),
         }
     }
 }
@@ -218,7 +221,7 @@ async fn session(
         runtime_version,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         images: images.iter().cloned().collect(),
-        node_labels: Default::default(),
+        node_labels: config.node_labels.clone().into_iter().collect(),
     };
     tx.send(message(agent_message::Message::Register(register)))
         .await
