@@ -42,9 +42,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Check every image of the given manifests once and print the result.
     /// Exit status: 0 all available, 1 any not available, 2 usage or input error.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Re-check every --check-interval and serve /metrics, /healthz and /readyz.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +113,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub filters: FilterArgs,
+
+    #[command(flatten)]
+    pub agents: crate::agents::cli::AgentServerArgs,
 }
 
 /// How registries are reached.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::checker::limits::lock;
 use pullwatch_aggregator::cli::{
@@ -44,8 +45,8 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Check(args) => run_check(args).await,
-            Command::Serve(args) => match run_serve(args).await {
+            Command::Check(args) => run_check(*args).await,
+            Command::Serve(args) => match run_serve(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(Failure::Usage(error)) => {
                     error!("{error:#}");
@@ -187,11 +188,28 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let listener = server::bind(&args.bind_address)
         .await
         .map_err(|e| Failure::Usage(e.into()))?;
-    let pipeline = Arc::new(Pipeline::new(
+    let mut pipeline = Pipeline::new(
         checker,
         metrics,
         args.checker.max_concurrent_checks as usize * 2,
-    ));
+    );
+    // Node agents, with --agent-listen: checks go through them while any is connected.
+    let agent_server = match args
+        .agents
+        .server_config()
+        .map_err(|e| Failure::Usage(e.into()))?
+    {
+        Some(config) => {
+            let hub = AgentHub::new(args.agents.hub_config());
+            let server = agents::server::start(hub.clone(), config)
+                .await
+                .map_err(|e| Failure::Usage(e.into()))?;
+            pipeline = pipeline.with_agents(hub);
+            Some(server)
+        }
+        None => None,
+    };
+    let pipeline = Arc::new(pipeline);
     let state = Arc::new(ServerState::new(pipeline.clone()));
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -221,6 +239,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     report_readiness(shared, status_rx, state, stop_rx).await;
 
     info!("shutting down");
+    if let Some(agent_server) = agent_server {
+        agent_server.stop().await;
+    }
     for task in background {
         task.abort();
     }
