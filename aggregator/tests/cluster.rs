@@ -1,0 +1,619 @@
+//! `pullwatch-aggregator serve` watching a cluster: the test API server from the bench
+//! (real list/watch wire protocol, real k8s-openapi objects), or a real cluster when
+//! `PULLWATCH_TEST_KUBECONFIG` names one (tests needing test-server hooks then skip
+//! those steps). Registries are real (docker-registry, htpasswd). Loopback only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use pullwatch_testbench::{
+    ApiTarget, ImageFormat, Registry, RegistryOptions, cronjob, deployment, free_port,
+    http_request, job, namespace, pod, promtool_check_metrics, push_image, replicaset,
+    secret_dockercfg, secret_dockerconfigjson, service_account, statefulset, suspended, with_owner,
+    with_pull_secrets, with_replicas,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
+
+struct Aggregator {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Aggregator {
+    fn start(target: &ApiTarget, extra: &[&str]) -> Aggregator {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = target.kubeconfig(dir.path()).unwrap();
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--kubeconfig", kubeconfig.to_str().unwrap()])
+            .args(["--bind-address", &format!("127.0.0.1:{port}")])
+            .args([
+                "--allow-plain-http",
+                "--check-interval",
+                "1h",
+                "--log-level",
+                "info,pullwatch_aggregator=debug",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Aggregator {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        match http_request(self.addr, http::Method::GET, path, &[], Vec::new()).await {
+            Ok(r) => (r.status, r.text()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+
+    /// Waits until /readyz answers 200; panics with the aggregator's log otherwise.
+    async fn wait_ready(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if status == 200 {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready: {body}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `condition` holds on /metrics; returns how long it took.
+    async fn wait_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&str) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            let metrics = self.metrics().await;
+            if condition(&metrics) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "timed out waiting for {what}:\n{metrics}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `name` -> the status whose gauge is 1, from the canonical series.
+fn statuses(metrics: &str) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.ends_with(" 1")) {
+        let Some(rest) = line.strip_prefix("k8s_image_availability_exporter_") else {
+            continue;
+        };
+        let Some((status, labels)) = rest.split_once('{') else {
+            continue;
+        };
+        if status.starts_with("completed") || status.contains("deployment_") {
+            continue;
+        }
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        found
+            .entry(format!(
+                "{}/{}/{}/{}",
+                label("namespace"),
+                label("kind"),
+                label("name"),
+                label("container")
+            ))
+            .or_default()
+            .push(status.to_string());
+    }
+    found
+}
+
+fn status_of(metrics: &str, key: &str) -> Option<String> {
+    let all = statuses(metrics);
+    let found = all.get(key)?;
+    assert_eq!(
+        found.len(),
+        1,
+        "exactly one status gauge is 1 for {key}: {found:?}"
+    );
+    Some(found[0].clone())
+}
+
+#[tokio::test]
+async fn watch_events_drive_checks_and_series() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let good = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let other = push_image(&registry, "shop/api", "v1", ImageFormat::DockerV2S2)
+        .await
+        .unwrap()
+        .reference;
+    let missing = format!("{}/shop/web:gone", registry.host());
+    let ns = "pw-watch";
+    target.ensure_namespace(ns).await.unwrap();
+    target
+        .apply(&deployment(ns, "web", &[&good]))
+        .await
+        .unwrap();
+    target
+        .apply(&statefulset(ns, "db", &[&missing]))
+        .await
+        .unwrap();
+    target.apply(&pod(ns, "bare", &[&good])).await.unwrap();
+    target
+        .apply(&suspended(cronjob(ns, "nightly", &[&other]), true))
+        .await
+        .unwrap();
+    target
+        .apply(&with_replicas(deployment(ns, "scaled-down", &[&other]), 0))
+        .await
+        .unwrap();
+    let cron = target
+        .apply(&cronjob(ns, "hourly", &[&good]))
+        .await
+        .unwrap();
+    // Owned objects are covered by their owners and must not get series of their own.
+    target
+        .apply(&with_owner(job(ns, "hourly-1", &[&good]), &cron))
+        .await
+        .unwrap();
+    let rs = target
+        .apply(&replicaset(ns, "web-abc", &[&good]))
+        .await
+        .unwrap();
+    target
+        .apply(&with_owner(pod(ns, "web-abc-1", &[&good]), &rs))
+        .await
+        .unwrap();
+
+    let aggregator = Aggregator::start(&target, &[]);
+    let ready = aggregator.wait_ready().await;
+    assert!(ready.contains("ready"), "{ready}");
+    let metrics = aggregator.metrics().await;
+    promtool_check_metrics(&metrics).unwrap();
+    let found = statuses(&metrics);
+    let mine: Vec<&String> = found
+        .keys()
+        .filter(|k| k.starts_with(&format!("{ns}/")))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            &format!("{ns}/cronjob/hourly/c0"),
+            &format!("{ns}/deployment/web/c0"),
+            &format!("{ns}/pod/bare/c0"),
+            &format!("{ns}/statefulset/db/c0"),
+        ],
+        "{metrics}"
+    );
+    assert_eq!(
+        status_of(&metrics, &format!("{ns}/deployment/web/c0")).as_deref(),
+        Some("available")
+    );
+    assert_eq!(
+        status_of(&metrics, &format!("{ns}/statefulset/db/c0")).as_deref(),
+        Some("absent")
+    );
+    assert!(
+        metrics.contains("pullwatch_inventory_synced{resource=\"deployments\"} 1"),
+        "{metrics}"
+    );
+
+    // A new Deployment is checked within seconds of its ADDED event (the interval is 1h).
+    target
+        .apply(&deployment(ns, "api", &[&other]))
+        .await
+        .unwrap();
+    let took = aggregator
+        .wait_metrics(
+            "the new deployment's series",
+            Duration::from_secs(10),
+            |m| status_of(m, &format!("{ns}/deployment/api/c0")).as_deref() == Some("available"),
+        )
+        .await;
+    assert!(took < Duration::from_secs(10));
+
+    // A changed image: re-checked at once.
+    target
+        .apply(&statefulset(ns, "db", &[&good]))
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics("the fixed statefulset", Duration::from_secs(10), |m| {
+            status_of(m, &format!("{ns}/statefulset/db/c0")).as_deref() == Some("available")
+        })
+        .await;
+
+    // A deleted workload's series disappear at once.
+    target.delete::<Deployment>(ns, "web").await.unwrap();
+    aggregator
+        .wait_metrics(
+            "the deleted deployment's series to go",
+            Duration::from_secs(5),
+            |m| !m.contains("name=\"web\"") && m.contains("name=\"api\""),
+        )
+        .await;
+
+    // Un-suspending a CronJob makes it checked.
+    target
+        .apply(&suspended(cronjob(ns, "nightly", &[&other]), false))
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics("the resumed cronjob", Duration::from_secs(10), |m| {
+            status_of(m, &format!("{ns}/cronjob/nightly/c0")).as_deref() == Some("available")
+        })
+        .await;
+    if target.is_real() {
+        let _ = target.delete::<Namespace>("", ns).await;
+    }
+}
+
+#[tokio::test]
+async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let registry = Registry::start(RegistryOptions {
+        htpasswd: Some(("carol".into(), "pa55".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let image = push_image(&registry, "corp/app", "1.0", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let host = registry.host();
+    for ns in ["pw-a", "pw-b", "pw-c"] {
+        target.ensure_namespace(ns).await.unwrap();
+    }
+    // pw-a: the default service account carries the secret; the pod names none.
+    target
+        .apply(&secret_dockerconfigjson(
+            "pw-a", "regcred", &host, "carol", "pa55",
+        ))
+        .await
+        .unwrap();
+    target
+        .apply(&service_account("pw-a", "default", &["regcred"]))
+        .await
+        .unwrap();
+    target
+        .apply(&deployment("pw-a", "via-sa", &[&image]))
+        .await
+        .unwrap();
+    // pw-b: names a secret that exists only in pw-a: never borrowed across namespaces.
+    target
+        .apply(&with_pull_secrets(
+            deployment("pw-b", "borrower", &[&image]),
+            &["regcred"],
+        ))
+        .await
+        .unwrap();
+    // pw-c: a legacy dockercfg secret, and a broken one tried first.
+    target
+        .apply(&secret_dockercfg("pw-c", "legacy", &host, "carol", "pa55"))
+        .await
+        .unwrap();
+    let mut broken = secret_dockerconfigjson("pw-c", "broken", &host, "x", "y");
+    broken.data = Some(
+        [(
+            ".dockerconfigjson".to_string(),
+            k8s_openapi::ByteString(b"{not json".to_vec()),
+        )]
+        .into(),
+    );
+    target.apply(&broken).await.unwrap();
+    target
+        .apply(&with_pull_secrets(
+            deployment("pw-c", "legacy-user", &[&image]),
+            &["broken", "legacy"],
+        ))
+        .await
+        .unwrap();
+    // An unrelated secret type that must never be listed.
+    let mut opaque = Secret::default();
+    opaque.metadata.name = Some("tls".into());
+    opaque.metadata.namespace = Some("pw-c".into());
+    opaque.type_ = Some("kubernetes.io/tls".into());
+    target.apply(&opaque).await.unwrap();
+
+    let aggregator = Aggregator::start(&target, &[]);
+    aggregator.wait_ready().await;
+    let metrics = aggregator.metrics().await;
+    assert_eq!(
+        status_of(&metrics, "pw-a/deployment/via-sa/c0").as_deref(),
+        Some("available"),
+        "{metrics}"
+    );
+    assert_eq!(
+        status_of(&metrics, "pw-b/deployment/borrower/c0").as_deref(),
+        Some("authentication_failure")
+    );
+    assert_eq!(
+        status_of(&metrics, "pw-c/deployment/legacy-user/c0").as_deref(),
+        Some("available")
+    );
+    let log = aggregator.log();
+    assert!(log.contains("pull secret pw-b/regcred not found"), "{log}");
+    assert!(log.contains("pull secret pw-c/broken is unusable"), "{log}");
+    assert!(!log.contains("pa55"), "no secret in logs");
+
+    // A rotated password: the secret's MODIFIED event is picked up and re-checked.
+    target
+        .apply(&secret_dockerconfigjson(
+            "pw-a", "regcred", &host, "carol", "wrong",
+        ))
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics(
+            "the rotated secret's failure",
+            Duration::from_secs(10),
+            |m| {
+                status_of(m, "pw-a/deployment/via-sa/c0").as_deref()
+                    == Some("authentication_failure")
+            },
+        )
+        .await;
+
+    if let Some(requests) = target.requests() {
+        // The aggregator lists and watches cluster-wide; the test's own writes go
+        // through namespaced paths.
+        let secret_requests: Vec<&(String, String)> = requests
+            .iter()
+            .filter(|(method, p)| method == "GET" && p.starts_with("/api/v1/secrets"))
+            .collect();
+        assert!(!secret_requests.is_empty());
+        for (_, path) in &secret_requests {
+            assert!(
+                path.contains("fieldSelector=type%3Dkubernetes.io%2Fdockerconfigjson")
+                    || path.contains("fieldSelector=type%3Dkubernetes.io%2Fdockercfg"),
+                "secrets are only ever listed by pull-secret type: {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
+    let target = ApiTarget::from_env().await.unwrap();
+    if target.is_real() {
+        return; // Needs the test server's RBAC hook.
+    }
+    let registry = Registry::start(RegistryOptions {
+        htpasswd: Some(("dave".into(), "s3".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let image = push_image(&registry, "corp/app", "1.0", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    target.ensure_namespace("pw-rbac").await.unwrap();
+    target
+        .apply(&secret_dockerconfigjson(
+            "pw-rbac",
+            "regcred",
+            &registry.host(),
+            "dave",
+            "s3",
+        ))
+        .await
+        .unwrap();
+    target
+        .apply(&with_pull_secrets(
+            deployment("pw-rbac", "app", &[&image]),
+            &["regcred"],
+        ))
+        .await
+        .unwrap();
+    target.forbid("secrets");
+
+    let aggregator = Aggregator::start(&target, &[]);
+    let ready = aggregator.wait_ready().await;
+    assert!(ready.contains("forbidden by RBAC"), "{ready}");
+    assert!(ready.contains("secrets/dockerconfigjson"), "{ready}");
+    let metrics = aggregator.metrics().await;
+    assert!(
+        metrics.contains("pullwatch_inventory_forbidden{resource=\"secrets/dockerconfigjson\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        status_of(&metrics, "pw-rbac/deployment/app/c0").as_deref(),
+        Some("authentication_failure")
+    );
+    let log = aggregator.log();
+    assert_eq!(
+        log.matches("forbidden by RBAC: running without it").count(),
+        2,
+        "warned once per secret watch: {log}"
+    );
+
+    // Access granted later: the secret arrives and the check follows.
+    target.allow("secrets");
+    aggregator
+        .wait_metrics(
+            "the secret after RBAC allows it",
+            Duration::from_secs(40),
+            |m| {
+                status_of(m, "pw-rbac/deployment/app/c0").as_deref() == Some("available")
+                    && m.contains(
+                        "pullwatch_inventory_forbidden{resource=\"secrets/dockerconfigjson\"} 0",
+                    )
+            },
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn relists_after_410_and_keeps_state_while_the_api_server_is_away() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let Some(server) = target.test_server() else {
+        return; // Needs the test server's hooks.
+    };
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let image = push_image(&registry, "app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    server.apply(&namespace("pw-relist", &[])).unwrap();
+    server
+        .apply(&deployment("pw-relist", "keep", &[&image]))
+        .unwrap();
+    server
+        .apply(&deployment("pw-relist", "doomed", &[&image]))
+        .unwrap();
+
+    let aggregator = Aggregator::start(&target, &[]);
+    aggregator.wait_ready().await;
+    assert!(aggregator.metrics().await.contains("name=\"doomed\""));
+    let lists_before = server.list_requests("deployments").len();
+
+    // History compacted, watches cut: the watch's resourceVersion is gone (410), so
+    // kube relists; a deletion that happened meanwhile must be noticed by the relist.
+    server.compact();
+    server.drop_watches();
+    server.delete::<Deployment>("pw-relist", "doomed");
+    server.compact();
+    aggregator
+        .wait_metrics(
+            "the relist to drop the deleted deployment",
+            Duration::from_secs(20),
+            |m| !m.contains("name=\"doomed\"") && m.contains("name=\"keep\""),
+        )
+        .await;
+    assert!(
+        server.list_requests("deployments").len() > lists_before,
+        "relisted after 410"
+    );
+
+    // API server gone: last known state kept, still serving, still ready.
+    server.stop().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = aggregator.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(aggregator.metrics().await.contains("name=\"keep\""));
+    assert!(
+        aggregator
+            .metrics()
+            .await
+            .contains("pullwatch_inventory_watch_errors_total")
+    );
+
+    // Back: changes flow again.
+    server.start_again().await.unwrap();
+    server
+        .apply(&deployment("pw-relist", "newcomer", &[&image]))
+        .unwrap();
+    aggregator
+        .wait_metrics(
+            "a deployment created after the API server came back",
+            Duration::from_secs(40),
+            |m| m.contains("name=\"newcomer\""),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn namespace_label_and_forced_disabled_controllers() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let image = push_image(&registry, "app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    target
+        .apply(&namespace("pw-on", &[("pullwatch", "enabled")]))
+        .await
+        .unwrap();
+    target.apply(&namespace("pw-off", &[])).await.unwrap();
+    target
+        .apply(&with_replicas(deployment("pw-on", "idle", &[&image]), 0))
+        .await
+        .unwrap();
+    target
+        .apply(&with_replicas(
+            statefulset("pw-on", "idle-db", &[&image]),
+            0,
+        ))
+        .await
+        .unwrap();
+    target
+        .apply(&deployment("pw-off", "ignored", &[&image]))
+        .await
+        .unwrap();
+
+    let aggregator = Aggregator::start(
+        &target,
+        &[
+            "--namespace-label",
+            "pullwatch=enabled",
+            "--force-check-disabled-controllers",
+            "deployment",
+        ],
+    );
+    aggregator.wait_ready().await;
+    let metrics = aggregator.metrics().await;
+    let found = statuses(&metrics);
+    let keys: Vec<&String> = found.keys().filter(|k| k.starts_with("pw-")).collect();
+    assert_eq!(keys, [&"pw-on/deployment/idle/c0".to_string()], "{metrics}");
+
+    // Labelling the other namespace brings its workloads in.
+    target
+        .apply(&namespace("pw-off", &[("pullwatch", "enabled")]))
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics(
+            "the newly labelled namespace",
+            Duration::from_secs(10),
+            |m| m.contains("name=\"ignored\""),
+        )
+        .await;
+}
