@@ -455,12 +455,15 @@ impl Scheduler {
             for key in keys {
                 if let Some(state) = self.keys.get(key) {
                     for (node, answer) in &state.nodes {
+                        if answer.image_present && self.agent_nodes.contains(node) {
+                            cached.insert(node);
+                        }
+                        if !answer.is_conclusive() {
+                            continue;
+                        }
                         let entry = per_node.entry(node).or_insert(answer.status);
                         if worse(answer.status, *entry) {
                             *entry = answer.status;
-                        }
-                        if answer.image_present && self.agent_nodes.contains(node) {
-                            cached.insert(node);
                         }
                     }
                 }

@@ -106,6 +106,9 @@ pub struct Dispatched {
     pub result: CheckResult,
     /// Nodes that went away while holding this task, in order.
     pub replaced_from: Vec<String>,
+    /// The task's credentials were dropped to re-place it on a node not running the
+    /// workload ([`DispatchOptions::move_without_credentials`]).
+    pub credentials_dropped: bool,
 }
 
 struct Pending {
@@ -448,6 +451,7 @@ impl AgentHub {
         let mut target = node.to_string();
         let mut gone: Vec<String> = Vec::new();
         let mut task = task;
+        let mut credentials_dropped = false;
         loop {
             match self.send_and_wait(&target, &task).await {
                 Ok(result) => {
@@ -455,6 +459,7 @@ impl AgentHub {
                         node: target,
                         result,
                         replaced_from: gone,
+                        credentials_dropped,
                     });
                 }
                 Err(HubError::AgentGone { .. }) | Err(HubError::NoAgent(_)) => {
@@ -473,6 +478,7 @@ impl AgentHub {
                         if next.is_some() {
                             // The next node does not run the workload: its own keyring only.
                             task.credentials.clear();
+                            credentials_dropped = true;
                         }
                     }
                     match next {
@@ -903,6 +909,7 @@ mod tests {
         hub.unregister(&silent);
         let done = waiting.await.unwrap().unwrap();
         assert_eq!(done.node, "b");
+        assert!(done.credentials_dropped);
         assert_eq!(done.result.credential_source, "runtime");
         assert!(seen_b.lock().unwrap()[0].credentials.is_empty());
     }
@@ -951,8 +958,15 @@ mod tests {
         assert_eq!(seen_c.lock().unwrap()[0].image, "reg.io/app:v1");
         assert!(seen_a.lock().unwrap().is_empty(), "z1 is c's group");
         assert!(seen_b.lock().unwrap()[0].credentials.is_empty());
-        // c's answer says nothing about the image: only b counts.
+        // c's answer says nothing about the image; b checked without the workload's
+        // credentials, so its failure is not its kubelet's view either.
         assert_eq!(check.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(check.nodes["b"].without_workload_credentials);
+        assert_eq!(check.outcome(), None, "the caller checks centrally");
+        // For an image without credentials b's failure is conclusive.
+        let mut open = target("reg.io/app:v1", &[]);
+        open.credentials = Vec::new().into();
+        let check = hub.check_target(&open).await;
         assert_eq!(
             check.outcome().unwrap().status,
             pullwatch::CheckStatus::AuthenticationFailure

@@ -9,7 +9,11 @@
 //! Across nodes the image is `available` only when every node that answered can pull
 //! it; otherwise the status of the failing nodes, the most informative one when they
 //! differ ([`CheckStatus::informativeness`]). Answers from a node whose runtime failed
-//! say nothing about the image and are left out.
+//! say nothing about the image and are left out. So is a failure from a node that
+//! checked without the workload's credentials although the workload has some: its
+//! kubelet would have tried them first, so its failure is not the kubelet's view (its
+//! success is: the kubelet tries credentials until one works). When no node gave a
+//! conclusive answer the aggregator checks centrally, with the credentials.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +35,16 @@ pub struct NodeOutcome {
     pub credential_source: String,
     /// Whether the node holds the image after the check.
     pub image_present: bool,
+    /// The node checked without the workload's credentials (it does not run the
+    /// workload): a failure then is not what its kubelet would see.
+    pub without_workload_credentials: bool,
+}
+
+impl NodeOutcome {
+    /// Whether this answer is the kubelet's view on that node.
+    pub fn is_conclusive(&self) -> bool {
+        self.status == CheckStatus::Available || !self.without_workload_credentials
+    }
 }
 
 /// What the agents said about one check.
@@ -49,14 +63,18 @@ impl AgentCheck {
     }
 }
 
-/// `available` when every node can pull; else the failing nodes' most informative
-/// status, with each failing node's reason. None for no nodes.
+/// Over the conclusive answers: `available` when every node can pull; else the
+/// failing nodes' most informative status, with each failing node's reason. None
+/// without a conclusive answer.
 pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
-    if nodes.is_empty() {
+    let conclusive: Vec<(&String, &NodeOutcome)> =
+        nodes.iter().filter(|(_, n)| n.is_conclusive()).collect();
+    if conclusive.is_empty() {
         return None;
     }
-    let failing: Vec<(&String, &NodeOutcome)> = nodes
+    let failing: Vec<(&String, &NodeOutcome)> = conclusive
         .iter()
+        .copied()
         .filter(|(_, n)| n.status != CheckStatus::Available)
         .collect();
     let Some(status) = failing
@@ -75,7 +93,7 @@ pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
         format!(
             "{} of {} nodes cannot pull: {}",
             failing.len(),
-            nodes.len(),
+            conclusive.len(),
             details.join("; ")
         ),
     ))
@@ -124,6 +142,7 @@ impl AgentHub {
         let mut check = AgentCheck::default();
         let dispatches = plan.into_iter().map(|(group, node)| {
             let with_credentials = may_send && target.workload_nodes.contains(node.as_str());
+            let needs_credentials = !target.credentials.is_empty();
             if with_credentials {
                 check.credentials_sent_to.push(node.clone());
             }
@@ -142,10 +161,12 @@ impl AgentHub {
             };
             async move {
                 let answer = self.dispatch_with(&node, task, options).await;
-                (group, node, answer)
+                let without = needs_credentials
+                    && (!with_credentials || answer.as_ref().is_ok_and(|d| d.credentials_dropped));
+                (group, node, answer, without)
             }
         });
-        for (group, node, answer) in join_all(dispatches).await {
+        for (group, node, answer, without_workload_credentials) in join_all(dispatches).await {
             match answer {
                 Ok(done) => {
                     if done.result.runtime_failure {
@@ -163,6 +184,7 @@ impl AgentHub {
                             reason: done.result.reason,
                             credential_source: done.result.credential_source,
                             image_present: done.result.image_present,
+                            without_workload_credentials,
                         },
                     );
                 }
@@ -185,6 +207,7 @@ mod tests {
             reason: reason.into(),
             credential_source: "runtime".into(),
             image_present: false,
+            without_workload_credentials: false,
         }
     }
 
@@ -209,6 +232,18 @@ mod tests {
             outcome.reason,
             "2 of 3 nodes cannot pull: node b: registry_unavailable: connection refused; node c: authentication_failure: 401"
         );
+
+        // A node that checked without the workload's credentials: its success counts,
+        // its failure does not (its kubelet would have tried them).
+        let mut partial = BTreeMap::new();
+        let mut without = node(CheckStatus::AuthenticationFailure, "401");
+        without.without_workload_credentials = true;
+        partial.insert("x".to_string(), without.clone());
+        assert_eq!(combine(&partial), None, "the caller checks centrally");
+        partial.insert("y".to_string(), node(CheckStatus::Available, ""));
+        assert_eq!(combine(&partial), Some(CheckOutcome::available()));
+        without.status = CheckStatus::Available;
+        assert!(without.is_conclusive());
     }
 
     #[test]
