@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::checker::limits::lock;
@@ -151,6 +152,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     // The inventory source: manifest files, or the cluster's API server.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = Vec::new();
+    // The API client, in cluster mode (TokenReviews of agents use it too).
+    let mut kube_client = None;
     let source = match &args.manifests {
         Some(path) => {
             // Fail fast: a typo in the path must not look like an empty cluster.
@@ -176,6 +179,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             let client = cluster::client(args.kubeconfig.as_deref())
                 .await
                 .map_err(|e| Failure::Usage(e.into()))?;
+            kube_client = Some(client.clone());
             background.extend(cluster::spawn_watches(
                 client,
                 shared.clone(),
@@ -200,8 +204,23 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(e.into()))?
     {
         Some(config) => {
+            let reviewer = match args.agents.token_audience() {
+                None => None,
+                Some(audience) => {
+                    let client = match kube_client.clone() {
+                        Some(client) => client,
+                        None => cluster::client(None).await.map_err(|e| {
+                            Failure::Usage(
+                                agents::server::AgentServerError::TokenReviewClient(e.to_string())
+                                    .into(),
+                            )
+                        })?,
+                    };
+                    Some(Arc::new(TokenReviewer::new(client, audience)))
+                }
+            };
             let hub = AgentHub::new(args.agents.hub_config());
-            let server = agents::server::start(hub.clone(), config)
+            let server = agents::server::start_with_reviewer(hub.clone(), config, reviewer)
                 .await
                 .map_err(|e| Failure::Usage(e.into()))?;
             pipeline = pipeline.with_agents(hub);

@@ -21,11 +21,12 @@ pub struct AgentServerArgs {
     #[arg(long, env = "PULLWATCH_AGENT_TLS_KEY", requires = "agent_tls_cert")]
     pub agent_tls_key: Option<PathBuf>,
     /// A file with the token agents must present (outside Kubernetes, or instead of
-    /// TokenReview).
+    /// TokenReview); re-read for every session.
     #[arg(long, env = "PULLWATCH_AGENT_SHARED_TOKEN_FILE")]
     pub agent_shared_token_file: Option<PathBuf>,
-    /// Audience of the agents' bound service account tokens (TokenReview; not
-    /// implemented yet: setting it without a shared token file is an error).
+    /// Audience of the agents' bound service account tokens: each is verified with a
+    /// TokenReview and must be a service account's, issued on the node the agent
+    /// claims. Uses the cluster's API (with --manifests: in-cluster config or KUBECONFIG).
     #[arg(long, env = "PULLWATCH_AGENT_TOKEN_AUDIENCE")]
     pub agent_token_audience: Option<String>,
     /// Node label whose value groups nodes for placement (unset: one group).
@@ -55,6 +56,14 @@ impl AgentServerArgs {
         }
     }
 
+    /// `--agent-token-audience`, when set and not empty.
+    pub fn token_audience(&self) -> Option<&str> {
+        self.agent_token_audience
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+    }
+
     /// The server settings, or None when `--agent-listen` is unset.
     pub fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
         let Some(listen) = &self.agent_listen else {
@@ -65,7 +74,7 @@ impl AgentServerArgs {
             (None, None) => None,
             _ => return Err(AgentServerError::HalfTls),
         };
-        if self.agent_shared_token_file.is_none() {
+        if self.agent_shared_token_file.is_none() && self.token_audience().is_none() {
             return Err(AgentServerError::NoAuthentication);
         }
         Ok(Some(AgentServerConfig {
@@ -120,6 +129,16 @@ mod tests {
             no_auth.agents.server_config(),
             Err(AgentServerError::NoAuthentication)
         ));
+        let review = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--agent-token-audience",
+            "pullwatch",
+        ])
+        .unwrap();
+        assert!(review.agents.server_config().unwrap().is_some());
+        assert_eq!(review.agents.token_audience(), Some("pullwatch"));
         assert!(parse_listen("[::1]:9443").is_ok());
         assert!(parse_listen("nope").is_err());
     }

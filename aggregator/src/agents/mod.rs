@@ -18,6 +18,7 @@
 //! re-placement only to nodes the caller listed as running the workload (or dropped,
 //! with [`DispatchOptions::move_without_credentials`]).
 
+pub mod auth;
 pub mod cli;
 pub mod route;
 pub mod server;

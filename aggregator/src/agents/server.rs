@@ -1,10 +1,11 @@
-//! The gRPC `AgentService` agents connect to: TLS, shared-token authentication, one
-//! session per agent feeding the [`AgentHub`].
+//! The gRPC `AgentService` agents connect to: TLS, authentication (shared token or
+//! TokenReview, see [`super::auth`]), one session per agent feeding the [`AgentHub`].
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
@@ -18,6 +19,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::auth::{AgentIdentity, Authenticator, TokenReviewer};
 use super::{AgentHub, AgentInfo, SessionId};
 
 /// How long an agent has to send its `Register` after opening the stream.
@@ -43,9 +45,11 @@ pub enum AgentServerError {
     #[error("invalid agent TLS configuration: {0}")]
     Tls(String),
     #[error(
-        "agents must authenticate: set --agent-shared-token-file (TokenReview authentication with --agent-token-audience is not implemented yet)"
+        "agents must authenticate: set --agent-token-audience (TokenReview of their service account tokens) or --agent-shared-token-file"
     )]
     NoAuthentication,
+    #[error("--agent-token-audience needs the Kubernetes API for TokenReviews: {0}")]
+    TokenReviewClient(String),
     #[error("--agent-tls-cert and --agent-tls-key go together")]
     HalfTls,
     #[error("invalid --agent-listen {0:?}: expected HOST:PORT or :PORT")]
@@ -110,16 +114,34 @@ fn read(path: &Path) -> Result<Vec<u8>, AgentServerError> {
     })
 }
 
-/// Starts serving `AgentService` for `hub`.
+/// Starts serving `AgentService` for `hub`, agents authenticating with the shared
+/// token file.
 pub async fn start(
     hub: AgentHub,
     config: AgentServerConfig,
 ) -> Result<AgentServer, AgentServerError> {
-    let Some(token_file) = config.shared_token_file.clone() else {
-        return Err(AgentServerError::NoAuthentication);
+    start_with_reviewer(hub, config, None).await
+}
+
+/// Starts serving `AgentService` for `hub`; agents authenticate with the shared token
+/// file (if configured) or a service-account token `reviewer` accepts for the node
+/// they claim.
+pub async fn start_with_reviewer(
+    hub: AgentHub,
+    config: AgentServerConfig,
+    reviewer: Option<Arc<TokenReviewer>>,
+) -> Result<AgentServer, AgentServerError> {
+    let auth = Authenticator {
+        shared_token_file: config.shared_token_file.clone(),
+        reviewer,
     };
+    if !auth.is_configured() {
+        return Err(AgentServerError::NoAuthentication);
+    }
     // Fail at start, not at the first agent, when the token file is unreadable.
-    read(&token_file)?;
+    if let Some(token_file) = &auth.shared_token_file {
+        read(token_file)?;
+    }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
@@ -144,7 +166,7 @@ pub async fn start(
     let (shutdown, mut stopping) = watch::channel(false);
     let service = AgentServiceServer::new(Sessions {
         hub,
-        token_file,
+        auth,
         shutdown: shutdown.subscribe(),
     });
     let router = builder.add_service(service);
@@ -160,6 +182,9 @@ pub async fn start(
         }
     });
     info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
+    if config.tls.is_none() {
+        warn!("the agent server runs without TLS: no pull secret is ever sent to agents");
+    }
     Ok(AgentServer {
         local_addr,
         shutdown,
@@ -169,37 +194,22 @@ pub async fn start(
 
 struct Sessions {
     hub: AgentHub,
-    token_file: PathBuf,
+    auth: Authenticator,
     /// Becomes true when the server stops: every session ends.
     shutdown: watch::Receiver<bool>,
 }
 
-/// Compares without an early exit, so timing does not tell how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Sessions {
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let expected = std::fs::read(&self.token_file).map_err(|e| {
-            warn!(path = %self.token_file.display(), error = %e, "cannot read the agent token file");
-            Status::unavailable("agent authentication is not available")
-        })?;
-        let expected = String::from_utf8_lossy(&expected).trim().to_string();
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AgentIdentity, Status> {
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or_default();
-        if expected.is_empty() || !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-            return Err(Status::unauthenticated("invalid agent token"));
-        }
-        Ok(())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        self.auth.authenticate(presented).await.map_err(|error| {
+            warn!(peer = ?request.remote_addr(), %error, "agent refused");
+            error.to_status()
+        })
     }
 }
 
@@ -213,7 +223,7 @@ impl AgentService for Sessions {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        self.authenticate(&request)?;
+        let identity = self.authenticate(&request).await?;
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
@@ -229,6 +239,10 @@ impl AgentService for Sessions {
         };
         if register.node_name.trim().is_empty() {
             return Err(Status::invalid_argument("Register.node_name is empty"));
+        }
+        if let Err(error) = identity.check_node(&register.node_name) {
+            warn!(?peer, %error, "agent refused");
+            return Err(error.to_status());
         }
         let config = self.hub.config().clone();
         let (tx, mut rx) = mpsc::channel::<AggregatorMessage>(OUTBOUND_BUFFER);
@@ -251,7 +265,13 @@ impl AgentService for Sessions {
             connected_at: SystemTime::now(),
             in_flight: 0,
         };
-        info!(node = %info.node_name, ?peer, runtime = %info.runtime_name, images = info.images.len(), "agent session opened");
+        let who = match &identity {
+            AgentIdentity::SharedToken => "shared token".to_string(),
+            AgentIdentity::ServiceAccount(sa) => {
+                format!("service account {}/{}", sa.namespace, sa.name)
+            }
+        };
+        info!(node = %info.node_name, ?peer, runtime = %info.runtime_name, images = info.images.len(), authenticated_as = %who, "agent session opened");
         let session = self.hub.register(info, tx.clone());
         tokio::spawn(run_session(
             self.hub.clone(),
@@ -336,13 +356,6 @@ async fn run_session(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 
     /// An agent that registers and then falls silent is dropped after three missed
     /// heartbeats, and its stream is closed.

@@ -1,0 +1,411 @@
+//! How agents prove who they are: a shared token (outside Kubernetes), or the pod's
+//! bound service-account token, verified with a TokenReview and tied to the node the
+//! agent claims.
+//!
+//! TokenReview (`authentication.k8s.io/v1`, `spec.audiences = [--agent-token-audience]`):
+//! the token must authenticate, for that audience, as a service account
+//! (`system:serviceaccount:<namespace>:<name>`), and carry the node it was issued on in
+//! the extra `authentication.kubernetes.io/node-name` (bound tokens of pods carry it
+//! since Kubernetes 1.30). An agent may only register under that node name: a stolen
+//! token of one node cannot ask for another node's pull secrets. Positive reviews are
+//! cached for a minute under the token's SHA-256 (the token itself is not kept);
+//! negative ones are not cached, and an API server that cannot answer refuses the
+//! session as unavailable (the agent retries).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use kube::api::{Api, PostParams};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+/// The extra of a bound token naming the node its pod runs on.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+/// How long a positive TokenReview is trusted.
+pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Cached reviews kept at most (one per agent token in practice).
+const REVIEW_CACHE_MAX: usize = 10_000;
+
+/// Why an agent was refused. Messages name users and nodes, never tokens.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token was presented")]
+    Missing,
+    #[error("invalid agent token")]
+    Invalid,
+    #[error("the token did not authenticate: {0}")]
+    Rejected(String),
+    #[error("the token is not valid for the audience {0:?}")]
+    Audience(String),
+    #[error("{0:?} is not a service account")]
+    NotServiceAccount(String),
+    #[error(
+        "the token names no node (extra {NODE_NAME_EXTRA}): use a pod-bound projected service account token (Kubernetes 1.30 or later)"
+    )]
+    NoNode,
+    #[error("the token was issued on node {token:?}, the agent claims node {claimed:?}")]
+    WrongNode { token: String, claimed: String },
+    #[error("cannot review the token: {0}")]
+    Unavailable(String),
+}
+
+impl AuthError {
+    /// The gRPC status the agent sees.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            AuthError::Unavailable(_) => {
+                tonic::Status::unavailable("agent authentication is not available")
+            }
+            AuthError::WrongNode { .. } => tonic::Status::permission_denied(self.to_string()),
+            _ => tonic::Status::unauthenticated(self.to_string()),
+        }
+    }
+}
+
+/// A service account, and the node its token was issued on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+}
+
+/// Who an agent is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentIdentity {
+    /// Holds the shared token: may register as any node.
+    SharedToken,
+    /// A reviewed service-account token: may register only as its node.
+    ServiceAccount(ServiceAccountIdentity),
+}
+
+impl AgentIdentity {
+    /// Whether this identity may register as `node`.
+    pub fn check_node(&self, node: &str) -> Result<(), AuthError> {
+        match self {
+            AgentIdentity::SharedToken => Ok(()),
+            AgentIdentity::ServiceAccount(sa) if sa.node == node => Ok(()),
+            AgentIdentity::ServiceAccount(sa) => Err(AuthError::WrongNode {
+                token: sa.node.clone(),
+                claimed: node.to_string(),
+            }),
+        }
+    }
+}
+
+/// The identity a TokenReview status grants for `audience`.
+pub fn identity_from_review(
+    status: &TokenReviewStatus,
+    audience: &str,
+) -> Result<ServiceAccountIdentity, AuthError> {
+    if status.authenticated != Some(true) {
+        return Err(AuthError::Rejected(
+            status
+                .error
+                .clone()
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "not authenticated".to_string()),
+        ));
+    }
+    // An audience-aware server returns the intersection; an empty one means the
+    // token is only good for the API server itself.
+    if !status.audiences.iter().flatten().any(|a| a == audience) {
+        return Err(AuthError::Audience(audience.to_string()));
+    }
+    let user = status.user.as_ref();
+    let username = user.and_then(|u| u.username.clone()).unwrap_or_default();
+    let Some((namespace, name)) = username
+        .strip_prefix(SERVICE_ACCOUNT_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
+    else {
+        return Err(AuthError::NotServiceAccount(username));
+    };
+    let nodes: Vec<&String> = user
+        .and_then(|u| u.extra.as_ref())
+        .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.is_empty())
+        .collect();
+    let [node] = nodes.as_slice() else {
+        return Err(AuthError::NoNode);
+    };
+    Ok(ServiceAccountIdentity {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+    })
+}
+
+/// Verifies agent tokens with TokenReviews, caching positive answers briefly.
+pub struct TokenReviewer {
+    client: kube::Client,
+    audience: String,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], (ServiceAccountIdentity, Instant)>>,
+}
+
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer")
+            .field("audience", &self.audience)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl TokenReviewer {
+    pub fn new(client: kube::Client, audience: impl Into<String>) -> TokenReviewer {
+        TokenReviewer {
+            client,
+            audience: audience.into(),
+            ttl: REVIEW_CACHE_TTL,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Changes how long positive reviews are trusted (tests).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> TokenReviewer {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (ServiceAccountIdentity, Instant)>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The service account and node `token` stands for.
+    pub async fn review(&self, token: &str) -> Result<ServiceAccountIdentity, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((identity, at)) = self.cache().get(&digest)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(identity.clone());
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let api: Api<TokenReview> = Api::all(self.client.clone());
+        let answered = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|error| {
+                warn!(%error, "TokenReview failed");
+                AuthError::Unavailable(error.to_string())
+            })?;
+        let status = answered.status.unwrap_or_default();
+        let identity = identity_from_review(&status, &self.audience)?;
+        let mut cache = self.cache();
+        if cache.len() >= REVIEW_CACHE_MAX {
+            let ttl = self.ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if cache.len() >= REVIEW_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (identity.clone(), Instant::now()));
+        Ok(identity)
+    }
+}
+
+/// The ways agents may authenticate; at least one is set.
+#[derive(Clone, Debug, Default)]
+pub struct Authenticator {
+    /// File holding the shared token; re-read for every session (rotation in place).
+    pub shared_token_file: Option<PathBuf>,
+    pub reviewer: Option<Arc<TokenReviewer>>,
+}
+
+/// Compares without an early exit, so timing does not tell how much of a token matched.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Authenticator {
+    pub fn is_configured(&self) -> bool {
+        self.shared_token_file.is_some() || self.reviewer.is_some()
+    }
+
+    /// Who presents `token`: the shared token if it matches, else a reviewed
+    /// service-account token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<AgentIdentity, AuthError> {
+        let token = token.map(str::trim).filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(AuthError::Missing);
+        };
+        if let Some(path) = &self.shared_token_file {
+            match std::fs::read(path) {
+                Ok(expected) => {
+                    let expected = String::from_utf8_lossy(&expected).trim().to_string();
+                    if !expected.is_empty()
+                        && constant_time_eq(token.as_bytes(), expected.as_bytes())
+                    {
+                        return Ok(AgentIdentity::SharedToken);
+                    }
+                }
+                Err(error) => {
+                    warn!(path = %path.display(), %error, "cannot read the agent token file");
+                    if self.reviewer.is_none() {
+                        return Err(AuthError::Unavailable(format!(
+                            "cannot read {}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        match &self.reviewer {
+            Some(reviewer) => reviewer
+                .review(token)
+                .await
+                .map(AgentIdentity::ServiceAccount),
+            None => Err(AuthError::Invalid),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::authentication::v1::UserInfo;
+
+    fn status(
+        authenticated: bool,
+        username: &str,
+        audiences: &[&str],
+        nodes: &[&str],
+    ) -> TokenReviewStatus {
+        TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            error: (!authenticated).then(|| "invalid bearer token".to_string()),
+            user: Some(UserInfo {
+                username: Some(username.into()),
+                extra: Some(
+                    [(
+                        NODE_NAME_EXTRA.to_string(),
+                        nodes.iter().map(|n| n.to_string()).collect(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    const SA: &str = "system:serviceaccount:pullwatch:pullwatch-agent";
+
+    #[test]
+    fn reviews_must_name_a_service_account_its_node_and_our_audience() {
+        let ok = identity_from_review(&status(true, SA, &["pullwatch"], &["node-a"]), "pullwatch")
+            .unwrap();
+        assert_eq!(
+            ok,
+            ServiceAccountIdentity {
+                namespace: "pullwatch".into(),
+                name: "pullwatch-agent".into(),
+                node: "node-a".into()
+            }
+        );
+        assert_eq!(
+            identity_from_review(&status(false, SA, &[], &[]), "pullwatch"),
+            Err(AuthError::Rejected("invalid bearer token".into()))
+        );
+        assert_eq!(
+            identity_from_review(&status(true, SA, &["other"], &["node-a"]), "pullwatch"),
+            Err(AuthError::Audience("pullwatch".into()))
+        );
+        assert_eq!(
+            identity_from_review(&status(true, SA, &[], &["node-a"]), "pullwatch"),
+            Err(AuthError::Audience("pullwatch".into())),
+            "an audience-unaware answer is not good enough"
+        );
+        assert!(matches!(
+            identity_from_review(
+                &status(true, "alice", &["pullwatch"], &["node-a"]),
+                "pullwatch"
+            ),
+            Err(AuthError::NotServiceAccount(_))
+        ));
+        assert!(matches!(
+            identity_from_review(
+                &status(
+                    true,
+                    "system:serviceaccount:ns",
+                    &["pullwatch"],
+                    &["node-a"]
+                ),
+                "pullwatch"
+            ),
+            Err(AuthError::NotServiceAccount(_))
+        ));
+        assert_eq!(
+            identity_from_review(&status(true, SA, &["pullwatch"], &[]), "pullwatch"),
+            Err(AuthError::NoNode)
+        );
+        assert_eq!(
+            identity_from_review(&status(true, SA, &["pullwatch"], &["a", "b"]), "pullwatch"),
+            Err(AuthError::NoNode)
+        );
+        let identity = AgentIdentity::ServiceAccount(ok);
+        assert!(identity.check_node("node-a").is_ok());
+        assert_eq!(
+            identity.check_node("node-b"),
+            Err(AuthError::WrongNode {
+                token: "node-a".into(),
+                claimed: "node-b".into()
+            })
+        );
+        assert!(AgentIdentity::SharedToken.check_node("anything").is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[tokio::test]
+    async fn shared_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let auth = Authenticator {
+            shared_token_file: Some(file.clone()),
+            reviewer: None,
+        };
+        assert_eq!(
+            auth.authenticate(Some("s3cret")).await,
+            Ok(AgentIdentity::SharedToken)
+        );
+        assert_eq!(
+            auth.authenticate(Some("nope")).await,
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(auth.authenticate(None).await, Err(AuthError::Missing));
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            auth.authenticate(Some("s3cret")).await,
+            Err(AuthError::Unavailable(_))
+        ));
+    }
+}
