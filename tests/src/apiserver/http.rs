@@ -271,6 +271,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((req.method().to_string(), path_and_query));
+    if req.uri().path().trim_end_matches('/') == super::tokenreview::PATH {
+        return super::tokenreview::handle(&shared, req).await;
+    }
     let query = Query(decode_query(req.uri().query().unwrap_or("")));
     let method = req.method().clone();
     match route(req.uri().path()) {

@@ -19,6 +19,7 @@ mod resources;
 mod selector;
 mod store;
 mod target;
+mod tokenreview;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
