@@ -199,6 +199,86 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     assert_eq!(table.matches("available").count(), 2, "{table}");
 }
 
+#[tokio::test]
+async fn image_mirrors_and_proxies_route_the_check() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The workload names a registry that does not exist; the mirror has the image.
+    let repo_and_tag = f.public_image.split_once('/').unwrap().1;
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        deployment_yaml(
+            "shop",
+            "mirrored",
+            &[&format!("upstream.invalid/{repo_and_tag}")],
+            None,
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let output = run(
+        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+        &[],
+    );
+    assert_eq!(
+        status_of(&rows(&output), "mirrored", "c0"),
+        "registry_unavailable"
+    );
+    let mirror = format!("upstream.invalid={}", f.open.host());
+    let output = run(
+        &[
+            "check",
+            "-f",
+            path,
+            "-o",
+            "json",
+            "--allow-plain-http",
+            "--image-mirror",
+            &mirror,
+        ],
+        &[],
+    );
+    assert_eq!(
+        status_of(&rows(&output), "mirrored", "c0"),
+        "available",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // HTTP_PROXY: the plain-HTTP request for a host only the proxy can reach goes
+    // through the proxy (here the open registry itself, which answers absolute-form
+    // requests); NO_PROXY exempts the host again.
+    let proxy = format!("http://{}", f.open.host());
+    let env = [
+        ("HTTP_PROXY", proxy.as_str()),
+        ("http_proxy", proxy.as_str()),
+    ];
+    let output = run(
+        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+        &env,
+    );
+    assert_eq!(
+        status_of(&rows(&output), "mirrored", "c0"),
+        "available",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let env = [
+        ("HTTP_PROXY", proxy.as_str()),
+        ("http_proxy", proxy.as_str()),
+        ("NO_PROXY", "upstream.invalid"),
+        ("no_proxy", "upstream.invalid"),
+    ];
+    let output = run(
+        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+        &env,
+    );
+    assert_eq!(
+        status_of(&rows(&output), "mirrored", "c0"),
+        "registry_unavailable"
+    );
+}
+
 #[test]
 fn usage_and_input_errors_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

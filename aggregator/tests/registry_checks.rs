@@ -493,3 +493,94 @@ async fn identical_concurrent_checks_are_made_once() {
         .count();
     assert_eq!(heads, 1, "{}", registry.log());
 }
+
+/// A registry stand-in that answers 200 to every manifest HEAD after `delay`, and
+/// records how many requests it held at once: the one thing no real registry reports.
+async fn slow_counting_server(
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let current = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let max_out = max.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (current, max) = (current.clone(), max.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let (current, max) = (current.clone(), max.clone());
+                    async move {
+                        let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        current.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, max_out)
+}
+
+#[tokio::test]
+async fn per_registry_concurrency_and_rate_are_bounded() {
+    use pullwatch_aggregator::checker::limits::RegistryLimits;
+    use std::num::NonZeroU32;
+    use std::sync::atomic::Ordering;
+
+    let (addr, max_seen) = slow_counting_server(Duration::from_millis(200)).await;
+    let config = CheckerConfig {
+        max_concurrent_checks: 16,
+        registry_limits: RegistryLimits {
+            max_concurrency: 3,
+            requests_per_second: NonZeroU32::new(1000).unwrap(),
+        },
+        ..plain_config()
+    };
+    let (bounded, _m) = checker(&config);
+    let keys: Vec<CheckKey> = (0..12)
+        .map(|i| key(&format!("{addr}/app:v{i}"), &[]))
+        .collect();
+    let outcomes = futures::future::join_all(keys.iter().map(|k| bounded.check(k))).await;
+    assert!(outcomes.iter().all(|o| o.is_available()), "{outcomes:?}");
+    let max = max_seen.load(Ordering::SeqCst);
+    assert!(max <= 3, "per-registry concurrency exceeded: {max}");
+    assert!(
+        max >= 2,
+        "checks should run concurrently up to the bound: {max}"
+    );
+
+    // The request rate: 4 per second (a burst of 4, then one every 250 ms) makes 12
+    // checks take at least 2 s, whatever the concurrency allows.
+    let (addr, _) = slow_counting_server(Duration::ZERO).await;
+    let config = CheckerConfig {
+        registry_limits: RegistryLimits {
+            max_concurrency: 12,
+            requests_per_second: NonZeroU32::new(4).unwrap(),
+        },
+        ..plain_config()
+    };
+    let (rated, _m) = checker(&config);
+    let keys: Vec<CheckKey> = (0..12)
+        .map(|i| key(&format!("{addr}/app:v{i}"), &[]))
+        .collect();
+    let started = std::time::Instant::now();
+    let outcomes = futures::future::join_all(keys.iter().map(|k| rated.check(k))).await;
+    assert!(outcomes.iter().all(|o| o.is_available()), "{outcomes:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "rate limit not applied: {:?}",
+        started.elapsed()
+    );
+}
