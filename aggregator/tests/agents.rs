@@ -1,0 +1,697 @@
+//! `pullwatch-aggregator serve` with node agents, all real: the serve binary, agents
+//! (the agent library's session, in this process, so a test can kill one) on real
+//! containerd nodes from the bench, a real htpasswd registry, and in cluster mode the
+//! test API server (with TokenReview). Everything is observed through `/metrics`.
+//!
+//! - an image only node credentials can pull: `authentication_failure` from the
+//!   central check, `available` once an agent on such a node is connected;
+//! - two node groups disagreeing: the failing status canonically, both in
+//!   `pullwatch_image_nodes`;
+//! - an agent killed while checking: its task moves to another node;
+//! - pull secrets reach only the node that runs the workload (and follow the pod).
+//!
+//! Loopback only; every wait is bounded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use pullwatch_agent::check::{CheckOptions, Checker};
+use pullwatch_agent::cri::{CriClient, CriTimeouts};
+use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
+use pullwatch_agent::metrics::AgentMetrics;
+use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+use pullwatch_agent::session::{self, SessionConfig};
+use pullwatch_testbench::{
+    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryAuthConfig,
+    RegistryOptions, TestApiServer, TestCa, deployment, free_port, http_request, namespace, pod,
+    promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
+    with_pull_secrets,
+};
+use tokio::task::JoinHandle;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+const USER: &str = "alice";
+const PASSWORD: &str = "s3cret";
+const SHARED_TOKEN: &str = "agents-shared-token";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test did not finish in time");
+}
+
+/// The serve binary, killed on drop; its stderr is printed when a wait fails.
+struct Serve {
+    child: Child,
+    metrics: SocketAddr,
+    agent_port: u16,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How agents authenticate to the serve under test.
+enum Auth {
+    /// `--agent-shared-token-file` with [`SHARED_TOKEN`].
+    SharedToken,
+    /// `--agent-token-audience`: TokenReview through the cluster's API.
+    TokenReview(&'static str),
+}
+
+impl Serve {
+    /// `serve` with the agent server on TLS, `auth`, and `args` (the inventory source
+    /// and more).
+    fn start(args: &[String], auth: Auth) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new().unwrap();
+        let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
+        let token_file = dir.path().join("shared-token");
+        std::fs::write(&token_file, SHARED_TOKEN).unwrap();
+        let auth = match auth {
+            Auth::SharedToken => format!("--agent-shared-token-file={}", token_file.display()),
+            Auth::TokenReview(audience) => format!("--agent-token-audience={audience}"),
+        };
+        let (port, agent_port) = (free_port(), free_port());
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .arg(auth)
+            .args(["--bind-address", &format!("127.0.0.1:{port}")])
+            .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
+            .arg(format!("--agent-tls-cert={}", cert.display()))
+            .arg(format!("--agent-tls-key={}", key.display()))
+            .args(["--allow-plain-http", "--registry-timeout", "5s"])
+            .args(["--log-level", "info,pullwatch_aggregator=debug"])
+            .env_remove("PULLWATCH_LOG")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Serve {
+            child,
+            metrics: ([127, 0, 0, 1], port).into(),
+            agent_port,
+            ca,
+            dir,
+        }
+    }
+
+    fn shared_token_file(&self) -> PathBuf {
+        self.dir.path().join("shared-token")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    async fn metrics(&self) -> String {
+        match http_request(self.metrics, http::Method::GET, "/metrics", &[], Vec::new()).await {
+            Ok(response) if response.status == 200 => response.text(),
+            _ => String::new(),
+        }
+    }
+
+    /// Polls /metrics until `condition` holds (30 s at most); returns that exposition.
+    async fn wait_metrics(&self, what: &str, condition: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.metrics().await;
+            if condition(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\n--- /metrics:\n{text}\n--- serve log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A session config for an agent on `node` with `token_file` and node labels.
+    fn session(&self, node: &str, token_file: &Path, labels: &[(&str, &str)]) -> SessionConfig {
+        SessionConfig {
+            aggregator_ca: Some(self.ca.ca_cert_path().to_path_buf()),
+            token_file: Some(token_file.to_path_buf()),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            inventory_interval: Duration::from_millis(500),
+            node_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..SessionConfig::new(
+                format!("https://127.0.0.1:{}", self.agent_port),
+                node.to_string(),
+            )
+        }
+    }
+}
+
+/// The value of the series whose line starts with `prefix` (labels included).
+fn value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn canonical(status: &str, namespace: &str, name: &str, image: &str) -> String {
+    format!(
+        "k8s_image_availability_exporter_{status}{{container=\"c0\",image=\"{image}\",kind=\"deployment\",name=\"{name}\",namespace=\"{namespace}\"}} "
+    )
+}
+
+fn image_nodes(image: &str, status: &str) -> String {
+    format!("pullwatch_image_nodes{{image=\"{image}\",status=\"{status}\"}} ")
+}
+
+/// An agent on a bench node, as in the DaemonSet: its checker sees only the node's
+/// files (kubelet dir, optional credential-provider plugin) and containerd.
+struct Agent {
+    metrics: Arc<AgentMetrics>,
+    task: JoinHandle<()>,
+}
+
+impl Agent {
+    fn start(node: &Containerd, plugin: Option<(String, String)>, config: SessionConfig) -> Agent {
+        let metrics = Arc::new(AgentMetrics::new().unwrap());
+        let kubelet_dir = node.dir().join("kubelet");
+        std::fs::create_dir_all(&kubelet_dir).unwrap();
+        let (provider_config, provider_bin_dir) = match plugin {
+            None => (None, None),
+            Some((yaml, script)) => {
+                use std::os::unix::fs::PermissionsExt;
+                let bin = node.dir().join("credential-provider-bin");
+                std::fs::create_dir_all(&bin).unwrap();
+                let path = bin.join("test-provider");
+                std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+                let config = node.dir().join("credential-provider.yaml");
+                std::fs::write(&config, yaml).unwrap();
+                (Some(config), Some(bin))
+            }
+        };
+        let keyring = NodeKeyring::new(&KeyringConfig {
+            kubelet_root_dir: kubelet_dir.clone(),
+            config_json_dirs: Some(vec![kubelet_dir.clone()]),
+            dockercfg_dirs: Some(vec![kubelet_dir]),
+            provider_config,
+            provider_bin_dir,
+        })
+        .unwrap();
+        let resolver = Resolver::new(ResolverConfig {
+            hosts_dir: node.hosts_dir(),
+            runtime_auth: RuntimeAuth::load(node.config_path()).unwrap(),
+            request_timeout: Duration::from_secs(10),
+        });
+        let observer: Arc<dyn pullwatch_agent::cri::CallObserver> = metrics.clone();
+        let cri = CriClient::new(
+            &node.endpoint(),
+            CriTimeouts {
+                call: Duration::from_secs(10),
+                pull: Duration::from_secs(60),
+            },
+            Some(observer),
+        )
+        .unwrap();
+        let checker = Checker::new(
+            cri,
+            Arc::new(keyring),
+            Arc::new(resolver),
+            CheckOptions {
+                pull_absent_images: false,
+                keep_pulled_images: false,
+            },
+        );
+        let task = tokio::spawn(session::run(Arc::new(checker), metrics.clone(), config));
+        Agent { metrics, task }
+    }
+
+    fn render(&self) -> String {
+        self.metrics.render()
+    }
+
+    async fn wait_connected(&self) {
+        for _ in 0..400 {
+            if self.metrics.aggregator_connected.get() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the agent did not connect:\n{}", self.render());
+    }
+
+    /// Kills the agent, as a node going down would: its stream just ends.
+    fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// A registry only `alice` may pull from, with one image; the manifest of a
+/// Deployment `shop/web` using it without pull secrets.
+async fn private_registry() -> (Registry, String) {
+    let registry = Registry::start(RegistryOptions {
+        htpasswd: Some((USER.into(), PASSWORD.into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    (registry, image)
+}
+
+fn manifests_dir(image: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c0", "image": image}]}
+            }
+        }
+    });
+    std::fs::write(dir.path().join("web.json"), doc.to_string()).unwrap();
+    dir
+}
+
+/// containerd with the registry's credentials in its own config: node credentials.
+async fn node_with_credentials(registry: &Registry) -> Containerd {
+    Containerd::start(ContainerdOptions {
+        registry_auths: vec![RegistryAuthConfig {
+            host: registry.host(),
+            username: USER.into(),
+            password: PASSWORD.into(),
+        }],
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_credentials_make_an_image_available_and_node_groups_can_disagree() {
+    bounded(async {
+        let (registry, image) = private_registry().await;
+        let manifests = manifests_dir(&image);
+        let serve = Serve::start(
+            &[
+                "--manifests".into(),
+                manifests.path().display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+                "--node-group-label".into(),
+                ZONE.into(),
+            ],
+            Auth::SharedToken,
+        );
+        let web = |status: &str| canonical(status, "shop", "web", &image);
+
+        // No agent yet: the aggregator's own check, which has no credential.
+        let text = serve
+            .wait_metrics("the central check", |t| {
+                value(t, &web("authentication_failure")) == Some(1.0)
+            })
+            .await;
+        assert!(value(&text, "pullwatch_checks_total{via=\"central\"}").unwrap_or(0.0) >= 1.0);
+        assert!(!text.contains("pullwatch_image_nodes{"), "no node checked yet");
+        assert_eq!(value(&text, "pullwatch_agents_connected"), Some(0.0));
+
+        // A node whose containerd has the registry's credentials: available.
+        let node_a = node_with_credentials(&registry).await;
+        let agent_a = Agent::start(
+            &node_a,
+            None,
+            serve.session("node-a", &serve.shared_token_file(), &[(ZONE, "z1")]),
+        );
+        agent_a.wait_connected().await;
+        let text = serve
+            .wait_metrics("the node's answer", |t| value(t, &web("available")) == Some(1.0))
+            .await;
+        assert_eq!(value(&text, &web("authentication_failure")), Some(0.0));
+        assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
+        assert_eq!(value(&text, &image_nodes(&image, "authentication_failure")), Some(0.0));
+        assert!(value(&text, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0);
+        assert_eq!(value(&text, "pullwatch_agents_connected"), Some(1.0));
+        assert!(
+            value(&text, &format!("pullwatch_image_cached_nodes{{image=\"{image}\"}} ")).is_some()
+        );
+        let node_view = agent_a.render();
+        assert!(
+            node_view.contains(&format!(
+                "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
+            )),
+            "{node_view}"
+        );
+        promtool_check_metrics(&text).unwrap();
+
+        // A node in another zone without credentials: the nodes disagree, and the
+        // failing node's status is the canonical one (a pod there would not start).
+        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let agent_b = Agent::start(
+            &node_b,
+            None,
+            serve.session("node-b", &serve.shared_token_file(), &[(ZONE, "z2")]),
+        );
+        agent_b.wait_connected().await;
+        let text = serve
+            .wait_metrics("both zones' answers", |t| {
+                value(t, &image_nodes(&image, "authentication_failure")) == Some(1.0)
+                    && value(t, &web("authentication_failure")) == Some(1.0)
+            })
+            .await;
+        assert_eq!(value(&text, &web("available")), Some(0.0));
+        assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
+        assert_eq!(value(&text, "pullwatch_agents_connected"), Some(2.0));
+        assert!(agent_b.render().contains("status=\"authentication_failure\""));
+        promtool_check_metrics(&text).unwrap();
+        // Secrets never appear anywhere.
+        assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
+
+        // node-b goes away: the next checks are node-a's alone again.
+        agent_b.kill();
+        let text = serve
+            .wait_metrics("node-b's departure", |t| {
+                value(t, "pullwatch_agents_connected") == Some(1.0)
+                    && value(t, &web("available")) == Some(1.0)
+                    && value(t, &image_nodes(&image, "authentication_failure")) == Some(0.0)
+            })
+            .await;
+        assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
+        agent_a.kill();
+    })
+    .await;
+}
+
+/// A credential-provider plugin for `host` that takes `delay` seconds and logs each
+/// request to `log`: (CredentialProviderConfig YAML, script body).
+fn slow_plugin(host: &str, log: &Path, delay: u32) -> (String, String) {
+    let yaml = format!(
+        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: test-provider\n    matchImages: [\"{host}\"]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
+    );
+    let response = serde_json::json!({
+        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+        "kind": "CredentialProviderResponse",
+        "cacheKeyType": "Registry",
+        "auth": {host: {"username": USER, "password": PASSWORD}},
+    });
+    let script = format!(
+        "cat >> '{log}'\necho >> '{log}'\nsleep {delay}\nprintf '%s' '{response}'",
+        log = log.display()
+    );
+    (yaml, script)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_killed_while_checking_has_its_check_moved() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap()
+            .reference;
+        let manifests = manifests_dir(&image);
+        // A long interval: only an agent joining makes the reference due again.
+        let serve = Serve::start(
+            &[
+                "--manifests".into(),
+                manifests.path().display().to_string(),
+                "--check-interval".into(),
+                "1h".into(),
+            ],
+            Auth::SharedToken,
+        );
+        let web = |status: &str| canonical(status, "shop", "web", &image);
+        serve
+            .wait_metrics("the central check", |t| {
+                value(t, &web("available")) == Some(1.0)
+                    && value(t, "pullwatch_checks_total{via=\"central\"}") == Some(1.0)
+            })
+            .await;
+
+        // node-1's credential provider answers only after a minute: its check hangs.
+        let node_1 = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let plugin_log = node_1.dir().join("plugin.log");
+        let agent_1 = Agent::start(
+            &node_1,
+            Some(slow_plugin(&registry.host(), &plugin_log, 60)),
+            serve.session("node-1", &serve.shared_token_file(), &[]),
+        );
+        agent_1.wait_connected().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&plugin_log)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "node-1 was never asked to check\n{}",
+                serve.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // node-2 joins while node-1 is busy; then node-1 dies mid-check.
+        let node_2 = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let agent_2 = Agent::start(
+            &node_2,
+            None,
+            serve.session("node-2", &serve.shared_token_file(), &[]),
+        );
+        agent_2.wait_connected().await;
+        let killed_at = Instant::now();
+        agent_1.kill();
+
+        let text = serve
+            .wait_metrics("node-2's answer", |t| {
+                value(t, "pullwatch_checks_total{via=\"agents\"}") == Some(1.0)
+            })
+            .await;
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "the check moved rather than waited for node-1's plugin"
+        );
+        assert_eq!(value(&text, &web("available")), Some(1.0));
+        assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
+        assert_eq!(value(&text, "pullwatch_agents_connected"), Some(1.0));
+        assert_eq!(
+            value(&text, "pullwatch_checks_total{via=\"central\"}"),
+            Some(1.0),
+            "no central fallback was needed"
+        );
+        let node_2_view = agent_2.render();
+        assert!(
+            node_2_view.contains(&format!(
+                "image=\"{image}\",mode=\"resolve\",status=\"available\""
+            )),
+            "{node_2_view}"
+        );
+        assert!(
+            serve
+                .log()
+                .contains("re-placing the task of an agent that went away"),
+            "{}",
+            serve.log()
+        );
+        agent_2.kill();
+    })
+    .await;
+}
+
+/// A ReplicaSet's pod of `shop/web` on `node`.
+fn web_pod(api: &TestApiServer, name: &str, image: &str, node: &str) -> Pod {
+    let owner = api
+        .get::<k8s_openapi::api::apps::v1::ReplicaSet>("shop", "web-5d8f")
+        .unwrap();
+    let mut p = with_owner(pod("shop", name, &[image]), &owner);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.node_name = Some(node.to_string());
+    }
+    p
+}
+
+/// Cluster mode, agents authenticated by TokenReview: the workload's pull secret is
+/// sent to the node running its pod and to no other, and follows the pod when it moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_secrets_go_only_to_the_node_running_the_workload() {
+    bounded(async {
+        let (registry, image) = private_registry().await;
+        let api = TestApiServer::start().await.unwrap();
+        api.apply(&namespace("shop", &[])).unwrap();
+        api.apply(&secret_dockerconfigjson("shop", "regcred", &registry.host(), USER, PASSWORD))
+            .unwrap();
+        api.apply(&with_pull_secrets(deployment("shop", "web", &[&image]), &["regcred"]))
+            .unwrap();
+        api.apply(&with_pull_secrets(replicaset("shop", "web-5d8f", &[&image]), &["regcred"]))
+            .unwrap();
+        api.apply(&web_pod(&api, "web-5d8f-x1", &image, "node-a")).unwrap();
+        // Both agents' projected tokens, each bound to its node.
+        let audience = "pullwatch-agents";
+        for node in ["node-a", "node-b"] {
+            api.add_service_account_token(
+                &format!("token-{node}"),
+                "pullwatch",
+                "pullwatch-agent",
+                Some((&format!("pullwatch-agent-{node}"), node)),
+                &[audience],
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path()).unwrap();
+        let serve = Serve::start(
+            &[
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+                "--node-group-label".into(),
+                ZONE.into(),
+            ],
+            Auth::TokenReview(audience),
+        );
+        let web = |status: &str| canonical(status, "shop", "web", &image);
+        // Central check, with the secret: available.
+        serve
+            .wait_metrics("the central check", |t| value(t, &web("available")) == Some(1.0))
+            .await;
+
+        // Neither node has credentials of its own; one per zone, so both check.
+        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let token_file = |node: &str| {
+            let path = dir.path().join(format!("token-{node}"));
+            std::fs::write(&path, format!("token-{node}")).unwrap();
+            path
+        };
+        let agent_a = Agent::start(
+            &node_a,
+            None,
+            serve.session("node-a", &token_file("node-a"), &[(ZONE, "z1")]),
+        );
+        let agent_b = Agent::start(
+            &node_b,
+            None,
+            serve.session("node-b", &token_file("node-b"), &[(ZONE, "z2")]),
+        );
+        agent_a.wait_connected().await;
+        agent_b.wait_connected().await;
+        assert!(api.token_reviews() >= 2);
+
+        let secret_source = "secret/shop/regcred";
+        let a_has = |status: &str| {
+            format!(
+                "pullwatch_agent_check_status{{credential_source=\"{secret_source}\",image=\"{image}\",mode=\"resolve\",status=\"{status}\"}} 1"
+            )
+        };
+        let b_alone = format!(
+            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
+        );
+        let text = serve
+            .wait_metrics("both nodes' answers", |t| {
+                value(t, &image_nodes(&image, "available")) == Some(1.0)
+                    && agent_a.render().contains(&a_has("available"))
+                    && agent_b.render().contains(&b_alone)
+            })
+            .await;
+        // node-a pulled with the workload's secret; node-b, which runs no pod of it,
+        // got none and failed with its own keyring. That failure is not what its
+        // kubelet would see (it would have the pod's secret): the image stays
+        // available and node-b is not counted as disagreeing.
+        assert!(!agent_b.render().contains(secret_source), "{}", agent_b.render());
+        assert_eq!(value(&text, &web("available")), Some(1.0));
+        assert_eq!(value(&text, &image_nodes(&image, "authentication_failure")), Some(0.0));
+        assert!(value(&text, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0);
+
+        // The pod moves to node-b: from now on the secret goes there, and not to node-a.
+        assert!(api.delete::<Pod>("shop", "web-5d8f-x1"));
+        api.apply(&web_pod(&api, "web-5d8f-x2", &image, "node-b")).unwrap();
+        let b_has = format!(
+            "pullwatch_agent_check_status{{credential_source=\"{secret_source}\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
+        );
+        let a_alone = format!(
+            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
+        );
+        serve
+            .wait_metrics("the secret to follow the pod", |_| {
+                agent_b.render().contains(&b_has) && agent_a.render().contains(&a_alone)
+            })
+            .await;
+        let text = serve.metrics().await;
+        assert_eq!(value(&text, &web("available")), Some(1.0));
+        assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
+        assert!(!serve.log().contains("token-node-a"), "tokens stay out of logs");
+        agent_a.kill();
+        agent_b.kill();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serve_refuses_agent_flags_it_cannot_honour() {
+    bounded(async {
+        let manifests = manifests_dir("reg.invalid/app:1");
+        let base = [
+            "serve".to_string(),
+            "--manifests".into(),
+            manifests.path().display().to_string(),
+            "--bind-address".into(),
+            "127.0.0.1:0".into(),
+            "--agent-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        for (extra, expected) in [
+            (vec![], "agents must authenticate"),
+            (
+                vec!["--agent-shared-token-file=/nonexistent/token".to_string()],
+                "/nonexistent/token",
+            ),
+            (
+                vec![
+                    "--agent-tls-cert=/nonexistent/cert".into(),
+                    "--agent-shared-token-file=/etc/hostname".into(),
+                ],
+                "--agent-tls-key",
+            ),
+        ] {
+            let output = tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::process::Command::new(BIN)
+                    .args(&base)
+                    .args(&extra)
+                    .env_remove("KUBECONFIG")
+                    .stdin(Stdio::null())
+                    .output(),
+            )
+            .await
+            .expect("serve exits")
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+            assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        }
+    })
+    .await;
+}
