@@ -220,6 +220,13 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
                 }
             };
             let hub = AgentHub::new(args.agents.hub_config());
+            if let (Some(client), Some(label)) = (&kube_client, &args.agents.node_group_label) {
+                background.push(agents::groups::spawn_node_groups(
+                    client.clone(),
+                    label.clone(),
+                    hub.clone(),
+                ));
+            }
             let server = agents::server::start_with_reviewer(hub.clone(), config, reviewer)
                 .await
                 .map_err(|e| Failure::Usage(e.into()))?;

@@ -27,8 +27,8 @@ use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryAuthConfig,
-    RegistryOptions, TestApiServer, TestCa, deployment, free_port, http_request, namespace, pod,
-    promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
+    RegistryOptions, TestApiServer, TestCa, deployment, free_port, http_request, namespace, node,
+    pod, promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
     with_pull_secrets,
 };
 use tokio::task::JoinHandle;
@@ -548,6 +548,10 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         api.apply(&with_pull_secrets(replicaset("shop", "web-5d8f", &[&image]), &["regcred"]))
             .unwrap();
         api.apply(&web_pod(&api, "web-5d8f-x1", &image, "node-a")).unwrap();
+        // One node per zone, so both check: serve reads the zone from the Node objects
+        // (the agents send no labels).
+        api.apply(&node("node-a", &[(ZONE, "z1")])).unwrap();
+        api.apply(&node("node-b", &[(ZONE, "z2")])).unwrap();
         // Both agents' projected tokens, each bound to its node.
         let audience = "pullwatch-agents";
         for node in ["node-a", "node-b"] {
@@ -578,7 +582,7 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             .wait_metrics("the central check", |t| value(t, &web("available")) == Some(1.0))
             .await;
 
-        // Neither node has credentials of its own; one per zone, so both check.
+        // Neither node has credentials of its own.
         let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
         let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
         let token_file = |node: &str| {
@@ -589,12 +593,12 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         let agent_a = Agent::start(
             &node_a,
             None,
-            serve.session("node-a", &token_file("node-a"), &[(ZONE, "z1")]),
+            serve.session("node-a", &token_file("node-a"), &[]),
         );
         let agent_b = Agent::start(
             &node_b,
             None,
-            serve.session("node-b", &token_file("node-b"), &[(ZONE, "z2")]),
+            serve.session("node-b", &token_file("node-b"), &[]),
         );
         agent_a.wait_connected().await;
         agent_b.wait_connected().await;

@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod groups;
 pub mod route;
 pub mod server;
 
@@ -132,6 +133,9 @@ struct AgentEntry {
 #[derive(Default)]
 struct HubState {
     agents: HashMap<String, AgentEntry>,
+    /// Node name -> value of `--node-group-label`, from the cluster's Node objects
+    /// (`Some("")`: the node has no such label). Wins over what agents send.
+    node_groups: HashMap<String, String>,
 }
 
 struct HubInner {
@@ -325,11 +329,46 @@ impl AgentHub {
         self.agents().into_iter().map(|a| a.node_name).collect()
     }
 
-    /// The group of a node (value of `--node-group-label`; one group when unset).
+    /// The group of a node (value of `--node-group-label`; one group when unset): the
+    /// label of its Node object when known, else the label its agent sent.
     pub fn group_of(&self, info: &AgentInfo) -> String {
         match &self.inner.config.node_group_label {
             None => String::new(),
-            Some(label) => info.node_labels.get(label).cloned().unwrap_or_default(),
+            Some(label) => {
+                if let Some(group) = lock(&self.inner.state).node_groups.get(&info.node_name) {
+                    return group.clone();
+                }
+                info.node_labels.get(label).cloned().unwrap_or_default()
+            }
+        }
+    }
+
+    /// Forgets the Node groups of nodes not in `seen` (a relist of Nodes).
+    pub fn retain_node_groups(&self, seen: &HashSet<String>) {
+        let changed = {
+            let mut state = lock(&self.inner.state);
+            let before = state.node_groups.len();
+            state.node_groups.retain(|node, _| seen.contains(node));
+            state.node_groups.len() != before
+        };
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// Records the group label of a Node object (None: the Node is gone).
+    pub fn set_node_group(&self, node: &str, group: Option<String>) {
+        let changed = {
+            let mut state = lock(&self.inner.state);
+            match group {
+                Some(group) => {
+                    state.node_groups.insert(node.to_string(), group.clone()) != Some(group)
+                }
+                None => state.node_groups.remove(node).is_some(),
+            }
+        };
+        if changed {
+            self.changed();
         }
     }
 
@@ -442,12 +481,13 @@ impl AgentHub {
         if !task.credentials.is_empty() && !self.inner.config.tls {
             return Err(HubError::CredentialsNeedTls);
         }
-        let group = {
-            let state = lock(&self.inner.state);
-            match state.agents.get(node) {
-                Some(entry) => self.group_of(&entry.info),
-                None => return Err(HubError::NoAgent(node.to_string())),
-            }
+        let info = lock(&self.inner.state)
+            .agents
+            .get(node)
+            .map(|entry| entry.info.clone());
+        let group = match info {
+            Some(info) => self.group_of(&info),
+            None => return Err(HubError::NoAgent(node.to_string())),
         };
         let mut target = node.to_string();
         let mut gone: Vec<String> = Vec::new();
@@ -987,5 +1027,22 @@ mod tests {
             empty.check_target(&target("reg.io/app:v1", &[])).await,
             Default::default()
         );
+    }
+
+    #[tokio::test]
+    async fn node_objects_group_nodes_before_agent_labels() {
+        let hub = hub();
+        fake_agent(&hub, info("a", "z1", &[]), true);
+        fake_agent(&hub, info("b", "z1", &[]), true);
+        assert_eq!(hub.plan("img", &BTreeSet::new()).len(), 1);
+        let changes = hub.subscribe();
+        hub.set_node_group("b", Some("z2".into()));
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(
+            hub.plan("img", &BTreeSet::new()),
+            [("z1".into(), "a".into()), ("z2".into(), "b".into())]
+        );
+        hub.set_node_group("b", None);
+        assert_eq!(hub.plan("img", &BTreeSet::new()).len(), 1);
     }
 }
