@@ -8,7 +8,8 @@
 //! - two node groups disagreeing: the failing status canonically, both in
 //!   `pullwatch_image_nodes`;
 //! - an agent killed while checking: its task moves to another node;
-//! - pull secrets reach only the node that runs the workload (and follow the pod).
+//! - pull secrets reach only the node that runs the workload (and follow the pod);
+//!   in `--manifests` mode none reaches any agent.
 //!
 //! Loopback only; every wait is bounded.
 
@@ -517,6 +518,75 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             serve.log()
         );
         agent_2.kill();
+    })
+    .await;
+}
+
+/// `--manifests` mode: a Pod manifest may name a node, but nothing is known to run
+/// there, so no pull secret goes to any agent; the node's failure without the secret is
+/// not the kubelet's view, and the aggregator's own check (with the secret) decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifests_mode_sends_no_pull_secret_to_agents() {
+    bounded(async {
+        let (registry, image) = private_registry().await;
+        let dir = tempfile::tempdir().unwrap();
+        let docs = [
+            serde_json::to_value(secret_dockerconfigjson(
+                "shop",
+                "regcred",
+                &registry.host(),
+                USER,
+                PASSWORD,
+            ))
+            .unwrap(),
+            serde_json::to_value(with_pull_secrets(deployment("shop", "web", &[&image]), &["regcred"]))
+                .unwrap(),
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "shop"},
+                "spec": {"nodeName": "node-a", "imagePullSecrets": [{"name": "regcred"}],
+                         "containers": [{"name": "c0", "image": image}]}
+            }),
+        ];
+        for (i, doc) in docs.iter().enumerate() {
+            std::fs::write(dir.path().join(format!("{i}.json")), doc.to_string()).unwrap();
+        }
+        let serve = Serve::start(
+            &[
+                "--manifests".into(),
+                dir.path().display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+            ],
+            Auth::SharedToken,
+        );
+        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let agent = Agent::start(
+            &node_a,
+            None,
+            serve.session("node-a", &serve.shared_token_file(), &[]),
+        );
+        agent.wait_connected().await;
+        let failing_alone = format!(
+            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
+        );
+        let web = canonical("available", "shop", "web", &image);
+        let pod = format!(
+            "k8s_image_availability_exporter_available{{container=\"c0\",image=\"{image}\",kind=\"pod\",name=\"web-1\",namespace=\"shop\"}} "
+        );
+        let text = serve
+            .wait_metrics("node-a's answer and the central check after it", |t| {
+                agent.render().contains(&failing_alone)
+                    && value(t, "pullwatch_checks_total{via=\"central\"}").unwrap_or(0.0) >= 2.0
+            })
+            .await;
+        // The agent never saw the secret, however often it checked.
+        assert!(!agent.render().contains("secret/"), "{}", agent.render());
+        assert_eq!(value(&text, &web), Some(1.0), "{text}");
+        assert_eq!(value(&text, &pod), Some(1.0), "{text}");
+        assert_eq!(value(&text, "pullwatch_checks_total{via=\"agents\"}"), None);
+        assert!(!text.contains("pullwatch_image_nodes{"), "an inconclusive answer is no node view");
+        agent.kill();
     })
     .await;
 }
