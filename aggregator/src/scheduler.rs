@@ -694,7 +694,7 @@ mod tests {
             ..Default::default()
         });
         let pipeline = Arc::new(Pipeline::new(checker, metrics, 4).with_agents(hub.clone()));
-        let (_index_tx, index_rx) = watch::channel(Some(Arc::new(index)));
+        let (index_tx, index_rx) = watch::channel(Some(Arc::new(index)));
         let (status_tx, _status_rx) = watch::channel(SchedulerStatus::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(
@@ -738,6 +738,16 @@ mod tests {
             "pullwatch_image_cached_nodes{{image=\"{image}\"}} 1"
         )));
         assert!(text.contains("pullwatch_agents_connected 1"));
+        // The workload goes: its image's series go with it.
+        index_tx.send_replace(Some(Arc::new(ImageIndex::default())));
+        wait_for("the series to go", || {
+            !pipeline
+                .render_metrics()
+                .unwrap()
+                .contains("pullwatch_image_")
+        })
+        .await;
+        assert!(pipeline.results().is_empty());
         hub.unregister(&a);
         let _ = stop_tx.send(true);
         scheduler.await.unwrap();
