@@ -1334,6 +1334,7 @@ fn rbac_rules(role: &ClusterRole) -> BTreeMap<(String, String), BTreeSet<String>
 fn expected_rbac(
     secrets: bool,
     tokenreviews: bool,
+    nodes: bool,
 ) -> BTreeMap<(String, String), BTreeSet<String>> {
     let read: BTreeSet<String> = ["get", "list", "watch"]
         .into_iter()
@@ -1355,6 +1356,9 @@ fn expected_rbac(
     if secrets {
         out.insert((String::new(), "secrets".to_string()), read.clone());
     }
+    if nodes {
+        out.insert((String::new(), "nodes".to_string()), read.clone());
+    }
     if tokenreviews {
         out.insert(
             (
@@ -1369,13 +1373,29 @@ fn expected_rbac(
 
 #[test]
 fn rbac_is_least_privilege() {
-    for (args, secrets, tokenreviews) in [
-        (vec![], true, true),
-        (vec!["--set", "agent.auth.mode=sharedToken"], true, false),
-        (vec!["--set", "rbac.secrets=false"], false, true),
-        (vec!["--set", "agent.enabled=false"], true, false),
+    for (args, secrets, tokenreviews, nodes) in [
+        (vec![], true, true, false),
+        (vec!["--set", "agent.auth.mode=sharedToken"], true, false, false),
+        (vec!["--set", "rbac.secrets=false"], false, true, false),
+        (vec!["--set", "agent.enabled=false"], true, false, false),
         (
             vec!["--set", "agent.enabled=false,rbac.secrets=false"],
+            false,
+            false,
+            false,
+        ),
+        (
+            vec!["--set", "agent.nodeGroupLabel=topology.kubernetes.io/zone"],
+            true,
+            true,
+            true,
+        ),
+        (
+            vec![
+                "--set",
+                "agent.enabled=false,agent.nodeGroupLabel=topology.kubernetes.io/zone",
+            ],
+            true,
             false,
             false,
         ),
@@ -1384,7 +1404,7 @@ fn rbac_is_least_privilege() {
         let role: ClusterRole = one(&docs, "ClusterRole");
         assert_eq!(
             rbac_rules(&role),
-            expected_rbac(secrets, tokenreviews),
+            expected_rbac(secrets, tokenreviews, nodes),
             "{args:?}"
         );
         let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding");
@@ -1402,17 +1422,10 @@ fn rbac_is_least_privilege() {
     }
     let all_on: ClusterRole = one(&render_all_on(), "ClusterRole");
     // all-on uses agent.auth.mode=sharedToken: no token reviews.
-    let mut expected = expected_rbac(true, false);
-    expected.insert(
-        (String::new(), "nodes".to_string()),
-        ["get", "list", "watch"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-    );
+    // all-on also groups nodes by label, and its rbac.extraRules repeat the nodes rule.
     assert_eq!(
         rbac_rules(&all_on),
-        expected,
+        expected_rbac(true, false, true),
         "rbac.extraRules are appended"
     );
     assert!(docs_of(&render(&["--set", "rbac.create=false"]), "ClusterRole").is_empty());
