@@ -229,25 +229,30 @@ where
     shared.set_state(watch.resource, WatchState::default());
     tokio::spawn(async move {
         let resource = watch.resource;
-        let mut stream = watcher::watcher(api, watch.config)
+        let mut stream = watcher::watcher(api, watch.config.clone())
             .default_backoff()
             .boxed();
         let mut seen: Option<HashSet<(String, String)>> = None;
+        // Whether the relist in progress changed anything (most relists change nothing).
+        let mut relist_changed = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(Event::Init) => seen = Some(HashSet::new()),
+                Ok(Event::Init) => {
+                    seen = Some(HashSet::new());
+                    relist_changed = false;
+                }
                 Ok(Event::InitApply(object)) => {
                     let object = (watch.wrap)(object);
                     if let Some(seen) = seen.as_mut() {
                         seen.insert(object.key());
                     }
-                    lock(&shared.inventory).apply(object);
+                    relist_changed |= lock(&shared.inventory).apply(object);
                 }
                 Ok(Event::InitDone) => {
                     let count = {
                         let mut inventory = lock(&shared.inventory);
                         if let Some(seen) = seen.take() {
-                            inventory.retain_seen(watch.kind, &seen);
+                            relist_changed |= inventory.retain_seen(watch.kind, &seen) > 0;
                         }
                         inventory.object_count(watch.kind)
                     };
@@ -272,33 +277,29 @@ where
                     if first {
                         info!(resource, objects = count, "initial list applied");
                     } else {
-                        debug!(resource, objects = count, "relist applied");
+                        debug!(
+                            resource,
+                            objects = count,
+                            changed = relist_changed,
+                            "relist applied"
+                        );
                     }
-                    shared.changed.notify_one();
+                    // The first list may complete the sync (and so readiness) even when empty.
+                    if first || relist_changed || previous.forbidden {
+                        shared.changed.notify_one();
+                    }
                 }
                 Ok(Event::Apply(object)) => {
-                    let count = {
-                        let mut inventory = lock(&shared.inventory);
-                        inventory.apply((watch.wrap)(object));
-                        inventory.object_count(watch.kind)
-                    };
-                    metrics
-                        .objects
-                        .with_label_values(&[resource])
-                        .set(count as i64);
-                    shared.changed.notify_one();
+                    let object = (watch.wrap)(object);
+                    apply_change(&shared, &metrics, &watch, |inventory| {
+                        inventory.apply(object)
+                    });
                 }
                 Ok(Event::Delete(object)) => {
-                    let count = {
-                        let mut inventory = lock(&shared.inventory);
-                        inventory.delete(&(watch.wrap)(object));
-                        inventory.object_count(watch.kind)
-                    };
-                    metrics
-                        .objects
-                        .with_label_values(&[resource])
-                        .set(count as i64);
-                    shared.changed.notify_one();
+                    let object = (watch.wrap)(object);
+                    apply_change(&shared, &metrics, &watch, |inventory| {
+                        inventory.delete(&object)
+                    });
                 }
                 Err(error) => {
                     metrics.errors.with_label_values(&[resource]).inc();
@@ -325,6 +326,28 @@ where
             }
         }
     })
+}
+
+/// One watch event's change; the index is rebuilt only when something a check
+/// depends on changed (a Pod's status update, the bulk of a cluster's events, does not).
+fn apply_change<K>(
+    shared: &SharedInventory,
+    metrics: &InventoryMetrics,
+    watch: &Watch<K>,
+    change: impl FnOnce(&mut super::Inventory) -> bool,
+) {
+    let count = {
+        let mut inventory = lock(&shared.inventory);
+        if !change(&mut inventory) {
+            return;
+        }
+        inventory.object_count(watch.kind)
+    };
+    metrics
+        .objects
+        .with_label_values(&[watch.resource])
+        .set(count as i64);
+    shared.changed.notify_one();
 }
 
 fn is_forbidden(error: &watcher::Error) -> bool {

