@@ -1375,7 +1375,12 @@ fn expected_rbac(
 fn rbac_is_least_privilege() {
     for (args, secrets, tokenreviews, nodes) in [
         (vec![], true, true, false),
-        (vec!["--set", "agent.auth.mode=sharedToken"], true, false, false),
+        (
+            vec!["--set", "agent.auth.mode=sharedToken"],
+            true,
+            false,
+            false,
+        ),
         (vec!["--set", "rbac.secrets=false"], false, true, false),
         (vec!["--set", "agent.enabled=false"], true, false, false),
         (
