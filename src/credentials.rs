@@ -27,6 +27,17 @@ pub struct RegistryCredential {
     pub registry_token: Option<String>,
 }
 
+impl RegistryCredential {
+    /// A process-local fingerprint, for keying caches (tokens) without holding a second
+    /// copy of the secret in the key.
+    pub fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        credential.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
 impl fmt::Debug for RegistryCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only whether fields are set: a Debug of a credential may end up in a log.

@@ -6,6 +6,7 @@
 pub mod credentials;
 pub mod reference;
 pub mod status;
+pub mod support;
 
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
 pub use reference::{ImageReference, ReferenceError};

@@ -33,11 +33,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use pullwatch::support::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

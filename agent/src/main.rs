@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use std::sync::Arc;
 
-use pullwatch_agent::cli::{CheckArgs, Cli, Command, LogFormat, Output, RunArgs, pull_secrets_for};
+use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
 use pullwatch_agent::metrics::AgentMetrics;
 
 /// Exit codes: 0 available, 1 not available, 2 usage or setup error.
@@ -43,23 +43,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+fn init_logging(cli: &Cli) -> Result<(), pullwatch::support::LoggingError> {
     let default = match cli.command {
         Command::Check(_) => "warn",
         Command::Run(_) => "info",
     };
-    let level = cli.log_level.as_deref().unwrap_or(default);
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("--log-level {level:?} is not a valid filter"))?;
-    // Logs go to stderr so `check -o json` output on stdout stays machine-readable.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    pullwatch::support::init_logging(cli.log_level.as_deref().unwrap_or(default), cli.log_format)
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

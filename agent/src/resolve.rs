@@ -516,9 +516,7 @@ pub struct Resolved {
     pub served_by: Option<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use pullwatch::support::lock;
 
 impl Resolver {
     pub fn new(config: ResolverConfig) -> Resolver {
@@ -739,7 +737,7 @@ impl Resolver {
         let token_key = (
             host.host.clone(),
             repository.to_string(),
-            fingerprint(credential),
+            RegistryCredential::fingerprint(credential),
         );
         let mut authorization: Option<String> = lock(&self.tokens)
             .get(&token_key)
@@ -1002,11 +1000,7 @@ fn parse_challenge(header: &str) -> Challenge {
     }
 }
 
-/// rustls needs one process-wide crypto provider; ring is the one we build with.
-pub fn install_crypto_provider() {
-    // Err means one is installed already, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use pullwatch::support::install_crypto_provider;
 
 /// `application/x-www-form-urlencoded` encoding of one value.
 fn form_encode(value: &str) -> String {
@@ -1023,25 +1017,7 @@ fn form_encode(value: &str) -> String {
     out
 }
 
-fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    credential.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// An error and its causes, `: `-joined (URLs we build carry no credentials).
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
+pub use pullwatch::support::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -5,15 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::checker::limits::lock;
-use pullwatch_aggregator::cli::{
-    self, CheckArgs, Cli, Command, LogFormat, OutputFormat, ServeArgs,
-};
+use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
 use pullwatch_aggregator::index::{ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
 use pullwatch_aggregator::inventory::manifests;
@@ -62,18 +59,8 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(cli: &Cli) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
-        .with_context(|| format!("--log-level {:?} is not a valid filter", cli.log_level))?;
-    // Logs go to stderr so `check -o json` output on stdout stays machine-readable.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+fn init_logging(cli: &Cli) -> Result<(), pullwatch::support::LoggingError> {
+    pullwatch::support::init_logging(&cli.log_level, cli.log_format)
 }
 
 enum Failure {

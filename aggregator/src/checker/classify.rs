@@ -109,21 +109,7 @@ pub fn classify_transport_error(error: &reqwest::Error) -> CheckOutcome {
     }
 }
 
-/// An error and all its causes, `: `-joined (reqwest's own Display omits the cause,
-/// which is where "connection refused" lives). Never contains credentials: we put
-/// none in URLs.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
+pub use pullwatch::support::error_chain;
 
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

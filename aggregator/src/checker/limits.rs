@@ -112,13 +112,7 @@ impl Registries {
     }
 }
 
-/// Locks a std mutex, recovering the data if a holder panicked: every value guarded
-/// here is valid at every point, so a poisoned lock carries nothing half-written.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub use pullwatch::support::lock;
 
 #[cfg(test)]
 mod tests {

@@ -253,11 +253,7 @@ fn summarize(failures: Vec<(String, CheckOutcome)>) -> CheckOutcome {
     CheckOutcome::new(status, format!("no credential worked: {reason}"))
 }
 
-/// rustls needs one process-wide crypto provider; ring is the one we build with.
-pub fn install_crypto_provider() {
-    // Err means one is installed already, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use pullwatch::support::install_crypto_provider;
 
 /// DER certificates from every `--capath` (files, or directories of `.crt`/`.pem`).
 fn load_certificates(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CheckerError> {

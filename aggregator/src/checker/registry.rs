@@ -6,7 +6,6 @@
 //! something we must honour.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -124,7 +123,7 @@ impl Transport {
             plain_http,
             host: reference.api_host().to_string(),
             repository: reference.repository().to_string(),
-            credential: fingerprint(credential),
+            credential: RegistryCredential::fingerprint(credential),
         };
 
         let mut method = http::Method::HEAD;
@@ -316,10 +315,4 @@ fn registry_auth(credential: Option<&RegistryCredential>) -> RegistryAuth {
             }
         }
     }
-}
-
-fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    credential.hash(&mut hasher);
-    hasher.finish()
 }

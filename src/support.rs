@@ -1,0 +1,103 @@
+//! Small pieces both binaries need, kept in one place: error chains for reasons and
+//! logs, poison-tolerant locking, the TLS crypto provider, and logging setup.
+
+use std::sync::{Mutex, MutexGuard};
+
+/// An error and all its causes, `: `-joined. (reqwest's own Display omits the cause,
+/// which is where "connection refused" lives.) Never contains credentials as long as
+/// none are put in URLs, which pullwatch never does.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// Locks a std mutex, recovering the data if a holder panicked: every value pullwatch
+/// guards this way is valid at every point, so a poisoned lock carries nothing
+/// half-written.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one pullwatch builds with.
+pub fn install_crypto_provider() {
+    // Err means one is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("--log-level {filter:?} is not a valid filter: {source}")]
+pub struct LoggingError {
+    filter: String,
+    source: tracing_subscriber::filter::ParseError,
+}
+
+/// Logs to stderr (stdout stays machine-readable for `-o json`) with an EnvFilter.
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError> {
+    let env_filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| LoggingError {
+            filter: filter.to_string(),
+            source,
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chains_causes_without_repeating_them() {
+        let error = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert_eq!(error_chain(&error), "outer: connection refused");
+    }
+
+    #[test]
+    fn poisoned_locks_still_give_the_data() {
+        let mutex = std::sync::Arc::new(Mutex::new(5));
+        let clone = mutex.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = clone.lock().unwrap();
+            panic!("poison");
+        })
+        .join();
+        assert_eq!(*lock(&mutex), 5);
+    }
+
+    #[test]
+    fn bad_filters_are_reported() {
+        let error = init_logging("=[", LogFormat::Text).unwrap_err();
+        assert!(error.to_string().contains("--log-level"), "{error}");
+    }
+}
