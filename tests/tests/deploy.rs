@@ -874,56 +874,34 @@ use pullwatch_testbench::{ToolOutput, helm, helm_ok, locate_helm, require_helm};
 const RELEASE: &str = "pullwatch";
 const NAMESPACE: &str = "pullwatch";
 
-/// Every flag `pullwatch-aggregator serve` accepts (issue 2, 4 and the global ones).
-const AGGREGATOR_FLAGS: &[&str] = &[
-    "--bind-address",
-    "--check-interval",
-    "--ignored-images",
-    "--allowed-images",
-    "--namespace-label",
-    "--skip-registry-cert-verification",
-    "--allow-plain-http",
-    "--default-registry",
-    "--capath",
-    "--image-mirror",
-    "--force-check-disabled-controllers",
-    "--legacy-metric-names",
-    "--registry-timeout",
-    "--max-concurrent-checks",
-    "--registry-max-concurrency",
-    "--registry-qps",
-    "--log-level",
-    "--log-format",
-    "--agent-listen",
-    "--agent-tls-cert",
-    "--agent-tls-key",
-    "--agent-shared-token-file",
-    "--agent-token-audience",
-    "--node-group-label",
-];
-
-/// Every flag `pullwatch-agent run` accepts.
-const AGENT_FLAGS: &[&str] = &[
-    "--aggregator",
-    "--aggregator-ca",
-    "--token-file",
-    "--node-name",
-    "--cri-endpoint",
-    "--metrics-address",
-    "--mode",
-    "--kubelet-root-dir",
-    "--containerd-hosts-dir",
-    "--containerd-config",
-    "--image-credential-provider-config",
-    "--image-credential-provider-bin-dir",
-    "--pull-absent-images",
-    "--keep-pulled-images",
-    "--pull-timeout",
-    "--request-timeout",
-    "--max-concurrent-checks",
-    "--log-level",
-    "--log-format",
-];
+/// Every long flag a subcommand of one of this workspace's binaries accepts, read
+/// from its `--help`: the chart may only pass flags the binaries really have.
+fn flags_of(binary: &str, subcommand: &str) -> Vec<String> {
+    let output = std::process::Command::new(workspace_binary(binary))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{binary} {subcommand} --help failed"
+    );
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut flags: Vec<String> = help
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == '=' || c == '<')
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .map(|word| {
+            word.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(
+        flags.len() > 10,
+        "{binary} {subcommand} --help lists too few flags: {flags:?}"
+    );
+    flags
+}
 
 fn chart_dir() -> PathBuf {
     deploy_dir().join("helm/pullwatch")
@@ -1488,7 +1466,11 @@ fn aggregator_deployment_is_restricted_probed_and_configured() {
         );
         let args = args_of(c);
         assert_eq!(args[0], "serve", "{label}");
-        assert_flags_known(&args, AGGREGATOR_FLAGS, label);
+        assert_flags_known(
+            &args,
+            &str_refs(&flags_of("pullwatch-aggregator", "serve")),
+            label,
+        );
 
         // Probes on the metrics port, /healthz and /readyz.
         let metrics_port = c
@@ -1729,7 +1711,7 @@ fn agent_daemonset_mounts_identity_and_security() {
         assert!(dockerfile.contains("/out/pullwatch-agent"));
         let args = args_of(c);
         assert_eq!(args[0], "run");
-        assert_flags_known(&args, AGENT_FLAGS, label);
+        assert_flags_known(&args, &str_refs(&flags_of("pullwatch-agent", "run")), label);
         assert_eq!(
             flag(&args, "--token-file"),
             Some(format!("/var/run/secrets/pullwatch/{token_path}").as_str())
@@ -2594,16 +2576,25 @@ fn aggregator_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("PULLWATCH_AGGREGATOR_BIN") {
         return PathBuf::from(path);
     }
+    workspace_binary("pullwatch-aggregator")
+}
+
+/// A binary of this workspace, next to this test's own executable (target/<profile>/),
+/// where `cargo test --workspace` builds it for its crate's own tests.
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("pullwatch-aggregator");
+    let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: build it with `cargo build -p pullwatch-aggregator` (or run \
-         `cargo test --workspace`), or set PULLWATCH_AGGREGATOR_BIN",
+        "{} is missing: build it with `cargo build -p {name}` (or run `cargo test --workspace`)",
         bin.display()
     );
     bin
+}
+
+fn str_refs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
 }
 
 struct KillOnDrop(std::process::Child);
