@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,13 +30,8 @@ use crate::cri::CallObserver;
 pub enum MetricsError {
     #[error(transparent)]
     Prometheus(#[from] prometheus::Error),
-    #[error("invalid --metrics-address {0:?}: expected [HOST]:PORT, e.g. :9102")]
-    BadAddress(String),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] pullwatch::support::BindError),
 }
 
 /// The agent's metrics.
@@ -254,27 +248,9 @@ impl CallObserver for AgentMetrics {
     }
 }
 
-/// Binds like Go's `net.Listen("tcp", ":9102")`: an empty host means every interface.
+/// Binds `--metrics-address` (`:9102` means every interface, as in Go).
 pub async fn bind(address: &str) -> Result<TcpListener, MetricsError> {
-    let bind_error = |source| MetricsError::Bind {
-        address: address.to_string(),
-        source,
-    };
-    if let Some(port) = address.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| MetricsError::BadAddress(address.to_string()))?;
-        return match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-            Ok(listener) => Ok(listener),
-            Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-                .await
-                .map_err(bind_error),
-        };
-    }
-    let addr: SocketAddr = address
-        .parse()
-        .map_err(|_| MetricsError::BadAddress(address.to_string()))?;
-    TcpListener::bind(addr).await.map_err(bind_error)
+    Ok(pullwatch::support::bind_listener("--metrics-address", address).await?)
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -377,10 +353,12 @@ mod tests {
 
     #[tokio::test]
     async fn bind_forms() {
+        let error = bind("nonsense").await.unwrap_err();
         assert!(matches!(
-            bind("nonsense").await,
-            Err(MetricsError::BadAddress(_))
+            error,
+            MetricsError::Bind(pullwatch::support::BindError::BadAddress { .. })
         ));
+        assert!(error.to_string().contains("--metrics-address"), "{error}");
         let listener = bind("127.0.0.1:0").await.unwrap();
         assert!(listener.local_addr().unwrap().ip().is_loopback());
     }

@@ -2,7 +2,6 @@
 //! `/readyz` (the first full check pass has finished; its body says why not).
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -49,40 +48,11 @@ impl ServerState {
     }
 }
 
-/// Why the bind address is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("invalid --bind-address {0:?}: expected [HOST]:PORT, e.g. :8080 or 127.0.0.1:8080")]
-    BadAddress(String),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: String,
-        source: std::io::Error,
-    },
-}
+pub use pullwatch::support::BindError as ServerError;
 
-/// Binds like Go's `net.Listen("tcp", ":8080")`: an empty host means every interface
-/// (IPv6 and IPv4 where the host has IPv6, IPv4 alone where it has not).
+/// Binds `--bind-address` (`:8080` means every interface, as in Go).
 pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
-    let bind_error = |source| ServerError::Bind {
-        address: address.to_string(),
-        source,
-    };
-    if let Some(port) = address.strip_prefix(':') {
-        let port: u16 = port
-            .parse()
-            .map_err(|_| ServerError::BadAddress(address.to_string()))?;
-        return match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-            Ok(listener) => Ok(listener),
-            Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-                .await
-                .map_err(bind_error),
-        };
-    }
-    let socket: SocketAddr = address
-        .parse()
-        .map_err(|_| ServerError::BadAddress(address.to_string()))?;
-    TcpListener::bind(socket).await.map_err(bind_error)
+    pullwatch::support::bind_listener("--bind-address", address).await
 }
 
 /// Serves until `shutdown` turns true.
