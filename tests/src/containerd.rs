@@ -223,6 +223,11 @@ impl Containerd {
         Ok(path)
     }
 
+    /// The daemon's process id while it runs (for `/proc/<pid>/...`: CPU time, RSS).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The node's temp dir (other node files, e.g. a kubelet root dir, can live here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
