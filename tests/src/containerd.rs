@@ -11,13 +11,13 @@
 use std::fs::OpenOptions;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use tempfile::TempDir;
 
-use crate::util::require_tool;
+use crate::util::{Daemon, require_tool};
 
 /// How long [`Containerd::start`] waits for the daemon to boot.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,7 +43,7 @@ pub struct ContainerdOptions {
 /// A running containerd with the CRI plugin on a unix socket in a temp dir. Killed when
 /// dropped.
 pub struct Containerd {
-    child: Option<Child>,
+    child: Daemon,
     dir: TempDir,
     socket: PathBuf,
     config_path: PathBuf,
@@ -54,7 +54,7 @@ impl std::fmt::Debug for Containerd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Containerd")
             .field("socket", &self.socket)
-            .field("running", &self.child.is_some())
+            .field("running", &self.child.is_started())
             .finish()
     }
 }
@@ -139,7 +139,7 @@ impl Containerd {
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, render_config(dir.path(), &socket, &opts))?;
         let mut containerd = Containerd {
-            child: None,
+            child: Daemon::default(),
             log_path: dir.path().join("containerd.log"),
             dir,
             socket,
@@ -166,13 +166,10 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .context("spawning containerd")?;
-        self.child = Some(child);
+        self.child.start(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
+            if let Some(status) = self.child.exited()? {
                 bail!(
                     "containerd exited during startup with {status}; log:\n{}",
                     self.log()
@@ -225,7 +222,7 @@ impl Containerd {
 
     /// The daemon's process id while it runs (for `/proc/<pid>/...`: CPU time, RSS).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.id()
     }
 
     /// The node's temp dir (other node files, e.g. a kubelet root dir, can live here).
@@ -242,19 +239,13 @@ impl Containerd {
 
     /// Whether the daemon is running.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            None => false,
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-        }
+        self.child.is_running()
     }
 
     /// Kills the daemon (SIGKILL, as a crash would) and waits for it. The socket file
     /// stays behind but refuses connections.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.stop();
     }
 
     /// Kills and starts the daemon again with the same config, root and state (images

@@ -3,7 +3,7 @@
 use std::fs::OpenOptions;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::ca::{LOOPBACK_SANS, TestCa};
 use crate::http_client::{Endpoint, HttpResponse, MANIFEST_ACCEPT, tls_client_config};
-use crate::util::{free_port_on, require_tool, run_checked};
+use crate::util::{Daemon, free_port_on, require_tool, run_checked};
 
 /// How long [`Registry::start`] waits for `GET /v2/` to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -35,7 +35,7 @@ pub struct RegistryOptions {
 ///
 /// The process is killed when the value drops.
 pub struct Registry {
-    child: Option<Child>,
+    child: Daemon,
     endpoint: Endpoint,
     config_path: PathBuf,
     log_path: PathBuf,
@@ -50,7 +50,7 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("url", &self.url())
             .field("dir", &self.dir.path())
-            .field("running", &self.child.is_some())
+            .field("running", &self.child.is_started())
             .finish()
     }
 }
@@ -108,7 +108,7 @@ impl Registry {
 
         let placeholder = SocketAddr::new(ip, 0);
         let mut registry = Registry {
-            child: None,
+            child: Daemon::default(),
             endpoint: Endpoint {
                 host: placeholder.to_string(),
                 addr: placeholder,
@@ -166,13 +166,10 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("spawning docker-registry")?;
-        self.child = Some(child);
+        self.child.start(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                self.child = None;
+            if let Some(status) = self.child.exited()? {
                 bail!("docker-registry exited during startup with {status}");
             }
             let probe = tokio::time::timeout(
@@ -251,18 +248,12 @@ impl Registry {
 
     /// Whether the process is running (not stopped and not exited).
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            None => false,
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-        }
+        self.child.is_running()
     }
 
     /// Kills the process and waits for it; afterwards the port refuses connections.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.stop();
     }
 
     /// Starts the process again on the same port with the same storage and config.

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -185,5 +185,61 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("did not finish"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}
+
+/// A long-running child process the bench owns (a registry, a containerd): killed and
+/// reaped when stopped, replaced or dropped, so no test leaves a daemon behind.
+#[derive(Debug, Default)]
+pub struct Daemon(Option<Child>);
+
+impl Daemon {
+    /// Owns `child`, stopping whatever ran before.
+    pub fn start(&mut self, child: Child) {
+        self.stop();
+        self.0 = Some(child);
+    }
+
+    /// The exit status if the process has exited (it is then forgotten).
+    pub fn exited(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        let status = match self.0.as_mut() {
+            Some(child) => child.try_wait()?,
+            None => None,
+        };
+        if status.is_some() {
+            self.0 = None;
+        }
+        Ok(status)
+    }
+
+    /// Whether a process was started and has not been stopped or exited.
+    pub fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Whether a process was started and not stopped (without asking the OS).
+    pub fn is_started(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Its process id while started.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Kills (SIGKILL, as a crash would) and reaps the process.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
