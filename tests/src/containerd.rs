@@ -23,6 +23,10 @@ use crate::util::{Daemon, require_tool};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The line containerd logs once every plugin is loaded and the socket serves.
 const BOOTED: &str = "containerd successfully booted";
+/// The CRI plugin logs this just before it starts answering: containerd reports
+/// itself booted a few milliseconds earlier, while CRI calls still fail with
+/// "server is not initialized yet".
+const CRI_SERVING: &str = "Start streaming server";
 
 /// `registry.configs."<host>".auth` for one registry host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +156,7 @@ impl Containerd {
     async fn spawn_and_wait(&mut self) -> Result<()> {
         let binary = require_tool("containerd")?;
         let booted_before = self.log().matches(BOOTED).count();
+        let serving_before = self.log().matches(CRI_SERVING).count();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,9 +180,13 @@ impl Containerd {
                     self.log()
                 );
             }
-            if self.log().matches(BOOTED).count() > booted_before
+            let log = self.log();
+            if log.matches(BOOTED).count() > booted_before
+                && log.matches(CRI_SERVING).count() > serving_before
                 && UnixStream::connect(&self.socket).is_ok()
             {
+                // The CRI plugin marks itself initialized right after that line.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 return Ok(());
             }
             if Instant::now() >= deadline {
