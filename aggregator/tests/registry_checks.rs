@@ -584,3 +584,43 @@ async fn per_registry_concurrency_and_rate_are_bounded() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_registry_that_never_answers_times_out_as_unavailable() {
+    // Accepts connections and never says a word: only the per-request timeout ends it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let config = CheckerConfig {
+        request_timeout: Duration::from_millis(500),
+        ..plain_config()
+    };
+    let (checker, _m) = checker(&config);
+    let started = std::time::Instant::now();
+    let outcome = checker
+        .check(&key(&format!("{addr}/silent/app:v1"), &[]))
+        .await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RegistryUnavailable,
+        "{}",
+        outcome.reason
+    );
+    assert!(outcome.reason.contains("timed out"), "{}", outcome.reason);
+    // HTTPS then the plain-HTTP fallback, each bounded by the timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the check reached the silent server"
+    );
+}
