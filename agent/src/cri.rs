@@ -405,7 +405,10 @@ pub fn classify_pull_error(error: &CriError) -> CheckOutcome {
         CheckStatus::AuthenticationFailure
     } else if has("403 forbidden") || has("denied: requested access to the resource is denied") {
         CheckStatus::AuthorizationFailure
-    } else if has("429") || has("too many requests") || has("toomanyrequests") {
+    } else if has_status(&lower, |code| code == b"429")
+        || has("too many requests")
+        || has("toomanyrequests")
+    {
         CheckStatus::RateLimited
     } else if has("connection refused")
         || has("no such host")
@@ -429,16 +432,27 @@ pub fn classify_pull_error(error: &CriError) -> CheckOutcome {
     CheckOutcome::new(status, message.to_string())
 }
 
+/// Whether `message` names an HTTP status code for which `wanted` holds, as a number
+/// of its own: not part of a longer number, a digest, a port (`127.0.0.1:42917`) or an
+/// address. containerd's messages carry registry addresses, so a bare substring test
+/// for "429" would call a registry on port 42917 rate-limited.
+fn has_status(message: &str, wanted: impl Fn(&[u8]) -> bool) -> bool {
+    let bytes = message.as_bytes();
+    let joins_before = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'/' | b'@');
+    let joins_after = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.');
+    (0..bytes.len().saturating_sub(2)).any(|i| {
+        let code = &bytes[i..i + 3];
+        code.iter().all(u8::is_ascii_digit)
+            && wanted(code)
+            && (i == 0 || !joins_before(bytes[i - 1]))
+            && bytes.get(i + 3).is_none_or(|&b| !joins_after(b))
+    })
+}
+
 /// Whether `message` names an HTTP 5xx answer (`500 Internal Server Error`, `status
 /// code 503`, `: 502 Bad Gateway`).
 fn has_5xx(message: &str) -> bool {
-    let padded = format!(" {message} ");
-    padded.as_bytes().windows(5).any(|w| {
-        let boundary_before = !w[0].is_ascii_alphanumeric();
-        let digits = w[1] == b'5' && w[2].is_ascii_digit() && w[3].is_ascii_digit();
-        let boundary_after = !w[4].is_ascii_alphanumeric();
-        boundary_before && digits && boundary_after
-    })
+    has_status(message, |code| code[0] == b'5')
 }
 
 #[cfg(test)]
@@ -481,6 +495,17 @@ mod tests {
             (
                 Code::NotFound,
                 r#"failed to pull and unpack image "127.0.0.1:5000/app:gone": failed to resolve reference "127.0.0.1:5000/app:gone": 127.0.0.1:5000/app:gone: not found"#,
+                CheckStatus::Absent,
+            ),
+            // A registry port with 429 (or 5xx) in it is not a status code (seen in CI).
+            (
+                Code::NotFound,
+                r#"failed to pull and unpack image "127.0.0.1:42917/team/app:gone": failed to resolve reference "127.0.0.1:42917/team/app:gone": 127.0.0.1:42917/team/app:gone: not found"#,
+                CheckStatus::Absent,
+            ),
+            (
+                Code::NotFound,
+                r#"failed to resolve reference "127.0.0.1:50312/app:gone": 127.0.0.1:50312/app:gone: not found"#,
                 CheckStatus::Absent,
             ),
             (
@@ -547,6 +572,13 @@ mod tests {
         // A sha256 digest's digits are not a 5xx answer.
         assert!(!has_5xx("sha256:a500b"));
         assert!(has_5xx("status 500"));
+        assert!(!has_5xx(
+            "dial tcp 127.0.0.1:500: connect: connection refused"
+        ));
+        assert!(!has_5xx("registry 10.0.0.503"));
+        assert!(has_status("unexpected status code 429", |c| c == b"429"));
+        assert!(!has_status("127.0.0.1:42917/v2/app", |c| c == b"429"));
+        assert!(!has_status("port 34291", |c| c == b"429"));
         let timeout = classify_pull_error(&CriError::Timeout {
             rpc: "PullImage",
             after: Duration::from_secs(300),
