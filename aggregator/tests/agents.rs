@@ -197,14 +197,9 @@ impl Agent {
         let (provider_config, provider_bin_dir) = match plugin {
             None => (None, None),
             Some((yaml, script)) => {
-                use std::os::unix::fs::PermissionsExt;
-                let bin = node.dir().join("credential-provider-bin");
-                std::fs::create_dir_all(&bin).unwrap();
-                let path = bin.join("test-provider");
-                std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-                let config = node.dir().join("credential-provider.yaml");
-                std::fs::write(&config, yaml).unwrap();
+                let (config, bin) = node
+                    .install_credential_provider("test-provider", &script, &yaml)
+                    .unwrap();
                 (Some(config), Some(bin))
             }
         };

@@ -239,6 +239,26 @@ impl Containerd {
         self.dir.path()
     }
 
+    /// Installs a kubelet credential-provider exec plugin on this node: `script` as the
+    /// executable `name` in a bin dir, `config_yaml` as the CredentialProviderConfig.
+    /// Returns (config path, bin dir), as the kubelet's two flags take them.
+    pub fn install_credential_provider(
+        &self,
+        name: &str,
+        script: &str,
+        config_yaml: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.dir().join("credential-provider-bin");
+        std::fs::create_dir_all(&bin)?;
+        let executable = bin.join(name);
+        std::fs::write(&executable, format!("#!/bin/sh\n{script}\n"))?;
+        std::fs::set_permissions(&executable, std::fs::Permissions::from_mode(0o755))?;
+        let config = self.dir().join("credential-provider-config.yaml");
+        std::fs::write(&config, config_yaml)?;
+        Ok((config, bin))
+    }
+
     /// containerd's log so far (appended across restarts).
     pub fn log(&self) -> String {
         std::fs::read(&self.log_path)

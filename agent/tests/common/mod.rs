@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,13 +50,7 @@ pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
     let (provider_config, provider_bin_dir) = match &setup.plugin {
         None => (None, None),
         Some((yaml, name, body)) => {
-            let bin = node.dir().join("credential-provider-bin");
-            std::fs::create_dir_all(&bin).unwrap();
-            let script = bin.join(name);
-            std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let config = node.dir().join("credential-provider-config.yaml");
-            std::fs::write(&config, yaml).unwrap();
+            let (config, bin) = node.install_credential_provider(name, body, yaml).unwrap();
             (Some(config), Some(bin))
         }
     };
