@@ -99,6 +99,14 @@ impl FromStr for CheckStatus {
 pub struct CheckOutcome {
     pub status: CheckStatus,
     pub reason: String,
+    /// The manifest digest the registry answered for the reference (its
+    /// `Docker-Content-Digest`, else the sha256 of the manifest body), when it answered
+    /// with a manifest. What a tag resolves to *now*: the base of tag-drift detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The media type of that manifest (an index, a manifest list, a single manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
 }
 
 impl CheckOutcome {
@@ -106,6 +114,17 @@ impl CheckOutcome {
         CheckOutcome {
             status: CheckStatus::Available,
             reason: String::new(),
+            digest: None,
+            media_type: None,
+        }
+    }
+
+    /// `available`, with the manifest the registry answered.
+    pub fn available_at(digest: Option<String>, media_type: Option<String>) -> Self {
+        CheckOutcome {
+            digest,
+            media_type,
+            ..Self::available()
         }
     }
 
@@ -113,6 +132,8 @@ impl CheckOutcome {
         CheckOutcome {
             status,
             reason: reason.into(),
+            digest: None,
+            media_type: None,
         }
     }
 
