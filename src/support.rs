@@ -109,6 +109,18 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError>
     Ok(())
 }
 
+/// `sha256:<hex>` of `bytes`: the digest of content in the OCI/distribution sense.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in hash {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +180,13 @@ mod tests {
     fn bad_filters_are_reported() {
         let error = init_logging("=[", LogFormat::Text).unwrap_err();
         assert!(error.to_string().contains("--log-level"), "{error}");
+    }
+
+    #[test]
+    fn sha256_digest_of_empty_content() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

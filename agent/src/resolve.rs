@@ -500,6 +500,14 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
+/// What one host answered to a manifest request.
+struct Answer {
+    status: u16,
+    /// `Docker-Content-Digest` (or the sha256 of a GET body without it).
+    digest: Option<String>,
+    media_type: Option<String>,
+}
+
 /// One host's answer that was not a success.
 #[derive(Clone, Debug)]
 enum HostFailure {
@@ -587,14 +595,19 @@ impl Resolver {
                     )
                     .await
                 {
-                    Ok(status) if (200..300).contains(&status) => {
+                    Ok(answer) if (200..300).contains(&answer.status) => {
+                        // A digest reference resolves to itself, whatever path answered.
+                        let digest = match digest {
+                            Some(d) => Some(d.to_string()),
+                            None => answer.digest,
+                        };
                         return Resolved {
-                            outcome: CheckOutcome::available(),
+                            outcome: CheckOutcome::available_at(digest, answer.media_type),
                             served_by: Some(host.url()),
                         };
                     }
-                    Ok(404) => tried.push(format!("{} (404)", host.url())),
-                    Ok(status) => {
+                    Ok(Answer { status: 404, .. }) => tried.push(format!("{} (404)", host.url())),
+                    Ok(Answer { status, .. }) => {
                         tried.push(format!("{} ({status})", host.url()));
                         first_failure.get_or_insert(HostFailure::Status {
                             host: host.url(),
@@ -715,7 +728,7 @@ impl Resolver {
     }
 
     /// One `HEAD` (GET if the registry refuses HEAD on manifests) with containerd's
-    /// authorization dance. Ok(status) when the host answered.
+    /// authorization dance. Ok when the host answered, with what it answered.
     async fn head(
         &self,
         host: &RegistryHost,
@@ -724,7 +737,7 @@ impl Resolver {
         reference: &str,
         namespace: Option<&str>,
         credential: Option<&RegistryCredential>,
-    ) -> Result<u16, HostFailure> {
+    ) -> Result<Answer, HostFailure> {
         let client = self.client(host)?;
         let mut url = format!(
             "{}://{}{}/{repository}/{kind}/{reference}",
@@ -820,9 +833,35 @@ impl Resolver {
             if status == 401 {
                 lock(&self.tokens).remove(&token_key);
             }
-            return Ok(status);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let mut digest = header("docker-content-digest").filter(|d| d.contains(':'));
+            let media_type = header("content-type")
+                .map(|t| t.split(';').next().unwrap_or_default().trim().to_string());
+            if digest.is_none() && method == http::Method::GET && (200..300).contains(&status) {
+                // No Docker-Content-Digest: the digest is that of the manifest bytes.
+                let body = response.bytes().await.map_err(|e| HostFailure::Transport {
+                    host: host.url(),
+                    error: format!("manifest body: {}", error_chain(&e)),
+                })?;
+                digest = Some(pullwatch::support::sha256_digest(&body));
+            }
+            return Ok(Answer {
+                status,
+                digest,
+                media_type,
+            });
         }
-        Ok(401)
+        Ok(Answer {
+            status: 401,
+            digest: None,
+            media_type: None,
+        })
     }
 
     /// The distribution token dance: GET the realm with basic auth (or anonymously), or
