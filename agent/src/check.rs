@@ -1,15 +1,20 @@
 //! The check executor: one image, checked from this node the way the kubelet would pull
 //! it, in one of three modes.
 //!
-//! - `pull`: CRI `PullImage` with each matching credential in turn (none: no
-//!   AuthConfig). On a node that holds the image this only resolves the manifest
-//!   (`HEAD`), through the runtime's own route: the most faithful check there is.
-//! - `resolve`: the manifest along containerd's route ([`crate::resolve`]), no layers.
-//! - `auto`: `pull` where `ImageStatus` says the image is present, `resolve` where not.
+//! **A check never changes what the node would run**: it never re-points a tag, never
+//! adds or removes an image the node had, and downloads no layer unless
+//! `--pull-absent-images` (whose pull is removed again unless `--keep-pulled-images`).
+//! A CRI `PullImage` of a held tag whose registry digest moved would download the new
+//! image and re-point the node's tag, so a tag is never pulled on a node that holds it.
 //!
-//! Pulling an absent image downloads all of it, so it happens only with
-//! `--pull-absent-images` (otherwise such a check resolves instead, and says so in
-//! `mode`), and the image is removed again afterwards unless `--keep-pulled-images`.
+//! - `resolve`: the manifest along containerd's route ([`crate::resolve`]), no layers.
+//! - `auto` and `pull`: for a tag, resolve first and compare the digest the tag
+//!   resolves to with what the node holds (CRI `ImageStatus` repo digests). Equal: the
+//!   runtime confirms with a `PullImage` **by digest** (only a manifest `HEAD` through
+//!   the runtime's own route; it cannot move anything). Different: the tag moved — no
+//!   pull, the tag's status plus `tag_moved`. A digest reference the node holds is
+//!   pulled as is. An image the node does not hold is resolved, or pulled (and removed
+//!   again) with `--pull-absent-images`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +72,16 @@ pub struct CheckReport {
     /// Where the credential that decided the result came from (`secret/<ns>/<name>`,
     /// `config.json:<path>`, `plugin:<name>`, or `runtime`).
     pub credential_source: String,
+    /// What the reference resolves to now along the node's route (`sha256:...`); for
+    /// a digest reference, that digest. None when no manifest was answered.
+    pub digest: Option<String>,
+    /// What the node holds under this name (CRI `ImageStatus` repo digest), when it
+    /// holds the image and the runtime knows where it came from.
+    pub held_digest: Option<String>,
+    /// The node holds the tag at another digest than the registry now answers: a
+    /// restart here runs different code than a start on a fresh node. None when it
+    /// cannot be known (not held, digest reference, no digest from the registry).
+    pub tag_moved: Option<bool>,
     /// Whether the node holds the image after the check.
     #[serde(skip)]
     pub image_present: bool,
@@ -157,6 +172,9 @@ impl Checker {
             reason: String::new(),
             mode: mode.as_str().to_string(),
             credential_source: String::new(),
+            digest: None,
+            held_digest: None,
+            tag_moved: None,
             image_present: false,
             duration: Duration::ZERO,
             runtime_failure: false,
@@ -172,87 +190,109 @@ impl Checker {
         // The normalized form: what the kubelet hands the runtime after parsing.
         let target = reference.to_string();
 
-        let present = if mode == Mode::Resolve {
-            None
-        } else {
-            match self.cri.image_status(&target).await {
-                Ok(image) => Some(image.is_some()),
-                Err(error) => return runtime_failed(report, &error),
-            }
+        // What the node holds. Resolve mode does not depend on the runtime: a runtime
+        // that cannot answer there only means nothing is known about the node's copy.
+        let held = match self.cri.image_status(&target).await {
+            Ok(image) => image,
+            Err(_) if mode == Mode::Resolve => None,
+            Err(error) => return runtime_failed(report, &error),
         };
-        let run_pull = match (mode, present) {
-            (Mode::Resolve, _) => false,
-            (_, Some(true)) => true,
-            (_, _) => self.options.pull_absent_images,
-        };
-        report.image_present = present.unwrap_or(false);
+        report.image_present = held.is_some();
+        let held_digests: Vec<String> = held
+            .as_ref()
+            .map(|image| repo_digests_of(&reference, &image.repo_digests))
+            .unwrap_or_default();
+        report.held_digest = held_digests.first().cloned();
 
         let lookup = self.keyring.lookup(&reference, pull_secrets).await;
-        let mut attempts: Vec<Attempt> = Vec::new();
         let candidates: Vec<Option<&SourcedCredential>> = if lookup.credentials.is_empty() {
             vec![None]
         } else {
             lookup.credentials.iter().map(Some).collect()
         };
 
-        let mut success: Option<String> = None;
-        if run_pull {
-            report.mode = Mode::Pull.as_str().to_string();
-            for candidate in &candidates {
-                let source = source_of(*candidate);
-                match self
-                    .cri
-                    .pull_image(&target, candidate.map(|c| &c.credential))
-                    .await
-                {
-                    Ok(image_ref) => {
-                        debug!(image = %target, %image_ref, %source, "pulled");
-                        success = Some(source);
-                        break;
-                    }
-                    Err(error) if error.is_runtime_failure() => {
-                        return runtime_failed(report, &error);
-                    }
-                    Err(error) => attempts.push(Attempt {
-                        source,
-                        outcome: classify_pull_error(&error),
-                    }),
-                }
-            }
-            if success.is_some() && present == Some(false) {
-                if self.options.keep_pulled_images {
-                    report.image_present = true;
-                } else if let Err(error) = self.cri.remove_image(&target).await {
-                    warn!(image = %target, %error, "could not remove an image pulled only for a check");
-                    report.image_present = true;
-                }
-            }
+        let pinned = reference.digest().map(str::to_string);
+        let decision = if mode == Mode::Resolve {
+            None
+        } else if let Some(digest) = &pinned {
+            // A digest cannot move: pulling it re-points nothing.
+            (held.is_some() || self.options.pull_absent_images)
+                .then(|| (target.clone(), Some(digest.clone())))
+        } else if held.is_none() {
+            // Nothing held under this tag: nothing a pull could re-point.
+            self.options
+                .pull_absent_images
+                .then(|| (target.clone(), None))
         } else {
-            report.mode = Mode::Resolve.as_str().to_string();
-            for candidate in &candidates {
-                let source = source_of(*candidate);
-                let resolved = self
-                    .resolver
-                    .resolve(&reference, candidate.map(|c| &c.credential))
-                    .await;
-                if resolved.outcome.is_available() {
-                    debug!(image = %target, host = ?resolved.served_by, %source, "resolved");
-                    success = Some(source);
-                    break;
-                }
-                attempts.push(Attempt {
-                    source,
-                    outcome: resolved.outcome,
-                });
-            }
-        }
+            // A held tag: resolve first, then confirm by digest if nothing moved.
+            None
+        };
 
-        match success {
-            Some(source) => {
+        let result = match decision {
+            Some((pull_target, known_digest)) => {
+                report.mode = Mode::Pull.as_str().to_string();
+                let result = self.pull(&pull_target, &candidates).await;
+                report.digest = known_digest;
+                if let PullResult::Done(Ok(_)) = &result
+                    && held.is_none()
+                {
+                    // What the pulled tag turned out to be, before it goes again.
+                    if report.digest.is_none()
+                        && let Ok(Some(image)) = self.cri.image_status(&target).await
+                    {
+                        report.digest = repo_digests_of(&reference, &image.repo_digests)
+                            .into_iter()
+                            .next();
+                    }
+                    self.remove_or_keep(&target, &mut report).await;
+                }
+                result
+            }
+            None => {
+                report.mode = Mode::Resolve.as_str().to_string();
+                let (resolved, attempts) = self.resolve(&reference, &candidates).await;
+                report.digest = pinned
+                    .clone()
+                    .or(resolved.as_ref().and_then(|(_, d)| d.clone()));
+                match (&resolved, &report.digest) {
+                    // A held tag that resolved: compare before anything touches the runtime.
+                    (Some(_), Some(now))
+                        if mode != Mode::Resolve
+                            && pinned.is_none()
+                            && !held_digests.is_empty() =>
+                    {
+                        if held_digests.iter().any(|d| d == now) {
+                            report.tag_moved = Some(false);
+                            report.mode = Mode::Pull.as_str().to_string();
+                            let by_digest = format!("{}@{now}", reference.name());
+                            self.pull(&by_digest, &candidates).await
+                        } else {
+                            report.tag_moved = Some(true);
+                            debug!(image = %target, held = ?held_digests, %now, "tag moved; not pulled");
+                            PullResult::Resolved(resolved, attempts)
+                        }
+                    }
+                    _ => {
+                        // Resolve mode still says whether the node's copy is current.
+                        if pinned.is_none()
+                            && !held_digests.is_empty()
+                            && let Some(now) = &report.digest
+                        {
+                            report.tag_moved = Some(!held_digests.iter().any(|d| d == now));
+                        }
+                        PullResult::Resolved(resolved, attempts)
+                    }
+                }
+            }
+        };
+
+        match result {
+            PullResult::RuntimeFailed(error) => return runtime_failed(report, &error),
+            PullResult::Done(Ok(source)) | PullResult::Resolved(Some((source, _)), _) => {
                 report.status = CheckStatus::Available;
                 report.credential_source = source;
             }
-            None => {
+            PullResult::Done(Err(attempts)) | PullResult::Resolved(None, attempts) => {
                 let (status, source, reason) = combine(&attempts);
                 report.status = status;
                 report.credential_source = source;
@@ -266,8 +306,108 @@ impl Checker {
                 }
             }
         }
+        if report.tag_moved == Some(true) {
+            let moved = format!(
+                "tag moved: the node holds {} but the registry now answers {}; not pulled, so the node keeps what it runs",
+                report.held_digest.as_deref().unwrap_or("?"),
+                report.digest.as_deref().unwrap_or("?"),
+            );
+            report.reason = if report.reason.is_empty() {
+                moved
+            } else {
+                format!("{}; {moved}", report.reason)
+            };
+        }
         report
     }
+
+    /// CRI `PullImage` of `target` with each credential in turn until one works.
+    async fn pull(&self, target: &str, candidates: &[Option<&SourcedCredential>]) -> PullResult {
+        let mut attempts = Vec::new();
+        for candidate in candidates {
+            let source = source_of(*candidate);
+            match self
+                .cri
+                .pull_image(target, candidate.map(|c| &c.credential))
+                .await
+            {
+                Ok(image_ref) => {
+                    debug!(image = %target, %image_ref, %source, "pulled");
+                    return PullResult::Done(Ok(source));
+                }
+                Err(error) if error.is_runtime_failure() => {
+                    return PullResult::RuntimeFailed(error);
+                }
+                Err(error) => attempts.push(Attempt {
+                    source,
+                    outcome: classify_pull_error(&error),
+                }),
+            }
+        }
+        PullResult::Done(Err(attempts))
+    }
+
+    /// The manifest along the node's route with each credential in turn: the source
+    /// and digest that worked, or every attempt.
+    async fn resolve(
+        &self,
+        reference: &ImageReference,
+        candidates: &[Option<&SourcedCredential>],
+    ) -> (Option<(String, Option<String>)>, Vec<Attempt>) {
+        let mut attempts = Vec::new();
+        for candidate in candidates {
+            let source = source_of(*candidate);
+            let resolved = self
+                .resolver
+                .resolve(reference, candidate.map(|c| &c.credential))
+                .await;
+            if resolved.outcome.is_available() {
+                debug!(image = %reference, host = ?resolved.served_by, %source, digest = ?resolved.outcome.digest, "resolved");
+                return (Some((source, resolved.outcome.digest)), attempts);
+            }
+            attempts.push(Attempt {
+                source,
+                outcome: resolved.outcome,
+            });
+        }
+        (None, attempts)
+    }
+
+    /// An image pulled only for a check goes again, unless `--keep-pulled-images`.
+    async fn remove_or_keep(&self, target: &str, report: &mut CheckReport) {
+        if self.options.keep_pulled_images {
+            report.image_present = true;
+        } else if let Err(error) = self.cri.remove_image(target).await {
+            warn!(image = %target, %error, "could not remove an image pulled only for a check");
+            report.image_present = true;
+        }
+    }
+}
+
+/// What a check's registry step came to.
+enum PullResult {
+    /// The runtime answered the pull: the source that worked, or every attempt.
+    Done(Result<String, Vec<Attempt>>),
+    /// The runtime itself failed.
+    RuntimeFailed(CriError),
+    /// Resolved along the route (no pull): (source, digest) that worked, or attempts.
+    Resolved(Option<(String, Option<String>)>, Vec<Attempt>),
+}
+
+/// The manifest digests the node holds for `reference`'s repository, from CRI repo
+/// digests (`registry/repo@sha256:...`; docker.io names as the runtime writes them).
+fn repo_digests_of(reference: &ImageReference, repo_digests: &[String]) -> Vec<String> {
+    let name = reference.name();
+    repo_digests
+        .iter()
+        .filter_map(|entry| {
+            let (entry_name, digest) = entry.rsplit_once('@')?;
+            let entry_name = ImageReference::parse(entry_name)
+                .map(|r| r.name())
+                .unwrap_or_else(|_| entry_name.to_string());
+            (entry_name == name).then(|| digest.to_string())
+        })
+        .collect()
 }
 
 fn source_of(candidate: Option<&SourcedCredential>) -> String {
@@ -355,6 +495,9 @@ mod tests {
             reason: "gone".into(),
             mode: "resolve".into(),
             credential_source: "runtime".into(),
+            digest: Some("sha256:b".into()),
+            held_digest: Some("sha256:a".into()),
+            tag_moved: Some(true),
             image_present: true,
             duration: Duration::from_secs(1),
             runtime_failure: false,
@@ -364,8 +507,34 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["credential_source", "image", "mode", "reason", "status"]
+            [
+                "credential_source",
+                "digest",
+                "held_digest",
+                "image",
+                "mode",
+                "reason",
+                "status",
+                "tag_moved"
+            ]
         );
         assert_eq!(value["status"], "absent");
+        assert_eq!(value["tag_moved"], true);
+        assert_eq!(value["held_digest"], "sha256:a");
+    }
+
+    #[test]
+    fn held_digests_are_those_of_the_same_repository() {
+        let reference = ImageReference::parse("nginx:1.27").unwrap();
+        let held = [
+            "docker.io/library/nginx@sha256:aaa".to_string(),
+            "registry.example/library/nginx@sha256:bbb".to_string(),
+            "nginx@sha256:ccc".to_string(),
+            "no-digest-here".to_string(),
+        ];
+        assert_eq!(
+            repo_digests_of(&reference, &held),
+            ["sha256:aaa", "sha256:ccc"]
+        );
     }
 }

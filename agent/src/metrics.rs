@@ -39,6 +39,7 @@ pub struct AgentMetrics {
     registry: Registry,
     check_status: IntGaugeVec,
     check_timestamp: GaugeVec,
+    tag_moved: IntGaugeVec,
     checks: IntCounterVec,
     check_duration: HistogramVec,
     cri_requests: IntCounterVec,
@@ -85,6 +86,13 @@ impl AgentMetrics {
                 Opts::new(
                     "pullwatch_agent_check_timestamp_seconds",
                     "When this node last checked the image",
+                ),
+                &["image"],
+            )?,
+            tag_moved: IntGaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_image_tag_moved",
+                    "1 when this node holds the tag at another digest than the registry now answers (a restart here runs different code), 0 when it matches; absent when unknown",
                 ),
                 &["image"],
             )?,
@@ -157,6 +165,7 @@ impl AgentMetrics {
         let r = &metrics.registry;
         r.register(Box::new(metrics.check_status.clone()))?;
         r.register(Box::new(metrics.check_timestamp.clone()))?;
+        r.register(Box::new(metrics.tag_moved.clone()))?;
         r.register(Box::new(metrics.checks.clone()))?;
         r.register(Box::new(metrics.check_duration.clone()))?;
         r.register(Box::new(metrics.cri_requests.clone()))?;
@@ -205,6 +214,15 @@ impl AgentMetrics {
         self.check_timestamp
             .with_label_values(&[report.image.as_str()])
             .set(now_seconds());
+        match report.tag_moved {
+            Some(moved) => self
+                .tag_moved
+                .with_label_values(&[report.image.as_str()])
+                .set(i64::from(moved)),
+            None => {
+                let _ = self.tag_moved.remove_label_values(&[report.image.as_str()]);
+            }
+        }
     }
 
     pub fn set_providers(&self, providers: &[String]) {
@@ -314,6 +332,9 @@ mod tests {
             reason: "secret-free reason".into(),
             mode: "pull".into(),
             credential_source: "config.json:/var/lib/kubelet/config.json".into(),
+            digest: None,
+            held_digest: None,
+            tag_moved: None,
             image_present: true,
             duration: Duration::from_millis(5),
             runtime_failure: false,
@@ -349,6 +370,35 @@ mod tests {
             text.contains(r#"pullwatch_agent_credential_provider_info{provider="ecr"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn tag_moved_follows_the_latest_check_and_goes_when_unknown() {
+        let metrics = AgentMetrics::new().unwrap();
+        let series = |metrics: &AgentMetrics| -> Vec<String> {
+            metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("pullwatch_agent_image_tag_moved{"))
+                .map(str::to_string)
+                .collect()
+        };
+        let mut moved = report("reg.io/app:v1", CheckStatus::Available);
+        moved.tag_moved = Some(true);
+        metrics.record(&moved);
+        assert_eq!(
+            series(&metrics),
+            [r#"pullwatch_agent_image_tag_moved{image="reg.io/app:v1"} 1"#]
+        );
+        moved.tag_moved = Some(false);
+        metrics.record(&moved);
+        assert_eq!(
+            series(&metrics),
+            [r#"pullwatch_agent_image_tag_moved{image="reg.io/app:v1"} 0"#]
+        );
+        moved.tag_moved = None;
+        metrics.record(&moved);
+        assert!(series(&metrics).is_empty());
     }
 
     #[tokio::test]

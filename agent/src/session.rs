@@ -409,6 +409,9 @@ async fn run_task(
         duration_millis: report.duration.as_millis() as u64,
         image_present: report.image_present,
         runtime_failure: report.runtime_failure,
+        digest: report.digest.unwrap_or_default(),
+        held_digest: report.held_digest.unwrap_or_default(),
+        tag_moved: report.tag_moved,
     }
 }
 

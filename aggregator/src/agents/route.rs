@@ -35,6 +35,12 @@ pub struct NodeOutcome {
     pub credential_source: String,
     /// Whether the node holds the image after the check.
     pub image_present: bool,
+    /// What the reference resolves to now along the node's route, when known.
+    pub digest: Option<String>,
+    /// What the node holds under the tag, when it holds it.
+    pub held_digest: Option<String>,
+    /// The node holds the tag at another digest than the registry now answers.
+    pub tag_moved: Option<bool>,
     /// The node checked without the workload's credentials (it does not run the
     /// workload): a failure then is not what its kubelet would see.
     pub without_workload_credentials: bool,
@@ -82,7 +88,12 @@ pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
         .map(|(_, n)| n.status)
         .max_by_key(|s| s.informativeness())
     else {
-        return Some(CheckOutcome::available());
+        // The digest the nodes agree the reference resolves to now (mirrors could
+        // disagree: then none is claimed).
+        let mut digests = conclusive.iter().filter_map(|(_, n)| n.digest.as_deref());
+        let first = digests.next().map(str::to_string);
+        let agreed = first.filter(|d| digests.all(|other| other == d));
+        return Some(CheckOutcome::available_at(agreed, None));
     };
     let details: Vec<String> = failing
         .iter()
@@ -112,6 +123,10 @@ pub fn status_from_proto(status: i32) -> Option<CheckStatus> {
         Status::RateLimited => CheckStatus::RateLimited,
         Status::UnknownError => CheckStatus::UnknownError,
     })
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn to_wire(credentials: &[SourcedCredential]) -> Vec<PullCredential> {
@@ -184,6 +199,9 @@ impl AgentHub {
                             reason: done.result.reason,
                             credential_source: done.result.credential_source,
                             image_present: done.result.image_present,
+                            digest: non_empty(done.result.digest),
+                            held_digest: non_empty(done.result.held_digest),
+                            tag_moved: done.result.tag_moved,
                             without_workload_credentials,
                         },
                     );
@@ -207,8 +225,24 @@ mod tests {
             reason: reason.into(),
             credential_source: "runtime".into(),
             image_present: false,
+            digest: None,
+            held_digest: None,
+            tag_moved: None,
             without_workload_credentials: false,
         }
+    }
+
+    #[test]
+    fn available_carries_the_digest_the_nodes_agree_on() {
+        let mut nodes = BTreeMap::new();
+        let mut a = node(CheckStatus::Available, "");
+        a.digest = Some("sha256:1".into());
+        nodes.insert("a".to_string(), a.clone());
+        nodes.insert("b".to_string(), a.clone());
+        assert_eq!(combine(&nodes).unwrap().digest.as_deref(), Some("sha256:1"));
+        a.digest = Some("sha256:2".into());
+        nodes.insert("c".to_string(), a);
+        assert_eq!(combine(&nodes).unwrap().digest, None, "nodes disagree");
     }
 
     #[test]
