@@ -85,13 +85,71 @@ async fn check_command_contract() {
     keys.sort_unstable();
     assert_eq!(
         keys,
-        ["credential_source", "image", "mode", "reason", "status"]
+        [
+            "credential_source",
+            "digest",
+            "held_digest",
+            "image",
+            "mode",
+            "reason",
+            "status",
+            "tag_moved"
+        ]
     );
     assert_eq!(value["image"], image.reference.as_str());
     assert_eq!(value["status"], "available");
     assert_eq!(value["mode"], "resolve", "the node does not hold the image");
     assert_eq!(value["credential_source"], "runtime");
     assert_eq!(value["reason"], "");
+    assert_eq!(value["digest"], image.digest.as_str());
+    assert_eq!(value["held_digest"], serde_json::Value::Null);
+    assert_eq!(
+        value["tag_moved"],
+        serde_json::Value::Null,
+        "not held: unknown"
+    );
+
+    // The node holds v1; the tag moves in the registry: the JSON says so with both
+    // digests, and the node keeps the old image.
+    let v2 = push_image(&registry, "team/app", "v2", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let mut args = vec![
+        "check",
+        image.reference.as_str(),
+        "--pull-absent-images",
+        "--keep-pulled-images",
+        "-o",
+        "json",
+    ];
+    args.extend(common);
+    let output = run(home.path(), &args, &[]).await;
+    assert_eq!(
+        json(&output)["mode"],
+        "pull",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    registry.move_tag("team/app", "v2", "v1").await.unwrap();
+    let mut args = vec!["check", image.reference.as_str(), "-o", "json"];
+    args.extend(common);
+    let output = run(home.path(), &args, &[]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a moved tag is still pullable"
+    );
+    let value = json(&output);
+    assert_eq!(value["tag_moved"], true, "{value}");
+    assert_eq!(value["digest"], v2.digest.as_str());
+    assert_eq!(value["held_digest"], image.digest.as_str());
+    assert_eq!(value["mode"], "resolve");
+    let output = run(home.path(), &args, &[]).await;
+    assert_eq!(
+        json(&output)["held_digest"],
+        image.digest.as_str(),
+        "still the old image"
+    );
 
     // Flags from the environment; an absent tag exits 1.
     let missing = format!("{}/team/app:gone", registry.host());

@@ -1,6 +1,6 @@
 //! Checks through real containerd nodes against real registries: node credentials of
 //! every kind, absent tags, a registry that is down, resolve without downloads, a
-//! hosts.toml mirror, and a containerd restart.
+//! hosts.toml mirror, a moved tag that no check may re-point, and a containerd restart.
 
 mod common;
 
@@ -254,12 +254,18 @@ async fn absent_tags_and_a_registry_that_is_down() {
             );
             assert!(report.reason.contains("refused"), "{}", report.reason);
         }
-        // auto on a present image is a pull.
+        // auto on a present tag resolves first: with the registry down nothing is
+        // known about the tag's digest, so the runtime is not asked (a tag pull could
+        // re-point the node's tag).
         let report = checker.check(&image.reference, Mode::Auto, &[]).await;
-        assert_eq!(report.mode, "pull");
+        assert_eq!(report.mode, "resolve");
+        assert_eq!(report.tag_moved, None);
         registry.start_again().await.unwrap();
         let report = checker.check(&image.reference, Mode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        // Back up, the digest matches the node's: the runtime confirms by digest.
+        assert_eq!(report.mode, "pull");
+        assert_eq!(report.tag_moved, Some(false));
     })
     .await;
 }
@@ -476,6 +482,148 @@ async fn containerd_restarted_mid_run() {
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         assert_eq!(report.mode, "pull");
         assert!(node_images(&checker).await.contains(&image.reference));
+    })
+    .await;
+}
+
+/// The digests the node holds for `reference` (CRI ImageStatus repo digests).
+async fn held_digests(checker: &pullwatch_agent::check::Checker, reference: &str) -> Vec<String> {
+    checker
+        .cri()
+        .image_status(reference)
+        .await
+        .unwrap()
+        .map(|image| image.repo_digests)
+        .unwrap_or_default()
+}
+
+/// Registry access-log lines that asked for a manifest by `digest`.
+fn manifest_requests_by_digest(log: &str, digest: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(&format!("/manifests/{digest}")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let v1 = push_image(&registry, "app/web", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let v2 = push_image(&registry, "app/web", "v2", ImageFormat::Oci)
+            .await
+            .unwrap();
+        assert_ne!(v1.digest, v2.digest);
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        // The node pulled app/web:v1 when its pod started (as the kubelet would).
+        let kubelet = checker(
+            &node,
+            NodeSetup {
+                options: Some(CheckOptions {
+                    pull_absent_images: true,
+                    keep_pulled_images: true,
+                }),
+                ..Default::default()
+            },
+        );
+        let report = kubelet.check(&v1.reference, Mode::Pull, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
+        let held_before = held_digests(&kubelet, &v1.reference).await;
+        assert!(
+            held_before.iter().any(|d| d.ends_with(&v1.digest)),
+            "{held_before:?}"
+        );
+        let images_before = node_images(&kubelet).await;
+
+        // Nothing moved: auto confirms through the runtime, by digest.
+        let checker = checker(&node, NodeSetup::default());
+        let log_start = registry.log().len();
+        let report = checker.check(&v1.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_eq!(report.mode, "pull");
+        assert_eq!(report.tag_moved, Some(false));
+        assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
+        assert_eq!(report.held_digest.as_deref(), Some(v1.digest.as_str()));
+        let log = registry.log()[log_start..].to_string();
+        assert!(
+            !manifest_requests_by_digest(&log, &v1.digest).is_empty(),
+            "the runtime confirms by digest:\n{log}"
+        );
+
+        // The release tag is re-pushed: v1 now has v2's manifest.
+        assert_eq!(
+            registry.move_tag("app/web", "v2", "v1").await.unwrap(),
+            v2.digest
+        );
+        let log_start = registry.log().len();
+        for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+            let report = checker.check(&v1.reference, mode, &[]).await;
+            assert_eq!(
+                report.status,
+                CheckStatus::Available,
+                "{mode:?}: {}",
+                report.reason
+            );
+            assert_eq!(report.tag_moved, Some(true), "{mode:?}");
+            assert_eq!(
+                report.mode, "resolve",
+                "{mode:?}: a moved tag is never pulled"
+            );
+            assert_eq!(
+                report.digest.as_deref(),
+                Some(v2.digest.as_str()),
+                "{mode:?}"
+            );
+            assert_eq!(
+                report.held_digest.as_deref(),
+                Some(v1.digest.as_str()),
+                "{mode:?}"
+            );
+            assert!(
+                report.reason.contains("tag moved"),
+                "{mode:?}: {}",
+                report.reason
+            );
+            assert!(report.image_present);
+        }
+        // The node still holds v1 at the old digest, and nothing else changed.
+        assert_eq!(held_digests(&checker, &v1.reference).await, held_before);
+        assert_eq!(node_images(&checker).await, images_before);
+        let log = registry.log()[log_start..].to_string();
+        assert!(blob_gets(&log).is_empty(), "blobs were fetched:\n{log}");
+        assert!(
+            manifest_requests_by_digest(&log, &v2.digest).is_empty(),
+            "the runtime was asked for the new manifest:\n{log}"
+        );
+        assert!(
+            log.contains("\"HEAD /v2/app/web/manifests/v1 HTTP/1.1\" 200"),
+            "{log}"
+        );
+
+        // A digest reference cannot move: the held one is confirmed through the runtime.
+        let pinned = format!("{}/app/web@{}", registry.host(), v1.digest);
+        let report = checker.check(&pinned, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_eq!(report.mode, "pull");
+        assert_eq!(report.tag_moved, None);
+        assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
+        assert_eq!(node_images(&checker).await, images_before);
+
+        // The tag deleted altogether: absent, still nothing pulled or removed.
+        registry
+            .delete_manifest("app/web", &v2.digest)
+            .await
+            .unwrap();
+        let report = checker.check(&v1.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        assert_eq!(report.tag_moved, None);
+        assert_eq!(report.held_digest.as_deref(), Some(v1.digest.as_str()));
+        assert_eq!(held_digests(&checker, &v1.reference).await, held_before);
     })
     .await;
 }

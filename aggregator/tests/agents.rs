@@ -9,7 +9,9 @@
 //!   `pullwatch_image_nodes`;
 //! - an agent killed while checking: its task moves to another node;
 //! - pull secrets reach only the node that runs the workload (and follow the pod);
-//!   in `--manifests` mode none reaches any agent.
+//!   in `--manifests` mode none reaches any agent;
+//! - a tag moved in the registry while a node holds the old image: the agent reports
+//!   the move and the node keeps what it runs.
 //!
 //! Loopback only; every wait is bounded.
 
@@ -761,6 +763,95 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
             assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
             assert!(stderr.contains(expected), "{extra:?}: {stderr}");
         }
+    })
+    .await;
+}
+
+/// The image's tag is re-pushed while a node holds the old image: checks dispatched by
+/// the aggregator report the move (agent metric), the canonical status stays
+/// `available`, and the node still holds the old digest with no layer downloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let v1 = push_image(&registry, "app/web", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let v2 = push_image(&registry, "app/web", "v2", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let image = v1.reference.clone();
+        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        // The kubelet pulled v1 when the pod started.
+        let cri = CriClient::new(
+            &node.endpoint(),
+            CriTimeouts {
+                call: Duration::from_secs(10),
+                pull: Duration::from_secs(60),
+            },
+            None,
+        )
+        .unwrap();
+        cri.pull_image(&image, None).await.unwrap();
+        let held = || async {
+            cri.image_status(&image)
+                .await
+                .unwrap()
+                .map(|i| i.repo_digests)
+                .unwrap_or_default()
+        };
+        let held_before = held().await;
+        assert!(held_before.iter().any(|d| d.ends_with(&v1.digest)), "{held_before:?}");
+
+        registry.move_tag("app/web", "v2", "v1").await.unwrap();
+        let log_start = registry.log().len();
+        let manifests = manifests_dir(&image);
+        let serve = Serve::start(
+            &[
+                "--manifests".into(),
+                manifests.path().display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+            ],
+            Auth::SharedToken,
+        );
+        let agent = Agent::start(
+            &node,
+            None,
+            serve.session("node-a", &serve.shared_token_file(), &[]),
+        );
+        agent.wait_connected().await;
+        let text = serve
+            .wait_metrics("the node's answer", |t| {
+                value(t, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0
+                    && value(t, &canonical("available", "shop", "web", &image)) == Some(1.0)
+            })
+            .await;
+        promtool_check_metrics(&text).unwrap();
+        let node_view = agent.render();
+        assert!(
+            node_view.contains(&format!(
+                "pullwatch_agent_image_tag_moved{{image=\"{image}\"}} 1"
+            )),
+            "{node_view}"
+        );
+        assert!(
+            node_view.contains(&format!(
+                "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
+            )),
+            "a moved tag is resolved, never pulled: {node_view}"
+        );
+        assert_eq!(held().await, held_before, "the node's tag was re-pointed");
+        let log = registry.log()[log_start..].to_string();
+        assert!(
+            !log.lines().any(|l| l.contains("/blobs/")),
+            "blobs were fetched:\n{log}"
+        );
+        assert!(
+            !log.contains(&format!("/manifests/{}", v2.digest)),
+            "the runtime was asked for the new manifest:\n{log}"
+        );
+        agent.kill();
     })
     .await;
 }

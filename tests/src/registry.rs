@@ -321,6 +321,37 @@ impl Registry {
         .await
     }
 
+    /// Points `repo:target_tag` at the manifest `repo:source_tag` has, the way a
+    /// re-push of a release tag moves it. Returns the digest `target_tag` has now.
+    pub async fn move_tag(&self, repo: &str, source_tag: &str, target_tag: &str) -> Result<String> {
+        let source = self.get_manifest(repo, source_tag).await?;
+        if source.status != 200 {
+            bail!("GET manifest {repo}:{source_tag}: status {}", source.status);
+        }
+        let content_type = source
+            .header("content-type")
+            .ok_or_else(|| anyhow::anyhow!("manifest {repo}:{source_tag} has no content type"))?
+            .to_string();
+        let resp = self
+            .request(
+                http::Method::PUT,
+                &format!("/v2/{repo}/manifests/{target_tag}"),
+                &[("content-type", content_type.as_str())],
+                source.body,
+            )
+            .await?;
+        if resp.status != 201 {
+            bail!(
+                "PUT manifest {repo}:{target_tag}: status {} body {}",
+                resp.status,
+                resp.text()
+            );
+        }
+        resp.header("docker-content-digest")
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("PUT manifest {repo}:{target_tag}: no digest"))
+    }
+
     /// Deletes the manifest `digest` in `repo` through the registry API (tags pointing
     /// at it go away too), so the image becomes "lost".
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<()> {
