@@ -17,6 +17,7 @@
 //!   again) with `--pull-absent-images`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, SourcedCredential};
@@ -105,6 +106,9 @@ pub struct Checker {
     keyring: Arc<NodeKeyring>,
     resolver: Arc<Resolver>,
     options: CheckOptions,
+    /// The resolver follows the hosts.toml rules of the node's runtime version, learnt
+    /// from CRI `Version` once the runtime answers it.
+    runtime_known: AtomicBool,
 }
 
 impl std::fmt::Debug for Checker {
@@ -134,6 +138,23 @@ impl Checker {
             keyring,
             resolver,
             options,
+            runtime_known: AtomicBool::new(false),
+        }
+    }
+
+    /// Tells the resolver which containerd it stands in for (once; retried while the
+    /// runtime does not answer, meanwhile the current rules apply).
+    async fn learn_runtime(&self) {
+        if self.runtime_known.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.cri.version().await {
+            Ok(version) => {
+                self.resolver
+                    .set_runtime(&version.runtime_name, &version.runtime_version);
+                self.runtime_known.store(true, Ordering::Relaxed);
+            }
+            Err(error) => debug!(%error, "runtime version unknown; current hosts.toml rules"),
         }
     }
 
@@ -189,6 +210,7 @@ impl Checker {
         };
         // The normalized form: what the kubelet hands the runtime after parsing.
         let target = reference.to_string();
+        self.learn_runtime().await;
 
         // What the node holds. Resolve mode does not depend on the runtime: a runtime
         // that cannot answer there only means nothing is known about the node's copy.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// What containerd sends in `Accept` when it resolves a reference.
 pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -127,14 +127,74 @@ pub fn host_dir(root: &Path, registry: &str) -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
-/// The hosts containerd would try for `registry`, in order (the upstream last).
+/// How the node's containerd reads hosts.toml: the rules changed between versions, and
+/// the agent must take the route the node's own containerd takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HostsDialect {
+    /// containerd 1.6 (every release) and 1.7 before 1.7.32: a hosts.toml without a
+    /// `[host]` table is rejected ("invalid `host` tree", containerd issue 10027), so
+    /// its root-level `server`, `ca`... are ignored.
+    RequiresHostTable,
+    /// containerd 1.7.32 and later, 2.x, and runtimes whose version is unknown: a
+    /// hosts.toml of root-level fields alone is honoured.
+    #[default]
+    Current,
+}
+
+impl HostsDialect {
+    /// The dialect of the runtime CRI `Version` reports (`containerd`, `1.6.20~ds1`,
+    /// `v1.7.13`, `v1.7.23-k3s2`...).
+    pub fn for_runtime(name: &str, version: &str) -> HostsDialect {
+        if !name.eq_ignore_ascii_case("containerd") {
+            return HostsDialect::Current;
+        }
+        let numbers: Vec<u32> = version
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .next()
+            .unwrap_or_default()
+            .split('.')
+            .map_while(|part| part.parse().ok())
+            .collect();
+        match numbers.as_slice() {
+            [1, minor, ..] if *minor < 7 => HostsDialect::RequiresHostTable,
+            [1, 7, patch, ..] if *patch < 32 => HostsDialect::RequiresHostTable,
+            [1, 7] => HostsDialect::RequiresHostTable,
+            _ => HostsDialect::Current,
+        }
+    }
+}
+
+/// The hosts containerd would try for `registry`, in order (the upstream last), read
+/// with the current containerd's rules.
 pub fn registry_hosts(root: &Path, registry: &str) -> Result<Vec<RegistryHost>, ResolveError> {
+    registry_hosts_for(root, registry, HostsDialect::Current)
+}
+
+/// The hosts the node's containerd (of `dialect`) would try for `registry`, in order.
+///
+/// As containerd's `loadHostDir`: a missing or empty hosts.toml means the directory's
+/// certificate files; a hosts.toml containerd cannot decode is logged and ignored in
+/// favour of the same certificate files (the registry itself is then the only host).
+pub fn registry_hosts_for(
+    root: &Path,
+    registry: &str,
+    dialect: HostsDialect,
+) -> Result<Vec<RegistryHost>, ResolveError> {
     let mut hosts = match host_dir(root, registry) {
         None => vec![RegistryHost::default()],
         Some(dir) => {
             let file = dir.join("hosts.toml");
             match std::fs::read_to_string(&file) {
-                Ok(text) if !text.trim().is_empty() => parse_hosts_toml(&dir, &file, &text)?,
+                Ok(text) if !text.is_empty() => {
+                    match parse_hosts_toml(&dir, &file, &text, dialect) {
+                        Ok(hosts) => hosts,
+                        Err(error) => {
+                            warn!(%error, "containerd ignores a hosts.toml it cannot decode and uses the directory's certificate files; so does this check");
+                            cert_files(&dir)?
+                        }
+                    }
+                }
                 Ok(_) => cert_files(&dir)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => cert_files(&dir)?,
                 Err(source) => return Err(ResolveError::Read { path: file, source }),
@@ -194,6 +254,7 @@ fn parse_hosts_toml(
     dir: &Path,
     file: &Path,
     text: &str,
+    dialect: HostsDialect,
 ) -> Result<Vec<RegistryHost>, ResolveError> {
     let invalid = |reason: String| ResolveError::Invalid {
         path: file.to_path_buf(),
@@ -214,6 +275,8 @@ fn parse_hosts_toml(
             };
             hosts.push(parse_host(dir, server, config).map_err(invalid)?);
         }
+    } else if dialect == HostsDialect::RequiresHostTable {
+        return Err(invalid("invalid `host` tree".into()));
     }
     let server = match table.get("server") {
         None => "",
@@ -485,6 +548,8 @@ pub struct ResolverConfig {
 /// settings) and bearer tokens between checks.
 pub struct Resolver {
     config: ResolverConfig,
+    /// The node's containerd's hosts.toml rules, once its version is known.
+    dialect: Mutex<HostsDialect>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
 }
@@ -531,6 +596,7 @@ impl Resolver {
         install_crypto_provider();
         Resolver {
             config,
+            dialect: Mutex::new(HostsDialect::default()),
             clients: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         }
@@ -538,6 +604,17 @@ impl Resolver {
 
     pub fn runtime_auth(&self) -> &RuntimeAuth {
         &self.config.runtime_auth
+    }
+
+    /// Follows the hosts.toml rules of the runtime CRI `Version` reported.
+    pub fn set_runtime(&self, name: &str, version: &str) {
+        let dialect = HostsDialect::for_runtime(name, version);
+        debug!(runtime = name, version, ?dialect, "hosts.toml rules");
+        *lock(&self.dialect) = dialect;
+    }
+
+    pub fn dialect(&self) -> HostsDialect {
+        *lock(&self.dialect)
     }
 
     /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
@@ -548,7 +625,7 @@ impl Resolver {
         credential: Option<&RegistryCredential>,
     ) -> Resolved {
         let registry = image.registry();
-        let hosts = match registry_hosts(&self.config.hosts_dir, registry) {
+        let hosts = match registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()) {
             Ok(hosts) => hosts,
             Err(e) => {
                 return Resolved {
@@ -1206,12 +1283,72 @@ capabilities = ["pull", "resolve"]
         assert_eq!(hosts[0].ca, [root.join("reg.io/ca.crt")]);
         assert_eq!(hosts[0].client.len(), 1);
 
+        // A hosts.toml containerd cannot decode (an unknown capability) is ignored in
+        // favour of the directory's certificate files, as containerd's loadHostDir.
         write(
             &root.join("bad.io/hosts.toml"),
             "[host.\"https://m\"]\ncapabilities = [\"fly\"]\n",
         );
-        let error = registry_hosts(root, "bad.io").unwrap_err();
-        assert!(error.to_string().contains("unknown capability"), "{error}");
+        write(&root.join("bad.io/extra.crt"), "x");
+        for dialect in [HostsDialect::RequiresHostTable, HostsDialect::Current] {
+            let hosts = registry_hosts_for(root, "bad.io", dialect).unwrap();
+            assert_eq!(hosts.len(), 1, "{dialect:?}");
+            assert_eq!(hosts[0].url(), "https://bad.io");
+            assert_eq!(hosts[0].ca, [root.join("bad.io/extra.crt")]);
+        }
+    }
+
+    #[test]
+    fn a_server_without_a_host_table_follows_the_containerd_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(
+            &root.join("reg.io/hosts.toml"),
+            "server = \"https://elsewhere.internal\"\n",
+        );
+        // containerd 1.6 and 1.7 < 1.7.32: "invalid `host` tree", the registry itself.
+        let hosts = registry_hosts_for(root, "reg.io", HostsDialect::RequiresHostTable).unwrap();
+        assert_eq!(
+            hosts.iter().map(RegistryHost::url).collect::<Vec<_>>(),
+            ["https://reg.io"]
+        );
+        // Later versions honour the server.
+        let hosts = registry_hosts_for(root, "reg.io", HostsDialect::Current).unwrap();
+        assert_eq!(
+            hosts.iter().map(RegistryHost::url).collect::<Vec<_>>(),
+            ["https://elsewhere.internal"]
+        );
+        // An empty [host] table is enough for every version.
+        write(
+            &root.join("reg.io/hosts.toml"),
+            "server = \"https://elsewhere.internal\"\n[host]\n",
+        );
+        let hosts = registry_hosts_for(root, "reg.io", HostsDialect::RequiresHostTable).unwrap();
+        assert_eq!(hosts[0].url(), "https://elsewhere.internal");
+    }
+
+    #[test]
+    fn dialects_by_runtime_version() {
+        use HostsDialect::*;
+        for (name, version, dialect) in [
+            ("containerd", "1.6.20~ds1", RequiresHostTable),
+            ("containerd", "v1.6.38", RequiresHostTable),
+            ("containerd", "v1.7.13", RequiresHostTable),
+            ("containerd", "v1.7.31", RequiresHostTable),
+            ("containerd", "v1.7.23-k3s2", RequiresHostTable),
+            ("containerd", "v1.7.32", Current),
+            ("containerd", "1.7.34", Current),
+            ("containerd", "v2.0.0", Current),
+            ("containerd", "2.1.4", Current),
+            ("containerd", "", Current),
+            ("cri-o", "1.30.0", Current),
+        ] {
+            assert_eq!(
+                HostsDialect::for_runtime(name, version),
+                dialect,
+                "{name} {version}"
+            );
+        }
     }
 
     #[test]

@@ -627,3 +627,92 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
     })
     .await;
 }
+
+/// Which of `registries` saw manifest requests for `repo` since `starts` (log offsets).
+fn asked(registries: &[&Registry], starts: &[usize], repo: &str) -> Vec<bool> {
+    registries
+        .iter()
+        .zip(starts)
+        .map(|(r, start)| r.log()[*start..].contains(&format!("/v2/{repo}/manifests/")))
+        .collect()
+}
+
+/// The agent's route emulation against the real containerd of the bench, scenario by
+/// scenario: the same status, and the same registries asked for the manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_route_is_the_one_the_node_containerd_takes() {
+    bounded(async {
+        let upstream = Registry::start(RegistryOptions::default()).await.unwrap();
+        let server = Registry::start(RegistryOptions::default()).await.unwrap();
+        // Only `server` has the image: which registry a route asks decides the answer.
+        push_image(&server, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let image = format!("{}/team/app:v1", upstream.host());
+        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let checker = checker(&node, NodeSetup::default());
+        let version = checker.cri().version().await.unwrap();
+        let dialect = pullwatch_agent::resolve::HostsDialect::for_runtime(
+            &version.runtime_name,
+            &version.runtime_version,
+        );
+        let s = server.host();
+        let scenarios = [
+            // containerd < 1.7.32 rejects a file without [host] ("invalid `host` tree").
+            ("server without [host]", format!("server = \"http://{s}\"\n")),
+            (
+                "server with an empty [host]",
+                format!("server = \"http://{s}\"\n[host]\n"),
+            ),
+            // A file containerd cannot decode is ignored: the registry itself.
+            (
+                "unknown capability",
+                format!("[host.\"http://{s}\"]\n  capabilities = [\"pull\", \"resolve\", \"teleport\"]\n"),
+            ),
+            ("not TOML", format!("[host.\"http://{s}\"\n")),
+            (
+                "a mirror",
+                format!("[host.\"http://{s}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+            ),
+            (
+                "a mirror that may not resolve tags",
+                format!("[host.\"http://{s}\"]\n  capabilities = [\"pull\"]\n"),
+            ),
+        ];
+        for (name, hosts_toml) in scenarios {
+            node.write_hosts_toml(&upstream.host(), &hosts_toml).unwrap();
+
+            let starts = [upstream.log().len(), server.log().len()];
+            let runtime = match checker.cri().pull_image(&image, None).await {
+                Ok(_) => {
+                    checker.cri().remove_image(&image).await.unwrap();
+                    CheckStatus::Available
+                }
+                Err(error) => pullwatch_agent::cri::classify_pull_error(&error).status,
+            };
+            let runtime_asked = asked(&[&upstream, &server], &starts, "team/app");
+
+            let starts = [upstream.log().len(), server.log().len()];
+            let report = checker.check(&image, Mode::Resolve, &[]).await;
+            let agent_asked = asked(&[&upstream, &server], &starts, "team/app");
+            assert_eq!(
+                report.status, runtime,
+                "{name} ({} {}): the agent says {} ({}), containerd {runtime}",
+                version.runtime_name, version.runtime_version, report.status, report.reason
+            );
+            assert_eq!(
+                agent_asked, runtime_asked,
+                "{name}: registries asked (upstream, server) by the agent vs containerd"
+            );
+        }
+        // The bench's containerd is 1.6: the first scenario is the one that differs
+        // between versions, so say which rule was exercised.
+        if dialect == pullwatch_agent::resolve::HostsDialect::RequiresHostTable {
+            node.write_hosts_toml(&upstream.host(), &format!("server = \"http://{s}\"\n"))
+                .unwrap();
+            let report = checker.check(&image, Mode::Resolve, &[]).await;
+            assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        }
+    })
+    .await;
+}
