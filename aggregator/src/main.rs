@@ -183,7 +183,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         checker,
         metrics,
         args.checker.max_concurrent_checks as usize * 2,
-    );
+    )
+    .with_inventory(shared.inventory.clone());
     // Node agents, with --agent-listen: checks go through them while any is connected.
     let agent_server = match args
         .agents

@@ -20,13 +20,15 @@ use prometheus::{
 };
 use pullwatch::CheckStatus;
 
-use crate::inventory::WorkloadKind;
+use crate::inventory::{RunningDigests, WorkloadKind};
 use crate::store::ResultStore;
 
 /// Nodes per status for each image (with agents).
 const IMAGE_NODES: &str = "pullwatch_image_nodes";
 /// Nodes holding each image (with agents).
 const IMAGE_CACHED_NODES: &str = "pullwatch_image_cached_nodes";
+/// Whether running pods run what the tag resolves to now.
+const IMAGE_TAG_MOVED: &str = "pullwatch_image_tag_moved";
 
 const PREFIX: &str = "k8s_image_availability_exporter";
 
@@ -188,17 +190,19 @@ impl Metrics {
 
     /// How many parts [`Metrics::render_part`] renders.
     pub fn part_count(&self) -> usize {
-        1 + self.families.len() + 2
+        1 + self.families.len() + 3
     }
 
     /// Appends part `part` of the exposition to `out`: part 0 is pullwatch's own
-    /// metrics, each further part one canonical family, the last two the node view
-    /// of images (agents only). A family with no series is left out entirely (nothing
-    /// is exported before a reference's first check).
+    /// metrics, each further part one canonical family, then the node view of images
+    /// (agents only, two parts) and the moved-tag family (from `running`, what the
+    /// cluster's pods run; None outside cluster mode). A family with no series is left
+    /// out entirely (nothing is exported before a reference's first check).
     pub fn render_part(
         &self,
         part: usize,
         store: &ResultStore,
+        running: Option<&RunningDigests>,
         out: &mut String,
     ) -> Result<(), MetricsError> {
         if part == 0 {
@@ -211,6 +215,11 @@ impl Metrics {
             match part - 1 - self.families.len() {
                 0 => render_image_nodes(store, out),
                 1 => render_cached_nodes(store, out),
+                2 => {
+                    if let Some(running) = running {
+                        render_tag_moved(store, running, out);
+                    }
+                }
                 _ => {}
             }
             return Ok(());
@@ -258,11 +267,20 @@ impl Metrics {
         Ok(())
     }
 
-    /// The whole exposition at once.
+    /// The whole exposition at once, without what pods run.
     pub fn render(&self, store: &ResultStore) -> Result<String, MetricsError> {
+        self.render_with(store, None)
+    }
+
+    /// The whole exposition at once.
+    pub fn render_with(
+        &self,
+        store: &ResultStore,
+        running: Option<&RunningDigests>,
+    ) -> Result<String, MetricsError> {
         let mut out = String::new();
         for part in 0..self.part_count() {
-            self.render_part(part, store, &mut out)?;
+            self.render_part(part, store, running, &mut out)?;
         }
         Ok(out)
     }
@@ -308,6 +326,52 @@ fn render_cached_nodes(store: &ResultStore, out: &mut String) {
         out.push_str(IMAGE_CACHED_NODES);
         write_labels(out, &[("image", image)]);
         let _ = writeln!(out, " {}", nodes.cached);
+    }
+}
+
+/// `pullwatch_image_tag_moved{namespace,kind,name,container,image}`: 1 when some
+/// running pod of the workload runs another digest than the tag resolves to now, 0
+/// when all run it. Absent when unknown: not checked yet, no digest answered, no
+/// running pod reported one, or a digest reference (which cannot move).
+fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut String) {
+    let mut header_written = false;
+    for (container, outcome) in store.iter() {
+        let Some(now) = outcome.digest.as_deref() else {
+            continue;
+        };
+        if container.image.contains('@') {
+            continue;
+        }
+        let Some(digests) = running.digests(
+            &container.namespace,
+            container.kind,
+            &container.name,
+            &container.container,
+            &container.image,
+        ) else {
+            continue;
+        };
+        if !header_written {
+            let _ = writeln!(
+                out,
+                "# HELP {IMAGE_TAG_MOVED} 1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it."
+            );
+            let _ = writeln!(out, "# TYPE {IMAGE_TAG_MOVED} gauge");
+            header_written = true;
+        }
+        out.push_str(IMAGE_TAG_MOVED);
+        write_labels(
+            out,
+            &[
+                ("container", &container.container),
+                ("image", &container.image),
+                ("kind", container.kind.as_str()),
+                ("name", &container.name),
+                ("namespace", &container.namespace),
+            ],
+        );
+        let moved = digests.keys().any(|running| &**running != now);
+        out.push_str(if moved { " 1\n" } else { " 0\n" });
     }
 }
 
@@ -497,5 +561,78 @@ mod tests {
         let text = m.render(&store).unwrap();
         assert!(!text.contains("reg.io/app:1"));
         assert!(!text.contains(&format!("# TYPE {IMAGE_NODES}")));
+    }
+
+    #[test]
+    fn tag_moved_is_one_zero_or_absent() {
+        use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
+        let m = Metrics::new(false).unwrap();
+        let mut store = ResultStore::default();
+        let mut running = RunningDigests::default();
+        let bare_pod = |image_id: &str| Pod {
+            metadata: Default::default(),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("nginx:1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "app".into(),
+                    image_id: image_id.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let solo = ContainerRef {
+            namespace: "ns".into(),
+            kind: WorkloadKind::Pod,
+            name: "solo".into(),
+            container: "app".into(),
+            image: "nginx:1".into(),
+        };
+        let moved = |text: &str| series(text, IMAGE_TAG_MOVED);
+        // Checked, digest known, no running pod: unknown.
+        store.set(
+            solo.clone(),
+            CheckOutcome::available_at(Some("sha256:new".into()), None),
+        );
+        assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());
+        running.apply(
+            "ns",
+            "solo",
+            &bare_pod("docker.io/library/nginx@sha256:new"),
+        );
+        assert_eq!(
+            moved(&m.render_with(&store, Some(&running)).unwrap()),
+            [
+                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 0"#
+            ]
+        );
+        running.apply(
+            "ns",
+            "solo",
+            &bare_pod("docker.io/library/nginx@sha256:old"),
+        );
+        assert_eq!(
+            moved(&m.render_with(&store, Some(&running)).unwrap()),
+            [
+                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 1"#
+            ]
+        );
+        // No digest from the registry (a failed check): unknown again.
+        store.set(solo.clone(), CheckOutcome::new(CheckStatus::Absent, "gone"));
+        assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());
+        // Outside cluster mode there is nothing to compare with.
+        store.set(
+            solo,
+            CheckOutcome::available_at(Some("sha256:new".into()), None),
+        );
+        assert!(moved(&m.render(&store).unwrap()).is_empty());
     }
 }

@@ -28,7 +28,7 @@ use crate::agents::route::NodeOutcome;
 use crate::checker::Checker;
 use crate::checker::limits::lock;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex, IndexOptions};
-use crate::inventory::SharedInventory;
+use crate::inventory::{Inventory, SharedInventory};
 use crate::metrics::{Metrics, MetricsError};
 use crate::store::{ImageNodes, ResultStore};
 
@@ -41,6 +41,8 @@ pub struct Pipeline {
     parallelism: usize,
     /// Node agents, when the agent server runs.
     agents: Option<AgentHub>,
+    /// The live inventory (cluster mode): what running pods run, for moved tags.
+    inventory: Option<Arc<Mutex<Inventory>>>,
 }
 
 /// The outcome of one distinct check, and the node answers it was made of.
@@ -68,7 +70,15 @@ impl Pipeline {
             metrics,
             parallelism: parallelism.max(1),
             agents: None,
+            inventory: None,
         }
+    }
+
+    /// Reads what running pods run from `inventory` (cluster mode), for the
+    /// moved-tag series.
+    pub fn with_inventory(mut self, inventory: Arc<Mutex<Inventory>>) -> Self {
+        self.inventory = Some(inventory);
+        self
     }
 
     /// Routes checks through `hub`'s agents whenever one is connected.
@@ -180,7 +190,13 @@ impl Pipeline {
 
     /// The whole Prometheus text exposition.
     pub fn render_metrics(&self) -> Result<String, MetricsError> {
-        self.metrics.render(&lock(&self.store))
+        let store = lock(&self.store);
+        match &self.inventory {
+            Some(inventory) => self
+                .metrics
+                .render_with(&store, Some(&lock(inventory).running)),
+            None => self.metrics.render(&store),
+        }
     }
 
     /// How many parts [`Pipeline::render_metrics_part`] renders.
@@ -192,8 +208,19 @@ impl Pipeline {
     /// store for the whole response or building it in one piece.
     pub fn render_metrics_part(&self, part: usize) -> Result<String, MetricsError> {
         let mut out = String::new();
-        self.metrics
-            .render_part(part, &lock(&self.store), &mut out)?;
+        let store = lock(&self.store);
+        // The live inventory only for the part that reads it (store, then inventory:
+        // nothing takes them in the other order).
+        let inventory = match &self.inventory {
+            Some(inventory) if part + 1 == self.metrics.part_count() => Some(lock(inventory)),
+            _ => None,
+        };
+        self.metrics.render_part(
+            part,
+            &store,
+            inventory.as_ref().map(|i| &i.running),
+            &mut out,
+        )?;
         Ok(out)
     }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use pullwatch_testbench::{
     ApiTarget, ImageFormat, Registry, RegistryOptions, cronjob, deployment, free_port,
-    http_request, job, namespace, pod, promtool_check_metrics, push_image, replicaset,
+    http_request, job, namespace, pod, promtool_check_metrics, push_image, replicaset, running,
     secret_dockercfg, secret_dockerconfigjson, service_account, statefulset, suspended, with_owner,
     with_pull_secrets, with_replicas,
 };
@@ -42,11 +42,16 @@ impl Aggregator {
             .args(["--bind-address", &format!("127.0.0.1:{port}")])
             .args([
                 "--allow-plain-http",
-                "--check-interval",
-                "1h",
                 "--log-level",
                 "info,pullwatch_aggregator=debug",
             ])
+            // Rechecks only when a test asks for them.
+            .args(
+                (!extra.contains(&"--check-interval"))
+                    .then_some(["--check-interval", "1h"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -615,5 +620,134 @@ async fn namespace_label_and_forced_disabled_controllers() {
             Duration::from_secs(10),
             |m| m.contains("name=\"ignored\""),
         )
+        .await;
+}
+
+/// The moved-tag series of workload `name` (kind/name) in `ns`: its value, if exported.
+fn tag_moved(metrics: &str, ns: &str, kind: &str, name: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("pullwatch_image_tag_moved{")
+                && l.contains(&format!(
+                    "kind=\"{kind}\",name=\"{name}\",namespace=\"{ns}\""
+                ))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Running pods' `imageID`s against what the tag resolves to now: 0 while they match,
+/// 1 once the tag moves (or a pod runs another digest), absent when nothing is known.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_shows_against_what_running_pods_run() {
+    let target = ApiTarget::from_env().await.unwrap();
+    if target.is_real() {
+        // Pod statuses with made-up image IDs are only for the test server.
+        return;
+    }
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let v1 = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let v2 = push_image(&registry, "shop/web", "v2", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let image = v1.reference.clone();
+    let pinned = format!("{}/shop/web@{}", registry.host(), v1.digest);
+    let runs = |digest: &str| format!("{}/shop/web@{digest}", registry.host());
+    let ns = "pw-drift";
+    target.ensure_namespace(ns).await.unwrap();
+    target
+        .apply(&deployment(ns, "web", &[&image]))
+        .await
+        .unwrap();
+    target
+        .apply(&deployment(ns, "idle", &[&image]))
+        .await
+        .unwrap();
+    let rs = target
+        .apply(&replicaset(ns, "web-abc", &[&image]))
+        .await
+        .unwrap();
+    let web_pod = |name: &str| {
+        let mut p = with_owner(pod(ns, name, &[&image]), &rs);
+        p.metadata.labels = Some([("pod-template-hash".to_string(), "abc".to_string())].into());
+        p
+    };
+    let web1 = target.apply(&web_pod("web-abc-1")).await.unwrap();
+    target
+        .apply_status(&running(web1, "node-a", &[&runs(&v1.digest)]))
+        .await
+        .unwrap();
+    // A digest reference cannot move: never a series.
+    let solo = target.apply(&pod(ns, "solo", &[&pinned])).await.unwrap();
+    target
+        .apply_status(&running(solo, "node-a", &[&runs(&v1.digest)]))
+        .await
+        .unwrap();
+
+    let aggregator = Aggregator::start(&target, &["--check-interval", "1s"]);
+    aggregator.wait_ready().await;
+    aggregator
+        .wait_metrics("web's drift at 0", Duration::from_secs(30), |m| {
+            tag_moved(m, ns, "deployment", "web").as_deref() == Some("0")
+        })
+        .await;
+    let metrics = aggregator.metrics().await;
+    promtool_check_metrics(&metrics).unwrap();
+    assert_eq!(
+        tag_moved(&metrics, ns, "deployment", "idle"),
+        None,
+        "no running pod"
+    );
+    assert_eq!(
+        tag_moved(&metrics, ns, "pod", "solo"),
+        None,
+        "digest reference"
+    );
+    assert_eq!(
+        status_of(&metrics, &format!("{ns}/pod/solo/c0")).as_deref(),
+        Some("available")
+    );
+
+    // The release tag is re-pushed: the running pod runs what a restart would not.
+    registry.move_tag("shop/web", "v2", "v1").await.unwrap();
+    aggregator
+        .wait_metrics("web's drift at 1", Duration::from_secs(30), |m| {
+            tag_moved(m, ns, "deployment", "web").as_deref() == Some("1")
+        })
+        .await;
+    // A new pod started from the moved tag runs the new digest; the old one still
+    // runs the old: still moved. Once the old pod is gone, all match again.
+    let web2 = target.apply(&web_pod("web-abc-2")).await.unwrap();
+    target
+        .apply_status(&running(web2, "node-b", &[&runs(&v2.digest)]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        tag_moved(&aggregator.metrics().await, ns, "deployment", "web").as_deref(),
+        Some("1")
+    );
+    target
+        .delete::<k8s_openapi::api::core::v1::Pod>(ns, "web-abc-1")
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics("web's drift back at 0", Duration::from_secs(30), |m| {
+            tag_moved(m, ns, "deployment", "web").as_deref() == Some("0")
+        })
+        .await;
+    // The tag deleted: no digest to compare with, the series goes.
+    registry
+        .delete_manifest("shop/web", &v2.digest)
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics("web's drift unknown", Duration::from_secs(30), |m| {
+            tag_moved(m, ns, "deployment", "web").is_none()
+                && status_of(m, &format!("{ns}/deployment/web/c0")).as_deref() == Some("absent")
+        })
         .await;
 }

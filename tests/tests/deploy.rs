@@ -47,6 +47,7 @@ fn known_metrics() -> BTreeSet<String> {
         "pullwatch_coalesced_checks_total",
         "pullwatch_image_nodes",
         "pullwatch_image_cached_nodes",
+        "pullwatch_image_tag_moved",
         "up",
     ]
     .into_iter()
@@ -311,15 +312,18 @@ fn alert_rules_unit_tests_pass() {
     assert!(out.combined().contains("SUCCESS"), "{}", out.combined());
 }
 
-/// The unit tests must notice a broken rule: shorten one `for:`, reword one description,
+/// The unit tests must notice a broken rule: shorten two `for:`s, reword one description,
 /// and make the disagreement alert fire on agreement; each mutant must fail promtool.
 #[test]
 fn alert_rules_unit_tests_catch_broken_rules() {
     let original = read_yaml(&alerts_path());
     type Mutation = (&'static str, fn(&mut Value));
-    let mutations: [Mutation; 3] = [
+    let mutations: [Mutation; 4] = [
         ("PullwatchImageAbsent", |rule| {
             rule["for"] = Value::from("1m");
+        }),
+        ("PullwatchImageTagMoved", |rule| {
+            rule["for"] = Value::from("5m");
         }),
         ("PullwatchImageAuthenticationFailure", |rule| {
             let d = rule["annotations"]["description"]

@@ -207,6 +207,22 @@ impl Transport {
                 bytes::Bytes::new()
             };
             let mut outcome = classify::classify_response(status, &body);
+            if outcome.is_available() {
+                // What the reference resolves to now: tag-drift detection compares it
+                // with what running pods run.
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                outcome.digest = reference
+                    .digest()
+                    .map(str::to_string)
+                    .or_else(|| header("docker-content-digest").filter(|d| d.contains(':')));
+                outcome.media_type = header("content-type")
+                    .map(|t| t.split(';').next().unwrap_or_default().trim().to_string());
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = classify::retry_after(&headers);
                 let (pause, until) = registry.rate_limited(retry_after);

@@ -55,6 +55,8 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
     // A manifest says nothing about where pods run, whatever spec.nodeName it carries:
     // no node may be sent pull secrets on its word.
     inventory.placements = PodPlacements::default();
+    // Nor about what runs: a status in a file is a snapshot, not the cluster.
+    inventory.running = Default::default();
     Ok(inventory)
 }
 

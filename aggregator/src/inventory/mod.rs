@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod manifests;
 pub mod placements;
+pub mod running;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,6 +27,7 @@ use pullwatch::DockerConfig;
 use serde::Serialize;
 
 pub use placements::PodPlacements;
+pub use running::RunningDigests;
 
 /// The workload kinds pullwatch watches, named as in the metric `kind` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -157,6 +159,9 @@ pub struct Inventory {
     /// Which nodes run pods of which (namespace, image), from every Pod with a node
     /// (controller-owned ones included): where pull secrets may go.
     pub placements: PodPlacements,
+    /// The digest each running pod container runs, by workload container: what a
+    /// moved tag is measured against. Changes here never need an index rebuild.
+    pub running: RunningDigests,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -340,9 +345,10 @@ impl Inventory {
                 self.add_workload(&j.metadata, WorkloadKind::Job, pod, enabled)
             }
             KubeObject::Pod(p) => {
-                let placed =
-                    self.placements
-                        .apply(&namespace_of(&p.metadata), &name_of(&p.metadata), &p);
+                let (namespace, name) = (namespace_of(&p.metadata), name_of(&p.metadata));
+                // What it runs is read at scrape time; it never changes a check.
+                self.running.apply(&namespace, &name, &p);
+                let placed = self.placements.apply(&namespace, &name, &p);
                 if owned_by(&p.metadata, None) {
                     tracing::debug!(name = ?p.metadata.name, "skipping Pod with a controller: its controller covers it");
                     let removed = self
@@ -388,9 +394,9 @@ impl Inventory {
             KubeObject::CronJob(c) => self.remove_workload(WorkloadKind::CronJob, &c.metadata),
             KubeObject::Job(j) => self.remove_workload(WorkloadKind::Job, &j.metadata),
             KubeObject::Pod(p) => {
-                let placed = self
-                    .placements
-                    .remove(&namespace_of(&p.metadata), &name_of(&p.metadata));
+                let (namespace, name) = (namespace_of(&p.metadata), name_of(&p.metadata));
+                self.running.remove(&namespace, &name);
+                let placed = self.placements.remove(&namespace, &name);
                 placed | self.remove_workload(WorkloadKind::Pod, &p.metadata)
             }
             KubeObject::Secret(s) => self
@@ -416,6 +422,7 @@ impl Inventory {
         let placements_before = self.placements.len();
         if kind == ObjectKind::Workload(WorkloadKind::Pod) {
             self.placements.retain_seen(seen);
+            self.running.retain_seen(seen);
         }
         match kind {
             ObjectKind::Workload(workload_kind) => self.workloads.retain(|(k, ns, name), _| {

@@ -14,8 +14,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, LocalObjectReference, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret,
-    ServiceAccount,
+    Container, ContainerStatus, LocalObjectReference, Namespace, Node, Pod, PodSpec, PodStatus,
+    PodTemplateSpec, Secret, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
@@ -398,6 +398,32 @@ where
         .get_or_insert_with(BTreeMap::new)
         .extend(map(annotations));
     obj
+}
+
+/// A pod's status as its kubelet reports a running pod on `node`: phase `Running`,
+/// and per container (in spec order) the image ID its runtime reports (`imageID`,
+/// e.g. `registry/repo@sha256:...`).
+pub fn running(mut pod: Pod, node: &str, image_ids: &[&str]) -> Pod {
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    spec.node_name = Some(node.to_owned());
+    let statuses = spec
+        .containers
+        .iter()
+        .zip(image_ids)
+        .map(|(c, id)| ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: (*id).to_owned(),
+            ready: true,
+            ..ContainerStatus::default()
+        })
+        .collect();
+    pod.status = Some(PodStatus {
+        phase: Some("Running".to_owned()),
+        container_statuses: Some(statuses),
+        ..PodStatus::default()
+    });
+    pod
 }
 
 /// Makes `owner` the controller of `obj` (an ownerReference with `controller: true`). The
