@@ -4,11 +4,13 @@
 //! The aggregator and the agent both build on these; nothing here does I/O.
 
 pub mod credentials;
+pub mod platform;
 pub mod reference;
 pub mod status;
 pub mod support;
 
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
+pub use platform::Platform;
 pub use reference::{ImageReference, ReferenceError};
 pub use status::{CheckOutcome, CheckStatus};
 

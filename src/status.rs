@@ -107,6 +107,11 @@ pub struct CheckOutcome {
     /// The media type of that manifest (an index, a manifest list, a single manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// When that manifest is an index: the platforms its entries offer (read once per
+    /// digest, only where platforms are checked). Whether each workload's platforms
+    /// are among them is decided per workload, not here.
+    #[serde(skip)]
+    pub platforms: Option<std::sync::Arc<[crate::platform::Platform]>>,
 }
 
 impl CheckOutcome {
@@ -116,6 +121,7 @@ impl CheckOutcome {
             reason: String::new(),
             digest: None,
             media_type: None,
+            platforms: None,
         }
     }
 
@@ -134,11 +140,34 @@ impl CheckOutcome {
             reason: reason.into(),
             digest: None,
             media_type: None,
+            platforms: None,
         }
     }
 
     pub fn is_available(&self) -> bool {
         self.status == CheckStatus::Available
+    }
+
+    /// This outcome as it stands for a workload that can land on `wanted` platforms:
+    /// `absent` when the manifest is an index without an entry one of them runs (what
+    /// containerd answers there), else unchanged. Unknown index contents, a single
+    /// manifest, or no platform to check change nothing.
+    pub fn for_platforms(&self, wanted: &[crate::platform::Platform]) -> CheckOutcome {
+        let Some(offered) = self.platforms.as_deref() else {
+            return self.clone();
+        };
+        if !self.is_available() || wanted.is_empty() {
+            return self.clone();
+        }
+        let missing = crate::platform::missing_platforms(wanted, offered);
+        if missing.is_empty() {
+            return self.clone();
+        }
+        CheckOutcome {
+            status: CheckStatus::Absent,
+            reason: crate::platform::missing_reason(&missing, offered),
+            ..self.clone()
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, SourcedCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -109,6 +109,8 @@ pub struct Checker {
     /// The resolver follows the hosts.toml rules of the node's runtime version, learnt
     /// from CRI `Version` once the runtime answers it.
     runtime_known: AtomicBool,
+    /// This node's platform: an index without an entry for it cannot be pulled here.
+    platform: Platform,
 }
 
 impl std::fmt::Debug for Checker {
@@ -139,6 +141,7 @@ impl Checker {
             resolver,
             options,
             runtime_known: AtomicBool::new(false),
+            platform: Platform::host(),
         }
     }
 
@@ -149,13 +152,15 @@ impl Checker {
             return;
         }
         match self.cri.version().await {
-            Ok(version) => {
-                self.resolver
-                    .set_runtime(&version.runtime_name, &version.runtime_version);
-                self.runtime_known.store(true, Ordering::Relaxed);
-            }
+            Ok(version) => self.runtime_is(&version.runtime_name, &version.runtime_version),
             Err(error) => debug!(%error, "runtime version unknown; current hosts.toml rules"),
         }
+    }
+
+    /// What CRI `Version` answered (the session asks it when it registers).
+    pub fn runtime_is(&self, name: &str, version: &str) {
+        self.resolver.set_runtime(name, version);
+        self.runtime_known.store(true, Ordering::Relaxed);
     }
 
     pub fn cri(&self) -> &CriClient {
@@ -275,7 +280,9 @@ impl Checker {
                 let (resolved, attempts) = self.resolve(&reference, &candidates).await;
                 report.digest = pinned
                     .clone()
-                    .or(resolved.as_ref().and_then(|(_, d)| d.clone()));
+                    .or(resolved.as_ref().and_then(|(_, d)| d.clone()))
+                    // Found, but not for this node's platform: still what the tag is now.
+                    .or_else(|| attempts.iter().find_map(|a| a.outcome.digest.clone()));
                 match (&resolved, &report.digest) {
                     // A held tag that resolved: compare before anything touches the runtime.
                     (Some(_), Some(now))
@@ -385,6 +392,18 @@ impl Checker {
                 .await;
             if resolved.outcome.is_available() {
                 debug!(image = %reference, host = ?resolved.served_by, %source, digest = ?resolved.outcome.digest, "resolved");
+                // An index without an entry this node runs: containerd answers "no
+                // match for platform" here, whatever the credential.
+                let here = resolved
+                    .outcome
+                    .for_platforms(std::slice::from_ref(&self.platform));
+                if !here.is_available() {
+                    attempts.push(Attempt {
+                        source,
+                        outcome: here,
+                    });
+                    return (None, attempts);
+                }
                 return (Some((source, resolved.outcome.digest)), attempts);
             }
             attempts.push(Attempt {

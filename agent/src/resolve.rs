@@ -26,11 +26,11 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
@@ -39,6 +39,10 @@ pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v
 const USER_AGENT: &str = concat!("pullwatch-agent/", env!("CARGO_PKG_VERSION"));
 /// How many responses one request may go through (challenges, HEAD->GET), as containerd.
 const MAX_RESPONSES: usize = 5;
+/// Indexes bigger than this are not read (containerd's limit for manifests).
+const MAX_INDEX_BYTES: usize = 4 * 1024 * 1024;
+/// Index contents remembered, by digest.
+const INDEX_CACHE_ENTRIES: usize = 1024;
 /// Bearer tokens without `expires_in` live 60 s (the distribution token spec's default).
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
 
@@ -552,6 +556,8 @@ pub struct Resolver {
     dialect: Mutex<HostsDialect>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// Platforms of the indexes seen, by digest (content-addressed: never stale).
+    indexes: Mutex<HashMap<String, Arc<[Platform]>>>,
 }
 
 /// (registry host, repository, credential fingerprint).
@@ -571,6 +577,8 @@ struct Answer {
     /// `Docker-Content-Digest` (or the sha256 of a GET body without it).
     digest: Option<String>,
     media_type: Option<String>,
+    /// An index's platforms, when the answer was one and it could be read.
+    platforms: Option<Arc<[Platform]>>,
 }
 
 /// One host's answer that was not a success.
@@ -599,6 +607,7 @@ impl Resolver {
             dialect: Mutex::new(HostsDialect::default()),
             clients: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -678,8 +687,10 @@ impl Resolver {
                             Some(d) => Some(d.to_string()),
                             None => answer.digest,
                         };
+                        let mut outcome = CheckOutcome::available_at(digest, answer.media_type);
+                        outcome.platforms = answer.platforms;
                         return Resolved {
-                            outcome: CheckOutcome::available_at(digest, answer.media_type),
+                            outcome,
                             served_by: Some(host.url()),
                         };
                     }
@@ -928,17 +939,89 @@ impl Resolver {
                 })?;
                 digest = Some(pullwatch::support::sha256_digest(&body));
             }
+            let mut platforms = None;
+            if let (true, "manifests", Some(d), Some(t)) =
+                ((200..300).contains(&status), kind, &digest, &media_type)
+                && pullwatch::platform::is_index(t)
+            {
+                let by_digest = url.replacen(
+                    &format!("/manifests/{reference}"),
+                    &format!("/manifests/{d}"),
+                    1,
+                );
+                platforms = self
+                    .index_platforms(&client, host, &by_digest, d, authorization.as_deref())
+                    .await;
+            }
             return Ok(Answer {
                 status,
                 digest,
                 media_type,
+                platforms,
             });
         }
         Ok(Answer {
             status: 401,
             digest: None,
             media_type: None,
+            platforms: None,
         })
+    }
+
+    /// The platforms index `digest` offers: cached (content-addressed), else one GET
+    /// of it with the authorization that just worked. None when it cannot be read: the
+    /// check then says nothing about platforms.
+    async fn index_platforms(
+        &self,
+        client: &reqwest::Client,
+        host: &RegistryHost,
+        url: &str,
+        digest: &str,
+        authorization: Option<&str>,
+    ) -> Option<Arc<[Platform]>> {
+        if let Some(known) = lock(&self.indexes).get(digest) {
+            return Some(known.clone());
+        }
+        let mut request = client.get(url).header(http::header::ACCEPT, RESOLVE_ACCEPT);
+        for (name, value) in &host.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let body = match request.send().await {
+            Ok(mut response) if response.status().is_success() => {
+                let mut body = Vec::new();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_INDEX_BYTES => {
+                            body.extend_from_slice(&chunk)
+                        }
+                        Ok(Some(_)) => break None,
+                        Ok(None) => break Some(body),
+                        Err(_) => break None,
+                    }
+                }
+            }
+            _ => None,
+        };
+        let platforms: Arc<[Platform]> = match body
+            .map(|b| pullwatch::platform::index_platforms(&b))
+        {
+            Some(Ok(platforms)) => platforms.into(),
+            _ => {
+                debug!(host = %host.url(), %digest, "index not read; the node's platform not checked");
+                return None;
+            }
+        };
+        let mut indexes = lock(&self.indexes);
+        if indexes.len() >= INDEX_CACHE_ENTRIES
+            && let Some(evicted) = indexes.keys().next().cloned()
+        {
+            indexes.remove(&evicted);
+        }
+        indexes.insert(digest.to_string(), platforms.clone());
+        Some(platforms)
     }
 
     /// The distribution token dance: GET the realm with basic auth (or anonymously), or

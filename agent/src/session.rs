@@ -205,6 +205,7 @@ async fn session(
     let (runtime_name, runtime_version) = match checker.cri().version().await {
         Ok(v) => {
             metrics.set_runtime(&v.runtime_name, &v.runtime_version);
+            checker.runtime_is(&v.runtime_name, &v.runtime_version);
             (v.runtime_name, v.runtime_version)
         }
         Err(error) => {

@@ -716,3 +716,57 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
     })
     .await;
 }
+
+/// An index without an entry for the node's platform: the agent says `absent`, as the
+/// node's containerd does ("no match for platform"), and reads each index once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_without_the_node_platform_is_absent_here() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let foreign = push_image(
+            &registry,
+            "foreign/app",
+            "v1",
+            ImageFormat::OciIndexOf(&["arm64/v8", "s390x"]),
+        )
+        .await
+        .unwrap();
+        let multi = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
+            .await
+            .unwrap();
+        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let checker = checker(&node, NodeSetup::default());
+        let here = pullwatch::Platform::host();
+        assert_eq!(here.to_string(), "linux/amd64", "the bench runs on linux/amd64");
+
+        let report = checker.check(&foreign.reference, Mode::Auto, &[]).await;
+        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        assert_eq!(
+            report.reason,
+            "no match for platform linux/amd64 in the manifest index (it has linux/arm64, linux/s390x)"
+        );
+        assert_eq!(report.digest.as_deref(), Some(foreign.digest.as_str()));
+        // The node's containerd agrees.
+        let runtime = checker
+            .cri()
+            .pull_image(&foreign.reference, None)
+            .await
+            .map(|_| CheckStatus::Available)
+            .unwrap_or_else(|e| pullwatch_agent::cri::classify_pull_error(&e).status);
+        assert_eq!(runtime, CheckStatus::Absent);
+
+        let start = registry.log().len();
+        for _ in 0..2 {
+            let report = checker.check(&multi.reference, Mode::Resolve, &[]).await;
+            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        }
+        let log = registry.log()[start..].to_string();
+        let index_gets = log
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET /v2/multi/app/manifests/{}", multi.digest)))
+            .count();
+        assert_eq!(index_gets, 1, "one GET per index digest:\n{log}");
+        assert!(blob_gets(&log).is_empty(), "{log}");
+    })
+    .await;
+}

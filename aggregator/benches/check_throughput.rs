@@ -167,11 +167,13 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
                 pull_secrets: Vec::new(),
                 service_account: "default".into(),
                 enabled: true,
+                platforms: Default::default(),
             },
         );
     }
     let options = IndexOptions {
         default_registry: "docker.io".into(),
+        platforms: Vec::new(),
         mirrors: Default::default(),
         filters: Default::default(),
     };
@@ -184,6 +186,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
         checks: Default::default(),
         agent_targets: Default::default(),
         warnings: Default::default(),
+        platforms: Default::default(),
         settled: index
             .checks
             .values()

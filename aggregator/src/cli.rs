@@ -147,6 +147,18 @@ pub struct CheckerArgs {
     )]
     pub image_mirrors: Vec<String>,
 
+    /// A platform the workloads can land on (`OS/ARCH[/VARIANT]`, repeatable; env:
+    /// comma-separated). A tag resolving to an index without an entry one of them runs
+    /// is `absent` for the workload. In cluster mode the nodes' platforms are used
+    /// when this is unset; elsewhere unset means no platform check.
+    #[arg(
+        long = "platform",
+        env = "PULLWATCH_PLATFORMS",
+        value_delimiter = ',',
+        value_name = "OS/ARCH[/VARIANT]"
+    )]
+    pub platforms: Vec<pullwatch::Platform>,
+
     /// Bound on one registry request, connect to last byte.
     #[arg(long, env = "PULLWATCH_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
@@ -215,6 +227,7 @@ impl CheckerArgs {
                 max_concurrency: self.registry_max_concurrency as usize,
                 requests_per_second: self.registry_qps,
             },
+            index_platforms: !self.platforms.is_empty(),
         }
     }
 }
@@ -240,6 +253,7 @@ pub fn index_options(
         })?;
     Ok(IndexOptions {
         default_registry,
+        platforms: checker.platforms.clone(),
         mirrors: Mirrors::parse(&checker.image_mirrors)?,
         filters: Filters {
             allowed_images: parse_image_regexes(&filters.allowed_images).map_err(|source| {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, SourcedCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, Platform, SourcedCredential};
 use regex::Regex;
 
 use crate::inventory::{Inventory, SecretCredentials, WorkloadKind};
@@ -178,6 +178,9 @@ impl LabelSelector {
 #[derive(Clone, Debug)]
 pub struct IndexOptions {
     pub default_registry: String,
+    /// `--platform`: the platforms workloads land on; empty: the cluster's nodes'
+    /// (cluster mode), else no platform check.
+    pub platforms: Vec<Platform>,
     pub mirrors: Mirrors,
     pub filters: Filters,
 }
@@ -207,6 +210,9 @@ pub struct ImageIndex {
     /// Problems found while building (missing or broken pull secrets, bad image
     /// references), for the caller to log once rather than at every rebuild.
     pub warnings: BTreeSet<String>,
+    /// (kind, namespace, name) -> the platforms the workload can land on, where any
+    /// is known (`--platform`, or the cluster's nodes narrowed by the pod template).
+    pub platforms: BTreeMap<(WorkloadKind, String, String), Arc<[Platform]>>,
 }
 
 impl ImageIndex {
@@ -214,6 +220,15 @@ impl ImageIndex {
     pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
         let mut index = ImageIndex::default();
         let mut keyrings: BTreeMap<(&str, Vec<String>), Keyring> = BTreeMap::new();
+        // Where workloads can land: the flag's platforms, else the nodes'.
+        let candidates: Vec<Platform> = if options.platforms.is_empty() {
+            let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
+            distinct.into_iter().cloned().collect()
+        } else {
+            options.platforms.clone()
+        };
+        // Most workloads land on the same platforms: one shared list per set.
+        let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
         for workload in inventory.workloads.values() {
             if let Some(selector) = &options.filters.namespace_selector {
                 let labels = inventory.namespaces.get(&workload.namespace);
@@ -230,6 +245,39 @@ impl ImageIndex {
             {
                 tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
                 continue;
+            }
+            let wanted: Vec<Platform> = candidates
+                .iter()
+                .filter(|p| workload.platforms.allows(p))
+                .cloned()
+                .collect();
+            if !candidates.is_empty() {
+                if wanted.is_empty() {
+                    index.warnings.insert(format!(
+                        "{} {}/{} can land on none of the platforms {} (nodeSelector/affinity)",
+                        workload.kind,
+                        workload.namespace,
+                        workload.name,
+                        candidates
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                } else {
+                    let shared = platform_sets
+                        .entry(wanted)
+                        .or_insert_with_key(|w| w.clone().into())
+                        .clone();
+                    index.platforms.insert(
+                        (
+                            workload.kind,
+                            workload.namespace.clone(),
+                            workload.name.clone(),
+                        ),
+                        shared,
+                    );
+                }
             }
             let secret_names = pull_secret_names(inventory, workload);
             let keyring = keyrings
@@ -300,6 +348,23 @@ impl ImageIndex {
             }
         }
         index
+    }
+
+    /// The outcome of a check as it stands for one container: `absent` where the tag
+    /// is an index without an entry for a platform its workload can land on.
+    pub fn outcome_for(&self, container: &ContainerRef, outcome: &CheckOutcome) -> CheckOutcome {
+        if outcome.platforms.is_none() {
+            return outcome.clone();
+        }
+        let key = (
+            container.kind,
+            container.namespace.clone(),
+            container.name.clone(),
+        );
+        match self.platforms.get(&key) {
+            Some(wanted) => outcome.for_platforms(wanted),
+            None => outcome.clone(),
+        }
     }
 
     /// Logs the warnings that `previous` did not already have.
@@ -404,6 +469,7 @@ mod tests {
             pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
             service_account: "default".into(),
             enabled: true,
+            platforms: Default::default(),
         }
     }
 
@@ -426,6 +492,7 @@ mod tests {
     fn options() -> IndexOptions {
         IndexOptions {
             default_registry: "docker.io".into(),
+            platforms: Vec::new(),
             mirrors: Mirrors::default(),
             filters: Filters::default(),
         }

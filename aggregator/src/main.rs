@@ -132,7 +132,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let metrics = Metrics::new(args.legacy_metric_names).map_err(|e| Failure::Runtime(e.into()))?;
     let inventory_metrics =
         InventoryMetrics::new(metrics.registry()).map_err(|e| Failure::Runtime(e.into()))?;
-    let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())
+    let mut checker_config = args.checker.checker_config();
+    // In a cluster the nodes say which platforms workloads land on.
+    checker_config.index_platforms |= args.manifests.is_none();
+    let checker = Checker::new(&checker_config, metrics.checker.clone())
         .map_err(|e| Failure::Usage(e.into()))?;
     let shared = SharedInventory::default();
 

@@ -96,12 +96,12 @@ impl Pipeline {
     pub async fn run_cycle(&self, index: &ImageIndex) -> CycleSummary {
         let started = Instant::now();
         for (container, outcome) in &index.settled {
-            self.record(std::slice::from_ref(container), outcome);
+            self.record(index, std::slice::from_ref(container), outcome);
         }
         let checks = futures::stream::iter(index.checks.iter())
             .map(|(key, containers)| async move {
                 let outcome = self.checker.check(key).await;
-                self.record(containers, &outcome);
+                self.record(index, containers, &outcome);
             })
             .buffer_unordered(self.parallelism);
         checks.collect::<()>().await;
@@ -160,11 +160,12 @@ impl Pipeline {
         }
     }
 
-    /// Sets the outcome of `containers`.
-    pub fn record(&self, containers: &[ContainerRef], outcome: &CheckOutcome) {
+    /// Records `outcome` for `containers` of `index`, each as it stands for its
+    /// workload's platforms.
+    pub fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome) {
         let mut store = lock(&self.store);
         for container in containers {
-            store.set(container.clone(), outcome.clone());
+            store.set(container.clone(), index.outcome_for(container, outcome));
         }
     }
 
@@ -375,14 +376,14 @@ impl Scheduler {
         self.pipeline.retain(&index.containers());
         for (container, outcome) in &index.settled {
             self.pipeline
-                .record(std::slice::from_ref(container), outcome);
+                .record(&index, std::slice::from_ref(container), outcome);
         }
         let now = Instant::now();
         for (key, containers) in &index.checks {
             match self.keys.get(key) {
                 Some(state) => {
                     if let Some(outcome) = &state.outcome {
-                        self.pipeline.record(containers, outcome);
+                        self.pipeline.record(&index, containers, outcome);
                     }
                 }
                 None => {
@@ -533,7 +534,7 @@ impl Scheduler {
         }
         state.outcome = Some(outcome.clone());
         if let Some(containers) = self.index.checks.get(&key) {
-            self.pipeline.record(containers, &outcome);
+            self.pipeline.record(&self.index, containers, &outcome);
             if had_nodes {
                 let images: BTreeSet<String> = containers.iter().map(|c| c.image.clone()).collect();
                 self.refresh_image_nodes(images.into_iter().collect());
@@ -696,12 +697,14 @@ mod tests {
                 pull_secrets: vec![],
                 service_account: "default".into(),
                 enabled: true,
+                platforms: Default::default(),
             },
         );
         let index = ImageIndex::build(
             &inventory,
             &IndexOptions {
                 default_registry: "docker.io".into(),
+                platforms: Vec::new(),
                 mirrors: Mirrors::default(),
                 filters: Filters::default(),
             },

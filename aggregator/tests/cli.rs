@@ -541,3 +541,132 @@ fn example_manifests_in_the_repo_parse() {
     assert_eq!(inventory.workloads.len(), 5);
     assert_eq!(inventory.namespaces.len(), 1);
 }
+
+/// `--platform`: a tag whose index has no entry for a platform the workload can land on
+/// is `absent`, naming the platforms; a single-platform manifest is left alone; the
+/// index is fetched once per digest, and never without `--platform`.
+#[tokio::test(flavor = "multi_thread")]
+async fn platforms_missing_from_an_index_are_absent() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    let list = push_image(
+        &registry,
+        "multi/list",
+        "v1",
+        ImageFormat::DockerManifestList,
+    )
+    .await
+    .unwrap();
+    let single = push_image(&registry, "single/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        deployment_yaml(
+            "shop",
+            "web",
+            &[&index.reference, &list.reference, &single.reference],
+            None,
+        ),
+    )
+    .unwrap();
+    // Another workload of the same image, pinned to arm64 nodes.
+    let pinned = deployment_yaml("shop", "pinned", &[&index.reference], None).replace(
+        "    spec:\n",
+        "    spec:\n      nodeSelector: {kubernetes.io/arch: arm64}\n",
+    );
+    std::fs::write(dir.path().join("pinned.yaml"), pinned).unwrap();
+    let path = dir.path().to_str().unwrap();
+    let index_gets = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"GET /v2/multi/app/manifests/"))
+            .count()
+    };
+
+    // Without --platform nothing is fetched: HEAD answers it all.
+    let start = registry.log().len();
+    let output = run(
+        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(index_gets(&registry.log()[start..]), 0);
+
+    let start = registry.log().len();
+    let output = run(
+        &[
+            "check",
+            "-f",
+            path,
+            "-o",
+            "json",
+            "--allow-plain-http",
+            "--platform",
+            "linux/s390x",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let found = rows(&output);
+    for name in ["c0", "c1"] {
+        let row = found
+            .iter()
+            .find(|r| r["name"] == "web" && r["container"] == name)
+            .unwrap();
+        assert_eq!(row["status"], "absent", "{row:?}");
+        assert!(
+            row["reason"].starts_with("no match for platform linux/s390x in the manifest index (it has linux/amd64, linux/arm64"),
+            "{row:?}"
+        );
+    }
+    assert_eq!(
+        status_of(&found, "web", "c2"),
+        "available",
+        "a single manifest"
+    );
+    // Two workloads, one check, one GET of the index.
+    assert_eq!(index_gets(&registry.log()[start..]), 1);
+
+    // From the environment, comma-separated: the pinned workload lands on arm64 only.
+    let output = run(
+        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+        &[("PULLWATCH_PLATFORMS", "linux/arm64/v8,linux/s390x")],
+    );
+    let found = rows(&output);
+    assert_eq!(status_of(&found, "web", "c0"), "absent");
+    assert_eq!(status_of(&found, "pinned", "c0"), "available");
+
+    let output = run(
+        &[
+            "check",
+            "-f",
+            path,
+            "-o",
+            "json",
+            "--allow-plain-http",
+            "--platform",
+            "linux/arm64",
+            "--platform",
+            "linux/amd64",
+        ],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    let output = run(&["check", "-f", path, "--platform", "linux"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid platform"));
+}

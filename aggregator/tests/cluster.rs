@@ -12,9 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use pullwatch_testbench::{
     ApiTarget, ImageFormat, Registry, RegistryOptions, cronjob, deployment, free_port,
-    http_request, job, namespace, pod, promtool_check_metrics, push_image, replicaset, running,
-    secret_dockercfg, secret_dockerconfigjson, service_account, statefulset, suspended, with_owner,
-    with_pull_secrets, with_replicas,
+    http_request, job, namespace, node, pod, promtool_check_metrics, push_image, replicaset,
+    running, secret_dockercfg, secret_dockerconfigjson, service_account, statefulset, suspended,
+    with_owner, with_pull_secrets, with_replicas,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -750,4 +750,92 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
                 && status_of(m, &format!("{ns}/deployment/web/c0")).as_deref() == Some("absent")
         })
         .await;
+}
+
+/// A Node as its kubelet reports it: `os/arch` in `status.nodeInfo`.
+async fn platform_node(target: &ApiTarget, name: &str, os: &str, arch: &str) {
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
+    let created: Node = target.apply(&node(name, &[])).await.unwrap();
+    let reported = Node {
+        status: Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                operating_system: os.into(),
+                architecture: arch.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..created
+    };
+    target.apply_status(&reported).await.unwrap();
+}
+
+/// The cluster's node platforms, narrowed by each pod template's nodeSelector: an index
+/// without an entry for one of them is `absent` for that workload only, and follows the
+/// nodes as they come and go.
+#[tokio::test(flavor = "multi_thread")]
+async fn platforms_come_from_the_nodes_and_the_node_selector() {
+    let target = ApiTarget::from_env().await.unwrap();
+    if target.is_real() {
+        // Made-up nodes are only for the test server.
+        return;
+    }
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let image = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap()
+        .reference;
+    let ns = "pw-platforms";
+    target.ensure_namespace(ns).await.unwrap();
+    platform_node(&target, "arm-1", "linux", "arm64").await;
+    platform_node(&target, "z-1", "linux", "s390x").await;
+    let on_arch = |name: &str, arch: &str| {
+        let mut d = deployment(ns, name, &[&image]);
+        if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            spec.node_selector =
+                Some([("kubernetes.io/arch".to_string(), arch.to_string())].into());
+        }
+        d
+    };
+    target
+        .apply(&deployment(ns, "anywhere", &[&image]))
+        .await
+        .unwrap();
+    target.apply(&on_arch("arm-only", "arm64")).await.unwrap();
+    target.apply(&on_arch("z-only", "s390x")).await.unwrap();
+
+    let aggregator = Aggregator::start(&target, &[]);
+    aggregator.wait_ready().await;
+    let key = |name: &str| format!("{ns}/deployment/{name}/c0");
+    aggregator
+        .wait_metrics("platform statuses", Duration::from_secs(30), |m| {
+            status_of(m, &key("z-only")).as_deref() == Some("absent")
+        })
+        .await;
+    let metrics = aggregator.metrics().await;
+    assert_eq!(
+        status_of(&metrics, &key("anywhere")).as_deref(),
+        Some("absent")
+    );
+    assert_eq!(
+        status_of(&metrics, &key("arm-only")).as_deref(),
+        Some("available")
+    );
+    promtool_check_metrics(&metrics).unwrap();
+
+    // The s390x node goes: every workload can run what the index has.
+    target
+        .delete::<k8s_openapi::api::core::v1::Node>("", "z-1")
+        .await
+        .unwrap();
+    aggregator
+        .wait_metrics("the s390x node's departure", Duration::from_secs(30), |m| {
+            status_of(m, &key("anywhere")).as_deref() == Some("available")
+        })
+        .await;
+    // z-only now lands nowhere known: nothing to hold against the image.
+    assert_eq!(
+        status_of(&aggregator.metrics().await, &key("z-only")).as_deref(),
+        Some("available")
+    );
 }

@@ -34,10 +34,12 @@ pub enum ImageFormat {
     Oci,
     /// A single Docker image manifest, schema 2 (linux/amd64).
     DockerV2S2,
-    /// An OCI image index with linux/amd64 and linux/arm64 OCI manifests.
+    /// An OCI image index with linux/amd64 and linux/arm64/v8 OCI manifests.
     OciIndex,
-    /// A Docker manifest list with linux/amd64 and linux/arm64 Docker schema 2 manifests.
+    /// A Docker manifest list with linux/amd64 and linux/arm64/v8 Docker schema 2 manifests.
     DockerManifestList,
+    /// An OCI image index with one OCI manifest per `ARCH[/VARIANT]` given (all linux).
+    OciIndexOf(&'static [&'static str]),
 }
 
 impl ImageFormat {
@@ -54,7 +56,7 @@ impl ImageFormat {
         match self {
             ImageFormat::Oci => OCI_MANIFEST,
             ImageFormat::DockerV2S2 => DOCKER_MANIFEST,
-            ImageFormat::OciIndex => OCI_INDEX,
+            ImageFormat::OciIndex | ImageFormat::OciIndexOf(_) => OCI_INDEX,
             ImageFormat::DockerManifestList => DOCKER_LIST,
         }
     }
@@ -63,7 +65,7 @@ impl ImageFormat {
     pub fn is_list(self) -> bool {
         matches!(
             self,
-            ImageFormat::OciIndex | ImageFormat::DockerManifestList
+            ImageFormat::OciIndex | ImageFormat::DockerManifestList | ImageFormat::OciIndexOf(_)
         )
     }
 
@@ -215,10 +217,18 @@ fn build_image(repo: &str, tag: &str, format: ImageFormat) -> Result<BuiltImage>
     }
     let mut children = Vec::new();
     let mut descriptors = Vec::new();
-    for arch in ["amd64", "arm64"] {
+    let platforms: &[&str] = match format {
+        ImageFormat::OciIndexOf(platforms) => platforms,
+        _ => &["amd64", "arm64/v8"],
+    };
+    for platform in platforms {
+        let (arch, variant) = platform.split_once('/').unwrap_or((platform, ""));
         let m = build_platform(repo, tag, arch, docker, &mut blobs)?;
         let mut d = m.descriptor();
         d["platform"] = json!({ "architecture": arch, "os": "linux" });
+        if !variant.is_empty() {
+            d["platform"]["variant"] = json!(variant);
+        }
         descriptors.push(d);
         children.push((
             PlatformManifest {

@@ -1356,23 +1356,30 @@ fn expected_rbac(
 #[test]
 fn rbac_is_least_privilege() {
     for (args, secrets, tokenreviews, nodes) in [
-        (vec![], true, true, false),
+        (vec![], true, true, true),
         (
             vec!["--set", "agent.auth.mode=sharedToken"],
             true,
             false,
+            true,
+        ),
+        (vec!["--set", "rbac.secrets=false"], false, true, true),
+        (vec!["--set", "agent.enabled=false"], true, false, true),
+        (
+            vec![
+                "--set",
+                "agent.enabled=false,rbac.secrets=false,rbac.nodes=false",
+            ],
+            false,
+            false,
             false,
         ),
-        (vec!["--set", "rbac.secrets=false"], false, true, false),
-        (vec!["--set", "agent.enabled=false"], true, false, false),
+        (vec!["--set", "rbac.nodes=false"], true, true, false),
         (
-            vec!["--set", "agent.enabled=false,rbac.secrets=false"],
-            false,
-            false,
-            false,
-        ),
-        (
-            vec!["--set", "agent.nodeGroupLabel=topology.kubernetes.io/zone"],
+            vec![
+                "--set",
+                "rbac.nodes=false,agent.nodeGroupLabel=topology.kubernetes.io/zone",
+            ],
             true,
             true,
             true,
@@ -1380,7 +1387,7 @@ fn rbac_is_least_privilege() {
         (
             vec![
                 "--set",
-                "agent.enabled=false,agent.nodeGroupLabel=topology.kubernetes.io/zone",
+                "rbac.nodes=false,agent.enabled=false,agent.nodeGroupLabel=topology.kubernetes.io/zone",
             ],
             true,
             false,

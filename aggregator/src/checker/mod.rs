@@ -35,6 +35,9 @@ pub struct CheckerConfig {
     /// Checks in flight across all registries.
     pub max_concurrent_checks: usize,
     pub registry_limits: RegistryLimits,
+    /// Read the platforms of indexes (one GET per new index digest): on when the
+    /// platforms workloads land on are checked (`--platform`, or a cluster's nodes).
+    pub index_platforms: bool,
 }
 
 impl Default for CheckerConfig {
@@ -49,6 +52,7 @@ impl Default for CheckerConfig {
                 max_concurrency: 8,
                 requests_per_second: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             },
+            index_platforms: false,
         }
     }
 }
@@ -97,7 +101,14 @@ impl Checker {
         };
         Ok(Checker {
             inner: Arc::new(Inner {
-                transport: Transport::new(https, plain),
+                transport: {
+                    let transport = Transport::new(https, plain);
+                    if config.index_platforms {
+                        transport.with_index_platforms()
+                    } else {
+                        transport
+                    }
+                },
                 registries: Registries::new(config.registry_limits),
                 global: Semaphore::new(config.max_concurrent_checks.max(1)),
                 in_flight: Mutex::new(HashMap::new()),
@@ -345,5 +356,9 @@ fn scheme_clients(
     };
     let oci = oci_client::Client::try_from(oci_config)
         .map_err(|e| CheckerError::Client(classify::error_chain(&e)))?;
-    Ok(SchemeClients { http, oci })
+    Ok(SchemeClients {
+        scheme: if plain_http { "http" } else { "https" },
+        http,
+        oci,
+    })
 }

@@ -6,13 +6,13 @@
 //! something we must honour.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use tracing::debug;
 
 use super::classify::{self, Challenge};
@@ -28,9 +28,16 @@ const TOKEN_TTL: Duration = Duration::from_secs(240);
 
 /// HTTP clients for one scheme.
 pub struct SchemeClients {
+    /// `https` or `http`.
+    pub scheme: &'static str,
     pub http: reqwest::Client,
     pub oci: oci_client::Client,
 }
+
+/// Indexes bigger than this are not read (containerd's limit for manifests).
+const MAX_INDEX_BYTES: usize = 4 * 1024 * 1024;
+/// Index contents remembered, by digest (content-addressed: never stale).
+const INDEX_CACHE_ENTRIES: usize = 4096;
 
 /// Clients for both schemes plus the token cache.
 pub struct Transport {
@@ -38,6 +45,9 @@ pub struct Transport {
     /// Present only with `--allow-plain-http`.
     pub plain: Option<SchemeClients>,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// Platforms of the indexes seen, by digest; None when platforms are not checked
+    /// (then no index body is ever fetched).
+    index_platforms: Option<Mutex<HashMap<String, Arc<[Platform]>>>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -61,7 +71,15 @@ impl Transport {
             https,
             plain,
             tokens: Mutex::new(HashMap::new()),
+            index_platforms: None,
         }
+    }
+
+    /// Reads the platforms of indexes (one GET per new index digest), for checks of
+    /// the platforms workloads land on.
+    pub fn with_index_platforms(mut self) -> Self {
+        self.index_platforms = Some(Mutex::new(HashMap::new()));
+        self
     }
 
     /// Checks `reference` with `credential` (None: anonymous), falling back to plain
@@ -222,6 +240,13 @@ impl Transport {
                     .or_else(|| header("docker-content-digest").filter(|d| d.contains(':')));
                 outcome.media_type = header("content-type")
                     .map(|t| t.split(';').next().unwrap_or_default().trim().to_string());
+                if let (Some(digest), Some(media_type)) = (&outcome.digest, &outcome.media_type)
+                    && pullwatch::platform::is_index(media_type)
+                {
+                    outcome.platforms = self
+                        .index_platforms(clients, reference, digest, &authorization, credential)
+                        .await;
+                }
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 let retry_after = classify::retry_after(&headers);
@@ -259,6 +284,60 @@ impl Transport {
             CheckStatus::UnknownError,
             "registry kept asking for authentication",
         ))
+    }
+
+    /// The platforms index `digest` offers: from the cache, else one GET of it with
+    /// the authorization that just worked. None when platforms are not checked or the
+    /// index could not be read (the check then says nothing about platforms).
+    async fn index_platforms(
+        &self,
+        clients: &SchemeClients,
+        reference: &ImageReference,
+        digest: &str,
+        authorization: &Authorization,
+        credential: Option<&RegistryCredential>,
+    ) -> Option<Arc<[Platform]>> {
+        let cache = self.index_platforms.as_ref()?;
+        if let Some(known) = lock(cache).get(digest) {
+            return Some(known.clone());
+        }
+        let url = reference_url(clients, reference, digest);
+        let mut request = clients
+            .http
+            .get(&url)
+            .header(http::header::ACCEPT, MANIFEST_ACCEPT);
+        request = match (authorization, credential) {
+            (Authorization::Bearer(token), _) => request.bearer_auth(token),
+            (Authorization::Basic, Some(c)) => request.basic_auth(&c.username, Some(&c.password)),
+            _ => request,
+        };
+        let body = match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                read_capped(response, MAX_INDEX_BYTES).await
+            }
+            Ok(response) => Err(format!("index GET answered {}", response.status())),
+            Err(error) => Err(classify::error_chain(&error)),
+        };
+        let platforms = body.and_then(|body| {
+            pullwatch::platform::index_platforms(&body).map_err(|e| e.to_string())
+        });
+        match platforms {
+            Ok(platforms) => {
+                let platforms: Arc<[Platform]> = platforms.into();
+                let mut cache = lock(cache);
+                if cache.len() >= INDEX_CACHE_ENTRIES
+                    && let Some(evicted) = cache.keys().next().cloned()
+                {
+                    cache.remove(&evicted);
+                }
+                cache.insert(digest.to_string(), platforms.clone());
+                Some(platforms)
+            }
+            Err(reason) => {
+                debug!(registry = %reference.registry(), %digest, %reason, "index not read; platforms not checked");
+                None
+            }
+        }
     }
 
     fn initial_authorization(
@@ -331,4 +410,30 @@ fn registry_auth(credential: Option<&RegistryCredential>) -> RegistryAuth {
             }
         }
     }
+}
+
+/// `<scheme>://<host>/v2/<repository>/manifests/<reference>` for `clients`' scheme.
+fn reference_url(clients: &SchemeClients, reference: &ImageReference, manifest: &str) -> String {
+    format!(
+        "{}://{}/v2/{}/manifests/{manifest}",
+        clients.scheme,
+        reference.api_host(),
+        reference.repository()
+    )
+}
+
+/// A response body, refused past `limit` bytes.
+async fn read_capped(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| classify::error_chain(&e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("body larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

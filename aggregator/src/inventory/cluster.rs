@@ -12,7 +12,7 @@ use std::fmt::Debug;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
@@ -199,6 +199,10 @@ pub fn spawn_watches(
         config(),
         |o| KubeObject::Namespace(Box::new(o))
     );
+    // The platforms workloads can land on; refused by RBAC, no platform is checked.
+    watch!(Node, "nodes", ObjectKind::Node, config(), |o| {
+        KubeObject::Node(Box::new(o))
+    });
     // A field selector cannot OR two types: one watch per pull-secret type, and no
     // other secret (TLS keys, tokens) is ever listed.
     for format in [SecretFormat::DockerConfigJson, SecretFormat::DockerCfg] {

@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod manifests;
 pub mod placements;
+pub mod platforms;
 pub mod running;
 
 use std::collections::BTreeMap;
@@ -21,12 +22,13 @@ use crate::checker::limits::lock;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pullwatch::DockerConfig;
+use pullwatch::{DockerConfig, Platform};
 use serde::Serialize;
 
 pub use placements::PodPlacements;
+pub use platforms::PlatformConstraints;
 pub use running::RunningDigests;
 
 /// The workload kinds pullwatch watches, named as in the metric `kind` label.
@@ -98,6 +100,9 @@ pub struct Workload {
     pub service_account: String,
     /// False for replicas 0, a suspended CronJob, a DaemonSet scheduled nowhere.
     pub enabled: bool,
+    /// The pod template's constraints on the node platform (nodeSelector, required
+    /// node affinity on os/arch).
+    pub platforms: PlatformConstraints,
 }
 
 /// The credentials a pull secret carries, or why it carries none.
@@ -143,6 +148,7 @@ pub enum ObjectKind {
     Secret(SecretFormat),
     ServiceAccount,
     Namespace,
+    Node,
 }
 
 /// Everything the index needs, from any source. Keyed maps, so a watch event's
@@ -162,6 +168,8 @@ pub struct Inventory {
     /// The digest each running pod container runs, by workload container: what a
     /// moved tag is measured against. Changes here never need an index rebuild.
     pub running: RunningDigests,
+    /// Node name -> its platform (cluster mode): what workloads can land on.
+    pub nodes: BTreeMap<String, Platform>,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -262,6 +270,7 @@ pub enum KubeObject {
     Secret(Box<Secret>),
     ServiceAccount(Box<ServiceAccount>),
     Namespace(Box<Namespace>),
+    Node(Box<Node>),
 }
 
 type ConfigParser = fn(&[u8]) -> Result<DockerConfig, pullwatch::credentials::CredentialError>;
@@ -271,7 +280,7 @@ impl KubeObject {
     pub fn key(&self) -> (String, String) {
         let meta = self.metadata();
         match self {
-            KubeObject::Namespace(_) => (String::new(), name_of(meta)),
+            KubeObject::Namespace(_) | KubeObject::Node(_) => (String::new(), name_of(meta)),
             _ => (namespace_of(meta), name_of(meta)),
         }
     }
@@ -287,6 +296,7 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::ServiceAccount(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::Node(o) => &o.metadata,
         }
     }
 }
@@ -377,6 +387,10 @@ impl Inventory {
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
                 replace(&mut self.namespaces, name_of(&ns.metadata), labels)
             }
+            KubeObject::Node(node) => match platforms::node_platform(&node) {
+                Some(platform) => replace(&mut self.nodes, name_of(&node.metadata), platform),
+                None => self.nodes.remove(&name_of(&node.metadata)).is_some(),
+            },
         }
     }
 
@@ -408,6 +422,7 @@ impl Inventory {
                 .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)))
                 .is_some(),
             KubeObject::Namespace(ns) => self.namespaces.remove(&name_of(&ns.metadata)).is_some(),
+            KubeObject::Node(node) => self.nodes.remove(&name_of(&node.metadata)).is_some(),
         }
     }
 
@@ -435,6 +450,9 @@ impl Inventory {
             ObjectKind::Namespace => self
                 .namespaces
                 .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
+            ObjectKind::Node => self
+                .nodes
+                .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
         }
         let removed =
             before - self.object_count(kind) + (placements_before - self.placements.len());
@@ -453,6 +471,7 @@ impl Inventory {
             }
             ObjectKind::ServiceAccount => self.service_accounts.len(),
             ObjectKind::Namespace => self.namespaces.len(),
+            ObjectKind::Node => self.nodes.len(),
         }
     }
 
@@ -493,6 +512,7 @@ impl Inventory {
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "default".to_string()),
                 enabled,
+                platforms: PlatformConstraints::from_pod_spec(pod),
             },
         )
     }
