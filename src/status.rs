@@ -112,6 +112,10 @@ pub struct CheckOutcome {
     /// are among them is decided per workload, not here.
     #[serde(skip)]
     pub platforms: Option<std::sync::Arc<[crate::platform::Platform]>>,
+    /// When the check that produced this outcome finished (None: not a check, e.g. a
+    /// reference that does not parse).
+    #[serde(skip)]
+    pub checked_at: Option<std::time::SystemTime>,
 }
 
 impl CheckOutcome {
@@ -122,6 +126,7 @@ impl CheckOutcome {
             digest: None,
             media_type: None,
             platforms: None,
+            checked_at: None,
         }
     }
 
@@ -141,6 +146,7 @@ impl CheckOutcome {
             digest: None,
             media_type: None,
             platforms: None,
+            checked_at: None,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod mirrors;
 pub mod report;
+pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod store;

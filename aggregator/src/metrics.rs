@@ -534,6 +534,7 @@ mod tests {
                 ]
                 .into(),
                 cached: 2,
+                answers: Default::default(),
             },
         );
         // Not checked by any node yet: only the cached count.

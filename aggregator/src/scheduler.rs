@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -43,6 +43,8 @@ pub struct Pipeline {
     agents: Option<AgentHub>,
     /// The live inventory (cluster mode): what running pods run, for moved tags.
     inventory: Option<Arc<Mutex<Inventory>>>,
+    /// When the last full pass over every reference finished.
+    last_full_pass: Mutex<Option<SystemTime>>,
 }
 
 /// The outcome of one distinct check, and the node answers it was made of.
@@ -71,7 +73,31 @@ impl Pipeline {
             parallelism: parallelism.max(1),
             agents: None,
             inventory: None,
+            last_full_pass: Mutex::new(None),
         }
+    }
+
+    /// One full pass over every reference finished.
+    pub fn pass_completed(&self) {
+        self.metrics.recheck_completed();
+        *lock(&self.last_full_pass) = Some(SystemTime::now());
+    }
+
+    /// Results with reasons, as `/api/v1/images` and `/` show them.
+    pub fn images(&self, filter: &crate::results::Filter) -> crate::results::ImagesResponse {
+        let store = lock(&self.store);
+        let inventory = self.inventory.as_ref().map(|i| lock(i));
+        crate::results::images(
+            &store,
+            inventory.as_ref().map(|i| &i.running),
+            self.last_full_pass(),
+            filter,
+        )
+    }
+
+    /// When the last full pass finished, if one has.
+    pub fn last_full_pass(&self) -> Option<SystemTime> {
+        *lock(&self.last_full_pass)
     }
 
     /// Reads what running pods run from `inventory` (cluster mode), for the
@@ -100,7 +126,8 @@ impl Pipeline {
         }
         let checks = futures::stream::iter(index.checks.iter())
             .map(|(key, containers)| async move {
-                let outcome = self.checker.check(key).await;
+                let mut outcome = self.checker.check(key).await;
+                outcome.checked_at = Some(SystemTime::now());
                 self.record(index, containers, &outcome);
             })
             .buffer_unordered(self.parallelism);
@@ -115,7 +142,7 @@ impl Pipeline {
                 .filter(|(_, outcome)| !outcome.is_available())
                 .count()
         };
-        self.metrics.recheck_completed();
+        self.pass_completed();
         CycleSummary {
             distinct_checks: index.checks.len(),
             containers: current.len(),
@@ -478,7 +505,7 @@ impl Scheduler {
                 continue;
             };
             // Per node its least available answer across the image's keys.
-            let mut per_node: BTreeMap<&str, CheckStatus> = BTreeMap::new();
+            let mut per_node: BTreeMap<&str, (CheckStatus, &str)> = BTreeMap::new();
             let mut cached: BTreeSet<&str> = BTreeSet::new();
             for key in keys {
                 if let Some(state) = self.keys.get(key) {
@@ -489,9 +516,11 @@ impl Scheduler {
                         if !answer.is_conclusive() {
                             continue;
                         }
-                        let entry = per_node.entry(node).or_insert(answer.status);
-                        if worse(answer.status, *entry) {
-                            *entry = answer.status;
+                        let entry = per_node
+                            .entry(node)
+                            .or_insert((answer.status, answer.reason.as_str()));
+                        if worse(answer.status, entry.0) {
+                            *entry = (answer.status, answer.reason.as_str());
                         }
                     }
                 }
@@ -502,14 +531,19 @@ impl Scheduler {
                 }
             }
             let mut statuses = BTreeMap::new();
-            for status in per_node.values() {
+            for (status, _) in per_node.values() {
                 *statuses.entry(*status).or_default() += 1;
             }
+            let answers = per_node
+                .iter()
+                .map(|(node, (status, reason))| (node.to_string(), (*status, reason.to_string())))
+                .collect();
             views.push((
                 image,
                 ImageNodes {
                     statuses,
                     cached: cached.len(),
+                    answers,
                 },
             ));
         }
@@ -517,7 +551,8 @@ impl Scheduler {
     }
 
     fn finish(&mut self, key: CheckKey, checked: KeyCheck) {
-        let KeyCheck { outcome, nodes } = checked;
+        let KeyCheck { mut outcome, nodes } = checked;
+        outcome.checked_at = Some(SystemTime::now());
         let Some(state) = self.keys.get_mut(&key) else {
             return; // The reference went away while it was being checked.
         };
@@ -548,7 +583,7 @@ impl Scheduler {
         if !self.pass_open || !self.pass_remaining.is_empty() {
             return false;
         }
-        self.pipeline.metrics.recheck_completed();
+        self.pipeline.pass_completed();
         self.status.passes += 1;
         self.pass_remaining = self.keys.keys().cloned().collect();
         // With nothing to check, the next pass opens when the index changes.

@@ -1,5 +1,6 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process serves),
-//! `/readyz` (the first full check pass has finished; its body says why not).
+//! `/readyz` (the first full check pass has finished; its body says why not),
+//! `/api/v1/images` (results with reasons, JSON) and `/` (the same as a page).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::checker::limits::lock;
+use crate::results;
 use crate::scheduler::Pipeline;
 
 /// What the endpoints report on.
@@ -98,6 +100,23 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     }
     match request.uri().path() {
         "/metrics" => metrics_response(state.pipeline.clone()),
+        "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
+            Ok(filter) => match serde_json::to_vec_pretty(&state.pipeline.images(&filter)) {
+                Ok(body) => with_type(
+                    text(StatusCode::OK, body),
+                    "application/json; charset=utf-8",
+                ),
+                Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+            },
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+        },
+        "/" => with_type(
+            text(
+                StatusCode::OK,
+                results::page(&state.pipeline.images(&results::Filter::default())),
+            ),
+            "text/html; charset=utf-8",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let detail = lock(&state.detail).clone();
@@ -112,7 +131,7 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n",
+            "not found: try /, /api/v1/images, /metrics, /healthz or /readyz\n",
         ),
     }
 }
@@ -148,6 +167,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
     );
     response
 }

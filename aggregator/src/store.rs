@@ -15,6 +15,9 @@ pub struct ImageNodes {
     pub statuses: BTreeMap<CheckStatus, usize>,
     /// Nodes holding the image.
     pub cached: usize,
+    /// Node -> its latest conclusive answer (the least available across the image's
+    /// checks) and the reason it gave.
+    pub answers: BTreeMap<String, (CheckStatus, String)>,
 }
 
 #[derive(Debug, Default)]

@@ -391,6 +391,44 @@ async fn wait_for<F: AsyncFn() -> bool>(what: &str, timeout: Duration, condition
     panic!("timed out waiting for {what}");
 }
 
+/// A child process killed (and reaped) on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `serve --manifests PATH` on a free loopback port, rechecking every second, once
+/// ready.
+async fn serve(manifests: &Path, extra: &[&str]) -> (KillOnDrop, SocketAddr) {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let child = Command::new(BIN)
+        .args(["serve", "--manifests", manifests.to_str().unwrap()])
+        .args(["--bind-address", &format!("127.0.0.1:{port}")])
+        .args(["--check-interval", "1s", "--allow-plain-http"])
+        .args(extra)
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(child);
+    wait_for("/healthz", Duration::from_secs(20), async || {
+        get(addr, "/healthz").await.0 == 200
+    })
+    .await;
+    wait_for("/readyz", Duration::from_secs(20), async || {
+        get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    (guard, addr)
+}
+
 fn series<'a>(metrics: &'a str, name: &str) -> Vec<&'a str> {
     metrics
         .lines()
@@ -419,43 +457,8 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
         std::fs::write(&manifest, docs.join("---\n")).unwrap();
     };
     write(true);
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let child = Command::new(BIN)
-        .args([
-            "serve",
-            "--manifests",
-            manifest.to_str().unwrap(),
-            "--bind-address",
-            &format!("127.0.0.1:{port}"),
-            "--check-interval",
-            "1s",
-            "--allow-plain-http",
-            "--legacy-metric-names=true",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut guard = KillOnDrop(child);
+    let (mut guard, addr) = serve(&manifest, &["--legacy-metric-names=true"]).await;
     let pid = guard.0.id();
-
-    wait_for("/healthz", Duration::from_secs(20), async || {
-        get(addr, "/healthz").await.0 == 200
-    })
-    .await;
-    wait_for("/readyz", Duration::from_secs(20), async || {
-        get(addr, "/readyz").await.0 == 200
-    })
-    .await;
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     promtool_check_metrics(&metrics).unwrap();
@@ -669,4 +672,226 @@ async fn platforms_missing_from_an_index_are_absent() {
     let output = run(&["check", "-f", path, "--platform", "linux"], &[]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid platform"));
+}
+
+/// The shape of `/api/v1/images`, field for field: unknown or missing fields fail.
+mod api {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Images {
+        pub summary: Summary,
+        pub images: Vec<Image>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Summary {
+        pub images: usize,
+        pub available: usize,
+        pub failing: usize,
+        pub last_full_pass: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Image {
+        pub image: String,
+        pub status: String,
+        pub reason: String,
+        pub checked_at: Option<String>,
+        pub digest: Option<String>,
+        pub tag_moved: Option<bool>,
+        pub workloads: Vec<Workload>,
+        pub nodes: Vec<Node>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Workload {
+        pub namespace: String,
+        pub kind: String,
+        pub name: String,
+        pub container: String,
+        pub status: String,
+        pub reason: String,
+        pub checked_at: Option<String>,
+        pub tag_moved: Option<bool>,
+    }
+
+    /// Schema only here: no agent answers in this test (aggregator/tests/agents.rs
+    /// has nodes).
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub node: String,
+        pub status: String,
+        pub reason: String,
+    }
+}
+
+/// Results with reasons: `/api/v1/images` (schema, filters, no credential) and the page
+/// at `/` as a real browser renders it (headless Chromium's DOM and a screenshot).
+#[tokio::test(flavor = "multi_thread")]
+async fn results_with_reasons_as_json_and_as_a_page() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workloads.yaml");
+    let missing = format!("{}/web/frontend:gone", f.open.host());
+    std::fs::write(
+        &manifest,
+        [
+            deployment_yaml("shop", "web", &[&f.public_image], None),
+            deployment_yaml("shop", "cart", &[&missing], None),
+            deployment_yaml("billing", "invoices", &[&f.private_image], Some("regcred")),
+            secret_yaml(
+                "billing",
+                "regcred",
+                &f.private.host(),
+                "bob",
+                "wrong-password",
+            ),
+            deployment_yaml("ops", "tool", &["Not/A:Valid::Image"], None),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let (_serve, addr) = serve(&manifest, &[]).await;
+
+    let (status, body) = get(addr, "/api/v1/images").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("wrong-password"), "a credential in the API");
+    let view: api::Images = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(
+        (
+            view.summary.images,
+            view.summary.available,
+            view.summary.failing
+        ),
+        (4, 1, 3),
+        "{body}"
+    );
+    assert!(view.summary.last_full_pass.is_some());
+    let image = |name: &str| view.images.iter().find(|i| i.image == name).unwrap();
+    let web = image(&f.public_image);
+    assert_eq!(web.status, "available");
+    assert!(
+        web.digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    assert!(web.checked_at.is_some());
+    assert_eq!(web.tag_moved, None, "no running pods in manifests mode");
+    assert!(web.nodes.is_empty(), "no agents");
+    let cart = image(&missing);
+    assert_eq!(cart.status, "absent");
+    assert_eq!(
+        (
+            cart.workloads[0].namespace.as_str(),
+            cart.workloads[0].kind.as_str(),
+            cart.workloads[0].name.as_str(),
+            cart.workloads[0].container.as_str()
+        ),
+        ("shop", "deployment", "cart", "c0")
+    );
+    let row = &cart.workloads[0];
+    assert_eq!((row.status.as_str(), row.tag_moved), ("absent", None));
+    assert!(row.reason.contains("404"), "{}", row.reason);
+    assert!(
+        row.checked_at.as_deref().is_some_and(|t| t.ends_with('Z')),
+        "{row:?}"
+    );
+    let invoices = image(&f.private_image);
+    assert_eq!(invoices.status, "authentication_failure");
+    assert!(
+        invoices.reason.contains("secret/billing/regcred"),
+        "{}",
+        invoices.reason
+    );
+    assert_eq!(image("Not/A:Valid::Image").status, "bad_image_format");
+
+    let (_, body) = get(addr, "/api/v1/images?status=absent").await;
+    let absent: api::Images = serde_json::from_str(&body).unwrap();
+    assert_eq!(absent.images.len(), 1);
+    assert_eq!(absent.images[0].image, missing);
+    let (_, body) = get(addr, "/api/v1/images?namespace=billing").await;
+    let billing: api::Images = serde_json::from_str(&body).unwrap();
+    assert_eq!(billing.images.len(), 1);
+    assert_eq!(billing.summary.images, 4, "the summary is over everything");
+    let (status, body) = get(addr, "/api/v1/images?status=gone").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown status"), "{body}");
+
+    // The page, in a real browser.
+    let chromium = pullwatch_testbench::require_tool("chromium").unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let screenshot = dir.path().join("results.png");
+    let browser = |extra: &[String]| {
+        let mut command = Command::new(&chromium);
+        command
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("http://{addr}/"))
+            .stdin(Stdio::null());
+        command
+    };
+    let dom = tokio::task::spawn_blocking({
+        let mut command = browser(&["--dump-dom".to_string()]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        dom.contains("4 images: 1 available, 3 failing; last full pass: 20"),
+        "{dom}"
+    );
+    for (status, image) in [
+        ("absent", missing.as_str()),
+        ("authentication_failure", f.private_image.as_str()),
+        ("bad_image_format", "Not/A:Valid::Image"),
+    ] {
+        let section = dom
+            .split(&format!("<section class=\"cause\" id=\"cause-{status}\">"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {status} section in {dom}"));
+        let section = section.split("</section>").next().unwrap();
+        assert!(section.contains(image), "{status}: {section}");
+        assert!(section.contains("<tr class=\"row\""), "{section}");
+        assert!(section.contains("Fix: "), "{section}");
+    }
+    assert!(
+        !dom.contains(&f.public_image),
+        "available images are not listed"
+    );
+    assert!(!dom.contains("wrong-password"));
+    let shot = tokio::task::spawn_blocking({
+        let mut command = browser(&[format!("--screenshot={}", screenshot.display())]);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let png = std::fs::read(&screenshot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}): {}",
+            String::from_utf8_lossy(&shot.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    if let Some(keep) = std::env::var_os("PULLWATCH_KEEP_SCREENSHOT") {
+        std::fs::copy(&screenshot, keep).unwrap();
+    }
 }
