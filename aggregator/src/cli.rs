@@ -69,6 +69,8 @@ pub struct CheckArgs {
 pub enum OutputFormat {
     Table,
     Json,
+    /// JUnit XML: one test case per container reference, for CI systems.
+    Junit,
 }
 
 #[derive(Debug, Args)]

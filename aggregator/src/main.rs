@@ -118,6 +118,13 @@ async fn run_check(args: CheckArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        OutputFormat::Junit => match report::junit(&results) {
+            Ok(xml) => println!("{xml}"),
+            Err(error) => {
+                eprintln!("error: cannot encode results: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
     }
     if results.iter().all(|(_, outcome)| outcome.is_available()) {
         ExitCode::SUCCESS

@@ -1,4 +1,5 @@
-//! One-shot output of `check`: a table for people, JSON for programs.
+//! One-shot output of `check`: a table for people, JSON for programs, JUnit XML for CI
+//! systems that render test reports.
 
 use pullwatch::CheckOutcome;
 use serde::Serialize;
@@ -84,6 +85,34 @@ pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// JUnit XML: one test suite, one test case per container reference (class name
+/// `namespace/kind/name`, name `container: image`), failing with its status as type
+/// and message, and its reason as text.
+pub fn junit(
+    results: &[(ContainerRef, CheckOutcome)],
+) -> Result<String, quick_junit::SerializeError> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new("pullwatch image availability");
+    for row in rows(results) {
+        let status = if row.status == pullwatch::CheckStatus::Available.as_str() {
+            TestCaseStatus::success()
+        } else {
+            let mut failure = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            failure
+                .set_type(row.status)
+                .set_message(format!("{}: {}", row.status, row.reason))
+                .set_description(row.reason);
+            failure
+        };
+        let mut case = TestCase::new(format!("{}: {}", row.container, row.image), status);
+        case.set_classname(format!("{}/{}/{}", row.namespace, row.kind, row.name));
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new("pullwatch");
+    report.add_test_suite(suite);
+    report.to_string()
 }
 
 #[cfg(test)]

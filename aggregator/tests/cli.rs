@@ -895,3 +895,104 @@ async fn results_with_reasons_as_json_and_as_a_page() {
         std::fs::copy(&screenshot, keep).unwrap();
     }
 }
+
+/// `check -o junit`: one test case per container reference, failures carrying status
+/// and reason, parsed back with a JUnit reader; and the CI examples call `check` with
+/// flags the binary has.
+#[tokio::test(flavor = "multi_thread")]
+async fn junit_output_for_ci_and_the_ci_examples() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("{}/web/frontend:gone", f.open.host());
+    std::fs::write(
+        dir.path().join("shop.yaml"),
+        deployment_yaml("shop", "web", &[&f.public_image, &missing], None),
+    )
+    .unwrap();
+    let output = run(
+        &[
+            "check",
+            "-f",
+            dir.path().to_str().unwrap(),
+            "-o",
+            "junit",
+            "--allow-plain-http",
+        ],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let xml = String::from_utf8(output.stdout).unwrap();
+    let report =
+        quick_junit::Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+    assert_eq!(report.test_suites.len(), 1);
+    let suite = &report.test_suites[0];
+    assert_eq!((suite.tests, suite.failures), (2, 1), "{xml}");
+    let case = |name: &str| {
+        suite
+            .test_cases
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .unwrap_or_else(|| panic!("no case {name} in {xml}"))
+    };
+    let ok = case(&format!("c0: {}", f.public_image));
+    assert_eq!(ok.classname.as_deref(), Some("shop/deployment/web"));
+    assert!(matches!(
+        ok.status,
+        quick_junit::TestCaseStatus::Success { .. }
+    ));
+    match &case(&format!("c1: {missing}")).status {
+        quick_junit::TestCaseStatus::NonSuccess {
+            kind: quick_junit::NonSuccessKind::Failure,
+            message,
+            ty,
+            description,
+            ..
+        } => {
+            assert_eq!(ty.as_deref(), Some("absent"));
+            assert!(
+                message
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("absent: ")),
+                "{message:?}"
+            );
+            assert!(
+                description.as_deref().is_some_and(|d| d.contains("404")),
+                "{description:?}"
+            );
+        }
+        other => panic!("not a failure: {other:?}"),
+    }
+
+    // The examples: every `check` they run asks for JUnit and uses real flags.
+    let help = String::from_utf8(run(&["check", "--help"], &[]).stdout).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ci");
+    for file in ["github-actions.yaml", "gitlab-ci.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let _: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let checks: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once("pullwatch-aggregator check "))
+            .map(|(_, args)| args)
+            .collect();
+        assert_eq!(
+            checks.len(),
+            2,
+            "{file}: manifests and helm template output"
+        );
+        for args in checks {
+            assert!(
+                args.contains("-o junit") && args.contains("-f "),
+                "{file}: {args}"
+            );
+            for flag in args.split_whitespace().filter(|a| a.starts_with("--")) {
+                assert!(help.contains(flag), "{file}: {flag} is not a check flag");
+            }
+        }
+    }
+}
