@@ -203,8 +203,9 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     );
     // Scrape as the server does: one family at a time.
     let mut rendered = 0;
+    let store = pipeline.store_snapshot();
     for part in 0..pipeline.metrics_part_count() {
-        rendered += pipeline.render_metrics_part(part)?.len();
+        rendered += pipeline.render_metrics_part(&store, part)?.len();
     }
     anyhow::ensure!(
         rendered > references * 8 * 50,

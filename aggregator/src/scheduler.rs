@@ -232,20 +232,28 @@ impl Pipeline {
         self.metrics.part_count()
     }
 
-    /// One part of the exposition, so a scrape can be streamed without holding the
-    /// store for the whole response or building it in one piece.
-    pub fn render_metrics_part(&self, part: usize) -> Result<String, MetricsError> {
+    /// The store as it is now, for a scrape: every part of one exposition is rendered
+    /// from it, so a container is never 1 in two families or missing from one.
+    pub fn store_snapshot(&self) -> ResultStore {
+        lock(&self.store).snapshot()
+    }
+
+    /// One part of the exposition from `store` (a [`Pipeline::store_snapshot`]), so a
+    /// scrape can be streamed without holding the store or building it in one piece.
+    pub fn render_metrics_part(
+        &self,
+        store: &ResultStore,
+        part: usize,
+    ) -> Result<String, MetricsError> {
         let mut out = String::new();
-        let store = lock(&self.store);
-        // The live inventory only for the part that reads it (store, then inventory:
-        // nothing takes them in the other order).
+        // The live inventory only for the part that reads it.
         let inventory = match &self.inventory {
             Some(inventory) if part + 1 == self.metrics.part_count() => Some(lock(inventory)),
             _ => None,
         };
         self.metrics.render_part(
             part,
-            &store,
+            store,
             inventory.as_ref().map(|i| &i.running),
             &mut out,
         )?;

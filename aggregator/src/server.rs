@@ -136,17 +136,20 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// The exposition, streamed one metric family at a time.
+/// The exposition, streamed one metric family at a time, all from one store snapshot.
 fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
     let parts = pipeline.metrics_part_count();
+    // One version of the store for the whole scrape.
+    let store = Arc::new(pipeline.store_snapshot());
     let stream = futures::stream::unfold(0usize, move |part| {
         let pipeline = pipeline.clone();
+        let store = store.clone();
         async move {
             if part >= parts {
                 return None;
             }
             let chunk = pipeline
-                .render_metrics_part(part)
+                .render_metrics_part(&store, part)
                 .map(|text| Frame::data(Bytes::from(text)))
                 .map_err(std::io::Error::other);
             Some((chunk, part + 1))
@@ -177,4 +180,98 @@ fn with_type(mut response: Response<Body>, content_type: &'static str) -> Respon
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{Checker, CheckerConfig};
+    use crate::index::{ContainerRef, ImageIndex};
+    use crate::inventory::WorkloadKind;
+    use crate::metrics::Metrics;
+    use pullwatch::{CheckOutcome, CheckStatus};
+
+    /// While checks keep recording, every scrape shows each container at exactly one
+    /// status, in the canonical and in the legacy families alike.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_scrape_is_one_version_of_the_store() {
+        let metrics = Metrics::new(true).unwrap();
+        let checker = Checker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
+        let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
+        let containers: Vec<ContainerRef> = (0..300)
+            .map(|i| ContainerRef {
+                namespace: "ns".into(),
+                kind: WorkloadKind::Deployment,
+                name: format!("w{i:03}"),
+                container: "c".into(),
+                image: "reg.io/app:1".into(),
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let (pipeline, stop, containers) = (pipeline.clone(), stop.clone(), containers.clone());
+            move || {
+                let index = ImageIndex::default();
+                let mut rounds = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let status = [CheckStatus::Absent, CheckStatus::Available][rounds as usize % 2];
+                    for container in &containers {
+                        pipeline.record(
+                            &index,
+                            std::slice::from_ref(container),
+                            &CheckOutcome::new(status, ""),
+                        );
+                    }
+                    rounds += 1;
+                }
+                rounds
+            }
+        });
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(ServerState::new(pipeline.clone())),
+            stop_rx,
+        ));
+        for _ in 0..40 {
+            let response = pullwatch_testbench::http_request(
+                addr,
+                http::Method::GET,
+                "/metrics",
+                &[],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+            let text = response.text();
+            // container name -> (canonical families at 1, legacy families at 1)
+            let mut ones: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
+            for line in text.lines().filter(|l| l.ends_with(" 1")) {
+                let Some(name) = line
+                    .split("name=\"")
+                    .nth(1)
+                    .or_else(|| line.split("deployment=\"").nth(1))
+                else {
+                    continue;
+                };
+                let name = name.split('"').next().unwrap_or_default().to_string();
+                let entry = ones.entry(name).or_default();
+                if line.starts_with("k8s_image_availability_exporter_deployment_") {
+                    entry.1 += 1;
+                } else if line.starts_with("k8s_image_availability_exporter_") {
+                    entry.0 += 1;
+                }
+            }
+            for (name, counts) in &ones {
+                assert_eq!(*counts, (1, 1), "{name} in one scrape");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let rounds = writer.join().unwrap();
+        assert!(rounds >= 2, "the writer ran alongside the scrapes");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+    }
 }

@@ -1,7 +1,13 @@
 //! The result store: the latest outcome of every container reference, the state the
 //! metrics and one-shot reports are rendered from.
+//!
+//! Copy-on-write: [`ResultStore::snapshot`] is two reference-count increments, so a
+//! scrape renders every family from one version of the store while checks keep
+//! recording; the first write after a snapshot copies the map once (per scrape, not
+//! per write).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use pullwatch::{CheckOutcome, CheckStatus};
 
@@ -20,22 +26,32 @@ pub struct ImageNodes {
     pub answers: BTreeMap<String, (CheckStatus, String)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ResultStore {
-    outcomes: BTreeMap<ContainerRef, CheckOutcome>,
+    outcomes: Arc<BTreeMap<ContainerRef, CheckOutcome>>,
     /// Image as written -> what the nodes say; only with agents.
-    image_nodes: BTreeMap<String, ImageNodes>,
+    image_nodes: Arc<BTreeMap<String, ImageNodes>>,
 }
 
 impl ResultStore {
+    /// This version of the store, unaffected by later writes.
+    pub fn snapshot(&self) -> ResultStore {
+        self.clone()
+    }
+
     pub fn set(&mut self, container: ContainerRef, outcome: CheckOutcome) {
-        self.outcomes.insert(container, outcome);
+        if self.outcomes.get(&container) == Some(&outcome) {
+            return;
+        }
+        Arc::make_mut(&mut self.outcomes).insert(container, outcome);
     }
 
     /// Forgets every reference not in `current` (the workload or container went away).
     pub fn retain(&mut self, current: &BTreeSet<ContainerRef>) {
-        self.outcomes
-            .retain(|container, _| current.contains(container));
+        if self.outcomes.keys().all(|c| current.contains(c)) {
+            return;
+        }
+        Arc::make_mut(&mut self.outcomes).retain(|container, _| current.contains(container));
     }
 
     pub fn get(&self, container: &ContainerRef) -> Option<&CheckOutcome> {
@@ -57,17 +73,24 @@ impl ResultStore {
 
     /// Sets what the nodes say about `image`.
     pub fn set_image_nodes(&mut self, image: &str, nodes: ImageNodes) {
-        match self.image_nodes.get_mut(image) {
+        if self.image_nodes.get(image) == Some(&nodes) {
+            return;
+        }
+        let image_nodes = Arc::make_mut(&mut self.image_nodes);
+        match image_nodes.get_mut(image) {
             Some(existing) => *existing = nodes,
             None => {
-                self.image_nodes.insert(image.to_string(), nodes);
+                image_nodes.insert(image.to_string(), nodes);
             }
         }
     }
 
     /// Forgets the node view of every image not in `images`: its series disappear.
     pub fn retain_image_nodes(&mut self, keep: impl Fn(&str) -> bool) {
-        self.image_nodes.retain(|image, _| keep(image));
+        if self.image_nodes.keys().all(|image| keep(image)) {
+            return;
+        }
+        Arc::make_mut(&mut self.image_nodes).retain(|image, _| keep(image));
     }
 
     /// Every image's node view, ordered by image.
