@@ -240,7 +240,7 @@ fn urls_match(key: &str, target: &str) -> bool {
         && key_labels
             .iter()
             .zip(&target_labels)
-            .all(|(pattern, label)| glob::Pattern::new(pattern).is_ok_and(|p| p.matches(label)))
+            .all(|(pattern, label)| crate::glob::matches(pattern, label).unwrap_or(false))
 }
 
 fn split_host_path(url: &str) -> (&str, &str) {
