@@ -176,9 +176,9 @@ pub struct NodeArgs {
     pub request_timeout: Duration,
 }
 
+/// Go duration syntax (`30s`, `1m30s`, `1.5h`, `300ms`), as every duration flag.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::keyring::parse_go_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 30s, 5m, 1h30m)"))
+    pullwatch::duration::flag_value_parser(text)
 }
 
 /// Why the agent could not be set up from its flags.
@@ -298,6 +298,26 @@ mod tests {
         );
         assert_eq!(args.node.pull_timeout, Duration::from_secs(300));
         assert!(!args.node.pull_absent_images);
+        // Every duration flag takes Go syntax.
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "check",
+            "x",
+            "--pull-timeout",
+            "1.5h",
+            "--request-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(args.node.pull_timeout, Duration::from_secs(5400));
+        assert_eq!(args.node.request_timeout, Duration::from_secs(90));
+        assert!(
+            Cli::try_parse_from(["pullwatch-agent", "check", "x", "--request-timeout", "0"])
+                .is_err()
+        );
         let error =
             Cli::try_parse_from(["pullwatch-agent", "check", "x", "--mode", "fetch"]).unwrap_err();
         assert_eq!(error.exit_code(), 2);
