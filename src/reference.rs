@@ -291,6 +291,13 @@ impl ImageReference {
         if IDENTIFIER.is_match(input) {
             return Err(ReferenceError::HexIdentifier(input.to_string()));
         }
+        // Never part of the grammar: say so before the kubelet's other checks would
+        // give a less telling reason ("BAD IMAGE" is refused for its case first).
+        if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ReferenceError::InvalidFormat {
+                why: diagnose(input),
+            });
+        }
         let (domain, remainder, explicit) = split_docker_domain(input);
         let remote = remainder.split(':').next().unwrap_or_default();
         if remote.to_lowercase() != remote {

@@ -692,7 +692,10 @@ mod tests {
         assert!(urls_match("*.*.amazonaws.com", "x.dkr.amazonaws.com/a"));
         assert!(urls_match("reg-[0-9].io", "reg-7.io/a"));
         assert!(!urls_match("reg-[0-9].io", "reg-x.io/a"));
-        assert!(urls_match("gcr.?o", "gcr.io/a"));
+        // As in the kubelet, which parses the glob as a URL: '?' starts a query, so
+        // "gcr.?o" is the host "gcr." and never matches.
+        assert!(!urls_match("gcr.?o", "gcr.io/a"));
+        assert!(urls_match("gcr.i[a-z]", "gcr.io/a"));
     }
 
     #[tokio::test]
