@@ -237,6 +237,21 @@ impl DockerConfig {
         Self::from_raw(parsed.unwrap_or_default())
     }
 
+    /// A docker config file of either form: `config.json` when the top-level object has
+    /// an `auths` key (in any case, as encoding/json matches it), else `.dockercfg`.
+    pub fn from_either_form(bytes: &[u8]) -> Result<Self, CredentialError> {
+        let value: serde_json::Value =
+            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
+        let has_auths = value
+            .as_object()
+            .is_some_and(|object| object.keys().any(|k| go_field_is(k, "auths")));
+        if has_auths {
+            Self::from_config_json(bytes)
+        } else {
+            Self::from_dockercfg(bytes)
+        }
+    }
+
     fn from_raw(raw: BTreeMap<String, RawEntry>) -> Result<Self, CredentialError> {
         let mut entries = BTreeMap::new();
         for (registry, entry) in raw {
@@ -639,6 +654,18 @@ mod tests {
         // But `auths` of the wrong type, or a document that is not an object, fail.
         assert!(DockerConfig::from_config_json(br#"{"auths":[]}"#).is_err());
         assert!(DockerConfig::from_config_json(b"[]").is_err());
+    }
+
+    #[test]
+    fn either_form_by_its_auths_key() {
+        let json = DockerConfig::from_either_form(br#"{"Auths":{"reg.io":{"username":"a"}}}"#);
+        assert_eq!(json.unwrap().entries["reg.io"].username, "a");
+        let legacy = DockerConfig::from_either_form(br#"{"reg.io":{"username":"b"}}"#);
+        assert_eq!(legacy.unwrap().entries["reg.io"].username, "b");
+        assert!(matches!(
+            DockerConfig::from_either_form(b"{"),
+            Err(CredentialError::Json { .. })
+        ));
     }
 
     #[test]

@@ -247,9 +247,8 @@ pub fn pull_secrets_for(
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let config = DockerConfig::from_config_json(&bytes)
-            .or_else(|_| DockerConfig::from_dockercfg(&bytes))
-            .map_err(|e| SetupError::PullSecret {
+        let config =
+            DockerConfig::from_either_form(&bytes).map_err(|e| SetupError::PullSecret {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
@@ -263,6 +262,32 @@ pub fn pull_secrets_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secret_files_of_both_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("config.json");
+        let legacy = dir.path().join("dockercfg");
+        let broken = dir.path().join("broken");
+        std::fs::write(&json, r#"{"auths":{"reg.io":{"auth":"YTpi"}}}"#).unwrap();
+        std::fs::write(
+            &legacy,
+            r#"{"https://reg.io":{"username":"c","password":"d"}}"#,
+        )
+        .unwrap();
+        std::fs::write(&broken, r#"{"auths":{"reg.io":{"password":sekrit}}}"#).unwrap();
+        let found = pull_secrets_for(&[json, legacy], "reg.io/app:v1").unwrap();
+        let users: Vec<&str> = found
+            .iter()
+            .map(|c| c.credential.username.as_str())
+            .collect();
+        assert_eq!(users, ["a", "c"]);
+        let err = pull_secrets_for(&[broken], "reg.io/app")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(!err.contains("sekrit"), "{err}");
+    }
 
     #[test]
     fn flags_and_defaults() {
