@@ -265,7 +265,10 @@ impl DockerConfig {
             if !entry.auth.is_empty() {
                 let (user, pass) = decode_auth_field(&entry.auth).map_err(|why| {
                     CredentialError::BadAuthField {
-                        registry: registry.clone(),
+                        // The key as the keyring uses it: a `user:password@` written
+                        // into the key must not reach the message.
+                        registry: keyring_key(&registry)
+                            .unwrap_or_else(|| "(a key Go cannot parse)".to_string()),
                         why,
                     }
                 })?;
@@ -336,7 +339,8 @@ impl Keyring {
         let source: Arc<str> = Arc::from(source);
         for (location, credential) in &config.entries {
             let Some(key) = keyring_key(location) else {
-                tracing::debug!(%source, location, "skipping docker config entry with an unparsable registry key, as the kubelet does");
+                // The location itself is not logged: it may carry `user:password@`.
+                tracing::debug!(%source, "skipping docker config entry with an unparsable registry key, as the kubelet does");
                 continue;
             };
             self.creds
@@ -711,6 +715,14 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("line 1, column"), "{shown}");
         }
+        // A bad auth field names the registry key (never userinfo written into it),
+        // not the value.
+        let err = DockerConfig::from_config_json(
+            br#"{"auths":{"bob:hunter2@reg.io/x":{"auth":"aHVudGVyMg=="}}}"#,
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("reg.io/x"), "{err}");
         // A bad auth field names the registry key, not the value.
         let err =
             DockerConfig::from_config_json(br#"{"auths":{"reg.io":{"auth":"aHVudGVyMg=="}}}"#)
