@@ -1080,4 +1080,23 @@ mod tests {
         assert_eq!(sources, ["first", "second"]);
         assert!(users(&k, "[::1]:5001/app").is_empty());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn url_matching_never_panics(glob in "\\PC{0,24}", target in "[a-z0-9.:/\\[\\]@%*?-]{0,24}") {
+                let _ = urls_match(&glob, &target);
+                let _ = keyring_key(&glob);
+            }
+
+            #[test]
+            fn decoding_never_panics(doc in "\\PC{0,64}") {
+                let _ = DockerConfig::from_config_json(doc.as_bytes());
+                let _ = DockerConfig::from_either_form(doc.as_bytes());
+            }
+        }
+    }
 }

@@ -308,4 +308,24 @@ mod tests {
         assert_eq!(parse_non_negative("0"), Ok(Duration::ZERO));
         assert!(parse_non_negative("-1m").is_err());
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics(text in "[-+]?[0-9.]{0,25}[a-zµμ]{0,3}([0-9.]{0,25}[a-z]{0,2}){0,3}|\\PC{0,20}") {
+                let _ = parse_nanos(&text);
+                let _ = parse_flag(&text);
+            }
+
+            // Whole units add up exactly.
+            #[test]
+            fn hours_minutes_seconds(h in 0u64..10_000, m in 0u64..60, s in 0u64..60) {
+                let nanos = parse_nanos(&format!("{h}h{m}m{s}s")).unwrap();
+                prop_assert_eq!(nanos as u64, ((h * 60 + m) * 60 + s) * 1_000_000_000);
+            }
+        }
+    }
 }

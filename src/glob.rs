@@ -315,4 +315,24 @@ mod tests {
         assert_eq!(validate("ok*"), Ok(()));
         assert_eq!(validate("bad["), Err(BadPattern));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics(pattern in "[a-c*?\\[\\]\\\\^/-]{0,12}|\\PC{0,12}", name in "[a-c/-]{0,12}|\\PC{0,12}") {
+                let _ = matches(&pattern, &name);
+            }
+
+            // A pattern without metacharacters matches exactly itself.
+            #[test]
+            fn literals_match_themselves(text in "[a-z0-9.-]{0,16}") {
+                prop_assert_eq!(matches(&text, &text), Ok(true));
+                let other = format!("{text}x");
+                prop_assert_eq!(matches(&text, &other), Ok(false));
+            }
+        }
+    }
 }
