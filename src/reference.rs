@@ -341,6 +341,13 @@ impl ImageReference {
         default_registry: &str,
     ) -> Result<Self, ReferenceError> {
         let (reference, explicit) = Self::parse_normalized(input)?;
+        if !ANCHORED_DOMAIN.is_match(default_registry) {
+            return Err(ReferenceError::InvalidFormat {
+                why: format!(
+                    "default registry {default_registry:?} is not a host name, IPv4 address or [IPv6] literal with an optional numeric port"
+                ),
+            });
+        }
         let default_registry = normalize_domain(default_registry.to_string());
         if explicit || default_registry == DOCKER_HUB {
             return Ok(reference);
@@ -624,6 +631,13 @@ mod tests {
         assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
         let r = ImageReference::parse_with_default_registry("nginx", "index.docker.io").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
+        // The default registry must itself be a registry host.
+        for bad in ["not a host", "bad host.io", "a.io/path", "", "a_b.io"] {
+            assert!(
+                ImageReference::parse_with_default_registry("nginx", bad).is_err(),
+                "{bad:?}"
+            );
+        }
         // What the kubelet refuses stays refused, whatever the default registry.
         assert_eq!(
             ImageReference::parse_with_default_registry(&"a".repeat(248), "mirror.local"),
