@@ -974,3 +974,80 @@ fn parse_docker_ref_table() {
         );
     }
 }
+
+/// reference_test.go `TestWithNameFailure` (`WithName`: the anchored name grammar and
+/// the 255-character path limit).
+#[test]
+fn with_name_failure_table() {
+    let long = format!("example.com/{}", "a".repeat(256));
+    let cases: &[(&str, &str)] = &[
+        ("", "InvalidFormat"),
+        (":justtag", "InvalidFormat"),
+        (
+            "@sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "InvalidFormat",
+        ),
+        (
+            "validname@invaliddigest:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "InvalidFormat",
+        ),
+        ("example.com/repo:tag", "InvalidFormat"),
+        (&long, "NameTooLong"),
+        ("aa/asdf$$^/aa", "InvalidFormat"),
+    ];
+    for (input, want) in cases {
+        let got = match ANCHORED_NAME.captures(input) {
+            None => "InvalidFormat",
+            Some(parts) if parts.get(2).map_or(0, |m| m.as_str().len()) > 255 => "NameTooLong",
+            Some(_) => "ok",
+        };
+        assert_eq!(got, *want, "{input:?}");
+    }
+}
+
+/// reference_test.go `TestDomainAndPath`.
+#[test]
+fn domain_and_path_table() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("test.com/foo", "test.com", "foo"),
+        ("test_com/foo", "", "test_com/foo"),
+        ("test:8080/foo", "test:8080", "foo"),
+        ("test.com:8080/foo", "test.com:8080", "foo"),
+        ("test-com:8080/foo", "test-com:8080", "foo"),
+        ("xn--n3h.com:18080/foo", "xn--n3h.com:18080", "foo"),
+    ];
+    for (input, domain, path) in cases {
+        let raw = parse_raw(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        assert_eq!(
+            (raw.domain.as_str(), raw.path.as_str()),
+            (*domain, *path),
+            "{input:?}"
+        );
+    }
+}
+
+/// reference_test.go `TestParseNamed`: a name is canonical when normalizing it gives
+/// it back unchanged.
+#[test]
+fn parse_named_table() {
+    let cases: &[(&str, Option<(&str, &str)>)] = &[
+        ("test.com/foo", Some(("test.com", "foo"))),
+        ("test:8080/foo", Some(("test:8080", "foo"))),
+        ("test_com/foo", None),
+        ("test.com", None),
+        ("foo", None),
+        ("library/foo", None),
+        ("docker.io/library/foo", Some(("docker.io", "library/foo"))),
+        ("docker.io/foo", None),
+    ];
+    for (input, want) in cases {
+        let parsed = ImageReference::parse(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        match want {
+            Some((domain, path)) => {
+                assert_eq!(&parsed.name(), input, "{input:?} is canonical");
+                assert_eq!((parsed.registry(), parsed.repository()), (*domain, *path));
+            }
+            None => assert_ne!(&parsed.name(), input, "{input:?} is not canonical"),
+        }
+    }
+}
