@@ -753,6 +753,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn intentional_differences_from_the_kubelet() {
+        // 1. An `auth` that decodes to bytes that are not UTF-8: the kubelet keeps the
+        //    bytes and tries them; a credential here is text, so the config is refused
+        //    (its pods are reported authentication_failure for an unparsable secret).
+        let auth = base64::engine::general_purpose::STANDARD.encode(b"\xff:pw");
+        let err =
+            DockerConfig::from_dockercfg(format!(r#"{{"r.io":{{"auth":"{auth}"}}}}"#).as_bytes())
+                .unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // 2. Two locations with one keyring key: Go adds them in map order (random);
+        //    here in the locations' sorted order, so the order of tries is stable.
+        let mut k = Keyring::new();
+        k.add("s", &config(&[("https://reg.io", "b"), ("reg.io", "a")]));
+        assert_eq!(users(&k, "reg.io/x"), ["b", "a"]);
+    }
+
     /// config_test.go `TestDockerConfigEntryJSONDecode`, `TestDockerConfigJSONDecode`
     /// and `TestDockerConfigJsonJSONDecode`.
     #[test]
