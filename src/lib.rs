@@ -4,6 +4,8 @@
 //! The aggregator and the agent both build on these; nothing here does I/O.
 
 pub mod credentials;
+pub mod duration;
+pub mod glob;
 pub mod platform;
 pub mod reference;
 pub mod status;

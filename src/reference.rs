@@ -1,56 +1,125 @@
-//! Image references: the grammar of `distribution/reference`, normalized the way the
-//! kubelet and containerd normalize them, so that two spellings of one image are one
-//! check.
-//!
-//! Written here rather than taken from `oci-spec` because its parser rejects IPv6
-//! registry literals (`[::1]:5000/app`) and has no notion of a configurable default
-//! registry, both of which pullwatch needs.
+//! Image references exactly as the kubelet reads them: `github.com/distribution/reference`
+//! v0.6.x (`ParseNormalizedNamed`, the grammar's own regular expressions) with the
+//! digest check of `github.com/opencontainers/go-digest` v1.0.0 as linked into the
+//! kubelet (sha256, sha384 and sha512 are the algorithms it can verify). A reference
+//! the kubelet refuses (`InvalidImageName`) is refused here, with the kubelet's reason;
+//! one it accepts is accepted here, with the same registry and repository.
 //!
 //! ```text
 //! reference        := name [ ":" tag ] [ "@" digest ]
-//! name             := [domain '/'] path-component ['/' path-component]*
+//! name             := [domain '/'] remote-name
 //! domain           := host [':' port-number]
-//! host             := domain-name | IPv4address | '[' IPv6address ']'
+//! host             := domain-name | IPv4address | '[' IPv6address ']'   (no zone, no embedded IPv4)
+//! domain-component := /([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])/
+//! port-number      := /[0-9]+/
 //! path-component   := alpha-numeric [separator alpha-numeric]*
 //! separator        := /[_.]|__|[-]+/
 //! tag              := /[\w][\w.-]{0,127}/
 //! digest           := algorithm ":" hex   (algorithm components /[A-Za-z][A-Za-z0-9]*/ joined by [+._-])
+//! identifier       := /[a-f0-9]{64}/      (refused as a name)
 //! ```
+//!
+//! Normalization is docker's `splitDockerDomain`: a first path component is a registry
+//! when it contains '.' or ':', is `localhost`, or has uppercase letters; otherwise
+//! the image is on Docker Hub (`docker.io`, with the implicit `library/` namespace for
+//! one-component names). Only `index.docker.io` is an alias of `docker.io`;
+//! `registry-1.docker.io` (the host that serves Docker Hub's API) is a registry of its
+//! own to the kubelet, as it is here. The 255-character limit applies to the
+//! repository path alone.
+//!
+//! Written here rather than taken from `oci-spec`, whose parser rejects IPv6 registry
+//! literals and has no notion of a configurable default registry.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 /// Docker Hub's canonical registry name.
 pub const DOCKER_HUB: &str = "docker.io";
-/// Legacy aliases that mean Docker Hub.
-const DOCKER_HUB_ALIASES: [&str; 2] = ["index.docker.io", "registry-1.docker.io"];
+/// The legacy name of Docker Hub, an alias of `docker.io` in references.
+const LEGACY_DOCKER_HUB: &str = "index.docker.io";
 /// The host that actually serves Docker Hub's distribution API.
 pub const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";
+const OFFICIAL_REPO_PREFIX: &str = "library/";
 const DEFAULT_TAG: &str = "latest";
-const NAME_TOTAL_LENGTH_MAX: usize = 255;
-const TAG_LENGTH_MAX: usize = 128;
+/// `RepositoryNameTotalLengthMax`: the limit on the repository path (without registry).
+const REPOSITORY_LENGTH_MAX: usize = 255;
 
-/// Why a string is not an image reference. Every variant names the offending part.
+// The grammar, as distribution/reference's regexp.go builds it. `\w` is spelled out:
+// Go's is ASCII-only, the regex crate's is Unicode.
+const ALPHANUMERIC: &str = "[a-z0-9]+";
+const SEPARATOR: &str = "(?:[._]|__|[-]+)";
+const DOMAIN_NAME_COMPONENT: &str = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])";
+const OPTIONAL_PORT: &str = "(?::[0-9]+)?";
+const TAG: &str = "[0-9A-Za-z_][0-9A-Za-z_.-]{0,127}";
+const DIGEST: &str = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][0-9A-Fa-f]{32,}";
+const IPV6_ADDRESS: &str = r"\[(?:[a-fA-F0-9:]+)\]";
+
+fn domain_and_port() -> String {
+    let domain_name = format!(r"{DOMAIN_NAME_COMPONENT}(?:\.{DOMAIN_NAME_COMPONENT})*");
+    format!("(?:{domain_name}|{IPV6_ADDRESS}){OPTIONAL_PORT}")
+}
+
+fn path_component() -> String {
+    format!("{ALPHANUMERIC}(?:{SEPARATOR}{ALPHANUMERIC})*")
+}
+
+fn remote_name() -> String {
+    let component = path_component();
+    format!("{component}(?:/{component})*")
+}
+
+fn compile(pattern: &str) -> Regex {
+    // The patterns are constants of this file; the unit tests compile every one.
+    Regex::new(pattern).unwrap_or_else(|e| unreachable!("reference grammar: {e}"))
+}
+
+/// `ReferenceRegexp`: captures name, tag, digest.
+static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
+    let name = format!("(?:{}/)?{}", domain_and_port(), remote_name());
+    compile(&format!("^({name})(?::({TAG}))?(?:@({DIGEST}))?$"))
+});
+/// `anchoredNameRegexp`: captures domain, path.
+static ANCHORED_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    compile(&format!(
+        "^(?:({})/)?({})$",
+        domain_and_port(),
+        remote_name()
+    ))
+});
+/// `anchoredIdentifierRegexp`.
+static IDENTIFIER: LazyLock<Regex> = LazyLock::new(|| compile("^([a-f0-9]{64})$"));
+// Pieces, only to say which part of a refused reference is wrong.
+static ANCHORED_DOMAIN: LazyLock<Regex> =
+    LazyLock::new(|| compile(&format!("^{}$", domain_and_port())));
+static ANCHORED_PATH_COMPONENT: LazyLock<Regex> =
+    LazyLock::new(|| compile(&format!("^{}$", path_component())));
+static ANCHORED_TAG: LazyLock<Regex> = LazyLock::new(|| compile(&format!("^{TAG}$")));
+static ANCHORED_DIGEST: LazyLock<Regex> = LazyLock::new(|| compile(&format!("^{DIGEST}$")));
+
+/// Why the kubelet would refuse a reference (`InvalidImageName`). The wording follows
+/// distribution/reference and go-digest; `InvalidFormat` adds which part is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
     #[error("image reference is empty")]
     Empty,
-    #[error("image reference contains whitespace or control characters")]
-    Whitespace,
-    #[error("invalid registry host {0:?}")]
-    InvalidDomain(String),
-    #[error("invalid registry port {0:?}")]
-    InvalidPort(String),
-    #[error("repository name {0:?} must be lowercase")]
+    #[error("invalid reference format: {why}")]
+    InvalidFormat { why: String },
+    #[error("invalid reference format: repository name ({0}) must be lowercase")]
     NameNotLowercase(String),
-    #[error("invalid repository name {name:?}: {why}")]
-    InvalidName { name: String, why: &'static str },
-    #[error("repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
+    #[error("repository name must not be more than {REPOSITORY_LENGTH_MAX} characters")]
     NameTooLong,
-    #[error("invalid tag {0:?}: must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")]
-    InvalidTag(String),
-    #[error("invalid digest {digest:?}: {why}")]
-    InvalidDigest { digest: String, why: &'static str },
+    #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
+    HexIdentifier(String),
+    #[error(
+        "unsupported digest algorithm in {0:?} (the kubelet verifies sha256, sha384 and sha512)"
+    )]
+    DigestUnsupported(String),
+    #[error("invalid checksum digest length in {0:?}")]
+    DigestInvalidLength(String),
+    #[error("invalid checksum digest format in {0:?} (the hex digits must be lowercase)")]
+    DigestInvalidFormat(String),
 }
 
 /// A parsed, normalized image reference.
@@ -65,80 +134,234 @@ pub struct ImageReference {
     digest: Option<String>,
 }
 
+/// distribution/reference's `Parse` result (no normalization): domain (may be empty),
+/// path, tag, digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RawReference {
+    pub(crate) domain: String,
+    pub(crate) path: String,
+    pub(crate) tag: Option<String>,
+    pub(crate) digest: Option<String>,
+}
+
+/// distribution/reference's `Parse`.
+pub(crate) fn parse_raw(input: &str) -> Result<RawReference, ReferenceError> {
+    if input.is_empty() {
+        return Err(ReferenceError::Empty);
+    }
+    let Some(captures) = REFERENCE.captures(input) else {
+        let lower = input.to_lowercase();
+        if lower != input && REFERENCE.is_match(&lower) {
+            return Err(ReferenceError::NameNotLowercase(input.to_string()));
+        }
+        return Err(ReferenceError::InvalidFormat {
+            why: diagnose(input),
+        });
+    };
+    let group = |i: usize| captures.get(i).map_or("", |m| m.as_str());
+    let name = group(1);
+    let (domain, path) = match ANCHORED_NAME.captures(name) {
+        Some(parts) => (
+            parts.get(1).map_or("", |m| m.as_str()),
+            parts.get(2).map_or("", |m| m.as_str()),
+        ),
+        None => ("", name),
+    };
+    if path.len() > REPOSITORY_LENGTH_MAX {
+        return Err(ReferenceError::NameTooLong);
+    }
+    let digest = match group(3) {
+        "" => None,
+        digest => Some(validate_digest(digest)?),
+    };
+    Ok(RawReference {
+        domain: domain.to_string(),
+        path: path.to_string(),
+        tag: Some(group(2)).filter(|t| !t.is_empty()).map(str::to_string),
+        digest,
+    })
+}
+
+/// go-digest v1.0.0 `Digest.Validate` with the algorithms the kubelet links.
+fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
+    let (algorithm, encoded) = digest.split_once(':').unwrap_or((digest, ""));
+    let hex_len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(ReferenceError::DigestUnsupported(digest.to_string())),
+    };
+    if encoded.len() != hex_len {
+        return Err(ReferenceError::DigestInvalidLength(digest.to_string()));
+    }
+    if !encoded
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(ReferenceError::DigestInvalidFormat(digest.to_string()));
+    }
+    Ok(digest.to_string())
+}
+
+/// Which part of a reference the grammar refuses, for the reason (the verdict is the
+/// grammar's alone).
+fn diagnose(input: &str) -> String {
+    if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return "contains whitespace or control characters".to_string();
+    }
+    let (name_and_tag, digest) = match input.split_once('@') {
+        Some((left, digest)) => (left, Some(digest)),
+        None => (input, None),
+    };
+    if let Some(digest) = digest
+        && !ANCHORED_DIGEST.is_match(digest)
+    {
+        return format!("digest {digest:?} is not <algorithm>:<at least 32 hex digits>");
+    }
+    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
+        Some(i) => (
+            &name_and_tag[..last_slash + i],
+            Some(&name_and_tag[last_slash + i + 1..]),
+        ),
+        None => (name_and_tag, None),
+    };
+    if let Some(tag) = tag
+        && !ANCHORED_TAG.is_match(tag)
+    {
+        return format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}");
+    }
+    let (domain, path) = match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':', '[']) => (Some(first), rest),
+        _ => (None, name),
+    };
+    if let Some(domain) = domain
+        && !ANCHORED_DOMAIN.is_match(domain)
+    {
+        return format!(
+            "registry {domain:?} is not a host name, IPv4 address or [IPv6] literal (no zone, no embedded IPv4) with an optional numeric port"
+        );
+    }
+    if path.is_empty() {
+        return "no repository path".to_string();
+    }
+    if let Some(component) = path
+        .split('/')
+        .find(|c| !ANCHORED_PATH_COMPONENT.is_match(c))
+    {
+        return format!(
+            "path component {component:?} must be runs of [a-z0-9] separated by '.', '_', '__' or '-'"
+        );
+    }
+    "does not match the reference grammar".to_string()
+}
+
+/// docker's `splitDockerDomain`: (domain, remainder, whether the domain was written).
+fn split_docker_domain(name: &str) -> (&str, String, bool) {
+    let Some((maybe_domain, maybe_remote)) = name.split_once('/') else {
+        return (DOCKER_HUB, format!("{OFFICIAL_REPO_PREFIX}{name}"), false);
+    };
+    let (domain, remote, explicit) = if maybe_domain == "localhost" {
+        (maybe_domain, maybe_remote, true)
+    } else if maybe_domain == LEGACY_DOCKER_HUB {
+        (DOCKER_HUB, maybe_remote, true)
+    } else if maybe_domain.contains(['.', ':']) || maybe_domain.to_lowercase() != maybe_domain {
+        (maybe_domain, maybe_remote, true)
+    } else {
+        (DOCKER_HUB, name, false)
+    };
+    if domain == DOCKER_HUB && !remote.contains('/') {
+        return (domain, format!("{OFFICIAL_REPO_PREFIX}{remote}"), explicit);
+    }
+    (domain, remote.to_string(), explicit)
+}
+
 impl ImageReference {
-    /// Parses with Docker Hub as the registry for names that carry none.
+    /// Parses as the kubelet does (`ParseNormalizedNamed`): Docker Hub for names that
+    /// carry no registry.
     pub fn parse(input: &str) -> Result<Self, ReferenceError> {
-        Self::parse_with_default_registry(input, DOCKER_HUB)
+        Self::parse_normalized(input).map(|(reference, _)| reference)
     }
 
-    /// Parses with `default_registry` as the registry for names that carry none
-    /// (`nginx` -> `<default_registry>/nginx:latest`). The implicit `library/`
-    /// namespace applies only when the registry is Docker Hub.
+    /// `ParseNormalizedNamed`, plus whether the input named its registry.
+    fn parse_normalized(input: &str) -> Result<(Self, bool), ReferenceError> {
+        if input.is_empty() {
+            return Err(ReferenceError::Empty);
+        }
+        if IDENTIFIER.is_match(input) {
+            return Err(ReferenceError::HexIdentifier(input.to_string()));
+        }
+        // Never part of the grammar: say so before the kubelet's other checks would
+        // give a less telling reason ("BAD IMAGE" is refused for its case first).
+        if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ReferenceError::InvalidFormat {
+                why: diagnose(input),
+            });
+        }
+        let (domain, remainder, explicit) = split_docker_domain(input);
+        let remote = remainder.split(':').next().unwrap_or_default();
+        if remote.to_lowercase() != remote {
+            return Err(ReferenceError::NameNotLowercase(remote.to_string()));
+        }
+        let raw = parse_raw(&format!("{domain}/{remainder}"))?;
+        let (registry, repository) = if raw.domain.is_empty() {
+            // The grammar read the written registry as a path component (`a_b.io/x`:
+            // underscores are not allowed in hosts). The kubelet accepts the name and
+            // the runtime pulls from the first component, so that is the registry.
+            match raw.path.split_once('/') {
+                Some((first, rest)) => (first.to_string(), rest.to_string()),
+                None => (String::new(), raw.path),
+            }
+        } else {
+            (raw.domain, raw.path)
+        };
+        let tag = match (raw.tag, &raw.digest) {
+            (None, None) => Some(DEFAULT_TAG.to_string()),
+            (tag, _) => tag,
+        };
+        Ok((
+            ImageReference {
+                registry,
+                repository,
+                tag,
+                digest: raw.digest,
+            },
+            explicit,
+        ))
+    }
+
+    /// Parses with `default_registry` in place of Docker Hub for names that carry no
+    /// registry (`nginx` -> `<default_registry>/nginx:latest`; the implicit `library/`
+    /// namespace belongs to Docker Hub). This is the old exporter's `--default-registry`,
+    /// for central checks only: the kubelet always pulls such names from Docker Hub,
+    /// so what nodes check comes from [`ImageReference::parse`]. A reference the
+    /// kubelet refuses is refused here too, whatever the default registry.
     pub fn parse_with_default_registry(
         input: &str,
         default_registry: &str,
     ) -> Result<Self, ReferenceError> {
-        if input.is_empty() {
-            return Err(ReferenceError::Empty);
-        }
-        if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ReferenceError::Whitespace);
-        }
-
-        // The digest is everything after the first '@'.
-        let (name_and_tag, digest) = match input.split_once('@') {
-            Some((left, digest)) => (left, Some(validate_digest(digest)?)),
-            None => (input, None),
-        };
-
-        // A tag is after the last ':' that comes after the last '/', so a registry port
-        // (`host:5000/app`) or an IPv6 literal is never mistaken for one.
-        let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
-            Some(i) => {
-                let split = last_slash + i;
-                (
-                    &name_and_tag[..split],
-                    Some(validate_tag(&name_and_tag[split + 1..])?),
-                )
-            }
-            None => (name_and_tag, None),
-        };
-
-        let (registry, remainder) = split_domain(name);
-        let registry = match registry {
-            Some(domain) => normalize_domain(validate_domain(domain)?),
-            None => normalize_domain(default_registry.to_string()),
-        };
-        if remainder.is_empty() {
-            return Err(ReferenceError::InvalidName {
-                name: name.to_string(),
-                why: "no repository path",
+        let (reference, explicit) = Self::parse_normalized(input)?;
+        if !ANCHORED_DOMAIN.is_match(default_registry) {
+            return Err(ReferenceError::InvalidFormat {
+                why: format!(
+                    "default registry {default_registry:?} is not a host name, IPv4 address or [IPv6] literal with an optional numeric port"
+                ),
             });
         }
-        if remainder.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(ReferenceError::NameNotLowercase(remainder.to_string()));
+        let default_registry = normalize_domain(default_registry.to_string());
+        if explicit || default_registry == DOCKER_HUB {
+            return Ok(reference);
         }
-        validate_path(remainder)?;
-
-        let repository = if registry == DOCKER_HUB && !remainder.contains('/') {
-            format!("library/{remainder}")
-        } else {
-            remainder.to_string()
-        };
-        if registry.len() + 1 + repository.len() > NAME_TOTAL_LENGTH_MAX {
-            return Err(ReferenceError::NameTooLong);
-        }
-
-        let tag = match (tag, &digest) {
-            (None, None) => Some(DEFAULT_TAG.to_string()),
-            (tag, _) => tag,
+        // Written without a registry: the remainder as written, without `library/`
+        // unless it was written.
+        let repository = match reference.repository.strip_prefix(OFFICIAL_REPO_PREFIX) {
+            Some(rest) if !input.starts_with(OFFICIAL_REPO_PREFIX) => rest.to_string(),
+            _ => reference.repository.clone(),
         };
         Ok(ImageReference {
-            registry,
+            registry: default_registry,
             repository,
-            tag,
-            digest,
+            ..reference
         })
     }
 
@@ -214,157 +437,18 @@ impl std::str::FromStr for ImageReference {
     }
 }
 
-/// Splits off the registry the way docker's `splitDockerDomain` does: the first path
-/// component is a registry when it contains '.' or ':', is `localhost`, or has
-/// uppercase letters (repository paths never do).
-fn split_domain(name: &str) -> (Option<&str>, &str) {
-    match name.split_once('/') {
-        Some((first, rest))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.chars().any(|c| c.is_ascii_uppercase()) =>
-        {
-            (Some(first), rest)
-        }
-        _ => (None, name),
-    }
-}
-
+/// `index.docker.io` is `docker.io`; every other registry name is kept as written.
 fn normalize_domain(domain: String) -> String {
-    if DOCKER_HUB_ALIASES.contains(&domain.as_str()) {
+    if domain == LEGACY_DOCKER_HUB {
         DOCKER_HUB.to_string()
     } else {
         domain
     }
 }
 
-fn validate_domain(domain: &str) -> Result<String, ReferenceError> {
-    let invalid = || ReferenceError::InvalidDomain(domain.to_string());
-    let (host, port) = if let Some(rest) = domain.strip_prefix('[') {
-        let (literal, after) = rest.split_once(']').ok_or_else(invalid)?;
-        literal.parse::<Ipv6Addr>().map_err(|_| invalid())?;
-        match after {
-            "" => (domain, None),
-            _ => {
-                let port = after.strip_prefix(':').ok_or_else(invalid)?;
-                (&domain[..domain.len() - after.len()], Some(port))
-            }
-        }
-    } else {
-        match domain.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (domain, None),
-        }
-    };
-    if let Some(port) = port
-        && (port.is_empty()
-            || !port.bytes().all(|b| b.is_ascii_digit())
-            || port.parse::<u16>().is_err())
-    {
-        return Err(ReferenceError::InvalidPort(port.to_string()));
-    }
-    if !host.starts_with('[') {
-        let components_ok = host.split('.').all(|component| {
-            !component.is_empty()
-                && component
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !component.starts_with('-')
-                && !component.ends_with('-')
-        });
-        if !components_ok {
-            return Err(invalid());
-        }
-    }
-    Ok(domain.to_string())
-}
-
-fn validate_path(path: &str) -> Result<(), ReferenceError> {
-    let invalid = |why| ReferenceError::InvalidName {
-        name: path.to_string(),
-        why,
-    };
-    for component in path.split('/') {
-        if component.is_empty() {
-            return Err(invalid("empty path component"));
-        }
-        let bytes = component.as_bytes();
-        if !is_alnum(bytes[0]) || !is_alnum(bytes[bytes.len() - 1]) {
-            return Err(invalid(
-                "path components must start and end with a lowercase letter or digit",
-            ));
-        }
-        // Separators between alphanumeric runs: '.', '_', '__', or any run of '-'.
-        let mut i = 0;
-        while i < bytes.len() {
-            if is_alnum(bytes[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < bytes.len() && !is_alnum(bytes[i]) {
-                i += 1;
-            }
-            let separator = &component[start..i];
-            let ok = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
-            if !ok {
-                return Err(invalid(
-                    "path components may only contain [a-z0-9] separated by '.', '_', '__' or '-'",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-fn validate_tag(tag: &str) -> Result<String, ReferenceError> {
-    let bytes = tag.as_bytes();
-    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let ok = !bytes.is_empty()
-        && bytes.len() <= TAG_LENGTH_MAX
-        && word(bytes[0])
-        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-');
-    if ok {
-        Ok(tag.to_string())
-    } else {
-        Err(ReferenceError::InvalidTag(tag.to_string()))
-    }
-}
-
-fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
-    let invalid = |why| ReferenceError::InvalidDigest {
-        digest: digest.to_string(),
-        why,
-    };
-    let (algorithm, hex) = digest
-        .split_once(':')
-        .ok_or_else(|| invalid("expected <algorithm>:<hex>"))?;
-    let algorithm_ok = !algorithm.is_empty()
-        && algorithm.split(['+', '.', '_', '-']).all(|c| {
-            c.starts_with(|ch: char| ch.is_ascii_alphabetic())
-                && c.chars().all(|ch| ch.is_ascii_alphanumeric())
-        });
-    if !algorithm_ok {
-        return Err(invalid("malformed algorithm"));
-    }
-    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid("digest value must be hexadecimal"));
-    }
-    match algorithm {
-        "sha256" if hex.len() != 64 => return Err(invalid("sha256 digests have 64 hex digits")),
-        "sha512" if hex.len() != 128 => return Err(invalid("sha512 digests have 128 hex digits")),
-        "sha256" | "sha512" if hex.bytes().any(|b| b.is_ascii_uppercase()) => {
-            return Err(invalid("sha256/sha512 digests are lowercase hex"));
-        }
-        _ if hex.len() < 32 => return Err(invalid("digest value shorter than 32 hex digits")),
-        _ => {}
-    }
-    Ok(digest.to_string())
-}
+#[cfg(test)]
+#[path = "reference_upstream_tests.rs"]
+mod upstream_tests;
 
 #[cfg(test)]
 mod tests {
@@ -374,6 +458,21 @@ mod tests {
 
     fn canonical(s: &str) -> String {
         ImageReference::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        for regex in [
+            &REFERENCE,
+            &ANCHORED_NAME,
+            &IDENTIFIER,
+            &ANCHORED_DOMAIN,
+            &ANCHORED_PATH_COMPONENT,
+            &ANCHORED_TAG,
+            &ANCHORED_DIGEST,
+        ] {
+            assert!(!regex.as_str().is_empty());
+        }
     }
 
     #[test]
@@ -391,12 +490,25 @@ mod tests {
             "docker.io/library/nginx:latest"
         );
         assert_eq!(
-            canonical("registry-1.docker.io/org/app:v1"),
-            "docker.io/org/app:v1"
-        );
-        assert_eq!(
             ImageReference::parse("nginx").unwrap().api_host(),
             DOCKER_HUB_API_HOST
+        );
+    }
+
+    #[test]
+    fn registry_1_docker_io_is_not_docker_hub_to_the_kubelet() {
+        // splitDockerDomain aliases only index.docker.io; registry-1.docker.io is an
+        // ordinary registry name (no `library/`, no Docker Hub keyring fallback).
+        let r = ImageReference::parse("registry-1.docker.io/org/app:v1").unwrap();
+        assert_eq!(r.registry(), "registry-1.docker.io");
+        assert_eq!(r.to_string(), "registry-1.docker.io/org/app:v1");
+        assert_eq!(
+            canonical("registry-1.docker.io/nginx"),
+            "registry-1.docker.io/nginx:latest"
+        );
+        assert_ne!(
+            ImageReference::parse("registry-1.docker.io/library/nginx").unwrap(),
+            ImageReference::parse("nginx").unwrap()
         );
     }
 
@@ -417,6 +529,29 @@ mod tests {
         assert_eq!(r.tag(), Some("v2"));
         // Uppercase first component is a registry, per docker's rules.
         assert_eq!(canonical("Registry/app"), "Registry/app:latest");
+        // A single component is always a Docker Hub name, even with a dot or a port.
+        assert_eq!(
+            canonical("localhost:5000"),
+            "docker.io/library/localhost:5000"
+        );
+        assert_eq!(
+            canonical("example.com"),
+            "docker.io/library/example.com:latest"
+        );
+        // The grammar takes any digits as a port, as the kubelet does (the pull then
+        // fails at the runtime, not as InvalidImageName).
+        assert_eq!(canonical("host:99999/app"), "host:99999/app:latest");
+    }
+
+    #[test]
+    fn a_host_the_grammar_reads_as_a_path_is_still_the_registry_pulled_from() {
+        // `a_b.io` is no host to the grammar, so distribution/reference reads
+        // `a_b.io/app` as a domain-less path and the kubelet accepts it; the runtime
+        // then pulls from the first component. That is the registry here.
+        let r = ImageReference::parse("a_b.io/app:v1").unwrap();
+        assert_eq!(r.registry(), "a_b.io");
+        assert_eq!(r.repository(), "app");
+        assert_eq!(r.name(), "a_b.io/app");
     }
 
     #[test]
@@ -431,6 +566,51 @@ mod tests {
         assert_eq!(r.to_string(), format!("quay.io/a/b:v1@{SHA}"));
         let r = ImageReference::parse("host:443/a:v1.2_3-x").unwrap();
         assert_eq!(r.manifest_reference(), "v1.2_3-x");
+        let sha384 = format!("sha384:{}", "ab".repeat(48));
+        let sha512 = format!("sha512:{}", "cd".repeat(64));
+        assert!(ImageReference::parse(&format!("a.io/b@{sha384}")).is_ok());
+        assert!(ImageReference::parse(&format!("a.io/b@{sha512}")).is_ok());
+    }
+
+    #[test]
+    fn what_the_kubelet_refuses_is_bad_image_format() {
+        use ReferenceError::*;
+        let err = |s: &str| ImageReference::parse(s).unwrap_err();
+        // Digest algorithms the kubelet cannot verify.
+        assert!(matches!(
+            err(&format!("a.io/b@md5:{}", "0".repeat(32))),
+            DigestUnsupported(_)
+        ));
+        assert!(matches!(
+            err(&format!("a.io/b@sha1:{}", "0".repeat(40))),
+            DigestUnsupported(_)
+        ));
+        assert!(matches!(
+            err(&format!("a.io/b@sha256:{}", "0".repeat(40))),
+            DigestInvalidLength(_)
+        ));
+        assert!(matches!(
+            err(&format!("a.io/b@sha256:{}", "A".repeat(64))),
+            DigestInvalidFormat(_)
+        ));
+        // A bare 64-hex name.
+        assert!(matches!(err(&"0123abcd".repeat(8)), HexIdentifier(_)));
+        assert!(ImageReference::parse(&format!("docker.io/{}", "0123abcd".repeat(8))).is_ok());
+        // IPv4-embedded IPv6 and zones.
+        assert!(matches!(
+            err("[::ffff:1.2.3.4]:5000/app"),
+            InvalidFormat { .. }
+        ));
+        assert!(matches!(
+            err("[fe80::1%eth0]:5000/app"),
+            InvalidFormat { .. }
+        ));
+        // The 255-character limit is on the repository path alone.
+        assert!(ImageReference::parse(&format!("host.io/{}", "a".repeat(255))).is_ok());
+        assert_eq!(err(&format!("host.io/{}", "a".repeat(256))), NameTooLong);
+        // ... which, for a Docker Hub name, includes the implicit `library/`.
+        assert!(ImageReference::parse(&"a".repeat(247)).is_ok());
+        assert_eq!(err(&"a".repeat(248)), NameTooLong);
     }
 
     #[test]
@@ -438,40 +618,57 @@ mod tests {
         let r =
             ImageReference::parse_with_default_registry("nginx:1", "mirror.local:5000").unwrap();
         assert_eq!(r.to_string(), "mirror.local:5000/nginx:1");
+        let r =
+            ImageReference::parse_with_default_registry("library/nginx", "mirror.local").unwrap();
+        assert_eq!(r.to_string(), "mirror.local/library/nginx:latest");
+        let r = ImageReference::parse_with_default_registry("org/app", "mirror.local").unwrap();
+        assert_eq!(r.to_string(), "mirror.local/org/app:latest");
         let r = ImageReference::parse_with_default_registry("ghcr.io/x/y", "mirror.local").unwrap();
         assert_eq!(r.to_string(), "ghcr.io/x/y:latest");
+        // A registry written in the reference is kept, Docker Hub's too.
+        let r =
+            ImageReference::parse_with_default_registry("docker.io/nginx", "mirror.local").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
         let r = ImageReference::parse_with_default_registry("nginx", "index.docker.io").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
+        // The default registry must itself be a registry host.
+        for bad in ["not a host", "bad host.io", "a.io/path", "", "a_b.io"] {
+            assert!(
+                ImageReference::parse_with_default_registry("nginx", bad).is_err(),
+                "{bad:?}"
+            );
+        }
+        // What the kubelet refuses stays refused, whatever the default registry.
+        assert_eq!(
+            ImageReference::parse_with_default_registry(&"a".repeat(248), "mirror.local"),
+            Err(ReferenceError::NameTooLong)
+        );
     }
 
     #[test]
     fn rejects_with_reasons() {
         use ReferenceError::*;
         let err = |s: &str| ImageReference::parse(s).unwrap_err();
+        let why = |s: &str| match err(s) {
+            InvalidFormat { why } => why,
+            other => panic!("{s:?}: {other:?}"),
+        };
         assert_eq!(err(""), Empty);
-        assert_eq!(err("nginx latest"), Whitespace);
+        assert!(why("nginx latest").contains("whitespace"));
         assert!(matches!(err("NGINX"), NameNotLowercase(_)));
         assert!(matches!(err("docker.io/Org/app"), NameNotLowercase(_)));
-        assert!(matches!(err("nginx:"), InvalidTag(_)));
-        assert!(matches!(err("nginx:-x"), InvalidTag(_)));
-        assert!(matches!(
-            err(&format!("nginx:{}", "a".repeat(129))),
-            InvalidTag(_)
-        ));
-        assert!(matches!(err("nginx@sha256:abc"), InvalidDigest { .. }));
-        assert!(matches!(err("nginx@md5"), InvalidDigest { .. }));
-        assert!(matches!(err("host:99999/app"), InvalidPort(_)));
-        assert!(matches!(err("host:/app"), InvalidPort(_)));
-        assert!(matches!(err("[::zz]:5000/app"), InvalidDomain(_)));
-        assert!(matches!(err("-bad.host/app"), InvalidDomain(_)));
-        assert!(matches!(err("a//b"), InvalidName { .. }));
-        assert!(matches!(err("a/b-"), InvalidName { .. }));
-        assert!(matches!(err("a/b...c"), InvalidName { .. }));
-        assert!(matches!(err("host.io/"), InvalidName { .. }));
-        assert!(matches!(
-            err(&format!("host.io/{}", "a".repeat(250))),
-            NameTooLong
-        ));
+        assert!(why("nginx:").contains("tag"));
+        assert!(why("nginx:-x").contains("tag"));
+        assert!(why(&format!("nginx:{}", "a".repeat(129))).contains("tag"));
+        assert!(why("nginx@sha256:abc").contains("digest"));
+        assert!(why("nginx@md5").contains("digest"));
+        assert!(why("host:/app").contains("registry"));
+        assert!(why("[::zz]:5000/app").contains("registry"));
+        assert!(why("-bad.host/app").contains("registry"));
+        assert!(why("a//b").contains("path component"));
+        assert!(why("a/b-").contains("path component"));
+        assert!(why("a/b...c").contains("path component"));
+        assert!(why("host.io/").contains("no repository path"));
     }
 
     mod properties {

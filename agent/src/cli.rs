@@ -176,9 +176,9 @@ pub struct NodeArgs {
     pub request_timeout: Duration,
 }
 
+/// Go duration syntax (`30s`, `1m30s`, `1.5h`, `300ms`), as every duration flag.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    crate::keyring::parse_go_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 30s, 5m, 1h30m)"))
+    pullwatch::duration::flag_value_parser(text)
 }
 
 /// Why the agent could not be set up from its flags.
@@ -247,9 +247,8 @@ pub fn pull_secrets_for(
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let config = DockerConfig::from_config_json(&bytes)
-            .or_else(|_| DockerConfig::from_dockercfg(&bytes))
-            .map_err(|e| SetupError::PullSecret {
+        let config =
+            DockerConfig::from_either_form(&bytes).map_err(|e| SetupError::PullSecret {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
@@ -263,6 +262,32 @@ pub fn pull_secrets_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_secret_files_of_both_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("config.json");
+        let legacy = dir.path().join("dockercfg");
+        let broken = dir.path().join("broken");
+        std::fs::write(&json, r#"{"auths":{"reg.io":{"auth":"YTpi"}}}"#).unwrap();
+        std::fs::write(
+            &legacy,
+            r#"{"https://reg.io":{"username":"c","password":"d"}}"#,
+        )
+        .unwrap();
+        std::fs::write(&broken, r#"{"auths":{"reg.io":{"password":sekrit}}}"#).unwrap();
+        let found = pull_secrets_for(&[json, legacy], "reg.io/app:v1").unwrap();
+        let users: Vec<&str> = found
+            .iter()
+            .map(|c| c.credential.username.as_str())
+            .collect();
+        assert_eq!(users, ["a", "c"]);
+        let err = pull_secrets_for(&[broken], "reg.io/app")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(!err.contains("sekrit"), "{err}");
+    }
 
     #[test]
     fn flags_and_defaults() {
@@ -298,6 +323,26 @@ mod tests {
         );
         assert_eq!(args.node.pull_timeout, Duration::from_secs(300));
         assert!(!args.node.pull_absent_images);
+        // Every duration flag takes Go syntax.
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "check",
+            "x",
+            "--pull-timeout",
+            "1.5h",
+            "--request-timeout",
+            "1m30s",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(args.node.pull_timeout, Duration::from_secs(5400));
+        assert_eq!(args.node.request_timeout, Duration::from_secs(90));
+        assert!(
+            Cli::try_parse_from(["pullwatch-agent", "check", "x", "--request-timeout", "0"])
+                .is_err()
+        );
         let error =
             Cli::try_parse_from(["pullwatch-agent", "check", "x", "--mode", "fetch"]).unwrap_err();
         assert_eq!(error.exit_code(), 2);

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pullwatch::credentials::CredentialError;
+use pullwatch::credentials::{is_schemeless_url, urls_match};
+use pullwatch::duration;
 use pullwatch::{DockerConfig, ImageReference, Keyring, RegistryCredential, SourcedCredential};
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -238,13 +239,12 @@ impl DockerConfigFiles {
                 continue;
             };
             match DockerConfig::from_config_json(&bytes) {
+                // A config.json without "auths" is valid and empty, as to the kubelet.
                 Ok(config) => {
                     debug!(path = %path.display(), entries = config.entries.len(), "using kubelet docker config");
                     keyring.add(&format!("config.json:{}", path.display()), &config);
                     return keyring;
                 }
-                // The kubelet takes a config.json without "auths" as valid and empty.
-                Err(CredentialError::MissingAuths) => return keyring,
                 Err(error) => {
                     debug!(path = %path.display(), %error, "skipping invalid config.json")
                 }
@@ -373,16 +373,12 @@ fn load_plugins(path: &Path, bin_dir: &Path) -> Result<Vec<PluginProvider>, Keyr
                 entry.name
             )));
         }
+        // As the kubelet: each entry must parse as a schemeless URL (Go's url.Parse of
+        // `https://<entry>`); the globs in it are only checked when matched.
         for pattern in &entry.match_images {
-            if pattern.is_empty()
-                || pattern.contains("://")
-                || pattern
-                    .split('/')
-                    .next()
-                    .is_some_and(|host| host.split('.').any(glob_invalid))
-            {
+            if !is_schemeless_url(pattern) {
                 return Err(invalid(format!(
-                    "provider {}: invalid matchImages entry {pattern:?}",
+                    "provider {}: match image {pattern:?} is invalid",
                     entry.name
                 )));
             }
@@ -400,9 +396,9 @@ fn load_plugins(path: &Path, bin_dir: &Path) -> Result<Vec<PluginProvider>, Keyr
                     entry.name
                 )));
             }
-            Some(text) => parse_go_duration(text).ok_or_else(|| {
+            Some(text) => duration::parse_non_negative(text).map_err(|e| {
                 invalid(format!(
-                    "provider {}: defaultCacheDuration {text:?} is not a non-negative duration",
+                    "provider {}: defaultCacheDuration must be a duration greater than or equal to 0: {e}",
                     entry.name
                 ))
             })?,
@@ -432,11 +428,6 @@ fn load_plugins(path: &Path, bin_dir: &Path) -> Result<Vec<PluginProvider>, Keyr
         });
     }
     Ok(plugins)
-}
-
-fn glob_invalid(label: &str) -> bool {
-    // filepath.Match syntax: an unterminated class is the only error a label can have.
-    label.matches('[').count() != label.matches(']').count()
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -557,8 +548,10 @@ impl PluginProvider {
         };
         let lifetime = match response.cache_duration.as_deref() {
             None => self.default_cache_duration,
-            Some(text) => parse_go_duration(text)
-                .ok_or_else(|| format!("plugin returned an invalid cacheDuration {text:?}"))?,
+            // A negative duration expires at once, as in the kubelet's cache.
+            Some(text) => duration::parse_nanos(text)
+                .map(|nanos| Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)))
+                .map_err(|e| format!("plugin returned an invalid cacheDuration: {e}"))?,
         };
         if !lifetime.is_zero() {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -637,121 +630,6 @@ impl PluginProvider {
     }
 }
 
-/// The kubelet's `URLsMatchStr(glob, target)` for schemeless `host[:port][/path]`
-/// strings: same port, same number of host labels, each label a glob match, and the
-/// glob's path a prefix of the target's.
-pub fn urls_match(glob: &str, target: &str) -> bool {
-    let split = |s: &str| -> (String, String, String) {
-        let (host, path) = match s.find('/') {
-            Some(i) => (&s[..i], &s[i..]),
-            None => (s, ""),
-        };
-        let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-            match rest.split_once(']') {
-                Some((addr, after)) => (addr, after.strip_prefix(':').unwrap_or("")),
-                None => (host, ""),
-            }
-        } else {
-            match host.rsplit_once(':') {
-                Some((h, p)) => (h, p),
-                None => (host, ""),
-            }
-        };
-        (name.to_string(), port.to_string(), path.to_string())
-    };
-    let (glob_host, glob_port, glob_path) = split(glob);
-    let (target_host, target_port, target_path) = split(target);
-    if glob_port != target_port || !target_path.starts_with(&glob_path) {
-        return false;
-    }
-    let glob_labels: Vec<&str> = glob_host.split('.').collect();
-    let target_labels: Vec<&str> = target_host.split('.').collect();
-    glob_labels.len() == target_labels.len()
-        && glob_labels
-            .iter()
-            .zip(&target_labels)
-            .all(|(g, t)| glob_label_matches(g, t))
-}
-
-/// Go's `filepath.Match` for one host label (no separators inside a label).
-fn glob_label_matches(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.first() {
-            None => t.is_empty(),
-            Some('*') => (0..=t.len()).any(|i| go(&p[1..], &t[i..])),
-            Some('?') => !t.is_empty() && go(&p[1..], &t[1..]),
-            Some('[') => {
-                let Some(end) = p.iter().position(|&c| c == ']') else {
-                    return false;
-                };
-                let Some(&c) = t.first() else { return false };
-                let class = &p[1..end];
-                let (negate, class) = match class.first() {
-                    Some('^') | Some('!') => (true, &class[1..]),
-                    _ => (false, class),
-                };
-                let mut hit = false;
-                let mut i = 0;
-                while i < class.len() {
-                    if i + 2 < class.len() && class[i + 1] == '-' {
-                        hit |= class[i] <= c && c <= class[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= class[i] == c;
-                        i += 1;
-                    }
-                }
-                hit != negate && go(&p[end + 1..], &t[1..])
-            }
-            Some('\\') if p.len() > 1 => t.first() == Some(&p[1]) && go(&p[2..], &t[1..]),
-            Some(&c) => t.first() == Some(&c) && go(&p[1..], &t[1..]),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
-}
-
-/// A Go `time.Duration` string (`metav1.Duration` in JSON/YAML): `300ms`, `1.5h`,
-/// `1h0m0s`, `0`. None for negative or malformed durations.
-pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let text = text.strip_prefix('+').unwrap_or(text);
-    if text.is_empty() || text.starts_with('-') {
-        return None;
-    }
-    let mut total = 0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if number_end == 0 {
-            return None;
-        }
-        let value: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * seconds;
-        rest = &rest[unit_end..];
-    }
-    Some(Duration::from_secs_f64(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,15 +667,16 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_go_duration("1h0m0s"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("2m30s"), Some(Duration::from_secs(150)));
-        assert_eq!(parse_go_duration("-1s"), None);
-        assert_eq!(parse_go_duration("5"), None);
-        assert_eq!(parse_go_duration("5d"), None);
-        assert_eq!(parse_go_duration(""), None);
+        let parse = |s: &str| duration::parse_non_negative(s).ok();
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse("2m30s"), Some(Duration::from_secs(150)));
+        assert_eq!(parse("-1s"), None);
+        assert_eq!(parse("5"), None);
+        assert_eq!(parse("5d"), None);
+        assert_eq!(parse(""), None);
     }
 
     #[test]
@@ -813,7 +692,10 @@ mod tests {
         assert!(urls_match("*.*.amazonaws.com", "x.dkr.amazonaws.com/a"));
         assert!(urls_match("reg-[0-9].io", "reg-7.io/a"));
         assert!(!urls_match("reg-[0-9].io", "reg-x.io/a"));
-        assert!(urls_match("gcr.?o", "gcr.io/a"));
+        // As in the kubelet, which parses the glob as a URL: '?' starts a query, so
+        // "gcr.?o" is the host "gcr." and never matches.
+        assert!(!urls_match("gcr.?o", "gcr.io/a"));
+        assert!(urls_match("gcr.i[a-z]", "gcr.io/a"));
     }
 
     #[tokio::test]

@@ -290,14 +290,10 @@ pub fn index_options(
     })
 }
 
-/// Go-style durations (`30s`, `5m`, `1h30m`, `250ms`); zero is refused.
+/// Go durations (`30s`, `1m30s`, `1.5h`, `250ms`), plus the spellings accepted
+/// before (`1d`, `5min`); zero and negative durations are refused.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(value.trim())
-        .map_err(|e| format!("{value:?} is not a duration like 30s, 5m or 1h30m: {e}"))?;
-    if duration.is_zero() {
-        return Err("must be greater than zero".to_string());
-    }
-    Ok(duration)
+    pullwatch::duration::flag_value_parser(value)
 }
 
 #[cfg(test)]
@@ -314,7 +310,14 @@ mod tests {
     fn go_style_durations_and_booleans() {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            Duration::from_secs(2 * 86400)
+        );
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("-5m").is_err());
         assert!(parse_duration("soon").is_err());
         for (args, expected) in [
             (vec!["--skip-registry-cert-verification"], true),

@@ -189,7 +189,8 @@ pub struct IndexOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentTarget {
     /// The reference as the kubelet pulls it: before `--image-mirror` (the node has
-    /// its own mirrors), normalized with `--default-registry`.
+    /// its own mirrors), and normalized as the kubelet does, to Docker Hub for names
+    /// without a registry whatever `--default-registry` says.
     pub image: ImageReference,
     /// The credentials the kubelet would try for `image`: the key's own unless a
     /// mirror rewrote the reference.
@@ -205,7 +206,8 @@ pub struct ImageIndex {
     pub checks: BTreeMap<CheckKey, Vec<ContainerRef>>,
     /// Per check: how agents check it (same keys as `checks`).
     pub agent_targets: BTreeMap<CheckKey, AgentTarget>,
-    /// References that need no registry to judge: unparsable images.
+    /// References that need no registry to judge: images the kubelet cannot parse,
+    /// and containers whose pull secrets the kubelet cannot parse.
     pub settled: Vec<(ContainerRef, CheckOutcome)>,
     /// Problems found while building (missing or broken pull secrets, bad image
     /// references), for the caller to log once rather than at every rebuild.
@@ -219,7 +221,7 @@ impl ImageIndex {
     /// Builds the index of `inventory`.
     pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
         let mut index = ImageIndex::default();
-        let mut keyrings: BTreeMap<(&str, Vec<String>), Keyring> = BTreeMap::new();
+        let mut keyrings: BTreeMap<(&str, Vec<String>), Result<Keyring, String>> = BTreeMap::new();
         // Where workloads can land: the flag's platforms, else the nodes'.
         let candidates: Vec<Platform> = if options.platforms.is_empty() {
             let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
@@ -280,7 +282,7 @@ impl ImageIndex {
                 }
             }
             let secret_names = pull_secret_names(inventory, workload);
-            let keyring = keyrings
+            let keyring = &*keyrings
                 .entry((workload.namespace.as_str(), secret_names))
                 .or_insert_with_key(|(namespace, names)| {
                     keyring_for(inventory, namespace, names, &mut index.warnings)
@@ -297,12 +299,36 @@ impl ImageIndex {
                     container: container.container.clone(),
                     image: container.image.clone(),
                 };
-                match ImageReference::parse_with_default_registry(
-                    &container.image,
-                    &options.default_registry,
-                ) {
-                    Ok(original) => {
-                        let reference = options.mirrors.apply(&original);
+                // The kubelet parses first (InvalidImageName), then builds the keyring
+                // from the pod's pull secrets (a secret it cannot parse fails the pull).
+                let kubelet_ref = ImageReference::parse(&container.image);
+                let empty = Keyring::new();
+                let keyring = match (&kubelet_ref, keyring) {
+                    (Ok(_), Err(broken)) => {
+                        index.settled.push((
+                            container_ref,
+                            CheckOutcome::new(CheckStatus::AuthenticationFailure, broken.clone()),
+                        ));
+                        continue;
+                    }
+                    (_, Ok(keyring)) => keyring,
+                    (Err(_), Err(_)) => &empty,
+                };
+                // Central checks honour --default-registry (the old exporter's flag);
+                // agents are always asked about what the kubelet pulls.
+                let central_ref = kubelet_ref.clone().and_then(|kubelet_ref| {
+                    if options.default_registry == pullwatch::reference::DOCKER_HUB {
+                        Ok(kubelet_ref)
+                    } else {
+                        ImageReference::parse_with_default_registry(
+                            &container.image,
+                            &options.default_registry,
+                        )
+                    }
+                });
+                match kubelet_ref.and_then(|original| Ok((original, central_ref?))) {
+                    Ok((original, central)) => {
+                        let reference = options.mirrors.apply(&central);
                         let credentials: Arc<[SourcedCredential]> =
                             keyring.lookup(&reference).into();
                         let key = CheckKey {
@@ -404,13 +430,16 @@ fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workloa
         .unwrap_or_default()
 }
 
-/// A keyring of the named secrets of one namespace (never another namespace's).
+/// A keyring of the named secrets of one namespace (never another namespace's), or,
+/// when one of them does not parse, the reason the kubelet would fail every pull
+/// (`MakeDockerKeyring` returns the first such error). Missing secrets and secrets
+/// without a payload are skipped, as the kubelet skips them.
 fn keyring_for(
     inventory: &Inventory,
     namespace: &str,
     names: &[String],
     warnings: &mut BTreeSet<String>,
-) -> Keyring {
+) -> Result<Keyring, String> {
     let mut keyring = Keyring::new();
     for name in names {
         match inventory
@@ -423,7 +452,15 @@ fn keyring_for(
             }
             Some(SecretCredentials::Broken(why)) => {
                 warnings.insert(format!(
-                    "pull secret {namespace}/{name} is unusable ({why}); continuing without it, as the kubelet would"
+                    "pull secret {namespace}/{name} is unusable ({why}); the kubelet fails every pull of the pods that use it"
+                ));
+                return Err(format!(
+                    "pull secret secret/{namespace}/{name} cannot be parsed ({why}): the kubelet fails the pull before contacting the registry"
+                ));
+            }
+            Some(SecretCredentials::Ignored(why)) => {
+                warnings.insert(format!(
+                    "pull secret {namespace}/{name} carries no credentials ({why}); continuing without it, as the kubelet does"
                 ));
             }
             None => {
@@ -433,7 +470,7 @@ fn keyring_for(
             }
         }
     }
-    keyring
+    Ok(keyring)
 }
 
 #[cfg(test)]
@@ -679,5 +716,120 @@ mod tests {
         assert_eq!(mirrored.image.to_string(), "up.io/lib:1");
         assert!(mirrored.credentials.is_empty());
         assert!(mirrored.workload_nodes.is_empty());
+    }
+
+    #[test]
+    fn default_registry_moves_central_checks_never_what_agents_are_asked() {
+        let mut inv = Inventory::default();
+        add(
+            &mut inv,
+            workload("a", "w", &["nginx:1", "org/app", "ghcr.io/x/y"], &["s"]),
+        );
+        inv.secrets.insert(
+            ("a".into(), "s".into()),
+            secret("hub", "https://index.docker.io/v1/"),
+        );
+        let mut opts = options();
+        opts.default_registry = "mirror.local:5000".into();
+        let index = ImageIndex::build(&inv, &opts);
+        let pairs: BTreeMap<String, String> = index
+            .agent_targets
+            .iter()
+            .map(|(k, t)| (k.reference.to_string(), t.image.to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            BTreeMap::from([
+                (
+                    "mirror.local:5000/nginx:1".to_string(),
+                    "docker.io/library/nginx:1".to_string()
+                ),
+                (
+                    "mirror.local:5000/org/app:latest".to_string(),
+                    "docker.io/org/app:latest".to_string()
+                ),
+                (
+                    "ghcr.io/x/y:latest".to_string(),
+                    "ghcr.io/x/y:latest".to_string()
+                ),
+            ])
+        );
+        // Agents get the credentials the kubelet would use for the docker.io name.
+        for target in index.agent_targets.values() {
+            let users: Vec<&str> = target
+                .credentials
+                .iter()
+                .map(|c| c.credential.username.as_str())
+                .collect();
+            let want: &[&str] = if target.image.registry() == "docker.io" {
+                &["hub"]
+            } else {
+                &[]
+            };
+            assert_eq!(users, want, "{}", target.image);
+        }
+    }
+
+    #[test]
+    fn a_pull_secret_the_kubelet_cannot_parse_fails_every_pull_of_the_pod() {
+        let mut inv = Inventory::default();
+        add(
+            &mut inv,
+            workload(
+                "a",
+                "w",
+                &["reg.io/app:v1", "nginx", "BAD IMAGE"],
+                &["broken", "good"],
+            ),
+        );
+        add(
+            &mut inv,
+            workload("a", "other", &["reg.io/app:v1"], &["good", "empty"]),
+        );
+        inv.secrets.insert(
+            ("a".into(), "broken".into()),
+            PullSecret {
+                format: SecretFormat::DockerConfigJson,
+                credentials: SecretCredentials::Broken(
+                    "docker config is not valid JSON (syntax error at line 1, column 2)".into(),
+                ),
+            },
+        );
+        inv.secrets
+            .insert(("a".into(), "good".into()), secret("u", "reg.io"));
+        inv.secrets.insert(
+            ("a".into(), "empty".into()),
+            PullSecret {
+                format: SecretFormat::DockerConfigJson,
+                credentials: SecretCredentials::Ignored("empty".into()),
+            },
+        );
+        let index = ImageIndex::build(&inv, &options());
+        let settled: BTreeMap<&str, &CheckOutcome> = index
+            .settled
+            .iter()
+            .map(|(c, o)| (c.image.as_str(), o))
+            .collect();
+        // The image is parsed first (InvalidImageName), then the secrets.
+        assert_eq!(settled["BAD IMAGE"].status, CheckStatus::BadImageFormat);
+        for image in ["reg.io/app:v1", "nginx"] {
+            assert_eq!(settled[image].status, CheckStatus::AuthenticationFailure);
+            assert!(
+                settled[image].reason.contains("secret/a/broken"),
+                "{}",
+                settled[image].reason
+            );
+        }
+        // The other workload skips the empty secret and is checked with the good one.
+        let refs: Vec<&str> = index
+            .checks
+            .iter()
+            .flat_map(|(k, refs)| {
+                assert_eq!(k.credentials.len(), 1);
+                refs.iter().map(|r| r.name.as_str())
+            })
+            .collect();
+        assert_eq!(refs, ["other"]);
+        assert!(index.warnings.iter().any(|w| w.contains("a/empty")));
     }
 }

@@ -199,6 +199,95 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     assert_eq!(table.matches("available").count(), 2, "{table}");
 }
 
+fn raw_secret_yaml(namespace: &str, name: &str, payload: &str) -> String {
+    let data = base64::engine::general_purpose::STANDARD.encode(payload);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {data}\n"
+    )
+}
+
+/// What the kubelet refuses is reported without asking a registry; what it accepts is
+/// checked; secrets decode as the kubelet decodes them; a secret the kubelet cannot
+/// parse fails the pod's pulls; --default-registry moves central checks.
+#[tokio::test]
+async fn references_and_pull_secrets_follow_the_kubelet() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = f.private.host();
+    let port = f.private.addr().port();
+    let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("bob:hunter2");
+    let manifests = [
+        // Unpadded `auth` and an upper-case field name: the kubelet reads both.
+        raw_secret_yaml(
+            "k",
+            "unpadded",
+            &format!(r#"{{"Auths":{{"{host}":{{"AUTH":"{unpadded}","identitytoken":"x"}}}}}}"#),
+        ),
+        deployment_yaml("k", "unpadded", &[&f.private_image], Some("unpadded")),
+        // A secret the kubelet cannot parse (the password is not a JSON string).
+        raw_secret_yaml(
+            "k",
+            "broken",
+            &format!(r#"{{"auths":{{"{host}":{{"username":"bob","password":hunter2}}}}}}"#),
+        ),
+        deployment_yaml(
+            "k",
+            "broken",
+            &[&format!("{host}/corp/untouched:1")],
+            Some("broken"),
+        ),
+        deployment_yaml(
+            "k",
+            "refused",
+            &[
+                &"0123abcd".repeat(8),
+                &format!("{host}/corp/billing@sha1:{}", "0".repeat(40)),
+                &format!("[::ffff:127.0.0.1]:{port}/corp/billing:2.0"),
+                &format!("{host}/corp/billing@sha256:{}", "A".repeat(64)),
+            ],
+            None,
+        ),
+        // No registry named: checked centrally at --default-registry.
+        deployment_yaml("k", "short", &["web/frontend:v1"], None),
+    ];
+    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+    let output = run(
+        &[
+            "check",
+            "-f",
+            dir.path().to_str().unwrap(),
+            "-o",
+            "json",
+            "--allow-plain-http",
+            "--default-registry",
+            &f.open.host(),
+            "--registry-timeout",
+            "1m30s",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rows = rows(&output);
+    assert_eq!(rows.len(), 7, "{rows:?} {stderr}");
+    assert_eq!(status_of(&rows, "unpadded", "c0"), "available", "{rows:?}");
+    assert_eq!(status_of(&rows, "short", "c0"), "available", "{rows:?}");
+    for container in ["c0", "c1", "c2", "c3"] {
+        assert_eq!(
+            status_of(&rows, "refused", container),
+            "bad_image_format",
+            "{rows:?}"
+        );
+    }
+    assert_eq!(status_of(&rows, "broken", "c0"), "authentication_failure");
+    let broken = rows.iter().find(|r| r["name"] == "broken").unwrap();
+    assert!(broken["reason"].contains("secret/k/broken"), "{broken:?}");
+    // The kubelet fails before contacting the registry; so does the check. And the
+    // secret's content reaches neither the output nor the log.
+    assert!(!f.private.log().contains("corp/untouched"));
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+}
+
 #[tokio::test]
 async fn image_mirrors_and_proxies_route_the_check() {
     let f = fixture().await;

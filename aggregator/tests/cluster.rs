@@ -339,7 +339,8 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
         ))
         .await
         .unwrap();
-    // pw-c: a legacy dockercfg secret, and a broken one tried first.
+    // pw-c: a legacy dockercfg secret; and a broken one, which makes the kubelet fail
+    // every pull of a pod that lists it, even beside a good one.
     target
         .apply(&secret_dockercfg("pw-c", "legacy", &host, "carol", "pa55"))
         .await
@@ -356,6 +357,13 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     target
         .apply(&with_pull_secrets(
             deployment("pw-c", "legacy-user", &[&image]),
+            &["legacy"],
+        ))
+        .await
+        .unwrap();
+    target
+        .apply(&with_pull_secrets(
+            deployment("pw-c", "broken-user", &[&image]),
             &["broken", "legacy"],
         ))
         .await
@@ -382,6 +390,11 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     assert_eq!(
         status_of(&metrics, "pw-c/deployment/legacy-user/c0").as_deref(),
         Some("available")
+    );
+    assert_eq!(
+        status_of(&metrics, "pw-c/deployment/broken-user/c0").as_deref(),
+        Some("authentication_failure"),
+        "{metrics}"
     );
     let log = aggregator.log();
     assert!(log.contains("pull secret pw-b/regcred not found"), "{log}");

@@ -109,7 +109,10 @@ pub struct Workload {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretCredentials {
     Parsed(DockerConfig),
-    /// The secret has a docker config type but its payload does not parse.
+    /// The payload is missing or empty: the kubelet skips such a secret.
+    Ignored(String),
+    /// The payload does not parse: the kubelet fails every pull that would use the
+    /// secret (`MakeDockerKeyring` returns the error), before contacting a registry.
     Broken(String),
 }
 
@@ -547,8 +550,11 @@ impl Inventory {
                     .map(|b| b.0.clone())
             });
         let credentials = match payload {
-            None => SecretCredentials::Broken(format!(
+            None => SecretCredentials::Ignored(format!(
                 "secret of type {secret_type} has no {field} key"
+            )),
+            Some(bytes) if bytes.is_empty() => SecretCredentials::Ignored(format!(
+                "secret of type {secret_type} has an empty {field}"
             )),
             Some(bytes) => match parse(&bytes) {
                 Ok(config) => SecretCredentials::Parsed(config),
@@ -560,8 +566,16 @@ impl Inventory {
             credentials,
         };
         let changed = self.secrets.get(&key) != Some(&secret);
-        if changed && let SecretCredentials::Broken(why) = &secret.credentials {
-            tracing::warn!(namespace = %key.0, secret = %key.1, reason = %why, "pull secret is unusable");
+        if changed {
+            match &secret.credentials {
+                SecretCredentials::Broken(why) => {
+                    tracing::warn!(namespace = %key.0, secret = %key.1, reason = %why, "pull secret is unusable: the kubelet fails every pull that uses it");
+                }
+                SecretCredentials::Ignored(why) => {
+                    tracing::warn!(namespace = %key.0, secret = %key.1, reason = %why, "pull secret carries no credentials; the kubelet skips it");
+                }
+                SecretCredentials::Parsed(_) => {}
+            }
         }
         self.secrets.insert(key, secret);
         changed
