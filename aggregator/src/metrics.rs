@@ -21,7 +21,7 @@ use prometheus::{
 use pullwatch::CheckStatus;
 
 use crate::inventory::{RunningDigests, WorkloadKind};
-use crate::store::ResultStore;
+use crate::store::{ResultStore, tag_moved};
 
 /// Nodes per status for each image (with agents).
 const IMAGE_NODES: &str = "pullwatch_image_nodes";
@@ -229,12 +229,7 @@ impl Metrics {
             if family.kind.is_some_and(|kind| kind != container.kind) {
                 continue;
             }
-            if !header_written {
-                // Writing to a String cannot fail.
-                let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-                let _ = writeln!(out, "# TYPE {} gauge", family.name);
-                header_written = true;
-            }
+            header(out, &mut header_written, &family.name, &family.help);
             out.push_str(&family.name);
             // Label names in lexical order, as the prometheus crate writes them.
             match family.kind {
@@ -294,14 +289,12 @@ fn render_image_nodes(store: &ResultStore, out: &mut String) {
         if nodes.statuses.is_empty() {
             continue;
         }
-        if !header_written {
-            let _ = writeln!(
-                out,
-                "# HELP {IMAGE_NODES} Nodes whose latest check of the image (as written in the spec) says this status."
-            );
-            let _ = writeln!(out, "# TYPE {IMAGE_NODES} gauge");
-            header_written = true;
-        }
+        header(
+            out,
+            &mut header_written,
+            IMAGE_NODES,
+            "Nodes whose latest check of the image (as written in the spec) says this status.",
+        );
         for status in CheckStatus::ALL {
             out.push_str(IMAGE_NODES);
             write_labels(out, &[("image", image), ("status", status.as_str())]);
@@ -315,14 +308,12 @@ fn render_image_nodes(store: &ResultStore, out: &mut String) {
 fn render_cached_nodes(store: &ResultStore, out: &mut String) {
     let mut header_written = false;
     for (image, nodes) in store.image_nodes() {
-        if !header_written {
-            let _ = writeln!(
-                out,
-                "# HELP {IMAGE_CACHED_NODES} Nodes with a connected agent that hold the image (as written in the spec)."
-            );
-            let _ = writeln!(out, "# TYPE {IMAGE_CACHED_NODES} gauge");
-            header_written = true;
-        }
+        header(
+            out,
+            &mut header_written,
+            IMAGE_CACHED_NODES,
+            "Nodes with a connected agent that hold the image (as written in the spec).",
+        );
         out.push_str(IMAGE_CACHED_NODES);
         write_labels(out, &[("image", image)]);
         let _ = writeln!(out, " {}", nodes.cached);
@@ -336,29 +327,15 @@ fn render_cached_nodes(store: &ResultStore, out: &mut String) {
 fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut String) {
     let mut header_written = false;
     for (container, outcome) in store.iter() {
-        let Some(now) = outcome.digest.as_deref() else {
+        let Some(moved) = tag_moved(running, container, outcome) else {
             continue;
         };
-        if container.image.contains('@') {
-            continue;
-        }
-        let Some(digests) = running.digests(
-            &container.namespace,
-            container.kind,
-            &container.name,
-            &container.container,
-            &container.image,
-        ) else {
-            continue;
-        };
-        if !header_written {
-            let _ = writeln!(
-                out,
-                "# HELP {IMAGE_TAG_MOVED} 1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it."
-            );
-            let _ = writeln!(out, "# TYPE {IMAGE_TAG_MOVED} gauge");
-            header_written = true;
-        }
+        header(
+            out,
+            &mut header_written,
+            IMAGE_TAG_MOVED,
+            "1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it.",
+        );
         out.push_str(IMAGE_TAG_MOVED);
         write_labels(
             out,
@@ -370,8 +347,17 @@ fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut Str
                 ("namespace", &container.namespace),
             ],
         );
-        let moved = digests.keys().any(|running| &**running != now);
         out.push_str(if moved { " 1\n" } else { " 0\n" });
+    }
+}
+
+/// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
+fn header(out: &mut String, written: &mut bool, name: &str, help: &str) {
+    if !*written {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        *written = true;
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::store::ResultStore;
+use crate::store::{ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.
 pub fn fix(status: CheckStatus) -> &'static str {
@@ -144,26 +144,6 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
     time.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-/// Whether running pods of `container`'s workload run what the tag resolves to now.
-fn tag_moved(
-    running: Option<&RunningDigests>,
-    container: &ContainerRef,
-    outcome: &CheckOutcome,
-) -> Option<bool> {
-    let now = outcome.digest.as_deref()?;
-    if container.image.contains('@') {
-        return None;
-    }
-    let digests = running?.digests(
-        &container.namespace,
-        container.kind,
-        &container.name,
-        &container.container,
-        &container.image,
-    )?;
-    Some(digests.keys().any(|d| &**d != now))
-}
-
 /// The view of `store` (and of what pods run, in cluster mode) that `filter` keeps.
 pub fn images(
     store: &ResultStore,
@@ -232,7 +212,7 @@ pub fn images(
                 status: o.status,
                 reason: o.reason.clone(),
                 checked_at: rfc3339(o.checked_at),
-                tag_moved: tag_moved(running, c, o),
+                tag_moved: running.and_then(|r| tag_moved(r, c, o)),
             })
             .collect();
         let moved: Vec<bool> = workloads.iter().filter_map(|w| w.tag_moved).collect();

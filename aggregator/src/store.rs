@@ -12,6 +12,7 @@ use std::sync::Arc;
 use pullwatch::{CheckOutcome, CheckStatus};
 
 use crate::index::ContainerRef;
+use crate::inventory::RunningDigests;
 
 /// What the nodes say about one image (as written in the spec), with agents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,29 @@ pub struct ImageNodes {
     /// Node -> its latest conclusive answer (the least available across the image's
     /// checks) and the reason it gave.
     pub answers: BTreeMap<String, (CheckStatus, String)>,
+}
+
+/// Whether running pods of `container`'s workload run what its tag resolves to now
+/// (`outcome`'s digest): Some(true) when some runs another digest, Some(false) when all
+/// run it, None when unknown (no digest answered, no running pod reported one, or a
+/// digest reference, which cannot move).
+pub fn tag_moved(
+    running: &RunningDigests,
+    container: &ContainerRef,
+    outcome: &CheckOutcome,
+) -> Option<bool> {
+    let now = outcome.digest.as_deref()?;
+    if container.image.contains('@') {
+        return None;
+    }
+    let digests = running.digests(
+        &container.namespace,
+        container.kind,
+        &container.name,
+        &container.container,
+        &container.image,
+    )?;
+    Some(digests.keys().any(|running| &**running != now))
 }
 
 #[derive(Clone, Debug, Default)]

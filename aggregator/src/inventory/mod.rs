@@ -603,6 +603,17 @@ fn owned_by(meta: &ObjectMeta, kind: Option<&str>) -> bool {
         .any(|owner| owner.controller == Some(true) && kind.is_none_or(|k| owner.kind == k))
 }
 
+/// The (namespace, name) keys of `pods` a relist did not return.
+fn unseen<V>(
+    pods: &BTreeMap<(String, String), V>,
+    seen: &std::collections::HashSet<(String, String)>,
+) -> Vec<(String, String)> {
+    pods.keys()
+        .filter(|key| !seen.contains(*key))
+        .cloned()
+        .collect()
+}
+
 fn namespace_of(meta: &ObjectMeta) -> String {
     meta.namespace
         .clone()

@@ -87,13 +87,7 @@ impl RunningDigests {
 
     /// Drops every pod whose (namespace, name) is not in `seen` (a relist).
     pub fn retain_seen(&mut self, seen: &HashSet<(String, String)>) {
-        let gone: Vec<(String, String)> = self
-            .pods
-            .keys()
-            .filter(|key| !seen.contains(*key))
-            .cloned()
-            .collect();
-        for (namespace, name) in gone {
+        for (namespace, name) in super::unseen(&self.pods, seen) {
             self.remove(&namespace, &name);
         }
     }
