@@ -9,8 +9,9 @@
 //!
 //! With node agents ([`Pipeline::with_agents`]) a check goes to one node per node
 //! group and the nodes' answers are the canonical status (the kubelet's view); the
-//! aggregator checks centrally only when no agent answers. When an agent joins,
-//! references last checked centrally are checked again at once. The node view of
+//! aggregator checks centrally only when no agent answers. When a node group gains its
+//! first agent, what that group can answer better (checked centrally, or by no node of
+//! the group) is checked again at once, once. The node view of
 //! each image (nodes per status, nodes holding it) is kept beside the outcomes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -300,6 +301,8 @@ pub struct Scheduler {
     image_keys: HashMap<String, Vec<CheckKey>>,
     /// Connected agents' nodes, as last seen.
     agent_nodes: BTreeSet<String>,
+    /// Connected node -> its node group.
+    agent_groups: BTreeMap<String, String>,
     /// Normalized reference -> nodes whose agents hold it, as last seen.
     holders: HashMap<String, BTreeSet<String>>,
 }
@@ -316,6 +319,7 @@ impl Scheduler {
             status: SchedulerStatus::default(),
             image_keys: HashMap::new(),
             agent_nodes: BTreeSet::new(),
+            agent_groups: BTreeMap::new(),
             holders: HashMap::new(),
         }
     }
@@ -460,36 +464,53 @@ impl Scheduler {
         self.refresh_status();
     }
 
-    /// Agents came, went or reported new image lists: refresh who holds what, and
-    /// check again at once what was last checked centrally if an agent joined.
+    /// Agents came, went or reported new image lists: refresh who holds what. When a
+    /// node group gains its first agent, check again at once what that group can
+    /// answer better: what was checked centrally, or by no node of that group. Further
+    /// agents of a covered group add no vantage point (one node per group checks), so
+    /// a rollout of N agents costs at most one extra check per key and new group.
     fn agents_changed(&mut self) {
         let Some(hub) = self.pipeline.agents().cloned() else {
             return;
         };
-        let nodes: BTreeSet<String> = hub.nodes().into_iter().collect();
+        let groups: BTreeMap<String, String> = hub
+            .agents()
+            .iter()
+            .map(|agent| (agent.node_name.clone(), hub.group_of(agent)))
+            .collect();
         self.pipeline
             .metrics
             .agents_connected
-            .set(nodes.len() as i64);
-        let joined = nodes.difference(&self.agent_nodes).count();
-        self.agent_nodes = nodes;
-        if joined > 0 {
+            .set(groups.len() as i64);
+        let covered_before: BTreeSet<&String> = self.agent_groups.values().collect();
+        let new_groups: BTreeSet<String> = groups
+            .values()
+            .filter(|group| !covered_before.contains(group))
+            .cloned()
+            .collect();
+        if !new_groups.is_empty() {
             let now = Instant::now();
             let mut moved = 0;
             for state in self.keys.values_mut() {
-                if !state.in_flight && state.outcome.is_some() && state.nodes.is_empty() {
+                let answered_by_new_group = state
+                    .nodes
+                    .keys()
+                    .any(|node| groups.get(node).is_some_and(|g| new_groups.contains(g)));
+                if !state.in_flight && state.outcome.is_some() && !answered_by_new_group {
                     state.next_due = now;
                     moved += 1;
                 }
             }
             if moved > 0 {
                 info!(
-                    joined,
+                    groups = ?new_groups,
                     checks = moved,
-                    "agents joined: checking again through them what was checked centrally"
+                    "node groups gained their first agent: checking again through them"
                 );
             }
         }
+        self.agent_nodes = groups.keys().cloned().collect();
+        self.agent_groups = groups;
         let wanted: HashSet<String> = self
             .index
             .agent_targets
@@ -677,7 +698,26 @@ mod tests {
 
     /// A connected agent that answers every task with `status`, holding the image.
     fn agent(hub: &AgentHub, node: &str, status: Status) -> SessionId {
-        let (tx, mut rx) = mpsc::channel(16);
+        agent_answering(
+            hub,
+            node,
+            &[],
+            CheckResult {
+                status: status as i32,
+                image_present: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A connected agent with `labels` that answers every task with `answer`.
+    fn agent_answering(
+        hub: &AgentHub,
+        node: &str,
+        labels: &[(&str, &str)],
+        answer: CheckResult,
+    ) -> SessionId {
+        let (tx, mut rx) = mpsc::channel(256);
         let session = hub.register(
             AgentInfo {
                 node_name: node.into(),
@@ -685,7 +725,10 @@ mod tests {
                 runtime_version: "1.6".into(),
                 agent_version: "0".into(),
                 images: Default::default(),
-                node_labels: Default::default(),
+                node_labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 connected_at: std::time::SystemTime::now(),
                 in_flight: 0,
             },
@@ -700,9 +743,7 @@ mod tests {
                         CheckResult {
                             task_id: task.task_id,
                             image: task.image,
-                            status: status as i32,
-                            image_present: true,
-                            ..Default::default()
+                            ..answer.clone()
                         },
                     );
                 }
@@ -822,6 +863,108 @@ mod tests {
         .await;
         assert!(pipeline.results().is_empty());
         hub.unregister(&a);
+        let _ = stop_tx.send(true);
+        scheduler.await.unwrap();
+    }
+
+    /// A DaemonSet rollout: agents join one by one, each noticed on its own, and none
+    /// can answer (its runtime fails), so every key stays checked centrally. Only the
+    /// first agent of each node group makes the keys due again: with K keys and G
+    /// groups, at most K × G extra checks, however many agents join.
+    #[tokio::test]
+    async fn agent_joins_recheck_once_per_new_node_group() {
+        const KEYS: usize = 12;
+        let mut inventory = Inventory::default();
+        for i in 0..KEYS {
+            let name = format!("w{i}");
+            inventory.workloads.insert(
+                (WorkloadKind::Deployment, "ns".into(), name.clone()),
+                Workload {
+                    namespace: "ns".into(),
+                    kind: WorkloadKind::Deployment,
+                    name,
+                    containers: vec![ContainerImage {
+                        container: "app".into(),
+                        image: format!("127.0.0.1:1/team/app{i}:v1"),
+                    }],
+                    pull_secrets: vec![],
+                    service_account: "default".into(),
+                    enabled: true,
+                    platforms: Default::default(),
+                },
+            );
+        }
+        let index = ImageIndex::build(
+            &inventory,
+            &IndexOptions {
+                default_registry: "docker.io".into(),
+                platforms: Vec::new(),
+                mirrors: Mirrors::default(),
+                filters: Filters::default(),
+            },
+        );
+        let metrics = Metrics::new(false).unwrap();
+        let checker = Checker::new(
+            &CheckerConfig {
+                allow_plain_http: true,
+                request_timeout: Duration::from_secs(2),
+                ..Default::default()
+            },
+            metrics.checker.clone(),
+        )
+        .unwrap();
+        let hub = AgentHub::new(HubConfig {
+            node_group_label: Some("zone".into()),
+            ..Default::default()
+        });
+        let pipeline = Arc::new(Pipeline::new(checker, metrics, 4).with_agents(hub.clone()));
+        let (_index_tx, index_rx) = watch::channel(Some(Arc::new(index)));
+        let (status_tx, _status_rx) = watch::channel(SchedulerStatus::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(
+            Scheduler::new(pipeline.clone(), Duration::from_secs(3600))
+                .run(index_rx, status_tx, stop_rx),
+        );
+        let central =
+            |p: &Pipeline| p.metrics.checks.with_label_values(&["central"]).get() as usize;
+        wait_for("the first pass", || central(&pipeline) == KEYS).await;
+
+        let mut sessions = Vec::new();
+        let mut expected = KEYS;
+        for (i, zone) in ["z1", "z1", "z1", "z1", "z2", "z2", "z1", "z2"]
+            .iter()
+            .enumerate()
+        {
+            let new_group = !sessions.iter().any(|(z, _)| z == zone);
+            let session = agent_answering(
+                &hub,
+                &format!("node-{i}"),
+                &[("zone", zone)],
+                CheckResult {
+                    runtime_failure: true,
+                    ..Default::default()
+                },
+            );
+            sessions.push((*zone, session));
+            if new_group {
+                expected += KEYS;
+            }
+            // Past the debounce, so this join is noticed on its own; then the checks
+            // it caused have finished.
+            tokio::time::sleep(AGENT_CHANGE_DEBOUNCE + Duration::from_millis(300)).await;
+            wait_for("the rechecks", || central(&pipeline) >= expected).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                central(&pipeline),
+                expected,
+                "after agent {i} ({zone}): one recheck per key and new node group"
+            );
+        }
+        // Eight agents in two groups: 2 × KEYS extra checks, not 8 × KEYS.
+        assert_eq!(central(&pipeline), KEYS * 3);
+        for (_, session) in &sessions {
+            hub.unregister(session);
+        }
         let _ = stop_tx.send(true);
         scheduler.await.unwrap();
     }
