@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// Where to serve /metrics and /healthz.
     #[arg(long, env = "PULLWATCH_METRICS_ADDRESS", default_value = ":9102")]
     pub metrics_address: String,
+    /// An image no check has asked about for this long loses its per-image series on
+    /// /metrics (its workload went away).
+    #[arg(long, env = "PULLWATCH_METRICS_SERIES_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub metrics_series_ttl: Duration,
     /// Checks run at the same time on this node (the aggregator may ask for fewer).
     #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_checks: u32,

@@ -84,7 +84,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let metrics = Arc::new(AgentMetrics::new().context("setting up metrics")?);
+    let metrics = Arc::new(
+        AgentMetrics::new()
+            .context("setting up metrics")?
+            .with_series_ttl(args.metrics_series_ttl),
+    );
     let checker = args
         .node
         .checker(Some(metrics.clone()))

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -50,8 +50,12 @@ pub struct AgentMetrics {
     pub aggregator_connected: IntGauge,
     aggregator_connects: IntCounterVec,
     aggregator_last_contact: prometheus::Gauge,
-    /// image -> the label values of its current `check_status` series.
-    current: Mutex<HashMap<String, [String; 4]>>,
+    /// image -> the label values of its current `check_status` series, and when it
+    /// was last checked.
+    current: Mutex<HashMap<String, ([String; 4], Instant)>>,
+    /// An image not checked for this long has its series removed: the aggregator
+    /// stopped asking (the workload went), and series must not only ever grow.
+    series_ttl: Duration,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -66,6 +70,9 @@ fn now_seconds() -> f64 {
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
 }
+
+/// How long an image's series outlive its last check by default.
+pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(3600);
 
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
@@ -160,6 +167,7 @@ impl AgentMetrics {
                 "When the aggregator was last heard from",
             )?,
             current: Mutex::new(HashMap::new()),
+            series_ttl: DEFAULT_SERIES_TTL,
             registry,
         };
         let r = &metrics.registry;
@@ -203,12 +211,14 @@ impl AgentMetrics {
             report.credential_source.clone(),
         ];
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = current.insert(report.image.clone(), labels.clone())
+        if let Some((old, _)) =
+            current.insert(report.image.clone(), (labels.clone(), Instant::now()))
             && old != labels
         {
             let old: Vec<&str> = old.iter().map(String::as_str).collect();
             let _ = self.check_status.remove_label_values(&old);
         }
+        drop(current);
         let values: Vec<&str> = labels.iter().map(String::as_str).collect();
         self.check_status.with_label_values(&values).set(1);
         self.check_timestamp
@@ -222,6 +232,31 @@ impl AgentMetrics {
             None => {
                 let _ = self.tag_moved.remove_label_values(&[report.image.as_str()]);
             }
+        }
+    }
+
+    /// Series of images no check has asked about for `ttl`.
+    pub fn with_series_ttl(mut self, ttl: Duration) -> AgentMetrics {
+        self.series_ttl = ttl;
+        self
+    }
+
+    /// Removes every series of the images not checked within the TTL.
+    fn prune(&self) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<String> = current
+            .iter()
+            .filter(|(_, (_, checked))| checked.elapsed() > self.series_ttl)
+            .map(|(image, _)| image.clone())
+            .collect();
+        for image in stale {
+            if let Some((labels, _)) = current.remove(&image) {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = self.check_status.remove_label_values(&labels);
+            }
+            let _ = self.check_timestamp.remove_label_values(&[image.as_str()]);
+            let _ = self.tag_moved.remove_label_values(&[image.as_str()]);
+            debug!(%image, "no check for the series TTL; its series are gone");
         }
     }
 
@@ -248,6 +283,7 @@ impl AgentMetrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        self.prune();
         let mut out = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(error) = encoder.encode(&self.registry.gather(), &mut out) {
@@ -411,5 +447,37 @@ mod tests {
         assert!(error.to_string().contains("--metrics-address"), "{error}");
         let listener = bind("127.0.0.1:0").await.unwrap();
         assert!(listener.local_addr().unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn series_of_images_no_longer_checked_go_after_the_ttl() {
+        let metrics = AgentMetrics::new()
+            .unwrap()
+            .with_series_ttl(Duration::from_millis(200));
+        let mut old = report("reg.io/old:1", CheckStatus::Available);
+        old.tag_moved = Some(true);
+        metrics.record(&old);
+        let images = |m: &AgentMetrics| -> Vec<String> {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("pullwatch_agent_") && l.contains("image=\""))
+                .map(|l| {
+                    l.split("image=\"")
+                        .nth(1)
+                        .unwrap_or_default()
+                        .split('"')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(images(&metrics).len(), 3, "status, timestamp, tag moved");
+        std::thread::sleep(Duration::from_millis(300));
+        metrics.record(&report("reg.io/new:1", CheckStatus::Absent));
+        let left = images(&metrics);
+        assert!(left.iter().all(|i| i == "reg.io/new:1"), "{left:?}");
+        assert_eq!(left.len(), 2);
+        assert_eq!(metrics.current.lock().unwrap().len(), 1);
     }
 }
