@@ -244,7 +244,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
-    let server = tokio::spawn(server::serve(listener, state.clone(), stop_rx.clone()));
+    // The HTTP server outlives the rest: during shutdown /readyz answers 503.
+    let (server_stop_tx, server_stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, state.clone(), server_stop_rx));
 
     let (index_tx, index_rx) = watch::channel(None);
     background.push(tokio::spawn(scheduler::build_indexes(
@@ -260,21 +262,44 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         status_tx,
         stop_rx.clone(),
     ));
-    report_readiness(shared, status_rx, state, stop_rx).await;
+    report_readiness(shared, status_rx, state.clone(), stop_rx).await;
 
+    // Not ready from the first moment of shutdown, so load balancers and scrapers of
+    // readiness stop sending before the endpoints go.
+    state.set_ready(false, "shutting down");
     info!("shutting down");
-    if let Some(agent_server) = agent_server {
-        agent_server.stop().await;
+    if let Some(agent_server) = agent_server
+        && tokio::time::timeout(SHUTDOWN_GRACE, agent_server.stop())
+            .await
+            .is_err()
+    {
+        warn!(grace = ?SHUTDOWN_GRACE, "agent sessions did not close in time; dropped");
     }
     for task in background {
         task.abort();
     }
-    let _ = scheduler.await;
+    // Checks in flight finish within the grace, or are abandoned with the scheduler:
+    // nothing is recorded after this.
+    let abandon = scheduler.abort_handle();
+    if tokio::time::timeout(SHUTDOWN_GRACE, scheduler)
+        .await
+        .is_err()
+    {
+        abandon.abort();
+        warn!(grace = ?SHUTDOWN_GRACE, "checks still in flight at shutdown; abandoned");
+    }
+    tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    let _ = server_stop_tx.send(true);
     server
         .await
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("HTTP server task failed: {e}")))?;
     Ok(())
 }
+
+/// How long shutdown waits for agent sessions and checks in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long /readyz keeps answering 503 before the HTTP server stops.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
 
 /// The resource name the manifests source reports its state under.
 const MANIFESTS: &str = "manifests";

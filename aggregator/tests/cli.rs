@@ -612,8 +612,16 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
             .unwrap()
             .success()
     );
+    // Not ready from the first moment of shutdown, while still answering.
+    let mut draining = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
+        if draining.is_none() {
+            let (code, body) = get(addr, "/readyz").await;
+            if code == 503 {
+                draining = Some(body);
+            }
+        }
         if let Some(status) = guard.0.try_wait().unwrap() {
             break status;
         }
@@ -621,9 +629,11 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
             Instant::now() < deadline,
             "serve did not exit after SIGTERM"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
+    let draining = draining.expect("/readyz never answered 503 during shutdown");
+    assert!(draining.contains("shutting down"), "{draining}");
 }
 
 #[test]
