@@ -2,6 +2,7 @@
 //! files, each holding one or more YAML documents, `kind: List` included (as printed
 //! by `kubectl get -o yaml`).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -70,8 +71,18 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
+    // Each directory and file once, by what it really is: a symlink loop ends, and a
+    // file reached through two links is read once.
+    let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut pending = vec![path.to_path_buf()];
     while let Some(dir) = pending.pop() {
+        let real = std::fs::canonicalize(&dir).map_err(|source| ManifestError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        if !seen.insert(real) {
+            continue;
+        }
         let entries = std::fs::read_dir(&dir).map_err(|source| ManifestError::Io {
             path: dir.clone(),
             source,
@@ -81,6 +92,12 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
                 path: dir.clone(),
                 source,
             })?;
+            // A mounted ConfigMap or Secret holds each file three times: as a link at
+            // the top, under the `..data` link, and in a `..<timestamp>` directory.
+            // The top-level links are the files; the `..` entries are the kubelet's.
+            if entry.file_name().to_string_lossy().starts_with("..") {
+                continue;
+            }
             let entry_path = entry.path();
             if entry_path.is_dir() {
                 pending.push(entry_path);
@@ -89,7 +106,12 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
             {
-                files.push(entry_path);
+                // A dangling link is kept: reading it reports it, naming it.
+                let first =
+                    std::fs::canonicalize(&entry_path).map_or(true, |real| seen.insert(real));
+                if first {
+                    files.push(entry_path);
+                }
             }
         }
     }
@@ -463,5 +485,33 @@ spec:
         let object: Pod = serde_yaml::from_str(pod).unwrap();
         inv.delete(&KubeObject::Pod(Box::new(object)));
         assert!(inv.placements.is_empty());
+    }
+
+    #[test]
+    fn configmap_mounts_and_symlink_loops_are_read_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // The kubelet's atomic writer: ..2026_12_04.../web.yaml, ..data -> that dir,
+        // web.yaml -> ..data/web.yaml.
+        let stamp = root.join("..2026_12_04_05_00_00.000000001");
+        std::fs::create_dir(&stamp).unwrap();
+        std::fs::write(
+            stamp.join("web.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers: [{name: c, image: nginx}]\n",
+        )
+        .unwrap();
+        symlink(stamp.file_name().unwrap(), root.join("..data")).unwrap();
+        symlink("..data/web.yaml", root.join("web.yaml")).unwrap();
+        // A loop, and a second link to the same file.
+        std::fs::create_dir(root.join("sub")).unwrap();
+        symlink("..", root.join("sub/loop")).unwrap();
+        symlink("../web.yaml", root.join("sub/again.yaml")).unwrap();
+
+        let files = manifest_files(root).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].ends_with("again.yaml") || files[0].ends_with("web.yaml"));
+        let inventory = load(root).unwrap();
+        assert_eq!(inventory.workloads.len(), 1);
     }
 }
