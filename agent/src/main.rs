@@ -9,8 +9,11 @@ use std::sync::Arc;
 use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
 use pullwatch_agent::metrics::AgentMetrics;
 
-/// Exit codes: 0 available, 1 not available, 2 usage or setup error.
+/// Exit codes: 0 available, 1 checked and not available, 2 usage or setup error (a
+/// configuration that can never work), 3 the check could not be made (the container
+/// runtime did not answer): nothing is known about the image.
 const EXIT_USAGE: u8 = 2;
+const EXIT_NOT_CHECKED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -76,7 +79,9 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if report.is_available() {
+    Ok(if report.runtime_failure {
+        ExitCode::from(EXIT_NOT_CHECKED)
+    } else if report.is_available() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -191,7 +191,7 @@ async fn check_command_contract() {
         let output = run(home.path(), &bad, &[]).await;
         assert_eq!(output.status.code(), Some(2), "{bad:?}");
     }
-    // A runtime that is not there: not available (exit 1), and says why.
+    // A runtime that is not there: the check could not be made (exit 3), and says why.
     let output = run(
         home.path(),
         &[
@@ -205,7 +205,7 @@ async fn check_command_contract() {
         &[],
     )
     .await;
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(3));
     let value = json(&output);
     assert_eq!(value["status"], "unknown_error");
     assert!(
