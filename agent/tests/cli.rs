@@ -249,6 +249,7 @@ async fn run_command_as_the_chart_starts_it() {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert, key)),
             shared_token_file: Some(token.clone()),
+            insecure_plaintext_tokens: false,
         },
     )
     .await

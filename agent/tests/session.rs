@@ -72,6 +72,7 @@ impl Aggregator {
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
                 tls: Some((self.cert.clone(), self.key.clone())),
                 shared_token_file: Some(self.token_file.clone()),
+                insecure_plaintext_tokens: false,
             },
         )
         .await

@@ -124,7 +124,8 @@ impl TestApiServer {
     /// Makes `token` review as a projected token of the service account
     /// `namespace/name` bound to pod `pod` on `node` (extras node-name, pod-name,
     /// pod-uid `uid-<pod>`), and stores that pod: running on `node` under that service
-    /// account, with that UID. Returns the stored pod.
+    /// account, with that UID. Its image is on a closed loopback port, so an
+    /// aggregator inventorying it never contacts anything else. Returns the stored pod.
     pub fn add_agent_pod_token(
         &self,
         token: &str,
@@ -155,7 +156,7 @@ impl TestApiServer {
                 node_name: Some(node.to_string()),
                 containers: vec![Container {
                     name: "agent".into(),
-                    image: Some("registry.example/pullwatch:test".into()),
+                    image: Some("127.0.0.1:1/pullwatch/agent:test".into()),
                     ..Default::default()
                 }],
                 ..Default::default()
