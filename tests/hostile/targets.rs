@@ -200,7 +200,7 @@ pub fn json_value() -> BoxedStrategy<serde_json::Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         any::<f64>()
             .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         hostile_text().prop_map(Value::String),
@@ -1017,7 +1017,7 @@ impl Target for RegistryExchanges {
         // `www_authenticate` and `registry_bodies`, and its token dance is oci-client's:
         // here it takes every fourth case, the agent's private challenge and token
         // parsers (reachable only through `Resolver::resolve`) every case.
-        let central_too = case % 4 == 0;
+        let central_too = case.is_multiple_of(4);
         let (central, node) = self.runtime.block_on(async {
             tokio::join!(
                 async {
