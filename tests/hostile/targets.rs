@@ -483,6 +483,7 @@ impl Target for ManifestDocuments {
         }
         let options = IndexOptions {
             default_registry: "docker.io".into(),
+            platforms: Vec::new(),
             mirrors: pullwatch_aggregator::mirrors::Mirrors::default(),
             filters: Filters::default(),
         };
