@@ -896,3 +896,119 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
     })
     .await;
 }
+
+/// Issue 10: with `--image-mirror`, namespaces `a` and `b` share one check key (the
+/// mirrored reference) while their own pull secrets for the original differ. Namespace
+/// a's secret goes to the node running a's pod and never to the node running only b's.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
+    bounded(async {
+        let (registry, image) = private_registry().await;
+        let api = TestApiServer::start().await.unwrap();
+        let pod_on = |ns: &str, node: &str| {
+            let mut p = pod(ns, &format!("app-{node}"), &[&image]);
+            if let Some(spec) = p.spec.as_mut() {
+                spec.node_name = Some(node.to_string());
+                spec.image_pull_secrets =
+                    Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+                        name: "regcred".into(),
+                    }]);
+            }
+            p
+        };
+        for (ns, password, node) in [
+            ("a", PASSWORD, "node-a"),
+            ("b", "another-password", "node-b"),
+        ] {
+            api.apply(&namespace(ns, &[])).unwrap();
+            api.apply(&secret_dockerconfigjson(
+                ns,
+                "regcred",
+                &registry.host(),
+                USER,
+                password,
+            ))
+            .unwrap();
+            api.apply(&with_pull_secrets(
+                deployment(ns, "app", &[&image]),
+                &["regcred"],
+            ))
+            .unwrap();
+            api.apply(&pod_on(ns, node)).unwrap();
+        }
+        api.apply(&node("node-a", &[(ZONE, "z1")])).unwrap();
+        api.apply(&node("node-b", &[(ZONE, "z2")])).unwrap();
+        let audience = "pullwatch-agents";
+        for node in ["node-a", "node-b"] {
+            api.add_agent_pod_token(
+                &format!("token-{node}"),
+                AGENT_NAMESPACE,
+                AGENT_SERVICE_ACCOUNT,
+                &format!("pullwatch-agent-{node}"),
+                node,
+                &[audience],
+            )
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path()).unwrap();
+        // The original's repository is mirrored to a closed port: one check key for both
+        // namespaces (no credentials match the mirror).
+        let original = image
+            .rsplit_once('/')
+            .map(|(repo, _)| repo.to_string())
+            .unwrap();
+        let serve = Serve::start(
+            &[
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+                "--node-group-label".into(),
+                ZONE.into(),
+                format!("--image-mirror={original}=127.0.0.1:1/mirror"),
+            ],
+            Auth::TokenReview(audience),
+        );
+        let node_a = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let node_b = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let token_file = |node: &str| {
+            let path = dir.path().join(format!("token-{node}"));
+            std::fs::write(&path, format!("token-{node}")).unwrap();
+            path
+        };
+        let agent_a = Agent::start(
+            &node_a,
+            None,
+            serve.session("node-a", &token_file("node-a"), &[]),
+        );
+        let agent_b = Agent::start(
+            &node_b,
+            None,
+            serve.session("node-b", &token_file("node-b"), &[]),
+        );
+        agent_a.wait_connected().await;
+        agent_b.wait_connected().await;
+        let a_has = format!(
+            "pullwatch_agent_check_status{{credential_source=\"secret/a/regcred\",image=\"{image}\""
+        );
+        serve
+            .wait_metrics("node-a's check with a's secret, and node-b's own", |_| {
+                agent_a.render().contains(&a_has)
+                    && agent_b.render().contains("pullwatch_agent_check_status{")
+            })
+            .await;
+        // Let a few more passes run: b's node never gets a's secret.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let b = agent_b.render();
+        assert!(!b.contains("secret/a/"), "a's secret reached node-b:\n{b}");
+        assert!(b.contains("credential_source=\"runtime\""), "{b}");
+        agent_a.kill();
+        agent_b.kill();
+    })
+    .await;
+}
