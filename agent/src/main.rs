@@ -92,7 +92,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let session_config = args.session_config();
     if let Err(error) = session_config.validate() {
         tracing::error!(%error, "invalid configuration");
-        return Ok(ExitCode::from(2));
+        return Ok(ExitCode::from(EXIT_USAGE));
     }
     let metrics = Arc::new(
         AgentMetrics::new()
