@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     tonic_prost_build::configure()
+        // Messages carrying registry secrets get a hand-written, redacting `Debug`
+        // (src/redact.rs), so no `{:?}` of them can print a password or token.
+        .skip_debug([".pullwatch.v1.PullCredential", ".runtime.v1.AuthConfig"])
         .build_client(true)
         .build_server(true)
         .compile_protos(&protos, &[PathBuf::from("proto")])?;

@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod duration;
 pub mod glob;
 pub mod platform;
+pub mod redact;
 pub mod reference;
 pub mod status;
 pub mod support;

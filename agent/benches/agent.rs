@@ -566,6 +566,7 @@ async fn rss_under_load(
             listen: "127.0.0.1:0".parse()?,
             tls: Some((cert, key)),
             shared_token_file: Some(token.clone()),
+            insecure_plaintext_tokens: false,
         },
     )
     .await?;

@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// token, or the shared token); re-read on every connect.
     #[arg(long, env = "PULLWATCH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// TESTS ONLY: present the token to an http:// aggregator. Anyone on the network
+    /// path can then read it. Without this flag, a token goes only over https://.
+    #[arg(long, env = "PULLWATCH_INSECURE_PLAINTEXT_TOKEN_FOR_TESTING_ONLY")]
+    pub insecure_plaintext_token_for_testing_only: bool,
     /// This node's name (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
@@ -92,6 +96,7 @@ impl RunArgs {
         crate::session::SessionConfig {
             aggregator_ca: self.aggregator_ca.clone(),
             token_file: self.token_file.clone(),
+            insecure_plaintext_token: self.insecure_plaintext_token_for_testing_only,
             max_concurrent_checks: self.max_concurrent_checks as usize,
             default_mode: self.node.mode,
             node_labels: self.node_labels.iter().cloned().collect(),

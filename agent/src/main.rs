@@ -89,6 +89,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let session_config = args.session_config();
+    if let Err(error) = session_config.validate() {
+        tracing::error!(%error, "invalid configuration");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let metrics = Arc::new(
         AgentMetrics::new()
             .context("setting up metrics")?
@@ -102,7 +107,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = pullwatch_agent::metrics::bind(&args.metrics_address).await?;
     tracing::info!(address = %args.metrics_address, "serving /metrics");
     let server = tokio::spawn(pullwatch_agent::metrics::serve(listener, metrics.clone()));
-    let session = pullwatch_agent::session::run(Arc::new(checker), metrics, args.session_config());
+    let session = pullwatch_agent::session::run(Arc::new(checker), metrics, session_config);
     tokio::select! {
         () = session => {}
         _ = shutdown_signal() => tracing::info!("shutting down"),

@@ -60,6 +60,10 @@ pub enum SessionError {
     Broken(tonic::Status),
     #[error("the aggregator closed the session")]
     Closed,
+    #[error(
+        "refusing to send the token in --token-file to a plain http:// aggregator: use https:// with --aggregator-ca (tests only: --insecure-plaintext-token-for-testing-only)"
+    )]
+    PlaintextToken,
 }
 
 /// Settings of `run`.
@@ -71,6 +75,9 @@ pub struct SessionConfig {
     pub aggregator_ca: Option<PathBuf>,
     /// `--token-file`, re-read on every connect (projected tokens rotate).
     pub token_file: Option<PathBuf>,
+    /// `--insecure-plaintext-token-for-testing-only`: present the token to an
+    /// `http://` aggregator (tests only; anyone on the path can read it).
+    pub insecure_plaintext_token: bool,
     /// `--node-name`.
     pub node_name: String,
     /// `--max-concurrent-checks`.
@@ -92,6 +99,7 @@ impl SessionConfig {
             aggregator,
             aggregator_ca: None,
             token_file: None,
+            insecure_plaintext_token: false,
             node_name,
             max_concurrent_checks: 4,
             default_mode: Mode::Auto,
@@ -100,6 +108,19 @@ impl SessionConfig {
             inventory_interval: Duration::from_secs(60),
             node_labels: BTreeMap::new(),
         }
+    }
+}
+
+impl SessionConfig {
+    /// Errors no retry can fix: a token is only ever presented over TLS.
+    pub fn validate(&self) -> Result<(), SessionError> {
+        if self.token_file.is_some()
+            && !self.aggregator.starts_with("https://")
+            && !self.insecure_plaintext_token
+        {
+            return Err(SessionError::PlaintextToken);
+        }
+        Ok(())
     }
 }
 
@@ -228,6 +249,7 @@ async fn session(
         .await
         .map_err(|_| SessionError::Closed)?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    config.validate()?;
     if let Some(path) = &config.token_file {
         let token = std::fs::read_to_string(path).map_err(|source| SessionError::Read {
             path: path.clone(),
@@ -458,5 +480,20 @@ mod tests {
         ));
         config.aggregator = "http://127.0.0.1:1".into();
         assert!(endpoint(&config).await.is_ok());
+    }
+
+    #[test]
+    fn a_token_goes_only_over_tls() {
+        let mut config = SessionConfig::new("http://127.0.0.1:1".into(), "n".into());
+        assert!(config.validate().is_ok(), "no token, nothing to protect");
+        config.token_file = Some("/t".into());
+        let error = config.validate().unwrap_err();
+        assert!(matches!(error, SessionError::PlaintextToken));
+        assert!(error.to_string().contains("https://"));
+        config.insecure_plaintext_token = true;
+        assert!(config.validate().is_ok());
+        config.insecure_plaintext_token = false;
+        config.aggregator = "https://agg:9443".into();
+        assert!(config.validate().is_ok());
     }
 }

@@ -249,6 +249,7 @@ async fn run_command_as_the_chart_starts_it() {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls: Some((cert, key)),
             shared_token_file: Some(token.clone()),
+            insecure_plaintext_tokens: false,
         },
     )
     .await
@@ -362,4 +363,42 @@ async fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// Issue 10: `run` never presents its token to an `http://` aggregator; only the loudly
+/// named test flag allows it. Refused at start with exit 2, before any connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_refuses_to_send_its_token_over_plain_http() {
+    let home = tempfile::tempdir().unwrap();
+    let token = home.path().join("token");
+    std::fs::write(&token, "t0ken-plain").unwrap();
+    // Something listening, so a connection attempt would be seen.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let output = run(
+        home.path(),
+        &[
+            "run",
+            &format!("--aggregator=http://127.0.0.1:{port}"),
+            &format!("--token-file={}", token.display()),
+            "--node-name=n",
+            "--metrics-address=127.0.0.1:0",
+            "--cri-endpoint=unix:///nonexistent/cri.sock",
+        ],
+        &[],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plain http://"), "{stderr}");
+    assert!(
+        stderr.contains("--insecure-plaintext-token-for-testing-only"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("t0ken-plain"), "{stderr}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the agent connected to the plain-text aggregator"
+    );
 }

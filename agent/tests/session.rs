@@ -26,10 +26,14 @@ use tokio::task::JoinHandle;
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 const TOKEN: &str = "shared-agent-token";
 
+/// Also: this process's logs (the agents', in process) are captured, and the test
+/// bench's canary password (`PASSWORD`) must never appear in them.
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    pullwatch_testbench::capture_process_logs();
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
         .expect("test did not finish in time");
+    pullwatch_testbench::assert_no_canary_in_process_logs();
 }
 
 /// TLS material and the token file for one aggregator.
@@ -72,6 +76,7 @@ impl Aggregator {
                 listen: format!("127.0.0.1:{port}").parse().unwrap(),
                 tls: Some((self.cert.clone(), self.key.clone())),
                 shared_token_file: Some(self.token_file.clone()),
+                insecure_plaintext_tokens: false,
             },
         )
         .await
@@ -248,7 +253,7 @@ async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_rest
         ] {
             assert!(response.contains(&needle), "missing {needle} in\n{response}");
         }
-        assert!(!response.contains(PASSWORD));
+        pullwatch_testbench::assert_no_canary("the agent's /metrics", &response);
         metrics_server.abort();
 
         // The aggregator restarts on the same port with an empty hub.

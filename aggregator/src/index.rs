@@ -195,8 +195,14 @@ pub struct AgentTarget {
     /// The credentials the kubelet would try for `image`: the key's own unless a
     /// mirror rewrote the reference.
     pub credentials: Arc<[SourcedCredential]>,
-    /// Nodes running a pod of a (namespace, image) of the key's containers: the only
-    /// nodes `credentials` may be sent to. Empty without a live cluster.
+    /// Nodes that may receive `credentials`: those running a pod that uses `image` (the
+    /// original reference, before mirrors) and whose own namespace's keyring resolves it
+    /// to these very credential values, i.e. nodes whose kubelet already holds them.
+    /// With `--image-mirror`, containers of other namespaces (or other originals) can
+    /// share the check key while their own credentials differ: their nodes are not
+    /// added, so one namespace's upstream secret never reaches a node that only runs
+    /// another namespace's pods. Without credentials any container's nodes count
+    /// (nothing secret is sent). Empty without a live cluster.
     pub workload_nodes: BTreeSet<Arc<str>>,
 }
 
@@ -335,25 +341,39 @@ impl ImageIndex {
                             reference,
                             credentials,
                         };
+                        let own_credentials: Arc<[SourcedCredential]> = if key.reference == original
+                        {
+                            key.credentials.clone()
+                        } else {
+                            keyring.lookup(&original).into()
+                        };
                         let target =
                             index
                                 .agent_targets
                                 .entry(key.clone())
-                                .or_insert_with_key(|key| AgentTarget {
-                                    credentials: if key.reference == original {
-                                        key.credentials.clone()
-                                    } else {
-                                        keyring.lookup(&original).into()
-                                    },
-                                    image: original,
+                                .or_insert_with(|| AgentTarget {
+                                    credentials: own_credentials.clone(),
+                                    image: original.clone(),
                                     workload_nodes: BTreeSet::new(),
                                 });
-                        target.workload_nodes.extend(
-                            inventory
-                                .placements
-                                .nodes_running(&container_ref.namespace, &container_ref.image)
-                                .cloned(),
-                        );
+                        // Secrets by namespace, never by check key: this container's
+                        // nodes get the target's credentials only if its own namespace
+                        // resolves the same original to the same credential values.
+                        let may_receive = target.credentials.is_empty()
+                            || (target.image == original
+                                && target
+                                    .credentials
+                                    .iter()
+                                    .map(|c| &c.credential)
+                                    .eq(own_credentials.iter().map(|c| &c.credential)));
+                        if may_receive {
+                            target.workload_nodes.extend(
+                                inventory
+                                    .placements
+                                    .nodes_running(&container_ref.namespace, &container_ref.image)
+                                    .cloned(),
+                            );
+                        }
                         index.checks.entry(key).or_default().push(container_ref);
                     }
                     Err(err) => {
@@ -660,6 +680,72 @@ mod tests {
         assert!(!LabelSelector::parse("a!=1").unwrap().matches(&labels));
         assert!(LabelSelector::parse("a,,b").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+    }
+
+    /// Issue 10: with a mirror, two namespaces share one check key; namespace a's
+    /// upstream secret goes only to a's nodes, never to b's.
+    #[test]
+    fn mirrored_keys_send_each_namespace_secret_only_to_its_own_nodes() {
+        use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+        let pod = |node: &str, image: &str| Pod {
+            spec: Some(PodSpec {
+                node_name: Some(node.into()),
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut inv = Inventory::default();
+        add(&mut inv, workload("a", "w", &["up.io/lib:1"], &["s"]));
+        add(&mut inv, workload("b", "w", &["up.io/lib:1"], &["t"]));
+        // a holds an upstream secret; b holds a different one.
+        inv.secrets
+            .insert(("a".into(), "s".into()), secret("alice", "up.io"));
+        inv.secrets
+            .insert(("b".into(), "t".into()), secret("bob", "up.io"));
+        inv.placements.apply("a", "w-1", &pod("n-a", "up.io/lib:1"));
+        inv.placements.apply("b", "w-1", &pod("n-b", "up.io/lib:1"));
+        let mut opts = options();
+        opts.mirrors = Mirrors::parse(&["up.io=mirror.io/up".to_string()]).unwrap();
+        let index = ImageIndex::build(&inv, &opts);
+        // One check key at the mirror (no mirror credentials), both namespaces.
+        assert_eq!(index.checks.len(), 1);
+        assert_eq!(index.checks.values().next().unwrap().len(), 2);
+        assert_eq!(index.agent_targets.len(), 1);
+        let target = index.agent_targets.values().next().unwrap();
+        assert_eq!(target.image.to_string(), "up.io/lib:1");
+        assert_eq!(target.credentials.len(), 1);
+        let source = target.credentials[0].source.to_string();
+        let (own_node, other_node) = match source.as_str() {
+            "secret/a/s" => ("n-a", "n-b"),
+            "secret/b/t" => ("n-b", "n-a"),
+            other => panic!("unexpected source {other}"),
+        };
+        let nodes: Vec<&str> = target.workload_nodes.iter().map(|n| &**n).collect();
+        assert_eq!(
+            nodes,
+            [own_node],
+            "{source} must reach only its namespace's node, never {other_node}"
+        );
+
+        // The same secret value in both namespaces: b's node already holds it.
+        inv.secrets
+            .insert(("b".into(), "t".into()), secret("alice", "up.io"));
+        let index = ImageIndex::build(&inv, &opts);
+        let target = index.agent_targets.values().next().unwrap();
+        let nodes: Vec<&str> = target.workload_nodes.iter().map(|n| &**n).collect();
+        assert_eq!(nodes, ["n-a", "n-b"]);
+
+        // A third namespace with no secret at all for the image: never its node.
+        add(&mut inv, workload("c", "w", &["up.io/lib:1"], &[]));
+        inv.placements.apply("c", "w-1", &pod("n-c", "up.io/lib:1"));
+        let index = ImageIndex::build(&inv, &opts);
+        let target = index.agent_targets.values().next().unwrap();
+        assert!(!target.workload_nodes.contains("n-c"), "{target:?}");
     }
 
     #[test]

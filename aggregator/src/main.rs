@@ -214,10 +214,21 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
                             )
                         })?,
                     };
-                    Some(Arc::new(TokenReviewer::new(client, audience)))
+                    let account = args
+                        .agents
+                        .service_account()
+                        .map_err(|e| Failure::Usage(e.into()))?
+                        .ok_or_else(|| {
+                            Failure::Usage(
+                                agents::server::AgentServerError::NoServiceAccount.into(),
+                            )
+                        })?;
+                    Some(Arc::new(TokenReviewer::new(client, audience, account)))
                 }
             };
             let hub = AgentHub::new(args.agents.hub_config());
+            hub.register_metrics(pipeline.metrics.registry())
+                .map_err(|e| Failure::Runtime(e.into()))?;
             if let (Some(client), Some(label)) = (&kube_client, &args.agents.node_group_label) {
                 background.push(agents::groups::spawn_node_groups(
                     client.clone(),

@@ -30,23 +30,31 @@ use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryAuthConfig,
-    RegistryOptions, TestApiServer, TestCa, deployment, free_port, http_request, namespace, node,
-    pod, promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
-    with_pull_secrets,
+    RegistryOptions, TestApiServer, TestCa, assert_no_canary, assert_no_canary_in_file,
+    assert_no_canary_in_process_logs, capture_process_logs, deployment, free_port, http_request,
+    namespace, node, pod, promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson,
+    with_owner, with_pull_secrets,
 };
 use tokio::task::JoinHandle;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
 const USER: &str = "alice";
-const PASSWORD: &str = "s3cret";
+/// The test bench's canary: asserted absent from every log and /metrics here.
+const PASSWORD: &str = pullwatch_testbench::CANARY_PASSWORD;
 const SHARED_TOKEN: &str = "agents-shared-token";
+const AGENT_NAMESPACE: &str = "pullwatch";
+const AGENT_SERVICE_ACCOUNT: &str = "pullwatch-agent";
 const ZONE: &str = "topology.kubernetes.io/zone";
 
+/// Runs `test` with this process's logs (the in-process agents') captured, and
+/// asserts the canary password never reached them.
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    capture_process_logs();
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
         .expect("test did not finish in time");
+    assert_no_canary_in_process_logs();
 }
 
 /// The serve binary, killed on drop; its stderr is printed when a wait fails.
@@ -62,6 +70,10 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The whole captured log of the aggregator process: no canary, ever.
+        if !std::thread::panicking() {
+            assert_no_canary_in_file("the aggregator's log", &self.dir.path().join("stderr.log"));
+        }
     }
 }
 
@@ -69,7 +81,8 @@ impl Drop for Serve {
 enum Auth {
     /// `--agent-shared-token-file` with [`SHARED_TOKEN`].
     SharedToken,
-    /// `--agent-token-audience`: TokenReview through the cluster's API.
+    /// `--agent-token-audience` (and `--agent-service-account pullwatch:pullwatch-agent`):
+    /// TokenReview through the cluster's API.
     TokenReview(&'static str),
 }
 
@@ -84,13 +97,15 @@ impl Serve {
         std::fs::write(&token_file, SHARED_TOKEN).unwrap();
         let auth = match auth {
             Auth::SharedToken => format!("--agent-shared-token-file={}", token_file.display()),
-            Auth::TokenReview(audience) => format!("--agent-token-audience={audience}"),
+            Auth::TokenReview(audience) => format!(
+                "--agent-token-audience={audience}\n--agent-service-account={AGENT_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}"
+            ),
         };
         let (port, agent_port) = (free_port(), free_port());
         let child = Command::new(BIN)
             .arg("serve")
             .args(args)
-            .arg(auth)
+            .args(auth.split('\n'))
             .args(["--bind-address", &format!("127.0.0.1:{port}")])
             .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
             .arg(format!("--agent-tls-cert={}", cert.display()))
@@ -121,11 +136,16 @@ impl Serve {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// The aggregator's /metrics (never carrying the canary).
     async fn metrics(&self) -> String {
-        match http_request(self.metrics, http::Method::GET, "/metrics", &[], Vec::new()).await {
+        let text = match http_request(self.metrics, http::Method::GET, "/metrics", &[], Vec::new())
+            .await
+        {
             Ok(response) if response.status == 200 => response.text(),
             _ => String::new(),
-        }
+        };
+        assert_no_canary("the aggregator's /metrics", &text);
+        text
     }
 
     /// Polls /metrics until `condition` holds (30 s at most); returns that exposition.
@@ -241,8 +261,11 @@ impl Agent {
         Agent { metrics, task }
     }
 
+    /// The agent's /metrics (never carrying the canary).
     fn render(&self) -> String {
-        self.metrics.render()
+        let text = self.metrics.render();
+        assert_no_canary("an agent's /metrics", &text);
+        text
     }
 
     async fn wait_connected(&self) {
@@ -622,13 +645,15 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         // Both agents' projected tokens, each bound to its node.
         let audience = "pullwatch-agents";
         for node in ["node-a", "node-b"] {
-            api.add_service_account_token(
+            api.add_agent_pod_token(
                 &format!("token-{node}"),
-                "pullwatch",
-                "pullwatch-agent",
-                Some((&format!("pullwatch-agent-{node}"), node)),
+                AGENT_NAMESPACE,
+                AGENT_SERVICE_ACCOUNT,
+                &format!("pullwatch-agent-{node}"),
+                node,
                 &[audience],
-            );
+            )
+            .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.kubeconfig(dir.path()).unwrap();
@@ -736,8 +761,24 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
         for (extra, expected) in [
             (vec![], "agents must authenticate"),
             (
-                vec!["--agent-shared-token-file=/nonexistent/token".to_string()],
+                vec![
+                    "--agent-shared-token-file=/nonexistent/token".to_string(),
+                    "--agent-insecure-plaintext-tokens-for-testing-only".into(),
+                ],
                 "/nonexistent/token",
+            ),
+            // Tokens only over TLS.
+            (
+                vec!["--agent-shared-token-file=/etc/hostname".to_string()],
+                "only accepted over TLS",
+            ),
+            // TokenReview: only the agents' own service account.
+            (
+                vec![
+                    "--agent-token-audience=pullwatch".to_string(),
+                    "--agent-insecure-plaintext-tokens-for-testing-only".into(),
+                ],
+                "--agent-service-account",
             ),
             (
                 vec![
@@ -852,6 +893,122 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
             "the runtime was asked for the new manifest:\n{log}"
         );
         agent.kill();
+    })
+    .await;
+}
+
+/// Issue 10: with `--image-mirror`, namespaces `a` and `b` share one check key (the
+/// mirrored reference) while their own pull secrets for the original differ. Namespace
+/// a's secret goes to the node running a's pod and never to the node running only b's.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
+    bounded(async {
+        let (registry, image) = private_registry().await;
+        let api = TestApiServer::start().await.unwrap();
+        let pod_on = |ns: &str, node: &str| {
+            let mut p = pod(ns, &format!("app-{node}"), &[&image]);
+            if let Some(spec) = p.spec.as_mut() {
+                spec.node_name = Some(node.to_string());
+                spec.image_pull_secrets =
+                    Some(vec![k8s_openapi::api::core::v1::LocalObjectReference {
+                        name: "regcred".into(),
+                    }]);
+            }
+            p
+        };
+        for (ns, password, node) in [
+            ("a", PASSWORD, "node-a"),
+            ("b", "another-password", "node-b"),
+        ] {
+            api.apply(&namespace(ns, &[])).unwrap();
+            api.apply(&secret_dockerconfigjson(
+                ns,
+                "regcred",
+                &registry.host(),
+                USER,
+                password,
+            ))
+            .unwrap();
+            api.apply(&with_pull_secrets(
+                deployment(ns, "app", &[&image]),
+                &["regcred"],
+            ))
+            .unwrap();
+            api.apply(&pod_on(ns, node)).unwrap();
+        }
+        api.apply(&node("node-a", &[(ZONE, "z1")])).unwrap();
+        api.apply(&node("node-b", &[(ZONE, "z2")])).unwrap();
+        let audience = "pullwatch-agents";
+        for node in ["node-a", "node-b"] {
+            api.add_agent_pod_token(
+                &format!("token-{node}"),
+                AGENT_NAMESPACE,
+                AGENT_SERVICE_ACCOUNT,
+                &format!("pullwatch-agent-{node}"),
+                node,
+                &[audience],
+            )
+            .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path()).unwrap();
+        // The original's repository is mirrored to a closed port: one check key for both
+        // namespaces (no credentials match the mirror).
+        let original = image
+            .rsplit_once('/')
+            .map(|(repo, _)| repo.to_string())
+            .unwrap();
+        let serve = Serve::start(
+            &[
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+                "--node-group-label".into(),
+                ZONE.into(),
+                format!("--image-mirror={original}=127.0.0.1:1/mirror"),
+            ],
+            Auth::TokenReview(audience),
+        );
+        let node_a = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let node_b = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let token_file = |node: &str| {
+            let path = dir.path().join(format!("token-{node}"));
+            std::fs::write(&path, format!("token-{node}")).unwrap();
+            path
+        };
+        let agent_a = Agent::start(
+            &node_a,
+            None,
+            serve.session("node-a", &token_file("node-a"), &[]),
+        );
+        let agent_b = Agent::start(
+            &node_b,
+            None,
+            serve.session("node-b", &token_file("node-b"), &[]),
+        );
+        agent_a.wait_connected().await;
+        agent_b.wait_connected().await;
+        let a_has = format!(
+            "pullwatch_agent_check_status{{credential_source=\"secret/a/regcred\",image=\"{image}\""
+        );
+        serve
+            .wait_metrics("node-a's check with a's secret, and node-b's own", |_| {
+                agent_a.render().contains(&a_has)
+                    && agent_b.render().contains("pullwatch_agent_check_status{")
+            })
+            .await;
+        // Let a few more passes run: b's node never gets a's secret.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let b = agent_b.render();
+        assert!(!b.contains("secret/a/"), "a's secret reached node-b:\n{b}");
+        assert!(b.contains("credential_source=\"runtime\""), "{b}");
+        agent_a.kill();
+        agent_b.kill();
     })
     .await;
 }

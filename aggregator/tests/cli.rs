@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
-    ImageFormat, Registry, RegistryOptions, free_port, http_request, promtool_check_metrics,
-    push_image,
+    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary, free_port,
+    http_request, promtool_check_metrics, push_image,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -65,7 +65,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let open = Registry::start(RegistryOptions::default()).await.unwrap();
     let private = Registry::start(RegistryOptions {
-        htpasswd: Some(("bob".into(), "hunter2".into())),
+        htpasswd: Some(("bob".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
     .await
@@ -105,7 +105,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     let private_host = f.private.host();
     let manifests = [
         deployment_yaml("shop", "web", &[&f.public_image, &format!("{}/web/frontend:nope", f.open.host())], None),
-        secret_yaml("billing", "regcred", &private_host, "bob", "hunter2"),
+        secret_yaml("billing", "regcred", &private_host, "bob", CANARY_PASSWORD),
         deployment_yaml("billing", "with-secret", &[&f.private_image], Some("regcred")),
         // No imagePullSecrets on the pod: the service account's secret is used.
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: default, namespace: billing}\nimagePullSecrets: [{name: regcred}]\n".to_string(),
@@ -154,9 +154,8 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     );
     assert_eq!(status_of(&rows, "typo", "c0"), "bad_image_format");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("hunter2") && !String::from_utf8_lossy(&output.stdout).contains("hunter2")
-    );
+    assert_no_canary("check's log", &stderr);
+    assert_no_canary("check's output", &String::from_utf8_lossy(&output.stdout));
     assert!(
         stderr.contains("pull secret other/regcred not found"),
         "{stderr}"
@@ -167,7 +166,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
         dir.path().join("all.yaml"),
         [
             deployment_yaml("shop", "web", &[&f.public_image], None),
-            secret_yaml("billing", "regcred", &private_host, "bob", "hunter2"),
+            secret_yaml("billing", "regcred", &private_host, "bob", CANARY_PASSWORD),
             deployment_yaml(
                 "billing",
                 "with-secret",
@@ -194,6 +193,8 @@ async fn check_reports_every_container_with_kubelet_credentials() {
         String::from_utf8_lossy(&output.stderr)
     );
     let table = String::from_utf8_lossy(&output.stdout);
+    assert_no_canary("check's log", &String::from_utf8_lossy(&output.stderr));
+    assert_no_canary("check's output", &table);
     assert!(table.starts_with("NAMESPACE"), "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
     assert_eq!(table.matches("available").count(), 2, "{table}");
@@ -215,7 +216,8 @@ async fn references_and_pull_secrets_follow_the_kubelet() {
     let dir = tempfile::tempdir().unwrap();
     let host = f.private.host();
     let port = f.private.addr().port();
-    let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("bob:hunter2");
+    let unpadded =
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(format!("bob:{CANARY_PASSWORD}"));
     let manifests = [
         // Unpadded `auth` and an upper-case field name: the kubelet reads both.
         raw_secret_yaml(
@@ -228,7 +230,9 @@ async fn references_and_pull_secrets_follow_the_kubelet() {
         raw_secret_yaml(
             "k",
             "broken",
-            &format!(r#"{{"auths":{{"{host}":{{"username":"bob","password":hunter2}}}}}}"#),
+            &format!(
+                r#"{{"auths":{{"{host}":{{"username":"bob","password":{CANARY_PASSWORD}}}}}}}"#
+            ),
         ),
         deployment_yaml(
             "k",
@@ -284,8 +288,8 @@ async fn references_and_pull_secrets_follow_the_kubelet() {
     // The kubelet fails before contacting the registry; so does the check. And the
     // secret's content reaches neither the output nor the log.
     assert!(!f.private.log().contains("corp/untouched"));
-    assert!(!stderr.contains("hunter2"), "{stderr}");
-    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+    assert_no_canary("check's log", &stderr);
+    assert_no_canary("check's output", &String::from_utf8_lossy(&output.stdout));
 }
 
 #[tokio::test]

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use pullwatch_testbench::{
-    ApiTarget, ImageFormat, Registry, RegistryOptions, cronjob, deployment, free_port,
-    http_request, job, namespace, node, pod, promtool_check_metrics, push_image, replicaset,
-    running, secret_dockercfg, secret_dockerconfigjson, service_account, statefulset, suspended,
-    with_owner, with_pull_secrets, with_replicas,
+    ApiTarget, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary,
+    assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
+    pod, promtool_check_metrics, push_image, replicaset, running, secret_dockercfg,
+    secret_dockerconfigjson, service_account, statefulset, suspended, with_owner,
+    with_pull_secrets, with_replicas,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -29,6 +30,10 @@ impl Drop for Aggregator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The whole captured log of the aggregator process: no canary, ever.
+        if !std::thread::panicking() {
+            assert_no_canary_in_file("the aggregator's log", &self._dir.path().join("stderr.log"));
+        }
     }
 }
 
@@ -77,7 +82,9 @@ impl Aggregator {
     }
 
     async fn metrics(&self) -> String {
-        self.get("/metrics").await.1
+        let text = self.get("/metrics").await.1;
+        assert_no_canary("the aggregator's /metrics", &text);
+        text
     }
 
     /// Waits until /readyz answers 200; panics with the aggregator's log otherwise.
@@ -303,7 +310,7 @@ async fn watch_events_drive_checks_and_series() {
 async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     let target = ApiTarget::from_env().await.unwrap();
     let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("carol".into(), "pa55".into())),
+        htpasswd: Some(("carol".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
     .await
@@ -319,7 +326,11 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     // pw-a: the default service account carries the secret; the pod names none.
     target
         .apply(&secret_dockerconfigjson(
-            "pw-a", "regcred", &host, "carol", "pa55",
+            "pw-a",
+            "regcred",
+            &host,
+            "carol",
+            CANARY_PASSWORD,
         ))
         .await
         .unwrap();
@@ -342,7 +353,13 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     // pw-c: a legacy dockercfg secret; and a broken one, which makes the kubelet fail
     // every pull of a pod that lists it, even beside a good one.
     target
-        .apply(&secret_dockercfg("pw-c", "legacy", &host, "carol", "pa55"))
+        .apply(&secret_dockercfg(
+            "pw-c",
+            "legacy",
+            &host,
+            "carol",
+            CANARY_PASSWORD,
+        ))
         .await
         .unwrap();
     let mut broken = secret_dockerconfigjson("pw-c", "broken", &host, "x", "y");
@@ -399,7 +416,7 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     let log = aggregator.log();
     assert!(log.contains("pull secret pw-b/regcred not found"), "{log}");
     assert!(log.contains("pull secret pw-c/broken is unusable"), "{log}");
-    assert!(!log.contains("pa55"), "no secret in logs");
+    assert_no_canary("the aggregator's log", &log);
 
     // A rotated password: the secret's MODIFIED event is picked up and re-checked.
     target
@@ -444,7 +461,7 @@ async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
         return; // Needs the test server's RBAC hook.
     }
     let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("dave".into(), "s3".into())),
+        htpasswd: Some(("dave".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
     .await
@@ -460,7 +477,7 @@ async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
             "regcred",
             &registry.host(),
             "dave",
-            "s3",
+            CANARY_PASSWORD,
         ))
         .await
         .unwrap();

@@ -11,7 +11,8 @@ use pullwatch_aggregator::index::CheckKey;
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::store::ResultStore;
 use pullwatch_testbench::{
-    ImageFormat, Registry, RegistryOptions, StubResponse, StubServer, TestCa, push_image,
+    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, StubResponse, StubServer, TestCa,
+    assert_no_canary, assert_no_canary_in_process_logs, capture_process_logs, push_image,
 };
 
 fn plain_config() -> CheckerConfig {
@@ -123,8 +124,9 @@ async fn open_registry_every_manifest_format_and_absent_references() {
 
 #[tokio::test]
 async fn htpasswd_registry_credentials_in_kubelet_order() {
+    capture_process_logs();
     let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("alice".into(), "s3cret".into())),
+        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
     .await
@@ -132,7 +134,7 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
     let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
         .await
         .unwrap();
-    let (checker, _metrics) = checker(&plain_config());
+    let (checker, metrics) = checker(&plain_config());
 
     let anonymous = checker.check(&key(&image.reference, &[])).await;
     assert_eq!(
@@ -172,7 +174,7 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
             &image.reference,
             &[
                 ("secret/ns/old", "alice", "expired"),
-                ("secret/ns/new", "alice", "s3cret"),
+                ("secret/ns/new", "alice", CANARY_PASSWORD),
             ],
         ))
         .await;
@@ -182,7 +184,7 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
     let absent = checker
         .check(&key(
             &format!("{}/private/app:gone", registry.host()),
-            &[("a", "alice", "bad"), ("b", "alice", "s3cret")],
+            &[("a", "alice", "bad"), ("b", "alice", CANARY_PASSWORD)],
         ))
         .await;
     assert_eq!(absent.status, CheckStatus::Absent, "{}", absent.reason);
@@ -191,6 +193,15 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
         "{}",
         absent.reason
     );
+    // The canary password: in no reason, no log line, no metric.
+    for outcome in [&anonymous, &wrong, &tried, &absent] {
+        assert_no_canary("a check's reason", &outcome.reason);
+    }
+    assert_no_canary(
+        "/metrics",
+        &metrics.render(&ResultStore::default()).unwrap(),
+    );
+    assert_no_canary_in_process_logs();
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 mod apiserver;
 mod ca;
+mod canary;
 mod containerd;
 mod http_client;
 mod promtool;
@@ -22,6 +23,10 @@ pub use apiserver::{
     with_owner, with_pull_secrets, with_replicas, with_service_account,
 };
 pub use ca::{LOOPBACK_SANS, TestCa};
+pub use canary::{
+    CANARY_PASSWORD, assert_no_canary, assert_no_canary_in_file, assert_no_canary_in_process_logs,
+    canary_forms, capture_process_logs, captured_process_logs, find_canary,
+};
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
 pub use promtool::promtool_check_metrics;

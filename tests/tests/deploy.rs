@@ -1336,7 +1336,11 @@ fn expected_rbac(
         out.insert((group.to_string(), resource.to_string()), read.clone());
     }
     if secrets {
-        out.insert((String::new(), "secrets".to_string()), read.clone());
+        // Pull secrets arrive through list/watch: no get on secrets.
+        out.insert(
+            (String::new(), "secrets".to_string()),
+            BTreeSet::from(["list".to_string(), "watch".to_string()]),
+        );
     }
     if nodes {
         out.insert((String::new(), "nodes".to_string()), read.clone());
@@ -1401,6 +1405,21 @@ fn rbac_is_least_privilege() {
             expected_rbac(secrets, tokenreviews, nodes),
             "{args:?}"
         );
+        // Issue 10: never `get` on secrets, whatever the rule's shape.
+        for rule in role.rules.as_deref().unwrap_or_default() {
+            if rule
+                .resources
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r == "secrets")
+            {
+                assert!(
+                    !rule.verbs.iter().any(|v| v == "get"),
+                    "{args:?}: get on secrets in {rule:?}"
+                );
+            }
+        }
         let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding");
         assert_eq!(binding.role_ref.kind, "ClusterRole");
         assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
@@ -1691,6 +1710,18 @@ fn agent_daemonset_mounts_identity_and_security() {
                 "{label}"
             );
             assert_eq!(flag(&agg_args, "--agent-shared-token-file"), None);
+            // Only the agents' own service account is accepted.
+            assert_eq!(
+                flag(&agg_args, "--agent-service-account"),
+                Some(
+                    format!(
+                        "{NAMESPACE}:{}",
+                        spec.service_account_name.as_deref().unwrap()
+                    )
+                    .as_str()
+                ),
+                "{label}"
+            );
             assert!(token.expiration_seconds.is_some_and(|s| s >= 600));
             token.path.clone()
         } else {
@@ -1811,8 +1842,27 @@ fn agent_daemonset_mounts_identity_and_security() {
             Some(socket_dir),
             "{label}"
         );
+        // The kubelet's root dir holds every pod's secret volumes and tokens: never
+        // mounted, nor any directory above or below it; at most its docker config files.
         let kubelet = flag(&args, "--kubelet-root-dir").unwrap();
-        assert_eq!(host_mounts.get(kubelet).map(String::as_str), Some(kubelet));
+        for (mount, host) in &host_mounts {
+            let host = Path::new(host);
+            let root = Path::new(kubelet);
+            let allowed = [root.join("config.json"), root.join(".dockercfg")];
+            assert!(
+                !root.starts_with(host)
+                    && (!host.starts_with(root) || allowed.iter().any(|a| a == host)),
+                "{label}: {mount} mounts {} over the kubelet root dir {kubelet}",
+                host.display()
+            );
+        }
+        for v in spec.volumes.as_deref().unwrap() {
+            if let Some(host) = &v.host_path
+                && host.path.starts_with(kubelet)
+            {
+                assert_eq!(host.type_.as_deref(), Some("File"), "{label}: {}", v.name);
+            }
+        }
         let hosts_dir = flag(&args, "--containerd-hosts-dir").unwrap();
         assert!(
             on_host_mount(&host_mounts, hosts_dir),
@@ -1854,7 +1904,10 @@ fn agent_daemonset_mounts_identity_and_security() {
             assert_eq!(flag(&args, "--image-credential-provider-config"), None);
             assert!(spec.priority_class_name.is_none());
             assert!(spec.host_network.is_none());
-            assert_eq!(host_mounts.len(), 3, "{host_mounts:?}");
+            // The socket's dir and containerd's config dir (with its hosts dir): nothing of
+            // the kubelet's by default.
+            assert_eq!(host_mounts.len(), 2, "{host_mounts:?}");
+            assert!(!host_mounts.values().any(|h| h.starts_with(kubelet)));
             // The agent gets the CA from a ConfigMap, never the Secret holding the key.
             let ca = volume(spec, "aggregator-ca");
             assert!(ca.secret.is_none());
@@ -1862,6 +1915,15 @@ fn agent_daemonset_mounts_identity_and_security() {
         } else {
             assert_eq!(endpoint, "unix:///var/run/custom/cri.sock");
             assert_eq!(kubelet, "/var/lib/kubelet-custom");
+            // Only the two docker config files of the kubelet, each on its own.
+            for file in ["config.json", ".dockercfg"] {
+                let path = format!("{kubelet}/{file}");
+                assert_eq!(
+                    host_mounts.get(&path).map(String::as_str),
+                    Some(path.as_str()),
+                    "{host_mounts:?}"
+                );
+            }
             let config = flag(&args, "--image-credential-provider-config").unwrap();
             let bin_dir = flag(&args, "--image-credential-provider-bin-dir").unwrap();
             assert_eq!(host_mounts.get(config).map(String::as_str), Some(config));

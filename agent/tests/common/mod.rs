@@ -14,7 +14,8 @@ use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
 use pullwatch_testbench::Containerd;
 
 pub const USER: &str = "alice";
-pub const PASSWORD: &str = "s3cret";
+/// The test bench's canary: every test asserts it never reaches a log or /metrics.
+pub const PASSWORD: &str = pullwatch_testbench::CANARY_PASSWORD;
 
 /// What a simulated node has besides its containerd.
 #[derive(Default)]

@@ -1,16 +1,23 @@
 //! How agents prove who they are: a shared token (outside Kubernetes), or the pod's
-//! bound service-account token, verified with a TokenReview and tied to the node the
-//! agent claims.
+//! bound service-account token, verified with a TokenReview and tied to the agent's own
+//! service account, its own pod and the node the agent claims.
 //!
 //! TokenReview (`authentication.k8s.io/v1`, `spec.audiences = [--agent-token-audience]`):
-//! the token must authenticate, for that audience, as a service account
-//! (`system:serviceaccount:<namespace>:<name>`), and carry the node it was issued on in
-//! the extra `authentication.kubernetes.io/node-name` (bound tokens of pods carry it
-//! since Kubernetes 1.30). An agent may only register under that node name: a stolen
-//! token of one node cannot ask for another node's pull secrets. Positive reviews are
-//! cached for a minute under the token's SHA-256 (the token itself is not kept);
-//! negative ones are not cached, and an API server that cannot answer refuses the
-//! session as unavailable (the agent retries).
+//! the token must authenticate, for that audience, as the agent's service account
+//! (`--agent-service-account NAMESPACE:NAME`; any other service account is refused even
+//! with the right audience, since any pod can project a token for any audience), and
+//! carry the node it was issued on in the extra `authentication.kubernetes.io/node-name`
+//! (bound tokens of pods carry it since Kubernetes 1.30). The API server adds the extras
+//! `authentication.kubernetes.io/pod-name` and `.../pod-uid` to every pod-bound token
+//! (long before 1.30), so a token that names a node but no pod is not a pod's (it is
+//! bound to a Node object, or forged by whoever may create tokens for the account) and
+//! is refused. The pod it names must exist with that UID, run under the agent's service
+//! account and be scheduled on that node (one GET of the pod, in the service account's
+//! namespace). An agent may only register under that node name: a stolen token of one
+//! node cannot ask for another node's pull secrets. Positive reviews are cached for a
+//! minute under the token's SHA-256 (the token itself is not kept); negative ones are
+//! not cached, and an API server that cannot answer refuses the session as unavailable
+//! (the agent retries).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,12 +25,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
 /// The extra of a bound token naming the node its pod runs on.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The extra of a pod-bound token naming its pod.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The extra of a pod-bound token carrying its pod's UID.
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// How long a positive TokenReview is trusted.
 pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
@@ -49,6 +61,22 @@ pub enum AuthError {
     NoNode,
     #[error("the token was issued on node {token:?}, the agent claims node {claimed:?}")]
     WrongNode { token: String, claimed: String },
+    #[error("service account {got:?} is not the agents' service account {expected:?}")]
+    WrongServiceAccount { got: String, expected: String },
+    #[error(
+        "the token names node {0:?} but no pod (extras {POD_NAME_EXTRA}, {POD_UID_EXTRA}): only a pod-bound projected token of an agent pod is accepted"
+    )]
+    NoPod(String),
+    #[error("the token's pod does not match: {0}")]
+    PodMismatch(String),
+    #[error("agent tokens are only accepted over TLS (configure --agent-tls-cert/--agent-tls-key)")]
+    Plaintext,
+    #[error("node {node:?} already has an agent session as {current}; refused a session as {new}")]
+    TakeoverRefused {
+        node: String,
+        current: String,
+        new: String,
+    },
     #[error("cannot review the token: {0}")]
     Unavailable(String),
 }
@@ -60,18 +88,78 @@ impl AuthError {
             AuthError::Unavailable(_) => {
                 tonic::Status::unavailable("agent authentication is not available")
             }
-            AuthError::WrongNode { .. } => tonic::Status::permission_denied(self.to_string()),
+            AuthError::WrongNode { .. }
+            | AuthError::WrongServiceAccount { .. }
+            | AuthError::PodMismatch(_)
+            | AuthError::TakeoverRefused { .. } => {
+                tonic::Status::permission_denied(self.to_string())
+            }
+            AuthError::Plaintext => tonic::Status::failed_precondition(self.to_string()),
             _ => tonic::Status::unauthenticated(self.to_string()),
+        }
+    }
+
+    /// A short, bounded label for the refusal metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Invalid => "invalid_token",
+            AuthError::Rejected(_) => "rejected",
+            AuthError::Audience(_) => "audience",
+            AuthError::NotServiceAccount(_) => "not_service_account",
+            AuthError::NoNode => "no_node",
+            AuthError::WrongNode { .. } => "wrong_node",
+            AuthError::WrongServiceAccount { .. } => "wrong_service_account",
+            AuthError::NoPod(_) => "no_pod",
+            AuthError::PodMismatch(_) => "pod_mismatch",
+            AuthError::Plaintext => "plaintext",
+            AuthError::TakeoverRefused { .. } => "takeover_refused",
+            AuthError::Unavailable(_) => "unavailable",
         }
     }
 }
 
-/// A service account, and the node its token was issued on.
+/// `--agent-service-account NAMESPACE:NAME`: the only service account agents may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceAccountName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccountName {
+    /// `NAMESPACE:NAME` (also accepts `NAMESPACE/NAME` and the full
+    /// `system:serviceaccount:NAMESPACE:NAME`).
+    pub fn parse(text: &str) -> Option<ServiceAccountName> {
+        let text = text.trim();
+        let text = text.strip_prefix(SERVICE_ACCOUNT_PREFIX).unwrap_or(text);
+        let (namespace, name) = text.split_once(':').or_else(|| text.split_once('/'))?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (valid(namespace) && valid(name)).then(|| ServiceAccountName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceAccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.namespace, self.name)
+    }
+}
+
+/// A service account, the node its token was issued on, and the pod it was issued to
+/// (name and UID) when the API server says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccountIdentity {
     pub namespace: String,
     pub name: String,
     pub node: String,
+    pub pod: Option<(String, String)>,
 }
 
 /// Who an agent is.
@@ -84,6 +172,21 @@ pub enum AgentIdentity {
 }
 
 impl AgentIdentity {
+    /// Who, for logs and for deciding whether a second session of a node may take over
+    /// the first: the same service account on the same node (a restarted agent pod is
+    /// a new pod of the same identity), or the shared token.
+    pub fn principal(&self) -> String {
+        match self {
+            AgentIdentity::SharedToken => "shared token".to_string(),
+            AgentIdentity::ServiceAccount(sa) => {
+                format!(
+                    "service account {}:{} on node {}",
+                    sa.namespace, sa.name, sa.node
+                )
+            }
+        }
+    }
+
     /// Whether this identity may register as `node`.
     pub fn check_node(&self, node: &str) -> Result<(), AuthError> {
         match self {
@@ -135,17 +238,75 @@ pub fn identity_from_review(
     let [node] = nodes.as_slice() else {
         return Err(AuthError::NoNode);
     };
+    let single = |key: &str| -> Option<String> {
+        let values: Vec<&String> = user
+            .and_then(|u| u.extra.as_ref())
+            .and_then(|extra| extra.get(key))
+            .into_iter()
+            .flatten()
+            .filter(|v| !v.is_empty())
+            .collect();
+        match values.as_slice() {
+            [one] => Some((*one).clone()),
+            _ => None,
+        }
+    };
+    let pod = match (single(POD_NAME_EXTRA), single(POD_UID_EXTRA)) {
+        (Some(pod), Some(uid)) => Some((pod, uid)),
+        _ => None,
+    };
     Ok(ServiceAccountIdentity {
         namespace: namespace.to_string(),
         name: name.to_string(),
         node: node.to_string(),
+        pod,
     })
+}
+
+/// Whether `pod` is the pod a token of `identity` names: same UID, the same service
+/// account, scheduled on the token's node, not finished.
+pub fn check_pod(identity: &ServiceAccountIdentity, pod: &Pod) -> Result<(), AuthError> {
+    let Some((pod_name, pod_uid)) = &identity.pod else {
+        return Err(AuthError::NoPod(identity.node.clone()));
+    };
+    let who = format!("pod {}/{}", identity.namespace, pod_name);
+    if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
+        return Err(AuthError::PodMismatch(format!(
+            "{who} has another UID (the token's pod is gone)"
+        )));
+    }
+    let spec = pod.spec.as_ref();
+    let account = spec
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    if account != identity.name {
+        return Err(AuthError::PodMismatch(format!(
+            "{who} runs as service account {account:?}, not {:?}",
+            identity.name
+        )));
+    }
+    let node = spec.and_then(|s| s.node_name.as_deref()).unwrap_or("");
+    if node != identity.node {
+        return Err(AuthError::PodMismatch(format!(
+            "{who} is scheduled on node {node:?}, the token names {:?}",
+            identity.node
+        )));
+    }
+    if let Some(phase) = pod.status.as_ref().and_then(|s| s.phase.as_deref())
+        && (phase == "Succeeded" || phase == "Failed")
+    {
+        return Err(AuthError::PodMismatch(format!(
+            "{who} has finished ({phase})"
+        )));
+    }
+    Ok(())
 }
 
 /// Verifies agent tokens with TokenReviews, caching positive answers briefly.
 pub struct TokenReviewer {
     client: kube::Client,
     audience: String,
+    service_account: ServiceAccountName,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (ServiceAccountIdentity, Instant)>>,
 }
@@ -154,16 +315,23 @@ impl std::fmt::Debug for TokenReviewer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenReviewer")
             .field("audience", &self.audience)
+            .field("service_account", &self.service_account)
             .field("ttl", &self.ttl)
             .finish()
     }
 }
 
 impl TokenReviewer {
-    pub fn new(client: kube::Client, audience: impl Into<String>) -> TokenReviewer {
+    /// Accepts tokens for `audience` of `service_account` only.
+    pub fn new(
+        client: kube::Client,
+        audience: impl Into<String>,
+        service_account: ServiceAccountName,
+    ) -> TokenReviewer {
         TokenReviewer {
             client,
             audience: audience.into(),
+            service_account,
             ttl: REVIEW_CACHE_TTL,
             cache: Mutex::new(HashMap::new()),
         }
@@ -177,6 +345,10 @@ impl TokenReviewer {
 
     pub fn audience(&self) -> &str {
         &self.audience
+    }
+
+    pub fn service_account(&self) -> &ServiceAccountName {
+        &self.service_account
     }
 
     fn cache(
@@ -210,6 +382,32 @@ impl TokenReviewer {
             })?;
         let status = answered.status.unwrap_or_default();
         let identity = identity_from_review(&status, &self.audience)?;
+        if identity.namespace != self.service_account.namespace
+            || identity.name != self.service_account.name
+        {
+            return Err(AuthError::WrongServiceAccount {
+                got: format!("{}:{}", identity.namespace, identity.name),
+                expected: self.service_account.to_string(),
+            });
+        }
+        let Some((pod_name, _)) = &identity.pod else {
+            return Err(AuthError::NoPod(identity.node.clone()));
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &identity.namespace);
+        let pod = pods.get_opt(pod_name).await.map_err(|error| {
+            warn!(%error, pod = %pod_name, "cannot read the agent's pod");
+            AuthError::Unavailable(format!(
+                "cannot read pod {}/{pod_name} (needs get on pods)",
+                identity.namespace
+            ))
+        })?;
+        let Some(pod) = pod else {
+            return Err(AuthError::PodMismatch(format!(
+                "pod {}/{pod_name} does not exist",
+                identity.namespace
+            )));
+        };
+        check_pod(&identity, &pod)?;
         let mut cache = self.cache();
         if cache.len() >= REVIEW_CACHE_MAX {
             let ttl = self.ttl;
@@ -229,6 +427,16 @@ pub struct Authenticator {
     /// File holding the shared token; re-read for every session (rotation in place).
     pub shared_token_file: Option<PathBuf>,
     pub reviewer: Option<Arc<TokenReviewer>>,
+}
+
+/// Whether a connection may present a token: only over TLS, unless the test-only
+/// `--agent-insecure-plaintext-tokens-for-testing-only` allows it.
+pub fn check_transport(tls: bool, insecure_plaintext_allowed: bool) -> Result<(), AuthError> {
+    if tls || insecure_plaintext_allowed {
+        Ok(())
+    } else {
+        Err(AuthError::Plaintext)
+    }
 }
 
 /// Compares without an early exit, so timing does not tell how much of a token matched.
@@ -322,7 +530,8 @@ mod tests {
             ServiceAccountIdentity {
                 namespace: "pullwatch".into(),
                 name: "pullwatch-agent".into(),
-                node: "node-a".into()
+                node: "node-a".into(),
+                pod: None,
             }
         );
         assert_eq!(
@@ -375,6 +584,93 @@ mod tests {
             })
         );
         assert!(AgentIdentity::SharedToken.check_node("anything").is_ok());
+    }
+
+    #[test]
+    fn pod_extras_and_the_pod_they_name() {
+        use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let mut review = status(true, SA, &["pullwatch"], &["node-a"]);
+        let extra = review.user.as_mut().unwrap().extra.as_mut().unwrap();
+        extra.insert(POD_NAME_EXTRA.into(), vec!["agent-x".into()]);
+        extra.insert(POD_UID_EXTRA.into(), vec!["uid-1".into()]);
+        let identity = identity_from_review(&review, "pullwatch").unwrap();
+        assert_eq!(identity.pod, Some(("agent-x".into(), "uid-1".into())));
+        let pod = |uid: &str, sa: &str, node: &str, phase: &str| Pod {
+            metadata: ObjectMeta {
+                name: Some("agent-x".into()),
+                namespace: Some("pullwatch".into()),
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                service_account_name: Some(sa.into()),
+                node_name: Some(node.into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            check_pod(
+                &identity,
+                &pod("uid-1", "pullwatch-agent", "node-a", "Running")
+            ),
+            Ok(())
+        );
+        for (bad, what) in [
+            (pod("uid-2", "pullwatch-agent", "node-a", "Running"), "UID"),
+            (
+                pod("uid-1", "default", "node-a", "Running"),
+                "service account",
+            ),
+            (pod("uid-1", "pullwatch-agent", "node-b", "Running"), "node"),
+            (
+                pod("uid-1", "pullwatch-agent", "node-a", "Failed"),
+                "finished",
+            ),
+        ] {
+            match check_pod(&identity, &bad) {
+                Err(AuthError::PodMismatch(message)) => {
+                    assert!(message.contains(what), "{message}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let no_pod =
+            identity_from_review(&status(true, SA, &["pullwatch"], &["node-a"]), "pullwatch")
+                .unwrap();
+        assert_eq!(
+            check_pod(
+                &no_pod,
+                &pod("uid-1", "pullwatch-agent", "node-a", "Running")
+            ),
+            Err(AuthError::NoPod("node-a".into()))
+        );
+    }
+
+    #[test]
+    fn service_account_names_and_transport() {
+        assert_eq!(
+            ServiceAccountName::parse("pullwatch:pullwatch-agent"),
+            Some(ServiceAccountName {
+                namespace: "pullwatch".into(),
+                name: "pullwatch-agent".into()
+            })
+        );
+        assert_eq!(
+            ServiceAccountName::parse("system:serviceaccount:a:b"),
+            ServiceAccountName::parse("a/b")
+        );
+        for bad in ["", "a", "a:", ":b", "A:b", "a:b:c"] {
+            assert_eq!(ServiceAccountName::parse(bad), None, "{bad}");
+        }
+        assert_eq!(check_transport(false, false), Err(AuthError::Plaintext));
+        assert!(check_transport(true, false).is_ok());
+        assert!(check_transport(false, true).is_ok());
+        assert_eq!(AuthError::Plaintext.reason(), "plaintext");
     }
 
     #[test]

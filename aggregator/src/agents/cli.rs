@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::HubConfig;
+use super::auth::ServiceAccountName;
 use super::server::{AgentServerConfig, AgentServerError};
 
 /// Flags of the agent server (each also from `PULLWATCH_<FLAG>`).
@@ -29,6 +30,17 @@ pub struct AgentServerArgs {
     /// claims. Uses the cluster's API (with --manifests: in-cluster config or KUBECONFIG).
     #[arg(long, env = "PULLWATCH_AGENT_TOKEN_AUDIENCE")]
     pub agent_token_audience: Option<String>,
+    /// The agents' own service account, NAMESPACE:NAME: the only one whose tokens are
+    /// accepted (required with --agent-token-audience).
+    #[arg(long, env = "PULLWATCH_AGENT_SERVICE_ACCOUNT")]
+    pub agent_service_account: Option<String>,
+    /// TESTS ONLY: accept agent tokens over plain HTTP/2 when no TLS key pair is set.
+    /// Anyone on the network path can then read the tokens.
+    #[arg(
+        long,
+        env = "PULLWATCH_AGENT_INSECURE_PLAINTEXT_TOKENS_FOR_TESTING_ONLY"
+    )]
+    pub agent_insecure_plaintext_tokens_for_testing_only: bool,
     /// Node label whose value groups nodes for placement (unset: one group).
     #[arg(long, env = "PULLWATCH_NODE_GROUP_LABEL")]
     pub node_group_label: Option<String>,
@@ -64,6 +76,22 @@ impl AgentServerArgs {
             .filter(|a| !a.is_empty())
     }
 
+    /// `--agent-service-account`, required with `--agent-token-audience`.
+    pub fn service_account(&self) -> Result<Option<ServiceAccountName>, AgentServerError> {
+        match self
+            .agent_service_account
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(text) => ServiceAccountName::parse(text)
+                .map(Some)
+                .ok_or_else(|| AgentServerError::ServiceAccount(text.to_string())),
+            None if self.token_audience().is_some() => Err(AgentServerError::NoServiceAccount),
+            None => Ok(None),
+        }
+    }
+
     /// The server settings, or None when `--agent-listen` is unset.
     pub fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
         let Some(listen) = &self.agent_listen else {
@@ -77,10 +105,16 @@ impl AgentServerArgs {
         if self.agent_shared_token_file.is_none() && self.token_audience().is_none() {
             return Err(AgentServerError::NoAuthentication);
         }
+        self.service_account()?;
+        let insecure = self.agent_insecure_plaintext_tokens_for_testing_only;
+        if tls.is_none() && !insecure {
+            return Err(AgentServerError::PlaintextTokens);
+        }
         Ok(Some(AgentServerConfig {
             listen: parse_listen(listen)?,
             tls,
             shared_token_file: self.agent_shared_token_file.clone(),
+            insecure_plaintext_tokens: insecure,
         }))
     }
 }
@@ -137,8 +171,79 @@ mod tests {
             "pullwatch",
         ])
         .unwrap();
+        assert!(matches!(
+            review.agents.server_config(),
+            Err(AgentServerError::NoServiceAccount)
+        ));
+        let review = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--agent-tls-cert",
+            "/c.pem",
+            "--agent-tls-key",
+            "/k.pem",
+            "--agent-token-audience",
+            "pullwatch",
+            "--agent-service-account",
+            "pullwatch:pullwatch-agent",
+        ])
+        .unwrap();
         assert!(review.agents.server_config().unwrap().is_some());
         assert_eq!(review.agents.token_audience(), Some("pullwatch"));
+        assert_eq!(
+            review
+                .agents
+                .service_account()
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "pullwatch:pullwatch-agent"
+        );
+        let bad_account = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--agent-token-audience",
+            "pullwatch",
+            "--agent-service-account",
+            "pullwatch",
+        ])
+        .unwrap();
+        assert!(matches!(
+            bad_account.agents.server_config(),
+            Err(AgentServerError::ServiceAccount(_))
+        ));
+        // Tokens over plain HTTP/2: only with the loudly named test flag.
+        let plaintext = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--agent-shared-token-file",
+            "/t",
+        ])
+        .unwrap();
+        assert!(matches!(
+            plaintext.agents.server_config(),
+            Err(AgentServerError::PlaintextTokens)
+        ));
+        let testing = Cli::try_parse_from([
+            "x",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--agent-shared-token-file",
+            "/t",
+            "--agent-insecure-plaintext-tokens-for-testing-only",
+        ])
+        .unwrap();
+        assert!(
+            testing
+                .agents
+                .server_config()
+                .unwrap()
+                .unwrap()
+                .insecure_plaintext_tokens
+        );
         assert!(parse_listen("[::1]:9443").is_ok());
         assert!(parse_listen("nope").is_err());
     }

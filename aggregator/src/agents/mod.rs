@@ -23,15 +23,73 @@ pub mod cli;
 pub mod groups;
 pub mod route;
 pub mod server;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+
+/// Counters of agent sessions refused and taken over (`/metrics` once
+/// [`AgentHub::register_metrics`] ran).
+#[derive(Clone, Debug)]
+pub struct AgentSecurityMetrics {
+    /// `pullwatch_agent_sessions_refused_total{reason}`.
+    refused: Option<IntCounterVec>,
+    /// `pullwatch_agent_session_takeovers_total`.
+    takeovers: Option<IntCounter>,
+}
+
+impl AgentSecurityMetrics {
+    fn new() -> AgentSecurityMetrics {
+        // Constant, valid definitions: these constructors do not fail in practice.
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "pullwatch_agent_sessions_refused_total",
+                "Agent sessions refused, by reason (wrong_service_account, wrong_node, no_pod, pod_mismatch, plaintext, takeover_refused, ...)",
+            ),
+            &["reason"],
+        );
+        let takeovers = IntCounter::new(
+            "pullwatch_agent_session_takeovers_total",
+            "Agent sessions that replaced an open session of the same node and identity",
+        );
+        AgentSecurityMetrics {
+            refused: refused.ok(),
+            takeovers: takeovers.ok(),
+        }
+    }
+
+    /// Counts one refused session.
+    pub fn refused(&self, reason: &str) {
+        if let Some(refused) = &self.refused {
+            refused.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// Sessions refused for `reason` so far.
+    pub fn refused_count(&self, reason: &str) -> u64 {
+        self.refused
+            .as_ref()
+            .map_or(0, |r| r.with_label_values(&[reason]).get())
+    }
+
+    fn took_over(&self) {
+        if let Some(takeovers) = &self.takeovers {
+            takeovers.inc();
+        }
+    }
+
+    /// Takeovers so far.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.as_ref().map_or(0, IntCounter::get)
+    }
+}
 
 /// Why a dispatch gave no result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +178,8 @@ struct Pending {
 
 struct AgentEntry {
     session: u64,
+    /// Who authenticated this session ([`auth::AgentIdentity::principal`]).
+    principal: String,
     info: AgentInfo,
     tx: mpsc::Sender<AggregatorMessage>,
     pending: HashMap<u64, Pending>,
@@ -145,6 +205,7 @@ struct HubInner {
     next_session: AtomicU64,
     /// Bumped whenever an agent comes, goes, or reports a new image list.
     changes: watch::Sender<u64>,
+    security: AgentSecurityMetrics,
 }
 
 /// The registry of connected agents. Cheap to clone.
@@ -181,6 +242,7 @@ impl AgentHub {
                 next_task: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
                 changes: watch::channel(0).0,
+                security: AgentSecurityMetrics::new(),
             }),
         }
     }
@@ -203,18 +265,76 @@ impl AgentHub {
         &self.inner.config
     }
 
-    /// Records a newly registered agent whose outbound messages go to `tx`. A node
-    /// registering again replaces its previous session (whose tasks are re-placed).
-    pub fn register(&self, mut info: AgentInfo, tx: mpsc::Sender<AggregatorMessage>) -> SessionId {
+    /// The refusal and takeover counters.
+    pub fn security_metrics(&self) -> &AgentSecurityMetrics {
+        &self.inner.security
+    }
+
+    /// Adds the refusal and takeover counters to `registry` (the aggregator's /metrics).
+    pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
+        if let Some(refused) = &self.inner.security.refused {
+            registry.register(Box::new(refused.clone()))?;
+        }
+        if let Some(takeovers) = &self.inner.security.takeovers {
+            registry.register(Box::new(takeovers.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Records a newly registered agent whose outbound messages go to `tx`, with no
+    /// authenticated identity (tests and in-process agents): [`Self::register_as`].
+    /// A node registering again replaces its previous session.
+    pub fn register(&self, info: AgentInfo, tx: mpsc::Sender<AggregatorMessage>) -> SessionId {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let node = info.node_name.clone();
+        // Without an identity nothing is refused: the only error is a refusal.
+        let _ = self.insert_session(id, info, tx, "", true);
+        SessionId { node, id }
+    }
+
+    /// Records a newly registered agent of `principal` whose outbound messages go to
+    /// `tx`. A node registering again replaces its previous session (whose tasks are
+    /// re-placed) only when both are the same principal: the takeover is logged and
+    /// counted. A session of another principal is refused while the first is open.
+    pub fn register_as(
+        &self,
+        info: AgentInfo,
+        tx: mpsc::Sender<AggregatorMessage>,
+        principal: &str,
+    ) -> Result<SessionId, auth::AuthError> {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let node = info.node_name.clone();
+        self.insert_session(id, info, tx, principal, false)?;
+        Ok(SessionId { node, id })
+    }
+
+    fn insert_session(
+        &self,
+        id: u64,
+        mut info: AgentInfo,
+        tx: mpsc::Sender<AggregatorMessage>,
+        principal: &str,
+        force: bool,
+    ) -> Result<(), auth::AuthError> {
         let node = info.node_name.clone();
         info.in_flight = 0;
         let replaced = {
             let mut state = lock(&self.inner.state);
+            if let Some(current) = state.agents.get(&node)
+                && current.principal != principal
+                && !force
+            {
+                return Err(auth::AuthError::TakeoverRefused {
+                    node,
+                    current: current.principal.clone(),
+                    new: principal.to_string(),
+                });
+            }
             state.agents.insert(
                 node.clone(),
                 AgentEntry {
                     session: id,
+                    principal: principal.to_string(),
                     info,
                     tx,
                     pending: HashMap::new(),
@@ -228,11 +348,13 @@ impl AgentHub {
         };
         info!(node = %node, "agent registered");
         if let Some(old) = replaced {
+            warn!(node = %node, principal, pending = old.pending.len(), "a new agent session of the same identity took over the node's open session");
+            self.inner.security.took_over();
             old.slots.close();
             fail_pending(&node, old.pending);
         }
         self.changed();
-        SessionId { node, id }
+        Ok(())
     }
 
     /// Ends a session: the agent is gone, its unanswered tasks are re-placed.
@@ -681,6 +803,51 @@ mod tests {
             image: image.into(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn only_the_same_identity_takes_over_a_node() {
+        let hub = hub();
+        let (tx1, _rx1) = mpsc::channel(4);
+        let first = hub
+            .register_as(
+                info("a", "z1", &[]),
+                tx1,
+                "service account p:agent on node a",
+            )
+            .unwrap();
+        let (tx2, _rx2) = mpsc::channel(4);
+        let refused = hub
+            .register_as(
+                info("a", "z1", &[]),
+                tx2,
+                "service account p:other on node a",
+            )
+            .unwrap_err();
+        assert_eq!(refused.reason(), "takeover_refused");
+        assert!(hub.silence(&first).is_some(), "the first session stays");
+        assert_eq!(hub.security_metrics().takeovers(), 0);
+        let (tx3, _rx3) = mpsc::channel(4);
+        let second = hub
+            .register_as(
+                info("a", "z1", &[]),
+                tx3,
+                "service account p:agent on node a",
+            )
+            .unwrap();
+        assert!(hub.silence(&first).is_none(), "replaced");
+        assert!(hub.silence(&second).is_some());
+        assert_eq!(hub.security_metrics().takeovers(), 1);
+        let registry = Registry::new();
+        hub.register_metrics(&registry).unwrap();
+        hub.security_metrics().refused("wrong_node");
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        assert!(names.contains(&"pullwatch_agent_sessions_refused_total".to_string()));
+        assert!(names.contains(&"pullwatch_agent_session_takeovers_total".to_string()));
     }
 
     #[tokio::test]

@@ -1,5 +1,12 @@
-//! The gRPC `AgentService` agents connect to: TLS, authentication (shared token or
-//! TokenReview, see [`super::auth`]), one session per agent feeding the [`AgentHub`].
+//! The gRPC `AgentService` agents connect to: TLS (its key pair re-read when the files
+//! change, see [`super::tls`]), authentication (shared token or TokenReview, see
+//! [`super::auth`]), one session per agent feeding the [`AgentHub`].
+//!
+//! Tokens are only accepted over TLS: without a key pair the server does not start,
+//! unless `--agent-insecure-plaintext-tokens-for-testing-only` says otherwise (tests).
+//! A session that fails authentication is refused with a warning naming the peer and
+//! the reason (never the token), and counted in
+//! `pullwatch_agent_sessions_refused_total{reason}`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,12 +21,13 @@ use pullwatch::proto::{
     AgentMessage, AggregatorMessage, Heartbeat, Registered, agent_message, aggregator_message,
 };
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::auth::{AgentIdentity, Authenticator, TokenReviewer};
+use super::auth::{AgentIdentity, AuthError, Authenticator, TokenReviewer, check_transport};
+use super::tls::ReloadingKeyPair;
 use super::{AgentHub, AgentInfo, SessionId};
 
 /// How long an agent has to send its `Register` after opening the stream.
@@ -28,6 +36,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const MISSED_HEARTBEATS: u32 = 3;
 /// Outbound messages buffered per agent.
 const OUTBOUND_BUFFER: usize = 256;
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the agent server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +64,16 @@ pub enum AgentServerError {
     HalfTls,
     #[error("invalid --agent-listen {0:?}: expected HOST:PORT or :PORT")]
     Listen(String),
+    #[error(
+        "agents present tokens, which are only accepted over TLS: set --agent-tls-cert and --agent-tls-key (tests only: --agent-insecure-plaintext-tokens-for-testing-only)"
+    )]
+    PlaintextTokens,
+    #[error(
+        "--agent-token-audience needs --agent-service-account NAMESPACE:NAME (the agents' own service account)"
+    )]
+    NoServiceAccount,
+    #[error("invalid --agent-service-account {0:?}: expected NAMESPACE:NAME")]
+    ServiceAccount(String),
 }
 
 /// Where and how the agent server listens.
@@ -66,6 +86,9 @@ pub struct AgentServerConfig {
     /// File holding the token agents present as `authorization: Bearer <token>`;
     /// re-read for every new session, so it can be rotated in place.
     pub shared_token_file: Option<PathBuf>,
+    /// Accept tokens without TLS (`--agent-insecure-plaintext-tokens-for-testing-only`).
+    /// Never in production: whoever sees the traffic gets the token.
+    pub insecure_plaintext_tokens: bool,
 }
 
 /// A running agent server.
@@ -142,15 +165,25 @@ pub async fn start_with_reviewer(
     if let Some(token_file) = &auth.shared_token_file {
         read(token_file)?;
     }
+    let tls = match &config.tls {
+        Some((cert, key)) => {
+            let pair = ReloadingKeyPair::load(cert.clone(), key.clone()).map_err(|e| match e {
+                super::tls::KeyPairError::Read { path, source } => {
+                    AgentServerError::Read { path, source }
+                }
+                other => AgentServerError::Tls(other.to_string()),
+            })?;
+            let tls = Arc::new(pair)
+                .server_config()
+                .map_err(|e| AgentServerError::Tls(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+        }
+        None if config.insecure_plaintext_tokens => None,
+        None => return Err(AgentServerError::PlaintextTokens),
+    };
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some((cert, key)) = &config.tls {
-        let identity = Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(|e| AgentServerError::Tls(e.to_string()))?;
-    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| AgentServerError::Bind {
@@ -167,23 +200,37 @@ pub async fn start_with_reviewer(
     let service = AgentServiceServer::new(Sessions {
         hub,
         auth,
+        tls: tls.is_some(),
+        insecure_plaintext_tokens: config.insecure_plaintext_tokens,
         shutdown: shutdown.subscribe(),
     });
     let router = builder.add_service(service);
-    let task = tokio::spawn(async move {
-        let signal = async move {
-            let _ = stopping.wait_for(|stop| *stop).await;
-        };
-        if let Err(error) = router
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-            .await
-        {
-            warn!(%error, "agent server stopped");
+    let signal = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let task = match tls {
+        Some(acceptor) => {
+            let incoming = tls_incoming(listener, acceptor, shutdown.subscribe());
+            tokio::spawn(async move {
+                if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                    warn!(%error, "agent server stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            if let Err(error) = router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+                .await
+            {
+                warn!(%error, "agent server stopped");
+            }
+        }),
+    };
     info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
     if config.tls.is_none() {
-        warn!("the agent server runs without TLS: no pull secret is ever sent to agents");
+        error!(
+            "INSECURE: the agent server runs without TLS and accepts agent tokens in plain text (--agent-insecure-plaintext-tokens-for-testing-only); no pull secret is ever sent to agents"
+        );
     }
     Ok(AgentServer {
         local_addr,
@@ -192,9 +239,52 @@ pub async fn start_with_reviewer(
     })
 }
 
+/// Accepted TLS connections: each TCP connection's handshake runs on its own task (a
+/// slow client delays no other), with the key pair current at that moment.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stopping: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
+{
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stopping.wait_for(|stop| *stop) => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "accepting an agent connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => debug!(%peer, %error, "agent TLS handshake failed"),
+                    Err(_) => debug!(%peer, "agent TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 struct Sessions {
     hub: AgentHub,
     auth: Authenticator,
+    /// Whether connections arrive over TLS.
+    tls: bool,
+    insecure_plaintext_tokens: bool,
     /// Becomes true when the server stops: every session ends.
     shutdown: watch::Receiver<bool>,
 }
@@ -206,10 +296,18 @@ impl Sessions {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        self.auth.authenticate(presented).await.map_err(|error| {
-            warn!(peer = ?request.remote_addr(), %error, "agent refused");
-            error.to_status()
-        })
+        let result = match check_transport(self.tls, self.insecure_plaintext_tokens) {
+            Ok(()) => self.auth.authenticate(presented).await,
+            Err(error) => Err(error),
+        };
+        result.map_err(|error| self.refuse(request.remote_addr(), None, &error))
+    }
+
+    /// Logs and counts a refused session; the status the agent gets.
+    fn refuse(&self, peer: Option<SocketAddr>, node: Option<&str>, error: &AuthError) -> Status {
+        warn!(?peer, node = node.unwrap_or(""), reason = error.reason(), %error, "agent session refused");
+        self.hub.security_metrics().refused(error.reason());
+        error.to_status()
     }
 }
 
@@ -241,8 +339,7 @@ impl AgentService for Sessions {
             return Err(Status::invalid_argument("Register.node_name is empty"));
         }
         if let Err(error) = identity.check_node(&register.node_name) {
-            warn!(?peer, %error, "agent refused");
-            return Err(error.to_status());
+            return Err(self.refuse(peer, Some(&register.node_name), &error));
         }
         let config = self.hub.config().clone();
         let (tx, mut rx) = mpsc::channel::<AggregatorMessage>(OUTBOUND_BUFFER);
@@ -265,14 +362,15 @@ impl AgentService for Sessions {
             connected_at: SystemTime::now(),
             in_flight: 0,
         };
-        let who = match &identity {
-            AgentIdentity::SharedToken => "shared token".to_string(),
-            AgentIdentity::ServiceAccount(sa) => {
-                format!("service account {}/{}", sa.namespace, sa.name)
-            }
-        };
-        info!(node = %info.node_name, ?peer, runtime = %info.runtime_name, images = info.images.len(), authenticated_as = %who, "agent session opened");
-        let session = self.hub.register(info, tx.clone());
+        let who = identity.principal();
+        let node = info.node_name.clone();
+        let images = info.images.len();
+        let runtime = info.runtime_name.clone();
+        let session = self
+            .hub
+            .register_as(info, tx.clone(), &who)
+            .map_err(|error| self.refuse(peer, Some(&node), &error))?;
+        info!(node = %node, ?peer, %runtime, images, authenticated_as = %who, "agent session opened");
         tokio::spawn(run_session(
             self.hub.clone(),
             session,
@@ -377,6 +475,7 @@ mod tests {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls: None,
                 shared_token_file: Some(token_file),
+                insecure_plaintext_tokens: true,
             },
         )
         .await
@@ -437,10 +536,42 @@ mod tests {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls: None,
                 shared_token_file: None,
+                insecure_plaintext_tokens: true,
             },
         )
         .await
         .unwrap_err();
         assert!(matches!(error, AgentServerError::NoAuthentication));
+    }
+
+    #[tokio::test]
+    async fn refuses_to_start_without_tls_unless_told_it_is_a_test() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t0ken\n").unwrap();
+        let config = AgentServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            shared_token_file: Some(token_file),
+            insecure_plaintext_tokens: false,
+        };
+        let error = start(AgentHub::new(Default::default()), config.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, AgentServerError::PlaintextTokens),
+            "{error}"
+        );
+        assert!(error.to_string().contains("TLS"));
+        let server = start(
+            AgentHub::new(Default::default()),
+            AgentServerConfig {
+                insecure_plaintext_tokens: true,
+                ..config
+            },
+        )
+        .await
+        .unwrap();
+        server.stop().await;
     }
 }

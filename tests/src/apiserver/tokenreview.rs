@@ -121,6 +121,80 @@ impl TestApiServer {
         self.add_token(token, &username, &groups, &extra, audiences);
     }
 
+    /// Makes `token` review as a projected token of the service account
+    /// `namespace/name` bound to pod `pod` on `node` (extras node-name, pod-name,
+    /// pod-uid `uid-<pod>`), and stores that pod: running on `node` under that service
+    /// account, with that UID. Its image is on a closed loopback port, so an
+    /// aggregator inventorying it never contacts anything else. Returns the stored pod.
+    pub fn add_agent_pod_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        node: &str,
+        audiences: &[&str],
+    ) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+        use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        self.add_service_account_token(
+            token,
+            namespace,
+            service_account,
+            Some((pod, node)),
+            audiences,
+        );
+        self.apply(&Pod {
+            metadata: ObjectMeta {
+                name: Some(pod.to_string()),
+                namespace: Some(namespace.to_string()),
+                uid: Some(format!("uid-{pod}")),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                service_account_name: Some(service_account.to_string()),
+                node_name: Some(node.to_string()),
+                containers: vec![Container {
+                    name: "agent".into(),
+                    image: Some("127.0.0.1:1/pullwatch/agent:test".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// Makes `token` review as a token of the service account `namespace/name` bound
+    /// to the Node object `node` (TokenRequest with a Node bound object, Kubernetes
+    /// 1.31+): the node-name extra, and no pod extras.
+    pub fn add_node_bound_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        audiences: &[&str],
+    ) {
+        let username = format!("system:serviceaccount:{namespace}:{name}");
+        let namespace_group = format!("system:serviceaccounts:{namespace}");
+        let groups = [
+            "system:serviceaccounts",
+            namespace_group.as_str(),
+            "system:authenticated",
+        ];
+        self.add_token(
+            token,
+            &username,
+            &groups,
+            &[(NODE_NAME_EXTRA, node)],
+            audiences,
+        );
+    }
+
     /// Revokes a token: it reviews as unknown from now on. Returns whether it was known.
     pub fn remove_token(&self, token: &str) -> bool {
         with_tokens(&self.shared, |tokens| tokens.remove(token).is_some())

@@ -1,0 +1,1487 @@
+//! Hostile-input targets, shared by `tests/tests/hostile_input.rs` (proptest, fixed seeds,
+//! 10,000 cases each) and `tests/benches/hostile_input.rs` (a larger budget that counts
+//! cases and panics instead of stopping at the first).
+//!
+//! Every parser that reads bytes pullwatch does not control, through its public entry
+//! point (a private parser through the nearest public one, named in each target):
+//!
+//! | target | untrusted input | entry point |
+//! |---|---|---|
+//! | `image_references` | image fields of pod specs | `ImageReference::parse`, `parse_with_default_registry` |
+//! | `docker_configs` | Secret data, node config.json / .dockercfg | `DockerConfig::from_config_json`, `from_dockercfg`, then `Keyring` |
+//! | `manifest_documents` | manifest YAML/JSON files | `inventory::manifests::load_text`, then `ImageIndex::build` |
+//! | `containerd_config` | containerd's config.toml | `resolve::RuntimeAuth::parse` |
+//! | `hosts_toml` | containerd's hosts.toml | `resolve::registry_hosts` (reads the file) |
+//! | `cri_errors` | CRI error statuses and messages | `cri::classify_pull_error` |
+//! | `www_authenticate` | registry challenge headers (aggregator) | `checker::classify::challenge` |
+//! | `registry_bodies` | registry status and error bodies (aggregator) | `checker::classify::classify_response` |
+//! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `Checker::check` every fourth, against a loopback stub |
+//! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
+//! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
+//! | `aggregator_messages` | what an agent receives from the aggregator | `AggregatorMessage::decode`, then the task's reference and mode |
+//! | `cri_responses` | what the agent receives from the container runtime | `VersionResponse`, `ListImagesResponse`, `ImageStatusResponse`, `PullImageResponse`, `RemoveImageResponse` decode, then the image tags |
+//!
+//! No target contacts anything but loopback: the stub registry's challenges point at the
+//! stub itself, and random header values contain neither ':' nor '/', so no realm or
+//! redirect can name another host.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::strategy::BoxedStrategy;
+use prost::Message;
+
+/// One parser under attack.
+pub trait Target {
+    type Input: std::fmt::Debug + Clone;
+    fn name(&self) -> &'static str;
+    fn strategy(&self) -> BoxedStrategy<Self::Input>;
+    fn run(&self, input: Self::Input);
+}
+
+// ---------------------------------------------------------------------------------
+// Input generators
+
+/// Pieces that make parsers take their less travelled paths.
+const FRAGMENTS: &[&str] = &[
+    "",
+    " ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\0",
+    ":",
+    "::",
+    "/",
+    "//",
+    "@",
+    "@sha256:",
+    "sha256:",
+    ".",
+    "..",
+    "-",
+    "_",
+    "__",
+    "[",
+    "]",
+    "[::1]",
+    "[::1]:5000",
+    "localhost",
+    "localhost:5000",
+    "docker.io",
+    "index.docker.io",
+    "library/",
+    "reg.io",
+    "reg.io:5000",
+    "*.reg.io",
+    "127.0.0.1",
+    ":0",
+    ":65536",
+    ":99999999999999999999",
+    "a",
+    "A",
+    "z",
+    "0",
+    "9",
+    "é",
+    "ß",
+    "İ",
+    "\u{202e}",
+    "\u{feff}",
+    "😀",
+    "\\",
+    "\"",
+    "'",
+    "=",
+    ",",
+    ";",
+    "{",
+    "}",
+    "[[",
+    "]]",
+    "#",
+    "%",
+    "%00",
+    "%2F",
+    "?",
+    "&",
+    "+",
+    "==",
+    "Bearer ",
+    "Basic ",
+    "realm=",
+    "service=",
+    "scope=",
+    "error=",
+    "\"\"",
+    "\\\"",
+    "repository:app:pull",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "auths",
+    "auth",
+    "username",
+    "password",
+    "identitytoken",
+    "registrytoken",
+    "email",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "containers",
+    "image",
+    "---",
+    "- ",
+    "  ",
+    "|",
+    ">",
+    "&anchor",
+    "*anchor",
+    "!!binary",
+    "~",
+    "null",
+    "true",
+    "1e309",
+    "-0",
+    "0x10",
+    "[host.\"",
+    "\"]",
+    "capabilities",
+    "server",
+    "skip_verify",
+    "ca",
+    "client",
+    "header",
+    "override_path",
+    "plugins",
+    "registry",
+    "configs",
+    "mirrors",
+    "endpoint",
+];
+
+fn fragment_text(max: usize) -> BoxedStrategy<String> {
+    prop::collection::vec(prop::sample::select(FRAGMENTS), 0..max)
+        .prop_map(|parts| parts.concat())
+        .boxed()
+}
+
+/// Arbitrary text, reference-shaped text, fragment soup, and lossy bytes.
+pub fn hostile_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => any::<String>(),
+        3 => "[a-zA-Z0-9:/@._\\-\\[\\]+=]{0,80}",
+        3 => fragment_text(24),
+        1 => prop::collection::vec(any::<u8>(), 0..128)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        1 => (1usize..4096).prop_map(|n| "a".repeat(n)),
+    ]
+    .boxed()
+}
+
+/// Text safe for a header value: no ':' and no '/' (no URL can name another host).
+pub fn header_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        "[ -.0-9;-~]{0,80}",
+        fragment_text(12).prop_map(|s| s.replace([':', '/'], "")),
+    ]
+    .boxed()
+}
+
+/// Arbitrary JSON, leaves from [`hostile_text`].
+pub fn json_value() -> BoxedStrategy<serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        hostile_text().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    prop::sample::select(FRAGMENTS).prop_map(String::from),
+                    hostile_text()
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+    .boxed()
+}
+
+fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Random mutations of valid bytes: flips, truncations, insertions.
+fn mutated(bytes: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
+    let len = bytes.len();
+    prop::collection::vec((0usize..len.max(1) + 1, any::<u8>(), 0u8..4), 0..6)
+        .prop_map(move |edits| {
+            let mut out = bytes.clone();
+            for (at, byte, kind) in edits {
+                let at = at.min(out.len());
+                match kind {
+                    0 if at < out.len() => out[at] ^= byte | 1,
+                    1 => out.truncate(at),
+                    2 => out.insert(at, byte),
+                    _ => {
+                        if at < out.len() {
+                            out.remove(at);
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .boxed()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------
+// Image references
+
+pub struct ImageReferences;
+
+impl Target for ImageReferences {
+    type Input = String;
+    fn name(&self) -> &'static str {
+        "image_references"
+    }
+    fn strategy(&self) -> BoxedStrategy<String> {
+        prop_oneof![
+            2 => hostile_text(),
+            // name[:port]/path[:tag][@digest], pieces hostile.
+            3 => (
+                prop_oneof![Just(String::new()), hostile_text().prop_map(|h| format!("{h}/"))],
+                "[a-z0-9._\\-/]{0,40}",
+                prop_oneof![Just(String::new()), "[:][a-zA-Z0-9._\\-]{0,130}"],
+                prop_oneof![Just(String::new()), "@sha256:[a-f0-9]{0,70}", "@[a-z0-9+._\\-]{0,10}:[a-zA-Z0-9=_\\-]{0,70}"],
+            )
+                .prop_map(|(host, path, tag, digest)| format!("{host}{path}{tag}{digest}")),
+        ]
+        .boxed()
+    }
+    fn run(&self, input: String) {
+        for parsed in [
+            pullwatch::ImageReference::parse(&input),
+            pullwatch::ImageReference::parse_with_default_registry(&input, "reg.example:5000"),
+        ] {
+            match parsed {
+                Ok(reference) => {
+                    let text = reference.to_string();
+                    let _ = (
+                        reference.registry(),
+                        reference.api_host(),
+                        reference.repository(),
+                        reference.tag(),
+                        reference.digest(),
+                        reference.manifest_reference(),
+                        reference.name(),
+                    );
+                    // What it prints parses again (the aggregator sends it to agents).
+                    let _ = pullwatch::ImageReference::parse(&text);
+                }
+                Err(error) => {
+                    let _ = error.to_string();
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Docker configs
+
+pub struct DockerConfigs;
+
+fn docker_config_json() -> BoxedStrategy<Vec<u8>> {
+    use serde_json::{Value, json};
+    let entry = (
+        hostile_text(),
+        prop_oneof![json_value(), hostile_text().prop_map(|t| Value::String(base64(&t))), (hostile_text(), hostile_text()).prop_map(|(u, p)| Value::String(base64(&format!("{u}:{p}"))))],
+        json_value(),
+        json_value(),
+        json_value(),
+    )
+        .prop_map(|(key, auth, user, password, token)| {
+            (key, json!({"auth": auth, "username": user, "password": password, "identitytoken": token, "email": "e"}))
+        });
+    prop_oneof![
+        2 => prop::collection::vec(any::<u8>(), 0..256),
+        2 => json_value().prop_map(|v| v.to_string().into_bytes()),
+        4 => (prop::collection::vec(entry.clone(), 0..4), any::<bool>()).prop_map(|(entries, legacy)| {
+            let map: serde_json::Map<String, Value> = entries.into_iter().collect();
+            let value = if legacy { Value::Object(map) } else { json!({"auths": map}) };
+            value.to_string().into_bytes()
+        }),
+        2 => (prop::collection::vec(entry, 0..4), any::<bool>()).prop_flat_map(|(entries, legacy)| {
+            let map: serde_json::Map<String, Value> = entries.into_iter().collect();
+            let value = if legacy { Value::Object(map) } else { json!({"auths": map}) };
+            mutated(value.to_string().into_bytes())
+        }),
+    ]
+    .boxed()
+}
+
+impl Target for DockerConfigs {
+    type Input = Vec<u8>;
+    fn name(&self) -> &'static str {
+        "docker_configs"
+    }
+    fn strategy(&self) -> BoxedStrategy<Vec<u8>> {
+        docker_config_json()
+    }
+    fn run(&self, input: Vec<u8>) {
+        let images: Vec<pullwatch::ImageReference> = [
+            "reg.io/app:1",
+            "docker.io/library/nginx:1",
+            "[::1]:5000/a/b:c",
+        ]
+        .iter()
+        .filter_map(|i| pullwatch::ImageReference::parse(i).ok())
+        .collect();
+        for parsed in [
+            pullwatch::DockerConfig::from_config_json(&input),
+            pullwatch::DockerConfig::from_dockercfg(&input),
+        ] {
+            match parsed {
+                Ok(config) => {
+                    let mut keyring = pullwatch::Keyring::new();
+                    keyring.add("secret/fuzz/config", &config);
+                    for image in &images {
+                        let _ = keyring.lookup(image);
+                    }
+                    // Lookups for references named after the config's own keys.
+                    for key in config.entries.keys() {
+                        if let Ok(image) = pullwatch::ImageReference::parse(&format!("{key}/app:1"))
+                        {
+                            let _ = keyring.lookup(&image);
+                        }
+                    }
+                }
+                Err(error) => {
+                    let _ = error.to_string();
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Manifest documents
+
+pub struct ManifestDocuments;
+
+fn manifest_text() -> BoxedStrategy<String> {
+    use serde_json::{Value, json};
+    let kinds = prop::sample::select(vec![
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "CronJob",
+        "Job",
+        "Pod",
+        "ReplicaSet",
+        "Secret",
+        "ServiceAccount",
+        "Namespace",
+        "List",
+        "ConfigMap",
+        "",
+    ]);
+    let container = (
+        hostile_text(),
+        prop_oneof![json_value(), hostile_text().prop_map(Value::String)],
+    )
+        .prop_map(|(name, image)| json!({"name": name, "image": image}));
+    let pod_spec = (
+        prop::collection::vec(container.clone(), 0..3),
+        prop::collection::vec(container, 0..2),
+        json_value(),
+        prop_oneof![Just(Value::Null), hostile_text().prop_map(Value::String)],
+    )
+        .prop_map(|(containers, init, secrets, sa)| {
+            json!({"containers": containers, "initContainers": init, "imagePullSecrets": secrets, "serviceAccountName": sa})
+        });
+    let document = (kinds, hostile_text(), hostile_text(), pod_spec, json_value(), any::<u8>()).prop_map(
+        |(kind, name, namespace, pod_spec, extra, shape)| {
+            let spec = match shape % 4 {
+                0 => json!({"template": {"spec": pod_spec}, "replicas": extra}),
+                1 => json!({"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}, "suspend": extra}),
+                2 => pod_spec,
+                _ => extra,
+            };
+            let mut doc = json!({
+                "apiVersion": if kind == "Deployment" { "apps/v1" } else { "v1" },
+                "kind": kind,
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            });
+            if kind == "Secret" {
+                doc["type"] = json!("kubernetes.io/dockerconfigjson");
+                doc["data"] = json!({".dockerconfigjson": base64(&doc.to_string())});
+            }
+            if kind == "List" {
+                doc["items"] = json!([doc.clone()]);
+            }
+            doc
+        },
+    );
+    prop_oneof![
+        2 => hostile_text(),
+        3 => prop::collection::vec(document.clone(), 0..4).prop_map(|docs| {
+            docs.iter()
+                .map(|d| serde_yaml::to_string(d).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("---\n")
+        }),
+        1 => prop::collection::vec(document, 0..3).prop_map(|docs| serde_json::Value::Array(docs).to_string()),
+        1 => (fragment_text(40), fragment_text(40)).prop_map(|(a, b)| format!("{a}\n---\n{b}")),
+    ]
+    .boxed()
+}
+
+impl Target for ManifestDocuments {
+    type Input = String;
+    fn name(&self) -> &'static str {
+        "manifest_documents"
+    }
+    fn strategy(&self) -> BoxedStrategy<String> {
+        manifest_text()
+    }
+    fn run(&self, input: String) {
+        use pullwatch_aggregator::index::{Filters, ImageIndex, IndexOptions};
+        use pullwatch_aggregator::inventory::Inventory;
+        let mut inventory = Inventory::default();
+        if let Err(error) = pullwatch_aggregator::inventory::manifests::load_text(
+            Path::new("hostile.yaml"),
+            &input,
+            &mut inventory,
+        ) {
+            let _ = error.to_string();
+        }
+        let options = IndexOptions {
+            default_registry: "docker.io".into(),
+            platforms: Vec::new(),
+            mirrors: pullwatch_aggregator::mirrors::Mirrors::default(),
+            filters: Filters::default(),
+        };
+        let index = ImageIndex::build(&inventory, &options);
+        let _ = (index.containers(), index.container_count());
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// containerd config and hosts.toml
+
+fn toml_text() -> BoxedStrategy<String> {
+    let value = prop_oneof![
+        hostile_text().prop_map(|s| format!("{s:?}")),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        prop::collection::vec(hostile_text(), 0..3).prop_map(|v| format!("{v:?}")),
+        hostile_text(),
+    ];
+    let line = prop_oneof![
+        (prop::sample::select(FRAGMENTS), value.clone()).prop_map(|(k, v)| format!("{k} = {v}")),
+        (hostile_text(), value).prop_map(|(k, v)| format!("{k:?} = {v}")),
+        hostile_text().prop_map(|s| format!("[host.{s:?}]")),
+        hostile_text().prop_map(|s| format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.{s:?}.auth]"
+        )),
+        Just("[plugins.\"io.containerd.grpc.v1.cri\".registry]".to_string()),
+        Just("version = 2".to_string()),
+        Just("version = 3".to_string()),
+        hostile_text(),
+    ];
+    prop_oneof![
+        1 => hostile_text(),
+        4 => prop::collection::vec(line, 0..12).prop_map(|l| l.join("\n")),
+    ]
+    .boxed()
+}
+
+pub struct ContainerdConfig;
+
+impl Target for ContainerdConfig {
+    type Input = String;
+    fn name(&self) -> &'static str {
+        "containerd_config"
+    }
+    fn strategy(&self) -> BoxedStrategy<String> {
+        toml_text()
+    }
+    fn run(&self, input: String) {
+        if let Ok(auth) = pullwatch_agent::resolve::RuntimeAuth::parse(&input) {
+            for host in auth.hosts() {
+                let _ = auth.get(&host);
+            }
+            let _ = auth.get("reg.io");
+        }
+    }
+}
+
+pub struct HostsToml {
+    root: tempfile::TempDir,
+}
+
+impl HostsToml {
+    pub fn new() -> HostsToml {
+        HostsToml {
+            root: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+}
+
+impl Target for HostsToml {
+    type Input = (String, String);
+    fn name(&self) -> &'static str {
+        "hosts_toml"
+    }
+    fn strategy(&self) -> BoxedStrategy<(String, String)> {
+        (
+            prop_oneof![
+                3 => Just("reg.fuzz:5000".to_string()),
+                1 => hostile_text(),
+            ],
+            toml_text(),
+        )
+            .boxed()
+    }
+    fn run(&self, (registry, toml): (String, String)) {
+        let root = self.root.path();
+        let dir: PathBuf = root.join("reg.fuzz:5000");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("hosts.toml"), &toml);
+        let _ = pullwatch_agent::resolve::host_dir(root, &registry);
+        if let Err(error) = pullwatch_agent::resolve::registry_hosts(root, &registry) {
+            let _ = error.to_string();
+        }
+        if let Ok(hosts) = pullwatch_agent::resolve::registry_hosts(root, "reg.fuzz:5000") {
+            for host in hosts {
+                let _ = host.url();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// CRI errors
+
+pub struct CriErrors;
+
+impl Target for CriErrors {
+    type Input = (i32, String, u8);
+    fn name(&self) -> &'static str {
+        "cri_errors"
+    }
+    fn strategy(&self) -> BoxedStrategy<(i32, String, u8)> {
+        let message = prop_oneof![
+            hostile_text(),
+            (
+                prop::sample::select(vec![
+                    "failed to pull and unpack image",
+                    "failed to resolve reference",
+                    "not found",
+                    "401 Unauthorized",
+                    "403 Forbidden",
+                    "429 Too Many Requests",
+                    "connect: connection refused",
+                    "i/o timeout",
+                    "x509: certificate signed by unknown authority",
+                    "unexpected status from HEAD request to",
+                    "rpc error: code = ",
+                    "desc = ",
+                    "toomanyrequests",
+                    "DENIED",
+                    "manifest unknown",
+                ]),
+                hostile_text(),
+                hostile_text()
+            )
+                .prop_map(|(known, a, b)| format!("{a}{known}{b}")),
+        ];
+        (any::<i32>(), message, any::<u8>()).boxed()
+    }
+    fn run(&self, (code, message, kind): (i32, String, u8)) {
+        use pullwatch_agent::cri::{CriError, classify_pull_error};
+        let error = match kind % 3 {
+            0 => CriError::Rpc {
+                rpc: "PullImage",
+                code: tonic::Code::from_i32(code),
+                message,
+            },
+            1 => CriError::Unreachable {
+                rpc: "PullImage",
+                endpoint: "unix:///run/containerd/containerd.sock".into(),
+                message,
+            },
+            _ => CriError::Rpc {
+                rpc: "ImageStatus",
+                code: tonic::Code::from_i32(code % 17),
+                message,
+            },
+        };
+        let outcome = classify_pull_error(&error);
+        let _ = (outcome.status, outcome.reason.len(), error.to_string());
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Aggregator: WWW-Authenticate and registry answers
+
+pub struct WwwAuthenticate;
+
+fn challenge_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        hostile_text(),
+        (
+            prop::sample::select(vec![
+                "Bearer",
+                "bearer",
+                "Basic",
+                "BASIC",
+                "Digest",
+                "",
+                "Bearer,",
+                "Negotiate"
+            ]),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "realm", "service", "scope", "error", "REALM", "", "x"
+                    ]),
+                    prop_oneof![
+                        hostile_text().prop_map(|s| format!("{s:?}")),
+                        hostile_text()
+                    ],
+                ),
+                0..5
+            ),
+            prop::sample::select(vec![",", ", ", " ", ",,", ";"]),
+        )
+            .prop_map(|(scheme, params, sep)| {
+                let params: Vec<String> = params
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!("{scheme} {}", params.join(sep))
+            }),
+    ]
+    .boxed()
+}
+
+impl Target for WwwAuthenticate {
+    type Input = Vec<String>;
+    fn name(&self) -> &'static str {
+        "www_authenticate"
+    }
+    fn strategy(&self) -> BoxedStrategy<Vec<String>> {
+        prop::collection::vec(challenge_text(), 0..3).boxed()
+    }
+    fn run(&self, values: Vec<String>) {
+        let mut headers = http::HeaderMap::new();
+        for value in values {
+            if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                headers.append(http::header::WWW_AUTHENTICATE, value);
+            }
+        }
+        let _ = pullwatch_aggregator::checker::classify::challenge(&headers);
+    }
+}
+
+pub struct RegistryBodies;
+
+impl Target for RegistryBodies {
+    type Input = (u16, Vec<u8>);
+    fn name(&self) -> &'static str {
+        "registry_bodies"
+    }
+    fn strategy(&self) -> BoxedStrategy<(u16, Vec<u8>)> {
+        use serde_json::json;
+        let errors = prop::collection::vec(
+            (
+                prop_oneof![
+                    prop::sample::select(vec!["MANIFEST_UNKNOWN", "NAME_UNKNOWN", "NAME_INVALID", "TAG_INVALID", "DENIED", "UNAUTHORIZED", "TOOMANYREQUESTS", "UNSUPPORTED"]).prop_map(String::from),
+                    hostile_text(),
+                ],
+                json_value(),
+                json_value(),
+            ),
+            0..4,
+        )
+        .prop_map(|e| {
+            let errors: Vec<serde_json::Value> = e
+                .into_iter()
+                .map(|(code, message, detail)| json!({"code": code, "message": message, "detail": detail}))
+                .collect();
+            json!({"errors": errors}).to_string().into_bytes()
+        });
+        (
+            100u16..1000,
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                json_value().prop_map(|v| v.to_string().into_bytes()),
+                errors,
+            ],
+        )
+            .boxed()
+    }
+    fn run(&self, (status, body): (u16, Vec<u8>)) {
+        if let Ok(status) = http::StatusCode::from_u16(status) {
+            let outcome = pullwatch_aggregator::checker::classify::classify_response(status, &body);
+            let _ = outcome.reason.len();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Whole registry exchanges, aggregator and agent, against a loopback stub
+
+/// What the stub registry answers during one case.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// WWW-Authenticate of the first manifest answer (401); None: no challenge.
+    pub challenge: Option<Challenge>,
+    pub token_status: u16,
+    pub token_body: String,
+    pub manifest_status: u16,
+    pub manifest_headers: Vec<(String, String)>,
+    pub manifest_body: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum Challenge {
+    /// `Bearer realm="<stub>/token<suffix>"` followed by hostile parameters.
+    StubRealm {
+        suffix: String,
+        params: String,
+    },
+    Basic,
+    /// Hostile text (without ':' or '/').
+    Hostile(String),
+}
+
+struct StubState {
+    /// The stub's own URL, for the realms it hands out.
+    url: String,
+    exchange: Option<Exchange>,
+    /// Manifest paths already answered with the challenge this case.
+    challenged: std::collections::HashSet<String>,
+}
+
+pub struct RegistryExchanges {
+    runtime: tokio::runtime::Runtime,
+    stub: pullwatch_testbench::StubServer,
+    state: Arc<Mutex<StubState>>,
+    case: AtomicUsize,
+    checker: Mutex<Option<Arc<pullwatch_aggregator::checker::Checker>>>,
+    resolver: pullwatch_agent::resolve::Resolver,
+    _hosts: tempfile::TempDir,
+}
+
+fn status_code() -> BoxedStrategy<u16> {
+    prop_oneof![
+        3 => prop::sample::select(vec![200u16, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 406, 409, 410, 413, 418, 429, 500, 501, 502, 503, 504]),
+        1 => 100u16..600,
+    ]
+    .boxed()
+}
+
+impl RegistryExchanges {
+    pub fn new() -> RegistryExchanges {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let state = Arc::new(Mutex::new(StubState {
+            url: String::new(),
+            exchange: None,
+            challenged: Default::default(),
+        }));
+        let handler_state = state.clone();
+        let stub = runtime
+            .block_on(pullwatch_testbench::StubServer::start(
+                move |_method, path| stub_answer(&handler_state, path),
+            ))
+            .expect("the stub registry starts");
+        state.lock().unwrap_or_else(|e| e.into_inner()).url = stub.url();
+        let hosts = tempfile::tempdir().expect("a temp dir");
+        let resolver =
+            pullwatch_agent::resolve::Resolver::new(pullwatch_agent::resolve::ResolverConfig {
+                hosts_dir: hosts.path().to_path_buf(),
+                runtime_auth: pullwatch_agent::resolve::RuntimeAuth::default(),
+                request_timeout: Duration::from_secs(3),
+            });
+        RegistryExchanges {
+            runtime,
+            stub,
+            state,
+            case: AtomicUsize::new(0),
+            checker: Mutex::new(None),
+            resolver,
+            _hosts: hosts,
+        }
+    }
+
+    fn checker(&self) -> Arc<pullwatch_aggregator::checker::Checker> {
+        let mut slot = self.checker.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert_with(|| {
+            let metrics = pullwatch_aggregator::metrics::Metrics::new(false).expect("metrics");
+            let config = pullwatch_aggregator::checker::CheckerConfig {
+                allow_plain_http: true,
+                request_timeout: Duration::from_secs(3),
+                registry_limits: pullwatch_aggregator::checker::limits::RegistryLimits {
+                    max_concurrency: 64,
+                    requests_per_second: std::num::NonZeroU32::new(1_000_000).expect("non-zero"),
+                },
+                ..Default::default()
+            };
+            Arc::new(
+                pullwatch_aggregator::checker::Checker::new(&config, metrics.checker.clone())
+                    .expect("a checker"),
+            )
+        })
+        .clone()
+    }
+}
+
+fn stub_answer(state: &Mutex<StubState>, path: &str) -> pullwatch_testbench::StubResponse {
+    use pullwatch_testbench::StubResponse;
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(exchange) = state.exchange.clone() else {
+        return StubResponse::new(503);
+    };
+    if path.starts_with("/token") {
+        return StubResponse::new(exchange.token_status)
+            .with_header("content-type", "application/json")
+            .with_body(&exchange.token_body);
+    }
+    if path == "/v2/" || path == "/v2" {
+        return StubResponse::new(200);
+    }
+    let manifest = path.split('?').next().unwrap_or(path).to_string();
+    if state.challenged.insert(manifest)
+        && let Some(challenge) = &exchange.challenge
+    {
+        let header = match challenge {
+            Challenge::StubRealm { suffix, params } => {
+                format!("Bearer realm=\"{}/token{suffix}\"{params}", state.url)
+            }
+            Challenge::Basic => "Basic realm=\"fuzz\"".to_string(),
+            Challenge::Hostile(text) => text.clone(),
+        };
+        return StubResponse::new(401).with_header("www-authenticate", &header);
+    }
+    let mut response =
+        StubResponse::new(exchange.manifest_status).with_body(&exchange.manifest_body);
+    for (name, value) in &exchange.manifest_headers {
+        response = response.with_header(name, value);
+    }
+    response
+}
+
+impl Target for RegistryExchanges {
+    type Input = Exchange;
+    fn name(&self) -> &'static str {
+        "registry_exchanges"
+    }
+    fn strategy(&self) -> BoxedStrategy<Exchange> {
+        use serde_json::json;
+        let challenge = prop_oneof![
+            1 => Just(None),
+            1 => Just(Some(Challenge::Basic)),
+            4 => (header_text(), prop_oneof![Just(String::new()), header_text().prop_map(|p| format!(",{p}")), Just(",service=\"fuzz\",scope=\"repository:fuzz/app:pull\"".to_string())])
+                .prop_map(|(suffix, params)| Some(Challenge::StubRealm { suffix: suffix.replace('"', ""), params })),
+            2 => header_text().prop_map(|t| Some(Challenge::Hostile(t))),
+        ];
+        let token_body = prop_oneof![
+            hostile_text(),
+            json_value().prop_map(|v| v.to_string()),
+            (json_value(), json_value(), json_value()).prop_map(|(t, a, e)| {
+                json!({"token": t, "access_token": a, "expires_in": e}).to_string()
+            }),
+            (hostile_text(), any::<i64>())
+                .prop_map(|(t, e)| json!({"token": t, "expires_in": e}).to_string()),
+        ];
+        let header_name = prop::sample::select(vec![
+            "content-type",
+            "docker-content-digest",
+            "retry-after",
+            "location",
+            "www-authenticate",
+            "docker-distribution-api-version",
+            "x-fuzz",
+        ]);
+        let header_value = prop_oneof![
+            header_text(),
+            Just("application/vnd.oci.image.manifest.v1+json".to_string()),
+            Just("application/vnd.docker.distribution.manifest.list.v2+json".to_string()),
+            "sha256:[a-f0-9]{0,70}",
+            (0u64..100_000).prop_map(|n| n.to_string()),
+        ];
+        let manifest_body = prop_oneof![
+            hostile_text(),
+            json_value().prop_map(|v| v.to_string()),
+            (json_value(), json_value()).prop_map(|(m, l)| {
+                json!({"schemaVersion": 2, "mediaType": m, "manifests": l, "errors": l}).to_string()
+            }),
+        ];
+        (
+            challenge,
+            status_code(),
+            token_body,
+            status_code(),
+            prop::collection::vec((header_name, header_value), 0..4),
+            manifest_body,
+        )
+            .prop_map(
+                |(challenge, token_status, token_body, manifest_status, headers, manifest_body)| {
+                    Exchange {
+                        challenge,
+                        token_status,
+                        token_body,
+                        manifest_status,
+                        // A redirect goes back to the stub, never elsewhere.
+                        manifest_headers: headers
+                            .into_iter()
+                            .map(|(n, v)| {
+                                (
+                                    n.to_string(),
+                                    if n == "location" {
+                                        format!("/v2/fuzz/{}", v.replace(['/', ':'], ""))
+                                    } else {
+                                        v
+                                    },
+                                )
+                            })
+                            .collect(),
+                        manifest_body,
+                    }
+                },
+            )
+            .boxed()
+    }
+    fn run(&self, exchange: Exchange) {
+        let case = self.case.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.exchange = Some(exchange.clone());
+            state.challenged.clear();
+        }
+        // A fresh repository per case and side: no cached token short-circuits the
+        // exchange, and each side gets its own challenge.
+        let image =
+            pullwatch::ImageReference::parse(&format!("{}/fuzz/agg{case}:v1", self.stub.host()))
+                .expect("a valid reference");
+        let node_image =
+            pullwatch::ImageReference::parse(&format!("{}/fuzz/node{case}:v1", self.stub.host()))
+                .expect("a valid reference");
+        let credential = pullwatch::RegistryCredential {
+            username: "fuzz".into(),
+            password: pullwatch_testbench::CANARY_PASSWORD.into(),
+            ..Default::default()
+        };
+        let key = pullwatch_aggregator::index::CheckKey {
+            reference: image.clone(),
+            credentials: vec![pullwatch::SourcedCredential {
+                source: Arc::from("secret/fuzz/regcred"),
+                credential: credential.clone(),
+            }]
+            .into(),
+        };
+        let checker = self.checker();
+        // Both sides at once, each on its own repository, against the same script. The
+        // aggregator's own parsers (challenge, error bodies) get their 10,000 cases in
+        // `www_authenticate` and `registry_bodies`, and its token dance is oci-client's:
+        // here it takes every fourth case, the agent's private challenge and token
+        // parsers (reachable only through `Resolver::resolve`) every case.
+        let central_too = case.is_multiple_of(4);
+        let (central, node) = self.runtime.block_on(async {
+            tokio::join!(
+                async {
+                    if central_too {
+                        tokio::time::timeout(Duration::from_secs(20), checker.check(&key))
+                            .await
+                            .map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                },
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    self.resolver.resolve(&node_image, Some(&credential))
+                ),
+            )
+        });
+        // A 429 pauses the registry in the checker: start the next case afresh.
+        if exchange.manifest_status == 429 || exchange.token_status == 429 {
+            *self.checker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let central = central.expect("the aggregator's check finishes");
+        let node = node.expect("the agent's resolve finishes");
+        // Reasons never carry the password.
+        if let Some(central) = central {
+            pullwatch_testbench::assert_no_canary("the aggregator's reason", &central.reason);
+        }
+        pullwatch_testbench::assert_no_canary("the agent's reason", &node.outcome.reason);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Credential-provider plugin responses
+
+pub struct CredentialProviderResponses {
+    runtime: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    case: AtomicUsize,
+    /// Rebuilt after a response that could have been cached (a cached answer would
+    /// stand in for the plugin in later cases).
+    keyring: Mutex<Option<Arc<pullwatch_agent::keyring::NodeKeyring>>>,
+}
+
+impl CredentialProviderResponses {
+    pub fn new() -> CredentialProviderResponses {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        let plugin = bin.join("fuzz-provider");
+        let response = dir.path().join("response.json");
+        // Shell builtins only: one process per case, no more.
+        std::fs::write(
+            &plugin,
+            format!(
+                "#!/bin/sh\nwhile IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < '{}'\n",
+                response.display()
+            ),
+        )
+        .expect("plugin");
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: fuzz-provider\n    matchImages: [\"*.fuzz\"]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n",
+        )
+        .expect("config");
+        CredentialProviderResponses {
+            runtime: runtime(),
+            dir,
+            case: AtomicUsize::new(0),
+            keyring: Mutex::new(None),
+        }
+    }
+}
+
+impl Target for CredentialProviderResponses {
+    type Input = String;
+    fn name(&self) -> &'static str {
+        "credential_provider_responses"
+    }
+    fn strategy(&self) -> BoxedStrategy<String> {
+        use serde_json::json;
+        let auth = prop::collection::btree_map(
+            prop_oneof![Just("*.fuzz".to_string()), hostile_text()],
+            (json_value(), json_value()).prop_map(|(u, p)| json!({"username": u, "password": p})),
+            0..4,
+        );
+        prop_oneof![
+            1 => hostile_text(),
+            1 => json_value().prop_map(|v| v.to_string()),
+            4 => (
+                prop_oneof![Just(json!("credentialprovider.kubelet.k8s.io/v1")), json_value()],
+                prop_oneof![Just(json!("CredentialProviderResponse")), json_value()],
+                prop_oneof![Just(json!("Image")), Just(json!("Registry")), Just(json!("Global")), json_value()],
+                prop_oneof![Just(json!("0s")), Just(json!("1h30m")), hostile_text().prop_map(serde_json::Value::String), json_value()],
+                auth,
+            )
+                .prop_map(|(api, kind, key_type, duration, auth)| {
+                    json!({"apiVersion": api, "kind": kind, "cacheKeyType": key_type, "cacheDuration": duration, "auth": auth}).to_string()
+                }),
+        ]
+        .boxed()
+    }
+    fn run(&self, response: String) {
+        use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
+        let case = self.case.fetch_add(1, Ordering::Relaxed);
+        std::fs::write(self.dir.path().join("response.json"), &response).expect("response");
+        let keyring = {
+            let mut slot = self.keyring.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert_with(|| {
+                let empty = self.dir.path().join("kubelet");
+                let _ = std::fs::create_dir_all(&empty);
+                Arc::new(
+                    NodeKeyring::new(&KeyringConfig {
+                        kubelet_root_dir: empty.clone(),
+                        config_json_dirs: Some(vec![empty.clone()]),
+                        dockercfg_dirs: Some(vec![empty]),
+                        provider_config: Some(self.dir.path().join("config.yaml")),
+                        provider_bin_dir: Some(self.dir.path().join("bin")),
+                    })
+                    .expect("the keyring"),
+                )
+            })
+            .clone()
+        };
+        // Another registry per case: an Image- or Registry-keyed cache never answers.
+        let image = pullwatch::ImageReference::parse(&format!("reg{case}.fuzz/app:1"))
+            .expect("a reference");
+        let lookup = self.runtime.block_on(keyring.lookup(&image, &[]));
+        let _ = format!("{:?}", lookup.credentials.len());
+        if response.contains("Global") {
+            *self.keyring.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Protobuf: what the aggregator receives, what an agent receives
+
+fn check_result() -> BoxedStrategy<pullwatch::proto::CheckResult> {
+    (
+        (
+            any::<u64>(),
+            hostile_text(),
+            any::<i32>(),
+            hostile_text(),
+            any::<i32>(),
+            hostile_text(),
+        ),
+        (
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            hostile_text(),
+            hostile_text(),
+            any::<Option<bool>>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (task_id, image, status, reason, mode, source),
+                (duration, present, runtime, digest, held, moved),
+            )| {
+                pullwatch::proto::CheckResult {
+                    task_id,
+                    image,
+                    status: if status % 3 == 0 {
+                        status
+                    } else {
+                        status.rem_euclid(10)
+                    },
+                    reason,
+                    mode,
+                    credential_source: source,
+                    duration_millis: duration,
+                    image_present: present,
+                    runtime_failure: runtime,
+                    digest,
+                    held_digest: held,
+                    tag_moved: moved,
+                }
+            },
+        )
+        .boxed()
+}
+
+fn agent_message_bytes() -> BoxedStrategy<Vec<u8>> {
+    use pullwatch::proto::{
+        AgentMessage, Heartbeat, ImageInventory, Register, agent_message::Message,
+    };
+    let register = (
+        hostile_text(),
+        hostile_text(),
+        prop::collection::vec(hostile_text(), 0..4),
+        prop::collection::btree_map(hostile_text(), hostile_text(), 0..3),
+    )
+        .prop_map(|(node, runtime, images, labels)| {
+            Message::Register(Register {
+                node_name: node,
+                runtime_name: runtime.clone(),
+                runtime_version: runtime,
+                agent_version: String::new(),
+                images,
+                node_labels: labels.into_iter().collect(),
+            })
+        });
+    let message = prop_oneof![
+        register,
+        check_result().prop_map(Message::Result),
+        any::<i64>().prop_map(|t| Message::Heartbeat(Heartbeat { unix_millis: t })),
+        prop::collection::vec(hostile_text(), 0..6)
+            .prop_map(|images| Message::Inventory(ImageInventory { images })),
+    ];
+    prop_oneof![
+        1 => prop::collection::vec(any::<u8>(), 0..128),
+        3 => message.prop_flat_map(|m| mutated(AgentMessage { message: Some(m) }.encode_to_vec())),
+    ]
+    .boxed()
+}
+
+/// The aggregator's side: decode, then hand it to the hub as the server would.
+pub struct AgentMessages {
+    runtime: tokio::runtime::Runtime,
+    hub: pullwatch_aggregator::agents::AgentHub,
+    answer: Arc<Mutex<Option<pullwatch::proto::CheckResult>>>,
+    session: pullwatch_aggregator::agents::SessionId,
+}
+
+impl AgentMessages {
+    pub fn new() -> AgentMessages {
+        use pullwatch::proto::aggregator_message::Message;
+        let runtime = runtime();
+        let hub =
+            pullwatch_aggregator::agents::AgentHub::new(pullwatch_aggregator::agents::HubConfig {
+                tls: true,
+                task_timeout: Duration::from_secs(5),
+                ..Default::default()
+            });
+        let answer: Arc<Mutex<Option<pullwatch::proto::CheckResult>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let session = hub.register(agent_info("fuzz-node", BTreeMap::new(), Vec::new()), tx);
+        let (h, s, a) = (hub.clone(), session.clone(), answer.clone());
+        runtime.spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if let Some(Message::Task(task)) = message.message {
+                    let result = a.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(mut result) = result {
+                        result.task_id = task.task_id;
+                        h.complete(&s, result);
+                    }
+                }
+            }
+        });
+        AgentMessages {
+            runtime,
+            hub,
+            answer,
+            session,
+        }
+    }
+}
+
+fn agent_info(
+    node: &str,
+    labels: BTreeMap<String, String>,
+    images: Vec<String>,
+) -> pullwatch_aggregator::agents::AgentInfo {
+    pullwatch_aggregator::agents::AgentInfo {
+        node_name: node.to_string(),
+        runtime_name: "containerd".into(),
+        runtime_version: "fuzz".into(),
+        agent_version: "fuzz".into(),
+        images: images.into_iter().collect(),
+        node_labels: labels,
+        connected_at: std::time::SystemTime::now(),
+        in_flight: 0,
+    }
+}
+
+impl Target for AgentMessages {
+    type Input = Vec<u8>;
+    fn name(&self) -> &'static str {
+        "agent_messages"
+    }
+    fn strategy(&self) -> BoxedStrategy<Vec<u8>> {
+        agent_message_bytes()
+    }
+    fn run(&self, bytes: Vec<u8>) {
+        use pullwatch::proto::agent_message::Message;
+        let Ok(message) = pullwatch::proto::AgentMessage::decode(bytes.as_slice()) else {
+            return;
+        };
+        let _ = format!("{message:?}");
+        match message.message {
+            Some(Message::Register(register)) => {
+                // As the server does: an empty node name is refused before the hub.
+                if register.node_name.trim().is_empty() {
+                    return;
+                }
+                let (tx, _rx) = tokio::sync::mpsc::channel(1);
+                let session = self.hub.register(
+                    agent_info(
+                        &register.node_name,
+                        register.node_labels.into_iter().collect(),
+                        register.images,
+                    ),
+                    tx,
+                );
+                let _ = (self.hub.agents(), self.hub.holders("reg.io/app:1"));
+                self.hub.unregister(&session);
+            }
+            Some(Message::Inventory(inventory)) => {
+                self.hub
+                    .update_images(&self.session, inventory.images.into_iter().collect());
+                let _ = self.hub.holders("reg.io/app:1");
+            }
+            Some(Message::Result(result)) => {
+                // The hub sends a task; the fake agent answers with the decoded result.
+                *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                let target = pullwatch_aggregator::index::AgentTarget {
+                    image: pullwatch::ImageReference::parse("reg.io/app:1").expect("a reference"),
+                    credentials: Vec::new().into(),
+                    workload_nodes: Default::default(),
+                };
+                let check = self.runtime.block_on(self.hub.check_target(&target));
+                let _ = check.outcome();
+            }
+            Some(Message::Heartbeat(_)) => self.hub.touch(&self.session),
+            None => {}
+        }
+    }
+}
+
+/// An agent's side: decode, then read the task as the session does.
+pub struct AggregatorMessages;
+
+impl Target for AggregatorMessages {
+    type Input = Vec<u8>;
+    fn name(&self) -> &'static str {
+        "aggregator_messages"
+    }
+    fn strategy(&self) -> BoxedStrategy<Vec<u8>> {
+        use pullwatch::proto::{
+            AggregatorMessage, CheckTask, Heartbeat, PullCredential, Registered,
+            aggregator_message::Message,
+        };
+        let credential = (
+            hostile_text(),
+            hostile_text(),
+            hostile_text(),
+            hostile_text(),
+        )
+            .prop_map(|(source, username, token, registry)| PullCredential {
+                source,
+                username,
+                password: pullwatch_testbench::CANARY_PASSWORD.into(),
+                identity_token: token,
+                registry_token: registry,
+            });
+        let message = prop_oneof![
+            (any::<u32>(), any::<u32>()).prop_map(|(h, m)| Message::Registered(Registered {
+                heartbeat_interval_seconds: h,
+                max_concurrent_checks: m
+            })),
+            (
+                any::<u64>(),
+                hostile_text(),
+                any::<i32>(),
+                prop::collection::vec(credential, 0..3)
+            )
+                .prop_map(|(id, image, mode, credentials)| Message::Task(CheckTask {
+                    task_id: id,
+                    image,
+                    mode,
+                    credentials
+                })),
+            any::<i64>().prop_map(|t| Message::Heartbeat(Heartbeat { unix_millis: t })),
+        ];
+        prop_oneof![
+            1 => prop::collection::vec(any::<u8>(), 0..128),
+            3 => message.prop_flat_map(|m| mutated(AggregatorMessage { message: Some(m) }.encode_to_vec())),
+        ]
+        .boxed()
+    }
+    fn run(&self, bytes: Vec<u8>) {
+        use pullwatch::proto::aggregator_message::Message;
+        let Ok(message) = pullwatch::proto::AggregatorMessage::decode(bytes.as_slice()) else {
+            return;
+        };
+        // Debug output of a decoded message never shows a password.
+        pullwatch_testbench::assert_no_canary("a decoded task's Debug", &format!("{message:?}"));
+        if let Some(Message::Task(task)) = message.message {
+            let _ = pullwatch::proto::CheckMode::try_from(task.mode);
+            if let Ok(image) = pullwatch::ImageReference::parse(&task.image) {
+                let _ = image.to_string();
+            }
+        }
+    }
+}
+
+/// What the agent receives from the container runtime.
+pub struct CriResponses;
+
+impl Target for CriResponses {
+    type Input = (u8, Vec<u8>);
+    fn name(&self) -> &'static str {
+        "cri_responses"
+    }
+    fn strategy(&self) -> BoxedStrategy<(u8, Vec<u8>)> {
+        use pullwatch::cri::{Image, ImageSpec, ListImagesResponse};
+        let image = (
+            hostile_text(),
+            prop::collection::vec(hostile_text(), 0..3),
+            prop::collection::vec(hostile_text(), 0..3),
+            any::<u64>(),
+        )
+            .prop_map(|(id, tags, digests, size)| Image {
+                id,
+                repo_tags: tags,
+                repo_digests: digests,
+                size,
+                spec: Some(ImageSpec::default()),
+                ..Default::default()
+            });
+        let list = prop::collection::vec(image, 0..4)
+            .prop_map(|images| ListImagesResponse { images }.encode_to_vec());
+        (
+            any::<u8>(),
+            prop_oneof![
+                1 => prop::collection::vec(any::<u8>(), 0..160),
+                2 => list.prop_flat_map(mutated),
+            ],
+        )
+            .boxed()
+    }
+    fn run(&self, (which, bytes): (u8, Vec<u8>)) {
+        use pullwatch::cri::{
+            ImageStatusResponse, ListImagesResponse, PullImageResponse, RemoveImageResponse,
+            VersionResponse,
+        };
+        match which % 5 {
+            0 => {
+                if let Ok(list) = ListImagesResponse::decode(bytes.as_slice()) {
+                    // As the session does with the node's images.
+                    for tag in list.images.iter().flat_map(|i| i.repo_tags.iter()) {
+                        if let Ok(reference) = pullwatch::ImageReference::parse(tag) {
+                            let _ = reference.to_string();
+                        }
+                    }
+                }
+            }
+            1 => {
+                let _ = VersionResponse::decode(bytes.as_slice()).map(|v| format!("{v:?}"));
+            }
+            2 => {
+                let _ = ImageStatusResponse::decode(bytes.as_slice()).map(|v| format!("{v:?}"));
+            }
+            3 => {
+                let _ = PullImageResponse::decode(bytes.as_slice()).map(|v| format!("{v:?}"));
+            }
+            _ => {
+                let _ = RemoveImageResponse::decode(bytes.as_slice()).map(|v| format!("{v:?}"));
+            }
+        }
+    }
+}
