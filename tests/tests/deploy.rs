@@ -2941,3 +2941,233 @@ async fn shipped_alerts_fire_in_prometheus_scraping_a_running_aggregator() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Credential-provider presets: the chart's paths, used by the real agent
+// ---------------------------------------------------------------------------------------
+
+/// One platform preset: the kubelet's paths on that platform's node image, the plugin it
+/// runs there and that plugin's real matchImages, and a registry host they match.
+struct Preset {
+    name: &'static str,
+    config: &'static str,
+    bin_dir: &'static str,
+    files: &'static [&'static str],
+    provider: &'static str,
+    match_images: &'static [&'static str],
+    args: &'static [&'static str],
+    registry: &'static str,
+}
+
+const PRESETS: [Preset; 3] = [
+    Preset {
+        name: "eks",
+        config: "/etc/eks/image-credential-provider/config.json",
+        bin_dir: "/etc/eks/image-credential-provider",
+        files: &[],
+        provider: "ecr-credential-provider",
+        match_images: &[
+            "*.dkr.ecr.*.amazonaws.com",
+            "*.dkr.ecr.*.amazonaws.com.cn",
+            "*.dkr.ecr-fips.*.amazonaws.com",
+            "*.dkr.ecr.*.c2s.ic.gov",
+            "*.dkr.ecr.*.sc2s.sgov.gov",
+        ],
+        args: &[],
+        registry: "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+    },
+    Preset {
+        name: "gke",
+        config: "/etc/srv/kubernetes/cri_auth_config.yaml",
+        bin_dir: "/home/kubernetes/bin",
+        files: &[],
+        provider: "auth-provider-gcp",
+        match_images: &[
+            "container.cloud.google.com",
+            "gcr.io",
+            "*.gcr.io",
+            "*.pkg.dev",
+        ],
+        args: &["get-credentials"],
+        registry: "europe-west1-docker.pkg.dev",
+    },
+    Preset {
+        name: "aks",
+        config: "/var/lib/kubelet/credential-provider-config.yaml",
+        bin_dir: "/var/lib/kubelet/credential-provider",
+        files: &["/etc/kubernetes/azure.json"],
+        provider: "acr-credential-provider",
+        match_images: &[
+            "*.azurecr.io",
+            "*.azurecr.cn",
+            "*.azurecr.de",
+            "*.azurecr.us",
+        ],
+        args: &["/etc/kubernetes/azure.json"],
+        registry: "pullwatch.azurecr.io",
+    },
+];
+
+/// `path` as the agent container sees a hostPath mounted at the same path, with the
+/// host's root at `root`.
+fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// `helm template` with each preset renders the agent flags and read-only hostPath
+/// mounts of that platform's paths; the real agent, started with exactly the rendered
+/// flags (the host's root standing in at a temp dir), finds the platform's plugin there,
+/// matches the image by the provider's real matchImages, and pulls with its answer from
+/// a real registry (behind a hosts.toml mirror for the cloud registry's name).
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_provider_presets_reach_the_real_agent() {
+    use pullwatch_testbench::CANARY_PASSWORD;
+    use std::os::unix::fs::PermissionsExt;
+
+    let registry = Registry::start(RegistryOptions {
+        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    for preset in &PRESETS {
+        let docs = render(&[
+            "--set",
+            &format!("agent.credentialProvider.preset={}", preset.name),
+        ]);
+        let daemonset: DaemonSet = one(&docs, "DaemonSet");
+        let spec = pod_spec_of_daemonset(&daemonset);
+        let agent = &spec.containers[0];
+        let args = args_of(agent);
+        let flag = |name: &str| {
+            args.iter()
+                .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+                .unwrap_or_else(|| panic!("{}: no --{name} in {args:?}", preset.name))
+                .to_string()
+        };
+        let config = flag("image-credential-provider-config");
+        let bin_dir = flag("image-credential-provider-bin-dir");
+        assert_eq!(
+            (config.as_str(), bin_dir.as_str()),
+            (preset.config, preset.bin_dir)
+        );
+        // Every path mounted read-only from the same host path.
+        let mounts = agent.volume_mounts.as_deref().unwrap_or_default();
+        let volumes = spec.volumes.as_deref().unwrap_or_default();
+        for (path, kind) in [(preset.config, "File"), (preset.bin_dir, "Directory")]
+            .into_iter()
+            .chain(preset.files.iter().map(|f| (*f, "File")))
+        {
+            let mount = mounts
+                .iter()
+                .find(|m| m.mount_path == path)
+                .unwrap_or_else(|| panic!("{}: {path} not mounted", preset.name));
+            assert_eq!(mount.read_only, Some(true), "{}: {path}", preset.name);
+            let host = volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.host_path.as_ref())
+                .unwrap_or_else(|| panic!("{}: {path} is not a hostPath", preset.name));
+            assert_eq!(
+                (host.path.as_str(), host.type_.as_deref()),
+                (path, Some(kind))
+            );
+        }
+
+        // The node: the platform's plugin and config where its node image has them.
+        let root = tempfile::tempdir().unwrap();
+        let image = format!("{}/team/app:v1", preset.registry);
+        let provider_config = serde_json::json!({
+            "apiVersion": "kubelet.config.k8s.io/v1",
+            "kind": "CredentialProviderConfig",
+            "providers": [{
+                "name": preset.provider,
+                "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+                "matchImages": preset.match_images,
+                "defaultCacheDuration": "10m",
+                "args": preset.args,
+            }],
+        });
+        std::fs::create_dir_all(under(root.path(), &bin_dir)).unwrap();
+        std::fs::create_dir_all(under(root.path(), &config).parent().unwrap()).unwrap();
+        // YAML is a superset of JSON: the same text serves both kinds of config file.
+        std::fs::write(under(root.path(), &config), provider_config.to_string()).unwrap();
+        for file in preset.files {
+            std::fs::create_dir_all(under(root.path(), file).parent().unwrap()).unwrap();
+            std::fs::write(under(root.path(), file), "{}").unwrap();
+        }
+        let response = serde_json::json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderResponse",
+            "cacheKeyType": "Registry",
+            "auth": {preset.registry: {"username": "alice", "password": CANARY_PASSWORD}},
+        });
+        let plugin = under(root.path(), &bin_dir).join(preset.provider);
+        std::fs::write(
+            &plugin,
+            format!("#!/bin/sh\ncat >/dev/null\nprintf '%s' '{response}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // The cloud registry's name routes to the local registry (a hosts.toml mirror).
+        let hosts = root.path().join("certs.d");
+        std::fs::create_dir_all(hosts.join(preset.registry)).unwrap();
+        std::fs::write(
+            hosts.join(preset.registry).join("hosts.toml"),
+            format!(
+                "[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+
+        let output = std::process::Command::new(workspace_binary("pullwatch-agent"))
+            .args(["check", &image, "--mode", "resolve", "-o", "json"])
+            .arg(format!(
+                "--image-credential-provider-config={}",
+                under(root.path(), &config).display()
+            ))
+            .arg(format!(
+                "--image-credential-provider-bin-dir={}",
+                under(root.path(), &bin_dir).display()
+            ))
+            .arg(format!("--containerd-hosts-dir={}", hosts.display()))
+            .arg(format!(
+                "--containerd-config={}",
+                root.path().join("none.toml").display()
+            ))
+            .arg(format!(
+                "--kubelet-root-dir={}",
+                root.path().join("kubelet").display()
+            ))
+            .arg(format!(
+                "--cri-endpoint=unix://{}",
+                root.path().join("none.sock").display()
+            ))
+            .env_clear()
+            .env("HOME", root.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir(root.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let report: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{}: {e}: {stdout}\n{stderr}", preset.name));
+        assert_eq!(
+            report["status"], "available",
+            "{}: {report}\n{stderr}",
+            preset.name
+        );
+        assert_eq!(
+            report["credential_source"],
+            format!("plugin:{}", preset.provider),
+            "{}",
+            preset.name
+        );
+        assert!(!stdout.contains(CANARY_PASSWORD) && !stderr.contains(CANARY_PASSWORD));
+    }
+}

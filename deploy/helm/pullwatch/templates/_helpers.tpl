@@ -146,3 +146,34 @@ seccompProfile:
 {{- define "pullwatch.tokenReview" -}}
 {{- if and .Values.agent.enabled (eq .Values.agent.auth.mode "tokenReview") }}true{{- end }}
 {{- end }}
+
+{{/*
+The kubelet's credential-provider paths the agent uses, as YAML (config, binDir, files):
+a platform preset's (paths as its node image sets them; see values.yaml for the sources),
+or agent.credentialProvider's own with preset=custom (empty config: none).
+*/}}
+{{- define "pullwatch.credentialProvider" -}}
+{{- $cp := .Values.agent.credentialProvider -}}
+{{- $preset := $cp.preset | default "custom" -}}
+{{- if eq $preset "eks" -}}
+config: /etc/eks/image-credential-provider/config.json
+binDir: /etc/eks/image-credential-provider
+files: []
+{{- else if eq $preset "gke" -}}
+config: /etc/srv/kubernetes/cri_auth_config.yaml
+binDir: /home/kubernetes/bin
+files: []
+{{- else if eq $preset "aks" -}}
+config: /var/lib/kubelet/credential-provider-config.yaml
+binDir: /var/lib/kubelet/credential-provider
+files: [/etc/kubernetes/azure.json]
+{{- else if eq $preset "custom" -}}
+config: {{ $cp.config | default "" | quote }}
+binDir: {{ $cp.binDir | default "" | quote }}
+files: {{ $cp.extraFiles | default list | toJson }}
+{{- else -}}
+config: ""
+binDir: ""
+files: []
+{{- end -}}
+{{- end }}
