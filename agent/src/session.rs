@@ -120,7 +120,9 @@ impl SessionConfig {
         {
             return Err(SessionError::PlaintextToken);
         }
-        Ok(())
+        // A URL, scheme or CA that cannot work now will not work later: say so at start
+        // rather than retry forever.
+        endpoint(self).map(|_| ())
     }
 }
 
@@ -159,7 +161,8 @@ fn jitter_fraction() -> f64 {
     f64::from(nanos % 1000) / 1000.0
 }
 
-async fn endpoint(config: &SessionConfig) -> Result<Endpoint, SessionError> {
+/// The aggregator's endpoint from the flags (the CA re-read each time, for rotation).
+fn endpoint(config: &SessionConfig) -> Result<Endpoint, SessionError> {
     let url_error = |reason: String| SessionError::Url {
         url: config.aggregator.clone(),
         reason,
@@ -216,7 +219,7 @@ async fn session(
     metrics: &Arc<AgentMetrics>,
     config: &SessionConfig,
 ) -> Result<(), SessionError> {
-    let endpoint = endpoint(config).await?;
+    let endpoint = endpoint(config)?;
     let channel = endpoint.connect().await.map_err(|e| {
         metrics.connection_attempt("connect_error");
         SessionError::Connect(crate::resolve::error_chain(&e))
@@ -469,17 +472,11 @@ mod tests {
     #[tokio::test]
     async fn https_needs_a_ca() {
         let mut config = SessionConfig::new("https://agg:9443".into(), "n".into());
-        assert!(matches!(
-            endpoint(&config).await,
-            Err(SessionError::CaRequired)
-        ));
+        assert!(matches!(endpoint(&config), Err(SessionError::CaRequired)));
         config.aggregator = "ftp://agg".into();
-        assert!(matches!(
-            endpoint(&config).await,
-            Err(SessionError::Url { .. })
-        ));
+        assert!(matches!(endpoint(&config), Err(SessionError::Url { .. })));
         config.aggregator = "http://127.0.0.1:1".into();
-        assert!(endpoint(&config).await.is_ok());
+        assert!(endpoint(&config).is_ok());
     }
 
     #[test]
@@ -494,6 +491,12 @@ mod tests {
         assert!(config.validate().is_ok());
         config.insecure_plaintext_token = false;
         config.aggregator = "https://agg:9443".into();
+        // https with its CA: the token may go.
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        config.aggregator_ca = Some(ca.path().to_path_buf());
         assert!(config.validate().is_ok());
+        // https without one can never connect: refused at start too.
+        config.aggregator_ca = None;
+        assert!(matches!(config.validate(), Err(SessionError::CaRequired)));
     }
 }

@@ -402,3 +402,44 @@ async fn run_refuses_to_send_its_token_over_plain_http() {
         "the agent connected to the plain-text aggregator"
     );
 }
+
+/// A configuration that can never work fails at start with exit 2 and says why,
+/// instead of retrying forever: https without --aggregator-ca, a CA file that is not
+/// there, a URL that is not one.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
+    let home = tempfile::tempdir().unwrap();
+    let missing_ca = home.path().join("no-such-ca.crt");
+    for (flags, says) in [
+        (
+            vec!["--aggregator=https://127.0.0.1:1".to_string()],
+            "needs --aggregator-ca",
+        ),
+        (
+            vec![
+                "--aggregator=https://127.0.0.1:1".to_string(),
+                format!("--aggregator-ca={}", missing_ca.display()),
+            ],
+            "no-such-ca.crt",
+        ),
+        (
+            vec!["--aggregator=ftp://agg".to_string()],
+            "invalid --aggregator",
+        ),
+    ] {
+        let mut args = vec![
+            "run".to_string(),
+            "--node-name=n".to_string(),
+            "--metrics-address=127.0.0.1:0".to_string(),
+            "--cri-endpoint=unix:///nonexistent/cri.sock".to_string(),
+        ];
+        args.extend(flags);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let output = run(home.path(), &args, &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(20), "no retrying");
+    }
+}
