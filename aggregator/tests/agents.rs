@@ -408,6 +408,43 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
         promtool_check_metrics(&text).unwrap();
         // Secrets never appear anywhere.
         assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
+        // The results say which node said what, and why.
+        let api = http_request(serve.metrics, http::Method::GET, "/api/v1/images", &[], Vec::new())
+            .await
+            .unwrap()
+            .text();
+        assert_no_canary("/api/v1/images", &api);
+        let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+        let entry = api["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["image"] == image.as_str())
+            .unwrap_or_else(|| panic!("{image} not in {api}"));
+        assert_eq!(entry["status"], "authentication_failure", "{entry}");
+        let nodes: Vec<(String, String)> = entry["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["node"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                ("node-a".to_string(), "available".to_string()),
+                ("node-b".to_string(), "authentication_failure".to_string())
+            ],
+            "{entry}"
+        );
+        assert!(entry["nodes"][1]["reason"].as_str().is_some_and(|r| r.contains("401")), "{entry}");
+        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
+            .await
+            .unwrap()
+            .text();
+        assert!(
+            page.contains("node-a: available; node-b: authentication_failure"),
+            "the page names the disagreement: {page}"
+        );
 
         // node-b goes away: the next checks are node-a's alone again.
         agent_b.kill();
