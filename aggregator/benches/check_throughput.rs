@@ -32,7 +32,7 @@ use pullwatch_testbench::{Registry, RegistryOptions, push_tags};
 const TAGS: usize = 2_000;
 const CONCURRENCY: usize = 32;
 const ROUNDS: usize = 3;
-const MANIFEST_ACCEPT: &str = pullwatch_aggregator::checker::registry::MANIFEST_ACCEPT;
+const MANIFEST_ACCEPT: &str = pullwatch::registry::MANIFEST_ACCEPT;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
