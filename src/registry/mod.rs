@@ -31,10 +31,9 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use crate::support::{error_chain, lock};
+use crate::support::{error_chain, lock, sha256_digest};
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 use challenge::AuthScheme;
 use classify::TransportFailure;
@@ -284,16 +283,6 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
         .filter(|v| !v.is_empty())
-}
-
-fn sha256_digest(body: &[u8]) -> String {
-    let hash = Sha256::digest(body);
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for byte in hash {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
 }
 
 impl RegistryClient {
