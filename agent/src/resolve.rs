@@ -27,10 +27,12 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use pullwatch::registry::{ClientConfig, Endpoint, NoObserver, Object, RegistryClient, Scheme};
+use pullwatch::registry::{
+    ClientConfig, Deadline, Endpoint, NoObserver, Object, RegistryClient, Scheme,
+};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -616,7 +618,7 @@ impl Resolver {
         image: &ImageReference,
         credential: Option<&RegistryCredential>,
     ) -> Resolved {
-        let deadline = Instant::now() + self.config.request_timeout;
+        let deadline = Deadline::after(self.config.request_timeout);
         let registry = image.registry();
         let hosts = match registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()) {
             Ok(hosts) => hosts,
@@ -684,7 +686,7 @@ impl Resolver {
                                 image.repository(),
                                 reference,
                                 credential,
-                                deadline,
+                                &deadline,
                             )
                             .await
                     }
@@ -695,7 +697,7 @@ impl Resolver {
                                 image.repository(),
                                 reference,
                                 credential,
-                                deadline,
+                                &deadline,
                             )
                             .await
                     }

@@ -24,6 +24,7 @@ pub mod pause;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +55,40 @@ const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// Responses one request may go through: a challenge, a HEAD->GET fallback, the answer.
 const MAX_RESPONSES: usize = 4;
+
+/// The deadline of one check: every request it makes runs before it. Time spent
+/// waiting for pullwatch's own request rate (a [`ClientConfig::requests_per_second`]
+/// turn) does not count: that wait is ours, not the registry's slowness.
+#[derive(Debug)]
+pub struct Deadline {
+    start: Instant,
+    budget: Duration,
+    /// Nanoseconds spent waiting for a request-rate turn.
+    waited: AtomicU64,
+}
+
+impl Deadline {
+    /// `budget` from now.
+    pub fn after(budget: Duration) -> Self {
+        Deadline {
+            start: Instant::now(),
+            budget,
+            waited: AtomicU64::new(0),
+        }
+    }
+
+    /// When it passes, as things stand.
+    pub fn at(&self) -> Instant {
+        self.start + self.budget + Duration::from_nanos(self.waited.load(Ordering::Relaxed))
+    }
+
+    fn excuse(&self, waited: Duration) {
+        self.waited.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
 
 /// Hears about requests, for metrics. Every method has a no-op default.
 pub trait RegistryObserver: Send + Sync {
@@ -339,7 +374,7 @@ impl RegistryClient {
         repository: &str,
         reference: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Answer {
         let answer = self
             .ask(
@@ -430,7 +465,7 @@ impl RegistryClient {
         repository: &str,
         digest: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Answer {
         match self
             .ask(
@@ -462,7 +497,7 @@ impl RegistryClient {
         repository: &str,
         digest: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<Manifest, Answer> {
         let (answer, final_) = self
             .ask(
@@ -509,7 +544,7 @@ impl RegistryClient {
         object: Object,
         reference: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
         want_body: bool,
     ) -> Result<(Answer, Final), Answer> {
         let state = self.state(endpoint.host);
@@ -637,19 +672,21 @@ impl RegistryClient {
         state: &HostState,
         request: reqwest::RequestBuilder,
         metric_host: &str,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<reqwest::Response, Failure> {
         if let Some(remaining) = lock(&state.pause).remaining(Instant::now()) {
             return Err(Failure::Outcome(Self::paused_outcome(remaining)));
         }
         if let Some(limiter) = &state.limiter {
+            let waiting = Instant::now();
             limiter.until_ready().await;
+            deadline.excuse(waiting.elapsed());
             // The pause may have begun while this request waited for its turn.
             if let Some(remaining) = lock(&state.pause).remaining(Instant::now()) {
                 return Err(Failure::Outcome(Self::paused_outcome(remaining)));
             }
         }
-        match tokio::time::timeout_at(deadline.into(), request.send()).await {
+        match tokio::time::timeout_at(deadline.at().into(), request.send()).await {
             Err(_) => {
                 self.observer.request(metric_host, None);
                 Err(Failure::NoAnswer(
@@ -689,7 +726,7 @@ impl RegistryClient {
         object: Object,
         reference: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
         want_body: bool,
     ) -> Result<Final, Failure> {
         let mut url = format!(
@@ -862,7 +899,7 @@ impl RegistryClient {
         service: Option<&str>,
         scope: &str,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<String, Failure> {
         let key = TokenKey {
             realm: realm.to_string(),
@@ -1031,7 +1068,7 @@ impl Final {
 async fn read_capped(
     mut response: reqwest::Response,
     cap: usize,
-    deadline: Instant,
+    deadline: &Deadline,
 ) -> Result<(Bytes, bool), String> {
     if response.content_length().is_some_and(|n| n > cap as u64) {
         return Ok((Bytes::new(), true));
@@ -1046,7 +1083,7 @@ async fn read_capped(
         }
         Ok((Bytes::from(body), false))
     };
-    match tokio::time::timeout_at(deadline.into(), read).await {
+    match tokio::time::timeout_at(deadline.at().into(), read).await {
         Ok(result) => result,
         Err(_) => Err("timed out (the check's deadline passed)".to_string()),
     }

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 use pullwatch::registry::{
-    ClientConfig, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
+    ClientConfig, Deadline, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
 };
 use pullwatch::{ImageReference, RegistryCredential};
 
@@ -197,16 +197,16 @@ impl Inner {
             return CheckOutcome::new(CheckStatus::UnknownError, "checker is shutting down");
         };
         // One deadline for everything this check sends.
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = Deadline::after(self.request_timeout);
 
         if key.credentials.is_empty() {
-            return self.check_one(reference, None, deadline).await;
+            return self.check_one(reference, None, &deadline).await;
         }
         // As the kubelet: each matching credential in turn until one works.
         let mut failures: Vec<(String, CheckOutcome)> = Vec::new();
         for sourced in key.credentials.iter() {
             let outcome = self
-                .check_one(reference, Some(&sourced.credential), deadline)
+                .check_one(reference, Some(&sourced.credential), &deadline)
                 .await;
             if outcome.is_available() {
                 return outcome;
@@ -226,7 +226,7 @@ impl Inner {
         &self,
         reference: &ImageReference,
         credential: Option<&RegistryCredential>,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> CheckOutcome {
         let endpoint = Endpoint {
             accept: MANIFEST_ACCEPT,
