@@ -4,6 +4,7 @@
 //! processes killed on drop.
 
 mod apiserver;
+mod bearer;
 mod ca;
 mod canary;
 mod containerd;
@@ -22,6 +23,7 @@ pub use apiserver::{
     service_account, statefulset, suspended, with_annotations, with_init_images, with_labels,
     with_owner, with_pull_secrets, with_replicas, with_service_account,
 };
+pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, assert_no_canary, assert_no_canary_in_file, assert_no_canary_in_process_logs,
