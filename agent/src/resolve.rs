@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use pullwatch::registry::classify::Hints;
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, NoObserver, Object, RegistryClient, Scheme,
 };
@@ -583,7 +584,10 @@ impl Resolver {
             registry: RegistryClient::new(
                 ClientConfig {
                     requests_per_second: None,
-                    tls_hint: "a private CA? set `ca` in the registry's hosts.toml under --containerd-hosts-dir".to_string(),
+                    hints: Hints {
+                        tls: "a private CA? set `ca` in the registry's hosts.toml under --containerd-hosts-dir".to_string(),
+                        plain_http: "plain HTTP there? containerd needs `server = \"http://...\"` in the registry's hosts.toml".to_string(),
+                    },
                 },
                 Arc::new(NoObserver),
             ),

@@ -100,6 +100,9 @@ async fn the_binary_classifies_every_registry_behaviour() {
             if b.name == "bad-certificate" {
                 assert!(reason.contains("--capath"), "{reason}");
             }
+            if b.name == "plain-port" {
+                assert!(reason.contains("--allow-plain-http"), "{reason}");
+            }
         }
     }
 }

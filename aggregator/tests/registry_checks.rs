@@ -1003,7 +1003,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     let client = RegistryClient::new(
         ClientConfig {
             requests_per_second: None,
-            tls_hint: String::new(),
+            hints: Default::default(),
         },
         Arc::new(NoObserver),
     );
@@ -1068,7 +1068,7 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
     let client = RegistryClient::new(
         ClientConfig {
             requests_per_second: None,
-            tls_hint: String::new(),
+            hints: Default::default(),
         },
         Arc::new(NoObserver),
     );

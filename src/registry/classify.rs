@@ -186,13 +186,21 @@ pub fn transport_failure(error: &reqwest::Error) -> TransportFailure {
     }
 }
 
+/// What to tell the operator after a transport failure, in the words of the binary
+/// that failed (its flags or configuration files).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// After a TLS failure: where a private CA is configured.
+    pub tls: String,
+    /// After non-TLS bytes to a TLS handshake: how to allow plain HTTP.
+    pub plain_http: String,
+}
+
 /// The status for a request to `origin` (`scheme://host`) that got no HTTP answer.
-/// `tls_hint` says where a private CA is configured (e.g. `add the registry's CA with
-/// --capath`).
 pub fn classify_transport_error(
     error: &reqwest::Error,
     origin: &str,
-    tls_hint: &str,
+    hints: &Hints,
 ) -> CheckOutcome {
     if error.is_builder() {
         return CheckOutcome::new(
@@ -212,14 +220,15 @@ pub fn classify_transport_error(
         TransportFailure::Refused => outcome("refused the connection"),
         TransportFailure::NotTls => {
             let mut o = outcome("does not speak TLS");
-            o.reason
-                .push_str(" (plain HTTP there? see --allow-plain-http)");
+            if !hints.plain_http.is_empty() {
+                o.reason.push_str(&format!(" ({})", hints.plain_http));
+            }
             o
         }
         TransportFailure::Tls => {
             let mut o = outcome("TLS failed");
-            if !tls_hint.is_empty() {
-                o.reason.push_str(&format!(" ({tls_hint})"));
+            if !hints.tls.is_empty() {
+                o.reason.push_str(&format!(" ({})", hints.tls));
             }
             o
         }

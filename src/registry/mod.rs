@@ -110,8 +110,8 @@ impl RegistryObserver for NoObserver {}
 pub struct ClientConfig {
     /// Requests per second to one host (None: unbounded).
     pub requests_per_second: Option<NonZeroU32>,
-    /// Said after a TLS failure: where a private CA is configured.
-    pub tls_hint: String,
+    /// What to tell the operator after a TLS failure or a plain-HTTP port.
+    pub hints: classify::Hints,
 }
 
 /// How to reach a host.
@@ -702,7 +702,7 @@ impl RegistryClient {
                 let kind = classify::transport_failure(&error);
                 Err(Failure::NoAnswer(
                     kind,
-                    classify::classify_transport_error(&error, metric_host, &self.config.tls_hint),
+                    classify::classify_transport_error(&error, metric_host, &self.config.hints),
                 ))
             }
             Ok(Ok(response)) => {

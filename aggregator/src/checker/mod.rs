@@ -16,6 +16,7 @@ use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
+use pullwatch::registry::classify::Hints;
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
 };
@@ -102,10 +103,17 @@ impl Checker {
         let client = RegistryClient::new(
             ClientConfig {
                 requests_per_second: Some(config.registry_limits.requests_per_second),
-                tls_hint: if config.ca_paths.is_empty() {
-                    "a private CA? add it with --capath".to_string()
-                } else {
-                    "is the registry's CA among --capath?".to_string()
+                hints: Hints {
+                    tls: if config.ca_paths.is_empty() {
+                        "a private CA? add it with --capath".to_string()
+                    } else {
+                        "is the registry's CA among --capath?".to_string()
+                    },
+                    plain_http: if config.allow_plain_http {
+                        String::new()
+                    } else {
+                        "plain HTTP there? see --allow-plain-http".to_string()
+                    },
                 },
             },
             Arc::new(MetricsObserver(metrics.clone())),
