@@ -250,6 +250,7 @@ enum Authorization {
 }
 
 /// The final HTTP answer of a conversation about one object.
+#[derive(Clone)]
 struct Final {
     status: StatusCode,
     headers: HeaderMap,
@@ -513,7 +514,7 @@ impl RegistryClient {
         if !answer.outcome.is_available() {
             return Err(answer);
         }
-        let answer = self.digest_of_body(answer, final_.clone_meta());
+        let answer = self.digest_of_body(answer, final_.clone());
         if !answer.outcome.is_available() {
             return Err(answer);
         }
@@ -929,7 +930,7 @@ impl RegistryClient {
         let identity = credential.and_then(|c| {
             c.identity_token
                 .as_deref()
-                .filter(|_| has_password(credential).is_none() || c.password.is_empty())
+                .filter(|_| c.username.is_empty() || c.password.is_empty())
         });
         let request = if let Some(refresh_token) = identity {
             let mut form = vec![
@@ -1050,17 +1051,6 @@ impl RegistryClient {
     /// Tokens held now (expired ones are evicted as new ones arrive).
     pub fn cached_tokens(&self) -> usize {
         lock(&self.tokens).len()
-    }
-}
-
-impl Final {
-    fn clone_meta(&self) -> Final {
-        Final {
-            status: self.status,
-            headers: self.headers.clone(),
-            body: self.body.clone(),
-            truncated: self.truncated,
-        }
     }
 }
 
