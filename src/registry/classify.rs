@@ -128,10 +128,17 @@ pub enum TransportFailure {
 
 impl TransportFailure {
     /// Whether plain HTTP may be tried instead (with `--allow-plain-http`): only when
-    /// the port clearly does not speak TLS. Never after a certificate error or a
-    /// timeout, which would downgrade a TLS registry to clear text.
+    /// the port does not speak TLS (refused, or answered in plain HTTP), or when no
+    /// connection could be made at all because the name does not resolve here (an
+    /// `HTTP_PROXY` may still reach the plain-HTTP endpoint; nothing TLS was seen, so
+    /// nothing is downgraded: whoever controls the name could answer in plain HTTP
+    /// anyway). Never after a certificate error or a timeout, which would downgrade a
+    /// TLS registry to clear text.
     pub fn plain_http_may_answer(self) -> bool {
-        matches!(self, TransportFailure::Refused | TransportFailure::NotTls)
+        matches!(
+            self,
+            TransportFailure::Refused | TransportFailure::NotTls | TransportFailure::Dns
+        )
     }
 }
 
@@ -400,7 +407,8 @@ mod tests {
         use TransportFailure::*;
         assert!(Refused.plain_http_may_answer());
         assert!(NotTls.plain_http_may_answer());
-        for f in [Timeout, Tls, Dns, Other] {
+        assert!(Dns.plain_http_may_answer());
+        for f in [Timeout, Tls, Other] {
             assert!(!f.plain_http_may_answer(), "{f:?}");
         }
     }
