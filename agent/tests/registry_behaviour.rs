@@ -27,7 +27,7 @@ async fn resolve(home: &std::path::Path, image: &str, extra: &[&str]) -> Output 
             "--containerd-config",
             home.join("no-config.toml").to_str().unwrap(),
             "--request-timeout",
-            "10s",
+            "2s",
         ])
         .args(extra)
         .env_clear()

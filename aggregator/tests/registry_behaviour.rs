@@ -2,7 +2,7 @@
 //! `pullwatch-agent check --mode resolve` must classify the same way (the agent's
 //! tests/registry_behaviour.rs runs the same table): token endpoints answering
 //! 401/403/429/503, a port speaking plain HTTP where HTTPS is expected, a certificate
-//! no CA signed; and a burst of 429s.
+//! no CA signed, a token endpoint that never answers; and a burst of 429s.
 
 use std::process::{Command, Output, Stdio};
 
@@ -57,7 +57,7 @@ async fn the_binary_classifies_every_registry_behaviour() {
             "-o",
             "json",
             "--registry-timeout",
-            "10s",
+            "2s",
         ];
         if !https {
             args.push("--allow-plain-http");

@@ -66,6 +66,38 @@ async fn token_behaviour(
     })
 }
 
+/// A TCP server that accepts connections and never says a word. Stops on drop.
+pub struct SilentServer {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    /// Binds a free loopback port. Must be called inside a tokio runtime.
+    pub async fn start() -> Result<SilentServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Ok(SilentServer { addr, task })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Starts every behaviour (stub servers and a TLS registry) on loopback.
 pub async fn registry_behaviours() -> Result<Vec<Behaviour>> {
     let mut all = vec![
@@ -106,6 +138,28 @@ pub async fn registry_behaviours() -> Result<Vec<Behaviour>> {
         )
         .await?,
     ];
+
+    // A token endpoint that accepts the connection and never answers: the check's one
+    // deadline ends it (run the binaries with a short registry timeout).
+    let silent = SilentServer::start().await?;
+    let realm = format!("http://{}/token", silent.host());
+    let registry = StubServer::start(move |_, _| {
+        StubResponse::new(401).with_header(
+            "WWW-Authenticate",
+            &format!(r#"Bearer realm="{realm}",service="stub-registry""#),
+        )
+    })
+    .await?;
+    let host = registry.host();
+    all.push(Behaviour {
+        name: "token-silent",
+        image: format!("{host}/team/app:v1"),
+        host,
+        https: false,
+        expected: "registry_unavailable",
+        reason_has: vec!["token endpoint", "timed out"],
+        _servers: vec![Box::new(registry), Box::new(silent)],
+    });
 
     // A port that speaks plain HTTP where HTTPS is configured: no downgrade.
     let plain = StubServer::start(|_, _| StubResponse::new(200)).await?;

@@ -25,7 +25,9 @@ pub use apiserver::{
     with_owner, with_pull_secrets, with_replicas, with_service_account,
 };
 pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
-pub use behaviours::{BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, registry_behaviours};
+pub use behaviours::{
+    BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, SilentServer, registry_behaviours,
+};
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, assert_no_canary, assert_no_canary_in_file, assert_no_canary_in_process_logs,
