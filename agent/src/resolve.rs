@@ -32,7 +32,7 @@ use std::time::Duration;
 use base64::Engine;
 use pullwatch::registry::classify::Hints;
 use pullwatch::registry::{
-    ClientConfig, Deadline, Endpoint, NoObserver, Object, RegistryClient, Scheme,
+    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme,
 };
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
 use serde::Deserialize;
@@ -745,6 +745,68 @@ impl Resolver {
             outcome,
             served_by: None,
         }
+    }
+
+    /// Fetches the manifest or index `digest` of `image`'s repository along the same
+    /// route (hosts able to pull, in order; the first that has it wins), capped at 4 MiB
+    /// and verified against the digest. Err: the first failure, else `absent`.
+    pub async fn fetch_manifest(
+        &self,
+        image: &ImageReference,
+        digest: &str,
+        credential: Option<&RegistryCredential>,
+    ) -> Result<Manifest, CheckOutcome> {
+        let deadline = Deadline::after(self.config.request_timeout);
+        let registry = image.registry();
+        let hosts =
+            registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()).map_err(|e| {
+                CheckOutcome::new(
+                    CheckStatus::UnknownError,
+                    format!("reading the registry route: {e}"),
+                )
+            })?;
+        let mut first_failure: Option<CheckOutcome> = None;
+        for host in hosts.iter().filter(|h| h.capabilities.pull) {
+            let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
+            let client = match self.client(host) {
+                Ok(client) => client,
+                Err(reason) => {
+                    first_failure
+                        .get_or_insert(CheckOutcome::new(CheckStatus::UnknownError, reason));
+                    continue;
+                }
+            };
+            let endpoint = Endpoint {
+                http: &client,
+                scheme: if host.scheme == "http" {
+                    Scheme::Http
+                } else {
+                    Scheme::Https
+                },
+                host: &host.host,
+                api_root: &host.path,
+                namespace: (host.host != registry).then_some(registry),
+                headers: &host.headers,
+                accept: RESOLVE_ACCEPT,
+            };
+            match self
+                .registry
+                .fetch_manifest(&endpoint, image.repository(), digest, credential, &deadline)
+                .await
+            {
+                Ok(manifest) => return Ok(manifest),
+                Err(answer) if answer.http_status == Some(404) => {}
+                Err(answer) => {
+                    first_failure.get_or_insert(answer.outcome);
+                }
+            }
+        }
+        Err(first_failure.unwrap_or_else(|| {
+            CheckOutcome::new(
+                CheckStatus::Absent,
+                format!("{}@{digest}: not found on any host", image.name()),
+            )
+        }))
     }
 
     /// The HTTP client for a host's TLS settings (CA, client certificate, skip_verify).

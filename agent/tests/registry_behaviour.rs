@@ -167,3 +167,43 @@ async fn a_paused_registry_is_not_asked_again_by_the_resolver() {
         "the paused registry was contacted"
     );
 }
+
+#[tokio::test]
+async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
+    use pullwatch::ImageReference;
+    use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_image};
+
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    let hosts = tempfile::tempdir().unwrap();
+    let resolver = Resolver::new(ResolverConfig {
+        hosts_dir: hosts.path().to_path_buf(),
+        runtime_auth: RuntimeAuth::default(),
+        request_timeout: Duration::from_secs(5),
+    });
+    let image = ImageReference::parse(&index.reference).unwrap();
+    let resolved = resolver.resolve(&image, None).await;
+    assert_eq!(
+        resolved.outcome.digest.as_deref(),
+        Some(index.digest.as_str())
+    );
+    assert_eq!(
+        resolved.outcome.media_type.as_deref(),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    let manifest = resolver
+        .fetch_manifest(&image, &index.digest, None)
+        .await
+        .unwrap();
+    assert_eq!(manifest.digest, index.digest);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    assert!(parsed["manifests"].is_array(), "{parsed}");
+    let missing = resolver
+        .fetch_manifest(&image, &format!("sha256:{}", "0".repeat(64)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.status.as_str(), "absent", "{}", missing.reason);
+}
