@@ -909,11 +909,15 @@ impl RegistryClient {
             credential: RegistryCredential::fingerprint(credential),
         };
         let now = Instant::now();
-        if let Some((token, _)) = lock(&self.tokens)
-            .get(&key)
-            .filter(|(_, expires)| *expires > now)
         {
-            return Ok(token.clone());
+            let mut tokens = lock(&self.tokens);
+            match tokens.get(&key) {
+                Some((token, expires)) if *expires > now => return Ok(token.clone()),
+                Some(_) => {
+                    tokens.remove(&key);
+                }
+                None => {}
+            }
         }
         let realm_host = reqwest::Url::parse(realm)
             .ok()
