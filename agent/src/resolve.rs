@@ -41,6 +41,8 @@ use tracing::{debug, warn};
 /// What containerd sends in `Accept` when it resolves a reference.
 pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 const USER_AGENT: &str = concat!("pullwatch-agent/", env!("CARGO_PKG_VERSION"));
+/// Index contents remembered, by digest.
+const INDEX_CACHE_ENTRIES: usize = 1024;
 
 /// Why the route for a registry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -588,6 +590,8 @@ impl Resolver {
                         tls: "a private CA? set `ca` in the registry's hosts.toml under --containerd-hosts-dir".to_string(),
                         plain_http: "plain HTTP there? containerd needs `server = \"http://...\"` in the registry's hosts.toml".to_string(),
                     },
+                    // An agent checks its own node's platform against every index.
+                    index_platforms: Some(INDEX_CACHE_ENTRIES),
                 },
                 Arc::new(NoObserver),
             ),

@@ -1004,6 +1004,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         ClientConfig {
             requests_per_second: None,
             hints: Default::default(),
+            index_platforms: None,
         },
         Arc::new(NoObserver),
     );
@@ -1069,6 +1070,7 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
         ClientConfig {
             requests_per_second: None,
             hints: Default::default(),
+            index_platforms: None,
         },
         Arc::new(NoObserver),
     );

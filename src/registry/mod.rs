@@ -34,6 +34,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
 
+use crate::platform::Platform;
 use crate::support::{error_chain, lock, sha256_digest};
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 use challenge::AuthScheme;
@@ -112,6 +113,9 @@ pub struct ClientConfig {
     pub requests_per_second: Option<NonZeroU32>,
     /// What to tell the operator after a TLS failure or a plain-HTTP port.
     pub hints: classify::Hints,
+    /// Read the platforms of an index a check answers (one `GET` by digest per new
+    /// index, cached by digest with this many entries); None: never fetch index bodies.
+    pub index_platforms: Option<usize>,
 }
 
 /// How to reach a host.
@@ -231,6 +235,8 @@ pub struct RegistryClient {
     observer: Arc<dyn RegistryObserver>,
     hosts: Mutex<HashMap<String, Arc<HostState>>>,
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// Platforms of the indexes seen, by digest (content-addressed: never stale).
+    indexes: Mutex<HashMap<String, Arc<[Platform]>>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -329,6 +335,7 @@ impl RegistryClient {
             observer,
             hosts: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -369,6 +376,11 @@ impl RegistryClient {
 
     /// Checks that the manifest `reference` (tag or digest) of `repository` can be
     /// pulled: `available` with its digest and media type, or why not.
+    ///
+    /// A digest reference resolves to itself. When the manifest is an index and
+    /// [`ClientConfig::index_platforms`] is set, `outcome.platforms` lists what its
+    /// entries offer (None when it could not be read: the check then says nothing
+    /// about platforms).
     pub async fn check_manifest(
         &self,
         endpoint: &Endpoint<'_>,
@@ -377,6 +389,92 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Answer {
+        let (mut answer, body) = self
+            .manifest_answer(endpoint, repository, reference, credential, deadline)
+            .await;
+        if !answer.outcome.is_available() {
+            return answer;
+        }
+        if reference.contains(':') {
+            answer.outcome.digest = Some(reference.to_string());
+        }
+        let is_index = answer
+            .outcome
+            .media_type
+            .as_deref()
+            .is_some_and(crate::platform::is_index);
+        if let (Some(capacity), true, Some(digest)) = (
+            self.config.index_platforms,
+            is_index,
+            answer.outcome.digest.clone(),
+        ) {
+            answer.outcome.platforms = self
+                .index_platforms(
+                    endpoint, repository, &digest, body, credential, deadline, capacity,
+                )
+                .await;
+        }
+        answer
+    }
+
+    /// The platforms index `digest` offers: cached, else parsed from `body` (when the
+    /// check already read it) or one `GET` by digest with the same authentication.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_platforms(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        digest: &str,
+        body: Option<Bytes>,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+        capacity: usize,
+    ) -> Option<Arc<[Platform]>> {
+        if let Some(known) = lock(&self.indexes).get(digest) {
+            return Some(known.clone());
+        }
+        let body = match body {
+            Some(body) => body,
+            None => match self
+                .fetch_manifest(endpoint, repository, digest, credential, deadline)
+                .await
+            {
+                Ok(manifest) => manifest.body,
+                Err(answer) => {
+                    debug!(host = endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
+                    return None;
+                }
+            },
+        };
+        match crate::platform::index_platforms(&body) {
+            Ok(platforms) => {
+                let platforms: Arc<[Platform]> = platforms.into();
+                let mut indexes = lock(&self.indexes);
+                if indexes.len() >= capacity.max(1)
+                    && let Some(evicted) = indexes.keys().next().cloned()
+                {
+                    indexes.remove(&evicted);
+                }
+                indexes.insert(digest.to_string(), platforms.clone());
+                Some(platforms)
+            }
+            Err(error) => {
+                debug!(host = endpoint.host, %digest, %error, "index not parsed; platforms not checked");
+                None
+            }
+        }
+    }
+
+    /// The classified answer for a manifest, with its digest and media type, and its
+    /// body when one was read.
+    async fn manifest_answer(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> (Answer, Option<Bytes>) {
         let answer = self
             .ask(
                 endpoint,
@@ -390,10 +488,10 @@ impl RegistryClient {
             .await;
         let (answer, final_) = match answer {
             Ok(pair) => pair,
-            Err(answer) => return answer,
+            Err(answer) => return (answer, None),
         };
         if !answer.outcome.is_available() {
-            return answer;
+            return (answer, None);
         }
         let digest = final_
             .headers
@@ -402,12 +500,16 @@ impl RegistryClient {
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty());
         match digest {
-            Some(digest) => Answer {
-                outcome: CheckOutcome::available_at(Some(digest), media_type(&final_.headers)),
-                ..answer
-            },
+            Some(digest) => (
+                Answer {
+                    outcome: CheckOutcome::available_at(Some(digest), media_type(&final_.headers)),
+                    ..answer
+                },
+                (!final_.body.is_empty()).then(|| final_.body.clone()),
+            ),
             None if !final_.body.is_empty() || final_.truncated => {
-                self.digest_of_body(answer, final_)
+                let body = final_.body.clone();
+                (self.digest_of_body(answer, final_), Some(body))
             }
             None => {
                 // A HEAD answered without Docker-Content-Digest: the body tells.
@@ -428,10 +530,11 @@ impl RegistryClient {
                     .await
                 {
                     Ok((answer, final_)) if answer.outcome.is_available() => {
-                        self.digest_of_body(answer, final_)
+                        let body = final_.body.clone();
+                        (self.digest_of_body(answer, final_), Some(body))
                     }
-                    Ok((answer, _)) => answer,
-                    Err(answer) => answer,
+                    Ok((answer, _)) => (answer, None),
+                    Err(answer) => (answer, None),
                 }
             }
         }

@@ -77,6 +77,9 @@ pub enum CheckerError {
     Client(String),
 }
 
+/// Index contents remembered, by digest (content-addressed: never stale).
+const INDEX_CACHE_ENTRIES: usize = 4096;
+
 type SharedCheck = Shared<BoxFuture<'static, CheckOutcome>>;
 
 /// The checker. Cheap to share (`Arc`); all state is internal.
@@ -115,6 +118,7 @@ impl Checker {
                         "plain HTTP there? see --allow-plain-http".to_string()
                     },
                 },
+                index_platforms: config.index_platforms.then_some(INDEX_CACHE_ENTRIES),
             },
             Arc::new(MetricsObserver(metrics.clone())),
         );
