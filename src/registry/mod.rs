@@ -364,7 +364,7 @@ impl RegistryClient {
     }
 
     /// The `rate_limited` outcome for a request not sent because `host` is paused.
-    fn paused_outcome(remaining: Duration) -> CheckOutcome {
+    pub fn paused_outcome(remaining: Duration) -> CheckOutcome {
         CheckOutcome::new(
             CheckStatus::RateLimited,
             format!(

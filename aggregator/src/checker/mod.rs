@@ -198,7 +198,7 @@ impl Inner {
         // before every request, so checks already queued behind the semaphores when a
         // 429 arrives do not reach the registry either.
         if let Some(paused) = self.client.paused_for(host) {
-            return paused_outcome(paused);
+            return RegistryClient::paused_outcome(paused);
         }
         let registry = self.registries.get(host);
         // Both semaphores live as long as the checker and are never closed.
@@ -263,16 +263,6 @@ impl Inner {
         }
         outcome
     }
-}
-
-fn paused_outcome(paused: Duration) -> CheckOutcome {
-    CheckOutcome::new(
-        CheckStatus::RateLimited,
-        format!(
-            "registry answered 429 earlier; paused for another {}s",
-            paused.as_secs().max(1)
-        ),
-    )
 }
 
 /// Feeds the client's request events into the aggregator's metrics.
