@@ -9,6 +9,7 @@ pub mod glob;
 pub mod platform;
 pub mod redact;
 pub mod reference;
+pub mod registry;
 pub mod status;
 pub mod support;
 

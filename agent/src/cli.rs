@@ -180,7 +180,8 @@ pub struct NodeArgs {
     /// Deadline of a CRI PullImage call.
     #[arg(long, env = "PULLWATCH_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub pull_timeout: Duration,
-    /// Deadline of the other CRI calls and of each registry request in resolve mode.
+    /// Deadline of the other CRI calls, and of one resolve in resolve mode (every
+    /// request to every host of the route).
     #[arg(long, env = "PULLWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 }

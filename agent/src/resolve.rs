@@ -27,24 +27,22 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
+use pullwatch::registry::classify::Hints;
+use pullwatch::registry::{
+    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme,
+};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
 /// What containerd sends in `Accept` when it resolves a reference.
 pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 const USER_AGENT: &str = concat!("pullwatch-agent/", env!("CARGO_PKG_VERSION"));
-/// How many responses one request may go through (challenges, HEAD->GET), as containerd.
-const MAX_RESPONSES: usize = 5;
-/// Indexes bigger than this are not read (containerd's limit for manifests).
-const MAX_INDEX_BYTES: usize = 4 * 1024 * 1024;
 /// Index contents remembered, by digest.
 const INDEX_CACHE_ENTRIES: usize = 1024;
-/// Bearer tokens without `expires_in` live 60 s (the distribution token spec's default).
-const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// Why the route for a registry could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -544,24 +542,20 @@ pub struct ResolverConfig {
     pub hosts_dir: PathBuf,
     /// containerd's own `registry.configs` credentials.
     pub runtime_auth: RuntimeAuth,
-    /// Per HTTP request.
+    /// Deadline of one resolve: every request to every host of the route.
     pub request_timeout: Duration,
 }
 
 /// Resolves manifests along containerd's route. Shareable; keeps HTTP clients (per TLS
-/// settings) and bearer tokens between checks.
+/// settings) and the shared registry client (tokens, learned challenges, 429 pauses)
+/// between checks.
 pub struct Resolver {
     config: ResolverConfig,
     /// The node's containerd's hosts.toml rules, once its version is known.
     dialect: Mutex<HostsDialect>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
-    tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
-    /// Platforms of the indexes seen, by digest (content-addressed: never stale).
-    indexes: Mutex<HashMap<String, Arc<[Platform]>>>,
+    registry: RegistryClient,
 }
-
-/// (registry host, repository, credential fingerprint).
-type TokenKey = (String, String, u64);
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -571,27 +565,10 @@ impl std::fmt::Debug for Resolver {
     }
 }
 
-/// What one host answered to a manifest request.
-struct Answer {
-    status: u16,
-    /// `Docker-Content-Digest` (or the sha256 of a GET body without it).
-    digest: Option<String>,
-    media_type: Option<String>,
-    /// An index's platforms, when the answer was one and it could be read.
-    platforms: Option<Arc<[Platform]>>,
-}
-
-/// One host's answer that was not a success.
-#[derive(Clone, Debug)]
-enum HostFailure {
-    Status { host: String, status: u16 },
-    Transport { host: String, error: String },
-    Config(String),
-}
-
 /// Outcome of a resolve plus the host that answered.
 #[derive(Clone, Debug)]
 pub struct Resolved {
+    /// The status; when available, with the digest and media type the host answered.
     pub outcome: CheckOutcome,
     /// `scheme://host` of the host that had the manifest (None unless available).
     pub served_by: Option<String>,
@@ -606,8 +583,18 @@ impl Resolver {
             config,
             dialect: Mutex::new(HostsDialect::default()),
             clients: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
-            indexes: Mutex::new(HashMap::new()),
+            registry: RegistryClient::new(
+                ClientConfig {
+                    requests_per_second: None,
+                    hints: Hints {
+                        tls: "a private CA? set `ca` in the registry's hosts.toml under --containerd-hosts-dir".to_string(),
+                        plain_http: "plain HTTP there? containerd needs `server = \"http://...\"` in the registry's hosts.toml".to_string(),
+                    },
+                    // An agent checks its own node's platform against every index.
+                    index_platforms: Some(INDEX_CACHE_ENTRIES),
+                },
+                Arc::new(NoObserver),
+            ),
         }
     }
 
@@ -626,6 +613,12 @@ impl Resolver {
         *lock(&self.dialect)
     }
 
+    /// The shared registry client this resolver asks through (for fetching manifests
+    /// by digest with the same authentication and limits).
+    pub fn registry_client(&self) -> &RegistryClient {
+        &self.registry
+    }
+
     /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
     /// own per-host credentials, or anonymous).
     pub async fn resolve(
@@ -633,6 +626,7 @@ impl Resolver {
         image: &ImageReference,
         credential: Option<&RegistryCredential>,
     ) -> Resolved {
+        let deadline = Deadline::after(self.config.request_timeout);
         let registry = image.registry();
         let hosts = match registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()) {
             Ok(hosts) => hosts,
@@ -660,51 +654,83 @@ impl Resolver {
                 served_by: None,
             };
         }
-        let mut paths = vec![("manifests", image.manifest_reference().to_string())];
+        let mut paths = vec![(Object::Manifest, image.manifest_reference().to_string())];
         if let Some(d) = digest {
-            paths.push(("blobs", d.to_string()));
+            paths.push((Object::Blob, d.to_string()));
         }
-        let mut first_failure: Option<HostFailure> = None;
+        let mut first_failure: Option<CheckOutcome> = None;
         let mut tried = Vec::new();
-        for (kind, reference) in &paths {
+        for (object, reference) in &paths {
             for host in &hosts {
                 let mirror = host.host != registry;
                 let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
-                match self
-                    .head(
-                        host,
-                        image.repository(),
-                        kind,
-                        reference,
-                        mirror.then_some(registry),
-                        credential,
-                    )
-                    .await
-                {
-                    Ok(answer) if (200..300).contains(&answer.status) => {
-                        // A digest reference resolves to itself, whatever path answered.
-                        let digest = match digest {
-                            Some(d) => Some(d.to_string()),
-                            None => answer.digest,
-                        };
-                        let mut outcome = CheckOutcome::available_at(digest, answer.media_type);
-                        outcome.platforms = answer.platforms;
-                        return Resolved {
-                            outcome,
-                            served_by: Some(host.url()),
-                        };
+                let client = match self.client(host) {
+                    Ok(client) => client,
+                    Err(reason) => {
+                        tried.push(format!("{} (configuration)", host.url()));
+                        first_failure
+                            .get_or_insert(CheckOutcome::new(CheckStatus::UnknownError, reason));
+                        continue;
                     }
-                    Ok(Answer { status: 404, .. }) => tried.push(format!("{} (404)", host.url())),
-                    Ok(Answer { status, .. }) => {
-                        tried.push(format!("{} ({status})", host.url()));
-                        first_failure.get_or_insert(HostFailure::Status {
-                            host: host.url(),
-                            status,
-                        });
+                };
+                let endpoint = Endpoint {
+                    http: &client,
+                    scheme: if host.scheme == "http" {
+                        Scheme::Http
+                    } else {
+                        Scheme::Https
+                    },
+                    host: &host.host,
+                    api_root: &host.path,
+                    namespace: mirror.then_some(registry),
+                    headers: &host.headers,
+                    accept: RESOLVE_ACCEPT,
+                };
+                let answer = match object {
+                    Object::Manifest => {
+                        self.registry
+                            .check_manifest(
+                                &endpoint,
+                                image.repository(),
+                                reference,
+                                credential,
+                                &deadline,
+                            )
+                            .await
                     }
-                    Err(failure) => {
+                    Object::Blob => {
+                        self.registry
+                            .check_blob(
+                                &endpoint,
+                                image.repository(),
+                                reference,
+                                credential,
+                                &deadline,
+                            )
+                            .await
+                    }
+                };
+                debug!(host = %host.url(), status = %answer.outcome.status, http = ?answer.http_status, "resolve answer");
+                if answer.outcome.is_available() {
+                    let mut outcome = answer.outcome;
+                    // A digest reference resolves to itself, whatever path answered.
+                    if let Some(d) = digest {
+                        outcome.digest = Some(d.to_string());
+                    }
+                    return Resolved {
+                        outcome,
+                        served_by: Some(host.url()),
+                    };
+                }
+                match answer.http_status {
+                    Some(404) => tried.push(format!("{} (404)", host.url())),
+                    Some(code) => {
+                        tried.push(format!("{} ({code})", host.url()));
+                        first_failure.get_or_insert(answer.outcome);
+                    }
+                    None => {
                         tried.push(format!("{} (no answer)", host.url()));
-                        first_failure.get_or_insert(failure);
+                        first_failure.get_or_insert(answer.outcome);
                     }
                 }
             }
@@ -714,30 +740,10 @@ impl Resolver {
                 CheckStatus::Absent,
                 format!("{image}: not found (tried {})", tried.join(", ")),
             ),
-            Some(HostFailure::Config(reason)) => {
-                CheckOutcome::new(CheckStatus::UnknownError, reason)
-            }
-            Some(HostFailure::Transport { host, error }) => CheckOutcome::new(
-                CheckStatus::RegistryUnavailable,
-                format!("{host}: {error} (tried {})", tried.join(", ")),
+            Some(failure) => CheckOutcome::new(
+                failure.status,
+                format!("{} (tried {})", failure.reason, tried.join(", ")),
             ),
-            Some(HostFailure::Status { host, status }) => {
-                let class = match status {
-                    401 => CheckStatus::AuthenticationFailure,
-                    403 => CheckStatus::AuthorizationFailure,
-                    429 => CheckStatus::RateLimited,
-                    500..=599 => CheckStatus::RegistryUnavailable,
-                    _ => CheckStatus::UnknownError,
-                };
-                let text = http::StatusCode::from_u16(status)
-                    .ok()
-                    .and_then(|s| s.canonical_reason())
-                    .unwrap_or("");
-                CheckOutcome::new(
-                    class,
-                    format!("{host}: {status} {text} (tried {})", tried.join(", ")),
-                )
-            }
         };
         Resolved {
             outcome,
@@ -745,24 +751,87 @@ impl Resolver {
         }
     }
 
-    fn client(&self, host: &RegistryHost) -> Result<reqwest::Client, HostFailure> {
+    /// Fetches the manifest or index `digest` of `image`'s repository along the same
+    /// route (hosts able to pull, in order; the first that has it wins), capped at 4 MiB
+    /// and verified against the digest. Err: the first failure, else `absent`.
+    pub async fn fetch_manifest(
+        &self,
+        image: &ImageReference,
+        digest: &str,
+        credential: Option<&RegistryCredential>,
+    ) -> Result<Manifest, CheckOutcome> {
+        let deadline = Deadline::after(self.config.request_timeout);
+        let registry = image.registry();
+        let hosts =
+            registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()).map_err(|e| {
+                CheckOutcome::new(
+                    CheckStatus::UnknownError,
+                    format!("reading the registry route: {e}"),
+                )
+            })?;
+        let mut first_failure: Option<CheckOutcome> = None;
+        for host in hosts.iter().filter(|h| h.capabilities.pull) {
+            let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
+            let client = match self.client(host) {
+                Ok(client) => client,
+                Err(reason) => {
+                    first_failure
+                        .get_or_insert(CheckOutcome::new(CheckStatus::UnknownError, reason));
+                    continue;
+                }
+            };
+            let endpoint = Endpoint {
+                http: &client,
+                scheme: if host.scheme == "http" {
+                    Scheme::Http
+                } else {
+                    Scheme::Https
+                },
+                host: &host.host,
+                api_root: &host.path,
+                namespace: (host.host != registry).then_some(registry),
+                headers: &host.headers,
+                accept: RESOLVE_ACCEPT,
+            };
+            match self
+                .registry
+                .fetch_manifest(&endpoint, image.repository(), digest, credential, &deadline)
+                .await
+            {
+                Ok(manifest) => return Ok(manifest),
+                Err(answer) if answer.http_status == Some(404) => {}
+                Err(answer) => {
+                    first_failure.get_or_insert(answer.outcome);
+                }
+            }
+        }
+        Err(first_failure.unwrap_or_else(|| {
+            CheckOutcome::new(
+                CheckStatus::Absent,
+                format!("{}@{digest}: not found on any host", image.name()),
+            )
+        }))
+    }
+
+    /// The HTTP client for a host's TLS settings (CA, client certificate, skip_verify).
+    /// Err: why the settings cannot be used.
+    fn client(&self, host: &RegistryHost) -> Result<reqwest::Client, String> {
         let mut material = Vec::new();
         for ca in &host.ca {
-            let pem = std::fs::read(ca).map_err(|e| {
-                HostFailure::Config(format!("unable to read CA cert {}: {e}", ca.display()))
-            })?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("unable to read CA cert {}: {e}", ca.display()))?;
             material.push(pem);
         }
         let mut identities = Vec::new();
         for (cert, key) in &host.client {
-            let mut pem = std::fs::read(cert).map_err(|e| {
-                HostFailure::Config(format!("unable to read CERT file {}: {e}", cert.display()))
-            })?;
+            let mut pem = std::fs::read(cert)
+                .map_err(|e| format!("unable to read CERT file {}: {e}", cert.display()))?;
             if let Some(key) = key {
                 pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|e| {
-                    HostFailure::Config(format!("unable to read key file {}: {e}", key.display()))
-                })?);
+                pem.extend(
+                    std::fs::read(key)
+                        .map_err(|e| format!("unable to read key file {}: {e}", key.display()))?,
+                );
             }
             identities.push(pem);
         }
@@ -772,21 +841,16 @@ impl Resolver {
         if let Some(client) = lock(&self.clients).get(&key) {
             return Ok(client.clone());
         }
+        // No per-request timeout: the resolve's deadline bounds every request.
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .timeout(self.config.request_timeout)
-            .connect_timeout(self.config.request_timeout.min(Duration::from_secs(10)))
             .danger_accept_invalid_certs(host.skip_verify.unwrap_or(false));
         let mut certificates = Vec::new();
         for pem in &material {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                HostFailure::Config(format!("unable to load CA cert for {}: {e}", host.host))
-            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("unable to load CA cert for {}: {e}", host.host))?;
             if certs.is_empty() {
-                return Err(HostFailure::Config(format!(
-                    "no certificate in a CA file of {}",
-                    host.host
-                )));
+                return Err(format!("no certificate in a CA file of {}", host.host));
             }
             certificates.extend(certs);
         }
@@ -796,425 +860,19 @@ impl Resolver {
         // reqwest takes one client identity; containerd offers every pair it has and
         // the server picks. One pair is by far the common case.
         if let Some(pem) = identities.first() {
-            let identity = reqwest::Identity::from_pem(pem).map_err(|e| {
-                HostFailure::Config(format!(
-                    "failed to load X509 key pair for {}: {e}",
-                    host.host
-                ))
-            })?;
+            let identity = reqwest::Identity::from_pem(pem)
+                .map_err(|e| format!("failed to load X509 key pair for {}: {e}", host.host))?;
             builder = builder.identity(identity);
         }
-        let client = builder.build().map_err(|e| {
-            HostFailure::Config(format!(
-                "HTTP client for {}: {}",
-                host.host,
-                error_chain(&e)
-            ))
-        })?;
+        let client = builder
+            .build()
+            .map_err(|e| format!("HTTP client for {}: {}", host.host, error_chain(&e)))?;
         lock(&self.clients).insert(key, client.clone());
         Ok(client)
-    }
-
-    /// One `HEAD` (GET if the registry refuses HEAD on manifests) with containerd's
-    /// authorization dance. Ok when the host answered, with what it answered.
-    async fn head(
-        &self,
-        host: &RegistryHost,
-        repository: &str,
-        kind: &str,
-        reference: &str,
-        namespace: Option<&str>,
-        credential: Option<&RegistryCredential>,
-    ) -> Result<Answer, HostFailure> {
-        let client = self.client(host)?;
-        let mut url = format!(
-            "{}://{}{}/{repository}/{kind}/{reference}",
-            host.scheme, host.host, host.path
-        );
-        if let Some(ns) = namespace {
-            url.push_str("?ns=");
-            url.push_str(&form_encode(ns));
-        }
-        let token_key = (
-            host.host.clone(),
-            repository.to_string(),
-            RegistryCredential::fingerprint(credential),
-        );
-        let mut authorization: Option<String> = lock(&self.tokens)
-            .get(&token_key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(token, _)| format!("Bearer {token}"));
-        if authorization.is_none()
-            && let Some(token) = credential.and_then(|c| c.registry_token.as_deref())
-        {
-            authorization = Some(format!("Bearer {token}"));
-        }
-        let mut method = http::Method::HEAD;
-        let mut challenged = false;
-        for _ in 0..MAX_RESPONSES {
-            let mut request = client
-                .request(method.clone(), &url)
-                .header(http::header::ACCEPT, RESOLVE_ACCEPT);
-            for (name, value) in &host.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            if let Some(value) = &authorization {
-                request = request.header(http::header::AUTHORIZATION, value.as_str());
-            }
-            let response = request.send().await.map_err(|e| HostFailure::Transport {
-                host: host.url(),
-                error: error_chain(&e),
-            })?;
-            let status = response.status().as_u16();
-            debug!(url = %url, %method, status, "resolve request");
-            if status == 401 && !challenged {
-                challenged = true;
-                let challenge = response
-                    .headers()
-                    .get_all(http::header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(parse_challenge)
-                    .max_by_key(|c| matches!(c, Challenge::Bearer { .. }));
-                match challenge {
-                    Some(Challenge::Basic) => {
-                        if let Some(c) =
-                            credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
-                        {
-                            let pair = format!("{}:{}", c.username, c.password);
-                            authorization = Some(format!(
-                                "Basic {}",
-                                base64::engine::general_purpose::STANDARD.encode(pair)
-                            ));
-                            continue;
-                        }
-                    }
-                    Some(Challenge::Bearer {
-                        realm,
-                        service,
-                        scope,
-                    }) => {
-                        let scope =
-                            scope.unwrap_or_else(|| format!("repository:{repository}:pull"));
-                        let (token, ttl) = self
-                            .fetch_token(
-                                &client,
-                                host,
-                                &realm,
-                                service.as_deref(),
-                                &scope,
-                                credential,
-                            )
-                            .await?;
-                        lock(&self.tokens)
-                            .insert(token_key.clone(), (token.clone(), Instant::now() + ttl));
-                        authorization = Some(format!("Bearer {token}"));
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            if status == 405 && method == http::Method::HEAD && kind == "manifests" {
-                method = http::Method::GET;
-                continue;
-            }
-            if status == 401 {
-                lock(&self.tokens).remove(&token_key);
-            }
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let mut digest = header("docker-content-digest").filter(|d| d.contains(':'));
-            let media_type = header("content-type")
-                .map(|t| t.split(';').next().unwrap_or_default().trim().to_string());
-            if digest.is_none() && method == http::Method::GET && (200..300).contains(&status) {
-                // No Docker-Content-Digest: the digest is that of the manifest bytes.
-                let body = response.bytes().await.map_err(|e| HostFailure::Transport {
-                    host: host.url(),
-                    error: format!("manifest body: {}", error_chain(&e)),
-                })?;
-                digest = Some(pullwatch::support::sha256_digest(&body));
-            }
-            let mut platforms = None;
-            if let (true, "manifests", Some(d), Some(t)) =
-                ((200..300).contains(&status), kind, &digest, &media_type)
-                && pullwatch::platform::is_index(t)
-            {
-                let by_digest = url.replacen(
-                    &format!("/manifests/{reference}"),
-                    &format!("/manifests/{d}"),
-                    1,
-                );
-                platforms = self
-                    .index_platforms(&client, host, &by_digest, d, authorization.as_deref())
-                    .await;
-            }
-            return Ok(Answer {
-                status,
-                digest,
-                media_type,
-                platforms,
-            });
-        }
-        Ok(Answer {
-            status: 401,
-            digest: None,
-            media_type: None,
-            platforms: None,
-        })
-    }
-
-    /// The platforms index `digest` offers: cached (content-addressed), else one GET
-    /// of it with the authorization that just worked. None when it cannot be read: the
-    /// check then says nothing about platforms.
-    async fn index_platforms(
-        &self,
-        client: &reqwest::Client,
-        host: &RegistryHost,
-        url: &str,
-        digest: &str,
-        authorization: Option<&str>,
-    ) -> Option<Arc<[Platform]>> {
-        if let Some(known) = lock(&self.indexes).get(digest) {
-            return Some(known.clone());
-        }
-        let mut request = client.get(url).header(http::header::ACCEPT, RESOLVE_ACCEPT);
-        for (name, value) in &host.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        if let Some(value) = authorization {
-            request = request.header(http::header::AUTHORIZATION, value);
-        }
-        let body = match request.send().await {
-            Ok(mut response) if response.status().is_success() => {
-                let mut body = Vec::new();
-                loop {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_INDEX_BYTES => {
-                            body.extend_from_slice(&chunk)
-                        }
-                        Ok(Some(_)) => break None,
-                        Ok(None) => break Some(body),
-                        Err(_) => break None,
-                    }
-                }
-            }
-            _ => None,
-        };
-        let platforms: Arc<[Platform]> = match body
-            .map(|b| pullwatch::platform::index_platforms(&b))
-        {
-            Some(Ok(platforms)) => platforms.into(),
-            _ => {
-                debug!(host = %host.url(), %digest, "index not read; the node's platform not checked");
-                return None;
-            }
-        };
-        let mut indexes = lock(&self.indexes);
-        if indexes.len() >= INDEX_CACHE_ENTRIES
-            && let Some(evicted) = indexes.keys().next().cloned()
-        {
-            indexes.remove(&evicted);
-        }
-        indexes.insert(digest.to_string(), platforms.clone());
-        Some(platforms)
-    }
-
-    /// The distribution token dance: GET the realm with basic auth (or anonymously), or
-    /// the OAuth2 refresh-token grant for an identity token. A refusal there is the
-    /// registry's answer (401/403), reported as such.
-    async fn fetch_token(
-        &self,
-        client: &reqwest::Client,
-        host: &RegistryHost,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        credential: Option<&RegistryCredential>,
-    ) -> Result<(String, Duration), HostFailure> {
-        let transport = |e: reqwest::Error| HostFailure::Transport {
-            host: host.url(),
-            error: format!("token request: {}", error_chain(&e)),
-        };
-        let identity = credential.and_then(|c| {
-            c.identity_token
-                .as_deref()
-                .filter(|_| c.username.is_empty() || c.password.is_empty())
-        });
-        let response = if let Some(refresh_token) = identity {
-            let mut form = vec![
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-                ("client_id", "pullwatch-agent"),
-                ("scope", scope),
-            ];
-            if let Some(service) = service {
-                form.push(("service", service));
-            }
-            let body = form
-                .iter()
-                .map(|(k, v)| format!("{k}={}", form_encode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
-            client
-                .post(realm)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(body)
-                .send()
-                .await
-                .map_err(transport)?
-        } else {
-            let mut url = format!(
-                "{realm}{}scope={}",
-                if realm.contains('?') { '&' } else { '?' },
-                form_encode(scope)
-            );
-            if let Some(service) = service {
-                url.push_str(&format!("&service={}", form_encode(service)));
-            }
-            let mut request = client.get(url);
-            if let Some(c) = credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
-            {
-                request = request.basic_auth(&c.username, Some(&c.password));
-            }
-            request.send().await.map_err(transport)?
-        };
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(HostFailure::Status {
-                host: host.url(),
-                status: if status == 400 { 401 } else { status },
-            });
-        }
-        #[derive(Deserialize)]
-        struct TokenResponse {
-            #[serde(default)]
-            token: String,
-            #[serde(default)]
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let bytes = response.bytes().await.map_err(|e| HostFailure::Transport {
-            host: host.url(),
-            error: format!("token response: {}", error_chain(&e)),
-        })?;
-        // The body is a token: never quoted in an error.
-        let body: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|_| HostFailure::Transport {
-                host: host.url(),
-                error: "token response is not valid JSON".to_string(),
-            })?;
-        let token = if body.access_token.is_empty() {
-            body.token
-        } else {
-            body.access_token
-        };
-        if token.is_empty() {
-            return Err(HostFailure::Status {
-                host: host.url(),
-                status: 401,
-            });
-        }
-        let ttl = body
-            .expires_in
-            .map(|s| Duration::from_secs(s.saturating_sub(10).max(1)))
-            .unwrap_or(DEFAULT_TOKEN_TTL);
-        Ok((token, ttl))
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Challenge {
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Other,
-}
-
-/// `Bearer realm="...",service="...",scope="..."` or `Basic realm="..."`.
-fn parse_challenge(header: &str) -> Challenge {
-    let header = header.trim();
-    let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
-    let mut values: HashMap<String, String> = HashMap::new();
-    let mut rest = params.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            let mut value = String::new();
-            let mut chars = quoted.char_indices();
-            let mut end = quoted.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            value.push(escaped);
-                        }
-                    }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            (value, &quoted[end..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        values.insert(key, value);
-        rest = remaining.trim_start().trim_start_matches(',').trim_start();
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        Challenge::Basic
-    } else if scheme.eq_ignore_ascii_case("bearer") {
-        match values.remove("realm") {
-            Some(realm) => Challenge::Bearer {
-                realm,
-                service: values.remove("service"),
-                scope: values.remove("scope"),
-            },
-            None => Challenge::Other,
-        }
-    } else {
-        Challenge::Other
     }
 }
 
 pub use pullwatch::support::install_crypto_provider;
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            b' ' => out.push('+'),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
 
 pub use pullwatch::support::error_chain;
 
@@ -1468,37 +1126,6 @@ version = 2
         .unwrap();
         assert_eq!(v3.get("r.io").unwrap().username, "u");
         assert!(RuntimeAuth::parse("[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r\".auth]\nauth = \"!!\"\n").is_err());
-    }
-
-    #[test]
-    fn challenges_parse() {
-        assert_eq!(
-            parse_challenge(r#"Basic realm="Registry Realm""#),
-            Challenge::Basic
-        );
-        assert_eq!(
-            parse_challenge(
-                r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull""#
-            ),
-            Challenge::Bearer {
-                realm: "https://auth.io/token".into(),
-                service: Some("registry.io".into()),
-                scope: Some("repository:a/b:pull".into())
-            }
-        );
-        assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.io/token", service=reg"#),
-            Challenge::Bearer {
-                realm: "https://auth.io/token".into(),
-                service: Some("reg".into()),
-                scope: None
-            }
-        );
-        assert_eq!(parse_challenge("Bearer service=x"), Challenge::Other);
-        assert_eq!(
-            form_encode("repository:a/b:pull"),
-            "repository%3Aa%2Fb%3Apull"
-        );
     }
 
     #[test]

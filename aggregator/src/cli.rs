@@ -123,7 +123,9 @@ pub struct CheckerArgs {
     #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub skip_registry_cert_verification: bool,
 
-    /// Fall back to plain HTTP for registries that do not answer HTTPS.
+    /// Fall back to plain HTTP where a registry's HTTPS port refuses the connection or
+    /// answers in plain HTTP (or its name does not resolve); never after a certificate
+    /// error or a timeout.
     #[arg(long, env = "PULLWATCH_ALLOW_PLAIN_HTTP", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub allow_plain_http: bool,
 
@@ -161,7 +163,8 @@ pub struct CheckerArgs {
     )]
     pub platforms: Vec<pullwatch::Platform>,
 
-    /// Bound on one registry request, connect to last byte.
+    /// Deadline of one check: every request it makes (tokens, manifests, fallbacks,
+    /// every credential), connect to last byte.
     #[arg(long, env = "PULLWATCH_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub registry_timeout: Duration,
 

@@ -11,8 +11,9 @@ use pullwatch_aggregator::index::CheckKey;
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::store::ResultStore;
 use pullwatch_testbench::{
-    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, StubResponse, StubServer, TestCa,
-    assert_no_canary, assert_no_canary_in_process_logs, capture_process_logs, push_image,
+    BearerRegistry, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, STUB_DIGEST,
+    StubResponse, StubServer, TestCa, assert_no_canary, assert_no_canary_in_process_logs,
+    capture_process_logs, push_image,
 };
 
 fn plain_config() -> CheckerConfig {
@@ -424,7 +425,7 @@ async fn rate_limited_registry_is_paused_for_retry_after() {
 }
 
 #[tokio::test]
-async fn bearer_token_flow_through_oci_client() {
+async fn bearer_token_flow_with_a_separate_token_service() {
     // A registry whose manifests need a bearer token from a separate token service.
     let token_service = StubServer::start(|_, path| {
         if path.starts_with("/token") && path.contains("scope=repository%3Ateam%2Fapp%3Apull") {
@@ -474,7 +475,7 @@ async fn bearer_token_flow_through_oci_client() {
         manifest_requests[1].header("authorization"),
         Some("Bearer good-token")
     );
-    // oci-client sent the credential to the token service with basic auth.
+    // The credential went to the token service with basic auth.
     let token_requests = token_service.recorded();
     assert!(token_requests.iter().any(|r| {
         r.header("authorization")
@@ -624,7 +625,7 @@ async fn a_registry_that_never_answers_times_out_as_unavailable() {
         outcome.reason
     );
     assert!(outcome.reason.contains("timed out"), "{}", outcome.reason);
-    // HTTPS then the plain-HTTP fallback, each bounded by the timeout.
+    // A timeout is no reason to try plain HTTP: one deadline, one attempt.
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -633,5 +634,471 @@ async fn a_registry_that_never_answers_times_out_as_unavailable() {
     assert!(
         !held.lock().unwrap().is_empty(),
         "the check reached the silent server"
+    );
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn token_endpoint_answers_are_classified_like_manifest_answers() {
+    const SECRET: &str = "p4ssw0rd-value";
+    let long_body = format!("upstream auth outage {}", "x".repeat(10_000));
+    let cases = [
+        (
+            StubResponse::new(401).with_body(&format!("bad password {SECRET}")),
+            CheckStatus::AuthenticationFailure,
+        ),
+        (StubResponse::new(403), CheckStatus::AuthorizationFailure),
+        (
+            StubResponse::new(429).with_header("Retry-After", "60"),
+            CheckStatus::RateLimited,
+        ),
+        (
+            StubResponse::new(503).with_body(&long_body),
+            CheckStatus::RegistryUnavailable,
+        ),
+        (StubResponse::new(502), CheckStatus::RegistryUnavailable),
+        (BearerRegistry::token_ok(300), CheckStatus::Available),
+    ];
+    for (answer, expected) in cases {
+        let code = answer.status;
+        let bearer = BearerRegistry::start(answer).await.unwrap();
+        let (checker, metrics) = checker(&plain_config());
+        let image = format!("{}/team/app:v1", bearer.host());
+        let outcome = checker
+            .check(&key(&image, &[("secret/ns/pull", "robot", SECRET)]))
+            .await;
+        assert_eq!(outcome.status, expected, "token {code}: {}", outcome.reason);
+        assert!(!outcome.reason.contains(SECRET), "{}", outcome.reason);
+        assert!(outcome.reason.len() < 800, "{}", outcome.reason);
+        if expected == CheckStatus::Available {
+            assert_eq!(outcome.digest.as_deref(), Some(STUB_DIGEST));
+            assert_eq!(
+                outcome.media_type.as_deref(),
+                Some("application/vnd.oci.image.manifest.v1+json")
+            );
+            continue;
+        }
+        assert!(
+            outcome.reason.contains("token endpoint")
+                && outcome.reason.contains(&code.to_string())
+                && outcome.reason.contains("secret/ns/pull"),
+            "{}",
+            outcome.reason
+        );
+        if expected == CheckStatus::RateLimited {
+            // The token endpoint's Retry-After pauses the registry: the next check sends
+            // nothing, to the registry or to its token endpoint.
+            assert!(
+                outcome.reason.contains("paused for 60s (Retry-After)"),
+                "{}",
+                outcome.reason
+            );
+            let sent = (bearer.manifest_requests(), bearer.token_requests());
+            let again = checker
+                .check(&key(&format!("{}/team/other:v1", bearer.host()), &[]))
+                .await;
+            assert_eq!(again.status, CheckStatus::RateLimited, "{}", again.reason);
+            assert_eq!((bearer.manifest_requests(), bearer.token_requests()), sent);
+            let until = metric_value(
+                &metrics,
+                &format!(
+                    "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
+                    bearer.host()
+                ),
+            )
+            .unwrap();
+            assert!(until > now_unix() + 50.0, "until={until}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_429s_is_one_pause_and_queued_checks_never_reach_the_registry() {
+    use pullwatch_aggregator::checker::limits::RegistryLimits;
+    use std::num::NonZeroU32;
+
+    let stub = StubServer::start(|_, _| StubResponse::new(429))
+        .await
+        .unwrap();
+    let config = CheckerConfig {
+        max_concurrent_checks: 32,
+        registry_limits: RegistryLimits {
+            max_concurrency: 8,
+            requests_per_second: NonZeroU32::new(1000).unwrap(),
+        },
+        ..plain_config()
+    };
+    let (checker, metrics) = checker(&config);
+    let keys: Vec<CheckKey> = (0..40)
+        .map(|i| key(&format!("{}/burst/app:v{i}", stub.host()), &[]))
+        .collect();
+    let outcomes = futures::future::join_all(keys.iter().map(|k| checker.check(k))).await;
+    for outcome in &outcomes {
+        assert_eq!(
+            outcome.status,
+            CheckStatus::RateLimited,
+            "{}",
+            outcome.reason
+        );
+    }
+    let sent = stub.requests().len();
+    assert!(
+        (1..=8).contains(&sent),
+        "at most the 8 checks in flight reach a registry that said 429, got {sent}"
+    );
+    // One pause of 30 s for the whole burst, not 30 s doubled per answer.
+    let until = metric_value(
+        &metrics,
+        &format!(
+            "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
+            stub.host()
+        ),
+    )
+    .unwrap();
+    let now = now_unix();
+    assert!(
+        until > now + 25.0 && until <= now + 31.0,
+        "until={until} now={now}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            &format!(
+                "pullwatch_registry_rate_limited_total{{registry=\"{}\"}}",
+                stub.host()
+            ),
+        ),
+        Some(sent as f64)
+    );
+}
+
+#[tokio::test]
+async fn the_pause_ends_and_its_metric_returns_to_zero() {
+    let stub = StubServer::start(|_, _| StubResponse::new(429).with_header("Retry-After", "1"))
+        .await
+        .unwrap();
+    let (checker, metrics) = checker(&plain_config());
+    let series = format!(
+        "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
+        stub.host()
+    );
+    let outcome = checker
+        .check(&key(&format!("{}/app:v1", stub.host()), &[]))
+        .await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RateLimited,
+        "{}",
+        outcome.reason
+    );
+    assert!(metric_value(&metrics, &series).unwrap() > now_unix());
+    let sent = stub.requests().len();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(metric_value(&metrics, &series), Some(0.0));
+    // After the pause the registry is asked again.
+    let outcome = checker
+        .check(&key(&format!("{}/app:v2", stub.host()), &[]))
+        .await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RateLimited,
+        "{}",
+        outcome.reason
+    );
+    assert!(stub.requests().len() > sent);
+}
+
+#[tokio::test]
+async fn a_bearer_registry_costs_one_token_per_repository_and_one_head_per_check() {
+    let bearer = BearerRegistry::start(BearerRegistry::token_ok(300))
+        .await
+        .unwrap();
+    let (checker, _m) = checker(&plain_config());
+    let host = bearer.host();
+    let check = |image: String| {
+        let k = key(&image, &[("secret/ns/s", "u", "p")]);
+        let checker = &checker;
+        async move { checker.check(&k).await }
+    };
+    // First contact: the challenge is learned (one 401), one token, one HEAD.
+    let first = check(format!("{host}/team/a:v1")).await;
+    assert_eq!(first.status, CheckStatus::Available, "{}", first.reason);
+    assert_eq!(
+        (bearer.manifest_requests(), bearer.token_requests()),
+        (2, 1)
+    );
+    // Same repository: the cached token, one HEAD.
+    let second = check(format!("{host}/team/a:v2")).await;
+    assert_eq!(second.status, CheckStatus::Available, "{}", second.reason);
+    assert_eq!(
+        (bearer.manifest_requests(), bearer.token_requests()),
+        (3, 1)
+    );
+    // Another repository: its token straight away (the challenge is known), one HEAD.
+    let third = check(format!("{host}/team/b:v1")).await;
+    assert_eq!(third.status, CheckStatus::Available, "{}", third.reason);
+    assert_eq!(
+        (bearer.manifest_requests(), bearer.token_requests()),
+        (4, 2)
+    );
+    let missing = check(format!("{host}/team/b:missing")).await;
+    assert_eq!(missing.status, CheckStatus::Absent, "{}", missing.reason);
+    assert_eq!(
+        (bearer.manifest_requests(), bearer.token_requests()),
+        (5, 2)
+    );
+    // Every request went over plain HTTP with the credential only to the token service.
+    for request in bearer.registry.recorded() {
+        assert!(
+            !request
+                .header("authorization")
+                .is_some_and(|a| a.starts_with("Basic ")),
+            "the registry asked for a token, not for the password"
+        );
+    }
+    assert!(bearer.tokens.recorded().iter().all(|r| {
+        r.path.contains("scope=repository%3Ateam%2F") && r.path.contains("service=stub-registry")
+    }));
+}
+
+#[tokio::test]
+async fn one_deadline_covers_the_token_request() {
+    // A token endpoint that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    let realm = format!("http://{silent}/token");
+    let registry = StubServer::start(move |_, _| {
+        StubResponse::new(401)
+            .with_header("WWW-Authenticate", &format!(r#"Bearer realm="{realm}""#))
+    })
+    .await
+    .unwrap();
+    let config = CheckerConfig {
+        request_timeout: Duration::from_secs(1),
+        ..plain_config()
+    };
+    let (checker, _m) = checker(&config);
+    let started = std::time::Instant::now();
+    let outcome = checker
+        .check(&key(
+            &format!("{}/team/app:v1", registry.host()),
+            &[("a", "u", "p"), ("b", "u", "q")],
+        ))
+        .await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RegistryUnavailable,
+        "{}",
+        outcome.reason
+    );
+    assert!(
+        outcome.reason.contains("token endpoint") && outcome.reason.contains("timed out"),
+        "{}",
+        outcome.reason
+    );
+    // Both credentials together stay within the one deadline.
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn plain_http_only_after_a_refusal_or_a_plain_http_answer() {
+    let plain = StubServer::start(|_, path| {
+        if path.contains("/manifests/") {
+            StubResponse::new(200).with_header("Docker-Content-Digest", STUB_DIGEST)
+        } else {
+            StubResponse::new(404)
+        }
+    })
+    .await
+    .unwrap();
+    let image = format!("{}/team/app:v1", plain.host());
+    let (allowed, _m) = checker(&plain_config());
+    let outcome = allowed.check(&key(&image, &[])).await;
+    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_eq!(outcome.digest.as_deref(), Some(STUB_DIGEST));
+
+    let (https_only, _m) = checker(&CheckerConfig {
+        request_timeout: Duration::from_secs(5),
+        ..CheckerConfig::default()
+    });
+    let outcome = https_only.check(&key(&image, &[])).await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RegistryUnavailable,
+        "{}",
+        outcome.reason
+    );
+    assert!(
+        outcome.reason.contains("does not speak TLS"),
+        "{}",
+        outcome.reason
+    );
+
+    // A certificate error is never a reason to go plain, even when allowed.
+    let ca = TestCa::new().unwrap();
+    let tls = Registry::start(RegistryOptions {
+        tls: Some(ca.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pushed = push_image(&tls, "secure/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let outcome = allowed.check(&key(&pushed.reference, &[])).await;
+    assert_eq!(
+        outcome.status,
+        CheckStatus::RegistryUnavailable,
+        "{}",
+        outcome.reason
+    );
+    assert!(
+        outcome.reason.contains("TLS failed") && outcome.reason.contains("--capath"),
+        "{}",
+        outcome.reason
+    );
+    assert!(
+        !tls.log().contains("HTTP request to an HTTPS server"),
+        "no plain-HTTP request after a certificate error: {}",
+        tls.log()
+    );
+}
+
+#[tokio::test]
+async fn manifests_by_digest_are_fetched_verified_and_capped() {
+    use pullwatch::registry::{
+        ClientConfig, Deadline, Endpoint, NoObserver, RegistryClient, Scheme,
+    };
+
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    let (checker, _m) = checker(&plain_config());
+    let outcome = checker.check(&key(&index.reference, &[])).await;
+    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_eq!(outcome.digest.as_deref(), Some(index.digest.as_str()));
+    assert_eq!(
+        outcome.media_type.as_deref(),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+
+    let client = RegistryClient::new(
+        ClientConfig {
+            requests_per_second: None,
+            hints: Default::default(),
+            index_platforms: None,
+        },
+        Arc::new(NoObserver),
+    );
+    let http = reqwest::Client::new();
+    let host = registry.host();
+    let endpoint = Endpoint::new(&http, Scheme::Http, &host);
+    let deadline = Deadline::after(Duration::from_secs(5));
+    let manifest = client
+        .fetch_manifest(&endpoint, "multi/app", &index.digest, None, &deadline)
+        .await
+        .unwrap();
+    assert_eq!(manifest.digest, index.digest);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest.body).unwrap();
+    assert!(parsed["manifests"].is_array(), "{parsed}");
+    let missing = client
+        .fetch_manifest(
+            &endpoint,
+            "multi/app",
+            &format!("sha256:{}", "0".repeat(64)),
+            None,
+            &deadline,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.outcome.status, CheckStatus::Absent);
+
+    // A manifest answered without Docker-Content-Digest is hashed; beyond 4 MiB it is
+    // refused, as containerd refuses it.
+    let big = "x".repeat(5 << 20);
+    let stub = StubServer::start(move |method, path| match path {
+        p if p.contains("/small/") => StubResponse::new(200).with_body("{}"),
+        _ if method == http::Method::HEAD => StubResponse::new(200),
+        _ => StubResponse::new(200).with_body(&big),
+    })
+    .await
+    .unwrap();
+    let small = checker
+        .check(&key(&format!("{}/small/app:v1", stub.host()), &[]))
+        .await;
+    assert_eq!(small.status, CheckStatus::Available, "{}", small.reason);
+    assert_eq!(
+        small.digest.as_deref(),
+        Some("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
+    );
+    let huge = checker
+        .check(&key(&format!("{}/huge/app:v1", stub.host()), &[]))
+        .await;
+    assert_eq!(huge.status, CheckStatus::UnknownError, "{}", huge.reason);
+    assert!(huge.reason.contains("4 MiB"), "{}", huge.reason);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_evicted_when_they_expire() {
+    use pullwatch::registry::{
+        ClientConfig, Deadline, Endpoint, NoObserver, RegistryClient, Scheme,
+    };
+
+    // expires_in 11: usable for 1 s (10 s are kept as a margin).
+    let bearer = BearerRegistry::start(BearerRegistry::token_ok(11))
+        .await
+        .unwrap();
+    let client = RegistryClient::new(
+        ClientConfig {
+            requests_per_second: None,
+            hints: Default::default(),
+            index_platforms: None,
+        },
+        Arc::new(NoObserver),
+    );
+    let http = reqwest::Client::new();
+    let host = bearer.host();
+    let endpoint = Endpoint::new(&http, Scheme::Http, &host);
+    let check = |repository: &'static str| {
+        let (client, endpoint) = (&client, &endpoint);
+        async move {
+            let deadline = Deadline::after(Duration::from_secs(5));
+            client
+                .check_manifest(endpoint, repository, "v1", None, &deadline)
+                .await
+        }
+    };
+    assert!(check("team/a").await.outcome.is_available());
+    assert_eq!(client.cached_tokens(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(check("team/b").await.outcome.is_available());
+    assert_eq!(
+        client.cached_tokens(),
+        1,
+        "the expired token of team/a is gone"
+    );
+    assert!(check("team/a").await.outcome.is_available());
+    assert_eq!(
+        bearer.token_requests(),
+        3,
+        "an expired token is never reused"
     );
 }

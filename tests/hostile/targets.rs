@@ -13,8 +13,8 @@
 //! | `containerd_config` | containerd's config.toml | `resolve::RuntimeAuth::parse` |
 //! | `hosts_toml` | containerd's hosts.toml | `resolve::registry_hosts` (reads the file) |
 //! | `cri_errors` | CRI error statuses and messages | `cri::classify_pull_error` |
-//! | `www_authenticate` | registry challenge headers (aggregator) | `checker::classify::challenge` |
-//! | `registry_bodies` | registry status and error bodies (aggregator) | `checker::classify::classify_response` |
+//! | `www_authenticate` | registry challenge headers (shared client) | `registry::challenge::parse`, `auth_scheme` |
+//! | `registry_bodies` | registry status and error bodies (shared client) | `registry::classify::classify_response` |
 //! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `Checker::check` every fourth, against a loopback stub |
 //! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
@@ -701,13 +701,10 @@ impl Target for WwwAuthenticate {
         prop::collection::vec(challenge_text(), 0..3).boxed()
     }
     fn run(&self, values: Vec<String>) {
-        let mut headers = http::HeaderMap::new();
-        for value in values {
-            if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
-                headers.append(http::header::WWW_AUTHENTICATE, value);
-            }
+        for value in &values {
+            let _ = pullwatch::registry::challenge::parse(value);
         }
-        let _ = pullwatch_aggregator::checker::classify::challenge(&headers);
+        let _ = pullwatch::registry::challenge::auth_scheme(values.iter().map(String::as_str));
     }
 }
 
@@ -750,7 +747,7 @@ impl Target for RegistryBodies {
     }
     fn run(&self, (status, body): (u16, Vec<u8>)) {
         if let Ok(status) = http::StatusCode::from_u16(status) {
-            let outcome = pullwatch_aggregator::checker::classify::classify_response(status, &body);
+            let outcome = pullwatch::registry::classify::classify_response(status, &body);
             let _ = outcome.reason.len();
         }
     }
@@ -1014,10 +1011,10 @@ impl Target for RegistryExchanges {
         };
         let checker = self.checker();
         // Both sides at once, each on its own repository, against the same script. The
-        // aggregator's own parsers (challenge, error bodies) get their 10,000 cases in
-        // `www_authenticate` and `registry_bodies`, and its token dance is oci-client's:
-        // here it takes every fourth case, the agent's private challenge and token
-        // parsers (reachable only through `Resolver::resolve`) every case.
+        // shared client's parsers (challenge, error bodies) get their 10,000 cases in
+        // `www_authenticate` and `registry_bodies`; its whole conversation (token
+        // exchange included) runs here every case through the agent's
+        // `Resolver::resolve` and every fourth case through the aggregator's checker.
         let central_too = case.is_multiple_of(4);
         let (central, node) = self.runtime.block_on(async {
             tokio::join!(

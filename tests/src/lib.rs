@@ -4,6 +4,8 @@
 //! processes killed on drop.
 
 mod apiserver;
+mod bearer;
+mod behaviours;
 mod ca;
 mod canary;
 mod containerd;
@@ -21,6 +23,10 @@ pub use apiserver::{
     pod, pod_spec, replicaset, running, secret_dockercfg, secret_dockerconfigjson, secret_opaque,
     service_account, statefulset, suspended, with_annotations, with_init_images, with_labels,
     with_owner, with_pull_secrets, with_replicas, with_service_account,
+};
+pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
+pub use behaviours::{
+    BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, SilentServer, registry_behaviours,
 };
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{

@@ -68,7 +68,7 @@ impl RecordedRequest {
     }
 }
 
-type Handler = dyn Fn(&http::Method, &str) -> StubResponse + Send + Sync + 'static;
+type Handler = dyn Fn(&RecordedRequest) -> StubResponse + Send + Sync + 'static;
 
 /// An HTTP/1 server on `127.0.0.1:<free port>` that answers every request with what the
 /// handler returns and records the requests. Shuts down on drop.
@@ -92,6 +92,20 @@ impl StubServer {
     pub async fn start<F>(handler: F) -> Result<StubServer>
     where
         F: Fn(&http::Method, &str) -> StubResponse + Send + Sync + 'static,
+    {
+        Self::start_with(move |request: &RecordedRequest| {
+            let method =
+                http::Method::from_bytes(request.method.as_bytes()).unwrap_or(http::Method::GET);
+            handler(&method, &request.path)
+        })
+        .await
+    }
+
+    /// Like [`StubServer::start`], the handler seeing the whole request (method, path
+    /// with query, headers): for answers that depend on `Authorization`.
+    pub async fn start_with<F>(handler: F) -> Result<StubServer>
+    where
+        F: Fn(&RecordedRequest) -> StubResponse + Send + Sync + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -195,11 +209,11 @@ async fn answer(
             })
             .collect(),
     };
+    let stub = handler(&entry);
     match recorded.lock() {
         Ok(mut g) => g.push(entry),
         Err(poisoned) => poisoned.into_inner().push(entry),
     }
-    let stub = handler(&parts.method, &path);
     let mut builder = http::Response::builder().status(stub.status);
     for (k, v) in &stub.headers {
         builder = builder.header(k.as_str(), v.as_str());

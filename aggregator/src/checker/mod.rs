@@ -2,9 +2,7 @@
 //! vantage point, whether each distinct reference can be pulled with the credentials
 //! the kubelet would try.
 
-pub mod classify;
 pub mod limits;
-pub mod registry;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,10 +16,15 @@ use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
+use pullwatch::registry::classify::Hints;
+use pullwatch::registry::{
+    ClientConfig, Deadline, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
+};
+use pullwatch::{ImageReference, RegistryCredential};
+
 use crate::index::CheckKey;
 use crate::metrics::CheckerMetrics;
 use limits::{Registries, RegistryLimits, lock};
-use registry::{SchemeClients, Transport};
 
 /// How the checker talks to registries.
 #[derive(Clone, Debug)]
@@ -30,7 +33,8 @@ pub struct CheckerConfig {
     pub skip_tls_verify: bool,
     /// PEM files (or directories of them) with extra CA certificates.
     pub ca_paths: Vec<PathBuf>,
-    /// Bound on one HTTP request (connect to last byte).
+    /// Deadline of one check: every request it makes (tokens, manifests, retries,
+    /// fallbacks, every credential), connect to last byte.
     pub request_timeout: Duration,
     /// Checks in flight across all registries.
     pub max_concurrent_checks: usize,
@@ -73,6 +77,9 @@ pub enum CheckerError {
     Client(String),
 }
 
+/// Index contents remembered, by digest (content-addressed: never stale).
+const INDEX_CACHE_ENTRIES: usize = 4096;
+
 type SharedCheck = Shared<BoxFuture<'static, CheckOutcome>>;
 
 /// The checker. Cheap to share (`Arc`); all state is internal.
@@ -81,7 +88,9 @@ pub struct Checker {
 }
 
 struct Inner {
-    transport: Transport,
+    client: RegistryClient,
+    http: reqwest::Client,
+    scheme: Scheme,
     registries: Registries,
     global: Semaphore,
     in_flight: Mutex<HashMap<CheckKey, SharedCheck>>,
@@ -93,21 +102,34 @@ impl Checker {
     pub fn new(config: &CheckerConfig, metrics: CheckerMetrics) -> Result<Self, CheckerError> {
         install_crypto_provider();
         let certificates = load_certificates(&config.ca_paths)?;
-        let https = scheme_clients(config, &certificates, false)?;
-        let plain = if config.allow_plain_http {
-            Some(scheme_clients(config, &certificates, true)?)
-        } else {
-            None
-        };
+        let http = http_client(config, &certificates)?;
+        let client = RegistryClient::new(
+            ClientConfig {
+                requests_per_second: Some(config.registry_limits.requests_per_second),
+                hints: Hints {
+                    tls: if config.ca_paths.is_empty() {
+                        "a private CA? add it with --capath".to_string()
+                    } else {
+                        "is the registry's CA among --capath?".to_string()
+                    },
+                    plain_http: if config.allow_plain_http {
+                        String::new()
+                    } else {
+                        "plain HTTP there? see --allow-plain-http".to_string()
+                    },
+                },
+                index_platforms: config.index_platforms.then_some(INDEX_CACHE_ENTRIES),
+            },
+            Arc::new(MetricsObserver(metrics.clone())),
+        );
         Ok(Checker {
             inner: Arc::new(Inner {
-                transport: {
-                    let transport = Transport::new(https, plain);
-                    if config.index_platforms {
-                        transport.with_index_platforms()
-                    } else {
-                        transport
-                    }
+                client,
+                http,
+                scheme: if config.allow_plain_http {
+                    Scheme::HttpsOrPlain
+                } else {
+                    Scheme::Https
                 },
                 registries: Registries::new(config.registry_limits),
                 global: Semaphore::new(config.max_concurrent_checks.max(1)),
@@ -171,19 +193,14 @@ impl Inner {
 
     async fn check_limited(&self, key: &CheckKey) -> CheckOutcome {
         let reference = &key.reference;
-        let registry = self.registries.get(reference.api_host());
-        if let Some(paused) = registry.paused_for() {
-            if paused > self.request_timeout {
-                return CheckOutcome::new(
-                    CheckStatus::RateLimited,
-                    format!(
-                        "registry answered 429 earlier; paused for another {}s",
-                        paused.as_secs()
-                    ),
-                );
-            }
-            tokio::time::sleep(paused).await;
+        let host = reference.api_host();
+        // A paused registry is not even queued for; the client consults the pause again
+        // before every request, so checks already queued behind the semaphores when a
+        // 429 arrives do not reach the registry either.
+        if let Some(paused) = self.client.paused_for(host) {
+            return RegistryClient::paused_outcome(paused);
         }
+        let registry = self.registries.get(host);
         // Both semaphores live as long as the checker and are never closed.
         let Ok(_registry_slot) = registry.slots.acquire().await else {
             return CheckOutcome::new(CheckStatus::UnknownError, "checker is shutting down");
@@ -191,24 +208,17 @@ impl Inner {
         let Ok(_global_slot) = self.global.acquire().await else {
             return CheckOutcome::new(CheckStatus::UnknownError, "checker is shutting down");
         };
+        // One deadline for everything this check sends.
+        let deadline = Deadline::after(self.request_timeout);
 
         if key.credentials.is_empty() {
-            return self
-                .transport
-                .check(&registry, &self.metrics, reference, None)
-                .await;
+            return self.check_one(reference, None, &deadline).await;
         }
         // As the kubelet: each matching credential in turn until one works.
         let mut failures: Vec<(String, CheckOutcome)> = Vec::new();
         for sourced in key.credentials.iter() {
             let outcome = self
-                .transport
-                .check(
-                    &registry,
-                    &self.metrics,
-                    reference,
-                    Some(&sourced.credential),
-                )
+                .check_one(reference, Some(&sourced.credential), &deadline)
                 .await;
             if outcome.is_available() {
                 return outcome;
@@ -222,6 +232,60 @@ impl Inner {
             }
         }
         summarize(failures)
+    }
+
+    async fn check_one(
+        &self,
+        reference: &ImageReference,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> CheckOutcome {
+        let endpoint = Endpoint {
+            accept: MANIFEST_ACCEPT,
+            ..Endpoint::new(&self.http, self.scheme, reference.api_host())
+        };
+        let mut outcome = self
+            .client
+            .check_manifest(
+                &endpoint,
+                reference.repository(),
+                reference.manifest_reference(),
+                credential,
+                deadline,
+            )
+            .await
+            .outcome;
+        if outcome.status == CheckStatus::AuthenticationFailure && credential.is_none() {
+            outcome.reason = format!(
+                "{} and no pull secret matches this registry",
+                outcome.reason
+            );
+        }
+        outcome
+    }
+}
+
+/// Feeds the client's request events into the aggregator's metrics.
+struct MetricsObserver(CheckerMetrics);
+
+impl RegistryObserver for MetricsObserver {
+    fn request(&self, host: &str, code: Option<u16>) {
+        let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
+        self.0
+            .registry_requests
+            .with_label_values(&[host, code.as_str()])
+            .inc();
+    }
+
+    fn rate_limited(&self, host: &str) {
+        self.0.rate_limited.with_label_values(&[host]).inc();
+    }
+
+    fn paused_until(&self, host: &str, unix_seconds: f64) {
+        self.0
+            .registry_paused_until
+            .with_label_values(&[host])
+            .set(unix_seconds);
     }
 }
 
@@ -316,49 +380,22 @@ fn load_certificates(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CheckerError> {
     Ok(certificates)
 }
 
-fn scheme_clients(
+/// One HTTP client for every registry (HTTPS and, with `--allow-plain-http`, plain
+/// HTTP alike): the deadline of each check bounds its requests.
+fn http_client(
     config: &CheckerConfig,
     certificates: &[Vec<u8>],
-    plain_http: bool,
-) -> Result<SchemeClients, CheckerError> {
+) -> Result<reqwest::Client, CheckerError> {
     let reqwest_certs = certificates
         .iter()
         .map(|der| reqwest::Certificate::from_der(der))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CheckerError::Client(e.to_string()))?;
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .user_agent(concat!("pullwatch/", env!("CARGO_PKG_VERSION")))
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
         .danger_accept_invalid_certs(config.skip_tls_verify)
         .tls_certs_merge(reqwest_certs)
         .pool_max_idle_per_host(config.registry_limits.max_concurrency)
         .build()
-        .map_err(|e| CheckerError::Client(classify::error_chain(&e)))?;
-    let oci_config = oci_client::client::ClientConfig {
-        protocol: if plain_http {
-            oci_client::client::ClientProtocol::Http
-        } else {
-            oci_client::client::ClientProtocol::Https
-        },
-        accept_invalid_certificates: config.skip_tls_verify,
-        extra_root_certificates: certificates
-            .iter()
-            .map(|der| oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Der,
-                data: der.clone(),
-            })
-            .collect(),
-        read_timeout: Some(config.request_timeout),
-        connect_timeout: Some(config.request_timeout.min(Duration::from_secs(5))),
-        user_agent: concat!("pullwatch/", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    };
-    let oci = oci_client::Client::try_from(oci_config)
-        .map_err(|e| CheckerError::Client(classify::error_chain(&e)))?;
-    Ok(SchemeClients {
-        scheme: if plain_http { "http" } else { "https" },
-        http,
-        oci,
-    })
+        .map_err(|e| CheckerError::Client(pullwatch::support::error_chain(&e)))
 }

@@ -1,0 +1,1231 @@
+//! One registry client for the aggregator's central checks and the agent's resolve mode.
+//!
+//! A check asks for one manifest (`HEAD`, `GET` where the registry refuses `HEAD`) with
+//! one credential and classifies whatever happened: every answer, of the registry or of
+//! its token endpoint, maps to a status through [`classify`]. What can be learned once
+//! per registry host is learned once and reused: the scheme (HTTPS, or plain HTTP after
+//! a permitted fallback) and the auth challenge (Basic, or Bearer with its realm and
+//! service), so that once a registry is known a check costs one token per repository
+//! (cached until it expires) and one `HEAD`.
+//!
+//! Bounds: every request of a check (token, manifest, retries, fallbacks) runs under
+//! one deadline the caller gives; bodies are read up to a cap (manifests 4 MiB as
+//! containerd, tokens 1 MiB, error bodies 64 KiB); at most a few hundred characters of
+//! a body reach a reason, never a credential.
+//!
+//! Rate limits: a 429 (from the registry or its token endpoint) pauses the registry
+//! host ([`pause`]); every request first consults the pause and, while it lasts,
+//! reports `rate_limited` without contacting the registry. Optionally a request rate
+//! per host.
+
+pub mod challenge;
+pub mod classify;
+pub mod pause;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, Method, StatusCode};
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::platform::Platform;
+use crate::support::{error_chain, lock, sha256_digest};
+use crate::{CheckOutcome, CheckStatus, RegistryCredential};
+use challenge::AuthScheme;
+use classify::TransportFailure;
+use pause::{Pause, PauseChange};
+
+/// Every manifest media type a runtime accepts, so registries answer for indexes,
+/// manifest lists, OCI and Docker manifests alike.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5";
+/// Manifests larger than this are refused, as containerd does (`limits.MaxManifestSize`).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Token responses are read up to this size.
+pub const MAX_TOKEN_BYTES: usize = 1 << 20;
+/// Error bodies are read up to this size (only their start is ever quoted).
+pub const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Bearer tokens without `expires_in` live 60 s (the distribution token spec's default).
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// A token is not used in its last seconds, so it does not expire on the way.
+const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+/// Responses one request may go through: a challenge, a HEAD->GET fallback, the answer.
+const MAX_RESPONSES: usize = 4;
+
+/// The deadline of one check: every request it makes runs before it. Time spent
+/// waiting for pullwatch's own request rate (a [`ClientConfig::requests_per_second`]
+/// turn) does not count: that wait is ours, not the registry's slowness.
+#[derive(Debug)]
+pub struct Deadline {
+    start: Instant,
+    budget: Duration,
+    /// Nanoseconds spent waiting for a request-rate turn.
+    waited: AtomicU64,
+}
+
+impl Deadline {
+    /// `budget` from now.
+    pub fn after(budget: Duration) -> Self {
+        Deadline {
+            start: Instant::now(),
+            budget,
+            waited: AtomicU64::new(0),
+        }
+    }
+
+    /// When it passes, as things stand.
+    pub fn at(&self) -> Instant {
+        self.start + self.budget + Duration::from_nanos(self.waited.load(Ordering::Relaxed))
+    }
+
+    fn excuse(&self, waited: Duration) {
+        self.waited.fetch_add(
+            u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Hears about requests, for metrics. Every method has a no-op default.
+pub trait RegistryObserver: Send + Sync {
+    /// A request to `host` ended with HTTP status `code` (None: no HTTP answer).
+    fn request(&self, _host: &str, _code: Option<u16>) {}
+    /// `host` (the registry) answered 429, itself or through its token endpoint.
+    fn rate_limited(&self, _host: &str) {}
+    /// `host` is paused until this Unix time; 0 when the pause has ended.
+    fn paused_until(&self, _host: &str, _unix_seconds: f64) {}
+}
+
+/// Observes nothing.
+#[derive(Debug, Default)]
+pub struct NoObserver;
+impl RegistryObserver for NoObserver {}
+
+/// Settings of a [`RegistryClient`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Requests per second to one host (None: unbounded).
+    pub requests_per_second: Option<NonZeroU32>,
+    /// What to tell the operator after a TLS failure or a plain-HTTP port.
+    pub hints: classify::Hints,
+    /// Read the platforms of an index a check answers (one `GET` by digest per new
+    /// index, cached by digest with this many entries); None: never fetch index bodies.
+    pub index_platforms: Option<usize>,
+}
+
+/// How to reach a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Https,
+    Http,
+    /// HTTPS; plain HTTP only where the port refuses the connection or answers the TLS
+    /// handshake with non-TLS bytes (`--allow-plain-http`). Learned once per host.
+    HttpsOrPlain,
+}
+
+/// Where and how to ask: one registry host (or mirror) and its request settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    /// The HTTP client (its TLS settings are the host's).
+    pub http: &'a reqwest::Client,
+    pub scheme: Scheme,
+    /// `host[:port]`, IPv6 literals in brackets.
+    pub host: &'a str,
+    /// The API root, normally `/v2`.
+    pub api_root: &'a str,
+    /// `?ns=<registry>` on requests to a mirror (containerd's convention).
+    pub namespace: Option<&'a str>,
+    /// Extra headers on every request to the host (hosts.toml `header`).
+    pub headers: &'a [(String, String)],
+    /// The `Accept` header of manifest requests.
+    pub accept: &'a str,
+}
+
+impl<'a> Endpoint<'a> {
+    /// The usual endpoint: `/v2` on `host`, no namespace, no extra headers.
+    pub fn new(http: &'a reqwest::Client, scheme: Scheme, host: &'a str) -> Self {
+        Endpoint {
+            http,
+            scheme,
+            host,
+            api_root: "/v2",
+            namespace: None,
+            headers: &[],
+            accept: MANIFEST_ACCEPT,
+        }
+    }
+}
+
+/// What is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    Manifest,
+    /// `HEAD /blobs/<digest>`: containerd's fallback for references by digest.
+    Blob,
+}
+
+impl Object {
+    fn path(self) -> &'static str {
+        match self {
+            Object::Manifest => "manifests",
+            Object::Blob => "blobs",
+        }
+    }
+}
+
+/// The result of one check against one host.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The status; when available, with the manifest's digest and media type.
+    pub outcome: CheckOutcome,
+    /// The HTTP status of the registry's final answer to the manifest request. None
+    /// when it gave none: no connection, a deadline, the pause, or a token endpoint
+    /// failure.
+    pub http_status: Option<u16>,
+    /// `scheme://host` that was asked last.
+    pub origin: String,
+}
+
+impl Answer {
+    fn local(outcome: CheckOutcome, origin: String) -> Answer {
+        Answer {
+            outcome,
+            http_status: None,
+            origin,
+        }
+    }
+}
+
+/// A manifest (or index) fetched by digest.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub digest: String,
+    pub media_type: Option<String>,
+    pub body: Bytes,
+}
+
+/// What is known about one host.
+struct HostState {
+    host: String,
+    limiter: Option<DefaultDirectRateLimiter>,
+    pause: Mutex<Pause>,
+    /// Some(true): plain HTTP answered; Some(false): HTTPS answered.
+    plain_http: Mutex<Option<bool>>,
+    /// The challenge learned from the host, and over which scheme (plain = true): a
+    /// challenge learned over HTTPS never makes credentials go out in clear.
+    challenge: Mutex<Option<(bool, AuthScheme)>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TokenKey {
+    realm: String,
+    service: Option<String>,
+    scope: String,
+    credential: u64,
+}
+
+/// The client. Shareable; all state (hosts, tokens, pauses) is internal.
+pub struct RegistryClient {
+    config: ClientConfig,
+    observer: Arc<dyn RegistryObserver>,
+    hosts: Mutex<HashMap<String, Arc<HostState>>>,
+    tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
+    /// Platforms of the indexes seen, by digest (content-addressed: never stale).
+    indexes: Mutex<HashMap<String, Arc<[Platform]>>>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// How one request authenticates.
+#[derive(Clone)]
+enum Authorization {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+/// The final HTTP answer of a conversation about one object.
+#[derive(Clone)]
+struct Final {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The body was longer than its cap.
+    truncated: bool,
+}
+
+/// Why a conversation ended without a final answer.
+enum Failure {
+    /// No HTTP answer from the host itself.
+    NoAnswer(TransportFailure, CheckOutcome),
+    /// Ended for a classified reason (token endpoint, pause, deadline...).
+    Outcome(CheckOutcome),
+}
+
+fn has_password(credential: Option<&RegistryCredential>) -> Option<&RegistryCredential> {
+    credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
+}
+
+fn unix_seconds(at: Instant) -> f64 {
+    let from_now = at.saturating_duration_since(Instant::now());
+    SystemTime::now()
+        .checked_add(from_now)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// Removes every occurrence of the credential's secrets from a text bound for a reason.
+fn redact(text: String, credential: Option<&RegistryCredential>) -> String {
+    let Some(c) = credential else { return text };
+    let mut text = text;
+    for secret in [
+        Some(c.password.as_str()),
+        c.identity_token.as_deref(),
+        c.registry_token.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| s.len() >= 3)
+    {
+        text = text.replace(secret, "<redacted>");
+    }
+    text
+}
+
+/// The media type without parameters.
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl RegistryClient {
+    pub fn new(config: ClientConfig, observer: Arc<dyn RegistryObserver>) -> Self {
+        crate::support::install_crypto_provider();
+        RegistryClient {
+            config,
+            observer,
+            hosts: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn state(&self, host: &str) -> Arc<HostState> {
+        lock(&self.hosts)
+            .entry(host.to_string())
+            .or_insert_with(|| {
+                Arc::new(HostState {
+                    host: host.to_string(),
+                    limiter: self
+                        .config
+                        .requests_per_second
+                        .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+                    pause: Mutex::new(Pause::default()),
+                    plain_http: Mutex::new(None),
+                    challenge: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// How long `host` remains paused after a 429, if it is.
+    pub fn paused_for(&self, host: &str) -> Option<Duration> {
+        let state = lock(&self.hosts).get(host).cloned()?;
+        lock(&state.pause).remaining(Instant::now())
+    }
+
+    /// The `rate_limited` outcome for a request not sent because `host` is paused.
+    pub fn paused_outcome(remaining: Duration) -> CheckOutcome {
+        CheckOutcome::new(
+            CheckStatus::RateLimited,
+            format!(
+                "registry answered 429 earlier; paused for another {}s",
+                remaining.as_secs().max(1)
+            ),
+        )
+    }
+
+    /// Checks that the manifest `reference` (tag or digest) of `repository` can be
+    /// pulled: `available` with its digest and media type, or why not.
+    ///
+    /// A digest reference resolves to itself. When the manifest is an index and
+    /// [`ClientConfig::index_platforms`] is set, `outcome.platforms` lists what its
+    /// entries offer (None when it could not be read: the check then says nothing
+    /// about platforms).
+    pub async fn check_manifest(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> Answer {
+        let (mut answer, body) = self
+            .manifest_answer(endpoint, repository, reference, credential, deadline)
+            .await;
+        if !answer.outcome.is_available() {
+            return answer;
+        }
+        if reference.contains(':') {
+            answer.outcome.digest = Some(reference.to_string());
+        }
+        let is_index = answer
+            .outcome
+            .media_type
+            .as_deref()
+            .is_some_and(crate::platform::is_index);
+        if let (Some(capacity), true, Some(digest)) = (
+            self.config.index_platforms,
+            is_index,
+            answer.outcome.digest.clone(),
+        ) {
+            answer.outcome.platforms = self
+                .index_platforms(
+                    endpoint, repository, &digest, body, credential, deadline, capacity,
+                )
+                .await;
+        }
+        answer
+    }
+
+    /// The platforms index `digest` offers: cached, else parsed from `body` (when the
+    /// check already read it) or one `GET` by digest with the same authentication.
+    #[allow(clippy::too_many_arguments)]
+    async fn index_platforms(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        digest: &str,
+        body: Option<Bytes>,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+        capacity: usize,
+    ) -> Option<Arc<[Platform]>> {
+        if let Some(known) = lock(&self.indexes).get(digest) {
+            return Some(known.clone());
+        }
+        let body = match body {
+            Some(body) => body,
+            None => match self
+                .fetch_manifest(endpoint, repository, digest, credential, deadline)
+                .await
+            {
+                Ok(manifest) => manifest.body,
+                Err(answer) => {
+                    debug!(host = endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
+                    return None;
+                }
+            },
+        };
+        match crate::platform::index_platforms(&body) {
+            Ok(platforms) => {
+                let platforms: Arc<[Platform]> = platforms.into();
+                let mut indexes = lock(&self.indexes);
+                if indexes.len() >= capacity.max(1)
+                    && let Some(evicted) = indexes.keys().next().cloned()
+                {
+                    indexes.remove(&evicted);
+                }
+                indexes.insert(digest.to_string(), platforms.clone());
+                Some(platforms)
+            }
+            Err(error) => {
+                debug!(host = endpoint.host, %digest, %error, "index not parsed; platforms not checked");
+                None
+            }
+        }
+    }
+
+    /// The classified answer for a manifest, with its digest and media type, and its
+    /// body when one was read.
+    async fn manifest_answer(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> (Answer, Option<Bytes>) {
+        let answer = self
+            .ask(
+                endpoint,
+                repository,
+                Object::Manifest,
+                reference,
+                credential,
+                deadline,
+                false,
+            )
+            .await;
+        let (answer, final_) = match answer {
+            Ok(pair) => pair,
+            Err(answer) => return (answer, None),
+        };
+        if !answer.outcome.is_available() {
+            return (answer, None);
+        }
+        let digest = final_
+            .headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        match digest {
+            Some(digest) => (
+                Answer {
+                    outcome: CheckOutcome::available_at(Some(digest), media_type(&final_.headers)),
+                    ..answer
+                },
+                (!final_.body.is_empty()).then(|| final_.body.clone()),
+            ),
+            None if !final_.body.is_empty() || final_.truncated => {
+                let body = final_.body.clone();
+                (self.digest_of_body(answer, final_), Some(body))
+            }
+            None => {
+                // A HEAD answered without Docker-Content-Digest: the body tells.
+                debug!(
+                    host = endpoint.host,
+                    repository, reference, "no Docker-Content-Digest; fetching the manifest"
+                );
+                match self
+                    .ask(
+                        endpoint,
+                        repository,
+                        Object::Manifest,
+                        reference,
+                        credential,
+                        deadline,
+                        true,
+                    )
+                    .await
+                {
+                    Ok((answer, final_)) if answer.outcome.is_available() => {
+                        let body = final_.body.clone();
+                        (self.digest_of_body(answer, final_), Some(body))
+                    }
+                    Ok((answer, _)) => (answer, None),
+                    Err(answer) => (answer, None),
+                }
+            }
+        }
+    }
+
+    fn digest_of_body(&self, answer: Answer, final_: Final) -> Answer {
+        if final_.truncated {
+            return Answer {
+                outcome: CheckOutcome::new(
+                    CheckStatus::UnknownError,
+                    format!(
+                        "manifest larger than {} MiB (containerd refuses it too)",
+                        MAX_MANIFEST_BYTES >> 20
+                    ),
+                ),
+                ..answer
+            };
+        }
+        Answer {
+            outcome: CheckOutcome::available_at(
+                Some(sha256_digest(&final_.body)),
+                media_type(&final_.headers),
+            ),
+            ..answer
+        }
+    }
+
+    /// Checks that the blob `digest` exists (containerd's fallback for digests).
+    pub async fn check_blob(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        digest: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> Answer {
+        match self
+            .ask(
+                endpoint,
+                repository,
+                Object::Blob,
+                digest,
+                credential,
+                deadline,
+                false,
+            )
+            .await
+        {
+            Ok((mut answer, _)) => {
+                if answer.outcome.is_available() {
+                    answer.outcome.digest = Some(digest.to_string());
+                }
+                answer
+            }
+            Err(answer) => answer,
+        }
+    }
+
+    /// Fetches the manifest or index `digest` of `repository` (at most 4 MiB) with the
+    /// same authentication, pause and limits as a check, and verifies its sha256.
+    pub async fn fetch_manifest(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        digest: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> Result<Manifest, Answer> {
+        let (answer, final_) = self
+            .ask(
+                endpoint,
+                repository,
+                Object::Manifest,
+                digest,
+                credential,
+                deadline,
+                true,
+            )
+            .await?;
+        if !answer.outcome.is_available() {
+            return Err(answer);
+        }
+        let answer = self.digest_of_body(answer, final_.clone());
+        if !answer.outcome.is_available() {
+            return Err(answer);
+        }
+        let computed = answer.outcome.digest.clone().unwrap_or_default();
+        if digest.starts_with("sha256:") && computed != digest {
+            return Err(Answer {
+                outcome: CheckOutcome::new(
+                    CheckStatus::UnknownError,
+                    format!("{}: manifest {digest} has digest {computed}", answer.origin),
+                ),
+                ..answer
+            });
+        }
+        Ok(Manifest {
+            digest: digest.to_string(),
+            media_type: answer.outcome.media_type,
+            body: final_.body,
+        })
+    }
+
+    /// One object, over the scheme(s) the endpoint allows. Ok: the host answered
+    /// (classified answer + the final response); Err: a classified failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn ask(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        object: Object,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+        want_body: bool,
+    ) -> Result<(Answer, Final), Answer> {
+        let state = self.state(endpoint.host);
+        let learned = *lock(&state.plain_http);
+        let schemes: &[bool] = match (endpoint.scheme, learned) {
+            (Scheme::Https, _) => &[false],
+            (Scheme::Http, _) => &[true],
+            (Scheme::HttpsOrPlain, Some(plain)) => {
+                if plain {
+                    &[true]
+                } else {
+                    &[false]
+                }
+            }
+            (Scheme::HttpsOrPlain, None) => &[false, true],
+        };
+        let mut last = None;
+        for &plain in schemes {
+            let origin = format!(
+                "{}://{}",
+                if plain { "http" } else { "https" },
+                endpoint.host
+            );
+            match self
+                .converse(
+                    &state, endpoint, plain, &origin, repository, object, reference, credential,
+                    deadline, want_body,
+                )
+                .await
+            {
+                Ok(final_) => {
+                    if endpoint.scheme == Scheme::HttpsOrPlain {
+                        *lock(&state.plain_http) = Some(plain);
+                    }
+                    let mut outcome = classify::classify_response(final_.status, &final_.body);
+                    outcome.reason = redact(outcome.reason, credential);
+                    if final_.status == StatusCode::TOO_MANY_REQUESTS {
+                        self.note_429(&state, &final_.headers, &mut outcome);
+                    }
+                    if !outcome.is_available() {
+                        outcome.reason = format!("{origin}: {}", outcome.reason);
+                    }
+                    return Ok((
+                        Answer {
+                            outcome,
+                            http_status: Some(final_.status.as_u16()),
+                            origin,
+                        },
+                        final_,
+                    ));
+                }
+                Err(Failure::Outcome(outcome)) => return Err(Answer::local(outcome, origin)),
+                Err(Failure::NoAnswer(kind, outcome)) => {
+                    let may_fall_back = !plain && kind.plain_http_may_answer();
+                    debug!(%origin, ?kind, reason = %outcome.reason, "no HTTP answer");
+                    last = Some(Answer::local(outcome, origin));
+                    if !may_fall_back {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Answer::local(
+                CheckOutcome::new(CheckStatus::UnknownError, "no scheme to try"),
+                endpoint.host.to_string(),
+            )
+        }))
+    }
+
+    /// Records a 429 of `state`'s host (pausing it) and says so in the reason.
+    fn note_429(&self, state: &Arc<HostState>, headers: &HeaderMap, outcome: &mut CheckOutcome) {
+        let retry_after = classify::retry_after(headers);
+        self.observer.rate_limited(&state.host);
+        let change = lock(&state.pause).on_429(retry_after, Instant::now());
+        match change {
+            PauseChange::Started {
+                duration,
+                until,
+                generation,
+                from_retry_after,
+            } => {
+                self.observer.paused_until(&state.host, unix_seconds(until));
+                self.end_pause_later(state.clone(), until, generation);
+                outcome.reason = format!(
+                    "{}; registry paused for {}s ({})",
+                    outcome.reason,
+                    duration.as_secs(),
+                    if from_retry_after {
+                        "Retry-After"
+                    } else {
+                        "backoff"
+                    }
+                );
+            }
+            PauseChange::Unchanged { until } => {
+                outcome.reason = format!(
+                    "{}; registry already paused for another {}s",
+                    outcome.reason,
+                    until.saturating_duration_since(Instant::now()).as_secs()
+                );
+            }
+        }
+    }
+
+    /// Sets the paused-until metric back to 0 when the pause `generation` ends (unless
+    /// a later pause replaced it).
+    fn end_pause_later(&self, state: Arc<HostState>, until: Instant, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let observer = self.observer.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            if lock(&state.pause).generation() == generation {
+                observer.paused_until(&state.host, 0.0);
+            }
+        });
+    }
+
+    /// One request to `state`'s host (or, for tokens, to `url` elsewhere): consults the
+    /// pause and the request rate first, then sends under the deadline.
+    async fn send(
+        &self,
+        state: &HostState,
+        request: reqwest::RequestBuilder,
+        metric_host: &str,
+        deadline: &Deadline,
+    ) -> Result<reqwest::Response, Failure> {
+        if let Some(remaining) = lock(&state.pause).remaining(Instant::now()) {
+            return Err(Failure::Outcome(Self::paused_outcome(remaining)));
+        }
+        if let Some(limiter) = &state.limiter {
+            let waiting = Instant::now();
+            limiter.until_ready().await;
+            deadline.excuse(waiting.elapsed());
+            // The pause may have begun while this request waited for its turn.
+            if let Some(remaining) = lock(&state.pause).remaining(Instant::now()) {
+                return Err(Failure::Outcome(Self::paused_outcome(remaining)));
+            }
+        }
+        match tokio::time::timeout_at(deadline.at().into(), request.send()).await {
+            Err(_) => {
+                self.observer.request(metric_host, None);
+                Err(Failure::NoAnswer(
+                    TransportFailure::Timeout,
+                    CheckOutcome::new(
+                        CheckStatus::RegistryUnavailable,
+                        format!("{metric_host} timed out (the check's deadline passed)"),
+                    ),
+                ))
+            }
+            Ok(Err(error)) => {
+                self.observer.request(metric_host, None);
+                let kind = classify::transport_failure(&error);
+                Err(Failure::NoAnswer(
+                    kind,
+                    classify::classify_transport_error(&error, metric_host, &self.config.hints),
+                ))
+            }
+            Ok(Ok(response)) => {
+                self.observer
+                    .request(metric_host, Some(response.status().as_u16()));
+                Ok(response)
+            }
+        }
+    }
+
+    /// The requests about one object over one scheme: authentication (learned or
+    /// challenged), HEAD->GET fallback, the final answer with its (capped) body.
+    #[allow(clippy::too_many_arguments)]
+    async fn converse(
+        &self,
+        state: &Arc<HostState>,
+        endpoint: &Endpoint<'_>,
+        plain: bool,
+        origin: &str,
+        repository: &str,
+        object: Object,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+        want_body: bool,
+    ) -> Result<Final, Failure> {
+        let mut url = format!(
+            "{origin}{}/{repository}/{}/{reference}",
+            endpoint.api_root,
+            object.path()
+        );
+        if let Some(ns) = endpoint.namespace {
+            url.push_str("?ns=");
+            url.push_str(&form_encode(ns));
+        }
+        let default_scope = format!("repository:{repository}:pull");
+        let learned = lock(&state.challenge)
+            .clone()
+            .filter(|(over_plain, _)| *over_plain == plain)
+            .map(|(_, scheme)| scheme);
+        let mut authorization = match (credential.and_then(|c| c.registry_token.clone()), learned) {
+            (Some(token), _) => Authorization::Bearer(token),
+            (None, Some(AuthScheme::Basic)) if has_password(credential).is_some() => {
+                Authorization::Basic
+            }
+            (None, Some(AuthScheme::Bearer { realm, service, .. })) => Authorization::Bearer(
+                self.token(
+                    state,
+                    endpoint,
+                    &realm,
+                    service.as_deref(),
+                    &default_scope,
+                    credential,
+                    deadline,
+                )
+                .await?,
+            ),
+            _ => Authorization::None,
+        };
+        let mut method = if want_body { Method::GET } else { Method::HEAD };
+        let mut challenged = false;
+        for _ in 0..MAX_RESPONSES {
+            let mut request = endpoint
+                .http
+                .request(method.clone(), &url)
+                .header(http::header::ACCEPT, endpoint.accept);
+            for (name, value) in endpoint.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            request = match (&authorization, has_password(credential)) {
+                (Authorization::Bearer(token), _) => request.bearer_auth(token),
+                (Authorization::Basic, Some(c)) => {
+                    request.basic_auth(&c.username, Some(&c.password))
+                }
+                _ => request,
+            };
+            let response = self.send(state, request, endpoint.host, deadline).await?;
+            let status = response.status();
+            debug!(%url, %method, status = status.as_u16(), "registry request");
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                lock(&state.pause).answered();
+            }
+            if status == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let scheme = challenge::auth_scheme(
+                    response
+                        .headers()
+                        .get_all(http::header::WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+                if let Some(scheme) = &scheme {
+                    *lock(&state.challenge) = Some((plain, scheme.clone()));
+                }
+                match scheme {
+                    Some(AuthScheme::Bearer {
+                        realm,
+                        service,
+                        scope,
+                    }) if credential.and_then(|c| c.registry_token.as_ref()).is_none() => {
+                        // A rejected cached token is forgotten before asking again.
+                        let scope = scope.unwrap_or(default_scope.clone());
+                        self.forget_token(&realm, service.as_deref(), &scope, credential);
+                        let token = self
+                            .token(
+                                state,
+                                endpoint,
+                                &realm,
+                                service.as_deref(),
+                                &scope,
+                                credential,
+                                deadline,
+                            )
+                            .await?;
+                        authorization = Authorization::Bearer(token);
+                        continue;
+                    }
+                    Some(AuthScheme::Basic)
+                        if has_password(credential).is_some()
+                            && !matches!(authorization, Authorization::Basic) =>
+                    {
+                        authorization = Authorization::Basic;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if method == Method::HEAD
+                && object == Object::Manifest
+                && matches!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+                )
+            {
+                debug!(host = endpoint.host, %status, "registry refuses HEAD; asking with GET");
+                method = Method::GET;
+                continue;
+            }
+            let cap = if status.is_success() {
+                MAX_MANIFEST_BYTES
+            } else {
+                MAX_ERROR_BYTES
+            };
+            let headers = response.headers().clone();
+            let (body, truncated) = if method == Method::GET {
+                read_capped(response, cap, deadline).await.map_err(|e| {
+                    Failure::Outcome(CheckOutcome::new(
+                        CheckStatus::RegistryUnavailable,
+                        format!("{origin}: reading the answer: {e}"),
+                    ))
+                })?
+            } else {
+                (Bytes::new(), false)
+            };
+            return Ok(Final {
+                status,
+                headers,
+                body,
+                truncated,
+            });
+        }
+        Ok(Final {
+            status: StatusCode::UNAUTHORIZED,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"registry kept asking for authentication"),
+            truncated: false,
+        })
+    }
+
+    fn forget_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&RegistryCredential>,
+    ) {
+        lock(&self.tokens).remove(&TokenKey {
+            realm: realm.to_string(),
+            service: service.map(str::to_string),
+            scope: scope.to_string(),
+            credential: RegistryCredential::fingerprint(credential),
+        });
+    }
+
+    /// A bearer token for `scope`: cached, else from the token endpoint (`GET` with
+    /// basic auth or anonymously; the OAuth2 refresh-token grant for an identity
+    /// token). Every answer of the endpoint is classified like a manifest answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn token(
+        &self,
+        state: &Arc<HostState>,
+        endpoint: &Endpoint<'_>,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> Result<String, Failure> {
+        let key = TokenKey {
+            realm: realm.to_string(),
+            service: service.map(str::to_string),
+            scope: scope.to_string(),
+            credential: RegistryCredential::fingerprint(credential),
+        };
+        let now = Instant::now();
+        {
+            let mut tokens = lock(&self.tokens);
+            match tokens.get(&key) {
+                Some((token, expires)) if *expires > now => return Ok(token.clone()),
+                Some(_) => {
+                    tokens.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let realm_host = reqwest::Url::parse(realm)
+            .ok()
+            .and_then(|u| {
+                u.host_str().map(|h| {
+                    format!(
+                        "{h}{}",
+                        u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                    )
+                })
+            })
+            .unwrap_or_else(|| realm.to_string());
+        let what = format!("token endpoint {realm_host}");
+        let identity = credential.and_then(|c| {
+            c.identity_token
+                .as_deref()
+                .filter(|_| c.username.is_empty() || c.password.is_empty())
+        });
+        let request = if let Some(refresh_token) = identity {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", "pullwatch"),
+                ("scope", scope),
+            ];
+            if let Some(service) = service {
+                form.push(("service", service));
+            }
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", form_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            endpoint
+                .http
+                .post(realm)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body)
+        } else {
+            let mut url = format!(
+                "{realm}{}scope={}",
+                if realm.contains('?') { '&' } else { '?' },
+                form_encode(scope)
+            );
+            if let Some(service) = service {
+                url.push_str(&format!("&service={}", form_encode(service)));
+            }
+            let mut request = endpoint.http.get(url);
+            if let Some(c) = has_password(credential) {
+                request = request.basic_auth(&c.username, Some(&c.password));
+            }
+            request
+        };
+        let response = match self.send(state, request, &realm_host, deadline).await {
+            Ok(response) => response,
+            // The token endpoint's silence is the registry's: unavailable, never a
+            // reason to try plain HTTP for the registry.
+            Err(Failure::NoAnswer(_, outcome)) => {
+                return Err(Failure::Outcome(CheckOutcome::new(
+                    outcome.status,
+                    format!("{what}: {}", outcome.reason),
+                )));
+            }
+            Err(other) => return Err(other),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let cap = if status.is_success() {
+            MAX_TOKEN_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let (body, truncated) = read_capped(response, cap, deadline).await.map_err(|e| {
+            Failure::Outcome(CheckOutcome::new(
+                CheckStatus::RegistryUnavailable,
+                format!("{what}: reading the answer: {e}"),
+            ))
+        })?;
+        if !status.is_success() {
+            let mut outcome = classify::classify_token_response(status, &body, &what);
+            outcome.reason = redact(outcome.reason, credential);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                // The registry's limit, whichever host said it: pause the registry.
+                self.note_429(state, &headers, &mut outcome);
+            }
+            return Err(Failure::Outcome(outcome));
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        // The body is a token: never quoted.
+        let parsed: Option<TokenResponse> = if truncated {
+            None
+        } else {
+            serde_json::from_slice(&body).ok()
+        };
+        let Some(parsed) = parsed else {
+            return Err(Failure::Outcome(CheckOutcome::new(
+                CheckStatus::RegistryUnavailable,
+                format!("{what} answered HTTP {status} without a usable token"),
+            )));
+        };
+        let token = if parsed.access_token.is_empty() {
+            parsed.token
+        } else {
+            parsed.access_token
+        };
+        if token.is_empty() {
+            return Err(Failure::Outcome(CheckOutcome::new(
+                CheckStatus::AuthenticationFailure,
+                format!("{what} answered without a token"),
+            )));
+        }
+        let ttl = parsed
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_TTL);
+        let ttl = ttl.saturating_sub(TOKEN_MARGIN).max(Duration::from_secs(1));
+        let now = Instant::now();
+        let mut tokens = lock(&self.tokens);
+        // Expired tokens go whenever a new one comes.
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(key, (token.clone(), now + ttl));
+        Ok(token)
+    }
+
+    /// Tokens held now (expired ones are evicted as new ones arrive).
+    pub fn cached_tokens(&self) -> usize {
+        lock(&self.tokens).len()
+    }
+}
+
+/// Reads a body up to `cap` bytes under the deadline. Ok((body, truncated)).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+    deadline: &Deadline,
+) -> Result<(Bytes, bool), String> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok((Bytes::new(), true));
+    }
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+            if body.len() + chunk.len() > cap {
+                return Ok((Bytes::new(), true));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((Bytes::from(body), false))
+    };
+    match tokio::time::timeout_at(deadline.at().into(), read).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out (the check's deadline passed)".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_and_media_types() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let mut headers = HeaderMap::new();
+        assert_eq!(media_type(&headers), None);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            "application/vnd.oci.image.index.v1+json; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            media_type(&headers).as_deref(),
+            Some("application/vnd.oci.image.index.v1+json")
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_reasons() {
+        let credential = RegistryCredential {
+            username: "alice".into(),
+            password: "hunter22".into(),
+            identity_token: Some("refresh-abc".into()),
+            registry_token: None,
+        };
+        let text = redact(
+            "bad password hunter22 and token refresh-abc".to_string(),
+            Some(&credential),
+        );
+        assert_eq!(text, "bad password <redacted> and token <redacted>");
+        assert_eq!(
+            form_encode("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+    }
+}
