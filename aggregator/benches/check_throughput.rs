@@ -113,10 +113,10 @@ async fn pullwatch_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64
     let keys: Vec<CheckKey> = tags
         .iter()
         .map(|tag| {
-            Ok(CheckKey {
-                reference: ImageReference::parse(&format!("{host}/bench/app:{tag}"))?,
-                credentials: Arc::from(Vec::new()),
-            })
+            Ok(CheckKey::new(
+                ImageReference::parse(&format!("{host}/bench/app:{tag}"))?,
+                Arc::from(Vec::new()),
+            ))
         })
         .collect::<anyhow::Result<_>>()?;
     // Let the checker learn the registry's scheme once, as it would in a long-running process.

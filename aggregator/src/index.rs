@@ -26,23 +26,38 @@ pub struct ContainerRef {
 }
 
 /// A distinct check: the reference to ask for (after mirrors) and the credentials to
-/// try, in order. Two keys are equal when reference and credential values are equal,
-/// whatever secrets they came from.
+/// try, in order, and — where it differs — the reference the kubelet pulls (before
+/// `--image-mirror` and `--default-registry`), which agents check. Two keys are equal
+/// when those and the credential values are equal, whatever secrets they came from.
 #[derive(Clone, Debug)]
 pub struct CheckKey {
     pub reference: ImageReference,
     pub credentials: Arc<[SourcedCredential]>,
+    /// The kubelet's reference when it is not `reference`: two images the aggregator
+    /// checks as one are still two different pulls on a node.
+    pub kubelet_reference: Option<ImageReference>,
 }
 
 impl CheckKey {
+    /// A key whose kubelet reference is the checked one.
+    pub fn new(reference: ImageReference, credentials: Arc<[SourcedCredential]>) -> CheckKey {
+        CheckKey {
+            reference,
+            credentials,
+            kubelet_reference: None,
+        }
+    }
+
     fn identity(
         &self,
     ) -> (
         &ImageReference,
+        Option<&ImageReference>,
         impl Iterator<Item = &pullwatch::RegistryCredential>,
     ) {
         (
             &self.reference,
+            self.kubelet_reference.as_ref(),
             self.credentials.iter().map(|c| &c.credential),
         )
     }
@@ -50,16 +65,17 @@ impl CheckKey {
 
 impl PartialEq for CheckKey {
     fn eq(&self, other: &Self) -> bool {
-        let (a_ref, a_creds) = self.identity();
-        let (b_ref, b_creds) = other.identity();
-        a_ref == b_ref && a_creds.eq(b_creds)
+        let (a_ref, a_kubelet, a_creds) = self.identity();
+        let (b_ref, b_kubelet, b_creds) = other.identity();
+        a_ref == b_ref && a_kubelet == b_kubelet && a_creds.eq(b_creds)
     }
 }
 impl Eq for CheckKey {}
 impl Hash for CheckKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let (reference, creds) = self.identity();
+        let (reference, kubelet, creds) = self.identity();
         reference.hash(state);
+        kubelet.hash(state);
         for credential in creds {
             credential.hash(state);
         }
@@ -72,9 +88,12 @@ impl PartialOrd for CheckKey {
 }
 impl Ord for CheckKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let (a_ref, a_creds) = self.identity();
-        let (b_ref, b_creds) = other.identity();
-        a_ref.cmp(b_ref).then_with(|| a_creds.cmp(b_creds))
+        let (a_ref, a_kubelet, a_creds) = self.identity();
+        let (b_ref, b_kubelet, b_creds) = other.identity();
+        a_ref
+            .cmp(b_ref)
+            .then_with(|| a_kubelet.cmp(&b_kubelet))
+            .then_with(|| a_creds.cmp(b_creds))
     }
 }
 
@@ -338,6 +357,7 @@ impl ImageIndex {
                         let credentials: Arc<[SourcedCredential]> =
                             keyring.lookup(&reference).into();
                         let key = CheckKey {
+                            kubelet_reference: (original != reference).then(|| original.clone()),
                             reference,
                             credentials,
                         };
@@ -854,6 +874,50 @@ mod tests {
             };
             assert_eq!(users, want, "{}", target.image);
         }
+    }
+
+    /// Two images the aggregator checks as one (here: `nginx:1` and
+    /// `mirror.local:5000/nginx:1` under `--default-registry mirror.local:5000`) are two
+    /// different pulls on a node: each gets its own check, and agents are asked about
+    /// each one's own reference.
+    #[test]
+    fn images_checked_as_one_centrally_are_asked_of_agents_separately() {
+        let mut inv = Inventory::default();
+        add(&mut inv, workload("a", "hub", &["nginx:1"], &[]));
+        add(
+            &mut inv,
+            workload("a", "local", &["mirror.local:5000/nginx:1"], &[]),
+        );
+        let mut opts = options();
+        opts.default_registry = "mirror.local:5000".into();
+        let index = ImageIndex::build(&inv, &opts);
+        let mut asked: Vec<(String, String, Vec<String>)> = index
+            .agent_targets
+            .iter()
+            .map(|(key, target)| {
+                (
+                    key.reference.to_string(),
+                    target.image.to_string(),
+                    index.checks[key].iter().map(|c| c.name.clone()).collect(),
+                )
+            })
+            .collect();
+        asked.sort();
+        assert_eq!(
+            asked,
+            [
+                (
+                    "mirror.local:5000/nginx:1".to_string(),
+                    "docker.io/library/nginx:1".to_string(),
+                    vec!["hub".to_string()]
+                ),
+                (
+                    "mirror.local:5000/nginx:1".to_string(),
+                    "mirror.local:5000/nginx:1".to_string(),
+                    vec!["local".to_string()]
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -31,9 +31,9 @@ fn checker(config: &CheckerConfig) -> (Checker, Metrics) {
 }
 
 fn key(image: &str, credentials: &[(&str, &str, &str)]) -> CheckKey {
-    CheckKey {
-        reference: ImageReference::parse(image).unwrap(),
-        credentials: credentials
+    CheckKey::new(
+        ImageReference::parse(image).unwrap(),
+        credentials
             .iter()
             .map(|(source, user, password)| SourcedCredential {
                 source: Arc::from(*source),
@@ -45,7 +45,7 @@ fn key(image: &str, credentials: &[(&str, &str, &str)]) -> CheckKey {
             })
             .collect::<Vec<_>>()
             .into(),
-    }
+    )
 }
 
 fn metric_value(metrics: &Metrics, line_prefix: &str) -> Option<f64> {

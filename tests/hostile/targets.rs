@@ -1001,14 +1001,14 @@ impl Target for RegistryExchanges {
             password: pullwatch_testbench::CANARY_PASSWORD.into(),
             ..Default::default()
         };
-        let key = pullwatch_aggregator::index::CheckKey {
-            reference: image.clone(),
-            credentials: vec![pullwatch::SourcedCredential {
+        let key = pullwatch_aggregator::index::CheckKey::new(
+            image.clone(),
+            vec![pullwatch::SourcedCredential {
                 source: Arc::from("secret/fuzz/regcred"),
                 credential: credential.clone(),
             }]
             .into(),
-        };
+        );
         let checker = self.checker();
         // Both sides at once, each on its own repository, against the same script. The
         // shared client's parsers (challenge, error bodies) get their 10,000 cases in
