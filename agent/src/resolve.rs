@@ -94,6 +94,28 @@ impl RegistryHost {
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.host)
     }
+
+    /// This host as the registry client addresses it; `namespace` is the registry a
+    /// mirror is asked on behalf of (`?ns=`), as containerd asks mirrors.
+    fn endpoint<'a>(
+        &'a self,
+        client: &'a reqwest::Client,
+        namespace: Option<&'a str>,
+    ) -> Endpoint<'a> {
+        Endpoint {
+            http: client,
+            scheme: if self.scheme == "http" {
+                Scheme::Http
+            } else {
+                Scheme::Https
+            },
+            host: &self.host,
+            api_root: &self.path,
+            namespace,
+            headers: &self.headers,
+            accept: RESOLVE_ACCEPT,
+        }
+    }
 }
 
 /// containerd's `IsLocalhost`: `localhost` or a loopback IP, with or without a port.
@@ -673,19 +695,7 @@ impl Resolver {
                         continue;
                     }
                 };
-                let endpoint = Endpoint {
-                    http: &client,
-                    scheme: if host.scheme == "http" {
-                        Scheme::Http
-                    } else {
-                        Scheme::Https
-                    },
-                    host: &host.host,
-                    api_root: &host.path,
-                    namespace: mirror.then_some(registry),
-                    headers: &host.headers,
-                    accept: RESOLVE_ACCEPT,
-                };
+                let endpoint = host.endpoint(&client, mirror.then_some(registry));
                 let answer = match object {
                     Object::Manifest => {
                         self.registry
@@ -780,19 +790,7 @@ impl Resolver {
                     continue;
                 }
             };
-            let endpoint = Endpoint {
-                http: &client,
-                scheme: if host.scheme == "http" {
-                    Scheme::Http
-                } else {
-                    Scheme::Https
-                },
-                host: &host.host,
-                api_root: &host.path,
-                namespace: (host.host != registry).then_some(registry),
-                headers: &host.headers,
-                accept: RESOLVE_ACCEPT,
-            };
+            let endpoint = host.endpoint(&client, (host.host != registry).then_some(registry));
             match self
                 .registry
                 .fetch_manifest(&endpoint, image.repository(), digest, credential, &deadline)
