@@ -762,28 +762,37 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
-    /// Nothing listens on port 1 of loopback: a central check is `registry_unavailable`
-    /// at once, while the agents' answers say what the nodes see.
-    #[tokio::test]
-    async fn node_answers_supersede_the_central_check_once_an_agent_joins() {
-        let image = "127.0.0.1:1/team/app:v1";
+    /// A scheduler running over Deployments `ns/<name>` with one container `app` using
+    /// `image` each, its agents grouped by the `zone` label, checking centrally with a
+    /// 2 s timeout and rechecking hourly.
+    struct Running {
+        pipeline: Arc<Pipeline>,
+        hub: AgentHub,
+        index_tx: watch::Sender<Option<Arc<ImageIndex>>>,
+        stop_tx: watch::Sender<bool>,
+        scheduler: tokio::task::JoinHandle<()>,
+    }
+
+    fn running(workloads: &[(&str, &str)]) -> Running {
         let mut inventory = Inventory::default();
-        inventory.workloads.insert(
-            (WorkloadKind::Deployment, "ns".into(), "web".into()),
-            Workload {
-                namespace: "ns".into(),
-                kind: WorkloadKind::Deployment,
-                name: "web".into(),
-                containers: vec![ContainerImage {
-                    container: "app".into(),
-                    image: image.into(),
-                }],
-                pull_secrets: vec![],
-                service_account: "default".into(),
-                enabled: true,
-                platforms: Default::default(),
-            },
-        );
+        for (name, image) in workloads {
+            inventory.workloads.insert(
+                (WorkloadKind::Deployment, "ns".into(), name.to_string()),
+                Workload {
+                    namespace: "ns".into(),
+                    kind: WorkloadKind::Deployment,
+                    name: name.to_string(),
+                    containers: vec![ContainerImage {
+                        container: "app".into(),
+                        image: image.to_string(),
+                    }],
+                    pull_secrets: vec![],
+                    service_account: "default".into(),
+                    enabled: true,
+                    platforms: Default::default(),
+                },
+            );
+        }
         let index = ImageIndex::build(
             &inventory,
             &IndexOptions {
@@ -815,6 +824,27 @@ mod tests {
             Scheduler::new(pipeline.clone(), Duration::from_secs(3600))
                 .run(index_rx, status_tx, stop_rx),
         );
+        Running {
+            pipeline,
+            hub,
+            index_tx,
+            stop_tx,
+            scheduler,
+        }
+    }
+
+    /// Nothing listens on port 1 of loopback: a central check is `registry_unavailable`
+    /// at once, while the agents' answers say what the nodes see.
+    #[tokio::test]
+    async fn node_answers_supersede_the_central_check_once_an_agent_joins() {
+        let image = "127.0.0.1:1/team/app:v1";
+        let Running {
+            pipeline,
+            hub,
+            index_tx,
+            stop_tx,
+            scheduler,
+        } = running(&[("web", image)]);
         let status = |p: &Pipeline| p.results().first().map(|(_, o)| o.status);
         wait_for("the central check", || {
             status(&pipeline) == Some(CheckStatus::RegistryUnavailable)
@@ -874,57 +904,20 @@ mod tests {
     #[tokio::test]
     async fn agent_joins_recheck_once_per_new_node_group() {
         const KEYS: usize = 12;
-        let mut inventory = Inventory::default();
-        for i in 0..KEYS {
-            let name = format!("w{i}");
-            inventory.workloads.insert(
-                (WorkloadKind::Deployment, "ns".into(), name.clone()),
-                Workload {
-                    namespace: "ns".into(),
-                    kind: WorkloadKind::Deployment,
-                    name,
-                    containers: vec![ContainerImage {
-                        container: "app".into(),
-                        image: format!("127.0.0.1:1/team/app{i}:v1"),
-                    }],
-                    pull_secrets: vec![],
-                    service_account: "default".into(),
-                    enabled: true,
-                    platforms: Default::default(),
-                },
-            );
-        }
-        let index = ImageIndex::build(
-            &inventory,
-            &IndexOptions {
-                default_registry: "docker.io".into(),
-                platforms: Vec::new(),
-                mirrors: Mirrors::default(),
-                filters: Filters::default(),
-            },
-        );
-        let metrics = Metrics::new(false).unwrap();
-        let checker = Checker::new(
-            &CheckerConfig {
-                allow_plain_http: true,
-                request_timeout: Duration::from_secs(2),
-                ..Default::default()
-            },
-            metrics.checker.clone(),
-        )
-        .unwrap();
-        let hub = AgentHub::new(HubConfig {
-            node_group_label: Some("zone".into()),
-            ..Default::default()
-        });
-        let pipeline = Arc::new(Pipeline::new(checker, metrics, 4).with_agents(hub.clone()));
-        let (_index_tx, index_rx) = watch::channel(Some(Arc::new(index)));
-        let (status_tx, _status_rx) = watch::channel(SchedulerStatus::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let scheduler = tokio::spawn(
-            Scheduler::new(pipeline.clone(), Duration::from_secs(3600))
-                .run(index_rx, status_tx, stop_rx),
-        );
+        let workloads: Vec<(String, String)> = (0..KEYS)
+            .map(|i| (format!("w{i}"), format!("127.0.0.1:1/team/app{i}:v1")))
+            .collect();
+        let workloads: Vec<(&str, &str)> = workloads
+            .iter()
+            .map(|(name, image)| (name.as_str(), image.as_str()))
+            .collect();
+        let Running {
+            pipeline,
+            hub,
+            index_tx: _index_tx,
+            stop_tx,
+            scheduler,
+        } = running(&workloads);
         let central =
             |p: &Pipeline| p.metrics.checks.with_label_values(&["central"]).get() as usize;
         wait_for("the first pass", || central(&pipeline) == KEYS).await;
