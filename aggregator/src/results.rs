@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::store::{ResultStore, tag_moved};
+use crate::store::{ImageNodes, ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.
 pub fn fix(status: CheckStatus) -> &'static str {
@@ -178,20 +178,9 @@ pub fn images(
             .count(),
         last_full_pass: rfc3339(last_full_pass),
     };
-    let nodes_of: BTreeMap<&str, Vec<NodeView>> = store
+    let nodes_of: BTreeMap<&str, &ImageNodes> = store
         .image_nodes()
-        .map(|(image, nodes)| {
-            let views = nodes
-                .answers
-                .iter()
-                .map(|(node, (status, reason))| NodeView {
-                    node: node.clone(),
-                    status: *status,
-                    reason: reason.clone(),
-                })
-                .collect();
-            (image.as_str(), views)
-        })
+        .map(|(image, nodes)| (image.as_str(), nodes))
         .collect();
     let mut images = Vec::new();
     for (image, rows) in by_image {
@@ -226,13 +215,14 @@ pub fn images(
             workloads,
             nodes: nodes_of
                 .get(image)
-                .map(|views| {
-                    views
+                .map(|nodes| {
+                    nodes
+                        .answers
                         .iter()
-                        .map(|n| NodeView {
-                            node: n.node.clone(),
-                            status: n.status,
-                            reason: n.reason.clone(),
+                        .map(|(node, (status, reason))| NodeView {
+                            node: node.clone(),
+                            status: *status,
+                            reason: reason.clone(),
                         })
                         .collect()
                 })
