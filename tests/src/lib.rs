@@ -6,6 +6,7 @@
 mod apiserver;
 mod bearer;
 mod behaviours;
+mod binaries;
 mod ca;
 mod canary;
 mod containerd;
@@ -28,6 +29,7 @@ pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
 pub use behaviours::{
     BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, SilentServer, registry_behaviours,
 };
+pub use binaries::workspace_binary;
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, assert_no_canary, assert_no_canary_in_file, assert_no_canary_in_process_logs,

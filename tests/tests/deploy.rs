@@ -881,7 +881,7 @@ const NAMESPACE: &str = "pullwatch";
 /// Every long flag a subcommand of one of this workspace's binaries accepts, read
 /// from its `--help`: the chart may only pass flags the binaries really have.
 fn flags_of(binary: &str, subcommand: &str) -> Vec<String> {
-    let output = std::process::Command::new(workspace_binary(binary))
+    let output = std::process::Command::new(workspace_binary(binary).unwrap())
         .args([subcommand, "--help"])
         .output()
         .unwrap();
@@ -2640,30 +2640,12 @@ use std::time::{Duration, Instant};
 
 use pullwatch_testbench::{
     ImageFormat, Registry, RegistryOptions, free_port, http_request, push_image, require_tool,
+    workspace_binary,
 };
 
-/// The aggregator binary of this workspace: `$PULLWATCH_AGGREGATOR_BIN`, else next to this
-/// test's own executable (target/<profile>/pullwatch-aggregator, which `cargo test
-/// --workspace` builds for the aggregator's own tests).
+/// The aggregator binary of this workspace (see [`workspace_binary`]).
 fn aggregator_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PULLWATCH_AGGREGATOR_BIN") {
-        return PathBuf::from(path);
-    }
-    workspace_binary("pullwatch-aggregator")
-}
-
-/// A binary of this workspace, next to this test's own executable (target/<profile>/),
-/// where `cargo test --workspace` builds it for its crate's own tests.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with `cargo build -p {name}` (or run `cargo test --workspace`)",
-        bin.display()
-    );
-    bin
+    workspace_binary("pullwatch-aggregator").unwrap()
 }
 
 fn str_refs(strings: &[String]) -> Vec<&str> {
@@ -3124,7 +3106,7 @@ async fn credential_provider_presets_reach_the_real_agent() {
         )
         .unwrap();
 
-        let output = std::process::Command::new(workspace_binary("pullwatch-agent"))
+        let output = std::process::Command::new(workspace_binary("pullwatch-agent").unwrap())
             .args(["check", &image, "--mode", "resolve", "-o", "json"])
             .arg(format!(
                 "--image-credential-provider-config={}",
