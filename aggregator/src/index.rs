@@ -256,7 +256,8 @@ impl ImageIndex {
         };
         // Most workloads land on the same platforms: one shared list per set.
         let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
-        for workload in inventory.workloads.values() {
+        let grouped = inventory.grouped_workloads();
+        for workload in inventory.workloads.values().chain(&grouped) {
             if let Some(selector) = &options.filters.namespace_selector {
                 let labels = inventory.namespaces.get(&workload.namespace);
                 if !labels.is_some_and(|l| selector.matches(l)) {

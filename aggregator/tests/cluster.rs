@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use pullwatch_testbench::{
     ApiTarget, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary,
     assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
@@ -188,7 +188,7 @@ async fn watch_events_drive_checks_and_series() {
     let missing = format!("{}/shop/web:gone", registry.host());
     let ns = "pw-watch";
     target.ensure_namespace(ns).await.unwrap();
-    target
+    let web = target
         .apply(&deployment(ns, "web", &[&good]))
         .await
         .unwrap();
@@ -215,7 +215,7 @@ async fn watch_events_drive_checks_and_series() {
         .await
         .unwrap();
     let rs = target
-        .apply(&replicaset(ns, "web-abc", &[&good]))
+        .apply(&with_owner(replicaset(ns, "web-abc", &[&good]), &web))
         .await
         .unwrap();
     target
@@ -300,6 +300,172 @@ async fn watch_events_drive_checks_and_series() {
         .wait_metrics("the resumed cronjob", Duration::from_secs(10), |m| {
             status_of(m, &format!("{ns}/cronjob/nightly/c0")).as_deref() == Some("available")
         })
+        .await;
+    if target.is_real() {
+        let _ = target.delete::<Namespace>("", ns).await;
+    }
+}
+
+/// Makes a controller pullwatch does not watch (a custom resource) the controller of
+/// `obj`.
+fn with_controller<T>(mut obj: T, api_version: &str, kind: &str, name: &str) -> T
+where
+    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    obj.metadata_mut()
+        .owner_references
+        .get_or_insert_with(Vec::new)
+        .push(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: api_version.into(),
+                kind: kind.into(),
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        );
+    obj
+}
+
+/// The canonical series (one line per status family) of one workload.
+fn series_of(metrics: &str, ns: &str, kind: &str, name: &str) -> usize {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("k8s_image_availability_exporter_")
+                && l.contains(&format!("namespace=\"{ns}\""))
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains(&format!("name=\"{name}\""))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let good = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let missing = format!("{}/db/postgres:gone", registry.host());
+    let ns = "pw-owners";
+    target.ensure_namespace(ns).await.unwrap();
+
+    // Argo Rollouts' shape: Rollout -> ReplicaSet -> two Pods.
+    let rollout_rs = target
+        .apply(&with_controller(
+            replicaset(ns, "shop-7f9", &[&good]),
+            "argoproj.io/v1alpha1",
+            "Rollout",
+            "shop",
+        ))
+        .await
+        .unwrap();
+    for pod_name in ["shop-7f9-a", "shop-7f9-b"] {
+        target
+            .apply(&with_owner(pod(ns, pod_name, &[&good]), &rollout_rs))
+            .await
+            .unwrap();
+    }
+    // An operator's custom resource owning its pods directly, no StatefulSet between.
+    for pod_name in ["db-0", "db-1"] {
+        target
+            .apply(&with_controller(
+                pod(ns, pod_name, &[&missing]),
+                "postgres-operator.crunchydata.com/v1beta1",
+                "PostgresCluster",
+                "db",
+            ))
+            .await
+            .unwrap();
+    }
+    // A bare ReplicaSet is its own top-most controller.
+    let bare = target
+        .apply(&replicaset(ns, "solo", &[&good]))
+        .await
+        .unwrap();
+    target
+        .apply(&with_owner(pod(ns, "solo-x", &[&good]), &bare))
+        .await
+        .unwrap();
+    // A Deployment's pods are covered by the Deployment, never twice.
+    let web = target
+        .apply(&deployment(ns, "web", &[&good]))
+        .await
+        .unwrap();
+    let web_rs = target
+        .apply(&with_owner(replicaset(ns, "web-6d8", &[&good]), &web))
+        .await
+        .unwrap();
+    target
+        .apply(&with_owner(pod(ns, "web-6d8-q", &[&good]), &web_rs))
+        .await
+        .unwrap();
+
+    let aggregator = Aggregator::start(&target, &[]);
+    aggregator.wait_ready().await;
+    aggregator
+        .wait_metrics("every controller's series", Duration::from_secs(20), |m| {
+            statuses(m)
+                .keys()
+                .filter(|k| k.starts_with(&format!("{ns}/")))
+                .count()
+                == 4
+        })
+        .await;
+    let metrics = aggregator.metrics().await;
+    promtool_check_metrics(&metrics).unwrap();
+    let found = statuses(&metrics);
+    let mine: Vec<&String> = found
+        .keys()
+        .filter(|k| k.starts_with(&format!("{ns}/")))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            &format!("{ns}/deployment/web/c0"),
+            &format!("{ns}/postgrescluster/db/c0"),
+            &format!("{ns}/replicaset/solo/c0"),
+            &format!("{ns}/rollout/shop/c0"),
+        ],
+        "{metrics}"
+    );
+    assert_eq!(
+        status_of(&metrics, &format!("{ns}/rollout/shop/c0")).as_deref(),
+        Some("available")
+    );
+    assert_eq!(
+        status_of(&metrics, &format!("{ns}/postgrescluster/db/c0")).as_deref(),
+        Some("absent")
+    );
+    // One series set however many replicas: one line per status family.
+    let families = series_of(&metrics, ns, "deployment", "web");
+    assert!(families > 0, "{metrics}");
+    for (kind, name) in [("rollout", "shop"), ("postgrescluster", "db")] {
+        assert_eq!(series_of(&metrics, ns, kind, name), families, "{kind} {name}");
+    }
+
+    // The series stay while a replica is left, and go with the last pod.
+    target.delete::<Pod>(ns, "shop-7f9-a").await.unwrap();
+    target.delete::<Pod>(ns, "db-0").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = aggregator.metrics().await;
+    assert_eq!(series_of(&metrics, ns, "rollout", "shop"), families);
+    assert_eq!(series_of(&metrics, ns, "postgrescluster", "db"), families);
+    target.delete::<Pod>(ns, "shop-7f9-b").await.unwrap();
+    target.delete::<Pod>(ns, "db-1").await.unwrap();
+    aggregator
+        .wait_metrics(
+            "the last pods' controllers to go",
+            Duration::from_secs(10),
+            |m| {
+                series_of(m, ns, "rollout", "shop") == 0
+                    && series_of(m, ns, "postgrescluster", "db") == 0
+                    && series_of(m, ns, "replicaset", "solo") == families
+            },
+        )
         .await;
     if target.is_real() {
         let _ = target.delete::<Namespace>("", ns).await;

@@ -1335,6 +1335,11 @@ fn expected_rbac(
     ] {
         out.insert((group.to_string(), resource.to_string()), read.clone());
     }
+    // Who controls a ReplicaSet comes through list/watch: no get.
+    out.insert(
+        ("apps".to_string(), "replicasets".to_string()),
+        BTreeSet::from(["list".to_string(), "watch".to_string()]),
+    );
     if secrets {
         // Pull secrets arrive through list/watch: no get on secrets.
         out.insert(

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, ServiceAccount};
 use kube::runtime::WatchStreamExt;
@@ -184,6 +184,16 @@ pub fn spawn_watches(
         ObjectKind::Workload(WorkloadKind::Pod),
         config(),
         |o| KubeObject::Pod(Box::new(o))
+    );
+    // Who controls each ReplicaSet: a Deployment's pods are covered by the Deployment,
+    // an Argo Rollout's (or a bare ReplicaSet's) are grouped under it. Only the owner
+    // is kept, and only of ReplicaSets no Deployment owns.
+    watch!(
+        ReplicaSet,
+        "replicasets",
+        ObjectKind::ReplicaSet,
+        config(),
+        |o| KubeObject::ReplicaSet(Box::new(o))
     );
     watch!(
         ServiceAccount,

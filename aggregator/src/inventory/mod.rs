@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod manifests;
+pub mod owners;
 pub mod placements;
 pub mod platforms;
 pub mod running;
@@ -20,20 +21,22 @@ use tokio::sync::Notify;
 
 use crate::checker::limits::lock;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pullwatch::{DockerConfig, Platform};
 use serde::Serialize;
 
+pub use owners::OwnedPods;
 pub use placements::PodPlacements;
 pub use platforms::PlatformConstraints;
 pub use running::RunningDigests;
 
-/// The workload kinds pullwatch watches, named as in the metric `kind` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The kind of a workload, named as in the metric `kind` label: the kinds pullwatch
+/// watches, or (for pods whose controller it does not watch: an Argo Rollout, a bare
+/// ReplicaSet, an operator's custom resource) the top-most controller it knows of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -41,9 +44,14 @@ pub enum WorkloadKind {
     CronJob,
     Job,
     Pod,
+    /// A controller kind pullwatch does not watch, lowercased (`rollout`,
+    /// `replicaset`, `postgrescluster`). Interned: kinds are type names, bounded by the
+    /// cluster's API types, so each distinct one is kept once for the process's life.
+    Other(&'static str),
 }
 
 impl WorkloadKind {
+    /// The kinds pullwatch watches.
     pub const ALL: [WorkloadKind; 6] = [
         WorkloadKind::Deployment,
         WorkloadKind::StatefulSet,
@@ -62,15 +70,49 @@ impl WorkloadKind {
             WorkloadKind::CronJob => "cronjob",
             WorkloadKind::Job => "job",
             WorkloadKind::Pod => "pod",
+            WorkloadKind::Other(kind) => kind,
         }
     }
 
-    /// Parses a kind name case-insensitively (`Deployment`, `deployment`).
+    /// Parses the name of a watched kind case-insensitively (`Deployment`,
+    /// `deployment`).
     pub fn parse(name: &str) -> Option<WorkloadKind> {
         WorkloadKind::ALL
             .into_iter()
             .find(|kind| kind.as_str().eq_ignore_ascii_case(name))
     }
+
+    /// The kind of a controller as an ownerReference names it (`Rollout`): a watched
+    /// kind when it is one, else [`WorkloadKind::Other`] with the name lowercased.
+    pub fn of_controller(kind: &str) -> WorkloadKind {
+        WorkloadKind::parse(kind).unwrap_or_else(|| WorkloadKind::Other(intern_kind(kind)))
+    }
+
+    /// True for the kinds pullwatch watches (a pod they control is covered by them).
+    pub fn is_watched(self) -> bool {
+        !matches!(self, WorkloadKind::Other(_))
+    }
+}
+
+impl Serialize for WorkloadKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Interns a controller kind's lowercase name: one leaked string per distinct kind
+/// (type names, a few dozen in a cluster), so [`WorkloadKind`] stays `Copy`.
+fn intern_kind(kind: &str) -> &'static str {
+    static KINDS: std::sync::OnceLock<Mutex<std::collections::BTreeSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let lower = kind.to_ascii_lowercase();
+    let mut kinds = lock(KINDS.get_or_init(Default::default));
+    if let Some(known) = kinds.get(lower.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(lower.into_boxed_str());
+    kinds.insert(leaked);
+    leaked
 }
 
 impl fmt::Display for WorkloadKind {
@@ -152,6 +194,8 @@ pub enum ObjectKind {
     ServiceAccount,
     Namespace,
     Node,
+    /// Who controls each ReplicaSet: whether its pods are a watched Deployment's.
+    ReplicaSet,
 }
 
 /// Everything the index needs, from any source. Keyed maps, so a watch event's
@@ -173,6 +217,9 @@ pub struct Inventory {
     pub running: RunningDigests,
     /// Node name -> its platform (cluster mode): what workloads can land on.
     pub nodes: BTreeMap<String, Platform>,
+    /// Pods whose controller pullwatch does not watch, grouped by their top-most
+    /// known controller (see [`Inventory::all_workloads`]).
+    pub owned: OwnedPods,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -274,6 +321,7 @@ pub enum KubeObject {
     ServiceAccount(Box<ServiceAccount>),
     Namespace(Box<Namespace>),
     Node(Box<Node>),
+    ReplicaSet(Box<ReplicaSet>),
 }
 
 type ConfigParser = fn(&[u8]) -> Result<DockerConfig, pullwatch::credentials::CredentialError>;
@@ -300,6 +348,7 @@ impl KubeObject {
             KubeObject::ServiceAccount(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::Node(o) => &o.metadata,
+            KubeObject::ReplicaSet(o) => &o.metadata,
         }
     }
 }
@@ -362,13 +411,22 @@ impl Inventory {
                 // What it runs is read at scrape time; it never changes a check.
                 self.running.apply(&namespace, &name, &p);
                 let placed = self.placements.apply(&namespace, &name, &p);
-                if owned_by(&p.metadata, None) {
-                    tracing::debug!(name = ?p.metadata.name, "skipping Pod with a controller: its controller covers it");
+                if let Some(owner) = owners::controller_of(&p.metadata) {
                     let removed = self
                         .workloads
                         .remove(&workload_key(WorkloadKind::Pod, &p.metadata))
                         .is_some();
-                    return placed | removed;
+                    let owned = match (p.spec.as_ref(), self.covers(&namespace, owner)) {
+                        (Some(spec), false) => {
+                            self.owned
+                                .apply(&namespace, &name, owner, pod_template(spec))
+                        }
+                        _ => {
+                            tracing::debug!(name = ?p.metadata.name, "skipping Pod with a watched controller: its controller covers it");
+                            self.owned.remove(&namespace, &name)
+                        }
+                    };
+                    return placed | removed | owned;
                 }
                 let added =
                     self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true);
@@ -394,7 +452,37 @@ impl Inventory {
                 Some(platform) => replace(&mut self.nodes, name_of(&node.metadata), platform),
                 None => self.nodes.remove(&name_of(&node.metadata)).is_some(),
             },
+            KubeObject::ReplicaSet(rs) => self.owned.apply_replicaset(
+                &namespace_of(&rs.metadata),
+                &name_of(&rs.metadata),
+                owners::controller_of(&rs.metadata),
+            ),
         }
+    }
+
+    /// One workload per top-most controller pullwatch does not watch, for the pods it
+    /// controls: checked besides [`Inventory::workloads`].
+    pub fn grouped_workloads(&self) -> Vec<Workload> {
+        self.owned
+            .workloads(|namespace, name| self.has_deployment(namespace, name))
+    }
+
+    /// Whether a watched workload covers the pods `owner` (kind, name) controls; the
+    /// pods it does not cover are kept for grouping.
+    fn covers(&self, namespace: &str, (kind, name): (&str, &str)) -> bool {
+        self.owned
+            .top_controller(namespace, kind, name, &|namespace, name| {
+                self.has_deployment(namespace, name)
+            })
+            .is_none()
+    }
+
+    fn has_deployment(&self, namespace: &str, name: &str) -> bool {
+        self.workloads.contains_key(&(
+            WorkloadKind::Deployment,
+            namespace.to_string(),
+            name.to_string(),
+        ))
     }
 
     /// Removes what `object` named (its spec is not looked at); returns whether it
@@ -414,7 +502,8 @@ impl Inventory {
                 let (namespace, name) = (namespace_of(&p.metadata), name_of(&p.metadata));
                 self.running.remove(&namespace, &name);
                 let placed = self.placements.remove(&namespace, &name);
-                placed | self.remove_workload(WorkloadKind::Pod, &p.metadata)
+                let owned = self.owned.remove(&namespace, &name);
+                placed | owned | self.remove_workload(WorkloadKind::Pod, &p.metadata)
             }
             KubeObject::Secret(s) => self
                 .secrets
@@ -426,6 +515,9 @@ impl Inventory {
                 .is_some(),
             KubeObject::Namespace(ns) => self.namespaces.remove(&name_of(&ns.metadata)).is_some(),
             KubeObject::Node(node) => self.nodes.remove(&name_of(&node.metadata)).is_some(),
+            KubeObject::ReplicaSet(rs) => self
+                .owned
+                .remove_replicaset(&namespace_of(&rs.metadata), &name_of(&rs.metadata)),
         }
     }
 
@@ -438,9 +530,11 @@ impl Inventory {
     ) -> usize {
         let before = self.object_count(kind);
         let placements_before = self.placements.len();
+        let mut owned_changed = false;
         if kind == ObjectKind::Workload(WorkloadKind::Pod) {
             self.placements.retain_seen(seen);
             self.running.retain_seen(seen);
+            owned_changed = self.owned.retain_seen(seen);
         }
         match kind {
             ObjectKind::Workload(workload_kind) => self.workloads.retain(|(k, ns, name), _| {
@@ -456,9 +550,13 @@ impl Inventory {
             ObjectKind::Node => self
                 .nodes
                 .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
+            ObjectKind::ReplicaSet => {
+                self.owned.retain_seen_replicasets(seen);
+            }
         }
-        let removed =
-            before - self.object_count(kind) + (placements_before - self.placements.len());
+        let removed = before - self.object_count(kind)
+            + (placements_before - self.placements.len())
+            + usize::from(owned_changed);
         if removed > 0 {
             tracing::debug!(?kind, removed, "objects gone after relist");
         }
@@ -475,6 +573,7 @@ impl Inventory {
             ObjectKind::ServiceAccount => self.service_accounts.len(),
             ObjectKind::Namespace => self.namespaces.len(),
             ObjectKind::Node => self.nodes.len(),
+            ObjectKind::ReplicaSet => self.owned.replicaset_count(),
         }
     }
 
@@ -502,18 +601,8 @@ impl Inventory {
                 kind,
                 name: name_of(meta),
                 containers: containers_of(pod),
-                pull_secrets: pod
-                    .image_pull_secrets
-                    .iter()
-                    .flatten()
-                    .map(|r| r.name.clone())
-                    .filter(|n| !n.is_empty())
-                    .collect(),
-                service_account: pod
-                    .service_account_name
-                    .clone()
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| "default".to_string()),
+                pull_secrets: pull_secrets_of(pod),
+                service_account: service_account_of(pod),
                 enabled,
                 platforms: PlatformConstraints::from_pod_spec(pod),
             },
@@ -593,6 +682,33 @@ fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> 
 
 fn workload_key(kind: WorkloadKind, meta: &ObjectMeta) -> WorkloadKey {
     (kind, namespace_of(meta), name_of(meta))
+}
+
+/// What a pod runs and may authenticate with.
+fn pod_template(pod: &PodSpec) -> owners::PodTemplate {
+    owners::PodTemplate {
+        containers: containers_of(pod),
+        pull_secrets: pull_secrets_of(pod),
+        service_account: service_account_of(pod),
+        platforms: PlatformConstraints::from_pod_spec(pod),
+    }
+}
+
+fn pull_secrets_of(pod: &PodSpec) -> Vec<String> {
+    pod.image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// `serviceAccountName`, `default` when unset.
+fn service_account_of(pod: &PodSpec) -> String {
+    pod.service_account_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// True when the object has a controller owner (of `kind`, when given).
