@@ -444,7 +444,11 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
     let families = series_of(&metrics, ns, "deployment", "web");
     assert!(families > 0, "{metrics}");
     for (kind, name) in [("rollout", "shop"), ("postgrescluster", "db")] {
-        assert_eq!(series_of(&metrics, ns, kind, name), families, "{kind} {name}");
+        assert_eq!(
+            series_of(&metrics, ns, kind, name),
+            families,
+            "{kind} {name}"
+        );
     }
 
     // The series stay while a replica is left, and go with the last pod.

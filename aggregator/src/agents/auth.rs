@@ -30,6 +30,10 @@ use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
+/// The bound on each API call an agent's registration waits for (TokenReview, its pod):
+/// the client's own read timeout is minutes long, made for watches.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The extra of a bound token naming the node its pod runs on.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// The extra of a pod-bound token naming its pod.
@@ -308,6 +312,8 @@ pub struct TokenReviewer {
     audience: String,
     service_account: ServiceAccountName,
     ttl: Duration,
+    /// The bound on each API call (default [`API_TIMEOUT`]).
+    api_timeout: Duration,
     cache: Mutex<HashMap<[u8; 32], (ServiceAccountIdentity, Instant)>>,
 }
 
@@ -333,6 +339,7 @@ impl TokenReviewer {
             audience: audience.into(),
             service_account,
             ttl: REVIEW_CACHE_TTL,
+            api_timeout: API_TIMEOUT,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -340,6 +347,12 @@ impl TokenReviewer {
     /// Changes how long positive reviews are trusted (tests).
     pub fn with_cache_ttl(mut self, ttl: Duration) -> TokenReviewer {
         self.ttl = ttl;
+        self
+    }
+
+    /// Changes the bound on each API call (tests).
+    pub fn with_api_timeout(mut self, timeout: Duration) -> TokenReviewer {
+        self.api_timeout = timeout;
         self
     }
 
@@ -373,13 +386,22 @@ impl TokenReviewer {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answered = api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| {
-                warn!(%error, "TokenReview failed");
-                AuthError::Unavailable(error.to_string())
-            })?;
+        let answered = tokio::time::timeout(
+            self.api_timeout,
+            api.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| {
+            warn!(after = ?self.api_timeout, "TokenReview timed out");
+            AuthError::Unavailable(format!(
+                "TokenReview timed out after {:?}",
+                self.api_timeout
+            ))
+        })?
+        .map_err(|error| {
+            warn!(%error, "TokenReview failed");
+            AuthError::Unavailable(error.to_string())
+        })?;
         let status = answered.status.unwrap_or_default();
         let identity = identity_from_review(&status, &self.audience)?;
         if identity.namespace != self.service_account.namespace
@@ -394,13 +416,22 @@ impl TokenReviewer {
             return Err(AuthError::NoPod(identity.node.clone()));
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &identity.namespace);
-        let pod = pods.get_opt(pod_name).await.map_err(|error| {
-            warn!(%error, pod = %pod_name, "cannot read the agent's pod");
-            AuthError::Unavailable(format!(
-                "cannot read pod {}/{pod_name} (needs get on pods)",
-                identity.namespace
-            ))
-        })?;
+        let pod = tokio::time::timeout(self.api_timeout, pods.get_opt(pod_name))
+            .await
+            .map_err(|_| {
+                warn!(pod = %pod_name, after = ?self.api_timeout, "reading the agent's pod timed out");
+                AuthError::Unavailable(format!(
+                    "reading pod {}/{pod_name} timed out after {:?}",
+                    identity.namespace, self.api_timeout
+                ))
+            })?
+            .map_err(|error| {
+                warn!(%error, pod = %pod_name, "cannot read the agent's pod");
+                AuthError::Unavailable(format!(
+                    "cannot read pod {}/{pod_name} (needs get on pods)",
+                    identity.namespace
+                ))
+            })?;
         let Some(pod) = pod else {
             return Err(AuthError::PodMismatch(format!(
                 "pod {}/{pod_name} does not exist",
@@ -493,6 +524,27 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_token_review_that_never_answers_is_bounded() {
+        let silent = pullwatch_testbench::SilentServer::start().await.unwrap();
+        let config = kube::Config::new(format!("http://{}", silent.host()).parse().unwrap());
+        let reviewer = TokenReviewer::new(
+            kube::Client::try_from(config).unwrap(),
+            "pullwatch",
+            ServiceAccountName::parse("pullwatch:agent").unwrap(),
+        )
+        .with_api_timeout(Duration::from_millis(300));
+        let started = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), reviewer.review("token"))
+            .await
+            .expect("the review is bounded by its own timeout");
+        match answer {
+            Err(AuthError::Unavailable(why)) => assert!(why.contains("timed out"), "{why}"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     fn status(

@@ -712,9 +712,21 @@ impl AgentHub {
         let message = AggregatorMessage {
             message: Some(aggregator_message::Message::Task(task)),
         };
-        if tx.send(message).await.is_err() {
-            self.forget(node, task_id);
-            return Err(gone());
+        // A session whose agent stops reading fills its outbound buffer: the send is
+        // bounded like the answer, so a stuck peer costs one timeout, not a hung check.
+        match tokio::time::timeout(timeout, tx.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => {
+                self.forget(node, task_id);
+                return Err(gone());
+            }
+            Err(_) => {
+                self.forget(node, task_id);
+                return Err(HubError::Timeout {
+                    node: node.to_string(),
+                    after: timeout,
+                });
+            }
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
@@ -963,6 +975,30 @@ mod tests {
             0,
             "the abandoned task is forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_reading_costs_one_timeout_not_a_hung_check() {
+        let hub = AgentHub::new(HubConfig {
+            task_timeout: Duration::from_millis(200),
+            max_concurrent_checks: 4,
+            ..Default::default()
+        });
+        // A session whose outbound buffer is full and never drained.
+        let (tx, _rx) = mpsc::channel(1);
+        tx.send(AggregatorMessage { message: None }).await.unwrap();
+        hub.register(info("stuck", "", &[]), tx);
+        let started = std::time::Instant::now();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), hub.dispatch("stuck", task("img")))
+                .await
+                .expect("the send to a stuck session is bounded");
+        assert!(
+            matches!(outcome, Err(HubError::Timeout { .. })),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(hub.agents()[0].in_flight, 0, "the unsent task is forgotten");
     }
 
     /// An agent that records every task it gets and answers with `answer` (None: never).

@@ -54,7 +54,11 @@ impl OwnedPods {
         template: PodTemplate,
     ) -> bool {
         let key = (namespace.to_string(), name.to_string());
-        let owner: OwnerKey = (namespace.to_string(), owner.0.to_string(), owner.1.to_string());
+        let owner: OwnerKey = (
+            namespace.to_string(),
+            owner.0.to_string(),
+            owner.1.to_string(),
+        );
         if let Some((known_owner, known)) = self.pods.get(&key)
             && *known_owner == owner
             && **known == template
@@ -275,7 +279,10 @@ mod tests {
             names(&pods, &[]),
             [("postgrescluster".into(), "db".into(), vec!["pg:16".into()])]
         );
-        assert!(!pods.remove("ns", "db-0"), "one replica of the template is left");
+        assert!(
+            !pods.remove("ns", "db-0"),
+            "one replica of the template is left"
+        );
         assert!(pods.remove("ns", "db-1"), "the last pod takes the workload");
         assert!(names(&pods, &[]).is_empty());
         assert_eq!(pods.pod_count(), 0);
@@ -288,16 +295,36 @@ mod tests {
         assert!(pods.apply_replicaset("ns", "shop-7f9", Some(("Rollout", "shop"))));
         assert!(!pods.apply_replicaset("ns", "shop-7f9", Some(("Rollout", "shop"))));
         assert!(pods.apply_replicaset("ns", "shop-5c1", Some(("Rollout", "shop"))));
-        pods.apply("ns", "shop-7f9-a", ("ReplicaSet", "shop-7f9"), template("shop:1"));
-        pods.apply("ns", "shop-5c1-a", ("ReplicaSet", "shop-5c1"), template("shop:2"));
+        pods.apply(
+            "ns",
+            "shop-7f9-a",
+            ("ReplicaSet", "shop-7f9"),
+            template("shop:1"),
+        );
+        pods.apply(
+            "ns",
+            "shop-5c1-a",
+            ("ReplicaSet", "shop-5c1"),
+            template("shop:2"),
+        );
         // A bare ReplicaSet is its own top-most controller.
         assert!(pods.apply_replicaset("ns", "bare", None));
         pods.apply("ns", "bare-x", ("ReplicaSet", "bare"), template("bare:1"));
         // A Deployment's ReplicaSet is not kept, and its pods are covered.
         assert!(!pods.apply_replicaset("ns", "web-6d8", Some(("Deployment", "web"))));
-        pods.apply("ns", "web-6d8-q", ("ReplicaSet", "web-6d8"), template("web:1"));
+        pods.apply(
+            "ns",
+            "web-6d8-q",
+            ("ReplicaSet", "web-6d8"),
+            template("web:1"),
+        );
         // A ReplicaSet not seen: covered only when a Deployment of its prefix exists.
-        pods.apply("ns", "api-1a2-q", ("ReplicaSet", "api-1a2"), template("api:1"));
+        pods.apply(
+            "ns",
+            "api-1a2-q",
+            ("ReplicaSet", "api-1a2"),
+            template("api:1"),
+        );
         assert_eq!(
             names(&pods, &["web"]),
             [
@@ -316,7 +343,12 @@ mod tests {
         );
         assert_eq!(names(&pods, &["web", "api"]).len(), 2);
         // A watched controller kind covers its pods.
-        pods.apply("ns", "cache-0", ("StatefulSet", "cache"), template("redis:7"));
+        pods.apply(
+            "ns",
+            "cache-0",
+            ("StatefulSet", "cache"),
+            template("redis:7"),
+        );
         assert_eq!(names(&pods, &["web", "api"]).len(), 2);
         assert!(pods.remove_replicaset("ns", "bare"));
         assert_eq!(pods.replicaset_count(), 2);
