@@ -413,6 +413,12 @@ impl Scheduler {
     fn apply_index(&mut self, index: Arc<ImageIndex>) {
         index.log_new_warnings(Some(&self.index));
         self.pipeline.retain(&index.containers());
+        let registries: BTreeSet<&str> = index
+            .checks
+            .keys()
+            .map(|k| k.reference.api_host())
+            .collect();
+        self.pipeline.checker.retain_registries(&registries);
         for (container, outcome) in &index.settled {
             self.pipeline
                 .record(&index, std::slice::from_ref(container), outcome);

@@ -477,6 +477,53 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
 }
 
 #[tokio::test]
+async fn a_registry_that_leaves_the_index_takes_its_series_along() {
+    let target = ApiTarget::from_env().await.unwrap();
+    let kept = Registry::start(RegistryOptions::default()).await.unwrap();
+    let left = Registry::start(RegistryOptions::default()).await.unwrap();
+    let kept_image = push_image(&kept, "app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let left_image = push_image(&left, "app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let ns = "pw-registries";
+    target.ensure_namespace(ns).await.unwrap();
+    target
+        .apply(&deployment(ns, "kept", &[&kept_image]))
+        .await
+        .unwrap();
+    target
+        .apply(&deployment(ns, "left", &[&left_image]))
+        .await
+        .unwrap();
+    let aggregator = Aggregator::start(&target, &[]);
+    aggregator.wait_ready().await;
+    let requests = |host: &str| {
+        format!("pullwatch_registry_requests_total{{code=\"200\",registry=\"{host}\"}}")
+    };
+    aggregator
+        .wait_metrics("both registries asked", Duration::from_secs(20), |m| {
+            m.contains(&requests(&kept.host())) && m.contains(&requests(&left.host()))
+        })
+        .await;
+
+    target.delete::<Deployment>(ns, "left").await.unwrap();
+    aggregator
+        .wait_metrics(
+            "the departed registry's series to go",
+            Duration::from_secs(10),
+            |m| !m.contains(&left.host()) && m.contains(&requests(&kept.host())),
+        )
+        .await;
+    if target.is_real() {
+        let _ = target.delete::<Namespace>("", ns).await;
+    }
+}
+
+#[tokio::test]
 async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     let target = ApiTarget::from_env().await.unwrap();
     let registry = Registry::start(RegistryOptions {

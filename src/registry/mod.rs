@@ -22,7 +22,7 @@ pub mod challenge;
 pub mod classify;
 pub mod pause;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -219,6 +219,8 @@ struct HostState {
     /// The challenge learned from the host, and over which scheme (plain = true): a
     /// challenge learned over HTTPS never makes credentials go out in clear.
     challenge: Mutex<Option<(bool, AuthScheme)>>,
+    /// The token endpoints' hosts this host sent us to (their series are its own).
+    realms: Mutex<BTreeSet<String>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -283,6 +285,22 @@ fn unix_seconds(at: Instant) -> f64 {
         .checked_add(from_now)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `host[:port]` of a URL (the realm itself when it does not parse): the label a
+/// token endpoint's requests are counted under.
+fn host_of_url(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| {
+                format!(
+                    "{h}{}",
+                    u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                )
+            })
+        })
+        .unwrap_or_else(|| url.to_string())
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
@@ -352,9 +370,40 @@ impl RegistryClient {
                     pause: Mutex::new(Pause::default()),
                     plain_http: Mutex::new(None),
                     challenge: Mutex::new(None),
+                    realms: Mutex::new(BTreeSet::new()),
                 })
             })
             .clone()
+    }
+
+    /// Forgets every host not in `keep` (their pauses, learned schemes and
+    /// challenges) and the tokens of realms no kept host uses. Returns the hosts whose
+    /// series (requests, pauses) no longer describe anything pullwatch asks: the
+    /// forgotten hosts and the token endpoints only they used.
+    pub fn retain_hosts(&self, keep: &BTreeSet<&str>) -> BTreeSet<String> {
+        let mut gone = BTreeSet::new();
+        let mut kept_realms = BTreeSet::new();
+        lock(&self.hosts).retain(|host, state| {
+            let realms = lock(&state.realms);
+            if keep.contains(host.as_str()) {
+                kept_realms.extend(realms.iter().cloned());
+                true
+            } else {
+                gone.insert(host.clone());
+                gone.extend(realms.iter().cloned());
+                false
+            }
+        });
+        gone.retain(|host| !keep.contains(host.as_str()) && !kept_realms.contains(host));
+        if !gone.is_empty() {
+            lock(&self.tokens).retain(|key, _| !gone.contains(&host_of_url(&key.realm)));
+        }
+        gone
+    }
+
+    /// Hosts whose state the client keeps (tests and memory figures).
+    pub fn known_hosts(&self) -> usize {
+        lock(&self.hosts).len()
     }
 
     /// How long `host` remains paused after a 429, if it is.
@@ -1022,17 +1071,13 @@ impl RegistryClient {
                 None => {}
             }
         }
-        let realm_host = reqwest::Url::parse(realm)
-            .ok()
-            .and_then(|u| {
-                u.host_str().map(|h| {
-                    format!(
-                        "{h}{}",
-                        u.port().map(|p| format!(":{p}")).unwrap_or_default()
-                    )
-                })
-            })
-            .unwrap_or_else(|| realm.to_string());
+        let realm_host = host_of_url(realm);
+        {
+            let mut realms = lock(&state.realms);
+            if !realms.contains(&realm_host) {
+                realms.insert(realm_host.clone());
+            }
+        }
         let what = format!("token endpoint {realm_host}");
         let identity = credential.and_then(|c| {
             c.identity_token
@@ -1189,6 +1234,38 @@ async fn read_capped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_that_leave_take_their_state_and_only_their_own_token_endpoints() {
+        let client = RegistryClient::new(
+            ClientConfig {
+                requests_per_second: None,
+                hints: Default::default(),
+                index_platforms: None,
+            },
+            Arc::new(NoObserver),
+        );
+        for (host, realm) in [
+            ("a.example", "auth.shared"),
+            ("b.example", "auth.shared"),
+            ("c.example", "auth.c"),
+        ] {
+            lock(&client.state(host).realms).insert(realm.to_string());
+        }
+        assert_eq!(client.known_hosts(), 3);
+        let gone = client.retain_hosts(&BTreeSet::from(["b.example"]));
+        assert_eq!(
+            gone,
+            BTreeSet::from(["a.example".into(), "auth.c".into(), "c.example".into()]),
+            "auth.shared still serves b.example"
+        );
+        assert_eq!(client.known_hosts(), 1);
+        assert!(
+            client
+                .retain_hosts(&BTreeSet::from(["b.example"]))
+                .is_empty()
+        );
+    }
 
     #[test]
     fn digests_and_media_types() {

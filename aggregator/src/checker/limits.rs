@@ -44,6 +44,11 @@ impl Registries {
         }
     }
 
+    /// Forgets the hosts not in `keep` (checks in flight keep their own handle).
+    pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
+        lock(&self.states).retain(|host, _| keep.contains(host.as_str()));
+    }
+
     pub fn get(&self, host: &str) -> Arc<RegistryState> {
         lock(&self.states)
             .entry(host.to_string())

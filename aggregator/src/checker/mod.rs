@@ -140,6 +140,47 @@ impl Checker {
         })
     }
 
+    /// Forgets what is kept per registry host for hosts not in `hosts` (the index's
+    /// registries): the client's host state, the concurrency slots, and their series
+    /// (requests, 429s, pauses), with those of token endpoints only they used.
+    pub fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
+        let gone = self.inner.client.retain_hosts(hosts);
+        self.inner.registries.retain(hosts);
+        let metrics = &self.inner.metrics;
+        for host in &gone {
+            let _ = metrics
+                .registry_paused_until
+                .remove_label_values(&[host.as_str()]);
+            let _ = metrics.rate_limited.remove_label_values(&[host.as_str()]);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        // Every response code counted for a gone host.
+        let codes: Vec<(String, String)> =
+            prometheus::core::Collector::collect(&metrics.registry_requests)
+                .iter()
+                .flat_map(|family| family.get_metric())
+                .filter_map(|metric| {
+                    let label = |name: &str| {
+                        metric
+                            .get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_string())
+                    };
+                    Some((label("registry")?, label("code")?))
+                })
+                .filter(|(host, _)| gone.contains(host))
+                .collect();
+        for (host, code) in codes {
+            let _ = metrics
+                .registry_requests
+                .remove_label_values(&[host.as_str(), code.as_str()]);
+        }
+        tracing::debug!(hosts = ?gone, "registries left the index; their state and series are gone");
+    }
+
     /// Checks one distinct reference. Identical checks already in flight (same
     /// reference, same credentials) are joined rather than repeated.
     pub async fn check(&self, key: &CheckKey) -> CheckOutcome {
