@@ -9,7 +9,7 @@ use std::sync::Arc;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, Platform, SourcedCredential};
 use regex::Regex;
 
-use crate::inventory::{Inventory, SecretCredentials, WorkloadKind};
+use crate::inventory::{Inventory, PodPlacements, SecretCredentials, WorkloadKind};
 #[cfg(test)]
 use crate::inventory::{PullSecret, SecretFormat};
 use crate::mirrors::Mirrors;
@@ -214,15 +214,37 @@ pub struct AgentTarget {
     /// The credentials the kubelet would try for `image`: the key's own unless a
     /// mirror rewrote the reference.
     pub credentials: Arc<[SourcedCredential]>,
-    /// Nodes that may receive `credentials`: those running a pod that uses `image` (the
-    /// original reference, before mirrors) and whose own namespace's keyring resolves it
-    /// to these very credential values, i.e. nodes whose kubelet already holds them.
-    /// With `--image-mirror`, containers of other namespaces (or other originals) can
-    /// share the check key while their own credentials differ: their nodes are not
-    /// added, so one namespace's upstream secret never reaches a node that only runs
-    /// another namespace's pods. Without credentials any container's nodes count
-    /// (nothing secret is sent). Empty without a live cluster.
+    /// Namespace -> images as written, whose nodes may receive `credentials`:
+    /// containers using `image` (the original reference, before mirrors) whose own
+    /// namespace's keyring resolves it to these very credential values, i.e. whose
+    /// nodes' kubelets already hold them. With `--image-mirror`, containers of other
+    /// namespaces (or other originals) can share the check key while their own
+    /// credentials differ: they are not added, so one namespace's upstream secret never
+    /// reaches a node that only runs another namespace's pods. Without credentials any
+    /// container counts (nothing secret is sent).
+    pub sources: BTreeMap<String, BTreeSet<String>>,
+    /// The nodes running pods of `sources`: filled from the live placements when the
+    /// check is dispatched ([`AgentTarget::with_nodes`]), so pods coming and going never
+    /// cost an index rebuild. Empty in the index and without a live cluster.
     pub workload_nodes: BTreeSet<Arc<str>>,
+}
+
+impl AgentTarget {
+    /// This target with `workload_nodes` read from `placements` now.
+    pub fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
+        let mut target = self.clone();
+        target.workload_nodes = self
+            .sources
+            .iter()
+            .flat_map(|(namespace, images)| {
+                images
+                    .iter()
+                    .flat_map(|image| placements.nodes_running(namespace, image))
+            })
+            .cloned()
+            .collect();
+        target
+    }
 }
 
 /// The deduplicated set of checks, and who depends on each.
@@ -375,6 +397,7 @@ impl ImageIndex {
                                 .or_insert_with(|| AgentTarget {
                                     credentials: own_credentials.clone(),
                                     image: original.clone(),
+                                    sources: BTreeMap::new(),
                                     workload_nodes: BTreeSet::new(),
                                 });
                         // Secrets by namespace, never by check key: this container's
@@ -388,12 +411,16 @@ impl ImageIndex {
                                     .map(|c| &c.credential)
                                     .eq(own_credentials.iter().map(|c| &c.credential)));
                         if may_receive {
-                            target.workload_nodes.extend(
-                                inventory
-                                    .placements
-                                    .nodes_running(&container_ref.namespace, &container_ref.image)
-                                    .cloned(),
-                            );
+                            let images = match target.sources.get_mut(&container_ref.namespace) {
+                                Some(images) => images,
+                                None => target
+                                    .sources
+                                    .entry(container_ref.namespace.clone())
+                                    .or_default(),
+                            };
+                            if !images.contains(&container_ref.image) {
+                                images.insert(container_ref.image.clone());
+                            }
                         }
                         index.checks.entry(key).or_default().push(container_ref);
                     }
@@ -746,6 +773,7 @@ mod tests {
             "secret/b/t" => ("n-b", "n-a"),
             other => panic!("unexpected source {other}"),
         };
+        let target = target.with_nodes(&inv.placements);
         let nodes: Vec<&str> = target.workload_nodes.iter().map(|n| &**n).collect();
         assert_eq!(
             nodes,
@@ -758,6 +786,7 @@ mod tests {
             .insert(("b".into(), "t".into()), secret("alice", "up.io"));
         let index = ImageIndex::build(&inv, &opts);
         let target = index.agent_targets.values().next().unwrap();
+        let target = target.with_nodes(&inv.placements);
         let nodes: Vec<&str> = target.workload_nodes.iter().map(|n| &**n).collect();
         assert_eq!(nodes, ["n-a", "n-b"]);
 
@@ -765,7 +794,12 @@ mod tests {
         add(&mut inv, workload("c", "w", &["up.io/lib:1"], &[]));
         inv.placements.apply("c", "w-1", &pod("n-c", "up.io/lib:1"));
         let index = ImageIndex::build(&inv, &opts);
-        let target = index.agent_targets.values().next().unwrap();
+        let target = index
+            .agent_targets
+            .values()
+            .next()
+            .unwrap()
+            .with_nodes(&inv.placements);
         assert!(!target.workload_nodes.contains("n-c"), "{target:?}");
     }
 
@@ -808,6 +842,7 @@ mod tests {
             .find(|(k, _)| k.reference.repository() == "app")
             .map(|(_, t)| t)
             .unwrap();
+        let app = app.with_nodes(&inv.placements);
         let nodes: Vec<&str> = app.workload_nodes.iter().map(|n| &**n).collect();
         assert_eq!(nodes, ["n1", "n2"]);
         assert_eq!(app.image.to_string(), "reg.io/app:v1");
@@ -822,7 +857,12 @@ mod tests {
         assert_eq!(key.credentials.len(), 1);
         assert_eq!(mirrored.image.to_string(), "up.io/lib:1");
         assert!(mirrored.credentials.is_empty());
-        assert!(mirrored.workload_nodes.is_empty());
+        assert!(
+            mirrored
+                .with_nodes(&inv.placements)
+                .workload_nodes
+                .is_empty()
+        );
     }
 
     #[test]

@@ -163,7 +163,12 @@ impl Pipeline {
         if let (Some(hub), Some(target)) = (&self.agents, target)
             && !hub.is_empty()
         {
-            let answers = hub.check_target(target).await;
+            // Which nodes run the image now, from the live placements.
+            let target = match &self.inventory {
+                Some(inventory) => target.with_nodes(&lock(inventory).placements),
+                None => target.clone(),
+            };
+            let answers = hub.check_target(&target).await;
             if let Some(outcome) = answers.outcome() {
                 self.metrics.checks.with_label_values(&["agents"]).inc();
                 return KeyCheck {

@@ -670,10 +670,15 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         api.apply(&namespace("shop", &[])).unwrap();
         api.apply(&secret_dockerconfigjson("shop", "regcred", &registry.host(), USER, PASSWORD))
             .unwrap();
-        api.apply(&with_pull_secrets(deployment("shop", "web", &[&image]), &["regcred"]))
+        let web = api
+            .apply(&with_pull_secrets(deployment("shop", "web", &[&image]), &["regcred"]))
             .unwrap();
-        api.apply(&with_pull_secrets(replicaset("shop", "web-5d8f", &[&image]), &["regcred"]))
-            .unwrap();
+        // The Deployment's ReplicaSet: its pods are the Deployment's.
+        api.apply(&with_owner(
+            with_pull_secrets(replicaset("shop", "web-5d8f", &[&image]), &["regcred"]),
+            &web,
+        ))
+        .unwrap();
         api.apply(&web_pod(&api, "web-5d8f-x1", &image, "node-a")).unwrap();
         // One node per zone, so both check: serve reads the zone from the Node objects
         // (the agents send no labels).

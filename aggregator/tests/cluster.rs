@@ -905,7 +905,7 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
     let runs = |digest: &str| format!("{}/shop/web@{digest}", registry.host());
     let ns = "pw-drift";
     target.ensure_namespace(ns).await.unwrap();
-    target
+    let web = target
         .apply(&deployment(ns, "web", &[&image]))
         .await
         .unwrap();
@@ -914,7 +914,7 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
         .await
         .unwrap();
     let rs = target
-        .apply(&replicaset(ns, "web-abc", &[&image]))
+        .apply(&with_owner(replicaset(ns, "web-abc", &[&image]), &web))
         .await
         .unwrap();
     let web_pod = |name: &str| {

@@ -1170,6 +1170,7 @@ mod tests {
                 },
             }]
             .into(),
+            sources: Default::default(),
             workload_nodes: nodes.iter().map(|n| Arc::from(*n)).collect(),
         }
     }

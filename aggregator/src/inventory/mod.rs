@@ -408,9 +408,10 @@ impl Inventory {
             }
             KubeObject::Pod(p) => {
                 let (namespace, name) = (namespace_of(&p.metadata), name_of(&p.metadata));
-                // What it runs is read at scrape time; it never changes a check.
+                // What it runs is read at scrape time, where it runs at dispatch time:
+                // neither changes the index.
                 self.running.apply(&namespace, &name, &p);
-                let placed = self.placements.apply(&namespace, &name, &p);
+                self.placements.apply(&namespace, &name, &p);
                 if let Some(owner) = owners::controller_of(&p.metadata) {
                     let removed = self
                         .workloads
@@ -426,11 +427,9 @@ impl Inventory {
                             self.owned.remove(&namespace, &name)
                         }
                     };
-                    return placed | removed | owned;
+                    return removed | owned;
                 }
-                let added =
-                    self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true);
-                placed | added
+                self.add_workload(&p.metadata, WorkloadKind::Pod, p.spec.as_ref(), true)
             }
             KubeObject::Secret(s) => self.add_secret(&s),
             KubeObject::ServiceAccount(sa) => {
@@ -501,9 +500,9 @@ impl Inventory {
             KubeObject::Pod(p) => {
                 let (namespace, name) = (namespace_of(&p.metadata), name_of(&p.metadata));
                 self.running.remove(&namespace, &name);
-                let placed = self.placements.remove(&namespace, &name);
+                self.placements.remove(&namespace, &name);
                 let owned = self.owned.remove(&namespace, &name);
-                placed | owned | self.remove_workload(WorkloadKind::Pod, &p.metadata)
+                owned | self.remove_workload(WorkloadKind::Pod, &p.metadata)
             }
             KubeObject::Secret(s) => self
                 .secrets
@@ -529,7 +528,6 @@ impl Inventory {
         seen: &std::collections::HashSet<(String, String)>,
     ) -> usize {
         let before = self.object_count(kind);
-        let placements_before = self.placements.len();
         let mut owned_changed = false;
         if kind == ObjectKind::Workload(WorkloadKind::Pod) {
             self.placements.retain_seen(seen);
@@ -554,9 +552,7 @@ impl Inventory {
                 self.owned.retain_seen_replicasets(seen);
             }
         }
-        let removed = before - self.object_count(kind)
-            + (placements_before - self.placements.len())
-            + usize::from(owned_changed);
+        let removed = before - self.object_count(kind) + usize::from(owned_changed);
         if removed > 0 {
             tracing::debug!(?kind, removed, "objects gone after relist");
         }
@@ -816,9 +812,56 @@ mod tests {
         assert_eq!(inventory.retain_seen(kind, &seen), 0);
         assert_eq!(
             inventory.retain_seen(kind, &Default::default()),
-            2,
-            "the workload and its placement"
+            1,
+            "the workload (placements are read at dispatch and never rebuild the index)"
         );
         assert_eq!(inventory.object_count(kind), 0);
+        assert_eq!(inventory.placements.len(), 0, "the placement went too");
+    }
+
+    #[test]
+    fn replicas_coming_and_going_never_change_the_index() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let mut inventory = Inventory::default();
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = Some("web".into());
+        deployment.metadata.namespace = Some("ns".into());
+        let KubeObject::Pod(template) = pod("nginx:1", "Running") else {
+            unreachable!()
+        };
+        let mut spec = k8s_openapi::api::apps::v1::DeploymentSpec::default();
+        spec.template.spec = template.spec;
+        deployment.spec = Some(spec);
+        assert!(inventory.apply(KubeObject::Deployment(Box::new(deployment))));
+        let replica = |name: &str, node: &str| {
+            let KubeObject::Pod(mut pod) = pod("nginx:1", "Running") else {
+                unreachable!()
+            };
+            pod.metadata.name = Some(name.into());
+            pod.metadata.owner_references = Some(vec![OwnerReference {
+                kind: "ReplicaSet".into(),
+                name: "web-6d8".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_name = Some(node.into());
+            }
+            KubeObject::Pod(pod)
+        };
+        for (i, node) in ["node-a", "node-b", "node-c"].into_iter().enumerate() {
+            assert!(!inventory.apply(replica(&format!("web-6d8-{i}"), node)));
+        }
+        assert_eq!(
+            inventory.placements.nodes_running("ns", "nginx:1").count(),
+            3,
+            "where they run is kept, for dispatch"
+        );
+        assert!(!inventory.delete(&replica("web-6d8-0", "node-a")));
+        assert_eq!(
+            inventory.placements.nodes_running("ns", "nginx:1").count(),
+            2
+        );
+        assert_eq!(inventory.owned.pod_count(), 0, "covered pods are not kept");
     }
 }
