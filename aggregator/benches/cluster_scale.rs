@@ -10,7 +10,12 @@
 //! - steady-state RSS after the first check pass (target: under 96 MiB) and bytes
 //!   per workload;
 //! - time from a new Deployment's ADDED event to its series on /metrics, as a ratio
-//!   to the time a plain kube watcher takes to see that event.
+//!   to the time a plain kube watcher takes to see that event;
+//! - pod churn: 200 pod events per second for 30 s (replicas of Deployments created
+//!   and deleted, through their ReplicaSets, running on 50 nodes): the aggregator's
+//!   CPU time as a ratio to a plain kube pod watcher's (a reflector store, in a child
+//!   process) over the same events, and the RSS after the churn (target: under
+//!   64 MiB, as at steady state).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,18 +26,33 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use pullwatch_testbench::{
-    Registry, RegistryOptions, TestApiServer, deployment, free_port, http_request, namespace,
-    push_tags, secret_dockerconfigjson, with_pull_secrets,
+    Registry, RegistryOptions, TestApiServer, deployment, free_port, http_request, namespace, pod,
+    push_tags, replicaset, running, secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
 
 const WORKLOADS: usize = 20_000;
 const IMAGES: usize = 5_000;
 const NAMESPACES: usize = 200;
 const SECRETS_PER_NAMESPACE: usize = 10;
-const RSS_TARGET_MIB: f64 = 96.0;
+const RSS_TARGET_MIB: f64 = 64.0;
+/// Pod events per second during the churn, and for how long.
+const CHURN_RATE: u64 = 200;
+const CHURN_SECONDS: u64 = 30;
+/// Deployments whose replicas churn, and the nodes they land on.
+const CHURN_DEPLOYMENTS: usize = 200;
+const NODES: usize = 50;
+/// The flag that makes this binary the baseline's plain pod watcher.
+const PLAIN_WATCHER: &str = "--plain-pod-watcher";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == PLAIN_WATCHER) {
+        let kubeconfig = args
+            .get(at + 1)
+            .ok_or_else(|| anyhow::anyhow!("{PLAIN_WATCHER} KUBECONFIG"))?;
+        return plain_pod_watcher(kubeconfig).await;
+    }
     let registry = Registry::start(RegistryOptions::default()).await?;
     let mut tags: Vec<String> = (0..IMAGES).map(|i| format!("v{i}")).collect();
     tags.push("fresh".into());
@@ -154,12 +174,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
         let to_series = added.elapsed();
-        anyhow::Ok((synced_at, ready_at, rss, raw_event, to_series))
+        let churn = pod_churn(&server, &kubeconfig, pid, &host).await?;
+        anyhow::Ok((synced_at, ready_at, rss, raw_event, to_series, churn))
     }
     .await;
     let _ = child.kill();
     let _ = child.wait();
-    let (synced_at, ready_at, rss, raw_event, to_series) = result?;
+    let (synced_at, ready_at, rss, raw_event, to_series, churn) = result?;
 
     let rss_mib = rss as f64 / (1024.0 * 1024.0);
     println!(
@@ -191,7 +212,141 @@ async fn main() -> anyhow::Result<()> {
         to_series.as_secs_f64() * 1e3,
         raw_event.as_secs_f64() * 1e3
     );
+    let churn_rss_mib = churn.rss as f64 / (1024.0 * 1024.0);
+    println!(
+        "pod churn ({} events in {CHURN_SECONDS} s, {CHURN_RATE}/s): aggregator CPU {:.2}x a plain pod watcher's over the same events ({:.2} vs {:.2} CPU-s), {:.3} CPU-ms per event",
+        churn.events,
+        churn.aggregator_cpu / churn.watcher_cpu.max(1e-3),
+        churn.aggregator_cpu,
+        churn.watcher_cpu,
+        churn.aggregator_cpu * 1e3 / churn.events.max(1) as f64
+    );
+    println!(
+        "RSS after the churn: {churn_rss_mib:.1} MiB, target < {RSS_TARGET_MIB} MiB: {}",
+        if churn_rss_mib < RSS_TARGET_MIB {
+            "OK"
+        } else {
+            "ABOVE TARGET"
+        }
+    );
     Ok(())
+}
+
+/// What the pod churn cost.
+struct Churn {
+    events: u64,
+    /// CPU-seconds (user + system) over the churn.
+    aggregator_cpu: f64,
+    watcher_cpu: f64,
+    rss: u64,
+}
+
+/// Replicas of `CHURN_DEPLOYMENTS` Deployments created and deleted at `CHURN_RATE` per
+/// second for `CHURN_SECONDS`, as a Deployment's ReplicaSet would, while the
+/// aggregator (`pid`) and a plain pod watcher both watch.
+async fn pod_churn(
+    server: &TestApiServer,
+    kubeconfig: &std::path::Path,
+    pid: u32,
+    host: &str,
+) -> anyhow::Result<Churn> {
+    let mut watcher = Command::new(std::env::current_exe()?)
+        .args([PLAIN_WATCHER, kubeconfig.to_str().unwrap_or_default()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = async {
+        // Each churned Deployment's ReplicaSet, owned by it as the controller makes it.
+        let mut replicasets = Vec::with_capacity(CHURN_DEPLOYMENTS);
+        for i in 0..CHURN_DEPLOYMENTS {
+            let ns = format!("team-{}", i % NAMESPACES);
+            let image = format!("{host}/scale/app:v{}", i % IMAGES);
+            let owner = server
+                .get::<Deployment>(&ns, &format!("svc-{i}"))
+                .ok_or_else(|| anyhow::anyhow!("svc-{i} is missing"))?;
+            let rs = server.apply(&with_owner(
+                replicaset(&ns, &format!("svc-{i}-5d8f"), &[&image]),
+                &owner,
+            ))?;
+            replicasets.push((ns, image, rs));
+        }
+        // Let both watchers settle before measuring.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (aggregator_before, watcher_before) = (cpu_seconds(pid)?, cpu_seconds(watcher.id())?);
+        let mut alive = std::collections::VecDeque::new();
+        let mut events = 0u64;
+        let started = Instant::now();
+        let every = Duration::from_micros(1_000_000 / CHURN_RATE);
+        let mut next = started;
+        while started.elapsed() < Duration::from_secs(CHURN_SECONDS) {
+            // Keep about 400 replicas: create until then, then replace the oldest.
+            if alive.len() >= 400 && events % 2 == 1 {
+                let (ns, name): (String, String) = alive.pop_front().unwrap_or_default();
+                server.delete::<k8s_openapi::api::core::v1::Pod>(&ns, &name);
+            } else {
+                let (ns, image, rs) = &replicasets[(events as usize / 2) % CHURN_DEPLOYMENTS];
+                let name = format!(
+                    "{}-{events}",
+                    rs.metadata.name.as_deref().unwrap_or_default()
+                );
+                let replica = with_owner(pod(ns, &name, &[image]), rs);
+                let node = format!("node-{}", events as usize % NODES);
+                let digest = format!("{image}@sha256:{:064x}", events % 7);
+                server.apply(&running(replica, &node, &[&digest]))?;
+                alive.push_back((ns.clone(), name));
+            }
+            events += 1;
+            next += every;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        // The events still in flight reach both watchers.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let aggregator_cpu = cpu_seconds(pid)? - aggregator_before;
+        let watcher_cpu = cpu_seconds(watcher.id())? - watcher_before;
+        anyhow::Ok(Churn {
+            events,
+            aggregator_cpu,
+            watcher_cpu,
+            rss: rss_bytes(pid)?,
+        })
+    }
+    .await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    result
+}
+
+/// The baseline: a plain kube watcher on every pod, keeping them in a reflector store.
+async fn plain_pod_watcher(kubeconfig: &str) -> anyhow::Result<()> {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client);
+    let (_store, writer) = kube::runtime::reflector::store();
+    let mut stream =
+        kube::runtime::reflector(writer, watcher::watcher(api, watcher::Config::default())).boxed();
+    while stream.next().await.is_some() {}
+    Ok(())
+}
+
+/// User + system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    let ticks: u64 = fields.get(11).unwrap_or(&"0").parse::<u64>()?
+        + fields.get(12).unwrap_or(&"0").parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(ticks as f64 / 100.0)
 }
 
 async fn page_all<K>(client: &kube::Client) -> anyhow::Result<usize>

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use pullwatch::support::lock;
 use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
-use pullwatch_aggregator::checker::limits::lock;
 use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
 use pullwatch_aggregator::index::{ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};

@@ -27,11 +27,11 @@ use tracing::{debug, info};
 use crate::agents::AgentHub;
 use crate::agents::route::NodeOutcome;
 use crate::checker::Checker;
-use crate::checker::limits::lock;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex, IndexOptions};
 use crate::inventory::{Inventory, SharedInventory};
 use crate::metrics::{Metrics, MetricsError};
 use crate::store::{ImageNodes, ResultStore};
+use pullwatch::support::lock;
 
 /// The checker with the state its results feed.
 pub struct Pipeline {

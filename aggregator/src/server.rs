@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::checker::limits::lock;
 use crate::results;
 use crate::scheduler::Pipeline;
+use pullwatch::support::lock;
 
 /// What the endpoints report on.
 pub struct ServerState {

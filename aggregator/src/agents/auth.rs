@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use pullwatch::support::lock;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
@@ -367,7 +368,7 @@ impl TokenReviewer {
     fn cache(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (ServiceAccountIdentity, Instant)>> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.cache)
     }
 
     /// The service account and node `token` stands for.

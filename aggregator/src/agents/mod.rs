@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
+use pullwatch::support::lock;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -227,10 +228,6 @@ impl std::fmt::Debug for AgentHub {
 pub struct SessionId {
     pub node: String,
     id: u64,
-}
-
-fn lock(m: &Mutex<HubState>) -> std::sync::MutexGuard<'_, HubState> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AgentHub {

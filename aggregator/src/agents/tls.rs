@@ -121,7 +121,7 @@ impl ReloadingKeyPair {
     /// The pair for a new handshake: the files' current one when they changed and
     /// parse, else the last good one.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loaded = pullwatch::support::lock(&self.loaded);
         if loaded.checked.elapsed() < RECHECK_INTERVAL {
             return loaded.pair.clone();
         }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
+use pullwatch::support::lock;
 use tokio::sync::Semaphore;
 
 /// Limits for every registry.
@@ -56,8 +57,6 @@ impl Registries {
             .clone()
     }
 }
-
-pub use pullwatch::support::lock;
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,8 @@ use pullwatch::{ImageReference, RegistryCredential};
 
 use crate::index::CheckKey;
 use crate::metrics::CheckerMetrics;
-use limits::{Registries, RegistryLimits, lock};
+use limits::{Registries, RegistryLimits};
+use pullwatch::support::lock;
 
 /// How the checker talks to registries.
 #[derive(Clone, Debug)]

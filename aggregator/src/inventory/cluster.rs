@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{KubeObject, ObjectKind, SecretFormat, SharedInventory, WatchState, WorkloadKind};
-use crate::checker::limits::lock;
+use pullwatch::support::lock;
 
 /// Why the cluster could not be reached at start.
 #[derive(Debug, thiserror::Error)]
