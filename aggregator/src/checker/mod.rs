@@ -3,6 +3,9 @@
 //! the kubelet would try.
 
 pub mod limits;
+mod metrics;
+
+pub use metrics::CheckerMetrics;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -23,7 +26,6 @@ use pullwatch::registry::{
 use pullwatch::{ImageReference, RegistryCredential};
 
 use crate::index::CheckKey;
-use crate::metrics::CheckerMetrics;
 use limits::{Registries, RegistryLimits};
 use pullwatch::support::lock;
 
