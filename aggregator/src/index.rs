@@ -5,11 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
+use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, Platform, SourcedCredential};
 use regex::Regex;
+use tokio::sync::watch;
 
-use crate::inventory::{Inventory, PodPlacements, SecretCredentials, WorkloadKind};
+use crate::inventory::{
+    Inventory, PodPlacements, SecretCredentials, SharedInventory, WorkloadKind,
+};
 #[cfg(test)]
 use crate::inventory::{PullSecret, SecretFormat};
 use crate::mirrors::Mirrors;
@@ -539,6 +544,35 @@ fn keyring_for(
         }
     }
     Ok(keyring)
+}
+
+/// Rebuilds the index whenever the inventory changes (after a short quiet period,
+/// so a burst of watch events is one rebuild) and publishes it, but only once the
+/// inventory has been fully synced: an index of half a cluster would drop series.
+pub async fn build_indexes(
+    shared: SharedInventory,
+    options: IndexOptions,
+    debounce: Duration,
+    indexes: watch::Sender<Option<Arc<ImageIndex>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        tokio::time::sleep(debounce).await;
+        if !shared.synced() {
+            continue;
+        }
+        let index = {
+            let inventory = lock(&shared.inventory);
+            ImageIndex::build(&inventory, &options)
+        };
+        if indexes.send(Some(Arc::new(index))).is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

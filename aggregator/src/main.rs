@@ -11,13 +11,13 @@ use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
-use pullwatch_aggregator::index::{ImageIndex, IndexOptions};
+use pullwatch_aggregator::index::{self, ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
 use pullwatch_aggregator::inventory::manifests;
 use pullwatch_aggregator::inventory::{SharedInventory, WatchState};
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::report;
-use pullwatch_aggregator::scheduler::{self, Pipeline, Scheduler, SchedulerStatus};
+use pullwatch_aggregator::scheduler::{Pipeline, Scheduler, SchedulerStatus};
 use pullwatch_aggregator::server::{self, ServerState};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -260,7 +260,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let server = tokio::spawn(server::serve(listener, state.clone(), server_stop_rx));
 
     let (index_tx, index_rx) = watch::channel(None);
-    background.push(tokio::spawn(scheduler::build_indexes(
+    background.push(tokio::spawn(index::build_indexes(
         shared.clone(),
         options,
         INDEX_DEBOUNCE,

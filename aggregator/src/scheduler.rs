@@ -27,8 +27,8 @@ use tracing::{debug, info};
 use crate::agents::AgentHub;
 use crate::agents::route::NodeOutcome;
 use crate::checker::Checker;
-use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex, IndexOptions};
-use crate::inventory::{Inventory, SharedInventory};
+use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
+use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError};
 use crate::store::{ImageNodes, ResultStore};
 use pullwatch::support::lock;
@@ -667,41 +667,12 @@ async fn sleep_until(when: Option<Instant>) {
     }
 }
 
-/// Rebuilds the index whenever the inventory changes (after a short quiet period,
-/// so a burst of watch events is one rebuild) and publishes it, but only once the
-/// inventory has been fully synced: an index of half a cluster would drop series.
-pub async fn build_indexes(
-    shared: SharedInventory,
-    options: IndexOptions,
-    debounce: Duration,
-    indexes: watch::Sender<Option<Arc<ImageIndex>>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = shared.changed.notified() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-        tokio::time::sleep(debounce).await;
-        if !shared.synced() {
-            continue;
-        }
-        let index = {
-            let inventory = lock(&shared.inventory);
-            ImageIndex::build(&inventory, &options)
-        };
-        if indexes.send(Some(Arc::new(index))).is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agents::{AgentInfo, HubConfig, SessionId};
     use crate::checker::CheckerConfig;
-    use crate::index::Filters;
+    use crate::index::{Filters, IndexOptions};
     use crate::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
     use crate::mirrors::Mirrors;
     use pullwatch::proto::{CheckResult, Status, aggregator_message};

@@ -27,7 +27,7 @@ use pullwatch::{ImageReference, RegistryCredential};
 
 use crate::index::CheckKey;
 use limits::{Registries, RegistryLimits};
-use pullwatch::support::lock;
+use pullwatch::support::{install_crypto_provider, lock};
 
 /// How the checker talks to registries.
 #[derive(Clone, Debug)]
@@ -371,8 +371,6 @@ fn summarize(failures: Vec<(String, CheckOutcome)>) -> CheckOutcome {
         .join("; ");
     CheckOutcome::new(status, format!("no credential worked: {reason}"))
 }
-
-pub use pullwatch::support::install_crypto_provider;
 
 /// DER certificates from every `--capath` (files, or directories of `.crt`/`.pem`).
 fn load_certificates(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, CheckerError> {
