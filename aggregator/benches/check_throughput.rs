@@ -26,7 +26,7 @@ use pullwatch_aggregator::checker::{Checker, CheckerConfig};
 use pullwatch_aggregator::index::{CheckKey, ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
 use pullwatch_aggregator::metrics::Metrics;
-use pullwatch_aggregator::scheduler::Pipeline;
+use pullwatch_aggregator::pipeline::Pipeline;
 use pullwatch_testbench::{Registry, RegistryOptions, push_tags};
 
 const TAGS: usize = 2_000;

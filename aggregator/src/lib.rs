@@ -1,12 +1,18 @@
 //! The pullwatch aggregator, one module per stage of the data flow:
 //!
-//! inventory -> index -> scheduler -> checker -> store -> metrics
+//! ```text
+//! inventory/ -> index -> scheduler -> checker/ | agents/ -> store -> metrics, results
+//! ```
 //!
-//! [`inventory`] reads what runs, [`index`] turns it into distinct checks,
-//! [`scheduler`] decides when each runs, [`checker`] asks registries,
-//! [`store`] keeps the latest outcome per container reference, and [`metrics`]
-//! exports it. [`server`] serves the HTTP endpoints and [`report`] prints one-shot
-//! results; [`cli`] holds the flags.
+//! [`inventory`] reads what runs (watches or manifest files), [`index`] turns it into
+//! distinct checks (rewritten by [`mirrors`]), [`scheduler`] decides when each runs,
+//! [`checker`] asks registries from the aggregator and [`agents`] from the nodes,
+//! [`store`] keeps the latest outcome per container reference, and [`metrics`] and
+//! [`results`] export it. A stage imports only from the stages before it: the
+//! scheduler reaches the later ones through its `Downstream` trait, which
+//! [`pipeline`] implements by wiring checker, agents, store and metrics together.
+//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results and
+//! [`cli`] holds the flags.
 
 pub mod agents;
 pub mod checker;
@@ -15,6 +21,7 @@ pub mod index;
 pub mod inventory;
 pub mod metrics;
 pub mod mirrors;
+pub mod pipeline;
 pub mod report;
 pub mod results;
 pub mod scheduler;

@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn image_node_series_follow_the_store() {
-        use crate::store::ImageNodes;
+        use crate::scheduler::ImageNodes;
         let m = Metrics::new(false).unwrap();
         let mut store = ResultStore::default();
         assert!(!m.render(&store).unwrap().contains(IMAGE_NODES));

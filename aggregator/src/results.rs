@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::store::{ImageNodes, ResultStore, tag_moved};
+use crate::scheduler::ImageNodes;
+use crate::store::{ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.
 pub fn fix(status: CheckStatus) -> &'static str {

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::pipeline::Pipeline;
 use crate::results;
-use crate::scheduler::Pipeline;
 use pullwatch::support::lock;
 
 /// What the endpoints report on.

@@ -9,23 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use pullwatch::{CheckOutcome, CheckStatus};
+use pullwatch::CheckOutcome;
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-
-/// What the nodes say about one image (as written in the spec), with agents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageNodes {
-    /// Nodes per status, from the latest node checks of the image (empty: no node
-    /// has checked it).
-    pub statuses: BTreeMap<CheckStatus, usize>,
-    /// Nodes holding the image.
-    pub cached: usize,
-    /// Node -> its latest conclusive answer (the least available across the image's
-    /// checks) and the reason it gave.
-    pub answers: BTreeMap<String, (CheckStatus, String)>,
-}
+use crate::scheduler::ImageNodes;
 
 /// Whether running pods of `container`'s workload run what its tag resolves to now
 /// (`outcome`'s digest): Some(true) when some runs another digest, Some(false) when all

@@ -24,34 +24,7 @@ use tracing::{debug, warn};
 
 use super::{AgentHub, DispatchOptions};
 use crate::index::AgentTarget;
-
-/// One node's answer for one check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeOutcome {
-    pub status: CheckStatus,
-    pub reason: String,
-    /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
-    /// `config.json:<path>`, `plugin:<name>`, `runtime`).
-    pub credential_source: String,
-    /// Whether the node holds the image after the check.
-    pub image_present: bool,
-    /// What the reference resolves to now along the node's route, when known.
-    pub digest: Option<String>,
-    /// What the node holds under the tag, when it holds it.
-    pub held_digest: Option<String>,
-    /// The node holds the tag at another digest than the registry now answers.
-    pub tag_moved: Option<bool>,
-    /// The node checked without the workload's credentials (it does not run the
-    /// workload): a failure then is not what its kubelet would see.
-    pub without_workload_credentials: bool,
-}
-
-impl NodeOutcome {
-    /// Whether this answer is the kubelet's view on that node.
-    pub fn is_conclusive(&self) -> bool {
-        self.status == CheckStatus::Available || !self.without_workload_credentials
-    }
-}
+use crate::scheduler::NodeOutcome;
 
 /// What the agents said about one check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
