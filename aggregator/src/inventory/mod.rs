@@ -218,7 +218,7 @@ pub struct Inventory {
     /// Node name -> its platform (cluster mode): what workloads can land on.
     pub nodes: BTreeMap<String, Platform>,
     /// Pods whose controller pullwatch does not watch, grouped by their top-most
-    /// known controller (see [`Inventory::all_workloads`]).
+    /// known controller (see [`Inventory::grouped_workloads`]).
     pub owned: OwnedPods,
 }
 
