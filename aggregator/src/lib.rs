@@ -27,3 +27,58 @@ pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+
+/// Why the aggregator could not start or finish, by what failed. The binary turns each
+/// into one log line and an exit code in one place ([`Error::exit_code`]); the stages
+/// keep their own detailed errors, which these variants carry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Logging(#[from] pullwatch::support::LoggingError),
+    #[error(transparent)]
+    Flags(#[from] cli::FlagError),
+    #[error(transparent)]
+    Manifests(#[from] inventory::manifests::ManifestError),
+    #[error(transparent)]
+    Cluster(#[from] inventory::cluster::ClusterError),
+    #[error(transparent)]
+    Checker(#[from] checker::CheckerError),
+    #[error(transparent)]
+    Listen(#[from] pullwatch::support::BindError),
+    #[error(transparent)]
+    AgentServer(#[from] agents::server::AgentServerError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("cannot register series: {0}")]
+    Series(#[from] prometheus::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot encode results: {0}")]
+    Report(String),
+    #[error("HTTP server task failed: {0}")]
+    ServerTask(String),
+}
+
+/// The aggregator's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit code: 2 for what the user can fix in flags, files or
+    /// configuration (as clap exits on usage errors), 1 for failures at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Logging(_)
+            | Error::Flags(_)
+            | Error::Manifests(_)
+            | Error::Cluster(_)
+            | Error::Checker(_)
+            | Error::Listen(_)
+            | Error::AgentServer(_) => 2,
+            Error::Metrics(_)
+            | Error::Series(_)
+            | Error::Runtime(_)
+            | Error::Report(_)
+            | Error::ServerTask(_) => 1,
+        }
+    }
+}

@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::Parser;
 use pullwatch::support::lock;
 use pullwatch_aggregator::agents::auth::TokenReviewer;
+use pullwatch_aggregator::agents::server::AgentServerError;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
-use pullwatch_aggregator::index::{self, ImageIndex, IndexOptions};
+use pullwatch_aggregator::index::{self, ImageIndex};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
 use pullwatch_aggregator::inventory::manifests;
 use pullwatch_aggregator::inventory::{SharedInventory, WatchState};
@@ -20,76 +21,48 @@ use pullwatch_aggregator::pipeline::Pipeline;
 use pullwatch_aggregator::report;
 use pullwatch_aggregator::scheduler::{Scheduler, SchedulerStatus};
 use pullwatch_aggregator::server::{self, ServerState};
+use pullwatch_aggregator::{Error, Result};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-/// Exit status for usage and input errors, as for clap's own usage errors.
-const USAGE_ERROR: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = init_logging(&cli) {
-        eprintln!("error: {error:#}");
-        return ExitCode::from(USAGE_ERROR);
+    // `serve` runs as a service: its errors are log lines like the rest of its output.
+    let serving = matches!(cli.command, Command::Serve(_));
+    match run(cli) {
+        Ok(code) => code,
+        // The one place an error becomes a message and an exit code.
+        Err(error) => {
+            if serving && !matches!(error, Error::Logging(_)) {
+                error!("{error}");
+            } else {
+                eprintln!("error: {error}");
+            }
+            ExitCode::from(error.exit_code())
+        }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    pullwatch::support::init_logging(&cli.log_level, cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+        .map_err(Error::Runtime)?;
     runtime.block_on(async {
         match cli.command {
             Command::Check(args) => run_check(*args).await,
-            Command::Serve(args) => match run_serve(*args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(Failure::Usage(error)) => {
-                    error!("{error:#}");
-                    ExitCode::from(USAGE_ERROR)
-                }
-                Err(Failure::Runtime(error)) => {
-                    error!("{error:#}");
-                    ExitCode::FAILURE
-                }
-            },
+            Command::Serve(args) => run_serve(*args).await.map(|()| ExitCode::SUCCESS),
         }
     })
 }
 
-fn init_logging(cli: &Cli) -> Result<(), pullwatch::support::LoggingError> {
-    pullwatch::support::init_logging(&cli.log_level, cli.log_format)
-}
-
-enum Failure {
-    Usage(anyhow::Error),
-    Runtime(anyhow::Error),
-}
-
-async fn run_check(args: CheckArgs) -> ExitCode {
-    let prepared = (|| -> anyhow::Result<(IndexOptions, Checker, Metrics)> {
-        let options = cli::index_options(&args.checker, &args.filters)?;
-        let metrics = Metrics::new(false)?;
-        let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())?;
-        Ok((options, checker, metrics))
-    })();
-    let (options, checker, metrics) = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::from(USAGE_ERROR);
-        }
-    };
-    let inventory = match manifests::load(&args.manifests) {
-        Ok(inventory) => inventory,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(USAGE_ERROR);
-        }
-    };
+/// Checks the manifests once: 0 when every image is available, 1 otherwise.
+async fn run_check(args: CheckArgs) -> Result<ExitCode> {
+    let options = cli::index_options(&args.checker, &args.filters)?;
+    let metrics = Metrics::new(false)?;
+    let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())?;
+    let inventory = manifests::load(&args.manifests)?;
     let index = ImageIndex::build(&inventory, &options);
     index.log_new_warnings(None);
     if index.container_count() == 0 {
@@ -112,39 +85,32 @@ async fn run_check(args: CheckArgs) -> ExitCode {
     let results = pipeline.results();
     match args.output {
         OutputFormat::Table => print!("{}", report::table(&results)),
-        OutputFormat::Json => match report::json(&results) {
-            Ok(json) => println!("{json}"),
-            Err(error) => {
-                eprintln!("error: cannot encode results: {error}");
-                return ExitCode::FAILURE;
-            }
-        },
-        OutputFormat::Junit => match report::junit(&results) {
-            Ok(xml) => println!("{xml}"),
-            Err(error) => {
-                eprintln!("error: cannot encode results: {error}");
-                return ExitCode::FAILURE;
-            }
-        },
+        OutputFormat::Json => println!(
+            "{}",
+            report::json(&results).map_err(|e| Error::Report(e.to_string()))?
+        ),
+        OutputFormat::Junit => println!(
+            "{}",
+            report::junit(&results).map_err(|e| Error::Report(e.to_string()))?
+        ),
     }
-    if results.iter().all(|(_, outcome)| outcome.is_available()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(
+        if results.iter().all(|(_, outcome)| outcome.is_available()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
-async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
-    let options =
-        cli::index_options(&args.checker, &args.filters).map_err(|e| Failure::Usage(e.into()))?;
-    let metrics = Metrics::new(args.legacy_metric_names).map_err(|e| Failure::Runtime(e.into()))?;
-    let inventory_metrics =
-        InventoryMetrics::new(metrics.registry()).map_err(|e| Failure::Runtime(e.into()))?;
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let options = cli::index_options(&args.checker, &args.filters)?;
+    let metrics = Metrics::new(args.legacy_metric_names)?;
+    let inventory_metrics = InventoryMetrics::new(metrics.registry())?;
     let mut checker_config = args.checker.checker_config();
     // In a cluster the nodes say which platforms workloads land on.
     checker_config.index_platforms |= args.manifests.is_none();
-    let checker = Checker::new(&checker_config, metrics.checker.clone())
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let checker = Checker::new(&checker_config, metrics.checker.clone())?;
     let shared = SharedInventory::default();
 
     // The inventory source: manifest files, or the cluster's API server.
@@ -155,7 +121,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let source = match &args.manifests {
         Some(path) => {
             // Fail fast: a typo in the path must not look like an empty cluster.
-            let inventory = manifests::load(path).map_err(|e| Failure::Usage(e.into()))?;
+            let inventory = manifests::load(path)?;
             *lock(&shared.inventory) = inventory;
             shared.set_state(
                 MANIFESTS,
@@ -174,9 +140,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
             format!("manifests {}", path.display())
         }
         None => {
-            let client = cluster::client(args.kubeconfig.as_deref())
-                .await
-                .map_err(|e| Failure::Usage(e.into()))?;
+            let client = cluster::client(args.kubeconfig.as_deref()).await?;
             kube_client = Some(client.clone());
             background.extend(cluster::spawn_watches(
                 client,
@@ -187,9 +151,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
 
-    let listener = server::bind(&args.bind_address)
-        .await
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let listener = server::bind(&args.bind_address).await?;
     let mut pipeline = Pipeline::new(
         checker,
         metrics,
@@ -197,39 +159,26 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     )
     .with_inventory(shared.inventory.clone());
     // Node agents, with --agent-listen: checks go through them while any is connected.
-    let agent_server = match args
-        .agents
-        .server_config()
-        .map_err(|e| Failure::Usage(e.into()))?
-    {
+    let agent_server = match args.agents.server_config()? {
         Some(config) => {
             let reviewer = match args.agents.token_audience() {
                 None => None,
                 Some(audience) => {
                     let client = match kube_client.clone() {
                         Some(client) => client,
-                        None => cluster::client(None).await.map_err(|e| {
-                            Failure::Usage(
-                                agents::server::AgentServerError::TokenReviewClient(e.to_string())
-                                    .into(),
-                            )
-                        })?,
+                        None => cluster::client(None)
+                            .await
+                            .map_err(|e| AgentServerError::TokenReviewClient(e.to_string()))?,
                     };
                     let account = args
                         .agents
-                        .service_account()
-                        .map_err(|e| Failure::Usage(e.into()))?
-                        .ok_or_else(|| {
-                            Failure::Usage(
-                                agents::server::AgentServerError::NoServiceAccount.into(),
-                            )
-                        })?;
+                        .service_account()?
+                        .ok_or(AgentServerError::NoServiceAccount)?;
                     Some(Arc::new(TokenReviewer::new(client, audience, account)))
                 }
             };
             let hub = AgentHub::new(args.agents.hub_config());
-            hub.register_metrics(pipeline.metrics.registry())
-                .map_err(|e| Failure::Runtime(e.into()))?;
+            hub.register_metrics(pipeline.metrics.registry())?;
             if let (Some(client), Some(label)) = (&kube_client, &args.agents.node_group_label) {
                 background.push(agents::groups::spawn_node_groups(
                     client.clone(),
@@ -237,9 +186,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
                     hub.clone(),
                 ));
             }
-            let server = agents::server::start_with_reviewer(hub.clone(), config, reviewer)
-                .await
-                .map_err(|e| Failure::Usage(e.into()))?;
+            let server = agents::server::start_with_reviewer(hub.clone(), config, reviewer).await?;
             pipeline = pipeline.with_agents(hub);
             Some(server)
         }
@@ -302,9 +249,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     }
     tokio::time::sleep(SHUTDOWN_DRAIN).await;
     let _ = server_stop_tx.send(true);
-    server
-        .await
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("HTTP server task failed: {e}")))?;
+    server.await.map_err(|e| Error::ServerTask(e.to_string()))?;
     Ok(())
 }
 
