@@ -38,11 +38,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pullwatch::proto::{CheckMode, CheckTask, Status};
+use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
 use pullwatch_agent::check::{CheckOptions, Checker, Mode};
 use pullwatch_agent::cri::{CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{

@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use pullwatch::{DockerConfig, ImageReference, Keyring, SourcedCredential};
 
+use crate::check::resolve::{Resolver, ResolverConfig};
 use crate::check::{CheckOptions, Checker, Mode};
 use crate::cri::{CallObserver, CriClient, CriError, CriTimeouts};
 use crate::keyring::{KeyringConfig, KeyringError, NodeKeyring};
-use crate::resolve::{ResolveError, Resolver, ResolverConfig, RuntimeAuth};
+use crate::route::{RouteError, RuntimeAuth};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -199,7 +200,7 @@ pub enum SetupError {
     #[error(transparent)]
     Keyring(#[from] KeyringError),
     #[error(transparent)]
-    Resolve(#[from] ResolveError),
+    Resolve(#[from] RouteError),
     #[error("reading pull secret file {path}: {reason}")]
     PullSecret { path: PathBuf, reason: String },
 }

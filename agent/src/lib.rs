@@ -3,8 +3,9 @@
 //!
 //! - [`cri`]: the runtime's CRI socket (`runtime.v1`) and CRI errors as check statuses;
 //! - [`keyring`]: the credentials the kubelet would try, in its order;
-//! - [`resolve`]: manifest-only checks along containerd's hosts.toml route;
-//! - [`check`]: the executor that picks `pull` or `resolve` per image;
+//! - [`route`]: containerd's hosts.toml route and its own registry credentials;
+//! - [`check`]: the executor that picks `pull` or `resolve` per image
+//!   ([`check::resolve`]: manifest-only checks along the route);
 //! - [`session`]: the stream to the aggregator (`run`), [`metrics`]: per-node `/metrics`;
 //! - [`cli`]: flags and wiring.
 
@@ -13,5 +14,5 @@ pub mod cli;
 pub mod cri;
 pub mod keyring;
 pub mod metrics;
-pub mod resolve;
+pub mod route;
 pub mod session;
