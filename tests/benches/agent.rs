@@ -1,4 +1,11 @@
-//! `cargo bench -p pullwatch-agent --bench agent`
+//! ```sh
+//! cargo build --release -p pullwatch-agent && cargo bench -p pullwatch-testbench --bench agent
+//! ```
+//!
+//! The bench runs the release `pullwatch-agent` binary (found by
+//! [`pullwatch_testbench::workspace_binary`], or `$PULLWATCH_AGENT_BIN`): build it first.
+//! It lives in the test bench because it also starts the aggregator's agent hub, and the
+//! agent crate does not depend on the aggregator.
 //!
 //! In one run, against one real `docker-registry` and one real containerd (the test
 //! bench, temp dirs, loopback only), with `bench/app:v1` pushed and pulled once so the
@@ -51,8 +58,6 @@ use pullwatch_testbench::{
     RegistryOptions, TestCa, free_port, push_image,
 };
 use tokio::task::JoinSet;
-
-const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
 
 /// Sequential samples per latency series.
 const N: usize = 200;
@@ -574,7 +579,8 @@ async fn rss_under_load(
 
     let stderr_path = dir.path().join("agent.log");
     let metrics_port = free_port();
-    let child = tokio::process::Command::new(BINARY)
+    let binary = pullwatch_testbench::workspace_binary("pullwatch-agent")?;
+    let child = tokio::process::Command::new(&binary)
         .args([
             "run".to_string(),
             format!(
@@ -601,7 +607,7 @@ async fn rss_under_load(
         .stderr(std::fs::File::create(&stderr_path)?)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {BINARY}"))?;
+        .with_context(|| format!("starting {}", binary.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("the agent has no pid"))?;
     let agent = AgentProcess {
         child,
