@@ -10,6 +10,7 @@ pub mod platform;
 pub mod redact;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod status;
 pub mod support;
 

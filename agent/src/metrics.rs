@@ -3,22 +3,19 @@
 //! RPC and gRPC code, which keyring sources decided checks, and the connection to the
 //! aggregator. No label ever carries a secret: images, statuses, modes, credential
 //! *sources* (file paths, plugin and secret names), RPC names and codes only.
+//! Served over the shared [`pullwatch::serve`].
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use pullwatch::serve::{self, Body};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -31,7 +28,7 @@ pub enum MetricsError {
     #[error(transparent)]
     Prometheus(#[from] prometheus::Error),
     #[error(transparent)]
-    Bind(#[from] pullwatch::support::BindError),
+    Bind(#[from] pullwatch::serve::BindError),
 }
 
 /// The agent's metrics.
@@ -304,56 +301,25 @@ impl CallObserver for AgentMetrics {
 
 /// Binds `--metrics-address` (`:9102` means every interface, as in Go).
 pub async fn bind(address: &str) -> Result<TcpListener, MetricsError> {
-    Ok(pullwatch::support::bind_listener("--metrics-address", address).await?)
+    Ok(serve::bind("--metrics-address", address).await?)
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "accepting a metrics connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "metrics connection ended");
-            }
-        });
-    }
+    let routes = move |request: &Request<Incoming>| respond(request, &metrics);
+    serve::serve(listener, routes, std::future::pending()).await;
 }
 
-fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
+fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => serve::respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            serve::METRICS_CONTENT_TYPE,
             metrics.render(),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
+        (&Method::GET, "/healthz") => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
+        _ => serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
-    response
 }
 
 #[cfg(test)]
@@ -442,7 +408,7 @@ mod tests {
         let error = bind("nonsense").await.unwrap_err();
         assert!(matches!(
             error,
-            MetricsError::Bind(pullwatch::support::BindError::BadAddress { .. })
+            MetricsError::Bind(pullwatch::serve::BindError::BadAddress { .. })
         ));
         assert!(error.to_string().contains("--metrics-address"), "{error}");
         let listener = bind("127.0.0.1:0").await.unwrap();
