@@ -1,5 +1,6 @@
 //! Small pieces both binaries need, kept in one place: error chains for reasons and
-//! logs, poison-tolerant locking, the TLS crypto provider, and logging setup.
+//! logs, poison-tolerant locking, the TLS crypto provider, and start-up (logging and
+//! the async runtime).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -64,6 +65,17 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError>
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// What both binaries do first: logging as [`init_logging`], then the multi-threaded
+/// tokio runtime they run on. Err: [`crate::Error::Logging`] (a bad `--log-level`, a
+/// usage error) or [`crate::Error::AsyncRuntime`].
+pub fn start(log_filter: &str, format: LogFormat) -> crate::Result<tokio::runtime::Runtime> {
+    init_logging(log_filter, format)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::Error::AsyncRuntime)
 }
 
 /// `sha256:<hex>` of `bytes`: the digest of content in the OCI/distribution sense.

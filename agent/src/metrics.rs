@@ -22,15 +22,6 @@ use tracing::{debug, warn};
 use crate::check::CheckReport;
 use crate::cri::CallObserver;
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error(transparent)]
-    Prometheus(#[from] prometheus::Error),
-    #[error(transparent)]
-    Bind(#[from] pullwatch::serve::BindError),
-}
-
 /// The agent's metrics.
 pub struct AgentMetrics {
     registry: Registry,
@@ -76,7 +67,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 impl AgentMetrics {
-    pub fn new() -> Result<AgentMetrics, MetricsError> {
+    pub fn new() -> crate::Result<AgentMetrics> {
         let registry = Registry::new();
         let metrics = AgentMetrics {
             check_status: IntGaugeVec::new(
@@ -300,8 +291,10 @@ impl CallObserver for AgentMetrics {
 }
 
 /// Binds `--metrics-address` (`:9102` means every interface, as in Go).
-pub async fn bind(address: &str) -> Result<TcpListener, MetricsError> {
-    Ok(serve::bind("--metrics-address", address).await?)
+pub async fn bind(address: &str) -> crate::Result<TcpListener> {
+    serve::bind("--metrics-address", address)
+        .await
+        .map_err(|error| pullwatch::Error::from(error).into())
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -408,7 +401,9 @@ mod tests {
         let error = bind("nonsense").await.unwrap_err();
         assert!(matches!(
             error,
-            MetricsError::Bind(pullwatch::serve::BindError::BadAddress { .. })
+            crate::Error::Shared(pullwatch::Error::Bind(
+                pullwatch::serve::BindError::BadAddress { .. }
+            ))
         ));
         assert!(error.to_string().contains("--metrics-address"), "{error}");
         let listener = bind("127.0.0.1:0").await.unwrap();

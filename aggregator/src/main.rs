@@ -27,17 +27,14 @@ const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = init_logging(&cli) {
-        eprintln!("error: {error:#}");
-        return ExitCode::from(USAGE_ERROR);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match pullwatch::support::start(&cli.log_level, cli.log_format) {
         Ok(runtime) => runtime,
+        Err(error @ pullwatch::Error::Logging(_)) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -57,10 +54,6 @@ fn main() -> ExitCode {
             },
         }
     })
-}
-
-fn init_logging(cli: &Cli) -> Result<(), pullwatch::support::LoggingError> {
-    pullwatch::support::init_logging(&cli.log_level, cli.log_format)
 }
 
 enum Failure {
