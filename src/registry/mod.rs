@@ -273,6 +273,16 @@ enum Failure {
     Outcome(CheckOutcome),
 }
 
+/// What every request of one check shares: where it goes, for which repository, with
+/// which credential, and until when.
+#[derive(Clone, Copy)]
+struct Target<'e, 'a> {
+    endpoint: &'a Endpoint<'e>,
+    repository: &'a str,
+    credential: Option<&'a RegistryCredential>,
+    deadline: &'a Deadline,
+}
+
 fn has_password(credential: Option<&RegistryCredential>) -> Option<&RegistryCredential> {
     credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
 }
@@ -389,9 +399,13 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Answer {
-        let (mut answer, body) = self
-            .manifest_answer(endpoint, repository, reference, credential, deadline)
-            .await;
+        let target = Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        };
+        let (mut answer, body) = self.manifest_answer(target, reference).await;
         if !answer.outcome.is_available() {
             return answer;
         }
@@ -408,26 +422,18 @@ impl RegistryClient {
             is_index,
             answer.outcome.digest.clone(),
         ) {
-            answer.outcome.platforms = self
-                .index_platforms(
-                    endpoint, repository, &digest, body, credential, deadline, capacity,
-                )
-                .await;
+            answer.outcome.platforms = self.index_platforms(target, &digest, body, capacity).await;
         }
         answer
     }
 
     /// The platforms index `digest` offers: cached, else parsed from `body` (when the
     /// check already read it) or one `GET` by digest with the same authentication.
-    #[allow(clippy::too_many_arguments)]
     async fn index_platforms(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         digest: &str,
         body: Option<Bytes>,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         capacity: usize,
     ) -> Option<Arc<[Platform]>> {
         if let Some(known) = lock(&self.indexes).get(digest) {
@@ -435,13 +441,10 @@ impl RegistryClient {
         }
         let body = match body {
             Some(body) => body,
-            None => match self
-                .fetch_manifest(endpoint, repository, digest, credential, deadline)
-                .await
-            {
+            None => match self.fetch(target, digest).await {
                 Ok(manifest) => manifest.body,
                 Err(answer) => {
-                    debug!(host = endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
+                    debug!(host = target.endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
                     return None;
                 }
             },
@@ -459,7 +462,7 @@ impl RegistryClient {
                 Some(platforms)
             }
             Err(error) => {
-                debug!(host = endpoint.host, %digest, %error, "index not parsed; platforms not checked");
+                debug!(host = target.endpoint.host, %digest, %error, "index not parsed; platforms not checked");
                 None
             }
         }
@@ -469,23 +472,10 @@ impl RegistryClient {
     /// body when one was read.
     async fn manifest_answer(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
     ) -> (Answer, Option<Bytes>) {
-        let answer = self
-            .ask(
-                endpoint,
-                repository,
-                Object::Manifest,
-                reference,
-                credential,
-                deadline,
-                false,
-            )
-            .await;
+        let answer = self.ask(target, Object::Manifest, reference, false).await;
         let (answer, final_) = match answer {
             Ok(pair) => pair,
             Err(answer) => return (answer, None),
@@ -514,21 +504,12 @@ impl RegistryClient {
             None => {
                 // A HEAD answered without Docker-Content-Digest: the body tells.
                 debug!(
-                    host = endpoint.host,
-                    repository, reference, "no Docker-Content-Digest; fetching the manifest"
+                    host = target.endpoint.host,
+                    repository = target.repository,
+                    reference,
+                    "no Docker-Content-Digest; fetching the manifest"
                 );
-                match self
-                    .ask(
-                        endpoint,
-                        repository,
-                        Object::Manifest,
-                        reference,
-                        credential,
-                        deadline,
-                        true,
-                    )
-                    .await
-                {
+                match self.ask(target, Object::Manifest, reference, true).await {
                     Ok((answer, final_)) if answer.outcome.is_available() => {
                         let body = final_.body.clone();
                         (self.digest_of_body(answer, final_), Some(body))
@@ -571,18 +552,13 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Answer {
-        match self
-            .ask(
-                endpoint,
-                repository,
-                Object::Blob,
-                digest,
-                credential,
-                deadline,
-                false,
-            )
-            .await
-        {
+        let target = Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        };
+        match self.ask(target, Object::Blob, digest, false).await {
             Ok((mut answer, _)) => {
                 if answer.outcome.is_available() {
                     answer.outcome.digest = Some(digest.to_string());
@@ -603,17 +579,17 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Result<Manifest, Answer> {
-        let (answer, final_) = self
-            .ask(
-                endpoint,
-                repository,
-                Object::Manifest,
-                digest,
-                credential,
-                deadline,
-                true,
-            )
-            .await?;
+        let target = Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        };
+        self.fetch(target, digest).await
+    }
+
+    async fn fetch(&self, target: Target<'_, '_>, digest: &str) -> Result<Manifest, Answer> {
+        let (answer, final_) = self.ask(target, Object::Manifest, digest, true).await?;
         if !answer.outcome.is_available() {
             return Err(answer);
         }
@@ -640,17 +616,18 @@ impl RegistryClient {
 
     /// One object, over the scheme(s) the endpoint allows. Ok: the host answered
     /// (classified answer + the final response); Err: a classified failure.
-    #[allow(clippy::too_many_arguments)]
     async fn ask(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         object: Object,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         want_body: bool,
     ) -> Result<(Answer, Final), Answer> {
+        let Target {
+            endpoint,
+            credential,
+            ..
+        } = target;
         let state = self.state(endpoint.host);
         let learned = *lock(&state.plain_http);
         let schemes: &[bool] = match (endpoint.scheme, learned) {
@@ -673,10 +650,7 @@ impl RegistryClient {
                 endpoint.host
             );
             match self
-                .converse(
-                    &state, endpoint, plain, &origin, repository, object, reference, credential,
-                    deadline, want_body,
-                )
+                .converse(&state, target, plain, &origin, object, reference, want_body)
                 .await
             {
                 Ok(final_) => {
@@ -823,16 +797,19 @@ impl RegistryClient {
     async fn converse(
         &self,
         state: &Arc<HostState>,
-        endpoint: &Endpoint<'_>,
+        target: Target<'_, '_>,
         plain: bool,
         origin: &str,
-        repository: &str,
         object: Object,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         want_body: bool,
     ) -> Result<Final, Failure> {
+        let Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        } = target;
         let mut url = format!(
             "{origin}{}/{repository}/{}/{reference}",
             endpoint.api_root,
