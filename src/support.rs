@@ -78,6 +78,29 @@ pub fn start(log_filter: &str, format: LogFormat) -> crate::Result<tokio::runtim
         .map_err(crate::Error::AsyncRuntime)
 }
 
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C: when both binaries shut down.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// `sha256:<hex>` of `bytes`: the digest of content in the OCI/distribution sense.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest;

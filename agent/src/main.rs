@@ -94,24 +94,8 @@ async fn run(args: RunArgs) -> pullwatch_agent::Result<ExitCode> {
     let session = pullwatch_agent::session::run(Arc::new(checker), metrics, session_config);
     tokio::select! {
         () = session => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        () = pullwatch::support::shutdown_signal() => tracing::info!("shutting down"),
     }
     server.abort();
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

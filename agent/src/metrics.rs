@@ -16,6 +16,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use pullwatch::serve::{self, Body};
+use pullwatch::support::lock;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -198,7 +199,7 @@ impl AgentMetrics {
             report.mode.clone(),
             report.credential_source.clone(),
         ];
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.current);
         if let Some((old, _)) =
             current.insert(report.image.clone(), (labels.clone(), Instant::now()))
             && old != labels
@@ -231,7 +232,7 @@ impl AgentMetrics {
 
     /// Removes every series of the images not checked within the TTL.
     fn prune(&self) {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.current);
         let stale: Vec<String> = current
             .iter()
             .filter(|(_, (_, checked))| checked.elapsed() > self.series_ttl)

@@ -240,7 +240,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), Failure> {
     let pipeline = Arc::new(pipeline);
     let state = Arc::new(ServerState::new(pipeline.clone()));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        pullwatch::support::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let local = listener
@@ -383,28 +383,5 @@ async fn report_readiness(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-    }
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -543,6 +543,28 @@ impl RegistryClient {
         }
     }
 
+    /// [`RegistryClient::check_manifest`] or [`RegistryClient::check_blob`], as `object` says.
+    pub async fn check(
+        &self,
+        endpoint: &Endpoint<'_>,
+        repository: &str,
+        object: Object,
+        reference: &str,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+    ) -> Answer {
+        match object {
+            Object::Manifest => {
+                self.check_manifest(endpoint, repository, reference, credential, deadline)
+                    .await
+            }
+            Object::Blob => {
+                self.check_blob(endpoint, repository, reference, credential, deadline)
+                    .await
+            }
+        }
+    }
+
     /// Checks that the blob `digest` exists (containerd's fallback for digests).
     pub async fn check_blob(
         &self,

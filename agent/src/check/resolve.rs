@@ -196,30 +196,17 @@ impl Resolver {
                     }
                 };
                 let endpoint = host_endpoint(host, &client, mirror.then_some(registry));
-                let answer = match object {
-                    Object::Manifest => {
-                        self.registry
-                            .check_manifest(
-                                &endpoint,
-                                image.repository(),
-                                reference,
-                                credential,
-                                &deadline,
-                            )
-                            .await
-                    }
-                    Object::Blob => {
-                        self.registry
-                            .check_blob(
-                                &endpoint,
-                                image.repository(),
-                                reference,
-                                credential,
-                                &deadline,
-                            )
-                            .await
-                    }
-                };
+                let answer = self
+                    .registry
+                    .check(
+                        &endpoint,
+                        image.repository(),
+                        *object,
+                        reference,
+                        credential,
+                        &deadline,
+                    )
+                    .await;
                 debug!(host = %host.url(), status = %answer.outcome.status, http = ?answer.http_status, "resolve answer");
                 if answer.outcome.is_available() {
                     let mut outcome = answer.outcome;

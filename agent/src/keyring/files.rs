@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pullwatch::credentials::CredentialError;
+use pullwatch::support::lock;
 use pullwatch::{DockerConfig, Keyring};
 use tracing::debug;
 
@@ -23,7 +25,7 @@ pub(super) struct DockerConfigFiles {
 
 impl DockerConfigFiles {
     pub(super) fn keyring(&self) -> Arc<Keyring> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.cache);
         if let Some((keyring, expires)) = cache.as_ref()
             && *expires > Instant::now()
         {
@@ -37,37 +39,36 @@ impl DockerConfigFiles {
     /// `ReadDockerConfigFile`: the first valid config.json, else the first valid
     /// .dockercfg; one file at most.
     fn read(&self) -> Keyring {
+        type Parse = fn(&[u8]) -> Result<DockerConfig, CredentialError>;
+        let forms: [(&[PathBuf], &str, Parse); 2] = [
+            (
+                &self.json_dirs,
+                "config.json",
+                DockerConfig::from_config_json,
+            ),
+            (
+                &self.legacy_dirs,
+                ".dockercfg",
+                DockerConfig::from_dockercfg,
+            ),
+        ];
         let mut keyring = Keyring::new();
-        for dir in &self.json_dirs {
-            let path = dir.join("config.json");
-            let Some(bytes) = read_if_exists(&path) else {
-                continue;
-            };
-            match DockerConfig::from_config_json(&bytes) {
-                // A config.json without "auths" is valid and empty, as to the kubelet.
-                Ok(config) => {
-                    debug!(path = %path.display(), entries = config.entries.len(), "using kubelet docker config");
-                    keyring.add(&format!("config.json:{}", path.display()), &config);
-                    return keyring;
-                }
-                Err(error) => {
-                    debug!(path = %path.display(), %error, "skipping invalid config.json")
-                }
-            }
-        }
-        for dir in &self.legacy_dirs {
-            let path = dir.join(".dockercfg");
-            let Some(bytes) = read_if_exists(&path) else {
-                continue;
-            };
-            match DockerConfig::from_dockercfg(&bytes) {
-                Ok(config) => {
-                    debug!(path = %path.display(), entries = config.entries.len(), "using kubelet .dockercfg");
-                    keyring.add(&format!(".dockercfg:{}", path.display()), &config);
-                    return keyring;
-                }
-                Err(error) => {
-                    debug!(path = %path.display(), %error, "skipping invalid .dockercfg")
+        for (dirs, name, parse) in forms {
+            for dir in dirs {
+                let path = dir.join(name);
+                let Some(bytes) = read_if_exists(&path) else {
+                    continue;
+                };
+                match parse(&bytes) {
+                    // A config.json without "auths" is valid and empty, as to the kubelet.
+                    Ok(config) => {
+                        debug!(path = %path.display(), entries = config.entries.len(), "using the kubelet's docker config");
+                        keyring.add(&format!("{name}:{}", path.display()), &config);
+                        return keyring;
+                    }
+                    Err(error) => {
+                        debug!(path = %path.display(), %error, "skipping an invalid docker config")
+                    }
                 }
             }
         }

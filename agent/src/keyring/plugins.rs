@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pullwatch::credentials::{is_schemeless_url, urls_match};
 use pullwatch::duration;
+use pullwatch::support::lock;
 use pullwatch::{DockerConfig, RegistryCredential};
 use serde::Deserialize;
 use tracing::warn;
@@ -307,7 +308,7 @@ impl PluginProvider {
                 .map_err(|e| format!("plugin returned an invalid cacheDuration: {e}"))?,
         };
         if !lifetime.is_zero() {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = lock(&self.cache);
             cache
                 .entries
                 .insert(cache_key, (config.clone(), Instant::now() + lifetime));
@@ -317,7 +318,7 @@ impl PluginProvider {
 
     fn cached(&self, image: &str) -> Option<DockerConfig> {
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.cache);
         [image, registry_of(image), GLOBAL_CACHE_KEY]
             .into_iter()
             .find_map(|key| cache.get(key, now))
