@@ -274,13 +274,13 @@ enum Failure {
 }
 
 /// What every request of one check shares: where it goes, for which repository, with
-/// which credential, and until when.
+/// which credential (None: anonymous), and until when.
 #[derive(Clone, Copy)]
-struct Target<'e, 'a> {
-    endpoint: &'a Endpoint<'e>,
-    repository: &'a str,
-    credential: Option<&'a RegistryCredential>,
-    deadline: &'a Deadline,
+pub struct Target<'e, 'a> {
+    pub endpoint: &'a Endpoint<'e>,
+    pub repository: &'a str,
+    pub credential: Option<&'a RegistryCredential>,
+    pub deadline: &'a Deadline,
 }
 
 fn has_password(credential: Option<&RegistryCredential>) -> Option<&RegistryCredential> {
@@ -405,6 +405,19 @@ impl RegistryClient {
             credential,
             deadline,
         };
+        self.check(target, Object::Manifest, reference).await
+    }
+
+    /// A manifest (as [`RegistryClient::check_manifest`]) or, for [`Object::Blob`],
+    /// that the blob `reference` (a digest) exists: containerd's fallback for digests.
+    pub async fn check(&self, target: Target<'_, '_>, object: Object, reference: &str) -> Answer {
+        match object {
+            Object::Manifest => self.manifest_check(target, reference).await,
+            Object::Blob => self.blob_check(target, reference).await,
+        }
+    }
+
+    async fn manifest_check(&self, target: Target<'_, '_>, reference: &str) -> Answer {
         let (mut answer, body) = self.manifest_answer(target, reference).await;
         if !answer.outcome.is_available() {
             return answer;
@@ -543,43 +556,7 @@ impl RegistryClient {
         }
     }
 
-    /// [`RegistryClient::check_manifest`] or [`RegistryClient::check_blob`], as `object` says.
-    pub async fn check(
-        &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
-        object: Object,
-        reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
-    ) -> Answer {
-        match object {
-            Object::Manifest => {
-                self.check_manifest(endpoint, repository, reference, credential, deadline)
-                    .await
-            }
-            Object::Blob => {
-                self.check_blob(endpoint, repository, reference, credential, deadline)
-                    .await
-            }
-        }
-    }
-
-    /// Checks that the blob `digest` exists (containerd's fallback for digests).
-    pub async fn check_blob(
-        &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
-        digest: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
-    ) -> Answer {
-        let target = Target {
-            endpoint,
-            repository,
-            credential,
-            deadline,
-        };
+    async fn blob_check(&self, target: Target<'_, '_>, digest: &str) -> Answer {
         match self.ask(target, Object::Blob, digest, false).await {
             Ok((mut answer, _)) => {
                 if answer.outcome.is_available() {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use pullwatch::registry::classify::Hints;
 use pullwatch::registry::{
-    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme,
+    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme, Target,
 };
 use pullwatch::support::{error_chain, install_crypto_provider, lock};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
@@ -196,17 +196,13 @@ impl Resolver {
                     }
                 };
                 let endpoint = host_endpoint(host, &client, mirror.then_some(registry));
-                let answer = self
-                    .registry
-                    .check(
-                        &endpoint,
-                        image.repository(),
-                        *object,
-                        reference,
-                        credential,
-                        &deadline,
-                    )
-                    .await;
+                let target = Target {
+                    endpoint: &endpoint,
+                    repository: image.repository(),
+                    credential,
+                    deadline: &deadline,
+                };
+                let answer = self.registry.check(target, *object, reference).await;
                 debug!(host = %host.url(), status = %answer.outcome.status, http = ?answer.http_status, "resolve answer");
                 if answer.outcome.is_available() {
                     let mut outcome = answer.outcome;
