@@ -45,12 +45,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pullwatch::proto::{CheckMode, CheckTask, Status};
-use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
 use pullwatch_agent::check::{CheckOptions, Checker, Mode};
-use pullwatch_agent::cri::{CriClient, CriTimeouts};
-use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
@@ -58,6 +54,10 @@ use pullwatch_testbench::{
     RegistryOptions, TestCa, free_port, push_image,
 };
 use tokio::task::JoinSet;
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+use common::NodeSetup;
 
 /// Sequential samples per latency series.
 const N: usize = 200;
@@ -106,13 +106,12 @@ async fn bench() -> Result<()> {
     let metrics = Arc::new(AgentMetrics::new()?);
     let puller = checker(
         &node,
-        &kubelet_dir,
         CheckOptions {
             pull_absent_images: true,
             keep_pulled_images: true,
         },
         metrics.clone(),
-    )?;
+    );
     let first = puller.check(&image.reference, Mode::Pull, &[]).await;
     ensure!(
         first.is_available() && first.image_present,
@@ -125,15 +124,7 @@ async fn bench() -> Result<()> {
     let version = puller.cri().version().await?;
 
     // The checker the agent runs with by default: no pulls of absent images.
-    let agent = Arc::new(checker(
-        &node,
-        &kubelet_dir,
-        CheckOptions {
-            pull_absent_images: false,
-            keep_pulled_images: false,
-        },
-        metrics.clone(),
-    )?);
+    let agent = Arc::new(checker(&node, common::DEFAULT_OPTIONS, metrics.clone()));
     let containerd_pid = node
         .pid()
         .ok_or_else(|| anyhow!("containerd is not running"))?;
@@ -269,40 +260,18 @@ async fn bench() -> Result<()> {
     .await
 }
 
-/// A checker wired to `node` the way `pullwatch-agent` wires it from its flags, with a
-/// hermetic docker config search path (the kubelet root dir only).
-fn checker(
-    node: &Containerd,
-    kubelet_dir: &Path,
-    options: CheckOptions,
-    metrics: Arc<AgentMetrics>,
-) -> Result<Checker> {
-    let keyring = NodeKeyring::new(&KeyringConfig {
-        kubelet_root_dir: kubelet_dir.to_path_buf(),
-        config_json_dirs: Some(vec![kubelet_dir.to_path_buf()]),
-        dockercfg_dirs: Some(vec![kubelet_dir.to_path_buf()]),
-        provider_config: None,
-        provider_bin_dir: None,
-    })?;
-    let resolver = Resolver::new(ResolverConfig {
-        hosts_dir: node.hosts_dir(),
-        runtime_auth: RuntimeAuth::load(node.config_path())?,
-        request_timeout: Duration::from_secs(10),
-    });
-    let cri = CriClient::new(
-        &node.endpoint(),
-        CriTimeouts {
-            call: Duration::from_secs(10),
-            pull: Duration::from_secs(60),
+/// A checker wired to `node` as the agent's tests wire it (the agent's own harness,
+/// agent/tests/common): a hermetic docker config search path (the kubelet root dir
+/// only), `metrics` observing every CRI call.
+fn checker(node: &Containerd, options: CheckOptions, metrics: Arc<AgentMetrics>) -> Checker {
+    common::checker(
+        node,
+        NodeSetup {
+            options: Some(options),
+            observer: Some(metrics),
+            ..Default::default()
         },
-        Some(metrics),
-    )?;
-    Ok(Checker::new(
-        cri,
-        Arc::new(keyring),
-        Arc::new(resolver),
-        options,
-    ))
+    )
 }
 
 fn hyper_client(keep_alive: bool) -> Client<HttpConnector, Empty<Bytes>> {
