@@ -1,5 +1,5 @@
 //! pullwatch's shared vocabulary and shared machinery, below both binaries: image
-//! references ([`reference`]), check statuses ([`status`]), registry credentials and the
+//! references ([`mod@reference`]), check statuses ([`status`]), registry credentials and the
 //! kubelet's keyring ([`credentials`]), platforms ([`platform`]), the registry client
 //! both binaries check with ([`registry`]), HTTP serving of their `/metrics`,
 //! `/healthz`, `/readyz` ([`serve`]), small support (locks, logging and start-up,

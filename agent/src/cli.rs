@@ -1,5 +1,5 @@
-//! Command-line flags (each also read from a `PULLWATCH_*` environment variable) and
-//! building the checker from them.
+//! `cli`, the wiring: command-line flags (each also read from a `PULLWATCH_*`
+//! environment variable) and the checker (cri + keyring + route) built from them.
 
 use std::path::PathBuf;
 use std::sync::Arc;

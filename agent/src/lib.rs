@@ -1,13 +1,24 @@
 //! pullwatch-agent: checks, from a node, whether images can be pulled, the way the
-//! kubelet on that node would pull them. One module per stage:
+//! kubelet on that node would pull them. One module per stage, in the order a check
+//! flows: a task arrives over the [`session`], the [`check`] executor asks the
+//! [`keyring`] for credentials, then the runtime ([`cri`]) or the registry along
+//! containerd's [`route`], and the result goes back over the session and into
+//! [`metrics`].
 //!
 //! - [`cri`]: the runtime's CRI socket (`runtime.v1`) and CRI errors as check statuses;
-//! - [`keyring`]: the credentials the kubelet would try, in its order;
+//! - [`keyring`]: the credentials the kubelet would try, in its order
+//!   (the kubelet's docker config files, then exec plugins);
 //! - [`route`]: containerd's hosts.toml route and its own registry credentials;
 //! - [`check`]: the executor that picks `pull` or `resolve` per image
-//!   ([`check::resolve`]: manifest-only checks along the route);
-//! - [`session`]: the stream to the aggregator (`run`), [`metrics`]: per-node `/metrics`;
+//!   ([`check::resolve`]: manifest-only checks along the route, through
+//!   [`pullwatch::registry`]);
+//! - [`session`]: the stream to the aggregator (`run`);
+//! - [`metrics`]: per-node `/metrics`, served by [`pullwatch::serve`];
 //! - [`cli`]: flags and wiring.
+//!
+//! The shared vocabulary and machinery (references, statuses, credentials, the registry
+//! client, HTTP serving, logging) come from the root crate `pullwatch`; nothing here
+//! depends on the aggregator.
 
 pub mod check;
 pub mod cli;

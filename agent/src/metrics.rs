@@ -1,5 +1,5 @@
-//! The agent's own `/metrics` (per node, for debugging; the canonical per-workload
-//! series live on the aggregator): this node's latest result per image, CRI calls by
+//! Stage `metrics`: the agent's own `/metrics` (per node, for debugging; the canonical
+//! per-workload series live on the aggregator): this node's latest result per image, CRI calls by
 //! RPC and gRPC code, which keyring sources decided checks, and the connection to the
 //! aggregator. No label ever carries a secret: images, statuses, modes, credential
 //! *sources* (file paths, plugin and secret names), RPC names and codes only.

@@ -1,4 +1,4 @@
-//! `run`: the agent's session with the aggregator (proto/pullwatch/v1 `AgentService`).
+//! Stage `session`, the link to the aggregator (`run`; proto/pullwatch/v1 `AgentService`).
 //!
 //! One bidirectional stream: the agent registers (node name, runtime name and version
 //! from CRI `Version`, the images it holds from `ListImages`), waits for `Registered`,
