@@ -1,7 +1,14 @@
-//! pullwatch's shared vocabulary: image references, check statuses, registry
-//! credentials and the kubelet's keyring, and the generated agent protocol.
+//! pullwatch's shared vocabulary and shared machinery, below both binaries: image
+//! references ([`mod@reference`]), check statuses ([`status`]), registry credentials and the
+//! kubelet's keyring ([`credentials`]), platforms ([`platform`]), the registry client
+//! both binaries check with ([`registry`]), HTTP serving of their `/metrics`,
+//! `/healthz`, `/readyz` ([`serve`]), small support (locks, logging and start-up,
+//! error chains: [`support`]; Go durations and globs; redacting `Debug`), and the
+//! generated protocols. Nothing here knows about Kubernetes watches or CRI.
 //!
-//! The aggregator and the agent both build on these; nothing here does I/O.
+//! Errors: each module's error says in detail what went wrong (callers map, e.g., a
+//! [`ReferenceError`] to a status); [`Error`] gathers them for callers that only pass
+//! an error on.
 
 pub mod credentials;
 pub mod duration;
@@ -10,6 +17,7 @@ pub mod platform;
 pub mod redact;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod status;
 pub mod support;
 
@@ -17,6 +25,31 @@ pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredenti
 pub use platform::Platform;
 pub use reference::{ImageReference, ReferenceError};
 pub use status::{CheckOutcome, CheckStatus};
+
+/// Whatever failed in this crate, by what failed; each variant keeps the module's
+/// detailed error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Credential(#[from] credentials::CredentialError),
+    #[error(transparent)]
+    Duration(#[from] duration::DurationError),
+    #[error(transparent)]
+    Glob(#[from] glob::BadPattern),
+    #[error(transparent)]
+    Index(#[from] platform::IndexError),
+    #[error(transparent)]
+    Bind(#[from] serve::BindError),
+    #[error(transparent)]
+    Logging(#[from] support::LoggingError),
+    #[error("starting the async runtime: {0}")]
+    AsyncRuntime(#[source] std::io::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Generated code for `proto/pullwatch/v1`.
 pub mod proto {

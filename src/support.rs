@@ -1,5 +1,6 @@
 //! Small pieces both binaries need, kept in one place: error chains for reasons and
-//! logs, poison-tolerant locking, the TLS crypto provider, and logging setup.
+//! logs, poison-tolerant locking, the TLS crypto provider, and start-up (logging and
+//! the async runtime).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -34,49 +35,6 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Why a listen address could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("invalid {flag} {address:?}: expected [HOST]:PORT, e.g. :8080 or 127.0.0.1:8080")]
-    BadAddress { flag: &'static str, address: String },
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: String,
-        source: std::io::Error,
-    },
-}
-
-/// Binds like Go's `net.Listen("tcp", ":8080")`, the form the older exporter's flags
-/// use: an empty host means every interface (IPv6 and IPv4 where the host has IPv6,
-/// IPv4 alone where it has not). `flag` names the flag in errors.
-pub async fn bind_listener(
-    flag: &'static str,
-    address: &str,
-) -> Result<tokio::net::TcpListener, BindError> {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-    use tokio::net::TcpListener;
-
-    let bad_address = || BindError::BadAddress {
-        flag,
-        address: address.to_string(),
-    };
-    let bind_error = |source| BindError::Bind {
-        address: address.to_string(),
-        source,
-    };
-    if let Some(port) = address.strip_prefix(':') {
-        let port: u16 = port.parse().map_err(|_| bad_address())?;
-        return match TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
-            Ok(listener) => Ok(listener),
-            Err(_) => TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-                .await
-                .map_err(bind_error),
-        };
-    }
-    let socket: SocketAddr = address.parse().map_err(|_| bad_address())?;
-    TcpListener::bind(socket).await.map_err(bind_error)
-}
-
 /// Log line formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -107,6 +65,40 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError>
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// What both binaries do first: logging as [`init_logging`], then the multi-threaded
+/// tokio runtime they run on. Err: [`crate::Error::Logging`] (a bad `--log-level`, a
+/// usage error) or [`crate::Error::AsyncRuntime`].
+pub fn start(log_filter: &str, format: LogFormat) -> crate::Result<tokio::runtime::Runtime> {
+    init_logging(log_filter, format)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::Error::AsyncRuntime)
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C: when both binaries shut down.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `sha256:<hex>` of `bytes`: the digest of content in the OCI/distribution sense.
@@ -148,32 +140,6 @@ mod tests {
         })
         .join();
         assert_eq!(*lock(&mutex), 5);
-    }
-
-    #[tokio::test]
-    async fn listen_address_forms() {
-        let error = bind_listener("--bind-address", "nonsense")
-            .await
-            .unwrap_err();
-        assert!(matches!(error, BindError::BadAddress { .. }));
-        assert!(
-            error.to_string().starts_with("invalid --bind-address"),
-            "{error}"
-        );
-        assert!(matches!(
-            bind_listener("--x", ":99999").await,
-            Err(BindError::BadAddress { .. })
-        ));
-        let listener = bind_listener("--x", "127.0.0.1:0").await.unwrap();
-        assert!(listener.local_addr().unwrap().ip().is_loopback());
-        let port = listener.local_addr().unwrap().port();
-        // The port is taken: a clear bind error naming the address.
-        let error = bind_listener("--x", &format!("127.0.0.1:{port}"))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, BindError::Bind { .. }), "{error}");
-        let any = bind_listener("--x", ":0").await.unwrap();
-        assert!(any.local_addr().unwrap().ip().is_unspecified());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Command-line flags (each also read from a `PULLWATCH_*` environment variable) and
-//! building the checker from them.
+//! `cli`, the wiring: command-line flags (each also read from a `PULLWATCH_*`
+//! environment variable) and the checker (cri + keyring + route) built from them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use pullwatch::{DockerConfig, ImageReference, Keyring, SourcedCredential};
 
+use crate::check::resolve::{Resolver, ResolverConfig};
 use crate::check::{CheckOptions, Checker, Mode};
-use crate::cri::{CallObserver, CriClient, CriError, CriTimeouts};
-use crate::keyring::{KeyringConfig, KeyringError, NodeKeyring};
-use crate::resolve::{ResolveError, Resolver, ResolverConfig, RuntimeAuth};
+use crate::cri::{CallObserver, CriClient, CriTimeouts};
+use crate::keyring::{KeyringConfig, NodeKeyring};
+use crate::route::RuntimeAuth;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -191,19 +192,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     pullwatch::duration::flag_value_parser(text)
 }
 
-/// Why the agent could not be set up from its flags.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Cri(#[from] CriError),
-    #[error(transparent)]
-    Keyring(#[from] KeyringError),
-    #[error(transparent)]
-    Resolve(#[from] ResolveError),
-    #[error("reading pull secret file {path}: {reason}")]
-    PullSecret { path: PathBuf, reason: String },
-}
-
 impl NodeArgs {
     pub fn keyring_config(&self) -> KeyringConfig {
         KeyringConfig {
@@ -215,7 +203,7 @@ impl NodeArgs {
     }
 
     /// The checker these flags describe.
-    pub fn checker(&self, observer: Option<Arc<dyn CallObserver>>) -> Result<Checker, SetupError> {
+    pub fn checker(&self, observer: Option<Arc<dyn CallObserver>>) -> crate::Result<Checker> {
         let cri = CriClient::new(
             &self.cri_endpoint,
             CriTimeouts {
@@ -243,22 +231,19 @@ impl NodeArgs {
 }
 
 /// The credentials of `--pull-secret-file`s that match `image`, in file order.
-pub fn pull_secrets_for(
-    files: &[PathBuf],
-    image: &str,
-) -> Result<Vec<SourcedCredential>, SetupError> {
+pub fn pull_secrets_for(files: &[PathBuf], image: &str) -> crate::Result<Vec<SourcedCredential>> {
     let Ok(reference) = ImageReference::parse(image) else {
         // The check itself reports the bad reference.
         return Ok(Vec::new());
     };
     let mut found = Vec::new();
     for path in files {
-        let bytes = std::fs::read(path).map_err(|e| SetupError::PullSecret {
+        let bytes = std::fs::read(path).map_err(|e| crate::Error::PullSecret {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         let config =
-            DockerConfig::from_either_form(&bytes).map_err(|e| SetupError::PullSecret {
+            DockerConfig::from_either_form(&bytes).map_err(|e| crate::Error::PullSecret {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;

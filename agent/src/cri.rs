@@ -1,5 +1,6 @@
-//! The node's container runtime over CRI (`runtime.v1`): a tonic client on the runtime's
-//! unix socket, and the mapping from CRI errors to check statuses.
+//! Stage `cri`, the runtime: the node's container runtime over CRI (`runtime.v1`), a
+//! tonic client on the runtime's unix socket, and the mapping from CRI errors to check
+//! statuses.
 //!
 //! Endpoints (`--cri-endpoint`):
 //! - containerd: `unix:///run/containerd/containerd.sock` (the default)

@@ -1,11 +1,11 @@
 //! `pullwatch-agent`: see the crate docs of `pullwatch_agent`.
 
 use std::process::ExitCode;
-
-use anyhow::Context;
-use clap::Parser;
 use std::sync::Arc;
 
+use clap::Parser;
+
+use pullwatch_agent::Error;
 use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
 use pullwatch_agent::metrics::AgentMetrics;
 
@@ -17,45 +17,39 @@ const EXIT_NOT_CHECKED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = init_logging(&cli) {
-        eprintln!("error: {error:#}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: starting the async runtime: {error}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Check(args) => check(args).await,
-            Command::Run(args) => run(args).await,
-        }
-    });
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
-}
-
-fn init_logging(cli: &Cli) -> Result<(), pullwatch::support::LoggingError> {
-    let default = match cli.command {
+    let default_level = match cli.command {
         Command::Check(_) => "warn",
         Command::Run(_) => "info",
     };
-    pullwatch::support::init_logging(cli.log_level.as_deref().unwrap_or(default), cli.log_format)
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    let result = pullwatch::support::start(level, cli.log_format)
+        .map_err(Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                match cli.command {
+                    Command::Check(args) => check(args).await,
+                    Command::Run(args) => run(args).await,
+                }
+            })
+        });
+    result.unwrap_or_else(|error| fail(&error))
 }
 
-async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let checker = args.node.checker(None).context("setting up the checker")?;
+/// The one place an error becomes a message and an exit code. Every error of the
+/// library is a setup that can never work (a bad flag, an unreadable file, a refused
+/// plugin configuration): exit 2. What a check finds is not an error; `check` maps it
+/// to 0, 1 or 3 itself.
+fn fail(error: &Error) -> ExitCode {
+    match error {
+        // Found once logging runs: logged, in the operator's log format.
+        Error::Session(error) => tracing::error!(%error, "invalid configuration"),
+        _ => eprintln!("error: {error}"),
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+async fn check(args: CheckArgs) -> pullwatch_agent::Result<ExitCode> {
+    let checker = args.node.checker(None)?;
     let secrets = pull_secrets_for(&args.pull_secret_files, &args.image)?;
     let report = checker.check(&args.image, args.node.mode, &secrets).await;
     match args.output {
@@ -88,21 +82,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(args: RunArgs) -> pullwatch_agent::Result<ExitCode> {
     let session_config = args.session_config();
-    if let Err(error) = session_config.validate() {
-        tracing::error!(%error, "invalid configuration");
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
-    let metrics = Arc::new(
-        AgentMetrics::new()
-            .context("setting up metrics")?
-            .with_series_ttl(args.metrics_series_ttl),
-    );
-    let checker = args
-        .node
-        .checker(Some(metrics.clone()))
-        .context("setting up the checker")?;
+    session_config.validate()?;
+    let metrics = Arc::new(AgentMetrics::new()?.with_series_ttl(args.metrics_series_ttl));
+    let checker = args.node.checker(Some(metrics.clone()))?;
     metrics.set_providers(&checker.keyring().plugin_names());
     let listener = pullwatch_agent::metrics::bind(&args.metrics_address).await?;
     tracing::info!(address = %args.metrics_address, "serving /metrics");
@@ -110,24 +94,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let session = pullwatch_agent::session::run(Arc::new(checker), metrics, session_config);
     tokio::select! {
         () = session => {}
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        () = pullwatch::support::shutdown_signal() => tracing::info!("shutting down"),
     }
     server.abort();
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

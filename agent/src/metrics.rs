@@ -1,38 +1,27 @@
-//! The agent's own `/metrics` (per node, for debugging; the canonical per-workload
-//! series live on the aggregator): this node's latest result per image, CRI calls by
+//! Stage `metrics`: the agent's own `/metrics` (per node, for debugging; the canonical
+//! per-workload series live on the aggregator): this node's latest result per image, CRI calls by
 //! RPC and gRPC code, which keyring sources decided checks, and the connection to the
 //! aggregator. No label ever carries a secret: images, statuses, modes, credential
 //! *sources* (file paths, plugin and secret names), RPC names and codes only.
+//! Served over the shared [`pullwatch::serve`].
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use pullwatch::serve::{self, Body};
+use pullwatch::support::lock;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::check::CheckReport;
 use crate::cri::CallObserver;
-
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error(transparent)]
-    Prometheus(#[from] prometheus::Error),
-    #[error(transparent)]
-    Bind(#[from] pullwatch::support::BindError),
-}
 
 /// The agent's metrics.
 pub struct AgentMetrics {
@@ -79,7 +68,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 impl AgentMetrics {
-    pub fn new() -> Result<AgentMetrics, MetricsError> {
+    pub fn new() -> crate::Result<AgentMetrics> {
         let registry = Registry::new();
         let metrics = AgentMetrics {
             check_status: IntGaugeVec::new(
@@ -210,7 +199,7 @@ impl AgentMetrics {
             report.mode.clone(),
             report.credential_source.clone(),
         ];
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.current);
         if let Some((old, _)) =
             current.insert(report.image.clone(), (labels.clone(), Instant::now()))
             && old != labels
@@ -243,7 +232,7 @@ impl AgentMetrics {
 
     /// Removes every series of the images not checked within the TTL.
     fn prune(&self) {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = lock(&self.current);
         let stale: Vec<String> = current
             .iter()
             .filter(|(_, (_, checked))| checked.elapsed() > self.series_ttl)
@@ -303,57 +292,28 @@ impl CallObserver for AgentMetrics {
 }
 
 /// Binds `--metrics-address` (`:9102` means every interface, as in Go).
-pub async fn bind(address: &str) -> Result<TcpListener, MetricsError> {
-    Ok(pullwatch::support::bind_listener("--metrics-address", address).await?)
+pub async fn bind(address: &str) -> crate::Result<TcpListener> {
+    serve::bind("--metrics-address", address)
+        .await
+        .map_err(|error| pullwatch::Error::from(error).into())
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "accepting a metrics connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "metrics connection ended");
-            }
-        });
-    }
+    let routes = move |request: &Request<Incoming>| respond(request, &metrics);
+    serve::serve(listener, routes, std::future::pending()).await;
 }
 
-fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
+fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => serve::respond(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            serve::METRICS_CONTENT_TYPE,
             metrics.render(),
         ),
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = header::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
+        (&Method::GET, "/healthz") => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
+        _ => serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
-    response
 }
 
 #[cfg(test)]
@@ -442,7 +402,9 @@ mod tests {
         let error = bind("nonsense").await.unwrap_err();
         assert!(matches!(
             error,
-            MetricsError::Bind(pullwatch::support::BindError::BadAddress { .. })
+            crate::Error::Shared(pullwatch::Error::Bind(
+                pullwatch::serve::BindError::BadAddress { .. }
+            ))
         ));
         assert!(error.to_string().contains("--metrics-address"), "{error}");
         let listener = bind("127.0.0.1:0").await.unwrap();

@@ -1,4 +1,4 @@
-//! `run`: the agent's session with the aggregator (proto/pullwatch/v1 `AgentService`).
+//! Stage `session`, the link to the aggregator (`run`; proto/pullwatch/v1 `AgentService`).
 //!
 //! One bidirectional stream: the agent registers (node name, runtime name and version
 //! from CRI `Version`, the images it holds from `ListImages`), waits for `Registered`,
@@ -222,7 +222,7 @@ async fn session(
     let endpoint = endpoint(config)?;
     let channel = endpoint.connect().await.map_err(|e| {
         metrics.connection_attempt("connect_error");
-        SessionError::Connect(crate::resolve::error_chain(&e))
+        SessionError::Connect(pullwatch::support::error_chain(&e))
     })?;
     let mut client = AgentServiceClient::new(channel);
 

@@ -122,7 +122,8 @@ async fn resolve_mode_classifies_every_registry_behaviour_like_the_aggregator() 
 #[tokio::test]
 async fn a_paused_registry_is_not_asked_again_by_the_resolver() {
     use pullwatch::ImageReference;
-    use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+    use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
+    use pullwatch_agent::route::RuntimeAuth;
 
     let stub = StubServer::start(|_, _| StubResponse::new(429).with_header("Retry-After", "60"))
         .await
@@ -171,7 +172,8 @@ async fn a_paused_registry_is_not_asked_again_by_the_resolver() {
 #[tokio::test]
 async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
-    use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+    use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
+    use pullwatch_agent::route::RuntimeAuth;
     use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_image};
 
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();

@@ -33,8 +33,9 @@ pub mod store;
 /// keep their own detailed errors, which these variants carry.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Logging or the async runtime could not start.
     #[error(transparent)]
-    Logging(#[from] pullwatch::support::LoggingError),
+    Start(#[from] pullwatch::Error),
     #[error(transparent)]
     Flags(#[from] cli::FlagError),
     #[error(transparent)]
@@ -44,15 +45,13 @@ pub enum Error {
     #[error(transparent)]
     Checker(#[from] checker::CheckerError),
     #[error(transparent)]
-    Listen(#[from] pullwatch::support::BindError),
+    Listen(#[from] pullwatch::serve::BindError),
     #[error(transparent)]
     AgentServer(#[from] agents::server::AgentServerError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("cannot register series: {0}")]
     Series(#[from] prometheus::Error),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
     #[error("cannot encode results: {0}")]
     Report(String),
     #[error("HTTP server task failed: {0}")]
@@ -67,16 +66,16 @@ impl Error {
     /// configuration (as clap exits on usage errors), 1 for failures at run time.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Logging(_)
+            Error::Start(pullwatch::Error::Logging(_))
             | Error::Flags(_)
             | Error::Manifests(_)
             | Error::Cluster(_)
             | Error::Checker(_)
             | Error::Listen(_)
             | Error::AgentServer(_) => 2,
-            Error::Metrics(_)
+            Error::Start(_)
+            | Error::Metrics(_)
             | Error::Series(_)
-            | Error::Runtime(_)
             | Error::Report(_)
             | Error::ServerTask(_) => 1,
         }

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The one place an error becomes a message and an exit code.
         Err(error) => {
-            if serving && !matches!(error, Error::Logging(_)) {
+            if serving && !matches!(error, Error::Start(_)) {
                 error!("{error}");
             } else {
                 eprintln!("error: {error}");
@@ -44,11 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    pullwatch::support::init_logging(&cli.log_level, cli.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?;
+    let runtime = pullwatch::support::start(&cli.log_level, cli.log_format)?;
     runtime.block_on(async {
         match cli.command {
             Command::Check(args) => run_check(*args).await,
@@ -195,7 +191,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let pipeline = Arc::new(pipeline);
     let state = Arc::new(ServerState::new(pipeline.clone()));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        pullwatch::support::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let local = listener
@@ -336,28 +332,5 @@ async fn report_readiness(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|stop| *stop) => return,
         }
-    }
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,23 +1,18 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process serves),
 //! `/readyz` (the first full check pass has finished; its body says why not),
-//! `/api/v1/images` (results with reasons, JSON) and `/` (the same as a page).
+//! `/api/v1/images` (results with reasons, JSON) and `/` (the same as a page). The
+//! routes are this module's; binding, connections and shutdown are the shared
+//! [`pullwatch::serve`].
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::Frame;
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use pullwatch::serve::{self, Body, respond, text};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
 
 use crate::pipeline::Pipeline;
 use crate::results;
@@ -50,49 +45,24 @@ impl ServerState {
     }
 }
 
-pub use pullwatch::support::BindError as ServerError;
+pub use pullwatch::serve::BindError as ServerError;
 
 /// Binds `--bind-address` (`:8080` means every interface, as in Go).
 pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
-    pullwatch::support::bind_listener("--bind-address", address).await
+    serve::bind("--bind-address", address).await
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves until `shutdown` turns true (or its sender goes).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(connection) => connection,
-            Err(error) => {
-                warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &request)) }
-            });
-            if let Err(error) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %error, "connection ended with an error");
-            }
-        });
-    }
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    serve::serve(listener, move |request| route(&state, request), stop).await;
 }
-
-type Body = BoxBody<Bytes, std::io::Error>;
 
 fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -102,20 +72,15 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
         "/metrics" => metrics_response(state.pipeline.clone()),
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
             Ok(filter) => match serde_json::to_vec_pretty(&state.pipeline.images(&filter)) {
-                Ok(body) => with_type(
-                    text(StatusCode::OK, body),
-                    "application/json; charset=utf-8",
-                ),
+                Ok(body) => respond(StatusCode::OK, "application/json; charset=utf-8", body),
                 Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
             },
             Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
         },
-        "/" => with_type(
-            text(
-                StatusCode::OK,
-                results::page(&state.pipeline.images(&results::Filter::default())),
-            ),
+        "/" => respond(
+            StatusCode::OK,
             "text/html; charset=utf-8",
+            results::page(&state.pipeline.images(&results::Filter::default())),
         ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -141,7 +106,7 @@ fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
     let parts = pipeline.metrics_part_count();
     // One version of the store for the whole scrape.
     let store = Arc::new(pipeline.store_snapshot());
-    let stream = futures::stream::unfold(0usize, move |part| {
+    let chunks = futures::stream::unfold(0usize, move |part| {
         let pipeline = pipeline.clone();
         let store = store.clone();
         async move {
@@ -150,36 +115,12 @@ fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
             }
             let chunk = pipeline
                 .render_metrics_part(&store, part)
-                .map(|text| Frame::data(Bytes::from(text)))
+                .map(Bytes::from)
                 .map_err(std::io::Error::other);
             Some((chunk, part + 1))
         }
     });
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let full = Full::new(body.into()).map_err(|never| match never {});
-    let mut response = Response::new(BodyExt::boxed(full));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
+    serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
 }
 
 #[cfg(test)]

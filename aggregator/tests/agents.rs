@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
 use pullwatch_agent::check::{CheckOptions, Checker};
 use pullwatch_agent::cri::{CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryAuthConfig,

@@ -473,10 +473,11 @@ async fn the_shared_token_still_works_beside_token_review() {
 /// A checker whose runtime socket does not exist: enough for the session loop to
 /// register (it reports no images) without a containerd.
 fn idle_checker(dir: &Path) -> pullwatch_agent::check::Checker {
+    use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
     use pullwatch_agent::check::{CheckOptions, Checker};
     use pullwatch_agent::cri::{CriClient, CriTimeouts};
     use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
-    use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
+    use pullwatch_agent::route::RuntimeAuth;
     let kubelet = dir.join("kubelet");
     std::fs::create_dir_all(&kubelet).unwrap();
     let keyring = NodeKeyring::new(&KeyringConfig {

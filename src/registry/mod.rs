@@ -275,6 +275,16 @@ enum Failure {
     Outcome(CheckOutcome),
 }
 
+/// What every request of one check shares: where it goes, for which repository, with
+/// which credential (None: anonymous), and until when.
+#[derive(Clone, Copy)]
+pub struct Target<'e, 'a> {
+    pub endpoint: &'a Endpoint<'e>,
+    pub repository: &'a str,
+    pub credential: Option<&'a RegistryCredential>,
+    pub deadline: &'a Deadline,
+}
+
 fn has_password(credential: Option<&RegistryCredential>) -> Option<&RegistryCredential> {
     credential.filter(|c| !c.username.is_empty() || !c.password.is_empty())
 }
@@ -438,9 +448,26 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Answer {
-        let (mut answer, body) = self
-            .manifest_answer(endpoint, repository, reference, credential, deadline)
-            .await;
+        let target = Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        };
+        self.check(target, Object::Manifest, reference).await
+    }
+
+    /// A manifest (as [`RegistryClient::check_manifest`]) or, for [`Object::Blob`],
+    /// that the blob `reference` (a digest) exists: containerd's fallback for digests.
+    pub async fn check(&self, target: Target<'_, '_>, object: Object, reference: &str) -> Answer {
+        match object {
+            Object::Manifest => self.manifest_check(target, reference).await,
+            Object::Blob => self.blob_check(target, reference).await,
+        }
+    }
+
+    async fn manifest_check(&self, target: Target<'_, '_>, reference: &str) -> Answer {
+        let (mut answer, body) = self.manifest_answer(target, reference).await;
         if !answer.outcome.is_available() {
             return answer;
         }
@@ -457,26 +484,18 @@ impl RegistryClient {
             is_index,
             answer.outcome.digest.clone(),
         ) {
-            answer.outcome.platforms = self
-                .index_platforms(
-                    endpoint, repository, &digest, body, credential, deadline, capacity,
-                )
-                .await;
+            answer.outcome.platforms = self.index_platforms(target, &digest, body, capacity).await;
         }
         answer
     }
 
     /// The platforms index `digest` offers: cached, else parsed from `body` (when the
     /// check already read it) or one `GET` by digest with the same authentication.
-    #[allow(clippy::too_many_arguments)]
     async fn index_platforms(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         digest: &str,
         body: Option<Bytes>,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         capacity: usize,
     ) -> Option<Arc<[Platform]>> {
         if let Some(known) = lock(&self.indexes).get(digest) {
@@ -484,13 +503,10 @@ impl RegistryClient {
         }
         let body = match body {
             Some(body) => body,
-            None => match self
-                .fetch_manifest(endpoint, repository, digest, credential, deadline)
-                .await
-            {
+            None => match self.fetch(target, digest).await {
                 Ok(manifest) => manifest.body,
                 Err(answer) => {
-                    debug!(host = endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
+                    debug!(host = target.endpoint.host, %digest, reason = %answer.outcome.reason, "index not read; platforms not checked");
                     return None;
                 }
             },
@@ -508,7 +524,7 @@ impl RegistryClient {
                 Some(platforms)
             }
             Err(error) => {
-                debug!(host = endpoint.host, %digest, %error, "index not parsed; platforms not checked");
+                debug!(host = target.endpoint.host, %digest, %error, "index not parsed; platforms not checked");
                 None
             }
         }
@@ -518,23 +534,10 @@ impl RegistryClient {
     /// body when one was read.
     async fn manifest_answer(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
     ) -> (Answer, Option<Bytes>) {
-        let answer = self
-            .ask(
-                endpoint,
-                repository,
-                Object::Manifest,
-                reference,
-                credential,
-                deadline,
-                false,
-            )
-            .await;
+        let answer = self.ask(target, Object::Manifest, reference, false).await;
         let (answer, final_) = match answer {
             Ok(pair) => pair,
             Err(answer) => return (answer, None),
@@ -563,21 +566,12 @@ impl RegistryClient {
             None => {
                 // A HEAD answered without Docker-Content-Digest: the body tells.
                 debug!(
-                    host = endpoint.host,
-                    repository, reference, "no Docker-Content-Digest; fetching the manifest"
+                    host = target.endpoint.host,
+                    repository = target.repository,
+                    reference,
+                    "no Docker-Content-Digest; fetching the manifest"
                 );
-                match self
-                    .ask(
-                        endpoint,
-                        repository,
-                        Object::Manifest,
-                        reference,
-                        credential,
-                        deadline,
-                        true,
-                    )
-                    .await
-                {
+                match self.ask(target, Object::Manifest, reference, true).await {
                     Ok((answer, final_)) if answer.outcome.is_available() => {
                         let body = final_.body.clone();
                         (self.digest_of_body(answer, final_), Some(body))
@@ -611,27 +605,8 @@ impl RegistryClient {
         }
     }
 
-    /// Checks that the blob `digest` exists (containerd's fallback for digests).
-    pub async fn check_blob(
-        &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
-        digest: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
-    ) -> Answer {
-        match self
-            .ask(
-                endpoint,
-                repository,
-                Object::Blob,
-                digest,
-                credential,
-                deadline,
-                false,
-            )
-            .await
-        {
+    async fn blob_check(&self, target: Target<'_, '_>, digest: &str) -> Answer {
+        match self.ask(target, Object::Blob, digest, false).await {
             Ok((mut answer, _)) => {
                 if answer.outcome.is_available() {
                     answer.outcome.digest = Some(digest.to_string());
@@ -652,17 +627,17 @@ impl RegistryClient {
         credential: Option<&RegistryCredential>,
         deadline: &Deadline,
     ) -> Result<Manifest, Answer> {
-        let (answer, final_) = self
-            .ask(
-                endpoint,
-                repository,
-                Object::Manifest,
-                digest,
-                credential,
-                deadline,
-                true,
-            )
-            .await?;
+        let target = Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        };
+        self.fetch(target, digest).await
+    }
+
+    async fn fetch(&self, target: Target<'_, '_>, digest: &str) -> Result<Manifest, Answer> {
+        let (answer, final_) = self.ask(target, Object::Manifest, digest, true).await?;
         if !answer.outcome.is_available() {
             return Err(answer);
         }
@@ -689,17 +664,18 @@ impl RegistryClient {
 
     /// One object, over the scheme(s) the endpoint allows. Ok: the host answered
     /// (classified answer + the final response); Err: a classified failure.
-    #[allow(clippy::too_many_arguments)]
     async fn ask(
         &self,
-        endpoint: &Endpoint<'_>,
-        repository: &str,
+        target: Target<'_, '_>,
         object: Object,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         want_body: bool,
     ) -> Result<(Answer, Final), Answer> {
+        let Target {
+            endpoint,
+            credential,
+            ..
+        } = target;
         let state = self.state(endpoint.host);
         let learned = *lock(&state.plain_http);
         let schemes: &[bool] = match (endpoint.scheme, learned) {
@@ -722,10 +698,7 @@ impl RegistryClient {
                 endpoint.host
             );
             match self
-                .converse(
-                    &state, endpoint, plain, &origin, repository, object, reference, credential,
-                    deadline, want_body,
-                )
+                .converse(&state, target, plain, &origin, object, reference, want_body)
                 .await
             {
                 Ok(final_) => {
@@ -872,16 +845,19 @@ impl RegistryClient {
     async fn converse(
         &self,
         state: &Arc<HostState>,
-        endpoint: &Endpoint<'_>,
+        target: Target<'_, '_>,
         plain: bool,
         origin: &str,
-        repository: &str,
         object: Object,
         reference: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
         want_body: bool,
     ) -> Result<Final, Failure> {
+        let Target {
+            endpoint,
+            repository,
+            credential,
+            deadline,
+        } = target;
         let mut url = format!(
             "{origin}{}/{repository}/{}/{reference}",
             endpoint.api_root,

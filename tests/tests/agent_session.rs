@@ -1,8 +1,14 @@
 //! Agents in session with the aggregator's agent server (TLS, shared token): checks
 //! dispatched to real containerd nodes, pull secrets over TLS, per-node /metrics, an
 //! aggregator restart (agents reconnect, results resume), an agent killed mid-check
-//! (its task moves), and a wrong token.
+//! (its task moves), a wrong token, and the real `pullwatch-agent run` binary as the
+//! Helm chart starts it.
+//!
+//! These need both crates, so they live in the test bench: the agent crate does not
+//! depend on the aggregator. The simulated-node set-up is the agent's own test harness
+//! (agent/tests/common), shared by path rather than copied.
 
+#[path = "../../agent/tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
@@ -18,7 +24,7 @@ use pullwatch_aggregator::agents::server::{self as agent_server, AgentServer, Ag
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryOptions, TestCa,
-    push_image,
+    free_port, push_image,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -368,4 +374,138 @@ async fn a_wrong_token_is_refused() {
         agent.abort();
     })
     .await;
+}
+
+/// `pullwatch-agent run` as the Helm chart starts it: registers with the aggregator's
+/// agent server, answers a dispatched check, serves /metrics, exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_command_as_the_chart_starts_it() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let node = Containerd::start(ContainerdOptions::default())
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
+    let token = home.path().join("token");
+    std::fs::write(&token, "t0ken").unwrap();
+    let hub = AgentHub::new(HubConfig {
+        tls: true,
+        heartbeat_interval: Duration::from_secs(1),
+        ..Default::default()
+    });
+    let server = agent_server::start(
+        hub.clone(),
+        AgentServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some((cert, key)),
+            shared_token_file: Some(token.clone()),
+            insecure_plaintext_tokens: false,
+        },
+    )
+    .await
+    .unwrap();
+    let metrics_port = free_port();
+
+    let binary = pullwatch_testbench::workspace_binary("pullwatch-agent").unwrap();
+    let mut child = tokio::process::Command::new(binary)
+        .args([
+            "run".to_string(),
+            format!(
+                "--aggregator=https://127.0.0.1:{}",
+                server.local_addr().port()
+            ),
+            format!("--aggregator-ca={}", ca.ca_cert_path().display()),
+            format!("--token-file={}", token.display()),
+            format!("--cri-endpoint={}", node.endpoint()),
+            format!("--metrics-address=127.0.0.1:{metrics_port}"),
+            "--mode=auto".to_string(),
+            format!(
+                "--kubelet-root-dir={}",
+                home.path().join("kubelet").display()
+            ),
+            format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
+            "--pull-absent-images=true".to_string(),
+            "--max-concurrent-checks=2".to_string(),
+            "--log-level=info".to_string(),
+            "--log-format=json".to_string(),
+        ])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("NODE_NAME", "bin-node")
+        .current_dir(home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let mut registered = false;
+    for _ in 0..200 {
+        if hub.nodes() == ["bin-node"] {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registered, "the agent did not register");
+    let done = hub
+        .dispatch(
+            "bin-node",
+            CheckTask {
+                image: image.reference.clone(),
+                mode: CheckMode::Auto as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        done.result.status,
+        Status::Available as i32,
+        "{:?}",
+        done.result
+    );
+    assert_eq!(done.result.mode, CheckMode::Pull as i32);
+
+    let metrics = http_get(
+        (std::net::Ipv4Addr::LOCALHOST, metrics_port).into(),
+        "/metrics",
+    )
+    .await;
+    assert!(
+        metrics.contains("pullwatch_agent_aggregator_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pullwatch_agent_cri_requests_total{code=\"OK\",rpc=\"PullImage\"} 1"),
+        "{metrics}"
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the agent did not stop on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    // JSON log lines, and no token in them.
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with('{'), "{stderr}");
+    assert!(!stderr.contains("t0ken"), "{stderr}");
 }

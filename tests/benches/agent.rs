@@ -1,4 +1,11 @@
-//! `cargo bench -p pullwatch-agent --bench agent`
+//! ```sh
+//! cargo build --release -p pullwatch-agent && cargo bench -p pullwatch-testbench --bench agent
+//! ```
+//!
+//! The bench runs the release `pullwatch-agent` binary (found by
+//! [`pullwatch_testbench::workspace_binary`], or `$PULLWATCH_AGENT_BIN`): build it first.
+//! It lives in the test bench because it also starts the aggregator's agent hub, and the
+//! agent crate does not depend on the aggregator.
 //!
 //! In one run, against one real `docker-registry` and one real containerd (the test
 //! bench, temp dirs, loopback only), with `bench/app:v1` pushed and pulled once so the
@@ -39,10 +46,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use pullwatch::proto::{CheckMode, CheckTask, Status};
 use pullwatch_agent::check::{CheckOptions, Checker, Mode};
-use pullwatch_agent::cri::{CriClient, CriTimeouts};
-use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::resolve::{Resolver, ResolverConfig, RuntimeAuth};
 use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
@@ -51,7 +55,9 @@ use pullwatch_testbench::{
 };
 use tokio::task::JoinSet;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+use common::NodeSetup;
 
 /// Sequential samples per latency series.
 const N: usize = 200;
@@ -100,13 +106,12 @@ async fn bench() -> Result<()> {
     let metrics = Arc::new(AgentMetrics::new()?);
     let puller = checker(
         &node,
-        &kubelet_dir,
         CheckOptions {
             pull_absent_images: true,
             keep_pulled_images: true,
         },
         metrics.clone(),
-    )?;
+    );
     let first = puller.check(&image.reference, Mode::Pull, &[]).await;
     ensure!(
         first.is_available() && first.image_present,
@@ -119,15 +124,7 @@ async fn bench() -> Result<()> {
     let version = puller.cri().version().await?;
 
     // The checker the agent runs with by default: no pulls of absent images.
-    let agent = Arc::new(checker(
-        &node,
-        &kubelet_dir,
-        CheckOptions {
-            pull_absent_images: false,
-            keep_pulled_images: false,
-        },
-        metrics.clone(),
-    )?);
+    let agent = Arc::new(checker(&node, common::DEFAULT_OPTIONS, metrics.clone()));
     let containerd_pid = node
         .pid()
         .ok_or_else(|| anyhow!("containerd is not running"))?;
@@ -263,40 +260,18 @@ async fn bench() -> Result<()> {
     .await
 }
 
-/// A checker wired to `node` the way `pullwatch-agent` wires it from its flags, with a
-/// hermetic docker config search path (the kubelet root dir only).
-fn checker(
-    node: &Containerd,
-    kubelet_dir: &Path,
-    options: CheckOptions,
-    metrics: Arc<AgentMetrics>,
-) -> Result<Checker> {
-    let keyring = NodeKeyring::new(&KeyringConfig {
-        kubelet_root_dir: kubelet_dir.to_path_buf(),
-        config_json_dirs: Some(vec![kubelet_dir.to_path_buf()]),
-        dockercfg_dirs: Some(vec![kubelet_dir.to_path_buf()]),
-        provider_config: None,
-        provider_bin_dir: None,
-    })?;
-    let resolver = Resolver::new(ResolverConfig {
-        hosts_dir: node.hosts_dir(),
-        runtime_auth: RuntimeAuth::load(node.config_path())?,
-        request_timeout: Duration::from_secs(10),
-    });
-    let cri = CriClient::new(
-        &node.endpoint(),
-        CriTimeouts {
-            call: Duration::from_secs(10),
-            pull: Duration::from_secs(60),
+/// A checker wired to `node` as the agent's tests wire it (the agent's own harness,
+/// agent/tests/common): a hermetic docker config search path (the kubelet root dir
+/// only), `metrics` observing every CRI call.
+fn checker(node: &Containerd, options: CheckOptions, metrics: Arc<AgentMetrics>) -> Checker {
+    common::checker(
+        node,
+        NodeSetup {
+            options: Some(options),
+            observer: Some(metrics),
+            ..Default::default()
         },
-        Some(metrics),
-    )?;
-    Ok(Checker::new(
-        cri,
-        Arc::new(keyring),
-        Arc::new(resolver),
-        options,
-    ))
+    )
 }
 
 fn hyper_client(keep_alive: bool) -> Client<HttpConnector, Empty<Bytes>> {
@@ -573,7 +548,8 @@ async fn rss_under_load(
 
     let stderr_path = dir.path().join("agent.log");
     let metrics_port = free_port();
-    let child = tokio::process::Command::new(BINARY)
+    let binary = pullwatch_testbench::workspace_binary("pullwatch-agent")?;
+    let child = tokio::process::Command::new(&binary)
         .args([
             "run".to_string(),
             format!(
@@ -600,7 +576,7 @@ async fn rss_under_load(
         .stderr(std::fs::File::create(&stderr_path)?)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {BINARY}"))?;
+        .with_context(|| format!("starting {}", binary.display()))?;
     let pid = child.id().ok_or_else(|| anyhow!("the agent has no pid"))?;
     let agent = AgentProcess {
         child,

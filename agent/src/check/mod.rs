@@ -1,5 +1,5 @@
-//! The check executor: one image, checked from this node the way the kubelet would pull
-//! it, in one of three modes.
+//! Stage `check`, the executor: one image, checked from this node the way the kubelet
+//! would pull it, in one of three modes.
 //!
 //! **A check never changes what the node would run**: it never re-points a tag, never
 //! adds or removes an image the node had, and downloads no layer unless
@@ -7,7 +7,8 @@
 //! A CRI `PullImage` of a held tag whose registry digest moved would download the new
 //! image and re-point the node's tag, so a tag is never pulled on a node that holds it.
 //!
-//! - `resolve`: the manifest along containerd's route ([`crate::resolve`]), no layers.
+//! - `resolve`: the manifest along containerd's route ([`resolve`], over [`crate::route`]),
+//!   no layers.
 //! - `auto` and `pull`: for a tag, resolve first and compare the digest the tag
 //!   resolves to with what the node holds (CRI `ImageStatus` repo digests). Equal: the
 //!   runtime confirms with a `PullImage` **by digest** (only a manifest `HEAD` through
@@ -15,6 +16,8 @@
 //!   pull, the tag's status plus `tag_moved`. A digest reference the node holds is
 //!   pulled as is. An image the node does not hold is resolved, or pulled (and removed
 //!   again) with `--pull-absent-images`.
+
+pub mod resolve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +29,7 @@ use tracing::{debug, warn};
 
 use crate::cri::{CriClient, CriError, classify_pull_error};
 use crate::keyring::NodeKeyring;
-use crate::resolve::Resolver;
+use resolve::Resolver;
 
 /// `credential_source` when no AuthConfig was sent: the runtime used its own registry
 /// configuration (containerd `registry.configs`) or went anonymous.
