@@ -1,5 +1,9 @@
-//! Node agents: the gRPC `AgentService` they connect to ([`server`]), and the hub the
-//! scheduler uses to run checks on them ([`AgentHub`]).
+//! Node agents, the stage beside the checker: the gRPC `AgentService` they connect to
+//! ([`server`], authenticated by [`auth`], over [`tls`]), and the hub the scheduler
+//! runs checks on them through ([`AgentHub`]: the sessions, here; [`placement`] of a
+//! check on nodes; [`dispatch`] of a task to one node; [`route`]: one check over one
+//! node per group, combined into the kubelet's view; [`groups`]: node groups from the
+//! cluster's Nodes).
 //!
 //! One bidirectional stream per agent (proto/pullwatch/v1): the agent registers (node
 //! name, runtime, images it holds), the hub answers `Registered` (heartbeat interval,
@@ -20,10 +24,15 @@
 
 pub mod auth;
 pub mod cli;
+pub mod dispatch;
 pub mod groups;
+pub mod placement;
 pub mod route;
 pub mod server;
 pub mod tls;
+
+pub use dispatch::{DispatchOptions, Dispatched};
+use dispatch::{Pending, fail_pending};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +40,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
+use pullwatch::proto::{AggregatorMessage, CheckResult};
 use pullwatch::support::lock;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// Counters of agent sessions refused and taken over (`/metrics` once
@@ -145,36 +154,6 @@ pub struct AgentInfo {
     pub connected_at: SystemTime,
     /// Tasks sent and not yet answered.
     pub in_flight: usize,
-}
-
-/// Options of one dispatch.
-#[derive(Clone, Debug, Default)]
-pub struct DispatchOptions {
-    /// Nodes that run the workload: the only ones a task with credentials may be
-    /// re-placed on (and preferred for any re-placement). Tasks without credentials
-    /// may go to any agent.
-    pub credential_nodes: Vec<String>,
-    /// When a task with credentials cannot be re-placed on a node running the
-    /// workload, re-place it without them (the node checks with its own keyring)
-    /// rather than fail.
-    pub move_without_credentials: bool,
-}
-
-/// A result and the node that produced it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Dispatched {
-    pub node: String,
-    pub result: CheckResult,
-    /// Nodes that went away while holding this task, in order.
-    pub replaced_from: Vec<String>,
-    /// The task's credentials were dropped to re-place it on a node not running the
-    /// workload ([`DispatchOptions::move_without_credentials`]).
-    pub credentials_dropped: bool,
-}
-
-struct Pending {
-    task: CheckTask,
-    reply: oneshot::Sender<Result<CheckResult, HubError>>,
 }
 
 struct AgentEntry {
@@ -490,275 +469,12 @@ impl AgentHub {
             self.changed();
         }
     }
-
-    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
-    /// `allowed` if given; preferring nodes that hold the image, then the least busy.
-    pub fn place(
-        &self,
-        image: &str,
-        group: Option<&str>,
-        exclude: &[String],
-        allowed: Option<&[String]>,
-    ) -> Option<String> {
-        self.place_preferring(image, group, exclude, allowed, &[])
-    }
-
-    /// [`Self::place`], preferring the `preferred` nodes (those running the workload)
-    /// above all.
-    pub fn place_preferring(
-        &self,
-        image: &str,
-        group: Option<&str>,
-        exclude: &[String],
-        allowed: Option<&[String]>,
-        preferred: &[String],
-    ) -> Option<String> {
-        self.agents()
-            .into_iter()
-            .filter(|a| !exclude.contains(&a.node_name))
-            .filter(|a| allowed.is_none_or(|nodes| nodes.contains(&a.node_name)))
-            .filter(|a| group.is_none_or(|g| self.group_of(a) == g))
-            .min_by_key(|a| self.rank(a, image, |n| preferred.iter().any(|p| p == n)))
-            .map(|a| a.node_name)
-    }
-
-    /// One node per node group for `image`: in each group the best by [`Self::rank`],
-    /// `preferred` (nodes running the workload) first. Sorted by group.
-    pub fn plan(&self, image: &str, preferred: &BTreeSet<Arc<str>>) -> Vec<(String, String)> {
-        let mut best: BTreeMap<String, AgentInfo> = BTreeMap::new();
-        for agent in self.agents() {
-            let group = self.group_of(&agent);
-            let better = best.get(&group).is_none_or(|current| {
-                self.rank(&agent, image, |n| preferred.contains(n))
-                    < self.rank(current, image, |n| preferred.contains(n))
-            });
-            if better {
-                best.insert(group, agent);
-            }
-        }
-        best.into_iter().map(|(g, a)| (g, a.node_name)).collect()
-    }
-
-    /// Placement order, smallest first: runs the workload, holds the image, has a free
-    /// slot, fewest tasks, name.
-    fn rank(
-        &self,
-        agent: &AgentInfo,
-        image: &str,
-        preferred: impl Fn(&str) -> bool,
-    ) -> (bool, bool, bool, usize, String) {
-        let slots = self.inner.config.max_concurrent_checks.max(1) as usize;
-        (
-            !preferred(&agent.node_name),
-            !agent.images.contains(image),
-            agent.in_flight >= slots,
-            agent.in_flight,
-            agent.node_name.clone(),
-        )
-    }
-
-    /// For each of `images` (normalized references) that some agent holds: the nodes
-    /// holding it, by their last image lists.
-    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
-        let state = lock(&self.inner.state);
-        let mut holders: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for entry in state.agents.values() {
-            for image in entry.info.images.iter().filter(|i| images.contains(*i)) {
-                holders
-                    .entry(image.clone())
-                    .or_default()
-                    .insert(entry.info.node_name.clone());
-            }
-        }
-        holders
-    }
-
-    /// Nodes whose agents hold `image` (a normalized reference), by their last image list.
-    pub fn holders(&self, image: &str) -> BTreeSet<String> {
-        lock(&self.inner.state)
-            .agents
-            .values()
-            .filter(|e| e.info.images.contains(image))
-            .map(|e| e.info.node_name.clone())
-            .collect()
-    }
-
-    /// Runs `task` on `node`'s agent and waits for its result.
-    pub async fn dispatch(&self, node: &str, task: CheckTask) -> Result<Dispatched, HubError> {
-        self.dispatch_with(node, task, DispatchOptions::default())
-            .await
-    }
-
-    /// [`Self::dispatch`] with options. If the agent goes away before answering, the
-    /// task moves to another agent (same group first), as often as agents go away.
-    pub async fn dispatch_with(
-        &self,
-        node: &str,
-        task: CheckTask,
-        options: DispatchOptions,
-    ) -> Result<Dispatched, HubError> {
-        if !task.credentials.is_empty() && !self.inner.config.tls {
-            return Err(HubError::CredentialsNeedTls);
-        }
-        let info = lock(&self.inner.state)
-            .agents
-            .get(node)
-            .map(|entry| entry.info.clone());
-        let group = match info {
-            Some(info) => self.group_of(&info),
-            None => return Err(HubError::NoAgent(node.to_string())),
-        };
-        let mut target = node.to_string();
-        let mut gone: Vec<String> = Vec::new();
-        let mut task = task;
-        let mut credentials_dropped = false;
-        loop {
-            match self.send_and_wait(&target, &task).await {
-                Ok(result) => {
-                    return Ok(Dispatched {
-                        node: target,
-                        result,
-                        replaced_from: gone,
-                        credentials_dropped,
-                    });
-                }
-                Err(HubError::AgentGone { .. }) | Err(HubError::NoAgent(_)) => {
-                    gone.push(target.clone());
-                    let preferred = options.credential_nodes.as_slice();
-                    let place = |allowed: Option<&[String]>| {
-                        self.place_preferring(&task.image, Some(&group), &gone, allowed, preferred)
-                            .or_else(|| {
-                                self.place_preferring(&task.image, None, &gone, allowed, preferred)
-                            })
-                    };
-                    let allowed = (!task.credentials.is_empty()).then_some(preferred);
-                    let mut next = place(allowed);
-                    if next.is_none() && allowed.is_some() && options.move_without_credentials {
-                        next = place(None);
-                        if next.is_some() {
-                            // The next node does not run the workload: its own keyring only.
-                            task.credentials.clear();
-                            credentials_dropped = true;
-                        }
-                    }
-                    match next {
-                        Some(next) => {
-                            warn!(image = %task.image, from = %target, to = %next, "re-placing the task of an agent that went away");
-                            target = next;
-                        }
-                        None => return Err(HubError::AgentGone { node: target }),
-                    }
-                }
-                Err(other) => return Err(other),
-            }
-        }
-    }
-
-    async fn send_and_wait(&self, node: &str, task: &CheckTask) -> Result<CheckResult, HubError> {
-        let timeout = self.inner.config.task_timeout;
-        let gone = || HubError::AgentGone {
-            node: node.to_string(),
-        };
-        // Wait for one of the node's slots: per-node concurrency is bounded here, not
-        // only by the agent.
-        let (session, slots) = {
-            let mut state = lock(&self.inner.state);
-            let Some(entry) = state.agents.get_mut(node) else {
-                return Err(HubError::NoAgent(node.to_string()));
-            };
-            entry.queued += 1;
-            (entry.session, entry.slots.clone())
-        };
-        let permit = tokio::time::timeout(timeout, slots.acquire_owned()).await;
-        {
-            let mut state = lock(&self.inner.state);
-            if let Some(entry) = state.agents.get_mut(node)
-                && entry.session == session
-            {
-                entry.queued = entry.queued.saturating_sub(1);
-            }
-        }
-        let _permit = match permit {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(gone()),
-            Err(_) => {
-                return Err(HubError::Timeout {
-                    node: node.to_string(),
-                    after: timeout,
-                });
-            }
-        };
-        let task_id = self.inner.next_task.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let mut task = task.clone();
-        task.task_id = task_id;
-        let tx = {
-            let mut state = lock(&self.inner.state);
-            let Some(entry) = state.agents.get_mut(node).filter(|e| e.session == session) else {
-                return Err(gone());
-            };
-            entry.pending.insert(
-                task_id,
-                Pending {
-                    task: task.clone(),
-                    reply,
-                },
-            );
-            entry.tx.clone()
-        };
-        let message = AggregatorMessage {
-            message: Some(aggregator_message::Message::Task(task)),
-        };
-        // A session whose agent stops reading fills its outbound buffer: the send is
-        // bounded like the answer, so a stuck peer costs one timeout, not a hung check.
-        match tokio::time::timeout(timeout, tx.send(message)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_closed)) => {
-                self.forget(node, task_id);
-                return Err(gone());
-            }
-            Err(_) => {
-                self.forget(node, task_id);
-                return Err(HubError::Timeout {
-                    node: node.to_string(),
-                    after: timeout,
-                });
-            }
-        }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(gone()),
-            Err(_) => {
-                self.forget(node, task_id);
-                Err(HubError::Timeout {
-                    node: node.to_string(),
-                    after: timeout,
-                })
-            }
-        }
-    }
-
-    fn forget(&self, node: &str, task_id: u64) {
-        let mut state = lock(&self.inner.state);
-        if let Some(entry) = state.agents.get_mut(node) {
-            entry.pending.remove(&task_id);
-        }
-    }
-}
-
-fn fail_pending(node: &str, pending: HashMap<u64, Pending>) {
-    for (_, p) in pending {
-        debug!(node, image = %p.task.image, "task left by a departed agent");
-        let _ = p.reply.send(Err(HubError::AgentGone {
-            node: node.to_string(),
-        }));
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pullwatch::proto::{PullCredential, Status};
+    use pullwatch::proto::{CheckTask, PullCredential, Status, aggregator_message};
 
     fn info(node: &str, group: &str, images: &[&str]) -> AgentInfo {
         AgentInfo {
