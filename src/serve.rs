@@ -76,26 +76,13 @@ pub async fn bind(flag: &'static str, address: &str) -> Result<TcpListener, Bind
 
 /// Serves every connection `listener` accepts with `routes` until `shutdown` completes;
 /// then it stops accepting and returns (connections already open finish on their own
-/// tasks). A failed accept (out of file descriptors) is logged and retried shortly.
+/// tasks).
 pub async fn serve<R>(listener: TcpListener, routes: R, shutdown: impl Future<Output = ()>)
 where
     R: Fn(&Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
 {
     let routes = Arc::new(routes);
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(connection) => connection,
-            Err(error) => {
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_each(listener, shutdown, |stream, peer| {
         let routes = routes.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
@@ -109,6 +96,32 @@ where
                 debug!(%peer, error = %error, "connection ended with an error");
             }
         });
+    })
+    .await;
+}
+
+/// Hands every connection `listener` accepts to `connection` until `shutdown`
+/// completes. A failed accept (out of file descriptors) is logged and retried shortly
+/// rather than ending the server. Shared by the HTTP servers and the aggregator's
+/// agent (gRPC) server.
+pub async fn accept_each(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    mut connection: impl FnMut(tokio::net::TcpStream, std::net::SocketAddr),
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => connection(stream, peer),
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 

@@ -249,19 +249,10 @@ fn tls_incoming(
 {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stopping.wait_for(|stop| *stop) => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    debug!(%error, "accepting an agent connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let stop = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        pullwatch::serve::accept_each(listener, stop, |tcp, peer| {
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
@@ -274,7 +265,8 @@ fn tls_incoming(
                     Err(_) => debug!(%peer, "agent TLS handshake timed out"),
                 }
             });
-        }
+        })
+        .await;
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
