@@ -1,5 +1,5 @@
-//! The result store: the latest outcome of every container reference, the state the
-//! metrics and one-shot reports are rendered from.
+//! The result store: the fifth stage. The latest outcome of every container reference,
+//! the state the metrics and one-shot reports are rendered from.
 //!
 //! Copy-on-write: [`ResultStore::snapshot`] is two reference-count increments, so a
 //! scrape renders every family from one version of the store while checks keep

@@ -1,4 +1,4 @@
-//! Checks through agents: one distinct check placed on one node per node group, and
+//! Checks through agents (the agents stage's entry): one distinct check placed on one node per node group, and
 //! the kubelet's view made of the answers.
 //!
 //! Placement prefers nodes that run the workload, then nodes that hold the image, then
