@@ -1,7 +1,8 @@
 //! Results with their reasons (the last stage, beside metrics), for people and
 //! programs: `GET /api/v1/images` (JSON) and `GET /` (a server-rendered page, no
 //! script). Read from the result store, like the metrics, but carrying what metrics
-//! cannot: reasons, check times, digests, and what each node answered. Never a credential: reasons name credential *sources*.
+//! cannot: reasons, check times, digests, and what each node answered. Never a
+//! credential: reasons name credential *sources*.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
