@@ -10,6 +10,7 @@ mod binaries;
 mod ca;
 mod canary;
 mod containerd;
+pub mod faults;
 mod http_client;
 mod promtool;
 mod push;
