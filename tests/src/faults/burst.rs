@@ -14,9 +14,9 @@ use kube::runtime::{reflector, watcher};
 use tokio::sync::oneshot;
 
 use super::env::{Env, EnvOptions, NAMESPACE, all_available, ref_key, tail};
-use super::procfs::{process_cpu_seconds, thread_cpu_seconds};
 use super::{Figure, Row, Scale, Scenario};
 use crate::apiserver::{deployment, with_pull_secrets};
+use crate::procfs::{process_cpu_seconds, thread_cpu_seconds};
 
 /// Tags the workloads share; each change moves a workload to the next one.
 const TAGS: usize = 10;

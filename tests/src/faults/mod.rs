@@ -19,7 +19,6 @@
 
 mod burst;
 mod env;
-mod procfs;
 mod proxy;
 
 use std::time::{Duration, Instant};
@@ -31,10 +30,10 @@ pub use env::CHECK_INTERVAL;
 use env::{
     Env, EnvOptions, NAMESPACE, Observed, Sampler, all_available, ref_key, sum, tail, value,
 };
-pub use procfs::{owns_tcp_port, process_cpu_seconds, thread_cpu_seconds};
 pub use proxy::{FaultProxy, ProxyMode};
 
 use crate::apiserver::{deployment, secret_dockerconfigjson, with_pull_secrets};
+use crate::procfs::owns_tcp_port;
 
 /// How big a run is.
 #[derive(Clone, Copy, Debug)]
@@ -139,8 +138,7 @@ impl Scenario {
     /// Runs the scenario at `scale` in fresh parts.
     pub async fn run(self, scale: Scale) -> Result<Row> {
         let row = match self {
-            Scenario::RegistryDown => registry_down(scale).await,
-            Scenario::Registry5xx => registry_5xx(scale).await,
+            Scenario::RegistryDown | Scenario::Registry5xx => registry_fault(self, scale).await,
             Scenario::ContainerdRestart => containerd_restart(scale).await,
             Scenario::AgentKilledMidCheck => agent_killed(scale).await,
             Scenario::AggregatorRestart => aggregator_restart(scale).await,
@@ -335,39 +333,26 @@ fn only_available(_: &str, status: &str) -> bool {
     status == "available"
 }
 
-async fn registry_down(scale: Scale) -> Result<Row> {
-    let mut env = Env::start(options(scale, 2, false)).await?;
+/// The registry goes down (its process killed, then restarted on its port and data)
+/// or answers 503 (through the proxy) for the fault; the agents check.
+async fn registry_fault(scenario: Scenario, scale: Scale) -> Result<Row> {
+    let down = scenario == Scenario::RegistryDown;
+    let mut env = Env::start(options(scale, 2, !down)).await?;
     let sampler = Sampler::start(env.metrics, scale.sample, env.refs.clone());
-    env.registry.stop();
+    match env.proxy.as_ref() {
+        Some(proxy) => proxy.set(ProxyMode::Status(503)),
+        None => env.registry.stop(),
+    }
     tokio::time::sleep(scale.fault).await;
-    env.registry.start_again().await?;
+    match env.proxy.as_ref() {
+        Some(proxy) => proxy.set(ProxyMode::Pass),
+        None => env.registry.start_again().await?,
+    }
     let recovered = recover_all(&env, &env.refs, scale.recover_within).await;
     let observed = sampler.finish().await;
     let seen = observed.all_showed(&env.refs, "registry_unavailable");
     Ok(finish(
-        Scenario::RegistryDown,
-        &env,
-        &env.refs,
-        observed,
-        registry_fault_allowed,
-        seen,
-        recovered,
-    )
-    .await)
-}
-
-async fn registry_5xx(scale: Scale) -> Result<Row> {
-    let env = Env::start(options(scale, 2, true)).await?;
-    let proxy = env.proxy.as_ref().context("the scenario has a proxy")?;
-    let sampler = Sampler::start(env.metrics, scale.sample, env.refs.clone());
-    proxy.set(ProxyMode::Status(503));
-    tokio::time::sleep(scale.fault).await;
-    proxy.set(ProxyMode::Pass);
-    let recovered = recover_all(&env, &env.refs, scale.recover_within).await;
-    let observed = sampler.finish().await;
-    let seen = observed.all_showed(&env.refs, "registry_unavailable");
-    Ok(finish(
-        Scenario::Registry5xx,
+        scenario,
         &env,
         &env.refs,
         observed,

@@ -1,5 +1,6 @@
-//! What `/proc` says about a process: CPU time spent, and which process owns a TCP
-//! connection (to kill the agent whose check is caught mid-flight).
+//! What `/proc` says about a process: CPU time spent (the benches' CPU figures), and
+//! which process owns a TCP connection (the fault suite kills the agent whose check is
+//! caught mid-flight).
 
 use std::sync::OnceLock;
 
