@@ -380,36 +380,9 @@ fn cri_mean(before: &str, after: &str, rpc: &str) -> Result<f64> {
 
 /// User plus system CPU time of a process so far.
 fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no field {} in /proc/{pid}/stat", i + 3))
-    };
-    let total = ticks(11)? + ticks(12)?; // utime (14), stime (15)
-    Ok(Duration::from_secs_f64(total as f64 / clock_ticks()))
-}
-
-/// `sysconf(_SC_CLK_TCK)`, from `getconf` (100 on Linux in practice).
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
+    Ok(Duration::from_secs_f64(
+        pullwatch_testbench::process_cpu_seconds(pid)?,
+    ))
 }
 
 /// Median and p90 (nearest rank) of a series.

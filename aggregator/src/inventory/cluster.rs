@@ -243,9 +243,12 @@ where
     shared.set_state(watch.resource, WatchState::default());
     tokio::spawn(async move {
         let resource = watch.resource;
-        let mut stream = watcher::watcher(api, watch.config.clone())
-            .default_backoff()
-            .boxed();
+        let start = || {
+            watcher::watcher(api.clone(), watch.config.clone())
+                .default_backoff()
+                .boxed()
+        };
+        let mut stream = start();
         let mut seen: Option<HashSet<(String, String)>> = None;
         // Whether the relist in progress changed anything (most relists change nothing).
         let mut relist_changed = false;
@@ -331,6 +334,14 @@ where
                             warn!(resource, error = %message, "forbidden by RBAC: running without it (kept retrying)");
                             // Readiness may now be reached without this resource.
                             shared.changed.notify_one();
+                        }
+                        // A watch refused after a list succeeded (RBAC revoked mid-run):
+                        // kube retries the watch from its resourceVersion and says
+                        // nothing when it is allowed again, so the refusal would never
+                        // clear. Start over with a list: its InitDone clears it. (A
+                        // refused list is retried by the watcher with its backoff.)
+                        if !matches!(error, watcher::Error::InitialListFailed(_)) {
+                            stream = start();
                         }
                     } else {
                         // The last known state stays; checks go on; kube retries with backoff.
