@@ -25,15 +25,6 @@ use pullwatch_aggregator::{Error, Result};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-/// jemalloc rather than glibc's malloc: each index rebuild allocates a new index
-/// beside the old one, and glibc keeps the freed pages of such peaks resident in
-/// fragments; jemalloc returns them. In the `cluster_scale` bench the RSS after pod
-/// churn went from 119-135 MiB to 102 MiB (the steady-state figure, live heap, did
-/// not change).
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` runs as a service: its errors are log lines like the rest of its output.
