@@ -27,7 +27,8 @@ use kube::api::ListParams;
 use kube::runtime::watcher;
 use pullwatch_testbench::{
     Registry, RegistryOptions, TestApiServer, deployment, free_port, http_request, namespace, pod,
-    push_tags, replicaset, running, secret_dockerconfigjson, with_owner, with_pull_secrets,
+    process_cpu_seconds, process_status_kib, push_tags, replicaset, running,
+    secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
 
 const WORKLOADS: usize = 20_000;
@@ -276,7 +277,10 @@ async fn pod_churn(
         }
         // Let both watchers settle before measuring.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (aggregator_before, watcher_before) = (cpu_seconds(pid)?, cpu_seconds(watcher.id())?);
+        let (aggregator_before, watcher_before) = (
+            process_cpu_seconds(pid)?,
+            process_cpu_seconds(watcher.id())?,
+        );
         let mut alive = std::collections::VecDeque::new();
         let mut events = 0u64;
         let started = Instant::now();
@@ -305,8 +309,8 @@ async fn pod_churn(
         }
         // The events still in flight reach both watchers.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let aggregator_cpu = cpu_seconds(pid)? - aggregator_before;
-        let watcher_cpu = cpu_seconds(watcher.id())? - watcher_before;
+        let aggregator_cpu = process_cpu_seconds(pid)? - aggregator_before;
+        let watcher_cpu = process_cpu_seconds(watcher.id())? - watcher_before;
         anyhow::Ok(Churn {
             events,
             aggregator_cpu,
@@ -334,22 +338,6 @@ async fn plain_pod_watcher(kubeconfig: &str) -> anyhow::Result<()> {
         kube::runtime::reflector(writer, watcher::watcher(api, watcher::Config::default())).boxed();
     while stream.next().await.is_some() {}
     Ok(())
-}
-
-/// User + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    let ticks: u64 = fields.get(11).unwrap_or(&"0").parse::<u64>()?
-        + fields.get(12).unwrap_or(&"0").parse::<u64>()?;
-    // USER_HZ is 100 on Linux.
-    Ok(ticks as f64 / 100.0)
 }
 
 async fn page_all<K>(client: &kube::Client) -> anyhow::Result<usize>
@@ -392,12 +380,5 @@ where
 }
 
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?
-        .parse()?;
-    Ok(kib * 1024)
+    Ok(process_status_kib(pid, "VmRSS:")? * 1024)
 }

@@ -51,7 +51,7 @@ use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConf
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, MANIFEST_ACCEPT, Registry,
-    RegistryOptions, TestCa, free_port, push_image,
+    RegistryOptions, TestCa, free_port, process_status_kib, push_image,
 };
 use tokio::task::JoinSet;
 
@@ -424,20 +424,8 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// A `VmRSS:`/`VmHWM:` value of `/proc/<pid>/status`, in KiB.
-fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
-
 fn rss_kib(pid: u32) -> Result<u64> {
-    proc_status_kib(pid, "VmRSS:")
+    process_status_kib(pid, "VmRSS:")
 }
 
 /// Samples VmRSS every [`SAMPLE_EVERY`] for `window`.
@@ -592,7 +580,7 @@ async fn rss_under_load(
     let sustained_rate = ((capacity / 2.0).floor() as u32).clamp(1, LOAD_RATE);
     let sustained = load(&hub, pid, containerd_pid, &task, sustained_rate).await?;
     let full = load(&hub, pid, containerd_pid, &task, LOAD_RATE).await?;
-    let hwm = proc_status_kib(pid, "VmHWM:")?;
+    let hwm = process_status_kib(pid, "VmHWM:")?;
 
     // After the load: idle again.
     let after = median_kib(&sample_rss(pid, Duration::from_secs(3)).await?);

@@ -39,7 +39,7 @@ pub use canary::{
 };
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
-pub use procfs::{owns_tcp_port, process_cpu_seconds, thread_cpu_seconds};
+pub use procfs::{owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds};
 pub use promtool::promtool_check_metrics;
 pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
 pub use registry::{Registry, RegistryOptions};

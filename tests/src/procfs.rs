@@ -1,4 +1,5 @@
-//! What `/proc` says about a process: CPU time spent (the benches' CPU figures), and
+//! What `/proc` says about a process: CPU time spent and memory held (the benches'
+//! figures), and
 //! which process owns a TCP connection (the fault suite kills the agent whose check is
 //! caught mid-flight).
 
@@ -51,6 +52,18 @@ pub fn thread_cpu_seconds() -> Result<f64> {
     stat_cpu_seconds("/proc/thread-self/stat")
 }
 
+/// A `VmRSS:`/`VmHWM:`-style value of `/proc/<pid>/status`, in KiB.
+pub fn process_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
 /// Whether process `pid` holds the TCP socket whose local port is `port` (loopback).
 pub fn owns_tcp_port(pid: u32, port: u16) -> bool {
     let mut inodes = Vec::new();
@@ -95,6 +108,8 @@ mod tests {
         std::hint::black_box(x);
         assert!(thread_cpu_seconds().unwrap() > before);
         assert!(process_cpu_seconds(std::process::id()).unwrap() > 0.0);
+        assert!(process_status_kib(std::process::id(), "VmRSS:").unwrap() > 0);
+        assert!(process_status_kib(std::process::id(), "NoSuchField:").is_err());
     }
 
     #[test]
