@@ -14,7 +14,7 @@ use pullwatch_testbench::{
     ApiTarget, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary,
     assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
     pod, promtool_check_metrics, push_image, replicaset, running, secret_dockercfg,
-    secret_dockerconfigjson, service_account, statefulset, suspended, with_owner,
+    secret_dockerconfigjson, service_account, statefulset, suspended, with_controller, with_owner,
     with_pull_secrets, with_replicas,
 };
 
@@ -306,28 +306,6 @@ async fn watch_events_drive_checks_and_series() {
     }
 }
 
-/// Makes a controller pullwatch does not watch (a custom resource) the controller of
-/// `obj`.
-fn with_controller<T>(mut obj: T, api_version: &str, kind: &str, name: &str) -> T
-where
-    T: k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
-{
-    obj.metadata_mut()
-        .owner_references
-        .get_or_insert_with(Vec::new)
-        .push(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: api_version.into(),
-                kind: kind.into(),
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-        );
-    obj
-}
-
 /// The canonical series (one line per status family) of one workload.
 fn series_of(metrics: &str, ns: &str, kind: &str, name: &str) -> usize {
     metrics
@@ -360,6 +338,7 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
             "argoproj.io/v1alpha1",
             "Rollout",
             "shop",
+            "uid-shop",
         ))
         .await
         .unwrap();
@@ -377,6 +356,7 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
                 "postgres-operator.crunchydata.com/v1beta1",
                 "PostgresCluster",
                 "db",
+                "uid-db",
             ))
             .await
             .unwrap();

@@ -24,8 +24,8 @@ pub use apiserver::{
     ApiTarget, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
     container_name_and_image, cronjob, daemonset, decode_query, deployment, job, namespace, node,
     pod, pod_spec, replicaset, running, secret_dockercfg, secret_dockerconfigjson, secret_opaque,
-    service_account, statefulset, suspended, with_annotations, with_init_images, with_labels,
-    with_owner, with_pull_secrets, with_replicas, with_service_account,
+    service_account, statefulset, suspended, with_annotations, with_controller, with_init_images,
+    with_labels, with_owner, with_pull_secrets, with_replicas, with_service_account,
 };
 pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
 pub use behaviours::{

@@ -428,20 +428,36 @@ pub fn running(mut pod: Pod, node: &str, image_ids: &[&str]) -> Pod {
 
 /// Makes `owner` the controller of `obj` (an ownerReference with `controller: true`). The
 /// owner should have a uid, i.e. be the object the server returned.
-pub fn with_owner<T, O>(mut obj: T, owner: &O) -> T
+pub fn with_owner<T, O>(obj: T, owner: &O) -> T
 where
     T: k8s_openapi::Metadata<Ty = ObjectMeta>,
     O: k8s_openapi::Metadata<Ty = ObjectMeta>,
 {
     let om = owner.metadata();
+    with_controller(
+        obj,
+        O::API_VERSION,
+        O::KIND,
+        om.name.as_deref().unwrap_or_default(),
+        om.uid.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Makes a controller named by its API version, kind, name and uid the controller of
+/// `obj`: for owners the test server does not serve (an Argo Rollout, an operator's
+/// custom resource).
+pub fn with_controller<T>(mut obj: T, api_version: &str, kind: &str, name: &str, uid: &str) -> T
+where
+    T: k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
     obj.metadata_mut()
         .owner_references
         .get_or_insert_with(Vec::new)
         .push(OwnerReference {
-            api_version: O::API_VERSION.to_owned(),
-            kind: O::KIND.to_owned(),
-            name: om.name.clone().unwrap_or_default(),
-            uid: om.uid.clone().unwrap_or_default(),
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
             controller: Some(true),
             block_owner_deletion: Some(true),
         });

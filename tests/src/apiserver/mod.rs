@@ -37,8 +37,9 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use builders::{
     PodSpecMut, Replicated, container_name_and_image, cronjob, daemonset, deployment, job,
     namespace, node, pod, pod_spec, replicaset, running, secret_dockercfg, secret_dockerconfigjson,
-    secret_opaque, service_account, statefulset, suspended, with_annotations, with_init_images,
-    with_labels, with_owner, with_pull_secrets, with_replicas, with_service_account,
+    secret_opaque, service_account, statefulset, suspended, with_annotations, with_controller,
+    with_init_images, with_labels, with_owner, with_pull_secrets, with_replicas,
+    with_service_account,
 };
 pub use http::decode_query;
 pub use target::{ApiTarget, TEST_KUBECONFIG_ENV};
