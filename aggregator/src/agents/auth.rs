@@ -371,6 +371,21 @@ impl TokenReviewer {
         lock(&self.cache)
     }
 
+    /// `call` (an API request), abandoned as unavailable after the API timeout: the
+    /// client's own read timeout is made for watches. Its own error is the caller's.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, AuthError> {
+        tokio::time::timeout(self.api_timeout, call)
+            .await
+            .map_err(|_| {
+                warn!(after = ?self.api_timeout, "{what} timed out");
+                AuthError::Unavailable(format!("{what} timed out after {:?}", self.api_timeout))
+            })
+    }
+
     /// The service account and node `token` stands for.
     pub async fn review(&self, token: &str) -> Result<ServiceAccountIdentity, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -387,22 +402,13 @@ impl TokenReviewer {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answered = tokio::time::timeout(
-            self.api_timeout,
-            api.create(&PostParams::default(), &review),
-        )
-        .await
-        .map_err(|_| {
-            warn!(after = ?self.api_timeout, "TokenReview timed out");
-            AuthError::Unavailable(format!(
-                "TokenReview timed out after {:?}",
-                self.api_timeout
-            ))
-        })?
-        .map_err(|error| {
-            warn!(%error, "TokenReview failed");
-            AuthError::Unavailable(error.to_string())
-        })?;
+        let answered = self
+            .bounded("TokenReview", api.create(&PostParams::default(), &review))
+            .await?
+            .map_err(|error| {
+                warn!(%error, "TokenReview failed");
+                AuthError::Unavailable(error.to_string())
+            })?;
         let status = answered.status.unwrap_or_default();
         let identity = identity_from_review(&status, &self.audience)?;
         if identity.namespace != self.service_account.namespace
@@ -417,15 +423,12 @@ impl TokenReviewer {
             return Err(AuthError::NoPod(identity.node.clone()));
         };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &identity.namespace);
-        let pod = tokio::time::timeout(self.api_timeout, pods.get_opt(pod_name))
-            .await
-            .map_err(|_| {
-                warn!(pod = %pod_name, after = ?self.api_timeout, "reading the agent's pod timed out");
-                AuthError::Unavailable(format!(
-                    "reading pod {}/{pod_name} timed out after {:?}",
-                    identity.namespace, self.api_timeout
-                ))
-            })?
+        let pod = self
+            .bounded(
+                &format!("reading pod {}/{pod_name}", identity.namespace),
+                pods.get_opt(pod_name),
+            )
+            .await?
             .map_err(|error| {
                 warn!(%error, pod = %pod_name, "cannot read the agent's pod");
                 AuthError::Unavailable(format!(
