@@ -395,7 +395,7 @@ impl Inventory {
                 self.add_workload(&c.metadata, WorkloadKind::CronJob, pod, enabled)
             }
             KubeObject::Job(j) => {
-                if owned_by(&j.metadata, Some("CronJob")) {
+                if owners::controller_of(&j.metadata).is_some_and(|(kind, _)| kind == "CronJob") {
                     tracing::debug!(name = ?j.metadata.name, "skipping Job owned by a CronJob: the CronJob covers it");
                     return self
                         .workloads
@@ -705,14 +705,6 @@ fn service_account_of(pod: &PodSpec) -> String {
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_string())
-}
-
-/// True when the object has a controller owner (of `kind`, when given).
-fn owned_by(meta: &ObjectMeta, kind: Option<&str>) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|owner| owner.controller == Some(true) && kind.is_none_or(|k| owner.kind == k))
 }
 
 /// The (namespace, name) keys of `pods` a relist did not return.

@@ -231,7 +231,7 @@ impl OwnedPods {
     }
 }
 
-/// The controller owner of an object: (kind, name).
+/// The controller owner of an object: (kind, name). The API server allows one.
 pub fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
     meta.owner_references
         .iter()

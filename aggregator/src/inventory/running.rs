@@ -192,23 +192,18 @@ pub fn running_digest(status: &ContainerStatus) -> Option<&str> {
 /// not attributed.
 fn workload_of(pod: &Pod, name: &str) -> Option<(WorkloadKind, String)> {
     let meta = &pod.metadata;
-    let Some(owner) = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-    else {
+    let Some((kind, owner)) = super::owners::controller_of(meta) else {
         return Some((WorkloadKind::Pod, name.to_string()));
     };
-    match owner.kind.as_str() {
+    match kind {
         "ReplicaSet" => {
             let hash = meta.labels.as_ref()?.get("pod-template-hash")?;
-            let deployment = owner.name.strip_suffix(&format!("-{hash}"))?;
+            let deployment = owner.strip_suffix(&format!("-{hash}"))?;
             Some((WorkloadKind::Deployment, deployment.to_string()))
         }
-        "StatefulSet" => Some((WorkloadKind::StatefulSet, owner.name.clone())),
-        "DaemonSet" => Some((WorkloadKind::DaemonSet, owner.name.clone())),
-        "Job" => Some((WorkloadKind::Job, owner.name.clone())),
+        "StatefulSet" => Some((WorkloadKind::StatefulSet, owner.to_string())),
+        "DaemonSet" => Some((WorkloadKind::DaemonSet, owner.to_string())),
+        "Job" => Some((WorkloadKind::Job, owner.to_string())),
         _ => None,
     }
 }
