@@ -764,12 +764,10 @@ mod tests {
         assert!(LabelSelector::parse("=x").is_err());
     }
 
-    /// Issue 10: with a mirror, two namespaces share one check key; namespace a's
-    /// upstream secret goes only to a's nodes, never to b's.
-    #[test]
-    fn mirrored_keys_send_each_namespace_secret_only_to_its_own_nodes() {
+    /// A pod bound to `node` running `image`: where a container runs.
+    fn pod(node: &str, image: &str) -> k8s_openapi::api::core::v1::Pod {
         use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-        let pod = |node: &str, image: &str| Pod {
+        Pod {
             spec: Some(PodSpec {
                 node_name: Some(node.into()),
                 containers: vec![Container {
@@ -780,7 +778,13 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Issue 10: with a mirror, two namespaces share one check key; namespace a's
+    /// upstream secret goes only to a's nodes, never to b's.
+    #[test]
+    fn mirrored_keys_send_each_namespace_secret_only_to_its_own_nodes() {
         let mut inv = Inventory::default();
         add(&mut inv, workload("a", "w", &["up.io/lib:1"], &["s"]));
         add(&mut inv, workload("b", "w", &["up.io/lib:1"], &["t"]));
@@ -839,19 +843,6 @@ mod tests {
 
     #[test]
     fn agent_targets_know_workload_nodes_and_the_unmirrored_reference() {
-        use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-        let pod = |node: &str, image: &str| Pod {
-            spec: Some(PodSpec {
-                node_name: Some(node.into()),
-                containers: vec![Container {
-                    name: "c".into(),
-                    image: Some(image.into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         let mut inv = Inventory::default();
         add(&mut inv, workload("a", "w", &["reg.io/app:v1"], &["s"]));
         add(&mut inv, workload("b", "w", &["reg.io/app:v1"], &["s"]));
