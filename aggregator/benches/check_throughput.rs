@@ -147,6 +147,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     let mut inventory = Inventory::default();
     for i in 0..references / 2 {
         let (namespace, name) = (format!("team-{}", i % 200), format!("service-{i}"));
+        let (namespace, name): (Arc<str>, Arc<str>) = (namespace.into(), name.into());
         let key = (WorkloadKind::Deployment, namespace.clone(), name.clone());
         inventory.workloads.insert(
             key,
@@ -156,12 +157,13 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
                 name,
                 containers: (0..2)
                     .map(|c| ContainerImage {
-                        container: format!("container-{c}"),
+                        container: format!("container-{c}").into(),
                         image: format!(
                             "registry.example.com:5000/org/service-{}:v{}",
                             i % 2_500,
                             c
-                        ),
+                        )
+                        .into(),
                     })
                     .collect(),
                 pull_secrets: Vec::new(),

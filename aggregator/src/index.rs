@@ -2,7 +2,7 @@
 //! filtered, resolved to the credentials the kubelet would try, and deduplicated into
 //! the set of distinct checks to make.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,29 +13,38 @@ use regex::Regex;
 use tokio::sync::watch;
 
 use crate::inventory::{
-    Inventory, PodPlacements, SecretCredentials, SharedInventory, WorkloadKind,
+    Inventory, PodPlacements, SecretCredentials, SharedInventory, WorkloadKey, WorkloadKind,
 };
 #[cfg(test)]
 use crate::inventory::{PullSecret, SecretFormat};
 use crate::mirrors::Mirrors;
 
-/// One container of one workload: the unit the canonical metrics describe.
+/// One container of one workload: the unit the canonical metrics describe. Its
+/// strings are the inventory's (shared, not copied), so the index and the store add a
+/// few words per container.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerRef {
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub kind: WorkloadKind,
-    pub name: String,
-    pub container: String,
+    pub name: Arc<str>,
+    pub container: Arc<str>,
     /// The image exactly as written in the spec.
-    pub image: String,
+    pub image: Arc<str>,
 }
 
 /// A distinct check: the reference to ask for (after mirrors) and the credentials to
 /// try, in order, and — where it differs — the reference the kubelet pulls (before
 /// `--image-mirror` and `--default-registry`), which agents check. Two keys are equal
 /// when those and the credential values are equal, whatever secrets they came from.
+///
+/// Shared: the index, the scheduler's per-key state, its pass and its image map each
+/// hold the key, so a clone is a reference count, not a copy of the references.
 #[derive(Clone, Debug)]
-pub struct CheckKey {
+pub struct CheckKey(Arc<CheckKeyParts>);
+
+/// What a [`CheckKey`] is made of.
+#[derive(Debug)]
+pub struct CheckKeyParts {
     pub reference: ImageReference,
     pub credentials: Arc<[SourcedCredential]>,
     /// The kubelet's reference when it is not `reference`: two images the aggregator
@@ -43,14 +52,32 @@ pub struct CheckKey {
     pub kubelet_reference: Option<ImageReference>,
 }
 
+impl std::ops::Deref for CheckKey {
+    type Target = CheckKeyParts;
+
+    fn deref(&self) -> &CheckKeyParts {
+        &self.0
+    }
+}
+
 impl CheckKey {
     /// A key whose kubelet reference is the checked one.
     pub fn new(reference: ImageReference, credentials: Arc<[SourcedCredential]>) -> CheckKey {
-        CheckKey {
+        CheckKey::with_kubelet_reference(reference, credentials, None)
+    }
+
+    /// A key checked as `reference` whose kubelet pulls `kubelet_reference` (None:
+    /// the same).
+    pub fn with_kubelet_reference(
+        reference: ImageReference,
+        credentials: Arc<[SourcedCredential]>,
+        kubelet_reference: Option<ImageReference>,
+    ) -> CheckKey {
+        CheckKey(Arc::new(CheckKeyParts {
             reference,
             credentials,
-            kubelet_reference: None,
-        }
+            kubelet_reference,
+        }))
     }
 
     fn identity(
@@ -70,6 +97,9 @@ impl CheckKey {
 
 impl PartialEq for CheckKey {
     fn eq(&self, other: &Self) -> bool {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
         let (a_ref, a_kubelet, a_creds) = self.identity();
         let (b_ref, b_kubelet, b_creds) = other.identity();
         a_ref == b_ref && a_kubelet == b_kubelet && a_creds.eq(b_creds)
@@ -226,8 +256,8 @@ pub struct AgentTarget {
     /// namespaces (or other originals) can share the check key while their own
     /// credentials differ: they are not added, so one namespace's upstream secret never
     /// reaches a node that only runs another namespace's pods. Without credentials any
-    /// container counts (nothing secret is sent).
-    pub sources: BTreeMap<String, BTreeSet<String>>,
+    /// container counts (nothing secret is sent). Sorted, each pair once.
+    pub sources: Vec<(Arc<str>, Arc<str>)>,
     /// The nodes running pods of `sources`: filled from the live placements when the
     /// check is dispatched ([`AgentTarget::with_nodes`]), so pods coming and going never
     /// cost an index rebuild. Empty in the index and without a live cluster.
@@ -241,11 +271,7 @@ impl AgentTarget {
         target.workload_nodes = self
             .sources
             .iter()
-            .flat_map(|(namespace, images)| {
-                images
-                    .iter()
-                    .flat_map(|image| placements.nodes_running(namespace, image))
-            })
+            .flat_map(|(namespace, image)| placements.nodes_running(namespace, image))
             .cloned()
             .collect();
         target
@@ -266,7 +292,7 @@ pub struct ImageIndex {
     pub warnings: BTreeSet<String>,
     /// (kind, namespace, name) -> the platforms the workload can land on, where any
     /// is known (`--platform`, or the cluster's nodes narrowed by the pod template).
-    pub platforms: BTreeMap<(WorkloadKind, String, String), Arc<[Platform]>>,
+    pub platforms: BTreeMap<WorkloadKey, Arc<[Platform]>>,
 }
 
 impl ImageIndex {
@@ -286,7 +312,7 @@ impl ImageIndex {
         let grouped = inventory.grouped_workloads();
         for workload in inventory.workloads.values().chain(&grouped) {
             if let Some(selector) = &options.filters.namespace_selector {
-                let labels = inventory.namespaces.get(&workload.namespace);
+                let labels = inventory.namespaces.get(&*workload.namespace);
                 if !labels.is_some_and(|l| selector.matches(l)) {
                     tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
                     continue;
@@ -336,7 +362,7 @@ impl ImageIndex {
             }
             let secret_names = pull_secret_names(inventory, workload);
             let keyring = &*keyrings
-                .entry((workload.namespace.as_str(), secret_names))
+                .entry((&*workload.namespace, secret_names))
                 .or_insert_with_key(|(namespace, names)| {
                     keyring_for(inventory, namespace, names, &mut index.warnings)
                 });
@@ -384,11 +410,12 @@ impl ImageIndex {
                         let reference = options.mirrors.apply(&central);
                         let credentials: Arc<[SourcedCredential]> =
                             keyring.lookup(&reference).into();
-                        let key = CheckKey {
-                            kubelet_reference: (original != reference).then(|| original.clone()),
+                        let kubelet_reference = (original != reference).then(|| original.clone());
+                        let key = CheckKey::with_kubelet_reference(
                             reference,
                             credentials,
-                        };
+                            kubelet_reference,
+                        );
                         let own_credentials: Arc<[SourcedCredential]> = if key.reference == original
                         {
                             key.credentials.clone()
@@ -402,7 +429,7 @@ impl ImageIndex {
                                 .or_insert_with(|| AgentTarget {
                                     credentials: own_credentials.clone(),
                                     image: original.clone(),
-                                    sources: BTreeMap::new(),
+                                    sources: Vec::new(),
                                     workload_nodes: BTreeSet::new(),
                                 });
                         // Secrets by namespace, never by check key: this container's
@@ -416,16 +443,10 @@ impl ImageIndex {
                                     .map(|c| &c.credential)
                                     .eq(own_credentials.iter().map(|c| &c.credential)));
                         if may_receive {
-                            let images = match target.sources.get_mut(&container_ref.namespace) {
-                                Some(images) => images,
-                                None => target
-                                    .sources
-                                    .entry(container_ref.namespace.clone())
-                                    .or_default(),
-                            };
-                            if !images.contains(&container_ref.image) {
-                                images.insert(container_ref.image.clone());
-                            }
+                            target.sources.push((
+                                container_ref.namespace.clone(),
+                                container_ref.image.clone(),
+                            ));
                         }
                         index.checks.entry(key).or_default().push(container_ref);
                     }
@@ -446,24 +467,30 @@ impl ImageIndex {
                 }
             }
         }
+        for target in index.agent_targets.values_mut() {
+            target.sources.sort_unstable();
+            target.sources.dedup();
+            target.sources.shrink_to_fit();
+        }
         index
     }
 
-    /// The outcome of a check as it stands for one container: `absent` where the tag
-    /// is an index without an entry for a platform its workload can land on.
-    pub fn outcome_for(&self, container: &ContainerRef, outcome: &CheckOutcome) -> CheckOutcome {
-        if outcome.platforms.is_none() {
-            return outcome.clone();
-        }
+    /// The outcome of a check as it stands for one container where that differs
+    /// from the check's own: `absent` where the tag is an index without an entry for a
+    /// platform its workload can land on. None: the check's outcome stands.
+    pub fn outcome_for(
+        &self,
+        container: &ContainerRef,
+        outcome: &CheckOutcome,
+    ) -> Option<CheckOutcome> {
+        outcome.platforms.as_ref()?;
         let key = (
             container.kind,
             container.namespace.clone(),
             container.name.clone(),
         );
-        match self.platforms.get(&key) {
-            Some(wanted) => outcome.for_platforms(wanted),
-            None => outcome.clone(),
-        }
+        let wanted = self.platforms.get(&key)?;
+        Some(outcome.for_platforms(wanted))
     }
 
     /// Logs the warnings that `previous` did not already have.
@@ -476,12 +503,11 @@ impl ImageIndex {
     }
 
     /// Every container reference of the index.
-    pub fn containers(&self) -> BTreeSet<ContainerRef> {
+    pub fn containers(&self) -> HashSet<&ContainerRef> {
         self.checks
             .values()
             .flatten()
             .chain(self.settled.iter().map(|(c, _)| c))
-            .cloned()
             .collect()
     }
 
@@ -494,11 +520,18 @@ impl ImageIndex {
 /// The kubelet's choice: the pod's imagePullSecrets, else its service account's.
 fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workload) -> Vec<String> {
     if !workload.pull_secrets.is_empty() {
-        return workload.pull_secrets.clone();
+        return workload
+            .pull_secrets
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     }
     inventory
         .service_accounts
-        .get(&(workload.namespace.clone(), workload.service_account.clone()))
+        .get(&(
+            workload.namespace.to_string(),
+            workload.service_account.to_string(),
+        ))
         .cloned()
         .unwrap_or_default()
 }
@@ -601,11 +634,11 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, image)| ContainerImage {
-                    container: format!("c{i}"),
-                    image: image.to_string(),
+                    container: format!("c{i}").into(),
+                    image: (*image).into(),
                 })
                 .collect(),
-            pull_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            pull_secrets: secrets.iter().map(|s| Arc::from(*s)).collect(),
             service_account: "default".into(),
             enabled: true,
             platforms: Default::default(),
@@ -712,12 +745,7 @@ mod tests {
         opts.filters.allowed_images = parse_image_regexes("^reg\\.io/~BAD").unwrap();
         opts.filters.ignored_images = parse_image_regexes("skip-me").unwrap();
         let index = ImageIndex::build(&inv, &opts);
-        let images: Vec<_> = index
-            .checks
-            .values()
-            .flatten()
-            .map(|r| r.image.as_str())
-            .collect();
+        let images: Vec<_> = index.checks.values().flatten().map(|r| &*r.image).collect();
         assert_eq!(images, ["reg.io/keep"]);
         assert_eq!(index.settled.len(), 1);
         assert_eq!(index.settled[0].1.status, CheckStatus::BadImageFormat);
@@ -751,7 +779,7 @@ mod tests {
             .checks
             .values()
             .flatten()
-            .map(|r| r.namespace.as_str())
+            .map(|r| &*r.namespace)
             .collect();
         assert_eq!(namespaces, ["on"]);
 
@@ -964,7 +992,10 @@ mod tests {
                 (
                     key.reference.to_string(),
                     target.image.to_string(),
-                    index.checks[key].iter().map(|c| c.name.clone()).collect(),
+                    index.checks[key]
+                        .iter()
+                        .map(|c| c.name.to_string())
+                        .collect(),
                 )
             })
             .collect();
@@ -1021,11 +1052,8 @@ mod tests {
             },
         );
         let index = ImageIndex::build(&inv, &options());
-        let settled: BTreeMap<&str, &CheckOutcome> = index
-            .settled
-            .iter()
-            .map(|(c, o)| (c.image.as_str(), o))
-            .collect();
+        let settled: BTreeMap<&str, &CheckOutcome> =
+            index.settled.iter().map(|(c, o)| (&*c.image, o)).collect();
         // The image is parsed first (InvalidImageName), then the secrets.
         assert_eq!(settled["BAD IMAGE"].status, CheckStatus::BadImageFormat);
         for image in ["reg.io/app:v1", "nginx"] {
@@ -1042,7 +1070,7 @@ mod tests {
             .iter()
             .flat_map(|(k, refs)| {
                 assert_eq!(k.credentials.len(), 1);
-                refs.iter().map(|r| r.name.as_str())
+                refs.iter().map(|r| &*r.name)
             })
             .collect();
         assert_eq!(refs, ["other"]);

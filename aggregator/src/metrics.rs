@@ -397,7 +397,7 @@ mod tests {
 
         store.set(container("web"), CheckOutcome::available());
         store.set(container("api"), CheckOutcome::available());
-        store.retain(&[container("api")].into());
+        store.retain(&[&container("api")].into());
         let text = m.render(&store).unwrap();
         let available = series(&text, "k8s_image_availability_exporter_available");
         assert_eq!(available.len(), 1);

@@ -178,14 +178,18 @@ impl Pipeline {
     /// Records `outcome` for `containers` of `index`, each as it stands for its
     /// workload's platforms.
     pub fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome) {
+        let shared = Arc::new(outcome.clone());
         let mut store = lock(&self.store);
         for container in containers {
-            store.set(container.clone(), index.outcome_for(container, outcome));
+            match index.outcome_for(container, outcome) {
+                Some(own) => store.set(container.clone(), own),
+                None => store.set(container.clone(), shared.clone()),
+            }
         }
     }
 
     /// Forgets every reference not in `current`: its series disappear.
-    pub fn retain(&self, current: &BTreeSet<ContainerRef>) {
+    pub fn retain(&self, current: &HashSet<&ContainerRef>) {
         lock(&self.store).retain(current);
     }
 
@@ -266,7 +270,7 @@ impl Downstream for Pipeline {
         Pipeline::record(self, index, containers, outcome);
     }
 
-    fn retain(&self, current: &BTreeSet<ContainerRef>) {
+    fn retain(&self, current: &HashSet<&ContainerRef>) {
         Pipeline::retain(self, current);
     }
 
@@ -410,14 +414,14 @@ mod tests {
         let mut inventory = Inventory::default();
         for (name, image) in workloads {
             inventory.workloads.insert(
-                (WorkloadKind::Deployment, "ns".into(), name.to_string()),
+                (WorkloadKind::Deployment, "ns".into(), (*name).into()),
                 Workload {
                     namespace: "ns".into(),
                     kind: WorkloadKind::Deployment,
-                    name: name.to_string(),
+                    name: (*name).into(),
                     containers: vec![ContainerImage {
                         container: "app".into(),
-                        image: image.to_string(),
+                        image: (*image).into(),
                     }],
                     pull_secrets: vec![],
                     service_account: "default".into(),

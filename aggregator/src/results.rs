@@ -79,7 +79,7 @@ impl Filter {
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|ns| ns == container.namespace)
+                .is_none_or(|ns| ns == &*container.namespace)
     }
 }
 
@@ -156,7 +156,7 @@ pub fn images(
     let mut by_image: BTreeMap<&str, Vec<(&ContainerRef, &CheckOutcome)>> = BTreeMap::new();
     for (container, outcome) in store.iter() {
         by_image
-            .entry(container.image.as_str())
+            .entry(&*container.image)
             .or_default()
             .push((container, outcome));
     }
@@ -196,10 +196,10 @@ pub fn images(
         let workloads: Vec<WorkloadView> = kept
             .iter()
             .map(|(c, o)| WorkloadView {
-                namespace: c.namespace.clone(),
+                namespace: c.namespace.to_string(),
                 kind: c.kind.as_str().to_string(),
-                name: c.name.clone(),
-                container: c.container.clone(),
+                name: c.name.to_string(),
+                container: c.container.to_string(),
                 status: o.status,
                 reason: o.reason.clone(),
                 checked_at: rfc3339(o.checked_at),

@@ -94,7 +94,7 @@ pub trait Downstream: Send + Sync + 'static {
     /// Records `outcome` for `containers` of `index`.
     fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome);
     /// Forgets every reference not in `current`: its series disappear.
-    fn retain(&self, current: &BTreeSet<ContainerRef>);
+    fn retain(&self, current: &HashSet<&ContainerRef>);
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
     /// How many container references are exported, and how many are not available.
@@ -157,7 +157,7 @@ pub struct Scheduler<D> {
     pass_open: bool,
     status: SchedulerStatus,
     /// Image as written -> the keys whose containers use it.
-    image_keys: HashMap<String, Vec<CheckKey>>,
+    image_keys: HashMap<Arc<str>, Vec<CheckKey>>,
     /// Connected agents' nodes, as last seen.
     agent_nodes: BTreeSet<String>,
     /// Connected node -> its node group.
@@ -311,10 +311,10 @@ impl<D: Downstream> Scheduler<D> {
         self.pass_open = true;
         self.image_keys.clear();
         for (key, containers) in &index.checks {
-            let images: BTreeSet<&str> = containers.iter().map(|c| c.image.as_str()).collect();
+            let images: BTreeSet<&Arc<str>> = containers.iter().map(|c| &c.image).collect();
             for image in images {
                 self.image_keys
-                    .entry(image.to_string())
+                    .entry(image.clone())
                     .or_default()
                     .push(key.clone());
             }
@@ -323,7 +323,7 @@ impl<D: Downstream> Scheduler<D> {
         if self.pipeline.agents().is_some() {
             self.pipeline
                 .retain_image_nodes(&|image| self.image_keys.contains_key(image));
-            let all: Vec<String> = self.image_keys.keys().cloned().collect();
+            let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
             self.refresh_image_nodes(all);
         }
         self.refresh_status();
@@ -377,13 +377,13 @@ impl<D: Downstream> Scheduler<D> {
             .map(|t| t.image.to_string())
             .collect();
         self.holders = agents.holders_of(&wanted);
-        let all: Vec<String> = self.image_keys.keys().cloned().collect();
+        let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
         self.refresh_image_nodes(all);
     }
 
     /// Recomputes the node view of `images` (as written) from the latest node answers
     /// of their keys and the agents' image lists.
-    fn refresh_image_nodes(&self, images: Vec<String>) {
+    fn refresh_image_nodes(&self, images: Vec<Arc<str>>) {
         if self.pipeline.agents().is_none() {
             return;
         }
@@ -427,7 +427,7 @@ impl<D: Downstream> Scheduler<D> {
                 .map(|(node, (status, reason))| (node.to_string(), (*status, reason.to_string())))
                 .collect();
             views.push((
-                image,
+                image.to_string(),
                 ImageNodes {
                     statuses,
                     cached: cached.len(),
@@ -459,7 +459,8 @@ impl<D: Downstream> Scheduler<D> {
         if let Some(containers) = self.index.checks.get(&key) {
             self.pipeline.record(&self.index, containers, &outcome);
             if had_nodes {
-                let images: BTreeSet<String> = containers.iter().map(|c| c.image.clone()).collect();
+                let images: BTreeSet<Arc<str>> =
+                    containers.iter().map(|c| c.image.clone()).collect();
                 self.refresh_image_nodes(images.into_iter().collect());
             }
         }

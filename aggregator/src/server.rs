@@ -143,7 +143,7 @@ mod tests {
             .map(|i| ContainerRef {
                 namespace: "ns".into(),
                 kind: WorkloadKind::Deployment,
-                name: format!("w{i:03}"),
+                name: format!("w{i:03}").into(),
                 container: "c".into(),
                 image: "reg.io/app:1".into(),
             })

@@ -6,7 +6,7 @@
 //! recording; the first write after a snapshot copies the map once (per scrape, not
 //! per write).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use pullwatch::CheckOutcome;
@@ -40,7 +40,9 @@ pub fn tag_moved(
 
 #[derive(Clone, Debug, Default)]
 pub struct ResultStore {
-    outcomes: Arc<BTreeMap<ContainerRef, CheckOutcome>>,
+    /// One outcome per container, shared by the containers of one check (and only
+    /// copied where a workload's platforms make it differ).
+    outcomes: Arc<BTreeMap<ContainerRef, Arc<CheckOutcome>>>,
     /// Image as written -> what the nodes say; only with agents.
     image_nodes: Arc<BTreeMap<String, ImageNodes>>,
 }
@@ -51,7 +53,8 @@ impl ResultStore {
         self.clone()
     }
 
-    pub fn set(&mut self, container: ContainerRef, outcome: CheckOutcome) {
+    pub fn set(&mut self, container: ContainerRef, outcome: impl Into<Arc<CheckOutcome>>) {
+        let outcome = outcome.into();
         if self.outcomes.get(&container) == Some(&outcome) {
             return;
         }
@@ -59,7 +62,7 @@ impl ResultStore {
     }
 
     /// Forgets every reference not in `current` (the workload or container went away).
-    pub fn retain(&mut self, current: &BTreeSet<ContainerRef>) {
+    pub fn retain(&mut self, current: &HashSet<&ContainerRef>) {
         if self.outcomes.keys().all(|c| current.contains(c)) {
             return;
         }
@@ -67,12 +70,14 @@ impl ResultStore {
     }
 
     pub fn get(&self, container: &ContainerRef) -> Option<&CheckOutcome> {
-        self.outcomes.get(container)
+        self.outcomes.get(container).map(|outcome| &**outcome)
     }
 
     /// Every reference with its outcome, ordered by namespace, kind, name, container.
     pub fn iter(&self) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
-        self.outcomes.iter()
+        self.outcomes
+            .iter()
+            .map(|(container, outcome)| (container, &**outcome))
     }
 
     pub fn len(&self) -> usize {

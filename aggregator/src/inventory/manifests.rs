@@ -275,20 +275,20 @@ spec:
         assert_eq!(inv.workloads.len(), 1);
         let w = inv.workloads.values().next().unwrap();
         assert_eq!(
-            (w.namespace.as_str(), w.name.as_str(), w.kind),
+            (&*w.namespace, &*w.name, w.kind),
             ("shop", "web", WorkloadKind::Deployment)
         );
         let images: Vec<_> = w
             .containers
             .iter()
-            .map(|c| (c.container.as_str(), c.image.as_str()))
+            .map(|c| (&*c.container, &*c.image))
             .collect();
         assert_eq!(
             images,
             [("init", "busybox"), ("app", "registry.local:5000/web:v1")]
         );
-        assert_eq!(w.pull_secrets, ["regcred"]);
-        assert_eq!(w.service_account, "web-sa");
+        assert_eq!(w.pull_secrets, [std::sync::Arc::from("regcred")]);
+        assert_eq!(&*w.service_account, "web-sa");
         assert!(w.enabled);
     }
 
@@ -298,12 +298,12 @@ spec:
             "{DEPLOYMENT}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {{name: bare}}\n  spec:\n    containers: [{{name: c, image: nginx}}]\n    ephemeralContainers: [{{name: dbg, image: busybox:1.36}}]\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: owned\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: u, controller: true}}]\n  spec:\n    containers: [{{name: c, image: nginx}}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n---\n"
         );
         let inv = parse(&text).unwrap();
-        let names: Vec<_> = inv.workloads.values().map(|w| w.name.as_str()).collect();
+        let names: Vec<_> = inv.workloads.values().map(|w| &*w.name).collect();
         assert_eq!(names, ["web", "bare"]);
         let bare = inv.workloads.values().nth(1).unwrap();
-        assert_eq!(bare.namespace, "default");
+        assert_eq!(&*bare.namespace, "default");
         assert_eq!(bare.containers.len(), 2);
-        assert_eq!(bare.service_account, "default");
+        assert_eq!(&*bare.service_account, "default");
     }
 
     #[test]
@@ -440,7 +440,7 @@ imagePullSecrets: [{name: regcred}]
         .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not yaml: [").unwrap();
         let inv = load(dir.path()).unwrap();
-        let names: Vec<_> = inv.workloads.values().map(|w| w.name.as_str()).collect();
+        let names: Vec<_> = inv.workloads.values().map(|w| &*w.name).collect();
         assert_eq!(names, ["a", "b"]);
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(

@@ -7,6 +7,7 @@
 //! from Kubernetes objects lives here so every source reduces the same way.
 
 pub mod cluster;
+pub mod interner;
 pub mod manifests;
 pub mod owners;
 pub mod placements;
@@ -28,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pullwatch::{DockerConfig, Platform};
 use serde::Serialize;
 
+pub use interner::Interner;
 pub use owners::OwnedPods;
 pub use placements::PodPlacements;
 pub use platforms::PlatformConstraints;
@@ -124,22 +126,23 @@ impl fmt::Display for WorkloadKind {
 /// One container's image, as written in the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerImage {
-    pub container: String,
-    pub image: String,
+    pub container: Arc<str>,
+    pub image: Arc<str>,
 }
 
-/// A workload reduced to what a check needs.
+/// A workload reduced to what a check needs. Its strings are shared (see
+/// [`Interner`]): the index and the store hold the same ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub kind: WorkloadKind,
-    pub name: String,
+    pub name: Arc<str>,
     /// Init, regular and ephemeral containers, in that order.
     pub containers: Vec<ContainerImage>,
     /// `imagePullSecrets` of the pod (template), in order.
-    pub pull_secrets: Vec<String>,
+    pub pull_secrets: Vec<Arc<str>>,
     /// `serviceAccountName`, `default` when unset.
-    pub service_account: String,
+    pub service_account: Arc<str>,
     /// False for replicas 0, a suspended CronJob, a DaemonSet scheduled nowhere.
     pub enabled: bool,
     /// The pod template's constraints on the node platform (nodeSelector, required
@@ -159,7 +162,7 @@ pub enum SecretCredentials {
 }
 
 /// Identifies a workload: kind, namespace, name.
-pub type WorkloadKey = (WorkloadKind, String, String);
+pub type WorkloadKey = (WorkloadKind, Arc<str>, Arc<str>);
 
 /// The two secret types that carry registry credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,6 +223,9 @@ pub struct Inventory {
     /// Pods whose controller pullwatch does not watch, grouped by their top-most
     /// known controller (see [`Inventory::grouped_workloads`]).
     pub owned: OwnedPods,
+    /// Namespaces, images, container, secret and service account names, each kept
+    /// once however many workloads name it.
+    pub strings: Interner<str>,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -419,8 +425,8 @@ impl Inventory {
                         .is_some();
                     let owned = match (p.spec.as_ref(), self.covers(&namespace, owner)) {
                         (Some(spec), false) => {
-                            self.owned
-                                .apply(&namespace, &name, owner, pod_template(spec))
+                            let template = self.pod_template(spec);
+                            self.owned.apply(&namespace, &name, owner, template)
                         }
                         _ => {
                             tracing::debug!(name = ?p.metadata.name, "skipping Pod with a watched controller: its controller covers it");
@@ -479,8 +485,8 @@ impl Inventory {
     fn has_deployment(&self, namespace: &str, name: &str) -> bool {
         self.workloads.contains_key(&(
             WorkloadKind::Deployment,
-            namespace.to_string(),
-            name.to_string(),
+            Arc::from(namespace),
+            Arc::from(name),
         ))
     }
 
@@ -536,7 +542,7 @@ impl Inventory {
         }
         match kind {
             ObjectKind::Workload(workload_kind) => self.workloads.retain(|(k, ns, name), _| {
-                *k != workload_kind || seen.contains(&(ns.clone(), name.clone()))
+                *k != workload_kind || seen.contains(&(ns.to_string(), name.to_string()))
             }),
             ObjectKind::Secret(format) => self
                 .secrets
@@ -584,25 +590,62 @@ impl Inventory {
         pod: Option<&PodSpec>,
         enabled: bool,
     ) -> bool {
-        let key = workload_key(kind, meta);
+        let mut key = (
+            kind,
+            self.strings.intern(namespace_str(meta)),
+            Arc::from(name_str(meta)),
+        );
+        // An update keeps the key's strings: the value shares them.
+        if let Some((known, _)) = self.workloads.get_key_value(&key) {
+            key = known.clone();
+        }
         let Some(pod) = pod else {
             tracing::warn!(%kind, name = ?meta.name, "workload has no pod spec; nothing to check");
             return self.workloads.remove(&key).is_some();
         };
-        replace(
-            &mut self.workloads,
-            key,
-            Workload {
-                namespace: namespace_of(meta),
-                kind,
-                name: name_of(meta),
-                containers: containers_of(pod),
-                pull_secrets: pull_secrets_of(pod),
-                service_account: service_account_of(pod),
-                enabled,
-                platforms: PlatformConstraints::from_pod_spec(pod),
-            },
-        )
+        let template = self.pod_template(pod);
+        let workload = Workload {
+            namespace: key.1.clone(),
+            kind,
+            name: key.2.clone(),
+            containers: template.containers,
+            pull_secrets: template.pull_secrets,
+            service_account: template.service_account,
+            enabled,
+            platforms: template.platforms,
+        };
+        replace(&mut self.workloads, key, workload)
+    }
+
+    /// What a pod runs and may authenticate with, its strings shared.
+    fn pod_template(&mut self, pod: &PodSpec) -> owners::PodTemplate {
+        let strings = &mut self.strings;
+        let containers = containers_of(pod)
+            .map(|(container, image)| ContainerImage {
+                container: strings.intern(container),
+                image: strings.intern(image),
+            })
+            .collect();
+        let pull_secrets = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .filter(|r| !r.name.is_empty())
+            .map(|r| strings.intern(&r.name))
+            .collect();
+        // `serviceAccountName`, `default` when unset.
+        let service_account = strings.intern(
+            pod.service_account_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default"),
+        );
+        owners::PodTemplate {
+            containers,
+            pull_secrets,
+            service_account,
+            platforms: PlatformConstraints::from_pod_spec(pod),
+        }
     }
 
     fn add_secret(&mut self, secret: &Secret) -> bool {
@@ -677,34 +720,11 @@ fn replace<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: V) -> 
 }
 
 fn workload_key(kind: WorkloadKind, meta: &ObjectMeta) -> WorkloadKey {
-    (kind, namespace_of(meta), name_of(meta))
-}
-
-/// What a pod runs and may authenticate with.
-fn pod_template(pod: &PodSpec) -> owners::PodTemplate {
-    owners::PodTemplate {
-        containers: containers_of(pod),
-        pull_secrets: pull_secrets_of(pod),
-        service_account: service_account_of(pod),
-        platforms: PlatformConstraints::from_pod_spec(pod),
-    }
-}
-
-fn pull_secrets_of(pod: &PodSpec) -> Vec<String> {
-    pod.image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .filter(|n| !n.is_empty())
-        .collect()
-}
-
-/// `serviceAccountName`, `default` when unset.
-fn service_account_of(pod: &PodSpec) -> String {
-    pod.service_account_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_string())
+    (
+        kind,
+        Arc::from(namespace_str(meta)),
+        Arc::from(name_str(meta)),
+    )
 }
 
 /// The (namespace, name) keys of `pods` a relist did not return.
@@ -719,17 +739,29 @@ fn unseen<V>(
 }
 
 fn namespace_of(meta: &ObjectMeta) -> String {
+    namespace_str(meta).to_string()
+}
+
+/// The object's namespace, `default` when unset.
+fn namespace_str(meta: &ObjectMeta) -> &str {
     meta.namespace
-        .clone()
+        .as_deref()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_string())
+        .unwrap_or("default")
 }
 
 fn name_of(meta: &ObjectMeta) -> String {
-    meta.name.clone().unwrap_or_default()
+    name_str(meta).to_string()
 }
 
-fn containers_of(pod: &PodSpec) -> Vec<ContainerImage> {
+fn name_str(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+/// (name, image) of the init, regular and ephemeral containers, in that order. A
+/// container without an image is itself a bad image reference: kept (image empty) so
+/// it is reported.
+fn containers_of(pod: &PodSpec) -> impl Iterator<Item = (&str, &str)> {
     let init = pod
         .init_containers
         .iter()
@@ -743,12 +775,7 @@ fn containers_of(pod: &PodSpec) -> Vec<ContainerImage> {
         .map(|c| (&c.name, &c.image));
     init.chain(regular)
         .chain(ephemeral)
-        .map(|(name, image)| ContainerImage {
-            container: name.clone(),
-            // A container without an image is itself a bad image reference: keep it so it is reported.
-            image: image.clone().unwrap_or_default(),
-        })
-        .collect()
+        .map(|(name, image)| (name.as_str(), image.as_deref().unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ pub type OwnerKey = (String, String, String);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodTemplate {
     pub containers: Vec<ContainerImage>,
-    pub pull_secrets: Vec<String>,
-    pub service_account: String,
+    pub pull_secrets: Vec<Arc<str>>,
+    pub service_account: Arc<str>,
     pub platforms: PlatformConstraints,
 }
 
@@ -177,9 +177,9 @@ impl OwnedPods {
                 let workload = groups
                     .entry((namespace.clone(), kind, name.clone()))
                     .or_insert_with(|| Workload {
-                        namespace: namespace.clone(),
+                        namespace: namespace.as_str().into(),
                         kind,
-                        name: name.clone(),
+                        name: name.as_str().into(),
                         containers: Vec::new(),
                         pull_secrets: template.pull_secrets.clone(),
                         service_account: template.service_account.clone(),
@@ -262,8 +262,11 @@ mod tests {
             .map(|w| {
                 (
                     w.kind.to_string(),
-                    w.name,
-                    w.containers.into_iter().map(|c| c.image).collect(),
+                    w.name.to_string(),
+                    w.containers
+                        .into_iter()
+                        .map(|c| c.image.to_string())
+                        .collect(),
                 )
             })
             .collect()
