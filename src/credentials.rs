@@ -94,7 +94,7 @@ impl CredentialError {
 
 /// The entries of a docker config file (`config.json`/`.dockerconfigjson`, or the
 /// older `.dockercfg`), keyed as written.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DockerConfig {
     pub entries: BTreeMap<String, RegistryCredential>,
 }

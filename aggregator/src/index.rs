@@ -657,7 +657,7 @@ mod tests {
         );
         PullSecret {
             format: SecretFormat::DockerConfigJson,
-            credentials: SecretCredentials::Parsed(config),
+            credentials: SecretCredentials::Parsed(config.into()),
         }
     }
 

@@ -39,13 +39,16 @@ const SWEEP_FLOOR: usize = 1024;
 impl<T: ?Sized + Eq + Hash> Interner<T> {
     /// The shared copy of `value`, made by `make` the first time.
     pub fn get_or_insert_with(&mut self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
-        if let Some(shared) = self.values.get(value) {
-            return shared.clone();
+        match self.values.get(value) {
+            Some(shared) => shared.clone(),
+            None => self.insert_new(make(value)),
         }
+    }
+
+    fn insert_new(&mut self, shared: Arc<T>) -> Arc<T> {
         if self.values.len() >= SWEEP_FLOOR.max(self.swept_at * 2) {
             self.sweep();
         }
-        let shared = make(value);
         self.values.insert(shared.clone());
         shared
     }
@@ -63,6 +66,16 @@ impl<T: ?Sized + Eq + Hash> Interner<T> {
 
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+}
+
+impl<T: Eq + Hash> Interner<T> {
+    /// The shared copy of `value`, which becomes it the first time.
+    pub fn intern_value(&mut self, value: T) -> Arc<T> {
+        match self.values.get(&value) {
+            Some(shared) => shared.clone(),
+            None => self.insert_new(Arc::new(value)),
+        }
     }
 }
 

@@ -153,7 +153,9 @@ pub struct Workload {
 /// The credentials a pull secret carries, or why it carries none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretCredentials {
-    Parsed(DockerConfig),
+    /// Shared by every secret carrying equal values (one robot account's secret
+    /// copied into each namespace is kept once).
+    Parsed(Arc<DockerConfig>),
     /// The payload is missing or empty: the kubelet skips such a secret.
     Ignored(String),
     /// The payload does not parse: the kubelet fails every pull that would use the
@@ -226,6 +228,8 @@ pub struct Inventory {
     /// Namespaces, images, container, secret and service account names, each kept
     /// once however many workloads name it.
     pub strings: Interner<str>,
+    /// Parsed pull secrets, each distinct value kept once.
+    pub configs: Interner<DockerConfig>,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -685,7 +689,7 @@ impl Inventory {
                 "secret of type {secret_type} has an empty {field}"
             )),
             Some(bytes) => match parse(&bytes) {
-                Ok(config) => SecretCredentials::Parsed(config),
+                Ok(config) => SecretCredentials::Parsed(self.configs.intern_value(config)),
                 Err(err) => SecretCredentials::Broken(err.to_string()),
             },
         };
@@ -882,5 +886,68 @@ mod tests {
             2
         );
         assert_eq!(inventory.owned.pod_count(), 0, "covered pods are not kept");
+    }
+
+    fn pull_secret(namespace: &str, name: &str, config: &str) -> KubeObject {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.namespace = Some(namespace.into());
+        secret.type_ = Some(DOCKER_CONFIG_JSON.into());
+        secret.string_data = Some([(".dockerconfigjson".to_string(), config.to_string())].into());
+        KubeObject::Secret(Box::new(secret))
+    }
+
+    fn parsed(inventory: &Inventory, namespace: &str, name: &str) -> Arc<DockerConfig> {
+        match &inventory.secrets[&(namespace.to_string(), name.to_string())].credentials {
+            SecretCredentials::Parsed(config) => config.clone(),
+            other => panic!("{namespace}/{name} did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeated_values_are_kept_once() {
+        let mut inventory = Inventory::default();
+        let KubeObject::Pod(template) = pod("reg.io/app:v1", "Running") else {
+            unreachable!()
+        };
+        for name in ["a", "b"] {
+            let mut deployment = Deployment::default();
+            deployment.metadata.name = Some(name.into());
+            deployment.metadata.namespace = Some("ns".into());
+            let mut spec = k8s_openapi::api::apps::v1::DeploymentSpec::default();
+            spec.template.spec = template.spec.clone();
+            deployment.spec = Some(spec);
+            assert!(inventory.apply(KubeObject::Deployment(Box::new(deployment))));
+        }
+        let [a, b]: [&Workload; 2] = inventory
+            .workloads
+            .values()
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+        assert!(Arc::ptr_eq(&a.containers[0].image, &b.containers[0].image));
+        assert!(Arc::ptr_eq(&a.service_account, &b.service_account));
+        let (key, value) = inventory.workloads.iter().next().unwrap();
+        assert!(Arc::ptr_eq(&key.2, &value.name), "one name for key and value");
+
+        let robot = r#"{"auths":{"reg.io":{"username":"robot","password":"token"}}}"#;
+        let other = r#"{"auths":{"reg.io":{"username":"other","password":"token"}}}"#;
+        for namespace in ["ns", "team-a"] {
+            assert!(inventory.apply(pull_secret(namespace, "pull", robot)));
+        }
+        assert!(inventory.apply(pull_secret("team-b", "pull", other)));
+        assert!(Arc::ptr_eq(
+            &parsed(&inventory, "ns", "pull"),
+            &parsed(&inventory, "team-a", "pull")
+        ));
+        assert!(!Arc::ptr_eq(
+            &parsed(&inventory, "ns", "pull"),
+            &parsed(&inventory, "team-b", "pull")
+        ));
+        assert_eq!(
+            parsed(&inventory, "team-b", "pull").entries["reg.io"].username,
+            "other"
+        );
     }
 }
