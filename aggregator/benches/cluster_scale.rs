@@ -7,7 +7,7 @@
 //!
 //! - time to first full inventory sync, as a ratio to a plain kube client paging
 //!   through the same lists;
-//! - steady-state RSS after the first check pass (target: under 96 MiB) and bytes
+//! - steady-state RSS after the first check pass (target: under 64 MiB) and bytes
 //!   per workload;
 //! - time from a new Deployment's ADDED event to its series on /metrics, as a ratio
 //!   to the time a plain kube watcher takes to see that event;
