@@ -929,7 +929,10 @@ mod tests {
         assert!(Arc::ptr_eq(&a.containers[0].image, &b.containers[0].image));
         assert!(Arc::ptr_eq(&a.service_account, &b.service_account));
         let (key, value) = inventory.workloads.iter().next().unwrap();
-        assert!(Arc::ptr_eq(&key.2, &value.name), "one name for key and value");
+        assert!(
+            Arc::ptr_eq(&key.2, &value.name),
+            "one name for key and value"
+        );
 
         let robot = r#"{"auths":{"reg.io":{"username":"robot","password":"token"}}}"#;
         let other = r#"{"auths":{"reg.io":{"username":"other","password":"token"}}}"#;
