@@ -203,11 +203,12 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
         "expected {references} references, got {}",
         exported.len()
     );
-    // Scrape as the server does: one family at a time.
+    // Scrape as the server does: a chunk at a time.
     let mut rendered = 0;
     let store = pipeline.store_snapshot();
-    for part in 0..pipeline.metrics_part_count() {
-        rendered += pipeline.render_metrics_part(&store, part)?.len();
+    let mut at = pullwatch_aggregator::metrics::ScrapePosition::default();
+    while let Some(chunk) = pipeline.render_metrics_chunk(&store, &mut at) {
+        rendered += chunk?.len();
     }
     anyhow::ensure!(
         rendered > references * 8 * 50,

@@ -18,6 +18,7 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, T
 use pullwatch::CheckStatus;
 
 use crate::checker::CheckerMetrics;
+use crate::index::ContainerRef;
 use crate::inventory::{RunningDigests, WorkloadKind};
 use crate::store::{ResultStore, tag_moved};
 
@@ -118,48 +119,60 @@ impl Metrics {
         self.completed_rechecks.inc();
     }
 
-    /// How many parts [`Metrics::render_part`] renders.
+    /// How many parts an exposition has (see [`Metrics::render_chunk`]).
     pub fn part_count(&self) -> usize {
         1 + self.families.len() + 3
     }
 
-    /// Appends part `part` of the exposition to `out`: part 0 is pullwatch's own
-    /// metrics, each further part one canonical family, then the node view of images
-    /// (agents only, two parts) and the moved-tag family (from `running`, what the
-    /// cluster's pods run; None outside cluster mode). A family with no series is left
-    /// out entirely (nothing is exported before a reference's first check).
-    pub fn render_part(
+    /// Appends the next chunk of the exposition to `out` and moves `at` past it; the
+    /// exposition is done when `at.part` reaches [`Metrics::part_count`]. Part 0 is
+    /// pullwatch's own metrics, each further part one canonical family, rendered
+    /// [`SERIES_PER_CHUNK`] containers at a time (a family is a series per container:
+    /// whole, it was a multi-MiB buffer per scrape at 20k workloads), then the node
+    /// view of images (agents only, two parts) and the moved-tag family (from
+    /// `running`, what the cluster's pods run; None outside cluster mode). A family
+    /// with no series is left out entirely (nothing is exported before a reference's
+    /// first check).
+    pub fn render_chunk(
         &self,
-        part: usize,
+        at: &mut ScrapePosition,
         store: &ResultStore,
         running: Option<&RunningDigests>,
         out: &mut String,
     ) -> Result<(), MetricsError> {
-        if part == 0 {
-            let mut buffer = Vec::new();
-            TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
-            out.push_str(&String::from_utf8_lossy(&buffer));
-            return Ok(());
-        }
-        let Some(family) = self.families.get(part - 1) else {
-            match part - 1 - self.families.len() {
-                0 => render_image_nodes(store, out),
-                1 => render_cached_nodes(store, out),
-                2 => {
+        let part = at.part;
+        let Some(family) = part.checked_sub(1).and_then(|f| self.families.get(f)) else {
+            match part.checked_sub(1 + self.families.len()) {
+                None => {
+                    let mut buffer = Vec::new();
+                    TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+                    out.push_str(&String::from_utf8_lossy(&buffer));
+                }
+                Some(0) => render_image_nodes(store, out),
+                Some(1) => render_cached_nodes(store, out),
+                Some(2) => {
                     if let Some(running) = running {
                         render_tag_moved(store, running, out);
                     }
                 }
-                _ => {}
+                Some(_) => {}
             }
+            at.next_part();
             return Ok(());
         };
-        let mut header_written = false;
-        for (container, outcome) in store.iter() {
+        let mut last: Option<&ContainerRef> = None;
+        let after = at.after.take();
+        for (seen, (container, outcome)) in store.iter_after(after.as_ref()).enumerate() {
+            if seen == SERIES_PER_CHUNK {
+                // More follow: the next chunk starts after the last one seen.
+                at.after = last.cloned();
+                return Ok(());
+            }
+            last = Some(container);
             if family.kind.is_some_and(|kind| kind != container.kind) {
                 continue;
             }
-            header(out, &mut header_written, &family.name, &family.help);
+            header(out, &mut at.header_written, &family.name, &family.help);
             out.push_str(&family.name);
             // Label names in lexical order, as the prometheus crate writes them.
             match family.kind {
@@ -189,6 +202,7 @@ impl Metrics {
                 " 0\n"
             });
         }
+        at.next_part();
         Ok(())
     }
 
@@ -204,8 +218,9 @@ impl Metrics {
         running: Option<&RunningDigests>,
     ) -> Result<String, MetricsError> {
         let mut out = String::new();
-        for part in 0..self.part_count() {
-            self.render_part(part, store, running, &mut out)?;
+        let mut at = ScrapePosition::default();
+        while !at.is_done(self) {
+            self.render_chunk(&mut at, store, running, &mut out)?;
         }
         Ok(out)
     }
@@ -282,6 +297,32 @@ fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut Str
 }
 
 /// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
+/// Containers looked at per chunk of a canonical family: about 600 KiB of text.
+pub const SERIES_PER_CHUNK: usize = 4096;
+
+/// Where a streamed exposition stands: the part, and within a family the last
+/// container rendered and whether the family's header is out.
+#[derive(Clone, Debug, Default)]
+pub struct ScrapePosition {
+    pub part: usize,
+    after: Option<ContainerRef>,
+    header_written: bool,
+}
+
+impl ScrapePosition {
+    /// Whether every part of `metrics`' exposition is out.
+    pub fn is_done(&self, metrics: &Metrics) -> bool {
+        self.part >= metrics.part_count()
+    }
+
+    fn next_part(&mut self) {
+        *self = ScrapePosition {
+            part: self.part + 1,
+            ..Default::default()
+        };
+    }
+}
+
 fn header(out: &mut String, written: &mut bool, name: &str, help: &str) {
     if !*written {
         // Writing to a String cannot fail.
@@ -404,6 +445,59 @@ mod tests {
         assert!(available[0].contains("name=\"api\""));
         assert!(!text.contains("name=\"web\""));
         assert!(!text.contains("deployment=\"web\""));
+    }
+
+    /// A family longer than a chunk is split over chunks of bounded size, and the
+    /// exposition stays whole (promtool reads it): one header per family, every
+    /// container once per family, in the per-kind families too, whose containers are
+    /// spread over the chunks.
+    #[test]
+    fn families_are_streamed_in_bounded_chunks() {
+        let m = Metrics::new(true).unwrap();
+        let mut store = ResultStore::default();
+        let count = SERIES_PER_CHUNK * 2 + 7;
+        for i in 0..count {
+            let mut c = container(&format!("w{i:05}"));
+            if i % 3 == 0 {
+                c.kind = WorkloadKind::StatefulSet;
+            }
+            store.set(c, CheckOutcome::available());
+        }
+        let mut at = ScrapePosition::default();
+        let mut chunks = Vec::new();
+        while !at.is_done(&m) {
+            let mut out = String::new();
+            m.render_chunk(&mut at, &store, None, &mut out).unwrap();
+            chunks.push(out);
+        }
+        let largest = chunks.iter().map(String::len).max().unwrap();
+        assert!(
+            largest < SERIES_PER_CHUNK * 200,
+            "a chunk of {largest} bytes"
+        );
+        assert!(
+            chunks.len() > 3 * m.families.len(),
+            "{} chunks",
+            chunks.len()
+        );
+        let text = chunks.concat();
+        pullwatch_testbench::promtool_check_metrics(&text).unwrap();
+        let statefulsets = count.div_ceil(3);
+        for (family, expected) in [
+            (format!("{PREFIX}_available"), count),
+            (format!("{PREFIX}_absent"), count),
+            (format!("{PREFIX}_statefulset_available"), statefulsets),
+            (
+                format!("{PREFIX}_deployment_available"),
+                count - statefulsets,
+            ),
+        ] {
+            let lines = series(&text, &family);
+            assert_eq!(lines.len(), expected, "{family}");
+            let distinct: std::collections::BTreeSet<&String> = lines.iter().collect();
+            assert_eq!(distinct.len(), expected, "{family}: a container twice");
+            assert_eq!(text.matches(&format!("# TYPE {family} gauge\n")).count(), 1);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::agents::AgentHub;
 use crate::checker::Checker;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 use crate::inventory::Inventory;
-use crate::metrics::{Metrics, MetricsError};
+use crate::metrics::{Metrics, MetricsError, ScrapePosition};
 use crate::scheduler::{Agents, Downstream, ImageNodes, KeyCheck};
 use crate::store::ResultStore;
 
@@ -219,37 +219,33 @@ impl Pipeline {
         }
     }
 
-    /// How many parts [`Pipeline::render_metrics_part`] renders.
-    pub fn metrics_part_count(&self) -> usize {
-        self.metrics.part_count()
-    }
-
-    /// The store as it is now, for a scrape: every part of one exposition is rendered
-    /// from it, so a container is never 1 in two families or missing from one.
+    /// The store as it is now, for a scrape: every chunk of one exposition is
+    /// rendered from it, so a container is never 1 in two families or missing from one.
     pub fn store_snapshot(&self) -> ResultStore {
         lock(&self.store).snapshot()
     }
 
-    /// One part of the exposition from `store` (a [`Pipeline::store_snapshot`]), so a
-    /// scrape can be streamed without holding the store or building it in one piece.
-    pub fn render_metrics_part(
+    /// The next chunk of the exposition from `store` (a [`Pipeline::store_snapshot`]),
+    /// moving `at` past it, so a scrape is streamed without holding the store or
+    /// building it in one piece. None: the exposition is done.
+    pub fn render_metrics_chunk(
         &self,
         store: &ResultStore,
-        part: usize,
-    ) -> Result<String, MetricsError> {
+        at: &mut ScrapePosition,
+    ) -> Option<Result<String, MetricsError>> {
+        if at.is_done(&self.metrics) {
+            return None;
+        }
         let mut out = String::new();
         // The live inventory only for the part that reads it.
         let inventory = match &self.inventory {
-            Some(inventory) if part + 1 == self.metrics.part_count() => Some(lock(inventory)),
+            Some(inventory) if at.part + 1 == self.metrics.part_count() => Some(lock(inventory)),
             _ => None,
         };
-        self.metrics.render_part(
-            part,
-            store,
-            inventory.as_ref().map(|i| &i.running),
-            &mut out,
-        )?;
-        Ok(out)
+        let rendered =
+            self.metrics
+                .render_chunk(at, store, inventory.as_ref().map(|i| &i.running), &mut out);
+        Some(rendered.map(|()| out))
     }
 }
 

@@ -14,6 +14,7 @@ use pullwatch::serve::{self, Body, respond, text};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
 use pullwatch::support::lock;
@@ -101,23 +102,20 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// The exposition, streamed one metric family at a time, all from one store snapshot.
+/// The exposition, streamed a chunk at a time (at most a few thousand series), all
+/// from one store snapshot.
 fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
-    let parts = pipeline.metrics_part_count();
     // One version of the store for the whole scrape.
     let store = Arc::new(pipeline.store_snapshot());
-    let chunks = futures::stream::unfold(0usize, move |part| {
+    let chunks = futures::stream::unfold(ScrapePosition::default(), move |mut at| {
         let pipeline = pipeline.clone();
         let store = store.clone();
         async move {
-            if part >= parts {
-                return None;
-            }
             let chunk = pipeline
-                .render_metrics_part(&store, part)
+                .render_metrics_chunk(&store, &mut at)?
                 .map(Bytes::from)
                 .map_err(std::io::Error::other);
-            Some((chunk, part + 1))
+            Some((chunk, at))
         }
     });
     serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)

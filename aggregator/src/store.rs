@@ -80,6 +80,21 @@ impl ResultStore {
             .map(|(container, outcome)| (container, &**outcome))
     }
 
+    /// Like [`ResultStore::iter`], from the reference after `after` (None: the first).
+    pub fn iter_after(
+        &self,
+        after: Option<&ContainerRef>,
+    ) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        self.outcomes
+            .range::<ContainerRef, _>((from, Bound::Unbounded))
+            .map(|(container, outcome)| (container, &**outcome))
+    }
+
     pub fn len(&self) -> usize {
         self.outcomes.len()
     }
