@@ -193,7 +193,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
             .checks
             .values()
             .flatten()
-            .map(|c| (c.clone(), CheckOutcome::available()))
+            .map(|c| (c.clone(), CheckOutcome::available().into()))
             .collect(),
     };
     pipeline.run_cycle(&settled).await;

@@ -286,7 +286,7 @@ pub struct ImageIndex {
     pub agent_targets: BTreeMap<CheckKey, AgentTarget>,
     /// References that need no registry to judge: images the kubelet cannot parse,
     /// and containers whose pull secrets the kubelet cannot parse.
-    pub settled: Vec<(ContainerRef, CheckOutcome)>,
+    pub settled: Vec<(ContainerRef, Arc<CheckOutcome>)>,
     /// Problems found while building (missing or broken pull secrets, bad image
     /// references), for the caller to log once rather than at every rebuild.
     pub warnings: BTreeSet<String>,
@@ -386,7 +386,10 @@ impl ImageIndex {
                     (Ok(_), Err(broken)) => {
                         index.settled.push((
                             container_ref,
-                            CheckOutcome::new(CheckStatus::AuthenticationFailure, broken.clone()),
+                            Arc::new(CheckOutcome::new(
+                                CheckStatus::AuthenticationFailure,
+                                broken.clone(),
+                            )),
                         ));
                         continue;
                     }
@@ -461,7 +464,10 @@ impl ImageIndex {
                         ));
                         index.settled.push((
                             container_ref,
-                            CheckOutcome::new(CheckStatus::BadImageFormat, err.to_string()),
+                            Arc::new(CheckOutcome::new(
+                                CheckStatus::BadImageFormat,
+                                err.to_string(),
+                            )),
                         ));
                     }
                 }
@@ -1052,8 +1058,11 @@ mod tests {
             },
         );
         let index = ImageIndex::build(&inv, &options());
-        let settled: BTreeMap<&str, &CheckOutcome> =
-            index.settled.iter().map(|(c, o)| (&*c.image, o)).collect();
+        let settled: BTreeMap<&str, &CheckOutcome> = index
+            .settled
+            .iter()
+            .map(|(c, o)| (&*c.image, &**o))
+            .collect();
         // The image is parsed first (InvalidImageName), then the secrets.
         assert_eq!(settled["BAD IMAGE"].status, CheckStatus::BadImageFormat);
         for image in ["reg.io/app:v1", "nginx"] {

@@ -142,6 +142,7 @@ impl Metrics {
     ) -> Result<(), MetricsError> {
         let part = at.part;
         let Some(family) = part.checked_sub(1).and_then(|f| self.families.get(f)) else {
+            // Not a family: part 0 (before the families), or one of the parts after.
             match part.checked_sub(1 + self.families.len()) {
                 None => {
                     let mut buffer = Vec::new();

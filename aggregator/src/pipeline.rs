@@ -111,7 +111,7 @@ impl Pipeline {
             .map(|(key, containers)| async move {
                 let mut outcome = self.checker.check(key).await;
                 outcome.checked_at = Some(SystemTime::now());
-                self.record(index, containers, &outcome);
+                self.record(index, containers, &Arc::new(outcome));
             })
             .buffer_unordered(self.parallelism);
         checks.collect::<()>().await;
@@ -177,13 +177,17 @@ impl Pipeline {
 
     /// Records `outcome` for `containers` of `index`, each as it stands for its
     /// workload's platforms.
-    pub fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome) {
-        let shared = Arc::new(outcome.clone());
+    pub fn record(
+        &self,
+        index: &ImageIndex,
+        containers: &[ContainerRef],
+        outcome: &Arc<CheckOutcome>,
+    ) {
         let mut store = lock(&self.store);
         for container in containers {
             match index.outcome_for(container, outcome) {
                 Some(own) => store.set(container.clone(), own),
-                None => store.set(container.clone(), shared.clone()),
+                None => store.set(container.clone(), outcome.clone()),
             }
         }
     }
@@ -262,7 +266,7 @@ impl Downstream for Pipeline {
         self.check_routed(key, target)
     }
 
-    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome) {
+    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>) {
         Pipeline::record(self, index, containers, outcome);
     }
 

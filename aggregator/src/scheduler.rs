@@ -92,7 +92,7 @@ pub trait Downstream: Send + Sync + 'static {
         target: Option<&AgentTarget>,
     ) -> impl Future<Output = KeyCheck> + Send;
     /// Records `outcome` for `containers` of `index`.
-    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &CheckOutcome);
+    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
     /// Forgets every reference not in `current`: its series disappear.
     fn retain(&self, current: &HashSet<&ContainerRef>);
     /// Forgets what is kept per registry for registries not in `registries`.
@@ -135,7 +135,7 @@ struct KeyState {
     next_due: Instant,
     failures: u32,
     in_flight: bool,
-    outcome: Option<CheckOutcome>,
+    outcome: Option<Arc<CheckOutcome>>,
     /// The node answers of the latest check (empty: checked centrally).
     nodes: BTreeMap<String, NodeOutcome>,
 }
@@ -455,6 +455,8 @@ impl<D: Downstream> Scheduler<D> {
             let backoff = RETRY_BASE.saturating_mul(1 << state.failures.saturating_sub(1).min(16));
             state.next_due = Instant::now() + backoff.min(self.interval);
         }
+        // One copy, shared by this state and every container's entry in the store.
+        let outcome = Arc::new(outcome);
         state.outcome = Some(outcome.clone());
         if let Some(containers) = self.index.checks.get(&key) {
             self.pipeline.record(&self.index, containers, &outcome);

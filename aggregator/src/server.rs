@@ -158,7 +158,7 @@ mod tests {
                         pipeline.record(
                             &index,
                             std::slice::from_ref(container),
-                            &CheckOutcome::new(status, ""),
+                            &Arc::new(CheckOutcome::new(status, "")),
                         );
                     }
                     rounds += 1;
