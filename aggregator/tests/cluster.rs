@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use pullwatch_testbench::faults::canonical;
 use pullwatch_testbench::{
     ApiTarget, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary,
     assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
@@ -127,39 +128,16 @@ impl Aggregator {
     }
 }
 
-/// `name` -> the status whose gauge is 1, from the canonical series.
+/// `namespace/kind/name/container` -> the statuses whose canonical gauge is 1: the
+/// test bench's reading of the series, keyed without the image.
 fn statuses(metrics: &str) -> BTreeMap<String, Vec<String>> {
-    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in metrics.lines().filter(|l| l.ends_with(" 1")) {
-        let Some(rest) = line.strip_prefix("k8s_image_availability_exporter_") else {
-            continue;
-        };
-        let Some((status, labels)) = rest.split_once('{') else {
-            continue;
-        };
-        if status.starts_with("completed") || status.contains("deployment_") {
-            continue;
-        }
-        let label = |name: &str| {
-            labels
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|v| v.split('"').next())
-                .unwrap_or_default()
-                .to_string()
-        };
-        found
-            .entry(format!(
-                "{}/{}/{}/{}",
-                label("namespace"),
-                label("kind"),
-                label("name"),
-                label("container")
-            ))
-            .or_default()
-            .push(status.to_string());
-    }
-    found
+    canonical(metrics)
+        .into_iter()
+        .filter_map(|(key, found)| {
+            let (reference, _image) = key.split_once(' ')?;
+            Some((reference.to_string(), found))
+        })
+        .collect()
 }
 
 fn status_of(metrics: &str, key: &str) -> Option<String> {

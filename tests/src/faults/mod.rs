@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::Deployment;
 
-pub use env::CHECK_INTERVAL;
+pub use env::{CHECK_INTERVAL, canonical};
 use env::{
     Env, EnvOptions, NAMESPACE, Observed, Sampler, all_available, ref_key, sum, tail, value,
 };
