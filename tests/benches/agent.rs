@@ -511,20 +511,16 @@ async fn rss_under_load(
     let metrics_port = free_port();
     let binary = pullwatch_testbench::workspace_binary("pullwatch-agent")?;
     let child = tokio::process::Command::new(&binary)
+        .args(node.agent_run_args(
+            server.local_addr(),
+            ca.ca_cert_path(),
+            &token,
+            kubelet_dir,
+            ([127, 0, 0, 1], metrics_port).into(),
+        ))
         .args([
-            "run".to_string(),
-            format!(
-                "--aggregator=https://127.0.0.1:{}",
-                server.local_addr().port()
-            ),
-            format!("--aggregator-ca={}", ca.ca_cert_path().display()),
-            format!("--token-file={}", token.display()),
             "--node-name=bench-node".to_string(),
-            format!("--cri-endpoint={}", node.endpoint()),
-            format!("--metrics-address=127.0.0.1:{metrics_port}"),
             "--mode=auto".to_string(),
-            format!("--kubelet-root-dir={}", kubelet_dir.display()),
-            format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
             format!("--containerd-config={}", node.config_path().display()),
             "--log-level=info".to_string(),
         ])

@@ -234,6 +234,30 @@ impl Containerd {
         self.child.id()
     }
 
+    /// The arguments of a `pullwatch-agent run` on this node: reporting to the
+    /// aggregator's agent server at `aggregator` over TLS (its CA in `ca`, the shared
+    /// token in `token`), with the kubelet root dir `kubelet_root` and metrics at
+    /// `metrics`. Callers add their own flags after these.
+    pub fn agent_run_args(
+        &self,
+        aggregator: std::net::SocketAddr,
+        ca: &Path,
+        token: &Path,
+        kubelet_root: &Path,
+        metrics: std::net::SocketAddr,
+    ) -> Vec<String> {
+        vec![
+            "run".to_string(),
+            format!("--aggregator=https://{aggregator}"),
+            format!("--aggregator-ca={}", ca.display()),
+            format!("--token-file={}", token.display()),
+            format!("--cri-endpoint={}", self.endpoint()),
+            format!("--containerd-hosts-dir={}", self.hosts_dir().display()),
+            format!("--kubelet-root-dir={}", kubelet_root.display()),
+            format!("--metrics-address={metrics}"),
+        ]
+    }
+
     /// The node's temp dir (other node files, e.g. a kubelet root dir, can live here).
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -412,22 +412,15 @@ async fn run_command_as_the_chart_starts_it() {
 
     let binary = pullwatch_testbench::workspace_binary("pullwatch-agent").unwrap();
     let mut child = tokio::process::Command::new(binary)
+        .args(node.agent_run_args(
+            server.local_addr(),
+            ca.ca_cert_path(),
+            &token,
+            &home.path().join("kubelet"),
+            ([127, 0, 0, 1], metrics_port).into(),
+        ))
         .args([
-            "run".to_string(),
-            format!(
-                "--aggregator=https://127.0.0.1:{}",
-                server.local_addr().port()
-            ),
-            format!("--aggregator-ca={}", ca.ca_cert_path().display()),
-            format!("--token-file={}", token.display()),
-            format!("--cri-endpoint={}", node.endpoint()),
-            format!("--metrics-address=127.0.0.1:{metrics_port}"),
             "--mode=auto".to_string(),
-            format!(
-                "--kubelet-root-dir={}",
-                home.path().join("kubelet").display()
-            ),
-            format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
             "--pull-absent-images=true".to_string(),
             "--max-concurrent-checks=2".to_string(),
             "--log-level=info".to_string(),

@@ -260,23 +260,14 @@ impl Env {
                 let kubelet = node_dir.join("kubelet");
                 std::fs::create_dir_all(&kubelet)?;
                 let node_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-                let args = vec![
-                    "run".to_string(),
-                    format!("--aggregator=https://{listen}"),
-                    format!("--aggregator-ca={}", ca_path.display()),
-                    format!("--token-file={}", token.display()),
+                let mut args =
+                    containerd.agent_run_args(listen, &ca_path, &token, &kubelet, node_metrics);
+                args.extend([
                     format!("--node-name={name}"),
-                    format!("--metrics-address={node_metrics}"),
-                    format!("--cri-endpoint={}", containerd.endpoint()),
-                    format!(
-                        "--containerd-hosts-dir={}",
-                        containerd.hosts_dir().display()
-                    ),
                     format!("--containerd-config={}", containerd.config_path().display()),
-                    format!("--kubelet-root-dir={}", kubelet.display()),
                     "--request-timeout=5s".to_string(),
                     "--log-level=info".to_string(),
-                ];
+                ]);
                 let agent = Process::start(agent_bin.clone(), args, &node_dir, "agent")?;
                 nodes.push(Node {
                     name,
