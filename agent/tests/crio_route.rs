@@ -617,7 +617,8 @@ async fn the_agent_takes_the_route_skopeo_takes() {
                             text(&truth)
                         ));
                     }
-                    if status != "available" || report["digest"] != bench.namespaced_digest.as_str() {
+                    if status != "available" || report["digest"] != bench.namespaced_digest.as_str()
+                    {
                         problems.push(format!("agent says {status}, current CRI-O pulls it"));
                     }
                 }
@@ -645,7 +646,11 @@ async fn the_agent_takes_the_route_skopeo_takes() {
             eprintln!(
                 "{}: skopeo {} asked {skopeo_asked:?}; agent {status} asked {agent_asked:?}",
                 scenario.name,
-                if truth.status.success() { "ok" } else { "failed" },
+                if truth.status.success() {
+                    "ok"
+                } else {
+                    "failed"
+                },
             );
             if !problems.is_empty() {
                 failures.push(format!(
@@ -666,4 +671,183 @@ async fn the_agent_takes_the_route_skopeo_takes() {
     })
     .await
     .expect("the differential table did not finish in time");
+}
+
+/// A CRI stand-in (real CRI gRPC on a unix socket) that answers `Version` as
+/// `runtime_name` and holds no image; everything else is unimplemented. CRI-O itself
+/// cannot be installed here: this is only for the runtime's name.
+mod cri_stand_in {
+    use pullwatch::cri::image_service_server::{ImageService, ImageServiceServer};
+    use pullwatch::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+    use pullwatch::cri::*;
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone)]
+    struct Runtime {
+        name: &'static str,
+    }
+
+    #[tonic::async_trait]
+    impl RuntimeService for Runtime {
+        async fn version(
+            &self,
+            _: Request<VersionRequest>,
+        ) -> Result<Response<VersionResponse>, Status> {
+            Ok(Response::new(VersionResponse {
+                version: "0.1.0".into(),
+                runtime_name: self.name.into(),
+                runtime_version: "1.31.0".into(),
+                runtime_api_version: "v1".into(),
+            }))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl ImageService for Runtime {
+        async fn list_images(
+            &self,
+            _: Request<ListImagesRequest>,
+        ) -> Result<Response<ListImagesResponse>, Status> {
+            Ok(Response::new(ListImagesResponse::default()))
+        }
+        async fn image_status(
+            &self,
+            _: Request<ImageStatusRequest>,
+        ) -> Result<Response<ImageStatusResponse>, Status> {
+            Ok(Response::new(ImageStatusResponse::default()))
+        }
+        async fn pull_image(
+            &self,
+            _: Request<PullImageRequest>,
+        ) -> Result<Response<PullImageResponse>, Status> {
+            Err(Status::unimplemented("a stand-in pulls nothing"))
+        }
+        async fn remove_image(
+            &self,
+            _: Request<RemoveImageRequest>,
+        ) -> Result<Response<RemoveImageResponse>, Status> {
+            Err(Status::unimplemented("a stand-in removes nothing"))
+        }
+        async fn image_fs_info(
+            &self,
+            _: Request<ImageFsInfoRequest>,
+        ) -> Result<Response<ImageFsInfoResponse>, Status> {
+            Err(Status::unimplemented("no image filesystem"))
+        }
+    }
+
+    /// Serves on `socket` until the returned sender is dropped.
+    pub fn start(socket: &std::path::Path, name: &'static str) -> tokio::sync::oneshot::Sender<()> {
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = Runtime { name };
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(RuntimeServiceServer::new(runtime.clone()))
+                .add_service(ImageServiceServer::new(runtime))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        stop
+    }
+}
+
+/// `--runtime-dialect auto` (the default) takes CRI-O's route when CRI `Version` says
+/// `cri-o`, containerd's otherwise: a registry that registries.conf blocks is refused
+/// on the CRI-O node and pulled on the containerd node.
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_dialect_follows_the_runtime_name() {
+    pullwatch_testbench::capture_process_logs();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let image = format!("{}/team/app:v1", registry.host());
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\nblocked = true\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+        for (runtime_name, status) in [
+            ("cri-o", "authorization_failure"),
+            ("containerd", "available"),
+        ] {
+            let socket = dir.path().join(format!("{runtime_name}.sock"));
+            let _serving = cri_stand_in::start(&socket, runtime_name);
+            let mut command = tokio::process::Command::new(BINARY);
+            command
+                .env_clear()
+                .env("HOME", dir.path())
+                .arg("check")
+                .arg(&image)
+                .args(["--mode", "resolve", "-o", "json"])
+                .arg("--cri-endpoint")
+                .arg(format!("unix://{}", socket.display()))
+                .arg("--kubelet-root-dir")
+                .arg(dir.path().join("kubelet"))
+                .arg("--containerd-hosts-dir")
+                .arg(dir.path().join("certs.d"))
+                .arg("--containerd-config")
+                .arg(dir.path().join("config.toml"))
+                .arg("--registries-conf")
+                .arg(&conf)
+                .arg("--registries-conf-dir")
+                .arg(dir.path().join("registries.conf.d"))
+                .arg("--containers-auth-file")
+                .arg(dir.path().join("auth.json"));
+            let output = run(command).await;
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+                .unwrap_or_else(|_| panic!("{runtime_name}: {}", text(&output)));
+            assert_eq!(
+                report["status"],
+                status,
+                "{runtime_name}: {}",
+                text(&output)
+            );
+            if runtime_name == "cri-o" {
+                let reason = report["reason"].as_str().unwrap();
+                assert!(reason.contains("is blocked in"), "{reason}");
+            }
+        }
+    })
+    .await
+    .expect("did not finish in time");
+}
+
+/// CRI-O resolves short names through registries.conf, not as Docker Hub names: on a
+/// CRI-O node they are reported, not checked against Docker Hub; on a containerd
+/// node `team/app` is Docker Hub's.
+#[tokio::test(flavor = "multi_thread")]
+async fn short_names_are_reported_on_cri_o() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(BINARY);
+    command
+        .env_clear()
+        .env("HOME", dir.path())
+        .args(["check", "team/app:v1", "--mode", "resolve", "-o", "json"])
+        .args(["--runtime-dialect", "cri-o"])
+        .arg("--cri-endpoint")
+        .arg(format!("unix://{}", dir.path().join("none.sock").display()))
+        .arg("--registries-conf")
+        .arg(dir.path().join("registries.conf"))
+        .arg("--containers-auth-file")
+        .arg(dir.path().join("auth.json"));
+    let output = run(command).await;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "bad_image_format", "{}", text(&output));
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.starts_with("short name \"team/app:v1\""), "{reason}");
+    assert_eq!(output.status.code(), Some(1));
 }
