@@ -70,6 +70,10 @@ fn host_endpoint<'a>(
     }
 }
 
+/// Why the runtime would not ask an endpoint: what stopped it (`blocked`, `credentials`,
+/// `configuration`) and the outcome that stands for the answer.
+type NotAsked = Box<(&'static str, CheckOutcome)>;
+
 /// Settings for [`Resolver`].
 #[derive(Clone, Debug)]
 pub struct ResolverConfig {
@@ -245,7 +249,8 @@ impl Resolver {
                 let host = &route_endpoint.host;
                 let (client, credential) = match self.prepare(route_endpoint, credential) {
                     Ok(prepared) => prepared,
-                    Err((what, failure)) => {
+                    Err(refused) => {
+                        let (what, failure) = *refused;
                         tried.push(format!("{} ({what})", host.url()));
                         last = Some((failure.clone(), false));
                         first_failure.get_or_insert(failure);
@@ -323,22 +328,21 @@ impl Resolver {
         &self,
         endpoint: &'a RouteEndpoint,
         requested: Option<&'a RegistryCredential>,
-    ) -> Result<(reqwest::Client, Option<&'a RegistryCredential>), (&'static str, CheckOutcome)>
-    {
+    ) -> Result<(reqwest::Client, Option<&'a RegistryCredential>), NotAsked> {
         if let Some(refusal) = &endpoint.refused {
-            return Err(("blocked", refusal.clone()));
+            return Err(Box::new(("blocked", refusal.clone())));
         }
         let credential = endpoint.credential(requested).map_err(|reason| {
-            (
+            Box::new((
                 "credentials",
                 CheckOutcome::new(CheckStatus::UnknownError, reason),
-            )
+            ))
         })?;
         let client = self.client(&endpoint.host).map_err(|reason| {
-            (
+            Box::new((
                 "configuration",
                 CheckOutcome::new(CheckStatus::UnknownError, reason),
-            )
+            ))
         })?;
         Ok((client, credential))
     }
@@ -363,8 +367,8 @@ impl Resolver {
         for route_endpoint in &route.endpoints {
             let (client, credential) = match self.prepare(route_endpoint, credential) {
                 Ok(prepared) => prepared,
-                Err((_, failure)) => {
-                    first_failure.get_or_insert(failure);
+                Err(refused) => {
+                    first_failure.get_or_insert(refused.1);
                     continue;
                 }
             };
