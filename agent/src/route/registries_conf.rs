@@ -1509,6 +1509,35 @@ mod tests {
     }
 
     #[test]
+    fn test_credential_helpers() {
+        for (path, dir, helpers) in [
+            (
+                "cred-helper.conf",
+                "this-does-not-exist",
+                &["helper-1", "helper-2"][..],
+            ),
+            (
+                "empty.conf",
+                "this-does-not-exist",
+                &["containers-auth.json"],
+            ),
+            (
+                "cred-helper.conf",
+                "registries.conf.d-empty-helpers",
+                &["containers-auth.json"],
+            ),
+            (
+                "cred-helper.conf",
+                "registries.conf.d",
+                &["dropin-1", "dropin-2"],
+            ),
+        ] {
+            let conf = load(path, dir).unwrap();
+            assert_eq!(conf.credential_helpers, helpers, "{path} {dir}");
+        }
+    }
+
+    #[test]
     fn drop_ins_must_be_v2_and_a_broken_drop_in_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("registries.conf");
