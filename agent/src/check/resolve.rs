@@ -1,5 +1,5 @@
-//! `resolve` mode of the check stage: ask for the manifest along the route containerd
-//! would take ([`crate::route`]), without downloading anything.
+//! `resolve` mode of the check stage: ask for the manifest along the route the node's
+//! runtime would take ([`crate::route`]), without downloading anything.
 //!
 //! For each host that may resolve (tags need `pull`+`resolve`, digests only `pull`),
 //! `HEAD /v2/<repo>/manifests/<ref>` (`?ns=<registry>` on mirrors), as containerd's
@@ -18,6 +18,7 @@
 //! the kubelet's credential goes only to endpoints on the image's own domain (the auth
 //! file answers elsewhere), blocked endpoints are refused without a request, and when
 //! no endpoint has the manifest the primary's failure is the answer.
+//!
 //! Every request, token exchange and 429 pause goes through the root crate's
 //! registry client ([`pullwatch::registry`]).
 
