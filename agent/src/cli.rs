@@ -198,14 +198,16 @@ pub struct NodeArgs {
     /// `~/.config/containers/auth.json`, `~/.docker/config.json`, `~/.dockercfg`).
     #[arg(long, env = "PULLWATCH_CONTAINERS_AUTH_FILE")]
     pub containers_auth_file: Option<PathBuf>,
-    /// CRI-O: per-registry certificate directories (`<dir>/<host[:port]>/*.crt`,
-    /// `*.cert` + `*.key`).
+    /// CRI-O: directories of per-registry certificates (`<dir>/<host[:port]>/*.crt`,
+    /// `*.cert` + `*.key`), in lookup order: the first with the host's directory wins.
+    /// Comma-separated or repeated.
     #[arg(
         long,
         env = "PULLWATCH_CONTAINERS_CERTS_DIR",
-        default_value = "/etc/containers/certs.d"
+        value_delimiter = ',',
+        default_values = ["/etc/containers/certs.d", "/etc/docker/certs.d"]
     )]
-    pub containers_certs_dir: PathBuf,
+    pub containers_certs_dir: Vec<PathBuf>,
     /// The kubelet's --image-credential-provider-config.
     #[arg(long, env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_CONFIG")]
     pub image_credential_provider_config: Option<PathBuf>,
@@ -249,7 +251,7 @@ impl NodeArgs {
             registries_conf: self.registries_conf.clone(),
             registries_conf_dir: self.registries_conf_dir.clone(),
             auth_file: self.containers_auth_file.clone(),
-            certs_dir: self.containers_certs_dir.clone(),
+            certs_dirs: self.containers_certs_dir.clone(),
         }
     }
 
@@ -376,7 +378,10 @@ mod tests {
                 registries_conf: PathBuf::from("/etc/containers/registries.conf"),
                 registries_conf_dir: PathBuf::from("/etc/containers/registries.conf.d"),
                 auth_file: None,
-                certs_dir: PathBuf::from("/etc/containers/certs.d"),
+                certs_dirs: vec![
+                    PathBuf::from("/etc/containers/certs.d"),
+                    PathBuf::from("/etc/docker/certs.d")
+                ],
             }
         );
         let cli = Cli::try_parse_from([
@@ -387,7 +392,7 @@ mod tests {
             "--registries-conf=/host/registries.conf",
             "--registries-conf-dir=/host/registries.conf.d",
             "--containers-auth-file=/host/auth.json",
-            "--containers-certs-dir=/host/certs.d",
+            "--containers-certs-dir=/host/certs.d,/host/docker/certs.d",
         ])
         .unwrap();
         let Command::Check(crio) = cli.command else {
@@ -404,7 +409,13 @@ mod tests {
             PathBuf::from("/host/registries.conf.d")
         );
         assert_eq!(route.auth_file, Some(PathBuf::from("/host/auth.json")));
-        assert_eq!(route.certs_dir, PathBuf::from("/host/certs.d"));
+        assert_eq!(
+            route.certs_dirs,
+            [
+                PathBuf::from("/host/certs.d"),
+                PathBuf::from("/host/docker/certs.d")
+            ]
+        );
         assert!(
             Cli::try_parse_from(["pullwatch-agent", "check", "x", "--runtime-dialect=crio"])
                 .is_err()

@@ -3198,7 +3198,10 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
         ("--registries-conf", "/etc/containers/registries.conf"),
         ("--registries-conf-dir", "/etc/containers/registries.conf.d"),
         ("--containers-auth-file", auth_file),
-        ("--containers-certs-dir", "/etc/containers/certs.d"),
+        (
+            "--containers-certs-dir",
+            "/etc/containers/certs.d,/etc/docker/certs.d",
+        ),
     ];
     for (name, value) in expected_flags {
         assert_eq!(flag(&args, name), Some(value), "{name} in {args:?}");
@@ -3213,6 +3216,7 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
         ("/etc/containers/registries.conf.d", "DirectoryOrCreate"),
         (auth_file, "File"),
         ("/etc/containers/certs.d", "DirectoryOrCreate"),
+        ("/etc/docker/certs.d", "DirectoryOrCreate"),
     ];
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     let mut mounted: Vec<(String, String)> = Vec::new();
@@ -3257,7 +3261,7 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
         "--set",
         "agent.crio.registriesConfDir=",
         "--set",
-        "agent.crio.certsDir=",
+        "agent.crio.certsDirs=null",
     ]);
     let daemonset: DaemonSet = one(&docs, "DaemonSet");
     let args = args_of(&pod_spec_of_daemonset(&daemonset).containers[0]);
@@ -3296,6 +3300,7 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
     let conf = under(root.path(), "/etc/containers/registries.conf");
     std::fs::create_dir_all(under(root.path(), "/etc/containers/registries.conf.d")).unwrap();
     std::fs::create_dir_all(under(root.path(), "/etc/containers/certs.d")).unwrap();
+    std::fs::create_dir_all(under(root.path(), "/etc/docker/certs.d")).unwrap();
     std::fs::write(
         &conf,
         format!(
@@ -3331,7 +3336,11 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
                 root.path().join("crio.sock").display()
             ));
         } else if value.starts_with('/') {
-            command.arg(format!("{name}={}", under(root.path(), value).display()));
+            let paths: Vec<String> = value
+                .split(',')
+                .map(|p| under(root.path(), p).display().to_string())
+                .collect();
+            command.arg(format!("{name}={}", paths.join(",")));
         } else {
             command.arg(format!("{name}={value}"));
         }

@@ -41,7 +41,10 @@ pub struct CrioRouteConfig {
     /// CRI-O's `global_auth_file`; None: containers/image's default lookup for this
     /// process ([`auth_file::auth_file_paths`]).
     pub auth_file: Option<PathBuf>,
-    pub certs_dir: PathBuf,
+    /// Per-host certificate directories, in lookup order: the first `<dir>/<host>`
+    /// that exists is used (containers/image: `/etc/containers/certs.d`, then
+    /// `/etc/docker/certs.d`).
+    pub certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for CrioRouteConfig {
@@ -50,7 +53,10 @@ impl Default for CrioRouteConfig {
             registries_conf: PathBuf::from("/etc/containers/registries.conf"),
             registries_conf_dir: PathBuf::from("/etc/containers/registries.conf.d"),
             auth_file: None,
-            certs_dir: PathBuf::from("/etc/containers/certs.d"),
+            certs_dirs: vec![
+                PathBuf::from("/etc/containers/certs.d"),
+                PathBuf::from("/etc/docker/certs.d"),
+            ],
         }
     }
 }
@@ -147,9 +153,14 @@ impl CrioRouteConfig {
             skip_verify: Some(source.endpoint.insecure),
             ..Default::default()
         };
-        // docker.io's certificates live under "docker.io", as containers/image reads them.
-        let cert_dir = self.certs_dir.join(domain);
-        if cert_dir.is_dir() {
+        // docker.io's certificates live under "docker.io", as containers/image reads them;
+        // the first directory that has the host's wins (`dockerCertDir`).
+        if let Some(cert_dir) = self
+            .certs_dirs
+            .iter()
+            .map(|dir| dir.join(domain))
+            .find(|dir| dir.exists())
+        {
             let files = super::cert_files(&cert_dir)?;
             if let Some(found) = files.into_iter().next() {
                 host.ca = found.ca;
@@ -255,7 +266,7 @@ mod tests {
             registries_conf: dir.join("registries.conf"),
             registries_conf_dir: dir.join("registries.conf.d"),
             auth_file: Some(dir.join("auth.json")),
-            certs_dir: dir.join("certs.d"),
+            certs_dirs: vec![dir.join("certs.d"), dir.join("docker-certs.d")],
         }
     }
 
@@ -299,6 +310,21 @@ location = "hub-cache.internal"
         .unwrap();
         std::fs::create_dir_all(dir.path().join("certs.d/plain.mirror:5000")).unwrap();
         std::fs::write(dir.path().join("certs.d/plain.mirror:5000/ca.crt"), "x").unwrap();
+        // The first directory with the host's wins: this one is not read for the mirror.
+        std::fs::create_dir_all(dir.path().join("docker-certs.d/plain.mirror:5000")).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("docker-certs.d/plain.mirror:5000/other.crt"),
+            "x",
+        )
+        .unwrap();
+        // The second directory serves hosts the first does not have.
+        std::fs::create_dir_all(dir.path().join("docker-certs.d/hub-cache.internal")).unwrap();
+        std::fs::write(
+            dir.path().join("docker-certs.d/hub-cache.internal/ca.crt"),
+            "x",
+        )
+        .unwrap();
         // "m:p" for the mirror's namespace, "r:s" for the primary host.
         std::fs::write(
             dir.path().join("auth.json"),
@@ -363,13 +389,19 @@ location = "hub-cache.internal"
 
         // Docker Hub: registry-1.docker.io, certificates under docker.io.
         let hub = ImageReference::parse("nginx:1.27").unwrap();
+        let route = config.route(&hub, false).unwrap();
         assert_eq!(
-            hosts(&config.route(&hub, false).unwrap()),
+            hosts(&route),
             [
                 "hub-cache.internal/library/nginx",
                 "registry-1.docker.io/library/nginx"
             ]
         );
+        assert_eq!(
+            route.endpoints[0].host.ca,
+            [dir.path().join("docker-certs.d/hub-cache.internal/ca.crt")]
+        );
+        assert!(route.endpoints[1].host.ca.is_empty());
         // No entry: the registry alone, HTTPS verified, even on loopback.
         let other = ImageReference::parse("127.0.0.1:5000/app:v1").unwrap();
         let route = config.route(&other, false).unwrap();
