@@ -13,6 +13,8 @@ use crate::check::{CheckOptions, Checker, Mode};
 use crate::cri::{CallObserver, CriClient, CriTimeouts};
 use crate::keyring::{KeyringConfig, NodeKeyring};
 use crate::route::RuntimeAuth;
+use crate::route::crio::CrioRouteConfig;
+use crate::route::endpoints::RuntimeDialect;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -140,7 +142,8 @@ pub struct NodeArgs {
     #[arg(long, env = "PULLWATCH_CRI_ENDPOINT", default_value = crate::cri::DEFAULT_ENDPOINT)]
     pub cri_endpoint: String,
     /// auto: pull where the node holds the image, resolve where not; pull: CRI
-    /// PullImage; resolve: manifest only, along containerd's hosts.toml route.
+    /// PullImage; resolve: manifest only, along the runtime's route (containerd's
+    /// hosts.toml, or CRI-O's registries.conf: see --runtime-dialect).
     #[arg(long, env = "PULLWATCH_MODE", value_enum, default_value = "auto")]
     pub mode: Mode,
     /// The kubelet's --root-dir (first place the kubelet looks for config.json).
@@ -165,6 +168,46 @@ pub struct NodeArgs {
         default_value = "/etc/containerd/config.toml"
     )]
     pub containerd_config: PathBuf,
+    /// Whose registry route resolve mode takes: `auto` (from CRI `Version`: CRI-O's on
+    /// a node running `cri-o`, else containerd's), `containerd` (hosts.toml) or `cri-o`
+    /// (registries.conf and the containers auth file). With an explicit dialect,
+    /// `--mode resolve` needs no reachable runtime.
+    #[arg(
+        long,
+        env = "PULLWATCH_RUNTIME_DIALECT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub runtime_dialect: RuntimeDialect,
+    /// CRI-O: containers-registries.conf(5) (a missing file is an empty configuration).
+    #[arg(
+        long,
+        env = "PULLWATCH_REGISTRIES_CONF",
+        default_value = "/etc/containers/registries.conf"
+    )]
+    pub registries_conf: PathBuf,
+    /// CRI-O: the drop-in directory of registries.conf (`*.conf`, in name order).
+    #[arg(
+        long,
+        env = "PULLWATCH_REGISTRIES_CONF_DIR",
+        default_value = "/etc/containers/registries.conf.d"
+    )]
+    pub registries_conf_dir: PathBuf,
+    /// CRI-O: the auth file CRI-O reads (its `global_auth_file`). Unset: the containers
+    /// default lookup of this process (`/run/containers/<uid>/auth.json`,
+    /// `~/.config/containers/auth.json`, `~/.docker/config.json`, `~/.dockercfg`).
+    #[arg(long, env = "PULLWATCH_CONTAINERS_AUTH_FILE")]
+    pub containers_auth_file: Option<PathBuf>,
+    /// CRI-O: directories of per-registry certificates (`<dir>/<host[:port]>/*.crt`,
+    /// `*.cert` + `*.key`), in lookup order: the first with the host's directory wins.
+    /// Comma-separated or repeated.
+    #[arg(
+        long,
+        env = "PULLWATCH_CONTAINERS_CERTS_DIR",
+        value_delimiter = ',',
+        default_values = ["/etc/containers/certs.d", "/etc/docker/certs.d"]
+    )]
+    pub containers_certs_dir: Vec<PathBuf>,
     /// The kubelet's --image-credential-provider-config.
     #[arg(long, env = "PULLWATCH_IMAGE_CREDENTIAL_PROVIDER_CONFIG")]
     pub image_credential_provider_config: Option<PathBuf>,
@@ -202,6 +245,16 @@ impl NodeArgs {
         }
     }
 
+    /// CRI-O's route files.
+    pub fn crio_route(&self) -> CrioRouteConfig {
+        CrioRouteConfig {
+            registries_conf: self.registries_conf.clone(),
+            registries_conf_dir: self.registries_conf_dir.clone(),
+            auth_file: self.containers_auth_file.clone(),
+            certs_dirs: self.containers_certs_dir.clone(),
+        }
+    }
+
     /// The checker these flags describe.
     pub fn checker(&self, observer: Option<Arc<dyn CallObserver>>) -> crate::Result<Checker> {
         let cri = CriClient::new(
@@ -217,7 +270,8 @@ impl NodeArgs {
             hosts_dir: self.containerd_hosts_dir.clone(),
             runtime_auth: RuntimeAuth::load(&self.containerd_config)?,
             request_timeout: self.request_timeout,
-        });
+        })
+        .with_runtime_dialect(self.runtime_dialect, self.crio_route());
         Ok(Checker::new(
             cri,
             Arc::new(keyring),
@@ -317,6 +371,55 @@ mod tests {
             PathBuf::from("/etc/containerd/certs.d")
         );
         assert_eq!(args.node.pull_timeout, Duration::from_secs(300));
+        assert_eq!(args.node.runtime_dialect, RuntimeDialect::Auto);
+        assert_eq!(
+            args.node.crio_route(),
+            CrioRouteConfig {
+                registries_conf: PathBuf::from("/etc/containers/registries.conf"),
+                registries_conf_dir: PathBuf::from("/etc/containers/registries.conf.d"),
+                auth_file: None,
+                certs_dirs: vec![
+                    PathBuf::from("/etc/containers/certs.d"),
+                    PathBuf::from("/etc/docker/certs.d")
+                ],
+            }
+        );
+        let cli = Cli::try_parse_from([
+            "pullwatch-agent",
+            "check",
+            "quay.io/team/app:v1",
+            "--runtime-dialect=cri-o",
+            "--registries-conf=/host/registries.conf",
+            "--registries-conf-dir=/host/registries.conf.d",
+            "--containers-auth-file=/host/auth.json",
+            "--containers-certs-dir=/host/certs.d,/host/docker/certs.d",
+        ])
+        .unwrap();
+        let Command::Check(crio) = cli.command else {
+            panic!("not check")
+        };
+        assert_eq!(crio.node.runtime_dialect, RuntimeDialect::CriO);
+        let route = crio.node.crio_route();
+        assert_eq!(
+            route.registries_conf,
+            PathBuf::from("/host/registries.conf")
+        );
+        assert_eq!(
+            route.registries_conf_dir,
+            PathBuf::from("/host/registries.conf.d")
+        );
+        assert_eq!(route.auth_file, Some(PathBuf::from("/host/auth.json")));
+        assert_eq!(
+            route.certs_dirs,
+            [
+                PathBuf::from("/host/certs.d"),
+                PathBuf::from("/host/docker/certs.d")
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["pullwatch-agent", "check", "x", "--runtime-dialect=crio"])
+                .is_err()
+        );
         assert!(!args.node.pull_absent_images);
         // Every duration flag takes Go syntax.
         let cli = Cli::try_parse_from([

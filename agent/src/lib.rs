@@ -2,13 +2,14 @@
 //! kubelet on that node would pull them. One module per stage, in the order a check
 //! flows: a task arrives over the [`session`], the [`check`] executor asks the
 //! [`keyring`] for credentials, then the runtime ([`cri`]) or the registry along
-//! containerd's [`route`], and the result goes back over the session and into
+//! the runtime's [`route`], and the result goes back over the session and into
 //! [`metrics`].
 //!
 //! - [`cri`]: the runtime's CRI socket (`runtime.v1`) and CRI errors as check statuses;
 //! - [`keyring`]: the credentials the kubelet would try, in its order
 //!   (the kubelet's docker config files, then exec plugins);
-//! - [`route`]: containerd's hosts.toml route and its own registry credentials;
+//! - [`route`]: the runtime's route to registries: containerd's hosts.toml and its own
+//!   registry credentials, or CRI-O's registries.conf and auth file ([`route::crio`]);
 //! - [`check`]: the executor that picks `pull` or `resolve` per image
 //!   ([`check::resolve`]: manifest-only checks along the route, through
 //!   [`pullwatch::registry`]);

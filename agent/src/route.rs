@@ -14,6 +14,14 @@
 //! of `--containerd-config`), which apply when the kubelet would send no AuthConfig.
 //!
 //! The manifest-only check that walks this route is [`crate::check::resolve`].
+//!
+//! CRI-O nodes take another route ([`crio`]: registries.conf and the containers auth
+//! file); both become one [`endpoints::Route`].
+
+pub mod auth_file;
+pub mod crio;
+pub mod endpoints;
+pub mod registries_conf;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -205,7 +213,7 @@ pub fn registry_hosts_for(
 }
 
 /// Docker's certs.d layout: `*.crt` CAs, `*.cert` client certificates with `*.key`.
-fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, RouteError> {
+pub(crate) fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, RouteError> {
     let mut host = RegistryHost::default();
     let entries = std::fs::read_dir(dir).map_err(|source| RouteError::Read {
         path: dir.to_path_buf(),

@@ -3158,3 +3158,211 @@ async fn credential_provider_presets_reach_the_real_agent() {
         assert!(!stdout.contains(CANARY_PASSWORD) && !stderr.contains(CANARY_PASSWORD));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// CRI-O nodes: the chart mounts CRI-O's route files, the real agent takes that route
+// ---------------------------------------------------------------------------------------
+
+/// `agent.runtime=crio` passes `--runtime-dialect=cri-o` and CRI-O's route files, each
+/// mounted read-only from the same host path and nothing else of the node's
+/// /etc/containers (no containerd paths either); the real agent, started with exactly
+/// the rendered flags (the host's root standing in at a temp dir, no runtime running),
+/// follows that registries.conf (a `location` rewrite to a real registry) with the
+/// auth file's credential for the rewritten host.
+#[tokio::test(flavor = "multi_thread")]
+async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route() {
+    use pullwatch_testbench::{
+        CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, push_image,
+    };
+
+    // OpenShift: CRI-O's global_auth_file is the kubelet's config.json.
+    let auth_file = "/var/lib/kubelet/config.json";
+    let docs = render(&[
+        "--set",
+        "agent.runtime=crio",
+        "--set",
+        &format!("agent.crio.authFile={auth_file}"),
+    ]);
+    let daemonset: DaemonSet = one(&docs, "DaemonSet");
+    let spec = pod_spec_of_daemonset(&daemonset);
+    let agent = &spec.containers[0];
+    let args = args_of(agent);
+    assert_flags_known(
+        &args,
+        &str_refs(&flags_of("pullwatch-agent", "run")),
+        "crio",
+    );
+    let expected_flags = [
+        ("--cri-endpoint", "unix:///var/run/crio/crio.sock"),
+        ("--runtime-dialect", "cri-o"),
+        ("--registries-conf", "/etc/containers/registries.conf"),
+        ("--registries-conf-dir", "/etc/containers/registries.conf.d"),
+        ("--containers-auth-file", auth_file),
+        (
+            "--containers-certs-dir",
+            "/etc/containers/certs.d,/etc/docker/certs.d",
+        ),
+    ];
+    for (name, value) in expected_flags {
+        assert_eq!(flag(&args, name), Some(value), "{name} in {args:?}");
+    }
+    assert_eq!(flag(&args, "--containerd-hosts-dir"), None);
+    assert_eq!(flag(&args, "--containerd-config"), None);
+
+    // Exactly these host paths, each read-only from the same host path.
+    let host_mounts = [
+        ("/var/run/crio", "Directory"),
+        ("/etc/containers/registries.conf", "File"),
+        ("/etc/containers/registries.conf.d", "DirectoryOrCreate"),
+        (auth_file, "File"),
+        ("/etc/containers/certs.d", "DirectoryOrCreate"),
+        ("/etc/docker/certs.d", "DirectoryOrCreate"),
+    ];
+    let volumes = spec.volumes.as_deref().unwrap_or_default();
+    let mut mounted: Vec<(String, String)> = Vec::new();
+    for mount in agent.volume_mounts.as_deref().unwrap_or_default() {
+        let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+        if let Some(host) = &volume.host_path {
+            assert_eq!(mount.read_only, Some(true), "{}", mount.mount_path);
+            assert_eq!(host.path, mount.mount_path, "mounted at the host's path");
+            mounted.push((host.path.clone(), host.type_.clone().unwrap_or_default()));
+        }
+    }
+    mounted.sort();
+    let mut expected: Vec<(String, String)> = host_mounts
+        .iter()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(mounted, expected);
+
+    // The kubelet's config.json mounted as well (kubeletDockerConfig): one mount only.
+    let docs = render(&[
+        "--set",
+        "agent.runtime=crio",
+        "--set",
+        &format!("agent.crio.authFile={auth_file}"),
+        "--set",
+        "agent.kubeletDockerConfig.configJson=true",
+    ]);
+    let daemonset: DaemonSet = one(&docs, "DaemonSet");
+    let mounts = pod_spec_of_daemonset(&daemonset).containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        mounts.iter().filter(|m| m.mount_path == auth_file).count(),
+        1
+    );
+    // Empty paths are neither mounted nor passed; other runtimes get none of this.
+    let docs = render(&[
+        "--set",
+        "agent.runtime=crio",
+        "--set",
+        "agent.crio.registriesConfDir=",
+        "--set",
+        "agent.crio.certsDirs=null",
+    ]);
+    let daemonset: DaemonSet = one(&docs, "DaemonSet");
+    let args = args_of(&pod_spec_of_daemonset(&daemonset).containers[0]);
+    assert_eq!(flag(&args, "--registries-conf-dir"), None);
+    assert_eq!(flag(&args, "--containers-certs-dir"), None);
+    assert_eq!(flag(&args, "--containers-auth-file"), None);
+    assert_eq!(flag(&args, "--runtime-dialect"), Some("cri-o"));
+    for runtime in ["containerd", "k3s"] {
+        let docs = render(&["--set", &format!("agent.runtime={runtime}")]);
+        let daemonset: DaemonSet = one(&docs, "DaemonSet");
+        let spec = pod_spec_of_daemonset(&daemonset);
+        let args = args_of(&spec.containers[0]);
+        assert_eq!(flag(&args, "--runtime-dialect"), None, "{runtime}");
+        assert_eq!(flag(&args, "--registries-conf"), None, "{runtime}");
+        assert!(
+            spec.volumes
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .all(|v| !v.name.starts_with("crio-")),
+            "{runtime}"
+        );
+    }
+
+    // The real agent with the rendered flags, on a node whose root is a temp dir.
+    let registry = Registry::start(RegistryOptions {
+        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pushed = push_image(&registry, "mirrored/team/app", "v1", ImageFormat::Oci)
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let conf = under(root.path(), "/etc/containers/registries.conf");
+    std::fs::create_dir_all(under(root.path(), "/etc/containers/registries.conf.d")).unwrap();
+    std::fs::create_dir_all(under(root.path(), "/etc/containers/certs.d")).unwrap();
+    std::fs::create_dir_all(under(root.path(), "/etc/docker/certs.d")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"quay.io/team\"\nlocation = \"{}/mirrored/team\"\ninsecure = true\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let auth = under(root.path(), auth_file);
+    std::fs::create_dir_all(auth.parent().unwrap()).unwrap();
+    use base64::Engine;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("alice:{CANARY_PASSWORD}"));
+    std::fs::write(
+        &auth,
+        serde_json::json!({"auths": {registry.host(): {"auth": basic}}}).to_string(),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(workspace_binary("pullwatch-agent").unwrap());
+    command.args([
+        "check",
+        "quay.io/team/app:v1",
+        "--mode",
+        "resolve",
+        "-o",
+        "json",
+    ]);
+    for (name, value) in expected_flags {
+        if name == "--cri-endpoint" {
+            // No CRI-O here: an explicit dialect needs no runtime in resolve mode.
+            command.arg(format!(
+                "{name}=unix://{}",
+                root.path().join("crio.sock").display()
+            ));
+        } else if value.starts_with('/') {
+            let paths: Vec<String> = value
+                .split(',')
+                .map(|p| under(root.path(), p).display().to_string())
+                .collect();
+            command.arg(format!("{name}={}", paths.join(",")));
+        } else {
+            command.arg(format!("{name}={value}"));
+        }
+    }
+    let output = command
+        .arg(format!(
+            "--kubelet-root-dir={}",
+            root.path().join("kubelet").display()
+        ))
+        .env_clear()
+        .env("HOME", root.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert_eq!(report["status"], "available", "{report}\n{stderr}");
+    assert_eq!(report["digest"], pushed.digest.as_str());
+    assert_eq!(report["credential_source"], "runtime");
+    assert!(!stdout.contains(CANARY_PASSWORD) && !stderr.contains(CANARY_PASSWORD));
+    assert!(!stdout.contains(&basic) && !stderr.contains(&basic));
+}

@@ -29,6 +29,8 @@ use tracing::{debug, warn};
 
 use crate::cri::{CriClient, CriError, classify_pull_error};
 use crate::keyring::NodeKeyring;
+use crate::route::crio;
+use crate::route::endpoints::RouteRuntime;
 use resolve::Resolver;
 
 /// `credential_source` when no AuthConfig was sent: the runtime used its own registry
@@ -219,6 +221,12 @@ impl Checker {
         // The normalized form: what the kubelet hands the runtime after parsing.
         let target = reference.to_string();
         self.learn_runtime().await;
+        // CRI-O resolves short names through registries.conf, not as Docker Hub names.
+        if self.resolver.route_runtime() == RouteRuntime::CriO && crio::short_name(image) {
+            report.status = CheckStatus::BadImageFormat;
+            report.reason = crio::short_name_reason(image);
+            return report;
+        }
 
         // What the node holds. Resolve mode does not depend on the runtime: a runtime
         // that cannot answer there only means nothing is known about the node's copy.

@@ -1,5 +1,5 @@
-//! `resolve` mode of the check stage: ask for the manifest along the route containerd
-//! would take ([`crate::route`]), without downloading anything.
+//! `resolve` mode of the check stage: ask for the manifest along the route the node's
+//! runtime would take ([`crate::route`]), without downloading anything.
 //!
 //! For each host that may resolve (tags need `pull`+`resolve`, digests only `pull`),
 //! `HEAD /v2/<repo>/manifests/<ref>` (`?ns=<registry>` on mirrors), as containerd's
@@ -12,6 +12,13 @@
 //! Credentials: a keyring credential applies to every host (containerd does the same
 //! with the kubelet's AuthConfig); without one, containerd's own
 //! `registry.configs."<host>".auth` for the host being contacted ([`RuntimeAuth`]).
+//!
+//! On CRI-O nodes (`--runtime-dialect`, or `auto` and CRI `Version` says `cri-o`) the
+//! route is CRI-O's ([`crate::route::crio`]): the endpoints come from registries.conf,
+//! the kubelet's credential goes only to endpoints on the image's own domain (the auth
+//! file answers elsewhere), blocked endpoints are refused without a request, and when
+//! no endpoint has the manifest the primary's failure is the answer.
+//!
 //! Every request, token exchange and 429 pause goes through the root crate's
 //! registry client ([`pullwatch::registry`]).
 
@@ -29,7 +36,9 @@ use pullwatch::support::{error_chain, install_crypto_provider, lock};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
 use tracing::debug;
 
-use crate::route::{HostsDialect, RegistryHost, RuntimeAuth, registry_hosts_for};
+use crate::route::crio::CrioRouteConfig;
+use crate::route::endpoints::{FailurePolicy, Route, RouteEndpoint, RouteRuntime, RuntimeDialect};
+use crate::route::{HostsDialect, RegistryHost, RouteError, RuntimeAuth, registry_hosts_for};
 
 /// What containerd sends in `Accept` when it resolves a reference.
 pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
@@ -43,10 +52,13 @@ fn host_endpoint<'a>(
     host: &'a RegistryHost,
     client: &'a reqwest::Client,
     namespace: Option<&'a str>,
+    http_fallback: bool,
 ) -> Endpoint<'a> {
     Endpoint {
         http: client,
-        scheme: if host.scheme == "http" {
+        scheme: if http_fallback {
+            Scheme::HttpsOrPlain
+        } else if host.scheme == "http" {
             Scheme::Http
         } else {
             Scheme::Https
@@ -58,6 +70,10 @@ fn host_endpoint<'a>(
         accept: RESOLVE_ACCEPT,
     }
 }
+
+/// Why the runtime would not ask an endpoint: what stopped it (`blocked`, `credentials`,
+/// `configuration`) and the outcome that stands for the answer.
+type NotAsked = Box<(&'static str, CheckOutcome)>;
 
 /// Settings for [`Resolver`].
 #[derive(Clone, Debug)]
@@ -77,6 +93,11 @@ pub struct Resolver {
     config: ResolverConfig,
     /// The node's containerd's hosts.toml rules, once its version is known.
     dialect: Mutex<HostsDialect>,
+    /// `--runtime-dialect` and CRI-O's files.
+    runtime_dialect: RuntimeDialect,
+    crio: CrioRouteConfig,
+    /// Whose route is taken: the explicit dialect, or what CRI `Version` said.
+    route_runtime: Mutex<RouteRuntime>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     registry: RegistryClient,
 }
@@ -104,6 +125,9 @@ impl Resolver {
         Resolver {
             config,
             dialect: Mutex::new(HostsDialect::default()),
+            runtime_dialect: RuntimeDialect::Auto,
+            crio: CrioRouteConfig::default(),
+            route_runtime: Mutex::new(RouteRuntime::Containerd),
             clients: Mutex::new(HashMap::new()),
             registry: RegistryClient::new(
                 ClientConfig {
@@ -120,6 +144,40 @@ impl Resolver {
         }
     }
 
+    /// Follows `dialect`'s route (`auto`: the runtime's, once CRI `Version` names it;
+    /// containerd's until then), CRI-O's read from `crio`.
+    pub fn with_runtime_dialect(mut self, dialect: RuntimeDialect, crio: CrioRouteConfig) -> Self {
+        self.runtime_dialect = dialect;
+        self.crio = crio;
+        *lock(&self.route_runtime) = match dialect {
+            RuntimeDialect::CriO => RouteRuntime::CriO,
+            RuntimeDialect::Auto | RuntimeDialect::Containerd => RouteRuntime::Containerd,
+        };
+        self
+    }
+
+    /// Whose route checks take now.
+    pub fn route_runtime(&self) -> RouteRuntime {
+        *lock(&self.route_runtime)
+    }
+
+    /// The route for `image` (`by_digest`: for a manifest fetched by digest).
+    pub fn route(&self, image: &ImageReference, by_digest: bool) -> Result<Route, RouteError> {
+        match self.route_runtime() {
+            RouteRuntime::CriO => self.crio.route(image, by_digest),
+            RouteRuntime::Containerd => {
+                let hosts =
+                    registry_hosts_for(&self.config.hosts_dir, image.registry(), self.dialect())?;
+                Ok(Route::containerd(
+                    hosts,
+                    image,
+                    by_digest,
+                    &self.config.runtime_auth,
+                ))
+            }
+        }
+    }
+
     pub fn runtime_auth(&self) -> &RuntimeAuth {
         &self.config.runtime_auth
     }
@@ -129,6 +187,11 @@ impl Resolver {
         let dialect = HostsDialect::for_runtime(name, version);
         debug!(runtime = name, version, ?dialect, "hosts.toml rules");
         *lock(&self.dialect) = dialect;
+        if self.runtime_dialect == RuntimeDialect::Auto {
+            let runtime = RouteRuntime::from_runtime_name(name);
+            debug!(runtime = name, ?runtime, "route of the runtime");
+            *lock(&self.route_runtime) = runtime;
+        }
     }
 
     pub fn dialect(&self) -> HostsDialect {
@@ -150,8 +213,9 @@ impl Resolver {
     ) -> Resolved {
         let deadline = Deadline::after(self.config.request_timeout);
         let registry = image.registry();
-        let hosts = match registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()) {
-            Ok(hosts) => hosts,
+        let digest = image.digest();
+        let route = match self.route(image, digest.is_some()) {
+            Ok(route) => route,
             Err(e) => {
                 return Resolved {
                     outcome: CheckOutcome::new(
@@ -162,12 +226,7 @@ impl Resolver {
                 };
             }
         };
-        let digest = image.digest();
-        let hosts: Vec<&RegistryHost> = hosts
-            .iter()
-            .filter(|h| h.capabilities.pull && (digest.is_some() || h.capabilities.resolve))
-            .collect();
-        if hosts.is_empty() {
+        if route.endpoints.is_empty() {
             return Resolved {
                 outcome: CheckOutcome::new(
                     CheckStatus::Absent,
@@ -177,28 +236,37 @@ impl Resolver {
             };
         }
         let mut paths = vec![(Object::Manifest, image.manifest_reference().to_string())];
-        if let Some(d) = digest {
+        if let Some(d) = digest
+            && route.blob_fallback
+        {
             paths.push((Object::Blob, d.to_string()));
         }
         let mut first_failure: Option<CheckOutcome> = None;
+        // The last endpoint's answer, and whether it was a 404 (CRI-O's answer).
+        let mut last: Option<(CheckOutcome, bool)> = None;
         let mut tried = Vec::new();
         for (object, reference) in &paths {
-            for host in &hosts {
-                let mirror = host.host != registry;
-                let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
-                let client = match self.client(host) {
-                    Ok(client) => client,
-                    Err(reason) => {
-                        tried.push(format!("{} (configuration)", host.url()));
-                        first_failure
-                            .get_or_insert(CheckOutcome::new(CheckStatus::UnknownError, reason));
+            for route_endpoint in &route.endpoints {
+                let host = &route_endpoint.host;
+                let (client, credential) = match self.prepare(route_endpoint, credential) {
+                    Ok(prepared) => prepared,
+                    Err(refused) => {
+                        let (what, failure) = *refused;
+                        tried.push(format!("{} ({what})", host.url()));
+                        last = Some((failure.clone(), false));
+                        first_failure.get_or_insert(failure);
                         continue;
                     }
                 };
-                let endpoint = host_endpoint(host, &client, mirror.then_some(registry));
+                let endpoint = host_endpoint(
+                    host,
+                    &client,
+                    route_endpoint.namespace.as_deref(),
+                    route_endpoint.http_fallback,
+                );
                 let target = Target {
                     endpoint: &endpoint,
-                    repository: image.repository(),
+                    repository: &route_endpoint.repository,
                     credential,
                     deadline: &deadline,
                 };
@@ -212,23 +280,34 @@ impl Resolver {
                     }
                     return Resolved {
                         outcome,
-                        served_by: Some(host.url()),
+                        served_by: Some(answer.origin),
                     };
                 }
                 match answer.http_status {
-                    Some(404) => tried.push(format!("{} (404)", host.url())),
+                    Some(404) => {
+                        tried.push(format!("{} (404)", host.url()));
+                        last = Some((answer.outcome, true));
+                    }
                     Some(code) => {
                         tried.push(format!("{} ({code})", host.url()));
+                        last = Some((answer.outcome.clone(), false));
                         first_failure.get_or_insert(answer.outcome);
                     }
                     None => {
                         tried.push(format!("{} (no answer)", host.url()));
+                        last = Some((answer.outcome.clone(), false));
                         first_failure.get_or_insert(answer.outcome);
                     }
                 }
             }
         }
-        let outcome = match first_failure {
+        let failure = match route.failure {
+            FailurePolicy::FirstFailure => first_failure,
+            FailurePolicy::Primary => {
+                last.and_then(|(outcome, not_found)| (!not_found).then_some(outcome))
+            }
+        };
+        let outcome = match failure {
             None => CheckOutcome::new(
                 CheckStatus::Absent,
                 format!("{image}: not found (tried {})", tried.join(", ")),
@@ -244,6 +323,31 @@ impl Resolver {
         }
     }
 
+    /// The HTTP client and the credential for one endpoint of a route, or why the
+    /// runtime would not ask it: ("blocked" | "credentials" | "configuration", outcome).
+    fn prepare<'a>(
+        &self,
+        endpoint: &'a RouteEndpoint,
+        requested: Option<&'a RegistryCredential>,
+    ) -> Result<(reqwest::Client, Option<&'a RegistryCredential>), NotAsked> {
+        if let Some(refusal) = &endpoint.refused {
+            return Err(Box::new(("blocked", refusal.clone())));
+        }
+        let credential = endpoint.credential(requested).map_err(|reason| {
+            Box::new((
+                "credentials",
+                CheckOutcome::new(CheckStatus::UnknownError, reason),
+            ))
+        })?;
+        let client = self.client(&endpoint.host).map_err(|reason| {
+            Box::new((
+                "configuration",
+                CheckOutcome::new(CheckStatus::UnknownError, reason),
+            ))
+        })?;
+        Ok((client, credential))
+    }
+
     /// Fetches the manifest or index `digest` of `image`'s repository along the same
     /// route (hosts able to pull, in order; the first that has it wins), capped at 4 MiB
     /// and verified against the digest. Err: the first failure, else `absent`.
@@ -254,30 +358,36 @@ impl Resolver {
         credential: Option<&RegistryCredential>,
     ) -> Result<Manifest, CheckOutcome> {
         let deadline = Deadline::after(self.config.request_timeout);
-        let registry = image.registry();
-        let hosts =
-            registry_hosts_for(&self.config.hosts_dir, registry, self.dialect()).map_err(|e| {
-                CheckOutcome::new(
-                    CheckStatus::UnknownError,
-                    format!("reading the registry route: {e}"),
-                )
-            })?;
+        let route = self.route(image, true).map_err(|e| {
+            CheckOutcome::new(
+                CheckStatus::UnknownError,
+                format!("reading the registry route: {e}"),
+            )
+        })?;
         let mut first_failure: Option<CheckOutcome> = None;
-        for host in hosts.iter().filter(|h| h.capabilities.pull) {
-            let credential = credential.or_else(|| self.config.runtime_auth.get(&host.host));
-            let client = match self.client(host) {
-                Ok(client) => client,
-                Err(reason) => {
-                    first_failure
-                        .get_or_insert(CheckOutcome::new(CheckStatus::UnknownError, reason));
+        for route_endpoint in &route.endpoints {
+            let (client, credential) = match self.prepare(route_endpoint, credential) {
+                Ok(prepared) => prepared,
+                Err(refused) => {
+                    first_failure.get_or_insert(refused.1);
                     continue;
                 }
             };
-            let endpoint =
-                host_endpoint(host, &client, (host.host != registry).then_some(registry));
+            let endpoint = host_endpoint(
+                &route_endpoint.host,
+                &client,
+                route_endpoint.namespace.as_deref(),
+                route_endpoint.http_fallback,
+            );
             match self
                 .registry
-                .fetch_manifest(&endpoint, image.repository(), digest, credential, &deadline)
+                .fetch_manifest(
+                    &endpoint,
+                    &route_endpoint.repository,
+                    digest,
+                    credential,
+                    &deadline,
+                )
                 .await
             {
                 Ok(manifest) => return Ok(manifest),
