@@ -1,6 +1,7 @@
 //! The scheduler: the third stage. Decides when each distinct check runs, hands it to
-//! the stages after it (the checker or the agents, then the store) through
-//! [`Downstream`], and keeps the node view of each image from the agents' answers.
+//! where checks are made ([`CheckRunner`]: centrally or through the node agents), hands
+//! its outcome to where outcomes go ([`OutcomeSink`]: the store), and works out the
+//! node view of each image from the agents' answers.
 //!
 //! [`Scheduler`] keeps a changing index checked (the `serve` command): a new
 //! reference within moments of appearing, every reference at least once per
@@ -14,101 +15,41 @@
 //! once, once. The node view of each image (nodes per status, nodes holding it) is
 //! kept beside the outcomes.
 //!
-//! The later stages are reached only through [`Downstream`] and [`Agents`], which
-//! [`crate::pipeline`] implements: nothing here imports a later stage.
+//! The later stages are reached only through the two traits and [`Agents`], which
+//! [`crate::pipeline`] implements: nothing here imports a later stage. Time is tokio's,
+//! so the tests below run the schedule on a paused clock against small fakes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::info;
 
+use crate::answers::{ImageNodes, KeyCheck, NodeOutcome};
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 
-/// The outcome of one distinct check, and the node answers it was made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyCheck {
-    pub outcome: CheckOutcome,
-    /// Node name -> its answer; empty when the aggregator checked centrally.
-    pub nodes: BTreeMap<String, NodeOutcome>,
-}
-
-/// One node's answer for one check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeOutcome {
-    pub status: CheckStatus,
-    pub reason: String,
-    /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
-    /// `config.json:<path>`, `plugin:<name>`, `runtime`).
-    pub credential_source: String,
-    /// Whether the node holds the image after the check.
-    pub image_present: bool,
-    /// What the reference resolves to now along the node's route, when known.
-    pub digest: Option<String>,
-    /// What the node holds under the tag, when it holds it.
-    pub held_digest: Option<String>,
-    /// The node holds the tag at another digest than the registry now answers.
-    pub tag_moved: Option<bool>,
-    /// The node checked without the workload's credentials (it does not run the
-    /// workload): a failure then is not what its kubelet would see.
-    pub without_workload_credentials: bool,
-}
-
-impl NodeOutcome {
-    /// Whether this answer is the kubelet's view on that node.
-    pub fn is_conclusive(&self) -> bool {
-        self.status == CheckStatus::Available || !self.without_workload_credentials
-    }
-}
-
-/// What the nodes say about one image (as written in the spec), with agents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageNodes {
-    /// Nodes per status, from the latest node checks of the image (empty: no node
-    /// has checked it).
-    pub statuses: BTreeMap<CheckStatus, usize>,
-    /// Nodes holding the image.
-    pub cached: usize,
-    /// Node -> its latest conclusive answer (the least available across the image's
-    /// checks) and the reason it gave.
-    pub answers: BTreeMap<String, (CheckStatus, String)>,
-}
-
-/// The stages after the scheduler, as it sees them: where a check is made and where
-/// its outcome goes.
-pub trait Downstream: Send + Sync + 'static {
+/// Where checks are made, as the scheduler sees it: centrally, or on the nodes through
+/// their agents.
+pub trait CheckRunner: Send + Sync + 'static {
     /// Checks started at once.
     fn parallelism(&self) -> usize;
-    /// Checks one distinct reference: through the agents when any answers, else
-    /// centrally.
+    /// Checks one distinct reference: through the agents when any answers (`target`
+    /// says how they check it), else centrally.
     fn check(
         &self,
         key: &CheckKey,
         target: Option<&AgentTarget>,
     ) -> impl Future<Output = KeyCheck> + Send;
-    /// Records `outcome` for `containers` of `index`.
-    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
-    /// Forgets every reference not in `current`: its series disappear.
-    fn retain(&self, current: &HashSet<&ContainerRef>);
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
-    /// How many container references are exported, and how many are not available.
-    fn counts(&self) -> (usize, usize);
-    /// One full pass over every reference finished.
-    fn pass_completed(&self);
-    /// The node agents, when they are enabled.
+    /// The node agents checks can go to, when they are enabled.
     fn agents(&self) -> Option<&dyn Agents>;
-    /// How many agents are connected now.
-    fn agents_connected(&self, count: usize);
-    /// Sets the node view of every image in `views`.
-    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>);
-    /// Drops the node view of images `keep` says no.
-    fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool);
 }
 
 /// The node agents, as the scheduler sees them.
@@ -119,6 +60,25 @@ pub trait Agents: Send + Sync {
     fn groups(&self) -> BTreeMap<String, String>;
     /// Normalized reference -> the nodes whose agents hold it, for `images`.
     fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>>;
+}
+
+/// Where outcomes go, as the scheduler sees it: the store (and the few gauges) the
+/// metrics and results are rendered from.
+pub trait OutcomeSink: Send + Sync + 'static {
+    /// Records `outcome` for `containers` of `index`.
+    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
+    /// Forgets every reference not in `current`: its series disappear.
+    fn retain(&self, current: &HashSet<&ContainerRef>);
+    /// How many container references are exported, and how many are not available.
+    fn counts(&self) -> (usize, usize);
+    /// One full pass over every reference finished.
+    fn pass_completed(&self);
+    /// How many agents are connected now.
+    fn agents_connected(&self, count: usize);
+    /// Sets the node view of every image in `views`.
+    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>);
+    /// Drops the node view of images `keep` says no.
+    fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool);
 }
 
 /// Where the continuous scheduler stands, for `/readyz` and logs.
@@ -148,8 +108,9 @@ pub(crate) const AGENT_CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 const RETRY_BASE: Duration = Duration::from_secs(10);
 
 /// Keeps the latest index checked.
-pub struct Scheduler<D> {
-    pipeline: Arc<D>,
+pub struct Scheduler<C, S> {
+    runner: Arc<C>,
+    sink: Arc<S>,
     interval: Duration,
     keys: HashMap<CheckKey, KeyState>,
     index: Arc<ImageIndex>,
@@ -166,10 +127,13 @@ pub struct Scheduler<D> {
     holders: HashMap<String, BTreeSet<String>>,
 }
 
-impl<D: Downstream> Scheduler<D> {
-    pub fn new(pipeline: Arc<D>, interval: Duration) -> Self {
+impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
+    /// Checks through `runner`, records into `sink`, each reference at least once per
+    /// `interval`.
+    pub fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
         Scheduler {
-            pipeline,
+            runner,
+            sink,
             interval,
             keys: HashMap::new(),
             index: Arc::new(ImageIndex::default()),
@@ -192,8 +156,8 @@ impl<D: Downstream> Scheduler<D> {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut in_flight = FuturesUnordered::new();
-        let parallelism = self.pipeline.parallelism();
-        let mut agent_changes = self.pipeline.agents().map(|agents| agents.subscribe());
+        let parallelism = self.runner.parallelism();
+        let mut agent_changes = self.runner.agents().map(|agents| agents.subscribe());
         // Agents that registered before the scheduler started count as a change.
         let mut agents_changed_at: Option<Instant> = agent_changes.as_ref().map(|_| Instant::now());
         if let Some(index) = indexes.borrow_and_update().clone() {
@@ -220,10 +184,10 @@ impl<D: Downstream> Scheduler<D> {
                     if let Some(state) = self.keys.get_mut(&key) {
                         state.in_flight = true;
                     }
-                    let pipeline = self.pipeline.clone();
+                    let runner = self.runner.clone();
                     let target = self.index.agent_targets.get(&key).cloned();
                     in_flight.push(async move {
-                        let checked = pipeline.check(&key, target.as_ref()).await;
+                        let checked = runner.check(&key, target.as_ref()).await;
                         (key, checked)
                     });
                 }
@@ -271,15 +235,15 @@ impl<D: Downstream> Scheduler<D> {
     /// due now, known ones keep their schedule and get their last outcome at once.
     fn apply_index(&mut self, index: Arc<ImageIndex>) {
         index.log_new_warnings(Some(&self.index));
-        self.pipeline.retain(&index.containers());
+        self.sink.retain(&index.containers());
         let registries: BTreeSet<&str> = index
             .checks
             .keys()
             .map(|k| k.reference.api_host())
             .collect();
-        self.pipeline.retain_registries(&registries);
+        self.runner.retain_registries(&registries);
         for (container, outcome) in &index.settled {
-            self.pipeline
+            self.sink
                 .record(&index, std::slice::from_ref(container), outcome);
         }
         let now = Instant::now();
@@ -287,7 +251,7 @@ impl<D: Downstream> Scheduler<D> {
             match self.keys.get(key) {
                 Some(state) => {
                     if let Some(outcome) = &state.outcome {
-                        self.pipeline.record(&index, containers, outcome);
+                        self.sink.record(&index, containers, outcome);
                     }
                 }
                 None => {
@@ -320,8 +284,8 @@ impl<D: Downstream> Scheduler<D> {
             }
         }
         self.index = index;
-        if self.pipeline.agents().is_some() {
-            self.pipeline
+        if self.runner.agents().is_some() {
+            self.sink
                 .retain_image_nodes(&|image| self.image_keys.contains_key(image));
             let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
             self.refresh_image_nodes(all);
@@ -335,12 +299,12 @@ impl<D: Downstream> Scheduler<D> {
     /// agents of a covered group add no vantage point (one node per group checks), so
     /// a rollout of N agents costs at most one extra check per key and new group.
     fn agents_changed(&mut self) {
-        let pipeline = self.pipeline.clone();
-        let Some(agents) = pipeline.agents() else {
+        let runner = self.runner.clone();
+        let Some(agents) = runner.agents() else {
             return;
         };
         let groups = agents.groups();
-        pipeline.agents_connected(groups.len());
+        self.sink.agents_connected(groups.len());
         let covered_before: BTreeSet<&String> = self.agent_groups.values().collect();
         let new_groups: BTreeSet<String> = groups
             .values()
@@ -384,7 +348,7 @@ impl<D: Downstream> Scheduler<D> {
     /// Recomputes the node view of `images` (as written) from the latest node answers
     /// of their keys and the agents' image lists.
     fn refresh_image_nodes(&self, images: Vec<Arc<str>>) {
-        if self.pipeline.agents().is_none() {
+        if self.runner.agents().is_none() {
             return;
         }
         let mut views = Vec::with_capacity(images.len());
@@ -435,7 +399,7 @@ impl<D: Downstream> Scheduler<D> {
                 },
             ));
         }
-        self.pipeline.set_image_nodes(views);
+        self.sink.set_image_nodes(views);
     }
 
     fn finish(&mut self, key: CheckKey, checked: KeyCheck) {
@@ -459,7 +423,7 @@ impl<D: Downstream> Scheduler<D> {
         let outcome = Arc::new(outcome);
         state.outcome = Some(outcome.clone());
         if let Some(containers) = self.index.checks.get(&key) {
-            self.pipeline.record(&self.index, containers, &outcome);
+            self.sink.record(&self.index, containers, &outcome);
             if had_nodes {
                 let images: BTreeSet<Arc<str>> =
                     containers.iter().map(|c| c.image.clone()).collect();
@@ -474,7 +438,7 @@ impl<D: Downstream> Scheduler<D> {
         if !self.pass_open || !self.pass_remaining.is_empty() {
             return false;
         }
-        self.pipeline.pass_completed();
+        self.sink.pass_completed();
         self.status.passes += 1;
         self.pass_remaining = self.keys.keys().cloned().collect();
         // With nothing to check, the next pass opens when the index changes.
@@ -484,7 +448,7 @@ impl<D: Downstream> Scheduler<D> {
     }
 
     fn refresh_status(&mut self) {
-        let (containers, unavailable) = self.pipeline.counts();
+        let (containers, unavailable) = self.sink.counts();
         self.status.distinct_checks = self.keys.len();
         self.status.containers = containers;
         self.status.unavailable = unavailable;
