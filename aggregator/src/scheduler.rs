@@ -1074,6 +1074,32 @@ mod tests {
         running.stop().await;
     }
 
+    /// A check that a new group's agent already answered (it ran between the join and
+    /// the end of the debounce) is not made again for that group; the others are.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_already_answered_by_the_new_group_is_not_made_again() {
+        let running = start(
+            FakeRunner::new(4).with_agents(),
+            &[("a", "reg.io/a:1"), ("b", "reg.io/b:1")],
+        );
+        let runner = &running.runner;
+        runner.answer("reg.io/a:1", CheckStatus::RegistryUnavailable);
+        running.until(69.5).await;
+        runner.agents().join("node-1", "z1");
+        runner.answer_from_nodes(
+            "reg.io/a:1",
+            CheckStatus::Available,
+            BTreeMap::from([("node-1".to_string(), node(CheckStatus::Available, true))]),
+        );
+        running.until(72.0).await;
+        // `a`'s retry at 70 s went through node-1; `b` was checked centrally only.
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 70.0]);
+        assert_eq!(runner.made("reg.io/b:1"), [0.0, 70.5]);
+        running.until(372.0).await;
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 70.0, 370.0]);
+        running.stop().await;
+    }
+
     /// The node view of an image: per node its conclusive answer (a node that checked
     /// without the workload's credentials and failed says nothing about what its kubelet
     /// would see), nodes per status, and the nodes holding it, from the answers and the
