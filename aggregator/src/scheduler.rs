@@ -477,7 +477,7 @@ async fn changed_or_pending(
 
 async fn sleep_until(when: Option<Instant>) {
     match when {
-        Some(when) => tokio::time::sleep_until(when.into()).await,
+        Some(when) => tokio::time::sleep_until(when).await,
         None => std::future::pending().await,
     }
 }
