@@ -978,6 +978,58 @@ mod tests {
         running.stop().await;
     }
 
+    /// A check in flight is not started again when the index changes, and its answer is
+    /// dropped when its reference went away meanwhile: the series stay gone, and the
+    /// pass closes without it.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_in_flight_is_not_repeated_nor_recorded_once_its_reference_is_gone() {
+        let mut runner = FakeRunner::new(4);
+        runner.latency = Duration::from_secs(20);
+        let running = start(runner, &[("a", "reg.io/a:1")]);
+        running.until(5.0).await;
+        running.set_index(&[("a", "reg.io/a:1"), ("b", "reg.io/b:1")]);
+        running.until(10.0).await;
+        assert_eq!(running.runner.made("reg.io/a:1"), [0.0], "still in flight");
+        assert_eq!(running.runner.made("reg.io/b:1"), [5.0]);
+        running.set_index(&[("b", "reg.io/b:1")]);
+        running.until(21.0).await;
+        assert_eq!(running.sink.status("a"), None);
+        assert_eq!(running.sink.passes(), 0, "b is still being checked");
+        running.until(26.0).await;
+        assert_eq!(running.sink.passes(), 1);
+        assert_eq!(running.sink.status("b"), Some(CheckStatus::Available));
+        running.until(1000.0).await;
+        assert_eq!(running.runner.made("reg.io/a:1"), [0.0]);
+        running.stop().await;
+    }
+
+    /// What needs no registry to judge (an image the kubelet cannot parse) is recorded
+    /// with the index, never checked.
+    #[tokio::test(start_paused = true)]
+    async fn settled_references_are_recorded_without_a_check() {
+        let running = start(
+            FakeRunner::new(4),
+            &[("bad", "reg.io/Upper/Case:1"), ("ok", "reg.io/ok:1")],
+        );
+        running.until(1.0).await;
+        assert_eq!(
+            running.sink.status("bad"),
+            Some(CheckStatus::BadImageFormat)
+        );
+        assert_eq!(running.runner.made("reg.io/ok:1"), [0.0]);
+        assert_eq!(running.runner.total(), 1);
+        assert_eq!(
+            running.status(),
+            SchedulerStatus {
+                passes: 1,
+                distinct_checks: 1,
+                containers: 2,
+                unavailable: 1,
+            }
+        );
+        running.stop().await;
+    }
+
     /// No more checks run at once than the runner's parallelism; the rest wait their
     /// turn and still run as soon as a slot frees.
     #[tokio::test(start_paused = true)]
