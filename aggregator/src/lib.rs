@@ -9,12 +9,15 @@
 //! [`checker`] asks registries from the aggregator and [`agents`] from the nodes,
 //! [`store`] keeps the latest outcome per container reference, and [`metrics`] and
 //! [`results`] export it. A stage imports only from the stages before it: the
-//! scheduler reaches the later ones through its `Downstream` trait, which
-//! [`pipeline`] implements by wiring checker, agents, store and metrics together.
+//! scheduler reaches the later ones through its two traits, `CheckRunner` (where
+//! checks are made) and `OutcomeSink` (where outcomes go), which [`pipeline`]
+//! implements by wiring checker, agents, store and metrics together; what checks
+//! answered ([`answers`]) is shared by the stages from the scheduler on.
 //! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results and
 //! [`cli`] holds the flags.
 
 pub mod agents;
+pub mod answers;
 pub mod checker;
 pub mod cli;
 pub mod index;

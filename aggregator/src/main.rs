@@ -212,11 +212,13 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         stop_rx.clone(),
     )));
     let (status_tx, status_rx) = watch::channel(SchedulerStatus::default());
-    let scheduler = tokio::spawn(Scheduler::new(pipeline, args.check_interval).run(
-        index_rx,
-        status_tx,
-        stop_rx.clone(),
-    ));
+    let scheduler = tokio::spawn(
+        Scheduler::new(pipeline.clone(), pipeline, args.check_interval).run(
+            index_rx,
+            status_tx,
+            stop_rx.clone(),
+        ),
+    );
     report_readiness(shared, status_rx, state.clone(), stop_rx).await;
 
     // Not ready from the first moment of shutdown, so load balancers and scrapers of

@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn image_node_series_follow_the_store() {
-        use crate::scheduler::ImageNodes;
+        use crate::answers::ImageNodes;
         let m = Metrics::new(false).unwrap();
         let mut store = ResultStore::default();
         assert!(!m.render(&store).unwrap().contains(IMAGE_NODES));

@@ -1,6 +1,8 @@
 //! The assembly behind the scheduler: the checker, the agents, the store and the
-//! metrics wired together as the scheduler's [`Downstream`]. Not a stage of its own:
-//! it is where the later stages meet, so the scheduler need not know them.
+//! metrics wired together as the scheduler's [`CheckRunner`] (where checks are made:
+//! through the agents when any answers, else centrally) and [`OutcomeSink`] (where
+//! outcomes go: the store and the gauges). Not a stage of its own: it is where the
+//! later stages meet, so the scheduler need not know them.
 //!
 //! [`Pipeline::run_cycle`] checks a whole index once (the `check` command).
 
@@ -16,11 +18,12 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::agents::AgentHub;
+use crate::answers::{ImageNodes, KeyCheck};
 use crate::checker::Checker;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError, ScrapePosition};
-use crate::scheduler::{Agents, Downstream, ImageNodes, KeyCheck};
+use crate::scheduler::{Agents, CheckRunner, OutcomeSink};
 use crate::store::ResultStore;
 
 /// The checker with the state its results feed.
@@ -167,14 +170,6 @@ impl Pipeline {
         }
     }
 
-    /// Sets (or, with None, removes) the node view of every image in `views`.
-    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>) {
-        let mut store = lock(&self.store);
-        for (image, nodes) in views {
-            store.set_image_nodes(&image, nodes);
-        }
-    }
-
     /// Records `outcome` for `containers` of `index`, each as it stands for its
     /// workload's platforms.
     pub fn record(
@@ -190,18 +185,6 @@ impl Pipeline {
                 None => store.set(container.clone(), outcome.clone()),
             }
         }
-    }
-
-    /// Forgets every reference not in `current`: its series disappear.
-    pub fn retain(&self, current: &HashSet<&ContainerRef>) {
-        lock(&self.store).retain(current);
-    }
-
-    /// How many container references are exported, and how many are not available.
-    pub fn counts(&self) -> (usize, usize) {
-        let store = lock(&self.store);
-        let unavailable = store.iter().filter(|(_, o)| !o.is_available()).count();
-        (store.len(), unavailable)
     }
 
     /// Every container reference with its latest outcome.
@@ -253,7 +236,7 @@ impl Pipeline {
     }
 }
 
-impl Downstream for Pipeline {
+impl CheckRunner for Pipeline {
     fn parallelism(&self) -> usize {
         self.parallelism
     }
@@ -266,28 +249,32 @@ impl Downstream for Pipeline {
         self.check_routed(key, target)
     }
 
+    fn retain_registries(&self, registries: &BTreeSet<&str>) {
+        self.checker.retain_registries(registries);
+    }
+
+    fn agents(&self) -> Option<&dyn Agents> {
+        self.agents.as_ref().map(|hub| hub as &dyn Agents)
+    }
+}
+
+impl OutcomeSink for Pipeline {
     fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>) {
         Pipeline::record(self, index, containers, outcome);
     }
 
     fn retain(&self, current: &HashSet<&ContainerRef>) {
-        Pipeline::retain(self, current);
-    }
-
-    fn retain_registries(&self, registries: &BTreeSet<&str>) {
-        self.checker.retain_registries(registries);
+        lock(&self.store).retain(current);
     }
 
     fn counts(&self) -> (usize, usize) {
-        Pipeline::counts(self)
+        let store = lock(&self.store);
+        let unavailable = store.iter().filter(|(_, o)| !o.is_available()).count();
+        (store.len(), unavailable)
     }
 
     fn pass_completed(&self) {
         Pipeline::pass_completed(self);
-    }
-
-    fn agents(&self) -> Option<&dyn Agents> {
-        self.agents.as_ref().map(|hub| hub as &dyn Agents)
     }
 
     fn agents_connected(&self, count: usize) {
@@ -295,7 +282,10 @@ impl Downstream for Pipeline {
     }
 
     fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>) {
-        Pipeline::set_image_nodes(self, views);
+        let mut store = lock(&self.store);
+        for (image, nodes) in views {
+            store.set_image_nodes(&image, nodes);
+        }
     }
 
     fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool) {
@@ -458,8 +448,12 @@ mod tests {
         let (status_tx, _status_rx) = watch::channel(SchedulerStatus::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(
-            Scheduler::new(pipeline.clone(), Duration::from_secs(3600))
-                .run(index_rx, status_tx, stop_rx),
+            Scheduler::new(
+                pipeline.clone(),
+                pipeline.clone(),
+                Duration::from_secs(3600),
+            )
+            .run(index_rx, status_tx, stop_rx),
         );
         Running {
             pipeline,

@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use pullwatch::{CheckOutcome, CheckStatus};
 use serde::Serialize;
 
+use crate::answers::ImageNodes;
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::scheduler::ImageNodes;
 use crate::store::{ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.

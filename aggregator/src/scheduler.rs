@@ -1,6 +1,7 @@
 //! The scheduler: the third stage. Decides when each distinct check runs, hands it to
-//! the stages after it (the checker or the agents, then the store) through
-//! [`Downstream`], and keeps the node view of each image from the agents' answers.
+//! where checks are made ([`CheckRunner`]: centrally or through the node agents), hands
+//! its outcome to where outcomes go ([`OutcomeSink`]: the store), and works out the
+//! node view of each image from the agents' answers.
 //!
 //! [`Scheduler`] keeps a changing index checked (the `serve` command): a new
 //! reference within moments of appearing, every reference at least once per
@@ -14,101 +15,41 @@
 //! once, once. The node view of each image (nodes per status, nodes holding it) is
 //! kept beside the outcomes.
 //!
-//! The later stages are reached only through [`Downstream`] and [`Agents`], which
-//! [`crate::pipeline`] implements: nothing here imports a later stage.
+//! The later stages are reached only through the two traits and [`Agents`], which
+//! [`crate::pipeline`] implements: nothing here imports a later stage. Time is tokio's,
+//! so the tests below run the schedule on a paused clock against small fakes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::info;
 
+use crate::answers::{ImageNodes, KeyCheck, NodeOutcome};
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 
-/// The outcome of one distinct check, and the node answers it was made of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyCheck {
-    pub outcome: CheckOutcome,
-    /// Node name -> its answer; empty when the aggregator checked centrally.
-    pub nodes: BTreeMap<String, NodeOutcome>,
-}
-
-/// One node's answer for one check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeOutcome {
-    pub status: CheckStatus,
-    pub reason: String,
-    /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
-    /// `config.json:<path>`, `plugin:<name>`, `runtime`).
-    pub credential_source: String,
-    /// Whether the node holds the image after the check.
-    pub image_present: bool,
-    /// What the reference resolves to now along the node's route, when known.
-    pub digest: Option<String>,
-    /// What the node holds under the tag, when it holds it.
-    pub held_digest: Option<String>,
-    /// The node holds the tag at another digest than the registry now answers.
-    pub tag_moved: Option<bool>,
-    /// The node checked without the workload's credentials (it does not run the
-    /// workload): a failure then is not what its kubelet would see.
-    pub without_workload_credentials: bool,
-}
-
-impl NodeOutcome {
-    /// Whether this answer is the kubelet's view on that node.
-    pub fn is_conclusive(&self) -> bool {
-        self.status == CheckStatus::Available || !self.without_workload_credentials
-    }
-}
-
-/// What the nodes say about one image (as written in the spec), with agents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageNodes {
-    /// Nodes per status, from the latest node checks of the image (empty: no node
-    /// has checked it).
-    pub statuses: BTreeMap<CheckStatus, usize>,
-    /// Nodes holding the image.
-    pub cached: usize,
-    /// Node -> its latest conclusive answer (the least available across the image's
-    /// checks) and the reason it gave.
-    pub answers: BTreeMap<String, (CheckStatus, String)>,
-}
-
-/// The stages after the scheduler, as it sees them: where a check is made and where
-/// its outcome goes.
-pub trait Downstream: Send + Sync + 'static {
+/// Where checks are made, as the scheduler sees it: centrally, or on the nodes through
+/// their agents.
+pub trait CheckRunner: Send + Sync + 'static {
     /// Checks started at once.
     fn parallelism(&self) -> usize;
-    /// Checks one distinct reference: through the agents when any answers, else
-    /// centrally.
+    /// Checks one distinct reference: through the agents when any answers (`target`
+    /// says how they check it), else centrally.
     fn check(
         &self,
         key: &CheckKey,
         target: Option<&AgentTarget>,
     ) -> impl Future<Output = KeyCheck> + Send;
-    /// Records `outcome` for `containers` of `index`.
-    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
-    /// Forgets every reference not in `current`: its series disappear.
-    fn retain(&self, current: &HashSet<&ContainerRef>);
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
-    /// How many container references are exported, and how many are not available.
-    fn counts(&self) -> (usize, usize);
-    /// One full pass over every reference finished.
-    fn pass_completed(&self);
-    /// The node agents, when they are enabled.
+    /// The node agents checks can go to, when they are enabled.
     fn agents(&self) -> Option<&dyn Agents>;
-    /// How many agents are connected now.
-    fn agents_connected(&self, count: usize);
-    /// Sets the node view of every image in `views`.
-    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>);
-    /// Drops the node view of images `keep` says no.
-    fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool);
 }
 
 /// The node agents, as the scheduler sees them.
@@ -119,6 +60,25 @@ pub trait Agents: Send + Sync {
     fn groups(&self) -> BTreeMap<String, String>;
     /// Normalized reference -> the nodes whose agents hold it, for `images`.
     fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>>;
+}
+
+/// Where outcomes go, as the scheduler sees it: the store (and the few gauges) the
+/// metrics and results are rendered from.
+pub trait OutcomeSink: Send + Sync + 'static {
+    /// Records `outcome` for `containers` of `index`.
+    fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
+    /// Forgets every reference not in `current`: its series disappear.
+    fn retain(&self, current: &HashSet<&ContainerRef>);
+    /// How many container references are exported, and how many are not available.
+    fn counts(&self) -> (usize, usize);
+    /// One full pass over every reference finished.
+    fn pass_completed(&self);
+    /// How many agents are connected now.
+    fn agents_connected(&self, count: usize);
+    /// Sets the node view of every image in `views`.
+    fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>);
+    /// Drops the node view of images `keep` says no.
+    fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool);
 }
 
 /// Where the continuous scheduler stands, for `/readyz` and logs.
@@ -148,8 +108,9 @@ pub(crate) const AGENT_CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 const RETRY_BASE: Duration = Duration::from_secs(10);
 
 /// Keeps the latest index checked.
-pub struct Scheduler<D> {
-    pipeline: Arc<D>,
+pub struct Scheduler<C, S> {
+    runner: Arc<C>,
+    sink: Arc<S>,
     interval: Duration,
     keys: HashMap<CheckKey, KeyState>,
     index: Arc<ImageIndex>,
@@ -166,10 +127,13 @@ pub struct Scheduler<D> {
     holders: HashMap<String, BTreeSet<String>>,
 }
 
-impl<D: Downstream> Scheduler<D> {
-    pub fn new(pipeline: Arc<D>, interval: Duration) -> Self {
+impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
+    /// Checks through `runner`, records into `sink`, each reference at least once per
+    /// `interval`.
+    pub fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
         Scheduler {
-            pipeline,
+            runner,
+            sink,
             interval,
             keys: HashMap::new(),
             index: Arc::new(ImageIndex::default()),
@@ -192,8 +156,8 @@ impl<D: Downstream> Scheduler<D> {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut in_flight = FuturesUnordered::new();
-        let parallelism = self.pipeline.parallelism();
-        let mut agent_changes = self.pipeline.agents().map(|agents| agents.subscribe());
+        let parallelism = self.runner.parallelism();
+        let mut agent_changes = self.runner.agents().map(|agents| agents.subscribe());
         // Agents that registered before the scheduler started count as a change.
         let mut agents_changed_at: Option<Instant> = agent_changes.as_ref().map(|_| Instant::now());
         if let Some(index) = indexes.borrow_and_update().clone() {
@@ -220,10 +184,10 @@ impl<D: Downstream> Scheduler<D> {
                     if let Some(state) = self.keys.get_mut(&key) {
                         state.in_flight = true;
                     }
-                    let pipeline = self.pipeline.clone();
+                    let runner = self.runner.clone();
                     let target = self.index.agent_targets.get(&key).cloned();
                     in_flight.push(async move {
-                        let checked = pipeline.check(&key, target.as_ref()).await;
+                        let checked = runner.check(&key, target.as_ref()).await;
                         (key, checked)
                     });
                 }
@@ -271,15 +235,15 @@ impl<D: Downstream> Scheduler<D> {
     /// due now, known ones keep their schedule and get their last outcome at once.
     fn apply_index(&mut self, index: Arc<ImageIndex>) {
         index.log_new_warnings(Some(&self.index));
-        self.pipeline.retain(&index.containers());
+        self.sink.retain(&index.containers());
         let registries: BTreeSet<&str> = index
             .checks
             .keys()
             .map(|k| k.reference.api_host())
             .collect();
-        self.pipeline.retain_registries(&registries);
+        self.runner.retain_registries(&registries);
         for (container, outcome) in &index.settled {
-            self.pipeline
+            self.sink
                 .record(&index, std::slice::from_ref(container), outcome);
         }
         let now = Instant::now();
@@ -287,7 +251,7 @@ impl<D: Downstream> Scheduler<D> {
             match self.keys.get(key) {
                 Some(state) => {
                     if let Some(outcome) = &state.outcome {
-                        self.pipeline.record(&index, containers, outcome);
+                        self.sink.record(&index, containers, outcome);
                     }
                 }
                 None => {
@@ -320,8 +284,8 @@ impl<D: Downstream> Scheduler<D> {
             }
         }
         self.index = index;
-        if self.pipeline.agents().is_some() {
-            self.pipeline
+        if self.runner.agents().is_some() {
+            self.sink
                 .retain_image_nodes(&|image| self.image_keys.contains_key(image));
             let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
             self.refresh_image_nodes(all);
@@ -335,12 +299,12 @@ impl<D: Downstream> Scheduler<D> {
     /// agents of a covered group add no vantage point (one node per group checks), so
     /// a rollout of N agents costs at most one extra check per key and new group.
     fn agents_changed(&mut self) {
-        let pipeline = self.pipeline.clone();
-        let Some(agents) = pipeline.agents() else {
+        let runner = self.runner.clone();
+        let Some(agents) = runner.agents() else {
             return;
         };
         let groups = agents.groups();
-        pipeline.agents_connected(groups.len());
+        self.sink.agents_connected(groups.len());
         let covered_before: BTreeSet<&String> = self.agent_groups.values().collect();
         let new_groups: BTreeSet<String> = groups
             .values()
@@ -384,7 +348,7 @@ impl<D: Downstream> Scheduler<D> {
     /// Recomputes the node view of `images` (as written) from the latest node answers
     /// of their keys and the agents' image lists.
     fn refresh_image_nodes(&self, images: Vec<Arc<str>>) {
-        if self.pipeline.agents().is_none() {
+        if self.runner.agents().is_none() {
             return;
         }
         let mut views = Vec::with_capacity(images.len());
@@ -435,7 +399,7 @@ impl<D: Downstream> Scheduler<D> {
                 },
             ));
         }
-        self.pipeline.set_image_nodes(views);
+        self.sink.set_image_nodes(views);
     }
 
     fn finish(&mut self, key: CheckKey, checked: KeyCheck) {
@@ -459,7 +423,7 @@ impl<D: Downstream> Scheduler<D> {
         let outcome = Arc::new(outcome);
         state.outcome = Some(outcome.clone());
         if let Some(containers) = self.index.checks.get(&key) {
-            self.pipeline.record(&self.index, containers, &outcome);
+            self.sink.record(&self.index, containers, &outcome);
             if had_nodes {
                 let images: BTreeSet<Arc<str>> =
                     containers.iter().map(|c| c.image.clone()).collect();
@@ -474,7 +438,7 @@ impl<D: Downstream> Scheduler<D> {
         if !self.pass_open || !self.pass_remaining.is_empty() {
             return false;
         }
-        self.pipeline.pass_completed();
+        self.sink.pass_completed();
         self.status.passes += 1;
         self.pass_remaining = self.keys.keys().cloned().collect();
         // With nothing to check, the next pass opens when the index changes.
@@ -484,7 +448,7 @@ impl<D: Downstream> Scheduler<D> {
     }
 
     fn refresh_status(&mut self) {
-        let (containers, unavailable) = self.pipeline.counts();
+        let (containers, unavailable) = self.sink.counts();
         self.status.distinct_checks = self.keys.len();
         self.status.containers = containers;
         self.status.unavailable = unavailable;
@@ -513,7 +477,739 @@ async fn changed_or_pending(
 
 async fn sleep_until(when: Option<Instant>) {
     match when {
-        Some(when) => tokio::time::sleep_until(when.into()).await,
+        Some(when) => tokio::time::sleep_until(when).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The schedule on tokio's paused clock: time only moves when every task waits, and
+    //! then straight to the next timer, so hours of schedule take milliseconds and
+    //! every check happens at an exact instant.
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::index::{Filters, IndexOptions};
+    use crate::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
+    use crate::mirrors::Mirrors;
+
+    const INTERVAL: Duration = Duration::from_secs(300);
+
+    /// Where checks are made, scripted: each reference answers what `answers` holds for
+    /// it (`available`, checked centrally, unless told), after `latency`. Every check is
+    /// logged with the time it started.
+    struct FakeRunner {
+        parallelism: usize,
+        latency: Duration,
+        start: Instant,
+        answers: Mutex<HashMap<String, KeyCheck>>,
+        made: Mutex<Vec<(String, Duration)>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        registries: Mutex<Vec<BTreeSet<String>>>,
+        agents: Option<FakeAgents>,
+    }
+
+    impl FakeRunner {
+        fn new(parallelism: usize) -> Self {
+            FakeRunner {
+                parallelism,
+                latency: Duration::ZERO,
+                start: Instant::now(),
+                answers: Mutex::default(),
+                made: Mutex::default(),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+                registries: Mutex::default(),
+                agents: None,
+            }
+        }
+
+        fn with_agents(mut self) -> Self {
+            self.agents = Some(FakeAgents {
+                changes: watch::channel(0).0,
+                groups: Mutex::default(),
+                holders: Mutex::default(),
+            });
+            self
+        }
+
+        /// From now on `image` is checked centrally and is `status`.
+        fn answer(&self, image: &str, status: CheckStatus) {
+            self.answer_from_nodes(image, status, BTreeMap::new());
+        }
+
+        /// From now on `image` is `status`, made of `nodes`' answers.
+        fn answer_from_nodes(
+            &self,
+            image: &str,
+            status: CheckStatus,
+            nodes: BTreeMap<String, NodeOutcome>,
+        ) {
+            self.answers.lock().unwrap().insert(
+                image.to_string(),
+                KeyCheck {
+                    outcome: CheckOutcome::new(status, format!("{image} is {status:?}")),
+                    nodes,
+                },
+            );
+        }
+
+        /// When each check of `image` started, in seconds since the start.
+        fn made(&self, image: &str) -> Vec<f64> {
+            self.made
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(made, _)| made == image)
+                .map(|(_, at)| at.as_secs_f64())
+                .collect()
+        }
+
+        fn total(&self) -> usize {
+            self.made.lock().unwrap().len()
+        }
+
+        fn agents(&self) -> &FakeAgents {
+            self.agents.as_ref().expect("agents enabled")
+        }
+    }
+
+    impl CheckRunner for FakeRunner {
+        fn parallelism(&self) -> usize {
+            self.parallelism
+        }
+
+        async fn check(&self, key: &CheckKey, target: Option<&AgentTarget>) -> KeyCheck {
+            assert!(
+                target.is_some(),
+                "every key of the index has its agent target"
+            );
+            let image = key.reference.to_string();
+            self.made
+                .lock()
+                .unwrap()
+                .push((image.clone(), self.start.elapsed()));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.latency).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let answer = self.answers.lock().unwrap().get(&image).cloned();
+            answer.unwrap_or_else(|| KeyCheck {
+                outcome: CheckOutcome::new(CheckStatus::Available, ""),
+                nodes: BTreeMap::new(),
+            })
+        }
+
+        fn retain_registries(&self, registries: &BTreeSet<&str>) {
+            let registries = registries.iter().map(|r| r.to_string()).collect();
+            self.registries.lock().unwrap().push(registries);
+        }
+
+        fn agents(&self) -> Option<&dyn Agents> {
+            self.agents.as_ref().map(|a| a as &dyn Agents)
+        }
+    }
+
+    /// Node agents coming and going as a test says.
+    struct FakeAgents {
+        changes: watch::Sender<u64>,
+        groups: Mutex<BTreeMap<String, String>>,
+        holders: Mutex<HashMap<String, BTreeSet<String>>>,
+    }
+
+    impl FakeAgents {
+        fn join(&self, node: &str, group: &str) {
+            self.groups
+                .lock()
+                .unwrap()
+                .insert(node.to_string(), group.to_string());
+            self.changes.send_modify(|n| *n += 1);
+        }
+
+        fn hold(&self, image: &str, nodes: &[&str]) {
+            self.holders.lock().unwrap().insert(
+                image.to_string(),
+                nodes.iter().map(|n| n.to_string()).collect(),
+            );
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    impl Agents for FakeAgents {
+        fn subscribe(&self) -> watch::Receiver<u64> {
+            self.changes.subscribe()
+        }
+
+        fn groups(&self) -> BTreeMap<String, String> {
+            self.groups.lock().unwrap().clone()
+        }
+
+        fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+            let holders = self.holders.lock().unwrap();
+            holders
+                .iter()
+                .filter(|(image, _)| images.contains(*image))
+                .map(|(image, nodes)| (image.clone(), nodes.clone()))
+                .collect()
+        }
+    }
+
+    /// Where outcomes go: the latest outcome per container, the passes, the node views.
+    #[derive(Default)]
+    struct FakeSink {
+        outcomes: Mutex<BTreeMap<ContainerRef, Arc<CheckOutcome>>>,
+        passes: AtomicUsize,
+        agents_connected: Mutex<Option<usize>>,
+        image_nodes: Mutex<BTreeMap<String, ImageNodes>>,
+    }
+
+    impl FakeSink {
+        /// The status recorded for workload `name`'s container, if any.
+        fn status(&self, name: &str) -> Option<CheckStatus> {
+            let outcomes = self.outcomes.lock().unwrap();
+            outcomes
+                .iter()
+                .find(|(c, _)| &*c.name == name)
+                .map(|(_, o)| o.status)
+        }
+
+        fn passes(&self) -> usize {
+            self.passes.load(Ordering::SeqCst)
+        }
+    }
+
+    impl OutcomeSink for FakeSink {
+        fn record(
+            &self,
+            _index: &ImageIndex,
+            containers: &[ContainerRef],
+            outcome: &Arc<CheckOutcome>,
+        ) {
+            let mut outcomes = self.outcomes.lock().unwrap();
+            for container in containers {
+                outcomes.insert(container.clone(), outcome.clone());
+            }
+        }
+
+        fn retain(&self, current: &HashSet<&ContainerRef>) {
+            self.outcomes
+                .lock()
+                .unwrap()
+                .retain(|c, _| current.contains(c));
+        }
+
+        fn counts(&self) -> (usize, usize) {
+            let outcomes = self.outcomes.lock().unwrap();
+            let unavailable = outcomes.values().filter(|o| !o.is_available()).count();
+            (outcomes.len(), unavailable)
+        }
+
+        fn pass_completed(&self) {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn agents_connected(&self, count: usize) {
+            *self.agents_connected.lock().unwrap() = Some(count);
+        }
+
+        fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>) {
+            self.image_nodes.lock().unwrap().extend(views);
+        }
+
+        fn retain_image_nodes(&self, keep: &dyn Fn(&str) -> bool) {
+            self.image_nodes
+                .lock()
+                .unwrap()
+                .retain(|image, _| keep(image));
+        }
+    }
+
+    /// The index of Deployments `ns/<name>`, each with one container `app` using `image`.
+    fn index(workloads: &[(&str, &str)]) -> Arc<ImageIndex> {
+        let mut inventory = Inventory::default();
+        for (name, image) in workloads {
+            inventory.workloads.insert(
+                (WorkloadKind::Deployment, "ns".into(), (*name).into()),
+                Workload {
+                    namespace: "ns".into(),
+                    kind: WorkloadKind::Deployment,
+                    name: (*name).into(),
+                    containers: vec![ContainerImage {
+                        container: "app".into(),
+                        image: (*image).into(),
+                    }],
+                    pull_secrets: vec![],
+                    service_account: "default".into(),
+                    enabled: true,
+                    platforms: Default::default(),
+                },
+            );
+        }
+        Arc::new(ImageIndex::build(
+            &inventory,
+            &IndexOptions {
+                default_registry: "docker.io".into(),
+                platforms: Vec::new(),
+                mirrors: Mirrors::default(),
+                filters: Filters::default(),
+            },
+        ))
+    }
+
+    /// A scheduler running over `workloads` with `runner`, rechecking every [`INTERVAL`].
+    struct Running {
+        runner: Arc<FakeRunner>,
+        sink: Arc<FakeSink>,
+        indexes: watch::Sender<Option<Arc<ImageIndex>>>,
+        status: watch::Receiver<SchedulerStatus>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(runner: FakeRunner, workloads: &[(&str, &str)]) -> Running {
+        let runner = Arc::new(runner);
+        let sink = Arc::new(FakeSink::default());
+        let (indexes, indexes_rx) = watch::channel(Some(index(workloads)));
+        let (status_tx, status) = watch::channel(SchedulerStatus::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(
+            Scheduler::new(runner.clone(), sink.clone(), INTERVAL)
+                .run(indexes_rx, status_tx, stop_rx),
+        );
+        Running {
+            runner,
+            sink,
+            indexes,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    impl Running {
+        /// Lets the schedule run until `secs` seconds after the start.
+        async fn until(&self, secs: f64) {
+            tokio::time::sleep_until(self.runner.start + Duration::from_secs_f64(secs)).await;
+        }
+
+        fn set_index(&self, workloads: &[(&str, &str)]) {
+            self.indexes.send_replace(Some(index(workloads)));
+        }
+
+        fn status(&self) -> SchedulerStatus {
+            self.status.borrow().clone()
+        }
+
+        /// Stops the scheduler, which must then end.
+        async fn stop(self) {
+            self.stop.send_replace(true);
+            tokio::time::timeout(Duration::from_secs(1), self.task)
+                .await
+                .expect("the scheduler ends when told to stop")
+                .unwrap();
+        }
+    }
+
+    fn node(status: CheckStatus, present: bool) -> NodeOutcome {
+        NodeOutcome {
+            status,
+            reason: format!("node says {status:?}"),
+            credential_source: "runtime".into(),
+            image_present: present,
+            digest: None,
+            held_digest: None,
+            tag_moved: None,
+            without_workload_credentials: false,
+        }
+    }
+
+    /// README: every reference is re-checked at least once per `--check-interval`;
+    /// failures are retried sooner, after 10 s doubling up to the interval. A success
+    /// ends the backoff: the next failure is retried after 10 s again.
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_from_ten_seconds_doubling_up_to_the_interval() {
+        let running = start(
+            FakeRunner::new(4),
+            &[("ok", "reg.io/ok:1"), ("bad", "reg.io/bad:1")],
+        );
+        running.runner.answer("reg.io/bad:1", CheckStatus::Absent);
+        running.until(700.0).await;
+        // 10, 20, 40, 80, 160, then 320 capped at 300.
+        assert_eq!(
+            running.runner.made("reg.io/bad:1"),
+            [0.0, 10.0, 30.0, 70.0, 150.0, 310.0, 610.0]
+        );
+        assert_eq!(running.runner.made("reg.io/ok:1"), [0.0, 300.0, 600.0]);
+        assert_eq!(running.sink.status("bad"), Some(CheckStatus::Absent));
+        assert_eq!(running.sink.status("ok"), Some(CheckStatus::Available));
+
+        // The image comes back: found at the next retry, then checked once per interval.
+        running
+            .runner
+            .answer("reg.io/bad:1", CheckStatus::Available);
+        running.until(1000.0).await;
+        assert_eq!(running.sink.status("bad"), Some(CheckStatus::Available));
+        // It goes again: the backoff starts over at 10 s.
+        running.runner.answer("reg.io/bad:1", CheckStatus::Absent);
+        running.until(1250.0).await;
+        assert_eq!(
+            running.runner.made("reg.io/bad:1")[7..],
+            [910.0, 1210.0, 1220.0, 1240.0]
+        );
+        assert_eq!(running.sink.status("bad"), Some(CheckStatus::Absent));
+        running.stop().await;
+    }
+
+    /// A pass closes when every reference has been checked once since the last one
+    /// closed (the completed-rechecks counter): retries of a failing reference do not
+    /// close it early, a reference that vanishes leaves it, and a new one joins it.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_closes_once_every_reference_is_checked() {
+        let running = start(
+            FakeRunner::new(4),
+            &[("ok", "reg.io/ok:1"), ("bad", "reg.io/bad:1")],
+        );
+        running.runner.answer("reg.io/bad:1", CheckStatus::Absent);
+        running.until(1.0).await;
+        assert_eq!(running.sink.passes(), 1, "both checked at once");
+        assert_eq!(
+            running.status(),
+            SchedulerStatus {
+                passes: 1,
+                distinct_checks: 2,
+                containers: 2,
+                unavailable: 1,
+            }
+        );
+        // `bad` is retried at 10, 30, 70, 150 s; `ok` is next due at 300 s.
+        running.until(299.0).await;
+        assert_eq!(running.runner.made("reg.io/bad:1").len(), 5);
+        assert_eq!(running.sink.passes(), 1, "retries alone close no pass");
+        running.until(301.0).await;
+        assert_eq!(running.sink.passes(), 2);
+        assert_eq!(running.status().passes, 2);
+
+        // A new reference joins the open pass: it is checked at once, and the pass
+        // waits for `ok` (due at 600 s) all the same.
+        running.set_index(&[
+            ("ok", "reg.io/ok:1"),
+            ("bad", "reg.io/bad:1"),
+            ("new", "reg.io/new:1"),
+        ]);
+        running.until(302.0).await;
+        assert_eq!(running.runner.made("reg.io/new:1"), [301.0]);
+        assert_eq!(running.sink.passes(), 2);
+        assert_eq!(running.status().distinct_checks, 3);
+        // `ok` vanishes before its recheck: what is left has been checked, so the
+        // pass closes now rather than waiting for it.
+        running.until(400.0).await;
+        assert_eq!(running.sink.passes(), 2);
+        running.set_index(&[("bad", "reg.io/bad:1"), ("new", "reg.io/new:1")]);
+        running.until(401.0).await;
+        assert_eq!(running.sink.passes(), 3);
+        assert_eq!(running.status().passes, 3);
+        assert_eq!(running.status().distinct_checks, 2);
+        running.stop().await;
+    }
+
+    /// With nothing to check, one (empty) pass closes, for readiness, and no more until
+    /// the index has something in it.
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_index_closes_one_pass_and_waits() {
+        let running = start(FakeRunner::new(4), &[]);
+        running.until(3600.0).await;
+        assert_eq!(running.sink.passes(), 1);
+        assert_eq!(running.runner.total(), 0);
+        running.set_index(&[("app", "reg.io/app:1")]);
+        running.until(3601.0).await;
+        assert_eq!(running.runner.made("reg.io/app:1"), [3600.0]);
+        assert_eq!(running.sink.passes(), 2);
+        running.stop().await;
+    }
+
+    /// README: a new or changed reference is checked within moments, not at the next
+    /// interval; known references keep their schedule, and new containers of a known
+    /// reference get its last outcome at once; a deleted workload's series disappear at
+    /// once, and the checker forgets registries nothing uses any more.
+    #[tokio::test(start_paused = true)]
+    async fn index_changes_take_effect_at_once() {
+        let running = start(FakeRunner::new(4), &[("a", "reg-a.io/app:1")]);
+        running
+            .runner
+            .answer("reg-a.io/app:1", CheckStatus::AuthenticationFailure);
+        running.until(5.0).await;
+        running.set_index(&[
+            ("a", "reg-a.io/app:1"),
+            ("a2", "reg-a.io/app:1"),
+            ("b", "reg-b.io/app:1"),
+        ]);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // Before any check: the known reference's outcome for its new container.
+        assert_eq!(
+            running.sink.status("a2"),
+            Some(CheckStatus::AuthenticationFailure)
+        );
+        running.until(6.0).await;
+        assert_eq!(running.runner.made("reg-b.io/app:1"), [5.0]);
+        assert_eq!(
+            running.runner.made("reg-a.io/app:1"),
+            [0.0],
+            "not before 10 s"
+        );
+        assert_eq!(running.sink.status("b"), Some(CheckStatus::Available));
+
+        running.set_index(&[("b", "reg-b.io/app:1")]);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(running.sink.status("a"), None, "series gone at once");
+        assert_eq!(running.sink.status("a2"), None);
+        assert_eq!(running.sink.status("b"), Some(CheckStatus::Available));
+        assert_eq!(
+            running.runner.registries.lock().unwrap().last(),
+            Some(&BTreeSet::from(["reg-b.io".to_string()]))
+        );
+        running.until(1000.0).await;
+        assert_eq!(running.runner.made("reg-a.io/app:1"), [0.0], "never again");
+        running.stop().await;
+    }
+
+    /// A check in flight is not started again when the index changes, and its answer is
+    /// dropped when its reference went away meanwhile: the series stay gone, and the
+    /// pass closes without it.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_in_flight_is_not_repeated_nor_recorded_once_its_reference_is_gone() {
+        let mut runner = FakeRunner::new(4);
+        runner.latency = Duration::from_secs(20);
+        let running = start(runner, &[("a", "reg.io/a:1")]);
+        running.until(5.0).await;
+        running.set_index(&[("a", "reg.io/a:1"), ("b", "reg.io/b:1")]);
+        running.until(10.0).await;
+        assert_eq!(running.runner.made("reg.io/a:1"), [0.0], "still in flight");
+        assert_eq!(running.runner.made("reg.io/b:1"), [5.0]);
+        running.set_index(&[("b", "reg.io/b:1")]);
+        running.until(21.0).await;
+        assert_eq!(running.sink.status("a"), None);
+        assert_eq!(running.sink.passes(), 0, "b is still being checked");
+        running.until(26.0).await;
+        assert_eq!(running.sink.passes(), 1);
+        assert_eq!(running.sink.status("b"), Some(CheckStatus::Available));
+        running.until(1000.0).await;
+        assert_eq!(running.runner.made("reg.io/a:1"), [0.0]);
+        running.stop().await;
+    }
+
+    /// What needs no registry to judge (an image the kubelet cannot parse) is recorded
+    /// with the index, never checked.
+    #[tokio::test(start_paused = true)]
+    async fn settled_references_are_recorded_without_a_check() {
+        let running = start(
+            FakeRunner::new(4),
+            &[("bad", "reg.io/Upper/Case:1"), ("ok", "reg.io/ok:1")],
+        );
+        running.until(1.0).await;
+        assert_eq!(
+            running.sink.status("bad"),
+            Some(CheckStatus::BadImageFormat)
+        );
+        assert_eq!(running.runner.made("reg.io/ok:1"), [0.0]);
+        assert_eq!(running.runner.total(), 1);
+        assert_eq!(
+            running.status(),
+            SchedulerStatus {
+                passes: 1,
+                distinct_checks: 1,
+                containers: 2,
+                unavailable: 1,
+            }
+        );
+        running.stop().await;
+    }
+
+    /// No more checks run at once than the runner's parallelism; the rest wait their
+    /// turn and still run as soon as a slot frees.
+    #[tokio::test(start_paused = true)]
+    async fn checks_in_flight_never_exceed_the_parallelism() {
+        let mut runner = FakeRunner::new(2);
+        runner.latency = Duration::from_secs(3);
+        let images: Vec<(String, String)> = (0..5)
+            .map(|i| (format!("w{i}"), format!("reg.io/app{i}:1")))
+            .collect();
+        let workloads: Vec<(&str, &str)> = images
+            .iter()
+            .map(|(n, i)| (n.as_str(), i.as_str()))
+            .collect();
+        let running = start(runner, &workloads);
+        running.until(20.0).await;
+        let mut starts: Vec<f64> = running
+            .runner
+            .made
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| at.as_secs_f64())
+            .collect();
+        starts.sort_by(f64::total_cmp);
+        assert_eq!(starts, [0.0, 0.0, 3.0, 3.0, 6.0]);
+        assert_eq!(running.runner.max_in_flight.load(Ordering::SeqCst), 2);
+        assert_eq!(running.sink.passes(), 1);
+        running.stop().await;
+    }
+
+    /// When a node group gains its first agent, what was checked centrally is checked
+    /// again through it at once (after the debounce), once: more agents of a covered
+    /// group cost nothing, joins within the debounce are one recheck, and a second
+    /// group rechecks what no node of it answered.
+    #[tokio::test(start_paused = true)]
+    async fn agent_joins_recheck_once_per_new_node_group() {
+        let running = start(
+            FakeRunner::new(4).with_agents(),
+            &[("a", "reg.io/a:1"), ("b", "reg.io/b:1")],
+        );
+        let runner = &running.runner;
+        runner.answer("reg.io/a:1", CheckStatus::RegistryUnavailable);
+        runner.answer("reg.io/b:1", CheckStatus::RegistryUnavailable);
+        running.until(50.0).await;
+        // Retried centrally at 10 and 30 s.
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0]);
+        assert_eq!(*running.sink.agents_connected.lock().unwrap(), Some(0));
+
+        // Two groups' first agents within the debounce: one recheck, a second later.
+        let answered_by = |nodes: &[&str]| {
+            nodes
+                .iter()
+                .map(|n| (n.to_string(), node(CheckStatus::Available, true)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        runner.agents().join("node-1", "z1");
+        running.until(50.5).await;
+        runner.agents().join("node-2", "z2");
+        runner.answer_from_nodes(
+            "reg.io/a:1",
+            CheckStatus::Available,
+            answered_by(&["node-1", "node-2"]),
+        );
+        runner.answer_from_nodes(
+            "reg.io/b:1",
+            CheckStatus::Available,
+            answered_by(&["node-1", "node-2"]),
+        );
+        running.until(52.0).await;
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 51.0]);
+        assert_eq!(runner.made("reg.io/b:1"), [0.0, 10.0, 30.0, 51.0]);
+        assert_eq!(running.sink.status("a"), Some(CheckStatus::Available));
+        assert_eq!(*running.sink.agents_connected.lock().unwrap(), Some(2));
+
+        // More agents of covered groups: no recheck.
+        for (i, group) in ["z1", "z2", "z1"].iter().enumerate() {
+            runner.agents().join(&format!("node-{}", i + 3), group);
+            running.until(60.0 + 10.0 * i as f64).await;
+        }
+        running.until(100.0).await;
+        assert_eq!(runner.made("reg.io/a:1").len(), 4);
+        assert_eq!(*running.sink.agents_connected.lock().unwrap(), Some(5));
+
+        // A third group: both are rechecked through it, once.
+        runner.agents().join("node-6", "z3");
+        running.until(102.0).await;
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 51.0, 101.0]);
+        assert_eq!(runner.made("reg.io/b:1"), [0.0, 10.0, 30.0, 51.0, 101.0]);
+        // Then the interval again, counted from that check.
+        running.until(400.0).await;
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 51.0, 101.0]);
+        running.until(402.0).await;
+        assert_eq!(runner.made("reg.io/a:1").len(), 6);
+        running.stop().await;
+    }
+
+    /// A check that a new group's agent already answered (it ran between the join and
+    /// the end of the debounce) is not made again for that group; the others are.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_already_answered_by_the_new_group_is_not_made_again() {
+        let running = start(
+            FakeRunner::new(4).with_agents(),
+            &[("a", "reg.io/a:1"), ("b", "reg.io/b:1")],
+        );
+        let runner = &running.runner;
+        runner.answer("reg.io/a:1", CheckStatus::RegistryUnavailable);
+        running.until(69.5).await;
+        runner.agents().join("node-1", "z1");
+        runner.answer_from_nodes(
+            "reg.io/a:1",
+            CheckStatus::Available,
+            BTreeMap::from([("node-1".to_string(), node(CheckStatus::Available, true))]),
+        );
+        running.until(72.0).await;
+        // `a`'s retry at 70 s went through node-1; `b` was checked centrally only.
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 70.0]);
+        assert_eq!(runner.made("reg.io/b:1"), [0.0, 70.5]);
+        running.until(372.0).await;
+        assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 70.0, 370.0]);
+        running.stop().await;
+    }
+
+    /// The node view of an image: per node its conclusive answer (a node that checked
+    /// without the workload's credentials and failed says nothing about what its kubelet
+    /// would see), nodes per status, and the nodes holding it, from the answers and the
+    /// agents' image lists; gone with the image.
+    #[tokio::test(start_paused = true)]
+    async fn node_answers_make_the_image_node_view() {
+        let running = start(FakeRunner::new(4).with_agents(), &[("app", "reg.io/app:1")]);
+        let runner = &running.runner;
+        for (name, group) in [("n1", "z1"), ("n2", "z2"), ("n3", "z3")] {
+            runner.agents().join(name, group);
+        }
+        let mut without_credentials = node(CheckStatus::AuthenticationFailure, false);
+        without_credentials.without_workload_credentials = true;
+        runner.answer_from_nodes(
+            "reg.io/app:1",
+            CheckStatus::Absent,
+            BTreeMap::from([
+                ("n1".to_string(), node(CheckStatus::Available, true)),
+                ("n2".to_string(), node(CheckStatus::Absent, false)),
+                ("n3".to_string(), without_credentials),
+            ]),
+        );
+        // n4 holds the image by its image list alone.
+        runner.agents().hold("reg.io/app:1", &["n4"]);
+        running.until(2.0).await;
+        let views = running.sink.image_nodes.lock().unwrap().clone();
+        assert_eq!(
+            views.get("reg.io/app:1"),
+            Some(&ImageNodes {
+                statuses: BTreeMap::from([(CheckStatus::Available, 1), (CheckStatus::Absent, 1)]),
+                cached: 2,
+                answers: BTreeMap::from([
+                    (
+                        "n1".to_string(),
+                        (CheckStatus::Available, "node says Available".to_string())
+                    ),
+                    (
+                        "n2".to_string(),
+                        (CheckStatus::Absent, "node says Absent".to_string())
+                    ),
+                ]),
+            }),
+            "{views:?}"
+        );
+        running.set_index(&[]);
+        running.until(3.0).await;
+        assert!(running.sink.image_nodes.lock().unwrap().is_empty());
+        running.stop().await;
+    }
+
+    /// The scheduler also ends when the index sender goes away.
+    #[tokio::test(start_paused = true)]
+    async fn ends_when_the_indexes_end() {
+        let Running { indexes, task, .. } = start(FakeRunner::new(1), &[("a", "reg.io/a:1")]);
+        drop(indexes);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the scheduler ends with its index sender")
+            .unwrap();
     }
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use pullwatch::CheckOutcome;
 
+use crate::answers::ImageNodes;
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::scheduler::ImageNodes;
 
 /// Whether running pods of `container`'s workload run what its tag resolves to now
 /// (`outcome`'s digest): Some(true) when some runs another digest, Some(false) when all

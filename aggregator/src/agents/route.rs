@@ -23,8 +23,8 @@ use pullwatch::{CheckOutcome, CheckStatus, SourcedCredential};
 use tracing::{debug, warn};
 
 use super::{AgentHub, DispatchOptions};
+use crate::answers::NodeOutcome;
 use crate::index::AgentTarget;
-use crate::scheduler::NodeOutcome;
 
 /// What the agents said about one check.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
