@@ -1174,11 +1174,29 @@ fn check_result() -> BoxedStrategy<pullwatch::proto::CheckResult> {
             hostile_text(),
             any::<Option<bool>>(),
         ),
+        prop::collection::vec(
+            (
+                hostile_text(),
+                any::<u64>(),
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+            )
+                .prop_map(|(registry, remaining, limit, window_seconds)| {
+                    pullwatch::proto::RegistryQuota {
+                        registry,
+                        remaining,
+                        limit,
+                        window_seconds,
+                    }
+                }),
+            0..4,
+        ),
     )
         .prop_map(
             |(
                 (task_id, image, status, reason, mode, source),
                 (duration, present, runtime, digest, held, moved),
+                quotas,
             )| {
                 pullwatch::proto::CheckResult {
                     task_id,
@@ -1197,6 +1215,7 @@ fn check_result() -> BoxedStrategy<pullwatch::proto::CheckResult> {
                     digest,
                     held_digest: held,
                     tag_moved: moved,
+                    quotas,
                 }
             },
         )
@@ -1344,6 +1363,7 @@ impl Target for AgentMessages {
                 };
                 let check = self.runtime.block_on(self.hub.check_target(&target));
                 let _ = check.outcome();
+                let _ = self.hub.node_quotas().by_registry();
             }
             Some(Message::Heartbeat(_)) => self.hub.touch(&self.session),
             None => {}
