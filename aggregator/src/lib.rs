@@ -11,7 +11,8 @@
 //! [`results`] export it. A stage imports only from the stages before it: the
 //! scheduler reaches the later ones through its `Downstream` trait, which
 //! [`pipeline`] implements by wiring checker, agents, store and metrics together.
-//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results and
+//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results (with
+//! [`progress`] on stderr while `check` runs) and
 //! [`cli`] holds the flags.
 
 pub mod agents;
@@ -22,6 +23,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod mirrors;
 pub mod pipeline;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod scheduler;
