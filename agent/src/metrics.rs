@@ -360,7 +360,10 @@ impl RegistryObserver for AgentMetrics {
             .with_label_values(&[host])
             .set(quota.remaining as f64);
         match quota.limit {
-            Some(limit) => self.quota_limit.with_label_values(&[host]).set(limit as f64),
+            Some(limit) => self
+                .quota_limit
+                .with_label_values(&[host])
+                .set(limit as f64),
             None => {
                 let _ = self.quota_limit.remove_label_values(&[host]);
             }
@@ -514,11 +517,22 @@ mod tests {
         }
         assert!(!text.contains("203.0.113.7"), "whose quota is no label");
         let (changed, sent) = metrics.quotas_after(0);
-        assert_eq!(changed, [("registry-1.docker.io".to_string(), quota(76, Some(100)))]);
-        assert_eq!(metrics.quotas_after(sent), (Vec::new(), sent), "nothing new");
+        assert_eq!(
+            changed,
+            [("registry-1.docker.io".to_string(), quota(76, Some(100)))]
+        );
+        assert_eq!(
+            metrics.quotas_after(sent),
+            (Vec::new(), sent),
+            "nothing new"
+        );
         // Only what remains: the limit series goes rather than stay stale.
         metrics.quota("registry-1.docker.io", &quota(75, None));
-        assert!(!metrics.render().contains("pullwatch_agent_registry_ratelimit_limit{"));
+        assert!(
+            !metrics
+                .render()
+                .contains("pullwatch_agent_registry_ratelimit_limit{")
+        );
         let (changed, _) = metrics.quotas_after(sent);
         assert_eq!(changed[0].1.remaining, 75);
         // A registry cannot grow the series without bound.

@@ -419,7 +419,10 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        assert!(help.contains("--timeout") && help.contains("--quiet"), "{help}");
+        assert!(
+            help.contains("--timeout") && help.contains("--quiet"),
+            "{help}"
+        );
         assert!(!help.contains("--progress-interval"), "{help}");
     }
 }

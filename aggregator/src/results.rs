@@ -134,16 +134,20 @@ pub fn registry_quotas(
         nodes: Vec::new(),
     };
     for (registry, (quota, seen)) in central {
-        views.entry(registry.clone()).or_insert_with(|| view(&registry)).central =
-            Some(QuotaView {
-                remaining: quota.remaining,
-                limit: quota.limit,
-                window_seconds: quota.window.map(|w| w.as_secs()),
-                seen_at: rfc3339(Some(seen)),
-            });
+        views
+            .entry(registry.clone())
+            .or_insert_with(|| view(&registry))
+            .central = Some(QuotaView {
+            remaining: quota.remaining,
+            limit: quota.limit,
+            window_seconds: quota.window.map(|w| w.as_secs()),
+            seen_at: rfc3339(Some(seen)),
+        });
     }
     for (registry, by_node) in nodes {
-        let entry = views.entry(registry.clone()).or_insert_with(|| view(&registry));
+        let entry = views
+            .entry(registry.clone())
+            .or_insert_with(|| view(&registry));
         entry.nodes = by_node
             .into_iter()
             .map(|(node, q)| NodeQuotaView {
@@ -473,7 +477,10 @@ fn quota_section(registries: &[RegistryQuotaView], out: &mut String) {
                 optional(quota.limit),
                 quota
                     .window_seconds
-                    .map(|w| humantime::format_duration(std::time::Duration::from_secs(w)).to_string())
+                    .map(
+                        |w| humantime::format_duration(std::time::Duration::from_secs(w))
+                            .to_string()
+                    )
                     .unwrap_or_default(),
                 escape(quota.seen_at.as_deref().unwrap_or("")),
             );
@@ -551,7 +558,10 @@ mod tests {
         assert_eq!(hub.central.as_ref().unwrap().remaining, 76);
         assert_eq!(hub.nodes[0].node, "node-a");
         assert_eq!(hub.nodes[0].quota.remaining, 4);
-        assert!(registries[0].central.is_none(), "only a node saw the mirror");
+        assert!(
+            registries[0].central.is_none(),
+            "only a node saw the mirror"
+        );
         let json = serde_json::to_value(&registries).unwrap();
         assert_eq!(json[1]["central"]["window_seconds"], 21600);
         assert_eq!(json[1]["central"]["seen_at"], "2027-01-15T08:00:00Z");

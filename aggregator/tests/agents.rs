@@ -34,10 +34,10 @@ use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
-    Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary, assert_no_canary_in_file,
-    assert_no_canary_in_process_logs, capture_process_logs, deployment, free_port, http_request,
-    namespace, node, pod, promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson,
-    with_owner, with_pull_secrets,
+    Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary,
+    assert_no_canary_in_file, assert_no_canary_in_process_logs, capture_process_logs, deployment,
+    free_port, http_request, namespace, node, pod, promtool_check_metrics, push_image, replicaset,
+    secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
 use tokio::task::JoinHandle;
 
@@ -1091,7 +1091,8 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             ],
             Auth::SharedToken,
         );
-        let central = |name: &str| format!("pullwatch_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
+        let central =
+            |name: &str| format!("pullwatch_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
         let text = serve
             .wait_metrics("the aggregator's quota series", |t| {
                 value(t, &central("remaining")) == Some(76.0)
@@ -1103,7 +1104,10 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             Some(QUOTA_WINDOW_SECONDS as f64),
             "{text}"
         );
-        assert_eq!(value(&text, &canonical("available", "shop", "web", &image)), Some(1.0));
+        assert_eq!(
+            value(&text, &canonical("available", "shop", "web", &image)),
+            Some(1.0)
+        );
         // The gauge follows the latest answer.
         proxy.set_remaining(42);
         serve
@@ -1112,12 +1116,20 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             })
             .await;
 
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let agent = Agent::start(&node, None, serve.session("node-q", &serve.shared_token_file(), &[]));
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let agent = Agent::start(
+            &node,
+            None,
+            serve.session("node-q", &serve.shared_token_file(), &[]),
+        );
         agent.wait_connected().await;
         proxy.set_remaining(7);
         let node_series = |name: &str| {
-            format!("pullwatch_node_registry_ratelimit_{name}{{node=\"node-q\",registry=\"{host}\"}} ")
+            format!(
+                "pullwatch_node_registry_ratelimit_{name}{{node=\"node-q\",registry=\"{host}\"}} "
+            )
         };
         let text = serve
             .wait_metrics("the node's quota on the aggregator", |t| {
@@ -1126,23 +1138,41 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             .await;
         assert_eq!(value(&text, &node_series("limit")), Some(100.0), "{text}");
         let agent_text = agent.render();
-        let on_agent = |name: &str| format!("pullwatch_agent_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
-        assert_eq!(value(&agent_text, &on_agent("remaining")), Some(7.0), "{agent_text}");
-        assert_eq!(value(&agent_text, &on_agent("limit")), Some(100.0), "{agent_text}");
+        let on_agent = |name: &str| {
+            format!("pullwatch_agent_registry_ratelimit_{name}{{registry=\"{host}\"}} ")
+        };
+        assert_eq!(
+            value(&agent_text, &on_agent("remaining")),
+            Some(7.0),
+            "{agent_text}"
+        );
+        assert_eq!(
+            value(&agent_text, &on_agent("limit")),
+            Some(100.0),
+            "{agent_text}"
+        );
         assert_eq!(
             value(&agent_text, &on_agent("window_seconds")),
             Some(QUOTA_WINDOW_SECONDS as f64),
             "{agent_text}"
         );
         assert!(
-            agent_text.contains(&format!("image=\"{image}\",mode=\"resolve\",status=\"available\"")),
+            agent_text.contains(&format!(
+                "image=\"{image}\",mode=\"resolve\",status=\"available\""
+            )),
             "{agent_text}"
         );
 
         // Results with reasons carry the quota per registry and vantage point.
-        let api = http_request(serve.metrics, http::Method::GET, "/api/v1/images", &[], Vec::new())
-            .await
-            .unwrap();
+        let api = http_request(
+            serve.metrics,
+            http::Method::GET,
+            "/api/v1/images",
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
         let quotas = json["registries"].as_array().unwrap();
         assert_eq!(quotas.len(), 1, "{json}");
@@ -1150,7 +1180,10 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
         assert_eq!(quotas[0]["central"]["limit"], 100, "{json}");
         assert_eq!(quotas[0]["nodes"][0]["node"], "node-q", "{json}");
         assert_eq!(quotas[0]["nodes"][0]["remaining"], 7, "{json}");
-        assert_eq!(quotas[0]["nodes"][0]["window_seconds"], QUOTA_WINDOW_SECONDS);
+        assert_eq!(
+            quotas[0]["nodes"][0]["window_seconds"],
+            QUOTA_WINDOW_SECONDS
+        );
         let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
             .await
             .unwrap()

@@ -97,8 +97,7 @@ fn first_policy(value: &str) -> Option<(u64, Option<u64>)> {
     });
     let (number, window) = policies.next()?;
     let number = number?;
-    let window =
-        window.or_else(|| policies.find_map(|(n, w)| w.filter(|_| n == Some(number))));
+    let window = window.or_else(|| policies.find_map(|(n, w)| w.filter(|_| n == Some(number))));
     Some((number, window))
 }
 
@@ -214,8 +213,8 @@ mod tests {
         assert_eq!(quota.window, Some(Duration::from_secs(86400)));
         assert_eq!(quota.reset, Some(Duration::from_secs(3600)));
         // Without its policy listed: what remains and the reset only.
-        let alone = Quota::from_headers(&headers(&[("RateLimit", r#""default";r=50;t=30"#)]))
-            .unwrap();
+        let alone =
+            Quota::from_headers(&headers(&[("RateLimit", r#""default";r=50;t=30"#)])).unwrap();
         assert_eq!((alone.limit, alone.remaining), (None, 50));
     }
 

@@ -88,11 +88,17 @@ impl NodeQuotas {
                 || registry.len() > MAX_REGISTRY_LEN
                 || !registry.bytes().all(|b| b.is_ascii_graphic())
             {
-                debug!(node, "an agent reported a quota for a name that is no registry host");
+                debug!(
+                    node,
+                    "an agent reported a quota for a name that is no registry host"
+                );
                 continue;
             }
             if !known.contains_key(registry) && known.len() >= MAX_REGISTRIES_PER_NODE {
-                debug!(node, registry, "quota not kept: the node reported too many registries");
+                debug!(
+                    node,
+                    registry, "quota not kept: the node reported too many registries"
+                );
                 continue;
             }
             known.insert(
@@ -217,7 +223,11 @@ mod tests {
         // One node cannot add registries past the bound, nor names that are no host.
         let many: Vec<RegistryQuota> = (0..100)
             .map(|i| quota(&format!("r{i}.example"), 1))
-            .chain([quota("", 1), quota("bad name", 1), quota(&"x".repeat(300), 1)])
+            .chain([
+                quota("", 1),
+                quota("bad name", 1),
+                quota(&"x".repeat(300), 1),
+            ])
             .collect();
         quotas.record("c", &many);
         let c = series(&registry)
@@ -228,8 +238,10 @@ mod tests {
         // Known registries still update past the bound.
         quotas.record("c", &[quota("r0.example", 0)]);
         assert!(
-            series(&registry)
-                .contains(&r#"pullwatch_node_registry_ratelimit_remaining{node="c",registry="r0.example"} 0"#.to_string())
+            series(&registry).contains(
+                &r#"pullwatch_node_registry_ratelimit_remaining{node="c",registry="r0.example"} 0"#
+                    .to_string()
+            )
         );
     }
 }
