@@ -112,6 +112,9 @@ pub struct QuotaView {
     pub window_seconds: Option<u64>,
     /// When the answer that announced it came (RFC 3339).
     pub seen_at: Option<String>,
+    /// Whose quota (Docker's `docker-ratelimit-source`: the egress IP, or the account),
+    /// when the registry said; the aggregator's own view only.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,6 +145,7 @@ pub fn registry_quotas(
             limit: quota.limit,
             window_seconds: quota.window.map(|w| w.as_secs()),
             seen_at: rfc3339(Some(seen)),
+            source: quota.source,
         });
     }
     for (registry, by_node) in nodes {
@@ -157,6 +161,7 @@ pub fn registry_quotas(
                     limit: q.limit,
                     window_seconds: q.window_seconds,
                     seen_at: rfc3339(Some(q.reported_at)),
+                    source: None,
                 },
             })
             .collect();
@@ -530,7 +535,7 @@ mod tests {
                     remaining: 76,
                     window: Some(std::time::Duration::from_secs(21600)),
                     reset: None,
-                    source: None,
+                    source: Some("203.0.113.7".into()),
                 },
                 seen,
             ),
@@ -567,6 +572,7 @@ mod tests {
         assert_eq!(json[1]["central"]["seen_at"], "2027-01-15T08:00:00Z");
         assert_eq!(json[1]["nodes"][0]["node"], "node-a");
         assert_eq!(json[1]["nodes"][0]["remaining"], 4);
+        assert_eq!(json[1]["central"]["source"], "203.0.113.7");
 
         let mut view = images(&ResultStore::default(), None, None, &Filter::default());
         assert!(!page(&view).contains("id=\"quotas\""), "nothing announced");

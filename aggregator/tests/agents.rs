@@ -1178,6 +1178,8 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
         assert_eq!(quotas.len(), 1, "{json}");
         assert_eq!(quotas[0]["registry"], host.as_str());
         assert_eq!(quotas[0]["central"]["limit"], 100, "{json}");
+        // Docker's docker-ratelimit-source: whose quota it is (the proxy names the IP).
+        assert_eq!(quotas[0]["central"]["source"], "127.0.0.1", "{json}");
         assert_eq!(quotas[0]["nodes"][0]["node"], "node-q", "{json}");
         assert_eq!(quotas[0]["nodes"][0]["remaining"], 7, "{json}");
         assert_eq!(

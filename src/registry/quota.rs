@@ -51,13 +51,6 @@ impl Quota {
             .map(str::to_string);
         Some(quota)
     }
-
-    /// The remaining share of the limit, 0.0 to 1.0 (None without a limit).
-    pub fn remaining_ratio(&self) -> Option<f64> {
-        self.limit
-            .filter(|l| *l > 0)
-            .map(|l| (self.remaining as f64 / l as f64).min(1.0))
-    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -176,7 +169,6 @@ mod tests {
                 source: Some("203.0.113.7".into()),
             }
         );
-        assert_eq!(quota.remaining_ratio(), Some(0.76));
     }
 
     #[test]
@@ -192,10 +184,9 @@ mod tests {
         assert_eq!(quota.window, Some(Duration::from_secs(1)));
         assert_eq!(quota.reset, Some(Duration::from_secs(7)));
         assert_eq!(quota.source, None);
-        // Only what remains: still a quota, without a limit or a ratio.
+        // Only what remains: still a quota, without a limit.
         let bare = Quota::from_headers(&headers(&[("ratelimit-remaining", "0")])).unwrap();
         assert_eq!((bare.limit, bare.remaining), (None, 0));
-        assert_eq!(bare.remaining_ratio(), None);
     }
 
     #[test]

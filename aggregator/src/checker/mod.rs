@@ -334,6 +334,7 @@ impl RegistryObserver for MetricsObserver {
     }
 
     fn quota(&self, host: &str, quota: &pullwatch::registry::quota::Quota) {
+        debug!(registry = host, remaining = quota.remaining, limit = ?quota.limit, source = ?quota.source, "pull quota announced");
         self.0.quotas.record(host, quota);
     }
 }
