@@ -915,6 +915,41 @@ mod api {
     pub struct Images {
         pub summary: Summary,
         pub images: Vec<Image>,
+        pub registries: Vec<RegistryQuota>,
+    }
+
+    /// Schema only here: no registry in this test announces a pull quota
+    /// (aggregator/tests/agents.rs has one that does).
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RegistryQuota {
+        pub registry: String,
+        pub central: Option<Quota>,
+        pub nodes: Vec<NodeQuota>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Quota {
+        pub remaining: u64,
+        pub limit: Option<u64>,
+        pub window_seconds: Option<u64>,
+        pub seen_at: Option<String>,
+        pub source: Option<String>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeQuota {
+        pub node: String,
+        pub remaining: u64,
+        pub limit: Option<u64>,
+        pub window_seconds: Option<u64>,
+        pub seen_at: Option<String>,
+        pub source: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -1006,6 +1041,7 @@ async fn results_with_reasons_as_json_and_as_a_page() {
         "{body}"
     );
     assert!(view.summary.last_full_pass.is_some());
+    assert!(view.registries.is_empty(), "no registry announced a quota: {body}");
     let image = |name: &str| view.images.iter().find(|i| i.image == name).unwrap();
     let web = image(&f.public_image);
     assert_eq!(web.status, "available");
