@@ -101,5 +101,7 @@ async fn bar(total: usize, progress: Arc<CycleProgress>, mut stopped: watch::Rec
         }
     }
     update(&bar);
-    bar.finish();
+    // Where it stopped, not full (as `finish` would draw it): a timeout leaves it short.
+    bar.abandon();
+    eprintln!();
 }

@@ -459,6 +459,61 @@ async fn check_reports_progress_and_ends_at_its_timeout() {
     assert_eq!(rows(&output).len(), 3);
 }
 
+/// On a terminal (a pseudo-terminal from util-linux's `script`) the progress is a bar,
+/// redrawn in place, and it stops where the run stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_draws_a_progress_bar_on_a_terminal() {
+    let script = pullwatch_testbench::require_tool("script").unwrap();
+    let silent = SilentServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = format!("{}/team/api:1", silent.host());
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        deployment_yaml("shop", "web", &[&stuck, "Not A Valid Image"], None),
+    )
+    .unwrap();
+    // stderr alone goes to the terminal; stdout (the results) to a file.
+    let results = dir.path().join("results.json");
+    let command = format!(
+        "{BIN} check -f {} -o json --timeout 1s --log-level error > {}",
+        dir.path().join("all.yaml").display(),
+        results.display()
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(script)
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("PULLWATCH_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check did not end")
+    .unwrap();
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{terminal}");
+    assert!(
+        terminal.contains("\u{1b}[2K"),
+        "not redrawn in place: {terminal:?}"
+    );
+    let last = terminal
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("references ["))
+        .unwrap_or_else(|| panic!("no bar: {terminal:?}"));
+    assert!(
+        last.contains("checked 1 of 2 references [") && last.contains("1 in flight"),
+        "{last:?}"
+    );
+    assert!(
+        !terminal.contains("references, "),
+        "a line where a bar belongs: {terminal:?}"
+    );
+    let printed: Vec<BTreeMap<String, String>> =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(printed.len(), 2, "{printed:?}");
+}
+
 #[test]
 fn usage_and_input_errors_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -1041,7 +1096,10 @@ async fn results_with_reasons_as_json_and_as_a_page() {
         "{body}"
     );
     assert!(view.summary.last_full_pass.is_some());
-    assert!(view.registries.is_empty(), "no registry announced a quota: {body}");
+    assert!(
+        view.registries.is_empty(),
+        "no registry announced a quota: {body}"
+    );
     let image = |name: &str| view.images.iter().find(|i| i.image == name).unwrap();
     let web = image(&f.public_image);
     assert_eq!(web.status, "available");
