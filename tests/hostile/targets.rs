@@ -15,6 +15,7 @@
 //! | `cri_errors` | CRI error statuses and messages | `cri::classify_pull_error` |
 //! | `www_authenticate` | registry challenge headers (shared client) | `registry::challenge::parse`, `auth_scheme` |
 //! | `registry_bodies` | registry status and error bodies (shared client) | `registry::classify::classify_response` |
+//! | `ratelimit_headers` | pull-quota headers of manifest answers (shared client) | `registry::quota::Quota::from_headers` |
 //! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `Checker::check` every fourth, against a loopback stub |
 //! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
@@ -705,6 +706,68 @@ impl Target for WwwAuthenticate {
             let _ = pullwatch::registry::challenge::parse(value);
         }
         let _ = pullwatch::registry::challenge::auth_scheme(values.iter().map(String::as_str));
+    }
+}
+
+pub struct RatelimitHeaders;
+
+/// A quota header value: hostile text, or Docker's and the IETF drafts' shapes with
+/// hostile pieces.
+fn quota_value() -> BoxedStrategy<String> {
+    prop_oneof![
+        hostile_text(),
+        (
+            prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                hostile_text()
+            ],
+            prop::sample::select(vec![";w=", ";W=", "; w = ", ";q=", ";r=", ";t=", ";", ","]),
+            prop_oneof![any::<i64>().prop_map(|n| n.to_string()), hostile_text()],
+            prop::sample::select(vec![
+                "",
+                ", ",
+                ",",
+                ";w=60",
+                "\"p\";r=1",
+                "\"",
+                "?1",
+                ":YQ==:"
+            ]),
+        )
+            .prop_map(|(a, sep, b, tail)| format!("{a}{sep}{b}{tail}")),
+    ]
+    .boxed()
+}
+
+impl Target for RatelimitHeaders {
+    type Input = Vec<(usize, String)>;
+    fn name(&self) -> &'static str {
+        "ratelimit_headers"
+    }
+    fn strategy(&self) -> BoxedStrategy<Self::Input> {
+        prop::collection::vec((0..6usize, quota_value()), 0..6).boxed()
+    }
+    fn run(&self, fields: Self::Input) {
+        const NAMES: [&str; 6] = [
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "ratelimit",
+            "ratelimit-policy",
+            "docker-ratelimit-source",
+        ];
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in fields {
+            // What a server could send: any value that is a valid header value.
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.append(NAMES[name % NAMES.len()], value);
+            }
+        }
+        let _ = format!(
+            "{:?}",
+            pullwatch::registry::quota::Quota::from_headers(&headers)
+        );
     }
 }
 
