@@ -12,6 +12,7 @@ use crate::check::resolve::{Resolver, ResolverConfig};
 use crate::check::{CheckOptions, Checker, Mode};
 use crate::cri::{CallObserver, CriClient, CriTimeouts};
 use crate::keyring::{KeyringConfig, NodeKeyring};
+use crate::metrics::AgentMetrics;
 use crate::route::RuntimeAuth;
 use crate::route::crio::CrioRouteConfig;
 use crate::route::endpoints::RuntimeDialect;
@@ -255,8 +256,10 @@ impl NodeArgs {
         }
     }
 
-    /// The checker these flags describe.
-    pub fn checker(&self, observer: Option<Arc<dyn CallObserver>>) -> crate::Result<Checker> {
+    /// The checker these flags describe; `metrics` (with `run`) hears its CRI calls and
+    /// the quotas registries announce.
+    pub fn checker(&self, metrics: Option<Arc<AgentMetrics>>) -> crate::Result<Checker> {
+        let observer = metrics.clone().map(|m| m as Arc<dyn CallObserver>);
         let cri = CriClient::new(
             &self.cri_endpoint,
             CriTimeouts {
@@ -266,11 +269,15 @@ impl NodeArgs {
             observer,
         )?;
         let keyring = NodeKeyring::new(&self.keyring_config())?;
-        let resolver = Resolver::new(ResolverConfig {
+        let resolver_config = ResolverConfig {
             hosts_dir: self.containerd_hosts_dir.clone(),
             runtime_auth: RuntimeAuth::load(&self.containerd_config)?,
             request_timeout: self.request_timeout,
-        })
+        };
+        let resolver = match metrics {
+            Some(metrics) => Resolver::observed(resolver_config, metrics),
+            None => Resolver::new(resolver_config),
+        }
         .with_runtime_dialect(self.runtime_dialect, self.crio_route());
         Ok(Checker::new(
             cri,

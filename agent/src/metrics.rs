@@ -1,11 +1,13 @@
 //! Stage `metrics`: the agent's own `/metrics` (per node, for debugging; the canonical
 //! per-workload series live on the aggregator): this node's latest result per image, CRI calls by
 //! RPC and gRPC code, which keyring sources decided checks, and the connection to the
-//! aggregator. No label ever carries a secret: images, statuses, modes, credential
-//! *sources* (file paths, plugin and secret names), RPC names and codes only.
+//! aggregator, and the pull quota registries announce along this node's route (what
+//! the node's own egress IP has left, reported to the aggregator with each result).
+//! No label ever carries a secret: images, statuses, modes, credential *sources* (file
+//! paths, plugin and secret names), RPC names and codes, registry hosts only.
 //! Served over the shared [`pullwatch::serve`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,6 +17,8 @@ use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use pullwatch::registry::RegistryObserver;
+use pullwatch::registry::quota::Quota;
 use pullwatch::serve::{self, Body};
 use pullwatch::support::lock;
 use tokio::net::TcpListener;
@@ -45,7 +49,24 @@ pub struct AgentMetrics {
     /// An image not checked for this long has its series removed: the aggregator
     /// stopped asking (the workload went), and series must not only ever grow.
     series_ttl: Duration,
+    quota_limit: GaugeVec,
+    quota_remaining: GaugeVec,
+    quota_window: GaugeVec,
+    /// Registry host -> its latest quota and the sequence number of that update.
+    quotas: Mutex<QuotaLog>,
 }
+
+/// The latest quota per registry host, numbered so a session can send only what
+/// changed since it last sent ([`AgentMetrics::quotas_after`]).
+#[derive(Default)]
+struct QuotaLog {
+    latest: BTreeMap<String, (Quota, u64)>,
+    sequence: u64,
+}
+
+/// Registry hosts whose quota the agent keeps (its route's registries and mirrors are
+/// far fewer): a registry cannot grow the agent's series without bound.
+const MAX_QUOTA_HOSTS: usize = 64;
 
 impl std::fmt::Debug for AgentMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +176,28 @@ impl AgentMetrics {
                 "pullwatch_agent_aggregator_last_contact_timestamp_seconds",
                 "When the aggregator was last heard from",
             )?,
+            quota_limit: GaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_registry_ratelimit_limit",
+                    "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
+                ),
+                &["registry"],
+            )?,
+            quota_remaining: GaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_registry_ratelimit_remaining",
+                    "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
+                ),
+                &["registry"],
+            )?,
+            quota_window: GaugeVec::new(
+                Opts::new(
+                    "pullwatch_agent_registry_ratelimit_window_seconds",
+                    "The window the registry's pull limit applies to, in seconds",
+                ),
+                &["registry"],
+            )?,
+            quotas: Mutex::new(QuotaLog::default()),
             current: Mutex::new(HashMap::new()),
             series_ttl: DEFAULT_SERIES_TTL,
             registry,
@@ -173,6 +216,9 @@ impl AgentMetrics {
         r.register(Box::new(metrics.aggregator_connected.clone()))?;
         r.register(Box::new(metrics.aggregator_connects.clone()))?;
         r.register(Box::new(metrics.aggregator_last_contact.clone()))?;
+        r.register(Box::new(metrics.quota_limit.clone()))?;
+        r.register(Box::new(metrics.quota_remaining.clone()))?;
+        r.register(Box::new(metrics.quota_window.clone()))?;
         Ok(metrics)
     }
 
@@ -279,6 +325,58 @@ impl AgentMetrics {
             warn!(%error, "encoding metrics");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl AgentMetrics {
+    /// The quotas updated after sequence number `after` (0: all), with the sequence
+    /// number to ask after next time.
+    pub fn quotas_after(&self, after: u64) -> (Vec<(String, Quota)>, u64) {
+        let log = lock(&self.quotas);
+        let changed = log
+            .latest
+            .iter()
+            .filter(|(_, (_, sequence))| *sequence > after)
+            .map(|(host, (quota, _))| (host.clone(), quota.clone()))
+            .collect();
+        (changed, log.sequence)
+    }
+}
+
+impl RegistryObserver for AgentMetrics {
+    fn quota(&self, host: &str, quota: &Quota) {
+        {
+            let mut log = lock(&self.quotas);
+            if !log.latest.contains_key(host) && log.latest.len() >= MAX_QUOTA_HOSTS {
+                debug!(registry = host, "quota not kept: too many registries");
+                return;
+            }
+            log.sequence += 1;
+            let sequence = log.sequence;
+            log.latest
+                .insert(host.to_string(), (quota.clone(), sequence));
+        }
+        self.quota_remaining
+            .with_label_values(&[host])
+            .set(quota.remaining as f64);
+        match quota.limit {
+            Some(limit) => self
+                .quota_limit
+                .with_label_values(&[host])
+                .set(limit as f64),
+            None => {
+                let _ = self.quota_limit.remove_label_values(&[host]);
+            }
+        }
+        match quota.window {
+            Some(window) => self
+                .quota_window
+                .with_label_values(&[host])
+                .set(window.as_secs_f64()),
+            None => {
+                let _ = self.quota_window.remove_label_values(&[host]);
+            }
+        }
     }
 }
 
@@ -395,6 +493,58 @@ mod tests {
         moved.tag_moved = None;
         metrics.record(&moved);
         assert!(series(&metrics).is_empty());
+    }
+
+    #[test]
+    fn quotas_are_exported_and_handed_to_the_session_once_per_change() {
+        let metrics = AgentMetrics::new().unwrap();
+        let quota = |remaining, limit| Quota {
+            limit,
+            remaining,
+            window: Some(Duration::from_secs(21600)),
+            reset: None,
+            source: Some("203.0.113.7".into()),
+        };
+        assert_eq!(metrics.quotas_after(0), (Vec::new(), 0));
+        metrics.quota("registry-1.docker.io", &quota(76, Some(100)));
+        let text = metrics.render();
+        for line in [
+            r#"pullwatch_agent_registry_ratelimit_limit{registry="registry-1.docker.io"} 100"#,
+            r#"pullwatch_agent_registry_ratelimit_remaining{registry="registry-1.docker.io"} 76"#,
+            r#"pullwatch_agent_registry_ratelimit_window_seconds{registry="registry-1.docker.io"} 21600"#,
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+        assert!(!text.contains("203.0.113.7"), "whose quota is no label");
+        let (changed, sent) = metrics.quotas_after(0);
+        assert_eq!(
+            changed,
+            [("registry-1.docker.io".to_string(), quota(76, Some(100)))]
+        );
+        assert_eq!(
+            metrics.quotas_after(sent),
+            (Vec::new(), sent),
+            "nothing new"
+        );
+        // Only what remains: the limit series goes rather than stay stale.
+        metrics.quota("registry-1.docker.io", &quota(75, None));
+        assert!(
+            !metrics
+                .render()
+                .contains("pullwatch_agent_registry_ratelimit_limit{")
+        );
+        let (changed, _) = metrics.quotas_after(sent);
+        assert_eq!(changed[0].1.remaining, 75);
+        // A registry cannot grow the series without bound.
+        for i in 0..200 {
+            metrics.quota(&format!("r{i}.example"), &quota(1, Some(2)));
+        }
+        let hosts = metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("pullwatch_agent_registry_ratelimit_remaining{"))
+            .count();
+        assert_eq!(hosts, MAX_QUOTA_HOSTS);
     }
 
     #[tokio::test]

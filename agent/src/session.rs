@@ -3,7 +3,9 @@
 //! One bidirectional stream: the agent registers (node name, runtime name and version
 //! from CRI `Version`, the images it holds from `ListImages`), waits for `Registered`,
 //! then runs the `CheckTask`s it receives (at most `--max-concurrent-checks`, and at
-//! most what the aggregator allows, at a time) and answers each with a `CheckResult`.
+//! most what the aggregator allows, at a time) and answers each with a `CheckResult`,
+//! which also carries the registries' pull quotas that changed since the session's
+//! previous result (all that are known, on the first).
 //! Both sides send heartbeats; an aggregator silent for three intervals counts as
 //! gone. When the stream ends or breaks, the agent reconnects with exponential backoff
 //! (1 s doubling to 30 s, jittered), so an aggregator restart costs a few seconds.
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pullwatch::proto::agent_service_client::AgentServiceClient;
 use pullwatch::proto::{
-    AgentMessage, CheckMode, CheckResult, CheckTask, Heartbeat, ImageInventory, Register, Status,
-    agent_message, aggregator_message,
+    AgentMessage, CheckMode, CheckResult, CheckTask, Heartbeat, ImageInventory, Register,
+    RegistryQuota, Status, agent_message, aggregator_message,
 };
 use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
 use tokio::sync::{Semaphore, mpsc};
@@ -305,6 +307,8 @@ async fn session(
     inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     inventory.reset();
     let mut last_contact = Instant::now();
+    // The quota updates this session has sent (none yet: the first result sends all).
+    let mut quotas_sent = 0;
 
     loop {
         tokio::select! {
@@ -332,7 +336,15 @@ async fn session(
             },
             Some(done) = running.join_next() => {
                 match done {
-                    Ok(result) => {
+                    Ok(mut result) => {
+                        let (quotas, sequence) = metrics.quotas_after(quotas_sent);
+                        quotas_sent = sequence;
+                        result.quotas = quotas.into_iter().map(|(registry, quota)| RegistryQuota {
+                            registry,
+                            remaining: quota.remaining,
+                            limit: quota.limit,
+                            window_seconds: quota.window.map(|w| w.as_secs()),
+                        }).collect();
                         if tx.send(message(agent_message::Message::Result(result))).await.is_err() {
                             return Err(SessionError::Closed);
                         }
@@ -438,6 +450,8 @@ async fn run_task(
         digest: report.digest.unwrap_or_default(),
         held_digest: report.held_digest.unwrap_or_default(),
         tag_moved: report.tag_moved,
+        // Added when the result is sent (see `session`).
+        quotas: Vec::new(),
     }
 }
 

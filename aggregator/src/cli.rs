@@ -37,7 +37,8 @@ pub use pullwatch::support::LogFormat;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check every image of the given manifests once and print the result.
-    /// Exit status: 0 all available, 1 any not available, 2 usage or input error.
+    /// Exit status: 0 all available, 1 any not available, 2 usage or input error,
+    /// 3 not every reference checked within --timeout.
     Check(Box<CheckArgs>),
     /// Re-check every --check-interval and serve /metrics, /healthz and /readyz.
     Serve(Box<ServeArgs>),
@@ -57,6 +58,19 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(short = 'o', long, env = "PULLWATCH_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+
+    /// Bound on the whole run: references not checked by then are reported with the
+    /// reason "not checked within --timeout", and the exit status is 3.
+    #[arg(long, env = "PULLWATCH_CHECK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// No progress on stderr (by default a bar on a terminal, else a line every 10 s).
+    #[arg(short = 'q', long, env = "PULLWATCH_QUIET", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    pub quiet: bool,
+
+    /// How often progress lines are printed when stderr is not a terminal (tests).
+    #[arg(long, env = "PULLWATCH_PROGRESS_INTERVAL", hide = true, default_value = "10s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
 
     #[command(flatten)]
     pub checker: CheckerArgs,
@@ -378,5 +392,37 @@ mod tests {
         assert!(
             Cli::try_parse_from(["p", "check", "-f", "x", "--max-concurrent-checks", "0"]).is_err()
         );
+    }
+
+    #[test]
+    fn check_timeout_quiet_and_progress_interval() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["p", "check", "-f", "x"];
+            argv.extend(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Check(check)) => Ok(check),
+                Ok(_) => panic!("check"),
+                Err(e) => Err(e),
+            }
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.timeout, None, "unbounded unless asked");
+        assert!(!defaults.quiet);
+        assert_eq!(defaults.progress_interval, Duration::from_secs(10));
+        let set = parse(&["--timeout", "1m30s", "-q"]).unwrap();
+        assert_eq!(set.timeout, Some(Duration::from_secs(90)));
+        assert!(set.quiet);
+        assert!(parse(&["--timeout", "0s"]).is_err());
+        // The interval is for tests: not in --help.
+        let help = Cli::command()
+            .find_subcommand_mut("check")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("--timeout") && help.contains("--quiet"),
+            "{help}"
+        );
+        assert!(!help.contains("--progress-interval"), "{help}");
     }
 }

@@ -13,7 +13,8 @@
 //! checks are made) and `OutcomeSink` (where outcomes go), which [`pipeline`]
 //! implements by wiring checker, agents, store and metrics together; what checks
 //! answered ([`answers`]) is shared by the stages from the scheduler on.
-//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results and
+//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results (with
+//! [`progress`] on stderr while `check` runs) and
 //! [`cli`] holds the flags.
 
 pub mod agents;
@@ -25,6 +26,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod mirrors;
 pub mod pipeline;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod scheduler;

@@ -1,5 +1,6 @@
 //! `pullwatch-aggregator`: `check` once, or `serve` metrics continuously.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,17 +8,20 @@ use std::time::Duration;
 
 use clap::Parser;
 use pullwatch::support::lock;
+use pullwatch::{CheckOutcome, CheckStatus};
 use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::server::AgentServerError;
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
 use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
+use pullwatch_aggregator::index::ContainerRef;
 use pullwatch_aggregator::index::{self, ImageIndex};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
 use pullwatch_aggregator::inventory::manifests;
 use pullwatch_aggregator::inventory::{SharedInventory, WatchState};
 use pullwatch_aggregator::metrics::Metrics;
-use pullwatch_aggregator::pipeline::Pipeline;
+use pullwatch_aggregator::pipeline::{CycleProgress, Pipeline};
+use pullwatch_aggregator::progress::Reporter;
 use pullwatch_aggregator::report;
 use pullwatch_aggregator::scheduler::{Scheduler, SchedulerStatus};
 use pullwatch_aggregator::server::{self, ServerState};
@@ -45,13 +49,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = pullwatch::support::start(&cli.log_level, cli.log_format)?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Check(args) => run_check(*args).await,
-            Command::Serve(args) => run_serve(*args).await.map(|()| ExitCode::SUCCESS),
+    match cli.command {
+        Command::Check(args) => {
+            let code = runtime.block_on(run_check(*args));
+            // A run cut short by --timeout ends now, whatever its abandoned requests
+            // still wait for (a name lookup runs on a blocking thread).
+            runtime.shutdown_timeout(CHECK_EXIT_GRACE);
+            code
         }
-    })
+        Command::Serve(args) => runtime
+            .block_on(run_serve(*args))
+            .map(|()| ExitCode::SUCCESS),
+    }
 }
+
+/// How long `check` waits at exit for work it abandoned.
+const CHECK_EXIT_GRACE: Duration = Duration::from_millis(500);
+/// The reason of a reference `check --timeout` cut off before its check ended.
+const NOT_CHECKED: &str = "not checked within --timeout";
+/// `check`'s exit status when not every reference was checked within --timeout.
+const EXIT_NOT_CHECKED: u8 = 3;
 
 /// Checks the manifests once: 0 when every image is available, 1 otherwise.
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
@@ -69,16 +86,53 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
         metrics,
         args.checker.max_concurrent_checks as usize * 2,
     );
-    let summary = pipeline.run_cycle(&index).await;
-    info!(
-        distinct_checks = summary.distinct_checks,
-        containers = summary.containers,
-        unavailable = summary.unavailable,
-        duration_ms = summary.duration.as_millis() as u64,
-        "check finished"
-    );
-
-    let results = pipeline.results();
+    let progress = Arc::new(CycleProgress::default());
+    let reporter = if args.quiet {
+        Reporter::quiet()
+    } else {
+        Reporter::start(
+            index.container_count(),
+            progress.clone(),
+            args.progress_interval,
+        )
+    };
+    let run = pipeline.run_cycle_with(&index, &progress);
+    let finished = match args.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, run).await.ok(),
+        None => Some(run.await),
+    };
+    reporter.finish().await;
+    let mut results = pipeline.results();
+    match &finished {
+        Some(summary) => info!(
+            distinct_checks = summary.distinct_checks,
+            containers = summary.containers,
+            unavailable = summary.unavailable,
+            duration_ms = summary.duration.as_millis() as u64,
+            "check finished"
+        ),
+        None => {
+            // What the timeout cut off has no result: it is reported as not checked.
+            let checked: HashSet<&ContainerRef> = results.iter().map(|(c, _)| c).collect();
+            let unchecked: Vec<ContainerRef> = index
+                .containers()
+                .into_iter()
+                .filter(|c| !checked.contains(c))
+                .cloned()
+                .collect();
+            warn!(
+                unchecked = unchecked.len(),
+                containers = index.container_count(),
+                "--timeout reached; the references not checked by then are reported as such"
+            );
+            results.extend(
+                unchecked
+                    .into_iter()
+                    .map(|c| (c, CheckOutcome::new(CheckStatus::UnknownError, NOT_CHECKED))),
+            );
+            results.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
     match args.output {
         OutputFormat::Table => print!("{}", report::table(&results)),
         OutputFormat::Json => println!(
@@ -90,13 +144,13 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
             report::junit(&results).map_err(|e| Error::Report(e.to_string()))?
         ),
     }
-    Ok(
-        if results.iter().all(|(_, outcome)| outcome.is_available()) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        },
-    )
+    Ok(if finished.is_none() {
+        ExitCode::from(EXIT_NOT_CHECKED)
+    } else if results.iter().all(|(_, outcome)| outcome.is_available()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {

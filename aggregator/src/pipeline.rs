@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,26 @@ pub struct Pipeline {
     last_full_pass: Mutex<Option<SystemTime>>,
 }
 
+/// How far a pass over an index got: container references with a result, and
+/// distinct checks started and not finished.
+#[derive(Debug, Default)]
+pub struct CycleProgress {
+    done: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl CycleProgress {
+    /// Container references with a result.
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Distinct checks started and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
 /// What one pass over an index found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CycleSummary {
@@ -71,14 +92,24 @@ impl Pipeline {
 
     /// Results with reasons, as `/api/v1/images` and `/` show them.
     pub fn images(&self, filter: &crate::results::Filter) -> crate::results::ImagesResponse {
-        let store = lock(&self.store);
-        let inventory = self.inventory.as_ref().map(|i| lock(i));
-        crate::results::images(
-            &store,
-            inventory.as_ref().map(|i| &i.running),
-            self.last_full_pass(),
-            filter,
-        )
+        let mut response = {
+            let store = lock(&self.store);
+            let inventory = self.inventory.as_ref().map(|i| lock(i));
+            crate::results::images(
+                &store,
+                inventory.as_ref().map(|i| &i.running),
+                self.last_full_pass(),
+                filter,
+            )
+        };
+        response.registries = crate::results::registry_quotas(
+            self.metrics.checker.quotas.snapshot(),
+            self.agents
+                .as_ref()
+                .map(|hub| hub.node_quotas().by_registry())
+                .unwrap_or_default(),
+        );
+        response
     }
 
     /// When the last full pass finished, if one has.
@@ -106,15 +137,29 @@ impl Pipeline {
 
     /// Checks everything in `index`, then drops results of references no longer in it.
     pub async fn run_cycle(&self, index: &ImageIndex) -> CycleSummary {
+        self.run_cycle_with(index, &CycleProgress::default()).await
+    }
+
+    /// [`Pipeline::run_cycle`], counting in `progress` how far it got (the `check`
+    /// command reports it; dropped midway, what was recorded stays in the store).
+    pub async fn run_cycle_with(
+        &self,
+        index: &ImageIndex,
+        progress: &CycleProgress,
+    ) -> CycleSummary {
         let started = Instant::now();
         for (container, outcome) in &index.settled {
             self.record(index, std::slice::from_ref(container), outcome);
+            progress.done.fetch_add(1, Ordering::Relaxed);
         }
         let checks = futures::stream::iter(index.checks.iter())
             .map(|(key, containers)| async move {
+                progress.in_flight.fetch_add(1, Ordering::Relaxed);
                 let mut outcome = self.checker.check(key).await;
                 outcome.checked_at = Some(SystemTime::now());
                 self.record(index, containers, &Arc::new(outcome));
+                progress.done.fetch_add(containers.len(), Ordering::Relaxed);
+                progress.in_flight.fetch_sub(1, Ordering::Relaxed);
             })
             .buffer_unordered(self.parallelism);
         checks.collect::<()>().await;

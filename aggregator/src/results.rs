@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use pullwatch::registry::quota::Quota;
 use pullwatch::{CheckOutcome, CheckStatus};
 use serde::Serialize;
 
 use crate::answers::ImageNodes;
+use crate::agents::quota::NodeQuota;
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
 use crate::store::{ResultStore, tag_moved};
@@ -88,6 +90,83 @@ impl Filter {
 pub struct ImagesResponse {
     pub summary: Summary,
     pub images: Vec<ImageView>,
+    /// The pull quota of each registry that announced one ([`registry_quotas`]).
+    pub registries: Vec<RegistryQuotaView>,
+}
+
+/// One registry's pull quota, as the aggregator's own checks and each node's route
+/// last saw it (anonymous quotas are per egress IP: each vantage point has its own).
+#[derive(Debug, Serialize)]
+pub struct RegistryQuotaView {
+    pub registry: String,
+    /// The aggregator's own view (central checks); null when only nodes saw it.
+    pub central: Option<QuotaView>,
+    /// Each node whose agent reported it.
+    pub nodes: Vec<NodeQuotaView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QuotaView {
+    pub remaining: u64,
+    pub limit: Option<u64>,
+    pub window_seconds: Option<u64>,
+    /// When the answer that announced it came (RFC 3339).
+    pub seen_at: Option<String>,
+    /// Whose quota (Docker's `docker-ratelimit-source`: the egress IP, or the account),
+    /// when the registry said; the aggregator's own view only.
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeQuotaView {
+    pub node: String,
+    #[serde(flatten)]
+    pub quota: QuotaView,
+}
+
+/// The quota views of every registry, from the aggregator's latest quotas (host ->
+/// quota, when) and the nodes' (host -> node -> quota).
+pub fn registry_quotas(
+    central: BTreeMap<String, (Quota, SystemTime)>,
+    nodes: BTreeMap<String, BTreeMap<String, NodeQuota>>,
+) -> Vec<RegistryQuotaView> {
+    let mut views: BTreeMap<String, RegistryQuotaView> = BTreeMap::new();
+    let view = |registry: &str| RegistryQuotaView {
+        registry: registry.to_string(),
+        central: None,
+        nodes: Vec::new(),
+    };
+    for (registry, (quota, seen)) in central {
+        views
+            .entry(registry.clone())
+            .or_insert_with(|| view(&registry))
+            .central = Some(QuotaView {
+            remaining: quota.remaining,
+            limit: quota.limit,
+            window_seconds: quota.window.map(|w| w.as_secs()),
+            seen_at: rfc3339(Some(seen)),
+            source: quota.source,
+        });
+    }
+    for (registry, by_node) in nodes {
+        let entry = views
+            .entry(registry.clone())
+            .or_insert_with(|| view(&registry));
+        entry.nodes = by_node
+            .into_iter()
+            .map(|(node, q)| NodeQuotaView {
+                node,
+                quota: QuotaView {
+                    remaining: q.remaining,
+                    limit: q.limit,
+                    window_seconds: q.window_seconds,
+                    seen_at: rfc3339(Some(q.reported_at)),
+                    source: None,
+                },
+            })
+            .collect();
+    }
+    views.into_values().collect()
 }
 
 /// Over every checked image, whatever the filter.
@@ -231,7 +310,11 @@ pub fn images(
                 .unwrap_or_default(),
         });
     }
-    ImagesResponse { summary, images }
+    ImagesResponse {
+        summary,
+        images,
+        registries: Vec::new(),
+    }
 }
 
 /// Text safe inside HTML elements and quoted attributes.
@@ -352,10 +435,63 @@ pub fn page(view: &ImagesResponse) -> String {
         }
         out.push_str("</tbody></table>\n</section>\n");
     }
+    quota_section(&view.registries, &mut out);
     out.push_str(
         "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
     );
     out
+}
+
+/// Below this share of its limit left, a quota is shown as low (the alert's threshold).
+const LOW_QUOTA: f64 = 0.1;
+
+/// The pull quotas, one row per registry and vantage point (the aggregator, a node).
+fn quota_section(registries: &[RegistryQuotaView], out: &mut String) {
+    if registries.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<section id=\"quotas\">\n<h2>registry pull quotas</h2>\n\
+         <p class=\"fix\">What each registry announced on its latest manifest answer; anonymous quotas are per egress IP, so each node has its own. When one runs low: authenticate, use a mirror, or pull less often.</p>\n\
+         <table><thead><tr><th>Registry</th><th>Seen from</th><th>Remaining</th><th>Limit</th><th>Window</th><th>Seen at</th></tr></thead><tbody>\n",
+    );
+    for registry in registries {
+        let rows = registry
+            .central
+            .iter()
+            .map(|q| ("aggregator".to_string(), q))
+            .chain(
+                registry
+                    .nodes
+                    .iter()
+                    .map(|n| (format!("node {}", n.node), &n.quota)),
+            );
+        for (vantage, quota) in rows {
+            let low = quota
+                .limit
+                .filter(|l| *l > 0)
+                .is_some_and(|l| (quota.remaining as f64) < LOW_QUOTA * l as f64);
+            let optional = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "<tr class=\"quota{}\"><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if low { " low" } else { "" },
+                escape(&registry.registry),
+                escape(&vantage),
+                quota.remaining,
+                optional(quota.limit),
+                quota
+                    .window_seconds
+                    .map(
+                        |w| humantime::format_duration(std::time::Duration::from_secs(w))
+                            .to_string()
+                    )
+                    .unwrap_or_default(),
+                escape(quota.seen_at.as_deref().unwrap_or("")),
+            );
+        }
+    }
+    out.push_str("</tbody></table>\n</section>\n");
 }
 
 #[cfg(test)]
@@ -386,6 +522,72 @@ mod tests {
                 "{status}: README says {row}"
             );
         }
+    }
+
+    #[test]
+    fn quotas_per_registry_and_vantage_point_on_the_page() {
+        let seen = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let central = BTreeMap::from([(
+            "registry-1.docker.io".to_string(),
+            (
+                Quota {
+                    limit: Some(100),
+                    remaining: 76,
+                    window: Some(std::time::Duration::from_secs(21600)),
+                    reset: None,
+                    source: Some("203.0.113.7".into()),
+                },
+                seen,
+            ),
+        )]);
+        let node = |remaining| NodeQuota {
+            remaining,
+            limit: Some(100),
+            window_seconds: Some(21600),
+            reported_at: seen,
+        };
+        let nodes = BTreeMap::from([
+            (
+                "registry-1.docker.io".to_string(),
+                BTreeMap::from([("node-a".to_string(), node(4))]),
+            ),
+            (
+                "<mirror>".to_string(),
+                BTreeMap::from([("node-b".to_string(), node(50))]),
+            ),
+        ]);
+        let registries = registry_quotas(central, nodes);
+        assert_eq!(registries.len(), 2);
+        let hub = &registries[1];
+        assert_eq!(hub.registry, "registry-1.docker.io");
+        assert_eq!(hub.central.as_ref().unwrap().remaining, 76);
+        assert_eq!(hub.nodes[0].node, "node-a");
+        assert_eq!(hub.nodes[0].quota.remaining, 4);
+        assert!(
+            registries[0].central.is_none(),
+            "only a node saw the mirror"
+        );
+        let json = serde_json::to_value(&registries).unwrap();
+        assert_eq!(json[1]["central"]["window_seconds"], 21600);
+        assert_eq!(json[1]["central"]["seen_at"], "2027-01-15T08:00:00Z");
+        assert_eq!(json[1]["nodes"][0]["node"], "node-a");
+        assert_eq!(json[1]["nodes"][0]["remaining"], 4);
+        assert_eq!(json[1]["central"]["source"], "203.0.113.7");
+
+        let mut view = images(&ResultStore::default(), None, None, &Filter::default());
+        assert!(!page(&view).contains("id=\"quotas\""), "nothing announced");
+        view.registries = registries;
+        let html = page(&view);
+        assert!(html.contains("id=\"quotas\""));
+        assert!(html.contains("&lt;mirror&gt;"), "escaped");
+        // node-a has 4 of 100 left: under the alert's 10 %.
+        let low: Vec<&str> = html
+            .lines()
+            .filter(|l| l.starts_with("<tr class=\"quota low\""))
+            .collect();
+        assert_eq!(low.len(), 1, "{html}");
+        assert!(low[0].contains("node node-a") && low[0].contains("<td>4</td>"));
+        assert!(html.contains("<td>aggregator</td><td>76</td><td>100</td><td>6h</td>"));
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! - pull secrets reach only the node that runs the workload (and follow the pod);
 //!   in `--manifests` mode none reaches any agent;
 //! - a tag moved in the registry while a node holds the old image: the agent reports
-//!   the move and the node keeps what it runs.
+//!   the move and the node keeps what it runs;
+//! - a registry announcing Docker Hub's pull quota (a proxy in front of a real one):
+//!   the aggregator's own series, the node's on its agent and on the aggregator, the
+//!   quotas in `/api/v1/images` and on the page, gone with the agent and the registry.
 //!
 //! Loopback only; every wait is bounded.
 
@@ -30,11 +33,11 @@ use pullwatch_agent::metrics::AgentMetrics;
 use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryAuthConfig,
-    RegistryOptions, TestApiServer, TestCa, assert_no_canary, assert_no_canary_in_file,
-    assert_no_canary_in_process_logs, capture_process_logs, deployment, free_port, http_request,
-    namespace, node, pod, promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson,
-    with_owner, with_pull_secrets,
+    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
+    Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary,
+    assert_no_canary_in_file, assert_no_canary_in_process_logs, capture_process_logs, deployment,
+    free_port, http_request, namespace, node, pod, promtool_check_metrics, push_image, replicaset,
+    secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
 use tokio::task::JoinHandle;
 
@@ -234,11 +237,15 @@ impl Agent {
             provider_bin_dir,
         })
         .unwrap();
-        let resolver = Resolver::new(ResolverConfig {
-            hosts_dir: node.hosts_dir(),
-            runtime_auth: RuntimeAuth::load(node.config_path()).unwrap(),
-            request_timeout: Duration::from_secs(10),
-        });
+        // As `pullwatch-agent run`: the metrics hear the quotas registries announce.
+        let resolver = Resolver::observed(
+            ResolverConfig {
+                hosts_dir: node.hosts_dir(),
+                runtime_auth: RuntimeAuth::load(node.config_path()).unwrap(),
+                request_timeout: Duration::from_secs(10),
+            },
+            metrics.clone(),
+        );
         let observer: Arc<dyn pullwatch_agent::cri::CallObserver> = metrics.clone();
         let cri = CriClient::new(
             &node.endpoint(),
@@ -1052,6 +1059,171 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
         assert!(b.contains("credential_source=\"runtime\""), "{b}");
         agent_a.kill();
         agent_b.kill();
+    })
+    .await;
+}
+
+/// Docker Hub's pull quota, announced by a proxy in front of a real registry on every
+/// manifest answer: the aggregator's central checks export it per registry and follow
+/// it; an agent (auto mode: it resolves the image it does not hold through its route)
+/// exports its node's and reports it, and the aggregator's node series follows; both
+/// show in `/api/v1/images` and on the page; the node's series go with its agent and
+/// the registry's with the last workload using it. Checks send `HEAD`, which does not
+/// spend the quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
+    bounded(async {
+        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+            .await
+            .unwrap();
+        let proxy = QuotaProxy::start(registry.addr(), 100).await.unwrap();
+        proxy.set_remaining(76);
+        let host = proxy.host();
+        let image = format!("{host}/team/app:v1");
+        let manifests = manifests_dir(&image);
+        let serve = Serve::start(
+            &[
+                "--manifests".into(),
+                manifests.path().display().to_string(),
+                "--check-interval".into(),
+                "2s".into(),
+            ],
+            Auth::SharedToken,
+        );
+        let central =
+            |name: &str| format!("pullwatch_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
+        let text = serve
+            .wait_metrics("the aggregator's quota series", |t| {
+                value(t, &central("remaining")) == Some(76.0)
+            })
+            .await;
+        assert_eq!(value(&text, &central("limit")), Some(100.0), "{text}");
+        assert_eq!(
+            value(&text, &central("window_seconds")),
+            Some(QUOTA_WINDOW_SECONDS as f64),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, &canonical("available", "shop", "web", &image)),
+            Some(1.0)
+        );
+        // The gauge follows the latest answer.
+        proxy.set_remaining(42);
+        serve
+            .wait_metrics("the aggregator's quota to follow", |t| {
+                value(t, &central("remaining")) == Some(42.0)
+            })
+            .await;
+
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let agent = Agent::start(
+            &node,
+            None,
+            serve.session("node-q", &serve.shared_token_file(), &[]),
+        );
+        agent.wait_connected().await;
+        proxy.set_remaining(7);
+        let node_series = |name: &str| {
+            format!(
+                "pullwatch_node_registry_ratelimit_{name}{{node=\"node-q\",registry=\"{host}\"}} "
+            )
+        };
+        let text = serve
+            .wait_metrics("the node's quota on the aggregator", |t| {
+                value(t, &node_series("remaining")) == Some(7.0)
+            })
+            .await;
+        assert_eq!(value(&text, &node_series("limit")), Some(100.0), "{text}");
+        let agent_text = agent.render();
+        let on_agent = |name: &str| {
+            format!("pullwatch_agent_registry_ratelimit_{name}{{registry=\"{host}\"}} ")
+        };
+        assert_eq!(
+            value(&agent_text, &on_agent("remaining")),
+            Some(7.0),
+            "{agent_text}"
+        );
+        assert_eq!(
+            value(&agent_text, &on_agent("limit")),
+            Some(100.0),
+            "{agent_text}"
+        );
+        assert_eq!(
+            value(&agent_text, &on_agent("window_seconds")),
+            Some(QUOTA_WINDOW_SECONDS as f64),
+            "{agent_text}"
+        );
+        assert!(
+            agent_text.contains(&format!(
+                "image=\"{image}\",mode=\"resolve\",status=\"available\""
+            )),
+            "{agent_text}"
+        );
+
+        // Results with reasons carry the quota per registry and vantage point.
+        let api = http_request(
+            serve.metrics,
+            http::Method::GET,
+            "/api/v1/images",
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+        let quotas = json["registries"].as_array().unwrap();
+        assert_eq!(quotas.len(), 1, "{json}");
+        assert_eq!(quotas[0]["registry"], host.as_str());
+        assert_eq!(quotas[0]["central"]["limit"], 100, "{json}");
+        // Docker's docker-ratelimit-source: whose quota it is (the proxy names the IP).
+        assert_eq!(quotas[0]["central"]["source"], "127.0.0.1", "{json}");
+        assert_eq!(quotas[0]["nodes"][0]["node"], "node-q", "{json}");
+        assert_eq!(quotas[0]["nodes"][0]["remaining"], 7, "{json}");
+        assert_eq!(
+            quotas[0]["nodes"][0]["window_seconds"],
+            QUOTA_WINDOW_SECONDS
+        );
+        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
+            .await
+            .unwrap()
+            .text();
+        let low = page
+            .lines()
+            .find(|l| l.starts_with("<tr class=\"quota low\"") && l.contains("node node-q"))
+            .unwrap_or_else(|| panic!("no low quota row for node-q:\n{page}"));
+        assert!(low.contains("<td>7</td><td>100</td><td>6h</td>"), "{low}");
+        // Checks ask with HEAD, which on Docker Hub spends nothing.
+        let (gets, heads) = proxy.manifest_requests();
+        assert_eq!(gets, 0, "a check sent a manifest GET");
+        assert!(heads >= 3, "{heads} HEADs");
+        assert_eq!(proxy.remaining(), 7);
+
+        // The node's series go with its agent.
+        agent.kill();
+        serve
+            .wait_metrics("the node's quota to go with its agent", |t| {
+                !t.contains("pullwatch_node_registry_ratelimit_")
+            })
+            .await;
+        // The registry's go with the last workload using it.
+        let direct = format!("{}/team/app:v1", registry.host());
+        std::fs::write(
+            manifests.path().join("web.json"),
+            std::fs::read_to_string(manifests.path().join("web.json"))
+                .unwrap()
+                .replace(&image, &direct),
+        )
+        .unwrap();
+        let text = serve
+            .wait_metrics("the registry's quota to go with the registry", |t| {
+                value(t, &canonical("available", "shop", "web", &direct)) == Some(1.0)
+                    && !t.contains("pullwatch_registry_ratelimit_")
+            })
+            .await;
+        assert!(!text.contains(&host), "{text}");
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! The `pullwatch-aggregator` binary end to end: `check` against real registries with
-//! pull secrets from manifests, exit codes, and `serve` with its HTTP endpoints and
-//! metrics (validated by the real promtool).
+//! pull secrets from manifests, exit codes, progress and `--timeout` against a registry
+//! that never answers, and `serve` with its HTTP endpoints and metrics (validated by the
+//! real promtool).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
-    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary, free_port,
-    http_request, promtool_check_metrics, push_image,
+    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, SilentServer, assert_no_canary,
+    free_port, http_request, promtool_check_metrics, push_image,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -370,6 +371,147 @@ async fn image_mirrors_and_proxies_route_the_check() {
         status_of(&rows(&output), "mirrored", "c0"),
         "registry_unavailable"
     );
+}
+
+/// `check` with a registry that accepts connections and never answers: progress lines
+/// on a stderr that is no terminal (every second here, `--progress-interval` being the
+/// tests' knob; 10 s by default), and at `--timeout` the references not checked yet are
+/// printed as such and the exit status is 3; `-q` silences the progress.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_progress_and_ends_at_its_timeout() {
+    let open = Registry::start(RegistryOptions::default()).await.unwrap();
+    let image = push_image(&open, "web/frontend", "v1", ImageFormat::Oci)
+        .await
+        .unwrap()
+        .reference;
+    let silent = SilentServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = [
+        format!("{}/team/api:1", silent.host()),
+        format!("{}/team/worker:1", silent.host()),
+    ];
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        deployment_yaml("shop", "web", &[&image, &stuck[0], &stuck[1]], None),
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(["check", "-f", dir.path().to_str().unwrap(), "-o", "json"])
+            .args(extra)
+            .env("PULLWATCH_ALLOW_PLAIN_HTTP", "true")
+            .env_remove("PULLWATCH_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+
+    let started = Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        check(&["--timeout", "3s", "--progress-interval", "1s"]).output(),
+    )
+    .await
+    .expect("check did not end")
+    .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    // It ends at its timeout, not at the registry's 10 s deadline nor later.
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(9),
+        "{elapsed:?}"
+    );
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("checked ") && l.ends_with(" in flight"))
+        .collect();
+    assert!(progress.len() >= 2, "{stderr}");
+    for line in &progress {
+        assert!(line.contains(" of 3 references, "), "{line}");
+    }
+    // The open registry answered; the two checks at the silent one are still in flight.
+    assert!(
+        progress.contains(&"checked 1 of 3 references, 2 in flight"),
+        "{stderr}"
+    );
+    let printed = rows(&output);
+    assert_eq!(printed.len(), 3, "{printed:?}");
+    for row in &printed {
+        if row["image"] == image {
+            assert_eq!(row["status"], "available", "{row:?}");
+        } else {
+            assert!(stuck.contains(&row["image"]), "{row:?}");
+            assert_eq!(row["status"], "unknown_error", "{row:?}");
+            assert_eq!(row["reason"], "not checked within --timeout", "{row:?}");
+        }
+    }
+
+    // -q: the same outcome without a word of progress.
+    let output = check(&["--timeout", "1s", "--progress-interval", "1s", "-q"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("references,"), "{stderr}");
+    assert_eq!(rows(&output).len(), 3);
+}
+
+/// On a terminal (a pseudo-terminal from util-linux's `script`) the progress is a bar,
+/// redrawn in place, and it stops where the run stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_draws_a_progress_bar_on_a_terminal() {
+    let script = pullwatch_testbench::require_tool("script").unwrap();
+    let silent = SilentServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = format!("{}/team/api:1", silent.host());
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        deployment_yaml("shop", "web", &[&stuck, "Not A Valid Image"], None),
+    )
+    .unwrap();
+    // stderr alone goes to the terminal; stdout (the results) to a file.
+    let results = dir.path().join("results.json");
+    let command = format!(
+        "{BIN} check -f {} -o json --timeout 1s --log-level error > {}",
+        dir.path().join("all.yaml").display(),
+        results.display()
+    );
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(script)
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("PULLWATCH_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check did not end")
+    .unwrap();
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{terminal}");
+    assert!(
+        terminal.contains("\u{1b}[2K"),
+        "not redrawn in place: {terminal:?}"
+    );
+    let last = terminal
+        .split(['\r', '\n'])
+        .rfind(|l| l.contains("references ["))
+        .unwrap_or_else(|| panic!("no bar: {terminal:?}"));
+    assert!(
+        last.contains("checked 1 of 2 references [") && last.contains("1 in flight"),
+        "{last:?}"
+    );
+    assert!(
+        !terminal.contains("references, "),
+        "a line where a bar belongs: {terminal:?}"
+    );
+    let printed: Vec<BTreeMap<String, String>> =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(printed.len(), 2, "{printed:?}");
 }
 
 #[test]
@@ -828,6 +970,41 @@ mod api {
     pub struct Images {
         pub summary: Summary,
         pub images: Vec<Image>,
+        pub registries: Vec<RegistryQuota>,
+    }
+
+    /// Schema only here: no registry in this test announces a pull quota
+    /// (aggregator/tests/agents.rs has one that does).
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RegistryQuota {
+        pub registry: String,
+        pub central: Option<Quota>,
+        pub nodes: Vec<NodeQuota>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Quota {
+        pub remaining: u64,
+        pub limit: Option<u64>,
+        pub window_seconds: Option<u64>,
+        pub seen_at: Option<String>,
+        pub source: Option<String>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeQuota {
+        pub node: String,
+        pub remaining: u64,
+        pub limit: Option<u64>,
+        pub window_seconds: Option<u64>,
+        pub seen_at: Option<String>,
+        pub source: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -919,6 +1096,10 @@ async fn results_with_reasons_as_json_and_as_a_page() {
         "{body}"
     );
     assert!(view.summary.last_full_pass.is_some());
+    assert!(
+        view.registries.is_empty(),
+        "no registry announced a quota: {body}"
+    );
     let image = |name: &str| view.images.iter().find(|i| i.image == name).unwrap();
     let web = image(&f.public_image);
     assert_eq!(web.status, "available");

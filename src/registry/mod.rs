@@ -21,6 +21,7 @@
 pub mod challenge;
 pub mod classify;
 pub mod pause;
+pub mod quota;
 
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
@@ -99,6 +100,8 @@ pub trait RegistryObserver: Send + Sync {
     fn rate_limited(&self, _host: &str) {}
     /// `host` is paused until this Unix time; 0 when the pause has ended.
     fn paused_until(&self, _host: &str, _unix_seconds: f64) {}
+    /// `host` announced its pull quota on a manifest answer ([`quota`]).
+    fn quota(&self, _host: &str, _quota: &quota::Quota) {}
 }
 
 /// Observes nothing.
@@ -702,6 +705,11 @@ impl RegistryClient {
                 .await
             {
                 Ok(final_) => {
+                    if object == Object::Manifest
+                        && let Some(quota) = quota::Quota::from_headers(&final_.headers)
+                    {
+                        self.observer.quota(&state.host, &quota);
+                    }
                     if endpoint.scheme == Scheme::HttpsOrPlain {
                         *lock(&state.plain_http) = Some(plain);
                     }

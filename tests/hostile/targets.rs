@@ -15,6 +15,7 @@
 //! | `cri_errors` | CRI error statuses and messages | `cri::classify_pull_error` |
 //! | `www_authenticate` | registry challenge headers (shared client) | `registry::challenge::parse`, `auth_scheme` |
 //! | `registry_bodies` | registry status and error bodies (shared client) | `registry::classify::classify_response` |
+//! | `ratelimit_headers` | pull-quota headers of manifest answers (shared client) | `registry::quota::Quota::from_headers` |
 //! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `Checker::check` every fourth, against a loopback stub |
 //! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
@@ -708,6 +709,68 @@ impl Target for WwwAuthenticate {
     }
 }
 
+pub struct RatelimitHeaders;
+
+/// A quota header value: hostile text, or Docker's and the IETF drafts' shapes with
+/// hostile pieces.
+fn quota_value() -> BoxedStrategy<String> {
+    prop_oneof![
+        hostile_text(),
+        (
+            prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                hostile_text()
+            ],
+            prop::sample::select(vec![";w=", ";W=", "; w = ", ";q=", ";r=", ";t=", ";", ","]),
+            prop_oneof![any::<i64>().prop_map(|n| n.to_string()), hostile_text()],
+            prop::sample::select(vec![
+                "",
+                ", ",
+                ",",
+                ";w=60",
+                "\"p\";r=1",
+                "\"",
+                "?1",
+                ":YQ==:"
+            ]),
+        )
+            .prop_map(|(a, sep, b, tail)| format!("{a}{sep}{b}{tail}")),
+    ]
+    .boxed()
+}
+
+impl Target for RatelimitHeaders {
+    type Input = Vec<(usize, String)>;
+    fn name(&self) -> &'static str {
+        "ratelimit_headers"
+    }
+    fn strategy(&self) -> BoxedStrategy<Self::Input> {
+        prop::collection::vec((0..6usize, quota_value()), 0..6).boxed()
+    }
+    fn run(&self, fields: Self::Input) {
+        const NAMES: [&str; 6] = [
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "ratelimit",
+            "ratelimit-policy",
+            "docker-ratelimit-source",
+        ];
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in fields {
+            // What a server could send: any value that is a valid header value.
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.append(NAMES[name % NAMES.len()], value);
+            }
+        }
+        let _ = format!(
+            "{:?}",
+            pullwatch::registry::quota::Quota::from_headers(&headers)
+        );
+    }
+}
+
 pub struct RegistryBodies;
 
 impl Target for RegistryBodies {
@@ -1174,11 +1237,29 @@ fn check_result() -> BoxedStrategy<pullwatch::proto::CheckResult> {
             hostile_text(),
             any::<Option<bool>>(),
         ),
+        prop::collection::vec(
+            (
+                hostile_text(),
+                any::<u64>(),
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+            )
+                .prop_map(|(registry, remaining, limit, window_seconds)| {
+                    pullwatch::proto::RegistryQuota {
+                        registry,
+                        remaining,
+                        limit,
+                        window_seconds,
+                    }
+                }),
+            0..4,
+        ),
     )
         .prop_map(
             |(
                 (task_id, image, status, reason, mode, source),
                 (duration, present, runtime, digest, held, moved),
+                quotas,
             )| {
                 pullwatch::proto::CheckResult {
                     task_id,
@@ -1197,6 +1278,7 @@ fn check_result() -> BoxedStrategy<pullwatch::proto::CheckResult> {
                     digest,
                     held_digest: held,
                     tag_moved: moved,
+                    quotas,
                 }
             },
         )
@@ -1344,6 +1426,7 @@ impl Target for AgentMessages {
                 };
                 let check = self.runtime.block_on(self.hub.check_target(&target));
                 let _ = check.outcome();
+                let _ = self.hub.node_quotas().by_registry();
             }
             Some(Message::Heartbeat(_)) => self.hub.touch(&self.session),
             None => {}

@@ -1,5 +1,6 @@
 //! The pullwatch test bench: real `docker-registry` and `containerd` processes, images pushed with
-//! `skopeo`, a throw-away CA, `promtool`, a programmable stub HTTP server and a test Kubernetes
+//! `skopeo`, a throw-away CA, `promtool`, a programmable stub HTTP server, a proxy announcing
+//! Docker Hub's pull quota in front of a real registry, and a test Kubernetes
 //! API server (`TestApiServer`), all on loopback in temp dirs, with bounded waits and child
 //! processes killed on drop.
 
@@ -15,6 +16,7 @@ mod http_client;
 mod procfs;
 mod promtool;
 mod push;
+mod quota_proxy;
 mod registry;
 mod stub;
 mod tools;
@@ -42,6 +44,7 @@ pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_co
 pub use procfs::{owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds};
 pub use promtool::promtool_check_metrics;
 pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
+pub use quota_proxy::{QUOTA_WINDOW_SECONDS, QuotaProxy};
 pub use registry::{Registry, RegistryOptions};
 pub use stub::{RecordedRequest, StubResponse, StubServer};
 pub use tools::{

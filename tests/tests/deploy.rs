@@ -48,6 +48,11 @@ fn known_metrics() -> BTreeSet<String> {
         "pullwatch_image_nodes",
         "pullwatch_image_cached_nodes",
         "pullwatch_image_tag_moved",
+        "pullwatch_registry_ratelimit_limit",
+        "pullwatch_registry_ratelimit_remaining",
+        "pullwatch_registry_ratelimit_window_seconds",
+        "pullwatch_node_registry_ratelimit_limit",
+        "pullwatch_node_registry_ratelimit_remaining",
         "up",
     ]
     .into_iter()
@@ -313,12 +318,13 @@ fn alert_rules_unit_tests_pass() {
 }
 
 /// The unit tests must notice a broken rule: shorten two `for:`s, reword one description,
-/// and make the disagreement alert fire on agreement; each mutant must fail promtool.
+/// make the disagreement alert fire on agreement and the quota alert fire at half its
+/// limit; each mutant must fail promtool.
 #[test]
 fn alert_rules_unit_tests_catch_broken_rules() {
     let original = read_yaml(&alerts_path());
     type Mutation = (&'static str, fn(&mut Value));
-    let mutations: [Mutation; 4] = [
+    let mutations: [Mutation; 5] = [
         ("PullwatchImageAbsent", |rule| {
             rule["for"] = Value::from("1m");
         }),
@@ -335,6 +341,10 @@ fn alert_rules_unit_tests_catch_broken_rules() {
         }),
         ("PullwatchImageNodesDisagree", |rule| {
             let e = rule["expr"].as_str().unwrap().replace("> 1", "> 0");
+            rule["expr"] = Value::from(e);
+        }),
+        ("PullwatchRegistryPullQuotaLow", |rule| {
+            let e = rule["expr"].as_str().unwrap().replace("0.1 *", "0.5 *");
             rule["expr"] = Value::from(e);
         }),
     ];
@@ -715,6 +725,8 @@ fn dashboard_is_valid_with_a_datasource_variable_and_known_metrics() {
         "pullwatch_registry_paused_until_timestamp_seconds",
         "pullwatch_registry_rate_limited_total",
         "pullwatch_registry_requests_total",
+        "pullwatch_registry_ratelimit_remaining",
+        "pullwatch_node_registry_ratelimit_remaining",
         "k8s_image_availability_exporter_completed_rechecks_total",
     ] {
         assert!(used.contains(metric), "no panel shows {metric}");

@@ -69,6 +69,11 @@ fn www_authenticate() {
 }
 
 #[test]
+fn ratelimit_headers() {
+    check(RatelimitHeaders, 0x100e);
+}
+
+#[test]
 fn registry_bodies() {
     check(RegistryBodies, 0x1008);
 }

@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use pullwatch::registry::classify::Hints;
 use pullwatch::registry::{
-    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme, Target,
+    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
+    RegistryObserver, Scheme, Target,
 };
 use pullwatch::support::{error_chain, install_crypto_provider, lock};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
@@ -121,6 +122,12 @@ pub struct Resolved {
 
 impl Resolver {
     pub fn new(config: ResolverConfig) -> Resolver {
+        Resolver::observed(config, Arc::new(NoObserver))
+    }
+
+    /// A resolver whose registry answers `observer` hears about (the pull quotas
+    /// registries announce, for the agent's metrics and the aggregator).
+    pub fn observed(config: ResolverConfig, observer: Arc<dyn RegistryObserver>) -> Resolver {
         install_crypto_provider();
         Resolver {
             config,
@@ -139,7 +146,7 @@ impl Resolver {
                     // An agent checks its own node's platform against every index.
                     index_platforms: Some(INDEX_CACHE_ENTRIES),
                 },
-                Arc::new(NoObserver),
+                observer,
             ),
         }
     }

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod groups;
 pub mod placement;
+pub mod quota;
 pub mod route;
 pub mod server;
 pub mod tls;
@@ -186,6 +187,7 @@ struct HubInner {
     /// Bumped whenever an agent comes, goes, or reports a new image list.
     changes: watch::Sender<u64>,
     security: AgentSecurityMetrics,
+    quotas: quota::NodeQuotas,
 }
 
 /// The registry of connected agents. Cheap to clone.
@@ -219,6 +221,7 @@ impl AgentHub {
                 next_session: AtomicU64::new(1),
                 changes: watch::channel(0).0,
                 security: AgentSecurityMetrics::new(),
+                quotas: quota::NodeQuotas::new(),
             }),
         }
     }
@@ -241,6 +244,11 @@ impl AgentHub {
         &self.inner.config
     }
 
+    /// The pull quotas the nodes' routes see, as their agents report them.
+    pub fn node_quotas(&self) -> &quota::NodeQuotas {
+        &self.inner.quotas
+    }
+
     /// The refusal and takeover counters.
     pub fn security_metrics(&self) -> &AgentSecurityMetrics {
         &self.inner.security
@@ -254,7 +262,7 @@ impl AgentHub {
         if let Some(takeovers) = &self.inner.security.takeovers {
             registry.register(Box::new(takeovers.clone()))?;
         }
-        Ok(())
+        self.inner.quotas.register(registry)
     }
 
     /// Records a newly registered agent whose outbound messages go to `tx`, with no
@@ -344,6 +352,7 @@ impl AgentHub {
         };
         if let Some(entry) = removed {
             info!(node = %session.node, pending = entry.pending.len(), "agent went away");
+            self.inner.quotas.forget_node(&session.node);
             entry.slots.close();
             fail_pending(&session.node, entry.pending);
             self.changed();

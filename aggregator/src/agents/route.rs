@@ -18,7 +18,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use pullwatch::proto::{CheckTask, PullCredential, Status};
+use pullwatch::proto::{CheckTask, PullCredential, RegistryQuota, Status};
+use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus, SourcedCredential};
 use tracing::{debug, warn};
 
@@ -116,6 +117,18 @@ fn to_wire(credentials: &[SourcedCredential]) -> Vec<PullCredential> {
 }
 
 impl AgentHub {
+    /// Records the quotas `node` reported, if it is still connected: under the hub's
+    /// lock, so a node that left meanwhile (its series gone) gets none back.
+    fn record_quotas(&self, node: &str, quotas: &[RegistryQuota]) {
+        if quotas.is_empty() {
+            return;
+        }
+        let state = lock(&self.inner.state);
+        if state.agents.contains_key(node) {
+            self.inner.quotas.record(node, quotas);
+        }
+    }
+
     /// Checks `target` from one node per node group and collects the answers. Empty
     /// when no agent is connected or none answered: the caller checks centrally then.
     pub async fn check_target(&self, target: &AgentTarget) -> AgentCheck {
@@ -157,6 +170,8 @@ impl AgentHub {
         for (group, node, answer, without_workload_credentials) in join_all(dispatches).await {
             match answer {
                 Ok(done) => {
+                    // What the node's route announced, whatever the answer says.
+                    self.record_quotas(&done.node, &done.result.quotas);
                     if done.result.runtime_failure {
                         debug!(node = %done.node, %image, reason = %done.result.reason, "the node's runtime failed; its answer says nothing about the image");
                         continue;

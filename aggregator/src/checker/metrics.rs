@@ -1,10 +1,16 @@
 //! The checker's own series: requests per registry and code, check durations, the
-//! queue, 429s and pauses. Registered in the aggregator's registry by the metrics
-//! stage; kept here because the checker writes them.
+//! queue, 429s and pauses, and the pull quota registries announce. Registered in the
+//! aggregator's registry by the metrics stage; kept here because the checker writes them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+use pullwatch::registry::quota::Quota;
+use pullwatch::support::lock;
 
 /// Series the checker itself maintains.
 #[derive(Clone)]
@@ -21,6 +27,83 @@ pub struct CheckerMetrics {
     pub rate_limited: IntCounterVec,
     /// Checks answered by an identical check already in flight.
     pub coalesced_checks: IntCounter,
+    /// The latest pull quota each registry announced to the aggregator.
+    pub quotas: RegistryQuotas,
+}
+
+/// The pull quota each registry announced on the aggregator's latest manifest answer
+/// that carried one: `pullwatch_registry_ratelimit_{limit,remaining,window_seconds}`
+/// and, for `/api/v1/images` and the page, the quota itself. A registry's entry goes
+/// with the registry ([`RegistryQuotas::forget`]).
+#[derive(Clone)]
+pub struct RegistryQuotas {
+    latest: Arc<Mutex<BTreeMap<String, (Quota, SystemTime)>>>,
+    limit: GaugeVec,
+    remaining: GaugeVec,
+    window: GaugeVec,
+}
+
+impl RegistryQuotas {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            GaugeVec::new(Opts::new(name, help), &["registry"]).and_then(|g| {
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            })
+        };
+        Ok(RegistryQuotas {
+            latest: Arc::default(),
+            limit: gauge(
+                "pullwatch_registry_ratelimit_limit",
+                "Pulls the registry allows per window, from its latest manifest answer that announced a quota (ratelimit-limit, RateLimit-Policy).",
+            )?,
+            remaining: gauge(
+                "pullwatch_registry_ratelimit_remaining",
+                "Pulls left in the registry's current window, from its latest manifest answer that announced a quota (ratelimit-remaining, RateLimit).",
+            )?,
+            window: gauge(
+                "pullwatch_registry_ratelimit_window_seconds",
+                "The window the registry's pull limit applies to, in seconds (w=).",
+            )?,
+        })
+    }
+
+    /// `host` announced `quota` now.
+    pub fn record(&self, host: &str, quota: &Quota) {
+        lock(&self.latest).insert(host.to_string(), (quota.clone(), SystemTime::now()));
+        self.remaining
+            .with_label_values(&[host])
+            .set(quota.remaining as f64);
+        // A part the latest answer did not carry is not kept from an older one.
+        match quota.limit {
+            Some(limit) => self.limit.with_label_values(&[host]).set(limit as f64),
+            None => {
+                let _ = self.limit.remove_label_values(&[host]);
+            }
+        }
+        match quota.window {
+            Some(window) => self
+                .window
+                .with_label_values(&[host])
+                .set(window.as_secs_f64()),
+            None => {
+                let _ = self.window.remove_label_values(&[host]);
+            }
+        }
+    }
+
+    /// `host` is no longer asked: its quota and series go.
+    pub fn forget(&self, host: &str) {
+        lock(&self.latest).remove(host);
+        for gauge in [&self.limit, &self.remaining, &self.window] {
+            let _ = gauge.remove_label_values(&[host]);
+        }
+    }
+
+    /// Every registry's latest quota and when it was announced, by host.
+    pub fn snapshot(&self) -> BTreeMap<String, (Quota, SystemTime)> {
+        lock(&self.latest).clone()
+    }
 }
 
 impl CheckerMetrics {
@@ -64,6 +147,7 @@ impl CheckerMetrics {
                 "pullwatch_coalesced_checks_total",
                 "Checks answered by an identical check (same reference and credentials) already in flight.",
             )?,
+            quotas: RegistryQuotas::new(registry)?,
         };
         registry.register(Box::new(metrics.registry_requests.clone()))?;
         registry.register(Box::new(metrics.check_duration.clone()))?;

@@ -145,7 +145,7 @@ impl Checker {
 
     /// Forgets what is kept per registry host for hosts not in `hosts` (the index's
     /// registries): the client's host state, the concurrency slots, and their series
-    /// (requests, 429s, pauses), with those of token endpoints only they used.
+    /// (requests, 429s, pauses, quotas), with those of token endpoints only they used.
     pub fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
         let gone = self.inner.client.retain_hosts(hosts);
         self.inner.registries.retain(hosts);
@@ -155,6 +155,7 @@ impl Checker {
                 .registry_paused_until
                 .remove_label_values(&[host.as_str()]);
             let _ = metrics.rate_limited.remove_label_values(&[host.as_str()]);
+            metrics.quotas.forget(host);
         }
         if gone.is_empty() {
             return;
@@ -330,6 +331,11 @@ impl RegistryObserver for MetricsObserver {
             .registry_paused_until
             .with_label_values(&[host])
             .set(unix_seconds);
+    }
+
+    fn quota(&self, host: &str, quota: &pullwatch::registry::quota::Quota) {
+        debug!(registry = host, remaining = quota.remaining, limit = ?quota.limit, source = ?quota.source, "pull quota announced");
+        self.0.quotas.record(host, quota);
     }
 }
 
