@@ -12,8 +12,8 @@ use pullwatch::registry::quota::Quota;
 use pullwatch::{CheckOutcome, CheckStatus};
 use serde::Serialize;
 
-use crate::answers::ImageNodes;
 use crate::agents::quota::NodeQuota;
+use crate::answers::ImageNodes;
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
 use crate::store::{ResultStore, tag_moved};
