@@ -298,10 +298,10 @@ pub async fn bind(address: &str) -> crate::Result<TcpListener> {
         .map_err(|error| pullwatch::Error::from(error).into())
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
+/// Serves `/metrics` and `/healthz` within `limits` until the task is dropped.
+pub async fn serve(listener: TcpListener, limits: serve::Limits, metrics: Arc<AgentMetrics>) {
     let routes = move |request: &Request<Incoming>| respond(request, &metrics);
-    serve::serve(listener, routes, std::future::pending()).await;
+    serve::serve("metrics", listener, limits, routes, std::future::pending()).await;
 }
 
 fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Body> {

@@ -78,6 +78,18 @@ impl Pipeline {
         )
     }
 
+    /// Runs `read` with what running pods run (cluster mode; None otherwise), holding
+    /// the inventory only for that long.
+    pub fn with_running<R>(
+        &self,
+        read: impl FnOnce(Option<&crate::inventory::RunningDigests>) -> R,
+    ) -> R {
+        match &self.inventory {
+            Some(inventory) => read(Some(&lock(inventory).running)),
+            None => read(None),
+        }
+    }
+
     /// When the last full pass finished, if one has.
     pub fn last_full_pass(&self) -> Option<SystemTime> {
         *lock(&self.last_full_pass)

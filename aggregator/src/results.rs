@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use pullwatch::{CheckOutcome, CheckStatus};
@@ -13,7 +14,6 @@ use serde::Serialize;
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
-use crate::scheduler::ImageNodes;
 use crate::store::{ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.
@@ -146,53 +146,93 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
     time.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-/// The view of `store` (and of what pods run, in cluster mode) that `filter` keeps.
-pub fn images(
-    store: &ResultStore,
-    running: Option<&RunningDigests>,
+/// One version of the store grouped by image, built once and shared by every
+/// `/api/v1/images` and `/` request on that version: each request streams its answer
+/// from it a few hundred images at a time, so what one request holds is a reference
+/// count and one chunk, whatever the inventory's size or the client's pace.
+#[derive(Debug)]
+pub struct Snapshot {
+    store: ResultStore,
+    /// Image as written -> its container references, ordered by image.
+    images: Vec<(Arc<str>, Vec<(ContainerRef, Arc<CheckOutcome>)>)>,
     last_full_pass: Option<SystemTime>,
-    filter: &Filter,
-) -> ImagesResponse {
-    let mut by_image: BTreeMap<&str, Vec<(&ContainerRef, &CheckOutcome)>> = BTreeMap::new();
-    for (container, outcome) in store.iter() {
-        by_image
-            .entry(&*container.image)
-            .or_default()
-            .push((container, outcome));
+    summary_json: String,
+    summary: (usize, usize, usize),
+    /// Per cause (by informativeness) of what is not available: workload rows.
+    causes: Vec<(CheckStatus, usize)>,
+}
+
+/// Images per streamed chunk.
+const IMAGES_PER_CHUNK: usize = 128;
+
+impl Snapshot {
+    /// Groups `store` (a snapshot) by image.
+    pub fn new(store: ResultStore, last_full_pass: Option<SystemTime>) -> Snapshot {
+        let mut by_image: BTreeMap<Arc<str>, Vec<(ContainerRef, Arc<CheckOutcome>)>> =
+            BTreeMap::new();
+        for (container, outcome) in store.iter_shared() {
+            by_image
+                .entry(container.image.clone())
+                .or_default()
+                .push((container.clone(), outcome.clone()));
+        }
+        let images: Vec<_> = by_image.into_iter().collect();
+        let available = images
+            .iter()
+            .filter(|(_, rows)| rows.iter().all(|(_, o)| o.is_available()))
+            .count();
+        let failing = images
+            .iter()
+            .filter(|(_, rows)| rows.iter().any(|(_, o)| !o.is_available()))
+            .count();
+        let summary = Summary {
+            images: images.len(),
+            available,
+            failing,
+            last_full_pass: rfc3339(last_full_pass),
+        };
+        let mut causes: BTreeMap<u8, (CheckStatus, usize)> = BTreeMap::new();
+        for (_, outcome) in images.iter().flat_map(|(_, rows)| rows) {
+            if !outcome.is_available() {
+                causes
+                    .entry(outcome.status.informativeness())
+                    .or_insert((outcome.status, 0))
+                    .1 += 1;
+            }
+        }
+        Snapshot {
+            summary_json: serde_json::to_string(&summary).unwrap_or_default(),
+            summary: (summary.images, summary.available, summary.failing),
+            store,
+            images,
+            last_full_pass,
+            causes: causes.into_values().collect(),
+        }
     }
-    let worst = |rows: &[(&ContainerRef, &CheckOutcome)]| {
-        rows.iter()
+
+    /// Whether this was built from `store`'s version and `last_full_pass`.
+    pub fn is_of(&self, store: &ResultStore, last_full_pass: Option<SystemTime>) -> bool {
+        self.store.same_version(store) && self.last_full_pass == last_full_pass
+    }
+
+    fn view(
+        &self,
+        at: usize,
+        running: Option<&RunningDigests>,
+        filter: &Filter,
+    ) -> Option<ImageView> {
+        let (image, rows) = self.images.get(at)?;
+        let kept: Vec<(&ContainerRef, &CheckOutcome)> = rows
+            .iter()
+            .map(|(c, o)| (c, &**o))
+            .filter(|(c, o)| filter.keeps(c, o))
+            .collect();
+        let top = kept
+            .iter()
             .map(|(_, o)| *o)
             .filter(|o| !o.is_available())
             .max_by_key(|o| o.status.informativeness())
-            .or_else(|| rows.first().map(|(_, o)| *o))
-            .cloned()
-    };
-    let summary = Summary {
-        images: by_image.len(),
-        available: by_image
-            .values()
-            .filter(|rows| rows.iter().all(|(_, o)| o.is_available()))
-            .count(),
-        failing: by_image
-            .values()
-            .filter(|rows| rows.iter().any(|(_, o)| !o.is_available()))
-            .count(),
-        last_full_pass: rfc3339(last_full_pass),
-    };
-    let nodes_of: BTreeMap<&str, &ImageNodes> = store
-        .image_nodes()
-        .map(|(image, nodes)| (image.as_str(), nodes))
-        .collect();
-    let mut images = Vec::new();
-    for (image, rows) in by_image {
-        let kept: Vec<(&ContainerRef, &CheckOutcome)> = rows
-            .into_iter()
-            .filter(|(c, o)| filter.keeps(c, o))
-            .collect();
-        let Some(top) = worst(&kept) else {
-            continue;
-        };
+            .or_else(|| kept.first().map(|(_, o)| *o))?;
         let workloads: Vec<WorkloadView> = kept
             .iter()
             .map(|(c, o)| WorkloadView {
@@ -207,7 +247,7 @@ pub fn images(
             })
             .collect();
         let moved: Vec<bool> = workloads.iter().filter_map(|w| w.tag_moved).collect();
-        images.push(ImageView {
+        Some(ImageView {
             image: image.to_string(),
             status: top.status,
             reason: top.reason.clone(),
@@ -215,8 +255,9 @@ pub fn images(
             digest: kept.iter().find_map(|(_, o)| o.digest.clone()),
             tag_moved: (!moved.is_empty()).then(|| moved.iter().any(|m| *m)),
             workloads,
-            nodes: nodes_of
-                .get(image)
+            nodes: self
+                .store
+                .image_nodes_of(image)
                 .map(|nodes| {
                     nodes
                         .answers
@@ -229,9 +270,236 @@ pub fn images(
                         .collect()
                 })
                 .unwrap_or_default(),
-        });
+        })
     }
-    ImagesResponse { summary, images }
+
+    /// The next piece of the `/api/v1/images` JSON (what `filter` keeps), moving `at`
+    /// past it; None when done. `running`: what pods run (cluster mode).
+    pub fn next_json_chunk(
+        &self,
+        at: &mut JsonPosition,
+        running: Option<&RunningDigests>,
+        filter: &Filter,
+    ) -> Option<String> {
+        let mut out = String::new();
+        if !at.started {
+            at.started = true;
+            let _ = write!(out, "{{\"summary\":{},\"images\":[", self.summary_json);
+        }
+        if at.image >= self.images.len() {
+            if at.done {
+                return None;
+            }
+            at.done = true;
+            out.push_str("\n]}\n");
+            return Some(out);
+        }
+        let mut written = 0;
+        while at.image < self.images.len() && written < IMAGES_PER_CHUNK {
+            if let Some(view) = self.view(at.image, running, filter) {
+                out.push_str(if at.any { ",\n" } else { "\n" });
+                at.any = true;
+                if let Ok(json) = serde_json::to_string(&view) {
+                    out.push_str(&json);
+                }
+                written += 1;
+            }
+            at.image += 1;
+        }
+        Some(out)
+    }
+
+    /// The next piece of the page at `/`, moving `at` past it; None when done.
+    pub fn next_page_chunk(
+        &self,
+        at: &mut PagePosition,
+        running: Option<&RunningDigests>,
+    ) -> Option<String> {
+        let mut out = String::new();
+        match at.part {
+            PagePart::Head => {
+                page_head(&mut out, self.summary, self.last_full_pass);
+                if self.causes.is_empty() {
+                    out.push_str(
+                        "<p id=\"all-available\">Every checked image can be pulled.</p>\n",
+                    );
+                }
+                at.part = PagePart::Cause;
+            }
+            PagePart::Cause => {
+                let Some((status, count)) = self.causes.get(at.cause).copied() else {
+                    at.part = PagePart::MovedCount;
+                    return Some(out);
+                };
+                if at.image == 0 {
+                    let _ = writeln!(
+                        out,
+                        "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({count})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
+                         <table><thead><tr><th>Workload</th><th>Image</th><th>Reason</th><th>Nodes disagree</th></tr></thead><tbody>",
+                        escape(fix(status))
+                    );
+                }
+                let end = (at.image + IMAGES_PER_CHUNK).min(self.images.len());
+                for image in at.image..end {
+                    if !self.images[image].1.iter().any(|(_, o)| o.status == status) {
+                        continue;
+                    }
+                    let Some(view) = self.view(image, None, &Filter::default()) else {
+                        continue;
+                    };
+                    for workload in view.workloads.iter().filter(|w| w.status == status) {
+                        let _ = writeln!(
+                            out,
+                            "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                            escape(&workload.namespace),
+                            escape(&workload.kind),
+                            escape(&workload.name),
+                            escape(&workload.container),
+                            escape(&view.image),
+                            escape(&workload.reason),
+                            escape(&disagreement(&view.nodes)),
+                        );
+                    }
+                }
+                at.image = end;
+                if at.image >= self.images.len() {
+                    out.push_str("</tbody></table>\n</section>\n");
+                    at.cause += 1;
+                    at.image = 0;
+                }
+            }
+            PagePart::MovedCount => {
+                // Counted first (nothing kept), listed after: the heading says how many.
+                at.moved = self
+                    .images
+                    .iter()
+                    .flat_map(|(_, rows)| rows)
+                    .filter(|(c, o)| o.is_available() && is_moved(running, c, o))
+                    .count();
+                at.part = if at.moved == 0 {
+                    PagePart::Foot
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({})</h2>\n\
+                         <p class=\"fix\">A restart or a new node would run different code than the running pods: roll the workload if the new digest is intended, else restore the tag; pin images by digest.</p>\n\
+                         <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>",
+                        at.moved
+                    );
+                    at.image = 0;
+                    PagePart::Moved
+                };
+            }
+            PagePart::Moved => {
+                let end = (at.image + IMAGES_PER_CHUNK).min(self.images.len());
+                for (image, rows) in &self.images[at.image..end] {
+                    for (c, o) in rows {
+                        if o.is_available() && is_moved(running, c, o) {
+                            let _ = writeln!(
+                                out,
+                                "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                                escape(&c.namespace),
+                                escape(c.kind.as_str()),
+                                escape(&c.name),
+                                escape(&c.container),
+                                escape(image),
+                                escape(o.digest.as_deref().unwrap_or("")),
+                            );
+                        }
+                    }
+                }
+                at.image = end;
+                if at.image >= self.images.len() {
+                    out.push_str("</tbody></table>\n</section>\n");
+                    at.part = PagePart::Foot;
+                }
+            }
+            PagePart::Foot => {
+                out.push_str(
+                    "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
+                );
+                at.part = PagePart::Done;
+            }
+            PagePart::Done => return None,
+        }
+        Some(out)
+    }
+
+    /// Whether the page's moved-tag section needs what pods run (it is the only part
+    /// that does).
+    pub fn page_reads_running(at: &PagePosition) -> bool {
+        matches!(at.part, PagePart::MovedCount | PagePart::Moved)
+    }
+}
+
+fn is_moved(
+    running: Option<&RunningDigests>,
+    container: &ContainerRef,
+    outcome: &CheckOutcome,
+) -> bool {
+    running.and_then(|r| tag_moved(r, container, outcome)) == Some(true)
+}
+
+/// Where a streamed `/api/v1/images` answer is.
+#[derive(Debug, Default)]
+pub struct JsonPosition {
+    started: bool,
+    image: usize,
+    any: bool,
+    done: bool,
+}
+
+/// Where a streamed page is.
+#[derive(Debug, Default)]
+pub struct PagePosition {
+    part: PagePart,
+    cause: usize,
+    image: usize,
+    moved: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum PagePart {
+    #[default]
+    Head,
+    Cause,
+    MovedCount,
+    Moved,
+    Foot,
+    Done,
+}
+
+/// The whole view of `store` (and of what pods run, in cluster mode) that `filter`
+/// keeps, in one piece (the server streams it instead).
+pub fn images(
+    store: &ResultStore,
+    running: Option<&RunningDigests>,
+    last_full_pass: Option<SystemTime>,
+    filter: &Filter,
+) -> ImagesResponse {
+    let snapshot = Snapshot::new(store.snapshot(), last_full_pass);
+    let (images, available, failing) = snapshot.summary;
+    ImagesResponse {
+        summary: Summary {
+            images,
+            available,
+            failing,
+            last_full_pass: rfc3339(last_full_pass),
+        },
+        images: (0..snapshot.images.len())
+            .filter_map(|at| snapshot.view(at, running, filter))
+            .collect(),
+    }
+}
+
+/// The page at `/` of `snapshot`, in one piece (the server streams it instead).
+pub fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> String {
+    let mut at = PagePosition::default();
+    let mut out = String::new();
+    while let Some(chunk) = snapshot.next_page_chunk(&mut at, running) {
+        out.push_str(&chunk);
+    }
+    out
 }
 
 /// Text safe inside HTML elements and quoted attributes.
@@ -263,99 +531,24 @@ fn disagreement(nodes: &[NodeView]) -> String {
         .join("; ")
 }
 
-/// One row of the page: an image and one of its workloads.
-type PageRow<'a> = (&'a ImageView, &'a WorkloadView);
-
-/// The page at `/`: a summary line, then what is not available, grouped by cause, each
-/// row with workload, image, reason, the fix, and node disagreement.
-pub fn page(view: &ImagesResponse) -> String {
-    let mut out = String::new();
-    let summary = &view.summary;
-    let _ = write!(
-        out,
+fn page_head(
+    out: &mut String,
+    (images, available, failing): (usize, usize, usize),
+    last_full_pass: Option<SystemTime>,
+) {
+    out.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pullwatch</title>\n\
-         <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
-         table{{border-collapse:collapse;width:100%;margin-bottom:1em}}\
-         th,td{{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}}\
-         th{{background:#f3f3f3}}h2{{margin-top:1.5em}}.fix{{color:#555}}\
-         code{{font-size:90%}}</style></head>\n<body>\n<h1>pullwatch</h1>\n"
+         <style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+         table{border-collapse:collapse;width:100%;margin-bottom:1em}\
+         th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}\
+         th{background:#f3f3f3}h2{margin-top:1.5em}.fix{color:#555}\
+         code{font-size:90%}</style></head>\n<body>\n<h1>pullwatch</h1>\n",
     );
     let _ = writeln!(
         out,
-        "<p id=\"summary\">{} images: {} available, {} failing; last full pass: {}</p>",
-        summary.images,
-        summary.available,
-        summary.failing,
-        escape(summary.last_full_pass.as_deref().unwrap_or("not yet"))
+        "<p id=\"summary\">{images} images: {available} available, {failing} failing; last full pass: {}</p>",
+        escape(rfc3339(last_full_pass).as_deref().unwrap_or("not yet"))
     );
-    // By informativeness: a registry that is down before a typo in a tag.
-    let mut by_cause: BTreeMap<u8, (CheckStatus, Vec<PageRow>)> = BTreeMap::new();
-    let mut moved: Vec<PageRow> = Vec::new();
-    for image in &view.images {
-        for workload in &image.workloads {
-            if workload.status != CheckStatus::Available {
-                by_cause
-                    .entry(workload.status.informativeness())
-                    .or_insert_with(|| (workload.status, Vec::new()))
-                    .1
-                    .push((image, workload));
-            } else if workload.tag_moved == Some(true) {
-                moved.push((image, workload));
-            }
-        }
-    }
-    if by_cause.is_empty() {
-        out.push_str("<p id=\"all-available\">Every checked image can be pulled.</p>\n");
-    }
-    for (status, rows) in by_cause.values() {
-        let _ = writeln!(
-            out,
-            "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
-             <table><thead><tr><th>Workload</th><th>Image</th><th>Reason</th><th>Nodes disagree</th></tr></thead><tbody>",
-            rows.len(),
-            escape(fix(*status))
-        );
-        for (image, workload) in rows {
-            let _ = writeln!(
-                out,
-                "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                escape(&workload.namespace),
-                escape(&workload.kind),
-                escape(&workload.name),
-                escape(&workload.container),
-                escape(&image.image),
-                escape(&workload.reason),
-                escape(&disagreement(&image.nodes)),
-            );
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-    }
-    if !moved.is_empty() {
-        let _ = writeln!(
-            out,
-            "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({})</h2>\n\
-             <p class=\"fix\">A restart or a new node would run different code than the running pods: roll the workload if the new digest is intended, else restore the tag; pin images by digest.</p>\n\
-             <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>",
-            moved.len()
-        );
-        for (image, workload) in moved {
-            let _ = writeln!(
-                out,
-                "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                escape(&workload.namespace),
-                escape(&workload.kind),
-                escape(&workload.name),
-                escape(&workload.container),
-                escape(&image.image),
-                escape(image.digest.as_deref().unwrap_or("")),
-            );
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-    }
-    out.push_str(
-        "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
-    );
-    out
 }
 
 #[cfg(test)]
@@ -455,7 +648,7 @@ mod tests {
         );
         assert_eq!(absent.images.len(), 1);
 
-        let html = page(&view);
+        let html = page(&Snapshot::new(store.snapshot(), None), None);
         assert!(html.contains("id=\"cause-authentication_failure\""));
         assert!(html.contains("reg/&lt;b&gt;:1"), "escaped");
         assert!(!html.contains("reg/<b>:1"));

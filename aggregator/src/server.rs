@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use pullwatch::serve::{self, Body, respond, text};
+use pullwatch::serve::{self, Body, text};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -25,6 +25,9 @@ pub struct ServerState {
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
     detail: Mutex<String>,
+    /// The store's latest version grouped for the result views, shared by every
+    /// request on it.
+    results: Mutex<Option<Arc<results::Snapshot>>>,
 }
 
 impl ServerState {
@@ -33,7 +36,22 @@ impl ServerState {
             pipeline,
             ready: AtomicBool::new(false),
             detail: Mutex::new("first check pass has not finished".to_string()),
+            results: Mutex::new(None),
         }
+    }
+
+    /// The result views' grouping of the store as it is now: built once per version
+    /// (one build at a time), shared by every request on it.
+    fn results_snapshot(&self) -> Arc<results::Snapshot> {
+        let store = self.pipeline.store_snapshot();
+        let last_full_pass = self.pipeline.last_full_pass();
+        let mut cached = lock(&self.results);
+        if let Some(snapshot) = cached.as_ref().filter(|s| s.is_of(&store, last_full_pass)) {
+            return snapshot.clone();
+        }
+        let fresh = Arc::new(results::Snapshot::new(store, last_full_pass));
+        *cached = Some(fresh.clone());
+        fresh
     }
 
     pub fn set_ready(&self, ready: bool, detail: impl Into<String>) {
@@ -53,16 +71,24 @@ pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
     serve::bind("--bind-address", address).await
 }
 
-/// Serves until `shutdown` turns true (or its sender goes).
+/// Serves within `limits` until `shutdown` turns true (or its sender goes).
 pub async fn serve(
     listener: TcpListener,
+    limits: serve::Limits,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    serve::serve(listener, move |request| route(&state, request), stop).await;
+    serve::serve(
+        "http",
+        listener,
+        limits,
+        move |request| route(&state, request),
+        stop,
+    )
+    .await;
 }
 
 fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
@@ -72,17 +98,10 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     match request.uri().path() {
         "/metrics" => metrics_response(state.pipeline.clone()),
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
-            Ok(filter) => match serde_json::to_vec_pretty(&state.pipeline.images(&filter)) {
-                Ok(body) => respond(StatusCode::OK, "application/json; charset=utf-8", body),
-                Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
-            },
+            Ok(filter) => images_response(state, filter),
             Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
         },
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            results::page(&state.pipeline.images(&results::Filter::default())),
-        ),
+        "/" => page_response(state),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let detail = lock(&state.detail).clone();
@@ -100,6 +119,33 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
             "not found: try /, /api/v1/images, /metrics, /healthz or /readyz\n",
         ),
     }
+}
+
+/// `/api/v1/images`, streamed a chunk of images at a time from the shared snapshot.
+fn images_response(state: &ServerState, filter: results::Filter) -> Response<Body> {
+    let snapshot = state.results_snapshot();
+    let pipeline = state.pipeline.clone();
+    let chunks = futures::stream::unfold(results::JsonPosition::default(), move |mut at| {
+        let chunk =
+            pipeline.with_running(|running| snapshot.next_json_chunk(&mut at, running, &filter));
+        async move { chunk.map(|chunk| (Ok(Bytes::from(chunk)), at)) }
+    });
+    serve::streamed("application/json; charset=utf-8", chunks)
+}
+
+/// The page at `/`, streamed a section piece at a time from the shared snapshot.
+fn page_response(state: &ServerState) -> Response<Body> {
+    let snapshot = state.results_snapshot();
+    let pipeline = state.pipeline.clone();
+    let chunks = futures::stream::unfold(results::PagePosition::default(), move |mut at| {
+        let chunk = if results::Snapshot::page_reads_running(&at) {
+            pipeline.with_running(|running| snapshot.next_page_chunk(&mut at, running))
+        } else {
+            snapshot.next_page_chunk(&mut at, None)
+        };
+        async move { chunk.map(|chunk| (Ok(Bytes::from(chunk)), at)) }
+    });
+    serve::streamed("text/html; charset=utf-8", chunks)
 }
 
 /// The exposition, streamed a chunk at a time (at most a few thousand series), all
@@ -171,6 +217,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(
             listener,
+            serve::LimitArgs::default().for_listener(1),
             Arc::new(ServerState::new(pipeline.clone())),
             stop_rx,
         ));
