@@ -128,7 +128,10 @@ impl Redactor {
         self.needles.is_empty()
     }
 
-    /// `text` with every form of every secret replaced by [`REDACTED`].
+    /// `text` with every form of every secret replaced by [`REDACTED`], and the start
+    /// of one where a quote was cut short (at the end of `text` or before `…`, as a
+    /// registry's body is quoted): a peer that pads its echo cannot get half a secret
+    /// out.
     pub fn redact(&self, text: &str) -> String {
         let mut text = text.to_string();
         for needle in &self.needles {
@@ -136,8 +139,33 @@ impl Redactor {
                 text = text.replace(needle.as_str(), REDACTED);
             }
         }
+        let mut cuts: Vec<usize> = text.match_indices('…').map(|(at, _)| at).collect();
+        cuts.push(text.len());
+        for &cut in cuts.iter().rev() {
+            let before = &text[..cut];
+            let cut_secret = self
+                .needles
+                .iter()
+                .filter_map(|needle| cut_prefix(before, needle))
+                .max();
+            if let Some(len) = cut_secret {
+                text.replace_range(cut - len..cut, REDACTED);
+            }
+        }
         text
     }
+}
+
+/// A quote cut this short says little about a secret.
+const MIN_CUT_PREFIX: usize = 4;
+
+/// The length of the longest start of `needle` (shorter than all of it) that `text`
+/// ends with.
+fn cut_prefix(text: &str, needle: &str) -> Option<usize> {
+    let longest = needle.len().saturating_sub(1).min(text.len());
+    (MIN_CUT_PREFIX..=longest)
+        .rev()
+        .find(|&len| needle.is_char_boundary(len) && text.ends_with(&needle[..len]))
 }
 
 /// `secret` as it appears inside a JSON string: serde_json's escapes, or also Go's
@@ -301,6 +329,25 @@ mod tests {
         }
         // Text without a secret is left alone.
         assert_eq!(redactor.redact("401 Unauthorized"), "401 Unauthorized");
+    }
+
+    #[test]
+    fn a_secret_cut_short_by_a_quote_goes_too() {
+        let credential = RegistryCredential {
+            username: "u".into(),
+            password: "pw-CANARY-cut-here".into(),
+            ..Default::default()
+        };
+        let redactor = Redactor::for_credentials([&credential]);
+        assert_eq!(
+            redactor.redact("denied: body pw-CANARY-c…"),
+            format!("denied: body {REDACTED}…")
+        );
+        assert_eq!(
+            redactor.redact("ends with pw-CANA"),
+            format!("ends with {REDACTED}")
+        );
+        assert_eq!(redactor.redact("ends with pw"), "ends with pw", "too short to tell");
     }
 
     #[test]
