@@ -24,6 +24,9 @@ pub const REDACTED: &str = "<redacted>";
 /// Secrets shorter than this are not redacted: replacing every `a` of a reason would
 /// say more about a one-letter password than leaving it.
 const MIN_SECRET_LEN: usize = 3;
+/// A run of a secret's plain characters (between the ones encodings change) shorter
+/// than this is left alone.
+const MIN_LITERAL_RUN: usize = 6;
 /// A base64 fragment shorter than this could match ordinary text by chance.
 const MIN_BASE64_FRAGMENT: usize = 4;
 
@@ -85,6 +88,14 @@ impl Redactor {
         for form in forms {
             self.add(form);
         }
+        // Escaped twice, or in an encoding not listed here, the characters an
+        // encoding leaves alone still spell the secret: each such run long enough to
+        // mean something goes too.
+        for run in secret.split(|c: char| !(c.is_ascii_alphanumeric() || "-._~".contains(c))) {
+            if run.len() >= MIN_LITERAL_RUN && run.len() < secret.len() {
+                self.add(run.to_string());
+            }
+        }
         self.base64_of(secret.as_bytes());
         self
     }
@@ -139,6 +150,7 @@ impl Redactor {
                 text = text.replace(needle.as_str(), REDACTED);
             }
         }
+        let mut text = redact_credential_syntax(&text);
         let mut cuts: Vec<usize> = text.match_indices('…').map(|(at, _)| at).collect();
         cuts.push(text.len());
         for &cut in cuts.iter().rev() {
@@ -154,6 +166,38 @@ impl Redactor {
         }
         text
     }
+}
+
+/// Credentials recognisable by their syntax whoever issued them: an
+/// `Authorization` value (`Bearer`/`Basic` and a token), a form field and a JSON member
+/// named like a secret. What the container runtime obtained itself (a registry's
+/// bearer token) is known to pullwatch only this way.
+fn redact_credential_syntax(text: &str) -> String {
+    use std::sync::LazyLock;
+
+    use regex::Regex;
+
+    static PATTERNS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+        [
+            r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/-]{8,}=*",
+            r"(?i)(\b(?:password|passwd|refresh_token|access_token|id_token|token|identitytoken|registrytoken|auth|secret)=)[^&\s]+",
+            r#"(?i)("(?:password|refresh_token|access_token|id_token|token|identitytoken|registrytoken|auth|secret)"\s*:\s*")(?:[^"\\]|\\.)*"#,
+        ]
+        .iter()
+        .filter_map(|pattern| Regex::new(pattern).ok())
+        .collect()
+    });
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for pattern in PATTERNS.iter() {
+        if pattern.is_match(&text) {
+            text = std::borrow::Cow::Owned(
+                pattern
+                    .replace_all(&text, format!("${{1}}{REDACTED}").as_str())
+                    .into_owned(),
+            );
+        }
+    }
+    text.into_owned()
 }
 
 /// A quote cut this short says little about a secret.
@@ -307,6 +351,9 @@ mod tests {
                     .replace('&', "\\u0026")
             ),
         ];
+        // JSON-escaped twice (an echo of a JSON body inside a JSON string).
+        let once = serde_json::to_string(password).unwrap();
+        texts.push(serde_json::to_string(&format!("{{\"password\":{once}}}")).unwrap());
         // base64 of user:password at every alignment inside a longer run.
         for prefix in ["", "x", "xy", "xyz", "{\"user\":\""] {
             let mut run = prefix.as_bytes().to_vec();
@@ -347,7 +394,50 @@ mod tests {
             redactor.redact("ends with pw-CANA"),
             format!("ends with {REDACTED}")
         );
-        assert_eq!(redactor.redact("ends with pw"), "ends with pw", "too short to tell");
+        assert_eq!(
+            redactor.redact("ends with pw"),
+            "ends with pw",
+            "too short to tell"
+        );
+    }
+
+    #[test]
+    fn credentials_are_recognised_by_their_syntax() {
+        let redactor = Redactor::new();
+        for (text, kept) in [
+            (
+                "403 Forbidden Authorization: Bearer tok-issued-by-someone-else",
+                "403 Forbidden Authorization: Bearer ",
+            ),
+            ("got Basic dXNlcjpwYXNzd29yZA==", "got Basic "),
+            (
+                "body grant_type=password&password=hunter2hunter2&x=1",
+                "grant_type=password&password=",
+            ),
+            (
+                r#"{"access_token":"eyJhbGciOi.x.y","expires_in":60}"#,
+                r#"{"access_token":""#,
+            ),
+        ] {
+            let redacted = redactor.redact(text);
+            assert!(
+                redacted.starts_with(kept) || redacted.contains(kept),
+                "{redacted}"
+            );
+            assert!(redacted.contains(REDACTED), "{text} -> {redacted}");
+        }
+        assert!(
+            !redactor
+                .redact("got Basic dXNlcjpwYXNzd29yZA==")
+                .contains("dXNlcj")
+        );
+        // A challenge's parameters are not credentials.
+        let challenge = r#"Bearer realm="https://auth.io/token",service="reg""#;
+        assert_eq!(redactor.redact(challenge), challenge);
+        assert_eq!(
+            redactor.redact("grant_type=password"),
+            "grant_type=password"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use pullwatch::{CheckOutcome, CheckStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
@@ -84,14 +84,14 @@ impl Filter {
 }
 
 /// The whole answer of `/api/v1/images`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ImagesResponse {
     pub summary: Summary,
     pub images: Vec<ImageView>,
 }
 
 /// Over every checked image, whatever the filter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Summary {
     /// Distinct images (as written in the specs) with a result.
     pub images: usize,
@@ -104,7 +104,7 @@ pub struct Summary {
 }
 
 /// One image as written in the specs, with every workload container using it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ImageView {
     pub image: String,
     /// The least available of its workloads' statuses.
@@ -123,7 +123,7 @@ pub struct ImageView {
     pub nodes: Vec<NodeView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkloadView {
     pub namespace: String,
     pub kind: String,
@@ -135,7 +135,7 @@ pub struct WorkloadView {
     pub tag_moved: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NodeView {
     pub node: String,
     pub status: CheckStatus,
@@ -148,8 +148,9 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
 
 /// One version of the store grouped by image, built once and shared by every
 /// `/api/v1/images` and `/` request on that version: each request streams its answer
-/// from it a few hundred images at a time, so what one request holds is a reference
-/// count and one chunk, whatever the inventory's size or the client's pace.
+/// from it about [`CHUNK_BYTES`] at a time (one workload row at a time inside an
+/// image), so what one request holds is a reference count and one chunk, whatever the
+/// inventory's size or the client's pace.
 #[derive(Debug)]
 pub struct Snapshot {
     store: ResultStore,
@@ -162,8 +163,20 @@ pub struct Snapshot {
     causes: Vec<(CheckStatus, usize)>,
 }
 
-/// Images per streamed chunk.
-const IMAGES_PER_CHUNK: usize = 128;
+/// A streamed chunk ends once it is this long.
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// An image's fields but its workloads (streamed after them, one by one).
+#[derive(Serialize)]
+struct ImageHead<'a> {
+    image: &'a str,
+    status: CheckStatus,
+    reason: &'a str,
+    checked_at: Option<String>,
+    digest: Option<&'a str>,
+    tag_moved: Option<bool>,
+    nodes: Vec<NodeView>,
+}
 
 impl Snapshot {
     /// Groups `store` (a snapshot) by image.
@@ -181,10 +194,7 @@ impl Snapshot {
             .iter()
             .filter(|(_, rows)| rows.iter().all(|(_, o)| o.is_available()))
             .count();
-        let failing = images
-            .iter()
-            .filter(|(_, rows)| rows.iter().any(|(_, o)| !o.is_available()))
-            .count();
+        let failing = images.len() - available;
         let summary = Summary {
             images: images.len(),
             available,
@@ -215,61 +225,55 @@ impl Snapshot {
         self.store.same_version(store) && self.last_full_pass == last_full_pass
     }
 
-    fn view(
+    fn nodes(&self, image: &str) -> Vec<NodeView> {
+        self.store
+            .image_nodes_of(image)
+            .map(|nodes| {
+                nodes
+                    .answers
+                    .iter()
+                    .map(|(node, (status, reason))| NodeView {
+                        node: node.clone(),
+                        status: *status,
+                        reason: reason.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Image `at`'s fields over the rows `filter` keeps; None when it keeps none.
+    fn head(
         &self,
         at: usize,
         running: Option<&RunningDigests>,
         filter: &Filter,
-    ) -> Option<ImageView> {
+    ) -> Option<ImageHead<'_>> {
         let (image, rows) = self.images.get(at)?;
-        let kept: Vec<(&ContainerRef, &CheckOutcome)> = rows
-            .iter()
-            .map(|(c, o)| (c, &**o))
-            .filter(|(c, o)| filter.keeps(c, o))
-            .collect();
-        let top = kept
-            .iter()
-            .map(|(_, o)| *o)
+        let kept = || {
+            rows.iter()
+                .map(|(c, o)| (c, &**o))
+                .filter(|(c, o)| filter.keeps(c, o))
+        };
+        let top = kept()
+            .map(|(_, o)| o)
             .filter(|o| !o.is_available())
             .max_by_key(|o| o.status.informativeness())
-            .or_else(|| kept.first().map(|(_, o)| *o))?;
-        let workloads: Vec<WorkloadView> = kept
-            .iter()
-            .map(|(c, o)| WorkloadView {
-                namespace: c.namespace.to_string(),
-                kind: c.kind.as_str().to_string(),
-                name: c.name.to_string(),
-                container: c.container.to_string(),
-                status: o.status,
-                reason: o.reason.clone(),
-                checked_at: rfc3339(o.checked_at),
-                tag_moved: running.and_then(|r| tag_moved(r, c, o)),
-            })
-            .collect();
-        let moved: Vec<bool> = workloads.iter().filter_map(|w| w.tag_moved).collect();
-        Some(ImageView {
-            image: image.to_string(),
+            .or_else(|| kept().next().map(|(_, o)| o))?;
+        let mut tag_moved = None;
+        for (c, o) in kept() {
+            if let Some(moved) = running.and_then(|r| crate::store::tag_moved(r, c, o)) {
+                tag_moved = Some(tag_moved.unwrap_or(false) || moved);
+            }
+        }
+        Some(ImageHead {
+            image,
             status: top.status,
-            reason: top.reason.clone(),
-            checked_at: rfc3339(kept.iter().filter_map(|(_, o)| o.checked_at).max()),
-            digest: kept.iter().find_map(|(_, o)| o.digest.clone()),
-            tag_moved: (!moved.is_empty()).then(|| moved.iter().any(|m| *m)),
-            workloads,
-            nodes: self
-                .store
-                .image_nodes_of(image)
-                .map(|nodes| {
-                    nodes
-                        .answers
-                        .iter()
-                        .map(|(node, (status, reason))| NodeView {
-                            node: node.clone(),
-                            status: *status,
-                            reason: reason.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            reason: &top.reason,
+            checked_at: rfc3339(kept().filter_map(|(_, o)| o.checked_at).max()),
+            digest: kept().find_map(|(_, o)| o.digest.as_deref()),
+            tag_moved,
+            nodes: self.nodes(image),
         })
     }
 
@@ -281,30 +285,53 @@ impl Snapshot {
         running: Option<&RunningDigests>,
         filter: &Filter,
     ) -> Option<String> {
+        if at.done {
+            return None;
+        }
         let mut out = String::new();
         if !at.started {
             at.started = true;
             let _ = write!(out, "{{\"summary\":{},\"images\":[", self.summary_json);
         }
-        if at.image >= self.images.len() {
-            if at.done {
-                return None;
-            }
-            at.done = true;
-            out.push_str("\n]}\n");
-            return Some(out);
-        }
-        let mut written = 0;
-        while at.image < self.images.len() && written < IMAGES_PER_CHUNK {
-            if let Some(view) = self.view(at.image, running, filter) {
-                out.push_str(if at.any { ",\n" } else { "\n" });
-                at.any = true;
-                if let Ok(json) = serde_json::to_string(&view) {
-                    out.push_str(&json);
+        while out.len() < CHUNK_BYTES {
+            let Some((_, rows)) = self.images.get(at.image) else {
+                out.push_str("\n]}\n");
+                at.done = true;
+                break;
+            };
+            match at.row {
+                None => {
+                    let Some(head) = self.head(at.image, running, filter) else {
+                        at.image += 1;
+                        continue;
+                    };
+                    let json = serde_json::to_string(&head).unwrap_or_else(|_| "{}".into());
+                    out.push_str(if at.any_image { ",\n" } else { "\n" });
+                    at.any_image = true;
+                    out.push_str(json.strip_suffix('}').unwrap_or(&json));
+                    out.push_str(",\"workloads\":[");
+                    at.row = Some(0);
+                    at.any_row = false;
                 }
-                written += 1;
+                Some(row) => {
+                    let Some((c, o)) = rows.get(row) else {
+                        out.push_str("]}");
+                        at.row = None;
+                        at.image += 1;
+                        continue;
+                    };
+                    at.row = Some(row + 1);
+                    if filter.keeps(c, o) {
+                        if at.any_row {
+                            out.push(',');
+                        }
+                        at.any_row = true;
+                        if let Ok(json) = serde_json::to_string(&workload_view(c, o, running)) {
+                            out.push_str(&json);
+                        }
+                    }
+                }
             }
-            at.image += 1;
         }
         Some(out)
     }
@@ -331,7 +358,8 @@ impl Snapshot {
                     at.part = PagePart::MovedCount;
                     return Some(out);
                 };
-                if at.image == 0 {
+                if !at.opened {
+                    at.opened = true;
                     let _ = writeln!(
                         out,
                         "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({count})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
@@ -339,76 +367,67 @@ impl Snapshot {
                         escape(fix(status))
                     );
                 }
-                let end = (at.image + IMAGES_PER_CHUNK).min(self.images.len());
-                for image in at.image..end {
-                    if !self.images[image].1.iter().any(|(_, o)| o.status == status) {
-                        continue;
-                    }
-                    let Some(view) = self.view(image, None, &Filter::default()) else {
-                        continue;
-                    };
-                    for workload in view.workloads.iter().filter(|w| w.status == status) {
-                        let _ = writeln!(
-                            out,
-                            "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                            escape(&workload.namespace),
-                            escape(&workload.kind),
-                            escape(&workload.name),
-                            escape(&workload.container),
-                            escape(&view.image),
-                            escape(&workload.reason),
-                            escape(&disagreement(&view.nodes)),
-                        );
-                    }
-                }
-                at.image = end;
+                self.rows_chunk(at, &mut out, |_, o| o.status == status, |out, image, c, o| {
+                    let _ = writeln!(
+                        out,
+                        "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                        escape(&c.namespace),
+                        escape(c.kind.as_str()),
+                        escape(&c.name),
+                        escape(&c.container),
+                        escape(image),
+                        escape(&o.reason),
+                        escape(&disagreement(&self.nodes(image))),
+                    );
+                });
                 if at.image >= self.images.len() {
                     out.push_str("</tbody></table>\n</section>\n");
                     at.cause += 1;
                     at.image = 0;
+                    at.row = 0;
+                    at.opened = false;
                 }
             }
             PagePart::MovedCount => {
                 // Counted first (nothing kept), listed after: the heading says how many.
-                at.moved = self
+                let moved = self
                     .images
                     .iter()
                     .flat_map(|(_, rows)| rows)
                     .filter(|(c, o)| o.is_available() && is_moved(running, c, o))
                     .count();
-                at.part = if at.moved == 0 {
+                at.image = 0;
+                at.row = 0;
+                at.part = if moved == 0 {
                     PagePart::Foot
                 } else {
                     let _ = writeln!(
                         out,
-                        "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({})</h2>\n\
+                        "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({moved})</h2>\n\
                          <p class=\"fix\">A restart or a new node would run different code than the running pods: roll the workload if the new digest is intended, else restore the tag; pin images by digest.</p>\n\
-                         <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>",
-                        at.moved
+                         <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>"
                     );
-                    at.image = 0;
                     PagePart::Moved
                 };
             }
             PagePart::Moved => {
-                let end = (at.image + IMAGES_PER_CHUNK).min(self.images.len());
-                for (image, rows) in &self.images[at.image..end] {
-                    for (c, o) in rows {
-                        if o.is_available() && is_moved(running, c, o) {
-                            let _ = writeln!(
-                                out,
-                                "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                                escape(&c.namespace),
-                                escape(c.kind.as_str()),
-                                escape(&c.name),
-                                escape(&c.container),
-                                escape(image),
-                                escape(o.digest.as_deref().unwrap_or("")),
-                            );
-                        }
-                    }
-                }
-                at.image = end;
+                self.rows_chunk(
+                    at,
+                    &mut out,
+                    |c, o| o.is_available() && is_moved(running, c, o),
+                    |out, image, c, o| {
+                        let _ = writeln!(
+                            out,
+                            "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                            escape(&c.namespace),
+                            escape(c.kind.as_str()),
+                            escape(&c.name),
+                            escape(&c.container),
+                            escape(image),
+                            escape(o.digest.as_deref().unwrap_or("")),
+                        );
+                    },
+                );
                 if at.image >= self.images.len() {
                     out.push_str("</tbody></table>\n</section>\n");
                     at.part = PagePart::Foot;
@@ -425,10 +444,58 @@ impl Snapshot {
         Some(out)
     }
 
-    /// Whether the page's moved-tag section needs what pods run (it is the only part
-    /// that does).
+    /// Writes the rows `wanted` picks from `at` on, until the chunk is full or the
+    /// images end (then `at.image` is past the last).
+    fn rows_chunk(
+        &self,
+        at: &mut PagePosition,
+        out: &mut String,
+        wanted: impl Fn(&ContainerRef, &CheckOutcome) -> bool,
+        write: impl Fn(&mut String, &str, &ContainerRef, &CheckOutcome),
+    ) {
+        while out.len() < CHUNK_BYTES {
+            let Some((image, rows)) = self.images.get(at.image) else {
+                return;
+            };
+            if at.row == 0 && !rows.iter().any(|(c, o)| wanted(c, o)) {
+                at.image += 1;
+                continue;
+            }
+            while out.len() < CHUNK_BYTES && at.row < rows.len() {
+                let (c, o) = &rows[at.row];
+                if wanted(c, o) {
+                    write(out, image, c, o);
+                }
+                at.row += 1;
+            }
+            if at.row >= rows.len() {
+                at.image += 1;
+                at.row = 0;
+            }
+        }
+    }
+
+    /// Whether the page's next piece needs what pods run (only the moved-tag
+    /// section does).
     pub fn page_reads_running(at: &PagePosition) -> bool {
         matches!(at.part, PagePart::MovedCount | PagePart::Moved)
+    }
+}
+
+fn workload_view(
+    c: &ContainerRef,
+    o: &CheckOutcome,
+    running: Option<&RunningDigests>,
+) -> WorkloadView {
+    WorkloadView {
+        namespace: c.namespace.to_string(),
+        kind: c.kind.as_str().to_string(),
+        name: c.name.to_string(),
+        container: c.container.to_string(),
+        status: o.status,
+        reason: o.reason.clone(),
+        checked_at: rfc3339(o.checked_at),
+        tag_moved: running.and_then(|r| tag_moved(r, c, o)),
     }
 }
 
@@ -445,7 +512,10 @@ fn is_moved(
 pub struct JsonPosition {
     started: bool,
     image: usize,
-    any: bool,
+    /// The next workload row of the current image; None: its head is not written.
+    row: Option<usize>,
+    any_image: bool,
+    any_row: bool,
     done: bool,
 }
 
@@ -454,8 +524,9 @@ pub struct JsonPosition {
 pub struct PagePosition {
     part: PagePart,
     cause: usize,
+    opened: bool,
     image: usize,
-    moved: usize,
+    row: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -470,7 +541,7 @@ enum PagePart {
 }
 
 /// The whole view of `store` (and of what pods run, in cluster mode) that `filter`
-/// keeps, in one piece (the server streams it instead).
+/// keeps, in one piece, parsed back from the streamed form (for tests and tools).
 pub fn images(
     store: &ResultStore,
     running: Option<&RunningDigests>,
@@ -478,18 +549,23 @@ pub fn images(
     filter: &Filter,
 ) -> ImagesResponse {
     let snapshot = Snapshot::new(store.snapshot(), last_full_pass);
-    let (images, available, failing) = snapshot.summary;
-    ImagesResponse {
-        summary: Summary {
-            images,
-            available,
-            failing,
-            last_full_pass: rfc3339(last_full_pass),
-        },
-        images: (0..snapshot.images.len())
-            .filter_map(|at| snapshot.view(at, running, filter))
-            .collect(),
+    let mut at = JsonPosition::default();
+    let mut json = String::new();
+    while let Some(chunk) = snapshot.next_json_chunk(&mut at, running, filter) {
+        json.push_str(&chunk);
     }
+    serde_json::from_str(&json).unwrap_or_else(|_| {
+        let (images, available, failing) = snapshot.summary;
+        ImagesResponse {
+            summary: Summary {
+                images,
+                available,
+                failing,
+                last_full_pass: rfc3339(last_full_pass),
+            },
+            images: Vec::new(),
+        }
+    })
 }
 
 /// The page at `/` of `snapshot`, in one piece (the server streams it instead).
@@ -653,5 +729,57 @@ mod tests {
         assert!(html.contains("reg/&lt;b&gt;:1"), "escaped");
         assert!(!html.contains("reg/<b>:1"));
         assert!(html.contains(&escape(fix(CheckStatus::Absent))));
+    }
+
+    /// One image used by 5,000 workloads: the JSON and the page stream in chunks of
+    /// about [`CHUNK_BYTES`] (a row at most over), and parse whole.
+    #[test]
+    fn results_stream_in_bounded_chunks() {
+        let mut store = ResultStore::default();
+        for i in 0..5_000 {
+            store.set(
+                container(&format!("ns{}", i % 7), &format!("w{i:05}"), "reg/big:1"),
+                CheckOutcome::new(CheckStatus::Absent, "manifest unknown (HTTP 404)"),
+            );
+        }
+        store.set(container("ns0", "ok", "reg/a:1"), CheckOutcome::available());
+        let snapshot = Snapshot::new(store.snapshot(), None);
+        let mut at = JsonPosition::default();
+        let mut json = String::new();
+        let mut chunks = 0;
+        while let Some(chunk) = snapshot.next_json_chunk(&mut at, None, &Filter::default()) {
+            assert!(chunk.len() < CHUNK_BYTES + 1024, "{}", chunk.len());
+            json.push_str(&chunk);
+            chunks += 1;
+        }
+        assert!(chunks > 20, "{chunks} chunks");
+        let view: ImagesResponse = serde_json::from_str(&json).unwrap();
+        assert_eq!(view.images.len(), 2);
+        let big = view.images.iter().find(|i| i.image == "reg/big:1").unwrap();
+        assert_eq!(big.workloads.len(), 5_000);
+        assert_eq!(big.status, CheckStatus::Absent);
+        let filtered = images(
+            &store,
+            None,
+            None,
+            &Filter {
+                namespace: Some("ns3".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(filtered.images[0].workloads.len(), 714);
+
+        let mut at = PagePosition::default();
+        let mut html = String::new();
+        while let Some(chunk) = snapshot.next_page_chunk(&mut at, None) {
+            assert!(chunk.len() < CHUNK_BYTES + 2048, "{}", chunk.len());
+            html.push_str(&chunk);
+        }
+        assert_eq!(html.matches("<tr class=\"row\"").count(), 5_000);
+        assert!(
+            html.contains("<h2>absent (5000)</h2>"),
+            "counted in the heading"
+        );
+        assert!(html.ends_with("</html>\n"));
     }
 }
