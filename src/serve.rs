@@ -61,6 +61,12 @@ const MAX_DEFAULT_CONNECTIONS: u64 = 4096;
 /// What hyper buffers per connection (HTTP/1 read buffer, HTTP/2 send buffer per
 /// stream): with the stream cap, the memory one connection can hold.
 const CONNECTION_BUFFER: usize = 64 * 1024;
+/// The kernel's send buffer per accepted connection: what a client that does not read
+/// makes the process render (and the kernel hold) before its writes block. Autotuning
+/// would let it grow to megabytes per connection.
+const SOCKET_SEND_BUFFER: usize = 256 * 1024;
+/// HTTP/2 data buffered per stream beyond what the peer's window takes.
+const STREAM_SEND_BUFFER: usize = 16 * 1024;
 /// Accept errors are logged at most once per this interval, with their count.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -214,7 +220,7 @@ pub async fn serve<R>(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.http2_max_streams)
-        .max_send_buf_size(CONNECTION_BUFFER)
+        .max_send_buf_size(STREAM_SEND_BUFFER)
         .max_header_list_size(16 * 1024);
     let builder = Arc::new(builder);
     let connections = Listener::new(name, limits);
@@ -480,6 +486,8 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    let _ =
+                        socket2::SockRef::from(&stream).set_send_buffer_size(SOCKET_SEND_BUFFER);
                     connection(self.admit(stream, peer), peer);
                 }
                 Err(error) => {

@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
+use crate::store::ResultStore;
 use pullwatch::support::lock;
 
 /// What the endpoints report on.
@@ -26,8 +28,28 @@ pub struct ServerState {
     /// Human-readable detail for `/readyz`.
     detail: Mutex<String>,
     /// The store's latest version grouped for the result views, shared by every
-    /// request on it.
-    results: Mutex<Option<Arc<results::Snapshot>>>,
+    /// request on it, and when it was built.
+    results: Mutex<Option<(Instant, Arc<results::Snapshot>)>>,
+    /// The store version the latest scrape streams from, and when it was taken.
+    scrape: Mutex<Option<(Instant, Arc<ResultStore>)>>,
+}
+
+/// While responses still stream from a store version younger than this, new requests
+/// share it rather than pin another: each version a slow client holds is a copy of
+/// the store, so how many it can pin is bounded by the send timeout over these.
+const RESULTS_REUSE: Duration = Duration::from_secs(5);
+const SCRAPE_REUSE: Duration = Duration::from_secs(2);
+
+/// The cached value if a response still streams from it and it is younger than
+/// `reuse` (sharing it pins no new version), or if `current` says it is current.
+fn reusable<T>(
+    cached: &Option<(Instant, Arc<T>)>,
+    reuse: Duration,
+    current: impl Fn(&T) -> bool,
+) -> Option<Arc<T>> {
+    let (built, value) = cached.as_ref()?;
+    let in_use = Arc::strong_count(value) > 1;
+    ((in_use && built.elapsed() < reuse) || current(value)).then(|| value.clone())
 }
 
 impl ServerState {
@@ -37,20 +59,36 @@ impl ServerState {
             ready: AtomicBool::new(false),
             detail: Mutex::new("first check pass has not finished".to_string()),
             results: Mutex::new(None),
+            scrape: Mutex::new(None),
         }
     }
 
-    /// The result views' grouping of the store as it is now: built once per version
-    /// (one build at a time), shared by every request on it.
+    /// The result views' grouping of the store as it is now (or as it was moments
+    /// ago, while responses stream from that version): built once per version, one
+    /// build at a time, shared by every request on it.
     fn results_snapshot(&self) -> Arc<results::Snapshot> {
         let store = self.pipeline.store_snapshot();
         let last_full_pass = self.pipeline.last_full_pass();
         let mut cached = lock(&self.results);
-        if let Some(snapshot) = cached.as_ref().filter(|s| s.is_of(&store, last_full_pass)) {
-            return snapshot.clone();
+        if let Some(snapshot) =
+            reusable(&cached, RESULTS_REUSE, |s| s.is_of(&store, last_full_pass))
+        {
+            return snapshot;
         }
         let fresh = Arc::new(results::Snapshot::new(store, last_full_pass));
-        *cached = Some(fresh.clone());
+        *cached = Some((Instant::now(), fresh.clone()));
+        fresh
+    }
+
+    /// The store version a scrape streams from, shared like [`Self::results_snapshot`].
+    fn scrape_snapshot(&self) -> Arc<ResultStore> {
+        let store = self.pipeline.store_snapshot();
+        let mut cached = lock(&self.scrape);
+        if let Some(shared) = reusable(&cached, SCRAPE_REUSE, |s| s.same_version(&store)) {
+            return shared;
+        }
+        let fresh = Arc::new(store);
+        *cached = Some((Instant::now(), fresh.clone()));
         fresh
     }
 
@@ -96,7 +134,7 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match request.uri().path() {
-        "/metrics" => metrics_response(state.pipeline.clone()),
+        "/metrics" => metrics_response(state.pipeline.clone(), state.scrape_snapshot()),
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
             Ok(filter) => images_response(state, filter),
             Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
@@ -150,9 +188,8 @@ fn page_response(state: &ServerState) -> Response<Body> {
 
 /// The exposition, streamed a chunk at a time (at most a few thousand series), all
 /// from one store snapshot.
-fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
+fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Response<Body> {
     // One version of the store for the whole scrape.
-    let store = Arc::new(pipeline.store_snapshot());
     let chunks = futures::stream::unfold(ScrapePosition::default(), move |mut at| {
         let pipeline = pipeline.clone();
         let store = store.clone();
