@@ -766,6 +766,47 @@ fn set_type(response: &mut Response<Body>, content_type: &'static str) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_default_cap_keeps_descriptors_in_reserve() {
+        assert_eq!(default_max_connections(256, 2), 96);
+        assert_eq!(default_max_connections(256, 1), 192);
+        assert_eq!(default_max_connections(1024, 2), 448);
+        assert_eq!(default_max_connections(1 << 20, 1), 4096, "capped");
+        assert_eq!(default_max_connections(32, 1), 8, "never below a few");
+    }
+
+    /// At the cap, the connection longest without a request goes first, one with a
+    /// request in flight last; a closed connection's reads and writes fail.
+    #[tokio::test]
+    async fn the_cap_evicts_the_longest_idle() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limits = Limits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            http2_max_streams: 4,
+        };
+        let listener = Listener::new("test", limits);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (a, _a_far) = tokio::io::duplex(64);
+        let (b, _b_far) = tokio::io::duplex(64);
+        let (c, _c_far) = tokio::io::duplex(64);
+        let mut a = listener.admit(a, peer);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let b = listener.admit(b, "127.0.0.1:2".parse().unwrap());
+        // a is older, but busy: b goes.
+        let _busy = a.connection().request_started();
+        let mut b = b;
+        let _c = listener.admit(c, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(listener.open_connections(), 2);
+        let mut byte = [0u8; 1];
+        assert!(b.read(&mut byte).await.is_err(), "b was closed");
+        assert!(b.write_all(b"x").await.is_err());
+        assert!(a.write_all(b"x").await.is_ok(), "a lives");
+        assert!(listener.connection_from(peer).is_some());
+    }
+
     #[tokio::test]
     async fn listen_address_forms() {
         let error = bind("--bind-address", "nonsense").await.unwrap_err();
