@@ -296,8 +296,11 @@ pub struct ImageIndex {
     /// Containers sharing a check whose credentials come, with equal values, from
     /// differently named sources (another namespace's secret): the check's source ->
     /// this container's own, so its reason names only its own namespace's secrets.
-    pub own_sources: HashMap<ContainerRef, Arc<[(Arc<str>, Arc<str>)]>>,
+    pub own_sources: HashMap<ContainerRef, SourceRenames>,
 }
+
+/// Credential sources of a shared check -> a container's own: (theirs, its own).
+pub type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
 
 impl ImageIndex {
     /// Builds the index of `inventory`.
@@ -520,12 +523,12 @@ impl ImageIndex {
                 own = Some(outcome.for_platforms(wanted));
             }
         }
-        if let Some(renames) = self.own_sources.get(container) {
-            if !outcome.reason.is_empty() {
-                let mut renamed = own.unwrap_or_else(|| outcome.clone());
-                renamed.reason = rename_sources(&renamed.reason, renames);
-                own = Some(renamed);
-            }
+        if let Some(renames) = self.own_sources.get(container)
+            && !outcome.reason.is_empty()
+        {
+            let mut renamed = own.unwrap_or_else(|| outcome.clone());
+            renamed.reason = rename_sources(&renamed.reason, renames);
+            own = Some(renamed);
         }
         own
     }

@@ -155,13 +155,16 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
 pub struct Snapshot {
     store: ResultStore,
     /// Image as written -> its container references, ordered by image.
-    images: Vec<(Arc<str>, Vec<(ContainerRef, Arc<CheckOutcome>)>)>,
+    images: Vec<(Arc<str>, Vec<Row>)>,
     last_full_pass: Option<SystemTime>,
     summary_json: String,
     summary: (usize, usize, usize),
     /// Per cause (by informativeness) of what is not available: workload rows.
     causes: Vec<(CheckStatus, usize)>,
 }
+
+/// One container reference and its outcome, as the store shares it.
+type Row = (ContainerRef, Arc<CheckOutcome>);
 
 /// A streamed chunk ends once it is this long.
 pub const CHUNK_BYTES: usize = 16 * 1024;
@@ -181,8 +184,7 @@ struct ImageHead<'a> {
 impl Snapshot {
     /// Groups `store` (a snapshot) by image.
     pub fn new(store: ResultStore, last_full_pass: Option<SystemTime>) -> Snapshot {
-        let mut by_image: BTreeMap<Arc<str>, Vec<(ContainerRef, Arc<CheckOutcome>)>> =
-            BTreeMap::new();
+        let mut by_image: BTreeMap<Arc<str>, Vec<Row>> = BTreeMap::new();
         for (container, outcome) in store.iter_shared() {
             by_image
                 .entry(container.image.clone())
