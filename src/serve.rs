@@ -724,6 +724,18 @@ impl hyper::body::Body for SendWatch {
     }
 }
 
+/// `text` as a body that shares it (no copy): the `Arc` counts the responses still
+/// sending it.
+pub fn shared_bytes(text: Arc<String>) -> Bytes {
+    struct Shared(Arc<String>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    Bytes::from_owner(Shared(text))
+}
+
 /// A whole-body response of `content_type`.
 pub fn respond(
     status: StatusCode,
