@@ -61,7 +61,7 @@ impl Sampler {
         let worst = self.latencies.iter().max().copied().unwrap_or_default();
         let median = median(&self.latencies);
         println!(
-            "{attack:<44} RSS +{:>6} KiB   closed after {:>6.2} s   /metrics median {:>5.2}x, worst {:>5.2}x at rest",
+            "{attack:<58} RSS +{:>6} KiB   closed after {:>6.2} s   /metrics median {:>5.2}x, worst {:>5.2}x at rest",
             self.peak_kib.saturating_sub(self.base_kib),
             closed.as_secs_f64(),
             median.as_secs_f64() / at_rest.as_secs_f64(),
@@ -114,7 +114,12 @@ async fn run() {
     }
     let rest = at_rest(addr).await;
     println!(
-        "20,000 containers, release binary; /metrics at rest {:.1} ms (the baseline of the ratios)",
+        "20,000 containers, {} binary; /metrics at rest {:.1} ms (the baseline of the ratios)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         rest.as_secs_f64() * 1e3
     );
 
@@ -169,9 +174,9 @@ async fn run() {
     }
     sampler.report(
         if all_closed {
-            "HTTP/1.1, 100 unread responses"
+            "HTTP/1.1, 100 unread responses (all closed when checked)"
         } else {
-            "HTTP/1.1, 100 unread responses (NOT ALL CLOSED)"
+            "HTTP/1.1, 100 unread responses (NOT ALL CLOSED when checked)"
         },
         checked,
         rest,
