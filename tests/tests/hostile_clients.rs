@@ -672,3 +672,55 @@ async fn refused_sessions_are_counted_not_flooded() {
     );
     assert!(log.contains("count=1"), "{log}");
 }
+
+/// Attack: more connections than file descriptors (a connection cap set above the fd
+/// limit): accepts fail with "too many open files", which closes the connection
+/// longest without a request, backs off, and is logged once per interval with a
+/// count; `/metrics` still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_descriptors_backs_off_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = big_inventory(dir.path(), 2);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--manifests={}", inventory.display()),
+        format!("--bind-address=127.0.0.1:{port}"),
+        "--check-interval=1h".to_string(),
+        "--max-connections=4096".to_string(),
+        // Idle connections stay: only the fd limit stops them.
+        "--header-read-timeout=60s".to_string(),
+        "--idle-timeout=60s".to_string(),
+    ];
+    args.extend(["--registry-timeout=2s".to_string()]);
+    let mut aggregator = Process::start("pullwatch-aggregator", &args, dir.path(), Some(96), None);
+    wait_ready(addr, &mut aggregator).await;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
+        {
+            idle.push(stream);
+        }
+    }
+    let started = Instant::now();
+    let (status, took) = timed_get(addr, "/metrics").await;
+    assert_eq!(status, Some(200), "/metrics at the fd limit ({took:?})");
+    eprintln!("/metrics answered in {took:?} with 200 idle connections against 96 fds");
+    assert!(aggregator.alive());
+    tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
+    let log = aggregator.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    assert!(!lines.is_empty(), "the fd limit was never reached:\n{log}");
+    assert!(
+        lines.len() <= 2,
+        "{} accept-failure lines:\n{log}",
+        lines.len()
+    );
+    assert!(lines[0].contains("count="), "{}", lines[0]);
+    drop(idle);
+}
