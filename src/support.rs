@@ -60,7 +60,6 @@ pub struct LoggingError {
 /// when stderr is a terminal and `NO_COLOR` is unset.
 pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError> {
     use std::io::IsTerminal;
-    use tracing_subscriber::field::MakeExt;
 
     let env_filter =
         tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| LoggingError {
@@ -74,22 +73,59 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError>
         .with_ansi(colours)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => {
-            let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-                let text = format!("{value:?}");
-                let text = escape_controls(&text);
-                if field.name() == "message" {
-                    write!(writer, "{text}")
-                } else {
-                    write!(writer, "{}={text}", field.name())
-                }
-            })
-            .delimited(" ");
-            builder.fmt_fields(fields).init()
-        }
+        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Text-log fields as tracing-subscriber writes them (`message`, then `name=value`,
+/// the `log.*` fields of bridged `log` records left out), each value passed through
+/// [`escape_controls`].
+struct EscapedFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let text = format!("{value:?}");
+        let text = escape_controls(&text);
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{text}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(self.writer, "{separator}{name}={text}")
+        };
+    }
 }
 
 /// Bidirectional-text controls: they reorder what a terminal shows.
@@ -260,6 +296,43 @@ mod tests {
             escape_controls("a\nb\r\x1b[31mc\x07\u{202E}d\u{85}"),
             "a\\u{a}b\\u{d}\\u{1b}[31mc\\u{7}\\u{202e}d\\u{85}"
         );
+    }
+
+    #[test]
+    fn text_log_fields_are_escaped() {
+        use std::sync::Arc;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let name = "web\n2026-01-01T00:00:00Z ERROR forged\x1b[31m";
+            tracing::warn!(%name, r#type = "x", "workload {name} gone");
+        });
+        let text = String::from_utf8(lock(&buffer.0).clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains(
+                "workload web\\u{a}2026-01-01T00:00:00Z ERROR forged\\u{1b}[31m gone name=web\\u{a}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(" type=\"x\""), "{text}");
     }
 
     #[test]
