@@ -57,7 +57,7 @@ pub const TEXT: &str = "text/plain; charset=utf-8";
 /// sockets to registries, the API server and the runtime.
 const RESERVED_FDS: u64 = 64;
 /// The default cap never exceeds this many connections per listener.
-const MAX_DEFAULT_CONNECTIONS: u64 = 4096;
+const MAX_DEFAULT_CONNECTIONS: u64 = 16384;
 /// What hyper buffers per connection (HTTP/1 read buffer, HTTP/2 send buffer per
 /// stream): with the stream cap, the memory one connection can hold.
 const CONNECTION_BUFFER: usize = 64 * 1024;
@@ -77,7 +77,7 @@ pub struct LimitArgs {
     /// Open connections per listener; at the cap the connection that has gone longest
     /// without a complete request is closed to admit the new one. Default: from the
     /// process's file descriptor limit, with 64 held in reserve, shared by the
-    /// process's listeners (at most 4096 each).
+    /// process's listeners (at most 16384 each).
     #[arg(long, env = "PULLWATCH_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
     /// A connection must complete its first request (TLS handshake and HTTP/2 preface
@@ -252,6 +252,9 @@ pub async fn serve<R>(
 pub struct Listener {
     name: &'static str,
     limits: Limits,
+    /// At the cap, a connection with a request in flight (an agent's session) is never
+    /// closed to admit a new one: the new one is refused instead.
+    protect_in_flight: bool,
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<ConnectionState>>>,
@@ -365,9 +368,21 @@ impl Listener {
     /// An empty connection table with `limits`, and its watchdog (which ends when the
     /// listener is dropped).
     pub fn new(name: &'static str, limits: Limits) -> Arc<Listener> {
+        Listener::build(name, limits, false)
+    }
+
+    /// Like [`Listener::new`], for long-lived sessions: at the cap only connections
+    /// with nothing in flight make room; when every one carries a session, the new
+    /// connection is refused (closed at once) rather than a live session cut.
+    pub fn new_for_sessions(name: &'static str, limits: Limits) -> Arc<Listener> {
+        Listener::build(name, limits, true)
+    }
+
+    fn build(name: &'static str, limits: Limits, protect_in_flight: bool) -> Arc<Listener> {
         let listener = Arc::new(Listener {
             name,
             limits,
+            protect_in_flight,
             epoch: Instant::now(),
             next_id: AtomicU64::new(1),
             open: Mutex::new(HashMap::new()),
@@ -423,19 +438,27 @@ impl Listener {
             write_waker: AtomicWaker::new(),
             epoch: self.epoch,
         });
-        let evicted = {
+        let (evicted, refused) = {
             let mut open = lock(&self.open);
-            let evicted = if open.len() >= self.limits.max_connections {
+            let full = open.len() >= self.limits.max_connections;
+            let evicted = if full {
                 self.pick_eviction(&mut open)
             } else {
                 None
             };
-            open.insert(state.id, state.clone());
-            evicted
+            let refused = full && evicted.is_none();
+            if !refused {
+                open.insert(state.id, state.clone());
+            }
+            (evicted, refused)
         };
         if let Some(evicted) = evicted {
             debug!(listener = self.name, peer = %evicted.peer, "connection cap reached: closed the connection longest without a request");
             evicted.close();
+        }
+        if refused {
+            debug!(listener = self.name, %peer, "connection cap reached and every connection carries a session: refused");
+            state.close();
         }
         Tracked {
             io: stream,
@@ -448,10 +471,16 @@ impl Listener {
         &self,
         open: &mut HashMap<u64, Arc<ConnectionState>>,
     ) -> Option<Arc<ConnectionState>> {
-        let id = open
+        let (busy, _, id) = open
             .values()
-            .min_by_key(|c| c.eviction_rank())
-            .map(|c| c.id)?;
+            .map(|c| {
+                let (busy, since) = c.eviction_rank();
+                (busy, since, c.id)
+            })
+            .min()?;
+        if busy && self.protect_in_flight {
+            return None;
+        }
         open.remove(&id)
     }
 
@@ -783,7 +812,7 @@ mod tests {
         assert_eq!(default_max_connections(256, 2), 96);
         assert_eq!(default_max_connections(256, 1), 192);
         assert_eq!(default_max_connections(1024, 2), 448);
-        assert_eq!(default_max_connections(1 << 20, 1), 4096, "capped");
+        assert_eq!(default_max_connections(1 << 20, 1), 16384, "capped");
         assert_eq!(default_max_connections(32, 1), 8, "never below a few");
     }
 
@@ -817,6 +846,21 @@ mod tests {
         assert!(b.write_all(b"x").await.is_err());
         assert!(a.write_all(b"x").await.is_ok(), "a lives");
         assert!(listener.connection_from(peer).is_some());
+
+        // For sessions: a connection with a request in flight is never evicted; the
+        // newcomer is refused instead.
+        let listener = Listener::new_for_sessions("sessions", listener.limits().clone());
+        let (a, _a_far) = tokio::io::duplex(64);
+        let (b, _b_far) = tokio::io::duplex(64);
+        let (c, _c_far) = tokio::io::duplex(64);
+        let mut a = listener.admit(a, peer);
+        let mut b = listener.admit(b, "127.0.0.1:2".parse().unwrap());
+        let _a_session = a.connection().request_started();
+        let _b_session = b.connection().request_started();
+        let mut c = listener.admit(c, "127.0.0.1:3".parse().unwrap());
+        assert!(c.write_all(b"x").await.is_err(), "the newcomer is refused");
+        assert!(a.write_all(b"x").await.is_ok() && b.write_all(b"x").await.is_ok());
+        assert_eq!(listener.open_connections(), 2);
     }
 
     #[tokio::test]

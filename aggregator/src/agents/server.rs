@@ -213,7 +213,7 @@ pub async fn start_with_limits(
             source,
         })?;
     let (shutdown, mut stopping) = watch::channel(false);
-    let connections = Listener::new("agents", limits);
+    let connections = Listener::new_for_sessions("agents", limits);
     let service = AgentServiceServer::new(Sessions {
         hub,
         auth,
