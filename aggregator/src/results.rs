@@ -293,7 +293,11 @@ impl Snapshot {
         let mut out = String::new();
         if !at.started {
             at.started = true;
-            let _ = write!(out, "{{\"summary\":{},\"images\":[", self.summary_json);
+            let _ = write!(out, "{{\"summary\":{},", self.summary_json);
+            for member in std::mem::take(&mut at.members) {
+                let _ = write!(out, "{member},");
+            }
+            out.push_str("\"images\":[");
         }
         while out.len() < CHUNK_BYTES {
             let Some((_, rows)) = self.images.get(at.image) else {
@@ -436,6 +440,7 @@ impl Snapshot {
                 }
             }
             PagePart::Foot => {
+                out.push_str(&std::mem::take(&mut at.tail));
                 out.push_str(
                     "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
                 );
@@ -512,6 +517,9 @@ fn is_moved(
 /// Where a streamed `/api/v1/images` answer is.
 #[derive(Debug, Default)]
 pub struct JsonPosition {
+    /// Further members of the answer object (`"name":value`, small, computed when the
+    /// request came), written after the summary.
+    members: Vec<String>,
     started: bool,
     image: usize,
     /// The next workload row of the current image; None: its head is not written.
@@ -521,14 +529,36 @@ pub struct JsonPosition {
     done: bool,
 }
 
+impl JsonPosition {
+    /// The start of an answer with `members` (`"name":value` each) after the summary.
+    pub fn with_members(members: Vec<String>) -> JsonPosition {
+        JsonPosition {
+            members,
+            ..JsonPosition::default()
+        }
+    }
+}
+
 /// Where a streamed page is.
 #[derive(Debug, Default)]
 pub struct PagePosition {
+    /// Sections (small, rendered when the request came) put before the footer.
+    tail: String,
     part: PagePart,
     cause: usize,
     opened: bool,
     image: usize,
     row: usize,
+}
+
+impl PagePosition {
+    /// The start of a page with `tail` (HTML sections) before its footer.
+    pub fn with_tail(tail: String) -> PagePosition {
+        PagePosition {
+            tail,
+            ..PagePosition::default()
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -781,6 +811,24 @@ mod tests {
         assert!(
             html.contains("<h2>absent (5000)</h2>"),
             "counted in the heading"
+        );
+
+        // Small parts computed per request go in whole: JSON members, page sections.
+        let mut at = JsonPosition::with_members(vec!["\"extra\":[1,2]".into()]);
+        let mut json = String::new();
+        while let Some(chunk) = snapshot.next_json_chunk(&mut at, None, &Filter::default()) {
+            json.push_str(&chunk);
+        }
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["extra"], serde_json::json!([1, 2]));
+        let mut at = PagePosition::with_tail("<section id=\"extra\"></section>\n".into());
+        let mut page = String::new();
+        while let Some(chunk) = snapshot.next_page_chunk(&mut at, None) {
+            page.push_str(&chunk);
+        }
+        assert!(
+            page.contains("<section id=\"extra\"></section>\n<p><a href"),
+            "before the footer"
         );
         assert!(html.ends_with("</html>\n"));
     }
