@@ -428,7 +428,9 @@ async fn echoed_credentials_never_get_out() {
         manifests.join("app.yaml"),
         format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: regcred, namespace: tenant}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {data}\n---\n\
-             apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app, namespace: tenant}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  template:\n    metadata: {{labels: {{app: a}}}}\n    spec:\n      imagePullSecrets: [{{name: regcred}}]\n      containers:\n{containers}"
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app, namespace: tenant}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  template:\n    metadata: {{labels: {{app: a}}}}\n    spec:\n      imagePullSecrets: [{{name: regcred}}]\n      containers:\n{containers}---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: other, namespace: tenant-b}}\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {data}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app, namespace: tenant-b}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  template:\n    metadata: {{labels: {{app: a}}}}\n    spec:\n      imagePullSecrets: [{{name: other}}]\n      containers:\n{containers}"
         ),
     )
     .unwrap();
@@ -453,6 +455,21 @@ async fn echoed_credentials_never_get_out() {
         assert_no_hostile_secret(&format!("check -o {output} log"), &stderr);
         redacted_somewhere |= stdout.contains("redacted");
         outputs.push_str(&stdout);
+        if output == "json" {
+            // Equal credentials in two namespaces share each check; each namespace's
+            // reasons name its own secret only.
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+            for row in &rows {
+                let reason = row["reason"].as_str().unwrap();
+                let (own, other) = match row["namespace"].as_str().unwrap() {
+                    "tenant" => ("secret/tenant/regcred", "secret/tenant-b/"),
+                    _ => ("secret/tenant-b/other", "secret/tenant/"),
+                };
+                assert!(!reason.contains(other), "{row}");
+                assert!(reason.contains(own), "{row}");
+            }
+            assert_eq!(rows.len(), 2 * images.len());
+        }
     }
     assert!(
         redacted_somewhere,
