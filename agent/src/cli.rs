@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Where to serve /metrics and /healthz.
     #[arg(long, env = "PULLWATCH_METRICS_ADDRESS", default_value = ":9102")]
     pub metrics_address: String,
+    /// Limits of the metrics port.
+    #[command(flatten)]
+    pub limits: pullwatch::serve::LimitArgs,
     /// An image no check has asked about for this long loses its per-image series on
     /// /metrics (its workload went away).
     #[arg(long, env = "PULLWATCH_METRICS_SERIES_TTL", default_value = "1h", value_parser = parse_duration)]

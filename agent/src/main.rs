@@ -90,7 +90,11 @@ async fn run(args: RunArgs) -> pullwatch_agent::Result<ExitCode> {
     metrics.set_providers(&checker.keyring().plugin_names());
     let listener = pullwatch_agent::metrics::bind(&args.metrics_address).await?;
     tracing::info!(address = %args.metrics_address, "serving /metrics");
-    let server = tokio::spawn(pullwatch_agent::metrics::serve(listener, metrics.clone()));
+    let server = tokio::spawn(pullwatch_agent::metrics::serve(
+        listener,
+        args.limits.for_listener(1),
+        metrics.clone(),
+    ));
     let session = pullwatch_agent::session::run(Arc::new(checker), metrics, session_config);
     tokio::select! {
         () = session => {}

@@ -396,19 +396,50 @@ pub async fn bind(address: &str) -> crate::Result<TcpListener> {
         .map_err(|error| pullwatch::Error::from(error).into())
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<AgentMetrics>) {
-    let routes = move |request: &Request<Incoming>| respond(request, &metrics);
-    serve::serve(listener, routes, std::future::pending()).await;
+/// While responses still stream a rendered exposition younger than this, new scrapes
+/// share it: however many clients ask (and however slowly they read), the port holds
+/// at most one exposition per second of the send timeout, not one per request.
+const RENDER_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The latest exposition and when it was rendered; the `Arc` counts the responses
+/// streaming it.
+type Rendered = std::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>;
+
+/// Serves `/metrics` and `/healthz` within `limits` until the task is dropped.
+pub async fn serve(listener: TcpListener, limits: serve::Limits, metrics: Arc<AgentMetrics>) {
+    let rendered = Rendered::default();
+    let routes = move |request: &Request<Incoming>| respond(request, &metrics, &rendered);
+    serve::serve("metrics", listener, limits, routes, std::future::pending()).await;
 }
 
-fn respond(request: &Request<Incoming>, metrics: &AgentMetrics) -> Response<Body> {
+fn respond(
+    request: &Request<Incoming>,
+    metrics: &AgentMetrics,
+    rendered: &Rendered,
+) -> Response<Body> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => serve::respond(
-            StatusCode::OK,
-            serve::METRICS_CONTENT_TYPE,
-            metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let body = {
+                let mut cached = pullwatch::support::lock(rendered);
+                match cached.as_ref() {
+                    Some((at, body))
+                        if Arc::strong_count(body) > 1 && at.elapsed() < RENDER_REUSE =>
+                    {
+                        body.clone()
+                    }
+                    _ => {
+                        let body = Arc::new(metrics.render());
+                        *cached = Some((std::time::Instant::now(), body.clone()));
+                        body
+                    }
+                }
+            };
+            serve::respond(
+                StatusCode::OK,
+                serve::METRICS_CONTENT_TYPE,
+                serve::shared_bytes(body),
+            )
+        }
         (&Method::GET, "/healthz") => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
         _ => serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -189,6 +189,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
         agent_targets: Default::default(),
         warnings: Default::default(),
         platforms: Default::default(),
+        own_sources: Default::default(),
         settled: index
             .checks
             .values()

@@ -128,6 +128,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub agents: crate::agents::cli::AgentServerArgs,
+
+    #[command(flatten)]
+    pub limits: pullwatch::serve::LimitArgs,
 }
 
 /// How registries are reached.

@@ -2,7 +2,7 @@
 //! filtered, resolved to the credentials the kubelet would try, and deduplicated into
 //! the set of distinct checks to make.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,7 +293,14 @@ pub struct ImageIndex {
     /// (kind, namespace, name) -> the platforms the workload can land on, where any
     /// is known (`--platform`, or the cluster's nodes narrowed by the pod template).
     pub platforms: BTreeMap<WorkloadKey, Arc<[Platform]>>,
+    /// Containers sharing a check whose credentials come, with equal values, from
+    /// differently named sources (another namespace's secret): the check's source ->
+    /// this container's own, so its reason names only its own namespace's secrets.
+    pub own_sources: HashMap<ContainerRef, SourceRenames>,
 }
+
+/// Credential sources of a shared check -> a container's own: (theirs, its own).
+pub type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
 
 impl ImageIndex {
     /// Builds the index of `inventory`.
@@ -451,7 +458,21 @@ impl ImageIndex {
                                 container_ref.image.clone(),
                             ));
                         }
-                        index.checks.entry(key).or_default().push(container_ref);
+                        let shared = index.checks.entry(key.clone());
+                        let renames: Vec<(Arc<str>, Arc<str>)> = shared
+                            .key()
+                            .credentials
+                            .iter()
+                            .zip(key.credentials.iter())
+                            .filter(|(theirs, own)| theirs.source != own.source)
+                            .map(|(theirs, own)| (theirs.source.clone(), own.source.clone()))
+                            .collect();
+                        if !renames.is_empty() {
+                            index
+                                .own_sources
+                                .insert(container_ref.clone(), renames.into());
+                        }
+                        shared.or_default().push(container_ref);
                     }
                     Err(err) => {
                         index.warnings.insert(format!(
@@ -483,20 +504,33 @@ impl ImageIndex {
 
     /// The outcome of a check as it stands for one container where that differs
     /// from the check's own: `absent` where the tag is an index without an entry for a
-    /// platform its workload can land on. None: the check's outcome stands.
+    /// platform its workload can land on; a reason naming this container's own
+    /// credential sources where the check was made with another namespace's equal
+    /// ones. None: the check's outcome stands.
     pub fn outcome_for(
         &self,
         container: &ContainerRef,
         outcome: &CheckOutcome,
     ) -> Option<CheckOutcome> {
-        outcome.platforms.as_ref()?;
-        let key = (
-            container.kind,
-            container.namespace.clone(),
-            container.name.clone(),
-        );
-        let wanted = self.platforms.get(&key)?;
-        Some(outcome.for_platforms(wanted))
+        let mut own = None;
+        if outcome.platforms.is_some() {
+            let key = (
+                container.kind,
+                container.namespace.clone(),
+                container.name.clone(),
+            );
+            if let Some(wanted) = self.platforms.get(&key) {
+                own = Some(outcome.for_platforms(wanted));
+            }
+        }
+        if let Some(renames) = self.own_sources.get(container)
+            && !outcome.reason.is_empty()
+        {
+            let mut renamed = own.unwrap_or_else(|| outcome.clone());
+            renamed.reason = rename_sources(&renamed.reason, renames);
+            own = Some(renamed);
+        }
+        own
     }
 
     /// Logs the warnings that `previous` did not already have.
@@ -614,6 +648,33 @@ pub async fn build_indexes(
     }
 }
 
+/// `reason` with each source name `from` (a whole name: `secret/a/s1` is not a prefix
+/// of `secret/a/s10`) replaced by `to`.
+fn rename_sources(reason: &str, renames: &[(Arc<str>, Arc<str>)]) -> String {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/');
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    'scan: while !rest.is_empty() {
+        for (from, to) in renames {
+            if let Some(after) = rest.strip_prefix(&**from) {
+                let boundary_before = out.chars().next_back().is_none_or(|c| !is_name_char(c));
+                let boundary_after = after.chars().next().is_none_or(|c| !is_name_char(c));
+                if boundary_before && boundary_after {
+                    out.push_str(to);
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,6 +757,50 @@ mod tests {
         for (key, refs) in &index.checks {
             assert_eq!(refs.len(), 2, "{key:?}");
         }
+    }
+
+    #[test]
+    fn a_shared_check_names_each_namespace_its_own_secrets() {
+        let mut inv = Inventory::default();
+        add(
+            &mut inv,
+            workload("alpha", "w1", &["reg.io/app:v1"], &["s1"]),
+        );
+        add(
+            &mut inv,
+            workload("tenant-b", "w2", &["reg.io/app:v1"], &["other"]),
+        );
+        inv.secrets
+            .insert(("alpha".into(), "s1".into()), secret("u", "reg.io"));
+        inv.secrets
+            .insert(("tenant-b".into(), "other".into()), secret("u", "reg.io"));
+        let index = ImageIndex::build(&inv, &options());
+        assert_eq!(index.checks.len(), 1, "equal values: one check");
+        let (key, containers) = index.checks.iter().next().unwrap();
+        let source = key.credentials[0].source.clone();
+        let outcome = CheckOutcome::new(
+            CheckStatus::AuthenticationFailure,
+            format!("401 (credentials from {source})"),
+        );
+        for container in containers {
+            let own = index.outcome_for(container, &outcome);
+            let reason = own.as_ref().map_or(&outcome.reason, |o| &o.reason);
+            let (mine, theirs) = if &*container.namespace == "alpha" {
+                ("secret/alpha/s1", "secret/tenant-b/")
+            } else {
+                ("secret/tenant-b/other", "secret/alpha/")
+            };
+            assert!(reason.contains(&format!("from {mine})")), "{reason}");
+            assert!(!reason.contains(theirs), "{reason}");
+        }
+        assert_eq!(
+            rename_sources(
+                "secret/a/s1: x; secret/a/s10: y",
+                &[("secret/a/s1".into(), "secret/b/t".into())]
+            ),
+            "secret/b/t: x; secret/a/s10: y",
+            "whole names only"
+        );
     }
 
     #[test]

@@ -202,6 +202,10 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     };
 
     let listener = server::bind(&args.bind_address).await?;
+    // Each listener (HTTP, and agents with --agent-listen) applies the limits alone.
+    let limits = args
+        .limits
+        .for_listener(1 + usize::from(args.agents.agent_listen.is_some()));
     let mut pipeline = Pipeline::new(
         checker,
         metrics,
@@ -236,7 +240,9 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
                     hub.clone(),
                 ));
             }
-            let server = agents::server::start_with_reviewer(hub.clone(), config, reviewer).await?;
+            let server =
+                agents::server::start_with_limits(hub.clone(), config, reviewer, limits.clone())
+                    .await?;
             pipeline = pipeline.with_agents(hub);
             Some(server)
         }
@@ -255,7 +261,12 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
     // The HTTP server outlives the rest: during shutdown /readyz answers 503.
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, state.clone(), server_stop_rx));
+    let server = tokio::spawn(server::serve(
+        listener,
+        limits,
+        state.clone(),
+        server_stop_rx,
+    ));
 
     let (index_tx, index_rx) = watch::channel(None);
     background.push(tokio::spawn(index::build_indexes(

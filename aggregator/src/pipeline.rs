@@ -102,14 +102,32 @@ impl Pipeline {
                 filter,
             )
         };
-        response.registries = crate::results::registry_quotas(
+        response.registries = self.registry_quotas();
+        response
+    }
+
+    /// The pull quota of each registry that announced one, as the aggregator's checks
+    /// and each node's agent last saw it.
+    pub fn registry_quotas(&self) -> Vec<crate::results::RegistryQuotaView> {
+        crate::results::registry_quotas(
             self.metrics.checker.quotas.snapshot(),
             self.agents
                 .as_ref()
                 .map(|hub| hub.node_quotas().by_registry())
                 .unwrap_or_default(),
-        );
-        response
+        )
+    }
+
+    /// Runs `read` with what running pods run (cluster mode; None otherwise), holding
+    /// the inventory only for that long.
+    pub fn with_running<R>(
+        &self,
+        read: impl FnOnce(Option<&crate::inventory::RunningDigests>) -> R,
+    ) -> R {
+        match &self.inventory {
+            Some(inventory) => read(Some(&lock(inventory).running)),
+            None => read(None),
+        }
     }
 
     /// When the last full pass finished, if one has.

@@ -1,7 +1,10 @@
 //! One-shot output of `check`: a table for people, JSON for programs, JUnit XML for CI
 //! systems that render test reports.
 
+use std::borrow::Cow;
+
 use pullwatch::CheckOutcome;
+use pullwatch::support::escape_controls;
 use serde::Serialize;
 
 use crate::index::ContainerRef;
@@ -47,7 +50,9 @@ pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
         "STATUS",
         "REASON",
     ];
-    let cells: Vec<[&str; 7]> = rows(results)
+    // Names, images and reasons come from manifests and registries: control and bidi
+    // characters are shown as `\u{…}`, never sent to the terminal.
+    let escaped: Vec<[Cow<'_, str>; 7]> = rows(results)
         .into_iter()
         .map(|r| {
             [
@@ -59,7 +64,12 @@ pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
                 r.status,
                 r.reason,
             ]
+            .map(escape_controls)
         })
+        .collect();
+    let cells: Vec<[&str; 7]> = escaped
+        .iter()
+        .map(|row| row.each_ref().map(|c| &**c))
         .collect();
     let mut widths = HEADER.map(str::len);
     for row in &cells {
@@ -162,5 +172,22 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].find("STATUS"), lines[1].find("absent"));
         assert!(lines[1].ends_with("manifest not found (HTTP 404)"));
+    }
+
+    #[test]
+    fn table_escapes_control_and_bidi_characters() {
+        let mut rows = results();
+        rows[0].0.image = "reg/x:1\r\x1b[2K\x07\u{202E}evil".into();
+        rows[0].1.reason = "line one\nline two\u{9b}".into();
+        let text = table(&rows);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        for raw in ['\r', '\x1b', '\x07', '\u{202E}', '\u{9b}'] {
+            assert!(!text.contains(raw), "{raw:?} in {text}");
+        }
+        assert!(
+            text.contains("reg/x:1\\u{d}\\u{1b}[2K\\u{7}\\u{202e}evil"),
+            "{text}"
+        );
+        assert!(text.contains("line one\\u{a}line two\\u{9b}"), "{text}");
     }
 }

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use pullwatch::registry::quota::Quota;
 use pullwatch::{CheckOutcome, CheckStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::agents::quota::NodeQuota;
-use crate::answers::ImageNodes;
 use crate::index::ContainerRef;
 use crate::inventory::RunningDigests;
 use crate::store::{ResultStore, tag_moved};
@@ -86,11 +86,13 @@ impl Filter {
 }
 
 /// The whole answer of `/api/v1/images`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ImagesResponse {
     pub summary: Summary,
     pub images: Vec<ImageView>,
-    /// The pull quota of each registry that announced one ([`registry_quotas`]).
+    /// The pull quota of each registry that announced one ([`registry_quotas`]); the
+    /// server streams it as a member after the summary, and it is not parsed back.
+    #[serde(default, skip_deserializing)]
     pub registries: Vec<RegistryQuotaView>,
 }
 
@@ -170,7 +172,7 @@ pub fn registry_quotas(
 }
 
 /// Over every checked image, whatever the filter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Summary {
     /// Distinct images (as written in the specs) with a result.
     pub images: usize,
@@ -183,7 +185,7 @@ pub struct Summary {
 }
 
 /// One image as written in the specs, with every workload container using it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ImageView {
     pub image: String,
     /// The least available of its workloads' statuses.
@@ -202,7 +204,7 @@ pub struct ImageView {
     pub nodes: Vec<NodeView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WorkloadView {
     pub namespace: String,
     pub kind: String,
@@ -214,7 +216,7 @@ pub struct WorkloadView {
     pub tag_moved: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct NodeView {
     pub node: String,
     pub status: CheckStatus,
@@ -225,96 +227,469 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
     time.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-/// The view of `store` (and of what pods run, in cluster mode) that `filter` keeps.
+/// One version of the store grouped by image, built once and shared by every
+/// `/api/v1/images` and `/` request on that version: each request streams its answer
+/// from it about [`CHUNK_BYTES`] at a time (one workload row at a time inside an
+/// image), so what one request holds is a reference count and one chunk, whatever the
+/// inventory's size or the client's pace.
+#[derive(Debug)]
+pub struct Snapshot {
+    store: ResultStore,
+    /// Image as written -> its container references, ordered by image.
+    images: Vec<(Arc<str>, Vec<Row>)>,
+    last_full_pass: Option<SystemTime>,
+    summary_json: String,
+    summary: (usize, usize, usize),
+    /// Per cause (by informativeness) of what is not available: workload rows.
+    causes: Vec<(CheckStatus, usize)>,
+}
+
+/// One container reference and its outcome, as the store shares it.
+type Row = (ContainerRef, Arc<CheckOutcome>);
+
+/// A streamed chunk ends once it is this long.
+pub const CHUNK_BYTES: usize = 16 * 1024;
+
+/// An image's fields but its workloads (streamed after them, one by one).
+#[derive(Serialize)]
+struct ImageHead<'a> {
+    image: &'a str,
+    status: CheckStatus,
+    reason: &'a str,
+    checked_at: Option<String>,
+    digest: Option<&'a str>,
+    tag_moved: Option<bool>,
+    nodes: Vec<NodeView>,
+}
+
+impl Snapshot {
+    /// Groups `store` (a snapshot) by image.
+    pub fn new(store: ResultStore, last_full_pass: Option<SystemTime>) -> Snapshot {
+        let mut by_image: BTreeMap<Arc<str>, Vec<Row>> = BTreeMap::new();
+        for (container, outcome) in store.iter_shared() {
+            by_image
+                .entry(container.image.clone())
+                .or_default()
+                .push((container.clone(), outcome.clone()));
+        }
+        let images: Vec<_> = by_image.into_iter().collect();
+        let available = images
+            .iter()
+            .filter(|(_, rows)| rows.iter().all(|(_, o)| o.is_available()))
+            .count();
+        let failing = images.len() - available;
+        let summary = Summary {
+            images: images.len(),
+            available,
+            failing,
+            last_full_pass: rfc3339(last_full_pass),
+        };
+        let mut causes: BTreeMap<u8, (CheckStatus, usize)> = BTreeMap::new();
+        for (_, outcome) in images.iter().flat_map(|(_, rows)| rows) {
+            if !outcome.is_available() {
+                causes
+                    .entry(outcome.status.informativeness())
+                    .or_insert((outcome.status, 0))
+                    .1 += 1;
+            }
+        }
+        Snapshot {
+            summary_json: serde_json::to_string(&summary).unwrap_or_default(),
+            summary: (summary.images, summary.available, summary.failing),
+            store,
+            images,
+            last_full_pass,
+            causes: causes.into_values().collect(),
+        }
+    }
+
+    /// Whether this was built from `store`'s version and `last_full_pass`.
+    pub fn is_of(&self, store: &ResultStore, last_full_pass: Option<SystemTime>) -> bool {
+        self.store.same_version(store) && self.last_full_pass == last_full_pass
+    }
+
+    fn nodes(&self, image: &str) -> Vec<NodeView> {
+        self.store
+            .image_nodes_of(image)
+            .map(|nodes| {
+                nodes
+                    .answers
+                    .iter()
+                    .map(|(node, (status, reason))| NodeView {
+                        node: node.clone(),
+                        status: *status,
+                        reason: reason.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Image `at`'s fields over the rows `filter` keeps; None when it keeps none.
+    fn head(
+        &self,
+        at: usize,
+        running: Option<&RunningDigests>,
+        filter: &Filter,
+    ) -> Option<ImageHead<'_>> {
+        let (image, rows) = self.images.get(at)?;
+        let kept = || {
+            rows.iter()
+                .map(|(c, o)| (c, &**o))
+                .filter(|(c, o)| filter.keeps(c, o))
+        };
+        let top = kept()
+            .map(|(_, o)| o)
+            .filter(|o| !o.is_available())
+            .max_by_key(|o| o.status.informativeness())
+            .or_else(|| kept().next().map(|(_, o)| o))?;
+        let mut tag_moved = None;
+        for (c, o) in kept() {
+            if let Some(moved) = running.and_then(|r| crate::store::tag_moved(r, c, o)) {
+                tag_moved = Some(tag_moved.unwrap_or(false) || moved);
+            }
+        }
+        Some(ImageHead {
+            image,
+            status: top.status,
+            reason: &top.reason,
+            checked_at: rfc3339(kept().filter_map(|(_, o)| o.checked_at).max()),
+            digest: kept().find_map(|(_, o)| o.digest.as_deref()),
+            tag_moved,
+            nodes: self.nodes(image),
+        })
+    }
+
+    /// The next piece of the `/api/v1/images` JSON (what `filter` keeps), moving `at`
+    /// past it; None when done. `running`: what pods run (cluster mode).
+    pub fn next_json_chunk(
+        &self,
+        at: &mut JsonPosition,
+        running: Option<&RunningDigests>,
+        filter: &Filter,
+    ) -> Option<String> {
+        if at.done {
+            return None;
+        }
+        let mut out = String::new();
+        if !at.started {
+            at.started = true;
+            let _ = write!(out, "{{\"summary\":{},", self.summary_json);
+            for member in std::mem::take(&mut at.members) {
+                let _ = write!(out, "{member},");
+            }
+            out.push_str("\"images\":[");
+        }
+        while out.len() < CHUNK_BYTES {
+            let Some((_, rows)) = self.images.get(at.image) else {
+                out.push_str("\n]}\n");
+                at.done = true;
+                break;
+            };
+            match at.row {
+                None => {
+                    let Some(head) = self.head(at.image, running, filter) else {
+                        at.image += 1;
+                        continue;
+                    };
+                    let json = serde_json::to_string(&head).unwrap_or_else(|_| "{}".into());
+                    out.push_str(if at.any_image { ",\n" } else { "\n" });
+                    at.any_image = true;
+                    out.push_str(json.strip_suffix('}').unwrap_or(&json));
+                    out.push_str(",\"workloads\":[");
+                    at.row = Some(0);
+                    at.any_row = false;
+                }
+                Some(row) => {
+                    let Some((c, o)) = rows.get(row) else {
+                        out.push_str("]}");
+                        at.row = None;
+                        at.image += 1;
+                        continue;
+                    };
+                    at.row = Some(row + 1);
+                    if filter.keeps(c, o) {
+                        if at.any_row {
+                            out.push(',');
+                        }
+                        at.any_row = true;
+                        if let Ok(json) = serde_json::to_string(&workload_view(c, o, running)) {
+                            out.push_str(&json);
+                        }
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The next piece of the page at `/`, moving `at` past it; None when done.
+    pub fn next_page_chunk(
+        &self,
+        at: &mut PagePosition,
+        running: Option<&RunningDigests>,
+    ) -> Option<String> {
+        let mut out = String::new();
+        match at.part {
+            PagePart::Head => {
+                page_head(&mut out, self.summary, self.last_full_pass);
+                if self.causes.is_empty() {
+                    out.push_str(
+                        "<p id=\"all-available\">Every checked image can be pulled.</p>\n",
+                    );
+                }
+                at.part = PagePart::Cause;
+            }
+            PagePart::Cause => {
+                let Some((status, count)) = self.causes.get(at.cause).copied() else {
+                    at.part = PagePart::MovedCount;
+                    return Some(out);
+                };
+                if !at.opened {
+                    at.opened = true;
+                    let _ = writeln!(
+                        out,
+                        "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({count})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
+                         <table><thead><tr><th>Workload</th><th>Image</th><th>Reason</th><th>Nodes disagree</th></tr></thead><tbody>",
+                        escape(fix(status))
+                    );
+                }
+                self.rows_chunk(at, &mut out, |_, o| o.status == status, |out, image, c, o| {
+                    let _ = writeln!(
+                        out,
+                        "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+                        escape(&c.namespace),
+                        escape(c.kind.as_str()),
+                        escape(&c.name),
+                        escape(&c.container),
+                        escape(image),
+                        escape(&o.reason),
+                        escape(&disagreement(&self.nodes(image))),
+                    );
+                });
+                if at.image >= self.images.len() {
+                    out.push_str("</tbody></table>\n</section>\n");
+                    at.cause += 1;
+                    at.image = 0;
+                    at.row = 0;
+                    at.opened = false;
+                }
+            }
+            PagePart::MovedCount => {
+                // Counted first (nothing kept), listed after: the heading says how many.
+                let moved = self
+                    .images
+                    .iter()
+                    .flat_map(|(_, rows)| rows)
+                    .filter(|(c, o)| o.is_available() && is_moved(running, c, o))
+                    .count();
+                at.image = 0;
+                at.row = 0;
+                at.part = if moved == 0 {
+                    PagePart::Foot
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({moved})</h2>\n\
+                         <p class=\"fix\">A restart or a new node would run different code than the running pods: roll the workload if the new digest is intended, else restore the tag; pin images by digest.</p>\n\
+                         <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>"
+                    );
+                    PagePart::Moved
+                };
+            }
+            PagePart::Moved => {
+                self.rows_chunk(
+                    at,
+                    &mut out,
+                    |c, o| o.is_available() && is_moved(running, c, o),
+                    |out, image, c, o| {
+                        let _ = writeln!(
+                            out,
+                            "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                            escape(&c.namespace),
+                            escape(c.kind.as_str()),
+                            escape(&c.name),
+                            escape(&c.container),
+                            escape(image),
+                            escape(o.digest.as_deref().unwrap_or("")),
+                        );
+                    },
+                );
+                if at.image >= self.images.len() {
+                    out.push_str("</tbody></table>\n</section>\n");
+                    at.part = PagePart::Foot;
+                }
+            }
+            PagePart::Foot => {
+                out.push_str(&std::mem::take(&mut at.tail));
+                out.push_str(
+                    "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
+                );
+                at.part = PagePart::Done;
+            }
+            PagePart::Done => return None,
+        }
+        Some(out)
+    }
+
+    /// Writes the rows `wanted` picks from `at` on, until the chunk is full or the
+    /// images end (then `at.image` is past the last).
+    fn rows_chunk(
+        &self,
+        at: &mut PagePosition,
+        out: &mut String,
+        wanted: impl Fn(&ContainerRef, &CheckOutcome) -> bool,
+        write: impl Fn(&mut String, &str, &ContainerRef, &CheckOutcome),
+    ) {
+        while out.len() < CHUNK_BYTES {
+            let Some((image, rows)) = self.images.get(at.image) else {
+                return;
+            };
+            if at.row == 0 && !rows.iter().any(|(c, o)| wanted(c, o)) {
+                at.image += 1;
+                continue;
+            }
+            while out.len() < CHUNK_BYTES && at.row < rows.len() {
+                let (c, o) = &rows[at.row];
+                if wanted(c, o) {
+                    write(out, image, c, o);
+                }
+                at.row += 1;
+            }
+            if at.row >= rows.len() {
+                at.image += 1;
+                at.row = 0;
+            }
+        }
+    }
+
+    /// Whether the page's next piece needs what pods run (only the moved-tag
+    /// section does).
+    pub fn page_reads_running(at: &PagePosition) -> bool {
+        matches!(at.part, PagePart::MovedCount | PagePart::Moved)
+    }
+}
+
+fn workload_view(
+    c: &ContainerRef,
+    o: &CheckOutcome,
+    running: Option<&RunningDigests>,
+) -> WorkloadView {
+    WorkloadView {
+        namespace: c.namespace.to_string(),
+        kind: c.kind.as_str().to_string(),
+        name: c.name.to_string(),
+        container: c.container.to_string(),
+        status: o.status,
+        reason: o.reason.clone(),
+        checked_at: rfc3339(o.checked_at),
+        tag_moved: running.and_then(|r| tag_moved(r, c, o)),
+    }
+}
+
+fn is_moved(
+    running: Option<&RunningDigests>,
+    container: &ContainerRef,
+    outcome: &CheckOutcome,
+) -> bool {
+    running.and_then(|r| tag_moved(r, container, outcome)) == Some(true)
+}
+
+/// Where a streamed `/api/v1/images` answer is.
+#[derive(Debug, Default)]
+pub struct JsonPosition {
+    /// Further members of the answer object (`"name":value`, small, computed when the
+    /// request came), written after the summary.
+    members: Vec<String>,
+    started: bool,
+    image: usize,
+    /// The next workload row of the current image; None: its head is not written.
+    row: Option<usize>,
+    any_image: bool,
+    any_row: bool,
+    done: bool,
+}
+
+impl JsonPosition {
+    /// The start of an answer with `members` (`"name":value` each) after the summary.
+    pub fn with_members(members: Vec<String>) -> JsonPosition {
+        JsonPosition {
+            members,
+            ..JsonPosition::default()
+        }
+    }
+}
+
+/// Where a streamed page is.
+#[derive(Debug, Default)]
+pub struct PagePosition {
+    /// Sections (small, rendered when the request came) put before the footer.
+    tail: String,
+    part: PagePart,
+    cause: usize,
+    opened: bool,
+    image: usize,
+    row: usize,
+}
+
+impl PagePosition {
+    /// The start of a page with `tail` (HTML sections) before its footer.
+    pub fn with_tail(tail: String) -> PagePosition {
+        PagePosition {
+            tail,
+            ..PagePosition::default()
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum PagePart {
+    #[default]
+    Head,
+    Cause,
+    MovedCount,
+    Moved,
+    Foot,
+    Done,
+}
+
+/// The whole view of `store` (and of what pods run, in cluster mode) that `filter`
+/// keeps, in one piece, parsed back from the streamed form (for tests and tools).
 pub fn images(
     store: &ResultStore,
     running: Option<&RunningDigests>,
     last_full_pass: Option<SystemTime>,
     filter: &Filter,
 ) -> ImagesResponse {
-    let mut by_image: BTreeMap<&str, Vec<(&ContainerRef, &CheckOutcome)>> = BTreeMap::new();
-    for (container, outcome) in store.iter() {
-        by_image
-            .entry(&*container.image)
-            .or_default()
-            .push((container, outcome));
+    let snapshot = Snapshot::new(store.snapshot(), last_full_pass);
+    let mut at = JsonPosition::default();
+    let mut json = String::new();
+    while let Some(chunk) = snapshot.next_json_chunk(&mut at, running, filter) {
+        json.push_str(&chunk);
     }
-    let worst = |rows: &[(&ContainerRef, &CheckOutcome)]| {
-        rows.iter()
-            .map(|(_, o)| *o)
-            .filter(|o| !o.is_available())
-            .max_by_key(|o| o.status.informativeness())
-            .or_else(|| rows.first().map(|(_, o)| *o))
-            .cloned()
-    };
-    let summary = Summary {
-        images: by_image.len(),
-        available: by_image
-            .values()
-            .filter(|rows| rows.iter().all(|(_, o)| o.is_available()))
-            .count(),
-        failing: by_image
-            .values()
-            .filter(|rows| rows.iter().any(|(_, o)| !o.is_available()))
-            .count(),
-        last_full_pass: rfc3339(last_full_pass),
-    };
-    let nodes_of: BTreeMap<&str, &ImageNodes> = store
-        .image_nodes()
-        .map(|(image, nodes)| (image.as_str(), nodes))
-        .collect();
-    let mut images = Vec::new();
-    for (image, rows) in by_image {
-        let kept: Vec<(&ContainerRef, &CheckOutcome)> = rows
-            .into_iter()
-            .filter(|(c, o)| filter.keeps(c, o))
-            .collect();
-        let Some(top) = worst(&kept) else {
-            continue;
-        };
-        let workloads: Vec<WorkloadView> = kept
-            .iter()
-            .map(|(c, o)| WorkloadView {
-                namespace: c.namespace.to_string(),
-                kind: c.kind.as_str().to_string(),
-                name: c.name.to_string(),
-                container: c.container.to_string(),
-                status: o.status,
-                reason: o.reason.clone(),
-                checked_at: rfc3339(o.checked_at),
-                tag_moved: running.and_then(|r| tag_moved(r, c, o)),
-            })
-            .collect();
-        let moved: Vec<bool> = workloads.iter().filter_map(|w| w.tag_moved).collect();
-        images.push(ImageView {
-            image: image.to_string(),
-            status: top.status,
-            reason: top.reason.clone(),
-            checked_at: rfc3339(kept.iter().filter_map(|(_, o)| o.checked_at).max()),
-            digest: kept.iter().find_map(|(_, o)| o.digest.clone()),
-            tag_moved: (!moved.is_empty()).then(|| moved.iter().any(|m| *m)),
-            workloads,
-            nodes: nodes_of
-                .get(image)
-                .map(|nodes| {
-                    nodes
-                        .answers
-                        .iter()
-                        .map(|(node, (status, reason))| NodeView {
-                            node: node.clone(),
-                            status: *status,
-                            reason: reason.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+    serde_json::from_str(&json).unwrap_or_else(|_| {
+        let (images, available, failing) = snapshot.summary;
+        ImagesResponse {
+            summary: Summary {
+                images,
+                available,
+                failing,
+                last_full_pass: rfc3339(last_full_pass),
+            },
+            images: Vec::new(),
+            registries: Vec::new(),
+        }
+    })
+}
+
+/// The page at `/` of `snapshot`, in one piece (the server streams it instead).
+pub fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> String {
+    let mut at = PagePosition::default();
+    let mut out = String::new();
+    while let Some(chunk) = snapshot.next_page_chunk(&mut at, running) {
+        out.push_str(&chunk);
     }
-    ImagesResponse {
-        summary,
-        images,
-        registries: Vec::new(),
-    }
+    out
 }
 
 /// Text safe inside HTML elements and quoted attributes.
@@ -346,109 +721,35 @@ fn disagreement(nodes: &[NodeView]) -> String {
         .join("; ")
 }
 
-/// One row of the page: an image and one of its workloads.
-type PageRow<'a> = (&'a ImageView, &'a WorkloadView);
-
-/// The page at `/`: a summary line, then what is not available, grouped by cause, each
-/// row with workload, image, reason, the fix, and node disagreement.
-pub fn page(view: &ImagesResponse) -> String {
-    let mut out = String::new();
-    let summary = &view.summary;
-    let _ = write!(
-        out,
+fn page_head(
+    out: &mut String,
+    (images, available, failing): (usize, usize, usize),
+    last_full_pass: Option<SystemTime>,
+) {
+    out.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pullwatch</title>\n\
-         <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
-         table{{border-collapse:collapse;width:100%;margin-bottom:1em}}\
-         th,td{{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}}\
-         th{{background:#f3f3f3}}h2{{margin-top:1.5em}}.fix{{color:#555}}\
-         code{{font-size:90%}}</style></head>\n<body>\n<h1>pullwatch</h1>\n"
+         <style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+         table{border-collapse:collapse;width:100%;margin-bottom:1em}\
+         th,td{border:1px solid #ccc;padding:.3em .5em;text-align:left;vertical-align:top}\
+         th{background:#f3f3f3}h2{margin-top:1.5em}.fix{color:#555}\
+         code{font-size:90%}</style></head>\n<body>\n<h1>pullwatch</h1>\n",
     );
     let _ = writeln!(
         out,
-        "<p id=\"summary\">{} images: {} available, {} failing; last full pass: {}</p>",
-        summary.images,
-        summary.available,
-        summary.failing,
-        escape(summary.last_full_pass.as_deref().unwrap_or("not yet"))
+        "<p id=\"summary\">{images} images: {available} available, {failing} failing; last full pass: {}</p>",
+        escape(rfc3339(last_full_pass).as_deref().unwrap_or("not yet"))
     );
-    // By informativeness: a registry that is down before a typo in a tag.
-    let mut by_cause: BTreeMap<u8, (CheckStatus, Vec<PageRow>)> = BTreeMap::new();
-    let mut moved: Vec<PageRow> = Vec::new();
-    for image in &view.images {
-        for workload in &image.workloads {
-            if workload.status != CheckStatus::Available {
-                by_cause
-                    .entry(workload.status.informativeness())
-                    .or_insert_with(|| (workload.status, Vec::new()))
-                    .1
-                    .push((image, workload));
-            } else if workload.tag_moved == Some(true) {
-                moved.push((image, workload));
-            }
-        }
-    }
-    if by_cause.is_empty() {
-        out.push_str("<p id=\"all-available\">Every checked image can be pulled.</p>\n");
-    }
-    for (status, rows) in by_cause.values() {
-        let _ = writeln!(
-            out,
-            "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
-             <table><thead><tr><th>Workload</th><th>Image</th><th>Reason</th><th>Nodes disagree</th></tr></thead><tbody>",
-            rows.len(),
-            escape(fix(*status))
-        );
-        for (image, workload) in rows {
-            let _ = writeln!(
-                out,
-                "<tr class=\"row\" data-status=\"{status}\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                escape(&workload.namespace),
-                escape(&workload.kind),
-                escape(&workload.name),
-                escape(&workload.container),
-                escape(&image.image),
-                escape(&workload.reason),
-                escape(&disagreement(&image.nodes)),
-            );
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-    }
-    if !moved.is_empty() {
-        let _ = writeln!(
-            out,
-            "<section id=\"tag-moved\">\n<h2>tags moved under running pods ({})</h2>\n\
-             <p class=\"fix\">A restart or a new node would run different code than the running pods: roll the workload if the new digest is intended, else restore the tag; pin images by digest.</p>\n\
-             <table><thead><tr><th>Workload</th><th>Image</th><th>Digest now</th></tr></thead><tbody>",
-            moved.len()
-        );
-        for (image, workload) in moved {
-            let _ = writeln!(
-                out,
-                "<tr class=\"moved\"><td>{}/{}/{} <code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
-                escape(&workload.namespace),
-                escape(&workload.kind),
-                escape(&workload.name),
-                escape(&workload.container),
-                escape(&image.image),
-                escape(image.digest.as_deref().unwrap_or("")),
-            );
-        }
-        out.push_str("</tbody></table>\n</section>\n");
-    }
-    quota_section(&view.registries, &mut out);
-    out.push_str(
-        "<p><a href=\"/api/v1/images\">JSON</a> · <a href=\"/metrics\">metrics</a></p>\n</body></html>\n",
-    );
-    out
 }
 
 /// Below this share of its limit left, a quota is shown as low (the alert's threshold).
 const LOW_QUOTA: f64 = 0.1;
 
-/// The pull quotas, one row per registry and vantage point (the aggregator, a node).
-fn quota_section(registries: &[RegistryQuotaView], out: &mut String) {
+/// The pull quotas, one row per registry and vantage point (the aggregator, a node):
+/// a section the page puts before its footer (empty when no registry announced one).
+pub fn quota_section(registries: &[RegistryQuotaView]) -> String {
+    let mut out = String::new();
     if registries.is_empty() {
-        return;
+        return out;
     }
     out.push_str(
         "<section id=\"quotas\">\n<h2>registry pull quotas</h2>\n\
@@ -492,6 +793,7 @@ fn quota_section(registries: &[RegistryQuotaView], out: &mut String) {
         }
     }
     out.push_str("</tbody></table>\n</section>\n");
+    out
 }
 
 #[cfg(test)]
@@ -574,10 +876,8 @@ mod tests {
         assert_eq!(json[1]["nodes"][0]["remaining"], 4);
         assert_eq!(json[1]["central"]["source"], "203.0.113.7");
 
-        let mut view = images(&ResultStore::default(), None, None, &Filter::default());
-        assert!(!page(&view).contains("id=\"quotas\""), "nothing announced");
-        view.registries = registries;
-        let html = page(&view);
+        assert!(quota_section(&[]).is_empty(), "nothing announced");
+        let html = quota_section(&registries);
         assert!(html.contains("id=\"quotas\""));
         assert!(html.contains("&lt;mirror&gt;"), "escaped");
         // node-a has 4 of 100 left: under the alert's 10 %.
@@ -657,10 +957,80 @@ mod tests {
         );
         assert_eq!(absent.images.len(), 1);
 
-        let html = page(&view);
+        let html = page(&Snapshot::new(store.snapshot(), None), None);
         assert!(html.contains("id=\"cause-authentication_failure\""));
         assert!(html.contains("reg/&lt;b&gt;:1"), "escaped");
         assert!(!html.contains("reg/<b>:1"));
         assert!(html.contains(&escape(fix(CheckStatus::Absent))));
+    }
+
+    /// One image used by 5,000 workloads: the JSON and the page stream in chunks of
+    /// about [`CHUNK_BYTES`] (a row at most over), and parse whole.
+    #[test]
+    fn results_stream_in_bounded_chunks() {
+        let mut store = ResultStore::default();
+        for i in 0..5_000 {
+            store.set(
+                container(&format!("ns{}", i % 7), &format!("w{i:05}"), "reg/big:1"),
+                CheckOutcome::new(CheckStatus::Absent, "manifest unknown (HTTP 404)"),
+            );
+        }
+        store.set(container("ns0", "ok", "reg/a:1"), CheckOutcome::available());
+        let snapshot = Snapshot::new(store.snapshot(), None);
+        let mut at = JsonPosition::default();
+        let mut json = String::new();
+        let mut chunks = 0;
+        while let Some(chunk) = snapshot.next_json_chunk(&mut at, None, &Filter::default()) {
+            assert!(chunk.len() < CHUNK_BYTES + 1024, "{}", chunk.len());
+            json.push_str(&chunk);
+            chunks += 1;
+        }
+        assert!(chunks > 20, "{chunks} chunks");
+        let view: ImagesResponse = serde_json::from_str(&json).unwrap();
+        assert_eq!(view.images.len(), 2);
+        let big = view.images.iter().find(|i| i.image == "reg/big:1").unwrap();
+        assert_eq!(big.workloads.len(), 5_000);
+        assert_eq!(big.status, CheckStatus::Absent);
+        let filtered = images(
+            &store,
+            None,
+            None,
+            &Filter {
+                namespace: Some("ns3".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(filtered.images[0].workloads.len(), 714);
+
+        let mut at = PagePosition::default();
+        let mut html = String::new();
+        while let Some(chunk) = snapshot.next_page_chunk(&mut at, None) {
+            assert!(chunk.len() < CHUNK_BYTES + 2048, "{}", chunk.len());
+            html.push_str(&chunk);
+        }
+        assert_eq!(html.matches("<tr class=\"row\"").count(), 5_000);
+        assert!(
+            html.contains("<h2>absent (5000)</h2>"),
+            "counted in the heading"
+        );
+
+        // Small parts computed per request go in whole: JSON members, page sections.
+        let mut at = JsonPosition::with_members(vec!["\"extra\":[1,2]".into()]);
+        let mut json = String::new();
+        while let Some(chunk) = snapshot.next_json_chunk(&mut at, None, &Filter::default()) {
+            json.push_str(&chunk);
+        }
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["extra"], serde_json::json!([1, 2]));
+        let mut at = PagePosition::with_tail("<section id=\"extra\"></section>\n".into());
+        let mut page = String::new();
+        while let Some(chunk) = snapshot.next_page_chunk(&mut at, None) {
+            page.push_str(&chunk);
+        }
+        assert!(
+            page.contains("<section id=\"extra\"></section>\n<p><a href"),
+            "before the footer"
+        );
+        assert!(html.ends_with("</html>\n"));
     }
 }

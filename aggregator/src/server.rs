@@ -6,17 +6,19 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use pullwatch::serve::{self, Body, respond, text};
+use pullwatch::serve::{self, Body, text};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
+use crate::store::ResultStore;
 use pullwatch::support::lock;
 
 /// What the endpoints report on.
@@ -25,6 +27,29 @@ pub struct ServerState {
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
     detail: Mutex<String>,
+    /// The store's latest version grouped for the result views, shared by every
+    /// request on it, and when it was built.
+    results: Mutex<Option<(Instant, Arc<results::Snapshot>)>>,
+    /// The store version the latest scrape streams from, and when it was taken.
+    scrape: Mutex<Option<(Instant, Arc<ResultStore>)>>,
+}
+
+/// While responses still stream from a store version younger than this, new requests
+/// share it rather than pin another: each version a slow client holds is a copy of
+/// the store, so how many it can pin is bounded by the send timeout over these.
+const RESULTS_REUSE: Duration = Duration::from_secs(5);
+const SCRAPE_REUSE: Duration = Duration::from_secs(2);
+
+/// The cached value if a response still streams from it and it is younger than
+/// `reuse` (sharing it pins no new version), or if `current` says it is current.
+fn reusable<T>(
+    cached: &Option<(Instant, Arc<T>)>,
+    reuse: Duration,
+    current: impl Fn(&T) -> bool,
+) -> Option<Arc<T>> {
+    let (built, value) = cached.as_ref()?;
+    let in_use = Arc::strong_count(value) > 1;
+    ((in_use && built.elapsed() < reuse) || current(value)).then(|| value.clone())
 }
 
 impl ServerState {
@@ -33,7 +58,38 @@ impl ServerState {
             pipeline,
             ready: AtomicBool::new(false),
             detail: Mutex::new("first check pass has not finished".to_string()),
+            results: Mutex::new(None),
+            scrape: Mutex::new(None),
         }
+    }
+
+    /// The result views' grouping of the store as it is now (or as it was moments
+    /// ago, while responses stream from that version): built once per version, one
+    /// build at a time, shared by every request on it.
+    fn results_snapshot(&self) -> Arc<results::Snapshot> {
+        let store = self.pipeline.store_snapshot();
+        let last_full_pass = self.pipeline.last_full_pass();
+        let mut cached = lock(&self.results);
+        if let Some(snapshot) =
+            reusable(&cached, RESULTS_REUSE, |s| s.is_of(&store, last_full_pass))
+        {
+            return snapshot;
+        }
+        let fresh = Arc::new(results::Snapshot::new(store, last_full_pass));
+        *cached = Some((Instant::now(), fresh.clone()));
+        fresh
+    }
+
+    /// The store version a scrape streams from, shared like [`Self::results_snapshot`].
+    fn scrape_snapshot(&self) -> Arc<ResultStore> {
+        let store = self.pipeline.store_snapshot();
+        let mut cached = lock(&self.scrape);
+        if let Some(shared) = reusable(&cached, SCRAPE_REUSE, |s| s.same_version(&store)) {
+            return shared;
+        }
+        let fresh = Arc::new(store);
+        *cached = Some((Instant::now(), fresh.clone()));
+        fresh
     }
 
     pub fn set_ready(&self, ready: bool, detail: impl Into<String>) {
@@ -53,16 +109,24 @@ pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
     serve::bind("--bind-address", address).await
 }
 
-/// Serves until `shutdown` turns true (or its sender goes).
+/// Serves within `limits` until `shutdown` turns true (or its sender goes).
 pub async fn serve(
     listener: TcpListener,
+    limits: serve::Limits,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    serve::serve(listener, move |request| route(&state, request), stop).await;
+    serve::serve(
+        "http",
+        listener,
+        limits,
+        move |request| route(&state, request),
+        stop,
+    )
+    .await;
 }
 
 fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
@@ -70,19 +134,12 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match request.uri().path() {
-        "/metrics" => metrics_response(state.pipeline.clone()),
+        "/metrics" => metrics_response(state.pipeline.clone(), state.scrape_snapshot()),
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
-            Ok(filter) => match serde_json::to_vec_pretty(&state.pipeline.images(&filter)) {
-                Ok(body) => respond(StatusCode::OK, "application/json; charset=utf-8", body),
-                Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
-            },
+            Ok(filter) => images_response(state, filter),
             Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
         },
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            results::page(&state.pipeline.images(&results::Filter::default())),
-        ),
+        "/" => page_response(state),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let detail = lock(&state.detail).clone();
@@ -102,11 +159,42 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// `/api/v1/images`, streamed a chunk of images at a time from the shared snapshot.
+fn images_response(state: &ServerState, filter: results::Filter) -> Response<Body> {
+    let snapshot = state.results_snapshot();
+    let pipeline = state.pipeline.clone();
+    // The quotas are a few rows per registry, rendered when the request comes.
+    let quotas = serde_json::to_string(&pipeline.registry_quotas()).unwrap_or_else(|_| "[]".into());
+    let start = results::JsonPosition::with_members(vec![format!("\"registries\":{quotas}")]);
+    let chunks = futures::stream::unfold(start, move |mut at| {
+        let chunk =
+            pipeline.with_running(|running| snapshot.next_json_chunk(&mut at, running, &filter));
+        async move { chunk.map(|chunk| (Ok(Bytes::from(chunk)), at)) }
+    });
+    serve::streamed("application/json; charset=utf-8", chunks)
+}
+
+/// The page at `/`, streamed a section piece at a time from the shared snapshot.
+fn page_response(state: &ServerState) -> Response<Body> {
+    let snapshot = state.results_snapshot();
+    let pipeline = state.pipeline.clone();
+    let start =
+        results::PagePosition::with_tail(results::quota_section(&pipeline.registry_quotas()));
+    let chunks = futures::stream::unfold(start, move |mut at| {
+        let chunk = if results::Snapshot::page_reads_running(&at) {
+            pipeline.with_running(|running| snapshot.next_page_chunk(&mut at, running))
+        } else {
+            snapshot.next_page_chunk(&mut at, None)
+        };
+        async move { chunk.map(|chunk| (Ok(Bytes::from(chunk)), at)) }
+    });
+    serve::streamed("text/html; charset=utf-8", chunks)
+}
+
 /// The exposition, streamed a chunk at a time (at most a few thousand series), all
 /// from one store snapshot.
-fn metrics_response(pipeline: Arc<Pipeline>) -> Response<Body> {
+fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Response<Body> {
     // One version of the store for the whole scrape.
-    let store = Arc::new(pipeline.store_snapshot());
     let chunks = futures::stream::unfold(ScrapePosition::default(), move |mut at| {
         let pipeline = pipeline.clone();
         let store = store.clone();
@@ -171,6 +259,7 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(
             listener,
+            serve::LimitArgs::default().for_listener(1),
             Arc::new(ServerState::new(pipeline.clone())),
             stop_rx,
         ));

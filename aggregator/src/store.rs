@@ -80,6 +80,22 @@ impl ResultStore {
             .map(|(container, outcome)| (container, &**outcome))
     }
 
+    /// Like [`ResultStore::iter`], with the shared outcomes themselves.
+    pub fn iter_shared(&self) -> impl Iterator<Item = (&ContainerRef, &Arc<CheckOutcome>)> {
+        self.outcomes.iter()
+    }
+
+    /// Whether `other` is this very version (a snapshot of it, no write between).
+    pub fn same_version(&self, other: &ResultStore) -> bool {
+        Arc::ptr_eq(&self.outcomes, &other.outcomes)
+            && Arc::ptr_eq(&self.image_nodes, &other.image_nodes)
+    }
+
+    /// What the nodes say about `image`, if any node has checked it.
+    pub fn image_nodes_of(&self, image: &str) -> Option<&ImageNodes> {
+        self.image_nodes.get(image)
+    }
+
     /// Like [`ResultStore::iter`], from the reference after `after` (None: the first).
     pub fn iter_after(
         &self,

@@ -268,6 +268,8 @@ struct Final {
     body: Bytes,
     /// The body was longer than its cap.
     truncated: bool,
+    /// The bearer token the request carried, to keep out of the reason.
+    bearer: Option<String>,
 }
 
 /// Why a conversation ended without a final answer.
@@ -331,22 +333,22 @@ pub fn form_encode(value: &str) -> String {
     out
 }
 
-/// Removes every occurrence of the credential's secrets from a text bound for a reason.
+/// Removes every form of the credential's secrets (and of the bearer token the
+/// request carried) from a text bound for a reason: [`crate::redact::Redactor`].
 fn redact(text: String, credential: Option<&RegistryCredential>) -> String {
-    let Some(c) = credential else { return text };
-    let mut text = text;
-    for secret in [
-        Some(c.password.as_str()),
-        c.identity_token.as_deref(),
-        c.registry_token.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|s| s.len() >= 3)
-    {
-        text = text.replace(secret, "<redacted>");
+    redact_with_bearer(text, credential, None)
+}
+
+fn redact_with_bearer(
+    text: String,
+    credential: Option<&RegistryCredential>,
+    bearer: Option<&str>,
+) -> String {
+    let mut redactor = crate::redact::Redactor::for_credentials(credential);
+    if let Some(token) = bearer {
+        redactor.secret(token);
     }
-    text
+    redactor.redact(&text)
 }
 
 /// The media type without parameters.
@@ -714,7 +716,8 @@ impl RegistryClient {
                         *lock(&state.plain_http) = Some(plain);
                     }
                     let mut outcome = classify::classify_response(final_.status, &final_.body);
-                    outcome.reason = redact(outcome.reason, credential);
+                    outcome.reason =
+                        redact_with_bearer(outcome.reason, credential, final_.bearer.as_deref());
                     if final_.status == StatusCode::TOO_MANY_REQUESTS {
                         self.note_429(&state, &final_.headers, &mut outcome);
                     }
@@ -999,6 +1002,10 @@ impl RegistryClient {
                 headers,
                 body,
                 truncated,
+                bearer: match authorization {
+                    Authorization::Bearer(token) => Some(token),
+                    _ => None,
+                },
             });
         }
         Ok(Final {
@@ -1006,6 +1013,7 @@ impl RegistryClient {
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"registry kept asking for authentication"),
             truncated: false,
+            bearer: None,
         })
     }
 

@@ -33,6 +33,75 @@ pub fn canary_forms() -> Vec<String> {
     forms
 }
 
+/// A password with every character an encoding changes (quote, backslash-free JSON
+/// escapes, HTML-escaped by Go's JSON, reserved in URLs and forms, non-ASCII): for the
+/// tests where peers echo credentials in every encoding.
+pub const HOSTILE_PASSWORD: &str = "pw-CANARY-\"q<&>/+ sp=ce%~\u{f6}-9Zr";
+
+/// Every form `secret` takes when a peer echoes it: raw, JSON-escaped (serde's and
+/// Go's), URL- and form-encoded (upper and lower case hex), and base64 at the three
+/// alignments it can have in a longer run (standard and URL-safe alphabets, the
+/// characters that depend on it alone).
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    let mut forms = vec![secret.to_string()];
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.trim_matches('"').to_string();
+    let go = json
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    forms.push(json);
+    forms.push(go);
+    for (space, lower) in [("+", false), ("%20", false), ("+", true), ("%20", true)] {
+        let mut encoded = String::new();
+        for byte in secret.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    encoded.push(byte as char)
+                }
+                b' ' => encoded.push_str(space),
+                other if lower => encoded.push_str(&format!("%{other:02x}")),
+                other => encoded.push_str(&format!("%{other:02X}")),
+            }
+        }
+        forms.push(encoded);
+    }
+    for offset in 0..3 {
+        let mut bytes = vec![0u8; offset];
+        bytes.extend_from_slice(secret.as_bytes());
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        let first = (offset * 8).div_ceil(6);
+        let end = ((offset + secret.len()) * 8) / 6;
+        let core = encoded[first..end].to_string();
+        forms.push(core.replace('+', "-").replace('/', "_"));
+        forms.push(core);
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Panics if `text` holds [`HOSTILE_PASSWORD`] in any of its [`secret_forms`], or
+/// the canary marker at all (a secret's start, cut short, counts).
+#[track_caller]
+pub fn assert_no_hostile_secret(what: &str, text: &str) {
+    let mut forms = secret_forms(HOSTILE_PASSWORD);
+    forms.push("CANARY".to_string());
+    for form in forms {
+        if let Some(at) = text.find(&form) {
+            let from = text[..at]
+                .char_indices()
+                .rev()
+                .nth(200)
+                .map_or(0, |(i, _)| i);
+            panic!(
+                "the hostile password leaked into {what} (as {form:?}), near:\n{}",
+                &text[from..(at + form.len()).min(text.len())]
+            );
+        }
+    }
+}
+
 /// The first canary form found in `text`, if any.
 pub fn find_canary(text: &str) -> Option<String> {
     canary_forms().into_iter().find(|form| text.contains(form))

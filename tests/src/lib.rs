@@ -11,6 +11,7 @@ mod binaries;
 mod ca;
 mod canary;
 mod containerd;
+mod echo;
 pub mod faults;
 mod http_client;
 mod procfs;
@@ -36,10 +37,12 @@ pub use behaviours::{
 pub use binaries::workspace_binary;
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
-    CANARY_PASSWORD, assert_no_canary, assert_no_canary_in_file, assert_no_canary_in_process_logs,
-    canary_forms, capture_process_logs, captured_process_logs, find_canary,
+    CANARY_PASSWORD, HOSTILE_PASSWORD, assert_no_canary, assert_no_canary_in_file,
+    assert_no_canary_in_process_logs, assert_no_hostile_secret, canary_forms, capture_process_logs,
+    captured_process_logs, find_canary, secret_forms,
 };
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
+pub use echo::{EchoMode, EchoRegistry, ISSUED_TOKEN, echo_encodings};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
 pub use procfs::{owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds};
 pub use promtool::promtool_check_metrics;

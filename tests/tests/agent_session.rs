@@ -247,7 +247,11 @@ async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_rest
         // connection state.
         let listener = pullwatch_agent::metrics::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = listener.local_addr().unwrap();
-        let metrics_server = tokio::spawn(pullwatch_agent::metrics::serve(listener, metrics_b.clone()));
+        let metrics_server = tokio::spawn(pullwatch_agent::metrics::serve(
+            listener,
+            pullwatch::serve::LimitArgs::default().for_listener(1),
+            metrics_b.clone(),
+        ));
         let response = http_get(metrics_addr, "/metrics").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         for needle in [

@@ -186,9 +186,33 @@ impl Checker {
     ) -> CheckReport {
         let started = Instant::now();
         let mut report = self.check_inner(image, mode, pull_secrets).await;
+        report.reason = self.redact(image, &report.reason, pull_secrets).await;
         report.duration = started.elapsed();
         debug!(image, status = %report.status, mode = %report.mode, source = %report.credential_source, elapsed_ms = report.duration.as_millis() as u64, "check done");
         report
+    }
+
+    /// `reason` without any form of a credential the check may have used (the
+    /// workload's secrets, the node's files and plugins): the runtime and the registry
+    /// quote what they were sent. The one place every reason of the agent passes.
+    async fn redact(
+        &self,
+        image: &str,
+        reason: &str,
+        pull_secrets: &[SourcedCredential],
+    ) -> String {
+        if reason.is_empty() {
+            return String::new();
+        }
+        let mut redactor = pullwatch::redact::Redactor::for_credentials(
+            pull_secrets.iter().map(|s| &s.credential),
+        );
+        if let Ok(reference) = ImageReference::parse(image) {
+            for found in self.keyring.lookup(&reference, &[]).await.credentials {
+                redactor.credential(&found.credential);
+            }
+        }
+        redactor.redact(reason)
     }
 
     async fn check_inner(

@@ -20,9 +20,11 @@ use pullwatch::proto::agent_service_server::{AgentService, AgentServiceServer};
 use pullwatch::proto::{
     AgentMessage, AggregatorMessage, Heartbeat, Registered, agent_message, aggregator_message,
 };
+use pullwatch::serve::{LimitArgs, Limits, Listener, Tracked};
+use pullwatch::support::Throttle;
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
@@ -36,8 +38,9 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const MISSED_HEARTBEATS: u32 = 3;
 /// Outbound messages buffered per agent.
 const OUTBOUND_BUFFER: usize = 256;
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused session is logged at most once per this interval per reason, with the
+/// count (every refusal is still counted in the metric).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the agent server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,19 @@ pub async fn start_with_reviewer(
     config: AgentServerConfig,
     reviewer: Option<Arc<TokenReviewer>>,
 ) -> Result<AgentServer, AgentServerError> {
+    start_with_limits(hub, config, reviewer, LimitArgs::default().for_listener(2)).await
+}
+
+/// [`start_with_reviewer`] with the listener `limits` (`--max-connections`,
+/// `--header-read-timeout`, `--idle-timeout`, `--send-timeout`): the deadline for the
+/// first request covers the TLS handshake and the HTTP/2 preface, and a connection
+/// carrying an agent's session is never idle.
+pub async fn start_with_limits(
+    hub: AgentHub,
+    config: AgentServerConfig,
+    reviewer: Option<Arc<TokenReviewer>>,
+    limits: Limits,
+) -> Result<AgentServer, AgentServerError> {
     let auth = Authenticator {
         shared_token_file: config.shared_token_file.clone(),
         reviewer,
@@ -197,12 +213,15 @@ pub async fn start_with_reviewer(
             source,
         })?;
     let (shutdown, mut stopping) = watch::channel(false);
+    let connections = Listener::new_for_sessions("agents", limits);
     let service = AgentServiceServer::new(Sessions {
         hub,
         auth,
         tls: tls.is_some(),
         insecure_plaintext_tokens: config.insecure_plaintext_tokens,
         shutdown: shutdown.subscribe(),
+        connections: connections.clone(),
+        refusals: Throttle::new(REFUSAL_LOG_INTERVAL),
     });
     let router = builder.add_service(service);
     let signal = async move {
@@ -210,21 +229,21 @@ pub async fn start_with_reviewer(
     };
     let task = match tls {
         Some(acceptor) => {
-            let incoming = tls_incoming(listener, acceptor, shutdown.subscribe());
+            let incoming = tls_incoming(listener, acceptor, connections, shutdown.subscribe());
             tokio::spawn(async move {
                 if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
                     warn!(%error, "agent server stopped");
                 }
             })
         }
-        None => tokio::spawn(async move {
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
-                .await
-            {
-                warn!(%error, "agent server stopped");
-            }
-        }),
+        None => {
+            let incoming = plain_incoming(listener, connections, shutdown.subscribe());
+            tokio::spawn(async move {
+                if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                    warn!(%error, "agent server stopped");
+                }
+            })
+        }
     };
     info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
     if config.tls.is_none() {
@@ -239,34 +258,60 @@ pub async fn start_with_reviewer(
     })
 }
 
-/// Accepted TLS connections: each TCP connection's handshake runs on its own task (a
-/// slow client delays no other), with the key pair current at that moment.
+/// Accepted TLS connections, within the listener's limits: each TCP connection's
+/// handshake runs on its own task (a slow client delays no other), with the key pair
+/// current at that moment, and must end within the header read timeout.
 fn tls_incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    connections: Arc<Listener>,
     mut stopping: watch::Receiver<bool>,
-) -> impl Stream<Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>
+) -> impl Stream<Item = Result<tokio_rustls::server::TlsStream<Tracked<TcpStream>>, std::io::Error>>
 {
+    let (tx, mut rx) = mpsc::channel(64);
+    let handshake_timeout = connections.limits().header_read_timeout;
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        connections
+            .accept_each(listener, stop, |tcp, peer| {
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Ok(Err(error)) => debug!(%peer, %error, "agent TLS handshake failed"),
+                        Err(_) => debug!(%peer, "agent TLS handshake timed out"),
+                    }
+                });
+            })
+            .await;
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Accepted plain connections (tests only), within the listener's limits.
+fn plain_incoming(
+    listener: tokio::net::TcpListener,
+    connections: Arc<Listener>,
+    mut stopping: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Tracked<TcpStream>, std::io::Error>> {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let stop = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        pullwatch::serve::accept_each(listener, stop, |tcp, peer| {
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(error)) => debug!(%peer, %error, "agent TLS handshake failed"),
-                    Err(_) => debug!(%peer, "agent TLS handshake timed out"),
-                }
-            });
-        })
-        .await;
+        connections
+            .accept_each(listener, stop, |tcp, _peer| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Ok(tcp)).await;
+                });
+            })
+            .await;
     });
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
@@ -279,6 +324,11 @@ struct Sessions {
     insecure_plaintext_tokens: bool,
     /// Becomes true when the server stops: every session ends.
     shutdown: watch::Receiver<bool>,
+    /// The listener's connections: a session in flight keeps its connection from
+    /// counting as idle.
+    connections: Arc<Listener>,
+    /// One log line per interval and reason for refused sessions.
+    refusals: Throttle,
 }
 
 impl Sessions {
@@ -297,7 +347,9 @@ impl Sessions {
 
     /// Logs and counts a refused session; the status the agent gets.
     fn refuse(&self, peer: Option<SocketAddr>, node: Option<&str>, error: &AuthError) -> Status {
-        warn!(?peer, node = node.unwrap_or(""), reason = error.reason(), %error, "agent session refused");
+        if let Some(count) = self.refusals.hit(error.reason()) {
+            warn!(?peer, node = node.unwrap_or(""), reason = error.reason(), %error, count, interval = ?REFUSAL_LOG_INTERVAL, "agent session refused");
+        }
         self.hub.security_metrics().refused(error.reason());
         error.to_status()
     }
@@ -313,8 +365,12 @@ impl AgentService for Sessions {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let identity = self.authenticate(&request).await?;
         let peer = request.remote_addr();
+        // In flight as long as the session's stream lives.
+        let in_flight = peer
+            .and_then(|peer| self.connections.connection_from(peer))
+            .map(|connection| connection.request_started());
+        let identity = self.authenticate(&request).await?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -370,7 +426,10 @@ impl AgentService for Sessions {
             tx,
             self.shutdown.clone(),
         ));
-        let outbound = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|m| m.map(Ok)));
+        let outbound = futures::stream::poll_fn(move |cx| {
+            let _in_flight = &in_flight;
+            rx.poll_recv(cx).map(|m| m.map(Ok))
+        });
         Ok(Response::new(Box::pin(outbound)))
     }
 }
