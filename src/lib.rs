@@ -10,6 +10,7 @@
 //! [`ReferenceError`] to a status); [`Error`] gathers them for callers that only pass
 //! an error on.
 
+pub mod backoff;
 pub mod credentials;
 pub mod duration;
 pub mod glob;

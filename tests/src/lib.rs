@@ -11,6 +11,7 @@ mod ca;
 mod canary;
 mod containerd;
 pub mod faults;
+pub mod fleet;
 mod http_client;
 mod procfs;
 mod promtool;

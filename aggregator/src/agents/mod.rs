@@ -1254,6 +1254,79 @@ mod tests {
         );
     }
 
+    /// Agents visited per placement, over `images` placements (plans and re-placement
+    /// picks) on a hub of `agents` agents in 3 zones, each holding 10 of 100 images,
+    /// the first 20 agents of the fleet busy.
+    fn visits_per_placement(agents: usize) -> f64 {
+        let hub = hub();
+        let mut sessions = Vec::new();
+        for i in 0..agents {
+            let images: Vec<String> = (0..10)
+                .map(|j| format!("img-{}", (i + j * 7) % 100))
+                .collect();
+            let images: Vec<&str> = images.iter().map(String::as_str).collect();
+            let (tx, rx) = mpsc::channel(1);
+            let session = hub.register(
+                info(&format!("n{i:05}"), &format!("z{}", i % 3), &images),
+                tx,
+            );
+            if i < 20 {
+                session.session.load.store(4, Ordering::Relaxed);
+            }
+            sessions.push((session, rx));
+        }
+        let everyone = hub.agents();
+        let (placements, visits) = hub.placement_work();
+        for k in 0..100 {
+            let image = format!("img-{k}");
+            let plan = hub.plan(&image, &BTreeSet::new());
+            assert_eq!(plan.len(), 3, "one node per zone");
+            for (zone, node) in &plan {
+                // What a look at every agent of the zone would choose.
+                let best = everyone
+                    .iter()
+                    .filter(|a| a.node_labels["zone"] == *zone)
+                    .min_by_key(|a| {
+                        let holds = a.images.contains(&image);
+                        (!holds, a.in_flight >= 4, a.in_flight, a.node_name.clone())
+                    })
+                    .unwrap();
+                assert_eq!(*node, best.node_name, "{image} in {zone}");
+            }
+            assert!(
+                hub.place(&image, Some("z1"), &[plan[1].1.clone()], None)
+                    .is_some()
+            );
+        }
+        let (p, v) = hub.placement_work();
+        (v - visits) as f64 / (p - placements) as f64
+    }
+
+    #[tokio::test]
+    async fn placement_visits_a_bounded_number_of_agents_whatever_the_fleet() {
+        let small = visits_per_placement(60);
+        let large = visits_per_placement(3000);
+        // Visits are bounded by the groups and the scan limit, not by the fleet.
+        assert!(large <= 3.0 * placement::SCAN_LIMIT as f64, "{large}");
+        assert!(
+            large <= small * 1.5,
+            "{small} at 60 agents, {large} at 3,000"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_and_results_do_not_take_the_hub_lock() {
+        let hub = hub();
+        let (tx, _rx) = mpsc::channel(4);
+        let session = hub.register(info("a", "z1", &[]), tx);
+        // Held by placement or a joining agent: a session's own traffic goes on.
+        let held = hub.inner.state.lock().unwrap();
+        hub.touch(&session);
+        assert!(hub.silence(&session).unwrap() < Duration::from_secs(1));
+        hub.complete(&session, CheckResult::default());
+        drop(held);
+    }
+
     #[tokio::test]
     async fn node_objects_group_nodes_before_agent_labels() {
         let hub = hub();
