@@ -38,6 +38,13 @@ const MISSED_HEARTBEATS: u32 = 3;
 const OUTBOUND_BUFFER: usize = 256;
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pending connections the agent listener queues (see [`bind`]).
+const LISTEN_BACKLOG: u32 = 8192;
+/// HTTP/2 flow-control window per stream and per connection: the protocol's messages
+/// are far smaller (an image list of a few hundred references is ~20 KiB).
+const HTTP2_WINDOW: u32 = 64 * 1024;
+/// Request headers an agent may send (a bearer token and gRPC's own).
+const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Why the agent server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -181,15 +188,21 @@ pub async fn start_with_reviewer(
         None if config.insecure_plaintext_tokens => None,
         None => return Err(AgentServerError::PlaintextTokens),
     };
+    // Sized for the protocol: small messages on one long-lived stream per agent, and
+    // thousands of agents. Flow-control windows bound what one agent can make us
+    // buffer (a large Register still arrives, paced by window updates).
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(HTTP2_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_WINDOW))
+        .http2_adaptive_window(Some(false))
+        .http2_max_header_list_size(Some(HTTP2_MAX_HEADER_LIST))
+        .tcp_nodelay(true);
+    let listener = bind(config.listen).map_err(|source| AgentServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| AgentServerError::Bind {
@@ -237,6 +250,20 @@ pub async fn start_with_reviewer(
         shutdown,
         task: Some(task),
     })
+}
+
+/// The agent listener, with an accept backlog for a fleet reconnecting at once (the
+/// default of 128 overflows when thousands of agents come back after a restart; the
+/// kernel caps it at `net.core.somaxconn`, 4096 by default since Linux 5.4).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's own bind: a restarted aggregator rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepted TLS connections: each TCP connection's handshake runs on its own task (a
