@@ -59,6 +59,8 @@ pub enum AgentServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting the agent server's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("invalid agent TLS configuration: {0}")]
     Tls(String),
     #[error(
@@ -104,6 +106,8 @@ pub struct AgentServer {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The server's own runtime threads (see [`agent_runtime`]).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl AgentServer {
@@ -125,6 +129,9 @@ impl AgentServer {
                 abort.abort();
             }
         }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -134,7 +141,23 @@ impl Drop for AgentServer {
         if let Some(task) = &self.task {
             task.abort();
         }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
+}
+
+/// The agent server runs on runtime threads of its own (half the CPUs, at least one):
+/// a storm of thousands of TLS handshakes and registrations then queues there, not in
+/// front of `/healthz`, `/metrics` and the scheduler on the main runtime; the OS
+/// shares the CPUs between both.
+fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("pullwatch-agent-server")
+        .enable_all()
+        .build()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AgentServerError> {
@@ -199,6 +222,9 @@ pub async fn start_with_reviewer(
         .http2_adaptive_window(Some(false))
         .http2_max_header_list_size(Some(HTTP2_MAX_HEADER_LIST))
         .tcp_nodelay(true);
+    let runtime = agent_runtime().map_err(AgentServerError::Runtime)?;
+    // The listener, the accept loop and every session live on the server's runtime.
+    let entered = runtime.enter();
     let listener = bind(config.listen).map_err(|source| AgentServerError::Bind {
         addr: config.listen,
         source,
@@ -239,6 +265,7 @@ pub async fn start_with_reviewer(
             }
         }),
     };
+    drop(entered);
     info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
     if config.tls.is_none() {
         error!(
@@ -249,6 +276,7 @@ pub async fn start_with_reviewer(
         local_addr,
         shutdown,
         task: Some(task),
+        runtime: Some(runtime),
     })
 }
 
