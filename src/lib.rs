@@ -11,6 +11,7 @@
 //! an error on.
 
 pub mod backoff;
+pub mod codec;
 pub mod credentials;
 pub mod duration;
 pub mod glob;
