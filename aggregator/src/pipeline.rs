@@ -312,7 +312,7 @@ impl Agents for AgentHub {
         self.node_groups()
     }
 
-    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
         AgentHub::holders_of(self, images)
     }
 }

@@ -118,7 +118,8 @@ pub trait Agents: Send + Sync {
     /// Connected node -> its node group.
     fn groups(&self) -> BTreeMap<String, String>;
     /// Normalized reference -> the nodes whose agents hold it, for `images`.
-    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>>;
+    /// (Node names shared with the agents' registry, not copied per image.)
+    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>>;
 }
 
 /// Where the continuous scheduler stands, for `/readyz` and logs.
@@ -163,7 +164,7 @@ pub struct Scheduler<D> {
     /// Connected node -> its node group.
     agent_groups: BTreeMap<String, String>,
     /// Normalized reference -> nodes whose agents hold it, as last seen.
-    holders: HashMap<String, BTreeSet<String>>,
+    holders: HashMap<String, BTreeSet<Arc<str>>>,
 }
 
 impl<D: Downstream> Scheduler<D> {
@@ -415,7 +416,7 @@ impl<D: Downstream> Scheduler<D> {
                 if let Some(target) = self.index.agent_targets.get(key)
                     && let Some(holders) = self.holders.get(&target.image.to_string())
                 {
-                    cached.extend(holders.iter().map(String::as_str));
+                    cached.extend(holders.iter().map(|node| node.as_ref()));
                 }
             }
             let mut statuses = BTreeMap::new();

@@ -225,18 +225,14 @@ impl AgentHub {
     }
 
     /// For each of `images` (normalized references) that some agent holds: the nodes
-    /// holding it, by their last image lists.
-    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+    /// holding it, by their last image lists (the hub's own node names, shared).
+    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
         let state = lock(&self.inner.state);
         images
             .iter()
             .filter_map(|image| {
                 let groups = state.holders.get(image.as_str())?;
-                let nodes = groups
-                    .values()
-                    .flatten()
-                    .map(|node| node.to_string())
-                    .collect();
+                let nodes = groups.values().flatten().cloned().collect();
                 Some((image.clone(), nodes))
             })
             .collect()
