@@ -137,14 +137,16 @@ pub async fn run(checker: Arc<Checker>, metrics: Arc<AgentMetrics>, config: Sess
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     loop {
         let started = Instant::now();
-        let result = session(&checker, &metrics, &config).await;
+        let mut registered = false;
+        let result = session(&checker, &metrics, &config, &mut registered).await;
         metrics.aggregator_connected.set(0);
         match &result {
             Ok(()) => info!("session with the aggregator ended"),
             Err(error) => warn!(%error, "session with the aggregator failed"),
         }
-        // A session that registered and lived a while resets the backoff.
-        if result.is_ok() || started.elapsed() > config.backoff_max {
+        // A session that registered (the aggregator was there: it restarted or the
+        // network blipped) starts over from the base window; failed attempts widen it.
+        if registered || started.elapsed() > config.backoff_max {
             backoff.reset();
         }
         let pause = backoff.next_pause();
@@ -213,6 +215,7 @@ async fn session(
     checker: &Arc<Checker>,
     metrics: &Arc<AgentMetrics>,
     config: &SessionConfig,
+    registered_once: &mut bool,
 ) -> Result<(), SessionError> {
     let endpoint = endpoint(config)?;
     let channel = endpoint.connect().await.map_err(|e| {
@@ -281,6 +284,7 @@ async fn session(
         },
     };
     metrics.connection_attempt("registered");
+    *registered_once = true;
     metrics.aggregator_connected.set(1);
     metrics.contact();
     let interval = Duration::from_secs(u64::from(registered.heartbeat_interval_seconds.max(1)));
