@@ -235,11 +235,14 @@ struct HubState {
     /// (`Some("")`: the node has no such label). Wins over what agents send.
     node_groups: HashMap<String, String>,
     /// Node group -> its connected agents, by name.
-    members: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    members: NodesByGroup,
     /// Image -> node group -> the connected agents holding it, by name. Its keys are
     /// the interned image references.
-    holders: HashMap<Arc<str>, BTreeMap<Arc<str>, BTreeSet<Arc<str>>>>,
+    holders: HashMap<Arc<str>, NodesByGroup>,
 }
+
+/// Node group -> nodes, by name.
+type NodesByGroup = BTreeMap<Arc<str>, BTreeSet<Arc<str>>>;
 
 impl HubState {
     /// The interned form of `image` (the holders index's key when some node holds it).
