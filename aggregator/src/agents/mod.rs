@@ -355,6 +355,8 @@ struct HubInner {
     connected: AtomicUsize,
     next_task: AtomicU64,
     next_session: AtomicU64,
+    /// Sessions ended so far (with `next_session`: the churn of sessions).
+    sessions_ended: AtomicU64,
     /// What sessions' last-seen times count from.
     epoch: Instant,
     /// Bumped whenever an agent comes, goes, or reports a new image list.
@@ -423,6 +425,7 @@ impl AgentHub {
                 connected: AtomicUsize::new(0),
                 next_task: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
+                sessions_ended: AtomicU64::new(0),
                 epoch: Instant::now(),
                 changes: watch::channel(0).0,
                 security: AgentSecurityMetrics::new(),
@@ -464,6 +467,12 @@ impl AgentHub {
     /// The refusal and takeover counters.
     pub fn security_metrics(&self) -> &AgentSecurityMetrics {
         &self.inner.security
+    }
+
+    /// Sessions opened plus sessions ended so far.
+    pub fn session_churn(&self) -> u64 {
+        self.inner.next_session.load(Ordering::Relaxed)
+            + self.inner.sessions_ended.load(Ordering::Relaxed)
     }
 
     /// `(placements, agents visited)` so far: the work placement does.
@@ -612,6 +621,7 @@ impl AgentHub {
             }
         };
         if removed.is_some() {
+            self.inner.sessions_ended.fetch_add(1, Ordering::Relaxed);
             let pending = session.session.close();
             info!(node = %session.node, pending = pending.len(), "agent went away");
             fail_pending(&session.node, pending);
