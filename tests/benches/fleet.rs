@@ -333,12 +333,13 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
     }
     println!();
     println!(
-        "| agents | connect storm | overflows | worst /healthz | worst /metrics | reconnect storms | worst /healthz | worst /metrics | bounce | overflows | worst /healthz | worst /metrics |"
+        "| agents | connect storm | overflows | worst /healthz | worst /metrics | reconnect storms | worst /healthz | worst /metrics | bounce | overflows | worst /healthz | worst /metrics | probes (failed) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
+        let probes = [row.connect_probe, row.storm_probe, row.bounce_probe];
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
             row.agents,
             ms(row.connect),
             row.connect_overflows,
@@ -355,6 +356,8 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             row.bounce_overflows,
             ms(row.bounce_probe.healthz_worst),
             ms(row.bounce_probe.metrics_worst),
+            probes.iter().map(|p| p.probes).sum::<usize>(),
+            probes.iter().map(|p| p.failures).sum::<usize>(),
         );
     }
 }
