@@ -15,7 +15,7 @@
 //!    listen-queue overflows (machine-wide);
 //! 2. memory: the aggregator's RSS with the fleet connected (12 s after the storm)
 //!    minus its RSS before, per agent;
-//! 3. dispatch: 1,000 images appear in the manifests (one Deployment each, 50 of them
+//! 3. dispatch: 1,000 images (`FLEET_IMAGES`) appear in the manifests (one Deployment each, 50 of them
 //!    held by each node): the pass that checks them all through the agents, its
 //!    checks per second and the aggregator CPU per check (CPU over the pass minus the
 //!    idle rate measured just before, with the fleet connected, over the pass's
@@ -43,8 +43,14 @@ use pullwatch_testbench::fleet::{
 };
 use tokio::sync::watch;
 
-/// Images of the dispatch pass.
-const CATALOG: usize = 1000;
+/// Images of the dispatch pass (`FLEET_IMAGES` changes it: more gives the CPU per
+/// check a finer resolution than /proc's 10 ms ticks).
+fn catalog() -> usize {
+    std::env::var("FLEET_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
 /// Images each node holds.
 const HELD: usize = 50;
 /// How often the aggregator re-reads its manifests (and rechecks).
@@ -123,7 +129,7 @@ async fn main() -> Result<()> {
 }
 
 async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -> Result<Row> {
-    let images: Vec<String> = (0..CATALOG).map(fleet_image).collect();
+    let images: Vec<String> = (0..catalog()).map(fleet_image).collect();
     let mut aggregator = FleetAggregator::start(&[], CHECK_INTERVAL, &[]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before_kib = aggregator.rss_kib()?;
@@ -136,7 +142,7 @@ async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -
         &FleetOptions {
             agents,
             images_per_agent: HELD,
-            catalog: CATALOG,
+            catalog: catalog(),
             reconnect_base,
             reconnect_max,
         },
@@ -171,18 +177,19 @@ async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -
     }
     let cpu = aggregator.cpu_seconds()?;
     let pass_started = Instant::now();
-    while fleet.answered() < answered + CATALOG as u64 {
+    while fleet.answered() < answered + catalog() as u64 {
         if pass_started.elapsed() > WAIT {
             return Err(anyhow!(
-                "the pass did not finish: {} of {CATALOG} answered",
-                fleet.answered() - answered
+                "the pass did not finish: {} of {} answered",
+                fleet.answered() - answered,
+                catalog()
             ));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let pass = pass_started.elapsed();
     let pass_cpu = aggregator.cpu_seconds()? - cpu - idle_cpu_per_s * pass.as_secs_f64();
-    let cpu_per_check = Duration::from_secs_f64(pass_cpu.max(0.0) / CATALOG as f64);
+    let cpu_per_check = Duration::from_secs_f64(pass_cpu.max(0.0) / catalog() as f64);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (metrics, _) = aggregator.probe("/metrics").await?;
     let visits_per_placement = match (work_before, placement_work(&metrics)) {
@@ -295,7 +302,7 @@ fn print_row(row: &Row, base: Option<&Row>) {
         row.connect_overflows,
         per_agent_kib(row, row.rss_connected_kib),
         row.cpu_per_check.as_secs_f64() * 1000.0,
-        CATALOG as f64 / row.pass.as_secs_f64(),
+        catalog() as f64 / row.pass.as_secs_f64(),
         row.storms.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         ms(row.bounce)
     );
@@ -306,7 +313,8 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         return;
     };
     println!(
-        "fleet: {CATALOG} images, {HELD} held per node, agents reconnect below {reconnect_base:?}"
+        "fleet: {} images, {HELD} held per node, agents reconnect below {reconnect_base:?}",
+        catalog()
     );
     println!(
         "| agents | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement |",
@@ -324,7 +332,7 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             row.rss_after_storms_kib as f64 / 1024.0,
             (row.rss_after_storms_kib as f64 / row.rss_after_pass_kib as f64 - 1.0) * 100.0,
             row.idle_cpu_per_s * 100.0,
-            CATALOG as f64 / row.pass.as_secs_f64(),
+            catalog() as f64 / row.pass.as_secs_f64(),
             row.cpu_per_check.as_secs_f64() * 1000.0,
             row.cpu_per_check.as_secs_f64() / base.cpu_per_check.as_secs_f64().max(1e-9),
             row.visits_per_placement
