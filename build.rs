@@ -9,19 +9,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
 
-    let protos: Vec<PathBuf> = ["proto/pullwatch/v1/agent.proto", "proto/cri/api.proto"]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
-    for proto in &protos {
+    let agent = PathBuf::from("proto/pullwatch/v1/agent.proto");
+    let cri = PathBuf::from("proto/cri/api.proto");
+    for proto in [&agent, &cri] {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
+    // Messages carrying registry secrets get a hand-written, redacting `Debug`
+    // (src/redact.rs), so no `{:?}` of them can print a password or token.
+    let redacted = [".pullwatch.v1.PullCredential", ".runtime.v1.AuthConfig"];
+    let includes = [PathBuf::from("proto")];
     tonic_prost_build::configure()
-        // Messages carrying registry secrets get a hand-written, redacting `Debug`
-        // (src/redact.rs), so no `{:?}` of them can print a password or token.
-        .skip_debug([".pullwatch.v1.PullCredential", ".runtime.v1.AuthConfig"])
+        .skip_debug(redacted)
+        // One long-lived stream per node: small buffers (src/codec.rs).
+        .codec_path("crate::codec::AgentProtocolCodec")
         .build_client(true)
         .build_server(true)
-        .compile_protos(&protos, &[PathBuf::from("proto")])?;
+        .compile_protos(&[agent], &includes)?;
+    tonic_prost_build::configure()
+        .skip_debug(redacted)
+        .build_client(true)
+        .build_server(true)
+        .compile_protos(&[cri], &includes)?;
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! [`ReferenceError`] to a status); [`Error`] gathers them for callers that only pass
 //! an error on.
 
+pub mod backoff;
+pub mod codec;
 pub mod credentials;
 pub mod duration;
 pub mod glob;

@@ -207,6 +207,19 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Gives the allocator's free memory back to the OS: glibc's `malloc_trim`, which also
+/// releases whole free pages inside the heap (not only at its top). Freed buffers
+/// scattered among live ones are otherwise kept: after a wave of thousands of
+/// connections closing and reopening, RSS stays up by a third. Costs a walk of the
+/// heap's free chunks (milliseconds); nothing elsewhere than glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only returns free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What both binaries do first: logging as [`init_logging`], then the multi-threaded
 /// tokio runtime they run on. Err: [`crate::Error::Logging`] (a bad `--log-level`, a
 /// usage error) or [`crate::Error::AsyncRuntime`].

@@ -86,6 +86,15 @@ pub struct RunArgs {
     /// --node-group-label when it cannot read Nodes from the API server.
     #[arg(long = "node-labels", env = "PULLWATCH_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub node_labels: Vec<(String, String)>,
+    /// After the session with the aggregator ends, the agent waits a random time below
+    /// this before reconnecting, and the window doubles after every failed attempt
+    /// (full jitter): a fleet that lost an aggregator restart comes back spread over
+    /// this window instead of all at once.
+    #[arg(long, env = "PULLWATCH_RECONNECT_BACKOFF_BASE", default_value = "5s", value_parser = parse_positive_duration)]
+    pub reconnect_backoff_base: Duration,
+    /// The largest reconnect window (see --reconnect-backoff-base).
+    #[arg(long, env = "PULLWATCH_RECONNECT_BACKOFF_MAX", default_value = "1m", value_parser = parse_positive_duration)]
+    pub reconnect_backoff_max: Duration,
 }
 
 /// `KEY=VALUE`, the key non-empty.
@@ -107,6 +116,8 @@ impl RunArgs {
             max_concurrent_checks: self.max_concurrent_checks as usize,
             default_mode: self.node.mode,
             node_labels: self.node_labels.iter().cloned().collect(),
+            backoff_min: self.reconnect_backoff_base,
+            backoff_max: self.reconnect_backoff_max.max(self.reconnect_backoff_base),
             ..crate::session::SessionConfig::new(self.aggregator.clone(), self.node_name.clone())
         }
     }
@@ -237,6 +248,14 @@ pub struct NodeArgs {
 /// Go duration syntax (`30s`, `1m30s`, `1.5h`, `300ms`), as every duration flag.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     pullwatch::duration::flag_value_parser(text)
+}
+
+/// [`parse_duration`], above zero.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("{text:?} must be above zero")),
+        duration => Ok(duration),
+    }
 }
 
 impl NodeArgs {

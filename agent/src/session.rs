@@ -7,8 +7,11 @@
 //! which also carries the registries' pull quotas that changed since the session's
 //! previous result (all that are known, on the first).
 //! Both sides send heartbeats; an aggregator silent for three intervals counts as
-//! gone. When the stream ends or breaks, the agent reconnects with exponential backoff
-//! (1 s doubling to 30 s, jittered), so an aggregator restart costs a few seconds.
+//! gone. When the stream ends or breaks, the agent reconnects after a pause drawn at
+//! random below a window (`--reconnect-backoff-base`, 5 s; doubling per failed attempt
+//! up to `--reconnect-backoff-max`, 1 min): "full jitter", so thousands of agents that
+//! lost the same aggregator come back spread over the whole window, not in one burst
+//! that overflows its accept queue.
 //! Checks that were running when the stream broke are abandoned: the aggregator
 //! re-places them.
 
@@ -17,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use pullwatch::backoff::Backoff;
 use pullwatch::proto::agent_service_client::AgentServiceClient;
 use pullwatch::proto::{
     AgentMessage, CheckMode, CheckResult, CheckTask, Heartbeat, ImageInventory, Register,
@@ -86,8 +90,10 @@ pub struct SessionConfig {
     pub max_concurrent_checks: usize,
     /// The mode for tasks that do not name one (`--mode`).
     pub default_mode: Mode,
-    /// Reconnect backoff bounds.
+    /// The first reconnect window (`--reconnect-backoff-base`): the pause after a
+    /// session ends is random below it.
     pub backoff_min: Duration,
+    /// The largest reconnect window (`--reconnect-backoff-max`).
     pub backoff_max: Duration,
     /// How often the image inventory is re-read and sent when it changed.
     pub inventory_interval: Duration,
@@ -105,8 +111,8 @@ impl SessionConfig {
             node_name,
             max_concurrent_checks: 4,
             default_mode: Mode::Auto,
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
+            backoff_min: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(60),
             inventory_interval: Duration::from_secs(60),
             node_labels: BTreeMap::new(),
         }
@@ -130,37 +136,28 @@ impl SessionConfig {
 
 /// Keeps a session with the aggregator open, forever.
 pub async fn run(checker: Arc<Checker>, metrics: Arc<AgentMetrics>, config: SessionConfig) {
-    let mut backoff = config.backoff_min;
+    let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
     loop {
         let started = Instant::now();
-        let result = session(&checker, &metrics, &config).await;
+        let mut registered = false;
+        let result = session(&checker, &metrics, &config, &mut registered).await;
         metrics.aggregator_connected.set(0);
         match &result {
             Ok(()) => info!("session with the aggregator ended"),
             Err(error) => warn!(%error, "session with the aggregator failed"),
         }
-        // A session that registered and lived a while resets the backoff.
-        if result.is_ok() || started.elapsed() > config.backoff_max {
-            backoff = config.backoff_min;
+        // A session that registered (the aggregator was there: it restarted or the
+        // network blipped) starts over from the base window; failed attempts widen it.
+        if registered || started.elapsed() > config.backoff_max {
+            backoff.reset();
         }
-        let jitter = jitter_fraction() * 0.2;
-        let pause = backoff.mul_f64(1.0 + jitter);
+        let pause = backoff.next_pause();
         debug!(
             pause_ms = pause.as_millis() as u64,
             "reconnecting after a pause"
         );
         tokio::time::sleep(pause).await;
-        backoff = (backoff * 2).min(config.backoff_max);
     }
-}
-
-/// A number in [0, 1) that differs between agents and attempts.
-fn jitter_fraction() -> f64 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    f64::from(nanos % 1000) / 1000.0
 }
 
 /// The aggregator's endpoint from the flags (the CA re-read each time, for rotation).
@@ -220,6 +217,7 @@ async fn session(
     checker: &Arc<Checker>,
     metrics: &Arc<AgentMetrics>,
     config: &SessionConfig,
+    registered_once: &mut bool,
 ) -> Result<(), SessionError> {
     let endpoint = endpoint(config)?;
     let channel = endpoint.connect().await.map_err(|e| {
@@ -288,6 +286,7 @@ async fn session(
         },
     };
     metrics.connection_attempt("registered");
+    *registered_once = true;
     metrics.aggregator_connected.set(1);
     metrics.contact();
     let interval = Duration::from_secs(u64::from(registered.heartbeat_interval_seconds.max(1)));

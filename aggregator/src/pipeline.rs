@@ -362,13 +362,10 @@ impl Agents for AgentHub {
     }
 
     fn groups(&self) -> BTreeMap<String, String> {
-        self.agents()
-            .iter()
-            .map(|agent| (agent.node_name.clone(), self.group_of(agent)))
-            .collect()
+        self.node_groups()
     }
 
-    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
         AgentHub::holders_of(self, images)
     }
 }

@@ -59,7 +59,8 @@ pub trait Agents: Send + Sync {
     /// Connected node -> its node group.
     fn groups(&self) -> BTreeMap<String, String>;
     /// Normalized reference -> the nodes whose agents hold it, for `images`.
-    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>>;
+    /// (Node names shared with the agents' registry, not copied per image.)
+    fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>>;
 }
 
 /// Where outcomes go, as the scheduler sees it: the store (and the few gauges) the
@@ -124,7 +125,7 @@ pub struct Scheduler<C, S> {
     /// Connected node -> its node group.
     agent_groups: BTreeMap<String, String>,
     /// Normalized reference -> nodes whose agents hold it, as last seen.
-    holders: HashMap<String, BTreeSet<String>>,
+    holders: HashMap<String, BTreeSet<Arc<str>>>,
 }
 
 impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
@@ -379,7 +380,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
                 if let Some(target) = self.index.agent_targets.get(key)
                     && let Some(holders) = self.holders.get(&target.image.to_string())
                 {
-                    cached.extend(holders.iter().map(String::as_str));
+                    cached.extend(holders.iter().map(|node| node.as_ref()));
                 }
             }
             let mut statuses = BTreeMap::new();
@@ -648,12 +649,15 @@ mod tests {
             self.groups.lock().unwrap().clone()
         }
 
-        fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<String>> {
+        fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
             let holders = self.holders.lock().unwrap();
             holders
                 .iter()
                 .filter(|(image, _)| images.contains(*image))
-                .map(|(image, nodes)| (image.clone(), nodes.clone()))
+                .map(|(image, nodes)| {
+                    let nodes = nodes.iter().map(|node| Arc::from(node.as_str())).collect();
+                    (image.clone(), nodes)
+                })
                 .collect()
         }
     }

@@ -13,6 +13,7 @@ mod canary;
 mod containerd;
 mod echo;
 pub mod faults;
+pub mod fleet;
 mod http_client;
 mod procfs;
 mod promtool;

@@ -10,7 +10,7 @@ use pullwatch::support::lock;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::{AgentHub, HubError};
+use super::{AgentHub, HubError, Session};
 
 /// Options of one dispatch.
 #[derive(Clone, Debug, Default)]
@@ -61,12 +61,8 @@ impl AgentHub {
         if !task.credentials.is_empty() && !self.inner.config.tls {
             return Err(HubError::CredentialsNeedTls);
         }
-        let info = lock(&self.inner.state)
-            .agents
-            .get(node)
-            .map(|entry| entry.info.clone());
-        let group = match info {
-            Some(info) => self.group_of(&info),
+        let group = match lock(&self.inner.state).agents.get(node) {
+            Some(entry) => entry.group.to_string(),
             None => return Err(HubError::NoAgent(node.to_string())),
         };
         let mut target = node.to_string();
@@ -120,25 +116,19 @@ impl AgentHub {
         let gone = || HubError::AgentGone {
             node: node.to_string(),
         };
+        // The session's own state; the hub's lock only for this lookup.
+        let Some(session) = lock(&self.inner.state)
+            .agents
+            .get(node)
+            .map(|entry| entry.session.clone())
+        else {
+            return Err(HubError::NoAgent(node.to_string()));
+        };
+        // Counted in the node's load from now until answered or abandoned.
+        let _load = Load::new(&session);
         // Wait for one of the node's slots: per-node concurrency is bounded here, not
         // only by the agent.
-        let (session, slots) = {
-            let mut state = lock(&self.inner.state);
-            let Some(entry) = state.agents.get_mut(node) else {
-                return Err(HubError::NoAgent(node.to_string()));
-            };
-            entry.queued += 1;
-            (entry.session, entry.slots.clone())
-        };
-        let permit = tokio::time::timeout(timeout, slots.acquire_owned()).await;
-        {
-            let mut state = lock(&self.inner.state);
-            if let Some(entry) = state.agents.get_mut(node)
-                && entry.session == session
-            {
-                entry.queued = entry.queued.saturating_sub(1);
-            }
-        }
+        let permit = tokio::time::timeout(timeout, session.slots.acquire()).await;
         let _permit = match permit {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => return Err(gone()),
@@ -153,33 +143,35 @@ impl AgentHub {
         let (reply, answer) = oneshot::channel();
         let mut task = task.clone();
         task.task_id = task_id;
-        let tx = {
-            let mut state = lock(&self.inner.state);
-            let Some(entry) = state.agents.get_mut(node).filter(|e| e.session == session) else {
+        {
+            let mut pending = lock(&session.pending);
+            if pending.closed {
                 return Err(gone());
-            };
-            entry.pending.insert(
+            }
+            pending.tasks.insert(
                 task_id,
                 Pending {
                     task: task.clone(),
                     reply,
                 },
             );
-            entry.tx.clone()
+        }
+        let forget = || {
+            lock(&session.pending).tasks.remove(&task_id);
         };
         let message = AggregatorMessage {
             message: Some(aggregator_message::Message::Task(task)),
         };
         // A session whose agent stops reading fills its outbound buffer: the send is
         // bounded like the answer, so a stuck peer costs one timeout, not a hung check.
-        match tokio::time::timeout(timeout, tx.send(message)).await {
+        match tokio::time::timeout(timeout, session.tx.send(message)).await {
             Ok(Ok(())) => {}
             Ok(Err(_closed)) => {
-                self.forget(node, task_id);
+                forget();
                 return Err(gone());
             }
             Err(_) => {
-                self.forget(node, task_id);
+                forget();
                 return Err(HubError::Timeout {
                     node: node.to_string(),
                     after: timeout,
@@ -190,7 +182,7 @@ impl AgentHub {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(gone()),
             Err(_) => {
-                self.forget(node, task_id);
+                forget();
                 Err(HubError::Timeout {
                     node: node.to_string(),
                     after: timeout,
@@ -198,12 +190,21 @@ impl AgentHub {
             }
         }
     }
+}
 
-    fn forget(&self, node: &str, task_id: u64) {
-        let mut state = lock(&self.inner.state);
-        if let Some(entry) = state.agents.get_mut(node) {
-            entry.pending.remove(&task_id);
-        }
+/// One task in a session's load, from its dispatch until it is answered or abandoned.
+struct Load<'a>(&'a Session);
+
+impl<'a> Load<'a> {
+    fn new(session: &'a Session) -> Self {
+        session.load.fetch_add(1, Ordering::Relaxed);
+        Load(session)
+    }
+}
+
+impl Drop for Load<'_> {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -18,6 +18,16 @@
 //! [`route`] places one distinct check on one node per node group and combines the
 //! answers into the kubelet's view.
 //!
+//! Sized for a 5,000-node fleet: the hub keeps indexes from node group to its agents
+//! and from image to the nodes holding it (per group), kept as agents come, go and
+//! report image lists, so placing a check visits a bounded number of agents whatever
+//! the fleet's size ([`placement`]). What every message of a session touches (its
+//! last-seen time, its unanswered tasks, its load) lives in the session's own state,
+//! so heartbeats and results take no lock shared with other sessions; the hub-wide
+//! lock is only taken when agents come, go, report images, or a check is placed.
+//! Image references are interned: one string per distinct image, however many nodes
+//! hold it.
+//!
 //! Pull secrets (`CheckTask.credentials`) are only ever sent over TLS, and on
 //! re-placement only to nodes the caller listed as running the workload (or dropped,
 //! with [`DispatchOptions::move_without_credentials`]).
@@ -36,7 +46,7 @@ pub use dispatch::{DispatchOptions, Dispatched};
 use dispatch::{Pending, fail_pending};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -157,37 +167,208 @@ pub struct AgentInfo {
     pub in_flight: usize,
 }
 
+/// What one session's messages touch: its own, so a heartbeat or a result of one
+/// agent never waits for another agent or for the hub.
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<AggregatorMessage>,
+    /// Tasks sent and not yet answered. Closed (and drained) with the session, under
+    /// this lock, so no task is added to a session that is gone.
+    pending: Mutex<PendingTasks>,
+    /// Tasks queued for a slot or sent and unanswered (placement's load).
+    load: AtomicUsize,
+    /// The node's check slots (`max_concurrent_checks`); closed when the agent goes.
+    slots: Semaphore,
+    /// Milliseconds since the hub's epoch when the agent was last heard from.
+    last_seen: AtomicU64,
+    /// Unregistered or replaced.
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct PendingTasks {
+    closed: bool,
+    tasks: HashMap<u64, Pending>,
+}
+
+impl Session {
+    /// Marks the session gone and returns its unanswered tasks.
+    fn close(&self) -> HashMap<u64, Pending> {
+        let tasks = {
+            let mut pending = lock(&self.pending);
+            pending.closed = true;
+            std::mem::take(&mut pending.tasks)
+        };
+        self.closed.store(true, Ordering::Release);
+        self.slots.close();
+        tasks
+    }
+}
+
+/// A connected agent in the hub.
 struct AgentEntry {
-    session: u64,
+    session: Arc<Session>,
     /// Who authenticated this session ([`auth::AgentIdentity::principal`]).
     principal: String,
-    info: AgentInfo,
-    tx: mpsc::Sender<AggregatorMessage>,
-    pending: HashMap<u64, Pending>,
-    /// Tasks waiting for one of the node's slots.
-    queued: usize,
-    /// The node's check slots (`max_concurrent_checks`); closed when the agent goes.
-    slots: Arc<Semaphore>,
-    last_seen: Instant,
+    runtime_name: String,
+    runtime_version: String,
+    agent_version: String,
+    node_labels: BTreeMap<String, String>,
+    connected_at: SystemTime,
+    /// The node's group, as indexed.
+    group: Arc<str>,
+    /// Interned references of the images the node holds, sorted.
+    images: Box<[Arc<str>]>,
+}
+
+impl AgentEntry {
+    fn holds(&self, image: &str) -> bool {
+        self.images
+            .binary_search_by(|held| held.as_ref().cmp(image))
+            .is_ok()
+    }
 }
 
 #[derive(Default)]
 struct HubState {
-    agents: HashMap<String, AgentEntry>,
+    agents: HashMap<Arc<str>, AgentEntry>,
     /// Node name -> value of `--node-group-label`, from the cluster's Node objects
     /// (`Some("")`: the node has no such label). Wins over what agents send.
     node_groups: HashMap<String, String>,
+    /// Node group -> its connected agents, by name.
+    members: NodesByGroup,
+    /// Image -> node group -> the connected agents holding it, by name. Its keys are
+    /// the interned image references.
+    holders: HashMap<Arc<str>, NodesByGroup>,
+}
+
+/// Node group -> nodes, by name.
+type NodesByGroup = BTreeMap<Arc<str>, BTreeSet<Arc<str>>>;
+
+impl HubState {
+    /// The interned form of `image` (the holders index's key when some node holds it).
+    fn intern(&self, image: String) -> Arc<str> {
+        match self.holders.get_key_value(image.as_str()) {
+            Some((interned, _)) => interned.clone(),
+            None => Arc::from(image),
+        }
+    }
+
+    /// The interned, sorted, deduplicated form of an image list.
+    fn intern_all(&self, images: impl IntoIterator<Item = String>) -> Box<[Arc<str>]> {
+        let mut interned: Vec<Arc<str>> = images.into_iter().map(|i| self.intern(i)).collect();
+        interned.sort_unstable();
+        interned.dedup();
+        interned.into_boxed_slice()
+    }
+
+    /// Adds `node` (in `group`, holding `images`) to the indexes.
+    fn index(&mut self, node: &Arc<str>, group: &Arc<str>, images: &[Arc<str>]) {
+        let group = match self.members.get_key_value(group) {
+            Some((interned, _)) => interned.clone(),
+            None => group.clone(),
+        };
+        self.members
+            .entry(group.clone())
+            .or_default()
+            .insert(node.clone());
+        for image in images {
+            self.holders
+                .entry(image.clone())
+                .or_default()
+                .entry(group.clone())
+                .or_default()
+                .insert(node.clone());
+        }
+    }
+
+    /// Removes `node` (in `group`, holding `images`) from the indexes.
+    fn unindex(&mut self, node: &str, group: &str, images: &[Arc<str>]) {
+        if let Some(members) = self.members.get_mut(group) {
+            members.remove(node);
+            if members.is_empty() {
+                self.members.remove(group);
+            }
+        }
+        for image in images {
+            if let Some(groups) = self.holders.get_mut(image.as_ref()) {
+                if let Some(nodes) = groups.get_mut(group) {
+                    nodes.remove(node);
+                    if nodes.is_empty() {
+                        groups.remove(group);
+                    }
+                }
+                if groups.is_empty() {
+                    self.holders.remove(image.as_ref());
+                }
+            }
+        }
+    }
+
+    /// The group `node` belongs in: its Node object's label when known, else the
+    /// label its agent sent; one group ("") without `--node-group-label`.
+    fn group_for(
+        &self,
+        label: Option<&str>,
+        node: &str,
+        node_labels: &BTreeMap<String, String>,
+    ) -> Arc<str> {
+        let Some(label) = label else {
+            return Arc::from("");
+        };
+        let group = match self.node_groups.get(node) {
+            Some(group) => group.as_str(),
+            None => node_labels.get(label).map_or("", String::as_str),
+        };
+        match self.members.get_key_value(group) {
+            Some((interned, _)) => interned.clone(),
+            None => Arc::from(group),
+        }
+    }
+
+    /// Re-files `node` under the group it belongs in now; whether that changed.
+    fn regroup(&mut self, label: Option<&str>, node: &str) -> bool {
+        let Some(entry) = self.agents.get(node) else {
+            return false;
+        };
+        let group = self.group_for(label, node, &entry.node_labels);
+        if group == entry.group {
+            return false;
+        }
+        let (old, images) = (entry.group.clone(), entry.images.clone());
+        let Some((name, _)) = self.agents.get_key_value(node) else {
+            return false;
+        };
+        let name = name.clone();
+        self.unindex(&name, &old, &images);
+        self.index(&name, &group, &images);
+        if let Some(entry) = self.agents.get_mut(node) {
+            entry.group = group;
+        }
+        true
+    }
 }
 
 struct HubInner {
     config: HubConfig,
     state: Mutex<HubState>,
+    /// Connected agents (read without the lock, e.g. on every check).
+    connected: AtomicUsize,
     next_task: AtomicU64,
     next_session: AtomicU64,
+    /// Sessions ended so far (with `next_session`: the churn of sessions).
+    sessions_ended: AtomicU64,
+    /// What sessions' last-seen times count from.
+    epoch: Instant,
     /// Bumped whenever an agent comes, goes, or reports a new image list.
     changes: watch::Sender<u64>,
     security: AgentSecurityMetrics,
     quotas: quota::NodeQuotas,
+    /// Agents placement looked at (`pullwatch_agent_placement_visits_total`): bounded
+    /// per placement, whatever the fleet's size.
+    placement_visits: IntCounter,
+    /// Placements made (`pullwatch_agent_placements_total`).
+    placements: IntCounter,
 }
 
 /// The registry of connected agents. Cheap to clone.
@@ -204,11 +385,37 @@ impl std::fmt::Debug for AgentHub {
     }
 }
 
-/// The handle a session keeps: identifies its registration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The handle a session keeps: identifies its registration and reaches its own state
+/// without the hub's lock.
+#[derive(Clone)]
 pub struct SessionId {
     pub node: String,
     id: u64,
+    session: Arc<Session>,
+}
+
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.node == other.node
+    }
+}
+
+impl Eq for SessionId {}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionId")
+            .field("node", &self.node)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// A counter of a constant definition.
+fn counter(name: &str, help: &str) -> IntCounter {
+    // Provably infallible: the names are constant and valid metric names.
+    #[allow(clippy::expect_used)]
+    IntCounter::new(name, help).expect("a constant, valid metric definition")
 }
 
 impl AgentHub {
@@ -217,11 +424,22 @@ impl AgentHub {
             inner: Arc::new(HubInner {
                 config,
                 state: Mutex::new(HubState::default()),
+                connected: AtomicUsize::new(0),
                 next_task: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
+                sessions_ended: AtomicU64::new(0),
+                epoch: Instant::now(),
                 changes: watch::channel(0).0,
                 security: AgentSecurityMetrics::new(),
                 quotas: quota::NodeQuotas::new(),
+                placement_visits: counter(
+                    "pullwatch_agent_placement_visits_total",
+                    "Agents placement looked at to place checks (bounded per placement, whatever the number of agents)",
+                ),
+                placements: counter(
+                    "pullwatch_agent_placements_total",
+                    "Placements of a check on agents (one per node group of a check, and per re-placement)",
+                ),
             }),
         }
     }
@@ -237,7 +455,12 @@ impl AgentHub {
 
     /// Whether any agent is connected.
     pub fn is_empty(&self) -> bool {
-        lock(&self.inner.state).agents.is_empty()
+        self.inner.connected.load(Ordering::Relaxed) == 0
+    }
+
+    /// How many agents are connected.
+    pub fn len(&self) -> usize {
+        self.inner.connected.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -254,7 +477,22 @@ impl AgentHub {
         &self.inner.security
     }
 
-    /// Adds the refusal and takeover counters to `registry` (the aggregator's /metrics).
+    /// Sessions opened plus sessions ended so far.
+    pub fn session_churn(&self) -> u64 {
+        self.inner.next_session.load(Ordering::Relaxed)
+            + self.inner.sessions_ended.load(Ordering::Relaxed)
+    }
+
+    /// `(placements, agents visited)` so far: the work placement does.
+    pub fn placement_work(&self) -> (u64, u64) {
+        (
+            self.inner.placements.get(),
+            self.inner.placement_visits.get(),
+        )
+    }
+
+    /// Adds the refusal, takeover and placement counters to `registry` (the
+    /// aggregator's /metrics).
     pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         if let Some(refused) = &self.inner.security.refused {
             registry.register(Box::new(refused.clone()))?;
@@ -262,18 +500,24 @@ impl AgentHub {
         if let Some(takeovers) = &self.inner.security.takeovers {
             registry.register(Box::new(takeovers.clone()))?;
         }
+        registry.register(Box::new(self.inner.placements.clone()))?;
+        registry.register(Box::new(self.inner.placement_visits.clone()))?;
         self.inner.quotas.register(registry)
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
     }
 
     /// Records a newly registered agent whose outbound messages go to `tx`, with no
     /// authenticated identity (tests and in-process agents): [`Self::register_as`].
     /// A node registering again replaces its previous session.
     pub fn register(&self, info: AgentInfo, tx: mpsc::Sender<AggregatorMessage>) -> SessionId {
-        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let node = info.node_name.clone();
         // Without an identity nothing is refused: the only error is a refusal.
-        let _ = self.insert_session(id, info, tx, "", true);
-        SessionId { node, id }
+        match self.insert_session(info, tx, "", true) {
+            Ok(session) => session,
+            Err((session, _)) => session,
+        }
     }
 
     /// Records a newly registered agent of `principal` whose outbound messages go to
@@ -286,109 +530,160 @@ impl AgentHub {
         tx: mpsc::Sender<AggregatorMessage>,
         principal: &str,
     ) -> Result<SessionId, auth::AuthError> {
-        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let node = info.node_name.clone();
-        self.insert_session(id, info, tx, principal, false)?;
-        Ok(SessionId { node, id })
+        self.insert_session(info, tx, principal, false)
+            .map_err(|(_, error)| error)
     }
 
     fn insert_session(
         &self,
-        id: u64,
-        mut info: AgentInfo,
+        info: AgentInfo,
         tx: mpsc::Sender<AggregatorMessage>,
         principal: &str,
         force: bool,
-    ) -> Result<(), auth::AuthError> {
-        let node = info.node_name.clone();
-        info.in_flight = 0;
+    ) -> Result<SessionId, (SessionId, auth::AuthError)> {
+        let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id,
+            tx,
+            pending: Mutex::new(PendingTasks::default()),
+            load: AtomicUsize::new(0),
+            slots: Semaphore::new(self.inner.config.max_concurrent_checks.max(1) as usize),
+            last_seen: AtomicU64::new(self.now_millis()),
+            closed: AtomicBool::new(false),
+        });
+        let handle = SessionId {
+            node: info.node_name.clone(),
+            id,
+            session: session.clone(),
+        };
+        let label = self.inner.config.node_group_label.as_deref();
         let replaced = {
             let mut state = lock(&self.inner.state);
-            if let Some(current) = state.agents.get(&node)
+            if let Some(current) = state.agents.get(info.node_name.as_str())
                 && current.principal != principal
                 && !force
             {
-                return Err(auth::AuthError::TakeoverRefused {
-                    node,
+                let error = auth::AuthError::TakeoverRefused {
+                    node: info.node_name.clone(),
                     current: current.principal.clone(),
                     new: principal.to_string(),
-                });
+                };
+                drop(state);
+                session.close();
+                return Err((handle, error));
             }
+            let node: Arc<str> = Arc::from(info.node_name.as_str());
+            let replaced = state.agents.remove(&node);
+            if let Some(old) = &replaced {
+                state.unindex(&node, &old.group, &old.images);
+            }
+            let group = state.group_for(label, &node, &info.node_labels);
+            let images = state.intern_all(info.images);
+            state.index(&node, &group, &images);
             state.agents.insert(
-                node.clone(),
+                node,
                 AgentEntry {
-                    session: id,
+                    session,
                     principal: principal.to_string(),
-                    info,
-                    tx,
-                    pending: HashMap::new(),
-                    queued: 0,
-                    slots: Arc::new(Semaphore::new(
-                        self.inner.config.max_concurrent_checks.max(1) as usize,
-                    )),
-                    last_seen: Instant::now(),
+                    runtime_name: info.runtime_name,
+                    runtime_version: info.runtime_version,
+                    agent_version: info.agent_version,
+                    node_labels: info.node_labels,
+                    connected_at: info.connected_at,
+                    group,
+                    images,
                 },
-            )
+            );
+            self.inner
+                .connected
+                .store(state.agents.len(), Ordering::Relaxed);
+            replaced
         };
-        info!(node = %node, "agent registered");
+        debug!(node = %handle.node, "agent registered");
         if let Some(old) = replaced {
-            warn!(node = %node, principal, pending = old.pending.len(), "a new agent session of the same identity took over the node's open session");
+            let pending = old.session.close();
+            warn!(node = %handle.node, principal, pending = pending.len(), "a new agent session of the same identity took over the node's open session");
             self.inner.security.took_over();
-            old.slots.close();
-            fail_pending(&node, old.pending);
+            fail_pending(&handle.node, pending);
         }
         self.changed();
-        Ok(())
+        Ok(handle)
     }
 
     /// Ends a session: the agent is gone, its unanswered tasks are re-placed.
     pub fn unregister(&self, session: &SessionId) {
         let removed = {
             let mut state = lock(&self.inner.state);
-            match state.agents.get(&session.node) {
-                Some(entry) if entry.session == session.id => state.agents.remove(&session.node),
+            match state.agents.get(session.node.as_str()) {
+                Some(entry) if entry.session.id == session.id => {
+                    let removed = state.agents.remove(session.node.as_str());
+                    if let Some(entry) = &removed {
+                        state.unindex(&session.node, &entry.group, &entry.images);
+                    }
+                    self.inner
+                        .connected
+                        .store(state.agents.len(), Ordering::Relaxed);
+                    removed
+                }
                 _ => None,
             }
         };
-        if let Some(entry) = removed {
-            info!(node = %session.node, pending = entry.pending.len(), "agent went away");
+        if removed.is_some() {
+            self.inner.sessions_ended.fetch_add(1, Ordering::Relaxed);
+            let pending = session.session.close();
+            info!(node = %session.node, pending = pending.len(), "agent went away");
             self.inner.quotas.forget_node(&session.node);
-            entry.slots.close();
-            fail_pending(&session.node, entry.pending);
+            fail_pending(&session.node, pending);
             self.changed();
         }
     }
 
-    /// Marks the agent alive (any message counts).
+    /// Marks the agent alive (any message counts). Touches only the session's state.
     pub fn touch(&self, session: &SessionId) {
-        let mut state = lock(&self.inner.state);
-        if let Some(entry) = state.agents.get_mut(&session.node)
-            && entry.session == session.id
-        {
-            entry.last_seen = Instant::now();
-        }
+        session
+            .session
+            .last_seen
+            .store(self.now_millis(), Ordering::Relaxed);
     }
 
     /// How long the agent has been silent (None: not registered under this session).
+    /// Reads only the session's state.
     pub fn silence(&self, session: &SessionId) -> Option<Duration> {
-        let state = lock(&self.inner.state);
-        state
-            .agents
-            .get(&session.node)
-            .filter(|e| e.session == session.id)
-            .map(|e| e.last_seen.elapsed())
+        if session.session.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let last = session.session.last_seen.load(Ordering::Relaxed);
+        Some(Duration::from_millis(
+            self.now_millis().saturating_sub(last),
+        ))
     }
 
     /// Replaces the image list of the agent (an `ImageInventory`).
     pub fn update_images(&self, session: &SessionId, images: BTreeSet<String>) {
         let changed = {
             let mut state = lock(&self.inner.state);
-            match state.agents.get_mut(&session.node) {
-                Some(entry) if entry.session == session.id && entry.info.images != images => {
-                    entry.info.images = images;
-                    true
+            let current = match state.agents.get(session.node.as_str()) {
+                Some(entry) if entry.session.id == session.id => entry,
+                _ => return,
+            };
+            let same = current.images.len() == images.len()
+                && current
+                    .images
+                    .iter()
+                    .zip(&images)
+                    .all(|(a, b)| a.as_ref() == b.as_str());
+            if same {
+                false
+            } else {
+                let (group, old) = (current.group.clone(), current.images.clone());
+                let node: Arc<str> = Arc::from(session.node.as_str());
+                state.unindex(&node, &group, &old);
+                let images = state.intern_all(images);
+                state.index(&node, &group, &images);
+                if let Some(entry) = state.agents.get_mut(session.node.as_str()) {
+                    entry.images = images;
                 }
-                _ => false,
+                true
             }
         };
         if changed {
@@ -396,16 +691,10 @@ impl AgentHub {
         }
     }
 
-    /// Delivers a result to the dispatch waiting for it.
+    /// Delivers a result to the dispatch waiting for it. Touches only the session's
+    /// state.
     pub fn complete(&self, session: &SessionId, result: CheckResult) {
-        let pending = {
-            let mut state = lock(&self.inner.state);
-            state
-                .agents
-                .get_mut(&session.node)
-                .filter(|e| e.session == session.id)
-                .and_then(|e| e.pending.remove(&result.task_id))
-        };
+        let pending = lock(&session.session.pending).tasks.remove(&result.task_id);
         match pending {
             Some(pending) => {
                 let _ = pending.reply.send(Ok(result));
@@ -416,15 +705,22 @@ impl AgentHub {
         }
     }
 
-    /// Connected agents, by node name.
+    /// Connected agents, by node name (a copy of everything, image lists included:
+    /// for tests and diagnostics, not for a path that runs per check).
     pub fn agents(&self) -> Vec<AgentInfo> {
         let state = lock(&self.inner.state);
         let mut agents: Vec<AgentInfo> = state
             .agents
-            .values()
-            .map(|e| AgentInfo {
-                in_flight: e.pending.len() + e.queued,
-                ..e.info.clone()
+            .iter()
+            .map(|(node, e)| AgentInfo {
+                node_name: node.to_string(),
+                runtime_name: e.runtime_name.clone(),
+                runtime_version: e.runtime_version.clone(),
+                agent_version: e.agent_version.clone(),
+                images: e.images.iter().map(|i| i.to_string()).collect(),
+                node_labels: e.node_labels.clone(),
+                connected_at: e.connected_at,
+                in_flight: e.session.load.load(Ordering::Relaxed),
             })
             .collect();
         agents.sort_by(|a, b| a.node_name.cmp(&b.node_name));
@@ -433,30 +729,51 @@ impl AgentHub {
 
     /// Names of the connected nodes, sorted.
     pub fn nodes(&self) -> Vec<String> {
-        self.agents().into_iter().map(|a| a.node_name).collect()
+        let state = lock(&self.inner.state);
+        let mut nodes: Vec<String> = state.agents.keys().map(|n| n.to_string()).collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    /// Every connected node and its group.
+    pub fn node_groups(&self) -> BTreeMap<String, String> {
+        let state = lock(&self.inner.state);
+        state
+            .agents
+            .iter()
+            .map(|(node, e)| (node.to_string(), e.group.to_string()))
+            .collect()
     }
 
     /// The group of a node (value of `--node-group-label`; one group when unset): the
     /// label of its Node object when known, else the label its agent sent.
     pub fn group_of(&self, info: &AgentInfo) -> String {
-        match &self.inner.config.node_group_label {
-            None => String::new(),
-            Some(label) => {
-                if let Some(group) = lock(&self.inner.state).node_groups.get(&info.node_name) {
-                    return group.clone();
-                }
-                info.node_labels.get(label).cloned().unwrap_or_default()
-            }
-        }
+        let state = lock(&self.inner.state);
+        state
+            .group_for(
+                self.inner.config.node_group_label.as_deref(),
+                &info.node_name,
+                &info.node_labels,
+            )
+            .to_string()
     }
 
     /// Forgets the Node groups of nodes not in `seen` (a relist of Nodes).
     pub fn retain_node_groups(&self, seen: &HashSet<String>) {
         let changed = {
             let mut state = lock(&self.inner.state);
-            let before = state.node_groups.len();
-            state.node_groups.retain(|node, _| seen.contains(node));
-            state.node_groups.len() != before
+            let gone: Vec<String> = state
+                .node_groups
+                .keys()
+                .filter(|node| !seen.contains(*node))
+                .cloned()
+                .collect();
+            let label = self.inner.config.node_group_label.as_deref();
+            for node in &gone {
+                state.node_groups.remove(node);
+                state.regroup(label, node);
+            }
+            !gone.is_empty()
         };
         if changed {
             self.changed();
@@ -467,12 +784,16 @@ impl AgentHub {
     pub fn set_node_group(&self, node: &str, group: Option<String>) {
         let changed = {
             let mut state = lock(&self.inner.state);
-            match group {
+            let changed = match group {
                 Some(group) => {
                     state.node_groups.insert(node.to_string(), group.clone()) != Some(group)
                 }
                 None => state.node_groups.remove(node).is_some(),
+            };
+            if changed {
+                state.regroup(self.inner.config.node_group_label.as_deref(), node);
             }
+            changed
         };
         if changed {
             self.changed();
@@ -953,6 +1274,79 @@ mod tests {
             empty.check_target(&target("reg.io/app:v1", &[])).await,
             Default::default()
         );
+    }
+
+    /// Agents visited per placement, over `images` placements (plans and re-placement
+    /// picks) on a hub of `agents` agents in 3 zones, each holding 10 of 100 images,
+    /// the first 20 agents of the fleet busy.
+    fn visits_per_placement(agents: usize) -> f64 {
+        let hub = hub();
+        let mut sessions = Vec::new();
+        for i in 0..agents {
+            let images: Vec<String> = (0..10)
+                .map(|j| format!("img-{}", (i + j * 7) % 100))
+                .collect();
+            let images: Vec<&str> = images.iter().map(String::as_str).collect();
+            let (tx, rx) = mpsc::channel(1);
+            let session = hub.register(
+                info(&format!("n{i:05}"), &format!("z{}", i % 3), &images),
+                tx,
+            );
+            if i < 20 {
+                session.session.load.store(4, Ordering::Relaxed);
+            }
+            sessions.push((session, rx));
+        }
+        let everyone = hub.agents();
+        let (placements, visits) = hub.placement_work();
+        for k in 0..100 {
+            let image = format!("img-{k}");
+            let plan = hub.plan(&image, &BTreeSet::new());
+            assert_eq!(plan.len(), 3, "one node per zone");
+            for (zone, node) in &plan {
+                // What a look at every agent of the zone would choose.
+                let best = everyone
+                    .iter()
+                    .filter(|a| a.node_labels["zone"] == *zone)
+                    .min_by_key(|a| {
+                        let holds = a.images.contains(&image);
+                        (!holds, a.in_flight >= 4, a.in_flight, a.node_name.clone())
+                    })
+                    .unwrap();
+                assert_eq!(*node, best.node_name, "{image} in {zone}");
+            }
+            assert!(
+                hub.place(&image, Some("z1"), &[plan[1].1.clone()], None)
+                    .is_some()
+            );
+        }
+        let (p, v) = hub.placement_work();
+        (v - visits) as f64 / (p - placements) as f64
+    }
+
+    #[tokio::test]
+    async fn placement_visits_a_bounded_number_of_agents_whatever_the_fleet() {
+        let small = visits_per_placement(60);
+        let large = visits_per_placement(3000);
+        // Visits are bounded by the groups and the scan limit, not by the fleet.
+        assert!(large <= 3.0 * placement::SCAN_LIMIT as f64, "{large}");
+        assert!(
+            large <= small * 1.5,
+            "{small} at 60 agents, {large} at 3,000"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_and_results_do_not_take_the_hub_lock() {
+        let hub = hub();
+        let (tx, _rx) = mpsc::channel(4);
+        let session = hub.register(info("a", "z1", &[]), tx);
+        // Held by placement or a joining agent: a session's own traffic goes on.
+        let held = hub.inner.state.lock().unwrap();
+        hub.touch(&session);
+        assert!(hub.silence(&session).unwrap() < Duration::from_secs(1));
+        hub.complete(&session, CheckResult::default());
+        drop(held);
     }
 
     #[tokio::test]

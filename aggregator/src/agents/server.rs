@@ -41,6 +41,18 @@ const OUTBOUND_BUFFER: usize = 256;
 /// A refused session is logged at most once per this interval per reason, with the
 /// count (every refusal is still counted in the metric).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Sessions opened or closed before memory is given back (see
+/// [`release_memory_after_churn`]).
+const TRIM_AFTER_CHURN: u64 = 64;
+/// How long no session may open or close before the wave counts as over.
+const TRIM_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Pending connections the agent listener queues (see [`bind`]).
+const LISTEN_BACKLOG: u32 = 8192;
+/// HTTP/2 flow-control window per stream and per connection: the protocol's messages
+/// are far smaller (an image list of a few hundred references is ~20 KiB).
+const HTTP2_WINDOW: u32 = 64 * 1024;
+/// Request headers an agent may send (a bearer token and gRPC's own).
+const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// Why the agent server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +67,8 @@ pub enum AgentServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting the agent server's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("invalid agent TLS configuration: {0}")]
     Tls(String),
     #[error(
@@ -100,6 +114,8 @@ pub struct AgentServer {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The server's own runtime threads (see [`agent_runtime`]).
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl AgentServer {
@@ -121,6 +137,9 @@ impl AgentServer {
                 abort.abort();
             }
         }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -130,7 +149,23 @@ impl Drop for AgentServer {
         if let Some(task) = &self.task {
             task.abort();
         }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
+}
+
+/// The agent server runs on runtime threads of its own (half the CPUs, at least one):
+/// a storm of thousands of TLS handshakes and registrations then queues there, not in
+/// front of `/healthz`, `/metrics` and the scheduler on the main runtime; the OS
+/// shares the CPUs between both.
+fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("pullwatch-agent-server")
+        .enable_all()
+        .build()
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AgentServerError> {
@@ -197,15 +232,24 @@ pub async fn start_with_limits(
         None if config.insecure_plaintext_tokens => None,
         None => return Err(AgentServerError::PlaintextTokens),
     };
+    // Sized for the protocol: small messages on one long-lived stream per agent, and
+    // thousands of agents. Flow-control windows bound what one agent can make us
+    // buffer (a large Register still arrives, paced by window updates).
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| AgentServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(HTTP2_WINDOW))
+        .initial_connection_window_size(Some(HTTP2_WINDOW))
+        .http2_adaptive_window(Some(false))
+        .http2_max_header_list_size(Some(HTTP2_MAX_HEADER_LIST))
+        .tcp_nodelay(true);
+    let runtime = agent_runtime().map_err(AgentServerError::Runtime)?;
+    // The listener, the accept loop and every session live on the server's runtime.
+    let entered = runtime.enter();
+    let listener = bind(config.listen).map_err(|source| AgentServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| AgentServerError::Bind {
@@ -214,6 +258,7 @@ pub async fn start_with_limits(
         })?;
     let (shutdown, mut stopping) = watch::channel(false);
     let connections = Listener::new_for_sessions("agents", limits);
+    let hub_for_trim = hub.clone();
     let service = AgentServiceServer::new(Sessions {
         hub,
         auth,
@@ -223,6 +268,10 @@ pub async fn start_with_limits(
         connections: connections.clone(),
         refusals: Throttle::new(REFUSAL_LOG_INTERVAL),
     });
+    tokio::spawn(release_memory_after_churn(
+        hub_for_trim,
+        shutdown.subscribe(),
+    ));
     let router = builder.add_service(service);
     let signal = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -245,6 +294,7 @@ pub async fn start_with_limits(
             })
         }
     };
+    drop(entered);
     info!(%local_addr, tls = config.tls.is_some(), "agent server listening");
     if config.tls.is_none() {
         error!(
@@ -255,7 +305,47 @@ pub async fn start_with_limits(
         local_addr,
         shutdown,
         task: Some(task),
+        runtime: Some(runtime),
     })
+}
+
+/// Once a wave of sessions opening and closing is over (a reconnect storm, an agent
+/// rollout: at least [`TRIM_AFTER_CHURN`] sessions, then none for
+/// [`TRIM_CHECK_EVERY`]), gives the freed connection buffers back to the OS: without
+/// it RSS stayed up by a third after three storms of 5,000 agents.
+async fn release_memory_after_churn(hub: AgentHub, mut stopping: watch::Receiver<bool>) {
+    let mut last = hub.session_churn();
+    let mut trimmed = last;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_CHECK_EVERY) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let churn = hub.session_churn();
+        if churn == last && churn - trimmed >= TRIM_AFTER_CHURN {
+            let _ = tokio::task::spawn_blocking(pullwatch::support::release_free_memory).await;
+            debug!(
+                sessions = churn - trimmed,
+                "released memory after a wave of sessions"
+            );
+            trimmed = churn;
+        }
+        last = churn;
+    }
+}
+
+/// The agent listener, with an accept backlog for a fleet reconnecting at once (the
+/// default of 128 overflows when thousands of agents come back after a restart; the
+/// kernel caps it at `net.core.somaxconn`, 4096 by default since Linux 5.4).
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's and tokio's own bind: a restarted aggregator rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepted TLS connections, within the listener's limits: each TCP connection's

@@ -158,6 +158,11 @@ impl ReloadingKeyPair {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // Agents open a new TLS client for every session and never resume: session
+        // tickets and a session cache would only cost each handshake bytes and the
+        // aggregator memory, thousands of times over in a reconnect storm.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(config)
     }
 }

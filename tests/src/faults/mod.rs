@@ -127,7 +127,7 @@ impl Scenario {
                 "retry backoff"
             }
             Scenario::AgentKilledMidCheck => "re-placement, agent start",
-            Scenario::AggregatorRestart => "agents' reconnect backoff (1 s doubling)",
+            Scenario::AggregatorRestart => "agents' reconnect backoff (random below 5 s, doubling)",
             Scenario::ApiServerDown => "kube watcher backoff (0.8 s doubling)",
             Scenario::Watch410 => "relist",
             Scenario::SecretsForbidden => "kube watcher backoff (0.8 s doubling)",
