@@ -39,6 +39,8 @@ pub struct Cli {
 
 pub use pullwatch::support::LogFormat;
 
+// Parsed once at start and matched at once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check one image from this node and print the result.
