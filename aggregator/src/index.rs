@@ -293,6 +293,9 @@ pub struct ImageIndex {
     /// (kind, namespace, name) -> the platforms the workload can land on, where any
     /// is known (`--platform`, or the cluster's nodes narrowed by the pod template).
     pub platforms: BTreeMap<WorkloadKey, Arc<[Platform]>>,
+    /// Every platform a workload can land on (`--platform`, or the nodes'): the
+    /// platforms an index's pull path is walked for.
+    pub walk_platforms: Vec<Platform>,
 }
 
 impl ImageIndex {
@@ -307,6 +310,7 @@ impl ImageIndex {
         } else {
             options.platforms.clone()
         };
+        index.walk_platforms = candidates.clone();
         // Most workloads land on the same platforms: one shared list per set.
         let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
         let grouped = inventory.grouped_workloads();
@@ -489,7 +493,9 @@ impl ImageIndex {
         container: &ContainerRef,
         outcome: &CheckOutcome,
     ) -> Option<CheckOutcome> {
-        outcome.platforms.as_ref()?;
+        if outcome.platforms.is_none() && outcome.walked.is_none() {
+            return None;
+        }
         let key = (
             container.kind,
             container.namespace.clone(),

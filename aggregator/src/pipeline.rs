@@ -104,6 +104,7 @@ impl Pipeline {
     /// Checks everything in `index`, then drops results of references no longer in it.
     pub async fn run_cycle(&self, index: &ImageIndex) -> CycleSummary {
         let started = Instant::now();
+        self.checker.set_platforms(&index.walk_platforms);
         for (container, outcome) in &index.settled {
             self.record(index, std::slice::from_ref(container), outcome);
         }
@@ -276,6 +277,10 @@ impl Downstream for Pipeline {
 
     fn retain_registries(&self, registries: &BTreeSet<&str>) {
         self.checker.retain_registries(registries);
+    }
+
+    fn walk_platforms(&self, platforms: &[pullwatch::Platform]) {
+        self.checker.set_platforms(platforms);
     }
 
     fn counts(&self) -> (usize, usize) {

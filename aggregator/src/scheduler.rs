@@ -97,6 +97,8 @@ pub trait Downstream: Send + Sync + 'static {
     fn retain(&self, current: &HashSet<&ContainerRef>);
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
+    /// The platforms workloads can land on: an index's pull path is walked for each.
+    fn walk_platforms(&self, _platforms: &[pullwatch::Platform]) {}
     /// How many container references are exported, and how many are not available.
     fn counts(&self) -> (usize, usize);
     /// One full pass over every reference finished.
@@ -278,6 +280,7 @@ impl<D: Downstream> Scheduler<D> {
             .map(|k| k.reference.api_host())
             .collect();
         self.pipeline.retain_registries(&registries);
+        self.pipeline.walk_platforms(&index.walk_platforms);
         for (container, outcome) in &index.settled {
             self.pipeline
                 .record(&index, std::slice::from_ref(container), outcome);
