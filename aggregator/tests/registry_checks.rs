@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
 use pullwatch_aggregator::checker::{Checker, CheckerConfig};
 use pullwatch_aggregator::index::CheckKey;
@@ -21,6 +22,18 @@ fn plain_config() -> CheckerConfig {
         allow_plain_http: true,
         request_timeout: Duration::from_secs(5),
         ..CheckerConfig::default()
+    }
+}
+
+/// For stubs: they answer manifest requests with made-up digests and serve no image
+/// behind them, so only the manifest request (what these tests are about) is made.
+fn stub_config() -> CheckerConfig {
+    CheckerConfig {
+        walk: WalkSettings {
+            depth: CheckDepth::Manifest,
+            ..WalkSettings::default()
+        },
+        ..plain_config()
     }
 }
 
@@ -340,7 +353,7 @@ async fn statuses_only_a_stub_can_produce() {
     .await
     .unwrap();
     let host = stub.host();
-    let (checker, _metrics) = checker(&plain_config());
+    let (checker, _metrics) = checker(&stub_config());
     for (repo, expected) in [
         ("forbidden", CheckStatus::AuthorizationFailure),
         ("broken", CheckStatus::RegistryUnavailable),
@@ -558,7 +571,7 @@ async fn per_registry_concurrency_and_rate_are_bounded() {
             max_concurrency: 3,
             requests_per_second: NonZeroU32::new(1000).unwrap(),
         },
-        ..plain_config()
+        ..stub_config()
     };
     let (bounded, _m) = checker(&config);
     let keys: Vec<CheckKey> = (0..12)
@@ -581,7 +594,7 @@ async fn per_registry_concurrency_and_rate_are_bounded() {
             max_concurrency: 12,
             requests_per_second: NonZeroU32::new(4).unwrap(),
         },
-        ..plain_config()
+        ..stub_config()
     };
     let (rated, _m) = checker(&config);
     let keys: Vec<CheckKey> = (0..12)
@@ -668,7 +681,7 @@ async fn token_endpoint_answers_are_classified_like_manifest_answers() {
     for (answer, expected) in cases {
         let code = answer.status;
         let bearer = BearerRegistry::start(answer).await.unwrap();
-        let (checker, metrics) = checker(&plain_config());
+        let (checker, metrics) = checker(&stub_config());
         let image = format!("{}/team/app:v1", bearer.host());
         let outcome = checker
             .check(&key(&image, &[("secret/ns/pull", "robot", SECRET)]))
@@ -819,7 +832,7 @@ async fn a_bearer_registry_costs_one_token_per_repository_and_one_head_per_check
     let bearer = BearerRegistry::start(BearerRegistry::token_ok(300))
         .await
         .unwrap();
-    let (checker, _m) = checker(&plain_config());
+    let (checker, _m) = checker(&stub_config());
     let host = bearer.host();
     let check = |image: String| {
         let k = key(&image, &[("secret/ns/s", "u", "p")]);
@@ -929,7 +942,7 @@ async fn plain_http_only_after_a_refusal_or_a_plain_http_answer() {
     .await
     .unwrap();
     let image = format!("{}/team/app:v1", plain.host());
-    let (allowed, _m) = checker(&plain_config());
+    let (allowed, _m) = checker(&stub_config());
     let outcome = allowed.check(&key(&image, &[])).await;
     assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
     assert_eq!(outcome.digest.as_deref(), Some(STUB_DIGEST));
@@ -1001,11 +1014,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     );
 
     let client = RegistryClient::new(
-        ClientConfig {
-            requests_per_second: None,
-            hints: Default::default(),
-            index_platforms: None,
-        },
+        ClientConfig::default(),
         Arc::new(NoObserver),
     );
     let http = reqwest::Client::new();
@@ -1041,7 +1050,8 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     })
     .await
     .unwrap();
-    let small = checker
+    let (stubbed, _m) = self::checker(&stub_config());
+    let small = stubbed
         .check(&key(&format!("{}/small/app:v1", stub.host()), &[]))
         .await;
     assert_eq!(small.status, CheckStatus::Available, "{}", small.reason);
@@ -1049,7 +1059,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         small.digest.as_deref(),
         Some("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
     );
-    let huge = checker
+    let huge = stubbed
         .check(&key(&format!("{}/huge/app:v1", stub.host()), &[]))
         .await;
     assert_eq!(huge.status, CheckStatus::UnknownError, "{}", huge.reason);
@@ -1067,11 +1077,7 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
         .await
         .unwrap();
     let client = RegistryClient::new(
-        ClientConfig {
-            requests_per_second: None,
-            hints: Default::default(),
-            index_platforms: None,
-        },
+        ClientConfig::default(),
         Arc::new(NoObserver),
     );
     let http = reqwest::Client::new();

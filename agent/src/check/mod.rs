@@ -391,7 +391,7 @@ impl Checker {
             let source = source_of(*candidate);
             let resolved = self
                 .resolver
-                .resolve(reference, candidate.map(|c| &c.credential))
+                .resolve_for(reference, candidate.map(|c| &c.credential), &self.platform)
                 .await;
             if resolved.outcome.is_available() {
                 debug!(image = %reference, host = ?resolved.served_by, %source, digest = ?resolved.outcome.digest, "resolved");

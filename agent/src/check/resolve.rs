@@ -22,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pullwatch::registry::classify::Hints;
+use pullwatch::registry::pull_path::{CheckDepth, Top, WalkSettings};
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient, Scheme, Target,
 };
 use pullwatch::support::{error_chain, install_crypto_provider, lock};
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use tracing::debug;
 
 use crate::route::{HostsDialect, RegistryHost, RuntimeAuth, registry_hosts_for};
@@ -79,6 +80,7 @@ pub struct Resolver {
     dialect: Mutex<HostsDialect>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     registry: RegistryClient,
+    depth: CheckDepth,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -99,9 +101,16 @@ pub struct Resolved {
 }
 
 impl Resolver {
+    /// A resolver that walks the whole pull path (the default depth).
     pub fn new(config: ResolverConfig) -> Resolver {
+        Resolver::with_walk(config, WalkSettings::default())
+    }
+
+    /// A resolver that walks the pull path as deep as `walk` says.
+    pub fn with_walk(config: ResolverConfig, walk: WalkSettings) -> Resolver {
         install_crypto_provider();
         Resolver {
+            depth: walk.depth,
             config,
             dialect: Mutex::new(HostsDialect::default()),
             clients: Mutex::new(HashMap::new()),
@@ -114,6 +123,10 @@ impl Resolver {
                     },
                     // An agent checks its own node's platform against every index.
                     index_platforms: Some(INDEX_CACHE_ENTRIES),
+                    walk: WalkSettings {
+                        cache_entries: INDEX_CACHE_ENTRIES,
+                        ..walk
+                    },
                 },
                 Arc::new(NoObserver),
             ),
@@ -142,11 +155,23 @@ impl Resolver {
     }
 
     /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
-    /// own per-host credentials, or anonymous).
+    /// own per-host credentials, or anonymous), for a node of this process's platform.
     pub async fn resolve(
         &self,
         image: &ImageReference,
         credential: Option<&RegistryCredential>,
+    ) -> Resolved {
+        self.resolve_for(image, credential, &Platform::host()).await
+    }
+
+    /// Resolves `image` with `credential` and walks its pull path for `platform` along
+    /// the same route, as deep as the resolver's depth: what the node's containerd
+    /// fetches (the child for its platform, the config and every layer's first byte).
+    pub async fn resolve_for(
+        &self,
+        image: &ImageReference,
+        credential: Option<&RegistryCredential>,
+        platform: &Platform,
     ) -> Resolved {
         let deadline = Deadline::after(self.config.request_timeout);
         let registry = image.registry();
@@ -163,6 +188,9 @@ impl Resolver {
             }
         };
         let digest = image.digest();
+        // containerd fetches what it resolved from every host able to pull, in order.
+        let fetch_hosts: Vec<&RegistryHost> =
+            hosts.iter().filter(|h| h.capabilities.pull).collect();
         let hosts: Vec<&RegistryHost> = hosts
             .iter()
             .filter(|h| h.capabilities.pull && (digest.is_some() || h.capabilities.resolve))
@@ -210,6 +238,19 @@ impl Resolver {
                     if let Some(d) = digest {
                         outcome.digest = Some(d.to_string());
                     }
+                    if self.depth != CheckDepth::Manifest
+                        && let Some(top) = outcome.digest.clone()
+                    {
+                        let top = Top {
+                            digest: top,
+                            media_type: outcome.media_type.clone(),
+                            size: None,
+                            body: None,
+                        };
+                        self.walk(image, credential, &fetch_hosts, &top, platform, &deadline)
+                            .await
+                            .apply(&mut outcome);
+                    }
                     return Resolved {
                         outcome,
                         served_by: Some(host.url()),
@@ -242,6 +283,43 @@ impl Resolver {
             outcome,
             served_by: None,
         }
+    }
+
+    /// The pull path from `top` along the hosts a node fetches from (every host able to
+    /// pull, in order; each with the credential containerd would send it).
+    async fn walk(
+        &self,
+        image: &ImageReference,
+        credential: Option<&RegistryCredential>,
+        hosts: &[&RegistryHost],
+        top: &Top,
+        platform: &Platform,
+        deadline: &Deadline,
+    ) -> pullwatch::registry::pull_path::PullPath {
+        let registry = image.registry();
+        let prepared: Vec<(&RegistryHost, reqwest::Client)> = hosts
+            .iter()
+            .filter_map(|host| self.client(host).ok().map(|client| (*host, client)))
+            .collect();
+        let endpoints: Vec<Endpoint<'_>> = prepared
+            .iter()
+            .map(|(host, client)| {
+                host_endpoint(host, client, (host.host != registry).then_some(registry))
+            })
+            .collect();
+        let targets: Vec<Target<'_, '_>> = endpoints
+            .iter()
+            .zip(&prepared)
+            .map(|(endpoint, (host, _))| Target {
+                endpoint,
+                repository: image.repository(),
+                credential: credential.or_else(|| self.config.runtime_auth.get(&host.host)),
+                deadline,
+            })
+            .collect();
+        self.registry
+            .walk_pull_path(&targets, top, std::slice::from_ref(platform))
+            .await
     }
 
     /// Fetches the manifest or index `digest` of `image`'s repository along the same
