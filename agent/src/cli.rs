@@ -243,7 +243,8 @@ impl NodeArgs {
                 pull_absent_images: self.pull_absent_images,
                 keep_pulled_images: self.keep_pulled_images,
             },
-        ))
+        )
+        .with_runtime_confirmation(self.blob_check_interval))
     }
 }
 

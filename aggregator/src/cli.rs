@@ -9,10 +9,10 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::checker::CheckerConfig;
-use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 use crate::checker::limits::RegistryLimits;
 use crate::index::{Filters, IndexOptions, LabelSelector, parse_image_regexes, parse_kinds};
 use crate::mirrors::Mirrors;
+use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 
 #[derive(Debug, Parser)]
 #[command(

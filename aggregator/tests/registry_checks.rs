@@ -1013,10 +1013,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         Some("application/vnd.oci.image.index.v1+json")
     );
 
-    let client = RegistryClient::new(
-        ClientConfig::default(),
-        Arc::new(NoObserver),
-    );
+    let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
     let http = reqwest::Client::new();
     let host = registry.host();
     let endpoint = Endpoint::new(&http, Scheme::Http, &host);
@@ -1076,10 +1073,7 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
     let bearer = BearerRegistry::start(BearerRegistry::token_ok(11))
         .await
         .unwrap();
-    let client = RegistryClient::new(
-        ClientConfig::default(),
-        Arc::new(NoObserver),
-    );
+    let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
     let http = reqwest::Client::new();
     let host = bearer.host();
     let endpoint = Endpoint::new(&http, Scheme::Http, &host);

@@ -580,7 +580,9 @@ impl RegistryClient {
         target: Target<'_, '_>,
         reference: &str,
     ) -> (Answer, Option<Bytes>, Option<u64>) {
-        let answer = self.ask(target, Object::Manifest, reference, Want::Head).await;
+        let answer = self
+            .ask(target, Object::Manifest, reference, Want::Head)
+            .await;
         let (answer, final_) = match answer {
             Ok(pair) => pair,
             Err(answer) => return (answer, None, None),
@@ -709,7 +711,14 @@ impl RegistryClient {
     }
 
     async fn fetch(&self, target: Target<'_, '_>, digest: &str) -> Result<Manifest, Answer> {
-        let (answer, final_) = self.ask(target, Object::Manifest, digest, Want::Body(MAX_MANIFEST_BYTES)).await?;
+        let (answer, final_) = self
+            .ask(
+                target,
+                Object::Manifest,
+                digest,
+                Want::Body(MAX_MANIFEST_BYTES),
+            )
+            .await?;
         if !answer.outcome.is_available() {
             return Err(answer);
         }
@@ -1301,10 +1310,7 @@ mod tests {
 
     #[test]
     fn hosts_that_leave_take_their_state_and_only_their_own_token_endpoints() {
-        let client = RegistryClient::new(
-            ClientConfig::default(),
-            Arc::new(NoObserver),
-        );
+        let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
         for (host, realm) in [
             ("a.example", "auth.shared"),
             ("b.example", "auth.shared"),

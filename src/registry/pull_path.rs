@@ -601,10 +601,7 @@ impl Walk<'_, '_, '_, '_> {
                 Err(Some((status, reason))) => {
                     return Err((
                         status,
-                        format!(
-                            "{what}{}: its URL {url}: {reason}",
-                            for_platform(platform)
-                        ),
+                        format!("{what}{}: its URL {url}: {reason}", for_platform(platform)),
                     ));
                 }
             }
@@ -632,8 +629,7 @@ impl Walk<'_, '_, '_, '_> {
             .http
             .get(url)
             .header(http::header::RANGE, "bytes=0-0");
-        let sent =
-            tokio::time::timeout_at(first.deadline.at().into(), request.send()).await;
+        let sent = tokio::time::timeout_at(first.deadline.at().into(), request.send()).await;
         let response = match sent {
             Err(_) => {
                 return Err(Some((
@@ -772,7 +768,9 @@ impl Walk<'_, '_, '_, '_> {
                 .document(config, Kind::Config, &config_what, platform, None)
                 .await?;
             match &*document {
-                Document::Config(found) => summary = found.as_ref().map(|s| (s.platform.clone(), s.diff_ids)),
+                Document::Config(found) => {
+                    summary = found.as_ref().map(|s| (s.platform.clone(), s.diff_ids))
+                }
                 Document::Refused(why) => {
                     // Existence first, as containerd fetches everything before unpacking.
                     if self.depth == CheckDepth::Blobs {
@@ -816,7 +814,11 @@ impl Walk<'_, '_, '_, '_> {
                 format!(
                     "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
                     for_platform(platform),
-                    if config.media_type.is_empty() { "(none)" } else { &config.media_type },
+                    if config.media_type.is_empty() {
+                        "(none)"
+                    } else {
+                        &config.media_type
+                    },
                     layers.len()
                 ),
             ));
@@ -841,7 +843,11 @@ impl Walk<'_, '_, '_, '_> {
         Ok(())
     }
 
-    async fn layers(&self, layers: &[Descriptor], platform: Option<&Platform>) -> Result<(), Failed> {
+    async fn layers(
+        &self,
+        layers: &[Descriptor],
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
         if !self.verify {
             return Ok(());
         }
@@ -1080,9 +1086,15 @@ mod tests {
         assert_eq!(choose(&entries, &amd64).unwrap().digest, "sha256:amd64");
         assert_eq!(choose(&entries[..2], &amd64).unwrap().digest, "sha256:386");
         assert_eq!(choose(&entries, &arm64).unwrap().digest, "sha256:arm64");
-        assert_eq!(choose(&entries[..1], &arm64).unwrap().digest, "sha256:unlabelled");
+        assert_eq!(
+            choose(&entries[..1], &arm64).unwrap().digest,
+            "sha256:unlabelled"
+        );
         let s390x: Platform = "linux/s390x".parse().unwrap();
-        assert_eq!(choose(&entries, &s390x).unwrap().digest, "sha256:unlabelled");
+        assert_eq!(
+            choose(&entries, &s390x).unwrap().digest,
+            "sha256:unlabelled"
+        );
         assert!(choose(&entries[1..], &s390x).is_none());
     }
 
@@ -1094,7 +1106,10 @@ mod tests {
             Document::Index(e) if e.len() == 1
         ));
         // An index served as a manifest, and the reverse.
-        assert!(matches!(parse_manifest(index, OCI_MANIFEST), Document::Refused(_)));
+        assert!(matches!(
+            parse_manifest(index, OCI_MANIFEST),
+            Document::Refused(_)
+        ));
         let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:c","size":2},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"sha256:l","size":9}]}"#;
         assert!(matches!(
             parse_manifest(manifest, "application/vnd.oci.image.index.v1+json"),
@@ -1107,7 +1122,10 @@ mod tests {
         assert_eq!(layers.len(), 1);
         match parse_manifest(manifest, "application/vnd.oci.artifact.manifest.v1+json") {
             Document::Refused(why) => {
-                assert!(why.contains("application/vnd.oci.artifact.manifest.v1+json"), "{why}")
+                assert!(
+                    why.contains("application/vnd.oci.artifact.manifest.v1+json"),
+                    "{why}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -1140,7 +1158,10 @@ mod tests {
     #[test]
     fn sizes_served_by_ranged_answers() {
         let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::CONTENT_RANGE, "bytes 0-0/1234".parse().unwrap());
+        headers.insert(
+            http::header::CONTENT_RANGE,
+            "bytes 0-0/1234".parse().unwrap(),
+        );
         let partial = Final {
             status: StatusCode::PARTIAL_CONTENT,
             headers,
