@@ -1102,3 +1102,137 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
         "an expired token is never reused"
     );
 }
+
+/// The requests of the registry's access log since `start`, as `METHOD path status`.
+fn access_log(registry: &Registry, start: usize) -> Vec<String> {
+    registry.log()[start..]
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("\"")?;
+            let (request, rest) = rest.split_once("\" ")?;
+            let status = rest.split_whitespace().next()?;
+            let mut parts = request.split_whitespace();
+            let (method, path) = (parts.next()?, parts.next()?);
+            path.starts_with("/v2/")
+                .then(|| format!("{method} {path} {status}"))
+        })
+        .collect()
+}
+
+/// The walk's cost, counted in the registry's own access log: a first check reads the
+/// index, the child, the config and the first byte of each layer; a second one within
+/// `--blob-check-interval` is one `HEAD`, and never `GET`s a manifest again; once the
+/// interval passed, the blobs are verified again (and a deleted layer is seen), while
+/// the manifests and config stay read.
+#[tokio::test]
+async fn the_walk_costs_one_head_per_check_in_steady_state() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "walk/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    let amd64 = &index.platforms[0];
+    assert_eq!(amd64.architecture, "amd64");
+    let interval = Duration::from_secs(2);
+    let (checker, _m) = checker(&CheckerConfig {
+        walk: WalkSettings {
+            blob_check_interval: interval,
+            ..WalkSettings::default()
+        },
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        ..plain_config()
+    });
+    let key = key(&index.reference, &[]);
+
+    let start = registry.log().len();
+    let first = checker.check(&key).await;
+    assert_eq!(first.status, CheckStatus::Available, "{}", first.reason);
+    let requests = access_log(&registry, start);
+    let kinds: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            let mut p = r.split_whitespace();
+            let (method, path, status) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+            let kind = if path.contains("/manifests/") {
+                "manifests"
+            } else {
+                "blobs"
+            };
+            format!("{method} {kind} {status}")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "HEAD manifests 200",
+            "GET manifests 200",
+            "GET manifests 200",
+            "GET blobs 200",
+            "GET blobs 206"
+        ],
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("GET /v2/walk/app/manifests/{}", amd64.digest))),
+        "the amd64 child is read: {requests:#?}"
+    );
+
+    let start = registry.log().len();
+    for _ in 0..3 {
+        let again = checker.check(&key).await;
+        assert_eq!(again.status, CheckStatus::Available, "{}", again.reason);
+    }
+    assert_eq!(
+        access_log(&registry, start),
+        [
+            "HEAD /v2/walk/app/manifests/v1 200",
+            "HEAD /v2/walk/app/manifests/v1 200",
+            "HEAD /v2/walk/app/manifests/v1 200"
+        ],
+        "steady state: one HEAD per check"
+    );
+
+    // A layer of the amd64 child goes; within the interval that is not seen (the
+    // documented cost trade-off), after it, it is.
+    let child = registry
+        .get_manifest("walk/app", &amd64.digest)
+        .await
+        .unwrap();
+    let child: serde_json::Value = serde_json::from_slice(&child.body).unwrap();
+    let layer = child["layers"][0]["digest"].as_str().unwrap().to_string();
+    let deleted = registry
+        .request(
+            http::Method::DELETE,
+            &format!("/v2/walk/app/blobs/{layer}"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    tokio::time::sleep(interval + Duration::from_millis(200)).await;
+    let start = registry.log().len();
+    let after = checker.check(&key).await;
+    assert_eq!(after.status, CheckStatus::Absent, "{}", after.reason);
+    assert!(
+        after
+            .reason
+            .contains(&format!("layer 1 of 1 ({layer}) not found for linux/amd64")),
+        "{}",
+        after.reason
+    );
+    let requests = access_log(&registry, start);
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.starts_with("GET /v2/walk/app/manifests/")),
+        "kept manifests are not fetched again: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("HEAD /v2/walk/app/manifests/{}", amd64.digest))),
+        "the child's existence is verified: {requests:#?}"
+    );
+}

@@ -519,9 +519,12 @@ impl RegistryClient {
             .media_type
             .as_deref()
             .is_some_and(crate::platform::is_index);
-        if let (Some(capacity), true, Some(digest)) = (
+        // A deeper check's walk reads the index itself (once per digest, kept).
+        let walks = self.config.walk.depth != pull_path::CheckDepth::Manifest;
+        if let (Some(capacity), true, false, Some(digest)) = (
             self.config.index_platforms,
             is_index,
+            walks,
             answer.outcome.digest.clone(),
         ) {
             answer.outcome.platforms = self.index_platforms(target, &digest, body, capacity).await;

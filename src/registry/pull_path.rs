@@ -709,22 +709,19 @@ impl Walk<'_, '_, '_, '_> {
                             .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
                     );
                     let Some(chosen) = choose(entries, &node) else {
-                        let list: Vec<String> = offered
+                        // What containerd answers there, with what the index has.
+                        let mut listed: Vec<Platform> = Vec::new();
+                        for p in offered
                             .iter()
-                            .filter(|p| p.os != "unknown")
-                            .map(|p| p.to_string())
-                            .collect();
+                            .filter(|p| p.os != "unknown" && !p.os.is_empty())
+                        {
+                            if !listed.contains(p) {
+                                listed.push(p.clone());
+                            }
+                        }
                         return Err((
                             CheckStatus::Absent,
-                            format!(
-                                "no match for platform {node} in the manifest index {} (it has {})",
-                                desc.digest,
-                                if list.is_empty() {
-                                    "no platform entries".to_string()
-                                } else {
-                                    list.join(", ")
-                                }
-                            ),
+                            crate::platform::missing_reason(&[&node], &listed),
                         ));
                     };
                     unlabelled = chosen.platform.is_none();
