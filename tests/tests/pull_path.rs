@@ -736,6 +736,8 @@ async fn a_tag_without_a_repo_digest_is_not_held() {
         .unwrap();
         assert!(cri.pull_image(&image, None).await.is_err(), "containerd pulls no chart");
         let record = cri.image_status(&image).await.unwrap();
+        let kept = record.as_ref().expect("containerd keeps a record of the failed pull");
+        assert!(kept.repo_digests.is_empty(), "{kept:?}");
         let dir = tempfile::tempdir().unwrap();
         for extra in [None, Some("--pull-absent-images")] {
             let mut args = vec![
@@ -756,7 +758,10 @@ async fn a_tag_without_a_repo_digest_is_not_held() {
                 "{extra:?}: {value} (the runtime's record: {record:?})"
             );
             assert_eq!(value["held_digest"], serde_json::Value::Null, "{value}");
+            assert_eq!(value["mode"], "resolve", "never pulled over: {value}");
         }
+        // Observe, never change: the runtime's record is still there as it was.
+        assert_eq!(cri.image_status(&image).await.unwrap(), record);
     })
     .await;
 }

@@ -272,8 +272,13 @@ impl Checker {
         };
         // A record without a repo digest is what a failed pull leaves (containerd keeps
         // the tag of an artifact it could not unpack): nothing the node could run from,
-        // so not held.
+        // so not held. Nor is it pulled over (a pull would replace the record and the
+        // clean-up after it remove it): it is resolved, with its pull path walked.
+        let unpulled_record = held
+            .as_ref()
+            .is_some_and(|image| image.repo_digests.is_empty());
         let held = held.filter(|image| !image.repo_digests.is_empty());
+        let pull_absent_images = self.options.pull_absent_images && !unpulled_record;
         report.image_present = held.is_some();
         let held_digests: Vec<String> = held
             .as_ref()
@@ -293,13 +298,10 @@ impl Checker {
             None
         } else if let Some(digest) = &pinned {
             // A digest cannot move: pulling it re-points nothing.
-            (held.is_some() || self.options.pull_absent_images)
-                .then(|| (target.clone(), Some(digest.clone())))
+            (held.is_some() || pull_absent_images).then(|| (target.clone(), Some(digest.clone())))
         } else if held.is_none() {
             // Nothing held under this tag: nothing a pull could re-point.
-            self.options
-                .pull_absent_images
-                .then(|| (target.clone(), None))
+            pull_absent_images.then(|| (target.clone(), None))
         } else {
             // A held tag: resolve first, then confirm by digest if nothing moved.
             None
