@@ -250,6 +250,49 @@ mod tests {
     }
 
     #[test]
+    fn each_workload_gets_the_verdict_of_its_own_platforms() {
+        let p = |s: &str| s.parse::<crate::platform::Platform>().unwrap();
+        let outcome = CheckOutcome {
+            status: CheckStatus::Absent,
+            reason: "layer 1 of 1 (sha256:a) not found for linux/arm64".into(),
+            platforms: Some(vec![p("linux/amd64"), p("linux/arm64")].into()),
+            walked: Some(
+                vec![
+                    PlatformVerdict {
+                        platform: p("linux/amd64"),
+                        status: CheckStatus::Available,
+                        reason: String::new(),
+                    },
+                    PlatformVerdict {
+                        platform: p("linux/arm64"),
+                        status: CheckStatus::Absent,
+                        reason: "layer 1 of 1 (sha256:a) not found for linux/arm64".into(),
+                    },
+                ]
+                .into(),
+            ),
+            ..CheckOutcome::available_at(Some("sha256:i".into()), None)
+        };
+        let amd64 = outcome.for_platforms(&[p("linux/amd64")]);
+        assert_eq!(amd64.status, CheckStatus::Available);
+        assert_eq!(amd64.reason, "");
+        assert_eq!(amd64.digest.as_deref(), Some("sha256:i"));
+        let both = outcome.for_platforms(&[p("linux/amd64"), p("linux/arm64")]);
+        assert_eq!(both.status, CheckStatus::Absent);
+        assert!(both.reason.contains("linux/arm64"), "{}", both.reason);
+        // Not walked, not offered: absent as containerd answers there.
+        let s390x = outcome.for_platforms(&[p("linux/s390x")]);
+        assert_eq!(s390x.status, CheckStatus::Absent);
+        assert!(
+            s390x
+                .reason
+                .starts_with("no match for platform linux/s390x")
+        );
+        // No platform known: the check's own outcome.
+        assert_eq!(outcome.for_platforms(&[]), outcome);
+    }
+
+    #[test]
     fn informativeness_is_a_total_order_with_available_on_top() {
         let mut ranks: Vec<u8> = CheckStatus::ALL
             .iter()

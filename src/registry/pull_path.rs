@@ -51,6 +51,8 @@ pub const MAX_CONFIG_BYTES: usize = 8 << 20;
 /// Indexes nested deeper than this are refused (containerd has no limit; this is a
 /// bound on what a registry can make a check do).
 const MAX_NESTING: usize = 8;
+/// Layers verified at once within one check.
+const LAYER_CONCURRENCY: usize = 3;
 /// Verified pull paths remembered (one entry per tag digest, platform and credential).
 const MAX_VERIFIED: usize = 65_536;
 
@@ -845,14 +847,22 @@ impl Walk<'_, '_, '_, '_> {
         layers: &[Descriptor],
         platform: Option<&Platform>,
     ) -> Result<(), Failed> {
+        use futures::StreamExt;
         if !self.verify {
             return Ok(());
         }
-        for (i, layer) in layers.iter().enumerate() {
-            let what = format!("layer {} of {} ({})", i + 1, layers.len(), layer.digest);
-            self.layer(layer, &what, platform).await?;
-        }
-        Ok(())
+        // A few at once, as containerd fetches layers (its CRI's max_concurrent_downloads
+        // is 3), so many layers fit the deadline; the per-registry limits still apply.
+        // The first failure in layer order is the answer.
+        let results: Vec<Result<(), Failed>> = futures::stream::iter(layers.iter().enumerate())
+            .map(|(i, layer)| async move {
+                let what = format!("layer {} of {} ({})", i + 1, layers.len(), layer.digest);
+                self.layer(layer, &what, platform).await
+            })
+            .buffered(LAYER_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 }
 
