@@ -268,7 +268,7 @@ async fn distinct_image_costs(registry: &Registry) -> anyhow::Result<(f64, f64, 
         ..CheckerConfig::default()
     };
     let checker = Checker::new(&config, metrics.checker.clone())?;
-    let mut pass = async || -> anyhow::Result<f64> {
+    let pass = async || -> anyhow::Result<f64> {
         let start = registry.log().len();
         for key in &keys {
             let outcome = checker.check(key).await;

@@ -108,7 +108,7 @@ pub struct NoObserver;
 impl RegistryObserver for NoObserver {}
 
 /// Settings of a [`RegistryClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientConfig {
     /// Requests per second to one host (None: unbounded).
     pub requests_per_second: Option<NonZeroU32>,
@@ -119,17 +119,6 @@ pub struct ClientConfig {
     pub index_platforms: Option<usize>,
     /// How deep a check walks the pull path ([`pull_path`]).
     pub walk: pull_path::WalkSettings,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            requests_per_second: None,
-            hints: classify::Hints::default(),
-            index_platforms: None,
-            walk: pull_path::WalkSettings::default(),
-        }
-    }
 }
 
 /// How to reach a host.

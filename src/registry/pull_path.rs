@@ -847,22 +847,35 @@ impl Walk<'_, '_, '_, '_> {
         layers: &[Descriptor],
         platform: Option<&Platform>,
     ) -> Result<(), Failed> {
-        use futures::StreamExt;
         if !self.verify {
             return Ok(());
         }
         // A few at once, as containerd fetches layers (its CRI's max_concurrent_downloads
         // is 3), so many layers fit the deadline; the per-registry limits still apply.
         // The first failure in layer order is the answer.
-        let results: Vec<Result<(), Failed>> = futures::stream::iter(layers.iter().enumerate())
-            .map(|(i, layer)| async move {
-                let what = format!("layer {} of {} ({})", i + 1, layers.len(), layer.digest);
-                self.layer(layer, &what, platform).await
-            })
-            .buffered(LAYER_CONCURRENCY)
-            .collect()
-            .await;
-        results.into_iter().collect()
+        let total = layers.len();
+        let indexed: Vec<(usize, &Descriptor)> = layers.iter().enumerate().collect();
+        for chunk in indexed.chunks(LAYER_CONCURRENCY) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for &(i, layer) in chunk {
+                pending.push(self.numbered_layer(layer, i, total, platform));
+            }
+            for result in futures::future::join_all(pending).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn numbered_layer(
+        &self,
+        layer: &Descriptor,
+        i: usize,
+        total: usize,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        let what = format!("layer {} of {total} ({})", i + 1, layer.digest);
+        self.layer(layer, &what, platform).await
     }
 }
 

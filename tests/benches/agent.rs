@@ -21,7 +21,7 @@
 //!    it: where the time goes (mean ImageStatus and PullImage from the agent's CRI
 //!    metrics, containerd's CPU per check, the disk's fdatasync latency) and how many
 //!    checks per second this node sustains at concurrency 4 and 16;
-//! 2b. the agent's default mode as `pullwatch-agent run` configures it: the runtime's
+//!    2b: the agent's default mode as `pullwatch-agent run` configures it: the runtime's
 //!    confirmation (a `PullImage` by digest, which commits containerd's metadata store)
 //!    stands for `--blob-check-interval` (12 h), so in steady state a check of a held
 //!    image is its walk of the pull path along the node's route (one manifest `HEAD`,
