@@ -119,7 +119,8 @@ pub struct Top {
 /// What the walk found.
 #[derive(Clone, Debug)]
 pub struct PullPath {
-    /// A single manifest: its verdict; an index: the first failing platform's.
+    /// A single manifest: its verdict; an index: available where some walked platform
+    /// pulls it, else the first platform's failure (see `verdicts` for each).
     pub status: CheckStatus,
     pub reason: String,
     /// An index: the platforms its entries offer.
@@ -1020,11 +1021,18 @@ impl RegistryClient {
             }
             _ => None,
         };
+        // The check's own status (what a workload whose platforms are unknown gets; each
+        // other workload gets its own platforms' verdicts): available where some walked
+        // platform pulls it, else the first platform's failure.
         let failing = verdicts
             .iter()
             .find(|v| v.status != CheckStatus::Available)
             .map(|v| (v.status, v.reason.clone()));
-        let (status, reason) = failing.unwrap_or((CheckStatus::Available, String::new()));
+        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
+        let (status, reason) = match failing {
+            Some(failure) if !any_pulls => failure,
+            _ => (CheckStatus::Available, String::new()),
+        };
         PullPath {
             status,
             reason,
