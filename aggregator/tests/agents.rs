@@ -943,6 +943,12 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
             !log.lines().any(|l| l.contains("containerd/")),
             "the runtime was asked for something:\n{log}"
         );
+        assert!(
+            !log
+                .lines()
+                .any(|l| l.contains(&format!("/manifests/{}", v2.digest)) && l.contains("containerd/")),
+            "the runtime was asked for the new manifest:\n{log}"
+        );
         agent.kill();
     })
     .await;

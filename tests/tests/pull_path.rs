@@ -1,4 +1,4 @@
-//! The scenario table of issue 18: registry states built on a real registry (its
+//! The scenario table of issue 18: 21 registry states built on a real registry (its
 //! `DELETE` API, pushed artifacts and indexes, a small proxy for header and redirect
 //! faults), the truth taken from a real containerd's CRI `PullImage` for linux/amd64,
 //! and three views of pullwatch that must each agree with it: the aggregator's `check`,
@@ -311,6 +311,41 @@ async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
         false,
         CheckStatus::RegistryUnavailable,
         "its URL",
+    );
+
+    // A foreign layer whose URL answers 404 and whose blob the registry has: containerd
+    // moves on from the URL to the registry.
+    let (layer, diff_id) = raw::layer("foreign layer served by the registry").unwrap();
+    let config = raw::config("amd64", &[&diff_id], "foreign-404");
+    raw::push_blob(registry, "foreign/fallback", &config)
+        .await
+        .unwrap();
+    raw::push_blob(registry, "foreign/fallback", &layer)
+        .await
+        .unwrap();
+    let mut foreign = raw::descriptor(raw::DOCKER_FOREIGN_LAYER, &layer);
+    foreign["urls"] = json!([format!("http://{host}/no/such/layer")]);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": raw::DOCKER_MANIFEST,
+        "config": raw::descriptor(raw::DOCKER_CONFIG, &config),
+        "layers": [foreign],
+    });
+    raw::put_manifest(
+        registry,
+        "foreign/fallback",
+        "v1",
+        raw::DOCKER_MANIFEST,
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .await
+    .unwrap();
+    add(
+        "a foreign layer: URL 404, blob in the registry",
+        "foreign/fallback",
+        true,
+        CheckStatus::Available,
+        "",
     );
 
     // Docker-Content-Digest faults, injected by the proxy.
