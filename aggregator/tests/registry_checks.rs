@@ -1236,3 +1236,31 @@ async fn the_walk_costs_one_head_per_check_in_steady_state() {
         "the child's existence is verified: {requests:#?}"
     );
 }
+
+/// Two tags of one index checked at once (two checks, not joined): the index and its
+/// child are each read once, the second check waiting for the first's read.
+#[tokio::test]
+async fn concurrent_checks_read_each_document_once() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "twice/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    registry.move_tag("twice/app", "v1", "v2").await.unwrap();
+    let (checker, _m) = checker(&CheckerConfig {
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        ..plain_config()
+    });
+    let start = registry.log().len();
+    let v2 = index.reference.replace(":v1", ":v2");
+    let (first, second) = (key(&index.reference, &[]), key(&v2, &[]));
+    let (a, b) = tokio::join!(checker.check(&first), checker.check(&second));
+    assert!(a.is_available() && b.is_available(), "{a:?} {b:?}");
+    let requests = access_log(&registry, start);
+    for digest in [&index.digest, &index.platforms[0].digest] {
+        let gets = requests
+            .iter()
+            .filter(|r| r.starts_with(&format!("GET /v2/twice/app/manifests/{digest}")))
+            .count();
+        assert_eq!(gets, 1, "{digest}: {requests:#?}");
+    }
+}

@@ -258,6 +258,8 @@ pub struct RegistryClient {
     documents: Mutex<pull_path::DocumentCache>,
     /// When each pull path's blobs were last verified.
     verified: Mutex<HashMap<pull_path::VerifiedKey, Instant>>,
+    /// Documents being read now, by digest: concurrent misses wait for one read.
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -392,6 +394,7 @@ impl RegistryClient {
             indexes: Mutex::new(HashMap::new()),
             documents: Mutex::new(pull_path::DocumentCache::new(config.walk.cache_entries)),
             verified: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
             config,
         }
     }

@@ -487,6 +487,30 @@ impl Walk<'_, '_, '_, '_> {
             }
             return Ok(document);
         }
+        // Checks that miss the same digest at once read it once: the others wait for
+        // the first and find it kept.
+        let gate = self.client.document_gate(&desc.digest);
+        let _reading = gate.lock().await;
+        let kept = lock(&self.client.documents).get(&desc.digest);
+        if let Some(document) = kept {
+            self.client.release_gate(&desc.digest);
+            return Ok(document);
+        }
+        let result = self.read_document(desc, kind, what, platform, body).await;
+        self.client.release_gate(&desc.digest);
+        result
+    }
+
+    /// Reads a document that is not kept: fetched by digest along the route (or from
+    /// the body the tag's answer carried), its size and digest verified, kept.
+    async fn read_document(
+        &self,
+        desc: &Descriptor,
+        kind: Kind,
+        what: &str,
+        platform: Option<&Platform>,
+        body: Option<&Bytes>,
+    ) -> Result<Arc<Document>, Failed> {
         let (object, cap) = match kind {
             Kind::Manifest => (Object::Manifest, MAX_MANIFEST_BYTES),
             Kind::Config => (Object::Blob, MAX_CONFIG_BYTES),
@@ -899,6 +923,25 @@ fn choose<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<&'d Descript
 }
 
 impl RegistryClient {
+    /// The gate of reads of `digest` (one read per digest at a time).
+    fn document_gate(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.reading)
+            .entry(digest.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the gate of `digest` once nobody else holds it.
+    fn release_gate(&self, digest: &str) {
+        let mut reading = lock(&self.reading);
+        if reading
+            .get(digest)
+            .is_some_and(|gate| Arc::strong_count(gate) <= 2)
+        {
+            reading.remove(digest);
+        }
+    }
+
     /// Walks the pull path from `top` (the tag's manifest, as its request answered)
     /// along `route` (the hosts a node fetches from, in order; every request under the
     /// first target's deadline, with each target's credential), for each of
