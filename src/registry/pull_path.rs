@@ -291,7 +291,6 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
             artifact_type: raw.artifact_type,
         };
     }
-    let _ = raw.media_type;
     Document::Refused(format!(
         "is not an image: media type {media_type} (containerd pulls OCI and Docker images and indexes)"
     ))
