@@ -26,7 +26,7 @@ pub mod support;
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
 pub use platform::Platform;
 pub use reference::{ImageReference, ReferenceError};
-pub use status::{CheckOutcome, CheckStatus};
+pub use status::{CheckOutcome, CheckStatus, PlatformVerdict};
 
 /// Whatever failed in this crate, by what failed; each variant keeps the module's
 /// detailed error.

@@ -183,7 +183,7 @@ pub(crate) fn parse_raw(input: &str) -> Result<RawReference, ReferenceError> {
 }
 
 /// go-digest v1.0.0 `Digest.Validate` with the algorithms the kubelet links.
-fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
+pub(crate) fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
     let (algorithm, encoded) = digest.split_once(':').unwrap_or((digest, ""));
     let hex_len = match algorithm {
         "sha256" => 64,

@@ -112,6 +112,10 @@ pub struct CheckOutcome {
     /// are among them is decided per workload, not here.
     #[serde(skip)]
     pub platforms: Option<std::sync::Arc<[crate::platform::Platform]>>,
+    /// When that manifest is an index and its pull path was walked: the verdict for
+    /// each platform walked (the child containerd picks there, its config and layers).
+    #[serde(skip)]
+    pub walked: Option<std::sync::Arc<[PlatformVerdict]>>,
     /// When the check that produced this outcome finished (None: not a check, e.g. a
     /// reference that does not parse).
     #[serde(skip)]
@@ -126,6 +130,7 @@ impl CheckOutcome {
             digest: None,
             media_type: None,
             platforms: None,
+            walked: None,
             checked_at: None,
         }
     }
@@ -146,6 +151,7 @@ impl CheckOutcome {
             digest: None,
             media_type: None,
             platforms: None,
+            walked: None,
             checked_at: None,
         }
     }
@@ -154,15 +160,56 @@ impl CheckOutcome {
         self.status == CheckStatus::Available
     }
 
-    /// This outcome as it stands for a workload that can land on `wanted` platforms:
-    /// `absent` when the manifest is an index without an entry one of them runs (what
-    /// containerd answers there), else unchanged. Unknown index contents, a single
-    /// manifest, or no platform to check change nothing.
+    /// This outcome as it stands for a workload that can land on `wanted` platforms.
+    ///
+    /// Where the index's pull path was walked for a wanted platform, that platform's
+    /// verdict decides (the first failing one, in `wanted`'s order); so a workload
+    /// whose platforms all pull is `available` even when another platform's child is
+    /// broken. A wanted platform that was not walked falls back on what the index
+    /// offers: `absent` when it has no entry that platform runs (what containerd
+    /// answers there). Unknown index contents, a single manifest, or no platform to
+    /// check change nothing.
     pub fn for_platforms(&self, wanted: &[crate::platform::Platform]) -> CheckOutcome {
+        if wanted.is_empty() {
+            return self.clone();
+        }
+        if let Some(walked) = self.walked.as_deref() {
+            let mut any_walked = false;
+            for platform in wanted {
+                if let Some(verdict) = walked.iter().find(|v| &v.platform == platform) {
+                    any_walked = true;
+                    if verdict.status != CheckStatus::Available {
+                        return CheckOutcome {
+                            status: verdict.status,
+                            reason: verdict.reason.clone(),
+                            ..self.clone()
+                        };
+                    }
+                } else if let Some(offered) = self.platforms.as_deref() {
+                    let missing =
+                        crate::platform::missing_platforms(std::slice::from_ref(platform), offered);
+                    if !missing.is_empty() {
+                        return CheckOutcome {
+                            status: CheckStatus::Absent,
+                            reason: crate::platform::missing_reason(&missing, offered),
+                            ..self.clone()
+                        };
+                    }
+                }
+            }
+            if any_walked {
+                return CheckOutcome {
+                    status: CheckStatus::Available,
+                    reason: String::new(),
+                    ..self.clone()
+                };
+            }
+            return self.clone();
+        }
         let Some(offered) = self.platforms.as_deref() else {
             return self.clone();
         };
-        if !self.is_available() || wanted.is_empty() {
+        if !self.is_available() {
             return self.clone();
         }
         let missing = crate::platform::missing_platforms(wanted, offered);
@@ -175,6 +222,15 @@ impl CheckOutcome {
             ..self.clone()
         }
     }
+}
+
+/// The verdict of an index's pull path for one platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlatformVerdict {
+    pub platform: crate::platform::Platform,
+    pub status: CheckStatus,
+    /// Why not `available` (empty when it is).
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -191,6 +247,49 @@ mod tests {
             );
         }
         assert!("ok".parse::<CheckStatus>().is_err());
+    }
+
+    #[test]
+    fn each_workload_gets_the_verdict_of_its_own_platforms() {
+        let p = |s: &str| s.parse::<crate::platform::Platform>().unwrap();
+        let outcome = CheckOutcome {
+            status: CheckStatus::Absent,
+            reason: "layer 1 of 1 (sha256:a) not found for linux/arm64".into(),
+            platforms: Some(vec![p("linux/amd64"), p("linux/arm64")].into()),
+            walked: Some(
+                vec![
+                    PlatformVerdict {
+                        platform: p("linux/amd64"),
+                        status: CheckStatus::Available,
+                        reason: String::new(),
+                    },
+                    PlatformVerdict {
+                        platform: p("linux/arm64"),
+                        status: CheckStatus::Absent,
+                        reason: "layer 1 of 1 (sha256:a) not found for linux/arm64".into(),
+                    },
+                ]
+                .into(),
+            ),
+            ..CheckOutcome::available_at(Some("sha256:i".into()), None)
+        };
+        let amd64 = outcome.for_platforms(&[p("linux/amd64")]);
+        assert_eq!(amd64.status, CheckStatus::Available);
+        assert_eq!(amd64.reason, "");
+        assert_eq!(amd64.digest.as_deref(), Some("sha256:i"));
+        let both = outcome.for_platforms(&[p("linux/amd64"), p("linux/arm64")]);
+        assert_eq!(both.status, CheckStatus::Absent);
+        assert!(both.reason.contains("linux/arm64"), "{}", both.reason);
+        // Not walked, not offered: absent as containerd answers there.
+        let s390x = outcome.for_platforms(&[p("linux/s390x")]);
+        assert_eq!(s390x.status, CheckStatus::Absent);
+        assert!(
+            s390x
+                .reason
+                .starts_with("no match for platform linux/s390x")
+        );
+        // No platform known: the check's own outcome.
+        assert_eq!(outcome.for_platforms(&[]), outcome);
     }
 
     #[test]

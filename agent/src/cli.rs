@@ -1,6 +1,8 @@
 //! `cli`, the wiring: command-line flags (each also read from a `PULLWATCH_*`
 //! environment variable) and the checker (cri + keyring + route) built from them.
 
+use pullwatch::registry::NoObserver;
+use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,6 +247,15 @@ pub struct NodeArgs {
     /// request to every host of the route).
     #[arg(long, env = "PULLWATCH_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// How deep a check goes: `manifest` (the tag's manifest only), `platform` (down to
+    /// this node's child manifest), `blobs` (config and every layer, as the node pulls).
+    #[arg(long, env = "PULLWATCH_CHECK_DEPTH", value_enum, default_value_t = CheckDepth::Blobs)]
+    pub check_depth: CheckDepth,
+    /// Blobs of a tag whose digest did not change are verified again after this long
+    /// (at once when the digest changes); the runtime confirms a held image at most
+    /// this often too.
+    #[arg(long, env = "PULLWATCH_BLOB_CHECK_INTERVAL", default_value = "12h", value_parser = parse_duration)]
+    pub blob_check_interval: Duration,
 }
 
 /// Go duration syntax (`30s`, `1m30s`, `1.5h`, `300ms`), as every duration flag.
@@ -298,9 +309,14 @@ impl NodeArgs {
             runtime_auth: RuntimeAuth::load(&self.containerd_config)?,
             request_timeout: self.request_timeout,
         };
+        let walk = WalkSettings {
+            depth: self.check_depth,
+            blob_check_interval: self.blob_check_interval,
+            ..WalkSettings::default()
+        };
         let resolver = match metrics {
-            Some(metrics) => Resolver::observed(resolver_config, metrics),
-            None => Resolver::new(resolver_config),
+            Some(metrics) => Resolver::observed(resolver_config, walk, metrics),
+            None => Resolver::observed(resolver_config, walk, Arc::new(NoObserver)),
         }
         .with_runtime_dialect(self.runtime_dialect, self.crio_route());
         Ok(Checker::new(
@@ -311,7 +327,8 @@ impl NodeArgs {
                 pull_absent_images: self.pull_absent_images,
                 keep_pulled_images: self.keep_pulled_images,
             },
-        ))
+        )
+        .with_runtime_confirmation(self.blob_check_interval))
     }
 }
 

@@ -6,9 +6,14 @@
 //! - pullwatch: checker throughput for the same 2,000 distinct references at the
 //!   same concurrency, limits opened up so they do not cap it;
 //!
-//! and prints pullwatch / baseline (target >= 0.9). Then the peak RSS growth per
-//! 10,000 container references taken through inventory, index, store and a streamed
-//! scrape.
+//! and prints pullwatch / baseline (target >= 0.9), pullwatch measured in steady state
+//! (every reference checked once before: the pull path walked, its documents kept).
+//! Registry requests per check, counted in the registry's own access log: for those
+//! 2,000 tags (one image) in the first pass and in steady state; and for 40 distinct
+//! multi-arch images of 3 layers each, in the first pass, in steady state, and in a
+//! pass where `--blob-check-interval` has expired, with the amortized figure at the
+//! default intervals. Then the peak RSS growth per 10,000 container references taken
+//! through inventory, index, store and a streamed scrape.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU32;
@@ -20,6 +25,7 @@ use futures::StreamExt;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use pullwatch::registry::pull_path::{DEFAULT_BLOB_CHECK_INTERVAL, WalkSettings};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference};
 use pullwatch_aggregator::checker::limits::RegistryLimits;
 use pullwatch_aggregator::checker::{Checker, CheckerConfig};
@@ -27,12 +33,17 @@ use pullwatch_aggregator::index::{CheckKey, ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::pipeline::Pipeline;
-use pullwatch_testbench::{Registry, RegistryOptions, push_tags};
+use pullwatch_testbench::{Registry, RegistryOptions, push_tags, raw};
 
 const TAGS: usize = 2_000;
 const CONCURRENCY: usize = 32;
 const ROUNDS: usize = 3;
 const MANIFEST_ACCEPT: &str = pullwatch::registry::MANIFEST_ACCEPT;
+/// Distinct images for the cost of a first pass.
+const DISTINCT: usize = 40;
+const LAYERS: usize = 3;
+/// The default --check-interval, for the amortized figure.
+const CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -47,13 +58,40 @@ async fn main() -> anyhow::Result<()> {
     // Interleave rounds so drift on a shared machine affects both sides alike.
     let mut raw_best = 0.0f64;
     let mut pullwatch_best = 0.0f64;
+    let mut tag_costs = (0.0, 0.0);
     for _ in 0..ROUNDS {
         raw_best = raw_best.max(raw_head_throughput(&host, &tags).await?);
-        pullwatch_best = pullwatch_best.max(pullwatch_throughput(&host, &tags).await?);
+        let (throughput, first, steady) = pullwatch_throughput(&registry, &tags).await?;
+        pullwatch_best = pullwatch_best.max(throughput);
+        tag_costs = (first, steady);
     }
     println!("distinct references: {TAGS}, concurrency: {CONCURRENCY}, best of {ROUNDS} rounds");
     println!("baseline raw HEAD throughput:        {raw_best:.0} checks/s");
-    println!("pullwatch check throughput:          {pullwatch_best:.0} checks/s");
+    println!(
+        "pullwatch check throughput:          {pullwatch_best:.0} checks/s (steady state, --check-depth blobs)"
+    );
+    println!(
+        "registry requests per check, {TAGS} tags of one image: first pass {:.3}, steady state {:.3}",
+        tag_costs.0, tag_costs.1
+    );
+    let (first, steady, reverify) = distinct_image_costs(&registry).await?;
+    let checks_per_interval =
+        DEFAULT_BLOB_CHECK_INTERVAL.as_secs_f64() / CHECK_INTERVAL.as_secs_f64();
+    let amortized = steady + (reverify - steady) / checks_per_interval;
+    println!(
+        "registry requests per check, {DISTINCT} distinct indexes (amd64+arm64, {LAYERS} layers), walked for linux/amd64:"
+    );
+    println!(
+        "  first pass:                        {first:.2} (HEAD, index, child, config, one ranged GET per layer)"
+    );
+    println!("  steady state:                      {steady:.2}");
+    println!(
+        "  --blob-check-interval expired:     {reverify:.2} (HEAD, child HEAD, config and layers' first byte)"
+    );
+    println!(
+        "  amortized at --check-interval 5m, --blob-check-interval 12h: {amortized:.3} (goal <= 1.1) {}",
+        if amortized <= 1.1 { "OK" } else { "ABOVE GOAL" }
+    );
     let ratio = pullwatch_best / raw_best;
     println!(
         "ratio pullwatch / raw HEAD:          {ratio:.2} (target >= 0.90) {}",
@@ -97,7 +135,21 @@ async fn raw_head_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64>
     Ok(tags.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn pullwatch_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64> {
+/// Requests in the registry's access log since byte `start`.
+fn registry_requests(registry: &Registry, start: usize) -> usize {
+    registry.log()[start..]
+        .lines()
+        .filter(|l| l.contains(" - - [") && l.contains(" /v2/"))
+        .count()
+}
+
+/// Steady-state throughput over `tags`, and registry requests per check in the first
+/// pass and in the timed (steady) pass.
+async fn pullwatch_throughput(
+    registry: &Registry,
+    tags: &[String],
+) -> anyhow::Result<(f64, f64, f64)> {
+    let host = registry.host();
     let metrics = Metrics::new(false)?;
     let config = CheckerConfig {
         allow_plain_http: true,
@@ -119,8 +171,20 @@ async fn pullwatch_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    // Let the checker learn the registry's scheme once, as it would in a long-running process.
-    checker.check(&keys[0]).await;
+    // A first pass, as a long-running process has made before its steady state.
+    let start = registry.log().len();
+    let first = futures::stream::iter(&keys)
+        .map(|key| {
+            let checker = checker.clone();
+            async move { checker.check(key).await }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter(|o: &CheckOutcome| futures::future::ready(o.status == CheckStatus::Available))
+        .count()
+        .await;
+    anyhow::ensure!(first == keys.len(), "first pass: only {first} available");
+    let first_cost = registry_requests(registry, start) as f64 / keys.len() as f64;
+    let start = registry.log().len();
     let started = Instant::now();
     let available = futures::stream::iter(&keys)
         .map(|key| {
@@ -136,7 +200,87 @@ async fn pullwatch_throughput(host: &str, tags: &[String]) -> anyhow::Result<f64
         "pullwatch: only {available} of {} available",
         keys.len()
     );
-    Ok(keys.len() as f64 / started.elapsed().as_secs_f64())
+    let throughput = keys.len() as f64 / started.elapsed().as_secs_f64();
+    let steady_cost = registry_requests(registry, start) as f64 / keys.len() as f64;
+    Ok((throughput, first_cost, steady_cost))
+}
+
+/// Pushes `DISTINCT` multi-arch images with `LAYERS` layers per platform; registry
+/// requests per check in a first pass, a steady pass, and a pass after the blob check
+/// interval expired.
+async fn distinct_image_costs(registry: &Registry) -> anyhow::Result<(f64, f64, f64)> {
+    let host = registry.host();
+    let mut keys = Vec::new();
+    for i in 0..DISTINCT {
+        let repo = format!("distinct/app{i}");
+        let mut entries = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let mut layers = Vec::new();
+            let mut diff_ids = Vec::new();
+            for l in 0..LAYERS {
+                let (bytes, diff_id) = raw::layer(&format!("{repo} {arch} layer {l}"))?;
+                raw::push_blob(registry, &repo, &bytes).await?;
+                layers.push(raw::descriptor(raw::OCI_LAYER, &bytes));
+                diff_ids.push(diff_id);
+            }
+            let ids: Vec<&str> = diff_ids.iter().map(String::as_str).collect();
+            let config = raw::config(arch, &ids, &repo);
+            raw::push_blob(registry, &repo, &config).await?;
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": raw::OCI_MANIFEST,
+                "config": raw::descriptor(raw::OCI_CONFIG, &config),
+                "layers": layers,
+            }))?;
+            let digest = pullwatch_testbench::sha256_digest(&manifest);
+            raw::put_manifest(registry, &repo, &digest, raw::OCI_MANIFEST, &manifest).await?;
+            let mut entry = raw::descriptor(raw::OCI_MANIFEST, &manifest);
+            entry["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+            entries.push(entry);
+        }
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": raw::OCI_INDEX,
+            "manifests": entries,
+        }))?;
+        raw::put_manifest(registry, &repo, "v1", raw::OCI_INDEX, &index).await?;
+        keys.push(CheckKey::new(
+            ImageReference::parse(&format!("{host}/{repo}:v1"))?,
+            Arc::from(Vec::new()),
+        ));
+    }
+    // Long enough for the first and steady passes, short enough to wait for.
+    let expiry = Duration::from_secs(10);
+    let metrics = Metrics::new(false)?;
+    let config = CheckerConfig {
+        allow_plain_http: true,
+        max_concurrent_checks: CONCURRENCY,
+        registry_limits: RegistryLimits {
+            max_concurrency: CONCURRENCY,
+            requests_per_second: NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX),
+        },
+        request_timeout: Duration::from_secs(10),
+        walk: WalkSettings {
+            blob_check_interval: expiry,
+            ..WalkSettings::default()
+        },
+        platforms: vec!["linux/amd64".parse()?],
+        ..CheckerConfig::default()
+    };
+    let checker = Checker::new(&config, metrics.checker.clone())?;
+    let pass = async || -> anyhow::Result<f64> {
+        let start = registry.log().len();
+        for key in &keys {
+            let outcome = checker.check(key).await;
+            anyhow::ensure!(outcome.is_available(), "{}", outcome.reason);
+        }
+        Ok(registry_requests(registry, start) as f64 / keys.len() as f64)
+    };
+    let first = pass().await?;
+    let steady = pass().await?;
+    tokio::time::sleep(expiry).await;
+    let reverify = pass().await?;
+    Ok((first, steady, reverify))
 }
 
 /// Peak RSS (VmHWM) growth while `references` container references go through
@@ -190,6 +334,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
         warnings: Default::default(),
         platforms: Default::default(),
         own_sources: Default::default(),
+        walk_platforms: Vec::new(),
         settled: index
             .checks
             .values()

@@ -12,6 +12,7 @@ use crate::checker::CheckerConfig;
 use crate::checker::limits::RegistryLimits;
 use crate::index::{Filters, IndexOptions, LabelSelector, parse_image_regexes, parse_kinds};
 use crate::mirrors::Mirrors;
+use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -196,6 +197,16 @@ pub struct CheckerArgs {
     /// Requests per second to one registry.
     #[arg(long, env = "PULLWATCH_REGISTRY_QPS", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
     pub registry_qps: NonZeroU32,
+
+    /// How deep a check goes: `manifest` (the tag's manifest only), `platform` (down to
+    /// the platform's child manifest), `blobs` (config and every layer, as a node pulls).
+    #[arg(long, env = "PULLWATCH_CHECK_DEPTH", value_enum, default_value_t = CheckDepth::Blobs)]
+    pub check_depth: CheckDepth,
+
+    /// Blobs of a tag whose digest did not change are verified again after this long
+    /// (at once when the digest changes).
+    #[arg(long, env = "PULLWATCH_BLOB_CHECK_INTERVAL", default_value = "12h", value_parser = parse_duration)]
+    pub blob_check_interval: Duration,
 }
 
 /// Which container references are checked.
@@ -250,6 +261,12 @@ impl CheckerArgs {
                 requests_per_second: self.registry_qps,
             },
             index_platforms: !self.platforms.is_empty(),
+            walk: WalkSettings {
+                depth: self.check_depth,
+                blob_check_interval: self.blob_check_interval,
+                ..WalkSettings::default()
+            },
+            platforms: self.platforms.clone(),
         }
     }
 }

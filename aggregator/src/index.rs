@@ -297,6 +297,9 @@ pub struct ImageIndex {
     /// differently named sources (another namespace's secret): the check's source ->
     /// this container's own, so its reason names only its own namespace's secrets.
     pub own_sources: HashMap<ContainerRef, SourceRenames>,
+    /// Every platform a workload can land on (`--platform`, or the nodes'): the
+    /// platforms an index's pull path is walked for.
+    pub walk_platforms: Vec<Platform>,
 }
 
 /// Credential sources of a shared check -> a container's own: (theirs, its own).
@@ -314,6 +317,7 @@ impl ImageIndex {
         } else {
             options.platforms.clone()
         };
+        index.walk_platforms = candidates.clone();
         // Most workloads land on the same platforms: one shared list per set.
         let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
         let grouped = inventory.grouped_workloads();
@@ -513,7 +517,7 @@ impl ImageIndex {
         outcome: &CheckOutcome,
     ) -> Option<CheckOutcome> {
         let mut own = None;
-        if outcome.platforms.is_some() {
+        if outcome.platforms.is_some() || outcome.walked.is_some() {
             let key = (
                 container.kind,
                 container.namespace.clone(),

@@ -166,6 +166,7 @@ impl Pipeline {
         progress: &CycleProgress,
     ) -> CycleSummary {
         let started = Instant::now();
+        self.checker.set_platforms(&index.walk_platforms);
         for (container, outcome) in &index.settled {
             self.record(index, std::slice::from_ref(container), outcome);
             progress.done.fetch_add(1, Ordering::Relaxed);
@@ -314,6 +315,10 @@ impl CheckRunner for Pipeline {
 
     fn retain_registries(&self, registries: &BTreeSet<&str>) {
         self.checker.retain_registries(registries);
+    }
+
+    fn walk_platforms(&self, platforms: &[pullwatch::Platform]) {
+        self.checker.set_platforms(platforms);
     }
 
     fn agents(&self) -> Option<&dyn Agents> {

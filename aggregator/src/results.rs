@@ -23,18 +23,20 @@ pub fn fix(status: CheckStatus) -> &'static str {
     match status {
         CheckStatus::Available => "nothing",
         CheckStatus::Absent => {
-            "restore the tag, push the missing platform, or update the workload (or its nodeSelector)"
+            "restore the tag or the deleted manifest or blob (re-push the image), push the missing platform, or update the workload (or its nodeSelector)"
         }
         CheckStatus::BadImageFormat => "fix the image field",
         CheckStatus::RegistryUnavailable => {
-            "check the registry and the network path; `--capath` for private CAs"
+            "check the registry, its storage and the network path; `--capath` for private CAs"
         }
         CheckStatus::AuthenticationFailure => {
             "check the pull secret (expired token? wrong registry key?)"
         }
         CheckStatus::AuthorizationFailure => "grant the pull secret's account read access",
         CheckStatus::RateLimited => "authenticate, use a mirror, or lower `--registry-qps`",
-        CheckStatus::UnknownError => "read the aggregator's log",
+        CheckStatus::UnknownError => {
+            "fix the pushed content (or reference an image, not an artifact); else read the aggregator's log"
+        }
     }
 }
 

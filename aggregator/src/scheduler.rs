@@ -48,6 +48,8 @@ pub trait CheckRunner: Send + Sync + 'static {
     ) -> impl Future<Output = KeyCheck> + Send;
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
+    /// The platforms workloads can land on: an index's pull path is walked for each.
+    fn walk_platforms(&self, _platforms: &[pullwatch::Platform]) {}
     /// The node agents checks can go to, when they are enabled.
     fn agents(&self) -> Option<&dyn Agents>;
 }
@@ -243,6 +245,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
             .map(|k| k.reference.api_host())
             .collect();
         self.runner.retain_registries(&registries);
+        self.runner.walk_platforms(&index.walk_platforms);
         for (container, outcome) in &index.settled {
             self.sink
                 .record(&index, std::slice::from_ref(container), outcome);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
 use pullwatch_aggregator::checker::{Checker, CheckerConfig};
 use pullwatch_aggregator::index::CheckKey;
@@ -21,6 +22,18 @@ fn plain_config() -> CheckerConfig {
         allow_plain_http: true,
         request_timeout: Duration::from_secs(5),
         ..CheckerConfig::default()
+    }
+}
+
+/// For stubs: they answer manifest requests with made-up digests and serve no image
+/// behind them, so only the manifest request (what these tests are about) is made.
+fn stub_config() -> CheckerConfig {
+    CheckerConfig {
+        walk: WalkSettings {
+            depth: CheckDepth::Manifest,
+            ..WalkSettings::default()
+        },
+        ..plain_config()
     }
 }
 
@@ -340,7 +353,7 @@ async fn statuses_only_a_stub_can_produce() {
     .await
     .unwrap();
     let host = stub.host();
-    let (checker, _metrics) = checker(&plain_config());
+    let (checker, _metrics) = checker(&stub_config());
     for (repo, expected) in [
         ("forbidden", CheckStatus::AuthorizationFailure),
         ("broken", CheckStatus::RegistryUnavailable),
@@ -558,7 +571,7 @@ async fn per_registry_concurrency_and_rate_are_bounded() {
             max_concurrency: 3,
             requests_per_second: NonZeroU32::new(1000).unwrap(),
         },
-        ..plain_config()
+        ..stub_config()
     };
     let (bounded, _m) = checker(&config);
     let keys: Vec<CheckKey> = (0..12)
@@ -581,7 +594,7 @@ async fn per_registry_concurrency_and_rate_are_bounded() {
             max_concurrency: 12,
             requests_per_second: NonZeroU32::new(4).unwrap(),
         },
-        ..plain_config()
+        ..stub_config()
     };
     let (rated, _m) = checker(&config);
     let keys: Vec<CheckKey> = (0..12)
@@ -668,7 +681,7 @@ async fn token_endpoint_answers_are_classified_like_manifest_answers() {
     for (answer, expected) in cases {
         let code = answer.status;
         let bearer = BearerRegistry::start(answer).await.unwrap();
-        let (checker, metrics) = checker(&plain_config());
+        let (checker, metrics) = checker(&stub_config());
         let image = format!("{}/team/app:v1", bearer.host());
         let outcome = checker
             .check(&key(&image, &[("secret/ns/pull", "robot", SECRET)]))
@@ -819,7 +832,7 @@ async fn a_bearer_registry_costs_one_token_per_repository_and_one_head_per_check
     let bearer = BearerRegistry::start(BearerRegistry::token_ok(300))
         .await
         .unwrap();
-    let (checker, _m) = checker(&plain_config());
+    let (checker, _m) = checker(&stub_config());
     let host = bearer.host();
     let check = |image: String| {
         let k = key(&image, &[("secret/ns/s", "u", "p")]);
@@ -929,7 +942,7 @@ async fn plain_http_only_after_a_refusal_or_a_plain_http_answer() {
     .await
     .unwrap();
     let image = format!("{}/team/app:v1", plain.host());
-    let (allowed, _m) = checker(&plain_config());
+    let (allowed, _m) = checker(&stub_config());
     let outcome = allowed.check(&key(&image, &[])).await;
     assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
     assert_eq!(outcome.digest.as_deref(), Some(STUB_DIGEST));
@@ -1000,14 +1013,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         Some("application/vnd.oci.image.index.v1+json")
     );
 
-    let client = RegistryClient::new(
-        ClientConfig {
-            requests_per_second: None,
-            hints: Default::default(),
-            index_platforms: None,
-        },
-        Arc::new(NoObserver),
-    );
+    let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
     let http = reqwest::Client::new();
     let host = registry.host();
     let endpoint = Endpoint::new(&http, Scheme::Http, &host);
@@ -1041,7 +1047,8 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     })
     .await
     .unwrap();
-    let small = checker
+    let (stubbed, _m) = self::checker(&stub_config());
+    let small = stubbed
         .check(&key(&format!("{}/small/app:v1", stub.host()), &[]))
         .await;
     assert_eq!(small.status, CheckStatus::Available, "{}", small.reason);
@@ -1049,7 +1056,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         small.digest.as_deref(),
         Some("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
     );
-    let huge = checker
+    let huge = stubbed
         .check(&key(&format!("{}/huge/app:v1", stub.host()), &[]))
         .await;
     assert_eq!(huge.status, CheckStatus::UnknownError, "{}", huge.reason);
@@ -1066,14 +1073,7 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
     let bearer = BearerRegistry::start(BearerRegistry::token_ok(11))
         .await
         .unwrap();
-    let client = RegistryClient::new(
-        ClientConfig {
-            requests_per_second: None,
-            hints: Default::default(),
-            index_platforms: None,
-        },
-        Arc::new(NoObserver),
-    );
+    let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
     let http = reqwest::Client::new();
     let host = bearer.host();
     let endpoint = Endpoint::new(&http, Scheme::Http, &host);
@@ -1101,4 +1101,166 @@ async fn bearer_tokens_are_evicted_when_they_expire() {
         3,
         "an expired token is never reused"
     );
+}
+
+/// The requests of the registry's access log since `start`, as `METHOD path status`.
+fn access_log(registry: &Registry, start: usize) -> Vec<String> {
+    registry.log()[start..]
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("\"")?;
+            let (request, rest) = rest.split_once("\" ")?;
+            let status = rest.split_whitespace().next()?;
+            let mut parts = request.split_whitespace();
+            let (method, path) = (parts.next()?, parts.next()?);
+            path.starts_with("/v2/")
+                .then(|| format!("{method} {path} {status}"))
+        })
+        .collect()
+}
+
+/// The walk's cost, counted in the registry's own access log: a first check reads the
+/// index, the child, the config and the first byte of each layer; a second one within
+/// `--blob-check-interval` is one `HEAD`, and never `GET`s a manifest again; once the
+/// interval passed, the blobs are verified again (and a deleted layer is seen), while
+/// the manifests and config stay read.
+#[tokio::test]
+async fn the_walk_costs_one_head_per_check_in_steady_state() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "walk/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    let amd64 = &index.platforms[0];
+    assert_eq!(amd64.architecture, "amd64");
+    let interval = Duration::from_secs(2);
+    let (checker, _m) = checker(&CheckerConfig {
+        walk: WalkSettings {
+            blob_check_interval: interval,
+            ..WalkSettings::default()
+        },
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        ..plain_config()
+    });
+    let key = key(&index.reference, &[]);
+
+    let start = registry.log().len();
+    let first = checker.check(&key).await;
+    assert_eq!(first.status, CheckStatus::Available, "{}", first.reason);
+    let requests = access_log(&registry, start);
+    let kinds: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            let mut p = r.split_whitespace();
+            let (method, path, status) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+            let kind = if path.contains("/manifests/") {
+                "manifests"
+            } else {
+                "blobs"
+            };
+            format!("{method} {kind} {status}")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "HEAD manifests 200",
+            "GET manifests 200",
+            "GET manifests 200",
+            "GET blobs 200",
+            "GET blobs 206"
+        ],
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("GET /v2/walk/app/manifests/{}", amd64.digest))),
+        "the amd64 child is read: {requests:#?}"
+    );
+
+    let start = registry.log().len();
+    for _ in 0..3 {
+        let again = checker.check(&key).await;
+        assert_eq!(again.status, CheckStatus::Available, "{}", again.reason);
+    }
+    assert_eq!(
+        access_log(&registry, start),
+        [
+            "HEAD /v2/walk/app/manifests/v1 200",
+            "HEAD /v2/walk/app/manifests/v1 200",
+            "HEAD /v2/walk/app/manifests/v1 200"
+        ],
+        "steady state: one HEAD per check"
+    );
+
+    // A layer of the amd64 child goes; within the interval that is not seen (the
+    // documented cost trade-off), after it, it is.
+    let child = registry
+        .get_manifest("walk/app", &amd64.digest)
+        .await
+        .unwrap();
+    let child: serde_json::Value = serde_json::from_slice(&child.body).unwrap();
+    let layer = child["layers"][0]["digest"].as_str().unwrap().to_string();
+    let deleted = registry
+        .request(
+            http::Method::DELETE,
+            &format!("/v2/walk/app/blobs/{layer}"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    tokio::time::sleep(interval + Duration::from_millis(200)).await;
+    let start = registry.log().len();
+    let after = checker.check(&key).await;
+    assert_eq!(after.status, CheckStatus::Absent, "{}", after.reason);
+    assert!(
+        after
+            .reason
+            .contains(&format!("layer 1 of 1 ({layer}) not found for linux/amd64")),
+        "{}",
+        after.reason
+    );
+    let requests = access_log(&registry, start);
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.starts_with("GET /v2/walk/app/manifests/")),
+        "kept manifests are not fetched again: {requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with(&format!("HEAD /v2/walk/app/manifests/{}", amd64.digest))),
+        "the child's existence is verified: {requests:#?}"
+    );
+}
+
+/// Two tags of one index checked at once (two checks, not joined): the index and its
+/// child are each read once, the second check waiting for the first's read.
+#[tokio::test]
+async fn concurrent_checks_read_each_document_once() {
+    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let index = push_image(&registry, "twice/app", "v1", ImageFormat::OciIndex)
+        .await
+        .unwrap();
+    registry.move_tag("twice/app", "v1", "v2").await.unwrap();
+    let (checker, _m) = checker(&CheckerConfig {
+        platforms: vec!["linux/amd64".parse().unwrap()],
+        ..plain_config()
+    });
+    let start = registry.log().len();
+    let v2 = index.reference.replace(":v1", ":v2");
+    let (first, second) = (key(&index.reference, &[]), key(&v2, &[]));
+    let (a, b) = tokio::join!(checker.check(&first), checker.check(&second));
+    assert!(a.is_available() && b.is_available(), "{a:?} {b:?}");
+    let requests = access_log(&registry, start);
+    for digest in [&index.digest, &index.platforms[0].digest] {
+        let gets = requests
+            .iter()
+            .filter(|r| r.starts_with(&format!("GET /v2/twice/app/manifests/{digest}")))
+            .count();
+        assert_eq!(gets, 1, "{digest}: {requests:#?}");
+    }
 }

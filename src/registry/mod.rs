@@ -21,6 +21,7 @@
 pub mod challenge;
 pub mod classify;
 pub mod pause;
+pub mod pull_path;
 pub mod quota;
 
 use std::collections::{BTreeSet, HashMap};
@@ -110,7 +111,7 @@ pub struct NoObserver;
 impl RegistryObserver for NoObserver {}
 
 /// Settings of a [`RegistryClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientConfig {
     /// Requests per second to one host (None: unbounded).
     pub requests_per_second: Option<NonZeroU32>,
@@ -119,6 +120,8 @@ pub struct ClientConfig {
     /// Read the platforms of an index a check answers (one `GET` by digest per new
     /// index, cached by digest with this many entries); None: never fetch index bodies.
     pub index_platforms: Option<usize>,
+    /// How deep a check walks the pull path ([`pull_path`]).
+    pub walk: pull_path::WalkSettings,
 }
 
 /// How to reach a host.
@@ -181,6 +184,18 @@ impl Object {
     }
 }
 
+/// How much of an object a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// `HEAD` (`GET` where a registry refuses `HEAD` on manifests).
+    Head,
+    /// `GET`, the body read up to this many bytes.
+    Body(usize),
+    /// `GET` of the first byte only (`Range: bytes=0-0`): what a node's download meets
+    /// (redirects followed to the storage), without downloading the object.
+    FirstByte,
+}
+
 /// The result of one check against one host.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -195,7 +210,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn local(outcome: CheckOutcome, origin: String) -> Answer {
+    pub(crate) fn local(outcome: CheckOutcome, origin: String) -> Answer {
         Answer {
             outcome,
             http_status: None,
@@ -242,6 +257,12 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<TokenKey, (String, Instant)>>,
     /// Platforms of the indexes seen, by digest (content-addressed: never stale).
     indexes: Mutex<HashMap<String, Arc<[Platform]>>>,
+    /// What the walk read of manifests, indexes and configs, by digest (immutable).
+    documents: Mutex<pull_path::DocumentCache>,
+    /// When each pull path's blobs were last verified.
+    verified: Mutex<HashMap<pull_path::VerifiedKey, Instant>>,
+    /// Documents being read now, by digest: concurrent misses wait for one read.
+    reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -262,14 +283,14 @@ enum Authorization {
 
 /// The final HTTP answer of a conversation about one object.
 #[derive(Clone)]
-struct Final {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Final {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
     /// The body was longer than its cap.
-    truncated: bool,
+    pub(crate) truncated: bool,
     /// The bearer token the request carried, to keep out of the reason.
-    bearer: Option<String>,
+    pub(crate) bearer: Option<String>,
 }
 
 /// Why a conversation ended without a final answer.
@@ -351,8 +372,16 @@ fn redact_with_bearer(
     redactor.redact(&text)
 }
 
+/// The `Content-Length` an answer declares.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The media type without parameters.
-fn media_type(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -364,11 +393,14 @@ impl RegistryClient {
     pub fn new(config: ClientConfig, observer: Arc<dyn RegistryObserver>) -> Self {
         crate::support::install_crypto_provider();
         RegistryClient {
-            config,
             observer,
             hosts: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
+            documents: Mutex::new(pull_path::DocumentCache::new(config.walk.cache_entries)),
+            verified: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
+            config,
         }
     }
 
@@ -472,7 +504,7 @@ impl RegistryClient {
     }
 
     async fn manifest_check(&self, target: Target<'_, '_>, reference: &str) -> Answer {
-        let (mut answer, body) = self.manifest_answer(target, reference).await;
+        let (mut answer, body, _) = self.manifest_answer(target, reference).await;
         if !answer.outcome.is_available() {
             return answer;
         }
@@ -484,9 +516,12 @@ impl RegistryClient {
             .media_type
             .as_deref()
             .is_some_and(crate::platform::is_index);
-        if let (Some(capacity), true, Some(digest)) = (
+        // A deeper check's walk reads the index itself (once per digest, kept).
+        let walks = self.config.walk.depth != pull_path::CheckDepth::Manifest;
+        if let (Some(capacity), true, false, Some(digest)) = (
             self.config.index_platforms,
             is_index,
+            walks,
             answer.outcome.digest.clone(),
         ) {
             answer.outcome.platforms = self.index_platforms(target, &digest, body, capacity).await;
@@ -535,27 +570,51 @@ impl RegistryClient {
         }
     }
 
-    /// The classified answer for a manifest, with its digest and media type, and its
-    /// body when one was read.
-    async fn manifest_answer(
+    /// The classified answer for a manifest, with its digest and media type, its body
+    /// when one was read, and its size as the answer declared it (`Content-Length`).
+    ///
+    /// A `Docker-Content-Digest` that is not a valid digest is refused, as containerd's
+    /// resolver refuses it.
+    pub(crate) async fn manifest_answer(
         &self,
         target: Target<'_, '_>,
         reference: &str,
-    ) -> (Answer, Option<Bytes>) {
-        let answer = self.ask(target, Object::Manifest, reference, false).await;
+    ) -> (Answer, Option<Bytes>, Option<u64>) {
+        let answer = self
+            .ask(target, Object::Manifest, reference, Want::Head)
+            .await;
         let (answer, final_) = match answer {
             Ok(pair) => pair,
-            Err(answer) => return (answer, None),
+            Err(answer) => return (answer, None, None),
         };
         if !answer.outcome.is_available() {
-            return (answer, None);
+            return (answer, None, None);
         }
+        let size = content_length(&final_.headers);
         let digest = final_
             .headers
             .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
             .filter(|v| !v.is_empty());
+        if let Some(digest) = &digest
+            && crate::reference::validate_digest(digest).is_err()
+        {
+            let shown: String = digest.chars().take(100).collect();
+            return (
+                Answer {
+                    outcome: CheckOutcome::new(
+                        CheckStatus::UnknownError,
+                        format!(
+                            "{}: Docker-Content-Digest {shown:?} is not a valid digest (containerd refuses it)",
+                            answer.origin
+                        ),
+                    ),
+                    ..answer
+                },
+                None,
+                None,
+            );
+        }
         match digest {
             Some(digest) => (
                 Answer {
@@ -563,10 +622,11 @@ impl RegistryClient {
                     ..answer
                 },
                 (!final_.body.is_empty()).then(|| final_.body.clone()),
+                size,
             ),
             None if !final_.body.is_empty() || final_.truncated => {
                 let body = final_.body.clone();
-                (self.digest_of_body(answer, final_), Some(body))
+                (self.digest_of_body(answer, final_), Some(body), size)
             }
             None => {
                 // A HEAD answered without Docker-Content-Digest: the body tells.
@@ -576,13 +636,22 @@ impl RegistryClient {
                     reference,
                     "no Docker-Content-Digest; fetching the manifest"
                 );
-                match self.ask(target, Object::Manifest, reference, true).await {
+                match self
+                    .ask(
+                        target,
+                        Object::Manifest,
+                        reference,
+                        Want::Body(MAX_MANIFEST_BYTES),
+                    )
+                    .await
+                {
                     Ok((answer, final_)) if answer.outcome.is_available() => {
                         let body = final_.body.clone();
-                        (self.digest_of_body(answer, final_), Some(body))
+                        let size = Some(body.len() as u64);
+                        (self.digest_of_body(answer, final_), Some(body), size)
                     }
-                    Ok((answer, _)) => (answer, None),
-                    Err(answer) => (answer, None),
+                    Ok((answer, _)) => (answer, None, None),
+                    Err(answer) => (answer, None, None),
                 }
             }
         }
@@ -611,7 +680,7 @@ impl RegistryClient {
     }
 
     async fn blob_check(&self, target: Target<'_, '_>, digest: &str) -> Answer {
-        match self.ask(target, Object::Blob, digest, false).await {
+        match self.ask(target, Object::Blob, digest, Want::Head).await {
             Ok((mut answer, _)) => {
                 if answer.outcome.is_available() {
                     answer.outcome.digest = Some(digest.to_string());
@@ -642,7 +711,14 @@ impl RegistryClient {
     }
 
     async fn fetch(&self, target: Target<'_, '_>, digest: &str) -> Result<Manifest, Answer> {
-        let (answer, final_) = self.ask(target, Object::Manifest, digest, true).await?;
+        let (answer, final_) = self
+            .ask(
+                target,
+                Object::Manifest,
+                digest,
+                Want::Body(MAX_MANIFEST_BYTES),
+            )
+            .await?;
         if !answer.outcome.is_available() {
             return Err(answer);
         }
@@ -669,12 +745,12 @@ impl RegistryClient {
 
     /// One object, over the scheme(s) the endpoint allows. Ok: the host answered
     /// (classified answer + the final response); Err: a classified failure.
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         target: Target<'_, '_>,
         object: Object,
         reference: &str,
-        want_body: bool,
+        want: Want,
     ) -> Result<(Answer, Final), Answer> {
         let Target {
             endpoint,
@@ -703,7 +779,7 @@ impl RegistryClient {
                 endpoint.host
             );
             match self
-                .converse(&state, target, plain, &origin, object, reference, want_body)
+                .converse(&state, target, plain, &origin, object, reference, want)
                 .await
             {
                 Ok(final_) => {
@@ -861,7 +937,7 @@ impl RegistryClient {
         origin: &str,
         object: Object,
         reference: &str,
-        want_body: bool,
+        want: Want,
     ) -> Result<Final, Failure> {
         let Target {
             endpoint,
@@ -902,13 +978,26 @@ impl RegistryClient {
             ),
             _ => Authorization::None,
         };
-        let mut method = if want_body { Method::GET } else { Method::HEAD };
+        let mut want = want;
+        let mut method = if want == Want::Head {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        // Blobs are asked for as containerd's fetcher does: any type.
+        let accept = match object {
+            Object::Manifest => endpoint.accept,
+            Object::Blob => "*/*",
+        };
         let mut challenged = false;
         for _ in 0..MAX_RESPONSES {
             let mut request = endpoint
                 .http
                 .request(method.clone(), &url)
-                .header(http::header::ACCEPT, endpoint.accept);
+                .header(http::header::ACCEPT, accept);
+            if want == Want::FirstByte {
+                request = request.header(http::header::RANGE, "bytes=0-0");
+            }
             for (name, value) in endpoint.headers {
                 request = request.header(name.as_str(), value.as_str());
             }
@@ -979,15 +1068,18 @@ impl RegistryClient {
             {
                 debug!(host = endpoint.host, %status, "registry refuses HEAD; asking with GET");
                 method = Method::GET;
+                want = Want::Body(MAX_MANIFEST_BYTES);
                 continue;
             }
-            let cap = if status.is_success() {
-                MAX_MANIFEST_BYTES
-            } else {
-                MAX_ERROR_BYTES
+            let cap = match want {
+                _ if !status.is_success() => MAX_ERROR_BYTES,
+                Want::Body(cap) => cap,
+                // The first byte is all a ranged request asks; a server that ignores
+                // the range is not read further (the body is dropped unread).
+                Want::Head | Want::FirstByte => 0,
             };
             let headers = response.headers().clone();
-            let (body, truncated) = if method == Method::GET {
+            let (body, truncated) = if method == Method::GET && cap > 0 {
                 read_capped(response, cap, deadline).await.map_err(|e| {
                     Failure::Outcome(CheckOutcome::new(
                         CheckStatus::RegistryUnavailable,
@@ -1229,14 +1321,7 @@ mod tests {
 
     #[test]
     fn hosts_that_leave_take_their_state_and_only_their_own_token_endpoints() {
-        let client = RegistryClient::new(
-            ClientConfig {
-                requests_per_second: None,
-                hints: Default::default(),
-                index_platforms: None,
-            },
-            Arc::new(NoObserver),
-        );
+        let client = RegistryClient::new(ClientConfig::default(), Arc::new(NoObserver));
         for (host, realm) in [
             ("a.example", "auth.shared"),
             ("b.example", "auth.shared"),

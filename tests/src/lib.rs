@@ -17,6 +17,7 @@ pub mod fleet;
 mod http_client;
 mod procfs;
 mod promtool;
+mod pull_proxy;
 mod push;
 mod quota_proxy;
 mod registry;
@@ -47,7 +48,10 @@ pub use echo::{EchoMode, EchoRegistry, ISSUED_TOKEN, echo_encodings};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
 pub use procfs::{owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds};
 pub use promtool::promtool_check_metrics;
-pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
+pub use pull_proxy::{ProxiedRequest, ProxyRule, PullProxy};
+pub use push::{
+    ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, raw, sha256_digest,
+};
 pub use quota_proxy::{QUOTA_WINDOW_SECONDS, QuotaProxy};
 pub use registry::{Registry, RegistryOptions};
 pub use stub::{RecordedRequest, StubResponse, StubServer};

@@ -602,3 +602,128 @@ mod tests {
         assert!(check_repo_and_tag("ok/repo", "v1.2-x_y").is_ok());
     }
 }
+
+/// Raw pushes for states no image builder makes (artifacts, unlabelled or nested index
+/// entries, foreign layers, wrong sizes), and deletes through the registry API.
+pub mod raw {
+    use anyhow::{Result, bail};
+    use serde_json::json;
+
+    use super::{gzip_tar_layer, sha256_digest, upload_path};
+    use crate::registry::Registry;
+
+    pub const OCI_MANIFEST: &str = super::OCI_MANIFEST;
+    pub const OCI_INDEX: &str = super::OCI_INDEX;
+    pub const OCI_CONFIG: &str = super::OCI_CONFIG;
+    pub const OCI_LAYER: &str = super::OCI_LAYER;
+    pub const DOCKER_MANIFEST: &str = super::DOCKER_MANIFEST;
+    pub const DOCKER_CONFIG: &str = super::DOCKER_CONFIG;
+    pub const DOCKER_FOREIGN_LAYER: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+    /// A gzipped tar layer with one file holding `content`: (bytes, diff_id).
+    pub fn layer(content: &str) -> Result<(Vec<u8>, String)> {
+        gzip_tar_layer(content.as_bytes())
+    }
+
+    /// An image config for `os/arch` with these `diff_ids`.
+    pub fn config(arch: &str, diff_ids: &[&str], label: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": { "Labels": { "dev.pullwatch.test": label }, "Cmd": ["/bin/true"] },
+            "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        }))
+        .unwrap_or_default()
+    }
+
+    /// A descriptor of `bytes` as `media_type`.
+    pub fn descriptor(media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() })
+    }
+
+    /// Uploads a blob to `repo` (skipped when it is there); returns its digest.
+    pub async fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) -> Result<String> {
+        let digest = sha256_digest(bytes);
+        let start = registry
+            .request(
+                http::Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                Vec::new(),
+            )
+            .await?;
+        let location = match (start.status, start.header("location")) {
+            (202, Some(l)) => upload_path(l),
+            _ => bail!("starting an upload to {repo}: status {}", start.status),
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = registry
+            .request(
+                http::Method::PUT,
+                &format!("{location}{sep}digest={digest}"),
+                &[("content-type", "application/octet-stream")],
+                bytes.to_vec(),
+            )
+            .await?;
+        if put.status != 201 {
+            bail!(
+                "uploading {digest} to {repo}: status {} {}",
+                put.status,
+                put.text()
+            );
+        }
+        Ok(digest)
+    }
+
+    /// `PUT`s a manifest document under `reference` (a tag or its digest); returns the
+    /// digest the registry answered.
+    pub async fn put_manifest(
+        registry: &Registry,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<String> {
+        let resp = registry
+            .request(
+                http::Method::PUT,
+                &format!("/v2/{repo}/manifests/{reference}"),
+                &[("content-type", media_type)],
+                body.to_vec(),
+            )
+            .await?;
+        if resp.status != 201 {
+            bail!(
+                "PUT manifest {repo}:{reference}: status {} {}",
+                resp.status,
+                resp.text()
+            );
+        }
+        Ok(resp
+            .header("docker-content-digest")
+            .map(str::to_string)
+            .unwrap_or_else(|| sha256_digest(body)))
+    }
+
+    /// Deletes blob `digest` from `repo` (`storage.delete.enabled`), as garbage
+    /// collection or a lifecycle rule would.
+    pub async fn delete_blob(registry: &Registry, repo: &str, digest: &str) -> Result<()> {
+        let resp = registry
+            .request(
+                http::Method::DELETE,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                &[],
+                Vec::new(),
+            )
+            .await?;
+        if resp.status != 202 {
+            bail!(
+                "DELETE blob {repo}@{digest}: status {} {}",
+                resp.status,
+                resp.text()
+            );
+        }
+        Ok(())
+    }
+}

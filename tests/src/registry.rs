@@ -29,6 +29,9 @@ pub struct RegistryOptions {
     pub tls: Option<TestCa>,
     /// Bind `[::1]` instead of `127.0.0.1`.
     pub ipv6: bool,
+    /// Accept manifests whose layers carry `urls` (foreign layers): distribution
+    /// refuses them unless `validation.manifests.urls.allow` is set.
+    pub allow_foreign_urls: bool,
 }
 
 /// A running `docker-registry` on a loopback port, with filesystem storage in a temp dir.
@@ -131,6 +134,7 @@ impl Registry {
                 &storage,
                 htpasswd_path.as_deref(),
                 tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                opts.allow_foreign_urls,
             );
             std::fs::write(&registry.config_path, config)?;
             let log_len_before = registry.log().len();
@@ -394,6 +398,7 @@ fn render_config(
     storage: &Path,
     htpasswd: Option<&Path>,
     tls: Option<(&Path, &Path)>,
+    allow_foreign_urls: bool,
 ) -> String {
     let mut c = format!(
         "version: 0.1\n\
@@ -424,6 +429,9 @@ fn render_config(
             yaml_str(&cert.to_string_lossy()),
             yaml_str(&key.to_string_lossy())
         ));
+    }
+    if allow_foreign_urls {
+        c.push_str("validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n");
     }
     if let Some(path) = htpasswd {
         c.push_str(&format!(

@@ -370,6 +370,7 @@ async fn ipv6_registry_gets_images_over_the_api() {
         ipv6: true,
         tls: Some(TestCa::new().unwrap()),
         htpasswd: Some(("carol".into(), "pw6".into())),
+        ..RegistryOptions::default()
     })
     .await
     .unwrap();

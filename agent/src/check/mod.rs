@@ -19,10 +19,12 @@
 
 pub mod resolve;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential};
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -116,7 +118,15 @@ pub struct Checker {
     runtime_known: AtomicBool,
     /// This node's platform: an index without an entry for it cannot be pulled here.
     platform: Platform,
+    /// How long the runtime's confirmation of a held image stands (zero: every check).
+    confirm_interval: Duration,
+    /// When the runtime last confirmed (image, digest, credential source): a `PullImage`
+    /// by digest commits containerd's metadata store, so it is not repeated every check.
+    confirmed: Mutex<HashMap<(String, String, String), Instant>>,
 }
+
+/// Runtime confirmations remembered at most (oldest expired first).
+const MAX_CONFIRMED: usize = 16_384;
 
 impl std::fmt::Debug for Checker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,7 +157,40 @@ impl Checker {
             options,
             runtime_known: AtomicBool::new(false),
             platform: Platform::host(),
+            confirm_interval: Duration::ZERO,
+            confirmed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets the runtime's confirmation of a held image (a `PullImage` by digest) stand
+    /// for `interval`: in between, a held image whose tag still resolves to the digest
+    /// the node holds, along the same route with the same credential, is answered by
+    /// the walk of its pull path alone, with no runtime write.
+    pub fn with_runtime_confirmation(mut self, interval: Duration) -> Checker {
+        self.confirm_interval = interval;
+        self
+    }
+
+    fn recently_confirmed(&self, key: &(String, String, String)) -> bool {
+        !self.confirm_interval.is_zero()
+            && lock(&self.confirmed)
+                .get(key)
+                .is_some_and(|at| at.elapsed() < self.confirm_interval)
+    }
+
+    fn confirmed_now(&self, key: (String, String, String)) {
+        if self.confirm_interval.is_zero() {
+            return;
+        }
+        let mut confirmed = lock(&self.confirmed);
+        if confirmed.len() >= MAX_CONFIRMED {
+            let interval = self.confirm_interval;
+            confirmed.retain(|_, at| at.elapsed() < interval);
+            if confirmed.len() >= MAX_CONFIRMED {
+                confirmed.clear();
+            }
+        }
+        confirmed.insert(key, Instant::now());
     }
 
     /// Tells the resolver which containerd it stands in for (once; retried while the
@@ -259,6 +302,15 @@ impl Checker {
             Err(_) if mode == Mode::Resolve => None,
             Err(error) => return runtime_failed(report, &error),
         };
+        // A record without a repo digest is what a failed pull leaves (containerd keeps
+        // the tag of an artifact it could not unpack): nothing the node could run from,
+        // so not held. Nor is it pulled over (a pull would replace the record and the
+        // clean-up after it remove it): it is resolved, with its pull path walked.
+        let unpulled_record = held
+            .as_ref()
+            .is_some_and(|image| image.repo_digests.is_empty());
+        let held = held.filter(|image| !image.repo_digests.is_empty());
+        let pull_absent_images = self.options.pull_absent_images && !unpulled_record;
         report.image_present = held.is_some();
         let held_digests: Vec<String> = held
             .as_ref()
@@ -278,13 +330,10 @@ impl Checker {
             None
         } else if let Some(digest) = &pinned {
             // A digest cannot move: pulling it re-points nothing.
-            (held.is_some() || self.options.pull_absent_images)
-                .then(|| (target.clone(), Some(digest.clone())))
+            (held.is_some() || pull_absent_images).then(|| (target.clone(), Some(digest.clone())))
         } else if held.is_none() {
             // Nothing held under this tag: nothing a pull could re-point.
-            self.options
-                .pull_absent_images
-                .then(|| (target.clone(), None))
+            pull_absent_images.then(|| (target.clone(), None))
         } else {
             // A held tag: resolve first, then confirm by digest if nothing moved.
             None
@@ -327,9 +376,24 @@ impl Checker {
                     {
                         if held_digests.iter().any(|d| d == now) {
                             report.tag_moved = Some(false);
-                            report.mode = Mode::Pull.as_str().to_string();
-                            let by_digest = format!("{}@{now}", reference.name());
-                            self.pull(&by_digest, &candidates).await
+                            let source = resolved
+                                .as_ref()
+                                .map(|(source, _)| source.clone())
+                                .unwrap_or_default();
+                            let key = (target.clone(), now.clone(), source);
+                            if self.recently_confirmed(&key) {
+                                // The walk just said the node could pull it; the runtime
+                                // said so too, recently, for this digest and route.
+                                PullResult::Resolved(resolved, attempts)
+                            } else {
+                                report.mode = Mode::Pull.as_str().to_string();
+                                let by_digest = format!("{}@{now}", reference.name());
+                                let result = self.pull(&by_digest, &candidates).await;
+                                if matches!(result, PullResult::Done(Ok(_))) {
+                                    self.confirmed_now(key);
+                                }
+                                result
+                            }
                         } else {
                             report.tag_moved = Some(true);
                             debug!(image = %target, held = ?held_digests, %now, "tag moved; not pulled");
@@ -423,7 +487,7 @@ impl Checker {
             let source = source_of(*candidate);
             let resolved = self
                 .resolver
-                .resolve(reference, candidate.map(|c| &c.credential))
+                .resolve_for(reference, candidate.map(|c| &c.credential), &self.platform)
                 .await;
             if resolved.outcome.is_available() {
                 debug!(image = %reference, host = ?resolved.served_by, %source, digest = ?resolved.outcome.digest, "resolved");

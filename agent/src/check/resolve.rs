@@ -29,12 +29,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pullwatch::registry::classify::Hints;
+use pullwatch::registry::pull_path::{CheckDepth, Top, WalkSettings};
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
     RegistryObserver, Scheme, Target,
 };
 use pullwatch::support::{error_chain, install_crypto_provider, lock};
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, RegistryCredential};
+use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use tracing::debug;
 
 use crate::route::crio::CrioRouteConfig;
@@ -101,6 +102,7 @@ pub struct Resolver {
     route_runtime: Mutex<RouteRuntime>,
     clients: Mutex<HashMap<u64, reqwest::Client>>,
     registry: RegistryClient,
+    depth: CheckDepth,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -121,15 +123,22 @@ pub struct Resolved {
 }
 
 impl Resolver {
+    /// A resolver that walks the whole pull path (the default depth).
     pub fn new(config: ResolverConfig) -> Resolver {
-        Resolver::observed(config, Arc::new(NoObserver))
+        Resolver::observed(config, WalkSettings::default(), Arc::new(NoObserver))
     }
 
-    /// A resolver whose registry answers `observer` hears about (the pull quotas
-    /// registries announce, for the agent's metrics and the aggregator).
-    pub fn observed(config: ResolverConfig, observer: Arc<dyn RegistryObserver>) -> Resolver {
+    /// A resolver that walks the pull path as deep as `walk` says, and whose registry
+    /// answers `observer` hears about (the pull quotas registries announce, for the
+    /// agent's metrics and the aggregator).
+    pub fn observed(
+        config: ResolverConfig,
+        walk: WalkSettings,
+        observer: Arc<dyn RegistryObserver>,
+    ) -> Resolver {
         install_crypto_provider();
         Resolver {
+            depth: walk.depth,
             config,
             dialect: Mutex::new(HostsDialect::default()),
             runtime_dialect: RuntimeDialect::Auto,
@@ -145,6 +154,10 @@ impl Resolver {
                     },
                     // An agent checks its own node's platform against every index.
                     index_platforms: Some(INDEX_CACHE_ENTRIES),
+                    walk: WalkSettings {
+                        cache_entries: INDEX_CACHE_ENTRIES,
+                        ..walk
+                    },
                 },
                 observer,
             ),
@@ -212,11 +225,23 @@ impl Resolver {
     }
 
     /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
-    /// own per-host credentials, or anonymous).
+    /// own per-host credentials, or anonymous), for a node of this process's platform.
     pub async fn resolve(
         &self,
         image: &ImageReference,
         credential: Option<&RegistryCredential>,
+    ) -> Resolved {
+        self.resolve_for(image, credential, &Platform::host()).await
+    }
+
+    /// Resolves `image` with `credential` and walks its pull path for `platform` along
+    /// the same route, as deep as the resolver's depth: what the node's containerd
+    /// fetches (the child for its platform, the config and every layer's first byte).
+    pub async fn resolve_for(
+        &self,
+        image: &ImageReference,
+        credential: Option<&RegistryCredential>,
+        platform: &Platform,
     ) -> Resolved {
         let deadline = Deadline::after(self.config.request_timeout);
         let registry = image.registry();
@@ -255,7 +280,7 @@ impl Resolver {
         for (object, reference) in &paths {
             for route_endpoint in &route.endpoints {
                 let host = &route_endpoint.host;
-                let (client, credential) = match self.prepare(route_endpoint, credential) {
+                let (client, sent) = match self.prepare(route_endpoint, credential) {
                     Ok(prepared) => prepared,
                     Err(refused) => {
                         let (what, failure) = *refused;
@@ -274,7 +299,7 @@ impl Resolver {
                 let target = Target {
                     endpoint: &endpoint,
                     repository: &route_endpoint.repository,
-                    credential,
+                    credential: sent,
                     deadline: &deadline,
                 };
                 let answer = self.registry.check(target, *object, reference).await;
@@ -284,6 +309,22 @@ impl Resolver {
                     // A digest reference resolves to itself, whatever path answered.
                     if let Some(d) = digest {
                         outcome.digest = Some(d.to_string());
+                    }
+                    if self.depth != CheckDepth::Manifest
+                        && let Some(top) = outcome.digest.clone()
+                    {
+                        let top = Top {
+                            digest: top,
+                            media_type: outcome.media_type.clone(),
+                            size: None,
+                            body: None,
+                        };
+                        // containerd fetches what it resolved from every endpoint able
+                        // to pull, in order: the route by digest.
+                        let fetch_route = self.route(image, true).unwrap_or(route.clone());
+                        self.walk(credential, &fetch_route, &top, platform, &deadline)
+                            .await
+                            .apply(&mut outcome);
                     }
                     return Resolved {
                         outcome,
@@ -353,6 +394,52 @@ impl Resolver {
             ))
         })?;
         Ok((client, credential))
+    }
+
+    /// The pull path from `top` along the endpoints a node fetches from (`route`: the
+    /// route by digest, every endpoint able to pull, in order; each with the
+    /// credential the runtime would send it; endpoints it would not ask are skipped).
+    async fn walk(
+        &self,
+        credential: Option<&RegistryCredential>,
+        route: &Route,
+        top: &Top,
+        platform: &Platform,
+        deadline: &Deadline,
+    ) -> pullwatch::registry::pull_path::PullPath {
+        let prepared: Vec<(&RouteEndpoint, reqwest::Client, Option<&RegistryCredential>)> = route
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                self.prepare(endpoint, credential)
+                    .ok()
+                    .map(|(client, credential)| (endpoint, client, credential))
+            })
+            .collect();
+        let endpoints: Vec<Endpoint<'_>> = prepared
+            .iter()
+            .map(|(route_endpoint, client, _)| {
+                host_endpoint(
+                    &route_endpoint.host,
+                    client,
+                    route_endpoint.namespace.as_deref(),
+                    route_endpoint.http_fallback,
+                )
+            })
+            .collect();
+        let targets: Vec<Target<'_, '_>> = endpoints
+            .iter()
+            .zip(&prepared)
+            .map(|(endpoint, (route_endpoint, _, credential))| Target {
+                endpoint,
+                repository: &route_endpoint.repository,
+                credential: *credential,
+                deadline,
+            })
+            .collect();
+        self.registry
+            .walk_pull_path(&targets, top, std::slice::from_ref(platform))
+            .await
     }
 
     /// Fetches the manifest or index `digest` of `image`'s repository along the same

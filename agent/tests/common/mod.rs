@@ -139,6 +139,38 @@ pub fn blob_gets(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// The config digests `reference` of `repo` leads to (through an index's children).
+pub async fn config_digests(
+    registry: &pullwatch_testbench::Registry,
+    repo: &str,
+    reference: &str,
+) -> Vec<String> {
+    let read = |reference: String| async move {
+        let answer = registry.get_manifest(repo, &reference).await.unwrap();
+        serde_json::from_slice::<serde_json::Value>(&answer.body).unwrap()
+    };
+    let top = read(reference.to_string()).await;
+    let mut manifests = vec![top.clone()];
+    for child in top["manifests"].as_array().into_iter().flatten() {
+        manifests.push(read(child["digest"].as_str().unwrap().to_string()).await);
+    }
+    manifests
+        .iter()
+        .filter_map(|m| m["config"]["digest"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Blob downloads in an access log: `GET`s of blobs other than a config in `configs`
+/// that were not a 1-byte ranged answer (the pull-path walk reads a layer's first byte
+/// only, as a node's download would start, and configs whole).
+pub fn layer_downloads(log: &str, configs: &[String]) -> Vec<String> {
+    blob_gets(log)
+        .into_iter()
+        .filter(|l| !l.contains("\" 206 1 "))
+        .filter(|l| !configs.iter().any(|c| l.contains(c.as_str())))
+        .collect()
+}
+
 pub fn path_buf(p: &Path) -> PathBuf {
     p.to_path_buf()
 }

@@ -20,10 +20,12 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 use pullwatch::registry::classify::Hints;
+use pullwatch::registry::pull_path::WalkSettings;
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
+    Target,
 };
-use pullwatch::{ImageReference, RegistryCredential};
+use pullwatch::{ImageReference, Platform, RegistryCredential};
 
 use crate::index::CheckKey;
 use limits::{Registries, RegistryLimits};
@@ -45,6 +47,11 @@ pub struct CheckerConfig {
     /// Read the platforms of indexes (one GET per new index digest): on when the
     /// platforms workloads land on are checked (`--platform`, or a cluster's nodes).
     pub index_platforms: bool,
+    /// How deep a check walks the pull path (`--check-depth`, `--blob-check-interval`).
+    pub walk: WalkSettings,
+    /// The platforms an index's pull path is walked for until the index says which
+    /// platforms workloads land on (`--platform`); none: this process's own.
+    pub platforms: Vec<Platform>,
 }
 
 impl Default for CheckerConfig {
@@ -60,6 +67,8 @@ impl Default for CheckerConfig {
                 requests_per_second: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             },
             index_platforms: false,
+            walk: WalkSettings::default(),
+            platforms: Vec::new(),
         }
     }
 }
@@ -99,6 +108,9 @@ struct Inner {
     in_flight: Mutex<HashMap<CheckKey, SharedCheck>>,
     metrics: CheckerMetrics,
     request_timeout: Duration,
+    /// The platforms an index's pull path is walked for: every platform a workload
+    /// can land on (the index's candidates), else `--platform`, else this process's.
+    platforms: Mutex<Arc<[Platform]>>,
 }
 
 impl Checker {
@@ -122,6 +134,10 @@ impl Checker {
                     },
                 },
                 index_platforms: config.index_platforms.then_some(INDEX_CACHE_ENTRIES),
+                walk: WalkSettings {
+                    cache_entries: INDEX_CACHE_ENTRIES,
+                    ..config.walk
+                },
             },
             Arc::new(MetricsObserver(metrics.clone())),
         );
@@ -139,8 +155,21 @@ impl Checker {
                 in_flight: Mutex::new(HashMap::new()),
                 metrics,
                 request_timeout: config.request_timeout,
+                platforms: Mutex::new(config.platforms.clone().into()),
             }),
         })
+    }
+
+    /// The platforms workloads can land on, as the index found them (the nodes', or
+    /// `--platform`): an index's pull path is walked for each. Empty keeps the last.
+    pub fn set_platforms(&self, platforms: &[Platform]) {
+        if platforms.is_empty() {
+            return;
+        }
+        let mut current = lock(&self.inner.platforms);
+        if &**current != platforms {
+            *current = platforms.to_vec().into();
+        }
     }
 
     /// Forgets what is kept per registry host for hosts not in `hosts` (the index's
@@ -289,15 +318,16 @@ impl Inner {
             accept: MANIFEST_ACCEPT,
             ..Endpoint::new(&self.http, self.scheme, reference.api_host())
         };
+        let target = Target {
+            endpoint: &endpoint,
+            repository: reference.repository(),
+            credential,
+            deadline,
+        };
+        let platforms = lock(&self.platforms).clone();
         let mut outcome = self
             .client
-            .check_manifest(
-                &endpoint,
-                reference.repository(),
-                reference.manifest_reference(),
-                credential,
-                deadline,
-            )
+            .check_pull_path(target, reference.manifest_reference(), &platforms)
             .await
             .outcome;
         if outcome.status == CheckStatus::AuthenticationFailure && credential.is_none() {

@@ -1,0 +1,1273 @@
+//! The pull path, walked as containerd's CRI `PullImage` walks it, without downloading
+//! a layer: the tag's manifest, the child an index offers for each platform (chosen
+//! as containerd's `platforms` matcher and `images.LimitManifests` choose it: nested
+//! indexes walked, entries without `platform` matched through the child's config), that
+//! child by digest, its config (read and checked to be an image config) and the first
+//! byte of every layer, each along the route a node would fetch it from (redirects
+//! followed to the storage).
+//!
+//! Why a ranged `GET` and not a `HEAD` for blobs: Distribution answers a blob `HEAD`
+//! itself without redirecting, so a `HEAD` says "present" while the storage behind the
+//! redirect is down; and registries redirect to pre-signed storage URLs signed for
+//! `GET` only, where a `HEAD` is refused although the download works. A 1-byte `GET`
+//! meets what the node's download meets, and its `Content-Range` says the size served.
+//!
+//! Cost: manifests by digest and configs are immutable, so what was read of them is
+//! kept by digest ([`DocumentCache`], bounded) and never fetched twice while kept.
+//! Whether the blobs (child manifests, config, layers) still exist is verified again
+//! when the tag's digest changes, else at most once per
+//! [`WalkSettings::blob_check_interval`]; the manifest `HEAD` runs every check.
+//!
+//! Document types are small serde structs rather than `oci-spec`'s: containerd reads
+//! these documents with Go's lenient `encoding/json` (a missing `rootfs` is zero
+//! `diff_ids`, a missing `platform` is none), and a strict parser would refuse
+//! documents containerd pulls, or blur "not an image" into "not JSON".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use tracing::debug;
+
+use super::{Answer, Final, MAX_MANIFEST_BYTES, Object, RegistryClient, Target, Want};
+use crate::platform::Platform;
+use crate::status::PlatformVerdict;
+use crate::support::lock;
+use crate::{CheckOutcome, CheckStatus, RegistryCredential};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_SCHEMA1: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    "application/vnd.docker.distribution.manifest.v1+json",
+];
+const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+/// Configs are read up to this size; a larger one is checked for existence and size
+/// only (containerd reads it whole, so its content is not judged here).
+pub const MAX_CONFIG_BYTES: usize = 8 << 20;
+/// Indexes nested deeper than this are refused (containerd has no limit; this is a
+/// bound on what a registry can make a check do).
+const MAX_NESTING: usize = 8;
+/// Layers verified at once within one check.
+const LAYER_CONCURRENCY: usize = 3;
+/// Verified pull paths remembered (one entry per tag digest, platform and credential).
+const MAX_VERIFIED: usize = 65_536;
+
+/// How deep a check goes (`--check-depth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum CheckDepth {
+    /// The tag's manifest only (one `HEAD`): what checks did before the walk.
+    Manifest,
+    /// Down to the platform's child manifest (no config, no layers).
+    Platform,
+    /// Down to the config and every layer blob (their first byte): a node could pull it.
+    #[default]
+    Blobs,
+}
+
+impl CheckDepth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckDepth::Manifest => "manifest",
+            CheckDepth::Platform => "platform",
+            CheckDepth::Blobs => "blobs",
+        }
+    }
+}
+
+/// How the walk goes and what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct WalkSettings {
+    pub depth: CheckDepth,
+    /// Blobs of an unchanged tag digest are verified again after this long.
+    pub blob_check_interval: Duration,
+    /// Documents (manifests, indexes, config summaries) kept by digest.
+    pub cache_entries: usize,
+}
+
+/// The default `--blob-check-interval`: 12 h. At the default 5 min check interval a
+/// re-verification of an image with 10 layers (child, config, layers: 12 requests)
+/// spread over 144 checks adds 0.08 requests per check, keeping the steady state under
+/// 1.1 requests per check; registries' garbage collection runs nightly or weekly, so
+/// a deleted blob is seen within half a day of it (and at once when the tag moves).
+pub const DEFAULT_BLOB_CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+
+impl Default for WalkSettings {
+    fn default() -> Self {
+        WalkSettings {
+            depth: CheckDepth::Blobs,
+            blob_check_interval: DEFAULT_BLOB_CHECK_INTERVAL,
+            cache_entries: 4096,
+        }
+    }
+}
+
+/// The tag's manifest as its request answered: where the walk starts.
+#[derive(Clone, Debug)]
+pub struct Top {
+    pub digest: String,
+    pub media_type: Option<String>,
+    /// The size the answer declared (`Content-Length`), when it did.
+    pub size: Option<u64>,
+    /// The body, when the answer had one.
+    pub body: Option<Bytes>,
+}
+
+/// What the walk found.
+#[derive(Clone, Debug)]
+pub struct PullPath {
+    /// A single manifest: its verdict; an index: available where some walked platform
+    /// pulls it, else the first platform's failure (see `verdicts` for each).
+    pub status: CheckStatus,
+    pub reason: String,
+    /// An index: the platforms its entries offer.
+    pub offered: Option<Vec<Platform>>,
+    /// An index: the verdict for each platform walked.
+    pub verdicts: Option<Vec<PlatformVerdict>>,
+}
+
+impl PullPath {
+    /// Folds the walk into the outcome of the tag's manifest request.
+    pub fn apply(self, outcome: &mut CheckOutcome) {
+        outcome.status = self.status;
+        outcome.reason = self.reason;
+        if let Some(offered) = self.offered {
+            outcome.platforms = Some(offered.into());
+        }
+        if let Some(verdicts) = self.verdicts {
+            outcome.walked = Some(verdicts.into());
+        }
+    }
+}
+
+// ---- documents -------------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct Descriptor {
+    #[serde(default, rename = "mediaType")]
+    media_type: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    platform: Option<DescriptorPlatform>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct DescriptorPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: String,
+}
+
+impl DescriptorPlatform {
+    fn normalized(&self) -> Platform {
+        Platform::new(&self.os, &self.architecture, &self.variant)
+    }
+}
+
+#[derive(Default, Deserialize)]
+struct RawDocument {
+    #[serde(default, rename = "mediaType")]
+    media_type: String,
+    #[serde(default, rename = "artifactType")]
+    artifact_type: String,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default, rename = "fsLayers")]
+    fs_layers: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    rootfs: RawRootFs,
+}
+
+#[derive(Default, Deserialize)]
+struct RawRootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// What a walk needs of a document, kept by digest.
+#[derive(Debug)]
+enum Document {
+    Index(Vec<Descriptor>),
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        artifact_type: String,
+    },
+    /// A schema 1 manifest: containerd converts it; its blobs are not walked.
+    Schema1,
+    /// An image config: its platform and how many layers it describes; None when it
+    /// was too large to read (then not judged).
+    Config(Option<ConfigSummary>),
+    /// Content containerd refuses: why.
+    Refused(String),
+}
+
+#[derive(Debug)]
+struct ConfigSummary {
+    platform: Platform,
+    diff_ids: usize,
+}
+
+fn is_manifest_type(media_type: &str) -> bool {
+    media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+}
+
+/// containerd's `images.IsLayerType`.
+pub fn is_layer_type(media_type: &str) -> bool {
+    if media_type.starts_with("application/vnd.oci.image.layer.") {
+        return true;
+    }
+    let base = media_type.split('+').next().unwrap_or(media_type);
+    matches!(
+        base,
+        "application/vnd.docker.image.rootfs.diff.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd"
+    )
+}
+
+/// Reads a manifest or index as containerd does (`images.Children` with
+/// `validateMediaType`), for the media type it was asked by.
+fn parse_manifest(body: &[u8], media_type: &str) -> Document {
+    let raw: RawDocument = match serde_json::from_slice(body) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return Document::Refused(format!(
+                "is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ));
+        }
+    };
+    if DOCKER_SCHEMA1.contains(&media_type) {
+        return Document::Schema1;
+    }
+    if !raw.fs_layers.is_empty() {
+        return Document::Refused("is a schema 1 manifest under another media type".into());
+    }
+    if crate::platform::is_index(media_type) {
+        if !raw.layers.is_empty() {
+            return Document::Refused("media-type: expected index but found manifest".into());
+        }
+        return Document::Index(raw.manifests);
+    }
+    if is_manifest_type(media_type) {
+        if !raw.manifests.is_empty() {
+            return Document::Refused(format!(
+                "media-type: expected manifest but found index ({media_type})"
+            ));
+        }
+        let Some(config) = raw.config.filter(|c| !c.digest.is_empty()) else {
+            return Document::Refused("has no config".into());
+        };
+        return Document::Image {
+            config,
+            layers: raw.layers,
+            artifact_type: raw.artifact_type,
+        };
+    }
+    Document::Refused(format!(
+        "is not an image: media type {media_type} (containerd pulls OCI and Docker images and indexes)"
+    ))
+}
+
+fn parse_config(body: &[u8]) -> Document {
+    match serde_json::from_slice::<RawConfig>(body) {
+        Ok(config) => Document::Config(Some(ConfigSummary {
+            platform: Platform::new(&config.os, &config.architecture, ""),
+            diff_ids: config.rootfs.diff_ids.len(),
+        })),
+        Err(e) => Document::Refused(format!(
+            "is not an image config: not a JSON object of that form (line {}, column {}); containerd refuses it",
+            e.line(),
+            e.column()
+        )),
+    }
+}
+
+/// The media type a manifest body names, when its answer named none.
+fn sniff_media_type(body: &[u8]) -> Option<String> {
+    let raw: RawDocument = serde_json::from_slice(body).ok()?;
+    if !raw.media_type.is_empty() {
+        return Some(raw.media_type);
+    }
+    if !raw.manifests.is_empty() {
+        Some("application/vnd.oci.image.index.v1+json".into())
+    } else if raw.config.is_some() {
+        Some(OCI_MANIFEST.into())
+    } else {
+        None
+    }
+}
+
+/// The digest of `body` by `digest`'s algorithm (None: an algorithm not computed).
+fn digest_like(digest: &str, body: &[u8]) -> Option<String> {
+    use sha2::Digest as _;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match digest.split_once(':').map(|(a, _)| a) {
+        Some("sha256") => Some(format!("sha256:{}", hex(&sha2::Sha256::digest(body)))),
+        Some("sha384") => Some(format!("sha384:{}", hex(&sha2::Sha384::digest(body)))),
+        Some("sha512") => Some(format!("sha512:{}", hex(&sha2::Sha512::digest(body)))),
+        _ => None,
+    }
+}
+
+/// Documents by digest, oldest out first.
+pub(crate) struct DocumentCache {
+    map: HashMap<String, Arc<Document>>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl DocumentCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        DocumentCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&self, digest: &str) -> Option<Arc<Document>> {
+        self.map.get(digest).cloned()
+    }
+
+    fn insert(&mut self, digest: &str, document: Arc<Document>) {
+        if self.map.insert(digest.to_string(), document).is_none() {
+            self.order.push_back(digest.to_string());
+        }
+        while self.map.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// A pull path verified at a time: (host, repository, tag digest, platform, credential).
+pub(crate) type VerifiedKey = (String, String, String, String, u64);
+
+// ---- the walk --------------------------------------------------------------------
+
+/// Why one platform's path fails.
+type Failed = (CheckStatus, String);
+
+/// The kind of object a document is read as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Manifest,
+    Config,
+}
+
+fn for_platform(platform: Option<&Platform>) -> String {
+    platform.map(|p| format!(" for {p}")).unwrap_or_default()
+}
+
+/// The failure a request's answer means for `what`.
+fn failed(what: &str, platform: Option<&Platform>, answer: &Answer) -> Failed {
+    let plat = for_platform(platform);
+    match answer.outcome.status {
+        CheckStatus::Absent => (
+            CheckStatus::Absent,
+            format!(
+                "{what} not found{plat} ({}: HTTP {})",
+                answer.origin,
+                answer
+                    .http_status
+                    .map_or_else(|| "?".to_string(), |c| c.to_string())
+            ),
+        ),
+        status => (status, format!("{what}{plat}: {}", answer.outcome.reason)),
+    }
+}
+
+/// The size a 1-byte ranged answer says the whole object has.
+fn served_size(final_: &Final) -> Option<u64> {
+    if final_.status == StatusCode::PARTIAL_CONTENT {
+        final_
+            .headers
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, total)| total.trim().parse().ok())
+    } else {
+        super::content_length(&final_.headers)
+    }
+}
+
+fn size_mismatch(what: &str, platform: Option<&Platform>, served: u64, declared: i64) -> Failed {
+    (
+        CheckStatus::UnknownError,
+        format!(
+            "{what}{}: the registry serves {served} bytes but the manifest declares {declared} (containerd refuses it: unexpected commit size)",
+            for_platform(platform)
+        ),
+    )
+}
+
+struct Walk<'c, 'r, 'e, 'a> {
+    client: &'c RegistryClient,
+    route: &'r [Target<'e, 'a>],
+    /// Whether existence is verified this time (else only what is not kept is read).
+    verify: bool,
+    depth: CheckDepth,
+}
+
+impl Walk<'_, '_, '_, '_> {
+    /// Asks each host of the route in turn, as containerd's fetcher does: a 404 moves on,
+    /// another failure is remembered and the next host tried; the first success wins.
+    async fn along(&self, object: Object, digest: &str, want: Want) -> Result<Final, Answer> {
+        let mut first_failure: Option<Answer> = None;
+        let mut not_found: Option<Answer> = None;
+        for target in self.route {
+            match self.client.ask(*target, object, digest, want).await {
+                Ok((answer, final_)) if answer.outcome.is_available() => return Ok(final_),
+                Ok((answer, _)) if answer.outcome.status == CheckStatus::Absent => {
+                    not_found.get_or_insert(answer);
+                }
+                Ok((answer, _)) | Err(answer) => {
+                    first_failure.get_or_insert(answer);
+                }
+            }
+        }
+        Err(first_failure.or(not_found).unwrap_or_else(|| {
+            Answer::local(
+                CheckOutcome::new(CheckStatus::UnknownError, "no host to ask"),
+                String::new(),
+            )
+        }))
+    }
+
+    /// The document `desc` points at: kept, else fetched by digest along the route (its
+    /// size and digest verified). When kept and due for verification, its existence
+    /// (and size) is confirmed with one cheap request.
+    async fn document(
+        &self,
+        desc: &Descriptor,
+        kind: Kind,
+        what: &str,
+        platform: Option<&Platform>,
+        body: Option<&Bytes>,
+    ) -> Result<Arc<Document>, Failed> {
+        let kept = lock(&self.client.documents).get(&desc.digest);
+        if let Some(document) = kept {
+            if self.verify {
+                self.exists(desc, kind, what, platform).await?;
+            }
+            return Ok(document);
+        }
+        // Checks that miss the same digest at once read it once: the others wait for
+        // the first and find it kept.
+        let gate = self.client.document_gate(&desc.digest);
+        let _reading = gate.lock().await;
+        let kept = lock(&self.client.documents).get(&desc.digest);
+        if let Some(document) = kept {
+            self.client.release_gate(&desc.digest);
+            return Ok(document);
+        }
+        let result = self.read_document(desc, kind, what, platform, body).await;
+        self.client.release_gate(&desc.digest);
+        result
+    }
+
+    /// Reads a document that is not kept: fetched by digest along the route (or from
+    /// the body the tag's answer carried), its size and digest verified, kept.
+    async fn read_document(
+        &self,
+        desc: &Descriptor,
+        kind: Kind,
+        what: &str,
+        platform: Option<&Platform>,
+        body: Option<&Bytes>,
+    ) -> Result<Arc<Document>, Failed> {
+        let (object, cap) = match kind {
+            Kind::Manifest => (Object::Manifest, MAX_MANIFEST_BYTES),
+            Kind::Config => (Object::Blob, MAX_CONFIG_BYTES),
+        };
+        let fetched;
+        let body = match body {
+            Some(body) => body,
+            None => {
+                let final_ = self
+                    .along(object, &desc.digest, Want::Body(cap))
+                    .await
+                    .map_err(|answer| failed(what, platform, &answer))?;
+                if final_.truncated {
+                    if kind == Kind::Manifest {
+                        return Err((
+                            CheckStatus::UnknownError,
+                            format!(
+                                "{what}{}: larger than {} MiB (containerd refuses it too)",
+                                for_platform(platform),
+                                MAX_MANIFEST_BYTES >> 20
+                            ),
+                        ));
+                    }
+                    // Too large to judge its content: its existence is all that is known.
+                    return Ok(Arc::new(Document::Config(None)));
+                }
+                fetched = final_.body;
+                &fetched
+            }
+        };
+        if desc.size > 0 && body.len() as u64 != desc.size as u64 {
+            return Err(size_mismatch(what, platform, body.len() as u64, desc.size));
+        }
+        if let Some(actual) = digest_like(&desc.digest, body)
+            && actual != desc.digest
+        {
+            return Err((
+                CheckStatus::UnknownError,
+                format!(
+                    "{what}{}: the registry serves content with digest {actual} (containerd refuses it: unexpected commit digest)",
+                    for_platform(platform)
+                ),
+            ));
+        }
+        let document = Arc::new(match kind {
+            Kind::Manifest => {
+                let media_type = if desc.media_type.is_empty() {
+                    sniff_media_type(body).unwrap_or_default()
+                } else {
+                    desc.media_type.clone()
+                };
+                parse_manifest(body, &media_type)
+            }
+            Kind::Config => parse_config(body),
+        });
+        lock(&self.client.documents).insert(&desc.digest, document.clone());
+        Ok(document)
+    }
+
+    /// That a kept document is still served (and at its size).
+    async fn exists(
+        &self,
+        desc: &Descriptor,
+        kind: Kind,
+        what: &str,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        let (object, want) = match kind {
+            Kind::Manifest => (Object::Manifest, Want::Head),
+            Kind::Config => (Object::Blob, Want::FirstByte),
+        };
+        let final_ = self
+            .along(object, &desc.digest, want)
+            .await
+            .map_err(|answer| failed(what, platform, &answer))?;
+        let served = if kind == Kind::Config {
+            served_size(&final_)
+        } else {
+            super::content_length(&final_.headers)
+        };
+        match served {
+            Some(served) if desc.size > 0 && served != desc.size as u64 => {
+                Err(size_mismatch(what, platform, served, desc.size))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// That a layer can be downloaded: its first byte, from its `urls` first (as
+    /// containerd's fetcher: a URL that answers 404 moves on, another failure fails the
+    /// pull), else from the registry.
+    async fn layer(
+        &self,
+        layer: &Descriptor,
+        what: &str,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        for url in &layer.urls {
+            let Ok(parsed) = reqwest::Url::parse(url) else {
+                continue;
+            };
+            if !matches!(parsed.scheme(), "http" | "https") {
+                continue;
+            }
+            match self.foreign_first_byte(parsed).await {
+                Ok(served) => {
+                    return match served {
+                        Some(served) if layer.size > 0 && served != layer.size as u64 => {
+                            Err(size_mismatch(what, platform, served, layer.size))
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                Err(None) => continue,
+                Err(Some((status, reason))) => {
+                    return Err((
+                        status,
+                        format!("{what}{}: its URL {url}: {reason}", for_platform(platform)),
+                    ));
+                }
+            }
+        }
+        let final_ = self
+            .along(Object::Blob, &layer.digest, Want::FirstByte)
+            .await
+            .map_err(|answer| failed(what, platform, &answer))?;
+        match served_size(&final_) {
+            Some(served) if layer.size > 0 && served != layer.size as u64 => {
+                Err(size_mismatch(what, platform, served, layer.size))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The first byte of a foreign layer's URL, asked as containerd asks it (no
+    /// credentials). Ok: the size served; Err(None): 404; Err(Some): another failure.
+    async fn foreign_first_byte(&self, url: reqwest::Url) -> Result<Option<u64>, Option<Failed>> {
+        let Some(first) = self.route.first() else {
+            return Err(None);
+        };
+        let request = first
+            .endpoint
+            .http
+            .get(url)
+            .header(http::header::RANGE, "bytes=0-0");
+        let sent = tokio::time::timeout_at(first.deadline.at().into(), request.send()).await;
+        let response = match sent {
+            Err(_) => {
+                return Err(Some((
+                    CheckStatus::RegistryUnavailable,
+                    "timed out (the check's deadline passed)".into(),
+                )));
+            }
+            Ok(Err(error)) => {
+                return Err(Some((
+                    CheckStatus::RegistryUnavailable,
+                    crate::support::error_chain(&error),
+                )));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(None);
+        }
+        if !status.is_success() {
+            let outcome = super::classify::classify_response(status, b"");
+            return Err(Some((outcome.status, format!("HTTP {status}"))));
+        }
+        let final_ = Final {
+            status,
+            headers: response.headers().clone(),
+            body: Bytes::new(),
+            truncated: false,
+            bearer: None,
+        };
+        Ok(served_size(&final_))
+    }
+
+    /// One platform's path (None: a single manifest) from the tag's manifest down.
+    async fn platform_path(&self, top: &Top, platform: Option<&Platform>) -> Result<(), Failed> {
+        let mut desc = Descriptor {
+            media_type: top.media_type.clone().unwrap_or_default(),
+            digest: top.digest.clone(),
+            size: top.size.map_or(0, |s| s as i64),
+            ..Descriptor::default()
+        };
+        if desc.media_type.is_empty()
+            && let Some(body) = &top.body
+        {
+            desc.media_type = sniff_media_type(body).unwrap_or_default();
+        }
+        let mut what = format!("manifest {}", top.digest);
+        let mut top_body = top.body.as_ref();
+        // Whether the child was chosen without a `platform` field: its config decides.
+        let mut unlabelled = false;
+        let mut offered = Vec::new();
+        for _ in 0..MAX_NESTING {
+            // The tag's own manifest was just answered: no need to confirm it exists.
+            let document = if desc.digest == top.digest {
+                let walk = Walk {
+                    verify: false,
+                    ..*self
+                };
+                walk.document(&desc, Kind::Manifest, &what, platform, top_body.take())
+                    .await?
+            } else {
+                self.document(&desc, Kind::Manifest, &what, platform, None)
+                    .await?
+            };
+            match &*document {
+                Document::Refused(why) => {
+                    return Err((
+                        CheckStatus::UnknownError,
+                        format!("{what}{} {why}", for_platform(platform)),
+                    ));
+                }
+                Document::Schema1 | Document::Config(_) => return Ok(()),
+                Document::Index(entries) => {
+                    let node = platform.cloned().unwrap_or_else(Platform::host);
+                    offered.extend(
+                        entries
+                            .iter()
+                            .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
+                    );
+                    let Some(chosen) = choose(entries, &node) else {
+                        // What containerd answers there, with what the index has.
+                        let mut listed: Vec<Platform> = Vec::new();
+                        for p in offered
+                            .iter()
+                            .filter(|p| p.os != "unknown" && !p.os.is_empty())
+                        {
+                            if !listed.contains(p) {
+                                listed.push(p.clone());
+                            }
+                        }
+                        return Err((
+                            CheckStatus::Absent,
+                            crate::platform::missing_reason(&[&node], &listed),
+                        ));
+                    };
+                    unlabelled = chosen.platform.is_none();
+                    what = if crate::platform::is_index(&chosen.media_type) {
+                        format!("nested index {}", chosen.digest)
+                    } else {
+                        format!("platform manifest {}", chosen.digest)
+                    };
+                    desc = chosen.clone();
+                }
+                Document::Image {
+                    config,
+                    layers,
+                    artifact_type,
+                } => {
+                    return self
+                        .image(config, layers, artifact_type, platform, unlabelled)
+                        .await;
+                }
+            }
+        }
+        Err((
+            CheckStatus::UnknownError,
+            format!("indexes nested deeper than {MAX_NESTING}"),
+        ))
+    }
+
+    /// An image manifest's config and layers.
+    async fn image(
+        &self,
+        config: &Descriptor,
+        layers: &[Descriptor],
+        artifact_type: &str,
+        platform: Option<&Platform>,
+        unlabelled: bool,
+    ) -> Result<(), Failed> {
+        let config_what = format!("config {}", config.digest);
+        let mut summary = None;
+        if unlabelled || self.depth == CheckDepth::Blobs {
+            let document = self
+                .document(config, Kind::Config, &config_what, platform, None)
+                .await?;
+            match &*document {
+                Document::Config(found) => {
+                    summary = found.as_ref().map(|s| (s.platform.clone(), s.diff_ids))
+                }
+                Document::Refused(why) => {
+                    // Existence first, as containerd fetches everything before unpacking.
+                    if self.depth == CheckDepth::Blobs {
+                        self.layers(layers, platform).await?;
+                    }
+                    return Err((
+                        CheckStatus::UnknownError,
+                        format!("{config_what}{} {why}", for_platform(platform)),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if unlabelled
+            && let (Some(node), Some((config_platform, _))) = (platform, &summary)
+            && !node.runs(config_platform)
+        {
+            return Err((
+                CheckStatus::Absent,
+                format!(
+                    "no match for platform {node} in the manifest index (its entry without a platform is {config_platform}, by its config)"
+                ),
+            ));
+        }
+        if self.depth != CheckDepth::Blobs {
+            return Ok(());
+        }
+        self.layers(layers, platform).await?;
+        if let Some((_, diff_ids)) = summary
+            && diff_ids != layers.len()
+        {
+            let artifact = if !artifact_type.is_empty() {
+                format!(", artifactType {artifact_type}")
+            } else if config.media_type == HELM_CONFIG {
+                ", a Helm chart".to_string()
+            } else {
+                String::new()
+            };
+            return Err((
+                CheckStatus::UnknownError,
+                format!(
+                    "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
+                    for_platform(platform),
+                    if config.media_type.is_empty() {
+                        "(none)"
+                    } else {
+                        &config.media_type
+                    },
+                    layers.len()
+                ),
+            ));
+        }
+        if let Some((i, layer)) = layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| !is_layer_type(&l.media_type))
+        {
+            return Err((
+                CheckStatus::UnknownError,
+                format!(
+                    "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
+                    i + 1,
+                    layers.len(),
+                    layer.digest,
+                    for_platform(platform),
+                    layer.media_type
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn layers(
+        &self,
+        layers: &[Descriptor],
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        if !self.verify {
+            return Ok(());
+        }
+        // A few at once, as containerd fetches layers (its CRI's max_concurrent_downloads
+        // is 3), so many layers fit the deadline; the per-registry limits still apply.
+        // The first failure in layer order is the answer.
+        let total = layers.len();
+        let indexed: Vec<(usize, &Descriptor)> = layers.iter().enumerate().collect();
+        for chunk in indexed.chunks(LAYER_CONCURRENCY) {
+            let mut pending = Vec::with_capacity(chunk.len());
+            for &(i, layer) in chunk {
+                pending.push(self.numbered_layer(layer, i, total, platform));
+            }
+            for result in futures::future::join_all(pending).await {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn numbered_layer(
+        &self,
+        layer: &Descriptor,
+        i: usize,
+        total: usize,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        let what = format!("layer {} of {total} ({})", i + 1, layer.digest);
+        self.layer(layer, &what, platform).await
+    }
+}
+
+/// The child containerd pulls for a node of `node`'s platform: entries it runs, in its
+/// order of preference (`platforms.Only`), then entries without a platform, in index
+/// order (`images.FilterPlatforms` + `images.LimitManifests(…, 1)`).
+fn choose<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<&'d Descriptor> {
+    let vector = node.runnable();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let rank = match &e.platform {
+                None => usize::MAX,
+                Some(p) => vector.iter().position(|v| *v == p.normalized())?,
+            };
+            Some((rank, e))
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, e)| e)
+}
+
+impl RegistryClient {
+    /// The gate of reads of `digest` (one read per digest at a time).
+    fn document_gate(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.reading)
+            .entry(digest.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the gate of `digest` once nobody else holds it.
+    fn release_gate(&self, digest: &str) {
+        let mut reading = lock(&self.reading);
+        if reading
+            .get(digest)
+            .is_some_and(|gate| Arc::strong_count(gate) <= 2)
+        {
+            reading.remove(digest);
+        }
+    }
+
+    /// Walks the pull path from `top` (the tag's manifest, as its request answered)
+    /// along `route` (the hosts a node fetches from, in order; every request under the
+    /// first target's deadline, with each target's credential), for each of
+    /// `platforms` when `top` is an index (none given: the platform this process runs
+    /// on, as a runtime here would pull).
+    pub async fn walk_pull_path(
+        &self,
+        route: &[Target<'_, '_>],
+        top: &Top,
+        platforms: &[Platform],
+    ) -> PullPath {
+        let mut path = self.walk_unredacted(route, top, platforms).await;
+        // What storage or a registry said reaches a reason only without any form of the
+        // credentials the walk carried.
+        let redactor =
+            crate::redact::Redactor::for_credentials(route.iter().filter_map(|t| t.credential));
+        path.reason = redactor.redact(&path.reason);
+        for verdict in path.verdicts.iter_mut().flatten() {
+            verdict.reason = redactor.redact(&verdict.reason);
+        }
+        path
+    }
+
+    async fn walk_unredacted(
+        &self,
+        route: &[Target<'_, '_>],
+        top: &Top,
+        platforms: &[Platform],
+    ) -> PullPath {
+        let settings = self.config.walk;
+        let Some(first) = route.first() else {
+            return PullPath {
+                status: CheckStatus::UnknownError,
+                reason: "no host to walk the pull path on".into(),
+                offered: None,
+                verdicts: None,
+            };
+        };
+        let is_index = top
+            .media_type
+            .as_deref()
+            .map(crate::platform::is_index)
+            .unwrap_or_else(|| {
+                top.body
+                    .as_ref()
+                    .and_then(|b| sniff_media_type(b))
+                    .is_some_and(|m| crate::platform::is_index(&m))
+            });
+        let host_platform;
+        let platforms: &[Platform] = if platforms.is_empty() {
+            host_platform = [Platform::host()];
+            &host_platform
+        } else {
+            platforms
+        };
+        let key = |platform: Option<&Platform>| -> VerifiedKey {
+            (
+                first.endpoint.host.to_string(),
+                first.repository.to_string(),
+                top.digest.clone(),
+                platform.map(|p| p.to_string()).unwrap_or_default(),
+                RegistryCredential::fingerprint(first.credential),
+            )
+        };
+        let due = |key: &VerifiedKey| {
+            lock(&self.verified)
+                .get(key)
+                .is_none_or(|at| at.elapsed() >= settings.blob_check_interval)
+        };
+        let walk_one = |platform: Option<Platform>| {
+            let key = key(platform.as_ref());
+            let verify = due(&key);
+            async move {
+                let walk = Walk {
+                    client: self,
+                    route,
+                    verify,
+                    depth: settings.depth,
+                };
+                let result = walk.platform_path(top, platform.as_ref()).await;
+                if result.is_ok() && verify {
+                    let mut verified = lock(&self.verified);
+                    if verified.len() >= MAX_VERIFIED {
+                        let interval = settings.blob_check_interval;
+                        verified.retain(|_, at| at.elapsed() < interval);
+                        if verified.len() >= MAX_VERIFIED {
+                            verified.clear();
+                        }
+                    }
+                    verified.insert(key, Instant::now());
+                }
+                debug!(digest = %top.digest, platform = ?platform, verified = verify, ok = result.is_ok(), "pull path walked");
+                result
+            }
+        };
+        if !is_index {
+            return match walk_one(None).await {
+                Ok(()) => PullPath {
+                    status: CheckStatus::Available,
+                    reason: String::new(),
+                    offered: None,
+                    verdicts: None,
+                },
+                Err((status, reason)) => PullPath {
+                    status,
+                    reason,
+                    offered: None,
+                    verdicts: None,
+                },
+            };
+        }
+        let mut verdicts = Vec::with_capacity(platforms.len());
+        for platform in platforms {
+            let verdict = match walk_one(Some(platform.clone())).await {
+                Ok(()) => PlatformVerdict {
+                    platform: platform.clone(),
+                    status: CheckStatus::Available,
+                    reason: String::new(),
+                },
+                Err((status, reason)) => PlatformVerdict {
+                    platform: platform.clone(),
+                    status,
+                    reason,
+                },
+            };
+            verdicts.push(verdict);
+        }
+        let offered = match lock(&self.documents).get(&top.digest).as_deref() {
+            Some(Document::Index(entries)) => {
+                let mut offered: Vec<Platform> = Vec::new();
+                for p in entries.iter().filter_map(|e| e.platform.as_ref()) {
+                    let p = p.normalized();
+                    if p.os != "unknown" && !p.os.is_empty() && !offered.contains(&p) {
+                        offered.push(p);
+                    }
+                }
+                Some(offered)
+            }
+            _ => None,
+        };
+        // The check's own status (what a workload whose platforms are unknown gets; each
+        // other workload gets its own platforms' verdicts): available where some walked
+        // platform pulls it, else the first platform's failure.
+        let failing = verdicts
+            .iter()
+            .find(|v| v.status != CheckStatus::Available)
+            .map(|v| (v.status, v.reason.clone()));
+        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
+        let (status, reason) = match failing {
+            Some(failure) if !any_pulls => failure,
+            _ => (CheckStatus::Available, String::new()),
+        };
+        PullPath {
+            status,
+            reason,
+            offered,
+            verdicts: Some(verdicts),
+        }
+    }
+
+    /// Checks that `reference` of `target`'s repository can be pulled, as deep as
+    /// [`WalkSettings::depth`]: the manifest request of
+    /// [`RegistryClient::check_manifest`], then the walk for `platforms`.
+    pub async fn check_pull_path(
+        &self,
+        target: Target<'_, '_>,
+        reference: &str,
+        platforms: &[Platform],
+    ) -> Answer {
+        if self.config.walk.depth == CheckDepth::Manifest {
+            return self.check(target, Object::Manifest, reference).await;
+        }
+        let (mut answer, body, size) = self.manifest_answer(target, reference).await;
+        if !answer.outcome.is_available() {
+            return answer;
+        }
+        if reference.contains(':') {
+            answer.outcome.digest = Some(reference.to_string());
+        }
+        let Some(digest) = answer.outcome.digest.clone() else {
+            return answer;
+        };
+        let top = Top {
+            digest,
+            media_type: answer.outcome.media_type.clone(),
+            size,
+            body,
+        };
+        self.walk_pull_path(&[target], &top, platforms)
+            .await
+            .apply(&mut answer.outcome);
+        answer
+    }
+
+    /// Documents kept by digest now (tests and memory figures).
+    pub fn kept_documents(&self) -> usize {
+        lock(&self.documents).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(digest: &str, platform: Option<(&str, &str, &str)>) -> Descriptor {
+        Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: digest.into(),
+            size: 1,
+            urls: Vec::new(),
+            platform: platform.map(|(os, architecture, variant)| DescriptorPlatform {
+                os: os.into(),
+                architecture: architecture.into(),
+                variant: variant.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_child_containerd_chooses() {
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        let arm64: Platform = "linux/arm64".parse().unwrap();
+        let entries = [
+            entry("sha256:unlabelled", None),
+            entry("sha256:386", Some(("linux", "386", ""))),
+            entry("sha256:arm64", Some(("linux", "arm64", "v8"))),
+            entry("sha256:amd64", Some(("linux", "amd64", ""))),
+            entry("sha256:att", Some(("unknown", "unknown", ""))),
+        ];
+        // The node's own platform first, then what it also runs, then no platform.
+        assert_eq!(choose(&entries, &amd64).unwrap().digest, "sha256:amd64");
+        assert_eq!(choose(&entries[..2], &amd64).unwrap().digest, "sha256:386");
+        assert_eq!(choose(&entries, &arm64).unwrap().digest, "sha256:arm64");
+        assert_eq!(
+            choose(&entries[..1], &arm64).unwrap().digest,
+            "sha256:unlabelled"
+        );
+        let s390x: Platform = "linux/s390x".parse().unwrap();
+        assert_eq!(
+            choose(&entries, &s390x).unwrap().digest,
+            "sha256:unlabelled"
+        );
+        assert!(choose(&entries[1..], &s390x).is_none());
+    }
+
+    #[test]
+    fn documents_as_containerd_reads_them() {
+        let index = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":3}]}"#;
+        assert!(matches!(
+            parse_manifest(index, "application/vnd.oci.image.index.v1+json"),
+            Document::Index(e) if e.len() == 1
+        ));
+        // An index served as a manifest, and the reverse.
+        assert!(matches!(
+            parse_manifest(index, OCI_MANIFEST),
+            Document::Refused(_)
+        ));
+        let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:c","size":2},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"sha256:l","size":9}]}"#;
+        assert!(matches!(
+            parse_manifest(manifest, "application/vnd.oci.image.index.v1+json"),
+            Document::Refused(_)
+        ));
+        let Document::Image { config, layers, .. } = parse_manifest(manifest, OCI_MANIFEST) else {
+            panic!("an image manifest");
+        };
+        assert_eq!(config.media_type, HELM_CONFIG);
+        assert_eq!(layers.len(), 1);
+        match parse_manifest(manifest, "application/vnd.oci.artifact.manifest.v1+json") {
+            Document::Refused(why) => {
+                assert!(
+                    why.contains("application/vnd.oci.artifact.manifest.v1+json"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Configs: Go's lenient reading (no rootfs: zero diff_ids), but JSON it must be.
+        match parse_config(br#"{"name":"chart","version":"1.0.0"}"#) {
+            Document::Config(Some(summary)) => assert_eq!(summary.diff_ids, 0),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_config(b"not json"), Document::Refused(_)));
+        assert!(is_layer_type("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert!(is_layer_type(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(!is_layer_type(
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+        ));
+    }
+
+    #[test]
+    fn the_document_cache_is_bounded_oldest_out() {
+        let mut cache = DocumentCache::new(2);
+        for digest in ["a", "b", "c"] {
+            cache.insert(digest, Arc::new(Document::Schema1));
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("a").is_none());
+        assert!(cache.get("c").is_some());
+    }
+
+    #[test]
+    fn sizes_served_by_ranged_answers() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_RANGE,
+            "bytes 0-0/1234".parse().unwrap(),
+        );
+        let partial = Final {
+            status: StatusCode::PARTIAL_CONTENT,
+            headers,
+            body: Bytes::new(),
+            truncated: false,
+            bearer: None,
+        };
+        assert_eq!(served_size(&partial), Some(1234));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_LENGTH, "99".parse().unwrap());
+        let whole = Final {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+            truncated: false,
+            bearer: None,
+        };
+        assert_eq!(served_size(&whole), Some(99));
+    }
+}
