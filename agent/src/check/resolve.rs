@@ -1,13 +1,16 @@
 //! `resolve` mode of the check stage: ask for the manifest along the route the node's
-//! runtime would take ([`crate::route`]), without downloading anything.
+//! runtime would take ([`crate::route`]), then walk its pull path along the same route
+//! (`--check-depth`), without downloading a layer.
 //!
 //! For each host that may resolve (tags need `pull`+`resolve`, digests only `pull`),
 //! `HEAD /v2/<repo>/manifests/<ref>` (`?ns=<registry>` on mirrors), as containerd's
 //! resolver does: a 404 moves on to the next host; another failure is remembered and
 //! the next host tried; the first success wins. When no host has it, the first
 //! remembered failure is the answer, else "not found". Digests fall back to
-//! `HEAD .../blobs/<digest>`. Nothing is ever fetched with GET except a manifest from a
-//! registry that refuses HEAD.
+//! `HEAD .../blobs/<digest>`. Then the walk ([`pullwatch::registry::pull_path`]): the
+//! platform's child, the config and every layer's first byte, fetched as the runtime
+//! fetches them: containerd from every host able to pull, in order; CRI-O from the
+//! source that answered.
 //!
 //! Credentials: a keyring credential applies to every host (containerd does the same
 //! with the kubelet's AuthConfig); without one, containerd's own
@@ -320,8 +323,17 @@ impl Resolver {
                             body: None,
                         };
                         // containerd fetches what it resolved from every endpoint able
-                        // to pull, in order: the route by digest.
-                        let fetch_route = self.route(image, true).unwrap_or(route.clone());
+                        // to pull, in order (the route by digest); containers/image
+                        // pulls everything from the source that answered.
+                        let fetch_route = match self.route_runtime() {
+                            RouteRuntime::CriO => Route {
+                                endpoints: vec![route_endpoint.clone()],
+                                ..route.clone()
+                            },
+                            RouteRuntime::Containerd => {
+                                self.route(image, true).unwrap_or_else(|_| route.clone())
+                            }
+                        };
                         self.walk(credential, &fetch_route, &top, platform, &deadline)
                             .await
                             .apply(&mut outcome);
