@@ -13,7 +13,8 @@ use regex::Regex;
 use tokio::sync::watch;
 
 use crate::inventory::{
-    Inventory, PodPlacements, SecretCredentials, SharedInventory, WorkloadKey, WorkloadKind,
+    Inventory, PodPlacements, SecretCredentials, SharedInventory, Workload, WorkloadKey,
+    WorkloadKind,
 };
 #[cfg(test)]
 use crate::inventory::{PullSecret, SecretFormat};
@@ -150,6 +151,23 @@ impl Filters {
         (self.allowed_images.is_empty() || self.allowed_images.iter().any(|r| r.is_match(image)))
             && !self.ignored_images.iter().any(|r| r.is_match(image))
     }
+
+    /// Whether `workload` is checked at all: its namespace matches
+    /// `--namespace-label`, and it is enabled or its kind forced.
+    fn keeps_workload(&self, inventory: &Inventory, workload: &Workload) -> bool {
+        if let Some(selector) = &self.namespace_selector {
+            let labels = inventory.namespaces.get(&*workload.namespace);
+            if !labels.is_some_and(|l| selector.matches(l)) {
+                tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
+                return false;
+            }
+        }
+        if !workload.enabled && !self.force_check_disabled.contains(&workload.kind) {
+            tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
+            return false;
+        }
+        true
+    }
 }
 
 /// Parses `--allowed-images`/`--ignored-images`: regexes separated by `~`.
@@ -265,6 +283,28 @@ pub struct AgentTarget {
 }
 
 impl AgentTarget {
+    /// The secrets rule: a namespace's secrets go only to nodes running that
+    /// namespace's pods. The nodes of a container pulling `image` (before mirrors),
+    /// whose own namespace resolves it to `own_credentials`, may receive this target's
+    /// credentials only when those are the very same image and credential values
+    /// (whatever their sources are named), i.e. their kubelet already holds them;
+    /// with `--image-mirror`, containers of other namespaces (or other originals) can
+    /// share the check key while their own credentials differ. Without credentials
+    /// any container's nodes may (nothing secret is sent).
+    fn credentials_may_reach_nodes_of(
+        &self,
+        image: &ImageReference,
+        own_credentials: &[SourcedCredential],
+    ) -> bool {
+        self.credentials.is_empty()
+            || (self.image == *image
+                && self
+                    .credentials
+                    .iter()
+                    .map(|c| &c.credential)
+                    .eq(own_credentials.iter().map(|c| &c.credential)))
+    }
+
     /// This target with `workload_nodes` read from `placements` now.
     pub fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
         let mut target = self.clone();
@@ -302,78 +342,46 @@ pub struct ImageIndex {
 /// Credential sources of a shared check -> a container's own: (theirs, its own).
 pub type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
 
-impl ImageIndex {
-    /// Builds the index of `inventory`.
-    pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
-        let mut index = ImageIndex::default();
-        let mut keyrings: BTreeMap<(&str, Vec<String>), Result<Keyring, String>> = BTreeMap::new();
-        // Where workloads can land: the flag's platforms, else the nodes'.
-        let candidates: Vec<Platform> = if options.platforms.is_empty() {
+/// Where workloads can land (`--platform`, else the cluster's nodes' platforms), and
+/// one shared list per distinct subset: most workloads land on the same platforms.
+struct LandingPlatforms {
+    candidates: Vec<Platform>,
+    shared: BTreeMap<Vec<Platform>, Arc<[Platform]>>,
+}
+
+impl LandingPlatforms {
+    fn new(inventory: &Inventory, options: &IndexOptions) -> LandingPlatforms {
+        let candidates = if options.platforms.is_empty() {
             let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
             distinct.into_iter().cloned().collect()
         } else {
             options.platforms.clone()
         };
-        // Most workloads land on the same platforms: one shared list per set.
-        let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
+        LandingPlatforms {
+            candidates,
+            shared: BTreeMap::new(),
+        }
+    }
+}
+
+impl ImageIndex {
+    /// Builds the index of `inventory`.
+    pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
+        let mut index = ImageIndex::default();
+        let mut keyrings: BTreeMap<(&str, Vec<String>), Result<Keyring, String>> = BTreeMap::new();
+        let mut landing = LandingPlatforms::new(inventory, options);
         let grouped = inventory.grouped_workloads();
         for workload in inventory.workloads.values().chain(&grouped) {
-            if let Some(selector) = &options.filters.namespace_selector {
-                let labels = inventory.namespaces.get(&*workload.namespace);
-                if !labels.is_some_and(|l| selector.matches(l)) {
-                    tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
-                    continue;
-                }
-            }
-            if !workload.enabled
-                && !options
-                    .filters
-                    .force_check_disabled
-                    .contains(&workload.kind)
-            {
-                tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
+            if !options.filters.keeps_workload(inventory, workload) {
                 continue;
             }
-            let wanted: Vec<Platform> = candidates
-                .iter()
-                .filter(|p| workload.platforms.allows(p))
-                .cloned()
-                .collect();
-            if !candidates.is_empty() {
-                if wanted.is_empty() {
-                    index.warnings.insert(format!(
-                        "{} {}/{} can land on none of the platforms {} (nodeSelector/affinity)",
-                        workload.kind,
-                        workload.namespace,
-                        workload.name,
-                        candidates
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                } else {
-                    let shared = platform_sets
-                        .entry(wanted)
-                        .or_insert_with_key(|w| w.clone().into())
-                        .clone();
-                    index.platforms.insert(
-                        (
-                            workload.kind,
-                            workload.namespace.clone(),
-                            workload.name.clone(),
-                        ),
-                        shared,
-                    );
-                }
-            }
+            index.record_platforms(workload, &mut landing);
             let secret_names = pull_secret_names(inventory, workload);
             let keyring = &*keyrings
                 .entry((&*workload.namespace, secret_names))
                 .or_insert_with_key(|(namespace, names)| {
                     keyring_for(inventory, namespace, names, &mut index.warnings)
                 });
-
             for container in &workload.containers {
                 if !options.filters.keeps_image(&container.image) {
                     continue;
@@ -385,113 +393,7 @@ impl ImageIndex {
                     container: container.container.clone(),
                     image: container.image.clone(),
                 };
-                // The kubelet parses first (InvalidImageName), then builds the keyring
-                // from the pod's pull secrets (a secret it cannot parse fails the pull).
-                let kubelet_ref = ImageReference::parse(&container.image);
-                let empty = Keyring::new();
-                let keyring = match (&kubelet_ref, keyring) {
-                    (Ok(_), Err(broken)) => {
-                        index.settled.push((
-                            container_ref,
-                            Arc::new(CheckOutcome::new(
-                                CheckStatus::AuthenticationFailure,
-                                broken.clone(),
-                            )),
-                        ));
-                        continue;
-                    }
-                    (_, Ok(keyring)) => keyring,
-                    (Err(_), Err(_)) => &empty,
-                };
-                // Central checks honour --default-registry (the old exporter's flag);
-                // agents are always asked about what the kubelet pulls.
-                let central_ref = kubelet_ref.clone().and_then(|kubelet_ref| {
-                    if options.default_registry == pullwatch::reference::DOCKER_HUB {
-                        Ok(kubelet_ref)
-                    } else {
-                        ImageReference::parse_with_default_registry(
-                            &container.image,
-                            &options.default_registry,
-                        )
-                    }
-                });
-                match kubelet_ref.and_then(|original| Ok((original, central_ref?))) {
-                    Ok((original, central)) => {
-                        let reference = options.mirrors.apply(&central);
-                        let credentials: Arc<[SourcedCredential]> =
-                            keyring.lookup(&reference).into();
-                        let kubelet_reference = (original != reference).then(|| original.clone());
-                        let key = CheckKey::with_kubelet_reference(
-                            reference,
-                            credentials,
-                            kubelet_reference,
-                        );
-                        let own_credentials: Arc<[SourcedCredential]> = if key.reference == original
-                        {
-                            key.credentials.clone()
-                        } else {
-                            keyring.lookup(&original).into()
-                        };
-                        let target =
-                            index
-                                .agent_targets
-                                .entry(key.clone())
-                                .or_insert_with(|| AgentTarget {
-                                    credentials: own_credentials.clone(),
-                                    image: original.clone(),
-                                    sources: Vec::new(),
-                                    workload_nodes: BTreeSet::new(),
-                                });
-                        // Secrets by namespace, never by check key: this container's
-                        // nodes get the target's credentials only if its own namespace
-                        // resolves the same original to the same credential values.
-                        let may_receive = target.credentials.is_empty()
-                            || (target.image == original
-                                && target
-                                    .credentials
-                                    .iter()
-                                    .map(|c| &c.credential)
-                                    .eq(own_credentials.iter().map(|c| &c.credential)));
-                        if may_receive {
-                            target.sources.push((
-                                container_ref.namespace.clone(),
-                                container_ref.image.clone(),
-                            ));
-                        }
-                        let shared = index.checks.entry(key.clone());
-                        let renames: Vec<(Arc<str>, Arc<str>)> = shared
-                            .key()
-                            .credentials
-                            .iter()
-                            .zip(key.credentials.iter())
-                            .filter(|(theirs, own)| theirs.source != own.source)
-                            .map(|(theirs, own)| (theirs.source.clone(), own.source.clone()))
-                            .collect();
-                        if !renames.is_empty() {
-                            index
-                                .own_sources
-                                .insert(container_ref.clone(), renames.into());
-                        }
-                        shared.or_default().push(container_ref);
-                    }
-                    Err(err) => {
-                        index.warnings.insert(format!(
-                            "bad image reference {:?} in {} {}/{} container {}: {err}",
-                            container_ref.image,
-                            container_ref.kind,
-                            container_ref.namespace,
-                            container_ref.name,
-                            container_ref.container
-                        ));
-                        index.settled.push((
-                            container_ref,
-                            Arc::new(CheckOutcome::new(
-                                CheckStatus::BadImageFormat,
-                                err.to_string(),
-                            )),
-                        ));
-                    }
-                }
+                index.add_container(container_ref, keyring, options);
             }
         }
         for target in index.agent_targets.values_mut() {
@@ -500,6 +402,164 @@ impl ImageIndex {
             target.sources.shrink_to_fit();
         }
         index
+    }
+
+    /// Records the platforms `workload` can land on, or warns when it can land on
+    /// none of the candidates.
+    fn record_platforms(&mut self, workload: &Workload, landing: &mut LandingPlatforms) {
+        if landing.candidates.is_empty() {
+            return;
+        }
+        let wanted: Vec<Platform> = landing
+            .candidates
+            .iter()
+            .filter(|p| workload.platforms.allows(p))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            self.warnings.insert(format!(
+                "{} {}/{} can land on none of the platforms {} (nodeSelector/affinity)",
+                workload.kind,
+                workload.namespace,
+                workload.name,
+                landing
+                    .candidates
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return;
+        }
+        let shared = landing
+            .shared
+            .entry(wanted)
+            .or_insert_with_key(|w| w.clone().into())
+            .clone();
+        self.platforms.insert(
+            (
+                workload.kind,
+                workload.namespace.clone(),
+                workload.name.clone(),
+            ),
+            shared,
+        );
+    }
+
+    /// Adds one container: to a check, or settled where the kubelet would fail it
+    /// before contacting a registry.
+    fn add_container(
+        &mut self,
+        container_ref: ContainerRef,
+        keyring: &Result<Keyring, String>,
+        options: &IndexOptions,
+    ) {
+        // The kubelet parses first (InvalidImageName), then builds the keyring
+        // from the pod's pull secrets (a secret it cannot parse fails the pull).
+        let kubelet_ref = ImageReference::parse(&container_ref.image);
+        let empty = Keyring::new();
+        let keyring = match (&kubelet_ref, keyring) {
+            (Ok(_), Err(broken)) => {
+                self.settled.push((
+                    container_ref,
+                    Arc::new(CheckOutcome::new(
+                        CheckStatus::AuthenticationFailure,
+                        broken.clone(),
+                    )),
+                ));
+                return;
+            }
+            (_, Ok(keyring)) => keyring,
+            // A bad reference, settled below: no credentials are looked up.
+            (Err(_), Err(_)) => &empty,
+        };
+        // Central checks honour --default-registry (the old exporter's flag);
+        // agents are always asked about what the kubelet pulls.
+        let references = kubelet_ref.and_then(|original| {
+            let central = if options.default_registry == pullwatch::reference::DOCKER_HUB {
+                original.clone()
+            } else {
+                ImageReference::parse_with_default_registry(
+                    &container_ref.image,
+                    &options.default_registry,
+                )?
+            };
+            Ok((original, central))
+        });
+        match references {
+            Ok((original, central)) => {
+                self.add_check(container_ref, original, &central, keyring, &options.mirrors);
+            }
+            Err(err) => {
+                self.warnings.insert(format!(
+                    "bad image reference {:?} in {} {}/{} container {}: {err}",
+                    container_ref.image,
+                    container_ref.kind,
+                    container_ref.namespace,
+                    container_ref.name,
+                    container_ref.container
+                ));
+                self.settled.push((
+                    container_ref,
+                    Arc::new(CheckOutcome::new(
+                        CheckStatus::BadImageFormat,
+                        err.to_string(),
+                    )),
+                ));
+            }
+        }
+    }
+
+    /// Adds a container whose kubelet pulls `original` to the check of `central`
+    /// (after mirrors) with the credentials of its namespace's `keyring`, and to that
+    /// check's agent target where the secrets rule lets its nodes have them.
+    fn add_check(
+        &mut self,
+        container_ref: ContainerRef,
+        original: ImageReference,
+        central: &ImageReference,
+        keyring: &Keyring,
+        mirrors: &Mirrors,
+    ) {
+        let reference = mirrors.apply(central);
+        let credentials: Arc<[SourcedCredential]> = keyring.lookup(&reference).into();
+        let kubelet_reference = (original != reference).then(|| original.clone());
+        let key = CheckKey::with_kubelet_reference(reference, credentials, kubelet_reference);
+        let own_credentials: Arc<[SourcedCredential]> = if key.reference == original {
+            key.credentials.clone()
+        } else {
+            keyring.lookup(&original).into()
+        };
+        let target = self
+            .agent_targets
+            .entry(key.clone())
+            .or_insert_with(|| AgentTarget {
+                credentials: own_credentials.clone(),
+                image: original.clone(),
+                sources: Vec::new(),
+                workload_nodes: BTreeSet::new(),
+            });
+        if target.credentials_may_reach_nodes_of(&original, &own_credentials) {
+            target
+                .sources
+                .push((container_ref.namespace.clone(), container_ref.image.clone()));
+        }
+        let shared = self.checks.entry(key.clone());
+        // Equal credential values from differently named sources: this container's
+        // reasons name its own.
+        let renames: Vec<(Arc<str>, Arc<str>)> = shared
+            .key()
+            .credentials
+            .iter()
+            .zip(key.credentials.iter())
+            .filter(|(theirs, own)| theirs.source != own.source)
+            .map(|(theirs, own)| (theirs.source.clone(), own.source.clone()))
+            .collect();
+        if !renames.is_empty() {
+            self.own_sources
+                .insert(container_ref.clone(), renames.into());
+        }
+        shared.or_default().push(container_ref);
     }
 
     /// The outcome of a check as it stands for one container where that differs
@@ -558,7 +618,7 @@ impl ImageIndex {
 }
 
 /// The kubelet's choice: the pod's imagePullSecrets, else its service account's.
-fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workload) -> Vec<String> {
+fn pull_secret_names(inventory: &Inventory, workload: &Workload) -> Vec<String> {
     if !workload.pull_secrets.is_empty() {
         return workload
             .pull_secrets
@@ -678,7 +738,7 @@ fn rename_sources(reason: &str, renames: &[(Arc<str>, Arc<str>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{ContainerImage, Workload};
+    use crate::inventory::ContainerImage;
     use pullwatch::{DockerConfig, RegistryCredential};
 
     fn add(inv: &mut Inventory, workload: Workload) {
@@ -918,6 +978,60 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn sourced(source: &str, user: &str) -> SourcedCredential {
+        SourcedCredential {
+            source: source.into(),
+            credential: RegistryCredential {
+                username: user.into(),
+                password: "pw".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn target(image: &str, credentials: &[SourcedCredential]) -> AgentTarget {
+        AgentTarget {
+            image: ImageReference::parse(image).unwrap(),
+            credentials: credentials.into(),
+            sources: Vec::new(),
+            workload_nodes: BTreeSet::new(),
+        }
+    }
+
+    /// The secrets rule on its own: the same image with the same credential values
+    /// (whatever the secret is called) may reach a container's nodes; other values,
+    /// none at all, or another original image may not; no credentials reach anyone.
+    #[test]
+    fn credentials_reach_only_nodes_whose_namespace_resolves_them_itself() {
+        let image = ImageReference::parse("registry.example/team/app:1").unwrap();
+        let other_image = ImageReference::parse("registry.example/other/app:1").unwrap();
+        let a = [sourced("secret/a/pull", "alice")];
+        let with_a = target("registry.example/team/app:1", &a);
+
+        assert!(with_a.credentials_may_reach_nodes_of(&image, &a));
+        // Equal values under another namespace's secret name: its kubelet holds them.
+        assert!(
+            with_a.credentials_may_reach_nodes_of(&image, &[sourced("secret/b/copy", "alice")])
+        );
+        assert!(!with_a.credentials_may_reach_nodes_of(&image, &[sourced("secret/b/pull", "bob")]));
+        assert!(!with_a.credentials_may_reach_nodes_of(&image, &[]));
+        assert!(!with_a.credentials_may_reach_nodes_of(
+            &image,
+            &[
+                sourced("secret/a/pull", "alice"),
+                sourced("secret/a/extra", "carol")
+            ]
+        ));
+        // The same key reached through a mirror from another original image.
+        assert!(!with_a.credentials_may_reach_nodes_of(&other_image, &a));
+
+        let anonymous = target("registry.example/team/app:1", &[]);
+        assert!(
+            anonymous
+                .credentials_may_reach_nodes_of(&other_image, &[sourced("secret/b/pull", "bob")])
+        );
     }
 
     /// Issue 10: with a mirror, two namespaces share one check key; namespace a's
