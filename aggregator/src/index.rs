@@ -25,12 +25,12 @@ use crate::mirrors::Mirrors;
 /// few words per container.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerRef {
-    pub namespace: Arc<str>,
-    pub kind: WorkloadKind,
-    pub name: Arc<str>,
-    pub container: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) kind: WorkloadKind,
+    pub(crate) name: Arc<str>,
+    pub(crate) container: Arc<str>,
     /// The image exactly as written in the spec.
-    pub image: Arc<str>,
+    pub(crate) image: Arc<str>,
 }
 
 /// A distinct check: the reference to ask for (after mirrors) and the credentials to
@@ -46,11 +46,11 @@ pub struct CheckKey(Arc<CheckKeyParts>);
 /// What a [`CheckKey`] is made of.
 #[derive(Debug)]
 pub struct CheckKeyParts {
-    pub reference: ImageReference,
-    pub credentials: Arc<[SourcedCredential]>,
+    pub(crate) reference: ImageReference,
+    pub(crate) credentials: Arc<[SourcedCredential]>,
     /// The kubelet's reference when it is not `reference`: two images the aggregator
     /// checks as one are still two different pulls on a node.
-    pub kubelet_reference: Option<ImageReference>,
+    pub(crate) kubelet_reference: Option<ImageReference>,
 }
 
 impl std::ops::Deref for CheckKey {
@@ -69,7 +69,7 @@ impl CheckKey {
 
     /// A key checked as `reference` whose kubelet pulls `kubelet_reference` (None:
     /// the same).
-    pub fn with_kubelet_reference(
+    pub(crate) fn with_kubelet_reference(
         reference: ImageReference,
         credentials: Arc<[SourcedCredential]>,
         kubelet_reference: Option<ImageReference>,
@@ -137,13 +137,13 @@ impl Ord for CheckKey {
 #[derive(Clone, Debug, Default)]
 pub struct Filters {
     /// An image is kept when it matches any of these (none: all images)...
-    pub allowed_images: Vec<Regex>,
+    pub(crate) allowed_images: Vec<Regex>,
     /// ...and none of these.
-    pub ignored_images: Vec<Regex>,
+    pub(crate) ignored_images: Vec<Regex>,
     /// Only namespaces whose labels match this selector (none: all namespaces).
-    pub namespace_selector: Option<LabelSelector>,
+    pub(crate) namespace_selector: Option<LabelSelector>,
     /// Kinds checked even when disabled (replicas 0, suspended...).
-    pub force_check_disabled: BTreeSet<WorkloadKind>,
+    pub(crate) force_check_disabled: BTreeSet<WorkloadKind>,
 }
 
 impl Filters {
@@ -171,7 +171,7 @@ impl Filters {
 }
 
 /// Parses `--allowed-images`/`--ignored-images`: regexes separated by `~`.
-pub fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
+pub(crate) fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
     spec.split('~')
         .filter(|part| !part.is_empty())
         .map(Regex::new)
@@ -179,7 +179,7 @@ pub fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
 }
 
 /// Parses `--force-check-disabled-controllers`: comma-separated kinds, or `*`.
-pub fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
+pub(crate) fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
     let mut kinds = BTreeSet::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if part == "*" {
@@ -196,7 +196,7 @@ pub fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
 /// An equality-based label selector: `key`, `!key`, `key=value`, `key==value`,
 /// `key!=value`, comma-separated, all of which must hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSelector(Vec<Requirement>);
+pub(crate) struct LabelSelector(Vec<Requirement>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Requirement {
@@ -207,7 +207,7 @@ enum Requirement {
 }
 
 impl LabelSelector {
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub(crate) fn parse(spec: &str) -> Result<Self, String> {
         let mut requirements = Vec::new();
         for part in spec.split(',').map(str::trim) {
             if part.is_empty() {
@@ -236,7 +236,7 @@ impl LabelSelector {
         Ok(LabelSelector(requirements))
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::NotExists(k) => !labels.contains_key(k),
@@ -306,7 +306,7 @@ impl AgentTarget {
     }
 
     /// This target with `workload_nodes` read from `placements` now.
-    pub fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
+    pub(crate) fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
         let mut target = self.clone();
         target.workload_nodes = self
             .sources
@@ -340,7 +340,7 @@ pub struct ImageIndex {
 }
 
 /// Credential sources of a shared check -> a container's own: (theirs, its own).
-pub type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
+pub(crate) type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
 
 /// Where workloads can land (`--platform`, else the cluster's nodes' platforms), and
 /// one shared list per distinct subset: most workloads land on the same platforms.
@@ -567,7 +567,7 @@ impl ImageIndex {
     /// platform its workload can land on; a reason naming this container's own
     /// credential sources where the check was made with another namespace's equal
     /// ones. None: the check's outcome stands.
-    pub fn outcome_for(
+    pub(crate) fn outcome_for(
         &self,
         container: &ContainerRef,
         outcome: &CheckOutcome,

@@ -28,7 +28,7 @@ pub mod mirrors;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
-pub mod results;
+pub(crate) mod results;
 pub mod scheduler;
 pub mod server;
 pub mod store;

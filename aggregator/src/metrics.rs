@@ -43,9 +43,9 @@ pub struct Metrics {
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
-    pub checks: IntCounterVec,
+    pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
-    pub agents_connected: IntGauge,
+    pub(crate) agents_connected: IntGauge,
 }
 
 /// One canonical metric family: a status, for every kind or (legacy names) one kind.
@@ -115,12 +115,12 @@ impl Metrics {
     }
 
     /// One full pass over every reference finished.
-    pub fn recheck_completed(&self) {
+    pub(crate) fn recheck_completed(&self) {
         self.completed_rechecks.inc();
     }
 
     /// How many parts an exposition has (see [`Metrics::render_chunk`]).
-    pub fn part_count(&self) -> usize {
+    pub(crate) fn part_count(&self) -> usize {
         1 + self.families.len() + 3
     }
 
@@ -133,7 +133,7 @@ impl Metrics {
     /// `running`, what the cluster's pods run; None outside cluster mode). A family
     /// with no series is left out entirely (nothing is exported before a reference's
     /// first check).
-    pub fn render_chunk(
+    pub(crate) fn render_chunk(
         &self,
         at: &mut ScrapePosition,
         store: &ResultStore,
@@ -213,7 +213,7 @@ impl Metrics {
     }
 
     /// The whole exposition at once.
-    pub fn render_with(
+    pub(crate) fn render_with(
         &self,
         store: &ResultStore,
         running: Option<&RunningDigests>,
@@ -299,20 +299,20 @@ fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut Str
 
 /// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
 /// Containers looked at per chunk of a canonical family: about 600 KiB of text.
-pub const SERIES_PER_CHUNK: usize = 4096;
+pub(crate) const SERIES_PER_CHUNK: usize = 4096;
 
 /// Where a streamed exposition stands: the part, and within a family the last
 /// container rendered and whether the family's header is out.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapePosition {
-    pub part: usize,
+    pub(crate) part: usize,
     after: Option<ContainerRef>,
     header_written: bool,
 }
 
 impl ScrapePosition {
     /// Whether every part of `metrics`' exposition is out.
-    pub fn is_done(&self, metrics: &Metrics) -> bool {
+    pub(crate) fn is_done(&self, metrics: &Metrics) -> bool {
         self.part >= metrics.part_count()
     }
 

@@ -23,7 +23,7 @@ use pullwatch::support::lock;
 
 /// What the endpoints report on.
 pub struct ServerState {
-    pub pipeline: Arc<Pipeline>,
+    pub(crate) pipeline: Arc<Pipeline>,
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
     detail: Mutex<String>,
@@ -97,12 +97,12 @@ impl ServerState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 }
 
-pub use pullwatch::serve::BindError as ServerError;
+pub(crate) use pullwatch::serve::BindError as ServerError;
 
 /// Binds `--bind-address` (`:8080` means every interface, as in Go).
 pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
