@@ -1,7 +1,7 @@
 //! Metrics: the last stage. The canonical k8s-image-availability-exporter series, name
 //! for name and label for label, plus pullwatch's own `pullwatch_*` series.
 //!
-//! Canonical contract (see DESIGN.md): for every container reference that has been
+//! Canonical contract (README, "Metrics"): for every container reference that has been
 //! checked, each of the eight gauges `k8s_image_availability_exporter_<status>`
 //! exists and exactly one is 1. Nothing is exported before the first check, and a
 //! reference's series go when the reference goes.

@@ -1,4 +1,5 @@
-//! Inventory from a live cluster: one kube-rs watcher per kind, each event reduced at
+//! Inventory from a live cluster: one kube-rs watcher per kind (per type for pull
+//! secrets, whose field selector cannot OR two), each event reduced at
 //! once to what a check needs (no object is kept whole: no managedFields, no
 //! annotations, no unrelated secret data).
 //!

@@ -3,8 +3,9 @@
 //! reduced to the few fields a check needs.
 //!
 //! Sources fill an [`Inventory`]: [`manifests`] from YAML files, [`cluster`] from
-//! watches on a live cluster; [`SharedInventory`] is where they meet the index builder. The reduction
-//! from Kubernetes objects lives here so every source reduces the same way.
+//! watches on a live cluster; [`SharedInventory`] is where they meet the index
+//! builder. The reduction from Kubernetes objects lives here so every source reduces
+//! the same way.
 
 pub mod cluster;
 pub(crate) mod interner;
