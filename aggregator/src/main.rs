@@ -158,7 +158,7 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
 async fn run_serve(args: ServeArgs) -> Result<()> {
     let options = cli::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(args.legacy_metric_names)?;
-    let inventory_metrics = InventoryMetrics::new(metrics.registry())?;
+    let inventory_metrics = metrics.inventory.clone();
     let mut checker_config = args.checker.checker_config();
     // In a cluster the nodes say which platforms workloads land on.
     checker_config.index_platforms |= args.manifests.is_none();

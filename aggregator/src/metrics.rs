@@ -19,6 +19,7 @@ use pullwatch::CheckStatus;
 
 use crate::checker::CheckerMetrics;
 use crate::index::ContainerRef;
+use crate::inventory::cluster::InventoryMetrics;
 use crate::inventory::{RunningDigests, WorkloadKind};
 use crate::store::{ResultStore, tag_moved};
 
@@ -33,19 +34,65 @@ const PREFIX: &str = "k8s_image_availability_exporter";
 
 /// Why metrics could not be set up or rendered.
 #[derive(Debug, thiserror::Error)]
-#[error("metrics: {0}")]
-pub struct MetricsError(#[from] prometheus::Error);
+pub enum MetricsError {
+    /// A stage's series could not be created or registered (a clash of names or
+    /// labels: a bug, reported at start rather than leaving the series out).
+    #[error("metrics: cannot register the {stage} series: {source}")]
+    Register {
+        stage: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    /// The registry's series could not be encoded.
+    #[error("metrics: {0}")]
+    Render(#[from] prometheus::Error),
+}
 
-/// All of the aggregator's metrics.
+/// `map_err` for the registration of `stage`'s series.
+fn registering(stage: &'static str) -> impl FnOnce(prometheus::Error) -> MetricsError {
+    move |source| MetricsError::Register { stage, source }
+}
+
+/// All of the aggregator's metrics, registered once, here: each stage owns the struct
+/// of its series (the checker's, the inventory watches'), this group registers it.
+/// The agent hub still registers its own series ([`crate::agents::AgentHub`]'s
+/// `register_metrics`) on [`Metrics::registry`].
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family>,
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
+    /// The inventory watches' series (cluster mode; without watches none is set).
+    pub inventory: InventoryMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
     pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
     pub(crate) agents_connected: IntGauge,
+}
+
+/// The aggregator's own series: completed passes, checks by where, agents connected.
+fn own_series(
+    registry: &Registry,
+) -> Result<(IntCounter, IntCounterVec, IntGauge), prometheus::Error> {
+    let completed_rechecks = IntCounter::new(
+        format!("{PREFIX}_completed_rechecks_total"),
+        "Number of completed checks of all images.",
+    )?;
+    registry.register(Box::new(completed_rechecks.clone()))?;
+    let checks = IntCounterVec::new(
+        Opts::new(
+            "pullwatch_checks_total",
+            "Distinct checks made, by where the answer came from: agents (the nodes) or central (the aggregator itself).",
+        ),
+        &["via"],
+    )?;
+    let agents_connected = IntGauge::new(
+        "pullwatch_agents_connected",
+        "Node agents connected to the aggregator.",
+    )?;
+    registry.register(Box::new(checks.clone()))?;
+    registry.register(Box::new(agents_connected.clone()))?;
+    Ok((completed_rechecks, checks, agents_connected))
 }
 
 /// One canonical metric family: a status, for every kind or (legacy names) one kind.
@@ -80,36 +127,22 @@ impl Metrics {
                 }
             }
         }
-        let completed_rechecks = IntCounter::new(
-            format!("{PREFIX}_completed_rechecks_total"),
-            "Number of completed checks of all images.",
-        )?;
-        registry.register(Box::new(completed_rechecks.clone()))?;
-        let checker = CheckerMetrics::new(&registry)?;
-        let checks = IntCounterVec::new(
-            Opts::new(
-                "pullwatch_checks_total",
-                "Distinct checks made, by where the answer came from: agents (the nodes) or central (the aggregator itself).",
-            ),
-            &["via"],
-        )?;
-        let agents_connected = IntGauge::new(
-            "pullwatch_agents_connected",
-            "Node agents connected to the aggregator.",
-        )?;
-        registry.register(Box::new(checks.clone()))?;
-        registry.register(Box::new(agents_connected.clone()))?;
+        let (completed_rechecks, checks, agents_connected) =
+            own_series(&registry).map_err(registering("aggregator"))?;
+        let checker = CheckerMetrics::new(&registry).map_err(registering("checker"))?;
+        let inventory = InventoryMetrics::new(&registry).map_err(registering("inventory"))?;
         Ok(Metrics {
             registry,
             families,
             completed_rechecks,
             checker,
+            inventory,
             checks,
             agents_connected,
         })
     }
 
-    /// The registry for further `pullwatch_*` series (inventory watches, agents).
+    /// The registry, for the agent hub's own `pullwatch_*` series.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -398,6 +431,33 @@ mod tests {
             .filter(|l| l.starts_with(&format!("{metric}{{")))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The group registers each stage's series once: registering a stage's struct
+    /// again clashes, and the clash is a typed error naming the stage.
+    #[test]
+    fn stage_series_are_registered_once_by_the_group() {
+        let metrics = Metrics::new(false).unwrap();
+        let again = InventoryMetrics::new(metrics.registry())
+            .err()
+            .map(registering("inventory"));
+        assert!(
+            matches!(
+                &again,
+                Some(MetricsError::Register {
+                    stage: "inventory",
+                    source: prometheus::Error::AlreadyReg
+                })
+            ),
+            "{again:?}"
+        );
+        assert!(
+            again
+                .unwrap()
+                .to_string()
+                .starts_with("metrics: cannot register the inventory series: ")
+        );
+        assert!(CheckerMetrics::new(metrics.registry()).is_err());
     }
 
     #[test]

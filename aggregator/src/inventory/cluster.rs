@@ -63,7 +63,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
     Ok(Client::try_from(config)?)
 }
 
-/// Series about the watches themselves.
+/// Series about the watches themselves, registered by [`crate::metrics::Metrics`].
 #[derive(Clone)]
 pub struct InventoryMetrics {
     synced: IntGaugeVec,
@@ -73,7 +73,7 @@ pub struct InventoryMetrics {
 }
 
 impl InventoryMetrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = InventoryMetrics {
             synced: IntGaugeVec::new(
                 Opts::new(
