@@ -14,7 +14,8 @@ use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::server::{AgentServer, AgentServerError};
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
-use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
+use pullwatch_aggregator::endpoints::{self, EndpointState};
+use pullwatch_aggregator::flags::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
 use pullwatch_aggregator::index::ContainerRef;
 use pullwatch_aggregator::index::{self, ImageIndex};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
@@ -25,7 +26,6 @@ use pullwatch_aggregator::pipeline::{CycleProgress, Pipeline};
 use pullwatch_aggregator::progress::Reporter;
 use pullwatch_aggregator::report;
 use pullwatch_aggregator::scheduler::{Scheduler, SchedulerStatus};
-use pullwatch_aggregator::server::{self, ServerState};
 use pullwatch_aggregator::{Error, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,7 +74,7 @@ const EXIT_NOT_CHECKED: u8 = 3;
 
 /// Checks the manifests once: 0 when every image is available, 1 otherwise.
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
-    let options = cli::index_options(&args.checker, &args.filters)?;
+    let options = flags::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(false)?;
     let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())?;
     let inventory = manifests::load(&args.manifests)?;
@@ -156,7 +156,7 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
-    let options = cli::index_options(&args.checker, &args.filters)?;
+    let options = flags::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(args.legacy_metric_names)?;
     let inventory_metrics = metrics.inventory.clone();
     let mut checker_config = args.checker.checker_config();
@@ -170,7 +170,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let (source, kube_client) =
         start_inventory(&args, &shared, inventory_metrics, &stop_rx, &mut background).await?;
 
-    let listener = server::bind(&args.bind_address).await?;
+    let listener = endpoints::bind(&args.bind_address).await?;
     // Each listener (HTTP, and agents with --agent-listen) applies the limits alone.
     let limits = args
         .limits
@@ -190,7 +190,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     )
     .await?;
     let pipeline = Arc::new(pipeline);
-    let state = Arc::new(ServerState::new(pipeline.clone()));
+    let state = Arc::new(EndpointState::new(pipeline.clone()));
     tokio::spawn(async move {
         pullwatch::support::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -202,7 +202,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
     // The HTTP server outlives the rest: during shutdown /readyz answers 503.
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(endpoints::serve(
         listener,
         limits,
         state.clone(),
@@ -398,7 +398,7 @@ async fn reload_manifests(
 async fn report_readiness(
     shared: SharedInventory,
     mut status: watch::Receiver<SchedulerStatus>,
-    state: Arc<ServerState>,
+    state: Arc<EndpointState>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut logged_first_pass = false;

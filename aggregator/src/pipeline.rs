@@ -24,7 +24,7 @@ use crate::checker::Checker;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError, ScrapePosition};
-use crate::scheduler::{Agents, CheckRunner, OutcomeSink};
+use crate::scheduler::{CheckRunner, NodeAgents, OutcomeSink};
 use crate::store::ResultStore;
 
 /// The checker with the state its results feed.
@@ -295,8 +295,8 @@ impl CheckRunner for Pipeline {
         self.checker.retain_registries(registries);
     }
 
-    fn agents(&self) -> Option<&dyn Agents> {
-        self.agents.as_ref().map(|hub| hub as &dyn Agents)
+    fn node_agents(&self) -> Option<&dyn NodeAgents> {
+        self.agents.as_ref().map(|hub| hub as &dyn NodeAgents)
     }
 }
 
@@ -335,7 +335,7 @@ impl OutcomeSink for Pipeline {
     }
 }
 
-impl Agents for AgentHub {
+impl NodeAgents for AgentHub {
     fn subscribe(&self) -> watch::Receiver<u64> {
         AgentHub::subscribe(self)
     }
