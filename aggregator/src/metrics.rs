@@ -11,6 +11,10 @@
 //! crate holds eight labelled children per reference and copies all of them again on
 //! every scrape, which cost about 20 KiB per reference in the benchmark. Rendering
 //! from the store keeps one copy (the store's) and lets the server stream the text.
+//!
+//! The other series live in one registry, filled once by [`Metrics::new`] from the
+//! structs the stages own (the checker's, the inventory watches'); only the agent
+//! hub still registers its own.
 
 use std::fmt::Write as _;
 

@@ -455,7 +455,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     }
 }
 
-/// Whether `failing` says more than `current` about a node: any failure beats
+/// Whether `candidate` says more than `current` about a node: any failure beats
 /// `available`, and among failures the more informative one wins.
 fn worse(candidate: CheckStatus, current: CheckStatus) -> bool {
     match (candidate, current) {

@@ -125,7 +125,7 @@ impl ResultStore {
         }
     }
 
-    /// Forgets the node view of every image not in `images`: its series disappear.
+    /// Forgets the node view of every image `keep` refuses: its series disappear.
     pub(crate) fn retain_image_nodes(&mut self, keep: impl Fn(&str) -> bool) {
         if self.image_nodes.keys().all(|image| keep(image)) {
             return;
