@@ -85,8 +85,9 @@ impl Filter {
     }
 }
 
+/// The whole answer of `/api/v1/images`, as the tests parse it back: the server
+/// streams it in parts ([`Snapshot::next_json_chunk`]) and never builds it whole.
 #[cfg(test)]
-/// The whole answer of `/api/v1/images`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ImagesResponse {
     pub(crate) summary: Summary,
@@ -185,8 +186,9 @@ pub(crate) struct Summary {
     pub(crate) last_full_pass: Option<String>,
 }
 
+/// One image as written in the specs, with every workload container using it (as
+/// the tests parse it back).
 #[cfg(test)]
-/// One image as written in the specs, with every workload container using it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ImageView {
     pub(crate) image: String,
@@ -657,7 +659,7 @@ enum PagePart {
 
 #[cfg(test)]
 /// The whole view of `store` (and of what pods run, in cluster mode) that `filter`
-/// keeps, in one piece, parsed back from the streamed form (for tests and tools).
+/// keeps, in one piece, parsed back from the streamed form (for the tests).
 pub(crate) fn images(
     store: &ResultStore,
     running: Option<&RunningDigests>,
