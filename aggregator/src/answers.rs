@@ -12,35 +12,35 @@ use pullwatch::{CheckOutcome, CheckStatus};
 /// The outcome of one distinct check, and the node answers it was made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyCheck {
-    pub outcome: CheckOutcome,
+    pub(crate) outcome: CheckOutcome,
     /// Node name -> its answer; empty when the aggregator checked centrally.
-    pub nodes: BTreeMap<String, NodeOutcome>,
+    pub(crate) nodes: BTreeMap<String, NodeOutcome>,
 }
 
 /// One node's answer for one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeOutcome {
-    pub status: CheckStatus,
-    pub reason: String,
+    pub(crate) status: CheckStatus,
+    pub(crate) reason: String,
     /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
     /// `config.json:<path>`, `plugin:<name>`, `runtime`).
-    pub credential_source: String,
+    pub(crate) credential_source: String,
     /// Whether the node holds the image after the check.
-    pub image_present: bool,
+    pub(crate) image_present: bool,
     /// What the reference resolves to now along the node's route, when known.
-    pub digest: Option<String>,
+    pub(crate) digest: Option<String>,
     /// What the node holds under the tag, when it holds it.
-    pub held_digest: Option<String>,
+    pub(crate) held_digest: Option<String>,
     /// The node holds the tag at another digest than the registry now answers.
-    pub tag_moved: Option<bool>,
+    pub(crate) tag_moved: Option<bool>,
     /// The node checked without the workload's credentials (it does not run the
     /// workload): a failure then is not what its kubelet would see.
-    pub without_workload_credentials: bool,
+    pub(crate) without_workload_credentials: bool,
 }
 
 impl NodeOutcome {
     /// Whether this answer is the kubelet's view on that node.
-    pub fn is_conclusive(&self) -> bool {
+    pub(crate) fn is_conclusive(&self) -> bool {
         self.status == CheckStatus::Available || !self.without_workload_credentials
     }
 }
@@ -50,10 +50,10 @@ impl NodeOutcome {
 pub struct ImageNodes {
     /// Nodes per status, from the latest node checks of the image (empty: no node
     /// has checked it).
-    pub statuses: BTreeMap<CheckStatus, usize>,
+    pub(crate) statuses: BTreeMap<CheckStatus, usize>,
     /// Nodes holding the image.
-    pub cached: usize,
+    pub(crate) cached: usize,
     /// Node -> its latest conclusive answer (the least available across the image's
     /// checks) and the reason it gave.
-    pub answers: BTreeMap<String, (CheckStatus, String)>,
+    pub(crate) answers: BTreeMap<String, (CheckStatus, String)>,
 }

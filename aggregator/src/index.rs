@@ -13,7 +13,8 @@ use regex::Regex;
 use tokio::sync::watch;
 
 use crate::inventory::{
-    Inventory, PodPlacements, SecretCredentials, SharedInventory, WorkloadKey, WorkloadKind,
+    Inventory, PodPlacements, SecretCredentials, SharedInventory, Workload, WorkloadKey,
+    WorkloadKind,
 };
 #[cfg(test)]
 use crate::inventory::{PullSecret, SecretFormat};
@@ -24,12 +25,12 @@ use crate::mirrors::Mirrors;
 /// few words per container.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerRef {
-    pub namespace: Arc<str>,
-    pub kind: WorkloadKind,
-    pub name: Arc<str>,
-    pub container: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) kind: WorkloadKind,
+    pub(crate) name: Arc<str>,
+    pub(crate) container: Arc<str>,
     /// The image exactly as written in the spec.
-    pub image: Arc<str>,
+    pub(crate) image: Arc<str>,
 }
 
 /// A distinct check: the reference to ask for (after mirrors) and the credentials to
@@ -45,11 +46,11 @@ pub struct CheckKey(Arc<CheckKeyParts>);
 /// What a [`CheckKey`] is made of.
 #[derive(Debug)]
 pub struct CheckKeyParts {
-    pub reference: ImageReference,
-    pub credentials: Arc<[SourcedCredential]>,
+    pub(crate) reference: ImageReference,
+    pub(crate) credentials: Arc<[SourcedCredential]>,
     /// The kubelet's reference when it is not `reference`: two images the aggregator
     /// checks as one are still two different pulls on a node.
-    pub kubelet_reference: Option<ImageReference>,
+    pub(crate) kubelet_reference: Option<ImageReference>,
 }
 
 impl std::ops::Deref for CheckKey {
@@ -68,7 +69,7 @@ impl CheckKey {
 
     /// A key checked as `reference` whose kubelet pulls `kubelet_reference` (None:
     /// the same).
-    pub fn with_kubelet_reference(
+    pub(crate) fn with_kubelet_reference(
         reference: ImageReference,
         credentials: Arc<[SourcedCredential]>,
         kubelet_reference: Option<ImageReference>,
@@ -136,13 +137,13 @@ impl Ord for CheckKey {
 #[derive(Clone, Debug, Default)]
 pub struct Filters {
     /// An image is kept when it matches any of these (none: all images)...
-    pub allowed_images: Vec<Regex>,
+    pub(crate) allowed_images: Vec<Regex>,
     /// ...and none of these.
-    pub ignored_images: Vec<Regex>,
+    pub(crate) ignored_images: Vec<Regex>,
     /// Only namespaces whose labels match this selector (none: all namespaces).
-    pub namespace_selector: Option<LabelSelector>,
+    pub(crate) namespace_selector: Option<LabelSelector>,
     /// Kinds checked even when disabled (replicas 0, suspended...).
-    pub force_check_disabled: BTreeSet<WorkloadKind>,
+    pub(crate) force_check_disabled: BTreeSet<WorkloadKind>,
 }
 
 impl Filters {
@@ -150,10 +151,27 @@ impl Filters {
         (self.allowed_images.is_empty() || self.allowed_images.iter().any(|r| r.is_match(image)))
             && !self.ignored_images.iter().any(|r| r.is_match(image))
     }
+
+    /// Whether `workload` is checked at all: its namespace matches
+    /// `--namespace-label`, and it is enabled or its kind forced.
+    fn keeps_workload(&self, inventory: &Inventory, workload: &Workload) -> bool {
+        if let Some(selector) = &self.namespace_selector {
+            let labels = inventory.namespaces.get(&*workload.namespace);
+            if !labels.is_some_and(|l| selector.matches(l)) {
+                tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
+                return false;
+            }
+        }
+        if !workload.enabled && !self.force_check_disabled.contains(&workload.kind) {
+            tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
+            return false;
+        }
+        true
+    }
 }
 
 /// Parses `--allowed-images`/`--ignored-images`: regexes separated by `~`.
-pub fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
+pub(crate) fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
     spec.split('~')
         .filter(|part| !part.is_empty())
         .map(Regex::new)
@@ -161,7 +179,7 @@ pub fn parse_image_regexes(spec: &str) -> Result<Vec<Regex>, regex::Error> {
 }
 
 /// Parses `--force-check-disabled-controllers`: comma-separated kinds, or `*`.
-pub fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
+pub(crate) fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
     let mut kinds = BTreeSet::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if part == "*" {
@@ -178,7 +196,7 @@ pub fn parse_kinds(spec: &str) -> Result<BTreeSet<WorkloadKind>, String> {
 /// An equality-based label selector: `key`, `!key`, `key=value`, `key==value`,
 /// `key!=value`, comma-separated, all of which must hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSelector(Vec<Requirement>);
+pub(crate) struct LabelSelector(Vec<Requirement>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Requirement {
@@ -189,7 +207,7 @@ enum Requirement {
 }
 
 impl LabelSelector {
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub(crate) fn parse(spec: &str) -> Result<Self, String> {
         let mut requirements = Vec::new();
         for part in spec.split(',').map(str::trim) {
             if part.is_empty() {
@@ -218,7 +236,7 @@ impl LabelSelector {
         Ok(LabelSelector(requirements))
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::NotExists(k) => !labels.contains_key(k),
@@ -265,8 +283,30 @@ pub struct AgentTarget {
 }
 
 impl AgentTarget {
+    /// The secrets rule: a namespace's secrets go only to nodes running that
+    /// namespace's pods. The nodes of a container pulling `image` (before mirrors),
+    /// whose own namespace resolves it to `own_credentials`, may receive this target's
+    /// credentials only when those are the very same image and credential values
+    /// (whatever their sources are named), i.e. their kubelet already holds them;
+    /// with `--image-mirror`, containers of other namespaces (or other originals) can
+    /// share the check key while their own credentials differ. Without credentials
+    /// any container's nodes may (nothing secret is sent).
+    fn credentials_may_reach_nodes_of(
+        &self,
+        image: &ImageReference,
+        own_credentials: &[SourcedCredential],
+    ) -> bool {
+        self.credentials.is_empty()
+            || (self.image == *image
+                && self
+                    .credentials
+                    .iter()
+                    .map(|c| &c.credential)
+                    .eq(own_credentials.iter().map(|c| &c.credential)))
+    }
+
     /// This target with `workload_nodes` read from `placements` now.
-    pub fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
+    pub(crate) fn with_nodes(&self, placements: &PodPlacements) -> AgentTarget {
         let mut target = self.clone();
         target.workload_nodes = self
             .sources
@@ -303,81 +343,49 @@ pub struct ImageIndex {
 }
 
 /// Credential sources of a shared check -> a container's own: (theirs, its own).
-pub type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
+pub(crate) type SourceRenames = Arc<[(Arc<str>, Arc<str>)]>;
+
+/// Where workloads can land (`--platform`, else the cluster's nodes' platforms), and
+/// one shared list per distinct subset: most workloads land on the same platforms.
+struct LandingPlatforms {
+    candidates: Vec<Platform>,
+    shared: BTreeMap<Vec<Platform>, Arc<[Platform]>>,
+}
+
+impl LandingPlatforms {
+    fn new(inventory: &Inventory, options: &IndexOptions) -> LandingPlatforms {
+        let candidates = if options.platforms.is_empty() {
+            let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
+            distinct.into_iter().cloned().collect()
+        } else {
+            options.platforms.clone()
+        };
+        LandingPlatforms {
+            candidates,
+            shared: BTreeMap::new(),
+        }
+    }
+}
 
 impl ImageIndex {
     /// Builds the index of `inventory`.
     pub fn build(inventory: &Inventory, options: &IndexOptions) -> ImageIndex {
         let mut index = ImageIndex::default();
         let mut keyrings: BTreeMap<(&str, Vec<String>), Result<Keyring, String>> = BTreeMap::new();
-        // Where workloads can land: the flag's platforms, else the nodes'.
-        let candidates: Vec<Platform> = if options.platforms.is_empty() {
-            let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
-            distinct.into_iter().cloned().collect()
-        } else {
-            options.platforms.clone()
-        };
-        index.walk_platforms = candidates.clone();
-        // Most workloads land on the same platforms: one shared list per set.
-        let mut platform_sets: BTreeMap<Vec<Platform>, Arc<[Platform]>> = BTreeMap::new();
+        let mut landing = LandingPlatforms::new(inventory, options);
+        index.walk_platforms = landing.candidates.clone();
         let grouped = inventory.grouped_workloads();
         for workload in inventory.workloads.values().chain(&grouped) {
-            if let Some(selector) = &options.filters.namespace_selector {
-                let labels = inventory.namespaces.get(&*workload.namespace);
-                if !labels.is_some_and(|l| selector.matches(l)) {
-                    tracing::debug!(namespace = %workload.namespace, "namespace does not match --namespace-label; skipping");
-                    continue;
-                }
-            }
-            if !workload.enabled
-                && !options
-                    .filters
-                    .force_check_disabled
-                    .contains(&workload.kind)
-            {
-                tracing::debug!(kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, "workload is disabled; skipping");
+            if !options.filters.keeps_workload(inventory, workload) {
                 continue;
             }
-            let wanted: Vec<Platform> = candidates
-                .iter()
-                .filter(|p| workload.platforms.allows(p))
-                .cloned()
-                .collect();
-            if !candidates.is_empty() {
-                if wanted.is_empty() {
-                    index.warnings.insert(format!(
-                        "{} {}/{} can land on none of the platforms {} (nodeSelector/affinity)",
-                        workload.kind,
-                        workload.namespace,
-                        workload.name,
-                        candidates
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
-                } else {
-                    let shared = platform_sets
-                        .entry(wanted)
-                        .or_insert_with_key(|w| w.clone().into())
-                        .clone();
-                    index.platforms.insert(
-                        (
-                            workload.kind,
-                            workload.namespace.clone(),
-                            workload.name.clone(),
-                        ),
-                        shared,
-                    );
-                }
-            }
+            index.record_platforms(workload, &mut landing);
             let secret_names = pull_secret_names(inventory, workload);
             let keyring = &*keyrings
                 .entry((&*workload.namespace, secret_names))
                 .or_insert_with_key(|(namespace, names)| {
                     keyring_for(inventory, namespace, names, &mut index.warnings)
                 });
-
             for container in &workload.containers {
                 if !options.filters.keeps_image(&container.image) {
                     continue;
@@ -389,113 +397,7 @@ impl ImageIndex {
                     container: container.container.clone(),
                     image: container.image.clone(),
                 };
-                // The kubelet parses first (InvalidImageName), then builds the keyring
-                // from the pod's pull secrets (a secret it cannot parse fails the pull).
-                let kubelet_ref = ImageReference::parse(&container.image);
-                let empty = Keyring::new();
-                let keyring = match (&kubelet_ref, keyring) {
-                    (Ok(_), Err(broken)) => {
-                        index.settled.push((
-                            container_ref,
-                            Arc::new(CheckOutcome::new(
-                                CheckStatus::AuthenticationFailure,
-                                broken.clone(),
-                            )),
-                        ));
-                        continue;
-                    }
-                    (_, Ok(keyring)) => keyring,
-                    (Err(_), Err(_)) => &empty,
-                };
-                // Central checks honour --default-registry (the old exporter's flag);
-                // agents are always asked about what the kubelet pulls.
-                let central_ref = kubelet_ref.clone().and_then(|kubelet_ref| {
-                    if options.default_registry == pullwatch::reference::DOCKER_HUB {
-                        Ok(kubelet_ref)
-                    } else {
-                        ImageReference::parse_with_default_registry(
-                            &container.image,
-                            &options.default_registry,
-                        )
-                    }
-                });
-                match kubelet_ref.and_then(|original| Ok((original, central_ref?))) {
-                    Ok((original, central)) => {
-                        let reference = options.mirrors.apply(&central);
-                        let credentials: Arc<[SourcedCredential]> =
-                            keyring.lookup(&reference).into();
-                        let kubelet_reference = (original != reference).then(|| original.clone());
-                        let key = CheckKey::with_kubelet_reference(
-                            reference,
-                            credentials,
-                            kubelet_reference,
-                        );
-                        let own_credentials: Arc<[SourcedCredential]> = if key.reference == original
-                        {
-                            key.credentials.clone()
-                        } else {
-                            keyring.lookup(&original).into()
-                        };
-                        let target =
-                            index
-                                .agent_targets
-                                .entry(key.clone())
-                                .or_insert_with(|| AgentTarget {
-                                    credentials: own_credentials.clone(),
-                                    image: original.clone(),
-                                    sources: Vec::new(),
-                                    workload_nodes: BTreeSet::new(),
-                                });
-                        // Secrets by namespace, never by check key: this container's
-                        // nodes get the target's credentials only if its own namespace
-                        // resolves the same original to the same credential values.
-                        let may_receive = target.credentials.is_empty()
-                            || (target.image == original
-                                && target
-                                    .credentials
-                                    .iter()
-                                    .map(|c| &c.credential)
-                                    .eq(own_credentials.iter().map(|c| &c.credential)));
-                        if may_receive {
-                            target.sources.push((
-                                container_ref.namespace.clone(),
-                                container_ref.image.clone(),
-                            ));
-                        }
-                        let shared = index.checks.entry(key.clone());
-                        let renames: Vec<(Arc<str>, Arc<str>)> = shared
-                            .key()
-                            .credentials
-                            .iter()
-                            .zip(key.credentials.iter())
-                            .filter(|(theirs, own)| theirs.source != own.source)
-                            .map(|(theirs, own)| (theirs.source.clone(), own.source.clone()))
-                            .collect();
-                        if !renames.is_empty() {
-                            index
-                                .own_sources
-                                .insert(container_ref.clone(), renames.into());
-                        }
-                        shared.or_default().push(container_ref);
-                    }
-                    Err(err) => {
-                        index.warnings.insert(format!(
-                            "bad image reference {:?} in {} {}/{} container {}: {err}",
-                            container_ref.image,
-                            container_ref.kind,
-                            container_ref.namespace,
-                            container_ref.name,
-                            container_ref.container
-                        ));
-                        index.settled.push((
-                            container_ref,
-                            Arc::new(CheckOutcome::new(
-                                CheckStatus::BadImageFormat,
-                                err.to_string(),
-                            )),
-                        ));
-                    }
-                }
+                index.add_container(container_ref, keyring, options);
             }
         }
         for target in index.agent_targets.values_mut() {
@@ -506,12 +408,170 @@ impl ImageIndex {
         index
     }
 
+    /// Records the platforms `workload` can land on, or warns when it can land on
+    /// none of the candidates.
+    fn record_platforms(&mut self, workload: &Workload, landing: &mut LandingPlatforms) {
+        if landing.candidates.is_empty() {
+            return;
+        }
+        let wanted: Vec<Platform> = landing
+            .candidates
+            .iter()
+            .filter(|p| workload.platforms.allows(p))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            self.warnings.insert(format!(
+                "{} {}/{} can land on none of the platforms {} (nodeSelector/affinity)",
+                workload.kind,
+                workload.namespace,
+                workload.name,
+                landing
+                    .candidates
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return;
+        }
+        let shared = landing
+            .shared
+            .entry(wanted)
+            .or_insert_with_key(|w| w.clone().into())
+            .clone();
+        self.platforms.insert(
+            (
+                workload.kind,
+                workload.namespace.clone(),
+                workload.name.clone(),
+            ),
+            shared,
+        );
+    }
+
+    /// Adds one container: to a check, or settled where the kubelet would fail it
+    /// before contacting a registry.
+    fn add_container(
+        &mut self,
+        container_ref: ContainerRef,
+        keyring: &Result<Keyring, String>,
+        options: &IndexOptions,
+    ) {
+        // The kubelet parses first (InvalidImageName), then builds the keyring
+        // from the pod's pull secrets (a secret it cannot parse fails the pull).
+        let kubelet_ref = ImageReference::parse(&container_ref.image);
+        let empty = Keyring::new();
+        let keyring = match (&kubelet_ref, keyring) {
+            (Ok(_), Err(broken)) => {
+                self.settled.push((
+                    container_ref,
+                    Arc::new(CheckOutcome::new(
+                        CheckStatus::AuthenticationFailure,
+                        broken.clone(),
+                    )),
+                ));
+                return;
+            }
+            (_, Ok(keyring)) => keyring,
+            // A bad reference, settled below: no credentials are looked up.
+            (Err(_), Err(_)) => &empty,
+        };
+        // Central checks honour --default-registry (the old exporter's flag);
+        // agents are always asked about what the kubelet pulls.
+        let references = kubelet_ref.and_then(|original| {
+            let central = if options.default_registry == pullwatch::reference::DOCKER_HUB {
+                original.clone()
+            } else {
+                ImageReference::parse_with_default_registry(
+                    &container_ref.image,
+                    &options.default_registry,
+                )?
+            };
+            Ok((original, central))
+        });
+        match references {
+            Ok((original, central)) => {
+                self.add_check(container_ref, original, &central, keyring, &options.mirrors);
+            }
+            Err(err) => {
+                self.warnings.insert(format!(
+                    "bad image reference {:?} in {} {}/{} container {}: {err}",
+                    container_ref.image,
+                    container_ref.kind,
+                    container_ref.namespace,
+                    container_ref.name,
+                    container_ref.container
+                ));
+                self.settled.push((
+                    container_ref,
+                    Arc::new(CheckOutcome::new(
+                        CheckStatus::BadImageFormat,
+                        err.to_string(),
+                    )),
+                ));
+            }
+        }
+    }
+
+    /// Adds a container whose kubelet pulls `original` to the check of `central`
+    /// (after mirrors) with the credentials of its namespace's `keyring`, and to that
+    /// check's agent target where the secrets rule lets its nodes have them.
+    fn add_check(
+        &mut self,
+        container_ref: ContainerRef,
+        original: ImageReference,
+        central: &ImageReference,
+        keyring: &Keyring,
+        mirrors: &Mirrors,
+    ) {
+        let reference = mirrors.apply(central);
+        let credentials: Arc<[SourcedCredential]> = keyring.lookup(&reference).into();
+        let kubelet_reference = (original != reference).then(|| original.clone());
+        let key = CheckKey::with_kubelet_reference(reference, credentials, kubelet_reference);
+        let own_credentials: Arc<[SourcedCredential]> = if key.reference == original {
+            key.credentials.clone()
+        } else {
+            keyring.lookup(&original).into()
+        };
+        let target = self
+            .agent_targets
+            .entry(key.clone())
+            .or_insert_with(|| AgentTarget {
+                credentials: own_credentials.clone(),
+                image: original.clone(),
+                sources: Vec::new(),
+                workload_nodes: BTreeSet::new(),
+            });
+        if target.credentials_may_reach_nodes_of(&original, &own_credentials) {
+            target
+                .sources
+                .push((container_ref.namespace.clone(), container_ref.image.clone()));
+        }
+        let shared = self.checks.entry(key.clone());
+        // Equal credential values from differently named sources: this container's
+        // reasons name its own.
+        let renames: Vec<(Arc<str>, Arc<str>)> = shared
+            .key()
+            .credentials
+            .iter()
+            .zip(key.credentials.iter())
+            .filter(|(theirs, own)| theirs.source != own.source)
+            .map(|(theirs, own)| (theirs.source.clone(), own.source.clone()))
+            .collect();
+        if !renames.is_empty() {
+            self.own_sources
+                .insert(container_ref.clone(), renames.into());
+        }
+        shared.or_default().push(container_ref);
+    }
+
     /// The outcome of a check as it stands for one container where that differs
     /// from the check's own: `absent` where the tag is an index without an entry for a
     /// platform its workload can land on; a reason naming this container's own
     /// credential sources where the check was made with another namespace's equal
     /// ones. None: the check's outcome stands.
-    pub fn outcome_for(
+    pub(crate) fn outcome_for(
         &self,
         container: &ContainerRef,
         outcome: &CheckOutcome,
@@ -562,7 +622,7 @@ impl ImageIndex {
 }
 
 /// The kubelet's choice: the pod's imagePullSecrets, else its service account's.
-fn pull_secret_names(inventory: &Inventory, workload: &crate::inventory::Workload) -> Vec<String> {
+fn pull_secret_names(inventory: &Inventory, workload: &Workload) -> Vec<String> {
     if !workload.pull_secrets.is_empty() {
         return workload
             .pull_secrets
@@ -682,7 +742,7 @@ fn rename_sources(reason: &str, renames: &[(Arc<str>, Arc<str>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{ContainerImage, Workload};
+    use crate::inventory::ContainerImage;
     use pullwatch::{DockerConfig, RegistryCredential};
 
     fn add(inv: &mut Inventory, workload: Workload) {
@@ -922,6 +982,60 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    fn sourced(source: &str, user: &str) -> SourcedCredential {
+        SourcedCredential {
+            source: source.into(),
+            credential: RegistryCredential {
+                username: user.into(),
+                password: "pw".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn target(image: &str, credentials: &[SourcedCredential]) -> AgentTarget {
+        AgentTarget {
+            image: ImageReference::parse(image).unwrap(),
+            credentials: credentials.into(),
+            sources: Vec::new(),
+            workload_nodes: BTreeSet::new(),
+        }
+    }
+
+    /// The secrets rule on its own: the same image with the same credential values
+    /// (whatever the secret is called) may reach a container's nodes; other values,
+    /// none at all, or another original image may not; no credentials reach anyone.
+    #[test]
+    fn credentials_reach_only_nodes_whose_namespace_resolves_them_itself() {
+        let image = ImageReference::parse("registry.example/team/app:1").unwrap();
+        let other_image = ImageReference::parse("registry.example/other/app:1").unwrap();
+        let a = [sourced("secret/a/pull", "alice")];
+        let with_a = target("registry.example/team/app:1", &a);
+
+        assert!(with_a.credentials_may_reach_nodes_of(&image, &a));
+        // Equal values under another namespace's secret name: its kubelet holds them.
+        assert!(
+            with_a.credentials_may_reach_nodes_of(&image, &[sourced("secret/b/copy", "alice")])
+        );
+        assert!(!with_a.credentials_may_reach_nodes_of(&image, &[sourced("secret/b/pull", "bob")]));
+        assert!(!with_a.credentials_may_reach_nodes_of(&image, &[]));
+        assert!(!with_a.credentials_may_reach_nodes_of(
+            &image,
+            &[
+                sourced("secret/a/pull", "alice"),
+                sourced("secret/a/extra", "carol")
+            ]
+        ));
+        // The same key reached through a mirror from another original image.
+        assert!(!with_a.credentials_may_reach_nodes_of(&other_image, &a));
+
+        let anonymous = target("registry.example/team/app:1", &[]);
+        assert!(
+            anonymous
+                .credentials_may_reach_nodes_of(&other_image, &[sourced("secret/b/pull", "bob")])
+        );
     }
 
     /// Issue 10: with a mirror, two namespaces share one check key; namespace a's

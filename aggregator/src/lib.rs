@@ -13,14 +13,15 @@
 //! checks are made) and `OutcomeSink` (where outcomes go), which [`pipeline`]
 //! implements by wiring checker, agents, store and metrics together; what checks
 //! answered ([`answers`]) is shared by the stages from the scheduler on.
-//! [`server`] serves the HTTP endpoints, [`report`] prints one-shot results (with
-//! [`progress`] on stderr while `check` runs) and
-//! [`cli`] holds the flags.
+//! [`endpoints`] serves the HTTP endpoints, [`report`] prints one-shot results (with
+//! [`progress`] on stderr while `check` runs) and [`flags`] holds the command line's
+//! flags (the agent listener's are [`agents::cli`]).
 
 pub mod agents;
 pub mod answers;
 pub mod checker;
-pub mod cli;
+pub mod endpoints;
+pub mod flags;
 pub mod index;
 pub mod inventory;
 pub mod metrics;
@@ -28,9 +29,8 @@ pub mod mirrors;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
-pub mod results;
+pub(crate) mod results;
 pub mod scheduler;
-pub mod server;
 pub mod store;
 
 /// Why the aggregator could not start or finish, by what failed. The binary turns each
@@ -42,7 +42,7 @@ pub enum Error {
     #[error(transparent)]
     Start(#[from] pullwatch::Error),
     #[error(transparent)]
-    Flags(#[from] cli::FlagError),
+    Flags(#[from] flags::FlagError),
     #[error(transparent)]
     Manifests(#[from] inventory::manifests::ManifestError),
     #[error(transparent)]

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use pullwatch::serve::Limits;
 use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus};
 use pullwatch_aggregator::agents::auth::TokenReviewer;
-use pullwatch_aggregator::agents::server::AgentServerError;
+use pullwatch_aggregator::agents::server::{AgentServer, AgentServerError};
 use pullwatch_aggregator::agents::{self, AgentHub};
 use pullwatch_aggregator::checker::Checker;
-use pullwatch_aggregator::cli::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
+use pullwatch_aggregator::endpoints::{self, EndpointState};
+use pullwatch_aggregator::flags::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
 use pullwatch_aggregator::index::ContainerRef;
 use pullwatch_aggregator::index::{self, ImageIndex};
 use pullwatch_aggregator::inventory::cluster::{self, InventoryMetrics};
@@ -24,9 +26,9 @@ use pullwatch_aggregator::pipeline::{CycleProgress, Pipeline};
 use pullwatch_aggregator::progress::Reporter;
 use pullwatch_aggregator::report;
 use pullwatch_aggregator::scheduler::{Scheduler, SchedulerStatus};
-use pullwatch_aggregator::server::{self, ServerState};
 use pullwatch_aggregator::{Error, Result};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
@@ -72,7 +74,7 @@ const EXIT_NOT_CHECKED: u8 = 3;
 
 /// Checks the manifests once: 0 when every image is available, 1 otherwise.
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
-    let options = cli::index_options(&args.checker, &args.filters)?;
+    let options = flags::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(false)?;
     let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())?;
     let inventory = manifests::load(&args.manifests)?;
@@ -154,102 +156,41 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
-    let options = cli::index_options(&args.checker, &args.filters)?;
+    let options = flags::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(args.legacy_metric_names)?;
-    let inventory_metrics = InventoryMetrics::new(metrics.registry())?;
+    let inventory_metrics = metrics.inventory.clone();
     let mut checker_config = args.checker.checker_config();
     // In a cluster the nodes say which platforms workloads land on.
     checker_config.index_platforms |= args.manifests.is_none();
     let checker = Checker::new(&checker_config, metrics.checker.clone())?;
     let shared = SharedInventory::default();
 
-    // The inventory source: manifest files, or the cluster's API server.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = Vec::new();
-    // The API client, in cluster mode (TokenReviews of agents use it too).
-    let mut kube_client = None;
-    let source = match &args.manifests {
-        Some(path) => {
-            // Fail fast: a typo in the path must not look like an empty cluster.
-            let inventory = manifests::load(path)?;
-            *lock(&shared.inventory) = inventory;
-            shared.set_state(
-                MANIFESTS,
-                WatchState {
-                    synced: true,
-                    ..Default::default()
-                },
-            );
-            shared.changed.notify_one();
-            background.push(tokio::spawn(reload_manifests(
-                path.clone(),
-                args.check_interval,
-                shared.clone(),
-                stop_rx.clone(),
-            )));
-            format!("manifests {}", path.display())
-        }
-        None => {
-            let client = cluster::client(args.kubeconfig.as_deref()).await?;
-            kube_client = Some(client.clone());
-            background.extend(cluster::spawn_watches(
-                client,
-                shared.clone(),
-                inventory_metrics,
-            ));
-            "cluster".to_string()
-        }
-    };
+    let (source, kube_client) =
+        start_inventory(&args, &shared, inventory_metrics, &stop_rx, &mut background).await?;
 
-    let listener = server::bind(&args.bind_address).await?;
+    let listener = endpoints::bind(&args.bind_address).await?;
     // Each listener (HTTP, and agents with --agent-listen) applies the limits alone.
     let limits = args
         .limits
         .for_listener(1 + usize::from(args.agents.agent_listen.is_some()));
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         checker,
         metrics,
         args.checker.max_concurrent_checks as usize * 2,
     )
     .with_inventory(shared.inventory.clone());
-    // Node agents, with --agent-listen: checks go through them while any is connected.
-    let agent_server = match args.agents.server_config()? {
-        Some(config) => {
-            let reviewer = match args.agents.token_audience() {
-                None => None,
-                Some(audience) => {
-                    let client = match kube_client.clone() {
-                        Some(client) => client,
-                        None => cluster::client(None)
-                            .await
-                            .map_err(|e| AgentServerError::TokenReviewClient(e.to_string()))?,
-                    };
-                    let account = args
-                        .agents
-                        .service_account()?
-                        .ok_or(AgentServerError::NoServiceAccount)?;
-                    Some(Arc::new(TokenReviewer::new(client, audience, account)))
-                }
-            };
-            let hub = AgentHub::new(args.agents.hub_config());
-            hub.register_metrics(pipeline.metrics.registry())?;
-            if let (Some(client), Some(label)) = (&kube_client, &args.agents.node_group_label) {
-                background.push(agents::groups::spawn_node_groups(
-                    client.clone(),
-                    label.clone(),
-                    hub.clone(),
-                ));
-            }
-            let server =
-                agents::server::start_with_limits(hub.clone(), config, reviewer, limits.clone())
-                    .await?;
-            pipeline = pipeline.with_agents(hub);
-            Some(server)
-        }
-        None => None,
-    };
+    let (pipeline, agent_server) = start_agents(
+        &args,
+        pipeline,
+        kube_client,
+        limits.clone(),
+        &mut background,
+    )
+    .await?;
     let pipeline = Arc::new(pipeline);
-    let state = Arc::new(ServerState::new(pipeline.clone()));
+    let state = Arc::new(EndpointState::new(pipeline.clone()));
     tokio::spawn(async move {
         pullwatch::support::shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -261,7 +202,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
     // The HTTP server outlives the rest: during shutdown /readyz answers 503.
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(endpoints::serve(
         listener,
         limits,
         state.clone(),
@@ -290,6 +231,104 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     // readiness stop sending before the endpoints go.
     state.set_ready(false, "shutting down");
     info!("shutting down");
+    shut_down(agent_server, background, scheduler).await;
+    tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    let _ = server_stop_tx.send(true);
+    server.await.map_err(|e| Error::ServerTask(e.to_string()))?;
+    Ok(())
+}
+
+/// Starts the inventory source: manifest files (loaded now and reloaded every
+/// interval), or watches of the cluster's API server. Returns what the source is, for
+/// the log, and the API client in cluster mode (TokenReviews of agents use it too).
+async fn start_inventory(
+    args: &ServeArgs,
+    shared: &SharedInventory,
+    inventory_metrics: InventoryMetrics,
+    stop: &watch::Receiver<bool>,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<(String, Option<kube::Client>)> {
+    match &args.manifests {
+        Some(path) => {
+            // Fail fast: a typo in the path must not look like an empty cluster.
+            let inventory = manifests::load(path)?;
+            *lock(&shared.inventory) = inventory;
+            shared.set_state(
+                MANIFESTS,
+                WatchState {
+                    synced: true,
+                    ..Default::default()
+                },
+            );
+            shared.changed.notify_one();
+            background.push(tokio::spawn(reload_manifests(
+                path.clone(),
+                args.check_interval,
+                shared.clone(),
+                stop.clone(),
+            )));
+            Ok((format!("manifests {}", path.display()), None))
+        }
+        None => {
+            let client = cluster::client(args.kubeconfig.as_deref()).await?;
+            background.extend(cluster::spawn_watches(
+                client.clone(),
+                shared.clone(),
+                inventory_metrics,
+            ));
+            Ok(("cluster".to_string(), Some(client)))
+        }
+    }
+}
+
+/// With `--agent-listen`: the agent hub, its node groups and its gRPC server, and
+/// `pipeline` checking through the agents while any is connected.
+async fn start_agents(
+    args: &ServeArgs,
+    pipeline: Pipeline,
+    kube_client: Option<kube::Client>,
+    limits: Limits,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<(Pipeline, Option<AgentServer>)> {
+    let Some(config) = args.agents.server_config()? else {
+        return Ok((pipeline, None));
+    };
+    let reviewer = match args.agents.token_audience() {
+        None => None,
+        Some(audience) => {
+            let client = match kube_client.clone() {
+                Some(client) => client,
+                None => cluster::client(None)
+                    .await
+                    .map_err(|e| AgentServerError::TokenReviewClient(e.to_string()))?,
+            };
+            let account = args
+                .agents
+                .service_account()?
+                .ok_or(AgentServerError::NoServiceAccount)?;
+            Some(Arc::new(TokenReviewer::new(client, audience, account)))
+        }
+    };
+    let hub = AgentHub::new(args.agents.hub_config());
+    hub.register_metrics(pipeline.metrics.registry())?;
+    if let (Some(client), Some(label)) = (kube_client, &args.agents.node_group_label) {
+        background.push(agents::groups::spawn_node_groups(
+            client,
+            label.clone(),
+            hub.clone(),
+        ));
+    }
+    let server = agents::server::start_with_limits(hub.clone(), config, reviewer, limits).await?;
+    Ok((pipeline.with_agents(hub), Some(server)))
+}
+
+/// Stops what runs behind the HTTP server: agent sessions and checks in flight get
+/// [`SHUTDOWN_GRACE`] each, background tasks none.
+async fn shut_down(
+    agent_server: Option<AgentServer>,
+    background: Vec<JoinHandle<()>>,
+    scheduler: JoinHandle<()>,
+) {
     if let Some(agent_server) = agent_server
         && tokio::time::timeout(SHUTDOWN_GRACE, agent_server.stop())
             .await
@@ -310,10 +349,6 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
         abandon.abort();
         warn!(grace = ?SHUTDOWN_GRACE, "checks still in flight at shutdown; abandoned");
     }
-    tokio::time::sleep(SHUTDOWN_DRAIN).await;
-    let _ = server_stop_tx.send(true);
-    server.await.map_err(|e| Error::ServerTask(e.to_string()))?;
-    Ok(())
 }
 
 /// How long shutdown waits for agent sessions and checks in flight.
@@ -363,7 +398,7 @@ async fn reload_manifests(
 async fn report_readiness(
     shared: SharedInventory,
     mut status: watch::Receiver<SchedulerStatus>,
-    state: Arc<ServerState>,
+    state: Arc<EndpointState>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut logged_first_pass = false;

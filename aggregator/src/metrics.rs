@@ -1,7 +1,7 @@
 //! Metrics: the last stage. The canonical k8s-image-availability-exporter series, name
 //! for name and label for label, plus pullwatch's own `pullwatch_*` series.
 //!
-//! Canonical contract (see DESIGN.md): for every container reference that has been
+//! Canonical contract (README, "Metrics"): for every container reference that has been
 //! checked, each of the eight gauges `k8s_image_availability_exporter_<status>`
 //! exists and exactly one is 1. Nothing is exported before the first check, and a
 //! reference's series go when the reference goes.
@@ -11,6 +11,10 @@
 //! crate holds eight labelled children per reference and copies all of them again on
 //! every scrape, which cost about 20 KiB per reference in the benchmark. Rendering
 //! from the store keeps one copy (the store's) and lets the server stream the text.
+//!
+//! The other series live in one registry, filled once by [`Metrics::new`] from the
+//! structs the stages own (the checker's, the inventory watches'); only the agent
+//! hub still registers its own.
 
 use std::fmt::Write as _;
 
@@ -19,6 +23,7 @@ use pullwatch::CheckStatus;
 
 use crate::checker::CheckerMetrics;
 use crate::index::ContainerRef;
+use crate::inventory::cluster::InventoryMetrics;
 use crate::inventory::{RunningDigests, WorkloadKind};
 use crate::store::{ResultStore, tag_moved};
 
@@ -33,19 +38,65 @@ const PREFIX: &str = "k8s_image_availability_exporter";
 
 /// Why metrics could not be set up or rendered.
 #[derive(Debug, thiserror::Error)]
-#[error("metrics: {0}")]
-pub struct MetricsError(#[from] prometheus::Error);
+pub enum MetricsError {
+    /// A stage's series could not be created or registered (a clash of names or
+    /// labels: a bug, reported at start rather than leaving the series out).
+    #[error("metrics: cannot register the {stage} series: {source}")]
+    Register {
+        stage: &'static str,
+        #[source]
+        source: prometheus::Error,
+    },
+    /// The registry's series could not be encoded.
+    #[error("metrics: {0}")]
+    Render(#[from] prometheus::Error),
+}
 
-/// All of the aggregator's metrics.
+/// `map_err` for the registration of `stage`'s series.
+fn registering(stage: &'static str) -> impl FnOnce(prometheus::Error) -> MetricsError {
+    move |source| MetricsError::Register { stage, source }
+}
+
+/// All of the aggregator's metrics, registered once, here: each stage owns the struct
+/// of its series (the checker's, the inventory watches'), this group registers it.
+/// The agent hub still registers its own series ([`crate::agents::AgentHub`]'s
+/// `register_metrics`) on [`Metrics::registry`].
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family>,
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
+    /// The inventory watches' series (cluster mode; without watches none is set).
+    pub inventory: InventoryMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
-    pub checks: IntCounterVec,
+    pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
-    pub agents_connected: IntGauge,
+    pub(crate) agents_connected: IntGauge,
+}
+
+/// The aggregator's own series: completed passes, checks by where, agents connected.
+fn own_series(
+    registry: &Registry,
+) -> Result<(IntCounter, IntCounterVec, IntGauge), prometheus::Error> {
+    let completed_rechecks = IntCounter::new(
+        format!("{PREFIX}_completed_rechecks_total"),
+        "Number of completed checks of all images.",
+    )?;
+    registry.register(Box::new(completed_rechecks.clone()))?;
+    let checks = IntCounterVec::new(
+        Opts::new(
+            "pullwatch_checks_total",
+            "Distinct checks made, by where the answer came from: agents (the nodes) or central (the aggregator itself).",
+        ),
+        &["via"],
+    )?;
+    let agents_connected = IntGauge::new(
+        "pullwatch_agents_connected",
+        "Node agents connected to the aggregator.",
+    )?;
+    registry.register(Box::new(checks.clone()))?;
+    registry.register(Box::new(agents_connected.clone()))?;
+    Ok((completed_rechecks, checks, agents_connected))
 }
 
 /// One canonical metric family: a status, for every kind or (legacy names) one kind.
@@ -80,47 +131,33 @@ impl Metrics {
                 }
             }
         }
-        let completed_rechecks = IntCounter::new(
-            format!("{PREFIX}_completed_rechecks_total"),
-            "Number of completed checks of all images.",
-        )?;
-        registry.register(Box::new(completed_rechecks.clone()))?;
-        let checker = CheckerMetrics::new(&registry)?;
-        let checks = IntCounterVec::new(
-            Opts::new(
-                "pullwatch_checks_total",
-                "Distinct checks made, by where the answer came from: agents (the nodes) or central (the aggregator itself).",
-            ),
-            &["via"],
-        )?;
-        let agents_connected = IntGauge::new(
-            "pullwatch_agents_connected",
-            "Node agents connected to the aggregator.",
-        )?;
-        registry.register(Box::new(checks.clone()))?;
-        registry.register(Box::new(agents_connected.clone()))?;
+        let (completed_rechecks, checks, agents_connected) =
+            own_series(&registry).map_err(registering("aggregator"))?;
+        let checker = CheckerMetrics::new(&registry).map_err(registering("checker"))?;
+        let inventory = InventoryMetrics::new(&registry).map_err(registering("inventory"))?;
         Ok(Metrics {
             registry,
             families,
             completed_rechecks,
             checker,
+            inventory,
             checks,
             agents_connected,
         })
     }
 
-    /// The registry for further `pullwatch_*` series (inventory watches, agents).
+    /// The registry, for the agent hub's own `pullwatch_*` series.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// One full pass over every reference finished.
-    pub fn recheck_completed(&self) {
+    pub(crate) fn recheck_completed(&self) {
         self.completed_rechecks.inc();
     }
 
     /// How many parts an exposition has (see [`Metrics::render_chunk`]).
-    pub fn part_count(&self) -> usize {
+    pub(crate) fn part_count(&self) -> usize {
         1 + self.families.len() + 3
     }
 
@@ -133,7 +170,7 @@ impl Metrics {
     /// `running`, what the cluster's pods run; None outside cluster mode). A family
     /// with no series is left out entirely (nothing is exported before a reference's
     /// first check).
-    pub fn render_chunk(
+    pub(crate) fn render_chunk(
         &self,
         at: &mut ScrapePosition,
         store: &ResultStore,
@@ -213,7 +250,7 @@ impl Metrics {
     }
 
     /// The whole exposition at once.
-    pub fn render_with(
+    pub(crate) fn render_with(
         &self,
         store: &ResultStore,
         running: Option<&RunningDigests>,
@@ -299,20 +336,20 @@ fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut Str
 
 /// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
 /// Containers looked at per chunk of a canonical family: about 600 KiB of text.
-pub const SERIES_PER_CHUNK: usize = 4096;
+pub(crate) const SERIES_PER_CHUNK: usize = 4096;
 
 /// Where a streamed exposition stands: the part, and within a family the last
 /// container rendered and whether the family's header is out.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapePosition {
-    pub part: usize,
+    pub(crate) part: usize,
     after: Option<ContainerRef>,
     header_written: bool,
 }
 
 impl ScrapePosition {
     /// Whether every part of `metrics`' exposition is out.
-    pub fn is_done(&self, metrics: &Metrics) -> bool {
+    pub(crate) fn is_done(&self, metrics: &Metrics) -> bool {
         self.part >= metrics.part_count()
     }
 
@@ -398,6 +435,33 @@ mod tests {
             .filter(|l| l.starts_with(&format!("{metric}{{")))
             .map(str::to_string)
             .collect()
+    }
+
+    /// The group registers each stage's series once: registering a stage's struct
+    /// again clashes, and the clash is a typed error naming the stage.
+    #[test]
+    fn stage_series_are_registered_once_by_the_group() {
+        let metrics = Metrics::new(false).unwrap();
+        let again = InventoryMetrics::new(metrics.registry())
+            .err()
+            .map(registering("inventory"));
+        assert!(
+            matches!(
+                &again,
+                Some(MetricsError::Register {
+                    stage: "inventory",
+                    source: prometheus::Error::AlreadyReg
+                })
+            ),
+            "{again:?}"
+        );
+        assert!(
+            again
+                .unwrap()
+                .to_string()
+                .starts_with("metrics: cannot register the inventory series: ")
+        );
+        assert!(CheckerMetrics::new(metrics.registry()).is_err());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct Mirrors {
 
 impl Mirrors {
     /// Parses every `--image-mirror` value.
-    pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Self, MirrorError> {
+    pub(crate) fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Self, MirrorError> {
         let mut rules: Vec<(Prefix, Prefix)> = Vec::new();
         for spec in specs {
             let spec = spec.as_ref();
@@ -61,12 +61,8 @@ impl Mirrors {
         Ok(Mirrors { rules })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// The reference to check: `reference` rewritten by the longest matching rule.
-    pub fn apply(&self, reference: &ImageReference) -> ImageReference {
+    pub(crate) fn apply(&self, reference: &ImageReference) -> ImageReference {
         for (origin, mirror) in &self.rules {
             if reference.registry() != origin.registry {
                 continue;

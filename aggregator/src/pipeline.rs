@@ -24,7 +24,7 @@ use crate::checker::Checker;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError, ScrapePosition};
-use crate::scheduler::{Agents, CheckRunner, OutcomeSink};
+use crate::scheduler::{CheckRunner, NodeAgents, OutcomeSink};
 use crate::store::ResultStore;
 
 /// The checker with the state its results feed.
@@ -52,12 +52,12 @@ pub struct CycleProgress {
 
 impl CycleProgress {
     /// Container references with a result.
-    pub fn done(&self) -> usize {
+    pub(crate) fn done(&self) -> usize {
         self.done.load(Ordering::Relaxed)
     }
 
     /// Distinct checks started and not finished.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 }
@@ -85,30 +85,14 @@ impl Pipeline {
     }
 
     /// One full pass over every reference finished.
-    pub fn pass_completed(&self) {
+    pub(crate) fn pass_completed(&self) {
         self.metrics.recheck_completed();
         *lock(&self.last_full_pass) = Some(SystemTime::now());
     }
 
-    /// Results with reasons, as `/api/v1/images` and `/` show them.
-    pub fn images(&self, filter: &crate::results::Filter) -> crate::results::ImagesResponse {
-        let mut response = {
-            let store = lock(&self.store);
-            let inventory = self.inventory.as_ref().map(|i| lock(i));
-            crate::results::images(
-                &store,
-                inventory.as_ref().map(|i| &i.running),
-                self.last_full_pass(),
-                filter,
-            )
-        };
-        response.registries = self.registry_quotas();
-        response
-    }
-
     /// The pull quota of each registry that announced one, as the aggregator's checks
     /// and each node's agent last saw it.
-    pub fn registry_quotas(&self) -> Vec<crate::results::RegistryQuotaView> {
+    pub(crate) fn registry_quotas(&self) -> Vec<crate::results::RegistryQuotaView> {
         crate::results::registry_quotas(
             self.metrics.checker.quotas.snapshot(),
             self.agents
@@ -120,7 +104,7 @@ impl Pipeline {
 
     /// Runs `read` with what running pods run (cluster mode; None otherwise), holding
     /// the inventory only for that long.
-    pub fn with_running<R>(
+    pub(crate) fn with_running<R>(
         &self,
         read: impl FnOnce(Option<&crate::inventory::RunningDigests>) -> R,
     ) -> R {
@@ -131,7 +115,7 @@ impl Pipeline {
     }
 
     /// When the last full pass finished, if one has.
-    pub fn last_full_pass(&self) -> Option<SystemTime> {
+    pub(crate) fn last_full_pass(&self) -> Option<SystemTime> {
         *lock(&self.last_full_pass)
     }
 
@@ -146,11 +130,6 @@ impl Pipeline {
     pub fn with_agents(mut self, hub: AgentHub) -> Self {
         self.agents = Some(hub);
         self
-    }
-
-    /// The agent hub, when agents are enabled.
-    pub fn agents(&self) -> Option<&AgentHub> {
-        self.agents.as_ref()
     }
 
     /// Checks everything in `index`, then drops results of references no longer in it.
@@ -201,14 +180,13 @@ impl Pipeline {
         }
     }
 
-    /// Checks one distinct reference centrally.
-    pub async fn check(&self, key: &CheckKey) -> CheckOutcome {
-        self.checker.check(key).await
-    }
-
     /// Checks one distinct reference through the agents (one node per node group)
     /// when any is connected and answers; centrally otherwise.
-    pub async fn check_routed(&self, key: &CheckKey, target: Option<&AgentTarget>) -> KeyCheck {
+    pub(crate) async fn check_routed(
+        &self,
+        key: &CheckKey,
+        target: Option<&AgentTarget>,
+    ) -> KeyCheck {
         if let (Some(hub), Some(target)) = (&self.agents, target)
             && !hub.is_empty()
         {
@@ -236,7 +214,7 @@ impl Pipeline {
 
     /// Records `outcome` for `containers` of `index`, each as it stands for its
     /// workload's platforms.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         index: &ImageIndex,
         containers: &[ContainerRef],
@@ -259,8 +237,9 @@ impl Pipeline {
             .collect()
     }
 
+    #[cfg(test)]
     /// The whole Prometheus text exposition.
-    pub fn render_metrics(&self) -> Result<String, MetricsError> {
+    pub(crate) fn render_metrics(&self) -> Result<String, MetricsError> {
         let store = lock(&self.store);
         match &self.inventory {
             Some(inventory) => self
@@ -321,8 +300,8 @@ impl CheckRunner for Pipeline {
         self.checker.set_platforms(platforms);
     }
 
-    fn agents(&self) -> Option<&dyn Agents> {
-        self.agents.as_ref().map(|hub| hub as &dyn Agents)
+    fn node_agents(&self) -> Option<&dyn NodeAgents> {
+        self.agents.as_ref().map(|hub| hub as &dyn NodeAgents)
     }
 }
 
@@ -361,7 +340,7 @@ impl OutcomeSink for Pipeline {
     }
 }
 
-impl Agents for AgentHub {
+impl NodeAgents for AgentHub {
     fn subscribe(&self) -> watch::Receiver<u64> {
         AgentHub::subscribe(self)
     }

@@ -55,7 +55,7 @@ impl Reporter {
 }
 
 /// The line a non-terminal stderr gets.
-pub fn line(total: usize, progress: &CycleProgress) -> String {
+pub(crate) fn line(total: usize, progress: &CycleProgress) -> String {
     format!(
         "checked {} of {total} references, {} in flight",
         progress.done(),

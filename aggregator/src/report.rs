@@ -11,14 +11,14 @@ use crate::index::ContainerRef;
 
 /// One row of `check -o json`. Key names are a contract other tools depend on.
 #[derive(Debug, Serialize)]
-pub struct Row<'a> {
-    pub namespace: &'a str,
-    pub kind: &'a str,
-    pub name: &'a str,
-    pub container: &'a str,
-    pub image: &'a str,
-    pub status: &'a str,
-    pub reason: &'a str,
+pub(crate) struct Row<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) container: &'a str,
+    pub(crate) image: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) reason: &'a str,
 }
 
 fn rows(results: &[(ContainerRef, CheckOutcome)]) -> Vec<Row<'_>> {

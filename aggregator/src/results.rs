@@ -19,7 +19,7 @@ use crate::inventory::RunningDigests;
 use crate::store::{ResultStore, tag_moved};
 
 /// What to do about each status: the Statuses table of the README, word for word.
-pub fn fix(status: CheckStatus) -> &'static str {
+pub(crate) fn fix(status: CheckStatus) -> &'static str {
     match status {
         CheckStatus::Available => "nothing",
         CheckStatus::Absent => {
@@ -42,14 +42,14 @@ pub fn fix(status: CheckStatus) -> &'static str {
 
 /// `?status=` and `?namespace=`: which workload rows to show.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub status: Option<CheckStatus>,
-    pub namespace: Option<String>,
+pub(crate) struct Filter {
+    pub(crate) status: Option<CheckStatus>,
+    pub(crate) namespace: Option<String>,
 }
 
 /// Why a query does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error(
         "unknown status {0:?}: expected one of available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error"
     )]
@@ -60,7 +60,7 @@ pub enum FilterError {
 
 impl Filter {
     /// From a URL query string (`status=absent&namespace=shop`).
-    pub fn parse(query: Option<&str>) -> Result<Filter, FilterError> {
+    pub(crate) fn parse(query: Option<&str>) -> Result<Filter, FilterError> {
         let mut filter = Filter::default();
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match key.as_ref() {
@@ -87,50 +87,52 @@ impl Filter {
     }
 }
 
-/// The whole answer of `/api/v1/images`.
+/// The whole answer of `/api/v1/images`, as the tests parse it back: the server
+/// streams it in parts ([`Snapshot::next_json_chunk`]) and never builds it whole.
+#[cfg(test)]
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ImagesResponse {
-    pub summary: Summary,
-    pub images: Vec<ImageView>,
+pub(crate) struct ImagesResponse {
+    pub(crate) summary: Summary,
+    pub(crate) images: Vec<ImageView>,
     /// The pull quota of each registry that announced one ([`registry_quotas`]); the
     /// server streams it as a member after the summary, and it is not parsed back.
     #[serde(default, skip_deserializing)]
-    pub registries: Vec<RegistryQuotaView>,
+    pub(crate) registries: Vec<RegistryQuotaView>,
 }
 
 /// One registry's pull quota, as the aggregator's own checks and each node's route
 /// last saw it (anonymous quotas are per egress IP: each vantage point has its own).
 #[derive(Debug, Serialize)]
-pub struct RegistryQuotaView {
-    pub registry: String,
+pub(crate) struct RegistryQuotaView {
+    pub(crate) registry: String,
     /// The aggregator's own view (central checks); null when only nodes saw it.
-    pub central: Option<QuotaView>,
+    pub(crate) central: Option<QuotaView>,
     /// Each node whose agent reported it.
-    pub nodes: Vec<NodeQuotaView>,
+    pub(crate) nodes: Vec<NodeQuotaView>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct QuotaView {
-    pub remaining: u64,
-    pub limit: Option<u64>,
-    pub window_seconds: Option<u64>,
+pub(crate) struct QuotaView {
+    pub(crate) remaining: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) window_seconds: Option<u64>,
     /// When the answer that announced it came (RFC 3339).
-    pub seen_at: Option<String>,
+    pub(crate) seen_at: Option<String>,
     /// Whose quota (Docker's `docker-ratelimit-source`: the egress IP, or the account),
     /// when the registry said; the aggregator's own view only.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct NodeQuotaView {
-    pub node: String,
+pub(crate) struct NodeQuotaView {
+    pub(crate) node: String,
     #[serde(flatten)]
-    pub quota: QuotaView,
+    pub(crate) quota: QuotaView,
 }
 
 /// The quota views of every registry, from the aggregator's latest quotas (host ->
 /// quota, when) and the nodes' (host -> node -> quota).
-pub fn registry_quotas(
+pub(crate) fn registry_quotas(
     central: BTreeMap<String, (Quota, SystemTime)>,
     nodes: BTreeMap<String, BTreeMap<String, NodeQuota>>,
 ) -> Vec<RegistryQuotaView> {
@@ -175,54 +177,56 @@ pub fn registry_quotas(
 
 /// Over every checked image, whatever the filter.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Distinct images (as written in the specs) with a result.
-    pub images: usize,
+    pub(crate) images: usize,
     /// Images every workload can pull.
-    pub available: usize,
+    pub(crate) available: usize,
     /// Images some workload cannot pull.
-    pub failing: usize,
+    pub(crate) failing: usize,
     /// When the last full pass over every reference finished (RFC 3339), if one has.
-    pub last_full_pass: Option<String>,
+    pub(crate) last_full_pass: Option<String>,
 }
 
-/// One image as written in the specs, with every workload container using it.
+/// One image as written in the specs, with every workload container using it (as
+/// the tests parse it back).
+#[cfg(test)]
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ImageView {
-    pub image: String,
+pub(crate) struct ImageView {
+    pub(crate) image: String,
     /// The least available of its workloads' statuses.
-    pub status: CheckStatus,
+    pub(crate) status: CheckStatus,
     /// That workload's reason.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The latest check (RFC 3339).
-    pub checked_at: Option<String>,
+    pub(crate) checked_at: Option<String>,
     /// What the reference resolves to now, when an answer carried it.
-    pub digest: Option<String>,
+    pub(crate) digest: Option<String>,
     /// Running pods of some workload run another digest (true), all run it (false),
     /// or unknown (null).
-    pub tag_moved: Option<bool>,
-    pub workloads: Vec<WorkloadView>,
+    pub(crate) tag_moved: Option<bool>,
+    pub(crate) workloads: Vec<WorkloadView>,
     /// What each node with an agent answered (empty without agents).
-    pub nodes: Vec<NodeView>,
+    pub(crate) nodes: Vec<NodeView>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WorkloadView {
-    pub namespace: String,
-    pub kind: String,
-    pub name: String,
-    pub container: String,
-    pub status: CheckStatus,
-    pub reason: String,
-    pub checked_at: Option<String>,
-    pub tag_moved: Option<bool>,
+pub(crate) struct WorkloadView {
+    pub(crate) namespace: String,
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) container: String,
+    pub(crate) status: CheckStatus,
+    pub(crate) reason: String,
+    pub(crate) checked_at: Option<String>,
+    pub(crate) tag_moved: Option<bool>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct NodeView {
-    pub node: String,
-    pub status: CheckStatus,
-    pub reason: String,
+pub(crate) struct NodeView {
+    pub(crate) node: String,
+    pub(crate) status: CheckStatus,
+    pub(crate) reason: String,
 }
 
 fn rfc3339(time: Option<SystemTime>) -> Option<String> {
@@ -235,7 +239,7 @@ fn rfc3339(time: Option<SystemTime>) -> Option<String> {
 /// image), so what one request holds is a reference count and one chunk, whatever the
 /// inventory's size or the client's pace.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     store: ResultStore,
     /// Image as written -> its container references, ordered by image.
     images: Vec<(Arc<str>, Vec<Row>)>,
@@ -250,7 +254,7 @@ pub struct Snapshot {
 type Row = (ContainerRef, Arc<CheckOutcome>);
 
 /// A streamed chunk ends once it is this long.
-pub const CHUNK_BYTES: usize = 16 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 16 * 1024;
 
 /// An image's fields but its workloads (streamed after them, one by one).
 #[derive(Serialize)]
@@ -266,7 +270,7 @@ struct ImageHead<'a> {
 
 impl Snapshot {
     /// Groups `store` (a snapshot) by image.
-    pub fn new(store: ResultStore, last_full_pass: Option<SystemTime>) -> Snapshot {
+    pub(crate) fn new(store: ResultStore, last_full_pass: Option<SystemTime>) -> Snapshot {
         let mut by_image: BTreeMap<Arc<str>, Vec<Row>> = BTreeMap::new();
         for (container, outcome) in store.iter_shared() {
             by_image
@@ -306,7 +310,7 @@ impl Snapshot {
     }
 
     /// Whether this was built from `store`'s version and `last_full_pass`.
-    pub fn is_of(&self, store: &ResultStore, last_full_pass: Option<SystemTime>) -> bool {
+    pub(crate) fn is_of(&self, store: &ResultStore, last_full_pass: Option<SystemTime>) -> bool {
         self.store.same_version(store) && self.last_full_pass == last_full_pass
     }
 
@@ -364,7 +368,7 @@ impl Snapshot {
 
     /// The next piece of the `/api/v1/images` JSON (what `filter` keeps), moving `at`
     /// past it; None when done. `running`: what pods run (cluster mode).
-    pub fn next_json_chunk(
+    pub(crate) fn next_json_chunk(
         &self,
         at: &mut JsonPosition,
         running: Option<&RunningDigests>,
@@ -426,7 +430,7 @@ impl Snapshot {
     }
 
     /// The next piece of the page at `/`, moving `at` past it; None when done.
-    pub fn next_page_chunk(
+    pub(crate) fn next_page_chunk(
         &self,
         at: &mut PagePosition,
         running: Option<&RunningDigests>,
@@ -567,7 +571,7 @@ impl Snapshot {
 
     /// Whether the page's next piece needs what pods run (only the moved-tag
     /// section does).
-    pub fn page_reads_running(at: &PagePosition) -> bool {
+    pub(crate) fn page_reads_running(at: &PagePosition) -> bool {
         matches!(at.part, PagePart::MovedCount | PagePart::Moved)
     }
 }
@@ -599,7 +603,7 @@ fn is_moved(
 
 /// Where a streamed `/api/v1/images` answer is.
 #[derive(Debug, Default)]
-pub struct JsonPosition {
+pub(crate) struct JsonPosition {
     /// Further members of the answer object (`"name":value`, small, computed when the
     /// request came), written after the summary.
     members: Vec<String>,
@@ -614,7 +618,7 @@ pub struct JsonPosition {
 
 impl JsonPosition {
     /// The start of an answer with `members` (`"name":value` each) after the summary.
-    pub fn with_members(members: Vec<String>) -> JsonPosition {
+    pub(crate) fn with_members(members: Vec<String>) -> JsonPosition {
         JsonPosition {
             members,
             ..JsonPosition::default()
@@ -624,7 +628,7 @@ impl JsonPosition {
 
 /// Where a streamed page is.
 #[derive(Debug, Default)]
-pub struct PagePosition {
+pub(crate) struct PagePosition {
     /// Sections (small, rendered when the request came) put before the footer.
     tail: String,
     part: PagePart,
@@ -636,7 +640,7 @@ pub struct PagePosition {
 
 impl PagePosition {
     /// The start of a page with `tail` (HTML sections) before its footer.
-    pub fn with_tail(tail: String) -> PagePosition {
+    pub(crate) fn with_tail(tail: String) -> PagePosition {
         PagePosition {
             tail,
             ..PagePosition::default()
@@ -655,9 +659,10 @@ enum PagePart {
     Done,
 }
 
+#[cfg(test)]
 /// The whole view of `store` (and of what pods run, in cluster mode) that `filter`
-/// keeps, in one piece, parsed back from the streamed form (for tests and tools).
-pub fn images(
+/// keeps, in one piece, parsed back from the streamed form (for the tests).
+pub(crate) fn images(
     store: &ResultStore,
     running: Option<&RunningDigests>,
     last_full_pass: Option<SystemTime>,
@@ -684,8 +689,9 @@ pub fn images(
     })
 }
 
+#[cfg(test)]
 /// The page at `/` of `snapshot`, in one piece (the server streams it instead).
-pub fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> String {
+pub(crate) fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> String {
     let mut at = PagePosition::default();
     let mut out = String::new();
     while let Some(chunk) = snapshot.next_page_chunk(&mut at, running) {
@@ -695,7 +701,7 @@ pub fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> String {
 }
 
 /// Text safe inside HTML elements and quoted attributes.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -748,7 +754,7 @@ const LOW_QUOTA: f64 = 0.1;
 
 /// The pull quotas, one row per registry and vantage point (the aggregator, a node):
 /// a section the page puts before its footer (empty when no registry announced one).
-pub fn quota_section(registries: &[RegistryQuotaView]) -> String {
+pub(crate) fn quota_section(registries: &[RegistryQuotaView]) -> String {
     let mut out = String::new();
     if registries.is_empty() {
         return out;

@@ -15,7 +15,7 @@
 //! once, once. The node view of each image (nodes per status, nodes holding it) is
 //! kept beside the outcomes.
 //!
-//! The later stages are reached only through the two traits and [`Agents`], which
+//! The later stages are reached only through the two traits and [`NodeAgents`], which
 //! [`crate::pipeline`] implements: nothing here imports a later stage. Time is tokio's,
 //! so the tests below run the schedule on a paused clock against small fakes.
 
@@ -51,11 +51,11 @@ pub trait CheckRunner: Send + Sync + 'static {
     /// The platforms workloads can land on: an index's pull path is walked for each.
     fn walk_platforms(&self, _platforms: &[pullwatch::Platform]) {}
     /// The node agents checks can go to, when they are enabled.
-    fn agents(&self) -> Option<&dyn Agents>;
+    fn node_agents(&self) -> Option<&dyn NodeAgents>;
 }
 
 /// The node agents, as the scheduler sees them.
-pub trait Agents: Send + Sync {
+pub trait NodeAgents: Send + Sync {
     /// Ticks whenever agents come, go or report new image lists.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Connected node -> its node group.
@@ -160,7 +160,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     ) {
         let mut in_flight = FuturesUnordered::new();
         let parallelism = self.runner.parallelism();
-        let mut agent_changes = self.runner.agents().map(|agents| agents.subscribe());
+        let mut agent_changes = self.runner.node_agents().map(|agents| agents.subscribe());
         // Agents that registered before the scheduler started count as a change.
         let mut agents_changed_at: Option<Instant> = agent_changes.as_ref().map(|_| Instant::now());
         if let Some(index) = indexes.borrow_and_update().clone() {
@@ -288,7 +288,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
             }
         }
         self.index = index;
-        if self.runner.agents().is_some() {
+        if self.runner.node_agents().is_some() {
             self.sink
                 .retain_image_nodes(&|image| self.image_keys.contains_key(image));
             let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
@@ -304,7 +304,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     /// a rollout of N agents costs at most one extra check per key and new group.
     fn agents_changed(&mut self) {
         let runner = self.runner.clone();
-        let Some(agents) = runner.agents() else {
+        let Some(agents) = runner.node_agents() else {
             return;
         };
         let groups = agents.groups();
@@ -352,7 +352,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     /// Recomputes the node view of `images` (as written) from the latest node answers
     /// of their keys and the agents' image lists.
     fn refresh_image_nodes(&self, images: Vec<Arc<str>>) {
-        if self.runner.agents().is_none() {
+        if self.runner.node_agents().is_none() {
             return;
         }
         let mut views = Vec::with_capacity(images.len());
@@ -459,7 +459,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     }
 }
 
-/// Whether `failing` says more than `current` about a node: any failure beats
+/// Whether `candidate` says more than `current` about a node: any failure beats
 /// `available`, and among failures the more informative one wins.
 fn worse(candidate: CheckStatus, current: CheckStatus) -> bool {
     match (candidate, current) {
@@ -613,8 +613,8 @@ mod tests {
             self.registries.lock().unwrap().push(registries);
         }
 
-        fn agents(&self) -> Option<&dyn Agents> {
-            self.agents.as_ref().map(|a| a as &dyn Agents)
+        fn node_agents(&self) -> Option<&dyn NodeAgents> {
+            self.agents.as_ref().map(|a| a as &dyn NodeAgents)
         }
     }
 
@@ -643,7 +643,7 @@ mod tests {
         }
     }
 
-    impl Agents for FakeAgents {
+    impl NodeAgents for FakeAgents {
         fn subscribe(&self) -> watch::Receiver<u64> {
             self.changes.subscribe()
         }

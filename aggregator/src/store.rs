@@ -19,7 +19,7 @@ use crate::inventory::RunningDigests;
 /// (`outcome`'s digest): Some(true) when some runs another digest, Some(false) when all
 /// run it, None when unknown (no digest answered, no running pod reported one, or a
 /// digest reference, which cannot move).
-pub fn tag_moved(
+pub(crate) fn tag_moved(
     running: &RunningDigests,
     container: &ContainerRef,
     outcome: &CheckOutcome,
@@ -49,11 +49,11 @@ pub struct ResultStore {
 
 impl ResultStore {
     /// This version of the store, unaffected by later writes.
-    pub fn snapshot(&self) -> ResultStore {
+    pub(crate) fn snapshot(&self) -> ResultStore {
         self.clone()
     }
 
-    pub fn set(&mut self, container: ContainerRef, outcome: impl Into<Arc<CheckOutcome>>) {
+    pub(crate) fn set(&mut self, container: ContainerRef, outcome: impl Into<Arc<CheckOutcome>>) {
         let outcome = outcome.into();
         if self.outcomes.get(&container) == Some(&outcome) {
             return;
@@ -62,42 +62,38 @@ impl ResultStore {
     }
 
     /// Forgets every reference not in `current` (the workload or container went away).
-    pub fn retain(&mut self, current: &HashSet<&ContainerRef>) {
+    pub(crate) fn retain(&mut self, current: &HashSet<&ContainerRef>) {
         if self.outcomes.keys().all(|c| current.contains(c)) {
             return;
         }
         Arc::make_mut(&mut self.outcomes).retain(|container, _| current.contains(container));
     }
 
-    pub fn get(&self, container: &ContainerRef) -> Option<&CheckOutcome> {
-        self.outcomes.get(container).map(|outcome| &**outcome)
-    }
-
     /// Every reference with its outcome, ordered by namespace, kind, name, container.
-    pub fn iter(&self) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
         self.outcomes
             .iter()
             .map(|(container, outcome)| (container, &**outcome))
     }
 
     /// Like [`ResultStore::iter`], with the shared outcomes themselves.
-    pub fn iter_shared(&self) -> impl Iterator<Item = (&ContainerRef, &Arc<CheckOutcome>)> {
+    pub(crate) fn iter_shared(&self) -> impl Iterator<Item = (&ContainerRef, &Arc<CheckOutcome>)> {
         self.outcomes.iter()
     }
 
     /// Whether `other` is this very version (a snapshot of it, no write between).
-    pub fn same_version(&self, other: &ResultStore) -> bool {
+    pub(crate) fn same_version(&self, other: &ResultStore) -> bool {
         Arc::ptr_eq(&self.outcomes, &other.outcomes)
             && Arc::ptr_eq(&self.image_nodes, &other.image_nodes)
     }
 
     /// What the nodes say about `image`, if any node has checked it.
-    pub fn image_nodes_of(&self, image: &str) -> Option<&ImageNodes> {
+    pub(crate) fn image_nodes_of(&self, image: &str) -> Option<&ImageNodes> {
         self.image_nodes.get(image)
     }
 
     /// Like [`ResultStore::iter`], from the reference after `after` (None: the first).
-    pub fn iter_after(
+    pub(crate) fn iter_after(
         &self,
         after: Option<&ContainerRef>,
     ) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
@@ -111,16 +107,12 @@ impl ResultStore {
             .map(|(container, outcome)| (container, &**outcome))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.outcomes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty()
-    }
-
     /// Sets what the nodes say about `image`.
-    pub fn set_image_nodes(&mut self, image: &str, nodes: ImageNodes) {
+    pub(crate) fn set_image_nodes(&mut self, image: &str, nodes: ImageNodes) {
         if self.image_nodes.get(image) == Some(&nodes) {
             return;
         }
@@ -133,8 +125,8 @@ impl ResultStore {
         }
     }
 
-    /// Forgets the node view of every image not in `images`: its series disappear.
-    pub fn retain_image_nodes(&mut self, keep: impl Fn(&str) -> bool) {
+    /// Forgets the node view of every image `keep` refuses: its series disappear.
+    pub(crate) fn retain_image_nodes(&mut self, keep: impl Fn(&str) -> bool) {
         if self.image_nodes.keys().all(|image| keep(image)) {
             return;
         }
@@ -142,7 +134,7 @@ impl ResultStore {
     }
 
     /// Every image's node view, ordered by image.
-    pub fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
+    pub(crate) fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
         self.image_nodes.iter()
     }
 }

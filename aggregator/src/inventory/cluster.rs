@@ -1,4 +1,5 @@
-//! Inventory from a live cluster: one kube-rs watcher per kind, each event reduced at
+//! Inventory from a live cluster: one kube-rs watcher per kind (per type for pull
+//! secrets, whose field selector cannot OR two), each event reduced at
 //! once to what a check needs (no object is kept whole: no managedFields, no
 //! annotations, no unrelated secret data).
 //!
@@ -62,7 +63,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
     Ok(Client::try_from(config)?)
 }
 
-/// Series about the watches themselves.
+/// Series about the watches themselves, registered by [`crate::metrics::Metrics`].
 #[derive(Clone)]
 pub struct InventoryMetrics {
     synced: IntGaugeVec,
@@ -72,7 +73,7 @@ pub struct InventoryMetrics {
 }
 
 impl InventoryMetrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = InventoryMetrics {
             synced: IntGaugeVec::new(
                 Opts::new(
@@ -266,45 +267,8 @@ where
                     relist_changed |= lock(&shared.inventory).apply(object);
                 }
                 Ok(Event::InitDone) => {
-                    let count = {
-                        let mut inventory = lock(&shared.inventory);
-                        if let Some(seen) = seen.take() {
-                            relist_changed |= inventory.retain_seen(watch.kind, &seen) > 0;
-                        }
-                        inventory.object_count(watch.kind)
-                    };
-                    let previous = shared.set_state(
-                        resource,
-                        WatchState {
-                            synced: true,
-                            forbidden: false,
-                            last_error: None,
-                        },
-                    );
-                    if previous.forbidden {
-                        info!(resource, "listing is allowed again");
-                    }
-                    let first = !previous.synced;
-                    metrics.synced.with_label_values(&[resource]).set(1);
-                    metrics.forbidden.with_label_values(&[resource]).set(0);
-                    metrics
-                        .objects
-                        .with_label_values(&[resource])
-                        .set(count as i64);
-                    if first {
-                        info!(resource, objects = count, "initial list applied");
-                    } else {
-                        debug!(
-                            resource,
-                            objects = count,
-                            changed = relist_changed,
-                            "relist applied"
-                        );
-                    }
-                    // The first list may complete the sync (and so readiness) even when empty.
-                    if first || relist_changed || previous.forbidden {
-                        shared.changed.notify_one();
-                    }
+                    let seen = seen.take();
+                    relist_done(&shared, &metrics, &watch, seen, relist_changed);
                 }
                 Ok(Event::Apply(object)) => {
                     let object = (watch.wrap)(object);
@@ -319,38 +283,101 @@ where
                     });
                 }
                 Err(error) => {
-                    metrics.errors.with_label_values(&[resource]).inc();
-                    let forbidden = is_forbidden(&error);
-                    let message = error.to_string();
-                    let newly_forbidden = shared.update_state(resource, |state| {
-                        let newly = forbidden && !state.forbidden;
-                        state.forbidden |= forbidden;
-                        state.last_error = Some(message.clone());
-                        newly
-                    });
-                    if forbidden {
-                        metrics.forbidden.with_label_values(&[resource]).set(1);
-                        if newly_forbidden {
-                            warn!(resource, error = %message, "forbidden by RBAC: running without it (kept retrying)");
-                            // Readiness may now be reached without this resource.
-                            shared.changed.notify_one();
-                        }
-                        // A watch refused after a list succeeded (RBAC revoked mid-run):
-                        // kube retries the watch from its resourceVersion and says
-                        // nothing when it is allowed again, so the refusal would never
-                        // clear. Start over with a list: its InitDone clears it. (A
-                        // refused list is retried by the watcher with its backoff.)
-                        if !matches!(error, watcher::Error::InitialListFailed(_)) {
-                            stream = start();
-                        }
-                    } else {
-                        // The last known state stays; checks go on; kube retries with backoff.
-                        warn!(resource, error = %message, "list/watch failed; retrying with backoff");
+                    // A watch refused after a list succeeded (RBAC revoked mid-run):
+                    // kube retries the watch from its resourceVersion and says
+                    // nothing when it is allowed again, so the refusal would never
+                    // clear. Start over with a list: its InitDone clears it. (A
+                    // refused list is retried by the watcher with its backoff.)
+                    if watch_failed(&shared, &metrics, resource, &error)
+                        && !matches!(error, watcher::Error::InitialListFailed(_))
+                    {
+                        stream = start();
                     }
                 }
             }
         }
     })
+}
+
+/// A list (or relist) complete: objects it did not see are gone, the resource is
+/// synced and allowed, and the index is rebuilt if anything changed (or this list
+/// completes the sync, and so readiness, even when empty).
+fn relist_done<K>(
+    shared: &SharedInventory,
+    metrics: &InventoryMetrics,
+    watch: &Watch<K>,
+    seen: Option<HashSet<(String, String)>>,
+    mut relist_changed: bool,
+) {
+    let resource = watch.resource;
+    let count = {
+        let mut inventory = lock(&shared.inventory);
+        if let Some(seen) = seen {
+            relist_changed |= inventory.retain_seen(watch.kind, &seen) > 0;
+        }
+        inventory.object_count(watch.kind)
+    };
+    let previous = shared.set_state(
+        resource,
+        WatchState {
+            synced: true,
+            forbidden: false,
+            last_error: None,
+        },
+    );
+    if previous.forbidden {
+        info!(resource, "listing is allowed again");
+    }
+    let first = !previous.synced;
+    metrics.synced.with_label_values(&[resource]).set(1);
+    metrics.forbidden.with_label_values(&[resource]).set(0);
+    metrics
+        .objects
+        .with_label_values(&[resource])
+        .set(count as i64);
+    if first {
+        info!(resource, objects = count, "initial list applied");
+    } else {
+        debug!(
+            resource,
+            objects = count,
+            changed = relist_changed,
+            "relist applied"
+        );
+    }
+    if first || relist_changed || previous.forbidden {
+        shared.changed.notify_one();
+    }
+}
+
+/// Records a failed list or watch of `resource`. Returns whether RBAC refused it;
+/// otherwise the last known state stays, checks go on, and kube retries with backoff.
+fn watch_failed(
+    shared: &SharedInventory,
+    metrics: &InventoryMetrics,
+    resource: &'static str,
+    error: &watcher::Error,
+) -> bool {
+    metrics.errors.with_label_values(&[resource]).inc();
+    let forbidden = is_forbidden(error);
+    let message = error.to_string();
+    let newly_forbidden = shared.update_state(resource, |state| {
+        let newly = forbidden && !state.forbidden;
+        state.forbidden |= forbidden;
+        state.last_error = Some(message.clone());
+        newly
+    });
+    if forbidden {
+        metrics.forbidden.with_label_values(&[resource]).set(1);
+        if newly_forbidden {
+            warn!(resource, error = %message, "forbidden by RBAC: running without it (kept retrying)");
+            // Readiness may now be reached without this resource.
+            shared.changed.notify_one();
+        }
+    } else {
+        warn!(resource, error = %message, "list/watch failed; retrying with backoff");
+    }
+    forbidden
 }
 
 /// One watch event's change; the index is rebuilt only when something a check

@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// pool has doubled since it was last swept, so it stays within twice the live set
 /// without a sweep per removal.
 #[derive(Debug)]
-pub struct Interner<T: ?Sized + Eq + Hash> {
+pub(crate) struct Interner<T: ?Sized + Eq + Hash> {
     values: HashSet<Arc<T>>,
     swept_at: usize,
 }
@@ -38,7 +38,11 @@ const SWEEP_FLOOR: usize = 1024;
 
 impl<T: ?Sized + Eq + Hash> Interner<T> {
     /// The shared copy of `value`, made by `make` the first time.
-    pub fn get_or_insert_with(&mut self, value: &T, make: impl FnOnce(&T) -> Arc<T>) -> Arc<T> {
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        value: &T,
+        make: impl FnOnce(&T) -> Arc<T>,
+    ) -> Arc<T> {
         match self.values.get(value) {
             Some(shared) => shared.clone(),
             None => self.insert_new(make(value)),
@@ -54,24 +58,21 @@ impl<T: ?Sized + Eq + Hash> Interner<T> {
     }
 
     /// Drops the values only the pool holds.
-    pub fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         self.values.retain(|value| Arc::strong_count(value) > 1);
         self.values.shrink_to_fit();
         self.swept_at = self.values.len();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.values.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
     }
 }
 
 impl<T: Eq + Hash> Interner<T> {
     /// The shared copy of `value`, which becomes it the first time.
-    pub fn intern_value(&mut self, value: T) -> Arc<T> {
+    pub(crate) fn intern_value(&mut self, value: T) -> Arc<T> {
         match self.values.get(&value) {
             Some(shared) => shared.clone(),
             None => self.insert_new(Arc::new(value)),
@@ -81,7 +82,7 @@ impl<T: Eq + Hash> Interner<T> {
 
 impl Interner<str> {
     /// The shared copy of `value`.
-    pub fn intern(&mut self, value: &str) -> Arc<str> {
+    pub(crate) fn intern(&mut self, value: &str) -> Arc<str> {
         self.get_or_insert_with(value, |v| Arc::from(v))
     }
 }

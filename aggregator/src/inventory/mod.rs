@@ -3,16 +3,17 @@
 //! reduced to the few fields a check needs.
 //!
 //! Sources fill an [`Inventory`]: [`manifests`] from YAML files, [`cluster`] from
-//! watches on a live cluster; [`SharedInventory`] is where they meet the index builder. The reduction
-//! from Kubernetes objects lives here so every source reduces the same way.
+//! watches on a live cluster; [`SharedInventory`] is where they meet the index
+//! builder. The reduction from Kubernetes objects lives here so every source reduces
+//! the same way.
 
 pub mod cluster;
-pub mod interner;
+pub(crate) mod interner;
 pub mod manifests;
-pub mod owners;
-pub mod placements;
-pub mod platforms;
-pub mod running;
+pub(crate) mod owners;
+pub(crate) mod placements;
+pub(crate) mod platforms;
+pub(crate) mod running;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,11 +30,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pullwatch::{DockerConfig, Platform};
 use serde::Serialize;
 
-pub use interner::Interner;
-pub use owners::OwnedPods;
-pub use placements::PodPlacements;
-pub use platforms::PlatformConstraints;
-pub use running::RunningDigests;
+pub(crate) use interner::Interner;
+pub(crate) use owners::OwnedPods;
+pub(crate) use placements::PodPlacements;
+pub(crate) use platforms::PlatformConstraints;
+pub(crate) use running::RunningDigests;
 
 /// The kind of a workload, named as in the metric `kind` label: the kinds pullwatch
 /// watches, or (for pods whose controller it does not watch: an Argo Rollout, a bare
@@ -54,7 +55,7 @@ pub enum WorkloadKind {
 
 impl WorkloadKind {
     /// The kinds pullwatch watches.
-    pub const ALL: [WorkloadKind; 6] = [
+    pub(crate) const ALL: [WorkloadKind; 6] = [
         WorkloadKind::Deployment,
         WorkloadKind::StatefulSet,
         WorkloadKind::DaemonSet,
@@ -64,7 +65,7 @@ impl WorkloadKind {
     ];
 
     /// Lowercase, as in the `kind` label and the legacy metric names.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WorkloadKind::Deployment => "deployment",
             WorkloadKind::StatefulSet => "statefulset",
@@ -78,7 +79,7 @@ impl WorkloadKind {
 
     /// Parses the name of a watched kind case-insensitively (`Deployment`,
     /// `deployment`).
-    pub fn parse(name: &str) -> Option<WorkloadKind> {
+    pub(crate) fn parse(name: &str) -> Option<WorkloadKind> {
         WorkloadKind::ALL
             .into_iter()
             .find(|kind| kind.as_str().eq_ignore_ascii_case(name))
@@ -86,12 +87,12 @@ impl WorkloadKind {
 
     /// The kind of a controller as an ownerReference names it (`Rollout`): a watched
     /// kind when it is one, else [`WorkloadKind::Other`] with the name lowercased.
-    pub fn of_controller(kind: &str) -> WorkloadKind {
+    pub(crate) fn of_controller(kind: &str) -> WorkloadKind {
         WorkloadKind::parse(kind).unwrap_or_else(|| WorkloadKind::Other(intern_kind(kind)))
     }
 
     /// True for the kinds pullwatch watches (a pod they control is covered by them).
-    pub fn is_watched(self) -> bool {
+    pub(crate) fn is_watched(self) -> bool {
         !matches!(self, WorkloadKind::Other(_))
     }
 }
@@ -152,7 +153,7 @@ pub struct Workload {
 
 /// The credentials a pull secret carries, or why it carries none.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretCredentials {
+pub(crate) enum SecretCredentials {
     /// Shared by every secret carrying equal values (one robot account's secret
     /// copied into each namespace is kept once).
     Parsed(Arc<DockerConfig>),
@@ -164,11 +165,11 @@ pub enum SecretCredentials {
 }
 
 /// Identifies a workload: kind, namespace, name.
-pub type WorkloadKey = (WorkloadKind, Arc<str>, Arc<str>);
+pub(crate) type WorkloadKey = (WorkloadKind, Arc<str>, Arc<str>);
 
 /// The two secret types that carry registry credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SecretFormat {
+pub(crate) enum SecretFormat {
     /// `kubernetes.io/dockerconfigjson`
     DockerConfigJson,
     /// `kubernetes.io/dockercfg`
@@ -176,7 +177,7 @@ pub enum SecretFormat {
 }
 
 impl SecretFormat {
-    pub fn secret_type(self) -> &'static str {
+    pub(crate) fn secret_type(self) -> &'static str {
         match self {
             SecretFormat::DockerConfigJson => DOCKER_CONFIG_JSON,
             SecretFormat::DockerCfg => DOCKER_CFG,
@@ -186,14 +187,14 @@ impl SecretFormat {
 
 /// A pull secret: its format and what it carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PullSecret {
-    pub format: SecretFormat,
-    pub credentials: SecretCredentials,
+pub(crate) struct PullSecret {
+    pub(crate) format: SecretFormat,
+    pub(crate) credentials: SecretCredentials,
 }
 
 /// The kinds of object an inventory holds, one per watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ObjectKind {
+pub(crate) enum ObjectKind {
     Workload(WorkloadKind),
     Secret(SecretFormat),
     ServiceAccount,
@@ -209,27 +210,27 @@ pub enum ObjectKind {
 pub struct Inventory {
     pub workloads: BTreeMap<WorkloadKey, Workload>,
     /// (namespace, name) -> docker config secrets and their credentials.
-    pub secrets: BTreeMap<(String, String), PullSecret>,
+    pub(crate) secrets: BTreeMap<(String, String), PullSecret>,
     /// (namespace, name) -> the service account's imagePullSecrets.
-    pub service_accounts: BTreeMap<(String, String), Vec<String>>,
+    pub(crate) service_accounts: BTreeMap<(String, String), Vec<String>>,
     /// namespace -> labels, for `--namespace-label`.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Which nodes run pods of which (namespace, image), from every Pod with a node
     /// (controller-owned ones included): where pull secrets may go.
-    pub placements: PodPlacements,
+    pub(crate) placements: PodPlacements,
     /// The digest each running pod container runs, by workload container: what a
     /// moved tag is measured against. Changes here never need an index rebuild.
-    pub running: RunningDigests,
+    pub(crate) running: RunningDigests,
     /// Node name -> its platform (cluster mode): what workloads can land on.
-    pub nodes: BTreeMap<String, Platform>,
+    pub(crate) nodes: BTreeMap<String, Platform>,
     /// Pods whose controller pullwatch does not watch, grouped by their top-most
     /// known controller (see [`Inventory::grouped_workloads`]).
-    pub owned: OwnedPods,
+    pub(crate) owned: OwnedPods,
     /// Namespaces, images, container, secret and service account names, each kept
     /// once however many workloads name it.
-    pub strings: Interner<str>,
+    pub(crate) strings: Interner<str>,
     /// Parsed pull secrets, each distinct value kept once.
-    pub configs: Interner<DockerConfig>,
+    pub(crate) configs: Interner<DockerConfig>,
 }
 
 /// What each watch has achieved, for readiness and metrics.
@@ -275,17 +276,12 @@ impl SharedInventory {
     }
 
     /// Changes a resource's state in place.
-    pub fn update_state<T>(
+    pub(crate) fn update_state<T>(
         &self,
         resource: &'static str,
         change: impl FnOnce(&mut WatchState) -> T,
     ) -> T {
         change(lock(&self.states).entry(resource).or_default())
-    }
-
-    /// Per resource: its watch state.
-    pub fn states(&self) -> BTreeMap<&'static str, WatchState> {
-        lock(&self.states).clone()
     }
 
     /// One line for `/readyz`: what is not synced, what is forbidden.
@@ -320,7 +316,7 @@ impl SharedInventory {
 
 /// A Kubernetes object the inventory understands, before reduction.
 #[derive(Clone, Debug)]
-pub enum KubeObject {
+pub(crate) enum KubeObject {
     Deployment(Box<Deployment>),
     StatefulSet(Box<StatefulSet>),
     DaemonSet(Box<DaemonSet>),
@@ -338,7 +334,7 @@ type ConfigParser = fn(&[u8]) -> Result<DockerConfig, pullwatch::credentials::Cr
 
 impl KubeObject {
     /// (namespace, name); namespace is empty for cluster-scoped objects.
-    pub fn key(&self) -> (String, String) {
+    pub(crate) fn key(&self) -> (String, String) {
         let meta = self.metadata();
         match self {
             KubeObject::Namespace(_) | KubeObject::Node(_) => (String::new(), name_of(meta)),
@@ -373,7 +369,7 @@ impl Inventory {
     /// most watch events (a Pod's status, a Deployment's rollout progress) change
     /// nothing, and must not cost an index rebuild.
     #[must_use = "a change must reach the index builder"]
-    pub fn apply(&mut self, object: KubeObject) -> bool {
+    pub(crate) fn apply(&mut self, object: KubeObject) -> bool {
         match object {
             KubeObject::Deployment(d) => {
                 let spec = d.spec.as_ref();
@@ -471,7 +467,7 @@ impl Inventory {
 
     /// One workload per top-most controller pullwatch does not watch, for the pods it
     /// controls: checked besides [`Inventory::workloads`].
-    pub fn grouped_workloads(&self) -> Vec<Workload> {
+    pub(crate) fn grouped_workloads(&self) -> Vec<Workload> {
         self.owned
             .workloads(|namespace, name| self.has_deployment(namespace, name))
     }
@@ -496,7 +492,7 @@ impl Inventory {
 
     /// Removes what `object` named (its spec is not looked at); returns whether it
     /// was there.
-    pub fn delete(&mut self, object: &KubeObject) -> bool {
+    pub(crate) fn delete(&mut self, object: &KubeObject) -> bool {
         match object {
             KubeObject::Deployment(d) => {
                 self.remove_workload(WorkloadKind::Deployment, &d.metadata)
@@ -532,7 +528,7 @@ impl Inventory {
 
     /// Drops every object of `kind` whose (namespace, name) is not in `seen`: what a
     /// relist did not return was deleted while nobody watched. Returns how many went.
-    pub fn retain_seen(
+    pub(crate) fn retain_seen(
         &mut self,
         kind: ObjectKind,
         seen: &std::collections::HashSet<(String, String)>,
@@ -570,7 +566,7 @@ impl Inventory {
     }
 
     /// How many objects of `kind` the inventory holds.
-    pub fn object_count(&self, kind: ObjectKind) -> usize {
+    pub(crate) fn object_count(&self, kind: ObjectKind) -> usize {
         match kind {
             ObjectKind::Workload(k) => self.workloads.keys().filter(|(wk, _, _)| *wk == k).count(),
             ObjectKind::Secret(format) => {

@@ -18,20 +18,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::{ContainerImage, PlatformConstraints, Workload, WorkloadKind};
 
 /// A controller as an ownerReference names it: (namespace, kind as written, name).
-pub type OwnerKey = (String, String, String);
+pub(crate) type OwnerKey = (String, String, String);
 
 /// What a pod runs and may authenticate with: a [`Workload`] without its identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodTemplate {
-    pub containers: Vec<ContainerImage>,
-    pub pull_secrets: Vec<Arc<str>>,
-    pub service_account: Arc<str>,
-    pub platforms: PlatformConstraints,
+pub(crate) struct PodTemplate {
+    pub(crate) containers: Vec<ContainerImage>,
+    pub(crate) pull_secrets: Vec<Arc<str>>,
+    pub(crate) service_account: Arc<str>,
+    pub(crate) platforms: PlatformConstraints,
 }
 
 /// Pods grouped by their controller, and who controls the ReplicaSets.
 #[derive(Clone, Debug, Default)]
-pub struct OwnedPods {
+pub(crate) struct OwnedPods {
     /// (namespace, pod) -> its controller and the template it runs.
     pods: BTreeMap<(String, String), (OwnerKey, Arc<PodTemplate>)>,
     /// Controller -> the distinct templates its pods run, with pod counts.
@@ -46,7 +46,7 @@ impl OwnedPods {
     /// Records that pod (namespace, name), controlled by `owner` (kind, name), runs
     /// `template`. Returns whether the set of templates of any controller changed
     /// (what the index depends on); a further replica of a known template does not.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         namespace: &str,
         name: &str,
@@ -83,7 +83,7 @@ impl OwnedPods {
     }
 
     /// Forgets a pod. Returns whether a controller lost its last pod of a template.
-    pub fn remove(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn remove(&mut self, namespace: &str, name: &str) -> bool {
         let Some((owner, template)) = self.pods.remove(&(namespace.to_string(), name.to_string()))
         else {
             return false;
@@ -106,7 +106,10 @@ impl OwnedPods {
     }
 
     /// Drops every pod whose (namespace, name) is not in `seen` (a relist).
-    pub fn retain_seen(&mut self, seen: &std::collections::HashSet<(String, String)>) -> bool {
+    pub(crate) fn retain_seen(
+        &mut self,
+        seen: &std::collections::HashSet<(String, String)>,
+    ) -> bool {
         let mut changed = false;
         for (namespace, name) in super::unseen(&self.pods, seen) {
             changed |= self.remove(&namespace, &name);
@@ -117,7 +120,7 @@ impl OwnedPods {
     /// Records a ReplicaSet's controller (kind, name), or its having none. Returns
     /// whether grouping may change: only when the controller it names changes, never
     /// on the status updates that are most of a ReplicaSet's events.
-    pub fn apply_replicaset(
+    pub(crate) fn apply_replicaset(
         &mut self,
         namespace: &str,
         name: &str,
@@ -136,14 +139,14 @@ impl OwnedPods {
     }
 
     /// Forgets a ReplicaSet. Returns whether it was kept.
-    pub fn remove_replicaset(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn remove_replicaset(&mut self, namespace: &str, name: &str) -> bool {
         self.replicasets
             .remove(&(namespace.to_string(), name.to_string()))
             .is_some()
     }
 
     /// Drops every kept ReplicaSet not in `seen` (a relist).
-    pub fn retain_seen_replicasets(
+    pub(crate) fn retain_seen_replicasets(
         &mut self,
         seen: &std::collections::HashSet<(String, String)>,
     ) -> usize {
@@ -153,12 +156,13 @@ impl OwnedPods {
     }
 
     /// ReplicaSets kept (those no Deployment owns).
-    pub fn replicaset_count(&self) -> usize {
+    pub(crate) fn replicaset_count(&self) -> usize {
         self.replicasets.len()
     }
 
+    #[cfg(test)]
     /// Pods kept.
-    pub fn pod_count(&self) -> usize {
+    pub(crate) fn pod_count(&self) -> usize {
         self.pods.len()
     }
 
@@ -166,7 +170,7 @@ impl OwnedPods {
     /// the distinct (container, image) pairs its pods run, in first-seen order.
     /// `is_deployment` says whether a Deployment of that (namespace, name) is known:
     /// the fallback for a ReplicaSet the inventory has not seen.
-    pub fn workloads(&self, is_deployment: impl Fn(&str, &str) -> bool) -> Vec<Workload> {
+    pub(crate) fn workloads(&self, is_deployment: impl Fn(&str, &str) -> bool) -> Vec<Workload> {
         let mut groups: BTreeMap<(String, WorkloadKind, String), Workload> = BTreeMap::new();
         for ((namespace, kind, name), templates) in &self.templates {
             let Some((kind, name)) = self.top_controller(namespace, kind, name, &is_deployment)
@@ -198,7 +202,7 @@ impl OwnedPods {
 
     /// The controller a pod of `kind`/`name` is grouped under, or None when a watched
     /// workload covers it.
-    pub fn top_controller(
+    pub(crate) fn top_controller(
         &self,
         namespace: &str,
         kind: &str,
@@ -232,7 +236,7 @@ impl OwnedPods {
 }
 
 /// The controller owner of an object: (kind, name). The API server allows one.
-pub fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
+pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<(&str, &str)> {
     meta.owner_references
         .iter()
         .flatten()

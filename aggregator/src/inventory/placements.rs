@@ -24,7 +24,7 @@ type ByImage = BTreeMap<Arc<str>, BTreeMap<Arc<str>, BTreeMap<Arc<str>, u32>>>;
 
 /// Which nodes run pods of which (namespace, image).
 #[derive(Clone, Debug, Default)]
-pub struct PodPlacements {
+pub(crate) struct PodPlacements {
     /// (namespace, pod name) -> placement.
     pods: BTreeMap<(String, String), Placement>,
     by_image: ByImage,
@@ -36,7 +36,7 @@ impl PodPlacements {
     /// Records where `pod` runs, replacing what was known about it. A pod not bound to
     /// a node yet, or finished (`Succeeded`, `Failed`), runs nowhere. Returns whether
     /// anything changed.
-    pub fn apply(&mut self, namespace: &str, name: &str, pod: &Pod) -> bool {
+    pub(crate) fn apply(&mut self, namespace: &str, name: &str, pod: &Pod) -> bool {
         let node = pod
             .spec
             .as_ref()
@@ -103,7 +103,7 @@ impl PodPlacements {
     }
 
     /// Forgets a pod. Returns whether it was known.
-    pub fn remove(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn remove(&mut self, namespace: &str, name: &str) -> bool {
         let Some(placement) = self.pods.remove(&(namespace.to_string(), name.to_string())) else {
             return false;
         };
@@ -112,14 +112,18 @@ impl PodPlacements {
     }
 
     /// Drops every pod whose (namespace, name) is not in `seen` (a relist).
-    pub fn retain_seen(&mut self, seen: &HashSet<(String, String)>) {
+    pub(crate) fn retain_seen(&mut self, seen: &HashSet<(String, String)>) {
         for (namespace, name) in super::unseen(&self.pods, seen) {
             self.remove(&namespace, &name);
         }
     }
 
     /// Nodes that run a pod of `namespace` using `image` (as written in the spec).
-    pub fn nodes_running(&self, namespace: &str, image: &str) -> impl Iterator<Item = &Arc<str>> {
+    pub(crate) fn nodes_running(
+        &self,
+        namespace: &str,
+        image: &str,
+    ) -> impl Iterator<Item = &Arc<str>> {
         self.by_image
             .get(namespace)
             .and_then(|images| images.get(image))
@@ -127,12 +131,14 @@ impl PodPlacements {
             .flat_map(|nodes| nodes.keys())
     }
 
+    #[cfg(test)]
     /// Pods placed on a node.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pods.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.pods.is_empty()
     }
 

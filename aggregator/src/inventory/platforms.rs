@@ -86,7 +86,7 @@ fn requirement(expression: &NodeSelectorRequirement) -> Option<Requirement> {
 }
 
 impl PlatformConstraints {
-    pub fn from_pod_spec(spec: &PodSpec) -> PlatformConstraints {
+    pub(crate) fn from_pod_spec(spec: &PodSpec) -> PlatformConstraints {
         let selector = spec
             .node_selector
             .iter()
@@ -121,7 +121,7 @@ impl PlatformConstraints {
     }
 
     /// Whether a node of `platform` may run the pod.
-    pub fn allows(&self, platform: &Platform) -> bool {
+    pub(crate) fn allows(&self, platform: &Platform) -> bool {
         self.selector.iter().all(|r| r.holds(platform))
             && self
                 .terms
@@ -131,7 +131,7 @@ impl PlatformConstraints {
 }
 
 /// A node's platform, from what its kubelet reports.
-pub fn node_platform(node: &Node) -> Option<Platform> {
+pub(crate) fn node_platform(node: &Node) -> Option<Platform> {
     let info = node.status.as_ref()?.node_info.as_ref()?;
     if info.operating_system.is_empty() || info.architecture.is_empty() {
         return None;

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use super::WorkloadKind;
 
 /// (namespace, kind, workload name, container, image as written in the spec).
-pub type RunningKey = (Arc<str>, WorkloadKind, Arc<str>, Arc<str>, Arc<str>);
+pub(crate) type RunningKey = (Arc<str>, WorkloadKind, Arc<str>, Arc<str>, Arc<str>);
 
 /// One pod: the key of each of its containers that reported a digest, and the digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ struct PodDigests {
 
 /// Digests running pods run, by workload container.
 #[derive(Clone, Debug, Default)]
-pub struct RunningDigests {
+pub(crate) struct RunningDigests {
     /// (namespace, pod name) -> its containers' digests.
     pods: BTreeMap<(String, String), PodDigests>,
     /// Workload container -> digest -> running containers with it.
@@ -35,7 +35,7 @@ pub struct RunningDigests {
 impl RunningDigests {
     /// Records what `pod` runs, replacing what was known about it. A pod that is not
     /// running (pending, finished) runs nothing. Returns whether anything changed.
-    pub fn apply(&mut self, namespace: &str, name: &str, pod: &Pod) -> bool {
+    pub(crate) fn apply(&mut self, namespace: &str, name: &str, pod: &Pod) -> bool {
         let digests = Self::digests_of(namespace, name, pod);
         let key = (namespace.to_string(), name.to_string());
         if self.pods.get(&key).map(|p| &p.containers) == Some(&digests) {
@@ -65,7 +65,7 @@ impl RunningDigests {
     }
 
     /// Forgets a pod. Returns whether it was known.
-    pub fn remove(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn remove(&mut self, namespace: &str, name: &str) -> bool {
         let Some(pod) = self.pods.remove(&(namespace.to_string(), name.to_string())) else {
             return false;
         };
@@ -86,7 +86,7 @@ impl RunningDigests {
     }
 
     /// Drops every pod whose (namespace, name) is not in `seen` (a relist).
-    pub fn retain_seen(&mut self, seen: &HashSet<(String, String)>) {
+    pub(crate) fn retain_seen(&mut self, seen: &HashSet<(String, String)>) {
         for (namespace, name) in super::unseen(&self.pods, seen) {
             self.remove(&namespace, &name);
         }
@@ -94,7 +94,7 @@ impl RunningDigests {
 
     /// The digests running containers of a workload container run, with counts; None
     /// when no running pod of it reported one.
-    pub fn digests(
+    pub(crate) fn digests(
         &self,
         namespace: &str,
         kind: WorkloadKind,
@@ -112,12 +112,8 @@ impl RunningDigests {
         self.by_workload.get(&key)
     }
 
-    /// Pods known to run something.
-    pub fn len(&self) -> usize {
-        self.pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.pods.is_empty()
     }
 
@@ -178,7 +174,7 @@ impl RunningDigests {
 /// (`docker-pullable://`), the part after `@`. A bare image ID (`sha256:...` of the
 /// config, for an image the runtime holds without a repo digest) names no manifest
 /// and is not comparable: None. So is a container that has not started.
-pub fn running_digest(status: &ContainerStatus) -> Option<&str> {
+pub(crate) fn running_digest(status: &ContainerStatus) -> Option<&str> {
     let id = status.image_id.as_str();
     let id = id.split_once("://").map_or(id, |(_, rest)| rest);
     let (_, digest) = id.rsplit_once('@')?;

@@ -33,7 +33,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-pub use pullwatch::support::LogFormat;
+pub(crate) use pullwatch::support::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -139,17 +139,17 @@ pub struct ServeArgs {
 pub struct CheckerArgs {
     /// Do not verify registries' TLS certificates.
     #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub skip_registry_cert_verification: bool,
+    pub(crate) skip_registry_cert_verification: bool,
 
     /// Fall back to plain HTTP where a registry's HTTPS port refuses the connection or
     /// answers in plain HTTP (or its name does not resolve); never after a certificate
     /// error or a timeout.
     #[arg(long, env = "PULLWATCH_ALLOW_PLAIN_HTTP", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub allow_plain_http: bool,
+    pub(crate) allow_plain_http: bool,
 
     /// Registry for images that name none.
     #[arg(long, env = "PULLWATCH_DEFAULT_REGISTRY", default_value = "docker.io")]
-    pub default_registry: String,
+    pub(crate) default_registry: String,
 
     /// PEM file, or directory of .crt/.pem files, with extra CA certificates (repeatable).
     #[arg(
@@ -158,7 +158,7 @@ pub struct CheckerArgs {
         value_delimiter = ',',
         value_name = "PATH"
     )]
-    pub ca_paths: Vec<PathBuf>,
+    pub(crate) ca_paths: Vec<PathBuf>,
 
     /// Check images at a mirror: ORIGINAL=MIRROR, registry[/path] prefixes (repeatable; longest prefix wins).
     #[arg(
@@ -167,7 +167,7 @@ pub struct CheckerArgs {
         value_delimiter = ',',
         value_name = "ORIG=MIRROR"
     )]
-    pub image_mirrors: Vec<String>,
+    pub(crate) image_mirrors: Vec<String>,
 
     /// A platform the workloads can land on (`OS/ARCH[/VARIANT]`, repeatable; env:
     /// comma-separated). A tag resolving to an index without an entry one of them runs
@@ -179,12 +179,12 @@ pub struct CheckerArgs {
         value_delimiter = ',',
         value_name = "OS/ARCH[/VARIANT]"
     )]
-    pub platforms: Vec<pullwatch::Platform>,
+    pub(crate) platforms: Vec<pullwatch::Platform>,
 
     /// Deadline of one check: every request it makes (tokens, manifests, fallbacks,
     /// every credential), connect to last byte.
     #[arg(long, env = "PULLWATCH_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub registry_timeout: Duration,
+    pub(crate) registry_timeout: Duration,
 
     /// Checks in flight at once, across all registries.
     #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -192,21 +192,21 @@ pub struct CheckerArgs {
 
     /// Checks in flight at once against one registry.
     #[arg(long, env = "PULLWATCH_REGISTRY_MAX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
-    pub registry_max_concurrency: u32,
+    pub(crate) registry_max_concurrency: u32,
 
     /// Requests per second to one registry.
     #[arg(long, env = "PULLWATCH_REGISTRY_QPS", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
-    pub registry_qps: NonZeroU32,
+    pub(crate) registry_qps: NonZeroU32,
 
     /// How deep a check goes: `manifest` (the tag's manifest only), `platform` (down to
     /// the platform's child manifest), `blobs` (config and every layer, as a node pulls).
     #[arg(long, env = "PULLWATCH_CHECK_DEPTH", value_enum, default_value_t = CheckDepth::Blobs)]
-    pub check_depth: CheckDepth,
+    pub(crate) check_depth: CheckDepth,
 
     /// Blobs of a tag whose digest did not change are verified again after this long
     /// (at once when the digest changes).
     #[arg(long, env = "PULLWATCH_BLOB_CHECK_INTERVAL", default_value = "12h", value_parser = parse_duration)]
-    pub blob_check_interval: Duration,
+    pub(crate) blob_check_interval: Duration,
 }
 
 /// Which container references are checked.
@@ -214,15 +214,15 @@ pub struct CheckerArgs {
 pub struct FilterArgs {
     /// Regexes separated by `~`: images matching any are not checked.
     #[arg(long, env = "PULLWATCH_IGNORED_IMAGES", default_value = "")]
-    pub ignored_images: String,
+    pub(crate) ignored_images: String,
 
     /// Regexes separated by `~`: when set, only images matching one are checked.
     #[arg(long, env = "PULLWATCH_ALLOWED_IMAGES", default_value = "")]
-    pub allowed_images: String,
+    pub(crate) allowed_images: String,
 
     /// Label selector (`key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
     #[arg(long, env = "PULLWATCH_NAMESPACE_LABEL")]
-    pub namespace_label: Option<String>,
+    pub(crate) namespace_label: Option<String>,
 
     /// Comma-separated kinds (deployment, statefulset, daemonset, cronjob, job, pod) or `*`,
     /// checked even when disabled (replicas 0, suspended, scheduled nowhere).
@@ -231,7 +231,7 @@ pub struct FilterArgs {
         env = "PULLWATCH_FORCE_CHECK_DISABLED_CONTROLLERS",
         default_value = ""
     )]
-    pub force_check_disabled_controllers: String,
+    pub(crate) force_check_disabled_controllers: String,
 }
 
 /// A flag value that makes no sense.
@@ -329,7 +329,7 @@ pub fn index_options(
 
 /// Go durations (`30s`, `1m30s`, `1.5h`, `250ms`), plus the spellings accepted
 /// before (`1d`, `5min`); zero and negative durations are refused.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
     pullwatch::duration::flag_value_parser(value)
 }
 

@@ -1,7 +1,7 @@
 //! HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process serves),
 //! `/readyz` (the first full check pass has finished; its body says why not),
 //! `/api/v1/images` (results with reasons, JSON) and `/` (the same as a page). The
-//! routes are this module's; binding, connections and shutdown are the shared
+//! routing of requests is this module's; binding, connections and shutdown are the shared
 //! [`pullwatch::serve`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +22,8 @@ use crate::store::ResultStore;
 use pullwatch::support::lock;
 
 /// What the endpoints report on.
-pub struct ServerState {
-    pub pipeline: Arc<Pipeline>,
+pub struct EndpointState {
+    pub(crate) pipeline: Arc<Pipeline>,
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
     detail: Mutex<String>,
@@ -52,9 +52,9 @@ fn reusable<T>(
     ((in_use && built.elapsed() < reuse) || current(value)).then(|| value.clone())
 }
 
-impl ServerState {
+impl EndpointState {
     pub fn new(pipeline: Arc<Pipeline>) -> Self {
-        ServerState {
+        EndpointState {
             pipeline,
             ready: AtomicBool::new(false),
             detail: Mutex::new("first check pass has not finished".to_string()),
@@ -97,15 +97,15 @@ impl ServerState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 }
 
-pub use pullwatch::serve::BindError as ServerError;
+use pullwatch::serve::BindError;
 
 /// Binds `--bind-address` (`:8080` means every interface, as in Go).
-pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
+pub async fn bind(address: &str) -> Result<TcpListener, BindError> {
     serve::bind("--bind-address", address).await
 }
 
@@ -113,7 +113,7 @@ pub async fn bind(address: &str) -> Result<TcpListener, ServerError> {
 pub async fn serve(
     listener: TcpListener,
     limits: serve::Limits,
-    state: Arc<ServerState>,
+    state: Arc<EndpointState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stop = async move {
@@ -123,13 +123,13 @@ pub async fn serve(
         "http",
         listener,
         limits,
-        move |request| route(&state, request),
+        move |request| respond(&state, request),
         stop,
     )
     .await;
 }
 
-fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
+fn respond(state: &EndpointState, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
@@ -160,7 +160,7 @@ fn route(state: &ServerState, request: &Request<Incoming>) -> Response<Body> {
 }
 
 /// `/api/v1/images`, streamed a chunk of images at a time from the shared snapshot.
-fn images_response(state: &ServerState, filter: results::Filter) -> Response<Body> {
+fn images_response(state: &EndpointState, filter: results::Filter) -> Response<Body> {
     let snapshot = state.results_snapshot();
     let pipeline = state.pipeline.clone();
     // The quotas are a few rows per registry, rendered when the request comes.
@@ -175,7 +175,7 @@ fn images_response(state: &ServerState, filter: results::Filter) -> Response<Bod
 }
 
 /// The page at `/`, streamed a section piece at a time from the shared snapshot.
-fn page_response(state: &ServerState) -> Response<Body> {
+fn page_response(state: &EndpointState) -> Response<Body> {
     let snapshot = state.results_snapshot();
     let pipeline = state.pipeline.clone();
     let start =
@@ -260,7 +260,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             serve::LimitArgs::default().for_listener(1),
-            Arc::new(ServerState::new(pipeline.clone())),
+            Arc::new(EndpointState::new(pipeline.clone())),
             stop_rx,
         ));
         for _ in 0..40 {
