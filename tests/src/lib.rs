@@ -19,6 +19,7 @@ mod promtool;
 mod push;
 mod quota_proxy;
 mod registry;
+mod scenario;
 mod stub;
 mod tools;
 mod util;
@@ -49,6 +50,7 @@ pub use promtool::promtool_check_metrics;
 pub use push::{ImageFormat, PlatformManifest, PushedImage, push_image, push_tags, sha256_digest};
 pub use quota_proxy::{QUOTA_WINDOW_SECONDS, QuotaProxy};
 pub use registry::{Registry, RegistryOptions};
+pub use scenario::{ClusterScenario, push_to};
 pub use stub::{RecordedRequest, StubResponse, StubServer};
 pub use tools::{
     HELM_NPM_PACKAGE, ToolOutput, helm, helm_ok, locate_helm, promtool, promtool_check_rules,
