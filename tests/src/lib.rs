@@ -20,6 +20,7 @@ mod push;
 mod quota_proxy;
 mod registry;
 mod scenario;
+mod serve;
 mod stub;
 mod tools;
 mod util;
