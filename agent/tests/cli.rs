@@ -5,7 +5,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryOptions, push_image,
+    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryOptions, push_to,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
@@ -43,9 +43,7 @@ fn json(output: &Output) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_command_contract() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
     let node = Containerd::start(ContainerdOptions::default())
         .await
         .unwrap();
@@ -111,9 +109,7 @@ async fn check_command_contract() {
 
     // The node holds v1; the tag moves in the registry: the JSON says so with both
     // digests, and the node keeps the old image.
-    let v2 = push_image(&registry, "team/app", "v2", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let v2 = push_to(&registry, "team/app", "v2", ImageFormat::Oci).await;
     let mut args = vec![
         "check",
         image.reference.as_str(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use pullwatch_testbench::{
-    ImageFormat, Registry, RegistryOptions, TestCa, free_port_on, push_image, require_tool,
+    ImageFormat, Registry, RegistryOptions, TestCa, free_port_on, push_to, require_tool,
     sha256_digest,
 };
 
@@ -283,18 +283,12 @@ impl Bench {
         })
         .await
         .unwrap();
-        let pushed = push_image(&a, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let pushed = push_to(&a, "team/app", "v1", ImageFormat::Oci).await;
         for registry in [&b, &s, &t] {
-            let again = push_image(registry, "team/app", "v1", ImageFormat::Oci)
-                .await
-                .unwrap();
+            let again = push_to(registry, "team/app", "v1", ImageFormat::Oci).await;
             assert_eq!(again.digest, pushed.digest, "the same image everywhere");
         }
-        let namespaced = push_image(&b, "ns/team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let namespaced = push_to(&b, "ns/team/app", "v1", ImageFormat::Oci).await;
         let down = format!(
             "127.0.0.1:{}",
             free_port_on(std::net::Ipv4Addr::LOCALHOST.into()).unwrap()
@@ -723,9 +717,7 @@ async fn auto_dialect_follows_the_runtime_name() {
     pullwatch_testbench::capture_process_logs();
     tokio::time::timeout(Duration::from_secs(120), async {
         let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let image = format!("{}/team/app:v1", registry.host());
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("registries.conf");

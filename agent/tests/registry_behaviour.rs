@@ -174,12 +174,10 @@ async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
     use pullwatch_agent::route::RuntimeAuth;
-    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_image};
+    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_to};
 
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let hosts = tempfile::tempdir().unwrap();
     let resolver = Resolver::new(ResolverConfig {
         hosts_dir: hosts.path().to_path_buf(),
