@@ -17,7 +17,7 @@ use clients::{
     zero_window_h2,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
