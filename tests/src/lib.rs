@@ -26,7 +26,7 @@ mod tools;
 mod util;
 
 pub use apiserver::{
-    ApiTarget, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
+    ApiTarget, ClusterObject, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
     container_name_and_image, cronjob, daemonset, decode_query, deployment, job, namespace, node,
     pod, pod_spec, replicaset, running, secret_dockercfg, secret_dockerconfigjson, secret_opaque,
     service_account, statefulset, suspended, with_annotations, with_controller, with_init_images,

@@ -11,10 +11,11 @@
 //! ```
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{ApiTarget, ImageFormat, PushedImage, Registry, RegistryOptions, push_image};
+use crate::{
+    ApiTarget, ClusterObject, ImageFormat, PushedImage, Registry, RegistryOptions, push_image,
+};
 
 /// The API target and one real registry, on loopback; both stop on drop.
 pub struct ClusterScenario {
@@ -77,13 +78,7 @@ impl ClusterScenario {
     }
 
     /// Creates or replaces the object (see [`ApiTarget::apply`]); the object as stored.
-    pub async fn apply<K>(&self, obj: &K) -> K
-    where
-        K: k8s_openapi::Resource
-            + k8s_openapi::Metadata<Ty = ObjectMeta>
-            + Serialize
-            + DeserializeOwned,
-    {
+    pub async fn apply<K: ClusterObject>(&self, obj: &K) -> K {
         self.target
             .apply(obj)
             .await
@@ -91,13 +86,7 @@ impl ClusterScenario {
     }
 
     /// Replaces the object's `status` (see [`ApiTarget::apply_status`]).
-    pub async fn apply_status<K>(&self, obj: &K) -> K
-    where
-        K: k8s_openapi::Resource
-            + k8s_openapi::Metadata<Ty = ObjectMeta>
-            + Serialize
-            + DeserializeOwned,
-    {
+    pub async fn apply_status<K: ClusterObject>(&self, obj: &K) -> K {
         self.target.apply_status(obj).await.unwrap_or_else(|e| {
             panic!(
                 "applying the status of {} {}: {e:#}",
