@@ -36,7 +36,7 @@ pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
 pub use behaviours::{
     BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, SilentServer, registry_behaviours,
 };
-pub use binaries::workspace_binary;
+pub use binaries::{hermetic_command, output_within, stdout_json, workspace_binary};
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, HOSTILE_PASSWORD, assert_no_canary, assert_no_canary_in_file,
