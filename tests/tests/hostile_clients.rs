@@ -49,20 +49,36 @@ fn limit_flags() -> Vec<String> {
     ]
 }
 
-/// `serve` flags for the agents' gRPC listener on `port`: TLS with `cert`/`key`, agents
-/// admitted by the shared token in `token`.
-fn agent_listener_flags(
-    port: u16,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    token: &std::path::Path,
-) -> Vec<String> {
-    vec![
-        format!("--agent-listen=127.0.0.1:{port}"),
-        format!("--agent-tls-cert={}", cert.display()),
-        format!("--agent-tls-key={}", key.display()),
-        format!("--agent-shared-token-file={}", token.display()),
-    ]
+/// The aggregator's agent gRPC listener: a free loopback port, TLS with a certificate
+/// from a throw-away CA, agents admitted by a shared token written under `dir`.
+struct AgentListener {
+    ca: TestCa,
+    token: std::path::PathBuf,
+    addr: SocketAddr,
+    /// The `serve` flags that open it.
+    flags: Vec<String>,
+}
+
+impl AgentListener {
+    fn new(dir: &std::path::Path, shared_token: &str) -> AgentListener {
+        let ca = TestCa::new().unwrap();
+        let (cert, key) = ca.issue_server_cert(&[]).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, shared_token).unwrap();
+        let port = free_port();
+        let flags = vec![
+            format!("--agent-listen=127.0.0.1:{port}"),
+            format!("--agent-tls-cert={}", cert.display()),
+            format!("--agent-tls-key={}", key.display()),
+            format!("--agent-shared-token-file={}", token.display()),
+        ];
+        AgentListener {
+            ca,
+            token,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            flags,
+        }
+    }
 }
 
 /// What an attack did to the process: peak RSS growth, worst `/metrics` latency.
@@ -244,13 +260,9 @@ async fn unread_responses_and_stream_floods_stay_bounded() {
 async fn slow_and_idle_connections_on_every_port() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 20);
-    let ca = TestCa::new().unwrap();
-    let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "shared-agent-token-123").unwrap();
-    let agent_port = free_port();
-    let grpc: SocketAddr = format!("127.0.0.1:{agent_port}").parse().unwrap();
-    let mut flags = agent_listener_flags(agent_port, &cert, &key, &token);
+    let listener = AgentListener::new(dir.path(), "shared-agent-token-123");
+    let (ca, token, grpc) = (&listener.ca, &listener.token, listener.addr);
+    let mut flags = listener.flags.clone();
     flags.extend([
         "--check-interval=1h".to_string(),
         "--registry-timeout=2s".to_string(),
@@ -267,7 +279,7 @@ async fn slow_and_idle_connections_on_every_port() {
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let kubelet = dir.path().join("kubelet");
     std::fs::create_dir_all(&kubelet).unwrap();
-    let mut agent_args = node.agent_run_args(grpc, ca.ca_cert_path(), &token, &kubelet, metrics);
+    let mut agent_args = node.agent_run_args(grpc, ca.ca_cert_path(), token, &kubelet, metrics);
     agent_args.push("--node-name=node-a".to_string());
     agent_args.extend(limit_flags());
     let mut agent = Process::start("pullwatch-agent", &agent_args, dir.path(), Some(256), None);
@@ -609,20 +621,12 @@ async fn refused_sessions_are_counted_not_flooded() {
 
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 1);
-    let ca = TestCa::new().unwrap();
-    let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "the-real-token-456").unwrap();
-    let agent_port = free_port();
-    let (mut aggregator, http) = serve_manifests(
-        dir.path(),
-        &inventory,
-        &agent_listener_flags(agent_port, &cert, &key, &token),
-        None,
-        None,
-    );
+    let listener = AgentListener::new(dir.path(), "the-real-token-456");
+    let (mut aggregator, http) =
+        serve_manifests(dir.path(), &inventory, &listener.flags, None, None);
     wait_ready(http, &mut aggregator).await;
-    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{agent_port}"))
+    let ca = &listener.ca;
+    let channel = Endpoint::from_shared(format!("https://{}", listener.addr))
         .unwrap()
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.ca_pem())))
         .unwrap()
