@@ -1066,6 +1066,17 @@ fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
         .unwrap_or_else(|| panic!("no volume {name}"))
 }
 
+/// The Service's port named `name`, as a number.
+fn service_port(service: &Service, name: &str) -> i32 {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(name)))
+        .unwrap_or_else(|| panic!("no {name} service port"))
+        .port
+}
+
 fn assert_flags_known(args: &[String], known: &[&str], who: &str) {
     for arg in args.iter().filter(|a| a.starts_with("--")) {
         let name = arg.split('=').next().unwrap();
@@ -1586,17 +1597,7 @@ fn aggregator_deployment_is_restricted_probed_and_configured() {
         );
         let tls = volume(spec, "agent-tls").secret.as_ref().unwrap();
         let service: Service = one(&docs, "Service");
-        let agent_port = service
-            .spec
-            .as_ref()
-            .unwrap()
-            .ports
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name.as_deref() == Some("grpc-agent"))
-            .expect("grpc-agent service port")
-            .port;
+        let agent_port = service_port(&service, "grpc-agent");
         assert_eq!(
             flag(&args, "--agent-listen"),
             Some(format!(":{agent_port}").as_str())
@@ -1808,17 +1809,7 @@ fn agent_daemonset_mounts_identity_and_security() {
         // The aggregator URL names the Service and its agent port; the CA is mounted.
         let service: Service = one(&docs, "Service");
         let svc_name = service.metadata.name.as_deref().unwrap();
-        let agent_port = service
-            .spec
-            .as_ref()
-            .unwrap()
-            .ports
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name.as_deref() == Some("grpc-agent"))
-            .unwrap()
-            .port;
+        let agent_port = service_port(&service, "grpc-agent");
         assert_eq!(
             flag(&args, "--aggregator"),
             Some(format!("https://{svc_name}.{NAMESPACE}.svc:{agent_port}").as_str())
