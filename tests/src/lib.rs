@@ -40,8 +40,8 @@ pub use binaries::{hermetic_command, output_within, stdout_json, workspace_binar
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, HOSTILE_PASSWORD, assert_no_canary, assert_no_canary_in_file,
-    assert_no_canary_in_process_logs, assert_no_hostile_secret, canary_forms, capture_process_logs,
-    captured_process_logs, find_canary, secret_forms,
+    assert_no_canary_in_process_logs, assert_no_hostile_secret, bounded_without_canary,
+    canary_forms, capture_process_logs, captured_process_logs, find_canary, secret_forms,
 };
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use echo::{EchoMode, EchoRegistry, ISSUED_TOKEN, echo_encodings};
