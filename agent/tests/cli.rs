@@ -5,7 +5,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryOptions, push_image,
+    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryOptions, hermetic_command,
+    output_within, push_to, stdout_json,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
@@ -13,39 +14,18 @@ const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
 /// Runs the agent with a hermetic HOME and working dir (the kubelet's docker config
 /// search path includes both), bounded in time.
 async fn run(home: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = tokio::process::Command::new(BINARY);
-    command
-        .args(args)
-        .env_clear()
-        .env("HOME", home)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(home)
-        .kill_on_drop(true);
+    let mut command = hermetic_command(BINARY, home);
+    command.args(args);
     for (k, v) in env {
         command.env(k, v);
     }
-    tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("pullwatch-agent did not finish")
-        .unwrap()
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+    output_within(&mut command, Duration::from_secs(60)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_command_contract() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
     let node = Containerd::start(ContainerdOptions::default())
         .await
         .unwrap();
@@ -75,7 +55,7 @@ async fn check_command_contract() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let value = json(&output);
+    let value = stdout_json(&output);
     let mut keys: Vec<&str> = value
         .as_object()
         .unwrap()
@@ -111,9 +91,7 @@ async fn check_command_contract() {
 
     // The node holds v1; the tag moves in the registry: the JSON says so with both
     // digests, and the node keeps the old image.
-    let v2 = push_image(&registry, "team/app", "v2", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let v2 = push_to(&registry, "team/app", "v2", ImageFormat::Oci).await;
     let mut args = vec![
         "check",
         image.reference.as_str(),
@@ -125,7 +103,7 @@ async fn check_command_contract() {
     args.extend(common);
     let output = run(home.path(), &args, &[]).await;
     assert_eq!(
-        json(&output)["mode"],
+        stdout_json(&output)["mode"],
         "pull",
         "{}",
         String::from_utf8_lossy(&output.stderr)
@@ -139,14 +117,14 @@ async fn check_command_contract() {
         Some(0),
         "a moved tag is still pullable"
     );
-    let value = json(&output);
+    let value = stdout_json(&output);
     assert_eq!(value["tag_moved"], true, "{value}");
     assert_eq!(value["digest"], v2.digest.as_str());
     assert_eq!(value["held_digest"], image.digest.as_str());
     assert_eq!(value["mode"], "resolve");
     let output = run(home.path(), &args, &[]).await;
     assert_eq!(
-        json(&output)["held_digest"],
+        stdout_json(&output)["held_digest"],
         image.digest.as_str(),
         "still the old image"
     );
@@ -166,7 +144,7 @@ async fn check_command_contract() {
     )
     .await;
     assert_eq!(output.status.code(), Some(1));
-    let value = json(&output);
+    let value = stdout_json(&output);
     assert_eq!(value["status"], "absent");
     assert_eq!(value["mode"], "pull");
 
@@ -206,7 +184,7 @@ async fn check_command_contract() {
     )
     .await;
     assert_eq!(output.status.code(), Some(3));
-    let value = json(&output);
+    let value = stdout_json(&output);
     assert_eq!(value["status"], "unknown_error");
     assert!(
         value["reason"]

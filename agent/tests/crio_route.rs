@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use pullwatch_testbench::{
-    ImageFormat, Registry, RegistryOptions, TestCa, free_port_on, push_image, require_tool,
+    ImageFormat, Registry, RegistryOptions, TestCa, free_port_on, push_to, require_tool,
     sha256_digest,
 };
 
@@ -58,128 +58,110 @@ struct Scenario {
     expect: Expect,
 }
 
+/// The set-up a scenario has unless it says otherwise: no drop-in, no auth file, no
+/// kubelet credential, the TLS registry's CA not installed. Every scenario states its
+/// own name, registries.conf, image, registries asked and answer.
+const PLAIN: Scenario = Scenario {
+    name: "",
+    conf: "",
+    drop_in: None,
+    auth_file_for: &[],
+    kubelet_credential: false,
+    ca_installed: false,
+    image: "",
+    asked: &[],
+    expect: Expect::Available,
+};
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "no entry: HTTPS only, a plain-HTTP registry is unreachable",
         conf: "",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{A}/team/app:v1",
         asked: &[],
         expect: Expect::Fails("HTTP response to HTTPS client", "registry_unavailable"),
+        ..PLAIN
     },
     Scenario {
         name: "insecure registry",
         conf: "[[registry]]\nlocation = \"{A}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{A}/team/app:v1",
         asked: &["A"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "a mirror that has it answers first",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["B"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "mirrors down or without the tag, then the primary",
         conf: "[[registry]]\nlocation = \"{A}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{D}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{C}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{A}/team/app:v1",
         asked: &["C", "A"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         // containerd's rule (first failure) would say authentication_failure here.
         name: "all fail: the primary's answer stands (404), not the mirror's 401",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{S}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["S", "C"],
         expect: Expect::Fails("manifest unknown", "absent"),
+        ..PLAIN
     },
     Scenario {
         name: "all fail: the primary is down",
         conf: "[[registry]]\nlocation = \"{D}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{C}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{D}/team/app:v1",
         asked: &["C"],
         expect: Expect::Fails("connection refused", "registry_unavailable"),
+        ..PLAIN
     },
     Scenario {
         name: "blocked registry: no request at all",
         conf: "[[registry]]\nlocation = \"{A}\"\ninsecure = true\nblocked = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{A}/team/app:v1",
         asked: &[],
         expect: Expect::Fails("is blocked in", "authorization_failure"),
+        ..PLAIN
     },
     Scenario {
         name: "blocked registry: its mirror still serves",
         conf: "[[registry]]\nlocation = \"{A}\"\ninsecure = true\nblocked = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{A}/team/app:v1",
         asked: &["B"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "mirror-by-digest-only: a tag skips the mirror",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["C"],
         expect: Expect::Fails("manifest unknown", "absent"),
+        ..PLAIN
     },
     Scenario {
         name: "mirror-by-digest-only: a digest uses the mirror",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\nmirror-by-digest-only = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app@{DIGEST}",
         asked: &["B"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "pull-from-mirror = tag-only: a digest skips the mirror",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\npull-from-mirror = \"tag-only\"\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app@{DIGEST}",
         asked: &["C"],
         expect: Expect::Fails("manifest unknown", "absent"),
+        ..PLAIN
     },
     Scenario {
         name: "a drop-in entry for the same prefix replaces the whole entry",
@@ -187,113 +169,88 @@ const SCENARIOS: &[Scenario] = &[
         drop_in: Some(
             "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{B}\"\ninsecure = true\n",
         ),
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["B"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "credentials in the auth file for the mirror only",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{S}\"\ninsecure = true\n",
-        drop_in: None,
         auth_file_for: &["S"],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["S"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "the kubelet's credential does not go to a mirror on another domain",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{S}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
         kubelet_credential: true,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["S", "C"],
         expect: Expect::Fails("manifest unknown", "absent"),
+        ..PLAIN
     },
     Scenario {
         name: "the kubelet's credential goes to the image's own registry",
         conf: "[[registry]]\nlocation = \"{S}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
         kubelet_credential: true,
-        ca_installed: false,
         image: "{S}/team/app:v1",
         asked: &["S"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "no credential anywhere: 401",
         conf: "[[registry]]\nlocation = \"{S}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{S}/team/app:v1",
         asked: &["S"],
         expect: Expect::Fails("authentication required", "authentication_failure"),
+        ..PLAIN
     },
     Scenario {
         name: "location rewrites the repository",
         conf: "[[registry]]\nprefix = \"{C}/team\"\nlocation = \"{B}/ns/team\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["B"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "TLS mirror with its CA in the certs dir",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{T}\"\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
         ca_installed: true,
         image: "{C}/team/app:v1",
         asked: &["T"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         name: "TLS mirror without its CA: the primary's answer",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{T}\"\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["C"],
         expect: Expect::Fails("manifest unknown", "absent"),
+        ..PLAIN
     },
     Scenario {
         name: "insecure TLS mirror: not verified",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{T}\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["T"],
         expect: Expect::Available,
+        ..PLAIN
     },
     Scenario {
         // containers/image 5.23.1 normalized mirror locations on a copy (a trailing
         // slash stayed and broke the rewrite); since 5.24 they are normalized.
         name: "differs_from_skopeo_5_23: a mirror location with a trailing slash",
         conf: "[[registry]]\nlocation = \"{C}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{B}/ns/\"\ninsecure = true\n",
-        drop_in: None,
-        auth_file_for: &[],
-        kubelet_credential: false,
-        ca_installed: false,
         image: "{C}/team/app:v1",
         asked: &["B"],
         expect: Expect::DiffersFromSkopeo523("invalid reference format"),
+        ..PLAIN
     },
 ];
 
@@ -326,18 +283,12 @@ impl Bench {
         })
         .await
         .unwrap();
-        let pushed = push_image(&a, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let pushed = push_to(&a, "team/app", "v1", ImageFormat::Oci).await;
         for registry in [&b, &s, &t] {
-            let again = push_image(registry, "team/app", "v1", ImageFormat::Oci)
-                .await
-                .unwrap();
+            let again = push_to(registry, "team/app", "v1", ImageFormat::Oci).await;
             assert_eq!(again.digest, pushed.digest, "the same image everywhere");
         }
-        let namespaced = push_image(&b, "ns/team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let namespaced = push_to(&b, "ns/team/app", "v1", ImageFormat::Oci).await;
         let down = format!(
             "127.0.0.1:{}",
             free_port_on(std::net::Ipv4Addr::LOCALHOST.into()).unwrap()
@@ -766,9 +717,7 @@ async fn auto_dialect_follows_the_runtime_name() {
     pullwatch_testbench::capture_process_logs();
     tokio::time::timeout(Duration::from_secs(120), async {
         let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let image = format!("{}/team/app:v1", registry.host());
         let dir = tempfile::tempdir().unwrap();
         let conf = dir.path().join("registries.conf");

@@ -20,11 +20,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Also: this process's logs (the agents', in process) are captured, and the test
 /// bench's canary password (`PASSWORD`) must never appear in them.
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    pullwatch_testbench::capture_process_logs();
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test did not finish in time");
-    pullwatch_testbench::assert_no_canary_in_process_logs();
+    pullwatch_testbench::bounded_without_canary(TEST_TIMEOUT, test).await;
 }
 
 async fn private_registry() -> Registry {

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use pullwatch_testbench::{
-    BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, StubResponse, StubServer, registry_behaviours,
+    BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, StubResponse, StubServer, hermetic_command,
+    output_within, registry_behaviours, stdout_json,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
 
 async fn resolve(home: &std::path::Path, image: &str, extra: &[&str]) -> Output {
     let hosts = home.join("certs.d");
-    let mut command = tokio::process::Command::new(BINARY);
+    let mut command = hermetic_command(BINARY, home);
     command
         .args(["check", image, "--mode", "resolve", "-o", "json"])
         .args([
@@ -33,26 +34,8 @@ async fn resolve(home: &std::path::Path, image: &str, extra: &[&str]) -> Output 
             "--check-depth",
             "manifest",
         ])
-        .args(extra)
-        .env_clear()
-        .env("HOME", home)
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(home)
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("pullwatch-agent did not finish")
-        .unwrap()
-}
-
-fn json(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
+        .args(extra);
+    output_within(&mut command, Duration::from_secs(60)).await
 }
 
 fn pull_secret_file(home: &std::path::Path, b: &Behaviour) -> std::path::PathBuf {
@@ -95,7 +78,7 @@ async fn resolve_mode_classifies_every_registry_behaviour_like_the_aggregator() 
             !stdout.contains(BEHAVIOUR_PASSWORD) && !stderr.contains(BEHAVIOUR_PASSWORD),
             "a credential reached the output"
         );
-        let value = json(&output);
+        let value = stdout_json(&output);
         let reason = value["reason"].as_str().unwrap_or_default();
         assert_eq!(value["status"], b.expected, "{}: {reason}", b.name);
         assert_eq!(value["mode"], "resolve");
@@ -178,12 +161,10 @@ async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
     use pullwatch_agent::route::RuntimeAuth;
-    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_image};
+    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_to};
 
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let hosts = tempfile::tempdir().unwrap();
     let resolver = Resolver::new(ResolverConfig {
         hosts_dir: hosts.path().to_path_buf(),

@@ -35,9 +35,9 @@ use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
     Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary,
-    assert_no_canary_in_file, assert_no_canary_in_process_logs, capture_process_logs, deployment,
-    free_port, http_request, namespace, node, pod, promtool_check_metrics, push_image, replicaset,
-    secret_dockerconfigjson, with_owner, with_pull_secrets,
+    assert_no_canary_in_file, deployment, free_port, http_request, namespace, node, pod,
+    promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
+    with_pull_secrets,
 };
 use tokio::task::JoinHandle;
 
@@ -54,11 +54,7 @@ const ZONE: &str = "topology.kubernetes.io/zone";
 /// Runs `test` with this process's logs (the in-process agents') captured, and
 /// asserts the canary password never reached them.
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    capture_process_logs();
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test did not finish in time");
-    assert_no_canary_in_process_logs();
+    pullwatch_testbench::bounded_without_canary(TEST_TIMEOUT, test).await;
 }
 
 /// The serve binary, killed on drop; its stderr is printed when a wait fails.

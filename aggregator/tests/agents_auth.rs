@@ -20,10 +20,7 @@ use pullwatch::proto::{AgentMessage, Register, agent_message, aggregator_message
 use pullwatch_aggregator::agents::auth::{ServiceAccountName, TokenReviewer};
 use pullwatch_aggregator::agents::server::{self, AgentServer, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
-use pullwatch_testbench::{
-    LOOPBACK_SANS, TestApiServer, TestCa, assert_no_canary_in_process_logs, capture_process_logs,
-    captured_process_logs,
-};
+use pullwatch_testbench::{LOOPBACK_SANS, TestApiServer, TestCa, captured_process_logs};
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -34,11 +31,7 @@ const AGENT_SA: &str = "pullwatch-agent";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    capture_process_logs();
-    tokio::time::timeout(TIMEOUT, test)
-        .await
-        .expect("test did not finish in time");
-    assert_no_canary_in_process_logs();
+    pullwatch_testbench::bounded_without_canary(TIMEOUT, test).await;
 }
 
 /// The agent server's TLS material: a CA and a key pair it signed, at fixed paths

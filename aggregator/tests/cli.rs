@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use pullwatch_testbench::{
     CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, SilentServer, assert_no_canary,
-    free_port, http_request, promtool_check_metrics, push_image,
+    free_port, http_request, promtool_check_metrics, push_to,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -71,13 +71,11 @@ async fn fixture() -> Fixture {
     })
     .await
     .unwrap();
-    let public_image = push_image(&open, "web/frontend", "v1", ImageFormat::Oci)
+    let public_image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
-        .unwrap()
         .reference;
-    let private_image = push_image(&private, "corp/billing", "2.0", ImageFormat::DockerV2S2)
+    let private_image = push_to(&private, "corp/billing", "2.0", ImageFormat::DockerV2S2)
         .await
-        .unwrap()
         .reference;
     Fixture {
         open,
@@ -380,9 +378,8 @@ async fn image_mirrors_and_proxies_route_the_check() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_progress_and_ends_at_its_timeout() {
     let open = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&open, "web/frontend", "v1", ImageFormat::Oci)
+    let image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
-        .unwrap()
         .reference;
     let silent = SilentServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -838,20 +835,15 @@ fn example_manifests_in_the_repo_parse() {
 #[tokio::test(flavor = "multi_thread")]
 async fn platforms_missing_from_an_index_are_absent() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
-    let list = push_image(
+    let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
+    let list = push_to(
         &registry,
         "multi/list",
         "v1",
         ImageFormat::DockerManifestList,
     )
-    .await
-    .unwrap();
-    let single = push_image(&registry, "single/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    .await;
+    let single = push_to(&registry, "single/app", "v1", ImageFormat::Oci).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("web.yaml"),

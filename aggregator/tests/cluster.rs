@@ -9,12 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use pullwatch_testbench::faults::canonical;
 use pullwatch_testbench::{
-    ApiTarget, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, assert_no_canary,
-    assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
-    pod, promtool_check_metrics, push_image, replicaset, running, secret_dockercfg,
+    ApiTarget, CANARY_PASSWORD, ClusterScenario, ImageFormat, Registry, RegistryOptions,
+    assert_no_canary, assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job,
+    namespace, node, pod, promtool_check_metrics, push_to, replicaset, running, secret_dockercfg,
     secret_dockerconfigjson, service_account, statefulset, suspended, with_controller, with_owner,
     with_pull_secrets, with_replicas,
 };
@@ -153,55 +153,36 @@ fn status_of(metrics: &str, key: &str) -> Option<String> {
 
 #[tokio::test]
 async fn watch_events_drive_checks_and_series() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let good = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
-    let other = push_image(&registry, "shop/api", "v1", ImageFormat::DockerV2S2)
-        .await
-        .unwrap()
-        .reference;
-    let missing = format!("{}/shop/web:gone", registry.host());
+    let cluster = ClusterScenario::start().await;
+    let good = cluster.image("shop/web", "v1", ImageFormat::Oci).await;
+    let other = cluster
+        .image("shop/api", "v1", ImageFormat::DockerV2S2)
+        .await;
+    let missing = format!("{}/shop/web:gone", cluster.registry().host());
     let ns = "pw-watch";
-    target.ensure_namespace(ns).await.unwrap();
-    let web = target
-        .apply(&deployment(ns, "web", &[&good]))
-        .await
-        .unwrap();
-    target
-        .apply(&statefulset(ns, "db", &[&missing]))
-        .await
-        .unwrap();
-    target.apply(&pod(ns, "bare", &[&good])).await.unwrap();
-    target
+    cluster.namespace(ns).await;
+    let web = cluster.apply(&deployment(ns, "web", &[&good])).await;
+    cluster.apply(&statefulset(ns, "db", &[&missing])).await;
+    cluster.apply(&pod(ns, "bare", &[&good])).await;
+    cluster
         .apply(&suspended(cronjob(ns, "nightly", &[&other]), true))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_replicas(deployment(ns, "scaled-down", &[&other]), 0))
-        .await
-        .unwrap();
-    let cron = target
-        .apply(&cronjob(ns, "hourly", &[&good]))
-        .await
-        .unwrap();
+        .await;
+    let cron = cluster.apply(&cronjob(ns, "hourly", &[&good])).await;
     // Owned objects are covered by their owners and must not get series of their own.
-    target
+    cluster
         .apply(&with_owner(job(ns, "hourly-1", &[&good]), &cron))
-        .await
-        .unwrap();
-    let rs = target
+        .await;
+    let rs = cluster
         .apply(&with_owner(replicaset(ns, "web-abc", &[&good]), &web))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_owner(pod(ns, "web-abc-1", &[&good]), &rs))
-        .await
-        .unwrap();
+        .await;
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     let ready = aggregator.wait_ready().await;
     assert!(ready.contains("ready"), "{ready}");
     let metrics = aggregator.metrics().await;
@@ -235,10 +216,7 @@ async fn watch_events_drive_checks_and_series() {
     );
 
     // A new Deployment is checked within seconds of its ADDED event (the interval is 1h).
-    target
-        .apply(&deployment(ns, "api", &[&other]))
-        .await
-        .unwrap();
+    cluster.apply(&deployment(ns, "api", &[&other])).await;
     let took = aggregator
         .wait_metrics(
             "the new deployment's series",
@@ -249,10 +227,7 @@ async fn watch_events_drive_checks_and_series() {
     assert!(took < Duration::from_secs(10));
 
     // A changed image: re-checked at once.
-    target
-        .apply(&statefulset(ns, "db", &[&good]))
-        .await
-        .unwrap();
+    cluster.apply(&statefulset(ns, "db", &[&good])).await;
     aggregator
         .wait_metrics("the fixed statefulset", Duration::from_secs(10), |m| {
             status_of(m, &format!("{ns}/statefulset/db/c0")).as_deref() == Some("available")
@@ -260,7 +235,7 @@ async fn watch_events_drive_checks_and_series() {
         .await;
 
     // A deleted workload's series disappear at once.
-    target.delete::<Deployment>(ns, "web").await.unwrap();
+    cluster.delete::<Deployment>(ns, "web").await;
     aggregator
         .wait_metrics(
             "the deleted deployment's series to go",
@@ -270,18 +245,15 @@ async fn watch_events_drive_checks_and_series() {
         .await;
 
     // Un-suspending a CronJob makes it checked.
-    target
+    cluster
         .apply(&suspended(cronjob(ns, "nightly", &[&other]), false))
-        .await
-        .unwrap();
+        .await;
     aggregator
         .wait_metrics("the resumed cronjob", Duration::from_secs(10), |m| {
             status_of(m, &format!("{ns}/cronjob/nightly/c0")).as_deref() == Some("available")
         })
         .await;
-    if target.is_real() {
-        let _ = target.delete::<Namespace>("", ns).await;
-    }
+    cluster.remove_namespace_if_real(ns).await;
 }
 
 /// The canonical series (one line per status family) of one workload.
@@ -299,18 +271,14 @@ fn series_of(metrics: &str, ns: &str, kind: &str, name: &str) -> usize {
 
 #[tokio::test]
 async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let good = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
-    let missing = format!("{}/db/postgres:gone", registry.host());
+    let cluster = ClusterScenario::start().await;
+    let good = cluster.image("shop/web", "v1", ImageFormat::Oci).await;
+    let missing = format!("{}/db/postgres:gone", cluster.registry().host());
     let ns = "pw-owners";
-    target.ensure_namespace(ns).await.unwrap();
+    cluster.namespace(ns).await;
 
     // Argo Rollouts' shape: Rollout -> ReplicaSet -> two Pods.
-    let rollout_rs = target
+    let rollout_rs = cluster
         .apply(&with_controller(
             replicaset(ns, "shop-7f9", &[&good]),
             "argoproj.io/v1alpha1",
@@ -318,17 +286,15 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
             "shop",
             "uid-shop",
         ))
-        .await
-        .unwrap();
+        .await;
     for pod_name in ["shop-7f9-a", "shop-7f9-b"] {
-        target
+        cluster
             .apply(&with_owner(pod(ns, pod_name, &[&good]), &rollout_rs))
-            .await
-            .unwrap();
+            .await;
     }
     // An operator's custom resource owning its pods directly, no StatefulSet between.
     for pod_name in ["db-0", "db-1"] {
-        target
+        cluster
             .apply(&with_controller(
                 pod(ns, pod_name, &[&missing]),
                 "postgres-operator.crunchydata.com/v1beta1",
@@ -336,33 +302,23 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
                 "db",
                 "uid-db",
             ))
-            .await
-            .unwrap();
+            .await;
     }
     // A bare ReplicaSet is its own top-most controller.
-    let bare = target
-        .apply(&replicaset(ns, "solo", &[&good]))
-        .await
-        .unwrap();
-    target
+    let bare = cluster.apply(&replicaset(ns, "solo", &[&good])).await;
+    cluster
         .apply(&with_owner(pod(ns, "solo-x", &[&good]), &bare))
-        .await
-        .unwrap();
+        .await;
     // A Deployment's pods are covered by the Deployment, never twice.
-    let web = target
-        .apply(&deployment(ns, "web", &[&good]))
-        .await
-        .unwrap();
-    let web_rs = target
+    let web = cluster.apply(&deployment(ns, "web", &[&good])).await;
+    let web_rs = cluster
         .apply(&with_owner(replicaset(ns, "web-6d8", &[&good]), &web))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_owner(pod(ns, "web-6d8-q", &[&good]), &web_rs))
-        .await
-        .unwrap();
+        .await;
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     aggregator.wait_ready().await;
     aggregator
         .wait_metrics("every controller's series", Duration::from_secs(20), |m| {
@@ -410,14 +366,14 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
     }
 
     // The series stay while a replica is left, and go with the last pod.
-    target.delete::<Pod>(ns, "shop-7f9-a").await.unwrap();
-    target.delete::<Pod>(ns, "db-0").await.unwrap();
+    cluster.delete::<Pod>(ns, "shop-7f9-a").await;
+    cluster.delete::<Pod>(ns, "db-0").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = aggregator.metrics().await;
     assert_eq!(series_of(&metrics, ns, "rollout", "shop"), families);
     assert_eq!(series_of(&metrics, ns, "postgrescluster", "db"), families);
-    target.delete::<Pod>(ns, "shop-7f9-b").await.unwrap();
-    target.delete::<Pod>(ns, "db-1").await.unwrap();
+    cluster.delete::<Pod>(ns, "shop-7f9-b").await;
+    cluster.delete::<Pod>(ns, "db-1").await;
     aggregator
         .wait_metrics(
             "the last pods' controllers to go",
@@ -429,35 +385,23 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
             },
         )
         .await;
-    if target.is_real() {
-        let _ = target.delete::<Namespace>("", ns).await;
-    }
+    cluster.remove_namespace_if_real(ns).await;
 }
 
 #[tokio::test]
 async fn a_registry_that_leaves_the_index_takes_its_series_along() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let kept = Registry::start(RegistryOptions::default()).await.unwrap();
+    let cluster = ClusterScenario::start().await;
+    let kept = cluster.registry();
     let left = Registry::start(RegistryOptions::default()).await.unwrap();
-    let kept_image = push_image(&kept, "app", "v1", ImageFormat::Oci)
+    let kept_image = cluster.image("app", "v1", ImageFormat::Oci).await;
+    let left_image = push_to(&left, "app", "v1", ImageFormat::Oci)
         .await
-        .unwrap()
-        .reference;
-    let left_image = push_image(&left, "app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap()
         .reference;
     let ns = "pw-registries";
-    target.ensure_namespace(ns).await.unwrap();
-    target
-        .apply(&deployment(ns, "kept", &[&kept_image]))
-        .await
-        .unwrap();
-    target
-        .apply(&deployment(ns, "left", &[&left_image]))
-        .await
-        .unwrap();
-    let aggregator = Aggregator::start(&target, &[]);
+    cluster.namespace(ns).await;
+    cluster.apply(&deployment(ns, "kept", &[&kept_image])).await;
+    cluster.apply(&deployment(ns, "left", &[&left_image])).await;
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     aggregator.wait_ready().await;
     let requests = |host: &str| {
         format!("pullwatch_registry_requests_total{{code=\"200\",registry=\"{host}\"}}")
@@ -468,7 +412,7 @@ async fn a_registry_that_leaves_the_index_takes_its_series_along() {
         })
         .await;
 
-    target.delete::<Deployment>(ns, "left").await.unwrap();
+    cluster.delete::<Deployment>(ns, "left").await;
     aggregator
         .wait_metrics(
             "the departed registry's series to go",
@@ -476,30 +420,21 @@ async fn a_registry_that_leaves_the_index_takes_its_series_along() {
             |m| !m.contains(&left.host()) && m.contains(&requests(&kept.host())),
         )
         .await;
-    if target.is_real() {
-        let _ = target.delete::<Namespace>("", ns).await;
-    }
+    cluster.remove_namespace_if_real(ns).await;
 }
 
 #[tokio::test]
 async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let registry = Registry::start(RegistryOptions {
+    let cluster = ClusterScenario::with_registry(RegistryOptions {
         htpasswd: Some(("carol".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "corp/app", "1.0", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
-    let host = registry.host();
-    for ns in ["pw-a", "pw-b", "pw-c"] {
-        target.ensure_namespace(ns).await.unwrap();
-    }
+    .await;
+    let image = cluster.image("corp/app", "1.0", ImageFormat::Oci).await;
+    let host = cluster.registry().host();
+    cluster.namespaces(&["pw-a", "pw-b", "pw-c"]).await;
     // pw-a: the default service account carries the secret; the pod names none.
-    target
+    cluster
         .apply(&secret_dockerconfigjson(
             "pw-a",
             "regcred",
@@ -507,27 +442,23 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
             "carol",
             CANARY_PASSWORD,
         ))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&service_account("pw-a", "default", &["regcred"]))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&deployment("pw-a", "via-sa", &[&image]))
-        .await
-        .unwrap();
+        .await;
     // pw-b: names a secret that exists only in pw-a: never borrowed across namespaces.
-    target
+    cluster
         .apply(&with_pull_secrets(
             deployment("pw-b", "borrower", &[&image]),
             &["regcred"],
         ))
-        .await
-        .unwrap();
+        .await;
     // pw-c: a legacy dockercfg secret; and a broken one, which makes the kubelet fail
     // every pull of a pod that lists it, even beside a good one.
-    target
+    cluster
         .apply(&secret_dockercfg(
             "pw-c",
             "legacy",
@@ -535,8 +466,7 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
             "carol",
             CANARY_PASSWORD,
         ))
-        .await
-        .unwrap();
+        .await;
     let mut broken = secret_dockerconfigjson("pw-c", "broken", &host, "x", "y");
     broken.data = Some(
         [(
@@ -545,29 +475,27 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
         )]
         .into(),
     );
-    target.apply(&broken).await.unwrap();
-    target
+    cluster.apply(&broken).await;
+    cluster
         .apply(&with_pull_secrets(
             deployment("pw-c", "legacy-user", &[&image]),
             &["legacy"],
         ))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_pull_secrets(
             deployment("pw-c", "broken-user", &[&image]),
             &["broken", "legacy"],
         ))
-        .await
-        .unwrap();
+        .await;
     // An unrelated secret type that must never be listed.
     let mut opaque = Secret::default();
     opaque.metadata.name = Some("tls".into());
     opaque.metadata.namespace = Some("pw-c".into());
     opaque.type_ = Some("kubernetes.io/tls".into());
-    target.apply(&opaque).await.unwrap();
+    cluster.apply(&opaque).await;
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     aggregator.wait_ready().await;
     let metrics = aggregator.metrics().await;
     assert_eq!(
@@ -594,12 +522,11 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     assert_no_canary("the aggregator's log", &log);
 
     // A rotated password: the secret's MODIFIED event is picked up and re-checked.
-    target
+    cluster
         .apply(&secret_dockerconfigjson(
             "pw-a", "regcred", &host, "carol", "wrong",
         ))
-        .await
-        .unwrap();
+        .await;
     aggregator
         .wait_metrics(
             "the rotated secret's failure",
@@ -611,7 +538,7 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
         )
         .await;
 
-    if let Some(requests) = target.requests() {
+    if let Some(requests) = cluster.target().requests() {
         // The aggregator lists and watches cluster-wide; the test's own writes go
         // through namespaced paths.
         let secret_requests: Vec<&(String, String)> = requests
@@ -631,41 +558,34 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
 
 #[tokio::test]
 async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
-    let target = ApiTarget::from_env().await.unwrap();
-    if target.is_real() {
-        return; // Needs the test server's RBAC hook.
-    }
-    let registry = Registry::start(RegistryOptions {
+    let cluster = ClusterScenario::with_registry(RegistryOptions {
         htpasswd: Some(("dave".into(), CANARY_PASSWORD.into())),
         ..Default::default()
     })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "corp/app", "1.0", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
-    target.ensure_namespace("pw-rbac").await.unwrap();
-    target
+    .await;
+    let Some(server) = cluster.target().test_server() else {
+        return; // Needs the test server's RBAC hook.
+    };
+    let image = cluster.image("corp/app", "1.0", ImageFormat::Oci).await;
+    cluster.namespace("pw-rbac").await;
+    cluster
         .apply(&secret_dockerconfigjson(
             "pw-rbac",
             "regcred",
-            &registry.host(),
+            &cluster.registry().host(),
             "dave",
             CANARY_PASSWORD,
         ))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_pull_secrets(
             deployment("pw-rbac", "app", &[&image]),
             &["regcred"],
         ))
-        .await
-        .unwrap();
-    target.forbid("secrets");
+        .await;
+    server.forbid("secrets");
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     let ready = aggregator.wait_ready().await;
     assert!(ready.contains("forbidden by RBAC"), "{ready}");
     assert!(ready.contains("secrets/dockerconfigjson"), "{ready}");
@@ -686,7 +606,7 @@ async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
     );
 
     // Access granted later: the secret arrives and the check follows.
-    target.allow("secrets");
+    server.allow("secrets");
     aggregator
         .wait_metrics(
             "the secret after RBAC allows it",
@@ -703,15 +623,11 @@ async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
 
 #[tokio::test]
 async fn relists_after_410_and_keeps_state_while_the_api_server_is_away() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let Some(server) = target.test_server() else {
+    let cluster = ClusterScenario::start().await;
+    let Some(server) = cluster.target().test_server() else {
         return; // Needs the test server's hooks.
     };
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
+    let image = cluster.image("app", "v1", ImageFormat::Oci).await;
     server.apply(&namespace("pw-relist", &[])).unwrap();
     server
         .apply(&deployment("pw-relist", "keep", &[&image]))
@@ -720,7 +636,7 @@ async fn relists_after_410_and_keeps_state_while_the_api_server_is_away() {
         .apply(&deployment("pw-relist", "doomed", &[&image]))
         .unwrap();
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     aggregator.wait_ready().await;
     assert!(aggregator.metrics().await.contains("name=\"doomed\""));
     let lists_before = server.list_requests("deployments").len();
@@ -772,35 +688,27 @@ async fn relists_after_410_and_keeps_state_while_the_api_server_is_away() {
 
 #[tokio::test]
 async fn namespace_label_and_forced_disabled_controllers() {
-    let target = ApiTarget::from_env().await.unwrap();
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap()
-        .reference;
-    target
+    let cluster = ClusterScenario::start().await;
+    let image = cluster.image("app", "v1", ImageFormat::Oci).await;
+    cluster
         .apply(&namespace("pw-on", &[("pullwatch", "enabled")]))
-        .await
-        .unwrap();
-    target.apply(&namespace("pw-off", &[])).await.unwrap();
-    target
+        .await;
+    cluster.apply(&namespace("pw-off", &[])).await;
+    cluster
         .apply(&with_replicas(deployment("pw-on", "idle", &[&image]), 0))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&with_replicas(
             statefulset("pw-on", "idle-db", &[&image]),
             0,
         ))
-        .await
-        .unwrap();
-    target
+        .await;
+    cluster
         .apply(&deployment("pw-off", "ignored", &[&image]))
-        .await
-        .unwrap();
+        .await;
 
     let aggregator = Aggregator::start(
-        &target,
+        cluster.target(),
         &[
             "--namespace-label",
             "pullwatch=enabled",
@@ -815,10 +723,9 @@ async fn namespace_label_and_forced_disabled_controllers() {
     assert_eq!(keys, [&"pw-on/deployment/idle/c0".to_string()], "{metrics}");
 
     // Labelling the other namespace brings its workloads in.
-    target
+    cluster
         .apply(&namespace("pw-off", &[("pullwatch", "enabled")]))
-        .await
-        .unwrap();
+        .await;
     aggregator
         .wait_metrics(
             "the newly labelled namespace",
@@ -846,53 +753,39 @@ fn tag_moved(metrics: &str, ns: &str, kind: &str, name: &str) -> Option<String> 
 /// 1 once the tag moves (or a pod runs another digest), absent when nothing is known.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_tag_shows_against_what_running_pods_run() {
-    let target = ApiTarget::from_env().await.unwrap();
-    if target.is_real() {
+    let cluster = ClusterScenario::start().await;
+    if cluster.target().is_real() {
         // Pod statuses with made-up image IDs are only for the test server.
         return;
     }
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let v1 = push_image(&registry, "shop/web", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
-    let v2 = push_image(&registry, "shop/web", "v2", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let v1 = cluster.push("shop/web", "v1", ImageFormat::Oci).await;
+    let v2 = cluster.push("shop/web", "v2", ImageFormat::Oci).await;
     let image = v1.reference.clone();
-    let pinned = format!("{}/shop/web@{}", registry.host(), v1.digest);
-    let runs = |digest: &str| format!("{}/shop/web@{digest}", registry.host());
+    let pinned = format!("{}/shop/web@{}", cluster.registry().host(), v1.digest);
+    let runs = |digest: &str| format!("{}/shop/web@{digest}", cluster.registry().host());
     let ns = "pw-drift";
-    target.ensure_namespace(ns).await.unwrap();
-    let web = target
-        .apply(&deployment(ns, "web", &[&image]))
-        .await
-        .unwrap();
-    target
-        .apply(&deployment(ns, "idle", &[&image]))
-        .await
-        .unwrap();
-    let rs = target
+    cluster.namespace(ns).await;
+    let web = cluster.apply(&deployment(ns, "web", &[&image])).await;
+    cluster.apply(&deployment(ns, "idle", &[&image])).await;
+    let rs = cluster
         .apply(&with_owner(replicaset(ns, "web-abc", &[&image]), &web))
-        .await
-        .unwrap();
+        .await;
     let web_pod = |name: &str| {
         let mut p = with_owner(pod(ns, name, &[&image]), &rs);
         p.metadata.labels = Some([("pod-template-hash".to_string(), "abc".to_string())].into());
         p
     };
-    let web1 = target.apply(&web_pod("web-abc-1")).await.unwrap();
-    target
+    let web1 = cluster.apply(&web_pod("web-abc-1")).await;
+    cluster
         .apply_status(&running(web1, "node-a", &[&runs(&v1.digest)]))
-        .await
-        .unwrap();
+        .await;
     // A digest reference cannot move: never a series.
-    let solo = target.apply(&pod(ns, "solo", &[&pinned])).await.unwrap();
-    target
+    let solo = cluster.apply(&pod(ns, "solo", &[&pinned])).await;
+    cluster
         .apply_status(&running(solo, "node-a", &[&runs(&v1.digest)]))
-        .await
-        .unwrap();
+        .await;
 
-    let aggregator = Aggregator::start(&target, &["--check-interval", "1s"]);
+    let aggregator = Aggregator::start(cluster.target(), &["--check-interval", "1s"]);
     aggregator.wait_ready().await;
     aggregator
         .wait_metrics("web's drift at 0", Duration::from_secs(30), |m| {
@@ -917,7 +810,11 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
     );
 
     // The release tag is re-pushed: the running pod runs what a restart would not.
-    registry.move_tag("shop/web", "v2", "v1").await.unwrap();
+    cluster
+        .registry()
+        .move_tag("shop/web", "v2", "v1")
+        .await
+        .unwrap();
     aggregator
         .wait_metrics("web's drift at 1", Duration::from_secs(30), |m| {
             tag_moved(m, ns, "deployment", "web").as_deref() == Some("1")
@@ -925,27 +822,26 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
         .await;
     // A new pod started from the moved tag runs the new digest; the old one still
     // runs the old: still moved. Once the old pod is gone, all match again.
-    let web2 = target.apply(&web_pod("web-abc-2")).await.unwrap();
-    target
+    let web2 = cluster.apply(&web_pod("web-abc-2")).await;
+    cluster
         .apply_status(&running(web2, "node-b", &[&runs(&v2.digest)]))
-        .await
-        .unwrap();
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         tag_moved(&aggregator.metrics().await, ns, "deployment", "web").as_deref(),
         Some("1")
     );
-    target
+    cluster
         .delete::<k8s_openapi::api::core::v1::Pod>(ns, "web-abc-1")
-        .await
-        .unwrap();
+        .await;
     aggregator
         .wait_metrics("web's drift back at 0", Duration::from_secs(30), |m| {
             tag_moved(m, ns, "deployment", "web").as_deref() == Some("0")
         })
         .await;
     // The tag deleted: no digest to compare with, the series goes.
-    registry
+    cluster
+        .registry()
         .delete_manifest("shop/web", &v2.digest)
         .await
         .unwrap();
@@ -958,9 +854,9 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
 }
 
 /// A Node as its kubelet reports it: `os/arch` in `status.nodeInfo`.
-async fn platform_node(target: &ApiTarget, name: &str, os: &str, arch: &str) {
+async fn platform_node(cluster: &ClusterScenario, name: &str, os: &str, arch: &str) {
     use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
-    let created: Node = target.apply(&node(name, &[])).await.unwrap();
+    let created: Node = cluster.apply(&node(name, &[])).await;
     let reported = Node {
         status: Some(NodeStatus {
             node_info: Some(NodeSystemInfo {
@@ -972,7 +868,7 @@ async fn platform_node(target: &ApiTarget, name: &str, os: &str, arch: &str) {
         }),
         ..created
     };
-    target.apply_status(&reported).await.unwrap();
+    cluster.apply_status(&reported).await;
 }
 
 /// The cluster's node platforms, narrowed by each pod template's nodeSelector: an index
@@ -980,20 +876,18 @@ async fn platform_node(target: &ApiTarget, name: &str, os: &str, arch: &str) {
 /// nodes as they come and go.
 #[tokio::test(flavor = "multi_thread")]
 async fn platforms_come_from_the_nodes_and_the_node_selector() {
-    let target = ApiTarget::from_env().await.unwrap();
-    if target.is_real() {
+    let cluster = ClusterScenario::start().await;
+    if cluster.target().is_real() {
         // Made-up nodes are only for the test server.
         return;
     }
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap()
-        .reference;
+    let image = cluster
+        .image("multi/app", "v1", ImageFormat::OciIndex)
+        .await;
     let ns = "pw-platforms";
-    target.ensure_namespace(ns).await.unwrap();
-    platform_node(&target, "arm-1", "linux", "arm64").await;
-    platform_node(&target, "z-1", "linux", "s390x").await;
+    cluster.namespace(ns).await;
+    platform_node(&cluster, "arm-1", "linux", "arm64").await;
+    platform_node(&cluster, "z-1", "linux", "s390x").await;
     let on_arch = |name: &str, arch: &str| {
         let mut d = deployment(ns, name, &[&image]);
         if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
@@ -1002,14 +896,11 @@ async fn platforms_come_from_the_nodes_and_the_node_selector() {
         }
         d
     };
-    target
-        .apply(&deployment(ns, "anywhere", &[&image]))
-        .await
-        .unwrap();
-    target.apply(&on_arch("arm-only", "arm64")).await.unwrap();
-    target.apply(&on_arch("z-only", "s390x")).await.unwrap();
+    cluster.apply(&deployment(ns, "anywhere", &[&image])).await;
+    cluster.apply(&on_arch("arm-only", "arm64")).await;
+    cluster.apply(&on_arch("z-only", "s390x")).await;
 
-    let aggregator = Aggregator::start(&target, &[]);
+    let aggregator = Aggregator::start(cluster.target(), &[]);
     aggregator.wait_ready().await;
     let key = |name: &str| format!("{ns}/deployment/{name}/c0");
     aggregator
@@ -1029,10 +920,9 @@ async fn platforms_come_from_the_nodes_and_the_node_selector() {
     promtool_check_metrics(&metrics).unwrap();
 
     // The s390x node goes: every workload can run what the index has.
-    target
+    cluster
         .delete::<k8s_openapi::api::core::v1::Node>("", "z-1")
-        .await
-        .unwrap();
+        .await;
     aggregator
         .wait_metrics("the s390x node's departure", Duration::from_secs(30), |m| {
             status_of(m, &key("anywhere")).as_deref() == Some("available")

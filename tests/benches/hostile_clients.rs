@@ -12,10 +12,12 @@ mod clients;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clients::{Process, big_inventory, closed_within, timed_get, wait_ready, zero_window_h2};
-use pullwatch_testbench::free_port;
+use clients::{
+    Process, big_inventory, closed_within, serve_manifests, slow_connection, timed_get, wait_ready,
+    zero_window_h2,
+};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,23 +88,12 @@ async fn at_rest(addr: SocketAddr) -> Duration {
 
 fn start(dir: &std::path::Path, deployments: usize, nofile: u64) -> (Process, SocketAddr) {
     let inventory = big_inventory(dir, deployments);
-    let port = free_port();
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--manifests={}", inventory.display()),
-        format!("--bind-address=127.0.0.1:{port}"),
+    let mut flags = vec![
         "--check-interval=1h".to_string(),
         "--registry-timeout=2s".to_string(),
     ];
-    args.extend(limit_flags());
-    let process = Process::start(
-        "pullwatch-aggregator",
-        &args,
-        dir,
-        Some(nofile),
-        Some(1 << 30),
-    );
-    (process, format!("127.0.0.1:{port}").parse().unwrap())
+    flags.extend(limit_flags());
+    serve_manifests(dir, &inventory, &flags, Some(nofile), Some(1 << 30))
 }
 
 async fn run() {
@@ -192,20 +183,11 @@ async fn run() {
     let mut sampler = Sampler::new(&aggregator);
     let mut watchers = Vec::new();
     for i in 0..300 {
-        let Ok(Ok(mut stream)) =
-            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
-        else {
+        let partial = (i % 2 == 0).then_some(&b"GET /metrics HTTP/1.1\r\nHost"[..]);
+        let Some(watcher) = slow_connection(addr, partial).await else {
             continue;
         };
-        let opened = Instant::now();
-        if i % 2 == 0 {
-            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost").await;
-        }
-        watchers.push(tokio::spawn(async move {
-            closed_within(&mut stream, Duration::from_secs(30))
-                .await
-                .map(|_| opened.elapsed())
-        }));
+        watchers.push(watcher);
         if i % 30 == 0 {
             sampler.sample(&mut aggregator, addr).await;
         }

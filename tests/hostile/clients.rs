@@ -8,8 +8,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use pullwatch_testbench::{free_port, http_request, process_status_kib, workspace_binary};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// A child process with resource limits, its output in a file; killed on drop.
 pub struct Process {
@@ -150,6 +151,50 @@ pub fn big_inventory(dir: &Path, deployments: usize) -> PathBuf {
     let path = dir.join("inventory.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// `pullwatch-aggregator serve` over the `manifests` inventory on a free loopback port,
+/// with `flags` after the bind address and the given fd / address-space limits; the
+/// process and the address it serves on.
+pub fn serve_manifests(
+    dir: &Path,
+    manifests: &Path,
+    flags: &[String],
+    nofile: Option<u64>,
+    address_space: Option<u64>,
+) -> (Process, SocketAddr) {
+    let port = free_port();
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--manifests={}", manifests.display()),
+        format!("--bind-address=127.0.0.1:{port}"),
+    ];
+    args.extend_from_slice(flags);
+    let process = Process::start("pullwatch-aggregator", &args, dir, nofile, address_space);
+    (process, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// One slow client: connects (within 2 s; None if it cannot), sends `partial` (the
+/// start of a request, if any) and no more, and watches from its own task how long the
+/// server takes to close the connection (None: still open after 30 s).
+pub async fn slow_connection(
+    addr: SocketAddr,
+    partial: Option<&[u8]>,
+) -> Option<JoinHandle<Option<Duration>>> {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await
+    else {
+        return None;
+    };
+    let opened = Instant::now();
+    if let Some(partial) = partial {
+        let _ = stream.write_all(partial).await;
+    }
+    Some(tokio::spawn(async move {
+        closed_within(&mut stream, Duration::from_secs(30))
+            .await
+            .map(|_| opened.elapsed())
+    }))
 }
 
 /// Until `closed` says the connection was closed (a read gives EOF or an error),

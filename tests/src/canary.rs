@@ -195,6 +195,20 @@ pub fn assert_no_canary_in_process_logs() {
     assert_no_canary("this process's logs", &captured_process_logs());
 }
 
+/// A test body run with this process's logs captured, failing if it runs past `limit`,
+/// then [`assert_no_canary_in_process_logs`]: the frame of every test that runs an
+/// aggregator or agent in-process.
+pub async fn bounded_without_canary<F: std::future::Future<Output = ()>>(
+    limit: std::time::Duration,
+    test: F,
+) {
+    capture_process_logs();
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("test did not finish in time");
+    assert_no_canary_in_process_logs();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,11 +11,12 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+
+use crate::serve::{LoopbackListener, LoopbackServer};
 
 /// What the token endpoint does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,55 +34,38 @@ pub const ISSUED_TOKEN: &str = "tok-CANARY-issued-bearer-7Hq2";
 
 /// The running echo server.
 pub struct EchoRegistry {
-    addr: SocketAddr,
+    server: LoopbackServer,
     seen: Arc<Mutex<Vec<String>>>,
-    task: JoinHandle<()>,
 }
 
 impl EchoRegistry {
     /// Binds a loopback port and serves until dropped.
     pub async fn start(mode: EchoMode) -> Result<EchoRegistry> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the echo registry")?;
-        let addr = listener.local_addr()?;
+        let listener = LoopbackListener::bind("the echo registry").await?;
+        let addr = listener.addr();
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let recorded = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let recorded = recorded.clone();
-                connections.spawn(async move {
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        answer(stream, addr, mode, &recorded),
-                    )
-                    .await;
-                });
+        let server = listener.serve(move |stream, _peer| {
+            let recorded = recorded.clone();
+            async move {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    answer(stream, addr, mode, &recorded),
+                )
+                .await;
             }
         });
-        Ok(EchoRegistry { addr, seen, task })
+        Ok(EchoRegistry { server, seen })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// Every request line seen, for diagnostics.
     pub fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for EchoRegistry {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -21,12 +21,14 @@ mod pull_proxy;
 mod push;
 mod quota_proxy;
 mod registry;
+mod scenario;
+mod serve;
 mod stub;
 mod tools;
 mod util;
 
 pub use apiserver::{
-    ApiTarget, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
+    ApiTarget, ClusterObject, PodSpecMut, Replicated, TEST_KUBECONFIG_ENV, TestApiServer,
     container_name_and_image, cronjob, daemonset, decode_query, deployment, job, namespace, node,
     pod, pod_spec, replicaset, running, secret_dockercfg, secret_dockerconfigjson, secret_opaque,
     service_account, statefulset, suspended, with_annotations, with_controller, with_init_images,
@@ -36,12 +38,12 @@ pub use bearer::{BearerRegistry, GOOD_TOKEN, STUB_DIGEST};
 pub use behaviours::{
     BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, SilentServer, registry_behaviours,
 };
-pub use binaries::workspace_binary;
+pub use binaries::{hermetic_command, output_within, stdout_json, workspace_binary};
 pub use ca::{LOOPBACK_SANS, TestCa};
 pub use canary::{
     CANARY_PASSWORD, HOSTILE_PASSWORD, assert_no_canary, assert_no_canary_in_file,
-    assert_no_canary_in_process_logs, assert_no_hostile_secret, canary_forms, capture_process_logs,
-    captured_process_logs, find_canary, secret_forms,
+    assert_no_canary_in_process_logs, assert_no_hostile_secret, bounded_without_canary,
+    canary_forms, capture_process_logs, captured_process_logs, find_canary, secret_forms,
 };
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use echo::{EchoMode, EchoRegistry, ISSUED_TOKEN, echo_encodings};
@@ -54,6 +56,7 @@ pub use push::{
 };
 pub use quota_proxy::{QUOTA_WINDOW_SECONDS, QuotaProxy};
 pub use registry::{Registry, RegistryOptions};
+pub use scenario::{ClusterScenario, push_to};
 pub use stub::{RecordedRequest, StubResponse, StubServer};
 pub use tools::{
     HELM_NPM_PACKAGE, ToolOutput, helm, helm_ok, locate_helm, promtool, promtool_check_rules,

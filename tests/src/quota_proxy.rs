@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use hyper_util::rt::TokioExecutor;
+
+use crate::serve::{LoopbackListener, LoopbackServer, serve_http1};
 
 /// The window the proxy announces (Docker Hub's: 6 h).
 pub const QUOTA_WINDOW_SECONDS: u64 = 21600;
@@ -30,19 +30,15 @@ struct Quota {
 
 /// The proxy, on `127.0.0.1:<free port>`. Stops on drop.
 pub struct QuotaProxy {
-    addr: SocketAddr,
+    server: LoopbackServer,
     quota: Arc<Quota>,
-    task: JoinHandle<()>,
 }
 
 impl QuotaProxy {
     /// Starts proxying to `backend` (a plain-HTTP registry) with `limit` pulls, all left.
     /// Must be called inside a tokio runtime.
     pub async fn start(backend: SocketAddr, limit: u64) -> Result<QuotaProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the quota proxy")?;
-        let addr = listener.local_addr()?;
+        let listener = LoopbackListener::bind("the quota proxy").await?;
         let quota = Arc::new(Quota {
             limit: AtomicU64::new(limit),
             remaining: AtomicU64::new(limit),
@@ -52,31 +48,18 @@ impl QuotaProxy {
         let client: Client<HttpConnector, Incoming> =
             Client::builder(TokioExecutor::new()).build_http();
         let state = quota.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let (client, state) = (client.clone(), state.clone());
-                connections.spawn(async move {
-                    let service = service_fn(move |request| {
-                        forward(client.clone(), backend, state.clone(), request)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let server = listener.serve(move |stream, _peer| {
+            let (client, state) = (client.clone(), state.clone());
+            let service =
+                service_fn(move |request| forward(client.clone(), backend, state.clone(), request));
+            serve_http1(stream, service)
         });
-        Ok(QuotaProxy { addr, quota, task })
+        Ok(QuotaProxy { server, quota })
     }
 
     /// `127.0.0.1:PORT`: the registry host images name.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// Sets the pulls left (as if other clients of the same IP had pulled).
@@ -95,12 +78,6 @@ impl QuotaProxy {
             self.quota.manifest_gets.load(Ordering::SeqCst),
             self.quota.manifest_heads.load(Ordering::SeqCst),
         )
-    }
-}
-
-impl Drop for QuotaProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -4,14 +4,13 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use crate::serve::{LoopbackListener, LoopbackServer, serve_http1};
 
 /// What the stub answers to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,15 +72,14 @@ type Handler = dyn Fn(&RecordedRequest) -> StubResponse + Send + Sync + 'static;
 /// An HTTP/1 server on `127.0.0.1:<free port>` that answers every request with what the
 /// handler returns and records the requests. Shuts down on drop.
 pub struct StubServer {
-    addr: SocketAddr,
+    server: LoopbackServer,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
-    task: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for StubServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StubServer")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish()
     }
 }
@@ -107,56 +105,36 @@ impl StubServer {
     where
         F: Fn(&RecordedRequest) -> StubResponse + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding stub server")?;
-        let addr = listener.local_addr()?;
+        let listener = LoopbackListener::bind("stub server").await?;
         let requests: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let recorded = requests.clone();
-        let task = tokio::spawn(async move {
-            // Connection tasks live in this set and are aborted with it.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let Ok((stream, _)) = accepted else { continue };
+        let server = listener.serve(move |stream, _peer| {
+            let handler = handler.clone();
+            let recorded = recorded.clone();
+            let service = service_fn(move |req: http::Request<Incoming>| {
                 let handler = handler.clone();
                 let recorded = recorded.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req: http::Request<Incoming>| {
-                        let handler = handler.clone();
-                        let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &*handler, &recorded).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+                async move { Ok::<_, Infallible>(answer(req, &*handler, &recorded).await) }
+            });
+            serve_http1(stream, service)
         });
-        Ok(StubServer {
-            addr,
-            requests,
-            task,
-        })
+        Ok(StubServer { server, requests })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr())
     }
 
     /// Every `(method, path)` seen so far, in arrival order.
@@ -173,12 +151,6 @@ impl StubServer {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
-    }
-}
-
-impl Drop for StubServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

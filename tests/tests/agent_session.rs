@@ -24,7 +24,7 @@ use pullwatch_aggregator::agents::server::{self as agent_server, AgentServer, Ag
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryOptions, TestCa,
-    free_port, push_image,
+    free_port, push_to,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -35,11 +35,7 @@ const TOKEN: &str = "shared-agent-token";
 /// Also: this process's logs (the agents', in process) are captured, and the test
 /// bench's canary password (`PASSWORD`) must never appear in them.
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    pullwatch_testbench::capture_process_logs();
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test did not finish in time");
-    pullwatch_testbench::assert_no_canary_in_process_logs();
+    pullwatch_testbench::bounded_without_canary(TEST_TIMEOUT, test).await;
 }
 
 /// TLS material and the token file for one aggregator.
@@ -164,9 +160,7 @@ async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_rest
         })
         .await
         .unwrap();
-        let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
         let aggregator = Aggregator::new();
         let (hub, server) = aggregator.start(0).await;
         let port = server.local_addr().port();
@@ -293,9 +287,7 @@ async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_rest
 async fn an_agent_killed_mid_check_has_its_task_moved() {
     bounded(async {
         let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let aggregator = Aggregator::new();
         let (hub, server) = aggregator.start(0).await;
 
@@ -385,9 +377,7 @@ async fn a_wrong_token_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_command_as_the_chart_starts_it() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
     let node = Containerd::start(ContainerdOptions::default())
         .await
         .unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pullwatch_testbench::{
     ImageFormat, MANIFEST_ACCEPT, Registry, RegistryOptions, StubResponse, StubServer, TestCa,
-    http_request, promtool_check_metrics, push_image, push_tags, sha256_digest,
+    http_request, promtool_check_metrics, push_tags, push_to, sha256_digest,
 };
 
 /// HEAD the tag and check status 200, the digest and the media type.
@@ -30,7 +30,7 @@ async fn open_registry_accepts_every_format() {
     let mut digests = Vec::new();
     for (i, format) in ImageFormat::ALL.into_iter().enumerate() {
         let repo = format!("team/app{i}");
-        let pushed = push_image(&registry, &repo, "v1", format).await.unwrap();
+        let pushed = push_to(&registry, &repo, "v1", format).await;
         assert_eq!(pushed.reference, format!("{}/{repo}:v1", registry.host()));
         assert!(pushed.digest.starts_with("sha256:") && pushed.digest.len() == 71);
         assert_manifest(&registry, &repo, "v1", &pushed.digest, format.media_type()).await;
@@ -80,15 +80,9 @@ async fn open_registry_accepts_every_format() {
 #[tokio::test]
 async fn registry_negotiates_on_accept() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let oci = push_image(&registry, "neg/oci", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
-    let docker = push_image(&registry, "neg/docker", "v1", ImageFormat::DockerV2S2)
-        .await
-        .unwrap();
-    let list = push_image(&registry, "neg/list", "v1", ImageFormat::DockerManifestList)
-        .await
-        .unwrap();
+    let oci = push_to(&registry, "neg/oci", "v1", ImageFormat::Oci).await;
+    let docker = push_to(&registry, "neg/docker", "v1", ImageFormat::DockerV2S2).await;
+    let list = push_to(&registry, "neg/list", "v1", ImageFormat::DockerManifestList).await;
     let head = |repo: &'static str, accept: &'static str| {
         let registry = &registry;
         async move {
@@ -150,9 +144,7 @@ async fn htpasswd_registry_requires_credentials() {
         .unwrap();
     assert_eq!(authed.status, 200);
 
-    let pushed = push_image(&registry, "private/app", "1.0", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let pushed = push_to(&registry, "private/app", "1.0", ImageFormat::Oci).await;
     assert_manifest(
         &registry,
         "private/app",
@@ -229,9 +221,7 @@ async fn tls_registry_is_reachable_with_the_ca() {
     assert!(connector.connect(name, tcp).await.is_err());
 
     // Pushing through skopeo with the CA works too.
-    let pushed = push_image(&registry, "secure/app", "v2", ImageFormat::DockerV2S2)
-        .await
-        .unwrap();
+    let pushed = push_to(&registry, "secure/app", "v2", ImageFormat::DockerV2S2).await;
     assert_manifest(
         &registry,
         "secure/app",
@@ -245,9 +235,7 @@ async fn tls_registry_is_reachable_with_the_ca() {
 #[tokio::test]
 async fn stop_refuses_and_start_again_keeps_storage() {
     let mut registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let pushed = push_image(&registry, "durable", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let pushed = push_to(&registry, "durable", "v1", ImageFormat::Oci).await;
     let addr = registry.addr();
     assert!(registry.is_running());
     registry.stop();
@@ -268,12 +256,8 @@ async fn stop_refuses_and_start_again_keeps_storage() {
 #[tokio::test]
 async fn delete_manifest_loses_the_image() {
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let keep = push_image(&registry, "lost/app", "keep", ImageFormat::DockerV2S2)
-        .await
-        .unwrap();
-    let gone = push_image(&registry, "lost/app", "gone", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let keep = push_to(&registry, "lost/app", "keep", ImageFormat::DockerV2S2).await;
+    let gone = push_to(&registry, "lost/app", "gone", ImageFormat::OciIndex).await;
     registry
         .delete_manifest("lost/app", &gone.digest)
         .await
@@ -351,9 +335,7 @@ async fn ipv6_registry_gets_images_over_the_api() {
     assert!(registry.host().starts_with("[::1]:"), "{}", registry.host());
     assert!(registry.addr().is_ipv6());
     for format in [ImageFormat::Oci, ImageFormat::DockerManifestList] {
-        let pushed = push_image(&registry, "v6/app", "latest", format)
-            .await
-            .unwrap();
+        let pushed = push_to(&registry, "v6/app", "latest", format).await;
         assert!(pushed.reference.starts_with("[::1]:"));
         assert_manifest(
             &registry,
@@ -375,9 +357,7 @@ async fn ipv6_registry_gets_images_over_the_api() {
     .await
     .unwrap();
     assert!(secure.url().starts_with("https://[::1]:"));
-    let pushed = push_image(&secure, "v6/secure", "v1", ImageFormat::DockerV2S2)
-        .await
-        .unwrap();
+    let pushed = push_to(&secure, "v6/secure", "v1", ImageFormat::DockerV2S2).await;
     assert_manifest(
         &secure,
         "v6/secure",

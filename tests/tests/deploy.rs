@@ -1066,6 +1066,17 @@ fn volume<'a>(spec: &'a PodSpec, name: &str) -> &'a Volume {
         .unwrap_or_else(|| panic!("no volume {name}"))
 }
 
+/// The Service's port named `name`, as a number.
+fn service_port(service: &Service, name: &str) -> i32 {
+    service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some(name)))
+        .unwrap_or_else(|| panic!("no {name} service port"))
+        .port
+}
+
 fn assert_flags_known(args: &[String], known: &[&str], who: &str) {
     for arg in args.iter().filter(|a| a.starts_with("--")) {
         let name = arg.split('=').next().unwrap();
@@ -1586,17 +1597,7 @@ fn aggregator_deployment_is_restricted_probed_and_configured() {
         );
         let tls = volume(spec, "agent-tls").secret.as_ref().unwrap();
         let service: Service = one(&docs, "Service");
-        let agent_port = service
-            .spec
-            .as_ref()
-            .unwrap()
-            .ports
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name.as_deref() == Some("grpc-agent"))
-            .expect("grpc-agent service port")
-            .port;
+        let agent_port = service_port(&service, "grpc-agent");
         assert_eq!(
             flag(&args, "--agent-listen"),
             Some(format!(":{agent_port}").as_str())
@@ -1808,17 +1809,7 @@ fn agent_daemonset_mounts_identity_and_security() {
         // The aggregator URL names the Service and its agent port; the CA is mounted.
         let service: Service = one(&docs, "Service");
         let svc_name = service.metadata.name.as_deref().unwrap();
-        let agent_port = service
-            .spec
-            .as_ref()
-            .unwrap()
-            .ports
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|p| p.name.as_deref() == Some("grpc-agent"))
-            .unwrap()
-            .port;
+        let agent_port = service_port(&service, "grpc-agent");
         assert_eq!(
             flag(&args, "--aggregator"),
             Some(format!("https://{svc_name}.{NAMESPACE}.svc:{agent_port}").as_str())
@@ -2656,7 +2647,7 @@ fn manifests_tls_script_creates_the_secret_the_manifests_expect() {
 use std::time::{Duration, Instant};
 
 use pullwatch_testbench::{
-    ImageFormat, Registry, RegistryOptions, free_port, http_request, push_image, require_tool,
+    ImageFormat, Registry, RegistryOptions, free_port, http_request, push_to, require_tool,
     workspace_binary,
 };
 
@@ -2757,9 +2748,7 @@ async fn shipped_alerts_fire_in_prometheus_scraping_a_running_aggregator() {
     let prometheus = require_tool("prometheus").unwrap();
     let aggregator = aggregator_binary();
     let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    push_image(&registry, "shop/web", "1.0", ImageFormat::Oci)
-        .await
-        .unwrap();
+    push_to(&registry, "shop/web", "1.0", ImageFormat::Oci).await;
     let present = format!("{}/shop/web:1.0", registry.host());
     let absent = format!("{}/shop/web:2.0-deleted", registry.host());
 
@@ -3013,6 +3002,32 @@ fn under(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
+/// The real agent's `check` (`command`, its flags given) run as on a node whose root is
+/// `root`: the kubelet's root dir there, nothing from the test's environment but `PATH`.
+/// Its JSON report, stdout and stderr; `what` names the case if the report is not JSON.
+fn agent_check_on_node(
+    mut command: std::process::Command,
+    root: &Path,
+    what: &str,
+) -> (serde_json::Value, String, String) {
+    let output = command
+        .arg(format!(
+            "--kubelet-root-dir={}",
+            root.join("kubelet").display()
+        ))
+        .env_clear()
+        .env("HOME", root)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{what}: {e}: {stdout}\n{stderr}"));
+    (report, stdout, stderr)
+}
+
 /// `helm template` with each preset renders the agent flags and read-only hostPath
 /// mounts of that platform's paths; the real agent, started with exactly the rendered
 /// flags (the host's root standing in at a temp dir), finds the platform's plugin there,
@@ -3029,9 +3044,7 @@ async fn credential_provider_presets_reach_the_real_agent() {
     })
     .await
     .unwrap();
-    push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
     for preset in &PRESETS {
         let docs = render(&[
             "--set",
@@ -3123,7 +3136,8 @@ async fn credential_provider_presets_reach_the_real_agent() {
         )
         .unwrap();
 
-        let output = std::process::Command::new(workspace_binary("pullwatch-agent").unwrap())
+        let mut command = std::process::Command::new(workspace_binary("pullwatch-agent").unwrap());
+        command
             .args(["check", &image, "--mode", "resolve", "-o", "json"])
             .arg(format!(
                 "--image-credential-provider-config={}",
@@ -3139,23 +3153,10 @@ async fn credential_provider_presets_reach_the_real_agent() {
                 root.path().join("none.toml").display()
             ))
             .arg(format!(
-                "--kubelet-root-dir={}",
-                root.path().join("kubelet").display()
-            ))
-            .arg(format!(
                 "--cri-endpoint=unix://{}",
                 root.path().join("none.sock").display()
-            ))
-            .env_clear()
-            .env("HOME", root.path())
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir(root.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let report: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("{}: {e}: {stdout}\n{stderr}", preset.name));
+            ));
+        let (report, stdout, stderr) = agent_check_on_node(command, root.path(), preset.name);
         assert_eq!(
             report["status"], "available",
             "{}: {report}\n{stderr}",
@@ -3183,9 +3184,7 @@ async fn credential_provider_presets_reach_the_real_agent() {
 /// auth file's credential for the rewritten host.
 #[tokio::test(flavor = "multi_thread")]
 async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route() {
-    use pullwatch_testbench::{
-        CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, push_image,
-    };
+    use pullwatch_testbench::{CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, push_to};
 
     // OpenShift: CRI-O's global_auth_file is the kubelet's config.json.
     let auth_file = "/var/lib/kubelet/config.json";
@@ -3305,9 +3304,7 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
     })
     .await
     .unwrap();
-    let pushed = push_image(&registry, "mirrored/team/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let pushed = push_to(&registry, "mirrored/team/app", "v1", ImageFormat::Oci).await;
     let root = tempfile::tempdir().unwrap();
     let conf = under(root.path(), "/etc/containers/registries.conf");
     std::fs::create_dir_all(under(root.path(), "/etc/containers/registries.conf.d")).unwrap();
@@ -3357,21 +3354,7 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
             command.arg(format!("{name}={value}"));
         }
     }
-    let output = command
-        .arg(format!(
-            "--kubelet-root-dir={}",
-            root.path().join("kubelet").display()
-        ))
-        .env_clear()
-        .env("HOME", root.path())
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(root.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let (report, stdout, stderr) = agent_check_on_node(command, root.path(), "cri-o route");
     assert_eq!(report["status"], "available", "{report}\n{stderr}");
     assert_eq!(report["digest"], pushed.digest.as_str());
     assert_eq!(report["credential_source"], "runtime");

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clients::{
-    Process, big_inventory, closed_within, get_text, timed_get, wait_ready, zero_window_h2,
+    Process, big_inventory, closed_within, get_text, serve_manifests, slow_connection, timed_get,
+    wait_ready, zero_window_h2,
 };
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, EchoMode, EchoRegistry, HOSTILE_PASSWORD, TestCa,
@@ -46,6 +47,38 @@ fn limit_flags() -> Vec<String> {
         format!("--idle-timeout={}s", IDLE_TIMEOUT.as_secs()),
         "--http2-max-streams=16".to_string(),
     ]
+}
+
+/// The aggregator's agent gRPC listener: a free loopback port, TLS with a certificate
+/// from a throw-away CA, agents admitted by a shared token written under `dir`.
+struct AgentListener {
+    ca: TestCa,
+    token: std::path::PathBuf,
+    addr: SocketAddr,
+    /// The `serve` flags that open it.
+    flags: Vec<String>,
+}
+
+impl AgentListener {
+    fn new(dir: &std::path::Path, shared_token: &str) -> AgentListener {
+        let ca = TestCa::new().unwrap();
+        let (cert, key) = ca.issue_server_cert(&[]).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, shared_token).unwrap();
+        let port = free_port();
+        let flags = vec![
+            format!("--agent-listen=127.0.0.1:{port}"),
+            format!("--agent-tls-cert={}", cert.display()),
+            format!("--agent-tls-key={}", key.display()),
+            format!("--agent-shared-token-file={}", token.display()),
+        ];
+        AgentListener {
+            ca,
+            token,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            flags,
+        }
+    }
 }
 
 /// What an attack did to the process: peak RSS growth, worst `/metrics` latency.
@@ -107,23 +140,13 @@ impl Watch {
 async fn unread_responses_and_stream_floods_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 2_000);
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--manifests={}", inventory.display()),
-        format!("--bind-address=127.0.0.1:{port}"),
+    let mut flags = vec![
         "--check-interval=1h".to_string(),
         "--registry-timeout=2s".to_string(),
     ];
-    args.extend(limit_flags());
-    let mut aggregator = Process::start(
-        "pullwatch-aggregator",
-        &args,
-        dir.path(),
-        Some(1024),
-        Some(1 << 30),
-    );
+    flags.extend(limit_flags());
+    let (mut aggregator, addr) =
+        serve_manifests(dir.path(), &inventory, &flags, Some(1024), Some(1 << 30));
     wait_ready(addr, &mut aggregator).await;
     // Warm: each view once in full, so the shared snapshot and the allocator's pools
     // exist before the baseline.
@@ -237,27 +260,15 @@ async fn unread_responses_and_stream_floods_stay_bounded() {
 async fn slow_and_idle_connections_on_every_port() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 20);
-    let ca = TestCa::new().unwrap();
-    let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "shared-agent-token-123").unwrap();
-    let http_port = free_port();
-    let agent_port = free_port();
-    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{agent_port}").parse().unwrap();
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--manifests={}", inventory.display()),
-        format!("--bind-address=127.0.0.1:{http_port}"),
-        format!("--agent-listen=127.0.0.1:{agent_port}"),
-        format!("--agent-tls-cert={}", cert.display()),
-        format!("--agent-tls-key={}", key.display()),
-        format!("--agent-shared-token-file={}", token.display()),
+    let listener = AgentListener::new(dir.path(), "shared-agent-token-123");
+    let (ca, token, grpc) = (&listener.ca, &listener.token, listener.addr);
+    let mut flags = listener.flags.clone();
+    flags.extend([
         "--check-interval=1h".to_string(),
         "--registry-timeout=2s".to_string(),
-    ];
-    args.extend(limit_flags());
-    let mut aggregator = Process::start("pullwatch-aggregator", &args, dir.path(), Some(256), None);
+    ]);
+    flags.extend(limit_flags());
+    let (mut aggregator, http) = serve_manifests(dir.path(), &inventory, &flags, Some(256), None);
     wait_ready(http, &mut aggregator).await;
 
     // An agent reporting to it, whose metrics port is attacked too.
@@ -268,7 +279,7 @@ async fn slow_and_idle_connections_on_every_port() {
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let kubelet = dir.path().join("kubelet");
     std::fs::create_dir_all(&kubelet).unwrap();
-    let mut agent_args = node.agent_run_args(grpc, ca.ca_cert_path(), &token, &kubelet, metrics);
+    let mut agent_args = node.agent_run_args(grpc, ca.ca_cert_path(), token, &kubelet, metrics);
     agent_args.push("--node-name=node-a".to_string());
     agent_args.extend(limit_flags());
     let mut agent = Process::start("pullwatch-agent", &agent_args, dir.path(), Some(256), None);
@@ -323,20 +334,11 @@ async fn slow_and_idle_connections_on_every_port() {
         // nothing before a complete request).
         let mut watchers = Vec::new();
         for i in 0..300 {
-            let Ok(Ok(mut stream)) =
-                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await
+            let Some(watcher) = slow_connection(target, (i % 2 == 0).then_some(partial)).await
             else {
                 continue;
             };
-            let opened = Instant::now();
-            if i % 2 == 0 {
-                let _ = stream.write_all(partial).await;
-            }
-            watchers.push(tokio::spawn(async move {
-                closed_within(&mut stream, Duration::from_secs(30))
-                    .await
-                    .map(|_| opened.elapsed())
-            }));
+            watchers.push(watcher);
             if i % 50 == 0 {
                 watch.sample(process, probe, what).await;
                 let (status, took) = timed_get(probe, "/healthz").await;
@@ -487,18 +489,13 @@ async fn echoed_credentials_never_get_out() {
     );
 
     // serve: the API, the page, the metrics and the debug log.
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut serve = Process::start(
-        "pullwatch-aggregator",
+    let (mut serve, addr) = serve_manifests(
+        dir.path(),
+        &manifests,
         &[
-            "serve".to_string(),
-            format!("--manifests={}", manifests.display()),
-            format!("--bind-address=127.0.0.1:{port}"),
             "--allow-plain-http".to_string(),
             "--log-level=debug".to_string(),
         ],
-        dir.path(),
         None,
         None,
     );
@@ -624,30 +621,12 @@ async fn refused_sessions_are_counted_not_flooded() {
 
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 1);
-    let ca = TestCa::new().unwrap();
-    let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "the-real-token-456").unwrap();
-    let http_port = free_port();
-    let agent_port = free_port();
-    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    let mut aggregator = Process::start(
-        "pullwatch-aggregator",
-        &[
-            "serve".to_string(),
-            format!("--manifests={}", inventory.display()),
-            format!("--bind-address=127.0.0.1:{http_port}"),
-            format!("--agent-listen=127.0.0.1:{agent_port}"),
-            format!("--agent-tls-cert={}", cert.display()),
-            format!("--agent-tls-key={}", key.display()),
-            format!("--agent-shared-token-file={}", token.display()),
-        ],
-        dir.path(),
-        None,
-        None,
-    );
+    let listener = AgentListener::new(dir.path(), "the-real-token-456");
+    let (mut aggregator, http) =
+        serve_manifests(dir.path(), &inventory, &listener.flags, None, None);
     wait_ready(http, &mut aggregator).await;
-    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{agent_port}"))
+    let ca = &listener.ca;
+    let channel = Endpoint::from_shared(format!("https://{}", listener.addr))
         .unwrap()
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.ca_pem())))
         .unwrap()
@@ -698,20 +677,15 @@ async fn refused_sessions_are_counted_not_flooded() {
 async fn out_of_descriptors_backs_off_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = big_inventory(dir.path(), 2);
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut args = vec![
-        "serve".to_string(),
-        format!("--manifests={}", inventory.display()),
-        format!("--bind-address=127.0.0.1:{port}"),
+    let flags = [
         "--check-interval=1h".to_string(),
         "--max-connections=4096".to_string(),
         // Idle connections stay: only the fd limit stops them.
         "--header-read-timeout=60s".to_string(),
         "--idle-timeout=60s".to_string(),
+        "--registry-timeout=2s".to_string(),
     ];
-    args.extend(["--registry-timeout=2s".to_string()]);
-    let mut aggregator = Process::start("pullwatch-aggregator", &args, dir.path(), Some(96), None);
+    let (mut aggregator, addr) = serve_manifests(dir.path(), &inventory, &flags, Some(96), None);
     wait_ready(addr, &mut aggregator).await;
     let mut idle = Vec::new();
     for _ in 0..200 {

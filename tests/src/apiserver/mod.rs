@@ -42,7 +42,7 @@ pub use builders::{
     with_service_account,
 };
 pub use http::decode_query;
-pub use target::{ApiTarget, TEST_KUBECONFIG_ENV};
+pub use target::{ApiTarget, ClusterObject, TEST_KUBECONFIG_ENV};
 
 use http::Shared;
 use resources::RESOURCES;

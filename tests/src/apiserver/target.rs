@@ -62,6 +62,21 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// An object the target can store: a Kubernetes resource with object metadata that
+/// (de)serializes.
+pub trait ClusterObject:
+    k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned
+{
+}
+
+impl<K> ClusterObject for K where
+    K: k8s_openapi::Resource
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 impl ApiTarget {
     /// A real cluster if `PULLWATCH_TEST_KUBECONFIG` is set, else a fresh test API server.
     pub async fn from_env() -> Result<ApiTarget> {
@@ -125,13 +140,7 @@ impl ApiTarget {
     /// Namespaced objects need their namespace to exist (see
     /// [`ensure_namespace`](Self::ensure_namespace)). As on a real server, `status` is not
     /// taken from the object: use [`apply_status`](Self::apply_status).
-    pub async fn apply<K>(&self, obj: &K) -> Result<K>
-    where
-        K: k8s_openapi::Resource
-            + k8s_openapi::Metadata<Ty = ObjectMeta>
-            + Serialize
-            + DeserializeOwned,
-    {
+    pub async fn apply<K: ClusterObject>(&self, obj: &K) -> Result<K> {
         let ns = obj.metadata().namespace.clone().unwrap_or_default();
         let name = obj.metadata().name.clone().unwrap_or_default();
         let api = api_for::<K>(self.client(), &ns);
@@ -160,13 +169,7 @@ impl ApiTarget {
     }
 
     /// Replaces the object's `status` (the `/status` subresource).
-    pub async fn apply_status<K>(&self, obj: &K) -> Result<K>
-    where
-        K: k8s_openapi::Resource
-            + k8s_openapi::Metadata<Ty = ObjectMeta>
-            + Serialize
-            + DeserializeOwned,
-    {
+    pub async fn apply_status<K: ClusterObject>(&self, obj: &K) -> Result<K> {
         let ns = obj.metadata().namespace.clone().unwrap_or_default();
         let name = obj.metadata().name.clone().unwrap_or_default();
         let api = api_for::<K>(self.client(), &ns);

@@ -7,11 +7,12 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+
+use crate::serve::{LoopbackListener, LoopbackServer};
 
 /// What the proxy does with a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,49 +27,28 @@ pub enum ProxyMode {
 
 /// The proxy, on `127.0.0.1:<free port>`. Stops (cutting every connection) on drop.
 pub struct FaultProxy {
-    addr: SocketAddr,
+    server: LoopbackServer,
     mode: watch::Sender<ProxyMode>,
     held: Arc<Mutex<Vec<SocketAddr>>>,
-    task: JoinHandle<()>,
 }
 
 impl FaultProxy {
     /// Starts in [`ProxyMode::Pass`] towards `backend`. Must be called inside a tokio
     /// runtime.
     pub async fn start(backend: SocketAddr) -> Result<FaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the fault proxy")?;
-        let addr = listener.local_addr()?;
+        let listener = LoopbackListener::bind("the fault proxy").await?;
         let (mode, _) = watch::channel(ProxyMode::Pass);
         let held: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
         let (modes, held_list) = (mode.clone(), held.clone());
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let Ok((stream, peer)) = accepted else {
-                    continue;
-                };
-                let rx = modes.subscribe();
-                let held = held_list.clone();
-                connections.spawn(serve(stream, peer, backend, rx, held));
-            }
+        let server = listener.serve(move |stream, peer| {
+            serve(stream, peer, backend, modes.subscribe(), held_list.clone())
         });
-        Ok(FaultProxy {
-            addr,
-            mode,
-            held,
-            task,
-        })
+        Ok(FaultProxy { server, mode, held })
     }
 
     /// `127.0.0.1:PORT`: the registry host images name.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// Switches the mode; connections being passed through are cut.
@@ -79,12 +59,6 @@ impl FaultProxy {
     /// The peers (client addresses) of the connections held right now.
     pub fn held_peers(&self) -> Vec<SocketAddr> {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
