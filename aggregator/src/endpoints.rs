@@ -235,8 +235,12 @@ mod tests {
             })
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
+        // Rounds the writer finished, so the scrapes go on until it has rewritten the
+        // store a few times whatever the two threads' relative speed.
+        let written = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let writer = std::thread::spawn({
             let (pipeline, stop, containers) = (pipeline.clone(), stop.clone(), containers.clone());
+            let written = written.clone();
             move || {
                 let index = ImageIndex::default();
                 let mut rounds = 0u32;
@@ -250,6 +254,7 @@ mod tests {
                         );
                     }
                     rounds += 1;
+                    written.store(rounds, Ordering::Relaxed);
                 }
                 rounds
             }
@@ -263,7 +268,10 @@ mod tests {
             Arc::new(EndpointState::new(pipeline.clone())),
             stop_rx,
         ));
-        for _ in 0..40 {
+        let mut scrapes = 0;
+        // At least 40 scrapes, and on until the writer finished 4 rounds (bounded).
+        while scrapes < 40 || (written.load(Ordering::Relaxed) < 4 && scrapes < 4_000) {
+            scrapes += 1;
             let response = pullwatch_testbench::http_request(
                 addr,
                 http::Method::GET,
