@@ -91,6 +91,37 @@ impl FromStr for CheckStatus {
     }
 }
 
+/// How a check is made: `pull` the image through the runtime, `resolve` its manifest
+/// along the node's route without pulling, or `auto` (pull where the node holds the
+/// image, resolve where not). The agent's `--mode` and the protocol's `CheckMode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckMode {
+    Auto,
+    Pull,
+    Resolve,
+}
+
+impl CheckMode {
+    /// Every mode.
+    pub const ALL: [CheckMode; 3] = [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve];
+
+    /// The name used in `--mode`, JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckMode::Auto => "auto",
+            CheckMode::Pull => "pull",
+            CheckMode::Resolve => "resolve",
+        }
+    }
+}
+
+impl fmt::Display for CheckMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A status with the human-readable reason behind it (empty for `available`).
 ///
 /// Reasons never carry credentials: they are built from status codes, registry error

@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pullwatch::support::lock;
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential};
+use pullwatch::{
+    CheckMode, CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential,
+};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -38,25 +40,6 @@ use resolve::Resolver;
 /// `credential_source` when no AuthConfig was sent: the runtime used its own registry
 /// configuration (containerd `registry.configs`) or went anonymous.
 pub const RUNTIME_SOURCE: &str = "runtime";
-
-/// How a check is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Auto,
-    Pull,
-    Resolve,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Pull => "pull",
-            Mode::Resolve => "resolve",
-        }
-    }
-}
 
 /// Node policy for checks.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +59,7 @@ pub struct CheckReport {
     pub status: CheckStatus,
     pub reason: String,
     /// What actually ran: `pull` or `resolve` (the requested mode when nothing ran).
-    pub mode: String,
+    pub mode: CheckMode,
     /// Where the credential that decided the result came from (`secret/<ns>/<name>`,
     /// `config.json:<path>`, `plugin:<name>`, or `runtime`).
     pub credential_source: String,
@@ -224,7 +207,7 @@ impl Checker {
     pub async fn check(
         &self,
         image: &str,
-        mode: Mode,
+        mode: CheckMode,
         pull_secrets: &[SourcedCredential],
     ) -> CheckReport {
         let started = Instant::now();
@@ -261,14 +244,14 @@ impl Checker {
     async fn check_inner(
         &self,
         image: &str,
-        mode: Mode,
+        mode: CheckMode,
         pull_secrets: &[SourcedCredential],
     ) -> CheckReport {
         let mut report = CheckReport {
             image: image.to_string(),
             status: CheckStatus::UnknownError,
             reason: String::new(),
-            mode: mode.as_str().to_string(),
+            mode,
             credential_source: String::new(),
             digest: None,
             held_digest: None,
@@ -299,7 +282,7 @@ impl Checker {
         // that cannot answer there only means nothing is known about the node's copy.
         let held = match self.cri.image_status(&target).await {
             Ok(image) => image,
-            Err(_) if mode == Mode::Resolve => None,
+            Err(_) if mode == CheckMode::Resolve => None,
             Err(error) => return runtime_failed(report, &error),
         };
         // A record without a repo digest is what a failed pull leaves (containerd keeps
@@ -326,7 +309,7 @@ impl Checker {
         };
 
         let pinned = reference.digest().map(str::to_string);
-        let decision = if mode == Mode::Resolve {
+        let decision = if mode == CheckMode::Resolve {
             None
         } else if let Some(digest) = &pinned {
             // A digest cannot move: pulling it re-points nothing.
@@ -341,7 +324,7 @@ impl Checker {
 
         let result = match decision {
             Some((pull_target, known_digest)) => {
-                report.mode = Mode::Pull.as_str().to_string();
+                report.mode = CheckMode::Pull;
                 let result = self.pull(&pull_target, &candidates).await;
                 report.digest = known_digest;
                 if let PullResult::Done(Ok(_)) = &result
@@ -360,7 +343,7 @@ impl Checker {
                 result
             }
             None => {
-                report.mode = Mode::Resolve.as_str().to_string();
+                report.mode = CheckMode::Resolve;
                 let (resolved, attempts) = self.resolve(&reference, &candidates).await;
                 report.digest = pinned
                     .clone()
@@ -370,7 +353,7 @@ impl Checker {
                 match (&resolved, &report.digest) {
                     // A held tag that resolved: compare before anything touches the runtime.
                     (Some(_), Some(now))
-                        if mode != Mode::Resolve
+                        if mode != CheckMode::Resolve
                             && pinned.is_none()
                             && !held_digests.is_empty() =>
                     {
@@ -386,7 +369,7 @@ impl Checker {
                                 // said so too, recently, for this digest and route.
                                 PullResult::Resolved(resolved, attempts)
                             } else {
-                                report.mode = Mode::Pull.as_str().to_string();
+                                report.mode = CheckMode::Pull;
                                 let by_digest = format!("{}@{now}", reference.name());
                                 let result = self.pull(&by_digest, &candidates).await;
                                 if matches!(result, PullResult::Done(Ok(_))) {
@@ -633,7 +616,7 @@ mod tests {
             image: "nginx".into(),
             status: CheckStatus::Absent,
             reason: "gone".into(),
-            mode: "resolve".into(),
+            mode: CheckMode::Resolve,
             credential_source: "runtime".into(),
             digest: Some("sha256:b".into()),
             held_digest: Some("sha256:a".into()),
