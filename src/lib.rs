@@ -28,7 +28,10 @@ pub mod wire;
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
 pub use platform::Platform;
 pub use reference::{ImageReference, ReferenceError};
-pub use status::{CheckMode, CheckOutcome, CheckStatus, PlatformVerdict};
+pub use status::{
+    CheckMode, CheckOutcome, CheckStatus, CredentialAttempt, FailedAttempts, PlatformVerdict,
+    most_informative_failure,
+};
 
 /// Whatever failed in this crate, by what failed; each variant keeps the module's
 /// detailed error.

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use pullwatch::support::lock;
 use pullwatch::{
-    CheckMode, CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential,
+    CheckMode, CheckStatus, CredentialAttempt, ImageReference, Platform, SourcedCredential,
+    most_informative_failure,
 };
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -118,12 +119,6 @@ impl std::fmt::Debug for Checker {
             .field("options", &self.options)
             .finish()
     }
-}
-
-/// One credential's attempt.
-struct Attempt {
-    source: String,
-    outcome: CheckOutcome,
 }
 
 impl Checker {
@@ -404,10 +399,10 @@ impl Checker {
                 report.credential_source = source;
             }
             PullResult::Done(Err(attempts)) | PullResult::Resolved(None, attempts) => {
-                let (status, source, reason) = combine(&attempts);
-                report.status = status;
-                report.credential_source = source;
-                report.reason = reason;
+                let failed = most_informative_failure(&attempts);
+                report.status = failed.status;
+                report.credential_source = failed.source;
+                report.reason = failed.reason;
                 if !lookup.problems.is_empty() {
                     report.reason = format!(
                         "{}; credential providers failed: {}",
@@ -449,7 +444,7 @@ impl Checker {
                 Err(error) if error.is_runtime_failure() => {
                     return PullResult::RuntimeFailed(error);
                 }
-                Err(error) => attempts.push(Attempt {
+                Err(error) => attempts.push(CredentialAttempt {
                     source,
                     outcome: classify_pull_error(&error),
                 }),
@@ -464,7 +459,7 @@ impl Checker {
         &self,
         reference: &ImageReference,
         candidates: &[Option<&SourcedCredential>],
-    ) -> (Option<(String, Option<String>)>, Vec<Attempt>) {
+    ) -> (Option<(String, Option<String>)>, Vec<CredentialAttempt>) {
         let mut attempts = Vec::new();
         for candidate in candidates {
             let source = source_of(*candidate);
@@ -480,7 +475,7 @@ impl Checker {
                     .outcome
                     .for_platforms(std::slice::from_ref(&self.platform));
                 if !here.is_available() {
-                    attempts.push(Attempt {
+                    attempts.push(CredentialAttempt {
                         source,
                         outcome: here,
                     });
@@ -488,7 +483,7 @@ impl Checker {
                 }
                 return (Some((source, resolved.outcome.digest)), attempts);
             }
-            attempts.push(Attempt {
+            attempts.push(CredentialAttempt {
                 source,
                 outcome: resolved.outcome,
             });
@@ -510,11 +505,11 @@ impl Checker {
 /// What a check's registry step came to.
 enum PullResult {
     /// The runtime answered the pull: the source that worked, or every attempt.
-    Done(Result<String, Vec<Attempt>>),
+    Done(Result<String, Vec<CredentialAttempt>>),
     /// The runtime itself failed.
     RuntimeFailed(CriError),
     /// Resolved along the route (no pull): (source, digest) that worked, or attempts.
-    Resolved(Option<(String, Option<String>)>, Vec<Attempt>),
+    Resolved(Option<(String, Option<String>)>, Vec<CredentialAttempt>),
 }
 
 /// The manifest digests the node holds for `reference`'s repository, from CRI repo
@@ -546,69 +541,9 @@ fn runtime_failed(mut report: CheckReport, error: &CriError) -> CheckReport {
     report
 }
 
-/// When every credential failed: the status of the attempt that got furthest (a
-/// credential that authenticated and found the tag missing says more than one refused
-/// at the door), and every attempt's reason.
-fn combine(attempts: &[Attempt]) -> (CheckStatus, String, String) {
-    let Some(best) = attempts
-        .iter()
-        .max_by_key(|a| a.outcome.status.informativeness())
-    else {
-        return (
-            CheckStatus::UnknownError,
-            String::new(),
-            "no attempt was made".to_string(),
-        );
-    };
-    let reason = if attempts.len() == 1 {
-        best.outcome.reason.clone()
-    } else {
-        attempts
-            .iter()
-            .map(|a| format!("{}: {}", a.source, a.outcome.reason))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    (best.outcome.status, best.source.clone(), reason)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attempt(source: &str, status: CheckStatus, reason: &str) -> Attempt {
-        Attempt {
-            source: source.into(),
-            outcome: CheckOutcome::new(status, reason),
-        }
-    }
-
-    #[test]
-    fn combine_prefers_the_attempt_that_got_furthest() {
-        let (status, source, reason) = combine(&[
-            attempt("secret/ns/old", CheckStatus::AuthenticationFailure, "401"),
-            attempt(
-                "config.json:/k/config.json",
-                CheckStatus::Absent,
-                "not found",
-            ),
-        ]);
-        assert_eq!(status, CheckStatus::Absent);
-        assert_eq!(source, "config.json:/k/config.json");
-        assert_eq!(
-            reason,
-            "secret/ns/old: 401; config.json:/k/config.json: not found"
-        );
-        let (status, source, reason) = combine(&[attempt(
-            "runtime",
-            CheckStatus::RegistryUnavailable,
-            "refused",
-        )]);
-        assert_eq!(
-            (status, source.as_str(), reason.as_str()),
-            (CheckStatus::RegistryUnavailable, "runtime", "refused")
-        );
-    }
 
     #[test]
     fn report_json_has_exactly_the_documented_keys() {
