@@ -4,7 +4,8 @@
 //! both binaries check with ([`registry`]), HTTP serving of their `/metrics`,
 //! `/healthz`, `/readyz` ([`serve`]), small support (locks, logging and start-up,
 //! error chains: [`support`]; Go durations and globs; redacting `Debug`), and the
-//! generated protocols. Nothing here knows about Kubernetes watches or CRI.
+//! generated protocols with their conversions to these types ([`wire`]). Nothing here
+//! knows about Kubernetes watches or CRI.
 //!
 //! Errors: each module's error says in detail what went wrong (callers map, e.g., a
 //! [`ReferenceError`] to a status); [`Error`] gathers them for callers that only pass
@@ -22,11 +23,15 @@ pub mod registry;
 pub mod serve;
 pub mod status;
 pub mod support;
+pub mod wire;
 
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
 pub use platform::Platform;
 pub use reference::{ImageReference, ReferenceError};
-pub use status::{CheckOutcome, CheckStatus, PlatformVerdict};
+pub use status::{
+    CheckMode, CheckOutcome, CheckStatus, CredentialAttempt, FailedAttempts, PlatformVerdict,
+    most_informative_failure,
+};
 
 /// Whatever failed in this crate, by what failed; each variant keeps the module's
 /// detailed error.

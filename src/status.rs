@@ -75,10 +75,14 @@ impl fmt::Display for CheckStatus {
 
 /// The error for a string that names no status.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown check status {0:?} (expected one of: available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error)"
-)]
+#[error("unknown check status {0:?} (expected one of: {names})", names = status_names())]
 pub struct UnknownStatus(pub String);
+
+/// Every status name, comma-separated, from [`CheckStatus::as_str`] (the one place
+/// they are written out).
+fn status_names() -> String {
+    CheckStatus::ALL.map(CheckStatus::as_str).join(", ")
+}
 
 impl FromStr for CheckStatus {
     type Err = UnknownStatus;
@@ -88,6 +92,37 @@ impl FromStr for CheckStatus {
             .into_iter()
             .find(|status| status.as_str() == s)
             .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// How a check is made: `pull` the image through the runtime, `resolve` its manifest
+/// along the node's route without pulling, or `auto` (pull where the node holds the
+/// image, resolve where not). The agent's `--mode` and the protocol's `CheckMode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckMode {
+    Auto,
+    Pull,
+    Resolve,
+}
+
+impl CheckMode {
+    /// Every mode.
+    pub const ALL: [CheckMode; 3] = [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve];
+
+    /// The name used in `--mode`, JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckMode::Auto => "auto",
+            CheckMode::Pull => "pull",
+            CheckMode::Resolve => "resolve",
+        }
+    }
+}
+
+impl fmt::Display for CheckMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -233,6 +268,58 @@ pub struct PlatformVerdict {
     pub reason: String,
 }
 
+/// One credential tried by a check: where it came from (`secret/<ns>/<name>`,
+/// `config.json:<path>`, `runtime`...: safe to show, never the secret) and how the
+/// check ended with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialAttempt {
+    pub source: String,
+    pub outcome: CheckOutcome,
+}
+
+/// What a check reports when every credential it tried failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedAttempts {
+    /// The status of the attempt that got furthest.
+    pub status: CheckStatus,
+    /// The source of that attempt (empty when none was made).
+    pub source: String,
+    /// One attempt: its reason. Several: each one's source and reason.
+    pub reason: String,
+}
+
+/// The rule both the agent and the central checker report by, as the kubelet tries
+/// each credential in turn: when all failed, the status of the attempt that got
+/// furthest ([`CheckStatus::informativeness`]: a credential that authenticated and
+/// found the tag missing says more than one refused at the door; the later attempt
+/// on a tie), and every attempt's reason under its source.
+pub fn most_informative_failure(attempts: &[CredentialAttempt]) -> FailedAttempts {
+    let Some(furthest) = attempts
+        .iter()
+        .max_by_key(|a| a.outcome.status.informativeness())
+    else {
+        return FailedAttempts {
+            status: CheckStatus::UnknownError,
+            source: String::new(),
+            reason: "no attempt was made".to_string(),
+        };
+    };
+    let reason = if let [only] = attempts {
+        only.outcome.reason.clone()
+    } else {
+        let each: Vec<String> = attempts
+            .iter()
+            .map(|a| format!("{}: {}", a.source, a.outcome.reason))
+            .collect();
+        format!("no credential worked: {}", each.join("; "))
+    };
+    FailedAttempts {
+        status: furthest.outcome.status,
+        source: furthest.source.clone(),
+        reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +334,62 @@ mod tests {
             );
         }
         assert!("ok".parse::<CheckStatus>().is_err());
+    }
+
+    #[test]
+    fn the_unknown_status_error_names_every_status() {
+        let error = "ok".parse::<CheckStatus>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unknown check status \"ok\" (expected one of: available, absent, bad_image_format, registry_unavailable, authentication_failure, authorization_failure, rate_limited, unknown_error)"
+        );
+    }
+
+    fn attempt(source: &str, status: CheckStatus, reason: &str) -> CredentialAttempt {
+        CredentialAttempt {
+            source: source.into(),
+            outcome: CheckOutcome::new(status, reason),
+        }
+    }
+
+    #[test]
+    fn the_attempt_that_got_furthest_speaks_for_all() {
+        let failed = most_informative_failure(&[
+            attempt("secret/ns/old", CheckStatus::AuthenticationFailure, "401"),
+            attempt(
+                "config.json:/k/config.json",
+                CheckStatus::Absent,
+                "not found",
+            ),
+            attempt("runtime", CheckStatus::RegistryUnavailable, "refused"),
+        ]);
+        assert_eq!(failed.status, CheckStatus::Absent);
+        assert_eq!(failed.source, "config.json:/k/config.json");
+        assert_eq!(
+            failed.reason,
+            "no credential worked: secret/ns/old: 401; config.json:/k/config.json: not found; runtime: refused"
+        );
+        // On a tie the later attempt speaks.
+        let tie = most_informative_failure(&[
+            attempt("a", CheckStatus::AuthorizationFailure, "403"),
+            attempt("b", CheckStatus::AuthorizationFailure, "denied"),
+        ]);
+        assert_eq!(tie.source, "b");
+        // One attempt: its own reason, its source beside it.
+        let one = most_informative_failure(&[attempt(
+            "runtime",
+            CheckStatus::RegistryUnavailable,
+            "refused",
+        )]);
+        assert_eq!(
+            (one.status, one.source.as_str(), one.reason.as_str()),
+            (CheckStatus::RegistryUnavailable, "runtime", "refused")
+        );
+        let none = most_informative_failure(&[]);
+        assert_eq!(
+            (none.status, none.source.as_str(), none.reason.as_str()),
+            (CheckStatus::UnknownError, "", "no attempt was made")
+        );
     }
 
     #[test]

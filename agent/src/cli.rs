@@ -11,13 +11,14 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use pullwatch::{DockerConfig, ImageReference, Keyring, SourcedCredential};
 
 use crate::check::resolve::{Resolver, ResolverConfig};
-use crate::check::{CheckOptions, Checker, Mode};
+use crate::check::{CheckOptions, Checker};
 use crate::cri::{CallObserver, CriClient, CriTimeouts};
 use crate::keyring::{KeyringConfig, NodeKeyring};
 use crate::metrics::AgentMetrics;
 use crate::route::RuntimeAuth;
 use crate::route::crio::CrioRouteConfig;
 use crate::route::endpoints::RuntimeDialect;
+use pullwatch::CheckMode;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,7 +165,7 @@ pub struct NodeArgs {
     /// PullImage; resolve: manifest only, along the runtime's route (containerd's
     /// hosts.toml, or CRI-O's registries.conf: see --runtime-dialect).
     #[arg(long, env = "PULLWATCH_MODE", value_enum, default_value = "auto")]
-    pub mode: Mode,
+    pub mode: CheckMode,
     /// The kubelet's --root-dir (first place the kubelet looks for config.json).
     #[arg(
         long,
@@ -405,7 +406,7 @@ mod tests {
         };
         assert_eq!(args.image, "nginx");
         assert_eq!(args.output, Output::Json);
-        assert_eq!(args.node.mode, Mode::Resolve);
+        assert_eq!(args.node.mode, CheckMode::Resolve);
         assert_eq!(
             args.node.cri_endpoint,
             "unix:///run/k3s/containerd/containerd.sock"

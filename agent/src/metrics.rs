@@ -242,7 +242,7 @@ impl AgentMetrics {
         let labels = [
             report.image.clone(),
             report.status.as_str().to_string(),
-            report.mode.clone(),
+            report.mode.as_str().to_string(),
             report.credential_source.clone(),
         ];
         let mut current = lock(&self.current);
@@ -455,7 +455,7 @@ mod tests {
             image: image.into(),
             status,
             reason: "secret-free reason".into(),
-            mode: "pull".into(),
+            mode: pullwatch::CheckMode::Pull,
             credential_source: "config.json:/var/lib/kubelet/config.json".into(),
             digest: None,
             held_digest: None,

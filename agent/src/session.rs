@@ -23,16 +23,16 @@ use std::time::{Duration, Instant, SystemTime};
 use pullwatch::backoff::Backoff;
 use pullwatch::proto::agent_service_client::AgentServiceClient;
 use pullwatch::proto::{
-    AgentMessage, CheckMode, CheckResult, CheckTask, Heartbeat, ImageInventory, Register,
-    RegistryQuota, Status, agent_message, aggregator_message,
+    AgentMessage, CheckResult, CheckTask, Heartbeat, ImageInventory, Register, RegistryQuota,
+    Status, agent_message, aggregator_message,
 };
-use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
+use pullwatch::{CheckMode, ImageReference, SourcedCredential};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::check::{CheckReport, Checker, Mode};
+use crate::check::{CheckReport, Checker};
 use crate::metrics::AgentMetrics;
 
 /// How long the aggregator has to answer `Register`.
@@ -89,7 +89,7 @@ pub struct SessionConfig {
     /// `--max-concurrent-checks`.
     pub max_concurrent_checks: usize,
     /// The mode for tasks that do not name one (`--mode`).
-    pub default_mode: Mode,
+    pub default_mode: CheckMode,
     /// The first reconnect window (`--reconnect-backoff-base`): the pause after a
     /// session ends is random below it.
     pub backoff_min: Duration,
@@ -110,7 +110,7 @@ impl SessionConfig {
             insecure_plaintext_token: false,
             node_name,
             max_concurrent_checks: 4,
-            default_mode: Mode::Auto,
+            default_mode: CheckMode::Auto,
             backoff_min: Duration::from_secs(5),
             backoff_max: Duration::from_secs(60),
             inventory_interval: Duration::from_secs(60),
@@ -378,70 +378,23 @@ async fn session(
     }
 }
 
-fn mode_from_proto(mode: i32, default: Mode) -> Mode {
-    match CheckMode::try_from(mode) {
-        Ok(CheckMode::Auto) => Mode::Auto,
-        Ok(CheckMode::Pull) => Mode::Pull,
-        Ok(CheckMode::Resolve) => Mode::Resolve,
-        _ => default,
-    }
-}
-
-fn mode_to_proto(mode: &str) -> CheckMode {
-    match mode {
-        "pull" => CheckMode::Pull,
-        "resolve" => CheckMode::Resolve,
-        "auto" => CheckMode::Auto,
-        _ => CheckMode::Unspecified,
-    }
-}
-
-/// The wire form of a check status.
-pub fn status_to_proto(status: CheckStatus) -> Status {
-    match status {
-        CheckStatus::Available => Status::Available,
-        CheckStatus::Absent => Status::Absent,
-        CheckStatus::BadImageFormat => Status::BadImageFormat,
-        CheckStatus::RegistryUnavailable => Status::RegistryUnavailable,
-        CheckStatus::AuthenticationFailure => Status::AuthenticationFailure,
-        CheckStatus::AuthorizationFailure => Status::AuthorizationFailure,
-        CheckStatus::RateLimited => Status::RateLimited,
-        CheckStatus::UnknownError => Status::UnknownError,
-    }
-}
-
 async fn run_task(
     checker: &Checker,
     metrics: &AgentMetrics,
     task: CheckTask,
-    default_mode: Mode,
+    default_mode: CheckMode,
 ) -> CheckResult {
-    let secrets: Vec<SourcedCredential> = task
-        .credentials
-        .iter()
-        .map(|c| SourcedCredential {
-            source: if c.source.is_empty() {
-                "aggregator".into()
-            } else {
-                c.source.as_str().into()
-            },
-            credential: RegistryCredential {
-                username: c.username.clone(),
-                password: c.password.clone(),
-                identity_token: (!c.identity_token.is_empty()).then(|| c.identity_token.clone()),
-                registry_token: (!c.registry_token.is_empty()).then(|| c.registry_token.clone()),
-            },
-        })
-        .collect();
-    let mode = mode_from_proto(task.mode, default_mode);
+    let secrets: Vec<SourcedCredential> = task.credentials.iter().map(Into::into).collect();
+    // A task that names no mode (the aggregator's today) runs in the node's `--mode`.
+    let mode = CheckMode::try_from(task.mode).unwrap_or(default_mode);
     let report: CheckReport = checker.check(&task.image, mode, &secrets).await;
     metrics.record(&report);
     CheckResult {
         task_id: task.task_id,
         image: task.image,
-        status: status_to_proto(report.status) as i32,
+        status: Status::from(report.status) as i32,
         reason: report.reason,
-        mode: mode_to_proto(&report.mode) as i32,
+        mode: pullwatch::proto::CheckMode::from(report.mode) as i32,
         credential_source: report.credential_source,
         duration_millis: report.duration.as_millis() as u64,
         image_present: report.image_present,
@@ -457,30 +410,6 @@ async fn run_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn modes_and_statuses_on_the_wire() {
-        assert_eq!(
-            mode_from_proto(CheckMode::Pull as i32, Mode::Auto),
-            Mode::Pull
-        );
-        assert_eq!(
-            mode_from_proto(CheckMode::Unspecified as i32, Mode::Resolve),
-            Mode::Resolve
-        );
-        assert_eq!(mode_from_proto(99, Mode::Auto), Mode::Auto);
-        assert_eq!(mode_to_proto("resolve"), CheckMode::Resolve);
-        for status in CheckStatus::ALL {
-            let wire = status_to_proto(status);
-            assert_ne!(wire, Status::Unspecified);
-            // The wire enum names end in the same words as the status names.
-            assert!(
-                wire.as_str_name()
-                    .eq_ignore_ascii_case(&format!("STATUS_{}", status.as_str())),
-                "{status}"
-            );
-        }
-    }
 
     #[tokio::test]
     async fn https_needs_a_ca() {

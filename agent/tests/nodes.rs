@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pullwatch::CheckMode;
 use pullwatch::{CheckStatus, RegistryCredential, SourcedCredential};
-use pullwatch_agent::check::{CheckOptions, Mode};
+use pullwatch_agent::check::CheckOptions;
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, Registry, RegistryAuthConfig, RegistryOptions,
     push_image,
@@ -118,9 +119,9 @@ async fn node_credentials_of_every_kind() {
         ];
 
         for (name, checker, source) in &nodes {
-            for mode in [Mode::Resolve, Mode::Pull] {
+            for mode in [CheckMode::Resolve, CheckMode::Pull] {
                 let report = checker.check(&image.reference, mode, &[]).await;
-                assert_eq!(report.mode, mode.as_str(), "node {name}");
+                assert_eq!(report.mode, mode, "node {name}");
                 assert_eq!(&report.credential_source, source, "node {name} {mode:?}");
                 if *name == "D" {
                     assert_eq!(
@@ -175,7 +176,7 @@ async fn node_credentials_of_every_kind() {
             },
         };
         let (_, node_b_checker, node_b_source) = &nodes[1];
-        for mode in [Mode::Resolve, Mode::Pull] {
+        for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = node_b_checker
                 .check(&image.reference, mode, std::slice::from_ref(&stale))
                 .await;
@@ -186,7 +187,11 @@ async fn node_credentials_of_every_kind() {
         // secret failed.
         let (_, node_d_checker, _) = &nodes[3];
         let report = node_d_checker
-            .check(&image.reference, Mode::Pull, std::slice::from_ref(&stale))
+            .check(
+                &image.reference,
+                CheckMode::Pull,
+                std::slice::from_ref(&stale),
+            )
             .await;
         assert_eq!(report.status, CheckStatus::AuthenticationFailure);
         assert_eq!(report.credential_source, "secret/team/stale");
@@ -217,7 +222,7 @@ async fn absent_tags_and_a_registry_that_is_down() {
         );
 
         // Kept after the pull: the node now holds it, so auto mode pulls from here on.
-        let report = checker.check(&image.reference, Mode::Pull, &[]).await;
+        let report = checker.check(&image.reference, CheckMode::Pull, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         assert!(report.image_present);
         assert!(node_images(&checker).await.contains(&image.reference));
@@ -225,7 +230,7 @@ async fn absent_tags_and_a_registry_that_is_down() {
         let missing_tag = format!("{}/team/app:v2", registry.host());
         let missing_repo = format!("{}/team/nothing:v1", registry.host());
         for reference in [&missing_tag, &missing_repo] {
-            for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+            for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
                 let report = checker.check(reference, mode, &[]).await;
                 assert_eq!(
                     report.status,
@@ -237,14 +242,16 @@ async fn absent_tags_and_a_registry_that_is_down() {
             }
         }
         let missing_digest = format!("{}/team/app@sha256:{}", registry.host(), "0".repeat(64));
-        let report = checker.check(&missing_digest, Mode::Resolve, &[]).await;
+        let report = checker
+            .check(&missing_digest, CheckMode::Resolve, &[])
+            .await;
         assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
 
-        let report = checker.check("Team/App:v1", Mode::Auto, &[]).await;
+        let report = checker.check("Team/App:v1", CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::BadImageFormat);
 
         registry.stop();
-        for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+        for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
             let report = checker.check(&image.reference, mode, &[]).await;
             assert_eq!(
                 report.status,
@@ -257,14 +264,14 @@ async fn absent_tags_and_a_registry_that_is_down() {
         // auto on a present tag resolves first: with the registry down nothing is
         // known about the tag's digest, so the runtime is not asked (a tag pull could
         // re-point the node's tag).
-        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
-        assert_eq!(report.mode, "resolve");
+        let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
+        assert_eq!(report.mode, CheckMode::Resolve);
         assert_eq!(report.tag_moved, None);
         registry.start_again().await.unwrap();
-        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         // Back up, the digest matches the node's: the runtime confirms by digest.
-        assert_eq!(report.mode, "pull");
+        assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, Some(false));
     })
     .await;
@@ -288,16 +295,16 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
 
         // auto on an absent image, absent pulls not allowed: resolve, nothing fetched.
         let log_start = registry.log().len();
-        let report = checker.check(&absent.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&absent.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
-        assert_eq!(report.mode, "resolve");
+        assert_eq!(report.mode, CheckMode::Resolve);
         assert!(!report.image_present);
         let by_digest = format!("{}/big/app@{}", registry.host(), absent.digest);
-        let report = checker.check(&by_digest, Mode::Resolve, &[]).await;
+        let report = checker.check(&by_digest, CheckMode::Resolve, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         // Even an explicit pull of an absent image resolves without --pull-absent-images.
-        let report = checker.check(&absent.reference, Mode::Pull, &[]).await;
-        assert_eq!(report.mode, "resolve");
+        let report = checker.check(&absent.reference, CheckMode::Pull, &[]).await;
+        assert_eq!(report.mode, CheckMode::Resolve);
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
 
         let log = registry.log()[log_start..].to_string();
@@ -327,8 +334,8 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
                 ..Default::default()
             },
         );
-        let report = puller.check(&present.reference, Mode::Auto, &[]).await;
-        assert_eq!(report.mode, "pull");
+        let report = puller.check(&present.reference, CheckMode::Auto, &[]).await;
+        assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         let first_pull_log = registry.log();
         assert!(
@@ -336,8 +343,8 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
             "the first pull downloads the image"
         );
         let log_start = first_pull_log.len();
-        let report = puller.check(&present.reference, Mode::Auto, &[]).await;
-        assert_eq!(report.mode, "pull");
+        let report = puller.check(&present.reference, CheckMode::Auto, &[]).await;
+        assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         let log = registry.log()[log_start..].to_string();
         let configs = common::config_digests(&registry, "small/app", "v1").await;
@@ -395,7 +402,7 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
                 ..Default::default()
             },
         );
-        for mode in [Mode::Resolve, Mode::Pull] {
+        for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = mirrored.check(&image.reference, mode, &[]).await;
             assert_eq!(
                 report.status,
@@ -430,7 +437,7 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
             .unwrap();
         let mut mirror = mirror;
         mirror.stop();
-        for mode in [Mode::Resolve, Mode::Pull] {
+        for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = mirrored.check(&other.reference, mode, &[]).await;
             assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
             let report = mirrored.check(&image.reference, mode, &[]).await;
@@ -465,13 +472,13 @@ async fn containerd_restarted_mid_run() {
                 ..Default::default()
             },
         );
-        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         let version = checker.cri().version().await.unwrap();
         assert_eq!(version.runtime_name, "containerd");
 
         node.stop();
-        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
         // The runtime being down says nothing about the image.
         assert!(report.runtime_failure, "{report:?}");
         assert_eq!(report.status, CheckStatus::UnknownError);
@@ -483,9 +490,9 @@ async fn containerd_restarted_mid_run() {
 
         node.restart().await.unwrap();
         // The same client reconnects by itself; the image survived the restart.
-        let report = checker.check(&image.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
-        assert_eq!(report.mode, "pull");
+        assert_eq!(report.mode, CheckMode::Pull);
         assert!(node_images(&checker).await.contains(&image.reference));
     })
     .await;
@@ -536,7 +543,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
                 ..Default::default()
             },
         );
-        let report = kubelet.check(&v1.reference, Mode::Pull, &[]).await;
+        let report = kubelet.check(&v1.reference, CheckMode::Pull, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
         let held_before = held_digests(&kubelet, &v1.reference).await;
@@ -549,9 +556,9 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
         // Nothing moved: auto confirms through the runtime, by digest.
         let checker = checker(&node, NodeSetup::default());
         let log_start = registry.log().len();
-        let report = checker.check(&v1.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&v1.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
-        assert_eq!(report.mode, "pull");
+        assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, Some(false));
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
         assert_eq!(report.held_digest.as_deref(), Some(v1.digest.as_str()));
@@ -567,7 +574,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
             v2.digest
         );
         let log_start = registry.log().len();
-        for mode in [Mode::Auto, Mode::Pull, Mode::Resolve] {
+        for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
             let report = checker.check(&v1.reference, mode, &[]).await;
             assert_eq!(
                 report.status,
@@ -577,7 +584,8 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
             );
             assert_eq!(report.tag_moved, Some(true), "{mode:?}");
             assert_eq!(
-                report.mode, "resolve",
+                report.mode,
+                CheckMode::Resolve,
                 "{mode:?}: a moved tag is never pulled"
             );
             assert_eq!(
@@ -617,9 +625,9 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
 
         // A digest reference cannot move: the held one is confirmed through the runtime.
         let pinned = format!("{}/app/web@{}", registry.host(), v1.digest);
-        let report = checker.check(&pinned, Mode::Auto, &[]).await;
+        let report = checker.check(&pinned, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
-        assert_eq!(report.mode, "pull");
+        assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, None);
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
         assert_eq!(node_images(&checker).await, images_before);
@@ -629,7 +637,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
             .delete_manifest("app/web", &v2.digest)
             .await
             .unwrap();
-        let report = checker.check(&v1.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&v1.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
         assert_eq!(report.tag_moved, None);
         assert_eq!(report.held_digest.as_deref(), Some(v1.digest.as_str()));
@@ -703,7 +711,7 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
             let runtime_asked = asked(&[&upstream, &server], &starts, "team/app");
 
             let starts = [upstream.log().len(), server.log().len()];
-            let report = checker.check(&image, Mode::Resolve, &[]).await;
+            let report = checker.check(&image, CheckMode::Resolve, &[]).await;
             let agent_asked = asked(&[&upstream, &server], &starts, "team/app");
             assert_eq!(
                 report.status, runtime,
@@ -720,7 +728,7 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
         if dialect == pullwatch_agent::route::HostsDialect::RequiresHostTable {
             node.write_hosts_toml(&upstream.host(), &format!("server = \"http://{s}\"\n"))
                 .unwrap();
-            let report = checker.check(&image, Mode::Resolve, &[]).await;
+            let report = checker.check(&image, CheckMode::Resolve, &[]).await;
             assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
         }
     })
@@ -749,7 +757,7 @@ async fn an_index_without_the_node_platform_is_absent_here() {
         let here = pullwatch::Platform::host();
         assert_eq!(here.to_string(), "linux/amd64", "the bench runs on linux/amd64");
 
-        let report = checker.check(&foreign.reference, Mode::Auto, &[]).await;
+        let report = checker.check(&foreign.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
         assert_eq!(
             report.reason,
@@ -767,7 +775,7 @@ async fn an_index_without_the_node_platform_is_absent_here() {
 
         let start = registry.log().len();
         for _ in 0..2 {
-            let report = checker.check(&multi.reference, Mode::Resolve, &[]).await;
+            let report = checker.check(&multi.reference, CheckMode::Resolve, &[]).await;
             assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
         }
         let log = registry.log()[start..].to_string();

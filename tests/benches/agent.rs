@@ -51,8 +51,9 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use pullwatch::proto::{CheckMode, CheckTask, Status};
-use pullwatch_agent::check::{CheckOptions, Checker, Mode};
+use pullwatch::CheckMode;
+use pullwatch::proto::{CheckTask, Status};
+use pullwatch_agent::check::{CheckOptions, Checker};
 use pullwatch_agent::metrics::AgentMetrics;
 use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
@@ -119,7 +120,7 @@ async fn bench() -> Result<()> {
         },
         metrics.clone(),
     );
-    let first = puller.check(&image.reference, Mode::Pull, &[]).await;
+    let first = puller.check(&image.reference, CheckMode::Pull, &[]).await;
     ensure!(
         first.is_available() && first.image_present,
         "the first pull failed: {first:?}"
@@ -312,10 +313,18 @@ async fn amortized_series(
     let agent = checker(node, common::DEFAULT_OPTIONS, metrics.clone())
         .with_runtime_confirmation(pullwatch::registry::pull_path::DEFAULT_BLOB_CHECK_INTERVAL);
     // The first check confirms through the runtime; the following ones are steady state.
-    let first = agent.check(image, Mode::Auto, &[]).await;
-    ensure!(first.is_available() && first.mode == "pull", "{first:?}");
+    let first = agent.check(image, CheckMode::Auto, &[]).await;
+    ensure!(
+        first.is_available() && first.mode == CheckMode::Pull,
+        "{first:?}"
+    );
     for _ in 0..WARMUP {
-        ensure!(agent.check(image, Mode::Auto, &[]).await.is_available());
+        ensure!(
+            agent
+                .check(image, CheckMode::Auto, &[])
+                .await
+                .is_available()
+        );
     }
     let pulls = |text: &str| -> u64 {
         let prefix =
@@ -336,7 +345,7 @@ async fn amortized_series(
         let start = registry.log().len();
         for _ in 0..N / ROUNDS {
             let started = Instant::now();
-            let report = agent.check(image, Mode::Auto, &[]).await;
+            let report = agent.check(image, CheckMode::Auto, &[]).await;
             checks.push(started.elapsed());
             ensure!(report.is_available(), "{report:?}");
         }
@@ -397,13 +406,13 @@ async fn agent_check(checker: &Checker, image: &str) -> Result<Duration> {
     let started = Instant::now();
     let report = tokio::time::timeout(
         Duration::from_secs(30),
-        checker.check(image, Mode::Pull, &[]),
+        checker.check(image, CheckMode::Pull, &[]),
     )
     .await
     .map_err(|_| anyhow!("check of {image} timed out"))?;
     let elapsed = started.elapsed();
     ensure!(
-        report.is_available() && report.mode == "pull",
+        report.is_available() && report.mode == CheckMode::Pull,
         "check of {image}: {report:?}"
     );
     Ok(elapsed)
@@ -654,7 +663,7 @@ async fn rss_under_load(
 
     let task = CheckTask {
         image: image.to_string(),
-        mode: CheckMode::Auto as i32,
+        mode: pullwatch::proto::CheckMode::Auto as i32,
         ..Default::default()
     };
     let containerd_pid = node
@@ -764,7 +773,11 @@ async fn dispatch_once(hub: &AgentHub, task: &CheckTask) -> Result<Duration> {
     // --blob-check-interval (mode pull); in between the walk answers (mode resolve).
     ensure!(
         done.result.status == Status::Available as i32
-            && [CheckMode::Pull as i32, CheckMode::Resolve as i32].contains(&done.result.mode),
+            && [
+                pullwatch::proto::CheckMode::Pull as i32,
+                pullwatch::proto::CheckMode::Resolve as i32
+            ]
+            .contains(&done.result.mode),
         "{:?}",
         done.result
     );
@@ -860,7 +873,11 @@ async fn load(
         dispatches.spawn(async move {
             let done = dispatcher.dispatch("bench-node", task).await?;
             let ok = done.result.status == Status::Available as i32
-                && [CheckMode::Pull as i32, CheckMode::Resolve as i32].contains(&done.result.mode);
+                && [
+                    pullwatch::proto::CheckMode::Pull as i32,
+                    pullwatch::proto::CheckMode::Resolve as i32,
+                ]
+                .contains(&done.result.mode);
             Ok((started.elapsed(), ok))
         });
         if Instant::now() >= next_sample {

@@ -25,7 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pullwatch::support::lock;
-use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, SourcedCredential};
+use pullwatch::{
+    CheckMode, CheckStatus, CredentialAttempt, ImageReference, Platform, SourcedCredential,
+    most_informative_failure,
+};
 use serde::Serialize;
 use tracing::{debug, warn};
 
@@ -38,25 +41,6 @@ use resolve::Resolver;
 /// `credential_source` when no AuthConfig was sent: the runtime used its own registry
 /// configuration (containerd `registry.configs`) or went anonymous.
 pub const RUNTIME_SOURCE: &str = "runtime";
-
-/// How a check is made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Auto,
-    Pull,
-    Resolve,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Pull => "pull",
-            Mode::Resolve => "resolve",
-        }
-    }
-}
 
 /// Node policy for checks.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +60,7 @@ pub struct CheckReport {
     pub status: CheckStatus,
     pub reason: String,
     /// What actually ran: `pull` or `resolve` (the requested mode when nothing ran).
-    pub mode: String,
+    pub mode: CheckMode,
     /// Where the credential that decided the result came from (`secret/<ns>/<name>`,
     /// `config.json:<path>`, `plugin:<name>`, or `runtime`).
     pub credential_source: String,
@@ -135,12 +119,6 @@ impl std::fmt::Debug for Checker {
             .field("options", &self.options)
             .finish()
     }
-}
-
-/// One credential's attempt.
-struct Attempt {
-    source: String,
-    outcome: CheckOutcome,
 }
 
 impl Checker {
@@ -224,7 +202,7 @@ impl Checker {
     pub async fn check(
         &self,
         image: &str,
-        mode: Mode,
+        mode: CheckMode,
         pull_secrets: &[SourcedCredential],
     ) -> CheckReport {
         let started = Instant::now();
@@ -261,14 +239,14 @@ impl Checker {
     async fn check_inner(
         &self,
         image: &str,
-        mode: Mode,
+        mode: CheckMode,
         pull_secrets: &[SourcedCredential],
     ) -> CheckReport {
         let mut report = CheckReport {
             image: image.to_string(),
             status: CheckStatus::UnknownError,
             reason: String::new(),
-            mode: mode.as_str().to_string(),
+            mode,
             credential_source: String::new(),
             digest: None,
             held_digest: None,
@@ -299,7 +277,7 @@ impl Checker {
         // that cannot answer there only means nothing is known about the node's copy.
         let held = match self.cri.image_status(&target).await {
             Ok(image) => image,
-            Err(_) if mode == Mode::Resolve => None,
+            Err(_) if mode == CheckMode::Resolve => None,
             Err(error) => return runtime_failed(report, &error),
         };
         // A record without a repo digest is what a failed pull leaves (containerd keeps
@@ -326,7 +304,7 @@ impl Checker {
         };
 
         let pinned = reference.digest().map(str::to_string);
-        let decision = if mode == Mode::Resolve {
+        let decision = if mode == CheckMode::Resolve {
             None
         } else if let Some(digest) = &pinned {
             // A digest cannot move: pulling it re-points nothing.
@@ -341,7 +319,7 @@ impl Checker {
 
         let result = match decision {
             Some((pull_target, known_digest)) => {
-                report.mode = Mode::Pull.as_str().to_string();
+                report.mode = CheckMode::Pull;
                 let result = self.pull(&pull_target, &candidates).await;
                 report.digest = known_digest;
                 if let PullResult::Done(Ok(_)) = &result
@@ -360,7 +338,7 @@ impl Checker {
                 result
             }
             None => {
-                report.mode = Mode::Resolve.as_str().to_string();
+                report.mode = CheckMode::Resolve;
                 let (resolved, attempts) = self.resolve(&reference, &candidates).await;
                 report.digest = pinned
                     .clone()
@@ -370,7 +348,7 @@ impl Checker {
                 match (&resolved, &report.digest) {
                     // A held tag that resolved: compare before anything touches the runtime.
                     (Some(_), Some(now))
-                        if mode != Mode::Resolve
+                        if mode != CheckMode::Resolve
                             && pinned.is_none()
                             && !held_digests.is_empty() =>
                     {
@@ -386,7 +364,7 @@ impl Checker {
                                 // said so too, recently, for this digest and route.
                                 PullResult::Resolved(resolved, attempts)
                             } else {
-                                report.mode = Mode::Pull.as_str().to_string();
+                                report.mode = CheckMode::Pull;
                                 let by_digest = format!("{}@{now}", reference.name());
                                 let result = self.pull(&by_digest, &candidates).await;
                                 if matches!(result, PullResult::Done(Ok(_))) {
@@ -421,10 +399,10 @@ impl Checker {
                 report.credential_source = source;
             }
             PullResult::Done(Err(attempts)) | PullResult::Resolved(None, attempts) => {
-                let (status, source, reason) = combine(&attempts);
-                report.status = status;
-                report.credential_source = source;
-                report.reason = reason;
+                let failed = most_informative_failure(&attempts);
+                report.status = failed.status;
+                report.credential_source = failed.source;
+                report.reason = failed.reason;
                 if !lookup.problems.is_empty() {
                     report.reason = format!(
                         "{}; credential providers failed: {}",
@@ -466,7 +444,7 @@ impl Checker {
                 Err(error) if error.is_runtime_failure() => {
                     return PullResult::RuntimeFailed(error);
                 }
-                Err(error) => attempts.push(Attempt {
+                Err(error) => attempts.push(CredentialAttempt {
                     source,
                     outcome: classify_pull_error(&error),
                 }),
@@ -481,7 +459,7 @@ impl Checker {
         &self,
         reference: &ImageReference,
         candidates: &[Option<&SourcedCredential>],
-    ) -> (Option<(String, Option<String>)>, Vec<Attempt>) {
+    ) -> (Option<(String, Option<String>)>, Vec<CredentialAttempt>) {
         let mut attempts = Vec::new();
         for candidate in candidates {
             let source = source_of(*candidate);
@@ -497,7 +475,7 @@ impl Checker {
                     .outcome
                     .for_platforms(std::slice::from_ref(&self.platform));
                 if !here.is_available() {
-                    attempts.push(Attempt {
+                    attempts.push(CredentialAttempt {
                         source,
                         outcome: here,
                     });
@@ -505,7 +483,7 @@ impl Checker {
                 }
                 return (Some((source, resolved.outcome.digest)), attempts);
             }
-            attempts.push(Attempt {
+            attempts.push(CredentialAttempt {
                 source,
                 outcome: resolved.outcome,
             });
@@ -527,11 +505,11 @@ impl Checker {
 /// What a check's registry step came to.
 enum PullResult {
     /// The runtime answered the pull: the source that worked, or every attempt.
-    Done(Result<String, Vec<Attempt>>),
+    Done(Result<String, Vec<CredentialAttempt>>),
     /// The runtime itself failed.
     RuntimeFailed(CriError),
     /// Resolved along the route (no pull): (source, digest) that worked, or attempts.
-    Resolved(Option<(String, Option<String>)>, Vec<Attempt>),
+    Resolved(Option<(String, Option<String>)>, Vec<CredentialAttempt>),
 }
 
 /// The manifest digests the node holds for `reference`'s repository, from CRI repo
@@ -563,69 +541,9 @@ fn runtime_failed(mut report: CheckReport, error: &CriError) -> CheckReport {
     report
 }
 
-/// When every credential failed: the status of the attempt that got furthest (a
-/// credential that authenticated and found the tag missing says more than one refused
-/// at the door), and every attempt's reason.
-fn combine(attempts: &[Attempt]) -> (CheckStatus, String, String) {
-    let Some(best) = attempts
-        .iter()
-        .max_by_key(|a| a.outcome.status.informativeness())
-    else {
-        return (
-            CheckStatus::UnknownError,
-            String::new(),
-            "no attempt was made".to_string(),
-        );
-    };
-    let reason = if attempts.len() == 1 {
-        best.outcome.reason.clone()
-    } else {
-        attempts
-            .iter()
-            .map(|a| format!("{}: {}", a.source, a.outcome.reason))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    (best.outcome.status, best.source.clone(), reason)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attempt(source: &str, status: CheckStatus, reason: &str) -> Attempt {
-        Attempt {
-            source: source.into(),
-            outcome: CheckOutcome::new(status, reason),
-        }
-    }
-
-    #[test]
-    fn combine_prefers_the_attempt_that_got_furthest() {
-        let (status, source, reason) = combine(&[
-            attempt("secret/ns/old", CheckStatus::AuthenticationFailure, "401"),
-            attempt(
-                "config.json:/k/config.json",
-                CheckStatus::Absent,
-                "not found",
-            ),
-        ]);
-        assert_eq!(status, CheckStatus::Absent);
-        assert_eq!(source, "config.json:/k/config.json");
-        assert_eq!(
-            reason,
-            "secret/ns/old: 401; config.json:/k/config.json: not found"
-        );
-        let (status, source, reason) = combine(&[attempt(
-            "runtime",
-            CheckStatus::RegistryUnavailable,
-            "refused",
-        )]);
-        assert_eq!(
-            (status, source.as_str(), reason.as_str()),
-            (CheckStatus::RegistryUnavailable, "runtime", "refused")
-        );
-    }
 
     #[test]
     fn report_json_has_exactly_the_documented_keys() {
@@ -633,7 +551,7 @@ mod tests {
             image: "nginx".into(),
             status: CheckStatus::Absent,
             reason: "gone".into(),
-            mode: "resolve".into(),
+            mode: CheckMode::Resolve,
             credential_source: "runtime".into(),
             digest: Some("sha256:b".into()),
             held_digest: Some("sha256:a".into()),

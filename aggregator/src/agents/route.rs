@@ -18,9 +18,9 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use pullwatch::proto::{CheckTask, PullCredential, RegistryQuota, Status};
+use pullwatch::proto::{CheckTask, PullCredential, RegistryQuota};
 use pullwatch::support::lock;
-use pullwatch::{CheckOutcome, CheckStatus, SourcedCredential};
+use pullwatch::{CheckOutcome, CheckStatus};
 use tracing::{debug, warn};
 
 use super::{AgentHub, DispatchOptions};
@@ -84,36 +84,8 @@ pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
     ))
 }
 
-/// The status a wire status stands for (None for an unspecified one).
-pub fn status_from_proto(status: i32) -> Option<CheckStatus> {
-    Some(match Status::try_from(status).ok()? {
-        Status::Unspecified => return None,
-        Status::Available => CheckStatus::Available,
-        Status::Absent => CheckStatus::Absent,
-        Status::BadImageFormat => CheckStatus::BadImageFormat,
-        Status::RegistryUnavailable => CheckStatus::RegistryUnavailable,
-        Status::AuthenticationFailure => CheckStatus::AuthenticationFailure,
-        Status::AuthorizationFailure => CheckStatus::AuthorizationFailure,
-        Status::RateLimited => CheckStatus::RateLimited,
-        Status::UnknownError => CheckStatus::UnknownError,
-    })
-}
-
 fn non_empty(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
-}
-
-fn to_wire(credentials: &[SourcedCredential]) -> Vec<PullCredential> {
-    credentials
-        .iter()
-        .map(|c| PullCredential {
-            source: c.source.to_string(),
-            username: c.credential.username.clone(),
-            password: c.credential.password.clone(),
-            identity_token: c.credential.identity_token.clone().unwrap_or_default(),
-            registry_token: c.credential.registry_token.clone().unwrap_or_default(),
-        })
-        .collect()
 }
 
 impl AgentHub {
@@ -150,7 +122,11 @@ impl AgentHub {
             let task = CheckTask {
                 image: image.clone(),
                 credentials: if with_credentials {
-                    to_wire(&target.credentials)
+                    target
+                        .credentials
+                        .iter()
+                        .map(PullCredential::from)
+                        .collect()
                 } else {
                     Vec::new()
                 },
@@ -176,7 +152,7 @@ impl AgentHub {
                         debug!(node = %done.node, %image, reason = %done.result.reason, "the node's runtime failed; its answer says nothing about the image");
                         continue;
                     }
-                    let Some(status) = status_from_proto(done.result.status) else {
+                    let Ok(status) = CheckStatus::try_from(done.result.status) else {
                         warn!(node = %done.node, %image, "an agent answered without a status");
                         continue;
                     };
@@ -266,16 +242,5 @@ mod tests {
         assert_eq!(combine(&partial), Some(CheckOutcome::available()));
         without.status = CheckStatus::Available;
         assert!(without.is_conclusive());
-    }
-
-    #[test]
-    fn wire_statuses() {
-        assert_eq!(status_from_proto(Status::Unspecified as i32), None);
-        assert_eq!(status_from_proto(99), None);
-        for status in CheckStatus::ALL {
-            let wire = Status::from_str_name(&format!("STATUS_{}", status.as_str().to_uppercase()))
-                .unwrap();
-            assert_eq!(status_from_proto(wire as i32), Some(status));
-        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use pullwatch::{CheckOutcome, CheckStatus};
+use pullwatch::{CheckOutcome, CheckStatus, CredentialAttempt, most_informative_failure};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -289,7 +289,7 @@ impl Inner {
             return self.check_one(reference, None, &deadline).await;
         }
         // As the kubelet: each matching credential in turn until one works.
-        let mut failures: Vec<(String, CheckOutcome)> = Vec::new();
+        let mut failures: Vec<CredentialAttempt> = Vec::new();
         for sourced in key.credentials.iter() {
             let outcome = self
                 .check_one(reference, Some(&sourced.credential), &deadline)
@@ -299,13 +299,16 @@ impl Inner {
             }
             debug!(source = %sourced.source, status = %outcome.status, "credential did not work");
             let rate_limited = outcome.status == CheckStatus::RateLimited;
-            failures.push((sourced.source.to_string(), outcome));
+            failures.push(CredentialAttempt {
+                source: sourced.source.to_string(),
+                outcome,
+            });
             if rate_limited {
                 // Every further attempt would only deepen the registry's displeasure.
                 break;
             }
         }
-        summarize(failures)
+        summarize(&failures)
     }
 
     async fn check_one(
@@ -386,26 +389,17 @@ impl Drop for QueueSlot {
     }
 }
 
-/// One outcome for several failed credentials: the most informative status, and a
-/// reason that lists each credential's source (never its value) and result.
-fn summarize(failures: Vec<(String, CheckOutcome)>) -> CheckOutcome {
-    if let [(source, outcome)] = failures.as_slice() {
-        return CheckOutcome::new(
-            outcome.status,
-            format!("{} (credentials from {source})", outcome.reason),
-        );
-    }
-    let status = failures
-        .iter()
-        .map(|(_, o)| o.status)
-        .max_by_key(|s| s.informativeness())
-        .unwrap_or(CheckStatus::UnknownError);
-    let reason = failures
-        .iter()
-        .map(|(source, o)| format!("{source}: {}", o.reason))
-        .collect::<Vec<_>>()
-        .join("; ");
-    CheckOutcome::new(status, format!("no credential worked: {reason}"))
+/// One outcome for failed credentials, by the rule the agent reports by too
+/// ([`most_informative_failure`]). An outcome has no source field, so a single
+/// credential's source (never its value) goes into the reason; several are each
+/// listed there with their source already.
+fn summarize(failures: &[CredentialAttempt]) -> CheckOutcome {
+    let failed = most_informative_failure(failures);
+    let reason = match failures {
+        [_] => format!("{} (credentials from {})", failed.reason, failed.source),
+        _ => failed.reason,
+    };
+    CheckOutcome::new(failed.status, reason)
 }
 
 /// DER certificates from every `--capath` (files, or directories of `.crt`/`.pem`).
@@ -476,4 +470,43 @@ fn http_client(
         .pool_max_idle_per_host(config.registry_limits.max_concurrency)
         .build()
         .map_err(|e| CheckerError::Client(pullwatch::support::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(source: &str, status: CheckStatus, reason: &str) -> CredentialAttempt {
+        CredentialAttempt {
+            source: source.into(),
+            outcome: CheckOutcome::new(status, reason),
+        }
+    }
+
+    #[test]
+    fn failed_credentials_are_summarized_with_their_sources() {
+        let one = summarize(&[failure(
+            "secret/ops/old",
+            CheckStatus::AuthenticationFailure,
+            "401",
+        )]);
+        assert_eq!(
+            one,
+            CheckOutcome::new(
+                CheckStatus::AuthenticationFailure,
+                "401 (credentials from secret/ops/old)"
+            )
+        );
+        let several = summarize(&[
+            failure("secret/ops/old", CheckStatus::AuthenticationFailure, "401"),
+            failure("secret/ops/new", CheckStatus::Absent, "manifest unknown"),
+        ]);
+        assert_eq!(
+            several,
+            CheckOutcome::new(
+                CheckStatus::Absent,
+                "no credential worked: secret/ops/old: 401; secret/ops/new: manifest unknown"
+            )
+        );
+    }
 }
