@@ -29,7 +29,7 @@ use futures::stream::FuturesUnordered;
 use pullwatch::{CheckOutcome, CheckStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::answers::{ImageNodes, KeyCheck, NodeOutcome};
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
@@ -107,6 +107,10 @@ struct KeyState {
 /// image is refreshed.
 pub(crate) const AGENT_CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 
+/// Node views refreshed per turn of the scheduler's loop after agent changes: at
+/// 5,000 images a full refresh held a runtime thread for a noticeable while.
+const VIEW_REFRESH_BATCH: usize = 250;
+
 /// First retry of a failed check; doubled per consecutive failure, capped at the interval.
 const RETRY_BASE: Duration = Duration::from_secs(10);
 
@@ -128,6 +132,10 @@ pub struct Scheduler<C, S> {
     agent_groups: BTreeMap<String, String>,
     /// Normalized reference -> nodes whose agents hold it, as last seen.
     holders: HashMap<String, BTreeSet<Arc<str>>>,
+    /// Images (as written) whose node view awaits a refresh after agent changes:
+    /// refreshed [`VIEW_REFRESH_BATCH`] at a time, the runtime's other tasks (`/healthz`,
+    /// scrapes) served between batches.
+    stale_views: HashSet<Arc<str>>,
 }
 
 impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
@@ -147,6 +155,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
             agent_nodes: BTreeSet::new(),
             agent_groups: BTreeMap::new(),
             holders: HashMap::new(),
+            stale_views: HashSet::new(),
         }
     }
 
@@ -227,6 +236,9 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
                 _ = sleep_until(agents_changed_at), if agents_changed_at.is_some() => {
                     agents_changed_at = None;
                     self.agents_changed();
+                }
+                _ = tokio::task::yield_now(), if !self.stale_views.is_empty() => {
+                    self.refresh_stale_views();
                 }
                 _ = sleep_until(next_due), if in_flight.len() < parallelism => {}
                 _ = stop.wait_for(|stop| *stop) => break,
@@ -336,7 +348,13 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
                 );
             }
         }
-        self.agent_nodes = groups.keys().cloned().collect();
+        let nodes: BTreeSet<String> = groups.keys().cloned().collect();
+        // Nodes that came or went: their answers now count, or no longer, as cached.
+        let moved_nodes: BTreeSet<String> = nodes
+            .symmetric_difference(&self.agent_nodes)
+            .cloned()
+            .collect();
+        self.agent_nodes = nodes;
         self.agent_groups = groups;
         let wanted: HashSet<String> = self
             .index
@@ -344,9 +362,76 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
             .values()
             .map(|t| t.image.to_string())
             .collect();
-        self.holders = agents.holders_of(&wanted);
-        let all: Vec<Arc<str>> = self.image_keys.keys().cloned().collect();
-        self.refresh_image_nodes(all);
+        let holders = agents.holders_of(&wanted);
+        let old_holders = std::mem::replace(&mut self.holders, holders);
+        let moved_holders: HashSet<&str> = self
+            .holders
+            .iter()
+            .filter(|(image, nodes)| old_holders.get(*image) != Some(*nodes))
+            .map(|(image, _)| image.as_str())
+            .chain(
+                old_holders
+                    .keys()
+                    .filter(|image| !self.holders.contains_key(*image))
+                    .map(String::as_str),
+            )
+            .collect();
+        let stale = self.views_changed_by(&moved_nodes, &moved_holders);
+        debug!(
+            nodes = moved_nodes.len(),
+            holders = moved_holders.len(),
+            views = stale.len(),
+            "agents changed: node views to refresh"
+        );
+        self.stale_views.extend(stale);
+    }
+
+    /// The images (as written) whose node view depends on `moved_nodes` (nodes whose
+    /// agents came or went) or `moved_holders` (normalized references whose holders
+    /// changed): every other image's view is as it was, so only these are refreshed.
+    fn views_changed_by(
+        &self,
+        moved_nodes: &BTreeSet<String>,
+        moved_holders: &HashSet<&str>,
+    ) -> Vec<Arc<str>> {
+        if moved_nodes.is_empty() && moved_holders.is_empty() {
+            return Vec::new();
+        }
+        let mut target_images: HashMap<&CheckKey, String> = HashMap::new();
+        if !moved_holders.is_empty() {
+            for (key, target) in &self.index.agent_targets {
+                target_images.insert(key, target.image.to_string());
+            }
+        }
+        self.image_keys
+            .iter()
+            .filter(|(_, keys)| {
+                keys.iter().any(|key| {
+                    let held_moved = target_images
+                        .get(key)
+                        .is_some_and(|image| moved_holders.contains(image.as_str()));
+                    held_moved
+                        || self.keys.get(key).is_some_and(|state| {
+                            state.nodes.keys().any(|node| moved_nodes.contains(node))
+                        })
+                })
+            })
+            .map(|(image, _)| image.clone())
+            .collect()
+    }
+
+    /// Refreshes the next batch of stale node views.
+    fn refresh_stale_views(&mut self) {
+        let batch: Vec<Arc<str>> = self
+            .stale_views
+            .iter()
+            .take(VIEW_REFRESH_BATCH)
+            .cloned()
+            .collect();
+        for image in &batch {
+            self.stale_views.remove(image);
+        }
+        self.refresh_image_nodes(batch);
     }
 
     /// Recomputes the node view of `images` (as written) from the latest node answers
@@ -634,6 +719,11 @@ mod tests {
             self.changes.send_modify(|n| *n += 1);
         }
 
+        fn leave(&self, node: &str) {
+            self.groups.lock().unwrap().remove(node);
+            self.changes.send_modify(|n| *n += 1);
+        }
+
         fn hold(&self, image: &str, nodes: &[&str]) {
             self.holders.lock().unwrap().insert(
                 image.to_string(),
@@ -672,6 +762,8 @@ mod tests {
         passes: AtomicUsize,
         agents_connected: Mutex<Option<usize>>,
         image_nodes: Mutex<BTreeMap<String, ImageNodes>>,
+        /// Every image whose node view was set, in order.
+        image_nodes_set: Mutex<Vec<String>>,
     }
 
     impl FakeSink {
@@ -724,6 +816,8 @@ mod tests {
         }
 
         fn set_image_nodes(&self, views: Vec<(String, ImageNodes)>) {
+            let set = views.iter().map(|(image, _)| image.clone());
+            self.image_nodes_set.lock().unwrap().extend(set);
             self.image_nodes.lock().unwrap().extend(views);
         }
 
@@ -1206,6 +1300,67 @@ mod tests {
         running.set_index(&[]);
         running.until(3.0).await;
         assert!(running.sink.image_nodes.lock().unwrap().is_empty());
+        running.stop().await;
+    }
+
+    /// Agent changes refresh the node view of the images they concern, and only
+    /// those: an image list naming an image, a node whose answer counted as cached
+    /// going away. The views converge to what a full refresh makes.
+    #[tokio::test(start_paused = true)]
+    async fn agent_changes_refresh_only_the_views_they_concern() {
+        let running = start(
+            FakeRunner::new(4).with_agents(),
+            &[
+                ("a", "reg.io/a:1"),
+                ("b", "reg.io/b:1"),
+                ("c", "reg.io/c:1"),
+            ],
+        );
+        let runner = &running.runner;
+        runner.agents().join("n1", "z1");
+        runner.agents().join("n2", "z1");
+        runner.answer_from_nodes(
+            "reg.io/b:1",
+            CheckStatus::Available,
+            BTreeMap::from([("n1".to_string(), node(CheckStatus::Available, true))]),
+        );
+        running.until(2.0).await;
+        let views = running.sink.image_nodes.lock().unwrap().clone();
+        assert_eq!(views.len(), 3, "{views:?}");
+        assert_eq!(views["reg.io/b:1"].cached, 1, "{views:?}");
+        running.sink.image_nodes_set.lock().unwrap().clear();
+
+        // An image list: only a's view changes.
+        runner.agents().hold("reg.io/a:1", &["n4", "n5"]);
+        running.until(4.0).await;
+        assert_eq!(
+            *running.sink.image_nodes_set.lock().unwrap(),
+            ["reg.io/a:1"]
+        );
+        assert_eq!(
+            running.sink.image_nodes.lock().unwrap()["reg.io/a:1"].cached,
+            2
+        );
+        running.sink.image_nodes_set.lock().unwrap().clear();
+
+        // n1 goes: b no longer counts it as cached; a and c stay as they were.
+        runner.agents().leave("n1");
+        running.until(6.0).await;
+        assert_eq!(
+            *running.sink.image_nodes_set.lock().unwrap(),
+            ["reg.io/b:1"]
+        );
+        let views = running.sink.image_nodes.lock().unwrap().clone();
+        assert_eq!(views["reg.io/b:1"].cached, 0, "{views:?}");
+        assert_eq!(views["reg.io/a:1"].cached, 2, "{views:?}");
+        assert_eq!(views["reg.io/c:1"].cached, 0, "{views:?}");
+        running.sink.image_nodes_set.lock().unwrap().clear();
+
+        // A change that concerns no image (a node of a covered group, holding
+        // nothing, that answered nothing) refreshes no view.
+        runner.agents().join("n9", "z1");
+        running.until(8.0).await;
+        assert!(running.sink.image_nodes_set.lock().unwrap().is_empty());
         running.stop().await;
     }
 
