@@ -360,7 +360,7 @@ mod tests {
     use crate::agents::{AgentInfo, HubConfig, SessionId};
     use crate::checker::CheckerConfig;
     use crate::index::{Filters, IndexOptions};
-    use crate::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
+    use crate::inventory::Inventory;
     use crate::mirrors::Mirrors;
     use crate::scheduler::{AGENT_CHANGE_DEBOUNCE, Scheduler, SchedulerStatus};
     use pullwatch::CheckStatus;
@@ -445,25 +445,7 @@ mod tests {
     }
 
     fn running(workloads: &[(&str, &str)]) -> Running {
-        let mut inventory = Inventory::default();
-        for (name, image) in workloads {
-            inventory.workloads.insert(
-                (WorkloadKind::Deployment, "ns".into(), (*name).into()),
-                Workload {
-                    namespace: "ns".into(),
-                    kind: WorkloadKind::Deployment,
-                    name: (*name).into(),
-                    containers: vec![ContainerImage {
-                        container: "app".into(),
-                        image: (*image).into(),
-                    }],
-                    pull_secrets: vec![],
-                    service_account: "default".into(),
-                    enabled: true,
-                    platforms: Default::default(),
-                },
-            );
-        }
+        let inventory = Inventory::of_deployments(workloads);
         let index = ImageIndex::build(
             &inventory,
             &IndexOptions {

@@ -582,7 +582,7 @@ mod tests {
 
     use super::*;
     use crate::index::{Filters, IndexOptions};
-    use crate::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
+    use crate::inventory::Inventory;
     use crate::mirrors::Mirrors;
 
     const INTERVAL: Duration = Duration::from_secs(300);
@@ -831,25 +831,7 @@ mod tests {
 
     /// The index of Deployments `ns/<name>`, each with one container `app` using `image`.
     fn index(workloads: &[(&str, &str)]) -> Arc<ImageIndex> {
-        let mut inventory = Inventory::default();
-        for (name, image) in workloads {
-            inventory.workloads.insert(
-                (WorkloadKind::Deployment, "ns".into(), (*name).into()),
-                Workload {
-                    namespace: "ns".into(),
-                    kind: WorkloadKind::Deployment,
-                    name: (*name).into(),
-                    containers: vec![ContainerImage {
-                        container: "app".into(),
-                        image: (*image).into(),
-                    }],
-                    pull_secrets: vec![],
-                    service_account: "default".into(),
-                    enabled: true,
-                    platforms: Default::default(),
-                },
-            );
-        }
+        let inventory = Inventory::of_deployments(workloads);
         Arc::new(ImageIndex::build(
             &inventory,
             &IndexOptions {

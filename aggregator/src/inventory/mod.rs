@@ -779,6 +779,34 @@ fn containers_of(pod: &PodSpec) -> impl Iterator<Item = (&str, &str)> {
 }
 
 #[cfg(test)]
+impl Inventory {
+    /// Deployments `ns/<name>`, each with one container `app` using `image`: the
+    /// inventory the scheduler's and the pipeline's tests start from.
+    pub(crate) fn of_deployments(workloads: &[(&str, &str)]) -> Inventory {
+        let mut inventory = Inventory::default();
+        for (name, image) in workloads {
+            inventory.workloads.insert(
+                (WorkloadKind::Deployment, "ns".into(), (*name).into()),
+                Workload {
+                    namespace: "ns".into(),
+                    kind: WorkloadKind::Deployment,
+                    name: (*name).into(),
+                    containers: vec![ContainerImage {
+                        container: "app".into(),
+                        image: (*image).into(),
+                    }],
+                    pull_secrets: vec![],
+                    service_account: "default".into(),
+                    enabled: true,
+                    platforms: Default::default(),
+                },
+            );
+        }
+        inventory
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{Container, PodStatus};
