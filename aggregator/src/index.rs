@@ -740,6 +740,24 @@ fn rename_sources(reason: &str, renames: &[(Arc<str>, Arc<str>)]) -> String {
 }
 
 #[cfg(test)]
+impl ImageIndex {
+    /// The index of Deployments `ns/<name>`, each with one container `app` using
+    /// `image`, with the default options: what the scheduler's and the pipeline's tests
+    /// start from.
+    pub(crate) fn of_deployments(workloads: &[(&str, &str)]) -> ImageIndex {
+        ImageIndex::build(
+            &Inventory::of_deployments(workloads),
+            &IndexOptions {
+                default_registry: "docker.io".into(),
+                platforms: Vec::new(),
+                mirrors: Mirrors::default(),
+                filters: Filters::default(),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::ContainerImage;

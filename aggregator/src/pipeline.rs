@@ -359,9 +359,6 @@ mod tests {
     use super::*;
     use crate::agents::{AgentInfo, HubConfig, SessionId};
     use crate::checker::CheckerConfig;
-    use crate::index::{Filters, IndexOptions};
-    use crate::inventory::Inventory;
-    use crate::mirrors::Mirrors;
     use crate::scheduler::{AGENT_CHANGE_DEBOUNCE, Scheduler, SchedulerStatus};
     use pullwatch::CheckStatus;
     use pullwatch::proto::{CheckResult, Status, aggregator_message};
@@ -445,16 +442,7 @@ mod tests {
     }
 
     fn running(workloads: &[(&str, &str)]) -> Running {
-        let inventory = Inventory::of_deployments(workloads);
-        let index = ImageIndex::build(
-            &inventory,
-            &IndexOptions {
-                default_registry: "docker.io".into(),
-                platforms: Vec::new(),
-                mirrors: Mirrors::default(),
-                filters: Filters::default(),
-            },
-        );
+        let index = ImageIndex::of_deployments(workloads);
         let metrics = Metrics::new(false).unwrap();
         let checker = Checker::new(
             &CheckerConfig {

@@ -581,9 +581,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::index::{Filters, IndexOptions};
-    use crate::inventory::Inventory;
-    use crate::mirrors::Mirrors;
 
     const INTERVAL: Duration = Duration::from_secs(300);
 
@@ -831,16 +828,7 @@ mod tests {
 
     /// The index of Deployments `ns/<name>`, each with one container `app` using `image`.
     fn index(workloads: &[(&str, &str)]) -> Arc<ImageIndex> {
-        let inventory = Inventory::of_deployments(workloads);
-        Arc::new(ImageIndex::build(
-            &inventory,
-            &IndexOptions {
-                default_registry: "docker.io".into(),
-                platforms: Vec::new(),
-                mirrors: Mirrors::default(),
-                filters: Filters::default(),
-            },
-        ))
+        Arc::new(ImageIndex::of_deployments(workloads))
     }
 
     /// A scheduler running over `workloads` with `runner`, rechecking every [`INTERVAL`].
