@@ -4,10 +4,8 @@
 use std::process::Output;
 use std::time::Duration;
 
-use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryOptions, hermetic_command,
-    output_within, push_to, stdout_json,
-};
+use pullwatch_testbench::started;
+use pullwatch_testbench::{ImageFormat, hermetic_command, output_within, push_to, stdout_json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pullwatch-agent");
 
@@ -24,11 +22,9 @@ async fn run(home: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Out
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_command_contract() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
-    let node = Containerd::start(ContainerdOptions::default())
-        .await
-        .unwrap();
+    let node = started::bare_node().await;
     let home = tempfile::tempdir().unwrap();
     let kubelet = home.path().join("kubelet");
     let kubelet = kubelet.to_str().unwrap();

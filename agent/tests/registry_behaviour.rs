@@ -6,6 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine;
+use pullwatch_testbench::started;
 use pullwatch_testbench::{
     BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, StubResponse, StubServer, hermetic_command,
     output_within, registry_behaviours, stdout_json,
@@ -161,9 +162,9 @@ async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
     use pullwatch_agent::route::RuntimeAuth;
-    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_to};
+    use pullwatch_testbench::{ImageFormat, push_to};
 
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let hosts = tempfile::tempdir().unwrap();
     let resolver = Resolver::new(ResolverConfig {

@@ -34,11 +34,11 @@ use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
-    Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary,
+    Registry, RegistryAuthConfig, TestApiServer, TestCa, assert_no_canary,
     assert_no_canary_in_file, deployment, free_port, http_request, namespace, node, pod,
-    promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
-    with_pull_secrets,
+    promtool_check_metrics, replicaset, secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
+use pullwatch_testbench::{push_to, started};
 use tokio::task::JoinHandle;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
@@ -292,15 +292,9 @@ impl Agent {
 /// A registry only `alice` may pull from, with one image; the manifest of a
 /// Deployment `shop/web` using it without pull secrets.
 async fn private_registry() -> (Registry, String) {
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some((USER.into(), PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
+    let registry = started::private_registry(USER, PASSWORD).await;
+    let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci)
         .await
-        .unwrap()
         .reference;
     (registry, image)
 }
@@ -393,7 +387,7 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
 
         // A node in another zone without credentials: the nodes disagree, and the
         // failing node's status is the canonical one (a pod there would not start).
-        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node_b = started::bare_node().await;
         let agent_b = Agent::start(
             &node_b,
             None,
@@ -488,10 +482,9 @@ fn slow_plugin(host: &str, log: &Path, delay: u32) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_while_checking_has_its_check_moved() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+        let registry = started::open_registry().await;
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci)
             .await
-            .unwrap()
             .reference;
         let manifests = manifests_dir(&image);
         // A long interval: only an agent joining makes the reference due again.
@@ -513,9 +506,7 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             .await;
 
         // node-1's credential provider answers only after a minute: its check hangs.
-        let node_1 = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_1 = started::bare_node().await;
         let plugin_log = node_1.dir().join("plugin.log");
         let agent_1 = Agent::start(
             &node_1,
@@ -536,9 +527,7 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // node-2 joins while node-1 is busy; then node-1 dies mid-check.
-        let node_2 = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_2 = started::bare_node().await;
         let agent_2 = Agent::start(
             &node_2,
             None,
@@ -622,7 +611,7 @@ async fn manifests_mode_sends_no_pull_secret_to_agents() {
             ],
             Auth::SharedToken,
         );
-        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node_a = started::bare_node().await;
         let agent = Agent::start(
             &node_a,
             None,
@@ -722,8 +711,8 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             .await;
 
         // Neither node has credentials of its own.
-        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node_a = started::bare_node().await;
+        let node_b = started::bare_node().await;
         let token_file = |node: &str| {
             let path = dir.path().join(format!("token-{node}"));
             std::fs::write(&path, format!("token-{node}")).unwrap();
@@ -861,15 +850,11 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let v1 = push_image(&registry, "app/web", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        let v2 = push_image(&registry, "app/web", "v2", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        let v1 = push_to(&registry, "app/web", "v1", ImageFormat::Oci).await;
+        let v2 = push_to(&registry, "app/web", "v2", ImageFormat::Oci).await;
         let image = v1.reference.clone();
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node = started::bare_node().await;
         // The kubelet pulled v1 when the pod started.
         let cri = CriClient::new(
             &node.endpoint(),
@@ -1031,12 +1016,8 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
             ],
             Auth::TokenReview(audience),
         );
-        let node_a = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let node_b = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_a = started::bare_node().await;
+        let node_b = started::bare_node().await;
         let token_file = |node: &str| {
             let path = dir.path().join(format!("token-{node}"));
             std::fs::write(&path, format!("token-{node}")).unwrap();
@@ -1085,10 +1066,8 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let proxy = QuotaProxy::start(registry.addr(), 100).await.unwrap();
         proxy.set_remaining(76);
         let host = proxy.host();
@@ -1130,9 +1109,7 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             })
             .await;
 
-        let node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node = started::bare_node().await;
         let agent = Agent::start(
             &node,
             None,

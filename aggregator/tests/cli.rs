@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
-    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, SilentServer, assert_no_canary,
-    free_port, http_request, promtool_check_metrics, push_to,
+    CANARY_PASSWORD, ImageFormat, Registry, SilentServer, assert_no_canary, free_port,
+    http_request, promtool_check_metrics, push_to,
 };
+use pullwatch_testbench::{assert_reason_contains, started};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
 
@@ -64,13 +65,8 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let open = Registry::start(RegistryOptions::default()).await.unwrap();
-    let private = Registry::start(RegistryOptions {
-        htpasswd: Some(("bob".into(), CANARY_PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let open = started::open_registry().await;
+    let private = started::private_registry("bob", CANARY_PASSWORD).await;
     let public_image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
         .reference;
@@ -377,7 +373,7 @@ async fn image_mirrors_and_proxies_route_the_check() {
 /// printed as such and the exit status is 3; `-q` silences the progress.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_progress_and_ends_at_its_timeout() {
-    let open = Registry::start(RegistryOptions::default()).await.unwrap();
+    let open = started::open_registry().await;
     let image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
         .reference;
@@ -834,7 +830,7 @@ fn example_manifests_in_the_repo_parse() {
 /// index is fetched once per digest, and never without `--platform`.
 #[tokio::test(flavor = "multi_thread")]
 async fn platforms_missing_from_an_index_are_absent() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let list = push_to(
         &registry,
@@ -1117,18 +1113,14 @@ async fn results_with_reasons_as_json_and_as_a_page() {
     );
     let row = &cart.workloads[0];
     assert_eq!((row.status.as_str(), row.tag_moved), ("absent", None));
-    assert!(row.reason.contains("404"), "{}", row.reason);
+    assert_reason_contains!(row, "404");
     assert!(
         row.checked_at.as_deref().is_some_and(|t| t.ends_with('Z')),
         "{row:?}"
     );
     let invoices = image(&f.private_image);
     assert_eq!(invoices.status, "authentication_failure");
-    assert!(
-        invoices.reason.contains("secret/billing/regcred"),
-        "{}",
-        invoices.reason
-    );
+    assert_reason_contains!(invoices, "secret/billing/regcred");
     assert_eq!(image("Not/A:Valid::Image").status, "bad_image_format");
 
     let (_, body) = get(addr, "/api/v1/images?status=absent").await;

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use pullwatch_testbench::faults::canonical;
+use pullwatch_testbench::started;
 use pullwatch_testbench::{
-    ApiTarget, CANARY_PASSWORD, ClusterScenario, ImageFormat, Registry, RegistryOptions,
-    assert_no_canary, assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job,
-    namespace, node, pod, promtool_check_metrics, push_to, replicaset, running, secret_dockercfg,
+    ApiTarget, CANARY_PASSWORD, ClusterScenario, ImageFormat, RegistryOptions, assert_no_canary,
+    assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
+    pod, promtool_check_metrics, push_to, replicaset, running, secret_dockercfg,
     secret_dockerconfigjson, service_account, statefulset, suspended, with_controller, with_owner,
     with_pull_secrets, with_replicas,
 };
@@ -392,7 +393,7 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
 async fn a_registry_that_leaves_the_index_takes_its_series_along() {
     let cluster = ClusterScenario::start().await;
     let kept = cluster.registry();
-    let left = Registry::start(RegistryOptions::default()).await.unwrap();
+    let left = started::open_registry().await;
     let kept_image = cluster.image("app", "v1", ImageFormat::Oci).await;
     let left_image = push_to(&left, "app", "v1", ImageFormat::Oci)
         .await

@@ -23,6 +23,7 @@ mod quota_proxy;
 mod registry;
 mod scenario;
 mod serve;
+pub mod started;
 mod stub;
 mod tools;
 mod util;
