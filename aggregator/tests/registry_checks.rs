@@ -334,18 +334,8 @@ async fn rate_limited_registry_is_paused_for_retry_after() {
     assert_reason_contains!(again, "paused for another");
     assert_eq!(stub.requests().len(), seen);
 
-    let until = metric_value(
-        &metrics,
-        &format!(
-            "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-            stub.host()
-        ),
-    )
-    .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let until = paused_until(&metrics, &stub.host());
+    let now = now_unix();
     assert!(
         until > now + 100.0 && until <= now + 121.0,
         "until={until} now={now}"
@@ -553,6 +543,16 @@ async fn a_registry_that_never_answers_times_out_as_unavailable() {
     );
 }
 
+/// The series of the time until which checks of registry `host` are paused.
+fn paused_until_series(host: &str) -> String {
+    format!("pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{host}\"}}")
+}
+
+/// The time until which checks of registry `host` are paused, as exported.
+fn paused_until(metrics: &Metrics, host: &str) -> f64 {
+    metric_value(metrics, &paused_until_series(host)).unwrap()
+}
+
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -617,14 +617,7 @@ async fn token_endpoint_answers_are_classified_like_manifest_answers() {
                 .await;
             assert_status!(again, CheckStatus::RateLimited);
             assert_eq!((bearer.manifest_requests(), bearer.token_requests()), sent);
-            let until = metric_value(
-                &metrics,
-                &format!(
-                    "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-                    bearer.host()
-                ),
-            )
-            .unwrap();
+            let until = paused_until(&metrics, &bearer.host());
             assert!(until > now_unix() + 50.0, "until={until}");
         }
     }
@@ -660,14 +653,7 @@ async fn a_burst_of_429s_is_one_pause_and_queued_checks_never_reach_the_registry
         "at most the 8 checks in flight reach a registry that said 429, got {sent}"
     );
     // One pause of 30 s for the whole burst, not 30 s doubled per answer.
-    let until = metric_value(
-        &metrics,
-        &format!(
-            "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-            stub.host()
-        ),
-    )
-    .unwrap();
+    let until = paused_until(&metrics, &stub.host());
     let now = now_unix();
     assert!(
         until > now + 25.0 && until <= now + 31.0,
@@ -691,10 +677,7 @@ async fn the_pause_ends_and_its_metric_returns_to_zero() {
         .await
         .unwrap();
     let (checker, metrics) = checker(&plain_config());
-    let series = format!(
-        "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-        stub.host()
-    );
+    let series = paused_until_series(&stub.host());
     let outcome = checker
         .check(&key(&format!("{}/app:v1", stub.host()), &[]))
         .await;
@@ -723,33 +706,21 @@ async fn a_bearer_registry_costs_one_token_per_repository_and_one_head_per_check
         let checker = &checker;
         async move { checker.check(&k).await }
     };
-    // First contact: the challenge is learned (one 401), one token, one HEAD.
-    let first = check(format!("{host}/team/a:v1")).await;
-    assert_status!(first, CheckStatus::Available);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (2, 1)
-    );
-    // Same repository: the cached token, one HEAD.
-    let second = check(format!("{host}/team/a:v2")).await;
-    assert_status!(second, CheckStatus::Available);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (3, 1)
-    );
-    // Another repository: its token straight away (the challenge is known), one HEAD.
-    let third = check(format!("{host}/team/b:v1")).await;
-    assert_status!(third, CheckStatus::Available);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (4, 2)
-    );
-    let missing = check(format!("{host}/team/b:missing")).await;
-    assert_status!(missing, CheckStatus::Absent);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (5, 2)
-    );
+    // Each check, and what the registry and its token service have seen after it, in
+    // (manifest requests, token requests).
+    for (image, expected, requests) in [
+        // First contact: the challenge is learned (one 401), one token, one HEAD.
+        ("team/a:v1", CheckStatus::Available, (2, 1)),
+        // Same repository: the cached token, one HEAD.
+        ("team/a:v2", CheckStatus::Available, (3, 1)),
+        // Another repository: its token straight away (the challenge is known), one HEAD.
+        ("team/b:v1", CheckStatus::Available, (4, 2)),
+        ("team/b:missing", CheckStatus::Absent, (5, 2)),
+    ] {
+        assert_status!(check(format!("{host}/{image}")).await, expected, "{image}");
+        let sent = (bearer.manifest_requests(), bearer.token_requests());
+        assert_eq!(sent, requests, "{image}");
+    }
     // Every request went over plain HTTP with the credential only to the token service.
     for request in bearer.registry.recorded() {
         assert!(
