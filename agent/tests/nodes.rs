@@ -56,13 +56,7 @@ async fn node_credentials_of_every_kind() {
         let nodes = [
             (
                 "A",
-                checker(
-                    &node_a,
-                    NodeSetup {
-                        options: Some(PULL_ABSENT),
-                        ..Default::default()
-                    },
-                ),
+                checker_with(&node_a, PULL_ABSENT),
                 "runtime".to_string(),
             ),
             (
@@ -94,13 +88,7 @@ async fn node_credentials_of_every_kind() {
             ),
             (
                 "D",
-                checker(
-                    &node_d,
-                    NodeSetup {
-                        options: Some(PULL_ABSENT),
-                        ..Default::default()
-                    },
-                ),
+                checker_with(&node_d, PULL_ABSENT),
                 "runtime".to_string(),
             ),
         ];
@@ -187,16 +175,7 @@ async fn absent_tags_and_a_registry_that_is_down() {
         let mut registry = started::open_registry().await;
         let image = push_to(&registry, "team/app", "v1", ImageFormat::DockerV2S2).await;
         let node = started::bare_node().await;
-        let checker = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let checker = checker_with(&node, PULL_AND_KEEP);
 
         // Kept after the pull: the node now holds it, so auto mode pulls from here on.
         let report = checker.check(&image.reference, CheckMode::Pull, &[]).await;
@@ -285,16 +264,7 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
         );
 
         // A pull check of an image the node holds asks for the manifest only.
-        let puller = common::checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let puller = common::checker_with(&node, PULL_AND_KEEP);
         let report = puller.check(&present.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.mode, CheckMode::Pull);
         assert_status!(report, CheckStatus::Available);
@@ -345,20 +315,8 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
             )
             .unwrap();
         let without_mirror = started::bare_node().await;
-        let mirrored = checker(
-            &with_mirror,
-            NodeSetup {
-                options: Some(PULL_ABSENT),
-                ..Default::default()
-            },
-        );
-        let direct = checker(
-            &without_mirror,
-            NodeSetup {
-                options: Some(PULL_ABSENT),
-                ..Default::default()
-            },
-        );
+        let mirrored = checker_with(&with_mirror, PULL_ABSENT);
+        let direct = checker_with(&without_mirror, PULL_ABSENT);
         for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = mirrored.check(&image.reference, mode, &[]).await;
             assert_status!(report, CheckStatus::Available, "{mode:?} via mirror");
@@ -398,16 +356,7 @@ async fn containerd_restarted_mid_run() {
         let registry = started::open_registry().await;
         let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let mut node = started::bare_node().await;
-        let checker = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let checker = checker_with(&node, PULL_AND_KEEP);
         let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
         assert_status!(report, CheckStatus::Available);
         let version = checker.cri().version().await.unwrap();
@@ -459,16 +408,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
         assert_ne!(v1.digest, v2.digest);
         let node = started::bare_node().await;
         // The node pulled app/web:v1 when its pod started (as the kubelet would).
-        let kubelet = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let kubelet = checker_with(&node, PULL_AND_KEEP);
         let report = kubelet.check(&v1.reference, CheckMode::Pull, &[]).await;
         assert_status!(report, CheckStatus::Available);
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));

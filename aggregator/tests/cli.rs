@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,19 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// `check -f <path> -o json --allow-plain-http` with `extra` arguments and `envs`.
+fn check_json(path: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let args = ["check", "-f", path, "-o", "json", "--allow-plain-http"];
+    run(&[&args, extra].concat(), envs)
+}
+
+/// Writes `content` to `name` in `dir`; its path.
+fn write_file(dir: &tempfile::TempDir, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    path
 }
 
 fn secret_yaml(namespace: &str, name: &str, host: &str, user: &str, password: &str) -> String {
@@ -109,7 +122,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
         deployment_yaml("other", "no-secret", &[&f.private_image], Some("regcred")),
         deployment_yaml("other", "typo", &["Not A Valid Image"], None),
     ];
-    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+    write_file(&dir, "all.yaml", manifests.join("---\n"));
 
     let output = run(
         &["check", "-f", dir.path().to_str().unwrap(), "-o", "json"],
@@ -157,8 +170,9 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     );
 
     // Only the available ones: exit 0, and the table format.
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         [
             deployment_yaml("shop", "web", &[&f.public_image], None),
             secret_yaml("billing", "regcred", &private_host, "bob", CANARY_PASSWORD),
@@ -170,8 +184,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
             ),
         ]
         .join("---\n"),
-    )
-    .unwrap();
+    );
     let output = run(
         &[
             "check",
@@ -249,7 +262,7 @@ async fn references_and_pull_secrets_follow_the_kubelet() {
         // No registry named: checked centrally at --default-registry.
         deployment_yaml("k", "short", &["web/frontend:v1"], None),
     ];
-    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+    write_file(&dir, "all.yaml", manifests.join("---\n"));
     let output = run(
         &[
             "check",
@@ -293,39 +306,24 @@ async fn image_mirrors_and_proxies_route_the_check() {
     let dir = tempfile::tempdir().unwrap();
     // The workload names a registry that does not exist; the mirror has the image.
     let repo_and_tag = f.public_image.split_once('/').unwrap().1;
-    std::fs::write(
-        dir.path().join("w.yaml"),
+    write_file(
+        &dir,
+        "w.yaml",
         deployment_yaml(
             "shop",
             "mirrored",
             &[&format!("upstream.invalid/{repo_and_tag}")],
             None,
         ),
-    )
-    .unwrap();
-    let path = dir.path().to_str().unwrap();
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
-        &[],
     );
+    let path = dir.path().to_str().unwrap();
+    let output = check_json(path, &[], &[]);
     assert_eq!(
         status_of(&rows(&output), "mirrored", "c0"),
         "registry_unavailable"
     );
     let mirror = format!("upstream.invalid={}", f.open.host());
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--image-mirror",
-            &mirror,
-        ],
-        &[],
-    );
+    let output = check_json(path, &["--image-mirror", &mirror], &[]);
     assert_eq!(
         status_of(&rows(&output), "mirrored", "c0"),
         "available",
@@ -383,11 +381,11 @@ async fn check_reports_progress_and_ends_at_its_timeout() {
         format!("{}/team/api:1", silent.host()),
         format!("{}/team/worker:1", silent.host()),
     ];
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         deployment_yaml("shop", "web", &[&image, &stuck[0], &stuck[1]], None),
-    )
-    .unwrap();
+    );
     let check = |extra: &[&str]| {
         let mut command = tokio::process::Command::new(BIN);
         command
@@ -460,11 +458,11 @@ async fn check_draws_a_progress_bar_on_a_terminal() {
     let silent = SilentServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stuck = format!("{}/team/api:1", silent.host());
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         deployment_yaml("shop", "web", &[&stuck, "Not A Valid Image"], None),
-    )
-    .unwrap();
+    );
     // stderr alone goes to the terminal; stdout (the results) to a file.
     let results = dir.path().join("results.json");
     let command = format!(
@@ -510,12 +508,11 @@ async fn check_draws_a_progress_bar_on_a_terminal() {
 #[test]
 fn usage_and_input_errors_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = dir.path().join("broken.yaml");
-    std::fs::write(
-        &broken,
+    let broken = write_file(
+        &dir,
+        "broken.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n",
-    )
-    .unwrap();
+    );
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["check".into(), "-f".into(), broken.display().to_string()],
@@ -841,22 +838,22 @@ async fn platforms_missing_from_an_index_are_absent() {
     .await;
     let single = push_to(&registry, "single/app", "v1", ImageFormat::Oci).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("web.yaml"),
+    write_file(
+        &dir,
+        "web.yaml",
         deployment_yaml(
             "shop",
             "web",
             &[&index.reference, &list.reference, &single.reference],
             None,
         ),
-    )
-    .unwrap();
+    );
     // Another workload of the same image, pinned to arm64 nodes.
     let pinned = deployment_yaml("shop", "pinned", &[&index.reference], None).replace(
         "    spec:\n",
         "    spec:\n      nodeSelector: {kubernetes.io/arch: arm64}\n",
     );
-    std::fs::write(dir.path().join("pinned.yaml"), pinned).unwrap();
+    write_file(&dir, "pinned.yaml", pinned);
     let path = dir.path().to_str().unwrap();
     let index_gets = |log: &str| {
         log.lines()
@@ -867,10 +864,7 @@ async fn platforms_missing_from_an_index_are_absent() {
     // Without --platform the pull path is walked for this machine's platform (as a
     // runtime here would pull it): the index and its linux/amd64 child, read once each.
     let start = registry.log().len();
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
-        &[],
-    );
+    let output = check_json(path, &[], &[]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -880,19 +874,7 @@ async fn platforms_missing_from_an_index_are_absent() {
     assert_eq!(index_gets(&registry.log()[start..]), 2);
 
     let start = registry.log().len();
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--platform",
-            "linux/s390x",
-        ],
-        &[],
-    );
+    let output = check_json(path, &["--platform", "linux/s390x"], &[]);
     assert_eq!(output.status.code(), Some(1));
     let found = rows(&output);
     for name in ["c0", "c1"] {
@@ -915,27 +897,18 @@ async fn platforms_missing_from_an_index_are_absent() {
     assert_eq!(index_gets(&registry.log()[start..]), 1);
 
     // From the environment, comma-separated: the pinned workload lands on arm64 only.
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+    let output = check_json(
+        path,
+        &[],
         &[("PULLWATCH_PLATFORMS", "linux/arm64/v8,linux/s390x")],
     );
     let found = rows(&output);
     assert_eq!(status_of(&found, "web", "c0"), "absent");
     assert_eq!(status_of(&found, "pinned", "c0"), "available");
 
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--platform",
-            "linux/arm64",
-            "--platform",
-            "linux/amd64",
-        ],
+    let output = check_json(
+        path,
+        &["--platform", "linux/arm64", "--platform", "linux/amd64"],
         &[],
     );
     assert_eq!(
@@ -973,28 +946,25 @@ mod api {
         pub nodes: Vec<NodeQuota>,
     }
 
-    #[allow(dead_code)]
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Quota {
-        pub remaining: u64,
-        pub limit: Option<u64>,
-        pub window_seconds: Option<u64>,
-        pub seen_at: Option<String>,
-        pub source: Option<String>,
+    /// A pull quota as one vantage point saw it: the struct `$name` with its own
+    /// fields first, then the quota's.
+    macro_rules! quota {
+        ($name:ident { $($field:ident: $ty:ty),* }) => {
+            #[allow(dead_code)]
+            #[derive(Debug, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $name {
+                $(pub $field: $ty,)*
+                pub remaining: u64,
+                pub limit: Option<u64>,
+                pub window_seconds: Option<u64>,
+                pub seen_at: Option<String>,
+                pub source: Option<String>,
+            }
+        };
     }
-
-    #[allow(dead_code)]
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct NodeQuota {
-        pub node: String,
-        pub remaining: u64,
-        pub limit: Option<u64>,
-        pub window_seconds: Option<u64>,
-        pub seen_at: Option<String>,
-        pub source: Option<String>,
-    }
+    quota!(Quota {});
+    quota!(NodeQuota { node: String });
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -1215,11 +1185,11 @@ async fn junit_output_for_ci_and_the_ci_examples() {
     let f = fixture().await;
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("{}/web/frontend:gone", f.open.host());
-    std::fs::write(
-        dir.path().join("shop.yaml"),
+    write_file(
+        &dir,
+        "shop.yaml",
         deployment_yaml("shop", "web", &[&f.public_image, &missing], None),
-    )
-    .unwrap();
+    );
     let output = run(
         &[
             "check",

@@ -38,6 +38,12 @@ pub const PULL_ABSENT: CheckOptions = CheckOptions {
     keep_pulled_images: false,
 };
 
+/// Pulls absent images for the check and keeps them, as a kubelet's pull would.
+pub const PULL_AND_KEEP: CheckOptions = CheckOptions {
+    pull_absent_images: true,
+    keep_pulled_images: true,
+};
+
 pub const DEFAULT_OPTIONS: CheckOptions = CheckOptions {
     pull_absent_images: false,
     keep_pulled_images: false,
@@ -76,6 +82,17 @@ pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
         Arc::new(keyring(&kubelet_dir, provider)),
         Arc::new(resolver),
         setup.options.unwrap_or(DEFAULT_OPTIONS),
+    )
+}
+
+/// A checker for `node` with nothing on the node but containerd, checking with `options`.
+pub fn checker_with(node: &Containerd, options: CheckOptions) -> Checker {
+    checker(
+        node,
+        NodeSetup {
+            options: Some(options),
+            ..NodeSetup::default()
+        },
     )
 }
 
