@@ -732,16 +732,7 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
 
     // Exactly one of the eight status gauges is 1 for each container reference.
     let mut ones: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for status in [
-        "available",
-        "absent",
-        "bad_image_format",
-        "registry_unavailable",
-        "authentication_failure",
-        "authorization_failure",
-        "rate_limited",
-        "unknown_error",
-    ] {
+    for status in pullwatch::CheckStatus::ALL.map(pullwatch::CheckStatus::as_str) {
         let lines = series(
             &metrics,
             &format!("k8s_image_availability_exporter_{status}"),
