@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use pullwatch::CheckMode;
 use pullwatch::{CheckStatus, RegistryCredential, SourcedCredential};
-use pullwatch_agent::check::CheckOptions;
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, Registry, RegistryAuthConfig,
 };

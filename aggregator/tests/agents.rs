@@ -136,6 +136,13 @@ impl Serve {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// `GET path` on the metrics port.
+    async fn get(&self, path: &str) -> pullwatch_testbench::HttpResponse {
+        http_request(self.metrics, http::Method::GET, path, &[], Vec::new())
+            .await
+            .unwrap()
+    }
+
     /// The aggregator's /metrics (never carrying the canary).
     async fn metrics(&self) -> String {
         let text = match http_request(self.metrics, http::Method::GET, "/metrics", &[], Vec::new())
@@ -166,9 +173,23 @@ impl Serve {
         }
     }
 
-    /// An agent on `node` registering as `name` with the token in `token_file`.
-    fn agent(&self, node: &Containerd, name: &str, token_file: &Path) -> Agent {
-        Agent::start(node, None, self.session(name, token_file, &[]))
+    /// Agents on two fresh nodes without credentials of their own, `node-a` and
+    /// `node-b`, each with its token (see [`two_zoned_nodes_with_agent_tokens`]) written
+    /// in `dir`, once both are connected.
+    async fn connect_token_agents(&self, dir: &Path) -> [(Containerd, Agent); 2] {
+        let mut agents = Vec::new();
+        for name in ["node-a", "node-b"] {
+            let node = started::bare_node().await;
+            let session = self.session(name, &agent_token_file(dir, name), &[]);
+            let agent = Agent::start(&node, None, session);
+            agents.push((node, agent));
+        }
+        for (_, agent) in &agents {
+            agent.wait_connected().await;
+        }
+        agents
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two agents"))
     }
 
     /// An agent on `node` registering as `name` with the shared token and node
@@ -322,6 +343,13 @@ impl Agent {
 
     /// Kills the agent, as a node going down would: its stream just ends.
     fn kill(self) {
+        drop(self);
+    }
+}
+
+/// An agent lives as long as its test's scope, even when the test fails.
+impl Drop for Agent {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
@@ -446,16 +474,7 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
         // Secrets never appear anywhere.
         assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
         // The results say which node said what, and why.
-        let api = http_request(
-            serve.metrics,
-            http::Method::GET,
-            "/api/v1/images",
-            &[],
-            Vec::new(),
-        )
-        .await
-        .unwrap()
-        .text();
+        let api = serve.get("/api/v1/images").await.text();
         assert_no_canary("/api/v1/images", &api);
         let api: serde_json::Value = serde_json::from_str(&api).unwrap();
         let entry = api["images"]
@@ -490,10 +509,7 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
                 .is_some_and(|r| r.contains("401")),
             "{entry}"
         );
-        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
-            .await
-            .unwrap()
-            .text();
+        let page = serve.get("/").await.text();
         assert!(
             page.contains("node-a: available; node-b: authentication_failure"),
             "the page names the disagreement: {page}"
@@ -509,7 +525,6 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
             })
             .await;
         assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
-        agent_a.kill();
     })
     .await;
 }
@@ -594,7 +609,6 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             "{}",
             serve.log()
         );
-        agent_2.kill();
     })
     .await;
 }
@@ -651,7 +665,6 @@ async fn manifests_mode_sends_no_pull_secret_to_agents() {
         assert_eq!(value(&text, &pod), Some(1.0), "{text}");
         assert_eq!(value(&text, "pullwatch_checks_total{via=\"agents\"}"), None);
         assert!(!text.contains("pullwatch_image_nodes{"), "an inconclusive answer is no node view");
-        agent.kill();
     })
     .await;
 }
@@ -717,12 +730,7 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             .await;
 
         // Neither node has credentials of its own.
-        let node_a = started::bare_node().await;
-        let node_b = started::bare_node().await;
-        let agent_a = serve.agent(&node_a, "node-a", &agent_token_file(dir.path(), "node-a"));
-        let agent_b = serve.agent(&node_b, "node-b", &agent_token_file(dir.path(), "node-b"));
-        agent_a.wait_connected().await;
-        agent_b.wait_connected().await;
+        let [(_node_a, agent_a), (_node_b, agent_b)] = serve.connect_token_agents(dir.path()).await;
         assert!(api.token_reviews() >= 2);
 
         let secret_source = "secret/shop/regcred";
@@ -769,8 +777,6 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             !serve.log().contains("token-node-a"),
             "tokens stay out of logs"
         );
-        agent_a.kill();
-        agent_b.kill();
     })
     .await;
 }
@@ -912,7 +918,6 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
                     && l.contains("containerd/")),
             "the runtime was asked for the new manifest:\n{log}"
         );
-        agent.kill();
     })
     .await;
 }
@@ -975,12 +980,7 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
             .concat(),
             Auth::TokenReview(audience),
         );
-        let node_a = started::bare_node().await;
-        let node_b = started::bare_node().await;
-        let agent_a = serve.agent(&node_a, "node-a", &agent_token_file(dir.path(), "node-a"));
-        let agent_b = serve.agent(&node_b, "node-b", &agent_token_file(dir.path(), "node-b"));
-        agent_a.wait_connected().await;
-        agent_b.wait_connected().await;
+        let [(_node_a, agent_a), (_node_b, agent_b)] = serve.connect_token_agents(dir.path()).await;
         let a_has = format!(
             "pullwatch_agent_check_status{{credential_source=\"secret/a/regcred\",image=\"{image}\""
         );
@@ -995,8 +995,6 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
         let b = agent_b.render();
         assert!(!b.contains("secret/a/"), "a's secret reached node-b:\n{b}");
         assert!(b.contains("credential_source=\"runtime\""), "{b}");
-        agent_a.kill();
-        agent_b.kill();
     })
     .await;
 }
@@ -1093,15 +1091,7 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
         );
 
         // Results with reasons carry the quota per registry and vantage point.
-        let api = http_request(
-            serve.metrics,
-            http::Method::GET,
-            "/api/v1/images",
-            &[],
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        let api = serve.get("/api/v1/images").await;
         let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
         let quotas = json["registries"].as_array().unwrap();
         assert_eq!(quotas.len(), 1, "{json}");
@@ -1115,10 +1105,7 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             quotas[0]["nodes"][0]["window_seconds"],
             QUOTA_WINDOW_SECONDS
         );
-        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
-            .await
-            .unwrap()
-            .text();
+        let page = serve.get("/").await.text();
         let low = page
             .lines()
             .find(|l| l.starts_with("<tr class=\"quota low\"") && l.contains("node node-q"))
