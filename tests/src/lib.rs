@@ -4,6 +4,7 @@
 //! API server (`TestApiServer`), all on loopback in temp dirs, with bounded waits and child
 //! processes killed on drop.
 
+pub mod answers;
 mod apiserver;
 mod bearer;
 mod behaviours;
