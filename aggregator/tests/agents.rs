@@ -316,7 +316,8 @@ impl Agent {
             node,
             NodeSetup {
                 plugin,
-                metrics: Some(metrics.clone()),
+                observer: Some(metrics.clone()),
+                registry_observer: Some(metrics.clone()),
                 ..NodeSetup::default()
             },
         );

@@ -13,7 +13,6 @@ use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
 use pullwatch_agent::check::{CheckOptions, Checker};
 use pullwatch_agent::cri::{CallObserver, CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
-use pullwatch_agent::metrics::AgentMetrics;
 use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_testbench::Containerd;
 
@@ -29,8 +28,11 @@ pub struct NodeSetup {
     /// A credential-provider plugin: (config YAML, plugin name, shell script body).
     pub plugin: Option<(String, String, String)>,
     pub options: Option<CheckOptions>,
-    /// Hears every CRI call and registry answer, as in `pullwatch-agent run`.
-    pub metrics: Option<Arc<AgentMetrics>>,
+    /// Receives every CRI call (the agent's metrics).
+    pub observer: Option<Arc<dyn CallObserver>>,
+    /// Hears the registries' answers to the resolver (the agent's metrics, as in
+    /// `pullwatch-agent run`: the pull quotas registries announce).
+    pub registry_observer: Option<Arc<dyn RegistryObserver>>,
 }
 
 pub const PULL_ABSENT: CheckOptions = CheckOptions {
@@ -61,10 +63,6 @@ pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
         .plugin
         .as_ref()
         .map(|(yaml, name, body)| node.install_credential_provider(name, body, yaml).unwrap());
-    let registry_observer: Arc<dyn RegistryObserver> = match &setup.metrics {
-        Some(metrics) => metrics.clone(),
-        None => Arc::new(NoObserver),
-    };
     let resolver = Resolver::observed(
         ResolverConfig {
             hosts_dir: node.hosts_dir(),
@@ -72,13 +70,12 @@ pub fn checker(node: &Containerd, setup: NodeSetup) -> Checker {
             request_timeout: Duration::from_secs(10),
         },
         pullwatch::registry::pull_path::WalkSettings::default(),
-        registry_observer,
+        setup
+            .registry_observer
+            .unwrap_or_else(|| Arc::new(NoObserver)),
     );
-    let call_observer = setup
-        .metrics
-        .map(|metrics| metrics as Arc<dyn CallObserver>);
     Checker::new(
-        cri_client(node, call_observer),
+        cri_client(node, setup.observer),
         Arc::new(keyring(&kubelet_dir, provider)),
         Arc::new(resolver),
         setup.options.unwrap_or(DEFAULT_OPTIONS),
