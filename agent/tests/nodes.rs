@@ -9,9 +9,7 @@ use std::time::Duration;
 use common::*;
 use pullwatch::CheckMode;
 use pullwatch::{CheckStatus, RegistryCredential, SourcedCredential};
-use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryAuthConfig,
-};
+use pullwatch_testbench::{ImageFormat, Registry};
 use pullwatch_testbench::{assert_reason_contains, assert_status, push_to, started};
 
 /// Every test is bounded: a hung runtime or registry fails the test instead of the run.
@@ -35,15 +33,7 @@ async fn node_credentials_of_every_kind() {
         let host = registry.host();
 
         // Node A: containerd's own registry.configs auth.
-        let node_a = Containerd::start(ContainerdOptions {
-            registry_auths: vec![RegistryAuthConfig {
-                host: host.clone(),
-                username: USER.into(),
-                password: PASSWORD.into(),
-            }],
-        })
-        .await
-        .unwrap();
+        let node_a = started::node_with_credentials(&registry, USER, PASSWORD).await;
         // Node B: a kubelet config.json.
         let node_b = started::bare_node().await;
         // Node C: a kubelet credential-provider plugin.

@@ -28,10 +28,10 @@ use k8s_openapi::api::core::v1::Pod;
 use pullwatch_agent::metrics::AgentMetrics;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
-    Registry, RegistryAuthConfig, TestApiServer, TestCa, assert_no_canary,
-    assert_no_canary_in_file, deployment, free_port, http_request, namespace, node, pod,
-    promtool_check_metrics, replicaset, secret_dockerconfigjson, with_owner, with_pull_secrets,
+    Containerd, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy, Registry,
+    TestApiServer, TestCa, assert_no_canary, assert_no_canary_in_file, deployment, free_port,
+    http_request, namespace, node, pod, promtool_check_metrics, replicaset,
+    secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
 use pullwatch_testbench::{push_to, started};
 use tokio::task::JoinHandle;
@@ -382,19 +382,6 @@ fn manifests_dir(image: &str) -> tempfile::TempDir {
     dir
 }
 
-/// containerd with the registry's credentials in its own config: node credentials.
-async fn node_with_credentials(registry: &Registry) -> Containerd {
-    Containerd::start(ContainerdOptions {
-        registry_auths: vec![RegistryAuthConfig {
-            host: registry.host(),
-            username: USER.into(),
-            password: PASSWORD.into(),
-        }],
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn node_credentials_make_an_image_available_and_node_groups_can_disagree() {
     bounded(async {
@@ -420,7 +407,7 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
         assert_eq!(value(&text, "pullwatch_agents_connected"), Some(0.0));
 
         // A node whose containerd has the registry's credentials: available.
-        let node_a = node_with_credentials(&registry).await;
+        let node_a = started::node_with_credentials(&registry, USER, PASSWORD).await;
         let agent_a = serve
             .connect_agent(&node_a, "node-a", &[(ZONE, "z1")])
             .await;
