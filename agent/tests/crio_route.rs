@@ -17,6 +17,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine;
+use pullwatch_testbench::started;
 use pullwatch_testbench::{
     ImageFormat, Registry, RegistryOptions, TestCa, free_port_on, push_to, require_tool,
     sha256_digest,
@@ -271,18 +272,8 @@ impl Bench {
         let a = open().await.unwrap();
         let b = open().await.unwrap();
         let c = open().await.unwrap();
-        let s = Registry::start(RegistryOptions {
-            htpasswd: Some((USER.into(), PASSWORD.into())),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let t = Registry::start(RegistryOptions {
-            tls: Some(tls_ca.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let s = started::private_registry(USER, PASSWORD).await;
+        let t = started::tls_registry(&tls_ca).await;
         let pushed = push_to(&a, "team/app", "v1", ImageFormat::Oci).await;
         for registry in [&b, &s, &t] {
             let again = push_to(registry, "team/app", "v1", ImageFormat::Oci).await;
@@ -716,7 +707,7 @@ mod cri_stand_in {
 async fn auto_dialect_follows_the_runtime_name() {
     pullwatch_testbench::capture_process_logs();
     tokio::time::timeout(Duration::from_secs(120), async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+        let registry = started::open_registry().await;
         push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let image = format!("{}/team/app:v1", registry.host());
         let dir = tempfile::tempdir().unwrap();

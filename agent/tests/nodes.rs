@@ -9,11 +9,8 @@ use std::time::Duration;
 use common::*;
 use pullwatch::CheckMode;
 use pullwatch::{CheckStatus, RegistryCredential, SourcedCredential};
-use pullwatch_agent::check::CheckOptions;
-use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, Registry, RegistryAuthConfig, RegistryOptions,
-    push_image,
-};
+use pullwatch_testbench::{ImageFormat, Registry};
+use pullwatch_testbench::{assert_reason_contains, assert_status, push_to, started};
 
 /// Every test is bounded: a hung runtime or registry fails the test instead of the run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,57 +22,30 @@ async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
 }
 
 async fn private_registry() -> Registry {
-    Registry::start(RegistryOptions {
-        htpasswd: Some((USER.into(), PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    started::private_registry(USER, PASSWORD).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_credentials_of_every_kind() {
     bounded(async {
         let registry = private_registry().await;
-        let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
         let host = registry.host();
 
         // Node A: containerd's own registry.configs auth.
-        let node_a = Containerd::start(ContainerdOptions {
-            registry_auths: vec![RegistryAuthConfig {
-                host: host.clone(),
-                username: USER.into(),
-                password: PASSWORD.into(),
-            }],
-        })
-        .await
-        .unwrap();
+        let node_a = started::node_with_credentials(&registry, USER, PASSWORD).await;
         // Node B: a kubelet config.json.
-        let node_b = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_b = started::bare_node().await;
         // Node C: a kubelet credential-provider plugin.
-        let node_c = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_c = started::bare_node().await;
         // Node D: nothing.
-        let node_d = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_d = started::bare_node().await;
 
         let plugin_log = node_c.dir().join("plugin-requests.log");
         let nodes = [
             (
                 "A",
-                checker(
-                    &node_a,
-                    NodeSetup {
-                        options: Some(PULL_ABSENT),
-                        ..Default::default()
-                    },
-                ),
+                checker_with(&node_a, PULL_ABSENT),
                 "runtime".to_string(),
             ),
             (
@@ -107,13 +77,7 @@ async fn node_credentials_of_every_kind() {
             ),
             (
                 "D",
-                checker(
-                    &node_d,
-                    NodeSetup {
-                        options: Some(PULL_ABSENT),
-                        ..Default::default()
-                    },
-                ),
+                checker_with(&node_d, PULL_ABSENT),
                 "runtime".to_string(),
             ),
         ];
@@ -124,20 +88,14 @@ async fn node_credentials_of_every_kind() {
                 assert_eq!(report.mode, mode, "node {name}");
                 assert_eq!(&report.credential_source, source, "node {name} {mode:?}");
                 if *name == "D" {
-                    assert_eq!(
-                        report.status,
+                    assert_status!(
+                        report,
                         CheckStatus::AuthenticationFailure,
-                        "node D {mode:?}: {}",
-                        report.reason
+                        "node D {mode:?}"
                     );
-                    assert!(report.reason.contains("401"), "{}", report.reason);
+                    assert_reason_contains!(report, "401");
                 } else {
-                    assert_eq!(
-                        report.status,
-                        CheckStatus::Available,
-                        "node {name} {mode:?}: {}",
-                        report.reason
-                    );
+                    assert_status!(report, CheckStatus::Available, "node {name} {mode:?}");
                 }
                 // Reasons never carry the password.
                 assert!(!report.reason.contains(PASSWORD), "{}", report.reason);
@@ -180,7 +138,7 @@ async fn node_credentials_of_every_kind() {
             let report = node_b_checker
                 .check(&image.reference, mode, std::slice::from_ref(&stale))
                 .await;
-            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+            assert_status!(report, CheckStatus::Available);
             assert_eq!(&report.credential_source, node_b_source);
         }
         // Only the stale secret on a node without credentials: it fails, and says which
@@ -203,27 +161,14 @@ async fn node_credentials_of_every_kind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn absent_tags_and_a_registry_that_is_down() {
     bounded(async {
-        let mut registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&registry, "team/app", "v1", ImageFormat::DockerV2S2)
-            .await
-            .unwrap();
-        let node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let checker = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let mut registry = started::open_registry().await;
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::DockerV2S2).await;
+        let node = started::bare_node().await;
+        let checker = checker_with(&node, PULL_AND_KEEP);
 
         // Kept after the pull: the node now holds it, so auto mode pulls from here on.
         let report = checker.check(&image.reference, CheckMode::Pull, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert!(report.image_present);
         assert!(node_images(&checker).await.contains(&image.reference));
 
@@ -232,20 +177,15 @@ async fn absent_tags_and_a_registry_that_is_down() {
         for reference in [&missing_tag, &missing_repo] {
             for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
                 let report = checker.check(reference, mode, &[]).await;
-                assert_eq!(
-                    report.status,
-                    CheckStatus::Absent,
-                    "{reference} {mode:?}: {}",
-                    report.reason
-                );
-                assert!(report.reason.contains("not found"), "{}", report.reason);
+                assert_status!(report, CheckStatus::Absent, "{reference} {mode:?}");
+                assert_reason_contains!(report, "not found");
             }
         }
         let missing_digest = format!("{}/team/app@sha256:{}", registry.host(), "0".repeat(64));
         let report = checker
             .check(&missing_digest, CheckMode::Resolve, &[])
             .await;
-        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        assert_status!(report, CheckStatus::Absent);
 
         let report = checker.check("Team/App:v1", CheckMode::Auto, &[]).await;
         assert_eq!(report.status, CheckStatus::BadImageFormat);
@@ -253,13 +193,8 @@ async fn absent_tags_and_a_registry_that_is_down() {
         registry.stop();
         for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
             let report = checker.check(&image.reference, mode, &[]).await;
-            assert_eq!(
-                report.status,
-                CheckStatus::RegistryUnavailable,
-                "{mode:?}: {}",
-                report.reason
-            );
-            assert!(report.reason.contains("refused"), "{}", report.reason);
+            assert_status!(report, CheckStatus::RegistryUnavailable, "{mode:?}");
+            assert_reason_contains!(report, "refused");
         }
         // auto on a present tag resolves first: with the registry down nothing is
         // known about the tag's digest, so the runtime is not asked (a tag pull could
@@ -269,7 +204,7 @@ async fn absent_tags_and_a_registry_that_is_down() {
         assert_eq!(report.tag_moved, None);
         registry.start_again().await.unwrap();
         let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         // Back up, the digest matches the node's: the runtime confirms by digest.
         assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, Some(false));
@@ -280,32 +215,26 @@ async fn absent_tags_and_a_registry_that_is_down() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let absent = push_image(&registry, "big/app", "v1", ImageFormat::OciIndex)
-            .await
-            .unwrap();
-        let present = push_image(&registry, "small/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        let node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        let absent = push_to(&registry, "big/app", "v1", ImageFormat::OciIndex).await;
+        let present = push_to(&registry, "small/app", "v1", ImageFormat::Oci).await;
+        let node = started::bare_node().await;
         let checker = checker(&node, NodeSetup::default());
         let before = node_images(&checker).await;
 
         // auto on an absent image, absent pulls not allowed: resolve, nothing fetched.
         let log_start = registry.log().len();
         let report = checker.check(&absent.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert_eq!(report.mode, CheckMode::Resolve);
         assert!(!report.image_present);
         let by_digest = format!("{}/big/app@{}", registry.host(), absent.digest);
         let report = checker.check(&by_digest, CheckMode::Resolve, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         // Even an explicit pull of an absent image resolves without --pull-absent-images.
         let report = checker.check(&absent.reference, CheckMode::Pull, &[]).await;
         assert_eq!(report.mode, CheckMode::Resolve);
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
 
         let log = registry.log()[log_start..].to_string();
         let configs = common::config_digests(&registry, "big/app", "v1").await;
@@ -324,19 +253,10 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
         );
 
         // A pull check of an image the node holds asks for the manifest only.
-        let puller = common::checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let puller = common::checker_with(&node, PULL_AND_KEEP);
         let report = puller.check(&present.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.mode, CheckMode::Pull);
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         let first_pull_log = registry.log();
         assert!(
             !blob_gets(&first_pull_log[log_start..]).is_empty(),
@@ -345,7 +265,7 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
         let log_start = first_pull_log.len();
         let report = puller.check(&present.reference, CheckMode::Auto, &[]).await;
         assert_eq!(report.mode, CheckMode::Pull);
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         let log = registry.log()[log_start..].to_string();
         let configs = common::config_digests(&registry, "small/app", "v1").await;
         assert!(common::layer_downloads(&log, &configs).is_empty(), "{log}");
@@ -360,14 +280,10 @@ async fn resolve_downloads_no_layers_and_pull_of_present_images_only_asks() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
     bounded(async {
-        let upstream = Registry::start(RegistryOptions::default()).await.unwrap();
-        let mirror = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&upstream, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        push_image(&mirror, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let upstream = started::open_registry().await;
+        let mirror = started::open_registry().await;
+        let image = push_to(&upstream, "team/app", "v1", ImageFormat::Oci).await;
+        push_to(&mirror, "team/app", "v1", ImageFormat::Oci).await;
         upstream
             .delete_manifest("team/app", &image.digest)
             .await
@@ -375,7 +291,7 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
         let head = upstream.head_manifest("team/app", "v1").await.unwrap();
         assert_eq!(head.status, 404, "the upstream lost the image");
 
-        let with_mirror = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let with_mirror = started::bare_node().await;
         with_mirror
             .write_hosts_toml(
                 &upstream.host(),
@@ -387,36 +303,14 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
                 ),
             )
             .unwrap();
-        let without_mirror = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let mirrored = checker(
-            &with_mirror,
-            NodeSetup {
-                options: Some(PULL_ABSENT),
-                ..Default::default()
-            },
-        );
-        let direct = checker(
-            &without_mirror,
-            NodeSetup {
-                options: Some(PULL_ABSENT),
-                ..Default::default()
-            },
-        );
+        let without_mirror = started::bare_node().await;
+        let mirrored = checker_with(&with_mirror, PULL_ABSENT);
+        let direct = checker_with(&without_mirror, PULL_ABSENT);
         for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = mirrored.check(&image.reference, mode, &[]).await;
-            assert_eq!(
-                report.status,
-                CheckStatus::Available,
-                "{mode:?} via mirror: {}",
-                report.reason
-            );
+            assert_status!(report, CheckStatus::Available, "{mode:?} via mirror");
             let report = direct.check(&image.reference, mode, &[]).await;
-            assert_eq!(
-                report.status,
-                CheckStatus::Absent,
-                "{mode:?} direct: {}",
-                report.reason
-            );
+            assert_status!(report, CheckStatus::Absent, "{mode:?} direct");
         }
         // The mirror was asked the way containerd asks mirrors: with ?ns=<upstream>.
         let ns = format!(
@@ -432,21 +326,14 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
         // A mirror that is down does not hide an upstream that has the image; an
         // upstream that lost it, behind a mirror that is down, is unavailable (the
         // mirror's failure is the first error, as containerd reports it).
-        let other = push_image(&upstream, "team/other", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let other = push_to(&upstream, "team/other", "v1", ImageFormat::Oci).await;
         let mut mirror = mirror;
         mirror.stop();
         for mode in [CheckMode::Resolve, CheckMode::Pull] {
             let report = mirrored.check(&other.reference, mode, &[]).await;
-            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+            assert_status!(report, CheckStatus::Available);
             let report = mirrored.check(&image.reference, mode, &[]).await;
-            assert_eq!(
-                report.status,
-                CheckStatus::RegistryUnavailable,
-                "{mode:?}: {}",
-                report.reason
-            );
+            assert_status!(report, CheckStatus::RegistryUnavailable, "{mode:?}");
         }
     })
     .await;
@@ -455,25 +342,12 @@ async fn a_hosts_toml_mirror_serves_what_the_upstream_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn containerd_restarted_mid_run() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        let mut node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let checker = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let registry = started::open_registry().await;
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
+        let mut node = started::bare_node().await;
+        let checker = checker_with(&node, PULL_AND_KEEP);
         let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         let version = checker.cri().version().await.unwrap();
         assert_eq!(version.runtime_name, "containerd");
 
@@ -482,16 +356,12 @@ async fn containerd_restarted_mid_run() {
         // The runtime being down says nothing about the image.
         assert!(report.runtime_failure, "{report:?}");
         assert_eq!(report.status, CheckStatus::UnknownError);
-        assert!(
-            report.reason.contains("runtime unreachable"),
-            "{}",
-            report.reason
-        );
+        assert_reason_contains!(report, "runtime unreachable");
 
         node.restart().await.unwrap();
         // The same client reconnects by itself; the image survived the restart.
         let report = checker.check(&image.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert_eq!(report.mode, CheckMode::Pull);
         assert!(node_images(&checker).await.contains(&image.reference));
     })
@@ -521,30 +391,15 @@ fn manifest_requests_by_digest(log: &str, digest: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let v1 = push_image(&registry, "app/web", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        let v2 = push_image(&registry, "app/web", "v2", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        let v1 = push_to(&registry, "app/web", "v1", ImageFormat::Oci).await;
+        let v2 = push_to(&registry, "app/web", "v2", ImageFormat::Oci).await;
         assert_ne!(v1.digest, v2.digest);
-        let node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node = started::bare_node().await;
         // The node pulled app/web:v1 when its pod started (as the kubelet would).
-        let kubelet = checker(
-            &node,
-            NodeSetup {
-                options: Some(CheckOptions {
-                    pull_absent_images: true,
-                    keep_pulled_images: true,
-                }),
-                ..Default::default()
-            },
-        );
+        let kubelet = checker_with(&node, PULL_AND_KEEP);
         let report = kubelet.check(&v1.reference, CheckMode::Pull, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
         let held_before = held_digests(&kubelet, &v1.reference).await;
         assert!(
@@ -557,7 +412,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
         let checker = checker(&node, NodeSetup::default());
         let log_start = registry.log().len();
         let report = checker.check(&v1.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, Some(false));
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
@@ -576,12 +431,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
         let log_start = registry.log().len();
         for mode in [CheckMode::Auto, CheckMode::Pull, CheckMode::Resolve] {
             let report = checker.check(&v1.reference, mode, &[]).await;
-            assert_eq!(
-                report.status,
-                CheckStatus::Available,
-                "{mode:?}: {}",
-                report.reason
-            );
+            assert_status!(report, CheckStatus::Available, "{mode:?}");
             assert_eq!(report.tag_moved, Some(true), "{mode:?}");
             assert_eq!(
                 report.mode,
@@ -626,7 +476,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
         // A digest reference cannot move: the held one is confirmed through the runtime.
         let pinned = format!("{}/app/web@{}", registry.host(), v1.digest);
         let report = checker.check(&pinned, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+        assert_status!(report, CheckStatus::Available);
         assert_eq!(report.mode, CheckMode::Pull);
         assert_eq!(report.tag_moved, None);
         assert_eq!(report.digest.as_deref(), Some(v1.digest.as_str()));
@@ -638,7 +488,7 @@ async fn a_moved_tag_is_reported_and_the_node_keeps_what_it_runs() {
             .await
             .unwrap();
         let report = checker.check(&v1.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        assert_status!(report, CheckStatus::Absent);
         assert_eq!(report.tag_moved, None);
         assert_eq!(report.held_digest.as_deref(), Some(v1.digest.as_str()));
         assert_eq!(held_digests(&checker, &v1.reference).await, held_before);
@@ -660,14 +510,12 @@ fn asked(registries: &[&Registry], starts: &[usize], repo: &str) -> Vec<bool> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_route_is_the_one_the_node_containerd_takes() {
     bounded(async {
-        let upstream = Registry::start(RegistryOptions::default()).await.unwrap();
-        let server = Registry::start(RegistryOptions::default()).await.unwrap();
+        let upstream = started::open_registry().await;
+        let server = started::open_registry().await;
         // Only `server` has the image: which registry a route asks decides the answer.
-        push_image(&server, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        push_to(&server, "team/app", "v1", ImageFormat::Oci).await;
         let image = format!("{}/team/app:v1", upstream.host());
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node = started::bare_node().await;
         let checker = checker(&node, NodeSetup::default());
         let version = checker.cri().version().await.unwrap();
         let dialect = pullwatch_agent::route::HostsDialect::for_runtime(
@@ -729,7 +577,7 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
             node.write_hosts_toml(&upstream.host(), &format!("server = \"http://{s}\"\n"))
                 .unwrap();
             let report = checker.check(&image, CheckMode::Resolve, &[]).await;
-            assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+            assert_status!(report, CheckStatus::Absent);
         }
     })
     .await;
@@ -740,25 +588,21 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_without_the_node_platform_is_absent_here() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let foreign = push_image(
+        let registry = started::open_registry().await;
+        let foreign = push_to(
             &registry,
             "foreign/app",
             "v1",
             ImageFormat::OciIndexOf(&["arm64/v8", "s390x"]),
-        )
-        .await
-        .unwrap();
-        let multi = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-            .await
-            .unwrap();
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        ).await;
+        let multi = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
+        let node = started::bare_node().await;
         let checker = checker(&node, NodeSetup::default());
         let here = pullwatch::Platform::host();
         assert_eq!(here.to_string(), "linux/amd64", "the bench runs on linux/amd64");
 
         let report = checker.check(&foreign.reference, CheckMode::Auto, &[]).await;
-        assert_eq!(report.status, CheckStatus::Absent, "{}", report.reason);
+        assert_status!(report, CheckStatus::Absent);
         assert_eq!(
             report.reason,
             "no match for platform linux/amd64 in the manifest index (it has linux/arm64, linux/s390x)"
@@ -776,7 +620,7 @@ async fn an_index_without_the_node_platform_is_absent_here() {
         let start = registry.log().len();
         for _ in 0..2 {
             let report = checker.check(&multi.reference, CheckMode::Resolve, &[]).await;
-            assert_eq!(report.status, CheckStatus::Available, "{}", report.reason);
+            assert_status!(report, CheckStatus::Available);
         }
         let log = registry.log()[start..].to_string();
         let index_gets = log

@@ -6,6 +6,10 @@ use std::process::Output;
 use std::time::Duration;
 
 use base64::Engine;
+use pullwatch_testbench::answers::{
+    assert_behaviour_answer, assert_output_without_behaviour_password,
+};
+use pullwatch_testbench::started;
 use pullwatch_testbench::{
     BEHAVIOUR_PASSWORD, BEHAVIOUR_USER, Behaviour, StubResponse, StubServer, hermetic_command,
     output_within, registry_behaviours, stdout_json,
@@ -72,24 +76,10 @@ async fn resolve_mode_classifies_every_registry_behaviour_like_the_aggregator() 
             &["--pull-secret-file", secret.to_str().unwrap()],
         )
         .await;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !stdout.contains(BEHAVIOUR_PASSWORD) && !stderr.contains(BEHAVIOUR_PASSWORD),
-            "a credential reached the output"
-        );
+        assert_output_without_behaviour_password(&output);
         let value = stdout_json(&output);
-        let reason = value["reason"].as_str().unwrap_or_default();
-        assert_eq!(value["status"], b.expected, "{}: {reason}", b.name);
+        let reason = assert_behaviour_answer(b, &value);
         assert_eq!(value["mode"], "resolve");
-        for text in &b.reason_has {
-            assert!(
-                reason.contains(text),
-                "{}: {text:?} not in {reason}",
-                b.name
-            );
-        }
-        assert!(reason.len() < 1000, "{}: {reason}", b.name);
         assert_eq!(
             value["credential_source"],
             format!("secret-file:{}", secret.display()),
@@ -161,9 +151,9 @@ async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
     use pullwatch_agent::route::RuntimeAuth;
-    use pullwatch_testbench::{ImageFormat, Registry, RegistryOptions, push_to};
+    use pullwatch_testbench::{ImageFormat, push_to};
 
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let hosts = tempfile::tempdir().unwrap();
     let resolver = Resolver::new(ResolverConfig {

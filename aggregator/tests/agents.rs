@@ -25,21 +25,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
-use pullwatch_agent::check::{CheckOptions, Checker};
-use pullwatch_agent::cri::{CriClient, CriTimeouts};
-use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::route::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
-    Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,
-    Registry, RegistryAuthConfig, RegistryOptions, TestApiServer, TestCa, assert_no_canary,
-    assert_no_canary_in_file, deployment, free_port, http_request, namespace, node, pod,
-    promtool_check_metrics, push_image, replicaset, secret_dockerconfigjson, with_owner,
-    with_pull_secrets,
+    Containerd, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy, Registry,
+    TestApiServer, TestCa, assert_no_canary, assert_no_canary_in_file, deployment, free_port,
+    http_request, namespace, node, pod, promtool_check_metrics, replicaset,
+    secret_dockerconfigjson, with_owner, with_pull_secrets,
 };
+use pullwatch_testbench::{push_to, started};
 use tokio::task::JoinHandle;
+
+/// Checkers on bench nodes, wired as `pullwatch-agent run` wires them.
+#[path = "../../agent/tests/common/mod.rs"]
+mod node_checkers;
+use node_checkers::NodeSetup;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
 const TEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -136,6 +136,13 @@ impl Serve {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// `GET path` on the metrics port.
+    async fn get(&self, path: &str) -> pullwatch_testbench::HttpResponse {
+        http_request(self.metrics, http::Method::GET, path, &[], Vec::new())
+            .await
+            .unwrap()
+    }
+
     /// The aggregator's /metrics (never carrying the canary).
     async fn metrics(&self) -> String {
         let text = match http_request(self.metrics, http::Method::GET, "/metrics", &[], Vec::new())
@@ -166,6 +173,37 @@ impl Serve {
         }
     }
 
+    /// Agents on two fresh nodes without credentials of their own, `node-a` and
+    /// `node-b`, each with its token (see [`two_zoned_nodes_with_agent_tokens`]) written
+    /// in `dir`, once both are connected.
+    async fn connect_token_agents(&self, dir: &Path) -> [(Containerd, Agent); 2] {
+        let mut agents = Vec::new();
+        for name in ["node-a", "node-b"] {
+            let node = started::bare_node().await;
+            let session = self.session(name, &agent_token_file(dir, name), &[]);
+            let agent = Agent::start(&node, None, session);
+            agents.push((node, agent));
+        }
+        for (_, agent) in &agents {
+            agent.wait_connected().await;
+        }
+        agents
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two agents"))
+    }
+
+    /// An agent on `node` registering as `name` with the shared token and node
+    /// `labels`, once connected.
+    async fn connect_agent(&self, node: &Containerd, name: &str, labels: &[(&str, &str)]) -> Agent {
+        let agent = Agent::start(
+            node,
+            None,
+            self.session(name, &self.shared_token_file(), labels),
+        );
+        agent.wait_connected().await;
+        agent
+    }
+
     /// A session config for an agent on `node` with `token_file` and node labels.
     fn session(&self, node: &str, token_file: &Path, labels: &[(&str, &str)]) -> SessionConfig {
         SessionConfig {
@@ -184,6 +222,60 @@ impl Serve {
             )
         }
     }
+}
+
+/// `serve` arguments: workloads from the manifest files in `dir`, checked every
+/// `interval`.
+fn manifests_args(dir: &tempfile::TempDir, interval: &str) -> Vec<String> {
+    let dir = dir.path().display().to_string();
+    ["--manifests", &dir, "--check-interval", interval]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `serve` arguments: workloads from the cluster `kubeconfig` names, checked every 2 s.
+fn kubeconfig_args(kubeconfig: &Path) -> Vec<String> {
+    let kubeconfig = kubeconfig.display().to_string();
+    ["--kubeconfig", &kubeconfig, "--check-interval", "2s"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `serve` arguments: nodes grouped by zone.
+fn zone_groups() -> Vec<String> {
+    vec!["--node-group-label".into(), ZONE.into()]
+}
+
+/// Nodes `node-a` (zone z1) and `node-b` (zone z2), one per zone so both check, each
+/// with its agent pod's projected token `token-<node>` for `audience`.
+fn two_zoned_nodes_with_agent_tokens(api: &TestApiServer, audience: &str) {
+    for (name, zone) in [("node-a", "z1"), ("node-b", "z2")] {
+        api.apply(&node(name, &[(ZONE, zone)])).unwrap();
+        api.add_agent_pod_token(
+            &format!("token-{name}"),
+            AGENT_NAMESPACE,
+            AGENT_SERVICE_ACCOUNT,
+            &format!("pullwatch-agent-{name}"),
+            name,
+            &[audience],
+        )
+        .unwrap();
+    }
+}
+
+/// The token file of `node`'s agent (see [`two_zoned_nodes_with_agent_tokens`]), in `dir`.
+fn agent_token_file(dir: &Path, node: &str) -> PathBuf {
+    let path = dir.join(format!("token-{node}"));
+    std::fs::write(&path, format!("token-{node}")).unwrap();
+    path
+}
+
+/// An agent's series saying a resolve-mode check of `image` with credentials from
+/// `source` ended in `status`.
+fn node_check_status(source: &str, image: &str, status: &str) -> String {
+    format!(
+        "pullwatch_agent_check_status{{credential_source=\"{source}\",image=\"{image}\",mode=\"resolve\",status=\"{status}\"}} 1"
+    )
 }
 
 /// The value of the series whose line starts with `prefix` (labels included).
@@ -212,54 +304,21 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(node: &Containerd, plugin: Option<(String, String)>, config: SessionConfig) -> Agent {
+    /// Starts the agent's session loop with a checker for `node` (and its credential
+    /// provider `plugin`: see [`node_checkers::plugin`]).
+    fn start(
+        node: &Containerd,
+        plugin: Option<(String, String, String)>,
+        config: SessionConfig,
+    ) -> Agent {
         let metrics = Arc::new(AgentMetrics::new().unwrap());
-        let kubelet_dir = node.dir().join("kubelet");
-        std::fs::create_dir_all(&kubelet_dir).unwrap();
-        let (provider_config, provider_bin_dir) = match plugin {
-            None => (None, None),
-            Some((yaml, script)) => {
-                let (config, bin) = node
-                    .install_credential_provider("test-provider", &script, &yaml)
-                    .unwrap();
-                (Some(config), Some(bin))
-            }
-        };
-        let keyring = NodeKeyring::new(&KeyringConfig {
-            kubelet_root_dir: kubelet_dir.clone(),
-            config_json_dirs: Some(vec![kubelet_dir.clone()]),
-            dockercfg_dirs: Some(vec![kubelet_dir]),
-            provider_config,
-            provider_bin_dir,
-        })
-        .unwrap();
-        // As `pullwatch-agent run`: the metrics hear the quotas registries announce.
-        let resolver = Resolver::observed(
-            ResolverConfig {
-                hosts_dir: node.hosts_dir(),
-                runtime_auth: RuntimeAuth::load(node.config_path()).unwrap(),
-                request_timeout: Duration::from_secs(10),
-            },
-            pullwatch::registry::pull_path::WalkSettings::default(),
-            metrics.clone(),
-        );
-        let observer: Arc<dyn pullwatch_agent::cri::CallObserver> = metrics.clone();
-        let cri = CriClient::new(
-            &node.endpoint(),
-            CriTimeouts {
-                call: Duration::from_secs(10),
-                pull: Duration::from_secs(60),
-            },
-            Some(observer),
-        )
-        .unwrap();
-        let checker = Checker::new(
-            cri,
-            Arc::new(keyring),
-            Arc::new(resolver),
-            CheckOptions {
-                pull_absent_images: false,
-                keep_pulled_images: false,
+        let checker = node_checkers::checker(
+            node,
+            NodeSetup {
+                plugin,
+                observer: Some(metrics.clone()),
+                registry_observer: Some(metrics.clone()),
+                ..NodeSetup::default()
             },
         );
         let task = tokio::spawn(session::run(Arc::new(checker), metrics.clone(), config));
@@ -285,6 +344,13 @@ impl Agent {
 
     /// Kills the agent, as a node going down would: its stream just ends.
     fn kill(self) {
+        drop(self);
+    }
+}
+
+/// An agent lives as long as its test's scope, even when the test fails.
+impl Drop for Agent {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
@@ -292,15 +358,9 @@ impl Agent {
 /// A registry only `alice` may pull from, with one image; the manifest of a
 /// Deployment `shop/web` using it without pull secrets.
 async fn private_registry() -> (Registry, String) {
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some((USER.into(), PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
+    let registry = started::private_registry(USER, PASSWORD).await;
+    let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci)
         .await
-        .unwrap()
         .reference;
     (registry, image)
 }
@@ -322,33 +382,13 @@ fn manifests_dir(image: &str) -> tempfile::TempDir {
     dir
 }
 
-/// containerd with the registry's credentials in its own config: node credentials.
-async fn node_with_credentials(registry: &Registry) -> Containerd {
-    Containerd::start(ContainerdOptions {
-        registry_auths: vec![RegistryAuthConfig {
-            host: registry.host(),
-            username: USER.into(),
-            password: PASSWORD.into(),
-        }],
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn node_credentials_make_an_image_available_and_node_groups_can_disagree() {
     bounded(async {
         let (registry, image) = private_registry().await;
         let manifests = manifests_dir(&image);
         let serve = Serve::start(
-            &[
-                "--manifests".into(),
-                manifests.path().display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-                "--node-group-label".into(),
-                ZONE.into(),
-            ],
+            &[manifests_args(&manifests, "2s"), zone_groups()].concat(),
             Auth::SharedToken,
         );
         let web = |status: &str| canonical(status, "shop", "web", &image);
@@ -360,46 +400,50 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
             })
             .await;
         assert!(value(&text, "pullwatch_checks_total{via=\"central\"}").unwrap_or(0.0) >= 1.0);
-        assert!(!text.contains("pullwatch_image_nodes{"), "no node checked yet");
+        assert!(
+            !text.contains("pullwatch_image_nodes{"),
+            "no node checked yet"
+        );
         assert_eq!(value(&text, "pullwatch_agents_connected"), Some(0.0));
 
         // A node whose containerd has the registry's credentials: available.
-        let node_a = node_with_credentials(&registry).await;
-        let agent_a = Agent::start(
-            &node_a,
-            None,
-            serve.session("node-a", &serve.shared_token_file(), &[(ZONE, "z1")]),
-        );
-        agent_a.wait_connected().await;
+        let node_a = started::node_with_credentials(&registry, USER, PASSWORD).await;
+        let agent_a = serve
+            .connect_agent(&node_a, "node-a", &[(ZONE, "z1")])
+            .await;
         let text = serve
-            .wait_metrics("the node's answer", |t| value(t, &web("available")) == Some(1.0))
+            .wait_metrics("the node's answer", |t| {
+                value(t, &web("available")) == Some(1.0)
+            })
             .await;
         assert_eq!(value(&text, &web("authentication_failure")), Some(0.0));
         assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
-        assert_eq!(value(&text, &image_nodes(&image, "authentication_failure")), Some(0.0));
+        assert_eq!(
+            value(&text, &image_nodes(&image, "authentication_failure")),
+            Some(0.0)
+        );
         assert!(value(&text, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0);
         assert_eq!(value(&text, "pullwatch_agents_connected"), Some(1.0));
         assert!(
-            value(&text, &format!("pullwatch_image_cached_nodes{{image=\"{image}\"}} ")).is_some()
+            value(
+                &text,
+                &format!("pullwatch_image_cached_nodes{{image=\"{image}\"}} ")
+            )
+            .is_some()
         );
         let node_view = agent_a.render();
         assert!(
-            node_view.contains(&format!(
-                "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
-            )),
+            node_view.contains(&node_check_status("runtime", &image, "available")),
             "{node_view}"
         );
         promtool_check_metrics(&text).unwrap();
 
         // A node in another zone without credentials: the nodes disagree, and the
         // failing node's status is the canonical one (a pod there would not start).
-        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let agent_b = Agent::start(
-            &node_b,
-            None,
-            serve.session("node-b", &serve.shared_token_file(), &[(ZONE, "z2")]),
-        );
-        agent_b.wait_connected().await;
+        let node_b = started::bare_node().await;
+        let agent_b = serve
+            .connect_agent(&node_b, "node-b", &[(ZONE, "z2")])
+            .await;
         let text = serve
             .wait_metrics("both zones' answers", |t| {
                 value(t, &image_nodes(&image, "authentication_failure")) == Some(1.0)
@@ -409,15 +453,16 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
         assert_eq!(value(&text, &web("available")), Some(0.0));
         assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
         assert_eq!(value(&text, "pullwatch_agents_connected"), Some(2.0));
-        assert!(agent_b.render().contains("status=\"authentication_failure\""));
+        assert!(
+            agent_b
+                .render()
+                .contains("status=\"authentication_failure\"")
+        );
         promtool_check_metrics(&text).unwrap();
         // Secrets never appear anywhere.
         assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
         // The results say which node said what, and why.
-        let api = http_request(serve.metrics, http::Method::GET, "/api/v1/images", &[], Vec::new())
-            .await
-            .unwrap()
-            .text();
+        let api = serve.get("/api/v1/images").await.text();
         assert_no_canary("/api/v1/images", &api);
         let api: serde_json::Value = serde_json::from_str(&api).unwrap();
         let entry = api["images"]
@@ -431,7 +476,12 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| (n["node"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().to_string(),
+                    n["status"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             nodes,
@@ -441,11 +491,13 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
             ],
             "{entry}"
         );
-        assert!(entry["nodes"][1]["reason"].as_str().is_some_and(|r| r.contains("401")), "{entry}");
-        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
-            .await
-            .unwrap()
-            .text();
+        assert!(
+            entry["nodes"][1]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("401")),
+            "{entry}"
+        );
+        let page = serve.get("/").await.text();
         assert!(
             page.contains("node-a: available; node-b: authentication_failure"),
             "the page names the disagreement: {page}"
@@ -461,49 +513,20 @@ async fn node_credentials_make_an_image_available_and_node_groups_can_disagree()
             })
             .await;
         assert_eq!(value(&text, &image_nodes(&image, "available")), Some(1.0));
-        agent_a.kill();
     })
     .await;
-}
-
-/// A credential-provider plugin for `host` that takes `delay` seconds and logs each
-/// request to `log`: (CredentialProviderConfig YAML, script body).
-fn slow_plugin(host: &str, log: &Path, delay: u32) -> (String, String) {
-    let yaml = format!(
-        "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: test-provider\n    matchImages: [\"{host}\"]\n    defaultCacheDuration: 1m\n    apiVersion: credentialprovider.kubelet.k8s.io/v1\n"
-    );
-    let response = serde_json::json!({
-        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
-        "kind": "CredentialProviderResponse",
-        "cacheKeyType": "Registry",
-        "auth": {host: {"username": USER, "password": PASSWORD}},
-    });
-    let script = format!(
-        "cat >> '{log}'\necho >> '{log}'\nsleep {delay}\nprintf '%s' '{response}'",
-        log = log.display()
-    );
-    (yaml, script)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_killed_while_checking_has_its_check_moved() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let image = push_image(&registry, "team/app", "v1", ImageFormat::Oci)
+        let registry = started::open_registry().await;
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci)
             .await
-            .unwrap()
             .reference;
         let manifests = manifests_dir(&image);
         // A long interval: only an agent joining makes the reference due again.
-        let serve = Serve::start(
-            &[
-                "--manifests".into(),
-                manifests.path().display().to_string(),
-                "--check-interval".into(),
-                "1h".into(),
-            ],
-            Auth::SharedToken,
-        );
+        let serve = Serve::start(&manifests_args(&manifests, "1h"), Auth::SharedToken);
         let web = |status: &str| canonical(status, "shop", "web", &image);
         serve
             .wait_metrics("the central check", |t| {
@@ -513,13 +536,15 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             .await;
 
         // node-1's credential provider answers only after a minute: its check hangs.
-        let node_1 = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
+        let node_1 = started::bare_node().await;
         let plugin_log = node_1.dir().join("plugin.log");
         let agent_1 = Agent::start(
             &node_1,
-            Some(slow_plugin(&registry.host(), &plugin_log, 60)),
+            Some(node_checkers::plugin_answering_after(
+                &registry.host(),
+                &plugin_log,
+                60,
+            )),
             serve.session("node-1", &serve.shared_token_file(), &[]),
         );
         agent_1.wait_connected().await;
@@ -536,15 +561,8 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // node-2 joins while node-1 is busy; then node-1 dies mid-check.
-        let node_2 = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let agent_2 = Agent::start(
-            &node_2,
-            None,
-            serve.session("node-2", &serve.shared_token_file(), &[]),
-        );
-        agent_2.wait_connected().await;
+        let node_2 = started::bare_node().await;
+        let agent_2 = serve.connect_agent(&node_2, "node-2", &[]).await;
         let killed_at = Instant::now();
         agent_1.kill();
 
@@ -579,7 +597,6 @@ async fn an_agent_killed_while_checking_has_its_check_moved() {
             "{}",
             serve.log()
         );
-        agent_2.kill();
     })
     .await;
 }
@@ -614,24 +631,12 @@ async fn manifests_mode_sends_no_pull_secret_to_agents() {
             std::fs::write(dir.path().join(format!("{i}.json")), doc.to_string()).unwrap();
         }
         let serve = Serve::start(
-            &[
-                "--manifests".into(),
-                dir.path().display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-            ],
+            &manifests_args(&dir, "2s"),
             Auth::SharedToken,
         );
-        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let agent = Agent::start(
-            &node_a,
-            None,
-            serve.session("node-a", &serve.shared_token_file(), &[]),
-        );
-        agent.wait_connected().await;
-        let failing_alone = format!(
-            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
-        );
+        let node_a = started::bare_node().await;
+        let agent = serve.connect_agent(&node_a, "node-a", &[]).await;
+        let failing_alone = node_check_status("runtime", &image, "authentication_failure");
         let web = canonical("available", "shop", "web", &image);
         let pod = format!(
             "k8s_image_availability_exporter_available{{container=\"c0\",image=\"{image}\",kind=\"pod\",name=\"web-1\",namespace=\"shop\"}} "
@@ -648,7 +653,6 @@ async fn manifests_mode_sends_no_pull_secret_to_agents() {
         assert_eq!(value(&text, &pod), Some(1.0), "{text}");
         assert_eq!(value(&text, "pullwatch_checks_total{via=\"agents\"}"), None);
         assert!(!text.contains("pullwatch_image_nodes{"), "an inconclusive answer is no node view");
-        agent.kill();
     })
     .await;
 }
@@ -673,10 +677,19 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         let (registry, image) = private_registry().await;
         let api = TestApiServer::start().await.unwrap();
         api.apply(&namespace("shop", &[])).unwrap();
-        api.apply(&secret_dockerconfigjson("shop", "regcred", &registry.host(), USER, PASSWORD))
-            .unwrap();
+        api.apply(&secret_dockerconfigjson(
+            "shop",
+            "regcred",
+            &registry.host(),
+            USER,
+            PASSWORD,
+        ))
+        .unwrap();
         let web = api
-            .apply(&with_pull_secrets(deployment("shop", "web", &[&image]), &["regcred"]))
+            .apply(&with_pull_secrets(
+                deployment("shop", "web", &[&image]),
+                &["regcred"],
+            ))
             .unwrap();
         // The Deployment's ReplicaSet: its pods are the Deployment's.
         api.apply(&with_owner(
@@ -684,74 +697,33 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             &web,
         ))
         .unwrap();
-        api.apply(&web_pod(&api, "web-5d8f-x1", &image, "node-a")).unwrap();
+        api.apply(&web_pod(&api, "web-5d8f-x1", &image, "node-a"))
+            .unwrap();
         // One node per zone, so both check: serve reads the zone from the Node objects
         // (the agents send no labels).
-        api.apply(&node("node-a", &[(ZONE, "z1")])).unwrap();
-        api.apply(&node("node-b", &[(ZONE, "z2")])).unwrap();
-        // Both agents' projected tokens, each bound to its node.
         let audience = "pullwatch-agents";
-        for node in ["node-a", "node-b"] {
-            api.add_agent_pod_token(
-                &format!("token-{node}"),
-                AGENT_NAMESPACE,
-                AGENT_SERVICE_ACCOUNT,
-                &format!("pullwatch-agent-{node}"),
-                node,
-                &[audience],
-            )
-            .unwrap();
-        }
+        two_zoned_nodes_with_agent_tokens(&api, audience);
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.kubeconfig(dir.path()).unwrap();
         let serve = Serve::start(
-            &[
-                "--kubeconfig".into(),
-                kubeconfig.display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-                "--node-group-label".into(),
-                ZONE.into(),
-            ],
+            &[kubeconfig_args(&kubeconfig), zone_groups()].concat(),
             Auth::TokenReview(audience),
         );
         let web = |status: &str| canonical(status, "shop", "web", &image);
         // Central check, with the secret: available.
         serve
-            .wait_metrics("the central check", |t| value(t, &web("available")) == Some(1.0))
+            .wait_metrics("the central check", |t| {
+                value(t, &web("available")) == Some(1.0)
+            })
             .await;
 
         // Neither node has credentials of its own.
-        let node_a = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let node_b = Containerd::start(ContainerdOptions::default()).await.unwrap();
-        let token_file = |node: &str| {
-            let path = dir.path().join(format!("token-{node}"));
-            std::fs::write(&path, format!("token-{node}")).unwrap();
-            path
-        };
-        let agent_a = Agent::start(
-            &node_a,
-            None,
-            serve.session("node-a", &token_file("node-a"), &[]),
-        );
-        let agent_b = Agent::start(
-            &node_b,
-            None,
-            serve.session("node-b", &token_file("node-b"), &[]),
-        );
-        agent_a.wait_connected().await;
-        agent_b.wait_connected().await;
+        let [(_node_a, agent_a), (_node_b, agent_b)] = serve.connect_token_agents(dir.path()).await;
         assert!(api.token_reviews() >= 2);
 
         let secret_source = "secret/shop/regcred";
-        let a_has = |status: &str| {
-            format!(
-                "pullwatch_agent_check_status{{credential_source=\"{secret_source}\",image=\"{image}\",mode=\"resolve\",status=\"{status}\"}} 1"
-            )
-        };
-        let b_alone = format!(
-            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
-        );
+        let a_has = |status: &str| node_check_status(secret_source, &image, status);
+        let b_alone = node_check_status("runtime", &image, "authentication_failure");
         let text = serve
             .wait_metrics("both nodes' answers", |t| {
                 value(t, &image_nodes(&image, "available")) == Some(1.0)
@@ -763,20 +735,24 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         // got none and failed with its own keyring. That failure is not what its
         // kubelet would see (it would have the pod's secret): the image stays
         // available and node-b is not counted as disagreeing.
-        assert!(!agent_b.render().contains(secret_source), "{}", agent_b.render());
+        assert!(
+            !agent_b.render().contains(secret_source),
+            "{}",
+            agent_b.render()
+        );
         assert_eq!(value(&text, &web("available")), Some(1.0));
-        assert_eq!(value(&text, &image_nodes(&image, "authentication_failure")), Some(0.0));
+        assert_eq!(
+            value(&text, &image_nodes(&image, "authentication_failure")),
+            Some(0.0)
+        );
         assert!(value(&text, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0);
 
         // The pod moves to node-b: from now on the secret goes there, and not to node-a.
         assert!(api.delete::<Pod>("shop", "web-5d8f-x1"));
-        api.apply(&web_pod(&api, "web-5d8f-x2", &image, "node-b")).unwrap();
-        let b_has = format!(
-            "pullwatch_agent_check_status{{credential_source=\"{secret_source}\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
-        );
-        let a_alone = format!(
-            "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"authentication_failure\"}} 1"
-        );
+        api.apply(&web_pod(&api, "web-5d8f-x2", &image, "node-b"))
+            .unwrap();
+        let b_has = node_check_status(secret_source, &image, "available");
+        let a_alone = node_check_status("runtime", &image, "authentication_failure");
         serve
             .wait_metrics("the secret to follow the pod", |_| {
                 agent_b.render().contains(&b_has) && agent_a.render().contains(&a_alone)
@@ -785,9 +761,10 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
         let text = serve.metrics().await;
         assert_eq!(value(&text, &web("available")), Some(1.0));
         assert!(!text.contains(PASSWORD) && !serve.log().contains(PASSWORD));
-        assert!(!serve.log().contains("token-node-a"), "tokens stay out of logs");
-        agent_a.kill();
-        agent_b.kill();
+        assert!(
+            !serve.log().contains("token-node-a"),
+            "tokens stay out of logs"
+        );
     })
     .await;
 }
@@ -861,25 +838,13 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let v1 = push_image(&registry, "app/web", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
-        let v2 = push_image(&registry, "app/web", "v2", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        let v1 = push_to(&registry, "app/web", "v1", ImageFormat::Oci).await;
+        let v2 = push_to(&registry, "app/web", "v2", ImageFormat::Oci).await;
         let image = v1.reference.clone();
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node = started::bare_node().await;
         // The kubelet pulled v1 when the pod started.
-        let cri = CriClient::new(
-            &node.endpoint(),
-            CriTimeouts {
-                call: Duration::from_secs(10),
-                pull: Duration::from_secs(60),
-            },
-            None,
-        )
-        .unwrap();
+        let cri = node_checkers::cri_client(&node, None);
         cri.pull_image(&image, None).await.unwrap();
         let held = || async {
             cri.image_status(&image)
@@ -889,26 +854,16 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
                 .unwrap_or_default()
         };
         let held_before = held().await;
-        assert!(held_before.iter().any(|d| d.ends_with(&v1.digest)), "{held_before:?}");
+        assert!(
+            held_before.iter().any(|d| d.ends_with(&v1.digest)),
+            "{held_before:?}"
+        );
 
         registry.move_tag("app/web", "v2", "v1").await.unwrap();
         let log_start = registry.log().len();
         let manifests = manifests_dir(&image);
-        let serve = Serve::start(
-            &[
-                "--manifests".into(),
-                manifests.path().display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-            ],
-            Auth::SharedToken,
-        );
-        let agent = Agent::start(
-            &node,
-            None,
-            serve.session("node-a", &serve.shared_token_file(), &[]),
-        );
-        agent.wait_connected().await;
+        let serve = Serve::start(&manifests_args(&manifests, "2s"), Auth::SharedToken);
+        let agent = serve.connect_agent(&node, "node-a", &[]).await;
         let text = serve
             .wait_metrics("the node's answer", |t| {
                 value(t, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0
@@ -924,9 +879,7 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
             "{node_view}"
         );
         assert!(
-            node_view.contains(&format!(
-                "pullwatch_agent_check_status{{credential_source=\"runtime\",image=\"{image}\",mode=\"resolve\",status=\"available\"}} 1"
-            )),
+            node_view.contains(&node_check_status("runtime", &image, "available")),
             "a moved tag is resolved, never pulled: {node_view}"
         );
         assert_eq!(held().await, held_before, "the node's tag was re-pointed");
@@ -948,12 +901,11 @@ async fn a_moved_tag_is_reported_through_the_aggregator_and_never_pulled() {
             "the runtime was asked for something:\n{log}"
         );
         assert!(
-            !log
-                .lines()
-                .any(|l| l.contains(&format!("/manifests/{}", v2.digest)) && l.contains("containerd/")),
+            !log.lines()
+                .any(|l| l.contains(&format!("/manifests/{}", v2.digest))
+                    && l.contains("containerd/")),
             "the runtime was asked for the new manifest:\n{log}"
         );
-        agent.kill();
     })
     .await;
 }
@@ -997,20 +949,8 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
             .unwrap();
             api.apply(&pod_on(ns, node)).unwrap();
         }
-        api.apply(&node("node-a", &[(ZONE, "z1")])).unwrap();
-        api.apply(&node("node-b", &[(ZONE, "z2")])).unwrap();
         let audience = "pullwatch-agents";
-        for node in ["node-a", "node-b"] {
-            api.add_agent_pod_token(
-                &format!("token-{node}"),
-                AGENT_NAMESPACE,
-                AGENT_SERVICE_ACCOUNT,
-                &format!("pullwatch-agent-{node}"),
-                node,
-                &[audience],
-            )
-            .unwrap();
-        }
+        two_zoned_nodes_with_agent_tokens(&api, audience);
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.kubeconfig(dir.path()).unwrap();
         // The original's repository is mirrored to a closed port: one check key for both
@@ -1021,39 +961,14 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
             .unwrap();
         let serve = Serve::start(
             &[
-                "--kubeconfig".into(),
-                kubeconfig.display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-                "--node-group-label".into(),
-                ZONE.into(),
-                format!("--image-mirror={original}=127.0.0.1:1/mirror"),
-            ],
+                kubeconfig_args(&kubeconfig),
+                zone_groups(),
+                vec![format!("--image-mirror={original}=127.0.0.1:1/mirror")],
+            ]
+            .concat(),
             Auth::TokenReview(audience),
         );
-        let node_a = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let node_b = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let token_file = |node: &str| {
-            let path = dir.path().join(format!("token-{node}"));
-            std::fs::write(&path, format!("token-{node}")).unwrap();
-            path
-        };
-        let agent_a = Agent::start(
-            &node_a,
-            None,
-            serve.session("node-a", &token_file("node-a"), &[]),
-        );
-        let agent_b = Agent::start(
-            &node_b,
-            None,
-            serve.session("node-b", &token_file("node-b"), &[]),
-        );
-        agent_a.wait_connected().await;
-        agent_b.wait_connected().await;
+        let [(_node_a, agent_a), (_node_b, agent_b)] = serve.connect_token_agents(dir.path()).await;
         let a_has = format!(
             "pullwatch_agent_check_status{{credential_source=\"secret/a/regcred\",image=\"{image}\""
         );
@@ -1068,8 +983,6 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
         let b = agent_b.render();
         assert!(!b.contains("secret/a/"), "a's secret reached node-b:\n{b}");
         assert!(b.contains("credential_source=\"runtime\""), "{b}");
-        agent_a.kill();
-        agent_b.kill();
     })
     .await;
 }
@@ -1085,24 +998,14 @@ async fn with_mirrors_a_namespace_secret_reaches_only_its_own_nodes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        push_image(&registry, "team/app", "v1", ImageFormat::Oci)
-            .await
-            .unwrap();
+        let registry = started::open_registry().await;
+        push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
         let proxy = QuotaProxy::start(registry.addr(), 100).await.unwrap();
         proxy.set_remaining(76);
         let host = proxy.host();
         let image = format!("{host}/team/app:v1");
         let manifests = manifests_dir(&image);
-        let serve = Serve::start(
-            &[
-                "--manifests".into(),
-                manifests.path().display().to_string(),
-                "--check-interval".into(),
-                "2s".into(),
-            ],
-            Auth::SharedToken,
-        );
+        let serve = Serve::start(&manifests_args(&manifests, "2s"), Auth::SharedToken);
         let central =
             |name: &str| format!("pullwatch_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
         // 76, less the one pull the first walk spent fetching the manifest by digest.
@@ -1130,15 +1033,8 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             })
             .await;
 
-        let node = Containerd::start(ContainerdOptions::default())
-            .await
-            .unwrap();
-        let agent = Agent::start(
-            &node,
-            None,
-            serve.session("node-q", &serve.shared_token_file(), &[]),
-        );
-        agent.wait_connected().await;
+        let node = started::bare_node().await;
+        let agent = serve.connect_agent(&node, "node-q", &[]).await;
         proxy.set_remaining(7);
         // The agent's own walk spends one pull for the digest it had not seen (before or
         // after the reset to 7): the node's series follows the proxy's latest answer.
@@ -1183,15 +1079,7 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
         );
 
         // Results with reasons carry the quota per registry and vantage point.
-        let api = http_request(
-            serve.metrics,
-            http::Method::GET,
-            "/api/v1/images",
-            &[],
-            Vec::new(),
-        )
-        .await
-        .unwrap();
+        let api = serve.get("/api/v1/images").await;
         let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
         let quotas = json["registries"].as_array().unwrap();
         assert_eq!(quotas.len(), 1, "{json}");
@@ -1205,10 +1093,7 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
             quotas[0]["nodes"][0]["window_seconds"],
             QUOTA_WINDOW_SECONDS
         );
-        let page = http_request(serve.metrics, http::Method::GET, "/", &[], Vec::new())
-            .await
-            .unwrap()
-            .text();
+        let page = serve.get("/").await.text();
         let low = page
             .lines()
             .find(|l| l.starts_with("<tr class=\"quota low\"") && l.contains("node node-q"))

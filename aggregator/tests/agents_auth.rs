@@ -25,6 +25,10 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Checkers wired as `pullwatch-agent run` wires them.
+#[path = "../../agent/tests/common/mod.rs"]
+mod node_checkers;
+
 const AUDIENCE: &str = "pullwatch-agents";
 const NAMESPACE: &str = "pullwatch";
 const AGENT_SA: &str = "pullwatch-agent";
@@ -463,49 +467,6 @@ async fn the_shared_token_still_works_beside_token_review() {
     .await;
 }
 
-/// A checker whose runtime socket does not exist: enough for the session loop to
-/// register (it reports no images) without a containerd.
-fn idle_checker(dir: &Path) -> pullwatch_agent::check::Checker {
-    use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
-    use pullwatch_agent::check::{CheckOptions, Checker};
-    use pullwatch_agent::cri::{CriClient, CriTimeouts};
-    use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
-    use pullwatch_agent::route::RuntimeAuth;
-    let kubelet = dir.join("kubelet");
-    std::fs::create_dir_all(&kubelet).unwrap();
-    let keyring = NodeKeyring::new(&KeyringConfig {
-        kubelet_root_dir: kubelet.clone(),
-        config_json_dirs: Some(vec![kubelet.clone()]),
-        dockercfg_dirs: Some(vec![kubelet]),
-        provider_config: None,
-        provider_bin_dir: None,
-    })
-    .unwrap();
-    let resolver = Resolver::new(ResolverConfig {
-        hosts_dir: dir.join("certs.d"),
-        runtime_auth: RuntimeAuth::default(),
-        request_timeout: Duration::from_secs(1),
-    });
-    let cri = CriClient::new(
-        &format!("unix://{}", dir.join("none.sock").display()),
-        CriTimeouts {
-            call: Duration::from_secs(1),
-            pull: Duration::from_secs(1),
-        },
-        None,
-    )
-    .unwrap();
-    Checker::new(
-        cri,
-        Arc::new(keyring),
-        Arc::new(resolver),
-        CheckOptions {
-            pull_absent_images: false,
-            keep_pulled_images: false,
-        },
-    )
-}
-
 /// cert-manager rotates the agent-server Secret (a new CA, a new key pair) and the
 /// agents' CA bundle: the running server hands the new certificate to new
 /// connections, and the agent trusts the new CA at its next session; neither restarts.
@@ -535,7 +496,7 @@ async fn certificates_rotate_without_restarts() {
         };
         let metrics = Arc::new(pullwatch_agent::metrics::AgentMetrics::new().unwrap());
         let agent = tokio::spawn(pullwatch_agent::session::run(
-            Arc::new(idle_checker(dir.path())),
+            Arc::new(node_checkers::idle_checker(dir.path())),
             metrics,
             config,
         ));

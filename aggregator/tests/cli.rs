@@ -5,15 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
-    CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, SilentServer, assert_no_canary,
-    free_port, http_request, promtool_check_metrics, push_to,
+    CANARY_PASSWORD, ImageFormat, Registry, SilentServer, assert_no_canary, free_port,
+    http_request, promtool_check_metrics, push_to,
 };
+use pullwatch_testbench::{assert_reason_contains, started};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pullwatch-aggregator");
 
@@ -25,6 +26,19 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
+}
+
+/// `check -f <path> -o json --allow-plain-http` with `extra` arguments and `envs`.
+fn check_json(path: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let args = ["check", "-f", path, "-o", "json", "--allow-plain-http"];
+    run(&[&args, extra].concat(), envs)
+}
+
+/// Writes `content` to `name` in `dir`; its path.
+fn write_file(dir: &tempfile::TempDir, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).unwrap();
+    path
 }
 
 fn secret_yaml(namespace: &str, name: &str, host: &str, user: &str, password: &str) -> String {
@@ -64,13 +78,8 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let open = Registry::start(RegistryOptions::default()).await.unwrap();
-    let private = Registry::start(RegistryOptions {
-        htpasswd: Some(("bob".into(), CANARY_PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let open = started::open_registry().await;
+    let private = started::private_registry("bob", CANARY_PASSWORD).await;
     let public_image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
         .reference;
@@ -113,7 +122,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
         deployment_yaml("other", "no-secret", &[&f.private_image], Some("regcred")),
         deployment_yaml("other", "typo", &["Not A Valid Image"], None),
     ];
-    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+    write_file(&dir, "all.yaml", manifests.join("---\n"));
 
     let output = run(
         &["check", "-f", dir.path().to_str().unwrap(), "-o", "json"],
@@ -161,8 +170,9 @@ async fn check_reports_every_container_with_kubelet_credentials() {
     );
 
     // Only the available ones: exit 0, and the table format.
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         [
             deployment_yaml("shop", "web", &[&f.public_image], None),
             secret_yaml("billing", "regcred", &private_host, "bob", CANARY_PASSWORD),
@@ -174,8 +184,7 @@ async fn check_reports_every_container_with_kubelet_credentials() {
             ),
         ]
         .join("---\n"),
-    )
-    .unwrap();
+    );
     let output = run(
         &[
             "check",
@@ -253,7 +262,7 @@ async fn references_and_pull_secrets_follow_the_kubelet() {
         // No registry named: checked centrally at --default-registry.
         deployment_yaml("k", "short", &["web/frontend:v1"], None),
     ];
-    std::fs::write(dir.path().join("all.yaml"), manifests.join("---\n")).unwrap();
+    write_file(&dir, "all.yaml", manifests.join("---\n"));
     let output = run(
         &[
             "check",
@@ -297,39 +306,24 @@ async fn image_mirrors_and_proxies_route_the_check() {
     let dir = tempfile::tempdir().unwrap();
     // The workload names a registry that does not exist; the mirror has the image.
     let repo_and_tag = f.public_image.split_once('/').unwrap().1;
-    std::fs::write(
-        dir.path().join("w.yaml"),
+    write_file(
+        &dir,
+        "w.yaml",
         deployment_yaml(
             "shop",
             "mirrored",
             &[&format!("upstream.invalid/{repo_and_tag}")],
             None,
         ),
-    )
-    .unwrap();
-    let path = dir.path().to_str().unwrap();
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
-        &[],
     );
+    let path = dir.path().to_str().unwrap();
+    let output = check_json(path, &[], &[]);
     assert_eq!(
         status_of(&rows(&output), "mirrored", "c0"),
         "registry_unavailable"
     );
     let mirror = format!("upstream.invalid={}", f.open.host());
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--image-mirror",
-            &mirror,
-        ],
-        &[],
-    );
+    let output = check_json(path, &["--image-mirror", &mirror], &[]);
     assert_eq!(
         status_of(&rows(&output), "mirrored", "c0"),
         "available",
@@ -377,7 +371,7 @@ async fn image_mirrors_and_proxies_route_the_check() {
 /// printed as such and the exit status is 3; `-q` silences the progress.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_progress_and_ends_at_its_timeout() {
-    let open = Registry::start(RegistryOptions::default()).await.unwrap();
+    let open = started::open_registry().await;
     let image = push_to(&open, "web/frontend", "v1", ImageFormat::Oci)
         .await
         .reference;
@@ -387,11 +381,11 @@ async fn check_reports_progress_and_ends_at_its_timeout() {
         format!("{}/team/api:1", silent.host()),
         format!("{}/team/worker:1", silent.host()),
     ];
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         deployment_yaml("shop", "web", &[&image, &stuck[0], &stuck[1]], None),
-    )
-    .unwrap();
+    );
     let check = |extra: &[&str]| {
         let mut command = tokio::process::Command::new(BIN);
         command
@@ -464,11 +458,11 @@ async fn check_draws_a_progress_bar_on_a_terminal() {
     let silent = SilentServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stuck = format!("{}/team/api:1", silent.host());
-    std::fs::write(
-        dir.path().join("all.yaml"),
+    write_file(
+        &dir,
+        "all.yaml",
         deployment_yaml("shop", "web", &[&stuck, "Not A Valid Image"], None),
-    )
-    .unwrap();
+    );
     // stderr alone goes to the terminal; stdout (the results) to a file.
     let results = dir.path().join("results.json");
     let command = format!(
@@ -514,12 +508,11 @@ async fn check_draws_a_progress_bar_on_a_terminal() {
 #[test]
 fn usage_and_input_errors_exit_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = dir.path().join("broken.yaml");
-    std::fs::write(
-        &broken,
+    let broken = write_file(
+        &dir,
+        "broken.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n",
-    )
-    .unwrap();
+    );
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["check".into(), "-f".into(), broken.display().to_string()],
@@ -739,16 +732,7 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
 
     // Exactly one of the eight status gauges is 1 for each container reference.
     let mut ones: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    for status in [
-        "available",
-        "absent",
-        "bad_image_format",
-        "registry_unavailable",
-        "authentication_failure",
-        "authorization_failure",
-        "rate_limited",
-        "unknown_error",
-    ] {
+    for status in pullwatch::CheckStatus::ALL.map(pullwatch::CheckStatus::as_str) {
         let lines = series(
             &metrics,
             &format!("k8s_image_availability_exporter_{status}"),
@@ -834,7 +818,7 @@ fn example_manifests_in_the_repo_parse() {
 /// index is fetched once per digest, and never without `--platform`.
 #[tokio::test(flavor = "multi_thread")]
 async fn platforms_missing_from_an_index_are_absent() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let list = push_to(
         &registry,
@@ -845,22 +829,22 @@ async fn platforms_missing_from_an_index_are_absent() {
     .await;
     let single = push_to(&registry, "single/app", "v1", ImageFormat::Oci).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("web.yaml"),
+    write_file(
+        &dir,
+        "web.yaml",
         deployment_yaml(
             "shop",
             "web",
             &[&index.reference, &list.reference, &single.reference],
             None,
         ),
-    )
-    .unwrap();
+    );
     // Another workload of the same image, pinned to arm64 nodes.
     let pinned = deployment_yaml("shop", "pinned", &[&index.reference], None).replace(
         "    spec:\n",
         "    spec:\n      nodeSelector: {kubernetes.io/arch: arm64}\n",
     );
-    std::fs::write(dir.path().join("pinned.yaml"), pinned).unwrap();
+    write_file(&dir, "pinned.yaml", pinned);
     let path = dir.path().to_str().unwrap();
     let index_gets = |log: &str| {
         log.lines()
@@ -871,10 +855,7 @@ async fn platforms_missing_from_an_index_are_absent() {
     // Without --platform the pull path is walked for this machine's platform (as a
     // runtime here would pull it): the index and its linux/amd64 child, read once each.
     let start = registry.log().len();
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
-        &[],
-    );
+    let output = check_json(path, &[], &[]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -884,19 +865,7 @@ async fn platforms_missing_from_an_index_are_absent() {
     assert_eq!(index_gets(&registry.log()[start..]), 2);
 
     let start = registry.log().len();
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--platform",
-            "linux/s390x",
-        ],
-        &[],
-    );
+    let output = check_json(path, &["--platform", "linux/s390x"], &[]);
     assert_eq!(output.status.code(), Some(1));
     let found = rows(&output);
     for name in ["c0", "c1"] {
@@ -919,27 +888,18 @@ async fn platforms_missing_from_an_index_are_absent() {
     assert_eq!(index_gets(&registry.log()[start..]), 1);
 
     // From the environment, comma-separated: the pinned workload lands on arm64 only.
-    let output = run(
-        &["check", "-f", path, "-o", "json", "--allow-plain-http"],
+    let output = check_json(
+        path,
+        &[],
         &[("PULLWATCH_PLATFORMS", "linux/arm64/v8,linux/s390x")],
     );
     let found = rows(&output);
     assert_eq!(status_of(&found, "web", "c0"), "absent");
     assert_eq!(status_of(&found, "pinned", "c0"), "available");
 
-    let output = run(
-        &[
-            "check",
-            "-f",
-            path,
-            "-o",
-            "json",
-            "--allow-plain-http",
-            "--platform",
-            "linux/arm64",
-            "--platform",
-            "linux/amd64",
-        ],
+    let output = check_json(
+        path,
+        &["--platform", "linux/arm64", "--platform", "linux/amd64"],
         &[],
     );
     assert_eq!(
@@ -977,28 +937,25 @@ mod api {
         pub nodes: Vec<NodeQuota>,
     }
 
-    #[allow(dead_code)]
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Quota {
-        pub remaining: u64,
-        pub limit: Option<u64>,
-        pub window_seconds: Option<u64>,
-        pub seen_at: Option<String>,
-        pub source: Option<String>,
+    /// A pull quota as one vantage point saw it: the struct `$name` with its own
+    /// fields first, then the quota's.
+    macro_rules! quota {
+        ($name:ident { $($field:ident: $ty:ty),* }) => {
+            #[allow(dead_code)]
+            #[derive(Debug, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $name {
+                $(pub $field: $ty,)*
+                pub remaining: u64,
+                pub limit: Option<u64>,
+                pub window_seconds: Option<u64>,
+                pub seen_at: Option<String>,
+                pub source: Option<String>,
+            }
+        };
     }
-
-    #[allow(dead_code)]
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct NodeQuota {
-        pub node: String,
-        pub remaining: u64,
-        pub limit: Option<u64>,
-        pub window_seconds: Option<u64>,
-        pub seen_at: Option<String>,
-        pub source: Option<String>,
-    }
+    quota!(Quota {});
+    quota!(NodeQuota { node: String });
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -1117,18 +1074,14 @@ async fn results_with_reasons_as_json_and_as_a_page() {
     );
     let row = &cart.workloads[0];
     assert_eq!((row.status.as_str(), row.tag_moved), ("absent", None));
-    assert!(row.reason.contains("404"), "{}", row.reason);
+    assert_reason_contains!(row, "404");
     assert!(
         row.checked_at.as_deref().is_some_and(|t| t.ends_with('Z')),
         "{row:?}"
     );
     let invoices = image(&f.private_image);
     assert_eq!(invoices.status, "authentication_failure");
-    assert!(
-        invoices.reason.contains("secret/billing/regcred"),
-        "{}",
-        invoices.reason
-    );
+    assert_reason_contains!(invoices, "secret/billing/regcred");
     assert_eq!(image("Not/A:Valid::Image").status, "bad_image_format");
 
     let (_, body) = get(addr, "/api/v1/images?status=absent").await;
@@ -1223,11 +1176,11 @@ async fn junit_output_for_ci_and_the_ci_examples() {
     let f = fixture().await;
     let dir = tempfile::tempdir().unwrap();
     let missing = format!("{}/web/frontend:gone", f.open.host());
-    std::fs::write(
-        dir.path().join("shop.yaml"),
+    write_file(
+        &dir,
+        "shop.yaml",
         deployment_yaml("shop", "web", &[&f.public_image, &missing], None),
-    )
-    .unwrap();
+    );
     let output = run(
         &[
             "check",

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use pullwatch_testbench::faults::canonical;
+use pullwatch_testbench::started;
 use pullwatch_testbench::{
-    ApiTarget, CANARY_PASSWORD, ClusterScenario, ImageFormat, Registry, RegistryOptions,
-    assert_no_canary, assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job,
-    namespace, node, pod, promtool_check_metrics, push_to, replicaset, running, secret_dockercfg,
+    ApiTarget, CANARY_PASSWORD, ClusterScenario, ImageFormat, RegistryOptions, assert_no_canary,
+    assert_no_canary_in_file, cronjob, deployment, free_port, http_request, job, namespace, node,
+    pod, promtool_check_metrics, push_to, replicaset, running, secret_dockercfg,
     secret_dockerconfigjson, service_account, statefulset, suspended, with_controller, with_owner,
     with_pull_secrets, with_replicas,
 };
@@ -151,6 +152,19 @@ fn status_of(metrics: &str, key: &str) -> Option<String> {
     Some(found[0].clone())
 }
 
+/// The `kind/name/container`s of namespace `ns` with a canonical series, in order.
+fn containers_in(metrics: &str, ns: &str) -> Vec<String> {
+    statuses(metrics)
+        .into_keys()
+        .filter_map(|key| Some(key.strip_prefix(&format!("{ns}/"))?.to_string()))
+        .collect()
+}
+
+/// [`status_of`] `kind/name/container` in namespace `ns`.
+fn status_in(metrics: &str, ns: &str, container: &str) -> Option<String> {
+    status_of(metrics, &format!("{ns}/{container}"))
+}
+
 #[tokio::test]
 async fn watch_events_drive_checks_and_series() {
     let cluster = ClusterScenario::start().await;
@@ -187,27 +201,22 @@ async fn watch_events_drive_checks_and_series() {
     assert!(ready.contains("ready"), "{ready}");
     let metrics = aggregator.metrics().await;
     promtool_check_metrics(&metrics).unwrap();
-    let found = statuses(&metrics);
-    let mine: Vec<&String> = found
-        .keys()
-        .filter(|k| k.starts_with(&format!("{ns}/")))
-        .collect();
     assert_eq!(
-        mine,
+        containers_in(&metrics, ns),
         [
-            &format!("{ns}/cronjob/hourly/c0"),
-            &format!("{ns}/deployment/web/c0"),
-            &format!("{ns}/pod/bare/c0"),
-            &format!("{ns}/statefulset/db/c0"),
+            "cronjob/hourly/c0",
+            "deployment/web/c0",
+            "pod/bare/c0",
+            "statefulset/db/c0"
         ],
         "{metrics}"
     );
     assert_eq!(
-        status_of(&metrics, &format!("{ns}/deployment/web/c0")).as_deref(),
+        status_in(&metrics, ns, "deployment/web/c0").as_deref(),
         Some("available")
     );
     assert_eq!(
-        status_of(&metrics, &format!("{ns}/statefulset/db/c0")).as_deref(),
+        status_in(&metrics, ns, "statefulset/db/c0").as_deref(),
         Some("absent")
     );
     assert!(
@@ -331,27 +340,22 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
         .await;
     let metrics = aggregator.metrics().await;
     promtool_check_metrics(&metrics).unwrap();
-    let found = statuses(&metrics);
-    let mine: Vec<&String> = found
-        .keys()
-        .filter(|k| k.starts_with(&format!("{ns}/")))
-        .collect();
     assert_eq!(
-        mine,
+        containers_in(&metrics, ns),
         [
-            &format!("{ns}/deployment/web/c0"),
-            &format!("{ns}/postgrescluster/db/c0"),
-            &format!("{ns}/replicaset/solo/c0"),
-            &format!("{ns}/rollout/shop/c0"),
+            "deployment/web/c0",
+            "postgrescluster/db/c0",
+            "replicaset/solo/c0",
+            "rollout/shop/c0"
         ],
         "{metrics}"
     );
     assert_eq!(
-        status_of(&metrics, &format!("{ns}/rollout/shop/c0")).as_deref(),
+        status_in(&metrics, ns, "rollout/shop/c0").as_deref(),
         Some("available")
     );
     assert_eq!(
-        status_of(&metrics, &format!("{ns}/postgrescluster/db/c0")).as_deref(),
+        status_in(&metrics, ns, "postgrescluster/db/c0").as_deref(),
         Some("absent")
     );
     // One series set however many replicas: one line per status family.
@@ -392,7 +396,7 @@ async fn pods_of_unwatched_controllers_are_checked_once_under_their_controller()
 async fn a_registry_that_leaves_the_index_takes_its_series_along() {
     let cluster = ClusterScenario::start().await;
     let kept = cluster.registry();
-    let left = Registry::start(RegistryOptions::default()).await.unwrap();
+    let left = started::open_registry().await;
     let kept_image = cluster.image("app", "v1", ImageFormat::Oci).await;
     let left_image = push_to(&left, "app", "v1", ImageFormat::Oci)
         .await
@@ -423,6 +427,18 @@ async fn a_registry_that_leaves_the_index_takes_its_series_along() {
     cluster.remove_namespace_if_real(ns).await;
 }
 
+/// Applies Deployment `namespace/name` of `image` listing the pull secrets `secrets`.
+async fn deploy_with_secrets(
+    cluster: &ClusterScenario,
+    namespace: &str,
+    name: &str,
+    image: &str,
+    secrets: &[&str],
+) {
+    let workload = deployment(namespace, name, &[image]);
+    cluster.apply(&with_pull_secrets(workload, secrets)).await;
+}
+
 #[tokio::test]
 async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
     let cluster = ClusterScenario::with_registry(RegistryOptions {
@@ -450,12 +466,7 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
         .apply(&deployment("pw-a", "via-sa", &[&image]))
         .await;
     // pw-b: names a secret that exists only in pw-a: never borrowed across namespaces.
-    cluster
-        .apply(&with_pull_secrets(
-            deployment("pw-b", "borrower", &[&image]),
-            &["regcred"],
-        ))
-        .await;
+    deploy_with_secrets(&cluster, "pw-b", "borrower", &image, &["regcred"]).await;
     // pw-c: a legacy dockercfg secret; and a broken one, which makes the kubelet fail
     // every pull of a pod that lists it, even beside a good one.
     cluster
@@ -476,18 +487,15 @@ async fn pull_secrets_are_resolved_per_namespace_like_the_kubelet() {
         .into(),
     );
     cluster.apply(&broken).await;
-    cluster
-        .apply(&with_pull_secrets(
-            deployment("pw-c", "legacy-user", &[&image]),
-            &["legacy"],
-        ))
-        .await;
-    cluster
-        .apply(&with_pull_secrets(
-            deployment("pw-c", "broken-user", &[&image]),
-            &["broken", "legacy"],
-        ))
-        .await;
+    deploy_with_secrets(&cluster, "pw-c", "legacy-user", &image, &["legacy"]).await;
+    deploy_with_secrets(
+        &cluster,
+        "pw-c",
+        "broken-user",
+        &image,
+        &["broken", "legacy"],
+    )
+    .await;
     // An unrelated secret type that must never be listed.
     let mut opaque = Secret::default();
     opaque.metadata.name = Some("tls".into());
@@ -577,12 +585,7 @@ async fn forbidden_secrets_warn_once_and_the_rest_keeps_working() {
             CANARY_PASSWORD,
         ))
         .await;
-    cluster
-        .apply(&with_pull_secrets(
-            deployment("pw-rbac", "app", &[&image]),
-            &["regcred"],
-        ))
-        .await;
+    deploy_with_secrets(&cluster, "pw-rbac", "app", &image, &["regcred"]).await;
     server.forbid("secrets");
 
     let aggregator = Aggregator::start(cluster.target(), &[]);
@@ -805,7 +808,7 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
         "digest reference"
     );
     assert_eq!(
-        status_of(&metrics, &format!("{ns}/pod/solo/c0")).as_deref(),
+        status_in(&metrics, ns, "pod/solo/c0").as_deref(),
         Some("available")
     );
 

@@ -12,10 +12,10 @@ use pullwatch_aggregator::index::CheckKey;
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::store::ResultStore;
 use pullwatch_testbench::{
-    BearerRegistry, CANARY_PASSWORD, ImageFormat, Registry, RegistryOptions, STUB_DIGEST,
-    StubResponse, StubServer, TestCa, assert_no_canary, assert_no_canary_in_process_logs,
-    capture_process_logs, push_image,
+    BearerRegistry, CANARY_PASSWORD, ImageFormat, Registry, STUB_DIGEST, StubResponse, StubServer,
+    TestCa, assert_no_canary, assert_no_canary_in_process_logs, capture_process_logs,
 };
+use pullwatch_testbench::{assert_reason_contains, assert_status, push_to, started};
 
 fn plain_config() -> CheckerConfig {
     CheckerConfig {
@@ -74,7 +74,7 @@ fn metric_value(metrics: &Metrics, line_prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn open_registry_every_manifest_format_and_absent_references() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
+    let registry = started::open_registry().await;
     let host = registry.host();
     let mut pushed = Vec::new();
     for (i, format) in [
@@ -86,11 +86,7 @@ async fn open_registry_every_manifest_format_and_absent_references() {
     .into_iter()
     .enumerate()
     {
-        pushed.push(
-            push_image(&registry, &format!("team/app{i}"), "v1", format)
-                .await
-                .unwrap(),
-        );
+        pushed.push(push_to(&registry, &format!("team/app{i}"), "v1", format).await);
     }
     let (checker, _metrics) = checker(&plain_config());
 
@@ -105,12 +101,7 @@ async fn open_registry_every_manifest_format_and_absent_references() {
         );
         let by_digest = format!("{host}/team/app0@{}", pushed[0].digest);
         let outcome = checker.check(&key(&by_digest, &[])).await;
-        assert_eq!(
-            outcome.status,
-            CheckStatus::Available,
-            "{by_digest}: {}",
-            outcome.reason
-        );
+        assert_status!(outcome, CheckStatus::Available, "{by_digest}");
     }
 
     for missing in [
@@ -119,13 +110,8 @@ async fn open_registry_every_manifest_format_and_absent_references() {
         format!("{host}/team/app0@sha256:{}", "0".repeat(64)),
     ] {
         let outcome = checker.check(&key(&missing, &[])).await;
-        assert_eq!(
-            outcome.status,
-            CheckStatus::Absent,
-            "{missing}: {}",
-            outcome.reason
-        );
-        assert!(outcome.reason.contains("404"), "{}", outcome.reason);
+        assert_status!(outcome, CheckStatus::Absent, "{missing}");
+        assert_reason_contains!(outcome, "404");
     }
     // The checker asked with HEAD, not GET: a check downloads no manifest body.
     let log = registry.log();
@@ -139,29 +125,13 @@ async fn open_registry_every_manifest_format_and_absent_references() {
 #[tokio::test]
 async fn htpasswd_registry_credentials_in_kubelet_order() {
     capture_process_logs();
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "private/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let registry = started::private_registry("alice", CANARY_PASSWORD).await;
+    let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
     let (checker, metrics) = checker(&plain_config());
 
     let anonymous = checker.check(&key(&image.reference, &[])).await;
-    assert_eq!(
-        anonymous.status,
-        CheckStatus::AuthenticationFailure,
-        "{}",
-        anonymous.reason
-    );
-    assert!(
-        anonymous.reason.contains("no pull secret matches"),
-        "{}",
-        anonymous.reason
-    );
+    assert_status!(anonymous, CheckStatus::AuthenticationFailure);
+    assert_reason_contains!(anonymous, "no pull secret matches");
 
     let wrong = checker
         .check(&key(
@@ -169,13 +139,8 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
             &[("secret/ns/old", "alice", "expired")],
         ))
         .await;
-    assert_eq!(
-        wrong.status,
-        CheckStatus::AuthenticationFailure,
-        "{}",
-        wrong.reason
-    );
-    assert!(wrong.reason.contains("secret/ns/old"), "{}", wrong.reason);
+    assert_status!(wrong, CheckStatus::AuthenticationFailure);
+    assert_reason_contains!(wrong, "secret/ns/old");
     assert!(
         !wrong.reason.contains("expired"),
         "reasons never carry secrets: {}",
@@ -192,7 +157,7 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
             ],
         ))
         .await;
-    assert_eq!(tried.status, CheckStatus::Available, "{}", tried.reason);
+    assert_status!(tried, CheckStatus::Available);
 
     // Authenticated, and the tag is missing: the more informative status wins.
     let absent = checker
@@ -201,7 +166,7 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
             &[("a", "alice", "bad"), ("b", "alice", CANARY_PASSWORD)],
         ))
         .await;
-    assert_eq!(absent.status, CheckStatus::Absent, "{}", absent.reason);
+    assert_status!(absent, CheckStatus::Absent);
     assert!(
         absent.reason.contains("a: ") && absent.reason.contains("b: "),
         "{}",
@@ -221,15 +186,8 @@ async fn htpasswd_registry_credentials_in_kubelet_order() {
 #[tokio::test]
 async fn tls_registry_needs_its_ca_or_skip_verification() {
     let ca = TestCa::new().unwrap();
-    let registry = Registry::start(RegistryOptions {
-        tls: Some(ca.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "secure/app", "v1", ImageFormat::DockerV2S2)
-        .await
-        .unwrap();
+    let registry = started::tls_registry(&ca).await;
+    let image = push_to(&registry, "secure/app", "v1", ImageFormat::DockerV2S2).await;
 
     let strict = CheckerConfig {
         request_timeout: Duration::from_secs(5),
@@ -237,12 +195,7 @@ async fn tls_registry_needs_its_ca_or_skip_verification() {
     };
     let (without_ca, _m) = checker(&strict);
     let outcome = without_ca.check(&key(&image.reference, &[])).await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
     assert!(
         outcome.reason.to_lowercase().contains("certificate"),
         "{}",
@@ -254,14 +207,14 @@ async fn tls_registry_needs_its_ca_or_skip_verification() {
         ..strict.clone()
     });
     let outcome = with_ca.check(&key(&image.reference, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
 
     let (skipping, _m) = checker(&CheckerConfig {
         skip_tls_verify: true,
         ..strict.clone()
     });
     let outcome = skipping.check(&key(&image.reference, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
 
     let bad_ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bad_ca.path(), "not a certificate").unwrap();
@@ -277,15 +230,8 @@ async fn tls_registry_needs_its_ca_or_skip_verification() {
 
 #[tokio::test]
 async fn plain_http_only_when_allowed_and_ipv6_literals() {
-    let registry = Registry::start(RegistryOptions {
-        ipv6: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let image = push_image(&registry, "v6/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let registry = started::ipv6_registry().await;
+    let image = push_to(&registry, "v6/app", "v1", ImageFormat::Oci).await;
     assert!(image.reference.starts_with("[::1]:"), "{}", image.reference);
 
     let (https_only, _m) = checker(&CheckerConfig {
@@ -293,34 +239,22 @@ async fn plain_http_only_when_allowed_and_ipv6_literals() {
         ..CheckerConfig::default()
     });
     let outcome = https_only.check(&key(&image.reference, &[])).await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
 
     let (plain, _m) = checker(&plain_config());
     let outcome = plain.check(&key(&image.reference, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
 }
 
 #[tokio::test]
 async fn registry_down_is_unavailable() {
-    let mut registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let mut registry = started::open_registry().await;
+    let image = push_to(&registry, "app", "v1", ImageFormat::Oci).await;
     registry.stop();
     let (checker, metrics) = checker(&plain_config());
     let outcome = checker.check(&key(&image.reference, &[])).await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
-    assert!(outcome.reason.contains("refused"), "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
+    assert_reason_contains!(outcome, "refused");
     let errors = metric_value(
         &metrics,
         &format!(
@@ -332,7 +266,7 @@ async fn registry_down_is_unavailable() {
 
     registry.start_again().await.unwrap();
     let outcome = checker.check(&key(&image.reference, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
 }
 
 #[tokio::test]
@@ -364,7 +298,7 @@ async fn statuses_only_a_stub_can_produce() {
         let outcome = checker
             .check(&key(&format!("{host}/{repo}/app:v1"), &[]))
             .await;
-        assert_eq!(outcome.status, expected, "{repo}: {}", outcome.reason);
+        assert_status!(outcome, expected, "{repo}");
     }
     let get_fallback: Vec<_> = stub
         .requests()
@@ -376,13 +310,7 @@ async fn statuses_only_a_stub_can_produce() {
     let outcome = checker
         .check(&key(&format!("{host}/unknown-on-get/app:v1"), &[]))
         .await;
-    assert!(
-        outcome
-            .reason
-            .contains("MANIFEST_UNKNOWN: manifest unknown"),
-        "{}",
-        outcome.reason
-    );
+    assert_reason_contains!(outcome, "MANIFEST_UNKNOWN: manifest unknown");
 }
 
 #[tokio::test]
@@ -394,43 +322,20 @@ async fn rate_limited_registry_is_paused_for_retry_after() {
     let outcome = checker
         .check(&key(&format!("{}/busy/app:v1", stub.host()), &[]))
         .await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RateLimited,
-        "{}",
-        outcome.reason
-    );
-    assert!(
-        outcome.reason.contains("paused for 120s (Retry-After)"),
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RateLimited);
+    assert_reason_contains!(outcome, "paused for 120s (Retry-After)");
     let seen = stub.requests().len();
 
     // While paused, no request reaches the registry and the status stays rate_limited.
     let again = checker
         .check(&key(&format!("{}/busy/other:v2", stub.host()), &[]))
         .await;
-    assert_eq!(again.status, CheckStatus::RateLimited, "{}", again.reason);
-    assert!(
-        again.reason.contains("paused for another"),
-        "{}",
-        again.reason
-    );
+    assert_status!(again, CheckStatus::RateLimited);
+    assert_reason_contains!(again, "paused for another");
     assert_eq!(stub.requests().len(), seen);
 
-    let until = metric_value(
-        &metrics,
-        &format!(
-            "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-            stub.host()
-        ),
-    )
-    .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let until = paused_until(&metrics, &stub.host());
+    let now = now_unix();
     assert!(
         until > now + 100.0 && until <= now + 121.0,
         "until={until} now={now}"
@@ -468,12 +373,7 @@ async fn bearer_token_flow_with_a_separate_token_service() {
         ))
         .await;
     // The stub registry refuses even with a token: the retry must carry it.
-    assert_eq!(
-        outcome.status,
-        CheckStatus::AuthenticationFailure,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::AuthenticationFailure);
     let recorded = registry.recorded();
     let manifest_requests: Vec<_> = recorded
         .iter()
@@ -498,15 +398,13 @@ async fn bearer_token_flow_with_a_separate_token_service() {
 
 #[tokio::test]
 async fn identical_concurrent_checks_are_made_once() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let image = push_image(&registry, "shared/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let registry = started::open_registry().await;
+    let image = push_to(&registry, "shared/app", "v1", ImageFormat::Oci).await;
     let (checker, metrics) = checker(&plain_config());
     let k = key(&image.reference, &[]);
     let (a, b, c) = tokio::join!(checker.check(&k), checker.check(&k), checker.check(&k));
     for outcome in [a, b, c] {
-        assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+        assert_status!(outcome, CheckStatus::Available);
     }
     assert_eq!(
         metric_value(&metrics, "pullwatch_coalesced_checks_total"),
@@ -631,13 +529,8 @@ async fn a_registry_that_never_answers_times_out_as_unavailable() {
     let outcome = checker
         .check(&key(&format!("{addr}/silent/app:v1"), &[]))
         .await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
-    assert!(outcome.reason.contains("timed out"), "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
+    assert_reason_contains!(outcome, "timed out");
     // A timeout is no reason to try plain HTTP: one deadline, one attempt.
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -648,6 +541,16 @@ async fn a_registry_that_never_answers_times_out_as_unavailable() {
         !held.lock().unwrap().is_empty(),
         "the check reached the silent server"
     );
+}
+
+/// The series of the time until which checks of registry `host` are paused.
+fn paused_until_series(host: &str) -> String {
+    format!("pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{host}\"}}")
+}
+
+/// The time until which checks of registry `host` are paused, as exported.
+fn paused_until(metrics: &Metrics, host: &str) -> f64 {
+    metric_value(metrics, &paused_until_series(host)).unwrap()
 }
 
 fn now_unix() -> f64 {
@@ -686,7 +589,7 @@ async fn token_endpoint_answers_are_classified_like_manifest_answers() {
         let outcome = checker
             .check(&key(&image, &[("secret/ns/pull", "robot", SECRET)]))
             .await;
-        assert_eq!(outcome.status, expected, "token {code}: {}", outcome.reason);
+        assert_status!(outcome, expected, "token {code}");
         assert!(!outcome.reason.contains(SECRET), "{}", outcome.reason);
         assert!(outcome.reason.len() < 800, "{}", outcome.reason);
         if expected == CheckStatus::Available {
@@ -707,25 +610,14 @@ async fn token_endpoint_answers_are_classified_like_manifest_answers() {
         if expected == CheckStatus::RateLimited {
             // The token endpoint's Retry-After pauses the registry: the next check sends
             // nothing, to the registry or to its token endpoint.
-            assert!(
-                outcome.reason.contains("paused for 60s (Retry-After)"),
-                "{}",
-                outcome.reason
-            );
+            assert_reason_contains!(outcome, "paused for 60s (Retry-After)");
             let sent = (bearer.manifest_requests(), bearer.token_requests());
             let again = checker
                 .check(&key(&format!("{}/team/other:v1", bearer.host()), &[]))
                 .await;
-            assert_eq!(again.status, CheckStatus::RateLimited, "{}", again.reason);
+            assert_status!(again, CheckStatus::RateLimited);
             assert_eq!((bearer.manifest_requests(), bearer.token_requests()), sent);
-            let until = metric_value(
-                &metrics,
-                &format!(
-                    "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-                    bearer.host()
-                ),
-            )
-            .unwrap();
+            let until = paused_until(&metrics, &bearer.host());
             assert!(until > now_unix() + 50.0, "until={until}");
         }
     }
@@ -753,12 +645,7 @@ async fn a_burst_of_429s_is_one_pause_and_queued_checks_never_reach_the_registry
         .collect();
     let outcomes = futures::future::join_all(keys.iter().map(|k| checker.check(k))).await;
     for outcome in &outcomes {
-        assert_eq!(
-            outcome.status,
-            CheckStatus::RateLimited,
-            "{}",
-            outcome.reason
-        );
+        assert_status!(outcome, CheckStatus::RateLimited);
     }
     let sent = stub.requests().len();
     assert!(
@@ -766,14 +653,7 @@ async fn a_burst_of_429s_is_one_pause_and_queued_checks_never_reach_the_registry
         "at most the 8 checks in flight reach a registry that said 429, got {sent}"
     );
     // One pause of 30 s for the whole burst, not 30 s doubled per answer.
-    let until = metric_value(
-        &metrics,
-        &format!(
-            "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-            stub.host()
-        ),
-    )
-    .unwrap();
+    let until = paused_until(&metrics, &stub.host());
     let now = now_unix();
     assert!(
         until > now + 25.0 && until <= now + 31.0,
@@ -797,19 +677,11 @@ async fn the_pause_ends_and_its_metric_returns_to_zero() {
         .await
         .unwrap();
     let (checker, metrics) = checker(&plain_config());
-    let series = format!(
-        "pullwatch_registry_paused_until_timestamp_seconds{{registry=\"{}\"}}",
-        stub.host()
-    );
+    let series = paused_until_series(&stub.host());
     let outcome = checker
         .check(&key(&format!("{}/app:v1", stub.host()), &[]))
         .await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RateLimited,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RateLimited);
     assert!(metric_value(&metrics, &series).unwrap() > now_unix());
     let sent = stub.requests().len();
     tokio::time::sleep(Duration::from_millis(1600)).await;
@@ -818,12 +690,7 @@ async fn the_pause_ends_and_its_metric_returns_to_zero() {
     let outcome = checker
         .check(&key(&format!("{}/app:v2", stub.host()), &[]))
         .await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RateLimited,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RateLimited);
     assert!(stub.requests().len() > sent);
 }
 
@@ -839,33 +706,21 @@ async fn a_bearer_registry_costs_one_token_per_repository_and_one_head_per_check
         let checker = &checker;
         async move { checker.check(&k).await }
     };
-    // First contact: the challenge is learned (one 401), one token, one HEAD.
-    let first = check(format!("{host}/team/a:v1")).await;
-    assert_eq!(first.status, CheckStatus::Available, "{}", first.reason);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (2, 1)
-    );
-    // Same repository: the cached token, one HEAD.
-    let second = check(format!("{host}/team/a:v2")).await;
-    assert_eq!(second.status, CheckStatus::Available, "{}", second.reason);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (3, 1)
-    );
-    // Another repository: its token straight away (the challenge is known), one HEAD.
-    let third = check(format!("{host}/team/b:v1")).await;
-    assert_eq!(third.status, CheckStatus::Available, "{}", third.reason);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (4, 2)
-    );
-    let missing = check(format!("{host}/team/b:missing")).await;
-    assert_eq!(missing.status, CheckStatus::Absent, "{}", missing.reason);
-    assert_eq!(
-        (bearer.manifest_requests(), bearer.token_requests()),
-        (5, 2)
-    );
+    // Each check, and what the registry and its token service have seen after it, in
+    // (manifest requests, token requests).
+    for (image, expected, requests) in [
+        // First contact: the challenge is learned (one 401), one token, one HEAD.
+        ("team/a:v1", CheckStatus::Available, (2, 1)),
+        // Same repository: the cached token, one HEAD.
+        ("team/a:v2", CheckStatus::Available, (3, 1)),
+        // Another repository: its token straight away (the challenge is known), one HEAD.
+        ("team/b:v1", CheckStatus::Available, (4, 2)),
+        ("team/b:missing", CheckStatus::Absent, (5, 2)),
+    ] {
+        assert_status!(check(format!("{host}/{image}")).await, expected, "{image}");
+        let sent = (bearer.manifest_requests(), bearer.token_requests());
+        assert_eq!(sent, requests, "{image}");
+    }
     // Every request went over plain HTTP with the credential only to the token service.
     for request in bearer.registry.recorded() {
         assert!(
@@ -911,12 +766,7 @@ async fn one_deadline_covers_the_token_request() {
             &[("a", "u", "p"), ("b", "u", "q")],
         ))
         .await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
     assert!(
         outcome.reason.contains("token endpoint") && outcome.reason.contains("timed out"),
         "{}",
@@ -944,7 +794,7 @@ async fn plain_http_only_after_a_refusal_or_a_plain_http_answer() {
     let image = format!("{}/team/app:v1", plain.host());
     let (allowed, _m) = checker(&stub_config());
     let outcome = allowed.check(&key(&image, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
     assert_eq!(outcome.digest.as_deref(), Some(STUB_DIGEST));
 
     let (https_only, _m) = checker(&CheckerConfig {
@@ -952,36 +802,15 @@ async fn plain_http_only_after_a_refusal_or_a_plain_http_answer() {
         ..CheckerConfig::default()
     });
     let outcome = https_only.check(&key(&image, &[])).await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
-    assert!(
-        outcome.reason.contains("does not speak TLS"),
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
+    assert_reason_contains!(outcome, "does not speak TLS");
 
     // A certificate error is never a reason to go plain, even when allowed.
     let ca = TestCa::new().unwrap();
-    let tls = Registry::start(RegistryOptions {
-        tls: Some(ca.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let pushed = push_image(&tls, "secure/app", "v1", ImageFormat::Oci)
-        .await
-        .unwrap();
+    let tls = started::tls_registry(&ca).await;
+    let pushed = push_to(&tls, "secure/app", "v1", ImageFormat::Oci).await;
     let outcome = allowed.check(&key(&pushed.reference, &[])).await;
-    assert_eq!(
-        outcome.status,
-        CheckStatus::RegistryUnavailable,
-        "{}",
-        outcome.reason
-    );
+    assert_status!(outcome, CheckStatus::RegistryUnavailable);
     assert!(
         outcome.reason.contains("TLS failed") && outcome.reason.contains("--capath"),
         "{}",
@@ -1000,13 +829,11 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
         ClientConfig, Deadline, Endpoint, NoObserver, RegistryClient, Scheme,
     };
 
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "multi/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let registry = started::open_registry().await;
+    let index = push_to(&registry, "multi/app", "v1", ImageFormat::OciIndex).await;
     let (checker, _m) = checker(&plain_config());
     let outcome = checker.check(&key(&index.reference, &[])).await;
-    assert_eq!(outcome.status, CheckStatus::Available, "{}", outcome.reason);
+    assert_status!(outcome, CheckStatus::Available);
     assert_eq!(outcome.digest.as_deref(), Some(index.digest.as_str()));
     assert_eq!(
         outcome.media_type.as_deref(),
@@ -1051,7 +878,7 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     let small = stubbed
         .check(&key(&format!("{}/small/app:v1", stub.host()), &[]))
         .await;
-    assert_eq!(small.status, CheckStatus::Available, "{}", small.reason);
+    assert_status!(small, CheckStatus::Available);
     assert_eq!(
         small.digest.as_deref(),
         Some("sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a")
@@ -1059,8 +886,8 @@ async fn manifests_by_digest_are_fetched_verified_and_capped() {
     let huge = stubbed
         .check(&key(&format!("{}/huge/app:v1", stub.host()), &[]))
         .await;
-    assert_eq!(huge.status, CheckStatus::UnknownError, "{}", huge.reason);
-    assert!(huge.reason.contains("4 MiB"), "{}", huge.reason);
+    assert_status!(huge, CheckStatus::UnknownError);
+    assert_reason_contains!(huge, "4 MiB");
 }
 
 #[tokio::test]
@@ -1126,10 +953,8 @@ fn access_log(registry: &Registry, start: usize) -> Vec<String> {
 /// the manifests and config stay read.
 #[tokio::test]
 async fn the_walk_costs_one_head_per_check_in_steady_state() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "walk/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let registry = started::open_registry().await;
+    let index = push_to(&registry, "walk/app", "v1", ImageFormat::OciIndex).await;
     let amd64 = &index.platforms[0];
     assert_eq!(amd64.architecture, "amd64");
     let interval = Duration::from_secs(2);
@@ -1145,7 +970,7 @@ async fn the_walk_costs_one_head_per_check_in_steady_state() {
 
     let start = registry.log().len();
     let first = checker.check(&key).await;
-    assert_eq!(first.status, CheckStatus::Available, "{}", first.reason);
+    assert_status!(first, CheckStatus::Available);
     let requests = access_log(&registry, start);
     let kinds: Vec<String> = requests
         .iter()
@@ -1181,7 +1006,7 @@ async fn the_walk_costs_one_head_per_check_in_steady_state() {
     let start = registry.log().len();
     for _ in 0..3 {
         let again = checker.check(&key).await;
-        assert_eq!(again.status, CheckStatus::Available, "{}", again.reason);
+        assert_status!(again, CheckStatus::Available);
     }
     assert_eq!(
         access_log(&registry, start),
@@ -1214,7 +1039,7 @@ async fn the_walk_costs_one_head_per_check_in_steady_state() {
     tokio::time::sleep(interval + Duration::from_millis(200)).await;
     let start = registry.log().len();
     let after = checker.check(&key).await;
-    assert_eq!(after.status, CheckStatus::Absent, "{}", after.reason);
+    assert_status!(after, CheckStatus::Absent);
     assert!(
         after
             .reason
@@ -1241,10 +1066,8 @@ async fn the_walk_costs_one_head_per_check_in_steady_state() {
 /// child are each read once, the second check waiting for the first's read.
 #[tokio::test]
 async fn concurrent_checks_read_each_document_once() {
-    let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-    let index = push_image(&registry, "twice/app", "v1", ImageFormat::OciIndex)
-        .await
-        .unwrap();
+    let registry = started::open_registry().await;
+    let index = push_to(&registry, "twice/app", "v1", ImageFormat::OciIndex).await;
     registry.move_tag("twice/app", "v1", "v2").await.unwrap();
     let (checker, _m) = checker(&CheckerConfig {
         platforms: vec!["linux/amd64".parse().unwrap()],

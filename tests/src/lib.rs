@@ -4,6 +4,7 @@
 //! API server (`TestApiServer`), all on loopback in temp dirs, with bounded waits and child
 //! processes killed on drop.
 
+pub mod answers;
 mod apiserver;
 mod bearer;
 mod behaviours;
@@ -23,6 +24,7 @@ mod quota_proxy;
 mod registry;
 mod scenario;
 mod serve;
+pub mod started;
 mod stub;
 mod tools;
 mod util;
