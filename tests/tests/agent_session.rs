@@ -154,10 +154,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_restart() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions {
-            htpasswd: Some((USER.into(), PASSWORD.into())),
-            ..Default::default()
-        })
+        let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
         let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
