@@ -204,7 +204,11 @@ pub async fn unread_get(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let mut stream = socket.connect(addr).await?;
-    let path = if i.is_multiple_of(2) { "/api/v1/images" } else { "/" };
+    let path = if i.is_multiple_of(2) {
+        "/api/v1/images"
+    } else {
+        "/"
+    };
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await?;
