@@ -1107,8 +1107,7 @@ fn helm_is_found_or_the_error_names_the_npm_package() {
     );
 
     use std::os::unix::fs::PermissionsExt;
-    let fake = empty.path().join("helm");
-    std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+    let fake = write_file(empty.path(), "helm", "#!/bin/sh\n");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(
         locate_helm(None, Some(empty.path().as_os_str().to_owned()), &[]).unwrap(),
@@ -2737,12 +2736,11 @@ async fn shipped_alerts_fire_in_prometheus_scraping_a_running_aggregator() {
              - name: app\n          image: \"{image}\"\n"
         )
     };
-    let manifests = dir.path().join("workloads.yaml");
-    std::fs::write(
-        &manifests,
+    let manifests = write_file(
+        dir.path(),
+        "workloads.yaml",
         [deployment("web", &present), deployment("cart", &absent)].join("---\n"),
-    )
-    .unwrap();
+    );
 
     let agg_port = free_port();
     let agg_addr: std::net::SocketAddr = ([127, 0, 0, 1], agg_port).into();

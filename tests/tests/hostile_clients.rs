@@ -25,7 +25,7 @@ use clients::{
 };
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, EchoMode, EchoRegistry, HOSTILE_PASSWORD, TestCa,
-    assert_no_hostile_secret, free_port, output_within, workspace_binary,
+    assert_no_hostile_secret, free_port, output_within, workspace_binary, write_file,
 };
 use tokio::net::TcpStream;
 
@@ -83,8 +83,7 @@ impl AgentListener {
     fn new(dir: &std::path::Path, shared_token: &str) -> AgentListener {
         let ca = TestCa::new().unwrap();
         let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-        let token = dir.join("token");
-        std::fs::write(&token, shared_token).unwrap();
+        let token = write_file(dir, "token", shared_token);
         let port = free_port();
         let flags = vec![
             format!("--agent-listen=127.0.0.1:{port}"),
@@ -569,12 +568,11 @@ async fn echoed_credentials_never_get_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn control_characters_reach_no_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("evil.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = write_file(
+        dir.path(),
+        "evil.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: evil, namespace: ns}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers:\n        - name: c\n          image: \"reg.io/app:v1\\e[2K\\r\\aFAKE LINE\\n2026-01-01T00:00:00Z ERROR forged\\u202Eevil\"\n",
-    )
-    .unwrap();
+    );
     let args = ["-o", "table", "--log-level=debug"];
     let (stdout, stderr) = check_finds_problems(&manifest, dir.path(), &args).await;
     for raw in ['\u{1b}', '\r', '\u{7}', '\u{202E}'] {
