@@ -143,15 +143,10 @@ fn registry_requests(registry: &Registry, start: usize) -> usize {
         .count()
 }
 
-/// Steady-state throughput over `tags`, and registry requests per check in the first
-/// pass and in the timed (steady) pass.
-async fn pullwatch_throughput(
-    registry: &Registry,
-    tags: &[String],
-) -> anyhow::Result<(f64, f64, f64)> {
-    let host = registry.host();
-    let metrics = Metrics::new(false)?;
-    let config = CheckerConfig {
+/// The checker settings of every pass: plain HTTP, `CONCURRENCY` checks and registry
+/// connections, no request rate limit.
+fn bench_checker_config() -> CheckerConfig {
+    CheckerConfig {
         allow_plain_http: true,
         max_concurrent_checks: CONCURRENCY,
         registry_limits: RegistryLimits {
@@ -160,8 +155,21 @@ async fn pullwatch_throughput(
         },
         request_timeout: Duration::from_secs(10),
         ..CheckerConfig::default()
-    };
-    let checker = Arc::new(Checker::new(&config, metrics.checker.clone())?);
+    }
+}
+
+/// Steady-state throughput over `tags`, and registry requests per check in the first
+/// pass and in the timed (steady) pass.
+async fn pullwatch_throughput(
+    registry: &Registry,
+    tags: &[String],
+) -> anyhow::Result<(f64, f64, f64)> {
+    let host = registry.host();
+    let metrics = Metrics::new(false)?;
+    let checker = Arc::new(Checker::new(
+        &bench_checker_config(),
+        metrics.checker.clone(),
+    )?);
     let keys: Vec<CheckKey> = tags
         .iter()
         .map(|tag| {
@@ -171,30 +179,25 @@ async fn pullwatch_throughput(
             ))
         })
         .collect::<anyhow::Result<_>>()?;
+    // How many of `keys` one concurrent pass finds available.
+    let available_in_a_pass = || {
+        futures::stream::iter(&keys)
+            .map(|key| {
+                let checker = checker.clone();
+                async move { checker.check(key).await }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .filter(|o: &CheckOutcome| futures::future::ready(o.status == CheckStatus::Available))
+            .count()
+    };
     // A first pass, as a long-running process has made before its steady state.
     let start = registry.log().len();
-    let first = futures::stream::iter(&keys)
-        .map(|key| {
-            let checker = checker.clone();
-            async move { checker.check(key).await }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter(|o: &CheckOutcome| futures::future::ready(o.status == CheckStatus::Available))
-        .count()
-        .await;
+    let first = available_in_a_pass().await;
     anyhow::ensure!(first == keys.len(), "first pass: only {first} available");
     let first_cost = registry_requests(registry, start) as f64 / keys.len() as f64;
     let start = registry.log().len();
     let started = Instant::now();
-    let available = futures::stream::iter(&keys)
-        .map(|key| {
-            let checker = checker.clone();
-            async move { checker.check(key).await }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter(|o: &CheckOutcome| futures::future::ready(o.status == CheckStatus::Available))
-        .count()
-        .await;
+    let available = available_in_a_pass().await;
     anyhow::ensure!(
         available == keys.len(),
         "pullwatch: only {available} of {} available",
@@ -226,24 +229,14 @@ async fn distinct_image_costs(registry: &Registry) -> anyhow::Result<(f64, f64, 
             let ids: Vec<&str> = diff_ids.iter().map(String::as_str).collect();
             let config = raw::config(arch, &ids, &repo);
             raw::push_blob(registry, &repo, &config).await?;
-            let manifest = serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": raw::OCI_MANIFEST,
-                "config": raw::descriptor(raw::OCI_CONFIG, &config),
-                "layers": layers,
-            }))?;
-            let digest = pullwatch_testbench::sha256_digest(&manifest);
-            raw::put_manifest(registry, &repo, &digest, raw::OCI_MANIFEST, &manifest).await?;
-            let mut entry = raw::descriptor(raw::OCI_MANIFEST, &manifest);
-            entry["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
-            entries.push(entry);
+            let config = raw::descriptor(raw::OCI_CONFIG, &config);
+            let manifest = raw::manifest(raw::OCI_MANIFEST, config, layers);
+            let body = serde_json::to_vec(&manifest)?;
+            let digest = pullwatch_testbench::sha256_digest(&body);
+            raw::put_document(registry, &repo, &digest, &manifest).await?;
+            entries.push(raw::entry(&body, Some(("linux", arch))));
         }
-        let index = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": raw::OCI_INDEX,
-            "manifests": entries,
-        }))?;
-        raw::put_manifest(registry, &repo, "v1", raw::OCI_INDEX, &index).await?;
+        raw::put_document(registry, &repo, "v1", &raw::index(entries)).await?;
         keys.push(CheckKey::new(
             ImageReference::parse(&format!("{host}/{repo}:v1"))?,
             Arc::from(Vec::new()),
@@ -253,19 +246,12 @@ async fn distinct_image_costs(registry: &Registry) -> anyhow::Result<(f64, f64, 
     let expiry = Duration::from_secs(10);
     let metrics = Metrics::new(false)?;
     let config = CheckerConfig {
-        allow_plain_http: true,
-        max_concurrent_checks: CONCURRENCY,
-        registry_limits: RegistryLimits {
-            max_concurrency: CONCURRENCY,
-            requests_per_second: NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX),
-        },
-        request_timeout: Duration::from_secs(10),
         walk: WalkSettings {
             blob_check_interval: expiry,
             ..WalkSettings::default()
         },
         platforms: vec!["linux/amd64".parse()?],
-        ..CheckerConfig::default()
+        ..bench_checker_config()
     };
     let checker = Checker::new(&config, metrics.checker.clone())?;
     let pass = async || -> anyhow::Result<f64> {

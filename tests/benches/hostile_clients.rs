@@ -13,11 +13,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clients::{
-    Process, big_inventory, closed_within, serve_manifests, slow_connection, timed_get, wait_ready,
-    zero_window_h2,
+    Process, big_inventory, closed_within, serve_manifests, slow_connection, timed_get, unread_get,
+    wait_ready, zero_window_h2,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpSocket;
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -140,14 +138,7 @@ async fn run() {
     let started = Instant::now();
     let mut stalled = Vec::new();
     for i in 0..100 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        let path = if i % 2 == 0 { "/api/v1/images" } else { "/" };
-        let _ = stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await;
-        stalled.push(stream);
+        stalled.push(unread_get(addr, i).await.unwrap());
         if i % 20 == 0 {
             sampler.sample(&mut aggregator, addr).await;
         }

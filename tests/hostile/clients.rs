@@ -197,6 +197,24 @@ pub async fn slow_connection(
     }))
 }
 
+/// The `i`th of the HTTP/1.1 clients that never read: a connection with a 4 KiB
+/// receive buffer that sends `GET /api/v1/images` (even `i`) or `GET /` (odd) and
+/// reads nothing of the answer, so the server's writes stall.
+pub async fn unread_get(addr: SocketAddr, i: usize) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(addr).await?;
+    let path = if i.is_multiple_of(2) {
+        "/api/v1/images"
+    } else {
+        "/"
+    };
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    Ok(stream)
+}
+
 /// Until `closed` says the connection was closed (a read gives EOF or an error),
 /// reading and discarding at most `budget` bytes; how long it took (None: still open
 /// at `deadline`).

@@ -10,6 +10,7 @@ use crate::bearer::BearerRegistry;
 use crate::ca::TestCa;
 use crate::push::{ImageFormat, push_image};
 use crate::registry::{Registry, RegistryOptions};
+use crate::serve::{LoopbackListener, LoopbackServer};
 use crate::stub::{StubResponse, StubServer};
 
 /// The pull secret's username for every behaviour.
@@ -68,33 +69,24 @@ async fn token_behaviour(
 
 /// A TCP server that accepts connections and never says a word. Stops on drop.
 pub struct SilentServer {
-    addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    server: LoopbackServer,
 }
 
 impl SilentServer {
     /// Binds a free loopback port. Must be called inside a tokio runtime.
     pub async fn start() -> Result<SilentServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
+        let listener = LoopbackListener::bind("the silent server").await?;
+        // Each connection is held open, unanswered, until the server drops.
+        let server = listener.serve(|stream, _peer| async move {
+            let _held = stream;
+            std::future::pending::<()>().await
         });
-        Ok(SilentServer { addr, task })
+        Ok(SilentServer { server })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for SilentServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.server.addr().to_string()
     }
 }
 
@@ -176,11 +168,7 @@ pub async fn registry_behaviours() -> Result<Vec<Behaviour>> {
 
     // A registry whose certificate no configured CA signed.
     let ca = TestCa::new()?;
-    let tls = Registry::start(RegistryOptions {
-        tls: Some(ca.clone()),
-        ..Default::default()
-    })
-    .await?;
+    let tls = Registry::start(RegistryOptions::tls(&ca)).await?;
     let pushed = push_image(&tls, "secure/app", "v1", ImageFormat::Oci).await?;
     let host = tls.host();
     all.push(Behaviour {

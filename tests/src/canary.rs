@@ -89,14 +89,9 @@ pub fn assert_no_hostile_secret(what: &str, text: &str) {
     forms.push("CANARY".to_string());
     for form in forms {
         if let Some(at) = text.find(&form) {
-            let from = text[..at]
-                .char_indices()
-                .rev()
-                .nth(200)
-                .map_or(0, |(i, _)| i);
             panic!(
                 "the hostile password leaked into {what} (as {form:?}), near:\n{}",
-                &text[from..(at + form.len()).min(text.len())]
+                leading_up_to(text, at, &form)
             );
         }
     }
@@ -113,16 +108,22 @@ pub fn find_canary(text: &str) -> Option<String> {
 pub fn assert_no_canary(what: &str, text: &str) {
     if let Some(form) = find_canary(text) {
         let at = text.find(&form).unwrap_or(0);
-        let from = text[..at]
-            .char_indices()
-            .rev()
-            .nth(200)
-            .map_or(0, |(i, _)| i);
         panic!(
             "the canary password leaked into {what} (as {form:?}), near:\n{}",
-            &text[from..(at + form.len()).min(text.len())]
+            leading_up_to(text, at, &form)
         );
     }
+}
+
+/// The 200 characters of `text` before `form` (found at byte `at`), and `form`: where a
+/// leak is, for its panic message.
+fn leading_up_to<'a>(text: &'a str, at: usize, form: &str) -> &'a str {
+    let from = text[..at]
+        .char_indices()
+        .rev()
+        .nth(200)
+        .map_or(0, |(i, _)| i);
+    &text[from..(at + form.len()).min(text.len())]
 }
 
 /// [`assert_no_canary`] over a file (a captured process log); a missing file is empty.

@@ -103,19 +103,6 @@ impl Endpoint {
             endpoint: self.clone(),
         })
     }
-
-    /// One request on a fresh connection.
-    pub async fn request(
-        &self,
-        method: http::Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-        auth: bool,
-    ) -> Result<HttpResponse> {
-        let mut conn = self.connect().await?;
-        conn.send(method, path, headers, body, auth).await
-    }
 }
 
 async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>>
@@ -172,16 +159,7 @@ impl Conn {
             let body = body.collect().await?.to_bytes();
             anyhow::Ok(HttpResponse {
                 status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_owned(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect(),
+                headers: header_pairs(&parts.headers),
                 body: body.to_vec(),
             })
         };
@@ -190,6 +168,17 @@ impl Conn {
             .map_err(|_| anyhow!("{what} timed out after {REQUEST_TIMEOUT:?}"))?
             .with_context(|| what.clone())
     }
+}
+
+/// The headers as `(name, value)` pairs in order, names lower-cased, values lossy UTF-8.
+pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_owned(), value)
+        })
+        .collect()
 }
 
 /// One plain-HTTP request to `addr` on a fresh connection (e.g. to a [`crate::StubServer`]).
@@ -206,5 +195,6 @@ pub async fn http_request(
         tls: None,
         creds: None,
     };
-    endpoint.request(method, path, headers, body, false).await
+    let mut conn = endpoint.connect().await?;
+    conn.send(method, path, headers, body, false).await
 }

@@ -64,4 +64,4 @@ pub use tools::{
     HELM_NPM_PACKAGE, ToolOutput, helm, helm_ok, locate_helm, promtool, promtool_check_rules,
     promtool_test_rules, require_helm, workspace_root,
 };
-pub use util::{free_port, free_port_on, require_tool};
+pub use util::{free_port, free_port_on, require_tool, write_file};

@@ -6,20 +6,17 @@
 //! serves `GET` and refuses `HEAD`, as pre-signed URLs signed for `GET` do.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use crate::http_client::Endpoint;
 use crate::registry::Registry;
+use crate::serve::{LoopbackListener, LoopbackServer, serve_http1};
 
 /// A fault the proxy injects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,9 +45,8 @@ struct State {
 
 /// The proxy on `127.0.0.1:<free port>`; stops on drop.
 pub struct PullProxy {
-    addr: SocketAddr,
+    server: LoopbackServer,
     state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -61,45 +57,28 @@ impl PullProxy {
     /// Starts passing everything to `registry` (plain HTTP, no auth).
     pub async fn start(registry: &Registry) -> Result<PullProxy> {
         let backend = registry.endpoint().clone();
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the pull proxy")?;
-        let addr = listener.local_addr()?;
+        let listener = LoopbackListener::bind("the pull proxy").await?;
         let state: Arc<Mutex<State>> = Arc::default();
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                };
-                let Ok((stream, _)) = accepted else { continue };
-                let state = shared.clone();
-                let backend = backend.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req: http::Request<Incoming>| {
-                        let state = state.clone();
-                        let backend = backend.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &backend, &state).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let server = listener.serve(move |stream, _peer| {
+            let (state, backend) = (shared.clone(), backend.clone());
+            let service = service_fn(move |req: http::Request<Incoming>| {
+                let (state, backend) = (state.clone(), backend.clone());
+                async move { Ok::<_, Infallible>(answer(req, &backend, &state).await) }
+            });
+            serve_http1(stream, service)
         });
-        Ok(PullProxy { addr, state, task })
+        Ok(PullProxy { server, state })
     }
 
     /// `127.0.0.1:PORT`: the registry host images name.
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.addr().to_string()
     }
 
     /// The base URL of the proxy's own GET-only "storage".
     pub fn storage_url(&self) -> String {
-        format!("http://{}/storage", self.addr)
+        format!("http://{}/storage", self.server.addr())
     }
 
     pub fn add(&self, rule: ProxyRule) {
@@ -109,12 +88,6 @@ impl PullProxy {
     /// The requests seen since the last call (and forgets them).
     pub fn take_requests(&self) -> Vec<ProxiedRequest> {
         std::mem::take(&mut lock(&self.state).requests)
-    }
-}
-
-impl Drop for PullProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -188,10 +161,12 @@ async fn answer(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let response = match backend
-        .request(method.clone(), &upstream_path, &headers, Vec::new(), false)
-        .await
-    {
+    let sent = async {
+        let mut conn = backend.connect().await?;
+        conn.send(method.clone(), &upstream_path, &headers, Vec::new(), false)
+            .await
+    };
+    let response = match sent.await {
         Ok(response) => response,
         Err(_) => {
             record(502);

@@ -642,6 +642,62 @@ pub mod raw {
         json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() })
     }
 
+    /// An image manifest document of `media_type` (OCI or Docker schema 2) from its
+    /// config and layer descriptors.
+    pub fn manifest(
+        media_type: &str,
+        config: serde_json::Value,
+        layers: Vec<serde_json::Value>,
+    ) -> serde_json::Value {
+        json!({ "schemaVersion": 2, "mediaType": media_type, "config": config, "layers": layers })
+    }
+
+    /// An OCI image index document of these entries.
+    pub fn index(entries: Vec<serde_json::Value>) -> serde_json::Value {
+        json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries })
+    }
+
+    /// An index entry for the manifest `body`, with its platform when given.
+    pub fn entry(body: &[u8], platform: Option<(&str, &str)>) -> serde_json::Value {
+        let mut entry = descriptor(OCI_MANIFEST, body);
+        if let Some((os, arch)) = platform {
+            entry["platform"] = json!({ "os": os, "architecture": arch });
+        }
+        entry
+    }
+
+    /// Uploads each blob to `repo`; their digests.
+    pub async fn push_blobs(
+        registry: &Registry,
+        repo: &str,
+        blobs: &[&[u8]],
+    ) -> Result<Vec<String>> {
+        let mut digests = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            digests.push(push_blob(registry, repo, blob).await?);
+        }
+        Ok(digests)
+    }
+
+    /// `PUT`s a manifest or index `document` under `reference`, as its own `mediaType`;
+    /// returns the digest the registry answered.
+    pub async fn put_document(
+        registry: &Registry,
+        repo: &str,
+        reference: &str,
+        document: &serde_json::Value,
+    ) -> Result<String> {
+        let media_type = document["mediaType"].as_str().unwrap_or(OCI_MANIFEST);
+        put_manifest(
+            registry,
+            repo,
+            reference,
+            media_type,
+            &serde_json::to_vec(document)?,
+        )
+        .await
+    }
+
     /// Uploads a blob to `repo` (skipped when it is there); returns its digest.
     pub async fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) -> Result<String> {
         let digest = sha256_digest(bytes);

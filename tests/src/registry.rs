@@ -34,6 +34,24 @@ pub struct RegistryOptions {
     pub allow_foreign_urls: bool,
 }
 
+impl RegistryOptions {
+    /// Basic auth required, with this user and password.
+    pub fn htpasswd(user: &str, password: &str) -> RegistryOptions {
+        RegistryOptions {
+            htpasswd: Some((user.into(), password.into())),
+            ..RegistryOptions::default()
+        }
+    }
+
+    /// HTTPS, with a server certificate issued by `ca`.
+    pub fn tls(ca: &TestCa) -> RegistryOptions {
+        RegistryOptions {
+            tls: Some(ca.clone()),
+            ..RegistryOptions::default()
+        }
+    }
+}
+
 /// A running `docker-registry` on a loopback port, with filesystem storage in a temp dir.
 ///
 /// The process is killed when the value drops.
@@ -176,11 +194,11 @@ impl Registry {
             if let Some(status) = self.child.exited()? {
                 bail!("docker-registry exited during startup with {status}");
             }
-            let probe = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.endpoint
-                    .request(http::Method::GET, "/v2/", &[], Vec::new(), false),
-            )
+            let probe = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut conn = self.endpoint.connect().await?;
+                conn.send(http::Method::GET, "/v2/", &[], Vec::new(), false)
+                    .await
+            })
             .await;
             if let Ok(Ok(resp)) = probe
                 && (resp.status == 200 || resp.status == 401)
@@ -284,9 +302,8 @@ impl Registry {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<HttpResponse> {
-        self.endpoint
-            .request(method, path, headers, body, true)
-            .await
+        let mut conn = self.endpoint.connect().await?;
+        conn.send(method, path, headers, body, true).await
     }
 
     /// Sends a request without credentials (to see the 401).
@@ -296,9 +313,8 @@ impl Registry {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<HttpResponse> {
-        self.endpoint
-            .request(method, path, headers, Vec::new(), false)
-            .await
+        let mut conn = self.endpoint.connect().await?;
+        conn.send(method, path, headers, Vec::new(), false).await
     }
 
     /// `HEAD /v2/<repo>/manifests/<reference>` with an `Accept` header listing every

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// A listener bound on `127.0.0.1:<free port>`, not yet serving: its address is known
@@ -26,6 +26,18 @@ impl LoopbackListener {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .with_context(|| format!("binding {what}"))?;
+        let addr = listener.local_addr()?;
+        Ok(LoopbackListener { listener, addr })
+    }
+
+    /// Binds `addr` (an IPv4 loopback address; port 0 for a free one) with
+    /// `SO_REUSEADDR`, so that a server stopped with [`LoopbackServer::stop`] can bind
+    /// its port again at once.
+    pub(crate) fn bind_reusable(addr: SocketAddr) -> std::io::Result<LoopbackListener> {
+        let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         Ok(LoopbackListener { listener, addr })
     }
@@ -71,6 +83,17 @@ impl LoopbackServer {
     /// `127.0.0.1:PORT`.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the accept loop still runs.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Stops serving and waits until the listener and every connection are closed.
+    pub(crate) async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 

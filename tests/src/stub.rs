@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 
+use crate::http_client::header_pairs;
 use crate::serve::{LoopbackListener, LoopbackServer, serve_http1};
 
 /// What the stub answers to one request.
@@ -170,16 +171,7 @@ async fn answer(
     let entry = RecordedRequest {
         method: parts.method.as_str().to_owned(),
         path: path.clone(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&parts.headers),
     };
     let stub = handler(&entry);
     match recorded.lock() {

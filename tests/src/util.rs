@@ -23,6 +23,14 @@ pub fn free_port_on(ip: IpAddr) -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Writes `contents` to `dir/name` and returns the path; panics with the path if it
+/// cannot (a test step).
+pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
 /// The Debian package that ships a binary the bench uses, for error messages.
 fn debian_package(name: &str) -> &'static str {
     match name {

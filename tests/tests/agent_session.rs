@@ -24,7 +24,7 @@ use pullwatch_aggregator::agents::server::{self as agent_server, AgentServer, Ag
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, Registry, RegistryOptions, TestCa,
-    free_port, push_to,
+    free_port, push_to, write_file,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -52,8 +52,7 @@ impl Aggregator {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new().unwrap();
         let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let token_file = write_file(dir.path(), "token", format!("{TOKEN}\n"));
         Aggregator {
             _dir: dir,
             ca,
@@ -154,10 +153,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn agents_check_through_their_nodes_and_reconnect_after_an_aggregator_restart() {
     bounded(async {
-        let registry = Registry::start(RegistryOptions {
-            htpasswd: Some((USER.into(), PASSWORD.into())),
-            ..Default::default()
-        })
+        let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
         let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
@@ -349,8 +345,7 @@ async fn a_wrong_token_is_refused() {
         let node = Containerd::start(ContainerdOptions::default())
             .await
             .unwrap();
-        let wrong = node.dir().join("wrong-token");
-        std::fs::write(&wrong, "not-the-token").unwrap();
+        let wrong = write_file(node.dir(), "wrong-token", "not-the-token");
         let (metrics, agent) = spawn_agent(
             &node,
             NodeSetup::default(),
@@ -384,8 +379,7 @@ async fn run_command_as_the_chart_starts_it() {
     let home = tempfile::tempdir().unwrap();
     let ca = TestCa::new().unwrap();
     let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
-    let token = home.path().join("token");
-    std::fs::write(&token, "t0ken").unwrap();
+    let token = write_file(home.path(), "token", "t0ken");
     let hub = AgentHub::new(HubConfig {
         tls: true,
         heartbeat_interval: Duration::from_secs(1),

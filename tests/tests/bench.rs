@@ -3,16 +3,26 @@
 use std::time::Duration;
 
 use pullwatch_testbench::{
-    ImageFormat, MANIFEST_ACCEPT, Registry, RegistryOptions, StubResponse, StubServer, TestCa,
-    http_request, promtool_check_metrics, push_tags, push_to, sha256_digest,
+    ImageFormat, MANIFEST_ACCEPT, PushedImage, Registry, RegistryOptions, StubResponse, StubServer,
+    TestCa, http_request, promtool_check_metrics, push_tags, push_to, sha256_digest,
 };
 
-/// HEAD the tag and check status 200, the digest and the media type.
-async fn assert_manifest(registry: &Registry, repo: &str, tag: &str, digest: &str, media: &str) {
+/// Pushes a generated image as `repo:tag`, then HEADs the tag and checks status 200,
+/// the digest, the media type and the registry's access log.
+async fn push_served(
+    registry: &Registry,
+    repo: &str,
+    tag: &str,
+    format: ImageFormat,
+) -> PushedImage {
+    let pushed = push_to(registry, repo, tag, format).await;
     let head = registry.head_manifest(repo, tag).await.unwrap();
     assert_eq!(head.status, 200, "HEAD {repo}:{tag}: {head:?}");
-    assert_eq!(head.header("docker-content-digest"), Some(digest));
-    assert_eq!(head.header("content-type"), Some(media));
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(pushed.digest.as_str())
+    );
+    assert_eq!(head.header("content-type"), Some(format.media_type()));
     assert!(
         registry
             .log()
@@ -20,6 +30,7 @@ async fn assert_manifest(registry: &Registry, repo: &str, tag: &str, digest: &st
         "registry access log lacks the HEAD:\n{}",
         registry.log()
     );
+    pushed
 }
 
 #[tokio::test]
@@ -30,10 +41,9 @@ async fn open_registry_accepts_every_format() {
     let mut digests = Vec::new();
     for (i, format) in ImageFormat::ALL.into_iter().enumerate() {
         let repo = format!("team/app{i}");
-        let pushed = push_to(&registry, &repo, "v1", format).await;
+        let pushed = push_served(&registry, &repo, "v1", format).await;
         assert_eq!(pushed.reference, format!("{}/{repo}:v1", registry.host()));
         assert!(pushed.digest.starts_with("sha256:") && pushed.digest.len() == 71);
-        assert_manifest(&registry, &repo, "v1", &pushed.digest, format.media_type()).await;
 
         // The body the registry serves hashes to the digest.
         let get = registry.get_manifest(&repo, "v1").await.unwrap();
@@ -124,12 +134,9 @@ async fn registry_negotiates_on_accept() {
 
 #[tokio::test]
 async fn htpasswd_registry_requires_credentials() {
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("alice".into(), "s3cret".into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd("alice", "s3cret"))
+        .await
+        .unwrap();
     let anon = registry
         .request_unauthenticated(http::Method::GET, "/v2/", &[])
         .await
@@ -144,15 +151,7 @@ async fn htpasswd_registry_requires_credentials() {
         .unwrap();
     assert_eq!(authed.status, 200);
 
-    let pushed = push_to(&registry, "private/app", "1.0", ImageFormat::Oci).await;
-    assert_manifest(
-        &registry,
-        "private/app",
-        "1.0",
-        &pushed.digest,
-        ImageFormat::Oci.media_type(),
-    )
-    .await;
+    push_served(&registry, "private/app", "1.0", ImageFormat::Oci).await;
     let anon_head = registry
         .request_unauthenticated(
             http::Method::HEAD,
@@ -167,12 +166,7 @@ async fn htpasswd_registry_requires_credentials() {
 #[tokio::test]
 async fn tls_registry_is_reachable_with_the_ca() {
     let ca = TestCa::new().unwrap();
-    let registry = Registry::start(RegistryOptions {
-        tls: Some(ca.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let registry = Registry::start(RegistryOptions::tls(&ca)).await.unwrap();
     assert!(registry.url().starts_with("https://127.0.0.1:"));
 
     // rustls with only the test CA as root.
@@ -221,15 +215,7 @@ async fn tls_registry_is_reachable_with_the_ca() {
     assert!(connector.connect(name, tcp).await.is_err());
 
     // Pushing through skopeo with the CA works too.
-    let pushed = push_to(&registry, "secure/app", "v2", ImageFormat::DockerV2S2).await;
-    assert_manifest(
-        &registry,
-        "secure/app",
-        "v2",
-        &pushed.digest,
-        ImageFormat::DockerV2S2.media_type(),
-    )
-    .await;
+    push_served(&registry, "secure/app", "v2", ImageFormat::DockerV2S2).await;
 }
 
 #[tokio::test]
@@ -262,30 +248,13 @@ async fn delete_manifest_loses_the_image() {
         .delete_manifest("lost/app", &gone.digest)
         .await
         .unwrap();
-    assert_eq!(
-        registry
-            .head_manifest("lost/app", "gone")
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-    assert_eq!(
-        registry
-            .head_manifest("lost/app", &gone.digest)
-            .await
-            .unwrap()
-            .status,
-        404
-    );
-    assert_eq!(
-        registry
-            .head_manifest("lost/app", "keep")
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    let head_status = async |reference: &str| {
+        let head = registry.head_manifest("lost/app", reference).await;
+        head.unwrap().status
+    };
+    assert_eq!(head_status("gone").await, 404);
+    assert_eq!(head_status(&gone.digest).await, 404);
+    assert_eq!(head_status("keep").await, 200);
     assert!(registry.log().contains(&format!(
         "\"DELETE /v2/lost/app/manifests/{} HTTP/1.1\" 202",
         gone.digest
@@ -302,12 +271,9 @@ async fn delete_manifest_loses_the_image() {
 
 #[tokio::test]
 async fn push_tags_points_many_tags_at_one_manifest() {
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("bob".into(), "pw".into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd("bob", "pw"))
+        .await
+        .unwrap();
     let tags: Vec<String> = (0..50).map(|i| format!("t{i:03}")).collect();
     let digest = push_tags(&registry, "many", &tags).await.unwrap();
     for tag in &tags {
@@ -335,16 +301,8 @@ async fn ipv6_registry_gets_images_over_the_api() {
     assert!(registry.host().starts_with("[::1]:"), "{}", registry.host());
     assert!(registry.addr().is_ipv6());
     for format in [ImageFormat::Oci, ImageFormat::DockerManifestList] {
-        let pushed = push_to(&registry, "v6/app", "latest", format).await;
+        let pushed = push_served(&registry, "v6/app", "latest", format).await;
         assert!(pushed.reference.starts_with("[::1]:"));
-        assert_manifest(
-            &registry,
-            "v6/app",
-            "latest",
-            &pushed.digest,
-            format.media_type(),
-        )
-        .await;
     }
 
     // TLS and htpasswd on [::1] too (the certificate carries IP:::1).
@@ -357,15 +315,7 @@ async fn ipv6_registry_gets_images_over_the_api() {
     .await
     .unwrap();
     assert!(secure.url().starts_with("https://[::1]:"));
-    let pushed = push_to(&secure, "v6/secure", "v1", ImageFormat::DockerV2S2).await;
-    assert_manifest(
-        &secure,
-        "v6/secure",
-        "v1",
-        &pushed.digest,
-        ImageFormat::DockerV2S2.media_type(),
-    )
-    .await;
+    push_served(&secure, "v6/secure", "v1", ImageFormat::DockerV2S2).await;
     assert_eq!(
         secure
             .request_unauthenticated(http::Method::GET, "/v2/", &[])

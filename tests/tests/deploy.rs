@@ -8,21 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use pullwatch_testbench::{promtool_check_rules, promtool_test_rules, workspace_root};
+use pullwatch_testbench::{promtool_check_rules, promtool_test_rules, workspace_root, write_file};
 use serde::Deserialize;
 use serde_yaml::Value;
 
-/// The eight check statuses, in the order of pullwatch::CheckStatus::ALL.
-const STATUSES: [&str; 8] = [
-    "available",
-    "absent",
-    "bad_image_format",
-    "registry_unavailable",
-    "authentication_failure",
-    "authorization_failure",
-    "rate_limited",
-    "unknown_error",
-];
+/// The eight check statuses, as the metrics name them.
+fn statuses() -> [&'static str; 8] {
+    pullwatch::CheckStatus::ALL.map(pullwatch::CheckStatus::as_str)
+}
 
 /// The workload kinds pullwatch reports (`kind` label, and the legacy per-kind names).
 const KINDS: [&str; 6] = [
@@ -58,7 +51,7 @@ fn known_metrics() -> BTreeSet<String> {
     .into_iter()
     .map(String::from)
     .collect();
-    for status in STATUSES {
+    for status in statuses() {
         names.insert(format!("k8s_image_availability_exporter_{status}"));
         for kind in KINDS {
             names.insert(format!("k8s_image_availability_exporter_{kind}_{status}"));
@@ -75,7 +68,18 @@ fn is_known_metric(name: &str, known: &BTreeSet<String>) -> bool {
         })
 }
 
-/// PromQL keywords, functions and aggregations that look like identifiers.
+/// PromQL keywords followed by a list of label names: `by (...)`, `on (...)`...
+const PROMQL_LABEL_LIST_WORDS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// PromQL keywords, functions and aggregations that look like identifiers (besides
+/// [`PROMQL_LABEL_LIST_WORDS`]).
 const PROMQL_WORDS: &[&str] = &[
     "sum",
     "min",
@@ -89,12 +93,6 @@ const PROMQL_WORDS: &[&str] = &[
     "quantile",
     "count_values",
     "group",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "and",
     "or",
     "unless",
@@ -189,16 +187,7 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
             }
             let is_call = j < chars.len() && chars[j] == '(';
             let lower = word.to_ascii_lowercase();
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&lower.as_str())
-            {
+            if PROMQL_LABEL_LIST_WORDS.contains(&lower.as_str()) {
                 in_label_list = is_call;
             } else if !in_label_list && !is_call && !PROMQL_WORDS.contains(&lower.as_str()) {
                 names.insert(word);
@@ -405,7 +394,7 @@ fn every_cause_has_an_alert_with_for_severity_and_a_useful_description() {
         );
         assert!(!str_of(&rule["annotations"], "summary").is_empty());
     }
-    for status in STATUSES.iter().filter(|s| **s != "available") {
+    for status in statuses().iter().filter(|s| **s != "available") {
         let metric = format!("k8s_image_availability_exporter_{status}");
         let matching: Vec<&String> = alerts
             .iter()
@@ -522,7 +511,7 @@ fn alert_unit_tests_use_pullwatch_shaped_series_and_cover_every_alert() {
             );
             let values = expand_series_values(str_of(input, "values"));
             if let Some(status) = metric.strip_prefix("k8s_image_availability_exporter_")
-                && STATUSES.contains(&status)
+                && statuses().contains(&status)
             {
                 let keys: BTreeSet<&str> = labels.keys().map(String::as_str).collect();
                 for label in ["namespace", "container", "image", "kind", "name"] {
@@ -541,7 +530,7 @@ fn alert_unit_tests_use_pullwatch_shaped_series_and_cover_every_alert() {
                     .keys()
                     .map(String::as_str)
                     .collect::<BTreeSet<_>>(),
-                STATUSES.into_iter().collect::<BTreeSet<_>>(),
+                statuses().into_iter().collect::<BTreeSet<_>>(),
                 "{name}: {labels:?} does not carry all eight gauges"
             );
             let steps = by_status.values().map(Vec::len).max().unwrap();
@@ -710,7 +699,7 @@ fn dashboard_is_valid_with_a_datasource_variable_and_known_metrics() {
     }
 
     // Everything the dashboard promises is on it.
-    for status in STATUSES.iter().filter(|s| **s != "available") {
+    for status in statuses().iter().filter(|s| **s != "available") {
         assert!(
             used.contains(&format!("k8s_image_availability_exporter_{status}")),
             "no panel shows {status}"
@@ -764,12 +753,9 @@ fn dashboard_is_valid_with_a_datasource_variable_and_known_metrics() {
 fn promtool_rejects_a_broken_dashboard_query() {
     // The PromQL check above can fail: an unbalanced query is refused.
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.yaml");
-    std::fs::write(
-        &file,
-        "groups:\n- name: g\n  rules:\n  - record: bad\n    expr: sum by (le (rate(x[5m]))\n",
-    )
-    .unwrap();
+    let rule =
+        "groups:\n- name: g\n  rules:\n  - record: bad\n    expr: sum by (le (rate(x[5m]))\n";
+    let file = write_file(dir.path(), "bad.yaml", rule);
     assert!(promtool_check_rules(&[&file]).is_err());
 }
 
@@ -935,8 +921,8 @@ fn yaml_documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `helm template pullwatch CHART --namespace pullwatch ARGS...`, split into documents.
-fn render(args: &[&str]) -> Vec<Value> {
+/// `helm template pullwatch CHART --namespace pullwatch ARGS...`: the rendered text.
+fn helm_template(args: &[&str]) -> String {
     let chart = chart_dir();
     let mut all = vec![
         "template",
@@ -946,7 +932,12 @@ fn render(args: &[&str]) -> Vec<Value> {
         NAMESPACE,
     ];
     all.extend_from_slice(args);
-    yaml_documents(&helm_ok(&all).unwrap())
+    helm_ok(&all).unwrap()
+}
+
+/// [`helm_template`], split into documents.
+fn render(args: &[&str]) -> Vec<Value> {
+    yaml_documents(&helm_template(args))
 }
 
 fn render_default() -> Vec<Value> {
@@ -1022,6 +1013,12 @@ fn pod_spec_of_deployment(d: &Deployment) -> &PodSpec {
 
 fn pod_spec_of_daemonset(d: &DaemonSet) -> &PodSpec {
     d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+/// The names of the container's ports (it must have some).
+fn port_names(c: &Container) -> Vec<String> {
+    let ports = c.ports.as_ref().expect("the container has ports");
+    ports.iter().filter_map(|p| p.name.clone()).collect()
 }
 
 fn args_of(c: &Container) -> Vec<String> {
@@ -1110,8 +1107,7 @@ fn helm_is_found_or_the_error_names_the_npm_package() {
     );
 
     use std::os::unix::fs::PermissionsExt;
-    let fake = empty.path().join("helm");
-    std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+    let fake = write_file(empty.path(), "helm", "#!/bin/sh\n");
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(
         locate_helm(None, Some(empty.path().as_os_str().to_owned()), &[]).unwrap(),
@@ -2192,13 +2188,7 @@ fn monitoring_objects_select_what_exists_and_carry_the_shipped_rules() {
         );
     }
     let pm_endpoint = &pm["spec"]["podMetricsEndpoints"][0];
-    let agent_ports: Vec<String> = pod_spec_of_daemonset(&ds).containers[0]
-        .ports
-        .as_ref()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p.name.clone())
-        .collect();
+    let agent_ports = port_names(&pod_spec_of_daemonset(&ds).containers[0]);
     assert!(agent_ports.contains(&pm_endpoint["port"].as_str().unwrap().to_string()));
     assert_eq!(pm_endpoint["relabelings"][0]["targetLabel"], "node");
 
@@ -2220,13 +2210,7 @@ fn monitoring_objects_select_what_exists_and_carry_the_shipped_rules() {
 
     // NetworkPolicies name ports that exist; agents reach the agent port.
     let deployment: Deployment = one(&docs, "Deployment");
-    let agg_ports: Vec<String> = pod_spec_of_deployment(&deployment).containers[0]
-        .ports
-        .as_ref()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p.name.clone())
-        .collect();
+    let agg_ports = port_names(&pod_spec_of_deployment(&deployment).containers[0]);
     for doc in docs_of(&docs, "NetworkPolicy") {
         let np: NetworkPolicy = typed(doc);
         for rule in np.spec.unwrap().ingress.unwrap() {
@@ -2517,16 +2501,7 @@ fn manifests_path() -> PathBuf {
 }
 
 fn expected_manifests() -> String {
-    let chart = chart_dir();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.to_str().unwrap(),
-        "--namespace",
-        NAMESPACE,
-    ];
-    args.extend_from_slice(MANIFESTS_HELM_ARGS);
-    let rendered = helm_ok(&args).unwrap();
+    let rendered = helm_template(MANIFESTS_HELM_ARGS);
     format!("{MANIFESTS_HEADER}{rendered}")
 }
 
@@ -2761,12 +2736,11 @@ async fn shipped_alerts_fire_in_prometheus_scraping_a_running_aggregator() {
              - name: app\n          image: \"{image}\"\n"
         )
     };
-    let manifests = dir.path().join("workloads.yaml");
-    std::fs::write(
-        &manifests,
+    let manifests = write_file(
+        dir.path(),
+        "workloads.yaml",
         [deployment("web", &present), deployment("cart", &absent)].join("---\n"),
-    )
-    .unwrap();
+    );
 
     let agg_port = free_port();
     let agg_addr: std::net::SocketAddr = ([127, 0, 0, 1], agg_port).into();
@@ -3038,12 +3012,9 @@ async fn credential_provider_presets_reach_the_real_agent() {
     use pullwatch_testbench::CANARY_PASSWORD;
     use std::os::unix::fs::PermissionsExt;
 
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd("alice", CANARY_PASSWORD))
+        .await
+        .unwrap();
     push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
     for preset in &PRESETS {
         let docs = render(&[
@@ -3298,12 +3269,9 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
     }
 
     // The real agent with the rendered flags, on a node whose root is a temp dir.
-    let registry = Registry::start(RegistryOptions {
-        htpasswd: Some(("alice".into(), CANARY_PASSWORD.into())),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd("alice", CANARY_PASSWORD))
+        .await
+        .unwrap();
     let pushed = push_to(&registry, "mirrored/team/app", "v1", ImageFormat::Oci).await;
     let root = tempfile::tempdir().unwrap();
     let conf = under(root.path(), "/etc/containers/registries.conf");

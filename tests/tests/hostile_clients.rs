@@ -15,19 +15,39 @@
 mod clients;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use clients::{
     Process, big_inventory, closed_within, get_text, serve_manifests, slow_connection, timed_get,
-    wait_ready, zero_window_h2,
+    unread_get, wait_ready, zero_window_h2,
 };
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, EchoMode, EchoRegistry, HOSTILE_PASSWORD, TestCa,
-    assert_no_hostile_secret, free_port, workspace_binary,
+    assert_no_hostile_secret, free_port, output_within, workspace_binary, write_file,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
+
+/// Runs `pullwatch-aggregator check -f FILE ARGS...` with only `HOME` (at `home`) in
+/// its environment, asserts it exits 1 (something is not available); its (stdout,
+/// stderr).
+async fn check_finds_problems(file: &Path, home: &Path, args: &[&str]) -> (String, String) {
+    let mut command =
+        tokio::process::Command::new(workspace_binary("pullwatch-aggregator").unwrap());
+    command
+        .args(["check", "-f"])
+        .arg(file)
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .kill_on_drop(true);
+    let out = output_within(&mut command, Duration::from_secs(120)).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
 
 /// RSS growth allowed per attack.
 const MAX_RSS_GROWTH_KIB: u64 = 64 * 1024;
@@ -63,8 +83,7 @@ impl AgentListener {
     fn new(dir: &std::path::Path, shared_token: &str) -> AgentListener {
         let ca = TestCa::new().unwrap();
         let (cert, key) = ca.issue_server_cert(&[]).unwrap();
-        let token = dir.join("token");
-        std::fs::write(&token, shared_token).unwrap();
+        let token = write_file(dir, "token", shared_token);
         let port = free_port();
         let flags = vec![
             format!("--agent-listen=127.0.0.1:{port}"),
@@ -212,15 +231,7 @@ async fn unread_responses_and_stream_floods_stay_bounded() {
     let started = Instant::now();
     let mut stalled = Vec::new();
     for i in 0..100 {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        let path = if i % 2 == 0 { "/api/v1/images" } else { "/" };
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        stalled.push(stream);
+        stalled.push(unread_get(addr, i).await.unwrap());
         if i % 20 == 0 {
             watch.sample(&mut aggregator, addr, "unread HTTP/1.1").await;
         }
@@ -436,23 +447,11 @@ async fn echoed_credentials_never_get_out() {
         ),
     )
     .unwrap();
-    let aggregator = workspace_binary("pullwatch-aggregator").unwrap();
     let mut redacted_somewhere = false;
     let mut outputs = String::new();
     for output in ["table", "json", "junit"] {
-        let out = tokio::process::Command::new(&aggregator)
-            .args(["check", "-f"])
-            .arg(&manifests)
-            .args(["-o", output, "--allow-plain-http", "--log-level=debug"])
-            .env_clear()
-            .env("HOME", dir.path())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        let args = ["-o", output, "--allow-plain-http", "--log-level=debug"];
+        let (stdout, stderr) = check_finds_problems(&manifests, dir.path(), &args).await;
         assert_no_hostile_secret(&format!("check -o {output}"), &stdout);
         assert_no_hostile_secret(&format!("check -o {output} log"), &stderr);
         redacted_somewhere |= stdout.contains("redacted");
@@ -569,26 +568,13 @@ async fn echoed_credentials_never_get_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn control_characters_reach_no_terminal() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("evil.yaml");
-    std::fs::write(
-        &manifest,
+    let manifest = write_file(
+        dir.path(),
+        "evil.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: evil, namespace: ns}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: a}}\n    spec:\n      containers:\n        - name: c\n          image: \"reg.io/app:v1\\e[2K\\r\\aFAKE LINE\\n2026-01-01T00:00:00Z ERROR forged\\u202Eevil\"\n",
-    )
-    .unwrap();
-    let aggregator = workspace_binary("pullwatch-aggregator").unwrap();
-    let out = tokio::process::Command::new(&aggregator)
-        .args(["check", "-f"])
-        .arg(&manifest)
-        .args(["-o", "table", "--log-level=debug"])
-        .env_clear()
-        .env("HOME", dir.path())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    );
+    let args = ["-o", "table", "--log-level=debug"];
+    let (stdout, stderr) = check_finds_problems(&manifest, dir.path(), &args).await;
     for raw in ['\u{1b}', '\r', '\u{7}', '\u{202E}'] {
         assert!(
             !stdout.contains(raw),

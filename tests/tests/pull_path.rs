@@ -11,24 +11,46 @@
 use std::process::Output;
 use std::time::Duration;
 
-use pullwatch::CheckStatus;
+use pullwatch::CheckStatus::{self, Absent, Available, RegistryUnavailable, UnknownError};
 use pullwatch_agent::cri::{CriClient, CriTimeouts};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ProxiedRequest, ProxyRule, PullProxy, Registry, RegistryOptions,
-    free_port, raw, sha256_digest, workspace_binary,
+    free_port, raw, sha256_digest, stdout_json, workspace_binary,
 };
 use serde_json::json;
 
-/// One registry state and what containerd does with it.
-struct Scenario {
-    name: &'static str,
-    image: String,
+/// What the table says of a state: whether containerd pulls it, and what pullwatch says.
+#[derive(Clone, Copy)]
+struct Want {
     /// Whether containerd's PullImage succeeds (checked against the real one).
     pullable: bool,
     /// The status pullwatch gives (available when pullable).
     status: CheckStatus,
     /// Text the reason contains.
     reason_has: &'static str,
+}
+
+/// Pulled by containerd, `available` in every view.
+const PULLABLE: Want = Want {
+    pullable: true,
+    status: Available,
+    reason_has: "",
+};
+
+/// Not pulled by containerd; every view says `status` with `reason_has` in its reason.
+const fn fails(status: CheckStatus, reason_has: &'static str) -> Want {
+    Want {
+        pullable: false,
+        status,
+        reason_has,
+    }
+}
+
+/// One registry state and what containerd does with it.
+struct Scenario {
+    name: &'static str,
+    image: String,
+    want: Want,
 }
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
@@ -38,7 +60,7 @@ async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
 }
 
 /// An image config + one layer with content unique to `seed`, pushed to `repo`:
-/// (manifest body, config digest, layer digest, layer bytes).
+/// (manifest document, config digest, layer digest, layer bytes).
 async fn image_parts(
     registry: &Registry,
     repo: &str,
@@ -47,488 +69,278 @@ async fn image_parts(
 ) -> (serde_json::Value, String, String, Vec<u8>) {
     let (layer, diff_id) = raw::layer(&format!("{repo} {seed} {arch}")).unwrap();
     let config = raw::config(arch, &[&diff_id], seed);
-    let config_digest = raw::push_blob(registry, repo, &config).await.unwrap();
-    let layer_digest = raw::push_blob(registry, repo, &layer).await.unwrap();
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_MANIFEST,
-        "config": raw::descriptor(raw::OCI_CONFIG, &config),
-        "layers": [raw::descriptor(raw::OCI_LAYER, &layer)],
-    });
-    (manifest, config_digest, layer_digest, layer)
+    let manifest = oci_image(registry, repo, &config, &layer).await;
+    let (config, layer_digest) = (sha256_digest(&config), sha256_digest(&layer));
+    (manifest, config, layer_digest, layer)
+}
+
+/// Pushes `config` (of any content) and `layer` to `repo`; the OCI image manifest
+/// naming them, not yet put.
+async fn oci_image(
+    registry: &Registry,
+    repo: &str,
+    config: &[u8],
+    layer: &[u8],
+) -> serde_json::Value {
+    raw::push_blobs(registry, repo, &[config, layer])
+        .await
+        .unwrap();
+    raw::manifest(
+        raw::OCI_MANIFEST,
+        raw::descriptor(raw::OCI_CONFIG, config),
+        vec![raw::descriptor(raw::OCI_LAYER, layer)],
+    )
+}
+
+/// Puts `document` as `repo:reference`; its digest.
+async fn put(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+    document: &serde_json::Value,
+) -> String {
+    raw::put_document(registry, repo, reference, document)
+        .await
+        .unwrap()
 }
 
 /// Pushes a single-platform image as `repo:v1`: (manifest digest, config, layer).
 async fn single(registry: &Registry, repo: &str, arch: &str) -> (String, String, String) {
     let (manifest, config, layer, _) = image_parts(registry, repo, "single", arch).await;
-    let body = serde_json::to_vec(&manifest).unwrap();
-    let digest = raw::put_manifest(registry, repo, "v1", raw::OCI_MANIFEST, &body)
-        .await
-        .unwrap();
-    (digest, config, layer)
+    (put(registry, repo, "v1", &manifest).await, config, layer)
 }
 
-/// Pushes a child manifest by digest: (digest, body).
+/// Pushes a child manifest by digest: (digest, body, layer digest).
 async fn child(registry: &Registry, repo: &str, arch: &str) -> (String, Vec<u8>, String) {
     let (manifest, _, layer, _) = image_parts(registry, repo, "child", arch).await;
     let body = serde_json::to_vec(&manifest).unwrap();
     let digest = sha256_digest(&body);
-    raw::put_manifest(registry, repo, &digest, raw::OCI_MANIFEST, &body)
-        .await
-        .unwrap();
+    put(registry, repo, &digest, &manifest).await;
     (digest, body, layer)
 }
 
-fn entry(body: &[u8], platform: Option<(&str, &str)>) -> serde_json::Value {
-    let mut d = raw::descriptor(raw::OCI_MANIFEST, body);
-    if let Some((os, arch)) = platform {
-        d["platform"] = json!({ "os": os, "architecture": arch });
-    }
-    d
-}
-
-async fn put_index(
+/// Pushes an amd64 and an arm64 child and the index naming both, with their
+/// platforms, as `repo:v1`: (amd64 child, arm64 child) as [`child`] gives them.
+async fn two_platforms(
     registry: &Registry,
     repo: &str,
-    tag: &str,
-    entries: Vec<serde_json::Value>,
-) -> String {
-    let body = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_INDEX,
-        "manifests": entries,
-    }))
-    .unwrap();
-    raw::put_manifest(registry, repo, tag, raw::OCI_INDEX, &body)
-        .await
-        .unwrap()
+) -> ((String, Vec<u8>, String), (String, Vec<u8>, String)) {
+    let a = child(registry, repo, "amd64").await;
+    let b = child(registry, repo, "arm64").await;
+    let entries = vec![
+        raw::entry(&a.1, Some(("linux", "amd64"))),
+        raw::entry(&b.1, Some(("linux", "arm64"))),
+    ];
+    put(registry, repo, "v1", &raw::index(entries)).await;
+    (a, b)
 }
 
-/// Builds every state of the table; images name the proxy's host.
+/// Pushes a Helm chart as OCI (what `helm push` writes), with this chart config, as
+/// `repo:v1`.
+async fn helm_chart(registry: &Registry, repo: &str, chart_config: &[u8], chart: &[u8]) {
+    raw::push_blobs(registry, repo, &[chart_config, chart])
+        .await
+        .unwrap();
+    let helm = raw::manifest(
+        raw::OCI_MANIFEST,
+        raw::descriptor("application/vnd.cncf.helm.config.v1+json", chart_config),
+        vec![raw::descriptor(
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            chart,
+        )],
+    );
+    put(registry, repo, "v1", &helm).await;
+}
+
+/// Pushes, as `repo:v1`, a Docker image whose one layer is foreign, at `url/<digest>`;
+/// the layer blob goes to the registry too when `blob_in_registry`.
+async fn foreign_layer(
+    registry: &Registry,
+    repo: &str,
+    seed: &str,
+    url: &str,
+    blob_in_registry: bool,
+) {
+    let (layer, diff_id) = raw::layer(&format!("foreign layer {seed}")).unwrap();
+    let config = raw::config("amd64", &[&diff_id], seed);
+    raw::push_blob(registry, repo, &config).await.unwrap();
+    if blob_in_registry {
+        raw::push_blob(registry, repo, &layer).await.unwrap();
+    }
+    let mut foreign = raw::descriptor(raw::DOCKER_FOREIGN_LAYER, &layer);
+    foreign["urls"] = json!([format!("{url}/{}", sha256_digest(&layer))]);
+    let manifest = raw::manifest(
+        raw::DOCKER_MANIFEST,
+        raw::descriptor(raw::DOCKER_CONFIG, &config),
+        vec![foreign],
+    );
+    put(registry, repo, "v1", &manifest).await;
+}
+
+/// Every state: what it is, the repository whose `v1` tag [`build`] pushes it as, and
+/// what containerd and pullwatch make of it.
+#[rustfmt::skip]
+const TABLE: [(&str, &str, Want); 21] = [
+    ("a single image", "ok/single", PULLABLE),
+    ("a multi-arch index", "ok/index", PULLABLE),
+    ("the amd64 child manifest deleted", "gone/child", fails(Absent, "platform manifest")),
+    ("a layer blob deleted", "gone/layer", fails(Absent, "layer 1 of 1")),
+    ("the config blob deleted", "gone/config", fails(Absent, "config")),
+    ("a layer of the amd64 child deleted", "gone/child-layer", fails(Absent, "for linux/amd64")),
+    ("a Helm chart referenced as an image", "artifact/helm", fails(UnknownError, "application/vnd.cncf.helm.config.v1+json")),
+    ("an OCI artifact (empty config, artifactType)", "artifact/empty", fails(UnknownError, "application/vnd.example.signature.v1")),
+    ("a foreign layer: URL dead, blob missing", "foreign/dead", fails(RegistryUnavailable, "its URL")),
+    ("a foreign layer: URL 404, blob in the registry", "foreign/fallback", PULLABLE),
+    ("a Docker-Content-Digest that differs from the body's", "fault/digest-differs", fails(Absent, "not found")),
+    ("a Docker-Content-Digest that is not a digest", "fault/digest-invalid", fails(UnknownError, "not a valid digest")),
+    ("blob downloads redirected to storage that is down", "redirect/down", fails(RegistryUnavailable, "config")),
+    ("blob downloads redirected to storage signed for GET only", "redirect/get-only", PULLABLE),
+    ("a layer whose declared size is wrong", "size/layer", fails(UnknownError, "declares")),
+    ("an index entry whose declared size is wrong", "size/child", fails(UnknownError, "declares")),
+    ("a config blob that is not JSON", "config/not-json", fails(UnknownError, "not an image config")),
+    ("an index entry without platform (amd64 by its config)", "unlabelled/amd64", PULLABLE),
+    ("an index entry without platform (arm64 by its config)", "unlabelled/arm64", fails(Absent, "no match for platform linux/amd64")),
+    ("an index nested in an index", "nested/index", PULLABLE),
+    ("a tag that was never pushed", "never/pushed", fails(Absent, "")),
+];
+
+/// Pushes every state of [`TABLE`] to `registry` and sets the proxy's faults; the
+/// table's rows, their images naming the proxy's host.
 async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
     let host = proxy.host();
-    let image = |repo: &str| format!("{host}/{repo}:v1");
     let dead = format!("127.0.0.1:{}", free_port());
-    let mut table = Vec::new();
-    let mut add = |name, repo: &str, pullable, status, reason_has| {
-        table.push(Scenario {
-            name,
-            image: image(repo),
-            pullable,
-            status,
-            reason_has,
-        })
-    };
 
     single(registry, "ok/single", "amd64").await;
-    add(
-        "a single image",
-        "ok/single",
-        true,
-        CheckStatus::Available,
-        "",
-    );
+    two_platforms(registry, "ok/index").await;
 
-    let a = child(registry, "ok/index", "amd64").await;
-    let b = child(registry, "ok/index", "arm64").await;
-    put_index(
-        registry,
-        "ok/index",
-        "v1",
-        vec![
-            entry(&a.1, Some(("linux", "amd64"))),
-            entry(&b.1, Some(("linux", "arm64"))),
-        ],
-    )
-    .await;
-    add(
-        "a multi-arch index",
-        "ok/index",
-        true,
-        CheckStatus::Available,
-        "",
-    );
-
-    let a = child(registry, "gone/child", "amd64").await;
-    let b = child(registry, "gone/child", "arm64").await;
-    put_index(
-        registry,
-        "gone/child",
-        "v1",
-        vec![
-            entry(&a.1, Some(("linux", "amd64"))),
-            entry(&b.1, Some(("linux", "arm64"))),
-        ],
-    )
-    .await;
-    registry.delete_manifest("gone/child", &a.0).await.unwrap();
-    add(
-        "the amd64 child manifest deleted",
-        "gone/child",
-        false,
-        CheckStatus::Absent,
-        "platform manifest",
-    );
-
+    let (amd64, _) = two_platforms(registry, "gone/child").await;
+    registry
+        .delete_manifest("gone/child", &amd64.0)
+        .await
+        .unwrap();
     let (_, _, layer) = single(registry, "gone/layer", "amd64").await;
     raw::delete_blob(registry, "gone/layer", &layer)
         .await
         .unwrap();
-    add(
-        "a layer blob deleted",
-        "gone/layer",
-        false,
-        CheckStatus::Absent,
-        "layer 1 of 1",
-    );
-
     let (_, config, _) = single(registry, "gone/config", "amd64").await;
     raw::delete_blob(registry, "gone/config", &config)
         .await
         .unwrap();
-    add(
-        "the config blob deleted",
-        "gone/config",
-        false,
-        CheckStatus::Absent,
-        "config",
-    );
+    let (amd64, _) = two_platforms(registry, "gone/child-layer").await;
+    raw::delete_blob(registry, "gone/child-layer", &amd64.2)
+        .await
+        .unwrap();
 
-    let a = child(registry, "gone/child-layer", "amd64").await;
-    let b = child(registry, "gone/child-layer", "arm64").await;
-    put_index(
-        registry,
-        "gone/child-layer",
-        "v1",
-        vec![
-            entry(&a.1, Some(("linux", "amd64"))),
-            entry(&b.1, Some(("linux", "arm64"))),
-        ],
-    )
-    .await;
-    raw::delete_blob(registry, "gone/child-layer", &a.2)
-        .await
-        .unwrap();
-    add(
-        "a layer of the amd64 child deleted",
-        "gone/child-layer",
-        false,
-        CheckStatus::Absent,
-        "for linux/amd64",
-    );
-
-    // A Helm chart pushed as OCI (what `helm push` writes).
-    let chart_config = br#"{"name":"app","version":"1.0.0","apiVersion":"v2"}"#.to_vec();
-    let chart = b"not really a chart, but a blob of the chart's media type".to_vec();
-    raw::push_blob(registry, "artifact/helm", &chart_config)
-        .await
-        .unwrap();
-    raw::push_blob(registry, "artifact/helm", &chart)
-        .await
-        .unwrap();
-    let helm = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_MANIFEST,
-        "config": raw::descriptor("application/vnd.cncf.helm.config.v1+json", &chart_config),
-        "layers": [raw::descriptor("application/vnd.cncf.helm.chart.content.v1.tar+gzip", &chart)],
-    });
-    raw::put_manifest(
-        registry,
-        "artifact/helm",
-        "v1",
-        raw::OCI_MANIFEST,
-        &serde_json::to_vec(&helm).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "a Helm chart referenced as an image",
-        "artifact/helm",
-        false,
-        CheckStatus::UnknownError,
-        "application/vnd.cncf.helm.config.v1+json",
-    );
+    // A Helm chart pushed as OCI.
+    let chart_config = br#"{"name":"app","version":"1.0.0","apiVersion":"v2"}"#;
+    let chart = b"not really a chart, but a blob of the chart's media type";
+    helm_chart(registry, "artifact/helm", chart_config, chart).await;
 
     // An OCI artifact: empty config, artifactType.
-    let empty = b"{}".to_vec();
-    let payload = b"signature payload".to_vec();
-    raw::push_blob(registry, "artifact/empty", &empty)
+    let (empty, payload) = (b"{}", b"signature payload");
+    raw::push_blobs(registry, "artifact/empty", &[empty, payload])
         .await
         .unwrap();
-    raw::push_blob(registry, "artifact/empty", &payload)
-        .await
-        .unwrap();
-    let artifact = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_MANIFEST,
-        "artifactType": "application/vnd.example.signature.v1",
-        "config": raw::descriptor("application/vnd.oci.empty.v1+json", &empty),
-        "layers": [raw::descriptor("application/vnd.example.signature.v1+json", &payload)],
-    });
-    raw::put_manifest(
-        registry,
-        "artifact/empty",
-        "v1",
-        raw::OCI_MANIFEST,
-        &serde_json::to_vec(&artifact).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "an OCI artifact (empty config, artifactType)",
-        "artifact/empty",
-        false,
-        CheckStatus::UnknownError,
-        "application/vnd.example.signature.v1",
-    );
+    let signature = raw::descriptor("application/vnd.example.signature.v1+json", payload);
+    let empty = raw::descriptor("application/vnd.oci.empty.v1+json", empty);
+    let mut artifact = raw::manifest(raw::OCI_MANIFEST, empty, vec![signature]);
+    artifact["artifactType"] = json!("application/vnd.example.signature.v1");
+    put(registry, "artifact/empty", "v1", &artifact).await;
 
     // A foreign layer whose URL is dead and whose blob is not in the registry.
-    let (layer, diff_id) = raw::layer("foreign layer content").unwrap();
-    let config = raw::config("amd64", &[&diff_id], "foreign");
-    raw::push_blob(registry, "foreign/dead", &config)
-        .await
-        .unwrap();
-    let mut foreign = raw::descriptor(raw::DOCKER_FOREIGN_LAYER, &layer);
-    foreign["urls"] = json!([format!("http://{dead}/layers/{}", sha256_digest(&layer))]);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::DOCKER_MANIFEST,
-        "config": raw::descriptor(raw::DOCKER_CONFIG, &config),
-        "layers": [foreign],
-    });
-    raw::put_manifest(
-        registry,
-        "foreign/dead",
-        "v1",
-        raw::DOCKER_MANIFEST,
-        &serde_json::to_vec(&manifest).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "a foreign layer: URL dead, blob missing",
-        "foreign/dead",
-        false,
-        CheckStatus::RegistryUnavailable,
-        "its URL",
-    );
-
+    let url = format!("http://{dead}/layers");
+    foreign_layer(registry, "foreign/dead", "foreign", &url, false).await;
     // A foreign layer whose URL answers 404 and whose blob the registry has: containerd
     // moves on from the URL to the registry.
-    let (layer, diff_id) = raw::layer("foreign layer served by the registry").unwrap();
-    let config = raw::config("amd64", &[&diff_id], "foreign-404");
-    raw::push_blob(registry, "foreign/fallback", &config)
-        .await
-        .unwrap();
-    raw::push_blob(registry, "foreign/fallback", &layer)
-        .await
-        .unwrap();
-    let mut foreign = raw::descriptor(raw::DOCKER_FOREIGN_LAYER, &layer);
-    foreign["urls"] = json!([format!("http://{host}/no/such/layer")]);
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::DOCKER_MANIFEST,
-        "config": raw::descriptor(raw::DOCKER_CONFIG, &config),
-        "layers": [foreign],
-    });
-    raw::put_manifest(
-        registry,
-        "foreign/fallback",
-        "v1",
-        raw::DOCKER_MANIFEST,
-        &serde_json::to_vec(&manifest).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "a foreign layer: URL 404, blob in the registry",
-        "foreign/fallback",
-        true,
-        CheckStatus::Available,
-        "",
-    );
+    let url = format!("http://{host}/no/such/layer");
+    foreign_layer(registry, "foreign/fallback", "foreign-404", &url, true).await;
 
-    // Docker-Content-Digest faults, injected by the proxy.
-    single(registry, "fault/digest-differs", "amd64").await;
-    proxy.add(ProxyRule::DigestHeader {
-        path: "/v2/fault/digest-differs/manifests/v1".into(),
-        value: sha256_digest(b"some other manifest"),
-    });
-    add(
-        "a Docker-Content-Digest that differs from the body's",
-        "fault/digest-differs",
-        false,
-        CheckStatus::Absent,
-        "not found",
-    );
-
-    single(registry, "fault/digest-invalid", "amd64").await;
-    proxy.add(ProxyRule::DigestHeader {
-        path: "/v2/fault/digest-invalid/manifests/v1".into(),
-        value: "sha256:not-a-digest".into(),
-    });
-    add(
-        "a Docker-Content-Digest that is not a digest",
-        "fault/digest-invalid",
-        false,
-        CheckStatus::UnknownError,
-        "not a valid digest",
-    );
-
-    // Blob downloads redirected to storage.
-    single(registry, "redirect/down", "amd64").await;
-    proxy.add(ProxyRule::RedirectBlobs {
-        repo: "redirect/down".into(),
-        to: format!("http://{dead}/storage"),
-    });
-    add(
-        "blob downloads redirected to storage that is down",
-        "redirect/down",
-        false,
-        CheckStatus::RegistryUnavailable,
-        "config",
-    );
-
-    single(registry, "redirect/get-only", "amd64").await;
-    proxy.add(ProxyRule::RedirectBlobs {
-        repo: "redirect/get-only".into(),
-        to: proxy.storage_url(),
-    });
-    add(
-        "blob downloads redirected to storage signed for GET only",
-        "redirect/get-only",
-        true,
-        CheckStatus::Available,
-        "",
-    );
+    // Docker-Content-Digest faults, and blob downloads redirected to storage that is
+    // down or signed for GET only: injected by the proxy.
+    let digest_header = |repo: &str, value: String| ProxyRule::DigestHeader {
+        path: format!("/v2/{repo}/manifests/v1"),
+        value,
+    };
+    let redirect = |repo: &str, to: String| ProxyRule::RedirectBlobs {
+        repo: repo.into(),
+        to,
+    };
+    let other_manifest = sha256_digest(b"some other manifest");
+    for (repo, rule) in [
+        (
+            "fault/digest-differs",
+            digest_header("fault/digest-differs", other_manifest),
+        ),
+        (
+            "fault/digest-invalid",
+            digest_header("fault/digest-invalid", "sha256:not-a-digest".into()),
+        ),
+        (
+            "redirect/down",
+            redirect("redirect/down", format!("http://{dead}/storage")),
+        ),
+        (
+            "redirect/get-only",
+            redirect("redirect/get-only", proxy.storage_url()),
+        ),
+    ] {
+        single(registry, repo, "amd64").await;
+        proxy.add(rule);
+    }
 
     // Declared sizes that do not match what is served.
     let (mut manifest, _, _, layer) = image_parts(registry, "size/layer", "size", "amd64").await;
     manifest["layers"][0]["size"] = json!(layer.len() + 7);
-    raw::put_manifest(
-        registry,
-        "size/layer",
-        "v1",
-        raw::OCI_MANIFEST,
-        &serde_json::to_vec(&manifest).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "a layer whose declared size is wrong",
-        "size/layer",
-        false,
-        CheckStatus::UnknownError,
-        "declares",
-    );
-
+    put(registry, "size/layer", "v1", &manifest).await;
     let a = child(registry, "size/child", "amd64").await;
-    let mut wrong = entry(&a.1, Some(("linux", "amd64")));
+    let mut wrong = raw::entry(&a.1, Some(("linux", "amd64")));
     wrong["size"] = json!(a.1.len() + 3);
-    put_index(registry, "size/child", "v1", vec![wrong]).await;
-    add(
-        "an index entry whose declared size is wrong",
-        "size/child",
-        false,
-        CheckStatus::UnknownError,
-        "declares",
-    );
+    put(registry, "size/child", "v1", &raw::index(vec![wrong])).await;
 
     // A config blob that is not JSON.
     let (layer, _) = raw::layer("config not json").unwrap();
-    let config = b"this is not JSON".to_vec();
-    raw::push_blob(registry, "config/not-json", &config)
-        .await
-        .unwrap();
-    raw::push_blob(registry, "config/not-json", &layer)
-        .await
-        .unwrap();
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_MANIFEST,
-        "config": raw::descriptor(raw::OCI_CONFIG, &config),
-        "layers": [raw::descriptor(raw::OCI_LAYER, &layer)],
-    });
-    raw::put_manifest(
-        registry,
-        "config/not-json",
-        "v1",
-        raw::OCI_MANIFEST,
-        &serde_json::to_vec(&manifest).unwrap(),
-    )
-    .await
-    .unwrap();
-    add(
-        "a config blob that is not JSON",
-        "config/not-json",
-        false,
-        CheckStatus::UnknownError,
-        "not an image config",
-    );
+    let manifest = oci_image(registry, "config/not-json", b"this is not JSON", &layer).await;
+    put(registry, "config/not-json", "v1", &manifest).await;
 
     // Index entries without `platform`: containerd matches them through the config.
-    let a = child(registry, "unlabelled/amd64", "amd64").await;
-    put_index(registry, "unlabelled/amd64", "v1", vec![entry(&a.1, None)]).await;
-    add(
-        "an index entry without platform (amd64 by its config)",
-        "unlabelled/amd64",
-        true,
-        CheckStatus::Available,
-        "",
-    );
-
-    let b = child(registry, "unlabelled/arm64", "arm64").await;
-    put_index(registry, "unlabelled/arm64", "v1", vec![entry(&b.1, None)]).await;
-    add(
-        "an index entry without platform (arm64 by its config)",
-        "unlabelled/arm64",
-        false,
-        CheckStatus::Absent,
-        "no match for platform linux/amd64",
-    );
+    for (repo, arch) in [("unlabelled/amd64", "amd64"), ("unlabelled/arm64", "arm64")] {
+        let unlabelled = child(registry, repo, arch).await;
+        put(
+            registry,
+            repo,
+            "v1",
+            &raw::index(vec![raw::entry(&unlabelled.1, None)]),
+        )
+        .await;
+    }
 
     // An index nested in an index.
     let a = child(registry, "nested/index", "amd64").await;
     let b = child(registry, "nested/index", "arm64").await;
-    let inner_body = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": raw::OCI_INDEX,
-        "manifests": [entry(&a.1, Some(("linux", "amd64"))), entry(&b.1, Some(("linux", "arm64")))],
-    }))
-    .unwrap();
-    let inner = sha256_digest(&inner_body);
-    raw::put_manifest(
+    let inner = raw::index(vec![
+        raw::entry(&a.1, Some(("linux", "amd64"))),
+        raw::entry(&b.1, Some(("linux", "arm64"))),
+    ]);
+    let inner_body = serde_json::to_vec(&inner).unwrap();
+    put(
         registry,
         "nested/index",
+        &sha256_digest(&inner_body),
         &inner,
-        raw::OCI_INDEX,
-        &inner_body,
-    )
-    .await
-    .unwrap();
-    put_index(
-        registry,
-        "nested/index",
-        "v1",
-        vec![raw::descriptor(raw::OCI_INDEX, &inner_body)],
     )
     .await;
-    add(
-        "an index nested in an index",
-        "nested/index",
-        true,
-        CheckStatus::Available,
-        "",
-    );
+    let outer = raw::index(vec![raw::descriptor(raw::OCI_INDEX, &inner_body)]);
+    put(registry, "nested/index", "v1", &outer).await;
 
-    add(
-        "a tag that was never pushed",
-        "never/pushed",
-        false,
-        CheckStatus::Absent,
-        "",
-    );
-    table
+    // "never/pushed": a tag that was never pushed.
+    TABLE
+        .iter()
+        .map(|&(name, repo, want)| Scenario {
+            name,
+            image: format!("{host}/{repo}:v1"),
+            want,
+        })
+        .collect()
 }
 
 fn manifests(table: &[Scenario]) -> String {
@@ -557,16 +369,6 @@ async fn run(binary: &std::path::Path, args: &[String]) -> Output {
         .unwrap()
 }
 
-fn json_of(output: &Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
 fn status_of(value: &serde_json::Value) -> CheckStatus {
     value["status"]
         .as_str()
@@ -587,6 +389,30 @@ fn of_repo(requests: &[ProxiedRequest], repo: &str) -> Vec<String> {
             Some(format!("{} {kind} {}", r.method, r.status))
         })
         .collect()
+}
+
+/// `pullwatch-agent check IMAGE -o json` against `node`'s runtime and hosts dir, with
+/// no containerd config and an empty kubelet dir under `dir`.
+fn agent_check_args(image: &str, node: &Containerd, dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "check".to_string(),
+        image.to_string(),
+        "-o".into(),
+        "json".into(),
+        format!("--cri-endpoint={}", node.endpoint()),
+        format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
+        format!("--containerd-config={}", dir.join("none.toml").display()),
+        format!("--kubelet-root-dir={}", dir.join("kubelet").display()),
+    ]
+}
+
+/// A CRI client of `node`'s containerd, the truth the views are held to.
+fn cri_of(node: &Containerd) -> CriClient {
+    let timeouts = CriTimeouts {
+        call: Duration::from_secs(30),
+        pull: Duration::from_secs(60),
+    };
+    CriClient::new(&node.endpoint(), timeouts, None).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -632,35 +458,10 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
             ],
         )
         .await;
-        let rows = json_of(&output);
+        let rows = stdout_json(&output);
         let central_requests = proxy.take_requests();
 
-        let agent_args = |image: &str, mode: Option<&str>| {
-            let mut args = vec![
-                "check".to_string(),
-                image.to_string(),
-                "-o".into(),
-                "json".into(),
-                format!("--cri-endpoint={}", node.endpoint()),
-                format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
-                format!("--containerd-config={}", dir.path().join("none.toml").display()),
-                format!("--kubelet-root-dir={}", dir.path().join("kubelet").display()),
-                "--request-timeout=10s".into(),
-            ];
-            if let Some(mode) = mode {
-                args.push(format!("--mode={mode}"));
-            }
-            args
-        };
-        let cri = CriClient::new(
-            &node.endpoint(),
-            CriTimeouts {
-                call: Duration::from_secs(30),
-                pull: Duration::from_secs(60),
-            },
-            None,
-        )
-        .unwrap();
+        let cri = cri_of(&node);
 
         let mut disagreements = Vec::new();
         for (i, scenario) in table.iter().enumerate() {
@@ -670,8 +471,11 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
                 .iter()
                 .find(|r| r["name"] == format!("s{i}"))
                 .unwrap_or_else(|| panic!("no row for {}", scenario.name));
-            let resolve = json_of(&run(&agent, &agent_args(&scenario.image, Some("resolve"))).await);
-            let default = json_of(&run(&agent, &agent_args(&scenario.image, None)).await);
+            let mut args = agent_check_args(&scenario.image, &node, dir.path());
+            args.push("--request-timeout=10s".into());
+            let resolve_args = [args.clone(), vec!["--mode=resolve".into()]].concat();
+            let resolve = stdout_json(&run(&agent, &resolve_args).await);
+            let default = stdout_json(&run(&agent, &args).await);
             // The truth: the node's containerd pulls it, as the kubelet asks.
             let pulled = cri.pull_image(&scenario.image, None).await;
             let truth = pulled.is_ok();
@@ -682,10 +486,11 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
                 Ok(_) => "pulled".to_string(),
                 Err(e) => format!("failed: {e}"),
             };
-            if truth != scenario.pullable {
+            let want = scenario.want;
+            if truth != want.pullable {
                 disagreements.push(format!(
                     "{}: the table says pullable={} but containerd {truth_says}",
-                    scenario.name, scenario.pullable
+                    scenario.name, want.pullable
                 ));
             }
             for (view, value) in [("check", row), ("resolve", &resolve), ("default", &default)] {
@@ -697,10 +502,10 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
                         "{}: {view} says {status} ({reason}) but containerd {truth_says}",
                         scenario.name
                     ));
-                } else if status != scenario.status || !reason.contains(scenario.reason_has) {
+                } else if status != want.status || !reason.contains(want.reason_has) {
                     disagreements.push(format!(
                         "{}: {view} says {status} ({reason}); the table wants {} with {:?}",
-                        scenario.name, scenario.status, scenario.reason_has
+                        scenario.name, want.status, want.reason_has
                     ));
                 }
             }
@@ -742,51 +547,30 @@ async fn a_tag_without_a_repo_digest_is_not_held() {
     bounded(async {
         let agent = workspace_binary("pullwatch-agent").unwrap();
         let registry = Registry::start(RegistryOptions::default()).await.unwrap();
-        let node = Containerd::start(ContainerdOptions::default()).await.unwrap();
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
         let host = registry.host();
         node.write_hosts_toml(&host, &format!("server = \"http://{host}\"\n"))
             .unwrap();
-        let chart_config = br#"{"name":"app","version":"1.0.0"}"#.to_vec();
-        let chart = b"chart bytes".to_vec();
-        raw::push_blob(&registry, "charts/app", &chart_config).await.unwrap();
-        raw::push_blob(&registry, "charts/app", &chart).await.unwrap();
-        let helm = json!({
-            "schemaVersion": 2,
-            "mediaType": raw::OCI_MANIFEST,
-            "config": raw::descriptor("application/vnd.cncf.helm.config.v1+json", &chart_config),
-            "layers": [raw::descriptor("application/vnd.cncf.helm.chart.content.v1.tar+gzip", &chart)],
-        });
-        raw::put_manifest(&registry, "charts/app", "v1", raw::OCI_MANIFEST, &serde_json::to_vec(&helm).unwrap())
-            .await
-            .unwrap();
+        let chart_config = br#"{"name":"app","version":"1.0.0"}"#;
+        helm_chart(&registry, "charts/app", chart_config, b"chart bytes").await;
         let image = format!("{host}/charts/app:v1");
-        let cri = CriClient::new(
-            &node.endpoint(),
-            CriTimeouts {
-                call: Duration::from_secs(30),
-                pull: Duration::from_secs(60),
-            },
-            None,
-        )
-        .unwrap();
-        assert!(cri.pull_image(&image, None).await.is_err(), "containerd pulls no chart");
+        let cri = cri_of(&node);
+        assert!(
+            cri.pull_image(&image, None).await.is_err(),
+            "containerd pulls no chart"
+        );
         let record = cri.image_status(&image).await.unwrap();
-        let kept = record.as_ref().expect("containerd keeps a record of the failed pull");
+        let kept = record
+            .as_ref()
+            .expect("containerd keeps a record of the failed pull");
         assert!(kept.repo_digests.is_empty(), "{kept:?}");
         let dir = tempfile::tempdir().unwrap();
         for extra in [None, Some("--pull-absent-images")] {
-            let mut args = vec![
-                "check".to_string(),
-                image.clone(),
-                "-o".into(),
-                "json".into(),
-                format!("--cri-endpoint={}", node.endpoint()),
-                format!("--containerd-hosts-dir={}", node.hosts_dir().display()),
-                format!("--containerd-config={}", dir.path().join("none.toml").display()),
-                format!("--kubelet-root-dir={}", dir.path().join("kubelet").display()),
-            ];
+            let mut args = agent_check_args(&image, &node, dir.path());
             args.extend(extra.map(str::to_string));
-            let value = json_of(&run(&agent, &args).await);
+            let value = stdout_json(&run(&agent, &args).await);
             assert_ne!(
                 status_of(&value),
                 CheckStatus::Available,

@@ -346,8 +346,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             let meta_only = wants_metadata_only(&req);
             let result = match method {
                 Method::GET => get(&shared, res, &key, meta_only),
-                Method::PUT => update(&shared, res, &key, status, &query, req).await,
-                Method::PATCH => patch(&shared, res, &key, status, &query, req).await,
+                Method::PUT => Edit::read(res, &key, status, &query, req)
+                    .await
+                    .and_then(|edit| update(&shared, edit)),
+                Method::PATCH => Edit::read(res, &key, status, &query, req)
+                    .await
+                    .and_then(|edit| patch(&shared, edit)),
                 Method::DELETE if !status => delete(&shared, res, &key, req).await,
                 _ => return method_not_allowed(&method),
             };
@@ -661,25 +665,62 @@ async fn create(
     Ok(object_response(201, &obj, false))
 }
 
-async fn update(
-    shared: &Shared,
+/// A PUT or PATCH of one object, or of its `status`: what and by whom, and the body.
+struct Edit<'a> {
     res: usize,
-    key: &Key,
+    key: &'a Key,
+    /// The `/status` subresource.
     status: bool,
-    query: &Query,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let manager = field_manager(query, user_agent(&req).as_deref());
-    let (body, _) = read_json(req).await?;
-    let ns = (!key.0.is_empty()).then_some(key.0.as_str());
-    let mode = if status {
-        WriteMode::UpdateStatus
-    } else {
-        WriteMode::Update
-    };
-    let obj = shared
-        .state()
-        .write(res, ns, Some(&key.1), body, mode, &manager)?;
+    manager: String,
+    body: Value,
+    content_type: String,
+}
+
+impl<'a> Edit<'a> {
+    async fn read(
+        res: usize,
+        key: &'a Key,
+        status: bool,
+        query: &Query,
+        req: Request<Incoming>,
+    ) -> Result<Edit<'a>, ApiError> {
+        let manager = field_manager(query, user_agent(&req).as_deref());
+        let (body, content_type) = read_json(req).await?;
+        Ok(Edit {
+            res,
+            key,
+            status,
+            manager,
+            body,
+            content_type,
+        })
+    }
+
+    /// The object's namespace (None for cluster-scoped kinds).
+    fn namespace(&self) -> Option<&'a str> {
+        (!self.key.0.is_empty()).then_some(self.key.0.as_str())
+    }
+
+    /// How an existing object is written.
+    fn mode(&self) -> WriteMode {
+        if self.status {
+            WriteMode::UpdateStatus
+        } else {
+            WriteMode::Update
+        }
+    }
+}
+
+fn update(shared: &Shared, edit: Edit<'_>) -> Result<Response<Body>, ApiError> {
+    let (ns, mode) = (edit.namespace(), edit.mode());
+    let obj = shared.state().write(
+        edit.res,
+        ns,
+        Some(&edit.key.1),
+        edit.body,
+        mode,
+        &edit.manager,
+    )?;
     Ok(object_response(200, &obj, false))
 }
 
@@ -703,16 +744,9 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-async fn patch(
-    shared: &Shared,
-    res: usize,
-    key: &Key,
-    status: bool,
-    query: &Query,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let manager = field_manager(query, user_agent(&req).as_deref());
-    let (body, content_type) = read_json(req).await?;
+fn patch(shared: &Shared, edit: Edit<'_>) -> Result<Response<Body>, ApiError> {
+    let (res, key, status, manager) = (edit.res, edit.key, edit.status, &edit.manager);
+    let (body, content_type) = (&edit.body, &edit.content_type);
     let apply = content_type.starts_with("application/apply-patch");
     if !(apply
         || content_type.starts_with("application/merge-patch+json")
@@ -726,22 +760,27 @@ async fn patch(
             ),
         ));
     }
-    let ns = (!key.0.is_empty()).then_some(key.0.as_str());
+    let ns = edit.namespace();
     let mut state = shared.state();
     let existing = state.get(res, key);
     let (obj, code) = match existing {
         Some(old) => {
             let mut v = old.value();
-            merge_patch(&mut v, &body);
-            let mode = if status {
-                WriteMode::UpdateStatus
-            } else {
-                WriteMode::Update
-            };
-            (state.write(res, ns, Some(&key.1), v, mode, &manager)?, 200)
+            merge_patch(&mut v, body);
+            (
+                state.write(res, ns, Some(&key.1), v, edit.mode(), manager)?,
+                200,
+            )
         }
         None if apply && !status => (
-            state.write(res, ns, Some(&key.1), body, WriteMode::Create, &manager)?,
+            state.write(
+                res,
+                ns,
+                Some(&key.1),
+                body.clone(),
+                WriteMode::Create,
+                manager,
+            )?,
             201,
         ),
         None => {

@@ -28,11 +28,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::{JoinHandle, JoinSet};
 
 pub use builders::{
     PodSpecMut, Replicated, container_name_and_image, cronjob, daemonset, deployment, job,
@@ -46,12 +43,15 @@ pub use target::{ApiTarget, ClusterObject, TEST_KUBECONFIG_ENV};
 
 use http::Shared;
 use resources::RESOURCES;
+
+use crate::serve::{LoopbackListener, LoopbackServer, serve_http1};
 use store::{State, WriteMode};
 
 /// The test API server. Serves until dropped (or [`stop`](Self::stop)ped).
 pub struct TestApiServer {
     shared: Arc<Shared>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// None while [`stop`](Self::stop)ped.
+    server: Mutex<Option<LoopbackServer>>,
 }
 
 impl std::fmt::Debug for TestApiServer {
@@ -62,43 +62,18 @@ impl std::fmt::Debug for TestApiServer {
     }
 }
 
-impl Drop for TestApiServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-    }
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    // Connection tasks live in this set and are aborted with it: stopping the server cuts
-    // every connection, open watch streams included.
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+/// Serves the API on `listener`. Stopping the server cuts every connection, open watch
+/// streams included (the serving core owns them).
+fn serve(listener: LoopbackListener, shared: Arc<Shared>) -> LoopbackServer {
+    listener.serve(move |stream, _peer| {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(http::handle(shared, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(http::handle(shared, req).await) }
         });
-    }
+        serve_http1(stream, service)
+    })
 }
 
 /// The served resource (index) of a k8s-openapi type.
@@ -116,19 +91,20 @@ impl TestApiServer {
     /// Binds a free port on 127.0.0.1 and starts serving. Must be called inside a tokio
     /// runtime.
     pub async fn start() -> Result<TestApiServer> {
-        let listener = bind("127.0.0.1:0".parse().expect("valid address"))
-            .context("binding the test API server")?;
-        let addr = listener.local_addr()?;
+        let listener =
+            LoopbackListener::bind_reusable("127.0.0.1:0".parse().expect("valid address"))
+                .context("binding the test API server")?;
+        let addr = listener.addr();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
             requests: Mutex::default(),
             bookmark_interval: Mutex::new(Some(Duration::from_secs(60))),
             addr,
         });
-        let task = tokio::spawn(serve(listener, shared.clone()));
+        let server = serve(listener, shared.clone());
         Ok(TestApiServer {
             shared,
-            task: Mutex::new(Some(task)),
+            server: Mutex::new(Some(server)),
         })
     }
 
@@ -341,10 +317,9 @@ impl TestApiServer {
     /// Stops serving: the port refuses connections and every open connection (watch
     /// streams included) is cut. State is kept for [`start_again`](Self::start_again).
     pub async fn stop(&self) {
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(server) = server {
+            server.stop().await;
         }
         self.shared.state().watches.clear();
     }
@@ -356,7 +331,7 @@ impl TestApiServer {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let listener = loop {
-            match bind(self.shared.addr) {
+            match LoopbackListener::bind_reusable(self.shared.addr) {
                 Ok(l) => break l,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     let _ = e;
@@ -367,18 +342,18 @@ impl TestApiServer {
                 }
             }
         };
-        let task = tokio::spawn(serve(listener, self.shared.clone()));
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        let server = serve(listener, self.shared.clone());
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
         Ok(())
     }
 
     /// Whether the server is serving (not [`stop`](Self::stop)ped).
     pub fn is_running(&self) -> bool {
-        self.task
+        self.server
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|t| !t.is_finished())
+            .is_some_and(LoopbackServer::is_running)
     }
 
     /// Every `(method, path with query)` received so far, in arrival order, as sent (the

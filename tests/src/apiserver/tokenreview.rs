@@ -103,13 +103,6 @@ impl TestApiServer {
         pod_on_node: Option<(&str, &str)>,
         audiences: &[&str],
     ) {
-        let username = format!("system:serviceaccount:{namespace}:{name}");
-        let namespace_group = format!("system:serviceaccounts:{namespace}");
-        let groups = [
-            "system:serviceaccounts",
-            namespace_group.as_str(),
-            "system:authenticated",
-        ];
         let mut extra = Vec::new();
         let pod_uid;
         if let Some((pod, node)) = pod_on_node {
@@ -118,7 +111,27 @@ impl TestApiServer {
             extra.push(("authentication.kubernetes.io/pod-name", pod));
             extra.push(("authentication.kubernetes.io/pod-uid", pod_uid.as_str()));
         }
-        self.add_token(token, &username, &groups, &extra, audiences);
+        self.add_account_token(token, namespace, name, &extra, audiences);
+    }
+
+    /// Makes `token` review as a token of the service account `namespace/name`, with
+    /// its username and groups as the API server gives them, and `extra`.
+    fn add_account_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        name: &str,
+        extra: &[(&str, &str)],
+        audiences: &[&str],
+    ) {
+        let username = format!("system:serviceaccount:{namespace}:{name}");
+        let namespace_group = format!("system:serviceaccounts:{namespace}");
+        let groups = [
+            "system:serviceaccounts",
+            namespace_group.as_str(),
+            "system:authenticated",
+        ];
+        self.add_token(token, &username, &groups, extra, audiences);
     }
 
     /// Makes `token` review as a projected token of the service account
@@ -179,20 +192,8 @@ impl TestApiServer {
         node: &str,
         audiences: &[&str],
     ) {
-        let username = format!("system:serviceaccount:{namespace}:{name}");
-        let namespace_group = format!("system:serviceaccounts:{namespace}");
-        let groups = [
-            "system:serviceaccounts",
-            namespace_group.as_str(),
-            "system:authenticated",
-        ];
-        self.add_token(
-            token,
-            &username,
-            &groups,
-            &[(NODE_NAME_EXTRA, node)],
-            audiences,
-        );
+        let extra = [(NODE_NAME_EXTRA, node)];
+        self.add_account_token(token, namespace, name, &extra, audiences);
     }
 
     /// Revokes a token: it reviews as unknown from now on. Returns whether it was known.

@@ -159,11 +159,7 @@ impl Env {
             .prefix("pullwatch-faults-")
             .tempdir()
             .context("creating the scenario's temp dir")?;
-        let registry = Registry::start(RegistryOptions {
-            htpasswd: Some((USER.into(), PASSWORD.into())),
-            ..Default::default()
-        })
-        .await?;
+        let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await?;
         let mut tags: Vec<String> = (0..opts.tags.max(1)).map(|i| format!("v{i}")).collect();
         tags.extend(opts.spare_tags.iter().map(|t| t.to_string()));
         push_tags(&registry, REPO, &tags).await?;

@@ -135,16 +135,24 @@ impl Scenario {
         }
     }
 
+    /// Which statuses a reference may show during the fault and the recovery.
+    fn allowed(self) -> fn(&str, &str) -> bool {
+        match self {
+            Scenario::RegistryDown | Scenario::Registry5xx => registry_fault_allowed,
+            _ => only_available,
+        }
+    }
+
     /// Runs the scenario at `scale` in fresh parts.
     pub async fn run(self, scale: Scale) -> Result<Row> {
         let row = match self {
             Scenario::RegistryDown | Scenario::Registry5xx => registry_fault(self, scale).await,
-            Scenario::ContainerdRestart => containerd_restart(scale).await,
-            Scenario::AgentKilledMidCheck => agent_killed(scale).await,
-            Scenario::AggregatorRestart => aggregator_restart(scale).await,
-            Scenario::ApiServerDown => api_server_down(scale).await,
-            Scenario::Watch410 => watch_410(scale).await,
-            Scenario::SecretsForbidden => secrets_forbidden(scale).await,
+            Scenario::ContainerdRestart => containerd_restart(self, scale).await,
+            Scenario::AgentKilledMidCheck => agent_killed(self, scale).await,
+            Scenario::AggregatorRestart => aggregator_restart(self, scale).await,
+            Scenario::ApiServerDown => api_server_down(self, scale).await,
+            Scenario::Watch410 => watch_410(self, scale).await,
+            Scenario::SecretsForbidden => secrets_forbidden(self, scale).await,
             Scenario::Burst => burst::run(scale).await,
         };
         row.with_context(|| format!("fault scenario {:?}", self.name()))
@@ -263,18 +271,17 @@ where
     }
 }
 
-/// Builds the row: panics, references without a status, wrong ones (as `allowed`
-/// judges the observations), recovery as a ratio to the retry backoff.
+/// Builds the row: panics, references without a status, wrong ones (as the scenario's
+/// [`allowed`](Scenario::allowed) judges the observations), recovery as a ratio to the retry backoff.
 async fn finish(
     scenario: Scenario,
     env: &Env,
     expected: &[String],
     observed: Observed,
-    allowed: impl Fn(&str, &str) -> bool,
     seen: bool,
     recovered: Option<Duration>,
 ) -> Row {
-    let wrong = observed.wrong(allowed);
+    let wrong = observed.wrong(scenario.allowed());
     let without_status = env.without_status(expected).await;
     let mut detail = String::new();
     if !wrong.is_empty() {
@@ -351,16 +358,7 @@ async fn registry_fault(scenario: Scenario, scale: Scale) -> Result<Row> {
     let recovered = recover_all(&env, &env.refs, scale.recover_within).await;
     let observed = sampler.finish().await;
     let seen = observed.all_showed(&env.refs, "registry_unavailable");
-    Ok(finish(
-        scenario,
-        &env,
-        &env.refs,
-        observed,
-        registry_fault_allowed,
-        seen,
-        recovered,
-    )
-    .await)
+    Ok(finish(scenario, &env, &env.refs, observed, seen, recovered).await)
 }
 
 /// CRI calls of one agent that answered OK, and those that did not.
@@ -379,7 +377,7 @@ async fn cri_calls(node: &env::Node) -> (f64, f64) {
 /// does not answer says nothing about an image: the check goes to another node (or
 /// the aggregator), and every reference stays `available`. Recovered when node-a's
 /// agent checks through its runtime again and everything is `available`.
-async fn containerd_restart(scale: Scale) -> Result<Row> {
+async fn containerd_restart(scenario: Scenario, scale: Scale) -> Result<Row> {
     let mut env = Env::start(options(scale, 2, false)).await?;
     let sampler = Sampler::start(env.metrics, scale.sample, env.refs.clone());
     let (_, failed_before) = cri_calls(&env.nodes[0]).await;
@@ -398,23 +396,15 @@ async fn containerd_restart(scale: Scale) -> Result<Row> {
     })
     .await;
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::ContainerdRestart,
-        &env,
-        &env.refs,
-        observed,
-        only_available,
-        failed_during > failed_before,
-        recovered,
-    )
-    .await)
+    let seen = failed_during > failed_before;
+    Ok(finish(scenario, &env, &env.refs, observed, seen, recovered).await)
 }
 
 /// A new workload's check is caught in flight on an agent (the proxy holds its
 /// request), that agent is SIGKILLed and started again (as its DaemonSet would). The
 /// check must move on and every reference be `available`, the new one included; no
 /// other status is right (the registry and the image are fine).
-async fn agent_killed(scale: Scale) -> Result<Row> {
+async fn agent_killed(scenario: Scenario, scale: Scale) -> Result<Row> {
     let mut env = Env::start(options(scale, 2, true)).await?;
     let late = env.image("late");
     let late_ref = ref_key(NAMESPACE, "deployment", "late", "c0", &late);
@@ -457,23 +447,14 @@ async fn agent_killed(scale: Scale) -> Result<Row> {
     .await
     .map(|_| started.elapsed());
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::AgentKilledMidCheck,
-        &env,
-        &expected,
-        observed,
-        only_available,
-        seen,
-        recovered,
-    )
-    .await)
+    Ok(finish(scenario, &env, &expected, observed, seen, recovered).await)
 }
 
 /// The aggregator is SIGKILLed, stays down for the fault, and starts again on the same
 /// ports. While it is down nothing is served; once up, a reference has no series until
 /// checked, then `available` (nothing else is right). Recovered when every series is
 /// back and every agent has reconnected.
-async fn aggregator_restart(scale: Scale) -> Result<Row> {
+async fn aggregator_restart(scenario: Scenario, scale: Scale) -> Result<Row> {
     let mut env = Env::start(options(scale, 2, false)).await?;
     let attempts = |metrics: &str| {
         sum(
@@ -504,16 +485,8 @@ async fn aggregator_restart(scale: Scale) -> Result<Row> {
         after += attempts(&env::scrape(node.metrics).await);
     }
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::AggregatorRestart,
-        &env,
-        &env.refs,
-        observed,
-        only_available,
-        after > before,
-        recovered,
-    )
-    .await)
+    let seen = after > before;
+    Ok(finish(scenario, &env, &env.refs, observed, seen, recovered).await)
 }
 
 /// While the Kubernetes side is out of reach, `svc-0` is deleted and `added` created.
@@ -546,7 +519,7 @@ async fn recover_changes(env: &Env, expected: &[String], within: Duration) -> Op
 /// The API server stops (connections cut, port refusing) for the fault. The last known
 /// state is kept: no series dropped, every status stays `available` (checks go on).
 /// Recovered when what changed meanwhile shows.
-async fn api_server_down(scale: Scale) -> Result<Row> {
+async fn api_server_down(scenario: Scenario, scale: Scale) -> Result<Row> {
     let env = Env::start(options(scale, 0, false)).await?;
     let errors = |m: &str| sum(m, "pullwatch_inventory_watch_errors_total", &[]);
     let errors_before = errors(&env.scrape().await);
@@ -558,22 +531,13 @@ async fn api_server_down(scale: Scale) -> Result<Row> {
     env.api.start_again().await?;
     let recovered = recover_changes(&env, &expected, scale.recover_within).await;
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::ApiServerDown,
-        &env,
-        &expected,
-        observed,
-        only_available,
-        seen,
-        recovered,
-    )
-    .await)
+    Ok(finish(scenario, &env, &expected, observed, seen, recovered).await)
 }
 
 /// The history is compacted and every watch cut: the re-watches from the last seen
 /// resourceVersion get 410 Gone and relist. No series of a workload that still exists
 /// may drop or change meanwhile; recovered when the changes made meanwhile show.
-async fn watch_410(scale: Scale) -> Result<Row> {
+async fn watch_410(scenario: Scenario, scale: Scale) -> Result<Row> {
     let env = Env::start(options(scale, 0, false)).await?;
     let lists_before = env.api.list_requests("deployments").len();
     let sampler = Sampler::start(env.metrics, scale.sample, env.refs[1..].to_vec());
@@ -583,16 +547,7 @@ async fn watch_410(scale: Scale) -> Result<Row> {
     let recovered = recover_changes(&env, &expected, scale.recover_within).await;
     let seen = env.api.list_requests("deployments").len() > lists_before;
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::Watch410,
-        &env,
-        &expected,
-        observed,
-        only_available,
-        seen,
-        recovered,
-    )
-    .await)
+    Ok(finish(scenario, &env, &expected, observed, seen, recovered).await)
 }
 
 /// RBAC stops allowing secrets mid-run (the watches are cut, as an API server restart
@@ -600,7 +555,7 @@ async fn watch_410(scale: Scale) -> Result<Row> {
 /// holds them and the pods still pull, so `authentication_failure` would be a false
 /// alarm: every status stays `available`. Recovered when listing is allowed again and
 /// a secret created meanwhile is in the inventory.
-async fn secrets_forbidden(scale: Scale) -> Result<Row> {
+async fn secrets_forbidden(scenario: Scenario, scale: Scale) -> Result<Row> {
     let env = Env::start(options(scale, 0, false)).await?;
     const FORBIDDEN: &str = "pullwatch_inventory_forbidden{resource=\"secrets/dockerconfigjson\"}";
     const OBJECTS: &str = "pullwatch_inventory_objects{resource=\"secrets/dockerconfigjson\"}";
@@ -634,14 +589,5 @@ async fn secrets_forbidden(scale: Scale) -> Result<Row> {
         .await
         .ok();
     let observed = sampler.finish().await;
-    Ok(finish(
-        Scenario::SecretsForbidden,
-        &env,
-        &env.refs,
-        observed,
-        only_available,
-        seen,
-        recovered,
-    )
-    .await)
+    Ok(finish(scenario, &env, &env.refs, observed, seen, recovered).await)
 }
