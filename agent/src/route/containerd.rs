@@ -1,5 +1,5 @@
-//! Stage `route`: the way containerd on this node would reach a registry. Read from
-//! containerd's own files, never from the network.
+//! containerd's route: the way containerd on this node would reach a registry, read
+//! from containerd's own files.
 //!
 //! The route is containerd's (1.6/1.7 `remotes/docker/config`): the `hosts.toml` of the
 //! registry's directory under `--containerd-hosts-dir` (`<host>_<port>_`, `<host>:<port>`,
@@ -12,77 +12,19 @@
 //!
 //! Also containerd's own credentials ([`RuntimeAuth`]: `registry.configs."<host>".auth`
 //! of `--containerd-config`), which apply when the kubelet would send no AuthConfig.
-//!
-//! The manifest-only check that walks this route is [`crate::check::resolve`].
-//!
-//! CRI-O nodes take another route ([`crio`]: registries.conf and the containers auth
-//! file); both become one [`endpoints::Route`].
-
-pub mod auth_file;
-pub mod crio;
-pub mod endpoints;
-pub mod registries_conf;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use pullwatch::RegistryCredential;
+use pullwatch::{ImageReference, RegistryCredential};
 use serde::Deserialize;
 use tracing::warn;
 
-/// Why the route for a registry could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("building an HTTP client for {host}: {reason}")]
-    Client { host: String, reason: String },
-}
-
-/// What a host may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Capabilities {
-    pub pull: bool,
-    pub resolve: bool,
-    pub push: bool,
-}
-
-impl Capabilities {
-    const ALL: Capabilities = Capabilities {
-        pull: true,
-        resolve: true,
-        push: true,
-    };
-}
-
-/// One endpoint of a registry's route.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct RegistryHost {
-    pub scheme: String,
-    /// `host[:port]`.
-    pub host: String,
-    /// API root, normally `/v2`.
-    pub path: String,
-    pub capabilities: Capabilities,
-    pub ca: Vec<PathBuf>,
-    /// (certificate, key): key None when the certificate file holds both.
-    pub client: Vec<(PathBuf, Option<PathBuf>)>,
-    pub skip_verify: Option<bool>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl RegistryHost {
-    pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, self.host)
-    }
-}
+use super::{
+    Capabilities, FailurePolicy, RegistryHost, Route, RouteEndpoint, RouteError, cert_files,
+};
 
 /// containerd's `IsLocalhost`: `localhost` or a loopback IP, with or without a port.
 fn is_localhost(host: &str) -> bool {
@@ -210,34 +152,6 @@ pub fn registry_hosts_for(
         last.capabilities = Capabilities::ALL;
     }
     Ok(hosts)
-}
-
-/// Docker's certs.d layout: `*.crt` CAs, `*.cert` client certificates with `*.key`.
-pub(crate) fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, RouteError> {
-    let mut host = RegistryHost::default();
-    let entries = std::fs::read_dir(dir).map_err(|source| RouteError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    for file in files {
-        match file.extension().and_then(|e| e.to_str()) {
-            Some("crt") => host.ca.push(file),
-            Some("cert") => {
-                let key = file.with_extension("key");
-                if !key.is_file() {
-                    return Err(RouteError::Invalid {
-                        path: file,
-                        reason: "client certificate without a matching .key".into(),
-                    });
-                }
-                host.client.push((file, Some(key)));
-            }
-            _ => {}
-        }
-    }
-    Ok(vec![host])
 }
 
 fn parse_hosts_toml(
@@ -521,6 +435,37 @@ impl RuntimeAuth {
     }
 }
 
+impl Route {
+    /// containerd's route from its hosts (in order, the registry last): for a tag, the
+    /// hosts that may `pull` and `resolve`; for a digest, those that may `pull`.
+    pub fn containerd(
+        hosts: Vec<RegistryHost>,
+        image: &ImageReference,
+        by_digest: bool,
+        runtime_auth: &RuntimeAuth,
+    ) -> Route {
+        let registry = image.registry();
+        let endpoints = hosts
+            .into_iter()
+            .filter(|h| h.capabilities.pull && (by_digest || h.capabilities.resolve))
+            .map(|host| RouteEndpoint {
+                repository: image.repository().to_string(),
+                namespace: (host.host != registry).then(|| registry.to_string()),
+                request_credentials: true,
+                runtime_credential: Ok(runtime_auth.get(&host.host).cloned()),
+                http_fallback: false,
+                refused: None,
+                host,
+            })
+            .collect();
+        Route {
+            endpoints,
+            failure: FailurePolicy::FirstFailure,
+            blob_fallback: true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,5 +738,37 @@ version = 2
         ] {
             assert!(!is_localhost(host), "{host}");
         }
+    }
+
+    #[test]
+    fn containerd_route_filters_by_capability() {
+        let host = |name: &str, pull: bool, resolve: bool| RegistryHost {
+            scheme: "https".into(),
+            host: name.into(),
+            path: "/v2".into(),
+            capabilities: Capabilities {
+                pull,
+                resolve,
+                push: false,
+            },
+            ..Default::default()
+        };
+        let hosts = vec![
+            host("pull-only.mirror", true, false),
+            host("reg.io", true, true),
+        ];
+        let tag = ImageReference::parse("reg.io/app:v1").unwrap();
+        let route = Route::containerd(hosts.clone(), &tag, false, &RuntimeAuth::default());
+        let names: Vec<&str> = route
+            .endpoints
+            .iter()
+            .map(|e| e.host.host.as_str())
+            .collect();
+        assert_eq!(names, ["reg.io"]);
+        assert_eq!(route.endpoints[0].namespace, None);
+        let route = Route::containerd(hosts, &tag, true, &RuntimeAuth::default());
+        assert_eq!(route.endpoints.len(), 2);
+        assert_eq!(route.endpoints[0].namespace.as_deref(), Some("reg.io"));
+        assert_eq!(route.failure, FailurePolicy::FirstFailure);
     }
 }
