@@ -22,8 +22,8 @@
 //! depends on the aggregator.
 
 pub mod check;
-pub mod cli;
 pub mod cri;
+pub mod flags;
 pub mod keyring;
 pub mod metrics;
 pub mod route;

@@ -30,7 +30,7 @@ use pullwatch_agent::check::{CheckOptions, Checker};
 use pullwatch_agent::cri::{CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
 use pullwatch_agent::metrics::AgentMetrics;
-use pullwatch_agent::route::RuntimeAuth;
+use pullwatch_agent::route::containerd::RuntimeAuth;
 use pullwatch_agent::session::{self, SessionConfig};
 use pullwatch_testbench::{
     Containerd, ContainerdOptions, ImageFormat, LOOPBACK_SANS, QUOTA_WINDOW_SECONDS, QuotaProxy,

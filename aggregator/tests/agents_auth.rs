@@ -470,7 +470,7 @@ fn idle_checker(dir: &Path) -> pullwatch_agent::check::Checker {
     use pullwatch_agent::check::{CheckOptions, Checker};
     use pullwatch_agent::cri::{CriClient, CriTimeouts};
     use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
-    use pullwatch_agent::route::RuntimeAuth;
+    use pullwatch_agent::route::containerd::RuntimeAuth;
     let kubelet = dir.join("kubelet");
     std::fs::create_dir_all(&kubelet).unwrap();
     let keyring = NodeKeyring::new(&KeyringConfig {

@@ -534,7 +534,7 @@ impl Target for ContainerdConfig {
         toml_text()
     }
     fn run(&self, input: String) {
-        if let Ok(auth) = pullwatch_agent::route::RuntimeAuth::parse(&input) {
+        if let Ok(auth) = pullwatch_agent::route::containerd::RuntimeAuth::parse(&input) {
             for host in auth.hosts() {
                 let _ = auth.get(&host);
             }
@@ -575,11 +575,12 @@ impl Target for HostsToml {
         let dir: PathBuf = root.join("reg.fuzz:5000");
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(dir.join("hosts.toml"), &toml);
-        let _ = pullwatch_agent::route::host_dir(root, &registry);
-        if let Err(error) = pullwatch_agent::route::registry_hosts(root, &registry) {
+        let _ = pullwatch_agent::route::containerd::host_dir(root, &registry);
+        if let Err(error) = pullwatch_agent::route::containerd::registry_hosts(root, &registry) {
             let _ = error.to_string();
         }
-        if let Ok(hosts) = pullwatch_agent::route::registry_hosts(root, "reg.fuzz:5000") {
+        if let Ok(hosts) = pullwatch_agent::route::containerd::registry_hosts(root, "reg.fuzz:5000")
+        {
             for host in hosts {
                 let _ = host.url();
             }
@@ -892,7 +893,7 @@ impl RegistryExchanges {
         let resolver = pullwatch_agent::check::resolve::Resolver::new(
             pullwatch_agent::check::resolve::ResolverConfig {
                 hosts_dir: hosts.path().to_path_buf(),
-                runtime_auth: pullwatch_agent::route::RuntimeAuth::default(),
+                runtime_auth: pullwatch_agent::route::containerd::RuntimeAuth::default(),
                 request_timeout: Duration::from_secs(3),
             },
         );

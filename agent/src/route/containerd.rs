@@ -108,7 +108,7 @@ pub fn registry_hosts(root: &Path, registry: &str) -> Result<Vec<RegistryHost>, 
 /// As containerd's `loadHostDir`: a missing or empty hosts.toml means the directory's
 /// certificate files; a hosts.toml containerd cannot decode is logged and ignored in
 /// favour of the same certificate files (the registry itself is then the only host).
-pub fn registry_hosts_for(
+pub(crate) fn registry_hosts_for(
     root: &Path,
     registry: &str,
     dialect: HostsDialect,
@@ -191,6 +191,8 @@ fn parse_hosts_toml(
     Ok(hosts)
 }
 
+/// One `[host."..."]` table (or the file's root, for `server`): as containerd's
+/// `parseHostConfig`.
 fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<RegistryHost, String> {
     let mut host = RegistryHost::default();
     let override_path = match config.get("override_path") {
@@ -199,41 +201,76 @@ fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<Registry
         Some(_) => return Err("override_path must be a boolean".into()),
     };
     if !server.is_empty() {
-        let with_scheme = if server.starts_with("http") {
-            server.to_string()
-        } else {
-            format!("https://{server}")
-        };
-        let (scheme, rest) = with_scheme
-            .split_once("://")
-            .ok_or_else(|| format!("unable to parse server {server:?}"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            return Err(format!("unable to parse server {server:?}"));
-        }
-        host.scheme = scheme.to_string();
-        host.host = authority.to_string();
-        let mut path = clean_path(path);
-        if path.is_empty() {
-            if !override_path {
-                path = "/v2".into();
-            }
-        } else if !path.ends_with("/v2") && !override_path {
-            path.push_str("/v2");
-        }
-        host.path = path;
+        (host.scheme, host.host, host.path) = parse_server(server, override_path)?;
     }
     host.skip_verify = match config.get("skip_verify") {
         None => None,
         Some(toml::Value::Boolean(b)) => Some(*b),
         Some(_) => return Err("skip_verify must be a boolean".into()),
     };
-    host.capabilities = match config.get("capabilities") {
-        None => Capabilities::ALL,
-        Some(toml::Value::Array(values)) if values.is_empty() => Capabilities::ALL,
+    host.capabilities = parse_capabilities(config.get("capabilities"))?;
+    let in_dir = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    host.ca = match config.get("ca") {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => vec![in_dir(s)],
+        Some(toml::Value::Array(values)) => values
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(in_dir)
+                    .ok_or_else(|| format!("invalid ca {v:?}"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("invalid type {other:?} for \"ca\"")),
+    };
+    host.client = parse_client_pairs(config.get("client"), in_dir)?;
+    if let Some(value) = config.get("header") {
+        host.headers = parse_headers(value)?;
+    }
+    Ok(host)
+}
+
+/// `server = "[scheme://]host[:port][/path]"`: the scheme (https when none), the
+/// authority and the API root (`/v2` appended unless `override_path`).
+fn parse_server(server: &str, override_path: bool) -> Result<(String, String, String), String> {
+    let with_scheme = if server.starts_with("http") {
+        server.to_string()
+    } else {
+        format!("https://{server}")
+    };
+    let (scheme, rest) = with_scheme
+        .split_once("://")
+        .ok_or_else(|| format!("unable to parse server {server:?}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(format!("unable to parse server {server:?}"));
+    }
+    let mut path = clean_path(path);
+    if path.is_empty() {
+        if !override_path {
+            path = "/v2".into();
+        }
+    } else if !path.ends_with("/v2") && !override_path {
+        path.push_str("/v2");
+    }
+    Ok((scheme.to_string(), authority.to_string(), path))
+}
+
+/// `capabilities = ["pull", "resolve", "push"]`; none or empty: all.
+fn parse_capabilities(value: Option<&toml::Value>) -> Result<Capabilities, String> {
+    match value {
+        None => Ok(Capabilities::ALL),
+        Some(toml::Value::Array(values)) if values.is_empty() => Ok(Capabilities::ALL),
         Some(toml::Value::Array(values)) => {
             let mut caps = Capabilities::default();
             for value in values {
@@ -244,71 +281,61 @@ fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<Registry
                     _ => return Err(format!("unknown capability {value:?}")),
                 }
             }
-            caps
+            Ok(caps)
         }
-        Some(_) => return Err("capabilities must be an array".into()),
-    };
-    let abs = |p: &str| {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
-    host.ca = match config.get("ca") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![abs(s)],
-        Some(toml::Value::Array(values)) => values
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(abs)
-                    .ok_or_else(|| format!("invalid ca {v:?}"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(format!("invalid type {other:?} for \"ca\"")),
-    };
-    host.client = match config.get("client") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![(abs(s), None)],
+        Some(_) => Err("capabilities must be an array".into()),
+    }
+}
+
+/// `client = "both.pem"`, or a list of files and `[cert, key]` pairs (paths relative
+/// to the hosts.toml directory, made whole by `in_dir`).
+fn parse_client_pairs(
+    value: Option<&toml::Value>,
+    in_dir: impl Fn(&str) -> PathBuf,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(toml::Value::String(s)) => Ok(vec![(in_dir(s), None)]),
         Some(toml::Value::Array(values)) => {
             let mut pairs = Vec::new();
             for value in values {
                 match value {
-                    toml::Value::String(s) => pairs.push((abs(s), None)),
+                    toml::Value::String(s) => pairs.push((in_dir(s), None)),
                     toml::Value::Array(pair) if pair.len() == 2 => {
                         let cert = pair[0].as_str().ok_or("invalid client pair")?;
                         let key = pair[1].as_str().ok_or("invalid client pair")?;
-                        pairs.push((abs(cert), (!key.is_empty()).then(|| abs(key))));
+                        pairs.push((in_dir(cert), (!key.is_empty()).then(|| in_dir(key))));
                     }
                     other => return Err(format!("invalid pair {other:?} for \"client\"")),
                 }
             }
-            pairs
+            Ok(pairs)
         }
-        Some(other) => return Err(format!("invalid type {other:?} for \"client\"")),
+        Some(other) => Err(format!("invalid type {other:?} for \"client\"")),
+    }
+}
+
+/// `[header]`: a name to a string or a list of strings, each one header line.
+fn parse_headers(value: &toml::Value) -> Result<Vec<(String, String)>, String> {
+    let toml::Value::Table(headers) = value else {
+        return Err("header must be a table".into());
     };
-    if let Some(value) = config.get("header") {
-        let toml::Value::Table(headers) = value else {
-            return Err("header must be a table".into());
-        };
-        for (name, value) in headers {
-            match value {
-                toml::Value::String(s) => host.headers.push((name.clone(), s.clone())),
-                toml::Value::Array(values) => {
-                    for v in values {
-                        let s = v
-                            .as_str()
-                            .ok_or_else(|| format!("unable to cast {v:?} to string"))?;
-                        host.headers.push((name.clone(), s.to_string()));
-                    }
+    let mut lines = Vec::new();
+    for (name, value) in headers {
+        match value {
+            toml::Value::String(s) => lines.push((name.clone(), s.clone())),
+            toml::Value::Array(values) => {
+                for v in values {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| format!("unable to cast {v:?} to string"))?;
+                    lines.push((name.clone(), s.to_string()));
                 }
-                other => return Err(format!("invalid type {other:?} for header {name:?}")),
             }
+            other => return Err(format!("invalid type {other:?} for header {name:?}")),
         }
     }
-    Ok(host)
+    Ok(lines)
 }
 
 /// Go's `path.Clean` for the URL paths hosts.toml may carry (no `..` handling needed
@@ -424,7 +451,7 @@ impl RuntimeAuth {
         Ok(RuntimeAuth { by_host })
     }
 
-    pub fn get(&self, host: &str) -> Option<&RegistryCredential> {
+    pub(crate) fn get(&self, host: &str) -> Option<&RegistryCredential> {
         self.by_host.get(host)
     }
 
@@ -438,7 +465,7 @@ impl RuntimeAuth {
 impl Route {
     /// containerd's route from its hosts (in order, the registry last): for a tag, the
     /// hosts that may `pull` and `resolve`; for a digest, those that may `pull`.
-    pub fn containerd(
+    pub(crate) fn containerd(
         hosts: Vec<RegistryHost>,
         image: &ImageReference,
         by_digest: bool,

@@ -9,12 +9,12 @@
 //! ([`crio`] over [`registries_conf`] and [`auth_file`]). Which one applies is
 //! `--runtime-dialect` ([`RuntimeDialect`]), settled into a [`RouteRuntime`].
 
-pub mod auth_file;
+pub(crate) mod auth_file;
 pub mod containerd;
-pub mod crio;
-pub mod registries_conf;
+pub(crate) mod crio;
+pub(crate) mod registries_conf;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pullwatch::{CheckOutcome, RegistryCredential};
 
@@ -28,8 +28,6 @@ pub enum RouteError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("building an HTTP client for {host}: {reason}")]
-    Client { host: String, reason: String },
 }
 
 /// What a host may be used for.
@@ -112,7 +110,7 @@ pub enum RuntimeDialect {
 
 /// The runtime a route is built for, once `auto` is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum RouteRuntime {
+pub(crate) enum RouteRuntime {
     #[default]
     Containerd,
     CriO,
@@ -120,7 +118,7 @@ pub enum RouteRuntime {
 
 impl RouteRuntime {
     /// The runtime CRI `Version` names (`runtime_name`).
-    pub fn from_runtime_name(name: &str) -> RouteRuntime {
+    pub(crate) fn from_runtime_name(name: &str) -> RouteRuntime {
         if name.eq_ignore_ascii_case("cri-o") {
             RouteRuntime::CriO
         } else {
@@ -131,7 +129,7 @@ impl RouteRuntime {
 
 /// Which answer stands when no endpoint had the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailurePolicy {
+pub(crate) enum FailurePolicy {
     /// containerd: the first failure that was not a 404, else "not found".
     FirstFailure,
     /// containers/image (CRI-O): the primary's (the last endpoint's) failure.
@@ -140,7 +138,7 @@ pub enum FailurePolicy {
 
 /// One endpoint of a route.
 #[derive(Clone, Debug)]
-pub struct RouteEndpoint {
+pub(crate) struct RouteEndpoint {
     /// Scheme, host, API root, TLS material, headers.
     pub host: RegistryHost,
     /// The repository on this endpoint (registries.conf `location` may rewrite it).
@@ -163,7 +161,7 @@ pub struct RouteEndpoint {
 
 impl RouteEndpoint {
     /// The credential this endpoint gets when the kubelet sends `requested`.
-    pub fn credential<'a>(
+    pub(crate) fn credential<'a>(
         &'a self,
         requested: Option<&'a RegistryCredential>,
     ) -> Result<Option<&'a RegistryCredential>, String> {
@@ -180,7 +178,7 @@ impl RouteEndpoint {
 
 /// The endpoints one runtime would try for one image, in order.
 #[derive(Clone, Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub endpoints: Vec<RouteEndpoint>,
     pub failure: FailurePolicy,
     /// containerd tries `HEAD /blobs/<digest>` when a digest's manifest request fails.
