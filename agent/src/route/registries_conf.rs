@@ -495,76 +495,10 @@ fn post_process(
     mut registries: Vec<Registry>,
     unqualified: Option<Vec<String>>,
 ) -> Result<(Vec<Registry>, Option<Vec<String>>), RegistriesConfError> {
-    let invalid = |s: String| RegistriesConfError::Invalid(s);
     for registry in &mut registries {
-        registry.endpoint.location = parse_location(&registry.endpoint.location)?;
-        if registry.prefix.is_empty() {
-            if registry.endpoint.location.is_empty() {
-                return Err(invalid(
-                    "invalid condition: both location and prefix are unset".into(),
-                ));
-            }
-            registry.prefix = registry.endpoint.location.clone();
-        } else {
-            registry.prefix = parse_location(&registry.prefix)?;
-            if !registry.prefix.starts_with("*.") && registry.endpoint.location.is_empty() {
-                return Err(invalid("invalid condition: location is unset and prefix is not in the format: *.example.com".into()));
-            }
-        }
-        if !registry.endpoint.pull_from_mirror.is_empty() {
-            return Err(invalid(format!(
-                "pull-from-mirror must not be set for a non-mirror registry {:?}",
-                registry.prefix
-            )));
-        }
-        for mirror in &mut registry.mirrors {
-            mirror.location = parse_location(&mirror.location)?;
-            if mirror.location.is_empty() {
-                return Err(invalid(
-                    "invalid condition: mirror location is unset".into(),
-                ));
-            }
-            if registry.mirror_by_digest_only && !mirror.pull_from_mirror.is_empty() {
-                return Err(invalid(format!(
-                    "cannot set mirror usage mirror-by-digest-only for the registry ({:?}) and pull-from-mirror for per-mirror ({:?}) at the same time",
-                    registry.prefix, mirror.location
-                )));
-            }
-            if !matches!(
-                mirror.pull_from_mirror.as_str(),
-                "" | MIRROR_ALL | MIRROR_BY_DIGEST_ONLY | MIRROR_BY_TAG_ONLY
-            ) {
-                return Err(invalid(format!(
-                    "unsupported pull-from-mirror value {:?} for mirror {:?}",
-                    mirror.pull_from_mirror, mirror.location
-                )));
-            }
-        }
+        normalize_registry(registry)?;
     }
-    // One location (or wildcard prefix) named several times must agree on security.
-    let key = |r: &Registry| {
-        if r.endpoint.location.is_empty() {
-            r.prefix.clone()
-        } else {
-            r.endpoint.location.clone()
-        }
-    };
-    for registry in &registries {
-        for other in registries.iter().filter(|o| key(o) == key(registry)) {
-            if registry.endpoint.insecure != other.endpoint.insecure {
-                return Err(invalid(format!(
-                    "registry '{}' is defined multiple times with conflicting 'insecure' setting",
-                    registry.endpoint.location
-                )));
-            }
-            if registry.blocked != other.blocked {
-                return Err(invalid(format!(
-                    "registry '{}' is defined multiple times with conflicting 'blocked' setting",
-                    registry.endpoint.location
-                )));
-            }
-        }
-    }
+    refuse_conflicting_security(&registries)?;
     let unqualified = match unqualified {
         None => None,
         Some(list) => {
@@ -572,7 +506,7 @@ fn post_process(
             for entry in list {
                 let registry = parse_location(&entry)?;
                 if !is_domain(&registry) {
-                    return Err(invalid(format!(
+                    return Err(RegistriesConfError::Invalid(format!(
                         "Invalid unqualified-search-registries entry {registry:?}"
                     )));
                 }
@@ -587,6 +521,82 @@ fn post_process(
         by_prefix.entry(registry.prefix.clone()).or_insert(registry);
     }
     Ok((by_prefix.into_values().collect(), unqualified))
+}
+
+/// One entry's location, prefix and mirrors normalized and validated.
+fn normalize_registry(registry: &mut Registry) -> Result<(), RegistriesConfError> {
+    let invalid = |s: String| RegistriesConfError::Invalid(s);
+    registry.endpoint.location = parse_location(&registry.endpoint.location)?;
+    if registry.prefix.is_empty() {
+        if registry.endpoint.location.is_empty() {
+            return Err(invalid(
+                "invalid condition: both location and prefix are unset".into(),
+            ));
+        }
+        registry.prefix = registry.endpoint.location.clone();
+    } else {
+        registry.prefix = parse_location(&registry.prefix)?;
+        if !registry.prefix.starts_with("*.") && registry.endpoint.location.is_empty() {
+            return Err(invalid("invalid condition: location is unset and prefix is not in the format: *.example.com".into()));
+        }
+    }
+    if !registry.endpoint.pull_from_mirror.is_empty() {
+        return Err(invalid(format!(
+            "pull-from-mirror must not be set for a non-mirror registry {:?}",
+            registry.prefix
+        )));
+    }
+    for mirror in &mut registry.mirrors {
+        mirror.location = parse_location(&mirror.location)?;
+        if mirror.location.is_empty() {
+            return Err(invalid(
+                "invalid condition: mirror location is unset".into(),
+            ));
+        }
+        if registry.mirror_by_digest_only && !mirror.pull_from_mirror.is_empty() {
+            return Err(invalid(format!(
+                "cannot set mirror usage mirror-by-digest-only for the registry ({:?}) and pull-from-mirror for per-mirror ({:?}) at the same time",
+                registry.prefix, mirror.location
+            )));
+        }
+        if !matches!(
+            mirror.pull_from_mirror.as_str(),
+            "" | MIRROR_ALL | MIRROR_BY_DIGEST_ONLY | MIRROR_BY_TAG_ONLY
+        ) {
+            return Err(invalid(format!(
+                "unsupported pull-from-mirror value {:?} for mirror {:?}",
+                mirror.pull_from_mirror, mirror.location
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One location (or wildcard prefix) named several times must agree on security.
+fn refuse_conflicting_security(registries: &[Registry]) -> Result<(), RegistriesConfError> {
+    let key = |r: &Registry| {
+        if r.endpoint.location.is_empty() {
+            r.prefix.clone()
+        } else {
+            r.endpoint.location.clone()
+        }
+    };
+    for registry in registries {
+        for other in registries.iter().filter(|o| key(o) == key(registry)) {
+            let conflict = if registry.endpoint.insecure != other.endpoint.insecure {
+                "insecure"
+            } else if registry.blocked != other.blocked {
+                "blocked"
+            } else {
+                continue;
+            };
+            return Err(RegistriesConfError::Invalid(format!(
+                "registry '{}' is defined multiple times with conflicting '{conflict}' setting",
+                registry.endpoint.location
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// distribution's anchored `DomainRegexp`: host (labels of alphanumerics and inner
