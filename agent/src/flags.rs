@@ -1,5 +1,6 @@
-//! `cli`, the wiring: command-line flags (each also read from a `PULLWATCH_*`
-//! environment variable) and the checker (cri + keyring + route) built from them.
+//! Command-line flags (each also read from a `PULLWATCH_*` environment variable) and
+//! the wiring they describe: the checker (cri + keyring + resolver over the route),
+//! the session settings, the `--pull-secret-file` credentials.
 
 use pullwatch::registry::NoObserver;
 use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};

@@ -7,8 +7,8 @@
 //! A CRI `PullImage` of a held tag whose registry digest moved would download the new
 //! image and re-point the node's tag, so a tag is never pulled on a node that holds it.
 //!
-//! - `resolve`: the manifest along containerd's route ([`resolve`], over [`crate::route`]),
-//!   no layers.
+//! - `resolve`: the manifest along the node's runtime's route ([`resolve`], over
+//!   [`crate::route`]), and its pull path walked without downloading a layer.
 //! - `auto` and `pull`: for a tag, resolve first and compare the digest the tag
 //!   resolves to with what the node holds (CRI `ImageStatus` repo digests). Equal: the
 //!   runtime confirms with a `PullImage` **by digest** (only a manifest `HEAD` through

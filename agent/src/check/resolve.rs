@@ -7,7 +7,9 @@
 //! resolver does: a 404 moves on to the next host; another failure is remembered and
 //! the next host tried; the first success wins. When no host has it, the first
 //! remembered failure is the answer, else "not found". Digests fall back to
-//! `HEAD .../blobs/<digest>`. Then the walk ([`pullwatch::registry::pull_path`]): the
+//! `HEAD .../blobs/<digest>`. One walk over the route's endpoints does this
+//! (`first_to_serve`), for resolving and for fetching a manifest by
+//! digest alike. Then the pull path ([`pullwatch::registry::pull_path`]): the
 //! platform's child, the config and every layer's first byte, fetched as the runtime
 //! fetches them: containerd from every host able to pull, in order; CRI-O from the
 //! source that answered.
@@ -216,7 +218,7 @@ pub struct ResolverConfig {
     pub request_timeout: Duration,
 }
 
-/// Resolves manifests along containerd's route. Shareable; keeps HTTP clients (per TLS
+/// Resolves manifests along the node's runtime's route. Shareable; keeps HTTP clients (per TLS
 /// settings) and the shared registry client (tokens, learned challenges, 429 pauses)
 /// between checks.
 pub struct Resolver {
