@@ -37,6 +37,8 @@ pub struct AgentMetrics {
     aggregator: AggregatorSeries,
     quotas: QuotaSeries,
     credential_providers: IntGaugeVec,
+    /// 1 while registered with the aggregator (the tests of `run` read it directly).
+    pub aggregator_connected: IntGauge,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -72,31 +74,16 @@ fn registered<C: Collector + Clone + 'static>(
     Ok(collector)
 }
 
-fn gauges(
+/// A labelled family made by `new` (`GaugeVec::new`, `IntCounterVec::new`...),
+/// registered in `registry`.
+fn family<V: Collector + Clone + 'static>(
     registry: &Registry,
+    new: impl FnOnce(Opts, &[&str]) -> prometheus::Result<V>,
     name: &str,
     help: &str,
     labels: &[&str],
-) -> prometheus::Result<GaugeVec> {
-    registered(registry, GaugeVec::new(Opts::new(name, help), labels)?)
-}
-
-fn int_gauges(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntGaugeVec> {
-    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
-}
-
-fn counters(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+) -> prometheus::Result<V> {
+    registered(registry, new(Opts::new(name, help), labels)?)
 }
 
 fn latencies(
@@ -129,26 +116,30 @@ struct CheckSeries {
 impl CheckSeries {
     fn new(registry: &Registry) -> prometheus::Result<CheckSeries> {
         Ok(CheckSeries {
-            status: int_gauges(
+            status: family(
                 registry,
+                IntGaugeVec::new,
                 "pullwatch_agent_check_status",
                 "This node's latest check of an image: 1 for the current status",
                 &["image", "status", "mode", "credential_source"],
             )?,
-            timestamp: gauges(
+            timestamp: family(
                 registry,
+                GaugeVec::new,
                 "pullwatch_agent_check_timestamp_seconds",
                 "When this node last checked the image",
                 &["image"],
             )?,
-            tag_moved: int_gauges(
+            tag_moved: family(
                 registry,
+                IntGaugeVec::new,
                 "pullwatch_agent_image_tag_moved",
                 "1 when this node holds the tag at another digest than the registry now answers (a restart here runs different code), 0 when it matches; absent when unknown",
                 &["image"],
             )?,
-            total: counters(
+            total: family(
                 registry,
+                IntCounterVec::new,
                 "pullwatch_agent_checks_total",
                 "Checks made on this node",
                 &["status", "mode"],
@@ -159,8 +150,9 @@ impl CheckSeries {
                 "Duration of one check on this node",
                 &["mode"],
             )?,
-            credential_sources: counters(
+            credential_sources: family(
                 registry,
+                IntCounterVec::new,
                 "pullwatch_agent_credential_source_checks_total",
                 "Checks decided by each keyring source (secret, config.json, plugin, runtime)",
                 &["source"],
@@ -254,14 +246,16 @@ struct RuntimeSeries {
 impl RuntimeSeries {
     fn new(registry: &Registry) -> prometheus::Result<RuntimeSeries> {
         Ok(RuntimeSeries {
-            info: int_gauges(
+            info: family(
                 registry,
+                IntGaugeVec::new,
                 "pullwatch_agent_runtime_info",
                 "The node's container runtime, from CRI Version",
                 &["runtime_name", "runtime_version"],
             )?,
-            requests: counters(
+            requests: family(
                 registry,
+                IntCounterVec::new,
                 "pullwatch_agent_cri_requests_total",
                 "CRI calls to the node's runtime, by RPC and gRPC code",
                 &["rpc", "code"],
@@ -276,9 +270,8 @@ impl RuntimeSeries {
     }
 }
 
-/// The session with the aggregator.
+/// The session with the aggregator (whether it is up: [`AgentMetrics::aggregator_connected`]).
 struct AggregatorSeries {
-    connected: IntGauge,
     connection_attempts: IntCounterVec,
     last_contact: Gauge,
 }
@@ -286,15 +279,9 @@ struct AggregatorSeries {
 impl AggregatorSeries {
     fn new(registry: &Registry) -> prometheus::Result<AggregatorSeries> {
         Ok(AggregatorSeries {
-            connected: registered(
+            connection_attempts: family(
                 registry,
-                IntGauge::new(
-                    "pullwatch_agent_aggregator_connected",
-                    "1 while registered with the aggregator",
-                )?,
-            )?,
-            connection_attempts: counters(
-                registry,
+                IntCounterVec::new,
                 "pullwatch_agent_aggregator_connection_attempts_total",
                 "Attempts to open a session with the aggregator, by result",
                 &["result"],
@@ -331,20 +318,23 @@ struct QuotaLog {
 impl QuotaSeries {
     fn new(registry: &Registry) -> prometheus::Result<QuotaSeries> {
         Ok(QuotaSeries {
-            limit: gauges(
+            limit: family(
                 registry,
+                GaugeVec::new,
                 "pullwatch_agent_registry_ratelimit_limit",
                 "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
                 &["registry"],
             )?,
-            remaining: gauges(
+            remaining: family(
                 registry,
+                GaugeVec::new,
                 "pullwatch_agent_registry_ratelimit_remaining",
                 "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
                 &["registry"],
             )?,
-            window: gauges(
+            window: family(
                 registry,
+                GaugeVec::new,
                 "pullwatch_agent_registry_ratelimit_window_seconds",
                 "The window the registry's pull limit applies to, in seconds",
                 &["registry"],
@@ -395,11 +385,19 @@ impl AgentMetrics {
             runtime: RuntimeSeries::new(&registry)?,
             aggregator: AggregatorSeries::new(&registry)?,
             quotas: QuotaSeries::new(&registry)?,
-            credential_providers: int_gauges(
+            credential_providers: family(
                 &registry,
+                IntGaugeVec::new,
                 "pullwatch_agent_credential_provider_info",
                 "Configured kubelet credential-provider plugins",
                 &["provider"],
+            )?,
+            aggregator_connected: registered(
+                &registry,
+                IntGauge::new(
+                    "pullwatch_agent_aggregator_connected",
+                    "1 while registered with the aggregator",
+                )?,
             )?,
             registry,
         })
@@ -432,7 +430,7 @@ impl AgentMetrics {
 
     /// Whether the agent is registered with the aggregator now.
     pub(crate) fn set_connected(&self, connected: bool) {
-        self.aggregator.connected.set(i64::from(connected));
+        self.aggregator_connected.set(i64::from(connected));
     }
 
     pub(crate) fn connection_attempt(&self, result: &str) {

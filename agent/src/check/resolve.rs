@@ -197,13 +197,13 @@ impl RouteRequest for ManifestBody<'_> {
         registry: &'a RegistryClient,
         target: Target<'a, 'a>,
     ) -> impl Future<Output = Result<Manifest, Answer>> + Send + 'a {
-        let Target {
-            endpoint,
-            repository,
-            credential,
-            deadline,
-        } = target;
-        registry.fetch_manifest(endpoint, repository, self.digest, credential, deadline)
+        registry.fetch_manifest(
+            target.endpoint,
+            target.repository,
+            self.digest,
+            target.credential,
+            target.deadline,
+        )
     }
 }
 

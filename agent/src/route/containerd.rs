@@ -451,7 +451,7 @@ impl RuntimeAuth {
         Ok(RuntimeAuth { by_host })
     }
 
-    pub(crate) fn get(&self, host: &str) -> Option<&RegistryCredential> {
+    pub fn get(&self, host: &str) -> Option<&RegistryCredential> {
         self.by_host.get(host)
     }
 
