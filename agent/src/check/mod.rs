@@ -236,6 +236,9 @@ impl Checker {
         redactor.redact(reason)
     }
 
+    /// The check itself, in its steps: the reference, what the node holds, the
+    /// credentials to try, the first step (a pull that re-points nothing, or a
+    /// resolve), then what that came to. [`Checker::check`] times it and redacts it.
     async fn check_inner(
         &self,
         image: &str,
