@@ -19,16 +19,16 @@ use hyper_util::rt::TokioIo;
 use pullwatch::cri::image_service_client::ImageServiceClient;
 use pullwatch::cri::runtime_service_client::RuntimeServiceClient;
 use pullwatch::cri::{
-    AuthConfig, Image, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
-    ListImagesRequest, PullImageRequest, RemoveImageRequest, VersionRequest, VersionResponse,
+    AuthConfig, Image, ImageFilter, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest, VersionRequest, VersionResponse,
 };
 use pullwatch::{CheckOutcome, CheckStatus, RegistryCredential};
 use tonic::transport::{Channel, Endpoint};
 
 /// The default CRI endpoint (containerd).
-pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+pub(crate) const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 /// The CRI API version the agent speaks (sent in `VersionRequest`).
-pub const CRI_API_VERSION: &str = "v1";
+pub(crate) const CRI_API_VERSION: &str = "v1";
 /// Images lists of busy nodes exceed tonic's 4 MiB default; the kubelet allows 16 MiB.
 const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
@@ -60,7 +60,7 @@ pub enum CriError {
 
 impl CriError {
     /// The label used for this failure in the per-RPC call metrics (a gRPC code name).
-    pub fn code_label(&self) -> &'static str {
+    pub(crate) fn code_label(&self) -> &'static str {
         match self {
             CriError::Endpoint { .. } => "InvalidArgument",
             CriError::Rpc { code, .. } => code_name(*code),
@@ -71,7 +71,7 @@ impl CriError {
 
     /// Whether the runtime itself (not the registry behind it) failed: such an error
     /// says nothing about the image.
-    pub fn is_runtime_failure(&self) -> bool {
+    pub(crate) fn is_runtime_failure(&self) -> bool {
         matches!(
             self,
             CriError::Endpoint { .. } | CriError::Unreachable { .. }
@@ -88,7 +88,7 @@ pub trait CallObserver: Send + Sync {
 /// Timeouts for CRI calls.
 #[derive(Clone, Copy, Debug)]
 pub struct CriTimeouts {
-    /// Version, ImageStatus, ListImages, RemoveImage, ImageFsInfo.
+    /// Version, ImageStatus, ListImages, RemoveImage.
     pub call: Duration,
     /// PullImage (which, for an absent image, downloads it).
     pub pull: Duration,
@@ -123,7 +123,7 @@ impl std::fmt::Debug for CriClient {
 }
 
 /// The socket path of a `unix://` endpoint (a bare absolute path is accepted too).
-pub fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
+pub(crate) fn socket_path(endpoint: &str) -> Result<PathBuf, CriError> {
     let path = match endpoint.strip_prefix("unix://") {
         Some(rest) => rest,
         None if endpoint.starts_with('/') => endpoint,
@@ -170,10 +170,6 @@ impl CriClient {
             timeouts,
             observer,
         })
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     /// Runs one call with a deadline, records it, and sorts its failure.
@@ -308,23 +304,6 @@ impl CriClient {
         .await?;
         Ok(())
     }
-
-    /// `ImageService.ImageFsInfo`: bytes used by images, summed over image filesystems.
-    pub async fn image_fs_used_bytes(&self) -> Result<u64, CriError> {
-        let mut client = self.images.clone();
-        let response = self
-            .call(
-                "ImageFsInfo",
-                self.timeouts.call,
-                client.image_fs_info(ImageFsInfoRequest {}),
-            )
-            .await?;
-        Ok(response
-            .image_filesystems
-            .iter()
-            .filter_map(|fs| fs.used_bytes.as_ref().map(|u| u.value))
-            .sum())
-    }
 }
 
 fn image_spec(image: &str) -> ImageSpec {
@@ -348,7 +327,7 @@ fn auth_config(credential: &RegistryCredential) -> AuthConfig {
 }
 
 /// The gRPC code's canonical name, for metric labels.
-pub fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -8,22 +8,24 @@
 //! - [`cri`]: the runtime's CRI socket (`runtime.v1`) and CRI errors as check statuses;
 //! - [`keyring`]: the credentials the kubelet would try, in its order
 //!   (the kubelet's docker config files, then exec plugins);
-//! - [`route`]: the runtime's route to registries: containerd's hosts.toml and its own
-//!   registry credentials, or CRI-O's registries.conf and auth file ([`route::crio`]);
+//! - [`route`]: the way the node's runtime reaches a registry for an image: the
+//!   endpoints it asks in order, from containerd's hosts.toml and its own registry
+//!   credentials ([`route::containerd`]) or CRI-O's registries.conf and auth file;
 //! - [`check`]: the executor that picks `pull` or `resolve` per image
-//!   ([`check::resolve`]: manifest-only checks along the route, through
+//!   ([`check::resolve`]: manifest checks along the route, through
 //!   [`pullwatch::registry`]);
 //! - [`session`]: the stream to the aggregator (`run`);
 //! - [`metrics`]: per-node `/metrics`, served by [`pullwatch::serve`];
-//! - [`cli`]: flags and wiring.
+//! - [`flags`]: the command line and the wiring it describes (`main` maps every
+//!   error to its exit code).
 //!
 //! The shared vocabulary and machinery (references, statuses, credentials, the registry
 //! client, HTTP serving, logging) come from the root crate `pullwatch`; nothing here
 //! depends on the aggregator.
 
 pub mod check;
-pub mod cli;
 pub mod cri;
+pub mod flags;
 pub mod keyring;
 pub mod metrics;
 pub mod route;

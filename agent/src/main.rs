@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 
 use pullwatch_agent::Error;
-use pullwatch_agent::cli::{CheckArgs, Cli, Command, Output, RunArgs, pull_secrets_for};
+use pullwatch_agent::flags::{CheckArgs, Cli, Command, OutputFormat, RunArgs, pull_secrets_for};
 use pullwatch_agent::metrics::AgentMetrics;
 
 /// Exit codes: 0 available, 1 checked and not available, 2 usage or setup error (a
@@ -53,8 +53,8 @@ async fn check(args: CheckArgs) -> pullwatch_agent::Result<ExitCode> {
     let secrets = pull_secrets_for(&args.pull_secret_files, &args.image)?;
     let report = checker.check(&args.image, args.node.mode, &secrets).await;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string(&report)?),
-        Output::Text => {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+        OutputFormat::Text => {
             let via = if report.credential_source.is_empty() {
                 String::new()
             } else {

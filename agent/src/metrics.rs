@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use pullwatch::registry::RegistryObserver;
 use pullwatch::registry::quota::Quota;
@@ -27,52 +28,35 @@ use tracing::{debug, warn};
 use crate::check::CheckReport;
 use crate::cri::CallObserver;
 
-/// The agent's metrics.
+/// The agent's metrics: one registry, filled once by [`AgentMetrics::new`] from the
+/// groups below, each holding the series of one part of the agent.
 pub struct AgentMetrics {
     registry: Registry,
-    check_status: IntGaugeVec,
-    check_timestamp: GaugeVec,
-    tag_moved: IntGaugeVec,
-    checks: IntCounterVec,
-    check_duration: HistogramVec,
-    cri_requests: IntCounterVec,
-    cri_duration: HistogramVec,
-    credential_sources: IntCounterVec,
+    checks: CheckSeries,
+    runtime: RuntimeSeries,
+    aggregator: AggregatorSeries,
+    quotas: QuotaSeries,
     credential_providers: IntGaugeVec,
-    runtime_info: IntGaugeVec,
+    /// 1 while registered with the aggregator (the tests of `run` read it directly).
     pub aggregator_connected: IntGauge,
-    aggregator_connects: IntCounterVec,
-    aggregator_last_contact: prometheus::Gauge,
-    /// image -> the label values of its current `check_status` series, and when it
-    /// was last checked.
-    current: Mutex<HashMap<String, ([String; 4], Instant)>>,
-    /// An image not checked for this long has its series removed: the aggregator
-    /// stopped asking (the workload went), and series must not only ever grow.
-    series_ttl: Duration,
-    quota_limit: GaugeVec,
-    quota_remaining: GaugeVec,
-    quota_window: GaugeVec,
-    /// Registry host -> its latest quota and the sequence number of that update.
-    quotas: Mutex<QuotaLog>,
 }
-
-/// The latest quota per registry host, numbered so a session can send only what
-/// changed since it last sent ([`AgentMetrics::quotas_after`]).
-#[derive(Default)]
-struct QuotaLog {
-    latest: BTreeMap<String, (Quota, u64)>,
-    sequence: u64,
-}
-
-/// Registry hosts whose quota the agent keeps (its route's registries and mirrors are
-/// far fewer): a registry cannot grow the agent's series without bound.
-const MAX_QUOTA_HOSTS: usize = 64;
 
 impl std::fmt::Debug for AgentMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentMetrics").finish_non_exhaustive()
     }
 }
+
+/// How long an image's series outlive its last check by default.
+pub(crate) const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(3600);
+
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+/// Registry hosts whose quota the agent keeps (its route's registries and mirrors are
+/// far fewer): a registry cannot grow the agent's series without bound.
+const MAX_QUOTA_HOSTS: usize = 64;
 
 fn now_seconds() -> f64 {
     SystemTime::now()
@@ -81,154 +65,110 @@ fn now_seconds() -> f64 {
         .unwrap_or_default()
 }
 
-/// How long an image's series outlive its last check by default.
-pub const DEFAULT_SERIES_TTL: Duration = Duration::from_secs(3600);
+/// `collector`, registered in `registry`.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
 
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-];
+/// A labelled family made by `new` (`GaugeVec::new`, `IntCounterVec::new`...),
+/// registered in `registry`.
+fn family<V: Collector + Clone + 'static>(
+    registry: &Registry,
+    new: impl FnOnce(Opts, &[&str]) -> prometheus::Result<V>,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<V> {
+    registered(registry, new(Opts::new(name, help), labels)?)
+}
 
-impl AgentMetrics {
-    pub fn new() -> crate::Result<AgentMetrics> {
-        let registry = Registry::new();
-        let metrics = AgentMetrics {
-            check_status: IntGaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_check_status",
-                    "This node's latest check of an image: 1 for the current status",
-                ),
+fn latencies(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    registered(registry, HistogramVec::new(opts, labels)?)
+}
+
+/// This node's checks: the latest result per image (removed when no check asked for
+/// the image within the series TTL), counts, durations, deciding credential sources.
+struct CheckSeries {
+    status: IntGaugeVec,
+    timestamp: GaugeVec,
+    tag_moved: IntGaugeVec,
+    total: IntCounterVec,
+    duration: HistogramVec,
+    credential_sources: IntCounterVec,
+    /// image -> the label values of its current `status` series, and when it was last
+    /// checked.
+    current: Mutex<HashMap<String, ([String; 4], Instant)>>,
+    /// An image not checked for this long has its series removed: the aggregator
+    /// stopped asking (the workload went), and series must not only ever grow.
+    series_ttl: Duration,
+}
+
+impl CheckSeries {
+    fn new(registry: &Registry) -> prometheus::Result<CheckSeries> {
+        Ok(CheckSeries {
+            status: family(
+                registry,
+                IntGaugeVec::new,
+                "pullwatch_agent_check_status",
+                "This node's latest check of an image: 1 for the current status",
                 &["image", "status", "mode", "credential_source"],
             )?,
-            check_timestamp: GaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_check_timestamp_seconds",
-                    "When this node last checked the image",
-                ),
+            timestamp: family(
+                registry,
+                GaugeVec::new,
+                "pullwatch_agent_check_timestamp_seconds",
+                "When this node last checked the image",
                 &["image"],
             )?,
-            tag_moved: IntGaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_image_tag_moved",
-                    "1 when this node holds the tag at another digest than the registry now answers (a restart here runs different code), 0 when it matches; absent when unknown",
-                ),
+            tag_moved: family(
+                registry,
+                IntGaugeVec::new,
+                "pullwatch_agent_image_tag_moved",
+                "1 when this node holds the tag at another digest than the registry now answers (a restart here runs different code), 0 when it matches; absent when unknown",
                 &["image"],
             )?,
-            checks: IntCounterVec::new(
-                Opts::new("pullwatch_agent_checks_total", "Checks made on this node"),
+            total: family(
+                registry,
+                IntCounterVec::new,
+                "pullwatch_agent_checks_total",
+                "Checks made on this node",
                 &["status", "mode"],
             )?,
-            check_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "pullwatch_agent_check_duration_seconds",
-                    "Duration of one check on this node",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            duration: latencies(
+                registry,
+                "pullwatch_agent_check_duration_seconds",
+                "Duration of one check on this node",
                 &["mode"],
             )?,
-            cri_requests: IntCounterVec::new(
-                Opts::new(
-                    "pullwatch_agent_cri_requests_total",
-                    "CRI calls to the node's runtime, by RPC and gRPC code",
-                ),
-                &["rpc", "code"],
-            )?,
-            cri_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "pullwatch_agent_cri_request_duration_seconds",
-                    "Latency of CRI calls, by RPC and gRPC code",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["rpc", "code"],
-            )?,
-            credential_sources: IntCounterVec::new(
-                Opts::new(
-                    "pullwatch_agent_credential_source_checks_total",
-                    "Checks decided by each keyring source (secret, config.json, plugin, runtime)",
-                ),
+            credential_sources: family(
+                registry,
+                IntCounterVec::new,
+                "pullwatch_agent_credential_source_checks_total",
+                "Checks decided by each keyring source (secret, config.json, plugin, runtime)",
                 &["source"],
             )?,
-            credential_providers: IntGaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_credential_provider_info",
-                    "Configured kubelet credential-provider plugins",
-                ),
-                &["provider"],
-            )?,
-            runtime_info: IntGaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_runtime_info",
-                    "The node's container runtime, from CRI Version",
-                ),
-                &["runtime_name", "runtime_version"],
-            )?,
-            aggregator_connected: IntGauge::new(
-                "pullwatch_agent_aggregator_connected",
-                "1 while registered with the aggregator",
-            )?,
-            aggregator_connects: IntCounterVec::new(
-                Opts::new(
-                    "pullwatch_agent_aggregator_connection_attempts_total",
-                    "Attempts to open a session with the aggregator, by result",
-                ),
-                &["result"],
-            )?,
-            aggregator_last_contact: prometheus::Gauge::new(
-                "pullwatch_agent_aggregator_last_contact_timestamp_seconds",
-                "When the aggregator was last heard from",
-            )?,
-            quota_limit: GaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_registry_ratelimit_limit",
-                    "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
-                ),
-                &["registry"],
-            )?,
-            quota_remaining: GaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_registry_ratelimit_remaining",
-                    "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
-                ),
-                &["registry"],
-            )?,
-            quota_window: GaugeVec::new(
-                Opts::new(
-                    "pullwatch_agent_registry_ratelimit_window_seconds",
-                    "The window the registry's pull limit applies to, in seconds",
-                ),
-                &["registry"],
-            )?,
-            quotas: Mutex::new(QuotaLog::default()),
             current: Mutex::new(HashMap::new()),
             series_ttl: DEFAULT_SERIES_TTL,
-            registry,
-        };
-        let r = &metrics.registry;
-        r.register(Box::new(metrics.check_status.clone()))?;
-        r.register(Box::new(metrics.check_timestamp.clone()))?;
-        r.register(Box::new(metrics.tag_moved.clone()))?;
-        r.register(Box::new(metrics.checks.clone()))?;
-        r.register(Box::new(metrics.check_duration.clone()))?;
-        r.register(Box::new(metrics.cri_requests.clone()))?;
-        r.register(Box::new(metrics.cri_duration.clone()))?;
-        r.register(Box::new(metrics.credential_sources.clone()))?;
-        r.register(Box::new(metrics.credential_providers.clone()))?;
-        r.register(Box::new(metrics.runtime_info.clone()))?;
-        r.register(Box::new(metrics.aggregator_connected.clone()))?;
-        r.register(Box::new(metrics.aggregator_connects.clone()))?;
-        r.register(Box::new(metrics.aggregator_last_contact.clone()))?;
-        r.register(Box::new(metrics.quota_limit.clone()))?;
-        r.register(Box::new(metrics.quota_remaining.clone()))?;
-        r.register(Box::new(metrics.quota_window.clone()))?;
-        Ok(metrics)
+        })
     }
 
     /// Records a finished check. Runtime failures count as checks but do not replace
     /// the image's last real status.
-    pub fn record(&self, report: &CheckReport) {
-        self.checks
+    fn record(&self, report: &CheckReport) {
+        self.total
             .with_label_values(&[report.status.as_str(), report.mode.as_str()])
             .inc();
-        self.check_duration
+        self.duration
             .with_label_values(&[report.mode.as_str()])
             .observe(report.duration.as_secs_f64());
         if report.runtime_failure {
@@ -239,6 +179,24 @@ impl AgentMetrics {
                 .with_label_values(&[report.credential_source.as_str()])
                 .inc();
         }
+        self.set_status(report);
+        let image = report.image.as_str();
+        self.timestamp
+            .with_label_values(&[image])
+            .set(now_seconds());
+        match report.tag_moved {
+            Some(moved) => self
+                .tag_moved
+                .with_label_values(&[image])
+                .set(i64::from(moved)),
+            None => {
+                let _ = self.tag_moved.remove_label_values(&[image]);
+            }
+        }
+    }
+
+    /// The image's one `status` series: the report's, replacing the previous one.
+    fn set_status(&self, report: &CheckReport) {
         let labels = [
             report.image.clone(),
             report.status.as_str().to_string(),
@@ -251,29 +209,11 @@ impl AgentMetrics {
             && old != labels
         {
             let old: Vec<&str> = old.iter().map(String::as_str).collect();
-            let _ = self.check_status.remove_label_values(&old);
+            let _ = self.status.remove_label_values(&old);
         }
         drop(current);
         let values: Vec<&str> = labels.iter().map(String::as_str).collect();
-        self.check_status.with_label_values(&values).set(1);
-        self.check_timestamp
-            .with_label_values(&[report.image.as_str()])
-            .set(now_seconds());
-        match report.tag_moved {
-            Some(moved) => self
-                .tag_moved
-                .with_label_values(&[report.image.as_str()])
-                .set(i64::from(moved)),
-            None => {
-                let _ = self.tag_moved.remove_label_values(&[report.image.as_str()]);
-            }
-        }
-    }
-
-    /// Series of images no check has asked about for `ttl`.
-    pub fn with_series_ttl(mut self, ttl: Duration) -> AgentMetrics {
-        self.series_ttl = ttl;
-        self
+        self.status.with_label_values(&values).set(1);
     }
 
     /// Removes every series of the images not checked within the TTL.
@@ -287,12 +227,192 @@ impl AgentMetrics {
         for image in stale {
             if let Some((labels, _)) = current.remove(&image) {
                 let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let _ = self.check_status.remove_label_values(&labels);
+                let _ = self.status.remove_label_values(&labels);
             }
-            let _ = self.check_timestamp.remove_label_values(&[image.as_str()]);
+            let _ = self.timestamp.remove_label_values(&[image.as_str()]);
             let _ = self.tag_moved.remove_label_values(&[image.as_str()]);
             debug!(%image, "no check for the series TTL; its series are gone");
         }
+    }
+}
+
+/// The node's container runtime: what it is, and the CRI calls made to it.
+struct RuntimeSeries {
+    info: IntGaugeVec,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+}
+
+impl RuntimeSeries {
+    fn new(registry: &Registry) -> prometheus::Result<RuntimeSeries> {
+        Ok(RuntimeSeries {
+            info: family(
+                registry,
+                IntGaugeVec::new,
+                "pullwatch_agent_runtime_info",
+                "The node's container runtime, from CRI Version",
+                &["runtime_name", "runtime_version"],
+            )?,
+            requests: family(
+                registry,
+                IntCounterVec::new,
+                "pullwatch_agent_cri_requests_total",
+                "CRI calls to the node's runtime, by RPC and gRPC code",
+                &["rpc", "code"],
+            )?,
+            duration: latencies(
+                registry,
+                "pullwatch_agent_cri_request_duration_seconds",
+                "Latency of CRI calls, by RPC and gRPC code",
+                &["rpc", "code"],
+            )?,
+        })
+    }
+}
+
+/// The session with the aggregator (whether it is up: [`AgentMetrics::aggregator_connected`]).
+struct AggregatorSeries {
+    connection_attempts: IntCounterVec,
+    last_contact: Gauge,
+}
+
+impl AggregatorSeries {
+    fn new(registry: &Registry) -> prometheus::Result<AggregatorSeries> {
+        Ok(AggregatorSeries {
+            connection_attempts: family(
+                registry,
+                IntCounterVec::new,
+                "pullwatch_agent_aggregator_connection_attempts_total",
+                "Attempts to open a session with the aggregator, by result",
+                &["result"],
+            )?,
+            last_contact: registered(
+                registry,
+                Gauge::new(
+                    "pullwatch_agent_aggregator_last_contact_timestamp_seconds",
+                    "When the aggregator was last heard from",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// The pull quota each registry announced along this node's route, and the log the
+/// session sends to the aggregator from.
+struct QuotaSeries {
+    limit: GaugeVec,
+    remaining: GaugeVec,
+    window: GaugeVec,
+    /// Registry host -> its latest quota and the sequence number of that update.
+    log: Mutex<QuotaLog>,
+}
+
+/// The latest quota per registry host, numbered so a session can send only what
+/// changed since it last sent ([`AgentMetrics::quotas_after`]).
+#[derive(Default)]
+struct QuotaLog {
+    latest: BTreeMap<String, (Quota, u64)>,
+    sequence: u64,
+}
+
+impl QuotaSeries {
+    fn new(registry: &Registry) -> prometheus::Result<QuotaSeries> {
+        Ok(QuotaSeries {
+            limit: family(
+                registry,
+                GaugeVec::new,
+                "pullwatch_agent_registry_ratelimit_limit",
+                "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
+                &["registry"],
+            )?,
+            remaining: family(
+                registry,
+                GaugeVec::new,
+                "pullwatch_agent_registry_ratelimit_remaining",
+                "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
+                &["registry"],
+            )?,
+            window: family(
+                registry,
+                GaugeVec::new,
+                "pullwatch_agent_registry_ratelimit_window_seconds",
+                "The window the registry's pull limit applies to, in seconds",
+                &["registry"],
+            )?,
+            log: Mutex::new(QuotaLog::default()),
+        })
+    }
+
+    /// `host` announced `quota`: logged (unless too many hosts are kept) and exported.
+    fn record(&self, host: &str, quota: &Quota) {
+        {
+            let mut log = lock(&self.log);
+            if !log.latest.contains_key(host) && log.latest.len() >= MAX_QUOTA_HOSTS {
+                debug!(registry = host, "quota not kept: too many registries");
+                return;
+            }
+            log.sequence += 1;
+            let sequence = log.sequence;
+            log.latest
+                .insert(host.to_string(), (quota.clone(), sequence));
+        }
+        self.remaining
+            .with_label_values(&[host])
+            .set(quota.remaining as f64);
+        match quota.limit {
+            Some(limit) => self.limit.with_label_values(&[host]).set(limit as f64),
+            None => {
+                let _ = self.limit.remove_label_values(&[host]);
+            }
+        }
+        match quota.window {
+            Some(window) => self
+                .window
+                .with_label_values(&[host])
+                .set(window.as_secs_f64()),
+            None => {
+                let _ = self.window.remove_label_values(&[host]);
+            }
+        }
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> crate::Result<AgentMetrics> {
+        let registry = Registry::new();
+        Ok(AgentMetrics {
+            checks: CheckSeries::new(&registry)?,
+            runtime: RuntimeSeries::new(&registry)?,
+            aggregator: AggregatorSeries::new(&registry)?,
+            quotas: QuotaSeries::new(&registry)?,
+            credential_providers: family(
+                &registry,
+                IntGaugeVec::new,
+                "pullwatch_agent_credential_provider_info",
+                "Configured kubelet credential-provider plugins",
+                &["provider"],
+            )?,
+            aggregator_connected: registered(
+                &registry,
+                IntGauge::new(
+                    "pullwatch_agent_aggregator_connected",
+                    "1 while registered with the aggregator",
+                )?,
+            )?,
+            registry,
+        })
+    }
+
+    /// Records a finished check. Runtime failures count as checks but do not replace
+    /// the image's last real status.
+    pub(crate) fn record(&self, report: &CheckReport) {
+        self.checks.record(report);
+    }
+
+    /// Series of images no check has asked about for `ttl`.
+    pub fn with_series_ttl(mut self, ttl: Duration) -> AgentMetrics {
+        self.checks.series_ttl = ttl;
+        self
     }
 
     pub fn set_providers(&self, providers: &[String]) {
@@ -303,22 +423,30 @@ impl AgentMetrics {
         }
     }
 
-    pub fn set_runtime(&self, name: &str, version: &str) {
-        self.runtime_info.reset();
-        self.runtime_info.with_label_values(&[name, version]).set(1);
+    pub(crate) fn set_runtime(&self, name: &str, version: &str) {
+        self.runtime.info.reset();
+        self.runtime.info.with_label_values(&[name, version]).set(1);
     }
 
-    pub fn connection_attempt(&self, result: &str) {
-        self.aggregator_connects.with_label_values(&[result]).inc();
+    /// Whether the agent is registered with the aggregator now.
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.aggregator_connected.set(i64::from(connected));
     }
 
-    pub fn contact(&self) {
-        self.aggregator_last_contact.set(now_seconds());
+    pub(crate) fn connection_attempt(&self, result: &str) {
+        self.aggregator
+            .connection_attempts
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    pub(crate) fn contact(&self) {
+        self.aggregator.last_contact.set(now_seconds());
     }
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        self.prune();
+        self.checks.prune();
         let mut out = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(error) = encoder.encode(&self.registry.gather(), &mut out) {
@@ -326,13 +454,11 @@ impl AgentMetrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
-}
 
-impl AgentMetrics {
     /// The quotas updated after sequence number `after` (0: all), with the sequence
     /// number to ask after next time.
-    pub fn quotas_after(&self, after: u64) -> (Vec<(String, Quota)>, u64) {
-        let log = lock(&self.quotas);
+    pub(crate) fn quotas_after(&self, after: u64) -> (Vec<(String, Quota)>, u64) {
+        let log = lock(&self.quotas.log);
         let changed = log
             .latest
             .iter()
@@ -345,45 +471,15 @@ impl AgentMetrics {
 
 impl RegistryObserver for AgentMetrics {
     fn quota(&self, host: &str, quota: &Quota) {
-        {
-            let mut log = lock(&self.quotas);
-            if !log.latest.contains_key(host) && log.latest.len() >= MAX_QUOTA_HOSTS {
-                debug!(registry = host, "quota not kept: too many registries");
-                return;
-            }
-            log.sequence += 1;
-            let sequence = log.sequence;
-            log.latest
-                .insert(host.to_string(), (quota.clone(), sequence));
-        }
-        self.quota_remaining
-            .with_label_values(&[host])
-            .set(quota.remaining as f64);
-        match quota.limit {
-            Some(limit) => self
-                .quota_limit
-                .with_label_values(&[host])
-                .set(limit as f64),
-            None => {
-                let _ = self.quota_limit.remove_label_values(&[host]);
-            }
-        }
-        match quota.window {
-            Some(window) => self
-                .quota_window
-                .with_label_values(&[host])
-                .set(window.as_secs_f64()),
-            None => {
-                let _ = self.quota_window.remove_label_values(&[host]);
-            }
-        }
+        self.quotas.record(host, quota);
     }
 }
 
 impl CallObserver for AgentMetrics {
     fn observe(&self, rpc: &'static str, code: &'static str, elapsed: Duration) {
-        self.cri_requests.with_label_values(&[rpc, code]).inc();
-        self.cri_duration
+        self.runtime.requests.with_label_values(&[rpc, code]).inc();
+        self.runtime
+            .duration
             .with_label_values(&[rpc, code])
             .observe(elapsed.as_secs_f64());
     }
@@ -408,8 +504,8 @@ type Rendered = std::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>;
 /// Serves `/metrics` and `/healthz` within `limits` until the task is dropped.
 pub async fn serve(listener: TcpListener, limits: serve::Limits, metrics: Arc<AgentMetrics>) {
     let rendered = Rendered::default();
-    let routes = move |request: &Request<Incoming>| respond(request, &metrics, &rendered);
-    serve::serve("metrics", listener, limits, routes, std::future::pending()).await;
+    let handler = move |request: &Request<Incoming>| respond(request, &metrics, &rendered);
+    serve::serve("metrics", listener, limits, handler, std::future::pending()).await;
 }
 
 fn respond(
@@ -621,6 +717,6 @@ mod tests {
         let left = images(&metrics);
         assert!(left.iter().all(|i| i == "reg.io/new:1"), "{left:?}");
         assert_eq!(left.len(), 2);
-        assert_eq!(metrics.current.lock().unwrap().len(), 1);
+        assert_eq!(metrics.checks.current.lock().unwrap().len(), 1);
     }
 }

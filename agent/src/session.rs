@@ -23,13 +23,14 @@ use std::time::{Duration, Instant, SystemTime};
 use pullwatch::backoff::Backoff;
 use pullwatch::proto::agent_service_client::AgentServiceClient;
 use pullwatch::proto::{
-    AgentMessage, CheckResult, CheckTask, Heartbeat, ImageInventory, Register, RegistryQuota,
-    Status, agent_message, aggregator_message,
+    AgentMessage, AggregatorMessage, CheckResult, CheckTask, Heartbeat, ImageInventory, Register,
+    Registered, RegistryQuota, Status, agent_message, aggregator_message,
 };
 use pullwatch::{CheckMode, ImageReference, SourcedCredential};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::Streaming;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, info, warn};
 
 use crate::check::{CheckReport, Checker};
@@ -141,7 +142,7 @@ pub async fn run(checker: Arc<Checker>, metrics: Arc<AgentMetrics>, config: Sess
         let started = Instant::now();
         let mut registered = false;
         let result = session(&checker, &metrics, &config, &mut registered).await;
-        metrics.aggregator_connected.set(0);
+        metrics.set_connected(false);
         match &result {
             Ok(()) => info!("session with the aggregator ended"),
             Err(error) => warn!(%error, "session with the aggregator failed"),
@@ -206,7 +207,7 @@ async fn node_images(checker: &Checker) -> BTreeSet<String> {
     }
 }
 
-fn message(message: agent_message::Message) -> AgentMessage {
+fn outgoing(message: agent_message::Message) -> AgentMessage {
     AgentMessage {
         message: Some(message),
     }
@@ -219,13 +220,44 @@ async fn session(
     config: &SessionConfig,
     registered_once: &mut bool,
 ) -> Result<(), SessionError> {
-    let endpoint = endpoint(config)?;
-    let channel = endpoint.connect().await.map_err(|e| {
+    let mut client = connect(config, metrics).await?;
+    let (register, images) = registration(checker, metrics, config).await;
+    let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    tx.send(outgoing(agent_message::Message::Register(register)))
+        .await
+        .map_err(|_| SessionError::Closed)?;
+    let request = with_token(
+        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        config,
+    )?;
+    let (inbound, registered) = open(&mut client, request, metrics).await?;
+    metrics.connection_attempt("registered");
+    *registered_once = true;
+    metrics.set_connected(true);
+    metrics.contact();
+    let live = LiveSession::new(checker, metrics, config, tx, images, &registered);
+    live.serve(inbound).await
+}
+
+/// A channel to the aggregator's endpoint.
+async fn connect(
+    config: &SessionConfig,
+    metrics: &AgentMetrics,
+) -> Result<AgentServiceClient<Channel>, SessionError> {
+    let channel = endpoint(config)?.connect().await.map_err(|e| {
         metrics.connection_attempt("connect_error");
         SessionError::Connect(pullwatch::support::error_chain(&e))
     })?;
-    let mut client = AgentServiceClient::new(channel);
+    Ok(AgentServiceClient::new(channel))
+}
 
+/// `Register`: this node, its runtime (CRI `Version`, which the checker and the
+/// metrics learn too) and the images it holds (also returned).
+async fn registration(
+    checker: &Checker,
+    metrics: &AgentMetrics,
+    config: &SessionConfig,
+) -> (Register, BTreeSet<String>) {
     let (runtime_name, runtime_version) = match checker.cri().version().await {
         Ok(v) => {
             metrics.set_runtime(&v.runtime_name, &v.runtime_version);
@@ -237,9 +269,7 @@ async fn session(
             (String::new(), String::new())
         }
     };
-    let mut images = node_images(checker).await;
-
-    let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+    let images = node_images(checker).await;
     let register = Register {
         node_name: config.node_name.clone(),
         runtime_name,
@@ -248,10 +278,15 @@ async fn session(
         images: images.iter().cloned().collect(),
         node_labels: config.node_labels.clone().into_iter().collect(),
     };
-    tx.send(message(agent_message::Message::Register(register)))
-        .await
-        .map_err(|_| SessionError::Closed)?;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (register, images)
+}
+
+/// `request` with the `--token-file` token (re-read now: projected tokens rotate), once
+/// the settings are known to present it only over TLS.
+fn with_token<T>(
+    mut request: tonic::Request<T>,
+    config: &SessionConfig,
+) -> Result<tonic::Request<T>, SessionError> {
     config.validate()?;
     if let Some(path) = &config.token_file {
         let token = std::fs::read_to_string(path).map_err(|source| SessionError::Read {
@@ -266,115 +301,174 @@ async fn session(
             })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let mut inbound = match client.session(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            metrics.connection_attempt("refused");
-            return Err(SessionError::Refused(status));
-        }
+    Ok(request)
+}
+
+/// Opens the stream and waits for the aggregator's `Registered`.
+async fn open(
+    client: &mut AgentServiceClient<Channel>,
+    request: tonic::Request<tokio_stream::wrappers::ReceiverStream<AgentMessage>>,
+    metrics: &AgentMetrics,
+) -> Result<(Streaming<AggregatorMessage>, Registered), SessionError> {
+    let refused = |status| {
+        metrics.connection_attempt("refused");
+        SessionError::Refused(status)
     };
-    let registered = match tokio::time::timeout(REGISTERED_TIMEOUT, inbound.message()).await {
-        Err(_) => return Err(SessionError::NoRegistered(REGISTERED_TIMEOUT)),
-        Ok(Err(status)) => {
-            metrics.connection_attempt("refused");
-            return Err(SessionError::Refused(status));
-        }
-        Ok(Ok(None)) => return Err(SessionError::Closed),
-        Ok(Ok(Some(first))) => match first.message {
-            Some(aggregator_message::Message::Registered(r)) => r,
-            _ => return Err(SessionError::Closed),
-        },
-    };
-    metrics.connection_attempt("registered");
-    *registered_once = true;
-    metrics.aggregator_connected.set(1);
-    metrics.contact();
-    let interval = Duration::from_secs(u64::from(registered.heartbeat_interval_seconds.max(1)));
-    let limit = match registered.max_concurrent_checks {
-        0 => config.max_concurrent_checks,
-        n => config.max_concurrent_checks.min(n as usize),
+    let mut inbound = client.session(request).await.map_err(refused)?.into_inner();
+    let first = tokio::time::timeout(REGISTERED_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| SessionError::NoRegistered(REGISTERED_TIMEOUT))?
+        .map_err(refused)?;
+    match first.and_then(|first| first.message) {
+        Some(aggregator_message::Message::Registered(registered)) => Ok((inbound, registered)),
+        _ => Err(SessionError::Closed),
     }
-    .max(1);
-    info!(node = %config.node_name, heartbeat_s = interval.as_secs(), concurrency = limit, "registered with the aggregator");
+}
 
-    let permits = Arc::new(Semaphore::new(limit));
-    // Dropped with the session: checks still running are abandoned (and re-placed).
-    let mut running: JoinSet<CheckResult> = JoinSet::new();
-    let mut heartbeat = tokio::time::interval(interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut inventory = tokio::time::interval(config.inventory_interval);
-    inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    inventory.reset();
-    let mut last_contact = Instant::now();
-    // The quota updates this session has sent (none yet: the first result sends all).
-    let mut quotas_sent = 0;
+/// A registered session: tasks in, results, heartbeats and inventory updates out.
+struct LiveSession<'a> {
+    checker: &'a Arc<Checker>,
+    metrics: &'a Arc<AgentMetrics>,
+    config: &'a SessionConfig,
+    tx: mpsc::Sender<AgentMessage>,
+    /// The heartbeat interval the aggregator asked for.
+    interval: Duration,
+    permits: Arc<Semaphore>,
+    /// Dropped with the session: checks still running are abandoned (and re-placed).
+    running: JoinSet<CheckResult>,
+    last_contact: Instant,
+    /// The quota updates this session has sent (none yet: the first result sends all).
+    quotas_sent: u64,
+    /// The images the aggregator was last told the node holds.
+    images: BTreeSet<String>,
+}
 
-    loop {
-        tokio::select! {
-            incoming = inbound.message() => match incoming {
-                Ok(Some(msg)) => {
-                    last_contact = Instant::now();
-                    metrics.contact();
-                    match msg.message {
-                        Some(aggregator_message::Message::Task(task)) => {
-                            let checker = checker.clone();
-                            let metrics = metrics.clone();
-                            let permits = permits.clone();
-                            let default_mode = config.default_mode;
-                            running.spawn(async move {
-                                let _permit = permits.acquire_owned().await;
-                                run_task(&checker, &metrics, task, default_mode).await
-                            });
-                        }
-                        Some(aggregator_message::Message::Heartbeat(_)) => {}
-                        Some(aggregator_message::Message::Registered(_)) | None => {}
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(status) => return Err(SessionError::Broken(status)),
-            },
-            Some(done) = running.join_next() => {
-                match done {
-                    Ok(mut result) => {
-                        let (quotas, sequence) = metrics.quotas_after(quotas_sent);
-                        quotas_sent = sequence;
-                        result.quotas = quotas.into_iter().map(|(registry, quota)| RegistryQuota {
-                            registry,
-                            remaining: quota.remaining,
-                            limit: quota.limit,
-                            window_seconds: quota.window.map(|w| w.as_secs()),
-                        }).collect();
-                        if tx.send(message(agent_message::Message::Result(result))).await.is_err() {
-                            return Err(SessionError::Closed);
-                        }
-                    }
+impl<'a> LiveSession<'a> {
+    fn new(
+        checker: &'a Arc<Checker>,
+        metrics: &'a Arc<AgentMetrics>,
+        config: &'a SessionConfig,
+        tx: mpsc::Sender<AgentMessage>,
+        images: BTreeSet<String>,
+        registered: &Registered,
+    ) -> Self {
+        let interval = Duration::from_secs(u64::from(registered.heartbeat_interval_seconds.max(1)));
+        let limit = match registered.max_concurrent_checks {
+            0 => config.max_concurrent_checks,
+            n => config.max_concurrent_checks.min(n as usize),
+        }
+        .max(1);
+        info!(node = %config.node_name, heartbeat_s = interval.as_secs(), concurrency = limit, "registered with the aggregator");
+        LiveSession {
+            checker,
+            metrics,
+            config,
+            tx,
+            interval,
+            permits: Arc::new(Semaphore::new(limit)),
+            running: JoinSet::new(),
+            last_contact: Instant::now(),
+            quotas_sent: 0,
+            images,
+        }
+    }
+
+    /// Serves the session until the stream ends (Ok) or breaks.
+    async fn serve(
+        mut self,
+        mut inbound: Streaming<AggregatorMessage>,
+    ) -> Result<(), SessionError> {
+        let mut heartbeat = tokio::time::interval(self.interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inventory = tokio::time::interval(self.config.inventory_interval);
+        inventory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        inventory.reset();
+        loop {
+            tokio::select! {
+                incoming = inbound.message() => match incoming {
+                    Ok(Some(message)) => self.received(message),
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(SessionError::Broken(status)),
+                },
+                Some(done) = self.running.join_next() => match done {
+                    Ok(result) => self.send_result(result).await?,
                     Err(error) => warn!(%error, "a check task failed"),
-                }
-            }
-            _ = heartbeat.tick() => {
-                let silence = last_contact.elapsed();
-                if silence > interval * MISSED_HEARTBEATS {
-                    return Err(SessionError::Silent(silence));
-                }
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or_default();
-                if tx.send(message(agent_message::Message::Heartbeat(Heartbeat { unix_millis: now }))).await.is_err() {
-                    return Err(SessionError::Closed);
-                }
-            }
-            _ = inventory.tick() => {
-                let now = node_images(checker).await;
-                if now != images {
-                    images = now;
-                    let update = ImageInventory { images: images.iter().cloned().collect() };
-                    if tx.send(message(agent_message::Message::Inventory(update))).await.is_err() {
-                        return Err(SessionError::Closed);
-                    }
-                }
+                },
+                _ = heartbeat.tick() => self.heartbeat().await?,
+                _ = inventory.tick() => self.send_inventory_if_changed().await?,
             }
         }
+    }
+
+    /// A message from the aggregator: a task starts (within the concurrency limit).
+    fn received(&mut self, message: AggregatorMessage) {
+        self.last_contact = Instant::now();
+        self.metrics.contact();
+        match message.message {
+            Some(aggregator_message::Message::Task(task)) => {
+                let checker = self.checker.clone();
+                let metrics = self.metrics.clone();
+                let permits = self.permits.clone();
+                let default_mode = self.config.default_mode;
+                self.running.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    run_task(&checker, &metrics, task, default_mode).await
+                });
+            }
+            Some(aggregator_message::Message::Heartbeat(_)) => {}
+            Some(aggregator_message::Message::Registered(_)) | None => {}
+        }
+    }
+
+    async fn send(&self, message: agent_message::Message) -> Result<(), SessionError> {
+        self.tx
+            .send(outgoing(message))
+            .await
+            .map_err(|_| SessionError::Closed)
+    }
+
+    /// A finished check's result, with the registries' pull quotas that changed since
+    /// this session last sent them.
+    async fn send_result(&mut self, mut result: CheckResult) -> Result<(), SessionError> {
+        let (quotas, sequence) = self.metrics.quotas_after(self.quotas_sent);
+        self.quotas_sent = sequence;
+        result.quotas = quotas
+            .into_iter()
+            .map(|(registry, quota)| RegistryQuota {
+                registry,
+                remaining: quota.remaining,
+                limit: quota.limit,
+                window_seconds: quota.window.map(|w| w.as_secs()),
+            })
+            .collect();
+        self.send(agent_message::Message::Result(result)).await
+    }
+
+    /// A heartbeat, unless the aggregator has been silent too long.
+    async fn heartbeat(&self) -> Result<(), SessionError> {
+        let silence = self.last_contact.elapsed();
+        if silence > self.interval * MISSED_HEARTBEATS {
+            return Err(SessionError::Silent(silence));
+        }
+        let unix_millis = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        self.send(agent_message::Message::Heartbeat(Heartbeat { unix_millis }))
+            .await
+    }
+
+    /// The node's images, when they changed since the aggregator was last told.
+    async fn send_inventory_if_changed(&mut self) -> Result<(), SessionError> {
+        let now = node_images(self.checker).await;
+        if now == self.images {
+            return Ok(());
+        }
+        self.images = now;
+        let update = ImageInventory {
+            images: self.images.iter().cloned().collect(),
+        };
+        self.send(agent_message::Message::Inventory(update)).await
     }
 }
 

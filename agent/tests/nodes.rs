@@ -518,7 +518,7 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
         let node = started::bare_node().await;
         let checker = checker(&node, NodeSetup::default());
         let version = checker.cri().version().await.unwrap();
-        let dialect = pullwatch_agent::route::HostsDialect::for_runtime(
+        let dialect = pullwatch_agent::route::containerd::HostsDialect::for_runtime(
             &version.runtime_name,
             &version.runtime_version,
         );
@@ -573,7 +573,7 @@ async fn the_route_is_the_one_the_node_containerd_takes() {
         }
         // The bench's containerd is 1.6: the first scenario is the one that differs
         // between versions, so say which rule was exercised.
-        if dialect == pullwatch_agent::route::HostsDialect::RequiresHostTable {
+        if dialect == pullwatch_agent::route::containerd::HostsDialect::RequiresHostTable {
             node.write_hosts_toml(&upstream.host(), &format!("server = \"http://{s}\"\n"))
                 .unwrap();
             let report = checker.check(&image, CheckMode::Resolve, &[]).await;

@@ -100,7 +100,7 @@ async fn resolve_mode_classifies_every_registry_behaviour_like_the_aggregator() 
 async fn a_paused_registry_is_not_asked_again_by_the_resolver() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
-    use pullwatch_agent::route::RuntimeAuth;
+    use pullwatch_agent::route::containerd::RuntimeAuth;
 
     let stub = StubServer::start(|_, _| StubResponse::new(429).with_header("Retry-After", "60"))
         .await
@@ -150,7 +150,7 @@ async fn a_paused_registry_is_not_asked_again_by_the_resolver() {
 async fn the_resolver_fetches_an_index_by_digest_along_the_route() {
     use pullwatch::ImageReference;
     use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
-    use pullwatch_agent::route::RuntimeAuth;
+    use pullwatch_agent::route::containerd::RuntimeAuth;
     use pullwatch_testbench::{ImageFormat, push_to};
 
     let registry = started::open_registry().await;

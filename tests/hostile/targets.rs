@@ -10,8 +10,8 @@
 //! | `image_references` | image fields of pod specs | `ImageReference::parse`, `parse_with_default_registry` |
 //! | `docker_configs` | Secret data, node config.json / .dockercfg | `DockerConfig::from_config_json`, `from_dockercfg`, then `Keyring` |
 //! | `manifest_documents` | manifest YAML/JSON files | `inventory::manifests::load_text`, then `ImageIndex::build` |
-//! | `containerd_config` | containerd's config.toml | `route::RuntimeAuth::parse` |
-//! | `hosts_toml` | containerd's hosts.toml | `route::registry_hosts` (reads the file) |
+//! | `containerd_config` | containerd's config.toml | `route::containerd::RuntimeAuth::parse` |
+//! | `hosts_toml` | containerd's hosts.toml | `route::containerd::registry_hosts` (reads the file) |
 //! | `cri_errors` | CRI error statuses and messages | `cri::classify_pull_error` |
 //! | `www_authenticate` | registry challenge headers (shared client) | `registry::challenge::parse`, `auth_scheme` |
 //! | `registry_bodies` | registry status and error bodies (shared client) | `registry::classify::classify_response` |
@@ -534,7 +534,7 @@ impl Target for ContainerdConfig {
         toml_text()
     }
     fn run(&self, input: String) {
-        if let Ok(auth) = pullwatch_agent::route::RuntimeAuth::parse(&input) {
+        if let Ok(auth) = pullwatch_agent::route::containerd::RuntimeAuth::parse(&input) {
             for host in auth.hosts() {
                 let _ = auth.get(&host);
             }
@@ -575,11 +575,12 @@ impl Target for HostsToml {
         let dir: PathBuf = root.join("reg.fuzz:5000");
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::write(dir.join("hosts.toml"), &toml);
-        let _ = pullwatch_agent::route::host_dir(root, &registry);
-        if let Err(error) = pullwatch_agent::route::registry_hosts(root, &registry) {
+        let _ = pullwatch_agent::route::containerd::host_dir(root, &registry);
+        if let Err(error) = pullwatch_agent::route::containerd::registry_hosts(root, &registry) {
             let _ = error.to_string();
         }
-        if let Ok(hosts) = pullwatch_agent::route::registry_hosts(root, "reg.fuzz:5000") {
+        if let Ok(hosts) = pullwatch_agent::route::containerd::registry_hosts(root, "reg.fuzz:5000")
+        {
             for host in hosts {
                 let _ = host.url();
             }
@@ -892,7 +893,7 @@ impl RegistryExchanges {
         let resolver = pullwatch_agent::check::resolve::Resolver::new(
             pullwatch_agent::check::resolve::ResolverConfig {
                 hosts_dir: hosts.path().to_path_buf(),
-                runtime_auth: pullwatch_agent::route::RuntimeAuth::default(),
+                runtime_auth: pullwatch_agent::route::containerd::RuntimeAuth::default(),
                 request_timeout: Duration::from_secs(3),
             },
         );

@@ -7,7 +7,9 @@
 //! resolver does: a 404 moves on to the next host; another failure is remembered and
 //! the next host tried; the first success wins. When no host has it, the first
 //! remembered failure is the answer, else "not found". Digests fall back to
-//! `HEAD .../blobs/<digest>`. Then the walk ([`pullwatch::registry::pull_path`]): the
+//! `HEAD .../blobs/<digest>`. One walk over the route's endpoints does this
+//! (`first_to_serve`), for resolving and for fetching a manifest by
+//! digest alike. Then the pull path ([`pullwatch::registry::pull_path`]): the
 //! platform's child, the config and every layer's first byte, fetched as the runtime
 //! fetches them: containerd from every host able to pull, in order; CRI-O from the
 //! source that answered.
@@ -32,36 +34,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pullwatch::registry::classify::Hints;
-use pullwatch::registry::pull_path::{CheckDepth, Top, WalkSettings};
+use pullwatch::registry::pull_path::{CheckDepth, PullPath, Top, WalkSettings};
 use pullwatch::registry::{
-    ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
+    Answer, ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
     RegistryObserver, Scheme, Target,
 };
 use pullwatch::support::{error_chain, install_crypto_provider, lock};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use tracing::debug;
 
+use crate::route::containerd::{HostsDialect, RuntimeAuth, registry_hosts_for};
 use crate::route::crio::CrioRouteConfig;
-use crate::route::endpoints::{FailurePolicy, Route, RouteEndpoint, RouteRuntime, RuntimeDialect};
-use crate::route::{HostsDialect, RegistryHost, RouteError, RuntimeAuth, registry_hosts_for};
+use crate::route::{
+    FailurePolicy, RegistryHost, Route, RouteEndpoint, RouteError, RouteRuntime, RuntimeDialect,
+};
 
 /// What containerd sends in `Accept` when it resolves a reference.
-pub const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
+pub(crate) const RESOLVE_ACCEPT: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*";
 const USER_AGENT: &str = concat!("pullwatch-agent/", env!("CARGO_PKG_VERSION"));
 /// Index contents remembered, by digest.
 const INDEX_CACHE_ENTRIES: usize = 1024;
 
-/// `host` as the registry client addresses it; `namespace` is the registry a mirror
-/// is asked on behalf of (`?ns=`), as containerd asks mirrors.
-fn host_endpoint<'a>(
-    host: &'a RegistryHost,
+/// A route's endpoint as the registry client addresses it, through `client` (the
+/// host's TLS settings); a mirror is asked on behalf of the image's registry (`?ns=`),
+/// as containerd asks mirrors.
+fn registry_endpoint<'a>(
+    route_endpoint: &'a RouteEndpoint,
     client: &'a reqwest::Client,
-    namespace: Option<&'a str>,
-    http_fallback: bool,
 ) -> Endpoint<'a> {
+    let host = &route_endpoint.host;
     Endpoint {
         http: client,
-        scheme: if http_fallback {
+        scheme: if route_endpoint.http_fallback {
             Scheme::HttpsOrPlain
         } else if host.scheme == "http" {
             Scheme::Http
@@ -70,7 +74,7 @@ fn host_endpoint<'a>(
         },
         host: &host.host,
         api_root: &host.path,
-        namespace,
+        namespace: route_endpoint.namespace.as_deref(),
         headers: &host.headers,
         accept: RESOLVE_ACCEPT,
     }
@@ -79,6 +83,129 @@ fn host_endpoint<'a>(
 /// Why the runtime would not ask an endpoint: what stopped it (`blocked`, `credentials`,
 /// `configuration`) and the outcome that stands for the answer.
 type NotAsked = Box<(&'static str, CheckOutcome)>;
+
+/// What the endpoints of a route answered that did not serve: each one's short answer
+/// for the reason ("tried …"), the first failure that was not a 404 (containerd's
+/// answer), and the last endpoint's answer with whether it was a 404 (CRI-O's).
+#[derive(Default)]
+struct Tried {
+    answers: Vec<String>,
+    first_failure: Option<CheckOutcome>,
+    last: Option<(CheckOutcome, bool)>,
+}
+
+impl Tried {
+    /// The runtime would not ask `host`: `what` stopped it, `outcome` stands for it.
+    fn not_asked(&mut self, host: &RegistryHost, (what, outcome): (&'static str, CheckOutcome)) {
+        self.failed(format!("{} ({what})", host.url()), outcome);
+    }
+
+    /// `host` answered without serving: a 404 moves on, anything else is a failure.
+    fn answered(&mut self, host: &RegistryHost, answer: Answer) {
+        match answer.http_status {
+            Some(404) => {
+                self.answers.push(format!("{} (404)", host.url()));
+                self.last = Some((answer.outcome, true));
+            }
+            Some(code) => self.failed(format!("{} ({code})", host.url()), answer.outcome),
+            None => self.failed(format!("{} (no answer)", host.url()), answer.outcome),
+        }
+    }
+
+    fn failed(&mut self, answer: String, outcome: CheckOutcome) {
+        self.answers.push(answer);
+        self.last = Some((outcome.clone(), false));
+        self.first_failure.get_or_insert(outcome);
+    }
+
+    /// The failure that stands under `policy`; None: no endpoint had it (not found).
+    fn failure(&self, policy: FailurePolicy) -> Option<&CheckOutcome> {
+        match policy {
+            FailurePolicy::FirstFailure => self.first_failure.as_ref(),
+            FailurePolicy::Primary => self
+                .last
+                .as_ref()
+                .and_then(|(outcome, not_found)| (!not_found).then_some(outcome)),
+        }
+    }
+
+    /// `image`'s outcome when no endpoint served it: the failure that stands under
+    /// `policy`, else absent, naming what each endpoint answered.
+    fn outcome(&self, image: &ImageReference, policy: FailurePolicy) -> CheckOutcome {
+        let tried = self.answers.join(", ");
+        match self.failure(policy) {
+            None => CheckOutcome::new(
+                CheckStatus::Absent,
+                format!("{image}: not found (tried {tried})"),
+            ),
+            Some(failure) => CheckOutcome::new(
+                failure.status,
+                format!("{} (tried {tried})", failure.reason),
+            ),
+        }
+    }
+}
+
+/// What is asked of the endpoints of a route, one after the other, until one serves it
+/// ([`Resolver::first_to_serve`]).
+trait RouteRequest {
+    type Served;
+    /// `target`'s answer: what it served, or its answer when it did not.
+    fn ask<'a>(
+        &'a self,
+        registry: &'a RegistryClient,
+        target: Target<'a, 'a>,
+    ) -> impl Future<Output = Result<Self::Served, Answer>> + Send + 'a;
+}
+
+/// Whether the manifest (or, containerd's fallback for a digest, the blob) exists:
+/// `HEAD`, as the runtime resolves.
+struct Existence<'r> {
+    object: Object,
+    reference: &'r str,
+}
+
+impl RouteRequest for Existence<'_> {
+    type Served = Answer;
+
+    async fn ask<'a>(
+        &'a self,
+        registry: &'a RegistryClient,
+        target: Target<'a, 'a>,
+    ) -> Result<Answer, Answer> {
+        let host = target.endpoint.host;
+        let answer = registry.check(target, self.object, self.reference).await;
+        debug!(%host, status = %answer.outcome.status, http = ?answer.http_status, "resolve answer");
+        if answer.outcome.is_available() {
+            Ok(answer)
+        } else {
+            Err(answer)
+        }
+    }
+}
+
+/// The manifest or index `digest` itself, body and all.
+struct ManifestBody<'r> {
+    digest: &'r str,
+}
+
+impl RouteRequest for ManifestBody<'_> {
+    type Served = Manifest;
+
+    fn ask<'a>(
+        &'a self,
+        registry: &'a RegistryClient,
+        target: Target<'a, 'a>,
+    ) -> impl Future<Output = Result<Manifest, Answer>> + Send + 'a {
+        registry.fetch_manifest(
+            target.endpoint,
+            target.repository,
+            self.digest,
+            target.credential,
+            target.deadline,
+        )
+    }
+}
 
 /// Settings for [`Resolver`].
 #[derive(Clone, Debug)]
@@ -91,7 +218,7 @@ pub struct ResolverConfig {
     pub request_timeout: Duration,
 }
 
-/// Resolves manifests along containerd's route. Shareable; keeps HTTP clients (per TLS
+/// Resolves manifests along the node's runtime's route. Shareable; keeps HTTP clients (per TLS
 /// settings) and the shared registry client (tokens, learned challenges, 429 pauses)
 /// between checks.
 pub struct Resolver {
@@ -123,6 +250,24 @@ pub struct Resolved {
     pub outcome: CheckOutcome,
     /// `scheme://host` of the host that had the manifest (None unless available).
     pub served_by: Option<String>,
+}
+
+impl Resolved {
+    /// Not served: why.
+    fn failed(outcome: CheckOutcome) -> Resolved {
+        Resolved {
+            outcome,
+            served_by: None,
+        }
+    }
+}
+
+/// The outcome of a check whose route cannot be read.
+fn unreadable_route(error: &RouteError) -> CheckOutcome {
+    CheckOutcome::new(
+        CheckStatus::UnknownError,
+        format!("reading the registry route: {error}"),
+    )
 }
 
 impl Resolver {
@@ -169,7 +314,11 @@ impl Resolver {
 
     /// Follows `dialect`'s route (`auto`: the runtime's, once CRI `Version` names it;
     /// containerd's until then), CRI-O's read from `crio`.
-    pub fn with_runtime_dialect(mut self, dialect: RuntimeDialect, crio: CrioRouteConfig) -> Self {
+    pub(crate) fn with_runtime_dialect(
+        mut self,
+        dialect: RuntimeDialect,
+        crio: CrioRouteConfig,
+    ) -> Self {
         self.runtime_dialect = dialect;
         self.crio = crio;
         *lock(&self.route_runtime) = match dialect {
@@ -180,12 +329,16 @@ impl Resolver {
     }
 
     /// Whose route checks take now.
-    pub fn route_runtime(&self) -> RouteRuntime {
+    pub(crate) fn route_runtime(&self) -> RouteRuntime {
         *lock(&self.route_runtime)
     }
 
     /// The route for `image` (`by_digest`: for a manifest fetched by digest).
-    pub fn route(&self, image: &ImageReference, by_digest: bool) -> Result<Route, RouteError> {
+    pub(crate) fn route(
+        &self,
+        image: &ImageReference,
+        by_digest: bool,
+    ) -> Result<Route, RouteError> {
         match self.route_runtime() {
             RouteRuntime::CriO => self.crio.route(image, by_digest),
             RouteRuntime::Containerd => {
@@ -201,12 +354,8 @@ impl Resolver {
         }
     }
 
-    pub fn runtime_auth(&self) -> &RuntimeAuth {
-        &self.config.runtime_auth
-    }
-
     /// Follows the hosts.toml rules of the runtime CRI `Version` reported.
-    pub fn set_runtime(&self, name: &str, version: &str) {
+    pub(crate) fn set_runtime(&self, name: &str, version: &str) {
         let dialect = HostsDialect::for_runtime(name, version);
         debug!(runtime = name, version, ?dialect, "hosts.toml rules");
         *lock(&self.dialect) = dialect;
@@ -217,14 +366,8 @@ impl Resolver {
         }
     }
 
-    pub fn dialect(&self) -> HostsDialect {
+    pub(crate) fn dialect(&self) -> HostsDialect {
         *lock(&self.dialect)
-    }
-
-    /// The shared registry client this resolver asks through (for fetching manifests
-    /// by digest with the same authentication and limits).
-    pub fn registry_client(&self) -> &RegistryClient {
-        &self.registry
     }
 
     /// Resolves `image` with `credential` (the kubelet's AuthConfig; None: containerd's
@@ -240,146 +383,145 @@ impl Resolver {
     /// Resolves `image` with `credential` and walks its pull path for `platform` along
     /// the same route, as deep as the resolver's depth: what the node's containerd
     /// fetches (the child for its platform, the config and every layer's first byte).
-    pub async fn resolve_for(
+    pub(crate) async fn resolve_for(
         &self,
         image: &ImageReference,
         credential: Option<&RegistryCredential>,
         platform: &Platform,
     ) -> Resolved {
         let deadline = Deadline::after(self.config.request_timeout);
-        let registry = image.registry();
-        let digest = image.digest();
-        let route = match self.route(image, digest.is_some()) {
+        let route = match self.route(image, image.digest().is_some()) {
             Ok(route) => route,
-            Err(e) => {
-                return Resolved {
-                    outcome: CheckOutcome::new(
-                        CheckStatus::UnknownError,
-                        format!("reading the registry route: {e}"),
-                    ),
-                    served_by: None,
-                };
-            }
+            Err(error) => return Resolved::failed(unreadable_route(&error)),
         };
         if route.endpoints.is_empty() {
-            return Resolved {
-                outcome: CheckOutcome::new(
-                    CheckStatus::Absent,
-                    format!("no host may resolve {registry} (hosts.toml capabilities)"),
+            return Resolved::failed(CheckOutcome::new(
+                CheckStatus::Absent,
+                format!(
+                    "no host may resolve {} (hosts.toml capabilities)",
+                    image.registry()
                 ),
-                served_by: None,
-            };
+            ));
         }
+        let mut tried = Tried::default();
+        // The manifest; for a digest, containerd then tries `HEAD /blobs/<digest>`.
         let mut paths = vec![(Object::Manifest, image.manifest_reference().to_string())];
-        if let Some(d) = digest
+        if let Some(digest) = image.digest()
             && route.blob_fallback
         {
-            paths.push((Object::Blob, d.to_string()));
+            paths.push((Object::Blob, digest.to_string()));
         }
-        let mut first_failure: Option<CheckOutcome> = None;
-        // The last endpoint's answer, and whether it was a 404 (CRI-O's answer).
-        let mut last: Option<(CheckOutcome, bool)> = None;
-        let mut tried = Vec::new();
         for (object, reference) in &paths {
-            for route_endpoint in &route.endpoints {
-                let host = &route_endpoint.host;
-                let (client, sent) = match self.prepare(route_endpoint, credential) {
-                    Ok(prepared) => prepared,
-                    Err(refused) => {
-                        let (what, failure) = *refused;
-                        tried.push(format!("{} ({what})", host.url()));
-                        last = Some((failure.clone(), false));
-                        first_failure.get_or_insert(failure);
-                        continue;
-                    }
+            let ask = Existence {
+                object: *object,
+                reference,
+            };
+            let served = self
+                .first_to_serve(&route, credential, &deadline, &mut tried, &ask)
+                .await;
+            if let Some((served_by, answer)) = served {
+                let fetch_route = self.fetch_route(image, &route, served_by);
+                let outcome = self
+                    .walked(
+                        image,
+                        credential,
+                        platform,
+                        &fetch_route,
+                        answer.outcome,
+                        &deadline,
+                    )
+                    .await;
+                return Resolved {
+                    outcome,
+                    served_by: Some(answer.origin),
                 };
-                let endpoint = host_endpoint(
-                    host,
-                    &client,
-                    route_endpoint.namespace.as_deref(),
-                    route_endpoint.http_fallback,
-                );
-                let target = Target {
-                    endpoint: &endpoint,
-                    repository: &route_endpoint.repository,
-                    credential: sent,
-                    deadline: &deadline,
-                };
-                let answer = self.registry.check(target, *object, reference).await;
-                debug!(host = %host.url(), status = %answer.outcome.status, http = ?answer.http_status, "resolve answer");
-                if answer.outcome.is_available() {
-                    let mut outcome = answer.outcome;
-                    // A digest reference resolves to itself, whatever path answered.
-                    if let Some(d) = digest {
-                        outcome.digest = Some(d.to_string());
-                    }
-                    if self.depth != CheckDepth::Manifest
-                        && let Some(top) = outcome.digest.clone()
-                    {
-                        let top = Top {
-                            digest: top,
-                            media_type: outcome.media_type.clone(),
-                            size: None,
-                            body: None,
-                        };
-                        // containerd fetches what it resolved from every endpoint able
-                        // to pull, in order (the route by digest); containers/image
-                        // pulls everything from the source that answered.
-                        let fetch_route = match self.route_runtime() {
-                            RouteRuntime::CriO => Route {
-                                endpoints: vec![route_endpoint.clone()],
-                                ..route.clone()
-                            },
-                            RouteRuntime::Containerd => {
-                                self.route(image, true).unwrap_or_else(|_| route.clone())
-                            }
-                        };
-                        self.walk(credential, &fetch_route, &top, platform, &deadline)
-                            .await
-                            .apply(&mut outcome);
-                    }
-                    return Resolved {
-                        outcome,
-                        served_by: Some(answer.origin),
-                    };
-                }
-                match answer.http_status {
-                    Some(404) => {
-                        tried.push(format!("{} (404)", host.url()));
-                        last = Some((answer.outcome, true));
-                    }
-                    Some(code) => {
-                        tried.push(format!("{} ({code})", host.url()));
-                        last = Some((answer.outcome.clone(), false));
-                        first_failure.get_or_insert(answer.outcome);
-                    }
-                    None => {
-                        tried.push(format!("{} (no answer)", host.url()));
-                        last = Some((answer.outcome.clone(), false));
-                        first_failure.get_or_insert(answer.outcome);
-                    }
-                }
             }
         }
-        let failure = match route.failure {
-            FailurePolicy::FirstFailure => first_failure,
-            FailurePolicy::Primary => {
-                last.and_then(|(outcome, not_found)| (!not_found).then_some(outcome))
+        Resolved::failed(tried.outcome(image, route.failure))
+    }
+
+    /// The route's endpoints in order, each asked with the HTTP client and the
+    /// credential the runtime would use (an endpoint it would not ask is not asked),
+    /// until one serves `request`: that endpoint and what it served. What the
+    /// others answered goes to `tried`. The one walk over a route for a single answer,
+    /// for resolving and for fetching by digest.
+    async fn first_to_serve<'r, R: RouteRequest>(
+        &self,
+        route: &'r Route,
+        credential: Option<&RegistryCredential>,
+        deadline: &Deadline,
+        tried: &mut Tried,
+        request: &R,
+    ) -> Option<(&'r RouteEndpoint, R::Served)> {
+        for route_endpoint in &route.endpoints {
+            let (client, sent) = match self.prepare(route_endpoint, credential) {
+                Ok(prepared) => prepared,
+                Err(not_asked) => {
+                    tried.not_asked(&route_endpoint.host, *not_asked);
+                    continue;
+                }
+            };
+            let endpoint = registry_endpoint(route_endpoint, &client);
+            let target = Target {
+                endpoint: &endpoint,
+                repository: &route_endpoint.repository,
+                credential: sent,
+                deadline,
+            };
+            match request.ask(&self.registry, target).await {
+                Ok(served) => return Some((route_endpoint, served)),
+                Err(answer) => tried.answered(&route_endpoint.host, answer),
             }
-        };
-        let outcome = match failure {
-            None => CheckOutcome::new(
-                CheckStatus::Absent,
-                format!("{image}: not found (tried {})", tried.join(", ")),
-            ),
-            Some(failure) => CheckOutcome::new(
-                failure.status,
-                format!("{} (tried {})", failure.reason, tried.join(", ")),
-            ),
-        };
-        Resolved {
-            outcome,
-            served_by: None,
+        }
+        None
+    }
+
+    /// `outcome`, the answer that served `image` (a digest reference resolves to
+    /// itself, whatever path answered), with its pull path walked below it, as deep as
+    /// the resolver's depth, along `fetch_route`.
+    async fn walked(
+        &self,
+        image: &ImageReference,
+        credential: Option<&RegistryCredential>,
+        platform: &Platform,
+        fetch_route: &Route,
+        mut outcome: CheckOutcome,
+        deadline: &Deadline,
+    ) -> CheckOutcome {
+        if let Some(digest) = image.digest() {
+            outcome.digest = Some(digest.to_string());
+        }
+        if self.depth != CheckDepth::Manifest
+            && let Some(digest) = outcome.digest.clone()
+        {
+            let top = Top {
+                digest,
+                media_type: outcome.media_type.clone(),
+                size: None,
+                body: None,
+            };
+            self.walk_pull_path(credential, fetch_route, &top, platform, deadline)
+                .await
+                .apply(&mut outcome);
+        }
+        outcome
+    }
+
+    /// Where the runtime fetches what `served_by` resolved: containerd from every
+    /// endpoint able to pull, in order (the route by digest); containers/image pulls
+    /// everything from the source that answered.
+    fn fetch_route(
+        &self,
+        image: &ImageReference,
+        route: &Route,
+        served_by: &RouteEndpoint,
+    ) -> Route {
+        match self.route_runtime() {
+            RouteRuntime::CriO => Route {
+                endpoints: vec![served_by.clone()],
+                ..route.clone()
+            },
+            RouteRuntime::Containerd => self.route(image, true).unwrap_or_else(|_| route.clone()),
         }
     }
 
@@ -411,14 +553,14 @@ impl Resolver {
     /// The pull path from `top` along the endpoints a node fetches from (`route`: the
     /// route by digest, every endpoint able to pull, in order; each with the
     /// credential the runtime would send it; endpoints it would not ask are skipped).
-    async fn walk(
+    async fn walk_pull_path(
         &self,
         credential: Option<&RegistryCredential>,
         route: &Route,
         top: &Top,
         platform: &Platform,
         deadline: &Deadline,
-    ) -> pullwatch::registry::pull_path::PullPath {
+    ) -> PullPath {
         let prepared: Vec<(&RouteEndpoint, reqwest::Client, Option<&RegistryCredential>)> = route
             .endpoints
             .iter()
@@ -430,14 +572,7 @@ impl Resolver {
             .collect();
         let endpoints: Vec<Endpoint<'_>> = prepared
             .iter()
-            .map(|(route_endpoint, client, _)| {
-                host_endpoint(
-                    &route_endpoint.host,
-                    client,
-                    route_endpoint.namespace.as_deref(),
-                    route_endpoint.http_fallback,
-                )
-            })
+            .map(|(route_endpoint, client, _)| registry_endpoint(route_endpoint, client))
             .collect();
         let targets: Vec<Target<'_, '_>> = endpoints
             .iter()
@@ -456,7 +591,8 @@ impl Resolver {
 
     /// Fetches the manifest or index `digest` of `image`'s repository along the same
     /// route (hosts able to pull, in order; the first that has it wins), capped at 4 MiB
-    /// and verified against the digest. Err: the first failure, else `absent`.
+    /// and verified against the digest. Err: the failure that stands under the route's
+    /// policy, else `absent`.
     pub async fn fetch_manifest(
         &self,
         image: &ImageReference,
@@ -464,51 +600,23 @@ impl Resolver {
         credential: Option<&RegistryCredential>,
     ) -> Result<Manifest, CheckOutcome> {
         let deadline = Deadline::after(self.config.request_timeout);
-        let route = self.route(image, true).map_err(|e| {
-            CheckOutcome::new(
-                CheckStatus::UnknownError,
-                format!("reading the registry route: {e}"),
-            )
-        })?;
-        let mut first_failure: Option<CheckOutcome> = None;
-        for route_endpoint in &route.endpoints {
-            let (client, credential) = match self.prepare(route_endpoint, credential) {
-                Ok(prepared) => prepared,
-                Err(refused) => {
-                    first_failure.get_or_insert(refused.1);
-                    continue;
-                }
-            };
-            let endpoint = host_endpoint(
-                &route_endpoint.host,
-                &client,
-                route_endpoint.namespace.as_deref(),
-                route_endpoint.http_fallback,
-            );
-            match self
-                .registry
-                .fetch_manifest(
-                    &endpoint,
-                    &route_endpoint.repository,
-                    digest,
-                    credential,
-                    &deadline,
+        let route = self
+            .route(image, true)
+            .map_err(|error| unreadable_route(&error))?;
+        let mut tried = Tried::default();
+        let fetch = ManifestBody { digest };
+        match self
+            .first_to_serve(&route, credential, &deadline, &mut tried, &fetch)
+            .await
+        {
+            Some((_, manifest)) => Ok(manifest),
+            None => Err(tried.failure(route.failure).cloned().unwrap_or_else(|| {
+                CheckOutcome::new(
+                    CheckStatus::Absent,
+                    format!("{}@{digest}: not found on any host", image.name()),
                 )
-                .await
-            {
-                Ok(manifest) => return Ok(manifest),
-                Err(answer) if answer.http_status == Some(404) => {}
-                Err(answer) => {
-                    first_failure.get_or_insert(answer.outcome);
-                }
-            }
+            })),
         }
-        Err(first_failure.unwrap_or_else(|| {
-            CheckOutcome::new(
-                CheckStatus::Absent,
-                format!("{}@{digest}: not found on any host", image.name()),
-            )
-        }))
     }
 
     /// The HTTP client for a host's TLS settings (CA, client certificate, skip_verify).

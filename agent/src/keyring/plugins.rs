@@ -81,82 +81,15 @@ pub(super) fn load_plugins(
     if !bin_dir.is_dir() {
         return Err(KeyringError::BinDirMissing(bin_dir.to_path_buf()));
     }
-    let bytes = std::fs::read(path).map_err(|source| KeyringError::ConfigRead {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    // YAML is a superset of JSON: the kubelet accepts both.
-    let file: ProviderConfigFile =
-        serde_yaml::from_slice(&bytes).map_err(|e| KeyringError::ConfigParse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    if file.kind != "CredentialProviderConfig" {
-        return Err(invalid(format!(
-            "kind is {:?}, expected CredentialProviderConfig",
-            file.kind
-        )));
-    }
-    if !CONFIG_API_VERSIONS.contains(&file.api_version.as_str()) {
-        return Err(invalid(format!(
-            "unsupported apiVersion {:?}",
-            file.api_version
-        )));
-    }
-    if file.providers.is_empty() {
-        return Err(invalid("at least 1 item in plugins is required".into()));
-    }
+    let file = read_config(path)?;
     let mut plugins = Vec::new();
     let mut seen = Vec::new();
     for entry in file.providers {
-        if entry.name.is_empty()
-            || entry.name.contains('/')
-            || entry.name.contains(' ')
-            || entry.name == "."
-            || entry.name == ".."
-        {
-            return Err(invalid(format!("invalid provider name {:?}", entry.name)));
-        }
         if seen.contains(&entry.name) {
             return Err(invalid(format!("duplicate provider name {:?}", entry.name)));
         }
         seen.push(entry.name.clone());
-        if entry.match_images.is_empty() {
-            return Err(invalid(format!(
-                "provider {}: at least 1 item in matchImages is required",
-                entry.name
-            )));
-        }
-        // As the kubelet: each entry must parse as a schemeless URL (Go's url.Parse of
-        // `https://<entry>`); the globs in it are only checked when matched.
-        for pattern in &entry.match_images {
-            if !is_schemeless_url(pattern) {
-                return Err(invalid(format!(
-                    "provider {}: match image {pattern:?} is invalid",
-                    entry.name
-                )));
-            }
-        }
-        if !PROVIDER_API_VERSIONS.contains(&entry.api_version.as_str()) {
-            return Err(invalid(format!(
-                "provider {}: unsupported apiVersion {:?}",
-                entry.name, entry.api_version
-            )));
-        }
-        let default_cache_duration = match entry.default_cache_duration.as_deref() {
-            None => {
-                return Err(invalid(format!(
-                    "provider {}: defaultCacheDuration is required",
-                    entry.name
-                )));
-            }
-            Some(text) => duration::parse_non_negative(text).map_err(|e| {
-                invalid(format!(
-                    "provider {}: defaultCacheDuration must be a duration greater than or equal to 0: {e}",
-                    entry.name
-                ))
-            })?,
-        };
+        let default_cache_duration = validate_provider(&entry).map_err(invalid)?;
         if entry.token_attributes.is_some() {
             // Service-account-token plugins need a token for the pod's service account,
             // which a node agent does not have: such a plugin would not be called for
@@ -182,6 +115,86 @@ pub(super) fn load_plugins(
         });
     }
     Ok(plugins)
+}
+
+/// The configuration file, read and checked as a whole as the kubelet does (kind,
+/// apiVersion, at least one provider).
+fn read_config(path: &Path) -> Result<ProviderConfigFile, KeyringError> {
+    let invalid = |reason: String| KeyringError::ConfigInvalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| KeyringError::ConfigRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // YAML is a superset of JSON: the kubelet accepts both.
+    let file: ProviderConfigFile =
+        serde_yaml::from_slice(&bytes).map_err(|e| KeyringError::ConfigParse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if file.kind != "CredentialProviderConfig" {
+        return Err(invalid(format!(
+            "kind is {:?}, expected CredentialProviderConfig",
+            file.kind
+        )));
+    }
+    if !CONFIG_API_VERSIONS.contains(&file.api_version.as_str()) {
+        return Err(invalid(format!(
+            "unsupported apiVersion {:?}",
+            file.api_version
+        )));
+    }
+    if file.providers.is_empty() {
+        return Err(invalid("at least 1 item in plugins is required".into()));
+    }
+    Ok(file)
+}
+
+/// One provider entry checked as the kubelet checks it: its default cache duration,
+/// or why the configuration is refused.
+fn validate_provider(entry: &ProviderEntry) -> Result<Duration, String> {
+    if entry.name.is_empty()
+        || entry.name.contains('/')
+        || entry.name.contains(' ')
+        || entry.name == "."
+        || entry.name == ".."
+    {
+        return Err(format!("invalid provider name {:?}", entry.name));
+    }
+    if entry.match_images.is_empty() {
+        return Err(format!(
+            "provider {}: at least 1 item in matchImages is required",
+            entry.name
+        ));
+    }
+    // As the kubelet: each entry must parse as a schemeless URL (Go's url.Parse of
+    // `https://<entry>`); the globs in it are only checked when matched.
+    if let Some(pattern) = entry.match_images.iter().find(|p| !is_schemeless_url(p)) {
+        return Err(format!(
+            "provider {}: match image {pattern:?} is invalid",
+            entry.name
+        ));
+    }
+    if !PROVIDER_API_VERSIONS.contains(&entry.api_version.as_str()) {
+        return Err(format!(
+            "provider {}: unsupported apiVersion {:?}",
+            entry.name, entry.api_version
+        ));
+    }
+    let Some(text) = entry.default_cache_duration.as_deref() else {
+        return Err(format!(
+            "provider {}: defaultCacheDuration is required",
+            entry.name
+        ));
+    };
+    duration::parse_non_negative(text).map_err(|e| {
+        format!(
+            "provider {}: defaultCacheDuration must be a duration greater than or equal to 0: {e}",
+            entry.name
+        )
+    })
 }
 
 fn is_executable(path: &Path) -> bool {

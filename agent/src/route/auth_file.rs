@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 /// Why the auth file could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthFileError {
+pub(crate) enum AuthFileError {
     #[error("reading JSON file {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error(
@@ -32,14 +32,14 @@ pub enum AuthFileError {
 
 /// One auth file and its format.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthPath {
-    pub path: PathBuf,
+pub(crate) struct AuthPath {
+    pub(crate) path: PathBuf,
     /// `.dockercfg`: the top level is the `auths` map, keys are registries only.
-    pub legacy_format: bool,
+    pub(crate) legacy_format: bool,
 }
 
 impl AuthPath {
-    pub fn new(path: impl Into<PathBuf>) -> AuthPath {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> AuthPath {
         AuthPath {
             path: path.into(),
             legacy_format: false,
@@ -52,7 +52,7 @@ impl AuthPath {
 /// `$XDG_RUNTIME_DIR/containers/auth.json` (or `/run/containers/<uid>/auth.json`),
 /// `$XDG_CONFIG_HOME/containers/auth.json` (or `~/.config/...`),
 /// `$DOCKER_CONFIG/config.json` (or `~/.docker/config.json`), `~/.dockercfg`.
-pub fn auth_file_paths(
+pub(crate) fn auth_file_paths(
     explicit: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
     uid: u32,
@@ -99,7 +99,7 @@ struct File {
 
 /// The credential `key` (a repository `host/path`, or a host) gets from the files in
 /// order: the first file with a matching entry answers. Ok(None): no file has one.
-pub fn lookup(
+pub(crate) fn lookup(
     paths: &[AuthPath],
     key: &str,
 ) -> Result<Option<(RegistryCredential, PathBuf)>, AuthFileError> {
@@ -160,7 +160,7 @@ fn find_in_file(
 
 /// `authKeyLookupOrder`: the key, then each parent namespace, down to the host; a
 /// legacy file only by host.
-pub fn auth_key_lookup_order(key: &str, registry: &str, legacy_format: bool) -> Vec<String> {
+pub(crate) fn auth_key_lookup_order(key: &str, registry: &str, legacy_format: bool) -> Vec<String> {
     if legacy_format {
         return vec![registry.to_string()];
     }

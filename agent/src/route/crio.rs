@@ -26,25 +26,24 @@ use pullwatch::{CheckOutcome, CheckStatus, ImageReference};
 use tracing::debug;
 
 use super::auth_file::{self, AuthPath};
-use super::endpoints::{FailurePolicy, Route, RouteEndpoint};
 use super::registries_conf::{
     AUTHENTICATION_FILE_HELPER, PullSource, RegistriesConf, Registry, parse_named,
 };
-use super::{Capabilities, RegistryHost, RouteError};
+use super::{Capabilities, FailurePolicy, RegistryHost, Route, RouteEndpoint, RouteError};
 
 /// Where CRI-O's route is read from (the agent's `--registries-conf`,
 /// `--registries-conf-dir`, `--containers-auth-file`, `--containers-certs-dir`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CrioRouteConfig {
-    pub registries_conf: PathBuf,
-    pub registries_conf_dir: PathBuf,
+pub(crate) struct CrioRouteConfig {
+    pub(crate) registries_conf: PathBuf,
+    pub(crate) registries_conf_dir: PathBuf,
     /// CRI-O's `global_auth_file`; None: containers/image's default lookup for this
     /// process ([`auth_file::auth_file_paths`]).
-    pub auth_file: Option<PathBuf>,
+    pub(crate) auth_file: Option<PathBuf>,
     /// Per-host certificate directories, in lookup order: the first `<dir>/<host>`
     /// that exists is used (containers/image: `/etc/containers/certs.d`, then
     /// `/etc/docker/certs.d`).
-    pub certs_dirs: Vec<PathBuf>,
+    pub(crate) certs_dirs: Vec<PathBuf>,
 }
 
 impl Default for CrioRouteConfig {
@@ -63,7 +62,7 @@ impl Default for CrioRouteConfig {
 
 impl CrioRouteConfig {
     /// The auth files consulted, in order.
-    pub fn auth_paths(&self) -> Vec<AuthPath> {
+    pub(crate) fn auth_paths(&self) -> Vec<AuthPath> {
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/root"));
@@ -76,7 +75,7 @@ impl CrioRouteConfig {
     }
 
     /// The merged registries.conf (read on every call, as CRI-O re-reads it on reload).
-    pub fn registries(&self) -> Result<RegistriesConf, RouteError> {
+    pub(crate) fn registries(&self) -> Result<RegistriesConf, RouteError> {
         RegistriesConf::load(
             &self.registries_conf,
             false,
@@ -90,7 +89,11 @@ impl CrioRouteConfig {
 
     /// CRI-O's route for `image`. `by_digest`: for a manifest fetched by digest in the
     /// image's repository (child manifests), whatever `image` carries.
-    pub fn route(&self, image: &ImageReference, by_digest: bool) -> Result<Route, RouteError> {
+    pub(crate) fn route(
+        &self,
+        image: &ImageReference,
+        by_digest: bool,
+    ) -> Result<Route, RouteError> {
         let conf = self.registries()?;
         let (reference, digested) = match (by_digest, image.digest()) {
             (false, digest) => (image.to_string(), digest.is_some()),
@@ -236,7 +239,7 @@ fn pull_sources(
 /// Whether `image`, as written in the pod, is a short name for containers/image: its
 /// first path component is not a host (no `.` or `:`, not `localhost`), or it has
 /// none. CRI-O resolves those through registries.conf, not as Docker Hub names.
-pub fn short_name(image: &str) -> bool {
+pub(crate) fn short_name(image: &str) -> bool {
     match image.split_once('/') {
         None => true,
         Some((first, _)) => !first.contains(['.', ':']) && first != "localhost",
@@ -244,7 +247,7 @@ pub fn short_name(image: &str) -> bool {
 }
 
 /// The reason a short name is not checked on a CRI-O node.
-pub fn short_name_reason(image: &str) -> String {
+pub(crate) fn short_name_reason(image: &str) -> String {
     format!(
         "short name {image:?}: CRI-O resolves it through registries.conf aliases and unqualified-search-registries, which pullwatch does not follow; write the image fully qualified (e.g. docker.io/library/nginx:1.27)"
     )

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 /// Why a registries.conf (or a drop-in) is refused, in containers/image's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistriesConfError {
+pub(crate) enum RegistriesConfError {
     #[error("loading registries configuration {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error("loading drop-in registries configuration {path}: {reason}")]
@@ -28,47 +28,47 @@ pub enum RegistriesConfError {
 }
 
 /// `pull-from-mirror` values.
-pub const MIRROR_ALL: &str = "all";
-pub const MIRROR_BY_DIGEST_ONLY: &str = "digest-only";
-pub const MIRROR_BY_TAG_ONLY: &str = "tag-only";
+pub(crate) const MIRROR_ALL: &str = "all";
+pub(crate) const MIRROR_BY_DIGEST_ONLY: &str = "digest-only";
+pub(crate) const MIRROR_BY_TAG_ONLY: &str = "tag-only";
 
 /// A remote location of a registry (the primary or a mirror).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
-pub struct Endpoint {
-    pub location: String,
-    pub insecure: bool,
+pub(crate) struct Endpoint {
+    pub(crate) location: String,
+    pub(crate) insecure: bool,
     #[serde(rename = "pull-from-mirror")]
-    pub pull_from_mirror: String,
+    pub(crate) pull_from_mirror: String,
 }
 
 /// One `[[registry]]` entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
-pub struct Registry {
-    pub prefix: String,
+pub(crate) struct Registry {
+    pub(crate) prefix: String,
     #[serde(flatten)]
-    pub endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     #[serde(rename = "mirror")]
-    pub mirrors: Vec<Endpoint>,
-    pub blocked: bool,
+    pub(crate) mirrors: Vec<Endpoint>,
+    pub(crate) blocked: bool,
     #[serde(rename = "mirror-by-digest-only")]
-    pub mirror_by_digest_only: bool,
+    pub(crate) mirror_by_digest_only: bool,
 }
 
 /// One place to pull from: the endpoint and the reference rewritten for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PullSource {
-    pub endpoint: Endpoint,
+pub(crate) struct PullSource {
+    pub(crate) endpoint: Endpoint,
     /// The rewritten reference (`host/path[:tag][@digest]`), canonical.
-    pub reference: String,
+    pub(crate) reference: String,
 }
 
 impl Registry {
     /// `PullSourcesFromReference`: mirrors (as allowed for this kind of reference),
     /// then the primary, each with the reference rewritten. `reference` is the
     /// canonical reference string; `digested` whether it carries a digest.
-    pub fn pull_sources(
+    pub(crate) fn pull_sources(
         &self,
         reference: &str,
         digested: bool,
@@ -102,7 +102,7 @@ impl Registry {
 
 /// `Endpoint.rewriteReference`: the reference with `prefix` replaced by `location`;
 /// the result must be a canonical reference (`reference.ParseNamed`).
-pub fn rewrite_reference(
+pub(crate) fn rewrite_reference(
     location: &str,
     reference: &str,
     prefix: &str,
@@ -128,7 +128,7 @@ pub fn rewrite_reference(
 
 /// distribution's `ParseNamed`: a reference that is already canonical (explicit
 /// registry, Docker Hub's `library/` written out).
-pub fn parse_named(text: &str) -> Result<pullwatch::ImageReference, String> {
+pub(crate) fn parse_named(text: &str) -> Result<pullwatch::ImageReference, String> {
     let parsed = pullwatch::ImageReference::parse(text).map_err(|e| e.to_string())?;
     let name = parsed.name();
     let canonical = text
@@ -162,7 +162,7 @@ fn ref_matching_subdomain_prefix(reference: &str, prefix: &str) -> Option<usize>
 
 /// `refMatchingPrefix`: the length of the matched prefix when `reference` (a
 /// registry, namespace, repository or full reference) falls under `prefix`.
-pub fn ref_matching_prefix(reference: &str, prefix: &str) -> Option<usize> {
+pub(crate) fn ref_matching_prefix(reference: &str, prefix: &str) -> Option<usize> {
     if prefix.starts_with("*.") {
         return ref_matching_subdomain_prefix(reference, prefix);
     }
@@ -180,7 +180,7 @@ pub fn ref_matching_prefix(reference: &str, prefix: &str) -> Option<usize> {
 }
 
 /// `parseLocation`: trailing slashes dropped, URI schemes refused.
-pub fn parse_location(input: &str) -> Result<String, RegistriesConfError> {
+pub(crate) fn parse_location(input: &str) -> Result<String, RegistriesConfError> {
     let trimmed = input.trim_end_matches('/');
     if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
         return Err(RegistriesConfError::Invalid(format!(
@@ -278,18 +278,18 @@ impl V1Tables {
 
 /// The merged configuration: what `getConfig` caches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RegistriesConf {
+pub(crate) struct RegistriesConf {
     /// Unique by prefix, sorted by prefix.
-    pub registries: Vec<Registry>,
-    pub unqualified_search_registries: Vec<String>,
+    pub(crate) registries: Vec<Registry>,
+    pub(crate) unqualified_search_registries: Vec<String>,
     /// Default `["containers-auth.json"]`.
-    pub credential_helpers: Vec<String>,
+    pub(crate) credential_helpers: Vec<String>,
     /// Whether any file configured short-name aliases (not interpreted here).
-    pub has_aliases: bool,
+    pub(crate) has_aliases: bool,
 }
 
 /// The reserved credential helper that means "the auth files".
-pub const AUTHENTICATION_FILE_HELPER: &str = "containers-auth.json";
+pub(crate) const AUTHENTICATION_FILE_HELPER: &str = "containers-auth.json";
 
 /// One parsed file before merging (`parsedConfig`).
 #[derive(Default)]
@@ -300,11 +300,27 @@ struct Parsed {
     has_aliases: bool,
 }
 
+impl From<Parsed> for RegistriesConf {
+    /// The merged files as checks read them: no credential helper listed means the
+    /// auth file alone.
+    fn from(parsed: Parsed) -> RegistriesConf {
+        RegistriesConf {
+            registries: parsed.registries,
+            unqualified_search_registries: parsed.unqualified_search_registries.unwrap_or_default(),
+            credential_helpers: parsed
+                .credential_helpers
+                .filter(|helpers| !helpers.is_empty())
+                .unwrap_or_else(|| vec![AUTHENTICATION_FILE_HELPER.to_string()]),
+            has_aliases: parsed.has_aliases,
+        }
+    }
+}
+
 impl RegistriesConf {
     /// `tryUpdatingCache`: `path` (a missing file is an empty configuration unless
     /// `path_required`), then each `*.conf` of `dir` in name order (a missing
     /// directory is none).
-    pub fn load(
+    pub(crate) fn load(
         path: &Path,
         path_required: bool,
         dir: Option<&Path>,
@@ -342,34 +358,19 @@ impl RegistriesConf {
             })?;
             config.update_with(update);
         }
-        Ok(RegistriesConf {
-            registries: config.registries,
-            unqualified_search_registries: config.unqualified_search_registries.unwrap_or_default(),
-            credential_helpers: config
-                .credential_helpers
-                .filter(|helpers| !helpers.is_empty())
-                .unwrap_or_else(|| vec![AUTHENTICATION_FILE_HELPER.to_string()]),
-            has_aliases: config.has_aliases,
-        })
+        Ok(RegistriesConf::from(config))
     }
 
-    /// Parses one file's text alone (no drop-ins), as the main file.
-    pub fn parse(text: &str) -> Result<RegistriesConf, RegistriesConfError> {
-        let parsed = parse_file(text, false)?;
-        Ok(RegistriesConf {
-            registries: parsed.registries,
-            unqualified_search_registries: parsed.unqualified_search_registries.unwrap_or_default(),
-            credential_helpers: parsed
-                .credential_helpers
-                .filter(|helpers| !helpers.is_empty())
-                .unwrap_or_else(|| vec![AUTHENTICATION_FILE_HELPER.to_string()]),
-            has_aliases: parsed.has_aliases,
-        })
+    /// Parses one file's text alone (no drop-ins), as the main file (the ported
+    /// upstream tests' entry).
+    #[cfg(test)]
+    pub(crate) fn parse(text: &str) -> Result<RegistriesConf, RegistriesConfError> {
+        Ok(RegistriesConf::from(parse_file(text, false)?))
     }
 
     /// `FindRegistry`: the entry with the longest prefix matching `reference` (a
     /// registry, namespace, repository or reference with an explicit host).
-    pub fn find_registry(&self, reference: &str) -> Option<&Registry> {
+    pub(crate) fn find_registry(&self, reference: &str) -> Option<&Registry> {
         let mut found: Option<&Registry> = None;
         let mut longest = 0;
         for registry in &self.registries {
@@ -494,76 +495,10 @@ fn post_process(
     mut registries: Vec<Registry>,
     unqualified: Option<Vec<String>>,
 ) -> Result<(Vec<Registry>, Option<Vec<String>>), RegistriesConfError> {
-    let invalid = |s: String| RegistriesConfError::Invalid(s);
     for registry in &mut registries {
-        registry.endpoint.location = parse_location(&registry.endpoint.location)?;
-        if registry.prefix.is_empty() {
-            if registry.endpoint.location.is_empty() {
-                return Err(invalid(
-                    "invalid condition: both location and prefix are unset".into(),
-                ));
-            }
-            registry.prefix = registry.endpoint.location.clone();
-        } else {
-            registry.prefix = parse_location(&registry.prefix)?;
-            if !registry.prefix.starts_with("*.") && registry.endpoint.location.is_empty() {
-                return Err(invalid("invalid condition: location is unset and prefix is not in the format: *.example.com".into()));
-            }
-        }
-        if !registry.endpoint.pull_from_mirror.is_empty() {
-            return Err(invalid(format!(
-                "pull-from-mirror must not be set for a non-mirror registry {:?}",
-                registry.prefix
-            )));
-        }
-        for mirror in &mut registry.mirrors {
-            mirror.location = parse_location(&mirror.location)?;
-            if mirror.location.is_empty() {
-                return Err(invalid(
-                    "invalid condition: mirror location is unset".into(),
-                ));
-            }
-            if registry.mirror_by_digest_only && !mirror.pull_from_mirror.is_empty() {
-                return Err(invalid(format!(
-                    "cannot set mirror usage mirror-by-digest-only for the registry ({:?}) and pull-from-mirror for per-mirror ({:?}) at the same time",
-                    registry.prefix, mirror.location
-                )));
-            }
-            if !matches!(
-                mirror.pull_from_mirror.as_str(),
-                "" | MIRROR_ALL | MIRROR_BY_DIGEST_ONLY | MIRROR_BY_TAG_ONLY
-            ) {
-                return Err(invalid(format!(
-                    "unsupported pull-from-mirror value {:?} for mirror {:?}",
-                    mirror.pull_from_mirror, mirror.location
-                )));
-            }
-        }
+        normalize_registry(registry)?;
     }
-    // One location (or wildcard prefix) named several times must agree on security.
-    let key = |r: &Registry| {
-        if r.endpoint.location.is_empty() {
-            r.prefix.clone()
-        } else {
-            r.endpoint.location.clone()
-        }
-    };
-    for registry in &registries {
-        for other in registries.iter().filter(|o| key(o) == key(registry)) {
-            if registry.endpoint.insecure != other.endpoint.insecure {
-                return Err(invalid(format!(
-                    "registry '{}' is defined multiple times with conflicting 'insecure' setting",
-                    registry.endpoint.location
-                )));
-            }
-            if registry.blocked != other.blocked {
-                return Err(invalid(format!(
-                    "registry '{}' is defined multiple times with conflicting 'blocked' setting",
-                    registry.endpoint.location
-                )));
-            }
-        }
-    }
+    refuse_conflicting_security(&registries)?;
     let unqualified = match unqualified {
         None => None,
         Some(list) => {
@@ -571,7 +506,7 @@ fn post_process(
             for entry in list {
                 let registry = parse_location(&entry)?;
                 if !is_domain(&registry) {
-                    return Err(invalid(format!(
+                    return Err(RegistriesConfError::Invalid(format!(
                         "Invalid unqualified-search-registries entry {registry:?}"
                     )));
                 }
@@ -586,6 +521,82 @@ fn post_process(
         by_prefix.entry(registry.prefix.clone()).or_insert(registry);
     }
     Ok((by_prefix.into_values().collect(), unqualified))
+}
+
+/// One entry's location, prefix and mirrors normalized and validated.
+fn normalize_registry(registry: &mut Registry) -> Result<(), RegistriesConfError> {
+    let invalid = |s: String| RegistriesConfError::Invalid(s);
+    registry.endpoint.location = parse_location(&registry.endpoint.location)?;
+    if registry.prefix.is_empty() {
+        if registry.endpoint.location.is_empty() {
+            return Err(invalid(
+                "invalid condition: both location and prefix are unset".into(),
+            ));
+        }
+        registry.prefix = registry.endpoint.location.clone();
+    } else {
+        registry.prefix = parse_location(&registry.prefix)?;
+        if !registry.prefix.starts_with("*.") && registry.endpoint.location.is_empty() {
+            return Err(invalid("invalid condition: location is unset and prefix is not in the format: *.example.com".into()));
+        }
+    }
+    if !registry.endpoint.pull_from_mirror.is_empty() {
+        return Err(invalid(format!(
+            "pull-from-mirror must not be set for a non-mirror registry {:?}",
+            registry.prefix
+        )));
+    }
+    for mirror in &mut registry.mirrors {
+        mirror.location = parse_location(&mirror.location)?;
+        if mirror.location.is_empty() {
+            return Err(invalid(
+                "invalid condition: mirror location is unset".into(),
+            ));
+        }
+        if registry.mirror_by_digest_only && !mirror.pull_from_mirror.is_empty() {
+            return Err(invalid(format!(
+                "cannot set mirror usage mirror-by-digest-only for the registry ({:?}) and pull-from-mirror for per-mirror ({:?}) at the same time",
+                registry.prefix, mirror.location
+            )));
+        }
+        if !matches!(
+            mirror.pull_from_mirror.as_str(),
+            "" | MIRROR_ALL | MIRROR_BY_DIGEST_ONLY | MIRROR_BY_TAG_ONLY
+        ) {
+            return Err(invalid(format!(
+                "unsupported pull-from-mirror value {:?} for mirror {:?}",
+                mirror.pull_from_mirror, mirror.location
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One location (or wildcard prefix) named several times must agree on security.
+fn refuse_conflicting_security(registries: &[Registry]) -> Result<(), RegistriesConfError> {
+    let key = |r: &Registry| {
+        if r.endpoint.location.is_empty() {
+            r.prefix.clone()
+        } else {
+            r.endpoint.location.clone()
+        }
+    };
+    for registry in registries {
+        for other in registries.iter().filter(|o| key(o) == key(registry)) {
+            let conflict = if registry.endpoint.insecure != other.endpoint.insecure {
+                "insecure"
+            } else if registry.blocked != other.blocked {
+                "blocked"
+            } else {
+                continue;
+            };
+            return Err(RegistriesConfError::Invalid(format!(
+                "registry '{}' is defined multiple times with conflicting '{conflict}' setting",
+                registry.endpoint.location
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// distribution's anchored `DomainRegexp`: host (labels of alphanumerics and inner

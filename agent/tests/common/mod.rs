@@ -13,7 +13,7 @@ use pullwatch_agent::check::resolve::{Resolver, ResolverConfig};
 use pullwatch_agent::check::{CheckOptions, Checker};
 use pullwatch_agent::cri::{CallObserver, CriClient, CriTimeouts};
 use pullwatch_agent::keyring::{KeyringConfig, NodeKeyring};
-use pullwatch_agent::route::RuntimeAuth;
+use pullwatch_agent::route::containerd::RuntimeAuth;
 use pullwatch_testbench::Containerd;
 
 pub const USER: &str = "alice";

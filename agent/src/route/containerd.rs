@@ -1,5 +1,5 @@
-//! Stage `route`: the way containerd on this node would reach a registry. Read from
-//! containerd's own files, never from the network.
+//! containerd's route: the way containerd on this node would reach a registry, read
+//! from containerd's own files.
 //!
 //! The route is containerd's (1.6/1.7 `remotes/docker/config`): the `hosts.toml` of the
 //! registry's directory under `--containerd-hosts-dir` (`<host>_<port>_`, `<host>:<port>`,
@@ -12,77 +12,19 @@
 //!
 //! Also containerd's own credentials ([`RuntimeAuth`]: `registry.configs."<host>".auth`
 //! of `--containerd-config`), which apply when the kubelet would send no AuthConfig.
-//!
-//! The manifest-only check that walks this route is [`crate::check::resolve`].
-//!
-//! CRI-O nodes take another route ([`crio`]: registries.conf and the containers auth
-//! file); both become one [`endpoints::Route`].
-
-pub mod auth_file;
-pub mod crio;
-pub mod endpoints;
-pub mod registries_conf;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use pullwatch::RegistryCredential;
+use pullwatch::{ImageReference, RegistryCredential};
 use serde::Deserialize;
 use tracing::warn;
 
-/// Why the route for a registry could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("building an HTTP client for {host}: {reason}")]
-    Client { host: String, reason: String },
-}
-
-/// What a host may be used for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Capabilities {
-    pub pull: bool,
-    pub resolve: bool,
-    pub push: bool,
-}
-
-impl Capabilities {
-    const ALL: Capabilities = Capabilities {
-        pull: true,
-        resolve: true,
-        push: true,
-    };
-}
-
-/// One endpoint of a registry's route.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct RegistryHost {
-    pub scheme: String,
-    /// `host[:port]`.
-    pub host: String,
-    /// API root, normally `/v2`.
-    pub path: String,
-    pub capabilities: Capabilities,
-    pub ca: Vec<PathBuf>,
-    /// (certificate, key): key None when the certificate file holds both.
-    pub client: Vec<(PathBuf, Option<PathBuf>)>,
-    pub skip_verify: Option<bool>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl RegistryHost {
-    pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, self.host)
-    }
-}
+use super::{
+    Capabilities, FailurePolicy, RegistryHost, Route, RouteEndpoint, RouteError, cert_files,
+};
 
 /// containerd's `IsLocalhost`: `localhost` or a loopback IP, with or without a port.
 fn is_localhost(host: &str) -> bool {
@@ -166,7 +108,7 @@ pub fn registry_hosts(root: &Path, registry: &str) -> Result<Vec<RegistryHost>, 
 /// As containerd's `loadHostDir`: a missing or empty hosts.toml means the directory's
 /// certificate files; a hosts.toml containerd cannot decode is logged and ignored in
 /// favour of the same certificate files (the registry itself is then the only host).
-pub fn registry_hosts_for(
+pub(crate) fn registry_hosts_for(
     root: &Path,
     registry: &str,
     dialect: HostsDialect,
@@ -212,34 +154,6 @@ pub fn registry_hosts_for(
     Ok(hosts)
 }
 
-/// Docker's certs.d layout: `*.crt` CAs, `*.cert` client certificates with `*.key`.
-pub(crate) fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, RouteError> {
-    let mut host = RegistryHost::default();
-    let entries = std::fs::read_dir(dir).map_err(|source| RouteError::Read {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    files.sort();
-    for file in files {
-        match file.extension().and_then(|e| e.to_str()) {
-            Some("crt") => host.ca.push(file),
-            Some("cert") => {
-                let key = file.with_extension("key");
-                if !key.is_file() {
-                    return Err(RouteError::Invalid {
-                        path: file,
-                        reason: "client certificate without a matching .key".into(),
-                    });
-                }
-                host.client.push((file, Some(key)));
-            }
-            _ => {}
-        }
-    }
-    Ok(vec![host])
-}
-
 fn parse_hosts_toml(
     dir: &Path,
     file: &Path,
@@ -277,6 +191,8 @@ fn parse_hosts_toml(
     Ok(hosts)
 }
 
+/// One `[host."..."]` table (or the file's root, for `server`): as containerd's
+/// `parseHostConfig`.
 fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<RegistryHost, String> {
     let mut host = RegistryHost::default();
     let override_path = match config.get("override_path") {
@@ -285,41 +201,76 @@ fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<Registry
         Some(_) => return Err("override_path must be a boolean".into()),
     };
     if !server.is_empty() {
-        let with_scheme = if server.starts_with("http") {
-            server.to_string()
-        } else {
-            format!("https://{server}")
-        };
-        let (scheme, rest) = with_scheme
-            .split_once("://")
-            .ok_or_else(|| format!("unable to parse server {server:?}"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            return Err(format!("unable to parse server {server:?}"));
-        }
-        host.scheme = scheme.to_string();
-        host.host = authority.to_string();
-        let mut path = clean_path(path);
-        if path.is_empty() {
-            if !override_path {
-                path = "/v2".into();
-            }
-        } else if !path.ends_with("/v2") && !override_path {
-            path.push_str("/v2");
-        }
-        host.path = path;
+        (host.scheme, host.host, host.path) = parse_server(server, override_path)?;
     }
     host.skip_verify = match config.get("skip_verify") {
         None => None,
         Some(toml::Value::Boolean(b)) => Some(*b),
         Some(_) => return Err("skip_verify must be a boolean".into()),
     };
-    host.capabilities = match config.get("capabilities") {
-        None => Capabilities::ALL,
-        Some(toml::Value::Array(values)) if values.is_empty() => Capabilities::ALL,
+    host.capabilities = parse_capabilities(config.get("capabilities"))?;
+    let in_dir = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    host.ca = match config.get("ca") {
+        None => Vec::new(),
+        Some(toml::Value::String(s)) => vec![in_dir(s)],
+        Some(toml::Value::Array(values)) => values
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(in_dir)
+                    .ok_or_else(|| format!("invalid ca {v:?}"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("invalid type {other:?} for \"ca\"")),
+    };
+    host.client = parse_client_pairs(config.get("client"), in_dir)?;
+    if let Some(value) = config.get("header") {
+        host.headers = parse_headers(value)?;
+    }
+    Ok(host)
+}
+
+/// `server = "[scheme://]host[:port][/path]"`: the scheme (https when none), the
+/// authority and the API root (`/v2` appended unless `override_path`).
+fn parse_server(server: &str, override_path: bool) -> Result<(String, String, String), String> {
+    let with_scheme = if server.starts_with("http") {
+        server.to_string()
+    } else {
+        format!("https://{server}")
+    };
+    let (scheme, rest) = with_scheme
+        .split_once("://")
+        .ok_or_else(|| format!("unable to parse server {server:?}"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(format!("unable to parse server {server:?}"));
+    }
+    let mut path = clean_path(path);
+    if path.is_empty() {
+        if !override_path {
+            path = "/v2".into();
+        }
+    } else if !path.ends_with("/v2") && !override_path {
+        path.push_str("/v2");
+    }
+    Ok((scheme.to_string(), authority.to_string(), path))
+}
+
+/// `capabilities = ["pull", "resolve", "push"]`; none or empty: all.
+fn parse_capabilities(value: Option<&toml::Value>) -> Result<Capabilities, String> {
+    match value {
+        None => Ok(Capabilities::ALL),
+        Some(toml::Value::Array(values)) if values.is_empty() => Ok(Capabilities::ALL),
         Some(toml::Value::Array(values)) => {
             let mut caps = Capabilities::default();
             for value in values {
@@ -330,71 +281,61 @@ fn parse_host(dir: &Path, server: &str, config: &toml::Table) -> Result<Registry
                     _ => return Err(format!("unknown capability {value:?}")),
                 }
             }
-            caps
+            Ok(caps)
         }
-        Some(_) => return Err("capabilities must be an array".into()),
-    };
-    let abs = |p: &str| {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            dir.join(p)
-        }
-    };
-    host.ca = match config.get("ca") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![abs(s)],
-        Some(toml::Value::Array(values)) => values
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(abs)
-                    .ok_or_else(|| format!("invalid ca {v:?}"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => return Err(format!("invalid type {other:?} for \"ca\"")),
-    };
-    host.client = match config.get("client") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![(abs(s), None)],
+        Some(_) => Err("capabilities must be an array".into()),
+    }
+}
+
+/// `client = "both.pem"`, or a list of files and `[cert, key]` pairs (paths relative
+/// to the hosts.toml directory, made whole by `in_dir`).
+fn parse_client_pairs(
+    value: Option<&toml::Value>,
+    in_dir: impl Fn(&str) -> PathBuf,
+) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(toml::Value::String(s)) => Ok(vec![(in_dir(s), None)]),
         Some(toml::Value::Array(values)) => {
             let mut pairs = Vec::new();
             for value in values {
                 match value {
-                    toml::Value::String(s) => pairs.push((abs(s), None)),
+                    toml::Value::String(s) => pairs.push((in_dir(s), None)),
                     toml::Value::Array(pair) if pair.len() == 2 => {
                         let cert = pair[0].as_str().ok_or("invalid client pair")?;
                         let key = pair[1].as_str().ok_or("invalid client pair")?;
-                        pairs.push((abs(cert), (!key.is_empty()).then(|| abs(key))));
+                        pairs.push((in_dir(cert), (!key.is_empty()).then(|| in_dir(key))));
                     }
                     other => return Err(format!("invalid pair {other:?} for \"client\"")),
                 }
             }
-            pairs
+            Ok(pairs)
         }
-        Some(other) => return Err(format!("invalid type {other:?} for \"client\"")),
+        Some(other) => Err(format!("invalid type {other:?} for \"client\"")),
+    }
+}
+
+/// `[header]`: a name to a string or a list of strings, each one header line.
+fn parse_headers(value: &toml::Value) -> Result<Vec<(String, String)>, String> {
+    let toml::Value::Table(headers) = value else {
+        return Err("header must be a table".into());
     };
-    if let Some(value) = config.get("header") {
-        let toml::Value::Table(headers) = value else {
-            return Err("header must be a table".into());
-        };
-        for (name, value) in headers {
-            match value {
-                toml::Value::String(s) => host.headers.push((name.clone(), s.clone())),
-                toml::Value::Array(values) => {
-                    for v in values {
-                        let s = v
-                            .as_str()
-                            .ok_or_else(|| format!("unable to cast {v:?} to string"))?;
-                        host.headers.push((name.clone(), s.to_string()));
-                    }
+    let mut lines = Vec::new();
+    for (name, value) in headers {
+        match value {
+            toml::Value::String(s) => lines.push((name.clone(), s.clone())),
+            toml::Value::Array(values) => {
+                for v in values {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| format!("unable to cast {v:?} to string"))?;
+                    lines.push((name.clone(), s.to_string()));
                 }
-                other => return Err(format!("invalid type {other:?} for header {name:?}")),
             }
+            other => return Err(format!("invalid type {other:?} for header {name:?}")),
         }
     }
-    Ok(host)
+    Ok(lines)
 }
 
 /// Go's `path.Clean` for the URL paths hosts.toml may carry (no `..` handling needed
@@ -518,6 +459,37 @@ impl RuntimeAuth {
         let mut hosts: Vec<String> = self.by_host.keys().cloned().collect();
         hosts.sort();
         hosts
+    }
+}
+
+impl Route {
+    /// containerd's route from its hosts (in order, the registry last): for a tag, the
+    /// hosts that may `pull` and `resolve`; for a digest, those that may `pull`.
+    pub(crate) fn containerd(
+        hosts: Vec<RegistryHost>,
+        image: &ImageReference,
+        by_digest: bool,
+        runtime_auth: &RuntimeAuth,
+    ) -> Route {
+        let registry = image.registry();
+        let endpoints = hosts
+            .into_iter()
+            .filter(|h| h.capabilities.pull && (by_digest || h.capabilities.resolve))
+            .map(|host| RouteEndpoint {
+                repository: image.repository().to_string(),
+                namespace: (host.host != registry).then(|| registry.to_string()),
+                request_credentials: true,
+                runtime_credential: Ok(runtime_auth.get(&host.host).cloned()),
+                http_fallback: false,
+                refused: None,
+                host,
+            })
+            .collect();
+        Route {
+            endpoints,
+            failure: FailurePolicy::FirstFailure,
+            blob_fallback: true,
+        }
     }
 }
 
@@ -793,5 +765,37 @@ version = 2
         ] {
             assert!(!is_localhost(host), "{host}");
         }
+    }
+
+    #[test]
+    fn containerd_route_filters_by_capability() {
+        let host = |name: &str, pull: bool, resolve: bool| RegistryHost {
+            scheme: "https".into(),
+            host: name.into(),
+            path: "/v2".into(),
+            capabilities: Capabilities {
+                pull,
+                resolve,
+                push: false,
+            },
+            ..Default::default()
+        };
+        let hosts = vec![
+            host("pull-only.mirror", true, false),
+            host("reg.io", true, true),
+        ];
+        let tag = ImageReference::parse("reg.io/app:v1").unwrap();
+        let route = Route::containerd(hosts.clone(), &tag, false, &RuntimeAuth::default());
+        let names: Vec<&str> = route
+            .endpoints
+            .iter()
+            .map(|e| e.host.host.as_str())
+            .collect();
+        assert_eq!(names, ["reg.io"]);
+        assert_eq!(route.endpoints[0].namespace, None);
+        let route = Route::containerd(hosts, &tag, true, &RuntimeAuth::default());
+        assert_eq!(route.endpoints.len(), 2);
+        assert_eq!(route.endpoints[0].namespace.as_deref(), Some("reg.io"));
+        assert_eq!(route.failure, FailurePolicy::FirstFailure);
     }
 }

@@ -1,14 +1,100 @@
-//! The route for one image, whichever runtime's rules built it: the endpoints the
-//! runtime would ask, in order, each with its TLS settings, whether the kubelet's
-//! credential may go there, the runtime's own credential for it, and whether the
-//! runtime refuses it outright. [`crate::check::resolve`] walks it.
+//! Stage `route`: the way the node's runtime reaches a registry for one image, read
+//! from the runtime's own files, never from the network: a [`Route`], the endpoints the
+//! runtime would ask in order, each with its TLS settings ([`RegistryHost`]), the
+//! credential it may get and whether the runtime refuses it. [`crate::check::resolve`]
+//! walks it.
 //!
-//! containerd's route comes from hosts.toml ([`super::registry_hosts_for`]), CRI-O's
-//! from registries.conf and the auth file ([`super::crio`]).
+//! Each runtime has its rules: containerd's hosts.toml and its own `registry.configs`
+//! credentials ([`containerd`]); CRI-O's registries.conf and the containers auth file
+//! ([`crio`] over [`registries_conf`] and [`auth_file`]). Which one applies is
+//! `--runtime-dialect` ([`RuntimeDialect`]), settled into a [`RouteRuntime`].
 
-use pullwatch::{CheckOutcome, ImageReference, RegistryCredential};
+pub(crate) mod auth_file;
+pub mod containerd;
+pub(crate) mod crio;
+pub(crate) mod registries_conf;
 
-use super::{RegistryHost, RuntimeAuth};
+use std::path::{Path, PathBuf};
+
+use pullwatch::{CheckOutcome, RegistryCredential};
+
+/// Why the route for a registry could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// What a host may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub pull: bool,
+    pub resolve: bool,
+    pub push: bool,
+}
+
+impl Capabilities {
+    const ALL: Capabilities = Capabilities {
+        pull: true,
+        resolve: true,
+        push: true,
+    };
+}
+
+/// One endpoint of a registry's route.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RegistryHost {
+    pub scheme: String,
+    /// `host[:port]`.
+    pub host: String,
+    /// API root, normally `/v2`.
+    pub path: String,
+    pub capabilities: Capabilities,
+    pub ca: Vec<PathBuf>,
+    /// (certificate, key): key None when the certificate file holds both.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    pub skip_verify: Option<bool>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RegistryHost {
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.host)
+    }
+}
+
+/// Docker's certs.d layout: `*.crt` CAs, `*.cert` client certificates with `*.key`.
+pub(crate) fn cert_files(dir: &Path) -> Result<Vec<RegistryHost>, RouteError> {
+    let mut host = RegistryHost::default();
+    let entries = std::fs::read_dir(dir).map_err(|source| RouteError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for file in files {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("crt") => host.ca.push(file),
+            Some("cert") => {
+                let key = file.with_extension("key");
+                if !key.is_file() {
+                    return Err(RouteError::Invalid {
+                        path: file,
+                        reason: "client certificate without a matching .key".into(),
+                    });
+                }
+                host.client.push((file, Some(key)));
+            }
+            _ => {}
+        }
+    }
+    Ok(vec![host])
+}
 
 /// The runtime whose rules the agent follows (`--runtime-dialect`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -24,7 +110,7 @@ pub enum RuntimeDialect {
 
 /// The runtime a route is built for, once `auto` is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum RouteRuntime {
+pub(crate) enum RouteRuntime {
     #[default]
     Containerd,
     CriO,
@@ -32,7 +118,7 @@ pub enum RouteRuntime {
 
 impl RouteRuntime {
     /// The runtime CRI `Version` names (`runtime_name`).
-    pub fn from_runtime_name(name: &str) -> RouteRuntime {
+    pub(crate) fn from_runtime_name(name: &str) -> RouteRuntime {
         if name.eq_ignore_ascii_case("cri-o") {
             RouteRuntime::CriO
         } else {
@@ -43,7 +129,7 @@ impl RouteRuntime {
 
 /// Which answer stands when no endpoint had the manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailurePolicy {
+pub(crate) enum FailurePolicy {
     /// containerd: the first failure that was not a 404, else "not found".
     FirstFailure,
     /// containers/image (CRI-O): the primary's (the last endpoint's) failure.
@@ -52,7 +138,7 @@ pub enum FailurePolicy {
 
 /// One endpoint of a route.
 #[derive(Clone, Debug)]
-pub struct RouteEndpoint {
+pub(crate) struct RouteEndpoint {
     /// Scheme, host, API root, TLS material, headers.
     pub host: RegistryHost,
     /// The repository on this endpoint (registries.conf `location` may rewrite it).
@@ -75,7 +161,7 @@ pub struct RouteEndpoint {
 
 impl RouteEndpoint {
     /// The credential this endpoint gets when the kubelet sends `requested`.
-    pub fn credential<'a>(
+    pub(crate) fn credential<'a>(
         &'a self,
         requested: Option<&'a RegistryCredential>,
     ) -> Result<Option<&'a RegistryCredential>, String> {
@@ -92,48 +178,16 @@ impl RouteEndpoint {
 
 /// The endpoints one runtime would try for one image, in order.
 #[derive(Clone, Debug)]
-pub struct Route {
+pub(crate) struct Route {
     pub endpoints: Vec<RouteEndpoint>,
     pub failure: FailurePolicy,
     /// containerd tries `HEAD /blobs/<digest>` when a digest's manifest request fails.
     pub blob_fallback: bool,
 }
 
-impl Route {
-    /// containerd's route from its hosts (in order, the registry last): for a tag, the
-    /// hosts that may `pull` and `resolve`; for a digest, those that may `pull`.
-    pub fn containerd(
-        hosts: Vec<RegistryHost>,
-        image: &ImageReference,
-        by_digest: bool,
-        runtime_auth: &RuntimeAuth,
-    ) -> Route {
-        let registry = image.registry();
-        let endpoints = hosts
-            .into_iter()
-            .filter(|h| h.capabilities.pull && (by_digest || h.capabilities.resolve))
-            .map(|host| RouteEndpoint {
-                repository: image.repository().to_string(),
-                namespace: (host.host != registry).then(|| registry.to_string()),
-                request_credentials: true,
-                runtime_credential: Ok(runtime_auth.get(&host.host).cloned()),
-                http_fallback: false,
-                refused: None,
-                host,
-            })
-            .collect();
-        Route {
-            endpoints,
-            failure: FailurePolicy::FirstFailure,
-            blob_fallback: true,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Capabilities;
 
     #[test]
     fn dialect_names_and_runtime_names() {
@@ -181,37 +235,5 @@ mod tests {
         assert!(endpoint.credential(Some(&mine)).is_err());
         endpoint.request_credentials = true;
         assert_eq!(endpoint.credential(Some(&mine)).unwrap(), Some(&mine));
-    }
-
-    #[test]
-    fn containerd_route_filters_by_capability() {
-        let host = |name: &str, pull: bool, resolve: bool| RegistryHost {
-            scheme: "https".into(),
-            host: name.into(),
-            path: "/v2".into(),
-            capabilities: Capabilities {
-                pull,
-                resolve,
-                push: false,
-            },
-            ..Default::default()
-        };
-        let hosts = vec![
-            host("pull-only.mirror", true, false),
-            host("reg.io", true, true),
-        ];
-        let tag = ImageReference::parse("reg.io/app:v1").unwrap();
-        let route = Route::containerd(hosts.clone(), &tag, false, &RuntimeAuth::default());
-        let names: Vec<&str> = route
-            .endpoints
-            .iter()
-            .map(|e| e.host.host.as_str())
-            .collect();
-        assert_eq!(names, ["reg.io"]);
-        assert_eq!(route.endpoints[0].namespace, None);
-        let route = Route::containerd(hosts, &tag, true, &RuntimeAuth::default());
-        assert_eq!(route.endpoints.len(), 2);
-        assert_eq!(route.endpoints[0].namespace.as_deref(), Some("reg.io"));
-        assert_eq!(route.failure, FailurePolicy::FirstFailure);
     }
 }

@@ -1,5 +1,6 @@
-//! `cli`, the wiring: command-line flags (each also read from a `PULLWATCH_*`
-//! environment variable) and the checker (cri + keyring + route) built from them.
+//! Command-line flags (each also read from a `PULLWATCH_*` environment variable) and
+//! the wiring they describe: the checker (cri + keyring + resolver over the route),
+//! the session settings, the `--pull-secret-file` credentials.
 
 use pullwatch::registry::NoObserver;
 use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
@@ -15,9 +16,9 @@ use crate::check::{CheckOptions, Checker};
 use crate::cri::{CallObserver, CriClient, CriTimeouts};
 use crate::keyring::{KeyringConfig, NodeKeyring};
 use crate::metrics::AgentMetrics;
-use crate::route::RuntimeAuth;
+use crate::route::RuntimeDialect;
+use crate::route::containerd::RuntimeAuth;
 use crate::route::crio::CrioRouteConfig;
-use crate::route::endpoints::RuntimeDialect;
 use pullwatch::CheckMode;
 
 #[derive(Debug, Parser)]
@@ -130,7 +131,7 @@ impl RunArgs {
 
 /// How `check` prints its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub enum OutputFormat {
     Text,
     Json,
 }
@@ -143,7 +144,7 @@ pub struct CheckArgs {
     pub node: NodeArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-    pub output: Output,
+    pub output: OutputFormat,
     /// A docker config file (`.dockerconfigjson` or `.dockercfg` form) standing in for
     /// the workload's pull secrets; tried first. Repeatable.
     #[arg(
@@ -273,7 +274,7 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl NodeArgs {
-    pub fn keyring_config(&self) -> KeyringConfig {
+    pub(crate) fn keyring_config(&self) -> KeyringConfig {
         KeyringConfig {
             kubelet_root_dir: self.kubelet_root_dir.clone(),
             provider_config: self.image_credential_provider_config.clone(),
@@ -283,7 +284,7 @@ impl NodeArgs {
     }
 
     /// CRI-O's route files.
-    pub fn crio_route(&self) -> CrioRouteConfig {
+    pub(crate) fn crio_route(&self) -> CrioRouteConfig {
         CrioRouteConfig {
             registries_conf: self.registries_conf.clone(),
             registries_conf_dir: self.registries_conf_dir.clone(),
@@ -405,7 +406,7 @@ mod tests {
             panic!("not check")
         };
         assert_eq!(args.image, "nginx");
-        assert_eq!(args.output, Output::Json);
+        assert_eq!(args.output, OutputFormat::Json);
         assert_eq!(args.node.mode, CheckMode::Resolve);
         assert_eq!(
             args.node.cri_endpoint,
