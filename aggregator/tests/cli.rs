@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
     CANARY_PASSWORD, ImageFormat, Registry, SilentServer, assert_no_canary, free_port,
-    http_request, promtool_check_metrics, push_to,
+    http_request, promtool_check_metrics, push_to, write_file,
 };
 use pullwatch_testbench::{assert_reason_contains, started};
 
@@ -32,13 +32,6 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
 fn check_json(path: &str, extra: &[&str], envs: &[(&str, &str)]) -> Output {
     let args = ["check", "-f", path, "-o", "json", "--allow-plain-http"];
     run(&[&args, extra].concat(), envs)
-}
-
-/// Writes `content` to `name` in `dir`; its path.
-fn write_file(dir: &tempfile::TempDir, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::write(&path, content).unwrap();
-    path
 }
 
 fn secret_yaml(namespace: &str, name: &str, host: &str, user: &str, password: &str) -> String {

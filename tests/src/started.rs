@@ -25,20 +25,12 @@ pub async fn open_registry() -> Registry {
 
 /// A registry only `user` with `password` may use (htpasswd).
 pub async fn private_registry(user: &str, password: &str) -> Registry {
-    registry(RegistryOptions {
-        htpasswd: Some((user.into(), password.into())),
-        ..Default::default()
-    })
-    .await
+    registry(RegistryOptions::htpasswd(user, password)).await
 }
 
 /// A registry serving HTTPS with a certificate `ca` issued.
 pub async fn tls_registry(ca: &TestCa) -> Registry {
-    registry(RegistryOptions {
-        tls: Some(ca.clone()),
-        ..Default::default()
-    })
-    .await
+    registry(RegistryOptions::tls(ca)).await
 }
 
 /// An anonymous registry on `[::1]`.

@@ -25,8 +25,8 @@ pub fn free_port_on(ip: IpAddr) -> Result<u16> {
 
 /// Writes `contents` to `dir/name` and returns the path; panics with the path if it
 /// cannot (a test step).
-pub fn write_file(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
+pub fn write_file(dir: impl AsRef<Path>, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.as_ref().join(name);
     std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     path
 }
