@@ -43,7 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::support::{Throttle, lock};
+use crate::locks::lock;
+use crate::logging::Throttle;
 
 /// A response body: a whole buffer or a stream of chunks.
 pub type Body = BoxBody<Bytes, std::io::Error>;

@@ -222,7 +222,7 @@ async fn session(
     let endpoint = endpoint(config)?;
     let channel = endpoint.connect().await.map_err(|e| {
         metrics.connection_attempt("connect_error");
-        SessionError::Connect(pullwatch::support::error_chain(&e))
+        SessionError::Connect(pullwatch::error_chain(&e))
     })?;
     let mut client = AgentServiceClient::new(channel);
 

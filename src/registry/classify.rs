@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::support::error_chain;
+use crate::error_chain;
 use crate::{CheckOutcome, CheckStatus};
 
 /// At most this many characters of a response body are quoted in a reason.

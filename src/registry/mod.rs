@@ -36,8 +36,9 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use tracing::debug;
 
+use crate::error_chain;
+use crate::locks::lock;
 use crate::platform::Platform;
-use crate::support::{error_chain, lock, sha256_digest};
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 use challenge::AuthScheme;
 use classify::TransportFailure;
@@ -372,6 +373,18 @@ fn redact_with_bearer(
     redactor.redact(&text)
 }
 
+/// `sha256:<hex>` of `bytes`: the digest of a manifest the registry named none for.
+fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in hash {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
 /// The `Content-Length` an answer declares.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -391,7 +404,7 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
 
 impl RegistryClient {
     pub fn new(config: ClientConfig, observer: Arc<dyn RegistryObserver>) -> Self {
-        crate::support::install_crypto_provider();
+        crate::process::install_crypto_provider();
         RegistryClient {
             observer,
             hosts: Mutex::new(HashMap::new()),

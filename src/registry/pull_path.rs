@@ -33,9 +33,9 @@ use serde::Deserialize;
 use tracing::debug;
 
 use super::{Answer, Final, MAX_MANIFEST_BYTES, Object, RegistryClient, Target, Want};
+use crate::locks::lock;
 use crate::platform::Platform;
 use crate::status::PlatformVerdict;
-use crate::support::lock;
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -666,7 +666,7 @@ impl Walk<'_, '_, '_, '_> {
             Ok(Err(error)) => {
                 return Err(Some((
                     CheckStatus::RegistryUnavailable,
-                    crate::support::error_chain(&error),
+                    crate::error_chain(&error),
                 )));
             }
             Ok(Ok(response)) => response,
