@@ -191,17 +191,26 @@ struct IndexDocument {
 
 #[derive(Deserialize)]
 struct IndexEntry {
-    platform: Option<EntryPlatform>,
+    platform: Option<DescriptorPlatform>,
 }
 
-#[derive(Deserialize)]
-struct EntryPlatform {
+/// The `platform` of an index entry (an OCI descriptor), as written; read leniently
+/// (a missing field is empty), as Go's `encoding/json` reads it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct DescriptorPlatform {
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
     #[serde(default)]
-    variant: String,
+    pub(crate) variant: String,
+}
+
+impl DescriptorPlatform {
+    /// The platform, normalized as containerd normalizes it.
+    pub(crate) fn normalized(&self) -> Platform {
+        Platform::new(&self.os, &self.architecture, &self.variant)
+    }
 }
 
 /// Why an index body says nothing.
@@ -226,7 +235,7 @@ pub fn index_platforms(body: &[u8]) -> Result<Vec<Platform>, IndexError> {
         if p.os.is_empty() || p.architecture.is_empty() || p.os == "unknown" {
             continue;
         }
-        let platform = Platform::new(&p.os, &p.architecture, &p.variant);
+        let platform = p.normalized();
         if !platforms.contains(&platform) {
             platforms.push(platform);
         }

@@ -280,37 +280,51 @@ pub fn excerpt(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A distribution-spec error body holding one error.
+    fn envelope(code: &str, message: &str) -> String {
+        format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"}}]}}"#)
+    }
+
     #[test]
     fn status_table() {
         let cases = [
-            (200, "", CheckStatus::Available),
-            (404, "", CheckStatus::Absent),
+            (200, String::new(), CheckStatus::Available),
+            (404, String::new(), CheckStatus::Absent),
             (
                 400,
-                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                envelope("MANIFEST_UNKNOWN", "manifest unknown"),
                 CheckStatus::Absent,
             ),
             (
                 404,
-                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}"#,
+                envelope("MANIFEST_UNKNOWN", "manifest unknown"),
                 CheckStatus::Absent,
             ),
-            (401, "", CheckStatus::AuthenticationFailure),
-            (403, "", CheckStatus::AuthorizationFailure),
+            (
+                404,
+                envelope("NAME_UNKNOWN", "repository name not known"),
+                CheckStatus::Absent,
+            ),
+            (401, String::new(), CheckStatus::AuthenticationFailure),
+            (403, String::new(), CheckStatus::AuthorizationFailure),
             (
                 400,
-                r#"{"errors":[{"code":"DENIED","message":"no"}]}"#,
+                envelope("DENIED", "no"),
                 CheckStatus::AuthorizationFailure,
             ),
-            (429, "", CheckStatus::RateLimited),
-            (500, "", CheckStatus::RegistryUnavailable),
-            (503, "<html>down</html>", CheckStatus::RegistryUnavailable),
+            (429, String::new(), CheckStatus::RateLimited),
+            (500, String::new(), CheckStatus::RegistryUnavailable),
+            (
+                503,
+                "<html>down</html>".into(),
+                CheckStatus::RegistryUnavailable,
+            ),
             (
                 400,
-                r#"{"errors":[{"code":"TAG_INVALID","message":"bad"}]}"#,
+                envelope("TAG_INVALID", "bad"),
                 CheckStatus::BadImageFormat,
             ),
-            (418, "teapot", CheckStatus::UnknownError),
+            (418, "teapot".into(), CheckStatus::UnknownError),
         ];
         for (code, body, expected) in cases {
             let outcome = classify_response(StatusCode::from_u16(code).unwrap(), body.as_bytes());
@@ -322,18 +336,13 @@ mod tests {
                     outcome.reason
                 );
             }
+            // An error envelope is quoted as `CODE: message`.
+            let errors = serde_json::from_str::<Envelope>(&body).map_or(Vec::new(), |e| e.errors);
+            for error in errors {
+                let quoted = format!("{}: {}", error.code, error.message);
+                assert!(outcome.reason.contains(&quoted), "{}", outcome.reason);
+            }
         }
-        let outcome = classify_response(
-            StatusCode::NOT_FOUND,
-            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
-        );
-        assert!(
-            outcome
-                .reason
-                .contains("MANIFEST_UNKNOWN: manifest unknown"),
-            "{}",
-            outcome.reason
-        );
     }
 
     #[test]

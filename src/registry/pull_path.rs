@@ -34,7 +34,7 @@ use tracing::debug;
 
 use super::{Answer, Final, MAX_MANIFEST_BYTES, Object, RegistryClient, Target, Want};
 use crate::locks::lock;
-use crate::platform::Platform;
+use crate::platform::{DescriptorPlatform, Platform};
 use crate::status::PlatformVerdict;
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 
@@ -116,6 +116,22 @@ pub struct Top {
     pub body: Option<Bytes>,
 }
 
+impl Top {
+    /// Whether the tag's manifest is an index: by the media type its answer named,
+    /// else by its body.
+    fn is_index(&self) -> bool {
+        self.media_type
+            .as_deref()
+            .map(crate::platform::is_index)
+            .unwrap_or_else(|| {
+                self.body
+                    .as_ref()
+                    .and_then(|b| sniff_media_type(b))
+                    .is_some_and(|m| crate::platform::is_index(&m))
+            })
+    }
+}
+
 /// What the walk found.
 #[derive(Clone, Debug)]
 pub struct PullPath {
@@ -130,6 +146,39 @@ pub struct PullPath {
 }
 
 impl PullPath {
+    /// A single manifest's walk.
+    fn of_manifest(result: Result<(), Failed>) -> Self {
+        let (status, reason) = status_of(result);
+        PullPath {
+            status,
+            reason,
+            offered: None,
+            verdicts: None,
+        }
+    }
+
+    /// An index's walk: each platform's verdict, and the check's own status (what a
+    /// workload whose platforms are unknown gets; each other workload gets its own
+    /// platforms' verdicts): available where some walked platform pulls it, else the
+    /// first platform's failure.
+    fn of_index(verdicts: Vec<PlatformVerdict>, offered: Option<Vec<Platform>>) -> Self {
+        let failing = verdicts
+            .iter()
+            .find(|v| v.status != CheckStatus::Available)
+            .map(|v| (v.status, v.reason.clone()));
+        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
+        let (status, reason) = match failing {
+            Some(failure) if !any_pulls => failure,
+            _ => (CheckStatus::Available, String::new()),
+        };
+        PullPath {
+            status,
+            reason,
+            offered,
+            verdicts: Some(verdicts),
+        }
+    }
+
     /// Folds the walk into the outcome of the tag's manifest request.
     pub fn apply(self, outcome: &mut CheckOutcome) {
         outcome.status = self.status;
@@ -140,6 +189,23 @@ impl PullPath {
         if let Some(verdicts) = self.verdicts {
             outcome.walked = Some(verdicts.into());
         }
+    }
+}
+
+/// A walk's status and reason.
+fn status_of(result: Result<(), Failed>) -> Failed {
+    result
+        .err()
+        .unwrap_or((CheckStatus::Available, String::new()))
+}
+
+/// `platform`'s verdict from its walk.
+fn verdict(platform: &Platform, result: Result<(), Failed>) -> PlatformVerdict {
+    let (status, reason) = status_of(result);
+    PlatformVerdict {
+        platform: platform.clone(),
+        status,
+        reason,
     }
 }
 
@@ -157,22 +223,6 @@ struct Descriptor {
     urls: Vec<String>,
     #[serde(default)]
     platform: Option<DescriptorPlatform>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-struct DescriptorPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: String,
-}
-
-impl DescriptorPlatform {
-    fn normalized(&self) -> Platform {
-        Platform::new(&self.os, &self.architecture, &self.variant)
-    }
 }
 
 #[derive(Default, Deserialize)]
@@ -389,6 +439,36 @@ enum Kind {
     Config,
 }
 
+/// A document the walk needs: where its descriptor points, what it is read as, and
+/// how a reason names it (`what`, for `platform`).
+#[derive(Clone, Copy)]
+struct Needed<'d> {
+    desc: &'d Descriptor,
+    kind: Kind,
+    what: &'d str,
+    platform: Option<&'d Platform>,
+}
+
+impl<'d> Needed<'d> {
+    fn manifest(desc: &'d Descriptor, what: &'d str, platform: Option<&'d Platform>) -> Self {
+        Needed {
+            desc,
+            kind: Kind::Manifest,
+            what,
+            platform,
+        }
+    }
+
+    fn config(desc: &'d Descriptor, what: &'d str, platform: Option<&'d Platform>) -> Self {
+        Needed {
+            desc,
+            kind: Kind::Config,
+            what,
+            platform,
+        }
+    }
+}
+
 fn for_platform(platform: Option<&Platform>) -> String {
     platform.map(|p| format!(" for {p}")).unwrap_or_default()
 }
@@ -468,21 +548,19 @@ impl Walk<'_, '_, '_, '_> {
         }))
     }
 
-    /// The document `desc` points at: kept, else fetched by digest along the route (its
+    /// The document `needed.desc` points at: kept, else fetched by digest along the route (its
     /// size and digest verified). When kept and due for verification, its existence
     /// (and size) is confirmed with one cheap request.
     async fn document(
         &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
+        needed: Needed<'_>,
         body: Option<&Bytes>,
     ) -> Result<Arc<Document>, Failed> {
+        let desc = needed.desc;
         let kept = lock(&self.client.documents).get(&desc.digest);
         if let Some(document) = kept {
             if self.verify {
-                self.exists(desc, kind, what, platform).await?;
+                self.exists(needed).await?;
             }
             return Ok(document);
         }
@@ -495,7 +573,7 @@ impl Walk<'_, '_, '_, '_> {
             self.client.release_gate(&desc.digest);
             return Ok(document);
         }
-        let result = self.read_document(desc, kind, what, platform, body).await;
+        let result = self.read_document(needed, body).await;
         self.client.release_gate(&desc.digest);
         result
     }
@@ -504,12 +582,15 @@ impl Walk<'_, '_, '_, '_> {
     /// the body the tag's answer carried), its size and digest verified, kept.
     async fn read_document(
         &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
+        needed: Needed<'_>,
         body: Option<&Bytes>,
     ) -> Result<Arc<Document>, Failed> {
+        let Needed {
+            desc,
+            kind,
+            what,
+            platform,
+        } = needed;
         let (object, cap) = match kind {
             Kind::Manifest => (Object::Manifest, MAX_MANIFEST_BYTES),
             Kind::Config => (Object::Blob, MAX_CONFIG_BYTES),
@@ -570,30 +651,27 @@ impl Walk<'_, '_, '_, '_> {
     }
 
     /// That a kept document is still served (and at its size).
-    async fn exists(
-        &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
-    ) -> Result<(), Failed> {
-        let (object, want) = match kind {
+    async fn exists(&self, needed: Needed<'_>) -> Result<(), Failed> {
+        let (object, want) = match needed.kind {
             Kind::Manifest => (Object::Manifest, Want::Head),
             Kind::Config => (Object::Blob, Want::FirstByte),
         };
         let final_ = self
-            .along(object, &desc.digest, want)
+            .along(object, &needed.desc.digest, want)
             .await
-            .map_err(|answer| failed(what, platform, &answer))?;
-        let served = if kind == Kind::Config {
-            served_size(&final_)
-        } else {
-            super::content_length(&final_.headers)
+            .map_err(|answer| failed(needed.what, needed.platform, &answer))?;
+        let served = match needed.kind {
+            Kind::Config => served_size(&final_),
+            Kind::Manifest => super::content_length(&final_.headers),
         };
+        let declared = needed.desc.size;
         match served {
-            Some(served) if desc.size > 0 && served != desc.size as u64 => {
-                Err(size_mismatch(what, platform, served, desc.size))
-            }
+            Some(served) if declared > 0 && served != declared as u64 => Err(size_mismatch(
+                needed.what,
+                needed.platform,
+                served,
+                declared,
+            )),
             _ => Ok(()),
         }
     }
@@ -714,10 +792,10 @@ impl Walk<'_, '_, '_, '_> {
                     verify: false,
                     ..*self
                 };
-                walk.document(&desc, Kind::Manifest, &what, platform, top_body.take())
+                walk.document(Needed::manifest(&desc, &what, platform), top_body.take())
                     .await?
             } else {
-                self.document(&desc, Kind::Manifest, &what, platform, None)
+                self.document(Needed::manifest(&desc, &what, platform), None)
                     .await?
             };
             match &*document {
@@ -789,7 +867,7 @@ impl Walk<'_, '_, '_, '_> {
         let mut summary = None;
         if unlabelled || self.depth == CheckDepth::Blobs {
             let document = self
-                .document(config, Kind::Config, &config_what, platform, None)
+                .document(Needed::config(config, &config_what, platform), None)
                 .await?;
             match &*document {
                 Document::Config(found) => {
@@ -965,31 +1043,22 @@ impl RegistryClient {
         path
     }
 
+    /// The walk, its reasons as registries and storage said them.
     async fn walk_unredacted(
         &self,
         route: &[Target<'_, '_>],
         top: &Top,
         platforms: &[Platform],
     ) -> PullPath {
-        let settings = self.config.walk;
         let Some(first) = route.first() else {
-            return PullPath {
-                status: CheckStatus::UnknownError,
-                reason: "no host to walk the pull path on".into(),
-                offered: None,
-                verdicts: None,
-            };
+            return PullPath::of_manifest(Err((
+                CheckStatus::UnknownError,
+                "no host to walk the pull path on".into(),
+            )));
         };
-        let is_index = top
-            .media_type
-            .as_deref()
-            .map(crate::platform::is_index)
-            .unwrap_or_else(|| {
-                top.body
-                    .as_ref()
-                    .and_then(|b| sniff_media_type(b))
-                    .is_some_and(|m| crate::platform::is_index(&m))
-            });
+        if !top.is_index() {
+            return PullPath::of_manifest(self.walk_platform(route, first, top, None).await);
+        }
         let host_platform;
         let platforms: &[Platform] = if platforms.is_empty() {
             host_platform = [Platform::host()];
@@ -997,109 +1066,83 @@ impl RegistryClient {
         } else {
             platforms
         };
-        let key = |platform: Option<&Platform>| -> VerifiedKey {
-            (
-                first.endpoint.host.to_string(),
-                first.repository.to_string(),
-                top.digest.clone(),
-                platform.map(|p| p.to_string()).unwrap_or_default(),
-                RegistryCredential::fingerprint(first.credential),
-            )
-        };
-        let due = |key: &VerifiedKey| {
-            lock(&self.verified)
-                .get(key)
-                .is_none_or(|at| at.elapsed() >= settings.blob_check_interval)
-        };
-        let walk_one = |platform: Option<Platform>| {
-            let key = key(platform.as_ref());
-            let verify = due(&key);
-            async move {
-                let walk = Walk {
-                    client: self,
-                    route,
-                    verify,
-                    depth: settings.depth,
-                };
-                let result = walk.platform_path(top, platform.as_ref()).await;
-                if result.is_ok() && verify {
-                    let mut verified = lock(&self.verified);
-                    if verified.len() >= MAX_VERIFIED {
-                        let interval = settings.blob_check_interval;
-                        verified.retain(|_, at| at.elapsed() < interval);
-                        if verified.len() >= MAX_VERIFIED {
-                            verified.clear();
-                        }
-                    }
-                    verified.insert(key, Instant::now());
-                }
-                debug!(digest = %top.digest, platform = ?platform, verified = verify, ok = result.is_ok(), "pull path walked");
-                result
-            }
-        };
-        if !is_index {
-            return match walk_one(None).await {
-                Ok(()) => PullPath {
-                    status: CheckStatus::Available,
-                    reason: String::new(),
-                    offered: None,
-                    verdicts: None,
-                },
-                Err((status, reason)) => PullPath {
-                    status,
-                    reason,
-                    offered: None,
-                    verdicts: None,
-                },
-            };
-        }
         let mut verdicts = Vec::with_capacity(platforms.len());
         for platform in platforms {
-            let verdict = match walk_one(Some(platform.clone())).await {
-                Ok(()) => PlatformVerdict {
-                    platform: platform.clone(),
-                    status: CheckStatus::Available,
-                    reason: String::new(),
-                },
-                Err((status, reason)) => PlatformVerdict {
-                    platform: platform.clone(),
-                    status,
-                    reason,
-                },
-            };
-            verdicts.push(verdict);
+            let result = self.walk_platform(route, first, top, Some(platform)).await;
+            verdicts.push(verdict(platform, result));
         }
-        let offered = match lock(&self.documents).get(&top.digest).as_deref() {
-            Some(Document::Index(entries)) => {
-                let mut offered: Vec<Platform> = Vec::new();
-                for p in entries.iter().filter_map(|e| e.platform.as_ref()) {
-                    let p = p.normalized();
-                    if p.os != "unknown" && !p.os.is_empty() && !offered.contains(&p) {
-                        offered.push(p);
-                    }
-                }
-                Some(offered)
+        PullPath::of_index(verdicts, self.offered_platforms(&top.digest))
+    }
+
+    /// One platform's path (None: a single manifest's), its blobs verified when due
+    /// for `first`'s host, repository and credential, and noted when they were.
+    async fn walk_platform(
+        &self,
+        route: &[Target<'_, '_>],
+        first: &Target<'_, '_>,
+        top: &Top,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        let key: VerifiedKey = (
+            first.endpoint.host.to_string(),
+            first.repository.to_string(),
+            top.digest.clone(),
+            platform.map(|p| p.to_string()).unwrap_or_default(),
+            RegistryCredential::fingerprint(first.credential),
+        );
+        let verify = self.blobs_due(&key);
+        let walk = Walk {
+            client: self,
+            route,
+            verify,
+            depth: self.config.walk.depth,
+        };
+        let result = walk.platform_path(top, platform).await;
+        if result.is_ok() && verify {
+            self.note_verified(key);
+        }
+        debug!(digest = %top.digest, platform = ?platform, verified = verify, ok = result.is_ok(), "pull path walked");
+        result
+    }
+
+    /// Whether the blobs of `key`'s pull path are to be verified again: never
+    /// verified, or not within [`WalkSettings::blob_check_interval`].
+    fn blobs_due(&self, key: &VerifiedKey) -> bool {
+        let interval = self.config.walk.blob_check_interval;
+        lock(&self.verified)
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= interval)
+    }
+
+    /// Notes that `key`'s blobs were verified now; at [`MAX_VERIFIED`] entries the
+    /// stale ones go first, all of them if none is.
+    fn note_verified(&self, key: VerifiedKey) {
+        let interval = self.config.walk.blob_check_interval;
+        let mut verified = lock(&self.verified);
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, at| at.elapsed() < interval);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
             }
-            _ => None,
-        };
-        // The check's own status (what a workload whose platforms are unknown gets; each
-        // other workload gets its own platforms' verdicts): available where some walked
-        // platform pulls it, else the first platform's failure.
-        let failing = verdicts
-            .iter()
-            .find(|v| v.status != CheckStatus::Available)
-            .map(|v| (v.status, v.reason.clone()));
-        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
-        let (status, reason) = match failing {
-            Some(failure) if !any_pulls => failure,
-            _ => (CheckStatus::Available, String::new()),
-        };
-        PullPath {
-            status,
-            reason,
-            offered,
-            verdicts: Some(verdicts),
         }
+        verified.insert(key, Instant::now());
+    }
+
+    /// The platforms the kept index `digest` offers, each once (None: not kept, or not
+    /// an index).
+    fn offered_platforms(&self, digest: &str) -> Option<Vec<Platform>> {
+        let kept = lock(&self.documents).get(digest);
+        let Some(Document::Index(entries)) = kept.as_deref() else {
+            return None;
+        };
+        let mut offered: Vec<Platform> = Vec::new();
+        for p in entries.iter().filter_map(|e| e.platform.as_ref()) {
+            let p = p.normalized();
+            if p.os != "unknown" && !p.os.is_empty() && !offered.contains(&p) {
+                offered.push(p);
+            }
+        }
+        Some(offered)
     }
 
     /// Checks that `reference` of `target`'s repository can be pulled, as deep as
