@@ -86,7 +86,8 @@ impl RegistryClient {
         if !answer.status.is_success() {
             return Err(self.token_refused(state, &answer, &what, credential));
         }
-        let (token, ttl) = issued_token(&answer, &what)?;
+        let (token, ttl) = issued_token(&answer, &what)
+            .map_err(|(status, reason)| Failure::Outcome(CheckOutcome::new(status, reason)))?;
         self.keep_token(key, token.clone(), ttl);
         Ok(token)
     }
@@ -242,9 +243,12 @@ fn token_request(
     request
 }
 
-/// The token a successful answer issued, and how long it lives. The body is a
-/// token: never quoted.
-fn issued_token(answer: &TokenAnswer, what: &str) -> Result<(String, Duration), Failure> {
+/// The token a successful answer issued, and how long it lives; else the status and
+/// reason of its absence. The body is a token: never quoted.
+fn issued_token(
+    answer: &TokenAnswer,
+    what: &str,
+) -> Result<(String, Duration), (CheckStatus, String)> {
     #[derive(Deserialize)]
     struct TokenResponse {
         #[serde(default)]
@@ -259,13 +263,13 @@ fn issued_token(answer: &TokenAnswer, what: &str) -> Result<(String, Duration), 
         serde_json::from_slice(&answer.body).ok()
     };
     let Some(parsed) = parsed else {
-        return Err(Failure::Outcome(CheckOutcome::new(
+        return Err((
             CheckStatus::RegistryUnavailable,
             format!(
                 "{what} answered HTTP {} without a usable token",
                 answer.status
             ),
-        )));
+        ));
     };
     let token = if parsed.access_token.is_empty() {
         parsed.token
@@ -273,10 +277,10 @@ fn issued_token(answer: &TokenAnswer, what: &str) -> Result<(String, Duration), 
         parsed.access_token
     };
     if token.is_empty() {
-        return Err(Failure::Outcome(CheckOutcome::new(
+        return Err((
             CheckStatus::AuthenticationFailure,
             format!("{what} answered without a token"),
-        )));
+        ));
     }
     let ttl = parsed
         .expires_in
