@@ -15,22 +15,22 @@
 //! an error on.
 
 pub mod backoff;
-pub mod codec;
+pub(crate) mod codec;
 pub mod credentials;
 pub mod duration;
-pub mod glob;
+pub(crate) mod glob;
 pub mod locks;
 pub mod logging;
 pub mod memory;
-pub mod platform;
+pub(crate) mod platform;
 pub mod process;
 pub mod redact;
 pub mod reference;
 pub mod registry;
 pub mod serve;
-pub mod status;
+pub(crate) mod status;
 pub mod terminal;
-pub mod wire;
+pub(crate) mod wire;
 
 pub use credentials::{DockerConfig, Keyring, RegistryCredential, SourcedCredential};
 pub use platform::Platform;

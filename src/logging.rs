@@ -28,7 +28,7 @@ pub struct LoggingError {
 /// Text lines escape control and bidi characters in every field (a name holding a
 /// newline cannot forge a line, nor ESC rewrite the terminal) and carry colours only
 /// when stderr is a terminal and `NO_COLOR` is unset.
-pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError> {
+pub(crate) fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError> {
     use std::io::IsTerminal;
 
     let env_filter =

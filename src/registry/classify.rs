@@ -10,7 +10,7 @@ use crate::error_chain;
 use crate::{CheckOutcome, CheckStatus};
 
 /// At most this many characters of a response body are quoted in a reason.
-pub const MAX_QUOTED_CHARS: usize = 300;
+pub(crate) const MAX_QUOTED_CHARS: usize = 300;
 
 /// A distribution-spec error envelope: `{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}`.
 #[derive(Debug, Deserialize)]
@@ -82,7 +82,7 @@ pub fn classify_response(status: StatusCode, body: &[u8]) -> CheckOutcome {
 
 /// The status for a token endpoint's answer other than 2xx: the same classes as a
 /// manifest answer. `what` names the endpoint (`token endpoint auth.example.com`).
-pub fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> CheckOutcome {
+pub(crate) fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> CheckOutcome {
     let quoted = excerpt(body);
     let reason = |verdict: &str| {
         if quoted.is_empty() {
@@ -110,7 +110,7 @@ pub fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> C
 
 /// What kind of failure a request without an HTTP answer was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportFailure {
+pub(crate) enum TransportFailure {
     /// The deadline passed (connect, TLS or waiting for the answer).
     Timeout,
     /// The port refused the connection.
@@ -134,7 +134,7 @@ impl TransportFailure {
     /// nothing is downgraded: whoever controls the name could answer in plain HTTP
     /// anyway). Never after a certificate error or a timeout, which would downgrade a
     /// TLS registry to clear text.
-    pub fn plain_http_may_answer(self) -> bool {
+    pub(crate) fn plain_http_may_answer(self) -> bool {
         matches!(
             self,
             TransportFailure::Refused | TransportFailure::NotTls | TransportFailure::Dns
@@ -144,7 +144,7 @@ impl TransportFailure {
 
 /// Classifies a reqwest error by walking its source chain for the typed causes
 /// (`io::Error` kinds, rustls errors), with the text as a fallback.
-pub fn transport_failure(error: &reqwest::Error) -> TransportFailure {
+pub(crate) fn transport_failure(error: &reqwest::Error) -> TransportFailure {
     if error.is_timeout() {
         return TransportFailure::Timeout;
     }
@@ -204,7 +204,7 @@ pub struct Hints {
 }
 
 /// The status for a request to `origin` (`scheme://host`) that got no HTTP answer.
-pub fn classify_transport_error(
+pub(crate) fn classify_transport_error(
     error: &reqwest::Error,
     origin: &str,
     hints: &Hints,
@@ -245,7 +245,7 @@ pub fn classify_transport_error(
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
@@ -262,7 +262,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// At most [`MAX_QUOTED_CHARS`] characters of a body, trimmed, on one line.
-pub fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let mut out: String = text

@@ -20,7 +20,7 @@
 
 pub mod challenge;
 pub mod classify;
-pub mod pause;
+pub(crate) mod pause;
 pub mod pull_path;
 pub mod quota;
 mod token;
@@ -49,9 +49,9 @@ use token::{TokenKey, TokenScope};
 /// manifest lists, OCI and Docker manifests alike.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5";
 /// Manifests larger than this are refused, as containerd does (`limits.MaxManifestSize`).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Error bodies are read up to this size (only their start is ever quoted).
-pub const MAX_ERROR_BYTES: usize = 64 << 10;
+pub(crate) const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Responses one request may go through: a challenge, a HEAD->GET fallback, the answer.
 const MAX_RESPONSES: usize = 4;
 
@@ -338,7 +338,7 @@ fn host_of_url(url: &str) -> String {
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
-pub fn form_encode(value: &str) -> String {
+pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         match byte {
@@ -458,8 +458,9 @@ impl RegistryClient {
         gone
     }
 
-    /// Hosts whose state the client keeps (tests and memory figures).
-    pub fn known_hosts(&self) -> usize {
+    /// Hosts whose state the client keeps.
+    #[cfg(test)]
+    fn known_hosts(&self) -> usize {
         lock(&self.hosts).len()
     }
 

@@ -47,7 +47,7 @@ const DOCKER_SCHEMA1: [&str; 2] = [
 const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 /// Configs are read up to this size; a larger one is checked for existence and size
 /// only (containerd reads it whole, so its content is not judged here).
-pub const MAX_CONFIG_BYTES: usize = 8 << 20;
+pub(crate) const MAX_CONFIG_BYTES: usize = 8 << 20;
 /// Indexes nested deeper than this are refused (containerd has no limit; this is a
 /// bound on what a registry can make a check do).
 const MAX_NESTING: usize = 8;
@@ -140,9 +140,9 @@ pub struct PullPath {
     pub status: CheckStatus,
     pub reason: String,
     /// An index: the platforms its entries offer.
-    pub offered: Option<Vec<Platform>>,
+    pub(crate) offered: Option<Vec<Platform>>,
     /// An index: the verdict for each platform walked.
-    pub verdicts: Option<Vec<PlatformVerdict>>,
+    pub(crate) verdicts: Option<Vec<PlatformVerdict>>,
 }
 
 impl PullPath {
@@ -286,7 +286,7 @@ fn is_manifest_type(media_type: &str) -> bool {
 }
 
 /// containerd's `images.IsLayerType`.
-pub fn is_layer_type(media_type: &str) -> bool {
+pub(crate) fn is_layer_type(media_type: &str) -> bool {
     if media_type.starts_with("application/vnd.oci.image.layer.") {
         return true;
     }
@@ -419,7 +419,8 @@ impl DocumentCache {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
     }
 }
@@ -1177,11 +1178,6 @@ impl RegistryClient {
             .await
             .apply(&mut answer.outcome);
         answer
-    }
-
-    /// Documents kept by digest now (tests and memory figures).
-    pub fn kept_documents(&self) -> usize {
-        lock(&self.documents).len()
     }
 }
 
