@@ -2,11 +2,14 @@
 //!
 //! A check asks for one manifest (`HEAD`, `GET` where the registry refuses `HEAD`) with
 //! one credential and classifies whatever happened: every answer, of the registry or of
-//! its token endpoint, maps to a status through [`classify`]. What can be learned once
-//! per registry host is learned once and reused: the scheme (HTTPS, or plain HTTP after
-//! a permitted fallback) and the auth challenge (Basic, or Bearer with its realm and
-//! service), so that once a registry is known a check costs one token per repository
-//! (cached until it expires) and one `HEAD`.
+//! its token endpoint, maps to a status through [`classify`]. As deep as the check depth
+//! asks, it then walks the pull path from that manifest ([`pull_path`]). What can be
+//! learned once per registry host is learned once and reused: the scheme (HTTPS, or
+//! plain HTTP after a permitted fallback) and the auth challenge ([`challenge`]: Basic,
+//! or Bearer with its realm and service), so that once a registry is known a check
+//! costs one token per repository (cached until it expires: the token exchange, in
+//! `token.rs`) and one `HEAD`. Pull quotas announced on manifest answers are read
+//! ([`quota`]).
 //!
 //! Bounds: every request of a check (token, manifest, retries, fallbacks) runs under
 //! one deadline the caller gives; bodies are read up to a cap (manifests 4 MiB as
@@ -639,32 +642,31 @@ impl RegistryClient {
                 let body = final_.body.clone();
                 (self.digest_of_body(answer, final_), Some(body), size)
             }
-            None => {
-                // A HEAD answered without Docker-Content-Digest: the body tells.
-                debug!(
-                    host = target.endpoint.host,
-                    repository = target.repository,
-                    reference,
-                    "no Docker-Content-Digest; fetching the manifest"
-                );
-                match self
-                    .ask(
-                        target,
-                        Object::Manifest,
-                        reference,
-                        Want::Body(MAX_MANIFEST_BYTES),
-                    )
-                    .await
-                {
-                    Ok((answer, final_)) if answer.outcome.is_available() => {
-                        let body = final_.body.clone();
-                        let size = Some(body.len() as u64);
-                        (self.digest_of_body(answer, final_), Some(body), size)
-                    }
-                    Ok((answer, _)) => (answer, None, None),
-                    Err(answer) => (answer, None, None),
-                }
+            None => self.manifest_by_body(target, reference).await,
+        }
+    }
+
+    /// A manifest whose `HEAD` answer named no digest: fetched, the digest of its body.
+    async fn manifest_by_body(
+        &self,
+        target: Target<'_, '_>,
+        reference: &str,
+    ) -> (Answer, Option<Bytes>, Option<u64>) {
+        debug!(
+            host = target.endpoint.host,
+            repository = target.repository,
+            reference,
+            "no Docker-Content-Digest; fetching the manifest"
+        );
+        let want = Want::Body(MAX_MANIFEST_BYTES);
+        match self.ask(target, Object::Manifest, reference, want).await {
+            Ok((answer, final_)) if answer.outcome.is_available() => {
+                let body = final_.body.clone();
+                let size = Some(body.len() as u64);
+                (self.digest_of_body(answer, final_), Some(body), size)
             }
+            Ok((answer, _)) => (answer, None, None),
+            Err(answer) => (answer, None, None),
         }
     }
 
@@ -763,11 +765,7 @@ impl RegistryClient {
         reference: &str,
         want: Want,
     ) -> Result<(Answer, Final), Answer> {
-        let Target {
-            endpoint,
-            credential,
-            ..
-        } = target;
+        let endpoint = target.endpoint;
         let state = self.state(endpoint.host);
         let learned = *lock(&state.plain_http);
         let schemes: &[bool] = match (endpoint.scheme, learned) {
@@ -794,31 +792,8 @@ impl RegistryClient {
                 .await
             {
                 Ok(final_) => {
-                    if object == Object::Manifest
-                        && let Some(quota) = quota::Quota::from_headers(&final_.headers)
-                    {
-                        self.observer.quota(&state.host, &quota);
-                    }
-                    if endpoint.scheme == Scheme::HttpsOrPlain {
-                        *lock(&state.plain_http) = Some(plain);
-                    }
-                    let mut outcome = classify::classify_response(final_.status, &final_.body);
-                    outcome.reason =
-                        redact_with_bearer(outcome.reason, credential, final_.bearer.as_deref());
-                    if final_.status == StatusCode::TOO_MANY_REQUESTS {
-                        self.note_429(&state, &final_.headers, &mut outcome);
-                    }
-                    if !outcome.is_available() {
-                        outcome.reason = format!("{origin}: {}", outcome.reason);
-                    }
-                    return Ok((
-                        Answer {
-                            outcome,
-                            http_status: Some(final_.status.as_u16()),
-                            origin,
-                        },
-                        final_,
-                    ));
+                    let answer = self.answered(&state, target, plain, origin, object, &final_);
+                    return Ok((answer, final_));
                 }
                 Err(Failure::Outcome(outcome)) => return Err(Answer::local(outcome, origin)),
                 Err(Failure::NoAnswer(kind, outcome)) => {
@@ -837,6 +812,42 @@ impl RegistryClient {
                 endpoint.host.to_string(),
             )
         }))
+    }
+
+    /// What the host's final answer over `plain` (or HTTPS) means, classified and
+    /// redacted; what it taught is kept for the host: its scheme, its pull quota, the
+    /// pause a 429 starts.
+    fn answered(
+        &self,
+        state: &Arc<HostState>,
+        target: Target<'_, '_>,
+        plain: bool,
+        origin: String,
+        object: Object,
+        final_: &Final,
+    ) -> Answer {
+        if object == Object::Manifest
+            && let Some(quota) = quota::Quota::from_headers(&final_.headers)
+        {
+            self.observer.quota(&state.host, &quota);
+        }
+        if target.endpoint.scheme == Scheme::HttpsOrPlain {
+            *lock(&state.plain_http) = Some(plain);
+        }
+        let mut outcome = classify::classify_response(final_.status, &final_.body);
+        outcome.reason =
+            redact_with_bearer(outcome.reason, target.credential, final_.bearer.as_deref());
+        if final_.status == StatusCode::TOO_MANY_REQUESTS {
+            self.note_429(state, &final_.headers, &mut outcome);
+        }
+        if !outcome.is_available() {
+            outcome.reason = format!("{origin}: {}", outcome.reason);
+        }
+        Answer {
+            outcome,
+            http_status: Some(final_.status.as_u16()),
+            origin,
+        }
     }
 
     /// Records a 429 of `state`'s host (pausing it) and says so in the reason.

@@ -815,20 +815,7 @@ impl Walk<'_, '_, '_, '_> {
                             .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
                     );
                     let Some(chosen) = choose(entries, &node) else {
-                        // What containerd answers there, with what the index has.
-                        let mut listed: Vec<Platform> = Vec::new();
-                        for p in offered
-                            .iter()
-                            .filter(|p| p.os != "unknown" && !p.os.is_empty())
-                        {
-                            if !listed.contains(p) {
-                                listed.push(p.clone());
-                            }
-                        }
-                        return Err((
-                            CheckStatus::Absent,
-                            crate::platform::missing_reason(&[&node], &listed),
-                        ));
+                        return Err(no_match(&node, &offered));
                     };
                     unlabelled = chosen.platform.is_none();
                     what = if crate::platform::is_index(&chosen.media_type) {
@@ -902,48 +889,13 @@ impl Walk<'_, '_, '_, '_> {
             return Ok(());
         }
         self.layers(layers, platform).await?;
-        if let Some((_, diff_ids)) = summary
-            && diff_ids != layers.len()
-        {
-            let artifact = if !artifact_type.is_empty() {
-                format!(", artifactType {artifact_type}")
-            } else if config.media_type == HELM_CONFIG {
-                ", a Helm chart".to_string()
-            } else {
-                String::new()
-            };
-            return Err((
-                CheckStatus::UnknownError,
-                format!(
-                    "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
-                    for_platform(platform),
-                    if config.media_type.is_empty() {
-                        "(none)"
-                    } else {
-                        &config.media_type
-                    },
-                    layers.len()
-                ),
-            ));
-        }
-        if let Some((i, layer)) = layers
-            .iter()
-            .enumerate()
-            .find(|(_, l)| !is_layer_type(&l.media_type))
-        {
-            return Err((
-                CheckStatus::UnknownError,
-                format!(
-                    "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
-                    i + 1,
-                    layers.len(),
-                    layer.digest,
-                    for_platform(platform),
-                    layer.media_type
-                ),
-            ));
-        }
-        Ok(())
+        unpackable(
+            config,
+            layers,
+            artifact_type,
+            platform,
+            summary.map(|(_, diff_ids)| diff_ids),
+        )
     }
 
     async fn layers(
@@ -981,6 +933,78 @@ impl Walk<'_, '_, '_, '_> {
         let what = format!("layer {} of {total} ({})", i + 1, layer.digest);
         self.layer(layer, &what, platform).await
     }
+}
+
+/// What containerd's unpack refuses once every blob is there: a config whose
+/// `rootfs.diff_ids` (`diff_ids`, None when not read) do not count the layers (not an
+/// image: an artifact, a Helm chart), a layer of a type it cannot unpack.
+fn unpackable(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    artifact_type: &str,
+    platform: Option<&Platform>,
+    diff_ids: Option<usize>,
+) -> Result<(), Failed> {
+    if let Some(diff_ids) = diff_ids
+        && diff_ids != layers.len()
+    {
+        let artifact = if !artifact_type.is_empty() {
+            format!(", artifactType {artifact_type}")
+        } else if config.media_type == HELM_CONFIG {
+            ", a Helm chart".to_string()
+        } else {
+            String::new()
+        };
+        return Err((
+            CheckStatus::UnknownError,
+            format!(
+                "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
+                for_platform(platform),
+                if config.media_type.is_empty() {
+                    "(none)"
+                } else {
+                    &config.media_type
+                },
+                layers.len()
+            ),
+        ));
+    }
+    if let Some((i, layer)) = layers
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !is_layer_type(&l.media_type))
+    {
+        return Err((
+            CheckStatus::UnknownError,
+            format!(
+                "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
+                i + 1,
+                layers.len(),
+                layer.digest,
+                for_platform(platform),
+                layer.media_type
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What containerd answers when no entry of an index runs on `node`, with the
+/// platforms the indexes walked so far offer (each once, `unknown` ones left out).
+fn no_match(node: &Platform, offered: &[Platform]) -> Failed {
+    let mut listed: Vec<Platform> = Vec::new();
+    for p in offered
+        .iter()
+        .filter(|p| p.os != "unknown" && !p.os.is_empty())
+    {
+        if !listed.contains(p) {
+            listed.push(p.clone());
+        }
+    }
+    (
+        CheckStatus::Absent,
+        crate::platform::missing_reason(&[node], &listed),
+    )
 }
 
 /// The child containerd pulls for a node of `node`'s platform: entries it runs, in its
