@@ -971,7 +971,7 @@ impl RegistryClient {
         let mut challenged = false;
         for _ in 0..MAX_RESPONSES {
             let method = want.method();
-            let request = object_request(endpoint, &url, object, want, &authorization, target);
+            let request = object_request(target, &url, object, want, &authorization);
             let response = self
                 .send(state, request, endpoint.host, target.deadline)
                 .await?;
@@ -1134,13 +1134,13 @@ fn object_url(
 /// containerd's fetcher does: any type), the range of a first-byte request, the
 /// endpoint's headers, and the authorization.
 fn object_request(
-    endpoint: &Endpoint<'_>,
+    target: Target<'_, '_>,
     url: &str,
     object: Object,
     want: Want,
     authorization: &Authorization,
-    target: Target<'_, '_>,
 ) -> reqwest::RequestBuilder {
+    let endpoint = target.endpoint;
     let accept = match object {
         Object::Manifest => endpoint.accept,
         Object::Blob => "*/*",
