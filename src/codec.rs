@@ -13,10 +13,10 @@ use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size (and growth step) of a stream's encode and decode buffers.
-pub const BUFFER_SIZE: usize = 1024;
+pub(crate) const BUFFER_SIZE: usize = 1024;
 /// Encoded messages are handed to the stream at this size at the latest (tonic's
 /// default).
-pub const YIELD_THRESHOLD: usize = 32 * 1024;
+pub(crate) const YIELD_THRESHOLD: usize = 32 * 1024;
 
 fn settings() -> BufferSettings {
     BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
@@ -24,7 +24,7 @@ fn settings() -> BufferSettings {
 
 /// [`ProstCodec`] with [`BUFFER_SIZE`] buffers (the generated agent protocol's codec).
 #[derive(Debug, Clone)]
-pub struct AgentProtocolCodec<T, U> {
+pub(crate) struct AgentProtocolCodec<T, U> {
     _pd: PhantomData<(T, U)>,
 }
 

@@ -33,7 +33,7 @@ pub struct RegistryCredential {
 impl RegistryCredential {
     /// A process-local fingerprint, for keying caches (tokens) without holding a second
     /// copy of the secret in the key.
-    pub fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
+    pub(crate) fn fingerprint(credential: Option<&RegistryCredential>) -> u64 {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
         credential.hash(&mut hasher);
@@ -365,7 +365,7 @@ impl Keyring {
 
     /// `BasicDockerKeyring.Lookup` for the kubelet's repository name
     /// (`registry/repository`, as `ParseNormalizedNamed(...).Name()`).
-    pub fn lookup_name(&self, name: &str) -> Vec<SourcedCredential> {
+    pub(crate) fn lookup_name(&self, name: &str) -> Vec<SourcedCredential> {
         let matched: Vec<SourcedCredential> = self
             .index
             .iter()

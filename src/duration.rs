@@ -170,7 +170,7 @@ pub fn parse_non_negative(input: &str) -> Result<Duration, DurationError> {
 /// pullwatch's flags accepted before Go syntax was the rule (humantime's `1d`,
 /// `5min`, `1h 30m`). Surrounding whitespace is ignored. Zero and negative durations
 /// are refused: every duration flag is an interval or a timeout.
-pub fn parse_flag(input: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_flag(input: &str) -> Result<Duration, DurationError> {
     let text = input.trim();
     let duration = match parse_nanos(text) {
         Ok(nanos) => u64::try_from(nanos)

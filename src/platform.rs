@@ -13,13 +13,13 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 /// Index and manifest-list media types: the manifests that carry per-platform entries.
-pub const INDEX_MEDIA_TYPES: [&str; 2] = [
+pub(crate) const INDEX_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
 /// Whether `media_type` (a `Content-Type`, parameters allowed) is an index.
-pub fn is_index(media_type: &str) -> bool {
+pub(crate) fn is_index(media_type: &str) -> bool {
     let essence = media_type.split(';').next().unwrap_or_default().trim();
     INDEX_MEDIA_TYPES
         .iter()
@@ -61,7 +61,7 @@ impl Platform {
 
     /// What a node of this platform runs, in containerd's order of preference
     /// (`platformVector`): itself, then what its architecture also executes.
-    pub fn runnable(&self) -> Vec<Platform> {
+    pub(crate) fn runnable(&self) -> Vec<Platform> {
         let mut vector = vec![self.clone()];
         let version = |variant: &str| variant.trim_start_matches('v').parse::<u32>().ok();
         match self.architecture.as_str() {
@@ -94,7 +94,7 @@ impl Platform {
     }
 
     /// Whether a node of this platform pulls `candidate` (containerd's `Only` matcher).
-    pub fn runs(&self, candidate: &Platform) -> bool {
+    pub(crate) fn runs(&self, candidate: &Platform) -> bool {
         self.runnable().iter().any(|p| p == candidate)
     }
 
@@ -191,17 +191,26 @@ struct IndexDocument {
 
 #[derive(Deserialize)]
 struct IndexEntry {
-    platform: Option<EntryPlatform>,
+    platform: Option<DescriptorPlatform>,
 }
 
-#[derive(Deserialize)]
-struct EntryPlatform {
+/// The `platform` of an index entry (an OCI descriptor), as written; read leniently
+/// (a missing field is empty), as Go's `encoding/json` reads it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct DescriptorPlatform {
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
     #[serde(default)]
-    variant: String,
+    pub(crate) variant: String,
+}
+
+impl DescriptorPlatform {
+    /// The platform, normalized as containerd normalizes it.
+    pub(crate) fn normalized(&self) -> Platform {
+        Platform::new(&self.os, &self.architecture, &self.variant)
+    }
 }
 
 /// Why an index body says nothing.
@@ -226,7 +235,7 @@ pub fn index_platforms(body: &[u8]) -> Result<Vec<Platform>, IndexError> {
         if p.os.is_empty() || p.architecture.is_empty() || p.os == "unknown" {
             continue;
         }
-        let platform = Platform::new(&p.os, &p.architecture, &p.variant);
+        let platform = p.normalized();
         if !platforms.contains(&platform) {
             platforms.push(platform);
         }
@@ -236,7 +245,10 @@ pub fn index_platforms(body: &[u8]) -> Result<Vec<Platform>, IndexError> {
 
 /// Of the platforms a workload can land on (`wanted`), those no entry of an index
 /// offering `offered` runs on.
-pub fn missing_platforms<'a>(wanted: &'a [Platform], offered: &[Platform]) -> Vec<&'a Platform> {
+pub(crate) fn missing_platforms<'a>(
+    wanted: &'a [Platform],
+    offered: &[Platform],
+) -> Vec<&'a Platform> {
     wanted
         .iter()
         .filter(|node| !offered.iter().any(|entry| node.runs(entry)))
@@ -245,7 +257,7 @@ pub fn missing_platforms<'a>(wanted: &'a [Platform], offered: &[Platform]) -> Ve
 
 /// The reason a check gives when `missing` is not empty: what containerd answers, with
 /// what the index has.
-pub fn missing_reason(missing: &[&Platform], offered: &[Platform]) -> String {
+pub(crate) fn missing_reason(missing: &[&Platform], offered: &[Platform]) -> String {
     let list = |items: &mut dyn Iterator<Item = String>| items.collect::<Vec<_>>().join(", ");
     format!(
         "no match for platform {} in the manifest index (it has {})",

@@ -19,7 +19,7 @@ use base64::Engine;
 use crate::credentials::RegistryCredential;
 
 /// What replaces a secret.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// Secrets shorter than this are not redacted: replacing every `a` of a reason would
 /// say more about a one-letter password than leaving it.
@@ -254,14 +254,6 @@ fn percent_encoded(secret: &str, form: bool, lower: bool) -> String {
         }
     }
     out
-}
-
-/// `text` without any form of the secrets of `credentials`.
-pub fn redact<'a>(
-    text: &str,
-    credentials: impl IntoIterator<Item = &'a RegistryCredential>,
-) -> String {
-    Redactor::for_credentials(credentials).redact(text)
 }
 
 use std::fmt;

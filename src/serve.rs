@@ -43,7 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::support::{Throttle, lock};
+use crate::locks::lock;
+use crate::logging::Throttle;
 
 /// A response body: a whole buffer or a stream of chunks.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -51,7 +52,7 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 /// The Prometheus text exposition format, as both binaries serve it.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Plain text.
-pub const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 /// File descriptors kept out of the default connection cap: the process's own files,
 /// sockets to registries, the API server and the runtime.
@@ -407,7 +408,8 @@ impl Listener {
     }
 
     /// Connections open now.
-    pub fn open_connections(&self) -> usize {
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
         lock(&self.open).len()
     }
 
@@ -421,7 +423,7 @@ impl Listener {
 
     /// Tracks `stream` from now on; at the cap the connection longest without a
     /// complete request (one with nothing in flight first) is closed to make room.
-    pub fn admit<S>(self: &Arc<Self>, stream: S, peer: SocketAddr) -> Tracked<S> {
+    pub(crate) fn admit<S>(self: &Arc<Self>, stream: S, peer: SocketAddr) -> Tracked<S> {
         let now = millis_since(self.epoch);
         let state = Arc::new(ConnectionState {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -577,7 +579,7 @@ pub struct Tracked<S> {
 
 impl<S> Tracked<S> {
     /// The handle for the code serving this connection.
-    pub fn connection(&self) -> Connection {
+    pub(crate) fn connection(&self) -> Connection {
         Connection(self.state.clone())
     }
 

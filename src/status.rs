@@ -1,4 +1,7 @@
-//! Check statuses: the vocabulary every stage (checker, agent, metrics, CLI) shares.
+//! What a check found, in the vocabulary every stage (checker, agent, metrics, CLI)
+//! shares: its status, its outcome (status, reason, digest, platforms, each walked
+//! platform's verdict), how it is made ([`CheckMode`]), and the one rule for a check
+//! that tried several credentials ([`most_informative_failure`]).
 
 use std::fmt;
 use std::str::FromStr;

@@ -14,7 +14,7 @@ use crate::proto;
 use crate::status::{CheckMode, CheckStatus};
 
 /// `source` of a credential the aggregator sent without naming where it came from.
-pub const UNNAMED_CREDENTIAL_SOURCE: &str = "aggregator";
+pub(crate) const UNNAMED_CREDENTIAL_SOURCE: &str = "aggregator";
 
 /// A protocol enum value that stands for none of ours: unspecified, or a value this
 /// build does not know (a newer peer).

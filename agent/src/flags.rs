@@ -41,7 +41,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-pub use pullwatch::support::LogFormat;
+pub use pullwatch::logging::LogFormat;
 
 // Parsed once at start and matched at once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Command::Run(_) => "info",
     };
     let level = cli.log_level.as_deref().unwrap_or(default_level);
-    let result = pullwatch::support::start(level, cli.log_format)
+    let result = pullwatch::process::start(level, cli.log_format)
         .map_err(Error::from)
         .and_then(|runtime| {
             runtime.block_on(async {
@@ -98,7 +98,7 @@ async fn run(args: RunArgs) -> pullwatch_agent::Result<ExitCode> {
     let session = pullwatch_agent::session::run(Arc::new(checker), metrics, session_config);
     tokio::select! {
         () = session => {}
-        () = pullwatch::support::shutdown_signal() => tracing::info!("shutting down"),
+        () = pullwatch::process::shutdown_signal() => tracing::info!("shutting down"),
     }
     server.abort();
     Ok(ExitCode::SUCCESS)

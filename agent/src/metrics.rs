@@ -18,10 +18,10 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+use pullwatch::locks::lock;
 use pullwatch::registry::RegistryObserver;
 use pullwatch::registry::quota::Quota;
 use pullwatch::serve::{self, Body};
-use pullwatch::support::lock;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -516,7 +516,7 @@ fn respond(
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
             let body = {
-                let mut cached = pullwatch::support::lock(rendered);
+                let mut cached = pullwatch::locks::lock(rendered);
                 match cached.as_ref() {
                     Some((at, body))
                         if Arc::strong_count(body) > 1 && at.elapsed() < RENDER_REUSE =>

@@ -246,7 +246,7 @@ async fn connect(
 ) -> Result<AgentServiceClient<Channel>, SessionError> {
     let channel = endpoint(config)?.connect().await.map_err(|e| {
         metrics.connection_attempt("connect_error");
-        SessionError::Connect(pullwatch::support::error_chain(&e))
+        SessionError::Connect(pullwatch::error_chain(&e))
     })?;
     Ok(AgentServiceClient::new(channel))
 }

@@ -19,7 +19,7 @@ use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
 use crate::store::ResultStore;
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 
 /// What the endpoints report on.
 pub struct EndpointState {

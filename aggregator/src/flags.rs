@@ -33,7 +33,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-pub(crate) use pullwatch::support::LogFormat;
+pub(crate) use pullwatch::logging::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {

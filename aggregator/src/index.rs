@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, Platform, SourcedCredential};
 use regex::Regex;
 use tokio::sync::watch;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use pullwatch::locks::lock;
 use pullwatch::serve::Limits;
-use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus};
 use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::server::{AgentServer, AgentServerError};
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let runtime = pullwatch::support::start(&cli.log_level, cli.log_format)?;
+    let runtime = pullwatch::process::start(&cli.log_level, cli.log_format)?;
     match cli.command {
         Command::Check(args) => {
             let code = runtime.block_on(run_check(*args));
@@ -192,7 +192,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let pipeline = Arc::new(pipeline);
     let state = Arc::new(EndpointState::new(pipeline.clone()));
     tokio::spawn(async move {
-        pullwatch::support::shutdown_signal().await;
+        pullwatch::process::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     let local = listener

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use pullwatch::CheckOutcome;
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use tokio::sync::watch;
 use tracing::debug;
 

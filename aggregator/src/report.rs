@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use pullwatch::CheckOutcome;
-use pullwatch::support::escape_controls;
+use pullwatch::terminal::escape_controls;
 use serde::Serialize;
 
 use crate::index::ContainerRef;

@@ -15,7 +15,7 @@ pub struct Challenge {
 
 impl Challenge {
     /// The first value of parameter `name` (case-insensitive).
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))

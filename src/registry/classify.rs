@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use crate::support::error_chain;
+use crate::error_chain;
 use crate::{CheckOutcome, CheckStatus};
 
 /// At most this many characters of a response body are quoted in a reason.
-pub const MAX_QUOTED_CHARS: usize = 300;
+pub(crate) const MAX_QUOTED_CHARS: usize = 300;
 
 /// A distribution-spec error envelope: `{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}`.
 #[derive(Debug, Deserialize)]
@@ -82,7 +82,7 @@ pub fn classify_response(status: StatusCode, body: &[u8]) -> CheckOutcome {
 
 /// The status for a token endpoint's answer other than 2xx: the same classes as a
 /// manifest answer. `what` names the endpoint (`token endpoint auth.example.com`).
-pub fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> CheckOutcome {
+pub(crate) fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> CheckOutcome {
     let quoted = excerpt(body);
     let reason = |verdict: &str| {
         if quoted.is_empty() {
@@ -110,7 +110,7 @@ pub fn classify_token_response(status: StatusCode, body: &[u8], what: &str) -> C
 
 /// What kind of failure a request without an HTTP answer was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportFailure {
+pub(crate) enum TransportFailure {
     /// The deadline passed (connect, TLS or waiting for the answer).
     Timeout,
     /// The port refused the connection.
@@ -134,7 +134,7 @@ impl TransportFailure {
     /// nothing is downgraded: whoever controls the name could answer in plain HTTP
     /// anyway). Never after a certificate error or a timeout, which would downgrade a
     /// TLS registry to clear text.
-    pub fn plain_http_may_answer(self) -> bool {
+    pub(crate) fn plain_http_may_answer(self) -> bool {
         matches!(
             self,
             TransportFailure::Refused | TransportFailure::NotTls | TransportFailure::Dns
@@ -144,7 +144,7 @@ impl TransportFailure {
 
 /// Classifies a reqwest error by walking its source chain for the typed causes
 /// (`io::Error` kinds, rustls errors), with the text as a fallback.
-pub fn transport_failure(error: &reqwest::Error) -> TransportFailure {
+pub(crate) fn transport_failure(error: &reqwest::Error) -> TransportFailure {
     if error.is_timeout() {
         return TransportFailure::Timeout;
     }
@@ -204,7 +204,7 @@ pub struct Hints {
 }
 
 /// The status for a request to `origin` (`scheme://host`) that got no HTTP answer.
-pub fn classify_transport_error(
+pub(crate) fn classify_transport_error(
     error: &reqwest::Error,
     origin: &str,
     hints: &Hints,
@@ -245,7 +245,7 @@ pub fn classify_transport_error(
 }
 
 /// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
@@ -262,7 +262,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// At most [`MAX_QUOTED_CHARS`] characters of a body, trimmed, on one line.
-pub fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     let mut out: String = text
@@ -280,37 +280,51 @@ pub fn excerpt(body: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A distribution-spec error body holding one error.
+    fn envelope(code: &str, message: &str) -> String {
+        format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"}}]}}"#)
+    }
+
     #[test]
     fn status_table() {
         let cases = [
-            (200, "", CheckStatus::Available),
-            (404, "", CheckStatus::Absent),
+            (200, String::new(), CheckStatus::Available),
+            (404, String::new(), CheckStatus::Absent),
             (
                 400,
-                r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                envelope("MANIFEST_UNKNOWN", "manifest unknown"),
                 CheckStatus::Absent,
             ),
             (
                 404,
-                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}"#,
+                envelope("MANIFEST_UNKNOWN", "manifest unknown"),
                 CheckStatus::Absent,
             ),
-            (401, "", CheckStatus::AuthenticationFailure),
-            (403, "", CheckStatus::AuthorizationFailure),
+            (
+                404,
+                envelope("NAME_UNKNOWN", "repository name not known"),
+                CheckStatus::Absent,
+            ),
+            (401, String::new(), CheckStatus::AuthenticationFailure),
+            (403, String::new(), CheckStatus::AuthorizationFailure),
             (
                 400,
-                r#"{"errors":[{"code":"DENIED","message":"no"}]}"#,
+                envelope("DENIED", "no"),
                 CheckStatus::AuthorizationFailure,
             ),
-            (429, "", CheckStatus::RateLimited),
-            (500, "", CheckStatus::RegistryUnavailable),
-            (503, "<html>down</html>", CheckStatus::RegistryUnavailable),
+            (429, String::new(), CheckStatus::RateLimited),
+            (500, String::new(), CheckStatus::RegistryUnavailable),
+            (
+                503,
+                "<html>down</html>".into(),
+                CheckStatus::RegistryUnavailable,
+            ),
             (
                 400,
-                r#"{"errors":[{"code":"TAG_INVALID","message":"bad"}]}"#,
+                envelope("TAG_INVALID", "bad"),
                 CheckStatus::BadImageFormat,
             ),
-            (418, "teapot", CheckStatus::UnknownError),
+            (418, "teapot".into(), CheckStatus::UnknownError),
         ];
         for (code, body, expected) in cases {
             let outcome = classify_response(StatusCode::from_u16(code).unwrap(), body.as_bytes());
@@ -322,18 +336,13 @@ mod tests {
                     outcome.reason
                 );
             }
+            // An error envelope is quoted as `CODE: message`.
+            let errors = serde_json::from_str::<Envelope>(&body).map_or(Vec::new(), |e| e.errors);
+            for error in errors {
+                let quoted = format!("{}: {}", error.code, error.message);
+                assert!(outcome.reason.contains(&quoted), "{}", outcome.reason);
+            }
         }
-        let outcome = classify_response(
-            StatusCode::NOT_FOUND,
-            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
-        );
-        assert!(
-            outcome
-                .reason
-                .contains("MANIFEST_UNKNOWN: manifest unknown"),
-            "{}",
-            outcome.reason
-        );
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //!
 //! A check asks for one manifest (`HEAD`, `GET` where the registry refuses `HEAD`) with
 //! one credential and classifies whatever happened: every answer, of the registry or of
-//! its token endpoint, maps to a status through [`classify`]. What can be learned once
-//! per registry host is learned once and reused: the scheme (HTTPS, or plain HTTP after
-//! a permitted fallback) and the auth challenge (Basic, or Bearer with its realm and
-//! service), so that once a registry is known a check costs one token per repository
-//! (cached until it expires) and one `HEAD`.
+//! its token endpoint, maps to a status through [`classify`]. As deep as the check depth
+//! asks, it then walks the pull path from that manifest ([`pull_path`]). What can be
+//! learned once per registry host is learned once and reused: the scheme (HTTPS, or
+//! plain HTTP after a permitted fallback) and the auth challenge ([`challenge`]: Basic,
+//! or Bearer with its realm and service), so that once a registry is known a check
+//! costs one token per repository (cached until it expires: the token exchange, in
+//! `token.rs`) and one `HEAD`. Pull quotas announced on manifest answers are read
+//! ([`quota`]).
 //!
 //! Bounds: every request of a check (token, manifest, retries, fallbacks) runs under
 //! one deadline the caller gives; bodies are read up to a cap (manifests 4 MiB as
@@ -20,9 +23,10 @@
 
 pub mod challenge;
 pub mod classify;
-pub mod pause;
+pub(crate) mod pause;
 pub mod pull_path;
 pub mod quota;
+mod token;
 
 use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
@@ -33,29 +37,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, Method, StatusCode};
-use serde::Deserialize;
 use tracing::debug;
 
+use crate::error_chain;
+use crate::locks::lock;
 use crate::platform::Platform;
-use crate::support::{error_chain, lock, sha256_digest};
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 use challenge::AuthScheme;
 use classify::TransportFailure;
 use pause::{Pause, PauseChange};
+use token::{TokenKey, TokenScope};
 
 /// Every manifest media type a runtime accepts, so registries answer for indexes,
 /// manifest lists, OCI and Docker manifests alike.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5";
 /// Manifests larger than this are refused, as containerd does (`limits.MaxManifestSize`).
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
-/// Token responses are read up to this size.
-pub const MAX_TOKEN_BYTES: usize = 1 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Error bodies are read up to this size (only their start is ever quoted).
-pub const MAX_ERROR_BYTES: usize = 64 << 10;
-/// Bearer tokens without `expires_in` live 60 s (the distribution token spec's default).
-const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
-/// A token is not used in its last seconds, so it does not expire on the way.
-const TOKEN_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Responses one request may go through: a challenge, a HEAD->GET fallback, the answer.
 const MAX_RESPONSES: usize = 4;
 
@@ -196,6 +195,16 @@ pub(crate) enum Want {
     FirstByte,
 }
 
+impl Want {
+    /// `HEAD` for [`Want::Head`], else `GET`.
+    fn method(self) -> Method {
+        match self {
+            Want::Head => Method::HEAD,
+            Want::Body(_) | Want::FirstByte => Method::GET,
+        }
+    }
+}
+
 /// The result of one check against one host.
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -239,14 +248,6 @@ struct HostState {
     challenge: Mutex<Option<(bool, AuthScheme)>>,
     /// The token endpoints' hosts this host sent us to (their series are its own).
     realms: Mutex<BTreeSet<String>>,
-}
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct TokenKey {
-    realm: String,
-    service: Option<String>,
-    scope: String,
-    credential: u64,
 }
 
 /// The client. Shareable; all state (hosts, tokens, pauses) is internal.
@@ -340,7 +341,7 @@ fn host_of_url(url: &str) -> String {
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
-pub fn form_encode(value: &str) -> String {
+pub(crate) fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         match byte {
@@ -372,6 +373,18 @@ fn redact_with_bearer(
     redactor.redact(&text)
 }
 
+/// `sha256:<hex>` of `bytes`: the digest of a manifest the registry named none for.
+fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in hash {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
 /// The `Content-Length` an answer declares.
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -391,7 +404,7 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
 
 impl RegistryClient {
     pub fn new(config: ClientConfig, observer: Arc<dyn RegistryObserver>) -> Self {
-        crate::support::install_crypto_provider();
+        crate::process::install_crypto_provider();
         RegistryClient {
             observer,
             hosts: Mutex::new(HashMap::new()),
@@ -448,8 +461,9 @@ impl RegistryClient {
         gone
     }
 
-    /// Hosts whose state the client keeps (tests and memory figures).
-    pub fn known_hosts(&self) -> usize {
+    /// Hosts whose state the client keeps.
+    #[cfg(test)]
+    fn known_hosts(&self) -> usize {
         lock(&self.hosts).len()
     }
 
@@ -628,32 +642,31 @@ impl RegistryClient {
                 let body = final_.body.clone();
                 (self.digest_of_body(answer, final_), Some(body), size)
             }
-            None => {
-                // A HEAD answered without Docker-Content-Digest: the body tells.
-                debug!(
-                    host = target.endpoint.host,
-                    repository = target.repository,
-                    reference,
-                    "no Docker-Content-Digest; fetching the manifest"
-                );
-                match self
-                    .ask(
-                        target,
-                        Object::Manifest,
-                        reference,
-                        Want::Body(MAX_MANIFEST_BYTES),
-                    )
-                    .await
-                {
-                    Ok((answer, final_)) if answer.outcome.is_available() => {
-                        let body = final_.body.clone();
-                        let size = Some(body.len() as u64);
-                        (self.digest_of_body(answer, final_), Some(body), size)
-                    }
-                    Ok((answer, _)) => (answer, None, None),
-                    Err(answer) => (answer, None, None),
-                }
+            None => self.manifest_by_body(target, reference).await,
+        }
+    }
+
+    /// A manifest whose `HEAD` answer named no digest: fetched, the digest of its body.
+    async fn manifest_by_body(
+        &self,
+        target: Target<'_, '_>,
+        reference: &str,
+    ) -> (Answer, Option<Bytes>, Option<u64>) {
+        debug!(
+            host = target.endpoint.host,
+            repository = target.repository,
+            reference,
+            "no Docker-Content-Digest; fetching the manifest"
+        );
+        let want = Want::Body(MAX_MANIFEST_BYTES);
+        match self.ask(target, Object::Manifest, reference, want).await {
+            Ok((answer, final_)) if answer.outcome.is_available() => {
+                let body = final_.body.clone();
+                let size = Some(body.len() as u64);
+                (self.digest_of_body(answer, final_), Some(body), size)
             }
+            Ok((answer, _)) => (answer, None, None),
+            Err(answer) => (answer, None, None),
         }
     }
 
@@ -752,11 +765,7 @@ impl RegistryClient {
         reference: &str,
         want: Want,
     ) -> Result<(Answer, Final), Answer> {
-        let Target {
-            endpoint,
-            credential,
-            ..
-        } = target;
+        let endpoint = target.endpoint;
         let state = self.state(endpoint.host);
         let learned = *lock(&state.plain_http);
         let schemes: &[bool] = match (endpoint.scheme, learned) {
@@ -783,31 +792,8 @@ impl RegistryClient {
                 .await
             {
                 Ok(final_) => {
-                    if object == Object::Manifest
-                        && let Some(quota) = quota::Quota::from_headers(&final_.headers)
-                    {
-                        self.observer.quota(&state.host, &quota);
-                    }
-                    if endpoint.scheme == Scheme::HttpsOrPlain {
-                        *lock(&state.plain_http) = Some(plain);
-                    }
-                    let mut outcome = classify::classify_response(final_.status, &final_.body);
-                    outcome.reason =
-                        redact_with_bearer(outcome.reason, credential, final_.bearer.as_deref());
-                    if final_.status == StatusCode::TOO_MANY_REQUESTS {
-                        self.note_429(&state, &final_.headers, &mut outcome);
-                    }
-                    if !outcome.is_available() {
-                        outcome.reason = format!("{origin}: {}", outcome.reason);
-                    }
-                    return Ok((
-                        Answer {
-                            outcome,
-                            http_status: Some(final_.status.as_u16()),
-                            origin,
-                        },
-                        final_,
-                    ));
+                    let answer = self.answered(&state, target, plain, origin, object, &final_);
+                    return Ok((answer, final_));
                 }
                 Err(Failure::Outcome(outcome)) => return Err(Answer::local(outcome, origin)),
                 Err(Failure::NoAnswer(kind, outcome)) => {
@@ -826,6 +812,42 @@ impl RegistryClient {
                 endpoint.host.to_string(),
             )
         }))
+    }
+
+    /// What the host's final answer over `plain` (or HTTPS) means, classified and
+    /// redacted; what it taught is kept for the host: its scheme, its pull quota, the
+    /// pause a 429 starts.
+    fn answered(
+        &self,
+        state: &Arc<HostState>,
+        target: Target<'_, '_>,
+        plain: bool,
+        origin: String,
+        object: Object,
+        final_: &Final,
+    ) -> Answer {
+        if object == Object::Manifest
+            && let Some(quota) = quota::Quota::from_headers(&final_.headers)
+        {
+            self.observer.quota(&state.host, &quota);
+        }
+        if target.endpoint.scheme == Scheme::HttpsOrPlain {
+            *lock(&state.plain_http) = Some(plain);
+        }
+        let mut outcome = classify::classify_response(final_.status, &final_.body);
+        outcome.reason =
+            redact_with_bearer(outcome.reason, target.credential, final_.bearer.as_deref());
+        if final_.status == StatusCode::TOO_MANY_REQUESTS {
+            self.note_429(state, &final_.headers, &mut outcome);
+        }
+        if !outcome.is_available() {
+            outcome.reason = format!("{origin}: {}", outcome.reason);
+        }
+        Answer {
+            outcome,
+            http_status: Some(final_.status.as_u16()),
+            origin,
+        }
     }
 
     /// Records a 429 of `state`'s host (pausing it) and says so in the reason.
@@ -939,76 +961,20 @@ impl RegistryClient {
         reference: &str,
         want: Want,
     ) -> Result<Final, Failure> {
-        let Target {
-            endpoint,
-            repository,
-            credential,
-            deadline,
-        } = target;
-        let mut url = format!(
-            "{origin}{}/{repository}/{}/{reference}",
-            endpoint.api_root,
-            object.path()
-        );
-        if let Some(ns) = endpoint.namespace {
-            url.push_str("?ns=");
-            url.push_str(&form_encode(ns));
-        }
-        let default_scope = format!("repository:{repository}:pull");
-        let learned = lock(&state.challenge)
-            .clone()
-            .filter(|(over_plain, _)| *over_plain == plain)
-            .map(|(_, scheme)| scheme);
-        let mut authorization = match (credential.and_then(|c| c.registry_token.clone()), learned) {
-            (Some(token), _) => Authorization::Bearer(token),
-            (None, Some(AuthScheme::Basic)) if has_password(credential).is_some() => {
-                Authorization::Basic
-            }
-            (None, Some(AuthScheme::Bearer { realm, service, .. })) => Authorization::Bearer(
-                self.token(
-                    state,
-                    endpoint,
-                    &realm,
-                    service.as_deref(),
-                    &default_scope,
-                    credential,
-                    deadline,
-                )
-                .await?,
-            ),
-            _ => Authorization::None,
-        };
+        let endpoint = target.endpoint;
+        let url = object_url(origin, endpoint, target.repository, object, reference);
+        let default_scope = format!("repository:{}:pull", target.repository);
+        let mut authorization = self
+            .first_authorization(state, target, plain, &default_scope)
+            .await?;
         let mut want = want;
-        let mut method = if want == Want::Head {
-            Method::HEAD
-        } else {
-            Method::GET
-        };
-        // Blobs are asked for as containerd's fetcher does: any type.
-        let accept = match object {
-            Object::Manifest => endpoint.accept,
-            Object::Blob => "*/*",
-        };
         let mut challenged = false;
         for _ in 0..MAX_RESPONSES {
-            let mut request = endpoint
-                .http
-                .request(method.clone(), &url)
-                .header(http::header::ACCEPT, accept);
-            if want == Want::FirstByte {
-                request = request.header(http::header::RANGE, "bytes=0-0");
-            }
-            for (name, value) in endpoint.headers {
-                request = request.header(name.as_str(), value.as_str());
-            }
-            request = match (&authorization, has_password(credential)) {
-                (Authorization::Bearer(token), _) => request.bearer_auth(token),
-                (Authorization::Basic, Some(c)) => {
-                    request.basic_auth(&c.username, Some(&c.password))
-                }
-                _ => request,
-            };
-            let response = self.send(state, request, endpoint.host, deadline).await?;
+            let method = want.method();
+            let request = object_request(target, &url, object, want, &authorization);
+            let response = self
+                .send(state, request, endpoint.host, target.deadline)
+                .await?;
             let status = response.status();
             debug!(%url, %method, status = status.as_u16(), "registry request");
             if status != StatusCode::TOO_MANY_REQUESTS {
@@ -1016,47 +982,19 @@ impl RegistryClient {
             }
             if status == StatusCode::UNAUTHORIZED && !challenged {
                 challenged = true;
-                let scheme = challenge::auth_scheme(
-                    response
-                        .headers()
-                        .get_all(http::header::WWW_AUTHENTICATE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                if let Some(scheme) = &scheme {
-                    *lock(&state.challenge) = Some((plain, scheme.clone()));
-                }
-                match scheme {
-                    Some(AuthScheme::Bearer {
-                        realm,
-                        service,
-                        scope,
-                    }) if credential.and_then(|c| c.registry_token.as_ref()).is_none() => {
-                        // A rejected cached token is forgotten before asking again.
-                        let scope = scope.unwrap_or(default_scope.clone());
-                        self.forget_token(&realm, service.as_deref(), &scope, credential);
-                        let token = self
-                            .token(
-                                state,
-                                endpoint,
-                                &realm,
-                                service.as_deref(),
-                                &scope,
-                                credential,
-                                deadline,
-                            )
-                            .await?;
-                        authorization = Authorization::Bearer(token);
-                        continue;
-                    }
-                    Some(AuthScheme::Basic)
-                        if has_password(credential).is_some()
-                            && !matches!(authorization, Authorization::Basic) =>
-                    {
-                        authorization = Authorization::Basic;
-                        continue;
-                    }
-                    _ => {}
+                let retry = self
+                    .answer_challenge(
+                        state,
+                        target,
+                        plain,
+                        response.headers(),
+                        &authorization,
+                        &default_scope,
+                    )
+                    .await?;
+                if let Some(retry) = retry {
+                    authorization = retry;
+                    continue;
                 }
             }
             if method == Method::HEAD
@@ -1067,38 +1005,10 @@ impl RegistryClient {
                 )
             {
                 debug!(host = endpoint.host, %status, "registry refuses HEAD; asking with GET");
-                method = Method::GET;
                 want = Want::Body(MAX_MANIFEST_BYTES);
                 continue;
             }
-            let cap = match want {
-                _ if !status.is_success() => MAX_ERROR_BYTES,
-                Want::Body(cap) => cap,
-                // The first byte is all a ranged request asks; a server that ignores
-                // the range is not read further (the body is dropped unread).
-                Want::Head | Want::FirstByte => 0,
-            };
-            let headers = response.headers().clone();
-            let (body, truncated) = if method == Method::GET && cap > 0 {
-                read_capped(response, cap, deadline).await.map_err(|e| {
-                    Failure::Outcome(CheckOutcome::new(
-                        CheckStatus::RegistryUnavailable,
-                        format!("{origin}: reading the answer: {e}"),
-                    ))
-                })?
-            } else {
-                (Bytes::new(), false)
-            };
-            return Ok(Final {
-                status,
-                headers,
-                body,
-                truncated,
-                bearer: match authorization {
-                    Authorization::Bearer(token) => Some(token),
-                    _ => None,
-                },
-            });
+            return final_answer(response, want, origin, target.deadline, authorization).await;
         }
         Ok(Final {
             status: StatusCode::UNAUTHORIZED,
@@ -1109,185 +1019,187 @@ impl RegistryClient {
         })
     }
 
-    fn forget_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        credential: Option<&RegistryCredential>,
-    ) {
-        lock(&self.tokens).remove(&TokenKey {
-            realm: realm.to_string(),
-            service: service.map(str::to_string),
-            scope: scope.to_string(),
-            credential: RegistryCredential::fingerprint(credential),
-        });
-    }
-
-    /// A bearer token for `scope`: cached, else from the token endpoint (`GET` with
-    /// basic auth or anonymously; the OAuth2 refresh-token grant for an identity
-    /// token). Every answer of the endpoint is classified like a manifest answer.
-    #[allow(clippy::too_many_arguments)]
-    async fn token(
+    /// How a conversation's first request authenticates: with the credential's own
+    /// registry token, else as the host's challenge learned over this scheme asks
+    /// (Basic, or a bearer token for the repository), else not at all.
+    async fn first_authorization(
         &self,
         state: &Arc<HostState>,
-        endpoint: &Endpoint<'_>,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-        credential: Option<&RegistryCredential>,
-        deadline: &Deadline,
-    ) -> Result<String, Failure> {
-        let key = TokenKey {
-            realm: realm.to_string(),
-            service: service.map(str::to_string),
-            scope: scope.to_string(),
-            credential: RegistryCredential::fingerprint(credential),
-        };
-        let now = Instant::now();
-        {
-            let mut tokens = lock(&self.tokens);
-            match tokens.get(&key) {
-                Some((token, expires)) if *expires > now => return Ok(token.clone()),
-                Some(_) => {
-                    tokens.remove(&key);
+        target: Target<'_, '_>,
+        plain: bool,
+        default_scope: &str,
+    ) -> Result<Authorization, Failure> {
+        let credential = target.credential;
+        let learned = lock(&state.challenge)
+            .clone()
+            .filter(|(over_plain, _)| *over_plain == plain)
+            .map(|(_, scheme)| scheme);
+        Ok(
+            match (credential.and_then(|c| c.registry_token.clone()), learned) {
+                (Some(token), _) => Authorization::Bearer(token),
+                (None, Some(AuthScheme::Basic)) if has_password(credential).is_some() => {
+                    Authorization::Basic
                 }
-                None => {}
-            }
-        }
-        let realm_host = host_of_url(realm);
-        {
-            let mut realms = lock(&state.realms);
-            if !realms.contains(&realm_host) {
-                realms.insert(realm_host.clone());
-            }
-        }
-        let what = format!("token endpoint {realm_host}");
-        let identity = credential.and_then(|c| {
-            c.identity_token
-                .as_deref()
-                .filter(|_| c.username.is_empty() || c.password.is_empty())
-        });
-        let request = if let Some(refresh_token) = identity {
-            let mut form = vec![
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-                ("client_id", "pullwatch"),
-                ("scope", scope),
-            ];
-            if let Some(service) = service {
-                form.push(("service", service));
-            }
-            let body = form
-                .iter()
-                .map(|(k, v)| format!("{k}={}", form_encode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
-            endpoint
-                .http
-                .post(realm)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(body)
-        } else {
-            let mut url = format!(
-                "{realm}{}scope={}",
-                if realm.contains('?') { '&' } else { '?' },
-                form_encode(scope)
-            );
-            if let Some(service) = service {
-                url.push_str(&format!("&service={}", form_encode(service)));
-            }
-            let mut request = endpoint.http.get(url);
-            if let Some(c) = has_password(credential) {
-                request = request.basic_auth(&c.username, Some(&c.password));
-            }
-            request
-        };
-        let response = match self.send(state, request, &realm_host, deadline).await {
-            Ok(response) => response,
-            // The token endpoint's silence is the registry's: unavailable, never a
-            // reason to try plain HTTP for the registry.
-            Err(Failure::NoAnswer(_, outcome)) => {
-                return Err(Failure::Outcome(CheckOutcome::new(
-                    outcome.status,
-                    format!("{what}: {}", outcome.reason),
-                )));
-            }
-            Err(other) => return Err(other),
-        };
-        let status = response.status();
-        let headers = response.headers().clone();
-        let cap = if status.is_success() {
-            MAX_TOKEN_BYTES
-        } else {
-            MAX_ERROR_BYTES
-        };
-        let (body, truncated) = read_capped(response, cap, deadline).await.map_err(|e| {
-            Failure::Outcome(CheckOutcome::new(
-                CheckStatus::RegistryUnavailable,
-                format!("{what}: reading the answer: {e}"),
-            ))
-        })?;
-        if !status.is_success() {
-            let mut outcome = classify::classify_token_response(status, &body, &what);
-            outcome.reason = redact(outcome.reason, credential);
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                // The registry's limit, whichever host said it: pause the registry.
-                self.note_429(state, &headers, &mut outcome);
-            }
-            return Err(Failure::Outcome(outcome));
-        }
-        #[derive(Deserialize)]
-        struct TokenResponse {
-            #[serde(default)]
-            token: String,
-            #[serde(default)]
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        // The body is a token: never quoted.
-        let parsed: Option<TokenResponse> = if truncated {
-            None
-        } else {
-            serde_json::from_slice(&body).ok()
-        };
-        let Some(parsed) = parsed else {
-            return Err(Failure::Outcome(CheckOutcome::new(
-                CheckStatus::RegistryUnavailable,
-                format!("{what} answered HTTP {status} without a usable token"),
-            )));
-        };
-        let token = if parsed.access_token.is_empty() {
-            parsed.token
-        } else {
-            parsed.access_token
-        };
-        if token.is_empty() {
-            return Err(Failure::Outcome(CheckOutcome::new(
-                CheckStatus::AuthenticationFailure,
-                format!("{what} answered without a token"),
-            )));
-        }
-        let ttl = parsed
-            .expires_in
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TOKEN_TTL);
-        let ttl = ttl.saturating_sub(TOKEN_MARGIN).max(Duration::from_secs(1));
-        let now = Instant::now();
-        let mut tokens = lock(&self.tokens);
-        // Expired tokens go whenever a new one comes.
-        tokens.retain(|_, (_, expires)| *expires > now);
-        tokens.insert(key, (token.clone(), now + ttl));
-        Ok(token)
+                (None, Some(AuthScheme::Bearer { realm, service, .. })) => {
+                    let asked = TokenScope {
+                        realm: &realm,
+                        service: service.as_deref(),
+                        scope: default_scope,
+                    };
+                    let token = self
+                        .token(state, target.endpoint, asked, credential, target.deadline)
+                        .await?;
+                    Authorization::Bearer(token)
+                }
+                _ => Authorization::None,
+            },
+        )
     }
 
-    /// Tokens held now (expired ones are evicted as new ones arrive).
-    pub fn cached_tokens(&self) -> usize {
-        lock(&self.tokens).len()
+    /// A 401's challenge, learned for the host over this scheme: Some(how the retry
+    /// authenticates), or None when a retry cannot help (no usable scheme, the
+    /// credential's own registry token, Basic sent already or no password to send).
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_challenge(
+        &self,
+        state: &Arc<HostState>,
+        target: Target<'_, '_>,
+        plain: bool,
+        headers: &HeaderMap,
+        authorization: &Authorization,
+        default_scope: &str,
+    ) -> Result<Option<Authorization>, Failure> {
+        let scheme = challenge::auth_scheme(
+            headers
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        if let Some(scheme) = &scheme {
+            *lock(&state.challenge) = Some((plain, scheme.clone()));
+        }
+        let credential = target.credential;
+        match scheme {
+            Some(AuthScheme::Bearer {
+                realm,
+                service,
+                scope,
+            }) if credential.and_then(|c| c.registry_token.as_ref()).is_none() => {
+                let scope = scope.unwrap_or_else(|| default_scope.to_string());
+                let asked = TokenScope {
+                    realm: &realm,
+                    service: service.as_deref(),
+                    scope: &scope,
+                };
+                // A rejected cached token is forgotten before asking again.
+                self.forget_token(asked, credential);
+                let token = self
+                    .token(state, target.endpoint, asked, credential, target.deadline)
+                    .await?;
+                Ok(Some(Authorization::Bearer(token)))
+            }
+            Some(AuthScheme::Basic)
+                if has_password(credential).is_some()
+                    && !matches!(authorization, Authorization::Basic) =>
+            {
+                Ok(Some(Authorization::Basic))
+            }
+            _ => Ok(None),
+        }
     }
+}
+
+/// `<origin><api root>/<repository>/<manifests|blobs>/<reference>`, with `?ns=` on
+/// requests to a mirror.
+fn object_url(
+    origin: &str,
+    endpoint: &Endpoint<'_>,
+    repository: &str,
+    object: Object,
+    reference: &str,
+) -> String {
+    let mut url = format!(
+        "{origin}{}/{repository}/{}/{reference}",
+        endpoint.api_root,
+        object.path()
+    );
+    if let Some(ns) = endpoint.namespace {
+        url.push_str("?ns=");
+        url.push_str(&form_encode(ns));
+    }
+    url
+}
+
+/// One request of a conversation: the `Accept` of the object (blobs are asked for as
+/// containerd's fetcher does: any type), the range of a first-byte request, the
+/// endpoint's headers, and the authorization.
+fn object_request(
+    target: Target<'_, '_>,
+    url: &str,
+    object: Object,
+    want: Want,
+    authorization: &Authorization,
+) -> reqwest::RequestBuilder {
+    let endpoint = target.endpoint;
+    let accept = match object {
+        Object::Manifest => endpoint.accept,
+        Object::Blob => "*/*",
+    };
+    let mut request = endpoint
+        .http
+        .request(want.method(), url)
+        .header(http::header::ACCEPT, accept);
+    if want == Want::FirstByte {
+        request = request.header(http::header::RANGE, "bytes=0-0");
+    }
+    for (name, value) in endpoint.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    match (authorization, has_password(target.credential)) {
+        (Authorization::Bearer(token), _) => request.bearer_auth(token),
+        (Authorization::Basic, Some(c)) => request.basic_auth(&c.username, Some(&c.password)),
+        _ => request,
+    }
+}
+
+/// The answer that ends a conversation, its body read up to the cap: what `want`
+/// asks of a success, the start of an error body (a `GET`'s; a `HEAD` has none).
+async fn final_answer(
+    response: reqwest::Response,
+    want: Want,
+    origin: &str,
+    deadline: &Deadline,
+    authorization: Authorization,
+) -> Result<Final, Failure> {
+    let status = response.status();
+    let cap = match want {
+        _ if !status.is_success() => MAX_ERROR_BYTES,
+        Want::Body(cap) => cap,
+        // The first byte is all a ranged request asks; a server that ignores
+        // the range is not read further (the body is dropped unread).
+        Want::Head | Want::FirstByte => 0,
+    };
+    let headers = response.headers().clone();
+    let (body, truncated) = if want != Want::Head && cap > 0 {
+        read_capped(response, cap, deadline).await.map_err(|e| {
+            Failure::Outcome(CheckOutcome::new(
+                CheckStatus::RegistryUnavailable,
+                format!("{origin}: reading the answer: {e}"),
+            ))
+        })?
+    } else {
+        (Bytes::new(), false)
+    };
+    Ok(Final {
+        status,
+        headers,
+        body,
+        truncated,
+        bearer: match authorization {
+            Authorization::Bearer(token) => Some(token),
+            _ => None,
+        },
+    })
 }
 
 /// Reads a body up to `cap` bytes under the deadline. Ok((body, truncated)).

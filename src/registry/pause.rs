@@ -9,13 +9,13 @@
 use std::time::{Duration, Instant};
 
 /// The pause after a 429 without `Retry-After`, doubled for each consecutive pause.
-pub const DEFAULT_PAUSE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_PAUSE: Duration = Duration::from_secs(30);
 /// No registry is paused longer than this, whatever it asks.
-pub const MAX_PAUSE: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 /// What a 429 did to the pause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PauseChange {
+pub(crate) enum PauseChange {
     /// A new pause began (or a running one was lengthened by `Retry-After`) and lasts
     /// `duration` from now, until `until`. `generation` identifies it.
     Started {
@@ -51,7 +51,7 @@ impl Pause {
     }
 
     /// Records a 429 that arrived at `now`.
-    pub fn on_429(&mut self, retry_after: Option<Duration>, now: Instant) -> PauseChange {
+    pub(crate) fn on_429(&mut self, retry_after: Option<Duration>, now: Instant) -> PauseChange {
         if let Some(until) = self.until.filter(|until| *until > now) {
             if let Some(asked) = retry_after {
                 let asked = asked.min(MAX_PAUSE);

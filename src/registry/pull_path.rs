@@ -33,9 +33,9 @@ use serde::Deserialize;
 use tracing::debug;
 
 use super::{Answer, Final, MAX_MANIFEST_BYTES, Object, RegistryClient, Target, Want};
-use crate::platform::Platform;
+use crate::locks::lock;
+use crate::platform::{DescriptorPlatform, Platform};
 use crate::status::PlatformVerdict;
-use crate::support::lock;
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -47,7 +47,7 @@ const DOCKER_SCHEMA1: [&str; 2] = [
 const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 /// Configs are read up to this size; a larger one is checked for existence and size
 /// only (containerd reads it whole, so its content is not judged here).
-pub const MAX_CONFIG_BYTES: usize = 8 << 20;
+pub(crate) const MAX_CONFIG_BYTES: usize = 8 << 20;
 /// Indexes nested deeper than this are refused (containerd has no limit; this is a
 /// bound on what a registry can make a check do).
 const MAX_NESTING: usize = 8;
@@ -116,6 +116,22 @@ pub struct Top {
     pub body: Option<Bytes>,
 }
 
+impl Top {
+    /// Whether the tag's manifest is an index: by the media type its answer named,
+    /// else by its body.
+    fn is_index(&self) -> bool {
+        self.media_type
+            .as_deref()
+            .map(crate::platform::is_index)
+            .unwrap_or_else(|| {
+                self.body
+                    .as_ref()
+                    .and_then(|b| sniff_media_type(b))
+                    .is_some_and(|m| crate::platform::is_index(&m))
+            })
+    }
+}
+
 /// What the walk found.
 #[derive(Clone, Debug)]
 pub struct PullPath {
@@ -124,12 +140,45 @@ pub struct PullPath {
     pub status: CheckStatus,
     pub reason: String,
     /// An index: the platforms its entries offer.
-    pub offered: Option<Vec<Platform>>,
+    pub(crate) offered: Option<Vec<Platform>>,
     /// An index: the verdict for each platform walked.
-    pub verdicts: Option<Vec<PlatformVerdict>>,
+    pub(crate) verdicts: Option<Vec<PlatformVerdict>>,
 }
 
 impl PullPath {
+    /// A single manifest's walk.
+    fn of_manifest(result: Result<(), Failed>) -> Self {
+        let (status, reason) = status_of(result);
+        PullPath {
+            status,
+            reason,
+            offered: None,
+            verdicts: None,
+        }
+    }
+
+    /// An index's walk: each platform's verdict, and the check's own status (what a
+    /// workload whose platforms are unknown gets; each other workload gets its own
+    /// platforms' verdicts): available where some walked platform pulls it, else the
+    /// first platform's failure.
+    fn of_index(verdicts: Vec<PlatformVerdict>, offered: Option<Vec<Platform>>) -> Self {
+        let failing = verdicts
+            .iter()
+            .find(|v| v.status != CheckStatus::Available)
+            .map(|v| (v.status, v.reason.clone()));
+        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
+        let (status, reason) = match failing {
+            Some(failure) if !any_pulls => failure,
+            _ => (CheckStatus::Available, String::new()),
+        };
+        PullPath {
+            status,
+            reason,
+            offered,
+            verdicts: Some(verdicts),
+        }
+    }
+
     /// Folds the walk into the outcome of the tag's manifest request.
     pub fn apply(self, outcome: &mut CheckOutcome) {
         outcome.status = self.status;
@@ -140,6 +189,23 @@ impl PullPath {
         if let Some(verdicts) = self.verdicts {
             outcome.walked = Some(verdicts.into());
         }
+    }
+}
+
+/// A walk's status and reason.
+fn status_of(result: Result<(), Failed>) -> Failed {
+    result
+        .err()
+        .unwrap_or((CheckStatus::Available, String::new()))
+}
+
+/// `platform`'s verdict from its walk.
+fn verdict(platform: &Platform, result: Result<(), Failed>) -> PlatformVerdict {
+    let (status, reason) = status_of(result);
+    PlatformVerdict {
+        platform: platform.clone(),
+        status,
+        reason,
     }
 }
 
@@ -157,22 +223,6 @@ struct Descriptor {
     urls: Vec<String>,
     #[serde(default)]
     platform: Option<DescriptorPlatform>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-struct DescriptorPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: String,
-}
-
-impl DescriptorPlatform {
-    fn normalized(&self) -> Platform {
-        Platform::new(&self.os, &self.architecture, &self.variant)
-    }
 }
 
 #[derive(Default, Deserialize)]
@@ -236,7 +286,7 @@ fn is_manifest_type(media_type: &str) -> bool {
 }
 
 /// containerd's `images.IsLayerType`.
-pub fn is_layer_type(media_type: &str) -> bool {
+pub(crate) fn is_layer_type(media_type: &str) -> bool {
     if media_type.starts_with("application/vnd.oci.image.layer.") {
         return true;
     }
@@ -369,7 +419,8 @@ impl DocumentCache {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
     }
 }
@@ -387,6 +438,36 @@ type Failed = (CheckStatus, String);
 enum Kind {
     Manifest,
     Config,
+}
+
+/// A document the walk needs: where its descriptor points, what it is read as, and
+/// how a reason names it (`what`, for `platform`).
+#[derive(Clone, Copy)]
+struct Needed<'d> {
+    desc: &'d Descriptor,
+    kind: Kind,
+    what: &'d str,
+    platform: Option<&'d Platform>,
+}
+
+impl<'d> Needed<'d> {
+    fn manifest(desc: &'d Descriptor, what: &'d str, platform: Option<&'d Platform>) -> Self {
+        Needed {
+            desc,
+            kind: Kind::Manifest,
+            what,
+            platform,
+        }
+    }
+
+    fn config(desc: &'d Descriptor, what: &'d str, platform: Option<&'d Platform>) -> Self {
+        Needed {
+            desc,
+            kind: Kind::Config,
+            what,
+            platform,
+        }
+    }
 }
 
 fn for_platform(platform: Option<&Platform>) -> String {
@@ -468,21 +549,19 @@ impl Walk<'_, '_, '_, '_> {
         }))
     }
 
-    /// The document `desc` points at: kept, else fetched by digest along the route (its
+    /// The document `needed.desc` points at: kept, else fetched by digest along the route (its
     /// size and digest verified). When kept and due for verification, its existence
     /// (and size) is confirmed with one cheap request.
     async fn document(
         &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
+        needed: Needed<'_>,
         body: Option<&Bytes>,
     ) -> Result<Arc<Document>, Failed> {
+        let desc = needed.desc;
         let kept = lock(&self.client.documents).get(&desc.digest);
         if let Some(document) = kept {
             if self.verify {
-                self.exists(desc, kind, what, platform).await?;
+                self.exists(needed).await?;
             }
             return Ok(document);
         }
@@ -495,7 +574,7 @@ impl Walk<'_, '_, '_, '_> {
             self.client.release_gate(&desc.digest);
             return Ok(document);
         }
-        let result = self.read_document(desc, kind, what, platform, body).await;
+        let result = self.read_document(needed, body).await;
         self.client.release_gate(&desc.digest);
         result
     }
@@ -504,12 +583,15 @@ impl Walk<'_, '_, '_, '_> {
     /// the body the tag's answer carried), its size and digest verified, kept.
     async fn read_document(
         &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
+        needed: Needed<'_>,
         body: Option<&Bytes>,
     ) -> Result<Arc<Document>, Failed> {
+        let Needed {
+            desc,
+            kind,
+            what,
+            platform,
+        } = needed;
         let (object, cap) = match kind {
             Kind::Manifest => (Object::Manifest, MAX_MANIFEST_BYTES),
             Kind::Config => (Object::Blob, MAX_CONFIG_BYTES),
@@ -570,30 +652,27 @@ impl Walk<'_, '_, '_, '_> {
     }
 
     /// That a kept document is still served (and at its size).
-    async fn exists(
-        &self,
-        desc: &Descriptor,
-        kind: Kind,
-        what: &str,
-        platform: Option<&Platform>,
-    ) -> Result<(), Failed> {
-        let (object, want) = match kind {
+    async fn exists(&self, needed: Needed<'_>) -> Result<(), Failed> {
+        let (object, want) = match needed.kind {
             Kind::Manifest => (Object::Manifest, Want::Head),
             Kind::Config => (Object::Blob, Want::FirstByte),
         };
         let final_ = self
-            .along(object, &desc.digest, want)
+            .along(object, &needed.desc.digest, want)
             .await
-            .map_err(|answer| failed(what, platform, &answer))?;
-        let served = if kind == Kind::Config {
-            served_size(&final_)
-        } else {
-            super::content_length(&final_.headers)
+            .map_err(|answer| failed(needed.what, needed.platform, &answer))?;
+        let served = match needed.kind {
+            Kind::Config => served_size(&final_),
+            Kind::Manifest => super::content_length(&final_.headers),
         };
+        let declared = needed.desc.size;
         match served {
-            Some(served) if desc.size > 0 && served != desc.size as u64 => {
-                Err(size_mismatch(what, platform, served, desc.size))
-            }
+            Some(served) if declared > 0 && served != declared as u64 => Err(size_mismatch(
+                needed.what,
+                needed.platform,
+                served,
+                declared,
+            )),
             _ => Ok(()),
         }
     }
@@ -666,7 +745,7 @@ impl Walk<'_, '_, '_, '_> {
             Ok(Err(error)) => {
                 return Err(Some((
                     CheckStatus::RegistryUnavailable,
-                    crate::support::error_chain(&error),
+                    crate::error_chain(&error),
                 )));
             }
             Ok(Ok(response)) => response,
@@ -714,10 +793,10 @@ impl Walk<'_, '_, '_, '_> {
                     verify: false,
                     ..*self
                 };
-                walk.document(&desc, Kind::Manifest, &what, platform, top_body.take())
+                walk.document(Needed::manifest(&desc, &what, platform), top_body.take())
                     .await?
             } else {
-                self.document(&desc, Kind::Manifest, &what, platform, None)
+                self.document(Needed::manifest(&desc, &what, platform), None)
                     .await?
             };
             match &*document {
@@ -736,20 +815,7 @@ impl Walk<'_, '_, '_, '_> {
                             .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
                     );
                     let Some(chosen) = choose(entries, &node) else {
-                        // What containerd answers there, with what the index has.
-                        let mut listed: Vec<Platform> = Vec::new();
-                        for p in offered
-                            .iter()
-                            .filter(|p| p.os != "unknown" && !p.os.is_empty())
-                        {
-                            if !listed.contains(p) {
-                                listed.push(p.clone());
-                            }
-                        }
-                        return Err((
-                            CheckStatus::Absent,
-                            crate::platform::missing_reason(&[&node], &listed),
-                        ));
+                        return Err(no_match(&node, &offered));
                     };
                     unlabelled = chosen.platform.is_none();
                     what = if crate::platform::is_index(&chosen.media_type) {
@@ -789,7 +855,7 @@ impl Walk<'_, '_, '_, '_> {
         let mut summary = None;
         if unlabelled || self.depth == CheckDepth::Blobs {
             let document = self
-                .document(config, Kind::Config, &config_what, platform, None)
+                .document(Needed::config(config, &config_what, platform), None)
                 .await?;
             match &*document {
                 Document::Config(found) => {
@@ -823,48 +889,13 @@ impl Walk<'_, '_, '_, '_> {
             return Ok(());
         }
         self.layers(layers, platform).await?;
-        if let Some((_, diff_ids)) = summary
-            && diff_ids != layers.len()
-        {
-            let artifact = if !artifact_type.is_empty() {
-                format!(", artifactType {artifact_type}")
-            } else if config.media_type == HELM_CONFIG {
-                ", a Helm chart".to_string()
-            } else {
-                String::new()
-            };
-            return Err((
-                CheckStatus::UnknownError,
-                format!(
-                    "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
-                    for_platform(platform),
-                    if config.media_type.is_empty() {
-                        "(none)"
-                    } else {
-                        &config.media_type
-                    },
-                    layers.len()
-                ),
-            ));
-        }
-        if let Some((i, layer)) = layers
-            .iter()
-            .enumerate()
-            .find(|(_, l)| !is_layer_type(&l.media_type))
-        {
-            return Err((
-                CheckStatus::UnknownError,
-                format!(
-                    "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
-                    i + 1,
-                    layers.len(),
-                    layer.digest,
-                    for_platform(platform),
-                    layer.media_type
-                ),
-            ));
-        }
-        Ok(())
+        unpackable(
+            config,
+            layers,
+            artifact_type,
+            platform,
+            summary.map(|(_, diff_ids)| diff_ids),
+        )
     }
 
     async fn layers(
@@ -902,6 +933,78 @@ impl Walk<'_, '_, '_, '_> {
         let what = format!("layer {} of {total} ({})", i + 1, layer.digest);
         self.layer(layer, &what, platform).await
     }
+}
+
+/// What containerd's unpack refuses once every blob is there: a config whose
+/// `rootfs.diff_ids` (`diff_ids`, None when not read) do not count the layers (not an
+/// image: an artifact, a Helm chart), a layer of a type it cannot unpack.
+fn unpackable(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    artifact_type: &str,
+    platform: Option<&Platform>,
+    diff_ids: Option<usize>,
+) -> Result<(), Failed> {
+    if let Some(diff_ids) = diff_ids
+        && diff_ids != layers.len()
+    {
+        let artifact = if !artifact_type.is_empty() {
+            format!(", artifactType {artifact_type}")
+        } else if config.media_type == HELM_CONFIG {
+            ", a Helm chart".to_string()
+        } else {
+            String::new()
+        };
+        return Err((
+            CheckStatus::UnknownError,
+            format!(
+                "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
+                for_platform(platform),
+                if config.media_type.is_empty() {
+                    "(none)"
+                } else {
+                    &config.media_type
+                },
+                layers.len()
+            ),
+        ));
+    }
+    if let Some((i, layer)) = layers
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !is_layer_type(&l.media_type))
+    {
+        return Err((
+            CheckStatus::UnknownError,
+            format!(
+                "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
+                i + 1,
+                layers.len(),
+                layer.digest,
+                for_platform(platform),
+                layer.media_type
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What containerd answers when no entry of an index runs on `node`, with the
+/// platforms the indexes walked so far offer (each once, `unknown` ones left out).
+fn no_match(node: &Platform, offered: &[Platform]) -> Failed {
+    let mut listed: Vec<Platform> = Vec::new();
+    for p in offered
+        .iter()
+        .filter(|p| p.os != "unknown" && !p.os.is_empty())
+    {
+        if !listed.contains(p) {
+            listed.push(p.clone());
+        }
+    }
+    (
+        CheckStatus::Absent,
+        crate::platform::missing_reason(&[node], &listed),
+    )
 }
 
 /// The child containerd pulls for a node of `node`'s platform: entries it runs, in its
@@ -965,31 +1068,22 @@ impl RegistryClient {
         path
     }
 
+    /// The walk, its reasons as registries and storage said them.
     async fn walk_unredacted(
         &self,
         route: &[Target<'_, '_>],
         top: &Top,
         platforms: &[Platform],
     ) -> PullPath {
-        let settings = self.config.walk;
         let Some(first) = route.first() else {
-            return PullPath {
-                status: CheckStatus::UnknownError,
-                reason: "no host to walk the pull path on".into(),
-                offered: None,
-                verdicts: None,
-            };
+            return PullPath::of_manifest(Err((
+                CheckStatus::UnknownError,
+                "no host to walk the pull path on".into(),
+            )));
         };
-        let is_index = top
-            .media_type
-            .as_deref()
-            .map(crate::platform::is_index)
-            .unwrap_or_else(|| {
-                top.body
-                    .as_ref()
-                    .and_then(|b| sniff_media_type(b))
-                    .is_some_and(|m| crate::platform::is_index(&m))
-            });
+        if !top.is_index() {
+            return PullPath::of_manifest(self.walk_platform(route, first, top, None).await);
+        }
         let host_platform;
         let platforms: &[Platform] = if platforms.is_empty() {
             host_platform = [Platform::host()];
@@ -997,109 +1091,83 @@ impl RegistryClient {
         } else {
             platforms
         };
-        let key = |platform: Option<&Platform>| -> VerifiedKey {
-            (
-                first.endpoint.host.to_string(),
-                first.repository.to_string(),
-                top.digest.clone(),
-                platform.map(|p| p.to_string()).unwrap_or_default(),
-                RegistryCredential::fingerprint(first.credential),
-            )
-        };
-        let due = |key: &VerifiedKey| {
-            lock(&self.verified)
-                .get(key)
-                .is_none_or(|at| at.elapsed() >= settings.blob_check_interval)
-        };
-        let walk_one = |platform: Option<Platform>| {
-            let key = key(platform.as_ref());
-            let verify = due(&key);
-            async move {
-                let walk = Walk {
-                    client: self,
-                    route,
-                    verify,
-                    depth: settings.depth,
-                };
-                let result = walk.platform_path(top, platform.as_ref()).await;
-                if result.is_ok() && verify {
-                    let mut verified = lock(&self.verified);
-                    if verified.len() >= MAX_VERIFIED {
-                        let interval = settings.blob_check_interval;
-                        verified.retain(|_, at| at.elapsed() < interval);
-                        if verified.len() >= MAX_VERIFIED {
-                            verified.clear();
-                        }
-                    }
-                    verified.insert(key, Instant::now());
-                }
-                debug!(digest = %top.digest, platform = ?platform, verified = verify, ok = result.is_ok(), "pull path walked");
-                result
-            }
-        };
-        if !is_index {
-            return match walk_one(None).await {
-                Ok(()) => PullPath {
-                    status: CheckStatus::Available,
-                    reason: String::new(),
-                    offered: None,
-                    verdicts: None,
-                },
-                Err((status, reason)) => PullPath {
-                    status,
-                    reason,
-                    offered: None,
-                    verdicts: None,
-                },
-            };
-        }
         let mut verdicts = Vec::with_capacity(platforms.len());
         for platform in platforms {
-            let verdict = match walk_one(Some(platform.clone())).await {
-                Ok(()) => PlatformVerdict {
-                    platform: platform.clone(),
-                    status: CheckStatus::Available,
-                    reason: String::new(),
-                },
-                Err((status, reason)) => PlatformVerdict {
-                    platform: platform.clone(),
-                    status,
-                    reason,
-                },
-            };
-            verdicts.push(verdict);
+            let result = self.walk_platform(route, first, top, Some(platform)).await;
+            verdicts.push(verdict(platform, result));
         }
-        let offered = match lock(&self.documents).get(&top.digest).as_deref() {
-            Some(Document::Index(entries)) => {
-                let mut offered: Vec<Platform> = Vec::new();
-                for p in entries.iter().filter_map(|e| e.platform.as_ref()) {
-                    let p = p.normalized();
-                    if p.os != "unknown" && !p.os.is_empty() && !offered.contains(&p) {
-                        offered.push(p);
-                    }
-                }
-                Some(offered)
+        PullPath::of_index(verdicts, self.offered_platforms(&top.digest))
+    }
+
+    /// One platform's path (None: a single manifest's), its blobs verified when due
+    /// for `first`'s host, repository and credential, and noted when they were.
+    async fn walk_platform(
+        &self,
+        route: &[Target<'_, '_>],
+        first: &Target<'_, '_>,
+        top: &Top,
+        platform: Option<&Platform>,
+    ) -> Result<(), Failed> {
+        let key: VerifiedKey = (
+            first.endpoint.host.to_string(),
+            first.repository.to_string(),
+            top.digest.clone(),
+            platform.map(|p| p.to_string()).unwrap_or_default(),
+            RegistryCredential::fingerprint(first.credential),
+        );
+        let verify = self.blobs_due(&key);
+        let walk = Walk {
+            client: self,
+            route,
+            verify,
+            depth: self.config.walk.depth,
+        };
+        let result = walk.platform_path(top, platform).await;
+        if result.is_ok() && verify {
+            self.note_verified(key);
+        }
+        debug!(digest = %top.digest, platform = ?platform, verified = verify, ok = result.is_ok(), "pull path walked");
+        result
+    }
+
+    /// Whether the blobs of `key`'s pull path are to be verified again: never
+    /// verified, or not within [`WalkSettings::blob_check_interval`].
+    fn blobs_due(&self, key: &VerifiedKey) -> bool {
+        let interval = self.config.walk.blob_check_interval;
+        lock(&self.verified)
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= interval)
+    }
+
+    /// Notes that `key`'s blobs were verified now; at [`MAX_VERIFIED`] entries the
+    /// stale ones go first, all of them if none is.
+    fn note_verified(&self, key: VerifiedKey) {
+        let interval = self.config.walk.blob_check_interval;
+        let mut verified = lock(&self.verified);
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, at| at.elapsed() < interval);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
             }
-            _ => None,
-        };
-        // The check's own status (what a workload whose platforms are unknown gets; each
-        // other workload gets its own platforms' verdicts): available where some walked
-        // platform pulls it, else the first platform's failure.
-        let failing = verdicts
-            .iter()
-            .find(|v| v.status != CheckStatus::Available)
-            .map(|v| (v.status, v.reason.clone()));
-        let any_pulls = verdicts.iter().any(|v| v.status == CheckStatus::Available);
-        let (status, reason) = match failing {
-            Some(failure) if !any_pulls => failure,
-            _ => (CheckStatus::Available, String::new()),
-        };
-        PullPath {
-            status,
-            reason,
-            offered,
-            verdicts: Some(verdicts),
         }
+        verified.insert(key, Instant::now());
+    }
+
+    /// The platforms the kept index `digest` offers, each once (None: not kept, or not
+    /// an index).
+    fn offered_platforms(&self, digest: &str) -> Option<Vec<Platform>> {
+        let kept = lock(&self.documents).get(digest);
+        let Some(Document::Index(entries)) = kept.as_deref() else {
+            return None;
+        };
+        let mut offered: Vec<Platform> = Vec::new();
+        for p in entries.iter().filter_map(|e| e.platform.as_ref()) {
+            let p = p.normalized();
+            if p.os != "unknown" && !p.os.is_empty() && !offered.contains(&p) {
+                offered.push(p);
+            }
+        }
+        Some(offered)
     }
 
     /// Checks that `reference` of `target`'s repository can be pulled, as deep as
@@ -1134,11 +1202,6 @@ impl RegistryClient {
             .await
             .apply(&mut answer.outcome);
         answer
-    }
-
-    /// Documents kept by digest now (tests and memory figures).
-    pub fn kept_documents(&self) -> usize {
-        lock(&self.documents).len()
     }
 }
 

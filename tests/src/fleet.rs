@@ -132,7 +132,7 @@ pub struct Fleet {
 impl Fleet {
     /// Starts every agent at once (each connects at once, as agents starting up do).
     pub fn start(target: FleetTarget, options: &FleetOptions) -> Fleet {
-        pullwatch::support::install_crypto_provider();
+        pullwatch::process::install_crypto_provider();
         let counters = Arc::new(Counters::default());
         let (blip, _) = watch::channel(0);
         let mut agents = JoinSet::new();

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use pullwatch::{
     CheckMode, CheckStatus, CredentialAttempt, ImageReference, Platform, SourcedCredential,
     most_informative_failure,

@@ -33,13 +33,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pullwatch::error_chain;
+use pullwatch::locks::lock;
+use pullwatch::process::install_crypto_provider;
 use pullwatch::registry::classify::Hints;
 use pullwatch::registry::pull_path::{CheckDepth, PullPath, Top, WalkSettings};
 use pullwatch::registry::{
     Answer, ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
     RegistryObserver, Scheme, Target,
 };
-use pullwatch::support::{error_chain, install_crypto_provider, lock};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Platform, RegistryCredential};
 use tracing::debug;
 

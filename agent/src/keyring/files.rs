@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pullwatch::credentials::CredentialError;
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use pullwatch::{DockerConfig, Keyring};
 use tracing::debug;
 

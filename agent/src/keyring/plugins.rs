@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pullwatch::credentials::{is_schemeless_url, urls_match};
 use pullwatch::duration;
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use pullwatch::{DockerConfig, RegistryCredential};
 use serde::Deserialize;
 use tracing::warn;

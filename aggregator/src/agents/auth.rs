@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use pullwatch::locks::lock;
 use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
-use pullwatch::support::lock;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 

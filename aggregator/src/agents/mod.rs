@@ -51,8 +51,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use pullwatch::locks::lock;
 use pullwatch::proto::{AggregatorMessage, CheckResult};
-use pullwatch::support::lock;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 

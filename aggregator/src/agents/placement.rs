@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 
 use super::{AgentEntry, AgentHub, HubState};
 

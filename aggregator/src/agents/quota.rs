@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use prometheus::{GaugeVec, Opts, Registry};
+use pullwatch::locks::lock;
 use pullwatch::proto::RegistryQuota;
-use pullwatch::support::lock;
 use tracing::debug;
 
 /// Registries kept per node: a node's route asks few, and an agent must not be able to

@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
+use pullwatch::locks::lock;
 use pullwatch::proto::{CheckTask, PullCredential, RegistryQuota};
-use pullwatch::support::lock;
 use pullwatch::{CheckOutcome, CheckStatus};
 use tracing::{debug, warn};
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
+use pullwatch::logging::Throttle;
 use pullwatch::proto::agent_service_server::{AgentService, AgentServiceServer};
 use pullwatch::proto::{
     AgentMessage, AggregatorMessage, Heartbeat, Registered, agent_message, aggregator_message,
 };
 use pullwatch::serve::{LimitArgs, Limits, Listener, Tracked};
-use pullwatch::support::Throttle;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
@@ -323,7 +323,7 @@ async fn release_memory_after_churn(hub: AgentHub, mut stopping: watch::Receiver
         }
         let churn = hub.session_churn();
         if churn == last && churn - trimmed >= TRIM_AFTER_CHURN {
-            let _ = tokio::task::spawn_blocking(pullwatch::support::release_free_memory).await;
+            let _ = tokio::task::spawn_blocking(pullwatch::memory::release_free_memory).await;
             debug!(
                 sessions = churn - trimmed,
                 "released memory after a wave of sessions"

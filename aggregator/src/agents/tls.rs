@@ -121,7 +121,7 @@ impl ReloadingKeyPair {
     /// The pair for a new handshake: the files' current one when they changed and
     /// parse, else the last good one.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut loaded = pullwatch::support::lock(&self.loaded);
+        let mut loaded = pullwatch::locks::lock(&self.loaded);
         if loaded.checked.elapsed() < RECHECK_INTERVAL {
             return loaded.pair.clone();
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 use tokio::sync::Semaphore;
 
 /// Limits for every registry.

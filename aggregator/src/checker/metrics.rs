@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+use pullwatch::locks::lock;
 use pullwatch::registry::quota::Quota;
-use pullwatch::support::lock;
 
 /// Series the checker itself maintains.
 #[derive(Clone)]

@@ -29,7 +29,8 @@ use pullwatch::{ImageReference, Platform, RegistryCredential};
 
 use crate::index::CheckKey;
 use limits::{Registries, RegistryLimits};
-use pullwatch::support::{install_crypto_provider, lock};
+use pullwatch::locks::lock;
+use pullwatch::process::install_crypto_provider;
 
 /// How the checker talks to registries.
 #[derive(Clone, Debug)]
@@ -469,7 +470,7 @@ fn http_client(
         .tls_certs_merge(reqwest_certs)
         .pool_max_idle_per_host(config.registry_limits.max_concurrency)
         .build()
-        .map_err(|e| CheckerError::Client(pullwatch::support::error_chain(&e)))
+        .map_err(|e| CheckerError::Client(pullwatch::error_chain(&e)))
 }
 
 #[cfg(test)]

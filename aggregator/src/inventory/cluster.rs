@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{KubeObject, ObjectKind, SecretFormat, SharedInventory, WatchState, WorkloadKind};
-use pullwatch::support::lock;
+use pullwatch::locks::lock;
 
 /// Why the cluster could not be reached at start.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,191 @@
+//! Logging both binaries share: the log line formats, setting up tracing on stderr
+//! with every text field escaped, and a throttle that turns a flood of one event into
+//! one line per interval.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::locks::lock;
+use crate::terminal::escape_controls;
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("--log-level {filter:?} is not a valid filter: {source}")]
+pub struct LoggingError {
+    filter: String,
+    source: tracing_subscriber::filter::ParseError,
+}
+
+/// Logs to stderr (stdout stays machine-readable for `-o json`) with an EnvFilter.
+/// Text lines escape control and bidi characters in every field (a name holding a
+/// newline cannot forge a line, nor ESC rewrite the terminal) and carry colours only
+/// when stderr is a terminal and `NO_COLOR` is unset.
+pub(crate) fn init_logging(filter: &str, format: LogFormat) -> Result<(), LoggingError> {
+    use std::io::IsTerminal;
+
+    let env_filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| LoggingError {
+            filter: filter.to_string(),
+            source,
+        })?;
+    let colours = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_ansi(colours)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Text-log fields as tracing-subscriber writes them (`message`, then `name=value`,
+/// the `log.*` fields of bridged `log` records left out), each value passed through
+/// [`escape_controls`].
+struct EscapedFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    result: std::fmt::Result,
+    first: bool,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let text = format!("{value:?}");
+        let text = escape_controls(&text);
+        let separator = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = if name == "message" {
+            write!(self.writer, "{separator}{text}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(self.writer, "{separator}{name}={text}")
+        };
+    }
+}
+
+/// Lets a repeated event through at most once per interval per key, with how many
+/// times it happened since the last one let through: a flood is one log line per
+/// interval, its size still told.
+pub struct Throttle {
+    interval: Duration,
+    seen: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
+}
+
+impl Throttle {
+    pub fn new(interval: Duration) -> Self {
+        Throttle {
+            interval,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one `key` event; Some(count since the last one let through, this one
+    /// included) when this one is to be logged.
+    pub fn hit(&self, key: &'static str) -> Option<u64> {
+        let mut seen = lock(&self.seen);
+        let (last, count) = seen.entry(key).or_insert((None, 0));
+        *count += 1;
+        if last.is_some_and(|at| at.elapsed() < self.interval) {
+            return None;
+        }
+        let total = *count;
+        *last = Some(Instant::now());
+        *count = 0;
+        Some(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_filters_are_reported() {
+        let error = init_logging("=[", LogFormat::Text).unwrap_err();
+        assert!(error.to_string().contains("--log-level"), "{error}");
+    }
+
+    #[test]
+    fn text_log_fields_are_escaped() {
+        use std::sync::Arc;
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(EscapedFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let name = "web\n2026-01-01T00:00:00Z ERROR forged\x1b[31m";
+            tracing::warn!(%name, r#type = "x", "workload {name} gone");
+        });
+        let text = String::from_utf8(lock(&buffer.0).clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains(
+                "workload web\\u{a}2026-01-01T00:00:00Z ERROR forged\\u{1b}[31m gone name=web\\u{a}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(" type=\"x\""), "{text}");
+    }
+
+    #[test]
+    fn throttle_lets_one_through_per_interval_with_the_count() {
+        let throttle = Throttle::new(Duration::from_millis(200));
+        assert_eq!(throttle.hit("a"), Some(1));
+        assert_eq!(throttle.hit("a"), None);
+        assert_eq!(throttle.hit("a"), None);
+        assert_eq!(throttle.hit("b"), Some(1), "keys apart");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(throttle.hit("a"), Some(3), "the two held back and this one");
+        assert_eq!(throttle.hit("a"), None);
+    }
+}
