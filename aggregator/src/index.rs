@@ -355,7 +355,7 @@ struct LandingPlatforms {
 impl LandingPlatforms {
     fn new(inventory: &Inventory, options: &IndexOptions) -> LandingPlatforms {
         let candidates = if options.platforms.is_empty() {
-            let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
+            let distinct: BTreeSet<&Platform> = inventory.nodes.platforms().collect();
             distinct.into_iter().cloned().collect()
         } else {
             options.platforms.clone()

@@ -55,8 +55,6 @@ pub enum Error {
     AgentServer(#[from] agents::server::AgentServerError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
-    #[error("cannot register series: {0}")]
-    Series(#[from] prometheus::Error),
     #[error("cannot encode results: {0}")]
     Report(String),
     #[error("HTTP server task failed: {0}")]
@@ -78,11 +76,7 @@ impl Error {
             | Error::Checker(_)
             | Error::Listen(_)
             | Error::AgentServer(_) => 2,
-            Error::Start(_)
-            | Error::Metrics(_)
-            | Error::Series(_)
-            | Error::Report(_)
-            | Error::ServerTask(_) => 1,
+            Error::Start(_) | Error::Metrics(_) | Error::Report(_) | Error::ServerTask(_) => 1,
         }
     }
 }

@@ -157,13 +157,23 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
     let options = flags::index_options(&args.checker, &args.filters)?;
-    let metrics = Metrics::new(args.legacy_metric_names)?;
+    let metrics = if args.agents.agent_listen.is_some() {
+        Metrics::with_agents(args.legacy_metric_names)?
+    } else {
+        Metrics::new(args.legacy_metric_names)?
+    };
     let inventory_metrics = metrics.inventory.clone();
     let mut checker_config = args.checker.checker_config();
     // In a cluster the nodes say which platforms workloads land on.
     checker_config.index_platforms |= args.manifests.is_none();
     let checker = Checker::new(&checker_config, metrics.checker.clone())?;
-    let shared = SharedInventory::default();
+    // With agents, the one watch of Nodes also keeps their group label for the hub.
+    let shared = SharedInventory::with_node_group_label(
+        args.agents
+            .node_group_label
+            .clone()
+            .filter(|_| args.agents.agent_listen.is_some()),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = Vec::new();
@@ -184,6 +194,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let (pipeline, agent_server) = start_agents(
         &args,
         pipeline,
+        &shared,
         kube_client,
         limits.clone(),
         &mut background,
@@ -281,11 +292,13 @@ async fn start_inventory(
     }
 }
 
-/// With `--agent-listen`: the agent hub, its node groups and its gRPC server, and
-/// `pipeline` checking through the agents while any is connected.
+/// With `--agent-listen`: the agent hub, its node groups (from the inventory's Nodes
+/// in cluster mode) and its gRPC server, and `pipeline` checking through the agents
+/// while any is connected.
 async fn start_agents(
     args: &ServeArgs,
     pipeline: Pipeline,
+    inventory: &SharedInventory,
     kube_client: Option<kube::Client>,
     limits: Limits,
     background: &mut Vec<JoinHandle<()>>,
@@ -309,12 +322,10 @@ async fn start_agents(
             Some(Arc::new(TokenReviewer::new(client, audience, account)))
         }
     };
-    let hub = AgentHub::new(args.agents.hub_config());
-    hub.register_metrics(pipeline.metrics.registry())?;
-    if let (Some(client), Some(label)) = (kube_client, &args.agents.node_group_label) {
-        background.push(agents::groups::spawn_node_groups(
-            client,
-            label.clone(),
+    let hub = AgentHub::with_metrics(args.agents.hub_config(), pipeline.metrics.agents.clone());
+    if kube_client.is_some() && args.agents.node_group_label.is_some() {
+        background.push(agents::groups::follow_node_groups(
+            inventory.clone(),
             hub.clone(),
         ));
     }

@@ -13,14 +13,14 @@
 //! from the store keeps one copy (the store's) and lets the server stream the text.
 //!
 //! The other series live in one registry, filled once by [`Metrics::new`] from the
-//! structs the stages own (the checker's, the inventory watches'); only the agent
-//! hub still registers its own.
+//! structs the stages own (the checker's, the inventory watches', the agent hub's).
 
 use std::fmt::Write as _;
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use pullwatch::CheckStatus;
 
+use crate::agents::HubMetrics;
 use crate::checker::CheckerMetrics;
 use crate::index::ContainerRef;
 use crate::inventory::cluster::InventoryMetrics;
@@ -58,9 +58,8 @@ fn registering(stage: &'static str) -> impl FnOnce(prometheus::Error) -> Metrics
 }
 
 /// All of the aggregator's metrics, registered once, here: each stage owns the struct
-/// of its series (the checker's, the inventory watches'), this group registers it.
-/// The agent hub still registers its own series ([`crate::agents::AgentHub`]'s
-/// `register_metrics`) on [`Metrics::registry`].
+/// of its series (the checker's, the inventory watches', the agent hub's), this group
+/// registers it.
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family>,
@@ -68,6 +67,9 @@ pub struct Metrics {
     pub checker: CheckerMetrics,
     /// The inventory watches' series (cluster mode; without watches none is set).
     pub inventory: InventoryMetrics,
+    /// The agent hub's series: served only when agents may connect
+    /// ([`Metrics::with_agents`]), so that without agents `/metrics` shows none of them.
+    pub agents: HubMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
     pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
@@ -108,7 +110,19 @@ struct Family {
 }
 
 impl Metrics {
+    /// The metrics of a run without agents; with `legacy_metric_names` the older
+    /// per-kind canonical families too.
     pub fn new(legacy_metric_names: bool) -> Result<Self, MetricsError> {
+        Metrics::build(legacy_metric_names, false)
+    }
+
+    /// The metrics of a run agents may connect to: [`Metrics::new`]'s and the agent
+    /// hub's series.
+    pub fn with_agents(legacy_metric_names: bool) -> Result<Self, MetricsError> {
+        Metrics::build(legacy_metric_names, true)
+    }
+
+    fn build(legacy_metric_names: bool, agents: bool) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let mut families: Vec<Family> = CheckStatus::ALL
             .into_iter()
@@ -135,18 +149,24 @@ impl Metrics {
             own_series(&registry).map_err(registering("aggregator"))?;
         let checker = CheckerMetrics::new(&registry).map_err(registering("checker"))?;
         let inventory = InventoryMetrics::new(&registry).map_err(registering("inventory"))?;
+        let agents = if agents {
+            HubMetrics::new(&registry).map_err(registering("agent hub"))?
+        } else {
+            HubMetrics::unserved()
+        };
         Ok(Metrics {
             registry,
             families,
             completed_rechecks,
             checker,
             inventory,
+            agents,
             checks,
             agents_connected,
         })
     }
 
-    /// The registry, for the agent hub's own `pullwatch_*` series.
+    /// The registry of every `pullwatch_*` series.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -462,6 +482,12 @@ mod tests {
                 .starts_with("metrics: cannot register the inventory series: ")
         );
         assert!(CheckerMetrics::new(metrics.registry()).is_err());
+        assert!(
+            HubMetrics::new(metrics.registry()).is_ok(),
+            "no agents: not served"
+        );
+        let with_agents = Metrics::with_agents(false).unwrap();
+        assert!(HubMetrics::new(with_agents.registry()).is_err());
     }
 
     #[test]

@@ -220,8 +220,8 @@ impl AgentHub {
     }
 
     fn count_placement(&self, visits: u64) {
-        self.inner.placements.inc();
-        self.inner.placement_visits.inc_by(visits);
+        self.inner.metrics.placements.inc();
+        self.inner.metrics.placement_visits.inc_by(visits);
     }
 
     /// For each of `images` (normalized references) that some agent holds: the nodes

@@ -97,7 +97,7 @@ impl AgentHub {
         }
         let state = lock(&self.inner.state);
         if state.agents.contains_key(node) {
-            self.inner.quotas.record(node, quotas);
+            self.inner.metrics.quotas.record(node, quotas);
         }
     }
 

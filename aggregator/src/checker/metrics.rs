@@ -2,7 +2,7 @@
 //! queue, 429s and pauses, and the pull quota registries announce. Registered in the
 //! aggregator's registry by the metrics stage; kept here because the checker writes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -16,7 +16,7 @@ use pullwatch::support::lock;
 #[derive(Clone)]
 pub struct CheckerMetrics {
     /// Requests sent to registries, by registry and HTTP status (or `error`).
-    pub registry_requests: IntCounterVec,
+    pub(crate) registry_requests: RegistryRequests,
     /// Duration of one check (all attempts), by resulting status.
     pub check_duration: HistogramVec,
     /// Checks waiting for or holding a slot.
@@ -29,6 +29,40 @@ pub struct CheckerMetrics {
     pub coalesced_checks: IntCounter,
     /// The latest pull quota each registry announced to the aggregator.
     pub quotas: RegistryQuotas,
+}
+
+/// `pullwatch_registry_requests_total{registry,code}`, and the codes counted for each
+/// registry: the series to drop when the registry goes ([`RegistryRequests::forget`]).
+#[derive(Clone)]
+pub(crate) struct RegistryRequests {
+    counter: IntCounterVec,
+    codes: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
+}
+
+impl RegistryRequests {
+    /// Counts one request to `host` answered with `code`.
+    pub(crate) fn inc(&self, host: &str, code: &str) {
+        // Under the lock, so a registry forgotten meanwhile leaves no series untracked.
+        let mut codes = lock(&self.codes);
+        self.counter.with_label_values(&[host, code]).inc();
+        match codes.get_mut(host) {
+            Some(known) if known.contains(code) => {}
+            Some(known) => {
+                known.insert(code.to_string());
+            }
+            None => {
+                codes.insert(host.to_string(), BTreeSet::from([code.to_string()]));
+            }
+        }
+    }
+
+    /// `host` is no longer asked: every series counted for it goes.
+    pub(crate) fn forget(&self, host: &str) {
+        let mut codes = lock(&self.codes);
+        for code in codes.remove(host).unwrap_or_default() {
+            let _ = self.counter.remove_label_values(&[host, code.as_str()]);
+        }
+    }
 }
 
 /// The pull quota each registry announced on the aggregator's latest manifest answer
@@ -110,13 +144,16 @@ impl CheckerMetrics {
     /// Creates the series and registers them in `registry` (the aggregator's).
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = CheckerMetrics {
-            registry_requests: IntCounterVec::new(
-                Opts::new(
-                    "pullwatch_registry_requests_total",
-                    "HTTP requests pullwatch sent to registries, by registry host and response code (\"error\" when no response arrived).",
-                ),
-                &["registry", "code"],
-            )?,
+            registry_requests: RegistryRequests {
+                counter: IntCounterVec::new(
+                    Opts::new(
+                        "pullwatch_registry_requests_total",
+                        "HTTP requests pullwatch sent to registries, by registry host and response code (\"error\" when no response arrived).",
+                    ),
+                    &["registry", "code"],
+                )?,
+                codes: Arc::default(),
+            },
             check_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "pullwatch_check_duration_seconds",
@@ -149,12 +186,52 @@ impl CheckerMetrics {
             )?,
             quotas: RegistryQuotas::new(registry)?,
         };
-        registry.register(Box::new(metrics.registry_requests.clone()))?;
+        registry.register(Box::new(metrics.registry_requests.counter.clone()))?;
         registry.register(Box::new(metrics.check_duration.clone()))?;
         registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.registry_paused_until.clone()))?;
         registry.register(Box::new(metrics.rate_limited.clone()))?;
         registry.register(Box::new(metrics.coalesced_checks.clone()))?;
         Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_series(registry: &Registry) -> Vec<String> {
+        let mut text = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut text)
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("pullwatch_registry_requests_total{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_forgotten_registry_takes_every_request_series_it_had() {
+        let registry = Registry::new();
+        let metrics = CheckerMetrics::new(&registry).unwrap();
+        let requests = &metrics.registry_requests;
+        for (host, code) in [
+            ("a.io", "200"),
+            ("a.io", "401"),
+            ("a.io", "200"),
+            ("b.io", "error"),
+        ] {
+            requests.inc(host, code);
+        }
+        assert_eq!(request_series(&registry).len(), 3);
+        requests.forget("a.io");
+        assert_eq!(
+            request_series(&registry),
+            [r#"pullwatch_registry_requests_total{code="error",registry="b.io"} 1"#]
+        );
+        requests.forget("a.io");
+        requests.inc("a.io", "200");
+        assert_eq!(request_series(&registry).len(), 2, "counted afresh");
     }
 }

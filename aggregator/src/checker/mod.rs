@@ -185,33 +185,11 @@ impl Checker {
                 .remove_label_values(&[host.as_str()]);
             let _ = metrics.rate_limited.remove_label_values(&[host.as_str()]);
             metrics.quotas.forget(host);
+            metrics.registry_requests.forget(host);
         }
-        if gone.is_empty() {
-            return;
+        if !gone.is_empty() {
+            tracing::debug!(hosts = ?gone, "registries left the index; their state and series are gone");
         }
-        // Every response code counted for a gone host.
-        let codes: Vec<(String, String)> =
-            prometheus::core::Collector::collect(&metrics.registry_requests)
-                .iter()
-                .flat_map(|family| family.get_metric())
-                .filter_map(|metric| {
-                    let label = |name: &str| {
-                        metric
-                            .get_label()
-                            .iter()
-                            .find(|l| l.name() == name)
-                            .map(|l| l.value().to_string())
-                    };
-                    Some((label("registry")?, label("code")?))
-                })
-                .filter(|(host, _)| gone.contains(host))
-                .collect();
-        for (host, code) in codes {
-            let _ = metrics
-                .registry_requests
-                .remove_label_values(&[host.as_str(), code.as_str()]);
-        }
-        tracing::debug!(hosts = ?gone, "registries left the index; their state and series are gone");
     }
 
     /// Checks one distinct reference. Identical checks already in flight (same
@@ -349,10 +327,7 @@ struct MetricsObserver(CheckerMetrics);
 impl RegistryObserver for MetricsObserver {
     fn request(&self, host: &str, code: Option<u16>) {
         let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
-        self.0
-            .registry_requests
-            .with_label_values(&[host, code.as_str()])
-            .inc();
+        self.0.registry_requests.inc(host, &code);
     }
 
     fn rate_limited(&self, host: &str) {

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub(crate) mod interner;
 pub mod manifests;
+pub(crate) mod nodes;
 pub(crate) mod owners;
 pub(crate) mod placements;
 pub(crate) mod platforms;
@@ -19,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use pullwatch::support::lock;
 
@@ -27,10 +28,11 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pullwatch::{DockerConfig, Platform};
+use pullwatch::DockerConfig;
 use serde::Serialize;
 
 pub(crate) use interner::Interner;
+pub(crate) use nodes::Nodes;
 pub(crate) use owners::OwnedPods;
 pub(crate) use placements::PodPlacements;
 pub(crate) use platforms::PlatformConstraints;
@@ -221,8 +223,9 @@ pub struct Inventory {
     /// The digest each running pod container runs, by workload container: what a
     /// moved tag is measured against. Changes here never need an index rebuild.
     pub(crate) running: RunningDigests,
-    /// Node name -> its platform (cluster mode): what workloads can land on.
-    pub(crate) nodes: BTreeMap<String, Platform>,
+    /// Node name -> its platform (cluster mode: what workloads can land on) and its
+    /// group label's value (with agents and `--node-group-label`).
+    pub(crate) nodes: Nodes,
     /// Pods whose controller pullwatch does not watch, grouped by their top-most
     /// known controller (see [`Inventory::grouped_workloads`]).
     pub(crate) owned: OwnedPods,
@@ -247,21 +250,59 @@ pub struct WatchState {
 #[derive(Clone)]
 pub struct SharedInventory {
     pub inventory: Arc<Mutex<Inventory>>,
+    /// The index builder's wake-up.
     pub changed: Arc<Notify>,
+    /// Bumped when the Nodes or their watch's state changed: the agent hub's wake-up
+    /// (its node groups come from here).
+    nodes_changed: Arc<watch::Sender<u64>>,
     states: Arc<Mutex<BTreeMap<&'static str, WatchState>>>,
 }
 
 impl Default for SharedInventory {
     fn default() -> Self {
-        SharedInventory {
-            inventory: Arc::new(Mutex::new(Inventory::default())),
-            changed: Arc::new(Notify::new()),
-            states: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+        SharedInventory::with_node_group_label(None)
     }
 }
 
 impl SharedInventory {
+    /// An empty inventory whose Nodes keep the value of `node_group_label` (with
+    /// agents and `--node-group-label`).
+    pub fn with_node_group_label(node_group_label: Option<String>) -> SharedInventory {
+        let inventory = Inventory {
+            nodes: Nodes::with_group_label(node_group_label),
+            ..Inventory::default()
+        };
+        SharedInventory {
+            inventory: Arc::new(Mutex::new(inventory)),
+            changed: Arc::new(Notify::new()),
+            nodes_changed: Arc::new(watch::channel(0).0),
+            states: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// Something a check depends on changed in objects of `kind` (or in their
+    /// watch's state): wakes the index builder, and the node groups' follower when
+    /// Nodes changed.
+    pub(crate) fn notify_changed(&self, kind: ObjectKind) {
+        self.changed.notify_one();
+        if kind == ObjectKind::Node {
+            self.nodes_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Tells when the Nodes or their watch's state changed.
+    pub(crate) fn subscribe_nodes(&self) -> watch::Receiver<u64> {
+        self.nodes_changed.subscribe()
+    }
+
+    /// The state of `resource`'s watch.
+    pub(crate) fn state(&self, resource: &str) -> WatchState {
+        lock(&self.states)
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// True once every watch has listed (or been refused by RBAC) at least once.
     pub fn synced(&self) -> bool {
         let states = lock(&self.states);
@@ -453,10 +494,7 @@ impl Inventory {
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
                 replace(&mut self.namespaces, name_of(&ns.metadata), labels)
             }
-            KubeObject::Node(node) => match platforms::node_platform(&node) {
-                Some(platform) => replace(&mut self.nodes, name_of(&node.metadata), platform),
-                None => self.nodes.remove(&name_of(&node.metadata)).is_some(),
-            },
+            KubeObject::Node(node) => self.nodes.apply(name_of(&node.metadata), &node),
             KubeObject::ReplicaSet(rs) => self.owned.apply_replicaset(
                 &namespace_of(&rs.metadata),
                 &name_of(&rs.metadata),
@@ -519,7 +557,7 @@ impl Inventory {
                 .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)))
                 .is_some(),
             KubeObject::Namespace(ns) => self.namespaces.remove(&name_of(&ns.metadata)).is_some(),
-            KubeObject::Node(node) => self.nodes.remove(&name_of(&node.metadata)).is_some(),
+            KubeObject::Node(node) => self.nodes.remove(name_str(&node.metadata)),
             KubeObject::ReplicaSet(rs) => self
                 .owned
                 .remove_replicaset(&namespace_of(&rs.metadata), &name_of(&rs.metadata)),
@@ -553,7 +591,7 @@ impl Inventory {
                 .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
             ObjectKind::Node => self
                 .nodes
-                .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
+                .retain(|name| seen.contains(&(String::new(), name.to_string()))),
             ObjectKind::ReplicaSet => {
                 self.owned.retain_seen_replicasets(seen);
             }
