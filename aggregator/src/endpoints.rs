@@ -212,7 +212,7 @@ fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::{Checker, CheckerConfig};
+    use crate::checker::{CentralChecker, CheckerConfig};
     use crate::index::{ContainerRef, ImageIndex};
     use crate::inventory::WorkloadKind;
     use crate::metrics::Metrics;
@@ -223,7 +223,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_scrape_is_one_version_of_the_store() {
         let metrics = Metrics::new(true).unwrap();
-        let checker = Checker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
+        let checker =
+            CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
         let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
         let containers: Vec<ContainerRef> = (0..300)
             .map(|i| ContainerRef {

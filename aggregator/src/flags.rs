@@ -128,7 +128,7 @@ pub struct ServeArgs {
     pub filters: FilterArgs,
 
     #[command(flatten)]
-    pub agents: crate::agents::cli::AgentServerArgs,
+    pub agents: crate::agents::flags::AgentServerArgs,
 
     #[command(flatten)]
     pub limits: pullwatch::serve::LimitArgs,

@@ -15,7 +15,7 @@
 //! answered ([`answers`]) is shared by the stages from the scheduler on.
 //! [`endpoints`] serves the HTTP endpoints, [`report`] prints one-shot results (with
 //! [`progress`] on stderr while `check` runs) and [`flags`] holds the command line's
-//! flags (the agent listener's are [`agents::cli`]).
+//! flags (the agent listener's are [`agents::flags`]).
 
 pub mod agents;
 pub mod answers;

@@ -13,7 +13,7 @@ use pullwatch::{CheckOutcome, CheckStatus};
 use pullwatch_aggregator::agents::auth::TokenReviewer;
 use pullwatch_aggregator::agents::server::{AgentServer, AgentServerError};
 use pullwatch_aggregator::agents::{self, AgentHub};
-use pullwatch_aggregator::checker::Checker;
+use pullwatch_aggregator::checker::CentralChecker;
 use pullwatch_aggregator::endpoints::{self, EndpointState};
 use pullwatch_aggregator::flags::{self, CheckArgs, Cli, Command, OutputFormat, ServeArgs};
 use pullwatch_aggregator::index::ContainerRef;
@@ -76,7 +76,7 @@ const EXIT_NOT_CHECKED: u8 = 3;
 async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     let options = flags::index_options(&args.checker, &args.filters)?;
     let metrics = Metrics::new(false)?;
-    let checker = Checker::new(&args.checker.checker_config(), metrics.checker.clone())?;
+    let checker = CentralChecker::new(&args.checker.checker_config(), metrics.checker.clone())?;
     let inventory = manifests::load(&args.manifests)?;
     let index = ImageIndex::build(&inventory, &options);
     index.log_new_warnings(None);
@@ -166,7 +166,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     let mut checker_config = args.checker.checker_config();
     // In a cluster the nodes say which platforms workloads land on.
     checker_config.index_platforms |= args.manifests.is_none();
-    let checker = Checker::new(&checker_config, metrics.checker.clone())?;
+    let checker = CentralChecker::new(&checker_config, metrics.checker.clone())?;
     // With agents, the one watch of Nodes also keeps their group label for the hub.
     let shared = SharedInventory::with_node_group_label(
         args.agents

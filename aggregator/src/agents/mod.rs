@@ -1,9 +1,10 @@
 //! Node agents, the stage beside the checker: the gRPC `AgentService` they connect to
-//! ([`server`], authenticated by [`auth`], over [`tls`]), and the hub the scheduler
-//! runs checks on them through ([`AgentHub`]: the sessions, here; [`placement`] of a
-//! check on nodes; [`dispatch`] of a task to one node; [`route`]: one check over one
-//! node per group, combined into the kubelet's view; [`groups`]: node groups from the
-//! cluster's Nodes).
+//! ([`server`], authenticated by [`auth`], over [`tls`], configured by [`flags`]), and
+//! the hub the scheduler runs checks on them through ([`AgentHub`]: the sessions, here;
+//! [`fan_out`]: one check over one node per node group, combined into the kubelet's
+//! view; [`placement`] of a check on nodes; [`dispatch`] of a task to one node;
+//! [`groups`]: node groups from the inventory's Nodes; [`quota`]: the pull quotas
+//! nodes report; [`metrics`]: the hub's series).
 //!
 //! One bidirectional stream per agent (proto/pullwatch/v1): the agent registers (node
 //! name, runtime, images it holds), the hub answers `Registered` (heartbeat interval,
@@ -15,8 +16,6 @@
 //!
 //! Each node has `max_concurrent_checks` slots: a dispatch waits for one before its
 //! task is sent, so per-node concurrency is bounded here and not only by the agent.
-//! [`route`] places one distinct check on one node per node group and combines the
-//! answers into the kubelet's view.
 //!
 //! Sized for a 5,000-node fleet: the hub keeps indexes from node group to its agents
 //! and from image to the nodes holding it (per group), kept as agents come, go and
@@ -33,13 +32,13 @@
 //! with [`DispatchOptions::move_without_credentials`]).
 
 pub mod auth;
-pub mod cli;
 pub mod dispatch;
+pub mod fan_out;
+pub mod flags;
 pub mod groups;
 pub mod metrics;
 pub mod placement;
 pub mod quota;
-pub mod route;
 pub mod server;
 pub mod tls;
 

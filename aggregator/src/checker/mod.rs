@@ -94,8 +94,8 @@ const INDEX_CACHE_ENTRIES: usize = 4096;
 
 type SharedCheck = Shared<BoxFuture<'static, CheckOutcome>>;
 
-/// The checker. Cheap to share (`Arc`); all state is internal.
-pub struct Checker {
+/// The aggregator's own registry checker (the agents check on the nodes). Cheap to share (`Arc`); all state is internal.
+pub struct CentralChecker {
     inner: Arc<Inner>,
 }
 
@@ -113,7 +113,7 @@ struct Inner {
     platforms: Mutex<Arc<[Platform]>>,
 }
 
-impl Checker {
+impl CentralChecker {
     pub fn new(config: &CheckerConfig, metrics: CheckerMetrics) -> Result<Self, CheckerError> {
         install_crypto_provider();
         let certificates = load_certificates(&config.ca_paths)?;
@@ -141,7 +141,7 @@ impl Checker {
             },
             Arc::new(MetricsObserver(metrics.clone())),
         );
-        Ok(Checker {
+        Ok(CentralChecker {
             inner: Arc::new(Inner {
                 client,
                 http,
