@@ -19,7 +19,7 @@ pub struct KeyCheck {
 
 /// One node's answer for one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeOutcome {
+pub(crate) struct NodeOutcome {
     pub(crate) status: CheckStatus,
     pub(crate) reason: String,
     /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,

@@ -18,7 +18,7 @@
 //! flags (the agent listener's are [`agents::flags`]).
 
 pub mod agents;
-pub mod answers;
+pub(crate) mod answers;
 pub mod checker;
 pub mod endpoints;
 pub mod flags;

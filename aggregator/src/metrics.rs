@@ -167,7 +167,8 @@ impl Metrics {
     }
 
     /// The registry of every `pullwatch_*` series.
-    pub fn registry(&self) -> &Registry {
+    #[cfg(test)]
+    fn registry(&self) -> &Registry {
         &self.registry
     }
 
@@ -705,28 +706,17 @@ mod tests {
             CheckOutcome::available_at(Some("sha256:new".into()), None),
         );
         assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());
-        running.apply(
-            "ns",
-            "solo",
-            &bare_pod("docker.io/library/nginx@sha256:new"),
-        );
-        assert_eq!(
-            moved(&m.render_with(&store, Some(&running)).unwrap()),
-            [
-                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 0"#
-            ]
-        );
-        running.apply(
-            "ns",
-            "solo",
-            &bare_pod("docker.io/library/nginx@sha256:old"),
-        );
-        assert_eq!(
-            moved(&m.render_with(&store, Some(&running)).unwrap()),
-            [
-                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 1"#
-            ]
-        );
+        // The pod runs what the tag resolves to now (0), then an older digest (1).
+        for (digest, value) in [("sha256:new", 0), ("sha256:old", 1)] {
+            let pod = bare_pod(&format!("docker.io/library/nginx@{digest}"));
+            running.apply("ns", "solo", &pod);
+            assert_eq!(
+                moved(&m.render_with(&store, Some(&running)).unwrap()),
+                [format!(
+                    r#"pullwatch_image_tag_moved{{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"}} {value}"#
+                )]
+            );
+        }
         // No digest from the registry (a failed check): unknown again.
         store.set(solo.clone(), CheckOutcome::new(CheckStatus::Absent, "gone"));
         assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());

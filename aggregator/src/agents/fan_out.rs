@@ -32,9 +32,9 @@ use crate::index::AgentTarget;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentCheck {
     /// Node name -> its answer.
-    pub nodes: BTreeMap<String, NodeOutcome>,
+    pub(crate) nodes: BTreeMap<String, NodeOutcome>,
     /// Nodes that were sent the workload's credentials.
-    pub credentials_sent_to: Vec<String>,
+    pub(crate) credentials_sent_to: Vec<String>,
 }
 
 impl AgentCheck {
@@ -47,7 +47,7 @@ impl AgentCheck {
 /// Over the conclusive answers: `available` when every node can pull; else the
 /// failing nodes' most informative status, with each failing node's reason. None
 /// without a conclusive answer.
-pub fn kubelet_view(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
+pub(crate) fn kubelet_view(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
     let conclusive: Vec<(&String, &NodeOutcome)> =
         nodes.iter().filter(|(_, n)| n.is_conclusive()).collect();
     if conclusive.is_empty() {

@@ -73,7 +73,7 @@ impl HubMetrics {
 
 impl AgentSecurityMetrics {
     /// Counts one refused session.
-    pub fn refused(&self, reason: &str) {
+    pub(crate) fn refused(&self, reason: &str) {
         self.refused.with_label_values(&[reason]).inc();
     }
 

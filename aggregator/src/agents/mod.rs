@@ -32,19 +32,19 @@
 //! with [`DispatchOptions::move_without_credentials`]).
 
 pub mod auth;
-pub mod dispatch;
-pub mod fan_out;
-pub mod flags;
+pub(crate) mod dispatch;
+pub(crate) mod fan_out;
+pub(crate) mod flags;
 pub mod groups;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod placement;
-pub mod quota;
+pub(crate) mod quota;
 pub mod server;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use dispatch::{DispatchOptions, Dispatched};
+pub(crate) use dispatch::DispatchOptions;
 use dispatch::{Pending, fail_pending};
-pub use metrics::{AgentSecurityMetrics, HubMetrics};
+pub(crate) use metrics::{AgentSecurityMetrics, HubMetrics};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -327,7 +327,7 @@ impl std::fmt::Debug for AgentHub {
 /// without the hub's lock.
 #[derive(Clone)]
 pub struct SessionId {
-    pub node: String,
+    pub(crate) node: String,
     id: u64,
     session: Arc<Session>,
 }
@@ -375,7 +375,7 @@ impl AgentHub {
     }
 
     /// Tells when agents come, go or report new image lists (the value counts changes).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
 
@@ -408,7 +408,7 @@ impl AgentHub {
     }
 
     /// Sessions opened plus sessions ended so far.
-    pub fn session_churn(&self) -> u64 {
+    pub(crate) fn session_churn(&self) -> u64 {
         self.inner.next_session.load(Ordering::Relaxed)
             + self.inner.sessions_ended.load(Ordering::Relaxed)
     }
@@ -440,7 +440,7 @@ impl AgentHub {
     /// `tx`. A node registering again replaces its previous session (whose tasks are
     /// re-placed) only when both are the same principal: the takeover is logged and
     /// counted. A session of another principal is refused while the first is open.
-    pub fn register_as(
+    pub(crate) fn register_as(
         &self,
         info: AgentInfo,
         tx: mpsc::Sender<AggregatorMessage>,
@@ -564,7 +564,7 @@ impl AgentHub {
 
     /// How long the agent has been silent (None: not registered under this session).
     /// Reads only the session's state.
-    pub fn silence(&self, session: &SessionId) -> Option<Duration> {
+    pub(crate) fn silence(&self, session: &SessionId) -> Option<Duration> {
         if session.session.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -652,7 +652,7 @@ impl AgentHub {
     }
 
     /// Every connected node and its group.
-    pub fn node_groups(&self) -> BTreeMap<String, String> {
+    pub(crate) fn node_groups(&self) -> BTreeMap<String, String> {
         let state = lock(&self.inner.state);
         state
             .agents
@@ -661,23 +661,10 @@ impl AgentHub {
             .collect()
     }
 
-    /// The group of a node (value of `--node-group-label`; one group when unset): the
-    /// label of its Node object when known, else the label its agent sent.
-    pub fn group_of(&self, info: &AgentInfo) -> String {
-        let state = lock(&self.inner.state);
-        state
-            .group_for(
-                self.inner.config.node_group_label.as_deref(),
-                &info.node_name,
-                &info.node_labels,
-            )
-            .to_string()
-    }
-
     /// Replaces the groups of the cluster's Nodes (node name -> value of
     /// `--node-group-label`, "" for a Node without it) and re-files the connected
     /// agents whose group changed.
-    pub fn set_node_groups(&self, groups: HashMap<String, String>) {
+    pub(crate) fn set_node_groups(&self, groups: HashMap<String, String>) {
         let changed = {
             let mut state = lock(&self.inner.state);
             if state.node_groups == groups {

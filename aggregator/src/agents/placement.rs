@@ -90,7 +90,8 @@ impl<'a> Best<'a> {
 impl AgentHub {
     /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
     /// `allowed` if given; preferring nodes that hold the image, then the least busy.
-    pub fn place(
+    #[cfg(test)]
+    pub(crate) fn place(
         &self,
         image: &str,
         group: Option<&str>,
@@ -102,7 +103,7 @@ impl AgentHub {
 
     /// [`Self::place`], preferring the `preferred` nodes (those running the workload)
     /// above all.
-    pub fn place_preferring(
+    pub(crate) fn place_preferring(
         &self,
         image: &str,
         group: Option<&str>,
@@ -226,7 +227,10 @@ impl AgentHub {
 
     /// For each of `images` (normalized references) that some agent holds: the nodes
     /// holding it, by their last image lists (the hub's own node names, shared).
-    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
+    pub(crate) fn holders_of(
+        &self,
+        images: &HashSet<String>,
+    ) -> HashMap<String, BTreeSet<Arc<str>>> {
         let state = lock(&self.inner.state);
         images
             .iter()

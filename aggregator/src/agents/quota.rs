@@ -16,17 +16,17 @@ use tracing::debug;
 
 /// Registries kept per node: a node's route asks few, and an agent must not be able to
 /// grow the aggregator's series without bound.
-pub const MAX_REGISTRIES_PER_NODE: usize = 32;
+pub(crate) const MAX_REGISTRIES_PER_NODE: usize = 32;
 /// A reported registry name longer than a host name can be is not one.
 const MAX_REGISTRY_LEN: usize = 260;
 
 /// What one node last reported about one registry's quota.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeQuota {
-    pub remaining: u64,
-    pub limit: Option<u64>,
-    pub window_seconds: Option<u64>,
-    pub reported_at: SystemTime,
+    pub(crate) remaining: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) window_seconds: Option<u64>,
+    pub(crate) reported_at: SystemTime,
 }
 
 /// Node -> registry -> its latest quota, and the gauges made of it.
@@ -61,7 +61,7 @@ impl NodeQuotas {
 
     /// Records what `node` reported. Names that cannot be registry hosts, and
     /// registries past the node's bound, are ignored.
-    pub fn record(&self, node: &str, quotas: &[RegistryQuota]) {
+    pub(crate) fn record(&self, node: &str, quotas: &[RegistryQuota]) {
         if quotas.is_empty() {
             return;
         }
@@ -112,7 +112,7 @@ impl NodeQuotas {
     }
 
     /// `node`'s agent went away: its quotas and series go.
-    pub fn forget_node(&self, node: &str) {
+    pub(crate) fn forget_node(&self, node: &str) {
         let Some(registries) = lock(&self.latest).remove(node) else {
             return;
         };

@@ -18,17 +18,17 @@ pub struct CheckerMetrics {
     /// Requests sent to registries, by registry and HTTP status (or `error`).
     pub(crate) registry_requests: RegistryRequests,
     /// Duration of one check (all attempts), by resulting status.
-    pub check_duration: HistogramVec,
+    pub(crate) check_duration: HistogramVec,
     /// Checks waiting for or holding a slot.
-    pub queue_depth: IntGauge,
+    pub(crate) queue_depth: IntGauge,
     /// Unix time until which a rate-limited registry is paused (0 when not paused).
-    pub registry_paused_until: GaugeVec,
+    pub(crate) registry_paused_until: GaugeVec,
     /// 429 answers, by registry.
-    pub rate_limited: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
     /// Checks answered by an identical check already in flight.
-    pub coalesced_checks: IntCounter,
+    pub(crate) coalesced_checks: IntCounter,
     /// The latest pull quota each registry announced to the aggregator.
-    pub quotas: RegistryQuotas,
+    pub(crate) quotas: RegistryQuotas,
 }
 
 /// `pullwatch_registry_requests_total{registry,code}`, and the codes counted for each
@@ -70,7 +70,7 @@ impl RegistryRequests {
 /// and, for `/api/v1/images` and the page, the quota itself. A registry's entry goes
 /// with the registry ([`RegistryQuotas::forget`]).
 #[derive(Clone)]
-pub struct RegistryQuotas {
+pub(crate) struct RegistryQuotas {
     latest: Arc<Mutex<BTreeMap<String, (Quota, SystemTime)>>>,
     limit: GaugeVec,
     remaining: GaugeVec,
@@ -103,7 +103,7 @@ impl RegistryQuotas {
     }
 
     /// `host` announced `quota` now.
-    pub fn record(&self, host: &str, quota: &Quota) {
+    pub(crate) fn record(&self, host: &str, quota: &Quota) {
         lock(&self.latest).insert(host.to_string(), (quota.clone(), SystemTime::now()));
         self.remaining
             .with_label_values(&[host])
@@ -127,7 +127,7 @@ impl RegistryQuotas {
     }
 
     /// `host` is no longer asked: its quota and series go.
-    pub fn forget(&self, host: &str) {
+    pub(crate) fn forget(&self, host: &str) {
         lock(&self.latest).remove(host);
         for gauge in [&self.limit, &self.remaining, &self.window] {
             let _ = gauge.remove_label_values(&[host]);
@@ -135,14 +135,14 @@ impl RegistryQuotas {
     }
 
     /// Every registry's latest quota and when it was announced, by host.
-    pub fn snapshot(&self) -> BTreeMap<String, (Quota, SystemTime)> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, (Quota, SystemTime)> {
         lock(&self.latest).clone()
     }
 }
 
 impl CheckerMetrics {
     /// Creates the series and registers them in `registry` (the aggregator's).
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = CheckerMetrics {
             registry_requests: RegistryRequests {
                 counter: IntCounterVec::new(

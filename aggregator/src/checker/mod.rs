@@ -5,7 +5,7 @@
 pub mod limits;
 mod metrics;
 
-pub use metrics::CheckerMetrics;
+pub(crate) use metrics::CheckerMetrics;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -162,7 +162,7 @@ impl CentralChecker {
 
     /// The platforms workloads can land on, as the index found them (the nodes', or
     /// `--platform`): an index's pull path is walked for each. Empty keeps the last.
-    pub fn set_platforms(&self, platforms: &[Platform]) {
+    pub(crate) fn set_platforms(&self, platforms: &[Platform]) {
         if platforms.is_empty() {
             return;
         }
@@ -175,7 +175,7 @@ impl CentralChecker {
     /// Forgets what is kept per registry host for hosts not in `hosts` (the index's
     /// registries): the client's host state, the concurrency slots, and their series
     /// (requests, 429s, pauses, quotas), with those of token endpoints only they used.
-    pub fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
+    pub(crate) fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
         let gone = self.inner.client.retain_hosts(hosts);
         self.inner.registries.retain(hosts);
         let metrics = &self.inner.metrics;
