@@ -22,7 +22,7 @@ use crate::store::ResultStore;
 use pullwatch::support::lock;
 
 /// What the endpoints report on.
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     pub(crate) pipeline: Arc<Pipeline>,
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
@@ -53,7 +53,7 @@ fn reusable<T>(
 }
 
 impl EndpointState {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+    pub(crate) fn new(pipeline: Arc<Pipeline>) -> Self {
         EndpointState {
             pipeline,
             ready: AtomicBool::new(false),
@@ -92,7 +92,7 @@ impl EndpointState {
         fresh
     }
 
-    pub fn set_ready(&self, ready: bool, detail: impl Into<String>) {
+    pub(crate) fn set_ready(&self, ready: bool, detail: impl Into<String>) {
         *lock(&self.detail) = detail.into();
         self.ready.store(ready, Ordering::Release);
     }
@@ -105,12 +105,12 @@ impl EndpointState {
 use pullwatch::serve::BindError;
 
 /// Binds `--bind-address` (`:8080` means every interface, as in Go).
-pub async fn bind(address: &str) -> Result<TcpListener, BindError> {
+pub(crate) async fn bind(address: &str) -> Result<TcpListener, BindError> {
     serve::bind("--bind-address", address).await
 }
 
 /// Serves within `limits` until `shutdown` turns true (or its sender goes).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     limits: serve::Limits,
     state: Arc<EndpointState>,

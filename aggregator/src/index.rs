@@ -598,7 +598,7 @@ impl ImageIndex {
     }
 
     /// Logs the warnings that `previous` did not already have.
-    pub fn log_new_warnings(&self, previous: Option<&ImageIndex>) {
+    pub(crate) fn log_new_warnings(&self, previous: Option<&ImageIndex>) {
         for warning in &self.warnings {
             if previous.is_none_or(|p| !p.warnings.contains(warning)) {
                 tracing::warn!("{warning}");
@@ -686,7 +686,7 @@ fn keyring_for(
 /// Rebuilds the index whenever the inventory changes (after a short quiet period,
 /// so a burst of watch events is one rebuild) and publishes it, but only once the
 /// inventory has been fully synced: an index of half a cluster would drop series.
-pub async fn build_indexes(
+pub(crate) async fn build_indexes(
     shared: SharedInventory,
     options: IndexOptions,
     debounce: Duration,

@@ -66,10 +66,10 @@ pub struct Metrics {
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
     /// The inventory watches' series (cluster mode; without watches none is set).
-    pub inventory: InventoryMetrics,
+    pub(crate) inventory: InventoryMetrics,
     /// The agent hub's series: served only when agents may connect
     /// ([`Metrics::with_agents`]), so that without agents `/metrics` shows none of them.
-    pub agents: HubMetrics,
+    pub(crate) agents: HubMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
     pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
@@ -118,7 +118,7 @@ impl Metrics {
 
     /// The metrics of a run agents may connect to: [`Metrics::new`]'s and the agent
     /// hub's series.
-    pub fn with_agents(legacy_metric_names: bool) -> Result<Self, MetricsError> {
+    pub(crate) fn with_agents(legacy_metric_names: bool) -> Result<Self, MetricsError> {
         Metrics::build(legacy_metric_names, true)
     }
 

@@ -31,7 +31,7 @@ use crate::store::ResultStore;
 pub struct Pipeline {
     checker: CentralChecker,
     store: Mutex<ResultStore>,
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Checks started at once; the checker's own limits still apply beneath this.
     parallelism: usize,
     /// The agent hub, when the agent server runs.
@@ -45,7 +45,7 @@ pub struct Pipeline {
 /// How far a pass over an index got: container references with a result, and
 /// distinct checks started and not finished.
 #[derive(Debug, Default)]
-pub struct CycleProgress {
+pub(crate) struct CycleProgress {
     done: AtomicUsize,
     in_flight: AtomicUsize,
 }
@@ -65,10 +65,10 @@ impl CycleProgress {
 /// What one pass over an index found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CycleSummary {
-    pub distinct_checks: usize,
-    pub containers: usize,
-    pub unavailable: usize,
-    pub duration: Duration,
+    pub(crate) distinct_checks: usize,
+    pub(crate) containers: usize,
+    pub(crate) unavailable: usize,
+    pub(crate) duration: Duration,
 }
 
 impl Pipeline {
@@ -121,13 +121,13 @@ impl Pipeline {
 
     /// Reads what running pods run from `inventory` (cluster mode), for the
     /// moved-tag series.
-    pub fn with_inventory(mut self, inventory: Arc<Mutex<Inventory>>) -> Self {
+    pub(crate) fn with_inventory(mut self, inventory: Arc<Mutex<Inventory>>) -> Self {
         self.inventory = Some(inventory);
         self
     }
 
     /// Routes checks through `hub`'s agents whenever one is connected.
-    pub fn with_agents(mut self, hub: AgentHub) -> Self {
+    pub(crate) fn with_agents(mut self, hub: AgentHub) -> Self {
         self.hub = Some(hub);
         self
     }
@@ -139,7 +139,7 @@ impl Pipeline {
 
     /// [`Pipeline::run_cycle`], counting in `progress` how far it got (the `check`
     /// command reports it; dropped midway, what was recorded stays in the store).
-    pub async fn run_cycle_with(
+    pub(crate) async fn run_cycle_with(
         &self,
         index: &ImageIndex,
         progress: &CycleProgress,

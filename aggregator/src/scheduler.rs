@@ -36,7 +36,7 @@ use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 
 /// Where checks are made, as the scheduler sees it: centrally, or on the nodes through
 /// their agents.
-pub trait CheckRunner: Send + Sync + 'static {
+pub(crate) trait CheckRunner: Send + Sync + 'static {
     /// Checks started at once.
     fn parallelism(&self) -> usize;
     /// Checks one distinct reference: through the agents when any answers (`target`
@@ -55,7 +55,7 @@ pub trait CheckRunner: Send + Sync + 'static {
 }
 
 /// The node agents, as the scheduler sees them.
-pub trait NodeAgents: Send + Sync {
+pub(crate) trait NodeAgents: Send + Sync {
     /// Ticks whenever agents come, go or report new image lists.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Connected node -> its node group.
@@ -67,7 +67,7 @@ pub trait NodeAgents: Send + Sync {
 
 /// Where outcomes go, as the scheduler sees it: the store (and the few gauges) the
 /// metrics and results are rendered from.
-pub trait OutcomeSink: Send + Sync + 'static {
+pub(crate) trait OutcomeSink: Send + Sync + 'static {
     /// Records `outcome` for `containers` of `index`.
     fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
     /// Forgets every reference not in `current`: its series disappear.
@@ -86,12 +86,12 @@ pub trait OutcomeSink: Send + Sync + 'static {
 
 /// Where the continuous scheduler stands, for `/readyz` and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SchedulerStatus {
+pub(crate) struct SchedulerStatus {
     /// Full passes completed (every distinct check made at least once since the last).
-    pub passes: u64,
-    pub distinct_checks: usize,
-    pub containers: usize,
-    pub unavailable: usize,
+    pub(crate) passes: u64,
+    pub(crate) distinct_checks: usize,
+    pub(crate) containers: usize,
+    pub(crate) unavailable: usize,
 }
 
 struct KeyState {
@@ -115,7 +115,7 @@ const VIEW_REFRESH_BATCH: usize = 250;
 const RETRY_BASE: Duration = Duration::from_secs(10);
 
 /// Keeps the latest index checked.
-pub struct Scheduler<C, S> {
+pub(crate) struct Scheduler<C, S> {
     runner: Arc<C>,
     sink: Arc<S>,
     interval: Duration,
@@ -141,7 +141,7 @@ pub struct Scheduler<C, S> {
 impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     /// Checks through `runner`, records into `sink`, each reference at least once per
     /// `interval`.
-    pub fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
+    pub(crate) fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
         Scheduler {
             runner,
             sink,
@@ -161,7 +161,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
 
     /// Runs until `stop` turns true or the index sender goes away, publishing its
     /// status on `status` after every pass and index change.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut indexes: watch::Receiver<Option<Arc<ImageIndex>>>,
         status: watch::Sender<SchedulerStatus>,

@@ -11,10 +11,10 @@ use super::server::{AgentServerConfig, AgentServerError};
 
 /// Flags of the agent server (each also from `PULLWATCH_<FLAG>`).
 #[derive(Clone, Debug, Default, Args)]
-pub struct AgentServerArgs {
+pub(crate) struct AgentServerArgs {
     /// Listen for node agents (gRPC) on this address, e.g. `:9443`. Unset: no agents.
     #[arg(long, env = "PULLWATCH_AGENT_LISTEN")]
-    pub agent_listen: Option<String>,
+    pub(crate) agent_listen: Option<String>,
     /// PEM certificate (chain) for the agent server.
     #[arg(long, env = "PULLWATCH_AGENT_TLS_CERT", requires = "agent_tls_key")]
     pub(crate) agent_tls_cert: Option<PathBuf>,
@@ -43,7 +43,7 @@ pub struct AgentServerArgs {
     pub(crate) agent_insecure_plaintext_tokens_for_testing_only: bool,
     /// Node label whose value groups nodes for placement (unset: one group).
     #[arg(long, env = "PULLWATCH_NODE_GROUP_LABEL")]
-    pub node_group_label: Option<String>,
+    pub(crate) node_group_label: Option<String>,
 }
 
 /// `:9443` -> `0.0.0.0:9443`; `HOST:PORT` and `[v6]:PORT` as given.
@@ -60,7 +60,7 @@ pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, AgentServerError> {
 
 impl AgentServerArgs {
     /// The hub settings these flags describe.
-    pub fn hub_config(&self) -> HubConfig {
+    pub(crate) fn hub_config(&self) -> HubConfig {
         HubConfig {
             node_group_label: self.node_group_label.clone(),
             tls: self.agent_tls_cert.is_some(),
@@ -69,7 +69,7 @@ impl AgentServerArgs {
     }
 
     /// `--agent-token-audience`, when set and not empty.
-    pub fn token_audience(&self) -> Option<&str> {
+    pub(crate) fn token_audience(&self) -> Option<&str> {
         self.agent_token_audience
             .as_deref()
             .map(str::trim)
@@ -77,7 +77,7 @@ impl AgentServerArgs {
     }
 
     /// `--agent-service-account`, required with `--agent-token-audience`.
-    pub fn service_account(&self) -> Result<Option<ServiceAccountName>, AgentServerError> {
+    pub(crate) fn service_account(&self) -> Result<Option<ServiceAccountName>, AgentServerError> {
         match self
             .agent_service_account
             .as_deref()
@@ -93,7 +93,7 @@ impl AgentServerArgs {
     }
 
     /// The server settings, or None when `--agent-listen` is unset.
-    pub fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
+    pub(crate) fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
         let Some(listen) = &self.agent_listen else {
             return Ok(None);
         };

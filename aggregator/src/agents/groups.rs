@@ -13,7 +13,7 @@ use crate::inventory::cluster::NODES;
 use pullwatch::support::lock;
 
 /// Keeps `hub`'s node groups those of the inventory's Nodes until aborted.
-pub fn follow_node_groups(inventory: SharedInventory, hub: AgentHub) -> JoinHandle<()> {
+pub(crate) fn follow_node_groups(inventory: SharedInventory, hub: AgentHub) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = inventory.subscribe_nodes();
         let mut warned = false;

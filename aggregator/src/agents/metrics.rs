@@ -9,7 +9,7 @@ use super::quota::NodeQuotas;
 
 /// Every series the hub writes.
 #[derive(Clone)]
-pub struct HubMetrics {
+pub(crate) struct HubMetrics {
     pub(crate) security: AgentSecurityMetrics,
     /// Agents placement looked at (`pullwatch_agent_placement_visits_total`): bounded
     /// per placement, whatever the fleet's size.

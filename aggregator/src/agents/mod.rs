@@ -35,7 +35,7 @@ pub mod auth;
 pub(crate) mod dispatch;
 pub(crate) mod fan_out;
 pub(crate) mod flags;
-pub mod groups;
+pub(crate) mod groups;
 pub(crate) mod metrics;
 pub mod placement;
 pub(crate) mod quota;
@@ -358,7 +358,7 @@ impl AgentHub {
 
     /// A hub writing `metrics` (the aggregator's, registered by
     /// [`crate::metrics::Metrics::new`]).
-    pub fn with_metrics(config: HubConfig, metrics: HubMetrics) -> AgentHub {
+    pub(crate) fn with_metrics(config: HubConfig, metrics: HubMetrics) -> AgentHub {
         AgentHub {
             inner: Arc::new(HubInner {
                 config,

@@ -1,6 +1,6 @@
 //! Placement: which connected agent checks an image. One node per node group
 //! ([`AgentHub::plan`]), and within a group the node running the workload, then one
-//! holding the image, then the least busy ([`AgentHub::place`]).
+//! holding the image, then the least busy ([`AgentHub::place_preferring`]).
 //!
 //! Placement reads the hub's indexes (group -> agents, image -> group -> holders) and
 //! never walks the whole fleet: the nodes running the workload are looked up one by
@@ -88,8 +88,7 @@ impl<'a> Best<'a> {
 }
 
 impl AgentHub {
-    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
-    /// `allowed` if given; preferring nodes that hold the image, then the least busy.
+    /// [`Self::place_preferring`] with no preferred node.
     #[cfg(test)]
     pub(crate) fn place(
         &self,
@@ -101,8 +100,9 @@ impl AgentHub {
         self.place_preferring(image, group, exclude, allowed, &[])
     }
 
-    /// [`Self::place`], preferring the `preferred` nodes (those running the workload)
-    /// above all.
+    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
+    /// `allowed` if given; preferring the `preferred` nodes (those running the
+    /// workload) above all, then nodes that hold the image, then the least busy.
     pub(crate) fn place_preferring(
         &self,
         image: &str,

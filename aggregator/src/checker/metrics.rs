@@ -1,6 +1,7 @@
 //! The checker's own series: requests per registry and code, check durations, the
 //! queue, 429s and pauses, and the pull quota registries announce. Registered in the
-//! aggregator's registry by the metrics stage; kept here because the checker writes them.
+//! aggregator's registry by the metrics stage; kept here because the checker writes
+//! them, and drops a registry's series (the label sets it set) when it leaves the index.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

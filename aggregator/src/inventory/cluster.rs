@@ -1,7 +1,8 @@
 //! Inventory from a live cluster: one kube-rs watcher per kind (per type for pull
 //! secrets, whose field selector cannot OR two), each event reduced at
 //! once to what a check needs (no object is kept whole: no managedFields, no
-//! annotations, no unrelated secret data).
+//! annotations, no unrelated secret data). Nodes are watched once, for the platforms
+//! workloads land on and the agent hub's node groups alike.
 //!
 //! Relists are applied without buffering whole objects: every listed object is
 //! applied as it arrives and remembered by key only; when the list is done, objects
@@ -42,7 +43,7 @@ pub enum ClusterError {
 }
 
 /// A Kubernetes client from `--kubeconfig`, else in-cluster config or `KUBECONFIG`.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
+pub(crate) async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -65,7 +66,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
 
 /// Series about the watches themselves, registered by [`crate::metrics::Metrics`].
 #[derive(Clone)]
-pub struct InventoryMetrics {
+pub(crate) struct InventoryMetrics {
     synced: IntGaugeVec,
     forbidden: IntGaugeVec,
     errors: IntCounterVec,
@@ -124,7 +125,7 @@ struct Watch<K> {
 }
 
 /// Starts one watch task per resource. They run until aborted.
-pub fn spawn_watches(
+pub(crate) fn spawn_watches(
     client: Client,
     shared: SharedInventory,
     metrics: InventoryMetrics,

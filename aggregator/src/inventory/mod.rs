@@ -4,10 +4,11 @@
 //!
 //! Sources fill an [`Inventory`]: [`manifests`] from YAML files, [`cluster`] from
 //! watches on a live cluster; [`SharedInventory`] is where they meet the index
-//! builder. The reduction from Kubernetes objects lives here so every source reduces
-//! the same way.
+//! builder, and where the agent hub reads its node groups ([`nodes`]: each Node's
+//! platform and group label, from the one watch of Nodes). The reduction from
+//! Kubernetes objects lives here so every source reduces the same way.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub(crate) mod interner;
 pub mod manifests;
 pub(crate) mod nodes;
@@ -238,20 +239,20 @@ pub struct Inventory {
 
 /// What each watch has achieved, for readiness and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchState {
+pub(crate) struct WatchState {
     /// A full list has been applied at least once.
-    pub synced: bool,
+    pub(crate) synced: bool,
     /// The API server refused the list with 403 (RBAC).
-    pub forbidden: bool,
-    pub last_error: Option<String>,
+    pub(crate) forbidden: bool,
+    pub(crate) last_error: Option<String>,
 }
 
 /// The shared inventory the watches fill, and who to tell when it changes.
 #[derive(Clone)]
-pub struct SharedInventory {
-    pub inventory: Arc<Mutex<Inventory>>,
+pub(crate) struct SharedInventory {
+    pub(crate) inventory: Arc<Mutex<Inventory>>,
     /// The index builder's wake-up.
-    pub changed: Arc<Notify>,
+    pub(crate) changed: Arc<Notify>,
     /// Bumped when the Nodes or their watch's state changed: the agent hub's wake-up
     /// (its node groups come from here).
     nodes_changed: Arc<watch::Sender<u64>>,
@@ -267,7 +268,7 @@ impl Default for SharedInventory {
 impl SharedInventory {
     /// An empty inventory whose Nodes keep the value of `node_group_label` (with
     /// agents and `--node-group-label`).
-    pub fn with_node_group_label(node_group_label: Option<String>) -> SharedInventory {
+    pub(crate) fn with_node_group_label(node_group_label: Option<String>) -> SharedInventory {
         let inventory = Inventory {
             nodes: Nodes::with_group_label(node_group_label),
             ..Inventory::default()
@@ -304,13 +305,13 @@ impl SharedInventory {
     }
 
     /// True once every watch has listed (or been refused by RBAC) at least once.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         let states = lock(&self.states);
         !states.is_empty() && states.values().all(|s| s.synced || s.forbidden)
     }
 
     /// Sets a resource's state, returning the previous one.
-    pub fn set_state(&self, resource: &'static str, state: WatchState) -> WatchState {
+    pub(crate) fn set_state(&self, resource: &'static str, state: WatchState) -> WatchState {
         lock(&self.states)
             .insert(resource, state)
             .unwrap_or_default()
@@ -326,7 +327,7 @@ impl SharedInventory {
     }
 
     /// One line for `/readyz`: what is not synced, what is forbidden.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let states = lock(&self.states);
         let pending: Vec<&str> = states
             .iter()
