@@ -201,14 +201,27 @@ impl CheckerMetrics {
 mod tests {
     use super::*;
 
-    fn request_series(registry: &Registry) -> Vec<String> {
-        let mut text = String::new();
-        prometheus::TextEncoder::new()
-            .encode_utf8(&registry.gather(), &mut text)
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("pullwatch_registry_requests_total{"))
-            .map(str::to_string)
+    /// (registry, code, count) of every request series `registry` serves.
+    fn request_series(registry: &Registry) -> Vec<(String, String, f64)> {
+        let families = registry.gather();
+        let family = families
+            .iter()
+            .find(|f| f.name() == "pullwatch_registry_requests_total");
+        let label = |metric: &prometheus::proto::Metric, name: &str| {
+            let found = metric.get_label().iter().find(|l| l.name() == name);
+            found.map(|l| l.value().to_string()).unwrap_or_default()
+        };
+        family
+            .map(|f| f.get_metric())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                (
+                    label(m, "registry"),
+                    label(m, "code"),
+                    m.get_counter().get_value(),
+                )
+            })
             .collect()
     }
 
@@ -229,7 +242,7 @@ mod tests {
         requests.forget("a.io");
         assert_eq!(
             request_series(&registry),
-            [r#"pullwatch_registry_requests_total{code="error",registry="b.io"} 1"#]
+            [("b.io".to_string(), "error".to_string(), 1.0)]
         );
         requests.forget("a.io");
         requests.inc("a.io", "200");
