@@ -28,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use pullwatch::registry::pull_path::{DEFAULT_BLOB_CHECK_INTERVAL, WalkSettings};
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference};
 use pullwatch_aggregator::checker::limits::RegistryLimits;
-use pullwatch_aggregator::checker::{Checker, CheckerConfig};
+use pullwatch_aggregator::checker::{CentralChecker, CheckerConfig};
 use pullwatch_aggregator::index::{CheckKey, ImageIndex, IndexOptions};
 use pullwatch_aggregator::inventory::{ContainerImage, Inventory, Workload, WorkloadKind};
 use pullwatch_aggregator::metrics::Metrics;
@@ -166,7 +166,7 @@ async fn pullwatch_throughput(
 ) -> anyhow::Result<(f64, f64, f64)> {
     let host = registry.host();
     let metrics = Metrics::new(false)?;
-    let checker = Arc::new(Checker::new(
+    let checker = Arc::new(CentralChecker::new(
         &bench_checker_config(),
         metrics.checker.clone(),
     )?);
@@ -253,7 +253,7 @@ async fn distinct_image_costs(registry: &Registry) -> anyhow::Result<(f64, f64, 
         platforms: vec!["linux/amd64".parse()?],
         ..bench_checker_config()
     };
-    let checker = Checker::new(&config, metrics.checker.clone())?;
+    let checker = CentralChecker::new(&config, metrics.checker.clone())?;
     let pass = async || -> anyhow::Result<f64> {
         let start = registry.log().len();
         for key in &keys {
@@ -311,7 +311,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     };
     let index = ImageIndex::build(&inventory, &options);
     let metrics = Metrics::new(false)?;
-    let checker = Checker::new(&CheckerConfig::default(), metrics.checker.clone())?;
+    let checker = CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone())?;
     let pipeline = Pipeline::new(checker, metrics, 1);
     // Record outcomes without network: the settled path takes the same store/metrics route.
     let settled = ImageIndex {

@@ -11,7 +11,7 @@ use pullwatch::{CheckOutcome, CheckStatus};
 
 /// The outcome of one distinct check, and the node answers it was made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyCheck {
+pub(crate) struct KeyCheck {
     pub(crate) outcome: CheckOutcome,
     /// Node name -> its answer; empty when the aggregator checked centrally.
     pub(crate) nodes: BTreeMap<String, NodeOutcome>,
@@ -19,7 +19,7 @@ pub struct KeyCheck {
 
 /// One node's answer for one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeOutcome {
+pub(crate) struct NodeOutcome {
     pub(crate) status: CheckStatus,
     pub(crate) reason: String,
     /// Where the deciding credential came from on the node (`secret/<ns>/<name>`,
@@ -47,7 +47,7 @@ impl NodeOutcome {
 
 /// What the nodes say about one image (as written in the spec), with agents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageNodes {
+pub(crate) struct ImageNodes {
     /// Nodes per status, from the latest node checks of the image (empty: no node
     /// has checked it).
     pub(crate) statuses: BTreeMap<CheckStatus, usize>,

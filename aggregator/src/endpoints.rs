@@ -22,7 +22,7 @@ use crate::store::ResultStore;
 use pullwatch::locks::lock;
 
 /// What the endpoints report on.
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     pub(crate) pipeline: Arc<Pipeline>,
     ready: AtomicBool,
     /// Human-readable detail for `/readyz`.
@@ -53,7 +53,7 @@ fn reusable<T>(
 }
 
 impl EndpointState {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+    pub(crate) fn new(pipeline: Arc<Pipeline>) -> Self {
         EndpointState {
             pipeline,
             ready: AtomicBool::new(false),
@@ -92,7 +92,7 @@ impl EndpointState {
         fresh
     }
 
-    pub fn set_ready(&self, ready: bool, detail: impl Into<String>) {
+    pub(crate) fn set_ready(&self, ready: bool, detail: impl Into<String>) {
         *lock(&self.detail) = detail.into();
         self.ready.store(ready, Ordering::Release);
     }
@@ -105,12 +105,12 @@ impl EndpointState {
 use pullwatch::serve::BindError;
 
 /// Binds `--bind-address` (`:8080` means every interface, as in Go).
-pub async fn bind(address: &str) -> Result<TcpListener, BindError> {
+pub(crate) async fn bind(address: &str) -> Result<TcpListener, BindError> {
     serve::bind("--bind-address", address).await
 }
 
 /// Serves within `limits` until `shutdown` turns true (or its sender goes).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     limits: serve::Limits,
     state: Arc<EndpointState>,
@@ -212,7 +212,7 @@ fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::{Checker, CheckerConfig};
+    use crate::checker::{CentralChecker, CheckerConfig};
     use crate::index::{ContainerRef, ImageIndex};
     use crate::inventory::WorkloadKind;
     use crate::metrics::Metrics;
@@ -223,7 +223,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_scrape_is_one_version_of_the_store() {
         let metrics = Metrics::new(true).unwrap();
-        let checker = Checker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
+        let checker =
+            CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
         let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
         let containers: Vec<ContainerRef> = (0..300)
             .map(|i| ContainerRef {

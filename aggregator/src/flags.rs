@@ -26,11 +26,11 @@ pub struct Cli {
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `pullwatch_aggregator=debug`).
     #[arg(long, global = true, env = "PULLWATCH_LOG", default_value = "info")]
-    pub log_level: String,
+    pub(crate) log_level: String,
 
     /// Log line format.
     #[arg(long, global = true, env = "PULLWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
 pub(crate) use pullwatch::logging::LogFormat;
@@ -54,34 +54,34 @@ pub struct CheckArgs {
         env = "PULLWATCH_MANIFESTS",
         value_name = "PATH"
     )]
-    pub manifests: PathBuf,
+    pub(crate) manifests: PathBuf,
 
     /// Output format.
     #[arg(short = 'o', long, env = "PULLWATCH_OUTPUT", value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
 
     /// Bound on the whole run: references not checked by then are reported with the
     /// reason "not checked within --timeout", and the exit status is 3.
     #[arg(long, env = "PULLWATCH_CHECK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 
     /// No progress on stderr (by default a bar on a terminal, else a line every 10 s).
     #[arg(short = 'q', long, env = "PULLWATCH_QUIET", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub quiet: bool,
+    pub(crate) quiet: bool,
 
     /// How often progress lines are printed when stderr is not a terminal (tests).
     #[arg(long, env = "PULLWATCH_PROGRESS_INTERVAL", hide = true, default_value = "10s", value_parser = parse_duration)]
-    pub progress_interval: Duration,
+    pub(crate) progress_interval: Duration,
 
     #[command(flatten)]
-    pub checker: CheckerArgs,
+    pub(crate) checker: CheckerArgs,
 
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Table,
     Json,
     /// JUnit XML: one test case per container reference, for CI systems.
@@ -97,7 +97,7 @@ pub struct ServeArgs {
         env = "PULLWATCH_MANIFESTS",
         value_name = "PATH"
     )]
-    pub manifests: Option<PathBuf>,
+    pub(crate) manifests: Option<PathBuf>,
 
     /// Kubeconfig of the cluster to watch; default: in-cluster config, else KUBECONFIG, else ~/.kube/config.
     #[arg(
@@ -106,37 +106,37 @@ pub struct ServeArgs {
         value_name = "PATH",
         conflicts_with = "manifests"
     )]
-    pub kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz: [HOST]:PORT, an empty host meaning all interfaces.
     #[arg(long, env = "PULLWATCH_BIND_ADDRESS", default_value = ":8080")]
-    pub bind_address: String,
+    pub(crate) bind_address: String,
 
     /// How often every image is re-checked (Go-style durations: 30s, 5m, 1h30m).
     #[arg(long, env = "PULLWATCH_CHECK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    pub check_interval: Duration,
+    pub(crate) check_interval: Duration,
 
     /// Also export the older per-kind metric names
     /// (k8s_image_availability_exporter_<kind>_<status>{namespace,<kind>,container,image}).
     #[arg(long, env = "PULLWATCH_LEGACY_METRIC_NAMES", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
-    pub legacy_metric_names: bool,
+    pub(crate) legacy_metric_names: bool,
 
     #[command(flatten)]
-    pub checker: CheckerArgs,
+    pub(crate) checker: CheckerArgs,
 
     #[command(flatten)]
-    pub filters: FilterArgs,
+    pub(crate) filters: FilterArgs,
 
     #[command(flatten)]
-    pub agents: crate::agents::cli::AgentServerArgs,
+    pub(crate) agents: crate::agents::flags::AgentServerArgs,
 
     #[command(flatten)]
-    pub limits: pullwatch::serve::LimitArgs,
+    pub(crate) limits: pullwatch::serve::LimitArgs,
 }
 
 /// How registries are reached.
 #[derive(Debug, Args)]
-pub struct CheckerArgs {
+pub(crate) struct CheckerArgs {
     /// Do not verify registries' TLS certificates.
     #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
     pub(crate) skip_registry_cert_verification: bool,
@@ -188,7 +188,7 @@ pub struct CheckerArgs {
 
     /// Checks in flight at once, across all registries.
     #[arg(long, env = "PULLWATCH_MAX_CONCURRENT_CHECKS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_concurrent_checks: u32,
+    pub(crate) max_concurrent_checks: u32,
 
     /// Checks in flight at once against one registry.
     #[arg(long, env = "PULLWATCH_REGISTRY_MAX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -211,7 +211,7 @@ pub struct CheckerArgs {
 
 /// Which container references are checked.
 #[derive(Debug, Args)]
-pub struct FilterArgs {
+pub(crate) struct FilterArgs {
     /// Regexes separated by `~`: images matching any are not checked.
     #[arg(long, env = "PULLWATCH_IGNORED_IMAGES", default_value = "")]
     pub(crate) ignored_images: String,
@@ -249,7 +249,7 @@ pub enum FlagError {
 }
 
 impl CheckerArgs {
-    pub fn checker_config(&self) -> CheckerConfig {
+    pub(crate) fn checker_config(&self) -> CheckerConfig {
         CheckerConfig {
             allow_plain_http: self.allow_plain_http,
             skip_tls_verify: self.skip_registry_cert_verification,
@@ -272,7 +272,7 @@ impl CheckerArgs {
 }
 
 /// Index options from the flags, validated.
-pub fn index_options(
+pub(crate) fn index_options(
     checker: &CheckerArgs,
     filters: &FilterArgs,
 ) -> Result<IndexOptions, FlagError> {

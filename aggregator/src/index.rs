@@ -355,7 +355,7 @@ struct LandingPlatforms {
 impl LandingPlatforms {
     fn new(inventory: &Inventory, options: &IndexOptions) -> LandingPlatforms {
         let candidates = if options.platforms.is_empty() {
-            let distinct: BTreeSet<&Platform> = inventory.nodes.values().collect();
+            let distinct: BTreeSet<&Platform> = inventory.nodes.platforms().collect();
             distinct.into_iter().cloned().collect()
         } else {
             options.platforms.clone()
@@ -598,7 +598,7 @@ impl ImageIndex {
     }
 
     /// Logs the warnings that `previous` did not already have.
-    pub fn log_new_warnings(&self, previous: Option<&ImageIndex>) {
+    pub(crate) fn log_new_warnings(&self, previous: Option<&ImageIndex>) {
         for warning in &self.warnings {
             if previous.is_none_or(|p| !p.warnings.contains(warning)) {
                 tracing::warn!("{warning}");
@@ -686,7 +686,7 @@ fn keyring_for(
 /// Rebuilds the index whenever the inventory changes (after a short quiet period,
 /// so a burst of watch events is one rebuild) and publishes it, but only once the
 /// inventory has been fully synced: an index of half a cluster would drop series.
-pub async fn build_indexes(
+pub(crate) async fn build_indexes(
     shared: SharedInventory,
     options: IndexOptions,
     debounce: Duration,
@@ -829,10 +829,8 @@ mod tests {
             &mut inv,
             workload("c", "w3", &["nginx", "docker.io/library/nginx:latest"], &[]),
         );
-        inv.secrets
-            .insert(("a".into(), "s1".into()), secret("u", "reg.io"));
-        inv.secrets
-            .insert(("b".into(), "s2".into()), secret("u", "reg.io"));
+        add_secret(&mut inv, "a", "s1", secret("u", "reg.io"));
+        add_secret(&mut inv, "b", "s2", secret("u", "reg.io"));
         let index = ImageIndex::build(&inv, &options());
         assert_eq!(index.checks.len(), 2);
         assert_eq!(index.container_count(), 4);
@@ -852,10 +850,8 @@ mod tests {
             &mut inv,
             workload("tenant-b", "w2", &["reg.io/app:v1"], &["other"]),
         );
-        inv.secrets
-            .insert(("alpha".into(), "s1".into()), secret("u", "reg.io"));
-        inv.secrets
-            .insert(("tenant-b".into(), "other".into()), secret("u", "reg.io"));
+        add_secret(&mut inv, "alpha", "s1", secret("u", "reg.io"));
+        add_secret(&mut inv, "tenant-b", "other", secret("u", "reg.io"));
         let index = ImageIndex::build(&inv, &options());
         assert_eq!(index.checks.len(), 1, "equal values: one check");
         let (key, containers) = index.checks.iter().next().unwrap();
@@ -985,6 +981,28 @@ mod tests {
         assert!(LabelSelector::parse("=x").is_err());
     }
 
+    /// Pull secret `namespace/name` in `inv`.
+    fn add_secret(inv: &mut Inventory, namespace: &str, name: &str, secret: PullSecret) {
+        inv.secrets.insert((namespace.into(), name.into()), secret);
+    }
+
+    /// Pod `namespace/name` of `image` running on `node`, in `inv`'s placements.
+    fn run_pod(inv: &mut Inventory, namespace: &str, name: &str, node: &str, image: &str) {
+        inv.placements.apply(namespace, name, &pod(node, image));
+    }
+
+    /// Per `(namespace, secret name, secret, node)`: a Deployment `w` of `image` using
+    /// that pull secret, the secret, and the Deployment's pod `w-1` on `node`.
+    fn tenants(image: &str, tenants: [(&str, &str, PullSecret, &str); 2]) -> Inventory {
+        let mut inv = Inventory::default();
+        for (namespace, name, pull_secret, node) in tenants {
+            add(&mut inv, workload(namespace, "w", &[image], &[name]));
+            add_secret(&mut inv, namespace, name, pull_secret);
+            run_pod(&mut inv, namespace, "w-1", node, image);
+        }
+        inv
+    }
+
     /// A pod bound to `node` running `image`: where a container runs.
     fn pod(node: &str, image: &str) -> k8s_openapi::api::core::v1::Pod {
         use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
@@ -1060,16 +1078,14 @@ mod tests {
     /// upstream secret goes only to a's nodes, never to b's.
     #[test]
     fn mirrored_keys_send_each_namespace_secret_only_to_its_own_nodes() {
-        let mut inv = Inventory::default();
-        add(&mut inv, workload("a", "w", &["up.io/lib:1"], &["s"]));
-        add(&mut inv, workload("b", "w", &["up.io/lib:1"], &["t"]));
         // a holds an upstream secret; b holds a different one.
-        inv.secrets
-            .insert(("a".into(), "s".into()), secret("alice", "up.io"));
-        inv.secrets
-            .insert(("b".into(), "t".into()), secret("bob", "up.io"));
-        inv.placements.apply("a", "w-1", &pod("n-a", "up.io/lib:1"));
-        inv.placements.apply("b", "w-1", &pod("n-b", "up.io/lib:1"));
+        let mut inv = tenants(
+            "up.io/lib:1",
+            [
+                ("a", "s", secret("alice", "up.io"), "n-a"),
+                ("b", "t", secret("bob", "up.io"), "n-b"),
+            ],
+        );
         let mut opts = options();
         opts.mirrors = Mirrors::parse(&["up.io=mirror.io/up".to_string()]).unwrap();
         let index = ImageIndex::build(&inv, &opts);
@@ -1095,8 +1111,7 @@ mod tests {
         );
 
         // The same secret value in both namespaces: b's node already holds it.
-        inv.secrets
-            .insert(("b".into(), "t".into()), secret("alice", "up.io"));
+        add_secret(&mut inv, "b", "t", secret("alice", "up.io"));
         let index = ImageIndex::build(&inv, &opts);
         let target = index.agent_targets.values().next().unwrap();
         let target = target.with_nodes(&inv.placements);
@@ -1105,7 +1120,7 @@ mod tests {
 
         // A third namespace with no secret at all for the image: never its node.
         add(&mut inv, workload("c", "w", &["up.io/lib:1"], &[]));
-        inv.placements.apply("c", "w-1", &pod("n-c", "up.io/lib:1"));
+        run_pod(&mut inv, "c", "w-1", "n-c", "up.io/lib:1");
         let index = ImageIndex::build(&inv, &opts);
         let target = index
             .agent_targets
@@ -1118,20 +1133,16 @@ mod tests {
 
     #[test]
     fn agent_targets_know_workload_nodes_and_the_unmirrored_reference() {
-        let mut inv = Inventory::default();
-        add(&mut inv, workload("a", "w", &["reg.io/app:v1"], &["s"]));
-        add(&mut inv, workload("b", "w", &["reg.io/app:v1"], &["s"]));
+        let mut inv = tenants(
+            "reg.io/app:v1",
+            [
+                ("a", "s", secret("u", "reg.io"), "n1"),
+                ("b", "s", secret("u", "reg.io"), "n2"),
+            ],
+        );
         add(&mut inv, workload("a", "m", &["up.io/lib:1"], &["s"]));
-        inv.secrets
-            .insert(("a".into(), "s".into()), secret("u", "reg.io"));
-        inv.secrets
-            .insert(("b".into(), "s".into()), secret("u", "reg.io"));
-        inv.placements
-            .apply("a", "w-1", &pod("n1", "reg.io/app:v1"));
-        inv.placements
-            .apply("b", "w-1", &pod("n2", "reg.io/app:v1"));
         // Same image on n3, but in another namespace: no credentials of a or b go there.
-        inv.placements.apply("c", "x", &pod("n3", "reg.io/app:v1"));
+        run_pod(&mut inv, "c", "x", "n3", "reg.io/app:v1");
         let mut opts = options();
         opts.mirrors = Mirrors::parse(&["up.io=reg.io/mirror".to_string()]).unwrap();
         let index = ImageIndex::build(&inv, &opts);
@@ -1289,8 +1300,7 @@ mod tests {
                 ),
             },
         );
-        inv.secrets
-            .insert(("a".into(), "good".into()), secret("u", "reg.io"));
+        add_secret(&mut inv, "a", "good", secret("u", "reg.io"));
         inv.secrets.insert(
             ("a".into(), "empty".into()),
             PullSecret {

@@ -13,24 +13,32 @@
 //! checks are made) and `OutcomeSink` (where outcomes go), which [`pipeline`]
 //! implements by wiring checker, agents, store and metrics together; what checks
 //! answered ([`answers`]) is shared by the stages from the scheduler on.
-//! [`endpoints`] serves the HTTP endpoints, [`report`] prints one-shot results (with
-//! [`progress`] on stderr while `check` runs) and [`flags`] holds the command line's
-//! flags (the agent listener's are [`agents::cli`]).
+//! [`commands`] starts and wires the stages for `check` and `serve`; [`endpoints`]
+//! serves the HTTP endpoints, [`report`] prints one-shot results (with [`progress`] on
+//! stderr while `check` runs) and [`flags`] holds the command line's flags (the agent
+//! listener's are [`agents::flags`]). Items are `pub(crate)` unless the binary, the
+//! integration tests or the test bench reach them.
+
+// The crate is the aggregator binary's, its items crate-private unless a test reaches
+// them: its documentation is read with `--document-private-items`, and links into
+// crate-private modules are meant.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod agents;
-pub mod answers;
+pub(crate) mod answers;
 pub mod checker;
-pub mod endpoints;
+pub mod commands;
+pub(crate) mod endpoints;
 pub mod flags;
 pub mod index;
 pub mod inventory;
 pub mod metrics;
 pub mod mirrors;
 pub mod pipeline;
-pub mod progress;
-pub mod report;
+pub(crate) mod progress;
+pub(crate) mod report;
 pub(crate) mod results;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod store;
 
 /// Why the aggregator could not start or finish, by what failed. The binary turns each
@@ -55,8 +63,6 @@ pub enum Error {
     AgentServer(#[from] agents::server::AgentServerError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
-    #[error("cannot register series: {0}")]
-    Series(#[from] prometheus::Error),
     #[error("cannot encode results: {0}")]
     Report(String),
     #[error("HTTP server task failed: {0}")]
@@ -64,7 +70,7 @@ pub enum Error {
 }
 
 /// The aggregator's result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The process exit code: 2 for what the user can fix in flags, files or
@@ -78,11 +84,7 @@ impl Error {
             | Error::Checker(_)
             | Error::Listen(_)
             | Error::AgentServer(_) => 2,
-            Error::Start(_)
-            | Error::Metrics(_)
-            | Error::Series(_)
-            | Error::Report(_)
-            | Error::ServerTask(_) => 1,
+            Error::Start(_) | Error::Metrics(_) | Error::Report(_) | Error::ServerTask(_) => 1,
         }
     }
 }

@@ -13,14 +13,14 @@
 //! from the store keeps one copy (the store's) and lets the server stream the text.
 //!
 //! The other series live in one registry, filled once by [`Metrics::new`] from the
-//! structs the stages own (the checker's, the inventory watches'); only the agent
-//! hub still registers its own.
+//! structs the stages own (the checker's, the inventory watches', the agent hub's).
 
 use std::fmt::Write as _;
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use pullwatch::CheckStatus;
 
+use crate::agents::HubMetrics;
 use crate::checker::CheckerMetrics;
 use crate::index::ContainerRef;
 use crate::inventory::cluster::InventoryMetrics;
@@ -58,16 +58,18 @@ fn registering(stage: &'static str) -> impl FnOnce(prometheus::Error) -> Metrics
 }
 
 /// All of the aggregator's metrics, registered once, here: each stage owns the struct
-/// of its series (the checker's, the inventory watches'), this group registers it.
-/// The agent hub still registers its own series ([`crate::agents::AgentHub`]'s
-/// `register_metrics`) on [`Metrics::registry`].
+/// of its series (the checker's, the inventory watches', the agent hub's), this group
+/// registers it.
 pub struct Metrics {
     registry: Registry,
     families: Vec<Family>,
     completed_rechecks: IntCounter,
     pub checker: CheckerMetrics,
     /// The inventory watches' series (cluster mode; without watches none is set).
-    pub inventory: InventoryMetrics,
+    pub(crate) inventory: InventoryMetrics,
+    /// The agent hub's series: served only when agents may connect
+    /// ([`Metrics::with_agents`]), so that without agents `/metrics` shows none of them.
+    pub(crate) agents: HubMetrics,
     /// Distinct checks made, by where: `agents` (node answers) or `central`.
     pub(crate) checks: IntCounterVec,
     /// Node agents connected now.
@@ -108,7 +110,19 @@ struct Family {
 }
 
 impl Metrics {
+    /// The metrics of a run without agents; with `legacy_metric_names` the older
+    /// per-kind canonical families too.
     pub fn new(legacy_metric_names: bool) -> Result<Self, MetricsError> {
+        Metrics::build(legacy_metric_names, false)
+    }
+
+    /// The metrics of a run agents may connect to: [`Metrics::new`]'s and the agent
+    /// hub's series.
+    pub(crate) fn with_agents(legacy_metric_names: bool) -> Result<Self, MetricsError> {
+        Metrics::build(legacy_metric_names, true)
+    }
+
+    fn build(legacy_metric_names: bool, agents: bool) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let mut families: Vec<Family> = CheckStatus::ALL
             .into_iter()
@@ -135,19 +149,26 @@ impl Metrics {
             own_series(&registry).map_err(registering("aggregator"))?;
         let checker = CheckerMetrics::new(&registry).map_err(registering("checker"))?;
         let inventory = InventoryMetrics::new(&registry).map_err(registering("inventory"))?;
+        let agents = if agents {
+            HubMetrics::new(&registry).map_err(registering("agent hub"))?
+        } else {
+            HubMetrics::unserved()
+        };
         Ok(Metrics {
             registry,
             families,
             completed_rechecks,
             checker,
             inventory,
+            agents,
             checks,
             agents_connected,
         })
     }
 
-    /// The registry, for the agent hub's own `pullwatch_*` series.
-    pub fn registry(&self) -> &Registry {
+    /// The registry of every `pullwatch_*` series.
+    #[cfg(test)]
+    fn registry(&self) -> &Registry {
         &self.registry
     }
 
@@ -462,6 +483,12 @@ mod tests {
                 .starts_with("metrics: cannot register the inventory series: ")
         );
         assert!(CheckerMetrics::new(metrics.registry()).is_err());
+        assert!(
+            HubMetrics::new(metrics.registry()).is_ok(),
+            "no agents: not served"
+        );
+        let with_agents = Metrics::with_agents(false).unwrap();
+        assert!(HubMetrics::new(with_agents.registry()).is_err());
     }
 
     #[test]
@@ -679,28 +706,17 @@ mod tests {
             CheckOutcome::available_at(Some("sha256:new".into()), None),
         );
         assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());
-        running.apply(
-            "ns",
-            "solo",
-            &bare_pod("docker.io/library/nginx@sha256:new"),
-        );
-        assert_eq!(
-            moved(&m.render_with(&store, Some(&running)).unwrap()),
-            [
-                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 0"#
-            ]
-        );
-        running.apply(
-            "ns",
-            "solo",
-            &bare_pod("docker.io/library/nginx@sha256:old"),
-        );
-        assert_eq!(
-            moved(&m.render_with(&store, Some(&running)).unwrap()),
-            [
-                r#"pullwatch_image_tag_moved{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"} 1"#
-            ]
-        );
+        // The pod runs what the tag resolves to now (0), then an older digest (1).
+        for (digest, value) in [("sha256:new", 0), ("sha256:old", 1)] {
+            let pod = bare_pod(&format!("docker.io/library/nginx@{digest}"));
+            running.apply("ns", "solo", &pod);
+            assert_eq!(
+                moved(&m.render_with(&store, Some(&running)).unwrap()),
+                [format!(
+                    r#"pullwatch_image_tag_moved{{container="app",image="nginx:1",kind="pod",name="solo",namespace="ns"}} {value}"#
+                )]
+            );
+        }
         // No digest from the registry (a failed check): unknown again.
         store.set(solo.clone(), CheckOutcome::new(CheckStatus::Absent, "gone"));
         assert!(moved(&m.render_with(&store, Some(&running)).unwrap()).is_empty());

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::agents::AgentHub;
 use crate::answers::{ImageNodes, KeyCheck};
-use crate::checker::Checker;
+use crate::checker::CentralChecker;
 use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 use crate::inventory::Inventory;
 use crate::metrics::{Metrics, MetricsError, ScrapePosition};
@@ -29,13 +29,13 @@ use crate::store::ResultStore;
 
 /// The checker with the state its results feed.
 pub struct Pipeline {
-    checker: Checker,
+    checker: CentralChecker,
     store: Mutex<ResultStore>,
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Checks started at once; the checker's own limits still apply beneath this.
     parallelism: usize,
-    /// Node agents, when the agent server runs.
-    agents: Option<AgentHub>,
+    /// The agent hub, when the agent server runs.
+    hub: Option<AgentHub>,
     /// The live inventory (cluster mode): what running pods run, for moved tags.
     inventory: Option<Arc<Mutex<Inventory>>>,
     /// When the last full pass over every reference finished.
@@ -45,7 +45,7 @@ pub struct Pipeline {
 /// How far a pass over an index got: container references with a result, and
 /// distinct checks started and not finished.
 #[derive(Debug, Default)]
-pub struct CycleProgress {
+pub(crate) struct CycleProgress {
     done: AtomicUsize,
     in_flight: AtomicUsize,
 }
@@ -65,20 +65,20 @@ impl CycleProgress {
 /// What one pass over an index found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CycleSummary {
-    pub distinct_checks: usize,
-    pub containers: usize,
-    pub unavailable: usize,
-    pub duration: Duration,
+    pub(crate) distinct_checks: usize,
+    pub(crate) containers: usize,
+    pub(crate) unavailable: usize,
+    pub(crate) duration: Duration,
 }
 
 impl Pipeline {
-    pub fn new(checker: Checker, metrics: Metrics, parallelism: usize) -> Self {
+    pub fn new(checker: CentralChecker, metrics: Metrics, parallelism: usize) -> Self {
         Pipeline {
             checker,
             store: Mutex::new(ResultStore::default()),
             metrics,
             parallelism: parallelism.max(1),
-            agents: None,
+            hub: None,
             inventory: None,
             last_full_pass: Mutex::new(None),
         }
@@ -95,7 +95,7 @@ impl Pipeline {
     pub(crate) fn registry_quotas(&self) -> Vec<crate::results::RegistryQuotaView> {
         crate::results::registry_quotas(
             self.metrics.checker.quotas.snapshot(),
-            self.agents
+            self.hub
                 .as_ref()
                 .map(|hub| hub.node_quotas().by_registry())
                 .unwrap_or_default(),
@@ -121,14 +121,14 @@ impl Pipeline {
 
     /// Reads what running pods run from `inventory` (cluster mode), for the
     /// moved-tag series.
-    pub fn with_inventory(mut self, inventory: Arc<Mutex<Inventory>>) -> Self {
+    pub(crate) fn with_inventory(mut self, inventory: Arc<Mutex<Inventory>>) -> Self {
         self.inventory = Some(inventory);
         self
     }
 
     /// Routes checks through `hub`'s agents whenever one is connected.
-    pub fn with_agents(mut self, hub: AgentHub) -> Self {
-        self.agents = Some(hub);
+    pub(crate) fn with_agents(mut self, hub: AgentHub) -> Self {
+        self.hub = Some(hub);
         self
     }
 
@@ -139,7 +139,7 @@ impl Pipeline {
 
     /// [`Pipeline::run_cycle`], counting in `progress` how far it got (the `check`
     /// command reports it; dropped midway, what was recorded stays in the store).
-    pub async fn run_cycle_with(
+    pub(crate) async fn run_cycle_with(
         &self,
         index: &ImageIndex,
         progress: &CycleProgress,
@@ -187,7 +187,7 @@ impl Pipeline {
         key: &CheckKey,
         target: Option<&AgentTarget>,
     ) -> KeyCheck {
-        if let (Some(hub), Some(target)) = (&self.agents, target)
+        if let (Some(hub), Some(target)) = (&self.hub, target)
             && !hub.is_empty()
         {
             // Which nodes run the image now, from the live placements.
@@ -301,7 +301,7 @@ impl CheckRunner for Pipeline {
     }
 
     fn node_agents(&self) -> Option<&dyn NodeAgents> {
-        self.agents.as_ref().map(|hub| hub as &dyn NodeAgents)
+        self.hub.as_ref().map(|hub| hub as &dyn NodeAgents)
     }
 }
 
@@ -444,7 +444,7 @@ mod tests {
     fn running(workloads: &[(&str, &str)]) -> Running {
         let index = ImageIndex::of_deployments(workloads);
         let metrics = Metrics::new(false).unwrap();
-        let checker = Checker::new(
+        let checker = CentralChecker::new(
             &CheckerConfig {
                 allow_plain_http: true,
                 request_timeout: Duration::from_secs(2),

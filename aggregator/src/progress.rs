@@ -17,14 +17,18 @@ use crate::pipeline::CycleProgress;
 const BAR_REFRESH: Duration = Duration::from_millis(200);
 
 /// Reports `progress` of `total` container references until [`Reporter::finish`].
-pub struct Reporter {
+pub(crate) struct Reporter {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Reporter {
     /// Starts reporting: a bar when stderr is a terminal, else a line every `interval`.
-    pub fn start(total: usize, progress: Arc<CycleProgress>, interval: Duration) -> Reporter {
+    pub(crate) fn start(
+        total: usize,
+        progress: Arc<CycleProgress>,
+        interval: Duration,
+    ) -> Reporter {
         let (stop, stopped) = watch::channel(false);
         let task = if std::io::stderr().is_terminal() {
             tokio::spawn(bar(total, progress, stopped))
@@ -38,7 +42,7 @@ impl Reporter {
     }
 
     /// Reports nothing (`-q`).
-    pub fn quiet() -> Reporter {
+    pub(crate) fn quiet() -> Reporter {
         Reporter {
             stop: watch::channel(false).0,
             task: None,
@@ -46,7 +50,7 @@ impl Reporter {
     }
 
     /// Stops reporting, after one last report of where the run ended.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;

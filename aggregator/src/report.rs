@@ -36,11 +36,11 @@ fn rows(results: &[(ContainerRef, CheckOutcome)]) -> Vec<Row<'_>> {
         .collect()
 }
 
-pub fn json(results: &[(ContainerRef, CheckOutcome)]) -> Result<String, serde_json::Error> {
+pub(crate) fn json(results: &[(ContainerRef, CheckOutcome)]) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(&rows(results))
 }
 
-pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
+pub(crate) fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
     const HEADER: [&str; 7] = [
         "NAMESPACE",
         "KIND",
@@ -100,7 +100,7 @@ pub fn table(results: &[(ContainerRef, CheckOutcome)]) -> String {
 /// JUnit XML: one test suite, one test case per container reference (class name
 /// `namespace/kind/name`, name `container: image`), failing with its status as type
 /// and message, and its reason as text.
-pub fn junit(
+pub(crate) fn junit(
     results: &[(ContainerRef, CheckOutcome)],
 ) -> Result<String, quick_junit::SerializeError> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};

@@ -36,7 +36,7 @@ use crate::index::{AgentTarget, CheckKey, ContainerRef, ImageIndex};
 
 /// Where checks are made, as the scheduler sees it: centrally, or on the nodes through
 /// their agents.
-pub trait CheckRunner: Send + Sync + 'static {
+pub(crate) trait CheckRunner: Send + Sync + 'static {
     /// Checks started at once.
     fn parallelism(&self) -> usize;
     /// Checks one distinct reference: through the agents when any answers (`target`
@@ -55,7 +55,7 @@ pub trait CheckRunner: Send + Sync + 'static {
 }
 
 /// The node agents, as the scheduler sees them.
-pub trait NodeAgents: Send + Sync {
+pub(crate) trait NodeAgents: Send + Sync {
     /// Ticks whenever agents come, go or report new image lists.
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Connected node -> its node group.
@@ -67,7 +67,7 @@ pub trait NodeAgents: Send + Sync {
 
 /// Where outcomes go, as the scheduler sees it: the store (and the few gauges) the
 /// metrics and results are rendered from.
-pub trait OutcomeSink: Send + Sync + 'static {
+pub(crate) trait OutcomeSink: Send + Sync + 'static {
     /// Records `outcome` for `containers` of `index`.
     fn record(&self, index: &ImageIndex, containers: &[ContainerRef], outcome: &Arc<CheckOutcome>);
     /// Forgets every reference not in `current`: its series disappear.
@@ -86,12 +86,12 @@ pub trait OutcomeSink: Send + Sync + 'static {
 
 /// Where the continuous scheduler stands, for `/readyz` and logs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SchedulerStatus {
+pub(crate) struct SchedulerStatus {
     /// Full passes completed (every distinct check made at least once since the last).
-    pub passes: u64,
-    pub distinct_checks: usize,
-    pub containers: usize,
-    pub unavailable: usize,
+    pub(crate) passes: u64,
+    pub(crate) distinct_checks: usize,
+    pub(crate) containers: usize,
+    pub(crate) unavailable: usize,
 }
 
 struct KeyState {
@@ -115,7 +115,7 @@ const VIEW_REFRESH_BATCH: usize = 250;
 const RETRY_BASE: Duration = Duration::from_secs(10);
 
 /// Keeps the latest index checked.
-pub struct Scheduler<C, S> {
+pub(crate) struct Scheduler<C, S> {
     runner: Arc<C>,
     sink: Arc<S>,
     interval: Duration,
@@ -141,7 +141,7 @@ pub struct Scheduler<C, S> {
 impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
     /// Checks through `runner`, records into `sink`, each reference at least once per
     /// `interval`.
-    pub fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
+    pub(crate) fn new(runner: Arc<C>, sink: Arc<S>, interval: Duration) -> Self {
         Scheduler {
             runner,
             sink,
@@ -161,7 +161,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
 
     /// Runs until `stop` turns true or the index sender goes away, publishing its
     /// status on `status` after every pass and index change.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut indexes: watch::Receiver<Option<Arc<ImageIndex>>>,
         status: watch::Sender<SchedulerStatus>,
@@ -659,7 +659,7 @@ mod tests {
             self.made.lock().unwrap().len()
         }
 
-        fn agents(&self) -> &FakeAgents {
+        fn fleet(&self) -> &FakeAgents {
             self.agents.as_ref().expect("agents enabled")
         }
     }
@@ -1156,9 +1156,9 @@ mod tests {
                 .map(|n| (n.to_string(), node(CheckStatus::Available, true)))
                 .collect::<BTreeMap<_, _>>()
         };
-        runner.agents().join("node-1", "z1");
+        runner.fleet().join("node-1", "z1");
         running.until(50.5).await;
-        runner.agents().join("node-2", "z2");
+        runner.fleet().join("node-2", "z2");
         runner.answer_from_nodes(
             "reg.io/a:1",
             CheckStatus::Available,
@@ -1177,7 +1177,7 @@ mod tests {
 
         // More agents of covered groups: no recheck.
         for (i, group) in ["z1", "z2", "z1"].iter().enumerate() {
-            runner.agents().join(&format!("node-{}", i + 3), group);
+            runner.fleet().join(&format!("node-{}", i + 3), group);
             running.until(60.0 + 10.0 * i as f64).await;
         }
         running.until(100.0).await;
@@ -1185,7 +1185,7 @@ mod tests {
         assert_eq!(*running.sink.agents_connected.lock().unwrap(), Some(5));
 
         // A third group: both are rechecked through it, once.
-        runner.agents().join("node-6", "z3");
+        runner.fleet().join("node-6", "z3");
         running.until(102.0).await;
         assert_eq!(runner.made("reg.io/a:1"), [0.0, 10.0, 30.0, 51.0, 101.0]);
         assert_eq!(runner.made("reg.io/b:1"), [0.0, 10.0, 30.0, 51.0, 101.0]);
@@ -1208,7 +1208,7 @@ mod tests {
         let runner = &running.runner;
         runner.answer("reg.io/a:1", CheckStatus::RegistryUnavailable);
         running.until(69.5).await;
-        runner.agents().join("node-1", "z1");
+        runner.fleet().join("node-1", "z1");
         runner.answer_from_nodes(
             "reg.io/a:1",
             CheckStatus::Available,
@@ -1232,7 +1232,7 @@ mod tests {
         let running = start(FakeRunner::new(4).with_agents(), &[("app", "reg.io/app:1")]);
         let runner = &running.runner;
         for (name, group) in [("n1", "z1"), ("n2", "z2"), ("n3", "z3")] {
-            runner.agents().join(name, group);
+            runner.fleet().join(name, group);
         }
         let mut without_credentials = node(CheckStatus::AuthenticationFailure, false);
         without_credentials.without_workload_credentials = true;
@@ -1246,7 +1246,7 @@ mod tests {
             ]),
         );
         // n4 holds the image by its image list alone.
-        runner.agents().hold("reg.io/app:1", &["n4"]);
+        runner.fleet().hold("reg.io/app:1", &["n4"]);
         running.until(2.0).await;
         let views = running.sink.image_nodes.lock().unwrap().clone();
         assert_eq!(
@@ -1287,8 +1287,8 @@ mod tests {
             ],
         );
         let runner = &running.runner;
-        runner.agents().join("n1", "z1");
-        runner.agents().join("n2", "z1");
+        runner.fleet().join("n1", "z1");
+        runner.fleet().join("n2", "z1");
         runner.answer_from_nodes(
             "reg.io/b:1",
             CheckStatus::Available,
@@ -1301,7 +1301,7 @@ mod tests {
         running.sink.image_nodes_set.lock().unwrap().clear();
 
         // An image list: only a's view changes.
-        runner.agents().hold("reg.io/a:1", &["n4", "n5"]);
+        runner.fleet().hold("reg.io/a:1", &["n4", "n5"]);
         running.until(4.0).await;
         assert_eq!(
             *running.sink.image_nodes_set.lock().unwrap(),
@@ -1314,7 +1314,7 @@ mod tests {
         running.sink.image_nodes_set.lock().unwrap().clear();
 
         // n1 goes: b no longer counts it as cached; a and c stay as they were.
-        runner.agents().leave("n1");
+        runner.fleet().leave("n1");
         running.until(6.0).await;
         assert_eq!(
             *running.sink.image_nodes_set.lock().unwrap(),
@@ -1328,7 +1328,7 @@ mod tests {
 
         // A change that concerns no image (a node of a covered group, holding
         // nothing, that answered nothing) refreshes no view.
-        runner.agents().join("n9", "z1");
+        runner.fleet().join("n9", "z1");
         running.until(8.0).await;
         assert!(running.sink.image_nodes_set.lock().unwrap().is_empty());
         running.stop().await;

@@ -745,6 +745,9 @@ async fn pull_secrets_go_only_to_the_node_running_the_workload() {
             value(&text, &image_nodes(&image, "authentication_failure")),
             Some(0.0)
         );
+        // Nodes are watched once: the inventory's watch (platforms) also gives the hub
+        // the zones both nodes were checked in.
+        assert_eq!(api.open_watches(Some("nodes")), 1, "one watch of Nodes");
         assert!(value(&text, "pullwatch_checks_total{via=\"agents\"}").unwrap_or(0.0) >= 1.0);
 
         // The pod moves to node-b: from now on the secret goes there, and not to node-a.

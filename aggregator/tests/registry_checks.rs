@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
 use pullwatch::{CheckStatus, ImageReference, RegistryCredential, SourcedCredential};
-use pullwatch_aggregator::checker::{Checker, CheckerConfig};
+use pullwatch_aggregator::checker::{CentralChecker, CheckerConfig};
 use pullwatch_aggregator::index::CheckKey;
 use pullwatch_aggregator::metrics::Metrics;
 use pullwatch_aggregator::store::ResultStore;
@@ -37,9 +37,9 @@ fn stub_config() -> CheckerConfig {
     }
 }
 
-fn checker(config: &CheckerConfig) -> (Checker, Metrics) {
+fn checker(config: &CheckerConfig) -> (CentralChecker, Metrics) {
     let metrics = Metrics::new(false).unwrap();
-    let checker = Checker::new(config, metrics.checker.clone()).unwrap();
+    let checker = CentralChecker::new(config, metrics.checker.clone()).unwrap();
     (checker, metrics)
 }
 
@@ -222,7 +222,7 @@ async fn tls_registry_needs_its_ca_or_skip_verification() {
         ca_paths: vec![bad_ca.path().to_path_buf()],
         ..strict
     };
-    let error = Checker::new(&config, Metrics::new(false).unwrap().checker.clone())
+    let error = CentralChecker::new(&config, Metrics::new(false).unwrap().checker.clone())
         .err()
         .unwrap();
     assert!(error.to_string().contains("no PEM certificates"), "{error}");

@@ -16,7 +16,7 @@
 //! | `www_authenticate` | registry challenge headers (shared client) | `registry::challenge::parse`, `auth_scheme` |
 //! | `registry_bodies` | registry status and error bodies (shared client) | `registry::classify::classify_response` |
 //! | `ratelimit_headers` | pull-quota headers of manifest answers (shared client) | `registry::quota::Quota::from_headers` |
-//! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `Checker::check` every fourth, against a loopback stub |
+//! | `registry_exchanges` | a registry's whole answers: challenges, token bodies, manifest answers | agent `Resolver::resolve` (its challenge and token parsers are private) every case, aggregator `CentralChecker::check` every fourth, against a loopback stub |
 //! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
 //! | `aggregator_messages` | what an agent receives from the aggregator | `AggregatorMessage::decode`, then the task's reference and mode |
@@ -857,7 +857,7 @@ pub struct RegistryExchanges {
     stub: pullwatch_testbench::StubServer,
     state: Arc<Mutex<StubState>>,
     case: AtomicUsize,
-    checker: Mutex<Option<Arc<pullwatch_aggregator::checker::Checker>>>,
+    checker: Mutex<Option<Arc<pullwatch_aggregator::checker::CentralChecker>>>,
     resolver: pullwatch_agent::check::resolve::Resolver,
     _hosts: tempfile::TempDir,
 }
@@ -908,7 +908,7 @@ impl RegistryExchanges {
         }
     }
 
-    fn checker(&self) -> Arc<pullwatch_aggregator::checker::Checker> {
+    fn checker(&self) -> Arc<pullwatch_aggregator::checker::CentralChecker> {
         let mut slot = self.checker.lock().unwrap_or_else(|e| e.into_inner());
         slot.get_or_insert_with(|| {
             let metrics = pullwatch_aggregator::metrics::Metrics::new(false).expect("metrics");
@@ -922,8 +922,11 @@ impl RegistryExchanges {
                 ..Default::default()
             };
             Arc::new(
-                pullwatch_aggregator::checker::Checker::new(&config, metrics.checker.clone())
-                    .expect("a checker"),
+                pullwatch_aggregator::checker::CentralChecker::new(
+                    &config,
+                    metrics.checker.clone(),
+                )
+                .expect("a checker"),
             )
         })
         .clone()

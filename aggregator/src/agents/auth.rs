@@ -36,20 +36,20 @@ use tracing::warn;
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The extra of a bound token naming the node its pod runs on.
-pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+pub(crate) const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// The extra of a pod-bound token naming its pod.
-pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub(crate) const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 /// The extra of a pod-bound token carrying its pod's UID.
-pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+pub(crate) const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// How long a positive TokenReview is trusted.
-pub const REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Cached reviews kept at most (one per agent token in practice).
 const REVIEW_CACHE_MAX: usize = 10_000;
 
 /// Why an agent was refused. Messages name users and nodes, never tokens.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("no bearer token was presented")]
     Missing,
     #[error("invalid agent token")]
@@ -88,7 +88,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// The gRPC status the agent sees.
-    pub fn to_status(&self) -> tonic::Status {
+    pub(crate) fn to_status(&self) -> tonic::Status {
         match self {
             AuthError::Unavailable(_) => {
                 tonic::Status::unavailable("agent authentication is not available")
@@ -105,7 +105,7 @@ impl AuthError {
     }
 
     /// A short, bounded label for the refusal metric.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             AuthError::Missing => "missing_token",
             AuthError::Invalid => "invalid_token",
@@ -127,8 +127,8 @@ impl AuthError {
 /// `--agent-service-account NAMESPACE:NAME`: the only service account agents may be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccountName {
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 impl ServiceAccountName {
@@ -160,16 +160,16 @@ impl std::fmt::Display for ServiceAccountName {
 /// A service account, the node its token was issued on, and the pod it was issued to
 /// (name and UID) when the API server says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceAccountIdentity {
-    pub namespace: String,
-    pub name: String,
-    pub node: String,
-    pub pod: Option<(String, String)>,
+pub(crate) struct ServiceAccountIdentity {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) pod: Option<(String, String)>,
 }
 
 /// Who an agent is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AgentIdentity {
+pub(crate) enum AgentIdentity {
     /// Holds the shared token: may register as any node.
     SharedToken,
     /// A reviewed service-account token: may register only as its node.
@@ -180,7 +180,7 @@ impl AgentIdentity {
     /// Who, for logs and for deciding whether a second session of a node may take over
     /// the first: the same service account on the same node (a restarted agent pod is
     /// a new pod of the same identity), or the shared token.
-    pub fn principal(&self) -> String {
+    pub(crate) fn principal(&self) -> String {
         match self {
             AgentIdentity::SharedToken => "shared token".to_string(),
             AgentIdentity::ServiceAccount(sa) => {
@@ -193,7 +193,7 @@ impl AgentIdentity {
     }
 
     /// Whether this identity may register as `node`.
-    pub fn check_node(&self, node: &str) -> Result<(), AuthError> {
+    pub(crate) fn check_node(&self, node: &str) -> Result<(), AuthError> {
         match self {
             AgentIdentity::SharedToken => Ok(()),
             AgentIdentity::ServiceAccount(sa) if sa.node == node => Ok(()),
@@ -206,7 +206,7 @@ impl AgentIdentity {
 }
 
 /// The identity a TokenReview status grants for `audience`.
-pub fn identity_from_review(
+pub(crate) fn identity_from_review(
     status: &TokenReviewStatus,
     audience: &str,
 ) -> Result<ServiceAccountIdentity, AuthError> {
@@ -270,7 +270,7 @@ pub fn identity_from_review(
 
 /// Whether `pod` is the pod a token of `identity` names: same UID, the same service
 /// account, scheduled on the token's node, not finished.
-pub fn check_pod(identity: &ServiceAccountIdentity, pod: &Pod) -> Result<(), AuthError> {
+pub(crate) fn check_pod(identity: &ServiceAccountIdentity, pod: &Pod) -> Result<(), AuthError> {
     let Some((pod_name, pod_uid)) = &identity.pod else {
         return Err(AuthError::NoPod(identity.node.clone()));
     };
@@ -345,24 +345,11 @@ impl TokenReviewer {
         }
     }
 
-    /// Changes how long positive reviews are trusted (tests).
-    pub fn with_cache_ttl(mut self, ttl: Duration) -> TokenReviewer {
-        self.ttl = ttl;
-        self
-    }
-
-    /// Changes the bound on each API call (tests).
-    pub fn with_api_timeout(mut self, timeout: Duration) -> TokenReviewer {
+    /// Changes the bound on each API call.
+    #[cfg(test)]
+    fn with_api_timeout(mut self, timeout: Duration) -> TokenReviewer {
         self.api_timeout = timeout;
         self
-    }
-
-    pub fn audience(&self) -> &str {
-        &self.audience
-    }
-
-    pub fn service_account(&self) -> &ServiceAccountName {
-        &self.service_account
     }
 
     fn cache(
@@ -387,7 +374,7 @@ impl TokenReviewer {
     }
 
     /// The service account and node `token` stands for.
-    pub async fn review(&self, token: &str) -> Result<ServiceAccountIdentity, AuthError> {
+    pub(crate) async fn review(&self, token: &str) -> Result<ServiceAccountIdentity, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some((identity, at)) = self.cache().get(&digest)
             && at.elapsed() < self.ttl
@@ -458,15 +445,18 @@ impl TokenReviewer {
 
 /// The ways agents may authenticate; at least one is set.
 #[derive(Clone, Debug, Default)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     /// File holding the shared token; re-read for every session (rotation in place).
-    pub shared_token_file: Option<PathBuf>,
-    pub reviewer: Option<Arc<TokenReviewer>>,
+    pub(crate) shared_token_file: Option<PathBuf>,
+    pub(crate) reviewer: Option<Arc<TokenReviewer>>,
 }
 
 /// Whether a connection may present a token: only over TLS, unless the test-only
 /// `--agent-insecure-plaintext-tokens-for-testing-only` allows it.
-pub fn check_transport(tls: bool, insecure_plaintext_allowed: bool) -> Result<(), AuthError> {
+pub(crate) fn check_transport(
+    tls: bool,
+    insecure_plaintext_allowed: bool,
+) -> Result<(), AuthError> {
     if tls || insecure_plaintext_allowed {
         Ok(())
     } else {
@@ -483,13 +473,16 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Authenticator {
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.shared_token_file.is_some() || self.reviewer.is_some()
     }
 
     /// Who presents `token`: the shared token if it matches, else a reviewed
     /// service-account token.
-    pub async fn authenticate(&self, token: Option<&str>) -> Result<AgentIdentity, AuthError> {
+    pub(crate) async fn authenticate(
+        &self,
+        token: Option<&str>,
+    ) -> Result<AgentIdentity, AuthError> {
         let token = token.map(str::trim).filter(|t| !t.is_empty());
         let Some(token) = token else {
             return Err(AuthError::Missing);

@@ -14,15 +14,15 @@ use super::{AgentHub, HubError, Session};
 
 /// Options of one dispatch.
 #[derive(Clone, Debug, Default)]
-pub struct DispatchOptions {
+pub(crate) struct DispatchOptions {
     /// Nodes that run the workload: the only ones a task with credentials may be
     /// re-placed on (and preferred for any re-placement). Tasks without credentials
     /// may go to any agent.
-    pub credential_nodes: Vec<String>,
+    pub(crate) credential_nodes: Vec<String>,
     /// When a task with credentials cannot be re-placed on a node running the
     /// workload, re-place it without them (the node checks with its own keyring)
     /// rather than fail.
-    pub move_without_credentials: bool,
+    pub(crate) move_without_credentials: bool,
 }
 
 /// A result and the node that produced it.
@@ -34,7 +34,7 @@ pub struct Dispatched {
     pub replaced_from: Vec<String>,
     /// The task's credentials were dropped to re-place it on a node not running the
     /// workload ([`DispatchOptions::move_without_credentials`]).
-    pub credentials_dropped: bool,
+    pub(crate) credentials_dropped: bool,
 }
 
 /// A task sent and not yet answered, and who waits for its answer.
@@ -52,7 +52,7 @@ impl AgentHub {
 
     /// [`Self::dispatch`] with options. If the agent goes away before answering, the
     /// task moves to another agent (same group first), as often as agents go away.
-    pub async fn dispatch_with(
+    pub(crate) async fn dispatch_with(
         &self,
         node: &str,
         task: CheckTask,

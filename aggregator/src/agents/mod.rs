@@ -1,9 +1,10 @@
 //! Node agents, the stage beside the checker: the gRPC `AgentService` they connect to
-//! ([`server`], authenticated by [`auth`], over [`tls`]), and the hub the scheduler
-//! runs checks on them through ([`AgentHub`]: the sessions, here; [`placement`] of a
-//! check on nodes; [`dispatch`] of a task to one node; [`route`]: one check over one
-//! node per group, combined into the kubelet's view; [`groups`]: node groups from the
-//! cluster's Nodes).
+//! ([`server`], authenticated by [`auth`], over [`tls`], configured by [`flags`]), and
+//! the hub the scheduler runs checks on them through ([`AgentHub`]: the sessions, here;
+//! [`fan_out`]: one check over one node per node group, combined into the kubelet's
+//! view; [`placement`] of a check on nodes; [`dispatch`] of a task to one node;
+//! [`groups`]: node groups from the inventory's Nodes; [`quota`]: the pull quotas
+//! nodes report; [`metrics`]: the hub's series).
 //!
 //! One bidirectional stream per agent (proto/pullwatch/v1): the agent registers (node
 //! name, runtime, images it holds), the hub answers `Registered` (heartbeat interval,
@@ -15,8 +16,6 @@
 //!
 //! Each node has `max_concurrent_checks` slots: a dispatch waits for one before its
 //! task is sent, so per-node concurrency is bounded here and not only by the agent.
-//! [`route`] places one distinct check on one node per node group and combines the
-//! answers into the kubelet's view.
 //!
 //! Sized for a 5,000-node fleet: the hub keeps indexes from node group to its agents
 //! and from image to the nodes holding it (per group), kept as agents come, go and
@@ -33,84 +32,29 @@
 //! with [`DispatchOptions::move_without_credentials`]).
 
 pub mod auth;
-pub mod cli;
-pub mod dispatch;
-pub mod groups;
+pub(crate) mod dispatch;
+pub(crate) mod fan_out;
+pub(crate) mod flags;
+pub(crate) mod groups;
+pub(crate) mod metrics;
 pub mod placement;
-pub mod quota;
-pub mod route;
+pub(crate) mod quota;
 pub mod server;
-pub mod tls;
+pub(crate) mod tls;
 
-pub use dispatch::{DispatchOptions, Dispatched};
+pub(crate) use dispatch::DispatchOptions;
 use dispatch::{Pending, fail_pending};
+pub(crate) use metrics::{AgentSecurityMetrics, HubMetrics};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use pullwatch::locks::lock;
 use pullwatch::proto::{AggregatorMessage, CheckResult};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
-
-/// Counters of agent sessions refused and taken over (`/metrics` once
-/// [`AgentHub::register_metrics`] ran).
-#[derive(Clone, Debug)]
-pub struct AgentSecurityMetrics {
-    /// `pullwatch_agent_sessions_refused_total{reason}`.
-    refused: Option<IntCounterVec>,
-    /// `pullwatch_agent_session_takeovers_total`.
-    takeovers: Option<IntCounter>,
-}
-
-impl AgentSecurityMetrics {
-    fn new() -> AgentSecurityMetrics {
-        // Constant, valid definitions: these constructors do not fail in practice.
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "pullwatch_agent_sessions_refused_total",
-                "Agent sessions refused, by reason (wrong_service_account, wrong_node, no_pod, pod_mismatch, plaintext, takeover_refused, ...)",
-            ),
-            &["reason"],
-        );
-        let takeovers = IntCounter::new(
-            "pullwatch_agent_session_takeovers_total",
-            "Agent sessions that replaced an open session of the same node and identity",
-        );
-        AgentSecurityMetrics {
-            refused: refused.ok(),
-            takeovers: takeovers.ok(),
-        }
-    }
-
-    /// Counts one refused session.
-    pub fn refused(&self, reason: &str) {
-        if let Some(refused) = &self.refused {
-            refused.with_label_values(&[reason]).inc();
-        }
-    }
-
-    /// Sessions refused for `reason` so far.
-    pub fn refused_count(&self, reason: &str) -> u64 {
-        self.refused
-            .as_ref()
-            .map_or(0, |r| r.with_label_values(&[reason]).get())
-    }
-
-    fn took_over(&self) {
-        if let Some(takeovers) = &self.takeovers {
-            takeovers.inc();
-        }
-    }
-
-    /// Takeovers so far.
-    pub fn takeovers(&self) -> u64 {
-        self.takeovers.as_ref().map_or(0, IntCounter::get)
-    }
-}
 
 /// Why a dispatch gave no result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -362,13 +306,7 @@ struct HubInner {
     epoch: Instant,
     /// Bumped whenever an agent comes, goes, or reports a new image list.
     changes: watch::Sender<u64>,
-    security: AgentSecurityMetrics,
-    quotas: quota::NodeQuotas,
-    /// Agents placement looked at (`pullwatch_agent_placement_visits_total`): bounded
-    /// per placement, whatever the fleet's size.
-    placement_visits: IntCounter,
-    /// Placements made (`pullwatch_agent_placements_total`).
-    placements: IntCounter,
+    metrics: HubMetrics,
 }
 
 /// The registry of connected agents. Cheap to clone.
@@ -389,7 +327,7 @@ impl std::fmt::Debug for AgentHub {
 /// without the hub's lock.
 #[derive(Clone)]
 pub struct SessionId {
-    pub node: String,
+    pub(crate) node: String,
     id: u64,
     session: Arc<Session>,
 }
@@ -411,15 +349,16 @@ impl std::fmt::Debug for SessionId {
     }
 }
 
-/// A counter of a constant definition.
-fn counter(name: &str, help: &str) -> IntCounter {
-    // Provably infallible: the names are constant and valid metric names.
-    #[allow(clippy::expect_used)]
-    IntCounter::new(name, help).expect("a constant, valid metric definition")
-}
-
 impl AgentHub {
+    /// A hub whose series no `/metrics` serves (tests, benches): the aggregator's
+    /// binary uses [`AgentHub::with_metrics`].
     pub fn new(config: HubConfig) -> AgentHub {
+        AgentHub::with_metrics(config, HubMetrics::unserved())
+    }
+
+    /// A hub writing `metrics` (the aggregator's, registered by
+    /// [`crate::metrics::Metrics::new`]).
+    pub(crate) fn with_metrics(config: HubConfig, metrics: HubMetrics) -> AgentHub {
         AgentHub {
             inner: Arc::new(HubInner {
                 config,
@@ -430,22 +369,13 @@ impl AgentHub {
                 sessions_ended: AtomicU64::new(0),
                 epoch: Instant::now(),
                 changes: watch::channel(0).0,
-                security: AgentSecurityMetrics::new(),
-                quotas: quota::NodeQuotas::new(),
-                placement_visits: counter(
-                    "pullwatch_agent_placement_visits_total",
-                    "Agents placement looked at to place checks (bounded per placement, whatever the number of agents)",
-                ),
-                placements: counter(
-                    "pullwatch_agent_placements_total",
-                    "Placements of a check on agents (one per node group of a check, and per re-placement)",
-                ),
+                metrics,
             }),
         }
     }
 
     /// Tells when agents come, go or report new image lists (the value counts changes).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
 
@@ -469,16 +399,16 @@ impl AgentHub {
 
     /// The pull quotas the nodes' routes see, as their agents report them.
     pub fn node_quotas(&self) -> &quota::NodeQuotas {
-        &self.inner.quotas
+        &self.inner.metrics.quotas
     }
 
     /// The refusal and takeover counters.
     pub fn security_metrics(&self) -> &AgentSecurityMetrics {
-        &self.inner.security
+        &self.inner.metrics.security
     }
 
     /// Sessions opened plus sessions ended so far.
-    pub fn session_churn(&self) -> u64 {
+    pub(crate) fn session_churn(&self) -> u64 {
         self.inner.next_session.load(Ordering::Relaxed)
             + self.inner.sessions_ended.load(Ordering::Relaxed)
     }
@@ -486,23 +416,9 @@ impl AgentHub {
     /// `(placements, agents visited)` so far: the work placement does.
     pub fn placement_work(&self) -> (u64, u64) {
         (
-            self.inner.placements.get(),
-            self.inner.placement_visits.get(),
+            self.inner.metrics.placements.get(),
+            self.inner.metrics.placement_visits.get(),
         )
-    }
-
-    /// Adds the refusal, takeover and placement counters to `registry` (the
-    /// aggregator's /metrics).
-    pub fn register_metrics(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        if let Some(refused) = &self.inner.security.refused {
-            registry.register(Box::new(refused.clone()))?;
-        }
-        if let Some(takeovers) = &self.inner.security.takeovers {
-            registry.register(Box::new(takeovers.clone()))?;
-        }
-        registry.register(Box::new(self.inner.placements.clone()))?;
-        registry.register(Box::new(self.inner.placement_visits.clone()))?;
-        self.inner.quotas.register(registry)
     }
 
     fn now_millis(&self) -> u64 {
@@ -524,7 +440,7 @@ impl AgentHub {
     /// `tx`. A node registering again replaces its previous session (whose tasks are
     /// re-placed) only when both are the same principal: the takeover is logged and
     /// counted. A session of another principal is refused while the first is open.
-    pub fn register_as(
+    pub(crate) fn register_as(
         &self,
         info: AgentInfo,
         tx: mpsc::Sender<AggregatorMessage>,
@@ -603,7 +519,7 @@ impl AgentHub {
         if let Some(old) = replaced {
             let pending = old.session.close();
             warn!(node = %handle.node, principal, pending = pending.len(), "a new agent session of the same identity took over the node's open session");
-            self.inner.security.took_over();
+            self.inner.metrics.security.took_over();
             fail_pending(&handle.node, pending);
         }
         self.changed();
@@ -632,7 +548,7 @@ impl AgentHub {
             self.inner.sessions_ended.fetch_add(1, Ordering::Relaxed);
             let pending = session.session.close();
             info!(node = %session.node, pending = pending.len(), "agent went away");
-            self.inner.quotas.forget_node(&session.node);
+            self.inner.metrics.quotas.forget_node(&session.node);
             fail_pending(&session.node, pending);
             self.changed();
         }
@@ -648,7 +564,7 @@ impl AgentHub {
 
     /// How long the agent has been silent (None: not registered under this session).
     /// Reads only the session's state.
-    pub fn silence(&self, session: &SessionId) -> Option<Duration> {
+    pub(crate) fn silence(&self, session: &SessionId) -> Option<Duration> {
         if session.session.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -736,7 +652,7 @@ impl AgentHub {
     }
 
     /// Every connected node and its group.
-    pub fn node_groups(&self) -> BTreeMap<String, String> {
+    pub(crate) fn node_groups(&self) -> BTreeMap<String, String> {
         let state = lock(&self.inner.state);
         state
             .agents
@@ -745,55 +661,28 @@ impl AgentHub {
             .collect()
     }
 
-    /// The group of a node (value of `--node-group-label`; one group when unset): the
-    /// label of its Node object when known, else the label its agent sent.
-    pub fn group_of(&self, info: &AgentInfo) -> String {
-        let state = lock(&self.inner.state);
-        state
-            .group_for(
-                self.inner.config.node_group_label.as_deref(),
-                &info.node_name,
-                &info.node_labels,
-            )
-            .to_string()
-    }
-
-    /// Forgets the Node groups of nodes not in `seen` (a relist of Nodes).
-    pub fn retain_node_groups(&self, seen: &HashSet<String>) {
+    /// Replaces the groups of the cluster's Nodes (node name -> value of
+    /// `--node-group-label`, "" for a Node without it) and re-files the connected
+    /// agents whose group changed.
+    pub(crate) fn set_node_groups(&self, groups: HashMap<String, String>) {
         let changed = {
             let mut state = lock(&self.inner.state);
-            let gone: Vec<String> = state
-                .node_groups
-                .keys()
-                .filter(|node| !seen.contains(*node))
-                .cloned()
-                .collect();
-            let label = self.inner.config.node_group_label.as_deref();
-            for node in &gone {
-                state.node_groups.remove(node);
-                state.regroup(label, node);
-            }
-            !gone.is_empty()
-        };
-        if changed {
-            self.changed();
-        }
-    }
-
-    /// Records the group label of a Node object (None: the Node is gone).
-    pub fn set_node_group(&self, node: &str, group: Option<String>) {
-        let changed = {
-            let mut state = lock(&self.inner.state);
-            let changed = match group {
-                Some(group) => {
-                    state.node_groups.insert(node.to_string(), group.clone()) != Some(group)
+            if state.node_groups == groups {
+                false
+            } else {
+                let old = std::mem::replace(&mut state.node_groups, groups);
+                let label = self.inner.config.node_group_label.as_deref();
+                let moved: Vec<Arc<str>> = state
+                    .agents
+                    .keys()
+                    .filter(|node| old.get(node.as_ref()) != state.node_groups.get(node.as_ref()))
+                    .cloned()
+                    .collect();
+                for node in moved {
+                    state.regroup(label, &node);
                 }
-                None => state.node_groups.remove(node).is_some(),
-            };
-            if changed {
-                state.regroup(self.inner.config.node_group_label.as_deref(), node);
+                true
             }
-            changed
         };
         if changed {
             self.changed();
@@ -862,7 +751,9 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_same_identity_takes_over_a_node() {
-        let hub = hub();
+        let registry = prometheus::Registry::new();
+        let hub =
+            AgentHub::with_metrics(hub().config().clone(), HubMetrics::new(&registry).unwrap());
         let (tx1, _rx1) = mpsc::channel(4);
         let first = hub
             .register_as(
@@ -893,8 +784,6 @@ mod tests {
         assert!(hub.silence(&first).is_none(), "replaced");
         assert!(hub.silence(&second).is_some());
         assert_eq!(hub.security_metrics().takeovers(), 1);
-        let registry = Registry::new();
-        hub.register_metrics(&registry).unwrap();
         hub.security_metrics().refused("wrong_node");
         let names: Vec<String> = registry
             .gather()
@@ -1356,13 +1245,13 @@ mod tests {
         fake_agent(&hub, info("b", "z1", &[]), true);
         assert_eq!(hub.plan("img", &BTreeSet::new()).len(), 1);
         let changes = hub.subscribe();
-        hub.set_node_group("b", Some("z2".into()));
+        hub.set_node_groups([("b".to_string(), "z2".to_string())].into());
         assert!(changes.has_changed().unwrap());
         assert_eq!(
             hub.plan("img", &BTreeSet::new()),
             [("z1".into(), "a".into()), ("z2".into(), "b".into())]
         );
-        hub.set_node_group("b", None);
+        hub.set_node_groups(Default::default());
         assert_eq!(hub.plan("img", &BTreeSet::new()).len(), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! Placement: which connected agent checks an image. One node per node group
 //! ([`AgentHub::plan`]), and within a group the node running the workload, then one
-//! holding the image, then the least busy ([`AgentHub::place`]).
+//! holding the image, then the least busy ([`AgentHub::place_preferring`]).
 //!
 //! Placement reads the hub's indexes (group -> agents, image -> group -> holders) and
 //! never walks the whole fleet: the nodes running the workload are looked up one by
@@ -88,9 +88,9 @@ impl<'a> Best<'a> {
 }
 
 impl AgentHub {
-    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
-    /// `allowed` if given; preferring nodes that hold the image, then the least busy.
-    pub fn place(
+    /// [`Self::place_preferring`] with no preferred node.
+    #[cfg(test)]
+    pub(crate) fn place(
         &self,
         image: &str,
         group: Option<&str>,
@@ -100,9 +100,10 @@ impl AgentHub {
         self.place_preferring(image, group, exclude, allowed, &[])
     }
 
-    /// [`Self::place`], preferring the `preferred` nodes (those running the workload)
-    /// above all.
-    pub fn place_preferring(
+    /// Picks an agent for `image`: in `group` if given, not in `exclude`, within
+    /// `allowed` if given; preferring the `preferred` nodes (those running the
+    /// workload) above all, then nodes that hold the image, then the least busy.
+    pub(crate) fn place_preferring(
         &self,
         image: &str,
         group: Option<&str>,
@@ -220,13 +221,16 @@ impl AgentHub {
     }
 
     fn count_placement(&self, visits: u64) {
-        self.inner.placements.inc();
-        self.inner.placement_visits.inc_by(visits);
+        self.inner.metrics.placements.inc();
+        self.inner.metrics.placement_visits.inc_by(visits);
     }
 
     /// For each of `images` (normalized references) that some agent holds: the nodes
     /// holding it, by their last image lists (the hub's own node names, shared).
-    pub fn holders_of(&self, images: &HashSet<String>) -> HashMap<String, BTreeSet<Arc<str>>> {
+    pub(crate) fn holders_of(
+        &self,
+        images: &HashSet<String>,
+    ) -> HashMap<String, BTreeSet<Arc<str>>> {
         let state = lock(&self.inner.state);
         images
             .iter()

@@ -16,66 +16,52 @@ use tracing::debug;
 
 /// Registries kept per node: a node's route asks few, and an agent must not be able to
 /// grow the aggregator's series without bound.
-pub const MAX_REGISTRIES_PER_NODE: usize = 32;
+pub(crate) const MAX_REGISTRIES_PER_NODE: usize = 32;
 /// A reported registry name longer than a host name can be is not one.
 const MAX_REGISTRY_LEN: usize = 260;
 
 /// What one node last reported about one registry's quota.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeQuota {
-    pub remaining: u64,
-    pub limit: Option<u64>,
-    pub window_seconds: Option<u64>,
-    pub reported_at: SystemTime,
+    pub(crate) remaining: u64,
+    pub(crate) limit: Option<u64>,
+    pub(crate) window_seconds: Option<u64>,
+    pub(crate) reported_at: SystemTime,
 }
 
-/// Node -> registry -> its latest quota, and the gauge made of it.
+/// Node -> registry -> its latest quota, and the gauges made of it.
 #[derive(Clone)]
 pub struct NodeQuotas {
     latest: Arc<Mutex<BTreeMap<String, BTreeMap<String, NodeQuota>>>>,
-    remaining: Option<GaugeVec>,
-    limit: Option<GaugeVec>,
+    remaining: GaugeVec,
+    limit: GaugeVec,
 }
 
 impl NodeQuotas {
-    pub fn new() -> NodeQuotas {
-        // Constant, valid definitions: these constructors do not fail in practice.
-        let remaining = GaugeVec::new(
-            Opts::new(
+    /// Creates the gauges and registers them in `registry` (part of
+    /// [`super::metrics::HubMetrics`]).
+    pub(crate) fn new(registry: &Registry) -> Result<NodeQuotas, prometheus::Error> {
+        let gauge = |name: &str, help: &str| {
+            let gauge = GaugeVec::new(Opts::new(name, help), &["node", "registry"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok::<_, prometheus::Error>(gauge)
+        };
+        Ok(NodeQuotas {
+            latest: Arc::default(),
+            remaining: gauge(
                 "pullwatch_node_registry_ratelimit_remaining",
                 "Pulls left in the registry's window as the node's route sees it (its egress IP's quota), from the latest quota its agent reported",
-            ),
-            &["node", "registry"],
-        );
-        let limit = GaugeVec::new(
-            Opts::new(
+            )?,
+            limit: gauge(
                 "pullwatch_node_registry_ratelimit_limit",
                 "Pulls per window the registry announced to the node, from the latest quota its agent reported",
-            ),
-            &["node", "registry"],
-        );
-        NodeQuotas {
-            latest: Arc::default(),
-            remaining: remaining.ok(),
-            limit: limit.ok(),
-        }
-    }
-
-    fn gauges(&self) -> impl Iterator<Item = &GaugeVec> {
-        self.remaining.iter().chain(self.limit.iter())
-    }
-
-    /// Adds the gauges to `registry` (the aggregator's /metrics).
-    pub fn register(&self, registry: &Registry) -> Result<(), prometheus::Error> {
-        for gauge in self.gauges() {
-            registry.register(Box::new(gauge.clone()))?;
-        }
-        Ok(())
+            )?,
+        })
     }
 
     /// Records what `node` reported. Names that cannot be registry hosts, and
     /// registries past the node's bound, are ignored.
-    pub fn record(&self, node: &str, quotas: &[RegistryQuota]) {
+    pub(crate) fn record(&self, node: &str, quotas: &[RegistryQuota]) {
         if quotas.is_empty() {
             return;
         }
@@ -110,28 +96,27 @@ impl NodeQuotas {
                     reported_at: now,
                 },
             );
-            if let Some(gauge) = &self.remaining {
-                gauge
+            self.remaining
+                .with_label_values(&[node, registry])
+                .set(quota.remaining as f64);
+            match quota.limit {
+                Some(limit) => self
+                    .limit
                     .with_label_values(&[node, registry])
-                    .set(quota.remaining as f64);
-            }
-            if let Some(gauge) = &self.limit {
-                match quota.limit {
-                    Some(limit) => gauge.with_label_values(&[node, registry]).set(limit as f64),
-                    None => {
-                        let _ = gauge.remove_label_values(&[node, registry]);
-                    }
+                    .set(limit as f64),
+                None => {
+                    let _ = self.limit.remove_label_values(&[node, registry]);
                 }
             }
         }
     }
 
     /// `node`'s agent went away: its quotas and series go.
-    pub fn forget_node(&self, node: &str) {
+    pub(crate) fn forget_node(&self, node: &str) {
         let Some(registries) = lock(&self.latest).remove(node) else {
             return;
         };
-        for gauge in self.gauges() {
+        for gauge in [&self.remaining, &self.limit] {
             for registry in registries.keys() {
                 let _ = gauge.remove_label_values(&[node, registry.as_str()]);
             }
@@ -149,12 +134,6 @@ impl NodeQuotas {
             }
         }
         out
-    }
-}
-
-impl Default for NodeQuotas {
-    fn default() -> Self {
-        NodeQuotas::new()
     }
 }
 
@@ -184,9 +163,8 @@ mod tests {
 
     #[test]
     fn bounded_per_node_and_gone_with_the_node() {
-        let quotas = NodeQuotas::new();
         let registry = Registry::new();
-        quotas.register(&registry).unwrap();
+        let quotas = NodeQuotas::new(&registry).unwrap();
         quotas.record("a", &[quota("docker.io", 76), quota("ghcr.io", 5)]);
         quotas.record("b", &[quota("docker.io", 40)]);
         quotas.record("a", &[quota("docker.io", 75)]);

@@ -199,7 +199,7 @@ pub async fn start_with_reviewer(
 /// `--header-read-timeout`, `--idle-timeout`, `--send-timeout`): the deadline for the
 /// first request covers the TLS handshake and the HTTP/2 preface, and a connection
 /// carrying an agent's session is never idle.
-pub async fn start_with_limits(
+pub(crate) async fn start_with_limits(
     hub: AgentHub,
     config: AgentServerConfig,
     reviewer: Option<Arc<TokenReviewer>>,

@@ -20,11 +20,11 @@ use rustls::sign::CertifiedKey;
 use tracing::{info, warn};
 
 /// How often the files are looked at (at most once per handshake).
-pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a key pair could not be loaded. Names files, never key material.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyPairError {
+pub(crate) enum KeyPairError {
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
@@ -48,7 +48,7 @@ struct Loaded {
 }
 
 /// A certificate chain and key read from two PEM files, re-read when they change.
-pub struct ReloadingKeyPair {
+pub(crate) struct ReloadingKeyPair {
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
@@ -100,7 +100,7 @@ fn parse(
 
 impl ReloadingKeyPair {
     /// Loads the pair now: a server does not start with an unusable one.
-    pub fn load(cert: PathBuf, key: PathBuf) -> Result<ReloadingKeyPair, KeyPairError> {
+    pub(crate) fn load(cert: PathBuf, key: PathBuf) -> Result<ReloadingKeyPair, KeyPairError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert_pem = read(&cert)?;
         let key_pem = read(&key)?;
@@ -120,7 +120,7 @@ impl ReloadingKeyPair {
 
     /// The pair for a new handshake: the files' current one when they changed and
     /// parse, else the last good one.
-    pub fn current(&self) -> Arc<CertifiedKey> {
+    pub(crate) fn current(&self) -> Arc<CertifiedKey> {
         let mut loaded = pullwatch::locks::lock(&self.loaded);
         if loaded.checked.elapsed() < RECHECK_INTERVAL {
             return loaded.pair.clone();
@@ -151,7 +151,7 @@ impl ReloadingKeyPair {
     }
 
     /// A rustls server configuration (HTTP/2 only, as gRPC needs) using this pair.
-    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, KeyPairError> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, KeyPairError> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| KeyPairError::Config(e.to_string()))?

@@ -17,28 +17,26 @@ pub struct RegistryLimits {
 }
 
 /// The checks in flight against one registry host.
-pub struct RegistryState {
-    pub host: String,
-    pub slots: Semaphore,
+pub(crate) struct RegistryState {
+    pub(crate) slots: Semaphore,
 }
 
 impl RegistryState {
-    fn new(host: &str, limits: RegistryLimits) -> Self {
+    fn new(limits: RegistryLimits) -> Self {
         RegistryState {
-            host: host.to_string(),
             slots: Semaphore::new(limits.max_concurrency.max(1)),
         }
     }
 }
 
 /// Registry states by host, created on first use.
-pub struct Registries {
+pub(crate) struct Registries {
     limits: RegistryLimits,
     states: Mutex<HashMap<String, Arc<RegistryState>>>,
 }
 
 impl Registries {
-    pub fn new(limits: RegistryLimits) -> Self {
+    pub(crate) fn new(limits: RegistryLimits) -> Self {
         Registries {
             limits,
             states: Mutex::new(HashMap::new()),
@@ -46,14 +44,14 @@ impl Registries {
     }
 
     /// Forgets the hosts not in `keep` (checks in flight keep their own handle).
-    pub fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
+    pub(crate) fn retain(&self, keep: &std::collections::BTreeSet<&str>) {
         lock(&self.states).retain(|host, _| keep.contains(host.as_str()));
     }
 
-    pub fn get(&self, host: &str) -> Arc<RegistryState> {
+    pub(crate) fn get(&self, host: &str) -> Arc<RegistryState> {
         lock(&self.states)
             .entry(host.to_string())
-            .or_insert_with(|| Arc::new(RegistryState::new(host, self.limits)))
+            .or_insert_with(|| Arc::new(RegistryState::new(self.limits)))
             .clone()
     }
 }

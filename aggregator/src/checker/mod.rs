@@ -5,7 +5,7 @@
 pub mod limits;
 mod metrics;
 
-pub use metrics::CheckerMetrics;
+pub(crate) use metrics::CheckerMetrics;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -95,8 +95,8 @@ const INDEX_CACHE_ENTRIES: usize = 4096;
 
 type SharedCheck = Shared<BoxFuture<'static, CheckOutcome>>;
 
-/// The checker. Cheap to share (`Arc`); all state is internal.
-pub struct Checker {
+/// The aggregator's own registry checker (the agents check on the nodes). Cheap to share (`Arc`); all state is internal.
+pub struct CentralChecker {
     inner: Arc<Inner>,
 }
 
@@ -114,7 +114,7 @@ struct Inner {
     platforms: Mutex<Arc<[Platform]>>,
 }
 
-impl Checker {
+impl CentralChecker {
     pub fn new(config: &CheckerConfig, metrics: CheckerMetrics) -> Result<Self, CheckerError> {
         install_crypto_provider();
         let certificates = load_certificates(&config.ca_paths)?;
@@ -142,7 +142,7 @@ impl Checker {
             },
             Arc::new(MetricsObserver(metrics.clone())),
         );
-        Ok(Checker {
+        Ok(CentralChecker {
             inner: Arc::new(Inner {
                 client,
                 http,
@@ -163,7 +163,7 @@ impl Checker {
 
     /// The platforms workloads can land on, as the index found them (the nodes', or
     /// `--platform`): an index's pull path is walked for each. Empty keeps the last.
-    pub fn set_platforms(&self, platforms: &[Platform]) {
+    pub(crate) fn set_platforms(&self, platforms: &[Platform]) {
         if platforms.is_empty() {
             return;
         }
@@ -176,7 +176,7 @@ impl Checker {
     /// Forgets what is kept per registry host for hosts not in `hosts` (the index's
     /// registries): the client's host state, the concurrency slots, and their series
     /// (requests, 429s, pauses, quotas), with those of token endpoints only they used.
-    pub fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
+    pub(crate) fn retain_registries(&self, hosts: &std::collections::BTreeSet<&str>) {
         let gone = self.inner.client.retain_hosts(hosts);
         self.inner.registries.retain(hosts);
         let metrics = &self.inner.metrics;
@@ -186,33 +186,11 @@ impl Checker {
                 .remove_label_values(&[host.as_str()]);
             let _ = metrics.rate_limited.remove_label_values(&[host.as_str()]);
             metrics.quotas.forget(host);
+            metrics.registry_requests.forget(host);
         }
-        if gone.is_empty() {
-            return;
+        if !gone.is_empty() {
+            tracing::debug!(hosts = ?gone, "registries left the index; their state and series are gone");
         }
-        // Every response code counted for a gone host.
-        let codes: Vec<(String, String)> =
-            prometheus::core::Collector::collect(&metrics.registry_requests)
-                .iter()
-                .flat_map(|family| family.get_metric())
-                .filter_map(|metric| {
-                    let label = |name: &str| {
-                        metric
-                            .get_label()
-                            .iter()
-                            .find(|l| l.name() == name)
-                            .map(|l| l.value().to_string())
-                    };
-                    Some((label("registry")?, label("code")?))
-                })
-                .filter(|(host, _)| gone.contains(host))
-                .collect();
-        for (host, code) in codes {
-            let _ = metrics
-                .registry_requests
-                .remove_label_values(&[host.as_str(), code.as_str()]);
-        }
-        tracing::debug!(hosts = ?gone, "registries left the index; their state and series are gone");
     }
 
     /// Checks one distinct reference. Identical checks already in flight (same
@@ -350,10 +328,7 @@ struct MetricsObserver(CheckerMetrics);
 impl RegistryObserver for MetricsObserver {
     fn request(&self, host: &str, code: Option<u16>) {
         let code = code.map_or_else(|| "error".to_string(), |c| c.to_string());
-        self.0
-            .registry_requests
-            .with_label_values(&[host, code.as_str()])
-            .inc();
+        self.0.registry_requests.inc(host, &code);
     }
 
     fn rate_limited(&self, host: &str) {

@@ -1,7 +1,8 @@
 //! Inventory from a live cluster: one kube-rs watcher per kind (per type for pull
 //! secrets, whose field selector cannot OR two), each event reduced at
 //! once to what a check needs (no object is kept whole: no managedFields, no
-//! annotations, no unrelated secret data).
+//! annotations, no unrelated secret data). Nodes are watched once, for the platforms
+//! workloads land on and the agent hub's node groups alike.
 //!
 //! Relists are applied without buffering whole objects: every listed object is
 //! applied as it arrives and remembered by key only; when the list is done, objects
@@ -42,7 +43,7 @@ pub enum ClusterError {
 }
 
 /// A Kubernetes client from `--kubeconfig`, else in-cluster config or `KUBECONFIG`.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
+pub(crate) async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, ClusterError> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -65,7 +66,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
 
 /// Series about the watches themselves, registered by [`crate::metrics::Metrics`].
 #[derive(Clone)]
-pub struct InventoryMetrics {
+pub(crate) struct InventoryMetrics {
     synced: IntGaugeVec,
     forbidden: IntGaugeVec,
     errors: IntCounterVec,
@@ -112,6 +113,9 @@ impl InventoryMetrics {
     }
 }
 
+/// The resource of the one watch of Nodes.
+pub(crate) const NODES: &str = "nodes";
+
 /// Which resources to watch.
 struct Watch<K> {
     resource: &'static str,
@@ -121,7 +125,7 @@ struct Watch<K> {
 }
 
 /// Starts one watch task per resource. They run until aborted.
-pub fn spawn_watches(
+pub(crate) fn spawn_watches(
     client: Client,
     shared: SharedInventory,
     metrics: InventoryMetrics,
@@ -210,8 +214,9 @@ pub fn spawn_watches(
         config(),
         |o| KubeObject::Namespace(Box::new(o))
     );
-    // The platforms workloads can land on; refused by RBAC, no platform is checked.
-    watch!(Node, "nodes", ObjectKind::Node, config(), |o| {
+    // The platforms workloads can land on, and the agent hub's node groups; refused
+    // by RBAC, no platform is checked and agents are grouped by the labels they send.
+    watch!(Node, NODES, ObjectKind::Node, config(), |o| {
         KubeObject::Node(Box::new(o))
     });
     // A field selector cannot OR two types: one watch per pull-secret type, and no
@@ -243,7 +248,6 @@ where
 {
     shared.set_state(watch.resource, WatchState::default());
     tokio::spawn(async move {
-        let resource = watch.resource;
         let start = || {
             watcher::watcher(api.clone(), watch.config.clone())
                 .default_backoff()
@@ -288,7 +292,7 @@ where
                     // nothing when it is allowed again, so the refusal would never
                     // clear. Start over with a list: its InitDone clears it. (A
                     // refused list is retried by the watcher with its backoff.)
-                    if watch_failed(&shared, &metrics, resource, &error)
+                    if watch_failed(&shared, &metrics, &watch, &error)
                         && !matches!(error, watcher::Error::InitialListFailed(_))
                     {
                         stream = start();
@@ -346,18 +350,19 @@ fn relist_done<K>(
         );
     }
     if first || relist_changed || previous.forbidden {
-        shared.changed.notify_one();
+        shared.notify_changed(watch.kind);
     }
 }
 
 /// Records a failed list or watch of `resource`. Returns whether RBAC refused it;
 /// otherwise the last known state stays, checks go on, and kube retries with backoff.
-fn watch_failed(
+fn watch_failed<K>(
     shared: &SharedInventory,
     metrics: &InventoryMetrics,
-    resource: &'static str,
+    watch: &Watch<K>,
     error: &watcher::Error,
 ) -> bool {
+    let resource = watch.resource;
     metrics.errors.with_label_values(&[resource]).inc();
     let forbidden = is_forbidden(error);
     let message = error.to_string();
@@ -372,7 +377,7 @@ fn watch_failed(
         if newly_forbidden {
             warn!(resource, error = %message, "forbidden by RBAC: running without it (kept retrying)");
             // Readiness may now be reached without this resource.
-            shared.changed.notify_one();
+            shared.notify_changed(watch.kind);
         }
     } else {
         warn!(resource, error = %message, "list/watch failed; retrying with backoff");
@@ -399,7 +404,7 @@ fn apply_change<K>(
         .objects
         .with_label_values(&[watch.resource])
         .set(count as i64);
-    shared.changed.notify_one();
+    shared.notify_changed(watch.kind);
 }
 
 fn is_forbidden(error: &watcher::Error) -> bool {

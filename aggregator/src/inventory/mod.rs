@@ -4,12 +4,14 @@
 //!
 //! Sources fill an [`Inventory`]: [`manifests`] from YAML files, [`cluster`] from
 //! watches on a live cluster; [`SharedInventory`] is where they meet the index
-//! builder. The reduction from Kubernetes objects lives here so every source reduces
-//! the same way.
+//! builder, and where the agent hub reads its node groups ([`nodes`]: each Node's
+//! platform and group label, from the one watch of Nodes). The reduction from
+//! Kubernetes objects lives here so every source reduces the same way.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub(crate) mod interner;
 pub mod manifests;
+pub(crate) mod nodes;
 pub(crate) mod owners;
 pub(crate) mod placements;
 pub(crate) mod platforms;
@@ -19,7 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use pullwatch::locks::lock;
 
@@ -27,10 +29,11 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use pullwatch::{DockerConfig, Platform};
+use pullwatch::DockerConfig;
 use serde::Serialize;
 
 pub(crate) use interner::Interner;
+pub(crate) use nodes::Nodes;
 pub(crate) use owners::OwnedPods;
 pub(crate) use placements::PodPlacements;
 pub(crate) use platforms::PlatformConstraints;
@@ -221,8 +224,9 @@ pub struct Inventory {
     /// The digest each running pod container runs, by workload container: what a
     /// moved tag is measured against. Changes here never need an index rebuild.
     pub(crate) running: RunningDigests,
-    /// Node name -> its platform (cluster mode): what workloads can land on.
-    pub(crate) nodes: BTreeMap<String, Platform>,
+    /// Node name -> its platform (cluster mode: what workloads can land on) and its
+    /// group label's value (with agents and `--node-group-label`).
+    pub(crate) nodes: Nodes,
     /// Pods whose controller pullwatch does not watch, grouped by their top-most
     /// known controller (see [`Inventory::grouped_workloads`]).
     pub(crate) owned: OwnedPods,
@@ -235,41 +239,79 @@ pub struct Inventory {
 
 /// What each watch has achieved, for readiness and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchState {
+pub(crate) struct WatchState {
     /// A full list has been applied at least once.
-    pub synced: bool,
+    pub(crate) synced: bool,
     /// The API server refused the list with 403 (RBAC).
-    pub forbidden: bool,
-    pub last_error: Option<String>,
+    pub(crate) forbidden: bool,
+    pub(crate) last_error: Option<String>,
 }
 
 /// The shared inventory the watches fill, and who to tell when it changes.
 #[derive(Clone)]
-pub struct SharedInventory {
-    pub inventory: Arc<Mutex<Inventory>>,
-    pub changed: Arc<Notify>,
+pub(crate) struct SharedInventory {
+    pub(crate) inventory: Arc<Mutex<Inventory>>,
+    /// The index builder's wake-up.
+    pub(crate) changed: Arc<Notify>,
+    /// Bumped when the Nodes or their watch's state changed: the agent hub's wake-up
+    /// (its node groups come from here).
+    nodes_changed: Arc<watch::Sender<u64>>,
     states: Arc<Mutex<BTreeMap<&'static str, WatchState>>>,
 }
 
 impl Default for SharedInventory {
     fn default() -> Self {
-        SharedInventory {
-            inventory: Arc::new(Mutex::new(Inventory::default())),
-            changed: Arc::new(Notify::new()),
-            states: Arc::new(Mutex::new(BTreeMap::new())),
-        }
+        SharedInventory::with_node_group_label(None)
     }
 }
 
 impl SharedInventory {
+    /// An empty inventory whose Nodes keep the value of `node_group_label` (with
+    /// agents and `--node-group-label`).
+    pub(crate) fn with_node_group_label(node_group_label: Option<String>) -> SharedInventory {
+        let inventory = Inventory {
+            nodes: Nodes::with_group_label(node_group_label),
+            ..Inventory::default()
+        };
+        SharedInventory {
+            inventory: Arc::new(Mutex::new(inventory)),
+            changed: Arc::new(Notify::new()),
+            nodes_changed: Arc::new(watch::channel(0).0),
+            states: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// Something a check depends on changed in objects of `kind` (or in their
+    /// watch's state): wakes the index builder, and the node groups' follower when
+    /// Nodes changed.
+    pub(crate) fn notify_changed(&self, kind: ObjectKind) {
+        self.changed.notify_one();
+        if kind == ObjectKind::Node {
+            self.nodes_changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Tells when the Nodes or their watch's state changed.
+    pub(crate) fn subscribe_nodes(&self) -> watch::Receiver<u64> {
+        self.nodes_changed.subscribe()
+    }
+
+    /// The state of `resource`'s watch.
+    pub(crate) fn state(&self, resource: &str) -> WatchState {
+        lock(&self.states)
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// True once every watch has listed (or been refused by RBAC) at least once.
-    pub fn synced(&self) -> bool {
+    pub(crate) fn synced(&self) -> bool {
         let states = lock(&self.states);
         !states.is_empty() && states.values().all(|s| s.synced || s.forbidden)
     }
 
     /// Sets a resource's state, returning the previous one.
-    pub fn set_state(&self, resource: &'static str, state: WatchState) -> WatchState {
+    pub(crate) fn set_state(&self, resource: &'static str, state: WatchState) -> WatchState {
         lock(&self.states)
             .insert(resource, state)
             .unwrap_or_default()
@@ -285,7 +327,7 @@ impl SharedInventory {
     }
 
     /// One line for `/readyz`: what is not synced, what is forbidden.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let states = lock(&self.states);
         let pending: Vec<&str> = states
             .iter()
@@ -453,10 +495,7 @@ impl Inventory {
                 let labels = ns.metadata.labels.clone().unwrap_or_default();
                 replace(&mut self.namespaces, name_of(&ns.metadata), labels)
             }
-            KubeObject::Node(node) => match platforms::node_platform(&node) {
-                Some(platform) => replace(&mut self.nodes, name_of(&node.metadata), platform),
-                None => self.nodes.remove(&name_of(&node.metadata)).is_some(),
-            },
+            KubeObject::Node(node) => self.nodes.apply(name_of(&node.metadata), &node),
             KubeObject::ReplicaSet(rs) => self.owned.apply_replicaset(
                 &namespace_of(&rs.metadata),
                 &name_of(&rs.metadata),
@@ -519,7 +558,7 @@ impl Inventory {
                 .remove(&(namespace_of(&sa.metadata), name_of(&sa.metadata)))
                 .is_some(),
             KubeObject::Namespace(ns) => self.namespaces.remove(&name_of(&ns.metadata)).is_some(),
-            KubeObject::Node(node) => self.nodes.remove(&name_of(&node.metadata)).is_some(),
+            KubeObject::Node(node) => self.nodes.remove(name_str(&node.metadata)),
             KubeObject::ReplicaSet(rs) => self
                 .owned
                 .remove_replicaset(&namespace_of(&rs.metadata), &name_of(&rs.metadata)),
@@ -553,7 +592,7 @@ impl Inventory {
                 .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
             ObjectKind::Node => self
                 .nodes
-                .retain(|name, _| seen.contains(&(String::new(), name.clone()))),
+                .retain(|name| seen.contains(&(String::new(), name.to_string()))),
             ObjectKind::ReplicaSet => {
                 self.owned.retain_seen_replicasets(seen);
             }

@@ -1,5 +1,6 @@
-//! Checks through agents (the agents stage's entry): one distinct check placed on one node per node group, and
-//! the kubelet's view made of the answers.
+//! Checks through agents (the agents stage's entry): one distinct check fanned out to
+//! one node per node group, and the kubelet's view made of the answers
+//! ([`kubelet_view`]).
 //!
 //! Placement prefers nodes that run the workload, then nodes that hold the image, then
 //! idle ones ([`AgentHub::plan`]). The workload's pull secrets go only to a node that
@@ -31,22 +32,22 @@ use crate::index::AgentTarget;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentCheck {
     /// Node name -> its answer.
-    pub nodes: BTreeMap<String, NodeOutcome>,
+    pub(crate) nodes: BTreeMap<String, NodeOutcome>,
     /// Nodes that were sent the workload's credentials.
-    pub credentials_sent_to: Vec<String>,
+    pub(crate) credentials_sent_to: Vec<String>,
 }
 
 impl AgentCheck {
     /// The canonical outcome, or None when no node answered.
     pub fn outcome(&self) -> Option<CheckOutcome> {
-        combine(&self.nodes)
+        kubelet_view(&self.nodes)
     }
 }
 
 /// Over the conclusive answers: `available` when every node can pull; else the
 /// failing nodes' most informative status, with each failing node's reason. None
 /// without a conclusive answer.
-pub fn combine(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
+pub(crate) fn kubelet_view(nodes: &BTreeMap<String, NodeOutcome>) -> Option<CheckOutcome> {
     let conclusive: Vec<(&String, &NodeOutcome)> =
         nodes.iter().filter(|(_, n)| n.is_conclusive()).collect();
     if conclusive.is_empty() {
@@ -97,7 +98,7 @@ impl AgentHub {
         }
         let state = lock(&self.inner.state);
         if state.agents.contains_key(node) {
-            self.inner.quotas.record(node, quotas);
+            self.inner.metrics.quotas.record(node, quotas);
         }
     }
 
@@ -203,18 +204,21 @@ mod tests {
         a.digest = Some("sha256:1".into());
         nodes.insert("a".to_string(), a.clone());
         nodes.insert("b".to_string(), a.clone());
-        assert_eq!(combine(&nodes).unwrap().digest.as_deref(), Some("sha256:1"));
+        assert_eq!(
+            kubelet_view(&nodes).unwrap().digest.as_deref(),
+            Some("sha256:1")
+        );
         a.digest = Some("sha256:2".into());
         nodes.insert("c".to_string(), a);
-        assert_eq!(combine(&nodes).unwrap().digest, None, "nodes disagree");
+        assert_eq!(kubelet_view(&nodes).unwrap().digest, None, "nodes disagree");
     }
 
     #[test]
     fn available_only_when_every_node_can_pull() {
-        assert_eq!(combine(&BTreeMap::new()), None);
+        assert_eq!(kubelet_view(&BTreeMap::new()), None);
         let mut nodes = BTreeMap::new();
         nodes.insert("a".to_string(), node(CheckStatus::Available, ""));
-        assert_eq!(combine(&nodes), Some(CheckOutcome::available()));
+        assert_eq!(kubelet_view(&nodes), Some(CheckOutcome::available()));
         nodes.insert(
             "b".to_string(),
             node(CheckStatus::RegistryUnavailable, "connection refused"),
@@ -223,7 +227,7 @@ mod tests {
             "c".to_string(),
             node(CheckStatus::AuthenticationFailure, "401"),
         );
-        let outcome = combine(&nodes).unwrap();
+        let outcome = kubelet_view(&nodes).unwrap();
         // Of the failing nodes, the one that got furthest speaks.
         assert_eq!(outcome.status, CheckStatus::AuthenticationFailure);
         assert_eq!(
@@ -237,9 +241,9 @@ mod tests {
         let mut without = node(CheckStatus::AuthenticationFailure, "401");
         without.without_workload_credentials = true;
         partial.insert("x".to_string(), without.clone());
-        assert_eq!(combine(&partial), None, "the caller checks centrally");
+        assert_eq!(kubelet_view(&partial), None, "the caller checks centrally");
         partial.insert("y".to_string(), node(CheckStatus::Available, ""));
-        assert_eq!(combine(&partial), Some(CheckOutcome::available()));
+        assert_eq!(kubelet_view(&partial), Some(CheckOutcome::available()));
         without.status = CheckStatus::Available;
         assert!(without.is_conclusive());
     }

@@ -11,43 +11,43 @@ use super::server::{AgentServerConfig, AgentServerError};
 
 /// Flags of the agent server (each also from `PULLWATCH_<FLAG>`).
 #[derive(Clone, Debug, Default, Args)]
-pub struct AgentServerArgs {
+pub(crate) struct AgentServerArgs {
     /// Listen for node agents (gRPC) on this address, e.g. `:9443`. Unset: no agents.
     #[arg(long, env = "PULLWATCH_AGENT_LISTEN")]
-    pub agent_listen: Option<String>,
+    pub(crate) agent_listen: Option<String>,
     /// PEM certificate (chain) for the agent server.
     #[arg(long, env = "PULLWATCH_AGENT_TLS_CERT", requires = "agent_tls_key")]
-    pub agent_tls_cert: Option<PathBuf>,
+    pub(crate) agent_tls_cert: Option<PathBuf>,
     /// PEM private key for the agent server.
     #[arg(long, env = "PULLWATCH_AGENT_TLS_KEY", requires = "agent_tls_cert")]
-    pub agent_tls_key: Option<PathBuf>,
+    pub(crate) agent_tls_key: Option<PathBuf>,
     /// A file with the token agents must present (outside Kubernetes, or instead of
     /// TokenReview); re-read for every session.
     #[arg(long, env = "PULLWATCH_AGENT_SHARED_TOKEN_FILE")]
-    pub agent_shared_token_file: Option<PathBuf>,
+    pub(crate) agent_shared_token_file: Option<PathBuf>,
     /// Audience of the agents' bound service account tokens: each is verified with a
     /// TokenReview and must be a service account's, issued on the node the agent
     /// claims. Uses the cluster's API (with --manifests: in-cluster config or KUBECONFIG).
     #[arg(long, env = "PULLWATCH_AGENT_TOKEN_AUDIENCE")]
-    pub agent_token_audience: Option<String>,
+    pub(crate) agent_token_audience: Option<String>,
     /// The agents' own service account, NAMESPACE:NAME: the only one whose tokens are
     /// accepted (required with --agent-token-audience).
     #[arg(long, env = "PULLWATCH_AGENT_SERVICE_ACCOUNT")]
-    pub agent_service_account: Option<String>,
+    pub(crate) agent_service_account: Option<String>,
     /// TESTS ONLY: accept agent tokens over plain HTTP/2 when no TLS key pair is set.
     /// Anyone on the network path can then read the tokens.
     #[arg(
         long,
         env = "PULLWATCH_AGENT_INSECURE_PLAINTEXT_TOKENS_FOR_TESTING_ONLY"
     )]
-    pub agent_insecure_plaintext_tokens_for_testing_only: bool,
+    pub(crate) agent_insecure_plaintext_tokens_for_testing_only: bool,
     /// Node label whose value groups nodes for placement (unset: one group).
     #[arg(long, env = "PULLWATCH_NODE_GROUP_LABEL")]
-    pub node_group_label: Option<String>,
+    pub(crate) node_group_label: Option<String>,
 }
 
 /// `:9443` -> `0.0.0.0:9443`; `HOST:PORT` and `[v6]:PORT` as given.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, AgentServerError> {
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, AgentServerError> {
     let with_host = if text.starts_with(':') {
         format!("0.0.0.0{text}")
     } else {
@@ -60,7 +60,7 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, AgentServerError> {
 
 impl AgentServerArgs {
     /// The hub settings these flags describe.
-    pub fn hub_config(&self) -> HubConfig {
+    pub(crate) fn hub_config(&self) -> HubConfig {
         HubConfig {
             node_group_label: self.node_group_label.clone(),
             tls: self.agent_tls_cert.is_some(),
@@ -69,7 +69,7 @@ impl AgentServerArgs {
     }
 
     /// `--agent-token-audience`, when set and not empty.
-    pub fn token_audience(&self) -> Option<&str> {
+    pub(crate) fn token_audience(&self) -> Option<&str> {
         self.agent_token_audience
             .as_deref()
             .map(str::trim)
@@ -77,7 +77,7 @@ impl AgentServerArgs {
     }
 
     /// `--agent-service-account`, required with `--agent-token-audience`.
-    pub fn service_account(&self) -> Result<Option<ServiceAccountName>, AgentServerError> {
+    pub(crate) fn service_account(&self) -> Result<Option<ServiceAccountName>, AgentServerError> {
         match self
             .agent_service_account
             .as_deref()
@@ -93,7 +93,7 @@ impl AgentServerArgs {
     }
 
     /// The server settings, or None when `--agent-listen` is unset.
-    pub fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
+    pub(crate) fn server_config(&self) -> Result<Option<AgentServerConfig>, AgentServerError> {
         let Some(listen) = &self.agent_listen else {
             return Ok(None);
         };
