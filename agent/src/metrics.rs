@@ -20,7 +20,7 @@ use prometheus::{
 };
 use pullwatch::locks::lock;
 use pullwatch::registry::RegistryObserver;
-use pullwatch::registry::quota::Quota;
+use pullwatch::registry::quota::{Quota, QuotaGauges};
 use pullwatch::serve::{self, Body};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -300,9 +300,7 @@ impl AggregatorSeries {
 /// The pull quota each registry announced along this node's route, and the log the
 /// session sends to the aggregator from.
 struct QuotaSeries {
-    limit: GaugeVec,
-    remaining: GaugeVec,
-    window: GaugeVec,
+    gauges: QuotaGauges,
     /// Registry host -> its latest quota and the sequence number of that update.
     log: Mutex<QuotaLog>,
 }
@@ -318,27 +316,29 @@ struct QuotaLog {
 impl QuotaSeries {
     fn new(registry: &Registry) -> prometheus::Result<QuotaSeries> {
         Ok(QuotaSeries {
-            limit: family(
-                registry,
-                GaugeVec::new,
-                "pullwatch_agent_registry_ratelimit_limit",
-                "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
-                &["registry"],
-            )?,
-            remaining: family(
-                registry,
-                GaugeVec::new,
-                "pullwatch_agent_registry_ratelimit_remaining",
-                "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
-                &["registry"],
-            )?,
-            window: family(
-                registry,
-                GaugeVec::new,
-                "pullwatch_agent_registry_ratelimit_window_seconds",
-                "The window the registry's pull limit applies to, in seconds",
-                &["registry"],
-            )?,
+            gauges: QuotaGauges {
+                limit: family(
+                    registry,
+                    GaugeVec::new,
+                    "pullwatch_agent_registry_ratelimit_limit",
+                    "Pulls the registry allows per window, as it announced to this node (ratelimit-limit, RateLimit-Policy)",
+                    &["registry"],
+                )?,
+                remaining: family(
+                    registry,
+                    GaugeVec::new,
+                    "pullwatch_agent_registry_ratelimit_remaining",
+                    "Pulls left in the registry's window for this node's route, from its latest manifest answer that announced a quota",
+                    &["registry"],
+                )?,
+                window: family(
+                    registry,
+                    GaugeVec::new,
+                    "pullwatch_agent_registry_ratelimit_window_seconds",
+                    "The window the registry's pull limit applies to, in seconds",
+                    &["registry"],
+                )?,
+            },
             log: Mutex::new(QuotaLog::default()),
         })
     }
@@ -356,24 +356,7 @@ impl QuotaSeries {
             log.latest
                 .insert(host.to_string(), (quota.clone(), sequence));
         }
-        self.remaining
-            .with_label_values(&[host])
-            .set(quota.remaining as f64);
-        match quota.limit {
-            Some(limit) => self.limit.with_label_values(&[host]).set(limit as f64),
-            None => {
-                let _ = self.limit.remove_label_values(&[host]);
-            }
-        }
-        match quota.window {
-            Some(window) => self
-                .window
-                .with_label_values(&[host])
-                .set(window.as_secs_f64()),
-            None => {
-                let _ = self.window.remove_label_values(&[host]);
-            }
-        }
+        self.gauges.set(host, quota);
     }
 }
 

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use http::HeaderMap;
+use prometheus::GaugeVec;
 
 /// The longest `docker-ratelimit-source` kept (an IPv6 address or an account id fits).
 const MAX_SOURCE_LEN: usize = 64;
@@ -50,6 +51,47 @@ impl Quota {
             })
             .map(str::to_string);
         Some(quota)
+    }
+}
+
+/// A quota as three gauges, one series per registry host (`registry` label): the
+/// aggregator's `pullwatch_registry_ratelimit_*` and the agent's
+/// `pullwatch_agent_registry_ratelimit_*` are both this.
+#[derive(Clone, Debug)]
+pub struct QuotaGauges {
+    /// Requests allowed per window.
+    pub limit: GaugeVec,
+    /// Requests left in the current window.
+    pub remaining: GaugeVec,
+    /// The window, in seconds.
+    pub window: GaugeVec,
+}
+
+impl QuotaGauges {
+    /// `host`'s series say `quota`. A part the latest answer did not carry is not kept
+    /// from an older one: its series goes.
+    pub fn set(&self, host: &str, quota: &Quota) {
+        self.remaining
+            .with_label_values(&[host])
+            .set(quota.remaining as f64);
+        set_or_remove(&self.limit, host, quota.limit.map(|limit| limit as f64));
+        set_or_remove(&self.window, host, quota.window.map(|w| w.as_secs_f64()));
+    }
+
+    /// `host`'s series go.
+    pub fn remove(&self, host: &str) {
+        for gauge in [&self.limit, &self.remaining, &self.window] {
+            let _ = gauge.remove_label_values(&[host]);
+        }
+    }
+}
+
+fn set_or_remove(gauge: &GaugeVec, host: &str, value: Option<f64>) {
+    match value {
+        Some(value) => gauge.with_label_values(&[host]).set(value),
+        None => {
+            let _ = gauge.remove_label_values(&[host]);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 use pullwatch::locks::lock;
-use pullwatch::registry::quota::Quota;
+use pullwatch::registry::quota::{Quota, QuotaGauges};
 
 /// Series the checker itself maintains.
 #[derive(Clone)]
@@ -73,9 +73,7 @@ impl RegistryRequests {
 #[derive(Clone)]
 pub(crate) struct RegistryQuotas {
     latest: Arc<Mutex<BTreeMap<String, (Quota, SystemTime)>>>,
-    limit: GaugeVec,
-    remaining: GaugeVec,
-    window: GaugeVec,
+    gauges: QuotaGauges,
 }
 
 impl RegistryQuotas {
@@ -88,51 +86,33 @@ impl RegistryQuotas {
         };
         Ok(RegistryQuotas {
             latest: Arc::default(),
-            limit: gauge(
-                "pullwatch_registry_ratelimit_limit",
-                "Pulls the registry allows per window, from its latest manifest answer that announced a quota (ratelimit-limit, RateLimit-Policy).",
-            )?,
-            remaining: gauge(
-                "pullwatch_registry_ratelimit_remaining",
-                "Pulls left in the registry's current window, from its latest manifest answer that announced a quota (ratelimit-remaining, RateLimit).",
-            )?,
-            window: gauge(
-                "pullwatch_registry_ratelimit_window_seconds",
-                "The window the registry's pull limit applies to, in seconds (w=).",
-            )?,
+            gauges: QuotaGauges {
+                limit: gauge(
+                    "pullwatch_registry_ratelimit_limit",
+                    "Pulls the registry allows per window, from its latest manifest answer that announced a quota (ratelimit-limit, RateLimit-Policy).",
+                )?,
+                remaining: gauge(
+                    "pullwatch_registry_ratelimit_remaining",
+                    "Pulls left in the registry's current window, from its latest manifest answer that announced a quota (ratelimit-remaining, RateLimit).",
+                )?,
+                window: gauge(
+                    "pullwatch_registry_ratelimit_window_seconds",
+                    "The window the registry's pull limit applies to, in seconds (w=).",
+                )?,
+            },
         })
     }
 
     /// `host` announced `quota` now.
     pub(crate) fn record(&self, host: &str, quota: &Quota) {
         lock(&self.latest).insert(host.to_string(), (quota.clone(), SystemTime::now()));
-        self.remaining
-            .with_label_values(&[host])
-            .set(quota.remaining as f64);
-        // A part the latest answer did not carry is not kept from an older one.
-        match quota.limit {
-            Some(limit) => self.limit.with_label_values(&[host]).set(limit as f64),
-            None => {
-                let _ = self.limit.remove_label_values(&[host]);
-            }
-        }
-        match quota.window {
-            Some(window) => self
-                .window
-                .with_label_values(&[host])
-                .set(window.as_secs_f64()),
-            None => {
-                let _ = self.window.remove_label_values(&[host]);
-            }
-        }
+        self.gauges.set(host, quota);
     }
 
     /// `host` is no longer asked: its quota and series go.
     pub(crate) fn forget(&self, host: &str) {
         lock(&self.latest).remove(host);
-        for gauge in [&self.limit, &self.remaining, &self.window] {
-            let _ = gauge.remove_label_values(&[host]);
-        }
+        self.gauges.remove(host);
     }
 
     /// Every registry's latest quota and when it was announced, by host.
