@@ -609,93 +609,16 @@ impl State {
         resource_version: Option<&str>,
         version_match: Option<&str>,
     ) -> Result<ListPage, ApiError> {
-        let rv_param = resource_version.filter(|v| !v.is_empty());
-        let (snapshot_rv, start) = if let Some(token) = continue_token.filter(|t| !t.is_empty()) {
-            if rv_param.is_some() {
-                return Err(ApiError::bad_request(
-                    "specifying resource version is not allowed when using continue",
-                ));
-            }
-            let (rv, start) = decode_continue(token)?;
-            if rv != 0 && rv < self.compacted {
-                let mut err = ApiError::expired(
-                    "The continue token refers to a resource version that has been compacted: \
-                     a consistent list can no longer be served from it. Start a new list \
-                     without the continue parameter, or continue from the token in this \
-                     response to list the remaining objects as of now (an inconsistent list)."
-                        .to_owned(),
-                );
-                err.continue_token = Some(encode_continue(0, &start));
-                return Err(err);
-            }
-            (if rv == 0 { self.rv } else { rv }, Some(start))
-        } else {
-            let snapshot = match (rv_param, version_match.filter(|m| !m.is_empty())) {
-                (None, None) => self.rv,
-                (None, Some(_)) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
-                    ));
-                }
-                (Some("0"), Some("Exact")) => {
-                    return Err(ApiError::bad_request(
-                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
-                    ));
-                }
-                (Some("0"), None | Some("NotOlderThan")) => self.rv,
-                (Some(v), m) => {
-                    let n: u64 = v.parse().map_err(|_| invalid_rv(v))?;
-                    if n > self.rv {
-                        return Err(ApiError::too_large(n, self.rv));
-                    }
-                    match m {
-                        Some("Exact") => {
-                            if n < self.compacted {
-                                return Err(ApiError::expired(format!(
-                                    "too old resource version: {n} ({})",
-                                    self.compacted
-                                )));
-                            }
-                            n
-                        }
-                        None | Some("NotOlderThan") => self.rv,
-                        Some(other) => {
-                            return Err(ApiError::bad_request(format!(
-                                "unsupported resourceVersionMatch: {other:?}"
-                            )));
-                        }
-                    }
-                }
-            };
-            (snapshot, None)
-        };
-
-        // The objects as they were at `snapshot_rv`: undo later changes.
-        let current = &self.objects[res];
+        let (snapshot_rv, start) =
+            self.list_snapshot(continue_token, resource_version, version_match)?;
         let rebuilt;
-        let view: &BTreeMap<Key, Arc<StoredObject>> = if snapshot_rv >= self.rv {
-            current
-        } else {
-            let from = self.log.partition_point(|e| e.rv <= snapshot_rv);
-            let mut overrides: HashMap<&Key, Option<Arc<StoredObject>>> = HashMap::new();
-            for e in self.log.range(from..).filter(|e| e.resource == res) {
-                overrides.entry(&e.key).or_insert_with(|| e.prev.clone());
-            }
-            if overrides.is_empty() {
-                current
-            } else {
-                let mut snap = current.clone();
-                for (k, v) in overrides {
-                    match v {
-                        Some(o) => snap.insert(k.clone(), o),
-                        None => snap.remove(k),
-                    };
-                }
-                rebuilt = snap;
+        let view = match self.objects_at(res, snapshot_rv) {
+            Some(snapshot) => {
+                rebuilt = snapshot;
                 &rebuilt
             }
+            None => &self.objects[res],
         };
-
         let lower = match (&start, &filter.namespace) {
             (Some(s), _) => Bound::Excluded(s.clone()),
             (None, Some(ns)) => Bound::Included((ns.clone(), String::new())),
@@ -734,6 +657,101 @@ impl State {
         })
     }
 
+    /// The resource version a list is served at and the key it starts after: from a
+    /// continue token, or from `resourceVersion` and `resourceVersionMatch` as the API
+    /// server reads them.
+    fn list_snapshot(
+        &self,
+        continue_token: Option<&str>,
+        resource_version: Option<&str>,
+        version_match: Option<&str>,
+    ) -> Result<(u64, Option<Key>), ApiError> {
+        let rv_param = resource_version.filter(|v| !v.is_empty());
+        if let Some(token) = continue_token.filter(|t| !t.is_empty()) {
+            if rv_param.is_some() {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let (rv, start) = decode_continue(token)?;
+            if rv != 0 && rv < self.compacted {
+                let mut err = ApiError::expired(
+                    "The continue token refers to a resource version that has been compacted: \
+                     a consistent list can no longer be served from it. Start a new list \
+                     without the continue parameter, or continue from the token in this \
+                     response to list the remaining objects as of now (an inconsistent list)."
+                        .to_owned(),
+                );
+                err.continue_token = Some(encode_continue(0, &start));
+                return Err(err);
+            }
+            Ok((if rv == 0 { self.rv } else { rv }, Some(start)))
+        } else {
+            let snapshot = match (rv_param, version_match.filter(|m| !m.is_empty())) {
+                (None, None) => self.rv,
+                (None, Some(_)) => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                    ));
+                }
+                (Some("0"), Some("Exact")) => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+                    ));
+                }
+                (Some("0"), None | Some("NotOlderThan")) => self.rv,
+                (Some(v), m) => {
+                    let n: u64 = v.parse().map_err(|_| invalid_rv(v))?;
+                    if n > self.rv {
+                        return Err(ApiError::too_large(n, self.rv));
+                    }
+                    match m {
+                        Some("Exact") => {
+                            if n < self.compacted {
+                                return Err(ApiError::expired(format!(
+                                    "too old resource version: {n} ({})",
+                                    self.compacted
+                                )));
+                            }
+                            n
+                        }
+                        None | Some("NotOlderThan") => self.rv,
+                        Some(other) => {
+                            return Err(ApiError::bad_request(format!(
+                                "unsupported resourceVersionMatch: {other:?}"
+                            )));
+                        }
+                    }
+                }
+            };
+            Ok((snapshot, None))
+        }
+    }
+
+    /// The objects of `res` as they were at `snapshot_rv`, later changes undone; None
+    /// when they are as they are now.
+    fn objects_at(&self, res: usize, snapshot_rv: u64) -> Option<BTreeMap<Key, Arc<StoredObject>>> {
+        if snapshot_rv >= self.rv {
+            return None;
+        }
+        let from = self.log.partition_point(|e| e.rv <= snapshot_rv);
+        let mut overrides: HashMap<&Key, Option<Arc<StoredObject>>> = HashMap::new();
+        for e in self.log.range(from..).filter(|e| e.resource == res) {
+            overrides.entry(&e.key).or_insert_with(|| e.prev.clone());
+        }
+        if overrides.is_empty() {
+            return None;
+        }
+        let mut snap = self.objects[res].clone();
+        for (k, v) in overrides {
+            match v {
+                Some(o) => snap.insert(k.clone(), o),
+                None => snap.remove(k),
+            };
+        }
+        Some(snap)
+    }
+
     /// Creates, replaces or deletes-and-stores one object. `ns` and `name` come from the URL
     /// (None for a create, which takes the body's name).
     pub fn write(
@@ -746,86 +764,9 @@ impl State {
         field_manager: &str,
     ) -> Result<Arc<StoredObject>, ApiError> {
         let def = &RESOURCES[res];
-        if !body.is_object() {
-            return Err(ApiError::bad_request(
-                "the body of the request must be a JSON object",
-            ));
-        }
-        for (field, what, want) in [
-            ("apiVersion", "API version", def.api_version()),
-            ("kind", "kind", def.kind.to_owned()),
-        ] {
-            match &body[field] {
-                Value::Null => body[field] = json!(want),
-                Value::String(s) if *s == want => {}
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "the {what} in the data ({}) does not match the expected {what} ({want})",
-                        other
-                            .as_str()
-                            .map_or_else(|| other.to_string(), str::to_owned)
-                    )));
-                }
-            }
-        }
-        if !body["metadata"].is_object() {
-            body["metadata"] = json!({});
-        }
-        // Namespace: the URL's, which the body must agree with.
-        let body_ns = body["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        let namespace = if def.namespaced {
-            let ns = ns.map(str::to_owned).unwrap_or(body_ns.clone());
-            if ns.is_empty() {
-                return Err(ApiError::bad_request(
-                    "the namespace of the object is required",
-                ));
-            }
-            if !body_ns.is_empty() && body_ns != ns {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on \
-                     the request",
-                ));
-            }
-            body["metadata"]["namespace"] = json!(ns);
-            ns
-        } else {
-            if let Some(m) = body["metadata"].as_object_mut() {
-                m.remove("namespace");
-            }
-            String::new()
-        };
-        // Name: the URL's, or the body's, or generated.
-        let mut body_name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
-        if let Some(n) = name {
-            if body_name.is_empty() {
-                body_name = n.to_owned();
-            } else if body_name != n {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({n})"
-                )));
-            }
-        }
-        if body_name.is_empty()
-            && let Some(prefix) = body["metadata"]["generateName"].as_str()
-        {
-            body_name = format!("{prefix}{}", self.generated_suffix());
-        }
-        if let Err(why) = validate_name(&body_name) {
-            let qualified_kind = if def.group.is_empty() {
-                def.kind.to_owned()
-            } else {
-                format!("{}.{}", def.kind, def.group)
-            };
-            return Err(ApiError::new(
-                422,
-                "Invalid",
-                format!("{qualified_kind} \"{body_name}\" is invalid: metadata.name: {why}"),
-            )
-            .with_details(details(def, &body_name, None)));
-        }
+        check_type_fields(def, &mut body)?;
+        let namespace = object_namespace(def, ns, &mut body)?;
+        let body_name = self.object_name(def, name, &body)?;
         body["metadata"]["name"] = json!(body_name);
         let key: Key = (namespace.clone(), body_name.clone());
         let existing = self.objects[res].get(&key).cloned();
@@ -853,100 +794,9 @@ impl State {
                 return Err(ApiError::not_found(def, &body_name));
             }
             (WriteMode::Create, None) | (WriteMode::Hook, None) => {
-                let mut body = body;
-                let meta = body["metadata"].as_object_mut().expect("object");
-                meta.remove("resourceVersion");
-                meta.remove("selfLink");
-                if mode == WriteMode::Create || !meta.contains_key("uid") {
-                    meta.insert("uid".into(), json!(self.new_uid()));
-                }
-                if mode == WriteMode::Create || !meta.contains_key("creationTimestamp") {
-                    meta.insert("creationTimestamp".into(), json!(now));
-                }
-                if mode == WriteMode::Create {
-                    meta.remove("deletionTimestamp");
-                }
-                if def.generation {
-                    meta.insert("generation".into(), json!(1));
-                }
-                if mode == WriteMode::Create {
-                    reset_status_on_create(def, &mut body);
-                    add_managed_fields(&mut body, field_manager, "Update", &now);
-                }
-                body
+                self.new_object(def, mode, body, field_manager, &now)
             }
-            (_, Some(old)) => {
-                let old_v = old.value();
-                let mut body = if mode == WriteMode::UpdateStatus {
-                    let mut merged = old_v.clone();
-                    merged["status"] = body["status"].clone();
-                    if let Some(rv) = body["metadata"].get("resourceVersion") {
-                        merged["metadata"]["resourceVersion"] = rv.clone();
-                    }
-                    merged
-                } else {
-                    body
-                };
-                let sent_rv = body["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned();
-                if mode != WriteMode::Hook && !sent_rv.is_empty() && sent_rv != old.rv.to_string() {
-                    return Err(ApiError::new(
-                        409,
-                        "Conflict",
-                        format!(
-                            "Operation cannot be fulfilled on {} \"{body_name}\": the object has \
-                             been modified; please apply your changes to the latest version and \
-                             try again",
-                            def.qualified()
-                        ),
-                    )
-                    .with_details(details(def, &body_name, None)));
-                }
-                let sent_uid = body["metadata"]["uid"].as_str().unwrap_or("").to_owned();
-                if mode != WriteMode::Hook && !sent_uid.is_empty() && sent_uid != old.uid {
-                    return Err(ApiError::new(
-                        409,
-                        "Conflict",
-                        format!(
-                            "Precondition failed: UID in precondition: {sent_uid}, UID in object \
-                             meta: {}",
-                            old.uid
-                        ),
-                    )
-                    .with_details(details(def, &body_name, None)));
-                }
-                let meta = body["metadata"].as_object_mut().expect("object");
-                meta.insert("uid".into(), json!(old.uid));
-                for kept in ["creationTimestamp", "deletionTimestamp"] {
-                    match old_v["metadata"].get(kept) {
-                        Some(v) => meta.insert(kept.into(), v.clone()),
-                        None => meta.remove(kept),
-                    };
-                }
-                if def.generation {
-                    let g = old_v["metadata"]["generation"].as_i64().unwrap_or(1);
-                    let g = if body["spec"] != old_v["spec"] {
-                        g + 1
-                    } else {
-                        g
-                    };
-                    body["metadata"]["generation"] = json!(g);
-                }
-                if mode == WriteMode::Update && def.status_subresource {
-                    match old_v.get("status") {
-                        Some(s) => body["status"] = s.clone(),
-                        None => {
-                            body.as_object_mut().expect("object").remove("status");
-                        }
-                    }
-                }
-                if mode != WriteMode::Hook {
-                    add_managed_fields(&mut body, field_manager, "Update", &now);
-                }
-                body
-            }
+            (_, Some(old)) => replacement(def, mode, body, &old, &body_name, field_manager, &now)?,
         };
         let mut body = body;
         if def.plural == "secrets" {
@@ -1009,6 +859,77 @@ impl State {
         Ok(entry.obj.clone())
     }
 
+    /// The object's name: the URL's, or the body's (which must agree), or generated
+    /// from `generateName`; a valid DNS subdomain.
+    fn object_name(
+        &mut self,
+        def: &ResourceDef,
+        name: Option<&str>,
+        body: &Value,
+    ) -> Result<String, ApiError> {
+        let mut body_name = body["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        if let Some(n) = name {
+            if body_name.is_empty() {
+                body_name = n.to_owned();
+            } else if body_name != n {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({n})"
+                )));
+            }
+        }
+        if body_name.is_empty()
+            && let Some(prefix) = body["metadata"]["generateName"].as_str()
+        {
+            body_name = format!("{prefix}{}", self.generated_suffix());
+        }
+        if let Err(why) = validate_name(&body_name) {
+            let qualified_kind = if def.group.is_empty() {
+                def.kind.to_owned()
+            } else {
+                format!("{}.{}", def.kind, def.group)
+            };
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("{qualified_kind} \"{body_name}\" is invalid: metadata.name: {why}"),
+            )
+            .with_details(details(def, &body_name, None)));
+        }
+        Ok(body_name)
+    }
+
+    /// A new object's server-set metadata (uid, creation time, generation; a hook
+    /// keeps what it set itself).
+    fn new_object(
+        &mut self,
+        def: &ResourceDef,
+        mode: WriteMode,
+        mut body: Value,
+        field_manager: &str,
+        now: &str,
+    ) -> Value {
+        let meta = body["metadata"].as_object_mut().expect("object");
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+        if mode == WriteMode::Create || !meta.contains_key("uid") {
+            meta.insert("uid".into(), json!(self.new_uid()));
+        }
+        if mode == WriteMode::Create || !meta.contains_key("creationTimestamp") {
+            meta.insert("creationTimestamp".into(), json!(now));
+        }
+        if mode == WriteMode::Create {
+            meta.remove("deletionTimestamp");
+        }
+        if def.generation {
+            meta.insert("generation".into(), json!(1));
+        }
+        if mode == WriteMode::Create {
+            reset_status_on_create(def, &mut body);
+            add_managed_fields(&mut body, field_manager, "Update", now);
+        }
+        body
+    }
+
     fn generated_suffix(&mut self) -> String {
         const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
         self.uid_counter += 1;
@@ -1024,6 +945,152 @@ impl State {
             })
             .collect()
     }
+}
+
+/// `apiVersion` and `kind`: filled in when absent, else they must be the resource's.
+fn check_type_fields(def: &ResourceDef, body: &mut Value) -> Result<(), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    }
+    for (field, what, want) in [
+        ("apiVersion", "API version", def.api_version()),
+        ("kind", "kind", def.kind.to_owned()),
+    ] {
+        match &body[field] {
+            Value::Null => body[field] = json!(want),
+            Value::String(s) if *s == want => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "the {what} in the data ({}) does not match the expected {what} ({want})",
+                    other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_owned)
+                )));
+            }
+        }
+    }
+    if !body["metadata"].is_object() {
+        body["metadata"] = json!({});
+    }
+    Ok(())
+}
+
+/// The object's namespace: the URL's, which the body must agree with (none for a
+/// cluster-scoped resource).
+fn object_namespace(
+    def: &ResourceDef,
+    ns: Option<&str>,
+    body: &mut Value,
+) -> Result<String, ApiError> {
+    let body_ns = body["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    if !def.namespaced {
+        if let Some(m) = body["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+        return Ok(String::new());
+    }
+    let ns = ns.map(str::to_owned).unwrap_or(body_ns.clone());
+    if ns.is_empty() {
+        return Err(ApiError::bad_request(
+            "the namespace of the object is required",
+        ));
+    }
+    if !body_ns.is_empty() && body_ns != ns {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on \
+             the request",
+        ));
+    }
+    body["metadata"]["namespace"] = json!(ns);
+    Ok(ns)
+}
+/// What replaces `old`: preconditions checked (resourceVersion, uid), the server-set
+/// metadata kept, the generation moved on a spec change, the status kept unless
+/// written through its subresource.
+fn replacement(
+    def: &ResourceDef,
+    mode: WriteMode,
+    body: Value,
+    old: &StoredObject,
+    body_name: &str,
+    field_manager: &str,
+    now: &str,
+) -> Result<Value, ApiError> {
+    let old_v = old.value();
+    let mut body = if mode == WriteMode::UpdateStatus {
+        let mut merged = old_v.clone();
+        merged["status"] = body["status"].clone();
+        if let Some(rv) = body["metadata"].get("resourceVersion") {
+            merged["metadata"]["resourceVersion"] = rv.clone();
+        }
+        merged
+    } else {
+        body
+    };
+    let sent_rv = body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    if mode != WriteMode::Hook && !sent_rv.is_empty() && sent_rv != old.rv.to_string() {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{body_name}\": the object has \
+                     been modified; please apply your changes to the latest version and \
+                     try again",
+                def.qualified()
+            ),
+        )
+        .with_details(details(def, body_name, None)));
+    }
+    let sent_uid = body["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    if mode != WriteMode::Hook && !sent_uid.is_empty() && sent_uid != old.uid {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Precondition failed: UID in precondition: {sent_uid}, UID in object \
+                     meta: {}",
+                old.uid
+            ),
+        )
+        .with_details(details(def, body_name, None)));
+    }
+    let meta = body["metadata"].as_object_mut().expect("object");
+    meta.insert("uid".into(), json!(old.uid));
+    for kept in ["creationTimestamp", "deletionTimestamp"] {
+        match old_v["metadata"].get(kept) {
+            Some(v) => meta.insert(kept.into(), v.clone()),
+            None => meta.remove(kept),
+        };
+    }
+    if def.generation {
+        let g = old_v["metadata"]["generation"].as_i64().unwrap_or(1);
+        let g = if body["spec"] != old_v["spec"] {
+            g + 1
+        } else {
+            g
+        };
+        body["metadata"]["generation"] = json!(g);
+    }
+    if mode == WriteMode::Update && def.status_subresource {
+        match old_v.get("status") {
+            Some(s) => body["status"] = s.clone(),
+            None => {
+                body.as_object_mut().expect("object").remove("status");
+            }
+        }
+    }
+    if mode != WriteMode::Hook {
+        add_managed_fields(&mut body, field_manager, "Update", now);
+    }
+    Ok(body)
 }
 
 fn invalid_rv(v: &str) -> ApiError {
