@@ -148,6 +148,94 @@ pub struct Env {
     pub check_interval: Duration,
 }
 
+/// The scenario's namespace, its pull secret and `opts.workloads` deployments over the
+/// tags in turn: the container references they make.
+fn apply_workloads(api: &TestApiServer, host: &str, opts: &EnvOptions) -> Result<Vec<String>> {
+    api.apply(&namespace(NAMESPACE, &[]))?;
+    api.apply(&secret_dockerconfigjson(
+        NAMESPACE, "regcred", host, USER, PASSWORD,
+    ))?;
+    let mut refs = Vec::new();
+    for i in 0..opts.workloads {
+        let image = format!("{host}/{REPO}:v{}", i % opts.tags.max(1));
+        let name = format!("svc-{i}");
+        api.apply(&with_pull_secrets(
+            deployment(NAMESPACE, &name, &[&image]),
+            &["regcred"],
+        ))?;
+        refs.push(ref_key(NAMESPACE, "deployment", &name, "c0", &image));
+    }
+    Ok(refs)
+}
+
+/// The aggregator's agent listener: its flags, and the address, CA and token file the
+/// agents connect with (copied into `dir`: the CA's own temp dir goes with it).
+fn agent_listener(dir: &Path) -> Result<(Vec<String>, (SocketAddr, PathBuf, PathBuf))> {
+    let ca = TestCa::new()?;
+    let (issued_cert, issued_key) = ca.issue_server_cert(LOOPBACK_SANS)?;
+    let (cert, key) = (dir.join("agent.crt"), dir.join("agent.key"));
+    std::fs::copy(issued_cert, &cert)?;
+    std::fs::copy(issued_key, &key)?;
+    let ca_path = dir.join("agent-ca.crt");
+    std::fs::copy(ca.ca_cert_path(), &ca_path)?;
+    let token = dir.join("agent-token");
+    std::fs::write(&token, SHARED_TOKEN)?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let args = vec![
+        format!("--agent-listen={listen}"),
+        format!("--agent-tls-cert={}", cert.display()),
+        format!("--agent-tls-key={}", key.display()),
+        format!("--agent-shared-token-file={}", token.display()),
+    ];
+    Ok((args, (listen, ca_path, token)))
+}
+
+/// `count` nodes (`node-a`, `node-b`, ...): a containerd holding the registry's
+/// credentials and an agent connected to `listen`.
+async fn start_nodes(
+    count: usize,
+    host: &str,
+    listen: SocketAddr,
+    ca_path: &Path,
+    token: &Path,
+) -> Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    let starts = (0..count).map(|_| {
+        Containerd::start(ContainerdOptions {
+            registry_auths: vec![RegistryAuthConfig {
+                host: host.to_string(),
+                username: USER.into(),
+                password: PASSWORD.into(),
+            }],
+        })
+    });
+    let started = futures::future::join_all(starts).await;
+    let agent_bin = workspace_binary("pullwatch-agent")?;
+    for (i, containerd) in started.into_iter().enumerate() {
+        let containerd = containerd?;
+        let name = format!("node-{}", (b'a' + i as u8) as char);
+        let node_dir = containerd.dir().to_path_buf();
+        let kubelet = node_dir.join("kubelet");
+        std::fs::create_dir_all(&kubelet)?;
+        let node_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut args = containerd.agent_run_args(listen, ca_path, token, &kubelet, node_metrics);
+        args.extend([
+            format!("--node-name={name}"),
+            format!("--containerd-config={}", containerd.config_path().display()),
+            "--request-timeout=5s".to_string(),
+            "--log-level=info".to_string(),
+        ]);
+        let agent = Process::start(agent_bin.clone(), args, &node_dir, "agent")?;
+        nodes.push(Node {
+            name,
+            containerd,
+            agent,
+            metrics: node_metrics,
+        });
+    }
+    Ok(nodes)
+}
+
 /// `namespace/kind/name/container image`: one container reference.
 pub fn ref_key(namespace: &str, kind: &str, name: &str, container: &str, image: &str) -> String {
     format!("{namespace}/{kind}/{name}/{container} {image}")
@@ -172,20 +260,7 @@ impl Env {
             .map_or_else(|| registry.host(), FaultProxy::host);
 
         let api = TestApiServer::start().await?;
-        api.apply(&namespace(NAMESPACE, &[]))?;
-        api.apply(&secret_dockerconfigjson(
-            NAMESPACE, "regcred", &host, USER, PASSWORD,
-        ))?;
-        let mut refs = Vec::new();
-        for i in 0..opts.workloads {
-            let image = format!("{host}/{REPO}:v{}", i % opts.tags.max(1));
-            let name = format!("svc-{i}");
-            api.apply(&with_pull_secrets(
-                deployment(NAMESPACE, &name, &[&image]),
-                &["regcred"],
-            ))?;
-            refs.push(ref_key(NAMESPACE, "deployment", &name, "c0", &image));
-        }
+        let refs = apply_workloads(&api, &host, &opts)?;
 
         let metrics_port = free_port();
         let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
@@ -208,27 +283,14 @@ impl Env {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut agent_listen = None;
-        if opts.agents > 0 {
-            let ca = TestCa::new()?;
-            // Copied: the CA's own temp dir goes with it at the end of this block.
-            let (issued_cert, issued_key) = ca.issue_server_cert(LOOPBACK_SANS)?;
-            let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
-            std::fs::copy(issued_cert, &cert)?;
-            std::fs::copy(issued_key, &key)?;
-            let ca_path = dir.path().join("agent-ca.crt");
-            std::fs::copy(ca.ca_cert_path(), &ca_path)?;
-            let token = dir.path().join("agent-token");
-            std::fs::write(&token, SHARED_TOKEN)?;
-            let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            args.extend([
-                format!("--agent-listen={listen}"),
-                format!("--agent-tls-cert={}", cert.display()),
-                format!("--agent-tls-key={}", key.display()),
-                format!("--agent-shared-token-file={}", token.display()),
-            ]);
-            agent_listen = Some((listen, ca_path, token));
-        }
+        let agent_listen = match opts.agents {
+            0 => None,
+            _ => {
+                let (listen_args, listen) = agent_listener(dir.path())?;
+                args.extend(listen_args);
+                Some(listen)
+            }
+        };
         let aggregator = Process::start(
             workspace_binary("pullwatch-aggregator")?,
             args,
@@ -236,43 +298,12 @@ impl Env {
             "aggregator",
         )?;
 
-        let mut nodes = Vec::new();
-        if let Some((listen, ca_path, token)) = agent_listen {
-            let starts = (0..opts.agents).map(|_| {
-                Containerd::start(ContainerdOptions {
-                    registry_auths: vec![RegistryAuthConfig {
-                        host: host.clone(),
-                        username: USER.into(),
-                        password: PASSWORD.into(),
-                    }],
-                })
-            });
-            let started = futures::future::join_all(starts).await;
-            let agent_bin = workspace_binary("pullwatch-agent")?;
-            for (i, containerd) in started.into_iter().enumerate() {
-                let containerd = containerd?;
-                let name = format!("node-{}", (b'a' + i as u8) as char);
-                let node_dir = containerd.dir().to_path_buf();
-                let kubelet = node_dir.join("kubelet");
-                std::fs::create_dir_all(&kubelet)?;
-                let node_metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-                let mut args =
-                    containerd.agent_run_args(listen, &ca_path, &token, &kubelet, node_metrics);
-                args.extend([
-                    format!("--node-name={name}"),
-                    format!("--containerd-config={}", containerd.config_path().display()),
-                    "--request-timeout=5s".to_string(),
-                    "--log-level=info".to_string(),
-                ]);
-                let agent = Process::start(agent_bin.clone(), args, &node_dir, "agent")?;
-                nodes.push(Node {
-                    name,
-                    containerd,
-                    agent,
-                    metrics: node_metrics,
-                });
+        let nodes = match agent_listen {
+            Some((listen, ca_path, token)) => {
+                start_nodes(opts.agents, &host, listen, &ca_path, &token).await?
             }
-        }
+            None => Vec::new(),
+        };
         let env = Env {
             _dir: dir,
             registry,
