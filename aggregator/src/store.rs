@@ -137,4 +137,17 @@ impl ResultStore {
     pub(crate) fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
         self.image_nodes.iter()
     }
+
+    /// Like [`ResultStore::image_nodes`], from the image after `after` (None: the first).
+    pub(crate) fn image_nodes_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&String, &ImageNodes)> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        self.image_nodes.range::<str, _>((from, Bound::Unbounded))
+    }
 }
