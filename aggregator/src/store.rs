@@ -133,12 +133,8 @@ impl ResultStore {
         Arc::make_mut(&mut self.image_nodes).retain(|image, _| keep(image));
     }
 
-    /// Every image's node view, ordered by image.
-    pub(crate) fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
-        self.image_nodes.iter()
-    }
-
-    /// Like [`ResultStore::image_nodes`], from the image after `after` (None: the first).
+    /// Every image's node view, ordered by image, from the image after `after` (None:
+    /// the first).
     pub(crate) fn image_nodes_after(
         &self,
         after: Option<&str>,
