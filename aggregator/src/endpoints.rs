@@ -116,10 +116,10 @@ pub struct HttpServer {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// Serves as [`serve`], on a runtime thread of its own ("pullwatch-http", with its own
-/// blocking threads for rendering scrapes): the scheduler's batches and index builds
-/// on the main runtime then never queue in front of `/healthz` and `/metrics`, whose
-/// scrape would otherwise wait behind them once per chunk; the OS shares the CPUs.
+/// Serves as [`serve`], on a runtime thread of its own ("pullwatch-http"): the
+/// scheduler's batches and index builds on the main runtime then never queue in front
+/// of `/healthz` and `/metrics`, whose scrape would otherwise wait behind them once per
+/// chunk; the OS shares the CPUs.
 pub fn spawn(
     listener: TcpListener,
     limits: serve::Limits,
@@ -245,30 +245,17 @@ fn page_response(state: &EndpointState) -> Response<Body> {
 }
 
 /// The exposition, streamed a chunk at a time (at most a few thousand series), all
-/// from one store snapshot. Each chunk is rendered on a blocking thread: at thousands
-/// of images a scrape is tens of milliseconds of CPU, which would otherwise hold a
-/// runtime worker that `/healthz` and the other connections need.
+/// from one store snapshot. Chunks are rendered where the connection runs, on the
+/// HTTP server's own runtime ([`spawn`]): a chunk is a few milliseconds of CPU, and a
+/// hand-off to another thread per chunk cost more than it saved on a loaded machine
+/// (each is a wait for the scheduler).
 fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Response<Body> {
-    // One version of the store for the whole scrape; None once it ended or failed.
-    let chunks = futures::stream::unfold(Some(ScrapePosition::default()), move |at| {
-        let pipeline = pipeline.clone();
-        let store = store.clone();
-        async move {
-            let mut at = at?;
-            let rendered = tokio::task::spawn_blocking(move || {
-                let chunk = pipeline.render_metrics_chunk(&store, &mut at);
-                (chunk, at)
-            })
-            .await;
-            match rendered {
-                Ok((None, _)) => None,
-                Ok((Some(chunk), at)) => Some((
-                    chunk.map(Bytes::from).map_err(std::io::Error::other),
-                    Some(at),
-                )),
-                Err(error) => Some((Err(std::io::Error::other(error)), None)),
-            }
-        }
+    // One version of the store for the whole scrape.
+    let chunks = futures::stream::unfold(ScrapePosition::default(), move |mut at| {
+        let chunk = pipeline
+            .render_metrics_chunk(&store, &mut at)
+            .map(|chunk| chunk.map(Bytes::from).map_err(std::io::Error::other));
+        async move { chunk.map(|chunk| (chunk, at)) }
     });
     serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
 }

@@ -28,8 +28,8 @@
 //! 5. bounce: the aggregator killed (SIGKILL) and started again on the same ports;
 //!    how long until every agent re-registered, and the scrape latency meanwhile.
 //!
-//! After the pass, a scrape alone (no storm): the median of five `/metrics` answers
-//! and the body's size.
+//! After the pass, a scrape alone (no storm): the median of five `/metrics` answers,
+//! the aggregator CPU each took, and the body's size.
 //!
 //! The agents reconnect as `pullwatch-agent` does by default (full jitter below a
 //! 5 s window doubling to 1 min); `FLEET_RECONNECT_BASE_MS` / `FLEET_RECONNECT_MAX_MS`
@@ -77,6 +77,8 @@ const STEADY: Duration = Duration::from_secs(12);
 /// Bound on any one wait of the bench.
 const WAIT: Duration = Duration::from_secs(300);
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Scrapes with nothing else going on, after the pass.
+const SCRAPES_ALONE: usize = 5;
 
 struct Row {
     /// "baseline" or "this build".
@@ -92,8 +94,10 @@ struct Row {
     cpu_per_check: Duration,
     visits_per_placement: Option<f64>,
     rss_after_pass_kib: u64,
-    /// Median of five scrapes with nothing else going on, and the body's size.
+    /// Median of five scrapes with nothing else going on, the aggregator CPU per
+    /// scrape (less the idle rate), and the body's size.
     scrape_alone: Duration,
+    scrape_cpu: Duration,
     scrape_kib: f64,
     storms: Vec<Duration>,
     storm_probe: ProbeFigures,
@@ -236,11 +240,17 @@ async fn run(
     let rss_after_pass_kib = aggregator.rss_kib()?;
     let mut alone = Vec::new();
     let mut scrape_kib = 0.0;
-    for _ in 0..5 {
+    let cpu = aggregator.cpu_seconds()?;
+    let started = Instant::now();
+    for _ in 0..SCRAPES_ALONE {
         let (body, took) = aggregator.probe("/metrics").await?;
         scrape_kib = body.len() as f64 / 1024.0;
         alone.push(took);
     }
+    let scrape_cpu =
+        (aggregator.cpu_seconds()? - cpu - idle_cpu_per_s * started.elapsed().as_secs_f64())
+            / SCRAPES_ALONE as f64;
+    let scrape_cpu = Duration::from_secs_f64(scrape_cpu.max(0.0));
     alone.sort();
     let scrape_alone = alone[alone.len() / 2];
 
@@ -289,6 +299,7 @@ async fn run(
         visits_per_placement,
         rss_after_pass_kib,
         scrape_alone,
+        scrape_cpu,
         scrape_kib,
         storms,
         storm_probe,
@@ -366,15 +377,15 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         catalog()
     );
     println!(
-        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | scrape size |",
+        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size |",
         base.agents
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         // The ratio is to the first N of the same build.
         let base = rows.iter().find(|r| r.build == row.build).unwrap_or(base);
         println!(
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.0} KiB |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {} | {:.0} KiB |",
             row.agents,
             row.build,
             row.rss_before_kib as f64 / 1024.0,
@@ -390,6 +401,7 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             row.visits_per_placement
                 .map_or("-".to_string(), |v| format!("{v:.1}")),
             ms(row.scrape_alone),
+            format!("{:.1} ms", row.scrape_cpu.as_secs_f64() * 1000.0),
             row.scrape_kib,
         );
     }
