@@ -385,7 +385,7 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         // The ratio is to the first N of the same build.
         let base = rows.iter().find(|r| r.build == row.build).unwrap_or(base);
         println!(
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {} | {:.0} KiB |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB |",
             row.agents,
             row.build,
             row.rss_before_kib as f64 / 1024.0,
@@ -401,7 +401,7 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             row.visits_per_placement
                 .map_or("-".to_string(), |v| format!("{v:.1}")),
             ms(row.scrape_alone),
-            format!("{:.1} ms", row.scrape_cpu.as_secs_f64() * 1000.0),
+            row.scrape_cpu.as_secs_f64() * 1000.0,
             row.scrape_kib,
         );
     }
