@@ -197,12 +197,8 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     info!(address = %local, interval = ?args.check_interval, %source, "serving /metrics, /healthz, /readyz");
     // The HTTP server outlives the rest: during shutdown /readyz answers 503.
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(endpoints::serve(
-        listener,
-        limits,
-        state.clone(),
-        server_stop_rx,
-    ));
+    let server = endpoints::spawn(listener, limits, state.clone(), server_stop_rx)
+        .map_err(|e| Error::Start(pullwatch::Error::AsyncRuntime(e)))?;
 
     let (index_tx, index_rx) = watch::channel(None);
     background.push(tokio::spawn(index::build_indexes(
@@ -229,7 +225,10 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
     shut_down(agent_server, background, scheduler).await;
     tokio::time::sleep(SHUTDOWN_DRAIN).await;
     let _ = server_stop_tx.send(true);
-    server.await.map_err(|e| Error::ServerTask(e.to_string()))?;
+    server
+        .wait()
+        .await
+        .map_err(|e| Error::ServerTask(e.to_string()))?;
     Ok(())
 }
 

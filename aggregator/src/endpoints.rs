@@ -109,6 +109,59 @@ pub(crate) async fn bind(address: &str) -> Result<TcpListener, BindError> {
     serve::bind("--bind-address", address).await
 }
 
+/// The HTTP server running on a runtime thread of its own (see [`spawn`]).
+#[derive(Debug)]
+pub struct HttpServer {
+    task: tokio::task::JoinHandle<()>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Serves as [`serve`], on a runtime thread of its own ("pullwatch-http"): the
+/// scheduler's batches and index builds on the main runtime then never queue in front
+/// of `/healthz` and `/metrics`, whose scrape would otherwise wait behind them once per
+/// chunk; the OS shares the CPUs.
+pub fn spawn(
+    listener: TcpListener,
+    limits: serve::Limits,
+    state: Arc<EndpointState>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<HttpServer> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("pullwatch-http")
+        .enable_all()
+        .build()?;
+    // A listener belongs to the runtime it was registered with: moved over as is.
+    let listener = listener.into_std()?;
+    let task = runtime.spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => serve(listener, limits, state, shutdown).await,
+            Err(error) => tracing::error!(%error, "cannot serve HTTP on its own runtime"),
+        }
+    });
+    Ok(HttpServer {
+        task,
+        runtime: Some(runtime),
+    })
+}
+
+impl HttpServer {
+    /// Waits until the server stopped (its shutdown signal), then ends its runtime.
+    pub async fn wait(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.task).await
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(runtime) = self.runtime.take() {
+            // Allowed within async code, unlike dropping a runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Serves within `limits` until `shutdown` turns true (or its sender goes).
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -192,19 +245,17 @@ fn page_response(state: &EndpointState) -> Response<Body> {
 }
 
 /// The exposition, streamed a chunk at a time (at most a few thousand series), all
-/// from one store snapshot.
+/// from one store snapshot. Chunks are rendered where the connection runs, on the
+/// HTTP server's own runtime ([`spawn`]): a chunk is a few milliseconds of CPU, and a
+/// hand-off to another thread per chunk cost more than it saved on a loaded machine
+/// (each is a wait for the scheduler).
 fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Response<Body> {
     // One version of the store for the whole scrape.
     let chunks = futures::stream::unfold(ScrapePosition::default(), move |mut at| {
-        let pipeline = pipeline.clone();
-        let store = store.clone();
-        async move {
-            let chunk = pipeline
-                .render_metrics_chunk(&store, &mut at)?
-                .map(Bytes::from)
-                .map_err(std::io::Error::other);
-            Some((chunk, at))
-        }
+        let chunk = pipeline
+            .render_metrics_chunk(&store, &mut at)
+            .map(|chunk| chunk.map(Bytes::from).map_err(std::io::Error::other));
+        async move { chunk.map(|chunk| (chunk, at)) }
     });
     serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
 }
@@ -217,6 +268,81 @@ mod tests {
     use crate::inventory::WorkloadKind;
     use crate::metrics::Metrics;
     use pullwatch::{CheckOutcome, CheckStatus};
+
+    /// The endpoints run on a runtime of their own: with the only worker of the
+    /// runtime that started them held (as the scheduler's batches hold the main
+    /// runtime's), `/healthz` answers and a scrape is rendered and streamed whole.
+    #[test]
+    fn endpoints_answer_while_the_starting_runtime_is_held() {
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let metrics = Metrics::new(false).unwrap();
+        let checker =
+            CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
+        let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
+        let index = ImageIndex::default();
+        for i in 0..3 {
+            let container = ContainerRef {
+                namespace: "ns".into(),
+                kind: WorkloadKind::Deployment,
+                name: format!("w{i}").into(),
+                container: "c".into(),
+                image: "reg.io/app:1".into(),
+            };
+            let outcome = Arc::new(CheckOutcome::new(CheckStatus::Absent, ""));
+            pipeline.record(&index, std::slice::from_ref(&container), &outcome);
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (server, addr) = main.block_on(async {
+            let listener = bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let state = Arc::new(EndpointState::new(pipeline));
+            let limits = serve::LimitArgs::default().for_listener(1);
+            (spawn(listener, limits, state, stop_rx).unwrap(), addr)
+        });
+        // Hold the starting runtime's only worker until the answers are in.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        main.spawn(async move {
+            let _ = held_tx.send(());
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().unwrap();
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answers: Vec<_> = client.block_on(async {
+            let mut answers = Vec::new();
+            for path in ["/healthz", "/metrics"] {
+                let request =
+                    pullwatch_testbench::http_request(addr, Method::GET, path, &[], Vec::new());
+                answers.push(tokio::time::timeout(Duration::from_secs(10), request).await);
+            }
+            answers
+        });
+        release_tx.send(()).unwrap();
+        let [healthz, metrics] = <[_; 2]>::try_from(answers).unwrap();
+        let healthz = healthz.expect("/healthz answers").unwrap();
+        assert_eq!((healthz.status, healthz.text()), (200, "ok\n".to_string()));
+        let metrics = metrics.expect("/metrics answers").unwrap();
+        assert_eq!(metrics.status, 200);
+        let text = metrics.text();
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("k8s_image_availability_exporter_absent{")
+                    && l.ends_with(" 1"))
+                .count(),
+            3,
+            "{text}"
+        );
+        pullwatch_testbench::promtool_check_metrics(&text).unwrap();
+        let _ = stop_tx.send(true);
+        main.block_on(server.wait()).unwrap();
+    }
 
     /// While checks keep recording, every scrape shows each container at exactly one
     /// status, in the canonical and in the legacy families alike.

@@ -21,6 +21,7 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, T
 use pullwatch::CheckStatus;
 
 use crate::agents::HubMetrics;
+use crate::answers::ImageNodes;
 use crate::checker::CheckerMetrics;
 use crate::index::ContainerRef;
 use crate::inventory::cluster::InventoryMetrics;
@@ -187,10 +188,10 @@ impl Metrics {
     /// pullwatch's own metrics, each further part one canonical family, rendered
     /// [`SERIES_PER_CHUNK`] containers at a time (a family is a series per container:
     /// whole, it was a multi-MiB buffer per scrape at 20k workloads), then the node
-    /// view of images (agents only, two parts) and the moved-tag family (from
-    /// `running`, what the cluster's pods run; None outside cluster mode). A family
-    /// with no series is left out entirely (nothing is exported before a reference's
-    /// first check).
+    /// view of images (agents only, two parts, chunked alike) and the moved-tag family
+    /// (from `running`, what the cluster's pods run; None outside cluster mode). A
+    /// family with no series is left out entirely (nothing is exported before a
+    /// reference's first check).
     pub(crate) fn render_chunk(
         &self,
         at: &mut ScrapePosition,
@@ -207,11 +208,21 @@ impl Metrics {
                     TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
                     out.push_str(&String::from_utf8_lossy(&buffer));
                 }
-                Some(0) => render_image_nodes(store, out),
-                Some(1) => render_cached_nodes(store, out),
+                Some(0) => {
+                    if !render_images(at, store, IMAGES_PER_CHUNK, out, image_nodes_series) {
+                        return Ok(());
+                    }
+                }
+                Some(1) => {
+                    if !render_images(at, store, SERIES_PER_CHUNK, out, cached_nodes_series) {
+                        return Ok(());
+                    }
+                }
                 Some(2) => {
-                    if let Some(running) = running {
-                        render_tag_moved(store, running, out);
+                    if let Some(running) = running
+                        && !render_tag_moved(at, store, running, out)
+                    {
+                        return Ok(());
                     }
                 }
                 Some(_) => {}
@@ -285,58 +296,97 @@ impl Metrics {
     }
 }
 
+/// Renders the next `per_chunk` images of a node-view family (`series` writes one
+/// image's) from `at`; whether the family is done (else `at` says where it stopped).
+fn render_images(
+    at: &mut ScrapePosition,
+    store: &ResultStore,
+    per_chunk: usize,
+    out: &mut String,
+    series: fn(&str, &ImageNodes, &mut bool, &mut String),
+) -> bool {
+    let after = at.after_image.take();
+    let mut last = None;
+    for (seen, (image, nodes)) in store.image_nodes_after(after.as_deref()).enumerate() {
+        if seen == per_chunk {
+            // More follow: the next chunk starts after the last one seen.
+            at.after_image = last;
+            return false;
+        }
+        series(image, nodes, &mut at.header_written, out);
+        last = Some(image.clone());
+    }
+    true
+}
+
 /// `pullwatch_image_nodes{image,status}`: for every image some node has checked, all
 /// eight statuses, each the number of nodes whose latest check says it.
-fn render_image_nodes(store: &ResultStore, out: &mut String) {
-    let mut header_written = false;
-    for (image, nodes) in store.image_nodes() {
-        if nodes.statuses.is_empty() {
-            continue;
-        }
-        header(
-            out,
-            &mut header_written,
-            IMAGE_NODES,
-            "Nodes whose latest check of the image (as written in the spec) says this status.",
-        );
-        for status in CheckStatus::ALL {
-            out.push_str(IMAGE_NODES);
-            write_labels(out, &[("image", image), ("status", status.as_str())]);
-            let count = nodes.statuses.get(&status).copied().unwrap_or(0);
-            let _ = writeln!(out, " {count}");
-        }
+fn image_nodes_series(
+    image: &str,
+    nodes: &ImageNodes,
+    header_written: &mut bool,
+    out: &mut String,
+) {
+    if nodes.statuses.is_empty() {
+        return;
+    }
+    header(
+        out,
+        header_written,
+        IMAGE_NODES,
+        "Nodes whose latest check of the image (as written in the spec) says this status.",
+    );
+    for status in CheckStatus::ALL {
+        out.push_str(IMAGE_NODES);
+        write_labels(out, &[("image", image), ("status", status.as_str())]);
+        let count = nodes.statuses.get(&status).copied().unwrap_or(0);
+        let _ = writeln!(out, " {count}");
     }
 }
 
 /// `pullwatch_image_cached_nodes{image}`: nodes holding each image.
-fn render_cached_nodes(store: &ResultStore, out: &mut String) {
-    let mut header_written = false;
-    for (image, nodes) in store.image_nodes() {
-        header(
-            out,
-            &mut header_written,
-            IMAGE_CACHED_NODES,
-            "Nodes with a connected agent that hold the image (as written in the spec).",
-        );
-        out.push_str(IMAGE_CACHED_NODES);
-        write_labels(out, &[("image", image)]);
-        let _ = writeln!(out, " {}", nodes.cached);
-    }
+fn cached_nodes_series(
+    image: &str,
+    nodes: &ImageNodes,
+    header_written: &mut bool,
+    out: &mut String,
+) {
+    header(
+        out,
+        header_written,
+        IMAGE_CACHED_NODES,
+        "Nodes with a connected agent that hold the image (as written in the spec).",
+    );
+    out.push_str(IMAGE_CACHED_NODES);
+    write_labels(out, &[("image", image)]);
+    let _ = writeln!(out, " {}", nodes.cached);
 }
 
 /// `pullwatch_image_tag_moved{namespace,kind,name,container,image}`: 1 when some
 /// running pod of the workload runs another digest than the tag resolves to now, 0
 /// when all run it. Absent when unknown: not checked yet, no digest answered, no
-/// running pod reported one, or a digest reference (which cannot move).
-fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut String) {
-    let mut header_written = false;
-    for (container, outcome) in store.iter() {
+/// running pod reported one, or a digest reference (which cannot move). Renders
+/// [`SERIES_PER_CHUNK`] containers from `at`; whether the family is done.
+fn render_tag_moved(
+    at: &mut ScrapePosition,
+    store: &ResultStore,
+    running: &RunningDigests,
+    out: &mut String,
+) -> bool {
+    let after = at.after.take();
+    let mut last: Option<&ContainerRef> = None;
+    for (seen, (container, outcome)) in store.iter_after(after.as_ref()).enumerate() {
+        if seen == SERIES_PER_CHUNK {
+            at.after = last.cloned();
+            return false;
+        }
+        last = Some(container);
         let Some(moved) = tag_moved(running, container, outcome) else {
             continue;
         };
         header(
             out,
-            &mut header_written,
+            &mut at.header_written,
             IMAGE_TAG_MOVED,
             "1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it.",
         );
@@ -353,18 +403,22 @@ fn render_tag_moved(store: &ResultStore, running: &RunningDigests, out: &mut Str
         );
         out.push_str(if moved { " 1\n" } else { " 0\n" });
     }
+    true
 }
 
-/// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
 /// Containers looked at per chunk of a canonical family: about 600 KiB of text.
 pub(crate) const SERIES_PER_CHUNK: usize = 4096;
 
+/// Images looked at per chunk of `pullwatch_image_nodes` (eight series each).
+const IMAGES_PER_CHUNK: usize = SERIES_PER_CHUNK / 8;
+
 /// Where a streamed exposition stands: the part, and within a family the last
-/// container rendered and whether the family's header is out.
+/// container (or image) rendered and whether the family's header is out.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapePosition {
     pub(crate) part: usize,
     after: Option<ContainerRef>,
+    after_image: Option<String>,
     header_written: bool,
 }
 
@@ -382,6 +436,7 @@ impl ScrapePosition {
     }
 }
 
+/// The `# HELP` and `# TYPE` lines of a gauge family, once, before its first series.
 fn header(out: &mut String, written: &mut bool, name: &str, help: &str) {
     if !*written {
         // Writing to a String cannot fail.
@@ -399,18 +454,28 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
         }
         out.push_str(name);
         out.push_str("=\"");
-        // Exposition-format escaping: backslash, double quote, line feed.
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        write_escaped(out, value);
         out.push('"');
     }
     out.push('}');
+}
+
+/// `value` with the exposition format's escapes (backslash, double quote, line feed).
+/// The runs between them are copied whole: most label values have none, and a push
+/// per character was most of a large scrape's CPU.
+fn write_escaped(out: &mut String, value: &str) {
+    let mut rest = value;
+    while let Some(at) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        // The escaped byte is ASCII: `at + 1` is a character boundary.
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 fn help(status: CheckStatus, subject: &str) -> String {
@@ -592,6 +657,60 @@ mod tests {
         }
     }
 
+    /// The node-view families are chunked too (they were one part each, 40,000
+    /// series at 5,000 images), and stay whole: one header each, every image once.
+    #[test]
+    fn image_node_families_are_streamed_in_bounded_chunks() {
+        use crate::answers::ImageNodes;
+        let m = Metrics::new(false).unwrap();
+        let mut store = ResultStore::default();
+        let count = IMAGES_PER_CHUNK * 2 + 5;
+        for i in 0..count {
+            let image = format!("reg.io/app-{i:05}:1");
+            // Every third image not checked by a node yet: only its cached count.
+            let statuses = if i % 3 == 0 {
+                Default::default()
+            } else {
+                [(CheckStatus::Available, i % 7)].into()
+            };
+            let nodes = ImageNodes {
+                statuses,
+                cached: i,
+                answers: Default::default(),
+            };
+            store.set_image_nodes(&image, nodes);
+        }
+        let mut at = ScrapePosition::default();
+        let mut chunks = Vec::new();
+        while !at.is_done(&m) {
+            let mut out = String::new();
+            m.render_chunk(&mut at, &store, None, &mut out).unwrap();
+            chunks.push(out);
+        }
+        let largest = chunks.iter().map(String::len).max().unwrap();
+        assert!(
+            largest < SERIES_PER_CHUNK * 100,
+            "a chunk of {largest} bytes"
+        );
+        let text = chunks.concat();
+        pullwatch_testbench::promtool_check_metrics(&text).unwrap();
+        let checked = count - count.div_ceil(3);
+        for (family, expected) in [(IMAGE_NODES, checked * 8), (IMAGE_CACHED_NODES, count)] {
+            let lines = series(&text, family);
+            assert_eq!(lines.len(), expected, "{family}");
+            let distinct: std::collections::BTreeSet<&String> = lines.iter().collect();
+            assert_eq!(distinct.len(), expected, "{family}: a series twice");
+            assert_eq!(text.matches(&format!("# TYPE {family} gauge\n")).count(), 1);
+        }
+        assert!(text.contains(&format!(
+            "pullwatch_image_cached_nodes{{image=\"reg.io/app-{:05}:1\"}} {}\n",
+            count - 1,
+            count - 1
+        )));
+        // The image-node family in three chunks, every other part in one.
+        assert_eq!(chunks.len(), m.part_count() + 2);
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let m = Metrics::new(false).unwrap();
@@ -601,6 +720,12 @@ mod tests {
         store.set(odd, CheckOutcome::new(CheckStatus::BadImageFormat, "x"));
         let text = m.render(&store).unwrap();
         assert!(text.contains(r#"image="a\"b\\c\nd""#), "{text}");
+        // At either end, repeated, among multi-byte characters.
+        let mut odd = container("web");
+        odd.image = "\"é\\\\ü\n\n".into();
+        store.set(odd, CheckOutcome::new(CheckStatus::BadImageFormat, "x"));
+        let text = m.render(&store).unwrap();
+        assert!(text.contains(r#"image="\"é\\\\ü\n\n""#), "{text}");
     }
 
     #[test]
@@ -623,7 +748,6 @@ mod tests {
 
     #[test]
     fn image_node_series_follow_the_store() {
-        use crate::answers::ImageNodes;
         let m = Metrics::new(false).unwrap();
         let mut store = ResultStore::default();
         assert!(!m.render(&store).unwrap().contains(IMAGE_NODES));

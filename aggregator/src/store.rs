@@ -133,8 +133,17 @@ impl ResultStore {
         Arc::make_mut(&mut self.image_nodes).retain(|image, _| keep(image));
     }
 
-    /// Every image's node view, ordered by image.
-    pub(crate) fn image_nodes(&self) -> impl Iterator<Item = (&String, &ImageNodes)> {
-        self.image_nodes.iter()
+    /// Every image's node view, ordered by image, from the image after `after` (None:
+    /// the first).
+    pub(crate) fn image_nodes_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = (&String, &ImageNodes)> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Unbounded,
+        };
+        self.image_nodes.range::<str, _>((from, Bound::Unbounded))
     }
 }

@@ -28,12 +28,21 @@
 //! 5. bounce: the aggregator killed (SIGKILL) and started again on the same ports;
 //!    how long until every agent re-registered, and the scrape latency meanwhile.
 //!
+//! After the pass, a scrape alone (no storm): the median of five `/metrics` answers,
+//! the aggregator CPU each took, and the body's size.
+//!
 //! The agents reconnect as `pullwatch-agent` does by default (full jitter below a
 //! 5 s window doubling to 1 min); `FLEET_RECONNECT_BASE_MS` / `FLEET_RECONNECT_MAX_MS`
 //! change that (e.g. 200 to mimic older agents' 200 ms jitter window).
+//!
+//! `FLEET_BASELINE_BIN=/path/to/pullwatch-aggregator` runs every N twice, that
+//! binary first, then this build, and prints this build's figures as ratios to the
+//! baseline's (on a shared machine, figures of one run compare; runs of different
+//! hours hardly do).
 //! Goals (issue 22): per check at 5,000 within 2x of 100; <= 20 KiB per agent; RSS
 //! within 10% after reconnect storms; `/metrics` and `/healthz` < 250 ms throughout.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -41,6 +50,7 @@ use pullwatch_testbench::fleet::{
     Fleet, FleetAggregator, FleetOptions, ProbeFigures, fleet_image, listen_overflows, probe_while,
     raise_fd_limit, sample_value,
 };
+use pullwatch_testbench::workspace_binary;
 use tokio::sync::watch;
 
 /// Images of the dispatch pass (`FLEET_IMAGES` changes it: more gives the CPU per
@@ -67,8 +77,12 @@ const STEADY: Duration = Duration::from_secs(12);
 /// Bound on any one wait of the bench.
 const WAIT: Duration = Duration::from_secs(300);
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Scrapes with nothing else going on, after the pass.
+const SCRAPES_ALONE: usize = 5;
 
 struct Row {
+    /// "baseline" or "this build".
+    build: &'static str,
     agents: usize,
     connect: Duration,
     connect_probe: ProbeFigures,
@@ -80,6 +94,11 @@ struct Row {
     cpu_per_check: Duration,
     visits_per_placement: Option<f64>,
     rss_after_pass_kib: u64,
+    /// Median of five scrapes with nothing else going on, the aggregator CPU per
+    /// scrape (less the idle rate), and the body's size.
+    scrape_alone: Duration,
+    scrape_cpu: Duration,
+    scrape_kib: f64,
     storms: Vec<Duration>,
     storm_probe: ProbeFigures,
     rss_after_storms_kib: u64,
@@ -114,23 +133,44 @@ async fn main() -> Result<()> {
     eprintln!(
         "fleet bench: open files {fds}, agents reconnect below {reconnect_base:?} (cap {reconnect_max:?})"
     );
+    let baseline = std::env::var_os("FLEET_BASELINE_BIN").map(PathBuf::from);
+    let builds: Vec<(&'static str, PathBuf)> = baseline
+        .map(|path| ("baseline", path))
+        .into_iter()
+        .chain([("this build", workspace_binary("pullwatch-aggregator")?)])
+        .collect();
     let mut rows = Vec::new();
     for &agents in &sizes {
-        eprintln!("fleet bench: {agents} agents ...");
-        let row = tokio::time::timeout(WAIT * 4, run(agents, reconnect_base, reconnect_max))
-            .await
-            .map_err(|_| anyhow!("{agents} agents: the run took too long"))??;
-        print_row(&row, rows.first());
-        rows.push(row);
+        for (build, binary) in &builds {
+            eprintln!(
+                "fleet bench: {agents} agents, {build} ({}) ...",
+                binary.display()
+            );
+            let run = run(build, binary.clone(), agents, reconnect_base, reconnect_max);
+            let row = tokio::time::timeout(WAIT * 4, run)
+                .await
+                .map_err(|_| anyhow!("{agents} agents: the run took too long"))??;
+            print_row(&row, rows.iter().find(|r: &&Row| r.build == row.build));
+            rows.push(row);
+        }
     }
     println!();
     print_table(&rows, reconnect_base);
+    if builds.len() > 1 {
+        print_comparison(&rows);
+    }
     Ok(())
 }
 
-async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -> Result<Row> {
+async fn run(
+    build: &'static str,
+    binary: PathBuf,
+    agents: usize,
+    reconnect_base: Duration,
+    reconnect_max: Duration,
+) -> Result<Row> {
     let images: Vec<String> = (0..catalog()).map(fleet_image).collect();
-    let mut aggregator = FleetAggregator::start(&[], CHECK_INTERVAL, &[]).await?;
+    let mut aggregator = FleetAggregator::start_binary(binary, &[], CHECK_INTERVAL, &[]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before_kib = aggregator.rss_kib()?;
 
@@ -198,6 +238,21 @@ async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -
     };
     tokio::time::sleep(STEADY).await;
     let rss_after_pass_kib = aggregator.rss_kib()?;
+    let mut alone = Vec::new();
+    let mut scrape_kib = 0.0;
+    let cpu = aggregator.cpu_seconds()?;
+    let started = Instant::now();
+    for _ in 0..SCRAPES_ALONE {
+        let (body, took) = aggregator.probe("/metrics").await?;
+        scrape_kib = body.len() as f64 / 1024.0;
+        alone.push(took);
+    }
+    let scrape_cpu =
+        (aggregator.cpu_seconds()? - cpu - idle_cpu_per_s * started.elapsed().as_secs_f64())
+            / SCRAPES_ALONE as f64;
+    let scrape_cpu = Duration::from_secs_f64(scrape_cpu.max(0.0));
+    alone.sort();
+    let scrape_alone = alone[alone.len() / 2];
 
     // 4. Reconnect storms on the same aggregator.
     let mut storms = Vec::new();
@@ -231,6 +286,7 @@ async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -
     let bounce_overflows = listen_overflows().saturating_sub(overflows);
     fleet.stop().await;
     Ok(Row {
+        build,
         agents,
         connect,
         connect_probe,
@@ -242,6 +298,9 @@ async fn run(agents: usize, reconnect_base: Duration, reconnect_max: Duration) -
         cpu_per_check,
         visits_per_placement,
         rss_after_pass_kib,
+        scrape_alone,
+        scrape_cpu,
+        scrape_kib,
         storms,
         storm_probe,
         rss_after_storms_kib,
@@ -296,8 +355,9 @@ fn print_row(row: &Row, base: Option<&Row>) {
         row.cpu_per_check.as_secs_f64() / b.cpu_per_check.as_secs_f64().max(1e-9)
     });
     eprintln!(
-        "  {} agents: connect {} (overflows {}), {:.1} KiB/agent, {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?}, bounce {}",
+        "  {} agents, {}: connect {} (overflows {}), {:.1} KiB/agent, {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?}, bounce {}",
         row.agents,
+        row.build,
         ms(row.connect),
         row.connect_overflows,
         per_agent_kib(row, row.rss_connected_kib),
@@ -317,14 +377,17 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         catalog()
     );
     println!(
-        "| agents | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement |",
+        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size |",
         base.agents
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
+        // The ratio is to the first N of the same build.
+        let base = rows.iter().find(|r| r.build == row.build).unwrap_or(base);
         println!(
-            "| {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB |",
             row.agents,
+            row.build,
             row.rss_before_kib as f64 / 1024.0,
             row.rss_connected_kib as f64 / 1024.0,
             per_agent_kib(row, row.rss_connected_kib),
@@ -337,18 +400,22 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             row.cpu_per_check.as_secs_f64() / base.cpu_per_check.as_secs_f64().max(1e-9),
             row.visits_per_placement
                 .map_or("-".to_string(), |v| format!("{v:.1}")),
+            ms(row.scrape_alone),
+            row.scrape_cpu.as_secs_f64() * 1000.0,
+            row.scrape_kib,
         );
     }
     println!();
     println!(
-        "| agents | connect storm | overflows | worst /healthz | worst /metrics | reconnect storms | worst /healthz | worst /metrics | bounce | overflows | worst /healthz | worst /metrics | probes (failed) |"
+        "| agents | build | connect storm | overflows | worst /healthz | worst /metrics | reconnect storms | worst /healthz | worst /metrics | bounce | overflows | worst /healthz | worst /metrics | probes (failed) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let probes = [row.connect_probe, row.storm_probe, row.bounce_probe];
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
             row.agents,
+            row.build,
             ms(row.connect),
             row.connect_overflows,
             ms(row.connect_probe.healthz_worst),
@@ -366,6 +433,57 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             ms(row.bounce_probe.metrics_worst),
             probes.iter().map(|p| p.probes).sum::<usize>(),
             probes.iter().map(|p| p.failures).sum::<usize>(),
+        );
+    }
+}
+
+/// This build's figures as ratios to the baseline's of the same N (run just before it).
+fn print_comparison(rows: &[Row]) {
+    println!();
+    println!(
+        "| agents | per agent | RSS after storms vs after pass | worst /metrics in storms | worst /healthz in storms | worst /metrics in bounce | scrape alone |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let ratio = |new: f64, old: f64| format!("{:.2}x", new / old.max(1e-9));
+    let secs = |d: Duration| d.as_secs_f64();
+    for pair in rows.chunks(2) {
+        let [base, row] = pair else {
+            continue;
+        };
+        let growth =
+            |r: &Row| (r.rss_after_storms_kib as f64 / r.rss_after_pass_kib as f64 - 1.0) * 100.0;
+        println!(
+            "| {} | {:.1} -> {:.1} KiB ({}) | {:+.1}% -> {:+.1}% | {} -> {} ({}) | {} -> {} ({}) | {} -> {} ({}) | {} -> {} ({}) |",
+            row.agents,
+            per_agent_kib(base, base.rss_connected_kib),
+            per_agent_kib(row, row.rss_connected_kib),
+            ratio(
+                per_agent_kib(row, row.rss_connected_kib),
+                per_agent_kib(base, base.rss_connected_kib)
+            ),
+            growth(base),
+            growth(row),
+            ms(base.storm_probe.metrics_worst),
+            ms(row.storm_probe.metrics_worst),
+            ratio(
+                secs(row.storm_probe.metrics_worst),
+                secs(base.storm_probe.metrics_worst)
+            ),
+            ms(base.storm_probe.healthz_worst),
+            ms(row.storm_probe.healthz_worst),
+            ratio(
+                secs(row.storm_probe.healthz_worst),
+                secs(base.storm_probe.healthz_worst)
+            ),
+            ms(base.bounce_probe.metrics_worst),
+            ms(row.bounce_probe.metrics_worst),
+            ratio(
+                secs(row.bounce_probe.metrics_worst),
+                secs(base.bounce_probe.metrics_worst)
+            ),
+            ms(base.scrape_alone),
+            ms(row.scrape_alone),
+            ratio(secs(row.scrape_alone), secs(base.scrape_alone)),
         );
     }
 }

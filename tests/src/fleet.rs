@@ -340,6 +340,8 @@ fn message(message: agent_message::Message) -> AgentMessage {
 
 /// The real `pullwatch-aggregator serve`, with agents over TLS and a manifests file.
 pub struct FleetAggregator {
+    /// The binary run (see [`FleetAggregator::start_binary`]).
+    binary: PathBuf,
     dir: TempDir,
     _ca: TestCa,
     ca_pem: Vec<u8>,
@@ -354,6 +356,18 @@ impl FleetAggregator {
     /// Starts it with `images` in its manifests (one Deployment each), re-read every
     /// `check_interval`; `extra` flags appended.
     pub async fn start(
+        images: &[String],
+        check_interval: Duration,
+        extra: &[&str],
+    ) -> Result<FleetAggregator> {
+        let binary = workspace_binary("pullwatch-aggregator")?;
+        Self::start_binary(binary, images, check_interval, extra).await
+    }
+
+    /// [`FleetAggregator::start`] with another `pullwatch-aggregator` binary (a
+    /// baseline build, to compare with in the same run).
+    pub async fn start_binary(
+        binary: PathBuf,
         images: &[String],
         check_interval: Duration,
         extra: &[&str],
@@ -385,6 +399,7 @@ impl FleetAggregator {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut aggregator = FleetAggregator {
+            binary,
             ca_pem: ca.ca_pem(),
             _ca: ca,
             dir,
@@ -420,7 +435,7 @@ impl FleetAggregator {
             .create(true)
             .append(true)
             .open(self.dir.path().join("aggregator.log"))?;
-        let child = Command::new(workspace_binary("pullwatch-aggregator")?)
+        let child = Command::new(&self.binary)
             .args(&self.args)
             .current_dir(self.dir.path())
             .env("HOME", self.dir.path())
