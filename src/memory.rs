@@ -1,5 +1,6 @@
-//! How the process's allocator holds memory: glibc's heap arenas capped at start,
-//! free pages given back on demand (both no-ops elsewhere than glibc).
+//! How glibc's allocator holds memory: its heap arenas capped at start (a no-op
+//! elsewhere than glibc). The agent allocates through glibc; the aggregator through
+//! jemalloc (its main.rs), for which the cap only concerns what C code allocates.
 
 /// Heap arenas glibc may create, unless `MALLOC_ARENA_MAX` (or `GLIBC_TUNABLES`) says
 /// otherwise.
@@ -22,18 +23,5 @@ pub(crate) fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets a tunable of the allocator; it takes no pointers.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-    }
-}
-
-/// Gives the allocator's free memory back to the OS: glibc's `malloc_trim`, which also
-/// releases whole free pages inside the heap (not only at its top). Freed buffers
-/// scattered among live ones are otherwise kept: after a wave of thousands of
-/// connections closing and reopening, RSS stays up by a third. Costs a walk of the
-/// heap's free chunks (milliseconds); nothing elsewhere than glibc.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only returns free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

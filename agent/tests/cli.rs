@@ -243,3 +243,67 @@ async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
         assert!(started.elapsed() < Duration::from_secs(20), "no retrying");
     }
 }
+
+/// glibc gives each thread that finds the heap locked an arena of its own, and each
+/// keeps what it freed; `run` caps them at one (without the cap, concurrent scrapes
+/// made two or more on a 2-core machine). The agent's session is refused here (no
+/// aggregator listens), so its metrics port is what runs.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
+    use pullwatch_testbench::{TestCa, extra_malloc_arenas, free_port, http_request};
+    let home = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let token = pullwatch_testbench::write_file(home.path(), "token", "t0ken");
+    let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut agent = hermetic_command(BINARY, home.path())
+        .args([
+            "run",
+            &format!("--aggregator=https://127.0.0.1:{}", free_port()),
+            &format!("--aggregator-ca={}", ca.ca_cert_path().display()),
+            &format!("--token-file={}", token.display()),
+            "--node-name=n",
+            &format!("--metrics-address={metrics}"),
+            "--mode=resolve",
+            "--runtime-dialect=containerd",
+            "--cri-endpoint=unix:///nonexistent/cri.sock",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    async fn scrape(metrics: std::net::SocketAddr) -> bool {
+        http_request(metrics, http::Method::GET, "/metrics", &[], Vec::new())
+            .await
+            .is_ok_and(|r| r.status == 200)
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !scrape(metrics).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no /metrics within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut answered = 0;
+                for _ in 0..30 {
+                    if scrape(metrics).await {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for scraper in scrapers {
+        answered += scraper.await.unwrap();
+    }
+    assert_eq!(answered, 240, "every scrape answered");
+    assert_eq!(extra_malloc_arenas(pid).unwrap(), 0);
+    agent.kill().await.unwrap();
+}

@@ -630,8 +630,6 @@ async fn serve(manifests: &Path, extra: &[&str]) -> (KillOnDrop, SocketAddr) {
         .args(["--check-interval", "1s", "--allow-plain-http"])
         .args(extra)
         .env_remove("PULLWATCH_LOG")
-        .env_remove("MALLOC_ARENA_MAX")
-        .env_remove("GLIBC_TUNABLES")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -647,46 +645,6 @@ async fn serve(manifests: &Path, extra: &[&str]) -> (KillOnDrop, SocketAddr) {
     })
     .await;
     (guard, addr)
-}
-
-/// glibc heap arenas besides the main heap: each is an anonymous mapping starting on
-/// a 64 MiB boundary (glibc's `HEAP_MAX_SIZE` on 64-bit).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn extra_malloc_arenas(pid: u32) -> usize {
-    const HEAP_MAX_SIZE: u64 = 64 << 20;
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap()
-        .lines()
-        .filter(|line| line.split_whitespace().count() == 5) // no path: anonymous
-        .filter_map(|line| line.split('-').next())
-        .filter_map(|start| u64::from_str_radix(start, 16).ok())
-        .filter(|start| start % HEAP_MAX_SIZE == 0)
-        .count()
-}
-
-/// glibc gives each thread that finds the heap locked an arena of its own, and each
-/// keeps what it freed; `serve` caps them at one (without the cap, these scrapes
-/// made two or more on a 2-core machine).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[tokio::test]
-async fn serve_keeps_one_heap_arena_under_concurrent_scrapes() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("workloads.yaml");
-    let images = ["127.0.0.1:9/shop/web:v1", "127.0.0.1:9/shop/api:v2"];
-    std::fs::write(&manifest, deployment_yaml("shop", "web", &images, None)).unwrap();
-    let (guard, addr) = serve(&manifest, &[]).await;
-    let answered = futures::future::join_all((0..8).map(|_| async move {
-        let mut answered = 0;
-        for _ in 0..30 {
-            if get(addr, "/metrics").await.0 == 200 {
-                answered += 1;
-            }
-        }
-        answered
-    }))
-    .await;
-    assert_eq!(answered.iter().sum::<usize>(), 240, "every scrape answered");
-    assert_eq!(extra_malloc_arenas(guard.0.id()), 0);
 }
 
 fn series<'a>(metrics: &'a str, name: &str) -> Vec<&'a str> {

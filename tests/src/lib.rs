@@ -50,7 +50,9 @@ pub use canary::{
 pub use containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
 pub use echo::{EchoMode, EchoRegistry, ISSUED_TOKEN, echo_encodings};
 pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_config};
-pub use procfs::{owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds};
+pub use procfs::{
+    extra_malloc_arenas, owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds,
+};
 pub use promtool::promtool_check_metrics;
 pub use pull_proxy::{ProxiedRequest, ProxyRule, PullProxy};
 pub use push::{

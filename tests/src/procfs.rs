@@ -1,5 +1,5 @@
 //! What `/proc` says about a process: CPU time spent and memory held (the benches'
-//! figures), and
+//! figures), glibc's heap arenas, and
 //! which process owns a TCP connection (the fault suite kills the agent whose check is
 //! caught mid-flight).
 
@@ -91,6 +91,21 @@ pub fn owns_tcp_port(pid: u32, port: u16) -> bool {
         std::fs::read_link(fd.path())
             .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
     })
+}
+
+/// glibc heap arenas besides the main heap of process `pid`: each is an anonymous
+/// mapping starting on a 64 MiB boundary (glibc's `HEAP_MAX_SIZE` on 64-bit).
+pub fn extra_malloc_arenas(pid: u32) -> Result<usize> {
+    const HEAP_MAX_SIZE: u64 = 64 << 20;
+    let path = format!("/proc/{pid}/maps");
+    let maps = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(maps
+        .lines()
+        .filter(|line| line.split_whitespace().count() == 5) // no path: anonymous
+        .filter_map(|line| line.split('-').next())
+        .filter_map(|start| u64::from_str_radix(start, 16).ok())
+        .filter(|start| start % HEAP_MAX_SIZE == 0)
+        .count())
 }
 
 #[cfg(test)]

@@ -300,8 +300,6 @@ struct HubInner {
     connected: AtomicUsize,
     next_task: AtomicU64,
     next_session: AtomicU64,
-    /// Sessions ended so far (with `next_session`: the churn of sessions).
-    sessions_ended: AtomicU64,
     /// What sessions' last-seen times count from.
     epoch: Instant,
     /// Bumped whenever an agent comes, goes, or reports a new image list.
@@ -366,7 +364,6 @@ impl AgentHub {
                 connected: AtomicUsize::new(0),
                 next_task: AtomicU64::new(1),
                 next_session: AtomicU64::new(1),
-                sessions_ended: AtomicU64::new(0),
                 epoch: Instant::now(),
                 changes: watch::channel(0).0,
                 metrics,
@@ -405,12 +402,6 @@ impl AgentHub {
     /// The refusal and takeover counters.
     pub fn security_metrics(&self) -> &AgentSecurityMetrics {
         &self.inner.metrics.security
-    }
-
-    /// Sessions opened plus sessions ended so far.
-    pub(crate) fn session_churn(&self) -> u64 {
-        self.inner.next_session.load(Ordering::Relaxed)
-            + self.inner.sessions_ended.load(Ordering::Relaxed)
     }
 
     /// `(placements, agents visited)` so far: the work placement does.
@@ -545,7 +536,6 @@ impl AgentHub {
             }
         };
         if removed.is_some() {
-            self.inner.sessions_ended.fetch_add(1, Ordering::Relaxed);
             let pending = session.session.close();
             info!(node = %session.node, pending = pending.len(), "agent went away");
             self.inner.metrics.quotas.forget_node(&session.node);

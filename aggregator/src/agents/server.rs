@@ -41,11 +41,6 @@ const OUTBOUND_BUFFER: usize = 256;
 /// A refused session is logged at most once per this interval per reason, with the
 /// count (every refusal is still counted in the metric).
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// Sessions opened or closed before memory is given back (see
-/// [`release_memory_after_churn`]).
-const TRIM_AFTER_CHURN: u64 = 64;
-/// How long no session may open or close before the wave counts as over.
-const TRIM_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Pending connections the agent listener queues (see [`bind`]).
 const LISTEN_BACKLOG: u32 = 8192;
 /// HTTP/2 flow-control window per stream and per connection: the protocol's messages
@@ -258,7 +253,6 @@ pub(crate) async fn start_with_limits(
         })?;
     let (shutdown, mut stopping) = watch::channel(false);
     let connections = Listener::new_for_sessions("agents", limits);
-    let hub_for_trim = hub.clone();
     let service = AgentServiceServer::new(Sessions {
         hub,
         auth,
@@ -268,10 +262,6 @@ pub(crate) async fn start_with_limits(
         connections: connections.clone(),
         refusals: Throttle::new(REFUSAL_LOG_INTERVAL),
     });
-    tokio::spawn(release_memory_after_churn(
-        hub_for_trim,
-        shutdown.subscribe(),
-    ));
     let router = builder.add_service(service);
     let signal = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -307,31 +297,6 @@ pub(crate) async fn start_with_limits(
         task: Some(task),
         runtime: Some(runtime),
     })
-}
-
-/// Once a wave of sessions opening and closing is over (a reconnect storm, an agent
-/// rollout: at least [`TRIM_AFTER_CHURN`] sessions, then none for
-/// [`TRIM_CHECK_EVERY`]), gives the freed connection buffers back to the OS: without
-/// it RSS stayed up by a third after three storms of 5,000 agents.
-async fn release_memory_after_churn(hub: AgentHub, mut stopping: watch::Receiver<bool>) {
-    let mut last = hub.session_churn();
-    let mut trimmed = last;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(TRIM_CHECK_EVERY) => {}
-            _ = stopping.wait_for(|stop| *stop) => return,
-        }
-        let churn = hub.session_churn();
-        if churn == last && churn - trimmed >= TRIM_AFTER_CHURN {
-            let _ = tokio::task::spawn_blocking(pullwatch::memory::release_free_memory).await;
-            debug!(
-                sessions = churn - trimmed,
-                "released memory after a wave of sessions"
-            );
-            trimmed = churn;
-        }
-        last = churn;
-    }
 }
 
 /// The agent listener, with an accept backlog for a fleet reconnecting at once (the
