@@ -604,6 +604,18 @@ mod tests {
         assert!(!text.contains("deployment=\"web\""));
     }
 
+    /// A whole scrape of `store`, chunk by chunk as it is streamed.
+    fn scrape_chunks(m: &Metrics, store: &ResultStore) -> Vec<String> {
+        let mut at = ScrapePosition::default();
+        let mut chunks = Vec::new();
+        while !at.is_done(m) {
+            let mut out = String::new();
+            m.render_chunk(&mut at, store, None, &mut out).unwrap();
+            chunks.push(out);
+        }
+        chunks
+    }
+
     /// A family longer than a chunk is split over chunks of bounded size, and the
     /// exposition stays whole (promtool reads it): one header per family, every
     /// container once per family, in the per-kind families too, whose containers are
@@ -620,13 +632,7 @@ mod tests {
             }
             store.set(c, CheckOutcome::available());
         }
-        let mut at = ScrapePosition::default();
-        let mut chunks = Vec::new();
-        while !at.is_done(&m) {
-            let mut out = String::new();
-            m.render_chunk(&mut at, &store, None, &mut out).unwrap();
-            chunks.push(out);
-        }
+        let chunks = scrape_chunks(&m, &store);
         let largest = chunks.iter().map(String::len).max().unwrap();
         assert!(
             largest < SERIES_PER_CHUNK * 200,
@@ -680,13 +686,7 @@ mod tests {
             };
             store.set_image_nodes(&image, nodes);
         }
-        let mut at = ScrapePosition::default();
-        let mut chunks = Vec::new();
-        while !at.is_done(&m) {
-            let mut out = String::new();
-            m.render_chunk(&mut at, &store, None, &mut out).unwrap();
-            chunks.push(out);
-        }
+        let chunks = scrape_chunks(&m, &store);
         let largest = chunks.iter().map(String::len).max().unwrap();
         assert!(
             largest < SERIES_PER_CHUNK * 100,
