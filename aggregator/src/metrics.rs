@@ -246,16 +246,7 @@ impl Metrics {
             out.push_str(&family.name);
             // Label names in lexical order, as the prometheus crate writes them.
             match family.kind {
-                None => write_labels(
-                    out,
-                    &[
-                        ("container", &container.container),
-                        ("image", &container.image),
-                        ("kind", container.kind.as_str()),
-                        ("name", &container.name),
-                        ("namespace", &container.namespace),
-                    ],
-                ),
+                None => write_container_labels(out, container),
                 Some(kind) => write_labels(
                     out,
                     &[
@@ -391,16 +382,7 @@ fn render_tag_moved(
             "1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it.",
         );
         out.push_str(IMAGE_TAG_MOVED);
-        write_labels(
-            out,
-            &[
-                ("container", &container.container),
-                ("image", &container.image),
-                ("kind", container.kind.as_str()),
-                ("name", &container.name),
-                ("namespace", &container.namespace),
-            ],
-        );
+        write_container_labels(out, container);
         out.push_str(if moved { " 1\n" } else { " 0\n" });
     }
     true
@@ -444,6 +426,21 @@ fn header(out: &mut String, written: &mut bool, name: &str, help: &str) {
         let _ = writeln!(out, "# TYPE {name} gauge");
         *written = true;
     }
+}
+
+/// A container reference's canonical label set, names in lexical order as the
+/// prometheus crate writes them.
+fn write_container_labels(out: &mut String, container: &ContainerRef) {
+    write_labels(
+        out,
+        &[
+            ("container", &container.container),
+            ("image", &container.image),
+            ("kind", container.kind.as_str()),
+            ("name", &container.name),
+            ("namespace", &container.namespace),
+        ],
+    );
 }
 
 fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
