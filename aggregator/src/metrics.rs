@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use pullwatch::CheckStatus;
+use pullwatch::{CheckOutcome, CheckStatus};
 
 use crate::agents::HubMetrics;
 use crate::answers::ImageNodes;
@@ -230,19 +230,11 @@ impl Metrics {
             at.next_part();
             return Ok(());
         };
-        let mut last: Option<&ContainerRef> = None;
-        let after = at.after.take();
-        for (seen, (container, outcome)) in store.iter_after(after.as_ref()).enumerate() {
-            if seen == SERIES_PER_CHUNK {
-                // More follow: the next chunk starts after the last one seen.
-                at.after = last.cloned();
-                return Ok(());
-            }
-            last = Some(container);
+        let done = render_containers(at, store, out, |container, outcome, header_written, out| {
             if family.kind.is_some_and(|kind| kind != container.kind) {
-                continue;
+                return;
             }
-            header(out, &mut at.header_written, &family.name, &family.help);
+            header(out, header_written, &family.name, &family.help);
             out.push_str(&family.name);
             // Label names in lexical order, as the prometheus crate writes them.
             match family.kind {
@@ -262,8 +254,10 @@ impl Metrics {
             } else {
                 " 0\n"
             });
+        });
+        if done {
+            at.next_part();
         }
-        at.next_part();
         Ok(())
     }
 
@@ -364,26 +358,41 @@ fn render_tag_moved(
     running: &RunningDigests,
     out: &mut String,
 ) -> bool {
-    let after = at.after.take();
-    let mut last: Option<&ContainerRef> = None;
-    for (seen, (container, outcome)) in store.iter_after(after.as_ref()).enumerate() {
-        if seen == SERIES_PER_CHUNK {
-            at.after = last.cloned();
-            return false;
-        }
-        last = Some(container);
+    render_containers(at, store, out, |container, outcome, header_written, out| {
         let Some(moved) = tag_moved(running, container, outcome) else {
-            continue;
+            return;
         };
         header(
             out,
-            &mut at.header_written,
+            header_written,
             IMAGE_TAG_MOVED,
             "1 when some running pod of the workload runs another digest than the tag resolves to now (a restart or a new node would run different code); 0 when all run it.",
         );
         out.push_str(IMAGE_TAG_MOVED);
         write_container_labels(out, container);
         out.push_str(if moved { " 1\n" } else { " 0\n" });
+    })
+}
+
+/// Renders the next [`SERIES_PER_CHUNK`] containers of a per-container family from
+/// `at` (`series` writes one container's, its header first if not yet out); whether
+/// the family is done (else `at` says where it stopped).
+fn render_containers(
+    at: &mut ScrapePosition,
+    store: &ResultStore,
+    out: &mut String,
+    mut series: impl FnMut(&ContainerRef, &CheckOutcome, &mut bool, &mut String),
+) -> bool {
+    let after = at.after.take();
+    let mut last: Option<&ContainerRef> = None;
+    for (seen, (container, outcome)) in store.iter_after(after.as_ref()).enumerate() {
+        if seen == SERIES_PER_CHUNK {
+            // More follow: the next chunk starts after the last one seen.
+            at.after = last.cloned();
+            return false;
+        }
+        last = Some(container);
+        series(container, outcome, &mut at.header_written, out);
     }
     true
 }
