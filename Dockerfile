@@ -19,7 +19,7 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
 # protoc comes from the protoc-bin-vendored crate and TLS from rustls/ring, so the stock
-# rust image has everything needed (gcc for ring); no apt-get.
+# rust image has everything needed (gcc for ring, gcc and make for jemalloc); no apt-get.
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
