@@ -1,6 +1,7 @@
 //! Checks through real containerd nodes against real registries: node credentials of
 //! every kind, absent tags, a registry that is down, resolve without downloads, a
-//! hosts.toml mirror, a moved tag that no check may re-point, and a containerd restart.
+//! hosts.toml mirror, a moved tag that no check may re-point, a containerd restart, and
+//! a failing credential plugin (asked once per check).
 
 mod common;
 
@@ -630,6 +631,43 @@ async fn an_index_without_the_node_platform_is_absent_here() {
         assert_eq!(index_gets, 1, "one GET per index digest:\n{log}");
         let configs = common::config_digests(&registry, "multi/app", "v1").await;
         assert!(common::layer_downloads(&log, &configs).is_empty(), "{log}");
+    })
+    .await;
+}
+
+/// A credential plugin that fails runs once per check: the keyring lookup the check
+/// made is also what its reason is redacted with (it was asked a second time, so a
+/// failing plugin ran, and logged its failure, twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_credential_plugin_runs_once_per_check() {
+    bounded(async {
+        let registry = private_registry().await;
+        let host = registry.host();
+        let image = push_to(&registry, "private/app", "v1", ImageFormat::Oci).await;
+        let node = started::bare_node().await;
+        let plugin_log = node.dir().join("plugin.log");
+        let (yaml, name, _) = plugin(&host, &plugin_log);
+        let failing = format!(
+            "cat >> '{log}'\necho >> '{log}'\necho 'no credentials today' >&2\nexit 1",
+            log = plugin_log.display()
+        );
+        let checker = checker(
+            &node,
+            NodeSetup {
+                plugin: Some((yaml, name, failing)),
+                ..Default::default()
+            },
+        );
+        let report = checker
+            .check(&image.reference, CheckMode::Resolve, &[])
+            .await;
+        assert_status!(report, CheckStatus::AuthenticationFailure);
+        let requests = std::fs::read_to_string(&plugin_log).unwrap();
+        assert_eq!(
+            requests.matches("CredentialProviderRequest").count(),
+            1,
+            "{requests}"
+        );
     })
     .await;
 }

@@ -206,8 +206,10 @@ impl Checker {
         pull_secrets: &[SourcedCredential],
     ) -> CheckReport {
         let started = Instant::now();
-        let mut report = self.check_inner(image, mode, pull_secrets).await;
-        report.reason = self.redact(image, &report.reason, pull_secrets).await;
+        let (mut report, looked_up) = self.check_inner(image, mode, pull_secrets).await;
+        report.reason = self
+            .redact(image, &report.reason, pull_secrets, looked_up)
+            .await;
         report.duration = started.elapsed();
         debug!(image, status = %report.status, mode = %report.mode, source = %report.credential_source, elapsed_ms = report.duration.as_millis() as u64, "check done");
         report
@@ -215,12 +217,16 @@ impl Checker {
 
     /// `reason` without any form of a credential the check may have used (the
     /// workload's secrets, the node's files and plugins): the runtime and the registry
-    /// quote what they were sent. The one place every reason of the agent passes.
+    /// quote what they were sent. `looked_up` is what the check's own keyring lookup
+    /// found; a check that ended before its lookup has the keyring asked here (so a
+    /// failing credential plugin runs once per check, not twice). The one place every
+    /// reason of the agent passes.
     async fn redact(
         &self,
         image: &str,
         reason: &str,
         pull_secrets: &[SourcedCredential],
+        looked_up: Option<Vec<SourcedCredential>>,
     ) -> String {
         if reason.is_empty() {
             return String::new();
@@ -228,36 +234,47 @@ impl Checker {
         let mut redactor = pullwatch::redact::Redactor::for_credentials(
             pull_secrets.iter().map(|s| &s.credential),
         );
-        if let Ok(reference) = ImageReference::parse(image) {
-            for found in self.keyring.lookup(&reference, &[]).await.credentials {
-                redactor.credential(&found.credential);
-            }
+        let node_credentials = match looked_up {
+            Some(found) => found,
+            None => match ImageReference::parse(image) {
+                Ok(reference) => self.keyring.lookup(&reference, &[]).await.credentials,
+                Err(_) => Vec::new(),
+            },
+        };
+        for found in node_credentials {
+            redactor.credential(&found.credential);
         }
         redactor.redact(reason)
     }
 
     /// The check itself, in its steps: the reference, what the node holds, the
     /// credentials to try, the first step (a pull that re-points nothing, or a
-    /// resolve), then what that came to. [`Checker::check`] times it and redacts it.
+    /// resolve), then what that came to, with the credentials the keyring lookup
+    /// found (None when the check ended before it). [`Checker::check`] times it and
+    /// redacts it.
     async fn check_inner(
         &self,
         image: &str,
         mode: CheckMode,
         pull_secrets: &[SourcedCredential],
-    ) -> CheckReport {
+    ) -> (CheckReport, Option<Vec<SourcedCredential>>) {
         let report = CheckReport::unchecked(image, mode);
         let reference = match ImageReference::parse(image) {
             Ok(reference) => reference,
-            Err(error) => return report.refused(CheckStatus::BadImageFormat, error.to_string()),
+            Err(error) => {
+                let report = report.refused(CheckStatus::BadImageFormat, error.to_string());
+                return (report, None);
+            }
         };
         self.learn_runtime().await;
         // CRI-O resolves short names through registries.conf, not as Docker Hub names.
         if self.resolver.route_runtime() == RouteRuntime::CriO && crio::short_name(image) {
-            return report.refused(CheckStatus::BadImageFormat, crio::short_name_reason(image));
+            let reason = crio::short_name_reason(image);
+            return (report.refused(CheckStatus::BadImageFormat, reason), None);
         }
         let node = match self.node_copy(&reference, mode).await {
             Ok(node) => node,
-            Err(error) => return report.runtime_failed(&error),
+            Err(error) => return (report.runtime_failed(&error), None),
         };
         let mut report = CheckReport {
             image_present: node.held,
@@ -276,7 +293,10 @@ impl Checker {
                     .await
             }
         };
-        report.settle(finding, &lookup.problems)
+        (
+            report.settle(finding, &lookup.problems),
+            Some(lookup.credentials),
+        )
     }
 
     /// What the node holds under `reference` (CRI `ImageStatus`). Resolve mode does not
