@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use pullwatch::serve::{self, Body, text};
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
+use crate::scrape::{GzipScrape, KeptParts, accepts_gzip};
 use crate::store::ResultStore;
 use pullwatch::locks::lock;
 
@@ -32,6 +34,8 @@ pub(crate) struct EndpointState {
     results: Mutex<Option<(Instant, Arc<results::Snapshot>)>>,
     /// The store version the latest scrape streams from, and when it was taken.
     scrape: Mutex<Option<(Instant, Arc<ResultStore>)>>,
+    /// Parts of the exposition compressed by earlier gzip scrapes.
+    kept: Arc<KeptParts>,
 }
 
 /// While responses still stream from a store version younger than this, new requests
@@ -60,6 +64,7 @@ impl EndpointState {
             detail: Mutex::new("first check pass has not finished".to_string()),
             results: Mutex::new(None),
             scrape: Mutex::new(None),
+            kept: Arc::default(),
         }
     }
 
@@ -187,6 +192,7 @@ fn respond(state: &EndpointState, request: &Request<Incoming>) -> Response<Body>
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match request.uri().path() {
+        "/metrics" if accepts_gzip(request.headers()) => gzip_metrics_response(state),
         "/metrics" => metrics_response(state.pipeline.clone(), state.scrape_snapshot()),
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
             Ok(filter) => images_response(state, filter),
@@ -258,6 +264,23 @@ fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Respons
         async move { chunk.map(|chunk| (chunk, at)) }
     });
     serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
+}
+
+/// The exposition gzip-encoded (see [`crate::scrape`]), from one store snapshot.
+fn gzip_metrics_response(state: &EndpointState) -> Response<Body> {
+    let scrape = GzipScrape::new(
+        state.pipeline.clone(),
+        state.scrape_snapshot(),
+        state.kept.clone(),
+    );
+    let chunks = futures::stream::unfold(scrape, |mut scrape| async move {
+        scrape.next_chunk().map(|chunk| (chunk, scrape))
+    });
+    let mut response = serve::streamed(serve::METRICS_CONTENT_TYPE, chunks);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
 }
 
 #[cfg(test)]
@@ -345,7 +368,7 @@ mod tests {
     }
 
     /// While checks keep recording, every scrape shows each container at exactly one
-    /// status, in the canonical and in the legacy families alike.
+    /// status, in the canonical and in the legacy families alike, plain or gzip.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_scrape_is_one_version_of_the_store() {
         let metrics = Metrics::new(true).unwrap();
@@ -396,19 +419,37 @@ mod tests {
             stop_rx,
         ));
         let mut scrapes = 0;
+        let mut gzip_with_series = 0;
         // At least 40 scrapes, and on until the writer finished 4 rounds (bounded).
         while scrapes < 40 || (written.load(Ordering::Relaxed) < 4 && scrapes < 4_000) {
             scrapes += 1;
+            // Every other scrape gzip-encoded, as Prometheus asks (kept parts and all).
+            let gzip = scrapes % 2 == 0;
+            let headers: &[(&str, &str)] = if gzip {
+                &[("accept-encoding", "gzip")]
+            } else {
+                &[]
+            };
             let response = pullwatch_testbench::http_request(
                 addr,
                 http::Method::GET,
                 "/metrics",
-                &[],
+                headers,
                 Vec::new(),
             )
             .await
             .unwrap();
-            let text = response.text();
+            let text = if gzip {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
+                    &mut text,
+                )
+                .unwrap();
+                text
+            } else {
+                response.text()
+            };
             // container name -> (canonical families at 1, legacy families at 1)
             let mut ones: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
             for line in text.lines().filter(|l| l.ends_with(" 1")) {
@@ -430,10 +471,146 @@ mod tests {
             for (name, counts) in &ones {
                 assert_eq!(*counts, (1, 1), "{name} in one scrape");
             }
+            if gzip && !ones.is_empty() {
+                gzip_with_series += 1;
+            }
         }
+        assert!(gzip_with_series > 0, "some gzip scrape showed the series");
         stop.store(true, Ordering::Relaxed);
         let rounds = writer.join().unwrap();
         assert!(rounds >= 2, "the writer ran alongside the scrapes");
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+    }
+
+    /// A gzip scrape reads as the plain one. The first at a version goes out stored
+    /// (no compression work); the second compresses and keeps the parts; later ones
+    /// send the kept parts, until a status changes (a recheck to the same status
+    /// keeps them).
+    #[tokio::test]
+    async fn a_gzip_scrape_reads_as_the_plain_one_and_keeps_settled_parts() {
+        use std::io::Read;
+        let metrics = Metrics::new(false).unwrap();
+        let checker =
+            CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
+        let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
+        let index = ImageIndex::default();
+        // More than a chunk per family, so a member spans chunks.
+        let containers: Vec<ContainerRef> = (0..crate::metrics::SERIES_PER_CHUNK + 500)
+            .map(|i| ContainerRef {
+                namespace: "ns".into(),
+                kind: WorkloadKind::Deployment,
+                name: format!("w{i:05}").into(),
+                container: "c".into(),
+                image: format!("reg.io/app-{i}:1").into(),
+            })
+            .collect();
+        let record = |container: &ContainerRef, status, reason: &str| {
+            let outcome = Arc::new(CheckOutcome::new(status, reason));
+            pipeline.record(&index, std::slice::from_ref(container), &outcome);
+        };
+        for container in &containers {
+            record(container, CheckStatus::Available, "");
+        }
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = Arc::new(EndpointState::new(pipeline.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            serve::LimitArgs::default().for_listener(1),
+            state.clone(),
+            stop_rx,
+        ));
+        let families = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains("k8s_image_availability_exporter_"))
+                .filter(|l| !l.contains("completed_rechecks"))
+                .map(str::to_string)
+                .collect()
+        };
+        let scrape = |gzip: bool| async move {
+            let headers: &[(&str, &str)] = if gzip {
+                &[("accept-encoding", "gzip")]
+            } else {
+                &[]
+            };
+            let response = pullwatch_testbench::http_request(
+                addr,
+                Method::GET,
+                "/metrics",
+                headers,
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(response.status, 200);
+            if !gzip {
+                assert_eq!(response.header("content-encoding"), None);
+                return (response.text(), response.body.len());
+            }
+            assert_eq!(response.header("content-encoding"), Some("gzip"));
+            assert_eq!(response.header("vary"), Some("Accept-Encoding"));
+            let mut text = String::new();
+            flate2::read::MultiGzDecoder::new(&response.body[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            (text, response.body.len())
+        };
+        let kept_members = || {
+            lock(&state.kept.parts)
+                .values()
+                .filter(|kept| matches!(kept, crate::scrape::Kept::Member(..)))
+                .count()
+        };
+        let (plain, plain_len) = scrape(false).await;
+        let eight_families = 8;
+        assert_eq!(
+            families(&plain).len(),
+            eight_families * (containers.len() + 2)
+        );
+
+        let (first, first_len) = scrape(true).await;
+        assert_eq!(families(&first), families(&plain));
+        assert!(
+            first_len > plain_len / 2,
+            "stored: {first_len} of {plain_len}"
+        );
+        assert_eq!(kept_members(), 0);
+
+        let (second, second_len) = scrape(true).await;
+        assert_eq!(families(&second), families(&plain));
+        assert!(
+            second_len < plain_len / 10,
+            "compressed: {second_len} of {plain_len}"
+        );
+        // Every part but pullwatch's own metrics and the moved-tag family (read from
+        // elsewhere): the families and the two node-view parts.
+        assert_eq!(kept_members(), pipeline.metrics.part_count() - 2);
+        assert_eq!(pipeline.metrics.part_count() - 2, eight_families + 2);
+
+        // A recheck to the same status: the kept parts still serve.
+        record(&containers[7], CheckStatus::Available, "rechecked");
+        let (third, third_len) = scrape(true).await;
+        assert_eq!(families(&third), families(&plain));
+        assert!(
+            third_len < plain_len / 10,
+            "kept: {third_len} of {plain_len}"
+        );
+
+        // A status changes: every family shows it, stored again.
+        record(&containers[7], CheckStatus::Absent, "gone");
+        let (changed, changed_len) = scrape(true).await;
+        assert!(
+            changed_len > plain_len / 2,
+            "stored: {changed_len} of {plain_len}"
+        );
+        assert_eq!(families(&changed), families(&scrape(false).await.0));
+        assert_ne!(families(&changed), families(&plain));
+        let absent = r#"k8s_image_availability_exporter_absent{container="c",image="reg.io/app-7:1",kind="deployment",name="w00007",namespace="ns"} 1"#;
+        assert!(changed.lines().any(|l| l == absent), "{absent}");
+        pullwatch_testbench::promtool_check_metrics(&changed).unwrap();
+
         let _ = stop_tx.send(true);
         let _ = server.await;
     }

@@ -39,6 +39,7 @@ pub(crate) mod progress;
 pub(crate) mod report;
 pub(crate) mod results;
 pub(crate) mod scheduler;
+pub(crate) mod scrape;
 pub mod store;
 
 /// Why the aggregator could not start or finish, by what failed. The binary turns each

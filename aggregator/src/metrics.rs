@@ -183,6 +183,19 @@ impl Metrics {
         1 + self.families.len() + 3
     }
 
+    /// What part `part` of the exposition shows, as a version of `store`: equal
+    /// versions render the same text. None for the parts read from elsewhere
+    /// (pullwatch's own metrics, and the moved-tag family, which reads what pods run).
+    pub(crate) fn part_version(&self, part: usize, store: &ResultStore) -> Option<u64> {
+        match part.checked_sub(1)? {
+            family if family < self.families.len() => Some(store.statuses_version()),
+            after => match after - self.families.len() {
+                0 | 1 => Some(store.nodes_version()),
+                _ => None,
+            },
+        }
+    }
+
     /// Appends the next chunk of the exposition to `out` and moves `at` past it; the
     /// exposition is done when `at.part` reaches [`Metrics::part_count`]. Part 0 is
     /// pullwatch's own metrics, each further part one canonical family, rendered
@@ -419,7 +432,8 @@ impl ScrapePosition {
         self.part >= metrics.part_count()
     }
 
-    fn next_part(&mut self) {
+    /// Moves to the start of the next part (the current one was sent another way).
+    pub(crate) fn next_part(&mut self) {
         *self = ScrapePosition {
             part: self.part + 1,
             ..Default::default()

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pullwatch::CheckOutcome;
 
@@ -45,6 +46,18 @@ pub struct ResultStore {
     outcomes: Arc<BTreeMap<ContainerRef, Arc<CheckOutcome>>>,
     /// Image as written -> what the nodes say; only with agents.
     image_nodes: Arc<BTreeMap<String, ImageNodes>>,
+    /// Changes when a reference comes or goes or its status changes: what the
+    /// canonical families show (a recheck with the same status leaves it).
+    statuses_version: u64,
+    /// Changes when the node view of some image changes.
+    nodes_version: u64,
+}
+
+/// A version number no store has had before (in this process), so no two stores'
+/// versions are ever mistaken for one another.
+fn next_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl ResultStore {
@@ -55,8 +68,13 @@ impl ResultStore {
 
     pub(crate) fn set(&mut self, container: ContainerRef, outcome: impl Into<Arc<CheckOutcome>>) {
         let outcome = outcome.into();
-        if self.outcomes.get(&container) == Some(&outcome) {
-            return;
+        let status = match self.outcomes.get(&container) {
+            Some(existing) if *existing == outcome => return,
+            Some(existing) => Some(existing.status),
+            None => None,
+        };
+        if status != Some(outcome.status) {
+            self.statuses_version = next_version();
         }
         Arc::make_mut(&mut self.outcomes).insert(container, outcome);
     }
@@ -66,6 +84,7 @@ impl ResultStore {
         if self.outcomes.keys().all(|c| current.contains(c)) {
             return;
         }
+        self.statuses_version = next_version();
         Arc::make_mut(&mut self.outcomes).retain(|container, _| current.contains(container));
     }
 
@@ -85,6 +104,17 @@ impl ResultStore {
     pub(crate) fn same_version(&self, other: &ResultStore) -> bool {
         Arc::ptr_eq(&self.outcomes, &other.outcomes)
             && Arc::ptr_eq(&self.image_nodes, &other.image_nodes)
+    }
+
+    /// Which references there are and their statuses (all the canonical families
+    /// show): equal versions show the same.
+    pub(crate) fn statuses_version(&self) -> u64 {
+        self.statuses_version
+    }
+
+    /// What the nodes say about every image: equal versions say the same.
+    pub(crate) fn nodes_version(&self) -> u64 {
+        self.nodes_version
     }
 
     /// What the nodes say about `image`, if any node has checked it.
@@ -116,6 +146,7 @@ impl ResultStore {
         if self.image_nodes.get(image) == Some(&nodes) {
             return;
         }
+        self.nodes_version = next_version();
         let image_nodes = Arc::make_mut(&mut self.image_nodes);
         match image_nodes.get_mut(image) {
             Some(existing) => *existing = nodes,
@@ -130,6 +161,7 @@ impl ResultStore {
         if self.image_nodes.keys().all(|image| keep(image)) {
             return;
         }
+        self.nodes_version = next_version();
         Arc::make_mut(&mut self.image_nodes).retain(|image, _| keep(image));
     }
 
@@ -145,5 +177,71 @@ impl ResultStore {
             None => Bound::Unbounded,
         };
         self.image_nodes.range::<str, _>((from, Bound::Unbounded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::WorkloadKind;
+    use pullwatch::CheckStatus;
+
+    fn container(name: &str) -> ContainerRef {
+        ContainerRef {
+            namespace: "ns".into(),
+            kind: WorkloadKind::Deployment,
+            name: name.to_string().into(),
+            container: "c".into(),
+            image: "reg.io/app:1".into(),
+        }
+    }
+
+    /// The statuses version moves exactly when what the canonical families show
+    /// does: a reference comes or goes, or its status changes; the nodes version when
+    /// an image's node view changes.
+    #[test]
+    fn versions_move_with_what_the_families_show() {
+        let mut store = ResultStore::default();
+        let outcome = |status, reason: &str| Arc::new(CheckOutcome::new(status, reason));
+        let mut versions = vec![store.statuses_version()];
+        let mut moved = |store: &ResultStore| {
+            let moved = versions.last() != Some(&store.statuses_version());
+            versions.push(store.statuses_version());
+            moved
+        };
+        store.set(container("a"), outcome(CheckStatus::Available, ""));
+        assert!(moved(&store), "a reference came");
+        store.set(container("a"), outcome(CheckStatus::Available, "rechecked"));
+        assert!(!moved(&store), "same status, other reason");
+        store.set(container("b"), outcome(CheckStatus::Available, ""));
+        assert!(moved(&store), "another reference came");
+        store.set(container("a"), outcome(CheckStatus::Absent, "gone"));
+        assert!(moved(&store), "a status changed");
+        let b = container("b");
+        store.retain(&HashSet::from([&b]));
+        assert!(moved(&store), "a reference went");
+        store.retain(&HashSet::from([&b]));
+        assert!(!moved(&store), "nothing went");
+
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.statuses_version(), store.statuses_version());
+        let nodes = store.nodes_version();
+        let view = ImageNodes {
+            cached: 2,
+            ..Default::default()
+        };
+        store.set_image_nodes("reg.io/app:1", view.clone());
+        assert_ne!(store.nodes_version(), nodes, "a node view changed");
+        let nodes = store.nodes_version();
+        store.set_image_nodes("reg.io/app:1", view);
+        assert_eq!(store.nodes_version(), nodes, "the same view again");
+        store.retain_image_nodes(|_| false);
+        assert_ne!(store.nodes_version(), nodes, "a node view went");
+        assert_eq!(snapshot.nodes_version(), 0, "a snapshot keeps its version");
+        assert_eq!(
+            store.statuses_version(),
+            snapshot.statuses_version(),
+            "node views leave the statuses"
+        );
     }
 }
