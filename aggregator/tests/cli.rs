@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use pullwatch_testbench::{
-    CANARY_PASSWORD, ImageFormat, Registry, SilentServer, assert_no_canary, free_port,
-    http_request, promtool_check_metrics, push_to, write_file,
+    CANARY_PASSWORD, ImageFormat, PrometheusServer, Registry, SilentServer, assert_no_canary,
+    free_port, http_request, promtool_check_metrics, push_to, write_file,
 };
 use pullwatch_testbench::{assert_reason_contains, started};
 
@@ -754,6 +754,87 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
     assert!(status.success(), "{status:?}");
     let draining = draining.expect("/readyz never answered 503 during shutdown");
     assert!(draining.contains("shutting down"), "{draining}");
+}
+
+/// A real Prometheus scrapes the exposition gzip-encoded (its scraper always asks for
+/// gzip) and stores exactly what a plain scrape says, scrape after scrape: the first
+/// at a version (parts sent stored), the second (compressed and kept) and those after
+/// (the kept parts).
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_reads_the_gzip_exposition_as_the_plain_one() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workloads.yaml");
+    let missing = format!("{}/web/frontend:missing", f.open.host());
+    let docs = [
+        deployment_yaml("shop", "web", &[&f.public_image], None),
+        deployment_yaml("shop", "api", &[&missing], None),
+        deployment_yaml("billing", "invoices", &[&f.private_image], None),
+    ];
+    std::fs::write(&manifest, docs.join("---\n")).unwrap();
+    let (_guard, addr) = serve(&manifest, &["--legacy-metric-names=true"]).await;
+    let prometheus = PrometheusServer::start(&[addr], Duration::from_secs(1))
+        .await
+        .unwrap();
+    let scrapes = async || {
+        let result = prometheus
+            .query("count_over_time(up[1m])")
+            .await
+            .unwrap_or_default();
+        result
+            .first()
+            .and_then(|sample| sample["value"][1].as_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    wait_for("four scrapes", Duration::from_secs(30), async || {
+        scrapes().await >= 4
+    })
+    .await;
+    let up = prometheus.query("min_over_time(up[1m])").await.unwrap();
+    assert_eq!(
+        up[0]["value"][1],
+        "1",
+        "every scrape read: {up:?}\n{}",
+        prometheus.log()
+    );
+
+    let canonical = |line: &str| {
+        line.starts_with("k8s_image_availability_exporter_") && !line.contains("completed_rechecks")
+    };
+    let (_, plain) = get(addr, "/metrics").await;
+    let expected: Vec<String> = plain
+        .lines()
+        .filter(|line| canonical(line))
+        .map(str::to_string)
+        .collect();
+    // 3 references x 8 statuses, in the canonical and the legacy families.
+    assert_eq!(expected.len(), 3 * 8 * 2, "{plain}");
+    let stored = prometheus
+        .query(r#"{__name__=~"k8s_image_availability_exporter_.+"}"#)
+        .await
+        .unwrap();
+    let mut got: Vec<String> = stored
+        .iter()
+        .map(|sample| {
+            let labels = sample["metric"].as_object().unwrap();
+            let pairs: Vec<String> = labels
+                .iter()
+                .filter(|(name, _)| !["__name__", "job", "instance"].contains(&name.as_str()))
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            format!(
+                "{}{{{}}} {}",
+                labels["__name__"].as_str().unwrap(),
+                pairs.join(","),
+                sample["value"][1].as_str().unwrap()
+            )
+        })
+        .filter(|line| canonical(line))
+        .collect();
+    got.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(got, expected);
 }
 
 #[test]

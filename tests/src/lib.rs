@@ -17,6 +17,7 @@ pub mod faults;
 pub mod fleet;
 mod http_client;
 mod procfs;
+mod prometheus;
 mod promtool;
 mod pull_proxy;
 mod push;
@@ -53,6 +54,7 @@ pub use http_client::{HttpResponse, MANIFEST_ACCEPT, http_request, tls_client_co
 pub use procfs::{
     extra_malloc_arenas, owns_tcp_port, process_cpu_seconds, process_status_kib, thread_cpu_seconds,
 };
+pub use prometheus::PrometheusServer;
 pub use promtool::promtool_check_metrics;
 pub use pull_proxy::{ProxiedRequest, ProxyRule, PullProxy};
 pub use push::{
