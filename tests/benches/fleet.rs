@@ -29,7 +29,8 @@
 //!    how long until every agent re-registered, and the scrape latency meanwhile.
 //!
 //! After the pass, a scrape alone (no storm): the median of five `/metrics` answers,
-//! the aggregator CPU each took, and the body's size.
+//! the aggregator CPU each took, and the body's size, read and on the wire. Every
+//! `/metrics` probe asks for gzip and decodes the answer, as Prometheus does.
 //!
 //! The agents reconnect as `pullwatch-agent` does by default (full jitter below a
 //! 5 s window doubling to 1 min); `FLEET_RECONNECT_BASE_MS` / `FLEET_RECONNECT_MAX_MS`
@@ -99,6 +100,8 @@ struct Row {
     scrape_alone: Duration,
     scrape_cpu: Duration,
     scrape_kib: f64,
+    /// The same on the wire (gzip, asked for as Prometheus does, when answered so).
+    wire_kib: f64,
     storms: Vec<Duration>,
     storm_probe: ProbeFigures,
     rss_after_storms_kib: u64,
@@ -239,12 +242,13 @@ async fn run(
     tokio::time::sleep(STEADY).await;
     let rss_after_pass_kib = aggregator.rss_kib()?;
     let mut alone = Vec::new();
-    let mut scrape_kib = 0.0;
+    let (mut scrape_kib, mut wire_kib) = (0.0, 0.0);
     let cpu = aggregator.cpu_seconds()?;
     let started = Instant::now();
     for _ in 0..SCRAPES_ALONE {
-        let (body, took) = aggregator.probe("/metrics").await?;
+        let (body, wire, took) = aggregator.probe_wire("/metrics").await?;
         scrape_kib = body.len() as f64 / 1024.0;
+        wire_kib = wire as f64 / 1024.0;
         alone.push(took);
     }
     let scrape_cpu =
@@ -301,6 +305,7 @@ async fn run(
         scrape_alone,
         scrape_cpu,
         scrape_kib,
+        wire_kib,
         storms,
         storm_probe,
         rss_after_storms_kib,
@@ -377,15 +382,15 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         catalog()
     );
     println!(
-        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size |",
+        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size | on the wire |",
         base.agents
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         // The ratio is to the first N of the same build.
         let base = rows.iter().find(|r| r.build == row.build).unwrap_or(base);
         println!(
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB | {:.0} KiB |",
             row.agents,
             row.build,
             row.rss_before_kib as f64 / 1024.0,
@@ -403,6 +408,7 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
             ms(row.scrape_alone),
             row.scrape_cpu.as_secs_f64() * 1000.0,
             row.scrape_kib,
+            row.wire_kib,
         );
     }
     println!();

@@ -480,6 +480,11 @@ impl FleetAggregator {
         probe(self.metrics, path).await
     }
 
+    /// [`probe_wire`] of this aggregator.
+    pub async fn probe_wire(&self, path: &str) -> Result<(String, usize, Duration)> {
+        probe_wire(self.metrics, path).await
+    }
+
     /// The value of the sample `name` (with its labels as written) in `/metrics`.
     pub async fn metric(&self, sample: &str) -> Result<f64> {
         let (text, _) = self.probe("/metrics").await?;
@@ -546,17 +551,41 @@ fn write_manifests(path: &Path, images: &[String]) -> Result<()> {
 /// `GET path` of `addr`: the body and how long the answer took (a new connection,
 /// as a scraper's).
 pub async fn probe(addr: SocketAddr, path: &str) -> Result<(String, Duration)> {
+    let (text, _, took) = probe_wire(addr, path).await?;
+    Ok((text, took))
+}
+
+/// Like [`probe`], with the size of the body on the wire. Asks for gzip as Prometheus
+/// does, and reads a gzip answer as Prometheus would (the time includes decoding it).
+pub async fn probe_wire(addr: SocketAddr, path: &str) -> Result<(String, usize, Duration)> {
     let started = Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(10),
-        http_request(addr, http::Method::GET, path, &[], Vec::new()),
+        http_request(
+            addr,
+            http::Method::GET,
+            path,
+            &[("accept-encoding", "gzip")],
+            Vec::new(),
+        ),
     )
     .await
     .map_err(|_| anyhow!("GET {path} took over 10s"))??;
     if response.status != 200 {
         bail!("GET {path}: {}", response.status);
     }
-    Ok((response.text(), started.elapsed()))
+    let text = if response.header("content-encoding") == Some("gzip") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
+            &mut text,
+        )
+        .with_context(|| format!("GET {path}: decoding gzip"))?;
+        text
+    } else {
+        response.text()
+    };
+    Ok((text, response.body.len(), started.elapsed()))
 }
 
 /// The worst latencies of `/healthz` and `/metrics`, probed in turn while it runs.
