@@ -483,10 +483,9 @@ mod tests {
         let _ = server.await;
     }
 
-    /// A gzip scrape reads as the plain one. The first at a version goes out stored
-    /// (no compression work); the second compresses and keeps the parts; later ones
-    /// send the kept parts, until a status changes (a recheck to the same status
-    /// keeps them).
+    /// A gzip scrape reads as the plain one. The first at a version compresses and
+    /// keeps the parts; later ones send the kept parts, until a status changes (a
+    /// recheck to the same status keeps them).
     #[tokio::test]
     async fn a_gzip_scrape_reads_as_the_plain_one_and_keeps_settled_parts() {
         use std::io::Read;
@@ -557,11 +556,12 @@ mod tests {
                 .unwrap();
             (text, response.body.len())
         };
-        let kept_members = || {
+        // Where each kept member lives: a member compressed again moves.
+        let kept = || -> std::collections::BTreeMap<usize, usize> {
             lock(&state.kept.parts)
-                .values()
-                .filter(|kept| matches!(kept, crate::scrape::Kept::Member(..)))
-                .count()
+                .iter()
+                .map(|(part, (_, member))| (*part, member.as_ptr() as usize))
+                .collect()
         };
         let (plain, plain_len) = scrape(false).await;
         let eight_families = 8;
@@ -569,47 +569,56 @@ mod tests {
             families(&plain).len(),
             eight_families * (containers.len() + 2)
         );
+        assert!(kept().is_empty());
 
         let (first, first_len) = scrape(true).await;
         assert_eq!(families(&first), families(&plain));
         assert!(
-            first_len > plain_len / 2,
-            "stored: {first_len} of {plain_len}"
-        );
-        assert_eq!(kept_members(), 0);
-
-        let (second, second_len) = scrape(true).await;
-        assert_eq!(families(&second), families(&plain));
-        assert!(
-            second_len < plain_len / 10,
-            "compressed: {second_len} of {plain_len}"
+            first_len < plain_len / 10,
+            "compressed: {first_len} of {plain_len}"
         );
         // Every part but pullwatch's own metrics and the moved-tag family (read from
         // elsewhere): the families and the two node-view parts.
-        assert_eq!(kept_members(), pipeline.metrics.part_count() - 2);
-        assert_eq!(pipeline.metrics.part_count() - 2, eight_families + 2);
+        let first_kept = kept();
+        assert_eq!(first_kept.len(), pipeline.metrics.part_count() - 2);
+        assert_eq!(first_kept.len(), eight_families + 2);
+
+        let (second, _) = scrape(true).await;
+        assert_eq!(families(&second), families(&plain));
+        assert_eq!(kept(), first_kept, "sent as kept, not compressed again");
 
         // A recheck to the same status: the kept parts still serve.
         record(&containers[7], CheckStatus::Available, "rechecked");
-        let (third, third_len) = scrape(true).await;
+        let (third, _) = scrape(true).await;
         assert_eq!(families(&third), families(&plain));
-        assert!(
-            third_len < plain_len / 10,
-            "kept: {third_len} of {plain_len}"
-        );
+        assert_eq!(kept(), first_kept, "sent as kept, not compressed again");
 
-        // A status changes: every family shows it, stored again.
+        // A status changes: every family shows it, compressed anew.
         record(&containers[7], CheckStatus::Absent, "gone");
         let (changed, changed_len) = scrape(true).await;
         assert!(
-            changed_len > plain_len / 2,
-            "stored: {changed_len} of {plain_len}"
+            changed_len < plain_len / 10,
+            "compressed: {changed_len} of {plain_len}"
         );
         assert_eq!(families(&changed), families(&scrape(false).await.0));
         assert_ne!(families(&changed), families(&plain));
         let absent = r#"k8s_image_availability_exporter_absent{container="c",image="reg.io/app-7:1",kind="deployment",name="w00007",namespace="ns"} 1"#;
         assert!(changed.lines().any(|l| l == absent), "{absent}");
         pullwatch_testbench::promtool_check_metrics(&changed).unwrap();
+        let changed_kept = kept();
+        for part in 1..=eight_families {
+            assert_ne!(
+                changed_kept[&part], first_kept[&part],
+                "family part {part} anew"
+            );
+        }
+        // The node view did not change: its parts stay as kept.
+        for part in eight_families + 1..=eight_families + 2 {
+            assert_eq!(
+                changed_kept[&part], first_kept[&part],
+                "node-view part {part}"
+            );
+        }
 
         let _ = stop_tx.send(true);
         let _ = server.await;

@@ -2,13 +2,13 @@
 //!
 //! The exposition goes out as one gzip member per part (a gzip stream may hold many,
 //! and Go's reader, Prometheus's, reads them as one body). A part whose inputs are at
-//! the version a previous scrape already saw is compressed once and kept: later
-//! scrapes send the kept bytes and render nothing of it. In a settled cluster, and
-//! through an agents' reconnect storm (the statuses stay; only the node view moves),
-//! a scrape renders little more than pullwatch's own metrics, and a 5,000-image
-//! exposition of ~10 MB leaves as a few hundred KiB. A part seen at a version for the
-//! first time goes out stored (deflate without compression: a copy and a CRC), so a
-//! store that changes between every scrape costs no compression per scrape.
+//! the version an earlier scrape compressed is sent as kept then, rendered and
+//! compressed no more: in a settled cluster, and through an agents' reconnect storm
+//! (the statuses stay; only the node view moves), a scrape renders little more than
+//! pullwatch's own metrics and the node view, and a 5,000-image exposition of ~10 MB
+//! leaves as ~400 KiB. Compressing at the fastest level costs less than sending the
+//! text stored (miniz_oxide: about 5 ms against 23 ms for 6 MB of exposition), so
+//! every part is compressed.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -63,48 +63,26 @@ pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     named.or(any).is_some_and(|weight| weight > 0.0)
 }
 
-/// What a previous scrape left of one part of the exposition.
-#[derive(Clone, Debug)]
-pub(crate) enum Kept {
-    /// Sent at this version (stored): the next scrape at it compresses and keeps it.
-    Seen(u64),
-    /// Compressed at this version: one whole gzip member.
-    Member(u64, Bytes),
-}
-
-/// The parts kept between scrapes: at most one member per part, so at most one
-/// compressed exposition (a few hundred KiB at 5,000 images).
+/// The parts kept between scrapes: part -> the version it was compressed at and its
+/// whole gzip member. At most one member per part, so at most one compressed
+/// exposition (a few hundred KiB at 5,000 images).
 #[derive(Debug, Default)]
 pub(crate) struct KeptParts {
-    pub(crate) parts: Mutex<HashMap<usize, Kept>>,
-}
-
-/// How one part goes out in this scrape.
-enum Plan {
-    Kept(Bytes),
-    /// Compress it, and keep it under this version.
-    Compress(u64),
-    Stored,
+    pub(crate) parts: Mutex<HashMap<usize, (u64, Bytes)>>,
 }
 
 impl KeptParts {
-    fn plan(&self, part: usize, version: Option<u64>) -> Plan {
-        let Some(version) = version else {
-            return Plan::Stored;
-        };
-        let mut parts = lock(&self.parts);
-        match parts.get(&part) {
-            Some(Kept::Member(at, member)) if *at == version => Plan::Kept(member.clone()),
-            Some(Kept::Seen(at)) if *at == version => Plan::Compress(version),
-            _ => {
-                parts.insert(part, Kept::Seen(version));
-                Plan::Stored
-            }
+    /// The member kept for `part` at `version`, if any.
+    fn kept(&self, part: usize, version: Option<u64>) -> Option<Bytes> {
+        let version = version?;
+        match lock(&self.parts).get(&part) {
+            Some((at, member)) if *at == version => Some(member.clone()),
+            _ => None,
         }
     }
 
     fn keep(&self, part: usize, version: u64, member: Bytes) {
-        lock(&self.parts).insert(part, Kept::Member(version, member));
+        lock(&self.parts).insert(part, (version, member));
     }
 }
 
@@ -150,19 +128,13 @@ impl GzipScrape {
                     }
                     let part = self.at.part;
                     let version = self.pipeline.metrics.part_version(part, &self.store);
-                    match self.kept.plan(part, version) {
-                        Plan::Kept(member) => {
-                            self.at.next_part();
-                            return Some(Ok(member));
-                        }
-                        Plan::Compress(version) => Member {
-                            encoder: GzEncoder::new(Vec::new(), Compression::fast()),
-                            kept: Some((version, Vec::new())),
-                        },
-                        Plan::Stored => Member {
-                            encoder: GzEncoder::new(Vec::new(), Compression::none()),
-                            kept: None,
-                        },
+                    if let Some(member) = self.kept.kept(part, version) {
+                        self.at.next_part();
+                        return Some(Ok(member));
+                    }
+                    Member {
+                        encoder: GzEncoder::new(Vec::new(), Compression::fast()),
+                        kept: version.map(|version| (version, Vec::new())),
                     }
                 }
             };

@@ -758,8 +758,7 @@ async fn serve_exports_canonical_metrics_and_follows_manifest_changes() {
 
 /// A real Prometheus scrapes the exposition gzip-encoded (its scraper always asks for
 /// gzip) and stores exactly what a plain scrape says, scrape after scrape: the first
-/// at a version (parts sent stored), the second (compressed and kept) and those after
-/// (the kept parts).
+/// at a version (parts compressed and kept) and those after (the kept parts).
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_reads_the_gzip_exposition_as_the_plain_one() {
     let f = fixture().await;
