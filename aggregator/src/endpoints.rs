@@ -288,7 +288,6 @@ mod tests {
     use super::*;
     use crate::checker::{CentralChecker, CheckerConfig};
     use crate::index::{ContainerRef, ImageIndex};
-    use crate::inventory::WorkloadKind;
     use crate::metrics::Metrics;
     use pullwatch::{CheckOutcome, CheckStatus};
 
@@ -308,13 +307,7 @@ mod tests {
         let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
         let index = ImageIndex::default();
         for i in 0..3 {
-            let container = ContainerRef {
-                namespace: "ns".into(),
-                kind: WorkloadKind::Deployment,
-                name: format!("w{i}").into(),
-                container: "c".into(),
-                image: "reg.io/app:1".into(),
-            };
+            let container = ContainerRef::deployment("ns", &format!("w{i}"), "c", "reg.io/app:1");
             let outcome = Arc::new(CheckOutcome::new(CheckStatus::Absent, ""));
             pipeline.record(&index, std::slice::from_ref(&container), &outcome);
         }
@@ -367,6 +360,34 @@ mod tests {
         main.block_on(server.wait()).unwrap();
     }
 
+    /// `/metrics` in text, plain or asking for gzip (and decoded, as Prometheus reads it),
+    /// with the body's size on the wire.
+    async fn scrape_metrics(addr: std::net::SocketAddr, gzip: bool) -> (String, usize) {
+        let headers: &[(&str, &str)] = if gzip {
+            &[("accept-encoding", "gzip")]
+        } else {
+            &[]
+        };
+        let response =
+            pullwatch_testbench::http_request(addr, Method::GET, "/metrics", headers, Vec::new())
+                .await
+                .unwrap();
+        assert_eq!(response.status, 200);
+        if !gzip {
+            assert_eq!(response.header("content-encoding"), None);
+            return (response.text(), response.body.len());
+        }
+        assert_eq!(response.header("content-encoding"), Some("gzip"));
+        assert_eq!(response.header("vary"), Some("Accept-Encoding"));
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
+            &mut text,
+        )
+        .unwrap();
+        (text, response.body.len())
+    }
+
     /// While checks keep recording, every scrape shows each container at exactly one
     /// status, in the canonical and in the legacy families alike, plain or gzip.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,13 +397,7 @@ mod tests {
             CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
         let pipeline = Arc::new(Pipeline::new(checker, metrics, 1));
         let containers: Vec<ContainerRef> = (0..300)
-            .map(|i| ContainerRef {
-                namespace: "ns".into(),
-                kind: WorkloadKind::Deployment,
-                name: format!("w{i:03}").into(),
-                container: "c".into(),
-                image: "reg.io/app:1".into(),
-            })
+            .map(|i| ContainerRef::deployment("ns", &format!("w{i:03}"), "c", "reg.io/app:1"))
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         // Rounds the writer finished, so the scrapes go on until it has rewritten the
@@ -425,31 +440,7 @@ mod tests {
             scrapes += 1;
             // Every other scrape gzip-encoded, as Prometheus asks (kept parts and all).
             let gzip = scrapes % 2 == 0;
-            let headers: &[(&str, &str)] = if gzip {
-                &[("accept-encoding", "gzip")]
-            } else {
-                &[]
-            };
-            let response = pullwatch_testbench::http_request(
-                addr,
-                http::Method::GET,
-                "/metrics",
-                headers,
-                Vec::new(),
-            )
-            .await
-            .unwrap();
-            let text = if gzip {
-                let mut text = String::new();
-                std::io::Read::read_to_string(
-                    &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
-                    &mut text,
-                )
-                .unwrap();
-                text
-            } else {
-                response.text()
-            };
+            let (text, _) = scrape_metrics(addr, gzip).await;
             // container name -> (canonical families at 1, legacy families at 1)
             let mut ones: std::collections::BTreeMap<String, (u32, u32)> = Default::default();
             for line in text.lines().filter(|l| l.ends_with(" 1")) {
@@ -488,7 +479,6 @@ mod tests {
     /// recheck to the same status keeps them).
     #[tokio::test]
     async fn a_gzip_scrape_reads_as_the_plain_one_and_keeps_settled_parts() {
-        use std::io::Read;
         let metrics = Metrics::new(false).unwrap();
         let checker =
             CentralChecker::new(&CheckerConfig::default(), metrics.checker.clone()).unwrap();
@@ -496,12 +486,13 @@ mod tests {
         let index = ImageIndex::default();
         // More than a chunk per family, so a member spans chunks.
         let containers: Vec<ContainerRef> = (0..crate::metrics::SERIES_PER_CHUNK + 500)
-            .map(|i| ContainerRef {
-                namespace: "ns".into(),
-                kind: WorkloadKind::Deployment,
-                name: format!("w{i:05}").into(),
-                container: "c".into(),
-                image: format!("reg.io/app-{i}:1").into(),
+            .map(|i| {
+                ContainerRef::deployment(
+                    "ns",
+                    &format!("w{i:05}"),
+                    "c",
+                    &format!("reg.io/app-{i}:1"),
+                )
             })
             .collect();
         let record = |container: &ContainerRef, status, reason: &str| {
@@ -528,34 +519,7 @@ mod tests {
                 .map(str::to_string)
                 .collect()
         };
-        let scrape = |gzip: bool| async move {
-            let headers: &[(&str, &str)] = if gzip {
-                &[("accept-encoding", "gzip")]
-            } else {
-                &[]
-            };
-            let response = pullwatch_testbench::http_request(
-                addr,
-                Method::GET,
-                "/metrics",
-                headers,
-                Vec::new(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(response.status, 200);
-            if !gzip {
-                assert_eq!(response.header("content-encoding"), None);
-                return (response.text(), response.body.len());
-            }
-            assert_eq!(response.header("content-encoding"), Some("gzip"));
-            assert_eq!(response.header("vary"), Some("Accept-Encoding"));
-            let mut text = String::new();
-            flate2::read::MultiGzDecoder::new(&response.body[..])
-                .read_to_string(&mut text)
-                .unwrap();
-            (text, response.body.len())
-        };
+        let scrape = |gzip: bool| scrape_metrics(addr, gzip);
         // Where each kept member lives: a member compressed again moves.
         let kept = || -> std::collections::BTreeMap<usize, usize> {
             lock(&state.kept.parts)

@@ -33,6 +33,20 @@ pub struct ContainerRef {
     pub(crate) image: Arc<str>,
 }
 
+#[cfg(test)]
+impl ContainerRef {
+    /// A container of a Deployment, for tests.
+    pub(crate) fn deployment(namespace: &str, name: &str, container: &str, image: &str) -> Self {
+        ContainerRef {
+            namespace: namespace.into(),
+            kind: WorkloadKind::Deployment,
+            name: name.into(),
+            container: container.into(),
+            image: image.into(),
+        }
+    }
+}
+
 /// A distinct check: the reference to ask for (after mirrors) and the credentials to
 /// try, in order, and — where it differs — the reference the kubelet pulls (before
 /// `--image-mirror` and `--default-registry`), which agents check. Two keys are equal

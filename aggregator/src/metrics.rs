@@ -527,13 +527,7 @@ mod tests {
     use pullwatch::CheckOutcome;
 
     fn container(name: &str) -> ContainerRef {
-        ContainerRef {
-            namespace: "ns".into(),
-            kind: WorkloadKind::Deployment,
-            name: name.into(),
-            container: "app".into(),
-            image: "nginx:1".into(),
-        }
+        ContainerRef::deployment("ns", name, "app", "nginx:1")
     }
 
     fn series(text: &str, metric: &str) -> Vec<String> {

@@ -807,16 +807,9 @@ pub(crate) fn quota_section(registries: &[RegistryQuotaView]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::WorkloadKind;
 
     fn container(ns: &str, name: &str, image: &str) -> ContainerRef {
-        ContainerRef {
-            namespace: ns.into(),
-            kind: WorkloadKind::Deployment,
-            name: name.into(),
-            container: "app".into(),
-            image: image.into(),
-        }
+        ContainerRef::deployment(ns, name, "app", image)
     }
 
     #[test]

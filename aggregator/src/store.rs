@@ -183,17 +183,10 @@ impl ResultStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::WorkloadKind;
     use pullwatch::CheckStatus;
 
     fn container(name: &str) -> ContainerRef {
-        ContainerRef {
-            namespace: "ns".into(),
-            kind: WorkloadKind::Deployment,
-            name: name.to_string().into(),
-            container: "c".into(),
-            image: "reg.io/app:1".into(),
-        }
+        ContainerRef::deployment("ns", name, "c", "reg.io/app:1")
     }
 
     /// The statuses version moves exactly when what the canonical families show
