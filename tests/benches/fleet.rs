@@ -188,6 +188,7 @@ async fn run(
             catalog: catalog(),
             reconnect_base,
             reconnect_max,
+            echo_credentials: false,
         },
     );
     let connect = fleet

@@ -108,6 +108,9 @@ pub struct FleetOptions {
     /// Reconnect backoff (the agent's `--reconnect-backoff-base` / `-max`).
     pub reconnect_base: Duration,
     pub reconnect_max: Duration,
+    /// Answer with a reason quoting the task's credentials (the password, and
+    /// `user:password` in base64), as an older or careless agent might.
+    pub echo_credentials: bool,
 }
 
 #[derive(Default)]
@@ -147,6 +150,7 @@ impl Fleet {
                 target: target.clone(),
                 counters: counters.clone(),
                 blips: blip.subscribe(),
+                echo_credentials: options.echo_credentials,
             };
             let backoff = Backoff::new(options.reconnect_base, options.reconnect_max);
             agents.spawn(agent.run(backoff));
@@ -213,6 +217,7 @@ struct SimulatedAgent {
     target: Arc<FleetTarget>,
     counters: Arc<Counters>,
     blips: watch::Receiver<u64>,
+    echo_credentials: bool,
 }
 
 /// Counts a registered session while it lasts.
@@ -302,11 +307,20 @@ impl SimulatedAgent {
                     Ok(Some(msg)) => {
                         if let Some(aggregator_message::Message::Task(task)) = msg.message {
                             let held = self.images.contains(&task.image);
+                            let reason = match task.credentials.first() {
+                                Some(c) if self.echo_credentials => {
+                                    use base64::Engine;
+                                    let basic = base64::engine::general_purpose::STANDARD
+                                        .encode(format!("{}:{}", c.username, c.password));
+                                    format!("pulled as {}:{} (Authorization: Basic {basic})", c.username, c.password)
+                                }
+                                _ => "available".into(),
+                            };
                             let result = CheckResult {
                                 task_id: task.task_id,
                                 image: task.image,
                                 status: Status::Available as i32,
-                                reason: "available".into(),
+                                reason,
                                 mode: task.mode,
                                 credential_source: "runtime".into(),
                                 image_present: held,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::future::join_all;
-use pullwatch::proto::{CheckTask, Status};
+use pullwatch::proto::{CheckTask, PullCredential, Status};
 use pullwatch_aggregator::agents::server::{self as agent_server, AgentServerConfig};
 use pullwatch_aggregator::agents::{AgentHub, HubConfig};
 use pullwatch_testbench::fleet::{Fleet, FleetOptions, FleetTarget, fleet_image, raise_fd_limit};
@@ -22,8 +22,15 @@ const CATALOG: usize = 20;
 const HELD: usize = 10;
 const CHECKS: usize = 200;
 
-/// Agents visited per placement, and tasks answered, with `agents` agents connected.
-async fn dispatch_work(agents: usize) -> (f64, usize) {
+/// An agent hub serving `agents` simulated agents, all registered.
+struct InSession {
+    hub: AgentHub,
+    server: agent_server::AgentServer,
+    fleet: Fleet,
+    _dir: tempfile::TempDir,
+}
+
+async fn in_session(agents: usize, echo_credentials: bool) -> InSession {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new().unwrap();
     let (cert, key) = ca.issue_server_cert(LOOPBACK_SANS).unwrap();
@@ -59,6 +66,7 @@ async fn dispatch_work(agents: usize) -> (f64, usize) {
             catalog: CATALOG,
             reconnect_base: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(2),
+            echo_credentials,
         },
     );
     fleet
@@ -66,6 +74,19 @@ async fn dispatch_work(agents: usize) -> (f64, usize) {
         .await
         .unwrap();
     assert_eq!(hub.len(), agents);
+    InSession {
+        hub,
+        server,
+        fleet,
+        _dir: dir,
+    }
+}
+
+/// Agents visited per placement, and tasks answered, with `agents` agents connected.
+async fn dispatch_work(agents: usize) -> (f64, usize) {
+    let InSession {
+        hub, server, fleet, ..
+    } = in_session(agents, false).await;
     let (placements, visits) = hub.placement_work();
     // All at once: nodes get busy, so placement has to look past busy ones.
     let checks = (0..CHECKS).map(|i| {
@@ -114,6 +135,48 @@ async fn dispatch_cost_does_not_grow_with_the_fleet() {
             large <= pullwatch_aggregator::agents::placement::SCAN_LIMIT as f64,
             "{large}"
         );
+    })
+    .await
+    .expect("the test took too long");
+}
+
+/// An agent that quotes the task's credentials in its reason (an older or careless
+/// one): the aggregator redacts what comes back with the credentials it sent, raw and
+/// in base64 alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn reasons_from_agents_are_redacted_with_the_credentials_sent() {
+    use base64::Engine;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let InSession {
+            hub, server, fleet, ..
+        } = in_session(1, true).await;
+        let password = "s3cret-pa55word-for-the-echo";
+        let node = hub.plan(&fleet_image(0), &BTreeSet::new())[0].1.clone();
+        let task = CheckTask {
+            image: fleet_image(0),
+            credentials: vec![PullCredential {
+                source: "secret/shop/regcred".into(),
+                username: "bob".into(),
+                password: password.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let done = hub.dispatch(&node, task).await.unwrap();
+        let reason = done.result.reason;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("bob:{password}"));
+        assert!(
+            reason.starts_with("pulled as bob:"),
+            "the agent's reason: {reason}"
+        );
+        assert!(!reason.contains(password), "{reason}");
+        assert!(!reason.contains(&basic), "{reason}");
+        assert!(
+            !reason.contains(&basic[4..16]),
+            "no base64 fragment: {reason}"
+        );
+        fleet.stop().await;
+        server.stop().await;
     })
     .await
     .expect("the test took too long");

@@ -1,12 +1,15 @@
 //! Dispatch: a task sent to one node's agent over its session and its answer awaited,
 //! within the node's slots and the task timeout; re-placed on another agent when the
-//! node goes away, never with credentials off the nodes running the workload.
+//! node goes away, never with credentials off the nodes running the workload. What
+//! comes back is redacted with the task's credentials.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use pullwatch::credentials::SourcedCredential;
 use pullwatch::locks::lock;
 use pullwatch::proto::{AggregatorMessage, CheckResult, CheckTask, aggregator_message};
+use pullwatch::redact::Redactor;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
@@ -65,13 +68,24 @@ impl AgentHub {
             Some(entry) => entry.group.to_string(),
             None => return Err(HubError::NoAgent(node.to_string())),
         };
+        // Agents redact their reasons, but an older or careless one might not: what
+        // comes back is redacted here too, with every credential the task carried.
+        let sent: Vec<SourcedCredential> = task
+            .credentials
+            .iter()
+            .map(SourcedCredential::from)
+            .collect();
+        let redactor = Redactor::for_credentials(sent.iter().map(|sent| &sent.credential));
         let mut target = node.to_string();
         let mut gone: Vec<String> = Vec::new();
         let mut task = task;
         let mut credentials_dropped = false;
         loop {
             match self.send_and_wait(&target, &task).await {
-                Ok(result) => {
+                Ok(mut result) => {
+                    if !redactor.is_empty() {
+                        result.reason = redactor.redact(&result.reason);
+                    }
                     return Ok(Dispatched {
                         node: target,
                         result,
