@@ -30,6 +30,7 @@ pub mod checker;
 pub mod commands;
 pub(crate) mod endpoints;
 pub mod flags;
+pub mod heap;
 pub mod index;
 pub mod inventory;
 pub mod metrics;

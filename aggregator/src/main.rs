@@ -29,6 +29,8 @@ pub static JEMALLOC_CONF: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
+    #[cfg(not(target_env = "msvc"))]
+    pullwatch_aggregator::heap::allocator_is_jemalloc();
     let cli = Cli::parse();
     // `serve` runs as a service: its errors are log lines like the rest of its output.
     let serving = matches!(cli.command, Command::Serve(_));

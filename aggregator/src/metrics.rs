@@ -150,6 +150,7 @@ impl Metrics {
             own_series(&registry).map_err(registering("aggregator"))?;
         let checker = CheckerMetrics::new(&registry).map_err(registering("checker"))?;
         let inventory = InventoryMetrics::new(&registry).map_err(registering("inventory"))?;
+        crate::heap::register(&registry).map_err(registering("heap"))?;
         let agents = if agents {
             HubMetrics::new(&registry).map_err(registering("agent hub"))?
         } else {

@@ -836,6 +836,48 @@ async fn prometheus_reads_the_gzip_exposition_as_the_plain_one() {
     assert_eq!(got, expected);
 }
 
+/// The value of the unlabelled sample `name`, which must appear exactly once.
+fn sample(metrics: &str, name: &str) -> f64 {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 1, "{name}: {values:?}\n{metrics}");
+    values[0]
+}
+
+/// The binary runs on jemalloc and says how much heap it holds: what live
+/// allocations take and what the allocator keeps resident, read afresh on each scrape
+/// (a scrape's own buffers are live while the next one is read).
+#[tokio::test]
+async fn serve_exports_the_heap_as_its_allocator_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("workloads.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: empty\n",
+    )
+    .unwrap();
+    let (_guard, addr) = serve(&manifest, &[]).await;
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    promtool_check_metrics(&metrics).unwrap();
+    assert!(
+        metrics.contains("# TYPE pullwatch_heap_allocated_bytes gauge")
+            && metrics.contains("# TYPE pullwatch_heap_resident_bytes gauge"),
+        "{metrics}"
+    );
+    let allocated = sample(&metrics, "pullwatch_heap_allocated_bytes");
+    let resident = sample(&metrics, "pullwatch_heap_resident_bytes");
+    // A running server's heap: its runtimes, its tables, its listeners.
+    assert!(allocated > 64.0 * 1024.0, "allocated {allocated}");
+    assert!(
+        resident >= allocated,
+        "resident {resident} < allocated {allocated}"
+    );
+}
+
 #[test]
 fn example_manifests_in_the_repo_parse() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");

@@ -14,7 +14,10 @@
 //!    (probed in turn every 50 ms from a thread of its own), and the kernel's
 //!    listen-queue overflows (machine-wide);
 //! 2. memory: the aggregator's RSS with the fleet connected (12 s after the storm)
-//!    minus its RSS before, per agent;
+//!    minus its RSS before, per agent; with it, when the binary exports them, the
+//!    heap's allocated and resident bytes (`pullwatch_heap_*_bytes`, jemalloc's
+//!    counters) per agent, the same way: what live allocations take per agent
+//!    against what the allocator keeps resident for them;
 //! 3. dispatch: 1,000 images (`FLEET_IMAGES`) appear in the manifests (one Deployment each, 50 of them
 //!    held by each node): the pass that checks them all through the agents, its
 //!    checks per second and the aggregator CPU per check (CPU over the pass minus the
@@ -90,6 +93,10 @@ struct Row {
     connect_overflows: u64,
     rss_before_kib: u64,
     rss_connected_kib: u64,
+    /// The heap's `(allocated, resident)` bytes before the fleet and with it connected
+    /// (None when the binary does not export them).
+    heap_before: Option<(f64, f64)>,
+    heap_connected: Option<(f64, f64)>,
     idle_cpu_per_s: f64,
     pass: Duration,
     cpu_per_check: Duration,
@@ -176,6 +183,7 @@ async fn run(
     let mut aggregator = FleetAggregator::start_binary(binary, &[], CHECK_INTERVAL, &[]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before_kib = aggregator.rss_kib()?;
+    let heap_before = heap(&aggregator).await?;
 
     // 1. Connect storm.
     let overflows = listen_overflows();
@@ -201,6 +209,7 @@ async fn run(
     // 2. Memory with the fleet connected.
     tokio::time::sleep(STEADY).await;
     let rss_connected_kib = aggregator.rss_kib()?;
+    let heap_connected = heap(&aggregator).await?;
 
     // 3. Idle rate, then the dispatch pass.
     let cpu = aggregator.cpu_seconds()?;
@@ -298,6 +307,8 @@ async fn run(
         connect_overflows,
         rss_before_kib,
         rss_connected_kib,
+        heap_before,
+        heap_connected,
         idle_cpu_per_s,
         pass,
         cpu_per_check,
@@ -340,6 +351,26 @@ async fn stop_probe(stop: watch::Sender<bool>, probe: Probe) -> Result<ProbeFigu
         .map_err(|_| anyhow!("the probe thread panicked"))?
 }
 
+/// The heap's `(allocated, resident)` bytes from `/metrics`, when the binary exports
+/// them.
+async fn heap(aggregator: &FleetAggregator) -> Result<Option<(f64, f64)>> {
+    let (metrics, _) = aggregator.probe("/metrics").await?;
+    Ok(sample_value(&metrics, "pullwatch_heap_allocated_bytes")
+        .zip(sample_value(&metrics, "pullwatch_heap_resident_bytes")))
+}
+
+/// The heap's allocated and resident KiB per agent with the fleet connected, as
+/// "A / R" ("-" when the binary does not export them).
+fn heap_per_agent(row: &Row) -> String {
+    match (row.heap_before, row.heap_connected) {
+        (Some((a0, r0)), Some((a1, r1))) => {
+            let per_agent = |before: f64, after: f64| (after - before) / 1024.0 / row.agents as f64;
+            format!("{:.1} / {:.1} KiB", per_agent(a0, a1), per_agent(r0, r1))
+        }
+        _ => "-".to_string(),
+    }
+}
+
 /// `(placements, agents visited)` from `/metrics`, when the binary exports them.
 fn placement_work(metrics: &str) -> Option<(f64, f64)> {
     Some((
@@ -361,12 +392,13 @@ fn print_row(row: &Row, base: Option<&Row>) {
         row.cpu_per_check.as_secs_f64() / b.cpu_per_check.as_secs_f64().max(1e-9)
     });
     eprintln!(
-        "  {} agents, {}: connect {} (overflows {}), {:.1} KiB/agent, {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?}, bounce {}",
+        "  {} agents, {}: connect {} (overflows {}), {:.1} KiB/agent (heap allocated / resident {}), {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?}, bounce {}",
         row.agents,
         row.build,
         ms(row.connect),
         row.connect_overflows,
         per_agent_kib(row, row.rss_connected_kib),
+        heap_per_agent(row),
         row.cpu_per_check.as_secs_f64() * 1000.0,
         catalog() as f64 / row.pass.as_secs_f64(),
         row.storms.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
@@ -383,20 +415,21 @@ fn print_table(rows: &[Row], reconnect_base: Duration) {
         catalog()
     );
     println!(
-        "| agents | build | RSS before | RSS connected | per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size | on the wire |",
+        "| agents | build | RSS before | RSS connected | per agent | heap allocated / resident per agent | after pass | after {STORMS} storms | vs after pass | idle CPU | pass checks/s | CPU per check | ratio to {} | visits per placement | scrape alone | its CPU | scrape size | on the wire |",
         base.agents
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         // The ratio is to the first N of the same build.
         let base = rows.iter().find(|r| r.build == row.build).unwrap_or(base);
         println!(
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB | {:.0} KiB |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB | {} | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}% | {:.0} | {:.3} ms | {:.2}x | {} | {} | {:.1} ms | {:.0} KiB | {:.0} KiB |",
             row.agents,
             row.build,
             row.rss_before_kib as f64 / 1024.0,
             row.rss_connected_kib as f64 / 1024.0,
             per_agent_kib(row, row.rss_connected_kib),
+            heap_per_agent(row),
             row.rss_after_pass_kib as f64 / 1024.0,
             row.rss_after_storms_kib as f64 / 1024.0,
             (row.rss_after_storms_kib as f64 / row.rss_after_pass_kib as f64 - 1.0) * 100.0,

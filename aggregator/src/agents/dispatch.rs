@@ -178,7 +178,7 @@ impl AgentHub {
         };
         // A session whose agent stops reading fills its outbound buffer: the send is
         // bounded like the answer, so a stuck peer costs one timeout, not a hung check.
-        match tokio::time::timeout(timeout, session.tx.send(message)).await {
+        match tokio::time::timeout(timeout, session.tx.send(Box::new(message))).await {
             Ok(Ok(())) => {}
             Ok(Err(_closed)) => {
                 forget();

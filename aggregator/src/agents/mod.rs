@@ -111,11 +111,16 @@ pub struct AgentInfo {
     pub in_flight: usize,
 }
 
+/// Where a session's outbound messages go. Boxed: tokio's channel allocates its slots
+/// 32 at a time, the first block with the channel, and slots the size of a task message
+/// made that block 3 KiB per connected agent (fleet bench); a box is 8 bytes a slot.
+pub type Outbound = mpsc::Sender<Box<AggregatorMessage>>;
+
 /// What one session's messages touch: its own, so a heartbeat or a result of one
 /// agent never waits for another agent or for the hub.
 struct Session {
     id: u64,
-    tx: mpsc::Sender<AggregatorMessage>,
+    tx: Outbound,
     /// Tasks sent and not yet answered. Closed (and drained) with the session, under
     /// this lock, so no task is added to a session that is gone.
     pending: Mutex<PendingTasks>,
@@ -419,7 +424,7 @@ impl AgentHub {
     /// Records a newly registered agent whose outbound messages go to `tx`, with no
     /// authenticated identity (tests and in-process agents): [`Self::register_as`].
     /// A node registering again replaces its previous session.
-    pub fn register(&self, info: AgentInfo, tx: mpsc::Sender<AggregatorMessage>) -> SessionId {
+    pub fn register(&self, info: AgentInfo, tx: Outbound) -> SessionId {
         // Without an identity nothing is refused: the only error is a refusal.
         match self.insert_session(info, tx, "", true) {
             Ok(session) => session,
@@ -434,7 +439,7 @@ impl AgentHub {
     pub(crate) fn register_as(
         &self,
         info: AgentInfo,
-        tx: mpsc::Sender<AggregatorMessage>,
+        tx: Outbound,
         principal: &str,
     ) -> Result<SessionId, auth::AuthError> {
         self.insert_session(info, tx, principal, false)
@@ -444,7 +449,7 @@ impl AgentHub {
     fn insert_session(
         &self,
         info: AgentInfo,
-        tx: mpsc::Sender<AggregatorMessage>,
+        tx: Outbound,
         principal: &str,
         force: bool,
     ) -> Result<SessionId, (SessionId, auth::AuthError)> {
@@ -908,7 +913,9 @@ mod tests {
         });
         // A session whose outbound buffer is full and never drained.
         let (tx, _rx) = mpsc::channel(1);
-        tx.send(AggregatorMessage { message: None }).await.unwrap();
+        tx.send(Box::new(AggregatorMessage { message: None }))
+            .await
+            .unwrap();
         hub.register(info("stuck", "", &[]), tx);
         let started = std::time::Instant::now();
         let outcome =

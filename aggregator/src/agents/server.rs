@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use super::auth::{AgentIdentity, AuthError, Authenticator, TokenReviewer, check_transport};
 use super::tls::ReloadingKeyPair;
-use super::{AgentHub, AgentInfo, SessionId};
+use super::{AgentHub, AgentInfo, Outbound, SessionId};
 
 /// How long an agent has to send its `Register` after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -445,14 +445,14 @@ impl AgentService for Sessions {
             return Err(self.refuse(peer, Some(&register.node_name), &error));
         }
         let config = self.hub.config().clone();
-        let (tx, mut rx) = mpsc::channel::<AggregatorMessage>(OUTBOUND_BUFFER);
+        let (tx, mut rx) = mpsc::channel::<Box<AggregatorMessage>>(OUTBOUND_BUFFER);
         let registered = AggregatorMessage {
             message: Some(aggregator_message::Message::Registered(Registered {
                 heartbeat_interval_seconds: config.heartbeat_interval.as_secs().max(1) as u32,
                 max_concurrent_checks: config.max_concurrent_checks,
             })),
         };
-        tx.send(registered)
+        tx.send(Box::new(registered))
             .await
             .map_err(|_| Status::internal("session closed"))?;
         let info = AgentInfo {
@@ -483,7 +483,7 @@ impl AgentService for Sessions {
         ));
         let outbound = futures::stream::poll_fn(move |cx| {
             let _in_flight = &in_flight;
-            rx.poll_recv(cx).map(|m| m.map(Ok))
+            rx.poll_recv(cx).map(|m| m.map(|m| Ok(*m)))
         });
         Ok(Response::new(Box::pin(outbound)))
     }
@@ -495,7 +495,7 @@ async fn run_session(
     hub: AgentHub,
     session: SessionId,
     mut inbound: Streaming<AgentMessage>,
-    tx: mpsc::Sender<AggregatorMessage>,
+    tx: Outbound,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let interval = hub.config().heartbeat_interval;
@@ -550,7 +550,7 @@ async fn run_session(
                     message: Some(aggregator_message::Message::Heartbeat(Heartbeat { unix_millis: now })),
                 };
                 // A full buffer means the agent is not reading: its silence check decides.
-                let _ = tx.try_send(heartbeat);
+                let _ = tx.try_send(Box::new(heartbeat));
             }
         }
     }
