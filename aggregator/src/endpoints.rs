@@ -263,7 +263,12 @@ fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Respons
             .map(|chunk| chunk.map(Bytes::from).map_err(std::io::Error::other));
         async move { chunk.map(|chunk| (chunk, at)) }
     });
-    serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
+    let mut response = serve::streamed(serve::METRICS_CONTENT_TYPE, chunks);
+    // The encoding depends on the request's Accept-Encoding: caches must tell.
+    response
+        .headers_mut()
+        .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
 }
 
 /// The exposition gzip-encoded (see [`crate::scrape`]), from one store snapshot.
@@ -373,12 +378,12 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(response.status, 200);
+        assert_eq!(response.header("vary"), Some("Accept-Encoding"));
         if !gzip {
             assert_eq!(response.header("content-encoding"), None);
             return (response.text(), response.body.len());
         }
         assert_eq!(response.header("content-encoding"), Some("gzip"));
-        assert_eq!(response.header("vary"), Some("Accept-Encoding"));
         let mut text = String::new();
         std::io::Read::read_to_string(
             &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
