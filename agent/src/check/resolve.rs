@@ -356,6 +356,26 @@ impl Resolver {
         }
     }
 
+    /// The route that resolves `image` and, on containerd, the route by digest its
+    /// pull path is fetched along (CRI-O fetches from the source that answered), from
+    /// one read of the node's hosts.toml.
+    fn resolve_routes(&self, image: &ImageReference) -> Result<(Route, Option<Route>), RouteError> {
+        let by_digest = image.digest().is_some();
+        match self.route_runtime() {
+            RouteRuntime::CriO => Ok((self.crio.route(image, by_digest)?, None)),
+            RouteRuntime::Containerd => {
+                let hosts =
+                    registry_hosts_for(&self.config.hosts_dir, image.registry(), self.dialect())?;
+                let auth = &self.config.runtime_auth;
+                let fetch = Route::containerd(hosts.clone(), image, true, auth);
+                Ok((
+                    Route::containerd(hosts, image, by_digest, auth),
+                    Some(fetch),
+                ))
+            }
+        }
+    }
+
     /// Follows the hosts.toml rules of the runtime CRI `Version` reported.
     pub(crate) fn set_runtime(&self, name: &str, version: &str) {
         let dialect = HostsDialect::for_runtime(name, version);
@@ -392,8 +412,8 @@ impl Resolver {
         platform: &Platform,
     ) -> Resolved {
         let deadline = Deadline::after(self.config.request_timeout);
-        let route = match self.route(image, image.digest().is_some()) {
-            Ok(route) => route,
+        let (route, by_digest) = match self.resolve_routes(image) {
+            Ok(routes) => routes,
             Err(error) => return Resolved::failed(unreadable_route(&error)),
         };
         if route.endpoints.is_empty() {
@@ -422,7 +442,10 @@ impl Resolver {
                 .first_to_serve(&route, credential, &deadline, &mut tried, &ask)
                 .await;
             if let Some((served_by, answer)) = served {
-                let fetch_route = self.fetch_route(image, &route, served_by);
+                let fetch_route = match by_digest {
+                    Some(by_digest) => by_digest,
+                    None => Self::fetch_route(&route, served_by),
+                };
                 let outcome = self
                     .walked(
                         image,
@@ -509,21 +532,13 @@ impl Resolver {
         outcome
     }
 
-    /// Where the runtime fetches what `served_by` resolved: containerd from every
-    /// endpoint able to pull, in order (the route by digest); containers/image pulls
-    /// everything from the source that answered.
-    fn fetch_route(
-        &self,
-        image: &ImageReference,
-        route: &Route,
-        served_by: &RouteEndpoint,
-    ) -> Route {
-        match self.route_runtime() {
-            RouteRuntime::CriO => Route {
-                endpoints: vec![served_by.clone()],
-                ..route.clone()
-            },
-            RouteRuntime::Containerd => self.route(image, true).unwrap_or_else(|_| route.clone()),
+    /// Where containers/image fetches what `served_by` resolved: everything from the
+    /// source that answered (containerd fetches along its route by digest, from every
+    /// endpoint able to pull, in order: [`Self::resolve_routes`]).
+    fn fetch_route(route: &Route, served_by: &RouteEndpoint) -> Route {
+        Route {
+            endpoints: vec![served_by.clone()],
+            ..route.clone()
         }
     }
 
