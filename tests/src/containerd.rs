@@ -44,6 +44,20 @@ pub struct ContainerdOptions {
     pub registry_auths: Vec<RegistryAuthConfig>,
 }
 
+impl ContainerdOptions {
+    /// A node holding `username:password` for `host` (`host[:port]` as containerd
+    /// connects to it) in containerd's own config.
+    pub fn with_credentials(host: &str, username: &str, password: &str) -> Self {
+        ContainerdOptions {
+            registry_auths: vec![RegistryAuthConfig {
+                host: host.into(),
+                username: username.into(),
+                password: password.into(),
+            }],
+        }
+    }
+}
+
 /// A running containerd with the CRI plugin on a unix socket in a temp dir. Killed when
 /// dropped.
 pub struct Containerd {
@@ -327,13 +341,7 @@ mod tests {
         let config = render_config(
             dir,
             &dir.join("containerd.sock"),
-            &ContainerdOptions {
-                registry_auths: vec![RegistryAuthConfig {
-                    host: "127.0.0.1:5000".into(),
-                    username: "alice".into(),
-                    password: "s\"cret".into(),
-                }],
-            },
+            &ContainerdOptions::with_credentials("127.0.0.1:5000", "alice", "s\"cret"),
         );
         assert!(config.contains(r#"snapshotter = "native""#), "{config}");
         assert!(config.contains("disable_cgroup = true"), "{config}");

@@ -9,7 +9,7 @@
 //! assert_status!(checker.check(&image.reference, CheckMode::Pull, &[]).await, CheckStatus::Available);
 //! ```
 
-use crate::{Containerd, ContainerdOptions, Registry, RegistryAuthConfig, RegistryOptions, TestCa};
+use crate::{Containerd, ContainerdOptions, Registry, RegistryOptions, TestCa};
 
 /// A registry started with `options`.
 pub async fn registry(options: RegistryOptions) -> Registry {
@@ -52,13 +52,11 @@ pub async fn bare_node() -> Containerd {
 /// A node's containerd holding `user:password` for `registry` in its own config
 /// (`registry.configs` auth: node credentials).
 pub async fn node_with_credentials(registry: &Registry, user: &str, password: &str) -> Containerd {
-    Containerd::start(ContainerdOptions {
-        registry_auths: vec![RegistryAuthConfig {
-            host: registry.host(),
-            username: user.into(),
-            password: password.into(),
-        }],
-    })
+    Containerd::start(ContainerdOptions::with_credentials(
+        &registry.host(),
+        user,
+        password,
+    ))
     .await
     .unwrap_or_else(|e| panic!("starting containerd with credentials: {e:#}"))
 }

@@ -20,7 +20,7 @@ use crate::apiserver::{
     TestApiServer, deployment, namespace, secret_dockerconfigjson, with_pull_secrets,
 };
 use crate::ca::{LOOPBACK_SANS, TestCa};
-use crate::containerd::{Containerd, ContainerdOptions, RegistryAuthConfig};
+use crate::containerd::{Containerd, ContainerdOptions};
 use crate::http_client::http_request;
 use crate::push::push_tags;
 use crate::registry::{Registry, RegistryOptions};
@@ -200,15 +200,8 @@ async fn start_nodes(
     token: &Path,
 ) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
-    let starts = (0..count).map(|_| {
-        Containerd::start(ContainerdOptions {
-            registry_auths: vec![RegistryAuthConfig {
-                host: host.to_string(),
-                username: USER.into(),
-                password: PASSWORD.into(),
-            }],
-        })
-    });
+    let starts = (0..count)
+        .map(|_| Containerd::start(ContainerdOptions::with_credentials(host, USER, PASSWORD)));
     let started = futures::future::join_all(starts).await;
     let agent_bin = workspace_binary("pullwatch-agent")?;
     for (i, containerd) in started.into_iter().enumerate() {
