@@ -873,19 +873,19 @@ impl Walk<'_, '_, '_, '_> {
                             .iter()
                             .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
                     );
-                    let Some(chosen) = choose(entries, &node) else {
-                        return Err(no_match(&node, &offered));
+                    let chosen = match child(entries, &node) {
+                        None => return Err(no_match(&node, &offered)),
+                        Some(Err(why)) => {
+                            return Err((
+                                CheckStatus::UnknownError,
+                                format!(
+                                    "{what}{} names its child with {why}",
+                                    for_platform(platform)
+                                ),
+                            ));
+                        }
+                        Some(Ok(chosen)) => chosen,
                     };
-                    // Only the chosen child is fetched, so only its digest matters.
-                    if let Err(why) = valid_digest(&chosen.digest) {
-                        return Err((
-                            CheckStatus::UnknownError,
-                            format!(
-                                "{what}{} names its child with {why}",
-                                for_platform(platform)
-                            ),
-                        ));
-                    }
                     unlabelled = chosen.platform.is_none();
                     what = if crate::platform::is_index(&chosen.media_type) {
                         format!("nested index {}", chosen.digest)
@@ -1099,7 +1099,7 @@ fn choose<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<&'d Descript
 /// calls on a registry's bytes, their results in public types. Not an API.
 #[doc(hidden)]
 pub mod hostile {
-    use super::{Descriptor, Document, choose, parse_config, parse_manifest, unpackable};
+    use super::{Descriptor, Document, child, parse_config, parse_manifest, unpackable};
     use crate::platform::Platform;
 
     /// A descriptor as the walk read it, its platform normalized.
@@ -1161,13 +1161,14 @@ pub mod hostile {
         };
         match parse_manifest(body, &media_type) {
             Document::Index(entries) => {
-                let chosen = choose(&entries, node).map(|child| {
-                    super::valid_digest(&child.digest)?;
-                    // Which entry it is (usize::MAX: not one of them).
-                    Ok(entries
-                        .iter()
-                        .position(|e| std::ptr::eq(e, child))
-                        .unwrap_or(usize::MAX))
+                // Which entry it is (usize::MAX: not one of them).
+                let chosen = child(&entries, node).map(|chosen| {
+                    chosen.map(|chosen| {
+                        entries
+                            .iter()
+                            .position(|e| std::ptr::eq(e, chosen))
+                            .unwrap_or(usize::MAX)
+                    })
                 });
                 Read::Index {
                     entries: entries.iter().map(Entry::of).collect(),
@@ -1204,6 +1205,12 @@ pub mod hostile {
     pub fn runnable(node: &Platform) -> Vec<Platform> {
         node.runnable()
     }
+}
+
+/// The child the walk fetches for `node` (None: no entry matches), or why containerd
+/// refuses it: only the chosen child is fetched, so only its digest matters.
+fn child<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<Result<&'d Descriptor, String>> {
+    choose(entries, node).map(|chosen| valid_digest(&chosen.digest).map(|()| chosen))
 }
 
 impl RegistryClient {
@@ -1429,6 +1436,16 @@ mod tests {
             "sha256:unlabelled"
         );
         assert!(choose(&entries[1..], &s390x).is_none());
+        // The walk fetches the chosen child only if containerd's content store takes its
+        // digest; an invalid one elsewhere in the index does not matter.
+        assert!(matches!(child(&entries, &amd64), Some(Err(why)) if why.contains("sha256:amd64")));
+        let good = format!("sha256:{}", "0".repeat(64));
+        let valid = [
+            entry(&good, Some(("linux", "amd64", ""))),
+            entries[1].clone(),
+        ];
+        assert_eq!(child(&valid, &amd64).unwrap().unwrap().digest, good);
+        assert!(child(&valid[1..], &s390x).is_none());
     }
 
     #[test]
