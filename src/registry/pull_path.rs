@@ -304,14 +304,15 @@ pub(crate) fn is_layer_type(media_type: &str) -> bool {
 /// Reads a manifest or index as containerd does (`images.Children` with
 /// `validateMediaType`), for the media type it was asked by.
 fn parse_manifest(body: &[u8], media_type: &str) -> Document {
-    let raw: RawDocument = match serde_json::from_slice(body) {
+    let raw: RawDocument = match go_json(body) {
         Ok(raw) => raw,
-        Err(e) => {
-            return Document::Refused(format!(
-                "is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ));
+        Err(GoJsonError::Syntax { line, column }) => {
+            return Document::Refused(format!("is not valid JSON (line {line}, column {column})"));
+        }
+        Err(GoJsonError::Form) => {
+            return Document::Refused(
+                "is not a manifest: a field of the wrong type (containerd refuses it)".into(),
+            );
         }
     };
     if DOCKER_SCHEMA1.contains(&media_type) {
@@ -365,6 +366,39 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
     ))
 }
 
+/// Why a body does not read as a document.
+enum GoJsonError {
+    /// Not JSON (where: the registry's body is never quoted).
+    Syntax { line: usize, column: usize },
+    /// JSON, but a field of the wrong type.
+    Form,
+}
+
+/// `body` read as Go's `encoding/json` reads it into containerd's structs, where serde
+/// would differ: a key given twice keeps its last value, and `null` leaves a field at
+/// its zero value (serde refuses both).
+fn go_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GoJsonError> {
+    fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, without_nulls(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+            other => other,
+        }
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| GoJsonError::Syntax {
+            line: e.line(),
+            column: e.column(),
+        })?;
+    T::deserialize(without_nulls(value)).map_err(|_| GoJsonError::Form)
+}
+
 /// Whether `digest` is one containerd's content store takes (go-digest's `Validate`:
 /// `sha256`, `sha384` or `sha512`, then exactly that many lowercase hex digits). Else
 /// containerd refuses the blob ("cannot calculate blob path from invalid digest");
@@ -406,22 +440,23 @@ fn shown(text: &str) -> String {
 }
 
 fn parse_config(body: &[u8]) -> Document {
-    match serde_json::from_slice::<RawConfig>(body) {
+    match go_json::<RawConfig>(body) {
         Ok(config) => Document::Config(Some(ConfigSummary {
             platform: Platform::new(&config.os, &config.architecture, ""),
             diff_ids: config.rootfs.diff_ids.len(),
         })),
-        Err(e) => Document::Refused(format!(
-            "is not an image config: not a JSON object of that form (line {}, column {}); containerd refuses it",
-            e.line(),
-            e.column()
+        Err(GoJsonError::Syntax { line, column }) => Document::Refused(format!(
+            "is not an image config: not valid JSON (line {line}, column {column}); containerd refuses it"
         )),
+        Err(GoJsonError::Form) => Document::Refused(
+            "is not an image config: not a JSON object of that form; containerd refuses it".into(),
+        ),
     }
 }
 
 /// The media type a manifest body names, when its answer named none.
 fn sniff_media_type(body: &[u8]) -> Option<String> {
-    let raw: RawDocument = serde_json::from_slice(body).ok()?;
+    let raw: RawDocument = go_json(body).ok()?;
     if !raw.media_type.is_empty() {
         return Some(raw.media_type);
     }
@@ -1492,6 +1527,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_config(b"not json"), Document::Refused(_)));
+        // As Go reads them: a repeated key keeps its last value, null is the zero value.
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let lenient = format!(
+            r#"{{"layers":[1],"layers":null,"config":{{"digest":"{digest}","size":null,"urls":null}},"artifactType":null}}"#
+        );
+        assert!(matches!(
+            parse_manifest(lenient.as_bytes(), OCI_MANIFEST),
+            Document::Image { config, layers, .. } if config.digest == digest && layers.is_empty()
+        ));
+        match parse_config(br#"{"os":"linux","os":"windows","rootfs":{"diff_ids":null}}"#) {
+            Document::Config(Some(summary)) => {
+                assert_eq!(
+                    (summary.platform.os.as_str(), summary.diff_ids),
+                    ("windows", 0)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A field of the wrong type is refused, without quoting the body.
+        match parse_manifest(
+            br#"{"config":{"digest":"secret-ish","size":"9"}}"#,
+            OCI_MANIFEST,
+        ) {
+            Document::Refused(why) => assert!(
+                why.contains("wrong type") && !why.contains("secret-ish"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert!(is_layer_type("application/vnd.oci.image.layer.v1.tar+gzip"));
         assert!(is_layer_type(
             "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
