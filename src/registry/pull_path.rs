@@ -304,14 +304,15 @@ pub(crate) fn is_layer_type(media_type: &str) -> bool {
 /// Reads a manifest or index as containerd does (`images.Children` with
 /// `validateMediaType`), for the media type it was asked by.
 fn parse_manifest(body: &[u8], media_type: &str) -> Document {
-    let raw: RawDocument = match serde_json::from_slice(body) {
+    let raw: RawDocument = match go_json(body) {
         Ok(raw) => raw,
-        Err(e) => {
-            return Document::Refused(format!(
-                "is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ));
+        Err(GoJsonError::Syntax { line, column }) => {
+            return Document::Refused(format!("is not valid JSON (line {line}, column {column})"));
+        }
+        Err(GoJsonError::Form) => {
+            return Document::Refused(
+                "is not a manifest: a field of the wrong type (containerd refuses it)".into(),
+            );
         }
     };
     if DOCKER_SCHEMA1.contains(&media_type) {
@@ -329,12 +330,30 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
     if is_manifest_type(media_type) {
         if !raw.manifests.is_empty() {
             return Document::Refused(format!(
-                "media-type: expected manifest but found index ({media_type})"
+                "media-type: expected manifest but found index ({})",
+                shown(media_type)
             ));
         }
         let Some(config) = raw.config.filter(|c| !c.digest.is_empty()) else {
             return Document::Refused("has no config".into());
         };
+        // containerd fetches the config and every layer into its content store, which
+        // refuses an invalid digest; the walk never puts one in a URL.
+        if let Err(why) = valid_digest(&config.digest) {
+            return Document::Refused(format!("names a config with {why}"));
+        }
+        if let Some((i, why)) = raw
+            .layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| valid_digest(&l.digest).err().map(|why| (i, why)))
+        {
+            return Document::Refused(format!(
+                "names layer {} of {} with {why}",
+                i + 1,
+                raw.layers.len()
+            ));
+        }
         return Document::Image {
             config,
             layers: raw.layers,
@@ -342,27 +361,102 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
         };
     }
     Document::Refused(format!(
-        "is not an image: media type {media_type} (containerd pulls OCI and Docker images and indexes)"
+        "is not an image: media type {} (containerd pulls OCI and Docker images and indexes)",
+        shown(media_type)
     ))
 }
 
+/// Why a body does not read as a document.
+enum GoJsonError {
+    /// Not JSON (where: the registry's body is never quoted).
+    Syntax { line: usize, column: usize },
+    /// JSON, but a field of the wrong type.
+    Form,
+}
+
+/// `body` read as Go's `encoding/json` reads it into containerd's structs, where serde
+/// would differ: a key given twice keeps its last value, and `null` leaves a field at
+/// its zero value (serde refuses both).
+fn go_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GoJsonError> {
+    fn without_nulls(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k, without_nulls(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+            other => other,
+        }
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| GoJsonError::Syntax {
+            line: e.line(),
+            column: e.column(),
+        })?;
+    T::deserialize(without_nulls(value)).map_err(|_| GoJsonError::Form)
+}
+
+/// Whether `digest` is one containerd's content store takes (go-digest's `Validate`:
+/// `sha256`, `sha384` or `sha512`, then exactly that many lowercase hex digits). Else
+/// containerd refuses the blob ("cannot calculate blob path from invalid digest");
+/// Err says why, the digest quoted short.
+pub(crate) fn valid_digest(digest: &str) -> Result<(), String> {
+    let hex_len = match digest.split_once(':') {
+        Some(("sha256", _)) => 64,
+        Some(("sha384", _)) => 96,
+        Some(("sha512", _)) => 128,
+        _ => {
+            return Err(format!(
+                "the invalid digest {} (containerd refuses it: not sha256, sha384 or sha512)",
+                shown(digest)
+            ));
+        }
+    };
+    let encoded = digest.split_once(':').map_or("", |(_, e)| e);
+    if encoded.len() != hex_len
+        || !encoded
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(format!(
+            "the invalid digest {} (containerd refuses it: not {hex_len} lowercase hex digits)",
+            shown(digest)
+        ));
+    }
+    Ok(())
+}
+
+/// A registry's text (a media type, a digest) as a reason quotes it: at most 100
+/// characters, quoted, so a hostile document cannot make a reason long.
+fn shown(text: &str) -> String {
+    const MAX: usize = 100;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
+    }
+}
+
 fn parse_config(body: &[u8]) -> Document {
-    match serde_json::from_slice::<RawConfig>(body) {
+    match go_json::<RawConfig>(body) {
         Ok(config) => Document::Config(Some(ConfigSummary {
             platform: Platform::new(&config.os, &config.architecture, ""),
             diff_ids: config.rootfs.diff_ids.len(),
         })),
-        Err(e) => Document::Refused(format!(
-            "is not an image config: not a JSON object of that form (line {}, column {}); containerd refuses it",
-            e.line(),
-            e.column()
+        Err(GoJsonError::Syntax { line, column }) => Document::Refused(format!(
+            "is not an image config: not valid JSON (line {line}, column {column}); containerd refuses it"
         )),
+        Err(GoJsonError::Form) => Document::Refused(
+            "is not an image config: not a JSON object of that form; containerd refuses it".into(),
+        ),
     }
 }
 
 /// The media type a manifest body names, when its answer named none.
 fn sniff_media_type(body: &[u8]) -> Option<String> {
-    let raw: RawDocument = serde_json::from_slice(body).ok()?;
+    let raw: RawDocument = go_json(body).ok()?;
     if !raw.media_type.is_empty() {
         return Some(raw.media_type);
     }
@@ -814,8 +908,18 @@ impl Walk<'_, '_, '_, '_> {
                             .iter()
                             .filter_map(|e| e.platform.as_ref().map(|p| p.normalized())),
                     );
-                    let Some(chosen) = choose(entries, &node) else {
-                        return Err(no_match(&node, &offered));
+                    let chosen = match child(entries, &node) {
+                        None => return Err(no_match(&node, &offered)),
+                        Some(Err(why)) => {
+                            return Err((
+                                CheckStatus::UnknownError,
+                                format!(
+                                    "{what}{} names its child with {why}",
+                                    for_platform(platform)
+                                ),
+                            ));
+                        }
+                        Some(Ok(chosen)) => chosen,
                     };
                     unlabelled = chosen.platform.is_none();
                     what = if crate::platform::is_index(&chosen.media_type) {
@@ -949,7 +1053,7 @@ fn unpackable(
         && diff_ids != layers.len()
     {
         let artifact = if !artifact_type.is_empty() {
-            format!(", artifactType {artifact_type}")
+            format!(", artifactType {}", shown(artifact_type))
         } else if config.media_type == HELM_CONFIG {
             ", a Helm chart".to_string()
         } else {
@@ -961,9 +1065,9 @@ fn unpackable(
                 "not an image{}: config media type {} with {diff_ids} rootfs.diff_ids for {} layers{artifact} (containerd: mismatched image rootfs and manifest layers)",
                 for_platform(platform),
                 if config.media_type.is_empty() {
-                    "(none)"
+                    "(none)".to_string()
                 } else {
-                    &config.media_type
+                    shown(&config.media_type)
                 },
                 layers.len()
             ),
@@ -977,12 +1081,12 @@ fn unpackable(
         return Err((
             CheckStatus::UnknownError,
             format!(
-                "layer {} of {} ({}){} has media type {:?}, which containerd cannot unpack",
+                "layer {} of {} ({}){} has media type {}, which containerd cannot unpack",
                 i + 1,
                 layers.len(),
                 layer.digest,
                 for_platform(platform),
-                layer.media_type
+                shown(&layer.media_type)
             ),
         ));
     }
@@ -1023,6 +1127,125 @@ fn choose<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<&'d Descript
         })
         .min_by_key(|(rank, _)| *rank)
         .map(|(_, e)| e)
+}
+
+/// The walk's parsers without a registry, for the hostile-input targets
+/// (`tests/hostile/targets.rs`, `pull_path_documents`): the same functions the walk
+/// calls on a registry's bytes, their results in public types. Not an API.
+#[doc(hidden)]
+pub mod hostile {
+    use super::{Descriptor, Document, child, parse_config, parse_manifest, unpackable};
+    use crate::platform::Platform;
+
+    /// A descriptor as the walk read it, its platform normalized.
+    #[derive(Debug)]
+    pub struct Entry {
+        pub media_type: String,
+        pub digest: String,
+        pub size: i64,
+        pub platform: Option<Platform>,
+    }
+
+    impl Entry {
+        fn of(desc: &Descriptor) -> Entry {
+            Entry {
+                media_type: desc.media_type.clone(),
+                digest: desc.digest.clone(),
+                size: desc.size,
+                platform: desc.platform.as_ref().map(|p| p.normalized()),
+            }
+        }
+    }
+
+    /// What the walk makes of one manifest body.
+    #[derive(Debug)]
+    pub enum Read {
+        /// An index: its entries, and the one a node pulls (None: none matches; its
+        /// position, or why the walk refuses it).
+        Index {
+            entries: Vec<Entry>,
+            chosen: Option<Result<usize, String>>,
+        },
+        /// An image manifest, and what unpack says once its blobs are there.
+        Image {
+            config: Entry,
+            layers: Vec<Entry>,
+            unpack: Result<(), String>,
+        },
+        Schema1,
+        Refused(String),
+    }
+
+    /// The media type the walk reads a body as when its descriptor names none.
+    pub fn sniffed_media_type(body: &[u8]) -> Option<String> {
+        super::sniff_media_type(body)
+    }
+
+    /// `body` read as the walk reads a manifest of `media_type` (empty: sniffed), the
+    /// child chosen for `node`, unpack judged with a config of `diff_ids` entries.
+    pub fn read_manifest(
+        body: &[u8],
+        media_type: &str,
+        node: &Platform,
+        diff_ids: Option<usize>,
+    ) -> Read {
+        let media_type = if media_type.is_empty() {
+            super::sniff_media_type(body).unwrap_or_default()
+        } else {
+            media_type.to_string()
+        };
+        match parse_manifest(body, &media_type) {
+            Document::Index(entries) => {
+                // Which entry it is (usize::MAX: not one of them).
+                let chosen = child(&entries, node).map(|chosen| {
+                    chosen.map(|chosen| {
+                        entries
+                            .iter()
+                            .position(|e| std::ptr::eq(e, chosen))
+                            .unwrap_or(usize::MAX)
+                    })
+                });
+                Read::Index {
+                    entries: entries.iter().map(Entry::of).collect(),
+                    chosen,
+                }
+            }
+            Document::Image {
+                config,
+                layers,
+                artifact_type,
+            } => Read::Image {
+                unpack: unpackable(&config, &layers, &artifact_type, None, diff_ids)
+                    .map_err(|(_, why)| why),
+                config: Entry::of(&config),
+                layers: layers.iter().map(Entry::of).collect(),
+            },
+            Document::Schema1 => Read::Schema1,
+            Document::Refused(why) => Read::Refused(why),
+            Document::Config(_) => Read::Refused("read as a config".into()),
+        }
+    }
+
+    /// `body` read as the walk reads an image config: its platform and how many
+    /// `rootfs.diff_ids` it has, or why containerd refuses it.
+    pub fn read_config(body: &[u8]) -> Result<(Platform, usize), String> {
+        match parse_config(body) {
+            Document::Config(Some(summary)) => Ok((summary.platform, summary.diff_ids)),
+            Document::Refused(why) => Err(why),
+            other => Err(format!("read as {other:?}")),
+        }
+    }
+
+    /// What a node of `node`'s platform runs, in containerd's order of preference.
+    pub fn runnable(node: &Platform) -> Vec<Platform> {
+        node.runnable()
+    }
+}
+
+/// The child the walk fetches for `node` (None: no entry matches), or why containerd
+/// refuses it: only the chosen child is fetched, so only its digest matters.
+fn child<'d>(entries: &'d [Descriptor], node: &Platform) -> Option<Result<&'d Descriptor, String>> {
+    choose(entries, node).map(|chosen| valid_digest(&chosen.digest).map(|()| chosen))
 }
 
 impl RegistryClient {
@@ -1248,6 +1471,16 @@ mod tests {
             "sha256:unlabelled"
         );
         assert!(choose(&entries[1..], &s390x).is_none());
+        // The walk fetches the chosen child only if containerd's content store takes its
+        // digest; an invalid one elsewhere in the index does not matter.
+        assert!(matches!(child(&entries, &amd64), Some(Err(why)) if why.contains("sha256:amd64")));
+        let good = format!("sha256:{}", "0".repeat(64));
+        let valid = [
+            entry(&good, Some(("linux", "amd64", ""))),
+            entries[1].clone(),
+        ];
+        assert_eq!(child(&valid, &amd64).unwrap().unwrap().digest, good);
+        assert!(child(&valid[1..], &s390x).is_none());
     }
 
     #[test]
@@ -1262,7 +1495,14 @@ mod tests {
             parse_manifest(index, OCI_MANIFEST),
             Document::Refused(_)
         ));
-        let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:c","size":2},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"sha256:l","size":9}]}"#;
+        let (c, l) = (
+            format!("sha256:{}", "c".repeat(64)),
+            format!("sha256:{}", "1".repeat(64)),
+        );
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"{c}","size":2}},"layers":[{{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"{l}","size":9}}]}}"#
+        );
+        let manifest = manifest.as_bytes();
         assert!(matches!(
             parse_manifest(manifest, "application/vnd.oci.image.index.v1+json"),
             Document::Refused(_)
@@ -1287,6 +1527,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_config(b"not json"), Document::Refused(_)));
+        // As Go reads them: a repeated key keeps its last value, null is the zero value.
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let lenient = format!(
+            r#"{{"layers":[1],"layers":null,"config":{{"digest":"{digest}","size":null,"urls":null}},"artifactType":null}}"#
+        );
+        assert!(matches!(
+            parse_manifest(lenient.as_bytes(), OCI_MANIFEST),
+            Document::Image { config, layers, .. } if config.digest == digest && layers.is_empty()
+        ));
+        match parse_config(br#"{"os":"linux","os":"windows","rootfs":{"diff_ids":null}}"#) {
+            Document::Config(Some(summary)) => {
+                assert_eq!(
+                    (summary.platform.os.as_str(), summary.diff_ids),
+                    ("windows", 0)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A field of the wrong type is refused, without quoting the body.
+        match parse_manifest(
+            br#"{"config":{"digest":"secret-ish","size":"9"}}"#,
+            OCI_MANIFEST,
+        ) {
+            Document::Refused(why) => assert!(
+                why.contains("wrong type") && !why.contains("secret-ish"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert!(is_layer_type("application/vnd.oci.image.layer.v1.tar+gzip"));
         assert!(is_layer_type(
             "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
@@ -1294,6 +1563,48 @@ mod tests {
         assert!(!is_layer_type(
             "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
         ));
+    }
+
+    #[test]
+    fn descriptors_with_invalid_digests_are_refused_as_containerd_refuses_them() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        assert!(valid_digest(&good).is_ok());
+        assert!(valid_digest(&format!("sha512:{}", "0".repeat(128))).is_ok());
+        for bad in [
+            String::new(),
+            "sha256:".into(),
+            "sha256:abc".into(),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}", "a".repeat(65)),
+            format!("md5:{}", "a".repeat(32)),
+            format!("sha256:../../{}", "a".repeat(58)),
+        ] {
+            assert!(valid_digest(&bad).is_err(), "{bad:?}");
+        }
+        let manifest = |config: &str, layer: &str| {
+            format!(
+                r#"{{"config":{{"digest":"{config}"}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}"}}]}}"#
+            )
+        };
+        assert!(matches!(
+            parse_manifest(manifest(&good, &good).as_bytes(), OCI_MANIFEST),
+            Document::Image { .. }
+        ));
+        // A long hostile digest is quoted short.
+        let long = format!("sha256:{}", "z".repeat(10_000));
+        for body in [manifest(&long, &good), manifest(&good, &long)] {
+            match parse_manifest(body.as_bytes(), OCI_MANIFEST) {
+                Document::Refused(why) => {
+                    assert!(why.contains("invalid digest") && why.len() < 300, "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Media types too.
+        match parse_manifest(b"{}", &"x".repeat(10_000)) {
+            Document::Refused(why) => assert!(why.len() < 300, "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | `credential_provider_responses` | kubelet credential-provider plugin stdout | agent `NodeKeyring::lookup` running a plugin |
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
 //! | `aggregator_messages` | what an agent receives from the aggregator | `AggregatorMessage::decode`, then the task's reference and mode |
+//! | `pull_path_documents` | what the pull-path walk reads from a registry: indexes and manifest lists, image manifests, image configs | `registry::pull_path::hostile` (`#[doc(hidden)]`: the walk's private `parse_manifest`, `choose`, `parse_config`, `unpackable`), asserting the child chosen is containerd's, every digest the walk would fetch is valid, unpack only passes what containerd unpacks, reasons stay short |
 //! | `cri_responses` | what the agent receives from the container runtime | `VersionResponse`, `ListImagesResponse`, `ImageStatusResponse`, `PullImageResponse`, `RemoveImageResponse` decode, then the image tags |
 //!
 //! No target contacts anything but loopback: the stub registry's challenges point at the
@@ -1567,6 +1568,439 @@ impl Target for CriResponses {
             }
             _ => {
                 let _ = RemoveImageResponse::decode(bytes.as_slice()).map(|v| format!("{v:?}"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The pull-path walk's documents: indexes, manifests, image configs
+
+/// A descriptor field's value: plausible, or hostile in type and content.
+fn descriptor_digest() -> BoxedStrategy<serde_json::Value> {
+    use serde_json::Value;
+    prop_oneof![
+        4 => "sha256:[a-f0-9]{64}".prop_map(Value::String),
+        1 => "sha512:[a-f0-9]{128}".prop_map(Value::String),
+        2 => "sha256:[a-fA-F0-9]{0,70}".prop_map(Value::String),
+        1 => "[a-z0-9+._\\-]{0,10}:[a-zA-Z0-9=_\\-]{0,70}".prop_map(Value::String),
+        1 => "sha256:(\\.\\./){1,4}[a-f0-9]{0,64}".prop_map(Value::String),
+        1 => hostile_text().prop_map(Value::String),
+        1 => json_value(),
+    ]
+    .boxed()
+}
+
+fn descriptor_media_type() -> BoxedStrategy<serde_json::Value> {
+    use serde_json::Value;
+    prop_oneof![
+        6 => prop::sample::select(vec![
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "application/vnd.cncf.helm.config.v1+json",
+            "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+            "APPLICATION/VND.OCI.IMAGE.INDEX.V1+JSON",
+            "application/vnd.oci.image.index.v1+json; charset=utf-8",
+            "",
+        ])
+        .prop_map(|m| Value::String(m.into())),
+        1 => hostile_text().prop_map(Value::String),
+        1 => (1usize..20_000).prop_map(|n| Value::String("m".repeat(n))),
+        1 => json_value(),
+    ]
+    .boxed()
+}
+
+fn descriptor_platform() -> BoxedStrategy<serde_json::Value> {
+    use serde_json::{Value, json};
+    let os = prop_oneof![
+        4 => prop::sample::select(vec!["linux", "windows", "unknown", "", "LINUX", "macos", "darwin"]).prop_map(String::from),
+        1 => hostile_text(),
+    ];
+    let arch = prop_oneof![
+        4 => prop::sample::select(vec!["amd64", "arm64", "arm", "386", "aarch64", "x86_64", "armhf", "i386", "s390x", "ppc64le", "unknown", ""]).prop_map(String::from),
+        1 => hostile_text(),
+    ];
+    let variant = prop_oneof![
+        4 => prop::sample::select(vec!["", "v5", "v6", "v7", "v8", "8", "v1", "v2", "v3", "v99999999999999999999"]).prop_map(String::from),
+        1 => hostile_text(),
+    ];
+    prop_oneof![
+        6 => (os, arch, variant).prop_map(|(o, a, v)| json!({"os": o, "architecture": a, "variant": v})),
+        1 => Just(Value::Null),
+        1 => json_value(),
+    ]
+    .boxed()
+}
+
+/// A descriptor: each field plausible, hostile, or missing; sizes a placeholder the
+/// document's text replaces with a hostile number (beyond what a JSON value holds).
+fn descriptor(with_platform: bool) -> BoxedStrategy<serde_json::Value> {
+    use serde_json::Value;
+    (
+        prop::option::weighted(0.9, descriptor_media_type()),
+        prop::option::weighted(0.9, descriptor_digest()),
+        prop::option::weighted(
+            0.9,
+            prop_oneof![
+                4 => Just(Value::String(SIZE.into())),
+                1 => json_value(),
+            ],
+        ),
+        prop::option::weighted(
+            if with_platform { 0.8 } else { 0.05 },
+            descriptor_platform(),
+        ),
+        prop::option::weighted(0.05, json_value()),
+    )
+        .prop_map(|(media_type, digest, size, platform, urls)| {
+            let mut map = serde_json::Map::new();
+            for (key, value) in [
+                ("mediaType", media_type),
+                ("digest", digest),
+                ("size", size),
+                ("platform", platform),
+                ("urls", urls),
+            ] {
+                if let Some(value) = value {
+                    map.insert(key.into(), value);
+                }
+            }
+            Value::Object(map)
+        })
+        .boxed()
+}
+
+/// The placeholder of a descriptor's size in a document's text.
+const SIZE: &str = "@@size@@";
+
+/// What sizes become in a document's text.
+fn size_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        4 => (0i64..1 << 40).prop_map(|n| n.to_string()),
+        1 => any::<i64>().prop_map(|n| n.to_string()),
+        1 => prop::sample::select(vec![
+            "-1",
+            "0",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1e400",
+            "-0",
+            "1.5",
+            "1e3",
+            "\"12\"",
+            "null",
+            "99999999999999999999999999999999999999999999",
+        ])
+        .prop_map(String::from),
+    ]
+    .boxed()
+}
+
+/// An index, a manifest or a config, as a registry could serve it: plausible
+/// documents with hostile fields, then hostile in form (duplicated keys, deep nesting,
+/// huge arrays, mutated bytes), and raw bytes.
+fn walk_document() -> BoxedStrategy<Vec<u8>> {
+    use serde_json::{Value, json};
+    let index = (
+        prop::option::weighted(0.7, descriptor_media_type()),
+        prop::collection::vec(descriptor(true), 0..8),
+        prop::option::weighted(0.05, prop::collection::vec(descriptor(false), 0..2)),
+    )
+        .prop_map(|(media_type, manifests, layers)| {
+            let mut doc = json!({"schemaVersion": 2, "manifests": manifests});
+            if let Some(m) = media_type {
+                doc["mediaType"] = m;
+            }
+            if let Some(l) = layers {
+                doc["layers"] = Value::Array(l);
+            }
+            doc
+        });
+    let manifest = (
+        prop::option::weighted(0.7, descriptor_media_type()),
+        prop::option::weighted(0.95, descriptor(false)),
+        prop::collection::vec(descriptor(false), 0..6),
+        prop::option::weighted(0.1, descriptor_media_type()),
+        prop::option::weighted(0.03, json_value()),
+    )
+        .prop_map(|(media_type, config, layers, artifact, fs_layers)| {
+            let mut doc = json!({"schemaVersion": 2, "layers": layers});
+            if let Some(m) = media_type {
+                doc["mediaType"] = m;
+            }
+            if let Some(c) = config {
+                doc["config"] = c;
+            }
+            if let Some(a) = artifact {
+                doc["artifactType"] = a;
+            }
+            if let Some(f) = fs_layers {
+                doc["fsLayers"] = f;
+            }
+            doc
+        });
+    let config = (
+        descriptor_platform(),
+        prop_oneof![
+            4 => prop::collection::vec(descriptor_digest(), 0..6).prop_map(Value::Array),
+            1 => json_value(),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(platform, diff_ids, rootfs)| {
+            let mut doc = if platform.is_object() {
+                platform
+            } else {
+                json!({})
+            };
+            if rootfs {
+                doc["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+            }
+            doc
+        });
+    let document = (
+        prop_oneof![3 => index, 3 => manifest, 2 => config],
+        size_text(),
+    )
+        .prop_map(|(doc, size)| doc.to_string().replace(&format!("\"{SIZE}\""), &size));
+    prop_oneof![
+        8 => document.clone().prop_map(String::into_bytes),
+        // A key again: Go's encoding/json keeps the last.
+        1 => (document.clone(), prop::sample::select(vec!["manifests", "layers", "config", "mediaType", "digest", "size", "platform"]), json_value())
+            .prop_map(|(text, key, value)| match text.strip_prefix('{') {
+                Some(rest) if rest != "}" => format!("{{{key:?}:{value},{rest}").into_bytes(),
+                _ => text.into_bytes(),
+            }),
+        // Nested past serde_json's recursion limit, where a descriptor goes.
+        1 => (1usize..3000, prop::sample::select(vec!["[", "{\"a\":"]))
+            .prop_map(|(depth, open)| {
+                let close = if open == "[" { "]" } else { "}" };
+                format!("{{\"manifests\":[{}{}],\"config\":{{}}}}", open.repeat(depth), close.repeat(depth)).into_bytes()
+            }),
+        // Many entries (the walk keeps them all; they come in up to 4 MiB).
+        1 => (descriptor(true), 50usize..600, size_text()).prop_map(|(entry, n, size)| {
+            let entry = entry.to_string().replace(&format!("\"{SIZE}\""), &size);
+            format!("{{\"manifests\":[{}]}}", vec![entry; n].join(",")).into_bytes()
+        }),
+        2 => document.prop_flat_map(|text| mutated(text.into_bytes())),
+        1 => prop::collection::vec(any::<u8>(), 0..256),
+    ]
+    .boxed()
+}
+
+/// Whether `digest` is what go-digest's `Validate` takes (checked here independently
+/// of the walk's own check).
+fn containerd_digest(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == len
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+/// A reason quotes a registry's text short: a reason's length does not grow with it.
+const MAX_REASON: usize = 600;
+
+#[derive(Clone, Debug)]
+pub struct WalkCase {
+    /// The media type the parent's descriptor names (empty: the walk sniffs the body's).
+    pub media_type: String,
+    pub body: Vec<u8>,
+    /// The image config, read for its `rootfs.diff_ids`.
+    pub config: Vec<u8>,
+    /// The node's platform: os, architecture, variant.
+    pub node: (String, String, String),
+}
+
+pub struct PullPathDocuments;
+
+impl Target for PullPathDocuments {
+    type Input = WalkCase;
+    fn name(&self) -> &'static str {
+        "pull_path_documents"
+    }
+    fn strategy(&self) -> BoxedStrategy<WalkCase> {
+        let node = prop_oneof![
+            6 => prop::sample::select(vec![
+                ("linux", "amd64", ""),
+                ("linux", "arm64", ""),
+                ("linux", "arm64", "v8"),
+                ("linux", "arm", "v7"),
+                ("linux", "arm", "v5"),
+                ("linux", "amd64", "v3"),
+                ("linux", "386", ""),
+                ("linux", "s390x", ""),
+                ("windows", "amd64", ""),
+            ])
+            .prop_map(|(o, a, v)| (o.to_string(), a.to_string(), v.to_string())),
+            1 => (hostile_text(), hostile_text(), hostile_text()),
+        ];
+        (
+            prop_oneof![
+                2 => Just(String::new()),
+                3 => descriptor_media_type().prop_map(|m| m.as_str().unwrap_or_default().to_string()),
+            ],
+            walk_document(),
+            walk_document(),
+            node,
+        )
+            .prop_map(|(media_type, body, config, node)| WalkCase {
+                media_type,
+                body,
+                config,
+                node,
+            })
+            .boxed()
+    }
+    fn run(&self, case: WalkCase) {
+        use pullwatch::registry::pull_path::hostile::{self, Read};
+        let node = pullwatch::Platform::new(&case.node.0, &case.node.1, &case.node.2);
+        // The config: its platform normalized (normalizing again changes nothing), at
+        // most one diff_id per three bytes of it.
+        let diff_ids = match hostile::read_config(&case.config) {
+            Ok((platform, diff_ids)) => {
+                let again = pullwatch::Platform::new(
+                    &platform.os,
+                    &platform.architecture,
+                    &platform.variant,
+                );
+                assert_eq!(again, platform, "a config's platform is normalized");
+                assert!(diff_ids <= case.config.len() / 3, "{diff_ids} diff_ids");
+                Some(diff_ids)
+            }
+            Err(why) => {
+                assert!(
+                    !why.is_empty() && why.len() <= MAX_REASON,
+                    "config reason {why:?}"
+                );
+                None
+            }
+        };
+        let media_type = if case.media_type.is_empty() {
+            hostile::sniffed_media_type(&case.body).unwrap_or_default()
+        } else {
+            case.media_type.clone()
+        };
+        let essence = media_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match hostile::read_manifest(&case.body, &case.media_type, &node, diff_ids) {
+            Read::Index { entries, chosen } => {
+                assert!(
+                    essence == "application/vnd.oci.image.index.v1+json"
+                        || essence == "application/vnd.docker.distribution.manifest.list.v2+json",
+                    "read as an index under {media_type:?}"
+                );
+                // containerd's choice: the entry of the best-preferred platform the node
+                // runs, the first of equals, else the first without a platform.
+                let vector = hostile::runnable(&node);
+                let rank = |e: &hostile::Entry| match &e.platform {
+                    None => Some(usize::MAX),
+                    Some(p) => vector.iter().position(|v| v == p),
+                };
+                let best = entries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| rank(e).map(|r| (r, i)))
+                    .min();
+                match (chosen, best) {
+                    (None, None) => {}
+                    (Some(Ok(i)), Some((_, expected))) => {
+                        assert_eq!(i, expected, "the chosen child of {entries:?} for {node}");
+                        assert!(
+                            containerd_digest(&entries[i].digest),
+                            "the walk would fetch the child {:?}",
+                            entries[i].digest
+                        );
+                    }
+                    (Some(Err(why)), Some((_, expected))) => {
+                        assert!(
+                            !containerd_digest(&entries[expected].digest),
+                            "a valid child refused: {why}"
+                        );
+                        assert!(why.len() <= MAX_REASON, "child reason {why:?}");
+                    }
+                    (chosen, best) => {
+                        panic!("chose {chosen:?}, containerd {best:?}, of {entries:?} for {node}")
+                    }
+                }
+            }
+            Read::Image {
+                config,
+                layers,
+                unpack,
+            } => {
+                assert!(
+                    essence == "application/vnd.oci.image.manifest.v1+json"
+                        || essence == "application/vnd.docker.distribution.manifest.v2+json",
+                    "read as an image manifest under {media_type:?}"
+                );
+                // Every digest the walk would put in a URL is one containerd takes.
+                for desc in std::iter::once(&config).chain(&layers) {
+                    assert!(
+                        containerd_digest(&desc.digest),
+                        "would fetch {:?}",
+                        desc.digest
+                    );
+                }
+                match unpack {
+                    Ok(()) => {
+                        assert!(
+                            diff_ids.is_none_or(|d| d == layers.len()),
+                            "unpacks {} layers with {diff_ids:?} diff_ids",
+                            layers.len()
+                        );
+                        for layer in &layers {
+                            assert!(
+                                layer
+                                    .media_type
+                                    .starts_with("application/vnd.oci.image.layer.")
+                                    || layer
+                                        .media_type
+                                        .starts_with("application/vnd.docker.image.rootfs."),
+                                "unpacks a layer of type {:?}",
+                                layer.media_type
+                            );
+                        }
+                    }
+                    Err(why) => assert!(
+                        !why.is_empty() && why.len() <= MAX_REASON,
+                        "unpack reason {why:?}"
+                    ),
+                }
+            }
+            Read::Schema1 => assert!(
+                essence.starts_with("application/vnd.docker.distribution.manifest.v1+"),
+                "read as schema 1 under {media_type:?}"
+            ),
+            Read::Refused(why) => {
+                assert!(
+                    !why.is_empty() && why.len() <= MAX_REASON,
+                    "manifest reason {why:?}"
+                )
             }
         }
     }

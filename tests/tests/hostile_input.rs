@@ -102,3 +102,8 @@ fn aggregator_messages() {
 fn cri_responses() {
     check(CriResponses, 0x100d);
 }
+
+#[test]
+fn pull_path_documents() {
+    check(PullPathDocuments, 0x100f);
+}
