@@ -399,34 +399,20 @@ fn go_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GoJsonError
     T::deserialize(without_nulls(value)).map_err(|_| GoJsonError::Form)
 }
 
-/// Whether `digest` is one containerd's content store takes (go-digest's `Validate`:
-/// `sha256`, `sha384` or `sha512`, then exactly that many lowercase hex digits). Else
-/// containerd refuses the blob ("cannot calculate blob path from invalid digest");
-/// Err says why, the digest quoted short.
+/// Whether `digest` is one containerd's content store takes (go-digest's `Validate`,
+/// as [`crate::reference`] ports it). Else containerd refuses the blob ("cannot
+/// calculate blob path from invalid digest"); Err says why, the digest quoted short.
 pub(crate) fn valid_digest(digest: &str) -> Result<(), String> {
-    let hex_len = match digest.split_once(':') {
-        Some(("sha256", _)) => 64,
-        Some(("sha384", _)) => 96,
-        Some(("sha512", _)) => 128,
-        _ => {
-            return Err(format!(
-                "the invalid digest {} (containerd refuses it: not sha256, sha384 or sha512)",
-                shown(digest)
-            ));
-        }
+    use crate::reference::{ReferenceError, validate_digest};
+    let why = match validate_digest(digest) {
+        Ok(_) => return Ok(()),
+        Err(ReferenceError::DigestUnsupported(_)) => "not sha256, sha384 or sha512",
+        Err(_) => "not the 64, 96 or 128 lowercase hex digits sha256, sha384 and sha512 take",
     };
-    let encoded = digest.split_once(':').map_or("", |(_, e)| e);
-    if encoded.len() != hex_len
-        || !encoded
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        return Err(format!(
-            "the invalid digest {} (containerd refuses it: not {hex_len} lowercase hex digits)",
-            shown(digest)
-        ));
-    }
-    Ok(())
+    Err(format!(
+        "the invalid digest {} (containerd refuses it: {why})",
+        shown(digest)
+    ))
 }
 
 /// A registry's text (a media type, a digest) as a reason quotes it: at most 100
