@@ -192,8 +192,18 @@ fn respond(state: &EndpointState, request: &Request<Incoming>) -> Response<Body>
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match request.uri().path() {
-        "/metrics" if accepts_gzip(request.headers()) => gzip_metrics_response(state),
-        "/metrics" => metrics_response(state.pipeline.clone(), state.scrape_snapshot()),
+        "/metrics" => {
+            let mut response = if accepts_gzip(request.headers()) {
+                gzip_metrics_response(state)
+            } else {
+                metrics_response(state.pipeline.clone(), state.scrape_snapshot())
+            };
+            // The encoding follows the request's Accept-Encoding: caches must tell.
+            response
+                .headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+            response
+        }
         "/api/v1/images" => match results::Filter::parse(request.uri().query()) {
             Ok(filter) => images_response(state, filter),
             Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
@@ -263,12 +273,7 @@ fn metrics_response(pipeline: Arc<Pipeline>, store: Arc<ResultStore>) -> Respons
             .map(|chunk| chunk.map(Bytes::from).map_err(std::io::Error::other));
         async move { chunk.map(|chunk| (chunk, at)) }
     });
-    let mut response = serve::streamed(serve::METRICS_CONTENT_TYPE, chunks);
-    // The encoding depends on the request's Accept-Encoding: caches must tell.
-    response
-        .headers_mut()
-        .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
-    response
+    serve::streamed(serve::METRICS_CONTENT_TYPE, chunks)
 }
 
 /// The exposition gzip-encoded (see [`crate::scrape`]), from one store snapshot.
@@ -282,9 +287,9 @@ fn gzip_metrics_response(state: &EndpointState) -> Response<Body> {
         scrape.next_chunk().map(|chunk| (chunk, scrape))
     });
     let mut response = serve::streamed(serve::METRICS_CONTENT_TYPE, chunks);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+        .headers_mut()
+        .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     response
 }
 
@@ -384,13 +389,7 @@ mod tests {
             return (response.text(), response.body.len());
         }
         assert_eq!(response.header("content-encoding"), Some("gzip"));
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
-            &mut text,
-        )
-        .unwrap();
-        (text, response.body.len())
+        (response.decoded_text().unwrap(), response.body.len())
     }
 
     /// While checks keep recording, every scrape shows each container at exactly one

@@ -588,17 +588,9 @@ pub async fn probe_wire(addr: SocketAddr, path: &str) -> Result<(String, usize, 
     if response.status != 200 {
         bail!("GET {path}: {}", response.status);
     }
-    let text = if response.header("content-encoding") == Some("gzip") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut flate2::read::MultiGzDecoder::new(&response.body[..]),
-            &mut text,
-        )
-        .with_context(|| format!("GET {path}: decoding gzip"))?;
-        text
-    } else {
-        response.text()
-    };
+    let text = response
+        .decoded_text()
+        .with_context(|| format!("GET {path}"))?;
     Ok((text, response.body.len(), started.elapsed()))
 }
 

@@ -47,6 +47,21 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The body as text, decoded first when `Content-Encoding` says gzip (as a
+    /// Prometheus scraper reads it: every gzip member in turn).
+    pub fn decoded_text(&self) -> Result<String> {
+        if self.header("content-encoding") != Some("gzip") {
+            return Ok(self.text());
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&self.body[..]),
+            &mut text,
+        )
+        .context("decoding a gzip body")?;
+        Ok(text)
+    }
 }
 
 /// Builds a rustls client config trusting exactly the CA certificates in `ca_pem`.
