@@ -7,6 +7,7 @@
 //! per write).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +52,13 @@ pub struct ResultStore {
     statuses_version: u64,
     /// Changes when the node view of some image changes.
     nodes_version: u64,
+}
+
+/// The keys after `after` (None: every key), for a map's `range`: where a streamed
+/// answer picks up.
+fn after_key<K: ?Sized>(after: Option<&K>) -> (Bound<&K>, Bound<&K>) {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    (from, Bound::Unbounded)
 }
 
 /// A version number no store has had before (in this process), so no two stores'
@@ -127,13 +135,8 @@ impl ResultStore {
         &self,
         after: Option<&ContainerRef>,
     ) -> impl Iterator<Item = (&ContainerRef, &CheckOutcome)> {
-        use std::ops::Bound;
-        let from = match after {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
-        };
         self.outcomes
-            .range::<ContainerRef, _>((from, Bound::Unbounded))
+            .range::<ContainerRef, _>(after_key(after))
             .map(|(container, outcome)| (container, &**outcome))
     }
 
@@ -171,12 +174,7 @@ impl ResultStore {
         &self,
         after: Option<&str>,
     ) -> impl Iterator<Item = (&String, &ImageNodes)> {
-        use std::ops::Bound;
-        let from = match after {
-            Some(after) => Bound::Excluded(after),
-            None => Bound::Unbounded,
-        };
-        self.image_nodes.range::<str, _>((from, Bound::Unbounded))
+        self.image_nodes.range::<str, _>(after_key(after))
     }
 }
 
