@@ -12,7 +12,7 @@ use crate::checker::CheckerConfig;
 use crate::checker::limits::RegistryLimits;
 use crate::index::{Filters, IndexOptions, LabelSelector, parse_image_regexes, parse_kinds};
 use crate::mirrors::Mirrors;
-use pullwatch::registry::pull_path::{CheckDepth, WalkSettings};
+use pullwatch::registry::pull_path::{CheckDepth, Schema1Pulls, WalkSettings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -207,6 +207,13 @@ pub(crate) struct CheckerArgs {
     /// (at once when the digest changes).
     #[arg(long, env = "PULLWATCH_BLOB_CHECK_INTERVAL", default_value = "12h", value_parser = parse_duration)]
     pub(crate) blob_check_interval: Duration,
+
+    /// What the nodes' runtime does with a Docker schema 1 manifest: `refused`
+    /// (containerd 2.0 and later), `converted` (containerd 1.x: layers the history marks
+    /// empty are not downloaded), `copied` (CRI-O: every layer blob). Agents use their
+    /// own node's runtime.
+    #[arg(long, env = "PULLWATCH_SCHEMA1_IMAGES", value_enum, default_value_t = Schema1Pulls::Refused)]
+    pub(crate) schema1_images: Schema1Pulls,
 }
 
 /// Which container references are checked.
@@ -264,6 +271,7 @@ impl CheckerArgs {
             walk: WalkSettings {
                 depth: self.check_depth,
                 blob_check_interval: self.blob_check_interval,
+                schema1: self.schema1_images,
                 ..WalkSettings::default()
             },
             platforms: self.platforms.clone(),

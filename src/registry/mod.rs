@@ -264,6 +264,9 @@ pub struct RegistryClient {
     verified: Mutex<HashMap<pull_path::VerifiedKey, Instant>>,
     /// Documents being read now, by digest: concurrent misses wait for one read.
     reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What the nodes' runtime does with schema 1 manifests: the config's, until an
+    /// agent learns its node's runtime.
+    schema1: Mutex<pull_path::Schema1Pulls>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -413,8 +416,15 @@ impl RegistryClient {
             documents: Mutex::new(pull_path::DocumentCache::new(config.walk.cache_entries)),
             verified: Mutex::new(HashMap::new()),
             reading: Mutex::new(HashMap::new()),
+            schema1: Mutex::new(config.walk.schema1),
             config,
         }
+    }
+
+    /// Says what the nodes' runtime does with schema 1 manifests (an agent, once CRI
+    /// `Version` named its node's runtime).
+    pub fn set_schema1_pulls(&self, pulls: pull_path::Schema1Pulls) {
+        *lock(&self.schema1) = pulls;
     }
 
     fn state(&self, host: &str) -> Arc<HostState> {

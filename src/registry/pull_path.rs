@@ -38,12 +38,13 @@ use crate::platform::{DescriptorPlatform, Platform};
 use crate::status::PlatformVerdict;
 use crate::{CheckOutcome, CheckStatus, RegistryCredential};
 
+mod schema1;
+pub use schema1::Schema1Pulls;
+use schema1::{Plan, Schema1Manifest};
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_SCHEMA1: [&str; 2] = [
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/vnd.docker.distribution.manifest.v1+json",
-];
+const DOCKER_SCHEMA1: [&str; 2] = [schema1::SIGNED, schema1::UNSIGNED];
 const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 /// Configs are read up to this size; a larger one is checked for existence and size
 /// only (containerd reads it whole, so its content is not judged here).
@@ -86,6 +87,9 @@ pub struct WalkSettings {
     pub blob_check_interval: Duration,
     /// Documents (manifests, indexes, config summaries) kept by digest.
     pub cache_entries: usize,
+    /// What the nodes' runtime does with a Docker schema 1 manifest (an agent's
+    /// resolver sets its node's, [`RegistryClient::set_schema1_pulls`]).
+    pub schema1: Schema1Pulls,
 }
 
 /// The default `--blob-check-interval`: 12 h. At the default 5 min check interval a
@@ -101,6 +105,7 @@ impl Default for WalkSettings {
             depth: CheckDepth::Blobs,
             blob_check_interval: DEFAULT_BLOB_CHECK_INTERVAL,
             cache_entries: 4096,
+            schema1: Schema1Pulls::default(),
         }
     }
 }
@@ -266,8 +271,8 @@ enum Document {
         layers: Vec<Descriptor>,
         artifact_type: String,
     },
-    /// A schema 1 manifest: containerd converts it; its blobs are not walked.
-    Schema1,
+    /// A Docker schema 1 manifest, as each runtime reads it.
+    Schema1(Schema1Manifest),
     /// An image config: its platform and how many layers it describes; None when it
     /// was too large to read (then not judged).
     Config(Option<ConfigSummary>),
@@ -304,6 +309,9 @@ pub(crate) fn is_layer_type(media_type: &str) -> bool {
 /// Reads a manifest or index as containerd does (`images.Children` with
 /// `validateMediaType`), for the media type it was asked by.
 fn parse_manifest(body: &[u8], media_type: &str) -> Document {
+    if DOCKER_SCHEMA1.contains(&media_type) {
+        return Document::Schema1(Schema1Manifest::read(body, media_type));
+    }
     let raw: RawDocument = match go_json(body) {
         Ok(raw) => raw,
         Err(GoJsonError::Syntax { line, column }) => {
@@ -315,9 +323,6 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
             );
         }
     };
-    if DOCKER_SCHEMA1.contains(&media_type) {
-        return Document::Schema1;
-    }
     if !raw.fs_layers.is_empty() {
         return Document::Refused("is a schema 1 manifest under another media type".into());
     }
@@ -602,6 +607,7 @@ struct Walk<'c, 'r, 'e, 'a> {
     /// Whether existence is verified this time (else only what is not kept is read).
     verify: bool,
     depth: CheckDepth,
+    schema1: Schema1Pulls,
 }
 
 impl Walk<'_, '_, '_, '_> {
@@ -702,10 +708,20 @@ impl Walk<'_, '_, '_, '_> {
                 &fetched
             }
         };
-        if desc.size > 0 && body.len() as u64 != desc.size as u64 {
+        let media_type = match kind {
+            Kind::Manifest if desc.media_type.is_empty() => {
+                sniff_media_type(body).unwrap_or_default()
+            }
+            _ => desc.media_type.clone(),
+        };
+        // A registry signs a schema 1 manifest anew when it serves it, so its bytes are
+        // not its digest's; containerd reads it without verifying either.
+        let verified = !(kind == Kind::Manifest && DOCKER_SCHEMA1.contains(&media_type.as_str()));
+        if verified && desc.size > 0 && body.len() as u64 != desc.size as u64 {
             return Err(size_mismatch(what, platform, body.len() as u64, desc.size));
         }
-        if let Some(actual) = digest_like(&desc.digest, body)
+        if verified
+            && let Some(actual) = digest_like(&desc.digest, body)
             && actual != desc.digest
         {
             return Err((
@@ -717,14 +733,7 @@ impl Walk<'_, '_, '_, '_> {
             ));
         }
         let document = Arc::new(match kind {
-            Kind::Manifest => {
-                let media_type = if desc.media_type.is_empty() {
-                    sniff_media_type(body).unwrap_or_default()
-                } else {
-                    desc.media_type.clone()
-                };
-                parse_manifest(body, &media_type)
-            }
+            Kind::Manifest => parse_manifest(body, &media_type),
             Kind::Config => parse_config(body),
         });
         lock(&self.client.documents).insert(&desc.digest, document.clone());
@@ -886,7 +895,12 @@ impl Walk<'_, '_, '_, '_> {
                         format!("{what}{} {why}", for_platform(platform)),
                     ));
                 }
-                Document::Schema1 | Document::Config(_) => return Ok(()),
+                Document::Config(_) => return Ok(()),
+                Document::Schema1(manifest) => {
+                    return self
+                        .schema1(manifest, &what, platform, !offered.is_empty())
+                        .await;
+                }
                 Document::Index(entries) => {
                     let node = platform.cloned().unwrap_or_else(Platform::host);
                     offered.extend(
@@ -930,6 +944,49 @@ impl Walk<'_, '_, '_, '_> {
             CheckStatus::UnknownError,
             format!("indexes nested deeper than {MAX_NESTING}"),
         ))
+    }
+
+    /// A schema 1 manifest (`in_index`: an index's child), as the nodes' runtime pulls
+    /// it: refused, or its layer blobs downloaded and converted.
+    async fn schema1(
+        &self,
+        manifest: &Schema1Manifest,
+        what: &str,
+        platform: Option<&Platform>,
+        in_index: bool,
+    ) -> Result<(), Failed> {
+        let refused = |why: &str| {
+            (
+                CheckStatus::UnknownError,
+                format!("{what}{} {why}", for_platform(platform)),
+            )
+        };
+        if in_index && self.schema1 == Schema1Pulls::Converted {
+            // containerd converts a tag's own schema 1 manifest only; as an index's
+            // child it has no children containerd knows, and nothing to unpack.
+            return Err(refused(
+                "is a schema 1 manifest in an index, which containerd cannot unpack",
+            ));
+        }
+        match manifest.plan(self.schema1) {
+            Plan::Refused(why) => Err(refused(&why)),
+            Plan::Download { blobs, after } => {
+                if self.depth == CheckDepth::Blobs {
+                    let layers: Vec<Descriptor> = blobs
+                        .iter()
+                        .map(|digest| Descriptor {
+                            media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+                            digest: digest.clone(),
+                            // Unknown until downloaded (containerd: size -1).
+                            size: 0,
+                            ..Descriptor::default()
+                        })
+                        .collect();
+                    self.layers(&layers, platform).await?;
+                }
+                after.clone().map_err(|why| refused(&why))
+            }
+        }
     }
 
     /// An image manifest's config and layers.
@@ -1206,7 +1263,7 @@ pub mod hostile {
                 config: Entry::of(&config),
                 layers: layers.iter().map(Entry::of).collect(),
             },
-            Document::Schema1 => Read::Schema1,
+            Document::Schema1(_) => Read::Schema1,
             Document::Refused(why) => Read::Refused(why),
             Document::Config(_) => Read::Refused("read as a config".into()),
         }
@@ -1330,6 +1387,7 @@ impl RegistryClient {
             route,
             verify,
             depth: self.config.walk.depth,
+            schema1: *lock(&self.schema1),
         };
         let result = walk.platform_path(top, platform).await;
         if result.is_ok() && verify {
@@ -1597,7 +1655,13 @@ mod tests {
     fn the_document_cache_is_bounded_oldest_out() {
         let mut cache = DocumentCache::new(2);
         for digest in ["a", "b", "c"] {
-            cache.insert(digest, Arc::new(Document::Schema1));
+            cache.insert(
+                digest,
+                Arc::new(Document::Schema1(Schema1Manifest::read(
+                    b"{}",
+                    schema1::SIGNED,
+                ))),
+            );
         }
         assert_eq!(cache.len(), 2);
         assert!(cache.get("a").is_none());

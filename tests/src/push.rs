@@ -618,6 +618,7 @@ pub mod raw {
     pub const OCI_LAYER: &str = super::OCI_LAYER;
     pub const DOCKER_MANIFEST: &str = super::DOCKER_MANIFEST;
     pub const DOCKER_CONFIG: &str = super::DOCKER_CONFIG;
+    pub const DOCKER_LAYER: &str = super::DOCKER_LAYER;
     pub const DOCKER_FOREIGN_LAYER: &str =
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 

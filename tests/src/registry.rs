@@ -32,6 +32,10 @@ pub struct RegistryOptions {
     /// Accept manifests whose layers carry `urls` (foreign layers): distribution
     /// refuses them unless `validation.manifests.urls.allow` is set.
     pub allow_foreign_urls: bool,
+    /// Accept signed Docker schema 1 manifests on `PUT` (`compatibility.schema1.enabled`;
+    /// distribution serves them, and converts schema 2 for clients that ask for
+    /// neither, either way).
+    pub schema1: bool,
 }
 
 impl RegistryOptions {
@@ -153,6 +157,7 @@ impl Registry {
                 htpasswd_path.as_deref(),
                 tls_files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
                 opts.allow_foreign_urls,
+                opts.schema1,
             );
             std::fs::write(&registry.config_path, config)?;
             let log_len_before = registry.log().len();
@@ -415,6 +420,7 @@ fn render_config(
     htpasswd: Option<&Path>,
     tls: Option<(&Path, &Path)>,
     allow_foreign_urls: bool,
+    schema1: bool,
 ) -> String {
     let mut c = format!(
         "version: 0.1\n\
@@ -448,6 +454,9 @@ fn render_config(
     }
     if allow_foreign_urls {
         c.push_str("validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n");
+    }
+    if schema1 {
+        c.push_str("compatibility:\n  schema1:\n    enabled: true\n");
     }
     if let Some(path) = htpasswd {
         c.push_str(&format!(

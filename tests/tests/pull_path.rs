@@ -177,10 +177,63 @@ async fn foreign_layer(
     put(registry, repo, "v1", &manifest).await;
 }
 
+/// The layer distribution's schema 1 conversion writes for a history entry marked
+/// `empty_layer` (a gzipped empty tar).
+const EMPTY_TAR_GZ: &str =
+    "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
+
+/// Pushes, as `repo:v1`, a signed Docker schema 1 manifest with one layer and, above it,
+/// one empty (`throwaway`) layer: a Docker schema 2 image converted by the registry
+/// itself (as it serves clients that accept neither schema 2 nor OCI), then put back as
+/// schema 1. Returns the layer's digest.
+async fn schema1_image(registry: &Registry, repo: &str) -> String {
+    let (layer, diff_id) = raw::layer(&format!("{repo} schema 1")).unwrap();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Cmd": ["/bin/true"] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [
+            { "created": "2016-06-01T12:00:00Z", "created_by": "ADD file /" },
+            { "created": "2016-06-01T12:00:01Z", "created_by": "CMD /bin/true", "empty_layer": true },
+        ],
+    }))
+    .unwrap();
+    raw::push_blobs(registry, repo, &[&config, &layer])
+        .await
+        .unwrap();
+    let schema2 = raw::manifest(
+        raw::DOCKER_MANIFEST,
+        raw::descriptor(raw::DOCKER_CONFIG, &config),
+        vec![raw::descriptor(raw::DOCKER_LAYER, &layer)],
+    );
+    put(registry, repo, "schema2", &schema2).await;
+    let converted = registry
+        .request(
+            http::Method::GET,
+            &format!("/v2/{repo}/manifests/schema2"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let signed = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    assert_eq!(converted.header("content-type"), Some(signed));
+    let body = String::from_utf8(converted.body.to_vec()).unwrap();
+    assert!(
+        body.contains(r#"\"throwaway\":true"#) && body.contains(EMPTY_TAR_GZ),
+        "{body}"
+    );
+    raw::put_manifest(registry, repo, "v1", signed, converted.body.as_ref())
+        .await
+        .unwrap();
+    sha256_digest(&layer)
+}
+
 /// Every state: what it is, the repository whose `v1` tag [`build`] pushes it as, and
 /// what containerd and pullwatch make of it.
 #[rustfmt::skip]
-const TABLE: [(&str, &str, Want); 21] = [
+const TABLE: [(&str, &str, Want); 24] = [
     ("a single image", "ok/single", PULLABLE),
     ("a multi-arch index", "ok/index", PULLABLE),
     ("the amd64 child manifest deleted", "gone/child", fails(Absent, "platform manifest")),
@@ -202,6 +255,18 @@ const TABLE: [(&str, &str, Want); 21] = [
     ("an index entry without platform (arm64 by its config)", "unlabelled/arm64", fails(Absent, "no match for platform linux/amd64")),
     ("an index nested in an index", "nested/index", PULLABLE),
     ("a tag that was never pushed", "never/pushed", fails(Absent, "")),
+    // containerd 1.x converts schema 1 (the views are told so: see SCHEMA1_ROWS).
+    ("a Docker schema 1 image", "schema1/ok", PULLABLE),
+    ("a schema 1 image, its layer blob deleted", "schema1/gone-layer", fails(Absent, "layer 1 of 1")),
+    ("a schema 1 image, its empty (throwaway) layer's blob deleted", "schema1/gone-empty", PULLABLE),
+];
+
+/// The schema 1 rows of [`TABLE`], which CRI-O (containers/image: skopeo here) copies
+/// differently: every layer blob, the empty one too.
+const SCHEMA1_ROWS: [(&str, bool); 3] = [
+    ("schema1/ok", true),
+    ("schema1/gone-layer", false),
+    ("schema1/gone-empty", false),
 ];
 
 /// Pushes every state of [`TABLE`] to `registry` and sets the proxy's faults; the
@@ -332,6 +397,17 @@ async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
     let outer = raw::index(vec![raw::descriptor(raw::OCI_INDEX, &inner_body)]);
     put(registry, "nested/index", "v1", &outer).await;
 
+    // Docker schema 1, converted by the registry and put back.
+    schema1_image(registry, "schema1/ok").await;
+    let layer = schema1_image(registry, "schema1/gone-layer").await;
+    raw::delete_blob(registry, "schema1/gone-layer", &layer)
+        .await
+        .unwrap();
+    schema1_image(registry, "schema1/gone-empty").await;
+    raw::delete_blob(registry, "schema1/gone-empty", EMPTY_TAR_GZ)
+        .await
+        .unwrap();
+
     // "never/pushed": a tag that was never pushed.
     TABLE
         .iter()
@@ -422,6 +498,7 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
         let agent = workspace_binary("pullwatch-agent").unwrap();
         let registry = Registry::start(RegistryOptions {
             allow_foreign_urls: true,
+            schema1: true,
             ..RegistryOptions::default()
         })
         .await
@@ -455,6 +532,8 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
                 "linux/amd64".into(),
                 "--registry-timeout".into(),
                 "10s".into(),
+                // This node's containerd is 1.6 (agents learn it from CRI `Version`).
+                "--schema1-images=converted".into(),
             ],
         )
         .await;
@@ -517,6 +596,8 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
             disagreements.join("\n")
         );
 
+        schema1_on_other_runtimes(&aggregator, &proxy.host(), dir.path()).await;
+
         // First-pass cost of a central check, counted at the registry (through the
         // proxy): the tag's HEAD, the manifest by digest, the config, one ranged GET per
         // layer (answered 206); an index adds itself and the chosen child only.
@@ -538,6 +619,98 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
         );
     })
     .await;
+}
+
+/// The schema 1 rows on runtimes other than this node's containerd 1.6: containerd 2
+/// refuses them all (the aggregator's default), CRI-O copies every layer blob, the
+/// empty one too, as skopeo (containers/image) does here.
+async fn schema1_on_other_runtimes(
+    aggregator: &std::path::Path,
+    host: &str,
+    dir: &std::path::Path,
+) {
+    let rows: Vec<Scenario> = SCHEMA1_ROWS
+        .iter()
+        .map(|(repo, _)| Scenario {
+            name: repo,
+            image: format!("{host}/{repo}:v1"),
+            want: PULLABLE,
+        })
+        .collect();
+    let files = dir.join("schema1");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("all.yaml"), manifests(&rows)).unwrap();
+    let check = |pulls: &'static str| {
+        let files = files.clone();
+        async move {
+            let mut args: Vec<String> = ["check", "-f"].map(String::from).to_vec();
+            args.push(files.display().to_string());
+            args.extend(
+                [
+                    "-o",
+                    "json",
+                    "--allow-plain-http",
+                    "--platform",
+                    "linux/amd64",
+                ]
+                .map(String::from),
+            );
+            if !pulls.is_empty() {
+                args.push(format!("--schema1-images={pulls}"));
+            }
+            stdout_json(&run(aggregator, &args).await)
+        }
+    };
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let refused = check("").await;
+    let copied = check("copied").await;
+    for (i, ((repo, skopeo_copies), row)) in SCHEMA1_ROWS.iter().zip(&rows).enumerate() {
+        let find = |value: &serde_json::Value| {
+            value
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == format!("s{i}"))
+                .cloned()
+                .unwrap_or_else(|| panic!("no row for {repo}"))
+        };
+        let by_default = find(&refused);
+        assert_eq!(status_of(&by_default), UnknownError, "{repo}: {by_default}");
+        assert!(
+            by_default["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("containerd 2.0 and later refuse"),
+            "{repo}: {by_default}"
+        );
+        let truth =
+            tokio::process::Command::new(pullwatch_testbench::require_tool("skopeo").unwrap())
+                .arg("--policy")
+                .arg(&policy)
+                .args(["copy", "--src-tls-verify=false"])
+                .arg(format!("docker://{}", row.image))
+                .arg(format!("dir:{}", dir.join(format!("skopeo-{i}")).display()))
+                .output()
+                .await
+                .unwrap();
+        let said = String::from_utf8_lossy(&truth.stderr);
+        assert_eq!(
+            truth.status.success(),
+            *skopeo_copies,
+            "{repo}: skopeo {said}"
+        );
+        let crio = find(&copied);
+        assert_eq!(
+            status_of(&crio) == Available,
+            truth.status.success(),
+            "{repo}: pullwatch (copied) says {crio} but skopeo {said}"
+        );
+    }
 }
 
 /// After a failed pull of an artifact, containerd keeps an image record with its tag

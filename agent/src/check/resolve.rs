@@ -37,7 +37,7 @@ use pullwatch::error_chain;
 use pullwatch::locks::lock;
 use pullwatch::process::install_crypto_provider;
 use pullwatch::registry::classify::Hints;
-use pullwatch::registry::pull_path::{CheckDepth, PullPath, Top, WalkSettings};
+use pullwatch::registry::pull_path::{CheckDepth, PullPath, Schema1Pulls, Top, WalkSettings};
 use pullwatch::registry::{
     Answer, ClientConfig, Deadline, Endpoint, Manifest, NoObserver, Object, RegistryClient,
     RegistryObserver, Scheme, Target,
@@ -381,6 +381,14 @@ impl Resolver {
         let dialect = HostsDialect::for_runtime(name, version);
         debug!(runtime = name, version, ?dialect, "hosts.toml rules");
         *lock(&self.dialect) = dialect;
+        let schema1 = Schema1Pulls::of_runtime(name, version);
+        debug!(
+            runtime = name,
+            version,
+            schema1 = schema1.as_str(),
+            "schema 1 manifests"
+        );
+        self.registry.set_schema1_pulls(schema1);
         if self.runtime_dialect == RuntimeDialect::Auto {
             let runtime = RouteRuntime::from_runtime_name(name);
             debug!(runtime = name, ?runtime, "route of the runtime");

@@ -1,0 +1,779 @@
+//! Docker schema 1 manifests, as each runtime pulls them: which layer blobs it
+//! downloads, and what it refuses before or after downloading them.
+//!
+//! - containerd 1.x converts a signed (`+prettyjws`) manifest on the node
+//!   (`remotes/docker/schema1/converter.go`): it strips the JWS, downloads each layer
+//!   blob once except those the history marks empty (`throwaway`, or `Size` 0), then
+//!   builds an image config from the history. It does not check the manifest's digest:
+//!   a registry re-signs schema 1 manifests, so the bytes served are not the digest's.
+//! - containerd 2.0 turned the conversion off by default and 2.1 removed it: every
+//!   schema 1 manifest fails (`ErrNotImplemented`, "no longer supported").
+//! - CRI-O (containers/image, `manifest/docker_schema1.go` and `copy`) reads signed and
+//!   unsigned manifests, checks the v1 image IDs and their parent chain, and copies
+//!   every layer blob, empty ones included.
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::{go_json, shown, valid_digest};
+
+/// `application/vnd.docker.distribution.manifest.v1+prettyjws`: the one schema 1 media
+/// type containerd converts.
+pub(super) const SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+/// `application/vnd.docker.distribution.manifest.v1+json`: unsigned schema 1.
+pub(super) const UNSIGNED: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
+/// What the nodes' runtime does with a schema 1 manifest (`--schema1-images`; an agent
+/// takes its node's from CRI `Version`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Schema1Pulls {
+    /// Refused, as containerd 2.0 and later refuse it.
+    #[default]
+    Refused,
+    /// Converted as containerd 1.x converts it (layers the history marks empty are not
+    /// downloaded).
+    Converted,
+    /// Copied as CRI-O (containers/image) copies it: every layer blob.
+    Copied,
+}
+
+impl Schema1Pulls {
+    /// What the runtime `name` at `version` (CRI `Version`) does with schema 1.
+    pub fn of_runtime(name: &str, version: &str) -> Schema1Pulls {
+        if name.eq_ignore_ascii_case("cri-o") || name.eq_ignore_ascii_case("crio") {
+            return Schema1Pulls::Copied;
+        }
+        // containerd reports "v1.7.27", "1.6.20~ds1", "v2.1.0" (k3s: "v1.7.23-k3s2").
+        let major = version
+            .trim_start_matches('v')
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        match major {
+            Some(0 | 1) => Schema1Pulls::Converted,
+            _ => Schema1Pulls::Refused,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schema1Pulls::Refused => "refused",
+            Schema1Pulls::Converted => "converted",
+            Schema1Pulls::Copied => "copied",
+        }
+    }
+}
+
+/// A schema 1 manifest as read once (kept by digest), for any runtime to judge.
+#[derive(Debug)]
+pub(crate) struct Schema1Manifest {
+    /// The media type it was asked by.
+    signed_type: bool,
+    /// containerd's reading (signature stripped): what it refuses before a download,
+    /// the blobs it downloads, what its conversion refuses after them.
+    containerd: Reading,
+    /// containers/image's reading.
+    containers_image: Reading,
+}
+
+#[derive(Debug)]
+struct Reading {
+    before: Result<Vec<String>, String>,
+    after: Result<(), String>,
+}
+
+impl Reading {
+    fn refused(why: String) -> Reading {
+        Reading {
+            before: Err(why),
+            after: Ok(()),
+        }
+    }
+}
+
+/// What a runtime does with one schema 1 manifest.
+pub(crate) enum Plan<'m> {
+    /// It fails at once: why.
+    Refused(String),
+    /// It downloads these layer blobs, then fails or not as `after` says.
+    Download {
+        blobs: &'m [String],
+        after: &'m Result<(), String>,
+    },
+}
+
+impl Schema1Manifest {
+    pub(crate) fn read(body: &[u8], media_type: &str) -> Schema1Manifest {
+        Schema1Manifest {
+            signed_type: media_type == SIGNED,
+            containerd: containerd_reading(body),
+            containers_image: containers_image_reading(body),
+        }
+    }
+
+    /// What `pulls` does with it.
+    pub(crate) fn plan(&self, pulls: Schema1Pulls) -> Plan<'_> {
+        let reading = match pulls {
+            Schema1Pulls::Refused => {
+                return Plan::Refused(
+                    "is a Docker schema 1 manifest, which containerd 2.0 and later refuse (\"no longer supported since containerd v2.1\"); containerd 1.x and CRI-O convert it (--schema1-images)".into(),
+                );
+            }
+            Schema1Pulls::Converted if !self.signed_type => {
+                return Plan::Refused(format!(
+                    "is an unsigned schema 1 manifest ({UNSIGNED}): containerd converts only signed ones and cannot unpack it"
+                ));
+            }
+            Schema1Pulls::Converted => &self.containerd,
+            Schema1Pulls::Copied => &self.containers_image,
+        };
+        match &reading.before {
+            Err(why) => Plan::Refused(why.clone()),
+            Ok(blobs) => Plan::Download {
+                blobs,
+                after: &reading.after,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSchema1 {
+    #[serde(default, rename = "schemaVersion")]
+    schema_version: i64,
+    #[serde(default, rename = "fsLayers")]
+    fs_layers: Vec<RawFsLayer>,
+    #[serde(default)]
+    history: Vec<RawHistory>,
+    #[serde(default)]
+    layers: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    manifests: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawFsLayer {
+    #[serde(default, rename = "blobSum")]
+    blob_sum: String,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    #[serde(default, rename = "v1Compatibility")]
+    v1_compatibility: String,
+}
+
+/// containerd's `v1History` (and containers/image's `Schema1V1Compatibility`): the
+/// fields whose types make `encoding/json` fail.
+#[derive(Deserialize)]
+struct V1History {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    parent: String,
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // read for its type: a non-string author fails the pull
+    author: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    comment: String,
+    #[serde(default)]
+    throwaway: Option<bool>,
+    #[serde(default, rename = "Size")]
+    size: Option<i64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    container_config: Option<CommandOnly>,
+}
+
+#[derive(Deserialize)]
+struct CommandOnly {
+    #[serde(default, rename = "Cmd")]
+    #[allow(dead_code)]
+    cmd: Vec<String>,
+}
+
+/// The part of an OCI image config containerd builds from the first history entry
+/// (`ocispec.Image`), for the fields' types only.
+#[derive(Deserialize)]
+#[allow(dead_code)] // read for their types
+struct V1Image {
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: String,
+    #[serde(default)]
+    config: Option<V1ImageConfig>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)] // read for their types
+struct V1ImageConfig {
+    #[serde(default, rename = "User")]
+    user: String,
+    #[serde(default, rename = "Env")]
+    env: Vec<String>,
+    #[serde(default, rename = "Entrypoint")]
+    entrypoint: Vec<String>,
+    #[serde(default, rename = "Cmd")]
+    cmd: Vec<String>,
+    #[serde(default, rename = "WorkingDir")]
+    working_dir: String,
+    #[serde(default, rename = "Labels")]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, rename = "StopSignal")]
+    stop_signal: String,
+    #[serde(default, rename = "ArgsEscaped")]
+    args_escaped: bool,
+}
+
+/// A history entry read as `encoding/json` reads it: a `created` that is not an RFC
+/// 3339 time fails as Go's `time.Time` does.
+fn history_entry(text: &str) -> Result<V1History, String> {
+    let entry: V1History =
+        go_json(text.as_bytes()).map_err(|_| "is not a JSON object of that form".to_string())?;
+    rfc3339(entry.created.as_deref())?;
+    Ok(entry)
+}
+
+fn rfc3339(created: Option<&str>) -> Result<(), String> {
+    match created {
+        Some(created) if created.parse::<jiff::Timestamp>().is_err() => Err(format!(
+            "has a created time {} that is not RFC 3339",
+            shown(created)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// containerd's `stripSignature`: the signed payload of a pretty JWS.
+fn strip_signature(body: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(Deserialize)]
+    struct Signed {
+        #[serde(default)]
+        signatures: Vec<Signature>,
+    }
+    #[derive(Deserialize)]
+    struct Signature {
+        #[serde(default)]
+        protected: String,
+    }
+    #[derive(Deserialize)]
+    struct Protected {
+        #[serde(default, rename = "formatLength")]
+        length: i64,
+        #[serde(default, rename = "formatTail")]
+        tail: String,
+    }
+    let signed: Signed =
+        go_json(body).map_err(|_| "its signatures are not readable".to_string())?;
+    let Some(first) = signed.signatures.first() else {
+        return Err("has no signatures".into());
+    };
+    let protected = jose_base64(&first.protected)
+        .ok_or_else(|| "has a signature whose protected header is not base64url".to_string())?;
+    let protected: Protected = go_json(&protected).map_err(|_| {
+        "has a signature whose protected header is not JSON of that form".to_string()
+    })?;
+    let length = usize::try_from(protected.length)
+        .ok()
+        .filter(|l| *l <= body.len())
+        .ok_or_else(|| "has an invalid protected length block".to_string())?;
+    let tail = jose_base64(&protected.tail)
+        .ok_or_else(|| "has a signature whose format tail is not base64url".to_string())?;
+    let mut payload = body[..length].to_vec();
+    payload.extend_from_slice(&tail);
+    Ok(payload)
+}
+
+/// `joseBase64UrlDecode`: base64url with its padding left out (Go's decoder also
+/// skips line breaks).
+fn jose_base64(text: &str) -> Option<Vec<u8>> {
+    let padding = match text.len() % 4 {
+        0 => "",
+        2 => "==",
+        3 => "=",
+        _ => return None,
+    };
+    let joined: String = text
+        .chars()
+        .filter(|c| *c != '\r' && *c != '\n')
+        .chain(padding.chars())
+        .collect();
+    base64::engine::general_purpose::URL_SAFE
+        .decode(joined)
+        .ok()
+}
+
+fn not_json(what: &str) -> String {
+    format!("{what} is not a schema 1 manifest of that form (the runtime refuses it)")
+}
+
+/// A layer blob's digest as the content store takes it.
+fn blob_digest(digest: &str, i: usize, total: usize) -> Result<String, String> {
+    valid_digest(digest)
+        .map(|()| digest.to_string())
+        .map_err(|why| format!("names layer {} of {total} with {why}", i + 1))
+}
+
+/// containerd 1.x: `Converter.Handle`, then `Convert`.
+fn containerd_reading(body: &[u8]) -> Reading {
+    let payload = match strip_signature(body) {
+        Ok(payload) => payload,
+        Err(why) => {
+            return Reading::refused(format!("{why} (containerd strips the schema 1 signature)"));
+        }
+    };
+    let Ok(manifest) = go_json::<RawSchema1>(&payload) else {
+        return Reading::refused(not_json("its signed payload"));
+    };
+    if manifest.layers.is_some() || manifest.manifests.is_some() {
+        return Reading::refused(
+            "has layers or manifests beside its fsLayers (containerd: expected schema1 document but found extra keys)".into(),
+        );
+    }
+    let total = manifest.fs_layers.len();
+    if total != manifest.history.len() {
+        return Reading::refused(format!(
+            "has {total} fsLayers and {} history entries (containerd: invalid schema 1 manifest, history and layer mismatch)",
+            manifest.history.len()
+        ));
+    }
+    // Each blob once, at its first entry, whose history says whether it is empty.
+    let mut seen = HashSet::new();
+    let mut blobs = Vec::new();
+    for (i, (layer, history)) in manifest.fs_layers.iter().zip(&manifest.history).enumerate() {
+        if !seen.insert(layer.blob_sum.as_str()) {
+            continue;
+        }
+        let entry = match history_entry(&history.v1_compatibility) {
+            Ok(entry) => entry,
+            Err(why) => {
+                return Reading::refused(format!("history entry {} of {total} {why}", i + 1));
+            }
+        };
+        let empty = match (entry.throwaway, entry.size) {
+            (Some(throwaway), _) => throwaway,
+            (None, Some(size)) => size == 0,
+            (None, None) => false,
+        };
+        if !empty {
+            match blob_digest(&layer.blob_sum, i, total) {
+                Ok(digest) => blobs.push(digest),
+                Err(why) => return Reading::refused(why),
+            }
+        }
+    }
+    // The conversion, once every blob is in: every history entry read again, the first
+    // as the image config.
+    let after = if manifest.history.is_empty() {
+        Err("has no history (containerd: schema 1 conversion failed)".into())
+    } else {
+        manifest
+            .history
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, h)| {
+                history_entry(&h.v1_compatibility)
+                    .map(drop)
+                    .map_err(|why| format!("history entry {} of {total} {why}", i + 1))
+            })
+            .and_then(|()| {
+                let first = &manifest.history[0].v1_compatibility;
+                let image: V1Image = go_json(first.as_bytes()).map_err(|_| {
+                    "has a first history entry that is not an image config (containerd: failed to unmarshal image from schema 1 history)".to_string()
+                })?;
+                rfc3339(image.created.as_deref())
+                    .map_err(|why| format!("history entry 1 of {total} {why}"))
+            })
+    };
+    Reading {
+        before: Ok(blobs),
+        after,
+    }
+}
+
+/// containers/image: `Schema1FromManifest` (`initialize`, `fixManifestLayers`), then
+/// `copy`, which copies every remaining layer blob.
+fn containers_image_reading(body: &[u8]) -> Reading {
+    let Ok(manifest) = go_json::<RawSchema1>(body) else {
+        return Reading::refused(not_json("it"));
+    };
+    if manifest.schema_version != 1 {
+        return Reading::refused(format!(
+            "has schemaVersion {} (containers/image: unsupported schema version)",
+            manifest.schema_version
+        ));
+    }
+    if manifest.layers.is_some() || manifest.manifests.is_some() {
+        return Reading::refused(
+            "has layers or manifests beside its fsLayers (containers/image refuses an ambiguous manifest)".into(),
+        );
+    }
+    let total = manifest.fs_layers.len();
+    if total != manifest.history.len() {
+        return Reading::refused(format!(
+            "has {total} fsLayers and {} history entries (containers/image: length of history not equal to number of layers)",
+            manifest.history.len()
+        ));
+    }
+    if total == 0 {
+        return Reading::refused(
+            "has no fsLayers (containers/image: no FSLayers in manifest)".into(),
+        );
+    }
+    let mut entries = Vec::with_capacity(total);
+    for (i, history) in manifest.history.iter().enumerate() {
+        match history_entry(&history.v1_compatibility) {
+            Ok(entry) => entries.push(entry),
+            Err(why) => {
+                return Reading::refused(format!("history entry {} of {total} {why}", i + 1));
+            }
+        }
+    }
+    let hex64 =
+        |id: &str| id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if let Some(bad) = entries.iter().find(|e| !hex64(&e.id)) {
+        return Reading::refused(format!(
+            "has the v1 image ID {} (containers/image: image ID is invalid)",
+            shown(&bad.id)
+        ));
+    }
+    if entries.last().is_some_and(|base| !base.parent.is_empty()) {
+        return Reading::refused(
+            "names a parent for its base layer (containers/image: Invalid parent ID in the base layer of the image)".into(),
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut last = "";
+    for entry in &entries {
+        if entry.id != last && ids.contains(entry.id.as_str()) {
+            return Reading::refused(format!(
+                "names the v1 image ID {} more than once (containers/image refuses it)",
+                shown(&entry.id)
+            ));
+        }
+        last = &entry.id;
+        ids.insert(entry.id.as_str());
+    }
+    // Entries repeating the next one's ID are dropped; the others chain by parent.
+    let mut kept: Vec<usize> = vec![total - 1];
+    for i in (0..total - 1).rev() {
+        if entries[i].id == entries[i + 1].id {
+            continue;
+        }
+        if entries[i].parent != entries[i + 1].id {
+            return Reading::refused(format!(
+                "breaks its chain of v1 image IDs at history entry {} (containers/image: Invalid parent ID)",
+                i + 1
+            ));
+        }
+        kept.push(i);
+    }
+    let mut blobs = Vec::new();
+    let mut seen = HashSet::new();
+    // Base first, as containers/image lists them.
+    for &i in &kept {
+        let digest = &manifest.fs_layers[i].blob_sum;
+        if seen.insert(digest.as_str()) {
+            match blob_digest(digest, i, total) {
+                Ok(digest) => blobs.push(digest),
+                Err(why) => return Reading::refused(why),
+            }
+        }
+    }
+    Reading {
+        before: Ok(blobs),
+        after: Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        format!("sha256:{}", format!("{n:02x}").repeat(32))
+    }
+
+    fn id(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    /// A history entry: v1 image `n`, its parent `n + 1` (none for the base), and `extra`
+    /// JSON members.
+    fn entry(n: u8, base: bool, extra: &str) -> serde_json::Value {
+        let mut v1 = serde_json::json!({
+            "id": id(n),
+            "created": "2016-06-01T12:00:00.123456789Z",
+            "architecture": "amd64",
+            "os": "linux",
+            "container_config": {"Cmd": ["/bin/sh", "-c", "true"]},
+        });
+        if !base {
+            v1["parent"] = id(n + 1).into();
+        }
+        let extra: serde_json::Value = serde_json::from_str(&format!("{{{extra}}}")).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            v1[k] = v.clone();
+        }
+        serde_json::json!({ "v1Compatibility": v1.to_string() })
+    }
+
+    /// A schema 1 payload with these layers (top first) and history entries.
+    fn payload(blobs: &[String], history: Vec<serde_json::Value>) -> String {
+        let fs_layers: Vec<_> = blobs
+            .iter()
+            .map(|b| serde_json::json!({ "blobSum": b }))
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "schemaVersion": 1,
+            "name": "library/app",
+            "tag": "v1",
+            "architecture": "amd64",
+            "fsLayers": fs_layers,
+            "history": history,
+        }))
+        .unwrap()
+    }
+
+    /// `payload` signed as libtrust's pretty JWS lays it out: the payload up to its
+    /// closing brace, the signatures, and the cut-off tail in the protected header.
+    fn sign(payload: &str) -> Vec<u8> {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let length = payload.rfind('}').unwrap();
+        let tail = &payload[length..];
+        let protected = serde_json::json!({ "formatLength": length, "formatTail": b64(tail.as_bytes()), "time": "2016-06-01T12:00:00Z" });
+        format!(
+            "{},\n   \"signatures\": [{{\"header\": {{\"alg\": \"ES256\"}}, \"signature\": \"c2ln\", \"protected\": \"{}\"}}]\n}}",
+            &payload[..length],
+            b64(protected.to_string().as_bytes())
+        )
+        .into_bytes()
+    }
+
+    fn downloads(manifest: &Schema1Manifest, pulls: Schema1Pulls) -> Result<Vec<String>, String> {
+        match manifest.plan(pulls) {
+            Plan::Refused(why) => Err(why),
+            Plan::Download { blobs, after } => after.clone().map(|()| blobs.to_vec()),
+        }
+    }
+
+    #[test]
+    fn runtimes_and_what_they_do_with_schema_1() {
+        for (name, version, pulls) in [
+            ("containerd", "1.6.20~ds1", Schema1Pulls::Converted),
+            ("containerd", "v1.7.27", Schema1Pulls::Converted),
+            ("containerd", "v1.7.23-k3s2", Schema1Pulls::Converted),
+            ("containerd", "v2.0.0", Schema1Pulls::Refused),
+            ("containerd", "v2.1.4", Schema1Pulls::Refused),
+            ("containerd", "", Schema1Pulls::Refused),
+            ("cri-o", "1.31.3", Schema1Pulls::Copied),
+        ] {
+            assert_eq!(
+                Schema1Pulls::of_runtime(name, version),
+                pulls,
+                "{name} {version}"
+            );
+        }
+    }
+
+    #[test]
+    fn containerd_downloads_each_blob_once_except_those_the_history_marks_empty() {
+        // Top first: a throwaway entry, a Size 0 entry, a real layer, the same real
+        // layer again (downloaded once), the base layer.
+        let blobs = [digest(1), digest(2), digest(3), digest(3), digest(4)];
+        let history = vec![
+            entry(1, false, r#""throwaway": true"#),
+            entry(2, false, r#""Size": 0"#),
+            entry(3, false, r#""Size": 120"#),
+            entry(4, false, ""),
+            entry(5, true, r#""throwaway": false"#),
+        ];
+        let body = sign(&payload(&blobs, history));
+        let manifest = Schema1Manifest::read(&body, SIGNED);
+        assert_eq!(
+            downloads(&manifest, Schema1Pulls::Converted),
+            Ok(vec![digest(3), digest(4)])
+        );
+        // CRI-O copies every blob, empty ones too (each once).
+        let ids_chain = vec![
+            entry(1, false, r#""throwaway": true"#),
+            entry(2, false, ""),
+            entry(3, false, ""),
+            entry(4, false, ""),
+            entry(5, true, ""),
+        ];
+        let body = sign(&payload(&blobs, ids_chain));
+        let manifest = Schema1Manifest::read(&body, SIGNED);
+        assert_eq!(
+            downloads(&manifest, Schema1Pulls::Copied),
+            Ok(vec![digest(4), digest(3), digest(2), digest(1)])
+        );
+        // containerd 2 refuses it whatever it holds.
+        let why = downloads(&manifest, Schema1Pulls::Refused).unwrap_err();
+        assert!(why.contains("containerd 2.0 and later refuse"), "{why}");
+    }
+
+    #[test]
+    fn what_containerd_refuses_before_a_download() {
+        let one = |extra: &str| vec![entry(1, true, extra)];
+        let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+            // Unsigned under the signed type: nothing to strip.
+            (
+                payload(&[digest(1)], one("")).into_bytes(),
+                SIGNED,
+                "has no signatures",
+            ),
+            (
+                sign(&payload(&[digest(1), digest(2)], one(""))),
+                SIGNED,
+                "history and layer mismatch",
+            ),
+            (
+                sign(&payload(&[digest(1)], one(r#""throwaway": "yes""#))),
+                SIGNED,
+                "history entry 1 of 1",
+            ),
+            (
+                sign(&payload(&[digest(1)], one(r#""created": "yesterday""#))),
+                SIGNED,
+                "not RFC 3339",
+            ),
+            (
+                sign(&payload(&["sha256:../../etc".into()], one(""))),
+                SIGNED,
+                "invalid digest",
+            ),
+            // The unsigned media type: containerd does not convert it.
+            (
+                payload(&[digest(1)], one("")).into_bytes(),
+                UNSIGNED,
+                "unsigned schema 1",
+            ),
+        ];
+        for (body, media_type, want) in cases {
+            let manifest = Schema1Manifest::read(&body, media_type);
+            match manifest.plan(Schema1Pulls::Converted) {
+                Plan::Refused(why) => assert!(why.contains(want), "{want}: {why}"),
+                Plan::Download { blobs, .. } => panic!("{want}: downloads {blobs:?}"),
+            }
+        }
+        // Extra keys beside fsLayers.
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&payload(&[digest(1)], one(""))).unwrap();
+        doc["layers"] = serde_json::json!([]);
+        let body = sign(&serde_json::to_string_pretty(&doc).unwrap());
+        match Schema1Manifest::read(&body, SIGNED).plan(Schema1Pulls::Converted) {
+            Plan::Refused(why) => assert!(why.contains("extra keys"), "{why}"),
+            Plan::Download { .. } => panic!("extra keys downloaded"),
+        }
+        // A throwaway layer's invalid digest is never asked for, so never refused.
+        let body = sign(&payload(
+            &["sha256:bad".into()],
+            one(r#""throwaway": true"#),
+        ));
+        assert_eq!(
+            downloads(
+                &Schema1Manifest::read(&body, SIGNED),
+                Schema1Pulls::Converted
+            ),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn what_containerd_refuses_once_the_blobs_are_in() {
+        // A repeated blob's second history entry is read only by the conversion.
+        let history = vec![entry(1, false, ""), entry(2, true, r#""created": 5"#)];
+        let body = sign(&payload(&[digest(1), digest(1)], history));
+        match Schema1Manifest::read(&body, SIGNED).plan(Schema1Pulls::Converted) {
+            Plan::Download { blobs, after } => {
+                assert_eq!(blobs, [digest(1)]);
+                let why = after.clone().unwrap_err();
+                assert!(why.contains("history entry 2 of 2"), "{why}");
+            }
+            Plan::Refused(why) => panic!("refused before downloading: {why}"),
+        }
+        // The first entry becomes the image config: a wrong-typed field fails it.
+        let history = vec![entry(1, true, r#""config": {"Env": "PATH=/bin"}"#)];
+        let body = sign(&payload(&[digest(1)], history));
+        let why = downloads(
+            &Schema1Manifest::read(&body, SIGNED),
+            Schema1Pulls::Converted,
+        )
+        .unwrap_err();
+        assert!(why.contains("failed to unmarshal image"), "{why}");
+        // No history at all.
+        let body = sign(&payload(&[], vec![]));
+        let why = downloads(
+            &Schema1Manifest::read(&body, SIGNED),
+            Schema1Pulls::Converted,
+        )
+        .unwrap_err();
+        assert!(why.contains("no history"), "{why}");
+    }
+
+    #[test]
+    fn what_containers_image_refuses() {
+        let chain = |n: usize| {
+            (0..n)
+                .map(|i| entry(i as u8 + 1, i + 1 == n, ""))
+                .collect::<Vec<_>>()
+        };
+        let blobs: Vec<String> = (1..=3).map(digest).collect();
+        // Unsigned documents are read too.
+        let body = payload(&blobs, chain(3));
+        assert_eq!(
+            downloads(
+                &Schema1Manifest::read(body.as_bytes(), UNSIGNED),
+                Schema1Pulls::Copied
+            )
+            .map(|b| b.len()),
+            Ok(3)
+        );
+        let mut broken = chain(3);
+        broken[0] = entry(9, false, "");
+        let mut bad_id = chain(3);
+        bad_id[1] = serde_json::json!({"v1Compatibility": r#"{"id":"short","parent":""}"#});
+        let mut based = chain(3);
+        based[2] = entry(3, false, "");
+        let cases: Vec<(String, &str)> = vec![
+            (payload(&blobs, broken), "Invalid parent ID"),
+            (payload(&blobs, bad_id), "image ID is invalid"),
+            (payload(&blobs, based), "base layer"),
+            (payload(&blobs[..2], chain(3)), "length of history"),
+            (payload(&[], vec![]), "no FSLayers"),
+            (
+                payload(&blobs, chain(3)).replace("\"schemaVersion\": 1", "\"schemaVersion\": 2"),
+                "unsupported schema version",
+            ),
+        ];
+        for (body, want) in cases {
+            match Schema1Manifest::read(body.as_bytes(), UNSIGNED).plan(Schema1Pulls::Copied) {
+                Plan::Refused(why) => assert!(why.contains(want), "{want}: {why}"),
+                Plan::Download { blobs, .. } => panic!("{want}: downloads {blobs:?}"),
+            }
+        }
+        // An entry repeating the next one's ID is dropped with its layer.
+        let mut repeated = chain(3);
+        repeated.insert(1, entry(2, false, ""));
+        let blobs4 = [digest(1), digest(7), digest(2), digest(3)];
+        let body = payload(&blobs4, repeated);
+        assert_eq!(
+            downloads(
+                &Schema1Manifest::read(body.as_bytes(), UNSIGNED),
+                Schema1Pulls::Copied
+            ),
+            Ok(vec![digest(3), digest(2), digest(1)])
+        );
+    }
+}
