@@ -43,6 +43,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+pub mod gzip;
+
 use crate::locks::lock;
 use crate::logging::Throttle;
 
@@ -753,18 +755,6 @@ impl hyper::body::Body for SendWatch {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
-}
-
-/// `text` as a body that shares it (no copy): the `Arc` counts the responses still
-/// sending it.
-pub fn shared_bytes(text: Arc<String>) -> Bytes {
-    struct Shared(Arc<String>);
-    impl AsRef<[u8]> for Shared {
-        fn as_ref(&self) -> &[u8] {
-            self.0.as_bytes()
-        }
-    }
-    Bytes::from_owner(Shared(text))
 }
 
 /// A whole-body response of `content_type`.

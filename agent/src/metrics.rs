@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::core::Collector;
@@ -21,6 +23,7 @@ use prometheus::{
 use pullwatch::locks::lock;
 use pullwatch::registry::RegistryObserver;
 use pullwatch::registry::quota::{Quota, QuotaGauges};
+use pullwatch::serve::gzip::{accepts_gzip, gzip};
 use pullwatch::serve::{self, Body};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -480,9 +483,33 @@ pub async fn bind(address: &str) -> crate::Result<TcpListener> {
 /// at most one exposition per second of the send timeout, not one per request.
 const RENDER_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// One rendered exposition, and its gzip member once a scraper asked for one.
+struct Exposition {
+    text: String,
+    gzip: std::sync::OnceLock<Vec<u8>>,
+}
+
 /// The latest exposition and when it was rendered; the `Arc` counts the responses
 /// streaming it.
-type Rendered = std::sync::Mutex<Option<(std::time::Instant, Arc<String>)>>;
+type Rendered = std::sync::Mutex<Option<(std::time::Instant, Arc<Exposition>)>>;
+
+/// A response body reading an exposition's text and keeping it alive while it streams.
+struct Text(Arc<Exposition>);
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.0.text.as_bytes()
+    }
+}
+
+/// The same for its gzip member (set before the body is made).
+struct Gzipped(Arc<Exposition>);
+
+impl AsRef<[u8]> for Gzipped {
+    fn as_ref(&self) -> &[u8] {
+        self.0.gzip.get().map_or(&[], Vec::as_slice)
+    }
+}
 
 /// Serves `/metrics` and `/healthz` within `limits` until the task is dropped.
 pub async fn serve(listener: TcpListener, limits: serve::Limits, metrics: Arc<AgentMetrics>) {
@@ -498,26 +525,51 @@ fn respond(
 ) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
-            let body = {
+            let exposition = {
                 let mut cached = pullwatch::locks::lock(rendered);
                 match cached.as_ref() {
-                    Some((at, body))
-                        if Arc::strong_count(body) > 1 && at.elapsed() < RENDER_REUSE =>
+                    Some((at, exposition))
+                        if Arc::strong_count(exposition) > 1 && at.elapsed() < RENDER_REUSE =>
                     {
-                        body.clone()
+                        exposition.clone()
                     }
                     _ => {
-                        let body = Arc::new(metrics.render());
-                        *cached = Some((std::time::Instant::now(), body.clone()));
-                        body
+                        let exposition = Arc::new(Exposition {
+                            text: metrics.render(),
+                            gzip: std::sync::OnceLock::new(),
+                        });
+                        *cached = Some((std::time::Instant::now(), exposition.clone()));
+                        exposition
                     }
                 }
             };
-            serve::respond(
-                StatusCode::OK,
-                serve::METRICS_CONTENT_TYPE,
-                serve::shared_bytes(body),
-            )
+            // Compressing into memory cannot fail; if it did, the text goes plain.
+            let gzipped = accepts_gzip(request.headers())
+                && !exposition
+                    .gzip
+                    .get_or_init(|| gzip(exposition.text.as_bytes()).unwrap_or_default())
+                    .is_empty();
+            let mut response = if gzipped {
+                let mut response = serve::respond(
+                    StatusCode::OK,
+                    serve::METRICS_CONTENT_TYPE,
+                    Bytes::from_owner(Gzipped(exposition)),
+                );
+                response
+                    .headers_mut()
+                    .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                response
+            } else {
+                serve::respond(
+                    StatusCode::OK,
+                    serve::METRICS_CONTENT_TYPE,
+                    Bytes::from_owner(Text(exposition)),
+                )
+            };
+            response
+                .headers_mut()
+                .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+            response
         }
         (&Method::GET, "/healthz") => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
         _ => serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

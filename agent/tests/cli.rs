@@ -244,19 +244,16 @@ async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
     }
 }
 
-/// glibc gives each thread that finds the heap locked an arena of its own, and each
-/// keeps what it freed; `run` caps them at one (without the cap, concurrent scrapes
-/// made two or more on a 2-core machine). The agent's session is refused here (no
-/// aggregator listens), so its metrics port is what runs.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[tokio::test(flavor = "multi_thread")]
-async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
-    use pullwatch_testbench::{TestCa, extra_malloc_arenas, free_port, http_request};
-    let home = tempfile::tempdir().unwrap();
+/// `pullwatch-agent run` whose session is refused (no aggregator listens), so its
+/// metrics port is what runs; its pid and that port, once `/metrics` answers.
+async fn agent_serving_metrics(
+    home: &std::path::Path,
+) -> (tokio::process::Child, u32, std::net::SocketAddr) {
+    use pullwatch_testbench::{TestCa, free_port};
     let ca = TestCa::new().unwrap();
-    let token = pullwatch_testbench::write_file(home.path(), "token", "t0ken");
+    let token = pullwatch_testbench::write_file(home, "token", "t0ken");
     let metrics: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut agent = hermetic_command(BINARY, home.path())
+    let agent = hermetic_command(BINARY, home)
         .args([
             "run",
             &format!("--aggregator=https://127.0.0.1:{}", free_port()),
@@ -270,14 +267,10 @@ async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let pid = agent.id().unwrap();
-    async fn scrape(metrics: std::net::SocketAddr) -> bool {
-        http_request(metrics, http::Method::GET, "/metrics", &[], Vec::new())
-            .await
-            .is_ok_and(|r| r.status == 200)
-    }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !scrape(metrics).await {
         assert!(
@@ -286,6 +279,23 @@ async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (agent, pid, metrics)
+}
+
+async fn scrape(metrics: std::net::SocketAddr) -> bool {
+    pullwatch_testbench::http_request(metrics, http::Method::GET, "/metrics", &[], Vec::new())
+        .await
+        .is_ok_and(|r| r.status == 200)
+}
+
+/// glibc gives each thread that finds the heap locked an arena of its own, and each
+/// keeps what it freed; `run` caps them at one (without the cap, concurrent scrapes
+/// made two or more on a 2-core machine).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut agent, pid, metrics) = agent_serving_metrics(home.path()).await;
     let scrapers: Vec<_> = (0..8)
         .map(|_| {
             tokio::spawn(async move {
@@ -304,6 +314,54 @@ async fn run_keeps_one_heap_arena_under_concurrent_scrapes() {
         answered += scraper.await.unwrap();
     }
     assert_eq!(answered, 240, "every scrape answered");
-    assert_eq!(extra_malloc_arenas(pid).unwrap(), 0);
+    assert_eq!(pullwatch_testbench::extra_malloc_arenas(pid).unwrap(), 0);
+    agent.kill().await.unwrap();
+}
+
+/// A scraper that accepts gzip (Prometheus does) gets the exposition gzip-encoded, the
+/// same series as the plain one; either answer says it varies with Accept-Encoding.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_gzip_encoded_for_scrapers_that_accept_it() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut agent, _, metrics) = agent_serving_metrics(home.path()).await;
+    let get = |accept: &'static [(&'static str, &'static str)]| async move {
+        pullwatch_testbench::http_request(
+            metrics,
+            http::Method::GET,
+            "/metrics",
+            accept,
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+    };
+    let plain = get(&[]).await;
+    let gzipped = get(&[("accept-encoding", "gzip")]).await;
+    let refused = get(&[("accept-encoding", "gzip;q=0, identity")]).await;
+    for answer in [&plain, &gzipped, &refused] {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("vary"), Some("Accept-Encoding"));
+    }
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(refused.header("content-encoding"), None);
+    assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
+    assert_eq!(&gzipped.body[..2], [0x1f, 0x8b], "a gzip member");
+    // The same series (their values, such as uptime, move between scrapes).
+    let series = |text: String| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                l.rsplit_once(' ')
+                    .map_or(l, |(series, _)| series)
+                    .to_string()
+            })
+            .collect()
+    };
+    let plain_series = series(plain.text());
+    assert!(
+        plain_series.contains(&"pullwatch_agent_aggregator_connected".to_string()),
+        "{plain_series:?}"
+    );
+    assert_eq!(series(gzipped.decoded_text().unwrap()), plain_series);
     agent.kill().await.unwrap();
 }

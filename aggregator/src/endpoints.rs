@@ -19,9 +19,10 @@ use tokio::sync::watch;
 use crate::metrics::ScrapePosition;
 use crate::pipeline::Pipeline;
 use crate::results;
-use crate::scrape::{GzipScrape, KeptParts, accepts_gzip};
+use crate::scrape::{GzipScrape, KeptParts};
 use crate::store::ResultStore;
 use pullwatch::locks::lock;
+use pullwatch::serve::gzip::accepts_gzip;
 
 /// What the endpoints report on.
 pub(crate) struct EndpointState {
