@@ -1219,6 +1219,20 @@ pub mod hostile {
         Refused(String),
     }
 
+    /// What the walk plans for a schema 1 `body` asked as `media_type`, on a runtime
+    /// that `pulls` it: Err, refused before a download; else the layer blobs
+    /// downloaded, and what the runtime says once they are in.
+    pub fn schema1_plan(
+        body: &[u8],
+        media_type: &str,
+        pulls: super::Schema1Pulls,
+    ) -> Result<(Vec<String>, Result<(), String>), String> {
+        match super::Schema1Manifest::read(body, media_type).plan(pulls) {
+            super::Plan::Refused(why) => Err(why),
+            super::Plan::Download { blobs, after } => Ok((blobs.to_vec(), after.clone())),
+        }
+    }
+
     /// The media type the walk reads a body as when its descriptor names none.
     pub fn sniffed_media_type(body: &[u8]) -> Option<String> {
         super::sniff_media_type(body)

@@ -90,6 +90,7 @@ fn main() {
         bench(CriResponses, budget, seed + 12),
         bench(RatelimitHeaders, budget, seed + 13),
         bench(PullPathDocuments, budget, seed + 14),
+        bench(Schema1Documents, budget, seed + 15),
     ];
     let tried: u64 = results.iter().map(|r| r.0).sum();
     let panics: u64 = results.iter().map(|r| r.1).sum();

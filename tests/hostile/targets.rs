@@ -21,6 +21,7 @@
 //! | `agent_messages` | what the aggregator receives from agents | `AgentMessage::decode`, then the hub (`register`, `update_images`, `check_target` with the decoded result) |
 //! | `aggregator_messages` | what an agent receives from the aggregator | `AggregatorMessage::decode`, then the task's reference and mode |
 //! | `pull_path_documents` | what the pull-path walk reads from a registry: indexes and manifest lists, image manifests, image configs | `registry::pull_path::hostile` (`#[doc(hidden)]`: the walk's private `parse_manifest`, `choose`, `parse_config`, `unpackable`), asserting the child chosen is containerd's, every digest the walk would fetch is valid, unpack only passes what containerd unpacks, reasons stay short |
+//! | `schema1_documents` | Docker schema 1 manifests, signed (libtrust's pretty JWS) or not, with hostile history entries | `registry::pull_path::hostile::schema1_plan` for containerd 1.x, containers/image and containerd 2, asserting each blob downloaded is in the manifest, once, with a valid digest; reasons stay short; and, for well-formed documents, exactly the blobs each runtime downloads (computed here) |
 //! | `cri_responses` | what the agent receives from the container runtime | `VersionResponse`, `ListImagesResponse`, `ImageStatusResponse`, `PullImageResponse`, `RemoveImageResponse` decode, then the image tags |
 //!
 //! No target contacts anything but loopback: the stub registry's challenges point at the
@@ -2001,6 +2002,241 @@ impl Target for PullPathDocuments {
                     !why.is_empty() && why.len() <= MAX_REASON,
                     "manifest reason {why:?}"
                 )
+            }
+        }
+    }
+}
+
+/// One generated schema 1 manifest: its layers (top first), their history entries, and
+/// what containerd 1.x and containers/image download when the entries are well-formed
+/// (computed here from the generator's own choices, not by the walk's code).
+#[derive(Clone, Debug)]
+pub struct Schema1Case {
+    pub media_type: String,
+    pub body: Vec<u8>,
+    /// containerd 1.x: the blobs downloaded, or None when the case is not one whose
+    /// answer is known here (an entry of hostile form, a broken signature).
+    pub converted: Option<Result<Vec<String>, ()>>,
+    /// containers/image: the same.
+    pub copied: Option<Result<Vec<String>, ()>>,
+}
+
+/// A history entry: (v1Compatibility text, whether containerd reads it as empty, whether
+/// its form is known good).
+fn schema1_entry() -> BoxedStrategy<(serde_json::Value, Option<bool>, bool)> {
+    use serde_json::{Value, json};
+    let throwaway = prop_oneof![
+        3 => Just(None),
+        3 => any::<bool>().prop_map(|b| Some(Value::Bool(b))),
+        1 => json_value().prop_map(Some),
+    ];
+    let size = prop_oneof![
+        3 => Just(None),
+        3 => prop_oneof![Just(0i64), 1i64..10_000].prop_map(|n| Some(Value::from(n))),
+        1 => json_value().prop_map(Some),
+    ];
+    let created = prop_oneof![
+        3 => Just(None),
+        3 => Just(Some(Value::from("2016-06-01T12:00:00.123456789Z"))),
+        1 => Just(Some(Value::from("2016-06-01T14:00:00+02:00"))),
+        1 => json_value().prop_map(Some),
+    ];
+    (throwaway, size, created)
+        .prop_map(|(throwaway, size, created)| {
+            let good_bool =
+                |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_boolean() || v.is_null());
+            let good_int = |v: &Option<Value>| v.as_ref().is_none_or(|v| v.is_i64() || v.is_null());
+            let good_time = |v: &Option<Value>| {
+                v.as_ref().is_none_or(|v| {
+                    v.is_null() || v.as_str().is_some_and(|t| t.starts_with("2016-06-01T"))
+                })
+            };
+            let good = good_bool(&throwaway) && good_int(&size) && good_time(&created);
+            let empty = match (
+                throwaway.as_ref().and_then(Value::as_bool),
+                size.as_ref().and_then(Value::as_i64),
+            ) {
+                (Some(t), _) => Some(t),
+                (None, Some(n)) => Some(n == 0),
+                (None, None) => Some(false),
+            };
+            let mut v1 = json!({"architecture": "amd64", "os": "linux"});
+            for (key, value) in [
+                ("throwaway", throwaway),
+                ("Size", size),
+                ("created", created),
+            ] {
+                if let Some(value) = value {
+                    v1[key] = value;
+                }
+            }
+            (v1, good.then_some(empty).flatten(), good)
+        })
+        .boxed()
+}
+
+/// libtrust's pretty JWS around `payload` (what containerd strips).
+fn jws(payload: &str) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let length = payload.rfind('}').unwrap_or(0);
+    let protected = serde_json::json!({"formatLength": length, "formatTail": b64(&payload.as_bytes()[length..])});
+    format!(
+        "{},\"signatures\":[{{\"protected\":\"{}\"}}]}}",
+        &payload[..length],
+        b64(protected.to_string().as_bytes())
+    )
+}
+
+pub struct Schema1Documents;
+
+impl Target for Schema1Documents {
+    type Input = Schema1Case;
+    fn name(&self) -> &'static str {
+        "schema1_documents"
+    }
+    fn strategy(&self) -> BoxedStrategy<Schema1Case> {
+        use serde_json::json;
+        // A few valid digests (repeats are likely) and some hostile ones.
+        let blob = prop_oneof![
+            6 => (0u8..4).prop_map(|n| format!("sha256:{}", format!("{n:02x}").repeat(32))),
+            1 => descriptor_digest().prop_map(|d| d.as_str().unwrap_or_default().to_string()),
+        ];
+        let layers = prop::collection::vec((blob, schema1_entry()), 0..6);
+        let document = (layers, any::<bool>(), 0u8..10).prop_map(|(layers, signed, fault)| {
+            let ids: Vec<String> = (0..layers.len())
+                .map(|i| format!("{:064x}", i + 1))
+                .collect();
+            let mut history = Vec::new();
+            let mut fs_layers = Vec::new();
+            for (i, (blob, (mut v1, _, _))) in layers.iter().cloned().enumerate() {
+                v1["id"] = ids[i].clone().into();
+                if i + 1 < layers.len() {
+                    v1["parent"] = ids[i + 1].clone().into();
+                }
+                history.push(json!({"v1Compatibility": v1.to_string()}));
+                fs_layers.push(json!({"blobSum": blob}));
+            }
+            // A fault in one of ten: a history entry fewer than layers.
+            if fault == 0 {
+                history.pop();
+            }
+            let payload = serde_json::to_string_pretty(&json!({
+                "schemaVersion": 1, "name": "a/b", "tag": "v1", "architecture": "amd64",
+                "fsLayers": fs_layers, "history": history,
+            }))
+            .unwrap_or_default();
+            let body = if signed { jws(&payload) } else { payload };
+            let clean = fault != 0 && layers.iter().all(|(_, (_, _, good))| *good);
+            // containerd: each blob once at its first entry, unless that entry is empty.
+            let converted = (clean && signed).then(|| {
+                let mut seen = std::collections::HashSet::new();
+                let mut blobs = Vec::new();
+                for (blob, (_, empty, _)) in &layers {
+                    if seen.insert(blob.clone()) && *empty == Some(false) {
+                        blobs.push(blob.clone());
+                    }
+                }
+                if blobs.iter().all(|b| containerd_digest(b)) {
+                    if layers.is_empty() {
+                        Err(())
+                    } else {
+                        Ok(blobs)
+                    }
+                } else {
+                    Err(())
+                }
+            });
+            // containers/image: every blob once, base first.
+            let copied = clean.then(|| {
+                let mut seen = std::collections::HashSet::new();
+                let blobs: Vec<String> = layers
+                    .iter()
+                    .rev()
+                    .filter(|(blob, _)| seen.insert(blob.clone()))
+                    .map(|(blob, _)| blob.clone())
+                    .collect();
+                if !layers.is_empty() && blobs.iter().all(|b| containerd_digest(b)) {
+                    Ok(blobs)
+                } else {
+                    Err(())
+                }
+            });
+            (body.into_bytes(), converted, copied)
+        });
+        let media_type = prop_oneof![
+            4 => Just("application/vnd.docker.distribution.manifest.v1+prettyjws".to_string()),
+            1 => Just("application/vnd.docker.distribution.manifest.v1+json".to_string()),
+        ];
+        prop_oneof![
+            6 => (document.clone(), media_type.clone()).prop_map(|((body, converted, copied), media_type)| {
+                let signed_type = media_type.ends_with("prettyjws");
+                Schema1Case {
+                    converted: if signed_type { converted } else { Some(Err(())) },
+                    copied,
+                    media_type,
+                    body,
+                }
+            }),
+            2 => (document.prop_flat_map(|(body, _, _)| mutated(body)), media_type.clone())
+                .prop_map(|(body, media_type)| Schema1Case { media_type, body, converted: None, copied: None }),
+            1 => (json_value(), media_type).prop_map(|(value, media_type)| Schema1Case {
+                media_type,
+                body: jws(&value.to_string()).into_bytes(),
+                converted: None,
+                copied: None,
+            }),
+        ]
+        .boxed()
+    }
+    fn run(&self, case: Schema1Case) {
+        use pullwatch::registry::pull_path::{Schema1Pulls, hostile};
+        let blob_sums = String::from_utf8_lossy(&case.body).into_owned();
+        for (pulls, known) in [
+            (Schema1Pulls::Converted, &case.converted),
+            (Schema1Pulls::Copied, &case.copied),
+            (Schema1Pulls::Refused, &Some(Err(()))),
+        ] {
+            let plan = hostile::schema1_plan(&case.body, &case.media_type, pulls);
+            match &plan {
+                Err(why) => assert!(
+                    !why.is_empty() && why.len() <= MAX_REASON,
+                    "{pulls:?}: {why:?}"
+                ),
+                Ok((blobs, after)) => {
+                    assert_ne!(
+                        pulls,
+                        Schema1Pulls::Refused,
+                        "containerd 2 downloads nothing"
+                    );
+                    let mut distinct = std::collections::HashSet::new();
+                    for blob in blobs {
+                        assert!(containerd_digest(blob), "{pulls:?} would fetch {blob:?}");
+                        assert!(distinct.insert(blob), "{pulls:?} fetches {blob} twice");
+                        assert!(
+                            blob_sums.contains(blob.as_str()),
+                            "{pulls:?}: {blob} is not in the manifest"
+                        );
+                    }
+                    if let Err(why) = after {
+                        assert!(
+                            !why.is_empty() && why.len() <= MAX_REASON,
+                            "{pulls:?}: {why:?}"
+                        );
+                    }
+                }
+            }
+            if let Some(known) = known {
+                let got = match plan {
+                    Ok((blobs, Ok(()))) => Ok(blobs),
+                    _ => Err(()),
+                };
+                assert_eq!(
+                    &got,
+                    known,
+                    "{pulls:?} on {}",
+                    String::from_utf8_lossy(&case.body)
+                );
             }
         }
     }

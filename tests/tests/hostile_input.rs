@@ -107,3 +107,8 @@ fn cri_responses() {
 fn pull_path_documents() {
     check(PullPathDocuments, 0x100f);
 }
+
+#[test]
+fn schema1_documents() {
+    check(Schema1Documents, 0x1010);
+}
