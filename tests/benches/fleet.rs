@@ -112,6 +112,10 @@ struct Row {
     storms: Vec<Duration>,
     storm_probe: ProbeFigures,
     rss_after_storms_kib: u64,
+    /// The heap's `(allocated, resident)` bytes after the pass and after the storms:
+    /// whether RSS kept after storms is live memory or the allocator's.
+    heap_after_pass: Option<(f64, f64)>,
+    heap_after_storms: Option<(f64, f64)>,
     bounce: Duration,
     bounce_probe: ProbeFigures,
     bounce_overflows: u64,
@@ -251,6 +255,7 @@ async fn run(
     };
     tokio::time::sleep(STEADY).await;
     let rss_after_pass_kib = aggregator.rss_kib()?;
+    let heap_after_pass = heap(&aggregator).await?;
     let mut alone = Vec::new();
     let (mut scrape_kib, mut wire_kib) = (0.0, 0.0);
     let cpu = aggregator.cpu_seconds()?;
@@ -284,6 +289,7 @@ async fn run(
     let storm_probe = stop_probe(stop, probe).await?;
     tokio::time::sleep(STEADY).await;
     let rss_after_storms_kib = aggregator.rss_kib()?;
+    let heap_after_storms = heap(&aggregator).await?;
 
     // 5. Bounce: killed and started again.
     let overflows = listen_overflows();
@@ -321,6 +327,8 @@ async fn run(
         storms,
         storm_probe,
         rss_after_storms_kib,
+        heap_after_pass,
+        heap_after_storms,
         bounce,
         bounce_probe,
         bounce_overflows,
@@ -371,6 +379,22 @@ fn heap_per_agent(row: &Row) -> String {
     }
 }
 
+/// The heap after the storms against after the pass, as "allocated +A%, resident
+/// +R%" ("-" when the binary does not export them).
+fn heap_after_storms(row: &Row) -> String {
+    match (row.heap_after_pass, row.heap_after_storms) {
+        (Some((a0, r0)), Some((a1, r1))) => {
+            let change = |before: f64, after: f64| (after / before.max(1.0) - 1.0) * 100.0;
+            format!(
+                "allocated {:+.1}%, resident {:+.1}%",
+                change(a0, a1),
+                change(r0, r1)
+            )
+        }
+        _ => "-".to_string(),
+    }
+}
+
 /// `(placements, agents visited)` from `/metrics`, when the binary exports them.
 fn placement_work(metrics: &str) -> Option<(f64, f64)> {
     Some((
@@ -392,7 +416,7 @@ fn print_row(row: &Row, base: Option<&Row>) {
         row.cpu_per_check.as_secs_f64() / b.cpu_per_check.as_secs_f64().max(1e-9)
     });
     eprintln!(
-        "  {} agents, {}: connect {} (overflows {}), {:.1} KiB/agent (heap allocated / resident {}), {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?}, bounce {}",
+        "  {} agents, {}: connect {} (overflows {}), {:.1} KiB/agent (heap allocated / resident {}), {:.3} ms CPU/check (x{ratio:.2}), {:.0} checks/s, storms {:?} (after them: RSS {:+.1}%, heap {}), bounce {}",
         row.agents,
         row.build,
         ms(row.connect),
@@ -402,6 +426,8 @@ fn print_row(row: &Row, base: Option<&Row>) {
         row.cpu_per_check.as_secs_f64() * 1000.0,
         catalog() as f64 / row.pass.as_secs_f64(),
         row.storms.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        (row.rss_after_storms_kib as f64 / row.rss_after_pass_kib.max(1) as f64 - 1.0) * 100.0,
+        heap_after_storms(row),
         ms(row.bounce)
     );
 }
