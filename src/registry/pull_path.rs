@@ -875,6 +875,7 @@ impl Walk<'_, '_, '_, '_> {
         // Whether the child was chosen without a `platform` field: its config decides.
         let mut unlabelled = false;
         let mut offered = Vec::new();
+        let mut via_index = false;
         for _ in 0..MAX_NESTING {
             // The tag's own manifest was just answered: no need to confirm it exists.
             let document = if desc.digest == top.digest {
@@ -897,11 +898,10 @@ impl Walk<'_, '_, '_, '_> {
                 }
                 Document::Config(_) => return Ok(()),
                 Document::Schema1(manifest) => {
-                    return self
-                        .schema1(manifest, &what, platform, !offered.is_empty())
-                        .await;
+                    return self.schema1(manifest, &what, platform, via_index).await;
                 }
                 Document::Index(entries) => {
+                    via_index = true;
                     let node = platform.cloned().unwrap_or_else(Platform::host);
                     offered.extend(
                         entries
@@ -963,10 +963,11 @@ impl Walk<'_, '_, '_, '_> {
         };
         if in_index && self.schema1 == Schema1Pulls::Converted {
             // containerd converts a tag's own schema 1 manifest only; as an index's
-            // child it has no children containerd knows, and nothing to unpack.
-            return Err(refused(
-                "is a schema 1 manifest in an index, which containerd cannot unpack",
-            ));
+            // child its handlers refuse it.
+            return Err(refused(&format!(
+                "is a schema 1 manifest in an index (containerd: {} not supported)",
+                schema1::SIGNED
+            )));
         }
         match manifest.plan(self.schema1) {
             Plan::Refused(why) => Err(refused(&why)),

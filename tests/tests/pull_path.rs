@@ -233,7 +233,7 @@ async fn schema1_image(registry: &Registry, repo: &str) -> String {
 /// Every state: what it is, the repository whose `v1` tag [`build`] pushes it as, and
 /// what containerd and pullwatch make of it.
 #[rustfmt::skip]
-const TABLE: [(&str, &str, Want); 24] = [
+const TABLE: [(&str, &str, Want); 25] = [
     ("a single image", "ok/single", PULLABLE),
     ("a multi-arch index", "ok/index", PULLABLE),
     ("the amd64 child manifest deleted", "gone/child", fails(Absent, "platform manifest")),
@@ -259,6 +259,7 @@ const TABLE: [(&str, &str, Want); 24] = [
     ("a Docker schema 1 image", "schema1/ok", PULLABLE),
     ("a schema 1 image, its layer blob deleted", "schema1/gone-layer", fails(Absent, "layer 1 of 1")),
     ("a schema 1 image, its empty (throwaway) layer's blob deleted", "schema1/gone-empty", PULLABLE),
+    ("an index whose amd64 entry is a schema 1 manifest", "schema1/in-index", fails(UnknownError, "schema 1 manifest in an index")),
 ];
 
 /// The schema 1 rows of [`TABLE`], which CRI-O (containers/image: skopeo here) copies
@@ -407,6 +408,25 @@ async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
     raw::delete_blob(registry, "schema1/gone-empty", EMPTY_TAR_GZ)
         .await
         .unwrap();
+
+    schema1_image(registry, "schema1/in-index").await;
+    let signed = registry
+        .request(
+            http::Method::GET,
+            "/v2/schema1/in-index/manifests/v1",
+            &[],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let digest = signed.header("docker-content-digest").unwrap().to_string();
+    let entry = json!({
+        "mediaType": "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "digest": digest,
+        "size": signed.body.len(),
+        "platform": { "os": "linux", "architecture": "amd64" },
+    });
+    put(registry, "schema1/in-index", "v1", &raw::index(vec![entry])).await;
 
     // "never/pushed": a tag that was never pushed.
     TABLE
