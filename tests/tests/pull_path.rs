@@ -1,4 +1,4 @@
-//! The scenario table of issue 18: 21 registry states built on a real registry (its
+//! The scenario table of issue 18: 25 registry states (four of them Docker schema 1) built on a real registry (its
 //! `DELETE` API, pushed artifacts and indexes, a small proxy for header and redirect
 //! faults), the truth taken from a real containerd's CRI `PullImage` for linux/amd64,
 //! and three views of pullwatch that must each agree with it: the aggregator's `check`,
