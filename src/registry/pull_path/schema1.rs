@@ -324,6 +324,25 @@ fn blob_digest(digest: &str, i: usize, total: usize) -> Result<String, String> {
         .map_err(|why| format!("names layer {} of {total} with {why}", i + 1))
 }
 
+/// What both runtimes check of a manifest's shape, with what each says of it: no
+/// `layers` or `manifests` beside `fsLayers`, as many history entries as layers. Ok:
+/// how many layers.
+fn shape(manifest: &RawSchema1, extra_keys: &str, mismatch: &str) -> Result<usize, String> {
+    if manifest.layers.is_some() || manifest.manifests.is_some() {
+        return Err(format!(
+            "has layers or manifests beside its fsLayers ({extra_keys})"
+        ));
+    }
+    let total = manifest.fs_layers.len();
+    if total != manifest.history.len() {
+        return Err(format!(
+            "has {total} fsLayers and {} history entries ({mismatch})",
+            manifest.history.len()
+        ));
+    }
+    Ok(total)
+}
+
 /// containerd 1.x: `Converter.Handle`, then `Convert`.
 fn containerd_reading(body: &[u8]) -> Reading {
     let payload = match strip_signature(body) {
@@ -335,18 +354,14 @@ fn containerd_reading(body: &[u8]) -> Reading {
     let Ok(manifest) = go_json::<RawSchema1>(&payload) else {
         return Reading::refused(not_json("its signed payload"));
     };
-    if manifest.layers.is_some() || manifest.manifests.is_some() {
-        return Reading::refused(
-            "has layers or manifests beside its fsLayers (containerd: expected schema1 document but found extra keys)".into(),
-        );
-    }
-    let total = manifest.fs_layers.len();
-    if total != manifest.history.len() {
-        return Reading::refused(format!(
-            "has {total} fsLayers and {} history entries (containerd: invalid schema 1 manifest, history and layer mismatch)",
-            manifest.history.len()
-        ));
-    }
+    let total = match shape(
+        &manifest,
+        "containerd: expected schema1 document but found extra keys",
+        "containerd: invalid schema 1 manifest, history and layer mismatch",
+    ) {
+        Ok(total) => total,
+        Err(why) => return Reading::refused(why),
+    };
     // Each blob once, at its first entry, whose history says whether it is empty.
     let mut seen = HashSet::new();
     let mut blobs = Vec::new();
@@ -413,18 +428,14 @@ fn containers_image_reading(body: &[u8]) -> Reading {
             manifest.schema_version
         ));
     }
-    if manifest.layers.is_some() || manifest.manifests.is_some() {
-        return Reading::refused(
-            "has layers or manifests beside its fsLayers (containers/image refuses an ambiguous manifest)".into(),
-        );
-    }
-    let total = manifest.fs_layers.len();
-    if total != manifest.history.len() {
-        return Reading::refused(format!(
-            "has {total} fsLayers and {} history entries (containers/image: length of history not equal to number of layers)",
-            manifest.history.len()
-        ));
-    }
+    let total = match shape(
+        &manifest,
+        "containers/image refuses an ambiguous manifest",
+        "containers/image: length of history not equal to number of layers",
+    ) {
+        Ok(total) => total,
+        Err(why) => return Reading::refused(why),
+    };
     if total == 0 {
         return Reading::refused(
             "has no fsLayers (containers/image: no FSLayers in manifest)".into(),
