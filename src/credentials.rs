@@ -17,6 +17,9 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::Deserialize;
 
+// Go's field-name folding, and its U+FFFD for each byte of invalid UTF-8 (applied to
+// the whole body: outside strings an invalid byte is a syntax error either way).
+use crate::go_json::{field_is, go_text};
 use crate::reference::ImageReference;
 
 /// One username/password (or token) pair for a registry.
@@ -99,24 +102,6 @@ pub struct DockerConfig {
     pub entries: BTreeMap<String, RegistryCredential>,
 }
 
-/// Go's `strings.EqualFold` against an ASCII field name: the only non-ASCII runes that
-/// fold to ASCII letters are U+017F (ſ, to s) and U+212A (Kelvin sign, to k).
-fn go_field_is(key: &str, field: &str) -> bool {
-    let mut key_chars = key.chars().map(|c| match c {
-        '\u{17F}' => 's',
-        '\u{212A}' => 'k',
-        c => c.to_ascii_lowercase(),
-    });
-    let mut field_chars = field.chars();
-    loop {
-        match (key_chars.next(), field_chars.next()) {
-            (None, None) => return true,
-            (Some(k), Some(f)) if k == f => {}
-            _ => return false,
-        }
-    }
-}
-
 /// One `DockerConfigEntry` as the kubelet decodes it (encoding/json rules: field
 /// names match case-insensitively, later keys win, `null` leaves a field alone,
 /// unknown fields are ignored, a non-string value for a known field is an error).
@@ -145,13 +130,13 @@ impl<'de> Deserialize<'de> for RawEntry {
             ) -> Result<RawEntry, A::Error> {
                 let mut entry = RawEntry::default();
                 while let Some(key) = map.next_key::<String>()? {
-                    let slot = if go_field_is(&key, "username") {
+                    let slot = if field_is(&key, "username") {
                         Some(&mut entry.username)
-                    } else if go_field_is(&key, "password") {
+                    } else if field_is(&key, "password") {
                         Some(&mut entry.password)
-                    } else if go_field_is(&key, "auth") {
+                    } else if field_is(&key, "auth") {
                         Some(&mut entry.auth)
-                    } else if go_field_is(&key, "email") {
+                    } else if field_is(&key, "email") {
                         // Type-checked as the kubelet does, not kept.
                         map.next_value::<Option<String>>()?;
                         continue;
@@ -198,7 +183,7 @@ impl<'de> Deserialize<'de> for RawConfigJson {
             ) -> Result<RawConfigJson, A::Error> {
                 let mut auths = BTreeMap::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    if go_field_is(&key, "auths") {
+                    if field_is(&key, "auths") {
                         match map.next_value::<Option<BTreeMap<String, RawEntry>>>()? {
                             Some(more) => auths.extend(more),
                             None => auths.clear(),
@@ -214,26 +199,20 @@ impl<'de> Deserialize<'de> for RawConfigJson {
     }
 }
 
-/// encoding/json replaces invalid UTF-8 in strings with U+FFFD rather than failing;
-/// outside strings invalid bytes are a syntax error either way.
-fn go_json_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
-}
-
 impl DockerConfig {
     /// Parses the `{"auths": {...}}` form (`kubernetes.io/dockerconfigjson`,
     /// `config.json`) as the kubelet does: a document without `auths` (or `null`) is a
     /// valid, empty config.
     pub fn from_config_json(bytes: &[u8]) -> Result<Self, CredentialError> {
         let parsed: RawConfigJson =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
+            serde_json::from_str(&go_text(bytes)).map_err(|e| CredentialError::json(&e))?;
         Self::from_raw(parsed.0)
     }
 
     /// Parses the legacy `{"host": {...}}` form (`kubernetes.io/dockercfg`).
     pub fn from_dockercfg(bytes: &[u8]) -> Result<Self, CredentialError> {
         let parsed: Option<BTreeMap<String, RawEntry>> =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
+            serde_json::from_str(&go_text(bytes)).map_err(|e| CredentialError::json(&e))?;
         Self::from_raw(parsed.unwrap_or_default())
     }
 
@@ -241,10 +220,10 @@ impl DockerConfig {
     /// an `auths` key (in any case, as encoding/json matches it), else `.dockercfg`.
     pub fn from_either_form(bytes: &[u8]) -> Result<Self, CredentialError> {
         let value: serde_json::Value =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
+            serde_json::from_str(&go_text(bytes)).map_err(|e| CredentialError::json(&e))?;
         let has_auths = value
             .as_object()
-            .is_some_and(|object| object.keys().any(|k| go_field_is(k, "auths")));
+            .is_some_and(|object| object.keys().any(|k| field_is(k, "auths")));
         if has_auths {
             Self::from_config_json(bytes)
         } else {

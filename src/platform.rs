@@ -206,6 +206,23 @@ pub(crate) struct DescriptorPlatform {
     pub(crate) variant: String,
 }
 
+impl crate::go_json::GoDecode for DescriptorPlatform {
+    /// image-spec's `Platform`, as containerd's `encoding/json` decodes it.
+    fn decode(&mut self, r: &mut crate::go_json::Reader<'_>) -> crate::go_json::Decoded {
+        use crate::go_json::GoSlice;
+        r.go_struct(
+            self,
+            &[
+                ("architecture", |p, r| p.architecture.decode(r)),
+                ("os", |p, r| p.os.decode(r)),
+                ("os.version", |_, r| r.check::<String>()),
+                ("os.features", |_, r| r.check::<GoSlice<String>>()),
+                ("variant", |p, r| p.variant.decode(r)),
+            ],
+        )
+    }
+}
+
 impl DescriptorPlatform {
     /// The platform, normalized as containerd normalizes it.
     pub(crate) fn normalized(&self) -> Platform {
