@@ -462,6 +462,20 @@ impl<'a> Reader<'a> {
         Err(Syntax(self.pos + matched))
     }
 
+    /// Decodes the next value with `decode`, keeping it as written in `raw` too: for
+    /// a key two Go structs read (one as a `json.RawMessage`).
+    pub(crate) fn keeping_raw(
+        &mut self,
+        raw: &mut RawMessage,
+        decode: impl FnOnce(&mut Self) -> Decoded,
+    ) -> Decoded {
+        self.skip_space();
+        let start = self.pos;
+        decode(self)?;
+        raw.0 = self.text[start..self.pos].to_vec();
+        Ok(())
+    }
+
     /// Decodes the next value into a zero `T` and drops it: for a Go field nobody
     /// reads, whose type still decides whether the document decodes.
     pub(crate) fn check<T: GoDecode + Default>(&mut self) -> Decoded {
@@ -715,10 +729,9 @@ impl RawMessage {
 
 impl GoDecode for RawMessage {
     fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
-        r.skip_space();
-        let start = r.pos;
-        r.skip()?;
-        self.0 = r.text[start..r.pos].to_vec();
+        let mut raw = RawMessage::default();
+        r.keeping_raw(&mut raw, Reader::skip)?;
+        *self = raw;
         Ok(())
     }
 }

@@ -243,7 +243,8 @@ impl GoDecode for Descriptor {
 
 /// A manifest or index: image-spec's `Manifest` and `Index` in one (a document has
 /// the other's fields only when containerd's `validateMediaType` refuses it), and
-/// that function's `unknownDocument` (`fsLayers`, a `json.RawMessage`).
+/// that function's `unknownDocument`, whose `json.RawMessage` fields count when given
+/// at all (`null` and `[]` included).
 #[derive(Default)]
 struct RawDocument {
     media_type: String,
@@ -253,6 +254,10 @@ struct RawDocument {
     layers: GoSlice<Descriptor>,
     manifests: GoSlice<Descriptor>,
     fs_layers: RawMessage,
+    /// `unknownDocument`'s `config`, `layers` and `manifests`, as written.
+    raw_config: RawMessage,
+    raw_layers: RawMessage,
+    raw_manifests: RawMessage,
 }
 
 impl GoDecode for RawDocument {
@@ -264,10 +269,16 @@ impl GoDecode for RawDocument {
                 ("mediaType", |d, r| d.media_type.decode(r)),
                 ("artifactType", |d, r| d.artifact_type.decode(r)),
                 ("config", |d, r| {
-                    go_json::decode_struct_value(&mut d.config, r)
+                    r.keeping_raw(&mut d.raw_config, |r| {
+                        go_json::decode_struct_value(&mut d.config, r)
+                    })
                 }),
-                ("layers", |d, r| d.layers.decode(r)),
-                ("manifests", |d, r| d.manifests.decode(r)),
+                ("layers", |d, r| {
+                    r.keeping_raw(&mut d.raw_layers, |r| d.layers.decode(r))
+                }),
+                ("manifests", |d, r| {
+                    r.keeping_raw(&mut d.raw_manifests, |r| d.manifests.decode(r))
+                }),
                 ("subject", |_, r| r.check::<Option<Descriptor>>()),
                 ("annotations", |_, r| r.check::<MapOf<String>>()),
                 ("fsLayers", |d, r| d.fs_layers.decode(r)),
@@ -431,14 +442,21 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
     if !raw.fs_layers.is_empty() {
         return Document::Refused("is a schema 1 manifest under another media type".into());
     }
+    // containerd's `validateMediaType`: the other kind's fields given at all, or the
+    // other kind's `mediaType`, refuse the document.
     if crate::platform::is_index(media_type) {
-        if !raw.layers.is_empty() {
+        if !raw.raw_config.is_empty()
+            || !raw.raw_layers.is_empty()
+            || is_manifest_type(&raw.media_type)
+        {
             return Document::Refused("media-type: expected index but found manifest".into());
         }
         return Document::Index(raw.manifests.into_vec());
     }
     if is_manifest_type(media_type) {
-        if !raw.manifests.is_empty() {
+        if !raw.raw_manifests.is_empty()
+            || crate::platform::INDEX_MEDIA_TYPES.contains(&raw.media_type.as_str())
+        {
             return Document::Refused(format!(
                 "media-type: expected manifest but found index ({})",
                 shown(media_type)
@@ -1720,6 +1738,44 @@ mod tests {
             OCI_MANIFEST,
         );
         assert!(why.contains("schema 1"), "{why}");
+        // validateMediaType reads config, layers and manifests as json.RawMessage:
+        // given at all, empty or null, they say which kind the document is; so does
+        // its mediaType.
+        let index_type = "application/vnd.oci.image.index.v1+json";
+        for other in [
+            r#""layers":[]"#,
+            r#""layers":null"#,
+            r#""config":null"#,
+            r#""config":{}"#,
+            r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#,
+        ] {
+            let body = format!(r#"{{"manifests":[],{other}}}"#);
+            let why = refused(body.as_bytes(), index_type);
+            assert!(
+                why.contains("expected index but found manifest"),
+                "{other}: {why}"
+            );
+        }
+        for other in [
+            r#""manifests":[]"#,
+            r#""MANIFESTS":null"#,
+            r#""mediaType":"application/vnd.docker.distribution.manifest.list.v2+json""#,
+        ] {
+            let body = format!(r#"{{"config":{{"digest":"{c}"}},{other}}}"#);
+            let why = refused(body.as_bytes(), OCI_MANIFEST);
+            assert!(
+                why.contains("expected manifest but found index"),
+                "{other}: {why}"
+            );
+        }
+        // ... while a media type it does not name exactly is no kind to it.
+        assert!(matches!(
+            parse_manifest(
+                br#"{"manifests":[],"mediaType":"application/vnd.oci.image.manifest.v1+json; x=y"}"#,
+                index_type
+            ),
+            Document::Index(_)
+        ));
         // A value of the wrong type for any field Go decodes, read by the walk or
         // not, fails json.Unmarshal (and so the pull).
         for bad in [
