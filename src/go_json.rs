@@ -16,6 +16,7 @@
 //! text before decoding), and a wrong-typed value does not stop the reading.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::ops::Deref;
 
@@ -29,9 +30,9 @@ pub(crate) enum GoJsonError {
     #[error("not valid JSON (line {line}, column {column})")]
     Syntax { line: usize, column: usize },
     /// JSON, but a value Go cannot store in its field (`json.UnmarshalTypeError`, or
-    /// a field type's own `UnmarshalJSON` refusing it).
-    #[error("a value of the wrong type for its field")]
-    Form,
+    /// a field type's own `UnmarshalJSON` refusing it): where the first such value is.
+    #[error("a value of the wrong type for its field (line {line}, column {column})")]
+    Form { line: usize, column: usize },
 }
 
 /// A syntax error at this byte offset.
@@ -60,7 +61,7 @@ pub(crate) fn unmarshal_into<T: GoDecode>(body: &[u8], value: &mut T) -> Result<
         text: body,
         pos: 0,
         depth: 0,
-        mismatched: false,
+        mismatch_at: None,
     };
     let end = value.decode(&mut r).and_then(|()| {
         r.skip_space();
@@ -70,20 +71,28 @@ pub(crate) fn unmarshal_into<T: GoDecode>(body: &[u8], value: &mut T) -> Result<
             Ok(())
         }
     });
-    match end {
-        Err(Syntax(at)) => {
-            let before = &body[..at.min(body.len())];
-            let line_start = before
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            Err(GoJsonError::Syntax {
-                line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
-                column: 1 + at - line_start,
-            })
+    // 1-based line and byte column of offset `at`.
+    let position = |at: usize| {
+        let before = &body[..at.min(body.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        (
+            1 + before.iter().filter(|&&b| b == b'\n').count(),
+            1 + before.len() - line_start,
+        )
+    };
+    match (end, r.mismatch_at) {
+        (Err(Syntax(at)), _) => {
+            let (line, column) = position(at);
+            Err(GoJsonError::Syntax { line, column })
         }
-        Ok(()) if r.mismatched => Err(GoJsonError::Form),
-        Ok(()) => Ok(()),
+        (Ok(()), Some(at)) => {
+            let (line, column) = position(at);
+            Err(GoJsonError::Form { line, column })
+        }
+        (Ok(()), None) => Ok(()),
     }
 }
 
@@ -137,8 +146,9 @@ pub(crate) struct Reader<'a> {
     pos: usize,
     /// Arrays and objects open around the reader.
     depth: usize,
-    /// Whether a value had the wrong type for its Go field (reported at the end).
-    mismatched: bool,
+    /// Where the first value of the wrong type for its Go field starts (reported at
+    /// the end, as Go reports the earliest).
+    mismatch_at: Option<usize>,
 }
 
 impl<'a> Reader<'a> {
@@ -175,8 +185,14 @@ impl<'a> Reader<'a> {
     /// Records that the next value has the wrong type for its Go field (Go's
     /// `UnmarshalTypeError`), and skips it.
     pub(crate) fn mismatch(&mut self) -> Decoded {
-        self.mismatched = true;
+        self.skip_space();
+        self.mismatched_at(self.pos);
         self.skip()
+    }
+
+    /// Records that the value at `at` has the wrong type for its Go field.
+    fn mismatched_at(&mut self, at: usize) {
+        self.mismatch_at.get_or_insert(at);
     }
 
     /// Skips the next value, checking its syntax (arrays and objects without
@@ -579,9 +595,10 @@ impl GoDecode for u8 {
 fn decode_integer<N: std::str::FromStr>(value: &mut N, r: &mut Reader<'_>) -> Decoded {
     match r.peek()? {
         Kind::Number => {
+            let at = r.pos;
             match r.number()?.parse() {
                 Ok(n) => *value = n,
-                Err(_) => r.mismatched = true,
+                Err(_) => r.mismatched_at(at),
             }
             Ok(())
         }
@@ -736,6 +753,36 @@ impl GoDecode for RawMessage {
     }
 }
 
+/// A Go map with string keys, `map[string]T`, kept: an object sets each key to its
+/// value decoded into a zero `T` (Go zeroes the map's element for each key), keeping
+/// the other keys; `null` empties it (a nil map).
+#[derive(Clone, Debug)]
+pub(crate) struct GoMap<T>(pub(crate) BTreeMap<String, T>);
+
+impl<T> Default for GoMap<T> {
+    fn default() -> Self {
+        GoMap(BTreeMap::new())
+    }
+}
+
+impl<T: GoDecode + Default> GoDecode for GoMap<T> {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        match r.peek()? {
+            Kind::Object => r.object(|r, key| {
+                let mut value = T::default();
+                value.decode(r)?;
+                self.0.insert(key, value);
+                Ok(())
+            }),
+            Kind::Null => {
+                self.0.clear();
+                r.skip()
+            }
+            _ => r.mismatch(),
+        }
+    }
+}
+
 /// A Go map with string keys, `map[string]T`, checked only (nobody reads one here):
 /// an object whose values are each a `T`, or `null`.
 #[derive(Default)]
@@ -779,10 +826,11 @@ impl GoDecode for Bytes {
         );
         match r.peek()? {
             Kind::String => {
+                let at = r.pos;
                 let text = r.string()?;
                 let cleaned: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
                 if GO_STD.decode(cleaned).is_err() {
-                    r.mismatched = true;
+                    r.mismatched_at(at);
                 }
                 Ok(())
             }
@@ -805,7 +853,7 @@ impl GoDecode for Time {
             Kind::String => {
                 let (start, end) = r.string_span()?;
                 if !rfc3339(&r.text[start..end]) {
-                    r.mismatched = true;
+                    r.mismatched_at(start - 1);
                 }
                 Ok(())
             }
@@ -911,8 +959,31 @@ mod tests {
         }
     }
 
+    /// A type error, wherever it is.
+    const FORM: GoJsonError = GoJsonError::Form { line: 0, column: 0 };
+
     fn read<V: GoDecode + Default>(text: &str) -> Result<V, GoJsonError> {
-        unmarshal(text.as_bytes())
+        unmarshal(text.as_bytes()).map_err(|e| match e {
+            GoJsonError::Form { .. } => FORM,
+            syntax => syntax,
+        })
+    }
+
+    #[test]
+    fn a_type_error_says_where_the_first_is() {
+        let text = "{\"X\": \"a\",\n \"Y\": 1.5, \"X\": 2}";
+        assert_eq!(
+            unmarshal::<T>(text.as_bytes()).map(|_| ()),
+            Err(GoJsonError::Form { line: 2, column: 7 })
+        );
+        let text = r#"{"L":[{"Z":{"Y":"x"}}]}"#;
+        assert_eq!(
+            unmarshal::<T>(text.as_bytes()).map(|_| ()),
+            Err(GoJsonError::Form {
+                line: 1,
+                column: 17
+            })
+        );
     }
 
     #[test]
@@ -961,19 +1032,19 @@ mod tests {
             ("9223372036854775807", Ok(i64::MAX)),
             ("-9223372036854775808", Ok(i64::MIN)),
             ("null", Ok(0)),
-            ("9223372036854775808", Err(GoJsonError::Form)),
-            ("1.0", Err(GoJsonError::Form)),
-            ("1e2", Err(GoJsonError::Form)),
-            ("\"1\"", Err(GoJsonError::Form)),
-            ("true", Err(GoJsonError::Form)),
-            ("[]", Err(GoJsonError::Form)),
-            ("{}", Err(GoJsonError::Form)),
+            ("9223372036854775808", Err(FORM)),
+            ("1.0", Err(FORM)),
+            ("1e2", Err(FORM)),
+            ("\"1\"", Err(FORM)),
+            ("true", Err(FORM)),
+            ("[]", Err(FORM)),
+            ("{}", Err(FORM)),
         ] {
             assert_eq!(read::<i64>(text), want, "{text}");
         }
         assert_eq!(read::<bool>("\n true "), Ok(true));
         assert_eq!(read::<bool>("false"), Ok(false));
-        assert_eq!(read::<bool>("1"), Err(GoJsonError::Form));
+        assert_eq!(read::<bool>("1"), Err(FORM));
     }
 
     #[test]
@@ -1070,11 +1141,8 @@ mod tests {
         assert!(!field_is("o\u{17F}\u{17F}", "os"));
         assert_eq!(read::<T>(r#"{"x": "a", "y": 2}"#), Ok(t("a", 2)));
         // decode_test.go: `{"X": [1,2,3], "Y": 4}` sets Y and is an error for X.
-        assert_eq!(
-            read::<T>(r#"{"X": [1,2,3], "Y": 4}"#),
-            Err(GoJsonError::Form)
-        );
-        assert_eq!(read::<T>(r#"{"X": 23}"#), Err(GoJsonError::Form));
+        assert_eq!(read::<T>(r#"{"X": [1,2,3], "Y": 4}"#), Err(FORM));
+        assert_eq!(read::<T>(r#"{"X": 23}"#), Err(FORM));
         // Unknown keys are ignored whatever their value.
         assert_eq!(
             read::<T>(r#"{"alpha": [1, {"a": null}], "X": "a", "unknown": {"X": 5}}"#),
@@ -1130,12 +1198,9 @@ mod tests {
             read::<GoSlice<String>>(r#"["a",null]"#).unwrap().into_vec(),
             ["a", ""]
         );
-        assert_eq!(
-            read::<GoSlice<String>>(r#"["a",1]"#),
-            Err(GoJsonError::Form)
-        );
-        assert_eq!(read::<GoSlice<String>>(r#""a""#), Err(GoJsonError::Form));
-        assert_eq!(read::<GoSlice<String>>(r#"{}"#), Err(GoJsonError::Form));
+        assert_eq!(read::<GoSlice<String>>(r#"["a",1]"#), Err(FORM));
+        assert_eq!(read::<GoSlice<String>>(r#""a""#), Err(FORM));
+        assert_eq!(read::<GoSlice<String>>(r#"{}"#), Err(FORM));
     }
 
     #[test]
@@ -1145,11 +1210,7 @@ mod tests {
             assert_eq!(read::<MapOf<String>>(ok).map(|_| ()), Ok(()), "{ok}");
         }
         for bad in [r#"{"a":1}"#, r#"[]"#, r#""a""#, r#"{"a":{}}"#] {
-            assert_eq!(
-                read::<MapOf<String>>(bad).map(|_| ()),
-                Err(GoJsonError::Form),
-                "{bad}"
-            );
+            assert_eq!(read::<MapOf<String>>(bad).map(|_| ()), Err(FORM), "{bad}");
         }
         // map[string]struct{}: values are objects (any keys) or null.
         assert!(read::<MapOf<EmptyStruct>>(r#"{"80/tcp":{},"x":{"a":[1]},"y":null}"#).is_ok());
@@ -1175,11 +1236,7 @@ mod tests {
             "1",
             "{}",
         ] {
-            assert_eq!(
-                read::<Bytes>(bad).map(|_| ()),
-                Err(GoJsonError::Form),
-                "{bad}"
-            );
+            assert_eq!(read::<Bytes>(bad).map(|_| ()), Err(FORM), "{bad}");
         }
     }
 
@@ -1215,16 +1272,12 @@ mod tests {
         ] {
             assert_eq!(
                 read::<Time>(&format!("\"{bad}\"")).map(|_| ()),
-                Err(GoJsonError::Form),
+                Err(FORM),
                 "{bad}"
             );
         }
         for bad in ["1136214245", "{}", "[]", "true"] {
-            assert_eq!(
-                read::<Time>(bad).map(|_| ()),
-                Err(GoJsonError::Form),
-                "{bad}"
-            );
+            assert_eq!(read::<Time>(bad).map(|_| ()), Err(FORM), "{bad}");
         }
     }
 

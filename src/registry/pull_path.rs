@@ -430,7 +430,7 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
         Err(GoJsonError::Syntax { line, column }) => {
             return Document::Refused(format!("is not valid JSON (line {line}, column {column})"));
         }
-        Err(GoJsonError::Form) => {
+        Err(GoJsonError::Form { .. }) => {
             return Document::Refused(
                 "is not a manifest: a field of the wrong type (containerd refuses it)".into(),
             );
@@ -529,7 +529,7 @@ fn parse_config(body: &[u8]) -> Document {
         Err(GoJsonError::Syntax { line, column }) => Document::Refused(format!(
             "is not an image config: not valid JSON (line {line}, column {column}); containerd refuses it"
         )),
-        Err(GoJsonError::Form) => Document::Refused(
+        Err(GoJsonError::Form { .. }) => Document::Refused(
             "is not an image config: not a JSON object of that form; containerd refuses it".into(),
         ),
     }
