@@ -478,8 +478,8 @@ impl<'a> Reader<'a> {
         Err(Syntax(self.pos + matched))
     }
 
-    /// Decodes the next value with `decode`, keeping it as written in `raw` too: for
-    /// a key two Go structs read (one as a `json.RawMessage`).
+    /// Decodes the next value with `decode`, and as a `json.RawMessage` into `raw`:
+    /// for a key two Go structs read (containerd's `unknownDocument` and its own).
     pub(crate) fn keeping_raw(
         &mut self,
         raw: &mut RawMessage,
@@ -488,7 +488,7 @@ impl<'a> Reader<'a> {
         self.skip_space();
         let start = self.pos;
         decode(self)?;
-        raw.0 = self.text[start..self.pos].to_vec();
+        raw.len = self.pos - start;
         Ok(())
     }
 
@@ -732,24 +732,23 @@ impl<T: GoDecode + Default> GoDecode for GoSlice<T> {
     }
 }
 
-/// `json.RawMessage`: any value, `null` included, kept as written (the last one
-/// given); empty when none was.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RawMessage(Vec<u8>);
+/// `json.RawMessage`: any value, `null` included, as written (the last one given).
+/// Only its length is kept: what containerd asks of one is `len(raw) != 0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RawMessage {
+    len: usize,
+}
 
 impl RawMessage {
     /// Go's `len(raw) == 0`: no value was given.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 }
 
 impl GoDecode for RawMessage {
     fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
-        let mut raw = RawMessage::default();
-        r.keeping_raw(&mut raw, Reader::skip)?;
-        *self = raw;
-        Ok(())
+        r.keeping_raw(self, Reader::skip)
     }
 }
 
@@ -1283,8 +1282,8 @@ mod tests {
 
     #[test]
     fn raw_messages_keep_any_value_null_included() {
-        assert!(read::<RawMessage>("null").unwrap().0 == b"null");
-        assert!(read::<RawMessage>(" [1, {\"a\":2}] ").unwrap().0 == b"[1, {\"a\":2}]");
+        assert_eq!(read::<RawMessage>("null").unwrap().len, 4);
+        assert_eq!(read::<RawMessage>(" [1, {\"a\":2}] ").unwrap().len, 12);
         assert!(RawMessage::default().is_empty());
     }
 }
