@@ -1816,8 +1816,8 @@ fn walk_document() -> BoxedStrategy<Vec<u8>> {
                     .fold(text, |text, (from, to)| text.replace(from, to))
                     .into_bytes()
             }),
-        // Nested past serde_json's recursion limit, where a descriptor goes.
-        1 => (1usize..3000, prop::sample::select(vec!["[", "{\"a\":"]))
+        // Nested deep where a descriptor goes, up to and past Go's 10,000 levels.
+        1 => (1usize..12_000, prop::sample::select(vec!["[", "{\"a\":"]))
             .prop_map(|(depth, open)| {
                 let close = if open == "[" { "]" } else { "}" };
                 format!("{{\"manifests\":[{}{}],\"config\":{{}}}}", open.repeat(depth), close.repeat(depth)).into_bytes()
