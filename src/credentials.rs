@@ -15,8 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine;
-use serde::Deserialize;
 
+use crate::go_json::{self, Decoded, GoDecode, GoJsonError, GoMap, MapOf, Reader};
 use crate::reference::ImageReference;
 
 /// One username/password (or token) pair for a registry.
@@ -76,18 +76,16 @@ pub enum CredentialError {
     BadAuthField { registry: String, why: &'static str },
 }
 
-impl CredentialError {
-    fn json(error: &serde_json::Error) -> Self {
-        use serde_json::error::Category;
+impl From<GoJsonError> for CredentialError {
+    fn from(error: GoJsonError) -> Self {
+        let (category, line, column) = match error {
+            GoJsonError::Syntax { line, column } => ("syntax", line, column),
+            GoJsonError::Form { line, column } => ("type", line, column),
+        };
         CredentialError::Json {
-            category: match error.classify() {
-                Category::Io => "read",
-                Category::Syntax => "syntax",
-                Category::Data => "type",
-                Category::Eof => "unexpected end",
-            },
-            line: error.line(),
-            column: error.column(),
+            category,
+            line,
+            column,
         }
     }
 }
@@ -99,28 +97,9 @@ pub struct DockerConfig {
     pub entries: BTreeMap<String, RegistryCredential>,
 }
 
-/// Go's `strings.EqualFold` against an ASCII field name: the only non-ASCII runes that
-/// fold to ASCII letters are U+017F (ſ, to s) and U+212A (Kelvin sign, to k).
-fn go_field_is(key: &str, field: &str) -> bool {
-    let mut key_chars = key.chars().map(|c| match c {
-        '\u{17F}' => 's',
-        '\u{212A}' => 'k',
-        c => c.to_ascii_lowercase(),
-    });
-    let mut field_chars = field.chars();
-    loop {
-        match (key_chars.next(), field_chars.next()) {
-            (None, None) => return true,
-            (Some(k), Some(f)) if k == f => {}
-            _ => return false,
-        }
-    }
-}
-
-/// One `DockerConfigEntry` as the kubelet decodes it (encoding/json rules: field
-/// names match case-insensitively, later keys win, `null` leaves a field alone,
-/// unknown fields are ignored, a non-string value for a known field is an error).
-/// `identitytoken` and `registrytoken` are unknown fields to the kubelet.
+/// One `DockerConfigEntry` as the kubelet decodes it: its `UnmarshalJSON` reads a
+/// `dockerConfigEntryWithAuth` with encoding/json's rules (see [`crate::go_json`]);
+/// `identitytoken` and `registrytoken` are unknown fields to it.
 #[derive(Default)]
 struct RawEntry {
     username: String,
@@ -128,96 +107,56 @@ struct RawEntry {
     auth: String,
 }
 
-impl<'de> Deserialize<'de> for RawEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawEntry;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a docker config entry object")
-            }
-            fn visit_unit<E>(self) -> Result<RawEntry, E> {
-                Ok(RawEntry::default())
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<RawEntry, A::Error> {
-                let mut entry = RawEntry::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    let slot = if go_field_is(&key, "username") {
-                        Some(&mut entry.username)
-                    } else if go_field_is(&key, "password") {
-                        Some(&mut entry.password)
-                    } else if go_field_is(&key, "auth") {
-                        Some(&mut entry.auth)
-                    } else if go_field_is(&key, "email") {
-                        // Type-checked as the kubelet does, not kept.
-                        map.next_value::<Option<String>>()?;
-                        continue;
-                    } else {
-                        None
-                    };
-                    match slot {
-                        Some(slot) => {
-                            if let Some(value) = map.next_value::<Option<String>>()? {
-                                *slot = value;
-                            }
-                        }
-                        None => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(entry)
-            }
-        }
-        deserializer.deserialize_any(Visitor)
+impl GoDecode for RawEntry {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("username", |e, r| e.username.decode(r)),
+                ("password", |e, r| e.password.decode(r)),
+                // Type-checked as the kubelet does, not kept.
+                ("email", |_, r| r.check::<String>()),
+                ("auth", |e, r| e.auth.decode(r)),
+            ],
+        )
     }
 }
 
-/// `{"auths": {...}}` as encoding/json decodes it into `DockerConfigJSON`: `auths`
-/// matched case-insensitively, absent or `null` meaning no entries, repeated `auths`
-/// objects merged.
-struct RawConfigJson(BTreeMap<String, RawEntry>);
+/// `{"auths": {...}}` as encoding/json decodes it into the kubelet's
+/// `DockerConfigJSON`: absent or `null` `auths` is no entries, repeated `auths`
+/// objects are merged, and `HttpHeaders` must be a `map[string]string`.
+#[derive(Default)]
+struct RawConfigJson {
+    auths: GoMap<RawEntry>,
+}
 
-impl<'de> Deserialize<'de> for RawConfigJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawConfigJson;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a docker config.json object")
-            }
-            fn visit_unit<E>(self) -> Result<RawConfigJson, E> {
-                Ok(RawConfigJson(BTreeMap::new()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<RawConfigJson, A::Error> {
-                let mut auths = BTreeMap::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if go_field_is(&key, "auths") {
-                        match map.next_value::<Option<BTreeMap<String, RawEntry>>>()? {
-                            Some(more) => auths.extend(more),
-                            None => auths.clear(),
-                        }
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(RawConfigJson(auths))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
+impl GoDecode for RawConfigJson {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("auths", |c, r| c.auths.decode(r)),
+                ("HttpHeaders", |_, r| r.check::<MapOf<String>>()),
+            ],
+        )
     }
 }
 
-/// encoding/json replaces invalid UTF-8 in strings with U+FFFD rather than failing;
-/// outside strings invalid bytes are a syntax error either way.
-fn go_json_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+/// Whether a top-level object has an `auths` key (in any case, as encoding/json
+/// matches it).
+#[derive(Default)]
+struct HasAuths(bool);
+
+impl GoDecode for HasAuths {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[("auths", |has, r| {
+                has.0 = true;
+                r.skip()
+            })],
+        )
+    }
 }
 
 impl DockerConfig {
@@ -225,26 +164,25 @@ impl DockerConfig {
     /// `config.json`) as the kubelet does: a document without `auths` (or `null`) is a
     /// valid, empty config.
     pub fn from_config_json(bytes: &[u8]) -> Result<Self, CredentialError> {
-        let parsed: RawConfigJson =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
-        Self::from_raw(parsed.0)
+        let parsed: RawConfigJson = go_json::unmarshal(bytes)?;
+        Self::from_raw(parsed.auths.0)
     }
 
     /// Parses the legacy `{"host": {...}}` form (`kubernetes.io/dockercfg`).
     pub fn from_dockercfg(bytes: &[u8]) -> Result<Self, CredentialError> {
-        let parsed: Option<BTreeMap<String, RawEntry>> =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
-        Self::from_raw(parsed.unwrap_or_default())
+        let parsed: GoMap<RawEntry> = go_json::unmarshal(bytes)?;
+        Self::from_raw(parsed.0)
     }
 
     /// A docker config file of either form: `config.json` when the top-level object has
     /// an `auths` key (in any case, as encoding/json matches it), else `.dockercfg`.
     pub fn from_either_form(bytes: &[u8]) -> Result<Self, CredentialError> {
-        let value: serde_json::Value =
-            serde_json::from_str(&go_json_text(bytes)).map_err(|e| CredentialError::json(&e))?;
-        let has_auths = value
-            .as_object()
-            .is_some_and(|object| object.keys().any(|k| go_field_is(k, "auths")));
+        let has_auths = match go_json::unmarshal::<HasAuths>(bytes) {
+            Ok(has) => has.0,
+            // Not an object: the `.dockercfg` form says why.
+            Err(GoJsonError::Form { .. }) => false,
+            Err(syntax) => return Err(syntax.into()),
+        };
         if has_auths {
             Self::from_config_json(bytes)
         } else {
@@ -700,6 +638,29 @@ mod tests {
         // Invalid UTF-8 inside a string is replaced, not an error.
         let cfg = DockerConfig::from_dockercfg(b"{\"reg.io\":{\"username\":\"a\xffb\"}}").unwrap();
         assert_eq!(cfg.entries["reg.io"].username, "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn go_json_rules_serde_did_not_follow() {
+        // A lone surrogate escape is U+FFFD, HttpHeaders (matched in any case) must be a
+        // map of strings, and unknown values nest as deep as Go allows.
+        let cfg = DockerConfig::from_config_json(br#"{"auths":{"reg.io":{"username":"a\ud800"}}}"#)
+            .unwrap();
+        assert_eq!(cfg.entries["reg.io"].username, "a\u{FFFD}");
+        assert!(DockerConfig::from_config_json(br#"{"auths":{},"HttpHeaders":{"X":1}}"#).is_err());
+        assert!(DockerConfig::from_config_json(br#"{"auths":{},"httpheaders":{"X":"y"}}"#).is_ok());
+        let deep = format!(
+            r#"{{"auths":{{}},"x":{}{}}}"#,
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        assert!(DockerConfig::from_config_json(deep.as_bytes()).is_ok());
+        // A type error says where, as a syntax error does.
+        let err = DockerConfig::from_dockercfg(b"{\n\"reg.io\": 5}").unwrap_err();
+        assert!(
+            err.to_string().contains("type error at line 2, column 11"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! process needs: start-up and shutdown ([`process`]), logging ([`logging`]), text safe
 //! for a terminal ([`terminal`]), poison-tolerant locks ([`locks`]), the allocator's
 //! memory ([`memory`]), reconnect pauses ([`backoff`]), Go durations and globs
-//! ([`duration`], [`mod@glob`]), redaction of secrets ([`redact`]) and [`error_chain`].
+//! ([`duration`], [`mod@glob`]), JSON read as Go's `encoding/json` reads it
+//! ([`go_json`]), redaction of secrets ([`redact`]) and [`error_chain`].
 //! Nothing here knows about Kubernetes watches or CRI.
 //!
 //! Errors: each module's error says in detail what went wrong (callers map, e.g., a
@@ -19,6 +20,7 @@ pub(crate) mod codec;
 pub mod credentials;
 pub mod duration;
 pub(crate) mod glob;
+pub(crate) mod go_json;
 pub mod locks;
 pub mod logging;
 pub mod memory;

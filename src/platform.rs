@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use crate::go_json::{self, Decoded, GoDecode, GoJsonError, GoSlice, Reader};
 
 /// Index and manifest-list media types: the manifests that carry per-platform entries.
 pub(crate) const INDEX_MEDIA_TYPES: [&str; 2] = [
@@ -183,27 +183,52 @@ impl FromStr for Platform {
     }
 }
 
-#[derive(Deserialize)]
+/// An index as containerd decodes it (image-spec's `Index`), for its entries' platforms.
+#[derive(Default)]
 struct IndexDocument {
-    #[serde(default)]
-    manifests: Vec<IndexEntry>,
+    manifests: GoSlice<IndexEntry>,
 }
 
-#[derive(Deserialize)]
+impl GoDecode for IndexDocument {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(self, &[("manifests", |d, r| d.manifests.decode(r))])
+    }
+}
+
+#[derive(Default)]
 struct IndexEntry {
     platform: Option<DescriptorPlatform>,
 }
 
-/// The `platform` of an index entry (an OCI descriptor), as written; read leniently
-/// (a missing field is empty), as Go's `encoding/json` reads it.
-#[derive(Clone, Debug, Default, Deserialize)]
+impl GoDecode for IndexEntry {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(self, &[("platform", |e, r| e.platform.decode(r))])
+    }
+}
+
+/// The `platform` of an index entry (an OCI descriptor), as written; read as Go's
+/// `encoding/json` reads it (a missing field is empty).
+#[derive(Clone, Debug, Default)]
 pub(crate) struct DescriptorPlatform {
-    #[serde(default)]
     pub(crate) os: String,
-    #[serde(default)]
     pub(crate) architecture: String,
-    #[serde(default)]
     pub(crate) variant: String,
+}
+
+impl GoDecode for DescriptorPlatform {
+    /// image-spec's `Platform`, as containerd's `encoding/json` decodes it.
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("architecture", |p, r| p.architecture.decode(r)),
+                ("os", |p, r| p.os.decode(r)),
+                ("os.version", |_, r| r.check::<String>()),
+                ("os.features", |_, r| r.check::<GoSlice<String>>()),
+                ("variant", |p, r| p.variant.decode(r)),
+            ],
+        )
+    }
 }
 
 impl DescriptorPlatform {
@@ -213,10 +238,12 @@ impl DescriptorPlatform {
     }
 }
 
-/// Why an index body says nothing.
+/// Why an index body says nothing: where it is not JSON, or where the first value of
+/// the wrong type for containerd's `Index` is.
 #[derive(Debug, thiserror::Error)]
-#[error("the manifest index is not valid JSON at line {line}, column {column}")]
+#[error("the manifest index {what} at line {line}, column {column}")]
 pub struct IndexError {
+    pub what: &'static str,
     pub line: usize,
     pub column: usize,
 }
@@ -225,13 +252,21 @@ pub struct IndexError {
 /// without a platform, or with `unknown` ones (build attestations), offer none.
 pub fn index_platforms(body: &[u8]) -> Result<Vec<Platform>, IndexError> {
     // The position only: the body is the registry's, never quoted.
-    let document: IndexDocument = serde_json::from_slice(body).map_err(|e| IndexError {
-        line: e.line(),
-        column: e.column(),
+    let document: IndexDocument = go_json::unmarshal(body).map_err(|e| match e {
+        GoJsonError::Syntax { line, column } => IndexError {
+            what: "is not valid JSON",
+            line,
+            column,
+        },
+        GoJsonError::Form { line, column } => IndexError {
+            what: "has a value of the wrong type",
+            line,
+            column,
+        },
     })?;
     let mut platforms: Vec<Platform> = Vec::new();
-    for entry in document.manifests {
-        let Some(p) = entry.platform else { continue };
+    for entry in document.manifests.iter() {
+        let Some(p) = &entry.platform else { continue };
         if p.os.is_empty() || p.architecture.is_empty() || p.os == "unknown" {
             continue;
         }
@@ -336,6 +371,15 @@ mod tests {
         );
         let error = index_platforms(b"{\"manifests\": [password").unwrap_err();
         assert!(!error.to_string().contains("password"), "{error}");
+        // Read as containerd's encoding/json reads it: keys in any case, a platform
+        // given twice merged, null entries empty.
+        let body = br#"{"Manifests":[null,{"PLATFORM":{"os":"linux"},"platform":{"Architecture":"arm64"}}]}"#;
+        assert_eq!(index_platforms(body).unwrap(), [p("linux/arm64")]);
+        let error = index_platforms(br#"{"manifests":[{"platform":{"os":5}}]}"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the manifest index has a value of the wrong type at line 1, column 33"
+        );
         assert!(is_index(
             "application/vnd.docker.distribution.manifest.list.v2+json"
         ));

@@ -18,10 +18,11 @@
 //! when the tag's digest changes, else at most once per
 //! [`WalkSettings::blob_check_interval`]; the manifest `HEAD` runs every check.
 //!
-//! Document types are small serde structs rather than `oci-spec`'s: containerd reads
-//! these documents with Go's lenient `encoding/json` (a missing `rootfs` is zero
-//! `diff_ids`, a missing `platform` is none), and a strict parser would refuse
-//! documents containerd pulls, or blur "not an image" into "not JSON".
+//! Document types are small structs read by [`crate::go_json`] rather than `oci-spec`'s
+//! serde ones: containerd reads these documents with Go's lenient `encoding/json` (a
+//! missing `rootfs` is zero `diff_ids`, a missing `platform` is none, keys match in any
+//! case), and a strict parser would refuse documents containerd pulls, or blur "not an
+//! image" into "not JSON".
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use serde::Deserialize;
 use tracing::debug;
 
 use super::{Answer, Final, MAX_MANIFEST_BYTES, Object, RegistryClient, Target, Want};
+use crate::go_json::{self, Decoded, GoDecode, GoJsonError, GoSlice, MapOf, RawMessage, Reader};
 use crate::locks::lock;
 use crate::platform::{DescriptorPlatform, Platform};
 use crate::status::PlatformVerdict;
@@ -216,50 +217,170 @@ fn verdict(platform: &Platform, result: Result<(), Failed>) -> PlatformVerdict {
 
 // ---- documents -------------------------------------------------------------------
 
-#[derive(Clone, Debug, Default, Deserialize)]
+/// image-spec's `Descriptor` as Go decodes it: the fields the walk reads kept, the
+/// others type-checked (a wrong type fails containerd's `json.Unmarshal`).
+#[derive(Clone, Debug, Default)]
 struct Descriptor {
-    #[serde(default, rename = "mediaType")]
     media_type: String,
-    #[serde(default)]
     digest: String,
-    #[serde(default)]
     size: i64,
-    #[serde(default)]
-    urls: Vec<String>,
-    #[serde(default)]
+    urls: GoSlice<String>,
     platform: Option<DescriptorPlatform>,
 }
 
-#[derive(Default, Deserialize)]
-struct RawDocument {
-    #[serde(default, rename = "mediaType")]
-    media_type: String,
-    #[serde(default, rename = "artifactType")]
-    artifact_type: String,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default, rename = "fsLayers")]
-    fs_layers: Vec<serde_json::Value>,
+impl GoDecode for Descriptor {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("mediaType", |d, r| d.media_type.decode(r)),
+                ("digest", |d, r| d.digest.decode(r)),
+                ("size", |d, r| d.size.decode(r)),
+                ("urls", |d, r| d.urls.decode(r)),
+                ("annotations", |_, r| r.check::<MapOf<String>>()),
+                ("data", |_, r| r.check::<go_json::Bytes>()),
+                ("platform", |d, r| d.platform.decode(r)),
+                ("artifactType", |_, r| r.check::<String>()),
+            ],
+        )
+    }
 }
 
-#[derive(Deserialize)]
+/// A manifest or index: image-spec's `Manifest` and `Index` in one (a document has
+/// the other's fields only when containerd's `validateMediaType` refuses it), and
+/// that function's `unknownDocument`, whose `json.RawMessage` fields count when given
+/// at all (`null` and `[]` included).
+#[derive(Default)]
+struct RawDocument {
+    media_type: String,
+    artifact_type: String,
+    /// A struct, not a pointer, in Go: None until given.
+    config: Option<Descriptor>,
+    layers: GoSlice<Descriptor>,
+    manifests: GoSlice<Descriptor>,
+    fs_layers: RawMessage,
+    /// `unknownDocument`'s `config`, `layers` and `manifests`, as written.
+    raw_config: RawMessage,
+    raw_layers: RawMessage,
+    raw_manifests: RawMessage,
+}
+
+impl GoDecode for RawDocument {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("schemaVersion", |_, r| r.check::<i64>()),
+                ("mediaType", |d, r| d.media_type.decode(r)),
+                ("artifactType", |d, r| d.artifact_type.decode(r)),
+                ("config", |d, r| {
+                    r.keeping_raw(&mut d.raw_config, |r| {
+                        go_json::decode_struct_value(&mut d.config, r)
+                    })
+                }),
+                ("layers", |d, r| {
+                    r.keeping_raw(&mut d.raw_layers, |r| d.layers.decode(r))
+                }),
+                ("manifests", |d, r| {
+                    r.keeping_raw(&mut d.raw_manifests, |r| d.manifests.decode(r))
+                }),
+                ("subject", |_, r| r.check::<Option<Descriptor>>()),
+                ("annotations", |_, r| r.check::<MapOf<String>>()),
+                ("fsLayers", |d, r| d.fs_layers.decode(r)),
+            ],
+        )
+    }
+}
+
+/// image-spec's `Image` (a config) as Go decodes it: the platform and `rootfs` kept,
+/// the other fields type-checked (containerd's unpack decodes the whole config).
+#[derive(Default)]
 struct RawConfig {
-    #[serde(default)]
     os: String,
-    #[serde(default)]
     architecture: String,
-    #[serde(default)]
     rootfs: RawRootFs,
 }
 
-#[derive(Default, Deserialize)]
+impl GoDecode for RawConfig {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("created", |_, r| r.check::<Option<go_json::Time>>()),
+                ("author", |_, r| r.check::<String>()),
+                // The embedded `Platform`'s fields.
+                ("architecture", |c, r| c.architecture.decode(r)),
+                ("os", |c, r| c.os.decode(r)),
+                ("os.version", |_, r| r.check::<String>()),
+                ("os.features", |_, r| r.check::<GoSlice<String>>()),
+                ("variant", |_, r| r.check::<String>()),
+                ("config", |_, r| r.check::<ImageConfig>()),
+                ("rootfs", |c, r| c.rootfs.decode(r)),
+                ("history", |_, r| r.check::<GoSlice<History>>()),
+            ],
+        )
+    }
+}
+
+#[derive(Default)]
 struct RawRootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
+    diff_ids: GoSlice<String>,
+}
+
+impl GoDecode for RawRootFs {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("type", |_, r| r.check::<String>()),
+                ("diff_ids", |f, r| f.diff_ids.decode(r)),
+            ],
+        )
+    }
+}
+
+/// image-spec's `ImageConfig`, type-checked only.
+#[derive(Default)]
+struct ImageConfig;
+
+impl GoDecode for ImageConfig {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        type Set = MapOf<go_json::EmptyStruct>;
+        r.go_struct(
+            self,
+            &[
+                ("User", |_, r| r.check::<String>()),
+                ("ExposedPorts", |_, r| r.check::<Set>()),
+                ("Env", |_, r| r.check::<GoSlice<String>>()),
+                ("Entrypoint", |_, r| r.check::<GoSlice<String>>()),
+                ("Cmd", |_, r| r.check::<GoSlice<String>>()),
+                ("Volumes", |_, r| r.check::<Set>()),
+                ("WorkingDir", |_, r| r.check::<String>()),
+                ("Labels", |_, r| r.check::<MapOf<String>>()),
+                ("StopSignal", |_, r| r.check::<String>()),
+                ("ArgsEscaped", |_, r| r.check::<bool>()),
+            ],
+        )
+    }
+}
+
+/// image-spec's `History`, type-checked only.
+#[derive(Default)]
+struct History;
+
+impl GoDecode for History {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("created", |_, r| r.check::<Option<go_json::Time>>()),
+                ("created_by", |_, r| r.check::<String>()),
+                ("author", |_, r| r.check::<String>()),
+                ("comment", |_, r| r.check::<String>()),
+                ("empty_layer", |_, r| r.check::<bool>()),
+            ],
+        )
+    }
 }
 
 /// What a walk needs of a document, kept by digest.
@@ -312,12 +433,12 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
     if DOCKER_SCHEMA1.contains(&media_type) {
         return Document::Schema1(Schema1Manifest::read(body, media_type));
     }
-    let raw: RawDocument = match go_json(body) {
+    let raw: RawDocument = match go_json::unmarshal(body) {
         Ok(raw) => raw,
         Err(GoJsonError::Syntax { line, column }) => {
             return Document::Refused(format!("is not valid JSON (line {line}, column {column})"));
         }
-        Err(GoJsonError::Form) => {
+        Err(GoJsonError::Form { .. }) => {
             return Document::Refused(
                 "is not a manifest: a field of the wrong type (containerd refuses it)".into(),
             );
@@ -326,14 +447,21 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
     if !raw.fs_layers.is_empty() {
         return Document::Refused("is a schema 1 manifest under another media type".into());
     }
+    // containerd's `validateMediaType`: the other kind's fields given at all, or the
+    // other kind's `mediaType`, refuse the document.
     if crate::platform::is_index(media_type) {
-        if !raw.layers.is_empty() {
+        if !raw.raw_config.is_empty()
+            || !raw.raw_layers.is_empty()
+            || is_manifest_type(&raw.media_type)
+        {
             return Document::Refused("media-type: expected index but found manifest".into());
         }
-        return Document::Index(raw.manifests);
+        return Document::Index(raw.manifests.into_vec());
     }
     if is_manifest_type(media_type) {
-        if !raw.manifests.is_empty() {
+        if !raw.raw_manifests.is_empty()
+            || crate::platform::INDEX_MEDIA_TYPES.contains(&raw.media_type.as_str())
+        {
             return Document::Refused(format!(
                 "media-type: expected manifest but found index ({})",
                 shown(media_type)
@@ -361,7 +489,7 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
         }
         return Document::Image {
             config,
-            layers: raw.layers,
+            layers: raw.layers.into_vec(),
             artifact_type: raw.artifact_type,
         };
     }
@@ -369,39 +497,6 @@ fn parse_manifest(body: &[u8], media_type: &str) -> Document {
         "is not an image: media type {} (containerd pulls OCI and Docker images and indexes)",
         shown(media_type)
     ))
-}
-
-/// Why a body does not read as a document.
-enum GoJsonError {
-    /// Not JSON (where: the registry's body is never quoted).
-    Syntax { line: usize, column: usize },
-    /// JSON, but a field of the wrong type.
-    Form,
-}
-
-/// `body` read as Go's `encoding/json` reads it into containerd's structs, where serde
-/// would differ: a key given twice keeps its last value, and `null` leaves a field at
-/// its zero value (serde refuses both).
-fn go_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GoJsonError> {
-    fn without_nulls(value: serde_json::Value) -> serde_json::Value {
-        use serde_json::Value;
-        match value {
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k, without_nulls(v)))
-                    .collect(),
-            ),
-            Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
-            other => other,
-        }
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| GoJsonError::Syntax {
-            line: e.line(),
-            column: e.column(),
-        })?;
-    T::deserialize(without_nulls(value)).map_err(|_| GoJsonError::Form)
 }
 
 /// Whether `digest` is one containerd's content store takes (go-digest's `Validate`,
@@ -431,7 +526,7 @@ fn shown(text: &str) -> String {
 }
 
 fn parse_config(body: &[u8]) -> Document {
-    match go_json::<RawConfig>(body) {
+    match go_json::unmarshal::<RawConfig>(body) {
         Ok(config) => Document::Config(Some(ConfigSummary {
             platform: Platform::new(&config.os, &config.architecture, ""),
             diff_ids: config.rootfs.diff_ids.len(),
@@ -439,7 +534,7 @@ fn parse_config(body: &[u8]) -> Document {
         Err(GoJsonError::Syntax { line, column }) => Document::Refused(format!(
             "is not an image config: not valid JSON (line {line}, column {column}); containerd refuses it"
         )),
-        Err(GoJsonError::Form) => Document::Refused(
+        Err(GoJsonError::Form { .. }) => Document::Refused(
             "is not an image config: not a JSON object of that form; containerd refuses it".into(),
         ),
     }
@@ -447,7 +542,7 @@ fn parse_config(body: &[u8]) -> Document {
 
 /// The media type a manifest body names, when its answer named none.
 fn sniff_media_type(body: &[u8]) -> Option<String> {
-    let raw: RawDocument = go_json(body).ok()?;
+    let raw: RawDocument = go_json::unmarshal(body).ok()?;
     if !raw.media_type.is_empty() {
         return Some(raw.media_type);
     }
@@ -1496,7 +1591,7 @@ mod tests {
             media_type: OCI_MANIFEST.into(),
             digest: digest.into(),
             size: 1,
-            urls: Vec::new(),
+            urls: GoSlice::default(),
             platform: platform.map(|(os, architecture, variant)| DescriptorPlatform {
                 os: os.into(),
                 architecture: architecture.into(),
@@ -1586,14 +1681,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_config(b"not json"), Document::Refused(_)));
-        // As Go reads them: a repeated key keeps its last value, null is the zero value.
+        // As Go reads them: a repeated key decodes again (null empties a slice), null
+        // leaves a string or number alone.
         let digest = format!("sha256:{}", "e".repeat(64));
         let lenient = format!(
-            r#"{{"layers":[1],"layers":null,"config":{{"digest":"{digest}","size":null,"urls":null}},"artifactType":null}}"#
+            r#"{{"layers":[{{}}],"layers":null,"config":{{"digest":"{digest}","size":null,"urls":null}},"artifactType":null}}"#
         );
         assert!(matches!(
             parse_manifest(lenient.as_bytes(), OCI_MANIFEST),
             Document::Image { config, layers, .. } if config.digest == digest && layers.is_empty()
+        ));
+        // ... but a wrong-typed value stays an error though a later key replaces it
+        // (Go's Unmarshal returns the earliest such error).
+        assert!(matches!(
+            parse_manifest(lenient.replace("[{}]", "[1]").as_bytes(), OCI_MANIFEST),
+            Document::Refused(why) if why.contains("wrong type")
         ));
         match parse_config(br#"{"os":"linux","os":"windows","rootfs":{"diff_ids":null}}"#) {
             Document::Config(Some(summary)) => {
@@ -1622,6 +1724,182 @@ mod tests {
         assert!(!is_layer_type(
             "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
         ));
+    }
+
+    /// What Go's `encoding/json` does that serde does not (decode_test.go's
+    /// case-insensitive, repeated-key and null cases), on the walk's documents.
+    #[test]
+    fn documents_as_go_encoding_json_reads_them() {
+        let (c, l, m) = (
+            format!("sha256:{}", "c".repeat(64)),
+            format!("sha256:{}", "1".repeat(64)),
+            format!("sha256:{}", "a".repeat(64)),
+        );
+        let image = |body: &str| match parse_manifest(body.as_bytes(), OCI_MANIFEST) {
+            Document::Image { config, layers, .. } => (config, layers),
+            other => panic!("{body}: {other:?}"),
+        };
+        let refused = |body: &[u8], media_type: &str| match parse_manifest(body, media_type) {
+            Document::Refused(why) => why,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+        };
+        // Keys match case-insensitively (ſ is an s, K a k).
+        let (config, layers) = image(&format!(
+            r#"{{"SchemaVersion":2,"CONFIG":{{"Digest":"{c}","SIZE":7}},"Layerſ":[{{"mediatype":"application/vnd.oci.image.layer.v1.tar","DIGEST":"{l}"}}]}}"#
+        ));
+        assert_eq!((config.digest.as_str(), config.size), (c.as_str(), 7));
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].digest, l);
+        assert_eq!(
+            layers[0].media_type,
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        // A repeated key decodes into the value there: a struct is merged, a slice
+        // reuses its elements (the second array's {"size":1} keeps the first's
+        // digest) and is cut to the new length.
+        let (config, layers) = image(&format!(
+            r#"{{"config":{{"digest":"{c}","size":1}},"config":{{"size":5}},"layers":[{{"digest":"{l}","size":9}},{{"digest":"{m}"}}],"layers":[{{"size":1}}]}}"#
+        ));
+        assert_eq!((config.digest.as_str(), config.size), (c.as_str(), 5));
+        assert_eq!(layers.len(), 1);
+        assert_eq!((layers[0].digest.as_str(), layers[0].size), (l.as_str(), 1));
+        // null in an array leaves its element: the zero value for a new one (an
+        // empty digest, refused as containerd refuses it), the old one when reused.
+        let why = refused(
+            format!(r#"{{"config":{{"digest":"{c}"}},"layers":[null,{{"digest":"{l}"}}]}}"#)
+                .as_bytes(),
+            OCI_MANIFEST,
+        );
+        assert!(why.contains("layer 1 of 2"), "{why}");
+        let (_, layers) = image(&format!(
+            r#"{{"config":{{"digest":"{c}"}},"layers":[{{"digest":"{l}"}}],"layers":[null]}}"#
+        ));
+        assert_eq!(layers[0].digest, l);
+        // An index entry's platform (a pointer): merged when repeated, nil on null.
+        let index = |entry: &str| {
+            let body = format!(r#"{{"manifests":[{{"digest":"{m}",{entry}}}]}}"#);
+            match parse_manifest(body.as_bytes(), "application/vnd.oci.image.index.v1+json") {
+                Document::Index(entries) => entries[0].platform.as_ref().map(|p| p.normalized()),
+                other => panic!("{body}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            index(
+                r#""platform":{"os":"linux","architecture":"amd64"},"Platform":{"architecture":"arm64"}"#
+            ),
+            Some("linux/arm64".parse().unwrap())
+        );
+        assert_eq!(index(r#""platform":{"os":"linux"},"platform":null"#), None);
+        assert_eq!(
+            index(
+                r#""platform":{"os":"linux","architecture":"arm","os.features":null,"variant":"v7"}"#
+            ),
+            Some("linux/arm/v7".parse().unwrap())
+        );
+        // Invalid UTF-8 and lone surrogates in strings are U+FFFD, not an error.
+        let mut body =
+            format!(r#"{{"config":{{"digest":"{c}"}},"annotations":{{"a":"x"#).into_bytes();
+        body.extend_from_slice(b"\xff\\ud800\"}}");
+        assert!(matches!(
+            parse_manifest(&body, OCI_MANIFEST),
+            Document::Image { .. }
+        ));
+        // json.RawMessage: fsLayers given at all (null included) is schema 1 to
+        // containerd's validateMediaType.
+        let why = refused(
+            format!(r#"{{"config":{{"digest":"{c}"}},"fsLayers":null}}"#).as_bytes(),
+            OCI_MANIFEST,
+        );
+        assert!(why.contains("schema 1"), "{why}");
+        // validateMediaType reads config, layers and manifests as json.RawMessage:
+        // given at all, empty or null, they say which kind the document is; so does
+        // its mediaType.
+        let index_type = "application/vnd.oci.image.index.v1+json";
+        for other in [
+            r#""layers":[]"#,
+            r#""layers":null"#,
+            r#""config":null"#,
+            r#""config":{}"#,
+            r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#,
+        ] {
+            let body = format!(r#"{{"manifests":[],{other}}}"#);
+            let why = refused(body.as_bytes(), index_type);
+            assert!(
+                why.contains("expected index but found manifest"),
+                "{other}: {why}"
+            );
+        }
+        for other in [
+            r#""manifests":[]"#,
+            r#""MANIFESTS":null"#,
+            r#""mediaType":"application/vnd.docker.distribution.manifest.list.v2+json""#,
+        ] {
+            let body = format!(r#"{{"config":{{"digest":"{c}"}},{other}}}"#);
+            let why = refused(body.as_bytes(), OCI_MANIFEST);
+            assert!(
+                why.contains("expected manifest but found index"),
+                "{other}: {why}"
+            );
+        }
+        // ... while a media type it does not name exactly is no kind to it.
+        assert!(matches!(
+            parse_manifest(
+                br#"{"manifests":[],"mediaType":"application/vnd.oci.image.manifest.v1+json; x=y"}"#,
+                index_type
+            ),
+            Document::Index(_)
+        ));
+        // A value of the wrong type for any field Go decodes, read by the walk or
+        // not, fails json.Unmarshal (and so the pull).
+        for bad in [
+            r#""schemaVersion":"2""#,
+            r#""schemaVersion":2.0"#,
+            r#""annotations":{"a":1}"#,
+            r#""subject":5"#,
+            r#""subject":{"size":"1"}"#,
+            r#""layers":{}"#,
+            r#""layers":[{"urls":"http://x"}]"#,
+            r#""layers":[{"platform":"linux"}]"#,
+            r#""layers":[{"platform":{"os.features":"x"}}]"#,
+            r#""layers":[{"data":"not base64"}]"#,
+            r#""layers":[{"artifactType":1}]"#,
+            r#""mediaType":null,"mediaType":1"#,
+        ] {
+            let body = format!(r#"{{"config":{{"digest":"{c}"}},{bad}}}"#);
+            let why = refused(body.as_bytes(), OCI_MANIFEST);
+            assert!(why.contains("wrong type"), "{bad}: {why}");
+        }
+        // Configs: image-spec's whole Image is decoded by containerd's unpack.
+        for good in [
+            r#"{"created":"2024-01-02T03:04:05.5Z","config":{"Env":["A=1",null],"ExposedPorts":{"80/tcp":{}},"Labels":null},"history":[{"created":null,"empty_layer":true}]}"#,
+            r#"{"Rootfs":{"Diff_IDs":["sha256:x"]},"OS":"linux","Architecture":"arm64"}"#,
+        ] {
+            assert!(
+                matches!(parse_config(good.as_bytes()), Document::Config(Some(_))),
+                "{good}"
+            );
+        }
+        match parse_config(br#"{"ROOTFS":{"diff_ids":["a","b"]},"rootfs":{"diff_ids":[null]}}"#) {
+            Document::Config(Some(summary)) => assert_eq!(summary.diff_ids, 1),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"created":"yesterday"}"#,
+            r#"{"created":1700000000}"#,
+            r#"{"config":{"Env":"A=1"}}"#,
+            r#"{"config":{"ExposedPorts":{"80/tcp":true}}}"#,
+            r#"{"config":{"ArgsEscaped":"true"}}"#,
+            r#"{"history":[{"empty_layer":"yes"}]}"#,
+            r#"{"os.features":"x"}"#,
+            r#"{"rootfs":{"diff_ids":"sha256:x"}}"#,
+            r#"{"rootfs":[]}"#,
+            "[]",
+        ] {
+            assert!(
+                matches!(parse_config(bad.as_bytes()), Document::Refused(ref why) if why.contains("not a JSON object of that form")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

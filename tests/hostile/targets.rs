@@ -1778,14 +1778,47 @@ fn walk_document() -> BoxedStrategy<Vec<u8>> {
         .prop_map(|(doc, size)| doc.to_string().replace(&format!("\"{SIZE}\""), &size));
     prop_oneof![
         8 => document.clone().prop_map(String::into_bytes),
-        // A key again: Go's encoding/json keeps the last.
+        // A key again: Go's encoding/json decodes it into the value already there.
         1 => (document.clone(), prop::sample::select(vec!["manifests", "layers", "config", "mediaType", "digest", "size", "platform"]), json_value())
             .prop_map(|(text, key, value)| match text.strip_prefix('{') {
                 Some(rest) if rest != "}" => format!("{{{key:?}:{value},{rest}").into_bytes(),
                 _ => text.into_bytes(),
             }),
-        // Nested past serde_json's recursion limit, where a descriptor goes.
-        1 => (1usize..3000, prop::sample::select(vec!["[", "{\"a\":"]))
+        // A key again at the end: Go decodes it into the value already there.
+        1 => (document.clone(), prop::sample::select(vec!["manifests", "layers", "config", "mediaType", "platform", "rootfs", "fsLayers"]), descriptor(true))
+            .prop_map(|(text, key, value)| {
+                let value = value.to_string().replace(&format!("\"{SIZE}\""), "1");
+                let value = match key {
+                    "manifests" | "layers" => format!("[{value},null]"),
+                    _ => value,
+                };
+                match text.strip_suffix('}') {
+                    Some(rest) if rest != "{" => format!("{rest},{key:?}:{value}}}").into_bytes(),
+                    _ => text.into_bytes(),
+                }
+            }),
+        // Keys in another case (Go matches them case-insensitively, ſ as s, K as k),
+        // and null elements in arrays.
+        1 => (document.clone(), prop::sample::subsequence(vec![
+                ("\"manifests\"", "\"Manifests\""),
+                ("\"layers\"", "\"LAYER\u{17F}\""),
+                ("\"platform\"", "\"PLATFORM\""),
+                ("\"digest\"", "\"Digest\""),
+                ("\"mediaType\"", "\"mediatype\""),
+                ("\"architecture\"", "\"Architecture\""),
+                ("\"os\"", "\"OS\""),
+                ("\"diff_ids\"", "\"Diff_IDs\""),
+                ("[{", "[null,{"),
+                ("}]", "},null]"),
+            ], 1..5))
+            .prop_map(|(text, edits)| {
+                edits
+                    .into_iter()
+                    .fold(text, |text, (from, to)| text.replace(from, to))
+                    .into_bytes()
+            }),
+        // Nested deep where a descriptor goes, up to and past Go's 10,000 levels.
+        1 => (1usize..12_000, prop::sample::select(vec!["[", "{\"a\":"]))
             .prop_map(|(depth, open)| {
                 let close = if open == "[" { "]" } else { "}" };
                 format!("{{\"manifests\":[{}{}],\"config\":{{}}}}", open.repeat(depth), close.repeat(depth)).into_bytes()

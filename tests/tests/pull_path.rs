@@ -1,4 +1,5 @@
-//! The scenario table of issue 18: 25 registry states (four of them Docker schema 1) built on a real registry (its
+//! The scenario table of issue 18: 31 registry states (four of them Docker schema 1,
+//! six read by Go's encoding/json rules) built on a real registry (its
 //! `DELETE` API, pushed artifacts and indexes, a small proxy for header and redirect
 //! faults), the truth taken from a real containerd's CRI `PullImage` for linux/amd64,
 //! and three views of pullwatch that must each agree with it: the aggregator's `check`,
@@ -233,7 +234,7 @@ async fn schema1_image(registry: &Registry, repo: &str) -> String {
 /// Every state: what it is, the repository whose `v1` tag [`build`] pushes it as, and
 /// what containerd and pullwatch make of it.
 #[rustfmt::skip]
-const TABLE: [(&str, &str, Want); 25] = [
+const TABLE: [(&str, &str, Want); 31] = [
     ("a single image", "ok/single", PULLABLE),
     ("a multi-arch index", "ok/index", PULLABLE),
     ("the amd64 child manifest deleted", "gone/child", fails(Absent, "platform manifest")),
@@ -255,6 +256,12 @@ const TABLE: [(&str, &str, Want); 25] = [
     ("an index entry without platform (arm64 by its config)", "unlabelled/arm64", fails(Absent, "no match for platform linux/amd64")),
     ("an index nested in an index", "nested/index", PULLABLE),
     ("a tag that was never pushed", "never/pushed", fails(Absent, "")),
+    ("keys in another case, a layers key repeated (Go's encoding/json)", "gojson/keys", PULLABLE),
+    ("an index entry's platform given twice, merged into arm64", "gojson/platform", fails(Absent, "linux/arm64")),
+    ("an index with \"layers\": null (a json.RawMessage to containerd)", "gojson/index-layers", fails(UnknownError, "expected index but found manifest")),
+    ("a manifest with \"manifests\": null", "gojson/manifest-manifests", fails(UnknownError, "expected manifest but found index")),
+    ("a config whose created is not an RFC 3339 time", "gojson/config-created", fails(UnknownError, "not an image config")),
+    ("a config whose Env is a string, not a list", "gojson/config-env", fails(UnknownError, "not an image config")),
     // containerd 1.x converts schema 1 (the views are told so: see SCHEMA1_ROWS).
     ("a Docker schema 1 image", "schema1/ok", PULLABLE),
     ("a schema 1 image, its layer blob deleted", "schema1/gone-layer", fails(Absent, "layer 1 of 1")),
@@ -397,6 +404,76 @@ async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
     .await;
     let outer = raw::index(vec![raw::descriptor(raw::OCI_INDEX, &inner_body)]);
     put(registry, "nested/index", "v1", &outer).await;
+
+    // Documents as Go's encoding/json reads them (containerd's, and the registry's,
+    // which validates what is put with the same rules). Keys in another case, and a
+    // repeated `layers` key whose {"size"} decodes into the first array's element.
+    let (layer, diff_id) = raw::layer("go json keys").unwrap();
+    let config = raw::config("amd64", &[&diff_id], "go-json");
+    raw::push_blobs(registry, "gojson/keys", &[&config, &layer])
+        .await
+        .unwrap();
+    let body = format!(
+        r#"{{"SchemaVersion":2,"mediaType":"{}","Config":{},"layers":[{}],"LAYERS":[{{"size":{}}}]}}"#,
+        raw::OCI_MANIFEST,
+        raw::descriptor(raw::OCI_CONFIG, &config),
+        raw::descriptor(raw::OCI_LAYER, &layer),
+        layer.len()
+    );
+    raw::put_manifest(
+        registry,
+        "gojson/keys",
+        "v1",
+        raw::OCI_MANIFEST,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    // An index entry for amd64 whose `platform`, given again, is merged into arm64.
+    let a = child(registry, "gojson/platform", "amd64").await;
+    let entry = raw::entry(&a.1, Some(("linux", "amd64"))).to_string();
+    let entry = format!(
+        r#"{},"Platform":{{"architecture":"arm64"}}}}"#,
+        entry.strip_suffix('}').unwrap()
+    );
+    let body = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{entry}]}}"#,
+        raw::OCI_INDEX
+    );
+    raw::put_manifest(
+        registry,
+        "gojson/platform",
+        "v1",
+        raw::OCI_INDEX,
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The other kind's field given as null: the registry (an interface{}) takes it,
+    // containerd's validateMediaType (a json.RawMessage) does not.
+    let a = child(registry, "gojson/index-layers", "amd64").await;
+    let mut index = raw::index(vec![raw::entry(&a.1, Some(("linux", "amd64")))]);
+    index["layers"] = serde_json::Value::Null;
+    put(registry, "gojson/index-layers", "v1", &index).await;
+    let (mut manifest, _, _, _) =
+        image_parts(registry, "gojson/manifest-manifests", "null", "amd64").await;
+    manifest["manifests"] = serde_json::Value::Null;
+    put(registry, "gojson/manifest-manifests", "v1", &manifest).await;
+
+    // Configs with a field of the wrong type for image-spec's Image, which
+    // containerd's unpack decodes whole (the walk reads only the platform and rootfs).
+    for (repo, field, value) in [
+        ("gojson/config-created", "created", json!("yesterday")),
+        ("gojson/config-env", "config", json!({"Env": "A=1"})),
+    ] {
+        let (layer, diff_id) = raw::layer(repo).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&raw::config("amd64", &[&diff_id], repo)).unwrap();
+        config[field] = value;
+        let config = serde_json::to_vec(&config).unwrap();
+        let manifest = oci_image(registry, repo, &config, &layer).await;
+        put(registry, repo, "v1", &manifest).await;
+    }
 
     // Docker schema 1, converted by the registry and put back.
     schema1_image(registry, "schema1/ok").await;

@@ -14,10 +14,9 @@
 
 use std::collections::HashSet;
 
+use super::{RawConfig, shown, valid_digest};
+use crate::go_json::{self, Decoded, GoDecode, GoJsonError, GoSlice, Kind, RawMessage, Reader};
 use base64::Engine as _;
-use serde::Deserialize;
-
-use super::{go_json, shown, valid_digest};
 
 /// `application/vnd.docker.distribution.manifest.v1+prettyjws`: the one schema 1 media
 /// type containerd converts.
@@ -139,149 +138,203 @@ impl Schema1Manifest {
     }
 }
 
-#[derive(Deserialize)]
+/// A schema 1 manifest as both runtimes decode it: containerd's converter `manifest`
+/// (`fsLayers`, `history`, and `layers` and `manifests` as `json.RawMessage`: given at
+/// all, `null` included) and containers/image's `Schema1` (`schemaVersion`, `name`,
+/// `tag`, `architecture`), with what containers/image's ambiguity check counts (a
+/// `config`, `layers` or `manifests` that is not `null`).
+#[derive(Default)]
 struct RawSchema1 {
-    #[serde(default, rename = "schemaVersion")]
     schema_version: i64,
-    #[serde(default, rename = "fsLayers")]
-    fs_layers: Vec<RawFsLayer>,
-    #[serde(default)]
-    history: Vec<RawHistory>,
-    #[serde(default)]
-    layers: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    manifests: Option<serde::de::IgnoredAny>,
+    fs_layers: GoSlice<RawFsLayer>,
+    history: GoSlice<RawHistory>,
+    raw_layers: RawMessage,
+    raw_manifests: RawMessage,
+    /// containers/image's fields typed wrong (containerd does not read them).
+    image_fields_mistyped: bool,
+    /// `config`, `layers`, `manifests` given and not `null`.
+    ambiguous: [bool; 3],
 }
 
-#[derive(Deserialize)]
+impl GoDecode for RawSchema1 {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        fn not_null(r: &mut Reader<'_>) -> Result<bool, go_json::Syntax> {
+            let given = r.peek()? != Kind::Null;
+            r.skip()?;
+            Ok(given)
+        }
+        r.go_struct(
+            self,
+            &[
+                // containerd does not read it: a wrong type fails containers/image only.
+                ("schemaVersion", |m, r| match r.peek()? {
+                    Kind::Number => {
+                        match r.number()?.parse::<i64>() {
+                            Ok(version) => m.schema_version = version,
+                            Err(_) => m.image_fields_mistyped = true,
+                        }
+                        Ok(())
+                    }
+                    Kind::Null => r.skip(),
+                    _ => {
+                        m.image_fields_mistyped = true;
+                        r.skip()
+                    }
+                }),
+                ("fsLayers", |m, r| m.fs_layers.decode(r)),
+                ("history", |m, r| m.history.decode(r)),
+                ("name", |m, r| {
+                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
+                    r.skip()
+                }),
+                ("tag", |m, r| {
+                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
+                    r.skip()
+                }),
+                ("architecture", |m, r| {
+                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
+                    r.skip()
+                }),
+                ("config", |m, r| {
+                    m.ambiguous[0] = not_null(r)?;
+                    Ok(())
+                }),
+                ("layers", |m, r| {
+                    let mut given = false;
+                    r.keeping_raw(&mut m.raw_layers, |r| {
+                        given = not_null(r)?;
+                        Ok(())
+                    })?;
+                    m.ambiguous[1] = given;
+                    Ok(())
+                }),
+                ("manifests", |m, r| {
+                    let mut given = false;
+                    r.keeping_raw(&mut m.raw_manifests, |r| {
+                        given = not_null(r)?;
+                        Ok(())
+                    })?;
+                    m.ambiguous[2] = given;
+                    Ok(())
+                }),
+            ],
+        )
+    }
+}
+
+#[derive(Clone, Default)]
 struct RawFsLayer {
-    #[serde(default, rename = "blobSum")]
     blob_sum: String,
 }
 
-#[derive(Deserialize)]
+impl GoDecode for RawFsLayer {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(self, &[("blobSum", |l, r| l.blob_sum.decode(r))])
+    }
+}
+
+#[derive(Clone, Default)]
 struct RawHistory {
-    #[serde(default, rename = "v1Compatibility")]
     v1_compatibility: String,
 }
 
-/// containerd's `v1History` (and containers/image's `Schema1V1Compatibility`): the
-/// fields whose types make `encoding/json` fail.
-#[derive(Deserialize)]
-struct V1History {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    parent: String,
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)] // read for its type: a non-string author fails the pull
-    author: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    comment: String,
-    #[serde(default)]
-    throwaway: Option<bool>,
-    #[serde(default, rename = "Size")]
-    size: Option<i64>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    container_config: Option<CommandOnly>,
-}
-
-#[derive(Deserialize)]
-struct CommandOnly {
-    #[serde(default, rename = "Cmd")]
-    #[allow(dead_code)]
-    cmd: Vec<String>,
-}
-
-/// The part of an OCI image config containerd builds from the first history entry
-/// (`ocispec.Image`), for the fields' types only.
-#[derive(Deserialize)]
-#[allow(dead_code)] // read for their types
-struct V1Image {
-    #[serde(default)]
-    created: Option<String>,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    variant: String,
-    #[serde(default)]
-    config: Option<V1ImageConfig>,
-}
-
-#[derive(Deserialize)]
-#[allow(dead_code)] // read for their types
-struct V1ImageConfig {
-    #[serde(default, rename = "User")]
-    user: String,
-    #[serde(default, rename = "Env")]
-    env: Vec<String>,
-    #[serde(default, rename = "Entrypoint")]
-    entrypoint: Vec<String>,
-    #[serde(default, rename = "Cmd")]
-    cmd: Vec<String>,
-    #[serde(default, rename = "WorkingDir")]
-    working_dir: String,
-    #[serde(default, rename = "Labels")]
-    labels: std::collections::BTreeMap<String, String>,
-    #[serde(default, rename = "StopSignal")]
-    stop_signal: String,
-    #[serde(default, rename = "ArgsEscaped")]
-    args_escaped: bool,
-}
-
-/// A history entry read as `encoding/json` reads it: a `created` that is not an RFC
-/// 3339 time fails as Go's `time.Time` does.
-fn history_entry(text: &str) -> Result<V1History, String> {
-    let entry: V1History =
-        go_json(text.as_bytes()).map_err(|_| "is not a JSON object of that form".to_string())?;
-    rfc3339(entry.created.as_deref())?;
-    Ok(entry)
-}
-
-fn rfc3339(created: Option<&str>) -> Result<(), String> {
-    match created {
-        Some(created) if created.parse::<jiff::Timestamp>().is_err() => Err(format!(
-            "has a created time {} that is not RFC 3339",
-            shown(created)
-        )),
-        _ => Ok(()),
+impl GoDecode for RawHistory {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[("v1Compatibility", |h, r| h.v1_compatibility.decode(r))],
+        )
     }
+}
+
+/// A history entry's `v1Compatibility` as containerd's `v1History` and
+/// containers/image's `Schema1V1Compatibility` decode it (a field either types is
+/// type-checked for both: a `created` that is not RFC 3339 fails both).
+#[derive(Default)]
+struct V1History {
+    id: String,
+    parent: String,
+    throwaway: Option<bool>,
+    size: Option<i64>,
+}
+
+impl GoDecode for V1History {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(
+            self,
+            &[
+                ("id", |h, r| h.id.decode(r)),
+                ("parent", |h, r| h.parent.decode(r)),
+                ("comment", |_, r| r.check::<String>()),
+                ("created", |_, r| r.check::<go_json::Time>()),
+                ("container_config", |_, r| r.check::<CommandOnly>()),
+                ("author", |_, r| r.check::<String>()),
+                ("throwaway", |h, r| h.throwaway.decode(r)),
+                ("Size", |h, r| h.size.decode(r)),
+            ],
+        )
+    }
+}
+
+/// `container_config` as both read it: its `Cmd`.
+#[derive(Default)]
+struct CommandOnly;
+
+impl GoDecode for CommandOnly {
+    fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+        r.go_struct(self, &[("Cmd", |_, r| r.check::<GoSlice<String>>())])
+    }
+}
+
+/// A history entry read as both runtimes read it.
+fn history_entry(text: &str) -> Result<V1History, String> {
+    go_json::unmarshal::<V1History>(text.as_bytes())
+        .map_err(|why| format!("is not a v1 image description of that form: {why}"))
 }
 
 /// containerd's `stripSignature`: the signed payload of a pretty JWS.
 fn strip_signature(body: &[u8]) -> Result<Vec<u8>, String> {
-    #[derive(Deserialize)]
+    #[derive(Default)]
     struct Signed {
-        #[serde(default)]
-        signatures: Vec<Signature>,
+        protected: GoSlice<Protected64>,
     }
-    #[derive(Deserialize)]
-    struct Signature {
-        #[serde(default)]
-        protected: String,
+    #[derive(Clone, Default)]
+    struct Protected64(String);
+    impl GoDecode for Signed {
+        fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+            r.go_struct(self, &[("signatures", |s, r| s.protected.decode(r))])
+        }
     }
-    #[derive(Deserialize)]
+    impl GoDecode for Protected64 {
+        fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+            r.go_struct(self, &[("protected", |p, r| p.0.decode(r))])
+        }
+    }
+    #[derive(Default)]
     struct Protected {
-        #[serde(default, rename = "formatLength")]
         length: i64,
-        #[serde(default, rename = "formatTail")]
         tail: String,
     }
-    let signed: Signed =
-        go_json(body).map_err(|_| "its signatures are not readable".to_string())?;
-    let Some(first) = signed.signatures.first() else {
+    impl GoDecode for Protected {
+        fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
+            r.go_struct(
+                self,
+                &[
+                    ("formatLength", |p, r| p.length.decode(r)),
+                    ("formatTail", |p, r| p.tail.decode(r)),
+                ],
+            )
+        }
+    }
+    let signed: Signed = go_json::unmarshal(body)
+        .map_err(|why| format!("has signatures that are not readable ({why})"))?;
+    let Some(first) = signed.protected.first() else {
         return Err("has no signatures".into());
     };
-    let protected = jose_base64(&first.protected)
+    let protected = jose_base64(&first.0)
         .ok_or_else(|| "has a signature whose protected header is not base64url".to_string())?;
-    let protected: Protected = go_json(&protected).map_err(|_| {
-        "has a signature whose protected header is not JSON of that form".to_string()
+    let protected: Protected = go_json::unmarshal(&protected).map_err(|why| {
+        format!("has a signature whose protected header is not of that form ({why})")
     })?;
     let length = usize::try_from(protected.length)
         .ok()
@@ -313,8 +366,8 @@ fn jose_base64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn not_json(what: &str) -> String {
-    format!("{what} is not a schema 1 manifest of that form (the runtime refuses it)")
+fn not_json(what: &str, why: GoJsonError) -> String {
+    format!("{what} is not a schema 1 manifest of that form: {why} (the runtime refuses it)")
 }
 
 /// A layer blob's digest as the content store takes it.
@@ -325,12 +378,17 @@ fn blob_digest(digest: &str, i: usize, total: usize) -> Result<String, String> {
 }
 
 /// What both runtimes check of a manifest's shape, with what each says of it: no
-/// `layers` or `manifests` beside `fsLayers`, as many history entries as layers. Ok:
-/// how many layers.
-fn shape(manifest: &RawSchema1, extra_keys: &str, mismatch: &str) -> Result<usize, String> {
-    if manifest.layers.is_some() || manifest.manifests.is_some() {
+/// other kind's fields beside `fsLayers` (`given`: by that runtime's reading), as
+/// many history entries as layers. Ok: how many layers.
+fn shape(
+    manifest: &RawSchema1,
+    given: bool,
+    extra_keys: &str,
+    mismatch: &str,
+) -> Result<usize, String> {
+    if given {
         return Err(format!(
-            "has layers or manifests beside its fsLayers ({extra_keys})"
+            "has another kind's fields beside its fsLayers ({extra_keys})"
         ));
     }
     let total = manifest.fs_layers.len();
@@ -351,11 +409,14 @@ fn containerd_reading(body: &[u8]) -> Reading {
             return Reading::refused(format!("{why} (containerd strips the schema 1 signature)"));
         }
     };
-    let Ok(manifest) = go_json::<RawSchema1>(&payload) else {
-        return Reading::refused(not_json("its signed payload"));
+    let manifest: RawSchema1 = match go_json::unmarshal(&payload) {
+        Ok(manifest) => manifest,
+        Err(why) => return Reading::refused(not_json("its signed payload", why)),
     };
+    let given = !manifest.raw_layers.is_empty() || !manifest.raw_manifests.is_empty();
     let total = match shape(
         &manifest,
+        given,
         "containerd: expected schema1 document but found extra keys",
         "containerd: invalid schema 1 manifest, history and layer mismatch",
     ) {
@@ -403,11 +464,11 @@ fn containerd_reading(body: &[u8]) -> Reading {
             })
             .and_then(|()| {
                 let first = &manifest.history[0].v1_compatibility;
-                let image: V1Image = go_json(first.as_bytes()).map_err(|_| {
-                    "has a first history entry that is not an image config (containerd: failed to unmarshal image from schema 1 history)".to_string()
-                })?;
-                rfc3339(image.created.as_deref())
-                    .map_err(|why| format!("history entry 1 of {total} {why}"))
+                go_json::unmarshal::<RawConfig>(first.as_bytes())
+                    .map(drop)
+                    .map_err(|why| {
+                        format!("has a first history entry that is not an image config: {why} (containerd: failed to unmarshal image from schema 1 history)")
+                    })
             })
     };
     Reading {
@@ -419,8 +480,14 @@ fn containerd_reading(body: &[u8]) -> Reading {
 /// containers/image: `Schema1FromManifest` (`initialize`, `fixManifestLayers`), then
 /// `copy`, which copies every remaining layer blob.
 fn containers_image_reading(body: &[u8]) -> Reading {
-    let Ok(manifest) = go_json::<RawSchema1>(body) else {
-        return Reading::refused(not_json("it"));
+    let manifest = match go_json::unmarshal::<RawSchema1>(body) {
+        Ok(manifest) if !manifest.image_fields_mistyped => manifest,
+        Ok(_) => {
+            return Reading::refused(
+                "has a schemaVersion, name, tag or architecture of the wrong type (containers/image refuses it)".into(),
+            );
+        }
+        Err(why) => return Reading::refused(not_json("it", why)),
     };
     if manifest.schema_version != 1 {
         return Reading::refused(format!(
@@ -430,6 +497,7 @@ fn containers_image_reading(body: &[u8]) -> Reading {
     }
     let total = match shape(
         &manifest,
+        manifest.ambiguous.iter().any(|given| *given),
         "containers/image refuses an ambiguous manifest",
         "containers/image: length of history not equal to number of layers",
     ) {
@@ -657,7 +725,7 @@ mod tests {
             (
                 sign(&payload(&[digest(1)], one(r#""created": "yesterday""#))),
                 SIGNED,
-                "not RFC 3339",
+                "history entry 1 of 1 is not a v1 image description of that form: a value of the wrong type",
             ),
             (
                 sign(&payload(&["sha256:../../etc".into()], one(""))),
