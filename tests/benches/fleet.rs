@@ -116,6 +116,10 @@ struct Row {
     /// whether RSS kept after storms is live memory or the allocator's.
     heap_after_pass: Option<(f64, f64)>,
     heap_after_storms: Option<(f64, f64)>,
+    /// RSS in anonymous memory and in mapped files (KiB), and threads, after the pass
+    /// and after the storms.
+    anon_file_threads_after_pass: (u64, u64, u64),
+    anon_file_threads_after_storms: (u64, u64, u64),
     bounce: Duration,
     bounce_probe: ProbeFigures,
     bounce_overflows: u64,
@@ -256,6 +260,7 @@ async fn run(
     tokio::time::sleep(STEADY).await;
     let rss_after_pass_kib = aggregator.rss_kib()?;
     let heap_after_pass = heap(&aggregator).await?;
+    let anon_file_threads_after_pass = anon_file_threads(&aggregator)?;
     let mut alone = Vec::new();
     let (mut scrape_kib, mut wire_kib) = (0.0, 0.0);
     let cpu = aggregator.cpu_seconds()?;
@@ -290,6 +295,7 @@ async fn run(
     tokio::time::sleep(STEADY).await;
     let rss_after_storms_kib = aggregator.rss_kib()?;
     let heap_after_storms = heap(&aggregator).await?;
+    let anon_file_threads_after_storms = anon_file_threads(&aggregator)?;
 
     // 5. Bounce: killed and started again.
     let overflows = listen_overflows();
@@ -329,6 +335,8 @@ async fn run(
         rss_after_storms_kib,
         heap_after_pass,
         heap_after_storms,
+        anon_file_threads_after_pass,
+        anon_file_threads_after_storms,
         bounce,
         bounce_probe,
         bounce_overflows,
@@ -379,16 +387,27 @@ fn heap_per_agent(row: &Row) -> String {
     }
 }
 
+fn anon_file_threads(aggregator: &FleetAggregator) -> Result<(u64, u64, u64)> {
+    let (anon, file) = aggregator.rss_anon_file_kib()?;
+    Ok((anon, file, aggregator.threads()?))
+}
+
 /// The heap after the storms against after the pass, as "allocated +A%, resident
 /// +R%" ("-" when the binary does not export them).
 fn heap_after_storms(row: &Row) -> String {
     match (row.heap_after_pass, row.heap_after_storms) {
         (Some((a0, r0)), Some((a1, r1))) => {
             let change = |before: f64, after: f64| (after / before.max(1.0) - 1.0) * 100.0;
+            let ((anon0, file0, threads0), (anon1, file1, threads1)) = (
+                row.anon_file_threads_after_pass,
+                row.anon_file_threads_after_storms,
+            );
             format!(
-                "allocated {:+.1}%, resident {:+.1}%",
+                "allocated {:+.1}%, resident {:+.1}%; anonymous RSS {:+.1} MiB, file RSS {:+.1} MiB, threads {threads0} -> {threads1}",
                 change(a0, a1),
-                change(r0, r1)
+                change(r0, r1),
+                (anon1 as f64 - anon0 as f64) / 1024.0,
+                (file1 as f64 - file0 as f64) / 1024.0,
             )
         }
         _ => "-".to_string(),

@@ -484,6 +484,21 @@ impl FleetAggregator {
         crate::process_status_kib(self.pid()?, "VmRSS:")
     }
 
+    /// Its RSS in anonymous memory and in mapped files (the binary's pages among
+    /// them), KiB.
+    pub fn rss_anon_file_kib(&self) -> Result<(u64, u64)> {
+        let pid = self.pid()?;
+        Ok((
+            crate::process_status_kib(pid, "RssAnon:")?,
+            crate::process_status_kib(pid, "RssFile:")?,
+        ))
+    }
+
+    /// Its threads.
+    pub fn threads(&self) -> Result<u64> {
+        crate::process_status_kib(self.pid()?, "Threads:")
+    }
+
     /// CPU seconds it used so far.
     pub fn cpu_seconds(&self) -> Result<f64> {
         crate::process_cpu_seconds(self.pid()?)
