@@ -15,7 +15,9 @@
 use std::collections::HashSet;
 
 use super::{RawConfig, shown, valid_digest};
-use crate::go_json::{self, Decoded, GoDecode, GoJsonError, GoSlice, Kind, RawMessage, Reader};
+use crate::go_json::{
+    self, Decoded, GoDecode, GoJsonError, GoSlice, Kind, RawMessage, Reader, Syntax,
+};
 use base64::Engine as _;
 
 /// `application/vnd.docker.distribution.manifest.v1+prettyjws`: the one schema 1 media
@@ -158,9 +160,21 @@ struct RawSchema1 {
 
 impl GoDecode for RawSchema1 {
     fn decode(&mut self, r: &mut Reader<'_>) -> Decoded {
-        fn not_null(r: &mut Reader<'_>) -> Result<bool, go_json::Syntax> {
-            let given = r.peek()? != Kind::Null;
-            r.skip()?;
+        /// A string field of containers/image's that containerd does not read: a
+        /// wrong type fails containers/image only.
+        fn image_string(m: &mut RawSchema1, r: &mut Reader<'_>) -> Decoded {
+            let kind = r.peek()?;
+            m.image_fields_mistyped |= kind != Kind::String && kind != Kind::Null;
+            r.skip()
+        }
+        /// Another kind's field, into containerd's `json.RawMessage` (given at all)
+        /// and containers/image's `any` (given, not `null`): the latter returned.
+        fn other_kind(raw: &mut RawMessage, r: &mut Reader<'_>) -> Result<bool, Syntax> {
+            let mut given = false;
+            r.keeping_raw(raw, |r| {
+                given = r.peek()? != Kind::Null;
+                r.skip()
+            })?;
             Ok(given)
         }
         r.go_struct(
@@ -183,38 +197,20 @@ impl GoDecode for RawSchema1 {
                 }),
                 ("fsLayers", |m, r| m.fs_layers.decode(r)),
                 ("history", |m, r| m.history.decode(r)),
-                ("name", |m, r| {
-                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
-                    r.skip()
-                }),
-                ("tag", |m, r| {
-                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
-                    r.skip()
-                }),
-                ("architecture", |m, r| {
-                    m.image_fields_mistyped |= r.peek()? != Kind::String && r.peek()? != Kind::Null;
-                    r.skip()
-                }),
+                ("name", image_string),
+                ("tag", image_string),
+                ("architecture", image_string),
+                // Not a field of containerd's: its text is not kept.
                 ("config", |m, r| {
-                    m.ambiguous[0] = not_null(r)?;
+                    m.ambiguous[0] = other_kind(&mut RawMessage::default(), r)?;
                     Ok(())
                 }),
                 ("layers", |m, r| {
-                    let mut given = false;
-                    r.keeping_raw(&mut m.raw_layers, |r| {
-                        given = not_null(r)?;
-                        Ok(())
-                    })?;
-                    m.ambiguous[1] = given;
+                    m.ambiguous[1] = other_kind(&mut m.raw_layers, r)?;
                     Ok(())
                 }),
                 ("manifests", |m, r| {
-                    let mut given = false;
-                    r.keeping_raw(&mut m.raw_manifests, |r| {
-                        given = not_null(r)?;
-                        Ok(())
-                    })?;
-                    m.ambiguous[2] = given;
+                    m.ambiguous[2] = other_kind(&mut m.raw_manifests, r)?;
                     Ok(())
                 }),
             ],
