@@ -14,11 +14,12 @@
 
 use std::collections::HashSet;
 
+use base64::Engine as _;
+
 use super::{RawConfig, shown, valid_digest};
 use crate::go_json::{
     self, Decoded, GoDecode, GoJsonError, GoSlice, Kind, RawMessage, Reader, Syntax,
 };
-use base64::Engine as _;
 
 /// `application/vnd.docker.distribution.manifest.v1+prettyjws`: the one schema 1 media
 /// type containerd converts.
