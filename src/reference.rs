@@ -194,13 +194,17 @@ pub(crate) fn validate_digest(digest: &str) -> Result<String, ReferenceError> {
     if encoded.len() != hex_len {
         return Err(ReferenceError::DigestInvalidLength(digest.to_string()));
     }
-    if !encoded
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_lower_hex(encoded) {
         return Err(ReferenceError::DigestInvalidFormat(digest.to_string()));
     }
     Ok(digest.to_string())
+}
+
+/// Whether `text` is lowercase hex digits only (`[a-f0-9]*`), as go-digest's and
+/// containers/image's patterns take them.
+pub(crate) fn is_lower_hex(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Which part of a reference the grammar refuses, for the reason (the verdict is the

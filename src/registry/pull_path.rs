@@ -540,6 +540,16 @@ fn parse_config(body: &[u8]) -> Document {
     }
 }
 
+/// The media type a manifest is read as: the one its descriptor (or answer) names,
+/// else the one its body names.
+fn read_as(declared: &str, body: &[u8]) -> String {
+    if declared.is_empty() {
+        sniff_media_type(body).unwrap_or_default()
+    } else {
+        declared.to_string()
+    }
+}
+
 /// The media type a manifest body names, when its answer named none.
 fn sniff_media_type(body: &[u8]) -> Option<String> {
     let raw: RawDocument = go_json::unmarshal(body).ok()?;
@@ -803,15 +813,12 @@ impl Walk<'_, '_, '_, '_> {
                 &fetched
             }
         };
-        let media_type = match kind {
-            Kind::Manifest if desc.media_type.is_empty() => {
-                sniff_media_type(body).unwrap_or_default()
-            }
-            _ => desc.media_type.clone(),
-        };
+        let media_type = (kind == Kind::Manifest).then(|| read_as(&desc.media_type, body));
         // A registry signs a schema 1 manifest anew when it serves it, so its bytes are
         // not its digest's; containerd reads it without verifying either.
-        let verified = !(kind == Kind::Manifest && DOCKER_SCHEMA1.contains(&media_type.as_str()));
+        let verified = !media_type
+            .as_deref()
+            .is_some_and(|m| DOCKER_SCHEMA1.contains(&m));
         if verified && desc.size > 0 && body.len() as u64 != desc.size as u64 {
             return Err(size_mismatch(what, platform, body.len() as u64, desc.size));
         }
@@ -828,7 +835,7 @@ impl Walk<'_, '_, '_, '_> {
             ));
         }
         let document = Arc::new(match kind {
-            Kind::Manifest => parse_manifest(body, &media_type),
+            Kind::Manifest => parse_manifest(body, media_type.as_deref().unwrap_or_default()),
             Kind::Config => parse_config(body),
         });
         lock(&self.client.documents).insert(&desc.digest, document.clone());
@@ -1342,12 +1349,7 @@ pub mod hostile {
         node: &Platform,
         diff_ids: Option<usize>,
     ) -> Read {
-        let media_type = if media_type.is_empty() {
-            super::sniff_media_type(body).unwrap_or_default()
-        } else {
-            media_type.to_string()
-        };
-        match parse_manifest(body, &media_type) {
+        match parse_manifest(body, &super::read_as(media_type, body)) {
             Document::Index(entries) => {
                 // Which entry it is (usize::MAX: not one of them).
                 let chosen = child(&entries, node).map(|chosen| {

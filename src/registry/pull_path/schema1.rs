@@ -515,9 +515,9 @@ fn containers_image_reading(body: &[u8]) -> Reading {
             }
         }
     }
-    let hex64 =
-        |id: &str| id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if let Some(bad) = entries.iter().find(|e| !hex64(&e.id)) {
+    // containers/image's `validHex`: `^([a-f0-9]{64})$`.
+    let valid_id = |id: &str| id.len() == 64 && crate::reference::is_lower_hex(id);
+    if let Some(bad) = entries.iter().find(|e| !valid_id(&e.id)) {
         return Reading::refused(format!(
             "has the v1 image ID {} (containers/image: image ID is invalid)",
             shown(&bad.id)
