@@ -714,6 +714,13 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
             ],
             "{central_requests:?}"
         );
+        // A schema 1 image on containerd 1.x: its manifest, then the one layer that is
+        // not empty (the throwaway blob is not asked for, as containerd does not).
+        assert_eq!(
+            of_repo(&central_requests, "schema1/ok"),
+            ["HEAD manifests 200", "GET manifests 200", "GET blobs 206"],
+            "{central_requests:?}"
+        );
     })
     .await;
 }
