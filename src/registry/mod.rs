@@ -264,9 +264,10 @@ pub struct RegistryClient {
     verified: Mutex<HashMap<pull_path::VerifiedKey, Instant>>,
     /// Documents being read now, by digest: concurrent misses wait for one read.
     reading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// What the nodes' runtime does with schema 1 manifests: the config's, until an
-    /// agent learns its node's runtime.
-    schema1: Mutex<pull_path::Schema1Pulls>,
+    /// What the nodes' runtimes do with schema 1 manifests (distinct, sorted, never
+    /// empty): the config's, until an agent learns its node's runtime or the aggregator
+    /// its cluster's.
+    schema1: Mutex<Arc<[pull_path::Schema1Pulls]>>,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -416,15 +417,28 @@ impl RegistryClient {
             documents: Mutex::new(pull_path::DocumentCache::new(config.walk.cache_entries)),
             verified: Mutex::new(HashMap::new()),
             reading: Mutex::new(HashMap::new()),
-            schema1: Mutex::new(config.walk.schema1),
+            schema1: Mutex::new(Arc::new([config.walk.schema1])),
             config,
         }
     }
 
-    /// Says what the nodes' runtime does with schema 1 manifests (an agent, once CRI
-    /// `Version` named its node's runtime).
-    pub fn set_schema1_pulls(&self, pulls: pull_path::Schema1Pulls) {
-        *lock(&self.schema1) = pulls;
+    /// Says what the nodes' runtimes do with schema 1 manifests (an agent, once CRI
+    /// `Version` named its node's runtime; the aggregator, from its cluster's nodes): a
+    /// schema 1 image is pulled as each of them pulls it. None given: refused. A change
+    /// makes every pull path's blobs due for verification again, as another runtime
+    /// downloads other blobs.
+    pub fn set_schema1_pulls(&self, pulls: &[pull_path::Schema1Pulls]) {
+        let mut pulls = pulls.to_vec();
+        pulls.sort_unstable();
+        pulls.dedup();
+        if pulls.is_empty() {
+            pulls.push(pull_path::Schema1Pulls::default());
+        }
+        let mut current = lock(&self.schema1);
+        if **current != *pulls {
+            *current = pulls.into();
+            lock(&self.verified).clear();
+        }
     }
 
     fn state(&self, host: &str) -> Arc<HostState> {

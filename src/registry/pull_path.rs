@@ -712,7 +712,8 @@ struct Walk<'c, 'r, 'e, 'a> {
     /// Whether existence is verified this time (else only what is not kept is read).
     verify: bool,
     depth: CheckDepth,
-    schema1: Schema1Pulls,
+    /// What the nodes' runtimes do with schema 1 (one or more).
+    schema1: Arc<[Schema1Pulls]>,
 }
 
 impl Walk<'_, '_, '_, '_> {
@@ -983,6 +984,7 @@ impl Walk<'_, '_, '_, '_> {
             let document = if desc.digest == top.digest {
                 let walk = Walk {
                     verify: false,
+                    schema1: self.schema1.clone(),
                     ..*self
                 };
                 walk.document(Needed::manifest(&desc, &what, platform), top_body.take())
@@ -1048,8 +1050,9 @@ impl Walk<'_, '_, '_, '_> {
         ))
     }
 
-    /// A schema 1 manifest (`in_index`: an index's child), as the nodes' runtime pulls
-    /// it: refused, or its layer blobs downloaded and converted.
+    /// A schema 1 manifest (`in_index`: an index's child), as each of the nodes'
+    /// runtimes pulls it: refused, or its layer blobs downloaded and converted. With
+    /// several runtimes, the first that fails it answers, named.
     async fn schema1(
         &self,
         manifest: &Schema1Manifest,
@@ -1057,39 +1060,51 @@ impl Walk<'_, '_, '_, '_> {
         platform: Option<&Platform>,
         in_index: bool,
     ) -> Result<(), Failed> {
-        let refused = |why: &str| {
-            (
-                CheckStatus::UnknownError,
-                format!("{what}{} {why}", for_platform(platform)),
-            )
-        };
-        if in_index && self.schema1 == Schema1Pulls::Converted {
-            // containerd converts a tag's own schema 1 manifest only; as an index's
-            // child its handlers refuse it.
-            return Err(refused(&format!(
-                "is a schema 1 manifest in an index (containerd: {} not supported)",
-                schema1::SIGNED
-            )));
-        }
-        match manifest.plan(self.schema1) {
-            Plan::Refused(why) => Err(refused(&why)),
-            Plan::Download { blobs, after } => {
-                if self.depth == CheckDepth::Blobs {
-                    let layers: Vec<Descriptor> = blobs
-                        .iter()
-                        .map(|digest| Descriptor {
-                            media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
-                            digest: digest.clone(),
-                            // Unknown until downloaded (containerd: size -1).
-                            size: 0,
-                            ..Descriptor::default()
-                        })
-                        .collect();
-                    self.layers(&layers, platform).await?;
+        let several = self.schema1.len() > 1;
+        for &pulls in self.schema1.iter() {
+            let on_nodes = if several {
+                format!(" (on {} nodes)", pulls.nodes())
+            } else {
+                String::new()
+            };
+            let refused = |why: &str| {
+                (
+                    CheckStatus::UnknownError,
+                    format!("{what}{}{on_nodes} {why}", for_platform(platform)),
+                )
+            };
+            if in_index && pulls == Schema1Pulls::Converted {
+                // containerd converts a tag's own schema 1 manifest only; as an index's
+                // child its handlers refuse it.
+                return Err(refused(&format!(
+                    "is a schema 1 manifest in an index (containerd: {} not supported)",
+                    schema1::SIGNED
+                )));
+            }
+            match manifest.plan(pulls) {
+                Plan::Refused(why) => return Err(refused(&why)),
+                Plan::Download { blobs, after } => {
+                    if self.depth == CheckDepth::Blobs {
+                        let layers: Vec<Descriptor> = blobs
+                            .iter()
+                            .map(|digest| Descriptor {
+                                media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                                    .into(),
+                                digest: digest.clone(),
+                                // Unknown until downloaded (containerd: size -1).
+                                size: 0,
+                                ..Descriptor::default()
+                            })
+                            .collect();
+                        self.layers(&layers, platform)
+                            .await
+                            .map_err(|(status, why)| (status, format!("{why}{on_nodes}")))?;
+                    }
+                    after.clone().map_err(|why| refused(&why))?;
                 }
-                after.clone().map_err(|why| refused(&why))
             }
         }
+        Ok(())
     }
 
     /// An image manifest's config and layers.
@@ -1499,7 +1514,7 @@ impl RegistryClient {
             route,
             verify,
             depth: self.config.walk.depth,
-            schema1: *lock(&self.schema1),
+            schema1: lock(&self.schema1).clone(),
         };
         let result = walk.platform_path(top, platform).await;
         if result.is_ok() && verify {

@@ -667,6 +667,58 @@ pub mod raw {
         entry
     }
 
+    /// The layer distribution's schema 1 conversion writes for a history entry marked
+    /// `empty_layer` (a gzipped empty tar).
+    pub const EMPTY_TAR_GZ: &str =
+        "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
+
+    /// Pushes, as `repo:v1`, a signed Docker schema 1 manifest with one layer and,
+    /// above it, one empty (`throwaway`) layer: a Docker schema 2 image converted by the
+    /// registry itself (as it serves clients that accept neither schema 2 nor OCI; the
+    /// registry needs [`crate::RegistryOptions::schema1`]), then put back as schema 1.
+    /// Returns the layer's digest.
+    pub async fn schema1_image(registry: &Registry, repo: &str) -> Result<String> {
+        let (layer, diff_id) = layer(&format!("{repo} schema 1"))?;
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "Cmd": ["/bin/true"] },
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+            "history": [
+                { "created": "2016-06-01T12:00:00Z", "created_by": "ADD file /" },
+                { "created": "2016-06-01T12:00:01Z", "created_by": "CMD /bin/true", "empty_layer": true },
+            ],
+        }))?;
+        push_blobs(registry, repo, &[&config, &layer]).await?;
+        let schema2 = manifest(
+            DOCKER_MANIFEST,
+            descriptor(DOCKER_CONFIG, &config),
+            vec![descriptor(DOCKER_LAYER, &layer)],
+        );
+        put_document(registry, repo, "schema2", &schema2).await?;
+        let converted = registry
+            .request(
+                http::Method::GET,
+                &format!("/v2/{repo}/manifests/schema2"),
+                &[],
+                Vec::new(),
+            )
+            .await?;
+        let signed = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+        if converted.header("content-type") != Some(signed) {
+            bail!(
+                "the registry served {repo}:schema2 as {:?}, not schema 1 (is schema 1 enabled?)",
+                converted.header("content-type")
+            );
+        }
+        let body = converted.text();
+        if !(body.contains(r#"\"throwaway\":true"#) && body.contains(EMPTY_TAR_GZ)) {
+            bail!("the registry's schema 1 conversion has no throwaway layer: {body}");
+        }
+        put_manifest(registry, repo, "v1", signed, converted.body.as_ref()).await?;
+        Ok(sha256_digest(&layer))
+    }
+
     /// Uploads each blob to `repo`; their digests.
     pub async fn push_blobs(
         registry: &Registry,

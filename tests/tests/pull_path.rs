@@ -178,59 +178,6 @@ async fn foreign_layer(
     put(registry, repo, "v1", &manifest).await;
 }
 
-/// The layer distribution's schema 1 conversion writes for a history entry marked
-/// `empty_layer` (a gzipped empty tar).
-const EMPTY_TAR_GZ: &str =
-    "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4";
-
-/// Pushes, as `repo:v1`, a signed Docker schema 1 manifest with one layer and, above it,
-/// one empty (`throwaway`) layer: a Docker schema 2 image converted by the registry
-/// itself (as it serves clients that accept neither schema 2 nor OCI), then put back as
-/// schema 1. Returns the layer's digest.
-async fn schema1_image(registry: &Registry, repo: &str) -> String {
-    let (layer, diff_id) = raw::layer(&format!("{repo} schema 1")).unwrap();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Cmd": ["/bin/true"] },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-        "history": [
-            { "created": "2016-06-01T12:00:00Z", "created_by": "ADD file /" },
-            { "created": "2016-06-01T12:00:01Z", "created_by": "CMD /bin/true", "empty_layer": true },
-        ],
-    }))
-    .unwrap();
-    raw::push_blobs(registry, repo, &[&config, &layer])
-        .await
-        .unwrap();
-    let schema2 = raw::manifest(
-        raw::DOCKER_MANIFEST,
-        raw::descriptor(raw::DOCKER_CONFIG, &config),
-        vec![raw::descriptor(raw::DOCKER_LAYER, &layer)],
-    );
-    put(registry, repo, "schema2", &schema2).await;
-    let converted = registry
-        .request(
-            http::Method::GET,
-            &format!("/v2/{repo}/manifests/schema2"),
-            &[],
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    let signed = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-    assert_eq!(converted.header("content-type"), Some(signed));
-    let body = String::from_utf8(converted.body.to_vec()).unwrap();
-    assert!(
-        body.contains(r#"\"throwaway\":true"#) && body.contains(EMPTY_TAR_GZ),
-        "{body}"
-    );
-    raw::put_manifest(registry, repo, "v1", signed, converted.body.as_ref())
-        .await
-        .unwrap();
-    sha256_digest(&layer)
-}
-
 /// Every state: what it is, the repository whose `v1` tag [`build`] pushes it as, and
 /// what containerd and pullwatch make of it.
 #[rustfmt::skip]
@@ -476,17 +423,23 @@ async fn build(registry: &Registry, proxy: &PullProxy) -> Vec<Scenario> {
     }
 
     // Docker schema 1, converted by the registry and put back.
-    schema1_image(registry, "schema1/ok").await;
-    let layer = schema1_image(registry, "schema1/gone-layer").await;
+    raw::schema1_image(registry, "schema1/ok").await.unwrap();
+    let layer = raw::schema1_image(registry, "schema1/gone-layer")
+        .await
+        .unwrap();
     raw::delete_blob(registry, "schema1/gone-layer", &layer)
         .await
         .unwrap();
-    schema1_image(registry, "schema1/gone-empty").await;
-    raw::delete_blob(registry, "schema1/gone-empty", EMPTY_TAR_GZ)
+    raw::schema1_image(registry, "schema1/gone-empty")
+        .await
+        .unwrap();
+    raw::delete_blob(registry, "schema1/gone-empty", raw::EMPTY_TAR_GZ)
         .await
         .unwrap();
 
-    schema1_image(registry, "schema1/in-index").await;
+    raw::schema1_image(registry, "schema1/in-index")
+        .await
+        .unwrap();
     let signed = registry
         .request(
             http::Method::GET,

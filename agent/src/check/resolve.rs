@@ -381,14 +381,15 @@ impl Resolver {
         let dialect = HostsDialect::for_runtime(name, version);
         debug!(runtime = name, version, ?dialect, "hosts.toml rules");
         *lock(&self.dialect) = dialect;
-        let schema1 = Schema1Pulls::of_runtime(name, version);
+        // A runtime that is neither containerd nor CRI-O: refused, as the newest do.
+        let schema1 = Schema1Pulls::of_runtime(name, version).unwrap_or_default();
         debug!(
             runtime = name,
             version,
             schema1 = schema1.as_str(),
             "schema 1 manifests"
         );
-        self.registry.set_schema1_pulls(schema1);
+        self.registry.set_schema1_pulls(&[schema1]);
         if self.runtime_dialect == RuntimeDialect::Auto {
             let runtime = RouteRuntime::from_runtime_name(name);
             debug!(runtime = name, ?runtime, "route of the runtime");

@@ -29,7 +29,7 @@ pub(super) const UNSIGNED: &str = "application/vnd.docker.distribution.manifest.
 
 /// What the nodes' runtime does with a schema 1 manifest (`--schema1-images`; an agent
 /// takes its node's from CRI `Version`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Schema1Pulls {
     /// Refused, as containerd 2.0 and later refuse it.
     #[default]
@@ -42,10 +42,14 @@ pub enum Schema1Pulls {
 }
 
 impl Schema1Pulls {
-    /// What the runtime `name` at `version` (CRI `Version`) does with schema 1.
-    pub fn of_runtime(name: &str, version: &str) -> Schema1Pulls {
+    /// What the runtime `name` at `version` (CRI `Version`) does with schema 1; None
+    /// for a runtime that is neither containerd nor CRI-O.
+    pub fn of_runtime(name: &str, version: &str) -> Option<Schema1Pulls> {
         if name.eq_ignore_ascii_case("cri-o") || name.eq_ignore_ascii_case("crio") {
-            return Schema1Pulls::Copied;
+            return Some(Schema1Pulls::Copied);
+        }
+        if !name.eq_ignore_ascii_case("containerd") {
+            return None;
         }
         // containerd reports "v1.7.27", "1.6.20~ds1", "v2.1.0" (k3s: "v1.7.23-k3s2").
         let major = version
@@ -53,9 +57,27 @@ impl Schema1Pulls {
             .split(|c: char| !c.is_ascii_digit())
             .next()
             .and_then(|m| m.parse::<u32>().ok());
-        match major {
+        Some(match major {
             Some(0 | 1) => Schema1Pulls::Converted,
             _ => Schema1Pulls::Refused,
+        })
+    }
+
+    /// What a node's runtime does with schema 1, from the Node's
+    /// `status.nodeInfo.containerRuntimeVersion`: the kubelet writes CRI `Version`'s
+    /// name and version there as `name://version` (`containerd://1.7.27`,
+    /// `cri-o://1.31.3`).
+    pub fn of_node_runtime(container_runtime_version: &str) -> Option<Schema1Pulls> {
+        let (name, version) = container_runtime_version.split_once("://")?;
+        Schema1Pulls::of_runtime(name, version)
+    }
+
+    /// The nodes that pull this way, as a reason names them.
+    pub(crate) fn nodes(self) -> &'static str {
+        match self {
+            Schema1Pulls::Refused => "containerd 2.x",
+            Schema1Pulls::Converted => "containerd 1.x",
+            Schema1Pulls::Copied => "CRI-O",
         }
     }
 
@@ -646,19 +668,36 @@ mod tests {
     #[test]
     fn runtimes_and_what_they_do_with_schema_1() {
         for (name, version, pulls) in [
-            ("containerd", "1.6.20~ds1", Schema1Pulls::Converted),
-            ("containerd", "v1.7.27", Schema1Pulls::Converted),
-            ("containerd", "v1.7.23-k3s2", Schema1Pulls::Converted),
-            ("containerd", "v2.0.0", Schema1Pulls::Refused),
-            ("containerd", "v2.1.4", Schema1Pulls::Refused),
-            ("containerd", "", Schema1Pulls::Refused),
-            ("cri-o", "1.31.3", Schema1Pulls::Copied),
+            ("containerd", "1.6.20~ds1", Some(Schema1Pulls::Converted)),
+            ("containerd", "v1.7.27", Some(Schema1Pulls::Converted)),
+            ("containerd", "v1.7.23-k3s2", Some(Schema1Pulls::Converted)),
+            ("containerd", "v2.0.0", Some(Schema1Pulls::Refused)),
+            ("containerd", "v2.1.4", Some(Schema1Pulls::Refused)),
+            ("containerd", "", Some(Schema1Pulls::Refused)),
+            ("cri-o", "1.31.3", Some(Schema1Pulls::Copied)),
+            ("docker", "24.0.7", None),
+            ("", "1.7.27", None),
         ] {
             assert_eq!(
                 Schema1Pulls::of_runtime(name, version),
                 pulls,
                 "{name} {version}"
             );
+        }
+    }
+
+    #[test]
+    fn a_nodes_runtime_as_the_kubelet_reports_it() {
+        for (reported, pulls) in [
+            ("containerd://1.7.27", Some(Schema1Pulls::Converted)),
+            ("containerd://2.0.5", Some(Schema1Pulls::Refused)),
+            ("containerd://v1.7.23-k3s2", Some(Schema1Pulls::Converted)),
+            ("cri-o://1.31.3", Some(Schema1Pulls::Copied)),
+            ("docker://28.0.1", None),
+            ("containerd", None),
+            ("", None),
+        ] {
+            assert_eq!(Schema1Pulls::of_node_runtime(reported), pulls, "{reported}");
         }
     }
 
