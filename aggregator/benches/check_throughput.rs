@@ -306,6 +306,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
     let options = IndexOptions {
         default_registry: "docker.io".into(),
         platforms: Vec::new(),
+        schema1: None,
         mirrors: Default::default(),
         filters: Default::default(),
     };
@@ -321,6 +322,7 @@ async fn rss_per_references(references: usize) -> anyhow::Result<(u64, usize)> {
         platforms: Default::default(),
         own_sources: Default::default(),
         walk_platforms: Vec::new(),
+        walk_schema1: Vec::new(),
         settled: index
             .checks
             .values()

@@ -210,10 +210,11 @@ pub(crate) struct CheckerArgs {
 
     /// What the nodes' runtime does with a Docker schema 1 manifest: `refused`
     /// (containerd 2.0 and later), `converted` (containerd 1.x: layers the history marks
-    /// empty are not downloaded), `copied` (CRI-O: every layer blob). Agents use their
-    /// own node's runtime.
-    #[arg(long, env = "PULLWATCH_SCHEMA1_IMAGES", value_enum, default_value_t = Schema1Pulls::Refused)]
-    pub(crate) schema1_images: Schema1Pulls,
+    /// empty are not downloaded), `copied` (CRI-O: every layer blob). Unset: what the
+    /// cluster's nodes run (their `containerRuntimeVersion`; each, when they differ),
+    /// else `refused`. Agents use their own node's runtime.
+    #[arg(long, env = "PULLWATCH_SCHEMA1_IMAGES", value_enum)]
+    pub(crate) schema1_images: Option<Schema1Pulls>,
 }
 
 /// Which container references are checked.
@@ -271,7 +272,7 @@ impl CheckerArgs {
             walk: WalkSettings {
                 depth: self.check_depth,
                 blob_check_interval: self.blob_check_interval,
-                schema1: self.schema1_images,
+                schema1: self.schema1_images.unwrap_or_default(),
                 ..WalkSettings::default()
             },
             platforms: self.platforms.clone(),
@@ -301,6 +302,7 @@ pub(crate) fn index_options(
     Ok(IndexOptions {
         default_registry,
         platforms: checker.platforms.clone(),
+        schema1: checker.schema1_images,
         mirrors: Mirrors::parse(&checker.image_mirrors)?,
         filters: Filters {
             allowed_images: parse_image_regexes(&filters.allowed_images).map_err(|source| {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullwatch::locks::lock;
+use pullwatch::registry::pull_path::Schema1Pulls;
 use pullwatch::{CheckOutcome, CheckStatus, ImageReference, Keyring, Platform, SourcedCredential};
 use regex::Regex;
 use tokio::sync::watch;
@@ -267,6 +268,10 @@ pub struct IndexOptions {
     /// `--platform`: the platforms workloads land on; empty: the cluster's nodes'
     /// (cluster mode), else no platform check.
     pub platforms: Vec<Platform>,
+    /// `--schema1-images`: what the nodes' runtime does with a Docker schema 1
+    /// manifest; None: what the cluster's nodes' runtimes do (refused when none is
+    /// known).
+    pub schema1: Option<Schema1Pulls>,
     pub mirrors: Mirrors,
     pub filters: Filters,
 }
@@ -354,6 +359,10 @@ pub struct ImageIndex {
     /// Every platform a workload can land on (`--platform`, or the nodes'): the
     /// platforms an index's pull path is walked for.
     pub walk_platforms: Vec<Platform>,
+    /// What the nodes' runtimes do with a Docker schema 1 manifest
+    /// (`--schema1-images`, or the nodes'; empty: none known): a central walk pulls a
+    /// schema 1 manifest as each does.
+    pub walk_schema1: Vec<Schema1Pulls>,
 }
 
 /// Credential sources of a shared check -> a container's own: (theirs, its own).
@@ -388,6 +397,10 @@ impl ImageIndex {
         let mut keyrings: BTreeMap<(&str, Vec<String>), Result<Keyring, String>> = BTreeMap::new();
         let mut landing = LandingPlatforms::new(inventory, options);
         index.walk_platforms = landing.candidates.clone();
+        index.walk_schema1 = match options.schema1 {
+            Some(pulls) => vec![pulls],
+            None => inventory.nodes.schema1_pulls(),
+        };
         let grouped = inventory.grouped_workloads();
         for workload in inventory.workloads.values().chain(&grouped) {
             if !options.filters.keeps_workload(inventory, workload) {
@@ -764,6 +777,7 @@ impl ImageIndex {
             &IndexOptions {
                 default_registry: "docker.io".into(),
                 platforms: Vec::new(),
+                schema1: None,
                 mirrors: Mirrors::default(),
                 filters: Filters::default(),
             },
@@ -828,6 +842,7 @@ mod tests {
         IndexOptions {
             default_registry: "docker.io".into(),
             platforms: Vec::new(),
+            schema1: None,
             mirrors: Mirrors::default(),
             filters: Filters::default(),
         }

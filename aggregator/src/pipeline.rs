@@ -146,6 +146,7 @@ impl Pipeline {
     ) -> CycleSummary {
         let started = Instant::now();
         self.checker.set_platforms(&index.walk_platforms);
+        self.checker.set_schema1_pulls(&index.walk_schema1);
         for (container, outcome) in &index.settled {
             self.record(index, std::slice::from_ref(container), outcome);
             progress.done.fetch_add(1, Ordering::Relaxed);
@@ -296,8 +297,9 @@ impl CheckRunner for Pipeline {
         self.checker.retain_registries(registries);
     }
 
-    fn walk_platforms(&self, platforms: &[pullwatch::Platform]) {
-        self.checker.set_platforms(platforms);
+    fn walk_as(&self, index: &ImageIndex) {
+        self.checker.set_platforms(&index.walk_platforms);
+        self.checker.set_schema1_pulls(&index.walk_schema1);
     }
 
     fn node_agents(&self) -> Option<&dyn NodeAgents> {

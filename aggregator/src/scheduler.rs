@@ -48,8 +48,9 @@ pub(crate) trait CheckRunner: Send + Sync + 'static {
     ) -> impl Future<Output = KeyCheck> + Send;
     /// Forgets what is kept per registry for registries not in `registries`.
     fn retain_registries(&self, registries: &BTreeSet<&str>);
-    /// The platforms workloads can land on: an index's pull path is walked for each.
-    fn walk_platforms(&self, _platforms: &[pullwatch::Platform]) {}
+    /// What the nodes run, as `index` found it: an index's pull path is walked for each
+    /// platform workloads can land on, a schema 1 manifest as each runtime pulls it.
+    fn walk_as(&self, _index: &ImageIndex) {}
     /// The node agents checks can go to, when they are enabled.
     fn node_agents(&self) -> Option<&dyn NodeAgents>;
 }
@@ -257,7 +258,7 @@ impl<C: CheckRunner, S: OutcomeSink> Scheduler<C, S> {
             .map(|k| k.reference.api_host())
             .collect();
         self.runner.retain_registries(&registries);
-        self.runner.walk_platforms(&index.walk_platforms);
+        self.runner.walk_as(&index);
         for (container, outcome) in &index.settled {
             self.sink
                 .record(&index, std::slice::from_ref(container), outcome);

@@ -937,3 +937,141 @@ async fn platforms_come_from_the_nodes_and_the_node_selector() {
         Some("available")
     );
 }
+
+/// A Node whose kubelet reports `runtime` (`name://version`) as its container runtime.
+async fn runtime_node(cluster: &ClusterScenario, name: &str, runtime: &str) {
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
+    let created: Node = cluster.apply(&node(name, &[])).await;
+    let reported = Node {
+        status: Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                container_runtime_version: runtime.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..created
+    };
+    cluster.apply_status(&reported).await;
+}
+
+/// The reason `/api/v1/images` gives for `image`.
+async fn reason_of(aggregator: &Aggregator, image: &str) -> String {
+    let api: serde_json::Value =
+        serde_json::from_str(&aggregator.get("/api/v1/images").await.1).unwrap();
+    let entry = api["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["image"] == image)
+        .unwrap_or_else(|| panic!("{image} not in {api}"));
+    entry["reason"].as_str().unwrap_or_default().to_string()
+}
+
+/// Without `--schema1-images`, a Docker schema 1 image is pulled as the cluster's
+/// nodes' runtimes pull it (their `containerRuntimeVersion`): containerd 1.x converts it
+/// and skips the empty layer's blob, containerd 2.x refuses it, CRI-O copies every blob;
+/// with several runtimes in the cluster, the first that fails it answers, named. A
+/// change takes effect from each image's next check.
+#[tokio::test(flavor = "multi_thread")]
+async fn schema1_images_are_pulled_as_the_nodes_runtimes_pull_them() {
+    let cluster = ClusterScenario::with_registry(RegistryOptions {
+        schema1: true,
+        ..RegistryOptions::default()
+    })
+    .await;
+    if cluster.target().is_real() {
+        // Made-up nodes are only for the test server.
+        return;
+    }
+    let registry = cluster.registry();
+    pullwatch_testbench::raw::schema1_image(registry, "old/app")
+        .await
+        .unwrap();
+    pullwatch_testbench::raw::schema1_image(registry, "old/no-empty")
+        .await
+        .unwrap();
+    pullwatch_testbench::raw::delete_blob(
+        registry,
+        "old/no-empty",
+        pullwatch_testbench::raw::EMPTY_TAR_GZ,
+    )
+    .await
+    .unwrap();
+    let app = format!("{}/old/app:v1", registry.host());
+    let no_empty = format!("{}/old/no-empty:v1", registry.host());
+    let ns = "pw-schema1";
+    cluster.namespace(ns).await;
+    cluster.apply(&deployment(ns, "app", &[&app])).await;
+    cluster
+        .apply(&deployment(ns, "no-empty", &[&no_empty]))
+        .await;
+    runtime_node(&cluster, "old-1", "containerd://1.7.27").await;
+
+    let aggregator = Aggregator::start(cluster.target(), &["--check-interval", "1s"]);
+    aggregator.wait_ready().await;
+    let key = |name: &str| format!("{ns}/deployment/{name}/c0");
+    let statuses_are = |app_status: &'static str, no_empty_status: &'static str| {
+        move |m: &str| {
+            status_of(m, &key("app")).as_deref() == Some(app_status)
+                && status_of(m, &key("no-empty")).as_deref() == Some(no_empty_status)
+        }
+    };
+    // containerd 1.x: converted; the deleted empty layer is never fetched.
+    aggregator
+        .wait_metrics(
+            "schema 1 pulled as containerd 1.x converts it",
+            Duration::from_secs(30),
+            statuses_are("available", "available"),
+        )
+        .await;
+
+    // A CRI-O node joins: it copies the empty layer's blob too, which is gone.
+    runtime_node(&cluster, "crio-1", "cri-o://1.31.3").await;
+    aggregator
+        .wait_metrics(
+            "schema 1 pulled as CRI-O copies it as well",
+            Duration::from_secs(30),
+            statuses_are("available", "absent"),
+        )
+        .await;
+    let reason = reason_of(&aggregator, &no_empty).await;
+    assert!(
+        reason.contains("on CRI-O nodes")
+            && reason.contains(pullwatch_testbench::raw::EMPTY_TAR_GZ),
+        "{reason}"
+    );
+
+    // Every node on containerd 2: refused, whatever its blobs.
+    runtime_node(&cluster, "old-1", "containerd://2.1.4").await;
+    cluster
+        .delete::<k8s_openapi::api::core::v1::Node>("", "crio-1")
+        .await;
+    aggregator
+        .wait_metrics(
+            "schema 1 refused as containerd 2 refuses it",
+            Duration::from_secs(30),
+            statuses_are("unknown_error", "unknown_error"),
+        )
+        .await;
+    let reason = reason_of(&aggregator, &app).await;
+    assert!(
+        reason.contains("containerd 2.0 and later refuse") && !reason.contains("on containerd"),
+        "one runtime: not named; {reason}"
+    );
+
+    // The flag overrides what the nodes run.
+    drop(aggregator);
+    let aggregator = Aggregator::start(
+        cluster.target(),
+        &["--check-interval", "1s", "--schema1-images", "converted"],
+    );
+    aggregator.wait_ready().await;
+    aggregator
+        .wait_metrics(
+            "schema 1 converted as --schema1-images says",
+            Duration::from_secs(30),
+            statuses_are("available", "available"),
+        )
+        .await;
+}

@@ -487,6 +487,7 @@ impl Target for ManifestDocuments {
         let options = IndexOptions {
             default_registry: "docker.io".into(),
             platforms: Vec::new(),
+            schema1: None,
             mirrors: pullwatch_aggregator::mirrors::Mirrors::default(),
             filters: Filters::default(),
         };

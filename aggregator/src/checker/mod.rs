@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 use pullwatch::registry::classify::Hints;
-use pullwatch::registry::pull_path::WalkSettings;
+use pullwatch::registry::pull_path::{Schema1Pulls, WalkSettings};
 use pullwatch::registry::{
     ClientConfig, Deadline, Endpoint, MANIFEST_ACCEPT, RegistryClient, RegistryObserver, Scheme,
     Target,
@@ -171,6 +171,12 @@ impl CentralChecker {
         if &**current != platforms {
             *current = platforms.to_vec().into();
         }
+    }
+
+    /// What the nodes' runtimes do with a Docker schema 1 manifest, as the index found
+    /// them (`--schema1-images`, or the nodes'); none known: refused.
+    pub(crate) fn set_schema1_pulls(&self, pulls: &[Schema1Pulls]) {
+        self.inner.client.set_schema1_pulls(pulls);
     }
 
     /// Forgets what is kept per registry host for hosts not in `hosts` (the index's

@@ -1,12 +1,14 @@
 //! What the inventory keeps of each Node, from the one watch of Nodes: its platform
-//! (what workloads can land on) and, with `--node-group-label`, that label's value
-//! (how the agent hub groups nodes: agents cannot read their own Node's labels).
-//! Nothing else of a Node is kept.
+//! (what workloads can land on), what its container runtime does with a Docker schema 1
+//! manifest and, with `--node-group-label`, that label's value (how the agent hub
+//! groups nodes: agents cannot read their own Node's labels). Nothing else of a Node is
+//! kept.
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Node;
 use pullwatch::Platform;
+use pullwatch::registry::pull_path::Schema1Pulls;
 
 use super::platforms::node_platform;
 
@@ -15,6 +17,9 @@ use super::platforms::node_platform;
 pub(crate) struct NodeView {
     /// From `status.nodeInfo`; None until the kubelet reports it.
     pub(crate) platform: Option<Platform>,
+    /// From `status.nodeInfo.containerRuntimeVersion`; None until the kubelet reports
+    /// it, or for a runtime other than containerd and CRI-O.
+    pub(crate) schema1: Option<Schema1Pulls>,
     /// The value of the node group label ("" when the Node lacks it); None without
     /// a node group label.
     pub(crate) group: Option<String>,
@@ -47,11 +52,17 @@ impl Nodes {
                 .cloned()
                 .unwrap_or_default()
         });
+        let schema1 = node
+            .status
+            .as_ref()
+            .and_then(|status| status.node_info.as_ref())
+            .and_then(|info| Schema1Pulls::of_node_runtime(&info.container_runtime_version));
         let view = NodeView {
             platform: node_platform(node),
+            schema1,
             group,
         };
-        if view.platform.is_none() && view.group.is_none() {
+        if view.platform.is_none() && view.schema1.is_none() && view.group.is_none() {
             return self.views.remove(&name).is_some();
         }
         if self.views.get(&name) == Some(&view) {
@@ -80,6 +91,17 @@ impl Nodes {
         self.views
             .values()
             .filter_map(|view| view.platform.as_ref())
+    }
+
+    /// What the nodes' runtimes do with schema 1 manifests, each once, for the nodes
+    /// that reported a runtime pullwatch knows.
+    pub(crate) fn schema1_pulls(&self) -> Vec<Schema1Pulls> {
+        let distinct: std::collections::BTreeSet<Schema1Pulls> = self
+            .views
+            .values()
+            .filter_map(|view| view.schema1)
+            .collect();
+        distinct.into_iter().collect()
     }
 
     /// Node name -> its group label's value, for every node (empty without a node
@@ -143,5 +165,38 @@ mod tests {
         ));
         assert!(plain.groups().is_empty());
         assert_eq!(plain.len(), 1);
+    }
+
+    fn with_runtime(runtime: &str) -> Node {
+        let mut node = node(&[], None);
+        node.status = Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                container_runtime_version: runtime.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        node
+    }
+
+    #[test]
+    fn the_nodes_runtimes_say_what_a_schema_1_pull_does() {
+        let mut nodes = Nodes::default();
+        assert!(nodes.schema1_pulls().is_empty(), "no node yet");
+        assert!(nodes.apply("a".into(), &with_runtime("containerd://1.7.27")));
+        assert!(nodes.apply("b".into(), &with_runtime("containerd://1.7.20")));
+        assert_eq!(nodes.schema1_pulls(), [Schema1Pulls::Converted]);
+        // A rolling upgrade: one node on containerd 2 already.
+        assert!(nodes.apply("b".into(), &with_runtime("containerd://2.1.4")));
+        assert_eq!(
+            nodes.schema1_pulls(),
+            [Schema1Pulls::Refused, Schema1Pulls::Converted]
+        );
+        assert!(nodes.apply("c".into(), &with_runtime("cri-o://1.31.3")));
+        assert_eq!(nodes.schema1_pulls().len(), 3);
+        // A runtime pullwatch does not know counts for nothing.
+        assert!(!nodes.apply("d".into(), &with_runtime("docker://28.0.1")));
+        assert!(nodes.remove("a") && nodes.remove("c"));
+        assert_eq!(nodes.schema1_pulls(), [Schema1Pulls::Refused]);
     }
 }
