@@ -856,22 +856,32 @@ async fn a_moved_tag_shows_against_what_running_pods_run() {
         .await;
 }
 
-/// A Node as its kubelet reports it: `os/arch` in `status.nodeInfo`.
-async fn platform_node(cluster: &ClusterScenario, name: &str, os: &str, arch: &str) {
-    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
+/// A Node as its kubelet reports it: `info` in `status.nodeInfo`.
+async fn reported_node(
+    cluster: &ClusterScenario,
+    name: &str,
+    info: k8s_openapi::api::core::v1::NodeSystemInfo,
+) {
+    use k8s_openapi::api::core::v1::{Node, NodeStatus};
     let created: Node = cluster.apply(&node(name, &[])).await;
     let reported = Node {
         status: Some(NodeStatus {
-            node_info: Some(NodeSystemInfo {
-                operating_system: os.into(),
-                architecture: arch.into(),
-                ..Default::default()
-            }),
+            node_info: Some(info),
             ..Default::default()
         }),
         ..created
     };
     cluster.apply_status(&reported).await;
+}
+
+/// A Node whose kubelet reports `os/arch`.
+async fn platform_node(cluster: &ClusterScenario, name: &str, os: &str, arch: &str) {
+    let info = k8s_openapi::api::core::v1::NodeSystemInfo {
+        operating_system: os.into(),
+        architecture: arch.into(),
+        ..Default::default()
+    };
+    reported_node(cluster, name, info).await;
 }
 
 /// The cluster's node platforms, narrowed by each pod template's nodeSelector: an index
@@ -940,19 +950,11 @@ async fn platforms_come_from_the_nodes_and_the_node_selector() {
 
 /// A Node whose kubelet reports `runtime` (`name://version`) as its container runtime.
 async fn runtime_node(cluster: &ClusterScenario, name: &str, runtime: &str) {
-    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
-    let created: Node = cluster.apply(&node(name, &[])).await;
-    let reported = Node {
-        status: Some(NodeStatus {
-            node_info: Some(NodeSystemInfo {
-                container_runtime_version: runtime.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..created
+    let info = k8s_openapi::api::core::v1::NodeSystemInfo {
+        container_runtime_version: runtime.into(),
+        ..Default::default()
     };
-    cluster.apply_status(&reported).await;
+    reported_node(cluster, name, info).await;
 }
 
 /// The reason `/api/v1/images` gives for `image`.
