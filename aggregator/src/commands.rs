@@ -245,6 +245,7 @@ async fn start_inventory(
     match &args.manifests {
         Some(path) => {
             // Fail fast: a typo in the path must not look like an empty cluster.
+            manifests::check_rereadable(path)?;
             let inventory = manifests::load(path)?;
             *lock(&shared.inventory) = inventory;
             shared.set_state(

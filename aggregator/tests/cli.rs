@@ -591,6 +591,60 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
     );
 }
 
+/// Runs the binary with `input` on a pipe as its stdin, for at most 30 s.
+fn run_with_piped_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A reader that never reads (serve refusing at start) closes the pipe: ignore that.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `helm template ... | pullwatch-aggregator check -f /dev/stdin`: a pipe is read as a
+/// file (it was refused with "No such file or directory"). `serve`, which re-reads its
+/// manifests, refuses one at start, saying why: read again it would be empty.
+#[test]
+fn check_reads_manifests_from_a_pipe_and_serve_refuses_one() {
+    let manifests = format!(
+        "---\n# Source: chart/templates/web.yaml\n{}",
+        deployment_yaml("shop", "web", &["Not A Valid Image"], None)
+    );
+    let output = run_with_piped_stdin(&["check", "-f", "/dev/stdin", "-o", "json"], &manifests);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let rows = rows(&output);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(status_of(&rows, "web", "c0"), "bad_image_format");
+
+    let output = run_with_piped_stdin(
+        &["serve", "-f", "/dev/stdin", "--bind-address", "127.0.0.1:0"],
+        &manifests,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("/dev/stdin is not a regular file or a directory"),
+        "{stderr}"
+    );
+}
+
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     match http_request(addr, http::Method::GET, path, &[], Vec::new()).await {
         Ok(response) => (response.status, response.text()),

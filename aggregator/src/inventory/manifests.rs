@@ -35,6 +35,10 @@ pub enum ManifestError {
     },
     #[error("{path}: no .yaml, .yml or .json files found")]
     Empty { path: PathBuf },
+    #[error(
+        "{path} is not a regular file or a directory: serve re-reads the manifests every --check-interval, and a pipe gives its content once"
+    )]
+    NotRereadable { path: PathBuf },
 }
 
 /// Reads every manifest under `path` into a fresh inventory.
@@ -61,13 +65,30 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
     Ok(inventory)
 }
 
+/// Refuses what cannot be read again (a pipe) for `serve`, which re-reads the
+/// manifests every interval: read again, a pipe would be empty, and every series gone.
+pub fn check_rereadable(path: &Path) -> Result<(), ManifestError> {
+    let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() || meta.is_dir() {
+        Ok(())
+    } else {
+        Err(ManifestError::NotRereadable {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let io = |source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_file() {
+    // A file, or a pipe (`-f /dev/stdin`, `-f <(helm template ...)`): read as it is.
+    if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
@@ -122,12 +143,18 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 
 /// Parses one file's text (any number of documents) into `inventory`.
 pub fn load_text(path: &Path, text: &str, inventory: &mut Inventory) -> Result<(), ManifestError> {
+    // A byte order mark may open a YAML stream (editors on Windows write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (first_line, document) in split_documents(text) {
-        let value: Value = serde_yaml::from_str(document).map_err(|err| ManifestError::Yaml {
+        let yaml_error = |err: serde_yaml::Error| ManifestError::Yaml {
             path: path.to_path_buf(),
             line: first_line + err.location().map_or(0, |l| l.line().saturating_sub(1)),
             message: without_location(&err.to_string()),
-        })?;
+        };
+        let mut value: Value = serde_yaml::from_str(document).map_err(yaml_error)?;
+        // Merge keys (`<<: *base`), as kubectl's YAML reader applies them: unapplied,
+        // a container would be read without the fields it takes from its anchor.
+        value.apply_merge().map_err(yaml_error)?;
         add_value(path, first_line, value, inventory)?;
     }
     Ok(())
@@ -142,10 +169,15 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut offset = 0;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+        if trimmed == "---" || trimmed == "..." {
             documents.push((start_line, &text[start_offset..offset]));
             start_offset = offset + line.len();
             start_line = index + 2;
+        } else if trimmed.starts_with("--- ") || trimmed.starts_with("---\t") {
+            // `--- {kind: Pod, ...}`: the next document starts on the separator line.
+            documents.push((start_line, &text[start_offset..offset]));
+            start_offset = offset + "---".len();
+            start_line = index + 1;
         }
         offset += line.len();
     }
@@ -220,7 +252,12 @@ fn add_value(
         ("batch/v1", "CronJob") => KubeObject::CronJob(typed(value, invalid)?),
         ("batch/v1", "Job") => KubeObject::Job(typed(value, invalid)?),
         ("v1", "Pod") => KubeObject::Pod(typed(value, invalid)?),
-        ("v1", "Secret") => KubeObject::Secret(typed(value, invalid)?),
+        ("v1", "Secret") => match unreadable_secret_value(&value) {
+            // serde and base64 errors quote the value (`invalid type: string "..."`,
+            // `Invalid symbol 45, offset 6`): a Secret's are said without it.
+            Some(message) => return Err(invalid(message)),
+            None => KubeObject::Secret(typed(value, invalid)?),
+        },
         ("v1", "ServiceAccount") => KubeObject::ServiceAccount(typed(value, invalid)?),
         ("v1", "Namespace") => KubeObject::Namespace(typed(value, invalid)?),
         ("", _) | (_, "") if !value.is_mapping() => {
@@ -239,6 +276,39 @@ fn add_value(
     // Files are read whole; the caller rebuilds the index after every load.
     let _ = inventory.apply(object);
     Ok(())
+}
+
+/// Which value of a Secret's `data` (base64) or `stringData` (strings) cannot be read,
+/// named by its key, never quoted.
+fn unreadable_secret_value(secret: &Value) -> Option<String> {
+    for field in ["data", "stringData"] {
+        let entries = match secret.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Mapping(entries)) => entries,
+            Some(_) => return Some(format!("{field} must be a mapping of keys to values")),
+        };
+        for (key, value) in entries {
+            let Some(key) = key.as_str() else {
+                return Some(format!("{field} has a key that is not a string"));
+            };
+            let readable = if field == "data" {
+                serde_yaml::from_value::<k8s_openapi::ByteString>(value.clone()).is_ok()
+            } else {
+                serde_yaml::from_value::<String>(value.clone()).is_ok()
+            };
+            if !readable {
+                let expected = if field == "data" {
+                    "base64"
+                } else {
+                    "a string"
+                };
+                return Some(format!(
+                    "{field}[{key:?}] is not {expected} (its content is not shown)"
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -422,6 +492,70 @@ imagePullSecrets: [{name: regcred}]
             parse("metadata: {name: x}\n").unwrap_err(),
             ManifestError::Object { .. }
         ));
+    }
+
+    /// YAML a kubectl user writes: a document on its `---` line, merge keys, a byte
+    /// order mark. None may be dropped or misread: a container silently left out, or
+    /// read without the image its merge key gives it, would be a false verdict.
+    #[test]
+    fn documents_on_the_separator_line_merge_keys_and_a_bom() {
+        let inline = "--- {apiVersion: v1, kind: Pod, metadata: {name: inline}, spec: {containers: [{name: c, image: \"reg.io/a:1\"}]}}\n--- # a comment\napiVersion: v1\nkind: Pod\nmetadata: {name: after}\nspec: {containers: [{name: c, image: \"reg.io/b:1\"}]}\n";
+        let inv = parse(inline).unwrap();
+        let mut names: Vec<_> = inv.workloads.values().map(|w| &*w.name).collect();
+        names.sort();
+        assert_eq!(names, ["after", "inline"]);
+        // A broken document on the separator line is an error there, not skipped.
+        let err =
+            parse("apiVersion: v1\nkind: Pod\n--- {apiVersion: v1, kind: Pod]\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { line: 3, .. }), "{err}");
+
+        let merged = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: merged}
+spec:
+  containers:
+  - &base {name: a, image: "reg.io/app:1"}
+  - <<: *base
+    name: b
+"#;
+        let inv = parse(merged).unwrap();
+        let w = inv.workloads.values().next().unwrap();
+        let images: Vec<_> = w
+            .containers
+            .iter()
+            .map(|c| (&*c.container, &*c.image))
+            .collect();
+        assert_eq!(images, [("a", "reg.io/app:1"), ("b", "reg.io/app:1")]);
+
+        let bom = "\u{feff}apiVersion: v1\nkind: Pod\nmetadata: {name: bom}\nspec: {containers: [{name: c, image: \"reg.io/a:1\"}]}\n";
+        let inv = parse(bom).unwrap();
+        assert_eq!(inv.workloads.len(), 1);
+    }
+
+    /// A Secret's values are secrets: what cannot be read of them is said without
+    /// quoting them, whatever serde or base64 would quote.
+    #[test]
+    fn a_broken_secret_is_reported_without_its_content() {
+        for data in [
+            "data: {.dockerconfigjson: \"Canary-pw not base64!\"}",
+            "data: {.dockerconfigjson: 12345678}",
+            "stringData: {.dockerconfigjson: 12345678}",
+            "stringData: {.dockerconfigjson: [Canary-pw]}",
+            "data: [Canary-pw]",
+            "type: [Canary-pw]",
+        ] {
+            let text = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: ns}}\n{data}\n"
+            );
+            let err = parse(&text).unwrap_err();
+            let shown = err.to_string();
+            assert!(matches!(err, ManifestError::Object { .. }), "{shown}");
+            assert!(shown.contains("Secret \"s\""), "{shown}");
+            for secret in ["Canary", "12345678", "symbol"] {
+                assert!(!shown.contains(secret), "{data}: {shown}");
+            }
+        }
     }
 
     #[test]
