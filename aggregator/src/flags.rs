@@ -227,7 +227,7 @@ pub(crate) struct FilterArgs {
     #[arg(long, env = "PULLWATCH_ALLOWED_IMAGES", default_value = "")]
     pub(crate) allowed_images: String,
 
-    /// Label selector (`key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
+    /// Label selector (`key`, `!key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
     #[arg(long, env = "PULLWATCH_NAMESPACE_LABEL")]
     pub(crate) namespace_label: Option<String>,
 

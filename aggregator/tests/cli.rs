@@ -550,6 +550,18 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
             "cannot read CA",
         ),
         (
+            // A file that holds no certificate: the message names the flag, not
+            // only a path that could be a manifest's.
+            vec![
+                "check".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--capath".into(),
+                broken.display().to_string(),
+            ],
+            "--capath ",
+        ),
+        (
             vec!["check".into(), "--no-such-flag".into()],
             "unexpected argument",
         ),
