@@ -56,6 +56,8 @@ pub(crate) enum FilterError {
     Status(String),
     #[error("unknown query parameter {0:?}: expected status or namespace")]
     Parameter(String),
+    #[error("query parameter {0:?} given more than once: it takes one value")]
+    Repeated(String),
 }
 
 impl Filter {
@@ -63,6 +65,14 @@ impl Filter {
     pub(crate) fn parse(query: Option<&str>) -> Result<Filter, FilterError> {
         let mut filter = Filter::default();
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let repeated = match key.as_ref() {
+                "status" => filter.status.is_some(),
+                "namespace" => filter.namespace.is_some(),
+                _ => false,
+            };
+            if repeated {
+                return Err(FilterError::Repeated(key.to_string()));
+            }
             match key.as_ref() {
                 "status" => {
                     filter.status = Some(
@@ -920,6 +930,13 @@ mod tests {
             Filter::parse(Some("status=gone")),
             Err(FilterError::Status(_))
         ));
+        // One value each: a second one was silently taken instead of the first.
+        for twice in ["status=absent&status=available", "namespace=a&namespace=b"] {
+            assert!(
+                matches!(Filter::parse(Some(twice)), Err(FilterError::Repeated(_))),
+                "{twice}"
+            );
+        }
         assert!(matches!(
             Filter::parse(Some("kind=pod")),
             Err(FilterError::Parameter(_))
