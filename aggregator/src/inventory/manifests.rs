@@ -25,7 +25,7 @@ pub enum ManifestError {
         line: usize,
         message: String,
     },
-    #[error("{path}:{line}: invalid {kind} {name:?}: {message}")]
+    #[error("{path}:{line}: invalid {}: {message}", what_object(kind, name))]
     Object {
         path: PathBuf,
         line: usize,
@@ -39,6 +39,17 @@ pub enum ManifestError {
         "{path} is not a regular file or a directory: serve re-reads the manifests every --check-interval, and a pipe gives its content once"
     )]
     NotRereadable { path: PathBuf },
+}
+
+/// `Pod "web"`, or what is known of it: a document without kind or name is an
+/// `object`.
+fn what_object(kind: &str, name: &str) -> String {
+    let kind = if kind.is_empty() { "object" } else { kind };
+    if name.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} {name:?}")
+    }
 }
 
 /// Reads every manifest under `path` into a fresh inventory.
@@ -492,6 +503,20 @@ imagePullSecrets: [{name: regcred}]
             parse("metadata: {name: x}\n").unwrap_err(),
             ManifestError::Object { .. }
         ));
+        // A document that is no Kubernetes object (a Helm values.yaml) says so, without
+        // an empty kind and name (`invalid  "": ...`).
+        let shown = parse("replicaCount: 1\n").unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            "test.yaml:1: invalid object: missing apiVersion or kind"
+        );
+        let shown = parse("kind: Pod\nmetadata: {name: x}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            shown,
+            "test.yaml:1: invalid Pod \"x\": missing apiVersion or kind"
+        );
     }
 
     /// YAML a kubectl user writes: a document on its `---` line, merge keys, a byte
