@@ -603,6 +603,57 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
     );
 }
 
+/// `check ... | head`: the reader goes away before the results are all written. The
+/// check still ends with its own exit status, not a panic ("failed printing to stdout:
+/// Broken pipe", 101); progress on a closed stderr neither.
+#[test]
+fn check_whose_reader_stops_reading_exits_with_its_status() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    // More rows than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    let images: Vec<String> = (0..2_000)
+        .map(|i| format!("Not A Valid Image {i}"))
+        .collect();
+    let images: Vec<&str> = images.iter().map(String::as_str).collect();
+    let path = write_file(
+        &dir,
+        "many.yaml",
+        deployment_yaml("shop", "web", &images, None),
+    );
+    for format in ["table", "json", "junit"] {
+        // stderr to a file: a pipe nobody reads would hold the check up (2,000 log lines).
+        let log = dir.path().join(format!("{format}.log"));
+        let mut child = Command::new(BIN)
+            .args(["check", "-f", path.to_str().unwrap(), "-o", format])
+            .args(["--progress-interval", "10ms"])
+            .env_remove("PULLWATCH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{format}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+    }
+    // stderr closed too (`check 2>&- | head`): progress lines are dropped, not a panic.
+    let output = Command::new(BIN)
+        .args(["check", "-f", path.to_str().unwrap(), "-o", "json"])
+        .args(["--progress-interval", "10ms"])
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
 /// Runs the binary with `input` on a pipe as its stdin, for at most 30 s.
 fn run_with_piped_stdin(args: &[&str], input: &str) -> Output {
     use std::io::Write;
