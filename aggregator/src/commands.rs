@@ -330,8 +330,9 @@ async fn start_agents(
     Ok((pipeline.with_agents(hub), Some(server)))
 }
 
-/// Stops what runs behind the HTTP server: agent sessions and checks in flight get
-/// [`SHUTDOWN_GRACE`] each, background tasks none.
+/// Stops what runs behind the HTTP server: agent sessions get [`SHUTDOWN_GRACE`],
+/// background tasks none; the scheduler, which drops its checks in flight when told to
+/// stop, gets the grace to return.
 async fn shut_down(
     agent_server: Option<AgentServer>,
     background: Vec<JoinHandle<()>>,
@@ -347,8 +348,8 @@ async fn shut_down(
     for task in background {
         task.abort();
     }
-    // Checks in flight finish within the grace, or are abandoned with the scheduler:
-    // nothing is recorded after this.
+    // The scheduler abandons its checks in flight on the stop signal: nothing is
+    // recorded after this.
     let abandon = scheduler.abort_handle();
     if tokio::time::timeout(SHUTDOWN_GRACE, scheduler)
         .await
