@@ -4,11 +4,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{Inventory, KubeObject, PodPlacements};
+use super::{Inventory, KubeObject, PodPlacements, WorkloadKind, owners};
 
 /// Why the manifests could not be read. Every variant names the file, and the line
 /// where there is one.
@@ -61,13 +63,15 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
         });
     }
     let mut inventory = Inventory::default();
+    let mut controlled = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
             path: file.clone(),
             source,
         })?;
-        load_text(&file, &text, &mut inventory)?;
+        read_text(&file, &text, &mut inventory, &mut controlled)?;
     }
+    apply_controlled(&mut inventory, controlled);
     // A manifest says nothing about where pods run, whatever spec.nodeName it carries:
     // no node may be sent pull secrets on its word.
     inventory.placements = PodPlacements::default();
@@ -154,6 +158,21 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 
 /// Parses one file's text (any number of documents) into `inventory`.
 pub fn load_text(path: &Path, text: &str, inventory: &mut Inventory) -> Result<(), ManifestError> {
+    let mut controlled = Vec::new();
+    read_text(path, text, inventory, &mut controlled)?;
+    apply_controlled(inventory, controlled);
+    Ok(())
+}
+
+/// [`load_text`], with the Pods and Jobs a controller of a watched kind controls set
+/// aside in `controlled`: whether that controller is in the files is known only once
+/// every file is read.
+fn read_text(
+    path: &Path,
+    text: &str,
+    inventory: &mut Inventory,
+    controlled: &mut Vec<KubeObject>,
+) -> Result<(), ManifestError> {
     // A byte order mark may open a YAML stream (editors on Windows write one).
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (first_line, document) in split_documents(text) {
@@ -166,7 +185,7 @@ pub fn load_text(path: &Path, text: &str, inventory: &mut Inventory) -> Result<(
         // Merge keys (`<<: *base`), as kubectl's YAML reader applies them: unapplied,
         // a container would be read without the fields it takes from its anchor.
         value.apply_merge().map_err(yaml_error)?;
-        add_value(path, first_line, value, inventory)?;
+        add_value(path, first_line, value, inventory, controlled)?;
     }
     Ok(())
 }
@@ -209,6 +228,7 @@ fn add_value(
     line: usize,
     value: Value,
     inventory: &mut Inventory,
+    controlled: &mut Vec<KubeObject>,
 ) -> Result<(), ManifestError> {
     if value.is_null() {
         return Ok(());
@@ -253,7 +273,7 @@ fn add_value(
                 Some(_) => return Err(invalid("items must be a list".to_string())),
             };
             for item in items {
-                add_value(path, line, item, inventory)?;
+                add_value(path, line, item, inventory, controlled)?;
             }
             return Ok(());
         }
@@ -284,9 +304,85 @@ fn add_value(
             return Ok(());
         }
     };
+    if watched_controller(&object).is_some() {
+        controlled.push(object);
+        return Ok(());
+    }
     // Files are read whole; the caller rebuilds the index after every load.
     let _ = inventory.apply(object);
     Ok(())
+}
+
+/// The controller (kind, name) of a Pod or Job when it is of a kind pullwatch checks
+/// itself (a StatefulSet, a CronJob...), which then covers the Pod or Job.
+fn watched_controller(object: &KubeObject) -> Option<(WorkloadKind, String)> {
+    let meta = match object {
+        KubeObject::Pod(p) => &p.metadata,
+        KubeObject::Job(j) => &j.metadata,
+        _ => return None,
+    };
+    let (kind, name) = owners::controller_of(meta)?;
+    let kind = WorkloadKind::of_controller(kind);
+    kind.is_watched().then(|| (kind, name.to_string()))
+}
+
+/// Applies the Pods and Jobs set aside by [`read_text`]: covered by their controller
+/// when the files hold it, else checked as themselves. In a cluster the controller
+/// exists; a file may hold the Pods without it (`kubectl get pods -o yaml`), and
+/// nothing would check them.
+fn apply_controlled(inventory: &mut Inventory, controlled: Vec<KubeObject>) {
+    // Jobs first: a Pod of a Job is covered when its Job is checked or covered.
+    let (jobs, pods): (Vec<_>, Vec<_>) = controlled
+        .into_iter()
+        .partition(|o| matches!(o, KubeObject::Job(_)));
+    let mut covered_jobs: HashSet<(String, String)> = HashSet::new();
+    for object in jobs.into_iter().chain(pods) {
+        let Some((kind, name)) = watched_controller(&object) else {
+            continue;
+        };
+        let meta = match &object {
+            KubeObject::Pod(p) => &p.metadata,
+            KubeObject::Job(j) => &j.metadata,
+            _ => continue,
+        };
+        let namespace = super::namespace_of(meta);
+        let present = inventory.workloads.contains_key(&(
+            kind,
+            Arc::from(namespace.as_str()),
+            Arc::from(name.as_str()),
+        )) || (kind == WorkloadKind::Job
+            && covered_jobs.contains(&(namespace.clone(), name.clone())));
+        let object = if present {
+            if let KubeObject::Job(_) = &object {
+                covered_jobs.insert((namespace, super::name_of(meta)));
+            }
+            object
+        } else {
+            tracing::debug!(%namespace, name = %super::name_of(meta), controller = %kind, controller_name = %name, "its controller is not in the manifests: checked as itself");
+            without_controller(object)
+        };
+        let _ = inventory.apply(object);
+    }
+}
+
+/// `object` without its controller reference.
+fn without_controller(object: KubeObject) -> KubeObject {
+    let not_controller = |owner: &OwnerReference| owner.controller != Some(true);
+    match object {
+        KubeObject::Pod(mut p) => {
+            if let Some(owners) = p.metadata.owner_references.as_mut() {
+                owners.retain(not_controller);
+            }
+            KubeObject::Pod(p)
+        }
+        KubeObject::Job(mut j) => {
+            if let Some(owners) = j.metadata.owner_references.as_mut() {
+                owners.retain(not_controller);
+            }
+            KubeObject::Job(j)
+        }
+        other => other,
+    }
 }
 
 /// Which value of a Secret's `data` (base64) or `stringData` (strings) cannot be read,
@@ -581,6 +677,82 @@ spec:
                 assert!(!shown.contains(secret), "{data}: {shown}");
             }
         }
+    }
+
+    /// `kubectl get pods -A -o yaml > pods.yaml`: a Pod (or Job) names a controller of
+    /// a watched kind that the files do not hold. Nothing covers it then: it is checked
+    /// as itself, not skipped (its images were never checked, and the run said all
+    /// available). A controller in the files, in any file and order, still covers it.
+    #[test]
+    fn pods_and_jobs_whose_controller_is_not_in_the_files_are_checked_as_themselves() {
+        let owned = |kind: &str, name: &str, owner_kind: &str, owner: &str, image: &str| {
+            let spec = if kind == "Pod" {
+                format!("spec: {{containers: [{{name: c, image: {image}}}]}}")
+            } else {
+                format!(
+                    "spec: {{template: {{spec: {{restartPolicy: Never, containers: [{{name: c, image: {image}}}]}}}}}}"
+                )
+            };
+            let api = if kind == "Pod" { "v1" } else { "batch/v1" };
+            format!(
+                "apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: x\n  ownerReferences: [{{apiVersion: apps/v1, kind: {owner_kind}, name: {owner}, uid: u, controller: true}}]\n{spec}\n"
+            )
+        };
+        let present = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent, namespace: x}\nspec: {selector: {}, template: {spec: {containers: [{name: c, image: reg.io/agent:1}]}}}\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: other, namespace: x}\nspec: {schedule: '* * * * *', jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: reg.io/other:1}]}}}}}\n";
+        let text = [
+            owned("Pod", "db-0", "StatefulSet", "db", "reg.io/db:1"),
+            // Its DaemonSet comes later in the stream.
+            owned("Pod", "agent-x1", "DaemonSet", "agent", "reg.io/agent:1"),
+            owned("Job", "nightly-1", "CronJob", "nightly", "reg.io/nightly:1"),
+            // The Job above, without its CronJob, is checked: it covers its Pod.
+            owned(
+                "Pod",
+                "nightly-1-abc",
+                "Job",
+                "nightly-1",
+                "reg.io/nightly:1",
+            ),
+            owned("Job", "other-1", "CronJob", "other", "reg.io/other:1"),
+            owned("Pod", "other-1-xyz", "Job", "other-1", "reg.io/other:1"),
+            present.to_string(),
+        ]
+        .join("---\n");
+        let inv = parse(&text).unwrap();
+        let mut seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("cronjob", "other"),
+                ("daemonset", "agent"),
+                ("job", "nightly-1"),
+                ("pod", "db-0")
+            ]
+        );
+
+        // Across files: the StatefulSet in another file covers its Pod.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            owned("Pod", "db-0", "StatefulSet", "db", "reg.io/db:1"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db, namespace: x}\nspec: {serviceName: db, selector: {}, template: {spec: {containers: [{name: c, image: reg.io/db:1}]}}}\n",
+        )
+        .unwrap();
+        let inv = load(dir.path()).unwrap();
+        let seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        assert_eq!(seen, [("statefulset", "db")]);
     }
 
     #[test]
