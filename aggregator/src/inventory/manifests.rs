@@ -266,13 +266,39 @@ fn add_value(
     }
 
     let object = match (api_version.as_str(), kind.as_str()) {
-        (_, "List") | (_, "DeploymentList") | (_, "PodList") => {
+        (_, "List") => {
             let items = match value.get("items") {
                 Some(Value::Sequence(items)) => items.clone(),
                 Some(Value::Null) | None => Vec::new(),
                 Some(_) => return Err(invalid("items must be a list".to_string())),
             };
             for item in items {
+                add_value(path, line, item, inventory, controlled)?;
+            }
+            return Ok(());
+        }
+        // A typed list, as the API server answers a list (`StatefulSetList`): its
+        // items carry no kind or apiVersion of their own. A kind that only ends in
+        // "List" without a list of items is some other kind, skipped below.
+        (_, typed_list)
+            if typed_list.len() > "List".len()
+                && typed_list.ends_with("List")
+                && matches!(value.get("items"), Some(Value::Sequence(_))) =>
+        {
+            let item_kind = typed_list.strip_suffix("List").unwrap_or(typed_list);
+            let items = match value.get("items") {
+                Some(Value::Sequence(items)) => items.clone(),
+                _ => Vec::new(),
+            };
+            for mut item in items {
+                if let Value::Mapping(fields) = &mut item {
+                    if !fields.contains_key("kind") {
+                        fields.insert("kind".into(), item_kind.into());
+                    }
+                    if !fields.contains_key("apiVersion") {
+                        fields.insert("apiVersion".into(), api_version.as_str().into());
+                    }
+                }
                 add_value(path, line, item, inventory, controlled)?;
             }
             return Ok(());
@@ -481,6 +507,42 @@ spec:
         assert_eq!(&*bare.namespace, "default");
         assert_eq!(bare.containers.len(), 2);
         assert_eq!(&*bare.service_account, "default");
+    }
+
+    /// A typed list as the API server returns it (`kubectl get --raw
+    /// /apis/apps/v1/statefulsets`): any `<Kind>List`, whose items carry no kind or
+    /// apiVersion of their own. A StatefulSetList was skipped as an unknown kind (exit
+    /// 0, nothing checked), a DeploymentList's items refused ("missing apiVersion or
+    /// kind").
+    #[test]
+    fn typed_lists_of_any_kind_and_their_kindless_items() {
+        let text = r#"
+apiVersion: apps/v1
+kind: StatefulSetList
+metadata: {resourceVersion: "1"}
+items:
+- metadata: {name: db, namespace: x}
+  spec: {serviceName: db, selector: {}, template: {spec: {containers: [{name: c, image: reg.io/db:1}]}}}
+---
+apiVersion: apps/v1
+kind: DeploymentList
+items:
+- metadata: {name: web, namespace: x}
+  spec: {selector: {}, template: {spec: {containers: [{name: c, image: reg.io/web:1}]}}}
+---
+apiVersion: example.com/v1
+kind: IPAllowList
+metadata: {name: not-a-list}
+spec: {items: 3}
+"#;
+        let inv = parse(text).unwrap();
+        let mut seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [("deployment", "web"), ("statefulset", "db")]);
     }
 
     #[test]
