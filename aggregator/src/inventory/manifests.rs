@@ -291,13 +291,16 @@ fn add_value(
                 _ => Vec::new(),
             };
             for mut item in items {
-                if let Value::Mapping(fields) = &mut item {
-                    if !fields.contains_key("kind") {
-                        fields.insert("kind".into(), item_kind.into());
-                    }
-                    if !fields.contains_key("apiVersion") {
-                        fields.insert("apiVersion".into(), api_version.as_str().into());
-                    }
+                // A list's items are objects; a custom kind named `...List` with other
+                // items is not a list, and says nothing pullwatch checks.
+                let Value::Mapping(fields) = &mut item else {
+                    continue;
+                };
+                if !fields.contains_key("kind") {
+                    fields.insert("kind".into(), item_kind.into());
+                }
+                if !fields.contains_key("apiVersion") {
+                    fields.insert("apiVersion".into(), api_version.as_str().into());
                 }
                 add_value(path, line, item, inventory, controlled)?;
             }
@@ -534,6 +537,11 @@ apiVersion: example.com/v1
 kind: IPAllowList
 metadata: {name: not-a-list}
 spec: {items: 3}
+---
+apiVersion: example.com/v1
+kind: PortList
+metadata: {name: not-a-list-either}
+items: [80, 443]
 "#;
         let inv = parse(text).unwrap();
         let mut seen: Vec<_> = inv
