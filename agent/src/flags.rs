@@ -69,7 +69,7 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     /// TESTS ONLY: present the token to an http:// aggregator. Anyone on the network
     /// path can then read it. Without this flag, a token goes only over https://.
-    #[arg(long, env = "PULLWATCH_INSECURE_PLAINTEXT_TOKEN_FOR_TESTING_ONLY")]
+    #[arg(long, env = "PULLWATCH_INSECURE_PLAINTEXT_TOKEN_FOR_TESTING_ONLY", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub insecure_plaintext_token_for_testing_only: bool,
     /// This node's name (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
@@ -545,6 +545,28 @@ mod tests {
         };
         assert!(run.node.pull_absent_images);
         assert!(!run.node.keep_pulled_images);
+        // The tests-only flag takes both spellings too, as README says of every boolean.
+        for (form, expected) in [
+            ("--insecure-plaintext-token-for-testing-only", true),
+            ("--insecure-plaintext-token-for-testing-only=true", true),
+            ("--insecure-plaintext-token-for-testing-only=false", false),
+        ] {
+            let cli = Cli::try_parse_from([
+                "pullwatch-agent",
+                "run",
+                "--aggregator=http://a:9443",
+                "--node-name=n",
+                form,
+            ])
+            .unwrap_or_else(|e| panic!("{form}: {e}"));
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            assert_eq!(
+                run.insecure_plaintext_token_for_testing_only, expected,
+                "{form}"
+            );
+        }
         // A bare boolean flag does not swallow the image that follows it.
         let cli =
             Cli::try_parse_from(["pullwatch-agent", "check", "--pull-absent-images", "nginx"])

@@ -119,17 +119,16 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
             results.sort_by(|a, b| a.0.cmp(&b.0));
         }
     }
-    match args.output {
-        OutputFormat::Table => print!("{}", report::table(&results)),
-        OutputFormat::Json => println!(
-            "{}",
-            report::json(&results).map_err(|e| Error::Report(e.to_string()))?
-        ),
-        OutputFormat::Junit => println!(
-            "{}",
-            report::junit(&results).map_err(|e| Error::Report(e.to_string()))?
-        ),
-    }
+    let report = match args.output {
+        OutputFormat::Table => report::table(&results),
+        OutputFormat::Json => {
+            report::json(&results).map_err(|e| Error::Report(e.to_string()))? + "\n"
+        }
+        OutputFormat::Junit => {
+            report::junit(&results).map_err(|e| Error::Report(e.to_string()))? + "\n"
+        }
+    };
+    write_report(&report)?;
     Ok(if finished.is_none() {
         ExitCode::from(EXIT_NOT_CHECKED)
     } else if results.iter().all(|(_, outcome)| outcome.is_available()) {
@@ -137,6 +136,20 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Writes the report to stdout. A reader that stopped reading (`check ... | head`)
+/// took what it wanted: the check still ends with its own status, not a panic.
+fn write_report(report: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(report.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(error)),
+        _ => Ok(()),
+    }
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
@@ -245,6 +258,7 @@ async fn start_inventory(
     match &args.manifests {
         Some(path) => {
             // Fail fast: a typo in the path must not look like an empty cluster.
+            manifests::check_rereadable(path)?;
             let inventory = manifests::load(path)?;
             *lock(&shared.inventory) = inventory;
             shared.set_state(
@@ -316,8 +330,9 @@ async fn start_agents(
     Ok((pipeline.with_agents(hub), Some(server)))
 }
 
-/// Stops what runs behind the HTTP server: agent sessions and checks in flight get
-/// [`SHUTDOWN_GRACE`] each, background tasks none.
+/// Stops what runs behind the HTTP server: agent sessions get [`SHUTDOWN_GRACE`],
+/// background tasks none; the scheduler, which drops its checks in flight when told to
+/// stop, gets the grace to return.
 async fn shut_down(
     agent_server: Option<AgentServer>,
     background: Vec<JoinHandle<()>>,
@@ -333,8 +348,8 @@ async fn shut_down(
     for task in background {
         task.abort();
     }
-    // Checks in flight finish within the grace, or are abandoned with the scheduler:
-    // nothing is recorded after this.
+    // The scheduler abandons its checks in flight on the stop signal: nothing is
+    // recorded after this.
     let abandon = scheduler.abort_handle();
     if tokio::time::timeout(SHUTDOWN_GRACE, scheduler)
         .await

@@ -1,6 +1,6 @@
 //! Command-line flags. Names carried over from k8s-image-availability-exporter keep
 //! their names and meaning; every flag can also come from a `PULLWATCH_*` variable.
-//! Boolean flags accept Go's forms too (`--flag`, `--flag=true`, `--flag=false`).
+//! Boolean flags accept Go's forms too (`--flag`, `--flag=true`, `--flag=false`, `=1`, `=0`).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -66,7 +66,7 @@ pub struct CheckArgs {
     pub(crate) timeout: Option<Duration>,
 
     /// No progress on stderr (by default a bar on a terminal, else a line every 10 s).
-    #[arg(short = 'q', long, env = "PULLWATCH_QUIET", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    #[arg(short = 'q', long, env = "PULLWATCH_QUIET", action = ArgAction::Set, num_args = 0..=1, value_parser = go_bool(), default_value = "false", default_missing_value = "true")]
     pub(crate) quiet: bool,
 
     /// How often progress lines are printed when stderr is not a terminal (tests).
@@ -118,7 +118,7 @@ pub struct ServeArgs {
 
     /// Also export the older per-kind metric names
     /// (k8s_image_availability_exporter_<kind>_<status>{namespace,<kind>,container,image}).
-    #[arg(long, env = "PULLWATCH_LEGACY_METRIC_NAMES", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    #[arg(long, env = "PULLWATCH_LEGACY_METRIC_NAMES", action = ArgAction::Set, num_args = 0..=1, value_parser = go_bool(), default_value = "false", default_missing_value = "true")]
     pub(crate) legacy_metric_names: bool,
 
     #[command(flatten)]
@@ -138,13 +138,13 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub(crate) struct CheckerArgs {
     /// Do not verify registries' TLS certificates.
-    #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    #[arg(long, env = "PULLWATCH_SKIP_REGISTRY_CERT_VERIFICATION", action = ArgAction::Set, num_args = 0..=1, value_parser = go_bool(), default_value = "false", default_missing_value = "true")]
     pub(crate) skip_registry_cert_verification: bool,
 
     /// Fall back to plain HTTP where a registry's HTTPS port refuses the connection or
     /// answers in plain HTTP (or its name does not resolve); never after a certificate
     /// error or a timeout.
-    #[arg(long, env = "PULLWATCH_ALLOW_PLAIN_HTTP", action = ArgAction::Set, num_args = 0..=1, default_value_t = false, default_missing_value = "true")]
+    #[arg(long, env = "PULLWATCH_ALLOW_PLAIN_HTTP", action = ArgAction::Set, num_args = 0..=1, value_parser = go_bool(), default_value = "false", default_missing_value = "true")]
     pub(crate) allow_plain_http: bool,
 
     /// Registry for images that name none.
@@ -228,7 +228,7 @@ pub(crate) struct FilterArgs {
     #[arg(long, env = "PULLWATCH_ALLOWED_IMAGES", default_value = "")]
     pub(crate) allowed_images: String,
 
-    /// Label selector (`key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
+    /// Label selector (`key`, `!key`, `key=value`, `key!=value`, comma-separated): only namespaces matching it are checked.
     #[arg(long, env = "PULLWATCH_NAMESPACE_LABEL")]
     pub(crate) namespace_label: Option<String>,
 
@@ -337,6 +337,12 @@ pub(crate) fn index_options(
     })
 }
 
+/// Boolean flag values as Go's flag package (k8s-image-availability-exporter's) takes
+/// them, `1`, `t`, `True`, `0`, `F`... as well as `true` and `false`.
+pub(crate) fn go_bool() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
 /// Go durations (`30s`, `1m30s`, `1.5h`, `250ms`), plus the spellings accepted
 /// before (`1d`, `5min`); zero and negative durations are refused.
 pub(crate) fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -371,6 +377,11 @@ mod tests {
             (vec!["--skip-registry-cert-verification=true"], true),
             (vec!["--skip-registry-cert-verification=false"], false),
             (vec![], false),
+            // Go's flag package (k8s-image-availability-exporter's) also takes these.
+            (vec!["--skip-registry-cert-verification=1"], true),
+            (vec!["--skip-registry-cert-verification=True"], true),
+            (vec!["--skip-registry-cert-verification=0"], false),
+            (vec!["--skip-registry-cert-verification=F"], false),
         ] {
             let mut argv = vec!["pullwatch-aggregator", "check", "-f", "x"];
             argv.extend(args);
@@ -382,6 +393,44 @@ mod tests {
                 check.checker.skip_registry_cert_verification, expected,
                 "{argv:?}"
             );
+        }
+    }
+
+    /// Every boolean flag takes `--flag`, `--flag=true` and `--flag=false`, as README
+    /// says, the tests-only one of the agent server too.
+    #[test]
+    fn every_boolean_flag_takes_true_and_false() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["p", "serve", "-f", "x"];
+            argv.extend(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Serve(serve)) => serve,
+                Ok(_) => panic!("serve"),
+                Err(e) => panic!("{extra:?}: {e}"),
+            }
+        };
+        for flag in [
+            "--legacy-metric-names",
+            "--skip-registry-cert-verification",
+            "--allow-plain-http",
+            "--agent-insecure-plaintext-tokens-for-testing-only",
+        ] {
+            for (form, expected) in [
+                (flag.to_string(), true),
+                (format!("{flag}=true"), true),
+                (format!("{flag}=false"), false),
+            ] {
+                let args = serve(&[&form]);
+                let value = match flag {
+                    "--legacy-metric-names" => args.legacy_metric_names,
+                    "--skip-registry-cert-verification" => {
+                        args.checker.skip_registry_cert_verification
+                    }
+                    "--allow-plain-http" => args.checker.allow_plain_http,
+                    _ => args.agents.agent_insecure_plaintext_tokens_for_testing_only,
+                };
+                assert_eq!(value, expected, "{form}");
+            }
         }
     }
 

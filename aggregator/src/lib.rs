@@ -67,6 +67,8 @@ pub enum Error {
     Metrics(#[from] metrics::MetricsError),
     #[error("cannot encode results: {0}")]
     Report(String),
+    #[error("cannot write the results to stdout: {0}")]
+    Output(std::io::Error),
     #[error("HTTP server task failed: {0}")]
     ServerTask(String),
 }
@@ -86,7 +88,11 @@ impl Error {
             | Error::Checker(_)
             | Error::Listen(_)
             | Error::AgentServer(_) => 2,
-            Error::Start(_) | Error::Metrics(_) | Error::Report(_) | Error::ServerTask(_) => 1,
+            Error::Start(_)
+            | Error::Metrics(_)
+            | Error::Report(_)
+            | Error::Output(_)
+            | Error::ServerTask(_) => 1,
         }
     }
 }

@@ -79,11 +79,18 @@ async fn lines(
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = tick.tick() => eprintln!("{}", line(total, &progress)),
+            _ = tick.tick() => say(&line(total, &progress)),
             _ = stopped.wait_for(|stop| *stop) => break,
         }
     }
-    eprintln!("{}", line(total, &progress));
+    say(&line(total, &progress));
+}
+
+/// One line on stderr; a closed stderr (`2>&-`, a reader gone) drops it, as the logs
+/// are dropped, rather than end the run.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 async fn bar(total: usize, progress: Arc<CycleProgress>, mut stopped: watch::Receiver<bool>) {
@@ -107,5 +114,5 @@ async fn bar(total: usize, progress: Arc<CycleProgress>, mut stopped: watch::Rec
     update(&bar);
     // Where it stopped, not full (as `finish` would draw it): a timeout leaves it short.
     bar.abandon();
-    eprintln!();
+    say("");
 }

@@ -106,18 +106,29 @@ pub(crate) fn junit(
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut suite = TestSuite::new("pullwatch image availability");
     for row in rows(results) {
+        // Control characters escaped as in the table: XML 1.0 cannot carry most of
+        // them, and the writer would drop them (a refused image would look valid).
+        let [namespace, kind, name, container, image, reason] = [
+            row.namespace,
+            row.kind,
+            row.name,
+            row.container,
+            row.image,
+            row.reason,
+        ]
+        .map(escape_controls);
         let status = if row.status == pullwatch::CheckStatus::Available.as_str() {
             TestCaseStatus::success()
         } else {
             let mut failure = TestCaseStatus::non_success(NonSuccessKind::Failure);
             failure
                 .set_type(row.status)
-                .set_message(format!("{}: {}", row.status, row.reason))
-                .set_description(row.reason);
+                .set_message(format!("{}: {reason}", row.status))
+                .set_description(reason.as_ref());
             failure
         };
-        let mut case = TestCase::new(format!("{}: {}", row.container, row.image), status);
-        case.set_classname(format!("{}/{}/{}", row.namespace, row.kind, row.name));
+        let mut case = TestCase::new(format!("{container}: {image}"), status);
+        case.set_classname(format!("{namespace}/{kind}/{name}"));
         suite.add_test_case(case);
     }
     let mut report = Report::new("pullwatch");
@@ -172,6 +183,26 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].find("STATUS"), lines[1].find("absent"));
         assert!(lines[1].ends_with("manifest not found (HTTP 404)"));
+    }
+
+    /// XML 1.0 cannot carry most control characters, and the JUnit writer drops them:
+    /// an image refused for one showed as a valid-looking image. They are shown
+    /// escaped, as the table shows them.
+    #[test]
+    fn junit_shows_control_characters_escaped() {
+        let mut rows = results();
+        rows[0].0.image = "reg/x:1\x1b".into();
+        rows[0].0.name = "night\x07ly".into();
+        rows[0].1 = CheckOutcome::new(
+            CheckStatus::BadImageFormat,
+            "invalid reference format: contains whitespace or control characters",
+        );
+        let xml = junit(&rows).unwrap();
+        assert!(xml.contains("name=\"job: reg/x:1\\u{1b}\""), "{xml}");
+        assert!(
+            xml.contains("classname=\"ns/cronjob/night\\u{7}ly\""),
+            "{xml}"
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub(crate) enum FilterError {
     Status(String),
     #[error("unknown query parameter {0:?}: expected status or namespace")]
     Parameter(String),
+    #[error("query parameter {0:?} given more than once: it takes one value")]
+    Repeated(String),
 }
 
 impl Filter {
@@ -63,6 +65,14 @@ impl Filter {
     pub(crate) fn parse(query: Option<&str>) -> Result<Filter, FilterError> {
         let mut filter = Filter::default();
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let repeated = match key.as_ref() {
+                "status" => filter.status.is_some(),
+                "namespace" => filter.namespace.is_some(),
+                _ => false,
+            };
+            if repeated {
+                return Err(FilterError::Repeated(key.to_string()));
+            }
             match key.as_ref() {
                 "status" => {
                     filter.status = Some(
@@ -457,7 +467,7 @@ impl Snapshot {
                         out,
                         "<section class=\"cause\" id=\"cause-{status}\">\n<h2>{status} ({count})</h2>\n<p class=\"fix\">Fix: {}</p>\n\
                          <table><thead><tr><th>Workload</th><th>Image</th><th>Reason</th><th>Nodes disagree</th></tr></thead><tbody>",
-                        escape(fix(status))
+                        code_spans(&escape(fix(status)))
                     );
                 }
                 self.rows_chunk(at, &mut out, |_, o| o.status == status, |out, image, c, o| {
@@ -700,6 +710,21 @@ pub(crate) fn page(snapshot: &Snapshot, running: Option<&RunningDigests>) -> Str
     out
 }
 
+/// README's `code` spans of escaped text as `<code>` elements.
+fn code_spans(escaped: &str) -> String {
+    escaped
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{part}</code>")
+            } else {
+                part.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Text safe inside HTML elements and quoted attributes.
 pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -905,6 +930,13 @@ mod tests {
             Filter::parse(Some("status=gone")),
             Err(FilterError::Status(_))
         ));
+        // One value each: a second one was silently taken instead of the first.
+        for twice in ["status=absent&status=available", "namespace=a&namespace=b"] {
+            assert!(
+                matches!(Filter::parse(Some(twice)), Err(FilterError::Repeated(_))),
+                "{twice}"
+            );
+        }
         assert!(matches!(
             Filter::parse(Some("kind=pod")),
             Err(FilterError::Parameter(_))
@@ -963,6 +995,28 @@ mod tests {
         assert!(html.contains("reg/&lt;b&gt;:1"), "escaped");
         assert!(!html.contains("reg/<b>:1"));
         assert!(html.contains(&escape(fix(CheckStatus::Absent))));
+    }
+
+    /// The fixes are README's words, whose `code` spans the page shows as code, not
+    /// as backticks.
+    #[test]
+    fn the_page_shows_the_fixes_code_spans_as_code() {
+        let mut store = ResultStore::default();
+        store.set(
+            container("shop", "web", "reg/a:1"),
+            CheckOutcome::new(CheckStatus::RegistryUnavailable, "refused"),
+        );
+        store.set(
+            container("shop", "api", "reg/b:1"),
+            CheckOutcome::new(CheckStatus::RateLimited, "429"),
+        );
+        let html = page(&Snapshot::new(store.snapshot(), None), None);
+        assert!(
+            html.contains("network path; <code>--capath</code> for private CAs"),
+            "{html}"
+        );
+        assert!(html.contains("lower <code>--registry-qps</code>"), "{html}");
+        assert!(!html.contains('`'), "{html}");
     }
 
     /// One image used by 5,000 workloads: the JSON and the page stream in chunks of

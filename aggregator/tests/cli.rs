@@ -550,6 +550,18 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
             "cannot read CA",
         ),
         (
+            // A file that holds no certificate: the message names the flag, not
+            // only a path that could be a manifest's.
+            vec![
+                "check".into(),
+                "-f".into(),
+                broken.display().to_string(),
+                "--capath".into(),
+                broken.display().to_string(),
+            ],
+            "--capath ",
+        ),
+        (
             vec!["check".into(), "--no-such-flag".into()],
             "unexpected argument",
         ),
@@ -587,6 +599,111 @@ fn usage_and_input_errors_exit_2_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("broken.yaml:4") || stderr.contains("broken.yaml:5"),
+        "{stderr}"
+    );
+}
+
+/// `check ... | head`: the reader goes away before the results are all written. The
+/// check still ends with its own exit status, not a panic ("failed printing to stdout:
+/// Broken pipe", 101); progress on a closed stderr neither.
+#[test]
+fn check_whose_reader_stops_reading_exits_with_its_status() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    // More rows than a pipe holds (64 KiB), so the writer meets the closed pipe.
+    let images: Vec<String> = (0..2_000)
+        .map(|i| format!("Not A Valid Image {i}"))
+        .collect();
+    let images: Vec<&str> = images.iter().map(String::as_str).collect();
+    let path = write_file(
+        &dir,
+        "many.yaml",
+        deployment_yaml("shop", "web", &images, None),
+    );
+    for format in ["table", "json", "junit"] {
+        // stderr to a file: a pipe nobody reads would hold the check up (2,000 log lines).
+        let log = dir.path().join(format!("{format}.log"));
+        let mut child = Command::new(BIN)
+            .args(["check", "-f", path.to_str().unwrap(), "-o", format])
+            .args(["--progress-interval", "10ms"])
+            .env_remove("PULLWATCH_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{format}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+    }
+    // stderr closed too (`check 2>&- | head`): progress lines are dropped, not a panic.
+    let output = Command::new(BIN)
+        .args(["check", "-f", path.to_str().unwrap(), "-o", "json"])
+        .args(["--progress-interval", "10ms"])
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
+/// Runs the binary with `input` on a pipe as its stdin, for at most 30 s.
+fn run_with_piped_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("PULLWATCH_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A reader that never reads (serve refusing at start) closes the pipe: ignore that.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `helm template ... | pullwatch-aggregator check -f /dev/stdin`: a pipe is read as a
+/// file (it was refused with "No such file or directory"). `serve`, which re-reads its
+/// manifests, refuses one at start, saying why: read again it would be empty.
+#[test]
+fn check_reads_manifests_from_a_pipe_and_serve_refuses_one() {
+    let manifests = format!(
+        "---\n# Source: chart/templates/web.yaml\n{}",
+        deployment_yaml("shop", "web", &["Not A Valid Image"], None)
+    );
+    let output = run_with_piped_stdin(&["check", "-f", "/dev/stdin", "-o", "json"], &manifests);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let rows = rows(&output);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(status_of(&rows, "web", "c0"), "bad_image_format");
+
+    let output = run_with_piped_stdin(
+        &["serve", "-f", "/dev/stdin", "--bind-address", "127.0.0.1:0"],
+        &manifests,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("/dev/stdin is not a regular file or a directory"),
         "{stderr}"
     );
 }

@@ -38,7 +38,12 @@ pub(crate) struct AgentServerArgs {
     /// Anyone on the network path can then read the tokens.
     #[arg(
         long,
-        env = "PULLWATCH_AGENT_INSECURE_PLAINTEXT_TOKENS_FOR_TESTING_ONLY"
+        env = "PULLWATCH_AGENT_INSECURE_PLAINTEXT_TOKENS_FOR_TESTING_ONLY",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        value_parser = crate::flags::go_bool(),
+        default_value = "false",
+        default_missing_value = "true"
     )]
     pub(crate) agent_insecure_plaintext_tokens_for_testing_only: bool,
     /// Node label whose value groups nodes for placement (unset: one group).

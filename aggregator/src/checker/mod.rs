@@ -77,14 +77,14 @@ impl Default for CheckerConfig {
 /// Why a checker could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckerError {
-    #[error("cannot read CA certificates from {path}: {source}")]
+    #[error("--capath {path}: cannot read CA certificates: {source}")]
     CaRead {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: no PEM certificates found")]
+    #[error("--capath {path}: no PEM certificates found")]
     CaEmpty { path: PathBuf },
-    #[error("{path}: invalid certificate: {reason}")]
+    #[error("--capath {path}: invalid certificate: {reason}")]
     CaInvalid { path: PathBuf, reason: String },
     #[error("cannot build HTTP client: {0}")]
     Client(String),

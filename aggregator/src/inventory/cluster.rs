@@ -29,17 +29,33 @@ use pullwatch::locks::lock;
 /// Why the cluster could not be reached at start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot read kubeconfig {path}: {source}")]
+    #[error("cannot read kubeconfig {path}: {}", without_content(source))]
     Kubeconfig {
         path: std::path::PathBuf,
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no Kubernetes configuration found (not in a cluster, no KUBECONFIG, no ~/.kube/config): {0}"
+        "no Kubernetes configuration found (not in a cluster, no KUBECONFIG, no ~/.kube/config): {}",
+        without_content(.0)
     )]
     Infer(#[from] kube::config::InferConfigError),
-    #[error("cannot build a Kubernetes client: {0}")]
+    #[error("cannot build a Kubernetes client: {}", without_content(.0))]
     Client(#[from] kube::Error),
+}
+
+/// An error about a kubeconfig, which holds tokens and keys, without what it would
+/// quote of it: kube's YAML errors add the lines around the error after the first line
+/// (a token on the line above), and base64 errors name a byte of a key.
+fn without_content(error: &dyn std::fmt::Display) -> String {
+    let text = error.to_string();
+    let first_line = text.lines().next().unwrap_or_default();
+    match first_line
+        .find("Invalid symbol")
+        .or_else(|| first_line.find("Invalid last symbol"))
+    {
+        Some(at) => format!("{}not valid base64", &first_line[..at]),
+        None => first_line.to_string(),
+    }
 }
 
 /// A Kubernetes client from `--kubeconfig`, else in-cluster config or `KUBECONFIG`.
@@ -414,5 +430,40 @@ fn is_forbidden(error: &watcher::Error) -> bool {
         | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.is_forbidden(),
         watcher::Error::WatchError(status) => status.is_forbidden(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kubeconfig holds tokens and keys: what cannot be read of it is said by line
+    /// and column, never by quoting it. kube's YAML errors quote the lines around the
+    /// error (a token on the line above), its base64 errors a byte of the key.
+    #[tokio::test]
+    async fn kubeconfig_errors_never_quote_the_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "users:\n- name: u\n  user:\n    token: Canary-token-abc\n    exec: 5\n",
+                "line 7 column 11",
+            ),
+            (
+                "clusters: [{name: c, cluster: {server: \"https://127.0.0.1:6443\"}}]\nusers: [{name: u, user: {token: Canary-token-abc, client-key-data: \"Canary!!notbase64\"}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+                "base64",
+            ),
+        ];
+        for (body, expected) in cases {
+            let path = dir.path().join("kubeconfig");
+            std::fs::write(&path, format!("apiVersion: v1\nkind: Config\n{body}")).unwrap();
+            let shown = match client(Some(&path)).await {
+                Ok(_) => panic!("{body}: a client"),
+                Err(error) => error.to_string(),
+            };
+            assert!(shown.contains(expected), "{shown}");
+            for secret in ["Canary", "token", "symbol"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
     }
 }

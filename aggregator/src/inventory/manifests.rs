@@ -4,11 +4,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{Inventory, KubeObject, PodPlacements};
+use super::{Inventory, KubeObject, PodPlacements, WorkloadKind, owners};
 
 /// Why the manifests could not be read. Every variant names the file, and the line
 /// where there is one.
@@ -25,7 +27,7 @@ pub enum ManifestError {
         line: usize,
         message: String,
     },
-    #[error("{path}:{line}: invalid {kind} {name:?}: {message}")]
+    #[error("{path}:{line}: invalid {}: {message}", what_object(kind, name))]
     Object {
         path: PathBuf,
         line: usize,
@@ -35,6 +37,21 @@ pub enum ManifestError {
     },
     #[error("{path}: no .yaml, .yml or .json files found")]
     Empty { path: PathBuf },
+    #[error(
+        "{path} is not a regular file or a directory: serve re-reads the manifests every --check-interval, and a pipe gives its content once"
+    )]
+    NotRereadable { path: PathBuf },
+}
+
+/// `Pod "web"`, or what is known of it: a document without kind or name is an
+/// `object`.
+fn what_object(kind: &str, name: &str) -> String {
+    let kind = if kind.is_empty() { "object" } else { kind };
+    if name.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} {name:?}")
+    }
 }
 
 /// Reads every manifest under `path` into a fresh inventory.
@@ -46,13 +63,15 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
         });
     }
     let mut inventory = Inventory::default();
+    let mut controlled = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Io {
             path: file.clone(),
             source,
         })?;
-        load_text(&file, &text, &mut inventory)?;
+        read_text(&file, &text, &mut inventory, &mut controlled)?;
     }
+    apply_controlled(&mut inventory, controlled);
     // A manifest says nothing about where pods run, whatever spec.nodeName it carries:
     // no node may be sent pull secrets on its word.
     inventory.placements = PodPlacements::default();
@@ -61,13 +80,30 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
     Ok(inventory)
 }
 
+/// Refuses what cannot be read again (a pipe) for `serve`, which re-reads the
+/// manifests every interval: read again, a pipe would be empty, and every series gone.
+pub fn check_rereadable(path: &Path) -> Result<(), ManifestError> {
+    let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_file() || meta.is_dir() {
+        Ok(())
+    } else {
+        Err(ManifestError::NotRereadable {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
 fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let io = |source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_file() {
+    // A file, or a pipe (`-f /dev/stdin`, `-f <(helm template ...)`): read as it is.
+    if !meta.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut files = Vec::new();
@@ -122,13 +158,34 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 
 /// Parses one file's text (any number of documents) into `inventory`.
 pub fn load_text(path: &Path, text: &str, inventory: &mut Inventory) -> Result<(), ManifestError> {
+    let mut controlled = Vec::new();
+    read_text(path, text, inventory, &mut controlled)?;
+    apply_controlled(inventory, controlled);
+    Ok(())
+}
+
+/// [`load_text`], with the Pods and Jobs a controller of a watched kind controls set
+/// aside in `controlled`: whether that controller is in the files is known only once
+/// every file is read.
+fn read_text(
+    path: &Path,
+    text: &str,
+    inventory: &mut Inventory,
+    controlled: &mut Vec<KubeObject>,
+) -> Result<(), ManifestError> {
+    // A byte order mark may open a YAML stream (editors on Windows write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (first_line, document) in split_documents(text) {
-        let value: Value = serde_yaml::from_str(document).map_err(|err| ManifestError::Yaml {
+        let yaml_error = |err: serde_yaml::Error| ManifestError::Yaml {
             path: path.to_path_buf(),
             line: first_line + err.location().map_or(0, |l| l.line().saturating_sub(1)),
             message: without_location(&err.to_string()),
-        })?;
-        add_value(path, first_line, value, inventory)?;
+        };
+        let mut value: Value = serde_yaml::from_str(document).map_err(yaml_error)?;
+        // Merge keys (`<<: *base`), as kubectl's YAML reader applies them: unapplied,
+        // a container would be read without the fields it takes from its anchor.
+        value.apply_merge().map_err(yaml_error)?;
+        add_value(path, first_line, value, inventory, controlled)?;
     }
     Ok(())
 }
@@ -142,10 +199,15 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut offset = 0;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_end();
-        if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
+        if trimmed == "---" || trimmed == "..." {
             documents.push((start_line, &text[start_offset..offset]));
             start_offset = offset + line.len();
             start_line = index + 2;
+        } else if trimmed.starts_with("--- ") || trimmed.starts_with("---\t") {
+            // `--- {kind: Pod, ...}`: the next document starts on the separator line.
+            documents.push((start_line, &text[start_offset..offset]));
+            start_offset = offset + "---".len();
+            start_line = index + 1;
         }
         offset += line.len();
     }
@@ -166,6 +228,7 @@ fn add_value(
     line: usize,
     value: Value,
     inventory: &mut Inventory,
+    controlled: &mut Vec<KubeObject>,
 ) -> Result<(), ManifestError> {
     if value.is_null() {
         return Ok(());
@@ -203,14 +266,43 @@ fn add_value(
     }
 
     let object = match (api_version.as_str(), kind.as_str()) {
-        (_, "List") | (_, "DeploymentList") | (_, "PodList") => {
+        (_, "List") => {
             let items = match value.get("items") {
                 Some(Value::Sequence(items)) => items.clone(),
                 Some(Value::Null) | None => Vec::new(),
                 Some(_) => return Err(invalid("items must be a list".to_string())),
             };
             for item in items {
-                add_value(path, line, item, inventory)?;
+                add_value(path, line, item, inventory, controlled)?;
+            }
+            return Ok(());
+        }
+        // A typed list, as the API server answers a list (`StatefulSetList`): its
+        // items carry no kind or apiVersion of their own. A kind that only ends in
+        // "List" without a list of items is some other kind, skipped below.
+        (_, typed_list)
+            if typed_list.len() > "List".len()
+                && typed_list.ends_with("List")
+                && matches!(value.get("items"), Some(Value::Sequence(_))) =>
+        {
+            let item_kind = typed_list.strip_suffix("List").unwrap_or(typed_list);
+            let items = match value.get("items") {
+                Some(Value::Sequence(items)) => items.clone(),
+                _ => Vec::new(),
+            };
+            for mut item in items {
+                // A list's items are objects; a custom kind named `...List` with other
+                // items is not a list, and says nothing pullwatch checks.
+                let Value::Mapping(fields) = &mut item else {
+                    continue;
+                };
+                if !fields.contains_key("kind") {
+                    fields.insert("kind".into(), item_kind.into());
+                }
+                if !fields.contains_key("apiVersion") {
+                    fields.insert("apiVersion".into(), api_version.as_str().into());
+                }
+                add_value(path, line, item, inventory, controlled)?;
             }
             return Ok(());
         }
@@ -220,7 +312,12 @@ fn add_value(
         ("batch/v1", "CronJob") => KubeObject::CronJob(typed(value, invalid)?),
         ("batch/v1", "Job") => KubeObject::Job(typed(value, invalid)?),
         ("v1", "Pod") => KubeObject::Pod(typed(value, invalid)?),
-        ("v1", "Secret") => KubeObject::Secret(typed(value, invalid)?),
+        ("v1", "Secret") => match unreadable_secret_value(&value) {
+            // serde and base64 errors quote the value (`invalid type: string "..."`,
+            // `Invalid symbol 45, offset 6`): a Secret's are said without it.
+            Some(message) => return Err(invalid(message)),
+            None => KubeObject::Secret(typed(value, invalid)?),
+        },
         ("v1", "ServiceAccount") => KubeObject::ServiceAccount(typed(value, invalid)?),
         ("v1", "Namespace") => KubeObject::Namespace(typed(value, invalid)?),
         ("", _) | (_, "") if !value.is_mapping() => {
@@ -236,9 +333,118 @@ fn add_value(
             return Ok(());
         }
     };
+    if watched_controller(&object).is_some() {
+        controlled.push(object);
+        return Ok(());
+    }
     // Files are read whole; the caller rebuilds the index after every load.
     let _ = inventory.apply(object);
     Ok(())
+}
+
+/// The controller (kind, name) of a Pod or Job when it is of a kind pullwatch checks
+/// itself (a StatefulSet, a CronJob...), which then covers the Pod or Job.
+fn watched_controller(object: &KubeObject) -> Option<(WorkloadKind, String)> {
+    let meta = match object {
+        KubeObject::Pod(p) => &p.metadata,
+        KubeObject::Job(j) => &j.metadata,
+        _ => return None,
+    };
+    let (kind, name) = owners::controller_of(meta)?;
+    let kind = WorkloadKind::of_controller(kind);
+    kind.is_watched().then(|| (kind, name.to_string()))
+}
+
+/// Applies the Pods and Jobs set aside by [`read_text`]: covered by their controller
+/// when the files hold it, else checked as themselves. In a cluster the controller
+/// exists; a file may hold the Pods without it (`kubectl get pods -o yaml`), and
+/// nothing would check them.
+fn apply_controlled(inventory: &mut Inventory, controlled: Vec<KubeObject>) {
+    // Jobs first: a Pod of a Job is covered when its Job is checked or covered.
+    let (jobs, pods): (Vec<_>, Vec<_>) = controlled
+        .into_iter()
+        .partition(|o| matches!(o, KubeObject::Job(_)));
+    let mut covered_jobs: HashSet<(String, String)> = HashSet::new();
+    for object in jobs.into_iter().chain(pods) {
+        let Some((kind, name)) = watched_controller(&object) else {
+            continue;
+        };
+        let meta = match &object {
+            KubeObject::Pod(p) => &p.metadata,
+            KubeObject::Job(j) => &j.metadata,
+            _ => continue,
+        };
+        let namespace = super::namespace_of(meta);
+        let present = inventory.workloads.contains_key(&(
+            kind,
+            Arc::from(namespace.as_str()),
+            Arc::from(name.as_str()),
+        )) || (kind == WorkloadKind::Job
+            && covered_jobs.contains(&(namespace.clone(), name.clone())));
+        let object = if present {
+            if let KubeObject::Job(_) = &object {
+                covered_jobs.insert((namespace, super::name_of(meta)));
+            }
+            object
+        } else {
+            tracing::debug!(%namespace, name = %super::name_of(meta), controller = %kind, controller_name = %name, "its controller is not in the manifests: checked as itself");
+            without_controller(object)
+        };
+        let _ = inventory.apply(object);
+    }
+}
+
+/// `object` without its controller reference.
+fn without_controller(object: KubeObject) -> KubeObject {
+    let not_controller = |owner: &OwnerReference| owner.controller != Some(true);
+    match object {
+        KubeObject::Pod(mut p) => {
+            if let Some(owners) = p.metadata.owner_references.as_mut() {
+                owners.retain(not_controller);
+            }
+            KubeObject::Pod(p)
+        }
+        KubeObject::Job(mut j) => {
+            if let Some(owners) = j.metadata.owner_references.as_mut() {
+                owners.retain(not_controller);
+            }
+            KubeObject::Job(j)
+        }
+        other => other,
+    }
+}
+
+/// Which value of a Secret's `data` (base64) or `stringData` (strings) cannot be read,
+/// named by its key, never quoted.
+fn unreadable_secret_value(secret: &Value) -> Option<String> {
+    for field in ["data", "stringData"] {
+        let entries = match secret.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Mapping(entries)) => entries,
+            Some(_) => return Some(format!("{field} must be a mapping of keys to values")),
+        };
+        for (key, value) in entries {
+            let Some(key) = key.as_str() else {
+                return Some(format!("{field} has a key that is not a string"));
+            };
+            let readable = if field == "data" {
+                serde_yaml::from_value::<k8s_openapi::ByteString>(value.clone()).is_ok()
+            } else {
+                serde_yaml::from_value::<String>(value.clone()).is_ok()
+            };
+            if !readable {
+                let expected = if field == "data" {
+                    "base64"
+                } else {
+                    "a string"
+                };
+                return Some(format!(
+                    "{field}[{key:?}] is not {expected} (its content is not shown)"
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -304,6 +510,47 @@ spec:
         assert_eq!(&*bare.namespace, "default");
         assert_eq!(bare.containers.len(), 2);
         assert_eq!(&*bare.service_account, "default");
+    }
+
+    /// A typed list as the API server returns it (`kubectl get --raw
+    /// /apis/apps/v1/statefulsets`): any `<Kind>List`, whose items carry no kind or
+    /// apiVersion of their own. A StatefulSetList was skipped as an unknown kind (exit
+    /// 0, nothing checked), a DeploymentList's items refused ("missing apiVersion or
+    /// kind").
+    #[test]
+    fn typed_lists_of_any_kind_and_their_kindless_items() {
+        let text = r#"
+apiVersion: apps/v1
+kind: StatefulSetList
+metadata: {resourceVersion: "1"}
+items:
+- metadata: {name: db, namespace: x}
+  spec: {serviceName: db, selector: {}, template: {spec: {containers: [{name: c, image: reg.io/db:1}]}}}
+---
+apiVersion: apps/v1
+kind: DeploymentList
+items:
+- metadata: {name: web, namespace: x}
+  spec: {selector: {}, template: {spec: {containers: [{name: c, image: reg.io/web:1}]}}}
+---
+apiVersion: example.com/v1
+kind: IPAllowList
+metadata: {name: not-a-list}
+spec: {items: 3}
+---
+apiVersion: example.com/v1
+kind: PortList
+metadata: {name: not-a-list-either}
+items: [80, 443]
+"#;
+        let inv = parse(text).unwrap();
+        let mut seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [("deployment", "web"), ("statefulset", "db")]);
     }
 
     #[test]
@@ -422,6 +669,160 @@ imagePullSecrets: [{name: regcred}]
             parse("metadata: {name: x}\n").unwrap_err(),
             ManifestError::Object { .. }
         ));
+        // A document that is no Kubernetes object (a Helm values.yaml) says so, without
+        // an empty kind and name (`invalid  "": ...`).
+        let shown = parse("replicaCount: 1\n").unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            "test.yaml:1: invalid object: missing apiVersion or kind"
+        );
+        let shown = parse("kind: Pod\nmetadata: {name: x}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            shown,
+            "test.yaml:1: invalid Pod \"x\": missing apiVersion or kind"
+        );
+    }
+
+    /// YAML a kubectl user writes: a document on its `---` line, merge keys, a byte
+    /// order mark. None may be dropped or misread: a container silently left out, or
+    /// read without the image its merge key gives it, would be a false verdict.
+    #[test]
+    fn documents_on_the_separator_line_merge_keys_and_a_bom() {
+        let inline = "--- {apiVersion: v1, kind: Pod, metadata: {name: inline}, spec: {containers: [{name: c, image: \"reg.io/a:1\"}]}}\n--- # a comment\napiVersion: v1\nkind: Pod\nmetadata: {name: after}\nspec: {containers: [{name: c, image: \"reg.io/b:1\"}]}\n";
+        let inv = parse(inline).unwrap();
+        let mut names: Vec<_> = inv.workloads.values().map(|w| &*w.name).collect();
+        names.sort();
+        assert_eq!(names, ["after", "inline"]);
+        // A broken document on the separator line is an error there, not skipped.
+        let err =
+            parse("apiVersion: v1\nkind: Pod\n--- {apiVersion: v1, kind: Pod]\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { line: 3, .. }), "{err}");
+
+        let merged = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: merged}
+spec:
+  containers:
+  - &base {name: a, image: "reg.io/app:1"}
+  - <<: *base
+    name: b
+"#;
+        let inv = parse(merged).unwrap();
+        let w = inv.workloads.values().next().unwrap();
+        let images: Vec<_> = w
+            .containers
+            .iter()
+            .map(|c| (&*c.container, &*c.image))
+            .collect();
+        assert_eq!(images, [("a", "reg.io/app:1"), ("b", "reg.io/app:1")]);
+
+        let bom = "\u{feff}apiVersion: v1\nkind: Pod\nmetadata: {name: bom}\nspec: {containers: [{name: c, image: \"reg.io/a:1\"}]}\n";
+        let inv = parse(bom).unwrap();
+        assert_eq!(inv.workloads.len(), 1);
+    }
+
+    /// A Secret's values are secrets: what cannot be read of them is said without
+    /// quoting them, whatever serde or base64 would quote.
+    #[test]
+    fn a_broken_secret_is_reported_without_its_content() {
+        for data in [
+            "data: {.dockerconfigjson: \"Canary-pw not base64!\"}",
+            "data: {.dockerconfigjson: 12345678}",
+            "stringData: {.dockerconfigjson: 12345678}",
+            "stringData: {.dockerconfigjson: [Canary-pw]}",
+            "data: [Canary-pw]",
+            "type: [Canary-pw]",
+        ] {
+            let text = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: ns}}\n{data}\n"
+            );
+            let err = parse(&text).unwrap_err();
+            let shown = err.to_string();
+            assert!(matches!(err, ManifestError::Object { .. }), "{shown}");
+            assert!(shown.contains("Secret \"s\""), "{shown}");
+            for secret in ["Canary", "12345678", "symbol"] {
+                assert!(!shown.contains(secret), "{data}: {shown}");
+            }
+        }
+    }
+
+    /// `kubectl get pods -A -o yaml > pods.yaml`: a Pod (or Job) names a controller of
+    /// a watched kind that the files do not hold. Nothing covers it then: it is checked
+    /// as itself, not skipped (its images were never checked, and the run said all
+    /// available). A controller in the files, in any file and order, still covers it.
+    #[test]
+    fn pods_and_jobs_whose_controller_is_not_in_the_files_are_checked_as_themselves() {
+        let owned = |kind: &str, name: &str, owner_kind: &str, owner: &str, image: &str| {
+            let spec = if kind == "Pod" {
+                format!("spec: {{containers: [{{name: c, image: {image}}}]}}")
+            } else {
+                format!(
+                    "spec: {{template: {{spec: {{restartPolicy: Never, containers: [{{name: c, image: {image}}}]}}}}}}"
+                )
+            };
+            let api = if kind == "Pod" { "v1" } else { "batch/v1" };
+            format!(
+                "apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: x\n  ownerReferences: [{{apiVersion: apps/v1, kind: {owner_kind}, name: {owner}, uid: u, controller: true}}]\n{spec}\n"
+            )
+        };
+        let present = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent, namespace: x}\nspec: {selector: {}, template: {spec: {containers: [{name: c, image: reg.io/agent:1}]}}}\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: other, namespace: x}\nspec: {schedule: '* * * * *', jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: reg.io/other:1}]}}}}}\n";
+        let text = [
+            owned("Pod", "db-0", "StatefulSet", "db", "reg.io/db:1"),
+            // Its DaemonSet comes later in the stream.
+            owned("Pod", "agent-x1", "DaemonSet", "agent", "reg.io/agent:1"),
+            owned("Job", "nightly-1", "CronJob", "nightly", "reg.io/nightly:1"),
+            // The Job above, without its CronJob, is checked: it covers its Pod.
+            owned(
+                "Pod",
+                "nightly-1-abc",
+                "Job",
+                "nightly-1",
+                "reg.io/nightly:1",
+            ),
+            owned("Job", "other-1", "CronJob", "other", "reg.io/other:1"),
+            owned("Pod", "other-1-xyz", "Job", "other-1", "reg.io/other:1"),
+            present.to_string(),
+        ]
+        .join("---\n");
+        let inv = parse(&text).unwrap();
+        let mut seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("cronjob", "other"),
+                ("daemonset", "agent"),
+                ("job", "nightly-1"),
+                ("pod", "db-0")
+            ]
+        );
+
+        // Across files: the StatefulSet in another file covers its Pod.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            owned("Pod", "db-0", "StatefulSet", "db", "reg.io/db:1"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db, namespace: x}\nspec: {serviceName: db, selector: {}, template: {spec: {containers: [{name: c, image: reg.io/db:1}]}}}\n",
+        )
+        .unwrap();
+        let inv = load(dir.path()).unwrap();
+        let seen: Vec<_> = inv
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        assert_eq!(seen, [("statefulset", "db")]);
     }
 
     #[test]
