@@ -238,7 +238,12 @@ impl CheckOutcome {
             if any_walked {
                 return CheckOutcome {
                     status: CheckStatus::Available,
-                    reason: String::new(),
+                    // What a shallower check skipped, when it says so.
+                    reason: if self.is_available() {
+                        self.reason.clone()
+                    } else {
+                        String::new()
+                    },
                     ..self.clone()
                 };
             }
@@ -392,6 +397,30 @@ mod tests {
         assert_eq!(
             (none.status, none.source.as_str(), none.reason.as_str()),
             (CheckStatus::UnknownError, "", "no attempt was made")
+        );
+    }
+
+    #[test]
+    fn what_a_shallower_check_skipped_stays_with_each_workloads_verdict() {
+        let p = |s: &str| s.parse::<crate::platform::Platform>().unwrap();
+        let skipped =
+            "checked to --check-depth platform: the config and the layers were not checked";
+        let outcome = CheckOutcome {
+            reason: skipped.into(),
+            walked: Some(
+                vec![PlatformVerdict {
+                    platform: p("linux/amd64"),
+                    status: CheckStatus::Available,
+                    reason: String::new(),
+                }]
+                .into(),
+            ),
+            ..CheckOutcome::available_at(Some("sha256:i".into()), None)
+        };
+        let amd64 = outcome.for_platforms(&[p("linux/amd64")]);
+        assert_eq!(
+            (amd64.status, amd64.reason.as_str()),
+            (CheckStatus::Available, skipped)
         );
     }
 

@@ -78,6 +78,30 @@ impl CheckDepth {
             CheckDepth::Blobs => "blobs",
         }
     }
+
+    /// What a check this deep does not look at, as an `available` outcome's reason
+    /// says it (None: nothing a node fetches is skipped).
+    pub fn skipped(self) -> Option<&'static str> {
+        match self {
+            CheckDepth::Manifest => Some(
+                "checked to --check-depth manifest: the tag's manifest only; the platform's child manifest, the config and the layers were not checked",
+            ),
+            CheckDepth::Platform => Some(
+                "checked to --check-depth platform: the config and the layers were not checked",
+            ),
+            CheckDepth::Blobs => None,
+        }
+    }
+
+    /// Says in an `available` `outcome` what this depth skipped.
+    pub fn note_skipped(self, outcome: &mut CheckOutcome) {
+        if let Some(skipped) = self.skipped()
+            && outcome.is_available()
+            && outcome.reason.is_empty()
+        {
+            outcome.reason = skipped.to_string();
+        }
+    }
 }
 
 /// How the walk goes and what it keeps.
@@ -1573,8 +1597,11 @@ impl RegistryClient {
         reference: &str,
         platforms: &[Platform],
     ) -> Answer {
-        if self.config.walk.depth == CheckDepth::Manifest {
-            return self.check(target, Object::Manifest, reference).await;
+        let depth = self.config.walk.depth;
+        if depth == CheckDepth::Manifest {
+            let mut answer = self.check(target, Object::Manifest, reference).await;
+            depth.note_skipped(&mut answer.outcome);
+            return answer;
         }
         let (mut answer, body, size) = self.manifest_answer(target, reference).await;
         if !answer.outcome.is_available() {
@@ -1595,12 +1622,32 @@ impl RegistryClient {
         self.walk_pull_path(&[target], &top, platforms)
             .await
             .apply(&mut answer.outcome);
+        depth.note_skipped(&mut answer.outcome);
         answer
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_available_shallower_check_says_what_it_skipped() {
+        let note = |depth: CheckDepth, outcome: CheckOutcome| {
+            let mut outcome = outcome;
+            depth.note_skipped(&mut outcome);
+            outcome.reason
+        };
+        let manifest = note(CheckDepth::Manifest, CheckOutcome::available());
+        assert!(manifest.contains("the tag's manifest only"), "{manifest}");
+        let platform = note(CheckDepth::Platform, CheckOutcome::available());
+        assert!(
+            platform.contains("the config and the layers were not checked"),
+            "{platform}"
+        );
+        assert_eq!(note(CheckDepth::Blobs, CheckOutcome::available()), "");
+        let absent = CheckOutcome::new(CheckStatus::Absent, "manifest unknown");
+        assert_eq!(note(CheckDepth::Manifest, absent), "manifest unknown");
+    }
+
     use super::*;
 
     fn entry(digest: &str, platform: Option<(&str, &str, &str)>) -> Descriptor {

@@ -647,6 +647,8 @@ async fn each_view_agrees_with_containerd_on_every_registry_state() {
         );
 
         schema1_on_other_runtimes(&aggregator, &proxy.host(), dir.path()).await;
+        shallower_checks_say_what_they_skipped(&aggregator, &agent, &proxy.host(), &node, dir.path())
+            .await;
 
         // First-pass cost of a central check, counted at the registry (through the
         // proxy): the tag's HEAD, the manifest by digest, the config, one ranged GET per
@@ -767,6 +769,90 @@ async fn schema1_on_other_runtimes(
             truth.status.success(),
             "{repo}: pullwatch (copied) says {crio} but skopeo {said}"
         );
+    }
+}
+
+/// `--check-depth` below `blobs`: what a shallower check does not fetch it cannot see,
+/// and its `available` says what it skipped, centrally and on a node; what it does
+/// fetch still fails.
+async fn shallower_checks_say_what_they_skipped(
+    aggregator: &std::path::Path,
+    agent: &std::path::Path,
+    host: &str,
+    node: &Containerd,
+    dir: &std::path::Path,
+) {
+    // (repository, depth, status, the reason has)
+    let rows = [
+        (
+            "gone/layer",
+            "manifest",
+            Available,
+            "--check-depth manifest: the tag's manifest only",
+        ),
+        (
+            "gone/child",
+            "manifest",
+            Available,
+            "child manifest, the config and the layers were not checked",
+        ),
+        (
+            "gone/layer",
+            "platform",
+            Available,
+            "--check-depth platform: the config and the layers were not checked",
+        ),
+        (
+            "gone/child-layer",
+            "platform",
+            Available,
+            "--check-depth platform",
+        ),
+        ("gone/child", "platform", Absent, "platform manifest"),
+        ("ok/single", "blobs", Available, ""),
+    ];
+    for (repo, depth, want, reason_has) in rows {
+        let image = format!("{host}/{repo}:v1");
+        let files = dir.join(format!("depth-{}-{depth}", repo.replace('/', "-")));
+        std::fs::create_dir_all(&files).unwrap();
+        let scenario = Scenario {
+            name: repo,
+            image: image.clone(),
+            want: PULLABLE,
+        };
+        std::fs::write(files.join("all.yaml"), manifests(&[scenario])).unwrap();
+        let central = stdout_json(
+            &run(
+                aggregator,
+                &[
+                    "check".into(),
+                    "-f".into(),
+                    files.display().to_string(),
+                    "-o".into(),
+                    "json".into(),
+                    "--allow-plain-http".into(),
+                    "--platform".into(),
+                    "linux/amd64".into(),
+                    format!("--check-depth={depth}"),
+                ],
+            )
+            .await,
+        )[0]
+        .clone();
+        let mut args = agent_check_args(&image, node, dir);
+        args.extend(["--mode=resolve".into(), format!("--check-depth={depth}")]);
+        let on_node = stdout_json(&run(agent, &args).await);
+        for (view, value) in [("check", &central), ("agent", &on_node)] {
+            let reason = value["reason"].as_str().unwrap_or_default();
+            assert_eq!(status_of(value), want, "{repo} at {depth}, {view}: {value}");
+            assert!(
+                reason.contains(reason_has),
+                "{repo} at {depth}, {view}: {reason:?} lacks {reason_has:?}"
+            );
+            if depth == "blobs" {
+                assert_eq!(reason, "", "{repo}: a full check skipped nothing");
+            }
+        }
     }
 }
 

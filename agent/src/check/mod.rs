@@ -484,8 +484,12 @@ impl Checker {
                     });
                     return (None, attempts);
                 }
-                let digest = resolved.outcome.digest;
-                return (Some(Worked { source, digest }), attempts);
+                let worked = Worked {
+                    source,
+                    digest: resolved.outcome.digest,
+                    note: here.reason,
+                };
+                return (Some(worked), attempts);
             }
             attempts.push(CredentialAttempt {
                 source,
@@ -529,6 +533,8 @@ enum FirstStep {
 struct Worked {
     source: String,
     digest: Option<String>,
+    /// What the check skipped (a shallower `--check-depth`), else empty.
+    note: String,
 }
 
 /// What a check's registry step came to.
@@ -582,9 +588,14 @@ impl CheckReport {
     fn settle(mut self, finding: Finding, provider_problems: &[String]) -> CheckReport {
         match finding {
             Finding::RuntimeFailed(error) => return self.runtime_failed(&error),
-            Finding::Pulled(Ok(source)) | Finding::Resolved(Some(Worked { source, .. }), _) => {
+            Finding::Pulled(Ok(source)) => {
                 self.status = CheckStatus::Available;
                 self.credential_source = source;
+            }
+            Finding::Resolved(Some(Worked { source, note, .. }), _) => {
+                self.status = CheckStatus::Available;
+                self.credential_source = source;
+                self.reason = note;
             }
             Finding::Pulled(Err(attempts)) | Finding::Resolved(None, attempts) => {
                 let failed = most_informative_failure(&attempts);

@@ -538,6 +538,7 @@ impl Resolver {
                 .await
                 .apply(&mut outcome);
         }
+        self.depth.note_skipped(&mut outcome);
         outcome
     }
 
