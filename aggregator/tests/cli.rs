@@ -323,6 +323,21 @@ async fn image_mirrors_and_proxies_route_the_check() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // A mirror without the image: the reason names the repository asked, not the
+    // workload's.
+    let empty_mirror = format!("upstream.invalid={}/elsewhere", f.open.host());
+    let output = check_json(path, &["--image-mirror", &empty_mirror], &[]);
+    let found = rows(&output);
+    assert_eq!(status_of(&found, "mirrored", "c0"), "absent");
+    let repo = repo_and_tag.split(':').next().unwrap();
+    let reason = &found.iter().find(|r| r["name"] == "mirrored").unwrap()["reason"];
+    assert!(
+        reason.contains(&format!(
+            "{}/elsewhere/{repo}: manifest not found",
+            f.open.host()
+        )),
+        "{reason}"
+    );
 
     // HTTP_PROXY: the plain-HTTP request for a host only the proxy can reach goes
     // through the proxy (here the open registry itself, which answers absolute-form

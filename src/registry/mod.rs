@@ -865,7 +865,9 @@ impl RegistryClient {
             self.note_429(state, &final_.headers, &mut outcome);
         }
         if !outcome.is_available() {
-            outcome.reason = format!("{origin}: {}", outcome.reason);
+            // The repository asked, too: with --image-mirror, --default-registry or a
+            // node's mirrors it is not the one the workload names.
+            outcome.reason = format!("{origin}/{}: {}", target.repository, outcome.reason);
         }
         Answer {
             outcome,
