@@ -47,7 +47,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Manifest file, or directory of .yaml/.yml/.json files (multi-document and `kind: List` allowed).
+    /// Manifest file, directory of .yaml/.yml/.json files (multi-document and `kind: List` allowed), or `-` for standard input.
     #[arg(
         short = 'f',
         long = "manifests",

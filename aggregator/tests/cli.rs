@@ -710,9 +710,13 @@ fn check_reads_manifests_from_a_pipe_and_serve_refuses_one() {
     let rows = rows(&output);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(status_of(&rows, "web", "c0"), "bad_image_format");
+    // `-f -` as kubectl has it.
+    let dash = run_with_piped_stdin(&["check", "-f", "-", "-o", "json"], &manifests);
+    assert_eq!(dash.status.code(), Some(1));
+    assert_eq!(self::rows(&dash), rows);
 
     let output = run_with_piped_stdin(
-        &["serve", "-f", "/dev/stdin", "--bind-address", "127.0.0.1:0"],
+        &["serve", "-f", "-", "--bind-address", "127.0.0.1:0"],
         &manifests,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);

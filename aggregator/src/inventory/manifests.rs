@@ -54,8 +54,21 @@ fn what_object(kind: &str, name: &str) -> String {
     }
 }
 
-/// Reads every manifest under `path` into a fresh inventory.
+/// `-f -`: standard input, as kubectl reads it.
+const STDIN: &str = "/dev/stdin";
+
+/// `path`, with `-` standing for standard input as in kubectl.
+fn resolved(path: &Path) -> &Path {
+    if path == Path::new("-") {
+        Path::new(STDIN)
+    } else {
+        path
+    }
+}
+
+/// Reads every manifest under `path` (`-`: standard input) into a fresh inventory.
 pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
+    let path = resolved(path);
     let files = manifest_files(path)?;
     if files.is_empty() {
         return Err(ManifestError::Empty {
@@ -83,6 +96,7 @@ pub fn load(path: &Path) -> Result<Inventory, ManifestError> {
 /// Refuses what cannot be read again (a pipe) for `serve`, which re-reads the
 /// manifests every interval: read again, a pipe would be empty, and every series gone.
 pub fn check_rereadable(path: &Path) -> Result<(), ManifestError> {
+    let path = resolved(path);
     let meta = std::fs::metadata(path).map_err(|source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
