@@ -1,8 +1,24 @@
 //! Text made safe to print on a terminal: what log lines and report tables carry of
-//! names and reasons that came from elsewhere (a workload, a registry).
+//! names and reasons that came from elsewhere (a workload, a registry); and a report
+//! written to standard output whoever reads it.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+
+/// Writes a command's report to stdout. A reader that stopped reading (`check ... |
+/// head`) took what it wanted: not an error, so the command ends with its own status
+/// rather than the panic of `println!`.
+pub fn write_stdout(report: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(report.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error),
+        _ => Ok(()),
+    }
+}
 
 /// Bidirectional-text controls: they reorder what a terminal shows.
 fn is_bidi_control(c: char) -> bool {

@@ -58,9 +58,13 @@ pub enum Error {
     /// The metrics registry refused a metric.
     #[error("setting up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The check result could not be printed.
-    #[error("printing the result: {0}")]
-    Output(#[from] serde_json::Error),
+    /// The check result could not be encoded.
+    #[error("encoding the result: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The check result could not be written to stdout (a closed pipe is not an
+    /// error: its reader took what it wanted).
+    #[error("cannot write the result to stdout: {0}")]
+    Output(std::io::Error),
     /// Shared machinery: logging, the async runtime, binding `--metrics-address`.
     #[error(transparent)]
     Shared(#[from] pullwatch::Error),

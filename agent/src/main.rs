@@ -52,8 +52,8 @@ async fn check(args: CheckArgs) -> pullwatch_agent::Result<ExitCode> {
     let checker = args.node.checker(None)?;
     let secrets = pull_secrets_for(&args.pull_secret_files, &args.image)?;
     let report = checker.check(&args.image, args.node.mode, &secrets).await;
-    match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&report)?),
+    let printed = match args.output {
+        OutputFormat::Json => serde_json::to_string(&report)?,
         OutputFormat::Text => {
             let via = if report.credential_source.is_empty() {
                 String::new()
@@ -61,18 +61,19 @@ async fn check(args: CheckArgs) -> pullwatch_agent::Result<ExitCode> {
                 format!(" credential_source={}", report.credential_source)
             };
             if report.reason.is_empty() {
-                println!(
+                format!(
                     "{} {} mode={}{via}",
                     report.image, report.status, report.mode
-                );
+                )
             } else {
-                println!(
+                format!(
                     "{} {} mode={}{via}: {}",
                     report.image, report.status, report.mode, report.reason
-                );
+                )
             }
         }
-    }
+    };
+    pullwatch::terminal::write_stdout(&(printed + "\n")).map_err(Error::Output)?;
     Ok(if report.runtime_failure {
         ExitCode::from(EXIT_NOT_CHECKED)
     } else if report.is_available() {

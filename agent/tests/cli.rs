@@ -163,6 +163,23 @@ async fn check_command_contract() {
             .contains("runtime unreachable"),
         "{value}"
     );
+
+    // A reader that stops reading (`check ... | head -c0`): the check's own exit
+    // status, not a panic on the closed pipe.
+    let mut command = hermetic_command(BINARY, home.path());
+    command
+        .args([&["check", missing.as_str(), "-o", "json"][..], &common[..]].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take());
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 /// Issue 10: `run` never presents its token to an `http://` aggregator; only the loudly

@@ -128,7 +128,7 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
             report::junit(&results).map_err(|e| Error::Report(e.to_string()))? + "\n"
         }
     };
-    write_report(&report)?;
+    pullwatch::terminal::write_stdout(&report).map_err(Error::Output)?;
     Ok(if finished.is_none() {
         ExitCode::from(EXIT_NOT_CHECKED)
     } else if results.iter().all(|(_, outcome)| outcome.is_available()) {
@@ -136,20 +136,6 @@ async fn run_check(args: CheckArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// Writes the report to stdout. A reader that stopped reading (`check ... | head`)
-/// took what it wanted: the check still ends with its own status, not a panic.
-fn write_report(report: &str) -> Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(report.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output(error)),
-        _ => Ok(()),
-    }
 }
 
 async fn run_serve(args: ServeArgs) -> Result<()> {
