@@ -2370,6 +2370,48 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             );
         }
     }
+    // Every binary refuses a zero duration at start (a pod in CrashLoopBackOff): the
+    // schema refuses it at install time, in each spelling Go's syntax allows, and keeps
+    // accepting every non-zero one.
+    let durations = [
+        "aggregator.checkInterval",
+        "aggregator.registryTimeout",
+        "aggregator.blobCheckInterval",
+        "agent.pullTimeout",
+        "agent.requestTimeout",
+        "agent.blobCheckInterval",
+        "agent.reconnectBackoffBase",
+        "agent.reconnectBackoffMax",
+    ];
+    for value in durations {
+        for zero in ["0s", "0m0s", "0.0s", "00ms"] {
+            let set = format!("{value}={zero}");
+            let out = helm(&["template", RELEASE, chart.to_str().unwrap(), "--set", &set]).unwrap();
+            assert!(!out.success, "helm accepted {set}");
+            assert!(
+                out.stderr.contains(value) && out.stderr.contains("Does not match pattern"),
+                "{set}:\n{}",
+                out.stderr
+            );
+        }
+    }
+    let nonzero = durations
+        .iter()
+        .zip([
+            "90s", "1.5s", "0.5h", "1m30s", "300ms", "0h0.001s", "2m", "1h",
+        ])
+        .map(|(value, duration)| format!("{value}={duration}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = helm(&[
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--set",
+        &nonzero,
+    ])
+    .unwrap();
+    assert!(out.success, "{nonzero}:\n{}", out.stderr);
 }
 
 /// Walks values.yaml and the schema together: every value has a schema entry with a
