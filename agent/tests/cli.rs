@@ -205,23 +205,36 @@ async fn run_refuses_to_send_its_token_over_plain_http() {
 
 /// A configuration that can never work fails at start with exit 2 and says why,
 /// instead of retrying forever: https without --aggregator-ca, a CA file that is not
-/// there, a URL that is not one.
+/// there or holds no certificate (empty, a private key, anything else: every
+/// handshake would fail with "UnknownIssuer", which blames the aggregator's
+/// certificate), a URL that is not one.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
     let home = tempfile::tempdir().unwrap();
     let missing_ca = home.path().join("no-such-ca.crt");
+    let empty_ca = pullwatch_testbench::write_file(home.path(), "empty-ca.crt", "");
+    let key_as_ca = pullwatch_testbench::write_file(
+        home.path(),
+        "ca.key",
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n",
+    );
+    let text_as_ca = pullwatch_testbench::write_file(home.path(), "notes.txt", "not a PEM file\n");
+    let ca_flag = |path: &std::path::Path| {
+        vec![
+            "--aggregator=https://127.0.0.1:1".to_string(),
+            format!("--aggregator-ca={}", path.display()),
+        ]
+    };
     for (flags, says) in [
         (
             vec!["--aggregator=https://127.0.0.1:1".to_string()],
             "needs --aggregator-ca",
         ),
-        (
-            vec![
-                "--aggregator=https://127.0.0.1:1".to_string(),
-                format!("--aggregator-ca={}", missing_ca.display()),
-            ],
-            "no-such-ca.crt",
-        ),
+        (ca_flag(&missing_ca), "--aggregator-ca"),
+        (ca_flag(&missing_ca), "no-such-ca.crt"),
+        (ca_flag(&empty_ca), "empty-ca.crt holds no PEM certificate"),
+        (ca_flag(&key_as_ca), "ca.key holds no PEM certificate"),
+        (ca_flag(&text_as_ca), "notes.txt holds no PEM certificate"),
         (
             vec!["--aggregator=ftp://agg".to_string()],
             "invalid --aggregator",
