@@ -69,7 +69,7 @@ pub struct RunArgs {
     pub token_file: Option<PathBuf>,
     /// TESTS ONLY: present the token to an http:// aggregator. Anyone on the network
     /// path can then read it. Without this flag, a token goes only over https://.
-    #[arg(long, env = "PULLWATCH_INSECURE_PLAINTEXT_TOKEN_FOR_TESTING_ONLY")]
+    #[arg(long, env = "PULLWATCH_INSECURE_PLAINTEXT_TOKEN_FOR_TESTING_ONLY", action = ArgAction::Set, num_args = 0..=1, require_equals = true, default_value = "false", default_missing_value = "true")]
     pub insecure_plaintext_token_for_testing_only: bool,
     /// This node's name (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
@@ -565,6 +565,41 @@ mod tests {
             "0",
         ]);
         assert!(zero.is_err());
+    }
+
+    /// agent/README.md: "Boolean flags take `--flag` or `--flag=true|false`", every one
+    /// of them (the chart and operators write `=false` to turn one off explicitly).
+    #[test]
+    fn every_boolean_flag_takes_true_or_false() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                assert!(
+                    !matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse),
+                    "{} --{}: a bare switch refuses =true|false",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        let run = |flag: &str| {
+            let cli = Cli::try_parse_from([
+                "pullwatch-agent",
+                "run",
+                "--aggregator=http://a:9443",
+                "--node-name=n",
+                flag,
+            ])
+            .unwrap_or_else(|e| panic!("{flag}: {e}"));
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            run.insecure_plaintext_token_for_testing_only
+        };
+        assert!(run("--insecure-plaintext-token-for-testing-only"));
+        assert!(run("--insecure-plaintext-token-for-testing-only=true"));
+        assert!(!run("--insecure-plaintext-token-for-testing-only=false"));
     }
 
     #[test]
