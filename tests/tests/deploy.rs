@@ -1337,10 +1337,9 @@ fn expected_rbac(
     tokenreviews: bool,
     nodes: bool,
 ) -> BTreeMap<(String, String), BTreeSet<String>> {
-    let read: BTreeSet<String> = ["get", "list", "watch"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    // Everything arrives through list/watch (aggregator/src/inventory/cluster.rs: one
+    // watcher per resource); no code path reads one of these objects by name.
+    let read: BTreeSet<String> = ["list", "watch"].into_iter().map(String::from).collect();
     let mut out = BTreeMap::new();
     for (group, resource) in [
         ("apps", "deployments"),
@@ -1357,7 +1356,7 @@ fn expected_rbac(
     // Who controls a ReplicaSet comes through list/watch: no get.
     out.insert(
         ("apps".to_string(), "replicasets".to_string()),
-        BTreeSet::from(["list".to_string(), "watch".to_string()]),
+        read.clone(),
     );
     if secrets {
         // Pull secrets arrive through list/watch: no get on secrets.
@@ -1377,6 +1376,11 @@ fn expected_rbac(
             ),
             BTreeSet::from(["create".to_string()]),
         );
+        // The one read by name: the pod a reviewed agent token is bound to, to tie the
+        // agent to its node (aggregator/src/agents/auth.rs).
+        out.get_mut(&(String::new(), "pods".to_string()))
+            .expect("pods are always read")
+            .insert("get".to_string());
     }
     out
 }
