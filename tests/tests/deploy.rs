@@ -1472,6 +1472,54 @@ fn rbac_is_least_privilege() {
     assert!(docs_of(&render(&["--set", "rbac.create=false"]), "ClusterRole").is_empty());
 }
 
+/// values.yaml: a service account's name, when empty, is `<fullname>-aggregator` /
+/// `<fullname>-agent`, also when the chart does not create it (the operator made it).
+/// Never the namespace's `default` account: the ClusterRole (Secrets cluster-wide)
+/// would go to every pod of the namespace that names no account, and the aggregator
+/// would take any such pod's token for an agent's.
+#[test]
+fn service_accounts_the_chart_does_not_create_keep_their_documented_names() {
+    let docs = render(&[
+        "--set",
+        "serviceAccount.aggregator.create=false,serviceAccount.agent.create=false",
+    ]);
+    assert!(docs_of(&docs, "ServiceAccount").is_empty(), "none created");
+    let aggregator = format!("{RELEASE}-aggregator");
+    let agent = format!("{RELEASE}-agent");
+    let deployment: Deployment = one(&docs, "Deployment");
+    let spec = pod_spec_of_deployment(&deployment);
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some(aggregator.as_str())
+    );
+    let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding");
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, aggregator);
+    let agent_account = format!("{NAMESPACE}:{agent}");
+    assert_eq!(
+        flag(&args_of(&spec.containers[0]), "--agent-service-account"),
+        Some(agent_account.as_str())
+    );
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    assert_eq!(
+        pod_spec_of_daemonset(&ds).service_account_name.as_deref(),
+        Some(agent.as_str())
+    );
+    // A name given is used as is, created or not.
+    let docs = render(&[
+        "--set",
+        "serviceAccount.aggregator.create=false,serviceAccount.aggregator.name=mine",
+    ]);
+    let deployment: Deployment = one(&docs, "Deployment");
+    assert_eq!(
+        pod_spec_of_deployment(&deployment)
+            .service_account_name
+            .as_deref(),
+        Some("mine")
+    );
+}
+
 fn assert_restricted(c: &Container, who: &str) {
     let sc = c
         .security_context
