@@ -64,6 +64,10 @@ pub enum SessionError {
     NoCaCertificate { path: PathBuf },
     #[error("--token-file {path}: {reason}")]
     Token { path: PathBuf, reason: &'static str },
+    #[error(
+        "--node-name is empty: set it, or NODE_NAME from the downward API's spec.nodeName (the aggregator refuses a Register without it)"
+    )]
+    NoNodeName,
     #[error("connecting to the aggregator: {0}")]
     Connect(String),
     #[error("the aggregator refused the session: {0}")]
@@ -132,6 +136,9 @@ impl SessionConfig {
 impl SessionConfig {
     /// Errors no retry can fix: a token is only ever presented over TLS.
     pub fn validate(&self) -> Result<(), SessionError> {
+        if self.node_name.trim().is_empty() {
+            return Err(SessionError::NoNodeName);
+        }
         if self.token_file.is_some()
             && !self.aggregator.starts_with("https://")
             && !self.insecure_plaintext_token

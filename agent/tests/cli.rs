@@ -255,6 +255,24 @@ async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(started.elapsed() < Duration::from_secs(20), "no retrying");
     }
+    // An empty node name (NODE_NAME set from nothing): every Register is refused.
+    for (flags, env) in [
+        (vec!["--node-name= "], vec![]),
+        (vec![], vec![("NODE_NAME", "")]),
+    ] {
+        let mut args = vec![
+            "run",
+            "--aggregator=http://127.0.0.1:1",
+            "--metrics-address=127.0.0.1:0",
+            "--cri-endpoint=unix:///nonexistent/cri.sock",
+        ];
+        args.extend(flags);
+        let output = run(home.path(), &args, &env).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("--node-name"), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("NODE_NAME"), "{args:?} {env:?}: {stderr}");
+    }
 }
 
 /// `pullwatch-agent run` whose session is refused (no aggregator listens), so its
