@@ -396,3 +396,40 @@ async fn metrics_are_gzip_encoded_for_scrapers_that_accept_it() {
     assert_eq!(series(gzipped.decoded_text().unwrap()), plain_series);
     agent.kill().await.unwrap();
 }
+
+/// The metrics port answers as the aggregator's does: `HEAD` like `GET` without a body
+/// (HTTP requires both of a general-purpose server; load balancers and `curl -I` probe
+/// with it), 405 with `Allow` for other methods, 404 for other paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_port_answers_head_and_refuses_other_methods() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut agent, _, metrics) = agent_serving_metrics(home.path()).await;
+    let ask = |method: http::Method, path: &'static str| async move {
+        pullwatch_testbench::http_request(metrics, method, path, &[], Vec::new())
+            .await
+            .unwrap()
+    };
+    for path in ["/metrics", "/healthz"] {
+        let get = ask(http::Method::GET, path).await;
+        let head = ask(http::Method::HEAD, path).await;
+        assert_eq!((get.status, head.status), (200, 200), "{path}");
+        assert!(head.body.is_empty(), "{path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{path}"
+        );
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+            let refused = ask(method.clone(), path).await;
+            assert_eq!(refused.status, 405, "{method} {path}");
+            assert_eq!(
+                refused.header("allow"),
+                Some("GET, HEAD"),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(ask(http::Method::GET, "/nope").await.status, 404);
+    assert_eq!(ask(http::Method::HEAD, "/nope").await.status, 404);
+    agent.kill().await.unwrap();
+}
