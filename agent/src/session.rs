@@ -371,6 +371,8 @@ struct LiveSession<'a> {
     quotas_sent: u64,
     /// The images the aggregator was last told the node holds.
     images: BTreeSet<String>,
+    /// Checks the runtime did not answer: one warning per minute.
+    runtime_failures: pullwatch::logging::Throttle,
 }
 
 impl<'a> LiveSession<'a> {
@@ -400,6 +402,7 @@ impl<'a> LiveSession<'a> {
             last_contact: Instant::now(),
             quotas_sent: 0,
             images,
+            runtime_failures: pullwatch::logging::Throttle::new(Duration::from_secs(60)),
         }
     }
 
@@ -460,6 +463,13 @@ impl<'a> LiveSession<'a> {
     /// A finished check's result, with the registries' pull quotas that changed since
     /// this session last sent them.
     async fn send_result(&mut self, mut result: CheckResult) -> Result<(), SessionError> {
+        // Nothing else tells the operator why this node checks nothing any more; a dead
+        // runtime fails every check, so once a minute with the count.
+        if result.runtime_failure
+            && let Some(checks) = self.runtime_failures.hit("runtime_failure")
+        {
+            warn!(image = %result.image, checks, reason = %result.reason, "the container runtime did not answer a check");
+        }
         let (quotas, sequence) = self.metrics.quotas_after(self.quotas_sent);
         self.quotas_sent = sequence;
         result.quotas = quotas
