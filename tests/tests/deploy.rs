@@ -2438,7 +2438,7 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
     for value in durations {
         for zero in ["0s", "0m0s", "0.0s", "00ms"] {
             let set = format!("{value}={zero}");
-            let out = helm(&["template", RELEASE, chart.to_str().unwrap(), "--set", &set]).unwrap();
+            let out = helm(["template", RELEASE, chart.to_str().unwrap(), "--set", &set]).unwrap();
             assert!(!out.success, "helm accepted {set}");
             assert!(
                 out.stderr.contains(value) && out.stderr.contains("Does not match pattern"),
@@ -2455,7 +2455,7 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
         .map(|(value, duration)| format!("{value}={duration}"))
         .collect::<Vec<_>>()
         .join(",");
-    let out = helm(&[
+    let out = helm([
         "template",
         RELEASE,
         chart.to_str().unwrap(),
