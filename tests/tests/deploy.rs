@@ -2387,6 +2387,12 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             &["--set", "agent.auth.mode=token"],
             &["agent.auth.mode", "must be one of the following"],
         ),
+        // A trailing slash made <root>//config.json, a second mount of the file that
+        // agent.crio.authFile=<root>/config.json already mounts.
+        (
+            &["--set", "agent.kubeletRootDir=/var/lib/kubelet/"],
+            &["agent.kubeletRootDir", "Does not match pattern"],
+        ),
         (
             &[
                 "--set",
