@@ -139,8 +139,9 @@ impl SessionConfig {
         if self.node_name.trim().is_empty() {
             return Err(SessionError::NoNodeName);
         }
+        // Any other scheme, or none, is an invalid URL (below), not a plain-http one.
         if self.token_file.is_some()
-            && !self.aggregator.starts_with("https://")
+            && self.aggregator.starts_with("http://")
             && !self.insecure_plaintext_token
         {
             return Err(SessionError::PlaintextToken);
@@ -596,6 +597,21 @@ mod tests {
             request.metadata().get("authorization").unwrap(),
             "Bearer t0ken"
         );
+    }
+
+    /// An --aggregator without a scheme is named as such, not as a plain-http one.
+    #[test]
+    fn an_aggregator_without_a_scheme_is_an_invalid_url() {
+        for url in ["agg:9443", "127.0.0.1:9443", "ftp://agg"] {
+            let mut config = SessionConfig::new(url.into(), "n".into());
+            config.token_file = Some("/t".into());
+            let error = config.validate().unwrap_err();
+            assert!(matches!(error, SessionError::Url { .. }), "{url}: {error}");
+            assert!(
+                error.to_string().contains("expected an https://"),
+                "{url}: {error}"
+            );
+        }
     }
 
     #[test]
