@@ -18,10 +18,45 @@ pub enum LogFormat {
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("--log-level {filter:?} is not a valid filter: {source}")]
-pub struct LoggingError {
-    filter: String,
-    source: tracing_subscriber::filter::ParseError,
+pub enum LoggingError {
+    #[error("--log-level {filter:?} is not a valid filter: {source}")]
+    Invalid {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error(
+        "--log-level {filter:?} would hide every log of pullwatch, errors included: {word:?} is not a level (off, error, warn, info, debug, trace) but a log target; e.g. info, or info,pullwatch_agent=debug"
+    )]
+    HidesPullwatch { filter: String, word: String },
+}
+
+/// Refuses a filter none of whose directives reaches pullwatch's own targets: EnvFilter
+/// takes a word that is no level (`verbose`, `warning`) for a target, and pullwatch
+/// would then log nothing at all. Filters with span or field selectors are left to
+/// EnvFilter.
+fn filter_hides_pullwatch(filter: &str) -> Result<(), LoggingError> {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::LevelFilter;
+
+    if filter.trim().is_empty() || filter.contains(['[', '{']) {
+        return Ok(());
+    }
+    let ours = |target: &str| target.starts_with("pullwatch") || "pullwatch".starts_with(target);
+    let mut first_target = None;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let reaches_us = match directive.split_once('=') {
+            Some((target, _)) => ours(target.trim()),
+            None => LevelFilter::from_str(directive).is_ok() || ours(directive),
+        };
+        if reaches_us {
+            return Ok(());
+        }
+        first_target.get_or_insert(directive.split('=').next().unwrap_or(directive));
+    }
+    Err(LoggingError::HidesPullwatch {
+        filter: filter.to_string(),
+        word: first_target.unwrap_or(filter).to_string(),
+    })
 }
 
 /// Logs to stderr (stdout stays machine-readable for `-o json`) with an EnvFilter.
@@ -32,10 +67,11 @@ pub(crate) fn init_logging(filter: &str, format: LogFormat) -> Result<(), Loggin
     use std::io::IsTerminal;
 
     let env_filter =
-        tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| LoggingError {
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|source| LoggingError::Invalid {
             filter: filter.to_string(),
             source,
         })?;
+    filter_hides_pullwatch(filter)?;
     let colours = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
@@ -138,6 +174,44 @@ mod tests {
     fn bad_filters_are_reported() {
         let error = init_logging("=[", LogFormat::Text).unwrap_err();
         assert!(error.to_string().contains("--log-level"), "{error}");
+    }
+
+    /// EnvFilter takes a word that is no level for a target: `verbose` or `warning`
+    /// would show only that target's logs, so pullwatch would run without a single log
+    /// line, errors included. Refused; every filter that keeps pullwatch's own logs
+    /// (a level, or a directive for a pullwatch target) is taken.
+    #[test]
+    fn filters_that_hide_every_pullwatch_log_are_refused() {
+        for silent in [
+            "verbose",
+            "warning",
+            "INFORMATION",
+            "tonic",
+            "hyper=debug,h2",
+        ] {
+            let error = filter_hides_pullwatch(silent).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains("--log-level") && text.contains(silent),
+                "{text}"
+            );
+            assert!(text.contains("not a level"), "{text}");
+        }
+        for kept in [
+            "info",
+            "WARN",
+            "off",
+            "3",
+            "info,pullwatch_aggregator=debug",
+            "pullwatch_agent=debug",
+            "pullwatch=trace,tonic=off",
+            "pullwatch_agent::session",
+            "tonic=debug,warn",
+            "[request]=debug",
+            "",
+        ] {
+            assert!(filter_hides_pullwatch(kept).is_ok(), "{kept}");
+        }
     }
 
     #[test]

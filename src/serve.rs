@@ -164,7 +164,9 @@ fn default_max_connections(fd_limit: u64, listeners: usize) -> usize {
 /// Why a listen address could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("invalid {flag} {address:?}: expected [HOST]:PORT, e.g. :8080 or 127.0.0.1:8080")]
+    #[error(
+        "invalid {flag} {address:?}: expected [HOST]:PORT, e.g. :8080, 127.0.0.1:8080, [::1]:8080 or localhost:8080"
+    )]
     BadAddress { flag: &'static str, address: String },
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -196,8 +198,16 @@ pub async fn bind(flag: &'static str, address: &str) -> Result<TcpListener, Bind
                 .map_err(bind_error),
         };
     }
-    let socket: SocketAddr = address.parse().map_err(|_| bad_address())?;
-    TcpListener::bind(socket).await.map_err(bind_error)
+    if let Ok(socket) = address.parse::<SocketAddr>() {
+        return TcpListener::bind(socket).await.map_err(bind_error);
+    }
+    // A host name, as Go's net.Listen takes it: the first of its addresses that binds.
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad_address)?;
+    let port: u16 = port.parse().map_err(|_| bad_address())?;
+    if host.is_empty() || host.contains(':') {
+        return Err(bad_address());
+    }
+    TcpListener::bind((host, port)).await.map_err(bind_error)
 }
 
 /// Serves every connection `listener` accepts with `routes`, within `limits`, until
@@ -875,5 +885,22 @@ mod tests {
         assert!(matches!(error, BindError::Bind { .. }), "{error}");
         let any = bind("--x", ":0").await.unwrap();
         assert!(any.local_addr().unwrap().ip().is_unspecified());
+        // A host name, as Go's net.Listen takes it (one of its addresses): the error
+        // said "expected [HOST]:PORT" to `localhost:9102`.
+        let named = bind("--x", "localhost:0").await.unwrap();
+        assert!(named.local_addr().unwrap().ip().is_loopback());
+        for bad in [
+            "localhost",
+            "localhost:",
+            "localhost:http",
+            "localhost:99999",
+            ":",
+        ] {
+            let error = bind("--x", bad).await.unwrap_err();
+            assert!(
+                matches!(error, BindError::BadAddress { .. }),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, HeaderValue, VARY};
+use http::header::{ALLOW, CONTENT_ENCODING, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::core::Collector;
@@ -523,8 +523,24 @@ fn respond(
     metrics: &AgentMetrics,
     rendered: &Rendered,
 ) -> Response<Body> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => {
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/healthz") {
+        return serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n");
+    }
+    // HEAD as GET (hyper sends no body for it), as the aggregator's port answers.
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = serve::respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET and HEAD\n",
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/metrics" => {
             let exposition = {
                 let mut cached = pullwatch::locks::lock(rendered);
                 match cached.as_ref() {
@@ -571,8 +587,7 @@ fn respond(
                 .insert(VARY, HeaderValue::from_static("Accept-Encoding"));
             response
         }
-        (&Method::GET, "/healthz") => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
-        _ => serve::respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        _ => serve::respond(StatusCode::OK, "text/plain", "ok\n"),
     }
 }
 

@@ -27,6 +27,8 @@ use pullwatch::proto::{
     Registered, RegistryQuota, Status, agent_message, aggregator_message,
 };
 use pullwatch::{CheckMode, ImageReference, SourcedCredential};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tonic::Streaming;
@@ -50,11 +52,22 @@ pub enum SessionError {
         "https --aggregator needs --aggregator-ca (the CA that signed the aggregator's certificate)"
     )]
     CaRequired,
-    #[error("reading {path}: {source}")]
+    #[error("reading {flag} {path}: {source}")]
     Read {
+        flag: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "--aggregator-ca {path} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----: the ca.crt of the aggregator's TLS Secret)"
+    )]
+    NoCaCertificate { path: PathBuf },
+    #[error("--token-file {path}: {reason}")]
+    Token { path: PathBuf, reason: &'static str },
+    #[error(
+        "--node-name is empty: set it, or NODE_NAME from the downward API's spec.nodeName (the aggregator refuses a Register without it)"
+    )]
+    NoNodeName,
     #[error("connecting to the aggregator: {0}")]
     Connect(String),
     #[error("the aggregator refused the session: {0}")]
@@ -123,8 +136,12 @@ impl SessionConfig {
 impl SessionConfig {
     /// Errors no retry can fix: a token is only ever presented over TLS.
     pub fn validate(&self) -> Result<(), SessionError> {
+        if self.node_name.trim().is_empty() {
+            return Err(SessionError::NoNodeName);
+        }
+        // Any other scheme, or none, is an invalid URL (below), not a plain-http one.
         if self.token_file.is_some()
-            && !self.aggregator.starts_with("https://")
+            && self.aggregator.starts_with("http://")
             && !self.insecure_plaintext_token
         {
             return Err(SessionError::PlaintextToken);
@@ -179,9 +196,17 @@ fn endpoint(config: &SessionConfig) -> Result<Endpoint, SessionError> {
             .as_ref()
             .ok_or(SessionError::CaRequired)?;
         let ca = std::fs::read(ca_path).map_err(|source| SessionError::Read {
+            flag: "--aggregator-ca",
             path: ca_path.clone(),
             source,
         })?;
+        // tonic takes a file without a certificate as an empty trust store: every
+        // handshake would then fail with "UnknownIssuer", blaming the aggregator.
+        if !CertificateDer::pem_slice_iter(&ca).any(|cert| cert.is_ok()) {
+            return Err(SessionError::NoCaCertificate {
+                path: ca_path.clone(),
+            });
+        }
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
             .map_err(|e| url_error(e.to_string()))?;
@@ -290,15 +315,21 @@ fn with_token<T>(
     config.validate()?;
     if let Some(path) = &config.token_file {
         let token = std::fs::read_to_string(path).map_err(|source| SessionError::Read {
+            flag: "--token-file",
             path: path.clone(),
             source,
         })?;
-        let value = format!("Bearer {}", token.trim())
+        let token_error = |reason| SessionError::Token {
+            path: path.clone(),
+            reason,
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(token_error("the file is empty"));
+        }
+        let value = format!("Bearer {token}")
             .parse()
-            .map_err(|_| SessionError::Url {
-                url: path.display().to_string(),
-                reason: "the token is not a valid header value".into(),
-            })?;
+            .map_err(|_| token_error("the token is not a valid HTTP header value"))?;
         request.metadata_mut().insert("authorization", value);
     }
     Ok(request)
@@ -341,6 +372,8 @@ struct LiveSession<'a> {
     quotas_sent: u64,
     /// The images the aggregator was last told the node holds.
     images: BTreeSet<String>,
+    /// Checks the runtime did not answer: one warning per minute.
+    runtime_failures: pullwatch::logging::Throttle,
 }
 
 impl<'a> LiveSession<'a> {
@@ -370,6 +403,7 @@ impl<'a> LiveSession<'a> {
             last_contact: Instant::now(),
             quotas_sent: 0,
             images,
+            runtime_failures: pullwatch::logging::Throttle::new(Duration::from_secs(60)),
         }
     }
 
@@ -430,6 +464,13 @@ impl<'a> LiveSession<'a> {
     /// A finished check's result, with the registries' pull quotas that changed since
     /// this session last sent them.
     async fn send_result(&mut self, mut result: CheckResult) -> Result<(), SessionError> {
+        // Nothing else tells the operator why this node checks nothing any more; a dead
+        // runtime fails every check, so once a minute with the count.
+        if result.runtime_failure
+            && let Some(checks) = self.runtime_failures.hit("runtime_failure")
+        {
+            warn!(image = %result.image, checks, reason = %result.reason, "the container runtime did not answer a check");
+        }
         let (quotas, sequence) = self.metrics.quotas_after(self.quotas_sent);
         self.quotas_sent = sequence;
         result.quotas = quotas
@@ -515,6 +556,64 @@ mod tests {
         assert!(endpoint(&config).is_ok());
     }
 
+    /// A token file that cannot be presented names `--token-file` and its path, never
+    /// the token; an empty one is not sent as an empty bearer token.
+    #[test]
+    fn an_unusable_token_file_names_the_flag_not_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SessionConfig::new("http://127.0.0.1:1".into(), "n".into());
+        config.insecure_plaintext_token = true;
+        let cases = [
+            ("missing", None, "reading --token-file"),
+            ("empty", Some(" \n"), "is empty"),
+            (
+                "newline",
+                Some("s3cret-a\ns3cret-b"),
+                "not a valid HTTP header value",
+            ),
+        ];
+        for (name, contents, says) in cases {
+            let path = dir.path().join(name);
+            if let Some(contents) = contents {
+                std::fs::write(&path, contents).unwrap();
+            }
+            config.token_file = Some(path.clone());
+            let error = with_token(tonic::Request::new(()), &config)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(says), "{name}: {error}");
+            assert!(error.contains("--token-file"), "{name}: {error}");
+            assert!(
+                error.contains(&path.display().to_string()),
+                "{name}: {error}"
+            );
+            assert!(!error.contains("--aggregator "), "{name}: {error}");
+            assert!(!error.contains("s3cret"), "{name}: {error}");
+        }
+        std::fs::write(dir.path().join("good"), "t0ken\n").unwrap();
+        config.token_file = Some(dir.path().join("good"));
+        let request = with_token(tonic::Request::new(()), &config).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer t0ken"
+        );
+    }
+
+    /// An --aggregator without a scheme is named as such, not as a plain-http one.
+    #[test]
+    fn an_aggregator_without_a_scheme_is_an_invalid_url() {
+        for url in ["agg:9443", "127.0.0.1:9443", "ftp://agg"] {
+            let mut config = SessionConfig::new(url.into(), "n".into());
+            config.token_file = Some("/t".into());
+            let error = config.validate().unwrap_err();
+            assert!(matches!(error, SessionError::Url { .. }), "{url}: {error}");
+            assert!(
+                error.to_string().contains("expected an https://"),
+                "{url}: {error}"
+            );
+        }
+    }
+
     #[test]
     fn a_token_goes_only_over_tls() {
         let mut config = SessionConfig::new("http://127.0.0.1:1".into(), "n".into());
@@ -528,8 +627,8 @@ mod tests {
         config.insecure_plaintext_token = false;
         config.aggregator = "https://agg:9443".into();
         // https with its CA: the token may go.
-        let ca = tempfile::NamedTempFile::new().unwrap();
-        config.aggregator_ca = Some(ca.path().to_path_buf());
+        let ca = pullwatch_testbench::TestCa::new().unwrap();
+        config.aggregator_ca = Some(ca.ca_cert_path().to_path_buf());
         assert!(config.validate().is_ok());
         // https without one can never connect: refused at start too.
         config.aggregator_ca = None;

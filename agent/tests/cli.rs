@@ -222,23 +222,36 @@ async fn run_refuses_to_send_its_token_over_plain_http() {
 
 /// A configuration that can never work fails at start with exit 2 and says why,
 /// instead of retrying forever: https without --aggregator-ca, a CA file that is not
-/// there, a URL that is not one.
+/// there or holds no certificate (empty, a private key, anything else: every
+/// handshake would fail with "UnknownIssuer", which blames the aggregator's
+/// certificate), a URL that is not one.
 #[tokio::test(flavor = "multi_thread")]
 async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
     let home = tempfile::tempdir().unwrap();
     let missing_ca = home.path().join("no-such-ca.crt");
+    let empty_ca = pullwatch_testbench::write_file(home.path(), "empty-ca.crt", "");
+    let key_as_ca = pullwatch_testbench::write_file(
+        home.path(),
+        "ca.key",
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n",
+    );
+    let text_as_ca = pullwatch_testbench::write_file(home.path(), "notes.txt", "not a PEM file\n");
+    let ca_flag = |path: &std::path::Path| {
+        vec![
+            "--aggregator=https://127.0.0.1:1".to_string(),
+            format!("--aggregator-ca={}", path.display()),
+        ]
+    };
     for (flags, says) in [
         (
             vec!["--aggregator=https://127.0.0.1:1".to_string()],
             "needs --aggregator-ca",
         ),
-        (
-            vec![
-                "--aggregator=https://127.0.0.1:1".to_string(),
-                format!("--aggregator-ca={}", missing_ca.display()),
-            ],
-            "no-such-ca.crt",
-        ),
+        (ca_flag(&missing_ca), "--aggregator-ca"),
+        (ca_flag(&missing_ca), "no-such-ca.crt"),
+        (ca_flag(&empty_ca), "empty-ca.crt holds no PEM certificate"),
+        (ca_flag(&key_as_ca), "ca.key holds no PEM certificate"),
+        (ca_flag(&text_as_ca), "notes.txt holds no PEM certificate"),
         (
             vec!["--aggregator=ftp://agg".to_string()],
             "invalid --aggregator",
@@ -258,6 +271,24 @@ async fn run_fails_at_start_on_a_configuration_that_cannot_work() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(started.elapsed() < Duration::from_secs(20), "no retrying");
+    }
+    // An empty node name (NODE_NAME set from nothing): every Register is refused.
+    for (flags, env) in [
+        (vec!["--node-name= "], vec![]),
+        (vec![], vec![("NODE_NAME", "")]),
+    ] {
+        let mut args = vec![
+            "run",
+            "--aggregator=http://127.0.0.1:1",
+            "--metrics-address=127.0.0.1:0",
+            "--cri-endpoint=unix:///nonexistent/cri.sock",
+        ];
+        args.extend(flags);
+        let output = run(home.path(), &args, &env).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("--node-name"), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("NODE_NAME"), "{args:?} {env:?}: {stderr}");
     }
 }
 
@@ -380,5 +411,42 @@ async fn metrics_are_gzip_encoded_for_scrapers_that_accept_it() {
         "{plain_series:?}"
     );
     assert_eq!(series(gzipped.decoded_text().unwrap()), plain_series);
+    agent.kill().await.unwrap();
+}
+
+/// The metrics port answers as the aggregator's does: `HEAD` like `GET` without a body
+/// (HTTP requires both of a general-purpose server; load balancers and `curl -I` probe
+/// with it), 405 with `Allow` for other methods, 404 for other paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_port_answers_head_and_refuses_other_methods() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut agent, _, metrics) = agent_serving_metrics(home.path()).await;
+    let ask = |method: http::Method, path: &'static str| async move {
+        pullwatch_testbench::http_request(metrics, method, path, &[], Vec::new())
+            .await
+            .unwrap()
+    };
+    for path in ["/metrics", "/healthz"] {
+        let get = ask(http::Method::GET, path).await;
+        let head = ask(http::Method::HEAD, path).await;
+        assert_eq!((get.status, head.status), (200, 200), "{path}");
+        assert!(head.body.is_empty(), "{path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{path}"
+        );
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+            let refused = ask(method.clone(), path).await;
+            assert_eq!(refused.status, 405, "{method} {path}");
+            assert_eq!(
+                refused.header("allow"),
+                Some("GET, HEAD"),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(ask(http::Method::GET, "/nope").await.status, 404);
+    assert_eq!(ask(http::Method::HEAD, "/nope").await.status, 404);
     agent.kill().await.unwrap();
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -667,6 +668,63 @@ async fn a_failing_credential_plugin_runs_once_per_check() {
             requests.matches("CredentialProviderRequest").count(),
             1,
             "{requests}"
+        );
+    })
+    .await;
+}
+
+/// With `--pull-absent-images`, what a check pulled goes again even when the check is
+/// abandoned after the pull (its session with the aggregator broke, and the session's
+/// checks are dropped): the node is left as it was. The check is dropped exactly
+/// there: the CRI observer hears PullImage answer, and the test (on the same
+/// single-threaded runtime) aborts the check at its next await, the ImageStatus that
+/// follows the pull.
+#[tokio::test(flavor = "current_thread")]
+async fn an_abandoned_pull_of_an_absent_image_is_removed_again() {
+    struct PullAnswered(Arc<tokio::sync::Notify>);
+    impl pullwatch_agent::cri::CallObserver for PullAnswered {
+        fn observe(&self, rpc: &'static str, code: &'static str, _: Duration) {
+            if rpc == "PullImage" && code == "OK" {
+                self.0.notify_one();
+            }
+        }
+    }
+    bounded(async {
+        let registry = started::open_registry().await;
+        let image = push_to(&registry, "team/app", "v1", ImageFormat::Oci).await;
+        let node = started::bare_node().await;
+        let pulled = Arc::new(tokio::sync::Notify::new());
+        let checker = Arc::new(checker(
+            &node,
+            NodeSetup {
+                options: Some(PULL_ABSENT),
+                observer: Some(Arc::new(PullAnswered(pulled.clone()))),
+                ..NodeSetup::default()
+            },
+        ));
+        let check = {
+            let checker = checker.clone();
+            let image = image.reference.clone();
+            tokio::spawn(async move { checker.check(&image, CheckMode::Pull, &[]).await })
+        };
+        pulled.notified().await;
+        check.abort();
+        assert!(
+            check.await.unwrap_err().is_cancelled(),
+            "the check was abandoned"
+        );
+        // The removal runs on its own; the node's image list says when it is done.
+        let mut held = held_digests(&checker, &image.reference).await;
+        for _ in 0..100 {
+            if held.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            held = held_digests(&checker, &image.reference).await;
+        }
+        assert!(
+            held.is_empty(),
+            "the node kept the image a check pulled: {held:?}"
         );
     })
     .await;

@@ -337,6 +337,44 @@ async fn an_agent_killed_mid_check_has_its_task_moved() {
     .await;
 }
 
+/// A node whose runtime stops answering says so in its log (a warning naming the
+/// runtime's error), not only in a counter: its checks carry `runtime_failure` and
+/// nothing else would tell the operator why that node checks nothing any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_that_stops_answering_is_logged() {
+    bounded(async {
+        let aggregator = Aggregator::new();
+        let (hub, server) = aggregator.start(0).await;
+        let mut node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let socket = node.socket_path().display().to_string();
+        let (_, agent) = spawn_agent(
+            &node,
+            NodeSetup::default(),
+            aggregator.session(&server, "runtime-gone", aggregator.token_file.clone()),
+        );
+        wait_for("the agent to register", || hub.nodes() == ["runtime-gone"]).await;
+        node.stop();
+        let image = "127.0.0.1:1/runtime-gone/app:v1";
+        let done = hub
+            .dispatch("runtime-gone", task(image, CheckMode::Auto))
+            .await
+            .unwrap();
+        assert!(done.result.runtime_failure, "{:?}", done.result);
+        let logs = pullwatch_testbench::captured_process_logs();
+        let warned = logs.lines().find(|line| {
+            line.contains("WARN")
+                && line.contains("the container runtime did not answer a check")
+                && line.contains(image)
+        });
+        let warned = warned.unwrap_or_else(|| panic!("no warning in:\n{logs}"));
+        assert!(warned.contains(&socket), "{warned}");
+        agent.abort();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_token_is_refused() {
     bounded(async {

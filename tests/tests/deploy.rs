@@ -1337,10 +1337,9 @@ fn expected_rbac(
     tokenreviews: bool,
     nodes: bool,
 ) -> BTreeMap<(String, String), BTreeSet<String>> {
-    let read: BTreeSet<String> = ["get", "list", "watch"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    // Everything arrives through list/watch (aggregator/src/inventory/cluster.rs: one
+    // watcher per resource); no code path reads one of these objects by name.
+    let read: BTreeSet<String> = ["list", "watch"].into_iter().map(String::from).collect();
     let mut out = BTreeMap::new();
     for (group, resource) in [
         ("apps", "deployments"),
@@ -1357,7 +1356,7 @@ fn expected_rbac(
     // Who controls a ReplicaSet comes through list/watch: no get.
     out.insert(
         ("apps".to_string(), "replicasets".to_string()),
-        BTreeSet::from(["list".to_string(), "watch".to_string()]),
+        read.clone(),
     );
     if secrets {
         // Pull secrets arrive through list/watch: no get on secrets.
@@ -1377,6 +1376,11 @@ fn expected_rbac(
             ),
             BTreeSet::from(["create".to_string()]),
         );
+        // The one read by name: the pod a reviewed agent token is bound to, to tie the
+        // agent to its node (aggregator/src/agents/auth.rs).
+        out.get_mut(&(String::new(), "pods".to_string()))
+            .expect("pods are always read")
+            .insert("get".to_string());
     }
     out
 }
@@ -1466,6 +1470,54 @@ fn rbac_is_least_privilege() {
         "rbac.extraRules are appended"
     );
     assert!(docs_of(&render(&["--set", "rbac.create=false"]), "ClusterRole").is_empty());
+}
+
+/// values.yaml: a service account's name, when empty, is `<fullname>-aggregator` /
+/// `<fullname>-agent`, also when the chart does not create it (the operator made it).
+/// Never the namespace's `default` account: the ClusterRole (Secrets cluster-wide)
+/// would go to every pod of the namespace that names no account, and the aggregator
+/// would take any such pod's token for an agent's.
+#[test]
+fn service_accounts_the_chart_does_not_create_keep_their_documented_names() {
+    let docs = render(&[
+        "--set",
+        "serviceAccount.aggregator.create=false,serviceAccount.agent.create=false",
+    ]);
+    assert!(docs_of(&docs, "ServiceAccount").is_empty(), "none created");
+    let aggregator = format!("{RELEASE}-aggregator");
+    let agent = format!("{RELEASE}-agent");
+    let deployment: Deployment = one(&docs, "Deployment");
+    let spec = pod_spec_of_deployment(&deployment);
+    assert_eq!(
+        spec.service_account_name.as_deref(),
+        Some(aggregator.as_str())
+    );
+    let binding: ClusterRoleBinding = one(&docs, "ClusterRoleBinding");
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, aggregator);
+    let agent_account = format!("{NAMESPACE}:{agent}");
+    assert_eq!(
+        flag(&args_of(&spec.containers[0]), "--agent-service-account"),
+        Some(agent_account.as_str())
+    );
+    let ds: DaemonSet = one(&docs, "DaemonSet");
+    assert_eq!(
+        pod_spec_of_daemonset(&ds).service_account_name.as_deref(),
+        Some(agent.as_str())
+    );
+    // A name given is used as is, created or not.
+    let docs = render(&[
+        "--set",
+        "serviceAccount.aggregator.create=false,serviceAccount.aggregator.name=mine",
+    ]);
+    let deployment: Deployment = one(&docs, "Deployment");
+    assert_eq!(
+        pod_spec_of_deployment(&deployment)
+            .service_account_name
+            .as_deref(),
+        Some("mine")
+    );
 }
 
 fn assert_restricted(c: &Container, who: &str) {
@@ -2335,6 +2387,12 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             &["--set", "agent.auth.mode=token"],
             &["agent.auth.mode", "must be one of the following"],
         ),
+        // A trailing slash made <root>//config.json, a second mount of the file that
+        // agent.crio.authFile=<root>/config.json already mounts.
+        (
+            &["--set", "agent.kubeletRootDir=/var/lib/kubelet/"],
+            &["agent.kubeletRootDir", "Does not match pattern"],
+        ),
         (
             &[
                 "--set",
@@ -2370,6 +2428,48 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             );
         }
     }
+    // Every binary refuses a zero duration at start (a pod in CrashLoopBackOff): the
+    // schema refuses it at install time, in each spelling Go's syntax allows, and keeps
+    // accepting every non-zero one.
+    let durations = [
+        "aggregator.checkInterval",
+        "aggregator.registryTimeout",
+        "aggregator.blobCheckInterval",
+        "agent.pullTimeout",
+        "agent.requestTimeout",
+        "agent.blobCheckInterval",
+        "agent.reconnectBackoffBase",
+        "agent.reconnectBackoffMax",
+    ];
+    for value in durations {
+        for zero in ["0s", "0m0s", "0.0s", "00ms"] {
+            let set = format!("{value}={zero}");
+            let out = helm(["template", RELEASE, chart.to_str().unwrap(), "--set", &set]).unwrap();
+            assert!(!out.success, "helm accepted {set}");
+            assert!(
+                out.stderr.contains(value) && out.stderr.contains("Does not match pattern"),
+                "{set}:\n{}",
+                out.stderr
+            );
+        }
+    }
+    let nonzero = durations
+        .iter()
+        .zip([
+            "90s", "1.5s", "0.5h", "1m30s", "300ms", "0h0.001s", "2m", "1h",
+        ])
+        .map(|(value, duration)| format!("{value}={duration}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = helm([
+        "template",
+        RELEASE,
+        chart.to_str().unwrap(),
+        "--set",
+        &nonzero,
+    ])
+    .unwrap();
+    assert!(out.success, "{nonzero}:\n{}", out.stderr);
 }
 
 /// Walks values.yaml and the schema together: every value has a schema entry with a

@@ -366,6 +366,12 @@ impl Checker {
         let target = reference.to_string();
         report.mode = CheckMode::Pull;
         report.digest = known_digest;
+        // A check dropped from here on (its session broke) still removes what it pulled.
+        let abandoned =
+            (!node.held && !self.options.keep_pulled_images).then(|| RemoveIfAbandoned {
+                cri: self.cri.clone(),
+                target: Some(target.clone()),
+            });
         let finding = self.pull(&target, candidates).await;
         if matches!(finding, Finding::Pulled(Ok(_))) && !node.held {
             // What the pulled tag turned out to be, before it goes again.
@@ -377,6 +383,9 @@ impl Checker {
                     .next();
             }
             self.remove_or_keep(&target, report).await;
+        }
+        if let Some(mut abandoned) = abandoned {
+            abandoned.target = None;
         }
         finding
     }
@@ -507,6 +516,32 @@ impl Checker {
             warn!(image = %target, %error, "could not remove an image pulled only for a check");
             report.image_present = true;
         }
+    }
+}
+
+/// An image a check is pulling for itself, removed if the check is dropped before it
+/// removes it (`target` is taken once it did): a CRI RemoveImage of an image the pull
+/// never made is a no-op.
+struct RemoveIfAbandoned {
+    cri: CriClient,
+    target: Option<String>,
+}
+
+impl Drop for RemoveIfAbandoned {
+    fn drop(&mut self) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        // No runtime: the process is exiting and nothing can be sent any more.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cri = self.cri.clone();
+        runtime.spawn(async move {
+            if let Err(error) = cri.remove_image(&target).await {
+                warn!(image = %target, %error, "could not remove an image pulled for an abandoned check");
+            }
+        });
     }
 }
 

@@ -66,20 +66,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s-agent" (include "pullwatch.fullname" .) }}
 {{- end }}
 
+{{- /* Created or not, never the namespace's "default" account: the ClusterRole would go
+to every pod of the namespace that names none, and any such pod's token would pass for
+an agent's. */}}
 {{- define "pullwatch.aggregatorServiceAccountName" -}}
-{{- if .Values.serviceAccount.aggregator.create }}
 {{- default (include "pullwatch.aggregatorName" .) .Values.serviceAccount.aggregator.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.aggregator.name }}
-{{- end }}
 {{- end }}
 
 {{- define "pullwatch.agentServiceAccountName" -}}
-{{- if .Values.serviceAccount.agent.create }}
 {{- default (include "pullwatch.agentName" .) .Values.serviceAccount.agent.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.agent.name }}
-{{- end }}
 {{- end }}
 
 {{/* The Secret with tls.crt, tls.key and ca.crt for the agent port. */}}
