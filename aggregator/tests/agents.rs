@@ -792,7 +792,7 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
                     "--agent-shared-token-file=/nonexistent/token".to_string(),
                     "--agent-insecure-plaintext-tokens-for-testing-only".into(),
                 ],
-                "/nonexistent/token",
+                "--agent-shared-token-file /nonexistent/token",
             ),
             // Tokens only over TLS.
             (
@@ -813,6 +813,15 @@ async fn serve_refuses_agent_flags_it_cannot_honour() {
                     "--agent-shared-token-file=/etc/hostname".into(),
                 ],
                 "--agent-tls-key",
+            ),
+            // Files that cannot be read are named with their flag.
+            (
+                vec![
+                    "--agent-tls-cert=/nonexistent/cert".into(),
+                    "--agent-tls-key=/nonexistent/key".into(),
+                    "--agent-shared-token-file=/etc/hostname".into(),
+                ],
+                "--agent-tls-cert /nonexistent/cert",
             ),
         ] {
             let output = tokio::time::timeout(

@@ -52,8 +52,10 @@ const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
 /// Why the agent server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentServerError {
-    #[error("reading {path}: {source}")]
+    #[error("{flag} {path}: {source}")]
     Read {
+        /// The flag that named the file.
+        flag: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -163,8 +165,9 @@ fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, AgentServerError> {
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, AgentServerError> {
     std::fs::read(path).map_err(|source| AgentServerError::Read {
+        flag,
         path: path.to_path_buf(),
         source,
     })
@@ -209,14 +212,20 @@ pub(crate) async fn start_with_limits(
     }
     // Fail at start, not at the first agent, when the token file is unreadable.
     if let Some(token_file) = &auth.shared_token_file {
-        read(token_file)?;
+        read("--agent-shared-token-file", token_file)?;
     }
     let tls = match &config.tls {
         Some((cert, key)) => {
             let pair = ReloadingKeyPair::load(cert.clone(), key.clone()).map_err(|e| match e {
-                super::tls::KeyPairError::Read { path, source } => {
-                    AgentServerError::Read { path, source }
-                }
+                super::tls::KeyPairError::Read { path, source } => AgentServerError::Read {
+                    flag: if &path == cert {
+                        "--agent-tls-cert"
+                    } else {
+                        "--agent-tls-key"
+                    },
+                    path,
+                    source,
+                },
                 other => AgentServerError::Tls(other.to_string()),
             })?;
             let tls = Arc::new(pair)
