@@ -780,6 +780,17 @@ pub fn respond(
     response
 }
 
+/// 405 for a method other than GET and HEAD, with the `Allow` header RFC 9110 asks
+/// of it: what both binaries' HTTP ports answer.
+pub fn only_get_and_head() -> Response<Body> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    response.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static("GET, HEAD"),
+    );
+    response
+}
+
 /// A plain-text response ([`TEXT`]).
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     respond(status, TEXT, body)

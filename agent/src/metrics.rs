@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_ENCODING, HeaderValue, VARY};
+use http::header::{CONTENT_ENCODING, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::core::Collector;
@@ -529,15 +529,7 @@ fn respond(
     }
     // HEAD as GET (hyper sends no body for it), as the aggregator's port answers.
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        let mut response = serve::respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET and HEAD\n",
-        );
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+        return serve::only_get_and_head();
     }
     match path {
         "/metrics" => {

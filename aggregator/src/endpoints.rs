@@ -190,7 +190,7 @@ pub(crate) async fn serve(
 
 fn respond(state: &EndpointState, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        return pullwatch::serve::only_get_and_head();
     }
     match request.uri().path() {
         "/metrics" => {

@@ -1241,6 +1241,18 @@ async fn results_with_reasons_as_json_and_as_a_page() {
     .unwrap();
     let (_serve, addr) = serve(&manifest, &[]).await;
 
+    // Methods other than GET and HEAD: 405 with the Allow header RFC 9110 asks for.
+    for path in ["/metrics", "/api/v1/images", "/"] {
+        let refused = http_request(addr, http::Method::POST, path, &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (refused.status, refused.header("allow")),
+            (405, Some("GET, HEAD")),
+            "POST {path}"
+        );
+    }
+
     let (status, body) = get(addr, "/api/v1/images").await;
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("wrong-password"), "a credential in the API");
