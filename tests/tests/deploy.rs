@@ -2387,6 +2387,15 @@ fn bad_values_fail_at_install_time_with_a_clear_message() {
             &["--set", "agent.auth.mode=token"],
             &["agent.auth.mode", "must be one of the following"],
         ),
+        // Prometheus refuses a zero scrape interval or timeout.
+        (
+            &["--set", "serviceMonitor.interval=0s"],
+            &["serviceMonitor.interval", "Does not match pattern"],
+        ),
+        (
+            &["--set", "podMonitor.scrapeTimeout=00ms"],
+            &["podMonitor.scrapeTimeout", "Does not match pattern"],
+        ),
         // A trailing slash made <root>//config.json, a second mount of the file that
         // agent.crio.authFile=<root>/config.json already mounts.
         (
