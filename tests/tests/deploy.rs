@@ -1021,8 +1021,27 @@ fn port_names(c: &Container) -> Vec<String> {
     ports.iter().filter_map(|p| p.name.clone()).collect()
 }
 
+/// What the container's process is told: its arguments, then each `PULLWATCH_*`
+/// variable of its `env` as the flag it sets (clap reads both; the agent's node
+/// settings come as variables, so that `kubectl exec ... pullwatch-agent check` takes
+/// them too). A boolean variable is its bare flag when true, absent when false.
 fn args_of(c: &Container) -> Vec<String> {
-    c.args.clone().unwrap_or_default()
+    let mut args = c.args.clone().unwrap_or_default();
+    for var in c.env.as_deref().unwrap_or_default() {
+        let (Some(name), Some(value)) = (var.name.strip_prefix("PULLWATCH_"), &var.value) else {
+            continue;
+        };
+        let flag = match name {
+            "LOG" => "--log-level".to_string(),
+            _ => format!("--{}", name.to_ascii_lowercase().replace('_', "-")),
+        };
+        match value.as_str() {
+            "true" => args.push(flag),
+            "false" => {}
+            _ => args.push(format!("{flag}={value}")),
+        }
+    }
+    args
 }
 
 /// The value of `--flag=value` in `args` (None when absent; panics when repeated).
@@ -3089,8 +3108,18 @@ fn under(root: &Path, path: &str) -> PathBuf {
 /// `root`: the kubelet's root dir there, nothing from the test's environment but `PATH`.
 /// Its JSON report, stdout and stderr; `what` names the case if the report is not JSON.
 fn agent_check_on_node(
+    command: std::process::Command,
+    root: &Path,
+    what: &str,
+) -> (serde_json::Value, String, String) {
+    agent_check_on_node_with_env(command, root, &[], what)
+}
+
+/// [`agent_check_on_node`] with these environment variables (and no others).
+fn agent_check_on_node_with_env(
     mut command: std::process::Command,
     root: &Path,
+    env: &[(String, String)],
     what: &str,
 ) -> (serde_json::Value, String, String) {
     let output = command
@@ -3099,6 +3128,7 @@ fn agent_check_on_node(
             root.join("kubelet").display()
         ))
         .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("HOME", root)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .current_dir(root)
@@ -3414,24 +3444,34 @@ async fn crio_runtime_mounts_its_route_files_and_the_real_agent_takes_that_route
         "-o",
         "json",
     ]);
-    for (name, value) in expected_flags {
-        if name == "--cri-endpoint" {
+    // The container's own environment, as `kubectl exec ... pullwatch-agent check`
+    // inherits it: the node's settings without a flag.
+    let mut env = Vec::new();
+    for var in agent.env.as_deref().unwrap_or_default() {
+        let Some(value) = var.value.as_deref() else {
+            continue;
+        };
+        let value = if var.name == "PULLWATCH_CRI_ENDPOINT" {
             // No CRI-O here: an explicit dialect needs no runtime in resolve mode.
-            command.arg(format!(
-                "{name}=unix://{}",
-                root.path().join("crio.sock").display()
-            ));
+            format!("unix://{}", root.path().join("crio.sock").display())
         } else if value.starts_with('/') {
             let paths: Vec<String> = value
                 .split(',')
                 .map(|p| under(root.path(), p).display().to_string())
                 .collect();
-            command.arg(format!("{name}={}", paths.join(",")));
+            paths.join(",")
         } else {
-            command.arg(format!("{name}={value}"));
-        }
+            value.to_string()
+        };
+        env.push((var.name.clone(), value));
     }
-    let (report, stdout, stderr) = agent_check_on_node(command, root.path(), "cri-o route");
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "PULLWATCH_RUNTIME_DIALECT" && v == "cri-o"),
+        "{env:?}"
+    );
+    let (report, stdout, stderr) =
+        agent_check_on_node_with_env(command, root.path(), &env, "cri-o route");
     assert_eq!(report["status"], "available", "{report}\n{stderr}");
     assert_eq!(report["digest"], pushed.digest.as_str());
     assert_eq!(report["credential_source"], "runtime");
