@@ -473,6 +473,17 @@ mod tests {
         Ok(inventory)
     }
 
+    /// The workloads read, as (kind, name), sorted.
+    fn kinds_and_names(inventory: &Inventory) -> Vec<(&str, &str)> {
+        let mut seen: Vec<_> = inventory
+            .workloads
+            .values()
+            .map(|w| (w.kind.as_str(), &*w.name))
+            .collect();
+        seen.sort();
+        seen
+    }
+
     const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -558,13 +569,10 @@ metadata: {name: not-a-list-either}
 items: [80, 443]
 "#;
         let inv = parse(text).unwrap();
-        let mut seen: Vec<_> = inv
-            .workloads
-            .values()
-            .map(|w| (w.kind.as_str(), &*w.name))
-            .collect();
-        seen.sort();
-        assert_eq!(seen, [("deployment", "web"), ("statefulset", "db")]);
+        assert_eq!(
+            kinds_and_names(&inv),
+            [("deployment", "web"), ("statefulset", "db")]
+        );
     }
 
     #[test]
@@ -802,14 +810,8 @@ spec:
         ]
         .join("---\n");
         let inv = parse(&text).unwrap();
-        let mut seen: Vec<_> = inv
-            .workloads
-            .values()
-            .map(|w| (w.kind.as_str(), &*w.name))
-            .collect();
-        seen.sort();
         assert_eq!(
-            seen,
+            kinds_and_names(&inv),
             [
                 ("cronjob", "other"),
                 ("daemonset", "agent"),
@@ -831,12 +833,7 @@ spec:
         )
         .unwrap();
         let inv = load(dir.path()).unwrap();
-        let seen: Vec<_> = inv
-            .workloads
-            .values()
-            .map(|w| (w.kind.as_str(), &*w.name))
-            .collect();
-        assert_eq!(seen, [("statefulset", "db")]);
+        assert_eq!(kinds_and_names(&inv), [("statefulset", "db")]);
     }
 
     #[test]
