@@ -74,15 +74,42 @@ pub(crate) fn init_logging(filter: &str, format: LogFormat) -> Result<(), Loggin
     filter_hides_pullwatch(filter)?;
     let colours = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_ansi(colours)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .fmt_fields(EscapedFields)
+            .finish()
+            .with(QuietVerifierErrors)
+            .init(),
+        LogFormat::Json => builder.json().finish().with(QuietVerifierErrors).init(),
     }
     Ok(())
+}
+
+/// Drops rustls-platform-verifier's ERROR records ("failed to verify TLS certificate"),
+/// one per failed handshake: the check that made the handshake already says why in its
+/// status and reason, and a registry with an untrusted certificate would otherwise
+/// write an ERROR line at every check. The crate's warnings (a platform root that does
+/// not load) stay. Its records come through `log`, whose target tracing-log restores.
+struct QuietVerifierErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietVerifierErrors {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        use tracing_log::NormalizeEvent as _;
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        !(*metadata.level() == tracing::Level::ERROR
+            && metadata.target().starts_with("rustls_platform_verifier"))
+    }
 }
 
 /// Text-log fields as tracing-subscriber writes them (`message`, then `name=value`,

@@ -1489,3 +1489,35 @@ async fn junit_output_for_ci_and_the_ci_examples() {
         }
     }
 }
+
+/// A registry whose certificate no trusted CA signed: the row says so, and the log has
+/// no ERROR line of the TLS verifier's own for every check (rustls-platform-verifier
+/// logs one per failed verification; the check's status already carries it). Its
+/// warnings stay.
+#[tokio::test]
+async fn an_untrusted_registry_certificate_is_the_rows_reason_not_an_error_line_per_check() {
+    let ca = pullwatch_testbench::TestCa::new().unwrap();
+    let registry = Registry::start(pullwatch_testbench::RegistryOptions::tls(&ca))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let image = format!("{}/team/app:v1", registry.host());
+    write_file(
+        &dir,
+        "w.yaml",
+        deployment_yaml("shop", "tls", &[&image], None),
+    );
+    let output = run(
+        &["check", "-f", dir.path().to_str().unwrap(), "-o", "json"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let found = rows(&output);
+    let row = found.iter().find(|r| r["name"] == "tls").unwrap();
+    assert_ne!(row["status"], "available", "{row:?}");
+    assert!(row["reason"].contains("certificate"), "{row:?}");
+    assert!(
+        !stderr.contains("failed to verify TLS certificate"),
+        "{stderr}"
+    );
+}
