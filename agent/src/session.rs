@@ -341,7 +341,14 @@ async fn open(
     request: tonic::Request<tokio_stream::wrappers::ReceiverStream<AgentMessage>>,
     metrics: &AgentMetrics,
 ) -> Result<(Streaming<AggregatorMessage>, Registered), SessionError> {
-    let refused = |status| {
+    let refused = |status: tonic::Status| {
+        // A status the aggregator sent has no source; one tonic made of a transport
+        // failure (an h2 protocol error: plain HTTP to the TLS port) does. That is no
+        // session at all, not a refusal.
+        if std::error::Error::source(&status).is_some() {
+            metrics.connection_attempt("connect_error");
+            return SessionError::Connect(pullwatch::error_chain(&status));
+        }
         metrics.connection_attempt("refused");
         SessionError::Refused(status)
     };

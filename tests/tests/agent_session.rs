@@ -405,6 +405,46 @@ async fn a_wrong_token_is_refused() {
     .await;
 }
 
+/// An `http://` agent pointed at the TLS port: no session can open, and that is a
+/// connection failure, not the aggregator refusing the agent (the h2 protocol error was
+/// counted and logged as a refusal).
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_to_the_tls_port_is_a_connection_failure_not_a_refusal() {
+    bounded(async {
+        let aggregator = Aggregator::new();
+        let (hub, server) = aggregator.start(0).await;
+        let node = Containerd::start(ContainerdOptions::default())
+            .await
+            .unwrap();
+        let config = SessionConfig {
+            insecure_plaintext_token: true,
+            aggregator_ca: None,
+            ..SessionConfig::new(
+                format!("http://127.0.0.1:{}", server.local_addr().port()),
+                "plain".to_string(),
+            )
+        };
+        let config = SessionConfig {
+            token_file: Some(aggregator.token_file.clone()),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+            ..config
+        };
+        let (metrics, agent) = spawn_agent(&node, NodeSetup::default(), config);
+        wait_for("failed attempts", || {
+            metrics.render().contains(
+                "pullwatch_agent_aggregator_connection_attempts_total{result=\"connect_error\"} 2",
+            )
+        })
+        .await;
+        let rendered = metrics.render();
+        assert!(!rendered.contains("result=\"refused\""), "{rendered}");
+        assert!(hub.nodes().is_empty());
+        agent.abort();
+    })
+    .await;
+}
+
 /// `pullwatch-agent run` as the Helm chart starts it: registers with the aggregator's
 /// agent server, answers a dispatched check, serves /metrics, exits 0 on SIGTERM.
 #[tokio::test(flavor = "multi_thread")]
