@@ -416,19 +416,12 @@ async fn plain_http_to_the_tls_port_is_a_connection_failure_not_a_refusal() {
         let node = Containerd::start(ContainerdOptions::default())
             .await
             .unwrap();
+        let tls = aggregator.session(&server, "plain", aggregator.token_file.clone());
         let config = SessionConfig {
-            insecure_plaintext_token: true,
+            aggregator: tls.aggregator.replace("https://", "http://"),
             aggregator_ca: None,
-            ..SessionConfig::new(
-                format!("http://127.0.0.1:{}", server.local_addr().port()),
-                "plain".to_string(),
-            )
-        };
-        let config = SessionConfig {
-            token_file: Some(aggregator.token_file.clone()),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_millis(500),
-            ..config
+            insecure_plaintext_token: true,
+            ..tls
         };
         let (metrics, agent) = spawn_agent(&node, NodeSetup::default(), config);
         wait_for("failed attempts", || {
