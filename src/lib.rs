@@ -83,6 +83,19 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The release numbers a version string starts with, as runtimes report their version
+/// (CRI `Version`): `v1.7.23-k3s2` is `[1, 7, 23]`, `1.6.20~ds1` `[1, 6, 20]`, `` none.
+pub fn release_numbers(version: &str) -> Vec<u32> {
+    version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect()
+}
+
 /// Generated code for `proto/pullwatch/v1`.
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -80,15 +80,7 @@ impl HostsDialect {
         if !name.eq_ignore_ascii_case("containerd") {
             return HostsDialect::Current;
         }
-        let numbers: Vec<u32> = version
-            .trim_start_matches('v')
-            .split(|c: char| !c.is_ascii_digit() && c != '.')
-            .next()
-            .unwrap_or_default()
-            .split('.')
-            .map_while(|part| part.parse().ok())
-            .collect();
-        match numbers.as_slice() {
+        match pullwatch::release_numbers(version).as_slice() {
             [1, minor, ..] if *minor < 7 => HostsDialect::RequiresHostTable,
             [1, 7, patch, ..] if *patch < 32 => HostsDialect::RequiresHostTable,
             [1, 7] => HostsDialect::RequiresHostTable,

@@ -52,12 +52,7 @@ impl Schema1Pulls {
             return None;
         }
         // containerd reports "v1.7.27", "1.6.20~ds1", "v2.1.0" (k3s: "v1.7.23-k3s2").
-        let major = version
-            .trim_start_matches('v')
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|m| m.parse::<u32>().ok());
-        Some(match major {
+        Some(match crate::release_numbers(version).first() {
             Some(0 | 1) => Schema1Pulls::Converted,
             _ => Schema1Pulls::Refused,
         })
