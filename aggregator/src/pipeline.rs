@@ -145,8 +145,7 @@ impl Pipeline {
         progress: &CycleProgress,
     ) -> CycleSummary {
         let started = Instant::now();
-        self.checker.set_platforms(&index.walk_platforms);
-        self.checker.set_schema1_pulls(&index.walk_schema1);
+        self.walk_as(index);
         for (container, outcome) in &index.settled {
             self.record(index, std::slice::from_ref(container), outcome);
             progress.done.fetch_add(1, Ordering::Relaxed);
