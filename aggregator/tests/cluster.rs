@@ -987,7 +987,7 @@ async fn schema1_images_are_pulled_as_the_nodes_runtimes_pull_them() {
         return;
     }
     let registry = cluster.registry();
-    pullwatch_testbench::raw::schema1_image(registry, "old/app")
+    let app_layer = pullwatch_testbench::raw::schema1_image(registry, "old/app")
         .await
         .unwrap();
     pullwatch_testbench::raw::schema1_image(registry, "old/no-empty")
@@ -1000,7 +1000,11 @@ async fn schema1_images_are_pulled_as_the_nodes_runtimes_pull_them() {
     )
     .await
     .unwrap();
-    let app = format!("{}/old/app:v1", registry.host());
+    // old/app through a proxy that counts what the registry is asked.
+    let proxy = pullwatch_testbench::PullProxy::start(registry)
+        .await
+        .unwrap();
+    let app = format!("{}/old/app:v1", proxy.host());
     let no_empty = format!("{}/old/no-empty:v1", registry.host());
     let ns = "pw-schema1";
     cluster.namespace(ns).await;
@@ -1042,6 +1046,35 @@ async fn schema1_images_are_pulled_as_the_nodes_runtimes_pull_them() {
         reason.contains("on CRI-O nodes")
             && reason.contains(pullwatch_testbench::raw::EMPTY_TAR_GZ),
         "{reason}"
+    );
+    // Cost, counted at the registry: the layer blob both runtimes download is asked once
+    // per verification (once with containerd 1.x alone, once again when CRI-O joined),
+    // not once per runtime; CRI-O's empty blob once.
+    let blob_gets = |requests: &[pullwatch_testbench::ProxiedRequest], digest: &str| {
+        let path = format!("/v2/old/app/blobs/{digest}");
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    let mut requests = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while blob_gets(&requests, pullwatch_testbench::raw::EMPTY_TAR_GZ) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CRI-O's empty blob never asked: {requests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        requests.extend(proxy.take_requests());
+    }
+    // Rechecks go on every second; the blobs, verified, are not asked again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    requests.extend(proxy.take_requests());
+    assert_eq!(blob_gets(&requests, &app_layer), 2, "{requests:?}");
+    assert_eq!(
+        blob_gets(&requests, pullwatch_testbench::raw::EMPTY_TAR_GZ),
+        1,
+        "{requests:?}"
     );
 
     // Every node on containerd 2: refused, whatever its blobs.

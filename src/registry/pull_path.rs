@@ -24,7 +24,7 @@
 //! case), and a strict parser would refuse documents containerd pulls, or blur "not an
 //! image" into "not JSON".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1085,6 +1085,8 @@ impl Walk<'_, '_, '_, '_> {
         in_index: bool,
     ) -> Result<(), Failed> {
         let several = self.schema1.len() > 1;
+        // Blobs an earlier runtime's download already found: not asked again.
+        let mut confirmed: HashSet<String> = HashSet::new();
         for &pulls in self.schema1.iter() {
             let on_nodes = if several {
                 format!(" (on {} nodes)", pulls.nodes())
@@ -1120,9 +1122,10 @@ impl Walk<'_, '_, '_, '_> {
                                 ..Descriptor::default()
                             })
                             .collect();
-                        self.layers(&layers, platform)
+                        self.layers_but(&layers, platform, &confirmed)
                             .await
                             .map_err(|(status, why)| (status, format!("{why}{on_nodes}")))?;
+                        confirmed.extend(blobs.iter().cloned());
                     }
                     after.clone().map_err(|why| refused(&why))?;
                 }
@@ -1192,6 +1195,17 @@ impl Walk<'_, '_, '_, '_> {
         layers: &[Descriptor],
         platform: Option<&Platform>,
     ) -> Result<(), Failed> {
+        self.layers_but(layers, platform, &HashSet::new()).await
+    }
+
+    /// [`Self::layers`], but for those whose digest is in `confirmed` (found already in
+    /// this walk); each keeps its number in `layers`.
+    async fn layers_but(
+        &self,
+        layers: &[Descriptor],
+        platform: Option<&Platform>,
+        confirmed: &HashSet<String>,
+    ) -> Result<(), Failed> {
         if !self.verify {
             return Ok(());
         }
@@ -1199,7 +1213,11 @@ impl Walk<'_, '_, '_, '_> {
         // is 3), so many layers fit the deadline; the per-registry limits still apply.
         // The first failure in layer order is the answer.
         let total = layers.len();
-        let indexed: Vec<(usize, &Descriptor)> = layers.iter().enumerate().collect();
+        let indexed: Vec<(usize, &Descriptor)> = layers
+            .iter()
+            .enumerate()
+            .filter(|(_, layer)| !confirmed.contains(&layer.digest))
+            .collect();
         for chunk in indexed.chunks(LAYER_CONCURRENCY) {
             let mut pending = Vec::with_capacity(chunk.len());
             for &(i, layer) in chunk {
