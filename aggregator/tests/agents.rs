@@ -1021,9 +1021,11 @@ async fn a_registry_pull_quota_is_exported_for_the_aggregator_and_each_node() {
         let central =
             |name: &str| format!("pullwatch_registry_ratelimit_{name}{{registry=\"{host}\"}} ");
         // 76, less the one pull the first walk spent fetching the manifest by digest.
+        // The quota is seen at that GET, the status once the walk below it is done.
         let text = serve
-            .wait_metrics("the aggregator's quota series", |t| {
+            .wait_metrics("the aggregator's quota series and the check", |t| {
                 value(t, &central("remaining")) == Some(75.0)
+                    && value(t, &canonical("available", "shop", "web", &image)).is_some()
             })
             .await;
         assert_eq!(proxy.manifest_requests().0, 1, "one GET by digest, once");
